@@ -1,0 +1,116 @@
+#!/usr/bin/env python3
+"""An example Bazel-protocol worker: summarises text files into a JSON report.
+
+It is the demo's backend: a small "compiler" whose cold start (an interpreter, its
+imports, a compiled regex table) costs far more than its work, like real compilers.
+
+- ``text_stats_worker.py @argfile``: one-shot, the fallback Buck2 runs when workers are
+  off; the argfile holds ``--out REPORT SRC...``; exits 0, or 1 with a message.
+- ``text_stats_worker.py --persistent_worker``: reads JSON WorkRequests from stdin and
+  writes JSON WorkResponses to stdout (Bazel's JSON worker protocol), one at a time.
+
+Standard library only, so that it runs wherever Python does.
+"""
+
+from __future__ import annotations
+
+import collections
+import hashlib
+import json
+import os
+import re
+import sys
+from typing import Any
+
+WORD = re.compile(r"[A-Za-z_][A-Za-z0-9_']*")
+
+
+def summarise(arguments: list[str]) -> tuple[int, str]:
+    """Runs one request; returns (exit code, diagnostics)."""
+    if len(arguments) < 3 or arguments[0] != "--out":
+        return 1, "usage: --out REPORT SRC...\n"
+    out, sources = arguments[1], arguments[2:]
+    report: dict[str, Any] = {"files": []}
+    words: collections.Counter[str] = collections.Counter()
+    for source in sources:
+        try:
+            with open(source, encoding="utf-8") as handle:
+                text = handle.read()
+        except OSError as exc:
+            return 1, f"{source}: error: {exc.strerror}\n"
+        found = WORD.findall(text)
+        words.update(w.lower() for w in found)
+        report["files"].append(
+            {
+                "path": source,
+                "lines": text.count("\n"),
+                "words": len(found),
+                "sha256": hashlib.sha256(text.encode()).hexdigest(),
+            }
+        )
+    report["top_words"] = words.most_common(5)
+    tmp = f"{out}.tmp-{os.getpid()}"
+    with open(tmp, "w", encoding="utf-8") as handle:
+        json.dump(report, handle, indent=1, sort_keys=True)
+    os.replace(tmp, out)
+    return 0, ""
+
+
+def read_requests(stream: Any) -> Any:
+    """Yields JSON objects from a stream of concatenated objects (newlines optional)."""
+    decoder = json.JSONDecoder()
+    buffer = ""
+    while True:
+        chunk = stream.read1(65536) if hasattr(stream, "read1") else stream.read(65536)
+        if not chunk:
+            return
+        buffer += chunk.decode("utf-8")
+        while True:
+            buffer = buffer.lstrip()
+            if not buffer:
+                break
+            try:
+                obj, end = decoder.raw_decode(buffer)
+            except json.JSONDecodeError:
+                break
+            buffer = buffer[end:]
+            yield obj
+
+
+def persistent_worker() -> int:
+    out = sys.stdout
+    sys.stdout = sys.stderr  # nothing but responses may reach the real stdout
+    for request in read_requests(sys.stdin.buffer):
+        try:
+            code, output = summarise(list(request.get("arguments", [])))
+        except Exception as exc:  # a bad request must never take the worker down
+            code, output = 1, f"text_stats: internal error: {exc!r}\n"
+        response: dict[str, Any] = {"exitCode": code, "output": output}
+        if request.get("requestId"):
+            response["requestId"] = request["requestId"]
+        out.write(json.dumps(response))
+        out.flush()
+    return 0
+
+
+def expand(arguments: list[str]) -> list[str]:
+    result: list[str] = []
+    for arg in arguments:
+        if arg.startswith("@") and not arg.startswith("@@"):
+            with open(arg[1:], encoding="utf-8") as handle:
+                result.extend(handle.read().splitlines())
+        else:
+            result.append(arg)
+    return result
+
+
+def main(argv: list[str]) -> int:
+    if "--persistent_worker" in argv:
+        return persistent_worker()
+    code, output = summarise(expand(argv))
+    sys.stderr.write(output)
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# Creates .venv (with a real Python >= 3.11, never a pyenv shim: Buck2 launches the runtime
+# with it, and a shim costs ~80 ms a start) and installs the project with its test extras.
+# Idempotent and fast on the second run: a stamp keyed by pyproject.toml skips the install.
+set -euo pipefail
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+VENV="$ROOT/.venv"
+STAMP="$VENV/.installed-$(sha256sum "$ROOT/pyproject.toml" | cut -c1-16)"
+
+find_python() {
+  local candidate real
+  for candidate in python3.11 python3.12 python3.13 python3; do
+    command -v "$candidate" >/dev/null 2>&1 || continue
+    real=$("$candidate" -c 'import sys; print(sys.executable if sys.version_info >= (3, 11) else "")' 2>/dev/null) || continue
+    if [ -n "$real" ]; then echo "$real"; return 0; fi
+  done
+  return 1
+}
+
+if [ -f "$STAMP" ] && [ -x "$VENV/bin/python" ]; then
+  exit 0
+fi
+PYTHON=$(find_python) || { echo "bootstrap: error: no Python >= 3.11 found on PATH; install python3.11" >&2; exit 1; }
+echo "bootstrap: creating $VENV with $PYTHON" >&2
+[ -x "$VENV/bin/python" ] || "$PYTHON" -m venv "$VENV"
+LOG="$VENV/bootstrap.log"
+if ! "$VENV/bin/python" -m pip install --disable-pip-version-check -e "$ROOT[test]" >"$LOG" 2>&1; then
+  tail -n 40 "$LOG" >&2
+  echo "bootstrap: error: pip install failed; full log: $LOG" >&2
+  exit 1
+fi
+rm -f "$VENV"/.installed-*
+touch "$STAMP"
+echo "bootstrap: ready" >&2

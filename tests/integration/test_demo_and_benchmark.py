@@ -1,0 +1,38 @@
+"""The README's main job and the benchmark run end to end (small sizes; no timing asserted)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from tests.conftest import REPO_ROOT, RUNTIME
+
+
+def test_demo_builds_cold_and_warm_with_identical_outputs(tmp_path: Path) -> None:
+    result_file = tmp_path / "demo.json"
+    result = subprocess.run(
+        [*RUNTIME, "demo", "--actions", "6", "--json", str(result_file)],
+        cwd=REPO_ROOT, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "Outputs identical to the cold build: yes" in result.stdout
+    assert "Warm workers saved" in result.stdout
+    data = json.loads(result_file.read_text())
+    assert data["identical"] is True
+    assert data["cold"]["actions"] == data["warm"]["actions"] == 6
+
+
+def test_runtime_overhead_benchmark_writes_its_json() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "benchmarks.runtime_overhead", "--requests", "50", "--rounds", "1",
+         "--throughput-requests", "200", "--output", "-"],
+        cwd=REPO_ROOT, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    data = json.loads(result.stdout)
+    for key in ("direct_pipes", "unary_execute_sync_client", "execute_stream", "added_streaming"):
+        assert data[key]["median_ms"] > 0
+    assert data["throughput_64_in_flight_rps"] > 0
+    assert set(data["met"]) >= {"added_median_streaming", "throughput"}

@@ -1,0 +1,205 @@
+"""Every fault ends with a clear answer and a runtime that still serves the next request."""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import StartRuntime, fake_backend, wait_gone
+from worker_runtime.buck2.emulator import Buck2Worker, StreamingSession, make_command
+from worker_runtime.errors import RUNTIME_ERROR_EXIT_CODE
+from worker_runtime.proto import buck2_worker_pb2 as pb
+
+
+def assert_still_serves(worker: Buck2Worker) -> None:
+    response = worker.run("echo", "still", "here")
+    assert (response.exit_code, response.stderr) == (0, "still here")
+
+
+def test_crash_mid_request_is_retried_once_then_reported(start_runtime: StartRuntime) -> None:
+    worker = start_runtime(fake_backend())
+    response = worker.run("crash")
+    assert response.exit_code == RUNTIME_ERROR_EXIT_CODE
+    assert "exited with code 3 before answering" in response.stderr
+    assert "fake_worker: crashing on purpose" in response.stderr  # the stderr tail
+    assert "retried 1 time(s) on a fresh backend" in response.stderr
+    assert "log: " in response.stderr and "runtime log: " in response.stderr
+    assert_still_serves(worker)
+
+
+def test_retry_succeeds_on_a_fresh_backend_and_says_so(
+    start_runtime: StartRuntime, tmp_path: Path
+) -> None:
+    worker = start_runtime(fake_backend())
+    response = worker.run("crash-once", str(tmp_path / "marker"))
+    assert (response.exit_code, response.stderr.splitlines()[-1]) == (0, "survived")
+    assert "the request was retried on a fresh backend process (retry 1 of 1)" in response.stderr
+
+
+def test_retries_zero_disables_retry(start_runtime: StartRuntime, tmp_path: Path) -> None:
+    worker = start_runtime(fake_backend(), ["--retries", "0"])
+    response = worker.run("crash-once", str(tmp_path / "marker"))
+    assert response.exit_code == RUNTIME_ERROR_EXIT_CODE
+    assert "retried" not in response.stderr
+    assert worker.run("crash-once", str(tmp_path / "marker")).stderr == "survived"
+
+
+@pytest.mark.parametrize("protocol", ["proto", "json"])
+def test_garbage_on_stdout_is_quoted(start_runtime: StartRuntime, protocol: str) -> None:
+    worker = start_runtime(fake_backend("--protocol", protocol), ["--protocol", protocol])
+    response = worker.run("garbage")
+    assert response.exit_code == RUNTIME_ERROR_EXIT_CODE
+    assert "wrote an invalid response" in response.stderr
+    assert "'Hello from a chatty worker!\\n" in response.stderr
+    assert "Did it print something to stdout?" in response.stderr
+    assert_still_serves(worker)
+
+
+def test_wrong_request_id(start_runtime: StartRuntime) -> None:
+    worker = start_runtime(fake_backend("--multiplex"), ["--multiplex"])
+    response = worker.run("wrong-id")
+    assert response.exit_code == RUNTIME_ERROR_EXIT_CODE
+    assert "answered request id" in response.stderr and "which is not in flight" in response.stderr
+    assert_still_serves(worker)
+
+
+def test_json_snake_case_response_is_read_and_flagged(start_runtime: StartRuntime) -> None:
+    worker = start_runtime(fake_backend("--protocol", "json"), ["--protocol", "json"])
+    response = worker.run("snake")
+    assert response.exit_code == 7
+    assert "snake_case 'exit_code'" in response.stderr
+
+
+def test_never_answers_times_out_and_next_request_gets_fresh_backend(
+    start_runtime: StartRuntime,
+) -> None:
+    worker = start_runtime(fake_backend(), ["--max-instances", "1"])
+    pid = worker.run("pid").stderr
+    response = worker.execute(make_command(["silent"], timeout_s=1))
+    assert response.HasField("timed_out_after_s") and response.timed_out_after_s == 1
+    assert "ran past its timeout of 1 s" in response.stderr
+    assert wait_gone([int(pid)]) == []
+    assert worker.run("pid").stderr != pid
+    assert_still_serves(worker)
+
+
+def test_timeout_on_cancellable_multiplex_sends_cancel(start_runtime: StartRuntime) -> None:
+    worker = start_runtime(fake_backend("--multiplex"), ["--multiplex", "--cancellable"])
+    pid = worker.run("pid").stderr
+    response = worker.execute(make_command(["sleep", "30"], timeout_s=1))
+    assert response.timed_out_after_s == 1
+    assert worker.run("pid").stderr == pid  # cancelled, not killed
+
+
+def test_timeout_on_multiplex_that_ignores_cancel_kills_it(
+    start_runtime: StartRuntime, tmp_path: Path
+) -> None:
+    config = tmp_path / "c.json"
+    config.write_text('{"cancel_grace_s": 0.5}')
+    worker = start_runtime(
+        fake_backend("--multiplex", "--ignore-cancel"),
+        ["--config", str(config), "--multiplex", "--cancellable"],
+    )
+    pid = worker.run("pid").stderr
+    assert worker.execute(make_command(["sleep", "30"], timeout_s=1)).timed_out_after_s == 1
+    import time
+
+    deadline = time.monotonic() + 10
+    while worker.run("pid").stderr == pid and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert worker.run("pid").stderr != pid
+
+
+def test_huge_response(start_runtime: StartRuntime) -> None:
+    worker = start_runtime(fake_backend())
+    size = 16 << 20
+    response = worker.run("huge", str(size + 1))
+    assert response.exit_code == 0 and len(response.stderr) == size + 1
+    assert_still_serves(worker)
+
+
+def test_slow_start_backend_is_waited_for(start_runtime: StartRuntime) -> None:
+    worker = start_runtime(fake_backend("--slow-start", "2"))
+    assert worker.run("echo", "late").stderr == "late"
+
+
+def test_backend_that_dies_at_start(start_runtime: StartRuntime) -> None:
+    worker = start_runtime(fake_backend("--die-at-start"))
+    response = worker.run("echo", "x")
+    assert response.exit_code == RUNTIME_ERROR_EXIT_CODE
+    assert "exited with code 4 before answering" in response.stderr
+    assert "dying at start on purpose" in response.stderr
+
+
+def test_backend_command_not_found(start_runtime: StartRuntime) -> None:
+    worker = start_runtime(["/nonexistent/tool"])
+    response = worker.run("echo", "x")
+    assert response.exit_code == RUNTIME_ERROR_EXIT_CODE
+    assert "'/nonexistent/tool' could not be started" in response.stderr
+
+
+def test_invalid_utf8_argument(start_runtime: StartRuntime) -> None:
+    worker = start_runtime(fake_backend())
+    response = worker.execute(make_command([b"echo", b"caf\xe9"]))
+    assert response.exit_code == RUNTIME_ERROR_EXIT_CODE
+    assert "argument 1 is not valid UTF-8" in response.stderr
+    assert_still_serves(worker)
+
+
+def test_missing_argfile(start_runtime: StartRuntime) -> None:
+    worker = start_runtime(fake_backend())
+    response = worker.run("echo", "@does/not/exist.args")
+    assert response.exit_code == RUNTIME_ERROR_EXIT_CODE
+    assert "argument file 'does/not/exist.args' does not exist" in response.stderr
+    assert_still_serves(worker)
+
+
+def test_ten_mib_of_arguments(start_runtime: StartRuntime) -> None:
+    worker = start_runtime(fake_backend())
+    words = ["w" * 1023] * 10 * 1024
+    response = worker.run("echo", *words)
+    assert response.exit_code == 0 and len(response.stderr) == 10 * 1024 * 1024 - 1
+
+
+def test_thousand_concurrent_unary_requests(start_runtime: StartRuntime) -> None:
+    worker = start_runtime(fake_backend())
+    with concurrent.futures.ThreadPoolExecutor(32) as pool:
+        results = list(pool.map(lambda i: worker.run("echo", str(i)).stderr, range(1000)))
+    assert results == [str(i) for i in range(1000)]
+
+
+def test_thousand_concurrent_streaming_requests_multiplex(start_runtime: StartRuntime) -> None:
+    worker = start_runtime(fake_backend("--multiplex"), ["--multiplex"])
+
+    async def scenario() -> list[pb.ExecuteResponse]:
+        async with StreamingSession(worker.target) as session:
+            return await asyncio.gather(
+                *(session.execute(make_command(["echo", str(i)])) for i in range(1000))
+            )
+
+    responses = asyncio.run(scenario())
+    assert [r.stderr for r in responses] == [str(i) for i in range(1000)]
+
+
+def test_multiplex_crash_fails_every_in_flight_request_then_retries(
+    start_runtime: StartRuntime,
+) -> None:
+    worker = start_runtime(fake_backend("--multiplex"), ["--multiplex"])
+
+    async def scenario() -> list[pb.ExecuteResponse]:
+        async with StreamingSession(worker.target) as session:
+            sleepers = [
+                asyncio.create_task(session.execute(make_command(["sleep", "1"]))) for _ in range(3)
+            ]
+            await asyncio.sleep(0.3)
+            crash = await session.execute(make_command(["crash"]))
+            return [crash, *await asyncio.gather(*sleepers)]
+
+    crash, *sleepers = asyncio.run(scenario())
+    assert crash.exit_code == RUNTIME_ERROR_EXIT_CODE
+    for response in sleepers:
+        assert (response.exit_code, response.stderr.splitlines()[-1]) == (0, "slept")
+        assert "retried on a fresh backend process" in response.stderr

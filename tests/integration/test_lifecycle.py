@@ -1,0 +1,109 @@
+"""Shutdown as Buck2 does it (SIGTERM to the process group), and no orphans, ever."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import threading
+import time
+
+from tests.conftest import StartRuntime, fake_backend, processes_with_marker, wait_gone
+from worker_runtime.buck2.emulator import StreamingSession, make_command
+from worker_runtime.errors import RUNTIME_ERROR_EXIT_CODE
+
+
+def test_sigterm_finishes_in_flight_requests_then_exits_cleanly(
+    start_runtime: StartRuntime,
+) -> None:
+    worker = start_runtime(fake_backend())
+    backend_pid = int(worker.run("pid").stderr)
+    results: list[object] = []
+    thread = threading.Thread(target=lambda: results.append(worker.run("sleep", "1")))
+    thread.start()
+    time.sleep(0.3)
+    assert worker.proc is not None
+    started = time.monotonic()
+    assert worker.terminate() == 0
+    thread.join(10)
+    response = results[0]
+    assert getattr(response, "stderr", None) == "slept", response
+    assert time.monotonic() - started < 5
+    assert not os.path.exists(worker.socket_path)
+    assert wait_gone([backend_pid]) == []
+
+
+def test_sigterm_cancels_requests_that_run_past_the_grace(
+    start_runtime: StartRuntime, tmp_path
+) -> None:
+    config = tmp_path / "c.json"
+    config.write_text('{"shutdown_grace_s": 1}')
+    worker = start_runtime(fake_backend(), ["--config", str(config)])
+    backend_pid = int(worker.run("pid").stderr)
+    errors: list[BaseException] = []
+
+    def long_request() -> None:
+        try:
+            worker.run("sleep", "60")
+        except BaseException as exc:  # the RPC is cancelled by the server's stop
+            errors.append(exc)
+
+    thread = threading.Thread(target=long_request)
+    thread.start()
+    time.sleep(0.3)
+    started = time.monotonic()
+    assert worker.terminate() == 0
+    assert time.monotonic() - started < 5
+    thread.join(10)
+    assert errors, "the long request should have been cancelled"
+    assert wait_gone([backend_pid]) == []
+
+
+def test_requests_after_sigterm_are_refused_clearly(start_runtime: StartRuntime) -> None:
+    worker = start_runtime(fake_backend("--multiplex"), ["--multiplex"])
+
+    async def scenario() -> str:
+        async with StreamingSession(worker.target) as session:
+            slow = asyncio.create_task(session.execute(make_command(["sleep", "1"])))
+            await asyncio.sleep(0.3)
+            assert worker.proc is not None
+            os.killpg(worker.proc.pid, signal.SIGTERM)
+            await asyncio.sleep(0.2)
+            late = await session.execute(make_command(["echo", "late"]))
+            assert late.exit_code == RUNTIME_ERROR_EXIT_CODE
+            assert "shutting down" in late.stderr
+            return (await slow).stderr
+
+    assert asyncio.run(scenario()) == "slept"
+
+
+def test_runtime_killed_with_sigkill_takes_its_backends_along(start_runtime: StartRuntime) -> None:
+    worker = start_runtime(fake_backend(), env={"TEST_PROCESS_MARKER": "sigkill-test"})
+    pids = {int(worker.run("pid").stderr)}
+    assert worker.proc is not None
+    os.kill(worker.proc.pid, signal.SIGKILL)  # not the group: only the runtime dies
+    worker.proc.wait()
+    assert wait_gone(sorted(pids)) == []
+
+
+def test_backends_survive_the_group_sigterm_until_drained(start_runtime: StartRuntime) -> None:
+    """Backends run in their own session: Buck2's SIGTERM to the runtime's group does not
+    reach them mid-request (the runtime stops them itself, after draining)."""
+    worker = start_runtime(fake_backend())
+    backend_pid = int(worker.run("pid").stderr)
+    assert worker.proc is not None
+    assert os.getpgid(backend_pid) != os.getpgid(worker.proc.pid)
+
+
+def test_no_process_left_after_many_backends(start_runtime: StartRuntime, tmp_path) -> None:
+    worker = start_runtime(
+        fake_backend(), ["--max-instances", "4"], env={"TEST_PROCESS_MARKER": "many"}
+    )
+    threads = [threading.Thread(target=worker.run, args=("sleep", "0.5")) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(processes_with_marker("many")) >= 5  # runtime + 4 backends
+    worker.terminate()
+    assert processes_with_marker("many") == []

@@ -1,0 +1,56 @@
+"""Worker keys: tool inputs and the per-request environment decide which backend serves."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from tests.conftest import StartRuntime, fake_backend, wait_gone
+from worker_runtime.buck2.emulator import make_command
+from worker_runtime.errors import RUNTIME_ERROR_EXIT_CODE
+
+
+def test_changed_tool_input_gets_a_new_backend_and_retires_the_old(
+    start_runtime: StartRuntime, tmp_path: Path
+) -> None:
+    tool = tmp_path / "tool.jar"
+    tool.write_text("version 1")
+    worker = start_runtime(fake_backend(), ["--tool-input", str(tool)])
+    old = worker.run("pid").stderr
+    assert worker.run("pid").stderr == old
+    tool.write_text("version 2, rebuilt")
+    new = worker.run("pid").stderr
+    assert new != old
+    assert worker.run("pid").stderr == new
+    assert wait_gone([int(old)]) == [], "the old backend should be retired when idle"
+
+
+def test_missing_tool_input_is_a_clear_per_request_error(
+    start_runtime: StartRuntime, tmp_path: Path
+) -> None:
+    worker = start_runtime(fake_backend(), ["--tool-input", str(tmp_path / "absent.jar")])
+    response = worker.run("pid")
+    assert response.exit_code == RUNTIME_ERROR_EXIT_CODE
+    assert "absent.jar" in response.stderr and "cannot be read" in response.stderr
+
+
+def test_key_env_values_pick_backends_and_reach_them(start_runtime: StartRuntime) -> None:
+    worker = start_runtime(fake_backend(), ["--key-env", "JAVA_HOME"])
+    a = worker.execute(make_command(["env", "JAVA_HOME"], env={"JAVA_HOME": "/jdk/a"}))
+    b = worker.execute(make_command(["env", "JAVA_HOME"], env={"JAVA_HOME": "/jdk/b"}))
+    assert (a.stderr, b.stderr) == ("/jdk/a", "/jdk/b")
+    pid_a = worker.execute(make_command(["pid"], env={"JAVA_HOME": "/jdk/a"})).stderr
+    pid_b = worker.execute(make_command(["pid"], env={"JAVA_HOME": "/jdk/b"})).stderr
+    assert pid_a != pid_b
+    assert worker.execute(make_command(["pid"], env={"JAVA_HOME": "/jdk/a"})).stderr == pid_a
+
+
+def test_other_request_env_is_ignored(start_runtime: StartRuntime) -> None:
+    """TMPDIR and the like differ per action; they must not start new backends."""
+    worker = start_runtime(fake_backend())
+    first = worker.execute(make_command(["pid"], scratch="/tmp/action-1")).stderr
+    second = worker.execute(make_command(["pid"], scratch="/tmp/action-2")).stderr
+    assert first == second
+    seen = worker.execute(
+        make_command(["env", "BUCK_SCRATCH_PATH"], scratch="/tmp/action-3")
+    ).stderr
+    assert seen != "/tmp/action-3"

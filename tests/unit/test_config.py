@@ -1,0 +1,85 @@
+"""Config file parsing: every key checked, unknown keys and bad values named."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from worker_runtime.config import (
+    RuntimeConfig,
+    config_from_mapping,
+    load_config_file,
+    with_overrides,
+)
+from worker_runtime.errors import ConfigError
+
+
+def test_full_config_round_trip(tmp_path: Path) -> None:
+    data = {
+        "command": ["tool", "--flag"],
+        "protocol": "json",
+        "multiplex": True,
+        "cancellable": True,
+        "max_instances": 3,
+        "tool_inputs": ["tool"],
+        "key_env": ["LANG"],
+        "env": {"A": "b"},
+        "verbosity": 10,
+        "retries": 0,
+        "frame_stall_timeout_s": 1,
+        "cancel_grace_s": 2.5,
+        "shutdown_grace_s": 3,
+        "log_dir": "/tmp/x",
+    }
+    path = tmp_path / "c.json"
+    path.write_text(json.dumps(data))
+    config = load_config_file(path).validated()
+    assert config.command == ("tool", "--flag")
+    assert config.protocol == "json" and config.multiplex and config.cancellable
+    assert (
+        config.max_instances == 3 and config.key_env == ("LANG",) and dict(config.env) == {"A": "b"}
+    )
+    assert config.cancel_grace_s == 2.5 and config.retries == 0
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        ({"protocl": "json"}, "unknown config key `protocl`"),
+        ({"protocol": "xml"}, "`protocol` must be one of"),
+        ({"max_instances": 0}, "`max_instances` must be an integer >= 1"),
+        ({"max_instances": "2"}, "`max_instances` must be an integer"),
+        ({"multiplex": "yes"}, "`multiplex` must be true or false"),
+        ({"command": "tool"}, "`command` must be a list of strings"),
+        ({"env": {"A": 1}}, "`env` must be an object of strings"),
+        ({"frame_stall_timeout_s": 0}, "`frame_stall_timeout_s` must be a number of seconds"),
+        ([1], "must hold a JSON object"),
+    ],
+)
+def test_bad_values_name_the_key(data: object, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        config_from_mapping(data)
+
+
+def test_flags_override_file() -> None:
+    base = config_from_mapping({"protocol": "json", "max_instances": 2, "command": ["a"]})
+    merged = with_overrides(base, {"protocol": "proto", "max_instances": None, "command": ("b",)})
+    assert merged.protocol == "proto" and merged.max_instances == 2 and merged.command == ("b",)
+
+
+def test_missing_command_and_cancellable_without_multiplex() -> None:
+    with pytest.raises(ConfigError, match="no backend command"):
+        RuntimeConfig().validated()
+    with pytest.raises(ConfigError, match="`cancellable` needs `multiplex`"):
+        RuntimeConfig(command=("a",), cancellable=True).validated()
+
+
+def test_unreadable_and_invalid_files(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="cannot be read"):
+        load_config_file(tmp_path / "missing.json")
+    bad = tmp_path / "bad.json"
+    bad.write_text("{")
+    with pytest.raises(ConfigError, match="not valid JSON"):
+        load_config_file(bad)

@@ -1,0 +1,7 @@
+"""``python -m worker_runtime``: the same as the ``worker-runtime`` console script."""
+
+import sys
+
+from worker_runtime.cli import main
+
+sys.exit(main())

@@ -1,0 +1,94 @@
+"""The backend manager: one pool per worker key, retiring pools whose tool files changed."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from pathlib import Path
+
+from worker_runtime.backends.key import ToolDigests, WorkerKey, make_key
+from worker_runtime.backends.pool import BackendPool, MultiplexPool, SingleplexPool
+from worker_runtime.backends.process import BackendSpec
+from worker_runtime.config import RuntimeConfig
+
+LOGGER = logging.getLogger(__name__)
+
+#: Variables of the runtime's own environment that a backend must not inherit:
+#: a Buck2-aware backend would otherwise try to serve Buck2's socket itself.
+HIDDEN_ENV = ("WORKER_SOCKET",)
+
+
+class BackendManager:
+    """Owns every backend pool of one runtime and finds the pool for a request's key."""
+
+    def __init__(self, config: RuntimeConfig, cwd: str, log_dir: Path) -> None:
+        self.config = config
+        self.cwd = cwd
+        self.log_dir = log_dir
+        self.tools = ToolDigests(config.tool_inputs, cwd)
+        self.pools: dict[WorkerKey, BackendPool] = {}
+        self._keys: dict[tuple[object, ...], WorkerKey] = {}
+        #: Pools replaced by a newer key whose processes are still finishing requests.
+        self._retired: set[BackendPool] = set()
+        base = {k: v for k, v in os.environ.items() if k not in HIDDEN_ENV}
+        base.update(config.env)
+        self._base_env = base
+
+    def key_for(self, key_env: tuple[tuple[str, str], ...]) -> WorkerKey:
+        """The key of a request with these key_env values, given the tool files on disk now."""
+        digests = self.tools.current() if self.config.tool_inputs else ()
+        memo = (key_env, digests)
+        key = self._keys.get(memo)
+        if key is None:
+            key = make_key(
+                self.config.command, key_env, self.config.protocol, self.config.multiplex, digests
+            )
+            self._keys[memo] = key
+        return key
+
+    def pool_for(self, key: WorkerKey) -> BackendPool:
+        existing = self.pools.get(key)
+        if existing is not None:
+            return existing
+        for old_key, old in list(self.pools.items()):
+            if old_key.family == key.family:
+                LOGGER.info(
+                    "tool inputs changed (key %s -> %s): retiring the old backends when idle",
+                    old_key.short,
+                    key.short,
+                )
+                old.retire()
+                del self.pools[old_key]
+                self._retired.add(old)
+        env = dict(self._base_env)
+        env.update(key.env)
+        spec = BackendSpec(
+            key=key,
+            env=env,
+            cwd=self.cwd,
+            cancellable=self.config.cancellable,
+            frame_stall_timeout_s=self.config.frame_stall_timeout_s,
+            cancel_grace_s=self.config.cancel_grace_s,
+            log_dir=self.log_dir,
+        )
+        pool: BackendPool
+        if key.multiplex:
+            pool = MultiplexPool(spec)
+        else:
+            pool = SingleplexPool(spec, self.config.max_instances)
+        self.pools[key] = pool
+        return pool
+
+    def processes(self) -> list[tuple[WorkerKey, int]]:
+        """(key, pid) of every live backend process, for tests and status."""
+        self._retired = {p for p in self._retired if p.processes}
+        out: list[tuple[WorkerKey, int]] = []
+        for pool in [*self.pools.values(), *self._retired]:
+            out.extend((pool.spec.key, p.pid) for p in pool.processes if p.alive)
+        return out
+
+    async def stop_all(self) -> None:
+        pools = [*self.pools.values(), *self._retired]
+        self.pools.clear()
+        await asyncio.gather(*(pool.stop() for pool in pools))

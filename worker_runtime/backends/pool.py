@@ -1,0 +1,158 @@
+"""Pools of backend processes for one worker key: singleplex (N processes, one request
+each) and multiplex (one process, many requests routed by ``request_id``)."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+
+from worker_runtime.backends.process import BackendProcess, BackendSpec
+from worker_runtime.protocol.messages import WorkInput, WorkRequest, WorkResponse
+
+LOGGER = logging.getLogger(__name__)
+
+#: request_id is an int32 on the wire; ids are never reused below this bound.
+MAX_REQUEST_ID = (1 << 31) - 1
+
+
+class BackendPool:
+    """The processes of one worker key. ``call`` runs one request on one of them."""
+
+    def __init__(self, spec: BackendSpec) -> None:
+        self.spec = spec
+        self.retired = False
+        self.processes: set[BackendProcess] = set()
+
+    async def call(
+        self, arguments: tuple[str, ...], inputs: tuple[WorkInput, ...], verbosity: int
+    ) -> WorkResponse:
+        raise NotImplementedError
+
+    async def call_retry(
+        self, arguments: tuple[str, ...], inputs: tuple[WorkInput, ...], verbosity: int
+    ) -> WorkResponse:
+        """Runs a retry of a request whose backend died. By default like any other request."""
+        return await self.call(arguments, inputs, verbosity)
+
+    @property
+    def in_flight(self) -> int:
+        return sum(p.in_flight for p in self.processes)
+
+    def retire(self) -> None:
+        """Stops taking new work; idle processes stop now, busy ones when their work is done."""
+        self.retired = True
+        self._stop_idle()
+
+    def _stop_idle(self) -> None:
+        for proc in list(self.processes):
+            if proc.in_flight == 0:
+                self._discard(proc)
+
+    def _discard(self, proc: BackendProcess) -> None:
+        self.processes.discard(proc)
+        task = asyncio.create_task(proc.stop(), name=f"stop-{proc.pid}")
+        _BACKGROUND.add(task)
+        task.add_done_callback(_BACKGROUND.discard)
+
+    async def _spawn(self) -> BackendProcess:
+        proc = BackendProcess(self.spec)
+        await proc.start()
+        self.processes.add(proc)
+        return proc
+
+    async def stop(self) -> None:
+        self.retired = True
+        procs, self.processes = list(self.processes), set()
+        await asyncio.gather(*(p.stop() for p in procs))
+
+
+# Stop tasks are kept referenced until done (asyncio holds tasks only weakly).
+_BACKGROUND: set[asyncio.Task[None]] = set()
+
+
+class SingleplexPool(BackendPool):
+    """Up to ``max_instances`` processes, each serving one request at a time (FIFO wait)."""
+
+    def __init__(self, spec: BackendSpec, max_instances: int) -> None:
+        super().__init__(spec)
+        self._slots = asyncio.Semaphore(max_instances)
+        self._idle: list[BackendProcess] = []
+
+    async def call(
+        self, arguments: tuple[str, ...], inputs: tuple[WorkInput, ...], verbosity: int
+    ) -> WorkResponse:
+        async with self._slots:
+            proc = None
+            while self._idle:
+                candidate = self._idle.pop()
+                if candidate.alive:
+                    proc = candidate
+                    break
+                self.processes.discard(candidate)
+            if proc is None:
+                proc = await self._spawn()
+            try:
+                return await proc.call(WorkRequest(arguments, inputs, 0, verbosity=verbosity))
+            finally:
+                if not proc.alive:
+                    self.processes.discard(proc)
+                elif self.retired:
+                    self._discard(proc)
+                else:
+                    self._idle.append(proc)
+
+
+class MultiplexPool(BackendPool):
+    """One process with many requests in flight; ids are never reused, not even after a cancel."""
+
+    def __init__(self, spec: BackendSpec) -> None:
+        super().__init__(spec)
+        self._proc: BackendProcess | None = None
+        self._starting = asyncio.Lock()
+        self._ids = itertools.count(1)
+
+    async def _current(self) -> BackendProcess:
+        proc = self._proc
+        if proc is not None and proc.alive:
+            return proc
+        async with self._starting:
+            if self._proc is None or not self._proc.alive:
+                if self._proc is not None:
+                    self.processes.discard(self._proc)
+                self._proc = await self._spawn()
+            return self._proc
+
+    def _next_id(self) -> int:
+        request_id = next(self._ids)
+        if request_id > MAX_REQUEST_ID:
+            # After 2^31 requests: start again above every id still in flight.
+            base = max((max(p._pending, default=0) for p in self.processes), default=0)
+            self._ids = itertools.count(base + 1)
+            request_id = next(self._ids)
+        return request_id
+
+    async def call_retry(
+        self, arguments: tuple[str, ...], inputs: tuple[WorkInput, ...], verbosity: int
+    ) -> WorkResponse:
+        """Retries run alone on a process of their own: when one of several requests killed
+        the shared process, we cannot tell which, and a poison request retried on the shared
+        process would take the others' retries down with it."""
+        proc = await self._spawn()
+        try:
+            return await proc.call(WorkRequest(arguments, inputs, 1, verbosity=verbosity))
+        finally:
+            self._discard(proc)
+
+    async def call(
+        self, arguments: tuple[str, ...], inputs: tuple[WorkInput, ...], verbosity: int
+    ) -> WorkResponse:
+        proc = await self._current()
+        request = WorkRequest(arguments, inputs, self._next_id(), verbosity=verbosity)
+        try:
+            return await proc.call(request)
+        finally:
+            if not proc.alive:
+                self.processes.discard(proc)
+            elif self.retired and proc.in_flight == 0:
+                self._discard(proc)

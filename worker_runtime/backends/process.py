@@ -1,0 +1,339 @@
+"""One backend process: spawning it, writing requests, routing its responses, stopping it.
+
+The process is started as ``argv + --persistent_worker`` in its own session (so Buck2's
+SIGTERM to the runtime's process group does not reach it mid-request) and, where
+util-linux ``setpriv`` exists, with a parent-death signal so that it never outlives the
+runtime. Its stderr goes to one log file per process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import os
+import shutil
+import signal
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+from worker_runtime.backends.key import WorkerKey
+from worker_runtime.errors import (
+    BackendDiedError,
+    BackendError,
+    BackendProtocolError,
+    BackendStartError,
+    ProtocolError,
+)
+from worker_runtime.protocol.framing import make_framing, quote_bytes
+from worker_runtime.protocol.messages import WorkRequest, WorkResponse
+
+LOGGER = logging.getLogger(__name__)
+
+STDERR_TAIL_BYTES = 2048
+STDERR_TAIL_LINES = 12
+_SETPRIV = shutil.which("setpriv")
+_SEQUENCE = itertools.count(1)
+
+
+@dataclass(frozen=True, slots=True)
+class BackendSpec:
+    """Everything needed to start backend processes of one worker key."""
+
+    key: WorkerKey
+    env: dict[str, str]
+    cwd: str
+    cancellable: bool
+    frame_stall_timeout_s: float
+    cancel_grace_s: float
+    log_dir: Path
+
+    @property
+    def tool(self) -> str:
+        return os.path.basename(self.key.argv[0])
+
+
+def stderr_tail(path: Path) -> str:
+    """The last lines of a backend's stderr log, or a note that it is empty."""
+    try:
+        with open(path, "rb") as handle:
+            handle.seek(0, os.SEEK_END)
+            size = handle.tell()
+            handle.seek(max(0, size - STDERR_TAIL_BYTES))
+            data = handle.read()
+    except OSError:
+        return "(no stderr log)"
+    lines = data.decode("utf-8", "replace").splitlines()[-STDERR_TAIL_LINES:]
+    if not lines:
+        return "(stderr was empty)"
+    return "\n".join("    " + line for line in lines)
+
+
+def describe_exit(returncode: int | None) -> str:
+    if returncode is None:
+        return "closed its stdout"
+    if returncode < 0:
+        try:
+            name = signal.Signals(-returncode).name
+        except ValueError:
+            name = str(-returncode)
+        return f"was killed by signal {name}"
+    return f"exited with code {returncode}"
+
+
+class _PipeProtocol(asyncio.SubprocessProtocol):
+    """Feeds the backend's stdout straight into its framing, with no reader task in between
+    (one event-loop hop less per response)."""
+
+    def __init__(self, owner: BackendProcess) -> None:
+        self.owner = owner
+
+    def pipe_data_received(self, fd: int, data: bytes) -> None:
+        self.owner._on_stdout(data)
+
+    def pipe_connection_lost(self, fd: int, exc: Exception | None) -> None:
+        if fd == 1:
+            self.owner._on_stdout_closed()
+
+    def process_exited(self) -> None:
+        self.owner._on_exit()
+
+
+class BackendProcess:
+    """A running backend. ``call`` sends one request and waits for its response.
+
+    Any protocol error, EOF or exit fails every pending request with a ``BackendError``
+    and leaves the process dead; it is never reused after that.
+    """
+
+    def __init__(self, spec: BackendSpec) -> None:
+        self.spec = spec
+        self.seq = next(_SEQUENCE)
+        self.log_path = spec.log_dir / f"backend-{spec.tool}-{spec.key.short}-{self.seq}.log"
+        self.framing = make_framing(spec.key.protocol)
+        self.pid = 0
+        self.requests_served = 0
+        self._transport: asyncio.SubprocessTransport | None = None
+        self._stdin: asyncio.WriteTransport | None = None
+        self._pending: dict[int, asyncio.Future[WorkResponse]] = {}
+        self._cancelling: set[int] = set()
+        self._failure: BackendError | None = None
+        self._exited = asyncio.Event()
+        self._stall_timer: asyncio.TimerHandle | None = None
+
+    @property
+    def alive(self) -> bool:
+        return self._transport is not None and self._failure is None and not self._exited.is_set()
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._pending)
+
+    def describe(self) -> str:
+        return f"backend `{self.spec.tool}` (pid {self.pid}, key {self.spec.key.short})"
+
+    def _check_executable(self) -> None:
+        """Fails clearly here rather than as an exit code 127 from setpriv's exec."""
+        program = self.spec.key.argv[0]
+        if os.sep in program:
+            path = os.path.join(self.spec.cwd, program)
+            ok = os.path.isfile(path) and os.access(path, os.X_OK)
+        else:
+            ok = shutil.which(program, path=self.spec.env.get("PATH")) is not None
+        if not ok:
+            raise BackendStartError(
+                f"backend command {program!r} could not be started: it is not an executable "
+                f"file (looked from {self.spec.cwd} and on PATH); check the command after `--` "
+                "(or `command` in the config)"
+            )
+
+    async def start(self) -> None:
+        self._check_executable()
+        argv = [*self.spec.key.argv, "--persistent_worker"]
+        if _SETPRIV:
+            argv = [_SETPRIV, "--pdeathsig", "KILL", "--", *argv]
+        self.spec.log_dir.mkdir(parents=True, exist_ok=True)
+        log = open(self.log_path, "ab")  # noqa: SIM115, ASYNC230 - handed to the child; a local file
+        loop = asyncio.get_running_loop()
+        try:
+            transport, _ = await loop.subprocess_exec(
+                lambda: _PipeProtocol(self),
+                *argv,
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=log,
+                cwd=self.spec.cwd,
+                env=self.spec.env,
+                start_new_session=True,
+            )
+        except OSError as exc:
+            raise BackendStartError(
+                f"backend command {self.spec.key.argv[0]!r} could not be started: "
+                f"{exc.strerror or exc}; check the command after `--` (or `command` in the "
+                f"config) and that it is executable from {self.spec.cwd}"
+            ) from None
+        finally:
+            log.close()
+        self._transport = transport
+        self._stdin = transport.get_pipe_transport(0)  # type: ignore[assignment]
+        self.pid = transport.get_pid()
+        LOGGER.info("started %s: %s; log %s", self.describe(), argv, self.log_path)
+
+    async def call(self, request: WorkRequest) -> WorkResponse:
+        """Sends ``request`` and returns its response.
+
+        If the caller is cancelled (timeout, client cancel) the backend is left clean: a
+        cancellable multiplex backend gets a cancel request, any other is killed.
+        """
+        if self._failure is not None:
+            raise self._failure
+        assert self._stdin is not None
+        future: asyncio.Future[WorkResponse] = asyncio.get_running_loop().create_future()
+        self._pending[request.request_id] = future
+        try:
+            self._stdin.write(self.framing.encode(request))
+            response = await future
+        except asyncio.CancelledError:
+            if self._pending.pop(request.request_id, None) is not None and self.alive:
+                self._abandon(request.request_id)
+            raise
+        self.requests_served += 1
+        return response
+
+    def _abandon(self, request_id: int) -> None:
+        """Leaves the backend clean after a request whose caller has gone."""
+        if self.spec.key.multiplex and self.spec.cancellable and self._stdin is not None:
+            self._cancelling.add(request_id)
+            cancel = WorkRequest(arguments=(), request_id=request_id, cancel=True)
+            self._stdin.write(self.framing.encode(cancel))
+            asyncio.get_running_loop().call_later(
+                self.spec.cancel_grace_s, self._check_cancel_acknowledged, request_id
+            )
+            LOGGER.info("%s: sent cancel for request %d", self.describe(), request_id)
+            return
+        LOGGER.info("%s: killed, its request %d was abandoned", self.describe(), request_id)
+        self.kill(BackendDiedError(f"{self.describe()} was killed: a request was cancelled"))
+
+    def _check_cancel_acknowledged(self, request_id: int) -> None:
+        if request_id in self._cancelling and self.alive:
+            self.kill(
+                BackendDiedError(
+                    f"{self.describe()} did not answer a cancel of request {request_id} "
+                    f"within {self.spec.cancel_grace_s:g} s and was killed"
+                )
+            )
+
+    # -- events from the pipes (called by _PipeProtocol on the event loop) -------------
+    def _on_stdout(self, data: bytes) -> None:
+        if self._failure is not None:
+            return
+        try:
+            for response in self.framing.feed(data):
+                self._deliver(response)
+        except ProtocolError as exc:
+            self._fail_protocol(str(exc), exc.first_bytes)
+            return
+        if self._stall_timer is not None:
+            self._stall_timer.cancel()
+            self._stall_timer = None
+        if self.framing.mid_message():
+            self._stall_timer = asyncio.get_running_loop().call_later(
+                self.spec.frame_stall_timeout_s, self._on_stall
+            )
+
+    def _on_stall(self) -> None:
+        self._stall_timer = None
+        if self.framing.mid_message() and self._failure is None:
+            self._fail_protocol(
+                f"a response started but no more bytes came for "
+                f"{self.spec.frame_stall_timeout_s:g} s",
+                self.framing.first_bytes(),
+            )
+
+    def _on_stdout_closed(self) -> None:
+        # A process that closes stdout but lives on can serve nothing: give it a moment
+        # to exit by itself (for its exit status), then kill it.
+        asyncio.get_running_loop().call_later(1.0, self._kill_group)
+
+    def _on_exit(self) -> None:
+        assert self._transport is not None
+        returncode = self._transport.get_returncode()
+        self._exited.set()
+        if self._stall_timer is not None:
+            self._stall_timer.cancel()
+        if self._failure is None:
+            summary = f"{self.describe()} {describe_exit(returncode)} before answering"
+            self._failure = BackendDiedError(
+                f"{summary}; last stderr lines:\n{stderr_tail(self.log_path)}\n  log: {self.log_path}",
+                f"{summary} (log: {self.log_path})",
+            )
+        self._fail_pending()
+        self._kill_group()
+        self._transport.close()
+        LOGGER.info("%s ended: %s", self.describe(), describe_exit(returncode))
+
+    def _deliver(self, response: WorkResponse) -> None:
+        future = self._pending.pop(response.request_id, None)
+        if future is None:
+            if response.request_id in self._cancelling:
+                self._cancelling.discard(response.request_id)
+                return
+            pending = sorted(self._pending) or "none"
+            raise ProtocolError(
+                f"it answered request id {response.request_id}, which is not in flight "
+                f"(in flight: {pending})",
+                b"",
+            )
+        if not future.done():
+            future.set_result(response)
+
+    def _fail_protocol(self, why: str, first_bytes: bytes) -> None:
+        quoted = f"; it wrote: {quote_bytes(first_bytes)}" if first_bytes else ""
+        summary = f"{self.describe()} wrote an invalid response: {why}"
+        self.kill(
+            BackendProtocolError(
+                f"{summary}{quoted}. Did it print something to stdout? A worker may write only "
+                f"WorkResponses there. Last stderr lines:\n{stderr_tail(self.log_path)}\n"
+                f"  log: {self.log_path}",
+                f"{summary} (log: {self.log_path})",
+            )
+        )
+
+    def _fail_pending(self) -> None:
+        assert self._failure is not None
+        for future in self._pending.values():
+            if not future.done():
+                future.set_exception(self._failure)
+        self._pending.clear()
+
+    def kill(self, reason: BackendError) -> None:
+        """Discards the process at once; pending requests fail with ``reason``."""
+        if self._failure is None:
+            self._failure = reason
+        self._fail_pending()
+        self._kill_group()
+
+    def _kill_group(self) -> None:
+        if self.pid and not self._exited.is_set():
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(self.pid, signal.SIGKILL)
+
+    async def stop(self, grace_s: float = 2.0) -> None:
+        """Closes stdin, then SIGTERM, then SIGKILL; returns once the process is gone."""
+        if self._transport is None:
+            return
+        if self._failure is None:
+            self._failure = BackendDiedError(f"{self.describe()} was stopped by the runtime")
+        if not self._exited.is_set():
+            if self._stdin is not None:
+                self._stdin.close()
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(self.pid, signal.SIGTERM)
+            try:
+                await asyncio.wait_for(self._exited.wait(), grace_s)
+            except TimeoutError:
+                LOGGER.warning("%s ignored SIGTERM for %g s; killing it", self.describe(), grace_s)
+            self._kill_group()
+        await self._exited.wait()

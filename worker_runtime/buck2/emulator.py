@@ -1,0 +1,263 @@
+"""A stand-in for Buck2's side of the local worker protocol, for tests, the demo and benchmarks.
+
+It does what Buck2's source does with one ``WorkerInfo`` during one command
+(shared/reference/buck2-workers.md, sections 1-2): spawn the worker with
+``WORKER_SOCKET=/tmp/buck2_worker/<id>/socket``, cwd at the project root and
+stdout/stderr to files beside the socket; poll a plain ``connect()`` with 50 ms
+backoff doubling to 500 ms for up to 60 s; send requests with bytes argv and the
+action's full env (unary ``Execute``, or one ``ExecuteStream`` with ids from 0 after
+awaiting the response headers); retry ``UNAVAILABLE`` on unary calls 1 + 5 times with
+100-500 ms backoff; at the end of the command, SIGTERM to the worker's process group,
+then SIGKILL after the shutdown timeout (10 s by default).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+import uuid
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import grpc
+
+from worker_runtime.proto import buck2_worker_pb2 as pb
+from worker_runtime.proto import buck2_worker_pb2_grpc as pb_grpc
+
+BUCK2_WORKER_DIR = "/tmp/buck2_worker"
+CONNECT_TIMEOUT_S = 60.0
+SHUTDOWN_TIMEOUT_S = 10.0
+GRPC_OPTIONS = [("grpc.max_send_message_length", -1), ("grpc.max_receive_message_length", -1)]
+_IDS = itertools.count()
+
+
+class WorkerSpawnError(Exception):
+    """The worker did not come up: Buck2's "Worker exited before connecting" and friends."""
+
+
+def action_env(
+    scratch: str, extra: Mapping[str, str] | None = None
+) -> list[pb.ExecuteCommand.EnvironmentEntry]:
+    """The per-action environment Buck2 sends with every request."""
+    env = dict(os.environ)
+    env.update(
+        {
+            "TMPDIR": scratch,
+            "BUCK_SCRATCH_PATH": scratch,
+            "BUCK2_DAEMON_UUID": "00000000-0000-0000-0000-000000000000",
+            "BUCK_BUILD_ID": str(uuid.uuid4()),
+        }
+    )
+    env.update(extra or {})
+    return [
+        pb.ExecuteCommand.EnvironmentEntry(key=k.encode(), value=v.encode()) for k, v in env.items()
+    ]
+
+
+def make_command(
+    argv: Sequence[str | bytes],
+    *,
+    env: Mapping[str, str] | None = None,
+    timeout_s: int | None = None,
+    scratch: str = "/tmp",
+) -> pb.ExecuteCommand:
+    command = pb.ExecuteCommand(
+        argv=[a if isinstance(a, bytes) else a.encode() for a in argv],
+        env=action_env(scratch, env),
+    )
+    if timeout_s is not None:
+        command.timeout_s = timeout_s
+    return command
+
+
+class Buck2Worker:
+    """One worker process as Buck2 manages it during one command."""
+
+    def __init__(
+        self,
+        exe: Sequence[str],
+        *,
+        project_root: str | Path,
+        env: Mapping[str, str] | None = None,
+        shutdown_timeout_s: float = SHUTDOWN_TIMEOUT_S,
+    ) -> None:
+        self.exe = list(exe)
+        self.project_root = str(project_root)
+        self.env = dict(env or {})
+        self.shutdown_timeout_s = shutdown_timeout_s
+        os.makedirs(BUCK2_WORKER_DIR, exist_ok=True)
+        self.dir = tempfile.mkdtemp(prefix=f"{os.getpid()}-{next(_IDS)}-", dir=BUCK2_WORKER_DIR)
+        self.socket_path = os.path.join(self.dir, "socket")
+        self.stdout_path = os.path.join(self.dir, "stdout")
+        self.stderr_path = os.path.join(self.dir, "stderr")
+        self.proc: subprocess.Popen[bytes] | None = None
+        self._channel: grpc.Channel | None = None
+
+    # -- lifecycle -------------------------------------------------------------------
+    def spawn(self) -> None:
+        env = dict(os.environ)
+        env.update(self.env)
+        env["WORKER_SOCKET"] = self.socket_path
+        env["PWD"] = self.project_root
+        with open(self.stdout_path, "wb") as out, open(self.stderr_path, "wb") as err:
+            self.proc = subprocess.Popen(
+                self.exe,
+                cwd=self.project_root,
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=err,
+                start_new_session=True,
+            )
+
+    def wait_ready(self, timeout_s: float = CONNECT_TIMEOUT_S) -> None:
+        assert self.proc is not None
+        deadline = time.monotonic() + timeout_s
+        delay = 0.05
+        while True:
+            if self.proc.poll() is not None:
+                raise WorkerSpawnError(
+                    f"Worker exited before connecting (exit code {self.proc.returncode}); "
+                    f"stderr: {self.stderr()!r}"
+                )
+            probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            try:
+                probe.connect(self.socket_path)
+                return
+            except OSError:
+                pass
+            finally:
+                probe.close()
+            if time.monotonic() >= deadline:
+                raise WorkerSpawnError(f"Worker failed to connect within {timeout_s} seconds")
+            time.sleep(delay)
+            delay = min(delay * 2, 0.5)
+
+    def start(self) -> Buck2Worker:
+        self.spawn()
+        self.wait_ready()
+        return self
+
+    def stderr(self) -> str:
+        with contextlib.suppress(OSError):
+            return Path(self.stderr_path).read_text(errors="replace")
+        return ""
+
+    def terminate(self) -> int | None:
+        """End of the command: SIGTERM to the process group, SIGKILL after the timeout."""
+        if self.proc is None:
+            return None
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, signal.SIGTERM)
+        try:
+            self.proc.wait(self.shutdown_timeout_s)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
+        if self._channel is not None:
+            self._channel.close()
+            self._channel = None
+        return self.proc.returncode
+
+    def cleanup(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+    def __enter__(self) -> Buck2Worker:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        try:
+            self.terminate()
+        finally:
+            self.cleanup()
+
+    # -- requests --------------------------------------------------------------------
+    @property
+    def target(self) -> str:
+        return f"unix:{self.socket_path}"
+
+    def channel(self) -> grpc.Channel:
+        if self._channel is None:
+            self._channel = grpc.insecure_channel(self.target, options=GRPC_OPTIONS)
+        return self._channel
+
+    def execute(
+        self, command: pb.ExecuteCommand, *, deadline_s: float | None = None
+    ) -> pb.ExecuteResponse:
+        """Unary Execute, with Buck2's retries of UNAVAILABLE."""
+        stub = pb_grpc.WorkerStub(self.channel())
+        delay = 0.1
+        for attempt in range(6):
+            try:
+                return stub.Execute(command, timeout=deadline_s)
+            except grpc.RpcError as exc:
+                if exc.code() != grpc.StatusCode.UNAVAILABLE or attempt == 5:
+                    raise
+                time.sleep(delay)
+                delay = min(delay * 2, 0.5)
+        raise AssertionError("unreachable")
+
+    def run(self, *argv: str | bytes, **kwargs: object) -> pb.ExecuteResponse:
+        """Convenience: one unary request with these arguments."""
+        return self.execute(make_command(argv, **kwargs))  # type: ignore[arg-type]
+
+
+class StreamingSession:
+    """One ``ExecuteStream`` as Buck2 opens it for a ``WorkerInfo(streaming = True)``.
+
+    Use from asyncio: ``async with StreamingSession(worker.target) as s: await s.execute(cmd)``.
+    """
+
+    def __init__(self, target: str) -> None:
+        self.target = target
+        self._ids = itertools.count()
+        self._waiting: dict[int, asyncio.Future[pb.ExecuteResponse]] = {}
+        self._outgoing: asyncio.Queue[pb.ExecuteCommandStream | None] = asyncio.Queue()
+
+    async def __aenter__(self) -> StreamingSession:
+        self._channel = grpc.aio.insecure_channel(self.target, options=GRPC_OPTIONS)
+        stub = pb_grpc.WorkerStreamingStub(self._channel)
+        self._call = stub.ExecuteStream(self._requests())
+        # Buck2 awaits the call (the response headers) before sending any request.
+        await asyncio.wait_for(self._call.initial_metadata(), 10)
+        self._reader = asyncio.create_task(self._read())
+        return self
+
+    async def _requests(self):  # type: ignore[no-untyped-def]
+        while (item := await self._outgoing.get()) is not None:
+            yield item
+
+    async def _read(self) -> None:
+        try:
+            async for message in self._call:
+                future = self._waiting.pop(message.id)
+                future.set_result(message.response)
+        except grpc.aio.AioRpcError as exc:
+            for future in self._waiting.values():
+                future.set_exception(exc)
+
+    async def execute(self, command: pb.ExecuteCommand) -> pb.ExecuteResponse:
+        request_id = next(self._ids)
+        future: asyncio.Future[pb.ExecuteResponse] = asyncio.get_running_loop().create_future()
+        self._waiting[request_id] = future
+        self._outgoing.put_nowait(pb.ExecuteCommandStream(request=command, id=request_id))
+        return await future
+
+    async def __aexit__(self, *exc: object) -> None:
+        self._outgoing.put_nowait(None)
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(self._reader, 10)
+        await self._channel.close()

@@ -1,0 +1,191 @@
+"""The gRPC servicers Buck2 talks to on WORKER_SOCKET, and the serve loop around them.
+
+Thin by design: each RPC hands its ExecuteCommand to ``RequestHandler`` and writes
+back what it answers. ``serve`` owns start-up, SIGTERM draining and clean-up.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import logging
+import os
+import signal
+import socket
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import grpc
+
+from worker_runtime.backends.manager import BackendManager
+from worker_runtime.buck2 import grpc_tuning
+from worker_runtime.buck2.requests import RequestHandler
+from worker_runtime.config import RuntimeConfig
+from worker_runtime.errors import ConfigError
+from worker_runtime.proto import buck2_worker_pb2 as pb
+from worker_runtime.proto import buck2_worker_pb2_grpc as pb_grpc
+
+LOGGER = logging.getLogger(__name__)
+
+#: sun_path is 108 bytes including the terminating NUL.
+MAX_SOCKET_PATH = 107
+
+GRPC_OPTIONS = [
+    # Buck2's own limit is unlimited; responses of many MiB (huge diagnostics) must pass.
+    ("grpc.max_send_message_length", -1),
+    ("grpc.max_receive_message_length", -1),
+]
+
+
+class WorkerServicer(pb_grpc.WorkerServicer):
+    """``Execute`` (unary, what Buck2 calls by default) and ``Exec`` (cancellable)."""
+
+    def __init__(self, handler: RequestHandler) -> None:
+        self.handler = handler
+
+    async def Execute(
+        self, request: pb.ExecuteCommand, context: grpc.aio.ServicerContext
+    ) -> pb.ExecuteResponse:
+        return await self.handler.execute(request)
+
+    async def Exec(
+        self, request_iterator: AsyncIterator[pb.ExecuteEvent], context: grpc.aio.ServicerContext
+    ) -> pb.ExecuteResponse:
+        first = await anext(aiter(request_iterator), None)
+        if first is None or first.WhichOneof("data") != "command":
+            return self.handler.error("an Exec stream must start with a command event")
+        work = asyncio.create_task(self.handler.execute(first.command))
+        cancelled = False
+
+        async def watch_for_cancel() -> None:
+            nonlocal cancelled
+            async for event in request_iterator:
+                if event.WhichOneof("data") == "cancel":
+                    cancelled = True
+                    work.cancel()
+                    return
+
+        watcher = asyncio.create_task(watch_for_cancel())
+        try:
+            return await work
+        except asyncio.CancelledError:
+            if not cancelled:
+                raise
+            return self.handler.error("the request was cancelled by the client")
+        finally:
+            watcher.cancel()
+
+
+class StreamingServicer(pb_grpc.WorkerStreamingServicer):
+    """``ExecuteStream``: many requests on one stream, answered by id in any order."""
+
+    def __init__(self, handler: RequestHandler) -> None:
+        self.handler = handler
+
+    async def ExecuteStream(
+        self,
+        request_iterator: AsyncIterator[pb.ExecuteCommandStream],
+        context: grpc.aio.ServicerContext,
+    ) -> AsyncIterator[pb.ExecuteResponseStream]:
+        # Buck2 awaits the response headers before it sends its first request: send them now.
+        await context.send_initial_metadata(())
+        answers: asyncio.Queue[pb.ExecuteResponseStream | None] = asyncio.Queue()
+        tasks: set[asyncio.Task[None]] = set()
+        reading_done = False
+
+        async def answer(message: pb.ExecuteCommandStream) -> None:
+            response = await self.handler.execute(message.request)
+            answers.put_nowait(pb.ExecuteResponseStream(response=response, id=message.id))
+
+        def finished(task: asyncio.Task[None]) -> None:
+            tasks.discard(task)
+            if reading_done and not tasks:
+                answers.put_nowait(None)
+
+        async def read_requests() -> None:
+            nonlocal reading_done
+            try:
+                async for message in request_iterator:
+                    task = asyncio.create_task(answer(message))
+                    tasks.add(task)
+                    task.add_done_callback(finished)
+            finally:
+                reading_done = True
+                if not tasks:
+                    answers.put_nowait(None)
+
+        reader = asyncio.create_task(read_requests())
+        try:
+            while (item := await answers.get()) is not None:
+                yield item
+        finally:
+            reader.cancel()
+            for task in list(tasks):
+                task.cancel()
+
+
+def check_socket_path(path: str) -> None:
+    """Fails clearly on a path that cannot be bound, or that a live server already holds."""
+    if len(os.fsencode(path)) > MAX_SOCKET_PATH:
+        raise ConfigError(
+            f"WORKER_SOCKET is {len(os.fsencode(path))} bytes long; a Unix socket path may have "
+            f"at most {MAX_SOCKET_PATH}: {path}"
+        )
+    if not os.path.lexists(path):
+        Path(path).parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        return
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        probe.connect(path)
+    except OSError as exc:
+        if exc.errno not in (errno.ECONNREFUSED, errno.ENOTSOCK, errno.ENOENT):
+            raise
+        os.unlink(path)  # a stale socket (or file) from a dead process
+        return
+    finally:
+        probe.close()
+    raise ConfigError(f"another process is already serving WORKER_SOCKET {path}")
+
+
+async def serve(config: RuntimeConfig, socket_path: str, log_dir: Path) -> int:
+    """Serves Buck2 on ``socket_path`` until SIGTERM/SIGINT, then drains and cleans up."""
+    check_socket_path(socket_path)
+    manager = BackendManager(config, os.getcwd(), log_dir)
+    handler = RequestHandler(manager, log_dir)
+    server = grpc.aio.server(options=GRPC_OPTIONS)
+    pb_grpc.add_WorkerServicer_to_server(WorkerServicer(handler), server)
+    pb_grpc.add_WorkerStreamingServicer_to_server(StreamingServicer(handler), server)
+    server.add_insecure_port(f"unix:{socket_path}")
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    await server.start()
+    LOGGER.info("serving %s for %s (pid %d)", socket_path, list(config.command), os.getpid())
+    print(f"worker-runtime: serving {socket_path}; logs in {log_dir}", file=sys.stderr, flush=True)
+    try:
+        await stop.wait()
+        LOGGER.info("stop signal: draining %d in-flight request(s)", handler.in_flight)
+        handler.draining = True
+        try:
+            await asyncio.wait_for(handler.wait_idle(), config.shutdown_grace_s)
+        except TimeoutError:
+            LOGGER.warning(
+                "%d request(s) still running after %g s: cancelling them",
+                handler.in_flight,
+                config.shutdown_grace_s,
+            )
+        await server.stop(0)
+    finally:
+        await manager.stop_all()
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(socket_path)
+        LOGGER.info("stopped")
+    return 0
+
+
+def run_server(config: RuntimeConfig, socket_path: str, log_dir: Path) -> int:
+    """Runs ``serve`` on the fastest event loop available (uvloop where installed)."""
+    return grpc_tuning.run(serve(config, socket_path, log_dir))

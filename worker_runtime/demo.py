@@ -1,0 +1,202 @@
+"""``worker-runtime demo``: builds the example cold and warm, as Buck2 would, and prints the savings.
+
+Cold is what Buck2 does when workers are off: one process per action running the
+fallback command (``tool @argfile``). Warm is what it does with workers on: one
+``worker-runtime serve`` per command, each action sent to it over gRPC and served by a
+warm backend. Both run ``--jobs`` actions at a time (Buck2's ``-j``, the CPU count by
+default) and must write byte-identical outputs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import json
+import os
+import random
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from worker_runtime.buck2.emulator import Buck2Worker, make_command
+
+EXAMPLE_WORKER = (
+    Path(__file__).resolve().parent.parent / "examples" / "text_stats" / "text_stats_worker.py"
+)
+WORDS = [
+    "alpha",
+    "beta",
+    "gamma",
+    "delta",
+    "worker",
+    "buck",
+    "warm",
+    "cold",
+    "build",
+    "action",
+    "request",
+    "compile",
+]
+
+
+@dataclass(frozen=True)
+class PhaseResult:
+    name: str
+    wall_s: float
+    per_action_median_ms: float
+    actions: int
+
+
+class Progress:
+    """A one-line progress bar on stderr (plain lines when stderr is not a terminal)."""
+
+    def __init__(self, label: str, total: int) -> None:
+        self.label, self.total, self.done = label, total, 0
+        self.tty = sys.stderr.isatty()
+        self.started = time.monotonic()
+
+    def step(self) -> None:
+        self.done += 1
+        if self.tty:
+            filled = int(30 * self.done / self.total)
+            bar = "#" * filled + "." * (30 - filled)
+            sys.stderr.write(f"\r  {self.label:<28} [{bar}] {self.done}/{self.total}")
+            if self.done == self.total:
+                sys.stderr.write(f"  {time.monotonic() - self.started:.2f} s\n")
+            sys.stderr.flush()
+        elif self.done == self.total:
+            sys.stderr.write(
+                f"  {self.label:<28} {self.total} actions in {time.monotonic() - self.started:.2f} s\n"
+            )
+
+
+def make_project(root: Path, actions: int) -> None:
+    rng = random.Random(42)
+    (root / "src").mkdir(parents=True)
+    (root / "args").mkdir()
+    for mode in ("cold", "warm"):
+        (root / "out" / mode).mkdir(parents=True)
+    for index in range(actions):
+        lines = (" ".join(rng.choice(WORDS) for _ in range(12)) for _ in range(200))
+        (root / "src" / f"{index}.txt").write_text("\n".join(lines) + "\n")
+        for mode in ("cold", "warm"):
+            (root / "args" / f"{mode}-{index}.args").write_text(
+                f"--out\nout/{mode}/{index}.json\nsrc/{index}.txt\n"
+            )
+
+
+def run_actions(
+    label: str, actions: int, jobs: int, action: Callable[[int], None]
+) -> tuple[float, list[float]]:
+    progress = Progress(label, actions)
+    durations: list[float] = []
+
+    def timed(index: int) -> None:
+        start = time.perf_counter()
+        action(index)
+        durations.append(time.perf_counter() - start)
+        progress.step()
+
+    start = time.perf_counter()
+    with concurrent.futures.ThreadPoolExecutor(jobs) as pool:
+        list(pool.map(timed, range(actions)))
+    return time.perf_counter() - start, durations
+
+
+def cold_build(root: Path, actions: int, jobs: int) -> PhaseResult:
+    def action(index: int) -> None:
+        result = subprocess.run(
+            [sys.executable, str(EXAMPLE_WORKER), f"@args/cold-{index}.args"],
+            cwd=root,
+            capture_output=True,
+        )
+        if result.returncode != 0:
+            raise RuntimeError(f"cold action {index} failed: {result.stderr.decode()}")
+
+    wall, durations = run_actions("cold (process per action)", actions, jobs, action)
+    return PhaseResult("cold", wall, statistics.median(durations) * 1000, actions)
+
+
+def warm_build(root: Path, actions: int, jobs: int) -> PhaseResult:
+    exe = [
+        sys.executable, "-m", "worker_runtime", "serve", "--protocol", "json",
+        "--max-instances", str(jobs), "--", sys.executable, str(EXAMPLE_WORKER),
+    ]  # fmt: skip
+    start = time.perf_counter()
+    with Buck2Worker(exe, project_root=root) as worker:
+
+        def action(index: int) -> None:
+            response = worker.execute(make_command([f"@args/warm-{index}.args"]))
+            if response.exit_code != 0:
+                raise RuntimeError(f"warm action {index} failed: {response.stderr}")
+
+        _, durations = run_actions("warm (through the runtime)", actions, jobs, action)
+        wall = time.perf_counter() - start  # includes starting the runtime and backends
+    return PhaseResult("warm", wall, statistics.median(durations) * 1000, actions)
+
+
+def same_outputs(root: Path, actions: int) -> bool:
+    return all(
+        (root / "out" / "cold" / f"{i}.json").read_bytes()
+        == (root / "out" / "warm" / f"{i}.json").read_bytes()
+        for i in range(actions)
+    )
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="worker-runtime demo", description=__doc__)
+    parser.add_argument("--actions", type=int, default=120, help="actions to build (default: 120)")
+    parser.add_argument(
+        "--jobs", type=int, default=os.cpu_count() or 2, help="actions at a time (default: CPUs)"
+    )
+    parser.add_argument("--json", metavar="FILE", help="also write the results as JSON to FILE")
+    args = parser.parse_args(argv)
+
+    root = Path(tempfile.mkdtemp(prefix="worker-runtime-demo-"))
+    try:
+        make_project(root, args.actions)
+        print(
+            f"Building {args.actions} text_stats actions, {args.jobs} at a time, as Buck2 would:",
+            file=sys.stderr,
+        )
+        cold = cold_build(root, args.actions, args.jobs)
+        warm = warm_build(root, args.actions, args.jobs)
+        identical = same_outputs(root, args.actions)
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+    rows = [
+        ("cold: one process per action", cold),
+        ("warm: worker-runtime + warm backend", warm),
+    ]
+    print()
+    print(f"{'text_stats example':<38} {'build wall time':>16} {'per action (median)':>20}")
+    for label, phase in rows:
+        print(f"{label:<38} {phase.wall_s:>14.2f} s {phase.per_action_median_ms:>17.2f} ms")
+    speedup = cold.wall_s / warm.wall_s
+    per_action = cold.per_action_median_ms / warm.per_action_median_ms
+    print(
+        f"\nWarm workers saved {cold.wall_s - warm.wall_s:.2f} s: the build was {speedup:.1f}x faster "
+        f"({per_action:.0f}x per action); the warm build includes starting the runtime."
+    )
+    print(f"Outputs identical to the cold build: {'yes' if identical else 'NO'}")
+    if args.json:
+        Path(args.json).write_text(
+            json.dumps(
+                {
+                    "cold": asdict(cold),
+                    "warm": asdict(warm),
+                    "speedup": speedup,
+                    "identical": identical,
+                },
+                indent=2,
+            )
+            + "\n"
+        )
+    return 0 if identical else 1

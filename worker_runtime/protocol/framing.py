@@ -1,0 +1,314 @@
+"""Wire framing of WorkRequest/WorkResponse: length-prefixed protobuf and streamed JSON.
+
+Each framing encodes requests to bytes and decodes responses incrementally: ``feed``
+takes whatever bytes arrived and returns the complete responses among them, raising
+``ProtocolError`` as soon as the bytes cannot be a valid response.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+from typing import Any, Protocol
+
+from google.protobuf import unknown_fields
+from google.protobuf.message import DecodeError
+
+from worker_runtime.errors import ProtocolError
+from worker_runtime.proto import bazel_worker_pb2 as pb
+from worker_runtime.protocol.messages import WorkRequest, WorkResponse
+
+#: How many leading bytes of bad output an error quotes (Bazel keeps 4 KiB; we quote less).
+QUOTE_BYTES = 256
+
+#: A length prefix above this is taken for text on stdout, not a response.
+MAX_FRAME_BYTES = 1 << 31
+
+# Tags a WorkResponse field can start with: (field number << 3) | wire type.
+_RESPONSE_TAGS = frozenset({(1 << 3) | 0, (2 << 3) | 2, (3 << 3) | 0, (4 << 3) | 0})
+
+
+class Framing(Protocol):
+    """Encodes requests and incrementally decodes responses for one backend process."""
+
+    name: str
+
+    def encode(self, request: WorkRequest) -> bytes: ...
+
+    def feed(self, data: bytes) -> list[WorkResponse]: ...
+
+    def mid_message(self) -> bool:
+        """True while a response has started arriving but is not complete."""
+        ...
+
+    def first_bytes(self) -> bytes:
+        """The first bytes of the response being read (or of the last one), for errors."""
+        ...
+
+
+def encode_varint(value: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte = value & 0x7F
+        value >>= 7
+        if value:
+            out.append(byte | 0x80)
+        else:
+            out.append(byte)
+            return bytes(out)
+
+
+def request_to_proto(request: WorkRequest) -> pb.WorkRequest:
+    message = pb.WorkRequest(
+        arguments=request.arguments,
+        request_id=request.request_id,
+        cancel=request.cancel,
+        verbosity=request.verbosity,
+        sandbox_dir=request.sandbox_dir,
+    )
+    for item in request.inputs:
+        message.inputs.add(path=item.path, digest=item.digest)
+    return message
+
+
+class ProtoFraming:
+    """Protobuf messages each preceded by a base-128 varint length (Bazel's default)."""
+
+    name = "proto"
+
+    def __init__(self) -> None:
+        self._buffer = bytearray()
+        self._seen = bytearray()  # the first bytes ever received, for error messages
+
+    def encode(self, request: WorkRequest) -> bytes:
+        body = request_to_proto(request).SerializeToString()
+        return encode_varint(len(body)) + body
+
+    def mid_message(self) -> bool:
+        return bool(self._buffer)
+
+    def feed(self, data: bytes) -> list[WorkResponse]:
+        if len(self._seen) < QUOTE_BYTES:
+            self._seen += data[: QUOTE_BYTES - len(self._seen)]
+        self._buffer += data
+        out: list[WorkResponse] = []
+        while self._buffer:
+            header = self._read_header()
+            if header is None:
+                break
+            length, offset = header
+            if length and len(self._buffer) > offset and self._buffer[offset] not in _RESPONSE_TAGS:
+                self._fail(
+                    f"the byte after a length prefix of {length} is not a WorkResponse field"
+                )
+            if len(self._buffer) < offset + length:
+                break
+            body = bytes(self._buffer[offset : offset + length])
+            del self._buffer[: offset + length]
+            out.append(self._parse(body))
+            self._seen = bytearray(self._buffer[:QUOTE_BYTES])
+        return out
+
+    def _read_header(self) -> tuple[int, int] | None:
+        value = 0
+        for index, byte in enumerate(self._buffer):
+            if index >= 10:
+                self._fail("the length prefix is longer than 10 bytes")
+            value |= (byte & 0x7F) << (7 * index)
+            if not byte & 0x80:
+                if value > MAX_FRAME_BYTES:
+                    self._fail(f"a length prefix of {value} bytes is not plausible")
+                return value, index + 1
+        return None
+
+    def _parse(self, body: bytes) -> WorkResponse:
+        message = pb.WorkResponse()
+        try:
+            message.ParseFromString(body)
+        except DecodeError:
+            self._fail("the message is not a valid WorkResponse")
+        if len(unknown_fields.UnknownFieldSet(message)):
+            self._fail("the message has fields a WorkResponse does not have")
+        return WorkResponse(
+            exit_code=message.exit_code,
+            output=message.output,
+            request_id=message.request_id,
+            was_cancelled=message.was_cancelled,
+        )
+
+    def first_bytes(self) -> bytes:
+        return bytes(self._seen or self._buffer[:QUOTE_BYTES])
+
+    def _fail(self, why: str) -> None:
+        raise ProtocolError(why, self.first_bytes())
+
+
+# Outside a string only braces and quotes matter; inside one, quotes and backslashes.
+_OUTSIDE = re.compile(rb'[{}"]')
+_INSIDE = re.compile(rb'["\\]')
+_SPACE = b" \t\r\n"
+
+_RESPONSE_FIELDS = {
+    "exitCode": "exit_code",
+    "exit_code": "exit_code",
+    "output": "output",
+    "requestId": "request_id",
+    "request_id": "request_id",
+    "wasCancelled": "was_cancelled",
+    "was_cancelled": "was_cancelled",
+}
+
+
+class JsonFraming:
+    """JSON objects back to back, newline or not (Bazel 4.2.3 writes no newline)."""
+
+    name = "json"
+
+    def __init__(self) -> None:
+        self._buffer = bytearray()
+        self._pos = 0  # scan position inside _buffer
+        self._depth = 0
+        self._in_string = False
+        self._seen = bytearray()
+
+    def encode(self, request: WorkRequest) -> bytes:
+        obj: dict[str, Any] = {"arguments": list(request.arguments)}
+        if request.inputs:
+            obj["inputs"] = [
+                {"path": i.path, "digest": base64.b64encode(i.digest).decode("ascii")}
+                if i.digest
+                else {"path": i.path}
+                for i in request.inputs
+            ]
+        if request.request_id:
+            obj["requestId"] = request.request_id
+        if request.cancel:
+            obj["cancel"] = True
+        if request.verbosity:
+            obj["verbosity"] = request.verbosity
+        if request.sandbox_dir:
+            obj["sandboxDir"] = request.sandbox_dir
+        return json.dumps(obj, separators=(",", ":")).encode("utf-8") + b"\n"
+
+    def mid_message(self) -> bool:
+        return self._depth > 0
+
+    def feed(self, data: bytes) -> list[WorkResponse]:
+        if len(self._seen) < QUOTE_BYTES:
+            self._seen += data[: QUOTE_BYTES - len(self._seen)]
+        self._buffer += data
+        out: list[WorkResponse] = []
+        while True:
+            end = self._scan()
+            if end is None:
+                return out
+            raw = bytes(self._buffer[:end])
+            del self._buffer[:end]
+            self._pos = 0
+            out.append(self._parse(raw))
+            self._seen = bytearray(self._buffer[:QUOTE_BYTES])
+
+    def _scan(self) -> int | None:
+        """Advances the scanner; returns the end offset of a complete top-level object."""
+        buf = self._buffer
+        if self._depth == 0:
+            # Skip white space between objects; anything else must open an object.
+            pos = self._pos
+            while pos < len(buf) and buf[pos] in _SPACE:
+                pos += 1
+            del buf[:pos]
+            self._pos = 0
+            if not buf:
+                return None
+            if buf[0] != ord("{"):
+                self._fail("it does not start with '{'")
+            self._depth = 1
+            self._pos = 1
+        while True:
+            if self._in_string:
+                match = _INSIDE.search(buf, self._pos)
+                if match is None:
+                    self._pos = len(buf)
+                    return None
+                if match.group() == b"\\":
+                    if match.end() >= len(buf):
+                        self._pos = match.start()  # wait for the escaped byte
+                        return None
+                    self._pos = match.end() + 1
+                    continue
+                self._in_string = False
+                self._pos = match.end()
+                continue
+            match = _OUTSIDE.search(buf, self._pos)
+            if match is None:
+                self._pos = len(buf)
+                return None
+            self._pos = match.end()
+            char = match.group()
+            if char == b'"':
+                self._in_string = True
+            elif char == b"{":
+                self._depth += 1
+            else:
+                self._depth -= 1
+                if self._depth == 0:
+                    return self._pos
+
+    def _parse(self, raw: bytes) -> WorkResponse:
+        try:
+            obj = json.loads(raw)
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            self._seen = bytearray(raw[:QUOTE_BYTES])
+            self._fail(f"it is not valid JSON ({exc})")
+        values: dict[str, Any] = {}
+        warnings: list[str] = []
+        for name, value in obj.items():
+            target = _RESPONSE_FIELDS.get(name)
+            if target is None:
+                continue  # unknown fields are ignored, as the protocol says
+            if target in values:
+                self._fail(f"field {target} appears twice")
+            if "_" in name and name != "output":
+                warnings.append(f"the backend wrote snake_case {name!r}; Bazel would ignore it")
+            values[target] = value
+        for name in ("exit_code", "request_id"):
+            if not isinstance(values.get(name, 0), int) or isinstance(values.get(name), bool):
+                self._fail(f"{name} is not an integer")
+        if not isinstance(values.get("output", ""), str):
+            self._fail("output is not a string")
+        if not isinstance(values.get("was_cancelled", False), bool):
+            self._fail("was_cancelled is not a boolean")
+        return WorkResponse(**values, warnings=tuple(warnings))
+
+    def first_bytes(self) -> bytes:
+        return bytes(self._seen or self._buffer[:QUOTE_BYTES])
+
+    def _fail(self, why: str) -> None:
+        raise ProtocolError(why, self.first_bytes())
+
+
+def make_framing(protocol: str) -> Framing:
+    """Returns a fresh framing for one backend process: 'proto' or 'json'."""
+    if protocol == "proto":
+        return ProtoFraming()
+    if protocol == "json":
+        return JsonFraming()
+    raise ValueError(f"unknown worker protocol {protocol!r}; expected 'proto' or 'json'")
+
+
+def quote_bytes(data: bytes) -> str:
+    """Shows bad backend output as text where it is text, and the rest as a hex dump."""
+    text = data.decode("utf-8", "replace")
+    printable = 0
+    for char in text:
+        if not (char.isprintable() or char in "\n\r\t") or char == "\ufffd":
+            break
+        printable += 1
+    if printable == len(text):
+        return repr(text)
+    head = text[:printable]
+    rest = data[len(head.encode("utf-8")) :]
+    if len(head) < 4:
+        return "hex " + data.hex(" ")
+    return f"{head!r} then hex {rest.hex(' ')}"

@@ -10,7 +10,7 @@ thread: a no-op backend for benchmarks), ``--slow-start SECONDS``, ``--die-at-st
 
 Request commands: ``echo WORDS...``, ``exit CODE [MESSAGE]``, ``sleep SECONDS``, ``pid``,
 ``env NAME``, ``args``, ``crash``, ``crash-once MARKER``, ``garbage``, ``silent``,
-``wrong-id``, ``huge BYTES``, ``snake`` (JSON: answer in snake_case).
+``close-stdout``, ``wrong-id``, ``huge BYTES``, ``snake`` (JSON: answer in snake_case).
 """
 
 from __future__ import annotations
@@ -175,6 +175,11 @@ def handle(framing, request: dict, options: dict) -> None:
         reply["output"] = "after garbage"
     elif command == "silent":
         return
+    elif command == "close-stdout":
+        sys.stderr.write("fake_worker: closing stdout and staying alive\n")
+        sys.stderr.flush()
+        os.close(1)
+        time.sleep(3600)
     elif command == "wrong-id":
         reply["request_id"] = rid + 1000
     elif command == "huge":

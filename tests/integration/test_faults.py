@@ -58,6 +58,15 @@ def test_garbage_on_stdout_is_quoted(start_runtime: StartRuntime, protocol: str)
     assert_still_serves(worker)
 
 
+def test_backend_closing_stdout_is_discarded(start_runtime: StartRuntime) -> None:
+    worker = start_runtime(fake_backend(), ["--retries", "0"])
+    response = worker.run("close-stdout")
+    assert response.exit_code == RUNTIME_ERROR_EXIT_CODE
+    assert "closed its stdout while still running" in response.stderr
+    assert "closing stdout and staying alive" in response.stderr
+    assert_still_serves(worker)
+
+
 def test_wrong_request_id(start_runtime: StartRuntime) -> None:
     worker = start_runtime(fake_backend("--multiplex"), ["--multiplex"])
     response = worker.run("wrong-id")

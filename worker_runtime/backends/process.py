@@ -83,22 +83,22 @@ def describe_exit(returncode: int | None) -> str:
     return f"exited with code {returncode}"
 
 
-class _PipeProtocol(asyncio.SubprocessProtocol):
+class _StdoutProtocol(asyncio.Protocol):
     """Feeds the backend's stdout straight into its framing, with no reader task in between
     (one event-loop hop less per response)."""
 
     def __init__(self, owner: BackendProcess) -> None:
         self.owner = owner
 
-    def pipe_data_received(self, fd: int, data: bytes) -> None:
+    def data_received(self, data: bytes) -> None:
         self.owner._on_stdout(data)
 
-    def pipe_connection_lost(self, fd: int, exc: Exception | None) -> None:
-        if fd == 1:
-            self.owner._on_stdout_closed()
+    def eof_received(self) -> bool:
+        self.owner._on_stdout_closed()
+        return False
 
-    def process_exited(self) -> None:
-        self.owner._on_exit()
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.owner._on_stdout_closed()
 
 
 class BackendProcess:
@@ -115,17 +115,19 @@ class BackendProcess:
         self.framing = make_framing(spec.key.protocol)
         self.pid = 0
         self.requests_served = 0
-        self._transport: asyncio.SubprocessTransport | None = None
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._exit_fd = -1
         self._stdin: asyncio.WriteTransport | None = None
         self._pending: dict[int, asyncio.Future[WorkResponse]] = {}
         self._cancelling: set[int] = set()
         self._failure: BackendError | None = None
         self._exited = asyncio.Event()
         self._stall_timer: asyncio.TimerHandle | None = None
+        self._stdout_closed = False
 
     @property
     def alive(self) -> bool:
-        return self._transport is not None and self._failure is None and not self._exited.is_set()
+        return self._proc is not None and self._failure is None and not self._exited.is_set()
 
     @property
     def in_flight(self) -> int:
@@ -156,11 +158,13 @@ class BackendProcess:
             argv = [_SETPRIV, "--pdeathsig", "KILL", "--", *argv]
         self.spec.log_dir.mkdir(parents=True, exist_ok=True)
         log = open(self.log_path, "ab")  # noqa: SIM115, ASYNC230 - handed to the child; a local file
-        loop = asyncio.get_running_loop()
+        # Spawned with Popen and watched through a pidfd rather than with the event loop's
+        # subprocess support: uvloop's leaves the parent's pipe ends open in the child
+        # (so a backend that closes stdout is never seen to), and this needs no child
+        # watcher thread.
         try:
-            transport, _ = await loop.subprocess_exec(
-                lambda: _PipeProtocol(self),
-                *argv,
+            proc = subprocess.Popen(  # noqa: ASYNC220 - fork+exec, a few ms, rare
+                argv,
                 stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE,
                 stderr=log,
@@ -176,9 +180,15 @@ class BackendProcess:
             ) from None
         finally:
             log.close()
-        self._transport = transport
-        self._stdin = transport.get_pipe_transport(0)  # type: ignore[assignment]
-        self.pid = transport.get_pid()
+        assert proc.stdin is not None and proc.stdout is not None
+        self._proc = proc
+        self.pid = proc.pid
+        loop = asyncio.get_running_loop()
+        self._exit_fd = os.pidfd_open(proc.pid)
+        loop.add_reader(self._exit_fd, self._on_exit)
+        stdin, _ = await loop.connect_write_pipe(asyncio.Protocol, proc.stdin)
+        self._stdin = stdin
+        await loop.connect_read_pipe(lambda: _StdoutProtocol(self), proc.stdout)
         LOGGER.info("started %s: %s; log %s", self.describe(), argv, self.log_path)
 
     async def call(self, request: WorkRequest) -> WorkResponse:
@@ -255,23 +265,37 @@ class BackendProcess:
     def _on_stdout_closed(self) -> None:
         # A process that closes stdout but lives on can serve nothing: give it a moment
         # to exit by itself (for its exit status), then kill it.
+        if self._stdout_closed:
+            return
+        self._stdout_closed = True
         asyncio.get_running_loop().call_later(1.0, self._kill_group)
 
     def _on_exit(self) -> None:
-        assert self._transport is not None
-        returncode = self._transport.get_returncode()
+        assert self._proc is not None
+        returncode = self._proc.poll()
+        if returncode is None:
+            return  # a spurious wake-up: the pidfd is readable only once the process ended
+        asyncio.get_running_loop().remove_reader(self._exit_fd)
+        os.close(self._exit_fd)
         self._exited.set()
         if self._stall_timer is not None:
             self._stall_timer.cancel()
         if self._failure is None:
-            summary = f"{self.describe()} {describe_exit(returncode)} before answering"
+            how = describe_exit(returncode)
+            if self._stdout_closed and returncode == -signal.SIGKILL:
+                how = "closed its stdout while still running (it was killed)"
+            summary = f"{self.describe()} {how} before answering"
             self._failure = BackendDiedError(
                 f"{summary}; last stderr lines:\n{stderr_tail(self.log_path)}\n  log: {self.log_path}",
                 f"{summary} (log: {self.log_path})",
             )
         self._fail_pending()
-        self._kill_group()
-        self._transport.close()
+        # Whatever the backend left in its process group goes too. The group id cannot be
+        # reused while any member lives, so this never hits an unrelated process.
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.pid, signal.SIGKILL)
+        if self._stdin is not None:
+            self._stdin.close()
         LOGGER.info("%s ended: %s", self.describe(), describe_exit(returncode))
 
     def _deliver(self, response: WorkResponse) -> None:
@@ -322,7 +346,7 @@ class BackendProcess:
 
     async def stop(self, grace_s: float = 2.0) -> None:
         """Closes stdin, then SIGTERM, then SIGKILL; returns once the process is gone."""
-        if self._transport is None:
+        if self._proc is None:
             return
         if self._failure is None:
             self._failure = BackendDiedError(f"{self.describe()} was stopped by the runtime")

@@ -4,7 +4,9 @@ and check afterwards that no process it started is left behind."""
 from __future__ import annotations
 
 import os
+import shutil
 import sys
+import tempfile
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -14,6 +16,7 @@ import psutil
 import pytest
 
 from worker_runtime.buck2.emulator import Buck2Worker
+from worker_runtime.daemon.control import try_connect
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 FAKE_WORKER = REPO_ROOT / "tests" / "backends" / "fake_worker.py"
@@ -67,13 +70,41 @@ def log_dir(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-def start_runtime(log_dir: Path) -> Iterator[StartRuntime]:
+def runtime_dir(monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """A private daemon directory for this test (short: socket paths are limited to 107 bytes)."""
+    path = Path(tempfile.mkdtemp(prefix="wrt-", dir="/tmp"))
+    monkeypatch.setenv("WORKER_RUNTIME_DIR", str(path))
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def stop_daemons(runtime_dir: Path) -> None:
+    """Stops every daemon whose control socket is in ``runtime_dir`` and waits for it."""
+    for sock in runtime_dir.glob("*.sock"):
+        client = try_connect(sock, timeout_s=10)
+        if client is None:
+            continue
+        try:
+            pid = int(client.request({"op": "stop"})["pid"])
+        except (OSError, ConnectionError):
+            continue
+        finally:
+            client.close()
+        assert wait_gone([pid], 30) == [], f"daemon {pid} did not stop"
+
+
+@pytest.fixture
+def start_runtime(log_dir: Path, runtime_dir: Path) -> Iterator[StartRuntime]:
     """Starts ``worker-runtime serve [runtime_args] -- backend`` as Buck2 would.
 
-    Every runtime started is SIGTERMed at the end of the test, and the test fails if any
-    process it started (runtime or backend) is still alive afterwards.
+    Every runtime started is SIGTERMed at the end of the test, every daemon is stopped,
+    and the test fails if any process they started (front, daemon or backend) is still
+    alive afterwards.
     """
     started: list[tuple[Buck2Worker, str]] = []
+    # One marker for the whole test: the front's environment is part of what makes
+    # backends shareable, and Buck2's environment is the same from command to command.
+    test_marker = uuid.uuid4().hex
 
     def start(
         backend: list[str] | None = None,
@@ -81,9 +112,9 @@ def start_runtime(log_dir: Path) -> Iterator[StartRuntime]:
         env: dict[str, str] | None = None,
         cwd: Path = REPO_ROOT,
     ) -> Buck2Worker:
-        marker = uuid.uuid4().hex
-        worker_env = {"WORKER_RUNTIME_LOG_DIR": str(log_dir), "TEST_PROCESS_MARKER": marker}
+        worker_env = {"WORKER_RUNTIME_LOG_DIR": str(log_dir), "TEST_PROCESS_MARKER": test_marker}
         worker_env.update(env or {})
+        marker = worker_env["TEST_PROCESS_MARKER"]
         exe = [*RUNTIME, "serve", *(runtime_args or [])]
         if backend is not None:
             exe += ["--", *backend]
@@ -93,11 +124,13 @@ def start_runtime(log_dir: Path) -> Iterator[StartRuntime]:
 
     yield start
     leftovers = []
-    for worker, marker in started:
+    for worker, _marker in started:
         try:
             worker.terminate()
         finally:
             worker.cleanup()
+    stop_daemons(runtime_dir)
+    for _worker, marker in started:
         for proc in processes_with_marker(marker):
             leftovers.append(f"{proc.pid} {proc.cmdline()}")
             proc.kill()

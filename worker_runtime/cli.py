@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from worker_runtime import __version__
 from worker_runtime.errors import USAGE_EXIT_CODE, ConfigError
@@ -86,6 +86,14 @@ def _serve_parser() -> argparse.ArgumentParser:
         "${XDG_STATE_HOME:-~/.local/state}/buck2-worker-runtime/logs)",
     )
     parser.add_argument(
+        "--no-daemon",
+        dest="daemon",
+        action="store_const",
+        const=False,
+        help="serve in this process: backends die with it at the end of the Buck2 command "
+        "(default: hand the socket to the project's daemon, which keeps backends warm)",
+    )
+    parser.add_argument(
         "--config",
         metavar="FILE",
         help="JSON file with the same settings (what the prelude writes); flags override it",
@@ -120,11 +128,17 @@ def serve_main(argv: Sequence[str]) -> int:
             "retries": args.retries,
             "log_dir": args.log_dir,
             "command": tuple(command) if command else None,
+            "daemon": args.daemon,
         }
         config = with_overrides(config, overrides).validated()
     except ConfigError as exc:
         sys.stderr.write(f"worker-runtime: error: {exc}\n")
         return USAGE_EXIT_CODE
+
+    if config.daemon:
+        from worker_runtime.daemon.front import run_front
+
+        return run_front(config, socket_path)
 
     from worker_runtime.buck2.server import run_server
     from worker_runtime.logs import start_run_logging
@@ -143,14 +157,31 @@ def demo_main(argv: Sequence[str]) -> int:
     return demo(list(argv))
 
 
+def daemon_command(name: str) -> Callable[[Sequence[str]], int]:
+    def run(argv: Sequence[str]) -> int:
+        from worker_runtime.daemon import commands
+
+        entry: Callable[[Sequence[str]], int] = getattr(commands, f"{name}_main")
+        return entry(argv)
+
+    return run
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    commands = {"serve": serve_main, "demo": demo_main}
+    commands = {
+        "serve": serve_main,
+        "demo": demo_main,
+        **{name: daemon_command(name) for name in ("status", "stop", "logs", "daemon")},
+    }
     if not argv or argv[0] in ("-h", "--help"):
         print(
-            "usage: worker-runtime {serve,demo} ...\n\n"
+            "usage: worker-runtime {serve,demo,status,stop,logs} ...\n\n"
             "  serve   serve Buck2's worker protocol on $WORKER_SOCKET (what Buck2 launches)\n"
             "  demo    build the examples cold and warm through the runtime, print the savings\n"
+            "  status  show the project's daemon and its backends (--json for JSON)\n"
+            "  stop    drain and stop the project's daemon\n"
+            "  logs    show where the daemon's logs are and tail them\n"
             "  --version\n"
         )
         return 0 if argv else USAGE_EXIT_CODE

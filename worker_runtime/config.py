@@ -52,6 +52,21 @@ class RuntimeConfig:
     #: Where logs go (default: $WORKER_RUNTIME_LOG_DIR, else $XDG_STATE_HOME or
     #: ~/.local/state, then buck2-worker-runtime/logs).
     log_dir: str | None = None
+    #: Serve through the per-user daemon that keeps backends warm across Buck2 commands
+    #: (false: serve in this process; backends die with it, as with --no-daemon).
+    daemon: bool = True
+    #: The daemon exits after this long with no Buck2 command attached (daemon-wide:
+    #: taken from the front that starts the daemon).
+    daemon_idle_timeout_s: float = 3 * 3600.0
+    #: A backend process with no request for this long is stopped.
+    backend_idle_timeout_s: float = 1800.0
+    #: Total resident memory (MiB) of all backends' process trees before idle ones are
+    #: stopped, largest first (daemon-wide). Default: half of the machine's memory.
+    memory_budget_mb: int | None = None
+    #: A backend whose process tree exceeds this (MiB) is recycled after its current request.
+    backend_memory_limit_mb: int | None = None
+    #: How often the daemon checks idle times and memory.
+    reclaim_interval_s: float = 5.0
 
     def validated(self) -> RuntimeConfig:
         if not self.command:
@@ -119,6 +134,15 @@ def _env(key: str, value: Any) -> dict[str, str]:
     return dict(value)
 
 
+def _optional_int(minimum: int) -> Callable[[str, Any], int | None]:
+    check = _int(minimum)
+
+    def optional(key: str, value: Any) -> int | None:
+        return None if value is None else check(key, value)
+
+    return optional
+
+
 def _optional_string(key: str, value: Any) -> str | None:
     return None if value is None else _string(key, value)
 
@@ -138,6 +162,12 @@ _CHECKS: dict[str, Callable[[str, Any], Any]] = {
     "cancel_grace_s": _seconds,
     "shutdown_grace_s": _seconds,
     "log_dir": _optional_string,
+    "daemon": _bool,
+    "daemon_idle_timeout_s": _seconds,
+    "backend_idle_timeout_s": _seconds,
+    "memory_budget_mb": _optional_int(1),
+    "backend_memory_limit_mb": _optional_int(1),
+    "reclaim_interval_s": _seconds,
 }
 assert set(_CHECKS) == {f.name for f in fields(RuntimeConfig)}
 
@@ -166,6 +196,21 @@ def load_config_file(path: str | Path) -> RuntimeConfig:
     except json.JSONDecodeError as exc:
         raise ConfigError(f"config file {path} is not valid JSON: {exc}") from None
     return config_from_mapping(data, f"config file {path}")
+
+
+def config_to_mapping(config: RuntimeConfig) -> dict[str, Any]:
+    """The config as the JSON object ``config_from_mapping`` reads (for the daemon hand-off)."""
+    out: dict[str, Any] = {}
+    for item in fields(RuntimeConfig):
+        value = getattr(config, item.name)
+        out[item.name] = (
+            list(value)
+            if isinstance(value, tuple)
+            else dict(value)
+            if isinstance(value, Mapping)
+            else value
+        )
+    return out
 
 
 def with_overrides(config: RuntimeConfig, overrides: Mapping[str, Any]) -> RuntimeConfig:

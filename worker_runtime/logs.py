@@ -1,6 +1,7 @@
 """Where the runtime and its backends log, and the set-up of the runtime's own log file.
 
-Each runtime process gets a directory ``<log root>/<timestamp>-<pid>/`` holding
+Each runtime process gets a directory ``<log root>/<timestamp>-<pid>/`` (a daemon's:
+``daemon-<timestamp>-<pid>/``) holding
 ``runtime.log`` and one ``backend-<tool>-<key>-<n>.log`` per backend process. Run
 directories older than ``KEEP_DAYS`` are removed when a runtime starts.
 """
@@ -42,10 +43,10 @@ def prune_old_runs(root: Path, keep_days: float = KEEP_DAYS) -> None:
             continue
 
 
-def start_run_logging(configured: str | None, verbose: bool = False) -> Path:
+def start_run_logging(configured: str | None, verbose: bool = False, prefix: str = "") -> Path:
     """Creates this run's log directory, points the root logger at runtime.log, returns it."""
     root = log_root(configured)
-    run_dir = root / f"{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
+    run_dir = root / f"{prefix}{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
     run_dir.mkdir(parents=True, exist_ok=True)
     prune_old_runs(root)
     handler = logging.FileHandler(run_dir / "runtime.log", encoding="utf-8")

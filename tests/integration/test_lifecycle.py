@@ -1,4 +1,5 @@
-"""Shutdown as Buck2 does it (SIGTERM to the process group), and no orphans, ever."""
+"""Shutdown as Buck2 does it (SIGTERM to the process group), and no orphans, ever, for the
+in-process runtime (``--no-daemon``). The daemon's lifecycle is in test_daemon.py."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from worker_runtime.errors import RUNTIME_ERROR_EXIT_CODE
 def test_sigterm_finishes_in_flight_requests_then_exits_cleanly(
     start_runtime: StartRuntime,
 ) -> None:
-    worker = start_runtime(fake_backend())
+    worker = start_runtime(fake_backend(), ["--no-daemon"])
     backend_pid = int(worker.run("pid").stderr)
     results: list[object] = []
     thread = threading.Thread(target=lambda: results.append(worker.run("sleep", "1")))
@@ -38,7 +39,7 @@ def test_sigterm_cancels_requests_that_run_past_the_grace(
 ) -> None:
     config = tmp_path / "c.json"
     config.write_text('{"shutdown_grace_s": 1}')
-    worker = start_runtime(fake_backend(), ["--config", str(config)])
+    worker = start_runtime(fake_backend(), ["--no-daemon", "--config", str(config)])
     backend_pid = int(worker.run("pid").stderr)
     errors: list[BaseException] = []
 
@@ -78,7 +79,9 @@ def test_requests_after_sigterm_are_refused_clearly(start_runtime: StartRuntime)
 
 
 def test_runtime_killed_with_sigkill_takes_its_backends_along(start_runtime: StartRuntime) -> None:
-    worker = start_runtime(fake_backend(), env={"TEST_PROCESS_MARKER": "sigkill-test"})
+    worker = start_runtime(
+        fake_backend(), ["--no-daemon"], env={"TEST_PROCESS_MARKER": "sigkill-test"}
+    )
     pids = {int(worker.run("pid").stderr)}
     assert worker.proc is not None
     os.kill(worker.proc.pid, signal.SIGKILL)  # not the group: only the runtime dies
@@ -97,7 +100,7 @@ def test_backends_survive_the_group_sigterm_until_drained(start_runtime: StartRu
 
 def test_no_process_left_after_many_backends(start_runtime: StartRuntime, tmp_path) -> None:
     worker = start_runtime(
-        fake_backend(), ["--max-instances", "4"], env={"TEST_PROCESS_MARKER": "many"}
+        fake_backend(), ["--no-daemon", "--max-instances", "4"], env={"TEST_PROCESS_MARKER": "many"}
     )
     threads = [threading.Thread(target=worker.run, args=("sleep", "0.5")) for _ in range(4)]
     for thread in threads:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+from collections.abc import Mapping
 from pathlib import Path
 
 from worker_runtime.backends.key import ToolDigests, WorkerKey, make_key
@@ -22,7 +23,13 @@ HIDDEN_ENV = ("WORKER_SOCKET",)
 class BackendManager:
     """Owns every backend pool of one runtime and finds the pool for a request's key."""
 
-    def __init__(self, config: RuntimeConfig, cwd: str, log_dir: Path) -> None:
+    def __init__(
+        self,
+        config: RuntimeConfig,
+        cwd: str,
+        log_dir: Path,
+        base_env: Mapping[str, str] | None = None,
+    ) -> None:
         self.config = config
         self.cwd = cwd
         self.log_dir = log_dir
@@ -31,7 +38,8 @@ class BackendManager:
         self._keys: dict[tuple[object, ...], WorkerKey] = {}
         #: Pools replaced by a newer key whose processes are still finishing requests.
         self._retired: set[BackendPool] = set()
-        base = {k: v for k, v in os.environ.items() if k not in HIDDEN_ENV}
+        source = os.environ if base_env is None else base_env
+        base = {k: v for k, v in source.items() if k not in HIDDEN_ENV}
         base.update(config.env)
         self._base_env = base
 
@@ -80,13 +88,14 @@ class BackendManager:
         self.pools[key] = pool
         return pool
 
-    def processes(self) -> list[tuple[WorkerKey, int]]:
-        """(key, pid) of every live backend process, for tests and status."""
+    def all_pools(self) -> list[BackendPool]:
+        """Current pools and retired ones that still have processes."""
         self._retired = {p for p in self._retired if p.processes}
-        out: list[tuple[WorkerKey, int]] = []
-        for pool in [*self.pools.values(), *self._retired]:
-            out.extend((pool.spec.key, p.pid) for p in pool.processes if p.alive)
-        return out
+        return [*self.pools.values(), *self._retired]
+
+    @property
+    def in_flight(self) -> int:
+        return sum(pool.in_flight for pool in self.all_pools())
 
     async def stop_all(self) -> None:
         pools = [*self.pools.values(), *self._retired]

@@ -1,5 +1,9 @@
 """Pools of backend processes for one worker key: singleplex (N processes, one request
-each) and multiplex (one process, many requests routed by ``request_id``)."""
+each) and multiplex (one process, many requests routed by ``request_id``).
+
+Pools also take reclamation orders: stop an idle process now (idle too long, over the
+memory budget), or recycle a busy one after its current work (over its own limit).
+"""
 
 from __future__ import annotations
 
@@ -14,6 +18,9 @@ LOGGER = logging.getLogger(__name__)
 
 #: request_id is an int32 on the wire; ids are never reused below this bound.
 MAX_REQUEST_ID = (1 << 31) - 1
+
+# Stop tasks are kept referenced until done (asyncio holds tasks only weakly).
+_BACKGROUND: set[asyncio.Task[None]] = set()
 
 
 class BackendPool:
@@ -42,12 +49,34 @@ class BackendPool:
     def retire(self) -> None:
         """Stops taking new work; idle processes stop now, busy ones when their work is done."""
         self.retired = True
-        self._stop_idle()
-
-    def _stop_idle(self) -> None:
         for proc in list(self.processes):
             if proc.in_flight == 0:
                 self._discard(proc)
+
+    def stop_if_idle(self, proc: BackendProcess, why: str) -> bool:
+        """Stops ``proc`` now if it has nothing in flight; returns whether it did."""
+        if proc not in self.processes or proc.in_flight:
+            return False
+        LOGGER.info("stopping idle %s: %s", proc.describe(), why)
+        self._discard(proc)
+        return True
+
+    def recycle(self, proc: BackendProcess, why: str) -> None:
+        """Stops ``proc`` once its current work is done; it takes no new work meanwhile."""
+        if not proc.recycle:
+            LOGGER.info("recycling %s after its current work: %s", proc.describe(), why)
+        proc.recycle = True
+        self.stop_if_idle(proc, why)
+
+    def _release(self, proc: BackendProcess) -> bool:
+        """After a request: stops ``proc`` if it is dead, retired or recycled; else keeps it."""
+        if not proc.alive:
+            self.processes.discard(proc)
+            return False
+        if (self.retired or proc.recycle) and proc.in_flight == 0:
+            self._discard(proc)
+            return False
+        return not (self.retired or proc.recycle)
 
     def _discard(self, proc: BackendProcess) -> None:
         self.processes.discard(proc)
@@ -67,10 +96,6 @@ class BackendPool:
         await asyncio.gather(*(p.stop() for p in procs))
 
 
-# Stop tasks are kept referenced until done (asyncio holds tasks only weakly).
-_BACKGROUND: set[asyncio.Task[None]] = set()
-
-
 class SingleplexPool(BackendPool):
     """Up to ``max_instances`` processes, each serving one request at a time (FIFO wait)."""
 
@@ -86,20 +111,15 @@ class SingleplexPool(BackendPool):
             proc = None
             while self._idle:
                 candidate = self._idle.pop()
-                if candidate.alive:
+                if candidate.alive and candidate in self.processes and not candidate.recycle:
                     proc = candidate
                     break
-                self.processes.discard(candidate)
             if proc is None:
                 proc = await self._spawn()
             try:
                 return await proc.call(WorkRequest(arguments, inputs, 0, verbosity=verbosity))
             finally:
-                if not proc.alive:
-                    self.processes.discard(proc)
-                elif self.retired:
-                    self._discard(proc)
-                else:
+                if self._release(proc):
                     self._idle.append(proc)
 
 
@@ -112,14 +132,15 @@ class MultiplexPool(BackendPool):
         self._starting = asyncio.Lock()
         self._ids = itertools.count(1)
 
+    def _usable(self, proc: BackendProcess | None) -> bool:
+        return proc is not None and proc.alive and not proc.recycle and proc in self.processes
+
     async def _current(self) -> BackendProcess:
         proc = self._proc
-        if proc is not None and proc.alive:
+        if proc is not None and self._usable(proc):
             return proc
         async with self._starting:
-            if self._proc is None or not self._proc.alive:
-                if self._proc is not None:
-                    self.processes.discard(self._proc)
+            if self._proc is None or not self._usable(self._proc):
                 self._proc = await self._spawn()
             return self._proc
 
@@ -127,7 +148,7 @@ class MultiplexPool(BackendPool):
         request_id = next(self._ids)
         if request_id > MAX_REQUEST_ID:
             # After 2^31 requests: start again above every id still in flight.
-            base = max((max(p._pending, default=0) for p in self.processes), default=0)
+            base = max((p.highest_pending_id() for p in self.processes), default=0)
             self._ids = itertools.count(base + 1)
             request_id = next(self._ids)
         return request_id
@@ -152,7 +173,4 @@ class MultiplexPool(BackendPool):
         try:
             return await proc.call(request)
         finally:
-            if not proc.alive:
-                self.processes.discard(proc)
-            elif self.retired and proc.in_flight == 0:
-                self._discard(proc)
+            self._release(proc)

@@ -16,6 +16,7 @@ import os
 import shutil
 import signal
 import subprocess
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -115,6 +116,10 @@ class BackendProcess:
         self.framing = make_framing(spec.key.protocol)
         self.pid = 0
         self.requests_served = 0
+        #: time.monotonic() of the last answer (or of the start), for idle reclamation.
+        self.last_used = time.monotonic()
+        #: Set by the reclaimer: take no new work, stop after the current work.
+        self.recycle = False
         self._proc: subprocess.Popen[bytes] | None = None
         self._exit_fd = -1
         self._stdin: asyncio.WriteTransport | None = None
@@ -210,7 +215,11 @@ class BackendProcess:
                 self._abandon(request.request_id)
             raise
         self.requests_served += 1
+        self.last_used = time.monotonic()
         return response
+
+    def highest_pending_id(self) -> int:
+        return max(self._pending, default=0)
 
     def _abandon(self, request_id: int) -> None:
         """Leaves the backend clean after a request whose caller has gone."""

@@ -35,7 +35,10 @@ from worker_runtime.proto import buck2_worker_pb2_grpc as pb_grpc
 BUCK2_WORKER_DIR = "/tmp/buck2_worker"
 CONNECT_TIMEOUT_S = 60.0
 SHUTDOWN_TIMEOUT_S = 10.0
-GRPC_OPTIONS = [("grpc.max_send_message_length", -1), ("grpc.max_receive_message_length", -1)]
+GRPC_OPTIONS = [
+    ("grpc.max_send_message_length", -1),
+    ("grpc.max_receive_message_length", -1),
+]
 _IDS = itertools.count()
 
 
@@ -198,14 +201,18 @@ class Buck2Worker:
         self, command: pb.ExecuteCommand, *, deadline_s: float | None = None
     ) -> pb.ExecuteResponse:
         """Unary Execute, with Buck2's retries of UNAVAILABLE."""
-        stub = pb_grpc.WorkerStub(self.channel())
         delay = 0.1
         for attempt in range(6):
             try:
-                return stub.Execute(command, timeout=deadline_s)
+                return pb_grpc.WorkerStub(self.channel()).Execute(command, timeout=deadline_s)
             except grpc.RpcError as exc:
                 if exc.code() != grpc.StatusCode.UNAVAILABLE or attempt == 5:
                     raise
+                # Buck2's client (tonic) connects again on the next call; a grpcio channel
+                # would first wait out its reconnect backoff (1 s and more), so start afresh.
+                if self._channel is not None:
+                    self._channel.close()
+                    self._channel = None
                 time.sleep(delay)
                 delay = min(delay * 2, 0.5)
         raise AssertionError("unreachable")

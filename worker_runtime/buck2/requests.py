@@ -43,6 +43,9 @@ class RequestHandler:
         self.draining = False
         self._idle = asyncio.Event()
         self._idle.set()
+        #: Requests whose client went away; they run on so that outputs are written and
+        #: the backend stays warm and clean (held here: asyncio keeps tasks weakly).
+        self._orphans: set[asyncio.Task[pb.ExecuteResponse]] = set()
 
     async def wait_idle(self) -> None:
         await self._idle.wait()
@@ -53,6 +56,28 @@ class RequestHandler:
             stderr=f"worker-runtime: error: {message}\n  runtime log: {self.runtime_log}\n",
             **extra,
         )
+
+    async def execute_to_completion(self, command: pb.ExecuteCommand) -> pb.ExecuteResponse:
+        """``execute``, except that when the caller is cancelled (Buck2 went away, the RPC
+        was dropped) the request still runs to its end: its outputs are written and its
+        backend is returned to the pool clean and warm instead of being killed. Timeouts
+        and explicit cancels (``Exec``) still cancel it."""
+        task = asyncio.ensure_future(self.execute(command))
+        try:
+            return await asyncio.shield(task)
+        except asyncio.CancelledError:
+            if not task.done():
+                LOGGER.info("client went away; the request runs on to completion")
+                self._orphans.add(task)
+                task.add_done_callback(self._orphans.discard)
+            raise
+
+    async def cancel_all(self) -> None:
+        """Cancels requests whose clients went away (used when shutting down)."""
+        orphans = list(self._orphans)
+        for task in orphans:
+            task.cancel()
+        await asyncio.gather(*orphans, return_exceptions=True)
 
     async def execute(self, command: pb.ExecuteCommand) -> pb.ExecuteResponse:
         if self.draining:

@@ -48,7 +48,7 @@ class WorkerServicer(pb_grpc.WorkerServicer):
     async def Execute(
         self, request: pb.ExecuteCommand, context: grpc.aio.ServicerContext
     ) -> pb.ExecuteResponse:
-        return await self.handler.execute(request)
+        return await self.handler.execute_to_completion(request)
 
     async def Exec(
         self, request_iterator: AsyncIterator[pb.ExecuteEvent], context: grpc.aio.ServicerContext
@@ -96,7 +96,7 @@ class StreamingServicer(pb_grpc.WorkerStreamingServicer):
         reading_done = False
 
         async def answer(message: pb.ExecuteCommandStream) -> None:
-            response = await self.handler.execute(message.request)
+            response = await self.handler.execute_to_completion(message.request)
             answers.put_nowait(pb.ExecuteResponseStream(response=response, id=message.id))
 
         def finished(task: asyncio.Task[None]) -> None:
@@ -149,15 +149,51 @@ def check_socket_path(path: str) -> None:
     raise ConfigError(f"another process is already serving WORKER_SOCKET {path}")
 
 
+class Buck2SocketServer:
+    """Serves Buck2's worker protocol on one socket path with one request handler."""
+
+    def __init__(self, handler: RequestHandler, socket_path: str) -> None:
+        self.handler = handler
+        self.socket_path = socket_path
+        self._server = grpc.aio.server(options=GRPC_OPTIONS)
+        pb_grpc.add_WorkerServicer_to_server(WorkerServicer(handler), self._server)
+        pb_grpc.add_WorkerStreamingServicer_to_server(StreamingServicer(handler), self._server)
+
+    async def start(self) -> None:
+        check_socket_path(self.socket_path)
+        # Only our own user may connect: a Unix socket needs write permission to connect.
+        old_umask = os.umask(0o177)
+        try:
+            self._server.add_insecure_port(f"unix:{self.socket_path}")
+        finally:
+            os.umask(old_umask)
+        await self._server.start()
+
+    async def drain_and_stop(self, grace_s: float) -> None:
+        """Refuses new requests, lets in-flight ones finish for ``grace_s``, then stops."""
+        handler = self.handler
+        LOGGER.info("%s: draining %d in-flight request(s)", self.socket_path, handler.in_flight)
+        handler.draining = True
+        try:
+            await asyncio.wait_for(handler.wait_idle(), grace_s)
+        except TimeoutError:
+            LOGGER.warning(
+                "%s: %d request(s) still running after %g s: cancelling them",
+                self.socket_path,
+                handler.in_flight,
+                grace_s,
+            )
+        await self._server.stop(0)  # requests still running become orphans ...
+        await handler.cancel_all()  # ... and are cancelled, leaving their backends clean
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.socket_path)
+
+
 async def serve(config: RuntimeConfig, socket_path: str, log_dir: Path) -> int:
-    """Serves Buck2 on ``socket_path`` until SIGTERM/SIGINT, then drains and cleans up."""
-    check_socket_path(socket_path)
+    """Serves Buck2 on ``socket_path`` in this process (``--no-daemon``) until SIGTERM/SIGINT,
+    then drains and cleans up."""
     manager = BackendManager(config, os.getcwd(), log_dir)
-    handler = RequestHandler(manager, log_dir)
-    server = grpc.aio.server(options=GRPC_OPTIONS)
-    pb_grpc.add_WorkerServicer_to_server(WorkerServicer(handler), server)
-    pb_grpc.add_WorkerStreamingServicer_to_server(StreamingServicer(handler), server)
-    server.add_insecure_port(f"unix:{socket_path}")
+    server = Buck2SocketServer(RequestHandler(manager, log_dir), socket_path)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
@@ -167,21 +203,9 @@ async def serve(config: RuntimeConfig, socket_path: str, log_dir: Path) -> int:
     print(f"worker-runtime: serving {socket_path}; logs in {log_dir}", file=sys.stderr, flush=True)
     try:
         await stop.wait()
-        LOGGER.info("stop signal: draining %d in-flight request(s)", handler.in_flight)
-        handler.draining = True
-        try:
-            await asyncio.wait_for(handler.wait_idle(), config.shutdown_grace_s)
-        except TimeoutError:
-            LOGGER.warning(
-                "%d request(s) still running after %g s: cancelling them",
-                handler.in_flight,
-                config.shutdown_grace_s,
-            )
-        await server.stop(0)
+        await server.drain_and_stop(config.shutdown_grace_s)
     finally:
         await manager.stop_all()
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(socket_path)
         LOGGER.info("stopped")
     return 0
 

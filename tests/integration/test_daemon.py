@@ -1,0 +1,302 @@
+"""The daemon: warm backends across Buck2 commands, privacy, races, faults and lifecycle."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import grpc
+import psutil
+import pytest
+
+from tests.conftest import REPO_ROOT, RUNTIME, StartRuntime, fake_backend, wait_gone
+from worker_runtime.buck2.emulator import Buck2Worker, make_command
+from worker_runtime.daemon.paths import DaemonPaths
+
+
+def daemon_status(root: Path = REPO_ROOT) -> dict[str, Any]:
+    result = subprocess.run(
+        [*RUNTIME, "status", "--json", "--project-root", str(root)],
+        capture_output=True, text=True, timeout=30,
+    )  # fmt: skip
+    status: dict[str, Any] = json.loads(result.stdout)
+    return status
+
+
+def daemon_processes(runtime_dir: Path) -> list[psutil.Process]:
+    found = []
+    for proc in psutil.process_iter():
+        try:
+            cmdline = proc.cmdline()
+            if (
+                "daemon" in cmdline
+                and proc.environ().get("WORKER_RUNTIME_DIR") == str(runtime_dir)
+                and proc.status() != psutil.STATUS_ZOMBIE
+            ):
+                found.append(proc)
+        except psutil.Error:
+            continue
+    return found
+
+
+def wait_for(predicate: Any, timeout_s: float = 15.0) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.05)
+    return bool(predicate())
+
+
+def test_backend_stays_warm_across_buck2_commands(start_runtime: StartRuntime) -> None:
+    command_1 = start_runtime(fake_backend())
+    backend = command_1.run("pid").stderr
+    daemon_pid = daemon_status()["pid"]
+    assert command_1.proc is not None
+    assert os.getpgid(daemon_pid) != os.getpgid(command_1.proc.pid)
+    assert command_1.terminate() == 0  # Buck2's end of command: SIGTERM to the group
+    command_2 = start_runtime(fake_backend())
+    assert command_2.run("pid").stderr == backend
+    assert daemon_status()["pid"] == daemon_pid
+
+
+def test_front_does_not_import_grpc() -> None:
+    code = (
+        "import sys; import worker_runtime.cli, worker_runtime.daemon.front, worker_runtime.config; "
+        "print('grpc' in sys.modules)"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=30
+    )
+    assert result.stdout.strip() == "False"
+
+
+def test_daemon_killed_mid_request_recovers(start_runtime: StartRuntime) -> None:
+    worker = start_runtime(fake_backend())
+    backend = int(worker.run("pid").stderr)
+    old_daemon = daemon_status()["pid"]
+    outcome: list[Any] = []
+
+    def in_flight() -> None:
+        try:
+            outcome.append(worker.run("sleep", "2"))
+        except grpc.RpcError as exc:
+            outcome.append(exc)
+
+    thread = threading.Thread(target=in_flight)
+    thread.start()
+    time.sleep(0.5)
+    os.kill(old_daemon, signal.SIGKILL)
+    thread.join(30)
+    # Buck2 retries UNAVAILABLE; the front has started a new daemon meanwhile, so the
+    # request either succeeded on it or failed with a gRPC error, never hung.
+    assert outcome, "the in-flight request hung"
+    if not isinstance(outcome[0], grpc.RpcError):
+        assert outcome[0].stderr == "slept"
+    assert wait_gone([backend]) == [], "the dead daemon's backend must not outlive it"
+    assert worker.run("echo", "after").stderr == "after"
+    assert daemon_status()["pid"] != old_daemon
+    stderr = worker.stderr()
+    assert f"the daemon (pid {old_daemon})" in stderr and "died" in stderr
+    assert "runtime.log" in stderr
+
+
+def test_two_fronts_starting_at_once_share_one_daemon(
+    start_runtime: StartRuntime, runtime_dir: Path
+) -> None:
+    a = Buck2Worker([*RUNTIME, "serve", "--", *fake_backend()], project_root=REPO_ROOT)
+    b = Buck2Worker([*RUNTIME, "serve", "--", *fake_backend()], project_root=REPO_ROOT)
+    try:
+        a.spawn()
+        b.spawn()
+        a.wait_ready()
+        b.wait_ready()
+        assert a.run("echo", "a").stderr == "a" and b.run("echo", "b").stderr == "b"
+        assert len(daemon_processes(runtime_dir)) == 1
+    finally:
+        for worker in (a, b):
+            worker.terminate()
+            worker.cleanup()
+
+
+def test_stale_socket_and_state_files_are_cleaned_up(start_runtime: StartRuntime) -> None:
+    paths = DaemonPaths.for_project(str(REPO_ROOT))
+    paths.directory.mkdir(mode=0o700, exist_ok=True)
+    paths.socket.write_text("not a socket")
+    paths.state.write_text(json.dumps({"pid": 1, "project_root": "/elsewhere", "version": "0"}))
+    worker = start_runtime(fake_backend())
+    assert worker.run("echo", "ok").stderr == "ok"
+
+
+NOBODY_CLIENT = """
+import json, socket, sys
+s = socket.socket(socket.AF_UNIX)
+try:
+    s.connect(sys.argv[1])
+except OSError as exc:
+    print(json.dumps({"connect_error": exc.errno})); raise SystemExit
+s.sendall(b'{"op":"status"}\\n')
+print(s.recv(65536).decode().strip())
+"""
+
+
+def run_as_nobody(socket_path: Path) -> dict[str, Any]:
+    result = subprocess.run(
+        ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups",
+         "/usr/bin/python3", "-c", NOBODY_CLIENT, str(socket_path)],
+        capture_output=True, text=True, timeout=30,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    reply: dict[str, Any] = json.loads(result.stdout)
+    return reply
+
+
+@pytest.mark.skipif(os.getuid() != 0, reason="needs root to run a client as another user")
+def test_another_uid_is_refused(start_runtime: StartRuntime, runtime_dir: Path) -> None:
+    worker = start_runtime(fake_backend())
+    worker.run("echo", "warm")
+    paths = DaemonPaths.for_project(str(REPO_ROOT))
+    # The directory is 0700: another user cannot even reach the socket ...
+    assert os.stat(runtime_dir).st_mode & 0o777 == 0o700
+    assert run_as_nobody(paths.socket) == {"connect_error": 13}
+    # ... and were it reachable, the daemon checks the peer's uid itself.
+    os.chmod(runtime_dir, 0o711)
+    os.chmod(paths.socket, 0o777)
+    try:
+        reply = run_as_nobody(paths.socket)
+    finally:
+        os.chmod(runtime_dir, 0o700)
+        os.chmod(paths.socket, 0o600)
+    assert reply["ok"] is False and "serves uid 0 only" in reply["error"]
+    # Buck2's own socket is only for our uid too.
+    assert os.stat(worker.socket_path).st_mode & 0o777 == 0o600
+
+
+def test_open_runtime_dir_is_refused(runtime_dir: Path, start_runtime: StartRuntime) -> None:
+    os.chmod(runtime_dir, 0o755)
+    worker = Buck2Worker([*RUNTIME, "serve", "--", *fake_backend()], project_root=REPO_ROOT)
+    try:
+        worker.spawn()
+        assert worker.proc is not None and worker.proc.wait(30) == 2
+        assert "open to other users" in worker.stderr()
+    finally:
+        worker.cleanup()
+        os.chmod(runtime_dir, 0o700)
+
+
+def test_front_killed_mid_request_lets_the_request_finish(start_runtime: StartRuntime) -> None:
+    worker = start_runtime(fake_backend())
+    backend = worker.run("pid").stderr
+    outcome: list[Any] = []
+    thread = threading.Thread(target=lambda: outcome.append(worker.run("sleep", "1")))
+    thread.start()
+    time.sleep(0.3)
+    assert worker.proc is not None
+    os.kill(worker.proc.pid, signal.SIGKILL)
+    thread.join(30)
+    assert outcome and outcome[0].stderr == "slept"
+    next_command = start_runtime(fake_backend())
+    assert next_command.run("pid").stderr == backend  # left clean and warm
+
+
+def config_file(tmp_path: Path, **settings: Any) -> str:
+    path = tmp_path / f"config-{len(list(tmp_path.glob('config-*')))}.json"
+    path.write_text(json.dumps(settings))
+    return str(path)
+
+
+def test_memory_budget_stops_idle_backends_largest_first(
+    start_runtime: StartRuntime, tmp_path: Path
+) -> None:
+    config = config_file(tmp_path, memory_budget_mb=150, reclaim_interval_s=0.2, key_env=["SIZE"])
+    small = start_runtime(fake_backend(), ["--config", config])
+    small_pid = small.execute(make_command(["pid"], env={"SIZE": "small"})).stderr
+    big = start_runtime(fake_backend("--alloc-mb", "120"), ["--config", config])
+    big_pid = big.execute(make_command(["pid"], env={"SIZE": "big"})).stderr
+    assert wait_for(lambda: daemon_status()["evictions"] >= 1)
+    pids = {str(b["pid"]) for b in daemon_status()["backends"]}
+    assert small_pid in pids and big_pid not in pids
+    assert wait_gone([int(big_pid)]) == []
+    log = Path(daemon_status()["log_dir"], "runtime.log").read_text()
+    assert "over memory_budget_mb = 150" in log
+
+
+def test_backend_over_its_own_limit_is_recycled(
+    start_runtime: StartRuntime, tmp_path: Path
+) -> None:
+    config = config_file(tmp_path, backend_memory_limit_mb=60, reclaim_interval_s=0.2)
+    worker = start_runtime(fake_backend("--alloc-mb", "100"), ["--config", config])
+    first = worker.run("pid").stderr
+    assert wait_gone([int(first)]) == []
+    assert worker.run("pid").stderr != first
+    log = Path(daemon_status()["log_dir"], "runtime.log").read_text()
+    assert "over backend_memory_limit_mb = 60" in log
+
+
+def test_idle_backends_and_idle_daemon_stop(
+    start_runtime: StartRuntime, tmp_path: Path, runtime_dir: Path
+) -> None:
+    config = config_file(
+        tmp_path, backend_idle_timeout_s=0.5, daemon_idle_timeout_s=1.5, reclaim_interval_s=0.2
+    )
+    worker = start_runtime(fake_backend(), ["--config", config])
+    backend = int(worker.run("pid").stderr)
+    assert wait_gone([backend]) == []
+    assert daemon_status()["backends"] == []
+    daemon = daemon_status()["pid"]
+    worker.terminate()
+    assert wait_gone([daemon]) == [], "the idle daemon should have exited"
+    assert daemon_processes(runtime_dir) == []
+
+
+def test_new_version_gets_its_own_daemon_and_the_old_one_retires(
+    start_runtime: StartRuntime, runtime_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("WORKER_RUNTIME_DAEMON_VERSION", "0.0.1-old")
+    old = start_runtime(fake_backend())
+    old_backend = int(old.run("pid").stderr)
+    old_daemon = daemon_status()["pid"]
+    old.terminate()
+    monkeypatch.setenv("WORKER_RUNTIME_DAEMON_VERSION", "0.0.2-new")
+    new = start_runtime(fake_backend())
+    assert int(new.run("pid").stderr) != old_backend
+    assert daemon_status()["pid"] != old_daemon
+    assert wait_gone([old_daemon, old_backend]) == [], "the old daemon should drain and exit"
+
+
+def test_status_stop_and_logs_commands(start_runtime: StartRuntime) -> None:
+    worker = start_runtime(fake_backend())
+    worker.run("echo", "x")
+    worker.run("echo", "y")
+    table = subprocess.run(
+        [*RUNTIME, "status"], capture_output=True, text=True, timeout=30, cwd=REPO_ROOT
+    )
+    assert table.returncode == 0
+    assert "daemon pid" in table.stdout and "RSS MiB" in table.stdout and "total" in table.stdout
+    status = daemon_status()
+    (backend,) = status["backends"]
+    assert (
+        backend["requests_served"] == 2 and backend["tool"] == "python" and backend["rss_bytes"] > 0
+    )
+    assert status["totals"]["backends"] == 1 and len(status["attachments"]) == 1
+    logs = subprocess.run(
+        [*RUNTIME, "logs"], capture_output=True, text=True, timeout=30, cwd=REPO_ROOT
+    )
+    assert logs.returncode == 0 and "runtime.log" in logs.stdout and "attached" in logs.stdout
+    worker.terminate()
+    stop = subprocess.run(
+        [*RUNTIME, "stop"], capture_output=True, text=True, timeout=60, cwd=REPO_ROOT
+    )
+    assert stop.returncode == 0 and f"stopped daemon pid {status['pid']}" in stop.stdout
+    assert wait_gone([backend["pid"]]) == []
+    gone = subprocess.run(
+        [*RUNTIME, "status"], capture_output=True, text=True, timeout=30, cwd=REPO_ROOT
+    )
+    assert gone.returncode == 1 and "no worker-runtime daemon runs" in gone.stdout

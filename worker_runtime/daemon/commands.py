@@ -1,0 +1,171 @@
+"""The daemon's own entry point and the user commands around it: status, stop, logs."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from worker_runtime.daemon.control import pid_alive, try_connect
+from worker_runtime.daemon.paths import DaemonPaths
+from worker_runtime.logs import log_root
+
+MIB = 1 << 20
+
+
+def daemon_main(argv: Sequence[str]) -> int:
+    parser = argparse.ArgumentParser(
+        prog="worker-runtime daemon",
+        description="The per-project daemon that owns the backends (started by `serve`; not "
+        "meant to be run by hand).",
+    )
+    parser.add_argument("--project-root", required=True)
+    parser.add_argument("--idle-timeout", type=float, default=3 * 3600.0)
+    parser.add_argument("--memory-budget-mb", type=int)
+    parser.add_argument("--reclaim-interval", type=float, default=5.0)
+    parser.add_argument("--shutdown-grace", type=float, default=5.0)
+    parser.add_argument("--log-dir")
+    args = parser.parse_args(argv)
+
+    from worker_runtime.buck2 import grpc_tuning
+    from worker_runtime.daemon.reclaim import default_budget_bytes
+    from worker_runtime.daemon.server import Daemon, DaemonSettings
+    from worker_runtime.logs import start_run_logging
+
+    os.chdir(args.project_root)
+    paths = DaemonPaths.for_project(args.project_root)
+    budget = args.memory_budget_mb * MIB if args.memory_budget_mb else default_budget_bytes()
+    settings = DaemonSettings(args.idle_timeout, budget, args.reclaim_interval, args.shutdown_grace)
+    log_dir = start_run_logging(args.log_dir, prefix="daemon-")
+    return grpc_tuning.run(Daemon(paths, settings, log_dir).run())
+
+
+def _common(prog: str, description: str) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=prog, description=description)
+    parser.add_argument(
+        "--project-root",
+        default=os.getcwd(),
+        help="the Buck2 project whose daemon to address (default: the current directory)",
+    )
+    return parser
+
+
+def _status(paths: DaemonPaths) -> dict[str, Any] | None:
+    client = try_connect(paths.socket, timeout_s=10)
+    if client is None:
+        return None
+    try:
+        return client.request({"op": "status"})
+    finally:
+        client.close()
+
+
+def _age(seconds: float) -> str:
+    seconds = int(seconds)
+    if seconds < 120:
+        return f"{seconds}s"
+    if seconds < 7200:
+        return f"{seconds // 60}m"
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+
+
+def format_status(status: dict[str, Any]) -> str:
+    lines = [
+        f"daemon pid {status['pid']}, version {status['version']}, up {_age(status['uptime_s'])}",
+        f"  project: {status['project_root']}",
+        f"  socket:  {status['socket']}",
+        f"  logs:    {status['log_dir']}",
+        f"  memory budget: {status['memory_budget_bytes'] / MIB:.0f} MiB, evictions: {status['evictions']}",
+    ]
+    if status.get("retiring_for"):
+        lines.append(f"  retiring: replaced by version {status['retiring_for']}")
+    lines.append(f"  attached Buck2 commands: {len(status['attachments'])}")
+    header = f"{'key':<12} {'tool':<16} {'pid':>7} {'RSS MiB':>8} {'served':>7} {'in flight':>9} {'idle':>6}"
+    lines += ["", header]
+    for b in status["backends"]:
+        lines.append(
+            f"{b['key']:<12} {b['tool'][:16]:<16} {b['pid']:>7} {b['rss_bytes'] / MIB:>8.1f} "
+            f"{b['requests_served']:>7} {b['in_flight']:>9} {_age(b['idle_s']):>6}"
+        )
+    t = status["totals"]
+    lines.append(
+        f"{'total':<12} {str(t['backends']) + ' backend(s)':<16} {'':>7} {t['rss_bytes'] / MIB:>8.1f} "
+        f"{t['requests_served']:>7} {t['in_flight']:>9}"
+    )
+    return "\n".join(lines)
+
+
+def status_main(argv: Sequence[str]) -> int:
+    parser = _common("worker-runtime status", "Show the project's daemon and its backends.")
+    parser.add_argument("--json", action="store_true", help="print JSON (default: a table)")
+    args = parser.parse_args(argv)
+    paths = DaemonPaths.for_project(args.project_root)
+    status = _status(paths)
+    if status is None:
+        if args.json:
+            print(json.dumps({"running": False, "socket": str(paths.socket)}))
+        else:
+            print(f"no worker-runtime daemon runs for {paths.project_root} (socket {paths.socket})")
+        return 1
+    print(json.dumps(status, indent=2) if args.json else format_status(status))
+    return 0
+
+
+def stop_main(argv: Sequence[str]) -> int:
+    parser = _common("worker-runtime stop", "Drain and stop the project's daemon.")
+    parser.add_argument("--timeout", type=float, default=30.0, help="seconds to wait (default: 30)")
+    args = parser.parse_args(argv)
+    paths = DaemonPaths.for_project(args.project_root)
+    client = try_connect(paths.socket, timeout_s=10)
+    if client is None:
+        print(f"no worker-runtime daemon runs for {paths.project_root}")
+        return 0
+    try:
+        reply = client.request({"op": "stop"})
+    finally:
+        client.close()
+    pid = int(reply["pid"])
+    deadline = time.monotonic() + args.timeout
+    while pid_alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    if pid_alive(pid):
+        sys.stderr.write(
+            f"worker-runtime: error: daemon pid {pid} still runs after {args.timeout:g} s\n"
+        )
+        return 1
+    print(f"stopped daemon pid {pid}")
+    return 0
+
+
+def newest_daemon_log_dir(root: Path) -> Path | None:
+    try:
+        runs = [p for p in root.iterdir() if p.is_dir() and p.name.startswith("daemon-")]
+    except OSError:
+        return None
+    return max(runs, key=lambda p: p.stat().st_mtime, default=None)
+
+
+def logs_main(argv: Sequence[str]) -> int:
+    parser = _common("worker-runtime logs", "Show where the daemon's logs are and tail them.")
+    parser.add_argument("-n", "--lines", type=int, default=40, help="lines to show (default: 40)")
+    parser.add_argument("--log-dir", help="the log root, if the config set one")
+    args = parser.parse_args(argv)
+    paths = DaemonPaths.for_project(args.project_root)
+    status = _status(paths)
+    directory = Path(status["log_dir"]) if status else newest_daemon_log_dir(log_root(args.log_dir))
+    if directory is None:
+        print(f"no daemon logs under {log_root(args.log_dir)}")
+        return 1
+    print(f"daemon logs: {directory}{'' if status else ' (newest; no daemon runs now)'}")
+    for path in sorted(directory.iterdir()):
+        print(f"  {path.name}  {path.stat().st_size} bytes")
+    runtime_log = directory / "runtime.log"
+    if runtime_log.exists():
+        print(f"\n--- last {args.lines} lines of {runtime_log}")
+        print("\n".join(runtime_log.read_text(errors="replace").splitlines()[-args.lines :]))
+    return 0

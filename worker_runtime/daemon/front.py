@@ -1,0 +1,174 @@
+"""The front: what Buck2 launches as the worker when the daemon is on (the default).
+
+It makes sure the project's daemon runs (starting it, detached in its own session, if
+needed), asks it to serve Buck2's WORKER_SOCKET with this worker's config, and then only
+waits: requests go from Buck2 straight to the daemon. On SIGTERM (the end of the Buck2
+command) it detaches, which drains the socket's in-flight requests, and exits 0. If the
+daemon dies it says so on stderr, naming the daemon's log, and starts a new daemon on
+the same socket, so Buck2's retries and later requests are served again.
+
+It never imports grpc: it starts in tens of milliseconds and stays small.
+"""
+
+from __future__ import annotations
+
+import os
+import select
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from worker_runtime.config import RuntimeConfig, config_to_mapping
+from worker_runtime.daemon.control import ControlClient, try_connect
+from worker_runtime.daemon.paths import DaemonPaths, private_dir
+from worker_runtime.errors import USAGE_EXIT_CODE, ConfigError, WorkerRuntimeError
+
+#: Variables of the front's environment that differ from one Buck2 command to the next
+#: and must not split the backends into new ones.
+FRONT_ENV_IGNORED = frozenset({"WORKER_SOCKET", "PWD", "OLDPWD", "SHLVL", "_"})
+DAEMON_START_TIMEOUT_S = 30.0
+
+
+class DaemonStartError(WorkerRuntimeError):
+    """The daemon could not be started or reached."""
+
+
+def daemon_command(paths: DaemonPaths, config: RuntimeConfig) -> list[str]:
+    command = [
+        sys.executable, "-m", "worker_runtime", "daemon",
+        "--project-root", paths.project_root,
+        "--idle-timeout", str(config.daemon_idle_timeout_s),
+        "--reclaim-interval", str(config.reclaim_interval_s),
+        "--shutdown-grace", str(config.shutdown_grace_s),
+    ]  # fmt: skip
+    if config.memory_budget_mb is not None:
+        command += ["--memory-budget-mb", str(config.memory_budget_mb)]
+    if config.log_dir:
+        command += ["--log-dir", config.log_dir]
+    return command
+
+
+def spawn_daemon(paths: DaemonPaths, config: RuntimeConfig) -> subprocess.Popen[bytes]:
+    env = {k: v for k, v in os.environ.items() if k != "WORKER_SOCKET"}
+    with open(paths.spawn_log, "ab") as out:
+        return subprocess.Popen(
+            daemon_command(paths, config),
+            cwd=paths.project_root,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=out,
+            start_new_session=True,  # out of Buck2's process group: its SIGTERM/SIGKILL never reach us
+        )
+
+
+def tail(path: Path, lines: int = 15) -> str:
+    try:
+        text = path.read_text(errors="replace")
+    except OSError:
+        return "(empty)"
+    return "\n".join(text.splitlines()[-lines:]) or "(empty)"
+
+
+def connect_or_start(paths: DaemonPaths, config: RuntimeConfig) -> ControlClient:
+    """A control connection to the project's daemon, starting the daemon if none runs.
+
+    Fronts that race here may each spawn a daemon; exactly one gets the lock and serves,
+    the others exit at once, and every front connects to the one that serves.
+    """
+    client = try_connect(paths.socket)
+    if client is not None:
+        return client
+    spawned = spawn_daemon(paths, config)
+    deadline = time.monotonic() + DAEMON_START_TIMEOUT_S
+    delay = 0.005
+    while time.monotonic() < deadline:
+        client = try_connect(paths.socket)
+        if client is not None:
+            return client
+        if spawned.poll() not in (None, 0):
+            raise DaemonStartError(
+                f"the worker-runtime daemon exited with code {spawned.returncode} at start; "
+                f"its output ({paths.spawn_log}):\n{tail(paths.spawn_log)}"
+            )
+        time.sleep(delay)
+        delay = min(delay * 2, 0.1)
+    raise DaemonStartError(
+        f"the worker-runtime daemon did not come up within {DAEMON_START_TIMEOUT_S:g} s; "
+        f"its output ({paths.spawn_log}):\n{tail(paths.spawn_log)}"
+    )
+
+
+def attach(
+    paths: DaemonPaths, config: RuntimeConfig, socket_path: str
+) -> tuple[ControlClient, dict[str, Any]]:
+    message = {
+        "op": "attach",
+        "socket": socket_path,
+        "config": config_to_mapping(config),
+        "env": {k: v for k, v in os.environ.items() if k not in FRONT_ENV_IGNORED},
+        "front_pid": os.getpid(),
+    }
+    client = connect_or_start(paths, config)
+    reply = client.request(message)
+    if not reply.get("ok"):
+        client.close()
+        raise ConfigError(str(reply.get("error")))
+    client.sock.settimeout(None)
+    return client, reply
+
+
+def run_front(config: RuntimeConfig, socket_path: str) -> int:
+    """Serves Buck2 through the daemon until SIGTERM/SIGINT; returns the exit code."""
+    wake_read, wake_write = os.pipe()
+    os.set_blocking(wake_write, False)
+    signal.set_wakeup_fd(wake_write)
+    received: list[int] = []
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda number, frame: received.append(number))
+    try:
+        paths = DaemonPaths.for_project(os.getcwd())
+        private_dir(paths.directory)
+        client, reply = attach(paths, config, socket_path)
+    except (ConfigError, DaemonStartError, OSError) as exc:
+        sys.stderr.write(f"worker-runtime: error: {exc}\n")
+        return USAGE_EXIT_CODE if isinstance(exc, ConfigError) else 1
+    sys.stderr.write(
+        f"worker-runtime: serving {socket_path} through daemon pid {reply['pid']}; "
+        f"daemon logs in {reply['log_dir']}\n"
+    )
+    sys.stderr.flush()
+    while not received:
+        ready, _, _ = select.select([client.fileno(), wake_read], [], [])
+        if received:
+            break
+        if client.fileno() in ready and client.receive() is None:
+            client.close()
+            sys.stderr.write(
+                f"worker-runtime: error: the daemon (pid {reply['pid']}) serving {socket_path} "
+                f"died; requests in flight on it failed. Its log: {reply['log_dir']}/runtime.log "
+                f"(and {paths.spawn_log}). Starting a new daemon for the next requests.\n"
+            )
+            sys.stderr.flush()
+            try:
+                client, reply = attach(paths, config, socket_path)
+            except (ConfigError, DaemonStartError, OSError) as exc:
+                sys.stderr.write(f"worker-runtime: error: {exc}\n")
+                return 1
+            sys.stderr.write(
+                f"worker-runtime: serving {socket_path} again, through daemon pid {reply['pid']}\n"
+            )
+            sys.stderr.flush()
+        if wake_read in ready:
+            os.read(wake_read, 64)
+    # End of the Buck2 command: detach, which drains this socket's in-flight requests.
+    client.sock.settimeout(config.shutdown_grace_s + 10)
+    try:
+        client.request({"op": "detach"})
+    except (OSError, ConnectionError) as exc:
+        sys.stderr.write(f"worker-runtime: warning: detaching from the daemon failed: {exc}\n")
+    client.close()
+    return 0

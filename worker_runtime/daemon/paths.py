@@ -1,0 +1,87 @@
+"""Where a daemon lives: its private directory, and the socket, lock and state files of the
+daemon for one (user, project root, runtime version).
+
+The directory is ``$WORKER_RUNTIME_DIR``, else ``$XDG_RUNTIME_DIR/buck2-worker-runtime``,
+else ``/tmp/buck2-worker-runtime-<uid>``; it is created 0700 and refused if another user
+owns it or others may enter it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import stat
+from dataclasses import dataclass
+from pathlib import Path
+
+from worker_runtime import __version__
+from worker_runtime.errors import ConfigError
+
+
+def runtime_version() -> str:
+    """The version a daemon must match. ``WORKER_RUNTIME_DAEMON_VERSION`` overrides it (tests)."""
+    return os.environ.get("WORKER_RUNTIME_DAEMON_VERSION") or __version__
+
+
+def runtime_dir() -> Path:
+    if os.environ.get("WORKER_RUNTIME_DIR"):
+        return Path(os.environ["WORKER_RUNTIME_DIR"])
+    xdg = os.environ.get("XDG_RUNTIME_DIR")
+    if xdg and os.path.isdir(xdg):
+        return Path(xdg) / "buck2-worker-runtime"
+    return Path(f"/tmp/buck2-worker-runtime-{os.getuid()}")
+
+
+def private_dir(path: Path) -> Path:
+    """Creates ``path`` 0700 if needed; fails if it is not ours alone."""
+    try:
+        path.mkdir(mode=0o700, parents=True, exist_ok=True)
+        info = os.lstat(path)
+    except OSError as exc:
+        raise ConfigError(f"daemon directory {path} cannot be created: {exc.strerror}") from None
+    if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid():
+        raise ConfigError(
+            f"daemon directory {path} is not a directory owned by uid {os.getuid()}; "
+            "remove it or set WORKER_RUNTIME_DIR to a private directory"
+        )
+    if info.st_mode & 0o077:
+        raise ConfigError(
+            f"daemon directory {path} is open to other users (mode {info.st_mode & 0o777:o}); "
+            f"run `chmod 700 {path}` or set WORKER_RUNTIME_DIR to a private directory"
+        )
+    return path
+
+
+@dataclass(frozen=True)
+class DaemonPaths:
+    """The files of the daemon for one (user, project root, version)."""
+
+    directory: Path
+    project_root: str
+    version: str
+
+    @classmethod
+    def for_project(cls, project_root: str, version: str | None = None) -> DaemonPaths:
+        return cls(runtime_dir(), os.path.realpath(project_root), version or runtime_version())
+
+    @property
+    def daemon_id(self) -> str:
+        digest = hashlib.sha256(f"{self.project_root}\0{self.version}".encode()).hexdigest()
+        return digest[:16]
+
+    @property
+    def socket(self) -> Path:
+        return self.directory / f"{self.daemon_id}.sock"
+
+    @property
+    def lock(self) -> Path:
+        return self.directory / f"{self.daemon_id}.lock"
+
+    @property
+    def state(self) -> Path:
+        return self.directory / f"{self.daemon_id}.json"
+
+    @property
+    def spawn_log(self) -> Path:
+        """The daemon's own stdout/stderr before its logging starts."""
+        return self.directory / f"{self.daemon_id}.out"

@@ -55,6 +55,11 @@ def wait_gone(pids: list[int], timeout_s: float = 10) -> list[int]:
     return alive
 
 
+def backend_logs(log_dir: Path) -> str:
+    """Everything the backends of this test wrote to their stderr logs."""
+    return "".join(p.read_text(errors="replace") for p in sorted(log_dir.rglob("backend-*.log")))
+
+
 def fake_backend(*startup_args: str) -> list[str]:
     return [sys.executable, str(FAKE_WORKER), *startup_args]
 

@@ -67,6 +67,9 @@ class RuntimeConfig:
     backend_memory_limit_mb: int | None = None
     #: How often the daemon checks idle times and memory.
     reclaim_interval_s: float = 5.0
+    #: Timeout of a request that comes without ``timeout_s`` (Buck2 sets none unless the
+    #: rule does), so that a backend that never answers cannot hang a build; null: none.
+    default_timeout_s: float | None = 7200.0
 
     def validated(self) -> RuntimeConfig:
         if not self.command:
@@ -116,6 +119,10 @@ def _seconds(key: str, value: Any) -> float:
             f"config key `{key}` must be a number of seconds > 0, not {json.dumps(value)}"
         )
     return float(value)
+
+
+def _optional_seconds(key: str, value: Any) -> float | None:
+    return None if value is None else _seconds(key, value)
 
 
 def _protocol(key: str, value: Any) -> str:
@@ -168,6 +175,7 @@ _CHECKS: dict[str, Callable[[str, Any], Any]] = {
     "memory_budget_mb": _optional_int(1),
     "backend_memory_limit_mb": _optional_int(1),
     "reclaim_interval_s": _seconds,
+    "default_timeout_s": _optional_seconds,
 }
 assert set(_CHECKS) == {f.name for f in fields(RuntimeConfig)}
 
@@ -217,5 +225,11 @@ def with_overrides(config: RuntimeConfig, overrides: Mapping[str, Any]) -> Runti
     """Applies flag values (already typed; None means 'not given') over the config."""
     given = {k: v for k, v in overrides.items() if v is not None}
     for key, value in given.items():
-        _CHECKS[key](key, list(value) if isinstance(value, tuple) else value)
+        try:
+            _CHECKS[key](key, list(value) if isinstance(value, tuple) else value)
+        except ConfigError as exc:
+            flag = (
+                "the command after `--`" if key == "command" else f"flag --{key.replace('_', '-')}"
+            )
+            raise ConfigError(str(exc).replace(f"config key `{key}`", flag)) from None
     return replace(config, **given)

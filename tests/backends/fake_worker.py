@@ -9,7 +9,7 @@ thread: a no-op backend for benchmarks), ``--slow-start SECONDS``, ``--die-at-st
 ``--ignore-cancel``, ``--alloc-mb N``.
 
 Request commands: ``echo WORDS...``, ``exit CODE [MESSAGE]``, ``sleep SECONDS``, ``pid``,
-``env NAME``, ``args``, ``crash``, ``crash-once MARKER``, ``garbage``, ``silent``,
+``env NAME``, ``args``, ``crash``, ``crash-once MARKER``, ``crash-after SECONDS MARKER``, ``bad-int``, ``garbage``, ``silent``,
 ``close-stdout``, ``wrong-id``, ``huge BYTES``, ``snake`` (JSON: answer in snake_case).
 """
 
@@ -149,6 +149,8 @@ def handle(framing, request: dict, options: dict) -> None:
             with CANCEL_LOCK:
                 if rid in CANCELLED and not options["ignore_cancel"]:
                     CANCELLED.discard(rid)
+                    sys.stderr.write(f"fake_worker: cancelled request {rid}\n")
+                    sys.stderr.flush()
                     send(framing.write(0, "", rid, cancelled=True))
                     return
             time.sleep(0.01)
@@ -170,6 +172,15 @@ def handle(framing, request: dict, options: dict) -> None:
             sys.stderr.flush()
             os._exit(3)
         reply["output"] = "survived"
+    elif command == "crash-after":
+        time.sleep(float(rest[0]))
+        if not os.path.exists(rest[1]):
+            open(rest[1], "w").close()
+            os._exit(3)
+        reply["output"] = "survived"
+    elif command == "bad-int":
+        send(b'{"exitCode": 4294967296, "requestId": %d}' % rid)
+        return
     elif command == "garbage":
         send(b"Hello from a chatty worker!\n")
         reply["output"] = "after garbage"

@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
+import threading
+import time
 from pathlib import Path
 
+import grpc
+import psutil
 import pytest
 
-from tests.conftest import StartRuntime, fake_backend, wait_gone
+from tests.conftest import FAKE_WORKER, StartRuntime, backend_logs, fake_backend, wait_gone
 from worker_runtime.buck2.emulator import Buck2Worker, StreamingSession, make_command
 from worker_runtime.errors import RUNTIME_ERROR_EXIT_CODE
 from worker_runtime.proto import buck2_worker_pb2 as pb
+from worker_runtime.proto import buck2_worker_pb2_grpc as pb_grpc
 
 
 def assert_still_serves(worker: Buck2Worker) -> None:
@@ -95,12 +99,20 @@ def test_never_answers_times_out_and_next_request_gets_fresh_backend(
     assert_still_serves(worker)
 
 
-def test_timeout_on_cancellable_multiplex_sends_cancel(start_runtime: StartRuntime) -> None:
-    worker = start_runtime(fake_backend("--multiplex"), ["--multiplex", "--cancellable"])
+def test_timeout_on_cancellable_multiplex_sends_cancel(
+    start_runtime: StartRuntime, tmp_path: Path, log_dir: Path
+) -> None:
+    config = tmp_path / "c.json"
+    config.write_text('{"cancel_grace_s": 0.5}')
+    worker = start_runtime(
+        fake_backend("--multiplex"), ["--config", str(config), "--multiplex", "--cancellable"]
+    )
     pid = worker.run("pid").stderr
     response = worker.execute(make_command(["sleep", "30"], timeout_s=1))
     assert response.timed_out_after_s == 1
+    time.sleep(1.0)  # past cancel_grace_s: a backend that had not acknowledged is killed by now
     assert worker.run("pid").stderr == pid  # cancelled, not killed
+    assert "fake_worker: cancelled request" in backend_logs(log_dir)
 
 
 def test_timeout_on_multiplex_that_ignores_cancel_kills_it(
@@ -114,8 +126,6 @@ def test_timeout_on_multiplex_that_ignores_cancel_kills_it(
     )
     pid = worker.run("pid").stderr
     assert worker.execute(make_command(["sleep", "30"], timeout_s=1)).timed_out_after_s == 1
-    import time
-
     deadline = time.monotonic() + 10
     while worker.run("pid").stderr == pid and time.monotonic() < deadline:
         time.sleep(0.1)
@@ -174,10 +184,93 @@ def test_ten_mib_of_arguments(start_runtime: StartRuntime) -> None:
 
 
 def test_thousand_concurrent_unary_requests(start_runtime: StartRuntime) -> None:
+    """All 1,000 in flight at once, as Buck2's async client would send them."""
     worker = start_runtime(fake_backend())
-    with concurrent.futures.ThreadPoolExecutor(32) as pool:
-        results = list(pool.map(lambda i: worker.run("echo", str(i)).stderr, range(1000)))
-    assert results == [str(i) for i in range(1000)]
+
+    async def scenario() -> list[str]:
+        async with grpc.aio.insecure_channel(worker.target) as channel:
+            stub = pb_grpc.WorkerStub(channel)
+            calls = [stub.Execute(make_command(["echo", str(i)])) for i in range(1000)]
+            return [r.stderr for r in await asyncio.gather(*calls)]
+
+    assert asyncio.run(scenario()) == [str(i) for i in range(1000)]
+
+
+def test_multiplex_retries_start_a_bounded_number_of_processes(
+    start_runtime: StartRuntime, runtime_dir: Path
+) -> None:
+    worker = start_runtime(fake_backend("--multiplex"), ["--multiplex", "--max-instances", "2"])
+    worker.run("echo", "warm")
+    peak = 0
+    sampling = True
+
+    def sample() -> None:
+        nonlocal peak
+        while sampling:
+            backends = [
+                p for p in psutil.process_iter(["cmdline"])
+                if p.info["cmdline"] and str(FAKE_WORKER) in p.info["cmdline"]
+                and "--multiplex" in p.info["cmdline"]
+            ]  # fmt: skip
+            peak = max(peak, len(backends))
+            time.sleep(0.01)
+
+    sampler = threading.Thread(target=sample)
+    sampler.start()
+
+    async def scenario() -> list[pb.ExecuteResponse]:
+        async with StreamingSession(worker.target) as session:
+            sleepers = [
+                asyncio.create_task(session.execute(make_command(["sleep", "0.5"])))
+                for _ in range(12)
+            ]
+            await asyncio.sleep(0.3)
+            await session.execute(make_command(["crash"]))
+            return await asyncio.gather(*sleepers)
+
+    try:
+        responses = asyncio.run(scenario())
+    finally:
+        sampling = False
+        sampler.join()
+    assert all(r.stderr.endswith("slept") for r in responses)
+    # The shared process (restarted for new work) plus at most max_instances retry processes.
+    assert peak <= 1 + 1 + 2, peak
+
+
+def test_retry_after_a_tool_change_uses_the_new_tool(
+    start_runtime: StartRuntime, tmp_path: Path
+) -> None:
+    tool = tmp_path / "tool.jar"
+    tool.write_text("version 1")
+    worker = start_runtime(fake_backend(), ["--tool-input", str(tool)])
+    worker.run("pid")
+    outcome: list[pb.ExecuteResponse] = []
+    thread = threading.Thread(
+        target=lambda: outcome.append(worker.run("crash-after", "0.5", str(tmp_path / "m")))
+    )
+    thread.start()
+    time.sleep(0.2)
+    tool.write_text("version 2, rebuilt")
+    new_pid = worker.run("pid").stderr
+    thread.join(30)
+    assert outcome[0].stderr.endswith("survived")  # retried ...
+    assert worker.run("pid").stderr == new_pid  # ... without bringing the old tool's backend back
+
+
+def test_out_of_range_response_is_answered_on_a_stream(start_runtime: StartRuntime) -> None:
+    worker = start_runtime(
+        fake_backend("--protocol", "json"), ["--protocol", "json", "--retries", "0"]
+    )
+
+    async def scenario() -> pb.ExecuteResponse:
+        async with StreamingSession(worker.target) as session:
+            return await asyncio.wait_for(session.execute(make_command(["bad-int"])), 20)
+
+    response = asyncio.run(scenario())
+    assert response.exit_code == RUNTIME_ERROR_EXIT_CODE
+    assert "out of the int32 range" in response.stderr
+    assert_still_serves(worker)
 
 
 def test_thousand_concurrent_streaming_requests_multiplex(start_runtime: StartRuntime) -> None:

@@ -7,12 +7,13 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import grpc
 import pytest
 
-from tests.conftest import REPO_ROOT, RUNTIME, StartRuntime, fake_backend
+from tests.conftest import REPO_ROOT, RUNTIME, StartRuntime, backend_logs, fake_backend
 from worker_runtime.buck2.emulator import StreamingSession, make_command
 from worker_runtime.errors import RUNTIME_ERROR_EXIT_CODE
 from worker_runtime.proto import buck2_worker_pb2 as pb
@@ -99,15 +100,17 @@ def test_streaming_answers_out_of_order_by_id(start_runtime: StartRuntime, proto
     assert asyncio.run(scenario()) == ["fast", "slept"]
 
 
-def test_exec_with_cancel_event(start_runtime: StartRuntime) -> None:
-    worker = start_runtime(fake_backend("--multiplex"), ["--multiplex", "--cancellable"])
+def test_exec_with_cancel_event(start_runtime: StartRuntime, tmp_path: Path, log_dir: Path) -> None:
+    config = tmp_path / "c.json"
+    config.write_text('{"cancel_grace_s": 0.5}')
+    worker = start_runtime(
+        fake_backend("--multiplex"), ["--config", str(config), "--multiplex", "--cancellable"]
+    )
     pid = worker.run("pid").stderr
     stub = pb_grpc.WorkerStub(worker.channel())
 
     def events():
         yield pb.ExecuteEvent(command=make_command(["sleep", "30"]))
-        import time
-
         time.sleep(0.3)
         yield pb.ExecuteEvent(cancel=pb.ExecuteCancel())
 
@@ -115,7 +118,9 @@ def test_exec_with_cancel_event(start_runtime: StartRuntime) -> None:
     assert response.exit_code == RUNTIME_ERROR_EXIT_CODE
     assert "cancelled by the client" in response.stderr
     # A cancellable multiplex backend is asked to cancel, not killed.
+    time.sleep(1.0)  # past cancel_grace_s
     assert worker.run("pid").stderr == pid
+    assert "fake_worker: cancelled request" in backend_logs(log_dir)
 
     done = stub.Exec(iter([pb.ExecuteEvent(command=make_command(["echo", "exec"]))]), timeout=20)
     assert (done.exit_code, done.stderr) == (0, "exec")

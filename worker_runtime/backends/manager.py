@@ -82,7 +82,7 @@ class BackendManager:
         )
         pool: BackendPool
         if key.multiplex:
-            pool = MultiplexPool(spec)
+            pool = MultiplexPool(spec, self.config.max_instances)
         else:
             pool = SingleplexPool(spec, self.config.max_instances)
         self.pools[key] = pool

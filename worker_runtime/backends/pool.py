@@ -12,15 +12,13 @@ import itertools
 import logging
 
 from worker_runtime.backends.process import BackendProcess, BackendSpec
+from worker_runtime.errors import BackendStartError
 from worker_runtime.protocol.messages import WorkInput, WorkRequest, WorkResponse
 
 LOGGER = logging.getLogger(__name__)
 
 #: request_id is an int32 on the wire; ids are never reused below this bound.
 MAX_REQUEST_ID = (1 << 31) - 1
-
-# Stop tasks are kept referenced until done (asyncio holds tasks only weakly).
-_BACKGROUND: set[asyncio.Task[None]] = set()
 
 
 class BackendPool:
@@ -29,7 +27,9 @@ class BackendPool:
     def __init__(self, spec: BackendSpec) -> None:
         self.spec = spec
         self.retired = False
+        self.stopped = False
         self.processes: set[BackendProcess] = set()
+        self._stopping: set[asyncio.Task[None]] = set()
 
     async def call(
         self, arguments: tuple[str, ...], inputs: tuple[WorkInput, ...], verbosity: int
@@ -81,19 +81,22 @@ class BackendPool:
     def _discard(self, proc: BackendProcess) -> None:
         self.processes.discard(proc)
         task = asyncio.create_task(proc.stop(), name=f"stop-{proc.pid}")
-        _BACKGROUND.add(task)
-        task.add_done_callback(_BACKGROUND.discard)
+        self._stopping.add(task)
+        task.add_done_callback(self._stopping.discard)
 
     async def _spawn(self) -> BackendProcess:
+        if self.stopped:
+            raise BackendStartError("the worker runtime is stopping; no backend is started")
         proc = BackendProcess(self.spec)
         await proc.start()
         self.processes.add(proc)
         return proc
 
     async def stop(self) -> None:
-        self.retired = True
+        """Stops every process, including those already being stopped; none starts after."""
+        self.retired = self.stopped = True
         procs, self.processes = list(self.processes), set()
-        await asyncio.gather(*(p.stop() for p in procs))
+        await asyncio.gather(*(p.stop() for p in procs), *self._stopping)
 
 
 class SingleplexPool(BackendPool):
@@ -126,8 +129,10 @@ class SingleplexPool(BackendPool):
 class MultiplexPool(BackendPool):
     """One process with many requests in flight; ids are never reused, not even after a cancel."""
 
-    def __init__(self, spec: BackendSpec) -> None:
+    def __init__(self, spec: BackendSpec, max_retry_processes: int) -> None:
         super().__init__(spec)
+        #: Retries run on processes of their own; at most this many at once.
+        self._retry_slots = asyncio.Semaphore(max_retry_processes)
         self._proc: BackendProcess | None = None
         self._starting = asyncio.Lock()
         self._ids = itertools.count(1)
@@ -148,7 +153,7 @@ class MultiplexPool(BackendPool):
         request_id = next(self._ids)
         if request_id > MAX_REQUEST_ID:
             # After 2^31 requests: start again above every id still in flight.
-            base = max((p.highest_pending_id() for p in self.processes), default=0)
+            base = max((p.highest_outstanding_id() for p in self.processes), default=0)
             self._ids = itertools.count(base + 1)
             request_id = next(self._ids)
         return request_id
@@ -158,12 +163,14 @@ class MultiplexPool(BackendPool):
     ) -> WorkResponse:
         """Retries run alone on a process of their own: when one of several requests killed
         the shared process, we cannot tell which, and a poison request retried on the shared
-        process would take the others' retries down with it."""
-        proc = await self._spawn()
-        try:
-            return await proc.call(WorkRequest(arguments, inputs, 1, verbosity=verbosity))
-        finally:
-            self._discard(proc)
+        process would take the others' retries down with it. At most ``max_instances``
+        retry processes run at once; the other retries wait for one."""
+        async with self._retry_slots:
+            proc = await self._spawn()
+            try:
+                return await proc.call(WorkRequest(arguments, inputs, 1, verbosity=verbosity))
+            finally:
+                self._discard(proc)
 
     async def call(
         self, arguments: tuple[str, ...], inputs: tuple[WorkInput, ...], verbosity: int

@@ -218,8 +218,9 @@ class BackendProcess:
         self.last_used = time.monotonic()
         return response
 
-    def highest_pending_id(self) -> int:
-        return max(self._pending, default=0)
+    def highest_outstanding_id(self) -> int:
+        """The highest id still awaiting an answer, cancels included (never to be reused)."""
+        return max(max(self._pending, default=0), max(self._cancelling, default=0))
 
     def _abandon(self, request_id: int) -> None:
         """Leaves the backend clean after a request whose caller has gone."""

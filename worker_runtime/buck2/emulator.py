@@ -248,13 +248,20 @@ class StreamingSession:
             yield item
 
     async def _read(self) -> None:
+        failure: Exception = ConnectionError("the worker ended the stream with requests unanswered")
         try:
             async for message in self._call:
-                future = self._waiting.pop(message.id)
+                future = self._waiting.pop(message.id, None)
+                if future is None:
+                    failure = ConnectionError(f"the worker answered unknown stream id {message.id}")
+                    break
                 future.set_result(message.response)
         except grpc.aio.AioRpcError as exc:
-            for future in self._waiting.values():
-                future.set_exception(exc)
+            failure = exc
+        for future in self._waiting.values():
+            if not future.done():
+                future.set_exception(failure)
+        self._waiting.clear()
 
     async def execute(self, command: pb.ExecuteCommand) -> pb.ExecuteResponse:
         request_id = next(self._ids)

@@ -12,7 +12,6 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-from worker_runtime.backends.key import WorkerKey
 from worker_runtime.backends.manager import BackendManager
 from worker_runtime.errors import (
     RUNTIME_ERROR_EXIT_CODE,
@@ -28,12 +27,13 @@ LOGGER = logging.getLogger(__name__)
 
 @dataclass(frozen=True, slots=True)
 class PreparedRequest:
-    key: WorkerKey
+    #: Values of the config's key_env variables; with the tool digests they pick the key.
+    key_env: tuple[tuple[str, str], ...]
     arguments: tuple[str, ...]
 
 
 class RequestHandler:
-    """Serves one ExecuteCommand at a time per call; safe to call concurrently."""
+    """Serves ExecuteCommands for one Buck2 socket; safe to call concurrently."""
 
     def __init__(self, manager: BackendManager, log_dir: Path) -> None:
         self.manager = manager
@@ -43,9 +43,10 @@ class RequestHandler:
         self.draining = False
         self._idle = asyncio.Event()
         self._idle.set()
-        #: Requests whose client went away; they run on so that outputs are written and
-        #: the backend stays warm and clean (held here: asyncio keeps tasks weakly).
-        self._orphans: set[asyncio.Task[pb.ExecuteResponse]] = set()
+        #: Every request started through execute_to_completion, including those whose
+        #: client went away (held here: asyncio keeps tasks only weakly).
+        self._running: set[asyncio.Task[pb.ExecuteResponse]] = set()
+        self._abort_reason: str | None = None
 
     async def wait_idle(self) -> None:
         await self._idle.wait()
@@ -60,24 +61,30 @@ class RequestHandler:
     async def execute_to_completion(self, command: pb.ExecuteCommand) -> pb.ExecuteResponse:
         """``execute``, except that when the caller is cancelled (Buck2 went away, the RPC
         was dropped) the request still runs to its end: its outputs are written and its
-        backend is returned to the pool clean and warm instead of being killed. Timeouts
-        and explicit cancels (``Exec``) still cancel it."""
+        backend is returned to the pool clean and warm instead of being killed. Timeouts,
+        explicit cancels (``Exec``) and ``abort_all`` still cancel it."""
         task = asyncio.ensure_future(self.execute(command))
+        self._running.add(task)
+        task.add_done_callback(self._running.discard)
         try:
             return await asyncio.shield(task)
         except asyncio.CancelledError:
-            if not task.done():
-                LOGGER.info("client went away; the request runs on to completion")
-                self._orphans.add(task)
-                task.add_done_callback(self._orphans.discard)
-            raise
+            current = asyncio.current_task()
+            if current is not None and current.cancelling():
+                if not task.done():
+                    LOGGER.info("client went away; the request runs on to completion")
+                raise
+            # Not us: the request itself was cancelled by abort_all.
+            return self.error(self._abort_reason or "the request was cancelled")
 
-    async def cancel_all(self) -> None:
-        """Cancels requests whose clients went away (used when shutting down)."""
-        orphans = list(self._orphans)
-        for task in orphans:
+    async def abort_all(self, reason: str) -> None:
+        """Cancels every running request (their backends are left clean); each still
+        answers its client, if it has one, with ``reason``."""
+        self._abort_reason = reason
+        running = list(self._running)
+        for task in running:
             task.cancel()
-        await asyncio.gather(*orphans, return_exceptions=True)
+        await asyncio.gather(*running, return_exceptions=True)
 
     async def execute(self, command: pb.ExecuteCommand) -> pb.ExecuteResponse:
         if self.draining:
@@ -85,14 +92,22 @@ class RequestHandler:
         self.in_flight += 1
         self._idle.clear()
         try:
-            try:
-                prepared = self.prepare(command)
-            except RequestError as exc:
-                LOGGER.info("bad request: %s", exc)
-                return self.error(str(exc))
-            if command.HasField("timeout_s") and command.timeout_s > 0:
-                return await self._run_with_timeout(prepared, command.timeout_s)
+            prepared = self.prepare(command)
+            timeout = command.timeout_s if command.HasField("timeout_s") else 0
+            if not timeout and self.config.default_timeout_s is not None:
+                timeout = int(self.config.default_timeout_s)
+            if timeout > 0:
+                return await self._run_with_timeout(prepared, timeout)
             return await self._run(prepared)
+        except RequestError as exc:
+            LOGGER.info("bad request: %s", exc)
+            return self.error(str(exc))
+        except Exception as exc:  # every request gets an answer, whatever went wrong
+            LOGGER.exception("internal error while serving a request")
+            return self.error(
+                f"internal error while serving the request: {exc!r}. This is a bug in "
+                "worker-runtime; please report it with the runtime log"
+            )
         finally:
             self.in_flight -= 1
             if self.in_flight == 0:
@@ -124,7 +139,7 @@ class RequestHandler:
                             f"environment variable {name} is not valid UTF-8"
                         ) from None
             key_env = tuple(sorted(found.items()))
-        return PreparedRequest(self.manager.key_for(key_env), arguments)
+        return PreparedRequest(key_env, arguments)
 
     async def _run_with_timeout(
         self, prepared: PreparedRequest, timeout_s: int
@@ -135,10 +150,11 @@ class RequestHandler:
         except TimeoutError:
             if not scope.expired():
                 raise
-        LOGGER.info("request timed out after %d s (key %s)", timeout_s, prepared.key.short)
+        LOGGER.info("request timed out after %d s", timeout_s)
         return self.error(
-            f"the request ran past its timeout of {timeout_s} s and was cancelled; the next "
-            "request gets a fresh backend",
+            f"the request ran past its timeout of {timeout_s} s (counted from its arrival, "
+            "waiting for a free backend included) and was cancelled; a backend that was "
+            "running it was stopped, or asked to cancel if it is a cancellable multiplex one",
             timed_out_after_s=timeout_s,
         )
 
@@ -146,7 +162,10 @@ class RequestHandler:
         notes: list[str] = []
         attempt = 0
         while True:
-            pool = self.manager.pool_for(prepared.key)
+            # The key is computed afresh for every attempt, just before the pool is picked
+            # (no await in between): a retry never brings back a backend of tool files
+            # that have changed since the request arrived.
+            pool = self.manager.pool_for(self.manager.key_for(prepared.key_env))
             try:
                 call = pool.call_retry if attempt else pool.call
                 response = await call(prepared.arguments, (), self.config.verbosity)

@@ -183,8 +183,13 @@ class Buck2SocketServer:
                 handler.in_flight,
                 grace_s,
             )
-        await self._server.stop(0)  # requests still running become orphans ...
-        await handler.cancel_all()  # ... and are cancelled, leaving their backends clean
+        # Whatever still runs is cancelled (its backend left clean) and answered clearly,
+        # then the server gets a moment to send those answers.
+        await handler.abort_all(
+            f"the worker runtime is shutting down and the request did not finish within "
+            f"{grace_s:g} s of the stop signal; it was cancelled"
+        )
+        await self._server.stop(1.0)
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self.socket_path)
 

@@ -30,6 +30,7 @@ from worker_runtime.errors import USAGE_EXIT_CODE, ConfigError, WorkerRuntimeErr
 #: and must not split the backends into new ones.
 FRONT_ENV_IGNORED = frozenset({"WORKER_SOCKET", "PWD", "OLDPWD", "SHLVL", "_"})
 DAEMON_START_TIMEOUT_S = 30.0
+ATTACH_ATTEMPTS = 5
 
 
 class DaemonStartError(WorkerRuntimeError):
@@ -112,8 +113,18 @@ def attach(
         "env": {k: v for k, v in os.environ.items() if k not in FRONT_ENV_IGNORED},
         "front_pid": os.getpid(),
     }
-    client = connect_or_start(paths, config)
-    reply = client.request(message)
+    for attempt in range(ATTACH_ATTEMPTS):
+        client = connect_or_start(paths, config)
+        try:
+            reply = client.request(message)
+            break
+        except (ConnectionError, OSError):
+            # A daemon that is dying can still take a connection for an instant (its
+            # listening socket is the last thing the kernel closes): try again.
+            client.close()
+            if attempt == ATTACH_ATTEMPTS - 1:
+                raise
+            time.sleep(0.05)
     if not reply.get("ok"):
         client.close()
         raise ConfigError(str(reply.get("error")))

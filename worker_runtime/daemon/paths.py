@@ -18,9 +18,23 @@ from worker_runtime import __version__
 from worker_runtime.errors import ConfigError
 
 
+def code_stamp() -> str:
+    """A short digest of the package's source files (names, sizes, mtimes): an edited
+    checkout (an editable install) is a different version from the daemon's point of view."""
+    package = Path(__file__).resolve().parent.parent
+    hasher = hashlib.sha256()
+    for directory, _subdirs, files in sorted(os.walk(package)):
+        for name in sorted(files):
+            if name.endswith(".py"):
+                info = os.stat(os.path.join(directory, name))
+                hasher.update(f"{directory}/{name}:{info.st_size}:{info.st_mtime_ns}\n".encode())
+    return hasher.hexdigest()[:8]
+
+
 def runtime_version() -> str:
-    """The version a daemon must match. ``WORKER_RUNTIME_DAEMON_VERSION`` overrides it (tests)."""
-    return os.environ.get("WORKER_RUNTIME_DAEMON_VERSION") or __version__
+    """The version a daemon must match: the release and a stamp of the code.
+    ``WORKER_RUNTIME_DAEMON_VERSION`` overrides it (tests)."""
+    return os.environ.get("WORKER_RUNTIME_DAEMON_VERSION") or f"{__version__}+{code_stamp()}"
 
 
 def runtime_dir() -> Path:

@@ -8,8 +8,11 @@ unchanged, as Bazel does.
 from __future__ import annotations
 
 import os
+import re
 
 from worker_runtime.errors import RequestError
+
+_LINE_BREAK = re.compile(r"\r\n|\r|\n")
 
 #: Deeper nesting than this is taken for a cycle.
 MAX_DEPTH = 16
@@ -60,5 +63,9 @@ def _expand_into(out: list[str], args: list[str], cwd: str, chain: tuple[str, ..
                 f"argument file {arg[1:]!r} is not valid UTF-8 (byte {exc.start}: "
                 f"{data[exc.start : exc.start + 8]!r}); Bazel-protocol backends take text arguments"
             ) from None
-        lines = text.splitlines()
+        # Only CR, LF and CRLF end a line (str.splitlines would also split on U+2028 and
+        # other separators that Bazel keeps inside an argument).
+        lines = _LINE_BREAK.split(text)
+        if lines and lines[-1] == "":
+            lines.pop()
         _expand_into(out, lines, cwd, (*chain, real))

@@ -22,6 +22,8 @@ from worker_runtime.protocol.messages import WorkRequest, WorkResponse
 #: How many leading bytes of bad output an error quotes (Bazel keeps 4 KiB; we quote less).
 QUOTE_BYTES = 256
 
+INT32_MIN, INT32_MAX = -(1 << 31), (1 << 31) - 1
+
 #: A length prefix above this is taken for text on stdout, not a response.
 MAX_FRAME_BYTES = 1 << 31
 
@@ -273,10 +275,18 @@ class JsonFraming:
                 warnings.append(f"the backend wrote snake_case {name!r}; Bazel would ignore it")
             values[target] = value
         for name in ("exit_code", "request_id"):
-            if not isinstance(values.get(name, 0), int) or isinstance(values.get(name), bool):
+            value = values.get(name, 0)
+            if not isinstance(value, int) or isinstance(value, bool):
                 self._fail(f"{name} is not an integer")
-        if not isinstance(values.get("output", ""), str):
+            if not INT32_MIN <= value <= INT32_MAX:
+                self._fail(f"{name} {value} is out of the int32 range")
+        output = values.get("output", "")
+        if not isinstance(output, str):
             self._fail("output is not a string")
+        try:
+            output.encode("utf-8")
+        except UnicodeEncodeError:
+            self._fail("output holds a lone surrogate escape, which is not text")
         if not isinstance(values.get("was_cancelled", False), bool):
             self._fail("was_cancelled is not a boolean")
         return WorkResponse(**values, warnings=tuple(warnings))

@@ -8,7 +8,7 @@ byte), ``--multiplex`` (one thread per request), ``--inline`` (answer on the rea
 thread: a no-op backend for benchmarks), ``--slow-start SECONDS``, ``--die-at-start``,
 ``--ignore-cancel``, ``--alloc-mb N``.
 
-Request commands: ``echo WORDS...``, ``exit CODE [MESSAGE]``, ``sleep SECONDS``, ``pid``,
+Request commands: ``echo WORDS...``, ``exit CODE [MESSAGE]``, ``sleep SECONDS``, ``sleep-write SECONDS FILE``, ``pid``,
 ``env NAME``, ``args``, ``crash``, ``crash-once MARKER``, ``crash-after SECONDS MARKER``, ``bad-int``, ``garbage``, ``silent``,
 ``close-stdout``, ``wrong-id``, ``huge BYTES``, ``snake`` (JSON: answer in snake_case).
 """
@@ -155,6 +155,11 @@ def handle(framing, request: dict, options: dict) -> None:
                     return
             time.sleep(0.01)
         reply["output"] = "slept"
+    elif command == "sleep-write":
+        time.sleep(float(rest[0]))
+        with open(rest[1], "w") as handle:
+            handle.write("output\n")
+        reply["output"] = "written"
     elif command == "pid":
         reply["output"] = str(os.getpid())
     elif command == "env":

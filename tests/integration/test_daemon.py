@@ -12,12 +12,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-import grpc
 import psutil
 import pytest
 
 from tests.conftest import REPO_ROOT, RUNTIME, StartRuntime, fake_backend, wait_gone
-from worker_runtime.buck2.emulator import Buck2Worker, make_command
+from worker_runtime.buck2.emulator import Buck2Worker, WorkerRequestError, make_command
 from worker_runtime.daemon.paths import DaemonPaths
 
 
@@ -78,7 +77,9 @@ def test_front_does_not_import_grpc() -> None:
     assert result.stdout.strip() == "False"
 
 
-def test_daemon_killed_mid_request_recovers(start_runtime: StartRuntime) -> None:
+def test_daemon_killed_mid_request_fails_clearly_and_next_command_recovers(
+    start_runtime: StartRuntime,
+) -> None:
     worker = start_runtime(fake_backend())
     backend = int(worker.run("pid").stderr)
     old_daemon = daemon_status()["pid"]
@@ -87,7 +88,7 @@ def test_daemon_killed_mid_request_recovers(start_runtime: StartRuntime) -> None
     def in_flight() -> None:
         try:
             outcome.append(worker.run("sleep", "2"))
-        except grpc.RpcError as exc:
+        except WorkerRequestError as exc:
             outcome.append(exc)
 
     thread = threading.Thread(target=in_flight)
@@ -95,17 +96,16 @@ def test_daemon_killed_mid_request_recovers(start_runtime: StartRuntime) -> None
     time.sleep(0.5)
     os.kill(old_daemon, signal.SIGKILL)
     thread.join(30)
-    # Buck2 retries UNAVAILABLE; the front has started a new daemon meanwhile, so the
-    # request either succeeded on it or failed with a gRPC error, never hung.
-    assert outcome, "the in-flight request hung"
-    if not isinstance(outcome[0], grpc.RpcError):
-        assert outcome[0].stderr == "slept"
-    assert wait_gone([backend]) == [], "the dead daemon's backend must not outlive it"
-    assert worker.run("echo", "after").stderr == "after"
-    assert daemon_status()["pid"] != old_daemon
+    assert outcome and isinstance(outcome[0], WorkerRequestError), "the request must fail, not hang"
+    assert "see worker logs" in str(outcome[0])
+    assert worker.proc is not None and worker.proc.wait(10) == 1
     stderr = worker.stderr()
     assert f"the daemon (pid {old_daemon})" in stderr and "died" in stderr
-    assert "runtime.log" in stderr
+    assert "runtime.log" in stderr and "next buck2 command starts a new daemon" in stderr
+    assert wait_gone([backend]) == [], "the dead daemon's backend must not outlive it"
+    next_command = start_runtime(fake_backend())
+    assert next_command.run("echo", "after").stderr == "after"
+    assert daemon_status()["pid"] != old_daemon
 
 
 def test_two_fronts_starting_at_once_share_one_daemon(
@@ -191,19 +191,33 @@ def test_open_runtime_dir_is_refused(runtime_dir: Path, start_runtime: StartRunt
         os.chmod(runtime_dir, 0o700)
 
 
-def test_front_killed_mid_request_lets_the_request_finish(start_runtime: StartRuntime) -> None:
+def test_front_killed_mid_request_lets_the_request_finish(
+    start_runtime: StartRuntime, tmp_path: Path
+) -> None:
     worker = start_runtime(fake_backend())
     backend = worker.run("pid").stderr
+    output = tmp_path / "output.o"
     outcome: list[Any] = []
-    thread = threading.Thread(target=lambda: outcome.append(worker.run("sleep", "1")))
+
+    def in_flight() -> None:
+        try:
+            outcome.append(worker.run("sleep-write", "1", str(output)))
+        except WorkerRequestError as exc:
+            outcome.append(exc)
+
+    thread = threading.Thread(target=in_flight)
     thread.start()
     time.sleep(0.3)
     assert worker.proc is not None
     os.kill(worker.proc.pid, signal.SIGKILL)
     thread.join(30)
-    assert outcome and outcome[0].stderr == "slept"
+    # Buck2 gives up on the request when its worker process exits ...
+    assert outcome and isinstance(outcome[0], WorkerRequestError)
+    assert "Worker exited while running command" in str(outcome[0])
+    # ... but the daemon finishes it: its output is written and the backend stays warm.
+    assert wait_for(output.exists)
     next_command = start_runtime(fake_backend())
-    assert next_command.run("pid").stderr == backend  # left clean and warm
+    assert next_command.run("pid").stderr == backend
 
 
 def config_file(tmp_path: Path, **settings: Any) -> str:

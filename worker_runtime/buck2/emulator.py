@@ -46,6 +46,11 @@ class WorkerSpawnError(Exception):
     """The worker did not come up: Buck2's "Worker exited before connecting" and friends."""
 
 
+class WorkerRequestError(Exception):
+    """A request failed the way Buck2 reports it: "Worker exited while running command" or
+    "Error sending ExecuteCommand to worker", both pointing at the worker's log files."""
+
+
 def action_env(
     scratch: str, extra: Mapping[str, str] | None = None
 ) -> list[pb.ExecuteCommand.EnvironmentEntry]:
@@ -103,6 +108,7 @@ class Buck2Worker:
         self.stderr_path = os.path.join(self.dir, "stderr")
         self.proc: subprocess.Popen[bytes] | None = None
         self._channel: grpc.Channel | None = None
+        self._connection_lost = False
 
     # -- lifecycle -------------------------------------------------------------------
     def spawn(self) -> None:
@@ -134,15 +140,37 @@ class Buck2Worker:
             probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
             try:
                 probe.connect(self.socket_path)
-                return
+                connected = True
             except OSError:
-                pass
+                connected = False
             finally:
                 probe.close()
+            # Buck2 (get_channel_uds) connects and completes the HTTP/2 handshake before it
+            # counts the worker as ready; requests then use that one connection.
+            if connected and self._connect_channel(deadline):
+                return
             if time.monotonic() >= deadline:
                 raise WorkerSpawnError(f"Worker failed to connect within {timeout_s} seconds")
             time.sleep(delay)
             delay = min(delay * 2, 0.5)
+
+    def _connect_channel(self, deadline: float) -> bool:
+        channel = grpc.insecure_channel(self.target, options=GRPC_OPTIONS)
+        try:
+            grpc.channel_ready_future(channel).result(timeout=max(0.1, deadline - time.monotonic()))
+        except grpc.FutureTimeoutError:
+            channel.close()
+            return False
+        self._channel = channel
+        channel.subscribe(self._watch_connectivity)
+        return True
+
+    def _watch_connectivity(self, state: grpc.ChannelConnectivity) -> None:
+        # Buck2's connector hands tonic its one Unix stream once ("Cannot reconnect after
+        # connection loss to uds"): once the connection is lost, the worker is unreachable
+        # for the rest of the command. grpcio would reconnect; we refuse to.
+        if state != grpc.ChannelConnectivity.READY:
+            self._connection_lost = True
 
     def start(self) -> Buck2Worker:
         self.spawn()
@@ -193,29 +221,51 @@ class Buck2Worker:
         return f"unix:{self.socket_path}"
 
     def channel(self) -> grpc.Channel:
+        """The connection made when the worker became ready (Buck2 makes no other)."""
         if self._channel is None:
-            self._channel = grpc.insecure_channel(self.target, options=GRPC_OPTIONS)
+            raise WorkerRequestError("the worker was never connected (call start() first)")
         return self._channel
+
+    def _logs_hint(self) -> str:
+        return f"see worker logs:\n{self.stdout_path}\n{self.stderr_path}"
 
     def execute(
         self, command: pb.ExecuteCommand, *, deadline_s: float | None = None
     ) -> pb.ExecuteResponse:
-        """Unary Execute, with Buck2's retries of UNAVAILABLE."""
+        """Unary Execute, as Buck2 sends it: on the worker's one connection, retried on
+        UNAVAILABLE, and given up as soon as the worker process exits."""
         delay = 0.1
         for attempt in range(6):
+            if self._connection_lost:
+                raise WorkerRequestError(
+                    "Error sending ExecuteCommand to worker: Cannot reconnect after connection "
+                    f"loss to uds, {self._logs_hint()}"
+                )
+            call = pb_grpc.WorkerStub(self.channel()).Execute.future(command, timeout=deadline_s)
             try:
-                return pb_grpc.WorkerStub(self.channel()).Execute(command, timeout=deadline_s)
+                return self._wait(call)
             except grpc.RpcError as exc:
                 if exc.code() != grpc.StatusCode.UNAVAILABLE or attempt == 5:
-                    raise
-                # Buck2's client (tonic) connects again on the next call; a grpcio channel
-                # would first wait out its reconnect backoff (1 s and more), so start afresh.
-                if self._channel is not None:
-                    self._channel.close()
-                    self._channel = None
+                    raise WorkerRequestError(
+                        f"Error sending ExecuteCommand to worker: {exc.code()}: {exc.details()}, "
+                        f"{self._logs_hint()}"
+                    ) from exc
                 time.sleep(delay)
                 delay = min(delay * 2, 0.5)
         raise AssertionError("unreachable")
+
+    def _wait(self, call: grpc.Future) -> pb.ExecuteResponse:
+        """Buck2 races each request against the worker's exit."""
+        while True:
+            try:
+                response: pb.ExecuteResponse = call.result(timeout=0.2)
+                return response
+            except grpc.FutureTimeoutError:
+                if self.proc is not None and self.proc.poll() is not None:
+                    call.cancel()
+                    raise WorkerRequestError(
+                        f"Worker exited while running command, {self._logs_hint()}"
+                    ) from None
 
     def run(self, *argv: str | bytes, **kwargs: object) -> pb.ExecuteResponse:
         """Convenience: one unary request with these arguments."""

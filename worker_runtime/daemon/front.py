@@ -4,8 +4,8 @@ It makes sure the project's daemon runs (starting it, detached in its own sessio
 needed), asks it to serve Buck2's WORKER_SOCKET with this worker's config, and then only
 waits: requests go from Buck2 straight to the daemon. On SIGTERM (the end of the Buck2
 command) it detaches, which drains the socket's in-flight requests, and exits 0. If the
-daemon dies it says so on stderr, naming the daemon's log, and starts a new daemon on
-the same socket, so Buck2's retries and later requests are served again.
+daemon dies it says so on stderr (the file Buck2 points users to), naming the daemon's
+log, and exits 1; the next Buck2 command starts a new daemon.
 
 It never imports grpc: it starts in tens of milliseconds and stays small.
 """
@@ -156,25 +156,22 @@ def run_front(config: RuntimeConfig, socket_path: str) -> int:
         ready, _, _ = select.select([client.fileno(), wake_read], [], [])
         if received:
             break
+        if wake_read in ready:
+            os.read(wake_read, 64)
         if client.fileno() in ready and client.receive() is None:
+            # Buck2 cannot reconnect a worker's socket within a command (its connector
+            # hands tonic the Unix stream once), so there is nothing to serve again: say
+            # what happened where Buck2 points the user (this stderr) and exit, which
+            # Buck2 reports as "Worker exited". The next command starts a new daemon.
             client.close()
             sys.stderr.write(
                 f"worker-runtime: error: the daemon (pid {reply['pid']}) serving {socket_path} "
-                f"died; requests in flight on it failed. Its log: {reply['log_dir']}/runtime.log "
-                f"(and {paths.spawn_log}). Starting a new daemon for the next requests.\n"
+                f"died; the requests in flight on it failed, and Buck2 cannot reconnect to this "
+                f"worker for the rest of this command. The next buck2 command starts a new "
+                f"daemon. Daemon log: {reply['log_dir']}/runtime.log (its start-up output: "
+                f"{paths.spawn_log})\n"
             )
-            sys.stderr.flush()
-            try:
-                client, reply = attach(paths, config, socket_path)
-            except (ConfigError, DaemonStartError, OSError) as exc:
-                sys.stderr.write(f"worker-runtime: error: {exc}\n")
-                return 1
-            sys.stderr.write(
-                f"worker-runtime: serving {socket_path} again, through daemon pid {reply['pid']}\n"
-            )
-            sys.stderr.flush()
-        if wake_read in ready:
-            os.read(wake_read, 64)
+            return 1
     # End of the Buck2 command: detach, which drains this socket's in-flight requests.
     client.sock.settimeout(config.shutdown_grace_s + 10)
     try:

@@ -1,0 +1,180 @@
+"""Benchmark: what the daemon keeps warm between Buck2 commands, and what it costs.
+
+In one run, for two backends (the text_stats example, a real Python tool; and the fake
+test worker started with ``--slow-start 0.5``, standing in for a JVM's start-up):
+- cold: the first request of a command with the in-process runtime (``--no-daemon``),
+  which must start its backend;
+- warm: a request on a warm backend (median of many);
+- second command: the first request of a new command (new front, as Buck2 starts one
+  per command) while the daemon is warm.
+Then the front's added latency (warm requests through the daemon vs. through the
+in-process runtime, same backend, interleaved rounds) and the resident memory of an idle
+daemon with no backends. Writes benchmarks/results/daemon_warmth.json.
+
+Run: ``.venv/bin/python -m benchmarks.daemon_warmth``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+from worker_runtime.buck2.emulator import Buck2Worker, make_command
+from worker_runtime.daemon.control import try_connect
+from worker_runtime.daemon.paths import DaemonPaths
+
+ROOT = Path(__file__).resolve().parent.parent
+FAKE = [sys.executable, str(ROOT / "tests" / "backends" / "fake_worker.py")]
+TEXT_STATS = [sys.executable, str(ROOT / "examples" / "text_stats" / "text_stats_worker.py")]
+RESULTS = ROOT / "benchmarks" / "results" / "daemon_warmth.json"
+TARGETS = {
+    "second_over_warm_max": 1.5,
+    "front_added_median_ms_max": 0.2,
+    "idle_daemon_rss_mb_max": 60,
+}
+
+
+def serve(backend: list[str], *flags: str) -> list[str]:
+    return [sys.executable, "-m", "worker_runtime", "serve", *flags, "--", *backend]
+
+
+def timed(worker: Buck2Worker, argv: list[str]) -> float:
+    start = time.perf_counter()
+    response = worker.execute(make_command(argv))
+    elapsed = time.perf_counter() - start
+    if response.exit_code != 0:
+        raise RuntimeError(f"benchmark request failed: {response.stderr}")
+    return elapsed * 1000
+
+
+def stop_daemon(project: Path) -> None:
+    client = try_connect(DaemonPaths.for_project(str(project)).socket, timeout_s=10)
+    if client is not None:
+        pid = int(client.request({"op": "stop"})["pid"])
+        client.close()
+        while psutil.pid_exists(pid) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
+            time.sleep(0.02)
+
+
+def warmth(
+    project: Path, backend: list[str], argv: list[str], flags: list[str], rounds: int
+) -> dict[str, Any]:
+    cold, second, warm = [], [], []
+    for _ in range(rounds):
+        with Buck2Worker(serve(backend, "--no-daemon", *flags), project_root=project) as worker:
+            cold.append(timed(worker, argv))
+    stop_daemon(project)
+    with Buck2Worker(serve(backend, *flags), project_root=project) as worker:
+        timed(worker, argv)  # the first command warms the daemon's backend
+        for _ in range(30):
+            timed(worker, argv)
+        warm = [timed(worker, argv) for _ in range(200)]
+    for _ in range(rounds):
+        with Buck2Worker(serve(backend, *flags), project_root=project) as worker:
+            second.append(timed(worker, argv))
+    stop_daemon(project)
+    result = {
+        "cold_first_request_ms": statistics.median(cold),
+        "warm_request_ms": statistics.median(warm),
+        "second_command_first_request_ms": statistics.median(second),
+    }
+    result["second_over_warm"] = (
+        result["second_command_first_request_ms"] / result["warm_request_ms"]
+    )
+    result["cold_over_second"] = (
+        result["cold_first_request_ms"] / result["second_command_first_request_ms"]
+    )
+    return result
+
+
+def front_added(project: Path, rounds: int, n: int) -> dict[str, float]:
+    backend = [*FAKE, "--inline"]
+    medians: dict[str, list[float]] = {"daemon": [], "in_process": []}
+    with (
+        Buck2Worker(serve(backend), project_root=project) as through_daemon,
+        Buck2Worker(serve(backend, "--no-daemon"), project_root=project) as in_process,
+    ):
+        for worker in (through_daemon, in_process):
+            for _ in range(200):
+                timed(worker, ["echo", "x"])
+        for _ in range(rounds):
+            for name, worker in (("daemon", through_daemon), ("in_process", in_process)):
+                medians[name].append(
+                    statistics.median(timed(worker, ["echo", "x"]) for _ in range(n))
+                )
+    stop_daemon(project)
+    daemon = statistics.median(medians["daemon"])
+    local = statistics.median(medians["in_process"])
+    return {"through_daemon_ms": daemon, "in_process_ms": local, "added_median_ms": daemon - local}
+
+
+def idle_daemon_rss(project: Path) -> dict[str, float]:
+    with Buck2Worker(serve(FAKE), project_root=project) as worker:
+        client = try_connect(DaemonPaths.for_project(str(project)).socket)
+        assert client is not None
+        status = client.request({"op": "status"})
+        client.close()
+        time.sleep(1.0)
+        daemon = psutil.Process(status["pid"]).memory_info().rss / (1 << 20)
+        assert worker.proc is not None
+        front = psutil.Process(worker.proc.pid).memory_info().rss / (1 << 20)
+    stop_daemon(project)
+    return {"idle_daemon_rss_mb": daemon, "front_rss_mb": front}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--requests", type=int, default=500, help="requests per latency round")
+    parser.add_argument("--output", default=str(RESULTS), help="JSON file, or - for stdout only")
+    args = parser.parse_args(argv)
+
+    os.environ["WORKER_RUNTIME_DIR"] = tempfile.mkdtemp(prefix="wrb-", dir="/tmp")
+    project = Path(tempfile.mkdtemp(prefix="daemon-bench-"))
+    try:
+        (project / "src.txt").write_text("alpha beta gamma\n" * 200)
+        (project / "out").mkdir()
+        text_stats = ["--out", "out/report.json", "src.txt"]
+        result: dict[str, Any] = {
+            "text_stats": warmth(
+                project, TEXT_STATS, text_stats, ["--protocol", "json"], args.rounds
+            ),
+            "slow_start_0_5s": warmth(
+                project, [*FAKE, "--slow-start", "0.5"], ["echo", "x"], [], args.rounds
+            ),
+            "front": front_added(project, args.rounds, args.requests),
+            "memory": idle_daemon_rss(project),
+            "targets": TARGETS,
+        }
+    finally:
+        shutil.rmtree(project, ignore_errors=True)
+        shutil.rmtree(os.environ["WORKER_RUNTIME_DIR"], ignore_errors=True)
+    result["met"] = {
+        "second_over_warm": all(
+            result[b]["second_over_warm"] <= TARGETS["second_over_warm_max"]
+            for b in ("text_stats", "slow_start_0_5s")
+        ),
+        "front_added": result["front"]["added_median_ms"] <= TARGETS["front_added_median_ms_max"],
+        "idle_daemon_rss": result["memory"]["idle_daemon_rss_mb"]
+        <= TARGETS["idle_daemon_rss_mb_max"],
+    }
+    text = json.dumps(result, indent=2) + "\n"
+    if args.output != "-":
+        Path(args.output).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.output).write_text(text)
+    sys.stdout.write(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -118,6 +118,18 @@ def front_added(project: Path, rounds: int, n: int) -> dict[str, float]:
     return {"through_daemon_ms": daemon, "in_process_ms": local, "added_median_ms": daemon - local}
 
 
+def grpc_first_call(project: Path, rounds: int) -> dict[str, float]:
+    """A bare gRPC server's first call on a fresh connection vs. its later calls: the part
+    of a new command's first request that is gRPC's, not the runtime's."""
+    floor = [sys.executable, str(ROOT / "benchmarks" / "grpc_floor_server.py")]
+    first, later = [], []
+    for _ in range(rounds):
+        with Buck2Worker(floor, project_root=project) as worker:
+            first.append(timed(worker, ["echo", "x"]))
+            later.append(statistics.median(timed(worker, ["echo", "x"]) for _ in range(50)))
+    return {"first_call_ms": statistics.median(first), "later_call_ms": statistics.median(later)}
+
+
 def idle_daemon_rss(project: Path) -> dict[str, float]:
     with Buck2Worker(serve(FAKE), project_root=project) as worker:
         client = try_connect(DaemonPaths.for_project(str(project)).socket)
@@ -153,6 +165,7 @@ def main(argv: list[str] | None = None) -> int:
                 project, [*FAKE, "--slow-start", "0.5"], ["echo", "x"], [], args.rounds
             ),
             "front": front_added(project, args.rounds, args.requests),
+            "grpc_floor": grpc_first_call(project, args.rounds),
             "memory": idle_daemon_rss(project),
             "targets": TARGETS,
         }

@@ -36,3 +36,17 @@ def test_runtime_overhead_benchmark_writes_its_json() -> None:
         assert data[key]["median_ms"] > 0
     assert data["throughput_64_in_flight_rps"] > 0
     assert set(data["met"]) >= {"added_median_streaming", "throughput"}
+
+
+def test_daemon_warmth_benchmark_writes_its_json() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "benchmarks.daemon_warmth", "--rounds", "1", "--requests", "20",
+         "--output", "-"],
+        cwd=REPO_ROOT, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    data = json.loads(result.stdout)
+    for backend in ("text_stats", "slow_start_0_5s"):
+        assert data[backend]["second_command_first_request_ms"] > 0
+    assert data["memory"]["idle_daemon_rss_mb"] > 0
+    assert set(data["met"]) == {"second_over_warm", "front_added", "idle_daemon_rss"}

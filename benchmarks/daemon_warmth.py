@@ -17,8 +17,8 @@ Run: ``.venv/bin/python -m benchmarks.daemon_warmth``.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
-import os
 import shutil
 import statistics
 import sys
@@ -30,6 +30,7 @@ from typing import Any
 import psutil
 
 from worker_runtime.buck2.emulator import Buck2Worker, make_command
+from worker_runtime.daemon.commands import private_daemon_dir, stop_daemon_at
 from worker_runtime.daemon.control import try_connect
 from worker_runtime.daemon.paths import DaemonPaths
 
@@ -58,12 +59,7 @@ def timed(worker: Buck2Worker, argv: list[str]) -> float:
 
 
 def stop_daemon(project: Path) -> None:
-    client = try_connect(DaemonPaths.for_project(str(project)).socket, timeout_s=10)
-    if client is not None:
-        pid = int(client.request({"op": "stop"})["pid"])
-        client.close()
-        while psutil.pid_exists(pid) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
-            time.sleep(0.02)
+    stop_daemon_at(DaemonPaths.for_project(str(project)).socket)
 
 
 def warmth(
@@ -151,9 +147,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--output", default=str(RESULTS), help="JSON file, or - for stdout only")
     args = parser.parse_args(argv)
 
-    os.environ["WORKER_RUNTIME_DIR"] = tempfile.mkdtemp(prefix="wrb-", dir="/tmp")
     project = Path(tempfile.mkdtemp(prefix="daemon-bench-"))
-    try:
+    with contextlib.ExitStack() as cleanup, private_daemon_dir("wrb-"):
+        cleanup.callback(shutil.rmtree, project, ignore_errors=True)
         (project / "src.txt").write_text("alpha beta gamma\n" * 200)
         (project / "out").mkdir()
         text_stats = ["--out", "out/report.json", "src.txt"]
@@ -169,9 +165,6 @@ def main(argv: list[str] | None = None) -> int:
             "memory": idle_daemon_rss(project),
             "targets": TARGETS,
         }
-    finally:
-        shutil.rmtree(project, ignore_errors=True)
-        shutil.rmtree(os.environ["WORKER_RUNTIME_DIR"], ignore_errors=True)
     result["met"] = {
         "second_over_warm": all(
             result[b]["second_over_warm"] <= TARGETS["second_over_warm_max"]

@@ -23,6 +23,7 @@ import grpc
 
 from worker_runtime.buck2 import grpc_tuning
 from worker_runtime.buck2.emulator import Buck2Worker, StreamingSession, make_command
+from worker_runtime.daemon.commands import private_daemon_dir
 from worker_runtime.proto import buck2_worker_pb2_grpc as pb_grpc
 from worker_runtime.protocol.framing import ProtoFraming
 from worker_runtime.protocol.messages import WorkRequest
@@ -142,6 +143,7 @@ def main(argv: list[str] | None = None) -> int:
 
     floor_exe = [sys.executable, "-m", "benchmarks.grpc_floor_server"]
     with (
+        private_daemon_dir("wro-"),
         Buck2Worker([*RUNTIME, "--", *BACKEND], project_root=ROOT) as worker,
         Buck2Worker(floor_exe, project_root=ROOT) as floor,
     ):
@@ -155,9 +157,12 @@ def main(argv: list[str] | None = None) -> int:
             series["floor_async"].append(grpc_tuning.run(unary_async(floor.target, n)))
             series["unary_async"].append(grpc_tuning.run(unary_async(worker.target, n)))
             series["stream"].append(asyncio.run(streaming(worker, n)))
-    with Buck2Worker(
-        [*RUNTIME, "--multiplex", "--", *BACKEND, "--multiplex"], project_root=ROOT
-    ) as worker:
+    with (
+        private_daemon_dir("wro-"),
+        Buck2Worker(
+            [*RUNTIME, "--multiplex", "--", *BACKEND, "--multiplex"], project_root=ROOT
+        ) as worker,
+    ):
         rate = asyncio.run(throughput(worker, args.throughput_requests, 64))
 
     def combined(name: str) -> dict[str, float]:

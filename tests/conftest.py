@@ -74,12 +74,14 @@ def log_dir(tmp_path: Path) -> Path:
     return path
 
 
-@pytest.fixture
+@pytest.fixture(autouse=True)
 def runtime_dir(monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
-    """A private daemon directory for this test (short: socket paths are limited to 107 bytes)."""
+    """A private daemon directory for every test (short: socket paths are limited to 107
+    bytes); every daemon started in it is stopped when the test ends."""
     path = Path(tempfile.mkdtemp(prefix="wrt-", dir="/tmp"))
     monkeypatch.setenv("WORKER_RUNTIME_DIR", str(path))
     yield path
+    stop_daemons(path)
     shutil.rmtree(path, ignore_errors=True)
 
 
@@ -134,7 +136,7 @@ def start_runtime(log_dir: Path, runtime_dir: Path) -> Iterator[StartRuntime]:
             worker.terminate()
         finally:
             worker.cleanup()
-    stop_daemons(runtime_dir)
+    stop_daemons(runtime_dir)  # before the check below; the fixture would stop them after it
     for _worker, marker in started:
         for proc in processes_with_marker(marker):
             leftovers.append(f"{proc.pid} {proc.cmdline()}")

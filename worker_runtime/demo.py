@@ -27,6 +27,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from worker_runtime.buck2.emulator import Buck2Worker, make_command
+from worker_runtime.daemon.commands import private_daemon_dir
 
 EXAMPLE_WORKER = (
     Path(__file__).resolve().parent.parent / "examples" / "text_stats" / "text_stats_worker.py"
@@ -145,17 +146,6 @@ def warm_build(root: Path, actions: int, jobs: int, mode: str, label: str) -> Ph
     return PhaseResult(mode, wall, statistics.median(durations) * 1000, actions)
 
 
-def stop_daemon(root: Path) -> None:
-    from worker_runtime.daemon.control import try_connect
-    from worker_runtime.daemon.paths import DaemonPaths
-
-    client = try_connect(DaemonPaths.for_project(str(root)).socket, timeout_s=10)
-    if client is not None:
-        with contextlib.suppress(OSError, ConnectionError):
-            client.request({"op": "stop"})
-        client.close()
-
-
 def same_outputs(root: Path, actions: int) -> bool:
     return all(
         (root / "out" / "cold" / f"{i}.json").read_bytes()
@@ -176,8 +166,8 @@ def main(argv: list[str]) -> int:
 
     root = Path(tempfile.mkdtemp(prefix="worker-runtime-demo-"))
     # A daemon of its own, stopped at the end: the demo leaves nothing running.
-    os.environ["WORKER_RUNTIME_DIR"] = str(Path(tempfile.mkdtemp(prefix="wrd-", dir="/tmp")))
-    try:
+    with contextlib.ExitStack() as cleanup, private_daemon_dir("wrd-"):
+        cleanup.callback(shutil.rmtree, root, ignore_errors=True)
         make_project(root, args.actions)
         print(
             f"Building {args.actions} text_stats actions, {args.jobs} at a time, as Buck2 would:",
@@ -187,10 +177,6 @@ def main(argv: list[str]) -> int:
         first = warm_build(root, args.actions, args.jobs, "warm1", "workers, 1st buck2 command")
         second = warm_build(root, args.actions, args.jobs, "warm2", "workers, 2nd buck2 command")
         identical = same_outputs(root, args.actions)
-    finally:
-        stop_daemon(root)
-        shutil.rmtree(root, ignore_errors=True)
-        shutil.rmtree(os.environ["WORKER_RUNTIME_DIR"], ignore_errors=True)
 
     rows = [
         ("cold: one process per action", cold),

@@ -8,11 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import errno
 import logging
 import os
 import signal
-import socket
 import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -22,15 +20,12 @@ import grpc
 from worker_runtime.backends.manager import BackendManager
 from worker_runtime.buck2 import grpc_tuning
 from worker_runtime.buck2.requests import RequestHandler
+from worker_runtime.buck2.sockets import check_socket_path
 from worker_runtime.config import RuntimeConfig
-from worker_runtime.errors import ConfigError
 from worker_runtime.proto import buck2_worker_pb2 as pb
 from worker_runtime.proto import buck2_worker_pb2_grpc as pb_grpc
 
 LOGGER = logging.getLogger(__name__)
-
-#: sun_path is 108 bytes including the terminating NUL.
-MAX_SOCKET_PATH = 107
 
 GRPC_OPTIONS = [
     # Buck2's own limit is unlimited; responses of many MiB (huge diagnostics) must pass.
@@ -124,29 +119,6 @@ class StreamingServicer(pb_grpc.WorkerStreamingServicer):
             reader.cancel()
             for task in list(tasks):
                 task.cancel()
-
-
-def check_socket_path(path: str) -> None:
-    """Fails clearly on a path that cannot be bound, or that a live server already holds."""
-    if len(os.fsencode(path)) > MAX_SOCKET_PATH:
-        raise ConfigError(
-            f"WORKER_SOCKET is {len(os.fsencode(path))} bytes long; a Unix socket path may have "
-            f"at most {MAX_SOCKET_PATH}: {path}"
-        )
-    if not os.path.lexists(path):
-        Path(path).parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        return
-    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    try:
-        probe.connect(path)
-    except OSError as exc:
-        if exc.errno not in (errno.ECONNREFUSED, errno.ENOTSOCK, errno.ENOENT):
-            raise
-        os.unlink(path)  # a stale socket (or file) from a dead process
-        return
-    finally:
-        probe.close()
-    raise ConfigError(f"another process is already serving WORKER_SOCKET {path}")
 
 
 class Buck2SocketServer:

@@ -3,15 +3,20 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
+import shutil
 import sys
+import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from worker_runtime.daemon.control import pid_alive, try_connect
+import psutil
+
+from worker_runtime.daemon.control import try_connect
 from worker_runtime.daemon.paths import DaemonPaths
 from worker_runtime.logs import log_root
 
@@ -121,25 +126,64 @@ def stop_main(argv: Sequence[str]) -> int:
     parser.add_argument("--timeout", type=float, default=30.0, help="seconds to wait (default: 30)")
     args = parser.parse_args(argv)
     paths = DaemonPaths.for_project(args.project_root)
-    client = try_connect(paths.socket, timeout_s=10)
-    if client is None:
+    try:
+        pid = stop_daemon_at(paths.socket, args.timeout)
+    except TimeoutError as exc:
+        sys.stderr.write(f"worker-runtime: error: {exc}\n")
+        return 1
+    if pid is None:
         print(f"no worker-runtime daemon runs for {paths.project_root}")
-        return 0
+    else:
+        print(f"stopped daemon pid {pid}")
+    return 0
+
+
+def _running(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+def stop_daemon_at(socket: Path, timeout_s: float = 30.0) -> int | None:
+    """Asks the daemon listening on ``socket`` to drain and stop, and waits until it has
+    exited. Returns its pid, or None if no daemon listens there; raises TimeoutError if
+    it is still running after ``timeout_s``."""
+    client = try_connect(socket, timeout_s=10)
+    if client is None:
+        return None
     try:
         reply = client.request({"op": "stop"})
     finally:
         client.close()
     pid = int(reply["pid"])
-    deadline = time.monotonic() + args.timeout
-    while pid_alive(pid) and time.monotonic() < deadline:
+    deadline = time.monotonic() + timeout_s
+    while _running(pid) and time.monotonic() < deadline:
         time.sleep(0.05)
-    if pid_alive(pid):
-        sys.stderr.write(
-            f"worker-runtime: error: daemon pid {pid} still runs after {args.timeout:g} s\n"
-        )
-        return 1
-    print(f"stopped daemon pid {pid}")
-    return 0
+    if _running(pid):
+        raise TimeoutError(f"daemon pid {pid} still runs after {timeout_s:g} s")
+    return pid
+
+
+@contextlib.contextmanager
+def private_daemon_dir(prefix: str = "wrp-") -> Iterator[Path]:
+    """Points WORKER_RUNTIME_DIR at a fresh private directory for the block; on leaving it,
+    stops every daemon started there and removes it. The demo and the benchmarks use it so
+    that they leave nothing running and never touch the user's own daemons."""
+    previous = os.environ.get("WORKER_RUNTIME_DIR")
+    path = Path(tempfile.mkdtemp(prefix=prefix, dir="/tmp"))
+    os.environ["WORKER_RUNTIME_DIR"] = str(path)
+    try:
+        yield path
+    finally:
+        for socket in path.glob("*.sock"):
+            with contextlib.suppress(OSError, ConnectionError, TimeoutError, ValueError):
+                stop_daemon_at(socket)
+        shutil.rmtree(path, ignore_errors=True)
+        if previous is None:
+            os.environ.pop("WORKER_RUNTIME_DIR", None)
+        else:
+            os.environ["WORKER_RUNTIME_DIR"] = previous
 
 
 def newest_daemon_log_dir(root: Path) -> Path | None:

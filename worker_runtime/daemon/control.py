@@ -9,7 +9,6 @@ Connections from another uid are refused (SO_PEERCRED).
 from __future__ import annotations
 
 import json
-import os
 import socket
 import struct
 from pathlib import Path
@@ -82,13 +81,3 @@ def try_connect(path: Path, timeout_s: float = 30.0) -> ControlClient | None:
         return ControlClient(path, timeout_s)
     except (FileNotFoundError, ConnectionRefusedError):
         return None
-
-
-def pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True

@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from worker_runtime.buck2.sockets import check_socket_length
 from worker_runtime.config import RuntimeConfig, config_to_mapping
 from worker_runtime.daemon.control import ControlClient, try_connect
 from worker_runtime.daemon.paths import DaemonPaths, private_dir
@@ -141,6 +142,7 @@ def run_front(config: RuntimeConfig, socket_path: str) -> int:
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda number, frame: received.append(number))
     try:
+        check_socket_length(socket_path)
         paths = DaemonPaths.for_project(os.getcwd())
         private_dir(paths.directory)
         client, reply = attach(paths, config, socket_path)

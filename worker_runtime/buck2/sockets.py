@@ -1,0 +1,41 @@
+"""Checks on the Unix socket path Buck2 gives a worker (WORKER_SOCKET), shared by the
+in-process server, the daemon and the front (which must not import grpc)."""
+
+from __future__ import annotations
+
+import errno
+import os
+import socket
+from pathlib import Path
+
+from worker_runtime.errors import ConfigError
+
+#: sun_path is 108 bytes including the terminating NUL.
+MAX_SOCKET_PATH = 107
+
+
+def check_socket_length(path: str) -> None:
+    if len(os.fsencode(path)) > MAX_SOCKET_PATH:
+        raise ConfigError(
+            f"WORKER_SOCKET is {len(os.fsencode(path))} bytes long; a Unix socket path may have "
+            f"at most {MAX_SOCKET_PATH}: {path}"
+        )
+
+
+def check_socket_path(path: str) -> None:
+    """Fails clearly on a path that cannot be bound, or that a live server already holds."""
+    check_socket_length(path)
+    if not os.path.lexists(path):
+        Path(path).parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        return
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        probe.connect(path)
+    except OSError as exc:
+        if exc.errno not in (errno.ECONNREFUSED, errno.ENOTSOCK, errno.ENOENT):
+            raise
+        os.unlink(path)  # a stale socket (or file) from a dead process
+        return
+    finally:
+        probe.close()
+    raise ConfigError(f"another process is already serving WORKER_SOCKET {path}")

@@ -1,7 +1,8 @@
 """Benchmark: what the daemon keeps warm between Buck2 commands, and what it costs.
 
-In one run, for two backends (the text_stats example, a real Python tool; and the fake
-test worker started with ``--slow-start 0.5``, standing in for a JVM's start-up):
+In one run, for three backends (the text_stats example, a real Python tool, on a small
+input and on a compile-sized one whose warm request takes about 10 ms; and the fake test
+worker started with ``--slow-start 0.5``, standing in for a JVM's start-up):
 - cold: the first request of a command with the in-process runtime (``--no-daemon``),
   which must start its backend;
 - warm: a request on a warm backend (median of many);
@@ -38,6 +39,7 @@ ROOT = Path(__file__).resolve().parent.parent
 FAKE = [sys.executable, str(ROOT / "tests" / "backends" / "fake_worker.py")]
 TEXT_STATS = [sys.executable, str(ROOT / "examples" / "text_stats" / "text_stats_worker.py")]
 RESULTS = ROOT / "benchmarks" / "results" / "daemon_warmth.json"
+BACKENDS = ("text_stats", "text_stats_compile_sized", "slow_start_0_5s")
 TARGETS = {
     "second_over_warm_max": 1.5,
     "front_added_median_ms_max": 0.2,
@@ -151,11 +153,18 @@ def main(argv: list[str] | None = None) -> int:
     with contextlib.ExitStack() as cleanup, private_daemon_dir("wrb-"):
         cleanup.callback(shutil.rmtree, project, ignore_errors=True)
         (project / "src.txt").write_text("alpha beta gamma\n" * 200)
+        # A compile-sized action: a warm request of about 10 ms, like a warm javac or GHC
+        # compile of one small target (shared/reference/measurements-and-peers.md).
+        (project / "big.txt").write_text("alpha beta gamma delta epsilon zeta\n" * 12000)
         (project / "out").mkdir()
         text_stats = ["--out", "out/report.json", "src.txt"]
+        text_stats_big = ["--out", "out/big.json", "big.txt"]
         result: dict[str, Any] = {
             "text_stats": warmth(
                 project, TEXT_STATS, text_stats, ["--protocol", "json"], args.rounds
+            ),
+            "text_stats_compile_sized": warmth(
+                project, TEXT_STATS, text_stats_big, ["--protocol", "json"], args.rounds
             ),
             "slow_start_0_5s": warmth(
                 project, [*FAKE, "--slow-start", "0.5"], ["echo", "x"], [], args.rounds
@@ -166,9 +175,12 @@ def main(argv: list[str] | None = None) -> int:
             "targets": TARGETS,
         }
     result["met"] = {
+        # Per backend: the fixed first-call cost of gRPC weighs on tiny backends only.
+        "second_over_warm_by_backend": {
+            b: result[b]["second_over_warm"] <= TARGETS["second_over_warm_max"] for b in BACKENDS
+        },
         "second_over_warm": all(
-            result[b]["second_over_warm"] <= TARGETS["second_over_warm_max"]
-            for b in ("text_stats", "slow_start_0_5s")
+            result[b]["second_over_warm"] <= TARGETS["second_over_warm_max"] for b in BACKENDS
         ),
         "front_added": result["front"]["added_median_ms"] <= TARGETS["front_added_median_ms_max"],
         "idle_daemon_rss": result["memory"]["idle_daemon_rss_mb"]

@@ -6,10 +6,10 @@ against a second implementation of the protocol. Startup flags (before
 ``--persistent_worker``): ``--protocol proto|json`` (default: detect from the first
 byte), ``--multiplex`` (one thread per request), ``--inline`` (answer on the reading
 thread: a no-op backend for benchmarks), ``--slow-start SECONDS``, ``--die-at-start``,
-``--ignore-cancel``, ``--alloc-mb N``.
+``--ignore-cancel``, ``--alloc-mb N``, ``--spawn-helper``.
 
 Request commands: ``echo WORDS...``, ``exit CODE [MESSAGE]``, ``sleep SECONDS``, ``sleep-write SECONDS FILE``, ``pid``,
-``env NAME``, ``args``, ``crash``, ``crash-once MARKER``, ``crash-after SECONDS MARKER``, ``bad-int``, ``garbage``, ``silent``,
+``env NAME``, ``args``, ``crash``, ``crash-once MARKER``, ``crash-after SECONDS MARKER``, ``bad-int``, ``alloc-sleep MB SECONDS``, ``helper-pid``, ``garbage``, ``silent``,
 ``close-stdout``, ``wrong-id``, ``huge BYTES``, ``snake`` (JSON: answer in snake_case).
 """
 
@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 import sys
 import threading
 import time
@@ -27,6 +28,8 @@ from worker_runtime.proto import bazel_worker_pb2 as pb
 OUT = sys.stdout.buffer
 WRITE_LOCK = threading.Lock()
 CANCELLED: set[int] = set()
+BALLAST: list[bytes] = []
+HELPER: list[subprocess.Popen] = []
 CANCEL_LOCK = threading.Lock()
 
 
@@ -160,6 +163,12 @@ def handle(framing, request: dict, options: dict) -> None:
         with open(rest[1], "w") as handle:
             handle.write("output\n")
         reply["output"] = "written"
+    elif command == "alloc-sleep":
+        BALLAST.append(b"\1" * (int(rest[0]) << 20))
+        time.sleep(float(rest[1]))
+        reply["output"] = "slept"
+    elif command == "helper-pid":
+        reply["output"] = str(HELPER[0].pid) if HELPER else "none"
     elif command == "pid":
         reply["output"] = str(os.getpid())
     elif command == "env":
@@ -225,6 +234,10 @@ def main(argv: list[str]) -> int:
     if "--die-at-start" in argv:
         sys.stderr.write("fake_worker: dying at start on purpose\n")
         return 4
+    if "--spawn-helper" in argv:
+        # A child of its own that does not get the parent-death signal (like a compiler
+        # server a real worker may start).
+        HELPER.append(subprocess.Popen(["sleep", "300"]))
     ballast = b""
     if "--alloc-mb" in argv:
         ballast = b"\1" * (int(argv[argv.index("--alloc-mb") + 1]) << 20)

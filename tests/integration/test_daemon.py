@@ -229,15 +229,16 @@ def config_file(tmp_path: Path, **settings: Any) -> str:
 def test_memory_budget_stops_idle_backends_largest_first(
     start_runtime: StartRuntime, tmp_path: Path
 ) -> None:
+    # Alone, each fits the budget; together they do not. The big one (idle by then) is
+    # the largest idle backend, so it goes first, and that is enough.
     config = config_file(tmp_path, memory_budget_mb=150, reclaim_interval_s=0.2, key_env=["SIZE"])
-    small = start_runtime(fake_backend(), ["--config", config])
-    small_pid = small.execute(make_command(["pid"], env={"SIZE": "small"})).stderr
-    big = start_runtime(fake_backend("--alloc-mb", "120"), ["--config", config])
+    big = start_runtime(fake_backend("--alloc-mb", "110"), ["--config", config])
     big_pid = big.execute(make_command(["pid"], env={"SIZE": "big"})).stderr
+    medium = start_runtime(fake_backend("--alloc-mb", "50"), ["--config", config])
+    medium_pid = medium.execute(make_command(["pid"], env={"SIZE": "medium"})).stderr
     assert wait_for(lambda: daemon_status()["evictions"] >= 1)
-    pids = {str(b["pid"]) for b in daemon_status()["backends"]}
-    assert small_pid in pids and big_pid not in pids
     assert wait_gone([int(big_pid)]) == []
+    assert {str(b["pid"]) for b in daemon_status()["backends"]} == {medium_pid}
     log = Path(daemon_status()["log_dir"], "runtime.log").read_text()
     assert "over memory_budget_mb = 150" in log
 
@@ -314,3 +315,97 @@ def test_status_stop_and_logs_commands(start_runtime: StartRuntime) -> None:
         [*RUNTIME, "status"], capture_output=True, text=True, timeout=30, cwd=REPO_ROOT
     )
     assert gone.returncode == 1 and "no worker-runtime daemon runs" in gone.stdout
+
+
+def test_front_starting_while_the_daemon_stops_gets_a_new_daemon(
+    start_runtime: StartRuntime,
+) -> None:
+    worker = start_runtime(fake_backend())
+    old_daemon = daemon_status()["pid"]
+    thread = threading.Thread(target=lambda: worker.run("sleep", "2"))
+    thread.start()
+    time.sleep(0.3)
+    stopper = subprocess.Popen([*RUNTIME, "stop"], cwd=REPO_ROOT, stdout=subprocess.DEVNULL)
+    time.sleep(0.3)  # the old daemon is draining its in-flight request now
+    new = start_runtime(fake_backend())
+    assert new.run("echo", "fresh").stderr == "fresh"
+    assert daemon_status()["pid"] != old_daemon
+    assert stopper.wait(30) == 0
+    thread.join(30)
+
+
+def test_daemon_never_imports_code_from_the_project(tmp_path: Path) -> None:
+    project = tmp_path / "project"
+    (project / "worker_runtime").mkdir(parents=True)
+    (project / "worker_runtime" / "__init__.py").write_text(
+        'raise SystemExit("imported the project copy")\n'
+    )
+    (project / "psutil.py").write_text('raise SystemExit("imported the project psutil")\n')
+    front = [str(Path(sys.executable).parent / "worker-runtime"), "serve", "--", *fake_backend()]
+    worker = Buck2Worker(front, project_root=project)
+    try:
+        worker.start()
+        assert worker.run("echo", "clean").stderr == "clean"
+    finally:
+        worker.terminate()
+        worker.cleanup()
+
+
+def test_what_backends_leave_behind_is_reaped_by_the_next_daemon(
+    start_runtime: StartRuntime,
+) -> None:
+    worker = start_runtime(fake_backend("--spawn-helper"))
+    backend = int(worker.run("pid").stderr)
+    helper = int(worker.run("helper-pid").stderr)
+    daemon = daemon_status()["pid"]
+    os.kill(daemon, signal.SIGKILL)
+    assert wait_gone([backend]) == []
+    assert psutil.pid_exists(helper), "the helper outlives a killed daemon by itself"
+    worker.proc.wait(10) if worker.proc else None
+    next_command = start_runtime(fake_backend("--spawn-helper"))
+    assert next_command.run("echo", "x").stderr == "x"
+    assert wait_gone([helper]) == [], "the next daemon should kill what the dead one left"
+    log = Path(daemon_status()["log_dir"], "runtime.log").read_text()
+    assert f"killing pid {helper}" in log
+
+
+def test_a_retiring_daemon_still_serves_its_own_version(
+    start_runtime: StartRuntime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("WORKER_RUNTIME_DAEMON_VERSION", "0.0.1-old")
+    long_running = start_runtime(fake_backend())
+    long_running.run("echo", "x")
+    old_daemon = daemon_status()["pid"]
+    monkeypatch.setenv("WORKER_RUNTIME_DAEMON_VERSION", "0.0.2-new")
+    start_runtime(fake_backend()).run("echo", "new")  # asks the old daemon to retire
+    monkeypatch.setenv("WORKER_RUNTIME_DAEMON_VERSION", "0.0.1-old")
+    late = start_runtime(fake_backend())
+    assert late.run("echo", "still served").stderr == "still served"
+    assert daemon_status()["pid"] == old_daemon
+    assert daemon_status()["retiring_for"] == "0.0.2-new"
+    long_running.terminate()
+    late.terminate()
+    assert wait_gone([old_daemon]) == [], "once idle, the retired daemon exits"
+
+
+def test_busy_backend_over_its_limit_finishes_its_request_first(
+    start_runtime: StartRuntime, tmp_path: Path
+) -> None:
+    config = config_file(tmp_path, backend_memory_limit_mb=60, reclaim_interval_s=0.2)
+    worker = start_runtime(fake_backend(), ["--config", config])
+    first = worker.run("pid").stderr
+    response = worker.run("alloc-sleep", "100", "1.5")
+    assert (response.exit_code, response.stderr) == (0, "slept")
+    assert wait_gone([int(first)]) == []
+    assert worker.run("pid").stderr != first
+
+
+def test_memory_budget_spares_busy_backends(start_runtime: StartRuntime, tmp_path: Path) -> None:
+    config = config_file(tmp_path, memory_budget_mb=50, reclaim_interval_s=0.2)
+    worker = start_runtime(fake_backend(), ["--config", config])
+    first = worker.run("pid").stderr
+    response = worker.run("alloc-sleep", "100", "1.0")
+    assert (response.exit_code, response.stderr) == (0, "slept")
+    log = Path(daemon_status()["log_dir"], "runtime.log").read_text()
+    assert "the rest are busy" in log
+    assert wait_gone([int(first)]) == [], "once idle, it is evicted"

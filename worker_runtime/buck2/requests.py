@@ -77,6 +77,15 @@ class RequestHandler:
             # Not us: the request itself was cancelled by abort_all.
             return self.error(self._abort_reason or "the request was cancelled")
 
+    def track(self, task: asyncio.Task[pb.ExecuteResponse]) -> None:
+        """Makes ``abort_all`` cancel a request started outside execute_to_completion."""
+        self._running.add(task)
+        task.add_done_callback(self._running.discard)
+
+    @property
+    def abort_reason(self) -> str | None:
+        return self._abort_reason
+
     async def abort_all(self, reason: str) -> None:
         """Cancels every running request (their backends are left clean); each still
         answers its client, if it has one, with ``reason``."""

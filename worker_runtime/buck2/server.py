@@ -52,6 +52,7 @@ class WorkerServicer(pb_grpc.WorkerServicer):
         if first is None or first.WhichOneof("data") != "command":
             return self.handler.error("an Exec stream must start with a command event")
         work = asyncio.create_task(self.handler.execute(first.command))
+        self.handler.track(work)
         cancelled = False
 
         async def watch_for_cancel() -> None:
@@ -66,9 +67,12 @@ class WorkerServicer(pb_grpc.WorkerServicer):
         try:
             return await work
         except asyncio.CancelledError:
-            if not cancelled:
-                raise
-            return self.handler.error("the request was cancelled by the client")
+            if cancelled:
+                return self.handler.error("the request was cancelled by the client")
+            current = asyncio.current_task()
+            if self.handler.abort_reason and not (current and current.cancelling()):
+                return self.handler.error(self.handler.abort_reason)
+            raise
         finally:
             watcher.cancel()
 

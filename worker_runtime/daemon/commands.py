@@ -14,10 +14,9 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-import psutil
-
 from worker_runtime.daemon.control import try_connect
 from worker_runtime.daemon.paths import DaemonPaths
+from worker_runtime.daemon.processes import is_running
 from worker_runtime.logs import log_root
 
 MIB = 1 << 20
@@ -138,13 +137,6 @@ def stop_main(argv: Sequence[str]) -> int:
     return 0
 
 
-def _running(pid: int) -> bool:
-    try:
-        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return False
-
-
 def stop_daemon_at(socket: Path, timeout_s: float = 30.0) -> int | None:
     """Asks the daemon listening on ``socket`` to drain and stop, and waits until it has
     exited. Returns its pid, or None if no daemon listens there; raises TimeoutError if
@@ -158,9 +150,9 @@ def stop_daemon_at(socket: Path, timeout_s: float = 30.0) -> int | None:
         client.close()
     pid = int(reply["pid"])
     deadline = time.monotonic() + timeout_s
-    while _running(pid) and time.monotonic() < deadline:
+    while is_running(pid) and time.monotonic() < deadline:
         time.sleep(0.05)
-    if _running(pid):
+    if is_running(pid):
         raise TimeoutError(f"daemon pid {pid} still runs after {timeout_s:g} s")
     return pid
 

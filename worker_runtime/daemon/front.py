@@ -31,7 +31,6 @@ from worker_runtime.errors import USAGE_EXIT_CODE, ConfigError, WorkerRuntimeErr
 #: and must not split the backends into new ones.
 FRONT_ENV_IGNORED = frozenset({"WORKER_SOCKET", "PWD", "OLDPWD", "SHLVL", "_"})
 DAEMON_START_TIMEOUT_S = 30.0
-ATTACH_ATTEMPTS = 5
 
 
 class DaemonStartError(WorkerRuntimeError):
@@ -39,8 +38,10 @@ class DaemonStartError(WorkerRuntimeError):
 
 
 def daemon_command(paths: DaemonPaths, config: RuntimeConfig) -> list[str]:
+    # -P: never import from the current directory (a project may have a top-level
+    # package or module named like ours or like one of our dependencies).
     command = [
-        sys.executable, "-m", "worker_runtime", "daemon",
+        sys.executable, "-P", "-m", "worker_runtime", "daemon",
         "--project-root", paths.project_root,
         "--idle-timeout", str(config.daemon_idle_timeout_s),
         "--reclaim-interval", str(config.reclaim_interval_s),
@@ -58,7 +59,7 @@ def spawn_daemon(paths: DaemonPaths, config: RuntimeConfig) -> subprocess.Popen[
     with open(paths.spawn_log, "ab") as out:
         return subprocess.Popen(
             daemon_command(paths, config),
-            cwd=paths.project_root,
+            cwd=paths.directory,  # the daemon changes to the project root itself
             env=env,
             stdin=subprocess.DEVNULL,
             stdout=out,
@@ -91,11 +92,16 @@ def connect_or_start(paths: DaemonPaths, config: RuntimeConfig) -> ControlClient
         client = try_connect(paths.socket)
         if client is not None:
             return client
-        if spawned.poll() not in (None, 0):
+        code = spawned.poll()
+        if code not in (None, 0):
             raise DaemonStartError(
                 f"the worker-runtime daemon exited with code {spawned.returncode} at start; "
                 f"its output ({paths.spawn_log}):\n{tail(paths.spawn_log)}"
             )
+        if code == 0:
+            # It lost the lock: another daemon holds it, either starting (it will listen
+            # soon) or stopping (it will release the lock soon). Try again meanwhile.
+            spawned = spawn_daemon(paths, config)
         time.sleep(delay)
         delay = min(delay * 2, 0.1)
     raise DaemonStartError(
@@ -114,18 +120,19 @@ def attach(
         "env": {k: v for k, v in os.environ.items() if k not in FRONT_ENV_IGNORED},
         "front_pid": os.getpid(),
     }
-    for attempt in range(ATTACH_ATTEMPTS):
+    deadline = time.monotonic() + DAEMON_START_TIMEOUT_S
+    while True:
         client = connect_or_start(paths, config)
         try:
             reply = client.request(message)
-            break
         except (ConnectionError, OSError):
             # A daemon that is dying can still take a connection for an instant (its
             # listening socket is the last thing the kernel closes): try again.
-            client.close()
-            if attempt == ATTACH_ATTEMPTS - 1:
-                raise
-            time.sleep(0.05)
+            reply = {"ok": False, "retry": True, "error": "the daemon closed the connection"}
+        if reply.get("ok") or not reply.get("retry") or time.monotonic() > deadline:
+            break
+        client.close()  # a daemon that is stopping: wait for it, then start a new one
+        time.sleep(0.05)
     if not reply.get("ok"):
         client.close()
         raise ConfigError(str(reply.get("error")))

@@ -11,6 +11,7 @@ Every action is logged with the numbers behind it.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Callable, Iterable
@@ -26,19 +27,31 @@ LOGGER = logging.getLogger(__name__)
 MIB = 1 << 20
 
 
-def tree_rss(pid: int) -> int:
-    """Resident bytes of a process and all its descendants (0 if it is gone)."""
-    try:
-        root = psutil.Process(pid)
-        total = root.memory_info().rss
-        for child in root.children(recursive=True):
-            try:
-                total += child.memory_info().rss
-            except psutil.Error:
+def tree_rss(roots: list[int]) -> dict[int, int]:
+    """Resident bytes of each root process and all its descendants (0 for a gone root).
+
+    One pass over /proc for all roots (psutil's per-process ``children()`` would scan it
+    once per backend). Slow with many processes: call it off the event loop."""
+    rss: dict[int, int] = {}
+    children: dict[int, list[int]] = {}
+    for proc in psutil.process_iter(["pid", "ppid", "memory_info"]):
+        info = proc.info
+        if info["memory_info"] is None:
+            continue
+        rss[info["pid"]] = info["memory_info"].rss
+        children.setdefault(info["ppid"], []).append(info["pid"])
+    totals = {}
+    for root in roots:
+        total, stack, seen = 0, [root], set()
+        while stack:
+            pid = stack.pop()
+            if pid in seen:
                 continue
-        return total
-    except psutil.Error:
-        return 0
+            seen.add(pid)
+            total += rss.get(pid, 0)
+            stack.extend(children.get(pid, ()))
+        totals[root] = total
+    return totals
 
 
 def default_budget_bytes() -> int:
@@ -62,20 +75,24 @@ class Reclaimer:
         self.last_total = 0
         self.evictions = 0
 
-    def usage(self) -> list[BackendUsage]:
-        found = []
-        for manager in self.managers():
-            for pool in manager.all_pools():
-                for proc in list(pool.processes):
-                    if proc.alive:
-                        found.append(BackendUsage(manager, pool, proc, tree_rss(proc.pid)))
-        return found
+    async def usage(self) -> list[BackendUsage]:
+        found = [
+            (manager, pool, proc)
+            for manager in self.managers()
+            for pool in manager.all_pools()
+            for proc in list(pool.processes)
+            if proc.alive
+        ]
+        rss = await asyncio.to_thread(tree_rss, [proc.pid for _, _, proc in found])
+        return [BackendUsage(m, pool, proc, rss.get(proc.pid, 0)) for m, pool, proc in found]
 
-    def sweep(self) -> None:
+    async def sweep(self) -> None:
+        usage = await self.usage()
         now = time.monotonic()
-        usage = self.usage()
         alive = []
         for item in usage:
+            if not item.proc.alive or item.proc not in item.pool.processes:
+                continue  # went away while memory was being measured
             config = item.manager.config
             idle_s = now - item.proc.last_used
             idle_reason = f"idle for {idle_s:.0f} s (backend_idle_timeout_s = {config.backend_idle_timeout_s:g})"

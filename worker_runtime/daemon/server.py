@@ -21,12 +21,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import psutil
+
 from worker_runtime.backends.manager import BackendManager
 from worker_runtime.buck2.requests import RequestHandler
 from worker_runtime.buck2.server import Buck2SocketServer
 from worker_runtime.config import config_from_mapping, config_to_mapping
 from worker_runtime.daemon.control import MAX_LINE, encode, peer_uid
 from worker_runtime.daemon.paths import DaemonPaths
+from worker_runtime.daemon.processes import is_running
 from worker_runtime.daemon.reclaim import Reclaimer
 from worker_runtime.errors import ConfigError
 
@@ -51,6 +54,39 @@ class Attachment:
     server: Buck2SocketServer
     front_pid: int
     attached_at: float = field(default_factory=time.time)
+
+
+#: Environment variable set in every backend a daemon starts: "<daemon id>:<daemon pid>".
+BACKEND_MARKER = "WORKER_RUNTIME_DAEMON"
+
+
+def reap_orphans(daemon_id: str) -> int:
+    """Kills what the backends of a dead daemon of this identity left running.
+
+    A backend dies with its daemon (parent-death signal), but processes it started itself
+    do not. They carry the marker in their environment; those whose daemon pid is no
+    longer alive are killed. Returns how many were killed."""
+    killed = 0
+    uid = os.getuid()
+    for proc in psutil.process_iter(["uids"]):
+        try:
+            if proc.info["uids"] is None or proc.info["uids"].real != uid:
+                continue
+            marker = proc.environ().get(BACKEND_MARKER, "")
+            owner, _, pid_text = marker.partition(":")
+            if owner != daemon_id or not pid_text.isdigit() or is_running(int(pid_text)):
+                continue
+            LOGGER.warning(
+                "killing pid %d %s, left behind by a backend of dead daemon pid %s",
+                proc.pid,
+                proc.cmdline()[:3],
+                pid_text,
+            )
+            proc.kill()
+            killed += 1
+        except psutil.Error:
+            continue
+    return killed
 
 
 class Daemon:
@@ -105,11 +141,13 @@ class Daemon:
             socket_path,
         )
         await self._retire_other_versions()
+        reaper = asyncio.create_task(asyncio.to_thread(reap_orphans, self.paths.daemon_id))
         sweeper = asyncio.create_task(self._sweep_forever())
         try:
             await self._stop.wait()
         finally:
             sweeper.cancel()
+            reaper.cancel()
             control.close()
             await self._shutdown()
             with contextlib.suppress(FileNotFoundError):
@@ -173,10 +211,19 @@ class Daemon:
         while True:
             await asyncio.sleep(self.settings.reclaim_interval_s)
             try:
-                self.reclaimer.sweep()
+                await self.reclaimer.sweep()
+                await self._drop_unused_managers()
             except Exception:
                 LOGGER.exception("reclamation sweep failed")
             self._check_idle()
+
+    async def _drop_unused_managers(self) -> None:
+        """Forgets managers that no attached command uses and that have no backend left."""
+        in_use = {id(a.server.handler.manager) for a in self.attachments.values()}
+        for identity, manager in list(self.managers.items()):
+            if id(manager) not in in_use and not any(p.processes for p in manager.all_pools()):
+                del self.managers[identity]
+                await manager.stop_all()
 
     def _busy(self) -> bool:
         return bool(self.attachments) or any(m.in_flight for m in self.managers.values())
@@ -228,7 +275,7 @@ class Daemon:
                         attachment = None
                     reply = {"ok": True}
                 elif op == "status":
-                    reply = self.status()
+                    reply = await self.status()
                 elif op == "stop":
                     LOGGER.info("stop requested")
                     reply = {"ok": True, "pid": os.getpid()}
@@ -257,12 +304,10 @@ class Daemon:
             writer.close()
 
     async def _attach(self, message: dict[str, Any]) -> tuple[dict[str, Any], Attachment | None]:
-        if self.retiring_for is not None:
-            return {
-                "ok": False,
-                "error": f"this daemon (version {self.paths.version}) is being replaced by version "
-                f"{self.retiring_for}; run the new version's worker-runtime",
-            }, None
+        # A retiring daemon still serves fronts of its own version (a command of the old
+        # install that is still running): it exits once none is attached.
+        if self._stop.is_set():
+            return {"ok": False, "retry": True, "error": "this daemon is stopping"}, None
         try:
             config = config_from_mapping(message.get("config"), "attach").validated()
             socket_path = message["socket"]
@@ -277,6 +322,9 @@ class Daemon:
         except (ConfigError, KeyError, OSError) as exc:
             LOGGER.warning("attach refused: %s", exc)
             return {"ok": False, "error": str(exc)}, None
+        except RuntimeError as exc:  # grpcio's way of saying that it could not bind
+            LOGGER.warning("cannot serve %s: %s", message.get("socket"), exc)
+            return {"ok": False, "error": f"cannot serve {message.get('socket')}: {exc}"}, None
         attachment = Attachment(socket_path, server, int(message.get("front_pid", 0)))
         self.attachments[socket_path] = attachment
         self._last_activity = time.monotonic()
@@ -300,8 +348,11 @@ class Daemon:
         identity = json.dumps([config, env], sort_keys=True)
         manager = self.managers.get(identity)
         if manager is None:
+            # The marker lets a later daemon find what this one's backends leave behind
+            # if this daemon is killed (see reap_orphans).
+            marked = dict(env, **{BACKEND_MARKER: f"{self.paths.daemon_id}:{os.getpid()}"})
             manager = BackendManager(
-                config_from_mapping(config), self.paths.project_root, self.log_dir, base_env=env
+                config_from_mapping(config), self.paths.project_root, self.log_dir, base_env=marked
             )
             self.managers[identity] = manager
         return manager
@@ -315,10 +366,11 @@ class Daemon:
             self._check_idle()
 
     # -- status ---------------------------------------------------------------------------
-    def status(self) -> dict[str, Any]:
+    async def status(self) -> dict[str, Any]:
+        usages = await self.reclaimer.usage()
         now = time.monotonic()
         backends = []
-        for usage in self.reclaimer.usage():
+        for usage in usages:
             proc = usage.proc
             backends.append(
                 {

@@ -161,8 +161,14 @@ class BackendProcess:
         argv = [*self.spec.key.argv, "--persistent_worker"]
         if _SETPRIV:
             argv = [_SETPRIV, "--pdeathsig", "KILL", "--", *argv]
-        self.spec.log_dir.mkdir(parents=True, exist_ok=True)
-        log = open(self.log_path, "ab")  # noqa: SIM115, ASYNC230 - handed to the child; a local file
+        try:
+            self.spec.log_dir.mkdir(parents=True, exist_ok=True)
+            log = open(self.log_path, "ab")  # noqa: SIM115, ASYNC230 - handed to the child; a local file
+        except OSError as exc:
+            raise BackendStartError(
+                f"the backend's log file {self.log_path} cannot be created ({exc.strerror}); "
+                "point --log-dir (or `log_dir`, or WORKER_RUNTIME_LOG_DIR) at a writable directory"
+            ) from None
         # Spawned with Popen and watched through a pidfd rather than with the event loop's
         # subprocess support: uvloop's leaves the parent's pipe ends open in the child
         # (so a backend that closes stdout is never seen to), and this needs no child

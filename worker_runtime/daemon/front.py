@@ -54,9 +54,17 @@ def daemon_command(paths: DaemonPaths, config: RuntimeConfig) -> list[str]:
     return command
 
 
+#: The daemon's start-up output file is started afresh once it grows past this.
+SPAWN_LOG_LIMIT = 1 << 20
+
+
 def spawn_daemon(paths: DaemonPaths, config: RuntimeConfig) -> subprocess.Popen[bytes]:
     env = {k: v for k, v in os.environ.items() if k != "WORKER_SOCKET"}
-    with open(paths.spawn_log, "ab") as out:
+    try:
+        large = paths.spawn_log.stat().st_size > SPAWN_LOG_LIMIT
+    except OSError:
+        large = False
+    with open(paths.spawn_log, "wb" if large else "ab") as out:
         return subprocess.Popen(
             daemon_command(paths, config),
             cwd=paths.directory,  # the daemon changes to the project root itself

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -126,11 +128,22 @@ def test_two_fronts_starting_at_once_share_one_daemon(
             worker.cleanup()
 
 
-def test_stale_socket_and_state_files_are_cleaned_up(start_runtime: StartRuntime) -> None:
+@pytest.mark.parametrize("leftover", ["socket", "file"])
+def test_stale_socket_and_state_files_are_cleaned_up(
+    start_runtime: StartRuntime, leftover: str
+) -> None:
     paths = DaemonPaths.for_project(str(REPO_ROOT))
     paths.directory.mkdir(mode=0o700, exist_ok=True)
-    paths.socket.write_text("not a socket")
-    paths.state.write_text(json.dumps({"pid": 1, "project_root": "/elsewhere", "version": "0"}))
+    if leftover == "socket":  # what a daemon killed with SIGKILL leaves: nobody listens
+        dead = socket.socket(socket.AF_UNIX)
+        dead.bind(str(paths.socket))
+        dead.close()
+    else:
+        paths.socket.write_text("not a socket")
+    # A state file of a dead daemon of another version of this very project.
+    other = {"pid": 999999, "project_root": paths.project_root, "version": "0.0.0-dead",
+             "socket": str(paths.directory / "dead.sock")}  # fmt: skip
+    (paths.directory / "dead.json").write_text(json.dumps(other))
     worker = start_runtime(fake_backend())
     assert worker.run("echo", "ok").stderr == "ok"
 
@@ -218,6 +231,31 @@ def test_front_killed_mid_request_lets_the_request_finish(
     assert wait_for(output.exists)
     next_command = start_runtime(fake_backend())
     assert next_command.run("pid").stderr == backend
+
+
+def test_front_killed_during_a_long_request_cancels_it_cleanly(
+    start_runtime: StartRuntime, tmp_path: Path
+) -> None:
+    config = config_file(tmp_path, shutdown_grace_s=0.5)
+    worker = start_runtime(fake_backend(), ["--config", config])
+    backend = int(worker.run("pid").stderr)
+
+    def long_request() -> None:
+        with contextlib.suppress(WorkerRequestError):  # Buck2 gives up when the front dies
+            worker.run("sleep", "30")
+
+    thread = threading.Thread(target=long_request)
+    thread.start()
+    time.sleep(0.3)
+    assert worker.proc is not None
+    os.kill(worker.proc.pid, signal.SIGKILL)
+    # Past the grace the daemon cancels the request; a singleplex backend in the middle
+    # of one cannot be left in an unknown state, so it is stopped.
+    assert wait_gone([backend]) == []
+    thread.join(30)
+    assert wait_for(lambda: daemon_status()["totals"]["in_flight"] == 0)
+    next_command = start_runtime(fake_backend(), ["--config", config])
+    assert int(next_command.run("pid").stderr) != backend
 
 
 def config_file(tmp_path: Path, **settings: Any) -> str:

@@ -67,9 +67,12 @@ def stop_daemon(project: Path) -> None:
 def warmth(
     project: Path, backend: list[str], argv: list[str], flags: list[str], rounds: int
 ) -> dict[str, Any]:
-    cold, second, warm = [], [], []
+    cold, cold_ready, second, warm = [], [], [], []
     for _ in range(rounds):
-        with Buck2Worker(serve(backend, "--no-daemon", *flags), project_root=project) as worker:
+        worker = Buck2Worker(serve(backend, "--no-daemon", *flags), project_root=project)
+        start = time.perf_counter()
+        with worker:
+            cold_ready.append((time.perf_counter() - start) * 1000)
             cold.append(timed(worker, argv))
     stop_daemon(project)
     with Buck2Worker(serve(backend, *flags), project_root=project) as worker:
@@ -87,6 +90,7 @@ def warmth(
     stop_daemon(project)
     result = {
         "cold_first_request_ms": statistics.median(cold),
+        "cold_worker_ready_ms": statistics.median(cold_ready),
         "warm_request_ms": statistics.median(warm),
         "second_command_first_request_ms": statistics.median(second),
         # Paid once per command and worker before any request: front start-up, attach,

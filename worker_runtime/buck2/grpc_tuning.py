@@ -11,7 +11,6 @@ spawned without ``preexec_fn``), so its fork handlers are off.
 
 from __future__ import annotations
 
-import asyncio
 import os
 import sys
 from collections.abc import Coroutine
@@ -33,6 +32,8 @@ def apply() -> None:
 
 def run(main: Coroutine[Any, Any, T]) -> T:
     """asyncio.run on uvloop where available."""
+    import asyncio  # here, not at the top: the front imports this package and must start fast
+
     if os.environ.get("WORKER_RUNTIME_NO_UVLOOP") != "1":
         try:
             import uvloop

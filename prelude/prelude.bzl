@@ -1,2 +1,9 @@
-# What the prelude cell exports. The worker-enabled rules (worker_tool, worker_run, the
-# execution platforms, Java and Haskell) are added here as they land; see the README.
+"""What the prelude cell exports. Loaded names are not re-exported in Buck2: bind each again."""
+
+load("//worker:providers.bzl", _WorkerToolInfo = "WorkerToolInfo")
+load("//worker:runtime_command.bzl", _runtime_command = "runtime_command")
+load("//worker:worker_tool.bzl", _worker_tool = "worker_tool")
+
+WorkerToolInfo = _WorkerToolInfo
+runtime_command = _runtime_command
+worker_tool = _worker_tool

@@ -17,6 +17,16 @@ find_python() {
   return 1
 }
 
+# buildifier (formatting and lint of .bzl and BUCK files) from the npm registry, pinned.
+BUILDIFIER_VERSION=8.2.1
+BUILDIFIER="$ROOT/.cache/npm/node_modules/@bazel/buildifier/buildifier-linux_amd64"
+if ! [ -x "$BUILDIFIER" ] || ! grep -q "\"version\": \"$BUILDIFIER_VERSION\"" "$ROOT/.cache/npm/node_modules/@bazel/buildifier/package.json" 2>/dev/null; then
+  command -v npm >/dev/null 2>&1 || { echo "bootstrap: error: npm is needed to install buildifier (apt-get install -y npm)" >&2; exit 1; }
+  echo "bootstrap: installing buildifier $BUILDIFIER_VERSION" >&2
+  mkdir -p "$ROOT/.cache/npm"
+  npm install --silent --no-audit --no-fund --prefix "$ROOT/.cache/npm" "@bazel/buildifier@$BUILDIFIER_VERSION" >&2
+fi
+
 if [ -f "$STAMP" ] && [ -x "$VENV/bin/python" ]; then
   exit 0
 fi

@@ -1,0 +1,528 @@
+"""A fake of Buck2's analysis API for testing the prelude with starlark-pyo3.
+
+starlark-pyo3 wraps starlark-rust, the interpreter Buck2 uses, so the prelude's .bzl files
+are parsed and run in Buck2's dialect (runtime-checked type annotations, no load
+re-export). What starlark-rust lacks of Buck2 (``rule``, ``attrs``, ``provider``,
+``cmd_args``, the built-in providers, ``ctx``) is written below in Starlark, with the
+signatures of shared/reference/buck2-starlark-api.md: keyword-only where Buck2's are, so
+an unknown or misplaced argument fails as it does in Buck2, and with Buck2's own checks
+(an empty ``WorkerInfo.exe``, a rule returning no ``DefaultInfo``, floats in
+``write_json``, an output declared twice...).
+
+Python cannot receive Starlark functions (starlark-pyo3 converts values to plain data),
+so a rule's ``impl`` runs inside a Starlark harness and only plain data comes back:
+providers as dicts tagged with their name, actions as the fake recorded them.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import starlark as sl
+
+REPO_ROOT = Path(__file__).resolve().parent.parent.parent
+CELLS = {
+    "root": REPO_ROOT,
+    "prelude": REPO_ROOT / "prelude",
+    "toolchains": REPO_ROOT / "toolchains",
+}
+
+
+def buck2_bzl_dialect() -> sl.Dialect:
+    """Buck2's dialect for .bzl files (app/buck2_interpreter/src/file_type.rs)."""
+    dialect = sl.Dialect.extended()
+    dialect.enable_def = True
+    dialect.enable_lambda = True
+    dialect.enable_load = True
+    dialect.enable_keyword_only_arguments = True
+    dialect.enable_positional_only_arguments = True
+    dialect.enable_types = sl.DialectTypes.ENABLE
+    dialect.enable_load_reexport = False
+    dialect.enable_top_level_stmt = True
+    dialect.enable_f_strings = True
+    return dialect
+
+
+def buck2_build_dialect() -> sl.Dialect:
+    """Buck2's dialect for BUCK files: no def, no type annotations, no top-level if/for."""
+    dialect = sl.Dialect.extended()
+    dialect.enable_def = False
+    dialect.enable_lambda = True
+    dialect.enable_load = True
+    dialect.enable_keyword_only_arguments = False
+    dialect.enable_positional_only_arguments = False
+    dialect.enable_types = sl.DialectTypes.DISABLE
+    dialect.enable_load_reexport = False
+    dialect.enable_top_level_stmt = False
+    dialect.enable_f_strings = True
+    return dialect
+
+
+_EXT = sl.LibraryExtension
+GLOBALS = sl.Globals.extended_by(
+    [_EXT.StructType, _EXT.RecordType, _EXT.EnumType, _EXT.Map, _EXT.Filter, _EXT.Partial,
+     _EXT.Debug, _EXT.Print, _EXT.Pprint, _EXT.Json, _EXT.Typing, _EXT.Internal]
+)  # fmt: skip
+
+# The fake, in Starlark. Names starting with "_" are the fake's own.
+FAKE_API = r"""
+AnalysisContext = typing.Any
+AnalysisActions = typing.Any
+Provider = typing.Any
+Artifact = typing.Any
+Dependency = typing.Any
+Label = typing.Any
+
+_NO_DEFAULT = "<no default>"
+_SNAKE = "abcdefghijklmnopqrstuvwxyz0123456789_"
+
+def _check_type(what, value, allowed):
+    if type(value) not in allowed:
+        fail(what, "must be one of", allowed, "not", type(value))
+
+# -- attrs --------------------------------------------------------------------------
+def _attr(kind, default, doc, inner = None, extra = None):
+    if type(doc) != "string":
+        fail("attrs." + kind + ": doc must be a string")
+    return struct(_kind = "attr", kind = kind, default = default, inner = inner, extra = extra or {})
+
+def _attr_string(*, default = _NO_DEFAULT, validate = None, doc = ""):
+    return _attr("string", default, doc)
+
+def _attr_bool(*, default = _NO_DEFAULT, doc = ""):
+    return _attr("bool", default, doc)
+
+def _attr_int(*, default = _NO_DEFAULT, doc = ""):
+    return _attr("int", default, doc)
+
+def _attr_list(inner, /, *, default = _NO_DEFAULT, doc = ""):
+    return _attr("list", default, doc, inner)
+
+def _attr_dict(key, value, *, sorted = False, default = _NO_DEFAULT, doc = ""):
+    return _attr("dict", default, doc, (key, value))
+
+def _attr_option(inner, /, *, default = _NO_DEFAULT, doc = ""):
+    if default != _NO_DEFAULT and default != None:
+        fail("attrs.option: default must be None or absent, not", repr(default))
+    return _attr("option", default, doc, inner)
+
+def _attr_enum(variants, /, *, default = _NO_DEFAULT, doc = ""):
+    for v in variants:
+        if v != v.lower():
+            fail("attrs.enum: variants must be lowercase:", v)
+    if default != _NO_DEFAULT and default not in variants:
+        fail("attrs.enum: default", repr(default), "is not one of", variants)
+    return _attr("enum", default, doc, None, {"variants": variants})
+
+def _attr_source(*, allow_directory = False, default = _NO_DEFAULT, doc = ""):
+    return _attr("source", default, doc)
+
+def _attr_dep(*, providers = [], pulls_plugins = [], pulls_and_pushes_plugins = [], default = _NO_DEFAULT, doc = ""):
+    return _attr("dep", default, doc, None, {"providers": providers})
+
+def _attr_exec_dep(*, providers = [], default = _NO_DEFAULT, doc = ""):
+    return _attr("exec_dep", default, doc, None, {"providers": providers})
+
+def _attr_toolchain_dep(*, providers = [], default = _NO_DEFAULT, doc = ""):
+    return _attr("toolchain_dep", default, doc, None, {"providers": providers})
+
+def _attr_default_only(inner, /, *, doc = ""):
+    if inner.default == _NO_DEFAULT:
+        fail("attrs.default_only: the inner attribute must have a default")
+    return _attr("default_only", inner.default, doc, inner)
+
+attrs = struct(
+    bool = _attr_bool,
+    default_only = _attr_default_only,
+    dep = _attr_dep,
+    dict = _attr_dict,
+    enum = _attr_enum,
+    exec_dep = _attr_exec_dep,
+    int = _attr_int,
+    list = _attr_list,
+    option = _attr_option,
+    source = _attr_source,
+    string = _attr_string,
+    toolchain_dep = _attr_toolchain_dep,
+)
+
+# -- providers ------------------------------------------------------------------------
+def provider_field(ty, /, *, default = None):
+    return field(typing.Any, default)
+
+def provider(*, doc = "", fields):
+    if type(fields) == "dict":
+        return record(**{k: v if type(v) == "field" else field(typing.Any) for k, v in fields.items()})
+    return record(**{f: field(typing.Any, None) for f in fields})
+
+_DefaultInfo = record(default_outputs = field(typing.Any, None), other_outputs = field(typing.Any, None), sub_targets = field(typing.Any, None))
+
+def DefaultInfo(default_output = None, default_outputs = None, other_outputs = [], sub_targets = {}):
+    if default_output != None and default_outputs != None:
+        fail("DefaultInfo: default_output and default_outputs are mutually exclusive")
+    outputs = default_outputs or ([default_output] if default_output != None else [])
+    return _DefaultInfo(default_outputs = outputs, other_outputs = other_outputs, sub_targets = sub_targets)
+
+RunInfo = record(args = field(typing.Any, None))
+
+_WorkerInfo = record(
+    exe = field(typing.Any),
+    env = field(typing.Any),
+    concurrency = field(typing.Any),
+    streaming = field(typing.Any),
+    supports_bazel_remote_persistent_worker_protocol = field(bool),
+)
+
+def WorkerInfo(exe = [], env = None, *, concurrency = None, streaming = None, supports_bazel_remote_persistent_worker_protocol = False):
+    if len(_render(cmd_args(exe))) == 0:
+        fail("WorkerInfo: exe must be a non-empty command line")
+    if concurrency != None:
+        _check_type("WorkerInfo.concurrency", concurrency, ["int"])
+    return _WorkerInfo(
+        exe = exe,
+        env = env or {},
+        concurrency = concurrency,
+        streaming = streaming,
+        supports_bazel_remote_persistent_worker_protocol = supports_bazel_remote_persistent_worker_protocol,
+    )
+
+_WorkerRunInfo = record(worker = field(typing.Any), remote_worker = field(typing.Any), exe = field(typing.Any))
+
+def WorkerRunInfo(*, worker = None, remote_worker = None, exe = []):
+    return _WorkerRunInfo(worker = worker, remote_worker = remote_worker, exe = exe)
+
+# -- artifacts and cmd_args -------------------------------------------------------------
+def _artifact(path, short_path, is_source, bound = True):
+    return struct(_kind = "artifact", path = path, short_path = short_path, is_source = is_source, bound = bound)
+
+def _source(path):
+    return _artifact(path, path.split("/")[-1], True)
+
+_CmdArgs = record(items = list, hidden = list, delimiter = typing.Any, format = typing.Any)
+
+def cmd_args(*args, hidden = [], delimiter = None, format = None, prepend = None, quote = None, ignore_artifacts = False, absolute_prefix = None, absolute_suffix = None, parent = 0, relative_to = None, replace_regex = []):
+    items = []
+    for arg in args:
+        items.extend(_cmd_items(arg))
+    return _CmdArgs(items = items, hidden = hidden if type(hidden) == "list" else [hidden], delimiter = delimiter, format = format)
+
+def _cmd_items(arg):
+    if type(arg) == "list":
+        out = []
+        for a in arg:
+            out.extend(_cmd_items(a))
+        return out
+    if type(arg) in ("tuple", "int", "float", "bool", "NoneType", "dict"):
+        fail("cmd_args: a", type(arg), "is not a command-line argument (tuples and ints are not accepted)")
+    return [arg]
+
+def _render_one(item):
+    if type(item) == "string":
+        return [item]
+    if isinstance(item, _CmdArgs):
+        return _render(item)
+    if isinstance(item, RunInfo):
+        return _render(item.args)
+    if type(item) == "struct" and getattr(item, "_kind", None) == "artifact":
+        return [item.path]
+    fail("cannot render", type(item), "on a command line")
+
+def _render(args):
+    if not isinstance(args, _CmdArgs):
+        args = cmd_args(args)
+    out = []
+    for item in args.items:
+        out.extend(_render_one(item))
+    if args.format != None:
+        out = [args.format.replace("{}", s) for s in out]
+    if args.delimiter != None:
+        out = [args.delimiter.join(out)] if out else []
+    return out
+
+# -- JSON as write_json renders it --------------------------------------------------------
+def _json_value(value):
+    kind = type(value)
+    if kind in ("NoneType", "string", "int", "bool"):
+        return value
+    if kind == "float":
+        fail("write_json: floats are not accepted")
+    if kind in ("list", "tuple"):
+        return [_json_value(v) for v in value]
+    if kind == "dict":
+        return {k: _json_value(v) for k, v in value.items()}
+    if isinstance(value, _CmdArgs):
+        return _render(value)
+    if type(value) == "struct" and getattr(value, "_kind", None) == "artifact":
+        return value.path
+    fail("write_json: cannot encode a", kind)
+
+# -- ctx ------------------------------------------------------------------------------------
+def _make_actions(label):
+    declared = {}
+
+    def declare_output(prefix, filename = None, /, *, dir = False, has_content_based_path = None):
+        name = prefix if filename == None else prefix + "/" + filename
+        if not name or name.startswith("/") or ".." in name.split("/"):
+            fail("declare_output: the path must be forward-relative and non-empty:", repr(name))
+        if name in declared:
+            fail("declare_output: the same path twice:", name)
+        declared[name] = True
+        return _artifact("buck-out/v2/gen/root/" + label.package + "/__" + label.name + "__/" + name, name, False)
+
+    def _output(output):
+        if type(output) == "string":
+            return declare_output(output)
+        return output
+
+    def write_json(output, content, /, *, with_inputs = False, pretty = False, absolute = False, has_content_based_path = None, use_dep_files_placeholder_for_content_based_paths = False):
+        artifact = _output(output)
+        _py_action({"kind": "write_json", "output": artifact.path, "content": json.encode(_json_value(content))})
+        return artifact
+
+    def write(output, content, /, *, is_executable = False, allow_args = False, with_inputs = False, absolute = False, has_content_based_path = None, use_dep_files_placeholder_for_content_based_paths = False):
+        artifact = _output(output)
+        _py_action({"kind": "write", "output": artifact.path, "content": "\n".join(_render(cmd_args(content)))})
+        return artifact
+
+    return struct(declare_output = declare_output, write = write, write_json = write_json)
+
+def fake_dep(*providers):
+    return {type_of(p): p for p in providers}
+
+def type_of(p):
+    for t in (_DefaultInfo, RunInfo, _WorkerInfo, _WorkerRunInfo):
+        if isinstance(p, t):
+            return t
+    fail("fake_dep: the fake knows only built-in providers, not", repr(p))
+
+def _coerce(name, spec, value, targets):
+    kind = spec.kind
+    if kind == "default_only":
+        return _coerce(name, spec.inner, spec.default, targets)
+    if kind == "option":
+        return None if value == None else _coerce(name, spec.inner, value, targets)
+    if kind in ("dep", "exec_dep", "toolchain_dep"):
+        dep = targets.get(value) if type(value) == "string" else value
+        if dep == None:
+            fail("attribute", name, ": unknown target", value)
+        for p in spec.extra["providers"]:
+            if p not in dep:
+                fail("attribute", name, ": Attribute requires a dep that provides", repr(p))
+        return dep
+    if kind == "source":
+        return _source(value)
+    if kind == "list":
+        _check_type("attribute " + name, value, ["list"])
+        return [_coerce(name, spec.inner, v, targets) for v in value]
+    if kind == "dict":
+        _check_type("attribute " + name, value, ["dict"])
+        return {_coerce(name, spec.inner[0], k, targets): _coerce(name, spec.inner[1], v, targets) for k, v in value.items()}
+    if kind == "enum":
+        if value.lower() not in spec.extra["variants"]:
+            fail("attribute `" + name + "`: " + repr(value) + " is not one of " + repr(spec.extra["variants"]))
+        return value.lower()
+    expected = {"string": "string", "bool": "bool", "int": "int"}[kind]
+    _check_type("attribute " + name, value, [expected])
+    return value
+
+def fake_analyse(rule_call, label_text, given, targets):
+    impl = rule_call(_harness_impl = True)
+    schema = rule_call(_harness_attrs = True)
+    for name in given:
+        if name not in schema and name != "name":
+            fail("unknown attribute `" + name + "` of the rule")
+    values = {"name": label_text.split(":")[-1]}
+    for name, spec in schema.items():
+        if name in given and spec.kind == "default_only":
+            fail("attribute", name, "cannot be set (default_only)")
+        value = given.get(name, spec.default)
+        if value == _NO_DEFAULT:
+            fail("missing mandatory attribute `" + name + "`")
+        values[name] = _coerce(name, spec, value, targets)
+    package, _, name = label_text.removeprefix("//").partition(":")
+    label = struct(name = name, package = package)
+    ctx = struct(attrs = struct(**values), actions = _make_actions(label), label = label)
+    providers = impl(ctx)
+    if type(providers) != "list":
+        fail("rule implementation: expected a list of Provider objects, not", type(providers))
+    seen = {}
+    for p in providers:
+        key = _provider_name(p)
+        if key in seen:
+            fail("provider", key, "returned twice")
+        seen[key] = True
+    if "DefaultInfo" not in seen:
+        fail("rule implementation did not receive a `DefaultInfo` provider")
+    return [_plain_provider(p) for p in providers]
+
+def _provider_name(p):
+    return repr(p).split("(")[0].removeprefix("record[").removesuffix("]").removeprefix("_")
+
+def _plain(value):
+    if isinstance(value, _CmdArgs):
+        return {"cmd_args": _render(value), "hidden": [_plain(h) for h in value.hidden]}
+    if isinstance(value, RunInfo):
+        return {"RunInfo": _plain(value.args)}
+    if type(value) == "struct" and getattr(value, "_kind", None) == "artifact":
+        return {"artifact": value.path}
+    if type(value) == "list":
+        return [_plain(v) for v in value]
+    if type(value) == "dict":
+        return {str(k): _plain(v) for k, v in value.items()}
+    if type(value) == "record":
+        return _plain_provider(value)
+    return value
+
+def _plain_provider(p):
+    out = {"_provider": _provider_name(p)}
+    for f in dir(p):
+        out[f] = _plain(getattr(p, f))
+    return out
+
+# -- rule -------------------------------------------------------------------------------------
+_IMPLICIT = ("name", "default_target_platform", "target_compatible_with", "compatible_with", "exec_compatible_with", "visibility", "within_view", "metadata", "tests", "modifiers")
+
+def rule(*, impl, attrs, cfg = None, supports_incoming_transition = None, doc = "", is_configuration_rule = False, is_toolchain_rule = False, uses_plugins = []):
+    for name in attrs:
+        if name in _IMPLICIT:
+            fail("User provided attribute", repr(name), "overrides internal attribute")
+    if is_configuration_rule and is_toolchain_rule:
+        fail("rule: is_configuration_rule and is_toolchain_rule are mutually exclusive")
+
+    def rule_call(_harness_impl = False, _harness_attrs = False, **kwargs):
+        if _harness_impl:
+            return impl
+        if _harness_attrs:
+            return attrs
+        if "name" not in kwargs:
+            fail("missing `name` for a rule call")
+        _py_target(kwargs["name"])
+        return None
+
+    return rule_call
+
+def read_root_config(section, key, default = None, /):
+    return _py_read_root_config(section, key, default)
+"""
+
+
+#: What every evaluated file sees of the fake, as Buck2's globals. They come from one
+#: frozen module (one load), so a provider type is the same object in every file.
+EXPORTS = (
+    "AnalysisContext", "AnalysisActions", "Provider", "Artifact", "Dependency", "Label",
+    "attrs", "provider", "provider_field", "DefaultInfo", "RunInfo", "WorkerInfo",
+    "WorkerRunInfo", "cmd_args", "rule", "read_root_config", "fake_analyse", "fake_dep",
+)  # fmt: skip
+API_LOAD_ID = "@buck2_fake//:api.bzl"
+
+
+@dataclass
+class Analysis:
+    """What analysing one target produced."""
+
+    providers: list[dict[str, Any]]
+    actions: list[dict[str, Any]]
+
+    def provider(self, name: str) -> dict[str, Any]:
+        matches = [p for p in self.providers if p["_provider"] == name]
+        assert len(matches) == 1, f"{name} not among {[p['_provider'] for p in self.providers]}"
+        return matches[0]
+
+    def action(self, kind: str) -> dict[str, Any]:
+        (match,) = [a for a in self.actions if a["kind"] == kind]
+        return match
+
+
+@dataclass
+class Buck2Fake:
+    """Loads .bzl files from this repository's cells and analyses targets."""
+
+    root_config: dict[tuple[str, str], str] = field(default_factory=dict)
+    actions: list[dict[str, Any]] = field(default_factory=list)
+    targets: list[str] = field(default_factory=list)
+    _cache: dict[Path, sl.FrozenModule] = field(default_factory=dict)
+    _api: sl.FrozenModule | None = None
+
+    def api(self) -> sl.FrozenModule:
+        if self._api is None:
+            module = sl.Module()
+            module.add_callable("_py_action", lambda action: self.actions.append(action))
+            module.add_callable("_py_target", lambda name: self.targets.append(name))
+            module.add_callable(
+                "_py_read_root_config",
+                lambda section, key, default: self.root_config.get((section, key), default),
+            )
+            sl.eval(module, sl.parse("<buck2 fake>", FAKE_API, buck2_bzl_dialect()), GLOBALS)
+            self._api = module.freeze()
+        return self._api
+
+    def _module(self) -> sl.Module:
+        """A module that already has the fake's globals bound (by a load of its own, so
+        that the file's own line numbers stay as they are)."""
+        module = sl.Module()
+        names = ", ".join(f'"{name}"' for name in EXPORTS)
+        preamble = sl.parse(
+            "<buck2 globals>", f'load("{API_LOAD_ID}", {names})\n', buck2_bzl_dialect()
+        )
+        sl.eval(module, preamble, GLOBALS, sl.FileLoader(lambda load_id: self.api()))
+        return module
+
+    def resolve(self, load_id: str, importer: Path, importer_cell: str) -> tuple[Path, str]:
+        """A load() path: ``@cell//pkg:file.bzl``, ``//pkg:file.bzl`` (the importer's cell) or ``:file.bzl``."""
+        if load_id.startswith(":"):
+            return importer.parent / load_id[1:], importer_cell
+        if load_id.startswith("@"):
+            cell, _, rest = load_id[1:].partition("//")
+        elif load_id.startswith("//"):
+            cell, rest = importer_cell, load_id[2:]
+        else:
+            raise ValueError(f"bad load path {load_id!r}: Buck2 needs @cell//pkg:file.bzl")
+        package, _, filename = rest.partition(":")
+        return CELLS[cell] / package / filename, cell
+
+    def eval_file(self, path: Path, cell: str, source: str | None = None) -> sl.FrozenModule:
+        """Evaluates a .bzl file (or ``source`` as if it were at ``path``), or a BUCK file
+        in the build-file dialect."""
+        path = path.resolve()
+        if source is None and path in self._cache:
+            return self._cache[path]
+        module = self._module()
+        text = path.read_text() if source is None else source
+        dialect = buck2_build_dialect() if path.name == "BUCK" else buck2_bzl_dialect()
+
+        def load(load_id: str) -> sl.FrozenModule:
+            target, target_cell = self.resolve(load_id, path, cell)
+            return self.eval_file(target, target_cell)
+
+        sl.eval(module, sl.parse(str(path), text, dialect), GLOBALS, sl.FileLoader(load))
+        frozen = module.freeze()
+        if source is None:
+            self._cache[path] = frozen
+        return frozen
+
+    def analyse(
+        self,
+        bzl: str,
+        rule_name: str,
+        label: str,
+        attrs: dict[str, str],
+        targets: dict[str, str] | None = None,
+    ) -> Analysis:
+        """Analyses ``label``, a target of rule ``rule_name`` from ``bzl`` (``@cell//pkg:f.bzl``).
+
+        ``attrs`` and ``targets`` (labels of deps, e.g. defaults) are Starlark expressions,
+        which may use the fake's ``fake_dep(...)`` and the built-in providers."""
+        given = "{" + ", ".join(f"{json.dumps(k)}: {v}" for k, v in attrs.items()) + "}"
+        known = "{" + ", ".join(f"{json.dumps(k)}: {v}" for k, v in (targets or {}).items()) + "}"
+        harness = (
+            f"load({json.dumps(bzl)}, {json.dumps(rule_name)})\n"
+            f"def analyse():\n"
+            f"    return fake_analyse({rule_name}, {json.dumps(label)}, {given}, {known})\n"
+        )
+        first = len(self.actions)
+        module = self.eval_file(CELLS["root"] / "__harness__.bzl", "root", harness)
+        providers: list[dict[str, Any]] = module.call("analyse")  # type: ignore[assignment]
+        return Analysis(providers, self.actions[first:])

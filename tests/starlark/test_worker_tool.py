@@ -1,0 +1,168 @@
+"""Analysis of the prelude's worker_tool rule, in Buck2's Starlark, against the fake API;
+and the config it writes, accepted by the runtime and served for real."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import starlark as sl
+
+from tests.conftest import RUNTIME, fake_backend
+from tests.starlark.buck2_fake import CELLS, Analysis, Buck2Fake
+from worker_runtime.buck2.emulator import Buck2Worker
+from worker_runtime.config import load_config_file
+
+RUNTIME_TARGET = {
+    "toolchains//:worker_runtime": 'fake_dep(RunInfo(args = cmd_args(".venv/bin/worker-runtime")))'
+}
+
+
+def backend_expr(argv: list[str]) -> str:
+    return f"fake_dep(RunInfo(args = cmd_args({json.dumps(argv)})))"
+
+
+def analyse_tool(attrs: dict[str, str]) -> tuple[Buck2Fake, Analysis]:
+    fake = Buck2Fake()
+    analysis = fake.analyse(
+        "@prelude//worker:worker_tool.bzl",
+        "worker_tool",
+        "//tools:javac_worker",
+        attrs,
+        RUNTIME_TARGET,
+    )
+    return fake, analysis
+
+
+def test_worker_info_launches_the_runtime_with_the_written_config() -> None:
+    _, analysis = analyse_tool(
+        {"backend": backend_expr(["java", "-jar", "worker.jar"]), "protocol": '"json"'}
+    )
+    config = analysis.action("write_json")
+    assert config["output"].endswith("__javac_worker__/worker_runtime.json")
+    worker = analysis.provider("WorkerInfo")
+    assert worker["exe"]["cmd_args"] == [
+        ".venv/bin/worker-runtime",
+        "serve",
+        "--config",
+        config["output"],
+    ]
+    assert worker["streaming"] is True and worker["concurrency"] is None
+    assert worker["supports_bazel_remote_persistent_worker_protocol"] is False
+    run_info = analysis.provider("RunInfo")
+    assert run_info["args"]["cmd_args"] == ["java", "-jar", "worker.jar"]  # the one-shot fallback
+    assert analysis.provider("DefaultInfo")["default_outputs"] == [{"artifact": config["output"]}]
+    tool = analysis.provider("WorkerToolInfo")
+    assert tool["config"] == {"artifact": config["output"]}
+
+
+def test_config_carries_every_setting() -> None:
+    _, analysis = analyse_tool(
+        {
+            "backend": backend_expr(["ghc-worker"]),
+            "multiplex": "True",
+            "cancellable": "True",
+            "max_instances": "3",
+            "key_env": '["JAVA_HOME"]',
+            "env": '{"LANG": "C.UTF-8"}',
+            "tool_inputs": '["tools/worker.jar"]',
+            "concurrency": "8",
+            "streaming": "False",
+        }
+    )
+    content = json.loads(analysis.action("write_json")["content"])
+    assert content == {
+        "cancellable": True,
+        "command": ["ghc-worker"],
+        "env": {"LANG": "C.UTF-8"},
+        "key_env": ["JAVA_HOME"],
+        "max_instances": 3,
+        "multiplex": True,
+        "protocol": "proto",
+        "tool_inputs": ["tools/worker.jar"],
+    }
+    worker = analysis.provider("WorkerInfo")
+    assert worker["concurrency"] == 8 and worker["streaming"] is False
+
+
+def test_config_written_by_the_prelude_is_served_by_the_runtime(tmp_path: Path) -> None:
+    """Round trip: the JSON worker_tool writes is what `worker-runtime serve --config` runs."""
+    _, analysis = analyse_tool({"backend": backend_expr(fake_backend()), "protocol": '"json"'})
+    config_path = tmp_path / "worker_runtime.json"
+    config_path.write_text(analysis.action("write_json")["content"])
+    assert load_config_file(config_path).validated().command == tuple(fake_backend())
+    worker = Buck2Worker(
+        [*RUNTIME, "serve", "--no-daemon", "--config", str(config_path)], project_root=tmp_path
+    )
+    with worker:
+        assert worker.run("echo", "from", "the", "prelude").stderr == "from the prelude"
+
+
+@pytest.mark.parametrize(
+    ("attrs", "message"),
+    [
+        ({}, "missing mandatory attribute `backend`"),
+        ({"backend": backend_expr(["w"]), "protocol": '"xml"'}, '"xml" is not one of'),
+        ({"backend": backend_expr(["w"]), "multiplx": "True"}, "unknown attribute `multiplx`"),
+        ({"backend": backend_expr(["w"]), "max_instances": '"2"'}, "must be one of"),
+        ({"backend": backend_expr(["w"]), "_runtime": '"//x:y"'}, "cannot be set (default_only)"),
+        ({"backend": "fake_dep(DefaultInfo())"}, "requires a dep that provides"),
+    ],
+)
+def test_bad_attributes_are_analysis_errors(attrs: dict[str, str], message: str) -> None:
+    with pytest.raises(sl.StarlarkError) as info:
+        analyse_tool(attrs)
+    assert message in str(info.value)
+
+
+def test_fake_rejects_what_buck2_rejects(tmp_path: Path) -> None:
+    """The fake is only worth its tests if it is as strict as Buck2."""
+    fake = Buck2Fake()
+    cases = {
+        "WorkerInfo(exe = [])": "exe must be a non-empty command line",
+        "WorkerInfo(exe = cmd_args())": "exe must be a non-empty command line",
+        'WorkerInfo(exe = ["w"], color = "red")': "color",
+        'WorkerRunInfo(["w"])': "positional",
+        'cmd_args(("a", "b"))': "tuples and ints are not accepted",
+        'DefaultInfo(default_output = "a", default_outputs = ["b"])': "mutually exclusive",
+        'provider(fields = ["a"], documentation = "x")': "documentation",
+        'rule(impl = None, attrs = {"name": attrs.string()})': "overrides internal attribute",
+        "attrs.option(attrs.int(), default = 1)": "default must be None",
+        'attrs.string(dflt = "x")': "dflt",
+    }
+    for expression, message in cases.items():
+        with pytest.raises(sl.StarlarkError) as info:
+            fake.eval_file(tmp_path / "case.bzl", "root", f"x = {expression}\n")
+        assert message in str(info.value), (expression, str(info.value)[-300:])
+
+
+def test_rule_must_return_default_info(tmp_path: Path) -> None:
+    rules = tmp_path / "rules.bzl"
+    rules.write_text(
+        "def _impl(ctx: AnalysisContext) -> list[Provider]:\n"
+        "    return [RunInfo(args = cmd_args('x'))]\n"
+        "bad = rule(impl = _impl, attrs = {})\n"
+    )
+    fake = Buck2Fake()
+    harness = (
+        'load(":rules.bzl", "bad")\ndef go():\n    return fake_analyse(bad, "//p:t", {}, {})\n'
+    )
+    module = fake.eval_file(tmp_path / "h.bzl", "root", harness)
+    with pytest.raises(sl.StarlarkError, match="did not receive a `DefaultInfo` provider"):
+        module.call("go")
+
+
+def test_prelude_exports_and_toolchain_target() -> None:
+    fake = Buck2Fake()
+    check = 'load("@prelude//:prelude.bzl", "WorkerToolInfo", "runtime_command", "worker_tool")\n'
+    fake.eval_file(CELLS["root"] / "__check__.bzl", "root", check)
+    fake.eval_file(CELLS["toolchains"] / "BUCK", "toolchains")
+    assert fake.targets == ["worker_runtime"]
+
+
+def test_prelude_loads_are_cell_relative() -> None:
+    """So that the folder can also be mounted as an extra cell next to Buck2's prelude."""
+    for path in CELLS["prelude"].rglob("*.bzl"):
+        for line in path.read_text().splitlines():
+            assert not line.startswith('load("@'), f"{path}: {line}"

@@ -1,9 +1,12 @@
 """What the prelude cell exports. Loaded names are not re-exported in Buck2: bind each again."""
 
+load("//worker:host_command.bzl", _host_command = "host_command")
 load("//worker:providers.bzl", _WorkerToolInfo = "WorkerToolInfo")
-load("//worker:runtime_command.bzl", _runtime_command = "runtime_command")
+load("//worker:worker_run.bzl", _ENVELOPE_ENV = "ENVELOPE_ENV", _worker_run = "worker_run")
 load("//worker:worker_tool.bzl", _worker_tool = "worker_tool")
 
 WorkerToolInfo = _WorkerToolInfo
-runtime_command = _runtime_command
+host_command = _host_command
 worker_tool = _worker_tool
+worker_run = _worker_run
+ENVELOPE_ENV = _ENVELOPE_ENV

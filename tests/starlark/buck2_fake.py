@@ -9,6 +9,9 @@ an unknown or misplaced argument fails as it does in Buck2, and with Buck2's own
 (an empty ``WorkerInfo.exe``, a rule returning no ``DefaultInfo``, floats in
 ``write_json``, an output declared twice...).
 
+Known limit: ``cmd_args`` here is a function, so it cannot be a type annotation as it
+can in Buck2; code tested with the fake annotates command lines ``typing.Any``.
+
 Python cannot receive Starlark functions (starlark-pyo3 converts values to plain data),
 so a rule's ``impl`` runs inside a Starlark harness and only plain data comes back:
 providers as dicts tagged with their name, actions as the fake recorded them.
@@ -195,19 +198,45 @@ def WorkerRunInfo(*, worker = None, remote_worker = None, exe = []):
     return _WorkerRunInfo(worker = worker, remote_worker = remote_worker, exe = exe)
 
 # -- artifacts and cmd_args -------------------------------------------------------------
-def _artifact(path, short_path, is_source, bound = True):
-    return struct(_kind = "artifact", path = path, short_path = short_path, is_source = is_source, bound = bound)
+def _artifact(path, short_path, is_source, key = None, is_output = False):
+    return struct(
+        _kind = "artifact",
+        path = path,
+        short_path = short_path,
+        basename = short_path.split("/")[-1],
+        is_source = is_source,
+        key = key,
+        is_output = is_output,
+        as_output = lambda: _as_output(path, short_path, is_source, key, is_output),
+    )
+
+def _as_output(path, short_path, is_source, key, is_output):
+    if is_source:
+        fail("as_output: a source file cannot be an output:", path)
+    if is_output:
+        fail("as_output: already an output:", path)
+    return _artifact(path, short_path, False, key, True)
+
+def _is_artifact(value):
+    return type(value) == "struct" and getattr(value, "_kind", None) == "artifact"
 
 def _source(path):
-    return _artifact(path, path.split("/")[-1], True)
+    return _artifact(path, path, True)
 
-_CmdArgs = record(items = list, hidden = list, delimiter = typing.Any, format = typing.Any)
+_CmdArgs = record(items = list, hidden = list, delimiter = typing.Any, format = typing.Any, ignore_artifacts = bool, outputs = list)
 
 def cmd_args(*args, hidden = [], delimiter = None, format = None, prepend = None, quote = None, ignore_artifacts = False, absolute_prefix = None, absolute_suffix = None, parent = 0, relative_to = None, replace_regex = []):
     items = []
     for arg in args:
         items.extend(_cmd_items(arg))
-    return _CmdArgs(items = items, hidden = hidden if type(hidden) == "list" else [hidden], delimiter = delimiter, format = format)
+    hidden_items = _cmd_items(hidden)
+    outputs = []
+    for item in items + hidden_items:
+        if _is_artifact(item) and item.is_output:
+            outputs.append(item)
+        elif isinstance(item, _CmdArgs):
+            outputs.extend(item.outputs)
+    return _CmdArgs(items = items, hidden = hidden_items, delimiter = delimiter, format = format, ignore_artifacts = ignore_artifacts, outputs = outputs)
 
 def _cmd_items(arg):
     if type(arg) == "list":
@@ -226,7 +255,7 @@ def _render_one(item):
         return _render(item)
     if isinstance(item, RunInfo):
         return _render(item.args)
-    if type(item) == "struct" and getattr(item, "_kind", None) == "artifact":
+    if _is_artifact(item):
         return [item.path]
     fail("cannot render", type(item), "on a command line")
 
@@ -242,6 +271,31 @@ def _render(args):
         out = [args.delimiter.join(out)] if out else []
     return out
 
+def _artifacts_of(value, ignored = False):
+    # (artifact, ignored) pairs reachable from a command-line-like value.
+    if _is_artifact(value):
+        return [(value, ignored)]
+    if isinstance(value, _CmdArgs):
+        out = []
+        for item in value.items + value.hidden:
+            out.extend(_artifacts_of(item, ignored or value.ignore_artifacts))
+        return out
+    if isinstance(value, RunInfo):
+        return _artifacts_of(value.args, ignored)
+    if isinstance(value, _WorkerRunInfo):
+        return _artifacts_of(value.exe, ignored) + (_artifacts_of(value.worker.exe, ignored) if value.worker else [])
+    if type(value) == "list":
+        out = []
+        for v in value:
+            out.extend(_artifacts_of(v, ignored))
+        return out
+    if type(value) == "dict":
+        out = []
+        for v in value.values():
+            out.extend(_artifacts_of(v, ignored))
+        return out
+    return []
+
 # -- JSON as write_json renders it --------------------------------------------------------
 def _json_value(value):
     kind = type(value)
@@ -255,13 +309,24 @@ def _json_value(value):
         return {k: _json_value(v) for k, v in value.items()}
     if isinstance(value, _CmdArgs):
         return _render(value)
-    if type(value) == "struct" and getattr(value, "_kind", None) == "artifact":
+    if _is_artifact(value):
         return value.path
     fail("write_json: cannot encode a", kind)
 
 # -- ctx ------------------------------------------------------------------------------------
+def _snake_case(category):
+    parts = category.split("_")
+    for part in parts:
+        if not part or part[0] not in "abcdefghijklmnopqrstuvwxyz":
+            return False
+        for c in part.elems():
+            if c not in "abcdefghijklmnopqrstuvwxyz0123456789":
+                return False
+    return True
+
 def _make_actions(label):
-    declared = {}
+    declared = {}  # declared output key -> bound yet
+    categories = {}
 
     def declare_output(prefix, filename = None, /, *, dir = False, has_content_based_path = None):
         name = prefix if filename == None else prefix + "/" + filename
@@ -269,25 +334,94 @@ def _make_actions(label):
             fail("declare_output: the path must be forward-relative and non-empty:", repr(name))
         if name in declared:
             fail("declare_output: the same path twice:", name)
-        declared[name] = True
-        return _artifact("buck-out/v2/gen/root/" + label.package + "/__" + label.name + "__/" + name, name, False)
+        declared[name] = False
+        return _artifact("buck-out/v2/gen/root/" + label.package + "/__" + label.name + "__/" + name, name, False, name)
+
+    def _bind(artifact):
+        if artifact.is_source:
+            fail("a source file cannot be an action's output:", artifact.path)
+        if declared.get(artifact.key):
+            fail("An artifact can be bound only once:", artifact.path)
+        declared[artifact.key] = True
 
     def _output(output):
-        if type(output) == "string":
-            return declare_output(output)
-        return output
+        artifact = declare_output(output) if type(output) == "string" else output
+        _bind(artifact)
+        return _artifact(artifact.path, artifact.short_path, False, artifact.key)
+
+    def _check_inputs(value):
+        for artifact, ignored in _artifacts_of(value):
+            if not ignored and not artifact.is_output and not artifact.is_source and not declared.get(artifact.key):
+                fail("Input artifact must already be bound:", artifact.path)
 
     def write_json(output, content, /, *, with_inputs = False, pretty = False, absolute = False, has_content_based_path = None, use_dep_files_placeholder_for_content_based_paths = False):
+        for artifact, ignored in _artifacts_of(content):
+            if artifact.is_output and not ignored:
+                fail("write_json: content cannot contain an output artifact:", artifact.path)
+        _check_inputs(content)
         artifact = _output(output)
         _py_action({"kind": "write_json", "output": artifact.path, "content": json.encode(_json_value(content))})
         return artifact
 
     def write(output, content, /, *, is_executable = False, allow_args = False, with_inputs = False, absolute = False, has_content_based_path = None, use_dep_files_placeholder_for_content_based_paths = False):
+        for artifact, ignored in _artifacts_of(content):
+            if artifact.is_output and not ignored:
+                fail("write: content cannot contain an output artifact (use cmd_args(..., ignore_artifacts = True)):", artifact.path)
+        _check_inputs(content)
         artifact = _output(output)
         _py_action({"kind": "write", "output": artifact.path, "content": "\n".join(_render(cmd_args(content)))})
-        return artifact
+        return (artifact, []) if allow_args else artifact
 
-    return struct(declare_output = declare_output, write = write, write_json = write_json)
+    def run(arguments, /, *, category, identifier = None, env = None, local_only = False, prefer_local = False, prefer_remote = False, low_pass_filter = True, always_print_stderr = False, weight = None, weight_percentage = None, dep_files = None, metadata_env_var = None, metadata_path = None, incremental_metadata_ignore_tags = [], no_outputs_cleanup = False, incremental_remote_outputs = False, allow_cache_upload = None, allow_dep_file_cache_upload = False, allow_offline_output_cache = False, force_full_hybrid_if_capable = False, exe = None, unique_input_inodes = False, error_handler = None, remote_execution_dependencies = [], re_gang_workers = [], remote_execution_dynamic_image = None, timeout_seconds = None, meta_internal_extra_params = None, outputs_for_error_handler = [], expect_eligible_for_dedupe = None, eager_materialization_enabled = False):
+        if type(category) != "string" or not _snake_case(category):
+            fail("run: category must be snake_case, not", repr(category))
+        if (category, identifier) in categories:
+            fail("run: the pair (category, identifier) must be unique within a target:", repr((category, identifier)))
+        categories[(category, identifier)] = True
+        if len([x for x in (local_only, prefer_local, prefer_remote) if x]) > 1:
+            fail("run: only one of local_only, prefer_local and prefer_remote")
+        if weight != None and weight_percentage != None:
+            fail("run: weight or weight_percentage, not both")
+        if weight != None and weight <= 0:
+            fail("run: weight must be greater than 0")
+        if timeout_seconds != None and timeout_seconds <= 0:
+            fail("run: timeout_seconds must be greater than 0")
+        if exe != None and not isinstance(exe, RunInfo) and not isinstance(exe, _WorkerRunInfo):
+            fail("run: exe must be a RunInfo or a WorkerRunInfo")
+        env = env or {}
+        found = _artifacts_of([arguments, exe, env])
+        outputs = [a for a, _ in found if a.is_output]
+        if not outputs:
+            fail("run: an action needs at least one output")
+        _check_inputs([arguments, exe, env])
+        for artifact in outputs:
+            _bind(artifact)
+        recorded = {
+            "kind": "run",
+            "category": category,
+            "identifier": identifier,
+            "arguments": _render(cmd_args(arguments)),
+            "env": {k: " ".join(_render(cmd_args(v))) for k, v in env.items()},
+            "outputs": [a.path for a in outputs],
+            "timeout_seconds": timeout_seconds,
+            "weight": weight,
+        }
+        if isinstance(exe, _WorkerRunInfo):
+            recorded["worker"] = _render(exe.worker.exe) if exe.worker else None
+            recorded["fallback"] = _render(exe.exe)
+        elif exe != None:
+            recorded["exe"] = _render(exe)
+        _py_action(recorded)
+        return None
+
+    def unbound():
+        return [key for key, bound in declared.items() if not bound]
+
+    return struct(declare_output = declare_output, run = run, write = write, write_json = write_json, _unbound = unbound)
+
+def fake_dep_of(providers):
+    # A dependency from {provider type: instance}, for providers the fake cannot name.
+    return dict(providers)
 
 def fake_dep(*providers):
     return {type_of(p): p for p in providers}
@@ -344,8 +478,11 @@ def fake_analyse(rule_call, label_text, given, targets):
         values[name] = _coerce(name, spec, value, targets)
     package, _, name = label_text.removeprefix("//").partition(":")
     label = struct(name = name, package = package)
-    ctx = struct(attrs = struct(**values), actions = _make_actions(label), label = label)
+    actions = _make_actions(label)
+    ctx = struct(attrs = struct(**values), actions = actions, label = label)
     providers = impl(ctx)
+    if actions._unbound():
+        fail("Artifact must be bound by now (missing an .as_output() call?):", actions._unbound())
     if type(providers) != "list":
         fail("rule implementation: expected a list of Provider objects, not", type(providers))
     seen = {}
@@ -366,7 +503,7 @@ def _plain(value):
         return {"cmd_args": _render(value), "hidden": [_plain(h) for h in value.hidden]}
     if isinstance(value, RunInfo):
         return {"RunInfo": _plain(value.args)}
-    if type(value) == "struct" and getattr(value, "_kind", None) == "artifact":
+    if _is_artifact(value):
         return {"artifact": value.path}
     if type(value) == "list":
         return [_plain(v) for v in value]
@@ -415,6 +552,7 @@ EXPORTS = (
     "AnalysisContext", "AnalysisActions", "Provider", "Artifact", "Dependency", "Label",
     "attrs", "provider", "provider_field", "DefaultInfo", "RunInfo", "WorkerInfo",
     "WorkerRunInfo", "cmd_args", "rule", "read_root_config", "fake_analyse", "fake_dep",
+    "fake_dep_of",
 )  # fmt: skip
 API_LOAD_ID = "@buck2_fake//:api.bzl"
 
@@ -510,6 +648,7 @@ class Buck2Fake:
         label: str,
         attrs: dict[str, str],
         targets: dict[str, str] | None = None,
+        loads: dict[str, list[str]] | None = None,
     ) -> Analysis:
         """Analyses ``label``, a target of rule ``rule_name`` from ``bzl`` (``@cell//pkg:f.bzl``).
 
@@ -517,8 +656,12 @@ class Buck2Fake:
         which may use the fake's ``fake_dep(...)`` and the built-in providers."""
         given = "{" + ", ".join(f"{json.dumps(k)}: {v}" for k, v in attrs.items()) + "}"
         known = "{" + ", ".join(f"{json.dumps(k)}: {v}" for k, v in (targets or {}).items()) + "}"
+        extra = "".join(
+            f"load({json.dumps(path)}, {', '.join(json.dumps(n) for n in names)})\n"
+            for path, names in (loads or {}).items()
+        )
         harness = (
-            f"load({json.dumps(bzl)}, {json.dumps(rule_name)})\n"
+            extra + f"load({json.dumps(bzl)}, {json.dumps(rule_name)})\n"
             f"def analyse():\n"
             f"    return fake_analyse({rule_name}, {json.dumps(label)}, {given}, {known})\n"
         )

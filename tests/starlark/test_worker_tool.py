@@ -155,7 +155,7 @@ def test_rule_must_return_default_info(tmp_path: Path) -> None:
 
 def test_prelude_exports_and_toolchain_target() -> None:
     fake = Buck2Fake()
-    check = 'load("@prelude//:prelude.bzl", "WorkerToolInfo", "runtime_command", "worker_tool")\n'
+    check = 'load("@prelude//:prelude.bzl", "WorkerToolInfo", "host_command", "worker_tool")\n'
     fake.eval_file(CELLS["root"] / "__check__.bzl", "root", check)
     fake.eval_file(CELLS["toolchains"] / "BUCK", "toolchains")
     assert fake.targets == ["worker_runtime"]

@@ -1,0 +1,173 @@
+"""worker_run and the example rule: the actions they register, and those actions executed
+the way Buck2 would, on a warm worker through the runtime and one-shot, with equal results."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+import starlark as sl
+
+from tests.conftest import RUNTIME
+from tests.starlark.buck2_fake import REPO_ROOT, Analysis, Buck2Fake
+from worker_runtime.buck2.emulator import Buck2Worker, make_command
+
+BACKEND = ["python3", "examples/text_stats/text_stats_worker.py"]
+TOOL_LABEL = "root//examples/worker_rule:text_stats_worker"
+PRELUDE = {"@prelude//:prelude.bzl": ["WorkerToolInfo"]}
+
+
+def tool_expr(config_path: str = "cfg/worker_runtime.json") -> str:
+    backend = f"cmd_args({json.dumps(BACKEND)})"
+    return (
+        "fake_dep_of({WorkerToolInfo: WorkerToolInfo("
+        f'worker = WorkerInfo(exe = cmd_args(".venv/bin/worker-runtime", "serve", "--config", {json.dumps(config_path)})), '
+        f"fallback = RunInfo(args = {backend}), config = {json.dumps(config_path)})}})"
+    )
+
+
+def analyse_report(srcs: list[str]) -> Analysis:
+    return Buck2Fake().analyse(
+        "@root//examples/worker_rule:text_stats.bzl",
+        "text_stats_report",
+        "//examples/worker_rule:report",
+        {"srcs": json.dumps(srcs)},
+        {TOOL_LABEL: tool_expr()},
+        PRELUDE,
+    )
+
+
+def test_worker_run_registers_argfile_envelope_and_worker_action() -> None:
+    analysis = analyse_report(["a.txt", "b.txt"])
+    argfile = analysis.action("write")
+    envelope = analysis.action("write_json")
+    run = analysis.action("run")
+    report = "buck-out/v2/gen/root/examples/worker_rule/__report__/report.json"
+    assert argfile["output"].endswith("/text_stats.args")
+    assert argfile["content"].split("\n") == ["--out", report, "a.txt", "b.txt"]
+    assert run["arguments"] == ["@" + argfile["output"]]  # one @argfile, as remote workers need
+    assert run["worker"] == [
+        ".venv/bin/worker-runtime",
+        "serve",
+        "--config",
+        "cfg/worker_runtime.json",
+    ]
+    assert run["fallback"] == BACKEND
+    assert run["category"] == "text_stats" and run["outputs"] == [report]
+    assert run["env"] == {"WORKER_RUNTIME_ENVELOPE": envelope["output"]}
+    assert json.loads(envelope["content"]) == {
+        "argfile": argfile["output"],
+        "inputs": ["a.txt", "b.txt"],
+        "outputs": [report],
+        "version": 1,
+    }
+    assert analysis.provider("DefaultInfo")["default_outputs"] == [{"artifact": report}]
+
+
+def test_example_buck_file_declares_its_targets() -> None:
+    fake = Buck2Fake()
+    fake.eval_file(REPO_ROOT / "examples" / "worker_rule" / "BUCK", "root")
+    assert fake.targets == ["text_stats_bin", "text_stats_worker", "report"]
+
+
+def materialize(root: Path, analysis: Analysis, sources: dict[str, str]) -> None:
+    """Does what Buck2 does before the run action: sources in place, write actions done."""
+    for path, text in sources.items():
+        (root / path).parent.mkdir(parents=True, exist_ok=True)
+        (root / path).write_text(text)
+    for action in analysis.actions:
+        if action["kind"] in ("write", "write_json"):
+            (root / action["output"]).parent.mkdir(parents=True, exist_ok=True)
+            (root / action["output"]).write_text(action["content"])
+        if action["kind"] == "run":
+            for output in action["outputs"]:
+                (root / output).parent.mkdir(parents=True, exist_ok=True)
+
+
+@pytest.fixture
+def project(tmp_path: Path) -> Path:
+    root = tmp_path / "project"
+    shutil.copytree(REPO_ROOT / "examples" / "text_stats", root / "examples" / "text_stats")
+    return root
+
+
+def run_action_both_ways(project: Path, analysis: Analysis) -> tuple[bytes, bytes]:
+    run: dict[str, Any] = analysis.action("run")
+    report = project / run["outputs"][0]
+    # Workers off: Buck2 runs WorkerRunInfo.exe + arguments, with the action's env.
+    env = dict(os.environ, **run["env"])
+    one_shot = subprocess.run(
+        [*run["fallback"], *run["arguments"]], cwd=project, env=env, capture_output=True, timeout=60
+    )
+    assert one_shot.returncode == 0, one_shot.stderr
+    cold = report.read_bytes()
+    report.unlink()
+    # Workers on: the worker_tool's config, served by the runtime; Buck2 sends the arguments.
+    tool = Buck2Fake().analyse(
+        "@prelude//worker:worker_tool.bzl", "worker_tool", "//examples/worker_rule:text_stats_worker",
+        {"backend": f"fake_dep(RunInfo(args = cmd_args({json.dumps(BACKEND)})))", "protocol": '"json"'},
+        {"toolchains//:worker_runtime": 'fake_dep(RunInfo(args = cmd_args("worker-runtime")))'},
+    )  # fmt: skip
+    config = tool.action("write_json")
+    (project / config["output"]).parent.mkdir(parents=True, exist_ok=True)
+    (project / config["output"]).write_text(config["content"])
+    worker = Buck2Worker(
+        [*RUNTIME, "serve", "--no-daemon", "--config", config["output"]], project_root=project
+    )
+    with worker:
+        response = worker.execute(make_command(run["arguments"], env=run["env"]))
+    assert response.exit_code == 0, response.stderr
+    return cold, report.read_bytes()
+
+
+def test_example_action_runs_warm_and_one_shot_with_the_same_output(project: Path) -> None:
+    srcs = ["examples/worker_rule/a.txt", "examples/worker_rule/b.txt"]
+    analysis = analyse_report(srcs)
+    materialize(project, analysis, {s: (REPO_ROOT / s).read_text() for s in srcs})
+    cold, warm = run_action_both_ways(project, analysis)
+    assert cold == warm
+    assert json.loads(warm)["files"][0]["path"] == srcs[0]
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        ('cmd_args("--out", "x"), category = "c"', "needs at least one output"),
+        (
+            'cmd_args("--out", out.as_output(), pending), category = "c"',
+            "Input artifact must already be bound",
+        ),
+        (
+            'cmd_args("--out", out.as_output()), category = "Bad-Category"',
+            "category must be snake_case",
+        ),
+        (
+            'cmd_args("--out", out.as_output()), category = "c", timeout_seconds = 0',
+            "timeout_seconds must be greater than 0",
+        ),
+    ],
+)
+def test_worker_run_misuse_is_an_analysis_error(tmp_path: Path, args: str, message: str) -> None:
+    (tmp_path / "rules.bzl").write_text(
+        'load("@prelude//:prelude.bzl", "WorkerToolInfo", "worker_run")\n'
+        "def _impl(ctx: AnalysisContext) -> list[Provider]:\n"
+        '    out = ctx.actions.declare_output("out")\n'
+        '    pending = ctx.actions.declare_output("pending")\n'
+        f"    worker_run(ctx.actions, tool = ctx.attrs.tool[WorkerToolInfo], args = {args})\n"
+        "    return [DefaultInfo()]\n"
+        'r = rule(impl = _impl, attrs = {"tool": attrs.exec_dep(providers = [WorkerToolInfo])})\n'
+    )
+    fake = Buck2Fake()
+    harness = (
+        'load("@prelude//:prelude.bzl", "WorkerToolInfo")\n'
+        'load(":rules.bzl", "r")\n'
+        f'def go():\n    return fake_analyse(r, "//p:t", {{"tool": {tool_expr()}}}, {{}})\n'
+    )
+    module = fake.eval_file(tmp_path / "h.bzl", "root", harness)
+    with pytest.raises(sl.StarlarkError, match=message):
+        module.call("go")

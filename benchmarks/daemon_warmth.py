@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import shutil
 import statistics
 import sys
@@ -30,6 +29,7 @@ from typing import Any
 
 import psutil
 
+from benchmarks.results import add_output_argument, emit
 from worker_runtime.buck2.emulator import Buck2Worker, make_command
 from worker_runtime.daemon.commands import private_daemon_dir, stop_daemon_at
 from worker_runtime.daemon.control import try_connect
@@ -38,7 +38,6 @@ from worker_runtime.daemon.paths import DaemonPaths
 ROOT = Path(__file__).resolve().parent.parent
 FAKE = [sys.executable, str(ROOT / "tests" / "backends" / "fake_worker.py")]
 TEXT_STATS = [sys.executable, str(ROOT / "examples" / "text_stats" / "text_stats_worker.py")]
-RESULTS = ROOT / "benchmarks" / "results" / "daemon_warmth.json"
 BACKENDS = ("text_stats", "text_stats_compile_sized", "slow_start_0_5s")
 TARGETS = {
     "second_over_warm_max": 1.5,
@@ -157,7 +156,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--requests", type=int, default=500, help="requests per latency round")
-    parser.add_argument("--output", default=str(RESULTS), help="JSON file, or - for stdout only")
+    add_output_argument(parser, "daemon_warmth")
     args = parser.parse_args(argv)
 
     project = Path(tempfile.mkdtemp(prefix="daemon-bench-"))
@@ -197,11 +196,7 @@ def main(argv: list[str] | None = None) -> int:
         "idle_daemon_rss": result["memory"]["idle_daemon_rss_mb"]
         <= TARGETS["idle_daemon_rss_mb_max"],
     }
-    text = json.dumps(result, indent=2) + "\n"
-    if args.output != "-":
-        Path(args.output).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.output).write_text(text)
-    sys.stdout.write(text)
+    emit(result, args.output)
     return 0
 
 

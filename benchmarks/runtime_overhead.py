@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import statistics
 import subprocess
 import sys
@@ -21,6 +20,7 @@ from pathlib import Path
 
 import grpc
 
+from benchmarks.results import add_output_argument, emit
 from worker_runtime.buck2 import grpc_tuning
 from worker_runtime.buck2.emulator import Buck2Worker, StreamingSession, make_command
 from worker_runtime.daemon.commands import private_daemon_dir
@@ -31,7 +31,6 @@ from worker_runtime.protocol.messages import WorkRequest
 ROOT = Path(__file__).resolve().parent.parent
 BACKEND = [sys.executable, str(ROOT / "tests" / "backends" / "fake_worker.py"), "--inline"]
 RUNTIME = [sys.executable, "-m", "worker_runtime", "serve"]
-RESULTS = ROOT / "benchmarks" / "results" / "runtime_overhead.json"
 TARGET_ADDED_MEDIAN_MS = 0.5
 TARGET_THROUGHPUT = 2000
 
@@ -130,11 +129,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--requests", type=int, default=1000, help="requests per series per round")
     parser.add_argument("--rounds", type=int, default=5, help="rounds, each measuring every series")
     parser.add_argument("--throughput-requests", type=int, default=20000)
-    parser.add_argument(
-        "--output",
-        default=str(RESULTS),
-        help=f"JSON result file, or - for stdout only (default: {RESULTS})",
-    )
+    add_output_argument(parser, "runtime_overhead")
     args = parser.parse_args(argv)
     n = args.requests
     series: dict[str, list[list[float]]] = {
@@ -207,11 +202,7 @@ def main(argv: list[str] | None = None) -> int:
             "throughput": rate >= TARGET_THROUGHPUT,
         },
     }
-    text = json.dumps(result, indent=2) + "\n"
-    if args.output != "-":
-        Path(args.output).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.output).write_text(text)
-    sys.stdout.write(text)
+    emit(result, args.output)
     return 0
 
 

@@ -34,34 +34,29 @@ CELLS = {
 }
 
 
-def buck2_bzl_dialect() -> sl.Dialect:
-    """Buck2's dialect for .bzl files (app/buck2_interpreter/src/file_type.rs)."""
+def _dialect(*, build_file: bool) -> sl.Dialect:
+    """Buck2's dialects (app/buck2_interpreter/src/file_type.rs): a .bzl file has def,
+    keyword-only and positional-only parameters, runtime-checked types and top-level
+    if/for; a BUCK file has none of these. Both have f-strings and no load re-export."""
     dialect = sl.Dialect.extended()
-    dialect.enable_def = True
+    dialect.enable_def = not build_file
     dialect.enable_lambda = True
     dialect.enable_load = True
-    dialect.enable_keyword_only_arguments = True
-    dialect.enable_positional_only_arguments = True
-    dialect.enable_types = sl.DialectTypes.ENABLE
+    dialect.enable_keyword_only_arguments = not build_file
+    dialect.enable_positional_only_arguments = not build_file
+    dialect.enable_types = sl.DialectTypes.DISABLE if build_file else sl.DialectTypes.ENABLE
     dialect.enable_load_reexport = False
-    dialect.enable_top_level_stmt = True
+    dialect.enable_top_level_stmt = not build_file
     dialect.enable_f_strings = True
     return dialect
+
+
+def buck2_bzl_dialect() -> sl.Dialect:
+    return _dialect(build_file=False)
 
 
 def buck2_build_dialect() -> sl.Dialect:
-    """Buck2's dialect for BUCK files: no def, no type annotations, no top-level if/for."""
-    dialect = sl.Dialect.extended()
-    dialect.enable_def = False
-    dialect.enable_lambda = True
-    dialect.enable_load = True
-    dialect.enable_keyword_only_arguments = False
-    dialect.enable_positional_only_arguments = False
-    dialect.enable_types = sl.DialectTypes.DISABLE
-    dialect.enable_load_reexport = False
-    dialect.enable_top_level_stmt = False
-    dialect.enable_f_strings = True
-    return dialect
+    return _dialect(build_file=True)
 
 
 _EXT = sl.LibraryExtension

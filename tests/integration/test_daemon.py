@@ -155,7 +155,10 @@ try:
     s.connect(sys.argv[1])
 except OSError as exc:
     print(json.dumps({"connect_error": exc.errno})); raise SystemExit
-s.sendall(b'{"op":"status"}\\n')
+try:
+    s.sendall(b'{"op":"status"}\\n')
+except OSError:
+    pass  # the daemon may refuse and close before we write: its answer is still there
 print(s.recv(65536).decode().strip())
 """
 

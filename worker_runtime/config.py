@@ -70,6 +70,11 @@ class RuntimeConfig:
     #: Timeout of a request that comes without ``timeout_s`` (Buck2 sets none unless the
     #: rule does), so that a backend that never answers cannot hang a build; null: none.
     default_timeout_s: float | None = 7200.0
+    #: Where requests go, as the execution platform says: "local", "remote", "auto" (local
+    #: when a warm local slot is free, else remote) or "race". Only "local" runs today.
+    routing: str = "local"
+    #: Remote settings for the other routings: endpoint, instance_name, credentials_file, tls.
+    remote: Mapping[str, Any] = field(default_factory=dict)
 
     def validated(self) -> RuntimeConfig:
         if not self.command:
@@ -125,6 +130,32 @@ def _optional_seconds(key: str, value: Any) -> float | None:
     return None if value is None else _seconds(key, value)
 
 
+ROUTINGS = ("local", "remote", "auto", "race")
+REMOTE_KEYS = {"endpoint": str, "instance_name": str, "credentials_file": str, "tls": bool}
+
+
+def _routing(key: str, value: Any) -> str:
+    if value not in ROUTINGS:
+        raise ConfigError(f"config key `{key}` must be one of {ROUTINGS}, not {json.dumps(value)}")
+    return str(value)
+
+
+def _remote(key: str, value: Any) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise ConfigError(f"config key `{key}` must be an object, not {json.dumps(value)}")
+    for name, item in value.items():
+        expected = REMOTE_KEYS.get(name)
+        if expected is None:
+            raise ConfigError(
+                f"config key `{key}.{name}` is unknown (known: {', '.join(REMOTE_KEYS)})"
+            )
+        if not isinstance(item, expected):
+            raise ConfigError(
+                f"config key `{key}.{name}` must be a {expected.__name__}, not {json.dumps(item)}"
+            )
+    return dict(value)
+
+
 def _protocol(key: str, value: Any) -> str:
     if value not in PROTOCOLS:
         raise ConfigError(f"config key `{key}` must be one of {PROTOCOLS}, not {json.dumps(value)}")
@@ -176,6 +207,8 @@ _CHECKS: dict[str, Callable[[str, Any], Any]] = {
     "backend_memory_limit_mb": _optional_int(1),
     "reclaim_interval_s": _seconds,
     "default_timeout_s": _optional_seconds,
+    "routing": _routing,
+    "remote": _remote,
 }
 assert set(_CHECKS) == {f.name for f in fields(RuntimeConfig)}
 

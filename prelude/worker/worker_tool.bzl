@@ -1,6 +1,26 @@
 """The worker_tool rule: a backend that speaks Bazel's worker protocol, run warm by worker-runtime."""
 
+load("//utils:settings.bzl", "bool_setting", "check_routing")
 load("//worker:providers.bzl", "WorkerToolInfo")
+
+# The routing of the execution platform a worker tool is configured for (tools are exec
+# deps, so this select resolves against the execution platform's constraints).
+_ROUTING = select({
+    "//platforms:routing_auto": "auto",
+    "//platforms:routing_local": "local",
+    "//platforms:routing_race": "race",
+    "//platforms:routing_remote": "remote",
+    "DEFAULT": "local",
+})
+
+def _remote_settings(ctx: AnalysisContext) -> dict[str, typing.Any]:
+    """The [persistent_workers] remote settings, as the runtime's config key `remote`."""
+    remote = {"tls": bool_setting("remote_tls", ctx.attrs.remote_tls)}
+    for key in ("endpoint", "instance_name", "credentials_file"):
+        value = getattr(ctx.attrs, "remote_" + key)
+        if value:
+            remote[key] = value
+    return remote
 
 def _runtime_config(ctx: AnalysisContext, backend: RunInfo) -> dict[str, typing.Any]:
     """The JSON object that `worker-runtime serve --config` reads (keys: see its README)."""
@@ -11,6 +31,8 @@ def _runtime_config(ctx: AnalysisContext, backend: RunInfo) -> dict[str, typing.
         "key_env": ctx.attrs.key_env,
         "multiplex": ctx.attrs.multiplex,
         "protocol": ctx.attrs.protocol,
+        "remote": _remote_settings(ctx),
+        "routing": check_routing(ctx.attrs.routing),
         "tool_inputs": ctx.attrs.tool_inputs,
     }
     if ctx.attrs.max_instances != None:
@@ -79,6 +101,26 @@ worker_tool = rule(
         "multiplex": attrs.bool(
             default = False,
             doc = "One backend process takes many requests at once.",
+        ),
+        "remote_credentials_file": attrs.string(
+            default = read_root_config("persistent_workers", "remote_credentials_file", ""),
+            doc = "[persistent_workers] remote_credentials_file: a file with the bearer token.",
+        ),
+        "remote_endpoint": attrs.string(
+            default = read_root_config("persistent_workers", "remote_endpoint", ""),
+            doc = "[persistent_workers] remote_endpoint: the REAPI server, e.g. grpcs://host:443.",
+        ),
+        "remote_instance_name": attrs.string(
+            default = read_root_config("persistent_workers", "remote_instance_name", ""),
+            doc = "[persistent_workers] remote_instance_name: the REAPI instance (the tenant).",
+        ),
+        "remote_tls": attrs.string(
+            default = read_root_config("persistent_workers", "remote_tls", "false"),
+            doc = "[persistent_workers] remote_tls: true or false.",
+        ),
+        "routing": attrs.string(
+            default = _ROUTING,
+            doc = "Where requests go; by default what the execution platform's routing says.",
         ),
         "protocol": attrs.enum(
             ["proto", "json"],

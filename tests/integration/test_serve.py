@@ -159,3 +159,16 @@ def test_socket_path_too_long_is_a_clear_error(tmp_path: Path) -> None:
     )
     assert result.returncode == 2
     assert "a Unix socket path may have at most 107" in result.stderr
+
+
+def test_routing_other_than_local_is_a_clear_per_request_error(
+    start_runtime: StartRuntime, tmp_path: Path
+) -> None:
+    config = tmp_path / "c.json"
+    config.write_text(
+        json.dumps({"routing": "remote", "remote": {"endpoint": "grpc://127.0.0.1:1"}})
+    )
+    worker = start_runtime(fake_backend(), ["--config", str(config)])
+    response = worker.run("echo", "x")
+    assert response.exit_code == RUNTIME_ERROR_EXIT_CODE
+    assert "routing `remote`" in response.stderr and "set `routing = local`" in response.stderr

@@ -414,6 +414,10 @@ def _make_actions(label):
 
     return struct(declare_output = declare_output, run = run, write = write, write_json = write_json, _unbound = unbound)
 
+def fake_target_label(text):
+    package, _, name = text.split("//")[-1].partition(":")
+    return struct(_kind = "target_label", name = name, package = package, text = text)
+
 def fake_dep_of(providers):
     # A dependency from {provider type: instance}, for providers the fake cannot name.
     return dict(providers)
@@ -422,9 +426,20 @@ def fake_dep(*providers):
     return {type_of(p): p for p in providers}
 
 def type_of(p):
-    for t in (_DefaultInfo, RunInfo, _WorkerInfo, _WorkerRunInfo):
-        if isinstance(p, t):
-            return t
+    # Rule code indexes a dependency with the public name (ConstraintValueInfo, not the
+    # record type behind the fake's checking constructor).
+    public = {
+        _DefaultInfo: DefaultInfo,
+        RunInfo: RunInfo,
+        _WorkerInfo: WorkerInfo,
+        _WorkerRunInfo: WorkerRunInfo,
+        _ConstraintSettingInfo: ConstraintSettingInfo,
+        _ConstraintValueInfo: ConstraintValueInfo,
+        _ConfigurationInfo: ConfigurationInfo,
+    }
+    for record_type, name in public.items():
+        if isinstance(p, record_type):
+            return name
     fail("fake_dep: the fake knows only built-in providers, not", repr(p))
 
 def _coerce(name, spec, value, targets):
@@ -457,7 +472,7 @@ def _coerce(name, spec, value, targets):
     _check_type("attribute " + name, value, [expected])
     return value
 
-def fake_analyse(rule_call, label_text, given, targets):
+def fake_analyse(rule_call, label_text, given, targets, constraints = []):
     impl = rule_call(_harness_impl = True)
     schema = rule_call(_harness_attrs = True)
     for name in given:
@@ -467,12 +482,13 @@ def fake_analyse(rule_call, label_text, given, targets):
     for name, spec in schema.items():
         if name in given and spec.kind == "default_only":
             fail("attribute", name, "cannot be set (default_only)")
-        value = given.get(name, spec.default)
+        value = _resolve_select(given.get(name, spec.default), constraints)
         if value == _NO_DEFAULT:
             fail("missing mandatory attribute `" + name + "`")
         values[name] = _coerce(name, spec, value, targets)
     package, _, name = label_text.removeprefix("//").partition(":")
-    label = struct(name = name, package = package)
+    target_label = struct(_kind = "target_label", name = name, package = package, text = "root//" + package + ":" + name)
+    label = struct(name = name, package = package, raw_target = lambda: target_label)
     actions = _make_actions(label)
     ctx = struct(attrs = struct(**values), actions = actions, label = label)
     providers = impl(ctx)
@@ -503,10 +519,17 @@ def _plain(value):
     if type(value) == "list":
         return [_plain(v) for v in value]
     if type(value) == "dict":
-        return {str(k): _plain(v) for k, v in value.items()}
+        return {_plain_key(k): _plain(v) for k, v in value.items()}
+    if type(value) == "struct" and getattr(value, "_kind", None) == "target_label":
+        return value.text
     if type(value) == "record":
         return _plain_provider(value)
     return value
+
+def _plain_key(key):
+    if type(key) == "struct" and getattr(key, "_kind", None) == "target_label":
+        return key.text
+    return str(key)
 
 def _plain_provider(p):
     out = {"_provider": _provider_name(p)}
@@ -531,10 +554,86 @@ def rule(*, impl, attrs, cfg = None, supports_incoming_transition = None, doc = 
             return attrs
         if "name" not in kwargs:
             fail("missing `name` for a rule call")
-        _py_target(kwargs["name"])
+        _py_target(kwargs["name"], {k: v for k, v in kwargs.items() if type(v) in ("string", "int", "bool", "list", "dict")})
         return None
 
     return rule_call
+
+# -- select() and configurations ----------------------------------------------------------
+_Select = record(choices = dict)
+
+def select(choices, /):
+    if type(choices) != "dict":
+        fail("select: expects a dict")
+    for key in choices:
+        if type(key) != "string":
+            fail("select: keys must be strings, not", type(key))
+    return _Select(choices = choices)
+
+def _resolve_select(value, constraints):
+    # Most specific matching key wins in Buck2; here a key is one constraint value label.
+    if not isinstance(value, _Select):
+        return value
+    matches = [k for k in value.choices if k != "DEFAULT" and k in constraints]
+    if len(matches) > 1:
+        fail("select: ambiguous keys", matches)
+    if matches:
+        return value.choices[matches[0]]
+    if "DEFAULT" in value.choices:
+        return value.choices["DEFAULT"]
+    fail("select: no key matches", constraints, "and there is no DEFAULT")
+
+def _is_target_label(value):
+    return type(value) == "struct" and getattr(value, "_kind", None) == "target_label"
+
+_ConstraintSettingInfo = record(label = typing.Any, default = typing.Any)
+
+def ConstraintSettingInfo(*, label, default = None):
+    if not _is_target_label(label):
+        fail("ConstraintSettingInfo: label must be a TargetLabel (ctx.label.raw_target())")
+    return _ConstraintSettingInfo(label = label, default = default)
+
+_ConstraintValueInfo = record(setting = typing.Any, label = typing.Any)
+
+def ConstraintValueInfo(*, setting, label):
+    if not isinstance(setting, _ConstraintSettingInfo):
+        fail("ConstraintValueInfo: setting must be a ConstraintSettingInfo")
+    return _ConstraintValueInfo(setting = setting, label = label)
+
+_ConfigurationInfo = record(constraints = dict, values = dict)
+
+def ConfigurationInfo(*, constraints, values):
+    for setting, value in constraints.items():
+        if not _is_target_label(setting) or not isinstance(value, _ConstraintValueInfo):
+            fail("ConfigurationInfo: constraints maps setting TargetLabels to ConstraintValueInfo")
+    for key in values:
+        if len(key.split(".")) != 2:
+            fail("ConfigurationInfo: values keys are section.key, not", repr(key))
+    return _ConfigurationInfo(constraints = constraints, values = values)
+
+_CommandExecutorConfig = record(local_enabled = bool, remote_enabled = bool, use_persistent_workers = bool, use_bazel_protocol_remote_persistent_workers = bool, remote_execution_properties = typing.Any)
+
+def CommandExecutorConfig(*, local_enabled, remote_enabled, remote_cache_enabled = None, remote_dep_file_cache_enabled = False, remote_execution_properties = None, remote_execution_action_key = None, remote_execution_max_input_files_mebibytes = None, remote_execution_queue_time_threshold_s = None, remote_execution_use_case = None, use_limited_hybrid = False, allow_limited_hybrid_fallbacks = False, allow_hybrid_fallbacks_on_failure = False, use_windows_path_separators = False, use_persistent_workers = False, use_bazel_protocol_remote_persistent_workers = False, allow_cache_uploads = False, max_cache_upload_mebibytes = None, experimental_low_pass_filter = False, remote_output_paths = None, network_access = None, remote_execution_resource_units = None, remote_execution_dependencies = [], remote_execution_gang_workers = [], remote_execution_dynamic_image = None, meta_internal_extra_params = None, priority = None):
+    if remote_enabled and (remote_execution_properties == None or remote_execution_use_case == None):
+        fail("CommandExecutorConfig: MissingField: remote_enabled needs remote_execution_properties and remote_execution_use_case")
+    return _CommandExecutorConfig(local_enabled = local_enabled, remote_enabled = remote_enabled, use_persistent_workers = use_persistent_workers, use_bazel_protocol_remote_persistent_workers = use_bazel_protocol_remote_persistent_workers, remote_execution_properties = remote_execution_properties)
+
+_ExecutionPlatformInfo = record(label = typing.Any, configuration = typing.Any, executor_config = typing.Any)
+
+def ExecutionPlatformInfo(*, label, configuration, executor_config):
+    if not _is_target_label(label):
+        fail("ExecutionPlatformInfo: label must be a TargetLabel, unlike PlatformInfo's")
+    if not isinstance(configuration, _ConfigurationInfo) or not isinstance(executor_config, _CommandExecutorConfig):
+        fail("ExecutionPlatformInfo: configuration must be a ConfigurationInfo and executor_config a CommandExecutorConfig")
+    return _ExecutionPlatformInfo(label = label, configuration = configuration, executor_config = executor_config)
+
+_ExecutionPlatformRegistrationInfo = record(platforms = list, fallback = typing.Any)
+
+def ExecutionPlatformRegistrationInfo(*, platforms, fallback = None, exec_marker_constraint = None):
+    for platform in platforms:
+        if not isinstance(platform, _ExecutionPlatformInfo):
+            fail("ExecutionPlatformRegistrationInfo: platforms must be ExecutionPlatformInfo values")
+    return _ExecutionPlatformRegistrationInfo(platforms = platforms, fallback = fallback)
 
 def read_root_config(section, key, default = None, /):
     return _py_read_root_config(section, key, default)
@@ -547,7 +646,9 @@ EXPORTS = (
     "AnalysisContext", "AnalysisActions", "Provider", "Artifact", "Dependency", "Label",
     "attrs", "provider", "provider_field", "DefaultInfo", "RunInfo", "WorkerInfo",
     "WorkerRunInfo", "cmd_args", "rule", "read_root_config", "fake_analyse", "fake_dep",
-    "fake_dep_of",
+    "fake_dep_of", "select", "ConstraintSettingInfo", "ConstraintValueInfo", "ConfigurationInfo",
+    "CommandExecutorConfig", "ExecutionPlatformInfo", "ExecutionPlatformRegistrationInfo",
+    "fake_target_label",
 )  # fmt: skip
 API_LOAD_ID = "@buck2_fake//:api.bzl"
 
@@ -576,6 +677,8 @@ class Buck2Fake:
     root_config: dict[tuple[str, str], str] = field(default_factory=dict)
     actions: list[dict[str, Any]] = field(default_factory=list)
     targets: list[str] = field(default_factory=list)
+    #: The JSON-able attributes of each target a BUCK file declared, by name.
+    target_attrs: dict[str, dict[str, Any]] = field(default_factory=dict)
     _cache: dict[Path, sl.FrozenModule] = field(default_factory=dict)
     _api: sl.FrozenModule | None = None
 
@@ -583,7 +686,7 @@ class Buck2Fake:
         if self._api is None:
             module = sl.Module()
             module.add_callable("_py_action", lambda action: self.actions.append(action))
-            module.add_callable("_py_target", lambda name: self.targets.append(name))
+            module.add_callable("_py_target", self._record_target)
             module.add_callable(
                 "_py_read_root_config",
                 lambda section, key, default: self.root_config.get((section, key), default),
@@ -591,6 +694,10 @@ class Buck2Fake:
             sl.eval(module, sl.parse("<buck2 fake>", FAKE_API, buck2_bzl_dialect()), GLOBALS)
             self._api = module.freeze()
         return self._api
+
+    def _record_target(self, name: str, attrs: dict[str, Any]) -> None:
+        self.targets.append(name)
+        self.target_attrs[name] = attrs
 
     def _module(self) -> sl.Module:
         """A module that already has the fake's globals bound (by a load of its own, so
@@ -644,6 +751,7 @@ class Buck2Fake:
         attrs: dict[str, str],
         targets: dict[str, str] | None = None,
         loads: dict[str, list[str]] | None = None,
+        constraints: list[str] | None = None,
     ) -> Analysis:
         """Analyses ``label``, a target of rule ``rule_name`` from ``bzl`` (``@cell//pkg:f.bzl``).
 
@@ -658,7 +766,7 @@ class Buck2Fake:
         harness = (
             extra + f"load({json.dumps(bzl)}, {json.dumps(rule_name)})\n"
             f"def analyse():\n"
-            f"    return fake_analyse({rule_name}, {json.dumps(label)}, {given}, {known})\n"
+            f"    return fake_analyse({rule_name}, {json.dumps(label)}, {given}, {known}, {json.dumps(constraints or [])})\n"
         )
         first = len(self.actions)
         module = self.eval_file(CELLS["root"] / "__harness__.bzl", "root", harness)

@@ -80,6 +80,8 @@ def test_config_carries_every_setting() -> None:
         "max_instances": 3,
         "multiplex": True,
         "protocol": "proto",
+        "remote": {"tls": False},
+        "routing": "local",
         "tool_inputs": ["tools/worker.jar"],
     }
     worker = analysis.provider("WorkerInfo")

@@ -56,6 +56,9 @@ def test_full_config_round_trip(tmp_path: Path) -> None:
         ({"env": {"A": 1}}, "`env` must be an object of strings"),
         ({"frame_stall_timeout_s": 0}, "`frame_stall_timeout_s` must be a number of seconds"),
         ([1], "must hold a JSON object"),
+        ({"routing": "cloud"}, "`routing` must be one of"),
+        ({"remote": {"endpoint": 5}}, "`remote.endpoint` must be a str"),
+        ({"remote": {"port": 5}}, "`remote.port` is unknown"),
     ],
 )
 def test_bad_values_name_the_key(data: object, message: str) -> None:

@@ -123,6 +123,13 @@ class RequestHandler:
                 self._idle.set()
 
     def prepare(self, command: pb.ExecuteCommand) -> PreparedRequest:
+        if self.config.routing != "local":
+            raise RequestError(
+                f"routing `{self.config.routing}` (from [persistent_workers] routing, through the "
+                "execution platform) needs remote forwarding, which this version of worker-runtime "
+                "does not have yet; set `routing = local` in the [persistent_workers] section of "
+                ".buckconfig"
+            )
         args: list[str] = []
         for index, raw in enumerate(command.argv):
             try:

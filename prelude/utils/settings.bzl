@@ -1,0 +1,34 @@
+"""Reading the project's [persistent_workers] settings: names, allowed values, checks."""
+
+# Where worker requests go; the runtime's config key `routing` takes the same values.
+ROUTINGS = ["local", "remote", "auto", "race"]
+
+def bool_setting(key: str, value: str) -> bool:
+    """Reads a boolean [persistent_workers] value.
+
+    Args:
+      key: the key's name in [persistent_workers], for the error message.
+      value: the value read with read_root_config.
+
+    Returns:
+      The value as a bool; anything but true/false fails analysis naming the key.
+    """
+    lowered = value.lower()
+    if lowered in ("true", "1", "yes"):
+        return True
+    if lowered in ("false", "0", "no"):
+        return False
+    fail("[persistent_workers] " + key + " = " + repr(value) + " is not a boolean: use true or false")
+
+def check_routing(value: str) -> str:
+    """Checks a [persistent_workers] routing value.
+
+    Args:
+      value: the value read with read_root_config.
+
+    Returns:
+      The value; anything but one of ROUTINGS fails analysis naming the key.
+    """
+    if value not in ROUTINGS:
+        fail("[persistent_workers] routing = " + repr(value) + " is not one of " + ", ".join(ROUTINGS))
+    return value

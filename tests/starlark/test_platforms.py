@@ -1,0 +1,152 @@
+"""The execution platforms, the [persistent_workers] settings, and the routing that worker
+tools pick up from the execution platform through select()."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+import starlark as sl
+
+from tests.starlark.buck2_fake import CELLS, Analysis, Buck2Fake
+from worker_runtime.config import config_from_mapping
+
+ROUTINGS = ("local", "remote", "auto", "race")
+SETTING = 'ConstraintSettingInfo(label = fake_target_label("prelude//platforms:worker_routing"))'
+
+
+def routing_value(name: str) -> str:
+    label = f'fake_target_label("prelude//platforms:routing_{name}")'
+    value = f"ConstraintValueInfo(setting = {SETTING}, label = {label})"
+    return f"fake_dep({value})"
+
+
+def platforms_buck(root_config: dict[tuple[str, str], str]) -> dict[str, Any]:
+    fake = Buck2Fake(root_config=root_config)
+    fake.eval_file(CELLS["prelude"] / "platforms" / "BUCK", "prelude")
+    return fake.target_attrs
+
+
+def analyse_platforms(attrs: dict[str, Any]) -> Analysis:
+    given = {
+        k: json.dumps(v) for k, v in attrs.items() if k in ("enabled", "routing", "routing_values")
+    }
+    targets = {f":routing_{name}": routing_value(name) for name in ROUTINGS}
+    return Buck2Fake().analyse(
+        "@prelude//platforms:execution_platforms.bzl", "persistent_worker_platforms",
+        "//platforms:platforms", given, targets,
+    )  # fmt: skip
+
+
+def test_platform_from_default_config_turns_workers_on_locally() -> None:
+    attrs = platforms_buck({})["platforms"]
+    assert (attrs["routing"], attrs["enabled"]) == ("local", "true")
+    registration = analyse_platforms(attrs).provider("ExecutionPlatformRegistrationInfo")
+    (platform,) = registration["platforms"]
+    assert platform["label"] == "root//platforms:platforms"
+    assert platform["executor_config"]["use_persistent_workers"] is True
+    assert platform["executor_config"]["local_enabled"] is True
+    assert platform["executor_config"]["remote_enabled"] is False
+    constraints = platform["configuration"]["constraints"]
+    assert list(constraints) == ["prelude//platforms:worker_routing"]
+    assert (
+        constraints["prelude//platforms:worker_routing"]["label"]
+        == "prelude//platforms:routing_local"
+    )
+
+
+def test_one_line_of_buckconfig_switches_the_routing() -> None:
+    attrs = platforms_buck({("persistent_workers", "routing"): "remote"})["platforms"]
+    (platform,) = analyse_platforms(attrs).provider("ExecutionPlatformRegistrationInfo")[
+        "platforms"
+    ]
+    value = platform["configuration"]["constraints"]["prelude//platforms:worker_routing"]
+    assert value["label"] == "prelude//platforms:routing_remote"
+
+
+def test_workers_can_be_switched_off() -> None:
+    attrs = platforms_buck({("persistent_workers", "enabled"): "false"})["platforms"]
+    (platform,) = analyse_platforms(attrs).provider("ExecutionPlatformRegistrationInfo")[
+        "platforms"
+    ]
+    assert platform["executor_config"]["use_persistent_workers"] is False
+
+
+@pytest.mark.parametrize(
+    ("setting", "value", "message"),
+    [
+        (
+            "routing",
+            "cloud",
+            '[persistent_workers] routing = "cloud" is not one of local, remote, auto, race',
+        ),
+        ("enabled", "maybe", '[persistent_workers] enabled = "maybe" is not a boolean'),
+    ],
+)
+def test_bad_setting_is_an_analysis_error_naming_the_key(
+    setting: str, value: str, message: str
+) -> None:
+    attrs = platforms_buck({("persistent_workers", setting): value})["platforms"]
+    with pytest.raises(sl.StarlarkError) as info:
+        analyse_platforms(attrs)
+    assert message in str(info.value)
+
+
+def analyse_tool(root_config: dict[tuple[str, str], str], constraints: list[str]) -> dict[str, Any]:
+    fake = Buck2Fake(root_config=root_config)
+    analysis = fake.analyse(
+        "@prelude//worker:worker_tool.bzl", "worker_tool", "//tools:w",
+        {"backend": 'fake_dep(RunInfo(args = cmd_args("w")))'},
+        {"toolchains//:worker_runtime": 'fake_dep(RunInfo(args = cmd_args("worker-runtime")))'},
+        constraints=constraints,
+    )  # fmt: skip
+    config: dict[str, Any] = json.loads(analysis.action("write_json")["content"])
+    return config
+
+
+@pytest.mark.parametrize("routing", ROUTINGS)
+def test_worker_tool_picks_the_routing_of_its_execution_platform(routing: str) -> None:
+    config = analyse_tool({}, [f"//platforms:routing_{routing}"])
+    assert config["routing"] == routing
+    config_from_mapping(config).validated()  # what the runtime accepts
+
+
+def test_remote_settings_reach_the_runtime_config() -> None:
+    settings = {
+        ("persistent_workers", "remote_endpoint"): "grpcs://re.example.invalid:443",
+        ("persistent_workers", "remote_instance_name"): "team-a",
+        ("persistent_workers", "remote_credentials_file"): "/home/u/.config/re-token",
+        ("persistent_workers", "remote_tls"): "true",
+    }
+    config = analyse_tool(settings, ["//platforms:routing_remote"])
+    assert config["remote"] == {
+        "endpoint": "grpcs://re.example.invalid:443",
+        "instance_name": "team-a",
+        "credentials_file": "/home/u/.config/re-token",
+        "tls": True,
+    }
+    assert config_from_mapping(config).validated().remote["tls"] is True
+
+
+def test_bad_remote_tls_is_an_analysis_error_naming_the_key() -> None:
+    with pytest.raises(
+        sl.StarlarkError, match=r"\[persistent_workers\] remote_tls = \"sometimes\""
+    ):
+        analyse_tool({("persistent_workers", "remote_tls"): "sometimes"}, [])
+
+
+def test_fake_checks_configuration_providers(tmp_path: Path) -> None:
+    fake = Buck2Fake()
+    cases = {
+        "CommandExecutorConfig(local_enabled = True, remote_enabled = True)": "MissingField",
+        "CommandExecutorConfig(local_enabled = True)": "remote_enabled",
+        'ConstraintSettingInfo(label = "//p:s")': "must be a TargetLabel",
+        "ConfigurationInfo(constraints = {}, values = {'nodot': 'x'})": "section.key",
+        'select({"DEFAULT": 1, 2: 3})': "keys must be strings",
+    }
+    for expression, message in cases.items():
+        with pytest.raises(sl.StarlarkError) as info:
+            fake.eval_file(tmp_path / "case.bzl", "root", f"x = {expression}\n")
+        assert message in str(info.value), (expression, str(info.value)[-300:])

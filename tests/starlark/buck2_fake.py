@@ -743,6 +743,14 @@ class Buck2Fake:
             self._cache[path] = frozen
         return frozen
 
+    def error_of(self, expression: str, where: Path) -> str:
+        """The error a .bzl file that evaluates ``expression`` fails with (fails if none)."""
+        try:
+            self.eval_file(where / "case.bzl", "root", f"x = {expression}\n")
+        except sl.StarlarkError as exc:
+            return str(exc)
+        raise AssertionError(f"{expression} was accepted; Buck2 rejects it")
+
     def analyse(
         self,
         bzl: str,

@@ -50,3 +50,16 @@ def test_daemon_warmth_benchmark_writes_its_json() -> None:
         assert data[backend]["second_command_first_request_ms"] > 0
     assert data["memory"]["idle_daemon_rss_mb"] > 0
     assert set(data["met"]) >= {"second_over_warm", "front_added", "idle_daemon_rss"}
+
+
+def test_javac_worker_benchmark_writes_its_json() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "benchmarks.javac_worker", "--cold-runs", "1", "--warm-runs", "2",
+         "--warmup", "1", "--output", "-"],
+        cwd=REPO_ROOT, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    data = json.loads(result.stdout)
+    for target in ("one_class", "ten_classes"):
+        assert data[target]["cold_ms"] > 0 and data[target]["warm_ms"] > 0
+    assert "met" in data

@@ -1,0 +1,146 @@
+"""The javac worker (toolchains/java/): one-shot, through the runtime in both wire formats,
+multiplexed, and never leaking one compile's classes into another."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import REPO_ROOT, StartRuntime
+from worker_runtime.buck2.emulator import StreamingSession, make_command
+from worker_runtime.errors import RUNTIME_ERROR_EXIT_CODE
+from worker_runtime.proto import buck2_worker_pb2 as pb
+from worker_runtime.proto import buck2_worker_pb2_grpc as pb_grpc
+
+JAVAC_WORKER = str(REPO_ROOT / "toolchains" / "java" / "javac-worker")
+
+
+def write_sources(root: Path, count: int = 3) -> list[str]:
+    """A small package with a dependency chain: C0 <- C1 <- C2 ..."""
+    paths = []
+    for i in range(count):
+        body = "return 1;" if i == 0 else f"return C{i - 1}.value() + {i};"
+        path = root / "src" / "demo" / f"C{i}.java"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(
+            f"package demo;\npublic class C{i} {{\n  public static int value() {{ {body} }}\n}}\n"
+        )
+        paths.append(str(path.relative_to(root)))
+    return paths
+
+
+def classes(out: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(out)): p.read_bytes() for p in sorted(out.rglob("*.class"))}
+
+
+def cold_javac(root: Path, out: str, sources: list[str]) -> dict[str, bytes]:
+    subprocess.run(["javac", "-d", out, *sources], cwd=root, check=True, timeout=120)
+    return classes(root / out)
+
+
+def test_one_shot_with_an_argfile_matches_javac(tmp_path: Path) -> None:
+    sources = write_sources(tmp_path)
+    (tmp_path / "req.args").write_text("\n".join(["-d", "worker_out", *sources]) + "\n")
+    result = subprocess.run(
+        [JAVAC_WORKER, "@req.args"], cwd=tmp_path, capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0, result.stderr
+    assert classes(tmp_path / "worker_out") == cold_javac(tmp_path, "javac_out", sources)
+
+
+def test_one_shot_compile_error_exits_like_javac(tmp_path: Path) -> None:
+    (tmp_path / "Bad.java").write_text("class Bad { int x = ; }\n")
+    result = subprocess.run(
+        [JAVAC_WORKER, "-d", "out", "Bad.java"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 1
+    assert "Bad.java:1: error: illegal start of expression" in result.stderr
+
+
+@pytest.mark.parametrize("protocol", ["proto", "json"])
+def test_warm_compiles_through_the_runtime(
+    start_runtime: StartRuntime, tmp_path: Path, protocol: str
+) -> None:
+    sources = write_sources(tmp_path)
+    worker = start_runtime([JAVAC_WORKER], ["--protocol", protocol], cwd=tmp_path)
+    for attempt in range(3):
+        response = worker.run("-d", f"out{attempt}", *sources)
+        assert (response.exit_code, response.stderr) == (0, "")
+        assert classes(tmp_path / f"out{attempt}") == cold_javac(tmp_path, "cold", sources)
+    (tmp_path / "src" / "Bad.java").write_text("class Bad { String s = 1; }\n")
+    failed = worker.run("-d", "bad", "src/Bad.java")
+    assert failed.exit_code == 1
+    assert (
+        "src/Bad.java:1: error: incompatible types: int cannot be converted to String"
+        in failed.stderr
+    )
+    assert "1 error" in failed.stderr
+    assert worker.run("-d", "again", *sources).exit_code == 0
+
+
+def test_a_compile_never_sees_classes_of_an_earlier_one(
+    start_runtime: StartRuntime, tmp_path: Path
+) -> None:
+    """State must not leak: Dep compiled by one request cannot satisfy another's import."""
+    (tmp_path / "Dep.java").write_text("package leak; public class Dep {}\n")
+    (tmp_path / "User.java").write_text("package other; public class User { leak.Dep d; }\n")
+    worker = start_runtime([JAVAC_WORKER], cwd=tmp_path)
+    assert worker.run("-d", "dep_out", "Dep.java").exit_code == 0
+    response = worker.run("-d", "user_out", "User.java")
+    assert response.exit_code == 1
+    assert "package leak does not exist" in response.stderr
+    assert worker.run("-d", "user_out", "-cp", "dep_out", "User.java").exit_code == 0
+
+
+def test_eight_concurrent_compiles_in_one_multiplex_worker(
+    start_runtime: StartRuntime, tmp_path: Path
+) -> None:
+    sources = write_sources(tmp_path, 5)
+    expected = cold_javac(tmp_path, "cold", sources)
+    worker = start_runtime([JAVAC_WORKER], ["--multiplex", "--protocol", "proto"], cwd=tmp_path)
+
+    async def scenario() -> list[pb.ExecuteResponse]:
+        async with StreamingSession(worker.target) as session:
+            return await asyncio.gather(
+                *(session.execute(make_command(["-d", f"out{i}", *sources])) for i in range(8))
+            )
+
+    responses = asyncio.run(scenario())
+    assert [(r.exit_code, r.stderr) for r in responses] == [(0, "")] * 8
+    for i in range(8):
+        assert classes(tmp_path / f"out{i}") == expected
+
+
+def test_cancelled_compile_is_answered_and_the_worker_stays(
+    start_runtime: StartRuntime, tmp_path: Path
+) -> None:
+    big = tmp_path / "Big.java"
+    methods = "\n".join(
+        f"  static int m{i}(int x) {{ return x * {i} + m{max(i - 1, 0)}(x - 1); }}"
+        for i in range(4000)
+    )
+    big.write_text(f"class Big {{\n{methods}\n}}\n")
+    (tmp_path / "Small.java").write_text("class Small {}\n")
+    worker = start_runtime([JAVAC_WORKER], ["--multiplex", "--cancellable"], cwd=tmp_path)
+    assert worker.run("-d", "warm", "Small.java").exit_code == 0
+    stub = pb_grpc.WorkerStub(worker.channel())
+
+    def events():
+        yield pb.ExecuteEvent(command=make_command(["-d", "big_out", "Big.java"]))
+        time.sleep(0.2)
+        yield pb.ExecuteEvent(cancel=pb.ExecuteCancel())
+
+    response = stub.Exec(events(), timeout=60)
+    assert (
+        response.exit_code == RUNTIME_ERROR_EXIT_CODE
+        and "cancelled by the client" in response.stderr
+    )
+    assert worker.run("-d", "after", "Small.java").exit_code == 0

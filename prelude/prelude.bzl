@@ -1,5 +1,8 @@
 """What the prelude cell exports. Loaded names are not re-exported in Buck2: bind each again."""
 
+load("//java:java_binary.bzl", _java_binary = "java_binary")
+load("//java:java_library.bzl", _JavaLibraryInfo = "JavaLibraryInfo", _java_library = "java_library")
+load("//java:java_toolchain.bzl", _JavaToolchainInfo = "JavaToolchainInfo", _java_toolchain = "java_toolchain")
 load("//worker:host_command.bzl", _host_command = "host_command")
 load("//worker:providers.bzl", _WorkerToolInfo = "WorkerToolInfo")
 load("//worker:worker_run.bzl", _ENVELOPE_ENV = "ENVELOPE_ENV", _worker_run = "worker_run")
@@ -10,3 +13,9 @@ host_command = _host_command
 worker_tool = _worker_tool
 worker_run = _worker_run
 ENVELOPE_ENV = _ENVELOPE_ENV
+
+JavaLibraryInfo = _JavaLibraryInfo
+JavaToolchainInfo = _JavaToolchainInfo
+java_binary = _java_binary
+java_library = _java_library
+java_toolchain = _java_toolchain

@@ -56,7 +56,8 @@ def _worker_tool_impl(ctx: AnalysisContext) -> list[Provider]:
         streaming = ctx.attrs.streaming,
         supports_bazel_remote_persistent_worker_protocol = ctx.attrs.supports_bazel_remote_persistent_worker_protocol,
     )
-    fallback = RunInfo(args = cmd_args(backend))
+    one_shot = ctx.attrs.fallback[RunInfo] if ctx.attrs.fallback else backend
+    fallback = RunInfo(args = cmd_args(one_shot))
     return [
         DefaultInfo(default_output = config),
         worker,
@@ -87,6 +88,11 @@ worker_tool = rule(
             attrs.string(),
             default = {},
             doc = "Fixed variables added to the backend's environment.",
+        ),
+        "fallback": attrs.option(
+            attrs.exec_dep(providers = [RunInfo]),
+            default = None,
+            doc = "What runs one-shot when workers are off (default: the backend itself).",
         ),
         "key_env": attrs.list(
             attrs.string(),

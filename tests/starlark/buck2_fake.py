@@ -9,7 +9,9 @@ an unknown or misplaced argument fails as it does in Buck2, and with Buck2's own
 (an empty ``WorkerInfo.exe``, a rule returning no ``DefaultInfo``, floats in
 ``write_json``, an output declared twice...).
 
-Known limit: ``cmd_args`` here is a function, so it cannot be a type annotation as it
+Known limits: a ``provider_field`` default that is a list or dict makes the fake's
+provider type unhashable (so it cannot index a dependency): use None. ``cmd_args`` here
+is a function, so it cannot be a type annotation as it
 can in Buck2; code tested with the fake annotates command lines ``typing.Any``.
 
 Python cannot receive Starlark functions (starlark-pyo3 converts values to plain data),
@@ -412,7 +414,23 @@ def _make_actions(label):
     def unbound():
         return [key for key, bound in declared.items() if not bound]
 
-    return struct(declare_output = declare_output, run = run, write = write, write_json = write_json, _unbound = unbound)
+    def symlinked_dir(output, srcs, /, *, has_content_based_path = None):
+        for name, source in srcs.items():
+            if not _is_artifact(source):
+                fail("symlinked_dir: srcs values must be artifacts")
+        _check_inputs(list(srcs.values()))
+        artifact = _output(output)
+        _py_action({"kind": "symlinked_dir", "output": artifact.path, "srcs": {k: v.path for k, v in srcs.items()}})
+        return artifact
+
+    return struct(declare_output = declare_output, run = run, symlinked_dir = symlinked_dir, write = write, write_json = write_json, _unbound = unbound)
+
+def fake_artifact(path):
+    # A source file, for dependencies given by hand in tests.
+    return _source(path)
+
+def glob(include, *, exclude = []):
+    return _py_glob(include, exclude)
 
 def fake_target_label(text):
     package, _, name = text.split("//")[-1].partition(":")
@@ -648,9 +666,24 @@ EXPORTS = (
     "WorkerRunInfo", "cmd_args", "rule", "read_root_config", "fake_analyse", "fake_dep",
     "fake_dep_of", "select", "ConstraintSettingInfo", "ConstraintValueInfo", "ConfigurationInfo",
     "CommandExecutorConfig", "ExecutionPlatformInfo", "ExecutionPlatformRegistrationInfo",
-    "fake_target_label",
+    "fake_target_label", "fake_artifact", "glob",
 )  # fmt: skip
 API_LOAD_ID = "@buck2_fake//:api.bzl"
+
+
+def starlark_literal(value: Any) -> str:
+    """A Starlark expression for a JSON-like Python value."""
+    if isinstance(value, bool) or value is None:
+        return repr(value)
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(starlark_literal(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return (
+            "{"
+            + ", ".join(f"{json.dumps(k)}: {starlark_literal(v)}" for k, v in value.items())
+            + "}"
+        )
+    return json.dumps(value)
 
 
 @dataclass
@@ -681,12 +714,14 @@ class Buck2Fake:
     target_attrs: dict[str, dict[str, Any]] = field(default_factory=dict)
     _cache: dict[Path, sl.FrozenModule] = field(default_factory=dict)
     _api: sl.FrozenModule | None = None
+    _package: Path = REPO_ROOT
 
     def api(self) -> sl.FrozenModule:
         if self._api is None:
             module = sl.Module()
             module.add_callable("_py_action", lambda action: self.actions.append(action))
             module.add_callable("_py_target", self._record_target)
+            module.add_callable("_py_glob", self._glob)
             module.add_callable(
                 "_py_read_root_config",
                 lambda section, key, default: self.root_config.get((section, key), default),
@@ -694,6 +729,19 @@ class Buck2Fake:
             sl.eval(module, sl.parse("<buck2 fake>", FAKE_API, buck2_bzl_dialect()), GLOBALS)
             self._api = module.freeze()
         return self._api
+
+    def _glob(self, include: list[str], exclude: list[str]) -> list[str]:
+        """glob() in the package of the BUCK file being evaluated."""
+        found: set[str] = set()
+        for pattern in include:
+            found |= {
+                str(p.relative_to(self._package))
+                for p in self._package.glob(pattern)
+                if p.is_file()
+            }
+        for pattern in exclude:
+            found -= {str(p.relative_to(self._package)) for p in self._package.glob(pattern)}
+        return sorted(found)
 
     def _record_target(self, name: str, attrs: dict[str, Any]) -> None:
         self.targets.append(name)
@@ -732,6 +780,8 @@ class Buck2Fake:
         module = self._module()
         text = path.read_text() if source is None else source
         dialect = buck2_build_dialect() if path.name == "BUCK" else buck2_bzl_dialect()
+        if path.name == "BUCK":
+            self._package = path.parent
 
         def load(load_id: str) -> sl.FrozenModule:
             target, target_cell = self.resolve(load_id, path, cell)

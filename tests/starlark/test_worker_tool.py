@@ -158,7 +158,13 @@ def test_prelude_exports_and_toolchain_target() -> None:
     check = 'load("@prelude//:prelude.bzl", "WorkerToolInfo", "host_command", "worker_tool")\n'
     fake.eval_file(CELLS["root"] / "__check__.bzl", "root", check)
     fake.eval_file(CELLS["toolchains"] / "BUCK", "toolchains")
-    assert fake.targets == ["worker_runtime"]
+    assert fake.targets == [
+        "worker_runtime", "javac_worker_bin", "javac", "jar", "java_command", "javac_worker", "java",
+    ]  # fmt: skip
+    assert (
+        "java/src/buck2/workers/javac/JavacWorker.java"
+        in fake.target_attrs["javac_worker"]["tool_inputs"]
+    )
 
 
 def test_prelude_loads_are_cell_relative() -> None:

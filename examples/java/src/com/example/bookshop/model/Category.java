@@ -1,0 +1,3 @@
+package com.example.bookshop.model;
+
+public enum Category { FICTION, SCIENCE, HISTORY, CHILDREN }

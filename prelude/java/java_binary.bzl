@@ -1,0 +1,50 @@
+"""java_binary: a main class with its runtime classpath, runnable with `buck2 run`."""
+
+load("//java:java_library.bzl", "JAVA_TOOLCHAIN_ATTR", "JavaLibraryInfo", "compile_java")
+load("//java:java_toolchain.bzl", "JavaToolchainInfo")
+
+def _java_binary_impl(ctx: AnalysisContext) -> list[Provider]:
+    toolchain = ctx.attrs._java_toolchain[JavaToolchainInfo]
+    deps = [dep[JavaLibraryInfo] for dep in ctx.attrs.deps]
+    jars = [compile_java(ctx, toolchain, deps)] if ctx.attrs.srcs else []
+    seen = {}
+    for jar in jars + [j for d in deps for j in d.runtime_jars]:
+        seen[jar] = True
+    classpath = list(seen)
+    launcher = ctx.actions.write(
+        ctx.attrs.name + ".sh",
+        cmd_args(
+            "#!/bin/sh",
+            cmd_args(
+                "exec",
+                toolchain.java,
+                "-cp",
+                cmd_args(classpath, delimiter = ":"),
+                ctx.attrs.main_class,
+                "\"$@\"",
+                delimiter = " ",
+            ),
+        ),
+        is_executable = True,
+        absolute = True,
+    )
+    return [
+        DefaultInfo(default_output = launcher, other_outputs = classpath),
+        RunInfo(args = cmd_args(launcher, hidden = classpath)),
+    ]
+
+java_binary = rule(
+    impl = _java_binary_impl,
+    doc = "A Java program: its main class run with the runtime classpath of its deps.",
+    attrs = {
+        "deps": attrs.list(
+            attrs.dep(providers = [JavaLibraryInfo]),
+            default = [],
+            doc = "Libraries on the classpath.",
+        ),
+        "main_class": attrs.string(doc = "The class whose main() runs."),
+        "resources": attrs.list(attrs.source(), default = [], doc = "Files added to the jar."),
+        "srcs": attrs.list(attrs.source(), default = [], doc = "Sources of the binary itself."),
+        "_java_toolchain": JAVA_TOOLCHAIN_ATTR,
+    },
+)

@@ -1,0 +1,126 @@
+"""The Java rules: what they register, and the example built end to end as Buck2 would,
+warm through the javac worker and cold with javac, with the same classes and output."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+import pytest
+import starlark as sl
+
+from tests.starlark.buck2_fake import REPO_ROOT, Buck2Fake
+from tests.starlark.build_runner import (
+    PRELUDE_JAVA,
+    build_java_package,
+    java_library_dep,
+    java_toolchain_dep,
+    javac_worker,
+    javac_worker_config,
+    make_project,
+)
+
+EXPECTED_OUTPUT = """Sales
+O-2                         107.30
+TOTAL                       107.30
+declined: payment of 1.00 does not cover 59.98
+"""
+
+
+def analyse_library(attrs: dict[str, str], targets: dict[str, str]) -> object:
+    targets = {"toolchains//:java": java_toolchain_dep(["worker-runtime"]), **targets}
+    return Buck2Fake().analyse(
+        "@prelude//java:java_library.bzl", "java_library", "//lib:b", attrs, targets, PRELUDE_JAVA
+    )
+
+
+def test_java_library_compiles_on_the_worker_against_its_deps() -> None:
+    dep = {
+        "output_jar": {"artifact": "buck-out/a/a.jar"},
+        "compile_jars": [{"artifact": "buck-out/a/a.jar"}, {"artifact": "buck-out/x/x.jar"}],
+        "runtime_jars": [{"artifact": "buck-out/a/a.jar"}, {"artifact": "buck-out/x/x.jar"}],
+    }
+    analysis = analyse_library(
+        {
+            "srcs": '["lib/B.java", "lib/C.java"]',
+            "deps": '[":a"]',
+            "resources": '["lib/b.properties"]',
+        },
+        {":a": java_library_dep(dep)},
+    )
+    argfile = analysis.action("write")  # type: ignore[attr-defined]
+    classes = "buck-out/v2/gen/root/lib/__b__/classes"
+    assert argfile["content"].split("\n") == [
+        "-d", classes, "-cp", "buck-out/a/a.jar:buck-out/x/x.jar", "--release", "17",
+        "lib/B.java", "lib/C.java",
+    ]  # fmt: skip
+    runs = [a for a in analysis.actions if a["kind"] == "run"]  # type: ignore[attr-defined]
+    javac, jar = runs
+    assert javac["category"] == "javac" and javac["fallback"] == ["javac"]
+    assert javac["arguments"] == ["@" + argfile["output"]] and javac["outputs"] == [classes]
+    assert jar["arguments"][:4] == [
+        "jar",
+        "--create",
+        "--file",
+        "buck-out/v2/gen/root/lib/__b__/b.jar",
+    ]
+    assert jar["arguments"][4:] == [
+        "-C",
+        classes,
+        ".",
+        "-C",
+        "buck-out/v2/gen/root/lib/__b__/resources",
+        ".",
+    ]
+    info = analysis.provider("JavaLibraryInfo")  # type: ignore[attr-defined]
+    b_jar = {"artifact": "buck-out/v2/gen/root/lib/__b__/b.jar"}
+    assert info["compile_jars"] == [b_jar]  # deps are not exported
+    assert info["runtime_jars"] == [
+        b_jar,
+        {"artifact": "buck-out/a/a.jar"},
+        {"artifact": "buck-out/x/x.jar"},
+    ]
+
+
+def test_java_library_without_srcs_is_an_analysis_error() -> None:
+    with pytest.raises(sl.StarlarkError, match="a Java target needs srcs"):
+        analyse_library({}, {})
+
+
+def test_example_is_a_realistic_small_codebase() -> None:
+    fake = Buck2Fake()
+    fake.eval_file(REPO_ROOT / "examples" / "java" / "BUCK", "root")
+    libraries = [n for n, a in fake.target_attrs.items() if "main_class" not in a]
+    classes = sum(len(a["srcs"]) for a in fake.target_attrs.values())
+    assert len(libraries) >= 6 and classes >= 40
+    assert fake.target_attrs["bookshop"]["main_class"] == "com.example.bookshop.app.Main"
+
+
+def class_files(project: Path) -> dict[str, bytes]:
+    out = project / "buck-out"
+    return {str(p.relative_to(out)): p.read_bytes() for p in sorted(out.rglob("*.class"))}
+
+
+def run_binary(project: Path) -> str:
+    launcher = project / "buck-out/v2/gen/root/examples/java/__bookshop__/bookshop.sh"
+    return subprocess.run(
+        ["sh", str(launcher)], cwd=project, capture_output=True, text=True, check=True
+    ).stdout
+
+
+def test_example_builds_warm_and_cold_with_the_same_classes(tmp_path: Path) -> None:
+    (tmp_path / "cold_root").mkdir()
+    cold = make_project(tmp_path / "cold_root")
+    build_java_package(cold, "examples/java", worker=None)
+    assert run_binary(cold) == EXPECTED_OUTPUT
+    (tmp_path / "warm_root").mkdir()
+    warm = make_project(tmp_path / "warm_root")
+    config = javac_worker_config()
+    assert config["multiplex"] is True and config["command"] == ["toolchains/java/javac-worker"]
+    with javac_worker(warm, config, ["--no-daemon"]) as worker:
+        build_java_package(warm, "examples/java", worker=worker)
+    assert run_binary(warm) == EXPECTED_OUTPUT
+    assert class_files(warm) == class_files(cold)
+    assert len(class_files(warm)) >= 40
+    assert json.loads((warm / "buck-out/javac_worker.json").read_text())["routing"] == "local"

@@ -63,3 +63,15 @@ def test_javac_worker_benchmark_writes_its_json() -> None:
     for target in ("one_class", "ten_classes"):
         assert data[target]["cold_ms"] > 0 and data[target]["warm_ms"] > 0
     assert "met" in data
+
+
+def test_java_example_benchmark_writes_its_json() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "benchmarks.java_example", "--rounds", "1", "--warmup-commands", "1",
+         "--output", "-"],
+        cwd=REPO_ROOT, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    data = json.loads(result.stdout)
+    assert data["cold"]["compile_actions_s"] > 0 and data["warm"]["compile_actions_s"] > 0
+    assert "compile_ratio" in data and "met" in data

@@ -17,6 +17,7 @@ import os
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -76,7 +77,11 @@ class BuildResult:
     """What one build did: the analysis of each target and the times of its actions."""
 
     analyses: dict[str, Analysis] = field(default_factory=dict)
-    action_seconds: list[float] = field(default_factory=list)
+    #: (category, seconds) of every run action, in completion order.
+    action_seconds: list[tuple[str, float]] = field(default_factory=list)
+
+    def seconds(self, category: str) -> float:
+        return sum(s for c, s in self.action_seconds if c == category)
 
 
 @contextmanager
@@ -179,8 +184,6 @@ def run_action(
         return
     for output in action["outputs"]:
         (project / output).parent.mkdir(parents=True, exist_ok=True)
-    import time
-
     start = time.perf_counter()
     if "worker" in action and worker is not None:
         response = worker.execute(make_command(action["arguments"], env=action["env"]))
@@ -192,4 +195,4 @@ def run_action(
         completed = subprocess.run(command, cwd=project, env=env, capture_output=True, text=True)
         if completed.returncode != 0:
             raise RuntimeError(f"action {action['category']} failed: {completed.stderr}")
-    result.action_seconds.append(time.perf_counter() - start)
+    result.action_seconds.append((action["category"], time.perf_counter() - start))

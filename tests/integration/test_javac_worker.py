@@ -144,3 +144,68 @@ def test_cancelled_compile_is_answered_and_the_worker_stays(
         and "cancelled by the client" in response.stderr
     )
     assert worker.run("-d", "after", "Small.java").exit_code == 0
+
+
+def test_a_proto_request_of_123_bytes_is_not_taken_for_json(tmp_path: Path) -> None:
+    """123 is '{': the worker must look past the first byte to tell the formats apart."""
+    (tmp_path / "A.java").write_text("class A {}\n")
+    from worker_runtime.proto import bazel_worker_pb2 as bazel
+    from worker_runtime.protocol.framing import ProtoFraming, encode_varint
+
+    padding = ""
+    while True:
+        request = bazel.WorkRequest(arguments=["-d", "out" + padding, "A.java"])
+        body = request.SerializeToString()
+        if len(body) >= 123:
+            break
+        padding += "x"
+    assert len(body) == 123 and encode_varint(123) == b"{"
+    worker = subprocess.Popen(
+        [JAVAC_WORKER, "--persistent_worker"],
+        cwd=tmp_path,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+    )
+    try:
+        out, _ = worker.communicate(encode_varint(len(body)) + body, timeout=120)
+    finally:
+        worker.kill()
+    (response,) = ProtoFraming().feed(out)
+    assert response.exit_code == 0, response.output
+
+
+def test_one_shot_argfile_keeps_spaces_inside_an_argument(tmp_path: Path) -> None:
+    """Buck2 writes one argument per line; javac alone would split this path in two."""
+    (tmp_path / "sp dir").mkdir()
+    (tmp_path / "sp dir" / "S.java").write_text("class S {}\n")
+    (tmp_path / "req.args").write_text("-d\nout\nsp dir/S.java\n")
+    result = subprocess.run(
+        [JAVAC_WORKER, "@req.args"], cwd=tmp_path, capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "out" / "S.class").exists()
+
+
+def test_multiplex_answers_reach_their_own_requests(
+    start_runtime: StartRuntime, tmp_path: Path
+) -> None:
+    sources = write_sources(tmp_path, 2)
+    for i in range(4):
+        (tmp_path / f"Bad{i}.java").write_text(f'class Bad{i} {{ int x = "{i}"; }}\n')
+    worker = start_runtime([JAVAC_WORKER], ["--multiplex"], cwd=tmp_path)
+
+    async def scenario() -> list[pb.ExecuteResponse]:
+        async with StreamingSession(worker.target) as session:
+            commands = []
+            for i in range(8):
+                argv = (
+                    ["-d", f"out{i}", *sources] if i % 2 else ["-d", f"bad{i}", f"Bad{i // 2}.java"]
+                )
+                commands.append(session.execute(make_command(argv)))
+            return await asyncio.gather(*commands)
+
+    for i, response in enumerate(asyncio.run(scenario())):
+        if i % 2:
+            assert (response.exit_code, response.stderr) == (0, ""), i
+        else:
+            assert response.exit_code == 1 and f"Bad{i // 2}.java:1: error" in response.stderr, i

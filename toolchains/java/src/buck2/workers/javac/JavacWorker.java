@@ -28,8 +28,13 @@ public final class JavacWorker {
 
   private final OutputStream protocolOut;
   private final WireFormat.Writer writer;
-  /** Requests in flight, by id; a cancel answers and removes its request. */
-  private final Map<Integer, Boolean> answered = new ConcurrentHashMap<>();
+  /** A multiplex request in flight; a cancel marks it, and it answers was_cancelled. */
+  private static final class InFlight {
+    volatile boolean cancelled;
+  }
+
+  /** Multiplex requests in flight, by id (an id is in flight until it is answered). */
+  private final Map<Integer, InFlight> inFlight = new ConcurrentHashMap<>();
 
   private JavacWorker(OutputStream protocolOut, WireFormat.Writer writer) {
     this.protocolOut = protocolOut;
@@ -42,14 +47,20 @@ public final class JavacWorker {
       persistent |= arg.equals("--persistent_worker");
     }
     if (!persistent) {
-      System.exit(compile(args, System.err));
+      System.exit(compile(expandArgfiles(args), System.err));
     }
+    // A multiplex thread that dies unexpectedly must not leave a request unanswered.
+    Thread.setDefaultUncaughtExceptionHandler(
+        (thread, error) -> {
+          System.err.println("javac-worker: fatal error in " + thread.getName() + ": " + error);
+          System.exit(5);
+        });
     // Nothing but responses may reach the real stdout: everything else goes to stderr.
     OutputStream stdout = new FileOutputStream(FileDescriptor.out);
     System.setOut(new PrintStream(new FileOutputStream(FileDescriptor.err), true, "UTF-8"));
-    int[] first = new int[1];
-    InputStream in = WireFormat.peek(new BufferedInputStream(System.in), first);
-    boolean json = first[0] == '{';
+    boolean[] isJson = new boolean[1];
+    InputStream in = WireFormat.peek(new BufferedInputStream(System.in), isJson);
+    boolean json = isJson[0];
     WireFormat.Reader reader = json ? new WireFormat.JsonReader(in) : new WireFormat.ProtoReader(in);
     JavacWorker worker =
         new JavacWorker(stdout, json ? new WireFormat.JsonWriter() : new WireFormat.ProtoWriter());
@@ -66,24 +77,31 @@ public final class JavacWorker {
         System.err.println("javac-worker: request " + request.requestId + ": " + request.arguments);
       }
       if (request.cancel) {
-        // javac cannot be interrupted safely: answer the cancel, drop the result later.
-        if (answered.put(request.requestId, Boolean.TRUE) == null) {
-          respond(0, "", request.requestId, true);
+        // javac cannot be interrupted safely: the compile finishes, and its request is then
+        // answered was_cancelled (never touching the output directory after answering).
+        // A cancel of a request already answered is ignored.
+        InFlight state = inFlight.get(request.requestId);
+        if (state != null) {
+          state.cancelled = true;
         }
         continue;
       }
       if (request.requestId == 0) {
-        handle(request); // singleplex: one at a time, in order
+        handle(request, null); // singleplex: one at a time, in order
       } else {
-        answered.remove(request.requestId);
-        Thread thread = new Thread(() -> handle(request), "javac-request-" + request.requestId);
+        InFlight state = new InFlight();
+        if (inFlight.putIfAbsent(request.requestId, state) != null) {
+          respond(1, "javac-worker: request id " + request.requestId + " is already in flight", request.requestId, false);
+          continue;
+        }
+        Thread thread = new Thread(() -> handle(request, state), "javac-request-" + request.requestId);
         thread.setDaemon(true);
         thread.start();
       }
     }
   }
 
-  private void handle(WireFormat.Request request) {
+  private void handle(WireFormat.Request request, InFlight state) {
     ByteArrayOutputStream diagnostics = new ByteArrayOutputStream();
     int code;
     try (PrintStream out = new PrintStream(diagnostics, true, StandardCharsets.UTF_8)) {
@@ -98,8 +116,12 @@ public final class JavacWorker {
       diagnostics.writeBytes(("javac-worker: internal error\n" + trace).getBytes(StandardCharsets.UTF_8));
       code = 1;
     }
-    if (request.requestId != 0 && answered.putIfAbsent(request.requestId, Boolean.TRUE) != null) {
-      return; // cancelled meanwhile: the cancel was answered
+    if (state != null) {
+      inFlight.remove(request.requestId, state);
+      if (state.cancelled) {
+        respond(0, "", request.requestId, true);
+        return;
+      }
     }
     respond(code, diagnostics.toString(StandardCharsets.UTF_8), request.requestId, false);
   }
@@ -115,6 +137,21 @@ public final class JavacWorker {
         System.exit(4);
       }
     }
+  }
+
+  /** @argfiles expanded one argument per line, as Buck2 writes them (javac would split on spaces). */
+  static String[] expandArgfiles(String[] args) throws java.io.IOException {
+    java.util.List<String> out = new java.util.ArrayList<>();
+    for (String arg : args) {
+      if (arg.startsWith("@") && !arg.startsWith("@@")) {
+        for (String line : java.nio.file.Files.readAllLines(java.nio.file.Path.of(arg.substring(1)))) {
+          out.add(line);
+        }
+      } else {
+        out.add(arg);
+      }
+    }
+    return out.toArray(new String[0]);
   }
 
   /** Runs javac once; its diagnostics (javac's usual format) go to {@code diagnostics}. */

@@ -35,15 +35,62 @@ final class WireFormat {
     byte[] encode(int exitCode, String output, int requestId, boolean wasCancelled);
   }
 
-  /** Picks the format from the first byte: a JSON request starts with '{'. */
-  static InputStream peek(InputStream in, int[] first) throws IOException {
-    java.io.PushbackInputStream pushback = new java.io.PushbackInputStream(in, 1);
-    int b = pushback.read();
-    first[0] = b;
-    if (b >= 0) {
-      pushback.unread(b);
+  private static final String[] JSON_KEYS = {
+    "arguments", "inputs", "requestId", "cancel", "verbosity", "sandboxDir"
+  };
+
+  /**
+   * Tells the formats apart from the first bytes. A JSON request starts with '{', optional
+   * white space, then '}' or the quoted name of a WorkRequest field. A proto request of 123
+   * bytes also starts with '{' (its length) and then a field tag, which can be '\n' (field 1)
+   * followed by any argument length, even that of '"': so the field name is checked too.
+   */
+  static InputStream peek(InputStream in, boolean[] json) throws IOException {
+    java.io.PushbackInputStream pushback = new java.io.PushbackInputStream(in, 64);
+    byte[] head = new byte[64];
+    int n = 0;
+    int first = pushback.read();
+    if (first < 0) {
+      return pushback;
     }
+    head[n++] = (byte) first;
+    Boolean decided = first == '{' ? null : Boolean.FALSE;
+    // Read, one byte at a time, just enough to decide: both kinds of request are longer
+    // than what is read here, so this never waits for bytes that will not come.
+    while (decided == null && n < head.length) {
+      int b = pushback.read();
+      if (b < 0) {
+        break;
+      }
+      head[n++] = (byte) b;
+      decided = decide(new String(head, 1, n - 1, StandardCharsets.ISO_8859_1));
+    }
+    json[0] = Boolean.TRUE.equals(decided);
+    pushback.unread(head, 0, n);
     return pushback;
+  }
+
+  /** JSON, proto, or null while the bytes after '{' could still be either. */
+  private static Boolean decide(String rest) {
+    String text = rest.stripLeading();
+    if (text.isEmpty()) {
+      return null;
+    }
+    if (text.startsWith("}")) {
+      return Boolean.TRUE;
+    }
+    if (!text.startsWith("\"")) {
+      return Boolean.FALSE;
+    }
+    boolean prefix = false;
+    for (String key : JSON_KEYS) {
+      String quoted = "\"" + key + "\"";
+      if (text.startsWith(quoted)) {
+        return Boolean.TRUE;
+      }
+      prefix |= quoted.startsWith(text);
+    }
+    return prefix ? null : Boolean.FALSE;
   }
 
   // ---- protobuf ----------------------------------------------------------------------

@@ -6,7 +6,7 @@ load("//java:java_toolchain.bzl", _JavaToolchainInfo = "JavaToolchainInfo", _jav
 load("//worker:host_command.bzl", _host_command = "host_command")
 load("//worker:providers.bzl", _WorkerToolInfo = "WorkerToolInfo")
 load("//worker:worker_run.bzl", _ENVELOPE_ENV = "ENVELOPE_ENV", _worker_run = "worker_run")
-load("//worker:worker_tool.bzl", _worker_tool = "worker_tool")
+load("//worker:worker_tool.bzl", _routing_select = "routing_select", _worker_tool = "worker_tool")
 
 WorkerToolInfo = _WorkerToolInfo
 host_command = _host_command
@@ -19,3 +19,4 @@ JavaToolchainInfo = _JavaToolchainInfo
 java_binary = _java_binary
 java_library = _java_library
 java_toolchain = _java_toolchain
+routing_select = _routing_select

@@ -9,9 +9,13 @@ def _persistent_worker_platforms_impl(ctx: AnalysisContext) -> list[Provider]:
         if name not in ctx.attrs.routing_values:
             fail("routing_values has no constraint value for routing " + repr(name))
     value = ctx.attrs.routing_values[routing][ConstraintValueInfo]
+    constraints = {value.setting.label: value}
+    for extra in ctx.attrs.extra_constraints:
+        info = extra[ConstraintValueInfo]
+        constraints[info.setting.label] = info
     platform = ExecutionPlatformInfo(
         label = ctx.label.raw_target(),
-        configuration = ConfigurationInfo(constraints = {value.setting.label: value}, values = {}),
+        configuration = ConfigurationInfo(constraints = constraints, values = {}),
         # worker-runtime forwards remote requests itself, so Buck2's executor stays local.
         executor_config = CommandExecutorConfig(
             local_enabled = True,
@@ -30,6 +34,11 @@ persistent_worker_platforms = rule(
         "enabled": attrs.string(
             default = "true",
             doc = "[persistent_workers] enabled: true or false.",
+        ),
+        "extra_constraints": attrs.list(
+            attrs.dep(providers = [ConstraintValueInfo]),
+            default = [],
+            doc = "More constraint values of the platform (OS, CPU...) that toolchains select() on.",
         ),
         "routing": attrs.string(
             default = "local",

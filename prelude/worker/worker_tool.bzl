@@ -1,17 +1,27 @@
 """The worker_tool rule: a backend that speaks Bazel's worker protocol, run warm by worker-runtime."""
 
-load("//utils:settings.bzl", "bool_setting", "check_routing")
+load("//utils:settings.bzl", "ROUTINGS", "bool_setting", "check_routing")
 load("//worker:providers.bzl", "WorkerToolInfo")
 
-# The routing of the execution platform a worker tool is configured for (tools are exec
-# deps, so this select resolves against the execution platform's constraints).
-_ROUTING = select({
-    "//platforms:routing_auto": "auto",
-    "//platforms:routing_local": "local",
-    "//platforms:routing_race": "race",
-    "//platforms:routing_remote": "remote",
-    "DEFAULT": "local",
-})
+def routing_select(cell: str = "prelude") -> typing.Any:
+    """The routing of the execution platform a worker tool is configured for.
+
+    Tools are exec deps, so this select() resolves against the execution platform's
+    constraints. Its keys name this prelude's cell explicitly, because a label in a .bzl
+    resolves against the cell of the BUCK file that loads it (only the cell mounted as
+    `prelude` is evaluated in its own cell).
+
+    Args:
+      cell: the name this prelude is mounted under; pass it as `routing = routing_select("workers")`
+        when it is not the `prelude` cell.
+
+    Returns:
+      A select() giving "local", "remote", "auto" or "race".
+    """
+    choices = {"DEFAULT": "local"}
+    for routing in ROUTINGS:
+        choices[cell + "//platforms:routing_" + routing] = routing
+    return select(choices)
 
 def _remote_settings(ctx: AnalysisContext) -> dict[str, typing.Any]:
     """The [persistent_workers] remote settings, as the runtime's config key `remote`."""
@@ -125,7 +135,7 @@ worker_tool = rule(
             doc = "[persistent_workers] remote_tls: true or false.",
         ),
         "routing": attrs.string(
-            default = _ROUTING,
+            default = routing_select(),
             doc = "Where requests go; by default what the execution platform's routing says.",
         ),
         "protocol": attrs.enum(

@@ -715,6 +715,7 @@ class Buck2Fake:
     _cache: dict[Path, sl.FrozenModule] = field(default_factory=dict)
     _api: sl.FrozenModule | None = None
     _package: Path = REPO_ROOT
+    _analysing: bool = False
 
     def api(self) -> sl.FrozenModule:
         if self._api is None:
@@ -722,13 +723,17 @@ class Buck2Fake:
             module.add_callable("_py_action", lambda action: self.actions.append(action))
             module.add_callable("_py_target", self._record_target)
             module.add_callable("_py_glob", self._glob)
-            module.add_callable(
-                "_py_read_root_config",
-                lambda section, key, default: self.root_config.get((section, key), default),
-            )
+            module.add_callable("_py_read_root_config", self._read_root_config)
             sl.eval(module, sl.parse("<buck2 fake>", FAKE_API, buck2_bzl_dialect()), GLOBALS)
             self._api = module.freeze()
         return self._api
+
+    def _read_root_config(self, section: str, key: str, default: str | None) -> str | None:
+        if self._analysing:
+            # Buck2: "This function is unavailable during analysis (usual solution is to
+            # place the information on a toolchain)".
+            raise RuntimeError("read_root_config() is unavailable during analysis")
+        return self.root_config.get((section, key), default)
 
     def _glob(self, include: list[str], exclude: list[str]) -> list[str]:
         """glob() in the package of the BUCK file being evaluated."""
@@ -828,5 +833,9 @@ class Buck2Fake:
         )
         first = len(self.actions)
         module = self.eval_file(CELLS["root"] / "__harness__.bzl", "root", harness)
-        providers: list[dict[str, Any]] = module.call("analyse")  # type: ignore[assignment]
+        self._analysing = True
+        try:
+            providers: list[dict[str, Any]] = module.call("analyse")  # type: ignore[assignment]
+        finally:
+            self._analysing = False
         return Analysis(providers, self.actions[first:])

@@ -108,7 +108,13 @@ def analyse_tool(root_config: dict[tuple[str, str], str], constraints: list[str]
 
 @pytest.mark.parametrize("routing", ROUTINGS)
 def test_worker_tool_picks_the_routing_of_its_execution_platform(routing: str) -> None:
-    config = analyse_tool({}, [f"//platforms:routing_{routing}"])
+    # The constraint the platform carries is the key the tool's select() matches.
+    attrs = platforms_buck({("persistent_workers", "routing"): routing})["platforms"]
+    (platform,) = analyse_platforms(attrs).provider("ExecutionPlatformRegistrationInfo")[
+        "platforms"
+    ]
+    constraints = [v["label"] for v in platform["configuration"]["constraints"].values()]
+    config = analyse_tool({}, constraints)
     assert config["routing"] == routing
     config_from_mapping(config).validated()  # what the runtime accepts
 
@@ -120,7 +126,7 @@ def test_remote_settings_reach_the_runtime_config() -> None:
         ("persistent_workers", "remote_credentials_file"): "/home/u/.config/re-token",
         ("persistent_workers", "remote_tls"): "true",
     }
-    config = analyse_tool(settings, ["//platforms:routing_remote"])
+    config = analyse_tool(settings, ["prelude//platforms:routing_remote"])
     assert config["remote"] == {
         "endpoint": "grpcs://re.example.invalid:443",
         "instance_name": "team-a",
@@ -148,3 +154,56 @@ def test_fake_checks_configuration_providers(tmp_path: Path) -> None:
     }
     for expression, message in cases.items():
         assert message in fake.error_of(expression, tmp_path), expression
+
+
+def test_routing_select_names_the_cell_the_prelude_is_mounted_under() -> None:
+    fake = Buck2Fake()
+    module = fake.eval_file(
+        CELLS["root"] / "__check__.bzl", "root",
+        'load("@prelude//:prelude.bzl", "routing_select")\n'
+        "def keys():\n"
+        '    return routing_select("workers")\n',
+    )  # fmt: skip
+    choices = module.call("keys")["choices"]  # type: ignore[index]
+    assert (
+        choices["workers//platforms:routing_remote"] == "remote" and choices["DEFAULT"] == "local"
+    )
+
+
+def test_read_root_config_is_refused_during_analysis(tmp_path: Path) -> None:
+    (tmp_path / "rules.bzl").write_text(
+        "def _impl(ctx: AnalysisContext) -> list[Provider]:\n"
+        '    read_root_config("persistent_workers", "routing")\n'
+        "    return [DefaultInfo()]\n"
+        "r = rule(impl = _impl, attrs = {})\n"
+    )
+    fake = Buck2Fake()
+    module = fake.eval_file(
+        tmp_path / "h.bzl",
+        "root",
+        'load(":rules.bzl", "r")\ndef go():\n    return fake_analyse(r, "//p:t", {}, {})\n',
+    )
+    fake._analysing = True
+    with pytest.raises(sl.StarlarkError, match="unavailable during analysis"):
+        module.call("go")
+
+
+def test_extra_constraints_join_the_routing_constraint() -> None:
+    attrs = platforms_buck({})["platforms"]
+    given = {
+        k: json.dumps(v) for k, v in attrs.items() if k in ("enabled", "routing", "routing_values")
+    }
+    given["extra_constraints"] = json.dumps([":linux"])
+    os_setting = 'ConstraintSettingInfo(label = fake_target_label("cfg//os:os"))'
+    linux = f'fake_dep(ConstraintValueInfo(setting = {os_setting}, label = fake_target_label("cfg//os:linux")))'
+    targets = {f":routing_{name}": routing_value(name) for name in ROUTINGS}
+    targets[":linux"] = linux
+    analysis = Buck2Fake().analyse(
+        "@prelude//platforms:execution_platforms.bzl", "persistent_worker_platforms", "//platforms:platforms",
+        given, targets,
+    )  # fmt: skip
+    (platform,) = analysis.provider("ExecutionPlatformRegistrationInfo")["platforms"]
+    assert set(platform["configuration"]["constraints"]) == {
+        "prelude//platforms:worker_routing",
+        "cfg//os:os",
+    }

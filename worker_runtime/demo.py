@@ -28,6 +28,7 @@ from pathlib import Path
 
 from worker_runtime.buck2.emulator import Buck2Worker, make_command
 from worker_runtime.daemon.commands import private_daemon_dir
+from worker_runtime.demo_java import JavaBuild, cold_java, read_targets, warm_java, write_argfiles
 
 EXAMPLE_WORKER = (
     Path(__file__).resolve().parent.parent / "examples" / "text_stats" / "text_stats_worker.py"
@@ -146,6 +147,43 @@ def warm_build(root: Path, actions: int, jobs: int, mode: str, label: str) -> Ph
     return PhaseResult(mode, wall, statistics.median(durations) * 1000, actions)
 
 
+def java_builds(root: Path, jobs: int) -> dict[str, JavaBuild]:
+    """examples/java's compile actions: cold javac processes, then two warm commands."""
+    root.mkdir(parents=True)
+    targets = read_targets()
+    write_argfiles(root, targets)
+    classes = sum(len(t.srcs) for t in targets.values())
+    print(
+        f"Compiling examples/java ({classes} classes, {len(targets)} targets), {jobs} at a time:",
+        file=sys.stderr,
+    )
+    results = {}
+    for mode, run in (("cold", cold_java), ("warm1", warm_java), ("warm2", warm_java)):
+        shutil.rmtree(root / "out", ignore_errors=True)
+        results[mode] = run(root, targets, jobs)
+        sys.stderr.write(f"  {mode:<28} {results[mode].wall_s:.2f} s\n")
+    return results
+
+
+def print_java(java: dict[str, JavaBuild]) -> None:
+    rows = [
+        ("cold: a javac process per target", java["cold"]),
+        ("1st command: starts the JVM", java["warm1"]),
+        ("2nd command: warm javac worker", java["warm2"]),
+    ]
+    print()
+    print(
+        f"{'examples/java (7 compile actions)':<40} {'build wall time':>16} {'per action (median)':>20}"
+    )
+    for label, phase in rows:
+        print(f"{label:<40} {phase.wall_s:>14.2f} s {phase.action_median_ms:>17.2f} ms")
+    cold, warm = java["cold"], java["warm2"]
+    print(
+        f"\nThe warm javac worker compiled the example {cold.wall_s / warm.wall_s:.1f}x faster "
+        f"({cold.action_median_ms / warm.action_median_ms:.0f}x per action) in the 2nd command."
+    )
+
+
 def same_outputs(root: Path, actions: int) -> bool:
     return all(
         (root / "out" / "cold" / f"{i}.json").read_bytes()
@@ -162,6 +200,9 @@ def main(argv: list[str]) -> int:
         "--jobs", type=int, default=os.cpu_count() or 2, help="actions at a time (default: CPUs)"
     )
     parser.add_argument("--json", metavar="FILE", help="also write the results as JSON to FILE")
+    parser.add_argument(
+        "--no-java", action="store_true", help="skip the Java example (default: run it)"
+    )
     args = parser.parse_args(argv)
 
     root = Path(tempfile.mkdtemp(prefix="worker-runtime-demo-"))
@@ -177,6 +218,7 @@ def main(argv: list[str]) -> int:
         first = warm_build(root, args.actions, args.jobs, "warm1", "workers, 1st buck2 command")
         second = warm_build(root, args.actions, args.jobs, "warm2", "workers, 2nd buck2 command")
         identical = same_outputs(root, args.actions)
+        java = None if args.no_java else java_builds(root / "java", args.jobs)
 
     rows = [
         ("cold: one process per action", cold),
@@ -196,6 +238,8 @@ def main(argv: list[str]) -> int:
         f"{cold.wall_s / first.wall_s:.1f}x faster, starting the daemon and backends included."
     )
     print(f"Outputs identical to the cold build: {'yes' if identical else 'NO'}")
+    if java is not None:
+        print_java(java)
     if args.json:
         Path(args.json).write_text(
             json.dumps(
@@ -204,6 +248,7 @@ def main(argv: list[str]) -> int:
                     "warm_first_command": asdict(first),
                     "warm": asdict(warm),
                     "speedup": speedup,
+                    "java": {k: asdict(v) for k, v in java.items()} if java else None,
                     "identical": identical,
                 },
                 indent=2,

@@ -14,7 +14,7 @@ def test_demo_builds_cold_and_warm_with_identical_outputs(tmp_path: Path) -> Non
     result_file = tmp_path / "demo.json"
     result = subprocess.run(
         [*RUNTIME, "demo", "--actions", "6", "--json", str(result_file)],
-        cwd=REPO_ROOT, capture_output=True, text=True, timeout=120,
+        cwd=REPO_ROOT, capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
     assert "Outputs identical to the cold build: yes" in result.stdout
@@ -22,6 +22,8 @@ def test_demo_builds_cold_and_warm_with_identical_outputs(tmp_path: Path) -> Non
     data = json.loads(result_file.read_text())
     assert data["identical"] is True
     assert data["cold"]["actions"] == data["warm"]["actions"] == 6
+    assert "The warm javac worker compiled the example" in result.stdout
+    assert set(data["java"]) == {"cold", "warm1", "warm2"}
 
 
 def test_runtime_overhead_benchmark_writes_its_json() -> None:

@@ -13,12 +13,14 @@ import starlark as sl
 from tests.starlark.buck2_fake import REPO_ROOT, Buck2Fake
 from tests.starlark.build_runner import (
     PRELUDE_JAVA,
+    BuildResult,
     build_java_package,
     java_library_dep,
     java_toolchain_dep,
     javac_worker,
     javac_worker_config,
     make_project,
+    run_action,
 )
 
 EXPECTED_OUTPUT = """Sales
@@ -124,3 +126,29 @@ def test_example_builds_warm_and_cold_with_the_same_classes(tmp_path: Path) -> N
     assert class_files(warm) == class_files(cold)
     assert len(class_files(warm)) >= 40
     assert json.loads((warm / "buck-out/javac_worker.json").read_text())["routing"] == "local"
+
+
+def test_buck2_builds_the_javac_worker_with_plain_javac(tmp_path: Path) -> None:
+    fake = Buck2Fake()
+    fake.eval_file(REPO_ROOT / "toolchains" / "BUCK", "toolchains")
+    srcs = [f"toolchains/{s}" for s in fake.target_attrs["javac_worker_built"]["srcs"]]
+    assert any(s.endswith("JavacWorker.java") for s in srcs)
+    analysis = Buck2Fake().analyse(
+        "@toolchains//java:defs.bzl", "javac_worker_binary", "//toolchains:javac_worker_built",
+        {"srcs": json.dumps(srcs), "java": '":java"', "javac": '":javac"'},
+        {":java": 'fake_dep(RunInfo(args = cmd_args("java")))', ":javac": 'fake_dep(RunInfo(args = cmd_args("javac")))'},
+    )  # fmt: skip
+    project = make_project(tmp_path)
+    result = BuildResult()
+    for action in analysis.actions:
+        run_action(project, action, None, result)
+    launcher = project / analysis.provider("DefaultInfo")["default_outputs"][0]["artifact"]
+    (project / "Hello.java").write_text("class Hello {}\n")
+    compiled = subprocess.run(
+        ["sh", str(launcher), "-d", "out", "Hello.java"],
+        cwd=project,
+        capture_output=True,
+        text=True,
+    )
+    assert compiled.returncode == 0, compiled.stderr
+    assert (project / "out" / "Hello.class").exists()

@@ -159,7 +159,8 @@ def test_prelude_exports_and_toolchain_target() -> None:
     fake.eval_file(CELLS["root"] / "__check__.bzl", "root", check)
     fake.eval_file(CELLS["toolchains"] / "BUCK", "toolchains")
     assert fake.targets == [
-        "worker_runtime", "javac_worker_bin", "javac", "jar", "java_command", "javac_worker", "java",
+        "worker_runtime", "javac_worker_bin", "javac", "jar", "java_command", "javac_worker_built",
+        "javac_worker", "java",
     ]  # fmt: skip
     assert (
         "java/src/buck2/workers/javac/JavacWorker.java"

@@ -1,0 +1,49 @@
+"""javac_worker_binary: the javac worker built by Buck2 itself, with a plain (cold) javac."""
+
+# The same JVM flags as toolchains/java/javac-worker (see there for why each is set).
+JVM_FLAGS = [
+    "-XX:TieredStopAtLevel=1",
+    "-XX:+UseSerialGC",
+    "-Xshare:auto",
+    "-XX:+ExitOnOutOfMemoryError",
+    "-XX:+DisplayVMOutputToStderr",
+]
+
+def _javac_worker_binary_impl(ctx: AnalysisContext) -> list[Provider]:
+    classes = ctx.actions.declare_output("classes", dir = True)
+    ctx.actions.run(
+        cmd_args(ctx.attrs.javac[RunInfo], "-nowarn", "-d", classes.as_output(), ctx.attrs.srcs),
+        category = "javac",
+    )
+    launcher = ctx.actions.write(
+        "javac-worker.sh",
+        cmd_args(
+            "#!/bin/sh",
+            cmd_args(
+                "exec",
+                ctx.attrs.java[RunInfo],
+                JVM_FLAGS,
+                "-cp",
+                classes,
+                "buck2.workers.javac.JavacWorker",
+                "\"$@\"",
+                delimiter = " ",
+            ),
+        ),
+        is_executable = True,
+        absolute = True,
+    )
+    return [
+        DefaultInfo(default_output = launcher, other_outputs = [classes]),
+        RunInfo(args = cmd_args(launcher, hidden = [classes])),
+    ]
+
+javac_worker_binary = rule(
+    impl = _javac_worker_binary_impl,
+    doc = "The javac worker, compiled by a plain javac action and run by a launcher script.",
+    attrs = {
+        "java": attrs.exec_dep(providers = [RunInfo], doc = "The java command."),
+        "javac": attrs.exec_dep(providers = [RunInfo], doc = "The javac command."),
+        "srcs": attrs.list(attrs.source(), doc = "The worker's .java files."),
+    },
+)

@@ -27,6 +27,19 @@ if ! [ -x "$BUILDIFIER" ] || ! grep -q "\"version\": \"$BUILDIFIER_VERSION\"" "$
   npm install --silent --no-audit --no-fund --prefix "$ROOT/.cache/npm" "@bazel/buildifier@$BUILDIFIER_VERSION" >&2
 fi
 
+# Bazel 4.2.3 (Debian's bazel-bootstrap) drives the javac worker in the conformance tests.
+if ! command -v bazel >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    echo "bootstrap: installing bazel-bootstrap (Debian)" >&2
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get install -y -q bazel-bootstrap >/dev/null 2>&1 || {
+      apt-get update -q >/dev/null && apt-get install -y -q bazel-bootstrap >/dev/null
+    }
+  else
+    echo "bootstrap: warning: bazel is missing (apt-get install bazel-bootstrap, as root); its tests will fail" >&2
+  fi
+fi
+
 if [ -f "$STAMP" ] && [ -x "$VENV/bin/python" ]; then
   exit 0
 fi

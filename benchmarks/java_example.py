@@ -1,7 +1,7 @@
 """Benchmark: the whole Java example (examples/java: 42 classes, 7 targets), built as Buck2
 would, 2 targets at a time in dependency order: cold (every compile a javac process, the
-fallback) vs. warm (every compile sent to the javac worker through worker-runtime, in a
-later Buck2 command than the one that started the daemon, so the daemon's warmth counts).
+fallback) vs. warm (every compile sent to the javac worker through worker-runtime, in the
+second and later Buck2 commands: the first one starts the daemon and its JVM).
 Jar steps run as processes in both. Writes benchmarks/results/java_example.json.
 
 Run: ``.venv/bin/python -m benchmarks.java_example``.

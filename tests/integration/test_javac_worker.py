@@ -4,6 +4,8 @@ multiplexed, and never leaking one compile's classes into another."""
 from __future__ import annotations
 
 import asyncio
+import json
+import os
 import subprocess
 import time
 from pathlib import Path
@@ -15,6 +17,7 @@ from worker_runtime.buck2.emulator import StreamingSession, make_command
 from worker_runtime.errors import RUNTIME_ERROR_EXIT_CODE
 from worker_runtime.proto import buck2_worker_pb2 as pb
 from worker_runtime.proto import buck2_worker_pb2_grpc as pb_grpc
+from worker_runtime.protocol.framing import JsonFraming
 
 JAVAC_WORKER = str(REPO_ROOT / "toolchains" / "java" / "javac-worker")
 
@@ -209,3 +212,49 @@ def test_multiplex_answers_reach_their_own_requests(
             assert (response.exit_code, response.stderr) == (0, ""), i
         else:
             assert response.exit_code == 1 and f"Bad{i // 2}.java:1: error" in response.stderr, i
+
+
+def test_sandbox_dir_makes_every_path_relative_to_it(tmp_path: Path) -> None:
+    """Multiplex sandboxing: sources, -d, -cp and @argfiles all resolve in sandbox_dir."""
+    sandbox = tmp_path / "sandbox-7"
+    (sandbox / "lib").mkdir(parents=True)
+    (sandbox / "lib" / "Dep.java").write_text("package lib; public class Dep {}\n")
+    subprocess.run(["javac", "-d", "deps", "lib/Dep.java"], cwd=sandbox, check=True)
+    (sandbox / "User.java").write_text("class User { lib.Dep d; }\n")
+    (sandbox / "more.args").write_text("-cp\ndeps\nUser.java\n")
+    request = {
+        "arguments": ["-d", "out", "-nowarn", "@more.args"],
+        "requestId": 5,
+        "sandboxDir": str(sandbox),
+    }
+    worker = subprocess.Popen(
+        [JAVAC_WORKER, "--persistent_worker"],
+        cwd=tmp_path,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+    )
+    try:
+        out, _ = worker.communicate(json.dumps(request).encode(), timeout=120)
+    finally:
+        worker.kill()
+    (response,) = JsonFraming().feed(out)
+    assert (response.exit_code, response.request_id) == (0, 5), response.output
+    assert (sandbox / "out" / "User.class").exists()
+    assert not (tmp_path / "out").exists()
+
+
+def test_out_of_memory_ends_the_worker_with_a_message_and_a_clean_stdout(tmp_path: Path) -> None:
+    methods = "\n".join(
+        f"  static int m{i}(int x) {{ return x * {i} + m{max(i - 1, 0)}(x - 1); }}"
+        for i in range(20000)
+    )
+    (tmp_path / "Huge.java").write_text(f"class Huge {{\n{methods}\n}}\n")
+    result = subprocess.run(
+        [JAVAC_WORKER, "--persistent_worker"],
+        input=json.dumps({"arguments": ["-d", "out", "Huge.java"]}).encode(),
+        cwd=tmp_path, capture_output=True, timeout=120,
+        env={**os.environ, "JAVAC_WORKER_JVM_FLAGS": "-Xmx32m"},
+    )  # fmt: skip
+    assert result.returncode != 0
+    assert result.stdout == b""  # nothing that could be taken for a response
+    assert b"OutOfMemoryError" in result.stderr

@@ -68,11 +68,17 @@ public final class JavacWorker {
   }
 
   private void serve(WireFormat.Reader reader) throws Exception {
+    java.util.List<Thread> threads = new java.util.ArrayList<>();
     while (true) {
       WireFormat.Request request = reader.read();
       if (request == null) {
+        // End of input: answer what is in flight before exiting.
+        for (Thread thread : threads) {
+          thread.join();
+        }
         return;
       }
+      threads.removeIf(thread -> !thread.isAlive());
       if (request.verbosity > 0) {
         System.err.println("javac-worker: request " + request.requestId + ": " + request.arguments);
       }
@@ -97,6 +103,7 @@ public final class JavacWorker {
         Thread thread = new Thread(() -> handle(request, state), "javac-request-" + request.requestId);
         thread.setDaemon(true);
         thread.start();
+        threads.add(thread);
       }
     }
   }
@@ -105,7 +112,11 @@ public final class JavacWorker {
     ByteArrayOutputStream diagnostics = new ByteArrayOutputStream();
     int code;
     try (PrintStream out = new PrintStream(diagnostics, true, StandardCharsets.UTF_8)) {
-      code = compile(request.arguments.toArray(new String[0]), out);
+      String[] args = request.arguments.toArray(new String[0]);
+      if (!request.sandboxDir.isEmpty()) {
+        args = inSandbox(args, request.sandboxDir);
+      }
+      code = compile(args, out);
     } catch (OutOfMemoryError e) {
       System.err.println("javac-worker: out of memory; exiting so that a fresh worker starts");
       System.exit(3);
@@ -137,6 +148,55 @@ public final class JavacWorker {
         System.exit(4);
       }
     }
+  }
+
+  /** Options whose value is a path, or a list of paths separated by ':'. */
+  private static final java.util.Set<String> PATH_OPTIONS =
+      java.util.Set.of(
+          "-d", "-s", "-h", "-cp", "-classpath", "--class-path", "-sourcepath", "--source-path",
+          "-processorpath", "--processor-path", "-p", "--module-path", "--module-source-path",
+          "--system", "--upgrade-module-path");
+
+  /**
+   * Multiplex sandboxing: every relative path in the request, source files and option values
+   * alike, is relative to {@code sandboxDir} (javac itself resolves against the process's
+   * working directory, which threads share).
+   */
+  static String[] inSandbox(String[] args, String sandboxDir) throws java.io.IOException {
+    java.nio.file.Path sandbox = java.nio.file.Path.of(sandboxDir).toAbsolutePath();
+    java.util.List<String> out = new java.util.ArrayList<>();
+    for (int i = 0; i < args.length; i++) {
+      String arg = args[i];
+      if (arg.startsWith("@") && !arg.startsWith("@@")) {
+        java.nio.file.Path file = sandbox.resolve(arg.substring(1));
+        String[] expanded = java.nio.file.Files.readAllLines(file).toArray(new String[0]);
+        out.addAll(java.util.Arrays.asList(inSandbox(expanded, sandboxDir)));
+      } else if (PATH_OPTIONS.contains(arg) && i + 1 < args.length) {
+        out.add(arg);
+        StringBuilder paths = new StringBuilder();
+        for (String path : args[++i].split(":", -1)) {
+          if (paths.length() > 0) {
+            paths.append(':');
+          }
+          paths.append(path.isEmpty() ? path : sandbox.resolve(path));
+        }
+        out.add(paths.toString());
+      } else if (!arg.startsWith("-") && (i == 0 || !args[i - 1].startsWith("-") || PATH_OPTIONS.contains(args[i - 1]) || isFlag(args[i - 1]))) {
+        out.add(sandbox.resolve(arg).toString());
+      } else {
+        out.add(arg);
+      }
+    }
+    return out.toArray(new String[0]);
+  }
+
+  /** Options that take no value, so what follows them is a source file. */
+  private static boolean isFlag(String option) {
+    return option.equals("-g") || option.equals("-nowarn") || option.equals("-deprecation")
+        || option.equals("-verbose") || option.equals("-parameters") || option.startsWith("-Xlint")
+        || option.startsWith("-g:") || option.equals("-Werror") || option.startsWith("-J")
+        || option.startsWith("-proc:") || option.startsWith("-implicit:")
+        || option.equals("--enable-preview") || option.startsWith("-A");
   }
 
   /** @argfiles expanded one argument per line, as Buck2 writes them (javac would split on spaces). */

@@ -20,7 +20,7 @@ text_stats_report = rule(
         "srcs": attrs.list(attrs.source(), doc = "The text files to summarise."),
         "_tool": attrs.default_only(attrs.exec_dep(
             providers = [WorkerToolInfo],
-            default = "root//examples/worker_rule:text_stats_worker",
+            default = "root//examples/text_stats:text_stats_worker",
             doc = "The text_stats worker.",
         )),
     },

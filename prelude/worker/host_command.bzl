@@ -1,7 +1,9 @@
 """The host_command rule: a command already on the machine (worker-runtime), as a RunInfo."""
 
 def _host_command_impl(ctx: AnalysisContext) -> list[Provider]:
-    return [DefaultInfo(), RunInfo(args = cmd_args(ctx.attrs.command))]
+    # The files the command runs (a script, a jar) are hidden inputs: an action using the
+    # command reruns when they change.
+    return [DefaultInfo(), RunInfo(args = cmd_args(ctx.attrs.command, hidden = ctx.attrs.srcs))]
 
 host_command = rule(
     impl = _host_command_impl,
@@ -10,6 +12,11 @@ host_command = rule(
         "command": attrs.list(
             attrs.string(),
             doc = "The command line, e.g. the project's .venv/bin/worker-runtime.",
+        ),
+        "srcs": attrs.list(
+            attrs.source(),
+            default = [],
+            doc = "Files the command runs (a script, a jar): inputs of every action using it.",
         ),
     },
 )

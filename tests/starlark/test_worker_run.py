@@ -18,7 +18,7 @@ from tests.starlark.buck2_fake import REPO_ROOT, Analysis, Buck2Fake
 from worker_runtime.buck2.emulator import Buck2Worker, make_command
 
 BACKEND = ["python3", "examples/text_stats/text_stats_worker.py"]
-TOOL_LABEL = "root//examples/worker_rule:text_stats_worker"
+TOOL_LABEL = "root//examples/text_stats:text_stats_worker"
 PRELUDE = {"@prelude//:prelude.bzl": ["WorkerToolInfo"]}
 
 
@@ -72,7 +72,11 @@ def test_worker_run_registers_argfile_envelope_and_worker_action() -> None:
 def test_example_buck_file_declares_its_targets() -> None:
     fake = Buck2Fake()
     fake.eval_file(REPO_ROOT / "examples" / "worker_rule" / "BUCK", "root")
-    assert fake.targets == ["text_stats_bin", "text_stats_worker", "report"]
+    fake.eval_file(REPO_ROOT / "examples" / "text_stats" / "BUCK", "root")
+    assert fake.targets == ["report", "text_stats_bin", "text_stats_worker"]
+    # The worker's script is an input of its actions and part of its worker key.
+    assert fake.target_attrs["text_stats_bin"]["srcs"] == ["text_stats_worker.py"]
+    assert fake.target_attrs["text_stats_worker"]["tool_inputs"] == ["text_stats_worker.py"]
 
 
 def materialize(root: Path, analysis: Analysis, sources: dict[str, str]) -> None:

@@ -91,7 +91,6 @@ def build(
     root: Path, targets: dict[str, JavaTarget], jobs: int, compile_one: Callable[[str], None]
 ) -> JavaBuild:
     """Compiles every target in dependency order, ``jobs`` at a time."""
-    done: set[str] = set()
     durations: list[float] = []
     lock = threading.Lock()
 
@@ -101,16 +100,30 @@ def build(
         with lock:
             durations.append(time.perf_counter() - start)
 
-    pending = set(targets)
     start = time.perf_counter()
+    run_in_dependency_order(
+        list(targets), lambda n: targets[n].deps + targets[n].exported_deps, jobs, run
+    )
+    wall = time.perf_counter() - start
+    return JavaBuild(wall, statistics.median(durations) * 1000, sum(durations))
+
+
+def run_in_dependency_order(
+    names: list[str],
+    deps_of: Callable[[str], tuple[str, ...] | list[str]],
+    jobs: int,
+    run: Callable[[str], None],
+) -> None:
+    """Runs ``run(name)`` for every name once all of its deps have run, ``jobs`` at a time
+    (as Buck2 schedules actions whose inputs are ready); the first failure propagates."""
+    done: set[str] = set()
+    pending = set(names)
     with concurrent.futures.ThreadPoolExecutor(jobs) as pool:
         running: dict[concurrent.futures.Future[None], str] = {}
         while pending or running:
-            ready = [
-                n
-                for n in sorted(pending)
-                if set(targets[n].deps + targets[n].exported_deps) <= done
-            ]
+            ready = [n for n in sorted(pending) if set(deps_of(n)) <= done]
+            if not ready and not running:
+                raise ValueError(f"dependency cycle or unknown dependency among {sorted(pending)}")
             for name in ready[: jobs - len(running)]:
                 pending.discard(name)
                 running[pool.submit(run, name)] = name
@@ -120,8 +133,6 @@ def build(
             for future in finished:
                 future.result()
                 done.add(running.pop(future))
-    wall = time.perf_counter() - start
-    return JavaBuild(wall, statistics.median(durations) * 1000, sum(durations))
 
 
 def cold_java(root: Path, targets: dict[str, JavaTarget], jobs: int) -> JavaBuild:

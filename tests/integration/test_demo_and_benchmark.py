@@ -6,6 +6,7 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 from tests.conftest import REPO_ROOT, RUNTIME
 
@@ -26,14 +27,28 @@ def test_demo_builds_cold_and_warm_with_identical_outputs(tmp_path: Path) -> Non
     assert set(data["java"]) == {"cold", "warm1", "warm2"}
 
 
-def test_runtime_overhead_benchmark_writes_its_json() -> None:
+def run_benchmark(module: str, *args: str, timeout: int = 600) -> dict[str, Any]:
+    """Runs ``python -m benchmarks.<module> ARGS --output -`` and returns its JSON result."""
     result = subprocess.run(
-        [sys.executable, "-m", "benchmarks.runtime_overhead", "--requests", "50", "--rounds", "1",
-         "--throughput-requests", "200", "--output", "-"],
-        cwd=REPO_ROOT, capture_output=True, text=True, timeout=120,
+        [sys.executable, "-m", f"benchmarks.{module}", *args, "--output", "-"],
+        cwd=REPO_ROOT, capture_output=True, text=True, timeout=timeout,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
-    data = json.loads(result.stdout)
+    data: dict[str, Any] = json.loads(result.stdout)
+    return data
+
+
+def test_runtime_overhead_benchmark_writes_its_json() -> None:
+    data = run_benchmark(
+        "runtime_overhead",
+        "--requests",
+        "50",
+        "--rounds",
+        "1",
+        "--throughput-requests",
+        "200",
+        timeout=120,
+    )
     for key in ("direct_pipes", "unary_execute_sync_client", "execute_stream", "added_streaming"):
         assert data[key]["median_ms"] > 0
     assert data["throughput_64_in_flight_rps"] > 0
@@ -41,13 +56,7 @@ def test_runtime_overhead_benchmark_writes_its_json() -> None:
 
 
 def test_daemon_warmth_benchmark_writes_its_json() -> None:
-    result = subprocess.run(
-        [sys.executable, "-m", "benchmarks.daemon_warmth", "--rounds", "1", "--requests", "20",
-         "--output", "-"],
-        cwd=REPO_ROOT, capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
-    assert result.returncode == 0, result.stderr
-    data = json.loads(result.stdout)
+    data = run_benchmark("daemon_warmth", "--rounds", "1", "--requests", "20", timeout=300)
     for backend in ("text_stats", "text_stats_compile_sized", "slow_start_0_5s"):
         assert data[backend]["second_command_first_request_ms"] > 0
     assert data["memory"]["idle_daemon_rss_mb"] > 0
@@ -55,25 +64,15 @@ def test_daemon_warmth_benchmark_writes_its_json() -> None:
 
 
 def test_javac_worker_benchmark_writes_its_json() -> None:
-    result = subprocess.run(
-        [sys.executable, "-m", "benchmarks.javac_worker", "--cold-runs", "1", "--warm-runs", "2",
-         "--warmup", "1", "--output", "-"],
-        cwd=REPO_ROOT, capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
-    assert result.returncode == 0, result.stderr
-    data = json.loads(result.stdout)
+    data = run_benchmark(
+        "javac_worker", "--cold-runs", "1", "--warm-runs", "2", "--warmup", "1", timeout=300
+    )
     for target in ("one_class", "ten_classes"):
         assert data[target]["cold_ms"] > 0 and data[target]["warm_ms"] > 0
     assert "met" in data
 
 
 def test_java_example_benchmark_writes_its_json() -> None:
-    result = subprocess.run(
-        [sys.executable, "-m", "benchmarks.java_example", "--rounds", "1", "--warmup-commands", "1",
-         "--output", "-"],
-        cwd=REPO_ROOT, capture_output=True, text=True, timeout=600,
-    )  # fmt: skip
-    assert result.returncode == 0, result.stderr
-    data = json.loads(result.stdout)
+    data = run_benchmark("java_example", "--rounds", "1", "--warmup-commands", "1", timeout=600)
     assert data["cold"]["compile_actions_s"] > 0 and data["warm"]["compile_actions_s"] > 0
     assert "compile_ratio" in data and "met" in data

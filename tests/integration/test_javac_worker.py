@@ -22,6 +22,23 @@ from worker_runtime.protocol.framing import JsonFraming
 JAVAC_WORKER = str(REPO_ROOT / "toolchains" / "java" / "javac-worker")
 
 
+def serve_once(requests: bytes, cwd: Path) -> bytes:
+    """Runs the worker in persistent mode straight over its pipes: writes ``requests``,
+    closes stdin, returns everything it wrote to stdout."""
+    worker = subprocess.Popen(
+        [JAVAC_WORKER, "--persistent_worker"],
+        cwd=cwd,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+    )
+    try:
+        out, _ = worker.communicate(requests, timeout=120)
+    finally:
+        worker.kill()
+        worker.wait()
+    return out
+
+
 def write_sources(root: Path, count: int = 3) -> list[str]:
     """A small package with a dependency chain: C0 <- C1 <- C2 ..."""
     paths = []
@@ -163,16 +180,7 @@ def test_a_proto_request_of_123_bytes_is_not_taken_for_json(tmp_path: Path) -> N
             break
         padding += "x"
     assert len(body) == 123 and encode_varint(123) == b"{"
-    worker = subprocess.Popen(
-        [JAVAC_WORKER, "--persistent_worker"],
-        cwd=tmp_path,
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-    )
-    try:
-        out, _ = worker.communicate(encode_varint(len(body)) + body, timeout=120)
-    finally:
-        worker.kill()
+    out = serve_once(encode_varint(len(body)) + body, tmp_path)
     (response,) = ProtoFraming().feed(out)
     assert response.exit_code == 0, response.output
 
@@ -227,16 +235,7 @@ def test_sandbox_dir_makes_every_path_relative_to_it(tmp_path: Path) -> None:
         "requestId": 5,
         "sandboxDir": str(sandbox),
     }
-    worker = subprocess.Popen(
-        [JAVAC_WORKER, "--persistent_worker"],
-        cwd=tmp_path,
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-    )
-    try:
-        out, _ = worker.communicate(json.dumps(request).encode(), timeout=120)
-    finally:
-        worker.kill()
+    out = serve_once(json.dumps(request).encode(), tmp_path)
     (response,) = JsonFraming().feed(out)
     assert (response.exit_code, response.request_id) == (0, 5), response.output
     assert (sandbox / "out" / "User.class").exists()

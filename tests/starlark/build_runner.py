@@ -11,7 +11,6 @@ time. Used by the Java tests and the Java example benchmark.
 
 from __future__ import annotations
 
-import concurrent.futures
 import json
 import os
 import subprocess
@@ -26,6 +25,7 @@ from typing import Any
 
 from tests.starlark.buck2_fake import REPO_ROOT, Analysis, Buck2Fake, starlark_literal
 from worker_runtime.buck2.emulator import Buck2Worker, make_command
+from worker_runtime.demo_java import run_in_dependency_order
 
 RUNTIME = [sys.executable, "-m", "worker_runtime", "serve"]
 PRELUDE_JAVA = {
@@ -148,20 +148,7 @@ def build_java_package(
             providers = [p for p in analysis.providers if p["_provider"] == "JavaLibraryInfo"]
             done[name] = providers[0] if providers else {}
 
-    pending = set(targets)
-    with concurrent.futures.ThreadPoolExecutor(jobs) as pool:
-        running: dict[concurrent.futures.Future[None], str] = {}
-        while pending or running:
-            ready = [n for n in sorted(pending) if all(d in done for d in deps_of(n))]
-            for name in ready[: jobs - len(running)]:
-                pending.discard(name)
-                running[pool.submit(build, name)] = name
-            finished, _ = concurrent.futures.wait(
-                running, return_when=concurrent.futures.FIRST_COMPLETED
-            )
-            for future in finished:
-                running.pop(future)
-                future.result()
+    run_in_dependency_order(list(targets), deps_of, jobs, build)
     return result
 
 

@@ -2,15 +2,13 @@
 
 load("//java:java_library.bzl", "JAVA_TOOLCHAIN_ATTR", "JavaLibraryInfo", "compile_java")
 load("//java:java_toolchain.bzl", "JavaToolchainInfo")
+load("//utils:lists.bzl", "unique")
 
 def _java_binary_impl(ctx: AnalysisContext) -> list[Provider]:
     toolchain = ctx.attrs._java_toolchain[JavaToolchainInfo]
     deps = [dep[JavaLibraryInfo] for dep in ctx.attrs.deps]
     jars = [compile_java(ctx, toolchain, deps)] if ctx.attrs.srcs else []
-    seen = {}
-    for jar in jars + [j for d in deps for j in d.runtime_jars]:
-        seen[jar] = True
-    classpath = list(seen)
+    classpath = unique(jars + [j for d in deps for j in d.runtime_jars])
     launcher = ctx.actions.write(
         ctx.attrs.name + ".sh",
         cmd_args(

@@ -1,6 +1,7 @@
 """java_library: Java sources (and resources) compiled on a warm javac worker into a jar."""
 
 load("//java:java_toolchain.bzl", "JavaToolchainInfo")
+load("//utils:lists.bzl", "unique")
 load("//worker:worker_run.bzl", "worker_run")
 
 JavaLibraryInfo = provider(
@@ -14,15 +15,6 @@ JavaLibraryInfo = provider(
         "runtime_jars": provider_field(typing.Any),
     },
 )
-
-def _unique(items: list[typing.Any]) -> list[typing.Any]:
-    seen = {}
-    out = []
-    for item in items:
-        if item not in seen:
-            seen[item] = True
-            out.append(item)
-    return out
 
 def compile_java(
         ctx: AnalysisContext,
@@ -40,7 +32,7 @@ def compile_java(
     """
     if not ctx.attrs.srcs:
         fail(str(ctx.label.name) + ": a Java target needs srcs")
-    classpath = _unique([jar for info in deps for jar in info.compile_jars])
+    classpath = unique([jar for info in deps for jar in info.compile_jars])
     classes = ctx.actions.declare_output("classes", dir = True)
     parts = ["-d", classes.as_output()]
     if classpath:
@@ -72,9 +64,9 @@ def _java_library_impl(ctx: AnalysisContext) -> list[Provider]:
     exported = [dep[JavaLibraryInfo] for dep in ctx.attrs.exported_deps]
     jar = compile_java(ctx, toolchain, deps + exported)
     info = JavaLibraryInfo(
-        compile_jars = _unique([jar] + [j for e in exported for j in e.compile_jars]),
+        compile_jars = unique([jar] + [j for e in exported for j in e.compile_jars]),
         output_jar = jar,
-        runtime_jars = _unique([jar] + [j for d in deps + exported for j in d.runtime_jars]),
+        runtime_jars = unique([jar] + [j for d in deps + exported for j in d.runtime_jars]),
     )
     return [DefaultInfo(default_output = jar), info]
 

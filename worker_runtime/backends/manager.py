@@ -12,6 +12,7 @@ from worker_runtime.backends.key import ToolDigests, WorkerKey, make_key
 from worker_runtime.backends.pool import BackendPool, MultiplexPool, SingleplexPool
 from worker_runtime.backends.process import BackendSpec
 from worker_runtime.config import RuntimeConfig
+from worker_runtime.digests import DigestCache
 
 LOGGER = logging.getLogger(__name__)
 
@@ -32,6 +33,8 @@ class BackendManager:
     ) -> None:
         self.config = config
         self.cwd = cwd
+        #: Digests of request inputs, sent to backends in WorkRequest.inputs.
+        self.digests = DigestCache()
         self.log_dir = log_dir
         self.tools = ToolDigests(config.tool_inputs, cwd)
         self.pools: dict[WorkerKey, BackendPool] = {}

@@ -1,5 +1,6 @@
 """Turns Buck2's ExecuteCommand into a backend request and the backend's answer into an
-ExecuteResponse: argv decoding, @argfile expansion, the worker key, timeouts, retries.
+ExecuteResponse: argv decoding, @argfile expansion, the worker key, input digests (from
+the worker_run envelope), timeouts, retries.
 
 Every failure becomes an ExecuteResponse with a clear stderr; nothing here raises to
 the gRPC layer.
@@ -9,10 +10,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
 from worker_runtime.backends.manager import BackendManager
+from worker_runtime.envelope import ENVELOPE_ENV, read_envelope
 from worker_runtime.errors import (
     RUNTIME_ERROR_EXIT_CODE,
     BackendError,
@@ -21,6 +24,7 @@ from worker_runtime.errors import (
 )
 from worker_runtime.proto import buck2_worker_pb2 as pb
 from worker_runtime.protocol.argfiles import expand_argfiles
+from worker_runtime.protocol.messages import WorkInput
 
 LOGGER = logging.getLogger(__name__)
 
@@ -30,6 +34,8 @@ class PreparedRequest:
     #: Values of the config's key_env variables; with the tool digests they pick the key.
     key_env: tuple[tuple[str, str], ...]
     arguments: tuple[str, ...]
+    #: The envelope's input files with their digests (Bazel's WorkRequest.inputs).
+    inputs: tuple[WorkInput, ...] = ()
 
 
 class RequestHandler:
@@ -142,20 +148,38 @@ class RequestHandler:
                 ) from None
         arguments = tuple(expand_argfiles(args, self.manager.cwd))
         key_env: tuple[tuple[str, str], ...] = ()
-        if self.config.key_env:
-            wanted = set(self.config.key_env)
-            found: dict[str, str] = {}
-            for entry in command.env:
-                name = entry.key.decode("utf-8", "replace")
-                if name in wanted:
-                    try:
-                        found[name] = entry.value.decode("utf-8")
-                    except UnicodeDecodeError:
-                        raise RequestError(
-                            f"environment variable {name} is not valid UTF-8"
-                        ) from None
-            key_env = tuple(sorted(found.items()))
-        return PreparedRequest(key_env, arguments)
+        wanted = set(self.config.key_env)
+        found: dict[str, str] = {}
+        envelope_path = ""
+        for entry in command.env:
+            name = entry.key.decode("utf-8", "replace")
+            if name == ENVELOPE_ENV:
+                envelope_path = entry.value.decode("utf-8", "replace")
+            if name in wanted:
+                try:
+                    found[name] = entry.value.decode("utf-8")
+                except UnicodeDecodeError:
+                    raise RequestError(f"environment variable {name} is not valid UTF-8") from None
+        key_env = tuple(sorted(found.items()))
+        return PreparedRequest(key_env, arguments, self.input_digests(envelope_path))
+
+    def input_digests(self, envelope_path: str) -> tuple[WorkInput, ...]:
+        """The envelope's inputs with their digests. A local request runs without them
+        if the envelope cannot be read (only the log says so): they only let a backend
+        validate what it has cached."""
+        if not envelope_path:
+            return ()
+        try:
+            envelope = read_envelope(envelope_path, str(self.manager.cwd))
+        except RequestError as exc:
+            LOGGER.warning("request sent without input digests: %s", exc)
+            return ()
+        inputs = []
+        for path in envelope.inputs:
+            digest = self.manager.digests.digest(os.path.join(self.manager.cwd, path))
+            if digest is not None:
+                inputs.append(WorkInput(path, digest.encode("ascii")))
+        return tuple(inputs)
 
     async def _run_with_timeout(
         self, prepared: PreparedRequest, timeout_s: int
@@ -184,7 +208,7 @@ class RequestHandler:
             pool = self.manager.pool_for(self.manager.key_for(prepared.key_env))
             try:
                 call = pool.call_retry if attempt else pool.call
-                response = await call(prepared.arguments, (), self.config.verbosity)
+                response = await call(prepared.arguments, prepared.inputs, self.config.verbosity)
             except BackendStartError as exc:
                 return self.error(str(exc))
             except BackendError as exc:

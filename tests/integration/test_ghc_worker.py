@@ -1,0 +1,378 @@
+"""The GHC worker (toolchains/haskell/): one-shot like `ghc -c`, warm through the runtime,
+and hermetic: no flags, search paths or stale interfaces carried from one request to the
+next. GHC comes from Debian (scripts/bootstrap.sh installs it); without it these fail."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import REPO_ROOT, StartRuntime
+from worker_runtime.proto import bazel_worker_pb2 as bazel
+from worker_runtime.protocol.framing import ProtoFraming, encode_varint
+from worker_runtime.protocol.messages import WorkResponse
+
+GHC_WORKER = str(REPO_ROOT / "toolchains" / "haskell" / "ghc-worker")
+GHC = shutil.which("ghc") or "/usr/bin/ghc"
+
+TYPES_HS = """module Shop.Types (Item (..), total) where
+
+data Item = Item {name :: String, price :: Int} deriving (Show, Eq)
+
+total :: [Item] -> Int
+total = sum . map price
+"""
+
+REPORT_HS = """module Shop.Report (report) where
+
+import qualified Data.Map as Map
+import Shop.Types
+
+report :: [Item] -> String
+report items =
+  unlines [n ++ ": " ++ show p | (n, p) <- Map.toList (Map.fromListWith (+) [(name i, price i) | i <- items])]
+    ++ "total " ++ show (total items)
+"""
+
+
+@pytest.fixture(autouse=True)
+def _ghc_is_installed() -> None:
+    assert Path(GHC).exists(), "ghc is missing: scripts/bootstrap.sh installs Debian's ghc"
+
+
+class PipeWorker:
+    """The worker in persistent mode, driven straight over its pipes as Bazel drives it."""
+
+    def __init__(self, cwd: Path) -> None:
+        self.cwd = cwd
+        self.proc = subprocess.Popen(
+            [GHC_WORKER, "--persistent_worker"],
+            cwd=cwd,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        self.framing = ProtoFraming()
+
+    def run(self, *args: str, inputs: tuple[str, ...] = (), verbose: bool = True) -> WorkResponse:
+        request = bazel.WorkRequest(
+            arguments=list(args),
+            inputs=[bazel.Input(path=p, digest=sha256(self.cwd / p)) for p in inputs],
+            verbosity=10 if verbose else 0,
+        )
+        body = request.SerializeToString()
+        assert self.proc.stdin and self.proc.stdout
+        self.proc.stdin.write(encode_varint(len(body)) + body)
+        self.proc.stdin.flush()
+        while True:
+            chunk = os.read(self.proc.stdout.fileno(), 65536)
+            assert chunk, "the worker exited"
+            responses = self.framing.feed(chunk)
+            if responses:
+                (response,) = responses
+                return response
+
+    def close(self) -> tuple[int, bytes]:
+        _, err = self.proc.communicate(timeout=60)
+        return self.proc.returncode, err
+
+
+StartPipe = Callable[..., PipeWorker]
+
+
+@pytest.fixture
+def pipe_worker(tmp_path: Path) -> Iterator[StartPipe]:
+    workers: list[PipeWorker] = []
+
+    def start(cwd: Path = tmp_path) -> PipeWorker:
+        workers.append(PipeWorker(cwd))
+        return workers[-1]
+
+    yield start
+    for worker in workers:
+        worker.proc.kill()
+        worker.proc.wait()
+
+
+def sha256(path: Path) -> bytes:
+    return hashlib.sha256(path.read_bytes()).hexdigest().encode()
+
+
+def write(root: Path, relative: str, text: str) -> str:
+    path = root / relative
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    return relative
+
+
+def compile_args(module: str, out: str, *extra: str) -> list[str]:
+    """A per-module compile as the Haskell rules issue it."""
+    path = module.replace(".", "/")
+    return ["-c", f"src/{path}.hs", "-o", f"{out}/{path}.o", "-ohi", f"{out}/{path}.hi", *extra]
+
+
+def prepare_dirs(root: Path, *outs: str) -> None:
+    for out in outs:
+        (root / out / "Shop").mkdir(parents=True, exist_ok=True)
+
+
+def cold_ghc(root: Path, args: list[str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([GHC, *args], cwd=root, capture_output=True, text=True, timeout=120)
+
+
+def object_contents(path: Path) -> str:
+    """An object file's section contents: GHC 9.0 names local symbols after its internal
+    uniques, which differ between a fresh and a warm session; the code and data do not."""
+    dump = subprocess.run(["objdump", "-s", str(path)], capture_output=True, text=True, check=True)
+    return dump.stdout.split("\n", 2)[2]
+
+
+def global_symbols(path: Path) -> str:
+    return subprocess.run(["nm", "-g", str(path)], capture_output=True, text=True).stdout
+
+
+def test_one_shot_from_an_argfile_matches_cold_ghc(tmp_path: Path) -> None:
+    write(tmp_path, "src/Shop/Types.hs", TYPES_HS)
+    prepare_dirs(tmp_path, "cold", "worker")
+    assert cold_ghc(tmp_path, compile_args("Shop.Types", "cold")).returncode == 0
+    (tmp_path / "req.args").write_text("\n".join(compile_args("Shop.Types", "worker")) + "\n")
+    result = subprocess.run(
+        [GHC_WORKER, "@req.args"], cwd=tmp_path, capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 0, result.stderr
+    for ext in ("hi", "o"):
+        cold, warm = tmp_path / f"cold/Shop/Types.{ext}", tmp_path / f"worker/Shop/Types.{ext}"
+        assert cold.read_bytes() == warm.read_bytes(), ext
+
+
+def test_one_shot_type_error_is_reported_like_ghc(tmp_path: Path) -> None:
+    write(tmp_path, "src/Shop/Bad.hs", 'module Shop.Bad where\n\nx :: Int\nx = "five"\n')
+    prepare_dirs(tmp_path, "out")
+    result = subprocess.run(
+        [GHC_WORKER, *compile_args("Shop.Bad", "out")],
+        cwd=tmp_path, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    cold = cold_ghc(tmp_path, compile_args("Shop.Bad", "out"))
+    assert (result.returncode, cold.returncode) == (1, 1)
+    assert "src/Shop/Bad.hs:4:5: error:" in result.stderr
+    assert result.stderr == cold.stderr  # GHC's own formatting, caret diagnostics included
+
+
+def test_warm_compiles_match_cold_ghc_and_reuse_interfaces(
+    pipe_worker: StartPipe, tmp_path: Path
+) -> None:
+    write(tmp_path, "src/Shop/Types.hs", TYPES_HS)
+    write(tmp_path, "src/Shop/Report.hs", REPORT_HS)
+    prepare_dirs(tmp_path, "cold", *(f"w{i}" for i in range(3)))
+    assert cold_ghc(tmp_path, compile_args("Shop.Types", "cold")).returncode == 0
+    report_args = compile_args("Shop.Report", "cold", "-icold", "-package", "containers")
+    assert cold_ghc(tmp_path, report_args).returncode == 0
+    worker = pipe_worker()
+    for i in range(3):
+        out = f"w{i}"
+        response = worker.run(
+            *compile_args("Shop.Report", out, "-icold", "-package", "containers"),
+            inputs=("src/Shop/Report.hs", "cold/Shop/Types.hi"),
+        )
+        assert response.exit_code == 0, response.output
+        reused = "reused home interfaces: [Shop.Types]" in response.output
+        assert reused == (i > 0), response.output  # validated by digest, then reused
+        cold_hi = (tmp_path / "cold/Shop/Report.hi").read_bytes()
+        assert (tmp_path / out / "Shop/Report.hi").read_bytes() == cold_hi
+        cold_o, warm_o = tmp_path / "cold/Shop/Report.o", tmp_path / out / "Shop/Report.o"
+        assert object_contents(warm_o) == object_contents(cold_o)
+        assert global_symbols(warm_o) == global_symbols(cold_o)
+
+
+def test_a_changed_dependency_is_never_seen_stale(pipe_worker: StartPipe, tmp_path: Path) -> None:
+    """Types.hi changes between two compiles of Report: the second must see the new one."""
+    write(tmp_path, "src/Shop/Types.hs", TYPES_HS)
+    write(tmp_path, "src/Shop/Report.hs", REPORT_HS)
+    prepare_dirs(tmp_path, "deps", "out")
+    worker = pipe_worker()
+    inputs = ("src/Shop/Report.hs", "deps/Shop/Types.hi")
+    report_args = compile_args("Shop.Report", "out", "-ideps", "-package", "containers")
+    assert cold_ghc(tmp_path, compile_args("Shop.Types", "deps")).returncode == 0
+    assert worker.run(*report_args, inputs=inputs).exit_code == 0
+    assert "reused home interfaces: [Shop.Types]" in worker.run(*report_args, inputs=inputs).output
+    # The dependency changes on disk (rebuilt by another process): a field is renamed,
+    # which breaks Report against the new interface and not against the kept one.
+    write(tmp_path, "src/Shop/Types.hs", TYPES_HS.replace("{name :: String", "{label :: String"))
+    assert cold_ghc(tmp_path, compile_args("Shop.Types", "deps")).returncode == 0
+    broken = worker.run(*report_args, inputs=inputs)
+    assert "dropped: [Shop.Types]" in broken.output
+    cold = cold_ghc(tmp_path, report_args)
+    assert (broken.exit_code, cold.returncode) == (1, 1)
+    assert "Variable not in scope: name" in cold.stderr
+    assert broken.output.startswith(cold.stderr)
+    # Fixed again: the new interface is validated and reused from then on.
+    write(tmp_path, "src/Shop/Report.hs", REPORT_HS.replace("name i", "label i"))
+    assert worker.run(*report_args, inputs=inputs).exit_code == 0
+    again = worker.run(*report_args, inputs=inputs)
+    assert again.exit_code == 0 and "reused home interfaces: [Shop.Types]" in again.output
+
+
+def test_an_unchanged_interface_found_elsewhere_is_not_reused(
+    pipe_worker: StartPipe, tmp_path: Path
+) -> None:
+    """Same module name, another file (another target's copy): never the kept one."""
+    write(tmp_path, "src/Shop/Types.hs", TYPES_HS)
+    write(tmp_path, "src/Shop/Report.hs", REPORT_HS)
+    prepare_dirs(tmp_path, "a", "b", "out")
+    assert cold_ghc(tmp_path, compile_args("Shop.Types", "a")).returncode == 0
+    write(tmp_path, "src/Shop/Types.hs", TYPES_HS.replace("{name :: String", "{label :: String"))
+    assert cold_ghc(tmp_path, compile_args("Shop.Types", "b")).returncode == 0
+    worker = pipe_worker()
+    args = compile_args("Shop.Report", "out", "-package", "containers")
+    assert worker.run(*args, "-ia", inputs=("a/Shop/Types.hi",)).exit_code == 0
+    other = worker.run(*args, "-ib", inputs=("b/Shop/Types.hi",))
+    assert other.exit_code == 1 and "Variable not in scope: name" in other.output
+    assert "dropped: [Shop.Types]" in other.output
+
+
+def test_without_digests_no_home_interface_is_reused(
+    pipe_worker: StartPipe, tmp_path: Path
+) -> None:
+    write(tmp_path, "src/Shop/Types.hs", TYPES_HS)
+    write(tmp_path, "src/Shop/Report.hs", REPORT_HS)
+    prepare_dirs(tmp_path, "deps", "out")
+    worker = pipe_worker()
+    assert worker.run(*compile_args("Shop.Types", "deps")).exit_code == 0
+    for _ in range(2):
+        response = worker.run(
+            *compile_args("Shop.Report", "out", "-ideps", "-package", "containers")
+        )
+        assert response.exit_code == 0, response.output
+        assert "reused home interfaces: []" in response.output
+
+
+def test_flags_and_search_paths_do_not_leak_between_requests(
+    pipe_worker: StartPipe, tmp_path: Path
+) -> None:
+    write(tmp_path, "src/Shop/Types.hs", TYPES_HS)
+    write(tmp_path, "src/Shop/Report.hs", REPORT_HS)
+    write(
+        tmp_path,
+        "src/Shop/Case.hs",
+        "{-# OPTIONS_GHC -Wall #-}\nmodule Shop.Case where\n\nf :: Int -> Int\nf = \\case 0 -> 1; n -> n\n",
+    )
+    prepare_dirs(tmp_path, "deps", "out")
+    worker = pipe_worker()
+    assert worker.run(*compile_args("Shop.Case", "out", "-XLambdaCase")).exit_code == 0
+    no_extension = worker.run(*compile_args("Shop.Case", "out"), verbose=False)
+    assert no_extension.exit_code == 1
+    assert "Illegal lambda-case (use LambdaCase)" in no_extension.output
+    assert worker.run(*compile_args("Shop.Types", "deps")).exit_code == 0
+    inputs = ("deps/Shop/Types.hi",)
+    found = worker.run(
+        *compile_args("Shop.Report", "out", "-ideps", "-package", "containers"), inputs=inputs
+    )
+    assert found.exit_code == 0, found.output
+    # Types is in the warm state now, but this request's search path does not reach it.
+    lost = worker.run(*compile_args("Shop.Report", "out", "-package", "containers"), inputs=inputs)
+    assert lost.exit_code == 1
+    assert "Could not find module" in lost.output and "Shop.Types" in lost.output
+    # -package containers does not stick to the session either.
+    hidden_args = compile_args(
+        "Shop.Report", "out", "-ideps", "-hide-all-packages", "-package", "base"
+    )
+    hidden = worker.run(*hidden_args, inputs=inputs, verbose=False)
+    cold = cold_ghc(tmp_path, hidden_args)
+    assert (hidden.exit_code, cold.returncode) == (1, 1)
+    assert "member of the hidden package" in hidden.output and hidden.output == cold.stderr
+
+
+def test_bad_requests_are_answered_and_the_worker_goes_on(
+    pipe_worker: StartPipe, tmp_path: Path
+) -> None:
+    write(tmp_path, "src/Shop/Types.hs", TYPES_HS)
+    prepare_dirs(tmp_path, "out")
+    worker = pipe_worker()
+    unknown = worker.run(*compile_args("Shop.Types", "out", "-fno-such-flag"), verbose=False)
+    assert unknown.exit_code == 1 and "unrecognised flag: -fno-such-flag" in unknown.output
+    missing = worker.run(*compile_args("Shop.Missing", "out"), verbose=False)
+    assert missing.exit_code == 1 and "src/Shop/Missing.hs" in missing.output
+    mode = worker.run("--make", "src/Shop/Types.hs", verbose=False)
+    assert mode.exit_code == 1 and "--make is not supported" in mode.output
+    none = worker.run("-c", verbose=False)
+    assert none.exit_code == 1 and "no input files" in none.output
+    assert worker.run(*compile_args("Shop.Types", "out")).exit_code == 0
+
+
+def test_malformed_input_ends_the_worker_with_a_message(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [GHC_WORKER, "--persistent_worker"], input=b"\x05\x0a\xff", cwd=tmp_path,
+        capture_output=True, timeout=300,
+    )  # fmt: skip
+    assert result.returncode != 0
+    assert result.stdout == b""
+    assert b"truncated WorkRequest" in result.stderr
+
+
+def test_sandbox_dir_is_where_a_request_runs(pipe_worker: StartPipe, tmp_path: Path) -> None:
+    sandbox = tmp_path / "sandbox-3"
+    write(sandbox, "src/Shop/Types.hs", TYPES_HS)
+    prepare_dirs(sandbox, "out")
+    worker = pipe_worker()
+    request = bazel.WorkRequest(
+        arguments=compile_args("Shop.Types", "out"), sandbox_dir=str(sandbox)
+    )
+    body = request.SerializeToString()
+    assert worker.proc.stdin and worker.proc.stdout
+    worker.proc.stdin.write(encode_varint(len(body)) + body)
+    worker.proc.stdin.flush()
+    (response,) = worker.framing.feed(os.read(worker.proc.stdout.fileno(), 65536))
+    assert response.exit_code == 0, response.output
+    assert (sandbox / "out/Shop/Types.o").exists() and not (tmp_path / "out").exists()
+
+
+def test_warm_through_the_runtime_with_a_type_error(
+    start_runtime: StartRuntime, tmp_path: Path
+) -> None:
+    write(tmp_path, "src/Shop/Types.hs", TYPES_HS)
+    write(tmp_path, "src/Shop/Bad.hs", 'module Shop.Bad where\n\nx :: Int\nx = "five"\n')
+    prepare_dirs(tmp_path, "out", "cold")
+    worker = start_runtime([GHC_WORKER], cwd=tmp_path)
+    for _ in range(2):
+        response = worker.run(*compile_args("Shop.Types", "out"))
+        assert (response.exit_code, response.stderr) == (0, "")
+    failed = worker.run(*compile_args("Shop.Bad", "out"))
+    cold = cold_ghc(tmp_path, compile_args("Shop.Bad", "cold"))
+    assert failed.exit_code == 1
+    assert failed.stderr == cold.stderr
+    assert "src/Shop/Bad.hs:4:5: error:" in failed.stderr and "Couldn't match" in failed.stderr
+    assert worker.run(*compile_args("Shop.Types", "out")).exit_code == 0
+
+
+def test_the_runtime_sends_input_digests_from_the_envelope(
+    start_runtime: StartRuntime, tmp_path: Path
+) -> None:
+    """Through Buck2's path: worker_run's envelope names the inputs, the runtime digests
+    them into WorkRequest.inputs, and the worker validates its kept interfaces with them."""
+    write(tmp_path, "src/Shop/Types.hs", TYPES_HS)
+    write(tmp_path, "src/Shop/Report.hs", REPORT_HS)
+    prepare_dirs(tmp_path, "deps", "out")
+    assert cold_ghc(tmp_path, compile_args("Shop.Types", "deps")).returncode == 0
+    envelope = {
+        "argfile": "report.args",
+        "inputs": ["src/Shop/Report.hs", "deps/Shop/Types.hi"],
+        "outputs": ["out/Shop/Report.o", "out/Shop/Report.hi"],
+        "version": 1,
+    }
+    (tmp_path / "report.envelope.json").write_text(json.dumps(envelope))
+    worker = start_runtime([GHC_WORKER], ["--verbosity", "10"], cwd=tmp_path)
+    env = {"WORKER_RUNTIME_ENVELOPE": "report.envelope.json"}
+    args = compile_args("Shop.Report", "out", "-ideps", "-package", "containers")
+    first = worker.run(*args, env=env)
+    assert first.exit_code == 0, first.stderr
+    second = worker.run(*args, env=env)
+    assert "reused home interfaces: [Shop.Types]" in second.stderr
+    without = worker.run(*args)
+    assert "reused home interfaces: []" in without.stderr

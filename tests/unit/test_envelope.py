@@ -1,0 +1,42 @@
+"""The worker_run envelope: read, and every malformed form rejected with what is wrong."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from worker_runtime.envelope import Envelope, read_envelope
+from worker_runtime.errors import RequestError
+
+
+def write(tmp_path: Path, content: object) -> str:
+    (tmp_path / "e.json").write_text(content if isinstance(content, str) else json.dumps(content))
+    return "e.json"
+
+
+def test_reads_the_prelude_s_envelope(tmp_path: Path) -> None:
+    path = write(tmp_path, {"argfile": "a.args", "inputs": ["x"], "outputs": ["y"], "version": 1})
+    assert read_envelope(path, str(tmp_path)) == Envelope("a.args", ("x",), ("y",))
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ("{", "not valid JSON"),
+        ([], "not a JSON object"),
+        ({"argfile": "a", "inputs": [], "outputs": [], "version": 2}, "has version 2"),
+        ({"inputs": [], "outputs": [], "version": 1}, "no `argfile`"),
+        ({"argfile": "a", "inputs": "x", "outputs": [], "version": 1}, "`inputs`"),
+        ({"argfile": "a", "inputs": [], "outputs": [1], "version": 1}, "`outputs`"),
+    ],
+)
+def test_malformed_envelopes_are_rejected(tmp_path: Path, content: object, message: str) -> None:
+    with pytest.raises(RequestError, match=message):
+        read_envelope(write(tmp_path, content), str(tmp_path))
+
+
+def test_a_missing_envelope_names_its_path(tmp_path: Path) -> None:
+    with pytest.raises(RequestError, match=r"cannot read the envelope .*/nope\.json"):
+        read_envelope("nope.json", str(tmp_path))

@@ -1,0 +1,314 @@
+-- | The warm GHC session and what may survive from one request to the next.
+--
+-- Each request starts from the DynFlags the worker started with plus exactly the
+-- request's own arguments, and compiles in one-shot mode (what @ghc -c@ does). The
+-- external package state (the interfaces GHC has loaded, with their types, instances and
+-- rules) is what makes a warm compile fast; after each request it is filtered:
+--
+--   * package interfaces stay while the package databases are unchanged on disk;
+--   * a home-package interface (a dependency found through @-i@) stays only if the
+--     request named its @.hi@ file in @WorkRequest.inputs@ with a digest; a later request
+--     reuses it only if it resolves the module to the same file with the same digest and
+--     every home module that interface was built against is reused too;
+--   * a COMPLETE set stays with the modules of its constructors; annotations (read
+--     only by compiler plugins) never stay, and a request that loads a plugin starts
+--     from a fresh state and keeps nothing.
+--
+-- Nothing else (another request's flags, search path, or a stale interface) reaches a
+-- request.
+module WarmSession
+  ( Worker
+  , newWorker
+  , compile
+  , lastReport
+  ) where
+
+import Argfiles (expandArgfiles)
+import Capture (captureOutput)
+import Control.Exception (SomeException, displayException, evaluate, finally, fromException, throwIO, try)
+import Control.Monad (filterM, forM, unless, when)
+import qualified Data.ByteString as B
+import Data.IORef
+import Data.List (isPrefixOf, partition, sort)
+import qualified Data.Map.Strict as Map
+import Data.Maybe (catMaybes, isJust, listToMaybe)
+import qualified Data.Set as Set
+import GHC (Ghc, getSession, getSessionDynFlags, printException, setSessionDynFlags)
+import GHC.Core (CoreRule (..))
+import GHC.Core.FamInstEnv (emptyFamInstEnv, extendFamInstEnvList, famInstEnvElts)
+import GHC.Core.InstEnv (emptyInstEnv, extendInstEnvList, instEnvElts, is_dfun_name)
+import GHC.Driver.Finder (flushFinderCaches)
+import GHC.Driver.Monad (liftIO, reflectGhc, reifyGhc)
+import GHC.Driver.Phases (Phase (StopLn))
+import GHC.Driver.Pipeline (oneShot)
+import GHC.Driver.Session
+import GHC.Driver.CmdLine (Warn)
+import GHC.Driver.Types
+import GHC.Types.Name (Name, nameModule_maybe)
+import GHC.Types.Name.Env (mapNameEnv)
+import GHC.Types.SrcLoc (noLoc, unLoc)
+import GHC.Types.Unique (getKey, getUnique)
+import GHC.Types.Unique.FM (filterUFM_Directly, mapUFM)
+import GHC.Types.Name.Occurrence (occEnvElts)
+import GHC.Types.Name.Cache (NameCache (..))
+import qualified Data.IntSet as IntSet
+import GHC.Unit.Module
+import GHC.Unit.State (lookupUnit, unitDatabasePath)
+import GHC.Utils.Panic (GhcException)
+import System.Directory (doesFileExist, getCurrentDirectory, getFileSize, getModificationTime, listDirectory, setCurrentDirectory, doesDirectoryExist)
+import System.FilePath (normalise, (<.>), (</>))
+import System.IO (hPutStrLn, stderr)
+
+-- | A kept home-package interface: the file it was read from and that file's digest.
+data HomeIface = HomeIface {homePath :: !FilePath, homeDigest :: !B.ByteString}
+  deriving (Eq, Show)
+
+data Worker = Worker
+  { workerPristineEps :: ExternalPackageState
+  -- ^ The package state of a fresh session.
+  , workerState :: IORef Kept
+  , workerCaptureFile :: FilePath
+  , workerLastReport :: IORef String
+  -- ^ What the last request reused (the worker adds it to the output at verbosity >= 10).
+  }
+
+-- | What survives between requests.
+data Kept = Kept
+  { keptBase :: DynFlags
+  -- ^ The DynFlags every request starts from (with the package databases read).
+  , keptDbFingerprint :: [String]
+  -- ^ The package databases the kept state was loaded from, as they were on disk.
+  , keptEps :: ExternalPackageState
+  , keptHome :: Map.Map Module (HomeIface, [ModuleName])
+  -- ^ Home interfaces in 'keptEps', with the home modules each was built against.
+  }
+
+-- | Mode flags of the @ghc@ command line that a per-module compile cannot mean.
+unsupportedModes :: [String]
+unsupportedModes =
+  ["--make", "-e", "--interactive", "-M", "-E", "-C", "-S", "--show-iface", "--abi-hash", "--frontend", "--backpack", "--mk-dll"]
+
+newWorker :: FilePath -> Ghc Worker
+newWorker captureFile = do
+  dflags0 <- getSessionDynFlags
+  _ <- setSessionDynFlags dflags0 {ghcMode = OneShot, ghcLink = NoLink}
+  base <- getSessionDynFlags
+  env <- getSession
+  pristine <- liftIO (readIORef (hsc_EPS env))
+  fingerprint <- liftIO (databaseFingerprint base)
+  state <- liftIO (newIORef (Kept base fingerprint pristine Map.empty))
+  report <- liftIO (newIORef "")
+  return (Worker pristine state captureFile report)
+
+-- | What the last request started from, for the worker's verbose output.
+lastReport :: Worker -> IO String
+lastReport = readIORef . workerLastReport
+
+-- | Compiles what the arguments name (a @ghc -c@ command line without @ghc@) in the
+-- given directory. Returns the exit code and everything GHC (and the tools it ran)
+-- printed, formatted as @ghc@ formats it.
+compile :: Worker -> FilePath -> [String] -> [(FilePath, B.ByteString)] -> Ghc (Int, String)
+compile worker dir rawArgs inputs = reifyGhc $ \session -> do
+  outcome <-
+    try
+      ( captureOutput (workerCaptureFile worker) $
+          inDirectory dir (reflectGhc (compileHere worker rawArgs inputs) session)
+      )
+  case outcome of
+    Right (code, output) -> return (code, output)
+    Left e -> do
+      -- Something outside GHC's own error reporting went wrong: start the next request
+      -- from a fresh state rather than trust this one.
+      modifyIORef' (workerState worker) (\k -> k {keptEps = workerPristineEps worker, keptHome = Map.empty})
+      return (1, "ghc-worker: " ++ displayException (e :: SomeException) ++ "\n")
+
+inDirectory :: FilePath -> IO a -> IO a
+inDirectory "" action = action
+inDirectory dir action = do
+  here <- getCurrentDirectory
+  setCurrentDirectory dir
+  action `finally` setCurrentDirectory here
+
+compileHere :: Worker -> [String] -> [(FilePath, B.ByteString)] -> Ghc Int
+compileHere worker rawArgs inputs = do
+  args <- liftIO (expandArgfiles rawArgs)
+  let rest = filter (/= "-c") args
+  case filter (`elem` unsupportedModes) rest of
+    (mode : _) -> failWith ("ghc-worker: " ++ mode ++ " is not supported: each request is one `ghc -c` compile")
+    [] -> do
+      kept <- liftIO (readIORef (workerState worker))
+      parsed <- liftIO (try (parseDynamicFlagsCmdLine (keptBase kept) (map noLoc rest)))
+      case parsed of
+        Left e -> failWith (show (e :: GhcException))
+        Right (dflags1, leftover, warnings) -> do
+          let (unknown, sources) = partition ("-" `isPrefixOf`) (map unLoc leftover)
+          case (unknown, sources) of
+            (flag : _, _) -> failWith ("ghc: unrecognised flag: " ++ flag ++ "\nUsage: For basic information, try the `--help' option.")
+            (_, []) -> failWith "ghc: no input files\nUsage: For basic information, try the `--help' option."
+            _ -> runCompile worker kept dflags1 warnings sources inputs
+  where
+    failWith message = liftIO (hPutStrLn stderr message) >> return 1
+
+runCompile :: Worker -> Kept -> DynFlags -> [Warn] -> [FilePath] -> [(FilePath, B.ByteString)] -> Ghc Int
+runCompile worker kept dflags1 warnings sources inputs = do
+  let base = keptBase kept
+      sameDatabases = packageDBFlags dflags1 == packageDBFlags base
+      wanted = dflags1 {ghcMode = OneShot, ghcLink = NoLink}
+  _ <- setSessionDynFlags wanted {unitDatabases = if sameDatabases then unitDatabases base else Nothing}
+  fingerprint0 <- getSessionDynFlags >>= liftIO . databaseFingerprint
+  -- Other package databases, or the same ones changed on disk: read them again and start
+  -- from a fresh package state.
+  let fresh = fingerprint0 /= keptDbFingerprint kept
+  when fresh (setSessionDynFlags wanted {unitDatabases = Nothing})
+  dflags <- getSessionDynFlags
+  fingerprint <- if fresh then liftIO (databaseFingerprint dflags) else return fingerprint0
+  let digests = Map.fromList [(normalise p, d) | (p, d) <- inputs, not (B.null d)]
+      pristine = workerPristineEps worker
+      -- A plugin may read annotations, which are never kept: such a request runs cold.
+      usesPlugins = not (null (pluginModNames dflags))
+      isolated = usesPlugins || (fresh && not sameDatabases)
+  env <- getSession
+  reusable <- if fresh || usesPlugins then return Map.empty else liftIO (validHome dflags digests (keptHome kept))
+  startEps <-
+    if fresh || usesPlugins
+      then return pristine
+      else liftIO $ do
+        names <- readIORef (hsc_NC env)
+        evaluate (filterEps pristine names (homeUnit dflags) (keptModules dflags reusable (keptEps kept)) (keptEps kept))
+  liftIO . writeIORef (workerLastReport worker) $
+    "ghc-worker: started from "
+      ++ (if fresh || usesPlugins then "a fresh state" else show (length (moduleEnvKeys (eps_PIT startEps))) ++ " kept interfaces")
+      ++ "; reused home interfaces: ["
+      ++ unwords (sort [moduleNameString (moduleName m) | m <- Map.keys reusable])
+      ++ "]; dropped: ["
+      ++ unwords (sort [moduleNameString (moduleName m) | m <- Map.keys (keptHome kept), not (Map.member m reusable)])
+      ++ "]\n"
+  liftIO $ do
+    writeIORef (hsc_EPS env) startEps
+    flushFinderCaches env
+  result <- liftIO (try (handleFlagWarnings dflags warnings >> oneShot env StopLn [(s, Nothing) | s <- sources]))
+  code <- case result of
+    Right () -> return 0
+    Left e
+      | Just sourceError <- fromException e -> printException sourceError >> return 1
+      | Just ghcError <- fromException e -> liftIO (hPutStrLn stderr (show (ghcError :: GhcException))) >> return 1
+      | otherwise -> liftIO (throwIO e)
+  -- What this request loaded may serve the next one, filtered as the module header says.
+  unless isolated $ liftIO $ do
+    eps <- readIORef (hsc_EPS env)
+    names <- readIORef (hsc_NC env)
+    home <- homeInterfaces dflags digests eps
+    keptEps' <- evaluate (filterEps pristine names (homeUnit dflags) (keptModules dflags home eps) eps)
+    writeIORef (workerState worker) $!
+      Kept
+        { keptBase = if sameDatabases then base {unitDatabases = unitDatabases dflags} else base
+        , keptDbFingerprint = fingerprint
+        , keptEps = keptEps'
+        , keptHome = home
+        }
+  return code
+
+-- | Where a one-shot compile finds a home module's interface: the first @-i@ directory
+-- holding it (no home interface is kept when @-hidir@ moves them elsewhere).
+resolveInterface :: DynFlags -> ModuleName -> IO (Maybe FilePath)
+resolveInterface dflags name
+  | isJust (hiDir dflags) = return Nothing
+  | otherwise = listToMaybe <$> filterM doesFileExist candidates
+  where
+    candidates = [normalise (dir </> moduleNameSlashes name <.> hiSuf dflags) | dir <- importPaths dflags]
+
+-- | The kept home interfaces this request may reuse: same file, same digest, and every
+-- home module each was built against reusable too.
+validHome :: DynFlags -> Map.Map FilePath B.ByteString -> Map.Map Module (HomeIface, [ModuleName]) -> IO (Map.Map Module (HomeIface, [ModuleName]))
+validHome dflags digests home = do
+  checked <- forM (Map.toList home) $ \(m, entry@(HomeIface path digest, _)) -> do
+    found <- resolveInterface dflags (moduleName m)
+    let ok = moduleUnit m == homeUnit dflags && found == Just path && Map.lookup path digests == Just digest
+    return (if ok then Just (m, entry) else Nothing)
+  return (closeOverDeps dflags (Map.fromList (catMaybes checked)))
+
+-- | The home interfaces this request loaded that a later request could reuse.
+homeInterfaces :: DynFlags -> Map.Map FilePath B.ByteString -> ExternalPackageState -> IO (Map.Map Module (HomeIface, [ModuleName]))
+homeInterfaces dflags digests eps = do
+  found <- forM (moduleEnvToList (eps_PIT eps)) $ \(m, iface) ->
+    if moduleUnit m /= homeUnit dflags || any ((== IsBoot) . gwib_isBoot) (dep_mods (mi_deps iface))
+      then return Nothing
+      else do
+        path <- resolveInterface dflags (moduleName m)
+        return $ do
+          p <- path
+          digest <- Map.lookup p digests
+          return (m, (HomeIface p digest, map gwib_mod (dep_mods (mi_deps iface))))
+  return (closeOverDeps dflags (Map.fromList (catMaybes found)))
+
+-- | Drops, until none is left to drop, every interface built against a home module
+-- that is not itself in the map.
+closeOverDeps :: DynFlags -> Map.Map Module (HomeIface, [ModuleName]) -> Map.Map Module (HomeIface, [ModuleName])
+closeOverDeps dflags home
+  | Map.size pruned == Map.size home = home
+  | otherwise = closeOverDeps dflags pruned
+  where
+    pruned = Map.filter (all (\d -> Map.member (mkModule (homeUnit dflags) d) home) . snd) home
+
+-- | The modules of @eps@ to keep: plain package interfaces, and the given home ones.
+keptModules :: DynFlags -> Map.Map Module a -> ExternalPackageState -> Set.Set Module
+keptModules dflags home eps =
+  Set.fromList
+    [ m
+    | m <- moduleEnvKeys (eps_PIT eps)
+    , if moduleUnit m == homeUnit dflags
+        then Map.member m home
+        else isJust (lookupUnit (unitState dflags) (moduleUnit m))
+    ]
+
+-- | The package state with only what the given modules brought into it. Nothing here
+-- may force a type, class or instance loaded from an interface: those are lazy thunks
+-- that update the package state themselves when forced. Declarations are therefore
+-- dropped by the uniques of their names, taken from the name cache, and family instances
+-- are rebuilt from the per-module table.
+filterEps :: ExternalPackageState -> NameCache -> Unit -> Set.Set Module -> ExternalPackageState -> ExternalPackageState
+filterEps pristine names home keep eps =
+  eps
+    { eps_is_boot = eps_is_boot pristine
+    , eps_PIT = filterModuleEnv (\m _ -> Set.member m keep) (eps_PIT eps)
+    , eps_free_holes = eps_free_holes pristine
+    , eps_PTE = filterUFM_Directly (\u _ -> not (IntSet.member (getKey u) dropped)) (eps_PTE eps)
+    , eps_inst_env = extendInstEnvList emptyInstEnv (filter (keepName . is_dfun_name) (instEnvElts (eps_inst_env eps)))
+    , eps_fam_inst_env = extendFamInstEnvList emptyFamInstEnv (concatMap famInstEnvElts (moduleEnvElts modFamInsts))
+    , eps_rule_base = mapNameEnv (filter keepRule) (eps_rule_base eps)
+    , eps_ann_env = eps_ann_env pristine
+    , eps_complete_matches = mapUFM (filter keepCompleteMatch) (eps_complete_matches eps)
+    , eps_mod_fam_inst_env = modFamInsts
+    }
+  where
+    modFamInsts = filterModuleEnv (\m _ -> Set.member m keep) (eps_mod_fam_inst_env eps)
+    -- Every name of every module whose interface goes.
+    dropped =
+      IntSet.fromList
+        [ getKey (getUnique name)
+        | (m, occs) <- moduleEnvToList (nsNames names)
+        , not (Set.member m keep)
+        , elemModuleEnv m (eps_PIT eps) || moduleUnit m == home
+        , name <- occEnvElts occs
+        ]
+    keepName :: Name -> Bool
+    keepName n = maybe True (`Set.member` keep) (nameModule_maybe n)
+    keepRule rule@Rule {} = Set.member (ru_origin rule) keep
+    keepRule _ = True
+    keepCompleteMatch match = all keepName (completeMatchTyCon match : completeMatchConLikes match)
+
+-- | The package databases a session reads, as they are on disk (paths, sizes, times).
+databaseFingerprint :: DynFlags -> IO [String]
+databaseFingerprint dflags = fmap concat . forM paths $ \path -> do
+  isDir <- doesDirectoryExist path
+  files <- if isDir then map (path </>) . sort <$> listDirectory path else return [path]
+  forM files $ \file -> do
+    exists <- doesFileExist file
+    if exists
+      then do
+        size <- getFileSize file
+        time <- getModificationTime file
+        return (file ++ " " ++ show size ++ " " ++ show time)
+      else return (file ++ " missing")
+  where
+    paths = maybe [] (map unitDatabasePath) (unitDatabases dflags)

@@ -1,0 +1,157 @@
+-- | Bazel's persistent-worker wire format, proto flavour: varint-delimited WorkRequest
+-- and WorkResponse messages (worker_protocol.proto), decoded and encoded by hand so the
+-- worker needs nothing beyond the libraries that ship with GHC.
+module WorkProtocol
+  ( WorkRequest (..)
+  , WorkInput (..)
+  , WorkResponse (..)
+  , readRequest
+  , writeResponse
+  , decodeRequest
+  , encodeResponse
+  ) where
+
+import Data.Bits (shiftL, shiftR, (.&.), (.|.))
+import qualified Data.ByteString as B
+import qualified Data.ByteString.Builder as BB
+import qualified Data.ByteString.Lazy as BL
+import Data.Int (Int32)
+import qualified Data.Text as T
+import qualified Data.Text.Encoding as TE
+import qualified Data.Text.Encoding.Error as TE
+import Data.Word (Word64, Word8)
+import System.IO (Handle, hFlush)
+
+data WorkInput = WorkInput
+  { inputPath :: !String
+  , inputDigest :: !B.ByteString
+  }
+  deriving (Eq, Show)
+
+data WorkRequest = WorkRequest
+  { reqArguments :: [String]
+  , reqInputs :: [WorkInput]
+  , reqId :: !Int32
+  , reqCancel :: !Bool
+  , reqVerbosity :: !Int32
+  , reqSandboxDir :: !String
+  }
+  deriving (Eq, Show)
+
+data WorkResponse = WorkResponse
+  { respExitCode :: !Int32
+  , respOutput :: !String
+  , respRequestId :: !Int32
+  , respWasCancelled :: !Bool
+  }
+  deriving (Eq, Show)
+
+emptyRequest :: WorkRequest
+emptyRequest = WorkRequest [] [] 0 False 0 ""
+
+-- | Reads one length-delimited request; Nothing at a clean end of input. A truncated
+-- or malformed message is an error (the worker cannot resynchronise a byte stream).
+readRequest :: Handle -> IO (Maybe WorkRequest)
+readRequest h = do
+  first <- B.hGet h 1
+  if B.null first
+    then return Nothing
+    else do
+      len <- readVarint (B.head first) 0 0
+      body <- B.hGet h (fromIntegral len)
+      if B.length body /= fromIntegral len
+        then fail ("truncated WorkRequest: expected " ++ show len ++ " bytes, got " ++ show (B.length body))
+        else either (fail . ("malformed WorkRequest: " ++)) (return . Just) (decodeRequest body)
+  where
+    readVarint :: Word8 -> Int -> Word64 -> IO Word64
+    readVarint byte shift acc = do
+      let acc' = acc .|. (fromIntegral (byte .&. 0x7f) `shiftL` shift)
+      if byte .&. 0x80 == 0
+        then return acc'
+        else do
+          next <- B.hGet h 1
+          if B.null next || shift > 56
+            then fail "truncated or oversized length prefix"
+            else readVarint (B.head next) (shift + 7) acc'
+
+writeResponse :: Handle -> WorkResponse -> IO ()
+writeResponse h response = do
+  let body = encodeResponse response
+  BB.hPutBuilder h (varint (fromIntegral (BL.length body)) <> BB.lazyByteString body)
+  hFlush h
+
+-- | A field of a message: its number and its value.
+data Field = VarintField !Int !Word64 | BytesField !Int !B.ByteString
+
+decodeRequest :: B.ByteString -> Either String WorkRequest
+decodeRequest bytes = foldl apply emptyRequest <$> fields bytes
+  where
+    apply r (BytesField 1 v) = r {reqArguments = reqArguments r ++ [utf8 v]}
+    apply r (BytesField 2 v) = r {reqInputs = reqInputs r ++ [decodeInput v]}
+    apply r (VarintField 3 v) = r {reqId = fromIntegral v}
+    apply r (VarintField 4 v) = r {reqCancel = v /= 0}
+    apply r (VarintField 5 v) = r {reqVerbosity = fromIntegral v}
+    apply r (BytesField 6 v) = r {reqSandboxDir = utf8 v}
+    apply r _ = r -- unknown fields are skipped, as proto3 requires
+    decodeInput v = case fields v of
+      Right fs -> foldl input (WorkInput "" B.empty) fs
+      Left _ -> WorkInput "" B.empty
+    input i (BytesField 1 v) = i {inputPath = utf8 v}
+    input i (BytesField 2 v) = i {inputDigest = v}
+    input i _ = i
+
+utf8 :: B.ByteString -> String
+utf8 = T.unpack . TE.decodeUtf8With TE.lenientDecode
+
+fields :: B.ByteString -> Either String [Field]
+fields bs
+  | B.null bs = Right []
+  | otherwise = do
+      (key, rest) <- getVarint bs
+      let number = fromIntegral (key `shiftR` 3)
+      (field, rest') <- case key .&. 7 of
+        0 -> do
+          (v, r) <- getVarint rest
+          return (VarintField number v, r)
+        1 -> skip 8 rest
+        2 -> do
+          (n, r) <- getVarint rest
+          let len = fromIntegral n
+          if B.length r < len
+            then Left ("field " ++ show number ++ " runs past the end of the message")
+            else return (BytesField number (B.take len r), B.drop len r)
+        5 -> skip 4 rest
+        t -> Left ("unsupported wire type " ++ show t ++ " for field " ++ show number)
+      (field :) <$> fields rest'
+  where
+    skip n r
+      | B.length r < n = Left "fixed-width field runs past the end of the message"
+      | otherwise = Right (VarintField 0 0, B.drop n r)
+
+getVarint :: B.ByteString -> Either String (Word64, B.ByteString)
+getVarint = go 0 0
+  where
+    go shift acc bs = case B.uncons bs of
+      Nothing -> Left "truncated varint"
+      Just (b, rest)
+        | shift > 63 -> Left "varint longer than 10 bytes"
+        | b .&. 0x80 == 0 -> Right (acc .|. (fromIntegral b `shiftL` shift), rest)
+        | otherwise -> go (shift + 7) (acc .|. (fromIntegral (b .&. 0x7f) `shiftL` shift)) rest
+
+encodeResponse :: WorkResponse -> BL.ByteString
+encodeResponse (WorkResponse code output rid cancelled) =
+  BB.toLazyByteString $
+    intField 1 (fromIntegral code)
+      <> (if null output then mempty else bytesField 2 (TE.encodeUtf8 (T.pack output)))
+      <> intField 3 (fromIntegral rid)
+      <> (if cancelled then intField 4 1 else mempty)
+  where
+    -- int32 is encoded as a sign-extended 64-bit varint; zero values are omitted.
+    intField _ 0 = mempty
+    intField n v = varint (fromIntegral n `shiftL` 3) <> varint (fromIntegral (v :: Int) :: Word64)
+    bytesField n v = varint (fromIntegral n `shiftL` 3 .|. 2) <> varint (fromIntegral (B.length v)) <> BB.byteString v
+
+varint :: Word64 -> BB.Builder
+varint v
+  | v < 0x80 = BB.word8 (fromIntegral v)
+  | otherwise = BB.word8 (fromIntegral (v .&. 0x7f) .|. 0x80) <> varint (v `shiftR` 7)

@@ -1,0 +1,56 @@
+"""The envelope worker_run (prelude/worker/worker_run.bzl) attaches to every worker action:
+a JSON file, named by the action's ``WORKER_RUNTIME_ENVELOPE`` variable, that lists the
+request's @argfile, its input files and its outputs."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+
+from worker_runtime.errors import RequestError
+
+ENVELOPE_ENV = "WORKER_RUNTIME_ENVELOPE"
+SUPPORTED_VERSION = 1
+
+
+@dataclass(frozen=True, slots=True)
+class Envelope:
+    """Paths are as Buck2 wrote them: relative to the project root (the worker's cwd)."""
+
+    argfile: str
+    inputs: tuple[str, ...]
+    outputs: tuple[str, ...]
+
+
+def _paths(value: object, field: str, where: str) -> tuple[str, ...]:
+    if not isinstance(value, list) or not all(isinstance(p, str) for p in value):
+        raise RequestError(f"the envelope {where} has no list of paths in `{field}`")
+    return tuple(value)
+
+
+def read_envelope(path: str, cwd: str) -> Envelope:
+    """Reads the envelope at ``path`` (relative to ``cwd``); a RequestError says what is wrong."""
+    where = os.path.join(cwd, path)
+    try:
+        with open(where, encoding="utf-8") as handle:
+            data = json.load(handle)
+    except OSError as exc:
+        raise RequestError(f"cannot read the envelope {where}: {exc.strerror}") from None
+    except ValueError as exc:
+        raise RequestError(f"the envelope {where} is not valid JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise RequestError(f"the envelope {where} is not a JSON object")
+    if data.get("version") != SUPPORTED_VERSION:
+        raise RequestError(
+            f"the envelope {where} has version {data.get('version')!r}; this worker-runtime "
+            f"reads version {SUPPORTED_VERSION}: use the prelude that comes with it"
+        )
+    argfile = data.get("argfile")
+    if not isinstance(argfile, str):
+        raise RequestError(f"the envelope {where} has no `argfile` path")
+    return Envelope(
+        argfile,
+        _paths(data.get("inputs"), "inputs", where),
+        _paths(data.get("outputs"), "outputs", where),
+    )

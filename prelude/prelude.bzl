@@ -1,5 +1,8 @@
 """What the prelude cell exports. Loaded names are not re-exported in Buck2: bind each again."""
 
+load("//haskell:haskell_binary.bzl", _haskell_binary = "haskell_binary")
+load("//haskell:haskell_library.bzl", _HaskellLibraryInfo = "HaskellLibraryInfo", _haskell_library = "haskell_library")
+load("//haskell:haskell_toolchain.bzl", _HaskellToolchainInfo = "HaskellToolchainInfo", _haskell_toolchain = "haskell_toolchain")
 load("//java:java_binary.bzl", _java_binary = "java_binary")
 load("//java:java_library.bzl", _JavaLibraryInfo = "JavaLibraryInfo", _java_library = "java_library")
 load("//java:java_toolchain.bzl", _JavaToolchainInfo = "JavaToolchainInfo", _java_toolchain = "java_toolchain")
@@ -20,3 +23,9 @@ java_binary = _java_binary
 java_library = _java_library
 java_toolchain = _java_toolchain
 routing_select = _routing_select
+
+HaskellLibraryInfo = _HaskellLibraryInfo
+HaskellToolchainInfo = _HaskellToolchainInfo
+haskell_binary = _haskell_binary
+haskell_library = _haskell_library
+haskell_toolchain = _haskell_toolchain

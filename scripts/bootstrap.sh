@@ -27,16 +27,21 @@ if ! [ -x "$BUILDIFIER" ] || ! grep -q "\"version\": \"$BUILDIFIER_VERSION\"" "$
   npm install --silent --no-audit --no-fund --prefix "$ROOT/.cache/npm" "@bazel/buildifier@$BUILDIFIER_VERSION" >&2
 fi
 
-# Bazel 4.2.3 (Debian's bazel-bootstrap) drives the javac worker in the conformance tests.
-if ! command -v bazel >/dev/null 2>&1; then
+# From Debian: Bazel 4.2.3 (bazel-bootstrap) drives the workers in the conformance tests;
+# GHC 9.0.2 (ghc, with the GHC API as its hidden `ghc` package) builds and runs the
+# Haskell worker and the Haskell example. objdump/nm (binutils) compare object files.
+missing=()
+command -v bazel >/dev/null 2>&1 || missing+=(bazel-bootstrap)
+command -v ghc >/dev/null 2>&1 || missing+=(ghc)
+if [ ${#missing[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
-    echo "bootstrap: installing bazel-bootstrap (Debian)" >&2
+    echo "bootstrap: installing ${missing[*]} (Debian)" >&2
     export DEBIAN_FRONTEND=noninteractive
-    apt-get install -y -q bazel-bootstrap >/dev/null 2>&1 || {
-      apt-get update -q >/dev/null && apt-get install -y -q bazel-bootstrap >/dev/null
+    apt-get install -y -q "${missing[@]}" >/dev/null 2>&1 || {
+      apt-get update -q >/dev/null && apt-get install -y -q "${missing[@]}" >/dev/null
     }
   else
-    echo "bootstrap: warning: bazel is missing (apt-get install bazel-bootstrap, as root); its tests will fail" >&2
+    echo "bootstrap: warning: ${missing[*]} missing (apt-get install ${missing[*]}, as root); their tests will fail" >&2
   fi
 fi
 

@@ -220,7 +220,7 @@ def _is_artifact(value):
 def _source(path):
     return _artifact(path, path, True)
 
-_CmdArgs = record(items = list, hidden = list, delimiter = typing.Any, format = typing.Any, ignore_artifacts = bool, outputs = list)
+_CmdArgs = record(items = list, hidden = list, delimiter = typing.Any, format = typing.Any, ignore_artifacts = bool, outputs = list, parent = int)
 
 def cmd_args(*args, hidden = [], delimiter = None, format = None, prepend = None, quote = None, ignore_artifacts = False, absolute_prefix = None, absolute_suffix = None, parent = 0, relative_to = None, replace_regex = []):
     items = []
@@ -233,7 +233,9 @@ def cmd_args(*args, hidden = [], delimiter = None, format = None, prepend = None
             outputs.append(item)
         elif isinstance(item, _CmdArgs):
             outputs.extend(item.outputs)
-    return _CmdArgs(items = items, hidden = hidden_items, delimiter = delimiter, format = format, ignore_artifacts = ignore_artifacts, outputs = outputs)
+    if type(parent) != "int" or parent < 0:
+        fail("cmd_args: parent must be a non-negative int, not", repr(parent))
+    return _CmdArgs(items = items, hidden = hidden_items, delimiter = delimiter, format = format, ignore_artifacts = ignore_artifacts, outputs = outputs, parent = parent)
 
 def _cmd_items(arg):
     if type(arg) == "list":
@@ -245,7 +247,7 @@ def _cmd_items(arg):
         fail("cmd_args: a", type(arg), "is not a command-line argument (tuples and ints are not accepted)")
     return [arg]
 
-def _render_one(item):
+def _render_one(item, parent = 0):
     if type(item) == "string":
         return [item]
     if isinstance(item, _CmdArgs):
@@ -253,7 +255,12 @@ def _render_one(item):
     if isinstance(item, RunInfo):
         return _render(item.args)
     if _is_artifact(item):
-        return [item.path]
+        if parent == 0:
+            return [item.path]
+        parts = item.path.split("/")
+        if parent >= len(parts):
+            fail("cmd_args: parent =", parent, "goes above the root from", item.path)
+        return ["/".join(parts[:len(parts) - parent])]
     fail("cannot render", type(item), "on a command line")
 
 def _render(args):
@@ -261,7 +268,7 @@ def _render(args):
         args = cmd_args(args)
     out = []
     for item in args.items:
-        out.extend(_render_one(item))
+        out.extend(_render_one(item, args.parent))
     if args.format != None:
         out = [args.format.replace("{}", s) for s in out]
     if args.delimiter != None:
@@ -572,7 +579,9 @@ def rule(*, impl, attrs, cfg = None, supports_incoming_transition = None, doc = 
             return attrs
         if "name" not in kwargs:
             fail("missing `name` for a rule call")
-        _py_target(kwargs["name"], {k: v for k, v in kwargs.items() if type(v) in ("string", "int", "bool", "list", "dict")})
+        recorded = {k: v for k, v in kwargs.items() if type(v) in ("string", "int", "bool", "list", "dict")}
+        recorded["_impl"] = str(impl).split(".")[-1]  # which rule: its impl function's name
+        _py_target(kwargs["name"], recorded)
         return None
 
     return rule_call

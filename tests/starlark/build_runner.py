@@ -6,7 +6,7 @@ write files, ``symlinked_dir`` makes a directory of links, and ``run`` actions r
 on the worker (an ``ExecuteCommand`` with the action's arguments and env, sent to a
 ``worker-runtime serve`` launched from the worker_tool's config, as Buck2 sends it) or as
 the fallback process (``WorkerRunInfo.exe + arguments``), at most ``jobs`` targets at a
-time. Used by the Java tests and the Java example benchmark.
+time. Used by the Java and Haskell tests and the example benchmarks.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,6 +30,9 @@ from worker_runtime.demo_java import run_in_dependency_order
 RUNTIME = [sys.executable, "-m", "worker_runtime", "serve"]
 PRELUDE_JAVA = {
     "@prelude//:prelude.bzl": ["JavaLibraryInfo", "JavaToolchainInfo", "WorkerToolInfo"]
+}
+PRELUDE_HASKELL = {
+    "@prelude//:prelude.bzl": ["HaskellLibraryInfo", "HaskellToolchainInfo", "WorkerToolInfo"]
 }
 
 
@@ -55,21 +58,33 @@ def java_toolchain_dep(worker_exe: list[str]) -> str:
     )
 
 
-def javac_worker_config() -> dict[str, Any]:
-    """The runtime config that toolchains//:javac_worker's worker_tool writes."""
+def worker_tool_config(name: str) -> dict[str, Any]:
+    """The runtime config that the worker_tool toolchains//:<name> writes (its backend and
+    fallback are host_commands of toolchains/BUCK, resolved here by hand)."""
     fake = Buck2Fake()
     fake.eval_file(REPO_ROOT / "toolchains" / "BUCK", "toolchains")
-    attrs = fake.target_attrs["javac_worker"]
+    attrs = fake.target_attrs[name]
     given = {k: starlark_literal(v) for k, v in attrs.items() if k in ("multiplex", "cancellable")}
     given["tool_inputs"] = starlark_literal([f"toolchains/{p}" for p in attrs["tool_inputs"]])
-    given["backend"] = 'fake_dep(RunInfo(args = cmd_args("toolchains/java/javac-worker")))'
-    given["fallback"] = 'fake_dep(RunInfo(args = cmd_args("javac")))'
+    for role in ("backend", "fallback"):
+        command = fake.target_attrs[attrs[role].lstrip(":")]["command"]
+        given[role] = f"fake_dep(RunInfo(args = cmd_args({json.dumps(command)})))"
     analysis = Buck2Fake().analyse(
-        "@prelude//worker:worker_tool.bzl", "worker_tool", "//toolchains:javac_worker", given,
+        "@prelude//worker:worker_tool.bzl", "worker_tool", f"//toolchains:{name}", given,
         {"toolchains//:worker_runtime": 'fake_dep(RunInfo(args = cmd_args("worker-runtime")))'},
     )  # fmt: skip
     config: dict[str, Any] = json.loads(analysis.action("write_json")["content"])
     return config
+
+
+def javac_worker_config() -> dict[str, Any]:
+    """The runtime config that toolchains//:javac_worker's worker_tool writes."""
+    return worker_tool_config("javac_worker")
+
+
+def ghc_worker_config() -> dict[str, Any]:
+    """The runtime config that toolchains//:ghc_worker's worker_tool writes."""
+    return worker_tool_config("ghc_worker")
 
 
 @dataclass
@@ -86,10 +101,10 @@ class BuildResult:
 
 @contextmanager
 def javac_worker(
-    project: Path, config: dict[str, Any], extra_flags: list[str]
+    project: Path, config: dict[str, Any], extra_flags: list[str], name: str = "javac_worker"
 ) -> Iterator[Buck2Worker]:
-    """One Buck2 command's javac worker: `worker-runtime serve --config <config>`."""
-    path = project / "buck-out" / "javac_worker.json"
+    """One Buck2 command's worker: `worker-runtime serve --config <config>`."""
+    path = project / "buck-out" / f"{name}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(config))
     worker = Buck2Worker([*RUNTIME, *extra_flags, "--config", str(path)], project_root=project)
@@ -106,18 +121,86 @@ def make_project(tmp: Path) -> Path:
     return project
 
 
+@dataclass(frozen=True)
+class Language:
+    """How the build runner analyses one language's targets."""
+
+    prelude: dict[str, list[str]]
+    toolchain_label: str
+    toolchain: str
+    library_provider: str
+    rule_of: Callable[[dict[str, Any]], str]
+    dep_expr: Callable[[dict[str, Any]], str]
+    passed_attrs: tuple[str, ...]
+
+
+def haskell_library_dep(info: dict[str, Any]) -> str:
+    return (
+        "fake_dep_of({HaskellLibraryInfo: HaskellLibraryInfo("
+        f"archives = {artifact_list(info['archives'])}, "
+        f"interfaces = {artifact_list(info['interfaces'])}, "
+        f"packages = {json.dumps(info['packages'])}, "
+        f"search_path = cmd_args({json.dumps(info['search_path']['cmd_args'])}))}})"
+    )
+
+
+def haskell_toolchain_dep(worker_exe: list[str]) -> str:
+    return (
+        "fake_dep_of({HaskellToolchainInfo: HaskellToolchainInfo("
+        f"compiler = WorkerToolInfo(worker = WorkerInfo(exe = cmd_args({json.dumps(worker_exe)})), "
+        'fallback = RunInfo(args = cmd_args("toolchains/haskell/ghc-argfile")), config = "unused"), '
+        'archiver = RunInfo(args = cmd_args("ar")), linker = RunInfo(args = cmd_args("ghc")))})'
+    )
+
+
+JAVA = Language(
+    prelude=PRELUDE_JAVA,
+    toolchain_label="toolchains//:java",
+    toolchain=java_toolchain_dep(["worker-runtime", "serve"]),
+    library_provider="JavaLibraryInfo",
+    rule_of=lambda attrs: "java_binary" if "main_class" in attrs else "java_library",
+    dep_expr=java_library_dep,
+    passed_attrs=("deps", "exported_deps", "main_class"),
+)
+
+HASKELL = Language(
+    prelude=PRELUDE_HASKELL,
+    toolchain_label="toolchains//:haskell",
+    toolchain=haskell_toolchain_dep(["worker-runtime", "serve"]),
+    library_provider="HaskellLibraryInfo",
+    rule_of=lambda attrs: attrs["_impl"].strip("_").removesuffix("_impl"),
+    dep_expr=haskell_library_dep,
+    passed_attrs=("deps", "packages", "compiler_flags"),
+)
+
+
 def build_java_package(
+    project: Path, package: str, *, worker: Buck2Worker | None, jobs: int = 2
+) -> BuildResult:
+    """Builds every Java target of ``package`` (e.g. ``examples/java``) in dependency order."""
+    return build_package(project, package, JAVA, worker=worker, jobs=jobs)
+
+
+def build_haskell_package(
+    project: Path, package: str, *, worker: Buck2Worker | None, jobs: int = 2
+) -> BuildResult:
+    """Builds every Haskell target of ``package`` (e.g. ``examples/haskell``)."""
+    return build_package(project, package, HASKELL, worker=worker, jobs=jobs)
+
+
+def build_package(
     project: Path,
     package: str,
+    language: Language,
     *,
     worker: Buck2Worker | None,
     jobs: int = 2,
 ) -> BuildResult:
-    """Builds every target of ``package`` (e.g. ``examples/java``) in dependency order."""
+    """Builds every target of ``package`` in dependency order, at most ``jobs`` at a time;
+    within a target, actions run in the order the rule registered them."""
     fake = Buck2Fake()
     fake.eval_file(REPO_ROOT / package / "BUCK", "root")
     targets = dict(fake.target_attrs)
-    toolchain = java_toolchain_dep(["worker-runtime", "serve"])
     result = BuildResult()
     done: dict[str, dict[str, Any]] = {}
     lock = threading.Lock()
@@ -128,24 +211,25 @@ def build_java_package(
 
     def build(name: str) -> None:
         attrs = targets[name]
-        rule = "java_binary" if "main_class" in attrs else "java_library"
+        rule = language.rule_of(attrs)
         given = {"srcs": json.dumps([f"{package}/{s}" for s in attrs.get("srcs", [])])}
-        for key in ("deps", "exported_deps"):
+        for key in language.passed_attrs:
             if key in attrs:
                 given[key] = json.dumps(attrs[key])
-        if "main_class" in attrs:
-            given["main_class"] = json.dumps(attrs["main_class"])
         with lock:
-            known = {f":{dep}": java_library_dep(done[dep]) for dep in deps_of(name)}
-        known["toolchains//:java"] = toolchain
+            known = {f":{dep}": language.dep_expr(done[dep]) for dep in deps_of(name)}
+        known[language.toolchain_label] = language.toolchain
         analysis = Buck2Fake().analyse(
-            f"@prelude//java:{rule}.bzl", rule, f"//{package}:{name}", given, known, PRELUDE_JAVA
-        )
+            f"@prelude//{rule.split('_')[0]}:{rule}.bzl", rule, f"//{package}:{name}", given,
+            known, language.prelude,
+        )  # fmt: skip
         for action in analysis.actions:
             run_action(project, action, worker, result)
         with lock:
             result.analyses[name] = analysis
-            providers = [p for p in analysis.providers if p["_provider"] == "JavaLibraryInfo"]
+            providers = [
+                p for p in analysis.providers if p["_provider"] == language.library_provider
+            ]
             done[name] = providers[0] if providers else {}
 
     run_in_dependency_order(list(targets), deps_of, jobs, build)

@@ -160,7 +160,8 @@ def test_prelude_exports_and_toolchain_target() -> None:
     fake.eval_file(CELLS["toolchains"] / "BUCK", "toolchains")
     assert fake.targets == [
         "worker_runtime", "javac_worker_bin", "javac", "jar", "java_command", "javac_worker_built",
-        "javac_worker", "java",
+        "javac_worker", "java", "ghc_worker_bin", "ghc_argfile", "ghc", "ar", "ghc_worker_built",
+        "ghc_worker", "haskell",
     ]  # fmt: skip
     assert (
         "java/src/buck2/workers/javac/JavacWorker.java"

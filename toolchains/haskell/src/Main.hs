@@ -10,13 +10,15 @@ import Capture (protectStdout)
 import Argfiles (expandArgfiles)
 import GHC (runGhc)
 import GHC.Driver.Monad (liftIO)
-import System.Directory (createDirectoryIfMissing, getTemporaryDirectory, removeDirectoryRecursive)
+import System.Directory (createDirectoryIfMissing, doesDirectoryExist, getTemporaryDirectory, removeDirectoryRecursive)
+import System.Process (readProcess)
 import System.Environment (getArgs, lookupEnv)
 import System.Exit (ExitCode (..), exitWith)
 import System.FilePath ((</>))
 import System.IO
 import System.Posix.Process (getProcessID)
 import Control.Exception (bracket)
+import Control.Monad (when)
 import WarmSession (compile, lastReport, newWorker)
 import WorkProtocol
 
@@ -27,11 +29,23 @@ import WorkProtocol
 main :: IO ()
 main = do
   args <- getArgs
-  libdir <- maybe GHC_LIBDIR id <$> lookupEnv "GHC_WORKER_LIBDIR"
+  libdir <- findLibdir
   withScratchDirectory $ \scratch ->
     if "--persistent_worker" `elem` args
       then serve libdir scratch (filter (/= "--persistent_worker") args)
       else compileOnce libdir scratch args
+
+-- | GHC's libdir: $GHC_WORKER_LIBDIR, else the one the worker was built against, else
+-- what @ghc --print-libdir@ says (a worker built without GHC_LIBDIR defined).
+findLibdir :: IO FilePath
+findLibdir = do
+  fromEnv <- lookupEnv "GHC_WORKER_LIBDIR"
+  builtIn <- doesDirectoryExist GHC_LIBDIR
+  case fromEnv of
+    Just dir -> return dir
+    Nothing
+      | builtIn -> return GHC_LIBDIR
+      | otherwise -> takeWhile (/= '\n') <$> readProcess "ghc" ["--print-libdir"] ""
 
 -- | A private directory for captured output, removed at exit.
 withScratchDirectory :: (FilePath -> IO a) -> IO a
@@ -59,6 +73,7 @@ serve :: FilePath -> FilePath -> [String] -> IO ()
 serve libdir scratch startupArgs = do
   out <- protectStdout
   hSetBinaryMode stdin True
+  logReports <- (== Just "1") <$> lookupEnv "GHC_WORKER_REPORT"
   runGhc (Just libdir) $ do
     worker <- newWorker (scratch </> "output")
     let loop = do
@@ -70,8 +85,11 @@ serve libdir scratch startupArgs = do
               | otherwise -> do
                   let inputs = [(inputPath i, inputDigest i) | i <- reqInputs request]
                   (code, output) <- compile worker (reqSandboxDir request) (startupArgs ++ reqArguments request) inputs
-                  -- Bazel asks for verbosity 10 with --worker_verbose.
-                  report <- liftIO (if reqVerbosity request >= 10 then lastReport worker else return "")
-                  liftIO (writeResponse out (WorkResponse (fromIntegral code) (output ++ report) (reqId request) False))
+                  -- Verbosity 10 (what newer Bazels send with --worker_verbose) adds what the
+                  -- request reused to its output; GHC_WORKER_REPORT=1 logs it on stderr.
+                  report <- liftIO (lastReport worker)
+                  liftIO (when logReports (hPutStr stderr report >> hFlush stderr))
+                  let shown = if reqVerbosity request >= 10 then output ++ report else output
+                  liftIO (writeResponse out (WorkResponse (fromIntegral code) shown (reqId request) False))
                   loop
     loop

@@ -1,0 +1,183 @@
+"""The Haskell rules: the per-module actions they register, and the example built end to
+end as Buck2 would, warm through the GHC worker and cold with ghc, with the same result."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+import starlark as sl
+
+from tests.starlark.buck2_fake import REPO_ROOT, Analysis, Buck2Fake
+from tests.starlark.build_runner import (
+    PRELUDE_HASKELL,
+    BuildResult,
+    build_haskell_package,
+    ghc_worker_config,
+    haskell_library_dep,
+    haskell_toolchain_dep,
+    javac_worker,
+    make_project,
+    run_action,
+)
+
+EXAMPLE = REPO_ROOT / "examples" / "haskell"
+GEN = "buck-out/v2/gen/root/lib/__core__"
+
+
+def analyse(rule: str, attrs: dict[str, str], targets: dict[str, str]) -> Analysis:
+    targets = {"toolchains//:haskell": haskell_toolchain_dep(["worker-runtime"]), **targets}
+    return Buck2Fake().analyse(
+        f"@prelude//haskell:{rule}.bzl", rule, "//lib:core", attrs, targets, PRELUDE_HASKELL
+    )
+
+
+DEP: dict[str, Any] = {
+    "archives": [{"artifact": "buck-out/base/libbase.a"}],
+    "interfaces": [{"artifact": "buck-out/base/ifaces/Base/Util.hi"}],
+    "packages": ["containers"],
+    "search_path": {"cmd_args": ["-ibuck-out/base/ifaces"], "hidden": []},
+}
+
+
+def argfile_lines(analysis: Analysis, identifier: str) -> list[str]:
+    writes = [a for a in analysis.actions if a["kind"] == "write"]
+    (argfile,) = [w for w in writes if w["output"].endswith(f"/{identifier}.args")]
+    lines: list[str] = argfile["content"].split("\n")
+    return lines
+
+
+def test_each_module_compiles_in_its_own_worker_action_in_srcs_order() -> None:
+    analysis = analyse(
+        "haskell_library",
+        {"srcs": '["lib/A.hs", "lib/Sub/B.hs"]', "deps": '[":base"]', "compiler_flags": '["-O0"]'},
+        {":base": haskell_library_dep(DEP)},
+    )
+    assert argfile_lines(analysis, "A") == [
+        "-c", "lib/A.hs", "-o", f"{GEN}/objs/A.o", "-ohi", f"{GEN}/ifaces/A.hi",
+        "-i", "-ibuck-out/base/ifaces", "-package", "containers", "-O0",
+    ]  # fmt: skip
+    # B finds A's interface in this target's interface folder, then the dep's.
+    assert argfile_lines(analysis, "Sub/B") == [
+        "-c", "lib/Sub/B.hs", "-o", f"{GEN}/objs/Sub/B.o", "-ohi", f"{GEN}/ifaces/Sub/B.hi",
+        "-i", f"-i{GEN}/ifaces", "-ibuck-out/base/ifaces", "-package", "containers", "-O0",
+    ]  # fmt: skip
+    runs = [a for a in analysis.actions if a["kind"] == "run"]
+    compiles = [r for r in runs if r["category"] == "haskell_compile"]
+    assert [r["identifier"] for r in compiles] == ["A", "Sub/B"]
+    assert all(r["fallback"] == ["toolchains/haskell/ghc-argfile"] for r in compiles)
+    assert compiles[1]["outputs"] == [f"{GEN}/objs/Sub/B.o", f"{GEN}/ifaces/Sub/B.hi"]
+    envelopes = [json.loads(a["content"]) for a in analysis.actions if a["kind"] == "write_json"]
+    assert envelopes[1]["inputs"] == [
+        "lib/Sub/B.hs",
+        f"{GEN}/ifaces/A.hi",
+        "buck-out/base/ifaces/Base/Util.hi",
+    ]
+    (archive,) = [r for r in runs if r["category"] == "haskell_archive"]
+    assert archive["arguments"] == [
+        "ar", "qcs", f"{GEN}/libcore.a", f"{GEN}/objs/A.o", f"{GEN}/objs/Sub/B.o"
+    ]  # fmt: skip
+    info = analysis.provider("HaskellLibraryInfo")
+    assert info["archives"] == [{"artifact": f"{GEN}/libcore.a"}, *DEP["archives"]]
+    assert info["packages"] == ["containers"]
+    assert info["search_path"]["cmd_args"] == [f"-i{GEN}/ifaces", "-ibuck-out/base/ifaces"]
+    assert {"artifact": "buck-out/base/ifaces/Base/Util.hi"} in info["interfaces"]
+
+
+def test_binary_links_its_objects_with_every_archive() -> None:
+    analysis = analyse(
+        "haskell_binary", {"srcs": '["lib/Main.hs"]', "deps": '[":base"]'},
+        {":base": haskell_library_dep(DEP)},
+    )  # fmt: skip
+    (link,) = [a for a in analysis.actions if a.get("category") == "haskell_link"]
+    assert link["arguments"] == [
+        "ghc", "-o", f"{GEN}/core", f"{GEN}/objs/Main.o", "-optl-Wl,--start-group",
+        "buck-out/base/libbase.a", "-optl-Wl,--end-group", "-package", "containers",
+    ]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("srcs", "message"),
+    [("[]", "a Haskell target needs srcs"), ('["other/A.hs"]', "is not a .hs file under")],
+)
+def test_bad_srcs_are_analysis_errors(srcs: str, message: str) -> None:
+    with pytest.raises(sl.StarlarkError, match=message):
+        analyse("haskell_library", {"srcs": srcs}, {})
+
+
+def test_example_is_a_realistic_small_codebase() -> None:
+    fake = Buck2Fake()
+    fake.eval_file(EXAMPLE / "BUCK", "root")
+    attrs = fake.target_attrs
+    libraries = [n for n, a in attrs.items() if a["_impl"] == "_haskell_library_impl"]
+    modules = sum(len(a["srcs"]) for a in attrs.values())
+    assert len(libraries) >= 3 and modules >= 15
+    assert attrs["bookshop"]["_impl"] == "_haskell_binary_impl"
+    # A chain: each library depends on the one before it.
+    assert ":core" in attrs["inventory"]["deps"] and ":inventory" in attrs["reports"]["deps"]
+
+
+def objects(project: Path) -> dict[str, str]:
+    """Every object's section contents (GHC 9.0 names local symbols after its internal
+    uniques, which a warm session numbers differently; code and data are the same)."""
+    out = project / "buck-out"
+    found = {}
+    for path in sorted(out.rglob("*.o")):
+        dump = subprocess.run(["objdump", "-s", str(path)], capture_output=True, text=True)
+        found[str(path.relative_to(out))] = dump.stdout.split("\n", 2)[2]
+    return found
+
+
+def interfaces(project: Path) -> dict[str, bytes]:
+    out = project / "buck-out"
+    return {str(p.relative_to(out)): p.read_bytes() for p in sorted(out.rglob("*.hi"))}
+
+
+def run_bookshop(project: Path) -> str:
+    exe = project / "buck-out/v2/gen/root/examples/haskell/__bookshop__/bookshop"
+    return subprocess.run([str(exe)], capture_output=True, text=True, check=True).stdout
+
+
+def test_example_builds_warm_and_cold_with_the_same_outputs(tmp_path: Path) -> None:
+    expected = (EXAMPLE / "expected_output.txt").read_text()
+    (tmp_path / "cold_root").mkdir()
+    cold = make_project(tmp_path / "cold_root")
+    build_haskell_package(cold, "examples/haskell", worker=None)
+    assert run_bookshop(cold) == expected
+    (tmp_path / "warm_root").mkdir()
+    warm = make_project(tmp_path / "warm_root")
+    config = ghc_worker_config()
+    assert config["command"] == ["toolchains/haskell/ghc-worker"]
+    with javac_worker(warm, config, ["--no-daemon"], name="ghc_worker") as worker:
+        result = build_haskell_package(warm, "examples/haskell", worker=worker)
+    assert run_bookshop(warm) == expected
+    assert interfaces(warm) == interfaces(cold)
+    assert objects(warm) == objects(cold)
+    assert len(interfaces(warm)) >= 15
+    assert len([c for c, _ in result.action_seconds if c == "haskell_compile"]) >= 15
+
+
+def test_buck2_builds_the_ghc_worker_with_plain_ghc(tmp_path: Path) -> None:
+    fake = Buck2Fake()
+    fake.eval_file(REPO_ROOT / "toolchains" / "BUCK", "toolchains")
+    srcs = [f"toolchains/{s}" for s in fake.target_attrs["ghc_worker_built"]["srcs"]]
+    analysis = Buck2Fake().analyse(
+        "@toolchains//haskell:defs.bzl", "ghc_worker_binary", "//toolchains:ghc_worker_built",
+        {"srcs": json.dumps(srcs), "ghc": '":ghc"'},
+        {":ghc": 'fake_dep(RunInfo(args = cmd_args("ghc")))'},
+    )  # fmt: skip
+    project = make_project(tmp_path)
+    result = BuildResult()
+    for action in analysis.actions:
+        run_action(project, action, None, result)
+    exe = project / analysis.provider("DefaultInfo")["default_outputs"][0]["artifact"]
+    (project / "Hello.hs").write_text('module Hello where\n\nhello :: String\nhello = "hi"\n')
+    compiled = subprocess.run(
+        [str(exe), "-c", "Hello.hs", "-o", "Hello.o", "-ohi", "Hello.hi"],
+        cwd=project, capture_output=True, text=True,
+    )  # fmt: skip
+    assert compiled.returncode == 0, compiled.stderr
+    assert (project / "Hello.o").exists()

@@ -2,8 +2,9 @@
 
 Each module of `srcs` is compiled by its own action (`ghc -c` with explicit `-o`/`-ohi`),
 in the order `srcs` lists them: a module may import the modules listed before it in its
-target and every module of its deps. A module's name is its path relative to the package,
-without `.hs` (`Shop/Core/Money.hs` is `Shop.Core.Money`).
+target and every module of its deps (buildifier sorts `srcs` lists: put a
+`# do not sort` comment on the line before `srcs`). A module's name is its path relative
+to the package, without `.hs` (`Shop/Core/Money.hs` is `Shop.Core.Money`).
 """
 
 load("//haskell:haskell_toolchain.bzl", "HaskellToolchainInfo")

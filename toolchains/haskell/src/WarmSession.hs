@@ -29,6 +29,7 @@ import Control.Exception (SomeException, displayException, evaluate, finally, fr
 import Control.Monad (filterM, forM, unless, when)
 import qualified Data.ByteString as B
 import Data.IORef
+import GHC.Clock (getMonotonicTime)
 import Data.List (isPrefixOf, partition, sort)
 import qualified Data.Map.Strict as Map
 import Data.Maybe (catMaybes, isJust, listToMaybe)
@@ -168,6 +169,7 @@ runCompile worker kept dflags1 warnings sources inputs = do
       usesPlugins = not (null (pluginModNames dflags))
       isolated = usesPlugins || (fresh && not sameDatabases)
   env <- getSession
+  t0 <- liftIO getMonotonicTime
   reusable <- if fresh || usesPlugins then return Map.empty else liftIO (validHome dflags digests (keptHome kept))
   startEps <-
     if fresh || usesPlugins
@@ -186,7 +188,9 @@ runCompile worker kept dflags1 warnings sources inputs = do
   liftIO $ do
     writeIORef (hsc_EPS env) startEps
     flushFinderCaches env
+  t1 <- liftIO getMonotonicTime
   result <- liftIO (try (handleFlagWarnings dflags warnings >> oneShot env StopLn [(s, Nothing) | s <- sources]))
+  t2 <- liftIO getMonotonicTime
   code <- case result of
     Right () -> return 0
     Left e
@@ -194,6 +198,8 @@ runCompile worker kept dflags1 warnings sources inputs = do
       | Just ghcError <- fromException e -> liftIO (hPutStrLn stderr (show (ghcError :: GhcException))) >> return 1
       | otherwise -> liftIO (throwIO e)
   -- What this request loaded may serve the next one, filtered as the module header says.
+  liftIO . modifyIORef' (workerLastReport worker) $ \r ->
+    init r ++ "; prepare " ++ showMs (t1 - t0) ++ ", compile " ++ showMs (t2 - t1) ++ "\n"
   unless isolated $ liftIO $ do
     eps <- readIORef (hsc_EPS env)
     names <- readIORef (hsc_NC env)
@@ -207,6 +213,9 @@ runCompile worker kept dflags1 warnings sources inputs = do
         , keptHome = home
         }
   return code
+
+showMs :: Double -> String
+showMs seconds = show (round (seconds * 1000) :: Int) ++ " ms"
 
 -- | Where a one-shot compile finds a home module's interface: the first @-i@ directory
 -- holding it (no home interface is kept when @-hidir@ moves them elsewhere).
@@ -267,7 +276,15 @@ keptModules dflags home eps =
 -- dropped by the uniques of their names, taken from the name cache, and family instances
 -- are rebuilt from the per-module table.
 filterEps :: ExternalPackageState -> NameCache -> Unit -> Set.Set Module -> ExternalPackageState -> ExternalPackageState
-filterEps pristine names home keep eps =
+filterEps pristine names home keep eps
+  | all (`Set.member` keep) (moduleEnvKeys (eps_PIT eps)) =
+      -- Nothing to drop (the usual case): only the per-request fields are reset.
+      eps
+        { eps_is_boot = eps_is_boot pristine
+        , eps_free_holes = eps_free_holes pristine
+        , eps_ann_env = eps_ann_env pristine
+        }
+  | otherwise =
   eps
     { eps_is_boot = eps_is_boot pristine
     , eps_PIT = filterModuleEnv (\m _ -> Set.member m keep) (eps_PIT eps)

@@ -28,6 +28,8 @@ from pathlib import Path
 
 from worker_runtime.buck2.emulator import Buck2Worker, make_command
 from worker_runtime.daemon.commands import private_daemon_dir
+from worker_runtime.demo_haskell import cold_haskell, warm_haskell
+from worker_runtime.demo_haskell import read_targets as read_haskell_targets
 from worker_runtime.demo_java import JavaBuild, cold_java, read_targets, warm_java, write_argfiles
 
 EXAMPLE_WORKER = (
@@ -184,6 +186,44 @@ def print_java(java: dict[str, JavaBuild]) -> None:
     )
 
 
+def haskell_builds(root: Path, jobs: int) -> dict[str, JavaBuild]:
+    """examples/haskell's per-module compiles: cold ghc processes, then two warm commands."""
+    root.mkdir(parents=True)
+    targets = read_haskell_targets()
+    modules = sum(len(t.srcs) for t in targets.values())
+    print(
+        f"Compiling examples/haskell ({modules} modules, {len(targets)} targets), "
+        f"{jobs} targets at a time:",
+        file=sys.stderr,
+    )
+    results = {}
+    for mode, run in (("cold", cold_haskell), ("warm1", warm_haskell), ("warm2", warm_haskell)):
+        shutil.rmtree(root / "out", ignore_errors=True)
+        results[mode] = run(root, targets, jobs)
+        sys.stderr.write(f"  {mode:<28} {results[mode].wall_s:.2f} s\n")
+    return results
+
+
+def print_haskell(haskell: dict[str, JavaBuild]) -> None:
+    rows = [
+        ("cold: a ghc process per module", haskell["cold"]),
+        ("1st command: starts GHC sessions", haskell["warm1"]),
+        ("2nd command: warm GHC worker", haskell["warm2"]),
+    ]
+    print()
+    print(
+        f"{'examples/haskell (17 module compiles)':<40} {'build wall time':>16} "
+        f"{'per module (median)':>20}"
+    )
+    for label, phase in rows:
+        print(f"{label:<40} {phase.wall_s:>14.2f} s {phase.action_median_ms:>17.2f} ms")
+    cold, warm = haskell["cold"], haskell["warm2"]
+    print(
+        f"\nThe warm GHC worker compiled the example {cold.wall_s / warm.wall_s:.1f}x faster "
+        f"({cold.action_median_ms / warm.action_median_ms:.1f}x per module) in the 2nd command."
+    )
+
+
 def same_outputs(root: Path, actions: int) -> bool:
     return all(
         (root / "out" / "cold" / f"{i}.json").read_bytes()
@@ -203,6 +243,9 @@ def main(argv: list[str]) -> int:
     parser.add_argument(
         "--no-java", action="store_true", help="skip the Java example (default: run it)"
     )
+    parser.add_argument(
+        "--no-haskell", action="store_true", help="skip the Haskell example (default: run it)"
+    )
     args = parser.parse_args(argv)
 
     root = Path(tempfile.mkdtemp(prefix="worker-runtime-demo-"))
@@ -219,6 +262,7 @@ def main(argv: list[str]) -> int:
         second = warm_build(root, args.actions, args.jobs, "warm2", "workers, 2nd buck2 command")
         identical = same_outputs(root, args.actions)
         java = None if args.no_java else java_builds(root / "java", args.jobs)
+        haskell = None if args.no_haskell else haskell_builds(root / "haskell", args.jobs)
 
     rows = [
         ("cold: one process per action", cold),
@@ -240,6 +284,8 @@ def main(argv: list[str]) -> int:
     print(f"Outputs identical to the cold build: {'yes' if identical else 'NO'}")
     if java is not None:
         print_java(java)
+    if haskell is not None:
+        print_haskell(haskell)
     if args.json:
         Path(args.json).write_text(
             json.dumps(
@@ -249,6 +295,7 @@ def main(argv: list[str]) -> int:
                     "warm": asdict(warm),
                     "speedup": speedup,
                     "java": {k: asdict(v) for k, v in java.items()} if java else None,
+                    "haskell": {k: asdict(v) for k, v in haskell.items()} if haskell else None,
                     "identical": identical,
                 },
                 indent=2,

@@ -25,6 +25,8 @@ def test_demo_builds_cold_and_warm_with_identical_outputs(tmp_path: Path) -> Non
     assert data["cold"]["actions"] == data["warm"]["actions"] == 6
     assert "The warm javac worker compiled the example" in result.stdout
     assert set(data["java"]) == {"cold", "warm1", "warm2"}
+    assert "The warm GHC worker compiled the example" in result.stdout
+    assert set(data["haskell"]) == {"cold", "warm1", "warm2"}
 
 
 def run_benchmark(module: str, *args: str, timeout: int = 600) -> dict[str, Any]:
@@ -76,3 +78,13 @@ def test_java_example_benchmark_writes_its_json() -> None:
     data = run_benchmark("java_example", "--rounds", "1", "--warmup-commands", "1", timeout=600)
     assert data["cold"]["compile_actions_s"] > 0 and data["warm"]["compile_actions_s"] > 0
     assert "compile_ratio" in data and "met" in data
+
+
+def test_ghc_worker_benchmark_writes_its_json() -> None:
+    data = run_benchmark("ghc_worker", "--runs", "1", "--warmup", "1", timeout=600)
+    assert len(data["modules"]) >= 15 and data["ratio"] > 0 and data["target_ratio"] == 5.0
+
+
+def test_haskell_example_benchmark_writes_its_json() -> None:
+    data = run_benchmark("haskell_example", "--rounds", "1", "--warmup-commands", "1", timeout=600)
+    assert data["compile_ratio"] > 0 and data["target_ratio"] == 3.0

@@ -152,6 +152,7 @@ compileHere worker rawArgs inputs = do
 
 runCompile :: Worker -> Kept -> DynFlags -> [Warn] -> [FilePath] -> [(FilePath, B.ByteString)] -> Ghc Int
 runCompile worker kept dflags1 warnings sources inputs = do
+  tStart <- liftIO getMonotonicTime
   let base = keptBase kept
       sameDatabases = packageDBFlags dflags1 == packageDBFlags base
       wanted = dflags1 {ghcMode = OneShot, ghcLink = NoLink}
@@ -199,7 +200,7 @@ runCompile worker kept dflags1 warnings sources inputs = do
       | otherwise -> liftIO (throwIO e)
   -- What this request loaded may serve the next one, filtered as the module header says.
   liftIO . modifyIORef' (workerLastReport worker) $ \r ->
-    init r ++ "; prepare " ++ showMs (t1 - t0) ++ ", compile " ++ showMs (t2 - t1) ++ "\n"
+    init r ++ "; flags " ++ showMs (t0 - tStart) ++ ", prepare " ++ showMs (t1 - t0) ++ ", compile " ++ showMs (t2 - t1) ++ "\n"
   unless isolated $ liftIO $ do
     eps <- readIORef (hsc_EPS env)
     names <- readIORef (hsc_NC env)

@@ -2,8 +2,9 @@
 
 The targets are read from examples/haskell/BUCK (which is also Python syntax). Every module
 is one action, as the prelude's haskell_library registers it: `ghc -c` with explicit
-outputs, the target's own interface folder and its deps' on the search path, in srcs order
-within a target and dependency order across targets, ``jobs`` targets at a time. Cold, each
+outputs, the target's own interface folder and its deps' on the search path; within a
+target in the order its import scan (toolchains/haskell/scan_imports.py) gives, targets in
+dependency order, ``jobs`` targets at a time. Cold, each
 action is a ghc process (the fallback); warm, a request to ``worker-runtime serve`` for the
 GHC worker, with an envelope naming its inputs (so the worker can validate and reuse the
 interfaces it holds), first in a command that starts the daemon and its GHC sessions, then
@@ -13,6 +14,7 @@ in a second command that finds them warm. Everything is written under the demo's
 from __future__ import annotations
 
 import ast
+import graphlib
 import json
 import statistics
 import subprocess
@@ -30,6 +32,7 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = REPO_ROOT / "examples" / "haskell"
 GHC_WORKER = REPO_ROOT / "toolchains" / "haskell" / "ghc-worker"
 GHC_ARGFILE = REPO_ROOT / "toolchains" / "haskell" / "ghc-argfile"
+SCANNER = REPO_ROOT / "toolchains" / "haskell" / "scan_imports.py"
 
 #: The same shape as the Java results: wall time, median per action, summed action time.
 HaskellBuild = JavaBuild
@@ -69,20 +72,33 @@ def transitive_deps(targets: dict[str, HaskellTarget], name: str) -> list[str]:
     return seen
 
 
+def module_imports(root: Path, name: str, target: HaskellTarget) -> dict[str, list[str]]:
+    """Which modules of the target each one imports, from the toolchain's scanner."""
+    out = root / f"{name}.imports.json"
+    modules = [f"{src[: -len('.hs')].replace('/', '.')}={EXAMPLE / src}" for src in target.srcs]
+    subprocess.run([sys.executable, str(SCANNER), str(out), *modules], check=True)
+    graph: dict[str, list[str]] = json.loads(out.read_text())
+    return graph
+
+
 def write_actions(root: Path, targets: dict[str, HaskellTarget]) -> dict[str, list[str]]:
-    """Writes each module's @argfile and envelope; returns the action ids per target."""
+    """Writes each module's @argfile and envelope; returns the action ids per target,
+    each module after those it imports."""
     actions: dict[str, list[str]] = {}
     for name, target in targets.items():
+        imports = module_imports(root, name, target)
+        ordered = list(graphlib.TopologicalSorter(imports).static_order())
         deps = transitive_deps(targets, name)
         packages = sorted({p for t in [name, *deps] for p in targets[t].packages})
         dep_ifaces = [
             f"out/{dep}/ifaces/{src[:-3]}.hi" for dep in deps for src in targets[dep].srcs
         ]
-        own: list[str] = []
         actions[name] = []
-        for src in target.srcs:
-            path = src[: -len(".hs")]
-            action = f"{name}-{path.replace('/', '.')}"
+        for module in ordered:
+            path = module.replace(".", "/")
+            src = f"{path}.hs"
+            action = f"{name}-{module}"
+            own = [f"out/{name}/ifaces/{m.replace('.', '/')}.hi" for m in closure(imports, module)]
             args = ["-c", str(EXAMPLE / src), "-o", f"out/{name}/objs/{path}.o"]
             args += ["-ohi", f"out/{name}/ifaces/{path}.hi", "-i"]
             args += [f"-iout/{t}/ifaces" for t in ([name] if own else []) + deps]
@@ -96,11 +112,22 @@ def write_actions(root: Path, targets: dict[str, HaskellTarget]) -> dict[str, li
                 "version": 1,
             }
             (root / f"{action}.envelope.json").write_text(json.dumps(envelope))
-            own.append(f"out/{name}/ifaces/{path}.hi")
             for kind in ("objs", "ifaces"):
                 (root / "out" / name / kind / path).parent.mkdir(parents=True, exist_ok=True)
             actions[name].append(action)
     return actions
+
+
+def closure(imports: dict[str, list[str]], module: str) -> list[str]:
+    """The modules of the target that ``module`` imports, directly or not."""
+    seen: set[str] = set()
+    todo = list(imports[module])
+    while todo:
+        dep = todo.pop()
+        if dep not in seen:
+            seen.add(dep)
+            todo.extend(imports[dep])
+    return sorted(seen)
 
 
 def build(
@@ -109,7 +136,7 @@ def build(
     jobs: int,
     compile_one: Callable[[str], None],
 ) -> HaskellBuild:
-    """Every module in order (srcs order in a target, targets in dependency order)."""
+    """Every module in order (import order in a target, targets in dependency order)."""
     durations: list[float] = []
     lock = threading.Lock()
 

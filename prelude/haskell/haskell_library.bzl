@@ -1,10 +1,11 @@
 """haskell_library: one compile action per module on a warm GHC worker, and an archive.
 
-Each module of `srcs` is compiled by its own action (`ghc -c` with explicit `-o`/`-ohi`),
-in the order `srcs` lists them: a module may import the modules listed before it in its
-target and every module of its deps (buildifier sorts `srcs` lists: put a
-`# do not sort` comment on the line before `srcs`). A module's name is its path relative
-to the package, without `.hs` (`Shop/Core/Money.hs` is `Shop.Core.Money`).
+Each module of `srcs` is compiled by its own action (`ghc -c` with explicit `-o`/`-ohi`).
+A scan action reads the target's import declarations (`toolchains/haskell/scan_imports.py`)
+and a `dynamic_output` registers the compiles from it, each after the modules of its
+target it imports, with exactly their interfaces (and the deps') as inputs. A module's
+name is its path relative to the package, without `.hs` (`Shop/Core/Money.hs` is
+`Shop.Core.Money`).
 """
 
 load("//haskell:haskell_toolchain.bzl", "HaskellToolchainInfo")
@@ -32,6 +33,52 @@ def _module_path(ctx: AnalysisContext, src: typing.Any) -> str:
         fail(str(ctx.label.name) + ": " + path + " is not a .hs file under the package")
     return path[len(prefix):-len(".hs")]
 
+def _module_order(label: typing.Any, imports: dict[str, list[str]]) -> list[str]:
+    """The modules, each after those it imports (depth-first); a cycle fails, named."""
+    order = []
+    state = {}  # module -> "visiting" or "done"
+    for root in sorted(imports):
+        if state.get(root) == "done":
+            continue
+
+        # An explicit stack: Starlark has no recursion.
+        stack = [(root, 0)]
+        state[root] = "visiting"
+        path = [root]
+        for _ in range(len(imports) * len(imports) + len(imports) + 1):
+            if not stack:
+                break
+            module, index = stack[-1]
+            deps = imports[module]
+            if index < len(deps):
+                stack[-1] = (module, index + 1)
+                dep = deps[index]
+                if state.get(dep) == "visiting":
+                    cycle = path[path.index(dep):] + [dep]
+                    fail(str(label.name) + ": the modules import each other in a cycle: " + " -> ".join(cycle))
+                if state.get(dep) != "done":
+                    state[dep] = "visiting"
+                    stack.append((dep, 0))
+                    path.append(dep)
+            else:
+                stack.pop()
+                path.pop()
+                state[module] = "done"
+                order.append(module)
+    return order
+
+def _imported_closure(imports: dict[str, list[str]], module: str) -> list[str]:
+    seen = []
+    todo = list(imports[module])
+    for _ in range(len(imports) * len(imports) + 1):
+        if not todo:
+            break
+        dep = todo.pop()
+        if dep not in seen:
+            seen.append(dep)
+            todo.extend(imports[dep])
+    return sorted(seen)
+
 def compile_haskell(
         ctx: AnalysisContext,
         toolchain: HaskellToolchainInfo,
@@ -54,43 +101,82 @@ def compile_haskell(
     dep_interfaces = unique([hi for d in deps for hi in d.interfaces])
     dep_search_path = [d.search_path for d in deps]
     flags = (toolchain.compiler_flags or []) + ctx.attrs.compiler_flags
-    objects = []
-    interfaces = []
-    own_search_path = []
+    modules = {}  # module name -> struct(src, path, obj, hi)
     for src in ctx.attrs.srcs:
         path = _module_path(ctx, src)
-        obj = ctx.actions.declare_output("objs/" + path + ".o")
-        hi = ctx.actions.declare_output("ifaces/" + path + ".hi")
-        args = cmd_args(
-            "-c",
-            src,
-            "-o",
-            obj.as_output(),
-            "-ohi",
-            hi.as_output(),
-            # An empty -i drops the default search path (the working directory).
-            "-i",
-            own_search_path,
-            dep_search_path,
-            [["-package", p] for p in packages],
-            flags,
+        name = path.replace("/", ".")
+        if name in modules:
+            fail(str(ctx.label.name) + ": module " + name + " is listed twice")
+        modules[name] = struct(
+            hi = ctx.actions.declare_output("ifaces/" + path + ".hi"),
+            obj = ctx.actions.declare_output("objs/" + path + ".o"),
+            path = path,
+            src = src,
         )
-        worker_run(
-            ctx.actions,
-            tool = toolchain.compiler,
-            args = args,
-            category = "haskell_compile",
-            identifier = path,
-            inputs = [src] + interfaces + dep_interfaces,
+    first = modules.values()[0]
+
+    # The folder holding this target's interfaces, as a path only: each compile's real
+    # inputs are the interfaces of the modules it imports.
+    own_search_path = cmd_args(
+        first.hi,
+        parent = len(first.path.split("/")),
+        format = "-i{}",
+        ignore_artifacts = True,
+    )
+
+    def compile_modules(actions, imports, outputs):
+        for name in _module_order(ctx.label, imports):
+            module = modules[name]
+            imported = _imported_closure(imports, name)
+            args = cmd_args(
+                "-c",
+                module.src,
+                "-o",
+                outputs[module.obj].as_output(),
+                "-ohi",
+                outputs[module.hi].as_output(),
+                # An empty -i drops the default search path (the working directory).
+                "-i",
+                own_search_path if imported else [],
+                dep_search_path,
+                [["-package", p] for p in packages],
+                flags,
+            )
+            worker_run(
+                actions,
+                tool = toolchain.compiler,
+                args = args,
+                category = "haskell_compile",
+                identifier = module.path,
+                inputs = [module.src] + [modules[m].hi for m in imported] + dep_interfaces,
+            )
+
+    all_outputs = [m.obj for m in modules.values()] + [m.hi for m in modules.values()]
+    if len(modules) == 1:
+        compile_modules(ctx.actions, {first.path.replace("/", "."): []}, {a: a for a in all_outputs})
+    else:
+        imports_file = ctx.actions.declare_output("module_imports.json")
+        ctx.actions.run(
+            cmd_args(
+                toolchain.scanner,
+                imports_file.as_output(),
+                [cmd_args(name + "=", m.src, delimiter = "") for name, m in modules.items()],
+            ),
+            category = "haskell_scan_imports",
         )
-        if not own_search_path:
-            # The folder holding this target's interfaces, found from the first one.
-            own_search_path = [cmd_args(hi, parent = len(path.split("/")), format = "-i{}")]
-        objects.append(obj)
-        interfaces.append(hi)
+
+        def dynamic(dynamic_ctx, artifacts, outputs):
+            compile_modules(dynamic_ctx.actions, artifacts[imports_file].read_json(), outputs)
+
+        ctx.actions.dynamic_output(
+            dynamic = [imports_file],
+            inputs = ctx.attrs.srcs,
+            outputs = [a.as_output() for a in all_outputs],
+            f = dynamic,
+        )
     return struct(
-        interfaces = interfaces,
-        objects = objects,
+        interfaces = [m.hi for m in modules.values()],
+        objects = [m.obj for m in modules.values()],
         packages = packages,
         search_path = cmd_args(own_search_path, dep_search_path),
     )
@@ -130,11 +216,7 @@ HASKELL_COMMON_ATTRS = {
         default = [],
         doc = "GHC packages (from GHC's package database) this target uses, such as containers.",
     ),
-    "srcs": attrs.list(
-        attrs.source(),
-        default = [],
-        doc = "The .hs files, each module after the modules of this target it imports.",
-    ),
+    "srcs": attrs.list(attrs.source(), default = [], doc = "The .hs files, in any order."),
     "_haskell_toolchain": HASKELL_TOOLCHAIN_ATTR,
 }
 

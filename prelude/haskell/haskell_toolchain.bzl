@@ -13,6 +13,9 @@ HaskellToolchainInfo = provider(
         "compiler_flags": provider_field(typing.Any, default = None),
         # The `ghc` command (a RunInfo) that links binaries.
         "linker": provider_field(typing.Any),
+        # The import scanner (a RunInfo): `scanner OUT.json MODULE=PATH...` writes which
+        # modules of a target each one imports.
+        "scanner": provider_field(typing.Any),
     },
 )
 
@@ -24,6 +27,7 @@ def _haskell_toolchain_impl(ctx: AnalysisContext) -> list[Provider]:
             compiler = ctx.attrs.compiler[WorkerToolInfo],
             compiler_flags = ctx.attrs.compiler_flags,
             linker = ctx.attrs.linker[RunInfo],
+            scanner = ctx.attrs.scanner[RunInfo],
         ),
     ]
 
@@ -39,5 +43,9 @@ haskell_toolchain = rule(
         ),
         "compiler_flags": attrs.list(attrs.string(), default = [], doc = "Flags for every compile."),
         "linker": attrs.exec_dep(providers = [RunInfo], doc = "The ghc that links binaries."),
+        "scanner": attrs.exec_dep(
+            providers = [RunInfo],
+            doc = "The import scanner (toolchains/haskell/scan_imports.py).",
+        ),
     },
 )

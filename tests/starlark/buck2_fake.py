@@ -22,6 +22,7 @@ providers as dicts tagged with their name, actions as the fake recorded them.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -328,8 +329,11 @@ def _snake_case(category):
                 return False
     return True
 
-def _make_actions(label):
+def _make_actions(label, bindable = []):
     declared = {}  # declared output key -> bound yet
+    originals = {}  # declared output key -> the artifact declare_output returned
+    for artifact in bindable:
+        declared[artifact.key] = False  # outputs handed to a dynamic_output's f, to bind there
     categories = {}
 
     def declare_output(prefix, filename = None, /, *, dir = False, has_content_based_path = None):
@@ -339,11 +343,14 @@ def _make_actions(label):
         if name in declared:
             fail("declare_output: the same path twice:", name)
         declared[name] = False
-        return _artifact("buck-out/v2/gen/root/" + label.package + "/__" + label.name + "__/" + name, name, False, name)
+        originals[name] = _artifact("buck-out/v2/gen/root/" + label.package + "/__" + label.name + "__/" + name, name, False, name)
+        return originals[name]
 
     def _bind(artifact):
         if artifact.is_source:
             fail("a source file cannot be an action's output:", artifact.path)
+        if artifact.key not in declared:
+            fail("this artifact was not declared here (nor handed to this dynamic_output's f):", artifact.path)
         if declared.get(artifact.key):
             fail("An artifact can be bound only once:", artifact.path)
         declared[artifact.key] = True
@@ -430,7 +437,38 @@ def _make_actions(label):
         _py_action({"kind": "symlinked_dir", "output": artifact.path, "srcs": {k: v.path for k, v in srcs.items()}})
         return artifact
 
-    return struct(declare_output = declare_output, run = run, symlinked_dir = symlinked_dir, write = write, write_json = write_json, _unbound = unbound)
+    def dynamic_output(*, dynamic, inputs = None, outputs, f):
+        # Buck2 runs `f` once the `dynamic` artifacts are built; the fake asks the Python
+        # side (a build runner, or a test's canned contents) for them right away.
+        if type(dynamic) != "list" or not all([_is_artifact(a) for a in dynamic]):
+            fail("dynamic_output: `dynamic` must be a list of artifacts")
+        if type(outputs) != "list" or not outputs:
+            fail("dynamic_output: `outputs` must be a non-empty list of OutputArtifacts")
+        for output in outputs:
+            if not _is_artifact(output) or not output.is_output:
+                fail("dynamic_output: `outputs` must be OutputArtifacts (.as_output()), not", repr(output))
+            if output.key not in originals:
+                fail("dynamic_output: an output not declared by this target:", output.path)
+        _check_inputs(dynamic)
+        for output in outputs:
+            _bind(output)
+        _py_action({"kind": "dynamic_output", "dynamic": [a.path for a in dynamic], "outputs": [o.path for o in outputs]})
+        contents = _py_dynamic([a.path for a in dynamic])
+        values = {}
+        for artifact, content in zip(dynamic, contents):
+            values[artifact] = _artifact_value(content)
+        plain = [originals[o.key] for o in outputs]
+        inner = _make_actions(label, plain)
+        f(struct(actions = inner, label = label), values, {o: o for o in plain})
+        if inner._unbound():
+            fail("dynamic_output: f did not bind every output:", inner._unbound())
+
+    return struct(declare_output = declare_output, dynamic_output = dynamic_output, run = run, symlinked_dir = symlinked_dir, write = write, write_json = write_json, _unbound = unbound)
+
+def _artifact_value(content):
+    # Buck2's ArtifactValue has only these two methods.
+    return struct(read_string = lambda: content, read_json = lambda: json.decode(content))
+
 
 def fake_artifact(path):
     # A source file, for dependencies given by hand in tests.
@@ -725,17 +763,29 @@ class Buck2Fake:
     _api: sl.FrozenModule | None = None
     _package: Path = REPO_ROOT
     _analysing: bool = False
+    #: Builds the artifacts a dynamic_output reads and returns their contents (a build
+    #: runner executes the actions recorded so far; analysis tests give canned contents).
+    dynamic_resolver: Callable[[list[str]], list[str]] | None = None
 
     def api(self) -> sl.FrozenModule:
         if self._api is None:
             module = sl.Module()
             module.add_callable("_py_action", lambda action: self.actions.append(action))
+            module.add_callable("_py_dynamic", self._dynamic_contents)
             module.add_callable("_py_target", self._record_target)
             module.add_callable("_py_glob", self._glob)
             module.add_callable("_py_read_root_config", self._read_root_config)
             sl.eval(module, sl.parse("<buck2 fake>", FAKE_API, buck2_bzl_dialect()), GLOBALS)
             self._api = module.freeze()
         return self._api
+
+    def _dynamic_contents(self, paths: list[str]) -> list[str]:
+        """What a dynamic_output's `dynamic` artifacts hold, from ``dynamic_resolver``."""
+        if self.dynamic_resolver is None:
+            raise RuntimeError(
+                f"dynamic_output needs the contents of {paths}: give Buck2Fake a dynamic_resolver"
+            )
+        return self.dynamic_resolver(paths)
 
     def _read_root_config(self, section: str, key: str, default: str | None) -> str | None:
         if self._analysing:

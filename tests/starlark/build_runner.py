@@ -149,7 +149,8 @@ def haskell_toolchain_dep(worker_exe: list[str]) -> str:
         "fake_dep_of({HaskellToolchainInfo: HaskellToolchainInfo("
         f"compiler = WorkerToolInfo(worker = WorkerInfo(exe = cmd_args({json.dumps(worker_exe)})), "
         'fallback = RunInfo(args = cmd_args("toolchains/haskell/ghc-argfile")), config = "unused"), '
-        'archiver = RunInfo(args = cmd_args("ar")), linker = RunInfo(args = cmd_args("ghc")))})'
+        'archiver = RunInfo(args = cmd_args("ar")), linker = RunInfo(args = cmd_args("ghc")), '
+        'scanner = RunInfo(args = cmd_args("python3", "toolchains/haskell/scan_imports.py")))})'
     )
 
 
@@ -219,12 +220,26 @@ def build_package(
         with lock:
             known = {f":{dep}": language.dep_expr(done[dep]) for dep in deps_of(name)}
         known[language.toolchain_label] = language.toolchain
-        analysis = Buck2Fake().analyse(
+        fake = Buck2Fake()
+        executed = 0
+
+        def run_pending() -> None:
+            nonlocal executed
+            while executed < len(fake.actions):
+                run_action(project, fake.actions[executed], worker, result)
+                executed += 1
+
+        def resolve(paths: list[str]) -> list[str]:
+            # A dynamic_output's f runs once what it reads is built, as in Buck2.
+            run_pending()
+            return [(project / path).read_text() for path in paths]
+
+        fake.dynamic_resolver = resolve
+        analysis = fake.analyse(
             f"@prelude//{rule.split('_')[0]}:{rule}.bzl", rule, f"//{package}:{name}", given,
             known, language.prelude,
         )  # fmt: skip
-        for action in analysis.actions:
-            run_action(project, action, worker, result)
+        run_pending()
         with lock:
             result.analyses[name] = analysis
             providers = [
@@ -240,6 +255,8 @@ def run_action(
     project: Path, action: dict[str, Any], worker: Buck2Worker | None, result: BuildResult
 ) -> None:
     kind = action["kind"]
+    if kind == "dynamic_output":
+        return  # its f already ran (see build_package); its outputs are other actions'
     if kind in ("write", "write_json"):
         target = project / action["output"]
         target.parent.mkdir(parents=True, exist_ok=True)

@@ -4,6 +4,7 @@ end as Buck2 would, warm through the GHC worker and cold with ghc, with the same
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -28,9 +29,17 @@ EXAMPLE = REPO_ROOT / "examples" / "haskell"
 GEN = "buck-out/v2/gen/root/lib/__core__"
 
 
-def analyse(rule: str, attrs: dict[str, str], targets: dict[str, str]) -> Analysis:
+def analyse(
+    rule: str,
+    attrs: dict[str, str],
+    targets: dict[str, str],
+    imports: dict[str, list[str]] | None = None,
+) -> Analysis:
+    """Analyses //lib:core; ``imports`` is what the import scan of its modules found."""
     targets = {"toolchains//:haskell": haskell_toolchain_dep(["worker-runtime"]), **targets}
-    return Buck2Fake().analyse(
+    fake = Buck2Fake()
+    fake.dynamic_resolver = lambda paths: [json.dumps(imports or {}) for _ in paths]
+    return fake.analyse(
         f"@prelude//haskell:{rule}.bzl", rule, "//lib:core", attrs, targets, PRELUDE_HASKELL
     )
 
@@ -41,6 +50,7 @@ DEP: dict[str, Any] = {
     "packages": ["containers"],
     "search_path": {"cmd_args": ["-ibuck-out/base/ifaces"], "hidden": []},
 }
+TWO_MODULES = {"srcs": '["lib/Sub/B.hs", "lib/A.hs"]', "deps": '[":base"]'}
 
 
 def argfile_lines(analysis: Analysis, identifier: str) -> list[str]:
@@ -50,12 +60,25 @@ def argfile_lines(analysis: Analysis, identifier: str) -> list[str]:
     return lines
 
 
-def test_each_module_compiles_in_its_own_worker_action_in_srcs_order() -> None:
+def test_modules_compile_in_import_order_after_a_scan() -> None:
     analysis = analyse(
         "haskell_library",
-        {"srcs": '["lib/A.hs", "lib/Sub/B.hs"]', "deps": '[":base"]', "compiler_flags": '["-O0"]'},
+        {**TWO_MODULES, "compiler_flags": '["-O0"]'},
         {":base": haskell_library_dep(DEP)},
+        imports={"A": [], "Sub.B": ["A"]},
     )
+    (scan,) = [a for a in analysis.actions if a.get("category") == "haskell_scan_imports"]
+    assert scan["arguments"] == [
+        "python3", "toolchains/haskell/scan_imports.py", f"{GEN}/module_imports.json",
+        "Sub.B=lib/Sub/B.hs", "A=lib/A.hs",
+    ]  # fmt: skip
+    (dynamic,) = [a for a in analysis.actions if a["kind"] == "dynamic_output"]
+    assert dynamic["dynamic"] == [f"{GEN}/module_imports.json"]
+    assert sorted(dynamic["outputs"]) == sorted(
+        f"{GEN}/{kind}/{m}.{ext}" for kind, ext in (("objs", "o"), ("ifaces", "hi"))
+        for m in ("A", "Sub/B")
+    )  # fmt: skip
+    # A imports nothing of its target: no own search path, no own interface as input.
     assert argfile_lines(analysis, "A") == [
         "-c", "lib/A.hs", "-o", f"{GEN}/objs/A.o", "-ohi", f"{GEN}/ifaces/A.hi",
         "-i", "-ibuck-out/base/ifaces", "-package", "containers", "-O0",
@@ -67,24 +90,52 @@ def test_each_module_compiles_in_its_own_worker_action_in_srcs_order() -> None:
     ]  # fmt: skip
     runs = [a for a in analysis.actions if a["kind"] == "run"]
     compiles = [r for r in runs if r["category"] == "haskell_compile"]
-    assert [r["identifier"] for r in compiles] == ["A", "Sub/B"]
+    assert [r["identifier"] for r in compiles] == ["A", "Sub/B"]  # A first: B imports it
     assert all(r["fallback"] == ["toolchains/haskell/ghc-argfile"] for r in compiles)
     assert compiles[1]["outputs"] == [f"{GEN}/objs/Sub/B.o", f"{GEN}/ifaces/Sub/B.hi"]
-    envelopes = [json.loads(a["content"]) for a in analysis.actions if a["kind"] == "write_json"]
-    assert envelopes[1]["inputs"] == [
+    envelopes = {
+        a["output"].split("/")[-1]: json.loads(a["content"])
+        for a in analysis.actions
+        if a["kind"] == "write_json"
+    }
+    assert envelopes["A.envelope.json"]["inputs"] == [
+        "lib/A.hs",
+        "buck-out/base/ifaces/Base/Util.hi",
+    ]
+    assert envelopes["B.envelope.json"]["inputs"] == [
         "lib/Sub/B.hs",
         f"{GEN}/ifaces/A.hi",
         "buck-out/base/ifaces/Base/Util.hi",
     ]
     (archive,) = [r for r in runs if r["category"] == "haskell_archive"]
     assert archive["arguments"] == [
-        "ar", "qcs", f"{GEN}/libcore.a", f"{GEN}/objs/A.o", f"{GEN}/objs/Sub/B.o"
+        "ar", "qcs", f"{GEN}/libcore.a", f"{GEN}/objs/Sub/B.o", f"{GEN}/objs/A.o"
     ]  # fmt: skip
     info = analysis.provider("HaskellLibraryInfo")
     assert info["archives"] == [{"artifact": f"{GEN}/libcore.a"}, *DEP["archives"]]
     assert info["packages"] == ["containers"]
     assert info["search_path"]["cmd_args"] == [f"-i{GEN}/ifaces", "-ibuck-out/base/ifaces"]
     assert {"artifact": "buck-out/base/ifaces/Base/Util.hi"} in info["interfaces"]
+
+
+def test_modules_that_import_each_other_in_a_cycle_are_an_analysis_error() -> None:
+    with pytest.raises(
+        sl.StarlarkError, match=re.escape("import each other in a cycle: A -> Sub.B -> A")
+    ):
+        analyse(
+            "haskell_library", TWO_MODULES, {":base": haskell_library_dep(DEP)},
+            imports={"A": ["Sub.B"], "Sub.B": ["A"]},
+        )  # fmt: skip
+
+
+def test_independent_modules_do_not_wait_for_each_other() -> None:
+    analysis = analyse(
+        "haskell_library", TWO_MODULES, {":base": haskell_library_dep(DEP)},
+        imports={"A": [], "Sub.B": []},
+    )  # fmt: skip
+    assert f"-i{GEN}/ifaces" not in argfile_lines(analysis, "Sub/B")
+    envelopes = [json.loads(a["content"]) for a in analysis.actions if a["kind"] == "write_json"]
+    assert all(f"{GEN}/ifaces/A.hi" not in e["inputs"] for e in envelopes)
 
 
 def test_binary_links_its_objects_with_every_archive() -> None:
@@ -101,7 +152,11 @@ def test_binary_links_its_objects_with_every_archive() -> None:
 
 @pytest.mark.parametrize(
     ("srcs", "message"),
-    [("[]", "a Haskell target needs srcs"), ('["other/A.hs"]', "is not a .hs file under")],
+    [
+        ("[]", "a Haskell target needs srcs"),
+        ('["other/A.hs"]', "is not a .hs file under"),
+        ('["lib/A.hs", "lib/A.hs"]', "module A is listed twice"),
+    ],
 )
 def test_bad_srcs_are_analysis_errors(srcs: str, message: str) -> None:
     with pytest.raises(sl.StarlarkError, match=message):

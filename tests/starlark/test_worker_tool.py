@@ -160,8 +160,8 @@ def test_prelude_exports_and_toolchain_target() -> None:
     fake.eval_file(CELLS["toolchains"] / "BUCK", "toolchains")
     assert fake.targets == [
         "worker_runtime", "javac_worker_bin", "javac", "jar", "java_command", "javac_worker_built",
-        "javac_worker", "java", "ghc_worker_bin", "ghc_argfile", "ghc", "ar", "ghc_worker_built",
-        "ghc_worker", "haskell",
+        "javac_worker", "java", "ghc_worker_bin", "ghc_argfile", "ghc", "ar",
+        "haskell_scan_imports", "ghc_worker_built", "ghc_worker", "haskell",
     ]  # fmt: skip
     assert (
         "java/src/buck2/workers/javac/JavacWorker.java"
@@ -174,3 +174,56 @@ def test_prelude_loads_are_cell_relative() -> None:
     for path in CELLS["prelude"].rglob("*.bzl"):
         for line in path.read_text().splitlines():
             assert not line.startswith('load("@'), f"{path}: {line}"
+
+
+DYNAMIC_RULES = """
+def _impl(ctx: AnalysisContext) -> list[Provider]:
+    listing = ctx.actions.write("listing.txt", "a b")
+    out = ctx.actions.declare_output("out.txt")
+    other = ctx.actions.write("other.txt", "bound outside f")
+    def f(dctx, artifacts, outputs):
+        words = artifacts[listing].read_string().split(" ")
+        MODE
+    ctx.actions.dynamic_output(dynamic = [listing], inputs = [], outputs = OUTPUTS, f = f)
+    return [DefaultInfo(default_output = out)]
+r = rule(impl = _impl, attrs = {})
+"""
+
+
+@pytest.mark.parametrize(
+    ("mode", "outputs", "message"),
+    [
+        ("dctx.actions.write(outputs[out].as_output(), words[1])", "[out.as_output()]", None),
+        ("pass", "[out.as_output()]", "f did not bind every output"),
+        ('dctx.actions.write(outputs[out].as_output(), "x")', "[]", "non-empty list"),
+        ('dctx.actions.write(outputs[out].as_output(), "x")', "[out]", "must be OutputArtifacts"),
+        (
+            'dctx.actions.write(other.as_output(), "x")',
+            "[out.as_output()]",
+            "was not declared here",
+        ),
+    ],
+)
+def test_fake_dynamic_output_is_as_strict_as_buck2(
+    tmp_path: Path, mode: str, outputs: str, message: str | None
+) -> None:
+    """f runs with the dynamic artifacts' contents, must bind every output through
+    `outputs[...]`, and nothing else may be left unbound."""
+    (tmp_path / "rules.bzl").write_text(
+        DYNAMIC_RULES.replace("MODE", mode).replace("OUTPUTS", outputs)
+    )
+    fake = Buck2Fake()
+    fake.dynamic_resolver = lambda paths: ["a b" for _ in paths]
+    harness = 'load(":rules.bzl", "r")\ndef go():\n    return fake_analyse(r, "//p:t", {}, {})\n'
+    module = fake.eval_file(tmp_path / "h.bzl", "root", harness)
+    if message is None:
+        module.call("go")
+        written = [a for a in fake.actions if a["kind"] == "write"]
+        assert written[-1] == {
+            "kind": "write",
+            "output": "buck-out/v2/gen/root/p/__t__/out.txt",
+            "content": "b",
+        }
+    else:
+        with pytest.raises(sl.StarlarkError, match=message):
+            module.call("go")

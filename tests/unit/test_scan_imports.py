@@ -1,0 +1,72 @@
+"""toolchains/haskell/scan_imports.py: which modules of a target each module imports."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from tests.conftest import REPO_ROOT
+
+SCANNER = REPO_ROOT / "toolchains" / "haskell" / "scan_imports.py"
+
+
+def scan(tmp_path: Path, sources: dict[str, str]) -> tuple[int, dict[str, list[str]], str]:
+    args = []
+    for name, text in sources.items():
+        path = tmp_path / (name.replace(".", "/") + ".hs")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+        args.append(f"{name}={path}")
+    out = tmp_path / "imports.json"
+    done = subprocess.run(
+        [sys.executable, str(SCANNER), str(out), *args], capture_output=True, text=True
+    )
+    graph = json.loads(out.read_text()) if done.returncode == 0 else {}
+    return done.returncode, graph, done.stderr
+
+
+def test_every_form_of_import_is_found(tmp_path: Path) -> None:
+    main = """{-# LANGUAGE PackageImports #-}
+module A.Main (main) where
+-- import A.Commented
+{- import A.Blocked {- nested -} import A.AlsoBlocked -}
+import A.Plain
+import qualified A.Qualified as Q
+import A.PostQualified qualified as P
+import {-# SOURCE #-} A.Boot
+import safe A.Safe (x)
+import "base" Data.List (sort)
+import
+  A.NextLine
+import Data.Map (Map) -- a package module: not in the target
+x --> y = y  -- an operator, not a comment
+main :: IO ()
+main = pure ()
+"""
+    others = ["A.Plain", "A.Qualified", "A.PostQualified", "A.Boot", "A.Safe", "A.NextLine"]
+    others += ["A.Commented", "A.Blocked", "A.AlsoBlocked"]
+    code, graph, _ = scan(tmp_path, {"A.Main": main, **{m: f"module {m} where\n" for m in others}})
+    assert code == 0
+    assert graph["A.Main"] == sorted(
+        ["A.Plain", "A.Qualified", "A.PostQualified", "A.Boot", "A.Safe", "A.NextLine"]
+    )
+    assert graph["A.Plain"] == []
+
+
+def test_a_missing_source_is_a_clear_error(tmp_path: Path) -> None:
+    out = tmp_path / "imports.json"
+    done = subprocess.run(
+        [sys.executable, str(SCANNER), str(out), "A=missing/A.hs"], capture_output=True, text=True
+    )
+    assert done.returncode == 1
+    assert "cannot read missing/A.hs (module A)" in done.stderr
+    assert not out.exists()
+
+
+def test_bad_usage_says_how_to_call_it(tmp_path: Path) -> None:
+    done = subprocess.run(
+        [sys.executable, str(SCANNER), "x.json", "A"], capture_output=True, text=True
+    )
+    assert done.returncode == 2 and "usage:" in done.stderr

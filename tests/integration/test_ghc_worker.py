@@ -376,3 +376,31 @@ def test_the_runtime_sends_input_digests_from_the_envelope(
     assert "reused home interfaces: [Shop.Types]" in second.stderr
     without = worker.run(*args)
     assert "reused home interfaces: []" in without.stderr
+
+
+def test_same_flags_reuse_the_session_flags_but_see_a_new_package_environment(
+    pipe_worker: StartPipe, tmp_path: Path
+) -> None:
+    """Identical flags skip re-deriving the unit state, unless what it reads changed:
+    a package environment file appearing in the working directory is seen at once."""
+    write(tmp_path, "src/Shop/Types.hs", TYPES_HS)
+    write(tmp_path, "src/Shop/Report.hs", REPORT_HS)
+    prepare_dirs(tmp_path, "deps", "out")
+    assert cold_ghc(tmp_path, compile_args("Shop.Types", "deps")).returncode == 0
+    worker = pipe_worker()
+    args = compile_args("Shop.Report", "out", "-ideps")
+    for _ in range(2):
+        response = worker.run(*args, verbose=False)
+        assert response.exit_code == 0, response.output
+    version = subprocess.run([GHC, "--numeric-version"], capture_output=True, text=True).stdout
+    environment = tmp_path / f".ghc.environment.x86_64-linux-{version.strip()}"
+    base_id = subprocess.run(
+        ["ghc-pkg", "field", "base", "id", "--simple-output"], capture_output=True, text=True
+    ).stdout.strip()
+    environment.write_text(f"clear-package-db\nglobal-package-db\npackage-id {base_id}\n")
+    hidden = worker.run(*args, verbose=False)
+    cold = cold_ghc(tmp_path, args)
+    assert cold.returncode == 1 and "Data.Map" in cold.stderr
+    assert (hidden.exit_code, hidden.output) == (1, cold.stderr)
+    environment.unlink()
+    assert worker.run(*args, verbose=False).exit_code == 0

@@ -25,8 +25,8 @@ module WarmSession
 
 import Argfiles (expandArgfiles)
 import Capture (captureOutput)
-import Control.Exception (SomeException, displayException, evaluate, finally, fromException, throwIO, try)
-import Control.Monad (filterM, forM, unless, when)
+import Control.Exception (IOException, SomeException, displayException, evaluate, finally, fromException, throwIO, try)
+import Control.Monad (filterM, forM, unless, void, when)
 import qualified Data.ByteString as B
 import Data.IORef
 import GHC.Clock (getMonotonicTime)
@@ -34,7 +34,11 @@ import Data.List (isPrefixOf, partition, sort)
 import qualified Data.Map.Strict as Map
 import Data.Maybe (catMaybes, isJust, listToMaybe)
 import qualified Data.Set as Set
-import GHC (Ghc, getSession, getSessionDynFlags, printException, setSessionDynFlags)
+import GHC (Ghc, getSession, getSessionDynFlags, interpretPackageEnv, printException, setSessionDynFlags)
+import GHC.Driver.Monad (modifySession)
+import GHC.Settings.Config (cProjectVersion)
+import System.Environment (lookupEnv)
+import System.Info (arch, os)
 import GHC.Core (CoreRule (..))
 import GHC.Core.FamInstEnv (emptyFamInstEnv, extendFamInstEnvList, famInstEnvElts)
 import GHC.Core.InstEnv (emptyInstEnv, extendInstEnvList, instEnvElts, is_dfun_name)
@@ -56,8 +60,8 @@ import qualified Data.IntSet as IntSet
 import GHC.Unit.Module
 import GHC.Unit.State (lookupUnit, unitDatabasePath)
 import GHC.Utils.Panic (GhcException)
-import System.Directory (doesFileExist, getCurrentDirectory, getFileSize, getModificationTime, listDirectory, setCurrentDirectory, doesDirectoryExist)
-import System.FilePath (normalise, (<.>), (</>))
+import System.Directory (doesFileExist, getCurrentDirectory, getHomeDirectory, getFileSize, getModificationTime, listDirectory, setCurrentDirectory, doesDirectoryExist)
+import System.FilePath (normalise, takeDirectory, (<.>), (</>))
 import System.IO (hPutStrLn, stderr)
 
 -- | A kept home-package interface: the file it was read from and that file's digest.
@@ -80,6 +84,9 @@ data Kept = Kept
   , keptDbFingerprint :: [String]
   -- ^ The package databases the kept state was loaded from, as they were on disk.
   , keptEps :: ExternalPackageState
+  , keptLastFlags :: Maybe ([String], DynFlags)
+  -- ^ The session DynFlags the last request's flags gave, with what they came from:
+  -- the same flags again skip setSessionDynFlags (3-5 ms of unit-state work).
   , keptHome :: Map.Map Module (HomeIface, [ModuleName])
   -- ^ Home interfaces in 'keptEps', with the home modules each was built against.
   }
@@ -97,7 +104,7 @@ newWorker captureFile = do
   env <- getSession
   pristine <- liftIO (readIORef (hsc_EPS env))
   fingerprint <- liftIO (databaseFingerprint base)
-  state <- liftIO (newIORef (Kept base fingerprint pristine Map.empty))
+  state <- liftIO (newIORef (Kept base fingerprint pristine Nothing Map.empty))
   report <- liftIO (newIORef "")
   return (Worker pristine state captureFile report)
 
@@ -146,17 +153,39 @@ compileHere worker rawArgs inputs = do
           case (unknown, sources) of
             (flag : _, _) -> failWith ("ghc: unrecognised flag: " ++ flag ++ "\nUsage: For basic information, try the `--help' option.")
             (_, []) -> failWith "ghc: no input files\nUsage: For basic information, try the `--help' option."
-            _ -> runCompile worker kept dflags1 warnings sources inputs
+            _ -> runCompile worker kept dflags1 warnings (flagsKey sources rest) sources inputs
   where
     failWith message = liftIO (hPutStrLn stderr message) >> return 1
 
-runCompile :: Worker -> Kept -> DynFlags -> [Warn] -> [FilePath] -> [(FilePath, B.ByteString)] -> Ghc Int
-runCompile worker kept dflags1 warnings sources inputs = do
+-- | The arguments that shape a request's DynFlags apart from its outputs: everything
+-- but the sources and the values of @-o@ and @-ohi@.
+flagsKey :: [FilePath] -> [String] -> [String]
+flagsKey sources = go
+  where
+    go (flag : _ : more) | flag `elem` ["-o", "-ohi"] = flag : go more
+    go (arg : more)
+      | arg `elem` sources = go more
+      | otherwise = arg : go more
+    go [] = []
+
+runCompile :: Worker -> Kept -> DynFlags -> [Warn] -> [String] -> [FilePath] -> [(FilePath, B.ByteString)] -> Ghc Int
+runCompile worker kept dflags1 warnings argsKey sources inputs = do
   tStart <- liftIO getMonotonicTime
   let base = keptBase kept
-      sameDatabases = packageDBFlags dflags1 == packageDBFlags base
-      wanted = dflags1 {ghcMode = OneShot, ghcLink = NoLink}
-  _ <- setSessionDynFlags wanted {unitDatabases = if sameDatabases then unitDatabases base else Nothing}
+  -- What else the flags depend on: the working directory and the package environment
+  -- files `ghc` reads (GHC's Main applies them; the GHC API does not by itself).
+  here <- liftIO getCurrentDirectory
+  environment <- liftIO (packageEnvironmentFingerprint here)
+  wanted <- liftIO (interpretPackageEnv dflags1 {ghcMode = OneShot, ghcLink = NoLink})
+  let sameDatabases = packageDBFlags wanted == packageDBFlags base
+      key = here : environment ++ argsKey
+      noEnvironmentFile = environment == [""]
+  case keptLastFlags kept of
+    Just (lastKey, lastFlags)
+      | lastKey == key && noEnvironmentFile ->
+          modifySession $ \h ->
+            h {hsc_dflags = lastFlags {outputFile = outputFile dflags1, outputHi = outputHi dflags1}}
+    _ -> void (setSessionDynFlags wanted {unitDatabases = if sameDatabases then unitDatabases base else Nothing})
   fingerprint0 <- getSessionDynFlags >>= liftIO . databaseFingerprint
   -- Other package databases, or the same ones changed on disk: read them again and start
   -- from a fresh package state.
@@ -211,6 +240,7 @@ runCompile worker kept dflags1 warnings sources inputs = do
         { keptBase = if sameDatabases then base {unitDatabases = unitDatabases dflags} else base
         , keptDbFingerprint = fingerprint
         , keptEps = keptEps'
+        , keptLastFlags = Just (key, dflags)
         , keptHome = home
         }
   return code
@@ -314,6 +344,24 @@ filterEps pristine names home keep eps
     keepRule rule@Rule {} = Set.member (ru_origin rule) keep
     keepRule _ = True
     keepCompleteMatch match = all keepName (completeMatchTyCon match : completeMatchConLikes match)
+
+-- | The package environment files GHC would read for a compile in this directory (see
+-- GHC's interpretPackageEnv), as they are on disk, and $GHC_ENVIRONMENT.
+packageEnvironmentFingerprint :: FilePath -> IO [String]
+packageEnvironmentFingerprint dir = do
+  variable <- lookupEnv "GHC_ENVIRONMENT"
+  home <- either (const "") id <$> (try getHomeDirectory :: IO (Either IOException FilePath))
+  let name = ".ghc.environment." ++ platform
+      platform = arch ++ "-" ++ os ++ "-" ++ cProjectVersion
+      candidates = [d </> name | d <- ancestors dir] ++ [home </> ".ghc" </> platform </> "environments" </> "default" | not (null home)]
+  stamps <- forM candidates $ \path -> do
+    exists <- doesFileExist path
+    if exists then (\t -> path ++ " " ++ show t) <$> getModificationTime path else return ""
+  return (maybe "" ("GHC_ENVIRONMENT=" ++) variable : filter (not . null) stamps)
+  -- [""]: no variable and no file, the only case in which the flags of an earlier
+  -- request may be reused (applying a file also prints a line, as ghc does).
+  where
+    ancestors d = let parent = takeDirectory d in if parent == d then [d] else d : ancestors parent
 
 -- | The package databases a session reads, as they are on disk (paths, sizes, times).
 databaseFingerprint :: DynFlags -> IO [String]

@@ -33,6 +33,8 @@ fi
 missing=()
 command -v bazel >/dev/null 2>&1 || missing+=(bazel-bootstrap)
 command -v ghc >/dev/null 2>&1 || missing+=(ghc)
+# PostgreSQL's server binaries (BuildGrid's scheduler database, `worker-runtime cluster`).
+compgen -G "/usr/lib/postgresql/*/bin/pg_ctl" >/dev/null || missing+=(postgresql)
 if [ ${#missing[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
     echo "bootstrap: installing ${missing[*]} (Debian)" >&2
@@ -43,6 +45,31 @@ if [ ${#missing[@]} -gt 0 ]; then
   else
     echo "bootstrap: warning: ${missing[*]} missing (apt-get install ${missing[*]}, as root); their tests will fail" >&2
   fi
+fi
+
+# BuildGrid (the REAPI server of `worker-runtime cluster`) in a virtualenv of its own:
+# buildgrid 0.9.x needs Python 3.13 (pyenv has one on this machine kind).
+BUILDGRID_VENV="$ROOT/.cache/buildgrid-venv"
+BUILDGRID_VERSION=0.9.1
+if ! [ -x "$BUILDGRID_VENV/bin/bgd" ] || ! [ -f "$BUILDGRID_VENV/.installed-$BUILDGRID_VERSION" ]; then
+  python313=""
+  for candidate in python3.13 "$(pyenv root 2>/dev/null)/versions/3.13"*/bin/python3.13; do
+    python313=$("$candidate" -c 'import sys; print(sys.executable if sys.version_info[:2] == (3, 13) else "")' 2>/dev/null) || python313=""
+    [ -n "$python313" ] && break
+  done
+  if [ -z "$python313" ]; then
+    echo "bootstrap: error: BuildGrid $BUILDGRID_VERSION needs Python 3.13 (pyenv install 3.13)" >&2
+    exit 1
+  fi
+  echo "bootstrap: installing BuildGrid $BUILDGRID_VERSION into $BUILDGRID_VENV" >&2
+  rm -rf "$BUILDGRID_VENV"
+  "$python313" -m venv "$BUILDGRID_VENV"
+  if ! "$BUILDGRID_VENV/bin/python" -m pip install --disable-pip-version-check -q "buildgrid==$BUILDGRID_VERSION" >"$ROOT/.cache/buildgrid-install.log" 2>&1; then
+    tail -n 30 "$ROOT/.cache/buildgrid-install.log" >&2
+    echo "bootstrap: error: installing BuildGrid failed; log: $ROOT/.cache/buildgrid-install.log" >&2
+    exit 1
+  fi
+  touch "$BUILDGRID_VENV/.installed-$BUILDGRID_VERSION"
 fi
 
 if [ -f "$STAMP" ] && [ -x "$VENV/bin/python" ]; then

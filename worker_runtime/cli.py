@@ -174,21 +174,29 @@ def daemon_command(name: str) -> Callable[[Sequence[str]], int]:
     return run
 
 
+def cluster_main(argv: Sequence[str]) -> int:
+    from worker_runtime.cluster.commands import main as cluster
+
+    return cluster(argv)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     commands = {
         "serve": serve_main,
         "demo": demo_main,
+        "cluster": cluster_main,
         **{name: daemon_command(name) for name in ("status", "stop", "logs", "daemon")},
     }
     if not argv or argv[0] in ("-h", "--help"):
         print(
-            "usage: worker-runtime {serve,demo,status,stop,logs} ...\n\n"
+            "usage: worker-runtime {serve,demo,status,stop,logs,cluster} ...\n\n"
             "  serve   serve Buck2's worker protocol on $WORKER_SOCKET (what Buck2 launches)\n"
             "  demo    build the examples cold and warm through the runtime, print the savings\n"
             "  status  show the project's daemon and its backends (--json for JSON)\n"
             "  stop    drain and stop the project's daemon\n"
             "  logs    show where the daemon's logs are and tail them\n"
+            "  cluster up|status|down: the embedded REAPI engine (PostgreSQL + BuildGrid)\n"
             "  --version\n"
         )
         return 0 if argv else USAGE_EXIT_CODE

@@ -64,3 +64,7 @@ class ProtocolError(WorkerRuntimeError):
     def __init__(self, message: str, first_bytes: bytes = b"") -> None:
         super().__init__(message)
         self.first_bytes = first_bytes
+
+
+class ClusterError(WorkerRuntimeError):
+    """The embedded engine (`worker-runtime cluster`) could not be brought up or down."""

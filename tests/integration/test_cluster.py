@@ -1,0 +1,108 @@
+"""`worker-runtime cluster up | status | down`: PostgreSQL and BuildGrid brought up on
+Unix sockets, idempotently, and every process stopped by `down`. Needs Debian's
+PostgreSQL and the BuildGrid virtualenv (scripts/bootstrap.sh installs both)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import psutil
+import pytest
+
+from tests.conftest import REPO_ROOT, RUNTIME, wait_gone
+from worker_runtime.cluster.layout import DEFAULT_BUILDGRID_VENV
+
+
+@pytest.fixture
+def cluster_dir() -> Iterator[Path]:
+    assert (DEFAULT_BUILDGRID_VENV / "bin" / "bgd").exists(), (
+        "BuildGrid is missing: scripts/bootstrap.sh makes .cache/buildgrid-venv"
+    )
+    # Not under pytest's 0700 tmp: as root, PostgreSQL runs as the postgres user.
+    directory = Path(tempfile.mkdtemp(prefix="wr-cluster-"))
+    directory.chmod(0o755)
+    yield directory
+    cluster("down", "--dir", str(directory))
+    shutil.rmtree(directory, ignore_errors=True)
+
+
+def cluster(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*RUNTIME, "cluster", *args], cwd=REPO_ROOT, capture_output=True, text=True,
+        timeout=180, env=env,
+    )  # fmt: skip
+
+
+def status(directory: Path) -> dict[str, dict[str, object]]:
+    done = cluster("status", "--json", "--dir", str(directory))
+    data: dict[str, dict[str, object]] = json.loads(done.stdout)
+    return data
+
+
+def test_up_is_idempotent_and_down_stops_every_process(cluster_dir: Path) -> None:
+    first = cluster("up", "--dir", str(cluster_dir))
+    assert first.returncode == 0, first.stderr
+    assert f"unix://{cluster_dir}/run/buildgrid.sock" in first.stdout
+    running = status(cluster_dir)
+    assert running["buildgrid"]["answers"] is True and running["postgres"]["alive"] is True
+    again = cluster("up", "--dir", str(cluster_dir))
+    assert again.returncode == 0, again.stderr
+    assert status(cluster_dir)["buildgrid"]["pid"] == running["buildgrid"]["pid"]  # left as it was
+    # The stock client talks to it: the engine is a real REAPI server.
+    bgd = DEFAULT_BUILDGRID_VENV / "bin" / "bgd"
+    capabilities = subprocess.run(
+        [str(bgd), "capabilities", "--remote", f"unix://{cluster_dir}/run/buildgrid.sock",
+         "--instance-name", "main"],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert capabilities.returncode == 0 and '"execEnabled": true' in capabilities.stdout
+    assert cluster("down", "--dir", str(cluster_dir)).returncode == 0
+    pids = [int(running[name]["pid"]) for name in ("postgres", "buildgrid")]  # type: ignore[call-overload]
+    assert wait_gone(pids) == []
+    assert processes_of(cluster_dir) == []
+    stopped = cluster("status", "--dir", str(cluster_dir))
+    assert stopped.returncode == 3 and ": down" in stopped.stdout
+
+
+def test_a_cluster_brought_down_comes_back_up_with_its_data(cluster_dir: Path) -> None:
+    assert cluster("up", "--dir", str(cluster_dir)).returncode == 0
+    assert cluster("down", "--dir", str(cluster_dir)).returncode == 0
+    back = cluster("up", "--dir", str(cluster_dir))
+    assert back.returncode == 0, back.stderr
+    assert status(cluster_dir)["buildgrid"]["answers"] is True
+
+
+def test_a_missing_buildgrid_is_a_clear_error_and_leaves_nothing_running(
+    cluster_dir: Path, tmp_path: Path
+) -> None:
+    env = {**_environ(), "WORKER_RUNTIME_BUILDGRID_VENV": str(tmp_path / "no-venv")}
+    failed = cluster("up", "--dir", str(cluster_dir), env=env)
+    assert failed.returncode == 1
+    assert "BuildGrid is not installed" in failed.stderr and "scripts/bootstrap.sh" in failed.stderr
+    assert processes_of(cluster_dir) == []  # PostgreSQL, started first, was stopped again
+
+
+def test_executors_are_refused_until_the_executor_exists(cluster_dir: Path) -> None:
+    refused = cluster("up", "--executors", "2", "--dir", str(cluster_dir))
+    assert refused.returncode == 1 and "--executors" in refused.stderr
+    assert processes_of(cluster_dir) == []
+
+
+def _environ() -> dict[str, str]:
+    return dict(os.environ)
+
+
+def processes_of(directory: Path) -> list[str]:
+    """Live processes (zombies aside) whose command line names the cluster's directory."""
+    found = []
+    for proc in psutil.process_iter(["cmdline", "status"]):
+        cmdline = " ".join(proc.info["cmdline"] or [])
+        if str(directory) in cmdline and proc.info["status"] != psutil.STATUS_ZOMBIE:
+            found.append(f"{proc.pid} {cmdline}")
+    return found

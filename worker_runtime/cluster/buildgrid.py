@@ -1,0 +1,195 @@
+"""BuildGrid, the Remote Execution API server: its own virtualenv (made by
+scripts/bootstrap.sh), a config tuned for latency, its database migrated, the server
+started on a Unix socket and known to be ready when it answers GetCapabilities."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import grpc
+
+from worker_runtime.cluster.layout import DEFAULT_BUILDGRID_VENV, INSTANCE, ClusterLayout
+from worker_runtime.errors import ClusterError
+
+#: Platform properties a job may carry without any bot advertising them (BuildGrid
+#: rejects other unknown keys): the remote persistent worker convention's.
+WILDCARD_PROPERTY_KEYS = ("persistentWorkerKey", "persistentWorkerProtocol")
+
+
+def venv() -> Path:
+    return Path(os.environ.get("WORKER_RUNTIME_BUILDGRID_VENV", DEFAULT_BUILDGRID_VENV))
+
+
+def bgd() -> Path:
+    path = venv() / "bin" / "bgd"
+    if not path.exists():
+        raise ClusterError(
+            f"BuildGrid is not installed ({path} is missing): run scripts/bootstrap.sh, which "
+            "makes its virtualenv (buildgrid 0.9.x with Python 3.13)"
+        )
+    return path
+
+
+def database_driver() -> str:
+    """SQLAlchemy's driver name: BuildGrid 0.9 uses psycopg 3, 0.4 psycopg2."""
+    found = list((venv() / "lib").glob("python3*/site-packages/psycopg"))
+    return "psycopg" if found else "psycopg2"
+
+
+def config_text(layout: ClusterLayout, driver: str) -> str:
+    """The server config: CAS and action cache in memory, the SQL scheduler, assignment
+    tuned for latency (no jitter, 50 ms polls and back-off), short bot keepalives."""
+    wildcard = "\n".join(f"        - {key}" for key in WILDCARD_PROPERTY_KEYS)
+    return f"""\
+description: worker-runtime's embedded engine (written by `worker-runtime cluster up`)
+server:
+  - !channel
+    address: "{layout.address}"
+    insecure-mode: true
+authorization:
+  method: none
+connections:
+  - !sql-connection &sql
+    connection-string: "{layout.database_url(driver)}"
+    pool-size: 20
+    max-overflow: 20
+storages:
+  - !lru-storage &cas
+    size: 1GB
+caches:
+  - !lru-action-cache &ac
+    storage: *cas
+    max-cached-refs: 100000
+    allow-updates: true
+    cache-failed-actions: false
+schedulers:
+  - !sql-scheduler &scheduler
+    sql: *sql
+    action-cache: *ac
+    storage: *cas
+    poll-interval: 0.05
+    bot-poll-interval: 0.05
+    bot-session-keepalive-timeout: 10
+    max-job-attempts: 5
+    property-set: !dynamic-property-set
+      match-property-keys: []
+      wildcard-property-keys:
+{wildcard}
+    assigners:
+      - !priority-age-assigner
+        count: 1
+        interval: 0.05
+        failure-backoff: 0.05
+        jitter-factor: 0.0
+instances:
+  - name: {INSTANCE}
+    services:
+      - !action-cache
+        cache: *ac
+      - !execution
+        scheduler: *scheduler
+      - !cas
+        storage: *cas
+      - !bytestream
+        storage: *cas
+thread-pool-size: 128
+maximum-concurrent-rpcs: 256
+"""
+
+
+def migrate(layout: ClusterLayout, driver: str) -> None:
+    done = subprocess.run(
+        [str(bgd()), "migrate", "apply", layout.database_url(driver)],
+        capture_output=True, text=True,
+    )  # fmt: skip
+    if done.returncode != 0:
+        raise ClusterError(f"migrating BuildGrid's database failed: {done.stderr.strip()[-800:]}")
+
+
+def answers(layout: ClusterLayout, timeout_s: float = 2.0) -> bool:
+    """Whether the server answers GetCapabilities (sent as raw bytes: instance_name)."""
+    if not layout.buildgrid_socket.exists():
+        return False
+    request = b"\x0a" + bytes([len(INSTANCE)]) + INSTANCE.encode()
+    try:
+        with grpc.insecure_channel(layout.address) as channel:
+            call = channel.unary_unary(
+                "/build.bazel.remote.execution.v2.Capabilities/GetCapabilities",
+                request_serializer=None,
+                response_deserializer=None,
+            )
+            call(request, timeout=timeout_s)
+    except grpc.RpcError:
+        return False
+    return True
+
+
+def start(layout: ClusterLayout, timeout_s: float = 60.0) -> int:
+    """Writes the config, migrates, starts `bgd server start` detached and waits until it
+    answers. Returns its PID."""
+    driver = database_driver()
+    layout.config.write_text(config_text(layout, driver))
+    migrate(layout, driver)
+    log = layout.logs / "buildgrid.log"
+    layout.buildgrid_socket.unlink(missing_ok=True)
+    with open(log, "ab") as out:
+        process = subprocess.Popen(
+            [str(bgd()), "server", "start", str(layout.config)],
+            stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )  # fmt: skip
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise ClusterError(
+                f"BuildGrid exited with status {process.returncode} while starting; log: {log}"
+            )
+        if answers(layout, timeout_s=1.0):
+            return process.pid
+        time.sleep(0.1)
+    stop(process.pid)
+    raise ClusterError(f"BuildGrid did not answer within {timeout_s:.0f} s; log: {log}")
+
+
+def stop(pid: int, grace_s: float = 10.0) -> None:
+    """SIGTERM to the server's process group, SIGKILL after ``grace_s``."""
+    if pid <= 0:
+        return
+    try:
+        os.killpg(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    deadline = time.monotonic() + grace_s
+    while time.monotonic() < deadline:
+        if not alive(pid):
+            return
+        time.sleep(0.05)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(pid, signal.SIGKILL)
+
+
+def alive(pid: int) -> bool:
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:  # a zombie child of this process counts as gone
+        waited, _ = os.waitpid(pid, os.WNOHANG)
+        return waited == 0
+    except ChildProcessError:
+        return _not_zombie(pid)
+
+
+def _not_zombie(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as handle:
+            return handle.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False

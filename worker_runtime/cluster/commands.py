@@ -1,0 +1,122 @@
+"""`worker-runtime cluster up | status | down`: the embedded engine's lifecycle.
+
+`up` is idempotent (a cluster that answers is left as it is; one half up is brought up
+the rest of the way); `down` stops every process the cluster started, by PID."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+
+from worker_runtime.cluster import buildgrid, postgres
+from worker_runtime.cluster.layout import INSTANCE, ClusterLayout
+from worker_runtime.errors import ClusterError
+
+EXECUTOR_NOT_YET = (
+    "--executors: the executor (`worker-runtime executor`) is not part of this version yet, "
+    "so the engine runs with no bots; start it with --executors 0"
+)
+
+
+def _parser(command: str) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=f"worker-runtime cluster {command}")
+    parser.add_argument(
+        "--dir",
+        help="the cluster's directory (default: $WORKER_RUNTIME_CLUSTER_DIR or .cache/cluster)",
+    )
+    return parser
+
+
+def describe(layout: ClusterLayout) -> dict[str, object]:
+    state = layout.read_state()
+    return {
+        "dir": str(layout.root),
+        "address": layout.address,
+        "instance": INSTANCE,
+        "postgres": {"pid": state.postgres_pid, "alive": buildgrid.alive(state.postgres_pid)},
+        "buildgrid": {
+            "pid": state.buildgrid_pid,
+            "alive": buildgrid.alive(state.buildgrid_pid),
+            "answers": buildgrid.answers(layout),
+        },
+        "executors": [{"pid": p, "alive": buildgrid.alive(p)} for p in state.executor_pids],
+    }
+
+
+def up(layout: ClusterLayout, executors: int) -> dict[str, object]:
+    if executors:
+        raise ClusterError(EXECUTOR_NOT_YET)
+    state = layout.read_state()
+    if buildgrid.alive(state.buildgrid_pid) and buildgrid.answers(layout):
+        return describe(layout)
+    buildgrid.stop(state.buildgrid_pid)  # a server that no longer answers
+    try:
+        if not buildgrid.alive(postgres.pid(layout)):
+            state.postgres_pid = postgres.start(layout)
+        else:
+            state.postgres_pid = postgres.pid(layout)
+        layout.write_state(state)
+        state.buildgrid_pid = buildgrid.start(layout)
+        layout.write_state(state)
+    except ClusterError:
+        down(layout)
+        raise
+    return describe(layout)
+
+
+def down(layout: ClusterLayout) -> None:
+    state = layout.read_state()
+    for pid in state.executor_pids:
+        buildgrid.stop(pid)
+    buildgrid.stop(state.buildgrid_pid)
+    postgres.stop(layout)
+    layout.state_file.unlink(missing_ok=True)
+
+
+def up_main(argv: Sequence[str]) -> int:
+    parser = _parser("up")
+    parser.add_argument("--executors", type=int, default=0, metavar="N", help="bots to start")
+    args = parser.parse_args(argv)
+    layout = ClusterLayout.from_dir(args.dir)
+    try:
+        info = up(layout, args.executors)
+    except ClusterError as exc:
+        sys.stderr.write(f"worker-runtime cluster up: error: {exc}\n")
+        return 1
+    print(f"cluster up: {info['address']} (instance {INSTANCE}); logs in {layout.logs}")
+    return 0
+
+
+def status_main(argv: Sequence[str]) -> int:
+    parser = _parser("status")
+    parser.add_argument("--json", action="store_true", help="print the status as JSON")
+    args = parser.parse_args(argv)
+    info = describe(ClusterLayout.from_dir(args.dir))
+    running = bool(info["buildgrid"]["answers"])  # type: ignore[index]
+    if args.json:
+        print(json.dumps(info, indent=2))
+    else:
+        print(f"cluster in {info['dir']}: {'up' if running else 'down'}")
+        for name in ("postgres", "buildgrid"):
+            print(f"  {name}: {info[name]}")
+        print(f"  address: {info['address']} (instance {info['instance']})")
+    return 0 if running else 3
+
+
+def down_main(argv: Sequence[str]) -> int:
+    args = _parser("down").parse_args(argv)
+    down(ClusterLayout.from_dir(args.dir))
+    print("cluster down")
+    return 0
+
+
+def main(argv: Sequence[str]) -> int:
+    commands = {"up": up_main, "status": status_main, "down": down_main}
+    if not argv or argv[0] not in commands:
+        sys.stderr.write(
+            "usage: worker-runtime cluster {up [--executors N],status [--json],down} [--dir DIR]\n"
+        )
+        return 2
+    return commands[argv[0]](argv[1:])

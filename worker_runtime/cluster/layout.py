@@ -1,0 +1,86 @@
+"""Where a cluster lives: one directory holding PostgreSQL's data, the Unix sockets, the
+BuildGrid config, the logs and the record of the processes started."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent.parent
+#: The cluster directory unless --dir or $WORKER_RUNTIME_CLUSTER_DIR says otherwise.
+DEFAULT_DIR = PROJECT_ROOT / ".cache" / "cluster"
+#: BuildGrid's own virtualenv, made by scripts/bootstrap.sh (or $WORKER_RUNTIME_BUILDGRID_VENV).
+DEFAULT_BUILDGRID_VENV = PROJECT_ROOT / ".cache" / "buildgrid-venv"
+#: The instance name the embedded engine serves.
+INSTANCE = "main"
+
+
+@dataclass
+class ClusterState:
+    """The processes a cluster runs (PIDs), saved in state.json."""
+
+    postgres_pid: int = 0
+    buildgrid_pid: int = 0
+    executor_pids: list[int] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class ClusterLayout:
+    root: Path
+
+    @classmethod
+    def from_dir(cls, directory: str | None) -> ClusterLayout:
+        chosen = directory or os.environ.get("WORKER_RUNTIME_CLUSTER_DIR") or str(DEFAULT_DIR)
+        return cls(Path(chosen).resolve())
+
+    @property
+    def run_dir(self) -> Path:
+        """Unix sockets (PostgreSQL's, BuildGrid's); owned by the postgres user when root."""
+        return self.root / "run"
+
+    @property
+    def pg_dir(self) -> Path:
+        return self.root / "postgres"
+
+    @property
+    def pg_data(self) -> Path:
+        return self.pg_dir / "data"
+
+    @property
+    def logs(self) -> Path:
+        return self.root / "logs"
+
+    @property
+    def config(self) -> Path:
+        return self.root / "buildgrid.yml"
+
+    @property
+    def state_file(self) -> Path:
+        return self.root / "state.json"
+
+    @property
+    def buildgrid_socket(self) -> Path:
+        return self.run_dir / "buildgrid.sock"
+
+    @property
+    def address(self) -> str:
+        """What a REAPI client (or `bgd --remote`) connects to."""
+        return f"unix://{self.buildgrid_socket}"
+
+    def database_url(self, driver: str) -> str:
+        return f"postgresql+{driver}://postgres@/buildgrid?host={self.run_dir}"
+
+    def read_state(self) -> ClusterState:
+        try:
+            data = json.loads(self.state_file.read_text())
+        except (OSError, ValueError):
+            return ClusterState()
+        return ClusterState(**data)
+
+    def write_state(self, state: ClusterState) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
+        tmp = self.state_file.with_suffix(".tmp")
+        tmp.write_text(json.dumps(asdict(state)))
+        tmp.replace(self.state_file)

@@ -9,6 +9,7 @@ import json
 import os
 import shutil
 import subprocess
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -67,6 +68,9 @@ class PipeWorker:
             inputs=[bazel.Input(path=p, digest=sha256(self.cwd / p)) for p in inputs],
             verbosity=10 if verbose else 0,
         )
+        return self.send(request)
+
+    def send(self, request: bazel.WorkRequest) -> WorkResponse:
         body = request.SerializeToString()
         assert self.proc.stdin and self.proc.stdout
         self.proc.stdin.write(encode_varint(len(body)) + body)
@@ -339,9 +343,10 @@ def test_warm_through_the_runtime_with_a_type_error(
     write(tmp_path, "src/Shop/Types.hs", TYPES_HS)
     write(tmp_path, "src/Shop/Bad.hs", 'module Shop.Bad where\n\nx :: Int\nx = "five"\n')
     prepare_dirs(tmp_path, "out", "cold")
+    prepare_dirs(tmp_path, "out0", "out1")
     worker = start_runtime([GHC_WORKER], cwd=tmp_path)
-    for _ in range(2):
-        response = worker.run(*compile_args("Shop.Types", "out"))
+    for i in range(2):
+        response = worker.run(*compile_args("Shop.Types", f"out{i}"))
         assert (response.exit_code, response.stderr) == (0, "")
     failed = worker.run(*compile_args("Shop.Bad", "out"))
     cold = cold_ghc(tmp_path, compile_args("Shop.Bad", "cold"))
@@ -401,6 +406,152 @@ def test_same_flags_reuse_the_session_flags_but_see_a_new_package_environment(
     hidden = worker.run(*args, verbose=False)
     cold = cold_ghc(tmp_path, args)
     assert cold.returncode == 1 and "Data.Map" in cold.stderr
-    assert (hidden.exit_code, hidden.output) == (1, cold.stderr)
+    assert "Loaded package environment from" in cold.stdout
+    assert (hidden.exit_code, hidden.output) == (1, cold.stdout + cold.stderr)
     environment.unlink()
     assert worker.run(*args, verbose=False).exit_code == 0
+
+
+def test_an_o0_request_does_not_change_the_next_optimised_one(
+    pipe_worker: StartPipe, tmp_path: Path
+) -> None:
+    """-O0 reads interfaces without their unfoldings and rules: an -O compile after it
+    must not see interfaces read that way."""
+    write(
+        tmp_path,
+        "X.hs",
+        "module X where\nimport qualified Data.Map as M\nx :: Int\nx = M.size (M.fromList [(1 :: Int, 'a')])\n",
+    )
+    write(
+        tmp_path,
+        "Y.hs",
+        "module Y where\nimport qualified Data.Map as M\ny :: Int -> Int\ny n = M.size (M.insert n n (M.singleton (n + 1) n))\n",
+    )
+    worker = pipe_worker()
+    assert worker.run("-c", "X.hs", "-o", "x.o", "-ohi", "x.hi", "-O0").exit_code == 0
+    optimised = ["-c", "Y.hs", "-o", "wy.o", "-ohi", "wy.hi", "-O"]
+    assert worker.run(*optimised).exit_code == 0
+    assert cold_ghc(tmp_path, ["-c", "Y.hs", "-o", "cy.o", "-ohi", "cy.hi", "-O"]).returncode == 0
+    assert (tmp_path / "wy.hi").read_bytes() == (tmp_path / "cy.hi").read_bytes()
+
+
+def test_a_boot_interface_is_never_reused_as_the_module_s_own(
+    pipe_worker: StartPipe, tmp_path: Path
+) -> None:
+    write(tmp_path, "B.hs-boot", "module B where\ndata T\n")
+    write(tmp_path, "B.hs", "module B where\ndata T = T Int\ng :: Int\ng = 42\n")
+    write(tmp_path, "A.hs", "module A where\nimport {-# SOURCE #-} B (T)\nh :: T -> T\nh x = x\n")
+    write(tmp_path, "C.hs", "module C where\nimport B (g)\nc :: Int\nc = g + 1\n")
+    (tmp_path / "out").mkdir()
+    worker = pipe_worker()
+    steps = [
+        (["-c", "B.hs-boot", "-o", "out/B.o-boot", "-ohi", "out/B.hi-boot"], ()),
+        (["-c", "B.hs", "-o", "out/B.o", "-ohi", "out/B.hi"], ()),
+        (
+            ["-c", "A.hs", "-iout", "-o", "out/A.o", "-ohi", "out/A.hi"],
+            ("out/B.hi-boot", "out/B.hi"),
+        ),
+        (["-c", "C.hs", "-iout", "-o", "out/C.o", "-ohi", "out/C.hi"], ("out/B.hi",)),
+    ]
+    for args, inputs in steps:
+        response = worker.run(*args, inputs=inputs)
+        assert response.exit_code == 0, response.output
+
+
+def package_id(name: str) -> str:
+    return subprocess.run(
+        ["ghc-pkg", "field", name, "id", "--simple-output"], capture_output=True, text=True
+    ).stdout.strip()
+
+
+def test_a_changed_package_environment_file_is_read_again(
+    pipe_worker: StartPipe, tmp_path: Path
+) -> None:
+    write(
+        tmp_path,
+        "X.hs",
+        "module X where\nimport qualified Data.Map as M\nx :: Int\nx = M.size M.empty\n",
+    )
+    environment = "clear-package-db\nglobal-package-db\npackage-id {}\n"
+    (tmp_path / "env1").write_text(
+        environment.format(package_id("base")) + f"package-id {package_id('containers')}\n"
+    )
+    args = ["-c", "X.hs", "-o", "x.o", "-ohi", "x.hi", "-package-env", "env1"]
+    worker = pipe_worker()
+    first = worker.run(*args, verbose=False)
+    cold = cold_ghc(tmp_path, args)
+    assert (first.exit_code, cold.returncode) == (0, 0)
+    assert "Loaded package environment from env1" in cold.stdout
+    assert first.output == "Loaded package environment from env1\n"  # as ghc prints it
+    (tmp_path / "env1").write_text(environment.format(package_id("base")))  # containers gone
+    (tmp_path / "x.hi").unlink()
+    hidden = worker.run(*args, verbose=False)
+    cold = cold_ghc(tmp_path, args)
+    assert (hidden.exit_code, cold.returncode) == (1, 1)
+    assert hidden.output == cold.stdout + cold.stderr
+
+
+def test_template_haskell_never_runs_code_of_an_earlier_request(
+    pipe_worker: StartPipe, tmp_path: Path
+) -> None:
+    """Two sandboxes with different A: B's splice runs the A of its own request. (Requests
+    with Template Haskell are compiled by a cold ghc: Debian's ghc loads A's dynamic
+    object, built here with -dynamic-too as Buck2 would have to.)"""
+    worker = pipe_worker()
+    for value in (1, 2):
+        sandbox = tmp_path / f"s{value}"
+        write(
+            sandbox,
+            "A.hs",
+            f"{{-# LANGUAGE TemplateHaskell #-}}\nmodule A where\nimport Language.Haskell.TH\nf :: Q Exp\nf = litE (integerL {value})\n",
+        )
+        write(
+            sandbox,
+            "B.hs",
+            "{-# LANGUAGE TemplateHaskell #-}\nmodule B where\nimport A\nb :: Integer\nb = $(f)\n",
+        )
+        (sandbox / "out").mkdir()
+        for a_args in (
+            ["-c", "A.hs", "-o", "out/A.o", "-ohi", "out/A.hi"],
+            ["-c", "A.hs", "-dynamic", "-o", "out/A.dyn_o", "-ohi", "out/A.dyn_hi"],
+        ):
+            assert cold_ghc(sandbox, a_args).returncode == 0
+        for args, inputs in (
+            (["-c", "B.hs", "-O", "-iout", "-o", "out/B.o", "-ohi", "out/B.hi"], ("out/A.hi",)),
+        ):
+            request = bazel.WorkRequest(
+                arguments=args, sandbox_dir=str(sandbox), verbosity=10,
+                inputs=[bazel.Input(path=p, digest=sha256(sandbox / p)) for p in inputs],
+            )  # fmt: skip
+            response = worker.send(request)
+            assert response.exit_code == 0, response.output
+        assert "started from a fresh state" in response.output
+        shown = subprocess.run(
+            [GHC, "--show-iface", str(sandbox / "out" / "B.hi")], capture_output=True, text=True
+        ).stdout
+        assert f"Unfolding: ({value})" in shown, shown[shown.find("b ::") :][:200]
+
+
+def test_a_signal_during_a_compile_ends_the_worker_instead_of_failing_the_request(
+    tmp_path: Path,
+) -> None:
+    """SIGTERM is the worker being stopped, not a compile error to report and go on."""
+    body = "\n".join(f"f{i} :: Int -> Int\nf{i} x = x * {i} + {i}" for i in range(3000))
+    write(tmp_path, "Big.hs", f"module Big where\n{body}\n")
+    worker = PipeWorker(tmp_path)
+    try:
+        request = bazel.WorkRequest(
+            arguments=["-c", "Big.hs", "-o", "big.o", "-ohi", "big.hi", "-O"]
+        )
+        payload = request.SerializeToString()
+        assert worker.proc.stdin and worker.proc.stdout
+        worker.proc.stdin.write(encode_varint(len(payload)) + payload)
+        worker.proc.stdin.flush()
+        time.sleep(1.0)
+        worker.proc.terminate()
+        out = worker.proc.stdout.read()
+        assert worker.proc.wait(timeout=60) != 0
+        assert out == b""  # no made-up "exit 1" answer
+    finally:
+        worker.proc.kill()
+        worker.proc.wait()

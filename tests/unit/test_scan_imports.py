@@ -55,6 +55,15 @@ main = pure ()
     assert graph["A.Plain"] == []
 
 
+def test_indented_and_brace_layout_imports_are_found(tmp_path: Path) -> None:
+    main = "module A.Main where { import A.One; import qualified A.Two\n  ; x = 1 }\n"
+    indented = "module A.Other where\n  import A.One\n  y = 2\n"
+    sources = {"A.Main": main, "A.Other": indented, "A.One": "", "A.Two": ""}
+    code, graph, _ = scan(tmp_path, sources)
+    assert code == 0
+    assert graph["A.Main"] == ["A.One", "A.Two"] and graph["A.Other"] == ["A.One"]
+
+
 def test_a_missing_source_is_a_clear_error(tmp_path: Path) -> None:
     out = tmp_path / "imports.json"
     done = subprocess.run(

@@ -5,7 +5,8 @@ Usage: python3 scan_imports.py OUT.json MODULE=PATH...
 The output maps every given module name to the sorted names of the given modules it
 imports (imports of other targets' modules and of packages are left out). The scan reads
 the import declarations as text: comments are skipped, `{-# SOURCE #-}`, `safe`,
-`qualified` (before or after the name) and package-qualified imports are understood.
+`qualified` (before or after the name), package-qualified imports, indented imports and
+explicit-brace layout (`where { import A; import B }`) are understood.
 Imports inside CPP conditionals all count, whichever branch is taken.
 """
 
@@ -16,7 +17,7 @@ import re
 import sys
 
 IMPORT = re.compile(
-    r"^import\s+(?:\{-#\s*SOURCE\s*#-\}\s+)?(?:safe\s+)?(?:qualified\s+)?"
+    r"(?:^|[;{])[ \t]*import\s+(?:\{-#\s*SOURCE\s*#-\}\s+)?(?:safe\s+)?(?:qualified\s+)?"
     r'(?:"[^"]*"\s+)?([A-Z][\w\']*(?:\.[A-Z][\w\']*)*)',
     re.MULTILINE,
 )

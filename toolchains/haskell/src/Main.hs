@@ -10,15 +10,17 @@ import Capture (protectStdout)
 import Argfiles (expandArgfiles)
 import GHC (runGhc)
 import GHC.Driver.Monad (liftIO)
-import System.Directory (createDirectoryIfMissing, doesDirectoryExist, getTemporaryDirectory, removeDirectoryRecursive)
+import System.Directory (createDirectoryIfMissing, doesDirectoryExist, getTemporaryDirectory, listDirectory, removeDirectoryRecursive)
+import Data.Char (isDigit)
+import Data.List (isPrefixOf)
 import System.Process (readProcess)
 import System.Environment (getArgs, lookupEnv)
 import System.Exit (ExitCode (..), exitWith)
 import System.FilePath ((</>))
 import System.IO
 import System.Posix.Process (getProcessID)
-import Control.Exception (bracket)
-import Control.Monad (when)
+import Control.Exception (IOException, bracket, try)
+import Control.Monad (forM_, void, when)
 import WarmSession (compile, lastReport, newWorker)
 import WorkProtocol
 
@@ -47,13 +49,20 @@ findLibdir = do
       | builtIn -> return GHC_LIBDIR
       | otherwise -> takeWhile (/= '\n') <$> readProcess "ghc" ["--print-libdir"] ""
 
--- | A private directory for captured output, removed at exit.
+-- | A private directory for captured output, removed at exit. Those of workers that
+-- were killed (their process is gone) are removed first.
 withScratchDirectory :: (FilePath -> IO a) -> IO a
 withScratchDirectory = bracket make removeDirectoryRecursive
   where
     make = do
       tmp <- getTemporaryDirectory
       pid <- getProcessID
+      leftovers <- filter ("ghc-worker-" `isPrefixOf`) <$> listDirectory tmp
+      forM_ leftovers $ \name -> do
+        let owner = drop (length "ghc-worker-") name
+        gone <- not <$> doesDirectoryExist ("/proc" </> owner)
+        when (all isDigit owner && not (null owner) && gone) $
+          void (try (removeDirectoryRecursive (tmp </> name)) :: IO (Either IOException ()))
       let dir = tmp </> ("ghc-worker-" ++ show pid)
       createDirectoryIfMissing True dir
       return dir

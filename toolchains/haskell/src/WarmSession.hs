@@ -1,3 +1,5 @@
+{-# LANGUAGE ScopedTypeVariables #-}
+
 -- | The warm GHC session and what may survive from one request to the next.
 --
 -- Each request starts from the DynFlags the worker started with plus exactly the
@@ -25,14 +27,16 @@ module WarmSession
 
 import Argfiles (expandArgfiles)
 import Capture (captureOutput)
-import Control.Exception (IOException, SomeException, displayException, evaluate, finally, fromException, throwIO, try)
+import Control.Exception (IOException, SomeAsyncException, SomeException, displayException, evaluate, finally, fromException, throwIO, try)
 import Control.Monad (filterM, forM, unless, void, when)
 import qualified Data.ByteString as B
 import Data.IORef
 import GHC.Clock (getMonotonicTime)
 import Data.List (isPrefixOf, partition, sort)
 import qualified Data.Map.Strict as Map
-import Data.Maybe (catMaybes, isJust, listToMaybe)
+import Data.Maybe (catMaybes, fromMaybe, isJust, isNothing, listToMaybe)
+import System.Exit (ExitCode (..))
+import System.Process (rawSystem)
 import qualified Data.Set as Set
 import GHC (Ghc, getSession, getSessionDynFlags, interpretPackageEnv, printException, setSessionDynFlags)
 import GHC.Driver.Monad (modifySession)
@@ -42,7 +46,6 @@ import System.Info (arch, os)
 import GHC.Core (CoreRule (..))
 import GHC.Core.FamInstEnv (emptyFamInstEnv, extendFamInstEnvList, famInstEnvElts)
 import GHC.Core.InstEnv (emptyInstEnv, extendInstEnvList, instEnvElts, is_dfun_name)
-import GHC.Driver.Finder (flushFinderCaches)
 import GHC.Driver.Monad (liftIO, reflectGhc, reifyGhc)
 import GHC.Driver.Phases (Phase (StopLn))
 import GHC.Driver.Pipeline (oneShot)
@@ -51,15 +54,17 @@ import GHC.Driver.CmdLine (Warn)
 import GHC.Driver.Types
 import GHC.Types.Name (Name, nameModule_maybe)
 import GHC.Types.Name.Env (mapNameEnv)
-import GHC.Types.SrcLoc (noLoc, unLoc)
+import GHC.Types.SrcLoc (Located, noLoc, unLoc)
 import GHC.Types.Unique (getKey, getUnique)
 import GHC.Types.Unique.FM (filterUFM_Directly, mapUFM)
+import GHC.Parser.Header (getOptionsFromFile)
+import qualified GHC.LanguageExtensions as LangExt
 import GHC.Types.Name.Occurrence (occEnvElts)
 import GHC.Types.Name.Cache (NameCache (..))
 import qualified Data.IntSet as IntSet
 import GHC.Unit.Module
 import GHC.Unit.State (lookupUnit, unitDatabasePath)
-import GHC.Utils.Panic (GhcException)
+import GHC.Utils.Panic (GhcException (Signal))
 import System.Directory (doesFileExist, getCurrentDirectory, getHomeDirectory, getFileSize, getModificationTime, listDirectory, setCurrentDirectory, doesDirectoryExist)
 import System.FilePath (normalise, takeDirectory, (<.>), (</>))
 import System.IO (hPutStrLn, stderr)
@@ -84,6 +89,9 @@ data Kept = Kept
   , keptDbFingerprint :: [String]
   -- ^ The package databases the kept state was loaded from, as they were on disk.
   , keptEps :: ExternalPackageState
+  , keptLoadMode :: String
+  -- ^ How the kept interfaces were read (with or without their pragmas: -O0 drops
+  -- unfoldings and rules) and for which ways; another mode starts from a fresh state.
   , keptLastFlags :: Maybe ([String], DynFlags)
   -- ^ The session DynFlags the last request's flags gave, with what they came from:
   -- the same flags again skip setSessionDynFlags (3-5 ms of unit-state work).
@@ -99,12 +107,13 @@ unsupportedModes =
 newWorker :: FilePath -> Ghc Worker
 newWorker captureFile = do
   dflags0 <- getSessionDynFlags
-  _ <- setSessionDynFlags dflags0 {ghcMode = OneShot, ghcLink = NoLink}
+  -- ghc's Main runs compiles at verbosity 1 (the GHC API's default is 0).
+  _ <- setSessionDynFlags dflags0 {ghcMode = OneShot, ghcLink = NoLink, verbosity = 1}
   base <- getSessionDynFlags
   env <- getSession
   pristine <- liftIO (readIORef (hsc_EPS env))
   fingerprint <- liftIO (databaseFingerprint base)
-  state <- liftIO (newIORef (Kept base fingerprint pristine Nothing Map.empty))
+  state <- liftIO (newIORef (Kept base fingerprint pristine (loadMode base) Nothing Map.empty))
   report <- liftIO (newIORef "")
   return (Worker pristine state captureFile report)
 
@@ -124,6 +133,9 @@ compile worker dir rawArgs inputs = reifyGhc $ \session -> do
       )
   case outcome of
     Right (code, output) -> return (code, output)
+    Left e
+      | Just (_ :: SomeAsyncException) <- fromException e -> throwIO e
+      | Just ghcError <- fromException e, isSignal ghcError -> throwIO e
     Left e -> do
       -- Something outside GHC's own error reporting went wrong: start the next request
       -- from a fresh state rather than trust this one.
@@ -153,7 +165,7 @@ compileHere worker rawArgs inputs = do
           case (unknown, sources) of
             (flag : _, _) -> failWith ("ghc: unrecognised flag: " ++ flag ++ "\nUsage: For basic information, try the `--help' option.")
             (_, []) -> failWith "ghc: no input files\nUsage: For basic information, try the `--help' option."
-            _ -> runCompile worker kept dflags1 warnings (flagsKey sources rest) sources inputs
+            _ -> runCompile worker kept dflags1 warnings (flagsKey sources rest) args sources inputs
   where
     failWith message = liftIO (hPutStrLn stderr message) >> return 1
 
@@ -168,8 +180,8 @@ flagsKey sources = go
       | otherwise = arg : go more
     go [] = []
 
-runCompile :: Worker -> Kept -> DynFlags -> [Warn] -> [String] -> [FilePath] -> [(FilePath, B.ByteString)] -> Ghc Int
-runCompile worker kept dflags1 warnings argsKey sources inputs = do
+runCompile :: Worker -> Kept -> DynFlags -> [Warn] -> [String] -> [String] -> [FilePath] -> [(FilePath, B.ByteString)] -> Ghc Int
+runCompile worker kept dflags1 warnings argsKey coldArgs sources inputs = do
   tStart <- liftIO getMonotonicTime
   let base = keptBase kept
   -- What else the flags depend on: the working directory and the package environment
@@ -179,7 +191,7 @@ runCompile worker kept dflags1 warnings argsKey sources inputs = do
   wanted <- liftIO (interpretPackageEnv dflags1 {ghcMode = OneShot, ghcLink = NoLink})
   let sameDatabases = packageDBFlags wanted == packageDBFlags base
       key = here : environment ++ argsKey
-      noEnvironmentFile = environment == [""]
+      noEnvironmentFile = environment == [""] && isNothing (packageEnv dflags1)
   case keptLastFlags kept of
     Just (lastKey, lastFlags)
       | lastKey == key && noEnvironmentFile ->
@@ -189,15 +201,18 @@ runCompile worker kept dflags1 warnings argsKey sources inputs = do
   fingerprint0 <- getSessionDynFlags >>= liftIO . databaseFingerprint
   -- Other package databases, or the same ones changed on disk: read them again and start
   -- from a fresh package state.
-  let fresh = fingerprint0 /= keptDbFingerprint kept
-  when fresh (setSessionDynFlags wanted {unitDatabases = Nothing})
+  let databasesChanged = fingerprint0 /= keptDbFingerprint kept
+  when databasesChanged (setSessionDynFlags wanted {unitDatabases = Nothing})
   dflags <- getSessionDynFlags
-  fingerprint <- if fresh then liftIO (databaseFingerprint dflags) else return fingerprint0
+  let fresh = databasesChanged || loadMode dflags /= keptLoadMode kept
+  fingerprint <- if databasesChanged then liftIO (databaseFingerprint dflags) else return fingerprint0
+  -- Template Haskell and plugins can read annotations (never kept) and run code of
+  -- home modules: such a request starts from a fresh state and keeps nothing.
+  metaprogramming <- liftIO (usesMetaprogramming dflags sources)
   let digests = Map.fromList [(normalise p, d) | (p, d) <- inputs, not (B.null d)]
       pristine = workerPristineEps worker
-      -- A plugin may read annotations, which are never kept: such a request runs cold.
-      usesPlugins = not (null (pluginModNames dflags))
-      isolated = usesPlugins || (fresh && not sameDatabases)
+      isolated = metaprogramming || (databasesChanged && not sameDatabases)
+  let usesPlugins = metaprogramming
   env <- getSession
   t0 <- liftIO getMonotonicTime
   reusable <- if fresh || usesPlugins then return Map.empty else liftIO (validHome dflags digests (keptHome kept))
@@ -217,16 +232,21 @@ runCompile worker kept dflags1 warnings argsKey sources inputs = do
       ++ "]\n"
   liftIO $ do
     writeIORef (hsc_EPS env) startEps
-    flushFinderCaches env
+    -- Every cached module location goes (package ones too, after a database change).
+    writeIORef (hsc_FC env) emptyInstalledModuleEnv
   t1 <- liftIO getMonotonicTime
-  result <- liftIO (try (handleFlagWarnings dflags warnings >> oneShot env StopLn [(s, Nothing) | s <- sources]))
+  code <-
+    if metaprogramming
+      then liftIO (coldCompile coldArgs)
+      else do
+        result <- liftIO (try (handleFlagWarnings dflags warnings >> oneShot env StopLn [(s, Nothing) | s <- sources]))
+        case result of
+          Right () -> return 0
+          Left e
+            | Just sourceError <- fromException e -> printException sourceError >> return 1
+            | Just ghcError <- fromException e, not (isSignal ghcError) -> liftIO (hPutStrLn stderr (show ghcError)) >> return 1
+            | otherwise -> liftIO (throwIO e)
   t2 <- liftIO getMonotonicTime
-  code <- case result of
-    Right () -> return 0
-    Left e
-      | Just sourceError <- fromException e -> printException sourceError >> return 1
-      | Just ghcError <- fromException e -> liftIO (hPutStrLn stderr (show (ghcError :: GhcException))) >> return 1
-      | otherwise -> liftIO (throwIO e)
   -- What this request loaded may serve the next one, filtered as the module header says.
   liftIO . modifyIORef' (workerLastReport worker) $ \r ->
     init r ++ "; flags " ++ showMs (t0 - tStart) ++ ", prepare " ++ showMs (t1 - t0) ++ ", compile " ++ showMs (t2 - t1) ++ "\n"
@@ -240,10 +260,45 @@ runCompile worker kept dflags1 warnings argsKey sources inputs = do
         { keptBase = if sameDatabases then base {unitDatabases = unitDatabases dflags} else base
         , keptDbFingerprint = fingerprint
         , keptEps = keptEps'
+        , keptLoadMode = loadMode dflags
         , keptLastFlags = Just (key, dflags)
         , keptHome = home
         }
   return code
+
+-- | What decides how interfaces are read into the package state.
+loadMode :: DynFlags -> String
+loadMode dflags = show (gopt Opt_IgnoreInterfacePragmas dflags, show (ways dflags))
+
+isSignal :: GhcException -> Bool
+isSignal (Signal _) = True
+isSignal _ = False
+
+-- | A compile by a cold ghc process (GHC_WORKER_GHC, else ghc on PATH), with the
+-- request's arguments; its output reaches the response through the captured fds.
+coldCompile :: [String] -> IO Int
+coldCompile args = do
+  ghc <- fromMaybe "ghc" <$> lookupEnv "GHC_WORKER_GHC"
+  exit <- rawSystem ghc args
+  return (case exit of ExitSuccess -> 0; ExitFailure n -> n)
+
+-- | Whether the request runs Template Haskell, quasi-quotes or a plugin, by its flags or
+-- by the pragmas of its sources.
+usesMetaprogramming :: DynFlags -> [FilePath] -> IO Bool
+usesMetaprogramming dflags sources
+  | byFlags = return True
+  | otherwise = or <$> mapM fromPragmas sources
+  where
+    byFlags =
+      xopt LangExt.TemplateHaskell dflags || xopt LangExt.QuasiQuotes dflags
+        || not (null (pluginModNames dflags))
+    fromPragmas source = do
+      options <- try (getOptionsFromFile dflags source) :: IO (Either SomeException [Located String])
+      return $ case options of
+        Left _ -> True -- unreadable here: GHC will report it; keep nothing to be safe
+        Right found -> any (metaOption . unLoc) found
+    metaOption option =
+      option `elem` ["-XTemplateHaskell", "-XQuasiQuotes"] || "-fplugin" `isPrefixOf` option
 
 showMs :: Double -> String
 showMs seconds = show (round (seconds * 1000) :: Int) ++ " ms"
@@ -271,7 +326,7 @@ validHome dflags digests home = do
 homeInterfaces :: DynFlags -> Map.Map FilePath B.ByteString -> ExternalPackageState -> IO (Map.Map Module (HomeIface, [ModuleName]))
 homeInterfaces dflags digests eps = do
   found <- forM (moduleEnvToList (eps_PIT eps)) $ \(m, iface) ->
-    if moduleUnit m /= homeUnit dflags || any ((== IsBoot) . gwib_isBoot) (dep_mods (mi_deps iface))
+    if moduleUnit m /= homeUnit dflags || isHsBootOrSig (mi_hsc_src iface) || any ((== IsBoot) . gwib_isBoot) (dep_mods (mi_deps iface))
       then return Nothing
       else do
         path <- resolveInterface dflags (moduleName m)
@@ -313,7 +368,7 @@ filterEps pristine names home keep eps
       eps
         { eps_is_boot = eps_is_boot pristine
         , eps_free_holes = eps_free_holes pristine
-        , eps_ann_env = eps_ann_env pristine
+        , eps_ann_env = eps_ann_env pristine -- read only by TH and plugins, which run fresh
         }
   | otherwise =
   eps
@@ -365,7 +420,17 @@ packageEnvironmentFingerprint dir = do
 
 -- | The package databases a session reads, as they are on disk (paths, sizes, times).
 databaseFingerprint :: DynFlags -> IO [String]
-databaseFingerprint dflags = fmap concat . forM paths $ \path -> do
+databaseFingerprint dflags = do
+  home <- either (const "") id <$> (try getHomeDirectory :: IO (Either IOException FilePath))
+  -- The user database counts even before it exists: ghc reads it once created.
+  let user = [home </> ".ghc" </> (arch ++ "-" ++ os ++ "-" ++ cProjectVersion) </> "package.conf.d" | not (null home)]
+  fmap concat . forM (paths ++ filter (`notElem` paths) user) $ \path -> do
+    fingerprintPath path
+  where
+    paths = maybe [] (map unitDatabasePath) (unitDatabases dflags)
+
+fingerprintPath :: FilePath -> IO [String]
+fingerprintPath path = do
   isDir <- doesDirectoryExist path
   files <- if isDir then map (path </>) . sort <$> listDirectory path else return [path]
   forM files $ \file -> do
@@ -376,5 +441,3 @@ databaseFingerprint dflags = fmap concat . forM paths $ \path -> do
         time <- getModificationTime file
         return (file ++ " " ++ show size ++ " " ++ show time)
       else return (file ++ " missing")
-  where
-    paths = maybe [] (map unitDatabasePath) (unitDatabases dflags)

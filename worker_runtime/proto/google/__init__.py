@@ -1,0 +1,1 @@
+"""Generated protobuf modules for the google.* packages the Remote Execution API uses."""

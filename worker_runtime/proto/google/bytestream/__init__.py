@@ -1,0 +1,1 @@
+"""Generated modules for google.bytestream: the ByteStream service for large blobs."""

@@ -1,0 +1,1 @@
+"""Generated modules for google.devtools.remoteworkers."""

@@ -1,0 +1,1 @@
+"""Generated modules for google.longrunning: Operation and the Operations service."""

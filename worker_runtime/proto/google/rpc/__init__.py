@@ -1,0 +1,1 @@
+"""Generated modules for google.rpc: Status and its structured error details."""

@@ -1,0 +1,82 @@
+"""The remote persistent worker convention (Bazel's, honoured by BuildBuddy and others),
+as both sides of it apply it here.
+
+- ``Command.arguments`` = the backend's startup arguments + the request's ``@argfile``,
+  so a server that knows nothing of workers still runs the action one-shot, correctly.
+- ``persistentWorkerKey``: a fingerprint of the tool files' digests, the startup
+  arguments (``--persistent_worker`` added) and the environment; on both the Action's and
+  the Command's platform. ``persistentWorkerProtocol`` only when it is ``json``.
+- Tool files carry the node property ``bazel_tool_input``.
+- A server splits the arguments at the first flag file (``@x``, ``-flagfile=x``,
+  ``--flagfile=x``) into startup arguments and request arguments, and never trusts the
+  client's key: it recomputes it from what it received.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import posixpath
+import re
+from collections.abc import Iterable, Mapping, Sequence
+
+KEY_PROPERTY = "persistentWorkerKey"
+PROTOCOL_PROPERTY = "persistentWorkerProtocol"
+TOOL_INPUT_PROPERTY = "bazel_tool_input"
+PERSISTENT_WORKER_FLAG = "--persistent_worker"
+
+_FLAGFILE = re.compile(r"^(?:@|--?flagfile=)(.+)$")
+
+
+def split_arguments(arguments: Sequence[str]) -> tuple[list[str], list[str]]:
+    """(startup arguments, request arguments): the request's start at the first flag file.
+    A command with no flag file is not a worker request: ([], all of it) is returned and
+    the caller runs it one-shot."""
+    for index, argument in enumerate(arguments):
+        if _FLAGFILE.match(argument) and not argument.startswith("@@"):
+            return list(arguments[:index]), list(arguments[index:])
+    return [], list(arguments)
+
+
+def flagfile_path(argument: str) -> str | None:
+    """The path a flag-file argument names, or None."""
+    found = _FLAGFILE.match(argument)
+    return found.group(1) if found and not argument.startswith("@@") else None
+
+
+def worker_key(
+    tool_files: Iterable[tuple[str, str]],
+    startup_arguments: Sequence[str],
+    environment: Mapping[str, str],
+    protocol: str,
+) -> str:
+    """The persistentWorkerKey: SHA-256 (hex) of the tool files (path, digest), the startup
+    arguments with ``--persistent_worker``, the environment and the wire protocol."""
+    startup = [a for a in startup_arguments if a != PERSISTENT_WORKER_FLAG]
+    canonical = json.dumps(
+        {
+            "tools": sorted(tool_files),
+            "startup": [*startup, PERSISTENT_WORKER_FLAG],
+            "environment": sorted(environment.items()),
+            "protocol": protocol,
+        },
+        separators=(",", ":"),
+    )
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+class UnsafePathError(ValueError):
+    """A path from a request or an action that would leave the directory it belongs in."""
+
+
+def safe_relative_path(path: str, what: str) -> str:
+    """``path`` normalised, if it stays under its root: relative, no ``..`` that escapes,
+    not empty. Otherwise UnsafePathError naming ``what`` it was."""
+    if not path or path.startswith("/") or "\x00" in path:
+        raise UnsafePathError(f"{what} {path!r} must be a non-empty relative path")
+    normal = posixpath.normpath(path)
+    if normal == ".." or normal.startswith("../") or normal == ".":
+        raise UnsafePathError(f"{what} {path!r} leaves the root it must stay under")
+    if any(part == ".." for part in path.split("/")):
+        raise UnsafePathError(f"{what} {path!r} contains `..`; paths must stay under the root")
+    return normal

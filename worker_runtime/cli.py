@@ -180,12 +180,19 @@ def cluster_main(argv: Sequence[str]) -> int:
     return cluster(argv)
 
 
+def executor_main(argv: Sequence[str]) -> int:
+    from worker_runtime.executor.cli import main as executor
+
+    return executor(argv)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     commands = {
         "serve": serve_main,
         "demo": demo_main,
         "cluster": cluster_main,
+        "executor": executor_main,
         **{name: daemon_command(name) for name in ("status", "stop", "logs", "daemon")},
     }
     if not argv or argv[0] in ("-h", "--help"):
@@ -197,6 +204,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "  stop    drain and stop the project's daemon\n"
             "  logs    show where the daemon's logs are and tail them\n"
             "  cluster up|status|down: the embedded REAPI engine (PostgreSQL + BuildGrid)\n"
+            "  executor  a bot for that engine (persistent workers on the remote side)\n"
             "  --version\n"
         )
         return 0 if argv else USAGE_EXIT_CODE

@@ -11,6 +11,7 @@ import subprocess
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import psutil
 import pytest
@@ -88,9 +89,11 @@ def test_a_missing_buildgrid_is_a_clear_error_and_leaves_nothing_running(
     assert processes_of(cluster_dir) == []  # PostgreSQL, started first, was stopped again
 
 
-def test_executors_are_refused_until_the_executor_exists(cluster_dir: Path) -> None:
-    refused = cluster("up", "--executors", "2", "--dir", str(cluster_dir))
-    assert refused.returncode == 1 and "--executors" in refused.stderr
+def test_executors_are_started_and_stopped_with_the_cluster(cluster_dir: Path) -> None:
+    assert cluster("up", "--executors", "2", "--dir", str(cluster_dir)).returncode == 0
+    executors: Any = status(cluster_dir)["executors"]
+    assert len(executors) == 2 and all(e["alive"] for e in executors)
+    assert cluster("down", "--dir", str(cluster_dir)).returncode == 0
     assert processes_of(cluster_dir) == []
 
 

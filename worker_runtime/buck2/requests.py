@@ -36,6 +36,8 @@ class PreparedRequest:
     arguments: tuple[str, ...]
     #: The envelope's input files with their digests (Bazel's WorkRequest.inputs).
     inputs: tuple[WorkInput, ...] = ()
+    #: The envelope's path, for a request routed to remote execution.
+    envelope: str = ""
 
 
 class RequestHandler:
@@ -111,6 +113,8 @@ class RequestHandler:
             timeout = command.timeout_s if command.HasField("timeout_s") else 0
             if not timeout and self.config.default_timeout_s is not None:
                 timeout = int(self.config.default_timeout_s)
+            if prepared.envelope:
+                return await self._run_remote(prepared, timeout)
             if timeout > 0:
                 return await self._run_with_timeout(prepared, timeout)
             return await self._run(prepared)
@@ -129,12 +133,11 @@ class RequestHandler:
                 self._idle.set()
 
     def prepare(self, command: pb.ExecuteCommand) -> PreparedRequest:
-        if self.config.routing != "local":
+        if self.config.routing in ("auto", "race"):
             raise RequestError(
                 f"routing `{self.config.routing}` (from [persistent_workers] routing, through the "
-                "execution platform) needs remote forwarding, which this version of worker-runtime "
-                "does not have yet; set `routing = local` in the [persistent_workers] section of "
-                ".buckconfig"
+                "execution platform) is not in this version of worker-runtime yet; use `local` "
+                "or `remote` in the [persistent_workers] section of .buckconfig"
             )
         args: list[str] = []
         for index, raw in enumerate(command.argv):
@@ -161,6 +164,13 @@ class RequestHandler:
                 except UnicodeDecodeError:
                     raise RequestError(f"environment variable {name} is not valid UTF-8") from None
         key_env = tuple(sorted(found.items()))
+        if self.config.routing == "remote":
+            if not envelope_path:
+                raise RequestError(
+                    "routing `remote` needs the envelope worker_run attaches to each action "
+                    f"(${ENVELOPE_ENV}); this action has none: register it with worker_run"
+                )
+            return PreparedRequest(key_env, arguments, (), envelope_path)
         return PreparedRequest(key_env, arguments, self.input_digests(envelope_path))
 
     def input_digests(self, envelope_path: str) -> tuple[WorkInput, ...]:
@@ -180,6 +190,25 @@ class RequestHandler:
             if digest is not None:
                 inputs.append(WorkInput(path, digest.encode("ascii")))
         return tuple(inputs)
+
+    async def _run_remote(self, prepared: PreparedRequest, timeout_s: int) -> pb.ExecuteResponse:
+        """Forwards the request through the Remote Execution API (in a thread: the REAPI
+        client is blocking, with a deadline on every call)."""
+        from worker_runtime.remote.forward import forward
+
+        try:
+            result = await asyncio.to_thread(
+                forward, self.manager, prepared.envelope, dict(prepared.key_env), timeout_s
+            )
+        except RequestError:
+            raise
+        except Exception as exc:  # RemoteError, a missing input, a server fault
+            LOGGER.warning("remote request failed: %s", exc)
+            return self.error(f"remote execution failed: {exc}")
+        return pb.ExecuteResponse(
+            exit_code=result.exit_code,
+            stderr=(result.stdout + result.stderr).decode("utf-8", "replace"),
+        )
 
     async def _run_with_timeout(
         self, prepared: PreparedRequest, timeout_s: int

@@ -7,17 +7,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import subprocess
 import sys
 from collections.abc import Sequence
 
 from worker_runtime.cluster import buildgrid, postgres
 from worker_runtime.cluster.layout import INSTANCE, ClusterLayout
 from worker_runtime.errors import ClusterError
-
-EXECUTOR_NOT_YET = (
-    "--executors: the executor (`worker-runtime executor`) is not part of this version yet, "
-    "so the engine runs with no bots; start it with --executors 0"
-)
 
 
 def _parser(command: str) -> argparse.ArgumentParser:
@@ -45,11 +41,29 @@ def describe(layout: ClusterLayout) -> dict[str, object]:
     }
 
 
+def start_executor(layout: ClusterLayout, index: int) -> int:
+    """`worker-runtime executor` number ``index``, detached, logging to logs/."""
+    workdir = layout.root / "executors" / str(index)
+    workdir.mkdir(parents=True, exist_ok=True)
+    log = layout.logs / f"executor-{index}.log"
+    with open(log, "ab") as out:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "worker_runtime", "executor", "--server", layout.address,
+             "--instance", INSTANCE, "--bot-id", f"executor-{index}", "--workdir", str(workdir)],
+            stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )  # fmt: skip
+    return process.pid
+
+
 def up(layout: ClusterLayout, executors: int) -> dict[str, object]:
-    if executors:
-        raise ClusterError(EXECUTOR_NOT_YET)
     state = layout.read_state()
     if buildgrid.alive(state.buildgrid_pid) and buildgrid.answers(layout):
+        alive = [p for p in state.executor_pids if buildgrid.alive(p)]
+        for index in range(len(alive), executors):
+            alive.append(start_executor(layout, index))
+        state.executor_pids = alive
+        layout.write_state(state)
         return describe(layout)
     buildgrid.stop(state.buildgrid_pid)  # a server that no longer answers
     try:
@@ -59,6 +73,7 @@ def up(layout: ClusterLayout, executors: int) -> dict[str, object]:
             state.postgres_pid = postgres.pid(layout)
         layout.write_state(state)
         state.buildgrid_pid = buildgrid.start(layout)
+        state.executor_pids = [start_executor(layout, i) for i in range(executors)]
         layout.write_state(state)
     except ClusterError:
         down(layout)
@@ -68,8 +83,8 @@ def up(layout: ClusterLayout, executors: int) -> dict[str, object]:
 
 def down(layout: ClusterLayout) -> None:
     state = layout.read_state()
-    for pid in state.executor_pids:
-        buildgrid.stop(pid)
+    for pid in state.executor_pids:  # they finish or hand back their leases, then go
+        buildgrid.stop(pid, grace_s=30.0)
     buildgrid.stop(state.buildgrid_pid)
     postgres.stop(layout)
     layout.state_file.unlink(missing_ok=True)

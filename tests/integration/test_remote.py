@@ -1,0 +1,158 @@
+"""Remote persistent workers end to end: the runtime (as Buck2 drives it, routing
+`remote`) forwards requests through BuildGrid to our executor, which runs them on
+persistent workers keyed by what it received, and the outputs come back into place."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import REPO_ROOT, RUNTIME
+from worker_runtime.buck2.emulator import Buck2Worker, make_command
+from worker_runtime.cluster.layout import DEFAULT_BUILDGRID_VENV
+
+TEST_WORKER = REPO_ROOT / "tests" / "backends" / "remote_test_worker.py"
+
+
+def cluster(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*RUNTIME, "cluster", *args], cwd=REPO_ROOT, capture_output=True, text=True, timeout=180
+    )
+
+
+@pytest.fixture(scope="module")
+def engine() -> Iterator[Path]:
+    """BuildGrid with one executor, for the module's tests."""
+    assert (DEFAULT_BUILDGRID_VENV / "bin" / "bgd").exists(), (
+        "BuildGrid is missing: scripts/bootstrap.sh makes .cache/buildgrid-venv"
+    )
+    directory = Path(tempfile.mkdtemp(prefix="wr-remote-"))
+    directory.chmod(0o755)
+    up = cluster("up", "--executors", "1", "--dir", str(directory))
+    assert up.returncode == 0, up.stderr
+    yield directory
+    cluster("down", "--dir", str(directory))
+    shutil.rmtree(directory, ignore_errors=True)
+
+
+def project(tmp_path: Path, engine: Path, instance: str = "main") -> Path:
+    root = tmp_path / "project"
+    (root / "tools").mkdir(parents=True)
+    shutil.copy(TEST_WORKER, root / "tools" / "worker.py")
+    (root / "src").mkdir()
+    (root / "src" / "a.txt").write_text("alpha\n")
+    config = {
+        "command": ["python3", "tools/worker.py"],
+        "protocol": "json",
+        "tool_inputs": ["tools/worker.py"],
+        "routing": "remote",
+        "remote": {"endpoint": f"unix://{engine}/run/buildgrid.sock", "instance_name": instance},
+        "daemon": False,
+    }
+    (root / "worker.json").write_text(json.dumps(config))
+    return root
+
+
+def action(
+    root: Path, name: str, args: list[str], inputs: list[str], outputs: list[str]
+) -> dict[str, str]:
+    """What worker_run writes for one action: the @argfile and the envelope."""
+    (root / f"{name}.args").write_text("\n".join(args) + "\n")
+    envelope = {"argfile": f"{name}.args", "inputs": inputs, "outputs": outputs, "version": 1}
+    (root / f"{name}.envelope.json").write_text(json.dumps(envelope))
+    return {"WORKER_RUNTIME_ENVELOPE": f"{name}.envelope.json"}
+
+
+def runtime(root: Path) -> Buck2Worker:
+    return Buck2Worker(
+        [*RUNTIME, "serve", "--config", str(root / "worker.json")], project_root=root
+    )
+
+
+def test_requests_with_the_same_key_run_on_the_same_remote_worker(
+    tmp_path: Path, engine: Path
+) -> None:
+    root = project(tmp_path, engine)
+    with runtime(root) as worker:
+        pids = []
+        for i in range(2):
+            env = action(
+                root,
+                f"r{i}",
+                ["--out", f"out/r{i}.txt", "src/a.txt"],
+                ["src/a.txt"],
+                [f"out/r{i}.txt"],
+            )
+            response = worker.execute(make_command([f"@r{i}.args"], env=env))
+            assert response.exit_code == 0, response.stderr
+            assert response.stderr == f"wrote out/r{i}.txt\n"
+            text = (root / "out" / f"r{i}.txt").read_text()
+            assert text.startswith("alpha\npid=")
+            pids.append(text.split("pid=")[1])
+        assert pids[0] == pids[1]  # one warm worker process served both
+        assert int(pids[0].strip()) != os.getpid()
+        # Other tool files: never the same worker.
+        (root / "tools" / "worker.py").write_text(
+            (root / "tools" / "worker.py").read_text() + "\n# v2\n"
+        )
+        env = action(
+            root, "r2", ["--out", "out/r2.txt", "src/a.txt"], ["src/a.txt"], ["out/r2.txt"]
+        )
+        response = worker.execute(make_command(["@r2.args"], env=env))
+        assert response.exit_code == 0, response.stderr
+        assert (root / "out" / "r2.txt").read_text().split("pid=")[1] != pids[0]
+
+
+def test_a_cached_action_is_not_run_again(tmp_path: Path, engine: Path) -> None:
+    root = project(tmp_path, engine)
+    (root / "src" / "a.txt").write_text(f"unique {tmp_path}\n")
+    with runtime(root) as worker:
+        env = action(root, "c", ["--out", "out/c.txt", "src/a.txt"], ["src/a.txt"], ["out/c.txt"])
+        first = worker.execute(make_command(["@c.args"], env=env))
+        assert first.exit_code == 0, first.stderr
+        written = (root / "out" / "c.txt").read_text()
+        (root / "out" / "c.txt").unlink()
+        second = worker.execute(make_command(["@c.args"], env=env))
+        assert second.exit_code == 0, second.stderr
+        assert (root / "out" / "c.txt").read_text() == written  # from the action cache
+
+
+def test_a_worker_writing_outside_its_directory_gets_nothing_back(
+    tmp_path: Path, engine: Path
+) -> None:
+    root = project(tmp_path, engine)
+    outside = Path(tempfile.gettempdir()) / f"escape-{os.getpid()}.txt"
+    with runtime(root) as worker:
+        env = action(root, "e", ["--escape", str(outside)], [], ["out/e.txt"])
+        response = worker.execute(make_command(["@e.args"], env=env))
+    outside.unlink(missing_ok=True)
+    assert response.exit_code == 0  # the process could write there (no sandbox yet) ...
+    assert not (root / "out" / "e.txt").exists()  # ... but nothing outside comes back
+
+
+def test_an_output_path_leaving_the_root_is_refused(tmp_path: Path, engine: Path) -> None:
+    root = project(tmp_path, engine)
+    with runtime(root) as worker:
+        env = action(root, "x", ["--out", "out/x.txt", "src/a.txt"], ["src/a.txt"], ["../x.txt"])
+        response = worker.execute(make_command(["@x.args"], env=env))
+    assert response.exit_code == 125
+    assert "output path '../x.txt'" in response.stderr and "leaves the root" in response.stderr
+
+
+def test_a_dead_remote_is_a_clear_error_not_a_hang(tmp_path: Path, engine: Path) -> None:
+    root = project(tmp_path, engine)
+    config = json.loads((root / "worker.json").read_text())
+    config["remote"]["endpoint"] = f"unix://{tmp_path}/nothing.sock"
+    (root / "worker.json").write_text(json.dumps(config))
+    with runtime(root) as worker:
+        env = action(root, "d", ["--out", "out/d.txt", "src/a.txt"], ["src/a.txt"], ["out/d.txt"])
+        response = worker.execute(make_command(["@d.args"], env=env))
+    assert response.exit_code == 125
+    assert "did not answer GetCapabilities" in response.stderr

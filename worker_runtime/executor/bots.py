@@ -1,0 +1,205 @@
+"""The executor's session with BuildGrid's Bots service: create a bot session, then renew
+it in a loop (the heartbeat that keeps its leases), start every new lease on a thread,
+report results in the next update, stop work on cancelled leases, never run a lease
+twice, and on SIGTERM finish what runs, then send BOT_TERMINATING."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import signal
+import threading
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+
+from worker_runtime.executor.runner import ActionOutcome, ActionRunner
+from worker_runtime.executor.workers import WorkerPool
+from worker_runtime.proto import remote_execution_pb2 as re_pb2
+from worker_runtime.proto.google.devtools.remoteworkers.v1test2 import (
+    bots_pb2,
+    bots_pb2_grpc,
+    worker_pb2,
+)
+from worker_runtime.remote.cas import Cas
+
+LOGGER = logging.getLogger(__name__)
+#: How long an idle bot lets the server hold an UpdateBotSession (BuildGrid hands out no
+#: lease under about 3 s), and the short deadline used while work is running.
+LONG_POLL_S = 5.0
+SHORT_POLL_S = 0.5
+
+
+@dataclass
+class ExecutorSettings:
+    server: str
+    instance: str
+    bot_id: str
+    capacity: int
+    workdir: Path
+    max_workers: int
+    memory_limit_mb: int | None
+    worker_idle_s: float
+    shutdown_grace_s: float = 30.0
+
+
+@dataclass
+class Stats:
+    leases: int = 0
+    succeeded: int = 0
+    failed: int = 0
+    persistent: int = 0
+    reused: int = 0
+
+
+class Executor:
+    def __init__(self, settings: ExecutorSettings) -> None:
+        self.settings = settings
+        self.channel = grpc.insecure_channel(settings.server)
+        self.bots = bots_pb2_grpc.BotsStub(self.channel)
+        self.pool = WorkerPool(
+            settings.workdir / "workers", settings.max_workers, settings.memory_limit_mb,
+            settings.worker_idle_s,
+        )  # fmt: skip
+        self.cas_by_instance: dict[str, Cas] = {}
+        self.stats = Stats()
+        self._stop = threading.Event()
+        self._wake = threading.Event()
+        self._threads = ThreadPoolExecutor(max_workers=settings.capacity)
+        self._running: dict[str, Future[ActionOutcome]] = {}
+        self._finished: set[str] = set()
+
+    def stop(self, *_: object) -> None:
+        self._stop.set()
+        self._wake.set()
+
+    def _cas(self, instance: str) -> Cas:
+        if instance not in self.cas_by_instance:
+            self.cas_by_instance[instance] = Cas(self.channel, instance, 4 << 20)
+        return self.cas_by_instance[instance]
+
+    def _instance_of(self, lease_id: str) -> str:
+        # BuildGrid names leases <instance>/<job> when it pools several instances.
+        return lease_id.rsplit("/", 1)[0] if "/" in lease_id else self.settings.instance
+
+    def _run(self, lease_id: str, action: re_pb2.Action) -> ActionOutcome:
+        instance = self._instance_of(lease_id)
+        runner = ActionRunner(
+            self._cas(instance), self.pool, self.settings.workdir, self.settings.bot_id
+        )
+        try:
+            return runner.run(action, instance)
+        finally:
+            self._wake.set()
+
+    def _session(self) -> bots_pb2.BotSession:
+        device = worker_pb2.Device(handle=self.settings.bot_id)
+        device.properties.add(key="OSFamily", value="linux")
+        worker = worker_pb2.Worker(devices=[device])
+        worker.configs.add(key="capacity", value=str(self.settings.capacity))
+        return bots_pb2.BotSession(bot_id=self.settings.bot_id, status=bots_pb2.OK, worker=worker)
+
+    def serve(self) -> int:
+        self.settings.workdir.mkdir(parents=True, exist_ok=True)
+        session = self.bots.CreateBotSession(
+            bots_pb2.CreateBotSessionRequest(
+                parent=self.settings.instance, bot_session=self._session()
+            ),
+            timeout=30,
+        )
+        LOGGER.info("bot session %s", session.name)
+        last_reap = time.monotonic()
+        stopping_since: float | None = None
+        while True:
+            if self._stop.is_set() and stopping_since is None:
+                stopping_since = time.monotonic()
+            self._update_leases(session, accept=stopping_since is None)
+            if stopping_since is not None and not self._running:
+                break
+            if (
+                stopping_since is not None
+                and time.monotonic() - stopping_since > self.settings.shutdown_grace_s
+            ):
+                LOGGER.warning("shutdown grace over with %d leases running", len(self._running))
+                break
+            deadline = SHORT_POLL_S if self._running or stopping_since else LONG_POLL_S
+            try:
+                session = self.bots.UpdateBotSession(
+                    bots_pb2.UpdateBotSessionRequest(name=session.name, bot_session=session),
+                    timeout=deadline,
+                )
+            except grpc.RpcError as exc:
+                if exc.code() != grpc.StatusCode.DEADLINE_EXCEEDED:
+                    LOGGER.warning("UpdateBotSession failed: %s; retrying", exc.code())
+                    time.sleep(0.5)
+            if self._running:
+                self._wake.wait(0.2)
+                self._wake.clear()
+            if time.monotonic() - last_reap > 1.0:
+                self.pool.reap_idle()
+                last_reap = time.monotonic()
+        session.status = bots_pb2.BOT_TERMINATING
+        for lease in session.leases:
+            if lease.id in self._running and lease.state == bots_pb2.ACTIVE:
+                lease.state = bots_pb2.PENDING  # handed back: another bot runs it
+        with contextlib.suppress(grpc.RpcError):
+            self.bots.UpdateBotSession(
+                bots_pb2.UpdateBotSessionRequest(name=session.name, bot_session=session), timeout=5
+            )
+        self.pool.stop_all()
+        self._threads.shutdown(wait=False, cancel_futures=True)
+        return 0
+
+    def _update_leases(self, session: bots_pb2.BotSession, accept: bool) -> None:
+        for lease in session.leases:
+            future = self._running.get(lease.id)
+            if lease.state == bots_pb2.CANCELLED:
+                if future is not None:
+                    future.cancel()
+                    self._running.pop(lease.id, None)
+                self._finished.add(lease.id)
+                continue
+            if future is not None and future.done():
+                self._running.pop(lease.id)
+                self._finished.add(lease.id)
+                self._complete(lease, future)
+                continue
+            startable = lease.state in (bots_pb2.PENDING, bots_pb2.ACTIVE)
+            if future is None and lease.id not in self._finished and accept and startable:
+                action = re_pb2.Action()
+                if not lease.payload.Unpack(action):
+                    lease.state = bots_pb2.COMPLETED
+                    lease.status.code = 3
+                    lease.status.message = "executor: the lease's payload is not an Action"
+                    self._finished.add(lease.id)
+                    continue
+                self.stats.leases += 1
+                lease.state = bots_pb2.ACTIVE
+                self._running[lease.id] = self._threads.submit(self._run, lease.id, action)
+
+    def _complete(self, lease: bots_pb2.Lease, future: Future[ActionOutcome]) -> None:
+        lease.state = bots_pb2.COMPLETED
+        try:
+            outcome = future.result()
+        except Exception as exc:  # the action could not be run: INTERNAL, the server retries
+            LOGGER.exception("lease %s failed", lease.id)
+            self.stats.failed += 1
+            lease.status.code = 13
+            lease.status.message = f"executor {self.settings.bot_id}: {exc}"
+            return
+        self.stats.succeeded += 1
+        if outcome.mode == "persistent":
+            self.stats.persistent += 1
+            self.stats.reused += int(outcome.reused)
+        lease.status.code = 0
+        lease.result.Pack(outcome.result)
+
+
+def run_executor(settings: ExecutorSettings) -> int:
+    executor = Executor(settings)
+    signal.signal(signal.SIGTERM, executor.stop)
+    signal.signal(signal.SIGINT, executor.stop)
+    return executor.serve()

@@ -1,0 +1,39 @@
+"""`worker-runtime executor`: its command line."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import socket
+from collections.abc import Sequence
+from pathlib import Path
+
+from worker_runtime.executor.bots import ExecutorSettings, run_executor
+
+
+def main(argv: Sequence[str]) -> int:
+    parser = argparse.ArgumentParser(
+        prog="worker-runtime executor",
+        description="A bot for a Remote Execution API server (BuildGrid's Bots API) that runs "
+        "actions one-shot, or on persistent workers when they carry the worker convention.",
+    )
+    parser.add_argument("--server", required=True, help="e.g. unix:///path/buildgrid.sock")
+    parser.add_argument("--instance", default="main", help="instance name (default: main)")
+    parser.add_argument("--bot-id", default=f"{socket.gethostname()}-{os.getpid()}")
+    parser.add_argument("--capacity", type=int, default=2, help="leases run at once (default: 2)")
+    parser.add_argument("--workdir", type=Path, required=True, help="per-action directories")
+    parser.add_argument(
+        "--max-workers", type=int, default=8, help="persistent workers (default: 8)"
+    )
+    parser.add_argument("--memory-limit", type=int, metavar="MB", help="their total memory")
+    parser.add_argument("--worker-idle-timeout", type=float, default=600.0, metavar="S")
+    parser.add_argument("--metrics-port", type=int, help="Prometheus metrics (not yet)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    settings = ExecutorSettings(
+        server=args.server, instance=args.instance, bot_id=args.bot_id, capacity=args.capacity,
+        workdir=args.workdir, max_workers=args.max_workers, memory_limit_mb=args.memory_limit,
+        worker_idle_s=args.worker_idle_timeout,
+    )  # fmt: skip
+    return run_executor(settings)

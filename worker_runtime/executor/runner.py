@@ -1,0 +1,278 @@
+"""Runs one leased action: fetches its Command and input root, materializes them in a
+fresh directory, runs it one-shot or on a persistent worker (when it carries the
+convention's worker key, recomputed here from what was received), uploads the outputs
+it declared (read only from its own directory, never through a symlink) and builds the
+ActionResult. The directory is removed afterwards."""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import subprocess
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+from worker_runtime.executor.workers import WorkerFault, WorkerIdentity, WorkerPool
+from worker_runtime.proto import remote_execution_pb2 as re_pb2
+from worker_runtime.protocol.messages import WorkInput, WorkRequest
+from worker_runtime.remote.cas import Cas
+from worker_runtime.remote.convention import (
+    KEY_PROPERTY,
+    PROTOCOL_PROPERTY,
+    TOOL_INPUT_PROPERTY,
+    UnsafePathError,
+    flagfile_path,
+    safe_relative_path,
+    split_arguments,
+    worker_key,
+)
+from worker_runtime.remote.merkle import Blobs, digest_key, digest_of
+
+LOGGER = logging.getLogger(__name__)
+
+
+class ActionError(RuntimeError):
+    """The action is malformed (bad path, missing blob): reported as its failure."""
+
+
+@dataclass
+class Materialized:
+    directory: Path
+    #: Every input file: (path in the root, digest hex).
+    files: list[tuple[str, str]]
+    #: Tool files (bazel_tool_input): (path in the root, digest hex).
+    tools: list[tuple[str, str]]
+
+
+@dataclass
+class ActionOutcome:
+    result: re_pb2.ActionResult
+    #: "persistent" (and whether the worker was reused) or "oneshot".
+    mode: str
+    reused: bool
+    worker_pid: int
+
+
+class ActionRunner:
+    def __init__(self, cas: Cas, pool: WorkerPool, workdir: Path, bot_id: str) -> None:
+        self.cas = cas
+        self.pool = pool
+        self.workdir = workdir
+        self.bot_id = bot_id
+
+    def run(self, action: re_pb2.Action, instance: str, cancelled: object = None) -> ActionOutcome:
+        command = re_pb2.Command()
+        command.ParseFromString(self.cas.read(action.command_digest))
+        directory = self.workdir / "actions" / uuid.uuid4().hex
+        directory.mkdir(parents=True)
+        try:
+            inputs = self._materialize(action.input_root_digest, directory)
+            timeout = action.timeout.seconds or 3600
+            started = time.time()
+            properties = {p.name: p.value for p in command.platform.properties}
+            properties.update({p.name: p.value for p in action.platform.properties})
+            startup, request_args = split_arguments(list(command.arguments))
+            env = {v.name: v.value for v in command.environment_variables}
+            if KEY_PROPERTY in properties and startup:
+                code, stdout, stderr, reused, pid = self._persistent(
+                    instance, properties, startup, request_args, env, inputs, timeout
+                )
+                mode = "persistent"
+            else:
+                code, stdout, stderr = self._oneshot(
+                    list(command.arguments), env, directory, timeout
+                )
+                reused, pid, mode = False, 0, "oneshot"
+            result = self._result(command, directory, code, stdout, stderr, started)
+            return ActionOutcome(result, mode, reused, pid)
+        finally:
+            shutil.rmtree(directory, ignore_errors=True)
+
+    def _materialize(self, root: re_pb2.Digest, directory: Path) -> Materialized:
+        files: list[tuple[str, str]] = []
+        tools: list[tuple[str, str]] = []
+
+        def place(digest: re_pb2.Digest, at: Path, prefix: str) -> None:
+            node = re_pb2.Directory()
+            node.ParseFromString(self.cas.read(digest))
+            at.mkdir(parents=True, exist_ok=True)
+            for entry in node.files:
+                name = _segment(entry.name)
+                self.cas.read_to(entry.digest, at / name, entry.is_executable)
+                path = f"{prefix}{name}"
+                files.append((path, entry.digest.hash))
+                if any(p.name == TOOL_INPUT_PROPERTY for p in entry.node_properties.properties):
+                    tools.append((path, entry.digest.hash))
+            for sub in node.directories:
+                name = _segment(sub.name)
+                place(sub.digest, at / name, f"{prefix}{name}/")
+            if node.symlinks:
+                raise ActionError("symlinks in the input root are not supported")
+
+        place(root, directory, "")
+        return Materialized(directory, files, tools)
+
+    def _oneshot(
+        self, argv: list[str], env: dict[str, str], directory: Path, timeout: int
+    ) -> tuple[int, bytes, bytes]:
+        run_env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), **env}
+        try:
+            done = subprocess.run(
+                argv, cwd=directory, env=run_env, capture_output=True, timeout=timeout,
+                start_new_session=True,
+            )  # fmt: skip
+        except FileNotFoundError as exc:
+            return 127, b"", f"executor: cannot run {argv[0]!r}: {exc.strerror}\n".encode()
+        except subprocess.TimeoutExpired:
+            return 124, b"", f"executor: the action ran past its timeout of {timeout} s\n".encode()
+        return done.returncode, done.stdout, done.stderr
+
+    def _persistent(
+        self,
+        instance: str,
+        properties: dict[str, str],
+        startup: list[str],
+        request_args: list[str],
+        env: dict[str, str],
+        inputs: Materialized,
+        timeout: int,
+    ) -> tuple[int, bytes, bytes, bool, int]:
+        protocol = properties.get(PROTOCOL_PROPERTY, "proto")
+        # Never the client's key: the one of what this action really carries.
+        key = worker_key(inputs.tools, startup, env, protocol)
+        if key != properties[KEY_PROPERTY]:
+            LOGGER.info(
+                "client key %s differs from the recomputed %s", properties[KEY_PROPERTY], key
+            )
+        arguments = _expand(request_args, inputs.directory)
+        request = WorkRequest(
+            arguments=tuple(arguments),
+            inputs=tuple(WorkInput(p, d.encode()) for p, d in inputs.files),
+            sandbox_dir=str(inputs.directory),
+        )
+        identity = WorkerIdentity(instance, key, protocol)
+        tools = [(path, inputs.directory / path) for path, _ in inputs.tools]
+        run_env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), **env}
+        starts_before = self.pool.starts
+        worker = self.pool.acquire(identity, startup, run_env, tools)
+        reused = self.pool.starts == starts_before
+        try:
+            response = worker.call(request, timeout)
+        except WorkerFault as exc:
+            self.pool.release(worker, healthy=False)
+            return (
+                1,
+                b"",
+                f"executor: the persistent worker failed: {exc}\n".encode(),
+                reused,
+                worker.pid,
+            )
+        self.pool.release(worker, healthy=True)
+        return response.exit_code, b"", response.output.encode(), reused, worker.pid
+
+    def _result(
+        self,
+        command: re_pb2.Command,
+        directory: Path,
+        code: int,
+        stdout: bytes,
+        stderr: bytes,
+        started: float,
+    ) -> re_pb2.ActionResult:
+        blobs = Blobs()
+        result = re_pb2.ActionResult(exit_code=code)
+        wanted = list(command.output_paths) or [*command.output_files, *command.output_directories]
+        for output in sorted(set(wanted)):
+            try:
+                relative = safe_relative_path(output, "output path")
+            except UnsafePathError as exc:
+                raise ActionError(str(exc)) from None
+            path = directory / relative
+            if not _inside(path, directory):
+                raise ActionError(f"output {output!r} leaves the action's directory")
+            if path.is_symlink():
+                raise ActionError(
+                    f"output {output!r} is a symlink; outputs are read from the action's directory only"
+                )
+            if path.is_file():
+                data = path.read_bytes()
+                digest = digest_of(data)
+                blobs.data[digest_key(digest)] = data
+                result.output_files.add(
+                    path=relative, digest=digest, is_executable=os.access(path, os.X_OK)
+                )
+            elif path.is_dir():
+                tree = _tree(path, blobs)
+                data = tree.SerializeToString(deterministic=True)
+                digest = digest_of(data)
+                blobs.data[digest_key(digest)] = data
+                result.output_directories.add(path=relative, tree_digest=digest)
+        for name, data in (("stdout_digest", stdout), ("stderr_digest", stderr)):
+            digest = digest_of(data)
+            if data:
+                blobs.data[digest_key(digest)] = data
+            getattr(result, name).CopyFrom(digest)
+        self.cas.upload_missing(blobs)
+        metadata = result.execution_metadata
+        metadata.worker = self.bot_id
+        metadata.execution_start_timestamp.FromSeconds(int(started))
+        metadata.execution_completed_timestamp.FromSeconds(int(time.time()))
+        return result
+
+
+def _segment(name: str) -> str:
+    if not name or "/" in name or name in (".", ".."):
+        raise ActionError(f"invalid name {name!r} in the input root")
+    return name
+
+
+def _inside(path: Path, root: Path) -> bool:
+    try:
+        path.resolve().relative_to(root.resolve())
+    except ValueError:
+        return False
+    return True
+
+
+def _expand(arguments: list[str], directory: Path) -> list[str]:
+    """Flag files expanded into arguments (one per line), read from the action's directory."""
+    out: list[str] = []
+    for argument in arguments:
+        path = flagfile_path(argument)
+        if path is None:
+            out.append(argument)
+            continue
+        relative = safe_relative_path(path, "flag file")
+        lines = (directory / relative).read_text(encoding="utf-8").split("\n")
+        out.extend(line for line in lines if line)
+    return out
+
+
+def _tree(root: Path, blobs: Blobs) -> re_pb2.Tree:
+    tree = re_pb2.Tree()
+
+    def directory(at: Path) -> re_pb2.Directory:
+        node = re_pb2.Directory()
+        for entry in sorted(at.iterdir()):
+            if entry.is_symlink():
+                raise ActionError(f"output directory entry {entry} is a symlink")
+            if entry.is_file():
+                data = entry.read_bytes()
+                digest = digest_of(data)
+                blobs.data[digest_key(digest)] = data
+                node.files.add(
+                    name=entry.name, digest=digest, is_executable=os.access(entry, os.X_OK)
+                )
+            elif entry.is_dir():
+                child = directory(entry)
+                tree.children.append(child)
+                node.directories.add(
+                    name=entry.name, digest=digest_of(child.SerializeToString(deterministic=True))
+                )
+        return node
+
+    tree.root.CopyFrom(directory(root))
+    return tree

@@ -1,0 +1,153 @@
+"""Content-addressable storage over REAPI: FindMissingBlobs, then BatchUpdateBlobs in
+batches within the server's limit and ByteStream for larger blobs; reads the same way.
+Every call has a deadline."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+
+from worker_runtime.proto import remote_execution_pb2 as re_pb2
+from worker_runtime.proto import remote_execution_pb2_grpc as re_grpc
+from worker_runtime.proto.google.bytestream import bytestream_pb2, bytestream_pb2_grpc
+from worker_runtime.remote.merkle import Blobs, digest_key
+
+#: Room for the per-blob framing of a batch request (digest, field tags).
+PER_BLOB_OVERHEAD = 256
+#: ByteStream chunk size.
+CHUNK = 1 << 20
+#: Used when the server advertises no batch limit.
+DEFAULT_BATCH_LIMIT = 4 << 20
+
+
+class CasError(RuntimeError):
+    """A CAS call failed; the message names the call and the blob."""
+
+
+class Cas:
+    def __init__(
+        self, channel: grpc.Channel, instance: str, batch_limit: int, timeout_s: float = 60.0
+    ) -> None:
+        self.instance = instance
+        self.batch_limit = batch_limit or DEFAULT_BATCH_LIMIT
+        self.timeout_s = timeout_s
+        self._cas = re_grpc.ContentAddressableStorageStub(channel)
+        self._bytestream = bytestream_pb2_grpc.ByteStreamStub(channel)
+
+    def find_missing(self, digests: list[re_pb2.Digest]) -> list[re_pb2.Digest]:
+        missing: list[re_pb2.Digest] = []
+        for start in range(0, len(digests), 10_000):
+            response = self._cas.FindMissingBlobs(
+                re_pb2.FindMissingBlobsRequest(
+                    instance_name=self.instance, blob_digests=digests[start : start + 10_000]
+                ),
+                timeout=self.timeout_s,
+            )
+            missing.extend(response.missing_blob_digests)
+        return missing
+
+    def upload_missing(self, blobs: Blobs) -> int:
+        """Uploads the blobs the server lacks; returns how many were sent."""
+        missing = self.find_missing([d for d in blobs.digests() if d.size_bytes > 0])
+        batch: list[tuple[re_pb2.Digest, bytes]] = []
+        size = 0
+        for digest in missing:
+            key = digest_key(digest)
+            if digest.size_bytes + PER_BLOB_OVERHEAD > self.batch_limit:
+                self._write(digest, blobs.files.get(key), blobs.data.get(key))
+                continue
+            data = blobs.data.get(key)
+            if data is None:
+                data = blobs.files[key].read_bytes()
+            if size + len(data) + PER_BLOB_OVERHEAD > self.batch_limit:
+                self._batch_update(batch)
+                batch, size = [], 0
+            batch.append((digest, data))
+            size += len(data) + PER_BLOB_OVERHEAD
+        if batch:
+            self._batch_update(batch)
+        return len(missing)
+
+    def _batch_update(self, batch: list[tuple[re_pb2.Digest, bytes]]) -> None:
+        request = re_pb2.BatchUpdateBlobsRequest(instance_name=self.instance)
+        for digest, data in batch:
+            request.requests.add(digest=digest, data=data)
+        response = self._cas.BatchUpdateBlobs(request, timeout=self.timeout_s)
+        for answer in response.responses:
+            if answer.status.code != 0:
+                raise CasError(
+                    f"BatchUpdateBlobs refused {answer.digest.hash}/{answer.digest.size_bytes}: "
+                    f"{answer.status.message} (code {answer.status.code})"
+                )
+
+    def _write(self, digest: re_pb2.Digest, path: Path | None, data: bytes | None) -> None:
+        name = f"{self.instance}/uploads/{uuid.uuid4()}/blobs/{digest.hash}/{digest.size_bytes}"
+
+        def chunks() -> Iterator[bytestream_pb2.WriteRequest]:
+            offset = 0
+            source = open(path, "rb") if path is not None else None  # noqa: SIM115
+            try:
+                while True:
+                    piece = source.read(CHUNK) if source else (data or b"")[offset : offset + CHUNK]
+                    last = offset + len(piece) >= digest.size_bytes
+                    yield bytestream_pb2.WriteRequest(
+                        resource_name=name if offset == 0 else "",
+                        write_offset=offset,
+                        finish_write=last,
+                        data=piece,
+                    )
+                    offset += len(piece)
+                    if last or not piece:
+                        return
+            finally:
+                if source:
+                    source.close()
+
+        response = self._bytestream.Write(chunks(), timeout=self.timeout_s)
+        if response.committed_size not in (digest.size_bytes, -1):
+            raise CasError(
+                f"ByteStream.Write of {digest.hash}/{digest.size_bytes} committed "
+                f"{response.committed_size} bytes"
+            )
+
+    def read(self, digest: re_pb2.Digest) -> bytes:
+        if digest.size_bytes == 0:
+            return b""
+        if digest.size_bytes + PER_BLOB_OVERHEAD <= self.batch_limit:
+            response = self._cas.BatchReadBlobs(
+                re_pb2.BatchReadBlobsRequest(instance_name=self.instance, digests=[digest]),
+                timeout=self.timeout_s,
+            )
+            (answer,) = response.responses
+            if answer.status.code != 0:
+                raise CasError(
+                    f"blob {digest.hash}/{digest.size_bytes} could not be read: "
+                    f"{answer.status.message} (code {answer.status.code})"
+                )
+            return bytes(answer.data)
+        name = f"{self.instance}/blobs/{digest.hash}/{digest.size_bytes}"
+        parts = [
+            piece.data
+            for piece in self._bytestream.Read(
+                bytestream_pb2.ReadRequest(resource_name=name), timeout=self.timeout_s
+            )
+        ]
+        return b"".join(parts)
+
+    def read_to(self, digest: re_pb2.Digest, target: Path, executable: bool = False) -> None:
+        """Writes the blob to ``target`` atomically (a temporary file, then a rename)."""
+        target.parent.mkdir(parents=True, exist_ok=True)
+        handle, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.")
+        try:
+            with os.fdopen(handle, "wb") as out:
+                out.write(self.read(digest))
+            os.chmod(tmp, 0o755 if executable else 0o644)
+            os.replace(tmp, target)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise

@@ -1,0 +1,237 @@
+"""The REAPI client that runs a worker request remotely: GetCapabilities once, the action
+cache first, then the missing blobs, Execute (reattaching with WaitExecution if the stream
+drops), and the outputs written into place atomically. Every call has a deadline."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+
+from worker_runtime.proto import remote_execution_pb2 as re_pb2
+from worker_runtime.proto import remote_execution_pb2_grpc as re_grpc
+from worker_runtime.proto.google.longrunning import operations_pb2
+from worker_runtime.proto.google.rpc import error_details_pb2
+from worker_runtime.remote.action import BuiltAction
+from worker_runtime.remote.cas import Cas
+from worker_runtime.remote.convention import UnsafePathError, safe_relative_path
+from worker_runtime.remote.merkle import Blobs
+
+
+class RemoteError(RuntimeError):
+    """The remote side could not run the request; the message says what and where."""
+
+
+@dataclass(frozen=True)
+class RemoteResult:
+    exit_code: int
+    stdout: bytes
+    stderr: bytes
+    cached: bool
+    #: Which executor ran it (ExecutedActionMetadata.worker), "" for a cache hit.
+    worker: str
+
+
+@dataclass(frozen=True)
+class RemoteSettings:
+    endpoint: str
+    instance: str = ""
+    tls: bool = False
+    credentials_file: str = ""
+    #: Deadline of each unary call, and of the whole execution.
+    call_timeout_s: float = 30.0
+    execution_timeout_s: float = 7200.0
+
+
+def _channel(settings: RemoteSettings) -> grpc.Channel:
+    target = settings.endpoint
+    options = [("grpc.max_receive_message_length", 64 << 20)]
+    if not settings.tls:
+        return grpc.insecure_channel(target, options=options)
+    credentials = grpc.ssl_channel_credentials()
+    if settings.credentials_file:
+        token = Path(settings.credentials_file).read_text().strip()
+        credentials = grpc.composite_channel_credentials(
+            credentials, grpc.access_token_call_credentials(token)
+        )
+    return grpc.secure_channel(target, credentials, options=options)
+
+
+class RemoteClient:
+    """One endpoint and instance; thread-safe; GetCapabilities is asked once."""
+
+    def __init__(self, settings: RemoteSettings) -> None:
+        self.settings = settings
+        self._channel = _channel(settings)
+        self._lock = threading.Lock()
+        self._capabilities: re_pb2.ServerCapabilities | None = None
+        self._execution = re_grpc.ExecutionStub(self._channel)
+        self._action_cache = re_grpc.ActionCacheStub(self._channel)
+        self._cas: Cas | None = None
+
+    def close(self) -> None:
+        self._channel.close()
+
+    def capabilities(self) -> re_pb2.ServerCapabilities:
+        with self._lock:
+            if self._capabilities is None:
+                stub = re_grpc.CapabilitiesStub(self._channel)
+                try:
+                    self._capabilities = stub.GetCapabilities(
+                        re_pb2.GetCapabilitiesRequest(instance_name=self.settings.instance),
+                        timeout=self.settings.call_timeout_s,
+                    )
+                except grpc.RpcError as exc:
+                    raise RemoteError(
+                        f"the remote execution server at {self.settings.endpoint} did not answer "
+                        f"GetCapabilities: {_describe(exc)}"
+                    ) from None
+                limit = self._capabilities.cache_capabilities.max_batch_total_size_bytes
+                self._cas = Cas(self._channel, self.settings.instance, limit)
+            return self._capabilities
+
+    @property
+    def cas(self) -> Cas:
+        self.capabilities()
+        assert self._cas is not None
+        return self._cas
+
+    def run(self, built: BuiltAction, blobs: Blobs, root: Path) -> RemoteResult:
+        """Runs the action (or finds it cached) and writes its outputs under ``root``."""
+        self.capabilities()
+        try:
+            cached = self._action_cache.GetActionResult(
+                re_pb2.GetActionResultRequest(
+                    instance_name=self.settings.instance,
+                    action_digest=built.digest,
+                    inline_stdout=True,
+                    inline_stderr=True,
+                ),
+                timeout=self.settings.call_timeout_s,
+            )
+        except grpc.RpcError as exc:
+            if exc.code() != grpc.StatusCode.NOT_FOUND:
+                raise RemoteError(f"GetActionResult failed: {_describe(exc)}") from None
+        else:
+            return self._finish(cached, built, root, cached=True)
+        try:
+            self.cas.upload_missing(blobs)
+            response = self._execute(built)
+        except grpc.RpcError as exc:
+            raise RemoteError(f"remote execution failed: {_describe(exc)}") from None
+        if response.status.code != 0:
+            missing = _missing_blobs(response)
+            raise RemoteError(
+                f"the server could not run the action (code {response.status.code}): "
+                f"{response.status.message}" + (f"; missing blobs: {missing}" if missing else "")
+            )
+        return self._finish(response.result, built, root, cached=response.cached_result)
+
+    def _execute(self, built: BuiltAction) -> re_pb2.ExecuteResponse:
+        deadline = time.monotonic() + self.settings.execution_timeout_s
+        request = re_pb2.ExecuteRequest(
+            instance_name=self.settings.instance, action_digest=built.digest
+        )
+        stream: Iterator[operations_pb2.Operation] = self._execution.Execute(
+            request, timeout=self.settings.execution_timeout_s
+        )
+        name = ""
+        for _attempt in range(20):
+            try:
+                for operation in stream:
+                    name = operation.name or name
+                    if operation.done:
+                        return _execute_response(operation)
+            except grpc.RpcError as exc:
+                if exc.code() not in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.INTERNAL):
+                    raise
+            if not name or time.monotonic() > deadline:
+                raise RemoteError("the Execute stream ended before the action completed")
+            # The stream dropped: reattach to the same operation.
+            stream = self._execution.WaitExecution(
+                re_pb2.WaitExecutionRequest(name=name),
+                timeout=max(1.0, deadline - time.monotonic()),
+            )
+        raise RemoteError(f"operation {name} could not be followed to its end")
+
+    def _finish(
+        self, result: re_pb2.ActionResult, built: BuiltAction, root: Path, cached: bool
+    ) -> RemoteResult:
+        wanted = set(built.outputs)
+        for output in result.output_files:
+            path = _checked(output.path, wanted)
+            self.cas.read_to(output.digest, root / path, output.is_executable)
+        for directory in result.output_directories:
+            path = _checked(directory.path, wanted)
+            tree = re_pb2.Tree()
+            tree.ParseFromString(self.cas.read(directory.tree_digest))
+            self._write_tree(tree, root / path)
+        stdout = result.stdout_raw or self._read_optional(result.stdout_digest)
+        stderr = result.stderr_raw or self._read_optional(result.stderr_digest)
+        return RemoteResult(
+            result.exit_code, stdout, stderr, cached, result.execution_metadata.worker
+        )
+
+    def _read_optional(self, digest: re_pb2.Digest) -> bytes:
+        return self.cas.read(digest) if digest.hash else b""
+
+    def _write_tree(self, tree: re_pb2.Tree, target: Path) -> None:
+        children = {}
+        for child in tree.children:
+            data = child.SerializeToString(deterministic=True)
+            from worker_runtime.remote.merkle import digest_of
+
+            children[digest_of(data).hash] = child
+
+        def write(directory: re_pb2.Directory, at: Path) -> None:
+            at.mkdir(parents=True, exist_ok=True)
+            for node in directory.files:
+                name = safe_relative_path(node.name, "output file name")
+                self.cas.read_to(node.digest, at / name, node.is_executable)
+            for sub in directory.directories:
+                name = safe_relative_path(sub.name, "output directory name")
+                write(children[sub.digest.hash], at / name)
+
+        write(tree.root, target)
+
+
+def _checked(path: str, wanted: set[str]) -> str:
+    """An output path the server returned, if it is one the action asked for."""
+    try:
+        normal = safe_relative_path(path, "output path from the server")
+    except UnsafePathError as exc:
+        raise RemoteError(str(exc)) from None
+    if normal not in wanted and not any(normal.startswith(w + "/") for w in wanted):
+        raise RemoteError(f"the server returned output {path!r}, which the action did not declare")
+    return normal
+
+
+def _execute_response(operation: operations_pb2.Operation) -> re_pb2.ExecuteResponse:
+    if operation.HasField("error"):
+        raise RemoteError(
+            f"operation {operation.name} failed: {operation.error.message} "
+            f"(code {operation.error.code})"
+        )
+    response = re_pb2.ExecuteResponse()
+    if not operation.response.Unpack(response):
+        raise RemoteError(f"operation {operation.name} ended without an ExecuteResponse")
+    return response
+
+
+def _missing_blobs(response: re_pb2.ExecuteResponse) -> list[str]:
+    missing = []
+    for detail in response.status.details:
+        failure = error_details_pb2.PreconditionFailure()
+        if detail.Unpack(failure):
+            missing += [v.subject for v in failure.violations if v.type == "MISSING"]
+    return missing
+
+
+def _describe(exc: grpc.RpcError) -> str:
+    code = exc.code() if hasattr(exc, "code") else None
+    details = exc.details() if hasattr(exc, "details") else str(exc)
+    return f"{code.name if code else 'error'}: {details}"

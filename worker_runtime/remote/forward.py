@@ -1,0 +1,58 @@
+"""Forwards one Buck2 worker request to remote execution: reads worker_run's envelope,
+builds the Action (remote/action.py) and runs it with the endpoint's client, one client
+per runtime settings (GetCapabilities is asked once)."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+from worker_runtime.backends.manager import BackendManager
+from worker_runtime.envelope import read_envelope
+from worker_runtime.errors import RequestError
+from worker_runtime.remote.action import build_action
+from worker_runtime.remote.client import RemoteClient, RemoteResult, RemoteSettings
+from worker_runtime.remote.merkle import Blobs
+
+_CLIENTS: dict[RemoteSettings, RemoteClient] = {}
+_LOCK = threading.Lock()
+
+
+def settings_of(manager: BackendManager, timeout_s: int) -> RemoteSettings:
+    remote = manager.config.remote
+    endpoint = remote.get("endpoint", "")
+    if not endpoint:
+        raise RequestError(
+            "routing `remote` needs [persistent_workers] remote_endpoint (the REAPI server, "
+            "e.g. grpcs://host:443 or unix:///path/to/socket)"
+        )
+    return RemoteSettings(
+        endpoint=endpoint.removeprefix("grpc://").removeprefix("grpcs://"),
+        instance=remote.get("instance_name", ""),
+        tls=bool(remote.get("tls", endpoint.startswith("grpcs://"))),
+        credentials_file=remote.get("credentials_file", ""),
+        execution_timeout_s=float(timeout_s) if timeout_s > 0 else 7200.0,
+    )
+
+
+def client_for(settings: RemoteSettings) -> RemoteClient:
+    key = RemoteSettings(
+        settings.endpoint, settings.instance, settings.tls, settings.credentials_file
+    )
+    with _LOCK:
+        if key not in _CLIENTS:
+            _CLIENTS[key] = RemoteClient(settings)
+        return _CLIENTS[key]
+
+
+def forward(
+    manager: BackendManager, envelope_path: str, key_env: dict[str, str], timeout_s: int
+) -> RemoteResult:
+    root = Path(manager.cwd)
+    envelope = read_envelope(envelope_path, str(root))
+    environment = {**manager.config.env, **key_env}
+    blobs = Blobs()
+    built = build_action(
+        manager.config, envelope, environment, root, manager.digests, blobs, timeout_s=timeout_s
+    )
+    return client_for(settings_of(manager, timeout_s)).run(built, blobs, root)

@@ -29,13 +29,13 @@ def cluster(*args: str) -> subprocess.CompletedProcess[str]:
 
 @pytest.fixture(scope="module")
 def engine() -> Iterator[Path]:
-    """BuildGrid with one executor, for the module's tests."""
+    """BuildGrid with an executor for each of its two instances, for the module's tests."""
     assert (DEFAULT_BUILDGRID_VENV / "bin" / "bgd").exists(), (
         "BuildGrid is missing: scripts/bootstrap.sh makes .cache/buildgrid-venv"
     )
     directory = Path(tempfile.mkdtemp(prefix="wr-remote-"))
     directory.chmod(0o755)
-    up = cluster("up", "--executors", "1", "--dir", str(directory))
+    up = cluster("up", "--executors", "2", "--dir", str(directory))  # main, tenant-b
     assert up.returncode == 0, up.stderr
     yield directory
     cluster("down", "--dir", str(directory))
@@ -156,3 +156,25 @@ def test_a_dead_remote_is_a_clear_error_not_a_hang(tmp_path: Path, engine: Path)
         response = worker.execute(make_command(["@d.args"], env=env))
     assert response.exit_code == 125
     assert "did not answer GetCapabilities" in response.stderr
+
+
+def test_two_instance_names_never_share_a_worker(tmp_path: Path, engine: Path) -> None:
+    pids = {}
+    for instance in ("main", "tenant-b"):
+        root = project(tmp_path / instance, engine, instance)
+        with runtime(root) as worker:
+            for i in range(2):
+                env = action(
+                    root,
+                    f"t{i}",
+                    ["--out", f"out/t{i}.txt", "src/a.txt"],
+                    ["src/a.txt"],
+                    [f"out/t{i}.txt"],
+                )
+                response = worker.execute(make_command([f"@t{i}.args"], env=env))
+                assert response.exit_code == 0, response.stderr
+            pids[instance] = {
+                (root / "out" / f"t{i}.txt").read_text().split("pid=")[1] for i in range(2)
+            }
+    assert len(pids["main"]) == 1 and len(pids["tenant-b"]) == 1  # warm within a tenant
+    assert pids["main"] != pids["tenant-b"]  # never across tenants

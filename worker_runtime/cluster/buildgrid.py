@@ -13,7 +13,7 @@ from pathlib import Path
 
 import grpc
 
-from worker_runtime.cluster.layout import DEFAULT_BUILDGRID_VENV, INSTANCE, ClusterLayout
+from worker_runtime.cluster.layout import DEFAULT_BUILDGRID_VENV, INSTANCE, INSTANCES, ClusterLayout
 from worker_runtime.errors import ClusterError
 
 #: Platform properties a job may carry without any bot advertising them (BuildGrid
@@ -42,9 +42,57 @@ def database_driver() -> str:
 
 
 def config_text(layout: ClusterLayout, driver: str) -> str:
-    """The server config: CAS and action cache in memory, the SQL scheduler, assignment
-    tuned for latency (no jitter, 50 ms polls and back-off), short bot keepalives."""
+    """The server config: CAS in memory, and for every instance (tenant) an action cache
+    and a SQL scheduler of its own, so that no result, job or bot is shared between
+    tenants; assignment tuned for latency (no jitter, 50 ms polls and back-off), short
+    bot keepalives (a bot silent for 10 s loses its leases to others)."""
     wildcard = "\n".join(f"        - {key}" for key in WILDCARD_PROPERTY_KEYS)
+    caches = "".join(
+        f"""  - !lru-action-cache &ac{i}
+    storage: *cas
+    max-cached-refs: 100000
+    allow-updates: true
+    cache-failed-actions: false
+"""
+        for i, _ in enumerate(INSTANCES)
+    )
+    schedulers = "".join(
+        f"""  - !sql-scheduler &scheduler{i}
+    sql: *sql
+    action-cache: *ac{i}
+    storage: *cas
+    poll-interval: 0.05
+    bot-poll-interval: 0.05
+    bot-session-keepalive-timeout: 10
+    max-job-attempts: 5
+    property-set: !dynamic-property-set
+      match-property-keys: []
+      wildcard-property-keys:
+{wildcard}
+    assigners:
+      - !priority-age-assigner
+        count: 1
+        interval: 0.05
+        failure-backoff: 0.05
+        jitter-factor: 0.0
+        instance-names: ["{name}"]
+"""
+        for i, name in enumerate(INSTANCES)
+    )
+    instances = "".join(
+        f"""  - name: {name}
+    services:
+      - !action-cache
+        cache: *ac{i}
+      - !execution
+        scheduler: *scheduler{i}
+      - !cas
+        storage: *cas
+      - !bytestream
+        storage: *cas
+"""
+        for i, name in enumerate(INSTANCES)
+    )
     return f"""\
 description: worker-runtime's embedded engine (written by `worker-runtime cluster up`)
 server:
@@ -62,42 +110,9 @@ storages:
   - !lru-storage &cas
     size: 1GB
 caches:
-  - !lru-action-cache &ac
-    storage: *cas
-    max-cached-refs: 100000
-    allow-updates: true
-    cache-failed-actions: false
-schedulers:
-  - !sql-scheduler &scheduler
-    sql: *sql
-    action-cache: *ac
-    storage: *cas
-    poll-interval: 0.05
-    bot-poll-interval: 0.05
-    bot-session-keepalive-timeout: 10
-    max-job-attempts: 5
-    property-set: !dynamic-property-set
-      match-property-keys: []
-      wildcard-property-keys:
-{wildcard}
-    assigners:
-      - !priority-age-assigner
-        count: 1
-        interval: 0.05
-        failure-backoff: 0.05
-        jitter-factor: 0.0
-instances:
-  - name: {INSTANCE}
-    services:
-      - !action-cache
-        cache: *ac
-      - !execution
-        scheduler: *scheduler
-      - !cas
-        storage: *cas
-      - !bytestream
-        storage: *cas
-thread-pool-size: 128
+{caches}schedulers:
+{schedulers}instances:
+{instances}thread-pool-size: 128
 maximum-concurrent-rpcs: 256
 """
 

@@ -12,7 +12,7 @@ import sys
 from collections.abc import Sequence
 
 from worker_runtime.cluster import buildgrid, postgres
-from worker_runtime.cluster.layout import INSTANCE, ClusterLayout
+from worker_runtime.cluster.layout import INSTANCE, INSTANCES, ClusterLayout
 from worker_runtime.errors import ClusterError
 
 
@@ -42,14 +42,17 @@ def describe(layout: ClusterLayout) -> dict[str, object]:
 
 
 def start_executor(layout: ClusterLayout, index: int) -> int:
-    """`worker-runtime executor` number ``index``, detached, logging to logs/."""
-    workdir = layout.root / "executors" / str(index)
+    """Executor number ``index``, detached, logging to logs/: they take the instances
+    (tenants) in turn, each serving one."""
+    instance = INSTANCES[index % len(INSTANCES)]
+    name = f"executor-{index}-{instance}"
+    workdir = layout.root / "executors" / name
     workdir.mkdir(parents=True, exist_ok=True)
-    log = layout.logs / f"executor-{index}.log"
+    log = layout.logs / f"{name}.log"
     with open(log, "ab") as out:
         process = subprocess.Popen(
             [sys.executable, "-m", "worker_runtime", "executor", "--server", layout.address,
-             "--instance", INSTANCE, "--bot-id", f"executor-{index}", "--workdir", str(workdir)],
+             "--instance", instance, "--bot-id", name, "--workdir", str(workdir)],
             stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
             start_new_session=True,
         )  # fmt: skip
@@ -92,7 +95,10 @@ def down(layout: ClusterLayout) -> None:
 
 def up_main(argv: Sequence[str]) -> int:
     parser = _parser("up")
-    parser.add_argument("--executors", type=int, default=0, metavar="N", help="bots to start")
+    parser.add_argument(
+        "--executors", type=int, default=0, metavar="N",
+        help="bots to start, taking the instances in turn (main, tenant-b, main, ...)",
+    )  # fmt: skip
     args = parser.parse_args(argv)
     layout = ClusterLayout.from_dir(args.dir)
     try:

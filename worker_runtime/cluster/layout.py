@@ -13,8 +13,10 @@ PROJECT_ROOT = Path(__file__).resolve().parent.parent.parent
 DEFAULT_DIR = PROJECT_ROOT / ".cache" / "cluster"
 #: BuildGrid's own virtualenv, made by scripts/bootstrap.sh (or $WORKER_RUNTIME_BUILDGRID_VENV).
 DEFAULT_BUILDGRID_VENV = PROJECT_ROOT / ".cache" / "buildgrid-venv"
-#: The instance name the embedded engine serves.
+#: The instance name the embedded engine serves (and that its executors register with).
 INSTANCE = "main"
+#: Every instance name it serves: a second tenant, to show that tenants never share.
+INSTANCES = (INSTANCE, "tenant-b")
 
 
 @dataclass

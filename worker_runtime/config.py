@@ -131,7 +131,13 @@ def _optional_seconds(key: str, value: Any) -> float | None:
 
 
 ROUTINGS = ("local", "remote", "auto", "race")
-REMOTE_KEYS = {"endpoint": str, "instance_name": str, "credentials_file": str, "tls": bool}
+REMOTE_KEYS = {
+    "endpoint": str,
+    "instance_name": str,
+    "credentials_file": str,
+    "tls": bool,
+    "fallback_local": bool,
+}
 
 
 def _routing(key: str, value: Any) -> str:

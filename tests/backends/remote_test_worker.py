@@ -1,6 +1,7 @@
 """A persistent worker for the remote execution tests (JSON protocol; honours
 sandbox_dir). A request `--out PATH FILE...` writes to PATH (in the sandbox) the files'
-contents, then `pid=<its PID>` so a test can tell which process ran it. `--escape PATH`
+contents, then `pid=<its PID>` so a test can tell which process ran it (`--sleep S`
+first makes it slow). `--escape PATH`
 writes PATH outside the sandbox instead (a malicious worker). Without
 --persistent_worker it does the same once, from its @argfile (the one-shot fallback)."""
 
@@ -9,10 +10,15 @@ from __future__ import annotations
 import json
 import os
 import sys
+import time
 from pathlib import Path
 
 
 def run(arguments: list[str], root: Path) -> tuple[int, str]:
+    if arguments[:1] == ["--sleep"]:
+        (root / "started.txt").write_text(str(os.getpid()))
+        time.sleep(float(arguments[1]))
+        arguments = arguments[2:]
     if arguments[:1] == ["--escape"]:
         target = Path(arguments[1])
         target.write_text("escaped\n")

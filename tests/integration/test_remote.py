@@ -7,8 +7,11 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import tempfile
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -29,13 +32,13 @@ def cluster(*args: str) -> subprocess.CompletedProcess[str]:
 
 @pytest.fixture(scope="module")
 def engine() -> Iterator[Path]:
-    """BuildGrid with an executor for each of its two instances, for the module's tests."""
+    """BuildGrid with two executors for instance main and one for tenant-b."""
     assert (DEFAULT_BUILDGRID_VENV / "bin" / "bgd").exists(), (
         "BuildGrid is missing: scripts/bootstrap.sh makes .cache/buildgrid-venv"
     )
     directory = Path(tempfile.mkdtemp(prefix="wr-remote-"))
     directory.chmod(0o755)
-    up = cluster("up", "--executors", "2", "--dir", str(directory))  # main, tenant-b
+    up = cluster("up", "--executors", "3", "--dir", str(directory))  # main, tenant-b, main
     assert up.returncode == 0, up.stderr
     yield directory
     cluster("down", "--dir", str(directory))
@@ -178,3 +181,81 @@ def test_two_instance_names_never_share_a_worker(tmp_path: Path, engine: Path) -
             }
     assert len(pids["main"]) == 1 and len(pids["tenant-b"]) == 1  # warm within a tenant
     assert pids["main"] != pids["tenant-b"]  # never across tenants
+
+
+def test_a_dead_remote_falls_back_to_local_when_the_config_allows(
+    tmp_path: Path, engine: Path
+) -> None:
+    root = project(tmp_path, engine)
+    config = json.loads((root / "worker.json").read_text())
+    config["remote"]["endpoint"] = f"unix://{tmp_path}/nothing.sock"
+    config["remote"]["fallback_local"] = True
+    (root / "worker.json").write_text(json.dumps(config))
+    with runtime(root) as worker:
+        env = action(root, "f", ["--out", "out/f.txt", "src/a.txt"], ["src/a.txt"], ["out/f.txt"])
+        response = worker.execute(make_command(["@f.args"], env=env))
+    assert response.exit_code == 0, response.stderr
+    assert "remote execution failed" in response.stderr and "ran locally instead" in response.stderr
+    assert (root / "out" / "f.txt").read_text().startswith("alpha\npid=")
+
+
+def test_blobs_over_the_batch_limit_go_through_bytestream(tmp_path: Path, engine: Path) -> None:
+    root = project(tmp_path, engine)
+    big = os.urandom(6 << 20).hex()[: 6 << 20]  # 6 MiB of text, over BuildGrid's 4 MiB batches
+    (root / "src" / "big.txt").write_text(big)
+    with runtime(root) as worker:
+        env = action(
+            root, "b", ["--out", "out/b.txt", "src/big.txt"], ["src/big.txt"], ["out/b.txt"]
+        )
+        response = worker.execute(make_command(["@b.args"], env=env))
+    assert response.exit_code == 0, response.stderr
+    assert (root / "out" / "b.txt").read_text().startswith(big)
+
+
+def test_a_missing_input_is_a_clear_error(tmp_path: Path, engine: Path) -> None:
+    root = project(tmp_path, engine)
+    with runtime(root) as worker:
+        env = action(
+            root, "m", ["--out", "out/m.txt", "src/gone.txt"], ["src/gone.txt"], ["out/m.txt"]
+        )
+        response = worker.execute(make_command(["@m.args"], env=env))
+    assert response.exit_code == 125
+    assert "input src/gone.txt" in response.stderr and "missing" in response.stderr
+
+
+def test_an_executor_killed_mid_action_loses_nothing(tmp_path: Path, engine: Path) -> None:
+    """SIGKILL the executor running a slow action: BuildGrid requeues the lease once the
+    bot stops renewing its session, the other executor of the instance runs it, and the
+    client's Execute stream sees it complete."""
+    root = project(tmp_path, engine)
+    (root / "src" / "a.txt").write_text(f"slow {tmp_path}\n")  # not in the action cache
+    results: list[object] = []
+    with runtime(root) as worker:
+        env = action(
+            root,
+            "k",
+            ["--sleep", "3", "--out", "out/k.txt", "src/a.txt"],
+            ["src/a.txt"],
+            ["out/k.txt"],
+        )
+        thread = threading.Thread(
+            target=lambda: results.append(worker.execute(make_command(["@k.args"], env=env)))
+        )
+        thread.start()
+        deadline = time.monotonic() + 30
+        started: list[Path] = []
+        while not started and time.monotonic() < deadline:
+            started = list(engine.glob("executors/*/actions/*/started.txt"))
+            time.sleep(0.05)
+        assert started, "the action never started"
+        name = started[0].parts[-4]  # executors/<name>/actions/<id>/started.txt
+        index = int(name.split("-")[1])
+        state = json.loads((engine / "state.json").read_text())
+        victim = state["executor_pids"][index]
+        os.kill(victim, signal.SIGKILL)
+        thread.join(timeout=120)
+    assert not thread.is_alive()
+    (response,) = results
+    assert response.exit_code == 0, response.stderr  # type: ignore[attr-defined]
+    assert (root / "out" / "k.txt").read_text().startswith(f"slow {tmp_path}\n")
+    assert cluster("up", "--executors", "3", "--dir", str(engine)).returncode == 0  # restored

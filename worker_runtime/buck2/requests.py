@@ -204,7 +204,17 @@ class RequestHandler:
             raise
         except Exception as exc:  # RemoteError, a missing input, a server fault
             LOGGER.warning("remote request failed: %s", exc)
-            return self.error(f"remote execution failed: {exc}")
+            if not self.config.remote.get("fallback_local"):
+                return self.error(f"remote execution failed: {exc}")
+            local = PreparedRequest(
+                prepared.key_env, prepared.arguments, self.input_digests(prepared.envelope)
+            )
+            response = await (
+                self._run_with_timeout(local, timeout_s) if timeout_s > 0 else self._run(local)
+            )
+            note = f"worker-runtime: note: remote execution failed ({exc}); ran locally instead\n"
+            response.stderr = note + response.stderr
+            return response
         return pb.ExecuteResponse(
             exit_code=result.exit_code,
             stderr=(result.stdout + result.stderr).decode("utf-8", "replace"),

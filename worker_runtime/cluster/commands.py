@@ -63,10 +63,12 @@ def up(layout: ClusterLayout, executors: int) -> dict[str, object]:
     state = layout.read_state()
     if buildgrid.alive(state.buildgrid_pid) and buildgrid.answers(layout):
         alive = [p for p in state.executor_pids if buildgrid.alive(p)]
-        for index in range(len(alive), executors):
-            alive.append(start_executor(layout, index))
-        state.executor_pids = alive
-        layout.write_state(state)
+        if len(alive) != len(state.executor_pids) or len(alive) != executors:
+            # Executors died or another count is wanted: a fresh set (bot ids stay unique).
+            for pid in alive:
+                buildgrid.stop(pid, grace_s=30.0)
+            state.executor_pids = [start_executor(layout, i) for i in range(executors)]
+            layout.write_state(state)
         return describe(layout)
     buildgrid.stop(state.buildgrid_pid)  # a server that no longer answers
     try:

@@ -22,6 +22,8 @@ import psutil
 from worker_runtime.protocol.framing import JsonFraming, ProtoFraming
 from worker_runtime.protocol.messages import WorkRequest, WorkResponse
 
+_SETPRIV = shutil.which("setpriv")
+
 
 @dataclass(frozen=True)
 class WorkerIdentity:
@@ -162,9 +164,12 @@ class WorkerPool:
             target.parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(source, target)
         log = home.parent / f"{home.name}.log"
+        command = [*argv, "--persistent_worker"]
+        if _SETPRIV:  # the worker dies with the executor (SIGKILL included)
+            command = [_SETPRIV, "--pdeathsig", "KILL", "--", *command]
         with open(log, "ab") as err:
             process = subprocess.Popen(
-                [*argv, "--persistent_worker"], cwd=home, env=env,
+                command, cwd=home, env=env,
                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=err,
                 start_new_session=True,
             )  # fmt: skip

@@ -76,6 +76,16 @@ def config_text(layout: ClusterLayout, driver: str) -> str:
         failure-backoff: 0.05
         jitter-factor: 0.0
         instance-names: ["{name}"]
+        # Worker affinity: the client sends the worker key as the job's locality hint;
+        # of the sampled bots with room, one that ran that key before scores highest.
+        bot-assignment-strategy: !assign-by-capacity
+          sampling: !sampling-config
+            sample-size: 64
+            max-attempts: 3
+            weights: !sampling-weights
+              priority: -10.0
+              locality: 1000.0
+              capacity: 1.0
 """
         for i, name in enumerate(INSTANCES)
     )

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import grpc
 
+from worker_runtime.executor.metrics import ExecutorMetrics
 from worker_runtime.executor.runner import ActionOutcome, ActionRunner
 from worker_runtime.executor.workers import WorkerPool
 from worker_runtime.proto import remote_execution_pb2 as re_pb2
@@ -44,6 +45,7 @@ class ExecutorSettings:
     memory_limit_mb: int | None
     worker_idle_s: float
     shutdown_grace_s: float = 30.0
+    metrics_port: int | None = None
 
 
 @dataclass
@@ -66,6 +68,7 @@ class Executor:
         )  # fmt: skip
         self.cas_by_instance: dict[str, Cas] = {}
         self.stats = Stats()
+        self.metrics = ExecutorMetrics()
         self._stop = threading.Event()
         self._wake = threading.Event()
         self._threads = ThreadPoolExecutor(max_workers=settings.capacity)
@@ -104,6 +107,8 @@ class Executor:
 
     def serve(self) -> int:
         self.settings.workdir.mkdir(parents=True, exist_ok=True)
+        if self.settings.metrics_port is not None:
+            self.metrics.serve(self.settings.metrics_port)
         session = self.bots.CreateBotSession(
             bots_pb2.CreateBotSessionRequest(
                 parent=self.settings.instance, bot_session=self._session()
@@ -187,13 +192,19 @@ class Executor:
         except Exception as exc:  # the action could not be run: INTERNAL, the server retries
             LOGGER.exception("lease %s failed", lease.id)
             self.stats.failed += 1
+            self.metrics.actions.labels(outcome="error").inc()
             lease.status.code = 13
             lease.status.message = f"executor {self.settings.bot_id}: {exc}"
             return
         self.stats.succeeded += 1
+        exit_code = outcome.result.exit_code
+        self.metrics.actions.labels(outcome="success" if exit_code == 0 else "nonzero_exit").inc()
         if outcome.mode == "persistent":
             self.stats.persistent += 1
             self.stats.reused += int(outcome.reused)
+            (self.metrics.worker_reuses if outcome.reused else self.metrics.worker_starts).inc()
+            self.metrics.warm_hit_ratio.set(self.stats.reused / self.stats.persistent)
+        self.metrics.worker_evictions.set(self.pool.evictions)
         lease.status.code = 0
         lease.result.Pack(outcome.result)
 

@@ -28,12 +28,14 @@ def main(argv: Sequence[str]) -> int:
     )
     parser.add_argument("--memory-limit", type=int, metavar="MB", help="their total memory")
     parser.add_argument("--worker-idle-timeout", type=float, default=600.0, metavar="S")
-    parser.add_argument("--metrics-port", type=int, help="Prometheus metrics (not yet)")
+    parser.add_argument(
+        "--metrics-port", type=int, help="serve Prometheus metrics on 127.0.0.1:PORT"
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     settings = ExecutorSettings(
         server=args.server, instance=args.instance, bot_id=args.bot_id, capacity=args.capacity,
         workdir=args.workdir, max_workers=args.max_workers, memory_limit_mb=args.memory_limit,
-        worker_idle_s=args.worker_idle_timeout,
+        worker_idle_s=args.worker_idle_timeout, metrics_port=args.metrics_port,
     )  # fmt: skip
     return run_executor(settings)

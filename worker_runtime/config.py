@@ -137,6 +137,8 @@ REMOTE_KEYS = {
     "credentials_file": str,
     "tls": bool,
     "fallback_local": bool,
+    "persistent": bool,
+    "cache": bool,
 }
 
 

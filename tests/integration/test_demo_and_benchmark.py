@@ -88,3 +88,9 @@ def test_ghc_worker_benchmark_writes_its_json() -> None:
 def test_haskell_example_benchmark_writes_its_json() -> None:
     data = run_benchmark("haskell_example", "--rounds", "1", "--warmup-commands", "1", timeout=600)
     assert data["compile_ratio"] > 0 and data["target_ratio"] == 3.0
+
+
+def test_remote_workers_benchmark_writes_its_json() -> None:
+    data = run_benchmark("remote_workers", "--rounds", "1", "--runs", "2", timeout=900)
+    assert data["java"]["ratio"] > 0 and data["affinity"]["requests"] > 0
+    assert data["trivial"]["cache_hit_ms"] > 0 and set(data["met"]) == set(data["targets"])

@@ -51,6 +51,8 @@ def build_action(
     blobs: Blobs,
     extra_properties: Mapping[str, str] | None = None,
     timeout_s: int = 0,
+    persistent: bool = True,
+    cacheable: bool = True,
 ) -> BuiltAction:
     """The Action for one request; every blob it needs is added to ``blobs``."""
     tools = sorted(set(config.tool_inputs))
@@ -63,9 +65,10 @@ def build_action(
     startup = list(config.command)
     key = worker_key(tool_digests, startup, environment, config.protocol)
     properties = dict(extra_properties or {})
-    properties[KEY_PROPERTY] = key
-    if config.protocol != "proto":
-        properties[PROTOCOL_PROPERTY] = config.protocol
+    if persistent:  # else a plain action: the server runs it one-shot
+        properties[KEY_PROPERTY] = key
+        if config.protocol != "proto":
+            properties[PROTOCOL_PROPERTY] = config.protocol
     outputs = tuple(sorted({safe_relative_path(o, "output path") for o in envelope.outputs}))
     command = re_pb2.Command(
         arguments=[*startup, f"@{envelope.argfile}"],
@@ -86,6 +89,7 @@ def build_action(
         command_digest=command_digest,
         input_root_digest=input_root,
         platform=platform(properties),
+        do_not_cache=not cacheable,
     )
     if timeout_s > 0:
         action.timeout.CopyFrom(duration_pb2.Duration(seconds=timeout_s))

@@ -22,6 +22,10 @@ from worker_runtime.remote.convention import UnsafePathError, safe_relative_path
 from worker_runtime.remote.merkle import Blobs
 
 
+class _NotCached(Exception):
+    """The action is marked do_not_cache: no action cache lookup."""
+
+
 class RemoteError(RuntimeError):
     """The remote side could not run the request; the message says what and where."""
 
@@ -104,6 +108,8 @@ class RemoteClient:
         """Runs the action (or finds it cached) and writes its outputs under ``root``."""
         self.capabilities()
         try:
+            if built.action.do_not_cache:
+                raise _NotCached()
             cached = self._action_cache.GetActionResult(
                 re_pb2.GetActionResultRequest(
                     instance_name=self.settings.instance,
@@ -113,6 +119,8 @@ class RemoteClient:
                 ),
                 timeout=self.settings.call_timeout_s,
             )
+        except _NotCached:
+            pass
         except grpc.RpcError as exc:
             if exc.code() != grpc.StatusCode.NOT_FOUND:
                 raise RemoteError(f"GetActionResult failed: {_describe(exc)}") from None

@@ -52,7 +52,10 @@ def forward(
     envelope = read_envelope(envelope_path, str(root))
     environment = {**manager.config.env, **key_env}
     blobs = Blobs()
+    remote = manager.config.remote
     built = build_action(
-        manager.config, envelope, environment, root, manager.digests, blobs, timeout_s=timeout_s
-    )
+        manager.config, envelope, environment, root, manager.digests, blobs,
+        timeout_s=timeout_s, persistent=bool(remote.get("persistent", True)),
+        cacheable=bool(remote.get("cache", True)),
+    )  # fmt: skip
     return client_for(settings_of(manager, timeout_s)).run(built, blobs, root)

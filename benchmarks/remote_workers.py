@@ -1,0 +1,259 @@
+"""Benchmark: remote persistent workers on the embedded engine (BuildGrid + our executor).
+
+- The Java example's 7 javac actions, sent by the runtime with routing `remote` (action
+  cache off, so each is executed): on the executor's warm javac workers, against the same
+  actions as plain one-shot `javac` on the same executor and engine.
+- A trivial action: BuildGrid's own floor (a bare Execute of an action already in CAS)
+  against the same action through the runtime and our client; and a cache hit.
+- Warm-hit ratio: 4 executors for one instance, 3 worker keys, requests in rounds; a hit
+  is a request served by a worker process that had already served its key.
+Writes benchmarks/results/remote_workers.json.
+
+Run: ``.venv/bin/python -m benchmarks.remote_workers``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import grpc
+
+from benchmarks.results import add_output_argument, emit
+from tests.starlark.build_runner import build_java_package, javac_worker_config, make_project
+from worker_runtime.buck2.emulator import Buck2Worker, make_command
+from worker_runtime.proto import remote_execution_pb2 as re_pb2
+from worker_runtime.proto import remote_execution_pb2_grpc as re_grpc
+from worker_runtime.remote.cas import Cas
+from worker_runtime.remote.merkle import Blobs, digest_key, digest_of
+
+ROOT = Path(__file__).resolve().parent.parent
+TEST_WORKER = ROOT / "tests" / "backends" / "remote_test_worker.py"
+RUNTIME = [sys.executable, "-m", "worker_runtime"]
+TARGET_JAVA_RATIO = 4.0
+TARGET_OVERHEAD_MS = 10.0
+TARGET_CACHE_HIT_MS = 25.0
+
+
+def cluster(directory: Path, *args: str) -> None:
+    subprocess.run(
+        [*RUNTIME, "cluster", *args, "--dir", str(directory)], check=True, capture_output=True
+    )
+
+
+def serve(project: Path, config: dict[str, Any]) -> Buck2Worker:
+    path = project / "buck-out" / "remote.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(config))
+    return Buck2Worker([*RUNTIME, "serve", "--config", str(path)], project_root=project)
+
+
+def remote(engine: Path, **extra: Any) -> dict[str, Any]:
+    return {"endpoint": f"unix://{engine}/run/buildgrid.sock", "instance_name": "main", **extra}
+
+
+def java(engine: Path, tmp: Path, rounds: int) -> dict[str, Any]:
+    warm_config = {**javac_worker_config(), "routing": "remote", "daemon": False,
+                   "remote": remote(engine, cache=False)}  # fmt: skip
+    oneshot_config = {"command": ["javac"], "routing": "remote", "daemon": False,
+                      "remote": remote(engine, cache=False, persistent=False)}  # fmt: skip
+    out: dict[str, Any] = {}
+    for name, config, warmup in (("warm", warm_config, 2), ("oneshot", oneshot_config, 0)):
+        (tmp / name).mkdir()
+        project = make_project(tmp / name)
+        samples = []
+        with serve(project, config) as worker:
+            for i in range(warmup + rounds):
+                shutil.rmtree(project / "buck-out" / "v2", ignore_errors=True)
+                result = build_java_package(project, "examples/java", worker=worker, jobs=2)
+                if i >= warmup:
+                    samples.append(result.seconds("javac"))
+        out[name] = {"javac_actions_s": statistics.median(samples)}
+    out["ratio"] = out["oneshot"]["javac_actions_s"] / out["warm"]["javac_actions_s"]
+    return out
+
+
+def trivial_project(tmp: Path) -> Path:
+    project = tmp / "trivial"
+    (project / "tools").mkdir(parents=True)
+    shutil.copy(TEST_WORKER, project / "tools" / "worker.py")
+    (project / "in.txt").write_text("x\n")
+    (project / "t.args").write_text("--out\nout/t.txt\nin.txt\n")
+    envelope = {"argfile": "t.args", "inputs": ["in.txt"], "outputs": ["out/t.txt"], "version": 1}
+    (project / "t.envelope.json").write_text(json.dumps(envelope))
+    return project
+
+
+def overhead(engine: Path, tmp: Path, runs: int) -> dict[str, Any]:
+    """The same one-shot trivial action: a bare Execute (BuildGrid's floor) vs. through
+    the runtime and our client (digests, FindMissingBlobs, outputs written back)."""
+    project = trivial_project(tmp)
+    config = {"command": ["python3", "tools/worker.py"], "protocol": "json", "daemon": False,
+              "tool_inputs": ["tools/worker.py"], "routing": "remote",
+              "remote": remote(engine, cache=False, persistent=False)}  # fmt: skip
+    env = {"WORKER_RUNTIME_ENVELOPE": "t.envelope.json"}
+    through: list[float] = []
+    with serve(project, config) as worker:
+        for i in range(runs + 2):
+            start = time.perf_counter()
+            response = worker.execute(make_command(["@t.args"], env=env))
+            if response.exit_code != 0:
+                raise RuntimeError(response.stderr)
+            if i >= 2:
+                through.append((time.perf_counter() - start) * 1000)
+    # The floor: the same kind of action, built once and uploaded, then Execute alone.
+    channel = grpc.insecure_channel(f"unix://{engine}/run/buildgrid.sock")
+    cas = Cas(channel, "main", 4 << 20)
+    blobs = Blobs()
+    directory = re_pb2.Directory()
+    for name in ("in.txt", "t.args"):
+        data = (project / name).read_bytes()
+        digest = digest_of(data)
+        blobs.data[digest_key(digest)] = data
+        directory.files.add(name=name, digest=digest)
+    tools = re_pb2.Directory()
+    data = (project / "tools" / "worker.py").read_bytes()
+    blobs.data[digest_key(digest_of(data))] = data
+    tools.files.add(name="worker.py", digest=digest_of(data))
+    tools_data = tools.SerializeToString(deterministic=True)
+    blobs.data[digest_key(digest_of(tools_data))] = tools_data
+    directory.directories.add(name="tools", digest=digest_of(tools_data))
+    root_data = directory.SerializeToString(deterministic=True)
+    blobs.data[digest_key(digest_of(root_data))] = root_data
+    command = re_pb2.Command(
+        arguments=["python3", "tools/worker.py", "@t.args"], output_paths=["out/t.txt"]
+    )
+    command_data = command.SerializeToString(deterministic=True)
+    blobs.data[digest_key(digest_of(command_data))] = command_data
+    action = re_pb2.Action(
+        command_digest=digest_of(command_data),
+        input_root_digest=digest_of(root_data),
+        do_not_cache=True,
+    )
+    action_data = action.SerializeToString(deterministic=True)
+    blobs.data[digest_key(digest_of(action_data))] = action_data
+    cas.upload_missing(blobs)
+    execution = re_grpc.ExecutionStub(channel)
+    floor: list[float] = []
+    for i in range(runs + 2):
+        start = time.perf_counter()
+        for operation in execution.Execute(
+            re_pb2.ExecuteRequest(instance_name="main", action_digest=digest_of(action_data)),
+            timeout=60,
+        ):
+            if operation.done:
+                break
+        if i >= 2:
+            floor.append((time.perf_counter() - start) * 1000)
+    channel.close()
+    result = {
+        "floor_ms": statistics.median(floor),
+        "through_runtime_ms": statistics.median(through),
+    }
+    result["overhead_ms"] = result["through_runtime_ms"] - result["floor_ms"]
+    return result
+
+
+def cache_hit(engine: Path, tmp: Path, runs: int) -> dict[str, Any]:
+    project = trivial_project(tmp / "cache")
+    config = {"command": ["python3", "tools/worker.py"], "protocol": "json", "daemon": False,
+              "tool_inputs": ["tools/worker.py"], "routing": "remote", "remote": remote(engine)}  # fmt: skip
+    env = {"WORKER_RUNTIME_ENVELOPE": "t.envelope.json"}
+    samples: list[float] = []
+    with serve(project, config) as worker:
+        for i in range(runs + 1):
+            start = time.perf_counter()
+            response = worker.execute(make_command(["@t.args"], env=env))
+            if response.exit_code != 0:
+                raise RuntimeError(response.stderr)
+            if i >= 1:  # the first one executes and fills the cache
+                samples.append((time.perf_counter() - start) * 1000)
+    return {"cache_hit_ms": statistics.median(samples)}
+
+
+def warm_hits(tmp: Path, rounds: int) -> dict[str, Any]:
+    """4 executors of one instance, 3 worker keys (3 versions of the worker's script)."""
+    engine = Path(tempfile.mkdtemp(prefix="wr-bench-affinity-"))
+    engine.chmod(0o755)
+    try:
+        cluster(engine, "up", "--executors", "7")  # 4 for main, 3 for tenant-b
+        seen: dict[int, set[str]] = {k: set() for k in range(3)}
+        hits = total = 0
+        workers = []
+        for key in range(3):
+            project = trivial_project(tmp / f"key{key}")
+            (project / "tools" / "worker.py").write_text(
+                TEST_WORKER.read_text() + f"\n# key {key}\n"
+            )
+            config = {"command": ["python3", "tools/worker.py"], "protocol": "json", "daemon": False,
+                      "tool_inputs": ["tools/worker.py"], "routing": "remote",
+                      "remote": remote(engine, cache=False)}  # fmt: skip
+            workers.append((project, serve(project, config).start()))
+        env = {"WORKER_RUNTIME_ENVELOPE": "t.envelope.json"}
+        try:
+            for round_ in range(rounds + 1):
+                for key, (project, worker) in enumerate(workers):
+                    response = worker.execute(make_command(["@t.args"], env=env))
+                    if response.exit_code != 0:
+                        raise RuntimeError(response.stderr)
+                    pid = (project / "out" / "t.txt").read_text().split("pid=")[1].strip()
+                    if round_ >= 1:  # after warm-up
+                        total += 1
+                        hits += pid in seen[key]
+                    seen[key].add(pid)
+        finally:
+            for _, worker in workers:
+                worker.terminate()
+                worker.cleanup()
+        return {"executors": 4, "keys": 3, "requests": total, "warm_hit_ratio": hits / total,
+                "worker_processes_per_key": [len(p) for p in seen.values()]}  # fmt: skip
+    finally:
+        cluster(engine, "down")
+        shutil.rmtree(engine, ignore_errors=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--runs", type=int, default=20)
+    add_output_argument(parser, "remote_workers")
+    args = parser.parse_args(argv)
+    tmp = Path(tempfile.mkdtemp(prefix="wr-bench-remote-"))
+    engine = Path(tempfile.mkdtemp(prefix="wr-bench-engine-"))
+    engine.chmod(0o755)
+    result: dict[str, Any] = {
+        "targets": {"java_ratio": TARGET_JAVA_RATIO, "overhead_ms": TARGET_OVERHEAD_MS,
+                    "cache_hit_ms": TARGET_CACHE_HIT_MS, "warm_hit_ratio": 0.9},
+    }  # fmt: skip
+    try:
+        cluster(engine, "up", "--executors", "1")
+        result["java"] = java(engine, tmp, args.rounds)
+        result["trivial"] = overhead(engine, tmp, args.runs)
+        result["trivial"].update(cache_hit(engine, tmp, args.runs))
+    finally:
+        cluster(engine, "down")
+        shutil.rmtree(engine, ignore_errors=True)
+    try:
+        result["affinity"] = warm_hits(tmp, args.rounds * 3)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    result["met"] = {
+        "java_ratio": result["java"]["ratio"] >= TARGET_JAVA_RATIO,
+        "overhead_ms": result["trivial"]["overhead_ms"] <= TARGET_OVERHEAD_MS,
+        "cache_hit_ms": result["trivial"]["cache_hit_ms"] <= TARGET_CACHE_HIT_MS,
+        "warm_hit_ratio": result["affinity"]["warm_hit_ratio"] >= 0.9,
+    }
+    emit(result, args.output)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -38,6 +39,17 @@ class Cas:
         self.timeout_s = timeout_s
         self._cas = re_grpc.ContentAddressableStorageStub(channel)
         self._bytestream = bytestream_pb2_grpc.ByteStreamStub(channel)
+        #: Blobs this client uploaded or saw present recently: no FindMissingBlobs for
+        #: them. A server that evicted one makes the request fail; forget() and retry.
+        self._present: dict[tuple[str, int], float] = {}
+        self._present_ttl_s = 600.0
+
+    def forget(self) -> None:
+        self._present.clear()
+
+    def _known(self, digest: re_pb2.Digest, now: float) -> bool:
+        seen = self._present.get(digest_key(digest))
+        return seen is not None and now - seen < self._present_ttl_s
 
     def find_missing(self, digests: list[re_pb2.Digest]) -> list[re_pb2.Digest]:
         missing: list[re_pb2.Digest] = []
@@ -53,7 +65,13 @@ class Cas:
 
     def upload_missing(self, blobs: Blobs) -> int:
         """Uploads the blobs the server lacks; returns how many were sent."""
-        missing = self.find_missing([d for d in blobs.digests() if d.size_bytes > 0])
+        now = time.monotonic()
+        unknown = [d for d in blobs.digests() if d.size_bytes > 0 and not self._known(d, now)]
+        missing = self.find_missing(unknown) if unknown else []
+        missing_keys = {digest_key(d) for d in missing}
+        for digest in unknown:
+            if digest_key(digest) not in missing_keys:
+                self._present[digest_key(digest)] = now
         batch: list[tuple[re_pb2.Digest, bytes]] = []
         size = 0
         for digest in missing:
@@ -71,6 +89,10 @@ class Cas:
             size += len(data) + PER_BLOB_OVERHEAD
         if batch:
             self._batch_update(batch)
+        for digest in missing:
+            self._present[digest_key(digest)] = now
+        if len(self._present) > 200_000:
+            self._present.clear()
         return len(missing)
 
     def _batch_update(self, batch: list[tuple[re_pb2.Digest, bytes]]) -> None:
@@ -115,6 +137,41 @@ class Cas:
                 f"{response.committed_size} bytes"
             )
 
+    def read_many(self, digests: list[re_pb2.Digest]) -> dict[tuple[str, int], bytes]:
+        """Several blobs, the small ones in as few BatchReadBlobs calls as the limit allows."""
+        found: dict[tuple[str, int], bytes] = {}
+        small: list[re_pb2.Digest] = []
+        for digest in digests:
+            key = digest_key(digest)
+            if digest.size_bytes == 0:
+                found[key] = b""
+            elif digest.size_bytes + PER_BLOB_OVERHEAD > self.batch_limit:
+                found[key] = self.read(digest)
+            elif key not in found and all(digest_key(d) != key for d in small):
+                small.append(digest)
+        batch: list[re_pb2.Digest] = []
+        size = 0
+        pending: list[re_pb2.Digest | None] = [*small, None]
+        for entry in pending:
+            if entry is None or size + entry.size_bytes + PER_BLOB_OVERHEAD > self.batch_limit:
+                if batch:
+                    response = self._cas.BatchReadBlobs(
+                        re_pb2.BatchReadBlobsRequest(instance_name=self.instance, digests=batch),
+                        timeout=self.timeout_s,
+                    )
+                    for answer in response.responses:
+                        if answer.status.code != 0:
+                            raise CasError(
+                                f"blob {answer.digest.hash}/{answer.digest.size_bytes} could not "
+                                f"be read: {answer.status.message} (code {answer.status.code})"
+                            )
+                        found[digest_key(answer.digest)] = bytes(answer.data)
+                batch, size = [], 0
+            if entry is not None:
+                batch.append(entry)
+                size += entry.size_bytes + PER_BLOB_OVERHEAD
+        return found
+
     def read(self, digest: re_pb2.Digest) -> bytes:
         if digest.size_bytes == 0:
             return b""
@@ -139,13 +196,20 @@ class Cas:
         ]
         return b"".join(parts)
 
-    def read_to(self, digest: re_pb2.Digest, target: Path, executable: bool = False) -> None:
-        """Writes the blob to ``target`` atomically (a temporary file, then a rename)."""
+    def read_to(
+        self,
+        digest: re_pb2.Digest,
+        target: Path,
+        executable: bool = False,
+        data: bytes | None = None,
+    ) -> None:
+        """Writes the blob (or ``data``, already read) to ``target`` atomically (a
+        temporary file, then a rename)."""
         target.parent.mkdir(parents=True, exist_ok=True)
         handle, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.")
         try:
             with os.fdopen(handle, "wb") as out:
-                out.write(self.read(digest))
+                out.write(self.read(digest) if data is None else data)
             os.chmod(tmp, 0o755 if executable else 0o644)
             os.replace(tmp, target)
         except BaseException:

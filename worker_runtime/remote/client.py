@@ -19,7 +19,7 @@ from worker_runtime.proto.google.rpc import error_details_pb2
 from worker_runtime.remote.action import BuiltAction
 from worker_runtime.remote.cas import Cas
 from worker_runtime.remote.convention import UnsafePathError, safe_relative_path
-from worker_runtime.remote.merkle import Blobs
+from worker_runtime.remote.merkle import Blobs, digest_key
 
 
 class _NotCached(Exception):
@@ -129,6 +129,12 @@ class RemoteClient:
         try:
             self.cas.upload_missing(blobs)
             response = self._execute(built)
+            if response.status.code != 0:
+                # Perhaps a blob this client believed present was evicted: check them all
+                # again and run once more.
+                self.cas.forget()
+                self.cas.upload_missing(blobs)
+                response = self._execute(built)
         except grpc.RpcError as exc:
             raise RemoteError(f"remote execution failed: {_describe(exc)}") from None
         if response.status.code != 0:
@@ -170,16 +176,21 @@ class RemoteClient:
         self, result: re_pb2.ActionResult, built: BuiltAction, root: Path, cached: bool
     ) -> RemoteResult:
         wanted = set(built.outputs)
-        for output in result.output_files:
-            path = _checked(output.path, wanted)
-            self.cas.read_to(output.digest, root / path, output.is_executable)
-        for directory in result.output_directories:
-            path = _checked(directory.path, wanted)
+        files = [(o, _checked(o.path, wanted)) for o in result.output_files]
+        directories = [(d, _checked(d.path, wanted)) for d in result.output_directories]
+        # One round trip for the small blobs: output files, trees, stdout and stderr.
+        digests = [o.digest for o, _ in files] + [d.tree_digest for d, _ in directories]
+        digests += [d for d in (result.stdout_digest, result.stderr_digest) if d.hash]
+        blobs = self.cas.read_many(digests)
+        for output, path in files:
+            data = blobs[digest_key(output.digest)]
+            self.cas.read_to(output.digest, root / path, output.is_executable, data)
+        for directory, path in directories:
             tree = re_pb2.Tree()
-            tree.ParseFromString(self.cas.read(directory.tree_digest))
+            tree.ParseFromString(blobs[digest_key(directory.tree_digest)])
             self._write_tree(tree, root / path)
-        stdout = result.stdout_raw or self._read_optional(result.stdout_digest)
-        stderr = result.stderr_raw or self._read_optional(result.stderr_digest)
+        stdout = result.stdout_raw or blobs.get(digest_key(result.stdout_digest), b"")
+        stderr = result.stderr_raw or blobs.get(digest_key(result.stderr_digest), b"")
         return RemoteResult(
             result.exit_code, stdout, stderr, cached, result.execution_metadata.worker
         )

@@ -161,7 +161,7 @@ def test_socket_path_too_long_is_a_clear_error(tmp_path: Path) -> None:
     assert "a Unix socket path may have at most 107" in result.stderr
 
 
-def test_routing_other_than_local_is_a_clear_per_request_error(
+def test_remote_routing_without_an_envelope_is_a_clear_per_request_error(
     start_runtime: StartRuntime, tmp_path: Path
 ) -> None:
     config = tmp_path / "c.json"
@@ -171,4 +171,16 @@ def test_routing_other_than_local_is_a_clear_per_request_error(
     worker = start_runtime(fake_backend(), ["--config", str(config)])
     response = worker.run("echo", "x")
     assert response.exit_code == RUNTIME_ERROR_EXIT_CODE
-    assert "routing `remote`" in response.stderr and "set `routing = local`" in response.stderr
+    assert "routing `remote` needs the envelope" in response.stderr
+    assert "register it with worker_run" in response.stderr
+
+
+def test_race_routing_is_a_clear_per_request_error(
+    start_runtime: StartRuntime, tmp_path: Path
+) -> None:
+    config = tmp_path / "c.json"
+    config.write_text(json.dumps({"routing": "race", "remote": {"endpoint": "grpc://127.0.0.1:1"}}))
+    worker = start_runtime(fake_backend(), ["--config", str(config)])
+    response = worker.run("echo", "x")
+    assert response.exit_code == RUNTIME_ERROR_EXIT_CODE
+    assert "routing `race`" in response.stderr and "not in this version" in response.stderr

@@ -259,3 +259,41 @@ def test_an_executor_killed_mid_action_loses_nothing(tmp_path: Path, engine: Pat
     assert response.exit_code == 0, response.stderr  # type: ignore[attr-defined]
     assert (root / "out" / "k.txt").read_text().startswith(f"slow {tmp_path}\n")
     assert cluster("up", "--executors", "3", "--dir", str(engine)).returncode == 0  # restored
+
+
+def test_auto_runs_locally_while_a_local_slot_is_free_and_overflows_to_remote(
+    tmp_path: Path, engine: Path
+) -> None:
+    root = project(tmp_path, engine)
+    (root / "src" / "a.txt").write_text(f"auto {tmp_path}\n")
+    config = json.loads((root / "worker.json").read_text())
+    config.update(routing="auto", max_instances=1)
+    (root / "worker.json").write_text(json.dumps(config))
+    with runtime(root) as worker:
+
+        def run(name: str, *args: str) -> None:
+            env = action(
+                root,
+                name,
+                [*args, "--out", f"out/{name}.txt", "src/a.txt"],
+                ["src/a.txt"],
+                [f"out/{name}.txt"],
+            )
+            response = worker.execute(make_command([f"@{name}.args"], env=env))
+            assert response.exit_code == 0, response.stderr
+
+        slow = threading.Thread(target=run, args=("a", "--sleep", "2"))
+        slow.start()
+        deadline = time.monotonic() + 30
+        while not (root / "started.txt").exists() and time.monotonic() < deadline:
+            time.sleep(0.02)  # the local backend writes it in the project (no sandbox_dir)
+        run("b")  # the one local slot is busy: remote
+        slow.join(timeout=60)
+        run("c")  # the slot is free again: local, on the same warm backend
+
+    def pid(name: str) -> int:
+        return int((root / "out" / f"{name}.txt").read_text().split("pid=")[1])
+
+    assert pid("a") == pid("c")  # local and warm
+    assert pid("b") != pid("a")
+    assert (root / "started.txt").read_text() == str(pid("a"))  # a ran in the project: locally

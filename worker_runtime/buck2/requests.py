@@ -113,7 +113,7 @@ class RequestHandler:
             timeout = command.timeout_s if command.HasField("timeout_s") else 0
             if not timeout and self.config.default_timeout_s is not None:
                 timeout = int(self.config.default_timeout_s)
-            if prepared.envelope:
+            if prepared.envelope and self._goes_remote(prepared):
                 return await self._run_remote(prepared, timeout)
             if timeout > 0:
                 return await self._run_with_timeout(prepared, timeout)
@@ -133,11 +133,11 @@ class RequestHandler:
                 self._idle.set()
 
     def prepare(self, command: pb.ExecuteCommand) -> PreparedRequest:
-        if self.config.routing in ("auto", "race"):
+        if self.config.routing == "race":
             raise RequestError(
-                f"routing `{self.config.routing}` (from [persistent_workers] routing, through the "
-                "execution platform) is not in this version of worker-runtime yet; use `local` "
-                "or `remote` in the [persistent_workers] section of .buckconfig"
+                "routing `race` (from [persistent_workers] routing, through the execution "
+                "platform) is not in this version of worker-runtime yet; use `local`, `remote` "
+                "or `auto` in the [persistent_workers] section of .buckconfig"
             )
         args: list[str] = []
         for index, raw in enumerate(command.argv):
@@ -164,6 +164,11 @@ class RequestHandler:
                 except UnicodeDecodeError:
                     raise RequestError(f"environment variable {name} is not valid UTF-8") from None
         key_env = tuple(sorted(found.items()))
+        if self.config.routing == "auto" and envelope_path:
+            # Local while the key's pool has a free slot, else remote: both are ready.
+            return PreparedRequest(
+                key_env, arguments, self.input_digests(envelope_path), envelope_path
+            )
         if self.config.routing == "remote":
             if not envelope_path:
                 raise RequestError(
@@ -190,6 +195,12 @@ class RequestHandler:
             if digest is not None:
                 inputs.append(WorkInput(path, digest.encode("ascii")))
         return tuple(inputs)
+
+    def _goes_remote(self, prepared: PreparedRequest) -> bool:
+        if self.config.routing != "auto":
+            return True
+        pool = self.manager.pool_for(self.manager.key_for(prepared.key_env))
+        return not pool.has_free_slot()
 
     async def _run_remote(self, prepared: PreparedRequest, timeout_s: int) -> pb.ExecuteResponse:
         """Forwards the request through the Remote Execution API (in a thread: the REAPI

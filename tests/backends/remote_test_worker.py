@@ -1,7 +1,7 @@
 """A persistent worker for the remote execution tests (JSON protocol; honours
 sandbox_dir). A request `--out PATH FILE...` writes to PATH (in the sandbox) the files'
 contents, then `pid=<its PID>` so a test can tell which process ran it (`--sleep S`
-first makes it slow). `--escape PATH`
+first makes it slow). `--link OUT TARGET` makes the output a symlink. `--escape PATH`
 writes PATH outside the sandbox instead (a malicious worker). Without
 --persistent_worker it does the same once, from its @argfile (the one-shot fallback)."""
 
@@ -19,6 +19,11 @@ def run(arguments: list[str], root: Path) -> tuple[int, str]:
         (root / "started.txt").write_text(str(os.getpid()))
         time.sleep(float(arguments[1]))
         arguments = arguments[2:]
+    if arguments[:1] == ["--link"]:  # an output that is a symlink to elsewhere
+        link = root / arguments[1]
+        link.parent.mkdir(parents=True, exist_ok=True)
+        link.symlink_to(arguments[2])
+        return 0, ""
     if arguments[:1] == ["--escape"]:
         target = Path(arguments[1])
         target.write_text("escaped\n")

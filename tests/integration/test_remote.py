@@ -297,3 +297,16 @@ def test_auto_runs_locally_while_a_local_slot_is_free_and_overflows_to_remote(
     assert pid("a") == pid("c")  # local and warm
     assert pid("b") != pid("a")
     assert (root / "started.txt").read_text() == str(pid("a"))  # a ran in the project: locally
+
+
+def test_an_output_that_is_a_symlink_out_of_the_action_is_refused(
+    tmp_path: Path, engine: Path
+) -> None:
+    root = project(tmp_path, engine)
+    with runtime(root) as worker:
+        env = action(root, "l", ["--link", "out/l.txt", "/etc/hostname"], [], ["out/l.txt"])
+        response = worker.execute(make_command(["@l.args"], env=env))
+    assert response.exit_code == 125
+    assert "code 3" in response.stderr  # INVALID_ARGUMENT: refused, not retried
+    assert "leaves the action's directory" in response.stderr or "symlink" in response.stderr
+    assert not (root / "out" / "l.txt").exists()

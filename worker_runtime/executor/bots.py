@@ -17,7 +17,7 @@ from pathlib import Path
 import grpc
 
 from worker_runtime.executor.metrics import ExecutorMetrics
-from worker_runtime.executor.runner import ActionOutcome, ActionRunner
+from worker_runtime.executor.runner import ActionError, ActionOutcome, ActionRunner
 from worker_runtime.executor.workers import WorkerPool
 from worker_runtime.proto import remote_execution_pb2 as re_pb2
 from worker_runtime.proto.google.devtools.remoteworkers.v1test2 import (
@@ -26,6 +26,7 @@ from worker_runtime.proto.google.devtools.remoteworkers.v1test2 import (
     worker_pb2,
 )
 from worker_runtime.remote.cas import Cas
+from worker_runtime.remote.convention import UnsafePathError
 
 LOGGER = logging.getLogger(__name__)
 #: How long an idle bot lets the server hold an UpdateBotSession (BuildGrid hands out no
@@ -189,6 +190,12 @@ class Executor:
         lease.state = bots_pb2.COMPLETED
         try:
             outcome = future.result()
+        except (ActionError, UnsafePathError) as exc:  # the action itself is wrong: no retry
+            self.stats.failed += 1
+            self.metrics.actions.labels(outcome="invalid").inc()
+            lease.status.code = 3  # INVALID_ARGUMENT
+            lease.status.message = f"executor {self.settings.bot_id}: {exc}"
+            return
         except Exception as exc:  # the action could not be run: INTERNAL, the server retries
             LOGGER.exception("lease %s failed", lease.id)
             self.stats.failed += 1

@@ -10,31 +10,13 @@ Run: ``.venv/bin/python -m benchmarks.java_example``.
 from __future__ import annotations
 
 import argparse
-import shutil
-import statistics
 import sys
-import tempfile
-import time
-from pathlib import Path
-from typing import Any
 
+from benchmarks.example_builds import compare_builds
 from benchmarks.results import add_output_argument, emit
-from tests.starlark.build_runner import (
-    build_java_package,
-    javac_worker,
-    javac_worker_config,
-    make_project,
-)
-from worker_runtime.daemon.commands import private_daemon_dir
+from tests.starlark.build_runner import build_java_package, javac_worker_config
 
 TARGET_RATIO = 4.0
-
-
-def timed_build(project: Path, worker: Any) -> tuple[float, float]:
-    """A clean build of the example in ``project`` (whose buck-out holds no outputs)."""
-    start = time.perf_counter()
-    result = build_java_package(project, "examples/java", worker=worker, jobs=2)
-    return time.perf_counter() - start, result.seconds("javac")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -45,37 +27,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     add_output_argument(parser, "java_example")
     args = parser.parse_args(argv)
-    tmp = Path(tempfile.mkdtemp(prefix="java-example-bench-"))
-    result: dict[str, Any] = {"target_ratio": TARGET_RATIO, "jobs": 2}
-    try:
-        cold = []
-        for i in range(args.rounds):
-            (tmp / f"cold{i}").mkdir()
-            cold.append(timed_build(make_project(tmp / f"cold{i}"), None))
-        config = javac_worker_config()
-        warm: list[tuple[float, float]] = []
-        (tmp / "warm").mkdir()
-        project = make_project(tmp / "warm")  # one checkout, built again in every command
-        with private_daemon_dir("wrj-"):
-            # Each build is one Buck2 command with its own front; the daemon outlives them.
-            for i in range(args.warmup_commands + args.rounds):
-                shutil.rmtree(project / "buck-out", ignore_errors=True)
-                with javac_worker(project, config, []) as worker:
-                    timing = timed_build(project, worker)
-                if i >= args.warmup_commands:
-                    warm.append(timing)
-        for name, runs in (("cold", cold), ("warm", warm)):
-            result[name] = {
-                "build_wall_s": statistics.median(r[0] for r in runs),
-                "compile_actions_s": statistics.median(r[1] for r in runs),
-            }
-        result["compile_ratio"] = (
-            result["cold"]["compile_actions_s"] / result["warm"]["compile_actions_s"]
-        )
-        result["build_wall_ratio"] = result["cold"]["build_wall_s"] / result["warm"]["build_wall_s"]
-        result["met"] = result["compile_ratio"] >= TARGET_RATIO
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    result = compare_builds(
+        "examples/java", build_java_package, javac_worker_config(), "javac_worker", "javac",
+        args.rounds, args.warmup_commands, TARGET_RATIO,
+    )  # fmt: skip
     emit(result, args.output)
     return 0
 

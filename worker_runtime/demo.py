@@ -25,6 +25,7 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 from worker_runtime.buck2.emulator import Buck2Worker, make_command
 from worker_runtime.daemon.commands import private_daemon_dir
@@ -149,8 +150,23 @@ def warm_build(root: Path, actions: int, jobs: int, mode: str, label: str) -> Ph
     return PhaseResult(mode, wall, statistics.median(durations) * 1000, actions)
 
 
+BuildRun = Callable[[Path, Any, int], JavaBuild]
+
+
+def three_builds(
+    root: Path, jobs: int, targets: Any, cold: BuildRun, warm: BuildRun
+) -> dict[str, JavaBuild]:
+    """Cold processes, then two warm commands (the first starts the daemon's backends)."""
+    results = {}
+    for mode, run in (("cold", cold), ("warm1", warm), ("warm2", warm)):
+        shutil.rmtree(root / "out", ignore_errors=True)
+        results[mode] = run(root, targets, jobs)
+        sys.stderr.write(f"  {mode:<28} {results[mode].wall_s:.2f} s\n")
+    return results
+
+
 def java_builds(root: Path, jobs: int) -> dict[str, JavaBuild]:
-    """examples/java's compile actions: cold javac processes, then two warm commands."""
+    """examples/java's compile actions, one per target."""
     root.mkdir(parents=True)
     targets = read_targets()
     write_argfiles(root, targets)
@@ -159,35 +175,11 @@ def java_builds(root: Path, jobs: int) -> dict[str, JavaBuild]:
         f"Compiling examples/java ({classes} classes, {len(targets)} targets), {jobs} at a time:",
         file=sys.stderr,
     )
-    results = {}
-    for mode, run in (("cold", cold_java), ("warm1", warm_java), ("warm2", warm_java)):
-        shutil.rmtree(root / "out", ignore_errors=True)
-        results[mode] = run(root, targets, jobs)
-        sys.stderr.write(f"  {mode:<28} {results[mode].wall_s:.2f} s\n")
-    return results
-
-
-def print_java(java: dict[str, JavaBuild]) -> None:
-    rows = [
-        ("cold: a javac process per target", java["cold"]),
-        ("1st command: starts the JVM", java["warm1"]),
-        ("2nd command: warm javac worker", java["warm2"]),
-    ]
-    print()
-    print(
-        f"{'examples/java (7 compile actions)':<40} {'build wall time':>16} {'per action (median)':>20}"
-    )
-    for label, phase in rows:
-        print(f"{label:<40} {phase.wall_s:>14.2f} s {phase.action_median_ms:>17.2f} ms")
-    cold, warm = java["cold"], java["warm2"]
-    print(
-        f"\nThe warm javac worker compiled the example {cold.wall_s / warm.wall_s:.1f}x faster "
-        f"({cold.action_median_ms / warm.action_median_ms:.0f}x per action) in the 2nd command."
-    )
+    return three_builds(root, jobs, targets, cold_java, warm_java)
 
 
 def haskell_builds(root: Path, jobs: int) -> dict[str, JavaBuild]:
-    """examples/haskell's per-module compiles: cold ghc processes, then two warm commands."""
+    """examples/haskell's per-module compiles."""
     root.mkdir(parents=True)
     targets = read_haskell_targets()
     modules = sum(len(t.srcs) for t in targets.values())
@@ -196,32 +188,40 @@ def haskell_builds(root: Path, jobs: int) -> dict[str, JavaBuild]:
         f"{jobs} targets at a time:",
         file=sys.stderr,
     )
-    results = {}
-    for mode, run in (("cold", cold_haskell), ("warm1", warm_haskell), ("warm2", warm_haskell)):
-        shutil.rmtree(root / "out", ignore_errors=True)
-        results[mode] = run(root, targets, jobs)
-        sys.stderr.write(f"  {mode:<28} {results[mode].wall_s:.2f} s\n")
-    return results
+    return three_builds(root, jobs, targets, cold_haskell, warm_haskell)
+
+
+def print_builds(
+    title: str, labels: tuple[str, str, str], unit: str, tool: str, builds: dict[str, JavaBuild]
+) -> None:
+    print()
+    print(f"{title:<40} {'build wall time':>16} {f'per {unit} (median)':>20}")
+    for label, mode in zip(labels, ("cold", "warm1", "warm2"), strict=True):
+        phase = builds[mode]
+        print(f"{label:<40} {phase.wall_s:>14.2f} s {phase.action_median_ms:>17.2f} ms")
+    cold, warm = builds["cold"], builds["warm2"]
+    print(
+        f"\nThe warm {tool} compiled the example {cold.wall_s / warm.wall_s:.1f}x faster "
+        f"({cold.action_median_ms / warm.action_median_ms:.1f}x per {unit}) in the 2nd command."
+    )
+
+
+def print_java(java: dict[str, JavaBuild]) -> None:
+    labels = (
+        "cold: a javac process per target",
+        "1st command: starts the JVM",
+        "2nd command: warm javac worker",
+    )
+    print_builds("examples/java (7 compile actions)", labels, "action", "javac worker", java)
 
 
 def print_haskell(haskell: dict[str, JavaBuild]) -> None:
-    rows = [
-        ("cold: a ghc process per module", haskell["cold"]),
-        ("1st command: starts GHC sessions", haskell["warm1"]),
-        ("2nd command: warm GHC worker", haskell["warm2"]),
-    ]
-    print()
-    print(
-        f"{'examples/haskell (17 module compiles)':<40} {'build wall time':>16} "
-        f"{'per module (median)':>20}"
+    labels = (
+        "cold: a ghc process per module",
+        "1st command: starts GHC sessions",
+        "2nd command: warm GHC worker",
     )
-    for label, phase in rows:
-        print(f"{label:<40} {phase.wall_s:>14.2f} s {phase.action_median_ms:>17.2f} ms")
-    cold, warm = haskell["cold"], haskell["warm2"]
-    print(
-        f"\nThe warm GHC worker compiled the example {cold.wall_s / warm.wall_s:.1f}x faster "
-        f"({cold.action_median_ms / warm.action_median_ms:.1f}x per module) in the 2nd command."
-    )
+    print_builds("examples/haskell (17 module compiles)", labels, "module", "GHC worker", haskell)
 
 
 def same_outputs(root: Path, actions: int) -> bool:

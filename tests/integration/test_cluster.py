@@ -6,9 +6,7 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -16,28 +14,15 @@ from typing import Any
 import psutil
 import pytest
 
-from tests.conftest import REPO_ROOT, RUNTIME, wait_gone
+from tests.clusters import cluster, private_cluster
+from tests.conftest import wait_gone
 from worker_runtime.cluster.layout import DEFAULT_BUILDGRID_VENV
 
 
 @pytest.fixture
 def cluster_dir() -> Iterator[Path]:
-    assert (DEFAULT_BUILDGRID_VENV / "bin" / "bgd").exists(), (
-        "BuildGrid is missing: scripts/bootstrap.sh makes .cache/buildgrid-venv"
-    )
-    # Not under pytest's 0700 tmp: as root, PostgreSQL runs as the postgres user.
-    directory = Path(tempfile.mkdtemp(prefix="wr-cluster-"))
-    directory.chmod(0o755)
-    yield directory
-    cluster("down", "--dir", str(directory))
-    shutil.rmtree(directory, ignore_errors=True)
-
-
-def cluster(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [*RUNTIME, "cluster", *args], cwd=REPO_ROOT, capture_output=True, text=True,
-        timeout=180, env=env,
-    )  # fmt: skip
+    with private_cluster() as directory:
+        yield directory
 
 
 def status(directory: Path) -> dict[str, dict[str, object]]:

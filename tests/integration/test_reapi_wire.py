@@ -7,10 +7,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import shutil
-import subprocess
-import sys
-import tempfile
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,8 +15,7 @@ import grpc
 import pytest
 from google.protobuf.message import Message
 
-from tests.conftest import REPO_ROOT
-from worker_runtime.cluster.layout import DEFAULT_BUILDGRID_VENV
+from tests.clusters import private_cluster
 from worker_runtime.proto import remote_execution_pb2 as re_pb2
 from worker_runtime.proto import remote_execution_pb2_grpc as re_grpc
 from worker_runtime.proto.google.bytestream import bytestream_pb2 as bs_pb2
@@ -37,29 +32,10 @@ MiB = 1024 * 1024
 pytestmark = pytest.mark.timeout(300)
 
 
-def cluster(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "worker_runtime", "cluster", *args],
-        cwd=REPO_ROOT, capture_output=True, text=True, timeout=180,
-    )  # fmt: skip
-
-
 @pytest.fixture(scope="module")
 def cluster_dir() -> Iterator[Path]:
-    assert (DEFAULT_BUILDGRID_VENV / "bin" / "bgd").exists(), (
-        "BuildGrid is missing: scripts/bootstrap.sh makes .cache/buildgrid-venv"
-    )
-    # Not under pytest's 0700 tmp: as root, PostgreSQL runs as the postgres user.
-    directory = Path(tempfile.mkdtemp(prefix="wr-cluster-"))
-    directory.chmod(0o755)
-    try:
-        up = cluster("up", "--dir", str(directory))
-        assert up.returncode == 0, up.stderr
+    with private_cluster("--executors", "0") as directory:
         yield directory
-    finally:
-        down = cluster("down", "--dir", str(directory))
-        shutil.rmtree(directory, ignore_errors=True)
-        assert down.returncode == 0, down.stderr
 
 
 @pytest.fixture(scope="module")

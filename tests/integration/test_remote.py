@@ -8,7 +8,6 @@ import json
 import os
 import shutil
 import signal
-import subprocess
 import tempfile
 import threading
 import time
@@ -17,32 +16,18 @@ from pathlib import Path
 
 import pytest
 
+from tests.clusters import cluster, private_cluster
 from tests.conftest import REPO_ROOT, RUNTIME
 from worker_runtime.buck2.emulator import Buck2Worker, make_command
-from worker_runtime.cluster.layout import DEFAULT_BUILDGRID_VENV
 
 TEST_WORKER = REPO_ROOT / "tests" / "backends" / "remote_test_worker.py"
-
-
-def cluster(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [*RUNTIME, "cluster", *args], cwd=REPO_ROOT, capture_output=True, text=True, timeout=180
-    )
 
 
 @pytest.fixture(scope="module")
 def engine() -> Iterator[Path]:
     """BuildGrid with two executors for instance main and one for tenant-b."""
-    assert (DEFAULT_BUILDGRID_VENV / "bin" / "bgd").exists(), (
-        "BuildGrid is missing: scripts/bootstrap.sh makes .cache/buildgrid-venv"
-    )
-    directory = Path(tempfile.mkdtemp(prefix="wr-remote-"))
-    directory.chmod(0o755)
-    up = cluster("up", "--executors", "3", "--dir", str(directory))  # main, tenant-b, main
-    assert up.returncode == 0, up.stderr
-    yield directory
-    cluster("down", "--dir", str(directory))
-    shutil.rmtree(directory, ignore_errors=True)
+    with private_cluster("--executors", "3") as directory:
+        yield directory
 
 
 def project(tmp_path: Path, engine: Path, instance: str = "main") -> Path:

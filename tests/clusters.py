@@ -1,0 +1,42 @@
+"""Private embedded engines for tests: `worker-runtime cluster` in a directory of their
+own (not under pytest's 0700 tmp: as root, PostgreSQL runs as the postgres user), always
+brought down at the end."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from tests.conftest import REPO_ROOT, RUNTIME
+from worker_runtime.cluster.layout import DEFAULT_BUILDGRID_VENV
+
+
+def cluster(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """`worker-runtime cluster ARGS`, from the repository root."""
+    return subprocess.run(
+        [*RUNTIME, "cluster", *args], cwd=REPO_ROOT, capture_output=True, text=True,
+        timeout=180, env=env,
+    )  # fmt: skip
+
+
+@contextmanager
+def private_cluster(*up_args: str) -> Iterator[Path]:
+    """A cluster directory; with ``up_args`` (e.g. "--executors", "2") the engine is up."""
+    assert (DEFAULT_BUILDGRID_VENV / "bin" / "bgd").exists(), (
+        "BuildGrid is missing: scripts/bootstrap.sh makes .cache/buildgrid-venv"
+    )
+    directory = Path(tempfile.mkdtemp(prefix="wr-cluster-"))
+    directory.chmod(0o755)
+    try:
+        if up_args:
+            up = cluster("up", *up_args, "--dir", str(directory))
+            assert up.returncode == 0, up.stderr
+        yield directory
+    finally:
+        down = cluster("down", "--dir", str(directory))
+        shutil.rmtree(directory, ignore_errors=True)
+        assert down.returncode == 0, down.stderr

@@ -26,6 +26,8 @@ def routing_select(cell: str = "prelude") -> typing.Any:
 def _remote_settings(ctx: AnalysisContext) -> dict[str, typing.Any]:
     """The [persistent_workers] remote settings, as the runtime's config key `remote`."""
     remote = {"tls": bool_setting("remote_tls", ctx.attrs.remote_tls)}
+    for key in ("fallback_local", "cache", "persistent"):
+        remote[key] = bool_setting("remote_" + key, getattr(ctx.attrs, "remote_" + key))
     for key in ("endpoint", "instance_name", "credentials_file"):
         value = getattr(ctx.attrs, "remote_" + key)
         if value:
@@ -122,13 +124,25 @@ worker_tool = rule(
             default = read_root_config("persistent_workers", "remote_credentials_file", ""),
             doc = "[persistent_workers] remote_credentials_file: a file with the bearer token.",
         ),
+        "remote_cache": attrs.string(
+            default = read_root_config("persistent_workers", "remote_cache", "true"),
+            doc = "[persistent_workers] remote_cache: false marks remote actions do_not_cache.",
+        ),
         "remote_endpoint": attrs.string(
             default = read_root_config("persistent_workers", "remote_endpoint", ""),
             doc = "[persistent_workers] remote_endpoint: the REAPI server, e.g. grpcs://host:443.",
         ),
+        "remote_fallback_local": attrs.string(
+            default = read_root_config("persistent_workers", "remote_fallback_local", "false"),
+            doc = "[persistent_workers] remote_fallback_local: run locally when the remote fails.",
+        ),
         "remote_instance_name": attrs.string(
             default = read_root_config("persistent_workers", "remote_instance_name", ""),
             doc = "[persistent_workers] remote_instance_name: the REAPI instance (the tenant).",
+        ),
+        "remote_persistent": attrs.string(
+            default = read_root_config("persistent_workers", "remote_persistent", "true"),
+            doc = "[persistent_workers] remote_persistent: false sends plain one-shot actions.",
         ),
         "remote_tls": attrs.string(
             default = read_root_config("persistent_workers", "remote_tls", "false"),

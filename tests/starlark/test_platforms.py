@@ -125,6 +125,8 @@ def test_remote_settings_reach_the_runtime_config() -> None:
         ("persistent_workers", "remote_instance_name"): "team-a",
         ("persistent_workers", "remote_credentials_file"): "/home/u/.config/re-token",
         ("persistent_workers", "remote_tls"): "true",
+        ("persistent_workers", "remote_fallback_local"): "true",
+        ("persistent_workers", "remote_cache"): "false",
     }
     config = analyse_tool(settings, ["prelude//platforms:routing_remote"])
     assert config["remote"] == {
@@ -132,6 +134,9 @@ def test_remote_settings_reach_the_runtime_config() -> None:
         "instance_name": "team-a",
         "credentials_file": "/home/u/.config/re-token",
         "tls": True,
+        "fallback_local": True,
+        "cache": False,
+        "persistent": True,
     }
     assert config_from_mapping(config).validated().remote["tls"] is True
 

@@ -80,7 +80,7 @@ def test_config_carries_every_setting() -> None:
         "max_instances": 3,
         "multiplex": True,
         "protocol": "proto",
-        "remote": {"tls": False},
+        "remote": {"tls": False, "fallback_local": False, "cache": True, "persistent": True},
         "routing": "local",
         "tool_inputs": ["tools/worker.jar"],
     }

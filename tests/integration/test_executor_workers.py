@@ -95,3 +95,17 @@ def test_idle_workers_are_reaped(tmp_path: Path) -> None:
         assert wait_gone([worker.pid]) == [] and pool.pids() == []
     finally:
         pool.stop_all()
+
+
+def test_idle_workers_go_when_all_workers_pass_the_memory_limit(tmp_path: Path) -> None:
+    pool = WorkerPool(tmp_path / "workers", max_workers=4, memory_limit_mb=1, idle_s=3600)
+    try:
+        first = start(pool, tmp_path, "main", "a")
+        second = start(pool, tmp_path, "main", "b")
+        pool.release(first, healthy=True)  # idle; both together are far over 1 MB
+        assert wait_gone([first.pid]) == [] and pool.evictions == 1
+        assert pool.pids() == [second.pid]  # a busy worker is never stopped for memory
+        pool.release(second, healthy=True)
+        assert wait_gone([second.pid]) == []
+    finally:
+        pool.stop_all()

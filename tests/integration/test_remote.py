@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from tests.clusters import cluster, private_cluster
-from tests.conftest import REPO_ROOT, RUNTIME
+from tests.conftest import REPO_ROOT, RUNTIME, wait_gone
 from worker_runtime.buck2.emulator import Buck2Worker, make_command
 
 TEST_WORKER = REPO_ROOT / "tests" / "backends" / "remote_test_worker.py"
@@ -295,3 +295,40 @@ def test_an_output_that_is_a_symlink_out_of_the_action_is_refused(
     assert "code 3" in response.stderr  # INVALID_ARGUMENT: refused, not retried
     assert "leaves the action's directory" in response.stderr or "symlink" in response.stderr
     assert not (root / "out" / "l.txt").exists()
+
+
+def test_an_executor_stopped_mid_action_finishes_it_first(tmp_path: Path, engine: Path) -> None:
+    """SIGTERM (cluster down, a deploy) lets the running action finish on the same worker
+    and be reported, then the executor leaves (BOT_TERMINATING)."""
+    root = project(tmp_path, engine)
+    (root / "src" / "a.txt").write_text(f"graceful {tmp_path}\n")
+    results: list[object] = []
+    with runtime(root) as worker:
+        env = action(
+            root,
+            "g",
+            ["--sleep", "2", "--out", "out/g.txt", "src/a.txt"],
+            ["src/a.txt"],
+            ["out/g.txt"],
+        )
+        thread = threading.Thread(
+            target=lambda: results.append(worker.execute(make_command(["@g.args"], env=env)))
+        )
+        thread.start()
+        deadline = time.monotonic() + 30
+        started: list[Path] = []
+        while not started and time.monotonic() < deadline:
+            started = list(engine.glob("executors/*/actions/*/started.txt"))
+            time.sleep(0.02)
+        assert started, "the action never started"
+        worker_pid = started[0].read_text()
+        index = int(started[0].parts[-4].split("-")[1])
+        executor = json.loads((engine / "state.json").read_text())["executor_pids"][index]
+        os.kill(executor, signal.SIGTERM)
+        thread.join(timeout=120)
+    (response,) = results
+    assert response.exit_code == 0, response.stderr  # type: ignore[attr-defined]
+    # Finished by the worker that had started it: not lost, not run again elsewhere.
+    assert (root / "out" / "g.txt").read_text().split("pid=")[1].strip() == worker_pid
+    assert wait_gone([executor]) == []
+    assert cluster("up", "--executors", "3", "--dir", str(engine)).returncode == 0  # restored

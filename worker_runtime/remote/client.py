@@ -22,6 +22,10 @@ from worker_runtime.remote.convention import UnsafePathError, safe_relative_path
 from worker_runtime.remote.merkle import Blobs, digest_key
 
 
+#: FAILED_PRECONDITION (a missing blob), INTERNAL, UNAVAILABLE.
+RETRIED_CODES = (9, 13, 14)
+
+
 class _NotCached(Exception):
     """The action is marked do_not_cache: no action cache lookup."""
 
@@ -129,9 +133,9 @@ class RemoteClient:
         try:
             self.cas.upload_missing(blobs)
             response = self._execute(built)
-            if response.status.code != 0:
+            if response.status.code in RETRIED_CODES:
                 # Perhaps a blob this client believed present was evicted: check them all
-                # again and run once more.
+                # again and run once more. (A malformed action, INVALID_ARGUMENT, is not.)
                 self.cas.forget()
                 self.cas.upload_missing(blobs)
                 response = self._execute(built)

@@ -21,7 +21,6 @@ from worker_runtime.remote.cas import Cas
 from worker_runtime.remote.convention import UnsafePathError, safe_relative_path
 from worker_runtime.remote.merkle import Blobs, digest_key
 
-
 #: FAILED_PRECONDITION (a missing blob), INTERNAL, UNAVAILABLE.
 RETRIED_CODES = (9, 13, 14)
 

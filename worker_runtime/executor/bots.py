@@ -124,6 +124,13 @@ class Executor:
                 stopping_since = time.monotonic()
             self._update_leases(session, accept=stopping_since is None)
             if stopping_since is not None and not self._running:
+                # Report the last completions with the bot still OK: BuildGrid requeues
+                # the leases of a terminating bot, finished or not.
+                with contextlib.suppress(grpc.RpcError):
+                    session = self.bots.UpdateBotSession(
+                        bots_pb2.UpdateBotSessionRequest(name=session.name, bot_session=session),
+                        timeout=SHORT_POLL_S,
+                    )
                 break
             if (
                 stopping_since is not None

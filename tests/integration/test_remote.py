@@ -303,6 +303,7 @@ def test_an_executor_stopped_mid_action_finishes_it_first(tmp_path: Path, engine
     root = project(tmp_path, engine)
     (root / "src" / "a.txt").write_text(f"graceful {tmp_path}\n")
     results: list[object] = []
+    earlier = set(engine.glob("executors/*/actions/*/started.txt"))  # a killed one's
     with runtime(root) as worker:
         env = action(
             root,
@@ -318,7 +319,9 @@ def test_an_executor_stopped_mid_action_finishes_it_first(tmp_path: Path, engine
         deadline = time.monotonic() + 30
         started: list[Path] = []
         while not started and time.monotonic() < deadline:
-            started = list(engine.glob("executors/*/actions/*/started.txt"))
+            started = [
+                p for p in engine.glob("executors/*/actions/*/started.txt") if p not in earlier
+            ]
             time.sleep(0.02)
         assert started, "the action never started"
         worker_pid = started[0].read_text()

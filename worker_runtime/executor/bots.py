@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import shutil
 import signal
 import threading
 import time
@@ -108,6 +109,9 @@ class Executor:
 
     def serve(self) -> int:
         self.settings.workdir.mkdir(parents=True, exist_ok=True)
+        # What a killed predecessor in this workdir left: action directories, worker homes.
+        for leftover in ("actions", "workers"):
+            shutil.rmtree(self.settings.workdir / leftover, ignore_errors=True)
         if self.settings.metrics_port is not None:
             self.metrics.serve(self.settings.metrics_port)
         session = self.bots.CreateBotSession(

@@ -64,6 +64,21 @@ def runtime(root: Path) -> Buck2Worker:
     )
 
 
+def running_action(engine: Path, earlier: set[Path]) -> tuple[int, str]:
+    """(executor PID, worker PID) of the slow action that has just started remotely: the
+    test worker writes started.txt into its action directory (``earlier`` ones are a
+    killed executor's leftovers)."""
+    deadline = time.monotonic() + 30
+    started: list[Path] = []
+    while not started and time.monotonic() < deadline:
+        started = [p for p in engine.glob("executors/*/actions/*/started.txt") if p not in earlier]
+        time.sleep(0.02)
+    assert started, "the action never started"
+    index = int(started[0].parts[-4].split("-")[1])  # executors/executor-<i>-<instance>/...
+    executor = json.loads((engine / "state.json").read_text())["executor_pids"][index]
+    return int(executor), started[0].read_text()
+
+
 def test_requests_with_the_same_key_run_on_the_same_remote_worker(
     tmp_path: Path, engine: Path
 ) -> None:
@@ -215,6 +230,7 @@ def test_an_executor_killed_mid_action_loses_nothing(tmp_path: Path, engine: Pat
     root = project(tmp_path, engine)
     (root / "src" / "a.txt").write_text(f"slow {tmp_path}\n")  # not in the action cache
     results: list[object] = []
+    earlier = set(engine.glob("executors/*/actions/*/started.txt"))
     with runtime(root) as worker:
         env = action(
             root,
@@ -227,16 +243,7 @@ def test_an_executor_killed_mid_action_loses_nothing(tmp_path: Path, engine: Pat
             target=lambda: results.append(worker.execute(make_command(["@k.args"], env=env)))
         )
         thread.start()
-        deadline = time.monotonic() + 30
-        started: list[Path] = []
-        while not started and time.monotonic() < deadline:
-            started = list(engine.glob("executors/*/actions/*/started.txt"))
-            time.sleep(0.05)
-        assert started, "the action never started"
-        name = started[0].parts[-4]  # executors/<name>/actions/<id>/started.txt
-        index = int(name.split("-")[1])
-        state = json.loads((engine / "state.json").read_text())
-        victim = state["executor_pids"][index]
+        victim, _ = running_action(engine, earlier)
         os.kill(victim, signal.SIGKILL)
         thread.join(timeout=120)
     assert not thread.is_alive()
@@ -316,17 +323,7 @@ def test_an_executor_stopped_mid_action_finishes_it_first(tmp_path: Path, engine
             target=lambda: results.append(worker.execute(make_command(["@g.args"], env=env)))
         )
         thread.start()
-        deadline = time.monotonic() + 30
-        started: list[Path] = []
-        while not started and time.monotonic() < deadline:
-            started = [
-                p for p in engine.glob("executors/*/actions/*/started.txt") if p not in earlier
-            ]
-            time.sleep(0.02)
-        assert started, "the action never started"
-        worker_pid = started[0].read_text()
-        index = int(started[0].parts[-4].split("-")[1])
-        executor = json.loads((engine / "state.json").read_text())["executor_pids"][index]
+        executor, worker_pid = running_action(engine, earlier)
         os.kill(executor, signal.SIGTERM)
         thread.join(timeout=120)
     (response,) = results

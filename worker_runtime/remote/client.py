@@ -19,7 +19,7 @@ from worker_runtime.proto.google.rpc import error_details_pb2
 from worker_runtime.remote.action import BuiltAction
 from worker_runtime.remote.cas import Cas
 from worker_runtime.remote.convention import UnsafePathError, safe_relative_path
-from worker_runtime.remote.merkle import Blobs, digest_key
+from worker_runtime.remote.merkle import Blobs, digest_key, digest_of
 
 #: FAILED_PRECONDITION (a missing blob), INTERNAL, UNAVAILABLE.
 RETRIED_CODES = (9, 13, 14)
@@ -202,12 +202,10 @@ class RemoteClient:
         return self.cas.read(digest) if digest.hash else b""
 
     def _write_tree(self, tree: re_pb2.Tree, target: Path) -> None:
-        children = {}
-        for child in tree.children:
-            data = child.SerializeToString(deterministic=True)
-            from worker_runtime.remote.merkle import digest_of
-
-            children[digest_of(data).hash] = child
+        children = {
+            digest_of(child.SerializeToString(deterministic=True)).hash: child
+            for child in tree.children
+        }
 
         def write(directory: re_pb2.Directory, at: Path) -> None:
             at.mkdir(parents=True, exist_ok=True)

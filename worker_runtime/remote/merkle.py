@@ -4,6 +4,7 @@ every Directory and file, so that only what the server lacks is uploaded."""
 
 from __future__ import annotations
 
+import hashlib
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,8 +15,6 @@ from worker_runtime.remote.convention import TOOL_INPUT_PROPERTY, safe_relative_
 
 
 def digest_of(data: bytes) -> re_pb2.Digest:
-    import hashlib
-
     return re_pb2.Digest(hash=hashlib.sha256(data).hexdigest(), size_bytes=len(data))
 
 

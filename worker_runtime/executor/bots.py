@@ -1,7 +1,9 @@
 """The executor's session with BuildGrid's Bots service: create a bot session, then renew
 it in a loop (the heartbeat that keeps its leases), start every new lease on a thread,
-report results in the next update, stop work on cancelled leases, never run a lease
-twice, and on SIGTERM finish what runs, then send BOT_TERMINATING."""
+report results in the next update, stop work on cancelled leases (BuildGrid drops a
+cancelled lease from the session; other servers mark it CANCELLED), never run a lease
+twice while the server lists it, and on SIGTERM finish what runs, then send
+BOT_TERMINATING."""
 
 from __future__ import annotations
 
@@ -18,7 +20,12 @@ from pathlib import Path
 import grpc
 
 from worker_runtime.executor.metrics import ExecutorMetrics
-from worker_runtime.executor.runner import ActionError, ActionOutcome, ActionRunner
+from worker_runtime.executor.runner import (
+    ActionCancelled,
+    ActionError,
+    ActionOutcome,
+    ActionRunner,
+)
 from worker_runtime.executor.workers import WorkerPool
 from worker_runtime.proto import remote_execution_pb2 as re_pb2
 from worker_runtime.proto.google.devtools.remoteworkers.v1test2 import (
@@ -27,6 +34,7 @@ from worker_runtime.proto.google.devtools.remoteworkers.v1test2 import (
     worker_pb2,
 )
 from worker_runtime.remote.cas import Cas
+from worker_runtime.remote.channels import Endpoint, open_channel
 from worker_runtime.remote.convention import UnsafePathError
 
 LOGGER = logging.getLogger(__name__)
@@ -38,7 +46,7 @@ SHORT_POLL_S = 0.5
 
 @dataclass
 class ExecutorSettings:
-    server: str
+    server: Endpoint
     instance: str
     bot_id: str
     capacity: int
@@ -62,7 +70,7 @@ class Stats:
 class Executor:
     def __init__(self, settings: ExecutorSettings) -> None:
         self.settings = settings
-        self.channel = grpc.insecure_channel(settings.server)
+        self.channel = open_channel(settings.server)
         self.bots = bots_pb2_grpc.BotsStub(self.channel)
         self.pool = WorkerPool(
             settings.workdir / "workers", settings.max_workers, settings.memory_limit_mb,
@@ -75,6 +83,8 @@ class Executor:
         self._wake = threading.Event()
         self._threads = ThreadPoolExecutor(max_workers=settings.capacity)
         self._running: dict[str, Future[ActionOutcome]] = {}
+        self._cancel_events: dict[str, threading.Event] = {}
+        #: Leases done here that the server still lists: never started again.
         self._finished: set[str] = set()
 
     def stop(self, *_: object) -> None:
@@ -90,15 +100,30 @@ class Executor:
         # BuildGrid names leases <instance>/<job> when it pools several instances.
         return lease_id.rsplit("/", 1)[0] if "/" in lease_id else self.settings.instance
 
-    def _run(self, lease_id: str, action: re_pb2.Action) -> ActionOutcome:
+    def _run(
+        self, lease_id: str, action: re_pb2.Action, cancelled: threading.Event
+    ) -> ActionOutcome:
         instance = self._instance_of(lease_id)
         runner = ActionRunner(
             self._cas(instance), self.pool, self.settings.workdir, self.settings.bot_id
         )
         try:
-            return runner.run(action, instance)
+            return runner.run(action, instance, cancelled)
+        except ActionCancelled as exc:
+            LOGGER.info("lease %s cancelled: %s", lease_id, exc)
+            self.metrics.actions.labels(outcome="cancelled").inc()
+            raise
         finally:
             self._wake.set()
+
+    def _cancel(self, lease_id: str) -> None:
+        """Stops a running lease: its process is killed, its result never reported."""
+        future = self._running.pop(lease_id, None)
+        event = self._cancel_events.pop(lease_id, None)
+        if event is not None:
+            event.set()
+        if future is not None:
+            future.cancel()  # only stops it if it has not started yet
 
     def _session(self) -> bots_pb2.BotSession:
         device = worker_pb2.Device(handle=self.settings.bot_id)
@@ -171,16 +196,20 @@ class Executor:
         return 0
 
     def _update_leases(self, session: bots_pb2.BotSession, accept: bool) -> None:
+        listed = {lease.id for lease in session.leases}
+        for lease_id in [i for i in self._running if i not in listed]:
+            # The server dropped a lease we run: cancelled, or given to another bot.
+            self._cancel(lease_id)
+        self._finished &= listed
         for lease in session.leases:
             future = self._running.get(lease.id)
             if lease.state == bots_pb2.CANCELLED:
-                if future is not None:
-                    future.cancel()
-                    self._running.pop(lease.id, None)
+                self._cancel(lease.id)
                 self._finished.add(lease.id)
                 continue
             if future is not None and future.done():
                 self._running.pop(lease.id)
+                self._cancel_events.pop(lease.id, None)
                 self._finished.add(lease.id)
                 self._complete(lease, future)
                 continue
@@ -195,7 +224,11 @@ class Executor:
                     continue
                 self.stats.leases += 1
                 lease.state = bots_pb2.ACTIVE
-                self._running[lease.id] = self._threads.submit(self._run, lease.id, action)
+                cancelled = threading.Event()
+                self._cancel_events[lease.id] = cancelled
+                self._running[lease.id] = self._threads.submit(
+                    self._run, lease.id, action, cancelled
+                )
 
     def _complete(self, lease: bots_pb2.Lease, future: Future[ActionOutcome]) -> None:
         lease.state = bots_pb2.COMPLETED

@@ -6,16 +6,25 @@ ActionResult. The directory is removed afterwards."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shutil
+import signal
 import subprocess
+import tempfile
+import threading
 import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-from worker_runtime.executor.workers import WorkerFault, WorkerIdentity, WorkerPool
+from worker_runtime.executor.workers import (
+    WorkerCancelled,
+    WorkerFault,
+    WorkerIdentity,
+    WorkerPool,
+)
 from worker_runtime.proto import remote_execution_pb2 as re_pb2
 from worker_runtime.protocol.messages import WorkInput, WorkRequest
 from worker_runtime.remote.cas import Cas
@@ -36,6 +45,10 @@ LOGGER = logging.getLogger(__name__)
 
 class ActionError(RuntimeError):
     """The action is malformed (bad path, missing blob): reported as its failure."""
+
+
+class ActionCancelled(RuntimeError):
+    """The lease was cancelled (or taken away) while the action ran; its process is gone."""
 
 
 @dataclass
@@ -63,13 +76,20 @@ class ActionRunner:
         self.workdir = workdir
         self.bot_id = bot_id
 
-    def run(self, action: re_pb2.Action, instance: str, cancelled: object = None) -> ActionOutcome:
+    def run(
+        self, action: re_pb2.Action, instance: str, cancelled: threading.Event | None = None
+    ) -> ActionOutcome:
+        """Runs ``action``; raises ActionCancelled soon after ``cancelled`` is set, with
+        the process that ran it (persistent worker or one-shot) killed and reaped."""
+        cancelled = cancelled or threading.Event()
         command = re_pb2.Command()
         command.ParseFromString(self.cas.read(action.command_digest))
         directory = self.workdir / "actions" / uuid.uuid4().hex
         directory.mkdir(parents=True)
         try:
             inputs = self._materialize(action.input_root_digest, directory)
+            if cancelled.is_set():
+                raise ActionCancelled("cancelled before it started")
             timeout = action.timeout.seconds or 3600
             started = time.time()
             properties = {p.name: p.value for p in command.platform.properties}
@@ -78,12 +98,12 @@ class ActionRunner:
             env = {v.name: v.value for v in command.environment_variables}
             if KEY_PROPERTY in properties and startup:
                 code, stdout, stderr, reused, pid = self._persistent(
-                    instance, properties, startup, request_args, env, inputs, timeout
+                    instance, properties, startup, request_args, env, inputs, timeout, cancelled
                 )
                 mode = "persistent"
             else:
                 code, stdout, stderr = self._oneshot(
-                    list(command.arguments), env, directory, timeout
+                    list(command.arguments), env, directory, timeout, cancelled
                 )
                 reused, pid, mode = False, 0, "oneshot"
             result = self._result(command, directory, code, stdout, stderr, started)
@@ -116,19 +136,40 @@ class ActionRunner:
         return Materialized(directory, files, tools)
 
     def _oneshot(
-        self, argv: list[str], env: dict[str, str], directory: Path, timeout: int
+        self,
+        argv: list[str],
+        env: dict[str, str],
+        directory: Path,
+        timeout: int,
+        cancelled: threading.Event,
     ) -> tuple[int, bytes, bytes]:
         run_env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), **env}
-        try:
-            done = subprocess.run(
-                argv, cwd=directory, env=run_env, capture_output=True, timeout=timeout,
-                start_new_session=True,
-            )  # fmt: skip
-        except FileNotFoundError as exc:
-            return 127, b"", f"executor: cannot run {argv[0]!r}: {exc.strerror}\n".encode()
-        except subprocess.TimeoutExpired:
-            return 124, b"", f"executor: the action ran past its timeout of {timeout} s\n".encode()
-        return done.returncode, done.stdout, done.stderr
+        with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+            try:
+                process = subprocess.Popen(
+                    argv, cwd=directory, env=run_env, stdin=subprocess.DEVNULL,
+                    stdout=out, stderr=err, start_new_session=True,
+                )  # fmt: skip
+            except OSError as exc:
+                return 127, b"", f"executor: cannot run {argv[0]!r}: {exc.strerror}\n".encode()
+            deadline = time.monotonic() + timeout
+            while process.poll() is None:
+                if cancelled.is_set() or time.monotonic() > deadline:
+                    with contextlib.suppress(ProcessLookupError):
+                        os.killpg(process.pid, signal.SIGKILL)
+                    process.wait()
+                    if cancelled.is_set():
+                        raise ActionCancelled("cancelled while running")
+                    return (
+                        124,
+                        b"",
+                        f"executor: the action ran past its timeout of {timeout} s\n".encode(),
+                    )
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    process.wait(0.05)
+            out.seek(0)
+            err.seek(0)
+            return process.returncode, out.read(), err.read()
 
     def _persistent(
         self,
@@ -139,6 +180,7 @@ class ActionRunner:
         env: dict[str, str],
         inputs: Materialized,
         timeout: int,
+        cancelled: threading.Event,
     ) -> tuple[int, bytes, bytes, bool, int]:
         protocol = properties.get(PROTOCOL_PROPERTY, "proto")
         # Never the client's key: the one of what this action really carries.
@@ -160,7 +202,10 @@ class ActionRunner:
         worker = self.pool.acquire(identity, startup, run_env, tools)
         reused = self.pool.starts == starts_before
         try:
-            response = worker.call(request, timeout)
+            response = worker.call(request, timeout, cancelled)
+        except WorkerCancelled:
+            self.pool.release(worker, healthy=False)  # killed and reaped
+            raise ActionCancelled("cancelled while its persistent worker ran it") from None
         except WorkerFault as exc:
             self.pool.release(worker, healthy=False)
             return (

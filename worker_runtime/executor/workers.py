@@ -38,6 +38,11 @@ class WorkerFault(RuntimeError):
     """The worker failed its request (crash, garbage, timeout); it has been discarded."""
 
 
+class WorkerCancelled(WorkerFault):
+    """The request's lease was cancelled while the worker ran it; the worker is discarded
+    (a Bazel-protocol worker cannot be told to stop one request)."""
+
+
 @dataclass
 class PersistentWorker:
     identity: WorkerIdentity
@@ -51,7 +56,9 @@ class PersistentWorker:
     def pid(self) -> int:
         return self.process.pid
 
-    def call(self, request: WorkRequest, timeout_s: float) -> WorkResponse:
+    def call(
+        self, request: WorkRequest, timeout_s: float, cancelled: threading.Event | None = None
+    ) -> WorkResponse:
         framing = JsonFraming() if self.identity.protocol == "json" else ProtoFraming()
         assert self.process.stdin and self.process.stdout
         try:
@@ -65,7 +72,9 @@ class PersistentWorker:
             left = deadline - time.monotonic()
             if left <= 0:
                 raise WorkerFault(f"no response within {timeout_s:.0f} s")
-            ready, _, _ = select.select([fd], [], [], min(left, 1.0))
+            if cancelled is not None and cancelled.is_set():
+                raise WorkerCancelled("the action's lease was cancelled")
+            ready, _, _ = select.select([fd], [], [], min(left, 0.05))
             if not ready:
                 continue
             data = os.read(fd, 1 << 16)

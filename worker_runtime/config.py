@@ -71,9 +71,10 @@ class RuntimeConfig:
     #: rule does), so that a backend that never answers cannot hang a build; null: none.
     default_timeout_s: float | None = 7200.0
     #: Where requests go, as the execution platform says: "local", "remote", "auto" (local
-    #: when a warm local slot is free, else remote) or "race". Only "local" runs today.
+    #: when a warm local slot is free, else remote) or "race" (both; the first result wins).
     routing: str = "local"
-    #: Remote settings for the other routings: endpoint, instance_name, credentials_file, tls.
+    #: Remote settings for the other routings: endpoint, instance_name, credentials_file,
+    #: tls_ca_file, tls, fallback_local, cache, persistent.
     remote: Mapping[str, Any] = field(default_factory=dict)
 
     def validated(self) -> RuntimeConfig:
@@ -135,6 +136,7 @@ REMOTE_KEYS = {
     "endpoint": str,
     "instance_name": str,
     "credentials_file": str,
+    "tls_ca_file": str,
     "tls": bool,
     "fallback_local": bool,
     "persistent": bool,

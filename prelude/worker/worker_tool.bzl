@@ -28,7 +28,7 @@ def _remote_settings(ctx: AnalysisContext) -> dict[str, typing.Any]:
     remote = {"tls": bool_setting("remote_tls", ctx.attrs.remote_tls)}
     for key in ("fallback_local", "cache", "persistent"):
         remote[key] = bool_setting("remote_" + key, getattr(ctx.attrs, "remote_" + key))
-    for key in ("endpoint", "instance_name", "credentials_file"):
+    for key in ("endpoint", "instance_name", "credentials_file", "tls_ca_file"):
         value = getattr(ctx.attrs, "remote_" + key)
         if value:
             remote[key] = value
@@ -147,6 +147,10 @@ worker_tool = rule(
         "remote_tls": attrs.string(
             default = read_root_config("persistent_workers", "remote_tls", "false"),
             doc = "[persistent_workers] remote_tls: true or false.",
+        ),
+        "remote_tls_ca_file": attrs.string(
+            default = read_root_config("persistent_workers", "remote_tls_ca_file", ""),
+            doc = "[persistent_workers] remote_tls_ca_file: PEM roots to trust (default: the system's).",
         ),
         "routing": attrs.string(
             default = routing_select(),

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from tests.clusters import cluster, private_cluster
-from tests.conftest import REPO_ROOT, RUNTIME, wait_gone
+from tests.conftest import REPO_ROOT, RUNTIME, is_gone, wait_gone
 from worker_runtime.buck2.emulator import Buck2Worker, make_command
 
 TEST_WORKER = REPO_ROOT / "tests" / "backends" / "remote_test_worker.py"
@@ -332,3 +332,153 @@ def test_an_executor_stopped_mid_action_finishes_it_first(tmp_path: Path, engine
     assert (root / "out" / "g.txt").read_text().split("pid=")[1].strip() == worker_pid
     assert wait_gone([executor]) == []
     assert cluster("up", "--executors", "3", "--dir", str(engine)).returncode == 0  # restored
+
+
+def racing(root: Path) -> None:
+    config = json.loads((root / "worker.json").read_text())
+    config["routing"] = "race"
+    (root / "worker.json").write_text(json.dumps(config))
+
+
+def wait_for(path: Path, timeout_s: float = 30) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not path.exists() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert path.exists(), f"{path} never appeared"
+
+
+def test_race_remote_wins_and_the_local_side_is_stopped_before_the_outputs_land(
+    tmp_path: Path, engine: Path
+) -> None:
+    root = project(tmp_path, engine)
+    racing(root)
+    (root / "src" / "a.txt").write_text(f"race remote {tmp_path}\n")
+    go_remote = tmp_path / "go-remote"
+    results: list[object] = []
+    with runtime(root) as worker:
+        env = action(
+            root,
+            "rw",
+            # Local waits forever (for a file nobody makes); remote waits for go_remote.
+            [
+                *("--wait-if", "local", "never", "--wait-if", "remote", str(go_remote)),
+                *("--out", "out/rw.txt", "src/a.txt"),
+            ],
+            ["src/a.txt"],
+            ["out/rw.txt"],
+        )
+        thread = threading.Thread(
+            target=lambda: results.append(worker.execute(make_command(["@rw.args"], env=env)))
+        )
+        thread.start()
+        wait_for(root / "started.txt")  # the local side is running
+        local_pid = int((root / "started.txt").read_text())
+        go_remote.touch()
+        thread.join(timeout=60)
+        assert not thread.is_alive()
+        (response,) = results
+        assert response.exit_code == 0, response.stderr  # type: ignore[attr-defined]
+        # The loser was stopped before the winner's outputs were put in place.
+        assert is_gone(local_pid)
+        text = (root / "out" / "rw.txt").read_text()
+        assert text.startswith(f"race remote {tmp_path}\n")
+        assert int(text.split("pid=")[1]) != local_pid  # written by the remote worker
+        # The local pool is whole again: the next race starts a fresh local backend.
+        (root / "started.txt").unlink()
+        env = action(
+            root,
+            "rw2",
+            ["--wait-if", "remote", "never", "--out", "out/rw2.txt", "src/a.txt"],
+            ["src/a.txt"],
+            ["out/rw2.txt"],
+        )
+        response = worker.execute(make_command(["@rw2.args"], env=env))
+        assert response.exit_code == 0, response.stderr
+        assert int((root / "out" / "rw2.txt").read_text().split("pid=")[1]) != local_pid
+
+
+@pytest.mark.parametrize("persistent", [True, False], ids=["persistent", "one-shot"])
+def test_race_local_wins_and_the_remote_action_is_cancelled_on_its_executor(
+    tmp_path: Path, engine: Path, persistent: bool
+) -> None:
+    root = project(tmp_path, engine)
+    racing(root)
+    config = json.loads((root / "worker.json").read_text())
+    config["remote"]["persistent"] = persistent  # False: the executor runs it one-shot
+    (root / "worker.json").write_text(json.dumps(config))
+    (root / "src" / "a.txt").write_text(f"race local {tmp_path}\n")
+    go_local = root / "go-local"
+    results: list[object] = []
+    earlier = set(engine.glob("executors/*/actions/*/started.txt"))
+    with runtime(root) as worker:
+        env = action(
+            root,
+            "lw",
+            [
+                *("--sleep-if", "remote", "300", "--wait-if", "local", "go-local"),
+                *("--out", "out/lw.txt", "src/a.txt"),
+            ],
+            ["src/a.txt"],
+            ["out/lw.txt"],
+        )
+        thread = threading.Thread(
+            target=lambda: results.append(worker.execute(make_command(["@lw.args"], env=env)))
+        )
+        thread.start()
+        executor, remote_pid = running_action(engine, earlier)  # the remote side is running
+        actions = {p.parent for p in engine.glob("executors/*/actions/*/started.txt")} - {
+            p.parent for p in earlier
+        }
+        go_local.touch()
+        thread.join(timeout=60)
+        assert not thread.is_alive()
+        (response,) = results
+        assert response.exit_code == 0, response.stderr  # type: ignore[attr-defined]
+        local_pid = int((root / "started.txt").read_text())
+        assert int((root / "out" / "lw.txt").read_text().split("pid=")[1]) == local_pid
+        # No orphan: the operation was cancelled on the server, the executor dropped the
+        # lease and killed the worker running it, and removed the action's directory.
+        assert wait_gone([int(remote_pid)], 30) == []
+        deadline = time.monotonic() + 30
+        while any(a.exists() for a in actions) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not any(a.exists() for a in actions)
+        assert not is_gone(executor)  # the executor itself lives on
+        # The discarded worker's output never lands: the local result stays.
+        assert int((root / "out" / "lw.txt").read_text().split("pid=")[1]) == local_pid
+
+
+def test_race_with_a_dead_remote_answers_with_the_local_result(
+    tmp_path: Path, engine: Path
+) -> None:
+    root = project(tmp_path, engine)
+    racing(root)
+    config = json.loads((root / "worker.json").read_text())
+    config["remote"]["endpoint"] = f"unix://{tmp_path}/nothing.sock"
+    (root / "worker.json").write_text(json.dumps(config))
+    with runtime(root) as worker:
+        env = action(
+            root, "rd", ["--out", "out/rd.txt", "src/a.txt"], ["src/a.txt"], ["out/rd.txt"]
+        )
+        response = worker.execute(make_command(["@rd.args"], env=env))
+    assert response.exit_code == 0, response.stderr
+    assert (root / "out" / "rd.txt").read_text().startswith("alpha\npid=")
+
+
+def test_a_remote_failure_in_a_race_waits_for_the_local_side(tmp_path: Path, engine: Path) -> None:
+    """A runtime failure (here an invalid output path on the remote side's action) is not
+    a result: the local side's answer is the race's."""
+    root = project(tmp_path, engine)
+    racing(root)
+    with runtime(root) as worker:
+        env = action(
+            root,
+            "rf",
+            ["--sleep-if", "local", "2", "--link", "out/rf.txt", "/etc/hostname"],
+            [],
+            ["out/rf.txt"],
+        )
+        response = worker.execute(make_command(["@rf.args"], env=env))
+    assert response.exit_code == 0, response.stderr
+    assert "the remote side of the race failed" in response.stderr
+    assert (root / "out" / "rf.txt").is_symlink()  # the local side's own output

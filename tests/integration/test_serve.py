@@ -173,14 +173,3 @@ def test_remote_routing_without_an_envelope_is_a_clear_per_request_error(
     assert response.exit_code == RUNTIME_ERROR_EXIT_CODE
     assert "routing `remote` needs the envelope" in response.stderr
     assert "register it with worker_run" in response.stderr
-
-
-def test_race_routing_is_a_clear_per_request_error(
-    start_runtime: StartRuntime, tmp_path: Path
-) -> None:
-    config = tmp_path / "c.json"
-    config.write_text(json.dumps({"routing": "race", "remote": {"endpoint": "grpc://127.0.0.1:1"}}))
-    worker = start_runtime(fake_backend(), ["--config", str(config)])
-    response = worker.run("echo", "x")
-    assert response.exit_code == RUNTIME_ERROR_EXIT_CODE
-    assert "routing `race`" in response.stderr and "not in this version" in response.stderr

@@ -125,6 +125,7 @@ def test_remote_settings_reach_the_runtime_config() -> None:
         ("persistent_workers", "remote_instance_name"): "team-a",
         ("persistent_workers", "remote_credentials_file"): "/home/u/.config/re-token",
         ("persistent_workers", "remote_tls"): "true",
+        ("persistent_workers", "remote_tls_ca_file"): "/etc/re/ca.pem",
         ("persistent_workers", "remote_fallback_local"): "true",
         ("persistent_workers", "remote_cache"): "false",
     }
@@ -133,6 +134,7 @@ def test_remote_settings_reach_the_runtime_config() -> None:
         "endpoint": "grpcs://re.example.invalid:443",
         "instance_name": "team-a",
         "credentials_file": "/home/u/.config/re-token",
+        "tls_ca_file": "/etc/re/ca.pem",
         "tls": True,
         "fallback_local": True,
         "cache": False,

@@ -125,6 +125,8 @@ class BackendProcess:
         self._stdin: asyncio.WriteTransport | None = None
         self._pending: dict[int, asyncio.Future[WorkResponse]] = {}
         self._cancelling: set[int] = set()
+        #: Set when the backend answers a cancel (one event per cancelled request).
+        self._cancel_answered: dict[int, asyncio.Event] = {}
         self._failure: BackendError | None = None
         self._exited = asyncio.Event()
         self._stall_timer: asyncio.TimerHandle | None = None
@@ -205,8 +207,11 @@ class BackendProcess:
     async def call(self, request: WorkRequest) -> WorkResponse:
         """Sends ``request`` and returns its response.
 
-        If the caller is cancelled (timeout, client cancel) the backend is left clean: a
-        cancellable multiplex backend gets a cancel request, any other is killed.
+        If the caller is cancelled (timeout, client cancel, a lost race) the backend is
+        left clean: a cancellable multiplex backend gets a cancel request, any other is
+        killed. The cancellation ends only once the backend no longer works on the
+        request (the cancel answered, or the process gone), so that nothing the request
+        would have written lands after it.
         """
         if self._failure is not None:
             raise self._failure
@@ -219,6 +224,7 @@ class BackendProcess:
         except asyncio.CancelledError:
             if self._pending.pop(request.request_id, None) is not None and self.alive:
                 self._abandon(request.request_id)
+                await self._abandoned(request.request_id)
             raise
         self.requests_served += 1
         self.last_used = time.monotonic()
@@ -241,6 +247,21 @@ class BackendProcess:
             return
         LOGGER.info("%s: killed, its request %d was abandoned", self.describe(), request_id)
         self.kill(BackendDiedError(f"{self.describe()} was killed: a request was cancelled"))
+
+    async def _abandoned(self, request_id: int) -> None:
+        """Returns once the backend has stopped working on an abandoned request."""
+        if request_id in self._cancelling:
+            answered = self._cancel_answered.setdefault(request_id, asyncio.Event())
+            waits = [asyncio.ensure_future(e.wait()) for e in (answered, self._exited)]
+            try:
+                await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                for wait in waits:
+                    wait.cancel()
+            if answered.is_set():
+                return
+        if self._proc is not None:
+            await self._exited.wait()
 
     def _check_cancel_acknowledged(self, request_id: int) -> None:
         if request_id in self._cancelling and self.alive:
@@ -319,6 +340,9 @@ class BackendProcess:
         if future is None:
             if response.request_id in self._cancelling:
                 self._cancelling.discard(response.request_id)
+                answered = self._cancel_answered.pop(response.request_id, None)
+                if answered is not None:
+                    answered.set()
                 return
             pending = sorted(self._pending) or "none"
             raise ProtocolError(

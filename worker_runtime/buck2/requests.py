@@ -11,8 +11,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import threading
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from worker_runtime.backends.manager import BackendManager
 from worker_runtime.envelope import ENVELOPE_ENV, read_envelope
@@ -25,6 +27,9 @@ from worker_runtime.errors import (
 from worker_runtime.proto import buck2_worker_pb2 as pb
 from worker_runtime.protocol.argfiles import expand_argfiles
 from worker_runtime.protocol.messages import WorkInput
+
+if TYPE_CHECKING:
+    from worker_runtime.remote.client import RemoteResult
 
 LOGGER = logging.getLogger(__name__)
 
@@ -55,6 +60,8 @@ class RequestHandler:
         #: client went away (held here: asyncio keeps tasks only weakly).
         self._running: set[asyncio.Task[pb.ExecuteResponse]] = set()
         self._abort_reason: str | None = None
+        #: The remote halves of races the local side won, until their threads end.
+        self._leftovers: set[asyncio.Future[RemoteResult]] = set()
 
     async def wait_idle(self) -> None:
         await self._idle.wait()
@@ -113,6 +120,8 @@ class RequestHandler:
             timeout = command.timeout_s if command.HasField("timeout_s") else 0
             if not timeout and self.config.default_timeout_s is not None:
                 timeout = int(self.config.default_timeout_s)
+            if prepared.envelope and self.config.routing == "race":
+                return await self._race(prepared, timeout)
             if prepared.envelope and self._goes_remote(prepared):
                 return await self._run_remote(prepared, timeout)
             if timeout > 0:
@@ -133,12 +142,6 @@ class RequestHandler:
                 self._idle.set()
 
     def prepare(self, command: pb.ExecuteCommand) -> PreparedRequest:
-        if self.config.routing == "race":
-            raise RequestError(
-                "routing `race` (from [persistent_workers] routing, through the execution "
-                "platform) is not in this version of worker-runtime yet; use `local`, `remote` "
-                "or `auto` in the [persistent_workers] section of .buckconfig"
-            )
         args: list[str] = []
         for index, raw in enumerate(command.argv):
             try:
@@ -164,8 +167,9 @@ class RequestHandler:
                 except UnicodeDecodeError:
                     raise RequestError(f"environment variable {name} is not valid UTF-8") from None
         key_env = tuple(sorted(found.items()))
-        if self.config.routing == "auto" and envelope_path:
-            # Local while the key's pool has a free slot, else remote: both are ready.
+        if self.config.routing in ("auto", "race") and envelope_path:
+            # Either side may run it (auto: local while the key's pool has a free slot;
+            # race: both): both are made ready.
             return PreparedRequest(
                 key_env, arguments, self.input_digests(envelope_path), envelope_path
             )
@@ -204,32 +208,128 @@ class RequestHandler:
 
     async def _run_remote(self, prepared: PreparedRequest, timeout_s: int) -> pb.ExecuteResponse:
         """Forwards the request through the Remote Execution API (in a thread: the REAPI
-        client is blocking, with a deadline on every call)."""
+        client is blocking, with a deadline on every call). If this request is cancelled
+        (a timeout, the runtime stopping), so is the remote operation."""
+        from worker_runtime.remote.cancellation import Cancellation
         from worker_runtime.remote.forward import forward
 
+        cancellation = Cancellation()
         try:
             result = await asyncio.to_thread(
-                forward, self.manager, prepared.envelope, dict(prepared.key_env), timeout_s
-            )
+                forward, self.manager, prepared.envelope, dict(prepared.key_env), timeout_s,
+                cancellation,
+            )  # fmt: skip
+        except asyncio.CancelledError:
+            threading.Thread(target=cancellation.cancel, name="cancel-remote").start()
+            raise
         except RequestError:
             raise
         except Exception as exc:  # RemoteError, a missing input, a server fault
             LOGGER.warning("remote request failed: %s", exc)
             if not self.config.remote.get("fallback_local"):
                 return self.error(f"remote execution failed: {exc}")
-            local = PreparedRequest(
-                prepared.key_env, prepared.arguments, self.input_digests(prepared.envelope)
-            )
-            response = await (
-                self._run_with_timeout(local, timeout_s) if timeout_s > 0 else self._run(local)
-            )
+            response = await self._run_local(prepared, timeout_s)
             note = f"worker-runtime: note: remote execution failed ({exc}); ran locally instead\n"
             response.stderr = note + response.stderr
             return response
-        return pb.ExecuteResponse(
-            exit_code=result.exit_code,
-            stderr=(result.stdout + result.stderr).decode("utf-8", "replace"),
+        return _remote_response(result)
+
+    async def _run_local(self, prepared: PreparedRequest, timeout_s: int) -> pb.ExecuteResponse:
+        local = PreparedRequest(
+            prepared.key_env, prepared.arguments, self.input_digests(prepared.envelope)
         )
+        if timeout_s > 0:
+            return await self._run_with_timeout(local, timeout_s)
+        return await self._run(local)
+
+    async def _race(self, prepared: PreparedRequest, timeout_s: int) -> pb.ExecuteResponse:
+        """Routing `race`: runs the request locally and remotely at once and answers with
+        the first real result (a runtime failure on one side, such as an unreachable
+        server or a crashed backend, does not win: the other side is awaited).
+
+        Outputs: the local backend writes in place; the remote side stages its outputs
+        and, if it wins, first stops the local side (its backend is killed, or told to
+        cancel, and awaited) and only then renames them into place, so the loser never
+        writes over the winner. A losing remote side is cancelled on the server too."""
+        from worker_runtime.remote.cancellation import Cancellation, RemoteCancelled
+        from worker_runtime.remote.forward import forward
+
+        loop = asyncio.get_running_loop()
+        referee = threading.Lock()
+        winner: list[str] = []
+
+        def claim(side: str) -> bool:
+            with referee:
+                if not winner:
+                    winner.append(side)
+                return winner[0] == side
+
+        local = asyncio.ensure_future(self._run_local(prepared, timeout_s))
+
+        async def stop_local() -> None:
+            local.cancel()
+            await asyncio.wait([local])
+
+        def remote_may_write() -> bool:
+            if not claim("remote"):
+                return False
+            asyncio.run_coroutine_threadsafe(stop_local(), loop).result()
+            return True
+
+        cancellation = Cancellation()
+        remote = asyncio.ensure_future(
+            asyncio.to_thread(
+                forward,
+                self.manager,
+                prepared.envelope,
+                dict(prepared.key_env),
+                timeout_s,
+                cancellation,
+                remote_may_write,
+            )
+        )
+        try:
+            done, _ = await asyncio.wait({local, remote}, return_when=asyncio.FIRST_COMPLETED)
+            local_won = (
+                local in done
+                and not local.cancelled()  # by the remote side, which won
+                and local.exception() is None
+                and _is_result(local.result())
+            )
+            if local_won and claim("local"):
+                LOGGER.info("race: the local side won; cancelling the remote side")
+                await asyncio.to_thread(cancellation.cancel)
+                # The remote thread ends by itself, its staged outputs discarded.
+                self._leftovers.add(remote)
+                remote.add_done_callback(self._forget_leftover)
+                return local.result()
+            try:
+                result = await remote
+            except RequestError:
+                raise
+            except RemoteCancelled:
+                raise AssertionError("the remote side lost a race nobody won") from None
+            except Exception as exc:  # remote unreachable, a server fault: local decides
+                LOGGER.warning("race: the remote side failed (%s); waiting for the local side", exc)
+                if local.cancelled():  # the remote side won, then failed to write its outputs
+                    local = asyncio.ensure_future(self._run_local(prepared, timeout_s))
+                response = await local
+                response.stderr = (
+                    f"worker-runtime: note: the remote side of the race failed: {exc}\n"
+                    + response.stderr
+                )
+                return response
+            LOGGER.info("race: the remote side won (executor %s)", result.worker or "cache")
+            return _remote_response(result)
+        except asyncio.CancelledError:
+            local.cancel()
+            threading.Thread(target=cancellation.cancel, name="cancel-remote").start()
+            raise
+
+    def _forget_leftover(self, future: asyncio.Future[RemoteResult]) -> None:
+        self._leftovers.discard(future)
+        if not future.cancelled() and future.exception() is not None:
+            LOGGER.info("the losing remote side ended: %s", future.exception())
 
     async def _run_with_timeout(
         self, prepared: PreparedRequest, timeout_s: int
@@ -282,3 +382,19 @@ class RequestHandler:
             if notes:
                 stderr = "".join(notes) + stderr
             return pb.ExecuteResponse(exit_code=response.exit_code, stderr=stderr)
+
+
+def _remote_response(result: RemoteResult) -> pb.ExecuteResponse:
+    return pb.ExecuteResponse(
+        exit_code=result.exit_code,
+        stderr=(result.stdout + result.stderr).decode("utf-8", "replace"),
+    )
+
+
+def _is_result(response: pb.ExecuteResponse) -> bool:
+    """Whether a local answer is the action's own result (success or failure) rather
+    than the runtime's failure to run it."""
+    return not (
+        response.exit_code == RUNTIME_ERROR_EXIT_CODE
+        and response.stderr.startswith("worker-runtime: error:")
+    )

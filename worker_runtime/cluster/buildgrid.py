@@ -41,11 +41,25 @@ def database_driver() -> str:
     return "psycopg" if found else "psycopg2"
 
 
-def config_text(layout: ClusterLayout, driver: str) -> str:
+def config_text(
+    layout: ClusterLayout,
+    driver: str,
+    instances: tuple[str, ...] = INSTANCES,
+    server: str = "",
+    authorization: str = "method: none",
+) -> str:
     """The server config: CAS in memory, and for every instance (tenant) an action cache
     and a SQL scheduler of its own, so that no result, job or bot is shared between
     tenants; assignment tuned for latency (no jitter, 50 ms polls and back-off), short
-    bot keepalives (a bot silent for 10 s loses its leases to others)."""
+    bot keepalives (a bot silent for 10 s loses its leases to others).
+
+    ``server`` (the YAML list items of `server:`) defaults to the plain Unix socket;
+    ``authorization`` is the body of `authorization:`. The tests use both for a server
+    behind TLS and JWT bearer tokens on the same database."""
+    server = server or f"""  - !channel
+    address: "{layout.address}"
+    insecure-mode: true"""
+    auth = "\n".join(f"  {line}" for line in authorization.splitlines())
     wildcard = "\n".join(f"        - {key}" for key in WILDCARD_PROPERTY_KEYS)
     caches = "".join(
         f"""  - !lru-action-cache &ac{i}
@@ -54,7 +68,7 @@ def config_text(layout: ClusterLayout, driver: str) -> str:
     allow-updates: true
     cache-failed-actions: false
 """
-        for i, _ in enumerate(INSTANCES)
+        for i, _ in enumerate(instances)
     )
     schedulers = "".join(
         f"""  - !sql-scheduler &scheduler{i}
@@ -87,9 +101,9 @@ def config_text(layout: ClusterLayout, driver: str) -> str:
               locality: 1000.0
               capacity: 1.0
 """
-        for i, name in enumerate(INSTANCES)
+        for i, name in enumerate(instances)
     )
-    instances = "".join(
+    sections = "".join(
         f"""  - name: {name}
     services:
       - !action-cache
@@ -101,16 +115,14 @@ def config_text(layout: ClusterLayout, driver: str) -> str:
       - !bytestream
         storage: *cas
 """
-        for i, name in enumerate(INSTANCES)
+        for i, name in enumerate(instances)
     )
     return f"""\
 description: worker-runtime's embedded engine (written by `worker-runtime cluster up`)
 server:
-  - !channel
-    address: "{layout.address}"
-    insecure-mode: true
+{server}
 authorization:
-  method: none
+{auth}
 connections:
   - !sql-connection &sql
     connection-string: "{layout.database_url(driver)}"
@@ -122,7 +134,7 @@ storages:
 caches:
 {caches}schedulers:
 {schedulers}instances:
-{instances}thread-pool-size: 128
+{sections}thread-pool-size: 128
 maximum-concurrent-rpcs: 256
 """
 

@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from worker_runtime.executor.bots import ExecutorSettings, run_executor
+from worker_runtime.remote.channels import ChannelConfigError, parse_endpoint
 
 
 def main(argv: Sequence[str]) -> int:
@@ -18,7 +19,17 @@ def main(argv: Sequence[str]) -> int:
         description="A bot for a Remote Execution API server (BuildGrid's Bots API) that runs "
         "actions one-shot, or on persistent workers when they carry the worker convention.",
     )
-    parser.add_argument("--server", required=True, help="e.g. unix:///path/buildgrid.sock")
+    parser.add_argument(
+        "--server",
+        required=True,
+        help="e.g. unix:///path/buildgrid.sock, or grpcs://host:port for TLS",
+    )
+    parser.add_argument(
+        "--tls-ca-file", default="", metavar="PEM", help="CA to trust (default: the system's)"
+    )
+    parser.add_argument(
+        "--credentials-file", default="", metavar="FILE", help="a file holding the bearer token"
+    )
     parser.add_argument("--instance", default="main", help="instance name (default: main)")
     parser.add_argument("--bot-id", default=f"{socket.gethostname()}-{os.getpid()}")
     parser.add_argument("--capacity", type=int, default=2, help="leases run at once (default: 2)")
@@ -33,8 +44,14 @@ def main(argv: Sequence[str]) -> int:
     )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    try:
+        endpoint = parse_endpoint(
+            args.server, ca_file=args.tls_ca_file, credentials_file=args.credentials_file
+        )
+    except ChannelConfigError as exc:
+        parser.error(str(exc))
     settings = ExecutorSettings(
-        server=args.server, instance=args.instance, bot_id=args.bot_id, capacity=args.capacity,
+        server=endpoint, instance=args.instance, bot_id=args.bot_id, capacity=args.capacity,
         workdir=args.workdir, max_workers=args.max_workers, memory_limit_mb=args.memory_limit,
         worker_idle_s=args.worker_idle_timeout, metrics_port=args.metrics_port,
     )  # fmt: skip

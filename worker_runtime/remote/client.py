@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -14,12 +14,15 @@ import grpc
 
 from worker_runtime.proto import remote_execution_pb2 as re_pb2
 from worker_runtime.proto import remote_execution_pb2_grpc as re_grpc
-from worker_runtime.proto.google.longrunning import operations_pb2
+from worker_runtime.proto.google.longrunning import operations_pb2, operations_pb2_grpc
 from worker_runtime.proto.google.rpc import error_details_pb2
 from worker_runtime.remote.action import BuiltAction
+from worker_runtime.remote.cancellation import Cancellation, RemoteCancelled
 from worker_runtime.remote.cas import Cas
+from worker_runtime.remote.channels import open_channel, parse_endpoint
 from worker_runtime.remote.convention import UnsafePathError, safe_relative_path
 from worker_runtime.remote.merkle import Blobs, digest_key, digest_of
+from worker_runtime.remote.outputs import StagedOutputs
 
 #: FAILED_PRECONDITION (a missing blob), INTERNAL, UNAVAILABLE.
 RETRIED_CODES = (9, 13, 14)
@@ -45,27 +48,15 @@ class RemoteResult:
 
 @dataclass(frozen=True)
 class RemoteSettings:
+    #: As configured: grpcs://host:port, grpc://host:port, unix:///path.
     endpoint: str
     instance: str = ""
     tls: bool = False
     credentials_file: str = ""
+    tls_ca_file: str = ""
     #: Deadline of each unary call, and of the whole execution.
     call_timeout_s: float = 30.0
     execution_timeout_s: float = 7200.0
-
-
-def _channel(settings: RemoteSettings) -> grpc.Channel:
-    target = settings.endpoint
-    options = [("grpc.max_receive_message_length", 64 << 20)]
-    if not settings.tls:
-        return grpc.insecure_channel(target, options=options)
-    credentials = grpc.ssl_channel_credentials()
-    if settings.credentials_file:
-        token = Path(settings.credentials_file).read_text().strip()
-        credentials = grpc.composite_channel_credentials(
-            credentials, grpc.access_token_call_credentials(token)
-        )
-    return grpc.secure_channel(target, credentials, options=options)
 
 
 class RemoteClient:
@@ -73,11 +64,16 @@ class RemoteClient:
 
     def __init__(self, settings: RemoteSettings) -> None:
         self.settings = settings
-        self._channel = _channel(settings)
+        self._channel = open_channel(
+            parse_endpoint(
+                settings.endpoint, settings.tls, settings.tls_ca_file, settings.credentials_file
+            )
+        )
         self._lock = threading.Lock()
         self._capabilities: re_pb2.ServerCapabilities | None = None
         self._execution = re_grpc.ExecutionStub(self._channel)
         self._action_cache = re_grpc.ActionCacheStub(self._channel)
+        self._operations = operations_pb2_grpc.OperationsStub(self._channel)
         self._cas: Cas | None = None
 
     def close(self) -> None:
@@ -95,7 +91,7 @@ class RemoteClient:
                 except grpc.RpcError as exc:
                     raise RemoteError(
                         f"the remote execution server at {self.settings.endpoint} did not answer "
-                        f"GetCapabilities: {_describe(exc)}"
+                        f"GetCapabilities: {_describe(exc)}{_hint(exc)}"
                     ) from None
                 limit = self._capabilities.cache_capabilities.max_batch_total_size_bytes
                 self._cas = Cas(self._channel, self.settings.instance, limit)
@@ -107,8 +103,23 @@ class RemoteClient:
         assert self._cas is not None
         return self._cas
 
-    def run(self, built: BuiltAction, blobs: Blobs, root: Path) -> RemoteResult:
-        """Runs the action (or finds it cached) and writes its outputs under ``root``."""
+    def run(
+        self,
+        built: BuiltAction,
+        blobs: Blobs,
+        root: Path,
+        cancellation: Cancellation | None = None,
+        may_write: Callable[[], bool] | None = None,
+        execution_timeout_s: float | None = None,
+    ) -> RemoteResult:
+        """Runs the action (or finds it cached) and writes its outputs under ``root``.
+
+        ``cancellation`` lets another thread stop it (RemoteCancelled, nothing written,
+        the operation cancelled on the server). ``may_write`` is asked once the outputs
+        are downloaded and staged: False discards them (RemoteCancelled).
+        ``execution_timeout_s`` (default: the settings') bounds waiting for the result."""
+        cancellation = cancellation or Cancellation()
+        cancellation.bind(self._cancel_operation)
         self.capabilities()
         try:
             if built.action.do_not_cache:
@@ -128,17 +139,19 @@ class RemoteClient:
             if exc.code() != grpc.StatusCode.NOT_FOUND:
                 raise RemoteError(f"GetActionResult failed: {_describe(exc)}") from None
         else:
-            return self._finish(cached, built, root, cached=True)
+            return self._finish(cached, built, root, True, may_write)
         try:
             self.cas.upload_missing(blobs)
-            response = self._execute(built)
+            timeout_s = execution_timeout_s or self.settings.execution_timeout_s
+            response = self._execute(built, cancellation, timeout_s)
             if response.status.code in RETRIED_CODES:
                 # Perhaps a blob this client believed present was evicted: check them all
                 # again and run once more. (A malformed action, INVALID_ARGUMENT, is not.)
                 self.cas.forget()
                 self.cas.upload_missing(blobs)
-                response = self._execute(built)
+                response = self._execute(built, cancellation, timeout_s)
         except grpc.RpcError as exc:
+            cancellation.check()
             raise RemoteError(f"remote execution failed: {_describe(exc)}") from None
         if response.status.code != 0:
             missing = _missing_blobs(response)
@@ -146,37 +159,62 @@ class RemoteClient:
                 f"the server could not run the action (code {response.status.code}): "
                 f"{response.status.message}" + (f"; missing blobs: {missing}" if missing else "")
             )
-        return self._finish(response.result, built, root, cached=response.cached_result)
+        return self._finish(response.result, built, root, response.cached_result, may_write)
 
-    def _execute(self, built: BuiltAction) -> re_pb2.ExecuteResponse:
-        deadline = time.monotonic() + self.settings.execution_timeout_s
+    def _cancel_operation(self, name: str) -> None:
+        self._operations.CancelOperation(
+            operations_pb2.CancelOperationRequest(name=name), timeout=5.0
+        )
+
+    def _execute(
+        self, built: BuiltAction, cancellation: Cancellation, timeout_s: float
+    ) -> re_pb2.ExecuteResponse:
+        """Execute, followed to its end; an operation this client stops following
+        (cancelled, past its deadline, lost) is cancelled on the server."""
+        cancellation.check()
+        deadline = time.monotonic() + timeout_s
         request = re_pb2.ExecuteRequest(
             instance_name=self.settings.instance, action_digest=built.digest
         )
         stream: Iterator[operations_pb2.Operation] = self._execution.Execute(
-            request, timeout=self.settings.execution_timeout_s, metadata=affinity(built.key)
+            request, timeout=timeout_s, metadata=affinity(built.key)
         )
+        cancellation.follow(stream)  # type: ignore[arg-type]
         name = ""
-        for _attempt in range(20):
-            try:
-                for operation in stream:
-                    name = operation.name or name
-                    if operation.done:
-                        return _execute_response(operation)
-            except grpc.RpcError as exc:
-                if exc.code() not in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.INTERNAL):
-                    raise
-            if not name or time.monotonic() > deadline:
-                raise RemoteError("the Execute stream ended before the action completed")
-            # The stream dropped: reattach to the same operation.
-            stream = self._execution.WaitExecution(
-                re_pb2.WaitExecutionRequest(name=name),
-                timeout=max(1.0, deadline - time.monotonic()),
-            )
-        raise RemoteError(f"operation {name} could not be followed to its end")
+        try:
+            for _attempt in range(20):
+                try:
+                    for operation in stream:
+                        if operation.name and operation.name != name:
+                            name = operation.name
+                            cancellation.named(name)
+                        if operation.done:
+                            return _execute_response(operation)
+                except grpc.RpcError as exc:
+                    cancellation.check()
+                    if exc.code() not in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.INTERNAL):
+                        raise
+                cancellation.check()
+                if not name or time.monotonic() > deadline:
+                    raise RemoteError("the Execute stream ended before the action completed")
+                # The stream dropped: reattach to the same operation.
+                stream = self._execution.WaitExecution(
+                    re_pb2.WaitExecutionRequest(name=name),
+                    timeout=max(1.0, deadline - time.monotonic()),
+                )
+                cancellation.follow(stream)  # type: ignore[arg-type]
+            raise RemoteError(f"operation {name} could not be followed to its end")
+        except BaseException:
+            cancellation.abandon()
+            raise
 
     def _finish(
-        self, result: re_pb2.ActionResult, built: BuiltAction, root: Path, cached: bool
+        self,
+        result: re_pb2.ActionResult,
+        built: BuiltAction,
+        root: Path,
+        cached: bool,
+        may_write: Callable[[], bool] | None,
     ) -> RemoteResult:
         wanted = set(built.outputs)
         files = [(o, _checked(o.path, wanted)) for o in result.output_files]
@@ -185,21 +223,24 @@ class RemoteClient:
         digests = [o.digest for o, _ in files] + [d.tree_digest for d, _ in directories]
         digests += [d for d in (result.stdout_digest, result.stderr_digest) if d.hash]
         blobs = self.cas.read_many(digests)
-        for output, path in files:
-            data = blobs[digest_key(output.digest)]
-            self.cas.read_to(output.digest, root / path, output.is_executable, data)
-        for directory, path in directories:
-            tree = re_pb2.Tree()
-            tree.ParseFromString(blobs[digest_key(directory.tree_digest)])
-            self._write_tree(tree, root / path)
+        staged = StagedOutputs()
+        try:
+            for output, path in files:
+                staged.file(root / path, blobs[digest_key(output.digest)], output.is_executable)
+            for directory, path in directories:
+                tree = re_pb2.Tree()
+                tree.ParseFromString(blobs[digest_key(directory.tree_digest)])
+                self._write_tree(tree, staged.directory(root / path))
+            if may_write is not None and not may_write():
+                raise RemoteCancelled("the other side of the race won; remote outputs discarded")
+            staged.commit()
+        finally:
+            staged.discard()
         stdout = result.stdout_raw or blobs.get(digest_key(result.stdout_digest), b"")
         stderr = result.stderr_raw or blobs.get(digest_key(result.stderr_digest), b"")
         return RemoteResult(
             result.exit_code, stdout, stderr, cached, result.execution_metadata.worker
         )
-
-    def _read_optional(self, digest: re_pb2.Digest) -> bytes:
-        return self.cas.read(digest) if digest.hash else b""
 
     def _write_tree(self, tree: re_pb2.Tree, target: Path) -> None:
         children = {
@@ -276,3 +317,14 @@ def _describe(exc: grpc.RpcError) -> str:
     code = exc.code() if hasattr(exc, "code") else None
     details = exc.details() if hasattr(exc, "details") else str(exc)
     return f"{code.name if code else 'error'}: {details}"
+
+
+def _hint(exc: grpc.RpcError) -> str:
+    code = exc.code() if hasattr(exc, "code") else None
+    if code in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED):
+        return (
+            "; the server refused the credentials: check [persistent_workers] "
+            "remote_credentials_file (a file holding the bearer token) and that the token "
+            "has not expired"
+        )
+    return ""

@@ -5,12 +5,14 @@ per runtime settings (GetCapabilities is asked once)."""
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 from worker_runtime.backends.manager import BackendManager
 from worker_runtime.envelope import read_envelope
 from worker_runtime.errors import RequestError
 from worker_runtime.remote.action import build_action
+from worker_runtime.remote.cancellation import Cancellation
 from worker_runtime.remote.client import RemoteClient, RemoteResult, RemoteSettings
 from worker_runtime.remote.merkle import Blobs
 
@@ -27,17 +29,22 @@ def settings_of(manager: BackendManager, timeout_s: int) -> RemoteSettings:
             "e.g. grpcs://host:443 or unix:///path/to/socket)"
         )
     return RemoteSettings(
-        endpoint=endpoint.removeprefix("grpc://").removeprefix("grpcs://"),
+        endpoint=endpoint,
         instance=remote.get("instance_name", ""),
-        tls=bool(remote.get("tls", endpoint.startswith("grpcs://"))),
+        tls=bool(remote.get("tls", False)),
         credentials_file=remote.get("credentials_file", ""),
+        tls_ca_file=remote.get("tls_ca_file", ""),
         execution_timeout_s=float(timeout_s) if timeout_s > 0 else 7200.0,
     )
 
 
 def client_for(settings: RemoteSettings) -> RemoteClient:
     key = RemoteSettings(
-        settings.endpoint, settings.instance, settings.tls, settings.credentials_file
+        settings.endpoint,
+        settings.instance,
+        settings.tls,
+        settings.credentials_file,
+        settings.tls_ca_file,
     )
     with _LOCK:
         if key not in _CLIENTS:
@@ -46,7 +53,12 @@ def client_for(settings: RemoteSettings) -> RemoteClient:
 
 
 def forward(
-    manager: BackendManager, envelope_path: str, key_env: dict[str, str], timeout_s: int
+    manager: BackendManager,
+    envelope_path: str,
+    key_env: dict[str, str],
+    timeout_s: int,
+    cancellation: Cancellation | None = None,
+    may_write: Callable[[], bool] | None = None,
 ) -> RemoteResult:
     root = Path(manager.cwd)
     envelope = read_envelope(envelope_path, str(root))
@@ -58,4 +70,7 @@ def forward(
         timeout_s=timeout_s, persistent=bool(remote.get("persistent", True)),
         cacheable=bool(remote.get("cache", True)),
     )  # fmt: skip
-    return client_for(settings_of(manager, timeout_s)).run(built, blobs, root)
+    settings = settings_of(manager, timeout_s)
+    return client_for(settings).run(
+        built, blobs, root, cancellation, may_write, settings.execution_timeout_s
+    )

@@ -1,0 +1,118 @@
+"""The remote client's plumbing: endpoints and credentials (channels.py), staged outputs
+(outputs.py) and cancellation (cancellation.py)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from worker_runtime.remote.cancellation import Cancellation, RemoteCancelled
+from worker_runtime.remote.channels import (
+    ChannelConfigError,
+    Endpoint,
+    _TokenFile,
+    open_channel,
+    parse_endpoint,
+)
+from worker_runtime.remote.outputs import StagedOutputs
+
+
+def test_endpoints_are_plain_unless_grpcs_or_tls() -> None:
+    assert parse_endpoint("unix:///run/bg.sock") == Endpoint("unix:///run/bg.sock")
+    assert parse_endpoint("grpc://h:1") == Endpoint("h:1")
+    assert parse_endpoint("grpcs://h:443") == Endpoint("h:443", tls=True)
+    assert parse_endpoint("h:443", tls=True) == Endpoint("h:443", tls=True)
+    assert parse_endpoint("grpcs://h:443", tls=False).tls  # the scheme wins over a default
+
+
+def test_a_token_or_ca_over_a_plain_channel_is_refused() -> None:
+    with pytest.raises(ChannelConfigError, match=r"`credentials_file` is set .* grpcs://"):
+        parse_endpoint("grpc://h:1", credentials_file="/tmp/t")
+    with pytest.raises(ChannelConfigError, match="`tls_ca_file`"):
+        parse_endpoint("unix:///s", ca_file="/tmp/ca.pem")
+    with pytest.raises(ChannelConfigError, match="empty"):
+        parse_endpoint("grpcs://")
+
+
+def test_missing_ca_and_credentials_files_are_named(tmp_path: Path) -> None:
+    with pytest.raises(ChannelConfigError, match=r"TLS CA file .*nope\.pem"):
+        open_channel(parse_endpoint("grpcs://h:1", ca_file=str(tmp_path / "nope.pem")))
+    with pytest.raises(ChannelConfigError, match=r"credentials file .*tok"):
+        open_channel(parse_endpoint("grpcs://h:1", credentials_file=str(tmp_path / "tok")))
+
+
+def test_the_token_file_is_read_again_when_it_changes(tmp_path: Path) -> None:
+    path = tmp_path / "token"
+    path.write_text("first\n")
+    plugin = _TokenFile(str(path))
+    assert plugin.token() == "first"
+    path.write_text("Bearer second-token\n")
+    os.utime(path, ns=(1, 1))  # a new stamp even within the clock's resolution
+    assert plugin.token() == "second-token"
+
+
+def test_staged_outputs_replace_what_was_there_only_on_commit(tmp_path: Path) -> None:
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "f.txt").write_text("old")
+    (tmp_path / "out" / "d").mkdir()
+    (tmp_path / "out" / "d" / "stale.txt").write_text("stale")
+    staged = StagedOutputs()
+    staged.file(tmp_path / "out" / "f.txt", b"new", executable=True)
+    directory = staged.directory(tmp_path / "out" / "d")
+    (directory / "fresh.txt").write_text("fresh")
+    assert (tmp_path / "out" / "f.txt").read_text() == "old"  # nothing in place yet
+    staged.commit()
+    assert (tmp_path / "out" / "f.txt").read_text() == "new"
+    assert os.access(tmp_path / "out" / "f.txt", os.X_OK)
+    assert sorted(p.name for p in (tmp_path / "out" / "d").iterdir()) == ["fresh.txt"]
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["d", "f.txt"]
+
+
+def test_discarded_outputs_leave_nothing_behind(tmp_path: Path) -> None:
+    (tmp_path / "f.txt").write_text("winner's")
+    staged = StagedOutputs()
+    staged.file(tmp_path / "f.txt", b"loser's", executable=False)
+    (staged.directory(tmp_path / "d") / "x").write_text("x")
+    staged.discard()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["f.txt"]
+    assert (tmp_path / "f.txt").read_text() == "winner's"
+
+
+class FakeCall:
+    def __init__(self) -> None:
+        self.cancelled = 0
+
+    def cancel(self) -> bool:
+        self.cancelled += 1
+        return True
+
+
+def test_a_cancel_before_the_operation_is_named_cancels_it_once_named() -> None:
+    cancelled: list[str] = []
+    cancellation = Cancellation()
+    cancellation.bind(cancelled.append)
+    call = FakeCall()
+    cancellation.follow(call)
+    cancellation.cancel()
+    assert call.cancelled == 1 and cancelled == []
+    cancellation.named("main/op-1")
+    cancellation.cancel()  # once only
+    assert cancelled == ["main/op-1"]
+    with pytest.raises(RemoteCancelled):
+        cancellation.check()
+    late = FakeCall()
+    cancellation.follow(late)  # a stream opened after the cancel is cancelled at once
+    assert late.cancelled == 1
+
+
+def test_a_failing_cancel_operation_is_only_logged() -> None:
+    def refuse(name: str) -> None:
+        raise RuntimeError("server gone")
+
+    cancellation = Cancellation()
+    cancellation.bind(refuse)
+    cancellation.named("main/op-2")
+    cancellation.cancel()  # no exception: the operation dies with its server
+    assert cancellation.cancelled

@@ -482,3 +482,39 @@ def test_a_remote_failure_in_a_race_waits_for_the_local_side(tmp_path: Path, eng
     assert response.exit_code == 0, response.stderr
     assert "the remote side of the race failed" in response.stderr
     assert (root / "out" / "rf.txt").is_symlink()  # the local side's own output
+
+
+def test_a_remote_request_the_runtime_gives_up_on_is_cancelled_on_its_executor(
+    tmp_path: Path, engine: Path
+) -> None:
+    """The runtime stops (SIGTERM) while a remote request runs with no timeout: past
+    shutdown_grace_s the request is answered with an error, and the operation is
+    cancelled on the server, so the executor stops the worker running it."""
+    root = project(tmp_path, engine)
+    config = json.loads((root / "worker.json").read_text())
+    config["shutdown_grace_s"] = 0.5
+    (root / "worker.json").write_text(json.dumps(config))
+    (root / "src" / "a.txt").write_text(f"abandoned {tmp_path}\n")
+    results: list[object] = []
+    earlier = set(engine.glob("executors/*/actions/*/started.txt"))
+    with runtime(root) as worker:
+        env = action(
+            root,
+            "ab",
+            ["--sleep-if", "remote", "300", "--out", "out/ab.txt", "src/a.txt"],
+            ["src/a.txt"],
+            ["out/ab.txt"],
+        )
+        thread = threading.Thread(
+            target=lambda: results.append(worker.execute(make_command(["@ab.args"], env=env)))
+        )
+        thread.start()
+        executor, remote_pid = running_action(engine, earlier)
+        assert worker.terminate() == 0
+        thread.join(timeout=30)
+    (response,) = results
+    assert response.exit_code == 125  # type: ignore[attr-defined]
+    assert "shutting down" in response.stderr  # type: ignore[attr-defined]
+    assert wait_gone([int(remote_pid)], 30) == []
+    assert not is_gone(executor)
+    assert not (root / "out" / "ab.txt").exists()

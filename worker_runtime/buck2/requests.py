@@ -321,7 +321,7 @@ class RequestHandler:
                 return response
             LOGGER.info("race: the remote side won (executor %s)", result.worker or "cache")
             return _remote_response(result)
-        except asyncio.CancelledError:
+        except BaseException:  # cancelled (timeout, abort), or a bad request: neither side goes on
             local.cancel()
             threading.Thread(target=cancellation.cancel, name="cancel-remote").start()
             raise

@@ -56,9 +56,12 @@ def config_text(
     ``server`` (the YAML list items of `server:`) defaults to the plain Unix socket;
     ``authorization`` is the body of `authorization:`. The tests use both for a server
     behind TLS and JWT bearer tokens on the same database."""
-    server = server or f"""  - !channel
+    server = (
+        server
+        or f"""  - !channel
     address: "{layout.address}"
     insecure-mode: true"""
+    )
     auth = "\n".join(f"  {line}" for line in authorization.splitlines())
     wildcard = "\n".join(f"        - {key}" for key in WILDCARD_PROPERTY_KEYS)
     caches = "".join(

@@ -48,28 +48,47 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 
 # BuildGrid (the REAPI server of `worker-runtime cluster`) in a virtualenv of its own:
-# buildgrid 0.9.x needs Python 3.13 (pyenv has one on this machine kind).
-BUILDGRID_VENV="$ROOT/.cache/buildgrid-venv"
-BUILDGRID_VERSION=0.9.1
-if ! [ -x "$BUILDGRID_VENV/bin/bgd" ] || ! [ -f "$BUILDGRID_VENV/.installed-$BUILDGRID_VERSION" ]; then
-  python313=""
-  for candidate in python3.13 "$(pyenv root 2>/dev/null)/versions/3.13"*/bin/python3.13; do
-    python313=$("$candidate" -c 'import sys; print(sys.executable if sys.version_info[:2] == (3, 13) else "")' 2>/dev/null) || python313=""
-    [ -n "$python313" ] && break
+# buildgrid 0.9.x on Python 3.13 where there is one (pyenv has one on this machine kind),
+# else buildgrid 0.4.x on Python 3.11 (with psycopg2, its database driver). The tests also
+# run the engine on 0.4.x, from a second virtualenv made the same way.
+python_exactly() {  # a Python interpreter of exactly version $1 (never a pyenv shim), or nothing
+  local candidate real
+  for candidate in "python$1" "$(pyenv root 2>/dev/null)/versions/$1"*/bin/"python$1"; do
+    real=$("$candidate" -c "import sys; print(sys.executable if sys.version_info[:2] == tuple(map(int, '$1'.split('.'))) else '')" 2>/dev/null) || real=""
+    if [ -n "$real" ]; then echo "$real"; return 0; fi
   done
-  if [ -z "$python313" ]; then
-    echo "bootstrap: error: BuildGrid $BUILDGRID_VERSION needs Python 3.13 (pyenv install 3.13)" >&2
+  return 1
+}
+make_buildgrid_venv() {  # $1 venv, $2 python, then the packages
+  local venv=$1 python=$2 version=$3
+  shift 2
+  [ -x "$venv/bin/bgd" ] && [ -f "$venv/.installed-${version#buildgrid==}" ] && return 0
+  echo "bootstrap: installing BuildGrid ${version#buildgrid==} into $venv" >&2
+  rm -rf "$venv"
+  "$python" -m venv "$venv"
+  if ! "$venv/bin/python" -m pip install --disable-pip-version-check -q "$@" >"$venv.install.log" 2>&1; then
+    tail -n 30 "$venv.install.log" >&2
+    echo "bootstrap: error: installing BuildGrid failed; log: $venv.install.log" >&2
     exit 1
   fi
-  echo "bootstrap: installing BuildGrid $BUILDGRID_VERSION into $BUILDGRID_VENV" >&2
-  rm -rf "$BUILDGRID_VENV"
-  "$python313" -m venv "$BUILDGRID_VENV"
-  if ! "$BUILDGRID_VENV/bin/python" -m pip install --disable-pip-version-check -q "buildgrid==$BUILDGRID_VERSION" >"$ROOT/.cache/buildgrid-install.log" 2>&1; then
-    tail -n 30 "$ROOT/.cache/buildgrid-install.log" >&2
-    echo "bootstrap: error: installing BuildGrid failed; log: $ROOT/.cache/buildgrid-install.log" >&2
-    exit 1
-  fi
-  touch "$BUILDGRID_VENV/.installed-$BUILDGRID_VERSION"
+  touch "$venv/.installed-${version#buildgrid==}"
+}
+BUILDGRID_09="buildgrid==0.9.1"
+BUILDGRID_04="buildgrid==0.4.4"
+python313=$(python_exactly 3.13) || python313=""
+python311=$(python_exactly 3.11) || python311=""
+if [ -n "$python313" ]; then
+  make_buildgrid_venv "$ROOT/.cache/buildgrid-venv" "$python313" "$BUILDGRID_09"
+elif [ -n "$python311" ]; then
+  make_buildgrid_venv "$ROOT/.cache/buildgrid-venv" "$python311" "$BUILDGRID_04" psycopg2-binary
+else
+  echo "bootstrap: error: BuildGrid needs Python 3.13 (buildgrid 0.9) or 3.11 (buildgrid 0.4); pyenv install 3.13" >&2
+  exit 1
+fi
+if [ -n "$python311" ]; then
+  make_buildgrid_venv "$ROOT/.cache/buildgrid04-venv" "$python311" "$BUILDGRID_04" psycopg2-binary
+else
+  echo "bootstrap: warning: no Python 3.11: the tests of the engine on buildgrid 0.4 will fail" >&2
 fi
 
 if [ -f "$STAMP" ] && [ -x "$VENV/bin/python" ]; then

@@ -4,6 +4,7 @@ brought down at the end."""
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import tempfile
@@ -24,19 +25,21 @@ def cluster(*args: str, env: dict[str, str] | None = None) -> subprocess.Complet
 
 
 @contextmanager
-def private_cluster(*up_args: str) -> Iterator[Path]:
-    """A cluster directory; with ``up_args`` (e.g. "--executors", "2") the engine is up."""
-    assert (DEFAULT_BUILDGRID_VENV / "bin" / "bgd").exists(), (
-        "BuildGrid is missing: scripts/bootstrap.sh makes .cache/buildgrid-venv"
+def private_cluster(*up_args: str, venv: Path = DEFAULT_BUILDGRID_VENV) -> Iterator[Path]:
+    """A cluster directory; with ``up_args`` (e.g. "--executors", "2") the engine is up,
+    on the BuildGrid of ``venv``."""
+    assert (venv / "bin" / "bgd").exists(), (
+        f"BuildGrid is missing: scripts/bootstrap.sh makes {venv.relative_to(REPO_ROOT)}"
     )
+    env = {**os.environ, "WORKER_RUNTIME_BUILDGRID_VENV": str(venv)}
     directory = Path(tempfile.mkdtemp(prefix="wr-cluster-"))
     directory.chmod(0o755)
     try:
         if up_args:
-            up = cluster("up", *up_args, "--dir", str(directory))
+            up = cluster("up", *up_args, "--dir", str(directory), env=env)
             assert up.returncode == 0, up.stderr
         yield directory
     finally:
-        down = cluster("down", "--dir", str(directory))
+        down = cluster("down", "--dir", str(directory), env=env)
         shutil.rmtree(directory, ignore_errors=True)
         assert down.returncode == 0, down.stderr

@@ -114,9 +114,7 @@ def secure_engine() -> Iterator[SecureEngine]:
         authorization = f"method: jwt\nsecret: {tls / 'jwt.secret'}\nalgorithm: hs256"
         config = directory / "secure.yml"
         config.write_text(
-            buildgrid.config_text(
-                layout, buildgrid.database_driver(), (INSTANCE,), server, authorization
-            )
+            buildgrid.config_text(layout, buildgrid.flavour(), (INSTANCE,), server, authorization)
         )
         log = layout.logs / "secure-buildgrid.log"
         with open(log, "ab") as out:

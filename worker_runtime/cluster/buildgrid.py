@@ -1,6 +1,7 @@
 """BuildGrid, the Remote Execution API server: its own virtualenv (made by
-scripts/bootstrap.sh), a config tuned for latency, its database migrated, the server
-started on a Unix socket and known to be ready when it answers GetCapabilities."""
+scripts/bootstrap.sh: buildgrid 0.9.x on Python 3.13, else 0.4.x on 3.11), a config tuned
+for latency in the dialect of that version, its database migrated, the server started on
+a Unix socket and known to be ready when it answers GetCapabilities."""
 
 from __future__ import annotations
 
@@ -9,10 +10,12 @@ import os
 import signal
 import subprocess
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
 
+from worker_runtime.cluster import postgres
 from worker_runtime.cluster.layout import DEFAULT_BUILDGRID_VENV, INSTANCE, INSTANCES, ClusterLayout
 from worker_runtime.errors import ClusterError
 
@@ -35,15 +38,45 @@ def bgd() -> Path:
     return path
 
 
-def database_driver() -> str:
-    """SQLAlchemy's driver name: BuildGrid 0.9 uses psycopg 3, 0.4 psycopg2."""
-    found = list((venv() / "lib").glob("python3*/site-packages/psycopg"))
-    return "psycopg" if found else "psycopg2"
+@dataclass(frozen=True)
+class Flavour:
+    """What differs between the BuildGrid versions the engine runs on."""
+
+    version: tuple[int, ...]
+
+    @property
+    def legacy(self) -> bool:
+        """BuildGrid 0.4.x: psycopg2, no sampling weights, no max-concurrent-rpcs key,
+        a database schema of its own."""
+        return self.version < (0, 9)
+
+    @property
+    def driver(self) -> str:
+        """SQLAlchemy's driver name: BuildGrid 0.9 uses psycopg 3, 0.4 psycopg2."""
+        return "psycopg2" if self.legacy else "psycopg"
+
+    @property
+    def database(self) -> str:
+        """0.4's migrations cannot run on a database 0.9 migrated, nor the reverse."""
+        return "buildgrid_0_4" if self.legacy else "buildgrid"
+
+    def describe(self) -> str:
+        return ".".join(map(str, self.version))
+
+
+def flavour() -> Flavour:
+    """The BuildGrid version installed in the virtualenv."""
+    bgd()
+    found = sorted((venv() / "lib").glob("python3*/site-packages/buildgrid-*.dist-info"))
+    if not found:
+        raise ClusterError(f"cannot tell which BuildGrid version is installed in {venv()}")
+    text = found[-1].name.removeprefix("buildgrid-").removesuffix(".dist-info")
+    return Flavour(tuple(int(p) for p in text.split(".")[:3] if p.isdigit()))
 
 
 def config_text(
     layout: ClusterLayout,
-    driver: str,
+    flavour: Flavour,
     instances: tuple[str, ...] = INSTANCES,
     server: str = "",
     authorization: str = "method: none",
@@ -55,12 +88,38 @@ def config_text(
 
     ``server`` (the YAML list items of `server:`) defaults to the plain Unix socket;
     ``authorization`` is the body of `authorization:`. The tests use both for a server
-    behind TLS and JWT bearer tokens on the same database."""
+    behind TLS and JWT bearer tokens on the same database. BuildGrid 0.4 has no sampling
+    weights: its assigner takes a bot that ran the hint before, else the one with most
+    room."""
+    if flavour.legacy:
+        strategy = """        bot-assignment-strategy: !assign-by-locality
+          sampling: !sampling-config
+            sample-size: 64
+            max-attempts: 3
+          fallback: !assign-by-capacity
+            sampling: !sampling-config
+              sample-size: 64
+              max-attempts: 3"""
+    else:
+        strategy = """        bot-assignment-strategy: !assign-by-capacity
+          sampling: !sampling-config
+            sample-size: 64
+            max-attempts: 3
+            weights: !sampling-weights
+              priority: -10.0
+              locality: 1000.0
+              capacity: 1.0"""
     server = (
         server
         or f"""  - !channel
     address: "{layout.address}"
     insecure-mode: true"""
+    )
+    # 0.4 has no maximum-concurrent-rpcs: its limit is the thread pool's size.
+    limits = (
+        "thread-pool-size: 256"
+        if flavour.legacy
+        else "thread-pool-size: 128\nmaximum-concurrent-rpcs: 256"
     )
     auth = "\n".join(f"  {line}" for line in authorization.splitlines())
     wildcard = "\n".join(f"        - {key}" for key in WILDCARD_PROPERTY_KEYS)
@@ -95,14 +154,7 @@ def config_text(
         instance-names: ["{name}"]
         # Worker affinity: the client sends the worker key as the job's locality hint;
         # of the sampled bots with room, one that ran that key before scores highest.
-        bot-assignment-strategy: !assign-by-capacity
-          sampling: !sampling-config
-            sample-size: 64
-            max-attempts: 3
-            weights: !sampling-weights
-              priority: -10.0
-              locality: 1000.0
-              capacity: 1.0
+{strategy}
 """
         for i, name in enumerate(instances)
     )
@@ -128,7 +180,7 @@ authorization:
 {auth}
 connections:
   - !sql-connection &sql
-    connection-string: "{layout.database_url(driver)}"
+    connection-string: "{layout.database_url(flavour.driver, flavour.database)}"
     pool-size: 20
     max-overflow: 20
 storages:
@@ -137,14 +189,13 @@ storages:
 caches:
 {caches}schedulers:
 {schedulers}instances:
-{sections}thread-pool-size: 128
-maximum-concurrent-rpcs: 256
+{sections}{limits}
 """
 
 
-def migrate(layout: ClusterLayout, driver: str) -> None:
+def migrate(layout: ClusterLayout, flavour: Flavour) -> None:
     done = subprocess.run(
-        [str(bgd()), "migrate", "apply", layout.database_url(driver)],
+        [str(bgd()), "migrate", "apply", layout.database_url(flavour.driver, flavour.database)],
         capture_output=True, text=True,
     )  # fmt: skip
     if done.returncode != 0:
@@ -172,9 +223,10 @@ def answers(layout: ClusterLayout, timeout_s: float = 2.0) -> bool:
 def start(layout: ClusterLayout, timeout_s: float = 60.0) -> int:
     """Writes the config, migrates, starts `bgd server start` detached and waits until it
     answers. Returns its PID."""
-    driver = database_driver()
-    layout.config.write_text(config_text(layout, driver))
-    migrate(layout, driver)
+    version = flavour()
+    postgres.ensure_database(layout, version.database)
+    layout.config.write_text(config_text(layout, version))
+    migrate(layout, version)
     log = layout.logs / "buildgrid.log"
     layout.buildgrid_socket.unlink(missing_ok=True)
     with open(log, "ab") as out:

@@ -27,12 +27,17 @@ def _parser(command: str) -> argparse.ArgumentParser:
 
 def describe(layout: ClusterLayout) -> dict[str, object]:
     state = layout.read_state()
+    try:
+        version = buildgrid.flavour().describe()
+    except ClusterError:
+        version = "not installed"
     return {
         "dir": str(layout.root),
         "address": layout.address,
         "instance": INSTANCE,
         "postgres": {"pid": state.postgres_pid, "alive": buildgrid.alive(state.postgres_pid)},
         "buildgrid": {
+            "version": version,
             "pid": state.buildgrid_pid,
             "alive": buildgrid.alive(state.buildgrid_pid),
             "answers": buildgrid.answers(layout),
@@ -108,7 +113,11 @@ def up_main(argv: Sequence[str]) -> int:
     except ClusterError as exc:
         sys.stderr.write(f"worker-runtime cluster up: error: {exc}\n")
         return 1
-    print(f"cluster up: {info['address']} (instance {INSTANCE}); logs in {layout.logs}")
+    version = info["buildgrid"]["version"]  # type: ignore[index]
+    print(
+        f"cluster up: {info['address']} (instance {INSTANCE}, BuildGrid {version}); "
+        f"logs in {layout.logs}"
+    )
     return 0
 
 

@@ -71,8 +71,8 @@ class ClusterLayout:
         """What a REAPI client (or `bgd --remote`) connects to."""
         return f"unix://{self.buildgrid_socket}"
 
-    def database_url(self, driver: str) -> str:
-        return f"postgresql+{driver}://postgres@/buildgrid?host={self.run_dir}"
+    def database_url(self, driver: str, database: str) -> str:
+        return f"postgresql+{driver}://postgres@/{database}?host={self.run_dir}"
 
     def read_state(self) -> ClusterState:
         try:

@@ -58,8 +58,7 @@ def _run(command: list[str], what: str, log: Path) -> None:
 
 
 def start(layout: ClusterLayout) -> int:
-    """Initialises the data directory if needed, starts the server and makes sure the
-    `buildgrid` database exists. Returns the server's PID."""
+    """Initialises the data directory if needed and starts the server. Returns its PID."""
     bin_dir = binaries()
     log = layout.logs / "postgres.log"
     for directory in (layout.root, layout.pg_dir, layout.run_dir, layout.logs):
@@ -81,19 +80,24 @@ def start(layout: ClusterLayout) -> int:
          "-o", f"-k {layout.run_dir} {SETTINGS}", "start"],
         "starting PostgreSQL", log,
     )  # fmt: skip
+    return pid(layout)
+
+
+def ensure_database(layout: ClusterLayout, name: str) -> None:
+    """Creates database ``name`` on the running server unless it exists."""
+    bin_dir = binaries()
     exists = subprocess.run(
         _as_server_user(
             [str(bin_dir / "psql"), "-h", str(layout.run_dir), "-U", "postgres", "-tAc",
-             "select 1 from pg_database where datname = 'buildgrid'"]
+             f"select 1 from pg_database where datname = '{name}'"]
         ),
         capture_output=True, text=True,
     )  # fmt: skip
     if exists.stdout.strip() != "1":
         _run(
-            [str(bin_dir / "createdb"), "-h", str(layout.run_dir), "-U", "postgres", "buildgrid"],
-            "createdb", log,
+            [str(bin_dir / "createdb"), "-h", str(layout.run_dir), "-U", "postgres", name],
+            "createdb", layout.logs / "postgres.log",
         )  # fmt: skip
-    return pid(layout)
 
 
 def pid(layout: ClusterLayout) -> int:

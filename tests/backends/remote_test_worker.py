@@ -6,19 +6,39 @@ apart by the request's sandbox_dir, which only the executor sends; `--wait-if SI
 waits until FILE exists in the project root; a one-shot run is always `remote`: the
 runtime runs nothing one-shot). `--link OUT TARGET` makes the output a
 symlink. `--escape PATH` writes PATH outside the sandbox instead (a malicious worker).
-Without --persistent_worker it does the same once, from its @argfile (the one-shot
-fallback)."""
+`--exit` makes the process exit at once (a crash). Without --persistent_worker it does
+the same once, from its @argfile (the one-shot fallback). Started with --multiplex it
+serves each request on a thread of its own, answering by requestId, and a cancel request
+stops the waits of the request it names (answered with wasCancelled)."""
 
 from __future__ import annotations
 
 import json
 import os
 import sys
+import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 
-def run(arguments: list[str], root: Path, side: str = "local") -> tuple[int, str]:
+class Cancelled(Exception):
+    pass
+
+
+def wait(done: Callable[[], bool], cancelled: Callable[[], bool]) -> None:
+    while not done():
+        if cancelled():
+            raise Cancelled()
+        time.sleep(0.02)
+
+
+def run(
+    arguments: list[str],
+    root: Path,
+    side: str = "local",
+    cancelled: Callable[[], bool] = lambda: False,
+) -> tuple[int, str]:
     while arguments[:1] in (["--sleep-if"], ["--wait-if"]):
         option, where, value = arguments[:3]
         arguments = arguments[3:]
@@ -26,10 +46,12 @@ def run(arguments: list[str], root: Path, side: str = "local") -> tuple[int, str
             continue
         (root / "started.txt").write_text(str(os.getpid()))
         if option == "--sleep-if":
-            time.sleep(float(value))
+            until = time.monotonic() + float(value)
+            wait(lambda: time.monotonic() > until, cancelled)  # noqa: B023
         else:
-            while not Path(value).exists():
-                time.sleep(0.02)
+            wait(Path(value).exists, cancelled)
+    if arguments[:1] == ["--exit"]:
+        os._exit(3)
     if arguments[:1] == ["--sleep"]:
         (root / "started.txt").write_text(str(os.getpid()))
         time.sleep(float(arguments[1]))
@@ -64,20 +86,42 @@ def expand(arguments: list[str], root: Path) -> list[str]:
 
 def main() -> int:
     if "--persistent_worker" not in sys.argv:
-        code, output = run(expand(sys.argv[1:], Path.cwd()), Path.cwd(), "remote")
+        arguments = [a for a in sys.argv[1:] if a != "--multiplex"]
+        code, output = run(expand(arguments, Path.cwd()), Path.cwd(), "remote")
         sys.stderr.write(output)
         return code
+    multiplex = "--multiplex" in sys.argv
+    lock = threading.Lock()
+    cancelled: set[int] = set()
+
+    def reply(answer: dict[str, object]) -> None:
+        with lock:
+            sys.stdout.write(json.dumps(answer) + "\n")
+            sys.stdout.flush()
+
+    def serve(request: dict[str, object]) -> None:
+        request_id = int(request.get("requestId", 0))  # type: ignore[call-overload]
+        sandbox = request.get("sandboxDir")
+        root = Path(str(sandbox or "."))
+        side = "remote" if sandbox else "local"
+        arguments = expand([str(a) for a in request.get("arguments", [])], root)  # type: ignore[attr-defined]
+        try:
+            code, output = run(arguments, root, side, lambda: request_id in cancelled)
+        except Cancelled:
+            reply({"requestId": request_id, "wasCancelled": True})
+            return
+        reply({"exitCode": code, "output": output, "requestId": request_id})
+
     for line in sys.stdin:
         if not line.strip():
             continue
         request = json.loads(line)
-        sandbox = request.get("sandboxDir")
-        root = Path(sandbox or ".")
-        side = "remote" if sandbox else "local"
-        code, output = run(expand(request.get("arguments", []), root), root, side)
-        reply = {"exitCode": code, "output": output, "requestId": request.get("requestId", 0)}
-        sys.stdout.write(json.dumps(reply) + "\n")
-        sys.stdout.flush()
+        if request.get("cancel"):
+            cancelled.add(int(request.get("requestId", 0)))
+        elif multiplex:
+            threading.Thread(target=serve, args=(request,), daemon=True).start()
+        else:
+            serve(request)
     return 0
 
 

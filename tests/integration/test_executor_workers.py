@@ -1,6 +1,7 @@
 """The executor's worker pool with real worker processes: keyed by tenant and key, a
 worker that fails is discarded, idle ones are reaped, the cap evicts the least recently
-used idle worker."""
+used idle worker; a multiplex worker serves concurrent requests in one process, survives
+a cancel it answers, and fails every request in flight when it dies."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import os
 import shutil
 import signal
 import sys
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,6 +18,7 @@ import pytest
 from tests.conftest import REPO_ROOT, wait_gone
 from worker_runtime.executor.workers import (
     PersistentWorker,
+    WorkerCancelled,
     WorkerFault,
     WorkerIdentity,
     WorkerPool,
@@ -32,13 +35,14 @@ def pool(tmp_path: Path) -> Iterator[WorkerPool]:
     created.stop_all()
 
 
-def start(pool: WorkerPool, tmp_path: Path, instance: str, key: str = "k") -> PersistentWorker:
+def start(
+    pool: WorkerPool, tmp_path: Path, instance: str, key: str = "k", multiplex: bool = False
+) -> PersistentWorker:
     tool = tmp_path / "worker.py"
     shutil.copy(WORKER, tool)
-    identity = WorkerIdentity(instance, key, "json")
-    return pool.acquire(
-        identity, [sys.executable, "worker.py"], dict(os.environ), [("worker.py", tool)]
-    )
+    identity = WorkerIdentity(instance, key, "json", multiplex)
+    argv = [sys.executable, "worker.py", *(["--multiplex"] if multiplex else [])]
+    return pool.acquire(identity, argv, dict(os.environ), [("worker.py", tool)])
 
 
 def served_pid(worker: PersistentWorker, sandbox: Path) -> str:
@@ -109,3 +113,79 @@ def test_idle_workers_go_when_all_workers_pass_the_memory_limit(tmp_path: Path) 
         assert wait_gone([second.pid]) == []
     finally:
         pool.stop_all()
+
+
+def request(*arguments: str, sandbox: Path) -> WorkRequest:
+    sandbox.mkdir(parents=True, exist_ok=True)
+    (sandbox / "in.txt").write_text("x\n")
+    return WorkRequest(arguments=arguments, sandbox_dir=str(sandbox))
+
+
+def test_a_multiplex_worker_serves_concurrent_requests_in_one_process(
+    pool: WorkerPool, tmp_path: Path
+) -> None:
+    a = start(pool, tmp_path, "main", multiplex=True)
+    b = start(pool, tmp_path, "main", multiplex=True)  # busy, but multiplex: the same one
+    assert a is b and a.in_flight == 2 and pool.starts == 1
+    # The first request waits for the second one's output: only concurrency ends it.
+    first = request(
+        "--wait-if", "remote", str(tmp_path / "b" / "o.txt"), "--out", "o.txt", "in.txt",
+        sandbox=tmp_path / "a",
+    )  # fmt: skip
+    results: list[int] = []
+    thread = threading.Thread(target=lambda: results.append(a.call(first, 30).exit_code))
+    thread.start()
+    second = b.call(request("--out", "o.txt", "in.txt", sandbox=tmp_path / "b"), 30)
+    thread.join(30)
+    assert second.exit_code == 0 and results == [0]
+    pids = {(tmp_path / s / "o.txt").read_text().split("pid=")[1].strip() for s in "ab"}
+    assert pids == {str(a.pid)}
+    pool.release(a, healthy=True)
+    pool.release(b, healthy=True)
+    assert a.in_flight == 0 and pool.pids() == [a.pid]
+
+
+def test_a_cancel_a_multiplex_worker_answers_keeps_it(pool: WorkerPool, tmp_path: Path) -> None:
+    worker = start(pool, tmp_path, "main", multiplex=True)
+    cancelled = threading.Event()
+    slow = request(
+        "--sleep-if", "remote", "300", "--out", "o.txt", "in.txt", sandbox=tmp_path / "s"
+    )
+    threading.Timer(0.3, cancelled.set).start()
+    with pytest.raises(WorkerCancelled, match="answered the cancel") as caught:
+        worker.call(slow, 60, cancelled)
+    assert caught.value.worker_healthy
+    assert not (tmp_path / "s" / "o.txt").exists()  # it stopped, as it said
+    pool.release(worker, healthy=caught.value.worker_healthy)
+    again = start(pool, tmp_path, "main", multiplex=True)
+    assert again.pid == worker.pid  # still warm
+    assert served_pid(again, tmp_path) == str(worker.pid)
+    pool.release(again, healthy=True)
+
+
+def test_a_multiplex_worker_that_dies_fails_every_request_in_flight(
+    pool: WorkerPool, tmp_path: Path
+) -> None:
+    worker = start(pool, tmp_path, "main", multiplex=True)
+    other = start(pool, tmp_path, "main", multiplex=True)
+    waiting = request("--sleep-if", "remote", "300", "--out", "o.txt", sandbox=tmp_path / "w")
+    errors: list[BaseException] = []
+
+    def wait() -> None:
+        try:
+            other.call(waiting, 60)
+        except WorkerFault as exc:
+            errors.append(exc)
+
+    thread = threading.Thread(target=wait)
+    thread.start()
+    with pytest.raises(WorkerFault, match="exited"):
+        worker.call(request("--exit", sandbox=tmp_path / "x"), 30)
+    thread.join(30)
+    assert len(errors) == 1 and "exited" in str(errors[0])
+    pool.release(worker, healthy=False)
+    pool.release(other, healthy=False)
+    assert wait_gone([worker.pid]) == [] and pool.pids() == []
+    fresh = start(pool, tmp_path, "main", multiplex=True)
+    assert fresh.pid != worker.pid
+    pool.release(fresh, healthy=True)

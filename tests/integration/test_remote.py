@@ -518,3 +518,46 @@ def test_a_remote_request_the_runtime_gives_up_on_is_cancelled_on_its_executor(
     assert wait_gone([int(remote_pid)], 30) == []
     assert not is_gone(executor)
     assert not (root / "out" / "ab.txt").exists()
+
+
+def test_a_multiplex_worker_takes_concurrent_remote_actions_of_its_key(
+    tmp_path: Path, engine: Path
+) -> None:
+    """A multiplex backend's actions carry persistentWorkerMultiplex: the executor that
+    holds the key's warm worker serves a second action in the same process while the
+    first still runs (affinity sends both there)."""
+    root = project(tmp_path, engine)
+    config = json.loads((root / "worker.json").read_text())
+    config.update(command=["python3", "tools/worker.py", "--multiplex"], multiplex=True)
+    (root / "worker.json").write_text(json.dumps(config))
+    (root / "src" / "a.txt").write_text(f"multiplex {tmp_path}\n")
+    go = tmp_path / "go"
+    results: list[object] = []
+    earlier = set(engine.glob("executors/*/actions/*/started.txt"))
+    with runtime(root) as worker:
+
+        def run(name: str, *args: str) -> object:
+            env = action(
+                root,
+                name,
+                [*args, "--out", f"out/{name}.txt", "src/a.txt"],
+                ["src/a.txt"],
+                [f"out/{name}.txt"],
+            )
+            return worker.execute(make_command([f"@{name}.args"], env=env))
+
+        warm = run("m0")  # the key's worker starts, and the scheduler learns where
+        assert warm.exit_code == 0, warm.stderr  # type: ignore[attr-defined]
+        thread = threading.Thread(
+            target=lambda: results.append(run("m1", "--wait-if", "remote", str(go)))
+        )
+        thread.start()
+        running_action(engine, earlier)
+        second = run("m2")  # while m1 waits
+        assert second.exit_code == 0, second.stderr  # type: ignore[attr-defined]
+        go.touch()
+        thread.join(timeout=60)
+    (first,) = results
+    assert first.exit_code == 0, first.stderr  # type: ignore[attr-defined]
+    pids = {(root / "out" / f"m{i}.txt").read_text().split("pid=")[1] for i in range(3)}
+    assert len(pids) == 1  # one process served all three, two of them at once

@@ -20,8 +20,13 @@ from worker_runtime.cluster.layout import DEFAULT_BUILDGRID_VENV, INSTANCE, INST
 from worker_runtime.errors import ClusterError
 
 #: Platform properties a job may carry without any bot advertising them (BuildGrid
-#: rejects other unknown keys): the remote persistent worker convention's.
-WILDCARD_PROPERTY_KEYS = ("persistentWorkerKey", "persistentWorkerProtocol")
+#: rejects other unknown keys): the remote persistent worker convention's, and ours for
+#: multiplex workers.
+WILDCARD_PROPERTY_KEYS = (
+    "persistentWorkerKey",
+    "persistentWorkerProtocol",
+    "persistentWorkerMultiplex",
+)
 
 
 def venv() -> Path:

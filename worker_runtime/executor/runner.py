@@ -30,6 +30,7 @@ from worker_runtime.protocol.messages import WorkInput, WorkRequest
 from worker_runtime.remote.cas import Cas
 from worker_runtime.remote.convention import (
     KEY_PROPERTY,
+    MULTIPLEX_PROPERTY,
     PROTOCOL_PROPERTY,
     TOOL_INPUT_PROPERTY,
     UnsafePathError,
@@ -195,19 +196,19 @@ class ActionRunner:
             inputs=tuple(WorkInput(p, d.encode()) for p, d in inputs.files),
             sandbox_dir=str(inputs.directory),
         )
-        identity = WorkerIdentity(instance, key, protocol)
+        multiplex = properties.get(MULTIPLEX_PROPERTY) == "true"
+        identity = WorkerIdentity(instance, key, protocol, multiplex)
         tools = [(path, inputs.directory / path) for path, _ in inputs.tools]
         run_env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), **env}
-        starts_before = self.pool.starts
-        worker = self.pool.acquire(identity, startup, run_env, tools)
-        reused = self.pool.starts == starts_before
+        worker, reused = self.pool.acquire_warm(identity, startup, run_env, tools)
         try:
             response = worker.call(request, timeout, cancelled)
-        except WorkerCancelled:
-            self.pool.release(worker, healthy=False)  # killed and reaped
+        except WorkerCancelled as exc:
+            # Singleplex: killed and reaped. Multiplex: kept if it answered the cancel.
+            self.pool.release(worker, healthy=exc.worker_healthy)
             raise ActionCancelled("cancelled while its persistent worker ran it") from None
         except WorkerFault as exc:
-            self.pool.release(worker, healthy=False)
+            self.pool.release(worker, healthy=exc.worker_healthy)
             return (
                 1,
                 b"",

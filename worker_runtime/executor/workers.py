@@ -1,12 +1,16 @@
 """The executor's persistent workers: processes keyed by (instance, worker key recomputed
-from what the action carried), each serving one request at a time, started in a home
-directory holding the worker's tool files. A worker is discarded after any protocol
-error, timeout or crash; idle ones are stopped after a while; the number of workers and
-their total memory are capped (least recently used idle ones go first)."""
+from what the action carried, protocol, multiplex), started in a home directory holding
+the worker's tool files. A singleplex worker serves one request at a time; a multiplex
+one serves every concurrent action of its identity, its responses matched by request id.
+A worker is discarded after any protocol error, timeout or crash; idle ones are stopped
+after a while; the number of workers and their total memory are capped (least recently
+used idle ones go first)."""
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import itertools
 import os
 import select
 import shutil
@@ -14,6 +18,8 @@ import signal
 import subprocess
 import threading
 import time
+from concurrent.futures import Future
+from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -32,15 +38,82 @@ class WorkerIdentity:
     instance: str
     key: str
     protocol: str
+    #: One process takes all concurrent requests of the identity (request ids).
+    multiplex: bool = False
+
+
+#: How long a multiplex worker has to answer a cancel before it is discarded.
+CANCEL_GRACE_S = 2.0
 
 
 class WorkerFault(RuntimeError):
-    """The worker failed its request (crash, garbage, timeout); it has been discarded."""
+    """The worker failed its request (crash, garbage, timeout). Unless ``worker_healthy``
+    (a multiplex worker that answered the cancel of a timed-out request), the worker must
+    be discarded."""
+
+    def __init__(self, message: str, worker_healthy: bool = False) -> None:
+        super().__init__(message)
+        self.worker_healthy = worker_healthy
 
 
 class WorkerCancelled(WorkerFault):
-    """The request's lease was cancelled while the worker ran it; the worker is discarded
-    (a Bazel-protocol worker cannot be told to stop one request)."""
+    """The request's lease was cancelled while the worker ran it. A singleplex worker is
+    discarded (a Bazel-protocol worker cannot be told to stop its one request); a
+    multiplex one that answered the cancel stays."""
+
+
+class _Demultiplexer:
+    """Reads a multiplex worker's responses on a thread of its own and hands each to the
+    request with its id; when the worker dies or babbles, every waiting request fails."""
+
+    def __init__(self, worker: PersistentWorker) -> None:
+        self.worker = worker
+        self.framing = JsonFraming() if worker.identity.protocol == "json" else ProtoFraming()
+        self._lock = threading.Lock()
+        self._ids = itertools.count(1)
+        self._waiting: dict[int, Future[WorkResponse]] = {}
+        self.broken: str | None = None
+        threading.Thread(target=self._read, name=f"mux-{worker.pid}", daemon=True).start()
+
+    def register(self) -> tuple[int, Future[WorkResponse]]:
+        answer: Future[WorkResponse] = Future()
+        with self._lock:
+            if self.broken is not None:
+                raise WorkerFault(self.broken)
+            request_id = next(self._ids)
+            self._waiting[request_id] = answer
+        return request_id, answer
+
+    def forget(self, request_id: int) -> None:
+        with self._lock:
+            self._waiting.pop(request_id, None)
+
+    def _read(self) -> None:
+        assert self.worker.process.stdout is not None
+        fd = self.worker.process.stdout.fileno()
+        try:
+            while True:
+                data = os.read(fd, 1 << 16)
+                if not data:
+                    self._fail(
+                        f"the worker exited (status {self.worker.process.poll()}); "
+                        f"its log: {self.worker.log}"
+                    )
+                    return
+                for response in self.framing.feed(data):
+                    with self._lock:
+                        answer = self._waiting.pop(response.request_id, None)
+                    if answer is not None:
+                        answer.set_result(response)
+        except Exception as exc:  # a babbling worker, or its pipe closed under us
+            self._fail(f"the worker wrote something that is not a response: {exc}")
+
+    def _fail(self, message: str) -> None:
+        with self._lock:
+            self.broken = message
+            waiting, self._waiting = self._waiting, {}
+        for answer in waiting.values():
+            answer.set_exception(WorkerFault(message))
 
 
 @dataclass
@@ -51,14 +124,36 @@ class PersistentWorker:
     log: Path
     requests: int = 0
     last_used: float = field(default_factory=time.monotonic)
+    #: Requests it is serving now (more than one only if multiplex).
+    in_flight: int = 0
+    _mux: _Demultiplexer | None = field(default=None, repr=False)
+    _write_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.identity.multiplex:
+            self._mux = _Demultiplexer(self)
 
     @property
     def pid(self) -> int:
         return self.process.pid
 
+    def usable(self) -> bool:
+        return self.process.poll() is None and (self._mux is None or self._mux.broken is None)
+
+    def _write(self, data: bytes) -> None:
+        assert self.process.stdin is not None
+        try:
+            with self._write_lock:
+                self.process.stdin.write(data)
+                self.process.stdin.flush()
+        except OSError as exc:
+            raise WorkerFault(f"writing the request failed: {exc}") from None
+
     def call(
         self, request: WorkRequest, timeout_s: float, cancelled: threading.Event | None = None
     ) -> WorkResponse:
+        if self._mux is not None:
+            return self._call_multiplex(self._mux, request, timeout_s, cancelled)
         framing = JsonFraming() if self.identity.protocol == "json" else ProtoFraming()
         assert self.process.stdin and self.process.stdout
         try:
@@ -94,6 +189,47 @@ class PersistentWorker:
                 self.last_used = time.monotonic()
                 return responses[0]
 
+    def _call_multiplex(
+        self,
+        mux: _Demultiplexer,
+        request: WorkRequest,
+        timeout_s: float,
+        cancelled: threading.Event | None,
+    ) -> WorkResponse:
+        request_id, answer = mux.register()
+        self._write(mux.framing.encode(dataclasses.replace(request, request_id=request_id)))
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                response = answer.result(timeout=0.05)
+            except FutureTimeout:
+                pass
+            else:
+                self.requests += 1
+                self.last_used = time.monotonic()
+                return response
+            is_cancelled = cancelled is not None and cancelled.is_set()
+            if is_cancelled or time.monotonic() > deadline:
+                break
+        # Ask the worker to drop the request; it stays only if it answers in time.
+        why = (
+            "the action's lease was cancelled"
+            if is_cancelled
+            else f"no response within {timeout_s:.0f} s"
+        )
+        fault = WorkerCancelled if is_cancelled else WorkerFault
+        self._write(
+            mux.framing.encode(WorkRequest(arguments=(), request_id=request_id, cancel=True))
+        )
+        try:
+            answer.result(timeout=CANCEL_GRACE_S)
+        except FutureTimeout:
+            mux.forget(request_id)
+            raise fault(f"{why}, and the worker did not answer the cancel") from None
+        except WorkerFault as exc:
+            raise fault(f"{why}; then {exc}") from None
+        raise fault(f"{why} (the worker answered the cancel)", worker_healthy=True)
+
     def rss(self) -> int:
         try:
             root = psutil.Process(self.pid)
@@ -116,7 +252,6 @@ class WorkerPool:
         self.idle_s = idle_s
         self._lock = threading.Condition()
         self._idle: list[PersistentWorker] = []
-        self._busy: set[int] = set()
         self._all: dict[int, PersistentWorker] = {}
         self._serial = 0
         self.starts = 0
@@ -130,16 +265,28 @@ class WorkerPool:
         env: dict[str, str],
         tools: list[tuple[str, Path]],
     ) -> PersistentWorker:
-        """An idle worker of this identity, or a new one (evicting idle ones of others
-        when at the cap, or waiting for one to become idle)."""
+        return self.acquire_warm(identity, argv, env, tools)[0]
+
+    def acquire_warm(
+        self,
+        identity: WorkerIdentity,
+        argv: list[str],
+        env: dict[str, str],
+        tools: list[tuple[str, Path]],
+    ) -> tuple[PersistentWorker, bool]:
+        """(worker, whether it was already running). An idle worker of this identity (for a multiplex identity, its one worker, busy
+        or not), or a new one (evicting idle ones of others when at the cap, or waiting
+        for one to become idle)."""
         with self._lock:
             while True:
-                for worker in reversed(self._idle):
-                    if worker.identity == identity and worker.process.poll() is None:
-                        self._idle.remove(worker)
-                        self._busy.add(worker.pid)
+                candidates = self._all.values() if identity.multiplex else reversed(self._idle)
+                for worker in list(candidates):
+                    if worker.identity == identity and worker.usable():
+                        if worker in self._idle:
+                            self._idle.remove(worker)
+                        worker.in_flight += 1
                         self.reuses += 1
-                        return worker
+                        return worker, True
                 if len(self._all) < self.max_workers:
                     break
                 if self._idle:
@@ -152,9 +299,9 @@ class WorkerPool:
         worker = self._start(identity, argv, env, tools, serial)
         with self._lock:
             self._all[worker.pid] = worker
-            self._busy.add(worker.pid)
+            worker.in_flight = 1
             self.starts += 1
-        return worker
+        return worker, False
 
     def _start(
         self,
@@ -186,18 +333,18 @@ class WorkerPool:
 
     def release(self, worker: PersistentWorker, healthy: bool) -> None:
         with self._lock:
-            self._busy.discard(worker.pid)
-            if healthy and worker.process.poll() is None:
+            worker.in_flight -= 1
+            if not (healthy and worker.usable()):
+                self._discard_locked(worker)  # a multiplex worker's other requests fail too
+            elif worker.in_flight == 0:
                 worker.last_used = time.monotonic()
                 self._idle.append(worker)
-            else:
-                self._discard_locked(worker)
             self._enforce_memory_locked()
             self._lock.notify_all()
 
     def _discard_locked(self, worker: PersistentWorker) -> None:
-        self._all.pop(worker.pid, None)
-        worker.stop()
+        if self._all.pop(worker.pid, None) is not None:
+            worker.stop()
 
     def _enforce_memory_locked(self) -> None:
         if self.memory_limit is None:

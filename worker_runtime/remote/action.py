@@ -17,6 +17,7 @@ from worker_runtime.envelope import Envelope
 from worker_runtime.proto import remote_execution_pb2 as re_pb2
 from worker_runtime.remote.convention import (
     KEY_PROPERTY,
+    MULTIPLEX_PROPERTY,
     PROTOCOL_PROPERTY,
     safe_relative_path,
     worker_key,
@@ -69,6 +70,8 @@ def build_action(
         properties[KEY_PROPERTY] = key
         if config.protocol != "proto":
             properties[PROTOCOL_PROPERTY] = config.protocol
+        if config.multiplex:
+            properties[MULTIPLEX_PROPERTY] = "true"
     outputs = tuple(sorted({safe_relative_path(o, "output path") for o in envelope.outputs}))
     command = re_pb2.Command(
         arguments=[*startup, f"@{envelope.argfile}"],

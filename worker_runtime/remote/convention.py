@@ -22,6 +22,9 @@ from collections.abc import Iterable, Mapping, Sequence
 
 KEY_PROPERTY = "persistentWorkerKey"
 PROTOCOL_PROPERTY = "persistentWorkerProtocol"
+#: Ours, not the convention's: "true" when the worker takes concurrent requests (request
+#: ids, sandbox_dir per request). Sent only for multiplex backends; not part of the key.
+MULTIPLEX_PROPERTY = "persistentWorkerMultiplex"
 TOOL_INPUT_PROPERTY = "bazel_tool_input"
 PERSISTENT_WORKER_FLAG = "--persistent_worker"
 

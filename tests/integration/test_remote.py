@@ -12,13 +12,16 @@ import tempfile
 import threading
 import time
 from collections.abc import Iterator
+from concurrent.futures import Future
 from pathlib import Path
 
 import pytest
 
 from tests.clusters import cluster, private_cluster
 from tests.conftest import REPO_ROOT, RUNTIME, is_gone, wait_gone
+from tests.unix_proxy import UnixProxy
 from worker_runtime.buck2.emulator import Buck2Worker, make_command
+from worker_runtime.proto.buck2_worker_pb2 import ExecuteResponse
 
 TEST_WORKER = REPO_ROOT / "tests" / "backends" / "remote_test_worker.py"
 
@@ -56,6 +59,22 @@ def action(
     envelope = {"argfile": f"{name}.args", "inputs": inputs, "outputs": outputs, "version": 1}
     (root / f"{name}.envelope.json").write_text(json.dumps(envelope))
     return {"WORKER_RUNTIME_ENVELOPE": f"{name}.envelope.json"}
+
+
+def in_background(
+    worker: Buck2Worker, argfile: str, env: dict[str, str]
+) -> Future[ExecuteResponse]:
+    """Sends ``@argfile`` on a thread of its own; the future holds the response."""
+    future: Future[ExecuteResponse] = Future()
+
+    def send() -> None:
+        try:
+            future.set_result(worker.execute(make_command([f"@{argfile}"], env=env)))
+        except BaseException as exc:
+            future.set_exception(exc)
+
+    threading.Thread(target=send, daemon=True).start()
+    return future
 
 
 def runtime(root: Path) -> Buck2Worker:
@@ -229,7 +248,6 @@ def test_an_executor_killed_mid_action_loses_nothing(tmp_path: Path, engine: Pat
     client's Execute stream sees it complete."""
     root = project(tmp_path, engine)
     (root / "src" / "a.txt").write_text(f"slow {tmp_path}\n")  # not in the action cache
-    results: list[object] = []
     earlier = set(engine.glob("executors/*/actions/*/started.txt"))
     with runtime(root) as worker:
         env = action(
@@ -239,16 +257,11 @@ def test_an_executor_killed_mid_action_loses_nothing(tmp_path: Path, engine: Pat
             ["src/a.txt"],
             ["out/k.txt"],
         )
-        thread = threading.Thread(
-            target=lambda: results.append(worker.execute(make_command(["@k.args"], env=env)))
-        )
-        thread.start()
+        pending = in_background(worker, "k.args", env)
         victim, _ = running_action(engine, earlier)
         os.kill(victim, signal.SIGKILL)
-        thread.join(timeout=120)
-    assert not thread.is_alive()
-    (response,) = results
-    assert response.exit_code == 0, response.stderr  # type: ignore[attr-defined]
+        response = pending.result(timeout=120)
+    assert response.exit_code == 0, response.stderr
     assert (root / "out" / "k.txt").read_text().startswith(f"slow {tmp_path}\n")
     assert cluster("up", "--executors", "3", "--dir", str(engine)).returncode == 0  # restored
 
@@ -309,7 +322,6 @@ def test_an_executor_stopped_mid_action_finishes_it_first(tmp_path: Path, engine
     and be reported, then the executor leaves (BOT_TERMINATING)."""
     root = project(tmp_path, engine)
     (root / "src" / "a.txt").write_text(f"graceful {tmp_path}\n")
-    results: list[object] = []
     earlier = set(engine.glob("executors/*/actions/*/started.txt"))  # a killed one's
     with runtime(root) as worker:
         env = action(
@@ -319,15 +331,11 @@ def test_an_executor_stopped_mid_action_finishes_it_first(tmp_path: Path, engine
             ["src/a.txt"],
             ["out/g.txt"],
         )
-        thread = threading.Thread(
-            target=lambda: results.append(worker.execute(make_command(["@g.args"], env=env)))
-        )
-        thread.start()
+        pending = in_background(worker, "g.args", env)
         executor, worker_pid = running_action(engine, earlier)
         os.kill(executor, signal.SIGTERM)
-        thread.join(timeout=120)
-    (response,) = results
-    assert response.exit_code == 0, response.stderr  # type: ignore[attr-defined]
+        response = pending.result(timeout=120)
+    assert response.exit_code == 0, response.stderr
     # Finished by the worker that had started it: not lost, not run again elsewhere.
     assert (root / "out" / "g.txt").read_text().split("pid=")[1].strip() == worker_pid
     assert wait_gone([executor]) == []
@@ -354,7 +362,6 @@ def test_race_remote_wins_and_the_local_side_is_stopped_before_the_outputs_land(
     racing(root)
     (root / "src" / "a.txt").write_text(f"race remote {tmp_path}\n")
     go_remote = tmp_path / "go-remote"
-    results: list[object] = []
     with runtime(root) as worker:
         env = action(
             root,
@@ -367,17 +374,12 @@ def test_race_remote_wins_and_the_local_side_is_stopped_before_the_outputs_land(
             ["src/a.txt"],
             ["out/rw.txt"],
         )
-        thread = threading.Thread(
-            target=lambda: results.append(worker.execute(make_command(["@rw.args"], env=env)))
-        )
-        thread.start()
+        pending = in_background(worker, "rw.args", env)
         wait_for(root / "started.txt")  # the local side is running
         local_pid = int((root / "started.txt").read_text())
         go_remote.touch()
-        thread.join(timeout=60)
-        assert not thread.is_alive()
-        (response,) = results
-        assert response.exit_code == 0, response.stderr  # type: ignore[attr-defined]
+        response = pending.result(timeout=60)
+        assert response.exit_code == 0, response.stderr
         # The loser was stopped before the winner's outputs were put in place.
         assert is_gone(local_pid)
         text = (root / "out" / "rw.txt").read_text()
@@ -408,7 +410,6 @@ def test_race_local_wins_and_the_remote_action_is_cancelled_on_its_executor(
     (root / "worker.json").write_text(json.dumps(config))
     (root / "src" / "a.txt").write_text(f"race local {tmp_path}\n")
     go_local = root / "go-local"
-    results: list[object] = []
     earlier = set(engine.glob("executors/*/actions/*/started.txt"))
     with runtime(root) as worker:
         env = action(
@@ -421,19 +422,14 @@ def test_race_local_wins_and_the_remote_action_is_cancelled_on_its_executor(
             ["src/a.txt"],
             ["out/lw.txt"],
         )
-        thread = threading.Thread(
-            target=lambda: results.append(worker.execute(make_command(["@lw.args"], env=env)))
-        )
-        thread.start()
+        pending = in_background(worker, "lw.args", env)
         executor, remote_pid = running_action(engine, earlier)  # the remote side is running
         actions = {p.parent for p in engine.glob("executors/*/actions/*/started.txt")} - {
             p.parent for p in earlier
         }
         go_local.touch()
-        thread.join(timeout=60)
-        assert not thread.is_alive()
-        (response,) = results
-        assert response.exit_code == 0, response.stderr  # type: ignore[attr-defined]
+        response = pending.result(timeout=60)
+        assert response.exit_code == 0, response.stderr
         local_pid = int((root / "started.txt").read_text())
         assert int((root / "out" / "lw.txt").read_text().split("pid=")[1]) == local_pid
         # No orphan: the operation was cancelled on the server, the executor dropped the
@@ -495,7 +491,6 @@ def test_a_remote_request_the_runtime_gives_up_on_is_cancelled_on_its_executor(
     config["shutdown_grace_s"] = 0.5
     (root / "worker.json").write_text(json.dumps(config))
     (root / "src" / "a.txt").write_text(f"abandoned {tmp_path}\n")
-    results: list[object] = []
     earlier = set(engine.glob("executors/*/actions/*/started.txt"))
     with runtime(root) as worker:
         env = action(
@@ -505,16 +500,12 @@ def test_a_remote_request_the_runtime_gives_up_on_is_cancelled_on_its_executor(
             ["src/a.txt"],
             ["out/ab.txt"],
         )
-        thread = threading.Thread(
-            target=lambda: results.append(worker.execute(make_command(["@ab.args"], env=env)))
-        )
-        thread.start()
+        pending = in_background(worker, "ab.args", env)
         executor, remote_pid = running_action(engine, earlier)
         assert worker.terminate() == 0
-        thread.join(timeout=30)
-    (response,) = results
-    assert response.exit_code == 125  # type: ignore[attr-defined]
-    assert "shutting down" in response.stderr  # type: ignore[attr-defined]
+        response = pending.result(timeout=30)
+    assert response.exit_code == 125
+    assert "shutting down" in response.stderr
     assert wait_gone([int(remote_pid)], 30) == []
     assert not is_gone(executor)
     assert not (root / "out" / "ab.txt").exists()
@@ -532,11 +523,10 @@ def test_a_multiplex_worker_takes_concurrent_remote_actions_of_its_key(
     (root / "worker.json").write_text(json.dumps(config))
     (root / "src" / "a.txt").write_text(f"multiplex {tmp_path}\n")
     go = tmp_path / "go"
-    results: list[object] = []
     earlier = set(engine.glob("executors/*/actions/*/started.txt"))
     with runtime(root) as worker:
 
-        def run(name: str, *args: str) -> object:
+        def send(name: str, *args: str) -> Future[ExecuteResponse]:
             env = action(
                 root,
                 name,
@@ -544,20 +534,50 @@ def test_a_multiplex_worker_takes_concurrent_remote_actions_of_its_key(
                 ["src/a.txt"],
                 [f"out/{name}.txt"],
             )
-            return worker.execute(make_command([f"@{name}.args"], env=env))
+            return in_background(worker, f"{name}.args", env)
 
-        warm = run("m0")  # the key's worker starts, and the scheduler learns where
-        assert warm.exit_code == 0, warm.stderr  # type: ignore[attr-defined]
-        thread = threading.Thread(
-            target=lambda: results.append(run("m1", "--wait-if", "remote", str(go)))
-        )
-        thread.start()
+        warm = send("m0").result(timeout=60)  # the worker starts; the scheduler learns where
+        assert warm.exit_code == 0, warm.stderr
+        first = send("m1", "--wait-if", "remote", str(go))
         running_action(engine, earlier)
-        second = run("m2")  # while m1 waits
-        assert second.exit_code == 0, second.stderr  # type: ignore[attr-defined]
+        second = send("m2").result(timeout=60)  # while m1 waits
+        assert second.exit_code == 0, second.stderr
         go.touch()
-        thread.join(timeout=60)
-    (first,) = results
-    assert first.exit_code == 0, first.stderr  # type: ignore[attr-defined]
+        response = first.result(timeout=60)
+    assert response.exit_code == 0, response.stderr
     pids = {(root / "out" / f"m{i}.txt").read_text().split("pid=")[1] for i in range(3)}
     assert len(pids) == 1  # one process served all three, two of them at once
+
+
+def test_a_dropped_execute_stream_is_reattached_and_nothing_is_lost(
+    tmp_path: Path, engine: Path
+) -> None:
+    """The client's connection breaks while the action runs (a proxy between it and
+    BuildGrid drops every connection): it reconnects, follows the same operation with
+    WaitExecution and gets the result."""
+    root = project(tmp_path, engine)
+    proxy_socket = Path(tempfile.mkdtemp(prefix="wr-proxy-")) / "proxy.sock"
+    config = json.loads((root / "worker.json").read_text())
+    config["remote"]["endpoint"] = f"unix://{proxy_socket}"
+    (root / "worker.json").write_text(json.dumps(config))
+    (root / "src" / "a.txt").write_text(f"dropped {tmp_path}\n")
+    go = tmp_path / "go"
+    earlier = set(engine.glob("executors/*/actions/*/started.txt"))
+    with UnixProxy(proxy_socket, engine / "run" / "buildgrid.sock") as proxy:
+        with runtime(root) as worker:
+            env = action(
+                root,
+                "dr",
+                ["--wait-if", "remote", str(go), "--out", "out/dr.txt", "src/a.txt"],
+                ["src/a.txt"],
+                ["out/dr.txt"],
+            )
+            pending = in_background(worker, "dr.args", env)
+            running_action(engine, earlier)
+            before = proxy.connections
+            proxy.drop()
+            go.touch()
+            response = pending.result(timeout=60)
+        assert proxy.connections > before  # it came back to follow the operation
+    assert response.exit_code == 0, response.stderr
+    assert (root / "out" / "dr.txt").read_text().startswith(f"dropped {tmp_path}\n")

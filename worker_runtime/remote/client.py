@@ -4,6 +4,7 @@ drops), and the outputs written into place atomically. Every call has a deadline
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -23,6 +24,8 @@ from worker_runtime.remote.channels import open_channel, parse_endpoint
 from worker_runtime.remote.convention import UnsafePathError, safe_relative_path
 from worker_runtime.remote.merkle import Blobs, digest_key, digest_of
 from worker_runtime.remote.outputs import StagedOutputs
+
+LOGGER = logging.getLogger(__name__)
 
 #: FAILED_PRECONDITION (a missing blob), INTERNAL, UNAVAILABLE.
 RETRIED_CODES = (9, 13, 14)
@@ -194,13 +197,22 @@ class RemoteClient:
                     cancellation.check()
                     if exc.code() not in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.INTERNAL):
                         raise
+                    why = _describe(exc)
+                else:
+                    why = "the stream ended early"
                 cancellation.check()
                 if not name or time.monotonic() > deadline:
-                    raise RemoteError("the Execute stream ended before the action completed")
-                # The stream dropped: reattach to the same operation.
+                    raise RemoteError(
+                        f"the Execute stream ended before the action completed ({why})"
+                    )
+                # The stream dropped: reattach to the same operation, once the server is
+                # reachable again (backing off, within the execution's deadline).
+                LOGGER.info("following operation %s broke off (%s); reattaching", name, why)
+                time.sleep(min(0.05 * 2**_attempt, 2.0))
                 stream = self._execution.WaitExecution(
                     re_pb2.WaitExecutionRequest(name=name),
                     timeout=max(1.0, deadline - time.monotonic()),
+                    wait_for_ready=True,
                 )
                 cancellation.follow(stream)  # type: ignore[arg-type]
             raise RemoteError(f"operation {name} could not be followed to its end")

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import os
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -15,7 +14,13 @@ import pytest
 
 from tests.clusters import cluster, private_cluster
 from tests.conftest import REPO_ROOT, is_gone, wait_gone
-from tests.integration.test_remote import action, project, running_action, runtime
+from tests.integration.test_remote import (
+    action,
+    in_background,
+    project,
+    running_action,
+    runtime,
+)
 from worker_runtime.buck2.emulator import make_command
 
 VENV = REPO_ROOT / ".cache" / "buildgrid04-venv"
@@ -66,7 +71,6 @@ def test_a_race_the_local_side_wins_cancels_the_remote_action(tmp_path: Path, en
     config["routing"] = "race"
     (root / "worker.json").write_text(json.dumps(config))
     (root / "src" / "a.txt").write_text(f"0.4 race {tmp_path}\n")
-    results: list[object] = []
     earlier = set(engine.glob("executors/*/actions/*/started.txt"))
     with runtime(root) as worker:
         env = action(
@@ -79,15 +83,11 @@ def test_a_race_the_local_side_wins_cancels_the_remote_action(tmp_path: Path, en
             ["src/a.txt"],
             ["out/r.txt"],
         )
-        thread = threading.Thread(
-            target=lambda: results.append(worker.execute(make_command(["@r.args"], env=env)))
-        )
-        thread.start()
+        pending = in_background(worker, "r.args", env)
         executor, remote_pid = running_action(engine, earlier)
         (root / "go-local").touch()
-        thread.join(timeout=60)
-    (response,) = results
-    assert response.exit_code == 0, response.stderr  # type: ignore[attr-defined]
+        response = pending.result(timeout=60)
+    assert response.exit_code == 0, response.stderr
     assert output_pid(root, "r") == int((root / "started.txt").read_text())  # local's
     assert wait_gone([int(remote_pid)], 30) == []
     assert not is_gone(executor)

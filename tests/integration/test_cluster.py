@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -94,3 +95,19 @@ def processes_of(directory: Path) -> list[str]:
         if str(directory) in cmdline and proc.info["status"] != psutil.STATUS_ZOMBIE:
             found.append(f"{proc.pid} {cmdline}")
     return found
+
+
+def test_a_dead_server_is_restarted_with_a_fresh_set_of_executors(cluster_dir: Path) -> None:
+    assert cluster("up", "--executors", "2", "--dir", str(cluster_dir)).returncode == 0
+    before: Any = status(cluster_dir)
+    os.killpg(int(before["buildgrid"]["pid"]), signal.SIGKILL)
+    assert wait_gone([int(before["buildgrid"]["pid"])]) == []
+    back = cluster("up", "--executors", "2", "--dir", str(cluster_dir))
+    assert back.returncode == 0, back.stderr
+    after: Any = status(cluster_dir)
+    assert after["buildgrid"]["answers"] is True
+    old = [int(e["pid"]) for e in before["executors"]]
+    assert wait_gone(old) == []  # the old server's bots were stopped, not left behind
+    assert len(after["executors"]) == 2 and all(e["alive"] for e in after["executors"])
+    assert cluster("down", "--dir", str(cluster_dir)).returncode == 0
+    assert processes_of(cluster_dir) == []

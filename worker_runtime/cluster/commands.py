@@ -76,6 +76,9 @@ def up(layout: ClusterLayout, executors: int) -> dict[str, object]:
             layout.write_state(state)
         return describe(layout)
     buildgrid.stop(state.buildgrid_pid)  # a server that no longer answers
+    for pid in state.executor_pids:  # bots of that server: a fresh set comes with the new one
+        buildgrid.stop(pid, grace_s=30.0)
+    state.executor_pids = []
     try:
         if not buildgrid.alive(postgres.pid(layout)):
             state.postgres_pid = postgres.start(layout)

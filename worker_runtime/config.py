@@ -74,7 +74,7 @@ class RuntimeConfig:
     #: when a warm local slot is free, else remote) or "race" (both; the first result wins).
     routing: str = "local"
     #: Remote settings for the other routings: endpoint, instance_name, credentials_file,
-    #: tls_ca_file, tls, fallback_local, cache, persistent.
+    #: tls_ca_file, tls, fallback_local, cache, persistent, properties.
     remote: Mapping[str, Any] = field(default_factory=dict)
 
     def validated(self) -> RuntimeConfig:
@@ -141,6 +141,7 @@ REMOTE_KEYS = {
     "fallback_local": bool,
     "persistent": bool,
     "cache": bool,
+    "properties": dict,
 }
 
 
@@ -162,6 +163,12 @@ def _remote(key: str, value: Any) -> dict[str, Any]:
         if not isinstance(item, expected):
             raise ConfigError(
                 f"config key `{key}.{name}` must be a {expected.__name__}, not {json.dumps(item)}"
+            )
+    for name, item in value.get("properties", {}).items():
+        if not isinstance(item, str) or not name:
+            raise ConfigError(
+                f"config key `{key}.properties` must map names to strings, not "
+                f"{json.dumps(name)}: {json.dumps(item)}"
             )
     return dict(value)
 

@@ -32,3 +32,25 @@ def check_routing(value: str) -> str:
     if value not in ROUTINGS:
         fail("[persistent_workers] routing = " + repr(value) + " is not one of " + ", ".join(ROUTINGS))
     return value
+
+def properties_setting(key: str, value: str) -> dict[str, str]:
+    """Reads a [persistent_workers] list of platform properties.
+
+    Args:
+      key: the key's name in [persistent_workers], for the error message.
+      value: the value read with read_root_config: `name=value` pairs, comma-separated.
+
+    Returns:
+      The properties by name; an entry without `=` or with an empty name fails analysis
+      naming the key.
+    """
+    properties = {}
+    for entry in value.split(","):
+        entry = entry.strip()
+        if not entry:
+            continue
+        name, sep, item = entry.partition("=")
+        if not sep or not name.strip():
+            fail("[persistent_workers] " + key + ": " + repr(entry) + " is not name=value")
+        properties[name.strip()] = item.strip()
+    return properties

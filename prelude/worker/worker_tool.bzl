@@ -1,6 +1,6 @@
 """The worker_tool rule: a backend that speaks Bazel's worker protocol, run warm by worker-runtime."""
 
-load("//utils:settings.bzl", "ROUTINGS", "bool_setting", "check_routing")
+load("//utils:settings.bzl", "ROUTINGS", "bool_setting", "check_routing", "properties_setting")
 load("//worker:providers.bzl", "WorkerToolInfo")
 
 def routing_select(cell: str = "prelude") -> typing.Any:
@@ -32,6 +32,9 @@ def _remote_settings(ctx: AnalysisContext) -> dict[str, typing.Any]:
         value = getattr(ctx.attrs, "remote_" + key)
         if value:
             remote[key] = value
+    properties = properties_setting("remote_properties", ctx.attrs.remote_properties)
+    if properties:
+        remote["properties"] = properties
     return remote
 
 def _runtime_config(ctx: AnalysisContext, backend: RunInfo) -> dict[str, typing.Any]:
@@ -143,6 +146,10 @@ worker_tool = rule(
         "remote_persistent": attrs.string(
             default = read_root_config("persistent_workers", "remote_persistent", "true"),
             doc = "[persistent_workers] remote_persistent: false sends plain one-shot actions.",
+        ),
+        "remote_properties": attrs.string(
+            default = read_root_config("persistent_workers", "remote_properties", ""),
+            doc = "[persistent_workers] remote_properties: the platform's properties, name=value,...",
         ),
         "remote_tls": attrs.string(
             default = read_root_config("persistent_workers", "remote_tls", "false"),

@@ -128,6 +128,7 @@ def test_remote_settings_reach_the_runtime_config() -> None:
         ("persistent_workers", "remote_tls_ca_file"): "/etc/re/ca.pem",
         ("persistent_workers", "remote_fallback_local"): "true",
         ("persistent_workers", "remote_cache"): "false",
+        ("persistent_workers", "remote_properties"): "OSFamily=linux, container-image=docker://x:1",
     }
     config = analyse_tool(settings, ["prelude//platforms:routing_remote"])
     assert config["remote"] == {
@@ -139,8 +140,14 @@ def test_remote_settings_reach_the_runtime_config() -> None:
         "fallback_local": True,
         "cache": False,
         "persistent": True,
+        "properties": {"OSFamily": "linux", "container-image": "docker://x:1"},
     }
     assert config_from_mapping(config).validated().remote["tls"] is True
+
+
+def test_a_malformed_remote_property_is_an_analysis_error_naming_the_key() -> None:
+    with pytest.raises(sl.StarlarkError, match=r'remote_properties: "OSFamily" is not name=value'):
+        analyse_tool({("persistent_workers", "remote_properties"): "OSFamily"}, [])
 
 
 def test_bad_remote_tls_is_an_analysis_error_naming_the_key() -> None:

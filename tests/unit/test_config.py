@@ -58,6 +58,8 @@ def test_full_config_round_trip(tmp_path: Path) -> None:
         ([1], "must hold a JSON object"),
         ({"routing": "cloud"}, "`routing` must be one of"),
         ({"remote": {"endpoint": 5}}, "`remote.endpoint` must be a str"),
+        ({"remote": {"properties": {"OSFamily": 1}}}, "`remote.properties` must map names"),
+        ({"remote": {"properties": ["x"]}}, "`remote.properties` must be a dict"),
         ({"remote": {"port": 5}}, "`remote.port` is unknown"),
     ],
 )

@@ -67,6 +67,7 @@ def forward(
     remote = manager.config.remote
     built = build_action(
         manager.config, envelope, environment, root, manager.digests, blobs,
+        extra_properties=remote.get("properties"),
         timeout_s=timeout_s, persistent=bool(remote.get("persistent", True)),
         cacheable=bool(remote.get("cache", True)),
     )  # fmt: skip

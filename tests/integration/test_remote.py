@@ -11,6 +11,7 @@ import signal
 import tempfile
 import threading
 import time
+import urllib.request
 from collections.abc import Iterator
 from concurrent.futures import Future
 from pathlib import Path
@@ -96,6 +97,39 @@ def running_action(engine: Path, earlier: set[Path]) -> tuple[int, str]:
     index = int(started[0].parts[-4].split("-")[1])  # executors/executor-<i>-<instance>/...
     executor = json.loads((engine / "state.json").read_text())["executor_pids"][index]
     return int(executor), started[0].read_text()
+
+
+def metric(engine: Path, name: str) -> float:
+    """The sum of one metric (a sample line's name with its labels) over the cluster's
+    executors, read from their Prometheus endpoints."""
+    state = json.loads((engine / "state.json").read_text())
+    total = 0.0
+    for port in state["executor_metrics_ports"]:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as page:
+            for line in page.read().decode().splitlines():
+                if line.startswith(name + " "):
+                    total += float(line.split()[-1])
+    return total
+
+
+def test_executor_metrics_count_leases_latencies_and_outcomes(tmp_path: Path, engine: Path) -> None:
+    names = (
+        "executor_leases_total",
+        'executor_actions_total{outcome="success"}',
+        "executor_queue_seconds_count",
+        "executor_execution_seconds_count",
+    )
+    before = {name: metric(engine, name) for name in names}
+    root = project(tmp_path, engine)
+    (root / "src" / "a.txt").write_text(f"metrics {tmp_path}\n")
+    with runtime(root) as worker:
+        env = action(
+            root, "mt", ["--out", "out/mt.txt", "src/a.txt"], ["src/a.txt"], ["out/mt.txt"]
+        )
+        response = worker.execute(make_command(["@mt.args"], env=env))
+    assert response.exit_code == 0, response.stderr
+    for name in names:
+        assert metric(engine, name) == before[name] + 1, name
 
 
 def test_requests_with_the_same_key_run_on_the_same_remote_worker(
@@ -439,6 +473,10 @@ def test_race_local_wins_and_the_remote_action_is_cancelled_on_its_executor(
         while any(a.exists() for a in actions) and time.monotonic() < deadline:
             time.sleep(0.05)
         assert not any(a.exists() for a in actions)
+        cancelled = 'executor_actions_total{outcome="cancelled"}'
+        while metric(engine, cancelled) < 1 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert metric(engine, cancelled) >= 1
         assert not is_gone(executor)  # the executor itself lives on
         # The discarded worker's output never lands: the local result stays.
         assert int((root / "out" / "lw.txt").read_text().split("pid=")[1]) == local_pid

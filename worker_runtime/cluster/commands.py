@@ -6,13 +6,16 @@ the rest of the way); `down` stops every process the cluster started, by PID."""
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
+import socket
 import subprocess
 import sys
+import time
 from collections.abc import Sequence
 
 from worker_runtime.cluster import buildgrid, postgres
-from worker_runtime.cluster.layout import INSTANCE, INSTANCES, ClusterLayout
+from worker_runtime.cluster.layout import INSTANCE, INSTANCES, ClusterLayout, ClusterState
 from worker_runtime.errors import ClusterError
 
 
@@ -42,13 +45,60 @@ def describe(layout: ClusterLayout) -> dict[str, object]:
             "alive": buildgrid.alive(state.buildgrid_pid),
             "answers": buildgrid.answers(layout),
         },
-        "executors": [{"pid": p, "alive": buildgrid.alive(p)} for p in state.executor_pids],
+        "executors": [
+            {
+                "pid": pid,
+                "alive": buildgrid.alive(pid),
+                "metrics": f"http://127.0.0.1:{port}/metrics" if port else "",
+            }
+            for pid, port in itertools.zip_longest(
+                state.executor_pids, state.executor_metrics_ports, fillvalue=0
+            )
+        ],
     }
 
 
-def start_executor(layout: ClusterLayout, index: int) -> int:
-    """Executor number ``index``, detached, logging to logs/: they take the instances
-    (tenants) in turn, each serving one."""
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def start_executors(layout: ClusterLayout, state: ClusterState, count: int) -> None:
+    """Starts ``count`` executors and returns once each serves its metrics, which it
+    does once its bot session exists."""
+    state.executor_pids, state.executor_metrics_ports = [], []
+    for index in range(count):
+        port = free_port()
+        state.executor_pids.append(start_executor(layout, index, port))
+        state.executor_metrics_ports.append(port)
+    deadline = time.monotonic() + 60
+    for index, (pid, port) in enumerate(
+        zip(state.executor_pids, state.executor_metrics_ports, strict=True)
+    ):
+        while not _answers(port):
+            if not buildgrid.alive(pid):
+                raise ClusterError(
+                    f"executor {index} exited while starting; log: "
+                    f"{layout.logs / f'executor-{index}-{INSTANCES[index % len(INSTANCES)]}.log'}"
+                )
+            if time.monotonic() > deadline:
+                raise ClusterError(f"executor {index} did not start within 60 s")
+            time.sleep(0.05)
+
+
+def _answers(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=1):
+            return True
+    except OSError:
+        return False
+
+
+def start_executor(layout: ClusterLayout, index: int, metrics_port: int) -> int:
+    """Executor number ``index``, detached, logging to logs/, serving its metrics on
+    127.0.0.1:``metrics_port``: they take the instances (tenants) in turn, each serving
+    one."""
     instance = INSTANCES[index % len(INSTANCES)]
     name = f"executor-{index}-{instance}"
     workdir = layout.root / "executors" / name
@@ -57,7 +107,8 @@ def start_executor(layout: ClusterLayout, index: int) -> int:
     with open(log, "ab") as out:
         process = subprocess.Popen(
             [sys.executable, "-m", "worker_runtime", "executor", "--server", layout.address,
-             "--instance", instance, "--bot-id", name, "--workdir", str(workdir)],
+             "--instance", instance, "--bot-id", name, "--workdir", str(workdir),
+             "--metrics-port", str(metrics_port)],
             stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
             start_new_session=True,
         )  # fmt: skip
@@ -72,13 +123,13 @@ def up(layout: ClusterLayout, executors: int) -> dict[str, object]:
             # Executors died or another count is wanted: a fresh set (bot ids stay unique).
             for pid in alive:
                 buildgrid.stop(pid, grace_s=30.0)
-            state.executor_pids = [start_executor(layout, i) for i in range(executors)]
+            start_executors(layout, state, executors)
             layout.write_state(state)
         return describe(layout)
     buildgrid.stop(state.buildgrid_pid)  # a server that no longer answers
     for pid in state.executor_pids:  # bots of that server: a fresh set comes with the new one
         buildgrid.stop(pid, grace_s=30.0)
-    state.executor_pids = []
+    state.executor_pids, state.executor_metrics_ports = [], []
     try:
         if not buildgrid.alive(postgres.pid(layout)):
             state.postgres_pid = postgres.start(layout)
@@ -86,7 +137,7 @@ def up(layout: ClusterLayout, executors: int) -> dict[str, object]:
             state.postgres_pid = postgres.pid(layout)
         layout.write_state(state)
         state.buildgrid_pid = buildgrid.start(layout)
-        state.executor_pids = [start_executor(layout, i) for i in range(executors)]
+        start_executors(layout, state, executors)
         layout.write_state(state)
     except ClusterError:
         down(layout)

@@ -26,6 +26,8 @@ class ClusterState:
     postgres_pid: int = 0
     buildgrid_pid: int = 0
     executor_pids: list[int] = field(default_factory=list)
+    #: Each executor's Prometheus port on 127.0.0.1, in the order of executor_pids.
+    executor_metrics_ports: list[int] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -79,7 +81,8 @@ class ClusterLayout:
             data = json.loads(self.state_file.read_text())
         except (OSError, ValueError):
             return ClusterState()
-        return ClusterState(**data)
+        known = ClusterState.__dataclass_fields__
+        return ClusterState(**{k: v for k, v in data.items() if k in known})
 
     def write_state(self, state: ClusterState) -> None:
         self.root.mkdir(parents=True, exist_ok=True)

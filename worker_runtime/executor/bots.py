@@ -101,14 +101,16 @@ class Executor:
         return lease_id.rsplit("/", 1)[0] if "/" in lease_id else self.settings.instance
 
     def _run(
-        self, lease_id: str, action: re_pb2.Action, cancelled: threading.Event
+        self, lease_id: str, action: re_pb2.Action, cancelled: threading.Event, received: float
     ) -> ActionOutcome:
+        self.metrics.queue_seconds.observe(time.monotonic() - received)
         instance = self._instance_of(lease_id)
         runner = ActionRunner(
             self._cas(instance), self.pool, self.settings.workdir, self.settings.bot_id
         )
         try:
-            return runner.run(action, instance, cancelled)
+            with self.metrics.execution_seconds.time():
+                return runner.run(action, instance, cancelled)
         except ActionCancelled as exc:
             LOGGER.info("lease %s cancelled: %s", lease_id, exc)
             self.metrics.actions.labels(outcome="cancelled").inc()
@@ -137,14 +139,14 @@ class Executor:
         # What a killed predecessor in this workdir left: action directories, worker homes.
         for leftover in ("actions", "workers"):
             shutil.rmtree(self.settings.workdir / leftover, ignore_errors=True)
-        if self.settings.metrics_port is not None:
-            self.metrics.serve(self.settings.metrics_port)
         session = self.bots.CreateBotSession(
             bots_pb2.CreateBotSessionRequest(
                 parent=self.settings.instance, bot_session=self._session()
             ),
             timeout=30,
         )
+        if self.settings.metrics_port is not None:  # served once the bot is registered
+            self.metrics.serve(self.settings.metrics_port)
         LOGGER.info("bot session %s", session.name)
         last_reap = time.monotonic()
         stopping_since: float | None = None
@@ -223,11 +225,12 @@ class Executor:
                     self._finished.add(lease.id)
                     continue
                 self.stats.leases += 1
+                self.metrics.leases.inc()
                 lease.state = bots_pb2.ACTIVE
                 cancelled = threading.Event()
                 self._cancel_events[lease.id] = cancelled
                 self._running[lease.id] = self._threads.submit(
-                    self._run, lease.id, action, cancelled
+                    self._run, lease.id, action, cancelled, time.monotonic()
                 )
 
     def _complete(self, lease: bots_pb2.Lease, future: Future[ActionOutcome]) -> None:

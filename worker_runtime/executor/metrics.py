@@ -1,7 +1,8 @@
 """The executor's Prometheus metrics (served on 127.0.0.1 with --metrics-port): leases,
 actions by outcome, persistent worker starts, reuses and evictions, the warm-hit ratio,
-and execution latency. (Queue latency is the client's to see: a lease says nothing of
-when its job was queued.)"""
+queue latency at this executor (a lease waiting for one of its --capacity slots), and
+execution latency. (The scheduler's own queue is the server's to measure: a lease says
+nothing of when its job was queued.)"""
 
 from __future__ import annotations
 
@@ -32,6 +33,10 @@ class ExecutorMetrics:
             "Persistent-worker actions that found a warm worker",
             registry=r,
         )
+        self.queue_seconds = Histogram(
+            "executor_queue_seconds", "From a lease's arrival here to its action's start",
+            buckets=LATENCY_BUCKETS, registry=r,
+        )  # fmt: skip
         self.execution_seconds = Histogram(
             "executor_execution_seconds", "Running one action, upload included",
             buckets=LATENCY_BUCKETS, registry=r,

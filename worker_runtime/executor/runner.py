@@ -108,7 +108,8 @@ class ActionRunner:
                     list(command.arguments), env, directory, timeout, cancelled
                 )
                 reused, pid, mode = False, 0, "oneshot"
-            result = self._result(command, directory, code, stdout, stderr, started)
+            finished_ns = time.time_ns()
+            result = self._result(command, directory, code, stdout, stderr, started, finished_ns)
             return ActionOutcome(result, mode, reused, pid)
         finally:
             shutil.rmtree(directory, ignore_errors=True)
@@ -233,6 +234,7 @@ class ActionRunner:
         stdout: bytes,
         stderr: bytes,
         started: float,
+        finished_ns: int,
     ) -> re_pb2.ActionResult:
         blobs = Blobs()
         result = re_pb2.ActionResult(exit_code=code)
@@ -267,11 +269,13 @@ class ActionRunner:
             if data:
                 blobs.data[digest_key(digest)] = data
             getattr(result, name).CopyFrom(digest)
-        self.cas.upload_missing(blobs)
         metadata = result.execution_metadata
         metadata.worker = self.bot_id
-        metadata.execution_start_timestamp.FromSeconds(int(started))
-        metadata.execution_completed_timestamp.FromSeconds(int(time.time()))
+        metadata.execution_start_timestamp.FromNanoseconds(int(started * 1e9))
+        metadata.execution_completed_timestamp.FromNanoseconds(finished_ns)
+        metadata.output_upload_start_timestamp.FromNanoseconds(time.time_ns())
+        self.cas.upload_missing(blobs)
+        metadata.output_upload_completed_timestamp.FromNanoseconds(time.time_ns())
         return result
 
 

@@ -619,3 +619,24 @@ def test_a_dropped_execute_stream_is_reattached_and_nothing_is_lost(
         assert proxy.connections > before  # it came back to follow the operation
     assert response.exit_code == 0, response.stderr
     assert (root / "out" / "dr.txt").read_text().startswith(f"dropped {tmp_path}\n")
+
+
+def test_the_platforms_own_properties_reach_the_engine(tmp_path: Path, engine: Path) -> None:
+    """remote.properties go on the action's platform: one the executors advertise
+    (OSFamily=linux) runs; one the engine does not know is refused clearly, not queued."""
+    root = project(tmp_path, engine)
+    config = json.loads((root / "worker.json").read_text())
+    config["remote"]["properties"] = {"OSFamily": "linux"}
+    (root / "worker.json").write_text(json.dumps(config))
+    (root / "src" / "a.txt").write_text(f"properties {tmp_path}\n")
+    with runtime(root) as worker:
+        env = action(root, "p", ["--out", "out/p.txt", "src/a.txt"], ["src/a.txt"], ["out/p.txt"])
+        response = worker.execute(make_command(["@p.args"], env=env))
+    assert response.exit_code == 0, response.stderr
+    config["remote"]["properties"] = {"OSFamily": "linux", "gpu": "h100"}
+    (root / "worker.json").write_text(json.dumps(config))
+    with runtime(root) as worker:
+        response = worker.execute(make_command(["@p.args"], env=env, timeout_s=30))
+    assert response.exit_code == 125
+    assert "remote execution failed: Execute failed: FAILED_PRECONDITION" in response.stderr
+    assert "Unregistered platform property [gpu" in response.stderr

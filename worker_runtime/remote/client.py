@@ -155,7 +155,7 @@ class RemoteClient:
                 response = self._execute(built, cancellation, timeout_s)
         except grpc.RpcError as exc:
             cancellation.check()
-            raise RemoteError(f"remote execution failed: {_describe(exc)}") from None
+            raise RemoteError(f"Execute failed: {_describe(exc)}") from None
         if response.status.code != 0:
             missing = _missing_blobs(response)
             raise RemoteError(

@@ -92,7 +92,11 @@ class BackendPool:
         if self.stopped:
             raise BackendStartError("the worker runtime is stopping; no backend is started")
         proc = BackendProcess(self.spec)
-        await proc.start()
+        try:
+            await proc.start()
+        except asyncio.CancelledError:  # mid-start: the process may exist, untracked
+            await asyncio.shield(proc.stop())
+            raise
         self.processes.add(proc)
         return proc
 

@@ -224,7 +224,10 @@ class BackendProcess:
         except asyncio.CancelledError:
             if self._pending.pop(request.request_id, None) is not None and self.alive:
                 self._abandon(request.request_id)
-                await self._abandoned(request.request_id)
+                clean = asyncio.ensure_future(self._abandoned(request.request_id))
+                while not clean.done():  # a second cancel must not cut this wait short
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await asyncio.shield(clean)
             raise
         self.requests_served += 1
         self.last_used = time.monotonic()

@@ -12,6 +12,7 @@ import asyncio
 import logging
 import os
 import threading
+from collections.abc import Awaitable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -121,12 +122,10 @@ class RequestHandler:
             if not timeout and self.config.default_timeout_s is not None:
                 timeout = int(self.config.default_timeout_s)
             if prepared.envelope and self.config.routing == "race":
-                return await self._race(prepared, timeout)
+                return await self._with_timeout(self._race(prepared, timeout), timeout)
             if prepared.envelope and self._goes_remote(prepared):
                 return await self._run_remote(prepared, timeout)
-            if timeout > 0:
-                return await self._run_with_timeout(prepared, timeout)
-            return await self._run(prepared)
+            return await self._with_timeout(self._run(prepared), timeout)
         except RequestError as exc:
             LOGGER.info("bad request: %s", exc)
             return self.error(str(exc))
@@ -210,12 +209,13 @@ class RequestHandler:
         """Forwards the request through the Remote Execution API (in a thread: the REAPI
         client is blocking, with a deadline on every call). If this request is cancelled
         (a timeout, the runtime stopping), so is the remote operation."""
+        from worker_runtime.buck2.race import remote_response
         from worker_runtime.remote.cancellation import Cancellation
-        from worker_runtime.remote.forward import forward
+        from worker_runtime.remote.forward import forward, in_remote_thread
 
         cancellation = Cancellation()
         try:
-            result = await asyncio.to_thread(
+            result = await in_remote_thread(
                 forward, self.manager, prepared.envelope, dict(prepared.key_env), timeout_s,
                 cancellation,
             )  # fmt: skip
@@ -232,111 +232,23 @@ class RequestHandler:
             note = f"worker-runtime: note: remote execution failed ({exc}); ran locally instead\n"
             response.stderr = note + response.stderr
             return response
-        return _remote_response(result)
+        return remote_response(result)
 
     async def _run_local(self, prepared: PreparedRequest, timeout_s: int) -> pb.ExecuteResponse:
         local = PreparedRequest(
             prepared.key_env, prepared.arguments, self.input_digests(prepared.envelope)
         )
-        if timeout_s > 0:
-            return await self._run_with_timeout(local, timeout_s)
-        return await self._run(local)
+        return await self._with_timeout(self._run(local), timeout_s)
 
-    async def _race(self, prepared: PreparedRequest, timeout_s: int) -> pb.ExecuteResponse:
-        """Routing `race`: runs the request locally and remotely at once and answers with
-        the first real result (a runtime failure on one side, such as an unreachable
-        server or a crashed backend, does not win: the other side is awaited).
-
-        Outputs: the local backend writes in place; the remote side stages its outputs
-        and, if it wins, first stops the local side (its backend is killed, or told to
-        cancel, and awaited) and only then renames them into place, so the loser never
-        writes over the winner. A losing remote side is cancelled on the server too."""
-        from worker_runtime.remote.cancellation import Cancellation, RemoteCancelled
-        from worker_runtime.remote.forward import forward
-
-        loop = asyncio.get_running_loop()
-        referee = threading.Lock()
-        winner: list[str] = []
-
-        def claim(side: str) -> bool:
-            with referee:
-                if not winner:
-                    winner.append(side)
-                return winner[0] == side
-
-        local = asyncio.ensure_future(self._run_local(prepared, timeout_s))
-
-        async def stop_local() -> None:
-            local.cancel()
-            await asyncio.wait([local])
-
-        def remote_may_write() -> bool:
-            if not claim("remote"):
-                return False
-            asyncio.run_coroutine_threadsafe(stop_local(), loop).result()
-            return True
-
-        cancellation = Cancellation()
-        remote = asyncio.ensure_future(
-            asyncio.to_thread(
-                forward,
-                self.manager,
-                prepared.envelope,
-                dict(prepared.key_env),
-                timeout_s,
-                cancellation,
-                remote_may_write,
-            )
-        )
-        try:
-            done, _ = await asyncio.wait({local, remote}, return_when=asyncio.FIRST_COMPLETED)
-            local_won = (
-                local in done
-                and not local.cancelled()  # by the remote side, which won
-                and local.exception() is None
-                and _is_result(local.result())
-            )
-            if local_won and claim("local"):
-                LOGGER.info("race: the local side won; cancelling the remote side")
-                await asyncio.to_thread(cancellation.cancel)
-                # The remote thread ends by itself, its staged outputs discarded.
-                self._leftovers.add(remote)
-                remote.add_done_callback(self._forget_leftover)
-                return local.result()
-            try:
-                result = await remote
-            except RequestError:
-                raise
-            except RemoteCancelled:
-                raise AssertionError("the remote side lost a race nobody won") from None
-            except Exception as exc:  # remote unreachable, a server fault: local decides
-                LOGGER.warning("race: the remote side failed (%s); waiting for the local side", exc)
-                if local.cancelled():  # the remote side won, then failed to write its outputs
-                    local = asyncio.ensure_future(self._run_local(prepared, timeout_s))
-                response = await local
-                response.stderr = (
-                    f"worker-runtime: note: the remote side of the race failed: {exc}\n"
-                    + response.stderr
-                )
-                return response
-            LOGGER.info("race: the remote side won (executor %s)", result.worker or "cache")
-            return _remote_response(result)
-        except BaseException:  # cancelled (timeout, abort), or a bad request: neither side goes on
-            local.cancel()
-            threading.Thread(target=cancellation.cancel, name="cancel-remote").start()
-            raise
-
-    def _forget_leftover(self, future: asyncio.Future[RemoteResult]) -> None:
-        self._leftovers.discard(future)
-        if not future.cancelled() and future.exception() is not None:
-            LOGGER.info("the losing remote side ended: %s", future.exception())
-
-    async def _run_with_timeout(
-        self, prepared: PreparedRequest, timeout_s: int
+    async def _with_timeout(
+        self, work: Awaitable[pb.ExecuteResponse], timeout_s: int
     ) -> pb.ExecuteResponse:
+        """``work``'s answer, or a timeout error once ``timeout_s`` (if > 0) has passed."""
+        if timeout_s <= 0:
+            return await work
         try:
             async with asyncio.timeout(timeout_s) as scope:
-                return await self._run(prepared)
+                return await work
         except TimeoutError:
             if not scope.expired():
                 raise
@@ -347,6 +259,16 @@ class RequestHandler:
             "running it was stopped, or asked to cancel if it is a cancellable multiplex one",
             timed_out_after_s=timeout_s,
         )
+
+    async def _race(self, prepared: PreparedRequest, timeout_s: int) -> pb.ExecuteResponse:
+        """Routing `race` (see race.py)."""
+        from worker_runtime.buck2.race import Race
+
+        race = Race(
+            self.manager, prepared.envelope, dict(prepared.key_env), timeout_s,
+            lambda: self._run_local(prepared, 0), self._leftovers,
+        )  # fmt: skip
+        return await race.run()
 
     async def _run(self, prepared: PreparedRequest) -> pb.ExecuteResponse:
         notes: list[str] = []
@@ -382,19 +304,3 @@ class RequestHandler:
             if notes:
                 stderr = "".join(notes) + stderr
             return pb.ExecuteResponse(exit_code=response.exit_code, stderr=stderr)
-
-
-def _remote_response(result: RemoteResult) -> pb.ExecuteResponse:
-    return pb.ExecuteResponse(
-        exit_code=result.exit_code,
-        stderr=(result.stdout + result.stderr).decode("utf-8", "replace"),
-    )
-
-
-def _is_result(response: pb.ExecuteResponse) -> bool:
-    """Whether a local answer is the action's own result (success or failure) rather
-    than the runtime's failure to run it."""
-    return not (
-        response.exit_code == RUNTIME_ERROR_EXIT_CODE
-        and response.stderr.startswith("worker-runtime: error:")
-    )

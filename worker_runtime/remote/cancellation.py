@@ -28,6 +28,7 @@ class Cancellation:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._cancelled = False
+        self._writing = False
         self._call: _Call | None = None
         self._operation = ""
         self._operation_cancelled = False
@@ -36,6 +37,13 @@ class Cancellation:
     @property
     def cancelled(self) -> bool:
         return self._cancelled
+
+    def begin_write(self) -> bool:
+        """Whether the outputs may be put in place: not once cancelled. After this
+        answers True, a cancel comes too late to stop them."""
+        with self._lock:
+            self._writing = not self._cancelled
+            return self._writing
 
     def check(self) -> None:
         if self._cancelled:

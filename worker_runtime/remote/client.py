@@ -114,14 +114,18 @@ class RemoteClient:
         cancellation: Cancellation | None = None,
         may_write: Callable[[], bool] | None = None,
         execution_timeout_s: float | None = None,
+        on_cache_miss: Callable[[], None] | None = None,
     ) -> RemoteResult:
         """Runs the action (or finds it cached) and writes its outputs under ``root``.
 
         ``cancellation`` lets another thread stop it (RemoteCancelled, nothing written,
         the operation cancelled on the server). ``may_write`` is asked once the outputs
-        are downloaded and staged: False discards them (RemoteCancelled).
-        ``execution_timeout_s`` (default: the settings') bounds waiting for the result."""
+        are downloaded and staged: False discards them (RemoteCancelled); by default
+        they are written unless the execution was cancelled. ``execution_timeout_s``
+        (default: the settings') bounds waiting for the result. ``on_cache_miss`` is
+        called when the action cache has no result (or is not asked)."""
         cancellation = cancellation or Cancellation()
+        may_write = may_write or cancellation.begin_write
         cancellation.bind(self._cancel_operation)
         self.capabilities()
         try:
@@ -137,10 +141,13 @@ class RemoteClient:
                 timeout=self.settings.call_timeout_s,
             )
         except _NotCached:
-            pass
+            if on_cache_miss is not None:
+                on_cache_miss()
         except grpc.RpcError as exc:
             if exc.code() != grpc.StatusCode.NOT_FOUND:
                 raise RemoteError(f"GetActionResult failed: {_describe(exc)}") from None
+            if on_cache_miss is not None:
+                on_cache_miss()
         else:
             return self._finish(cached, built, root, True, may_write)
         try:
@@ -226,7 +233,7 @@ class RemoteClient:
         built: BuiltAction,
         root: Path,
         cached: bool,
-        may_write: Callable[[], bool] | None,
+        may_write: Callable[[], bool],
     ) -> RemoteResult:
         wanted = set(built.outputs)
         files = [(o, _checked(o.path, wanted)) for o in result.output_files]
@@ -243,7 +250,7 @@ class RemoteClient:
                 tree = re_pb2.Tree()
                 tree.ParseFromString(blobs[digest_key(directory.tree_digest)])
                 self._write_tree(tree, staged.directory(root / path))
-            if may_write is not None and not may_write():
+            if not may_write():
                 raise RemoteCancelled("the other side of the race won; remote outputs discarded")
             staged.commit()
         finally:

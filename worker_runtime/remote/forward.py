@@ -1,11 +1,16 @@
 """Forwards one Buck2 worker request to remote execution: reads worker_run's envelope,
 builds the Action (remote/action.py) and runs it with the endpoint's client, one client
-per runtime settings (GetCapabilities is asked once)."""
+per runtime settings (GetCapabilities is asked once), on a thread pool of its own (the
+client blocks for a whole remote execution; the event loop's default pool is small and
+serves other work)."""
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import threading
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from worker_runtime.backends.manager import BackendManager
@@ -18,6 +23,16 @@ from worker_runtime.remote.merkle import Blobs
 
 _CLIENTS: dict[RemoteSettings, RemoteClient] = {}
 _LOCK = threading.Lock()
+#: Remote requests in flight at once (each holds a thread until its result is in).
+REMOTE_THREADS = ThreadPoolExecutor(max_workers=64, thread_name_prefix="remote")
+
+
+def in_remote_thread(
+    function: Callable[..., RemoteResult], *args: object
+) -> asyncio.Future[RemoteResult]:
+    return asyncio.get_running_loop().run_in_executor(
+        REMOTE_THREADS, functools.partial(function, *args)
+    )
 
 
 def settings_of(manager: BackendManager, timeout_s: int) -> RemoteSettings:
@@ -59,6 +74,7 @@ def forward(
     timeout_s: int,
     cancellation: Cancellation | None = None,
     may_write: Callable[[], bool] | None = None,
+    on_cache_miss: Callable[[], None] | None = None,
 ) -> RemoteResult:
     root = Path(manager.cwd)
     envelope = read_envelope(envelope_path, str(root))
@@ -73,5 +89,5 @@ def forward(
     )  # fmt: skip
     settings = settings_of(manager, timeout_s)
     return client_for(settings).run(
-        built, blobs, root, cancellation, may_write, settings.execution_timeout_s
+        built, blobs, root, cancellation, may_write, settings.execution_timeout_s, on_cache_miss
     )

@@ -12,6 +12,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Sequence
 
 from worker_runtime.cluster import buildgrid, postgres
@@ -66,7 +67,7 @@ def free_port() -> int:
 
 def start_executors(layout: ClusterLayout, state: ClusterState, count: int) -> None:
     """Starts ``count`` executors and returns once each serves its metrics, which it
-    does once its bot session exists."""
+    does once its bot session exists. ``state`` lists each as soon as it is started."""
     state.executor_pids, state.executor_metrics_ports = [], []
     for index in range(count):
         port = free_port()
@@ -88,9 +89,10 @@ def start_executors(layout: ClusterLayout, state: ClusterState, count: int) -> N
 
 
 def _answers(port: int) -> bool:
+    """Whether an executor's metrics are on ``port`` (not just any listener)."""
     try:
-        with socket.create_connection(("127.0.0.1", port), timeout=1):
-            return True
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=1) as page:
+            return b"executor_leases_total" in page.read()
     except OSError:
         return False
 
@@ -123,8 +125,10 @@ def up(layout: ClusterLayout, executors: int) -> dict[str, object]:
             # Executors died or another count is wanted: a fresh set (bot ids stay unique).
             for pid in alive:
                 buildgrid.stop(pid, grace_s=30.0)
-            start_executors(layout, state, executors)
-            layout.write_state(state)
+            try:
+                start_executors(layout, state, executors)
+            finally:
+                layout.write_state(state)  # down() finds every process started
         return describe(layout)
     buildgrid.stop(state.buildgrid_pid)  # a server that no longer answers
     for pid in state.executor_pids:  # bots of that server: a fresh set comes with the new one
@@ -137,9 +141,11 @@ def up(layout: ClusterLayout, executors: int) -> dict[str, object]:
             state.postgres_pid = postgres.pid(layout)
         layout.write_state(state)
         state.buildgrid_pid = buildgrid.start(layout)
+        layout.write_state(state)
         start_executors(layout, state, executors)
         layout.write_state(state)
     except ClusterError:
+        layout.write_state(state)  # down() finds every process started so far
         down(layout)
         raise
     return describe(layout)

@@ -23,6 +23,7 @@ from worker_runtime.executor.metrics import ExecutorMetrics
 from worker_runtime.executor.runner import (
     ActionCancelled,
     ActionError,
+    ActionNotRun,
     ActionOutcome,
     ActionRunner,
 )
@@ -241,6 +242,12 @@ class Executor:
             self.stats.failed += 1
             self.metrics.actions.labels(outcome="invalid").inc()
             lease.status.code = 3  # INVALID_ARGUMENT
+            lease.status.message = f"executor {self.settings.bot_id}: {exc}"
+            return
+        except ActionNotRun as exc:  # a worker fault (the server retries) or a timeout
+            self.stats.failed += 1
+            self.metrics.actions.labels(outcome="timeout" if exc.code == 4 else "error").inc()
+            lease.status.code = exc.code
             lease.status.message = f"executor {self.settings.bot_id}: {exc}"
             return
         except Exception as exc:  # the action could not be run: INTERNAL, the server retries

@@ -53,6 +53,17 @@ class ActionCancelled(RuntimeError):
     """The lease was cancelled (or taken away) while the action ran; its process is gone."""
 
 
+class ActionNotRun(RuntimeError):
+    """The action got no result of its own here: its worker crashed, babbled or timed
+    out. Reported as the lease's status (``code``), never as the action's exit code, so
+    that a client cannot mistake it for the action failing: INTERNAL (13) for a worker
+    fault, which the server retries, DEADLINE_EXCEEDED (4) for the action's timeout."""
+
+    def __init__(self, message: str, code: int) -> None:
+        super().__init__(message)
+        self.code = code
+
+
 @dataclass
 class Materialized:
     directory: Path
@@ -156,25 +167,28 @@ class ActionRunner:
             except OSError as exc:
                 return 127, b"", f"executor: cannot run {argv[0]!r}: {exc.strerror}\n".encode()
             deadline = time.monotonic() + timeout
-            # The pidfd wakes us the moment the process exits (Popen.wait(timeout) polls
-            # with growing sleeps, which would add up to 50 ms to every action).
-            exited = os.pidfd_open(process.pid)
+            finished = False
             try:
-                while not select.select([exited], [], [], 0.05)[0]:
-                    if cancelled.is_set() or time.monotonic() > deadline:
-                        with contextlib.suppress(ProcessLookupError):
-                            os.killpg(process.pid, signal.SIGKILL)
-                        process.wait()
-                        if cancelled.is_set():
-                            raise ActionCancelled("cancelled while running")
-                        return (
-                            124,
-                            b"",
-                            f"executor: the action ran past its timeout of {timeout} s\n".encode(),
-                        )
+                # The pidfd wakes us the moment the process exits (Popen.wait(timeout)
+                # polls with growing sleeps, which would add up to 50 ms to every action).
+                exited = os.pidfd_open(process.pid)
+                try:
+                    while not cancelled.is_set() and time.monotonic() < deadline:
+                        if select.select([exited], [], [], 0.05)[0]:
+                            finished = True
+                            break
+                finally:
+                    os.close(exited)
             finally:
-                os.close(exited)
-            process.wait()
+                # Whatever happened, the group goes: a finished action's stray children
+                # too. (Its exited leader is not reaped yet, so the group id is its own.)
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(process.pid, signal.SIGKILL)
+                process.wait()
+            if not finished and cancelled.is_set():
+                raise ActionCancelled("cancelled while running")
+            if not finished:
+                raise ActionNotRun(f"the action ran past its timeout of {timeout} s", 4)
             out.seek(0)
             err.seek(0)
             return process.returncode, out.read(), err.read()
@@ -207,6 +221,8 @@ class ActionRunner:
         identity = WorkerIdentity(instance, key, protocol, multiplex)
         tools = [(path, inputs.directory / path) for path, _ in inputs.tools]
         run_env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), **env}
+        if cancelled.is_set():
+            raise ActionCancelled("cancelled before it started")
         worker, reused = self.pool.acquire_warm(identity, startup, run_env, tools)
         try:
             response = worker.call(request, timeout, cancelled)
@@ -216,13 +232,8 @@ class ActionRunner:
             raise ActionCancelled("cancelled while its persistent worker ran it") from None
         except WorkerFault as exc:
             self.pool.release(worker, healthy=exc.worker_healthy)
-            return (
-                1,
-                b"",
-                f"executor: the persistent worker failed: {exc}\n".encode(),
-                reused,
-                worker.pid,
-            )
+            code = 4 if exc.timed_out else 13
+            raise ActionNotRun(f"the persistent worker failed: {exc}", code) from None
         self.pool.release(worker, healthy=True)
         return response.exit_code, b"", response.output.encode(), reused, worker.pid
 

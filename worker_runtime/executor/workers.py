@@ -51,9 +51,11 @@ class WorkerFault(RuntimeError):
     (a multiplex worker that answered the cancel of a timed-out request), the worker must
     be discarded."""
 
-    def __init__(self, message: str, worker_healthy: bool = False) -> None:
+    def __init__(self, message: str, worker_healthy: bool = False, timed_out: bool = False) -> None:
         super().__init__(message)
         self.worker_healthy = worker_healthy
+        #: The request ran past its timeout (rather than the worker failing).
+        self.timed_out = timed_out
 
 
 class WorkerCancelled(WorkerFault):
@@ -152,6 +154,8 @@ class PersistentWorker:
     def call(
         self, request: WorkRequest, timeout_s: float, cancelled: threading.Event | None = None
     ) -> WorkResponse:
+        if cancelled is not None and cancelled.is_set():  # nothing sent: the worker is fine
+            raise WorkerCancelled("the action's lease was cancelled", worker_healthy=True)
         if self._mux is not None:
             return self._call_multiplex(self._mux, request, timeout_s, cancelled)
         framing = JsonFraming() if self.identity.protocol == "json" else ProtoFraming()
@@ -166,7 +170,7 @@ class PersistentWorker:
         while True:
             left = deadline - time.monotonic()
             if left <= 0:
-                raise WorkerFault(f"no response within {timeout_s:.0f} s")
+                raise WorkerFault(f"no response within {timeout_s:.0f} s", timed_out=True)
             if cancelled is not None and cancelled.is_set():
                 raise WorkerCancelled("the action's lease was cancelled")
             ready, _, _ = select.select([fd], [], [], min(left, 0.05))
@@ -218,6 +222,7 @@ class PersistentWorker:
             else f"no response within {timeout_s:.0f} s"
         )
         fault = WorkerCancelled if is_cancelled else WorkerFault
+        late = not is_cancelled
         self._write(
             mux.framing.encode(WorkRequest(arguments=(), request_id=request_id, cancel=True))
         )
@@ -225,10 +230,12 @@ class PersistentWorker:
             answer.result(timeout=CANCEL_GRACE_S)
         except FutureTimeout:
             mux.forget(request_id)
-            raise fault(f"{why}, and the worker did not answer the cancel") from None
+            raise fault(
+                f"{why}, and the worker did not answer the cancel", timed_out=late
+            ) from None
         except WorkerFault as exc:
-            raise fault(f"{why}; then {exc}") from None
-        raise fault(f"{why} (the worker answered the cancel)", worker_healthy=True)
+            raise fault(f"{why}; then {exc}", timed_out=late) from None
+        raise fault(f"{why} (the worker answered the cancel)", worker_healthy=True, timed_out=late)
 
     def rss(self) -> int:
         try:
@@ -253,6 +260,8 @@ class WorkerPool:
         self._lock = threading.Condition()
         self._idle: list[PersistentWorker] = []
         self._all: dict[int, PersistentWorker] = {}
+        #: Workers being started (outside the lock), by identity.
+        self._starting: dict[WorkerIdentity, int] = {}
         self._serial = 0
         self.starts = 0
         self.reuses = 0
@@ -274,11 +283,15 @@ class WorkerPool:
         env: dict[str, str],
         tools: list[tuple[str, Path]],
     ) -> tuple[PersistentWorker, bool]:
-        """(worker, whether it was already running). An idle worker of this identity (for a multiplex identity, its one worker, busy
-        or not), or a new one (evicting idle ones of others when at the cap, or waiting
-        for one to become idle)."""
+        """(worker, whether it was already running). An idle worker of this identity (for
+        a multiplex identity, its one worker, busy or not, or the one being started), or a
+        new one (evicting idle ones of others when at the cap, or waiting for one to
+        become idle). Workers being started count against the cap."""
         with self._lock:
             while True:
+                if identity.multiplex and identity in self._starting:
+                    self._lock.wait(timeout=1.0)  # its one process is on its way
+                    continue
                 candidates = self._all.values() if identity.multiplex else reversed(self._idle)
                 for worker in list(candidates):
                     if worker.identity == identity and worker.usable():
@@ -287,7 +300,7 @@ class WorkerPool:
                         worker.in_flight += 1
                         self.reuses += 1
                         return worker, True
-                if len(self._all) < self.max_workers:
+                if len(self._all) + sum(self._starting.values()) < self.max_workers:
                     break
                 if self._idle:
                     self._discard_locked(self._idle.pop(0))  # least recently used
@@ -296,12 +309,25 @@ class WorkerPool:
                 self._lock.wait(timeout=1.0)
             self._serial += 1
             serial = self._serial
-        worker = self._start(identity, argv, env, tools, serial)
+            self._starting[identity] = self._starting.get(identity, 0) + 1
+        try:
+            worker = self._start(identity, argv, env, tools, serial)
+        except BaseException:
+            with self._lock:
+                self._started_locked(identity)
+            raise
         with self._lock:
+            self._started_locked(identity)  # in _all before anyone waiting looks again
             self._all[worker.pid] = worker
             worker.in_flight = 1
             self.starts += 1
         return worker, False
+
+    def _started_locked(self, identity: WorkerIdentity) -> None:
+        self._starting[identity] -= 1
+        if not self._starting[identity]:
+            del self._starting[identity]
+        self._lock.notify_all()
 
     def _start(
         self,

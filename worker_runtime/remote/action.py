@@ -19,6 +19,7 @@ from worker_runtime.remote.convention import (
     KEY_PROPERTY,
     MULTIPLEX_PROPERTY,
     PROTOCOL_PROPERTY,
+    TOOL_INPUT_PROPERTY,
     safe_relative_path,
     worker_key,
 )
@@ -65,7 +66,9 @@ def build_action(
         tool_digests.append((tool, digest))
     startup = list(config.command)
     key = worker_key(tool_digests, startup, environment, config.protocol)
-    properties = dict(extra_properties or {})
+    # The convention's properties are computed here, never taken from the config.
+    reserved = {KEY_PROPERTY, PROTOCOL_PROPERTY, MULTIPLEX_PROPERTY, TOOL_INPUT_PROPERTY}
+    properties = {k: v for k, v in (extra_properties or {}).items() if k not in reserved}
     if persistent:  # else a plain action: the server runs it one-shot
         properties[KEY_PROPERTY] = key
         if config.protocol != "proto":

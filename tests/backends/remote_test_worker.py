@@ -6,7 +6,9 @@ apart by the request's sandbox_dir, which only the executor sends; `--wait-if SI
 waits until FILE exists in the project root; a one-shot run is always `remote`: the
 runtime runs nothing one-shot). `--link OUT TARGET` makes the output a
 symlink. `--escape PATH` writes PATH outside the sandbox instead (a malicious worker).
-`--exit` makes the process exit at once (a crash). Without --persistent_worker it does
+`--scribble-if SIDE PATH` (on that side) rewrites PATH every 10 ms until it is
+stopped, as a loser still writing would. `--exit` makes the process exit at once (a
+crash). Without --persistent_worker it does
 the same once, from its @argfile (the one-shot fallback). Started with --multiplex it
 serves each request on a thread of its own, answering by requestId, and a cancel request
 stops the waits of the request it names (answered with wasCancelled)."""
@@ -39,12 +41,19 @@ def run(
     side: str = "local",
     cancelled: Callable[[], bool] = lambda: False,
 ) -> tuple[int, str]:
-    while arguments[:1] in (["--sleep-if"], ["--wait-if"]):
+    while arguments[:1] in (["--sleep-if"], ["--wait-if"], ["--scribble-if"]):
         option, where, value = arguments[:3]
         arguments = arguments[3:]
         if where != side:
             continue
         (root / "started.txt").write_text(str(os.getpid()))
+        if option == "--scribble-if":
+            target = root / value
+            target.parent.mkdir(parents=True, exist_ok=True)
+            while not cancelled():
+                target.write_text(f"scribbled by {os.getpid()}\n")
+                time.sleep(0.01)
+            raise Cancelled()
         if option == "--sleep-if":
             until = time.monotonic() + float(value)
             wait(lambda: time.monotonic() > until, cancelled)  # noqa: B023

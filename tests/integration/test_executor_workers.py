@@ -189,3 +189,22 @@ def test_a_multiplex_worker_that_dies_fails_every_request_in_flight(
     fresh = start(pool, tmp_path, "main", multiplex=True)
     assert fresh.pid != worker.pid
     pool.release(fresh, healthy=True)
+
+
+def test_concurrent_first_actions_of_a_multiplex_key_start_one_process(
+    pool: WorkerPool, tmp_path: Path
+) -> None:
+    got: list[PersistentWorker] = []
+    threads = [
+        threading.Thread(target=lambda: got.append(start(pool, tmp_path, "main", multiplex=True)))
+        for _ in range(4)
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    assert len(got) == 4 and len({w.pid for w in got}) == 1 and pool.starts == 1
+    assert got[0].in_flight == 4
+    for worker in got:
+        pool.release(worker, healthy=True)
+    assert got[0].in_flight == 0

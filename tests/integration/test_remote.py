@@ -63,14 +63,15 @@ def action(
 
 
 def in_background(
-    worker: Buck2Worker, argfile: str, env: dict[str, str]
+    worker: Buck2Worker, argfile: str, env: dict[str, str], timeout_s: int | None = None
 ) -> Future[ExecuteResponse]:
     """Sends ``@argfile`` on a thread of its own; the future holds the response."""
     future: Future[ExecuteResponse] = Future()
+    command = make_command([f"@{argfile}"], env=env, timeout_s=timeout_s)
 
     def send() -> None:
         try:
-            future.set_result(worker.execute(make_command([f"@{argfile}"], env=env)))
+            future.set_result(worker.execute(command))
         except BaseException as exc:
             future.set_exception(exc)
 
@@ -392,6 +393,8 @@ def wait_for(path: Path, timeout_s: float = 30) -> None:
 def test_race_remote_wins_and_the_local_side_is_stopped_before_the_outputs_land(
     tmp_path: Path, engine: Path
 ) -> None:
+    """The local side keeps rewriting the output until it is stopped (a loser still
+    writing); the remote side's output lands after that, and stays."""
     root = project(tmp_path, engine)
     racing(root)
     (root / "src" / "a.txt").write_text(f"race remote {tmp_path}\n")
@@ -400,22 +403,21 @@ def test_race_remote_wins_and_the_local_side_is_stopped_before_the_outputs_land(
         env = action(
             root,
             "rw",
-            # Local waits forever (for a file nobody makes); remote waits for go_remote.
             [
-                *("--wait-if", "local", "never", "--wait-if", "remote", str(go_remote)),
+                *("--scribble-if", "local", "out/rw.txt", "--wait-if", "remote", str(go_remote)),
                 *("--out", "out/rw.txt", "src/a.txt"),
             ],
             ["src/a.txt"],
             ["out/rw.txt"],
         )
         pending = in_background(worker, "rw.args", env)
-        wait_for(root / "started.txt")  # the local side is running
+        wait_for(root / "out" / "rw.txt")  # the local side is scribbling
         local_pid = int((root / "started.txt").read_text())
         go_remote.touch()
         response = pending.result(timeout=60)
         assert response.exit_code == 0, response.stderr
-        # The loser was stopped before the winner's outputs were put in place.
-        assert is_gone(local_pid)
+        assert is_gone(local_pid)  # stopped before the winner's outputs were put in place
+        time.sleep(0.3)  # a loser still running would have scribbled over them by now
         text = (root / "out" / "rw.txt").read_text()
         assert text.startswith(f"race remote {tmp_path}\n")
         assert int(text.split("pid=")[1]) != local_pid  # written by the remote worker
@@ -431,6 +433,70 @@ def test_race_remote_wins_and_the_local_side_is_stopped_before_the_outputs_land(
         response = worker.execute(make_command(["@rw2.args"], env=env))
         assert response.exit_code == 0, response.stderr
         assert int((root / "out" / "rw2.txt").read_text().split("pid=")[1]) != local_pid
+
+
+def test_a_race_answered_by_the_action_cache_never_starts_the_local_side(
+    tmp_path: Path, engine: Path
+) -> None:
+    root = project(tmp_path, engine)
+    racing(root)
+    (root / "src" / "a.txt").write_text(f"race cached {tmp_path}\n")
+    with runtime(root) as worker:
+        env = action(
+            root,
+            "rc",
+            ["--wait-if", "local", "never", "--out", "out/rc.txt", "src/a.txt"],
+            ["src/a.txt"],
+            ["out/rc.txt"],
+        )
+        first = worker.execute(make_command(["@rc.args"], env=env))  # remote runs it
+        assert first.exit_code == 0, first.stderr
+        written = (root / "out" / "rc.txt").read_text()
+        (root / "out" / "rc.txt").unlink()
+        (root / "started.txt").unlink(missing_ok=True)
+        second = worker.execute(make_command(["@rc.args"], env=env))
+    assert second.exit_code == 0, second.stderr
+    assert (root / "out" / "rc.txt").read_text() == written  # from the action cache
+    assert not (root / "started.txt").exists()  # no local backend was spent on it
+
+
+def test_a_race_past_its_timeout_stops_both_sides(tmp_path: Path, engine: Path) -> None:
+    root = project(tmp_path, engine)
+    racing(root)
+    (root / "src" / "a.txt").write_text(f"race timeout {tmp_path}\n")
+    earlier = set(engine.glob("executors/*/actions/*/started.txt"))
+    with runtime(root) as worker:
+        env = action(
+            root,
+            "rt",
+            [
+                *("--wait-if", "local", "never", "--wait-if", "remote", "never"),
+                *("--out", "out/rt.txt", "src/a.txt"),
+            ],
+            ["src/a.txt"],
+            ["out/rt.txt"],
+        )
+        pending = in_background(worker, "rt.args", env, timeout_s=5)
+        _, remote_pid = running_action(engine, earlier)
+        response = pending.result(timeout=60)
+    assert response.exit_code == 125 and response.timed_out_after_s == 5
+    assert "ran past its timeout of 5 s" in response.stderr
+    assert wait_gone([int((root / "started.txt").read_text()), int(remote_pid)], 30) == []
+    assert not (root / "out" / "rt.txt").exists()
+
+
+def test_a_remote_worker_that_crashes_is_an_error_not_the_actions_exit_code(
+    tmp_path: Path, engine: Path
+) -> None:
+    """The executor reports a worker fault as the lease's status (INTERNAL, which the
+    engine retries), never as an exit code the client would take for the action's."""
+    root = project(tmp_path, engine)
+    (root / "src" / "a.txt").write_text(f"crash {tmp_path}\n")
+    with runtime(root) as worker:
+        env = action(root, "cr", ["--exit"], [], ["out/cr.txt"])
+        response = worker.execute(make_command(["@cr.args"], env=env))
+    assert response.exit_code == 125
+    assert "code 13" in response.stderr and "the persistent worker failed" in response.stderr
 
 
 @pytest.mark.parametrize("persistent", [True, False], ids=["persistent", "one-shot"])

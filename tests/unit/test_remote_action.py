@@ -12,7 +12,9 @@ from worker_runtime.remote.action import build_action
 from worker_runtime.remote.merkle import Blobs
 
 
-def built_properties(tmp_path: Path, **config: object) -> tuple[dict[str, str], list[str]]:
+def built_properties(
+    tmp_path: Path, persistent: bool = True, **config: object
+) -> tuple[dict[str, str], list[str]]:
     (tmp_path / "tool.py").write_text("print()\n")
     (tmp_path / "r.args").write_text("--out\no.txt\n")
     settings = config_from_mapping(
@@ -25,7 +27,13 @@ def built_properties(tmp_path: Path, **config: object) -> tuple[dict[str, str], 
         tmp_path,
         DigestCache(),
         Blobs(),
-        extra_properties={"OSFamily": "linux", "persistentWorkerKey": "forged"},
+        extra_properties={
+            "OSFamily": "linux",
+            "persistentWorkerKey": "forged",
+            "persistentWorkerProtocol": "json",
+            "persistentWorkerMultiplex": "true",
+        },
+        persistent=persistent,
     )
     action = [(p.name, p.value) for p in built.action.platform.properties]
     command = [(p.name, p.value) for p in built.command.platform.properties]
@@ -40,7 +48,7 @@ def test_the_platform_properties_join_the_conventions_and_cannot_forge_the_key(
     assert properties["OSFamily"] == "linux"
     assert properties["persistentWorkerKey"] != "forged"  # always the computed key
     assert properties["persistentWorkerProtocol"] == "json"
-    assert "persistentWorkerMultiplex" not in properties
+    assert "persistentWorkerMultiplex" not in properties  # the backend is singleplex
     assert arguments == ["python3", "tool.py", "@r.args"]  # valid one-shot on any server
 
 
@@ -48,3 +56,10 @@ def test_multiplex_backends_say_so_and_proto_is_not_named(tmp_path: Path) -> Non
     properties, _ = built_properties(tmp_path, multiplex=True)
     assert properties["persistentWorkerMultiplex"] == "true"
     assert "persistentWorkerProtocol" not in properties
+
+
+def test_a_plain_action_carries_no_convention_property_whatever_the_config_says(
+    tmp_path: Path,
+) -> None:
+    properties, _ = built_properties(tmp_path, persistent=False)
+    assert properties == {"OSFamily": "linux"}

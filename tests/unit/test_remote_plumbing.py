@@ -45,12 +45,14 @@ def test_missing_ca_and_credentials_files_are_named(tmp_path: Path) -> None:
 
 def test_the_token_file_is_read_again_when_it_changes(tmp_path: Path) -> None:
     path = tmp_path / "token"
-    path.write_text("first\n")
+    path.write_text("first-token\n")
     plugin = _TokenFile(str(path))
-    assert plugin.token() == "first"
-    path.write_text("Bearer second-token\n")
+    assert plugin.token() == "first-token"
+    path.write_text("other-token\n")  # the same size: only the mtime tells
     os.utime(path, ns=(1, 1))  # a new stamp even within the clock's resolution
-    assert plugin.token() == "second-token"
+    assert plugin.token() == "other-token"
+    path.write_text("Bearer third-token\n")
+    assert plugin.token() == "third-token"
 
 
 def test_staged_outputs_replace_what_was_there_only_on_commit(tmp_path: Path) -> None:

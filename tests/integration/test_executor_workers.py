@@ -11,6 +11,7 @@ import signal
 import sys
 import threading
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -194,17 +195,21 @@ def test_a_multiplex_worker_that_dies_fails_every_request_in_flight(
 def test_concurrent_first_actions_of_a_multiplex_key_start_one_process(
     pool: WorkerPool, tmp_path: Path
 ) -> None:
-    got: list[PersistentWorker] = []
-    threads = [
-        threading.Thread(target=lambda: got.append(start(pool, tmp_path, "main", multiplex=True)))
-        for _ in range(4)
-    ]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(30)
-    assert len(got) == 4 and len({w.pid for w in got}) == 1 and pool.starts == 1
-    assert got[0].in_flight == 4
-    for worker in got:
-        pool.release(worker, healthy=True)
-    assert got[0].in_flight == 0
+    tool = tmp_path / "worker.py"
+    shutil.copy(WORKER, tool)  # once: the threads must not rewrite it under each other
+    identity = WorkerIdentity("main", "k", "json", multiplex=True)
+    argv = [sys.executable, "worker.py", "--multiplex"]
+
+    # Threads that live on, as the executor's do: a worker's pdeathsig follows the
+    # thread that started it.
+    with ThreadPoolExecutor(max_workers=4) as threads:
+        futures = [
+            threads.submit(pool.acquire, identity, argv, dict(os.environ), [("worker.py", tool)])
+            for _ in range(4)
+        ]
+        got = [future.result(timeout=30) for future in futures]
+        assert len({w.pid for w in got}) == 1 and pool.starts == 1
+        assert got[0].in_flight == 4
+        for worker in got:
+            pool.release(worker, healthy=True)
+        assert got[0].in_flight == 0 and got[0].usable()

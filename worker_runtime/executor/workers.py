@@ -245,8 +245,9 @@ class PersistentWorker:
             return 0
 
     def stop(self) -> None:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.pid, signal.SIGKILL)
+        if self.process.returncode is None:  # not reaped yet: the group id is still its own
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.pid, signal.SIGKILL)
         self.process.wait()
         shutil.rmtree(self.home, ignore_errors=True)
 
@@ -347,7 +348,10 @@ class WorkerPool:
             shutil.copy2(source, target)
         log = home.parent / f"{home.name}.log"
         command = [*argv, "--persistent_worker"]
-        if _SETPRIV:  # the worker dies with the executor (SIGKILL included)
+        # The worker dies with the executor (SIGKILL included). The kernel sends the
+        # signal when the *thread* that started it ends: the executor starts workers from
+        # its lease threads, which live as long as it does.
+        if _SETPRIV:
             command = [_SETPRIV, "--pdeathsig", "KILL", "--", *command]
         with open(log, "ab") as err:
             process = subprocess.Popen(

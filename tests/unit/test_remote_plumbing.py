@@ -1,5 +1,5 @@
 """The remote client's plumbing: endpoints and credentials (channels.py), staged outputs
-(outputs.py) and cancellation (cancellation.py)."""
+(outputs.py), cancellation (cancellation.py) and inlined blobs (client.py)."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from worker_runtime.proto import remote_execution_pb2 as re_pb2
 from worker_runtime.remote.cancellation import Cancellation, RemoteCancelled
 from worker_runtime.remote.channels import (
     ChannelConfigError,
@@ -16,6 +17,8 @@ from worker_runtime.remote.channels import (
     open_channel,
     parse_endpoint,
 )
+from worker_runtime.remote.client import _inlined
+from worker_runtime.remote.merkle import digest_key, digest_of
 from worker_runtime.remote.outputs import StagedOutputs
 
 
@@ -118,3 +121,13 @@ def test_a_failing_cancel_operation_is_only_logged() -> None:
     cancellation.named("main/op-2")
     cancellation.cancel()  # no exception: the operation dies with its server
     assert cancellation.cancelled
+
+
+def test_inlined_blobs_are_used_only_when_they_match_their_digest() -> None:
+    good, forged = b"class bytes", b"not what the digest says"
+    result = re_pb2.ActionResult(stdout_raw=b"out", stdout_digest=digest_of(b"out"))
+    result.output_files.add(path="a", digest=digest_of(good), contents=good)
+    result.output_files.add(path="b", digest=digest_of(b"real"), contents=forged)
+    result.output_files.add(path="c", digest=digest_of(b"fetched"))  # not inlined
+    found = _inlined(result)
+    assert found == {digest_key(digest_of(good)): good, digest_key(digest_of(b"out")): b"out"}

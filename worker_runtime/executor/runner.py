@@ -45,6 +45,11 @@ from worker_runtime.remote.merkle import Blobs, digest_key, digest_of
 LOGGER = logging.getLogger(__name__)
 
 
+#: Inlined in the ActionResult: blobs up to this size, up to this much in all.
+INLINE_MAX_BYTES = 16 << 10
+INLINE_TOTAL_BYTES = 256 << 10
+
+
 class ActionError(RuntimeError):
     """The action is malformed (bad path, missing blob): reported as its failure."""
 
@@ -248,6 +253,7 @@ class ActionRunner:
         finished_ns: int,
     ) -> re_pb2.ActionResult:
         blobs = Blobs()
+        budget = _InlineBudget()
         result = re_pb2.ActionResult(exit_code=code)
         wanted = list(command.output_paths) or [*command.output_files, *command.output_directories]
         for output in sorted(set(wanted)):
@@ -267,19 +273,21 @@ class ActionRunner:
                 digest = digest_of(data)
                 blobs.data[digest_key(digest)] = data
                 result.output_files.add(
-                    path=relative, digest=digest, is_executable=os.access(path, os.X_OK)
-                )
+                    path=relative, digest=digest, is_executable=os.access(path, os.X_OK),
+                    contents=budget.take(data),
+                )  # fmt: skip
             elif path.is_dir():
                 tree = _tree(path, blobs)
                 data = tree.SerializeToString(deterministic=True)
                 digest = digest_of(data)
                 blobs.data[digest_key(digest)] = data
                 result.output_directories.add(path=relative, tree_digest=digest)
-        for name, data in (("stdout_digest", stdout), ("stderr_digest", stderr)):
+        for name, data in (("stdout", stdout), ("stderr", stderr)):
             digest = digest_of(data)
             if data:
                 blobs.data[digest_key(digest)] = data
-            getattr(result, name).CopyFrom(digest)
+            getattr(result, f"{name}_digest").CopyFrom(digest)
+            setattr(result, f"{name}_raw", budget.take(data))
         metadata = result.execution_metadata
         metadata.worker = self.bot_id
         metadata.execution_start_timestamp.FromNanoseconds(int(started * 1e9))
@@ -288,6 +296,22 @@ class ActionRunner:
         self.cas.upload_missing(blobs)
         metadata.output_upload_completed_timestamp.FromNanoseconds(time.time_ns())
         return result
+
+
+class _InlineBudget:
+    """Small outputs, stdout and stderr go in the ActionResult as well as in the CAS, so
+    that a client can skip the read round trip (ours checks them against their digests).
+    REAPI asks servers to inline only on request; this executor does it for blobs up to
+    INLINE_MAX_BYTES each and INLINE_TOTAL_BYTES in all, which keeps results small."""
+
+    def __init__(self) -> None:
+        self.left = INLINE_TOTAL_BYTES
+
+    def take(self, data: bytes) -> bytes:
+        if len(data) > INLINE_MAX_BYTES or len(data) > self.left:
+            return b""
+        self.left -= len(data)
+        return data
 
 
 def _segment(name: str) -> str:

@@ -238,10 +238,13 @@ class RemoteClient:
         wanted = set(built.outputs)
         files = [(o, _checked(o.path, wanted)) for o in result.output_files]
         directories = [(d, _checked(d.path, wanted)) for d in result.output_directories]
-        # One round trip for the small blobs: output files, trees, stdout and stderr.
+        # What the server inlined (checked against its digest) needs no read; the rest
+        # comes in one round trip: output files, trees, stdout and stderr.
+        inlined = _inlined(result)
         digests = [o.digest for o, _ in files] + [d.tree_digest for d, _ in directories]
         digests += [d for d in (result.stdout_digest, result.stderr_digest) if d.hash]
-        blobs = self.cas.read_many(digests)
+        blobs = self.cas.read_many([d for d in digests if digest_key(d) not in inlined])
+        blobs.update(inlined)
         staged = StagedOutputs()
         try:
             for output, path in files:
@@ -255,8 +258,8 @@ class RemoteClient:
             staged.commit()
         finally:
             staged.discard()
-        stdout = result.stdout_raw or blobs.get(digest_key(result.stdout_digest), b"")
-        stderr = result.stderr_raw or blobs.get(digest_key(result.stderr_digest), b"")
+        stdout = blobs.get(digest_key(result.stdout_digest), result.stdout_raw)
+        stderr = blobs.get(digest_key(result.stderr_digest), result.stderr_raw)
         return RemoteResult(
             result.exit_code, stdout, stderr, cached, result.execution_metadata.worker
         )
@@ -298,6 +301,18 @@ def _varint(value: int) -> bytes:
         value >>= 7
     out.append(value)
     return bytes(out)
+
+
+def _inlined(result: re_pb2.ActionResult) -> dict[tuple[str, int], bytes]:
+    """The blobs a server inlined in ``result`` whose content matches their digest."""
+    found: dict[tuple[str, int], bytes] = {}
+    candidates = [(o.digest, o.contents) for o in result.output_files]
+    candidates += [(result.stdout_digest, result.stdout_raw)]
+    candidates += [(result.stderr_digest, result.stderr_raw)]
+    for digest, data in candidates:
+        if data and digest.hash and digest_key(digest_of(data)) == digest_key(digest):
+            found[digest_key(digest)] = bytes(data)
+    return found
 
 
 def _checked(path: str, wanted: set[str]) -> str:

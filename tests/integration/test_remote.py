@@ -706,3 +706,29 @@ def test_the_platforms_own_properties_reach_the_engine(tmp_path: Path, engine: P
     assert response.exit_code == 125
     assert "remote execution failed: Execute failed: FAILED_PRECONDITION" in response.stderr
     assert "Unregistered platform property [gpu" in response.stderr
+
+
+def test_blobs_the_server_lost_are_uploaded_again(tmp_path: Path, engine: Path) -> None:
+    """The client skips FindMissingBlobs for blobs it saw present in the last 10 minutes.
+    Here the server loses them (BuildGrid restarted: its CAS is in memory), so the
+    executor cannot fetch the inputs; once the engine gives up retrying, the client
+    checks every blob again, uploads the missing ones and runs the action once more."""
+    root = project(tmp_path, engine)
+    (root / "src" / "a.txt").write_text(f"lost {tmp_path}\n")
+    with runtime(root) as worker:
+        env = action(
+            root, "l1", ["--out", "out/l1.txt", "src/a.txt"], ["src/a.txt"], ["out/l1.txt"]
+        )
+        first = worker.execute(make_command(["@l1.args"], env=env))
+        assert first.exit_code == 0, first.stderr
+        server = json.loads((engine / "state.json").read_text())["buildgrid_pid"]
+        os.killpg(server, signal.SIGKILL)
+        assert wait_gone([server]) == []
+        back = cluster("up", "--executors", "3", "--dir", str(engine))
+        assert back.returncode == 0, back.stderr
+        env = action(
+            root, "l2", ["--out", "out/l2.txt", "src/a.txt"], ["src/a.txt"], ["out/l2.txt"]
+        )
+        second = worker.execute(make_command(["@l2.args"], env=env))
+    assert second.exit_code == 0, second.stderr
+    assert (root / "out" / "l2.txt").read_text().startswith(f"lost {tmp_path}\n")

@@ -15,7 +15,7 @@ import pytest
 from tests.clusters import cluster, private_cluster
 from tests.conftest import REPO_ROOT, is_gone, wait_gone
 from tests.integration.test_remote import (
-    action,
+    copy_action,
     in_background,
     project,
     running_action,
@@ -51,13 +51,7 @@ def test_requests_run_on_warm_remote_workers_per_tenant(tmp_path: Path, engine: 
         (root / "src" / "a.txt").write_text(f"0.4 {instance} {tmp_path}\n")
         with runtime(root) as worker:
             for i in range(2):
-                env = action(
-                    root,
-                    f"q{i}",
-                    ["--out", f"out/q{i}.txt", "src/a.txt"],
-                    ["src/a.txt"],
-                    [f"out/q{i}.txt"],
-                )
+                env = copy_action(root, f"q{i}")
                 response = worker.execute(make_command([f"@q{i}.args"], env=env))
                 assert response.exit_code == 0, response.stderr
         pids[instance] = {output_pid(root, f"q{i}") for i in range(2)}
@@ -73,15 +67,8 @@ def test_a_race_the_local_side_wins_cancels_the_remote_action(tmp_path: Path, en
     (root / "src" / "a.txt").write_text(f"0.4 race {tmp_path}\n")
     earlier = set(engine.glob("executors/*/actions/*/started.txt"))
     with runtime(root) as worker:
-        env = action(
-            root,
-            "r",
-            [
-                *("--sleep-if", "remote", "300", "--wait-if", "local", "go-local"),
-                *("--out", "out/r.txt", "src/a.txt"),
-            ],
-            ["src/a.txt"],
-            ["out/r.txt"],
+        env = copy_action(
+            root, "r", "--sleep-if", "remote", "300", "--wait-if", "local", "go-local"
         )
         pending = in_background(worker, "r.args", env)
         executor, remote_pid = running_action(engine, earlier)

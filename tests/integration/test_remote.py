@@ -79,6 +79,18 @@ def in_background(
     return future
 
 
+def copy_action(root: Path, name: str, *before: str) -> dict[str, str]:
+    """An action whose worker writes src/a.txt and its PID to out/NAME.txt, after the
+    options ``before`` (holds such as --wait-if, --sleep-if)."""
+    return action(
+        root,
+        name,
+        [*before, "--out", f"out/{name}.txt", "src/a.txt"],
+        ["src/a.txt"],
+        [f"out/{name}.txt"],
+    )
+
+
 def runtime(root: Path) -> Buck2Worker:
     return Buck2Worker(
         [*RUNTIME, "serve", "--config", str(root / "worker.json")], project_root=root
@@ -124,9 +136,7 @@ def test_executor_metrics_count_leases_latencies_and_outcomes(tmp_path: Path, en
     root = project(tmp_path, engine)
     (root / "src" / "a.txt").write_text(f"metrics {tmp_path}\n")
     with runtime(root) as worker:
-        env = action(
-            root, "mt", ["--out", "out/mt.txt", "src/a.txt"], ["src/a.txt"], ["out/mt.txt"]
-        )
+        env = copy_action(root, "mt")
         response = worker.execute(make_command(["@mt.args"], env=env))
     assert response.exit_code == 0, response.stderr
     for name in names:
@@ -159,9 +169,7 @@ def test_requests_with_the_same_key_run_on_the_same_remote_worker(
         (root / "tools" / "worker.py").write_text(
             (root / "tools" / "worker.py").read_text() + "\n# v2\n"
         )
-        env = action(
-            root, "r2", ["--out", "out/r2.txt", "src/a.txt"], ["src/a.txt"], ["out/r2.txt"]
-        )
+        env = copy_action(root, "r2")
         response = worker.execute(make_command(["@r2.args"], env=env))
         assert response.exit_code == 0, response.stderr
         assert (root / "out" / "r2.txt").read_text().split("pid=")[1] != pids[0]
@@ -171,7 +179,7 @@ def test_a_cached_action_is_not_run_again(tmp_path: Path, engine: Path) -> None:
     root = project(tmp_path, engine)
     (root / "src" / "a.txt").write_text(f"unique {tmp_path}\n")
     with runtime(root) as worker:
-        env = action(root, "c", ["--out", "out/c.txt", "src/a.txt"], ["src/a.txt"], ["out/c.txt"])
+        env = copy_action(root, "c")
         first = worker.execute(make_command(["@c.args"], env=env))
         assert first.exit_code == 0, first.stderr
         written = (root / "out" / "c.txt").read_text()
@@ -209,7 +217,7 @@ def test_a_dead_remote_is_a_clear_error_not_a_hang(tmp_path: Path, engine: Path)
     config["remote"]["endpoint"] = f"unix://{tmp_path}/nothing.sock"
     (root / "worker.json").write_text(json.dumps(config))
     with runtime(root) as worker:
-        env = action(root, "d", ["--out", "out/d.txt", "src/a.txt"], ["src/a.txt"], ["out/d.txt"])
+        env = copy_action(root, "d")
         response = worker.execute(make_command(["@d.args"], env=env))
     assert response.exit_code == 125
     assert "did not answer GetCapabilities" in response.stderr
@@ -246,7 +254,7 @@ def test_a_dead_remote_falls_back_to_local_when_the_config_allows(
     config["remote"]["fallback_local"] = True
     (root / "worker.json").write_text(json.dumps(config))
     with runtime(root) as worker:
-        env = action(root, "f", ["--out", "out/f.txt", "src/a.txt"], ["src/a.txt"], ["out/f.txt"])
+        env = copy_action(root, "f")
         response = worker.execute(make_command(["@f.args"], env=env))
     assert response.exit_code == 0, response.stderr
     assert "remote execution failed" in response.stderr and "ran locally instead" in response.stderr
@@ -285,13 +293,7 @@ def test_an_executor_killed_mid_action_loses_nothing(tmp_path: Path, engine: Pat
     (root / "src" / "a.txt").write_text(f"slow {tmp_path}\n")  # not in the action cache
     earlier = set(engine.glob("executors/*/actions/*/started.txt"))
     with runtime(root) as worker:
-        env = action(
-            root,
-            "k",
-            ["--sleep", "3", "--out", "out/k.txt", "src/a.txt"],
-            ["src/a.txt"],
-            ["out/k.txt"],
-        )
+        env = copy_action(root, "k", "--sleep", "3")
         pending = in_background(worker, "k.args", env)
         victim, _ = running_action(engine, earlier)
         os.kill(victim, signal.SIGKILL)
@@ -359,13 +361,7 @@ def test_an_executor_stopped_mid_action_finishes_it_first(tmp_path: Path, engine
     (root / "src" / "a.txt").write_text(f"graceful {tmp_path}\n")
     earlier = set(engine.glob("executors/*/actions/*/started.txt"))  # a killed one's
     with runtime(root) as worker:
-        env = action(
-            root,
-            "g",
-            ["--sleep", "2", "--out", "out/g.txt", "src/a.txt"],
-            ["src/a.txt"],
-            ["out/g.txt"],
-        )
+        env = copy_action(root, "g", "--sleep", "2")
         pending = in_background(worker, "g.args", env)
         executor, worker_pid = running_action(engine, earlier)
         os.kill(executor, signal.SIGTERM)
@@ -423,13 +419,7 @@ def test_race_remote_wins_and_the_local_side_is_stopped_before_the_outputs_land(
         assert int(text.split("pid=")[1]) != local_pid  # written by the remote worker
         # The local pool is whole again: the next race starts a fresh local backend.
         (root / "started.txt").unlink()
-        env = action(
-            root,
-            "rw2",
-            ["--wait-if", "remote", "never", "--out", "out/rw2.txt", "src/a.txt"],
-            ["src/a.txt"],
-            ["out/rw2.txt"],
-        )
+        env = copy_action(root, "rw2", "--wait-if", "remote", "never")
         response = worker.execute(make_command(["@rw2.args"], env=env))
         assert response.exit_code == 0, response.stderr
         assert int((root / "out" / "rw2.txt").read_text().split("pid=")[1]) != local_pid
@@ -442,13 +432,7 @@ def test_a_race_answered_by_the_action_cache_never_starts_the_local_side(
     racing(root)
     (root / "src" / "a.txt").write_text(f"race cached {tmp_path}\n")
     with runtime(root) as worker:
-        env = action(
-            root,
-            "rc",
-            ["--wait-if", "local", "never", "--out", "out/rc.txt", "src/a.txt"],
-            ["src/a.txt"],
-            ["out/rc.txt"],
-        )
+        env = copy_action(root, "rc", "--wait-if", "local", "never")
         first = worker.execute(make_command(["@rc.args"], env=env))  # remote runs it
         assert first.exit_code == 0, first.stderr
         written = (root / "out" / "rc.txt").read_text()
@@ -466,16 +450,7 @@ def test_a_race_past_its_timeout_stops_both_sides(tmp_path: Path, engine: Path) 
     (root / "src" / "a.txt").write_text(f"race timeout {tmp_path}\n")
     earlier = set(engine.glob("executors/*/actions/*/started.txt"))
     with runtime(root) as worker:
-        env = action(
-            root,
-            "rt",
-            [
-                *("--wait-if", "local", "never", "--wait-if", "remote", "never"),
-                *("--out", "out/rt.txt", "src/a.txt"),
-            ],
-            ["src/a.txt"],
-            ["out/rt.txt"],
-        )
+        env = copy_action(root, "rt", "--wait-if", "local", "never", "--wait-if", "remote", "never")
         pending = in_background(worker, "rt.args", env, timeout_s=5)
         _, remote_pid = running_action(engine, earlier)
         response = pending.result(timeout=60)
@@ -512,15 +487,8 @@ def test_race_local_wins_and_the_remote_action_is_cancelled_on_its_executor(
     go_local = root / "go-local"
     earlier = set(engine.glob("executors/*/actions/*/started.txt"))
     with runtime(root) as worker:
-        env = action(
-            root,
-            "lw",
-            [
-                *("--sleep-if", "remote", "300", "--wait-if", "local", "go-local"),
-                *("--out", "out/lw.txt", "src/a.txt"),
-            ],
-            ["src/a.txt"],
-            ["out/lw.txt"],
+        env = copy_action(
+            root, "lw", "--sleep-if", "remote", "300", "--wait-if", "local", "go-local"
         )
         pending = in_background(worker, "lw.args", env)
         executor, remote_pid = running_action(engine, earlier)  # the remote side is running
@@ -557,9 +525,7 @@ def test_race_with_a_dead_remote_answers_with_the_local_result(
     config["remote"]["endpoint"] = f"unix://{tmp_path}/nothing.sock"
     (root / "worker.json").write_text(json.dumps(config))
     with runtime(root) as worker:
-        env = action(
-            root, "rd", ["--out", "out/rd.txt", "src/a.txt"], ["src/a.txt"], ["out/rd.txt"]
-        )
+        env = copy_action(root, "rd")
         response = worker.execute(make_command(["@rd.args"], env=env))
     assert response.exit_code == 0, response.stderr
     assert (root / "out" / "rd.txt").read_text().startswith("alpha\npid=")
@@ -597,13 +563,7 @@ def test_a_remote_request_the_runtime_gives_up_on_is_cancelled_on_its_executor(
     (root / "src" / "a.txt").write_text(f"abandoned {tmp_path}\n")
     earlier = set(engine.glob("executors/*/actions/*/started.txt"))
     with runtime(root) as worker:
-        env = action(
-            root,
-            "ab",
-            ["--sleep-if", "remote", "300", "--out", "out/ab.txt", "src/a.txt"],
-            ["src/a.txt"],
-            ["out/ab.txt"],
-        )
+        env = copy_action(root, "ab", "--sleep-if", "remote", "300")
         pending = in_background(worker, "ab.args", env)
         executor, remote_pid = running_action(engine, earlier)
         assert worker.terminate() == 0
@@ -669,13 +629,7 @@ def test_a_dropped_execute_stream_is_reattached_and_nothing_is_lost(
     earlier = set(engine.glob("executors/*/actions/*/started.txt"))
     with UnixProxy(proxy_socket, engine / "run" / "buildgrid.sock") as proxy:
         with runtime(root) as worker:
-            env = action(
-                root,
-                "dr",
-                ["--wait-if", "remote", str(go), "--out", "out/dr.txt", "src/a.txt"],
-                ["src/a.txt"],
-                ["out/dr.txt"],
-            )
+            env = copy_action(root, "dr", "--wait-if", "remote", str(go))
             pending = in_background(worker, "dr.args", env)
             running_action(engine, earlier)
             before = proxy.connections
@@ -696,7 +650,7 @@ def test_the_platforms_own_properties_reach_the_engine(tmp_path: Path, engine: P
     (root / "worker.json").write_text(json.dumps(config))
     (root / "src" / "a.txt").write_text(f"properties {tmp_path}\n")
     with runtime(root) as worker:
-        env = action(root, "p", ["--out", "out/p.txt", "src/a.txt"], ["src/a.txt"], ["out/p.txt"])
+        env = copy_action(root, "p")
         response = worker.execute(make_command(["@p.args"], env=env))
     assert response.exit_code == 0, response.stderr
     config["remote"]["properties"] = {"OSFamily": "linux", "gpu": "h100"}
@@ -716,9 +670,7 @@ def test_blobs_the_server_lost_are_uploaded_again(tmp_path: Path, engine: Path) 
     root = project(tmp_path, engine)
     (root / "src" / "a.txt").write_text(f"lost {tmp_path}\n")
     with runtime(root) as worker:
-        env = action(
-            root, "l1", ["--out", "out/l1.txt", "src/a.txt"], ["src/a.txt"], ["out/l1.txt"]
-        )
+        env = copy_action(root, "l1")
         first = worker.execute(make_command(["@l1.args"], env=env))
         assert first.exit_code == 0, first.stderr
         server = json.loads((engine / "state.json").read_text())["buildgrid_pid"]
@@ -726,9 +678,7 @@ def test_blobs_the_server_lost_are_uploaded_again(tmp_path: Path, engine: Path) 
         assert wait_gone([server]) == []
         back = cluster("up", "--executors", "3", "--dir", str(engine))
         assert back.returncode == 0, back.stderr
-        env = action(
-            root, "l2", ["--out", "out/l2.txt", "src/a.txt"], ["src/a.txt"], ["out/l2.txt"]
-        )
+        env = copy_action(root, "l2")
         second = worker.execute(make_command(["@l2.args"], env=env))
     assert second.exit_code == 0, second.stderr
     assert (root / "out" / "l2.txt").read_text().startswith(f"lost {tmp_path}\n")

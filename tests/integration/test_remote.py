@@ -620,7 +620,8 @@ def test_a_dropped_execute_stream_is_reattached_and_nothing_is_lost(
     BuildGrid drops every connection): it reconnects, follows the same operation with
     WaitExecution and gets the result."""
     root = project(tmp_path, engine)
-    proxy_socket = Path(tempfile.mkdtemp(prefix="wr-proxy-")) / "proxy.sock"
+    proxy_dir = tempfile.TemporaryDirectory(prefix="wr-proxy-")  # short: a socket path
+    proxy_socket = Path(proxy_dir.name) / "proxy.sock"
     config = json.loads((root / "worker.json").read_text())
     config["remote"]["endpoint"] = f"unix://{proxy_socket}"
     (root / "worker.json").write_text(json.dumps(config))
@@ -637,6 +638,7 @@ def test_a_dropped_execute_stream_is_reattached_and_nothing_is_lost(
             go.touch()
             response = pending.result(timeout=60)
         assert proxy.connections > before  # it came back to follow the operation
+    proxy_dir.cleanup()
     assert response.exit_code == 0, response.stderr
     assert (root / "out" / "dr.txt").read_text().startswith(f"dropped {tmp_path}\n")
 

@@ -28,7 +28,6 @@ class Cancellation:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._cancelled = False
-        self._writing = False
         self._call: _Call | None = None
         self._operation = ""
         self._operation_cancelled = False
@@ -42,8 +41,7 @@ class Cancellation:
         """Whether the outputs may be put in place: not once cancelled. After this
         answers True, a cancel comes too late to stop them."""
         with self._lock:
-            self._writing = not self._cancelled
-            return self._writing
+            return not self._cancelled
 
     def check(self) -> None:
         if self._cancelled:

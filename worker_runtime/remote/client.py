@@ -57,7 +57,7 @@ class RemoteSettings:
     tls: bool = False
     credentials_file: str = ""
     tls_ca_file: str = ""
-    #: Deadline of each unary call, and of the whole execution.
+    #: Deadline of each unary call, and of a whole execution without a timeout of its own.
     call_timeout_s: float = 30.0
     execution_timeout_s: float = 7200.0
 
@@ -141,15 +141,14 @@ class RemoteClient:
                 timeout=self.settings.call_timeout_s,
             )
         except _NotCached:
-            if on_cache_miss is not None:
-                on_cache_miss()
+            pass
         except grpc.RpcError as exc:
             if exc.code() != grpc.StatusCode.NOT_FOUND:
                 raise RemoteError(f"GetActionResult failed: {_describe(exc)}") from None
-            if on_cache_miss is not None:
-                on_cache_miss()
         else:
             return self._finish(cached, built, root, True, may_write)
+        if on_cache_miss is not None:
+            on_cache_miss()
         try:
             self.cas.upload_missing(blobs)
             timeout_s = execution_timeout_s or self.settings.execution_timeout_s

@@ -35,7 +35,7 @@ def in_remote_thread(
     )
 
 
-def settings_of(manager: BackendManager, timeout_s: int) -> RemoteSettings:
+def settings_of(manager: BackendManager) -> RemoteSettings:
     remote = manager.config.remote
     endpoint = remote.get("endpoint", "")
     if not endpoint:
@@ -49,22 +49,14 @@ def settings_of(manager: BackendManager, timeout_s: int) -> RemoteSettings:
         tls=bool(remote.get("tls", False)),
         credentials_file=remote.get("credentials_file", ""),
         tls_ca_file=remote.get("tls_ca_file", ""),
-        execution_timeout_s=float(timeout_s) if timeout_s > 0 else 7200.0,
     )
 
 
 def client_for(settings: RemoteSettings) -> RemoteClient:
-    key = RemoteSettings(
-        settings.endpoint,
-        settings.instance,
-        settings.tls,
-        settings.credentials_file,
-        settings.tls_ca_file,
-    )
     with _LOCK:
-        if key not in _CLIENTS:
-            _CLIENTS[key] = RemoteClient(settings)
-        return _CLIENTS[key]
+        if settings not in _CLIENTS:
+            _CLIENTS[settings] = RemoteClient(settings)
+        return _CLIENTS[settings]
 
 
 def forward(
@@ -87,7 +79,7 @@ def forward(
         timeout_s=timeout_s, persistent=bool(remote.get("persistent", True)),
         cacheable=bool(remote.get("cache", True)),
     )  # fmt: skip
-    settings = settings_of(manager, timeout_s)
-    return client_for(settings).run(
-        built, blobs, root, cancellation, may_write, settings.execution_timeout_s, on_cache_miss
+    execution_timeout_s = float(timeout_s) if timeout_s > 0 else None  # None: the client's
+    return client_for(settings_of(manager)).run(
+        built, blobs, root, cancellation, may_write, execution_timeout_s, on_cache_miss
     )

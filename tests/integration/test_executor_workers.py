@@ -43,7 +43,7 @@ def start(
     shutil.copy(WORKER, tool)
     identity = WorkerIdentity(instance, key, "json", multiplex)
     argv = [sys.executable, "worker.py", *(["--multiplex"] if multiplex else [])]
-    return pool.acquire(identity, argv, dict(os.environ), [("worker.py", tool)])
+    return pool.acquire(identity, argv, dict(os.environ), [("worker.py", tool)])[0]
 
 
 def served_pid(worker: PersistentWorker, sandbox: Path) -> str:
@@ -207,7 +207,7 @@ def test_concurrent_first_actions_of_a_multiplex_key_start_one_process(
             threads.submit(pool.acquire, identity, argv, dict(os.environ), [("worker.py", tool)])
             for _ in range(4)
         ]
-        got = [future.result(timeout=30) for future in futures]
+        got = [future.result(timeout=30)[0] for future in futures]
         assert len({w.pid for w in got}) == 1 and pool.starts == 1
         assert got[0].in_flight == 4
         for worker in got:

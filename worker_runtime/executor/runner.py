@@ -226,9 +226,7 @@ class ActionRunner:
         identity = WorkerIdentity(instance, key, protocol, multiplex)
         tools = [(path, inputs.directory / path) for path, _ in inputs.tools]
         run_env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), **env}
-        if cancelled.is_set():
-            raise ActionCancelled("cancelled before it started")
-        worker, reused = self.pool.acquire_warm(identity, startup, run_env, tools)
+        worker, reused = self.pool.acquire(identity, startup, run_env, tools)
         try:
             response = worker.call(request, timeout, cancelled)
         except WorkerCancelled as exc:

@@ -274,15 +274,6 @@ class WorkerPool:
         argv: list[str],
         env: dict[str, str],
         tools: list[tuple[str, Path]],
-    ) -> PersistentWorker:
-        return self.acquire_warm(identity, argv, env, tools)[0]
-
-    def acquire_warm(
-        self,
-        identity: WorkerIdentity,
-        argv: list[str],
-        env: dict[str, str],
-        tools: list[tuple[str, Path]],
     ) -> tuple[PersistentWorker, bool]:
         """(worker, whether it was already running). An idle worker of this identity (for
         a multiplex identity, its one worker, busy or not, or the one being started), or a

@@ -10,7 +10,6 @@ import hashlib
 import hmac
 import json
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -26,6 +25,7 @@ from tests.conftest import REPO_ROOT
 from tests.integration.test_remote import TEST_WORKER, action, runtime
 from worker_runtime.buck2.emulator import make_command
 from worker_runtime.cluster import buildgrid
+from worker_runtime.cluster.commands import free_port
 from worker_runtime.cluster.layout import ClusterLayout
 from worker_runtime.proto import remote_execution_pb2 as re_pb2
 from worker_runtime.proto import remote_execution_pb2_grpc as re_grpc
@@ -51,12 +51,6 @@ def jwt_hs256(secret: bytes, claims: dict[str, object]) -> str:
     body = part(json.dumps(claims).encode())
     signature = hmac.new(secret, f"{header}.{body}".encode(), hashlib.sha256).digest()
     return f"{header}.{body}.{part(signature)}"
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 def self_signed_certificate(directory: Path) -> tuple[Path, Path]:

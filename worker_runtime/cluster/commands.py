@@ -81,7 +81,7 @@ def start_executors(layout: ClusterLayout, state: ClusterState, count: int) -> N
             if not buildgrid.alive(pid):
                 raise ClusterError(
                     f"executor {index} exited while starting; log: "
-                    f"{layout.logs / f'executor-{index}-{INSTANCES[index % len(INSTANCES)]}.log'}"
+                    f"{layout.logs / f'{executor_name(index)}.log'}"
                 )
             if time.monotonic() > deadline:
                 raise ClusterError(f"executor {index} did not start within 60 s")
@@ -97,12 +97,22 @@ def _answers(port: int) -> bool:
         return False
 
 
+def executor_instance(index: int) -> str:
+    """The instance (tenant) executor ``index`` serves: they take them in turn."""
+    return INSTANCES[index % len(INSTANCES)]
+
+
+def executor_name(index: int) -> str:
+    """Its bot id, and the name of its work directory and log."""
+    return f"executor-{index}-{executor_instance(index)}"
+
+
 def start_executor(layout: ClusterLayout, index: int, metrics_port: int) -> int:
     """Executor number ``index``, detached, logging to logs/, serving its metrics on
     127.0.0.1:``metrics_port``: they take the instances (tenants) in turn, each serving
     one."""
-    instance = INSTANCES[index % len(INSTANCES)]
-    name = f"executor-{index}-{instance}"
+    instance = executor_instance(index)
+    name = executor_name(index)
     workdir = layout.root / "executors" / name
     workdir.mkdir(parents=True, exist_ok=True)
     log = layout.logs / f"{name}.log"

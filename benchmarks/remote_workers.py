@@ -37,11 +37,11 @@ from worker_runtime.digests import DigestCache
 from worker_runtime.envelope import read_envelope
 from worker_runtime.proto import remote_execution_pb2 as re_pb2
 from worker_runtime.proto import remote_execution_pb2_grpc as re_grpc
-from worker_runtime.remote.action import build_action
+from worker_runtime.remote.action import BuiltAction, build_action
 from worker_runtime.remote.cancellation import Cancellation
 from worker_runtime.remote.cas import Cas
 from worker_runtime.remote.client import RemoteClient, RemoteSettings
-from worker_runtime.remote.merkle import Blobs, digest_key, digest_of
+from worker_runtime.remote.merkle import Blobs
 
 ROOT = Path(__file__).resolve().parent.parent
 TEST_WORKER = ROOT / "tests" / "backends" / "remote_test_worker.py"
@@ -100,39 +100,36 @@ def trivial_project(tmp: Path) -> Path:
     return project
 
 
+TRIVIAL_CONFIG = {
+    "command": ["python3", "tools/worker.py"], "protocol": "json",
+    "tool_inputs": ["tools/worker.py"],
+}  # fmt: skip
+
+
+def routed(engine: Path, **remote_settings: Any) -> dict[str, Any]:
+    """The runtime config of the trivial worker, routed to the engine."""
+    return {
+        **TRIVIAL_CONFIG, "daemon": False, "routing": "remote",
+        "remote": remote(engine, **remote_settings),
+    }  # fmt: skip
+
+
+def trivial_action(project: Path, cache: DigestCache, blobs: Blobs) -> BuiltAction:
+    """The trivial action exactly as the runtime builds it (one-shot, not cached)."""
+    envelope = read_envelope(str(project / "t.envelope.json"), str(project))
+    config = config_from_mapping(TRIVIAL_CONFIG).validated()
+    return build_action(
+        config, envelope, {}, project, cache, blobs, persistent=False, cacheable=False
+    )
+
+
 def floor_action(project: Path, cas: Cas) -> re_pb2.Digest:
     """The trivial action as the runtime would build it, uploaded once: its Execute
     alone is BuildGrid's floor."""
     blobs = Blobs()
-    directory = re_pb2.Directory()
-    for name in ("in.txt", "t.args"):
-        data = (project / name).read_bytes()
-        digest = digest_of(data)
-        blobs.data[digest_key(digest)] = data
-        directory.files.add(name=name, digest=digest)
-    tools = re_pb2.Directory()
-    data = (project / "tools" / "worker.py").read_bytes()
-    blobs.data[digest_key(digest_of(data))] = data
-    tools.files.add(name="worker.py", digest=digest_of(data))
-    tools_data = tools.SerializeToString(deterministic=True)
-    blobs.data[digest_key(digest_of(tools_data))] = tools_data
-    directory.directories.add(name="tools", digest=digest_of(tools_data))
-    root_data = directory.SerializeToString(deterministic=True)
-    blobs.data[digest_key(digest_of(root_data))] = root_data
-    command = re_pb2.Command(
-        arguments=["python3", "tools/worker.py", "@t.args"], output_paths=["out/t.txt"]
-    )
-    command_data = command.SerializeToString(deterministic=True)
-    blobs.data[digest_key(digest_of(command_data))] = command_data
-    action = re_pb2.Action(
-        command_digest=digest_of(command_data),
-        input_root_digest=digest_of(root_data),
-        do_not_cache=True,
-    )
-    action_data = action.SerializeToString(deterministic=True)
-    blobs.data[digest_key(digest_of(action_data))] = action_data
+    built = trivial_action(project, DigestCache(), blobs)
     cas.upload_missing(blobs)
-    return digest_of(action_data)
+    return built.digest
 
 
 def overhead(engine: Path, tmp: Path, runs: int) -> dict[str, Any]:
@@ -142,9 +139,7 @@ def overhead(engine: Path, tmp: Path, runs: int) -> dict[str, Any]:
     the engine's latency falls on both; the overhead is the median of the paired
     differences."""
     project = trivial_project(tmp)
-    config = {"command": ["python3", "tools/worker.py"], "protocol": "json", "daemon": False,
-              "tool_inputs": ["tools/worker.py"], "routing": "remote",
-              "remote": remote(engine, cache=False, persistent=False)}  # fmt: skip
+    config = routed(engine, cache=False, persistent=False)
     env = {"WORKER_RUNTIME_ENVELOPE": "t.envelope.json"}
     channel = grpc.insecure_channel(f"unix://{engine}/run/buildgrid.sock")
     execution = re_grpc.ExecutionStub(channel)
@@ -195,21 +190,14 @@ def client_work(engine: Path, tmp: Path, runs: int) -> dict[str, Any]:
     Merkle tree), the upload check, and fetching and placing the outputs. The engine's
     own time (the Execute stream) is left out, and with it the noise of its polls."""
     project = trivial_project(tmp)
-    config = config_from_mapping(
-        {"command": ["python3", "tools/worker.py"], "protocol": "json",
-         "tool_inputs": ["tools/worker.py"]}
-    ).validated()  # fmt: skip
     client = RemoteClient(RemoteSettings(f"unix://{engine}/run/buildgrid.sock", "main"))
     cache = DigestCache()
     phases: dict[str, list[float]] = {"build_ms": [], "upload_ms": [], "outputs_ms": []}
     try:
         for i in range(runs + 2):
             start = time.perf_counter()
-            envelope = read_envelope(str(project / "t.envelope.json"), str(project))
             blobs = Blobs()
-            built = build_action(
-                config, envelope, {}, project, cache, blobs, persistent=False, cacheable=False
-            )
+            built = trivial_action(project, cache, blobs)
             built_at = time.perf_counter()
             client.capabilities()
             client.cas.upload_missing(blobs)
@@ -231,8 +219,7 @@ def client_work(engine: Path, tmp: Path, runs: int) -> dict[str, Any]:
 
 def cache_hit(engine: Path, tmp: Path, runs: int) -> dict[str, Any]:
     project = trivial_project(tmp / "cache")
-    config = {"command": ["python3", "tools/worker.py"], "protocol": "json", "daemon": False,
-              "tool_inputs": ["tools/worker.py"], "routing": "remote", "remote": remote(engine)}  # fmt: skip
+    config = routed(engine)
     env = {"WORKER_RUNTIME_ENVELOPE": "t.envelope.json"}
     samples: list[float] = []
     with serve(project, config) as worker:
@@ -260,10 +247,7 @@ def warm_hits(tmp: Path, rounds: int) -> dict[str, Any]:
             (project / "tools" / "worker.py").write_text(
                 TEST_WORKER.read_text() + f"\n# key {key}\n"
             )
-            config = {"command": ["python3", "tools/worker.py"], "protocol": "json", "daemon": False,
-                      "tool_inputs": ["tools/worker.py"], "routing": "remote",
-                      "remote": remote(engine, cache=False)}  # fmt: skip
-            workers.append((project, serve(project, config).start()))
+            workers.append((project, serve(project, routed(engine, cache=False)).start()))
         env = {"WORKER_RUNTIME_ENVELOPE": "t.envelope.json"}
         try:
             for round_ in range(rounds + 1):

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import grpc
 import pytest
 
 from worker_runtime.proto import remote_execution_pb2 as re_pb2
@@ -17,7 +18,7 @@ from worker_runtime.remote.channels import (
     open_channel,
     parse_endpoint,
 )
-from worker_runtime.remote.client import _inlined
+from worker_runtime.remote.client import RemoteClient, RemoteSettings, _inlined
 from worker_runtime.remote.merkle import digest_key, digest_of
 from worker_runtime.remote.outputs import StagedOutputs
 
@@ -131,3 +132,34 @@ def test_inlined_blobs_are_used_only_when_they_match_their_digest() -> None:
     result.output_files.add(path="c", digest=digest_of(b"fetched"))  # not inlined
     found = _inlined(result)
     assert found == {digest_key(digest_of(good)): good, digest_key(digest_of(b"out")): b"out"}
+
+
+class Unavailable(grpc.RpcError):
+    def code(self) -> grpc.StatusCode:
+        return grpc.StatusCode.UNAVAILABLE
+
+
+class FlakyOperations:
+    """Answers CancelOperation as BuildGrid does while the bot's row is locked."""
+
+    def __init__(self, failures: int) -> None:
+        self.failures = failures
+        self.calls = 0
+
+    def CancelOperation(self, request: object, timeout: float) -> None:
+        self.calls += 1
+        if self.calls <= self.failures:
+            raise Unavailable()
+
+
+def test_cancel_operation_is_tried_again_while_the_server_is_busy(tmp_path: Path) -> None:
+    client = RemoteClient(RemoteSettings(f"unix://{tmp_path}/none.sock"))
+    try:
+        client._operations = FlakyOperations(failures=2)  # type: ignore[assignment]
+        client._cancel_operation("main/op")
+        assert client._operations.calls == 3  # type: ignore[attr-defined]
+        client._operations = FlakyOperations(failures=10)  # type: ignore[assignment]
+        with pytest.raises(grpc.RpcError):
+            client._cancel_operation("main/op")  # it gives up; abandon() logs it
+    finally:
+        client.close()

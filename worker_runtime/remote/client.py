@@ -171,9 +171,18 @@ class RemoteClient:
         return self._finish(response.result, built, root, response.cached_result, may_write)
 
     def _cancel_operation(self, name: str) -> None:
-        self._operations.CancelOperation(
-            operations_pb2.CancelOperationRequest(name=name), timeout=5.0
-        )
+        """CancelOperation, tried again on UNAVAILABLE: BuildGrid answers that when the
+        bot's row is locked by its concurrent session update ("failed to lock the bot")."""
+        for attempt in range(6):
+            try:
+                self._operations.CancelOperation(
+                    operations_pb2.CancelOperationRequest(name=name), timeout=5.0
+                )
+                return
+            except grpc.RpcError as exc:
+                if exc.code() != grpc.StatusCode.UNAVAILABLE or attempt == 5:
+                    raise
+            time.sleep(0.05 * 2**attempt)
 
     def _execute(
         self, built: BuiltAction, cancellation: Cancellation, timeout_s: float

@@ -27,11 +27,12 @@ HaskellLibraryInfo = provider(
 )
 
 def _module_path(ctx: AnalysisContext, src: typing.Any) -> str:
-    prefix = ctx.label.package + "/" if ctx.label.package else ""
+    # A source's short_path is relative to its package in Buck2, which is exactly the
+    # module's path (`Shop/Core/Money.hs`).
     path = src.short_path
-    if not path.startswith(prefix) or not path.endswith(".hs"):
-        fail(str(ctx.label.name) + ": " + path + " is not a .hs file under the package")
-    return path[len(prefix):-len(".hs")]
+    if not path.endswith(".hs"):
+        fail(str(ctx.label.name) + ": " + path + " is not a .hs file")
+    return path[:-len(".hs")]
 
 def _module_order(label: typing.Any, imports: dict[str, list[str]]) -> list[str]:
     """The modules, each after those it imports (depth-first); a cycle fails, named."""

@@ -48,6 +48,12 @@ def worker_run(
     })
     run_env = dict(env)
     run_env[ENVELOPE_ENV] = envelope
+
+    # Buck2 types `weight` Option<u32>: an explicit None is an error, so it is passed
+    # only when set.
+    optional = {}
+    if weight != None:
+        optional["weight"] = weight
     actions.run(
         cmd_args(argfile, format = "@{}", hidden = [args, inputs]),
         exe = WorkerRunInfo(worker = tool.worker, exe = tool.fallback),
@@ -55,5 +61,5 @@ def worker_run(
         identifier = identifier,
         env = run_env,
         timeout_seconds = timeout_seconds,
-        weight = weight,
+        **optional
     )

@@ -78,6 +78,7 @@ Dependency = typing.Any
 Label = typing.Any
 
 _NO_DEFAULT = "<no default>"
+_UNSET = "<unset>"  # a parameter Buck2 types Option<T>: absent is fine, None is not
 _SNAKE = "abcdefghijklmnopqrstuvwxyz0123456789_"
 
 def _check_type(what, value, allowed):
@@ -218,8 +219,11 @@ def _as_output(path, short_path, is_source, key, is_output):
 def _is_artifact(value):
     return type(value) == "struct" and getattr(value, "_kind", None) == "artifact"
 
-def _source(path):
-    return _artifact(path, path, True)
+def _source(path, package = ""):
+    # A source attribute's value is relative to its package, and so is the artifact's
+    # short_path; its path (on command lines) is relative to the project root. In Buck2,
+    # source_artifact("foo/bar", "baz/quz.h").short_path == "baz/quz.h".
+    return _artifact(package + "/" + path if package else path, path, True)
 
 _CmdArgs = record(items = list, hidden = list, delimiter = typing.Any, format = typing.Any, ignore_artifacts = bool, outputs = list, parent = int)
 
@@ -383,7 +387,7 @@ def _make_actions(label, bindable = []):
         _py_action({"kind": "write", "output": artifact.path, "content": "\n".join(_render(cmd_args(content)))})
         return (artifact, []) if allow_args else artifact
 
-    def run(arguments, /, *, category, identifier = None, env = None, local_only = False, prefer_local = False, prefer_remote = False, low_pass_filter = True, always_print_stderr = False, weight = None, weight_percentage = None, dep_files = None, metadata_env_var = None, metadata_path = None, incremental_metadata_ignore_tags = [], no_outputs_cleanup = False, incremental_remote_outputs = False, allow_cache_upload = None, allow_dep_file_cache_upload = False, allow_offline_output_cache = False, force_full_hybrid_if_capable = False, exe = None, unique_input_inodes = False, error_handler = None, remote_execution_dependencies = [], re_gang_workers = [], remote_execution_dynamic_image = None, timeout_seconds = None, meta_internal_extra_params = None, outputs_for_error_handler = [], expect_eligible_for_dedupe = None, eager_materialization_enabled = False):
+    def run(arguments, /, *, category, identifier = None, env = None, local_only = False, prefer_local = False, prefer_remote = False, low_pass_filter = True, always_print_stderr = False, weight = _UNSET, weight_percentage = _UNSET, dep_files = _UNSET, metadata_env_var = _UNSET, metadata_path = _UNSET, incremental_metadata_ignore_tags = [], no_outputs_cleanup = False, incremental_remote_outputs = False, allow_cache_upload = None, allow_dep_file_cache_upload = False, allow_offline_output_cache = False, force_full_hybrid_if_capable = False, exe = None, unique_input_inodes = False, error_handler = None, remote_execution_dependencies = [], re_gang_workers = [], remote_execution_dynamic_image = None, timeout_seconds = None, meta_internal_extra_params = None, outputs_for_error_handler = [], expect_eligible_for_dedupe = None, eager_materialization_enabled = False):
         if type(category) != "string" or not _snake_case(category):
             fail("run: category must be snake_case, not", repr(category))
         if (category, identifier) in categories:
@@ -391,6 +395,13 @@ def _make_actions(label, bindable = []):
         categories[(category, identifier)] = True
         if len([x for x in (local_only, prefer_local, prefer_remote) if x]) > 1:
             fail("run: only one of local_only, prefer_local and prefer_remote")
+        # Buck2 takes these as Option<...> (app/buck2_action_impl/src/context/run.rs):
+        # leaving one out is fine, passing None explicitly is a type error.
+        for arg_name, arg_value in (("weight", weight), ("weight_percentage", weight_percentage), ("dep_files", dep_files), ("metadata_env_var", metadata_env_var), ("metadata_path", metadata_path)):
+            if arg_value == None:
+                fail("run: Type of parameter `" + arg_name + "` doesn't match, expected `int`, actual `NoneType` (leave it out instead of passing None)")
+        weight = None if weight == _UNSET else weight
+        weight_percentage = None if weight_percentage == _UNSET else weight_percentage
         if weight != None and weight_percentage != None:
             fail("run: weight or weight_percentage, not both")
         if weight != None and weight <= 0:
@@ -505,12 +516,12 @@ def type_of(p):
             return name
     fail("fake_dep: the fake knows only built-in providers, not", repr(p))
 
-def _coerce(name, spec, value, targets):
+def _coerce(name, spec, value, targets, package):
     kind = spec.kind
     if kind == "default_only":
-        return _coerce(name, spec.inner, spec.default, targets)
+        return _coerce(name, spec.inner, spec.default, targets, package)
     if kind == "option":
-        return None if value == None else _coerce(name, spec.inner, value, targets)
+        return None if value == None else _coerce(name, spec.inner, value, targets, package)
     if kind in ("dep", "exec_dep", "toolchain_dep"):
         dep = targets.get(value) if type(value) == "string" else value
         if dep == None:
@@ -520,13 +531,18 @@ def _coerce(name, spec, value, targets):
                 fail("attribute", name, ": Attribute requires a dep that provides", repr(p))
         return dep
     if kind == "source":
-        return _source(value)
+        if _is_artifact(value):
+            return value
+        _check_type("attribute " + name, value, ["string"])
+        if value.startswith("/") or ".." in value.split("/"):
+            fail("attribute", name, ": a source path must be relative to the package, not", repr(value))
+        return _source(value, package)
     if kind == "list":
         _check_type("attribute " + name, value, ["list"])
-        return [_coerce(name, spec.inner, v, targets) for v in value]
+        return [_coerce(name, spec.inner, v, targets, package) for v in value]
     if kind == "dict":
         _check_type("attribute " + name, value, ["dict"])
-        return {_coerce(name, spec.inner[0], k, targets): _coerce(name, spec.inner[1], v, targets) for k, v in value.items()}
+        return {_coerce(name, spec.inner[0], k, targets, package): _coerce(name, spec.inner[1], v, targets, package) for k, v in value.items()}
     if kind == "enum":
         if value.lower() not in spec.extra["variants"]:
             fail("attribute `" + name + "`: " + repr(value) + " is not one of " + repr(spec.extra["variants"]))
@@ -542,13 +558,14 @@ def fake_analyse(rule_call, label_text, given, targets, constraints = []):
         if name not in schema and name != "name":
             fail("unknown attribute `" + name + "` of the rule")
     values = {"name": label_text.split(":")[-1]}
+    package = label_text.split("//")[-1].partition(":")[0]
     for name, spec in schema.items():
         if name in given and spec.kind == "default_only":
             fail("attribute", name, "cannot be set (default_only)")
         value = _resolve_select(given.get(name, spec.default), constraints)
         if value == _NO_DEFAULT:
             fail("missing mandatory attribute `" + name + "`")
-        values[name] = _coerce(name, spec, value, targets)
+        values[name] = _coerce(name, spec, value, targets, package)
     package, _, name = label_text.removeprefix("//").partition(":")
     target_label = struct(_kind = "target_label", name = name, package = package, text = "root//" + package + ":" + name)
     label = struct(name = name, package = package, raw_target = lambda: target_label)

@@ -65,7 +65,7 @@ def worker_tool_config(name: str) -> dict[str, Any]:
     fake.eval_file(REPO_ROOT / "toolchains" / "BUCK", "toolchains")
     attrs = fake.target_attrs[name]
     given = {k: starlark_literal(v) for k, v in attrs.items() if k in ("multiplex", "cancellable")}
-    given["tool_inputs"] = starlark_literal([f"toolchains/{p}" for p in attrs["tool_inputs"]])
+    given["tool_inputs"] = starlark_literal(attrs["tool_inputs"])
     for role in ("backend", "fallback"):
         command = fake.target_attrs[attrs[role].lstrip(":")]["command"]
         given[role] = f"fake_dep(RunInfo(args = cmd_args({json.dumps(command)})))"
@@ -213,7 +213,7 @@ def build_package(
     def build(name: str) -> None:
         attrs = targets[name]
         rule = language.rule_of(attrs)
-        given = {"srcs": json.dumps([f"{package}/{s}" for s in attrs.get("srcs", [])])}
+        given = {"srcs": json.dumps(attrs.get("srcs", []))}
         for key in language.passed_attrs:
             if key in attrs:
                 given[key] = json.dumps(attrs[key])

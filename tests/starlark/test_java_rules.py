@@ -45,9 +45,9 @@ def test_java_library_compiles_on_the_worker_against_its_deps() -> None:
     }
     analysis = analyse_library(
         {
-            "srcs": '["lib/B.java", "lib/C.java"]',
+            "srcs": '["B.java", "C.java"]',
             "deps": '[":a"]',
-            "resources": '["lib/b.properties"]',
+            "resources": '["b.properties"]',
         },
         {":a": java_library_dep(dep)},
     )
@@ -131,7 +131,7 @@ def test_example_builds_warm_and_cold_with_the_same_classes(tmp_path: Path) -> N
 def test_buck2_builds_the_javac_worker_with_plain_javac(tmp_path: Path) -> None:
     fake = Buck2Fake()
     fake.eval_file(REPO_ROOT / "toolchains" / "BUCK", "toolchains")
-    srcs = [f"toolchains/{s}" for s in fake.target_attrs["javac_worker_built"]["srcs"]]
+    srcs = fake.target_attrs["javac_worker_built"]["srcs"]
     assert any(s.endswith("JavacWorker.java") for s in srcs)
     analysis = Buck2Fake().analyse(
         "@toolchains//java:defs.bzl", "javac_worker_binary", "//toolchains:javac_worker_built",

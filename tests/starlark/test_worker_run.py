@@ -49,7 +49,8 @@ def test_worker_run_registers_argfile_envelope_and_worker_action() -> None:
     run = analysis.action("run")
     report = "buck-out/v2/gen/root/examples/worker_rule/__report__/report.json"
     assert argfile["output"].endswith("/text_stats.args")
-    assert argfile["content"].split("\n") == ["--out", report, "a.txt", "b.txt"]
+    srcs = ["examples/worker_rule/a.txt", "examples/worker_rule/b.txt"]
+    assert argfile["content"].split("\n") == ["--out", report, *srcs]
     assert run["arguments"] == ["@" + argfile["output"]]  # one @argfile, as remote workers need
     assert run["worker"] == [
         ".venv/bin/worker-runtime",
@@ -62,7 +63,7 @@ def test_worker_run_registers_argfile_envelope_and_worker_action() -> None:
     assert run["env"] == {"WORKER_RUNTIME_ENVELOPE": envelope["output"]}
     assert json.loads(envelope["content"]) == {
         "argfile": argfile["output"],
-        "inputs": ["a.txt", "b.txt"],
+        "inputs": srcs,
         "outputs": [report],
         "version": 1,
     }
@@ -131,7 +132,7 @@ def run_action_both_ways(project: Path, analysis: Analysis) -> tuple[bytes, byte
 
 def test_example_action_runs_warm_and_one_shot_with_the_same_output(project: Path) -> None:
     srcs = ["examples/worker_rule/a.txt", "examples/worker_rule/b.txt"]
-    analysis = analyse_report(srcs)
+    analysis = analyse_report([s.removeprefix("examples/worker_rule/") for s in srcs])
     materialize(project, analysis, {s: (REPO_ROOT / s).read_text() for s in srcs})
     cold, warm = run_action_both_ways(project, analysis)
     assert cold == warm
@@ -154,6 +155,10 @@ def test_example_action_runs_warm_and_one_shot_with_the_same_output(project: Pat
             'cmd_args("--out", out.as_output()), category = "c", timeout_seconds = 0',
             "timeout_seconds must be greater than 0",
         ),
+        (
+            'cmd_args("--out", out.as_output()), category = "c", weight = 0',
+            "weight must be greater than 0",
+        ),
     ],
 )
 def test_worker_run_misuse_is_an_analysis_error(tmp_path: Path, args: str, message: str) -> None:
@@ -175,3 +180,44 @@ def test_worker_run_misuse_is_an_analysis_error(tmp_path: Path, args: str, messa
     module = fake.eval_file(tmp_path / "h.bzl", "root", harness)
     with pytest.raises(sl.StarlarkError, match=message):
         module.call("go")
+
+
+@pytest.mark.parametrize("name", ["weight", "weight_percentage", "dep_files", "metadata_path"])
+def test_the_fake_rejects_an_explicit_none_where_buck2_takes_an_option(
+    tmp_path: Path, name: str
+) -> None:
+    """Buck2 types these Option<...>: leaving one out is fine, None is a type error. The
+    fake must fail where Buck2 does (worker_run once passed weight = None to every action)."""
+    (tmp_path / "rules.bzl").write_text(
+        "def _impl(ctx: AnalysisContext) -> list[Provider]:\n"
+        '    out = ctx.actions.declare_output("out")\n'
+        f'    ctx.actions.run(cmd_args("touch", out.as_output()), category = "c", {name} = None)\n'
+        "    return [DefaultInfo()]\n"
+        "r = rule(impl = _impl, attrs = {})\n"
+    )
+    harness = 'load(":rules.bzl", "r")\ndef go():\n    return fake_analyse(r, "//p:t", {}, {})\n'
+    module = Buck2Fake().eval_file(tmp_path / "h.bzl", "root", harness)
+    with pytest.raises(sl.StarlarkError, match=f"`{name}` doesn't match"):
+        module.call("go")
+
+
+@pytest.mark.parametrize("weight", [None, 2])
+def test_worker_run_passes_weight_only_when_set(tmp_path: Path, weight: int | None) -> None:
+    (tmp_path / "rules.bzl").write_text(
+        'load("@prelude//:prelude.bzl", "WorkerToolInfo", "worker_run")\n'
+        "def _impl(ctx: AnalysisContext) -> list[Provider]:\n"
+        '    out = ctx.actions.declare_output("out")\n'
+        "    worker_run(ctx.actions, tool = ctx.attrs.tool[WorkerToolInfo], "
+        f'args = cmd_args("--out", out.as_output()), category = "c", weight = {weight})\n'
+        "    return [DefaultInfo(default_output = out)]\n"
+        'r = rule(impl = _impl, attrs = {"tool": attrs.exec_dep(providers = [WorkerToolInfo])})\n'
+    )
+    fake = Buck2Fake()
+    harness = (
+        'load("@prelude//:prelude.bzl", "WorkerToolInfo")\n'
+        'load(":rules.bzl", "r")\n'
+        f'def go():\n    return fake_analyse(r, "//p:t", {{"tool": {tool_expr()}}}, {{}})\n'
+    )
+    fake.eval_file(tmp_path / "h.bzl", "root", harness).call("go")
+    (run,) = [a for a in fake.actions if a["kind"] == "run"]
+    assert run["weight"] == weight

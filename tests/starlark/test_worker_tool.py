@@ -66,7 +66,7 @@ def test_config_carries_every_setting() -> None:
             "max_instances": "3",
             "key_env": '["JAVA_HOME"]',
             "env": '{"LANG": "C.UTF-8"}',
-            "tool_inputs": '["tools/worker.jar"]',
+            "tool_inputs": '["worker.jar"]',
             "concurrency": "8",
             "streaming": "False",
         }

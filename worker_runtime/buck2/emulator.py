@@ -4,11 +4,12 @@ It does what Buck2's source does with one ``WorkerInfo`` during one command
 (shared/reference/buck2-workers.md, sections 1-2): spawn the worker with
 ``WORKER_SOCKET=/tmp/buck2_worker/<id>/socket``, cwd at the project root and
 stdout/stderr to files beside the socket; poll a plain ``connect()`` with 50 ms
-backoff doubling to 500 ms for up to 60 s; send requests with bytes argv and the
-action's full env (unary ``Execute``, or one ``ExecuteStream`` with ids from 0 after
-awaiting the response headers); retry ``UNAVAILABLE`` on unary calls 1 + 5 times with
-100-500 ms backoff; at the end of the command, SIGTERM to the worker's process group,
-then SIGKILL after the shutdown timeout (10 s by default).
+backoff doubling to 500 ms for up to 60 s; send requests with bytes argv and only
+TMPDIR, Buck2's variables and the action's own env (unary ``Execute``, or one
+``ExecuteStream`` with ids from 0 after awaiting the response headers); retry
+``UNAVAILABLE`` on unary calls 1 + 5 times with 100-500 ms backoff; at the end of the
+command, SIGTERM to the worker's process group, then SIGKILL after the shutdown timeout
+(10 s by default).
 """
 
 from __future__ import annotations
@@ -54,8 +55,10 @@ class WorkerRequestError(Exception):
 def action_env(
     scratch: str, extra: Mapping[str, str] | None = None
 ) -> list[pb.ExecuteCommand.EnvironmentEntry]:
-    """The per-action environment Buck2 sends with every request."""
-    env = dict(os.environ)
+    """The per-action environment Buck2 sends with every request: TMPDIR, Buck2's own
+    variables and the action's env, and nothing of the daemon's environment (no PATH,
+    no HOME): app/buck2_execute_impl/src/executors/local.rs."""
+    env: dict[str, str] = {}
     env.update(
         {
             "TMPDIR": scratch,

@@ -1,0 +1,72 @@
+"""Errors as a user meets them under the real Buck2: what ``buck2 build`` prints must say
+what went wrong and how to fix it. The README quotes these messages."""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.buck2.conftest import make_project
+from tests.buck2.harness import Buck2Project
+
+pytestmark = pytest.mark.timeout(1800)
+FIXTURES = Path(__file__).parent / "fixtures"
+
+
+@pytest.fixture(scope="module")
+def project(buck2: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Buck2Project]:
+    for project in make_project(buck2, tmp_path_factory.mktemp("faults")):
+        faults = project.root / "faults"
+        faults.mkdir()
+        shutil.copy(FIXTURES / "BUCK.fixture", faults / "BUCK")
+        shutil.copy(FIXTURES / "faults.bzl", faults / "faults.bzl")
+        yield project
+
+
+def failed_build(project: Buck2Project, *args: str) -> str:
+    result = project.run("build", *args, check=False)
+    assert result.returncode != 0, result.stderr
+    return result.stderr
+
+
+def test_a_missing_runtime_names_the_setting_to_fix(project: Buck2Project) -> None:
+    stderr = failed_build(
+        project, "-c", "persistent_workers.runtime=/nonexistent/worker-runtime", "//faults:crash"
+    )
+    assert "/nonexistent/worker-runtime" in stderr
+    assert "[persistent_workers] runtime" in stderr
+
+
+def test_a_compile_error_shows_the_compilers_message(project: Buck2Project) -> None:
+    source = project.root / "examples/java/src/com/example/bookshop/util/Strings.java"
+    good = source.read_text()
+    source.write_text(good.replace("public final class Strings", "public final class Strings {{"))
+    try:
+        stderr = failed_build(project, "//examples/java:util")
+    finally:
+        source.write_text(good)
+    assert "Strings.java" in stderr and "error:" in stderr
+    module = project.root / "examples/haskell/Shop/Core/Money.hs"
+    good = module.read_text()
+    module.write_text(good + "\nbroken = undefinedName\n")
+    try:
+        stderr = failed_build(project, "//examples/haskell:core")
+    finally:
+        module.write_text(good)
+    assert "Money.hs" in stderr and "undefinedName" in stderr
+    project.build("//examples/java:util", "//examples/haskell:core")  # fixed, builds again
+
+
+def test_a_crashing_backend_is_reported_with_its_log(project: Buck2Project) -> None:
+    stderr = failed_build(project, "//faults:crash")
+    assert "backend" in stderr and "crash" in stderr.lower()
+    assert "log" in stderr
+
+
+def test_a_timeout_is_reported_as_one(project: Buck2Project) -> None:
+    stderr = failed_build(project, "//faults:timeout")
+    assert "timed out" in stderr.lower() or "timeout" in stderr.lower()
+    assert "2" in stderr

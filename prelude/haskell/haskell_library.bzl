@@ -34,7 +34,7 @@ def _module_path(ctx: AnalysisContext, src: typing.Any) -> str:
         fail(str(ctx.label.name) + ": " + path + " is not a .hs file")
     return path[:-len(".hs")]
 
-def _module_order(label: typing.Any, imports: dict[str, list[str]]) -> list[str]:
+def _module_order(target_name: str, imports: dict[str, list[str]]) -> list[str]:
     """The modules, each after those it imports (depth-first); a cycle fails, named."""
     order = []
     state = {}  # module -> "visiting" or "done"
@@ -56,7 +56,7 @@ def _module_order(label: typing.Any, imports: dict[str, list[str]]) -> list[str]
                 dep = deps[index]
                 if state.get(dep) == "visiting":
                     cycle = path[path.index(dep):] + [dep]
-                    fail(str(label.name) + ": the modules import each other in a cycle: " + " -> ".join(cycle))
+                    fail(target_name + ": the modules import each other in a cycle: " + " -> ".join(cycle))
                 if state.get(dep) != "done":
                     state[dep] = "visiting"
                     stack.append((dep, 0))
@@ -125,8 +125,12 @@ def compile_haskell(
         ignore_artifacts = True,
     )
 
+    # Buck2 freezes the dynamic_output callback and everything it captures, and the rule's
+    # ctx (like ctx.actions) cannot be frozen: the closures below capture plain values only.
+    target_name = str(ctx.label.name)
+
     def compile_modules(actions, imports, outputs):
-        for name in _module_order(ctx.label, imports):
+        for name in _module_order(target_name, imports):
             module = modules[name]
             imported = _imported_closure(imports, name)
             args = cmd_args(

@@ -29,6 +29,14 @@ from typing import Any
 
 import starlark as sl
 
+from tests.starlark.freeze_check import unfreezable_captures
+
+
+class UnfreezableCapture(ValueError):
+    """A .bzl file's nested function captures ``ctx`` or ``ctx.actions``, which Buck2 fails
+    to freeze (see ``freeze_check``)."""
+
+
 REPO_ROOT = Path(__file__).resolve().parent.parent.parent
 CELLS = {
     "root": REPO_ROOT,
@@ -510,6 +518,7 @@ def type_of(p):
         _ConstraintSettingInfo: ConstraintSettingInfo,
         _ConstraintValueInfo: ConstraintValueInfo,
         _ConfigurationInfo: ConfigurationInfo,
+        _PlatformInfo: PlatformInfo,
     }
     for record_type, name in public.items():
         if isinstance(p, record_type):
@@ -551,7 +560,7 @@ def _coerce(name, spec, value, targets, package):
     _check_type("attribute " + name, value, [expected])
     return value
 
-def fake_analyse(rule_call, label_text, given, targets, constraints = []):
+def fake_analyse(rule_call, label_text, given, targets, constraints = None):
     impl = rule_call(_harness_impl = True)
     schema = rule_call(_harness_attrs = True)
     for name in given:
@@ -584,6 +593,9 @@ def fake_analyse(rule_call, label_text, given, targets, constraints = []):
         seen[key] = True
     if "DefaultInfo" not in seen:
         fail("rule implementation did not receive a `DefaultInfo` provider")
+    for p in providers:
+        if isinstance(p, _PlatformInfo) and p.label != str(target_label):
+            fail("`PlatformInfo` label for `platform()` rule should name the platform target itself, not", repr(p.label))
     return [_plain_provider(p) for p in providers]
 
 def _provider_name(p):
@@ -654,8 +666,15 @@ def select(choices, /):
 
 def _resolve_select(value, constraints):
     # Most specific matching key wins in Buck2; here a key is one constraint value label.
+    # constraints == None is Buck2's <unspecified> platform (no target platform given):
+    # there, a select() with any key but DEFAULT is an error.
     if not isinstance(value, _Select):
         return value
+    if constraints == None:
+        keys = [k for k in value.choices if k != "DEFAULT"]
+        if keys:
+            fail("Error getting configuration node of `" + keys[0] + "` within the `<unspecified>` configuration: Attempted to access the configuration data for the <unspecified> platform. This platform is used when the global default platform is unspecified and in that case configuration features (like `select()`) are unsupported.")
+        return value.choices["DEFAULT"]
     matches = [k for k in value.choices if k != "DEFAULT" and k in constraints]
     if len(matches) > 1:
         fail("select: ambiguous keys", matches)
@@ -700,6 +719,15 @@ def CommandExecutorConfig(*, local_enabled, remote_enabled, remote_cache_enabled
         fail("CommandExecutorConfig: MissingField: remote_enabled needs remote_execution_properties and remote_execution_use_case")
     return _CommandExecutorConfig(local_enabled = local_enabled, remote_enabled = remote_enabled, use_persistent_workers = use_persistent_workers, use_bazel_protocol_remote_persistent_workers = use_bazel_protocol_remote_persistent_workers, remote_execution_properties = remote_execution_properties)
 
+_PlatformInfo = record(label = str, configuration = typing.Any)
+
+def PlatformInfo(*, label, configuration):
+    if type(label) != "string":
+        fail("PlatformInfo: label must be a string (str(ctx.label.raw_target())), not", type(label))
+    if not isinstance(configuration, _ConfigurationInfo):
+        fail("PlatformInfo: configuration must be a ConfigurationInfo")
+    return _PlatformInfo(label = label, configuration = configuration)
+
 _ExecutionPlatformInfo = record(label = typing.Any, configuration = typing.Any, executor_config = typing.Any)
 
 def ExecutionPlatformInfo(*, label, configuration, executor_config):
@@ -729,7 +757,7 @@ EXPORTS = (
     "attrs", "provider", "provider_field", "DefaultInfo", "RunInfo", "WorkerInfo",
     "WorkerRunInfo", "cmd_args", "rule", "read_root_config", "fake_analyse", "fake_dep",
     "fake_dep_of", "select", "ConstraintSettingInfo", "ConstraintValueInfo", "ConfigurationInfo",
-    "CommandExecutorConfig", "ExecutionPlatformInfo", "ExecutionPlatformRegistrationInfo",
+    "CommandExecutorConfig", "ExecutionPlatformInfo", "ExecutionPlatformRegistrationInfo", "PlatformInfo",
     "fake_target_label", "fake_artifact", "glob",
 )  # fmt: skip
 API_LOAD_ID = "@buck2_fake//:api.bzl"
@@ -868,6 +896,10 @@ class Buck2Fake:
             target, target_cell = self.resolve(load_id, path, cell)
             return self.eval_file(target, target_cell)
 
+        if path.name != "BUCK":
+            problems = unfreezable_captures(text, str(path))
+            if problems:
+                raise UnfreezableCapture("\n".join(problems))
         sl.eval(module, sl.parse(str(path), text, dialect), GLOBALS, sl.FileLoader(load))
         frozen = module.freeze()
         if source is None:
@@ -895,7 +927,11 @@ class Buck2Fake:
         """Analyses ``label``, a target of rule ``rule_name`` from ``bzl`` (``@cell//pkg:f.bzl``).
 
         ``attrs`` and ``targets`` (labels of deps, e.g. defaults) are Starlark expressions,
-        which may use the fake's ``fake_dep(...)`` and the built-in providers."""
+        which may use the fake's ``fake_dep(...)`` and the built-in providers.
+        ``constraints`` are the constraint values of the platform the target is configured
+        for; None is Buck2's ``<unspecified>`` platform, where a select() with keys other
+        than DEFAULT fails (an exec dep, such as a worker tool, has the execution
+        platform's: pass ``[]`` or its values)."""
         given = "{" + ", ".join(f"{json.dumps(k)}: {v}" for k, v in attrs.items()) + "}"
         known = "{" + ", ".join(f"{json.dumps(k)}: {v}" for k, v in (targets or {}).items()) + "}"
         extra = "".join(
@@ -905,7 +941,7 @@ class Buck2Fake:
         harness = (
             extra + f"load({json.dumps(bzl)}, {json.dumps(rule_name)})\n"
             f"def analyse():\n"
-            f"    return fake_analyse({rule_name}, {json.dumps(label)}, {given}, {known}, {json.dumps(constraints or [])})\n"
+            f"    return fake_analyse({rule_name}, {json.dumps(label)}, {given}, {known}, {starlark_literal(constraints)})\n"
         )
         first = len(self.actions)
         module = self.eval_file(CELLS["root"] / "__harness__.bzl", "root", harness)

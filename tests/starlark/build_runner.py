@@ -72,6 +72,7 @@ def worker_tool_config(name: str) -> dict[str, Any]:
     analysis = Buck2Fake().analyse(
         "@prelude//worker:worker_tool.bzl", "worker_tool", f"//toolchains:{name}", given,
         {"toolchains//:worker_runtime": 'fake_dep(RunInfo(args = cmd_args("worker-runtime")))'},
+        constraints=[],  # an exec dep: configured for the execution platform
     )  # fmt: skip
     config: dict[str, Any] = json.loads(analysis.action("write_json")["content"])
     return config

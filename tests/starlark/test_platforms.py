@@ -221,3 +221,39 @@ def test_extra_constraints_join_the_routing_constraint() -> None:
         "prelude//platforms:worker_routing",
         "cfg//os:os",
     }
+
+
+def test_every_cell_has_a_target_platform() -> None:
+    """Under Buck2's <unspecified> platform a worker_tool's routing select() fails, so
+    .buckconfig gives every cell's targets prelude//platforms:default."""
+    config = (CELLS["root"] / ".buckconfig").read_text()
+    (spec,) = [
+        line.split("=", 1)[1].split()
+        for line in config.splitlines()
+        if line.strip().startswith("target_platform_detector_spec")
+    ]
+    assert spec == [
+        f"target:{cell}//...->prelude//platforms:default"
+        for cell in ("root", "toolchains", "prelude")
+    ]
+    attrs = platforms_buck({})
+    assert attrs["default"]["_impl"] == "_target_platform_impl"
+    analysis = Buck2Fake().analyse(
+        "@prelude//platforms:target_platform.bzl", "target_platform", "//platforms:default", {}
+    )
+    platform = analysis.provider("PlatformInfo")
+    assert platform["configuration"]["constraints"] == {}
+    assert "platforms" in platform["label"] and "default" in platform["label"]
+
+
+def test_fake_checks_that_a_platform_names_itself(tmp_path: Path) -> None:
+    (tmp_path / "rules.bzl").write_text(
+        "def _impl(ctx: AnalysisContext) -> list[Provider]:\n"
+        '    return [DefaultInfo(), PlatformInfo(label = "root//elsewhere:p", '
+        "configuration = ConfigurationInfo(constraints = {}, values = {}))]\n"
+        "r = rule(impl = _impl, attrs = {}, is_configuration_rule = True)\n"
+    )
+    harness = 'load(":rules.bzl", "r")\ndef go():\n    return fake_analyse(r, "//p:t", {}, {})\n'
+    module = Buck2Fake().eval_file(tmp_path / "h.bzl", "root", harness)
+    with pytest.raises(sl.StarlarkError, match="should name the platform target itself"):
+        module.call("go")

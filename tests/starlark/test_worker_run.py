@@ -117,6 +117,7 @@ def run_action_both_ways(project: Path, analysis: Analysis) -> tuple[bytes, byte
         "@prelude//worker:worker_tool.bzl", "worker_tool", "//examples/worker_rule:text_stats_worker",
         {"backend": f"fake_dep(RunInfo(args = cmd_args({json.dumps(BACKEND)})))", "protocol": '"json"'},
         {"toolchains//:worker_runtime": 'fake_dep(RunInfo(args = cmd_args("worker-runtime")))'},
+        constraints=[],
     )  # fmt: skip
     config = tool.action("write_json")
     (project / config["output"]).parent.mkdir(parents=True, exist_ok=True)

@@ -10,7 +10,7 @@ import pytest
 import starlark as sl
 
 from tests.conftest import RUNTIME, fake_backend
-from tests.starlark.buck2_fake import CELLS, Analysis, Buck2Fake
+from tests.starlark.buck2_fake import CELLS, Analysis, Buck2Fake, UnfreezableCapture
 from worker_runtime.buck2.emulator import Buck2Worker
 from worker_runtime.config import load_config_file
 
@@ -31,6 +31,7 @@ def analyse_tool(attrs: dict[str, str]) -> tuple[Buck2Fake, Analysis]:
         "//tools:javac_worker",
         attrs,
         RUNTIME_TARGET,
+        constraints=[],  # configured for the default target platform: no constraints
     )
     return fake, analysis
 
@@ -227,3 +228,51 @@ def test_fake_dynamic_output_is_as_strict_as_buck2(
     else:
         with pytest.raises(sl.StarlarkError, match=message):
             module.call("go")
+
+
+@pytest.mark.parametrize(
+    ("body", "captured"),
+    [
+        # The closure reads ctx.label: Buck2 must freeze ctx with it, and cannot.
+        ("fail(ctx.label.name)", "ctx"),
+        ("actions.write(outputs[out].as_output(), '')", "actions"),
+        ("dctx.actions.write(outputs[out].as_output(), name)", None),
+    ],
+)
+def test_fake_refuses_a_dynamic_callback_that_captures_ctx(
+    tmp_path: Path, body: str, captured: str | None
+) -> None:
+    """Buck2 freezes a dynamic_output callback with what it captured; ctx and ctx.actions
+    cannot be frozen ("Value of type `AnalysisContext` cannot be frozen")."""
+    (tmp_path / "rules.bzl").write_text(
+        "def _impl(ctx: AnalysisContext) -> list[Provider]:\n"
+        "    actions = ctx.actions\n"
+        "    name = ctx.label.name\n"
+        '    src = ctx.actions.write("src.txt", "a")\n'
+        '    out = ctx.actions.declare_output("out.txt")\n'
+        "    def f(dctx, artifacts, outputs):\n"
+        f"        {body}\n"
+        "    ctx.actions.dynamic_output(dynamic = [src], outputs = [out.as_output()], f = f)\n"
+        "    return [DefaultInfo(default_output = out)]\n"
+        "r = rule(impl = _impl, attrs = {})\n"
+    )
+    fake = Buck2Fake()
+    fake.dynamic_resolver = lambda paths: ["a" for _ in paths]
+    harness = 'load(":rules.bzl", "r")\ndef go():\n    return fake_analyse(r, "//p:t", {}, {})\n'
+    if captured is None:
+        fake.eval_file(tmp_path / "h.bzl", "root", harness).call("go")
+    else:
+        # Raised while h.bzl loads rules.bzl, so it reaches here wrapped by the loader.
+        problem = f"UnfreezableCapture: .*captures `{captured}`.*cannot be frozen"
+        with pytest.raises((UnfreezableCapture, sl.StarlarkError), match=problem):
+            fake.eval_file(tmp_path / "h.bzl", "root", harness)
+
+
+def test_a_worker_tool_under_the_unspecified_platform_fails_as_in_buck2() -> None:
+    """Without a target platform Buck2 cannot resolve the routing select(): .buckconfig's
+    target_platform_detector_spec gives every target prelude//platforms:default."""
+    with pytest.raises(sl.StarlarkError, match=r"<unspecified>.*select"):
+        Buck2Fake().analyse(
+            "@prelude//worker:worker_tool.bzl", "worker_tool", "//tools:w",
+            {"backend": backend_expr(["w"])}, RUNTIME_TARGET,
+        )  # fmt: skip

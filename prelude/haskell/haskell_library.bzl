@@ -10,6 +10,7 @@ name is its path relative to the package, without `.hs` (`Shop/Core/Money.hs` is
 
 load("//haskell:haskell_toolchain.bzl", "HaskellToolchainInfo")
 load("//utils:lists.bzl", "unique")
+load("//utils:settings.bzl", "toolchain_target")
 load("//worker:worker_run.bzl", "worker_run")
 
 HaskellLibraryInfo = provider(
@@ -205,7 +206,7 @@ def _haskell_library_impl(ctx: AnalysisContext) -> list[Provider]:
 
 HASKELL_TOOLCHAIN_ATTR = attrs.default_only(attrs.toolchain_dep(
     providers = [HaskellToolchainInfo],
-    default = "toolchains//:haskell",
+    default = toolchain_target("haskell"),
     doc = "The Haskell toolchain.",
 ))
 

@@ -2,6 +2,7 @@
 
 load("//java:java_toolchain.bzl", "JavaToolchainInfo")
 load("//utils:lists.bzl", "unique")
+load("//utils:settings.bzl", "toolchain_target")
 load("//worker:worker_run.bzl", "worker_run")
 
 JavaLibraryInfo = provider(
@@ -72,7 +73,7 @@ def _java_library_impl(ctx: AnalysisContext) -> list[Provider]:
 
 JAVA_TOOLCHAIN_ATTR = attrs.default_only(attrs.toolchain_dep(
     providers = [JavaToolchainInfo],
-    default = "toolchains//:java",
+    default = toolchain_target("java"),
     doc = "The Java toolchain.",
 ))
 

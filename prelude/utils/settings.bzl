@@ -3,6 +3,22 @@
 # Where worker requests go; the runtime's config key `routing` takes the same values.
 ROUTINGS = ["local", "remote", "auto", "race"]
 
+# The cell holding the toolchain targets the rules default to (java, haskell,
+# worker_runtime): `toolchains` here; another name where this prelude is mounted beside
+# Buck2's bundled one, whose demo toolchains already define `toolchains//:java`.
+TOOLCHAINS_CELL = read_root_config("persistent_workers", "toolchains_cell", "toolchains")
+
+def toolchain_target(name: str) -> str:
+    """The label of toolchain target `name` in [persistent_workers] toolchains_cell.
+
+    Args:
+      name: the target's name, e.g. "java".
+
+    Returns:
+      The label, e.g. "toolchains//:java".
+    """
+    return TOOLCHAINS_CELL + "//:" + name
+
 def bool_setting(key: str, value: str) -> bool:
     """Reads a boolean [persistent_workers] value.
 

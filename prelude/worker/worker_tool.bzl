@@ -1,19 +1,20 @@
 """The worker_tool rule: a backend that speaks Bazel's worker protocol, run warm by worker-runtime."""
 
-load("//utils:settings.bzl", "ROUTINGS", "bool_setting", "check_routing", "properties_setting")
+load("//utils:settings.bzl", "ROUTINGS", "bool_setting", "check_routing", "properties_setting", "toolchain_target")
 load("//worker:providers.bzl", "WorkerToolInfo")
 
-def routing_select(cell: str = "prelude") -> typing.Any:
+def routing_select(cell: str = "") -> typing.Any:
     """The routing of the execution platform a worker tool is configured for.
 
     Tools are exec deps, so this select() resolves against the execution platform's
-    constraints. Its keys name this prelude's cell explicitly, because a label in a .bzl
-    resolves against the cell of the BUCK file that loads it (only the cell mounted as
-    `prelude` is evaluated in its own cell).
+    constraints. As `worker_tool`'s default its keys are cell-relative
+    (`//platforms:routing_local`): Buck2 resolves an attribute default in the cell of the
+    .bzl file that declares it, so they name this cell under whatever name it is mounted.
+    In a BUCK file labels resolve in the BUCK file's cell, so name this cell there.
 
     Args:
-      cell: the name this prelude is mounted under; pass it as `routing = routing_select("workers")`
-        when it is not the `prelude` cell.
+      cell: "" for the default; in a BUCK file, the name this cell is mounted under, as in
+        `routing = routing_select("workers")`.
 
     Returns:
       A select() giving "local", "remote", "auto" or "race".
@@ -183,7 +184,7 @@ worker_tool = rule(
         ),
         "_runtime": attrs.default_only(attrs.exec_dep(
             providers = [RunInfo],
-            default = "toolchains//:worker_runtime",
+            default = toolchain_target("worker_runtime"),
             doc = "The worker-runtime command.",
         )),
     },

@@ -675,7 +675,9 @@ def _resolve_select(value, constraints):
         if keys:
             fail("Error getting configuration node of `" + keys[0] + "` within the `<unspecified>` configuration: Attempted to access the configuration data for the <unspecified> platform. This platform is used when the global default platform is unspecified and in that case configuration features (like `select()`) are unsupported.")
         return value.choices["DEFAULT"]
-    matches = [k for k in value.choices if k != "DEFAULT" and k in constraints]
+    # A cell-relative key ("//platforms:x", from a prelude .bzl's attribute default)
+    # names a target of the .bzl's own cell; the fake matches it in any cell.
+    matches = [k for k in value.choices if k != "DEFAULT" and (k in constraints or (k.startswith("//") and [c for c in constraints if c.endswith(k)]))]
     if len(matches) > 1:
         fail("select: ambiguous keys", matches)
     if matches:

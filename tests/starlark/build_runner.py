@@ -67,7 +67,9 @@ def worker_tool_config(name: str) -> dict[str, Any]:
     given = {k: starlark_literal(v) for k, v in attrs.items() if k in ("multiplex", "cancellable")}
     given["tool_inputs"] = starlark_literal(attrs["tool_inputs"])
     for role in ("backend", "fallback"):
-        command = fake.target_attrs[attrs[role].lstrip(":")]["command"]
+        host = fake.target_attrs[attrs[role].lstrip(":")]
+        script = [f"toolchains/{host['script']}"] if "script" in host else []
+        command = host.get("command", []) + script
         given[role] = f"fake_dep(RunInfo(args = cmd_args({json.dumps(command)})))"
     analysis = Buck2Fake().analyse(
         "@prelude//worker:worker_tool.bzl", "worker_tool", f"//toolchains:{name}", given,

@@ -76,7 +76,7 @@ def test_example_buck_file_declares_its_targets() -> None:
     fake.eval_file(REPO_ROOT / "examples" / "text_stats" / "BUCK", "root")
     assert fake.targets == ["report", "text_stats_bin", "text_stats_worker"]
     # The worker's script is an input of its actions and part of its worker key.
-    assert fake.target_attrs["text_stats_bin"]["srcs"] == ["text_stats_worker.py"]
+    assert fake.target_attrs["text_stats_bin"]["script"] == "text_stats_worker.py"
     assert fake.target_attrs["text_stats_worker"]["tool_inputs"] == ["text_stats_worker.py"]
 
 

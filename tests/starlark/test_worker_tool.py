@@ -276,3 +276,32 @@ def test_a_worker_tool_under_the_unspecified_platform_fails_as_in_buck2() -> Non
             "@prelude//worker:worker_tool.bzl", "worker_tool", "//tools:w",
             {"backend": backend_expr(["w"])}, RUNTIME_TARGET,
         )  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("attrs", "expected"),
+    [
+        ({"script": '"java/javac-worker"'}, ["toolchains/java/javac-worker"]),
+        (
+            {"command": '["python3"]', "script": '"haskell/scan_imports.py"'},
+            ["python3", "toolchains/haskell/scan_imports.py"],
+        ),
+        ({"command": '["javac"]'}, ["javac"]),
+    ],
+)
+def test_host_command_script_is_a_source_of_its_package(
+    attrs: dict[str, str], expected: list[str]
+) -> None:
+    """A script given as a source renders as its path from the project root, so it holds
+    wherever the toolchains cell is mounted."""
+    analysis = Buck2Fake().analyse(
+        "@prelude//worker:host_command.bzl", "host_command", "//toolchains:tool", attrs
+    )
+    assert analysis.provider("RunInfo")["args"]["cmd_args"] == expected
+
+
+def test_host_command_without_command_or_script_is_an_analysis_error() -> None:
+    with pytest.raises(sl.StarlarkError, match="needs a command or a script"):
+        Buck2Fake().analyse(
+            "@prelude//worker:host_command.bzl", "host_command", "//toolchains:tool", {}
+        )

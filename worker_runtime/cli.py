@@ -174,6 +174,12 @@ def daemon_command(name: str) -> Callable[[Sequence[str]], int]:
     return run
 
 
+def cells_main(argv: Sequence[str]) -> int:
+    from worker_runtime.cells import main as cells
+
+    return cells(argv)
+
+
 def cluster_main(argv: Sequence[str]) -> int:
     from worker_runtime.cluster.commands import main as cluster
 
@@ -192,17 +198,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         "serve": serve_main,
         "demo": demo_main,
         "cluster": cluster_main,
+        "cells": cells_main,
         "executor": executor_main,
         **{name: daemon_command(name) for name in ("status", "stop", "logs", "daemon")},
     }
     if not argv or argv[0] in ("-h", "--help"):
         print(
-            "usage: worker-runtime {serve,demo,status,stop,logs,cluster} ...\n\n"
+            "usage: worker-runtime {serve,demo,status,stop,logs,cells,cluster,executor} ...\n\n"
             "  serve   serve Buck2's worker protocol on $WORKER_SOCKET (what Buck2 launches)\n"
             "  demo    build the examples cold and warm through the runtime, print the savings\n"
             "  status  show the project's daemon and its backends (--json for JSON)\n"
             "  stop    drain and stop the project's daemon\n"
             "  logs    show where the daemon's logs are and tail them\n"
+            "  cells   path|install: the Buck2 cells (rules, toolchains) to mount in a project\n"
             "  cluster up|status|down: the embedded REAPI engine (PostgreSQL + BuildGrid)\n"
             "  executor  a bot for that engine (persistent workers on the remote side)\n"
             "  --version\n"

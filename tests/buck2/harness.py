@@ -66,6 +66,8 @@ class Buck2Project:
     root: Path
     env: dict[str, str] = field(default_factory=dict)
     log: list[str] = field(default_factory=list)
+    #: The worker-runtime that Buck2 launches here (a daemon answers only its own version).
+    runtime_exe: Path = REPO_ROOT / ".venv" / "bin" / "worker-runtime"
 
     @classmethod
     def create(cls, buck2: str, root: Path, runtime_dir: Path) -> Buck2Project:
@@ -112,7 +114,7 @@ class Buck2Project:
         """``worker-runtime ARGS`` about this project's daemon."""
         result = subprocess.run(
             [
-                str(REPO_ROOT / ".venv" / "bin" / "worker-runtime"),
+                str(self.runtime_exe),
                 *args,
                 "--project-root",
                 str(self.root),

@@ -1,0 +1,45 @@
+"""worker-runtime cells: where the Buck2 cells are, and installing them into a project."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from worker_runtime.cells import cells_root, install, main
+
+
+def test_cells_are_found_in_the_checkout() -> None:
+    root = cells_root()
+    assert (root / "prelude" / "prelude.bzl").is_file()
+    assert (root / "toolchains" / "BUCK").is_file()
+
+
+def test_install_copies_both_cells_and_points_the_toolchains_at_the_rules(tmp_path: Path) -> None:
+    target = install(tmp_path, "third-party/w", prelude_cell="workers", force=False)
+    assert (target / "prelude" / "worker" / "worker_tool.bzl").is_file()
+    toolchains = (target / "toolchains" / "BUCK").read_text()
+    assert '"@workers//java:java_toolchain.bzl"' in toolchains and "@prelude//" not in toolchains
+    assert (target / "toolchains" / "java" / "javac-worker").stat().st_mode & 0o111
+    assert (target / ".gitignore").read_text() == ".cache/\n"
+    with pytest.raises(FileExistsError, match="--force"):
+        install(tmp_path, "third-party/w", prelude_cell="workers", force=False)
+    install(tmp_path, "third-party/w", prelude_cell="workers", force=True)
+
+
+@pytest.mark.parametrize("dest", ["/abs/dir", "../outside"])
+def test_install_refuses_a_place_outside_the_project(tmp_path: Path, dest: str) -> None:
+    with pytest.raises(ValueError, match="inside the project"):
+        install(tmp_path, dest, prelude_cell="workers", force=False)
+
+
+def test_the_command_prints_the_buckconfig_to_add(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["install", "--project-root", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "workers = third-party/buck2-workers/prelude" in out
+    assert "toolchains_cell = worker_toolchains" in out
+    assert "execution_platforms = workers//platforms:platforms" in out
+    assert main(["install", "--project-root", str(tmp_path)]) == 1
+    assert "--force" in capsys.readouterr().err

@@ -1,0 +1,117 @@
+"""The Buck2 cells that ship with the runtime (the rules and the toolchains), and
+``worker-runtime cells``: where they are, and copying them into a Buck2 project.
+
+A wheel carries them as ``worker_runtime/cells/{prelude,toolchains}`` (``setup.py`` copies
+them in at build time); run from a checkout, they are the checkout's ``prelude/`` and
+``toolchains/``. Buck2 reads cells only from inside the project, so ``install`` copies them
+there and prints the ``.buckconfig`` lines that mount them beside Buck2's own prelude.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from worker_runtime.errors import USAGE_EXIT_CODE
+
+CELLS = ("prelude", "toolchains")
+#: What the copy leaves out (caches that a checkout may hold).
+IGNORED = shutil.ignore_patterns("__pycache__", "*.pyc", ".cache")
+DEFAULT_DEST = "third-party/buck2-workers"
+
+
+def cells_root() -> Path:
+    """The directory holding ``prelude/`` and ``toolchains/``: the installed package's
+    ``cells/``, else the checkout this module runs from."""
+    package = Path(__file__).resolve().parent
+    for root in (package / "cells", package.parent):
+        if (root / "prelude" / "prelude.bzl").is_file() and (
+            root / "toolchains" / "BUCK"
+        ).is_file():
+            return root
+    raise FileNotFoundError(
+        f"the Buck2 cells are missing from {package / 'cells'}: reinstall buck2-worker-runtime "
+        "from a wheel built from the repository (pip wheel .)"
+    )
+
+
+def runtime_command() -> str:
+    """The ``worker-runtime`` command of this installation, for ``[persistent_workers] runtime``."""
+    beside = Path(sys.executable).parent / "worker-runtime"
+    return str(beside) if beside.exists() else (shutil.which("worker-runtime") or "worker-runtime")
+
+
+def buckconfig_lines(dest: str, prelude_cell: str, toolchains_cell: str) -> str:
+    return (
+        "[cells]\n"
+        f"  {prelude_cell} = {dest}/prelude\n"
+        f"  {toolchains_cell} = {dest}/toolchains\n\n"
+        "[persistent_workers]\n"
+        f"  runtime = {runtime_command()}\n"
+        f"  toolchains_cell = {toolchains_cell}\n\n"
+        "[build]\n"
+        f"  execution_platforms = {prelude_cell}//platforms:platforms\n"
+    )
+
+
+def install(project: Path, dest: str, *, prelude_cell: str, force: bool) -> Path:
+    """Copies the cells into ``project/dest``; an existing copy is replaced only with ``force``."""
+    if Path(dest).is_absolute() or ".." in Path(dest).parts:
+        raise ValueError(f"{dest}: give a path inside the project (Buck2 cells must be)")
+    target = project / dest
+    source = cells_root()
+    for cell in CELLS:
+        if (target / cell).exists() and not force:
+            raise FileExistsError(f"{target / cell} exists: pass --force to replace it")
+    for cell in CELLS:
+        shutil.rmtree(target / cell, ignore_errors=True)
+        shutil.copytree(source / cell, target / cell, ignore=IGNORED)
+    # The toolchains load the rules as @prelude//, which in the project is Buck2's own
+    # prelude: point those loads at the name the rules are mounted under.
+    if prelude_cell != "prelude":
+        for path in (target / "toolchains").rglob("*"):
+            if path.name == "BUCK" or path.suffix == ".bzl":
+                text = path.read_text()
+                path.write_text(text.replace('"@prelude//', f'"@{prelude_cell}//'))
+    # The toolchain scripts build the workers into <dest>/.cache: keep it out of git.
+    (target / ".gitignore").write_text(".cache/\n")
+    return target
+
+
+def main(argv: Sequence[str]) -> int:
+    parser = argparse.ArgumentParser(
+        prog="worker-runtime cells",
+        description="The Buck2 cells of this runtime: its rules (prelude) and toolchains.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("path", help="print the directory holding prelude/ and toolchains/")
+    add = sub.add_parser("install", help="copy the cells into a Buck2 project")
+    add.add_argument("dest", nargs="?", default=DEFAULT_DEST, help=f"(default: {DEFAULT_DEST})")
+    add.add_argument("--project-root", default=".", help="the project (default: .)")
+    add.add_argument("--prelude-cell", default="workers", help="cell name of the rules")
+    add.add_argument(
+        "--toolchains-cell", default="worker_toolchains", help="cell name of the toolchains"
+    )
+    add.add_argument("--force", action="store_true", help="replace an existing copy")
+    try:
+        args = parser.parse_args(list(argv))
+    except SystemExit as exc:
+        return USAGE_EXIT_CODE if exc.code else 0
+    try:
+        if args.command == "path":
+            print(cells_root())
+            return 0
+        target = install(
+            Path(args.project_root), args.dest, prelude_cell=args.prelude_cell, force=args.force
+        )
+    except (OSError, ValueError) as exc:
+        sys.stderr.write(f"worker-runtime cells: error: {exc}\n")
+        return 1
+    print(
+        f"Installed the cells into {target}. Add to .buckconfig (or merge with what is there):\n\n"
+        + buckconfig_lines(args.dest, args.prelude_cell, args.toolchains_cell)
+    )
+    return 0

@@ -5,6 +5,7 @@ def _host_command_impl(ctx: AnalysisContext) -> list[Provider]:
     if ctx.attrs.script != None:
         # A source artifact: its path is right wherever this package's cell is mounted.
         command.append(ctx.attrs.script)
+    command += ctx.attrs.args
     if not command:
         fail(str(ctx.label.name) + ": host_command needs a command or a script")
 
@@ -16,8 +17,13 @@ host_command = rule(
     impl = _host_command_impl,
     doc = "A command given by path (relative to the project root, where Buck2 runs " +
           "workers), or a script of the repository given as a source file, or both " +
-          "(the script is appended: command = [\"python3\"], script = \"tool.py\").",
+          "(the script is appended: command = [\"python3\"], script = \"tool.py\"), then args.",
     attrs = {
+        "args": attrs.list(
+            attrs.string(),
+            default = [],
+            doc = "Arguments after the script (or the command).",
+        ),
         "command": attrs.list(
             attrs.string(),
             default = [],

@@ -7,13 +7,13 @@ load(
     "compile_haskell",
 )
 load("//haskell:haskell_toolchain.bzl", "HaskellToolchainInfo")
-load("//utils:lists.bzl", "unique")
+load("//utils:lists.bzl", "link_order")
 
 def _haskell_binary_impl(ctx: AnalysisContext) -> list[Provider]:
     toolchain = ctx.attrs._haskell_toolchain[HaskellToolchainInfo]
     deps = [dep[HaskellLibraryInfo] for dep in ctx.attrs.deps]
     compiled = compile_haskell(ctx, toolchain, deps)
-    archives = unique([a for d in deps for a in d.archives])
+    archives = link_order([d.archives for d in deps])
     exe = ctx.actions.declare_output(ctx.attrs.name)
     ctx.actions.run(
         cmd_args(
@@ -21,10 +21,9 @@ def _haskell_binary_impl(ctx: AnalysisContext) -> list[Provider]:
             "-o",
             exe.as_output(),
             compiled.objects,
-            # A group: the archives resolve each other's symbols whatever their order.
-            "-optl-Wl,--start-group",
+            # Each library before the ones it needs (ghc passes -optl options after its
+            # package libraries, so a linker group cannot be used here).
             archives,
-            "-optl-Wl,--end-group",
             [["-package", p] for p in compiled.packages],
         ),
         category = "haskell_link",

@@ -9,14 +9,15 @@ name is its path relative to the package, without `.hs` (`Shop/Core/Money.hs` is
 """
 
 load("//haskell:haskell_toolchain.bzl", "HaskellToolchainInfo")
-load("//utils:lists.bzl", "unique")
+load("//utils:lists.bzl", "link_order", "unique")
 load("//utils:settings.bzl", "toolchain_target")
 load("//worker:worker_run.bzl", "worker_run")
 
 HaskellLibraryInfo = provider(
     doc = "A compiled Haskell library, with what its dependents compile and link against.",
     fields = {
-        # Static archives (Artifacts) to link: this library's and every dependency's.
+        # Static archives (Artifacts) to link, in link order (each before those it needs):
+        # this library's and every dependency's.
         "archives": provider_field(typing.Any),
         # Interface files (Artifacts) of this library and every dependency.
         "interfaces": provider_field(typing.Any),
@@ -197,7 +198,7 @@ def _haskell_library_impl(ctx: AnalysisContext) -> list[Provider]:
         category = "haskell_archive",
     )
     info = HaskellLibraryInfo(
-        archives = unique([archive] + [a for d in deps for a in d.archives]),
+        archives = link_order([[archive]] + [d.archives for d in deps]),
         interfaces = unique(compiled.interfaces + [hi for d in deps for hi in d.interfaces]),
         packages = compiled.packages,
         search_path = compiled.search_path,

@@ -205,8 +205,12 @@ def WorkerRunInfo(*, worker = None, remote_worker = None, exe = []):
     return _WorkerRunInfo(worker = worker, remote_worker = remote_worker, exe = exe)
 
 # -- artifacts and cmd_args -------------------------------------------------------------
-def _artifact(path, short_path, is_source, key = None, is_output = False):
-    return struct(
+def _artifact(path, short_path, is_source, key = None, is_output = False, declared = False):
+    # In Buck2 two values of one artifact are equal (and dedupe in a dict). A struct with
+    # a lambda field never equals another, so only this analysis's own declared and bound
+    # outputs, each one value, carry the as_output() method; sources and the artifacts of
+    # dependencies compare by their fields.
+    fields = dict(
         _kind = "artifact",
         path = path,
         short_path = short_path,
@@ -214,8 +218,10 @@ def _artifact(path, short_path, is_source, key = None, is_output = False):
         is_source = is_source,
         key = key,
         is_output = is_output,
-        as_output = lambda: _as_output(path, short_path, is_source, key, is_output),
     )
+    if declared:
+        fields["as_output"] = lambda: _as_output(path, short_path, is_source, key, is_output)
+    return struct(**fields)
 
 def _as_output(path, short_path, is_source, key, is_output):
     if is_source:
@@ -355,7 +361,7 @@ def _make_actions(label, bindable = []):
         if name in declared:
             fail("declare_output: the same path twice:", name)
         declared[name] = False
-        originals[name] = _artifact("buck-out/v2/gen/root/" + label.package + "/__" + label.name + "__/" + name, name, False, name)
+        originals[name] = _artifact("buck-out/v2/gen/root/" + label.package + "/__" + label.name + "__/" + name, name, False, name, declared = True)
         return originals[name]
 
     def _bind(artifact):
@@ -370,7 +376,7 @@ def _make_actions(label, bindable = []):
     def _output(output):
         artifact = declare_output(output) if type(output) == "string" else output
         _bind(artifact)
-        return _artifact(artifact.path, artifact.short_path, False, artifact.key)
+        return _artifact(artifact.path, artifact.short_path, False, artifact.key, declared = True)
 
     def _check_inputs(value):
         for artifact, ignored in _artifacts_of(value):

@@ -145,8 +145,8 @@ def test_binary_links_its_objects_with_every_archive() -> None:
     )  # fmt: skip
     (link,) = [a for a in analysis.actions if a.get("category") == "haskell_link"]
     assert link["arguments"] == [
-        "ghc", "-o", f"{GEN}/core", f"{GEN}/objs/Main.o", "-optl-Wl,--start-group",
-        "buck-out/base/libbase.a", "-optl-Wl,--end-group", "-package", "containers",
+        "ghc", "-o", f"{GEN}/core", f"{GEN}/objs/Main.o",
+        "buck-out/base/libbase.a", "-package", "containers",
     ]  # fmt: skip
 
 

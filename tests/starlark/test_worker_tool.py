@@ -305,3 +305,18 @@ def test_host_command_without_command_or_script_is_an_analysis_error() -> None:
         Buck2Fake().analyse(
             "@prelude//worker:host_command.bzl", "host_command", "//toolchains:tool", {}
         )
+
+
+def test_fake_artifacts_of_one_file_are_equal_as_in_buck2(tmp_path: Path) -> None:
+    """Buck2 dedupes two values of one artifact; the fake once kept both, which hid a
+    link order that only worked with every archive listed twice."""
+    module = Buck2Fake().eval_file(
+        tmp_path / "case.bzl",
+        "root",
+        'load("@prelude//utils:lists.bzl", "unique")\n'
+        'a = fake_artifact("buck-out/x/lib.a")\n'
+        'b = fake_artifact("buck-out/x/lib.a")\n'
+        "def check():\n"
+        "    return [a == b, len(unique([a, b]))]\n",
+    )
+    assert module.call("check") == [True, 1]

@@ -84,7 +84,10 @@ def _imported_closure(imports: dict[str, list[str]], module: str) -> list[str]:
 
 def compile_haskell(
         ctx: AnalysisContext,
-        toolchain: HaskellToolchainInfo,
+        # A HaskellToolchainInfo. Typed Any: Buck2 evaluates this file once per cell whose
+        # BUCK files load it, so the provider type of a toolchain declared in another cell
+        # is another instance, which an annotation would refuse.
+        toolchain: typing.Any,
         deps: list[typing.Any]) -> typing.Any:
     """Compiles ctx.attrs.srcs, one action per module, against `deps` (HaskellLibraryInfo).
 

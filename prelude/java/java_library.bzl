@@ -19,7 +19,10 @@ JavaLibraryInfo = provider(
 
 def compile_java(
         ctx: AnalysisContext,
-        toolchain: JavaToolchainInfo,
+        # A JavaToolchainInfo. Typed Any: Buck2 evaluates this file once per cell whose
+        # BUCK files load it, so the provider type of a toolchain declared in another cell
+        # is another instance, which an annotation would refuse.
+        toolchain: typing.Any,
         deps: list[typing.Any]) -> typing.Any:
     """Compiles ctx.attrs.srcs against `deps` (JavaLibraryInfo) on the javac worker.
 

@@ -1,7 +1,5 @@
 """worker_run: one action that runs on a warm worker when workers are on, one-shot otherwise."""
 
-load("//worker:providers.bzl", "WorkerToolInfo")
-
 # The action environment variable that carries the envelope. Buck2 sends the action's
 # environment with every worker request; worker-runtime reads the envelope from it (to
 # forward the request elsewhere) and never passes it to a backend. With workers off the
@@ -11,7 +9,10 @@ ENVELOPE_ENV = "WORKER_RUNTIME_ENVELOPE"
 def worker_run(
         actions: AnalysisActions,
         *,
-        tool: WorkerToolInfo,
+        # A WorkerToolInfo. Typed Any: Buck2 evaluates this file once per cell whose
+        # BUCK files load it, so the provider type of a toolchain declared in another cell
+        # is another instance, which an annotation would refuse.
+        tool: typing.Any,
         args: typing.Any,
         category: str,
         identifier: str | None = None,

@@ -30,11 +30,13 @@ from typing import Any
 import starlark as sl
 
 from tests.starlark.freeze_check import unfreezable_captures
+from tests.starlark.provider_annotations import provider_annotations, provider_names
 
 
 class UnfreezableCapture(ValueError):
-    """A .bzl file's nested function captures ``ctx`` or ``ctx.actions``, which Buck2 fails
-    to freeze (see ``freeze_check``)."""
+    """A .bzl file does what Buck2 refuses and the fake cannot see at run time: a nested
+    function captures ``ctx`` or ``ctx.actions`` (``freeze_check``), or an annotation names
+    a provider (``provider_annotations``)."""
 
 
 REPO_ROOT = Path(__file__).resolve().parent.parent.parent
@@ -814,6 +816,7 @@ class Buck2Fake:
     target_attrs: dict[str, dict[str, Any]] = field(default_factory=dict)
     _cache: dict[Path, sl.FrozenModule] = field(default_factory=dict)
     _api: sl.FrozenModule | None = None
+    _provider_names: set[str] | None = None
     _package: Path = REPO_ROOT
     _analysing: bool = False
     #: Builds the artifacts a dynamic_output reads and returns their contents (a build
@@ -831,6 +834,13 @@ class Buck2Fake:
             sl.eval(module, sl.parse("<buck2 fake>", FAKE_API, buck2_bzl_dialect()), GLOBALS)
             self._api = module.freeze()
         return self._api
+
+    def _providers(self) -> set[str]:
+        """Every provider declared in the cells' .bzl files (see provider_annotations)."""
+        if self._provider_names is None:
+            files = [p for cell in ("prelude", "toolchains") for p in CELLS[cell].rglob("*.bzl")]
+            self._provider_names = provider_names(files + list(REPO_ROOT.glob("examples/**/*.bzl")))
+        return self._provider_names
 
     def _dynamic_contents(self, paths: list[str]) -> list[str]:
         """What a dynamic_output's `dynamic` artifacts hold, from ``dynamic_resolver``."""
@@ -906,6 +916,7 @@ class Buck2Fake:
 
         if path.name != "BUCK":
             problems = unfreezable_captures(text, str(path))
+            problems += provider_annotations(text, str(path), self._providers())
             if problems:
                 raise UnfreezableCapture("\n".join(problems))
         sl.eval(module, sl.parse(str(path), text, dialect), GLOBALS, sl.FileLoader(load))

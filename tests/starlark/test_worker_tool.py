@@ -320,3 +320,19 @@ def test_fake_artifacts_of_one_file_are_equal_as_in_buck2(tmp_path: Path) -> Non
         "    return [a == b, len(unique([a, b]))]\n",
     )
     assert module.call("check") == [True, 1]
+
+
+def test_fake_refuses_a_provider_as_an_annotation(tmp_path: Path) -> None:
+    """Buck2 evaluates a .bzl once per cell that loads it, so a provider made in another
+    cell's evaluation fails an annotation naming it (seen when the rules are mounted
+    beside Buck2's bundled prelude)."""
+    (tmp_path / "rules.bzl").write_text(
+        'load("@prelude//:prelude.bzl", "WorkerToolInfo")\n'
+        "def use(tool: WorkerToolInfo) -> None:\n"
+        "    pass\n"
+    )
+    harness = 'load(":rules.bzl", "use")\n'
+    with pytest.raises(
+        (UnfreezableCapture, sl.StarlarkError), match="types its tool as `WorkerToolInfo`"
+    ):
+        Buck2Fake().eval_file(tmp_path / "h.bzl", "root", harness)

@@ -123,9 +123,10 @@ def test_workers_off_builds_the_same_outputs(
         cold_jar = cold_project.output_of(target, off)
         assert class_files(warm_jar) == class_files(cold_jar), target
     cold_project.build(EXAMPLES, config=off)
-    assert haskell_interfaces(cold_project) and set(haskell_interfaces(cold_project)) == set(
-        haskell_interfaces(project)
-    )
+    # GHC 9.0 interfaces are byte-identical warm and cold (comments, as the edits above
+    # made, do not reach them); object code differs in local symbol names only.
+    cold_interfaces = haskell_interfaces(cold_project)
+    assert len(cold_interfaces) == 17 and cold_interfaces == haskell_interfaces(project)
     assert cold_project.run("run", "-c", off[0], "//examples/haskell:bookshop").stdout == (
         HASKELL_EXPECTED
     )

@@ -140,6 +140,16 @@ def test_example_action_runs_warm_and_one_shot_with_the_same_output(project: Pat
     assert json.loads(warm)["files"][0]["path"] == srcs[0]
 
 
+def with_tool_harness(fake: Buck2Fake, tmp_path: Path) -> sl.FrozenModule:
+    """A harness whose go() analyses rule `r` of tmp_path/rules.bzl with a worker tool."""
+    harness = (
+        'load("@prelude//:prelude.bzl", "WorkerToolInfo")\n'
+        'load(":rules.bzl", "r")\n'
+        f'def go():\n    return fake_analyse(r, "//p:t", {{"tool": {tool_expr()}}}, {{}})\n'
+    )
+    return fake.eval_file(tmp_path / "h.bzl", "root", harness)
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [
@@ -172,13 +182,7 @@ def test_worker_run_misuse_is_an_analysis_error(tmp_path: Path, args: str, messa
         "    return [DefaultInfo()]\n"
         'r = rule(impl = _impl, attrs = {"tool": attrs.exec_dep(providers = [WorkerToolInfo])})\n'
     )
-    fake = Buck2Fake()
-    harness = (
-        'load("@prelude//:prelude.bzl", "WorkerToolInfo")\n'
-        'load(":rules.bzl", "r")\n'
-        f'def go():\n    return fake_analyse(r, "//p:t", {{"tool": {tool_expr()}}}, {{}})\n'
-    )
-    module = fake.eval_file(tmp_path / "h.bzl", "root", harness)
+    module = with_tool_harness(Buck2Fake(), tmp_path)
     with pytest.raises(sl.StarlarkError, match=message):
         module.call("go")
 
@@ -214,11 +218,6 @@ def test_worker_run_passes_weight_only_when_set(tmp_path: Path, weight: int | No
         'r = rule(impl = _impl, attrs = {"tool": attrs.exec_dep(providers = [WorkerToolInfo])})\n'
     )
     fake = Buck2Fake()
-    harness = (
-        'load("@prelude//:prelude.bzl", "WorkerToolInfo")\n'
-        'load(":rules.bzl", "r")\n'
-        f'def go():\n    return fake_analyse(r, "//p:t", {{"tool": {tool_expr()}}}, {{}})\n'
-    )
-    fake.eval_file(tmp_path / "h.bzl", "root", harness).call("go")
+    with_tool_harness(fake, tmp_path).call("go")
     (run,) = [a for a in fake.actions if a["kind"] == "run"]
     assert run["weight"] == weight

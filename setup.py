@@ -17,6 +17,11 @@ class BuildPyWithCells(build_py):
     def run(self) -> None:
         super().run()
         for cell in CELLS:
+            if not (ROOT / cell).is_dir():
+                raise SystemExit(
+                    f"setup.py: the Buck2 cell {cell}/ is missing beside setup.py; build the "
+                    "wheel from a checkout or from an sdist made with MANIFEST.in"
+                )
             target = Path(self.build_lib) / "worker_runtime" / "cells" / cell
             shutil.rmtree(target, ignore_errors=True)
             shutil.copytree(

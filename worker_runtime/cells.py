@@ -21,6 +21,8 @@ CELLS = ("prelude", "toolchains")
 #: What the copy leaves out (caches that a checkout may hold).
 IGNORED = shutil.ignore_patterns("__pycache__", "*.pyc", ".cache")
 DEFAULT_DEST = "third-party/buck2-workers"
+#: Written into each installed cell: only a directory holding it is ever replaced.
+MARKER = ".installed-by-worker-runtime"
 
 
 def cells_root() -> Path:
@@ -59,16 +61,32 @@ def buckconfig_lines(dest: str, prelude_cell: str, toolchains_cell: str) -> str:
 
 def install(project: Path, dest: str, *, prelude_cell: str, force: bool) -> Path:
     """Copies the cells into ``project/dest``; an existing copy is replaced only with ``force``."""
-    if Path(dest).is_absolute() or ".." in Path(dest).parts:
+    parts = Path(dest).parts
+    if Path(dest).is_absolute() or ".." in parts:
         raise ValueError(f"{dest}: give a path inside the project (Buck2 cells must be)")
+    if not [p for p in parts if p != "."]:
+        raise ValueError(
+            f"{dest}: give a directory below the project root, not the root itself, whose "
+            "prelude/ and toolchains/ are the project's own"
+        )
     target = project / dest
     source = cells_root()
     for cell in CELLS:
-        if (target / cell).exists() and not force:
+        if not (target / cell).exists():
+            continue
+        if not (target / cell / MARKER).exists():
+            raise FileExistsError(
+                f"{target / cell} exists and was not installed by `worker-runtime cells`: "
+                "choose another place"
+            )
+        if not force:
             raise FileExistsError(f"{target / cell} exists: pass --force to replace it")
     for cell in CELLS:
         shutil.rmtree(target / cell, ignore_errors=True)
         shutil.copytree(source / cell, target / cell, ignore=IGNORED)
+        (target / cell / MARKER).write_text(
+            "Installed by `worker-runtime cells install`; replaced by `--force`.\n"
+        )
     # The toolchains load the rules as @prelude//, which in the project is Buck2's own
     # prelude: point those loads at the name the rules are mounted under.
     if prelude_cell != "prelude":
@@ -77,7 +95,10 @@ def install(project: Path, dest: str, *, prelude_cell: str, force: bool) -> Path
                 text = path.read_text()
                 path.write_text(text.replace('"@prelude//', f'"@{prelude_cell}//'))
     # The toolchain scripts build the workers into <dest>/.cache: keep it out of git.
-    (target / ".gitignore").write_text(".cache/\n")
+    ignore = target / ".gitignore"
+    lines = ignore.read_text().splitlines() if ignore.exists() else []
+    if ".cache/" not in lines:
+        ignore.write_text("".join(f"{line}\n" for line in [*lines, ".cache/"]))
     return target
 
 

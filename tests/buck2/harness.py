@@ -30,7 +30,7 @@ def find_buck2() -> str | None:
         path = shutil.which(given)
         if path is None:
             raise FileNotFoundError(f"BUCK2={given} is not an executable file")
-        return path
+        return os.path.abspath(path)  # commands run in the project copy
     return shutil.which("buck2")
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.buck2.harness import REPO_ROOT, Buck2Project, private_dir
+from tests.buck2.harness import REPO_ROOT, Buck2Project, private_dir, tracked_files
 from tests.starlark.test_java_rules import EXPECTED_OUTPUT as JAVA_EXPECTED
 
 pytestmark = pytest.mark.timeout(1800)
@@ -31,10 +31,15 @@ def run(*argv: str | Path, cwd: Path | None = None) -> str:
 
 
 def install_runtime_from_a_wheel(tmp: Path) -> Path:
-    """``pip wheel`` this repository, then ``pip install`` it into a fresh virtualenv."""
+    """``pip wheel`` this repository (a copy of its tracked files, so that setuptools'
+    build/ stays out of the checkout), then ``pip install`` it into a fresh virtualenv.
+    Needs the package index, for the build backend and the runtime's dependencies."""
+    source = tmp / "source"
+    for name in tracked_files():
+        (source / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(REPO_ROOT / name, source / name)
     wheels = tmp / "wheels"
-    run(sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", wheels, REPO_ROOT)
-    shutil.rmtree(REPO_ROOT / "build", ignore_errors=True)  # setuptools' in-tree leftovers
+    run(sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", wheels, source)
     (wheel,) = wheels.glob("buck2_worker_runtime-*.whl")
     venv = tmp / "venv"
     run(sys.executable, "-m", "venv", venv)

@@ -378,6 +378,8 @@ def _make_actions(label, bindable = []):
     def _output(output):
         artifact = declare_output(output) if type(output) == "string" else output
         _bind(artifact)
+        if artifact.key in originals:
+            return originals[artifact.key]  # in Buck2 the bound artifact is the declared one
         return _artifact(artifact.path, artifact.short_path, False, artifact.key, declared = True)
 
     def _check_inputs(value):
@@ -403,7 +405,7 @@ def _make_actions(label, bindable = []):
         _py_action({"kind": "write", "output": artifact.path, "content": "\n".join(_render(cmd_args(content)))})
         return (artifact, []) if allow_args else artifact
 
-    def run(arguments, /, *, category, identifier = None, env = None, local_only = False, prefer_local = False, prefer_remote = False, low_pass_filter = True, always_print_stderr = False, weight = _UNSET, weight_percentage = _UNSET, dep_files = _UNSET, metadata_env_var = _UNSET, metadata_path = _UNSET, incremental_metadata_ignore_tags = [], no_outputs_cleanup = False, incremental_remote_outputs = False, allow_cache_upload = None, allow_dep_file_cache_upload = False, allow_offline_output_cache = False, force_full_hybrid_if_capable = False, exe = None, unique_input_inodes = False, error_handler = None, remote_execution_dependencies = [], re_gang_workers = [], remote_execution_dynamic_image = None, timeout_seconds = None, meta_internal_extra_params = None, outputs_for_error_handler = [], expect_eligible_for_dedupe = None, eager_materialization_enabled = False):
+    def run(arguments, /, *, category, identifier = None, env = _UNSET, local_only = False, prefer_local = False, prefer_remote = False, low_pass_filter = True, always_print_stderr = False, weight = _UNSET, weight_percentage = _UNSET, dep_files = _UNSET, metadata_env_var = _UNSET, metadata_path = _UNSET, incremental_metadata_ignore_tags = [], no_outputs_cleanup = False, incremental_remote_outputs = False, allow_cache_upload = None, allow_dep_file_cache_upload = False, allow_offline_output_cache = False, force_full_hybrid_if_capable = False, exe = _UNSET, unique_input_inodes = False, error_handler = None, remote_execution_dependencies = [], re_gang_workers = [], remote_execution_dynamic_image = None, timeout_seconds = None, meta_internal_extra_params = None, outputs_for_error_handler = [], expect_eligible_for_dedupe = None, eager_materialization_enabled = False):
         if type(category) != "string" or not _snake_case(category):
             fail("run: category must be snake_case, not", repr(category))
         if (category, identifier) in categories:
@@ -413,9 +415,11 @@ def _make_actions(label, bindable = []):
             fail("run: only one of local_only, prefer_local and prefer_remote")
         # Buck2 takes these as Option<...> (app/buck2_action_impl/src/context/run.rs):
         # leaving one out is fine, passing None explicitly is a type error.
-        for arg_name, arg_value in (("weight", weight), ("weight_percentage", weight_percentage), ("dep_files", dep_files), ("metadata_env_var", metadata_env_var), ("metadata_path", metadata_path)):
+        for arg_name, arg_value in (("weight", weight), ("weight_percentage", weight_percentage), ("dep_files", dep_files), ("metadata_env_var", metadata_env_var), ("metadata_path", metadata_path), ("env", env), ("exe", exe)):
             if arg_value == None:
-                fail("run: Type of parameter `" + arg_name + "` doesn't match, expected `int`, actual `NoneType` (leave it out instead of passing None)")
+                fail("run: Type of parameter `" + arg_name + "` doesn't match, actual `NoneType` (leave it out instead of passing None)")
+        env = None if env == _UNSET else env
+        exe = None if exe == _UNSET else exe
         weight = None if weight == _UNSET else weight
         weight_percentage = None if weight_percentage == _UNSET else weight_percentage
         if weight != None and weight_percentage != None:
@@ -602,7 +606,7 @@ def fake_analyse(rule_call, label_text, given, targets, constraints = None):
     if "DefaultInfo" not in seen:
         fail("rule implementation did not receive a `DefaultInfo` provider")
     for p in providers:
-        if isinstance(p, _PlatformInfo) and p.label != str(target_label):
+        if isinstance(p, _PlatformInfo) and p.label not in (str(target_label), target_label.text):
             fail("`PlatformInfo` label for `platform()` rule should name the platform target itself, not", repr(p.label))
     return [_plain_provider(p) for p in providers]
 

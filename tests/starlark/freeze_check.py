@@ -15,6 +15,7 @@ does not write either.
 from __future__ import annotations
 
 import ast
+from collections.abc import Iterator
 
 UNFREEZABLE = ("AnalysisContext", "AnalysisActions")
 
@@ -36,19 +37,51 @@ def _unfreezable_type(parameter: ast.arg) -> str | None:
     return None
 
 
+def _in_source_order(node: ast.AST) -> Iterator[ast.AST]:
+    """``node`` and everything below it, depth first in source order (``ast.walk`` is
+    breadth first, which would see ``b = a`` before an earlier, deeper ``a = ctx``)."""
+    yield node
+    for child in ast.iter_child_nodes(node):
+        yield from _in_source_order(child)
+
+
 def _free_reads(function: Function) -> set[str]:
-    """Names a function reads that are neither its parameters nor assigned in it."""
+    """Names a function holds on to from outside: read in its body but neither its own
+    parameters nor assigned in it (nor parameters of functions nested in it), and every
+    name read in its default values, which it stores."""
     own = {a.arg for a in _parameters(function) if a is not None}
     body = function.body if isinstance(function, ast.FunctionDef) else [function.body]
     reads: set[str] = set()
     for statement in body:
         for node in ast.walk(statement):
-            if isinstance(node, ast.Name):
+            if isinstance(node, ast.FunctionDef | ast.Lambda):
+                own |= {a.arg for a in _parameters(node) if a is not None}
+            elif isinstance(node, ast.Name):
                 if isinstance(node.ctx, ast.Store):
                     own.add(node.id)
                 else:
                     reads.add(node.id)
-    return reads - own
+    defaults = [d for d in (*function.args.defaults, *function.args.kw_defaults) if d is not None]
+    stored = {n.id for d in defaults for n in ast.walk(d) if isinstance(n, ast.Name)}
+    return (reads - own) | stored
+
+
+def _aliases(top: ast.FunctionDef, types: dict[str, str]) -> None:
+    """Adds to ``types`` the local names bound to an unfreezable value, in source order:
+    ``actions = ctx.actions``, ``c = ctx``, ``a, n = ctx.actions, 1``."""
+    for node in _in_source_order(top):
+        if not isinstance(node, ast.Assign) or len(node.targets) != 1:
+            continue
+        target, value = node.targets[0], node.value
+        pairs = [(target, value)]
+        if isinstance(target, ast.Tuple) and isinstance(value, ast.Tuple):
+            pairs = list(zip(target.elts, value.elts, strict=False))
+        for name, bound in pairs:
+            kind = ""
+            if isinstance(bound, ast.Attribute) and bound.attr == "actions":
+                bound, kind = bound.value, "AnalysisActions"
+            if isinstance(name, ast.Name) and isinstance(bound, ast.Name) and bound.id in types:
+                types[name.id] = kind or types[bound.id]
 
 
 def unfreezable_captures(source: str, filename: str) -> list[str]:
@@ -75,20 +108,7 @@ def unfreezable_captures(source: str, filename: str) -> list[str]:
                 kind = _unfreezable_type(parameter) if parameter is not None else None
                 if kind is not None:
                     types[parameter.arg] = kind
-            for node in ast.walk(top):  # aliases: `actions = ctx.actions`, `c = ctx`
-                if isinstance(node, ast.Assign) and len(node.targets) == 1:
-                    target, value = node.targets[0], node.value
-                    if isinstance(value, ast.Attribute) and value.attr == "actions":
-                        value = value.value
-                        kind = "AnalysisActions"
-                    else:
-                        kind = ""
-                    if (
-                        isinstance(target, ast.Name)
-                        and isinstance(value, ast.Name)
-                        and value.id in types
-                    ):
-                        types[target.id] = kind or types[value.id]
+            _aliases(top, types)
             if types:
                 visit(top, types)
     return problems

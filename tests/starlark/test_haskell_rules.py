@@ -237,3 +237,21 @@ def test_buck2_builds_the_ghc_worker_with_plain_ghc(tmp_path: Path) -> None:
     )  # fmt: skip
     assert compiled.returncode == 0, compiled.stderr
     assert (project / "Hello.o").exists()
+
+
+def test_link_order_keeps_every_library_before_what_it_needs(tmp_path: Path) -> None:
+    """A diamond: app needs left and right, both need base; left also needs util."""
+    module = Buck2Fake().eval_file(
+        tmp_path / "case.bzl",
+        "root",
+        'load("@prelude//utils:lists.bzl", "link_order")\n'
+        "def order():\n"
+        '    left = ["left", "util", "base"]\n'
+        '    right = ["right", "base"]\n'
+        '    return link_order([["app"], left, right, ["util", "base"]])\n',
+    )
+    order: list[str] = module.call("order")  # type: ignore[assignment]
+    assert sorted(order) == ["app", "base", "left", "right", "util"]
+    needs = {"app": ["left", "right"], "left": ["util", "base"], "right": ["base"], "util": []}
+    for library, needed in needs.items():
+        assert all(order.index(library) < order.index(n) for n in needed), order

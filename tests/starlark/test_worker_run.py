@@ -187,7 +187,9 @@ def test_worker_run_misuse_is_an_analysis_error(tmp_path: Path, args: str, messa
         module.call("go")
 
 
-@pytest.mark.parametrize("name", ["weight", "weight_percentage", "dep_files", "metadata_path"])
+@pytest.mark.parametrize(
+    "name", ["weight", "weight_percentage", "dep_files", "metadata_path", "env", "exe"]
+)
 def test_the_fake_rejects_an_explicit_none_where_buck2_takes_an_option(
     tmp_path: Path, name: str
 ) -> None:

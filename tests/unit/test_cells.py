@@ -24,7 +24,29 @@ def test_install_copies_both_cells_and_points_the_toolchains_at_the_rules(tmp_pa
     assert (target / ".gitignore").read_text() == ".cache/\n"
     with pytest.raises(FileExistsError, match="--force"):
         install(tmp_path, "third-party/w", prelude_cell="workers", force=False)
+    stale = target / "prelude" / "stale.bzl"
+    stale.write_text("")
     install(tmp_path, "third-party/w", prelude_cell="workers", force=True)
+    assert not stale.exists() and (target / "prelude" / "prelude.bzl").is_file()
+
+
+def test_install_keeps_the_users_files(tmp_path: Path) -> None:
+    """--force replaces only what the command installed, and .gitignore is appended to."""
+    (tmp_path / "toolchains").mkdir()
+    (tmp_path / "toolchains" / "BUCK").write_text("# the project's own\n")
+    (tmp_path / ".gitignore").write_text("buck-out/\n")
+    with pytest.raises(ValueError, match="not the root itself"):
+        install(tmp_path, ".", prelude_cell="workers", force=True)
+    (tmp_path / "w" / "prelude").mkdir(parents=True)
+    with pytest.raises(FileExistsError, match="not installed by"):
+        install(tmp_path, "w", prelude_cell="workers", force=True)
+    (tmp_path / "v").mkdir()
+    (tmp_path / "v" / ".gitignore").write_text("secrets.env\n")
+    install(tmp_path, "v", prelude_cell="workers", force=False)
+    assert (tmp_path / "v" / ".gitignore").read_text() == "secrets.env\n.cache/\n"
+    install(tmp_path, "v", prelude_cell="workers", force=True)
+    assert (tmp_path / "v" / ".gitignore").read_text() == "secrets.env\n.cache/\n"
+    assert (tmp_path / "toolchains" / "BUCK").read_text() == "# the project's own\n"
 
 
 @pytest.mark.parametrize("dest", ["/abs/dir", "../outside"])

@@ -34,3 +34,8 @@ def test_the_runtime_gets_the_other_arguments(tmp_path: Path) -> None:
         env={"PATH": f"{tmp_path}:/usr/bin:/bin"},
     )
     assert on_path.stdout == b"x\n"
+
+
+def test_a_directory_is_not_a_runtime(tmp_path: Path) -> None:
+    done = subprocess.run([LAUNCHER, tmp_path, "serve"], capture_output=True, text=True)
+    assert done.returncode == 127 and "[persistent_workers] runtime" in done.stderr

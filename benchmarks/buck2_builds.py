@@ -22,6 +22,7 @@ import argparse
 import json
 import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -29,7 +30,13 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.results import add_output_argument, emit
-from tests.buck2.harness import Buck2Project, copy_repository, find_buck2, private_dir
+from tests.buck2.harness import (
+    Buck2Project,
+    config_flags,
+    copy_repository,
+    find_buck2,
+    private_dir,
+)
 
 EXAMPLES = {
     # name: (package, target, compile category, target ratio)
@@ -62,7 +69,7 @@ def timed_rebuild(
     project: Buck2Project, package: str, target: str, config: tuple[str, ...], category: str
 ) -> dict[str, Any]:
     """One full rebuild of ``target``: clean, start Buck2's daemon, then the timed build."""
-    flags = [f for c in config for f in ("-c", c)]
+    flags = config_flags(config)
     project.run("clean")
     project.run("targets", *flags, f"{package}:")
     start = time.perf_counter()
@@ -130,7 +137,9 @@ def main(argv: list[str] | None = None) -> int:
     if buck2 is None:
         print("buck2_builds: no buck2 binary (put buck2 on PATH or set BUCK2=)", file=sys.stderr)
         return 2
-    version = Buck2Project.create(buck2, Path.cwd(), Path("/tmp")).run("--version").stdout.strip()
+    version = subprocess.run(
+        [buck2, "--version"], capture_output=True, text=True, check=True
+    ).stdout.strip()
     tmp = Path(tempfile.mkdtemp(prefix="buck2-bench-"))
     try:
         result: dict[str, Any] = {"buck2": version, "jobs": "buck2 default"}

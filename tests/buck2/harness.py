@@ -19,6 +19,8 @@ from pathlib import Path
 from typing import Any
 
 REPO_ROOT = Path(__file__).resolve().parent.parent.parent
+#: What the Haskell example's binary prints (the Java one's is in tests/starlark).
+HASKELL_EXPECTED = (REPO_ROOT / "examples" / "haskell" / "expected_output.txt").read_text()
 #: Long enough for a first build that also builds the GHC worker (about a minute here).
 COMMAND_TIMEOUT_S = 1200
 
@@ -41,13 +43,24 @@ def tracked_files(root: Path = REPO_ROOT) -> list[str]:
     return [name for name in listed.split("\0") if name and (root / name).exists()]
 
 
-def copy_repository(dest: Path) -> Path:
-    """Copies the tracked files of this checkout into ``dest``, with ``.venv`` and ``.cache``
-    linked to the checkout's."""
+def copy_tracked_files(dest: Path) -> Path:
+    """Copies the tracked files of this checkout into ``dest``."""
     for name in tracked_files():
         target = dest / name
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(REPO_ROOT / name, target)
+    return dest
+
+
+def config_flags(config: tuple[str, ...]) -> list[str]:
+    """``-c section.key=value`` for each setting, as buck2 takes them."""
+    return [flag for setting in config for flag in ("-c", setting)]
+
+
+def copy_repository(dest: Path) -> Path:
+    """Copies the tracked files of this checkout into ``dest``, with ``.venv`` and ``.cache``
+    linked to the checkout's."""
+    copy_tracked_files(dest)
     for shared in (".venv", ".cache"):
         (REPO_ROOT / shared).mkdir(exist_ok=True)
         (dest / shared).symlink_to(REPO_ROOT / shared)
@@ -101,14 +114,12 @@ class Buck2Project:
     def build(
         self, *targets: str, config: tuple[str, ...] = ()
     ) -> subprocess.CompletedProcess[str]:
-        flags = [f for c in config for f in ("-c", c)]
-        return self.run("build", *flags, *targets)
+        return self.run("build", *config_flags(config), *targets)
 
     def output_of(self, target: str, config: tuple[str, ...] = ()) -> Path:
         """The default output of ``target``, built."""
-        flags = [f for c in config for f in ("-c", c)]
-        shown = self.run("build", *flags, target, "--show-full-output").stdout.split()
-        return Path(shown[-1])
+        shown = self.run("build", *config_flags(config), target, "--show-full-output")
+        return Path(shown.stdout.split()[-1])
 
     def runtime(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
         """``worker-runtime ARGS`` about this project's daemon."""

@@ -15,11 +15,16 @@ from pathlib import Path
 
 import pytest
 
-from tests.buck2.harness import REPO_ROOT, Buck2Project, private_dir, tracked_files
+from tests.buck2.harness import (
+    HASKELL_EXPECTED,
+    REPO_ROOT,
+    Buck2Project,
+    copy_tracked_files,
+    private_dir,
+)
 from tests.starlark.test_java_rules import EXPECTED_OUTPUT as JAVA_EXPECTED
 
 pytestmark = pytest.mark.timeout(1800)
-HASKELL_EXPECTED = (REPO_ROOT / "examples" / "haskell" / "expected_output.txt").read_text()
 
 
 def run(*argv: str | Path, cwd: Path | None = None) -> str:
@@ -34,10 +39,7 @@ def install_runtime_from_a_wheel(tmp: Path) -> Path:
     """``pip wheel`` this repository (a copy of its tracked files, so that setuptools'
     build/ stays out of the checkout), then ``pip install`` it into a fresh virtualenv.
     Needs the package index, for the build backend and the runtime's dependencies."""
-    source = tmp / "source"
-    for name in tracked_files():
-        (source / name).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(REPO_ROOT / name, source / name)
+    source = copy_tracked_files(tmp / "source")
     wheels = tmp / "wheels"
     run(sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", wheels, source)
     (wheel,) = wheels.glob("buck2_worker_runtime-*.whl")

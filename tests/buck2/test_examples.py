@@ -15,13 +15,12 @@ from typing import Any
 import pytest
 
 from tests.buck2.conftest import make_project
-from tests.buck2.harness import REPO_ROOT, Buck2Project
+from tests.buck2.harness import HASKELL_EXPECTED, Buck2Project
 from tests.starlark.test_java_rules import EXPECTED_OUTPUT as JAVA_EXPECTED
 
 pytestmark = pytest.mark.timeout(1800)
 
 EXAMPLES = "//examples/..."
-HASKELL_EXPECTED = (REPO_ROOT / "examples" / "haskell" / "expected_output.txt").read_text()
 #: The worker tools of the examples, as `worker-runtime status` names their backends.
 TOOLS = ("javac-worker", "ghc-worker", "python3")  # text_stats runs as python3
 

@@ -18,64 +18,193 @@ from worker_runtime.errors import ConfigError
 PROTOCOLS = ("proto", "json")
 
 
+def doc(text: str, default: str = "") -> dict[str, str]:
+    """A setting's documentation, kept on its field: docs/settings.md is made from it.
+    ``default`` describes a default that is computed rather than written."""
+    return {"doc": text, "default": default}
+
+
+@dataclass(frozen=True)
+class RemoteConfig:
+    """Where and how requests go for routings `remote`, `auto` and `race`."""
+
+    endpoint: str = field(
+        default="",
+        metadata=doc(
+            "The REAPI server: `grpcs://host:port` (TLS), `grpc://host:port`, `unix:///path` "
+            "or a bare `host:port`. Needed by every routing but `local`."
+        ),
+    )
+    instance_name: str = field(
+        default="",
+        metadata=doc("The REAPI instance name (the tenant on a shared engine)."),
+    )
+    credentials_file: str = field(
+        default="",
+        metadata=doc(
+            "A file holding a bearer token, sent as `authorization: Bearer <token>` on every "
+            "call and re-read when it changes. TLS only."
+        ),
+    )
+    tls_ca_file: str = field(
+        default="",
+        metadata=doc("PEM roots to verify the server with (default: the system's). TLS only."),
+    )
+    tls: bool = field(
+        default=False,
+        metadata=doc("Use TLS even though the endpoint is not `grpcs://`."),
+    )
+    fallback_local: bool = field(
+        default=False,
+        metadata=doc(
+            "When the remote side fails to run a request (unreachable, refused, a server "
+            "fault), run it on a local backend instead, with a note in its output."
+        ),
+    )
+    persistent: bool = field(
+        default=True,
+        metadata=doc(
+            "Send actions by the remote persistent worker convention (tool inputs marked, "
+            "a `persistentWorkerKey` property), so the executor runs them on warm workers; "
+            "false: plain one-shot actions."
+        ),
+    )
+    cache: bool = field(
+        default=True,
+        metadata=doc("Let the action cache answer (and store) results; false: `do_not_cache`."),
+    )
+    properties: Mapping[str, str] = field(
+        default_factory=dict,
+        metadata=doc(
+            "Platform properties added to every action (names reserved by the convention are "
+            "ignored)."
+        ),
+    )
+
+
 @dataclass(frozen=True)
 class RuntimeConfig:
-    """Settings of one ``worker-runtime serve``. See the README's reference for each key."""
+    """Settings of one ``worker-runtime serve``; docs/settings.md is generated from the
+    ``doc`` of each field."""
 
-    #: The backend command (started with ``--persistent_worker`` appended).
-    command: tuple[str, ...] = ()
-    #: Wire format spoken with the backend: "proto" or "json".
-    protocol: str = "proto"
-    #: One backend process takes many requests at once, routed by request_id.
-    multiplex: bool = False
-    #: Singleplex only: the most backend processes per worker key.
-    max_instances: int = field(default_factory=lambda: os.cpu_count() or 1)
-    #: Files whose content is part of the worker key (a change starts a new backend).
-    tool_inputs: tuple[str, ...] = ()
-    #: Names of per-request (Buck2 action) env variables that become part of the worker
-    #: key and are set in the backend's environment. All other request env is ignored.
-    key_env: tuple[str, ...] = ()
-    #: Fixed environment added to every backend's environment.
-    env: Mapping[str, str] = field(default_factory=dict)
-    #: WorkRequest.verbosity sent with every request.
-    verbosity: int = 0
-    #: How often a request whose backend died before answering is retried on a fresh one.
-    retries: int = 1
-    #: Multiplex only: the backend honours cancel requests (else it is killed to cancel).
-    cancellable: bool = False
-    #: A response that started arriving but stalls this long is taken for garbage.
-    frame_stall_timeout_s: float = 5.0
-    #: How long a cancelled request may take to be acknowledged before the backend is killed.
-    cancel_grace_s: float = 5.0
-    #: On SIGTERM, how long in-flight requests may take to finish before they are cancelled.
-    shutdown_grace_s: float = 5.0
-    #: Where logs go (default: $WORKER_RUNTIME_LOG_DIR, else $XDG_STATE_HOME or
-    #: ~/.local/state, then buck2-worker-runtime/logs).
-    log_dir: str | None = None
-    #: Serve through the per-user daemon that keeps backends warm across Buck2 commands
-    #: (false: serve in this process; backends die with it, as with --no-daemon).
-    daemon: bool = True
-    #: The daemon exits after this long with no Buck2 command attached (daemon-wide:
-    #: taken from the front that starts the daemon).
-    daemon_idle_timeout_s: float = 3 * 3600.0
-    #: A backend process with no request for this long is stopped.
-    backend_idle_timeout_s: float = 1800.0
-    #: Total resident memory (MiB) of all backends' process trees before idle ones are
-    #: stopped, largest first (daemon-wide). Default: half of the machine's memory.
-    memory_budget_mb: int | None = None
-    #: A backend whose process tree exceeds this (MiB) is recycled after its current request.
-    backend_memory_limit_mb: int | None = None
-    #: How often the daemon checks idle times and memory.
-    reclaim_interval_s: float = 5.0
-    #: Timeout of a request that comes without ``timeout_s`` (Buck2 sets none unless the
-    #: rule does), so that a backend that never answers cannot hang a build; null: none.
-    default_timeout_s: float | None = 7200.0
-    #: Where requests go, as the execution platform says: "local", "remote", "auto" (local
-    #: when a warm local slot is free, else remote) or "race" (both; the first result wins).
-    routing: str = "local"
-    #: Remote settings for the other routings: endpoint, instance_name, credentials_file,
-    #: tls_ca_file, tls, fallback_local, cache, persistent, properties.
-    remote: Mapping[str, Any] = field(default_factory=dict)
+    command: tuple[str, ...] = field(
+        default=(),
+        metadata=doc("The backend command (started with ``--persistent_worker`` appended)."),
+    )
+    protocol: str = field(
+        default="proto", metadata=doc('Wire format spoken with the backend: "proto" or "json".')
+    )
+    multiplex: bool = field(
+        default=False,
+        metadata=doc("One backend process takes many requests at once, routed by request_id."),
+    )
+    max_instances: int = field(
+        default_factory=lambda: os.cpu_count() or 1,
+        metadata=doc(
+            "Singleplex only: the most backend processes per worker key.", "the number of CPUs"
+        ),
+    )
+    tool_inputs: tuple[str, ...] = field(
+        default=(),
+        metadata=doc(
+            "Files whose content is part of the worker key (a change starts a new backend)."
+        ),
+    )
+    key_env: tuple[str, ...] = field(
+        default=(),
+        metadata=doc(
+            "Names of per-request (Buck2 action) env variables that become part of the worker key and are set in the backend's environment. All other request env is ignored."
+        ),
+    )
+    env: Mapping[str, str] = field(
+        default_factory=dict,
+        metadata=doc("Fixed environment added to every backend's environment."),
+    )
+    verbosity: int = field(
+        default=0, metadata=doc("WorkRequest.verbosity sent with every request.")
+    )
+    retries: int = field(
+        default=1,
+        metadata=doc(
+            "How often a request whose backend died before answering is retried on a fresh one."
+        ),
+    )
+    cancellable: bool = field(
+        default=False,
+        metadata=doc(
+            "Multiplex only: the backend honours cancel requests (else it is killed to cancel)."
+        ),
+    )
+    frame_stall_timeout_s: float = field(
+        default=5.0,
+        metadata=doc("A response that started arriving but stalls this long is taken for garbage."),
+    )
+    cancel_grace_s: float = field(
+        default=5.0,
+        metadata=doc(
+            "How long a cancelled request may take to be acknowledged before the backend is killed."
+        ),
+    )
+    shutdown_grace_s: float = field(
+        default=5.0,
+        metadata=doc(
+            "On SIGTERM, how long in-flight requests may take to finish before they are cancelled."
+        ),
+    )
+    log_dir: str | None = field(
+        default=None,
+        metadata=doc(
+            "Where logs go (default: $WORKER_RUNTIME_LOG_DIR, else $XDG_STATE_HOME or ~/.local/state, then buck2-worker-runtime/logs)."
+        ),
+    )
+    daemon: bool = field(
+        default=True,
+        metadata=doc(
+            "Serve through the per-user daemon that keeps backends warm across Buck2 commands (false: serve in this process; backends die with it, as with --no-daemon)."
+        ),
+    )
+    daemon_idle_timeout_s: float = field(
+        default=3 * 3600.0,
+        metadata=doc(
+            "The daemon exits after this long with no Buck2 command attached (daemon-wide: taken from the front that starts the daemon)."
+        ),
+    )
+    backend_idle_timeout_s: float = field(
+        default=1800.0, metadata=doc("A backend process with no request for this long is stopped.")
+    )
+    memory_budget_mb: int | None = field(
+        default=None,
+        metadata=doc(
+            "Total resident memory (MiB) of all backends' process trees before idle ones are stopped, largest first (daemon-wide). Default: half of the machine's memory."
+        ),
+    )
+    backend_memory_limit_mb: int | None = field(
+        default=None,
+        metadata=doc(
+            "A backend whose process tree exceeds this (MiB) is recycled after its current request."
+        ),
+    )
+    reclaim_interval_s: float = field(
+        default=5.0, metadata=doc("How often the daemon checks idle times and memory.")
+    )
+    default_timeout_s: float | None = field(
+        default=7200.0,
+        metadata=doc(
+            "Timeout of a request that comes without ``timeout_s`` (Buck2 sets none unless the rule does), so that a backend that never answers cannot hang a build; null: none."
+        ),
+    )
+    routing: str = field(
+        default="local",
+        metadata=doc(
+            'Where requests go, as the execution platform says: "local", "remote", "auto" (local when a warm local slot is free, else remote) or "race" (both; the first result wins).'
+        ),
+    )
+    remote: RemoteConfig = field(
+        default_factory=RemoteConfig,
+        metadata=doc(
+            "Remote settings for the routings other than `local`: a JSON object of the keys in the next table."
+        ),
+    )
 
     def validated(self) -> RuntimeConfig:
         if not self.command:
@@ -132,16 +261,9 @@ def _optional_seconds(key: str, value: Any) -> float | None:
 
 
 ROUTINGS = ("local", "remote", "auto", "race")
-REMOTE_KEYS = {
-    "endpoint": str,
-    "instance_name": str,
-    "credentials_file": str,
-    "tls_ca_file": str,
-    "tls": bool,
-    "fallback_local": bool,
-    "persistent": bool,
-    "cache": bool,
-    "properties": dict,
+REMOTE_KEYS: dict[str, type] = {
+    item.name: dict if item.name == "properties" else type(getattr(RemoteConfig(), item.name))
+    for item in fields(RemoteConfig)
 }
 
 
@@ -151,7 +273,7 @@ def _routing(key: str, value: Any) -> str:
     return str(value)
 
 
-def _remote(key: str, value: Any) -> dict[str, Any]:
+def _remote(key: str, value: Any) -> RemoteConfig:
     if not isinstance(value, dict):
         raise ConfigError(f"config key `{key}` must be an object, not {json.dumps(value)}")
     for name, item in value.items():
@@ -170,7 +292,7 @@ def _remote(key: str, value: Any) -> dict[str, Any]:
                 f"config key `{key}.properties` must map names to strings, not "
                 f"{json.dumps(name)}: {json.dumps(item)}"
             )
-    return dict(value)
+    return RemoteConfig(**value)
 
 
 def _protocol(key: str, value: Any) -> str:
@@ -261,6 +383,8 @@ def config_to_mapping(config: RuntimeConfig) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for item in fields(RuntimeConfig):
         value = getattr(config, item.name)
+        if isinstance(value, RemoteConfig):
+            value = {f.name: getattr(value, f.name) for f in fields(RemoteConfig)}
         out[item.name] = (
             list(value)
             if isinstance(value, tuple)

@@ -142,7 +142,7 @@ def test_remote_settings_reach_the_runtime_config() -> None:
         "persistent": True,
         "properties": {"OSFamily": "linux", "container-image": "docker://x:1"},
     }
-    assert config_from_mapping(config).validated().remote["tls"] is True
+    assert config_from_mapping(config).validated().remote.tls is True
 
 
 def test_a_malformed_remote_property_is_an_analysis_error_naming_the_key() -> None:

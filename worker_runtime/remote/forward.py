@@ -37,18 +37,17 @@ def in_remote_thread(
 
 def settings_of(manager: BackendManager) -> RemoteSettings:
     remote = manager.config.remote
-    endpoint = remote.get("endpoint", "")
-    if not endpoint:
+    if not remote.endpoint:
         raise RequestError(
             "routing `remote` needs [persistent_workers] remote_endpoint (the REAPI server, "
             "e.g. grpcs://host:443 or unix:///path/to/socket)"
         )
     return RemoteSettings(
-        endpoint=endpoint,
-        instance=remote.get("instance_name", ""),
-        tls=bool(remote.get("tls", False)),
-        credentials_file=remote.get("credentials_file", ""),
-        tls_ca_file=remote.get("tls_ca_file", ""),
+        endpoint=remote.endpoint,
+        instance=remote.instance_name,
+        tls=remote.tls,
+        credentials_file=remote.credentials_file,
+        tls_ca_file=remote.tls_ca_file,
     )
 
 
@@ -75,9 +74,8 @@ def forward(
     remote = manager.config.remote
     built = build_action(
         manager.config, envelope, environment, root, manager.digests, blobs,
-        extra_properties=remote.get("properties"),
-        timeout_s=timeout_s, persistent=bool(remote.get("persistent", True)),
-        cacheable=bool(remote.get("cache", True)),
+        extra_properties=remote.properties, timeout_s=timeout_s,
+        persistent=remote.persistent, cacheable=remote.cache,
     )  # fmt: skip
     execution_timeout_s = float(timeout_s) if timeout_s > 0 else None  # None: the client's
     return client_for(settings_of(manager)).run(

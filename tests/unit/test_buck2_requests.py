@@ -1,0 +1,86 @@
+"""The Buck2 adapter alone, against a fake executor: what it makes of an ExecuteCommand
+and how each outcome reaches Buck2."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+from worker_runtime.backends.manager import BackendManager
+from worker_runtime.buck2.requests import RequestHandler
+from worker_runtime.config import RuntimeConfig
+from worker_runtime.envelope import ENVELOPE_ENV
+from worker_runtime.errors import RUNTIME_ERROR_EXIT_CODE
+from worker_runtime.execution.outcome import Failure, FailureKind, Outcome, Result, WorkRequest
+from worker_runtime.proto import buck2_worker_pb2 as pb
+
+
+class Recording:
+    def __init__(self, outcome: Outcome) -> None:
+        self.outcome = outcome
+        self.seen: list[WorkRequest] = []
+
+    async def run(self, request: WorkRequest) -> Outcome:
+        self.seen.append(request)
+        return self.outcome
+
+
+def handler(tmp_path: Path, outcome: Outcome, **config: object) -> tuple[RequestHandler, Recording]:
+    settings = RuntimeConfig(command=("tool",), **config)  # type: ignore[arg-type]
+    executor = Recording(outcome)
+    manager = BackendManager(settings, str(tmp_path), tmp_path / "logs")
+    return RequestHandler(manager, tmp_path / "logs", executor), executor
+
+
+def command(
+    *argv: bytes, env: dict[bytes, bytes] | None = None, timeout: int = 0
+) -> pb.ExecuteCommand:
+    message = pb.ExecuteCommand(
+        argv=list(argv),
+        env=[pb.ExecuteCommand.EnvironmentEntry(key=k, value=v) for k, v in (env or {}).items()],
+    )
+    if timeout:
+        message.timeout_s = timeout
+    return message
+
+
+def test_a_result_is_passed_through_with_its_notes_first(tmp_path: Path) -> None:
+    requests, _ = handler(tmp_path, Result(3, "error: x\n", ("worker-runtime: note: n\n",)))
+    response = asyncio.run(requests.execute(command(b"a")))
+    assert response.exit_code == 3
+    assert response.stderr == "worker-runtime: note: n\nerror: x\n"
+
+
+def test_a_failure_is_a_runtime_error_naming_the_log(tmp_path: Path) -> None:
+    failure = Failure(FailureKind.TIMED_OUT, "too slow", notes=("n\n",), timed_out_after_s=4)
+    requests, _ = handler(tmp_path, failure)
+    response = asyncio.run(requests.execute(command(b"a")))
+    assert response.exit_code == RUNTIME_ERROR_EXIT_CODE
+    assert response.timed_out_after_s == 4
+    assert response.stderr == (
+        f"n\nworker-runtime: error: too slow\n  runtime log: {tmp_path / 'logs' / 'runtime.log'}\n"
+    )
+
+
+def test_the_work_request_carries_what_the_executors_need(tmp_path: Path) -> None:
+    (tmp_path / "args.txt").write_text("-d\nout\n")
+    requests, executor = handler(tmp_path, Result(0, ""), key_env=("JAVA_HOME",))
+    env = {b"JAVA_HOME": b"/jdk", b"OTHER": b"x", ENVELOPE_ENV.encode(): b"e.json"}
+    asyncio.run(requests.execute(command(b"javac", b"@args.txt", env=env, timeout=9)))
+    assert executor.seen == [
+        WorkRequest(("javac", "-d", "out"), (("JAVA_HOME", "/jdk"),), "e.json", 9)
+    ]
+
+
+def test_without_a_timeout_the_default_applies(tmp_path: Path) -> None:
+    requests, executor = handler(tmp_path, Result(0, ""), default_timeout_s=30.0)
+    asyncio.run(requests.execute(command(b"a")))
+    assert executor.seen[0].timeout_s == 30
+
+
+def test_a_bad_request_never_reaches_the_executor(tmp_path: Path) -> None:
+    requests, executor = handler(tmp_path, Result(0, ""))
+    response = asyncio.run(requests.execute(command(b"a", b"\xff")))
+    assert response.exit_code == RUNTIME_ERROR_EXIT_CODE
+    assert "argument 1 is not valid UTF-8" in response.stderr
+    assert executor.seen == []

@@ -1,0 +1,106 @@
+"""The policies every routing shares, each a wrapper around an Executor: a timeout, a
+retry on a fresh backend, a local fallback for a failed remote run, and `auto`'s choice."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+from collections.abc import Callable
+
+from worker_runtime.execution.executor import Executor
+from worker_runtime.execution.outcome import Failure, FailureKind, Outcome, WorkRequest, note
+
+LOGGER = logging.getLogger(__name__)
+
+
+class Timeout:
+    """Cancels the inner run once ``request.timeout_s`` (if > 0) has passed since it began."""
+
+    def __init__(self, inner: Executor) -> None:
+        self.inner = inner
+
+    async def run(self, request: WorkRequest) -> Outcome:
+        if request.timeout_s <= 0:
+            return await self.inner.run(request)
+        try:
+            async with asyncio.timeout(request.timeout_s) as scope:
+                return await self.inner.run(request)
+        except TimeoutError:
+            if not scope.expired():
+                raise
+        LOGGER.info("request timed out after %d s", request.timeout_s)
+        return Failure(
+            FailureKind.TIMED_OUT,
+            f"the request ran past its timeout of {request.timeout_s} s (counted from its "
+            "arrival, waiting for a free backend included) and was cancelled; a backend that "
+            "was running it was stopped, or asked to cancel if it is a cancellable multiplex one",
+            timed_out_after_s=request.timeout_s,
+        )
+
+
+class Retry:
+    """Runs a request again, on a fresh backend, when its backend failed while running it
+    (up to ``retries`` times); each retry adds a note to the outcome."""
+
+    def __init__(self, inner: Executor, retries: int) -> None:
+        self.inner = inner
+        self.retries = retries
+
+    async def run(self, request: WorkRequest) -> Outcome:
+        notes: list[str] = []
+        attempt = 0
+        while True:
+            outcome = await self.inner.run(dataclasses.replace(request, attempt=attempt))
+            if not (isinstance(outcome, Failure) and outcome.kind is FailureKind.BACKEND_FAILED):
+                return outcome.with_notes(*notes)
+            if attempt >= self.retries:
+                if attempt:
+                    return dataclasses.replace(
+                        outcome,
+                        message=f"{outcome.message}\n  the request had been retried {attempt} "
+                        "time(s) on a fresh backend",
+                    )
+                return outcome
+            attempt += 1
+            notes.append(
+                note(
+                    f"{outcome.short}; the request was retried on a fresh backend process "
+                    f"(retry {attempt} of {self.retries})."
+                )
+            )
+
+
+class LocalFallback:
+    """Runs the request on ``fallback`` when ``primary`` (remote) failed to run it."""
+
+    def __init__(self, primary: Executor, fallback: Executor) -> None:
+        self.primary = primary
+        self.fallback = fallback
+
+    async def run(self, request: WorkRequest) -> Outcome:
+        outcome = await self.primary.run(request)
+        if not (isinstance(outcome, Failure) and outcome.kind is FailureKind.REMOTE_FAILED):
+            return outcome
+        LOGGER.info("remote execution failed; running the request locally")
+        local = await self.fallback.run(request)
+        return local.with_notes(
+            note(f"remote execution failed ({outcome.short}); ran locally instead")
+        )
+
+
+class Auto:
+    """Routing `auto`: local while the request's key has a free warm slot, else remote.
+    A request without an envelope cannot go remote and always runs locally."""
+
+    def __init__(
+        self, local: Executor, remote: Executor, has_free_slot: Callable[[WorkRequest], bool]
+    ) -> None:
+        self.local = local
+        self.remote = remote
+        self.has_free_slot = has_free_slot
+
+    async def run(self, request: WorkRequest) -> Outcome:
+        if request.envelope and not self.has_free_slot(request):
+            return await self.remote.run(request)
+        return await self.local.run(request)

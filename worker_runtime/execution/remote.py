@@ -1,0 +1,86 @@
+"""Runs a request through the Remote Execution API (remote/forward.py), on the remote
+thread pool: the REAPI client blocks for a whole execution. Cancelling the caller cancels
+the operation on the server; its thread then ends by itself, its staged outputs deleted."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from collections.abc import Callable
+
+from worker_runtime.backends.manager import BackendManager
+from worker_runtime.envelope import ENVELOPE_ENV
+from worker_runtime.errors import RequestError
+from worker_runtime.execution.executor import Referee
+from worker_runtime.execution.outcome import Failure, FailureKind, Outcome, Result, WorkRequest
+from worker_runtime.remote.cancellation import Cancellation
+from worker_runtime.remote.client import RemoteResult
+from worker_runtime.remote.forward import forward, in_remote_thread
+
+LOGGER = logging.getLogger(__name__)
+
+
+def remote_result(result: RemoteResult) -> Result:
+    return Result(result.exit_code, (result.stdout + result.stderr).decode("utf-8", "replace"))
+
+
+class RemoteExecutor:
+    def __init__(self, manager: BackendManager) -> None:
+        self.manager = manager
+        #: Remote threads whose caller left (a lost race, a timeout), until they end:
+        #: held here so that their end is logged, never garbage-collected mid-way.
+        self._leftovers: set[asyncio.Future[RemoteResult]] = set()
+
+    async def run(self, request: WorkRequest) -> Outcome:
+        return await self._run(request, None, None)
+
+    async def run_racing(self, request: WorkRequest, referee: Referee) -> Outcome:
+        loop = asyncio.get_running_loop()
+
+        def may_write() -> bool:  # on the remote thread, outputs staged
+            claim = asyncio.run_coroutine_threadsafe(referee.claim_for_remote(), loop)
+            return claim.result()
+
+        def cache_missed() -> None:  # on the remote thread
+            loop.call_soon_threadsafe(referee.cache_missed)
+
+        return await self._run(request, may_write, cache_missed)
+
+    async def _run(
+        self,
+        request: WorkRequest,
+        may_write: Callable[[], bool] | None,
+        cache_missed: Callable[[], None] | None,
+    ) -> Outcome:
+        if not request.envelope:
+            return Failure(
+                FailureKind.BAD_REQUEST,
+                "routing `remote` needs the envelope worker_run attaches to each action "
+                f"(${ENVELOPE_ENV}); this action has none: register it with worker_run",
+            )
+        cancellation = Cancellation()
+        future = in_remote_thread(
+            forward, self.manager, request.envelope, dict(request.key_env), request.timeout_s,
+            cancellation, may_write, cache_missed,
+        )  # fmt: skip
+        try:
+            result = await asyncio.shield(future)
+        except asyncio.CancelledError:
+            threading.Thread(target=cancellation.cancel, name="cancel-remote").start()
+            self._leftovers.add(future)
+            future.add_done_callback(self._forget)
+            raise
+        except RequestError as exc:
+            return Failure(FailureKind.BAD_REQUEST, str(exc))
+        except Exception as exc:  # RemoteError, a missing input, a server fault
+            LOGGER.warning("remote request failed: %s", exc)
+            return Failure(
+                FailureKind.REMOTE_FAILED, f"remote execution failed: {exc}", summary=str(exc)
+            )
+        return remote_result(result)
+
+    def _forget(self, future: asyncio.Future[RemoteResult]) -> None:
+        self._leftovers.discard(future)
+        if not future.cancelled() and future.exception() is not None:
+            LOGGER.info("an abandoned remote execution ended: %s", future.exception())

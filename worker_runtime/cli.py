@@ -10,10 +10,7 @@ from collections.abc import Callable, Sequence
 from worker_runtime import __version__
 from worker_runtime.errors import USAGE_EXIT_CODE, ConfigError
 
-SERVE_USAGE = (
-    "worker-runtime serve [--protocol proto|json] [--multiplex] [--max-instances N] "
-    "[--tool-input PATH]... [--config FILE] -- BACKEND_COMMAND [ARG...]"
-)
+SERVE_USAGE = "worker-runtime serve [options] -- BACKEND_COMMAND [ARG...]"
 
 NO_SOCKET_MESSAGE = """\
 worker-runtime: error: WORKER_SOCKET is not set.
@@ -24,7 +21,7 @@ worker_tool rule), or to try it by hand:
 """
 
 
-def _serve_parser() -> argparse.ArgumentParser:
+def serve_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="worker-runtime serve",
         usage=SERVE_USAGE,
@@ -107,7 +104,7 @@ def serve_main(argv: Sequence[str]) -> int:
     if "--" in argv:
         split = argv.index("--")
         argv, command = argv[:split], argv[split + 1 :]
-    args = _serve_parser().parse_args(argv)
+    args = serve_parser().parse_args(argv)
     socket_path = os.environ.get("WORKER_SOCKET")
     if not socket_path:
         sys.stderr.write(NO_SOCKET_MESSAGE)

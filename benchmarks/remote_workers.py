@@ -34,7 +34,7 @@ from tests.starlark.build_runner import build_java_package, javac_worker_config,
 from worker_runtime.buck2.emulator import Buck2Worker, make_command
 from worker_runtime.config import config_from_mapping
 from worker_runtime.digests import DigestCache
-from worker_runtime.envelope import read_envelope
+from worker_runtime.envelope import Envelope, read_envelope, write_envelope
 from worker_runtime.proto import remote_execution_pb2 as re_pb2
 from worker_runtime.proto import remote_execution_pb2_grpc as re_grpc
 from worker_runtime.remote.action import BuiltAction, build_action
@@ -95,8 +95,8 @@ def trivial_project(tmp: Path) -> Path:
     shutil.copy(TEST_WORKER, project / "tools" / "worker.py")
     (project / "in.txt").write_text("x\n")
     (project / "t.args").write_text("--out\nout/t.txt\nin.txt\n")
-    envelope = {"argfile": "t.args", "inputs": ["in.txt"], "outputs": ["out/t.txt"], "version": 1}
-    (project / "t.envelope.json").write_text(json.dumps(envelope))
+    envelope = Envelope("t.args", ("in.txt",), ("out/t.txt",))
+    write_envelope(project / "t.envelope.json", envelope)
     return project
 
 

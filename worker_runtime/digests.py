@@ -1,8 +1,10 @@
-"""Content digests of input files, cached by (path, size, mtime, inode) so that a file
-that has not changed is never read again."""
+"""The one cache of file content digests (request inputs, tool inputs, remote inputs),
+keyed by what ``stat`` says of the file, so that a file that has not changed is never
+read again."""
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import stat
@@ -13,38 +15,42 @@ from collections import OrderedDict
 class DigestCache:
     """SHA-256 digests (lowercase hex, the form Bazel sends in ``WorkRequest.inputs``).
 
-    A file is re-hashed only when its size, mtime or inode changed since it was last
-    hashed. Thread-safe; holds at most ``max_entries`` entries (least recently used go).
+    A file is re-hashed only when its device, inode, size, mtime or ctime changed since it
+    was last hashed (ctime catches a rewrite that kept the mtime). Thread-safe; holds at
+    most ``max_entries`` entries (least recently used go).
     """
 
     def __init__(self, max_entries: int = 100_000) -> None:
-        self._entries: OrderedDict[str, tuple[tuple[int, int, int, int], str]] = OrderedDict()
+        self._entries: OrderedDict[str, tuple[tuple[int, ...], str]] = OrderedDict()
         self._lock = threading.Lock()
         self._max_entries = max_entries
         #: How many files were read and hashed (tests and benchmarks observe the cache).
         self.files_hashed = 0
 
     def digest(self, path: str) -> str | None:
-        """The hex digest of the regular file at ``path``, or None if it is not one."""
+        """The hex digest of the regular file at ``path``, or None if it is not one or
+        cannot be read."""
         try:
-            info = os.stat(path)
+            return self.read(path)
         except OSError:
             return None
+
+    def read(self, path: str) -> str:
+        """The hex digest of the file at ``path``; OSError (with its strerror) if it
+        cannot be read or is not a regular file."""
+        info = os.stat(path)
         if not stat.S_ISREG(info.st_mode):
-            return None
-        signature = (info.st_size, info.st_mtime_ns, info.st_ino, info.st_dev)
+            raise OSError(errno.EINVAL, "not a regular file", path)
+        signature = (info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns, info.st_ctime_ns)
         with self._lock:
             cached = self._entries.get(path)
             if cached is not None and cached[0] == signature:
                 self._entries.move_to_end(path)
                 return cached[1]
         hasher = hashlib.sha256()
-        try:
-            with open(path, "rb") as handle:
-                while chunk := handle.read(1 << 20):
-                    hasher.update(chunk)
-        except OSError:
-            return None
+        with open(path, "rb") as handle:
+            while chunk := handle.read(1 << 20):
+                hasher.update(chunk)
         value = hasher.hexdigest()
         with self._lock:
             self.files_hashed += 1

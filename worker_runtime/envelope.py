@@ -1,6 +1,7 @@
 """The envelope worker_run (prelude/worker/worker_run.bzl) attaches to every worker action:
 a JSON file, named by the action's ``WORKER_RUNTIME_ENVELOPE`` variable, that lists the
-request's @argfile, its input files and its outputs."""
+request's @argfile, its input files and its outputs. Its reader, and the one writer that
+Python code (the demo, tests, benchmarks) uses; the prelude writes the same JSON."""
 
 from __future__ import annotations
 
@@ -21,6 +22,24 @@ class Envelope:
     argfile: str
     inputs: tuple[str, ...]
     outputs: tuple[str, ...]
+
+
+def envelope_json(envelope: Envelope) -> str:
+    """The envelope as the prelude writes it."""
+    return json.dumps(
+        {
+            "argfile": envelope.argfile,
+            "inputs": list(envelope.inputs),
+            "outputs": list(envelope.outputs),
+            "version": SUPPORTED_VERSION,
+        },
+        sort_keys=True,
+    )
+
+
+def write_envelope(path: str | os.PathLike[str], envelope: Envelope) -> None:
+    with open(path, "w", encoding="utf-8") as handle:
+        handle.write(envelope_json(envelope))
 
 
 def _paths(value: object, field: str, where: str) -> tuple[str, ...]:

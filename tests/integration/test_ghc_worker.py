@@ -5,7 +5,6 @@ next. GHC comes from Debian (scripts/bootstrap.sh installs it); without it these
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import shutil
 import subprocess
@@ -16,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import REPO_ROOT, StartRuntime
+from worker_runtime.envelope import Envelope, write_envelope
 from worker_runtime.proto import bazel_worker_pb2 as bazel
 from worker_runtime.protocol.framing import ProtoFraming, encode_varint
 from worker_runtime.protocol.messages import WorkResponse
@@ -365,13 +365,12 @@ def test_the_runtime_sends_input_digests_from_the_envelope(
     write(tmp_path, "src/Shop/Report.hs", REPORT_HS)
     prepare_dirs(tmp_path, "deps", "out")
     assert cold_ghc(tmp_path, compile_args("Shop.Types", "deps")).returncode == 0
-    envelope = {
-        "argfile": "report.args",
-        "inputs": ["src/Shop/Report.hs", "deps/Shop/Types.hi"],
-        "outputs": ["out/Shop/Report.o", "out/Shop/Report.hi"],
-        "version": 1,
-    }
-    (tmp_path / "report.envelope.json").write_text(json.dumps(envelope))
+    envelope = Envelope(
+        "report.args",
+        ("src/Shop/Report.hs", "deps/Shop/Types.hi"),
+        ("out/Shop/Report.o", "out/Shop/Report.hi"),
+    )
+    write_envelope(tmp_path / "report.envelope.json", envelope)
     worker = start_runtime([GHC_WORKER], ["--verbosity", "10"], cwd=tmp_path)
     env = {"WORKER_RUNTIME_ENVELOPE": "report.envelope.json"}
     args = compile_args("Shop.Report", "out", "-ideps", "-package", "containers")

@@ -22,6 +22,7 @@ from tests.clusters import cluster, private_cluster
 from tests.conftest import REPO_ROOT, RUNTIME, is_gone, wait_gone
 from tests.unix_proxy import UnixProxy
 from worker_runtime.buck2.emulator import Buck2Worker, make_command
+from worker_runtime.envelope import Envelope, write_envelope
 from worker_runtime.proto.buck2_worker_pb2 import ExecuteResponse
 
 TEST_WORKER = REPO_ROOT / "tests" / "backends" / "remote_test_worker.py"
@@ -57,8 +58,8 @@ def action(
 ) -> dict[str, str]:
     """What worker_run writes for one action: the @argfile and the envelope."""
     (root / f"{name}.args").write_text("\n".join(args) + "\n")
-    envelope = {"argfile": f"{name}.args", "inputs": inputs, "outputs": outputs, "version": 1}
-    (root / f"{name}.envelope.json").write_text(json.dumps(envelope))
+    envelope = Envelope(f"{name}.args", tuple(inputs), tuple(outputs))
+    write_envelope(root / f"{name}.envelope.json", envelope)
     return {"WORKER_RUNTIME_ENVELOPE": f"{name}.envelope.json"}
 
 

@@ -1,9 +1,10 @@
-"""DigestCache: SHA-256 hex of regular files, re-hashed only when size, mtime or inode change."""
+"""DigestCache: SHA-256 hex of regular files, re-hashed only when what stat says changes."""
 
 from __future__ import annotations
 
 import hashlib
 import os
+import time
 from pathlib import Path
 
 from worker_runtime.digests import DigestCache
@@ -48,3 +49,27 @@ def test_the_cache_is_bounded(tmp_path: Path) -> None:
         cache.digest(str(tmp_path / name))
     cache.digest(str(tmp_path / "a"))  # evicted: hashed again
     assert cache.files_hashed == 4
+
+
+def test_a_rewrite_in_place_that_keeps_size_and_mtime_is_caught_by_ctime(tmp_path: Path) -> None:
+    path = tmp_path / "tool"
+    path.write_bytes(b"one")
+    os.utime(path, ns=(1, 1))
+    cache = DigestCache()
+    cache.digest(str(path))
+    time.sleep(0.05)  # the kernel's ctime clock is coarse (a tick of a few ms)
+    with open(path, "r+b") as handle:  # same inode, same size
+        handle.write(b"two")
+    os.utime(path, ns=(1, 1))  # same mtime; the ctime moved on
+    assert cache.digest(str(path)) == hashlib.sha256(b"two").hexdigest()
+
+
+def test_read_says_why_a_file_has_no_digest(tmp_path: Path) -> None:
+    cache = DigestCache()
+    for path, reason in ((tmp_path, "not a regular file"), (tmp_path / "x", "No such file")):
+        try:
+            cache.read(str(path))
+        except OSError as exc:
+            assert reason in str(exc.strerror)
+        else:
+            raise AssertionError(f"{path} has a digest")

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from worker_runtime.envelope import Envelope, read_envelope
+from worker_runtime.envelope import Envelope, envelope_json, read_envelope, write_envelope
 from worker_runtime.errors import RequestError
 
 
@@ -19,6 +19,18 @@ def write(tmp_path: Path, content: object) -> str:
 def test_reads_the_prelude_s_envelope(tmp_path: Path) -> None:
     path = write(tmp_path, {"argfile": "a.args", "inputs": ["x"], "outputs": ["y"], "version": 1})
     assert read_envelope(path, str(tmp_path)) == Envelope("a.args", ("x",), ("y",))
+
+
+def test_the_writer_writes_what_the_reader_reads(tmp_path: Path) -> None:
+    envelope = Envelope("a b.args", ("src/x.java", "deps/ü.jar"), ("out/x.class",))
+    write_envelope(tmp_path / "e.json", envelope)
+    assert read_envelope("e.json", str(tmp_path)) == envelope
+    assert json.loads(envelope_json(envelope)) == {
+        "argfile": "a b.args",
+        "inputs": ["src/x.java", "deps/ü.jar"],
+        "outputs": ["out/x.class"],
+        "version": 1,
+    }
 
 
 @pytest.mark.parametrize(

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from worker_runtime.backends.key import ToolDigests, make_key
+from worker_runtime.digests import DigestCache
 from worker_runtime.errors import RequestError
 
 
@@ -25,7 +26,7 @@ def test_key_equality_and_family() -> None:
 def test_tool_digests_follow_content(tmp_path: Path) -> None:
     tool = tmp_path / "tool"
     tool.write_bytes(b"v1")
-    digests = ToolDigests(("tool",), str(tmp_path))
+    digests = ToolDigests(("tool",), str(tmp_path), DigestCache())
     first = digests.current()
     assert digests.current() == first
     tool.write_bytes(b"v2 longer")
@@ -42,4 +43,4 @@ def test_tool_digests_follow_content(tmp_path: Path) -> None:
 
 def test_missing_tool_input(tmp_path: Path) -> None:
     with pytest.raises(RequestError, match="tool input 'nope' cannot be read"):
-        ToolDigests(("nope",), str(tmp_path)).current()
+        ToolDigests(("nope",), str(tmp_path), DigestCache()).current()

@@ -11,6 +11,7 @@ import hashlib
 import os
 from dataclasses import dataclass, field
 
+from worker_runtime.digests import DigestCache
 from worker_runtime.errors import RequestError
 
 
@@ -46,37 +47,23 @@ def make_key(
 
 
 class ToolDigests:
-    """SHA-256 of tool input files, cached by (device, inode, size, mtime, ctime)."""
+    """SHA-256 of the tool input files, through the shared digest cache; a tool input
+    that cannot be read is a RequestError that says how to fix it."""
 
-    def __init__(self, paths: tuple[str, ...], cwd: str) -> None:
+    def __init__(self, paths: tuple[str, ...], cwd: str, cache: DigestCache) -> None:
         self._paths = paths
         self._cwd = cwd
-        self._cache: dict[str, tuple[tuple[int, int, int, int, int], str]] = {}
+        self._cache = cache
 
     def current(self) -> tuple[tuple[str, str], ...]:
         """Digests of every tool input as it is on disk now."""
         return tuple((path, self._digest(path)) for path in self._paths)
 
     def _digest(self, path: str) -> str:
-        full = os.path.join(self._cwd, path)
         try:
-            st = os.stat(full)
+            return self._cache.read(os.path.join(self._cwd, path))
         except OSError as exc:
             raise RequestError(
                 f"tool input {path!r} cannot be read ({exc.strerror}); it was named with "
                 "--tool-input or in the config's tool_inputs: build it or fix the path"
             ) from None
-        stamp = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
-        cached = self._cache.get(path)
-        if cached is not None and cached[0] == stamp:
-            return cached[1]
-        hasher = hashlib.sha256()
-        try:
-            with open(full, "rb") as handle:
-                for chunk in iter(lambda: handle.read(1 << 20), b""):
-                    hasher.update(chunk)
-        except OSError as exc:
-            raise RequestError(f"tool input {path!r} cannot be read ({exc.strerror})") from None
-        digest = hasher.hexdigest()
-        self._cache[path] = (stamp, digest)
-        return digest

@@ -33,10 +33,11 @@ class BackendManager:
     ) -> None:
         self.config = config
         self.cwd = cwd
-        #: Digests of request inputs, sent to backends in WorkRequest.inputs.
+        #: Digests of files: request inputs (sent to backends in WorkRequest.inputs), tool
+        #: inputs (part of the worker key) and remote inputs.
         self.digests = DigestCache()
         self.log_dir = log_dir
-        self.tools = ToolDigests(config.tool_inputs, cwd)
+        self.tools = ToolDigests(config.tool_inputs, cwd, self.digests)
         self.pools: dict[WorkerKey, BackendPool] = {}
         self._keys: dict[tuple[object, ...], WorkerKey] = {}
         #: Pools replaced by a newer key whose processes are still finishing requests.

@@ -17,6 +17,7 @@ from worker_runtime.proto import remote_execution_pb2 as re_pb2
 from worker_runtime.proto import remote_execution_pb2_grpc as re_grpc
 from worker_runtime.proto.google.longrunning import operations_pb2, operations_pb2_grpc
 from worker_runtime.proto.google.rpc import error_details_pb2
+from worker_runtime.protocol.framing import encode_varint
 from worker_runtime.remote.action import BuiltAction
 from worker_runtime.remote.cancellation import Cancellation, RemoteCancelled
 from worker_runtime.remote.cas import Cas
@@ -299,16 +300,7 @@ def affinity(key: str) -> tuple[tuple[str, bytes], ...]:
     """The worker key as a locality hint, so that the scheduler prefers a bot that has
     already run (and so holds a warm worker for) the same key."""
     hint = key.encode()
-    return ((SCHEDULING_HEADER, b"\x0a" + _varint(len(hint)) + hint),)
-
-
-def _varint(value: int) -> bytes:
-    out = bytearray()
-    while value >= 0x80:
-        out.append(value & 0x7F | 0x80)
-        value >>= 7
-    out.append(value)
-    return bytes(out)
+    return ((SCHEDULING_HEADER, b"\x0a" + encode_varint(len(hint)) + hint),)
 
 
 def _inlined(result: re_pb2.ActionResult) -> dict[tuple[str, int], bytes]:

@@ -30,10 +30,10 @@ from typing import Any
 import psutil
 
 from benchmarks.results import add_output_argument, emit
-from worker_runtime.buck2.emulator import Buck2Worker, make_command
 from worker_runtime.daemon.commands import private_daemon_dir, stop_daemon_at
 from worker_runtime.daemon.control import try_connect
 from worker_runtime.daemon.paths import DaemonPaths
+from workers_dev.emulator import Buck2Worker, make_command
 
 ROOT = Path(__file__).resolve().parent.parent
 FAKE = [sys.executable, str(ROOT / "tests" / "backends" / "fake_worker.py")]

@@ -21,7 +21,7 @@ from typing import Any
 
 from benchmarks.results import add_output_argument, emit
 from tests.starlark.build_runner import build_haskell_package, ghc_worker_config, make_project
-from worker_runtime.buck2.emulator import Buck2Worker, make_command
+from workers_dev.emulator import Buck2Worker, make_command
 
 ROOT = Path(__file__).resolve().parent.parent
 TARGET_RATIO = 5.0

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.results import add_output_argument, emit
-from worker_runtime.buck2.emulator import Buck2Worker, make_command
+from workers_dev.emulator import Buck2Worker, make_command
 
 ROOT = Path(__file__).resolve().parent.parent
 JAVAC_WORKER = str(ROOT / "toolchains" / "java" / "javac-worker")

@@ -31,7 +31,6 @@ import grpc
 
 from benchmarks.results import add_output_argument, emit
 from tests.starlark.build_runner import build_java_package, javac_worker_config, make_project
-from worker_runtime.buck2.emulator import Buck2Worker, make_command
 from worker_runtime.config import config_from_mapping
 from worker_runtime.digests import DigestCache
 from worker_runtime.envelope import Envelope, read_envelope, write_envelope
@@ -42,6 +41,7 @@ from worker_runtime.remote.cancellation import Cancellation
 from worker_runtime.remote.cas import Cas
 from worker_runtime.remote.client import RemoteClient, RemoteSettings
 from worker_runtime.remote.merkle import Blobs
+from workers_dev.emulator import Buck2Worker, make_command
 
 ROOT = Path(__file__).resolve().parent.parent
 TEST_WORKER = ROOT / "tests" / "backends" / "remote_test_worker.py"

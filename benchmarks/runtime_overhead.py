@@ -23,11 +23,11 @@ import grpc
 
 from benchmarks.results import add_output_argument, emit
 from worker_runtime.buck2 import grpc_tuning
-from worker_runtime.buck2.emulator import Buck2Worker, StreamingSession, make_command
 from worker_runtime.daemon.commands import private_daemon_dir
 from worker_runtime.proto import buck2_worker_pb2_grpc as pb_grpc
 from worker_runtime.protocol.framing import ProtoFraming
 from worker_runtime.protocol.messages import WorkRequest
+from workers_dev.emulator import Buck2Worker, StreamingSession, make_command
 
 ROOT = Path(__file__).resolve().parent.parent
 BACKEND = [sys.executable, str(ROOT / "tests" / "backends" / "fake_worker.py"), "--inline"]

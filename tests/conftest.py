@@ -15,8 +15,8 @@ from pathlib import Path
 import psutil
 import pytest
 
-from worker_runtime.buck2.emulator import Buck2Worker
 from worker_runtime.daemon.control import try_connect
+from workers_dev.emulator import Buck2Worker
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 FAKE_WORKER = REPO_ROOT / "tests" / "backends" / "fake_worker.py"

@@ -156,7 +156,19 @@ def serve_main(argv: Sequence[str]) -> int:
 
 
 def demo_main(argv: Sequence[str]) -> int:
-    from worker_runtime.demo import main as demo
+    """The demo is development code (workers_dev/, beside this package in a checkout); an
+    installed wheel carries only the runtime."""
+    checkout = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    if not os.path.isfile(os.path.join(checkout, "workers_dev", "demo.py")):
+        sys.stderr.write(
+            "worker-runtime: error: `worker-runtime demo` runs from a checkout of "
+            "buck2-persistent-workers (it builds the repository's examples); this installation "
+            f"has only the runtime ({checkout}). Clone the repository and run scripts/demo.sh\n"
+        )
+        return USAGE_EXIT_CODE
+    if checkout not in sys.path:
+        sys.path.insert(0, checkout)
+    from workers_dev.demo import main as demo
 
     return demo(list(argv))
 

@@ -21,7 +21,7 @@ from tests.integration.test_remote import (
     running_action,
     runtime,
 )
-from worker_runtime.buck2.emulator import make_command
+from workers_dev.emulator import make_command
 
 VENV = REPO_ROOT / ".cache" / "buildgrid04-venv"
 

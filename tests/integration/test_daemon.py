@@ -18,8 +18,8 @@ import psutil
 import pytest
 
 from tests.conftest import REPO_ROOT, RUNTIME, StartRuntime, fake_backend, wait_gone
-from worker_runtime.buck2.emulator import Buck2Worker, WorkerRequestError, make_command
 from worker_runtime.daemon.paths import DaemonPaths
+from workers_dev.emulator import Buck2Worker, WorkerRequestError, make_command
 
 
 def daemon_status(root: Path = REPO_ROOT) -> dict[str, Any]:

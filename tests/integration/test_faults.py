@@ -12,10 +12,10 @@ import psutil
 import pytest
 
 from tests.conftest import FAKE_WORKER, StartRuntime, backend_logs, fake_backend, wait_gone
-from worker_runtime.buck2.emulator import Buck2Worker, StreamingSession, make_command
 from worker_runtime.errors import RUNTIME_ERROR_EXIT_CODE
 from worker_runtime.proto import buck2_worker_pb2 as pb
 from worker_runtime.proto import buck2_worker_pb2_grpc as pb_grpc
+from workers_dev.emulator import Buck2Worker, StreamingSession, make_command
 
 
 def assert_still_serves(worker: Buck2Worker) -> None:

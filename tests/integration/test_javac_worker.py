@@ -13,11 +13,11 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import REPO_ROOT, StartRuntime
-from worker_runtime.buck2.emulator import StreamingSession, make_command
 from worker_runtime.errors import RUNTIME_ERROR_EXIT_CODE
 from worker_runtime.proto import buck2_worker_pb2 as pb
 from worker_runtime.proto import buck2_worker_pb2_grpc as pb_grpc
 from worker_runtime.protocol.framing import JsonFraming
+from workers_dev.emulator import StreamingSession, make_command
 
 JAVAC_WORKER = str(REPO_ROOT / "toolchains" / "java" / "javac-worker")
 

@@ -10,8 +10,8 @@ import threading
 import time
 
 from tests.conftest import StartRuntime, fake_backend, processes_with_marker, wait_gone
-from worker_runtime.buck2.emulator import StreamingSession, make_command
 from worker_runtime.errors import RUNTIME_ERROR_EXIT_CODE
+from workers_dev.emulator import StreamingSession, make_command
 
 
 def test_sigterm_finishes_in_flight_requests_then_exits_cleanly(

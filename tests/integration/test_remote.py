@@ -21,9 +21,9 @@ import pytest
 from tests.clusters import cluster, private_cluster
 from tests.conftest import REPO_ROOT, RUNTIME, is_gone, wait_gone
 from tests.unix_proxy import UnixProxy
-from worker_runtime.buck2.emulator import Buck2Worker, make_command
 from worker_runtime.envelope import Envelope, write_envelope
 from worker_runtime.proto.buck2_worker_pb2 import ExecuteResponse
+from workers_dev.emulator import Buck2Worker, make_command
 
 TEST_WORKER = REPO_ROOT / "tests" / "backends" / "remote_test_worker.py"
 

@@ -23,13 +23,13 @@ import pytest
 from tests.clusters import private_cluster
 from tests.conftest import REPO_ROOT
 from tests.integration.test_remote import TEST_WORKER, action, runtime
-from worker_runtime.buck2.emulator import make_command
 from worker_runtime.cluster import buildgrid
 from worker_runtime.cluster.commands import free_port
 from worker_runtime.cluster.layout import ClusterLayout
 from worker_runtime.proto import remote_execution_pb2 as re_pb2
 from worker_runtime.proto import remote_execution_pb2_grpc as re_grpc
 from worker_runtime.remote.channels import open_channel, parse_endpoint
+from workers_dev.emulator import make_command
 
 INSTANCE = "secure"
 

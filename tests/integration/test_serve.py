@@ -14,10 +14,10 @@ import grpc
 import pytest
 
 from tests.conftest import REPO_ROOT, RUNTIME, StartRuntime, backend_logs, fake_backend
-from worker_runtime.buck2.emulator import StreamingSession, make_command
 from worker_runtime.errors import RUNTIME_ERROR_EXIT_CODE
 from worker_runtime.proto import buck2_worker_pb2 as pb
 from worker_runtime.proto import buck2_worker_pb2_grpc as pb_grpc
+from workers_dev.emulator import StreamingSession, make_command
 
 
 def test_without_worker_socket_exits_2_and_says_how_to_start() -> None:

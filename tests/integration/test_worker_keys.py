@@ -5,8 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from tests.conftest import StartRuntime, fake_backend, wait_gone
-from worker_runtime.buck2.emulator import make_command
 from worker_runtime.errors import RUNTIME_ERROR_EXIT_CODE
+from workers_dev.emulator import make_command
 
 
 def test_changed_tool_input_gets_a_new_backend_and_retires_the_old(

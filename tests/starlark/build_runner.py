@@ -24,8 +24,8 @@ from pathlib import Path
 from typing import Any
 
 from tests.starlark.buck2_fake import REPO_ROOT, Analysis, Buck2Fake, starlark_literal
-from worker_runtime.buck2.emulator import Buck2Worker, make_command
-from worker_runtime.demo_java import run_in_dependency_order
+from workers_dev.demo_java import run_in_dependency_order
+from workers_dev.emulator import Buck2Worker, make_command
 
 RUNTIME = [sys.executable, "-m", "worker_runtime", "serve"]
 PRELUDE_JAVA = {

@@ -15,7 +15,7 @@ import starlark as sl
 
 from tests.conftest import RUNTIME
 from tests.starlark.buck2_fake import REPO_ROOT, Analysis, Buck2Fake
-from worker_runtime.buck2.emulator import Buck2Worker, make_command
+from workers_dev.emulator import Buck2Worker, make_command
 
 BACKEND = ["python3", "examples/text_stats/text_stats_worker.py"]
 TOOL_LABEL = "root//examples/text_stats:text_stats_worker"

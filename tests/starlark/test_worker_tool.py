@@ -11,8 +11,8 @@ import starlark as sl
 
 from tests.conftest import RUNTIME, fake_backend
 from tests.starlark.buck2_fake import CELLS, Analysis, Buck2Fake, UnfreezableCapture
-from worker_runtime.buck2.emulator import Buck2Worker
 from worker_runtime.config import load_config_file
+from workers_dev.emulator import Buck2Worker
 
 RUNTIME_TARGET = {
     "toolchains//:worker_runtime": 'fake_dep(RunInfo(args = cmd_args(".venv/bin/worker-runtime")))'

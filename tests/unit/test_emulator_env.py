@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 
-from worker_runtime.buck2.emulator import make_command
+from workers_dev.emulator import make_command
 
 
 def test_a_request_carries_only_buck2s_variables_and_the_actions_env() -> None:

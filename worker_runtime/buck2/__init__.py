@@ -1,4 +1,4 @@
-"""Buck2's side: the gRPC servicers on WORKER_SOCKET, request translation, and a Buck2 stand-in.
+"""Buck2's side: the gRPC servicers on WORKER_SOCKET and the request translation.
 
 Importing this package settles grpcio's process-wide tuning before anything in it loads
 grpc (see ``grpc_tuning``).

@@ -25,8 +25,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from worker_runtime.buck2.emulator import Buck2Worker, make_command
-from worker_runtime.demo_java import JavaBuild, run_in_dependency_order
+from workers_dev.demo_java import JavaBuild, run_in_dependency_order
+from workers_dev.emulator import Buck2Worker, make_command
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = REPO_ROOT / "examples" / "haskell"

@@ -27,11 +27,11 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from worker_runtime.buck2.emulator import Buck2Worker, make_command
 from worker_runtime.daemon.commands import private_daemon_dir
-from worker_runtime.demo_haskell import cold_haskell, warm_haskell
-from worker_runtime.demo_haskell import read_targets as read_haskell_targets
-from worker_runtime.demo_java import JavaBuild, cold_java, read_targets, warm_java, write_argfiles
+from workers_dev.demo_haskell import cold_haskell, warm_haskell
+from workers_dev.demo_haskell import read_targets as read_haskell_targets
+from workers_dev.demo_java import JavaBuild, cold_java, read_targets, warm_java, write_argfiles
+from workers_dev.emulator import Buck2Worker, make_command
 
 EXAMPLE_WORKER = (
     Path(__file__).resolve().parent.parent / "examples" / "text_stats" / "text_stats_worker.py"

@@ -28,7 +28,13 @@ import uuid
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+# isort: off
+# Importing worker_runtime.buck2 settles grpcio's process-wide tuning before grpc loads:
+# the stand-in's client runs with the same settings as the runtime's server.
+import worker_runtime.buck2  # noqa: F401
 import grpc
+
+# isort: on
 
 from worker_runtime.proto import buck2_worker_pb2 as pb
 from worker_runtime.proto import buck2_worker_pb2_grpc as pb_grpc

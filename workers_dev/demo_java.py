@@ -24,7 +24,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from worker_runtime.buck2.emulator import Buck2Worker, make_command
+from workers_dev.emulator import Buck2Worker, make_command
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = REPO_ROOT / "examples" / "java"

@@ -1,0 +1,50 @@
+"""Development code (the Buck2 stand-in, the demo, the docs generator) lives in
+workers_dev/, outside the package Buck2 launches; `worker-runtime demo` still works from a
+checkout and says what to do elsewhere."""
+
+from __future__ import annotations
+
+import ast
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+from tests.conftest import REPO_ROOT
+
+
+def test_the_runtime_package_never_imports_dev_code() -> None:
+    for path in (REPO_ROOT / "worker_runtime").rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            names = (
+                [node.module or ""]
+                if isinstance(node, ast.ImportFrom)
+                else [a.name for a in node.names]
+                if isinstance(node, ast.Import)
+                else []
+            )
+            for name in names:
+                if name.startswith("workers_dev") or name.startswith("tests"):
+                    # The one exception: `worker-runtime demo`, which finds the checkout.
+                    assert path.name == "cli.py", f"{path} imports {name}"
+
+
+def test_the_demo_starts_from_the_console_script_in_any_directory(tmp_path: Path) -> None:
+    script = Path(sys.executable).with_name("worker-runtime")
+    result = subprocess.run(
+        [str(script), "demo", "--help"], cwd=tmp_path, capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stderr
+    assert "--actions" in result.stdout
+
+
+def test_without_a_checkout_the_demo_says_what_to_do(tmp_path: Path) -> None:
+    shutil.copytree(REPO_ROOT / "worker_runtime", tmp_path / "worker_runtime")
+    result = subprocess.run(
+        [sys.executable, "-m", "worker_runtime", "demo"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=60,
+        env={"PYTHONPATH": str(tmp_path), "PATH": "/usr/bin:/bin"},
+    )  # fmt: skip
+    assert result.returncode == 2
+    assert "runs from a checkout of buck2-persistent-workers" in result.stderr
+    assert "scripts/demo.sh" in result.stderr

@@ -30,12 +30,12 @@ from worker_runtime.errors import (
 )
 from worker_runtime.protocol.framing import make_framing, quote_bytes
 from worker_runtime.protocol.messages import WorkRequest, WorkResponse
+from worker_runtime.spawn import dying_with_parent
 
 LOGGER = logging.getLogger(__name__)
 
 STDERR_TAIL_BYTES = 2048
 STDERR_TAIL_LINES = 12
-_SETPRIV = shutil.which("setpriv")
 _SEQUENCE = itertools.count(1)
 
 
@@ -160,9 +160,7 @@ class BackendProcess:
 
     async def start(self) -> None:
         self._check_executable()
-        argv = [*self.spec.key.argv, "--persistent_worker"]
-        if _SETPRIV:
-            argv = [_SETPRIV, "--pdeathsig", "KILL", "--", *argv]
+        argv = dying_with_parent([*self.spec.key.argv, "--persistent_worker"])
         try:
             self.spec.log_dir.mkdir(parents=True, exist_ok=True)
             log = open(self.log_path, "ab")  # noqa: SIM115, ASYNC230 - handed to the child; a local file

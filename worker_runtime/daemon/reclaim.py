@@ -5,7 +5,8 @@ Rules, applied on every sweep:
 1. a backend idle longer than its config's ``backend_idle_timeout_s`` is stopped;
 2. a backend whose tree exceeds its config's ``backend_memory_limit_mb`` is recycled
    after its current request (at once if idle);
-3. while the total exceeds the daemon's budget, idle backends are stopped, largest first.
+3. while the total exceeds the daemon's budget, idle backends are stopped, largest first
+   (eviction.py: the executor's workers follow the same policy).
 Every action is logged with the numbers behind it.
 """
 
@@ -22,6 +23,7 @@ import psutil
 from worker_runtime.backends.manager import BackendManager
 from worker_runtime.backends.pool import BackendPool
 from worker_runtime.backends.process import BackendProcess
+from worker_runtime.eviction import largest_first
 
 LOGGER = logging.getLogger(__name__)
 MIB = 1 << 20
@@ -114,15 +116,14 @@ class Reclaimer:
         if total <= self.budget_bytes:
             return
         budget_mib = self.budget_bytes / MIB
-        for item in sorted(alive, key=lambda i: i.rss, reverse=True):
-            if total <= self.budget_bytes:
-                break
+        idle = [item for item in alive if item.proc.in_flight == 0]
+        for item, rss in largest_first(idle, lambda i: i.rss, total, self.budget_bytes):
             if item.pool.stop_if_idle(
                 item.proc,
                 f"backends use {total / MIB:.0f} MiB in all, over memory_budget_mb = {budget_mib:.0f}; "
-                f"this one is the largest idle one ({item.rss / MIB:.0f} MiB)",
+                f"this one is the largest idle one ({rss / MIB:.0f} MiB)",
             ):
-                total -= item.rss
+                total -= rss
                 self.evictions += 1
         if total > self.budget_bytes:
             LOGGER.warning(

@@ -3,8 +3,9 @@ from what the action carried, protocol, multiplex), started in a home directory 
 the worker's tool files. A singleplex worker serves one request at a time; a multiplex
 one serves every concurrent action of its identity, its responses matched by request id.
 A worker is discarded after any protocol error, timeout or crash; idle ones are stopped
-after a while; the number of workers and their total memory are capped (least recently
-used idle ones go first)."""
+after a while; the number of workers is capped (the least recently used idle one makes
+room for a new one) and so is their total memory (idle ones go largest first, the policy
+the daemon's reclaimer follows too: eviction.py)."""
 
 from __future__ import annotations
 
@@ -25,10 +26,11 @@ from pathlib import Path
 
 import psutil
 
+from worker_runtime.config import RuntimeConfig
+from worker_runtime.eviction import largest_first
 from worker_runtime.protocol.framing import JsonFraming, ProtoFraming
 from worker_runtime.protocol.messages import WorkRequest, WorkResponse
-
-_SETPRIV = shutil.which("setpriv")
+from worker_runtime.spawn import dying_with_parent
 
 
 @dataclass(frozen=True)
@@ -42,8 +44,9 @@ class WorkerIdentity:
     multiplex: bool = False
 
 
-#: How long a multiplex worker has to answer a cancel before it is discarded.
-CANCEL_GRACE_S = 2.0
+#: How long a multiplex worker has to answer a cancel before it is discarded (the same
+#: default as the local runtime's ``cancel_grace_s``).
+CANCEL_GRACE_S = RuntimeConfig.cancel_grace_s
 
 
 class WorkerFault(RuntimeError):
@@ -338,12 +341,10 @@ class WorkerPool:
             target.parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(source, target)
         log = home.parent / f"{home.name}.log"
-        command = [*argv, "--persistent_worker"]
         # The worker dies with the executor (SIGKILL included). The kernel sends the
         # signal when the *thread* that started it ends: the executor starts workers from
         # its lease threads, which live as long as it does.
-        if _SETPRIV:
-            command = [_SETPRIV, "--pdeathsig", "KILL", "--", *command]
+        command = dying_with_parent([*argv, "--persistent_worker"])
         with open(log, "ab") as err:
             process = subprocess.Popen(
                 command, cwd=home, env=env,
@@ -370,8 +371,10 @@ class WorkerPool:
     def _enforce_memory_locked(self) -> None:
         if self.memory_limit is None:
             return
-        while self._idle and sum(w.rss() for w in self._all.values()) > self.memory_limit:
-            self._discard_locked(self._idle.pop(0))
+        total = sum(w.rss() for w in self._all.values())
+        for worker, _ in largest_first(self._idle, PersistentWorker.rss, total, self.memory_limit):
+            self._idle.remove(worker)
+            self._discard_locked(worker)
             self.evictions += 1
 
     def reap_idle(self) -> None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from benchmarks.chart import redraw
 from benchmarks.example_builds import compare_builds
 from benchmarks.results import add_output_argument, emit
 from tests.starlark.build_runner import build_haskell_package, ghc_worker_config
@@ -33,6 +34,8 @@ def main(argv: list[str] | None = None) -> int:
         args.rounds, args.warmup_commands, TARGET_RATIO,
     )  # fmt: skip
     emit(result, args.output)
+    if args.output != "-":
+        redraw()
     return 0
 
 

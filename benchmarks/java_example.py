@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from benchmarks.chart import redraw
 from benchmarks.example_builds import compare_builds
 from benchmarks.results import add_output_argument, emit
 from tests.starlark.build_runner import build_java_package, javac_worker_config
@@ -32,6 +33,8 @@ def main(argv: list[str] | None = None) -> int:
         args.rounds, args.warmup_commands, TARGET_RATIO,
     )  # fmt: skip
     emit(result, args.output)
+    if args.output != "-":
+        redraw()
     return 0
 
 

@@ -164,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
         cleanup.callback(shutil.rmtree, project, ignore_errors=True)
         (project / "src.txt").write_text("alpha beta gamma\n" * 200)
         # A compile-sized action: a warm request of about 10 ms, like a warm javac or GHC
-        # compile of one small target (shared/reference/measurements-and-peers.md).
+        # compile of one small target (measured: benchmarks/javac_worker.py, ghc_worker.py).
         (project / "big.txt").write_text("alpha beta gamma delta epsilon zeta\n" * 12000)
         (project / "out").mkdir()
         text_stats = ["--out", "out/report.json", "src.txt"]

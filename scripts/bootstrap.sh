@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Creates .venv (with a real Python >= 3.11, never a pyenv shim: Buck2 launches the runtime
-# with it, and a shim costs ~80 ms a start) and installs the project with its test extras.
+# with it, and a shim costs about 140 ms a start) and installs the project with its test extras.
 # Idempotent and fast on the second run: a stamp keyed by pyproject.toml skips the install.
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)

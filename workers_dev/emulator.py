@@ -1,7 +1,7 @@
 """A stand-in for Buck2's side of the local worker protocol, for tests, the demo and benchmarks.
 
 It does what Buck2's source does with one ``WorkerInfo`` during one command
-(shared/reference/buck2-workers.md, sections 1-2): spawn the worker with
+(app/buck2_execute_impl/src/executors/worker.rs in Buck2's source): spawn the worker with
 ``WORKER_SOCKET=/tmp/buck2_worker/<id>/socket``, cwd at the project root and
 stdout/stderr to files beside the socket; poll a plain ``connect()`` with 50 ms
 backoff doubling to 500 ms for up to 60 s; send requests with bytes argv and only

@@ -1,4 +1,4 @@
-"""Adoption in an existing Buck2 project, exactly as the README's guide says: a project
+"""Adoption in an existing Buck2 project, exactly as docs/adoption.md says: a project
 made by ``buck2 init`` (Buck2's bundled prelude as ``prelude``), the runtime installed
 with pip from a wheel built from this repository, and the cells that the wheel carries
 installed by ``worker-runtime cells install`` and mounted as ``workers`` and

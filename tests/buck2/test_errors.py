@@ -1,5 +1,5 @@
 """Errors as a user meets them under the real Buck2: what ``buck2 build`` prints must say
-what went wrong and how to fix it. The README quotes these messages."""
+what went wrong and how to fix it. docs/running-under-buck2.md quotes these messages."""
 
 from __future__ import annotations
 

@@ -208,7 +208,7 @@ def print_builds(
 
 def print_java(java: dict[str, JavaBuild]) -> None:
     labels = (
-        "cold: a javac process per target",
+        "cold: a one-shot javac worker process per target",
         "1st command: starts the JVM",
         "2nd command: warm javac worker",
     )

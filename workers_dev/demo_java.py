@@ -2,8 +2,9 @@
 
 The targets and their dependencies are read from examples/java/BUCK (which is also
 Python syntax). Every java_library/java_binary compile is one action, run in dependency
-order, ``jobs`` at a time: cold as a ``javac @argfile`` process (what Buck2 runs with
-workers off), warm as a request to ``worker-runtime serve`` for the javac worker, first in
+order, ``jobs`` at a time: cold as a ``javac-worker @argfile`` process, the worker's
+one-shot mode (what Buck2 runs with workers off: toolchains//:javac_worker's fallback, which
+reads argfiles by docs/argfiles.md where plain javac would not), warm as a request to ``worker-runtime serve`` for the javac worker, first in
 a command that starts the daemon and then in a second command that finds it warm. A
 dependent compiles against the class directories of its dependencies and of their
 exported dependencies, as the prelude's java_library does with their jars. Everything is
@@ -137,7 +138,8 @@ def run_in_dependency_order(
 
 def cold_java(root: Path, targets: dict[str, JavaTarget], jobs: int) -> JavaBuild:
     def compile_one(name: str) -> None:
-        subprocess.run(["javac", f"@{name}.args"], cwd=root, check=True, capture_output=True)
+        command = [str(JAVAC_WORKER), f"@{name}.args"]
+        subprocess.run(command, cwd=root, check=True, capture_output=True)
 
     return build(root, targets, jobs, compile_one)
 

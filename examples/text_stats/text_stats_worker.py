@@ -93,21 +93,54 @@ def persistent_worker() -> int:
     return 0
 
 
-def expand(arguments: list[str]) -> list[str]:
+class ArgfileError(Exception):
+    """An argument file that cannot be expanded; the message names it."""
+
+
+def expand(arguments: list[str], chain: tuple[str, ...] = ()) -> list[str]:
+    """@argfiles expanded as the runtime expands them for the warm path (docs/argfiles.md):
+    one argument per line verbatim (LF, CRLF or CR ends a line), recursively; @@x, a bare @
+    and --flagfile= pass through."""
     result: list[str] = []
     for arg in arguments:
-        if arg.startswith("@") and not arg.startswith("@@"):
-            with open(arg[1:], encoding="utf-8") as handle:
-                result.extend(handle.read().splitlines())
-        else:
+        if len(arg) < 2 or arg[0] != "@" or arg[1] == "@":
             result.append(arg)
+            continue
+        name = arg[1:]
+        real = os.path.realpath(name)
+        if real in chain:
+            raise ArgfileError(f"argument file {name!r} includes itself")
+        if len(chain) >= 16:
+            raise ArgfileError(f"argument file {name!r} nests more than 16 argument files")
+        try:
+            with open(name, "rb") as handle:
+                data = handle.read()
+        except FileNotFoundError:
+            raise ArgfileError(f"argument file {name!r} does not exist") from None
+        except OSError as exc:
+            raise ArgfileError(f"argument file {name!r} cannot be read: {exc.strerror}") from None
+        if b"\0" in data:
+            raise ArgfileError(f"argument file {name!r} contains a NUL byte")
+        try:
+            text = data.decode("utf-8")
+        except UnicodeDecodeError:
+            raise ArgfileError(f"argument file {name!r} is not valid UTF-8") from None
+        lines = re.split(r"\r\n|\r|\n", text) if text else []
+        if lines and lines[-1] == "":
+            lines.pop()
+        result.extend(expand(lines, (*chain, real)))
     return result
 
 
 def main(argv: list[str]) -> int:
     if "--persistent_worker" in argv:
         return persistent_worker()
-    code, output = summarise(expand(argv))
+    try:
+        arguments = expand(argv)
+    except ArgfileError as exc:
+        sys.stderr.write(f"text_stats: {exc}\n")
+        return 125
+    code, output = summarise(arguments)
     sys.stderr.write(output)
     return code
 

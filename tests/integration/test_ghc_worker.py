@@ -1,6 +1,8 @@
 """The GHC worker (toolchains/haskell/): one-shot like `ghc -c`, warm through the runtime,
 and hermetic: no flags, search paths or stale interfaces carried from one request to the
-next. GHC comes from Debian (scripts/bootstrap.sh installs it); without it these fail."""
+next; @argfiles (the shared vectors) read alike warm, by the worker one-shot and by the
+fallback ghc-argfile. GHC comes from Debian (scripts/bootstrap.sh installs it); without it
+these fail."""
 
 from __future__ import annotations
 
@@ -14,13 +16,17 @@ from pathlib import Path
 
 import pytest
 
+from tests.argfile_vectors import ARGFILE_EXIT_CODE, Case, json_outcome, parametrize_cases
 from tests.conftest import REPO_ROOT, StartRuntime
 from worker_runtime.envelope import Envelope, write_envelope
+from worker_runtime.errors import RequestError
 from worker_runtime.proto import bazel_worker_pb2 as bazel
+from worker_runtime.protocol.argfiles import expand_argfiles
 from worker_runtime.protocol.framing import ProtoFraming, encode_varint
 from worker_runtime.protocol.messages import WorkResponse
 
 GHC_WORKER = str(REPO_ROOT / "toolchains" / "haskell" / "ghc-worker")
+GHC_ARGFILE = str(REPO_ROOT / "toolchains" / "haskell" / "ghc-argfile")
 GHC = shutil.which("ghc") or "/usr/bin/ghc"
 
 TYPES_HS = """module Shop.Types (Item (..), total) where
@@ -554,3 +560,88 @@ def test_a_signal_during_a_compile_ends_the_worker_instead_of_failing_the_reques
     finally:
         worker.proc.kill()
         worker.proc.wait()
+
+
+@pytest.fixture(scope="module")
+def argfiles_driver(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """tests/drivers/ArgfilesDriver.hs built against the worker's own Argfiles module: it
+    expands its command line as the worker's one-shot mode does and prints it as JSON."""
+    build = tmp_path_factory.mktemp("ghc-driver")
+    source = REPO_ROOT / "tests" / "drivers" / "ArgfilesDriver.hs"
+    subprocess.run(
+        [GHC, "-O0", "-v0", "-outputdir", str(build), f"-i{REPO_ROOT / 'toolchains/haskell/src'}",
+         "-o", str(build / "driver"), str(source)],
+        check=True, timeout=300,
+    )  # fmt: skip
+    return build / "driver"
+
+
+@pytest.fixture(scope="module")
+def argv_printer(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A stand-in for ghc (ghc-argfile runs $GHC): prints the argv it got, NUL-terminated."""
+    printer = tmp_path_factory.mktemp("printer") / "print-argv"
+    printer.write_text("#!/usr/bin/env bash\n[ $# -eq 0 ] || printf '%s\\0' \"$@\"\n")
+    printer.chmod(0o755)
+    return printer
+
+
+@parametrize_cases()
+def test_argfile_vector_gives_the_same_argv_warm_one_shot_and_fallback(
+    case: Case, argfiles_driver: Path, argv_printer: Path, tmp_path: Path
+) -> None:
+    """The warm path (the runtime's front expands, the worker takes the arguments as they
+    come), the worker's one-shot mode and the fallback ghc-argfile: the same argv."""
+    where = case.materialize(tmp_path)
+    try:
+        case.check(expand_argfiles(case.command, str(where)), None, "runtime front (warm)")
+    except RequestError as exc:
+        case.check(None, str(exc), "runtime front (warm)")
+    env = {**os.environ, "LC_ALL": "C.UTF-8", "GHC": str(argv_printer)}
+    one_shot = subprocess.run(
+        [argfiles_driver, *case.command],
+        cwd=where, capture_output=True, encoding="utf-8", env=env, timeout=60,
+    )  # fmt: skip
+    case.check(*json_outcome(one_shot.returncode, one_shot.stdout, one_shot.stderr), "ghc-worker")
+    fallback = subprocess.run(
+        [GHC_ARGFILE, *case.command],
+        cwd=where, capture_output=True, encoding="utf-8", env=env, timeout=60,
+    )  # fmt: skip
+    if fallback.returncode == ARGFILE_EXIT_CODE:
+        case.check(None, fallback.stderr, "ghc-argfile")
+    else:
+        assert fallback.returncode == 0, fallback.stderr
+        argv = fallback.stdout.split("\0")[:-1] if fallback.stdout else []
+        case.check(argv, None, "ghc-argfile")
+
+
+def test_one_shot_with_a_bad_argfile_fails_before_ghc(tmp_path: Path) -> None:
+    (tmp_path / "a.args").write_text("-c\n@b.args\n")
+    (tmp_path / "b.args").write_text("@a.args\n")
+    for tool in (GHC_WORKER, GHC_ARGFILE):
+        result = subprocess.run(
+            [tool, "@a.args"], cwd=tmp_path, capture_output=True, text=True, timeout=300
+        )
+        assert result.returncode == ARGFILE_EXIT_CODE, (tool, result.stderr)
+        assert "argument file 'a.args' includes itself" in result.stderr, tool
+
+
+def test_warm_and_fallback_compile_the_same_from_nested_crlf_argfiles(
+    start_runtime: StartRuntime, tmp_path: Path
+) -> None:
+    """The fallback toolchains//:ghc_worker runs (ghc-argfile) and the warm worker behind
+    the runtime read the same argfiles alike: nested, CRLF, a space in a path."""
+    write(tmp_path, "my src/Shop/Types.hs", TYPES_HS)
+    prepare_dirs(tmp_path, "warm", "cold")
+    (tmp_path / "flags.args").write_bytes(b"-c\r\nmy src/Shop/Types.hs\r\n")
+    for name in ("warm", "cold"):
+        outputs = f"-o\n{name}/Shop/Types.o\n-ohi\n{name}/Shop/Types.hi\n"
+        (tmp_path / f"{name}.args").write_text(f"@flags.args\n{outputs}")
+    worker = start_runtime([GHC_WORKER], cwd=tmp_path)
+    response = worker.run("@warm.args")
+    assert (response.exit_code, response.stderr) == (0, "")
+    cold = subprocess.run(
+        [GHC_ARGFILE, "@cold.args"], cwd=tmp_path, capture_output=True, text=True, timeout=300
+    )
+    assert cold.returncode == 0, cold.stderr
+    hi = "Shop/Types.hi"
+    assert (tmp_path / "warm" / hi).read_bytes() == (tmp_path / "cold" / hi).read_bytes()

@@ -1,8 +1,10 @@
 """The javac worker (toolchains/java/): one-shot, through the runtime in both wire formats,
-multiplexed, and never leaking one compile's classes into another."""
+multiplexed, and never leaking one compile's classes into another; its @argfile handling
+(the shared vectors), which is the same warm and in the one-shot fallback."""
 
 from __future__ import annotations
 
+import ast
 import asyncio
 import json
 import os
@@ -12,10 +14,12 @@ from pathlib import Path
 
 import pytest
 
+from tests.argfile_vectors import ARGFILE_EXIT_CODE, CASES, Case, parametrize_cases
 from tests.conftest import REPO_ROOT, StartRuntime
-from worker_runtime.errors import RUNTIME_ERROR_EXIT_CODE
+from worker_runtime.errors import RUNTIME_ERROR_EXIT_CODE, RequestError
 from worker_runtime.proto import buck2_worker_pb2 as pb
 from worker_runtime.proto import buck2_worker_pb2_grpc as pb_grpc
+from worker_runtime.protocol.argfiles import expand_argfiles
 from worker_runtime.protocol.framing import JsonFraming
 from workers_dev.emulator import StreamingSession, make_command
 
@@ -257,3 +261,117 @@ def test_out_of_memory_ends_the_worker_with_a_message_and_a_clean_stdout(tmp_pat
     assert result.returncode != 0
     assert result.stdout == b""  # nothing that could be taken for a response
     assert b"OutOfMemoryError" in result.stderr
+
+
+JAVA_SOURCES = REPO_ROOT / "toolchains" / "java" / "src" / "buck2" / "workers" / "javac"
+ARGFILES_DRIVER = REPO_ROOT / "tests" / "drivers" / "ArgfilesDriver.java"
+
+#: Per case: (argv, error) of the one-shot fallback, and of the warm path (None when the
+#: runtime's front already failed the request, so the worker never sees it).
+Outcome = tuple[list[str] | None, str | None]
+
+
+@pytest.fixture(scope="module")
+def javac_vector_outcomes(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> list[tuple[Outcome, Outcome | None]]:
+    """Every vector through the worker's own code, in one JVM (tests/drivers/ArgfilesDriver):
+    one-shot as the fallback runs it, and as a WorkRequest after the runtime's front
+    expanded it (the warm path)."""
+    build = tmp_path_factory.mktemp("javac-driver")
+    subprocess.run(
+        ["javac", "-nowarn", "-d", str(build), *map(str, JAVA_SOURCES.glob("*.java")), str(ARGFILES_DRIVER)],
+        check=True, timeout=120,
+    )  # fmt: skip
+    root = tmp_path_factory.mktemp("vectors")
+    jobs: list[dict[str, object]] = []
+    #: Per case: the index of its one-shot job, and of its request job (if any).
+    indices: list[tuple[int, int | None]] = []
+    for case in CASES:
+        where = case.materialize(root)
+        one_shot = len(jobs)
+        jobs.append({"mode": "one-shot", "dir": str(where), "args": case.command})
+        try:
+            front = expand_argfiles(case.command, str(where))  # what the runtime's front sends
+        except RequestError:
+            indices.append((one_shot, None))
+            continue
+        indices.append((one_shot, len(jobs)))
+        jobs.append({"mode": "request", "args": front})
+    done = subprocess.run(
+        ["java", "-cp", str(build), "buck2.workers.javac.ArgfilesDriver"],
+        input="".join(json.dumps(job) for job in jobs), capture_output=True, text=True,
+        encoding="utf-8", check=True, timeout=120,
+        env={**os.environ, "LC_ALL": "C.UTF-8"},
+    )  # fmt: skip
+    results: list[Outcome] = []
+    for line in done.stdout.split("\n")[:-1]:  # (str.splitlines would split on U+2028)
+        result = json.loads(line)
+        results.append((result.get("argv"), result.get("error")))
+    assert len(results) == len(jobs), done.stderr
+    return [(results[o], None if w is None else results[w]) for o, w in indices]
+
+
+@parametrize_cases()
+def test_argfile_vector_gives_the_same_argv_warm_and_one_shot(
+    case: Case, javac_vector_outcomes: list[tuple[Outcome, Outcome | None]]
+) -> None:
+    one_shot, warm = javac_vector_outcomes[case.index]
+    case.check(*one_shot, "javac-worker one-shot")
+    if warm is None:  # the runtime's front failed it, as the one-shot did
+        assert case.argv is None
+    else:
+        case.check(*warm, "javac-worker request")
+
+
+def test_one_shot_and_request_with_a_bad_argfile_fail_before_javac(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [JAVAC_WORKER, "@nope.args"], cwd=tmp_path, capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == ARGFILE_EXIT_CODE
+    assert "argument file 'nope.args' does not exist" in result.stderr
+    (tmp_path / "self.args").write_text("@self.args\n")
+    out = serve_once(json.dumps({"arguments": ["-d", "out", "@self.args"]}).encode(), tmp_path)
+    (response,) = JsonFraming().feed(out)
+    assert response.exit_code == ARGFILE_EXIT_CODE
+    assert "argument file 'self.args' includes itself" in response.output
+
+
+def test_warm_and_fallback_compile_the_same_from_argfiles_javac_would_misread(
+    start_runtime: StartRuntime, tmp_path: Path
+) -> None:
+    """Nested argfiles, CRLF, a space and a quote in paths: the fallback (the worker's own
+    one-shot mode, toolchains//:javac_worker) compiles what the warm worker compiles, where
+    ``javac @argfile`` alone fails."""
+    (tmp_path / "sp dir").mkdir()
+    (tmp_path / "sp dir" / "S.java").write_text("class S {}\n")
+    (tmp_path / "q'uote").mkdir()
+    (tmp_path / "q'uote" / "T.java").write_text("class T { S s; }\n")
+    (tmp_path / "srcs.args").write_bytes(b"sp dir/S.java\r\nq'uote/T.java\r\n")
+    for name in ("warm", "cold", "javac"):
+        (tmp_path / f"{name}.args").write_text(f"-d\n{name}\n@srcs.args\n")
+    worker = start_runtime([JAVAC_WORKER], cwd=tmp_path)
+    assert (worker.run("@warm.args").exit_code, worker.run("@warm.args").stderr) == (0, "")
+    cold = subprocess.run(
+        [JAVAC_WORKER, "@cold.args"], cwd=tmp_path, capture_output=True, text=True, timeout=120
+    )
+    assert cold.returncode == 0, cold.stderr
+    assert classes(tmp_path / "warm") == classes(tmp_path / "cold") != {}
+    javac = subprocess.run(["javac", "@javac.args"], cwd=tmp_path, capture_output=True, timeout=120)
+    assert javac.returncode != 0  # javac's own reader splits on spaces and reads quotes
+
+
+def test_the_fallback_is_the_workers_own_one_shot_mode() -> None:
+    """So that workers on or off, an action's argfiles are read by the same rule."""
+    targets: dict[str, dict[str, object]] = {}
+    for node in ast.walk(ast.parse((REPO_ROOT / "toolchains" / "BUCK").read_text())):
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Name):
+            attrs = {k.arg: k.value for k in node.keywords if k.arg}
+            if isinstance(attrs.get("name"), ast.Constant):
+                values: dict[str, object] = {
+                    k: v.value for k, v in attrs.items() if isinstance(v, ast.Constant)
+                }
+                targets[str(values["name"])] = values
+    javac_worker = targets["javac_worker"]
+    assert javac_worker["fallback"] == javac_worker["backend"] == ":javac_worker_bin"
+    assert targets["javac_worker_bin"]["script"] == "java/javac-worker"

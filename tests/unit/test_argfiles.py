@@ -1,50 +1,100 @@
-"""@argfile expansion as Bazel does it."""
+"""@argfile expansion in Python (the runtime's front and the remote executor share it): the
+shared vectors of tests/vectors/argfiles.json, plus what only this implementation has."""
 
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 
+from tests.argfile_vectors import Case, parametrize_cases
 from worker_runtime.errors import RequestError
-from worker_runtime.protocol.argfiles import expand_argfiles
+from worker_runtime.protocol.argfiles import expand_argfiles, split_lines
 
 
-def test_expands_recursively_and_passes_flagfiles_and_double_at(tmp_path: Path) -> None:
-    (tmp_path / "inner").write_text("c\n--flagfile=x\n")
-    (tmp_path / "outer").write_text("a\r\n@inner\nb\n")
-    args = ["first", "@outer", "@@literal", "--flagfile=f", "-flagfile=g", "@"]
-    assert expand_argfiles(args, str(tmp_path)) == [
-        "first",
-        "a",
-        "c",
-        "--flagfile=x",
-        "b",
-        "@@literal",
-        "--flagfile=f",
-        "-flagfile=g",
-        "@",
-    ]
+@parametrize_cases()
+def test_vector(case: Case, tmp_path: Path) -> None:
+    where = case.materialize(tmp_path)
+    try:
+        argv, error = expand_argfiles(case.command, str(where)), None
+    except RequestError as exc:
+        argv, error = None, str(exc)
+    case.check(argv, error, "expand_argfiles")
+
+
+def _example_worker() -> ModuleType:
+    path = Path(__file__).resolve().parents[2] / "examples" / "text_stats" / "text_stats_worker.py"
+    spec = importlib.util.spec_from_file_location("text_stats_worker", path)
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@parametrize_cases()
+def test_vector_in_the_example_worker(
+    case: Case, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """examples/text_stats's one-shot mode (its fallback) reads argfiles by the same rule."""
+    worker = _example_worker()
+    monkeypatch.chdir(case.materialize(tmp_path))
+    try:
+        argv, error = worker.expand(case.command), None
+    except worker.ArgfileError as exc:
+        argv, error = None, str(exc)
+    case.check(argv, error, "text_stats_worker")
 
 
 def test_no_argfile_returns_same_list(tmp_path: Path) -> None:
-    args = ["a", "b"]
+    args = ["a", "b", "@@c", "--flagfile=d"]
     assert expand_argfiles(args, str(tmp_path)) is args
 
 
-def test_missing_argfile_names_it(tmp_path: Path) -> None:
-    with pytest.raises(RequestError, match=r"argument file .nope\.args. does not exist"):
+def test_relative_cwd_and_absolute_paths(tmp_path: Path) -> None:
+    (tmp_path / "a.args").write_text("x\n")
+    assert expand_argfiles([f"@{tmp_path / 'a.args'}"], "/") == ["x"]
+    assert expand_argfiles(["@a.args"], str(tmp_path)) == ["x"]
+
+
+def test_missing_argfile_says_where_it_looked(tmp_path: Path) -> None:
+    with pytest.raises(RequestError, match=r"'nope\.args' does not exist \(looked in .*declare it"):
         expand_argfiles(["@nope.args"], str(tmp_path))
 
 
-def test_cycle_is_an_error(tmp_path: Path) -> None:
-    (tmp_path / "a").write_text("@b\n")
-    (tmp_path / "b").write_text("@a\n")
-    with pytest.raises(RequestError, match="includes itself"):
-        expand_argfiles(["@a"], str(tmp_path))
-
-
-def test_non_utf8_argfile(tmp_path: Path) -> None:
+def test_non_utf8_argfile_shows_the_bytes(tmp_path: Path) -> None:
     (tmp_path / "bad").write_bytes(b"ok\n\xff\xfe\n")
-    with pytest.raises(RequestError, match="not valid UTF-8"):
+    with pytest.raises(RequestError, match=r"not valid UTF-8 \(byte 3: b'\\xff\\xfe\\n'\)"):
         expand_argfiles(["@bad"], str(tmp_path))
+
+
+@pytest.mark.parametrize(
+    "name", ["/etc/hostname", "../outside.args", "sub/../../outside.args", "sub/../a.args"]
+)
+def test_confined_refuses_paths_outside_the_root(tmp_path: Path, name: str) -> None:
+    root = tmp_path / "root"
+    (root / "sub").mkdir(parents=True)
+    (root / "a.args").write_text("x\n")
+    (tmp_path / "outside.args").write_text("secret\n")
+    with pytest.raises(RequestError, match="outside the action's directory"):
+        expand_argfiles([f"@{name}"], str(root), confined=True)
+    (root / "nested.args").write_text(f"@{name}\n")
+    with pytest.raises(RequestError, match="outside the action's directory"):
+        expand_argfiles(["@nested.args"], str(root), confined=True)
+
+
+def test_confined_refuses_a_symlink_out_of_the_root(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    root.mkdir()
+    (tmp_path / "outside.args").write_text("secret\n")
+    (root / "link.args").symlink_to(tmp_path / "outside.args")
+    with pytest.raises(RequestError, match="outside the action's directory"):
+        expand_argfiles(["@link.args"], str(root), confined=True)
+    assert expand_argfiles(["@link.args"], str(root)) == ["secret"]
+
+
+def test_split_lines_matches_the_rule() -> None:
+    assert split_lines("") == []
+    assert split_lines("\n") == [""]
+    assert split_lines("a\r\n\rb\u2028c") == ["a", "", "b\u2028c"]

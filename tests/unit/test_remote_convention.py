@@ -1,12 +1,18 @@
-"""The remote persistent worker convention: argument split, worker key, safe paths."""
+"""The remote persistent worker convention: argument split, the request's arguments (the
+shared @argfile vectors, as the executor expands them), worker key, safe paths."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
+from tests.argfile_vectors import Case, parametrize_cases
+from worker_runtime.errors import RequestError
 from worker_runtime.remote.convention import (
     UnsafePathError,
     flagfile_path,
+    request_arguments,
     safe_relative_path,
     split_arguments,
     worker_key,
@@ -33,6 +39,34 @@ def test_flagfile_path() -> None:
     assert flagfile_path("@a/b.args") == "a/b.args"
     assert flagfile_path("--flagfile=x") == "x"
     assert flagfile_path("@@x") is None and flagfile_path("x") is None
+
+
+@parametrize_cases()
+def test_request_arguments_follow_the_argfile_vectors(case: Case, tmp_path: Path) -> None:
+    """What the executor puts in WorkRequest.arguments: the one rule, as the runtime's front
+    (and the javac worker or ghc-argfile one-shot on the same action) would have it."""
+    where = case.materialize(tmp_path)
+    startup, request = split_arguments(["tool", "--startup", *case.command])
+    try:
+        argv, error = request_arguments(request, str(where)), None
+    except RequestError as exc:
+        argv, error = None, str(exc)
+    if not startup:  # no flag file: not a worker request, it runs one-shot as it is
+        assert request == ["tool", "--startup", *case.command]
+        return
+    # The request starts at the first flag file; the startup arguments before it stay.
+    assert startup[:2] == ["tool", "--startup"]
+    case.check(None if argv is None else [*startup[2:], *argv], error, "request_arguments")
+
+
+def test_request_arguments_stay_under_the_input_root(tmp_path: Path) -> None:
+    (tmp_path / "outside.args").write_text("secret\n")
+    root = tmp_path / "root"
+    root.mkdir()
+    (root / "in.args").write_text("@../outside.args\n")
+    for argument in ("@../outside.args", f"@{tmp_path}/outside.args", "@in.args"):
+        with pytest.raises(RequestError, match="outside the action's directory"):
+            request_arguments([argument], str(root))
 
 
 def test_the_key_changes_with_every_part_and_nothing_else() -> None:

@@ -20,6 +20,7 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
+from worker_runtime.errors import RequestError
 from worker_runtime.executor.workers import (
     WorkerCancelled,
     WorkerFault,
@@ -35,7 +36,7 @@ from worker_runtime.remote.convention import (
     PROTOCOL_PROPERTY,
     TOOL_INPUT_PROPERTY,
     UnsafePathError,
-    flagfile_path,
+    request_arguments,
     safe_relative_path,
     split_arguments,
     worker_key,
@@ -216,7 +217,10 @@ class ActionRunner:
             LOGGER.info(
                 "client key %s differs from the recomputed %s", properties[KEY_PROPERTY], key
             )
-        arguments = _expand(request_args, inputs.directory)
+        try:
+            arguments = request_arguments(request_args, str(inputs.directory))
+        except RequestError as exc:  # the action's own fault: reported, not retried
+            raise ActionError(str(exc)) from None
         request = WorkRequest(
             arguments=tuple(arguments),
             inputs=tuple(WorkInput(p, d.encode()) for p, d in inputs.files),
@@ -324,20 +328,6 @@ def _inside(path: Path, root: Path) -> bool:
     except ValueError:
         return False
     return True
-
-
-def _expand(arguments: list[str], directory: Path) -> list[str]:
-    """Flag files expanded into arguments (one per line), read from the action's directory."""
-    out: list[str] = []
-    for argument in arguments:
-        path = flagfile_path(argument)
-        if path is None:
-            out.append(argument)
-            continue
-        relative = safe_relative_path(path, "flag file")
-        lines = (directory / relative).read_text(encoding="utf-8").split("\n")
-        out.extend(line for line in lines if line)
-    return out
 
 
 def _tree(root: Path, blobs: Blobs) -> re_pb2.Tree:

@@ -1,8 +1,12 @@
-"""Expansion of ``@argfile`` arguments the way Bazel does before it builds a WorkRequest.
+"""``@argfile`` expansion: the project's one rule (docs/argfiles.md), Python side.
 
-An argument ``@path`` is replaced by the lines of that file, one argument per line,
-recursively. ``@@...`` and ``--flagfile=``/``-flagfile=`` arguments are passed through
-unchanged, as Bazel does.
+Used by the runtime's front on every Buck2 request and by the remote executor on the
+request arguments of a persistent-worker action. The Java worker (``Argfiles.java``), the
+GHC worker (``Argfiles.hs``) and ``toolchains/haskell/ghc-argfile`` implement the same
+rule; tests/vectors/argfiles.json holds the cases all of them must agree on.
+
+In short: ``@path`` (not ``@@...``, not a bare ``@``) is replaced by the file's lines, one
+argument per line verbatim, recursively; ``--flagfile=``/``-flagfile=`` pass through.
 """
 
 from __future__ import annotations
@@ -12,60 +16,99 @@ import re
 
 from worker_runtime.errors import RequestError
 
+#: LF, CRLF and a lone CR end a line (as Bazel's reader has it). Nothing else does:
+#: str.splitlines would also split on U+2028, form feeds and the like.
 _LINE_BREAK = re.compile(r"\r\n|\r|\n")
 
-#: Deeper nesting than this is taken for a cycle.
+#: At most this many argument files nested in one another (the outermost counts).
 MAX_DEPTH = 16
 
 
 def is_argfile(arg: str) -> bool:
-    """True for an argument Bazel expands: ``@path``, but not ``@@...`` nor a bare ``@``."""
+    """True for an argument that is expanded: ``@path``, but not ``@@...`` nor a bare ``@``."""
     return len(arg) > 1 and arg[0] == "@" and arg[1] != "@"
 
 
-def expand_argfiles(args: list[str], cwd: str) -> list[str]:
-    """Returns ``args`` with every ``@path`` replaced by the file's lines (paths relative to cwd)."""
+def expand_argfiles(args: list[str], cwd: str, *, confined: bool = False) -> list[str]:
+    """Returns ``args`` with every ``@path`` replaced by the file's lines (paths relative to
+    ``cwd``, nested ones too). ``args`` itself when there is nothing to expand.
+
+    ``confined``: every argument file must be a relative path that stays under ``cwd``
+    (the remote executor, which reads them from an action's input root).
+    Raises RequestError naming the argument file that is missing, unreadable, not UTF-8,
+    holds a NUL byte, includes itself or nests too deep.
+    """
     if not any(is_argfile(a) for a in args):
         return args
     out: list[str] = []
-    _expand_into(out, args, cwd, ())
+    root = os.path.realpath(cwd) if confined else None
+    _expand_into(out, args, cwd, root, ())
     return out
 
 
-def _expand_into(out: list[str], args: list[str], cwd: str, chain: tuple[str, ...]) -> None:
+def split_lines(text: str) -> list[str]:
+    """An argument file's text as its arguments: one per line, verbatim, the last line's
+    line break optional, empty lines kept as empty arguments."""
+    if not text:
+        return []
+    lines = _LINE_BREAK.split(text)
+    if lines[-1] == "":
+        lines.pop()
+    return lines
+
+
+def _expand_into(
+    out: list[str], args: list[str], cwd: str, root: str | None, chain: tuple[str, ...]
+) -> None:
     for arg in args:
         if not is_argfile(arg):
             out.append(arg)
             continue
-        path = os.path.join(cwd, arg[1:])
+        name = arg[1:]
+        path = os.path.join(cwd, name)
         real = os.path.realpath(path)
-        if real in chain or len(chain) >= MAX_DEPTH:
+        if root is not None and (
+            os.path.isabs(name)
+            or ".." in name.split("/")
+            or not (real == root or real.startswith(root + os.sep))
+        ):
             raise RequestError(
-                f"argument file {arg[1:]!r} includes itself (through {' -> '.join(chain)}); "
+                f"argument file {name!r} is outside the action's directory; "
+                "argument files must be relative paths under it"
+            )
+        if real in chain:
+            raise RequestError(
+                f"argument file {name!r} includes itself (through {' -> '.join(chain)}); "
                 "remove the cycle from the argument files"
             )
-        try:
-            with open(path, "rb") as handle:
-                data = handle.read()
-        except FileNotFoundError:
+        if len(chain) >= MAX_DEPTH:
             raise RequestError(
-                f"argument file {arg[1:]!r} does not exist (looked in {cwd}); "
-                "the action must declare it as an input so that it exists when the request runs"
-            ) from None
-        except OSError as exc:
-            raise RequestError(
-                f"argument file {arg[1:]!r} cannot be read: {exc.strerror}"
-            ) from None
-        try:
-            text = data.decode("utf-8")
-        except UnicodeDecodeError as exc:
-            raise RequestError(
-                f"argument file {arg[1:]!r} is not valid UTF-8 (byte {exc.start}: "
-                f"{data[exc.start : exc.start + 8]!r}); Bazel-protocol backends take text arguments"
-            ) from None
-        # Only CR, LF and CRLF end a line (str.splitlines would also split on U+2028 and
-        # other separators that Bazel keeps inside an argument).
-        lines = _LINE_BREAK.split(text)
-        if lines and lines[-1] == "":
-            lines.pop()
-        _expand_into(out, lines, cwd, (*chain, real))
+                f"argument file {name!r} nests more than {MAX_DEPTH} argument files "
+                f"(through {' -> '.join(chain)})"
+            )
+        _expand_into(out, split_lines(_read(name, path, cwd)), cwd, root, (*chain, real))
+
+
+def _read(name: str, path: str, cwd: str) -> str:
+    try:
+        with open(path, "rb") as handle:
+            data = handle.read()
+    except FileNotFoundError:
+        raise RequestError(
+            f"argument file {name!r} does not exist (looked in {cwd}); "
+            "the action must declare it as an input so that it exists when the request runs"
+        ) from None
+    except OSError as exc:
+        raise RequestError(f"argument file {name!r} cannot be read: {exc.strerror}") from None
+    if b"\0" in data:
+        raise RequestError(
+            f"argument file {name!r} contains a NUL byte (byte {data.index(0)}); "
+            "no argument can hold one"
+        )
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise RequestError(
+            f"argument file {name!r} is not valid UTF-8 (byte {exc.start}: "
+            f"{data[exc.start : exc.start + 8]!r}); arguments are text"
+        ) from None

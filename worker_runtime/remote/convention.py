@@ -10,6 +10,10 @@ as both sides of it apply it here.
 - A server splits the arguments at the first flag file (``@x``, ``-flagfile=x``,
   ``--flagfile=x``) into startup arguments and request arguments, and never trusts the
   client's key: it recomputes it from what it received.
+- The request's ``WorkRequest.arguments`` are its arguments with the ``@argfile``s expanded
+  by the project's one rule (docs/argfiles.md, worker_runtime.protocol.argfiles), read
+  only from under the action's input root; ``--flagfile=``/``-flagfile=`` pass through to
+  the worker unexpanded, as Bazel sends them.
 """
 
 from __future__ import annotations
@@ -19,6 +23,8 @@ import json
 import posixpath
 import re
 from collections.abc import Iterable, Mapping, Sequence
+
+from worker_runtime.protocol.argfiles import expand_argfiles
 
 KEY_PROPERTY = "persistentWorkerKey"
 PROTOCOL_PROPERTY = "persistentWorkerProtocol"
@@ -42,9 +48,17 @@ def split_arguments(arguments: Sequence[str]) -> tuple[list[str], list[str]]:
 
 
 def flagfile_path(argument: str) -> str | None:
-    """The path a flag-file argument names, or None."""
+    """The path a flag-file argument names, or None. (Only for splitting: of these, only
+    ``@x`` is expanded, by request_arguments.)"""
     found = _FLAGFILE.match(argument)
     return found.group(1) if found and not argument.startswith("@@") else None
+
+
+def request_arguments(arguments: Sequence[str], root: str) -> list[str]:
+    """The WorkRequest arguments of a remote action's request arguments: ``@argfile``s
+    expanded by the one rule, each a relative path under ``root`` (the action's input
+    root), nested ones too. Raises RequestError naming a file it cannot expand."""
+    return expand_argfiles(list(arguments), root, confined=True)
 
 
 def worker_key(

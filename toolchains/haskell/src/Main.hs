@@ -3,11 +3,12 @@
 -- | ghc-worker: GHC as a Bazel-protocol persistent worker. With @--persistent_worker@ it
 -- reads varint-delimited proto WorkRequests on stdin, compiles each (the arguments of a
 -- @ghc -c@ command) in a warm GHC API session and answers on stdout; without it, it
--- compiles its command line once, @argfiles expanded, like @ghc -c@.
+-- compiles its command line once, @argfiles expanded by the project's one rule (module
+-- Argfiles, docs/argfiles.md), like @ghc -c@.
 module Main (main) where
 
 import Capture (protectStdout)
-import Argfiles (expandArgfiles)
+import Argfiles (ArgfileError (..), expandArgfiles)
 import GHC (runGhc)
 import GHC.Driver.Monad (liftIO)
 import System.Directory (createDirectoryIfMissing, doesDirectoryExist, getTemporaryDirectory, listDirectory, removeDirectoryRecursive)
@@ -19,7 +20,7 @@ import System.Exit (ExitCode (..), exitWith)
 import System.FilePath ((</>))
 import System.IO
 import System.Posix.Process (getProcessID)
-import Control.Exception (IOException, bracket, try)
+import Control.Exception (IOException, bracket, handle, try)
 import Control.Monad (forM_, void, when)
 import WarmSession (compile, lastReport, newWorker)
 import WorkProtocol
@@ -69,12 +70,18 @@ withScratchDirectory = bracket make removeDirectoryRecursive
 
 compileOnce :: FilePath -> FilePath -> [String] -> IO ()
 compileOnce libdir scratch args = do
-  expanded <- expandArgfiles args
+  expanded <- handle argfileFailure (expandArgfiles args)
   (code, output) <- runGhc (Just libdir) $ do
     worker <- newWorker (scratch </> "output")
     compile worker "" expanded []
   hPutStr stderr output
   exitWith (if code == 0 then ExitSuccess else ExitFailure code)
+  where
+    -- An argument file that cannot be expanded fails the action before GHC runs, with the
+    -- exit code the runtime gives the same request (125).
+    argfileFailure (ArgfileError message) = do
+      hPutStrLn stderr ("ghc-worker: " ++ message)
+      exitWith (ExitFailure 125)
 
 -- | Serves requests one at a time until stdin ends. Startup arguments (after removing
 -- @--persistent_worker@) come before every request's own arguments.

@@ -20,11 +20,15 @@ import javax.tools.ToolProvider;
  *
  * <p>With {@code --persistent_worker} it serves Bazel's worker protocol on stdin/stdout (proto
  * or JSON, told apart by the first byte; singleplex or multiplex). Without it, it compiles
- * once from its arguments (javac reads @argfiles itself) and exits with javac's code: the
- * one-shot fallback.
+ * once from its arguments and exits with javac's code: the one-shot fallback. Either way
+ * {@code @argfiles} are expanded by {@link Argfiles} (the project's one rule, one argument per
+ * line), never by javac's own reader, so an action gets the same arguments warm and cold.
  */
 public final class JavacWorker {
   private static final JavaCompiler JAVAC = ToolProvider.getSystemJavaCompiler();
+
+  /** Exit code of an action whose argument files cannot be expanded (the runtime's, too). */
+  static final int ARGFILE_EXIT_CODE = 125;
 
   private final OutputStream protocolOut;
   private final WireFormat.Writer writer;
@@ -47,7 +51,15 @@ public final class JavacWorker {
       persistent |= arg.equals("--persistent_worker");
     }
     if (!persistent) {
-      System.exit(compile(expandArgfiles(args), System.err));
+      String[] expanded;
+      try {
+        expanded = oneShotArguments(args, java.nio.file.Path.of(""));
+      } catch (Argfiles.ArgfileException e) {
+        System.err.println("javac-worker: " + e.getMessage());
+        System.exit(ARGFILE_EXIT_CODE);
+        return;
+      }
+      System.exit(compile(expanded, System.err));
     }
     // A multiplex thread that dies unexpectedly must not leave a request unanswered.
     Thread.setDefaultUncaughtExceptionHandler(
@@ -112,11 +124,13 @@ public final class JavacWorker {
     ByteArrayOutputStream diagnostics = new ByteArrayOutputStream();
     int code;
     try (PrintStream out = new PrintStream(diagnostics, true, StandardCharsets.UTF_8)) {
-      String[] args = request.arguments.toArray(new String[0]);
-      if (!request.sandboxDir.isEmpty()) {
-        args = inSandbox(args, request.sandboxDir);
+      String[] args = null;
+      try {
+        args = requestArguments(request.arguments, request.sandboxDir);
+      } catch (Argfiles.ArgfileException e) {
+        out.println("javac-worker: " + e.getMessage());
       }
-      code = compile(args, out);
+      code = args == null ? ARGFILE_EXIT_CODE : compile(args, out);
     } catch (OutOfMemoryError e) {
       System.err.println("javac-worker: out of memory; exiting so that a fresh worker starts");
       System.exit(3);
@@ -157,21 +171,36 @@ public final class JavacWorker {
           "-processorpath", "--processor-path", "-p", "--module-path", "--module-source-path",
           "--system", "--upgrade-module-path");
 
+  /** What javac gets in one-shot mode: the command line, @argfiles expanded in {@code cwd}. */
+  static String[] oneShotArguments(String[] args, java.nio.file.Path cwd)
+      throws Argfiles.ArgfileException {
+    return Argfiles.expand(java.util.List.of(args), cwd).toArray(new String[0]);
+  }
+
   /**
-   * Multiplex sandboxing: every relative path in the request, source files and option values
-   * alike, is relative to {@code sandboxDir} (javac itself resolves against the process's
-   * working directory, which threads share).
+   * What javac gets for a request: its arguments, any @argfile left in them expanded (clients
+   * such as the runtime and Bazel expand them first, so this is usually a no-op), relative to
+   * {@code sandboxDir} when there is one, and then every path moved into it.
    */
-  static String[] inSandbox(String[] args, String sandboxDir) throws java.io.IOException {
+  static String[] requestArguments(java.util.List<String> arguments, String sandboxDir)
+      throws Argfiles.ArgfileException {
+    if (sandboxDir.isEmpty()) {
+      return Argfiles.expand(arguments, java.nio.file.Path.of("")).toArray(new String[0]);
+    }
     java.nio.file.Path sandbox = java.nio.file.Path.of(sandboxDir).toAbsolutePath();
+    return inSandbox(Argfiles.expand(arguments, sandbox).toArray(new String[0]), sandbox);
+  }
+
+  /**
+   * Multiplex sandboxing: every relative path in the (expanded) request, source files and
+   * option values alike, is relative to {@code sandbox} (javac itself resolves against the
+   * process's working directory, which threads share).
+   */
+  static String[] inSandbox(String[] args, java.nio.file.Path sandbox) {
     java.util.List<String> out = new java.util.ArrayList<>();
     for (int i = 0; i < args.length; i++) {
       String arg = args[i];
-      if (arg.startsWith("@") && !arg.startsWith("@@")) {
-        java.nio.file.Path file = sandbox.resolve(arg.substring(1));
-        String[] expanded = java.nio.file.Files.readAllLines(file).toArray(new String[0]);
-        out.addAll(java.util.Arrays.asList(inSandbox(expanded, sandboxDir)));
-      } else if (PATH_OPTIONS.contains(arg) && i + 1 < args.length) {
+      if (PATH_OPTIONS.contains(arg) && i + 1 < args.length) {
         out.add(arg);
         StringBuilder paths = new StringBuilder();
         for (String path : args[++i].split(":", -1)) {
@@ -197,21 +226,6 @@ public final class JavacWorker {
         || option.startsWith("-g:") || option.equals("-Werror") || option.startsWith("-J")
         || option.startsWith("-proc:") || option.startsWith("-implicit:")
         || option.equals("--enable-preview") || option.startsWith("-A");
-  }
-
-  /** @argfiles expanded one argument per line, as Buck2 writes them (javac would split on spaces). */
-  static String[] expandArgfiles(String[] args) throws java.io.IOException {
-    java.util.List<String> out = new java.util.ArrayList<>();
-    for (String arg : args) {
-      if (arg.startsWith("@") && !arg.startsWith("@@")) {
-        for (String line : java.nio.file.Files.readAllLines(java.nio.file.Path.of(arg.substring(1)))) {
-          out.add(line);
-        }
-      } else {
-        out.add(arg);
-      }
-    }
-    return out.toArray(new String[0]);
   }
 
   /** Runs javac once; its diagnostics (javac's usual format) go to {@code diagnostics}. */

@@ -70,7 +70,7 @@ def test_tenants_never_share_and_a_tenant_reuses_its_own(pool: WorkerPool, tmp_p
 def test_a_worker_that_dies_is_discarded(pool: WorkerPool, tmp_path: Path) -> None:
     worker = start(pool, tmp_path, "main")
     os.kill(worker.pid, signal.SIGKILL)
-    with pytest.raises(WorkerFault, match=r"exited|Broken pipe"):
+    with pytest.raises(WorkerFault, match=r"was killed by signal SIGKILL before answering"):
         served_pid(worker, tmp_path)
     pool.release(worker, healthy=False)
     fresh = start(pool, tmp_path, "main")
@@ -213,3 +213,15 @@ def test_concurrent_first_actions_of_a_multiplex_key_start_one_process(
         for worker in got:
             pool.release(worker, healthy=True)
         assert got[0].in_flight == 0 and got[0].usable()
+
+
+def test_a_worker_that_cannot_start_is_a_clear_fault_and_leaves_the_pool_clean(
+    pool: WorkerPool, tmp_path: Path
+) -> None:
+    identity = WorkerIdentity("main", "broken", "json")
+    with pytest.raises(WorkerFault, match="not an executable file"):
+        pool.acquire(identity, ["./missing-tool"], dict(os.environ), [])
+    assert pool.pids() == [] and pool.starts == 0
+    worker = start(pool, tmp_path, "main")  # the cap was not eaten by the failed start
+    assert served_pid(worker, tmp_path) == str(worker.pid)
+    pool.release(worker, healthy=True)

@@ -131,6 +131,9 @@ class BackendProcess:
         self._exited = asyncio.Event()
         self._stall_timer: asyncio.TimerHandle | None = None
         self._stdout_closed = False
+        #: The runtime killed it because it closed stdout but lived on (not a signal from
+        #: elsewhere, whose EOF on stdout also comes before its exit is seen).
+        self._killed_for_closed_stdout = False
 
     @property
     def alive(self) -> bool:
@@ -306,7 +309,12 @@ class BackendProcess:
         if self._stdout_closed:
             return
         self._stdout_closed = True
-        asyncio.get_running_loop().call_later(1.0, self._kill_group)
+        asyncio.get_running_loop().call_later(1.0, self._kill_for_closed_stdout)
+
+    def _kill_for_closed_stdout(self) -> None:
+        if self.pid and not self._exited.is_set():
+            self._killed_for_closed_stdout = True
+            self._kill_group()
 
     def _on_exit(self) -> None:
         assert self._proc is not None
@@ -320,7 +328,7 @@ class BackendProcess:
             self._stall_timer.cancel()
         if self._failure is None:
             how = describe_exit(returncode)
-            if self._stdout_closed and returncode == -signal.SIGKILL:
+            if self._killed_for_closed_stdout and returncode == -signal.SIGKILL:
                 how = "closed its stdout while still running (it was killed)"
             summary = f"{self.describe()} {how} before answering"
             self._failure = BackendDiedError(

@@ -63,7 +63,8 @@ class ActionNotRun(RuntimeError):
     """The action got no result of its own here: its worker crashed, babbled or timed
     out. Reported as the lease's status (``code``), never as the action's exit code, so
     that a client cannot mistake it for the action failing: INTERNAL (13) for a worker
-    fault, which the server retries, DEADLINE_EXCEEDED (4) for the action's timeout."""
+    fault, which the server retries, DEADLINE_EXCEEDED (4) for the action's timeout,
+    FAILED_PRECONDITION (9) for a worker that cannot be started from the action's tools."""
 
     def __init__(self, message: str, code: int) -> None:
         super().__init__(message)
@@ -230,7 +231,10 @@ class ActionRunner:
         identity = WorkerIdentity(instance, key, protocol, multiplex)
         tools = [(path, inputs.directory / path) for path, _ in inputs.tools]
         run_env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), **env}
-        worker, reused = self.pool.acquire(identity, startup, run_env, tools)
+        try:
+            worker, reused = self.pool.acquire(identity, startup, run_env, tools)
+        except WorkerFault as exc:  # it could not be started: its tool files are at fault
+            raise ActionNotRun(f"the persistent worker could not be started: {exc}", 9) from None
         try:
             response = worker.call(request, timeout, cancelled)
         except WorkerCancelled as exc:

@@ -2,35 +2,35 @@
 from what the action carried, protocol, multiplex), started in a home directory holding
 the worker's tool files. A singleplex worker serves one request at a time; a multiplex
 one serves every concurrent action of its identity, its responses matched by request id.
-A worker is discarded after any protocol error, timeout or crash; idle ones are stopped
+The processes themselves are the local runtime's ``BackendProcess`` (one worker-process
+core for both sides), driven from the lease threads through a shared pipe loop
+(backends/loop_thread.py). A worker is discarded after any protocol error, timeout or
+crash; idle ones are stopped
 after a while; the number of workers is capped (the least recently used idle one makes
 room for a new one) and so is their total memory (idle ones go largest first, the policy
 the daemon's reclaimer follows too: eviction.py)."""
 
 from __future__ import annotations
 
-import contextlib
+import asyncio
 import dataclasses
 import itertools
-import os
-import select
 import shutil
-import signal
-import subprocess
 import threading
 import time
-from concurrent.futures import Future
-from concurrent.futures import TimeoutError as FutureTimeout
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import psutil
 
+from worker_runtime.backends.key import WorkerKey
+from worker_runtime.backends.loop_thread import LoopThread
+from worker_runtime.backends.process import BackendProcess, BackendSpec
 from worker_runtime.config import RuntimeConfig
+from worker_runtime.errors import BackendError, BackendStartError
 from worker_runtime.eviction import largest_first
-from worker_runtime.protocol.framing import JsonFraming, ProtoFraming
 from worker_runtime.protocol.messages import WorkRequest, WorkResponse
-from worker_runtime.spawn import dying_with_parent
 
 
 @dataclass(frozen=True)
@@ -44,9 +44,12 @@ class WorkerIdentity:
     multiplex: bool = False
 
 
-#: How long a multiplex worker has to answer a cancel before it is discarded (the same
-#: default as the local runtime's ``cancel_grace_s``).
+#: How long a multiplex worker has to answer a cancel before it is discarded, and how long
+#: a response may stall mid-frame: the same defaults as the local runtime's.
 CANCEL_GRACE_S = RuntimeConfig.cancel_grace_s
+FRAME_STALL_TIMEOUT_S = RuntimeConfig.frame_stall_timeout_s
+#: A discarded worker gets this long after SIGTERM before SIGKILL.
+_STOP_GRACE_S = 0.5
 
 
 class WorkerFault(RuntimeError):
@@ -67,178 +70,85 @@ class WorkerCancelled(WorkerFault):
     multiplex one that answered the cancel stays."""
 
 
-class _Demultiplexer:
-    """Reads a multiplex worker's responses on a thread of its own and hands each to the
-    request with its id; when the worker dies or babbles, every waiting request fails."""
-
-    def __init__(self, worker: PersistentWorker) -> None:
-        self.worker = worker
-        self.framing = JsonFraming() if worker.identity.protocol == "json" else ProtoFraming()
-        self._lock = threading.Lock()
-        self._ids = itertools.count(1)
-        self._waiting: dict[int, Future[WorkResponse]] = {}
-        self.broken: str | None = None
-        threading.Thread(target=self._read, name=f"mux-{worker.pid}", daemon=True).start()
-
-    def register(self) -> tuple[int, Future[WorkResponse]]:
-        answer: Future[WorkResponse] = Future()
-        with self._lock:
-            if self.broken is not None:
-                raise WorkerFault(self.broken)
-            request_id = next(self._ids)
-            self._waiting[request_id] = answer
-        return request_id, answer
-
-    def forget(self, request_id: int) -> None:
-        with self._lock:
-            self._waiting.pop(request_id, None)
-
-    def _read(self) -> None:
-        assert self.worker.process.stdout is not None
-        fd = self.worker.process.stdout.fileno()
-        try:
-            while True:
-                data = os.read(fd, 1 << 16)
-                if not data:
-                    self._fail(
-                        f"the worker exited (status {self.worker.process.poll()}); "
-                        f"its log: {self.worker.log}"
-                    )
-                    return
-                for response in self.framing.feed(data):
-                    with self._lock:
-                        answer = self._waiting.pop(response.request_id, None)
-                    if answer is not None:
-                        answer.set_result(response)
-        except Exception as exc:  # a babbling worker, or its pipe closed under us
-            self._fail(f"the worker wrote something that is not a response: {exc}")
-
-    def _fail(self, message: str) -> None:
-        with self._lock:
-            self.broken = message
-            waiting, self._waiting = self._waiting, {}
-        for answer in waiting.values():
-            answer.set_exception(WorkerFault(message))
+#: Multiplex request ids are int32 on the wire; they are never reused below this bound.
+_MAX_REQUEST_ID = (1 << 31) - 1
+#: How often a waiting request looks at its lease's cancel flag.
+_CANCEL_POLL_S = 0.05
 
 
 @dataclass
 class PersistentWorker:
+    """One worker process of the executor: the runtime's ``BackendProcess`` (spawn,
+    framing, multiplex routing by request id, cancel with a grace, reaping), driven from
+    the executor's lease threads through the shared pipe loop."""
+
     identity: WorkerIdentity
     home: Path
-    process: subprocess.Popen[bytes]
-    log: Path
+    backend: BackendProcess
     requests: int = 0
     last_used: float = field(default_factory=time.monotonic)
     #: Requests it is serving now (more than one only if multiplex).
     in_flight: int = 0
-    _mux: _Demultiplexer | None = field(default=None, repr=False)
-    _write_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
-
-    def __post_init__(self) -> None:
-        if self.identity.multiplex:
-            self._mux = _Demultiplexer(self)
+    _ids: Iterator[int] = field(default_factory=lambda: itertools.cycle(range(1, _MAX_REQUEST_ID)))
 
     @property
     def pid(self) -> int:
-        return self.process.pid
+        return self.backend.pid
+
+    @property
+    def log(self) -> Path:
+        return self.backend.log_path
 
     def usable(self) -> bool:
-        return self.process.poll() is None and (self._mux is None or self._mux.broken is None)
-
-    def _write(self, data: bytes) -> None:
-        assert self.process.stdin is not None
-        try:
-            with self._write_lock:
-                self.process.stdin.write(data)
-                self.process.stdin.flush()
-        except OSError as exc:
-            raise WorkerFault(f"writing the request failed: {exc}") from None
+        return self.backend.alive
 
     def call(
         self, request: WorkRequest, timeout_s: float, cancelled: threading.Event | None = None
     ) -> WorkResponse:
         if cancelled is not None and cancelled.is_set():  # nothing sent: the worker is fine
             raise WorkerCancelled("the action's lease was cancelled", worker_healthy=True)
-        if self._mux is not None:
-            return self._call_multiplex(self._mux, request, timeout_s, cancelled)
-        framing = JsonFraming() if self.identity.protocol == "json" else ProtoFraming()
-        assert self.process.stdin and self.process.stdout
-        try:
-            self.process.stdin.write(framing.encode(request))
-            self.process.stdin.flush()
-        except OSError as exc:
-            raise WorkerFault(f"writing the request failed: {exc}") from None
-        deadline = time.monotonic() + timeout_s
-        fd = self.process.stdout.fileno()
-        while True:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise WorkerFault(f"no response within {timeout_s:.0f} s", timed_out=True)
-            if cancelled is not None and cancelled.is_set():
-                raise WorkerCancelled("the action's lease was cancelled")
-            ready, _, _ = select.select([fd], [], [], min(left, 0.05))
-            if not ready:
-                continue
-            data = os.read(fd, 1 << 16)
-            if not data:
-                raise WorkerFault(
-                    f"the worker exited (status {self.process.poll()}) before answering; "
-                    f"its log: {self.log}"
-                )
-            try:
-                responses = framing.feed(data)
-            except Exception as exc:  # a babbling worker
-                raise WorkerFault(
-                    f"the worker wrote something that is not a response: {exc}"
-                ) from None
-            if responses:
-                self.requests += 1
-                self.last_used = time.monotonic()
-                return responses[0]
+        request_id = next(self._ids) if self.identity.multiplex else 0
+        request = dataclasses.replace(request, request_id=request_id)
+        response = LoopThread.shared().run(self._call(request, timeout_s, cancelled))
+        self.requests += 1
+        self.last_used = time.monotonic()
+        return response
 
-    def _call_multiplex(
-        self,
-        mux: _Demultiplexer,
-        request: WorkRequest,
-        timeout_s: float,
-        cancelled: threading.Event | None,
+    async def _call(
+        self, request: WorkRequest, timeout_s: float, cancelled: threading.Event | None
     ) -> WorkResponse:
-        request_id, answer = mux.register()
-        self._write(mux.framing.encode(dataclasses.replace(request, request_id=request_id)))
+        answer = asyncio.ensure_future(self.backend.call(request))
         deadline = time.monotonic() + timeout_s
-        while True:
-            try:
-                response = answer.result(timeout=0.05)
-            except FutureTimeout:
-                pass
-            else:
-                self.requests += 1
-                self.last_used = time.monotonic()
-                return response
+        is_cancelled = False
+        while not answer.done():
             is_cancelled = cancelled is not None and cancelled.is_set()
-            if is_cancelled or time.monotonic() > deadline:
+            left = deadline - time.monotonic()
+            if is_cancelled or left <= 0:
                 break
-        # Ask the worker to drop the request; it stays only if it answers in time.
+            await asyncio.wait([answer], timeout=min(left, _CANCEL_POLL_S))
+        if answer.done():
+            try:
+                return answer.result()
+            except BackendError as exc:
+                raise WorkerFault(str(exc)) from None
+        # The backend is asked to drop the request (a multiplex one gets a cancel and
+        # stays if it answers in time; any other is killed); this returns once it no
+        # longer works on it.
+        answer.cancel()
+        await asyncio.wait([answer])
         why = (
             "the action's lease was cancelled"
             if is_cancelled
             else f"no response within {timeout_s:.0f} s"
         )
         fault = WorkerCancelled if is_cancelled else WorkerFault
-        late = not is_cancelled
-        self._write(
-            mux.framing.encode(WorkRequest(arguments=(), request_id=request_id, cancel=True))
-        )
-        try:
-            answer.result(timeout=CANCEL_GRACE_S)
-        except FutureTimeout:
-            mux.forget(request_id)
+        if self.backend.alive:
             raise fault(
-                f"{why}, and the worker did not answer the cancel", timed_out=late
-            ) from None
-        except WorkerFault as exc:
-            raise fault(f"{why}; then {exc}", timed_out=late) from None
-        raise fault(f"{why} (the worker answered the cancel)", worker_healthy=True, timed_out=late)
+                f"{why} (the worker answered the cancel)",
+                worker_healthy=True,
+                timed_out=not is_cancelled,
+            )
+        raise fault(f"{why}; the worker was stopped", timed_out=not is_cancelled)
 
     def rss(self) -> int:
         try:
@@ -248,10 +158,7 @@ class PersistentWorker:
             return 0
 
     def stop(self) -> None:
-        if self.process.returncode is None:  # not reaped yet: the group id is still its own
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.pid, signal.SIGKILL)
-        self.process.wait()
+        LoopThread.shared().run(self.backend.stop(grace_s=_STOP_GRACE_S))
         shutil.rmtree(self.home, ignore_errors=True)
 
 
@@ -340,18 +247,25 @@ class WorkerPool:
             target = home / relative
             target.parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(source, target)
-        log = home.parent / f"{home.name}.log"
-        # The worker dies with the executor (SIGKILL included). The kernel sends the
-        # signal when the *thread* that started it ends: the executor starts workers from
-        # its lease threads, which live as long as it does.
-        command = dying_with_parent([*argv, "--persistent_worker"])
-        with open(log, "ab") as err:
-            process = subprocess.Popen(
-                command, cwd=home, env=env,
-                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=err,
-                start_new_session=True,
-            )  # fmt: skip
-        return PersistentWorker(identity, home, process, log)
+        key = WorkerKey(
+            tuple(argv), (), identity.protocol, identity.multiplex, (), short=identity.key[:12]
+        )
+        spec = BackendSpec(
+            key=key,
+            env=env,
+            cwd=str(home),
+            cancellable=identity.multiplex,
+            frame_stall_timeout_s=FRAME_STALL_TIMEOUT_S,
+            cancel_grace_s=CANCEL_GRACE_S,
+            log_dir=home.parent,
+        )
+        backend = BackendProcess(spec)
+        try:
+            LoopThread.shared().run(backend.start())
+        except BackendStartError as exc:
+            shutil.rmtree(home, ignore_errors=True)
+            raise WorkerFault(str(exc)) from None
+        return PersistentWorker(identity, home, backend)
 
     def release(self, worker: PersistentWorker, healthy: bool) -> None:
         with self._lock:

@@ -17,11 +17,11 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import REPO_ROOT, wait_gone
+from worker_runtime.backends.key import WorkerKey
 from worker_runtime.executor.workers import (
     PersistentWorker,
     WorkerCancelled,
     WorkerFault,
-    WorkerIdentity,
     WorkerPool,
 )
 from worker_runtime.protocol.messages import WorkRequest
@@ -41,9 +41,10 @@ def start(
 ) -> PersistentWorker:
     tool = tmp_path / "worker.py"
     shutil.copy(WORKER, tool)
-    identity = WorkerIdentity(instance, key, "json", multiplex)
-    argv = [sys.executable, "worker.py", *(["--multiplex"] if multiplex else [])]
-    return pool.acquire(identity, argv, dict(os.environ), [("worker.py", tool)])[0]
+    argv = (sys.executable, "worker.py", *(["--multiplex"] if multiplex else []))
+    # ``key`` stands for the tool's digest: another key, another worker.
+    identity = WorkerKey(argv, (), "json", multiplex, (("worker.py", key),), instance)
+    return pool.acquire(identity, dict(os.environ), [("worker.py", tool)])[0]
 
 
 def served_pid(worker: PersistentWorker, sandbox: Path) -> str:
@@ -197,14 +198,14 @@ def test_concurrent_first_actions_of_a_multiplex_key_start_one_process(
 ) -> None:
     tool = tmp_path / "worker.py"
     shutil.copy(WORKER, tool)  # once: the threads must not rewrite it under each other
-    identity = WorkerIdentity("main", "k", "json", multiplex=True)
-    argv = [sys.executable, "worker.py", "--multiplex"]
+    argv = (sys.executable, "worker.py", "--multiplex")
+    identity = WorkerKey(argv, (), "json", True, (("worker.py", "k"),), "main")
 
     # Threads that live on, as the executor's do: a worker's pdeathsig follows the
     # thread that started it.
     with ThreadPoolExecutor(max_workers=4) as threads:
         futures = [
-            threads.submit(pool.acquire, identity, argv, dict(os.environ), [("worker.py", tool)])
+            threads.submit(pool.acquire, identity, dict(os.environ), [("worker.py", tool)])
             for _ in range(4)
         ]
         got = [future.result(timeout=30)[0] for future in futures]
@@ -218,9 +219,9 @@ def test_concurrent_first_actions_of_a_multiplex_key_start_one_process(
 def test_a_worker_that_cannot_start_is_a_clear_fault_and_leaves_the_pool_clean(
     pool: WorkerPool, tmp_path: Path
 ) -> None:
-    identity = WorkerIdentity("main", "broken", "json")
+    identity = WorkerKey(("./missing-tool",), (), "json", False, (), "main")
     with pytest.raises(WorkerFault, match="not an executable file"):
-        pool.acquire(identity, ["./missing-tool"], dict(os.environ), [])
+        pool.acquire(identity, dict(os.environ), [])
     assert pool.pids() == [] and pool.starts == 0
     worker = start(pool, tmp_path, "main")  # the cap was not eaten by the failed start
     assert served_pid(worker, tmp_path) == str(worker.pid)

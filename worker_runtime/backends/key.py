@@ -1,49 +1,68 @@
-"""The worker key: what must be equal for two requests to share a backend process.
+"""The worker key: what must be equal for two requests to share a worker process, on
+this machine (the daemon's backends) or on the executor (remote persistent workers).
 
-Key = backend argv + the environment variables the config names + protocol +
-multiplex + the digests of the tool input files. Tool files are re-hashed only when
-their stat (size, mtime, inode) changes, so checking them costs a ``stat`` per request.
+Key = the worker's startup command + the environment it is part of + protocol +
+multiplex + the digests of its tool files (+ the tenant, on the executor). Its
+``digest`` is the remote persistent worker convention's ``persistentWorkerKey`` (the
+client sends it, the executor recomputes it: remote/convention.py). Tool files are
+re-hashed only when their stat changes, so checking them costs a ``stat`` per request.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 from dataclasses import dataclass, field
 
 from worker_runtime.digests import DigestCache
 from worker_runtime.errors import RequestError
 
+#: Appended to the startup command of every persistent worker (Bazel's convention).
+PERSISTENT_WORKER_FLAG = "--persistent_worker"
+
 
 @dataclass(frozen=True, slots=True)
 class WorkerKey:
-    """Identity of a backend process; two requests with equal keys may share one."""
+    """Identity of a worker process; two requests with equal keys may share one."""
 
+    #: The startup command, without ``--persistent_worker`` (added when it is started).
     argv: tuple[str, ...]
+    #: The environment that is part of the identity, sorted by name.
     env: tuple[tuple[str, str], ...]
+    #: The wire format: "proto" or "json".
     protocol: str
     multiplex: bool
+    #: (path, SHA-256 hex) of each tool file, sorted by path.
     tool_digests: tuple[tuple[str, str], ...]
-    short: str = field(default="", compare=False, hash=False)
+    #: The tenant (REAPI instance name) on the executor; "" on this machine.
+    instance: str = ""
+    #: The persistentWorkerKey: SHA-256 (hex) of the tool files, the startup command with
+    #: ``--persistent_worker``, the environment and the protocol (not of the tenant or
+    #: multiplex, which the convention leaves out).
+    digest: str = field(init=False, compare=False, hash=False, repr=False)
+
+    def __post_init__(self) -> None:
+        canonical = json.dumps(
+            {
+                "tools": sorted(self.tool_digests),
+                "startup": [*self.argv, PERSISTENT_WORKER_FLAG],
+                "environment": sorted(self.env),
+                "protocol": self.protocol,
+            },
+            separators=(",", ":"),
+        )
+        object.__setattr__(self, "digest", hashlib.sha256(canonical.encode()).hexdigest())
 
     @property
-    def family(self) -> tuple[tuple[str, ...], tuple[tuple[str, str], ...], str, bool]:
+    def short(self) -> str:
+        """The digest's first 12 characters, for logs and ``status``."""
+        return self.digest[:12]
+
+    @property
+    def family(self) -> tuple[tuple[str, ...], tuple[tuple[str, str], ...], str, bool, str]:
         """Everything but the tool digests: a new member of a family retires the old ones."""
-        return (self.argv, self.env, self.protocol, self.multiplex)
-
-
-def make_key(
-    argv: tuple[str, ...],
-    env: tuple[tuple[str, str], ...],
-    protocol: str,
-    multiplex: bool,
-    tool_digests: tuple[tuple[str, str], ...],
-) -> WorkerKey:
-    hasher = hashlib.sha256()
-    for part in (argv, env, protocol, multiplex, tool_digests):
-        hasher.update(repr(part).encode("utf-8"))
-        hasher.update(b"\0")
-    return WorkerKey(argv, env, protocol, multiplex, tool_digests, hasher.hexdigest()[:12])
+        return (self.argv, self.env, self.protocol, self.multiplex, self.instance)
 
 
 class ToolDigests:

@@ -8,7 +8,7 @@ import os
 from collections.abc import Mapping
 from pathlib import Path
 
-from worker_runtime.backends.key import ToolDigests, WorkerKey, make_key
+from worker_runtime.backends.key import ToolDigests, WorkerKey
 from worker_runtime.backends.pool import BackendPool, MultiplexPool, SingleplexPool
 from worker_runtime.backends.process import BackendSpec
 from worker_runtime.config import RuntimeConfig
@@ -53,7 +53,7 @@ class BackendManager:
         memo = (key_env, digests)
         key = self._keys.get(memo)
         if key is None:
-            key = make_key(
+            key = WorkerKey(
                 self.config.command, key_env, self.config.protocol, self.config.multiplex, digests
             )
             self._keys[memo] = key

@@ -20,11 +20,11 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
+from worker_runtime.backends.key import PERSISTENT_WORKER_FLAG, WorkerKey
 from worker_runtime.errors import RequestError
 from worker_runtime.executor.workers import (
     WorkerCancelled,
     WorkerFault,
-    WorkerIdentity,
     WorkerPool,
 )
 from worker_runtime.proto import remote_execution_pb2 as re_pb2
@@ -39,7 +39,6 @@ from worker_runtime.remote.convention import (
     request_arguments,
     safe_relative_path,
     split_arguments,
-    worker_key,
 )
 from worker_runtime.remote.merkle import Blobs, digest_key, digest_of
 
@@ -212,11 +211,21 @@ class ActionRunner:
         cancelled: threading.Event,
     ) -> tuple[int, bytes, bytes, bool, int]:
         protocol = properties.get(PROTOCOL_PROPERTY, "proto")
+        multiplex = properties.get(MULTIPLEX_PROPERTY) == "true"
         # Never the client's key: the one of what this action really carries.
-        key = worker_key(inputs.tools, startup, env, protocol)
-        if key != properties[KEY_PROPERTY]:
+        identity = WorkerKey(
+            tuple(a for a in startup if a != PERSISTENT_WORKER_FLAG),
+            tuple(sorted(env.items())),
+            protocol,
+            multiplex,
+            tuple(sorted(inputs.tools)),
+            instance=instance,
+        )
+        if identity.digest != properties[KEY_PROPERTY]:
             LOGGER.info(
-                "client key %s differs from the recomputed %s", properties[KEY_PROPERTY], key
+                "client key %s differs from the recomputed %s",
+                properties[KEY_PROPERTY],
+                identity.digest,
             )
         try:
             arguments = request_arguments(request_args, str(inputs.directory))
@@ -227,12 +236,10 @@ class ActionRunner:
             inputs=tuple(WorkInput(p, d.encode()) for p, d in inputs.files),
             sandbox_dir=str(inputs.directory),
         )
-        multiplex = properties.get(MULTIPLEX_PROPERTY) == "true"
-        identity = WorkerIdentity(instance, key, protocol, multiplex)
         tools = [(path, inputs.directory / path) for path, _ in inputs.tools]
         run_env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), **env}
         try:
-            worker, reused = self.pool.acquire(identity, startup, run_env, tools)
+            worker, reused = self.pool.acquire(identity, run_env, tools)
         except WorkerFault as exc:  # it could not be started: its tool files are at fault
             raise ActionNotRun(f"the persistent worker could not be started: {exc}", 9) from None
         try:

@@ -1,5 +1,5 @@
-"""The executor's persistent workers: processes keyed by (instance, worker key recomputed
-from what the action carried, protocol, multiplex), started in a home directory holding
+"""The executor's persistent workers: processes keyed by the WorkerKey recomputed from
+what the action carried (its tenant included), started in a home directory holding
 the worker's tool files. A singleplex worker serves one request at a time; a multiplex
 one serves every concurrent action of its identity, its responses matched by request id.
 The processes themselves are the local runtime's ``BackendProcess`` (one worker-process
@@ -31,18 +31,6 @@ from worker_runtime.config import RuntimeConfig
 from worker_runtime.errors import BackendError, BackendStartError
 from worker_runtime.eviction import largest_first
 from worker_runtime.protocol.messages import WorkRequest, WorkResponse
-
-
-@dataclass(frozen=True)
-class WorkerIdentity:
-    """What makes two actions able to share a worker process."""
-
-    instance: str
-    key: str
-    protocol: str
-    #: One process takes all concurrent requests of the identity (request ids).
-    multiplex: bool = False
-
 
 #: How long a multiplex worker has to answer a cancel before it is discarded, and how long
 #: a response may stall mid-frame: the same defaults as the local runtime's.
@@ -82,7 +70,7 @@ class PersistentWorker:
     framing, multiplex routing by request id, cancel with a grace, reaping), driven from
     the executor's lease threads through the shared pipe loop."""
 
-    identity: WorkerIdentity
+    identity: WorkerKey
     home: Path
     backend: BackendProcess
     requests: int = 0
@@ -172,7 +160,7 @@ class WorkerPool:
         self._idle: list[PersistentWorker] = []
         self._all: dict[int, PersistentWorker] = {}
         #: Workers being started (outside the lock), by identity.
-        self._starting: dict[WorkerIdentity, int] = {}
+        self._starting: dict[WorkerKey, int] = {}
         self._serial = 0
         self.starts = 0
         self.reuses = 0
@@ -180,8 +168,7 @@ class WorkerPool:
 
     def acquire(
         self,
-        identity: WorkerIdentity,
-        argv: list[str],
+        identity: WorkerKey,
         env: dict[str, str],
         tools: list[tuple[str, Path]],
     ) -> tuple[PersistentWorker, bool]:
@@ -213,7 +200,7 @@ class WorkerPool:
             serial = self._serial
             self._starting[identity] = self._starting.get(identity, 0) + 1
         try:
-            worker = self._start(identity, argv, env, tools, serial)
+            worker = self._start(identity, env, tools, serial)
         except BaseException:
             with self._lock:
                 self._started_locked(identity)
@@ -225,7 +212,7 @@ class WorkerPool:
             self.starts += 1
         return worker, False
 
-    def _started_locked(self, identity: WorkerIdentity) -> None:
+    def _started_locked(self, identity: WorkerKey) -> None:
         self._starting[identity] -= 1
         if not self._starting[identity]:
             del self._starting[identity]
@@ -233,25 +220,21 @@ class WorkerPool:
 
     def _start(
         self,
-        identity: WorkerIdentity,
-        argv: list[str],
+        identity: WorkerKey,
         env: dict[str, str],
         tools: list[tuple[str, Path]],
         serial: int,
     ) -> PersistentWorker:
         tenant = identity.instance.replace("/", "_") or "_default"
-        home = self.root / tenant / f"{identity.key[:16]}-{serial}"
+        home = self.root / tenant / f"{identity.digest[:16]}-{serial}"
         shutil.rmtree(home, ignore_errors=True)
         home.mkdir(parents=True)
         for relative, source in tools:
             target = home / relative
             target.parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(source, target)
-        key = WorkerKey(
-            tuple(argv), (), identity.protocol, identity.multiplex, (), short=identity.key[:12]
-        )
         spec = BackendSpec(
-            key=key,
+            key=identity,
             env=env,
             cwd=str(home),
             cancellable=identity.multiplex,

@@ -18,12 +18,11 @@ as both sides of it apply it here.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import posixpath
 import re
 from collections.abc import Iterable, Mapping, Sequence
 
+from worker_runtime.backends.key import PERSISTENT_WORKER_FLAG, WorkerKey
 from worker_runtime.protocol.argfiles import expand_argfiles
 
 KEY_PROPERTY = "persistentWorkerKey"
@@ -32,7 +31,6 @@ PROTOCOL_PROPERTY = "persistentWorkerProtocol"
 #: ids, sandbox_dir per request). Sent only for multiplex backends; not part of the key.
 MULTIPLEX_PROPERTY = "persistentWorkerMultiplex"
 TOOL_INPUT_PROPERTY = "bazel_tool_input"
-PERSISTENT_WORKER_FLAG = "--persistent_worker"
 
 _FLAGFILE = re.compile(r"^(?:@|--?flagfile=)(.+)$")
 
@@ -67,19 +65,13 @@ def worker_key(
     environment: Mapping[str, str],
     protocol: str,
 ) -> str:
-    """The persistentWorkerKey: SHA-256 (hex) of the tool files (path, digest), the startup
-    arguments with ``--persistent_worker``, the environment and the wire protocol."""
-    startup = [a for a in startup_arguments if a != PERSISTENT_WORKER_FLAG]
-    canonical = json.dumps(
-        {
-            "tools": sorted(tool_files),
-            "startup": [*startup, PERSISTENT_WORKER_FLAG],
-            "environment": sorted(environment.items()),
-            "protocol": protocol,
-        },
-        separators=(",", ":"),
+    """The persistentWorkerKey: the ``digest`` of the WorkerKey of these tool files (path,
+    digest), startup arguments, environment and wire protocol."""
+    startup = tuple(a for a in startup_arguments if a != PERSISTENT_WORKER_FLAG)
+    key = WorkerKey(
+        startup, tuple(sorted(environment.items())), protocol, False, tuple(sorted(tool_files))
     )
-    return hashlib.sha256(canonical.encode()).hexdigest()
+    return key.digest
 
 
 class UnsafePathError(ValueError):

@@ -1,19 +1,20 @@
 """haskell_binary: the Main module compiled like a library's modules, then linked by ghc."""
 
-load(
-    "//haskell:haskell_library.bzl",
-    "HASKELL_COMMON_ATTRS",
-    "HaskellLibraryInfo",
-    "compile_haskell",
-)
-load("//haskell:haskell_toolchain.bzl", "HaskellToolchainInfo")
-load("//utils:lists.bzl", "link_order")
+load("//haskell:haskell_library.bzl", "HASKELL_COMMON_ATTRS", "compile_haskell")
+load("//haskell:haskell_providers.bzl", "HaskellLibraryInfo", "link_args")
+load("//haskell:haskell_toolchain_providers.bzl", "HaskellToolchainInfo")
 
 def _haskell_binary_impl(ctx: AnalysisContext) -> list[Provider]:
     toolchain = ctx.attrs._haskell_toolchain[HaskellToolchainInfo]
-    deps = [dep[HaskellLibraryInfo] for dep in ctx.attrs.deps]
-    compiled = compile_haskell(ctx, toolchain, deps)
-    archives = link_order([d.archives for d in deps])
+    compiled = compile_haskell(
+        ctx.actions,
+        toolchain = toolchain,
+        target_name = ctx.attrs.name,
+        srcs = ctx.attrs.srcs,
+        packages = ctx.attrs.packages,
+        compiler_flags = ctx.attrs.compiler_flags,
+        deps = [dep[HaskellLibraryInfo] for dep in ctx.attrs.deps],
+    )
     exe = ctx.actions.declare_output(ctx.attrs.name)
     ctx.actions.run(
         cmd_args(
@@ -21,9 +22,7 @@ def _haskell_binary_impl(ctx: AnalysisContext) -> list[Provider]:
             "-o",
             exe.as_output(),
             compiled.objects,
-            # Each library before the ones it needs (ghc passes -optl options after its
-            # package libraries, so a linker group cannot be used here).
-            archives,
+            link_args(compiled.deps),
             [["-package", p] for p in compiled.packages],
         ),
         category = "haskell_link",

@@ -8,114 +8,73 @@ name is its path relative to the package, without `.hs` (`Shop/Core/Money.hs` is
 `Shop.Core.Money`).
 """
 
-load("//haskell:haskell_toolchain.bzl", "HaskellToolchainInfo")
-load("//utils:lists.bzl", "link_order", "unique")
+load(
+    "//haskell:haskell_providers.bzl",
+    "HaskellLibraryInfo",
+    "HaskellLibraryNode",
+    "HaskellLibraryTSet",
+    "interface_args",
+    "search_path_args",
+)
+load("//haskell:haskell_toolchain_providers.bzl", "HaskellToolchainInfo")
+load("//utils:graph.bzl", "dependency_order", "reachable")
+load("//utils:lists.bzl", "unique")
 load("//utils:settings.bzl", "toolchain_target")
 load("//worker:worker_run.bzl", "worker_run")
 
-HaskellLibraryInfo = provider(
-    doc = "A compiled Haskell library, with what its dependents compile and link against.",
-    fields = {
-        # Static archives (Artifacts) to link, in link order (each before those it needs):
-        # this library's and every dependency's.
-        "archives": provider_field(typing.Any),
-        # Interface files (Artifacts) of this library and every dependency.
-        "interfaces": provider_field(typing.Any),
-        # GHC packages (str) this library and its dependencies use.
-        "packages": provider_field(typing.Any),
-        # `-i<dir>` arguments (cmd_args) that find those interfaces.
-        "search_path": provider_field(typing.Any),
-    },
-)
-
-def _module_path(ctx: AnalysisContext, src: typing.Any) -> str:
+def _module_path(target_name: str, src: Artifact) -> str:
     # A source's short_path is relative to its package in Buck2, which is exactly the
     # module's path (`Shop/Core/Money.hs`).
     path = src.short_path
     if not path.endswith(".hs"):
-        fail(str(ctx.label.name) + ": " + path + " is not a .hs file")
+        fail(target_name + ": " + path + " is not a .hs file")
     return path[:-len(".hs")]
 
-def _module_order(target_name: str, imports: dict[str, list[str]]) -> list[str]:
-    """The modules, each after those it imports (depth-first); a cycle fails, named."""
-    order = []
-    state = {}  # module -> "visiting" or "done"
-    for root in sorted(imports):
-        if state.get(root) == "done":
-            continue
-
-        # An explicit stack: Starlark has no recursion.
-        stack = [(root, 0)]
-        state[root] = "visiting"
-        path = [root]
-        for _ in range(len(imports) * len(imports) + len(imports) + 1):
-            if not stack:
-                break
-            module, index = stack[-1]
-            deps = imports[module]
-            if index < len(deps):
-                stack[-1] = (module, index + 1)
-                dep = deps[index]
-                if state.get(dep) == "visiting":
-                    cycle = path[path.index(dep):] + [dep]
-                    fail(target_name + ": the modules import each other in a cycle: " + " -> ".join(cycle))
-                if state.get(dep) != "done":
-                    state[dep] = "visiting"
-                    stack.append((dep, 0))
-                    path.append(dep)
-            else:
-                stack.pop()
-                path.pop()
-                state[module] = "done"
-                order.append(module)
-    return order
-
-def _imported_closure(imports: dict[str, list[str]], module: str) -> list[str]:
-    seen = []
-    todo = list(imports[module])
-    for _ in range(len(imports) * len(imports) + 1):
-        if not todo:
-            break
-        dep = todo.pop()
-        if dep not in seen:
-            seen.append(dep)
-            todo.extend(imports[dep])
-    return sorted(seen)
-
 def compile_haskell(
-        ctx: AnalysisContext,
+        actions: AnalysisActions,
+        *,
         # A HaskellToolchainInfo. Typed Any: Buck2 evaluates this file once per cell whose
         # BUCK files load it, so the provider type of a toolchain declared in another cell
         # is another instance, which an annotation would refuse.
         toolchain: typing.Any,
-        deps: list[typing.Any]) -> typing.Any:
-    """Compiles ctx.attrs.srcs, one action per module, against `deps` (HaskellLibraryInfo).
+        target_name: str,
+        srcs: list[Artifact],
+        packages: list[str],
+        compiler_flags: list[str],
+        deps: list[typing.Any]) -> struct:
+    """Compiles `srcs`, one action per module, against `deps` (HaskellLibraryInfo).
 
     Args:
-      ctx: the analysis context of a rule with `srcs`, `packages` and `compiler_flags`.
+      actions: `ctx.actions` of the target.
       toolchain: the HaskellToolchainInfo.
+      target_name: the target's name, for error messages.
+      srcs: the .hs files, in any order; none is an analysis error.
+      packages: the GHC packages the target uses itself.
+      compiler_flags: the target's own GHC flags, after the toolchain's.
       deps: the HaskellLibraryInfo of every dependency.
 
     Returns:
       A struct: `objects` and `interfaces` (lists of Artifacts, in `srcs` order),
-      `search_path` (the `-i` arguments reaching them and the deps' interfaces) and
-      `packages` (every GHC package used, deps' included).
+      `search_path` (the `-i` argument that finds those interfaces), `packages` (every
+      GHC package used, the deps' included, each once) and `deps` (a HaskellLibraryTSet
+      of every library the target depends on, transitively).
     """
-    if not ctx.attrs.srcs:
-        fail(str(ctx.label.name) + ": a Haskell target needs srcs")
-    packages = unique(ctx.attrs.packages + [p for d in deps for p in d.packages])
-    dep_interfaces = unique([hi for d in deps for hi in d.interfaces])
-    dep_search_path = [d.search_path for d in deps]
-    flags = (toolchain.compiler_flags or []) + ctx.attrs.compiler_flags
+    if not srcs:
+        fail(target_name + ": a Haskell target needs srcs")
+    packages = unique(packages + [p for d in deps for p in d.packages])
+    deps_set = actions.tset(HaskellLibraryTSet, children = [d.libraries for d in deps])
+    dep_interfaces = interface_args(deps_set)
+    dep_search_path = search_path_args(deps_set)
+    flags = (toolchain.compiler_flags or []) + compiler_flags
     modules = {}  # module name -> struct(src, path, obj, hi)
-    for src in ctx.attrs.srcs:
-        path = _module_path(ctx, src)
+    for src in srcs:
+        path = _module_path(target_name, src)
         name = path.replace("/", ".")
         if name in modules:
-            fail(str(ctx.label.name) + ": module " + name + " is listed twice")
+            fail(target_name + ": module " + name + " is listed twice")
         modules[name] = struct(
-            hi = ctx.actions.declare_output("ifaces/" + path + ".hi"),
-            obj = ctx.actions.declare_output("objs/" + path + ".o"),
+            hi = actions.declare_output("ifaces/" + path + ".hi"),
+            obj = actions.declare_output("objs/" + path + ".o"),
             path = path,
             src = src,
         )
@@ -132,12 +91,11 @@ def compile_haskell(
 
     # Buck2 freezes the dynamic_output callback and everything it captures, and the rule's
     # ctx (like ctx.actions) cannot be frozen: the closures below capture plain values only.
-    target_name = str(ctx.label.name)
-
-    def compile_modules(actions, imports, outputs):
-        for name in _module_order(target_name, imports):
+    def compile_modules(module_actions, imports, outputs):
+        order = dependency_order(imports, what = target_name + ": the modules import each other")
+        for name in order:
             module = modules[name]
-            imported = _imported_closure(imports, name)
+            imported = sorted(reachable(imports, [name]))
             args = cmd_args(
                 "-c",
                 module.src,
@@ -153,20 +111,20 @@ def compile_haskell(
                 flags,
             )
             worker_run(
-                actions,
+                module_actions,
                 tool = toolchain.compiler,
                 args = args,
                 category = "haskell_compile",
                 identifier = module.path,
-                inputs = [module.src] + [modules[m].hi for m in imported] + dep_interfaces,
+                inputs = [module.src] + [modules[m].hi for m in imported] + [dep_interfaces],
             )
 
     all_outputs = [m.obj for m in modules.values()] + [m.hi for m in modules.values()]
     if len(modules) == 1:
-        compile_modules(ctx.actions, {first.path.replace("/", "."): []}, {a: a for a in all_outputs})
+        compile_modules(actions, {first.path.replace("/", "."): []}, {a: a for a in all_outputs})
     else:
-        imports_file = ctx.actions.declare_output("module_imports.json")
-        ctx.actions.run(
+        imports_file = actions.declare_output("module_imports.json")
+        actions.run(
             cmd_args(
                 toolchain.scanner,
                 imports_file.as_output(),
@@ -178,33 +136,49 @@ def compile_haskell(
         def dynamic(dynamic_ctx, artifacts, outputs):
             compile_modules(dynamic_ctx.actions, artifacts[imports_file].read_json(), outputs)
 
-        ctx.actions.dynamic_output(
+        actions.dynamic_output(
             dynamic = [imports_file],
-            inputs = ctx.attrs.srcs,
+            inputs = srcs,
             outputs = [a.as_output() for a in all_outputs],
             f = dynamic,
         )
     return struct(
+        deps = deps_set,
         interfaces = [m.hi for m in modules.values()],
         objects = [m.obj for m in modules.values()],
         packages = packages,
-        search_path = cmd_args(own_search_path, dep_search_path),
+        search_path = own_search_path,
     )
 
 def _haskell_library_impl(ctx: AnalysisContext) -> list[Provider]:
     toolchain = ctx.attrs._haskell_toolchain[HaskellToolchainInfo]
     deps = [dep[HaskellLibraryInfo] for dep in ctx.attrs.deps]
-    compiled = compile_haskell(ctx, toolchain, deps)
+    compiled = compile_haskell(
+        ctx.actions,
+        toolchain = toolchain,
+        target_name = ctx.attrs.name,
+        srcs = ctx.attrs.srcs,
+        packages = ctx.attrs.packages,
+        compiler_flags = ctx.attrs.compiler_flags,
+        deps = deps,
+    )
     archive = ctx.actions.declare_output("lib" + ctx.attrs.name + ".a")
     ctx.actions.run(
         cmd_args(toolchain.archiver, "qcs", archive.as_output(), compiled.objects),
         category = "haskell_archive",
     )
-    info = HaskellLibraryInfo(
-        archives = link_order([[archive]] + [d.archives for d in deps]),
-        interfaces = unique(compiled.interfaces + [hi for d in deps for hi in d.interfaces]),
-        packages = compiled.packages,
+    node = HaskellLibraryNode(
+        archive = archive,
+        interfaces = compiled.interfaces,
         search_path = compiled.search_path,
+    )
+    info = HaskellLibraryInfo(
+        libraries = ctx.actions.tset(
+            HaskellLibraryTSet,
+            value = node,
+            children = [d.libraries for d in deps],
+        ),
+        packages = compiled.packages,
     )
     return [DefaultInfo(default_output = archive, other_outputs = compiled.interfaces), info]
 

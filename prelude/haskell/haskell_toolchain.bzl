@@ -1,23 +1,7 @@
-"""The Haskell toolchain: the GHC worker, the ghc that links, ar, and flags for every compile."""
+"""haskell_toolchain: the GHC worker, the ghc that links, ar, and flags for every compile."""
 
-load("//worker:providers.bzl", "WorkerToolInfo")
-
-HaskellToolchainInfo = provider(
-    doc = "What the Haskell rules compile, archive and link with.",
-    fields = {
-        # The `ar` command (a RunInfo), for each library's static archive.
-        "archiver": provider_field(typing.Any),
-        # The WorkerToolInfo of the GHC worker (its fallback runs a cold ghc).
-        "compiler": provider_field(typing.Any),
-        # Flags added to every compile (a list of str, or None).
-        "compiler_flags": provider_field(typing.Any, default = None),
-        # The `ghc` command (a RunInfo) that links binaries.
-        "linker": provider_field(typing.Any),
-        # The import scanner (a RunInfo): `scanner OUT.json MODULE=PATH...` writes which
-        # modules of a target each one imports.
-        "scanner": provider_field(typing.Any),
-    },
-)
+load("//haskell:haskell_toolchain_providers.bzl", "HaskellToolchainInfo")
+load("//worker:worker_tool_providers.bzl", "WorkerToolInfo")
 
 def _haskell_toolchain_impl(ctx: AnalysisContext) -> list[Provider]:
     return [

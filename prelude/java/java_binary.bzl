@@ -1,14 +1,26 @@
 """java_binary: a main class with its runtime classpath, runnable with `buck2 run`."""
 
-load("//java:java_library.bzl", "JAVA_TOOLCHAIN_ATTR", "JavaLibraryInfo", "compile_java")
-load("//java:java_toolchain.bzl", "JavaToolchainInfo")
-load("//utils:lists.bzl", "unique")
+load("//java:java_library.bzl", "JAVA_TOOLCHAIN_ATTR", "compile_java")
+load("//java:java_providers.bzl", "JavaClasspathTSet", "JavaLibraryInfo", "classpath_args")
+load("//java:java_toolchain_providers.bzl", "JavaToolchainInfo")
 
 def _java_binary_impl(ctx: AnalysisContext) -> list[Provider]:
     toolchain = ctx.attrs._java_toolchain[JavaToolchainInfo]
     deps = [dep[JavaLibraryInfo] for dep in ctx.attrs.deps]
-    jars = [compile_java(ctx, toolchain, deps)] if ctx.attrs.srcs else []
-    classpath = unique(jars + [j for d in deps for j in d.runtime_jars])
+    children = [info.runtime_classpath for info in deps]
+    if ctx.attrs.srcs:
+        jar = compile_java(
+            ctx.actions,
+            toolchain = toolchain,
+            target_name = ctx.attrs.name,
+            srcs = ctx.attrs.srcs,
+            resources = ctx.attrs.resources,
+            deps = deps,
+        )
+        runtime = ctx.actions.tset(JavaClasspathTSet, value = jar, children = children)
+    else:
+        runtime = ctx.actions.tset(JavaClasspathTSet, children = children)
+    classpath = classpath_args(runtime)
     launcher = ctx.actions.write(
         ctx.attrs.name + ".sh",
         cmd_args(
@@ -27,7 +39,7 @@ def _java_binary_impl(ctx: AnalysisContext) -> list[Provider]:
         absolute = True,
     )
     return [
-        DefaultInfo(default_output = launcher, other_outputs = classpath),
+        DefaultInfo(default_output = launcher, other_outputs = [classpath]),
         RunInfo(args = cmd_args(launcher, hidden = classpath)),
     ]
 

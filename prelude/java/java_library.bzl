@@ -1,76 +1,90 @@
 """java_library: Java sources (and resources) compiled on a warm javac worker into a jar."""
 
-load("//java:java_toolchain.bzl", "JavaToolchainInfo")
-load("//utils:lists.bzl", "unique")
+load("//java:java_providers.bzl", "JavaClasspathTSet", "JavaLibraryInfo", "classpath_args")
+load("//java:java_toolchain_providers.bzl", "JavaToolchainInfo")
 load("//utils:settings.bzl", "toolchain_target")
 load("//worker:worker_run.bzl", "worker_run")
 
-JavaLibraryInfo = provider(
-    doc = "A compiled Java library.",
-    fields = {
-        # Jars a dependent compiles against: this jar and those of its exported deps.
-        "compile_jars": provider_field(typing.Any),
-        # This library's jar (an Artifact).
-        "output_jar": provider_field(typing.Any),
-        # Every jar needed to run code that uses this library, this one first.
-        "runtime_jars": provider_field(typing.Any),
-    },
-)
-
 def compile_java(
-        ctx: AnalysisContext,
+        actions: AnalysisActions,
+        *,
         # A JavaToolchainInfo. Typed Any: Buck2 evaluates this file once per cell whose
         # BUCK files load it, so the provider type of a toolchain declared in another cell
         # is another instance, which an annotation would refuse.
         toolchain: typing.Any,
-        deps: list[typing.Any]) -> typing.Any:
-    """Compiles ctx.attrs.srcs against `deps` (JavaLibraryInfo) on the javac worker.
+        target_name: str,
+        srcs: list[Artifact],
+        resources: list[Artifact],
+        deps: list[typing.Any]) -> Artifact:
+    """Compiles `srcs` against `deps` on the javac worker, then jars them with `resources`.
 
     Args:
-      ctx: the analysis context of a rule with `srcs`, `resources` and `name`.
+      actions: `ctx.actions` of the target.
       toolchain: the JavaToolchainInfo.
-      deps: the JavaLibraryInfo of every dependency, exported ones included.
+      target_name: the target's name, for the jar's name and error messages.
+      srcs: the .java files; none is an analysis error.
+      resources: files added to the jar, at their package-relative paths.
+      deps: the JavaLibraryInfo of every library compiled against (exported ones included).
 
     Returns:
-      The jar (an Artifact) holding the classes and the resources.
+      The jar holding the classes and the resources.
     """
-    if not ctx.attrs.srcs:
-        fail(str(ctx.label.name) + ": a Java target needs srcs")
-    classpath = unique([jar for info in deps for jar in info.compile_jars])
-    classes = ctx.actions.declare_output("classes", dir = True)
+    if not srcs:
+        fail(target_name + ": a Java target needs srcs")
+    classes = actions.declare_output("classes", dir = True)
     parts = ["-d", classes.as_output()]
-    if classpath:
+    inputs = list(srcs)
+    if deps:
+        classpath = classpath_args(actions.tset(
+            JavaClasspathTSet,
+            children = [info.compile_classpath for info in deps],
+        ))
         parts += ["-cp", cmd_args(classpath, delimiter = ":")]
+        inputs.append(classpath)
     if toolchain.release:
         parts += ["--release", toolchain.release]
     parts += toolchain.javac_options or []
     worker_run(
-        ctx.actions,
+        actions,
         tool = toolchain.compiler,
-        args = cmd_args(parts, ctx.attrs.srcs),
+        args = cmd_args(parts, srcs),
         category = "javac",
-        inputs = ctx.attrs.srcs + classpath,
+        inputs = inputs,
     )
-    jar = ctx.actions.declare_output(ctx.attrs.name + ".jar")
+    jar = actions.declare_output(target_name + ".jar")
     jar_args = [toolchain.jar, "--create", "--file", jar.as_output(), "-C", classes, "."]
-    if ctx.attrs.resources:
-        resources = ctx.actions.symlinked_dir(
+    if resources:
+        resource_dir = actions.symlinked_dir(
             "resources",
-            {resource.short_path: resource for resource in ctx.attrs.resources},
+            {resource.short_path: resource for resource in resources},
         )
-        jar_args += ["-C", resources, "."]
-    ctx.actions.run(cmd_args(jar_args), category = "jar")
+        jar_args += ["-C", resource_dir, "."]
+    actions.run(cmd_args(jar_args), category = "jar")
     return jar
 
 def _java_library_impl(ctx: AnalysisContext) -> list[Provider]:
-    toolchain = ctx.attrs._java_toolchain[JavaToolchainInfo]
     deps = [dep[JavaLibraryInfo] for dep in ctx.attrs.deps]
     exported = [dep[JavaLibraryInfo] for dep in ctx.attrs.exported_deps]
-    jar = compile_java(ctx, toolchain, deps + exported)
+    jar = compile_java(
+        ctx.actions,
+        toolchain = ctx.attrs._java_toolchain[JavaToolchainInfo],
+        target_name = ctx.attrs.name,
+        srcs = ctx.attrs.srcs,
+        resources = ctx.attrs.resources,
+        deps = deps + exported,
+    )
     info = JavaLibraryInfo(
-        compile_jars = unique([jar] + [j for e in exported for j in e.compile_jars]),
+        compile_classpath = ctx.actions.tset(
+            JavaClasspathTSet,
+            value = jar,
+            children = [info.compile_classpath for info in exported],
+        ),
         output_jar = jar,
-        runtime_jars = unique([jar] + [j for d in deps + exported for j in d.runtime_jars]),
+        runtime_classpath = ctx.actions.tset(
+            JavaClasspathTSet,
+            value = jar,
+            children = [info.runtime_classpath for info in deps + exported],
+        ),
     )
     return [DefaultInfo(default_output = jar), info]
 

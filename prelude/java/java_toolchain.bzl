@@ -1,22 +1,7 @@
-"""The Java toolchain: the javac worker, jar, java, and the compiler options every target gets."""
+"""java_toolchain: the javac worker, jar, java, and the compiler options every target gets."""
 
-load("//worker:providers.bzl", "WorkerToolInfo")
-
-JavaToolchainInfo = provider(
-    doc = "What the Java rules compile, package and run with.",
-    fields = {
-        # The WorkerToolInfo of the javac worker (its fallback runs a cold javac).
-        "compiler": provider_field(typing.Any),
-        # The `jar` command (a RunInfo).
-        "jar": provider_field(typing.Any),
-        # The `java` command (a RunInfo), for java_binary's launcher.
-        "java": provider_field(typing.Any),
-        # Options added to every javac invocation (a list of str, or None).
-        "javac_options": provider_field(typing.Any, default = None),
-        # The --release level, or None for the compiler's default (a str or None).
-        "release": provider_field(typing.Any, default = None),
-    },
-)
+load("//java:java_toolchain_providers.bzl", "JavaToolchainInfo")
+load("//worker:worker_tool_providers.bzl", "WorkerToolInfo")
 
 def _java_toolchain_impl(ctx: AnalysisContext) -> list[Provider]:
     return [

@@ -1,11 +1,13 @@
-"""Reading the project's [persistent_workers] settings: names, allowed values, checks."""
+"""The [persistent_workers] settings: allowed values and checks (for worker_settings, which
+reads them), and the one key needed before any target can be named: toolchains_cell."""
 
 # Where worker requests go; the runtime's config key `routing` takes the same values.
 ROUTINGS = ["local", "remote", "auto", "race"]
 
 # The cell holding the toolchain targets the rules default to (java, haskell,
-# worker_runtime): `toolchains` here; another name where this prelude is mounted beside
-# Buck2's bundled one, whose demo toolchains already define `toolchains//:java`.
+# worker_runtime, worker_settings): `toolchains` here; another name where this prelude is
+# mounted beside Buck2's bundled one, whose demo toolchains already define
+# `toolchains//:java`.
 TOOLCHAINS_CELL = read_root_config("persistent_workers", "toolchains_cell", "toolchains")
 
 def toolchain_target(name: str) -> str:

@@ -1,7 +1,8 @@
 """The worker_tool rule: a backend that speaks Bazel's worker protocol, run warm by worker-runtime."""
 
-load("//utils:settings.bzl", "ROUTINGS", "bool_setting", "check_routing", "properties_setting", "toolchain_target")
-load("//worker:providers.bzl", "WorkerToolInfo")
+load("//utils:settings.bzl", "ROUTINGS", "check_routing", "toolchain_target")
+load("//worker:worker_settings_providers.bzl", "WorkerSettingsInfo")
+load("//worker:worker_tool_providers.bzl", "WorkerToolInfo")
 
 def routing_select(cell: str = "") -> typing.Any:
     """The routing of the execution platform a worker tool is configured for.
@@ -24,22 +25,8 @@ def routing_select(cell: str = "") -> typing.Any:
         choices[cell + "//platforms:routing_" + routing] = routing
     return select(choices)
 
-def _remote_settings(ctx: AnalysisContext) -> dict[str, typing.Any]:
-    """The [persistent_workers] remote settings, as the runtime's config key `remote`."""
-    remote = {"tls": bool_setting("remote_tls", ctx.attrs.remote_tls)}
-    for key in ("fallback_local", "cache", "persistent"):
-        remote[key] = bool_setting("remote_" + key, getattr(ctx.attrs, "remote_" + key))
-    for key in ("endpoint", "instance_name", "credentials_file", "tls_ca_file"):
-        value = getattr(ctx.attrs, "remote_" + key)
-        if value:
-            remote[key] = value
-    properties = properties_setting("remote_properties", ctx.attrs.remote_properties)
-    if properties:
-        remote["properties"] = properties
-    return remote
-
 def _runtime_config(ctx: AnalysisContext, backend: RunInfo) -> dict[str, typing.Any]:
-    """The JSON object that `worker-runtime serve --config` reads (keys: see its README)."""
+    """The JSON object that `worker-runtime serve --config` reads (keys: worker_runtime/config.py)."""
     config = {
         "cancellable": ctx.attrs.cancellable,
         "command": cmd_args(backend),
@@ -47,7 +34,7 @@ def _runtime_config(ctx: AnalysisContext, backend: RunInfo) -> dict[str, typing.
         "key_env": ctx.attrs.key_env,
         "multiplex": ctx.attrs.multiplex,
         "protocol": ctx.attrs.protocol,
-        "remote": _remote_settings(ctx),
+        "remote": ctx.attrs._worker_settings[WorkerSettingsInfo].remote,
         "routing": check_routing(ctx.attrs.routing),
         "tool_inputs": ctx.attrs.tool_inputs,
     }
@@ -124,42 +111,6 @@ worker_tool = rule(
             default = False,
             doc = "One backend process takes many requests at once.",
         ),
-        "remote_credentials_file": attrs.string(
-            default = read_root_config("persistent_workers", "remote_credentials_file", ""),
-            doc = "[persistent_workers] remote_credentials_file: a file with the bearer token.",
-        ),
-        "remote_cache": attrs.string(
-            default = read_root_config("persistent_workers", "remote_cache", "true"),
-            doc = "[persistent_workers] remote_cache: false marks remote actions do_not_cache.",
-        ),
-        "remote_endpoint": attrs.string(
-            default = read_root_config("persistent_workers", "remote_endpoint", ""),
-            doc = "[persistent_workers] remote_endpoint: the REAPI server, e.g. grpcs://host:443.",
-        ),
-        "remote_fallback_local": attrs.string(
-            default = read_root_config("persistent_workers", "remote_fallback_local", "false"),
-            doc = "[persistent_workers] remote_fallback_local: run locally when the remote fails.",
-        ),
-        "remote_instance_name": attrs.string(
-            default = read_root_config("persistent_workers", "remote_instance_name", ""),
-            doc = "[persistent_workers] remote_instance_name: the REAPI instance (the tenant).",
-        ),
-        "remote_persistent": attrs.string(
-            default = read_root_config("persistent_workers", "remote_persistent", "true"),
-            doc = "[persistent_workers] remote_persistent: false sends plain one-shot actions.",
-        ),
-        "remote_properties": attrs.string(
-            default = read_root_config("persistent_workers", "remote_properties", ""),
-            doc = "[persistent_workers] remote_properties: the platform's properties, name=value,...",
-        ),
-        "remote_tls": attrs.string(
-            default = read_root_config("persistent_workers", "remote_tls", "false"),
-            doc = "[persistent_workers] remote_tls: true or false.",
-        ),
-        "remote_tls_ca_file": attrs.string(
-            default = read_root_config("persistent_workers", "remote_tls_ca_file", ""),
-            doc = "[persistent_workers] remote_tls_ca_file: PEM roots to trust (default: the system's).",
-        ),
         "routing": attrs.string(
             default = routing_select(),
             doc = "Where requests go; by default what the execution platform's routing says.",
@@ -186,6 +137,11 @@ worker_tool = rule(
             providers = [RunInfo],
             default = toolchain_target("worker_runtime"),
             doc = "The worker-runtime command.",
+        )),
+        "_worker_settings": attrs.default_only(attrs.dep(
+            providers = [WorkerSettingsInfo],
+            default = toolchain_target("worker_settings"),
+            doc = "The [persistent_workers] settings; the remote ones reach the runtime config.",
         )),
     },
 )

@@ -4,31 +4,41 @@ starlark-pyo3 wraps starlark-rust, the interpreter Buck2 uses, so the prelude's 
 are parsed and run in Buck2's dialect (runtime-checked type annotations, no load
 re-export). What starlark-rust lacks of Buck2 (``rule``, ``attrs``, ``provider``,
 ``cmd_args``, the built-in providers, ``ctx``) is written below in Starlark, with the
-signatures of shared/reference/buck2-starlark-api.md: keyword-only where Buck2's are, so
+signatures Buck2's source gives them (app/buck2_build_api/src/interpreter/): keyword-only where Buck2's are, so
 an unknown or misplaced argument fails as it does in Buck2, and with Buck2's own checks
 (an empty ``WorkerInfo.exe``, a rule returning no ``DefaultInfo``, floats in
 ``write_json``, an output declared twice...).
 
+Transitive sets follow Buck2's (``transitive_set`` with ``args_projections``,
+``ctx.actions.tset``, ``project_as_args`` and its five orderings, walked as Buck2's
+iterators walk them); see the section in FAKE_API for what is left out.
+
 Known limits: a ``provider_field`` default that is a list or dict makes the fake's
-provider type unhashable (so it cannot index a dependency): use None. ``cmd_args`` here
-is a function, so it cannot be a type annotation as it
-can in Buck2; code tested with the fake annotates command lines ``typing.Any``.
+provider type unhashable (so it cannot index a dependency): use None. Provider field types
+are not checked. ``cmd_args`` here is a function, so it cannot be a type annotation as it
+can in Buck2; code tested with the fake annotates command lines ``typing.Any``. Every
+file is evaluated once, as Buck2 evaluates its prelude cell; Buck2 evaluates any other
+cell's .bzl once per cell that loads it (see provider_annotations).
 
 Python cannot receive Starlark functions (starlark-pyo3 converts values to plain data),
 so a rule's ``impl`` runs inside a Starlark harness and only plain data comes back:
-providers as dicts tagged with their name, actions as the fake recorded them.
+providers as dicts tagged with their name, actions as the fake recorded them. The harness
+module is kept, frozen, so that a later analysis can depend on the target
+(``Buck2Fake.dep``) and get its very providers, as Buck2 hands a dependent the frozen
+providers of its dependencies.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import starlark as sl
 
+from tests.starlark.definition_check import unbound_definitions
 from tests.starlark.freeze_check import unfreezable_captures
 from tests.starlark.provider_annotations import provider_annotations, provider_names
 
@@ -64,6 +74,28 @@ def _dialect(*, build_file: bool) -> sl.Dialect:
     return dialect
 
 
+def _cell_of(path: Path) -> tuple[str, Path]:
+    """The cell of a file of this repository, and that cell's root."""
+    for cell, root in CELLS.items():
+        if cell != "root" and root in path.parents:
+            return cell, root
+    return "root", CELLS["root"]
+
+
+def provider_modules(files: list[Path]) -> dict[str, str]:
+    """The load path (``@cell//pkg:file.bzl``) of each provider these files declare."""
+    found: dict[str, str] = {}
+    for path in files:
+        cell, root = _cell_of(path)
+        package = path.parent.relative_to(root).as_posix()
+        load_id = f"@{cell}//{'' if package == '.' else package}:{path.name}"
+        for name in provider_names([path]):
+            if name in found:
+                raise ValueError(f"provider {name} is declared twice: {found[name]}, {load_id}")
+            found[name] = load_id
+    return found
+
+
 def buck2_bzl_dialect() -> sl.Dialect:
     return _dialect(build_file=False)
 
@@ -86,6 +118,7 @@ Provider = typing.Any
 Artifact = typing.Any
 Dependency = typing.Any
 Label = typing.Any
+Attr = typing.Any
 
 _NO_DEFAULT = "<no default>"
 _UNSET = "<unset>"  # a parameter Buck2 types Option<T>: absent is fine, None is not
@@ -162,7 +195,11 @@ attrs = struct(
 )
 
 # -- providers ------------------------------------------------------------------------
-def provider_field(ty, /, *, default = None):
+def provider_field(ty, /, *, default = _NO_DEFAULT):
+    # Without a default the field is required, as in Buck2. The type is not checked (the
+    # fake's stand-ins for Artifact, cmd_args, transitive sets... are not types).
+    if default == _NO_DEFAULT:
+        return field(typing.Any)
     return field(typing.Any, default)
 
 def provider(*, doc = "", fields):
@@ -207,11 +244,12 @@ def WorkerRunInfo(*, worker = None, remote_worker = None, exe = []):
     return _WorkerRunInfo(worker = worker, remote_worker = remote_worker, exe = exe)
 
 # -- artifacts and cmd_args -------------------------------------------------------------
-def _artifact(path, short_path, is_source, key = None, is_output = False, declared = False):
+def _artifact(path, short_path, is_source, key = None, is_output = False, declared = False, owner = None):
     # In Buck2 two values of one artifact are equal (and dedupe in a dict). A struct with
-    # a lambda field never equals another, so only this analysis's own declared and bound
-    # outputs, each one value, carry the as_output() method; sources and the artifacts of
-    # dependencies compare by their fields.
+    # a lambda field never equals another, so only declared and bound outputs, each one
+    # value, carry the as_output() method; sources and hand-made artifacts compare by their
+    # fields. `owner` is the label of the target that declared the artifact (None for a
+    # source, as in Buck2): only that target's actions bind it.
     fields = dict(
         _kind = "artifact",
         path = path,
@@ -220,17 +258,18 @@ def _artifact(path, short_path, is_source, key = None, is_output = False, declar
         is_source = is_source,
         key = key,
         is_output = is_output,
+        owner = owner,
     )
     if declared:
-        fields["as_output"] = lambda: _as_output(path, short_path, is_source, key, is_output)
+        fields["as_output"] = lambda: _as_output(path, short_path, is_source, key, is_output, owner)
     return struct(**fields)
 
-def _as_output(path, short_path, is_source, key, is_output):
+def _as_output(path, short_path, is_source, key, is_output, owner):
     if is_source:
         fail("as_output: a source file cannot be an output:", path)
     if is_output:
         fail("as_output: already an output:", path)
-    return _artifact(path, short_path, False, key, True)
+    return _artifact(path, short_path, False, key, True, owner = owner)
 
 def _is_artifact(value):
     return type(value) == "struct" and getattr(value, "_kind", None) == "artifact"
@@ -271,6 +310,8 @@ def _cmd_items(arg):
 def _render_one(item, parent = 0):
     if type(item) == "string":
         return [item]
+    if _is_args_projection(item):
+        return _render(cmd_args(_projected(item)))
     if isinstance(item, _CmdArgs):
         return _render(item)
     if isinstance(item, RunInfo):
@@ -307,6 +348,8 @@ def _artifacts_of(value, ignored = False):
         return out
     if isinstance(value, RunInfo):
         return _artifacts_of(value.args, ignored)
+    if _is_args_projection(value):
+        return _artifacts_of(_projected(value), ignored)
     if isinstance(value, _WorkerRunInfo):
         return _artifacts_of(value.exe, ignored) + (_artifacts_of(value.worker.exe, ignored) if value.worker else [])
     if type(value) == "list":
@@ -320,6 +363,209 @@ def _artifacts_of(value, ignored = False):
             out.extend(_artifacts_of(v, ignored))
         return out
     return []
+
+# -- transitive sets ---------------------------------------------------------------------------
+# After app/buck2_build_api/src/interpreter/rule_defs/transitive_set/. A definition comes from
+# transitive_set() at the top level of a .bzl file (the binding is checked statically, by
+# definition_check.py); ctx.actions.tset() computes the args projections of its value when
+# the set is made, as Buck2 does, and takes children of the same definition only; the five
+# orderings walk the nodes exactly as traversal.rs and transitive_set_iterator.rs do, telling
+# nodes apart by identity (an id), never by value. A set made by a dependency is frozen, as
+# everything a dependency's analysis left. What the prelude does not use fails loudly:
+# json_projections, reductions, traverse().
+
+_ORDERINGS = ["preorder", "postorder", "topological", "bfs", "dfs"]
+_FOREVER = range(1 << 30)  # Starlark has no `while`: loops end with `break`
+
+_TSetNode = record(id = int, definition = typing.Any, has_value = bool, value = typing.Any, projections = dict, children = list)
+
+def transitive_set(*, args_projections = _UNSET, json_projections = _UNSET, reductions = _UNSET):
+    _py_require_bzl("transitive_set")
+    if json_projections != _UNSET or reductions != _UNSET:
+        fail("transitive_set: the fake implements args_projections only (add json_projections and reductions to tests/starlark/buck2_fake.py, after Buck2's transitive_set.rs)")
+    projections = {}
+    if args_projections != _UNSET:
+        if type(args_projections) != "dict":
+            fail("transitive_set: Type of parameter `args_projections` doesn't match, expected `dict[str, typing.Callable]`, actual `" + type(args_projections) + "`")
+        for name, function in args_projections.items():
+            if type(name) != "string" or type(function) != "function":
+                fail("transitive_set: args_projections maps names (str) to functions, not", repr(name), "to", type(function))
+            projections[name] = function
+    return struct(_kind = "tset_definition", _id = _py_next_id(), args_projections = projections)
+
+def _is_tset_definition(value):
+    return type(value) == "struct" and getattr(value, "_kind", None) == "tset_definition"
+
+def _is_tset(value):
+    return type(value) == "struct" and getattr(value, "_kind", None) == "tset"
+
+def _is_args_projection(value):
+    return type(value) == "struct" and getattr(value, "_kind", None) == "tset_args_projection"
+
+# How Buck2 names what a command line takes (as the real Buck2 prints it).
+_CMD_ARG_LIKE = "Artifact | CellPath | CellRoot | Label | OutputArtifact | ProjectRoot | ResolvedStringWithMacros | TaggedCommandLine | TargetLabel | TransitiveSetArgsProjection | WriteJsonCliArgs | cmd_args | str | RunInfo"
+
+def _is_cmd_arg_like(value):
+    # ValueAsCommandLineLike (cmd_args/value_as.rs): a list is not one.
+    return type(value) == "string" or _is_artifact(value) or isinstance(value, _CmdArgs) or isinstance(value, RunInfo) or _is_args_projection(value) or _is_target_label(value)
+
+def _check_ordering(ordering):
+    if ordering not in _ORDERINGS:
+        fail("Expected ordering to be one of `preorder`, `postorder`, `topological`, `bfs`, or `dfs`,  but got `" + str(ordering) + "`")
+
+def _make_tset(definition, value, children):
+    if not _is_tset_definition(definition):
+        fail("tset: Type of parameter `definition` doesn't match, expected `TransitiveSetDefinition`, actual `" + type(definition) + "`")
+    kids = []
+    given_children = []
+    if children != _UNSET:
+        if type(children) not in ("list", "tuple"):
+            fail("tset: `children` must be an iterable of transitive sets, not a", type(children))
+        for child in children:
+            if not _is_tset(child):
+                fail("Transitive set transitive values must be transitive sets, got `" + repr(child) + "`")
+            if child.definition._id != definition._id:
+                fail("Transitive set transitive values must be of the same transitive set type (expected: definition #" + str(definition._id) + ", got: definition #" + str(child.definition._id) + ")")
+            kids.append(child._node)
+            given_children.append(child)
+    projections = {}
+    if value != _UNSET:
+        for name, function in definition.args_projections.items():
+            projected = function(value)
+            for item in projected if type(projected) == "list" else [projected]:
+                if not _is_cmd_arg_like(item):
+                    fail("Expected `" + _CMD_ARG_LIKE + "`, but got `" + type(item) + " (repr: " + repr(item) + ")` (from transitive set projection " + name + ")")
+            projections[name] = projected
+    node = _TSetNode(
+        id = _py_next_id(),
+        definition = definition,
+        has_value = value != _UNSET,
+        value = None if value == _UNSET else value,
+        projections = projections,
+        children = kids,
+    )
+
+    def project_as_args(projection, *, ordering = "preorder"):
+        if type(projection) != "string":
+            fail("project_as_args: Type of parameter `projection` doesn't match, expected `str`, actual `" + type(projection) + "`")
+        if projection not in definition.args_projections:
+            fail("The requested projection `" + projection + "` does not exist. Valid projections: " + ", ".join(definition.args_projections.keys()))
+        _check_ordering(ordering)
+        return struct(_kind = "tset_args_projection", node = node, projection = projection, ordering = ordering)
+
+    def project_as_json(projection, *, ordering = "preorder"):
+        fail("project_as_json: the fake has no json projections (see transitive_set)")
+
+    def reduce(reduction):
+        fail("reduce: the fake has no reductions (see transitive_set)")
+
+    def traverse(*, ordering = "preorder"):
+        fail("traverse: not implemented by the fake; project the set instead")
+
+    return struct(
+        _kind = "tset",
+        _node = node,
+        children = given_children,
+        definition = definition,
+        project_as_args = project_as_args,
+        project_as_json = project_as_json,
+        reduce = reduce,
+        traverse = traverse,
+        value = node.value,
+    )
+
+def _traverse(root, ordering):
+    # The nodes of the set under `root` in Buck2's order for `ordering`, each once.
+    _check_ordering(ordering)
+    out = []
+    if ordering == "preorder":
+        # Marked seen when pushed: children in an order that keeps the stack small.
+        stack = [root]
+        seen = {}
+        for _ in _FOREVER:
+            if not stack:
+                break
+            node = stack.pop()
+            out.append(node)
+            for child in reversed(node.children):
+                if child.id not in seen:
+                    seen[child.id] = True
+                    stack.append(child)
+    elif ordering == "postorder":
+        # Children left to right, then the node.
+        stack = [(root, None)]
+        seen = {}
+        for child in reversed(root.children):
+            stack.append((child, child.id))
+        for _ in _FOREVER:
+            if not stack:
+                break
+            node, pending = stack.pop()
+            if pending == None:
+                out.append(node)
+            elif pending not in seen:
+                seen[pending] = True
+                stack.append((node, None))
+                for child in reversed(node.children):
+                    stack.append((child, child.id))
+    elif ordering == "topological":
+        # A node after every node that has it as a descendant: where it last occurs.
+        counts = {}
+        stack = [root]
+        for _ in _FOREVER:
+            if not stack:
+                break
+            node = stack.pop()
+            for child in reversed(node.children):
+                if child.id in counts:
+                    counts[child.id] += 1
+                else:
+                    counts[child.id] = 1
+                    stack.append(child)
+        stack = [root]
+        for _ in _FOREVER:
+            if not stack:
+                break
+            node = stack.pop()
+            out.append(node)
+            for child in reversed(node.children):
+                if counts[child.id] == 1:
+                    stack.append(child)
+                counts[child.id] -= 1
+    elif ordering == "bfs":
+        queue = [root]
+        seen = {}
+        for _ in _FOREVER:
+            if not queue:
+                break
+            node = queue.pop(0)
+            out.append(node)
+            for child in node.children:
+                if child.id not in seen:
+                    seen[child.id] = True
+                    queue.append(child)
+    else:
+        # dfs: the node, then its children left to right; marked seen when visited.
+        stack = [(root, None)]
+        seen = {}
+        for _ in _FOREVER:
+            if not stack:
+                break
+            node, identity = stack.pop()
+            if identity != None:
+                if identity in seen:
+                    continue
+                seen[identity] = True
+            for child in reversed(node.children):
+                if child.id not in seen:
+                    stack.append((child, child.id))
+            out.append(node)
+    return out
+
+def _projected(projection):
+    # The projected values of an args projection, in its ordering (nodes without a value
+    # are walked through and yield nothing).
+    return [n.projections[projection.projection] for n in _traverse(projection.node, projection.ordering) if n.has_value]
 
 # -- JSON as write_json renders it --------------------------------------------------------
 def _json_value(value):
@@ -336,6 +582,8 @@ def _json_value(value):
         return _render(value)
     if _is_artifact(value):
         return value.path
+    if _is_args_projection(value):
+        return _render(cmd_args(value))  # a command line: a list of strings (json.rs)
     fail("write_json: cannot encode a", kind)
 
 # -- ctx ------------------------------------------------------------------------------------
@@ -350,6 +598,7 @@ def _snake_case(category):
     return True
 
 def _make_actions(label, bindable = []):
+    owner = label.raw_target().text  # the artifacts this analysis declares, and only those, it binds
     declared = {}  # declared output key -> bound yet
     originals = {}  # declared output key -> the artifact declare_output returned
     for artifact in bindable:
@@ -363,13 +612,13 @@ def _make_actions(label, bindable = []):
         if name in declared:
             fail("declare_output: the same path twice:", name)
         declared[name] = False
-        originals[name] = _artifact("buck-out/v2/gen/root/" + label.package + "/__" + label.name + "__/" + name, name, False, name, declared = True)
+        originals[name] = _artifact("buck-out/v2/gen/root/" + label.package + "/__" + label.name + "__/" + name, name, False, name, declared = True, owner = owner)
         return originals[name]
 
     def _bind(artifact):
         if artifact.is_source:
             fail("a source file cannot be an action's output:", artifact.path)
-        if artifact.key not in declared:
+        if artifact.owner != owner or artifact.key not in declared:
             fail("this artifact was not declared here (nor handed to this dynamic_output's f):", artifact.path)
         if declared.get(artifact.key):
             fail("An artifact can be bound only once:", artifact.path)
@@ -380,11 +629,12 @@ def _make_actions(label, bindable = []):
         _bind(artifact)
         if artifact.key in originals:
             return originals[artifact.key]  # in Buck2 the bound artifact is the declared one
-        return _artifact(artifact.path, artifact.short_path, False, artifact.key, declared = True)
+        return _artifact(artifact.path, artifact.short_path, False, artifact.key, declared = True, owner = owner)
 
     def _check_inputs(value):
         for artifact, ignored in _artifacts_of(value):
-            if not ignored and not artifact.is_output and not artifact.is_source and not declared.get(artifact.key):
+            # A dependency's artifacts were bound by its own analysis.
+            if not ignored and not artifact.is_output and artifact.owner == owner and not declared.get(artifact.key):
                 fail("Input artifact must already be bound:", artifact.path)
 
     def write_json(output, content, /, *, with_inputs = False, pretty = False, absolute = False, has_content_based_path = None, use_dep_files_placeholder_for_content_based_paths = False):
@@ -494,7 +744,12 @@ def _make_actions(label, bindable = []):
         if inner._unbound():
             fail("dynamic_output: f did not bind every output:", inner._unbound())
 
-    return struct(declare_output = declare_output, dynamic_output = dynamic_output, run = run, symlinked_dir = symlinked_dir, write = write, write_json = write_json, _unbound = unbound)
+    def tset(definition, /, *, value = _UNSET, children = _UNSET):
+        if children == None:
+            fail("Operation `(iter)` not supported on type `NoneType`")
+        return _make_tset(definition, value, children)
+
+    return struct(declare_output = declare_output, dynamic_output = dynamic_output, run = run, symlinked_dir = symlinked_dir, tset = tset, write = write, write_json = write_json, _unbound = unbound)
 
 def _artifact_value(content):
     # Buck2's ArtifactValue has only these two methods.
@@ -519,6 +774,16 @@ def fake_dep_of(providers):
 def fake_dep(*providers):
     return {type_of(p): p for p in providers}
 
+def fake_dep_from(providers, provider_types):
+    # A dependency on a target the fake analysed before: its providers as that analysis
+    # left them (frozen, as Buck2 hands them to a dependent); provider_types names the
+    # types of the user providers among them ({"JavaLibraryInfo": JavaLibraryInfo}).
+    dep = {}
+    for p in providers:
+        name = _provider_name(p)
+        dep[provider_types[name] if name in provider_types else type_of(p)] = p
+    return dep
+
 def type_of(p):
     # Rule code indexes a dependency with the public name (ConstraintValueInfo, not the
     # record type behind the fake's checking constructor).
@@ -531,6 +796,8 @@ def type_of(p):
         _ConstraintValueInfo: ConstraintValueInfo,
         _ConfigurationInfo: ConfigurationInfo,
         _PlatformInfo: PlatformInfo,
+        _ExecutionPlatformInfo: ExecutionPlatformInfo,
+        _ExecutionPlatformRegistrationInfo: ExecutionPlatformRegistrationInfo,
     }
     for record_type, name in public.items():
         if isinstance(p, record_type):
@@ -573,6 +840,15 @@ def _coerce(name, spec, value, targets, package):
     return value
 
 def fake_analyse(rule_call, label_text, given, targets, constraints = None):
+    # The providers as plain data (see fake_providers).
+    return fake_plain(fake_providers(rule_call, label_text, given, targets, constraints))
+
+def fake_plain(providers):
+    return [_plain_provider(p) for p in providers]
+
+def fake_providers(rule_call, label_text, given, targets, constraints = None):
+    # Analyses one target: its attributes coerced and checked against the rule's, its
+    # implementation run, and its result checked as Buck2 checks it.
     impl = rule_call(_harness_impl = True)
     schema = rule_call(_harness_attrs = True)
     for name in given:
@@ -608,7 +884,7 @@ def fake_analyse(rule_call, label_text, given, targets, constraints = None):
     for p in providers:
         if isinstance(p, _PlatformInfo) and p.label not in (str(target_label), target_label.text):
             fail("`PlatformInfo` label for `platform()` rule should name the platform target itself, not", repr(p.label))
-    return [_plain_provider(p) for p in providers]
+    return providers
 
 def _provider_name(p):
     return repr(p).split("(")[0].removeprefix("record[").removesuffix("]").removeprefix("_")
@@ -626,6 +902,11 @@ def _plain(value):
         return {_plain_key(k): _plain(v) for k, v in value.items()}
     if type(value) == "struct" and getattr(value, "_kind", None) == "target_label":
         return value.text
+    if _is_args_projection(value):
+        return {"tset_projection": value.projection, "ordering": value.ordering, "cmd_args": _render(cmd_args(value))}
+    if _is_tset(value):
+        # Its values, in Buck2's default (preorder) traversal.
+        return {"tset": [_plain(n.value) for n in _traverse(value._node, "preorder") if n.has_value]}
     if type(value) == "record":
         return _plain_provider(value)
     return value
@@ -767,12 +1048,13 @@ def read_root_config(section, key, default = None, /):
 #: What every evaluated file sees of the fake, as Buck2's globals. They come from one
 #: frozen module (one load), so a provider type is the same object in every file.
 EXPORTS = (
-    "AnalysisContext", "AnalysisActions", "Provider", "Artifact", "Dependency", "Label",
+    "AnalysisContext", "AnalysisActions", "Provider", "Artifact", "Dependency", "Label", "Attr",
     "attrs", "provider", "provider_field", "DefaultInfo", "RunInfo", "WorkerInfo",
     "WorkerRunInfo", "cmd_args", "rule", "read_root_config", "fake_analyse", "fake_dep",
-    "fake_dep_of", "select", "ConstraintSettingInfo", "ConstraintValueInfo", "ConfigurationInfo",
+    "fake_dep_of", "fake_dep_from", "fake_providers", "fake_plain", "select",
+    "ConstraintSettingInfo", "ConstraintValueInfo", "ConfigurationInfo",
     "CommandExecutorConfig", "ExecutionPlatformInfo", "ExecutionPlatformRegistrationInfo", "PlatformInfo",
-    "fake_target_label", "fake_artifact", "glob",
+    "fake_target_label", "fake_artifact", "glob", "transitive_set",
 )  # fmt: skip
 API_LOAD_ID = "@buck2_fake//:api.bzl"
 
@@ -790,6 +1072,19 @@ def starlark_literal(value: Any) -> str:
             + "}"
         )
     return json.dumps(value)
+
+
+#: Where the analyses a fake keeps are loaded from (a dependent's harness loads them).
+ANALYSIS_LOAD_PREFIX = "@fake_analysis//:"
+
+
+@dataclass(frozen=True)
+class AnalysedDep:
+    """A dependency on a target that the same fake analysed before (``Buck2Fake.dep``): the
+    dependent gets that analysis's own providers, frozen, as Buck2 hands them over; so a
+    transitive set shared by two dependencies is one node, as in Buck2."""
+
+    label: str
 
 
 @dataclass
@@ -821,8 +1116,18 @@ class Buck2Fake:
     _cache: dict[Path, sl.FrozenModule] = field(default_factory=dict)
     _api: sl.FrozenModule | None = None
     _provider_names: set[str] | None = None
+    _provider_loads: dict[str, str] | None = None
     _package: Path = REPO_ROOT
     _analysing: bool = False
+    #: Which files read each (section, key) with read_root_config, as paths from the root.
+    config_reads: dict[tuple[str, str], set[str]] = field(default_factory=dict)
+    #: The files being evaluated, innermost last (for what only a .bzl file may do).
+    _evaluating: list[Path] = field(default_factory=list)
+    _next_id: int = 0
+    #: Each analysis kept for dependents: its frozen harness module, by number.
+    _analysis_modules: dict[str, sl.FrozenModule] = field(default_factory=dict)
+    #: Per analysed label: (its module's number, the names of the providers it returned).
+    _analysed: dict[str, tuple[str, list[str]]] = field(default_factory=dict)
     #: Builds the artifacts a dynamic_output reads and returns their contents (a build
     #: runner executes the actions recorded so far; analysis tests give canned contents).
     dynamic_resolver: Callable[[list[str]], list[str]] | None = None
@@ -835,15 +1140,26 @@ class Buck2Fake:
             module.add_callable("_py_target", self._record_target)
             module.add_callable("_py_glob", self._glob)
             module.add_callable("_py_read_root_config", self._read_root_config)
+            module.add_callable("_py_next_id", self._new_id)
+            module.add_callable("_py_require_bzl", self._require_bzl)
             sl.eval(module, sl.parse("<buck2 fake>", FAKE_API, buck2_bzl_dialect()), GLOBALS)
             self._api = module.freeze()
         return self._api
 
+    def _provider_files(self) -> list[Path]:
+        """The .bzl files of the cells and the examples."""
+        files = [p for cell in ("prelude", "toolchains") for p in CELLS[cell].rglob("*.bzl")]
+        return files + list(REPO_ROOT.glob("examples/**/*.bzl"))
+
+    def _provider_modules(self) -> dict[str, str]:
+        if self._provider_loads is None:
+            self._provider_loads = provider_modules(self._provider_files())
+        return self._provider_loads
+
     def _providers(self) -> set[str]:
         """Every provider declared in the cells' .bzl files (see provider_annotations)."""
         if self._provider_names is None:
-            files = [p for cell in ("prelude", "toolchains") for p in CELLS[cell].rglob("*.bzl")]
-            self._provider_names = provider_names(files + list(REPO_ROOT.glob("examples/**/*.bzl")))
+            self._provider_names = provider_names(self._provider_files())
         return self._provider_names
 
     def _dynamic_contents(self, paths: list[str]) -> list[str]:
@@ -854,11 +1170,31 @@ class Buck2Fake:
             )
         return self.dynamic_resolver(paths)
 
+    def _new_id(self) -> int:
+        """A number no other value of this fake has: the identity of a transitive set or
+        a definition, which Buck2 compares by pointer."""
+        self._next_id += 1
+        return self._next_id
+
+    def _require_bzl(self, function: str) -> None:
+        """``function`` runs only while a .bzl file loads (transitive_set_definition.rs)."""
+        if self._analysing:
+            raise RuntimeError(
+                "This function is unavailable during analysis (usual solution is to place "
+                "the information on a toolchain)"
+            )
+        if self._evaluating and self._evaluating[-1].name == "BUCK":
+            raise RuntimeError(f"`{function}()` can only be used in `bzl` files")
+
     def _read_root_config(self, section: str, key: str, default: str | None) -> str | None:
         if self._analysing:
             # Buck2: "This function is unavailable during analysis (usual solution is to
             # place the information on a toolchain)".
             raise RuntimeError("read_root_config() is unavailable during analysis")
+        if self._evaluating:
+            reader = self._evaluating[-1]
+            where = reader.relative_to(REPO_ROOT) if reader.is_relative_to(REPO_ROOT) else reader
+            self.config_reads.setdefault((section, key), set()).add(where.as_posix())
         return self.root_config.get((section, key), default)
 
     def _glob(self, include: list[str], exclude: list[str]) -> list[str]:
@@ -915,15 +1251,22 @@ class Buck2Fake:
             self._package = path.parent
 
         def load(load_id: str) -> sl.FrozenModule:
+            if load_id.startswith(ANALYSIS_LOAD_PREFIX):
+                return self._analysis_modules[load_id.removeprefix(ANALYSIS_LOAD_PREFIX)]
             target, target_cell = self.resolve(load_id, path, cell)
             return self.eval_file(target, target_cell)
 
         if path.name != "BUCK":
             problems = unfreezable_captures(text, str(path))
             problems += provider_annotations(text, str(path), self._providers())
+            problems += unbound_definitions(text, str(path))
             if problems:
                 raise UnfreezableCapture("\n".join(problems))
-        sl.eval(module, sl.parse(str(path), text, dialect), GLOBALS, sl.FileLoader(load))
+        self._evaluating.append(path)
+        try:
+            sl.eval(module, sl.parse(str(path), text, dialect), GLOBALS, sl.FileLoader(load))
+        finally:
+            self._evaluating.pop()
         frozen = module.freeze()
         if source is None:
             self._cache[path] = frozen
@@ -937,40 +1280,84 @@ class Buck2Fake:
             return str(exc)
         raise AssertionError(f"{expression} was accepted; Buck2 rejects it")
 
+    def dep(self, label: str) -> AnalysedDep:
+        """A dependency on ``label``, analysed before by this fake, for ``analyse``'s targets."""
+        if label not in self._analysed:
+            raise KeyError(f"{label} was not analysed by this fake (analyse it first)")
+        return AnalysedDep(label)
+
+    def _dep_expression(
+        self, dep: AnalysedDep, alias: str, loads: dict[str, dict[str, str]]
+    ) -> str:
+        """``fake_dep_from(...)`` over a kept analysis; adds what it loads to ``loads``."""
+        number, names = self._analysed[dep.label]
+        loads.setdefault(ANALYSIS_LOAD_PREFIX + number, {})[alias] = "providers"
+        types = []
+        for name in names:
+            where = self._provider_modules().get(name)
+            if where is not None:
+                loads.setdefault(where, {})[f"_fake_type_{name}"] = name
+                types.append(f"{json.dumps(name)}: _fake_type_{name}")
+        return f"fake_dep_from({alias}, {{{', '.join(types)}}})"
+
     def analyse(
         self,
         bzl: str,
         rule_name: str,
         label: str,
         attrs: dict[str, str],
-        targets: dict[str, str] | None = None,
+        targets: Mapping[str, str | AnalysedDep] | None = None,
         loads: dict[str, list[str]] | None = None,
         constraints: list[str] | None = None,
+        harness_dir: Path = CELLS["root"],
     ) -> Analysis:
-        """Analyses ``label``, a target of rule ``rule_name`` from ``bzl`` (``@cell//pkg:f.bzl``).
+        """Analyses ``label``, a target of rule ``rule_name`` from ``bzl`` (``@cell//pkg:f.bzl``,
+        or ``:f.bzl`` in ``harness_dir``, a directory of the root cell by default).
 
         ``attrs`` and ``targets`` (labels of deps, e.g. defaults) are Starlark expressions,
-        which may use the fake's ``fake_dep(...)`` and the built-in providers.
+        which may use the fake's ``fake_dep(...)`` and the built-in providers; a target may
+        also be ``self.dep(label)``, a target this fake analysed before. The analysis is
+        kept (its providers frozen) for dependents.
         ``constraints`` are the constraint values of the platform the target is configured
         for; None is Buck2's ``<unspecified>`` platform, where a select() with keys other
         than DEFAULT fails (an exec dep, such as a worker tool, has the execution
         platform's: pass ``[]`` or its values)."""
+        needed: dict[str, dict[str, str]] = {}
+        for path, names in (loads or {}).items():
+            needed.setdefault(path, {}).update({n: n for n in names})
+        needed.setdefault(bzl, {})[rule_name] = rule_name
+        known_items = []
+        for index, (key, value) in enumerate((targets or {}).items()):
+            if isinstance(value, AnalysedDep):
+                value = self._dep_expression(value, f"_fake_dep_{index}", needed)
+            known_items.append(f"{json.dumps(key)}: {value}")
         given = "{" + ", ".join(f"{json.dumps(k)}: {v}" for k, v in attrs.items()) + "}"
-        known = "{" + ", ".join(f"{json.dumps(k)}: {v}" for k, v in (targets or {}).items()) + "}"
-        extra = "".join(
-            f"load({json.dumps(path)}, {', '.join(json.dumps(n) for n in names)})\n"
-            for path, names in (loads or {}).items()
+        known = "{" + ", ".join(known_items) + "}"
+        header = "".join(
+            f"load({json.dumps(path)}, "
+            + ", ".join(f"{alias} = {json.dumps(name)}" for alias, name in names.items())
+            + ")\n"
+            for path, names in needed.items()
         )
         harness = (
-            extra + f"load({json.dumps(bzl)}, {json.dumps(rule_name)})\n"
-            f"def analyse():\n"
-            f"    return fake_analyse({rule_name}, {json.dumps(label)}, {given}, {known}, {starlark_literal(constraints)})\n"
+            header + f"providers = fake_providers({rule_name}, {json.dumps(label)}, {given}, "
+            f"{known}, {starlark_literal(constraints)})\n"
+            "def plain():\n"
+            "    return fake_plain(providers)\n"
         )
+        # The .bzl files load first: read_root_config is allowed there, not in analysis.
+        harness_path = harness_dir / "__harness__.bzl"
+        for path in needed:
+            if not path.startswith(ANALYSIS_LOAD_PREFIX):
+                self.eval_file(*self.resolve(path, harness_path, "root"))
         first = len(self.actions)
-        module = self.eval_file(CELLS["root"] / "__harness__.bzl", "root", harness)
         self._analysing = True
         try:
-            providers: list[dict[str, Any]] = module.call("analyse")  # type: ignore[assignment]
+            module = self.eval_file(harness_path, "root", harness)
         finally:
             self._analysing = False
+        providers: list[dict[str, Any]] = module.call("plain")  # type: ignore[assignment]
+        number = str(len(self._analysis_modules))
+        self._analysis_modules[number] = module
+        self._analysed[label] = (number, [p["_provider"] for p in providers])
         return Analysis(providers, self.actions[first:])

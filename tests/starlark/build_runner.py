@@ -23,7 +23,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tests.starlark.buck2_fake import REPO_ROOT, Analysis, Buck2Fake, starlark_literal
+from tests.starlark.buck2_fake import (
+    REPO_ROOT,
+    AnalysedDep,
+    Analysis,
+    Buck2Fake,
+    starlark_literal,
+)
 from workers_dev.demo_java import run_in_dependency_order
 from workers_dev.emulator import Buck2Worker, make_command
 
@@ -36,17 +42,25 @@ PRELUDE_HASKELL = {
 }
 
 
-def artifact_list(plain: list[dict[str, str]]) -> str:
-    return "[" + ", ".join(f"fake_artifact({json.dumps(a['artifact'])})" for a in plain) + "]"
+WORKER_SETTINGS = "//toolchains:worker_settings"
+RUNTIME_TARGET = 'fake_dep(RunInfo(args = cmd_args("worker-runtime")))'
 
 
-def java_library_dep(info: dict[str, Any]) -> str:
-    return (
-        "fake_dep_of({JavaLibraryInfo: JavaLibraryInfo("
-        f"output_jar = fake_artifact({json.dumps(info['output_jar']['artifact'])}), "
-        f"compile_jars = {artifact_list(info['compile_jars'])}, "
-        f"runtime_jars = {artifact_list(info['runtime_jars'])})}})"
-    )
+def worker_settings(fake: Buck2Fake) -> AnalysedDep:
+    """toolchains//:worker_settings analysed by ``fake`` (with the fake's root config), as
+    the dependency every worker_tool and the execution platform have."""
+    fake.analyse("@prelude//worker:worker_settings.bzl", "worker_settings", WORKER_SETTINGS, {})
+    return fake.dep(WORKER_SETTINGS)
+
+
+def worker_tool_targets(
+    fake: Buck2Fake, runtime: str = RUNTIME_TARGET
+) -> dict[str, str | AnalysedDep]:
+    """The targets a worker_tool's default attributes name: the runtime and the settings."""
+    return {
+        "toolchains//:worker_runtime": runtime,
+        "toolchains//:worker_settings": worker_settings(fake),
+    }
 
 
 def java_toolchain_dep(worker_exe: list[str]) -> str:
@@ -71,9 +85,10 @@ def worker_tool_config(name: str) -> dict[str, Any]:
         script = [f"toolchains/{host['script']}"] if "script" in host else []
         command = host.get("command", []) + script
         given[role] = f"fake_dep(RunInfo(args = cmd_args({json.dumps(command)})))"
-    analysis = Buck2Fake().analyse(
+    tool_fake = Buck2Fake()
+    analysis = tool_fake.analyse(
         "@prelude//worker:worker_tool.bzl", "worker_tool", f"//toolchains:{name}", given,
-        {"toolchains//:worker_runtime": 'fake_dep(RunInfo(args = cmd_args("worker-runtime")))'},
+        worker_tool_targets(tool_fake),
         constraints=[],  # an exec dep: configured for the execution platform
     )  # fmt: skip
     config: dict[str, Any] = json.loads(analysis.action("write_json")["content"])
@@ -131,20 +146,8 @@ class Language:
     prelude: dict[str, list[str]]
     toolchain_label: str
     toolchain: str
-    library_provider: str
     rule_of: Callable[[dict[str, Any]], str]
-    dep_expr: Callable[[dict[str, Any]], str]
     passed_attrs: tuple[str, ...]
-
-
-def haskell_library_dep(info: dict[str, Any]) -> str:
-    return (
-        "fake_dep_of({HaskellLibraryInfo: HaskellLibraryInfo("
-        f"archives = {artifact_list(info['archives'])}, "
-        f"interfaces = {artifact_list(info['interfaces'])}, "
-        f"packages = {json.dumps(info['packages'])}, "
-        f"search_path = cmd_args({json.dumps(info['search_path']['cmd_args'])}))}})"
-    )
 
 
 def haskell_toolchain_dep(worker_exe: list[str]) -> str:
@@ -161,9 +164,7 @@ JAVA = Language(
     prelude=PRELUDE_JAVA,
     toolchain_label="toolchains//:java",
     toolchain=java_toolchain_dep(["worker-runtime", "serve"]),
-    library_provider="JavaLibraryInfo",
     rule_of=lambda attrs: "java_binary" if "main_class" in attrs else "java_library",
-    dep_expr=java_library_dep,
     passed_attrs=("deps", "exported_deps", "main_class"),
 )
 
@@ -171,9 +172,7 @@ HASKELL = Language(
     prelude=PRELUDE_HASKELL,
     toolchain_label="toolchains//:haskell",
     toolchain=haskell_toolchain_dep(["worker-runtime", "serve"]),
-    library_provider="HaskellLibraryInfo",
     rule_of=lambda attrs: attrs["_impl"].strip("_").removesuffix("_impl"),
-    dep_expr=haskell_library_dep,
     passed_attrs=("deps", "packages", "compiler_flags"),
 )
 
@@ -201,13 +200,16 @@ def build_package(
     jobs: int = 2,
 ) -> BuildResult:
     """Builds every target of ``package`` in dependency order, at most ``jobs`` at a time;
-    within a target, actions run in the order the rule registered them."""
+    within a target, actions run in the order the rule registered them.
+
+    One fake analyses every target, one at a time (as Buck2 hands a dependent the frozen
+    providers of its dependencies, transitive sets included); the actions of up to
+    ``jobs`` targets run at once."""
     fake = Buck2Fake()
     fake.eval_file(REPO_ROOT / package / "BUCK", "root")
     targets = dict(fake.target_attrs)
     result = BuildResult()
-    done: dict[str, dict[str, Any]] = {}
-    lock = threading.Lock()
+    analysis_lock = threading.Lock()
 
     def deps_of(name: str) -> list[str]:
         attrs = targets[name]
@@ -220,35 +222,31 @@ def build_package(
         for key in language.passed_attrs:
             if key in attrs:
                 given[key] = json.dumps(attrs[key])
-        with lock:
-            known = {f":{dep}": language.dep_expr(done[dep]) for dep in deps_of(name)}
-        known[language.toolchain_label] = language.toolchain
-        fake = Buck2Fake()
-        executed = 0
+        with analysis_lock:
+            known: dict[str, str | AnalysedDep] = {
+                f":{dep}": fake.dep(f"//{package}:{dep}") for dep in deps_of(name)
+            }
+            known[language.toolchain_label] = language.toolchain
+            first = len(fake.actions)
+            executed = first
 
-        def run_pending() -> None:
-            nonlocal executed
-            while executed < len(fake.actions):
-                run_action(project, fake.actions[executed], worker, result)
-                executed += 1
+            def resolve(paths: list[str]) -> list[str]:
+                # A dynamic_output's f runs once what it reads is built, as in Buck2.
+                nonlocal executed
+                while executed < len(fake.actions):
+                    run_action(project, fake.actions[executed], worker, result)
+                    executed += 1
+                return [(project / path).read_text() for path in paths]
 
-        def resolve(paths: list[str]) -> list[str]:
-            # A dynamic_output's f runs once what it reads is built, as in Buck2.
-            run_pending()
-            return [(project / path).read_text() for path in paths]
-
-        fake.dynamic_resolver = resolve
-        analysis = fake.analyse(
-            f"@prelude//{rule.split('_')[0]}:{rule}.bzl", rule, f"//{package}:{name}", given,
-            known, language.prelude,
-        )  # fmt: skip
-        run_pending()
-        with lock:
+            fake.dynamic_resolver = resolve
+            analysis = fake.analyse(
+                f"@prelude//{rule.split('_')[0]}:{rule}.bzl", rule, f"//{package}:{name}", given,
+                known, language.prelude,
+            )  # fmt: skip
+            fake.dynamic_resolver = None
             result.analyses[name] = analysis
-            providers = [
-                p for p in analysis.providers if p["_provider"] == language.library_provider
-            ]
-            done[name] = providers[0] if providers else {}
+        for action in analysis.actions[executed - first :]:
+            run_action(project, action, worker, result)
 
     run_in_dependency_order(list(targets), deps_of, jobs, build)
     return result

@@ -7,18 +7,16 @@ import json
 import re
 import subprocess
 from pathlib import Path
-from typing import Any
 
 import pytest
 import starlark as sl
 
-from tests.starlark.buck2_fake import REPO_ROOT, Analysis, Buck2Fake
+from tests.starlark.buck2_fake import REPO_ROOT, AnalysedDep, Analysis, Buck2Fake
 from tests.starlark.build_runner import (
     PRELUDE_HASKELL,
     BuildResult,
     build_haskell_package,
     ghc_worker_config,
-    haskell_library_dep,
     haskell_toolchain_dep,
     javac_worker,
     make_project,
@@ -32,24 +30,36 @@ GEN = "buck-out/v2/gen/root/lib/__core__"
 def analyse(
     rule: str,
     attrs: dict[str, str],
-    targets: dict[str, str],
     imports: dict[str, list[str]] | None = None,
+    *,
+    fake: Buck2Fake | None = None,
+    label: str = "//lib:core",
 ) -> Analysis:
-    """Analyses //lib:core; ``imports`` is what the import scan of its modules found."""
-    targets = {"toolchains//:haskell": haskell_toolchain_dep(["worker-runtime"]), **targets}
-    fake = Buck2Fake()
+    """Analyses ``label``; ``imports`` is what the import scan of its modules found. Its
+    deps (``:name``) are targets of //base that ``fake`` analysed before."""
+    fake = fake or Buck2Fake()
+    targets: dict[str, str | AnalysedDep] = {
+        "toolchains//:haskell": haskell_toolchain_dep(["worker-runtime"])
+    }
+    for dep in json.loads(attrs.get("deps", "[]")):
+        targets[dep] = fake.dep("//base:" + dep.lstrip(":"))
     fake.dynamic_resolver = lambda paths: [json.dumps(imports or {}) for _ in paths]
     return fake.analyse(
-        f"@prelude//haskell:{rule}.bzl", rule, "//lib:core", attrs, targets, PRELUDE_HASKELL
+        f"@prelude//haskell:{rule}.bzl", rule, label, attrs, targets, PRELUDE_HASKELL
     )
 
 
-DEP: dict[str, Any] = {
-    "archives": [{"artifact": "buck-out/base/libbase.a"}],
-    "interfaces": [{"artifact": "buck-out/base/ifaces/Base/Util.hi"}],
-    "packages": ["containers"],
-    "search_path": {"cmd_args": ["-ibuck-out/base/ifaces"], "hidden": []},
-}
+BASE = "buck-out/v2/gen/root/base/__base__"
+
+
+def with_base() -> Buck2Fake:
+    """A fake that analysed //base:base: one module, Base.Util, using containers."""
+    fake = Buck2Fake()
+    base = {"srcs": '["Base/Util.hs"]', "packages": '["containers"]'}
+    analyse("haskell_library", base, fake=fake, label="//base:base")
+    return fake
+
+
 TWO_MODULES = {"srcs": '["Sub/B.hs", "A.hs"]', "deps": '[":base"]'}
 
 
@@ -64,8 +74,8 @@ def test_modules_compile_in_import_order_after_a_scan() -> None:
     analysis = analyse(
         "haskell_library",
         {**TWO_MODULES, "compiler_flags": '["-O0"]'},
-        {":base": haskell_library_dep(DEP)},
         imports={"A": [], "Sub.B": ["A"]},
+        fake=with_base(),
     )
     (scan,) = [a for a in analysis.actions if a.get("category") == "haskell_scan_imports"]
     assert scan["arguments"] == [
@@ -81,12 +91,12 @@ def test_modules_compile_in_import_order_after_a_scan() -> None:
     # A imports nothing of its target: no own search path, no own interface as input.
     assert argfile_lines(analysis, "A") == [
         "-c", "lib/A.hs", "-o", f"{GEN}/objs/A.o", "-ohi", f"{GEN}/ifaces/A.hi",
-        "-i", "-ibuck-out/base/ifaces", "-package", "containers", "-O0",
+        "-i", f"-i{BASE}/ifaces", "-package", "containers", "-O0",
     ]  # fmt: skip
     # B finds A's interface in this target's interface folder, then the dep's.
     assert argfile_lines(analysis, "Sub/B") == [
         "-c", "lib/Sub/B.hs", "-o", f"{GEN}/objs/Sub/B.o", "-ohi", f"{GEN}/ifaces/Sub/B.hi",
-        "-i", f"-i{GEN}/ifaces", "-ibuck-out/base/ifaces", "-package", "containers", "-O0",
+        "-i", f"-i{GEN}/ifaces", f"-i{BASE}/ifaces", "-package", "containers", "-O0",
     ]  # fmt: skip
     runs = [a for a in analysis.actions if a["kind"] == "run"]
     compiles = [r for r in runs if r["category"] == "haskell_compile"]
@@ -100,22 +110,24 @@ def test_modules_compile_in_import_order_after_a_scan() -> None:
     }
     assert envelopes["A.envelope.json"]["inputs"] == [
         "lib/A.hs",
-        "buck-out/base/ifaces/Base/Util.hi",
+        f"{BASE}/ifaces/Base/Util.hi",
     ]
     assert envelopes["B.envelope.json"]["inputs"] == [
         "lib/Sub/B.hs",
         f"{GEN}/ifaces/A.hi",
-        "buck-out/base/ifaces/Base/Util.hi",
+        f"{BASE}/ifaces/Base/Util.hi",
     ]
     (archive,) = [r for r in runs if r["category"] == "haskell_archive"]
     assert archive["arguments"] == [
         "ar", "qcs", f"{GEN}/libcore.a", f"{GEN}/objs/Sub/B.o", f"{GEN}/objs/A.o"
     ]  # fmt: skip
     info = analysis.provider("HaskellLibraryInfo")
-    assert info["archives"] == [{"artifact": f"{GEN}/libcore.a"}, *DEP["archives"]]
     assert info["packages"] == ["containers"]
-    assert info["search_path"]["cmd_args"] == [f"-i{GEN}/ifaces", "-ibuck-out/base/ifaces"]
-    assert {"artifact": "buck-out/base/ifaces/Base/Util.hi"} in info["interfaces"]
+    core, base = info["libraries"]["tset"]  # this library's node, then its dependency's
+    assert core["archive"] == {"artifact": f"{GEN}/libcore.a"}
+    assert core["interfaces"] == [{"artifact": f"{GEN}/ifaces/{m}.hi"} for m in ("Sub/B", "A")]
+    assert core["search_path"]["cmd_args"] == [f"-i{GEN}/ifaces"]
+    assert base["archive"] == {"artifact": f"{BASE}/libbase.a"}
 
 
 def test_modules_that_import_each_other_in_a_cycle_are_an_analysis_error() -> None:
@@ -123,16 +135,15 @@ def test_modules_that_import_each_other_in_a_cycle_are_an_analysis_error() -> No
         sl.StarlarkError, match=re.escape("import each other in a cycle: A -> Sub.B -> A")
     ):
         analyse(
-            "haskell_library", TWO_MODULES, {":base": haskell_library_dep(DEP)},
-            imports={"A": ["Sub.B"], "Sub.B": ["A"]},
+            "haskell_library", TWO_MODULES, imports={"A": ["Sub.B"], "Sub.B": ["A"]},
+            fake=with_base(),
         )  # fmt: skip
 
 
 def test_independent_modules_do_not_wait_for_each_other() -> None:
     analysis = analyse(
-        "haskell_library", TWO_MODULES, {":base": haskell_library_dep(DEP)},
-        imports={"A": [], "Sub.B": []},
-    )  # fmt: skip
+        "haskell_library", TWO_MODULES, imports={"A": [], "Sub.B": []}, fake=with_base()
+    )
     assert f"-i{GEN}/ifaces" not in argfile_lines(analysis, "Sub/B")
     envelopes = [json.loads(a["content"]) for a in analysis.actions if a["kind"] == "write_json"]
     assert all(f"{GEN}/ifaces/A.hi" not in e["inputs"] for e in envelopes)
@@ -140,14 +151,38 @@ def test_independent_modules_do_not_wait_for_each_other() -> None:
 
 def test_binary_links_its_objects_with_every_archive() -> None:
     analysis = analyse(
-        "haskell_binary", {"srcs": '["Main.hs"]', "deps": '[":base"]'},
-        {":base": haskell_library_dep(DEP)},
-    )  # fmt: skip
+        "haskell_binary", {"srcs": '["Main.hs"]', "deps": '[":base"]'}, fake=with_base()
+    )
     (link,) = [a for a in analysis.actions if a.get("category") == "haskell_link"]
     assert link["arguments"] == [
         "ghc", "-o", f"{GEN}/core", f"{GEN}/objs/Main.o",
-        "buck-out/base/libbase.a", "-package", "containers",
+        f"{BASE}/libbase.a", "-package", "containers",
     ]  # fmt: skip
+
+
+def test_a_diamond_links_each_archive_once_before_what_it_needs() -> None:
+    """app needs left and right, both need base; left also needs util, which needs base:
+    every archive once, each before every archive it needs, and packages once."""
+    fake = Buck2Fake()
+    needs = {"base": [], "util": ["base"], "left": ["util", "base"], "right": ["base"]}
+    for name, deps in needs.items():
+        attrs = {"srcs": f'["{name.title()}.hs"]', "packages": '["containers"]'}
+        attrs["deps"] = json.dumps([f":{d}" for d in deps])
+        analyse("haskell_library", attrs, fake=fake, label=f"//base:{name}")
+    app = analyse(
+        "haskell_binary", {"srcs": '["Main.hs"]', "deps": '[":left", ":right"]'}, fake=fake
+    )
+    (link,) = [a for a in app.actions if a.get("category") == "haskell_link"]
+    archives = [a.split("/")[-1] for a in link["arguments"] if a.endswith(".a")]
+    assert sorted(archives) == ["libbase.a", "libleft.a", "libright.a", "libutil.a"]
+    for library, needed in needs.items():
+        for other in needed:
+            assert archives.index(f"lib{library}.a") < archives.index(f"lib{other}.a"), archives
+    assert link["arguments"][-2:] == ["-package", "containers"]
+    # Main's compile searches each library's interfaces once, a library before its deps.
+    search = [a for a in argfile_lines(app, "Main") if a.startswith("-ibuck-out")]
+    names = [path.split("/__")[1].split("__")[0] for path in search]
+    assert names == ["left", "util", "base", "right"]
 
 
 @pytest.mark.parametrize(
@@ -161,7 +196,7 @@ def test_binary_links_its_objects_with_every_archive() -> None:
 )
 def test_bad_srcs_are_analysis_errors(srcs: str, message: str) -> None:
     with pytest.raises(sl.StarlarkError, match=message):
-        analyse("haskell_library", {"srcs": srcs}, {})
+        analyse("haskell_library", {"srcs": srcs})
 
 
 def test_example_is_a_realistic_small_codebase() -> None:
@@ -237,21 +272,3 @@ def test_buck2_builds_the_ghc_worker_with_plain_ghc(tmp_path: Path) -> None:
     )  # fmt: skip
     assert compiled.returncode == 0, compiled.stderr
     assert (project / "Hello.o").exists()
-
-
-def test_link_order_keeps_every_library_before_what_it_needs(tmp_path: Path) -> None:
-    """A diamond: app needs left and right, both need base; left also needs util."""
-    module = Buck2Fake().eval_file(
-        tmp_path / "case.bzl",
-        "root",
-        'load("@prelude//utils:lists.bzl", "link_order")\n'
-        "def order():\n"
-        '    left = ["left", "util", "base"]\n'
-        '    right = ["right", "base"]\n'
-        '    return link_order([["app"], left, right, ["util", "base"]])\n',
-    )
-    order: list[str] = module.call("order")  # type: ignore[assignment]
-    assert sorted(order) == ["app", "base", "left", "right", "util"]
-    needs = {"app": ["left", "right"], "left": ["util", "base"], "right": ["base"], "util": []}
-    for library, needed in needs.items():
-        assert all(order.index(library) < order.index(n) for n in needed), order

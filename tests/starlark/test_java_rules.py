@@ -10,12 +10,11 @@ from pathlib import Path
 import pytest
 import starlark as sl
 
-from tests.starlark.buck2_fake import REPO_ROOT, Buck2Fake
+from tests.starlark.buck2_fake import REPO_ROOT, AnalysedDep, Analysis, Buck2Fake
 from tests.starlark.build_runner import (
     PRELUDE_JAVA,
     BuildResult,
     build_java_package,
-    java_library_dep,
     java_toolchain_dep,
     javac_worker,
     javac_worker_config,
@@ -30,64 +29,102 @@ declined: payment of 1.00 does not cover 59.98
 """
 
 
-def analyse_library(attrs: dict[str, str], targets: dict[str, str]) -> object:
-    targets = {"toolchains//:java": java_toolchain_dep(["worker-runtime"]), **targets}
-    return Buck2Fake().analyse(
-        "@prelude//java:java_library.bzl", "java_library", "//lib:b", attrs, targets, PRELUDE_JAVA
+GEN = "buck-out/v2/gen/root/lib"
+
+
+def jar(name: str) -> str:
+    return f"{GEN}/__{name}__/{name}.jar"
+
+
+def analyse_java(
+    fake: Buck2Fake, name: str, attrs: dict[str, str], rule: str = "java_library"
+) -> Analysis:
+    """Analyses //lib:<name>; its deps are targets of //lib that ``fake`` analysed before."""
+    targets: dict[str, str | AnalysedDep] = {
+        "toolchains//:java": java_toolchain_dep(["worker-runtime"])
+    }
+    for key in ("deps", "exported_deps"):
+        for dep in json.loads(attrs.get(key, "[]")):
+            targets[dep] = fake.dep("//lib:" + dep.lstrip(":"))
+    return fake.analyse(
+        f"@prelude//java:{rule}.bzl", rule, f"//lib:{name}", attrs, targets, PRELUDE_JAVA
     )
+
+
+def analyse_library(attrs: dict[str, str]) -> Analysis:
+    return analyse_java(Buck2Fake(), "b", attrs)
+
+
+def javac_args(analysis: Analysis) -> list[str]:
+    """The javac arguments of a target: its @argfile's lines."""
+    (argfile,) = [a for a in analysis.actions if a["kind"] == "write"]
+    lines: list[str] = argfile["content"].split("\n")
+    return lines
 
 
 def test_java_library_compiles_on_the_worker_against_its_deps() -> None:
-    dep = {
-        "output_jar": {"artifact": "buck-out/a/a.jar"},
-        "compile_jars": [{"artifact": "buck-out/a/a.jar"}, {"artifact": "buck-out/x/x.jar"}],
-        "runtime_jars": [{"artifact": "buck-out/a/a.jar"}, {"artifact": "buck-out/x/x.jar"}],
-    }
-    analysis = analyse_library(
-        {
-            "srcs": '["B.java", "C.java"]',
-            "deps": '[":a"]',
-            "resources": '["b.properties"]',
-        },
-        {":a": java_library_dep(dep)},
+    fake = Buck2Fake()
+    analyse_java(fake, "x", {"srcs": '["X.java"]'})
+    analyse_java(fake, "a", {"srcs": '["A.java"]', "exported_deps": '[":x"]'})
+    analysis = analyse_java(
+        fake,
+        "b",
+        {"srcs": '["B.java", "C.java"]', "deps": '[":a"]', "resources": '["b.properties"]'},
     )
-    argfile = analysis.action("write")  # type: ignore[attr-defined]
-    classes = "buck-out/v2/gen/root/lib/__b__/classes"
+    argfile = analysis.action("write")
+    classes = f"{GEN}/__b__/classes"
     assert argfile["content"].split("\n") == [
-        "-d", classes, "-cp", "buck-out/a/a.jar:buck-out/x/x.jar", "--release", "17",
+        "-d", classes, "-cp", f"{jar('a')}:{jar('x')}", "--release", "17",
         "lib/B.java", "lib/C.java",
     ]  # fmt: skip
-    runs = [a for a in analysis.actions if a["kind"] == "run"]  # type: ignore[attr-defined]
-    javac, jar = runs
+    runs = [a for a in analysis.actions if a["kind"] == "run"]
+    javac, jar_run = runs
     assert javac["category"] == "javac" and javac["fallback"] == ["javac"]
     assert javac["arguments"] == ["@" + argfile["output"]] and javac["outputs"] == [classes]
-    assert jar["arguments"][:4] == [
-        "jar",
-        "--create",
-        "--file",
-        "buck-out/v2/gen/root/lib/__b__/b.jar",
-    ]
-    assert jar["arguments"][4:] == [
+    envelope = json.loads(analysis.action("write_json")["content"])
+    assert envelope["inputs"] == ["lib/B.java", "lib/C.java", jar("a"), jar("x")]
+    assert jar_run["arguments"][:4] == ["jar", "--create", "--file", jar("b")]
+    assert jar_run["arguments"][4:] == [
         "-C",
         classes,
         ".",
         "-C",
-        "buck-out/v2/gen/root/lib/__b__/resources",
+        f"{GEN}/__b__/resources",
         ".",
     ]
-    info = analysis.provider("JavaLibraryInfo")  # type: ignore[attr-defined]
-    b_jar = {"artifact": "buck-out/v2/gen/root/lib/__b__/b.jar"}
-    assert info["compile_jars"] == [b_jar]  # deps are not exported
-    assert info["runtime_jars"] == [
-        b_jar,
-        {"artifact": "buck-out/a/a.jar"},
-        {"artifact": "buck-out/x/x.jar"},
-    ]
+    info = analysis.provider("JavaLibraryInfo")
+    b_jar = {"artifact": jar("b")}
+    assert info["output_jar"] == b_jar
+    assert info["compile_classpath"] == {"tset": [b_jar]}  # deps are not exported
+    assert info["runtime_classpath"] == {
+        "tset": [b_jar, {"artifact": jar("a")}, {"artifact": jar("x")}]
+    }
+
+
+def test_a_diamond_puts_each_jar_on_the_classpath_once_in_order() -> None:
+    """app needs left and right, both export base: base once, where first met, and the
+    binary's runtime classpath is the library's own jar, then its deps left to right."""
+    fake = Buck2Fake()
+    analyse_java(fake, "base", {"srcs": '["Base.java"]'})
+    analyse_java(fake, "left", {"srcs": '["Left.java"]', "exported_deps": '[":base"]'})
+    analyse_java(fake, "right", {"srcs": '["Right.java"]', "exported_deps": '[":base"]'})
+    app = analyse_java(fake, "app", {"srcs": '["App.java"]', "deps": '[":left", ":right"]'})
+    cp = javac_args(app)[javac_args(app).index("-cp") + 1]
+    assert cp.split(":") == [jar("left"), jar("base"), jar("right")]
+    binary = analyse_java(
+        fake, "main", {"srcs": '["Main.java"]', "deps": '[":app", ":right"]',
+                       "main_class": '"Main"'}, rule="java_binary",
+    )  # fmt: skip
+    (launcher,) = [a for a in binary.actions if a.get("output", "").endswith("/main.sh")]
+    classpath = launcher["content"].split(" -cp ")[1].split(" ")[0].split(":")
+    assert classpath == [jar("main"), jar("app"), jar("left"), jar("base"), jar("right")]
+    run_info = binary.provider("RunInfo")["args"]
+    assert run_info["hidden"][0]["cmd_args"] == classpath
 
 
 def test_java_library_without_srcs_is_an_analysis_error() -> None:
     with pytest.raises(sl.StarlarkError, match="a Java target needs srcs"):
-        analyse_library({}, {})
+        analyse_library({})
 
 
 def test_example_is_a_realistic_small_codebase() -> None:

@@ -1,5 +1,6 @@
-"""The execution platforms, the [persistent_workers] settings, and the routing that worker
-tools pick up from the execution platform through select()."""
+"""The execution platforms, the [persistent_workers] settings (read once, by the
+worker_settings target), and the routing that worker tools pick up from the execution
+platform through select()."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import pytest
 import starlark as sl
 
 from tests.starlark.buck2_fake import CELLS, Analysis, Buck2Fake
+from tests.starlark.build_runner import worker_settings, worker_tool_targets
 from worker_runtime.config import config_from_mapping
 
 ROUTINGS = ("local", "remote", "auto", "race")
@@ -29,21 +31,31 @@ def platforms_buck(root_config: dict[tuple[str, str], str]) -> dict[str, Any]:
     return fake.target_attrs
 
 
-def analyse_platforms(attrs: dict[str, Any]) -> Analysis:
-    given = {
-        k: json.dumps(v) for k, v in attrs.items() if k in ("enabled", "routing", "routing_values")
-    }
-    targets = {f":routing_{name}": routing_value(name) for name in ROUTINGS}
-    return Buck2Fake().analyse(
+def analyse_platforms(
+    root_config: dict[tuple[str, str], str], extra: dict[str, str] | None = None
+) -> Analysis:
+    """prelude//platforms:platforms as its BUCK file declares it, with the settings that
+    worker_settings reads from ``root_config``."""
+    fake = Buck2Fake(root_config=root_config)
+    attrs = platforms_buck(root_config)["platforms"]
+    given = {"routing_values": json.dumps(attrs["routing_values"]), **(extra or {})}
+    targets: dict[str, Any] = {f":routing_{name}": routing_value(name) for name in ROUTINGS}
+    targets["toolchains//:worker_settings"] = worker_settings(fake)
+    targets[":linux"] = LINUX
+    return fake.analyse(
         "@prelude//platforms:execution_platforms.bzl", "persistent_worker_platforms",
         "//platforms:platforms", given, targets,
     )  # fmt: skip
 
 
+OS_SETTING = 'ConstraintSettingInfo(label = fake_target_label("cfg//os:os"))'
+LINUX = f'fake_dep(ConstraintValueInfo(setting = {OS_SETTING}, label = fake_target_label("cfg//os:linux")))'
+
+
 def test_platform_from_default_config_turns_workers_on_locally() -> None:
     attrs = platforms_buck({})["platforms"]
-    assert (attrs["routing"], attrs["enabled"]) == ("local", "true")
-    registration = analyse_platforms(attrs).provider("ExecutionPlatformRegistrationInfo")
+    assert "routing" not in attrs and "enabled" not in attrs  # read by worker_settings
+    registration = analyse_platforms({}).provider("ExecutionPlatformRegistrationInfo")
     (platform,) = registration["platforms"]
     assert platform["label"] == "root//platforms:platforms"
     assert platform["executor_config"]["use_persistent_workers"] is True
@@ -58,19 +70,15 @@ def test_platform_from_default_config_turns_workers_on_locally() -> None:
 
 
 def test_one_line_of_buckconfig_switches_the_routing() -> None:
-    attrs = platforms_buck({("persistent_workers", "routing"): "remote"})["platforms"]
-    (platform,) = analyse_platforms(attrs).provider("ExecutionPlatformRegistrationInfo")[
-        "platforms"
-    ]
+    analysis = analyse_platforms({("persistent_workers", "routing"): "remote"})
+    (platform,) = analysis.provider("ExecutionPlatformRegistrationInfo")["platforms"]
     value = platform["configuration"]["constraints"]["prelude//platforms:worker_routing"]
     assert value["label"] == "prelude//platforms:routing_remote"
 
 
 def test_workers_can_be_switched_off() -> None:
-    attrs = platforms_buck({("persistent_workers", "enabled"): "false"})["platforms"]
-    (platform,) = analyse_platforms(attrs).provider("ExecutionPlatformRegistrationInfo")[
-        "platforms"
-    ]
+    analysis = analyse_platforms({("persistent_workers", "enabled"): "false"})
+    (platform,) = analysis.provider("ExecutionPlatformRegistrationInfo")["platforms"]
     assert platform["executor_config"]["use_persistent_workers"] is False
 
 
@@ -88,10 +96,42 @@ def test_workers_can_be_switched_off() -> None:
 def test_bad_setting_is_an_analysis_error_naming_the_key(
     setting: str, value: str, message: str
 ) -> None:
-    attrs = platforms_buck({("persistent_workers", setting): value})["platforms"]
     with pytest.raises(sl.StarlarkError) as info:
-        analyse_platforms(attrs)
+        analyse_platforms({("persistent_workers", setting): value})
     assert message in str(info.value)
+
+
+def test_settings_are_read_once_by_the_worker_settings_target() -> None:
+    """worker_settings.bzl reads every [persistent_workers] key but the commands of the
+    toolchains (runtime, python: toolchains/BUCK) and toolchains_cell, which says where
+    worker_settings is; the platform and the worker tools depend on that target."""
+    fake = Buck2Fake()
+    fake.eval_file(CELLS["prelude"] / "platforms" / "BUCK", "prelude")
+    fake.eval_file(CELLS["toolchains"] / "BUCK", "toolchains")
+    fake.eval_file(
+        CELLS["root"] / "__check__.bzl", "root", 'load("@prelude//:prelude.bzl", "worker_tool")\n'
+    )
+    readers = {
+        key: where
+        for (section, key), where in fake.config_reads.items()
+        if section == "persistent_workers"
+    }
+    section = (CELLS["root"] / ".buckconfig").read_text().split("\n[persistent_workers]\n")[1]
+    documented = {
+        line.split("=")[0].strip()
+        for line in section.split("\n[")[0].splitlines()
+        if "=" in line and not line.strip().startswith("#")
+    }
+    assert documented == set(readers)  # every key .buckconfig lists is read, and no other
+    assert readers.pop("toolchains_cell") == {"prelude/utils/settings.bzl"}
+    assert readers.pop("runtime") == readers.pop("python") == {"toolchains/BUCK"}
+    assert set(readers) == {
+        "enabled", "routing", "remote_endpoint", "remote_instance_name", "remote_credentials_file",
+        "remote_tls", "remote_tls_ca_file", "remote_properties", "remote_fallback_local",
+        "remote_cache", "remote_persistent",
+    }  # fmt: skip
+    assert all(where == {"prelude/worker/worker_settings.bzl"} for where in readers.values())
+    assert fake.target_attrs["worker_settings"]["_impl"] == "_worker_settings_impl"
 
 
 def analyse_tool(root_config: dict[tuple[str, str], str], constraints: list[str]) -> dict[str, Any]:
@@ -99,7 +139,7 @@ def analyse_tool(root_config: dict[tuple[str, str], str], constraints: list[str]
     analysis = fake.analyse(
         "@prelude//worker:worker_tool.bzl", "worker_tool", "//tools:w",
         {"backend": 'fake_dep(RunInfo(args = cmd_args("w")))'},
-        {"toolchains//:worker_runtime": 'fake_dep(RunInfo(args = cmd_args("worker-runtime")))'},
+        worker_tool_targets(fake),
         constraints=constraints,
     )  # fmt: skip
     config: dict[str, Any] = json.loads(analysis.action("write_json")["content"])
@@ -109,10 +149,8 @@ def analyse_tool(root_config: dict[tuple[str, str], str], constraints: list[str]
 @pytest.mark.parametrize("routing", ROUTINGS)
 def test_worker_tool_picks_the_routing_of_its_execution_platform(routing: str) -> None:
     # The constraint the platform carries is the key the tool's select() matches.
-    attrs = platforms_buck({("persistent_workers", "routing"): routing})["platforms"]
-    (platform,) = analyse_platforms(attrs).provider("ExecutionPlatformRegistrationInfo")[
-        "platforms"
-    ]
+    analysis = analyse_platforms({("persistent_workers", "routing"): routing})
+    (platform,) = analysis.provider("ExecutionPlatformRegistrationInfo")["platforms"]
     constraints = [v["label"] for v in platform["configuration"]["constraints"].values()]
     config = analyse_tool({}, constraints)
     assert config["routing"] == routing
@@ -203,19 +241,7 @@ def test_read_root_config_is_refused_during_analysis(tmp_path: Path) -> None:
 
 
 def test_extra_constraints_join_the_routing_constraint() -> None:
-    attrs = platforms_buck({})["platforms"]
-    given = {
-        k: json.dumps(v) for k, v in attrs.items() if k in ("enabled", "routing", "routing_values")
-    }
-    given["extra_constraints"] = json.dumps([":linux"])
-    os_setting = 'ConstraintSettingInfo(label = fake_target_label("cfg//os:os"))'
-    linux = f'fake_dep(ConstraintValueInfo(setting = {os_setting}, label = fake_target_label("cfg//os:linux")))'
-    targets = {f":routing_{name}": routing_value(name) for name in ROUTINGS}
-    targets[":linux"] = linux
-    analysis = Buck2Fake().analyse(
-        "@prelude//platforms:execution_platforms.bzl", "persistent_worker_platforms", "//platforms:platforms",
-        given, targets,
-    )  # fmt: skip
+    analysis = analyse_platforms({}, {"extra_constraints": json.dumps([":linux"])})
     (platform,) = analysis.provider("ExecutionPlatformRegistrationInfo")["platforms"]
     assert set(platform["configuration"]["constraints"]) == {
         "prelude//platforms:worker_routing",

@@ -15,6 +15,7 @@ import starlark as sl
 
 from tests.conftest import RUNTIME
 from tests.starlark.buck2_fake import REPO_ROOT, Analysis, Buck2Fake
+from tests.starlark.build_runner import worker_tool_targets
 from workers_dev.emulator import Buck2Worker, make_command
 
 BACKEND = ["python3", "examples/text_stats/text_stats_worker.py"]
@@ -113,10 +114,11 @@ def run_action_both_ways(project: Path, analysis: Analysis) -> tuple[bytes, byte
     cold = report.read_bytes()
     report.unlink()
     # Workers on: the worker_tool's config, served by the runtime; Buck2 sends the arguments.
-    tool = Buck2Fake().analyse(
+    fake = Buck2Fake()
+    tool = fake.analyse(
         "@prelude//worker:worker_tool.bzl", "worker_tool", "//examples/worker_rule:text_stats_worker",
         {"backend": f"fake_dep(RunInfo(args = cmd_args({json.dumps(BACKEND)})))", "protocol": '"json"'},
-        {"toolchains//:worker_runtime": 'fake_dep(RunInfo(args = cmd_args("worker-runtime")))'},
+        worker_tool_targets(fake),
         constraints=[],
     )  # fmt: skip
     config = tool.action("write_json")

@@ -11,12 +11,11 @@ import starlark as sl
 
 from tests.conftest import RUNTIME, fake_backend
 from tests.starlark.buck2_fake import CELLS, Analysis, Buck2Fake, UnfreezableCapture
+from tests.starlark.build_runner import worker_tool_targets
 from worker_runtime.config import load_config_file
 from workers_dev.emulator import Buck2Worker
 
-RUNTIME_TARGET = {
-    "toolchains//:worker_runtime": 'fake_dep(RunInfo(args = cmd_args(".venv/bin/worker-runtime")))'
-}
+RUNTIME_COMMAND = 'fake_dep(RunInfo(args = cmd_args(".venv/bin/worker-runtime")))'
 
 
 def backend_expr(argv: list[str]) -> str:
@@ -30,7 +29,7 @@ def analyse_tool(attrs: dict[str, str]) -> tuple[Buck2Fake, Analysis]:
         "worker_tool",
         "//tools:javac_worker",
         attrs,
-        RUNTIME_TARGET,
+        worker_tool_targets(fake, RUNTIME_COMMAND),
         constraints=[],  # configured for the default target platform: no constraints
     )
     return fake, analysis
@@ -108,6 +107,8 @@ def test_config_written_by_the_prelude_is_served_by_the_runtime(tmp_path: Path) 
         ({}, "missing mandatory attribute `backend`"),
         ({"backend": backend_expr(["w"]), "protocol": '"xml"'}, '"xml" is not one of'),
         ({"backend": backend_expr(["w"]), "multiplx": "True"}, "unknown attribute `multiplx`"),
+        # The remote settings come from toolchains//:worker_settings, not from each tool.
+        ({"backend": backend_expr(["w"]), "remote_endpoint": '"x"'}, "unknown attribute"),
         ({"backend": backend_expr(["w"]), "max_instances": '"2"'}, "must be one of"),
         ({"backend": backend_expr(["w"]), "_runtime": '"//x:y"'}, "cannot be set (default_only)"),
         ({"backend": "fake_dep(DefaultInfo())"}, "requires a dep that provides"),
@@ -160,7 +161,7 @@ def test_prelude_exports_and_toolchain_target() -> None:
     fake.eval_file(CELLS["root"] / "__check__.bzl", "root", check)
     fake.eval_file(CELLS["toolchains"] / "BUCK", "toolchains")
     assert fake.targets == [
-        "worker_runtime", "javac_worker_bin", "javac", "jar", "java_command", "javac_worker_built",
+        "worker_runtime", "worker_settings", "javac_worker_bin", "javac", "jar", "java_command", "javac_worker_built",
         "javac_worker", "java", "ghc_worker_bin", "ghc_argfile", "ghc", "ar",
         "haskell_scan_imports", "ghc_worker_built", "ghc_worker", "haskell",
     ]  # fmt: skip
@@ -271,10 +272,11 @@ def test_fake_refuses_a_dynamic_callback_that_captures_ctx(
 def test_a_worker_tool_under_the_unspecified_platform_fails_as_in_buck2() -> None:
     """Without a target platform Buck2 cannot resolve the routing select(): .buckconfig's
     target_platform_detector_spec gives every target prelude//platforms:default."""
+    fake = Buck2Fake()
     with pytest.raises(sl.StarlarkError, match=r"<unspecified>.*select"):
-        Buck2Fake().analyse(
+        fake.analyse(
             "@prelude//worker:worker_tool.bzl", "worker_tool", "//tools:w",
-            {"backend": backend_expr(["w"])}, RUNTIME_TARGET,
+            {"backend": backend_expr(["w"])}, worker_tool_targets(fake),
         )  # fmt: skip
 
 

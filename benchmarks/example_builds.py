@@ -14,8 +14,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from tests.starlark.build_runner import BuildResult, javac_worker, make_project
 from worker_runtime.daemon.commands import private_daemon_dir
+from workers_dev.build_runner import BuildResult, javac_worker, make_project
 
 BuildPackage = Callable[..., BuildResult]
 

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.results import add_output_argument, emit
-from tests.starlark.build_runner import build_haskell_package, ghc_worker_config, make_project
+from workers_dev.build_runner import build_haskell_package, ghc_worker_config, make_project
 from workers_dev.emulator import Buck2Worker, make_command
 
 ROOT = Path(__file__).resolve().parent.parent

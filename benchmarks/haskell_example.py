@@ -16,7 +16,7 @@ import sys
 from benchmarks.chart import redraw
 from benchmarks.example_builds import compare_builds
 from benchmarks.results import add_output_argument, emit
-from tests.starlark.build_runner import build_haskell_package, ghc_worker_config
+from workers_dev.build_runner import build_haskell_package, ghc_worker_config
 
 TARGET_RATIO = 3.0
 

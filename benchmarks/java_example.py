@@ -15,7 +15,7 @@ import sys
 from benchmarks.chart import redraw
 from benchmarks.example_builds import compare_builds
 from benchmarks.results import add_output_argument, emit
-from tests.starlark.build_runner import build_java_package, javac_worker_config
+from workers_dev.build_runner import build_java_package, javac_worker_config
 
 TARGET_RATIO = 4.0
 

@@ -30,7 +30,6 @@ from typing import Any
 import grpc
 
 from benchmarks.results import add_output_argument, emit
-from tests.starlark.build_runner import build_java_package, javac_worker_config, make_project
 from worker_runtime.config import config_from_mapping
 from worker_runtime.digests import DigestCache
 from worker_runtime.envelope import Envelope, read_envelope, write_envelope
@@ -41,6 +40,7 @@ from worker_runtime.remote.cancellation import Cancellation
 from worker_runtime.remote.cas import Cas
 from worker_runtime.remote.client import RemoteClient, RemoteSettings
 from worker_runtime.remote.merkle import Blobs
+from workers_dev.build_runner import build_java_package, javac_worker_config, make_project
 from workers_dev.emulator import Buck2Worker, make_command
 
 ROOT = Path(__file__).resolve().parent.parent

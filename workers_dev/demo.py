@@ -6,6 +6,10 @@ fallback command (``tool @argfile``). Warm is what it does with workers on: one
 warm backend. The warm build runs as two Buck2 commands: the first starts the
 project's daemon and its backends, the second finds them warm. All run ``--jobs`` actions at a time (Buck2's ``-j``, the CPU count by
 default) and must write byte-identical outputs.
+
+Then examples/java and examples/haskell, built from the prelude's own analysis (the build
+runner: every target analysed with the fake Buck2 API, its actions run as Buck2 runs
+them), cold and in two warm commands (demo_examples.py).
 """
 
 from __future__ import annotations
@@ -25,12 +29,9 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
 
 from worker_runtime.daemon.commands import private_daemon_dir
-from workers_dev.demo_haskell import cold_haskell, warm_haskell
-from workers_dev.demo_haskell import read_targets as read_haskell_targets
-from workers_dev.demo_java import JavaBuild, cold_java, read_targets, warm_java, write_argfiles
+from workers_dev.demo_examples import HASKELL, JAVA, ExampleBuild, build_three_times
 from workers_dev.emulator import Buck2Worker, make_command
 
 EXAMPLE_WORKER = (
@@ -150,49 +151,26 @@ def warm_build(root: Path, actions: int, jobs: int, mode: str, label: str) -> Ph
     return PhaseResult(mode, wall, statistics.median(durations) * 1000, actions)
 
 
-BuildRun = Callable[[Path, Any, int], JavaBuild]
-
-
-def three_builds(
-    root: Path, jobs: int, targets: Any, cold: BuildRun, warm: BuildRun
-) -> dict[str, JavaBuild]:
-    """Cold processes, then two warm commands (the first starts the daemon's backends)."""
-    results = {}
-    for mode, run in (("cold", cold), ("warm1", warm), ("warm2", warm)):
-        shutil.rmtree(root / "out", ignore_errors=True)
-        results[mode] = run(root, targets, jobs)
-        sys.stderr.write(f"  {mode:<28} {results[mode].wall_s:.2f} s\n")
-    return results
-
-
-def java_builds(root: Path, jobs: int) -> dict[str, JavaBuild]:
-    """examples/java's compile actions, one per target."""
-    root.mkdir(parents=True)
-    targets = read_targets()
-    write_argfiles(root, targets)
-    classes = sum(len(t.srcs) for t in targets.values())
+def java_builds(root: Path, jobs: int) -> dict[str, ExampleBuild]:
+    """examples/java from the prelude's analysis: one javac action per target."""
     print(
-        f"Compiling examples/java ({classes} classes, {len(targets)} targets), {jobs} at a time:",
+        f"Building examples/java from the prelude's analysis, {jobs} targets at a time:",
         file=sys.stderr,
     )
-    return three_builds(root, jobs, targets, cold_java, warm_java)
+    return build_three_times(JAVA, root, jobs)
 
 
-def haskell_builds(root: Path, jobs: int) -> dict[str, JavaBuild]:
-    """examples/haskell's per-module compiles."""
-    root.mkdir(parents=True)
-    targets = read_haskell_targets()
-    modules = sum(len(t.srcs) for t in targets.values())
+def haskell_builds(root: Path, jobs: int) -> dict[str, ExampleBuild]:
+    """examples/haskell from the prelude's analysis: one ghc action per module."""
     print(
-        f"Compiling examples/haskell ({modules} modules, {len(targets)} targets), "
-        f"{jobs} targets at a time:",
+        f"Building examples/haskell from the prelude's analysis, {jobs} targets at a time:",
         file=sys.stderr,
     )
-    return three_builds(root, jobs, targets, cold_haskell, warm_haskell)
+    return build_three_times(HASKELL, root, jobs)
 
 
 def print_builds(
-    title: str, labels: tuple[str, str, str], unit: str, tool: str, builds: dict[str, JavaBuild]
+    title: str, labels: tuple[str, str, str], unit: str, tool: str, builds: dict[str, ExampleBuild]
 ) -> None:
     print()
     print(f"{title:<40} {'build wall time':>16} {f'per {unit} (median)':>20}")
@@ -206,22 +184,34 @@ def print_builds(
     )
 
 
-def print_java(java: dict[str, JavaBuild]) -> None:
+def print_java(java: dict[str, ExampleBuild]) -> None:
     labels = (
-        "cold: a one-shot javac worker process per target",
+        "cold: a javac-worker process per target",
         "1st command: starts the JVM",
         "2nd command: warm javac worker",
     )
-    print_builds("examples/java (7 compile actions)", labels, "action", "javac worker", java)
+    print_builds(
+        f"examples/java ({java['cold'].actions} compile actions)",
+        labels,
+        "action",
+        "javac worker",
+        java,
+    )
 
 
-def print_haskell(haskell: dict[str, JavaBuild]) -> None:
+def print_haskell(haskell: dict[str, ExampleBuild]) -> None:
     labels = (
         "cold: a ghc process per module",
         "1st command: starts GHC sessions",
         "2nd command: warm GHC worker",
     )
-    print_builds("examples/haskell (17 module compiles)", labels, "module", "GHC worker", haskell)
+    print_builds(
+        f"examples/haskell ({haskell['cold'].actions} module compiles)",
+        labels,
+        "module",
+        "GHC worker",
+        haskell,
+    )
 
 
 def same_outputs(root: Path, actions: int) -> bool:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import subprocess
 from pathlib import Path
 
-from tests.starlark.buck2_fake import REPO_ROOT
+from workers_dev.buck2_fake import REPO_ROOT
 
 #: Installed by scripts/bootstrap.sh from the npm package @bazel/buildifier.
 BUILDIFIER = (

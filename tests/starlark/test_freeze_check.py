@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.starlark.freeze_check import unfreezable_captures
+from workers_dev.freeze_check import unfreezable_captures
 
 HEAD = "def _impl(ctx: AnalysisContext) -> list[Provider]:\n"
 

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 import starlark as sl
 
-from tests.starlark.buck2_fake import Buck2Fake
+from workers_dev.buck2_fake import Buck2Fake
 
 
 def call(tmp_path: Path, expression: str) -> Any:

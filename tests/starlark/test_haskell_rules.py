@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 import starlark as sl
 
-from tests.starlark.buck2_fake import REPO_ROOT, AnalysedDep, Analysis, Buck2Fake
-from tests.starlark.build_runner import (
+from workers_dev.buck2_fake import REPO_ROOT, AnalysedDep, Analysis, Buck2Fake
+from workers_dev.build_runner import (
     PRELUDE_HASKELL,
     BuildResult,
     build_haskell_package,

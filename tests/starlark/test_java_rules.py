@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 import starlark as sl
 
-from tests.starlark.buck2_fake import REPO_ROOT, AnalysedDep, Analysis, Buck2Fake
-from tests.starlark.build_runner import (
+from workers_dev.buck2_fake import REPO_ROOT, AnalysedDep, Analysis, Buck2Fake
+from workers_dev.build_runner import (
     PRELUDE_JAVA,
     BuildResult,
     build_java_package,
@@ -79,7 +79,7 @@ def test_java_library_compiles_on_the_worker_against_its_deps() -> None:
     ]  # fmt: skip
     runs = [a for a in analysis.actions if a["kind"] == "run"]
     javac, jar_run = runs
-    assert javac["category"] == "javac" and javac["fallback"] == ["javac"]
+    assert javac["category"] == "javac" and javac["fallback"] == ["toolchains/java/javac-worker"]
     assert javac["arguments"] == ["@" + argfile["output"]] and javac["outputs"] == [classes]
     envelope = json.loads(analysis.action("write_json")["content"])
     assert envelope["inputs"] == ["lib/B.java", "lib/C.java", jar("a"), jar("x")]

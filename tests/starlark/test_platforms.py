@@ -11,9 +11,9 @@ from typing import Any
 import pytest
 import starlark as sl
 
-from tests.starlark.buck2_fake import CELLS, Analysis, Buck2Fake
-from tests.starlark.build_runner import worker_settings, worker_tool_targets
 from worker_runtime.config import config_from_mapping
+from workers_dev.buck2_fake import CELLS, Analysis, Buck2Fake
+from workers_dev.build_runner import worker_settings, worker_tool_targets
 
 ROUTINGS = ("local", "remote", "auto", "race")
 SETTING = 'ConstraintSettingInfo(label = fake_target_label("prelude//platforms:worker_routing"))'

@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 import starlark as sl
 
-from tests.starlark.buck2_fake import Buck2Fake, UnfreezableCapture
-from tests.starlark.build_runner import PRELUDE_HASKELL, haskell_toolchain_dep
+from workers_dev.buck2_fake import Buck2Fake, UnfreezableCapture
+from workers_dev.build_runner import PRELUDE_HASKELL, haskell_toolchain_dep
 
 RULES = """
 OrderInfo = provider(fields = {"orders": provider_field(typing.Any)})

@@ -14,8 +14,8 @@ import pytest
 import starlark as sl
 
 from tests.conftest import RUNTIME
-from tests.starlark.buck2_fake import REPO_ROOT, Analysis, Buck2Fake
-from tests.starlark.build_runner import worker_tool_targets
+from workers_dev.buck2_fake import REPO_ROOT, Analysis, Buck2Fake
+from workers_dev.build_runner import worker_tool_targets
 from workers_dev.emulator import Buck2Worker, make_command
 
 BACKEND = ["python3", "examples/text_stats/text_stats_worker.py"]

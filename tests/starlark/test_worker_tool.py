@@ -10,9 +10,9 @@ import pytest
 import starlark as sl
 
 from tests.conftest import RUNTIME, fake_backend
-from tests.starlark.buck2_fake import CELLS, Analysis, Buck2Fake, UnfreezableCapture
-from tests.starlark.build_runner import worker_tool_targets
 from worker_runtime.config import load_config_file
+from workers_dev.buck2_fake import CELLS, Analysis, Buck2Fake, UnfreezableCapture
+from workers_dev.build_runner import worker_tool_targets
 from workers_dev.emulator import Buck2Worker
 
 RUNTIME_COMMAND = 'fake_dep(RunInfo(args = cmd_args(".venv/bin/worker-runtime")))'

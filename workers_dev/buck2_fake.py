@@ -38,9 +38,9 @@ from typing import Any
 
 import starlark as sl
 
-from tests.starlark.definition_check import unbound_definitions
-from tests.starlark.freeze_check import unfreezable_captures
-from tests.starlark.provider_annotations import provider_annotations, provider_names
+from workers_dev.definition_check import unbound_definitions
+from workers_dev.freeze_check import unfreezable_captures
+from workers_dev.provider_annotations import provider_annotations, provider_names
 
 
 class UnfreezableCapture(ValueError):
@@ -49,7 +49,7 @@ class UnfreezableCapture(ValueError):
     a provider (``provider_annotations``)."""
 
 
-REPO_ROOT = Path(__file__).resolve().parent.parent.parent
+REPO_ROOT = Path(__file__).resolve().parent.parent
 CELLS = {
     "root": REPO_ROOT,
     "prelude": REPO_ROOT / "prelude",
@@ -382,7 +382,7 @@ _TSetNode = record(id = int, definition = typing.Any, has_value = bool, value = 
 def transitive_set(*, args_projections = _UNSET, json_projections = _UNSET, reductions = _UNSET):
     _py_require_bzl("transitive_set")
     if json_projections != _UNSET or reductions != _UNSET:
-        fail("transitive_set: the fake implements args_projections only (add json_projections and reductions to tests/starlark/buck2_fake.py, after Buck2's transitive_set.rs)")
+        fail("transitive_set: the fake implements args_projections only (add json_projections and reductions to workers_dev/buck2_fake.py, after Buck2's transitive_set.rs)")
     projections = {}
     if args_projections != _UNSET:
         if type(args_projections) != "dict":

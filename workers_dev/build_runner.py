@@ -6,11 +6,12 @@ write files, ``symlinked_dir`` makes a directory of links, and ``run`` actions r
 on the worker (an ``ExecuteCommand`` with the action's arguments and env, sent to a
 ``worker-runtime serve`` launched from the worker_tool's config, as Buck2 sends it) or as
 the fallback process (``WorkerRunInfo.exe + arguments``), at most ``jobs`` targets at a
-time. Used by the Java and Haskell tests and the example benchmarks.
+time. Used by the Java and Haskell tests, the example benchmarks and the demo.
 """
 
 from __future__ import annotations
 
+import concurrent.futures
 import json
 import os
 import subprocess
@@ -23,14 +24,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tests.starlark.buck2_fake import (
+from workers_dev.buck2_fake import (
     REPO_ROOT,
     AnalysedDep,
     Analysis,
     Buck2Fake,
     starlark_literal,
 )
-from workers_dev.demo_java import run_in_dependency_order
 from workers_dev.emulator import Buck2Worker, make_command
 
 RUNTIME = [sys.executable, "-m", "worker_runtime", "serve"]
@@ -67,7 +67,8 @@ def java_toolchain_dep(worker_exe: list[str]) -> str:
     return (
         "fake_dep_of({JavaToolchainInfo: JavaToolchainInfo("
         f"compiler = WorkerToolInfo(worker = WorkerInfo(exe = cmd_args({json.dumps(worker_exe)})), "
-        'fallback = RunInfo(args = cmd_args("javac")), config = "unused"), '
+        # The fallback of toolchains//:javac_worker: the worker's own one-shot mode.
+        'fallback = RunInfo(args = cmd_args("toolchains/java/javac-worker")), config = "unused"), '
         'jar = RunInfo(args = cmd_args("jar")), java = RunInfo(args = cmd_args("java")), release = "17")})'
     )
 
@@ -103,6 +104,33 @@ def javac_worker_config() -> dict[str, Any]:
 def ghc_worker_config() -> dict[str, Any]:
     """The runtime config that toolchains//:ghc_worker's worker_tool writes."""
     return worker_tool_config("ghc_worker")
+
+
+def run_in_dependency_order(
+    names: list[str],
+    deps_of: Callable[[str], tuple[str, ...] | list[str]],
+    jobs: int,
+    run: Callable[[str], None],
+) -> None:
+    """Runs ``run(name)`` for every name once all of its deps have run, ``jobs`` at a time
+    (as Buck2 schedules actions whose inputs are ready); the first failure propagates."""
+    done: set[str] = set()
+    pending = set(names)
+    with concurrent.futures.ThreadPoolExecutor(jobs) as pool:
+        running: dict[concurrent.futures.Future[None], str] = {}
+        while pending or running:
+            ready = [n for n in sorted(pending) if set(deps_of(n)) <= done]
+            if not ready and not running:
+                raise ValueError(f"dependency cycle or unknown dependency among {sorted(pending)}")
+            for name in ready[: jobs - len(running)]:
+                pending.discard(name)
+                running[pool.submit(run, name)] = name
+            finished, _ = concurrent.futures.wait(
+                running, return_when=concurrent.futures.FIRST_COMPLETED
+            )
+            for future in finished:
+                future.result()
+                done.add(running.pop(future))
 
 
 @dataclass

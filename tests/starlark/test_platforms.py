@@ -11,11 +11,10 @@ from typing import Any
 import pytest
 import starlark as sl
 
-from worker_runtime.config import config_from_mapping
+from worker_runtime.config import ROUTINGS, config_from_mapping
 from workers_dev.buck2_fake import CELLS, Analysis, Buck2Fake
 from workers_dev.build_runner import worker_settings, worker_tool_targets
 
-ROUTINGS = ("local", "remote", "auto", "race")
 SETTING = 'ConstraintSettingInfo(label = fake_target_label("prelude//platforms:worker_routing"))'
 
 
@@ -283,3 +282,14 @@ def test_fake_checks_that_a_platform_names_itself(tmp_path: Path) -> None:
     module = Buck2Fake().eval_file(tmp_path / "h.bzl", "root", harness)
     with pytest.raises(sl.StarlarkError, match="should name the platform target itself"):
         module.call("go")
+
+
+def test_the_routings_are_one_list_in_each_language() -> None:
+    """Starlark's ROUTINGS (the constraint values, the settings check) and the runtime's
+    are the same list."""
+    probe = 'load("//utils:settings.bzl", "ROUTINGS")\ndef routings():\n    return ROUTINGS\n'
+    module = Buck2Fake().eval_file(CELLS["prelude"] / "utils" / "probe.bzl", "prelude", probe)
+    assert tuple(module.call("routings")) == ROUTINGS
+    attrs = platforms_buck({})
+    assert {f"routing_{r}" for r in ROUTINGS} <= set(attrs)
+    assert attrs["platforms"]["routing_values"] == {r: f":routing_{r}" for r in ROUTINGS}

@@ -4,11 +4,75 @@ reads them), and the one key needed before any target can be named: toolchains_c
 # Where worker requests go; the runtime's config key `routing` takes the same values.
 ROUTINGS = ["local", "remote", "auto", "race"]
 
+# Every key of the [persistent_workers] section of .buckconfig, with its default and what
+# it does: the one definition of them. worker_settings reads all but `runtime` and
+# `python` (read where those commands are declared, in the toolchains cell's BUCK file)
+# and `toolchains_cell` (read below). docs/settings.md is generated from this table
+# (workers_dev/settings_doc.py).
+SETTINGS = {
+    "enabled": {
+        "default": "true",
+        "doc": "Whether the execution platform turns persistent workers on (`false`: every worker action runs one-shot, its fallback command).",
+    },
+    "routing": {
+        "default": "local",
+        "doc": "Where worker requests go: `local`, `remote`, `auto` (local while a warm local slot is free, else remote) or `race` (both; the first result wins).",
+    },
+    "runtime": {
+        "default": ".venv/bin/worker-runtime",
+        "doc": "The command every `worker_tool` launches (`toolchains//:worker_runtime`, through `toolchains/worker-runtime-launcher`, which says what to fix when it is missing).",
+    },
+    "python": {
+        "default": "python3",
+        "doc": "The Python that runs the toolchains' scripts (the Haskell import scan, on the critical path of every Haskell library); a real interpreter, not a version manager's shim, which costs about 140 ms a start.",
+    },
+    "toolchains_cell": {
+        "default": "toolchains",
+        "doc": "The cell holding the toolchain targets the rules default to (`java`, `haskell`, `worker_runtime`, `worker_settings`): another name where these cells are mounted beside Buck2's bundled prelude.",
+    },
+    "remote_endpoint": {
+        "default": "",
+        "doc": "The REAPI server of the remote routings, e.g. `grpcs://host:443` or `unix:///path/to/socket`.",
+    },
+    "remote_instance_name": {
+        "default": "",
+        "doc": "Its instance name (the tenant).",
+    },
+    "remote_credentials_file": {
+        "default": "",
+        "doc": "A file holding the bearer token (TLS only).",
+    },
+    "remote_tls": {
+        "default": "false",
+        "doc": "`true` or `false` (a `grpcs://` endpoint is TLS either way).",
+    },
+    "remote_tls_ca_file": {
+        "default": "",
+        "doc": "PEM roots to trust instead of the system's (TLS only).",
+    },
+    "remote_properties": {
+        "default": "",
+        "doc": "The platform's properties for remote actions: `name=value` pairs separated by commas, e.g. `OSFamily=linux,container-image=docker://img:1`.",
+    },
+    "remote_fallback_local": {
+        "default": "false",
+        "doc": "Run a request locally when the remote side fails to run it.",
+    },
+    "remote_cache": {
+        "default": "true",
+        "doc": "`false`: remote actions are `do_not_cache`, and the action cache is not asked.",
+    },
+    "remote_persistent": {
+        "default": "true",
+        "doc": "`false`: plain actions, which the server runs one-shot.",
+    },
+}
+
 # The cell holding the toolchain targets the rules default to (java, haskell,
 # worker_runtime, worker_settings): `toolchains` here; another name where this prelude is
 # mounted beside Buck2's bundled one, whose demo toolchains already define
 # `toolchains//:java`.
-TOOLCHAINS_CELL = read_root_config("persistent_workers", "toolchains_cell", "toolchains")
+TOOLCHAINS_CELL = read_root_config("persistent_workers", "toolchains_cell", SETTINGS["toolchains_cell"]["default"])
 
 def toolchain_target(name: str) -> str:
     """The label of toolchain target `name` in [persistent_workers] toolchains_cell.

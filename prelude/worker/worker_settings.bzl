@@ -9,13 +9,16 @@ in the toolchains cell's BUCK file, and `toolchains_cell` by prelude/utils/setti
 find this target.
 """
 
-load("//utils:settings.bzl", "bool_setting", "check_routing", "properties_setting")
+load("//utils:settings.bzl", "SETTINGS", "bool_setting", "check_routing", "properties_setting")
 load("//worker:worker_settings_providers.bzl", "WorkerSettingsInfo")
 
-def _setting(key: str, default: str, doc: str) -> Attr:
+# The keys this rule reads; the others are read where they are needed (utils/settings.bzl).
+_KEYS = [key for key in SETTINGS if key not in ("runtime", "python", "toolchains_cell")]
+
+def _setting(key: str) -> Attr:
     return attrs.string(
-        default = read_root_config("persistent_workers", key, default),
-        doc = "[persistent_workers] " + key + ": " + doc,
+        default = read_root_config("persistent_workers", key, SETTINGS[key]["default"]),
+        doc = "[persistent_workers] " + key + ": " + SETTINGS[key]["doc"],
     )
 
 def _remote(ctx: AnalysisContext) -> dict[str, typing.Any]:
@@ -47,17 +50,5 @@ worker_settings = rule(
     doc = "The [persistent_workers] settings of the project, checked, as a WorkerSettingsInfo. " +
           "Declare one, named worker_settings, in the toolchains cell; every attribute " +
           "defaults to the .buckconfig key of the same name.",
-    attrs = {
-        "enabled": _setting("enabled", "true", "whether the execution platform turns persistent workers on."),
-        "remote_cache": _setting("remote_cache", "true", "false marks remote actions do_not_cache."),
-        "remote_credentials_file": _setting("remote_credentials_file", "", "a file with the bearer token."),
-        "remote_endpoint": _setting("remote_endpoint", "", "the REAPI server, e.g. grpcs://host:443."),
-        "remote_fallback_local": _setting("remote_fallback_local", "false", "run locally when the remote fails."),
-        "remote_instance_name": _setting("remote_instance_name", "", "the REAPI instance (the tenant)."),
-        "remote_persistent": _setting("remote_persistent", "true", "false sends plain one-shot actions."),
-        "remote_properties": _setting("remote_properties", "", "the platform's properties, name=value,..."),
-        "remote_tls": _setting("remote_tls", "false", "true or false."),
-        "remote_tls_ca_file": _setting("remote_tls_ca_file", "", "PEM roots to trust (default: the system's)."),
-        "routing": _setting("routing", "local", "where worker requests go: local, remote, auto or race."),
-    },
+    attrs = {key: _setting(key) for key in _KEYS},
 )

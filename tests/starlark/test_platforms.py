@@ -14,6 +14,7 @@ import starlark as sl
 from worker_runtime.config import ROUTINGS, config_from_mapping
 from workers_dev.buck2_fake import CELLS, Analysis, Buck2Fake
 from workers_dev.build_runner import worker_settings, worker_tool_targets
+from workers_dev.settings_doc import buckconfig_settings
 
 SETTING = 'ConstraintSettingInfo(label = fake_target_label("prelude//platforms:worker_routing"))'
 
@@ -122,6 +123,7 @@ def test_settings_are_read_once_by_the_worker_settings_target() -> None:
         if "=" in line and not line.strip().startswith("#")
     }
     assert documented == set(readers)  # every key .buckconfig lists is read, and no other
+    assert set(buckconfig_settings()) == documented  # and is defined once, in SETTINGS
     assert readers.pop("toolchains_cell") == {"prelude/utils/settings.bzl"}
     assert readers.pop("runtime") == readers.pop("python") == {"toolchains/BUCK"}
     assert set(readers) == {
@@ -289,7 +291,8 @@ def test_the_routings_are_one_list_in_each_language() -> None:
     are the same list."""
     probe = 'load("//utils:settings.bzl", "ROUTINGS")\ndef routings():\n    return ROUTINGS\n'
     module = Buck2Fake().eval_file(CELLS["prelude"] / "utils" / "probe.bzl", "prelude", probe)
-    assert tuple(module.call("routings")) == ROUTINGS
+    routings = module.call("routings")
+    assert isinstance(routings, list) and tuple(routings) == ROUTINGS
     attrs = platforms_buck({})
     assert {f"routing_{r}" for r in ROUTINGS} <= set(attrs)
     assert attrs["platforms"]["routing_values"] == {r: f":routing_{r}" for r in ROUTINGS}

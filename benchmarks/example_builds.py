@@ -6,6 +6,7 @@ the build's wall time."""
 
 from __future__ import annotations
 
+import argparse
 import shutil
 import statistics
 import tempfile
@@ -14,8 +15,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from benchmarks.chart import redraw
+from benchmarks.results import add_output_argument, emit
 from worker_runtime.daemon.commands import private_daemon_dir
 from workers_dev.build_runner import BuildResult, javac_worker, make_project
+from workers_dev.demo_examples import Example
 
 BuildPackage = Callable[..., BuildResult]
 
@@ -66,3 +70,34 @@ def compare_builds(
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return result
+
+
+def example_main(
+    argv: list[str] | None,
+    example: Example,
+    *,
+    description: str,
+    result_name: str,
+    target_ratio: float,
+    warmup_commands: int,
+) -> int:
+    """The command line of an example benchmark: measures, writes the JSON result and
+    redraws the chart."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--rounds", type=int, default=3, help="builds measured per mode")
+    parser.add_argument(
+        "--warmup-commands",
+        type=int,
+        default=warmup_commands,
+        help=f"warm builds before measuring (default: {warmup_commands})",
+    )
+    add_output_argument(parser, result_name)
+    args = parser.parse_args(argv)
+    result = compare_builds(
+        example.package, example.build, example.config(), example.worker_name, example.category,
+        args.rounds, args.warmup_commands, target_ratio,
+    )  # fmt: skip
+    emit(result, args.output)
+    if args.output != "-":
+        redraw()
+    return 0

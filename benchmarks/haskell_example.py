@@ -10,33 +10,19 @@ Run: ``.venv/bin/python -m benchmarks.haskell_example``.
 
 from __future__ import annotations
 
-import argparse
 import sys
 
-from benchmarks.chart import redraw
-from benchmarks.example_builds import compare_builds
-from benchmarks.results import add_output_argument, emit
-from workers_dev.build_runner import build_haskell_package, ghc_worker_config
+from benchmarks.example_builds import example_main
+from workers_dev.demo_examples import HASKELL
 
 TARGET_RATIO = 3.0
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--rounds", type=int, default=3, help="builds measured per mode")
-    parser.add_argument(
-        "--warmup-commands", type=int, default=1, help="warm builds before measuring"
-    )
-    add_output_argument(parser, "haskell_example")
-    args = parser.parse_args(argv)
-    result = compare_builds(
-        "examples/haskell", build_haskell_package, ghc_worker_config(), "ghc_worker", "haskell_compile",
-        args.rounds, args.warmup_commands, TARGET_RATIO,
+    return example_main(
+        argv, HASKELL, description=__doc__ or "", result_name="haskell_example",
+        target_ratio=TARGET_RATIO, warmup_commands=1,
     )  # fmt: skip
-    emit(result, args.output)
-    if args.output != "-":
-        redraw()
-    return 0
 
 
 if __name__ == "__main__":

@@ -226,3 +226,16 @@ def test_a_worker_that_cannot_start_is_a_clear_fault_and_leaves_the_pool_clean(
     worker = start(pool, tmp_path, "main")  # the cap was not eaten by the failed start
     assert served_pid(worker, tmp_path) == str(worker.pid)
     pool.release(worker, healthy=True)
+
+
+def test_the_cancel_grace_reaches_the_worker_processes(tmp_path: Path) -> None:
+    """One core, one setting: the executor's grace is the BackendProcess's."""
+    pool = WorkerPool(
+        tmp_path / "w", max_workers=1, memory_limit_mb=None, idle_s=60, cancel_grace_s=0.25
+    )
+    try:
+        worker = start(pool, tmp_path, "main", multiplex=True)
+        assert worker.backend.spec.cancel_grace_s == 0.25
+        pool.release(worker, healthy=True)
+    finally:
+        pool.stop_all()

@@ -27,7 +27,7 @@ from worker_runtime.executor.runner import (
     ActionOutcome,
     ActionRunner,
 )
-from worker_runtime.executor.workers import WorkerPool
+from worker_runtime.executor.workers import CANCEL_GRACE_S, WorkerPool
 from worker_runtime.proto import remote_execution_pb2 as re_pb2
 from worker_runtime.proto.google.devtools.remoteworkers.v1test2 import (
     bots_pb2,
@@ -56,6 +56,8 @@ class ExecutorSettings:
     memory_limit_mb: int | None
     worker_idle_s: float
     shutdown_grace_s: float = 30.0
+    #: How long a multiplex worker has to answer a cancel before it is discarded.
+    cancel_grace_s: float = CANCEL_GRACE_S
     metrics_port: int | None = None
 
 
@@ -75,7 +77,7 @@ class Executor:
         self.bots = bots_pb2_grpc.BotsStub(self.channel)
         self.pool = WorkerPool(
             settings.workdir / "workers", settings.max_workers, settings.memory_limit_mb,
-            settings.worker_idle_s,
+            settings.worker_idle_s, settings.cancel_grace_s,
         )  # fmt: skip
         self.cas_by_instance: dict[str, Cas] = {}
         self.stats = Stats()

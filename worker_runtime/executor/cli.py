@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from worker_runtime.executor.bots import ExecutorSettings, run_executor
+from worker_runtime.executor.workers import CANCEL_GRACE_S
 from worker_runtime.remote.channels import ChannelConfigError, parse_endpoint
 
 
@@ -40,6 +41,14 @@ def main(argv: Sequence[str]) -> int:
     parser.add_argument("--memory-limit", type=int, metavar="MB", help="their total memory")
     parser.add_argument("--worker-idle-timeout", type=float, default=600.0, metavar="S")
     parser.add_argument(
+        "--cancel-grace",
+        type=float,
+        default=CANCEL_GRACE_S,
+        metavar="S",
+        help="how long a multiplex worker has to answer a cancel before it is discarded "
+        f"(default: {CANCEL_GRACE_S:g}, as the local runtime's cancel_grace_s)",
+    )
+    parser.add_argument(
         "--metrics-port", type=int, help="serve Prometheus metrics on 127.0.0.1:PORT"
     )
     args = parser.parse_args(argv)
@@ -54,5 +63,6 @@ def main(argv: Sequence[str]) -> int:
         server=endpoint, instance=args.instance, bot_id=args.bot_id, capacity=args.capacity,
         workdir=args.workdir, max_workers=args.max_workers, memory_limit_mb=args.memory_limit,
         worker_idle_s=args.worker_idle_timeout, metrics_port=args.metrics_port,
+        cancel_grace_s=args.cancel_grace,
     )  # fmt: skip
     return run_executor(settings)

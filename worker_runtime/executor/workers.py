@@ -32,8 +32,9 @@ from worker_runtime.errors import BackendError, BackendStartError
 from worker_runtime.eviction import largest_first
 from worker_runtime.protocol.messages import WorkRequest, WorkResponse
 
-#: How long a multiplex worker has to answer a cancel before it is discarded, and how long
-#: a response may stall mid-frame: the same defaults as the local runtime's.
+#: How long a multiplex worker has to answer a cancel before it is discarded (by default;
+#: `worker-runtime executor --cancel-grace`), and how long a response may stall mid-frame:
+#: the same defaults as the local runtime's.
 CANCEL_GRACE_S = RuntimeConfig.cancel_grace_s
 FRAME_STALL_TIMEOUT_S = RuntimeConfig.frame_stall_timeout_s
 #: A discarded worker gets this long after SIGTERM before SIGKILL.
@@ -151,8 +152,16 @@ class PersistentWorker:
 
 
 class WorkerPool:
-    def __init__(self, root: Path, max_workers: int, memory_limit_mb: int | None, idle_s: float):
+    def __init__(
+        self,
+        root: Path,
+        max_workers: int,
+        memory_limit_mb: int | None,
+        idle_s: float,
+        cancel_grace_s: float = CANCEL_GRACE_S,
+    ):
         self.root = root
+        self.cancel_grace_s = cancel_grace_s
         self.max_workers = max_workers
         self.memory_limit = memory_limit_mb * (1 << 20) if memory_limit_mb else None
         self.idle_s = idle_s
@@ -239,7 +248,7 @@ class WorkerPool:
             cwd=str(home),
             cancellable=identity.multiplex,
             frame_stall_timeout_s=FRAME_STALL_TIMEOUT_S,
-            cancel_grace_s=CANCEL_GRACE_S,
+            cancel_grace_s=self.cancel_grace_s,
             log_dir=home.parent,
         )
         backend = BackendProcess(spec)

@@ -13,11 +13,13 @@ import threading
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import cast
 
 import pytest
 
 from tests.conftest import REPO_ROOT, wait_gone
 from worker_runtime.backends.key import WorkerKey
+from worker_runtime.backends.process import BackendProcess
 from worker_runtime.executor.workers import (
     PersistentWorker,
     WorkerCancelled,
@@ -239,3 +241,11 @@ def test_the_cancel_grace_reaches_the_worker_processes(tmp_path: Path) -> None:
         pool.release(worker, healthy=True)
     finally:
         pool.stop_all()
+
+
+def test_multiplex_request_ids_wrap_below_the_int32_bound(tmp_path: Path) -> None:
+    identity = WorkerKey(("w",), (), "proto", True, ())
+    worker = PersistentWorker(identity, tmp_path, cast(BackendProcess, None))
+    assert [worker._next_id() for _ in range(2)] == [1, 2]
+    worker._last_id = (1 << 31) - 3
+    assert [worker._next_id() for _ in range(2)] == [(1 << 31) - 2, 1]  # never 2**31 - 1

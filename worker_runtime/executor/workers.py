@@ -14,11 +14,9 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import itertools
 import shutil
 import threading
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -78,7 +76,9 @@ class PersistentWorker:
     last_used: float = field(default_factory=time.monotonic)
     #: Requests it is serving now (more than one only if multiplex).
     in_flight: int = 0
-    _ids: Iterator[int] = field(default_factory=lambda: itertools.cycle(range(1, _MAX_REQUEST_ID)))
+    #: The last multiplex request id given out (ids wrap around below _MAX_REQUEST_ID).
+    _last_id: int = 0
+    _id_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     @property
     def pid(self) -> int:
@@ -96,12 +96,17 @@ class PersistentWorker:
     ) -> WorkResponse:
         if cancelled is not None and cancelled.is_set():  # nothing sent: the worker is fine
             raise WorkerCancelled("the action's lease was cancelled", worker_healthy=True)
-        request_id = next(self._ids) if self.identity.multiplex else 0
+        request_id = self._next_id() if self.identity.multiplex else 0
         request = dataclasses.replace(request, request_id=request_id)
         response = LoopThread.shared().run(self._call(request, timeout_s, cancelled))
         self.requests += 1
         self.last_used = time.monotonic()
         return response
+
+    def _next_id(self) -> int:
+        with self._id_lock:  # lease threads share a multiplex worker
+            self._last_id = self._last_id % (_MAX_REQUEST_ID - 1) + 1
+            return self._last_id
 
     async def _call(
         self, request: WorkRequest, timeout_s: float, cancelled: threading.Event | None

@@ -66,6 +66,7 @@ def test_a_crashing_backend_is_reported_with_its_log(project: Buck2Project) -> N
     assert "fake_worker: crashing on purpose" in stderr  # the backend's own last words
     assert "retried 1 time(s) on a fresh backend" in stderr
     assert "/backend-python-" in stderr and "runtime log: " in stderr
+    assert "timed out" not in stderr  # timed_out_after_s is set for timeouts only
 
 
 def test_a_timeout_is_reported_as_one(project: Buck2Project) -> None:

@@ -203,8 +203,7 @@ def test_concurrent_first_actions_of_a_multiplex_key_start_one_process(
     argv = (sys.executable, "worker.py", "--multiplex")
     identity = WorkerKey(argv, (), "json", True, (("worker.py", "k"),), "main")
 
-    # Threads that live on, as the executor's do: a worker's pdeathsig follows the
-    # thread that started it.
+    # Lease threads asking for one multiplex identity at once: one process serves them all.
     with ThreadPoolExecutor(max_workers=4) as threads:
         futures = [
             threads.submit(pool.acquire, identity, dict(os.environ), [("worker.py", tool)])

@@ -84,3 +84,11 @@ def test_a_bad_request_never_reaches_the_executor(tmp_path: Path) -> None:
     assert response.exit_code == RUNTIME_ERROR_EXIT_CODE
     assert "argument 1 is not valid UTF-8" in response.stderr
     assert executor.seen == []
+
+
+def test_only_a_timeout_carries_timed_out_after_s(tmp_path: Path) -> None:
+    """Buck2 reports any response with the field set as a timeout, whatever its exit code."""
+    for kind in FailureKind:
+        requests, _ = handler(tmp_path, Failure(kind, "no", timed_out_after_s=3))
+        response = asyncio.run(requests.execute(command(b"a")))
+        assert response.HasField("timed_out_after_s") == (kind is FailureKind.TIMED_OUT), kind

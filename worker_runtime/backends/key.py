@@ -37,9 +37,10 @@ class WorkerKey:
     tool_digests: tuple[tuple[str, str], ...]
     #: The tenant (REAPI instance name) on the executor; "" on this machine.
     instance: str = ""
-    #: The persistentWorkerKey: SHA-256 (hex) of the tool files, the startup command with
-    #: ``--persistent_worker``, the environment and the protocol (not of the tenant or
-    #: multiplex, which the convention leaves out).
+    #: SHA-256 (hex) of the tool files, the startup command with ``--persistent_worker``,
+    #: the environment and the protocol, not of the tenant or multiplex: for a key the
+    #: client or the executor builds by the convention, the persistentWorkerKey. A local
+    #: key's env holds only the key_env values, so its digest is just a name for logs.
     digest: str = field(init=False, compare=False, hash=False, repr=False)
 
     def __post_init__(self) -> None:

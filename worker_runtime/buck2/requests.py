@@ -119,7 +119,12 @@ class RequestHandler:
             return pb.ExecuteResponse(exit_code=outcome.exit_code, stderr=notes + outcome.output)
         if outcome.kind is FailureKind.BAD_REQUEST:
             LOGGER.info("bad request: %s", outcome.message)
-        response = self.error(outcome.message, timed_out_after_s=outcome.timed_out_after_s)
+        if outcome.kind is FailureKind.TIMED_OUT:
+            # Buck2 reports any response carrying this field as a timeout, whatever its
+            # exit code: it is set for timeouts only.
+            response = self.error(outcome.message, timed_out_after_s=outcome.timed_out_after_s)
+        else:
+            response = self.error(outcome.message)
         response.stderr = notes + response.stderr
         return response
 

@@ -72,7 +72,7 @@ class Failure:
 
     @property
     def short(self) -> str:
-        return self.summary or self.message.splitlines()[0]
+        return self.summary or (self.message.splitlines() or [""])[0]
 
 
 Outcome = Result | Failure

@@ -13,7 +13,9 @@ answering it, and the loser stopped on its own side without touching the winner'
   multiplex one answers its cancel), and only then are the outputs renamed into place. A
   local winner cancels the remote side, which deletes what it staged.
 - A race that is itself cancelled (a timeout, the runtime aborting) gives the win to
-  nobody: neither side writes after that, and the local side is awaited until clean.
+  nobody, unless the remote side already claimed it (its outputs may then land after
+  the answer): the local side is stopped and awaited until clean, and a remote side that
+  claims later is told to discard its outputs.
 """
 
 from __future__ import annotations

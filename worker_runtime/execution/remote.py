@@ -5,6 +5,7 @@ the operation on the server; its thread then ends by itself, its staged outputs 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import logging
 import threading
 from collections.abc import Callable
@@ -19,6 +20,10 @@ from worker_runtime.remote.client import RemoteResult
 from worker_runtime.remote.forward import forward, in_remote_thread
 
 LOGGER = logging.getLogger(__name__)
+
+#: How long a remote thread waits for the race's answer to its claim (stopping the local
+#: side included, at most a cancel grace and a kill): past it, the loop is not running.
+CLAIM_TIMEOUT_S = 120.0
 
 
 def remote_result(result: RemoteResult) -> Result:
@@ -39,8 +44,13 @@ class RemoteExecutor:
         loop = asyncio.get_running_loop()
 
         def may_write() -> bool:  # on the remote thread, outputs staged
-            claim = asyncio.run_coroutine_threadsafe(referee.claim_for_remote(), loop)
-            return claim.result()
+            try:
+                claim = asyncio.run_coroutine_threadsafe(referee.claim_for_remote(), loop)
+                return claim.result(timeout=CLAIM_TIMEOUT_S)
+            except (RuntimeError, TimeoutError, concurrent.futures.CancelledError):
+                # The loop is closed or stopping (the runtime is exiting): discard them.
+                LOGGER.info("the race's referee did not answer; remote outputs discarded")
+                return False
 
         def cache_missed() -> None:  # on the remote thread
             loop.call_soon_threadsafe(referee.cache_missed)

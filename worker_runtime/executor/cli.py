@@ -52,6 +52,8 @@ def main(argv: Sequence[str]) -> int:
         "--metrics-port", type=int, help="serve Prometheus metrics on 127.0.0.1:PORT"
     )
     args = parser.parse_args(argv)
+    if args.cancel_grace <= 0:
+        parser.error(f"--cancel-grace must be a number of seconds > 0, not {args.cancel_grace:g}")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     try:
         endpoint = parse_endpoint(

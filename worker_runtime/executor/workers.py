@@ -5,10 +5,9 @@ one serves every concurrent action of its identity, its responses matched by req
 The processes themselves are the local runtime's ``BackendProcess`` (one worker-process
 core for both sides), driven from the lease threads through a shared pipe loop
 (backends/loop_thread.py). A worker is discarded after any protocol error, timeout or
-crash; idle ones are stopped
-after a while; the number of workers is capped (the least recently used idle one makes
-room for a new one) and so is their total memory (idle ones go largest first, the policy
-the daemon's reclaimer follows too: eviction.py)."""
+crash; idle ones are stopped after a while; the number of workers is capped (the least
+recently used idle one makes room for a new one) and so is their total memory (idle ones
+go largest first, the policy the daemon's reclaimer follows too: eviction.py)."""
 
 from __future__ import annotations
 
@@ -35,8 +34,9 @@ from worker_runtime.protocol.messages import WorkRequest, WorkResponse
 #: the same defaults as the local runtime's.
 CANCEL_GRACE_S = RuntimeConfig.cancel_grace_s
 FRAME_STALL_TIMEOUT_S = RuntimeConfig.frame_stall_timeout_s
-#: A discarded worker gets this long after SIGTERM before SIGKILL.
-_STOP_GRACE_S = 0.5
+#: A discarded worker is killed at once (no grace after SIGTERM): the pool's lock is held
+#: while it goes, and an evicted or faulty worker has nothing to finish.
+_STOP_GRACE_S = 0.0
 
 
 class WorkerFault(RuntimeError):
@@ -83,10 +83,6 @@ class PersistentWorker:
     @property
     def pid(self) -> int:
         return self.backend.pid
-
-    @property
-    def log(self) -> Path:
-        return self.backend.log_path
 
     def usable(self) -> bool:
         return self.backend.alive
@@ -261,7 +257,11 @@ class WorkerPool:
             LoopThread.shared().run(backend.start())
         except BackendStartError as exc:
             shutil.rmtree(home, ignore_errors=True)
-            raise WorkerFault(str(exc)) from None
+            raise WorkerFault(f"the action's worker could not be started: {exc}") from None
+        except BaseException:  # started, but its pipes could not be set up: nothing is kept
+            LoopThread.shared().run(backend.stop(grace_s=_STOP_GRACE_S))
+            shutil.rmtree(home, ignore_errors=True)
+            raise
         return PersistentWorker(identity, home, backend)
 
     def release(self, worker: PersistentWorker, healthy: bool) -> None:

@@ -67,6 +67,8 @@ def forward(
     may_write: Callable[[], bool] | None = None,
     on_cache_miss: Callable[[], None] | None = None,
 ) -> RemoteResult:
+    if cancellation is not None:
+        cancellation.check()  # cancelled while it waited for a thread: nothing to do
     root = Path(manager.cwd)
     envelope = read_envelope(envelope_path, str(root))
     environment = {**manager.config.env, **key_env}

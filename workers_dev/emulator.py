@@ -95,6 +95,15 @@ def make_command(
     return command
 
 
+def buck2_status(response: pb.ExecuteResponse) -> str:
+    """What Buck2 makes of a response (its worker executor): a response that carries
+    ``timed_out_after_s`` is a timeout whatever its exit code; otherwise its exit code
+    decides."""
+    if response.HasField("timed_out_after_s"):
+        return f"timed out after {response.timed_out_after_s} s"
+    return "success" if response.exit_code == 0 else f"failed with exit code {response.exit_code}"
+
+
 class Buck2Worker:
     """One worker process as Buck2 manages it during one command."""
 

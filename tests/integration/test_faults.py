@@ -15,7 +15,7 @@ from tests.conftest import FAKE_WORKER, StartRuntime, backend_logs, fake_backend
 from worker_runtime.errors import RUNTIME_ERROR_EXIT_CODE
 from worker_runtime.proto import buck2_worker_pb2 as pb
 from worker_runtime.proto import buck2_worker_pb2_grpc as pb_grpc
-from workers_dev.emulator import Buck2Worker, StreamingSession, make_command
+from workers_dev.emulator import Buck2Worker, StreamingSession, buck2_status, make_command
 
 
 def assert_still_serves(worker: Buck2Worker) -> None:
@@ -27,6 +27,7 @@ def test_crash_mid_request_is_retried_once_then_reported(start_runtime: StartRun
     worker = start_runtime(fake_backend())
     response = worker.run("crash")
     assert response.exit_code == RUNTIME_ERROR_EXIT_CODE
+    assert buck2_status(response) == f"failed with exit code {RUNTIME_ERROR_EXIT_CODE}"
     assert "exited with code 3 before answering" in response.stderr
     assert "fake_worker: crashing on purpose" in response.stderr  # the stderr tail
     assert "retried 1 time(s) on a fresh backend" in response.stderr
@@ -92,7 +93,7 @@ def test_never_answers_times_out_and_next_request_gets_fresh_backend(
     worker = start_runtime(fake_backend(), ["--max-instances", "1"])
     pid = worker.run("pid").stderr
     response = worker.execute(make_command(["silent"], timeout_s=1))
-    assert response.HasField("timed_out_after_s") and response.timed_out_after_s == 1
+    assert buck2_status(response) == "timed out after 1 s"
     assert "ran past its timeout of 1 s" in response.stderr
     assert wait_gone([int(pid)]) == []
     assert worker.run("pid").stderr != pid

@@ -36,6 +36,7 @@ from worker_runtime.remote.convention import (
     PROTOCOL_PROPERTY,
     TOOL_INPUT_PROPERTY,
     UnsafePathError,
+    named_tool_files,
     request_arguments,
     safe_relative_path,
     split_arguments,
@@ -212,13 +213,16 @@ class ActionRunner:
     ) -> tuple[int, bytes, bytes, bool, int]:
         protocol = properties.get(PROTOCOL_PROPERTY, "proto")
         multiplex = properties.get(MULTIPLEX_PROPERTY) == "true"
+        # The marked tool files (Bazel's way), else the files the startup command names
+        # (Buck2 marks none): staged in the worker's home and part of its key.
+        tool_files = sorted(inputs.tools) or named_tool_files(startup, inputs.files)
         # Never the client's key: the one of what this action really carries.
         identity = WorkerKey(
             tuple(a for a in startup if a != PERSISTENT_WORKER_FLAG),
             tuple(sorted(env.items())),
             protocol,
             multiplex,
-            tuple(sorted(inputs.tools)),
+            tuple(tool_files),
             instance=instance,
         )
         if identity.digest != properties[KEY_PROPERTY]:
@@ -236,7 +240,7 @@ class ActionRunner:
             inputs=tuple(WorkInput(p, d.encode()) for p, d in inputs.files),
             sandbox_dir=str(inputs.directory),
         )
-        tools = [(path, inputs.directory / path) for path, _ in inputs.tools]
+        tools = [(path, inputs.directory / path) for path, _ in tool_files]
         run_env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), **env}
         try:
             worker, reused = self.pool.acquire(identity, run_env, tools)

@@ -6,7 +6,8 @@ as both sides of it apply it here.
 - ``persistentWorkerKey``: a fingerprint of the tool files' digests, the startup
   arguments (``--persistent_worker`` added) and the environment; on both the Action's and
   the Command's platform. ``persistentWorkerProtocol`` only when it is ``json``.
-- Tool files carry the node property ``bazel_tool_input``.
+- Tool files carry the node property ``bazel_tool_input``. Buck2 marks none: for such an
+  action the tool files are those its startup arguments name (``named_tool_files``).
 - A server splits the arguments at the first flag file (``@x``, ``-flagfile=x``,
   ``--flagfile=x``) into startup arguments and request arguments, and never trusts the
   client's key: it recomputes it from what it received.
@@ -72,6 +73,26 @@ def worker_key(
         startup, tuple(sorted(environment.items())), protocol, False, tuple(sorted(tool_files))
     )
     return key.digest
+
+
+def named_tool_files(
+    startup_arguments: Sequence[str], files: Iterable[tuple[str, str]]
+) -> list[tuple[str, str]]:
+    """The tool files of an action that marks none (Buck2 marks no ``bazel_tool_input``):
+    the input root's files (path, digest) that its startup arguments name, a named
+    directory standing for every file under it. What a startup command reads without
+    naming it (a launcher's sibling jar) is not found this way: name it, or mark it."""
+    named = set()
+    for argument in startup_arguments:
+        try:
+            named.add(safe_relative_path(argument, "startup argument"))
+        except UnsafePathError:
+            continue  # an absolute path, a flag: not a file of the input root
+    return sorted(
+        (path, digest)
+        for path, digest in files
+        if path in named or any(path.startswith(f"{name}/") for name in named)
+    )
 
 
 class UnsafePathError(ValueError):

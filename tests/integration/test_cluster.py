@@ -1,5 +1,5 @@
 """`worker-runtime cluster up | status | down`: PostgreSQL and BuildGrid brought up on
-Unix sockets, idempotently, and every process stopped by `down`. Needs Debian's
+Unix sockets (and BuildGrid on 127.0.0.1 too, for Buck2's RE client), idempotently, and every process stopped by `down`. Needs Debian's
 PostgreSQL and the BuildGrid virtualenv (scripts/bootstrap.sh installs both)."""
 
 from __future__ import annotations
@@ -49,6 +49,16 @@ def test_up_is_idempotent_and_down_stops_every_process(cluster_dir: Path) -> Non
         capture_output=True, text=True, timeout=60,
     )  # fmt: skip
     assert capabilities.returncode == 0 and '"execEnabled": true' in capabilities.stdout
+    # And on 127.0.0.1 over TCP, for Buck2's RE client, whose settings `up` prints.
+    tcp = str(running["tcp_address"])
+    assert tcp.startswith("grpc://127.0.0.1:")
+    assert f"engine_address = {tcp}" in first.stdout and "[buck2_re_client]" in first.stdout
+    over_tcp = subprocess.run(
+        [str(bgd), "capabilities", "--remote", tcp.replace("grpc://", "http://"),
+         "--instance-name", "main"],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert over_tcp.returncode == 0 and '"execEnabled": true' in over_tcp.stdout, over_tcp.stderr
     assert cluster("down", "--dir", str(cluster_dir)).returncode == 0
     pids = [int(running[name]["pid"]) for name in ("postgres", "buildgrid")]  # type: ignore[call-overload]
     assert wait_gone(pids) == []

@@ -85,13 +85,15 @@ def config_text(
     instances: tuple[str, ...] = INSTANCES,
     server: str = "",
     authorization: str = "method: none",
+    tcp_port: int = 0,
 ) -> str:
     """The server config: CAS in memory, and for every instance (tenant) an action cache
     and a SQL scheduler of its own, so that no result, job or bot is shared between
     tenants; assignment tuned for latency (no jitter, 50 ms polls and back-off), short
     bot keepalives (a bot silent for 10 s loses its leases to others).
 
-    ``server`` (the YAML list items of `server:`) defaults to the plain Unix socket;
+    ``server`` (the YAML list items of `server:`) defaults to the plain Unix socket, and
+    with ``tcp_port`` also 127.0.0.1:``tcp_port`` (Buck2's RE client speaks TCP only);
     ``authorization`` is the body of `authorization:`. The tests use both for a server
     behind TLS and JWT bearer tokens on the same database. BuildGrid 0.4 has no sampling
     weights: its assigner takes a bot that ran the hint before, else the one with most
@@ -114,11 +116,19 @@ def config_text(
               priority: -10.0
               locality: 1000.0
               capacity: 1.0"""
+    tcp = (
+        f"""
+  - !channel
+    address: "127.0.0.1:{tcp_port}"
+    insecure-mode: true"""
+        if tcp_port
+        else ""
+    )
     server = (
         server
         or f"""  - !channel
     address: "{layout.address}"
-    insecure-mode: true"""
+    insecure-mode: true{tcp}"""
     )
     # 0.4 has no maximum-concurrent-rpcs: its limit is the thread pool's size.
     limits = (
@@ -225,12 +235,12 @@ def answers(layout: ClusterLayout, timeout_s: float = 2.0) -> bool:
     return True
 
 
-def start(layout: ClusterLayout, timeout_s: float = 60.0) -> int:
+def start(layout: ClusterLayout, tcp_port: int = 0, timeout_s: float = 60.0) -> int:
     """Writes the config, migrates, starts `bgd server start` detached and waits until it
-    answers. Returns its PID."""
+    answers. Returns its PID. With ``tcp_port`` it also listens on 127.0.0.1:tcp_port."""
     version = flavour()
     postgres.ensure_database(layout, version.database)
-    layout.config.write_text(config_text(layout, version))
+    layout.config.write_text(config_text(layout, version, tcp_port=tcp_port))
     migrate(layout, version)
     log = layout.logs / "buildgrid.log"
     layout.buildgrid_socket.unlink(missing_ok=True)

@@ -35,10 +35,22 @@ def describe(layout: ClusterLayout) -> dict[str, object]:
         version = buildgrid.flavour().describe()
     except ClusterError:
         version = "not installed"
+    tcp = f"grpc://127.0.0.1:{state.tcp_port}" if state.tcp_port else ""
     return {
         "dir": str(layout.root),
         "address": layout.address,
+        "tcp_address": tcp,
         "instance": INSTANCE,
+        # What a Buck2 project puts in its .buckconfig to build on this engine.
+        "buck2_re_client": {
+            "engine_address": tcp,
+            "action_cache_address": tcp,
+            "cas_address": tcp,
+            "instance_name": INSTANCE,
+            "tls": "false",
+        }
+        if tcp
+        else {},
         "postgres": {"pid": state.postgres_pid, "alive": buildgrid.alive(state.postgres_pid)},
         "buildgrid": {
             "version": version,
@@ -149,8 +161,9 @@ def up(layout: ClusterLayout, executors: int) -> dict[str, object]:
             state.postgres_pid = postgres.start(layout)
         else:
             state.postgres_pid = postgres.pid(layout)
+        state.tcp_port = free_port()
         layout.write_state(state)
-        state.buildgrid_pid = buildgrid.start(layout)
+        state.buildgrid_pid = buildgrid.start(layout, state.tcp_port)
         layout.write_state(state)
         start_executors(layout, state, executors)
         layout.write_state(state)
@@ -188,7 +201,16 @@ def up_main(argv: Sequence[str]) -> int:
         f"cluster up: {info['address']} (instance {INSTANCE}, BuildGrid {version}); "
         f"logs in {layout.logs}"
     )
+    settings = info["buck2_re_client"]
+    if isinstance(settings, dict) and settings:
+        print(f"\nFor Buck2's RE client, in .buckconfig:\n{buckconfig_section(settings)}")
     return 0
+
+
+def buckconfig_section(settings: dict[str, str]) -> str:
+    """The [buck2_re_client] section that points Buck2 at this engine."""
+    lines = ["[buck2_re_client]", *(f"{key} = {value}" for key, value in settings.items())]
+    return "\n".join(lines) + "\n"
 
 
 def status_main(argv: Sequence[str]) -> int:
@@ -204,6 +226,8 @@ def status_main(argv: Sequence[str]) -> int:
         for name in ("postgres", "buildgrid"):
             print(f"  {name}: {info[name]}")
         print(f"  address: {info['address']} (instance {info['instance']})")
+        if info["tcp_address"]:
+            print(f"  tcp address (Buck2's RE client): {info['tcp_address']}")
     return 0 if running else 3
 
 

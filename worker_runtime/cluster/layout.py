@@ -28,6 +28,9 @@ class ClusterState:
     executor_pids: list[int] = field(default_factory=list)
     #: Each executor's Prometheus port on 127.0.0.1, in the order of executor_pids.
     executor_metrics_ports: list[int] = field(default_factory=list)
+    #: The engine's TCP port on 127.0.0.1 (for clients without Unix sockets: Buck2's
+    #: RE client connects over TCP only); 0 before it starts.
+    tcp_port: int = 0
 
 
 @dataclass(frozen=True)

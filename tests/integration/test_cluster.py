@@ -1,6 +1,7 @@
 """`worker-runtime cluster up | status | down`: PostgreSQL and BuildGrid brought up on
-Unix sockets (and BuildGrid on 127.0.0.1 too, for Buck2's RE client), idempotently, and every process stopped by `down`. Needs Debian's
-PostgreSQL and the BuildGrid virtualenv (scripts/bootstrap.sh installs both)."""
+Unix sockets (and BuildGrid on 127.0.0.1 too, for Buck2's RE client), idempotently, and
+every process stopped by `down`. Needs Debian's PostgreSQL and the BuildGrid virtualenv
+(scripts/bootstrap.sh installs both)."""
 
 from __future__ import annotations
 

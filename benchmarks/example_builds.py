@@ -10,35 +10,24 @@ import argparse
 import shutil
 import statistics
 import tempfile
-import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from benchmarks.chart import redraw
 from benchmarks.results import add_output_argument, emit
 from worker_runtime.daemon.commands import private_daemon_dir
-from workers_dev.build_runner import BuildResult, javac_worker, make_project
-from workers_dev.demo_examples import Example
-
-BuildPackage = Callable[..., BuildResult]
+from workers_dev.build_runner import javac_worker, make_project
+from workers_dev.demo_examples import Example, measure
 
 
 def compare_builds(
-    package: str,
-    build: BuildPackage,
-    config: dict[str, Any],
-    worker_name: str,
-    category: str,
-    rounds: int,
-    warmup_commands: int,
-    target_ratio: float,
+    example: Example, rounds: int, warmup_commands: int, target_ratio: float
 ) -> dict[str, Any]:
     def timed(project: Path, worker: Any) -> tuple[float, float]:
-        start = time.perf_counter()
-        result = build(project, package, worker=worker, jobs=2)
-        return time.perf_counter() - start, result.seconds(category)
+        build = measure(example, project, worker, jobs=2)
+        return build.wall_s, build.compile_s
 
+    config = example.config()
     tmp = Path(tempfile.mkdtemp(prefix="example-bench-"))
     result: dict[str, Any] = {"target_ratio": target_ratio, "jobs": 2}
     try:
@@ -53,7 +42,7 @@ def compare_builds(
             # Each build is one Buck2 command with its own front; the daemon outlives them.
             for i in range(warmup_commands + rounds):
                 shutil.rmtree(project / "buck-out", ignore_errors=True)
-                with javac_worker(project, config, [], name=worker_name) as worker:
+                with javac_worker(project, config, [], name=example.worker_name) as worker:
                     timing = timed(project, worker)
                 if i >= warmup_commands:
                     warm.append(timing)
@@ -93,10 +82,7 @@ def example_main(
     )
     add_output_argument(parser, result_name)
     args = parser.parse_args(argv)
-    result = compare_builds(
-        example.package, example.build, example.config(), example.worker_name, example.category,
-        args.rounds, args.warmup_commands, target_ratio,
-    )  # fmt: skip
+    result = compare_builds(example, args.rounds, args.warmup_commands, target_ratio)
     emit(result, args.output)
     if args.output != "-":
         redraw()

@@ -54,7 +54,7 @@ HASKELL = Example(
 )
 
 
-def _measured(example: Example, project: Path, worker: Any, jobs: int) -> ExampleBuild:
+def measure(example: Example, project: Path, worker: Any, jobs: int) -> ExampleBuild:
     start = time.perf_counter()
     result = example.build(project, example.package, worker=worker, jobs=jobs)
     wall = time.perf_counter() - start
@@ -74,9 +74,9 @@ def build_three_times(example: Example, root: Path, jobs: int) -> dict[str, Exam
     for mode in MODES:
         shutil.rmtree(project / "buck-out", ignore_errors=True)
         if mode == "cold":
-            results[mode] = _measured(example, project, None, jobs)
+            results[mode] = measure(example, project, None, jobs)
         else:
             with javac_worker(project, config, [], name=example.worker_name) as worker:
-                results[mode] = _measured(example, project, worker, jobs)
+                results[mode] = measure(example, project, worker, jobs)
         sys.stderr.write(f"  {mode:<28} {results[mode].wall_s:.2f} s\n")
     return results

@@ -23,7 +23,11 @@ from worker_runtime.digests import DigestCache
 from worker_runtime.proto import remote_execution_pb2 as re_pb2
 from worker_runtime.remote.action import BuiltAction, platform
 from worker_runtime.remote.convention import KEY_PROPERTY
-from worker_runtime.remote.merkle import Blobs, build_input_root, digest_key, digest_of
+from worker_runtime.remote.merkle import (
+    Blobs,
+    build_input_root,
+    store_message,
+)
 
 
 class Buck2Refuses(ValueError):
@@ -60,11 +64,7 @@ def buck2_action(
     input_root = build_input_root(
         sorted((path, root / path) for path in inputs), set(), DigestCache(), blobs
     )
-    command_data = command.SerializeToString(deterministic=True)
-    command_digest = digest_of(command_data)
-    blobs.data[digest_key(command_digest)] = command_data
-    action = re_pb2.Action(command_digest=command_digest, input_root_digest=input_root)
-    action_data = action.SerializeToString(deterministic=True)
-    action_digest = digest_of(action_data)
-    blobs.data[digest_key(action_digest)] = action_data
-    return BuiltAction(action, action_digest, command, tuple(outputs), buck2_key)
+    action = re_pb2.Action(
+        command_digest=store_message(command, blobs), input_root_digest=input_root
+    )
+    return BuiltAction(action, store_message(action, blobs), command, tuple(outputs), buck2_key)

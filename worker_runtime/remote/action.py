@@ -23,7 +23,11 @@ from worker_runtime.remote.convention import (
     safe_relative_path,
     worker_key,
 )
-from worker_runtime.remote.merkle import Blobs, build_input_root, digest_key, digest_of
+from worker_runtime.remote.merkle import (
+    Blobs,
+    build_input_root,
+    store_message,
+)
 
 
 @dataclass(frozen=True)
@@ -88,18 +92,12 @@ def build_action(
     files += [(tool, root / tool) for tool in tools]
     unique = sorted(dict(files).items())
     input_root = build_input_root(unique, set(tools), cache, blobs)
-    command_data = command.SerializeToString(deterministic=True)
-    command_digest = digest_of(command_data)
-    blobs.data[digest_key(command_digest)] = command_data
     action = re_pb2.Action(
-        command_digest=command_digest,
+        command_digest=store_message(command, blobs),
         input_root_digest=input_root,
         platform=platform(properties),
         do_not_cache=not cacheable,
     )
     if timeout_s > 0:
         action.timeout.CopyFrom(duration_pb2.Duration(seconds=timeout_s))
-    action_data = action.SerializeToString(deterministic=True)
-    action_digest = digest_of(action_data)
-    blobs.data[digest_key(action_digest)] = action_data
-    return BuiltAction(action, action_digest, command, outputs, key)
+    return BuiltAction(action, store_message(action, blobs), command, outputs, key)

@@ -9,6 +9,8 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from google.protobuf.message import Message
+
 from worker_runtime.digests import DigestCache
 from worker_runtime.proto import remote_execution_pb2 as re_pb2
 from worker_runtime.remote.convention import TOOL_INPUT_PROPERTY, safe_relative_path
@@ -87,13 +89,18 @@ def _expand(inputs: list[tuple[str, Path]]) -> list[tuple[str, Path]]:
     return out
 
 
+def store_message(message: Message, blobs: Blobs) -> re_pb2.Digest:
+    """Adds ``message``, serialized deterministically, to ``blobs``; returns its digest."""
+    data = message.SerializeToString(deterministic=True)
+    digest = digest_of(data)
+    blobs.data[digest_key(digest)] = data
+    return digest
+
+
 def _store(node: _Node, blobs: Blobs) -> re_pb2.Digest:
     directory = re_pb2.Directory()
     for name in sorted(node.files):
         directory.files.append(node.files[name])
     for name in sorted(node.dirs):
         directory.directories.add(name=name, digest=_store(node.dirs[name], blobs))
-    data = directory.SerializeToString(deterministic=True)
-    digest = digest_of(data)
-    blobs.data[digest_key(digest)] = data
-    return digest
+    return store_message(directory, blobs)

@@ -1272,6 +1272,11 @@ class Buck2Fake:
             self._cache[path] = frozen
         return frozen
 
+    def value_of(self, bzl: Path, cell: str, name: str) -> object:
+        """The value the .bzl file ``bzl`` of ``cell`` binds to ``name``, as Python."""
+        probe = f'load(":{bzl.name}", "{name}")\ndef value():\n    return {name}\n'
+        return self.eval_file(bzl.parent / "__value_probe__.bzl", cell, probe).call("value")
+
     def error_of(self, expression: str, where: Path) -> str:
         """The error a .bzl file that evaluates ``expression`` fails with (fails if none)."""
         try:

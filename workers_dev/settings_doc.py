@@ -56,14 +56,12 @@ and the flags below override it. An unknown key or a value of the wrong type sto
 runtime with an error naming the key.
 """
 
-PROBE = 'load("//utils:settings.bzl", "SETTINGS")\ndef settings():\n    return SETTINGS\n'
-
 
 def buckconfig_settings() -> dict[str, dict[str, str]]:
     """``SETTINGS`` of prelude/utils/settings.bzl, as the prelude defines it."""
-    fake = Buck2Fake()
-    module = fake.eval_file(CELLS["prelude"] / "utils" / "settings_probe.bzl", "prelude", PROBE)
-    settings = module.call("settings")
+    settings = Buck2Fake().value_of(
+        CELLS["prelude"] / "utils" / "settings.bzl", "prelude", "SETTINGS"
+    )
     assert isinstance(settings, dict)
     return settings
 

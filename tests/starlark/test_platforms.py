@@ -289,9 +289,9 @@ def test_fake_checks_that_a_platform_names_itself(tmp_path: Path) -> None:
 def test_the_routings_are_one_list_in_each_language() -> None:
     """Starlark's ROUTINGS (the constraint values, the settings check) and the runtime's
     are the same list."""
-    probe = 'load("//utils:settings.bzl", "ROUTINGS")\ndef routings():\n    return ROUTINGS\n'
-    module = Buck2Fake().eval_file(CELLS["prelude"] / "utils" / "probe.bzl", "prelude", probe)
-    routings = module.call("routings")
+    routings = Buck2Fake().value_of(
+        CELLS["prelude"] / "utils" / "settings.bzl", "prelude", "ROUTINGS"
+    )
     assert isinstance(routings, list) and tuple(routings) == ROUTINGS
     attrs = platforms_buck({})
     assert {f"routing_{r}" for r in ROUTINGS} <= set(attrs)

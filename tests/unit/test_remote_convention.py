@@ -11,7 +11,6 @@ from tests.argfile_vectors import Case, parametrize_cases
 from worker_runtime.errors import RequestError
 from worker_runtime.remote.convention import (
     UnsafePathError,
-    flagfile_path,
     request_arguments,
     safe_relative_path,
     split_arguments,
@@ -33,12 +32,6 @@ def test_arguments_split_at_the_first_flag_file(
     arguments: list[str], startup: list[str], request_args: list[str]
 ) -> None:
     assert split_arguments(arguments) == (startup, request_args)
-
-
-def test_flagfile_path() -> None:
-    assert flagfile_path("@a/b.args") == "a/b.args"
-    assert flagfile_path("--flagfile=x") == "x"
-    assert flagfile_path("@@x") is None and flagfile_path("x") is None
 
 
 @parametrize_cases()

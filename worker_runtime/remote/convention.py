@@ -46,13 +46,6 @@ def split_arguments(arguments: Sequence[str]) -> tuple[list[str], list[str]]:
     return [], list(arguments)
 
 
-def flagfile_path(argument: str) -> str | None:
-    """The path a flag-file argument names, or None. (Only for splitting: of these, only
-    ``@x`` is expanded, by request_arguments.)"""
-    found = _FLAGFILE.match(argument)
-    return found.group(1) if found and not argument.startswith("@@") else None
-
-
 def request_arguments(arguments: Sequence[str], root: str) -> list[str]:
     """The WorkRequest arguments of a remote action's request arguments: ``@argfile``s
     expanded by the one rule, each a relative path under ``root`` (the action's input

@@ -242,6 +242,9 @@ class BackendProcess:
         """Leaves the backend clean after a request whose caller has gone."""
         if self.spec.key.multiplex and self.spec.cancellable and self._stdin is not None:
             self._cancelling.add(request_id)
+            # Made before the cancel is written: its answer may arrive before
+            # _abandoned first runs, and must find the event to set.
+            self._cancel_answered[request_id] = asyncio.Event()
             cancel = WorkRequest(arguments=(), request_id=request_id, cancel=True)
             self._stdin.write(self.framing.encode(cancel))
             asyncio.get_running_loop().call_later(
@@ -254,14 +257,16 @@ class BackendProcess:
 
     async def _abandoned(self, request_id: int) -> None:
         """Returns once the backend has stopped working on an abandoned request."""
-        if request_id in self._cancelling:
-            answered = self._cancel_answered.setdefault(request_id, asyncio.Event())
-            waits = [asyncio.ensure_future(e.wait()) for e in (answered, self._exited)]
-            try:
-                await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
-            finally:
-                for wait in waits:
-                    wait.cancel()
+        answered = self._cancel_answered.get(request_id)
+        if answered is not None:  # a cancel was sent
+            if not answered.is_set():
+                waits = [asyncio.ensure_future(e.wait()) for e in (answered, self._exited)]
+                try:
+                    await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+                finally:
+                    for wait in waits:
+                        wait.cancel()
+            self._cancel_answered.pop(request_id, None)
             if answered.is_set():
                 return
         if self._proc is not None:
@@ -349,9 +354,9 @@ class BackendProcess:
         if future is None:
             if response.request_id in self._cancelling:
                 self._cancelling.discard(response.request_id)
-                answered = self._cancel_answered.pop(response.request_id, None)
+                answered = self._cancel_answered.get(response.request_id)
                 if answered is not None:
-                    answered.set()
+                    answered.set()  # _abandoned takes it out
                 return
             pending = sorted(self._pending) or "none"
             raise ProtocolError(

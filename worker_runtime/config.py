@@ -196,13 +196,13 @@ class RuntimeConfig:
     routing: str = field(
         default="local",
         metadata=doc(
-            'Where requests go, as the execution platform says: "local", "remote", "auto" (local when a warm local slot is free, else remote) or "race" (both; the first result wins).'
+            'Where requests go, as the execution platform says: "local", "remote", "auto" (local when a warm local slot is free, else remote), "race" (both; the first result wins) or "native" (Buck2 sends remote actions itself; what reaches the runtime runs local).'
         ),
     )
     remote: RemoteConfig = field(
         default_factory=RemoteConfig,
         metadata=doc(
-            "Remote settings for the routings other than `local`: a JSON object of the keys in the next table."
+            "Remote settings for the routings `remote`, `auto` and `race`: a JSON object of the keys in the next table."
         ),
     )
 
@@ -260,7 +260,10 @@ def _optional_seconds(key: str, value: Any) -> float | None:
     return None if value is None else _seconds(key, value)
 
 
-ROUTINGS = ("local", "remote", "auto", "race")
+#: "native": Buck2 itself sends remote actions to remote persistent workers (its RE client,
+#: the execution platform's `use_bazel_protocol_remote_persistent_workers`), so what
+#: reaches the runtime is what Buck2 chose to run locally: served as `local`.
+ROUTINGS = ("local", "remote", "auto", "race", "native")
 REMOTE_KEYS: dict[str, type] = {
     item.name: dict if item.name == "properties" else type(getattr(RemoteConfig(), item.name))
     for item in fields(RemoteConfig)

@@ -10,12 +10,15 @@ app/buck2_action_impl/src/actions/impls/run.rs:
 - ``persistentWorkerKey`` is Buck2's own digest of the exe's artifacts, added to the
   platform's properties, which travel on ``Command.platform`` only (not on the Action);
 - no input carries ``bazel_tool_input``; the exe's artifacts are inputs like any other;
-- the environment is the action's own: Buck2 sends no ``PATH``;
+- the environment is the action's own, plus ``BUCK_SCRATCH_PATH``, a directory of its
+  own under ``buck-out/v2/tmp`` (`prepare_scratch_path`): it differs for every action.
+  Buck2 sends no ``PATH``;
 - outputs go in ``output_files`` (the compatibility behaviour).
 """
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -59,7 +62,9 @@ def buck2_action(
         platform=platform({**(properties or {}), KEY_PROPERTY: buck2_key}),
         output_files=list(outputs),
     )
-    for name, value in sorted((environment or {}).items()):
+    scratch = hashlib.sha256("\0".join(arguments).encode()).hexdigest()[:16]
+    env = {"BUCK_SCRATCH_PATH": f"buck-out/v2/tmp/root/{scratch}/__action__", **(environment or {})}
+    for name, value in sorted(env.items()):
         command.environment_variables.add(name=name, value=value)
     input_root = build_input_root(
         sorted((path, root / path) for path in inputs), set(), DigestCache(), blobs

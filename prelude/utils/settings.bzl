@@ -2,7 +2,10 @@
 reads them), and the one key needed before any target can be named: toolchains_cell."""
 
 # Where worker requests go; the runtime's config key `routing` takes the same values.
-ROUTINGS = ["local", "remote", "auto", "race"]
+# local, remote, auto, race: Buck2 runs every action locally, and worker-runtime runs a
+# worker request locally or forwards it over REAPI itself. native: Buck2's own RE client
+# sends actions to remote persistent workers ([buck2_re_client]).
+ROUTINGS = ["local", "remote", "auto", "race", "native"]
 
 # Every key of the [persistent_workers] section of .buckconfig, with its default and what
 # it does: the one definition of them. worker_settings reads all but `runtime` and
@@ -16,7 +19,7 @@ SETTINGS = {
     },
     "routing": {
         "default": "local",
-        "doc": "Where worker requests go: `local`, `remote`, `auto` (local while a warm local slot is free, else remote) or `race` (both; the first result wins).",
+        "doc": "Where worker requests go: `local`, `remote`, `auto` (local while a warm local slot is free, else remote), `race` (both; the first result wins), all four through worker-runtime, or `native` (Buck2's own RE client sends each worker action to remote persistent workers, from `[buck2_re_client]`; docs/remote.md).",
     },
     "runtime": {
         "default": ".venv/bin/worker-runtime",

@@ -18,7 +18,7 @@ def routing_select(cell: str = "") -> typing.Any:
         `routing = routing_select("workers")`.
 
     Returns:
-      A select() giving "local", "remote", "auto" or "race".
+      A select() giving "local", "remote", "auto", "race" or "native".
     """
     choices = {"DEFAULT": "local"}
     for routing in ROUTINGS:
@@ -42,25 +42,57 @@ def _runtime_config(ctx: AnalysisContext, backend: RunInfo) -> dict[str, typing.
         config["max_instances"] = ctx.attrs.max_instances
     return config
 
+# Routing native: Buck2 starts the tool locally as its own worker (WORKER_SOCKET set) and a
+# remote executor starts it as a Bazel persistent worker (exe + @argfile +
+# --persistent_worker). This entry runs the words before the marker (worker-runtime serve)
+# in the first case, the words after it (the worker as Buck2 built it) plus the request's
+# in the second. Every file either side runs is named on the command line, so a remote
+# executor stages it as a tool file.
+NATIVE_MARKER = "--remote-backend"
+_NATIVE_ENTRY = """#!/bin/sh
+# Written by worker_tool (routing native): runs worker-runtime when Buck2 starts it as its
+# worker, else the remote backend after the marker, with the rest of the arguments.
+if [ -n "${WORKER_SOCKET:-}" ]; then side=runtime; else side=backend; fi
+part=runtime
+for word do
+  shift
+  if [ "$part" = runtime ] && [ "$word" = MARKER ]; then part=backend; continue; fi
+  if [ "$part" = "$side" ]; then set -- "$@" "$word"; fi
+done
+exec "$@"
+""".replace("MARKER", NATIVE_MARKER)
+
+def _native_exe(ctx: AnalysisContext, local: typing.Any) -> typing.Any:
+    """The WorkerInfo exe of routing native: the entry, `local`, the marker, the remote backend."""
+    if ctx.attrs.remote_backend == None:
+        fail("worker_tool " + ctx.label.name + ": routing native needs remote_backend, the worker " +
+             "as Buck2 builds it (a remote executor runs it from the action's input root)")
+    entry = ctx.actions.write("worker_entry.sh", _NATIVE_ENTRY, is_executable = True)
+    return cmd_args(entry, local, NATIVE_MARKER, ctx.attrs.remote_backend[RunInfo])
+
 def _worker_tool_impl(ctx: AnalysisContext) -> list[Provider]:
     backend = ctx.attrs.backend[RunInfo]
+    routing = check_routing(ctx.attrs.routing)
     config = ctx.actions.write_json("worker_runtime.json", _runtime_config(ctx, backend))
     runtime = ctx.attrs._runtime[RunInfo]
-    exe = cmd_args(
-        runtime,
-        "serve",
-        "--config",
-        config,
-        hidden = [backend, ctx.attrs.tool_inputs],
-    )
+    local = cmd_args(runtime, "serve", "--config", config, hidden = [backend, ctx.attrs.tool_inputs])
+    native = routing == "native"
+    exe = _native_exe(ctx, local) if native else local
     worker = WorkerInfo(
         exe = exe,
         concurrency = ctx.attrs.concurrency,
         streaming = ctx.attrs.streaming,
-        supports_bazel_remote_persistent_worker_protocol = ctx.attrs.supports_bazel_remote_persistent_worker_protocol,
+        supports_bazel_remote_persistent_worker_protocol = native or ctx.attrs.supports_bazel_remote_persistent_worker_protocol,
     )
-    one_shot = ctx.attrs.fallback[RunInfo] if ctx.attrs.fallback else backend
-    fallback = RunInfo(args = cmd_args(one_shot))
+    if native:
+        # One-shot runs (workers off, or a remote engine without workers) happen remotely
+        # too; the worker's files go with every action, so a remote executor finds them in
+        # the input root (Buck2 uploads an action's inputs, never its worker's).
+        chosen = ctx.attrs.remote_fallback if ctx.attrs.remote_fallback != None else ctx.attrs.remote_backend
+        fallback = RunInfo(args = cmd_args(chosen[RunInfo], hidden = [exe]))
+    else:
+        one_shot = ctx.attrs.fallback[RunInfo] if ctx.attrs.fallback else backend
+        fallback = RunInfo(args = cmd_args(one_shot))
     return [
         DefaultInfo(default_output = config),
         worker,
@@ -111,6 +143,19 @@ worker_tool = rule(
             default = False,
             doc = "One backend process takes many requests at once.",
         ),
+        "remote_backend": attrs.option(
+            attrs.exec_dep(providers = [RunInfo]),
+            default = None,
+            doc = "Routing native: the worker as Buck2 builds it, which a remote executor " +
+                  "runs from the action's input root (every file it reads named on its " +
+                  "command line). Needed by routing native.",
+        ),
+        "remote_fallback": attrs.option(
+            attrs.exec_dep(providers = [RunInfo]),
+            default = None,
+            doc = "Routing native: what runs one-shot, locally or remotely (default: " +
+                  "remote_backend, without --persistent_worker).",
+        ),
         "routing": attrs.string(
             default = routing_select(),
             doc = "Where requests go; by default what the execution platform's routing says.",
@@ -126,7 +171,8 @@ worker_tool = rule(
         ),
         "supports_bazel_remote_persistent_worker_protocol": attrs.bool(
             default = False,
-            doc = "Let Buck2's own remote persistent worker path use this tool.",
+            doc = "Let Buck2's own remote persistent worker path use this tool (always so " +
+                  "under routing native).",
         ),
         "tool_inputs": attrs.list(
             attrs.source(),

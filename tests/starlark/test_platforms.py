@@ -12,7 +12,7 @@ import pytest
 import starlark as sl
 
 from worker_runtime.config import ROUTINGS, config_from_mapping
-from workers_dev.buck2_fake import CELLS, Analysis, Buck2Fake
+from workers_dev.buck2_fake import CELLS, Buck2Fake
 from workers_dev.build_runner import worker_settings, worker_tool_targets
 from workers_dev.settings_doc import buckconfig_settings
 
@@ -31,21 +31,50 @@ def platforms_buck(root_config: dict[tuple[str, str], str]) -> dict[str, Any]:
     return fake.target_attrs
 
 
-def analyse_platforms(
-    root_config: dict[tuple[str, str], str], extra: dict[str, str] | None = None
-) -> Analysis:
-    """prelude//platforms:platforms as its BUCK file declares it, with the settings that
-    worker_settings reads from ``root_config``."""
+def analyse_platform(
+    root_config: dict[tuple[str, str], str], routing: str, extra: dict[str, str] | None = None
+) -> dict[str, Any]:
+    """The ExecutionPlatformInfo of prelude//platforms:exec_ROUTING as its BUCK file
+    declares it, with the settings that worker_settings reads from ``root_config``."""
     fake = Buck2Fake(root_config=root_config)
-    attrs = platforms_buck(root_config)["platforms"]
-    given = {"routing_values": json.dumps(attrs["routing_values"]), **(extra or {})}
-    targets: dict[str, Any] = {f":routing_{name}": routing_value(name) for name in ROUTINGS}
+    attrs = platforms_buck(root_config)[f"exec_{routing}"]
+    given = {
+        "routing": json.dumps(attrs["routing"]),
+        "routing_value": json.dumps(attrs["routing_value"]),
+        **(extra or {}),
+    }
+    targets: dict[str, Any] = {f":routing_{routing}": routing_value(routing)}
     targets["toolchains//:worker_settings"] = worker_settings(fake)
     targets[":linux"] = LINUX
-    return fake.analyse(
-        "@prelude//platforms:execution_platforms.bzl", "persistent_worker_platforms",
-        "//platforms:platforms", given, targets,
+    analysis = fake.analyse(
+        "@prelude//platforms:execution_platforms.bzl", "worker_execution_platform",
+        f"//platforms:exec_{routing}", given, targets,
     )  # fmt: skip
+    platform: dict[str, Any] = analysis.provider("ExecutionPlatformInfo")
+    return platform
+
+
+def platform_dep(routing: str) -> str:
+    label = f'fake_target_label("prelude//platforms:exec_{routing}")'
+    config = "CommandExecutorConfig(local_enabled = True, remote_enabled = False)"
+    empty = "ConfigurationInfo(constraints = {}, values = {})"
+    return (
+        f"fake_dep(ExecutionPlatformInfo(label = {label}, configuration = {empty}, "
+        f"executor_config = {config}))"
+    )
+
+
+def registered(root_config: dict[tuple[str, str], str]) -> list[str]:
+    """The labels prelude//platforms:platforms registers, in order."""
+    fake = Buck2Fake(root_config=root_config)
+    attrs = platforms_buck(root_config)["platforms"]
+    targets: dict[str, Any] = {f":exec_{r}": platform_dep(r) for r in ROUTINGS}
+    targets["toolchains//:worker_settings"] = worker_settings(fake)
+    analysis = fake.analyse(
+        "@prelude//platforms:execution_platforms.bzl", "persistent_worker_platforms",
+        "//platforms:platforms", {"platforms": json.dumps(attrs["platforms"])}, targets,
+    )  # fmt: skip
+    return [p["label"] for p in analysis.provider("ExecutionPlatformRegistrationInfo")["platforms"]]
 
 
 OS_SETTING = 'ConstraintSettingInfo(label = fake_target_label("cfg//os:os"))'
@@ -55,9 +84,8 @@ LINUX = f'fake_dep(ConstraintValueInfo(setting = {OS_SETTING}, label = fake_targ
 def test_platform_from_default_config_turns_workers_on_locally() -> None:
     attrs = platforms_buck({})["platforms"]
     assert "routing" not in attrs and "enabled" not in attrs  # read by worker_settings
-    registration = analyse_platforms({}).provider("ExecutionPlatformRegistrationInfo")
-    (platform,) = registration["platforms"]
-    assert platform["label"] == "root//platforms:platforms"
+    platform = analyse_platform({}, "local")
+    assert platform["label"] == "root//platforms:exec_local"
     assert platform["executor_config"]["use_persistent_workers"] is True
     assert platform["executor_config"]["local_enabled"] is True
     assert platform["executor_config"]["remote_enabled"] is False
@@ -69,16 +97,41 @@ def test_platform_from_default_config_turns_workers_on_locally() -> None:
     )
 
 
-def test_one_line_of_buckconfig_switches_the_routing() -> None:
-    analysis = analyse_platforms({("persistent_workers", "routing"): "remote"})
-    (platform,) = analysis.provider("ExecutionPlatformRegistrationInfo")["platforms"]
-    value = platform["configuration"]["constraints"]["prelude//platforms:worker_routing"]
-    assert value["label"] == "prelude//platforms:routing_remote"
+@pytest.mark.parametrize("routing", ["remote", "auto", "race"])
+def test_forwarding_routings_keep_buck2_local(routing: str) -> None:
+    """worker-runtime forwards their remote requests itself: to Buck2 they are local."""
+    config = analyse_platform({}, routing)["executor_config"]
+    assert config["local_enabled"] is True and config["remote_enabled"] is False
+
+
+def test_native_platform_is_buck2_remote_execution_with_remote_persistent_workers() -> None:
+    settings = {("persistent_workers", "remote_properties"): "OSFamily=linux"}
+    config = analyse_platform(settings, "native")["executor_config"]
+    assert config["remote_enabled"] is True and config["local_enabled"] is True
+    assert config["use_limited_hybrid"] is True  # remote unless the command prefers local
+    assert config["use_bazel_protocol_remote_persistent_workers"] is True
+    assert config["use_persistent_workers"] is True
+    assert config["remote_execution_properties"] == {"OSFamily": "linux"}
+    assert config["remote_execution_use_case"] == "buck2-default"
+    assert config["remote_cache_enabled"] is True
+
+
+def test_native_platform_without_workers_sends_plain_remote_actions() -> None:
+    config = analyse_platform({("persistent_workers", "enabled"): "false"}, "native")
+    assert config["executor_config"]["remote_enabled"] is True
+    assert config["executor_config"]["use_bazel_protocol_remote_persistent_workers"] is False
+    assert config["executor_config"]["remote_execution_properties"] == {}
+
+
+@pytest.mark.parametrize("routing", ROUTINGS)
+def test_every_routing_is_registered_the_configured_one_first(routing: str) -> None:
+    order = registered({("persistent_workers", "routing"): routing})
+    assert order[0] == f"prelude//platforms:exec_{routing}"
+    assert sorted(order) == sorted(f"prelude//platforms:exec_{r}" for r in ROUTINGS)
 
 
 def test_workers_can_be_switched_off() -> None:
-    analysis = analyse_platforms({("persistent_workers", "enabled"): "false"})
-    (platform,) = analysis.provider("ExecutionPlatformRegistrationInfo")["platforms"]
+    platform = analyse_platform({("persistent_workers", "enabled"): "false"}, "local")
     assert platform["executor_config"]["use_persistent_workers"] is False
 
 
@@ -88,7 +141,7 @@ def test_workers_can_be_switched_off() -> None:
         (
             "routing",
             "cloud",
-            '[persistent_workers] routing = "cloud" is not one of local, remote, auto, race',
+            '[persistent_workers] routing = "cloud" is not one of local, remote, auto, race, native',
         ),
         ("enabled", "maybe", '[persistent_workers] enabled = "maybe" is not a boolean'),
     ],
@@ -97,7 +150,7 @@ def test_bad_setting_is_an_analysis_error_naming_the_key(
     setting: str, value: str, message: str
 ) -> None:
     with pytest.raises(sl.StarlarkError) as info:
-        analyse_platforms({("persistent_workers", setting): value})
+        registered({("persistent_workers", setting): value})
     assert message in str(info.value)
 
 
@@ -139,7 +192,10 @@ def analyse_tool(root_config: dict[tuple[str, str], str], constraints: list[str]
     fake = Buck2Fake(root_config=root_config)
     analysis = fake.analyse(
         "@prelude//worker:worker_tool.bzl", "worker_tool", "//tools:w",
-        {"backend": 'fake_dep(RunInfo(args = cmd_args("w")))'},
+        {
+            "backend": 'fake_dep(RunInfo(args = cmd_args("w")))',
+            "remote_backend": 'fake_dep(RunInfo(args = cmd_args("w-built")))',
+        },
         worker_tool_targets(fake),
         constraints=constraints,
     )  # fmt: skip
@@ -150,8 +206,7 @@ def analyse_tool(root_config: dict[tuple[str, str], str], constraints: list[str]
 @pytest.mark.parametrize("routing", ROUTINGS)
 def test_worker_tool_picks_the_routing_of_its_execution_platform(routing: str) -> None:
     # The constraint the platform carries is the key the tool's select() matches.
-    analysis = analyse_platforms({("persistent_workers", "routing"): routing})
-    (platform,) = analysis.provider("ExecutionPlatformRegistrationInfo")["platforms"]
+    platform = analyse_platform({}, routing)
     constraints = [v["label"] for v in platform["configuration"]["constraints"].values()]
     config = analyse_tool({}, constraints)
     assert config["routing"] == routing
@@ -242,8 +297,7 @@ def test_read_root_config_is_refused_during_analysis(tmp_path: Path) -> None:
 
 
 def test_extra_constraints_join_the_routing_constraint() -> None:
-    analysis = analyse_platforms({}, {"extra_constraints": json.dumps([":linux"])})
-    (platform,) = analysis.provider("ExecutionPlatformRegistrationInfo")["platforms"]
+    platform = analyse_platform({}, "local", {"extra_constraints": json.dumps([":linux"])})
     assert set(platform["configuration"]["constraints"]) == {
         "prelude//platforms:worker_routing",
         "cfg//os:os",
@@ -295,4 +349,5 @@ def test_the_routings_are_one_list_in_each_language() -> None:
     assert isinstance(routings, list) and tuple(routings) == ROUTINGS
     attrs = platforms_buck({})
     assert {f"routing_{r}" for r in ROUTINGS} <= set(attrs)
-    assert attrs["platforms"]["routing_values"] == {r: f":routing_{r}" for r in ROUTINGS}
+    assert {f"exec_{r}" for r in ROUTINGS} <= set(attrs)
+    assert attrs["platforms"]["platforms"] == {r: f":exec_{r}" for r in ROUTINGS}

@@ -85,3 +85,15 @@ def test_paths_that_leave_the_root_are_refused(path: str) -> None:
 
 def test_safe_paths_are_normalised() -> None:
     assert safe_relative_path("a//b/./c", "output path") == "a/b/c"
+
+
+def test_per_action_variables_are_not_part_of_a_worker_s_environment_or_key() -> None:
+    """Buck2 gives every action its own BUCK_SCRATCH_PATH, and worker_run its own envelope:
+    with them in the key, no two actions would share a worker."""
+    from worker_runtime.remote.convention import worker_environment, worker_key
+
+    one = {"LANG": "C", "BUCK_SCRATCH_PATH": "buck-out/v2/tmp/a", "WORKER_RUNTIME_ENVELOPE": "a"}
+    two = {"LANG": "C", "BUCK_SCRATCH_PATH": "buck-out/v2/tmp/b", "WORKER_RUNTIME_ENVELOPE": "b"}
+    assert worker_environment(one) == {"LANG": "C"}
+    assert worker_key([], ["w"], one, "proto") == worker_key([], ["w"], two, "proto")
+    assert worker_key([], ["w"], one, "proto") != worker_key([], ["w"], {"LANG": "D"}, "proto")

@@ -33,9 +33,19 @@ def _javac_worker_binary_impl(ctx: AnalysisContext) -> list[Provider]:
         is_executable = True,
         absolute = True,
     )
+
+    # The RunInfo names the classes directory on its command line (the launcher only
+    # hides it in its text): a remote executor stages the files a worker's command line
+    # names (remote persistent workers, routing native), and every path stays relative.
     return [
         DefaultInfo(default_output = launcher, other_outputs = [classes]),
-        RunInfo(args = cmd_args(launcher, hidden = [classes])),
+        RunInfo(args = cmd_args(
+            ctx.attrs.java[RunInfo],
+            JVM_FLAGS,
+            "-cp",
+            classes,
+            "buck2.workers.javac.JavacWorker",
+        )),
     ]
 
 javac_worker_binary = rule(

@@ -1,7 +1,8 @@
 """Composes the executor for the config's ``routing`` (as the execution platform says)
 from the local and remote executors and the policy wrappers:
 
-- local:  Timeout(Retry(Local))
+- local, native:  Timeout(Retry(Local)) (under `native` Buck2 sends remote actions
+  itself; the runtime only sees the ones it runs locally)
 - remote: Remote, or LocalFallback(Remote, local) with ``remote.fallback_local``
 - auto:   Auto(local, remote), where ``remote`` is as above
 - race:   Timeout(Race(Retry(Local), Remote))
@@ -23,7 +24,7 @@ def executor_for(manager: BackendManager) -> Executor:
     local_side = LocalExecutor(manager)
     retried = Retry(local_side, config.retries)
     local: Executor = Timeout(retried)
-    if config.routing == "local":
+    if config.routing in ("local", "native"):
         return local
     # Imported here: a local-only runtime never loads the REAPI client.
     from worker_runtime.execution.race import Race

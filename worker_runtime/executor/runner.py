@@ -40,6 +40,7 @@ from worker_runtime.remote.convention import (
     request_arguments,
     safe_relative_path,
     split_arguments,
+    worker_environment,
 )
 from worker_runtime.remote.merkle import Blobs, digest_key, digest_of
 
@@ -217,9 +218,10 @@ class ActionRunner:
         # (Buck2 marks none): staged in the worker's home and part of its key.
         tool_files = sorted(inputs.tools) or named_tool_files(startup, inputs.files)
         # Never the client's key: the one of what this action really carries.
+        worker_env = worker_environment(env)
         identity = WorkerKey(
             tuple(a for a in startup if a != PERSISTENT_WORKER_FLAG),
-            tuple(sorted(env.items())),
+            tuple(sorted(worker_env.items())),
             protocol,
             multiplex,
             tuple(tool_files),
@@ -241,7 +243,7 @@ class ActionRunner:
             sandbox_dir=str(inputs.directory),
         )
         tools = [(path, inputs.directory / path) for path, _ in tool_files]
-        run_env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), **env}
+        run_env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), **worker_env}
         try:
             worker, reused = self.pool.acquire(identity, run_env, tools)
         except WorkerFault as exc:  # it could not be started: its tool files are at fault

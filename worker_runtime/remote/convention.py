@@ -4,7 +4,7 @@ as both sides of it apply it here.
 - ``Command.arguments`` = the backend's startup arguments + the request's ``@argfile``,
   so a server that knows nothing of workers still runs the action one-shot, correctly.
 - ``persistentWorkerKey``: a fingerprint of the tool files' digests, the startup
-  arguments (``--persistent_worker`` added) and the environment; on both the Action's and
+  arguments (``--persistent_worker`` added) and the environment (less PER_ACTION_ENV); on both the Action's and
   the Command's platform. ``persistentWorkerProtocol`` only when it is ``json``.
 - Tool files carry the node property ``bazel_tool_input``. Buck2 marks none: for such an
   action the tool files are those its startup arguments name (``named_tool_files``).
@@ -24,6 +24,7 @@ import re
 from collections.abc import Iterable, Mapping, Sequence
 
 from worker_runtime.backends.key import PERSISTENT_WORKER_FLAG, WorkerKey
+from worker_runtime.envelope import ENVELOPE_ENV
 from worker_runtime.protocol.argfiles import expand_argfiles
 
 KEY_PROPERTY = "persistentWorkerKey"
@@ -32,6 +33,12 @@ PROTOCOL_PROPERTY = "persistentWorkerProtocol"
 #: ids, sandbox_dir per request). Sent only for multiplex backends; not part of the key.
 MULTIPLEX_PROPERTY = "persistentWorkerMultiplex"
 TOOL_INPUT_PROPERTY = "bazel_tool_input"
+
+#: Variables that differ per action, not per worker: Buck2 sets ``BUCK_SCRATCH_PATH`` on
+#: every action, remote ones too, and ``worker_run`` names each action's envelope. A
+#: persistent worker never sees them (a WorkRequest carries no environment), so they are
+#: left out of its environment and key: with them no two actions would share a worker.
+PER_ACTION_ENV = frozenset({"BUCK_SCRATCH_PATH", ENVELOPE_ENV})
 
 _FLAGFILE = re.compile(r"^(?:@|--?flagfile=)(.+)$")
 
@@ -53,6 +60,12 @@ def request_arguments(arguments: Sequence[str], root: str) -> list[str]:
     return expand_argfiles(list(arguments), root, confined=True)
 
 
+def worker_environment(environment: Mapping[str, str]) -> dict[str, str]:
+    """The part of an action's environment that a persistent worker starts with (and that
+    is part of its key): all of it but PER_ACTION_ENV."""
+    return {name: value for name, value in environment.items() if name not in PER_ACTION_ENV}
+
+
 def worker_key(
     tool_files: Iterable[tuple[str, str]],
     startup_arguments: Sequence[str],
@@ -63,7 +76,11 @@ def worker_key(
     digest), startup arguments, environment and wire protocol."""
     startup = tuple(a for a in startup_arguments if a != PERSISTENT_WORKER_FLAG)
     key = WorkerKey(
-        startup, tuple(sorted(environment.items())), protocol, False, tuple(sorted(tool_files))
+        startup,
+        tuple(sorted(worker_environment(environment).items())),
+        protocol,
+        False,
+        tuple(sorted(tool_files)),
     )
     return key.digest
 

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import grpc
 
+from worker_runtime.executor.blob_cache import BlobCache
 from worker_runtime.executor.metrics import ExecutorMetrics
 from worker_runtime.executor.runner import (
     ActionCancelled,
@@ -80,6 +81,7 @@ class Executor:
             settings.worker_idle_s, settings.cancel_grace_s,
         )  # fmt: skip
         self.cas_by_instance: dict[str, Cas] = {}
+        self.blobs_by_instance: dict[str, BlobCache] = {}
         self.stats = Stats()
         self.metrics = ExecutorMetrics()
         self._stop = threading.Event()
@@ -99,6 +101,12 @@ class Executor:
             self.cas_by_instance[instance] = Cas(self.channel, instance, 4 << 20)
         return self.cas_by_instance[instance]
 
+    def _blobs(self, instance: str) -> BlobCache:
+        if instance not in self.blobs_by_instance:
+            cas = self._cas(instance)
+            self.blobs_by_instance[instance] = BlobCache.for_instance(cas, self.settings.workdir)
+        return self.blobs_by_instance[instance]
+
     def _instance_of(self, lease_id: str) -> str:
         # BuildGrid names leases <instance>/<job> when it pools several instances.
         return lease_id.rsplit("/", 1)[0] if "/" in lease_id else self.settings.instance
@@ -109,8 +117,9 @@ class Executor:
         self.metrics.queue_seconds.observe(time.monotonic() - received)
         instance = self._instance_of(lease_id)
         runner = ActionRunner(
-            self._cas(instance), self.pool, self.settings.workdir, self.settings.bot_id
-        )
+            self._cas(instance), self._blobs(instance), self.pool, self.settings.workdir,
+            self.settings.bot_id,
+        )  # fmt: skip
         try:
             with self.metrics.execution_seconds.time():
                 return runner.run(action, instance, cancelled)
@@ -139,8 +148,9 @@ class Executor:
 
     def serve(self) -> int:
         self.settings.workdir.mkdir(parents=True, exist_ok=True)
-        # What a killed predecessor in this workdir left: action directories, worker homes.
-        for leftover in ("actions", "workers"):
+        # What a killed predecessor in this workdir left: action directories, worker homes,
+        # its local copy of the CAS.
+        for leftover in ("actions", "workers", "blobs"):
             shutil.rmtree(self.settings.workdir / leftover, ignore_errors=True)
         session = self.bots.CreateBotSession(
             bots_pb2.CreateBotSessionRequest(

@@ -22,6 +22,7 @@ from pathlib import Path
 
 from worker_runtime.backends.key import PERSISTENT_WORKER_FLAG, WorkerKey
 from worker_runtime.errors import RequestError
+from worker_runtime.executor.blob_cache import BlobCache
 from worker_runtime.executor.workers import (
     WorkerCancelled,
     WorkerFault,
@@ -91,8 +92,11 @@ class ActionOutcome:
 
 
 class ActionRunner:
-    def __init__(self, cas: Cas, pool: WorkerPool, workdir: Path, bot_id: str) -> None:
+    def __init__(
+        self, cas: Cas, blobs: BlobCache, pool: WorkerPool, workdir: Path, bot_id: str
+    ) -> None:
         self.cas = cas
+        self.blobs = blobs
         self.pool = pool
         self.workdir = workdir
         self.bot_id = bot_id
@@ -109,6 +113,7 @@ class ActionRunner:
         directory.mkdir(parents=True)
         try:
             inputs = self._materialize(action.input_root_digest, directory)
+            _make_output_parents(command, directory)
             if cancelled.is_set():
                 raise ActionCancelled("cancelled before it started")
             timeout = action.timeout.seconds or 3600
@@ -134,27 +139,32 @@ class ActionRunner:
             shutil.rmtree(directory, ignore_errors=True)
 
     def _materialize(self, root: re_pb2.Digest, directory: Path) -> Materialized:
+        """Writes the input root under ``directory``: its tree read a level at a time, its
+        files in one batch, each from the executor's local copy where it has one."""
         files: list[tuple[str, str]] = []
         tools: list[tuple[str, str]] = []
-
-        def place(digest: re_pb2.Digest, at: Path, prefix: str) -> None:
-            node = re_pb2.Directory()
-            node.ParseFromString(self.cas.read(digest))
-            at.mkdir(parents=True, exist_ok=True)
-            for entry in node.files:
-                name = _segment(entry.name)
-                self.cas.read_to(entry.digest, at / name, entry.is_executable)
-                path = f"{prefix}{name}"
-                files.append((path, entry.digest.hash))
-                if any(p.name == TOOL_INPUT_PROPERTY for p in entry.node_properties.properties):
-                    tools.append((path, entry.digest.hash))
-            for sub in node.directories:
-                name = _segment(sub.name)
-                place(sub.digest, at / name, f"{prefix}{name}/")
-            if node.symlinks:
-                raise ActionError("symlinks in the input root are not supported")
-
-        place(root, directory, "")
+        placements: list[tuple[re_pb2.Digest, Path, bool]] = []
+        level: list[tuple[re_pb2.Digest, Path, str]] = [(root, directory, "")]
+        while level:
+            nodes = self.blobs.directories([digest for digest, _, _ in level])
+            below: list[tuple[re_pb2.Digest, Path, str]] = []
+            for (_, at, prefix), node in zip(level, nodes, strict=True):
+                at.mkdir(parents=True, exist_ok=True)
+                for entry in node.files:
+                    name = _segment(entry.name)
+                    placements.append((entry.digest, at / name, entry.is_executable))
+                    path = f"{prefix}{name}"
+                    files.append((path, entry.digest.hash))
+                    properties = entry.node_properties.properties
+                    if any(p.name == TOOL_INPUT_PROPERTY for p in properties):
+                        tools.append((path, entry.digest.hash))
+                for sub in node.directories:
+                    name = _segment(sub.name)
+                    below.append((sub.digest, at / name, f"{prefix}{name}/"))
+                if node.symlinks:
+                    raise ActionError("symlinks in the input root are not supported")
+            level = below
+        self.blobs.place(placements)
         return Materialized(directory, files, tools)
 
     def _oneshot(
@@ -315,6 +325,21 @@ class ActionRunner:
         self.cas.upload_missing(blobs)
         metadata.output_upload_completed_timestamp.FromNanoseconds(time.time_ns())
         return result
+
+
+def _make_output_parents(command: re_pb2.Command, directory: Path) -> None:
+    """Creates the parent directory of every output, as REAPI asks of a server before it
+    runs the command (`jar --file out/x.jar` does not make `out/` itself)."""
+    wanted = list(command.output_paths) or [*command.output_files, *command.output_directories]
+    for output in wanted:
+        try:
+            relative = safe_relative_path(output, "output path")
+        except UnsafePathError as exc:
+            raise ActionError(str(exc)) from None
+        parent = (directory / relative).parent
+        if not _inside(parent, directory):
+            raise ActionError(f"output {output!r} leaves the action's directory")
+        parent.mkdir(parents=True, exist_ok=True)
 
 
 class _InlineBudget:

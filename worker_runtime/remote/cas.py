@@ -140,18 +140,18 @@ class Cas:
     def read_many(self, digests: list[re_pb2.Digest]) -> dict[tuple[str, int], bytes]:
         """Several blobs, the small ones in as few BatchReadBlobs calls as the limit allows."""
         found: dict[tuple[str, int], bytes] = {}
-        small: list[re_pb2.Digest] = []
+        small: dict[tuple[str, int], re_pb2.Digest] = {}
         for digest in digests:
             key = digest_key(digest)
             if digest.size_bytes == 0:
                 found[key] = b""
             elif digest.size_bytes + PER_BLOB_OVERHEAD > self.batch_limit:
                 found[key] = self.read(digest)
-            elif key not in found and all(digest_key(d) != key for d in small):
-                small.append(digest)
+            elif key not in found:
+                small.setdefault(key, digest)
         batch: list[re_pb2.Digest] = []
         size = 0
-        pending: list[re_pb2.Digest | None] = [*small, None]
+        pending: list[re_pb2.Digest | None] = [*small.values(), None]
         for entry in pending:
             if entry is None or size + entry.size_bytes + PER_BLOB_OVERHEAD > self.batch_limit:
                 if batch:

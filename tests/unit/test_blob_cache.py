@@ -1,0 +1,91 @@
+"""The executor's local copy of the CAS (executor/blob_cache.py): what it saves, what it
+keeps apart, and its bounds, against a CAS that counts its calls."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+from worker_runtime.executor.blob_cache import BlobCache
+from worker_runtime.proto import remote_execution_pb2 as re_pb2
+from worker_runtime.remote.merkle import digest_key
+
+
+def digest(data: bytes) -> re_pb2.Digest:
+    return re_pb2.Digest(hash=hashlib.sha256(data).hexdigest(), size_bytes=len(data))
+
+
+class CountingCas:
+    def __init__(self, instance: str = "main") -> None:
+        self.instance = instance
+        self.blobs: dict[tuple[str, int], bytes] = {}
+        self.calls = 0
+
+    def add(self, data: bytes) -> re_pb2.Digest:
+        found = digest(data)
+        self.blobs[digest_key(found)] = data
+        return found
+
+    def read(self, wanted: re_pb2.Digest) -> bytes:
+        self.calls += 1
+        return self.blobs[digest_key(wanted)]
+
+    def read_many(self, wanted: list[re_pb2.Digest]) -> dict[tuple[str, int], bytes]:
+        self.calls += 1
+        return {digest_key(d): self.blobs[digest_key(d)] for d in wanted}
+
+
+def cache(cas: CountingCas, root: Path, **limits: int) -> BlobCache:
+    return BlobCache(cas, root, **limits)  # type: ignore[arg-type]
+
+
+def test_a_second_action_reads_nothing_already_seen(tmp_path: Path) -> None:
+    cas = CountingCas()
+    blobs = cache(cas, tmp_path / "cache")
+    files = [cas.add(f"class {n}".encode()) for n in range(300)]
+    for action in ("a", "b"):
+        (tmp_path / action).mkdir()
+        blobs.place((d, tmp_path / action / f"{n}.class", False) for n, d in enumerate(files))
+    assert cas.calls == 1  # the 300 files in one batch, for the first action only
+    assert (tmp_path / "b" / "7.class").read_bytes() == b"class 7"
+
+
+def test_directories_are_read_once_and_in_one_batch(tmp_path: Path) -> None:
+    cas = CountingCas()
+    blobs = cache(cas, tmp_path / "cache")
+    nodes = [re_pb2.Directory(files=[re_pb2.FileNode(name=f"f{n}")]) for n in range(5)]
+    digests = [cas.add(node.SerializeToString()) for node in nodes]
+    assert blobs.directories(digests) == nodes
+    assert blobs.directories(list(reversed(digests))) == list(reversed(nodes))
+    assert cas.calls == 1
+
+
+def test_files_are_copied_so_an_action_cannot_change_the_cached_copy(tmp_path: Path) -> None:
+    cas = CountingCas()
+    blobs = cache(cas, tmp_path / "cache")
+    tool = cas.add(b"#!/bin/sh\necho tool\n")
+    blobs.place([(tool, tmp_path / "first", True)])
+    (tmp_path / "first").write_bytes(b"tampered")
+    blobs.place([(tool, tmp_path / "second", True)])
+    assert (tmp_path / "second").read_bytes() == b"#!/bin/sh\necho tool\n"
+    assert (tmp_path / "second").stat().st_mode & 0o777 == 0o755
+
+
+def test_the_file_store_stays_under_its_bound(tmp_path: Path) -> None:
+    cas = CountingCas()
+    blobs = cache(cas, tmp_path / "cache", max_file_bytes=1000)
+    for n in range(20):
+        data = bytes([n]) * 300
+        blobs.place([(cas.add(data), tmp_path / f"out{n}", False)])
+        assert (tmp_path / f"out{n}").read_bytes() == data
+    stored = [p for p in (tmp_path / "cache").iterdir() if not p.name.startswith(".")]
+    assert sum(p.stat().st_size for p in stored) <= 1000
+    calls = cas.calls
+    blobs.place([(digest(bytes([0]) * 300), tmp_path / "again", False)])  # evicted: read again
+    assert cas.calls == calls + 1
+
+
+def test_each_instance_has_its_own_store(tmp_path: Path) -> None:
+    main = BlobCache.for_instance(CountingCas("main"), tmp_path)  # type: ignore[arg-type]
+    other = BlobCache.for_instance(CountingCas("tenant-b"), tmp_path)  # type: ignore[arg-type]
+    assert main.root != other.root and main.root.parent == other.root.parent == tmp_path / "blobs"

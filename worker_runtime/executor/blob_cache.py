@@ -1,0 +1,123 @@
+"""The executor's local copy of what it read from the CAS, per instance: Directory
+messages in memory, file blobs on disk. An action's input root is then read from the
+engine only for what this executor has not seen, in one batched call per tree level and
+one for the files, instead of one call per file and directory. Every action carries its
+worker's files (a few hundred class files for the javac worker), so without it each
+action paid a round trip per file.
+
+Files are copied from the cache into an action's directory, never linked: an action that
+wrote to an input in place would otherwise change the cached copy. Both stores are
+bounded; the least recently used entries go first. Blobs are content-addressed and the
+cache is per instance (tenant), so one tenant's uploads never reach another's actions.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import tempfile
+import threading
+from collections import OrderedDict
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+from worker_runtime.proto import remote_execution_pb2 as re_pb2
+from worker_runtime.remote.cas import Cas
+from worker_runtime.remote.merkle import digest_key
+
+#: Disk the file cache of one instance may use, and Directory messages kept in memory.
+MAX_FILE_BYTES = 2 << 30
+MAX_DIRECTORIES = 20_000
+
+
+class BlobCache:
+    def __init__(
+        self,
+        cas: Cas,
+        root: Path,
+        max_file_bytes: int = MAX_FILE_BYTES,
+        max_directories: int = MAX_DIRECTORIES,
+    ) -> None:
+        self.cas = cas
+        self.root = root
+        self.max_file_bytes = max_file_bytes
+        self.max_directories = max_directories
+        self._lock = threading.Lock()
+        self._directories: OrderedDict[tuple[str, int], re_pb2.Directory] = OrderedDict()
+        #: Cached files by digest, least recently used first; their sizes sum to _bytes.
+        self._files: OrderedDict[tuple[str, int], int] = OrderedDict()
+        self._bytes = 0
+        root.mkdir(parents=True, exist_ok=True)
+
+    @classmethod
+    def for_instance(cls, cas: Cas, workdir: Path) -> BlobCache:
+        """The cache of ``cas``'s instance under ``workdir`` (a directory per instance)."""
+        name = hashlib.sha256(cas.instance.encode()).hexdigest()[:16]
+        return cls(cas, workdir / "blobs" / name)
+
+    def directories(self, digests: Sequence[re_pb2.Digest]) -> list[re_pb2.Directory]:
+        """The Directory messages of ``digests``, in order; the unseen ones in one batch."""
+        with self._lock:
+            missing = [d for d in digests if digest_key(d) not in self._directories]
+        fetched = self.cas.read_many(missing) if missing else {}
+        found: list[re_pb2.Directory] = []
+        with self._lock:
+            for key, data in fetched.items():
+                node = re_pb2.Directory()
+                node.ParseFromString(data)
+                self._directories[key] = node
+            for digest in digests:
+                key = digest_key(digest)
+                self._directories.move_to_end(key)
+                found.append(self._directories[key])
+            while len(self._directories) > self.max_directories:
+                self._directories.popitem(last=False)
+        return found
+
+    def place(self, files: Iterable[tuple[re_pb2.Digest, Path, bool]]) -> None:
+        """Writes each (digest, target, executable) to its target: from the local copy,
+        the blobs not yet here read in one batch first."""
+        wanted = list(files)
+        with self._lock:
+            unseen = {digest_key(d): d for d, _, _ in wanted if digest_key(d) not in self._files}
+        if unseen:
+            for key, data in self.cas.read_many(list(unseen.values())).items():
+                self._store(key, data)
+        for digest, target, executable in wanted:
+            key = digest_key(digest)
+            source = self._path(key)
+            with self._lock:
+                if key in self._files:
+                    self._files.move_to_end(key)
+            try:
+                shutil.copyfile(source, target)
+            except FileNotFoundError:  # evicted meanwhile by another action's blobs
+                data = self.cas.read(digest)
+                self._store(key, data)
+                target.write_bytes(data)
+            os.chmod(target, 0o755 if executable else 0o644)
+
+    def _path(self, key: tuple[str, int]) -> Path:
+        return self.root / f"{key[0]}-{key[1]}"
+
+    def _store(self, key: tuple[str, int], data: bytes) -> None:
+        handle, tmp = tempfile.mkstemp(dir=self.root, prefix=".blob-")
+        try:
+            with os.fdopen(handle, "wb") as out:
+                out.write(data)
+            os.replace(tmp, self._path(key))
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        with self._lock:
+            if key not in self._files:
+                self._files[key] = len(data)
+                self._bytes += len(data)
+            evicted = []
+            while self._bytes > self.max_file_bytes and len(self._files) > 1:
+                old, size = self._files.popitem(last=False)
+                self._bytes -= size
+                evicted.append(old)
+        for old in evicted:
+            self._path(old).unlink(missing_ok=True)

@@ -13,7 +13,10 @@ app/buck2_action_impl/src/actions/impls/run.rs:
 - the environment is the action's own, plus ``BUCK_SCRATCH_PATH``, a directory of its
   own under ``buck-out/v2/tmp`` (`prepare_scratch_path`): it differs for every action.
   Buck2 sends no ``PATH``;
-- outputs go in ``output_files`` (the compatibility behaviour).
+- outputs go in ``output_paths``: the execution platform of routing native sets
+  ``remote_output_paths = "output_paths"`` (prelude/platforms/execution_platforms.bzl);
+- with persistent workers off (``buck2_key=None``) the same action is a plain one: the
+  RunInfo + the arguments, no key, any arguments.
 """
 
 from __future__ import annotations
@@ -44,14 +47,15 @@ def buck2_action(
     arguments: Sequence[str],
     inputs: Sequence[str],
     outputs: Sequence[str],
-    buck2_key: str,
+    buck2_key: str | None,
     blobs: Blobs,
     environment: Mapping[str, str] | None = None,
     properties: Mapping[str, str] | None = None,
 ) -> BuiltAction:
     """The Action for ``exe`` + ``arguments`` over ``inputs`` (paths under ``root``, the
-    exe's artifacts among them); every blob it needs is added to ``blobs``."""
-    for argument in arguments:
+    exe's artifacts among them); every blob it needs is added to ``blobs``. ``buck2_key``
+    None: as Buck2 sends it with persistent workers off."""
+    for argument in arguments if buck2_key is not None else ():
         if not argument.startswith(("@", "-flagfile", "--flagfile")):
             raise Buck2Refuses(
                 "Remote persistent worker arguments must be passed as `@argfile`, "
@@ -59,8 +63,10 @@ def buck2_action(
             )
     command = re_pb2.Command(
         arguments=[*exe, *arguments],
-        platform=platform({**(properties or {}), KEY_PROPERTY: buck2_key}),
-        output_files=list(outputs),
+        platform=platform(
+            {**(properties or {}), **({KEY_PROPERTY: buck2_key} if buck2_key is not None else {})}
+        ),
+        output_paths=list(outputs),
     )
     scratch = hashlib.sha256("\0".join(arguments).encode()).hexdigest()[:16]
     env = {"BUCK_SCRATCH_PATH": f"buck-out/v2/tmp/root/{scratch}/__action__", **(environment or {})}
@@ -72,4 +78,5 @@ def buck2_action(
     action = re_pb2.Action(
         command_digest=store_message(command, blobs), input_root_digest=input_root
     )
-    return BuiltAction(action, store_message(action, blobs), command, tuple(outputs), buck2_key)
+    key = buck2_key or ""
+    return BuiltAction(action, store_message(action, blobs), command, tuple(outputs), key)

@@ -62,13 +62,18 @@ done
 exec "$@"
 """.replace("MARKER", NATIVE_MARKER)
 
-def _native_exe(ctx: AnalysisContext, local: typing.Any) -> typing.Any:
-    """The WorkerInfo exe of routing native: the entry, `local`, the marker, the remote backend."""
+def _native_exe(ctx: AnalysisContext, local: typing.Any) -> tuple:
+    """The WorkerInfo exe of routing native, and what of it runs remotely.
+
+    The exe is the entry, `local`, the marker and the remote backend; the remote part, the
+    entry and the remote backend.
+    """
     if ctx.attrs.remote_backend == None:
         fail("worker_tool " + ctx.label.name + ": routing native needs remote_backend, the worker " +
              "as Buck2 builds it (a remote executor runs it from the action's input root)")
     entry = ctx.actions.write("worker_entry.sh", _NATIVE_ENTRY, is_executable = True)
-    return cmd_args(entry, local, NATIVE_MARKER, ctx.attrs.remote_backend[RunInfo])
+    remote = ctx.attrs.remote_backend[RunInfo]
+    return cmd_args(entry, local, NATIVE_MARKER, remote), cmd_args(entry, remote)
 
 def _worker_tool_impl(ctx: AnalysisContext) -> list[Provider]:
     backend = ctx.attrs.backend[RunInfo]
@@ -77,7 +82,7 @@ def _worker_tool_impl(ctx: AnalysisContext) -> list[Provider]:
     runtime = ctx.attrs._runtime[RunInfo]
     local = cmd_args(runtime, "serve", "--config", config, hidden = [backend, ctx.attrs.tool_inputs])
     native = routing == "native"
-    exe = _native_exe(ctx, local) if native else local
+    exe, remote_side = _native_exe(ctx, local) if native else (local, None)
     worker = WorkerInfo(
         exe = exe,
         concurrency = ctx.attrs.concurrency,
@@ -86,10 +91,11 @@ def _worker_tool_impl(ctx: AnalysisContext) -> list[Provider]:
     )
     if native:
         # One-shot runs (workers off, or a remote engine without workers) happen remotely
-        # too; the worker's files go with every action, so a remote executor finds them in
-        # the input root (Buck2 uploads an action's inputs, never its worker's).
+        # too. What the worker runs remotely goes with every action, so that a remote
+        # executor finds it in the input root: Buck2 uploads an action's inputs, never its
+        # worker's. (The local side's files, worker-runtime's, stay on this machine.)
         chosen = ctx.attrs.remote_fallback if ctx.attrs.remote_fallback != None else ctx.attrs.remote_backend
-        fallback = RunInfo(args = cmd_args(chosen[RunInfo], hidden = [exe]))
+        fallback = RunInfo(args = cmd_args(chosen[RunInfo], hidden = [remote_side]))
     else:
         one_shot = ctx.attrs.fallback[RunInfo] if ctx.attrs.fallback else backend
         fallback = RunInfo(args = cmd_args(one_shot))

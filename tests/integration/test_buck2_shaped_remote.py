@@ -103,3 +103,20 @@ def test_without_path_the_executor_s_own_is_used(client: RemoteClient, tmp_path:
     assert result.exit_code == 0, result.stderr
     path = result.stderr.decode().strip()
     assert path != "<unset>" and "/usr/bin" in path.split(":"), path
+
+
+def test_output_parents_are_made_before_the_command_runs(
+    client: RemoteClient, tmp_path: Path
+) -> None:
+    """REAPI has the server create the parent directories of the outputs (`jar --file
+    out/x.jar` does not make out/); with workers off Buck2 sends a plain action."""
+    root = tmp_path / "project"
+    root.mkdir()
+    blobs = Blobs()
+    built = buck2_action(
+        root, exe=["/bin/sh", "-c", "echo made > out/deep/x.txt"], arguments=[], inputs=[],
+        outputs=["out/deep/x.txt"], buck2_key=None, blobs=blobs,
+    )  # fmt: skip
+    result = client.run(built, blobs, root)
+    assert result.exit_code == 0, result.stderr
+    assert (root / "out" / "deep" / "x.txt").read_text() == "made\n"

@@ -9,7 +9,9 @@ default) and must write byte-identical outputs.
 
 Then examples/java and examples/haskell, built from the prelude's own analysis (the build
 runner: every target analysed with the fake Buck2 API, its actions run as Buck2 runs
-them), cold and in two warm commands (demo_examples.py).
+them), cold and in two warm commands (demo_examples.py). With ``--remote``, examples/java
+again on the embedded engine, remote one-shot against warm remote workers
+(demo_remote.py).
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from pathlib import Path
 
 from worker_runtime.daemon.commands import private_daemon_dir
 from workers_dev.demo_examples import HASKELL, JAVA, ExampleBuild, build_three_times
+from workers_dev.demo_remote import EngineUnavailable, print_remote_java, remote_java_builds
 from workers_dev.emulator import Buck2Worker, make_command
 
 EXAMPLE_WORKER = (
@@ -236,6 +239,12 @@ def main(argv: list[str]) -> int:
     parser.add_argument(
         "--no-haskell", action="store_true", help="skip the Haskell example (default: run it)"
     )
+    parser.add_argument(
+        "--remote",
+        action="store_true",
+        help="also build examples/java remotely on the embedded engine (BuildGrid and our "
+        "executor, started and stopped by the demo): remote one-shot vs warm remote workers",
+    )
     args = parser.parse_args(argv)
 
     root = Path(tempfile.mkdtemp(prefix="worker-runtime-demo-"))
@@ -253,6 +262,17 @@ def main(argv: list[str]) -> int:
         identical = same_outputs(root, args.actions)
         java = None if args.no_java else java_builds(root / "java", args.jobs)
         haskell = None if args.no_haskell else haskell_builds(root / "haskell", args.jobs)
+        remote = None
+        if args.remote:
+            try:
+                remote = remote_java_builds(root / "remote", args.jobs)
+            except EngineUnavailable as exc:
+                print(
+                    f"worker-runtime demo --remote: the engine did not start: {exc}\n"
+                    "scripts/bootstrap.sh installs BuildGrid and PostgreSQL.",
+                    file=sys.stderr,
+                )
+                return 2
 
     rows = [
         ("cold: one process per action", cold),
@@ -276,6 +296,8 @@ def main(argv: list[str]) -> int:
         print_java(java)
     if haskell is not None:
         print_haskell(haskell)
+    if remote is not None:
+        print_remote_java(remote, java["warm2"] if java else None)
     if args.json:
         Path(args.json).write_text(
             json.dumps(
@@ -286,6 +308,7 @@ def main(argv: list[str]) -> int:
                     "speedup": speedup,
                     "java": {k: asdict(v) for k, v in java.items()} if java else None,
                     "haskell": {k: asdict(v) for k, v in haskell.items()} if haskell else None,
+                    "remote_java": ({k: asdict(v) for k, v in remote.items()} if remote else None),
                     "identical": identical,
                 },
                 indent=2,

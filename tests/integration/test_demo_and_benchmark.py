@@ -8,6 +8,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import psutil
+
 from tests.conftest import REPO_ROOT, RUNTIME
 
 
@@ -27,6 +29,31 @@ def test_demo_builds_cold_and_warm_with_identical_outputs(tmp_path: Path) -> Non
     assert set(data["java"]) == {"cold", "warm1", "warm2"}
     assert "The warm GHC worker compiled the example" in result.stdout
     assert set(data["haskell"]) == {"cold", "warm1", "warm2"}
+
+
+def engine_processes() -> set[int]:
+    """The live BuildGrid and PostgreSQL processes on the machine."""
+    found = set()
+    for process in psutil.process_iter(["name", "cmdline", "status"]):
+        text = " ".join(process.info["cmdline"] or [process.info["name"] or ""])
+        if process.info["status"] != psutil.STATUS_ZOMBIE and ("bgd" in text or "postgres" in text):
+            found.add(process.pid)
+    return found
+
+
+def test_demo_remote_builds_java_on_the_engine_and_leaves_nothing_running(tmp_path: Path) -> None:
+    before = engine_processes()
+    result_file = tmp_path / "demo.json"
+    result = subprocess.run(
+        [*RUNTIME, "demo", "--actions", "4", "--no-haskell", "--remote", "--json", str(result_file)],
+        cwd=REPO_ROOT, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "Warm remote workers compiled the example" in result.stdout
+    data = json.loads(result_file.read_text())
+    assert set(data["remote_java"]) == {"oneshot", "warm"}
+    assert data["remote_java"]["warm"]["actions"] == data["remote_java"]["oneshot"]["actions"] == 7
+    assert engine_processes() <= before  # the engine it started is gone
 
 
 def run_benchmark(module: str, *args: str, timeout: int = 600) -> dict[str, Any]:

@@ -34,6 +34,15 @@ class CountingCas:
         self.calls += 1
         return {digest_key(d): self.blobs[digest_key(d)] for d in wanted}
 
+    def get_tree(self, root: re_pb2.Digest) -> list[re_pb2.Directory]:
+        self.calls += 1
+        found, queue = [], [root]
+        while queue:
+            node = re_pb2.Directory.FromString(self.blobs[digest_key(queue.pop(0))])
+            found.append(node)
+            queue.extend(sub.digest for sub in node.directories)
+        return found
+
 
 def cache(cas: CountingCas, root: Path, **limits: int) -> BlobCache:
     return BlobCache(cas, root, **limits)  # type: ignore[arg-type]
@@ -89,3 +98,22 @@ def test_each_instance_has_its_own_store(tmp_path: Path) -> None:
     main = BlobCache.for_instance(CountingCas("main"), tmp_path)  # type: ignore[arg-type]
     other = BlobCache.for_instance(CountingCas("tenant-b"), tmp_path)  # type: ignore[arg-type]
     assert main.root != other.root and main.root.parent == other.root.parent == tmp_path / "blobs"
+
+
+def test_a_whole_tree_comes_in_one_get_tree_call(tmp_path: Path) -> None:
+    cas = CountingCas()
+    blobs = cache(cas, tmp_path / "cache")
+    leaf = re_pb2.Directory(files=[re_pb2.FileNode(name="A.class")])
+    middle = re_pb2.Directory(
+        directories=[re_pb2.DirectoryNode(name="c", digest=cas.add(leaf.SerializeToString()))]
+    )
+    root_node = re_pb2.Directory(
+        directories=[re_pb2.DirectoryNode(name="b", digest=cas.add(middle.SerializeToString()))]
+    )
+    root = cas.add(root_node.SerializeToString())
+    blobs.prefetch_tree(root)
+    assert cas.calls == 1
+    assert blobs.directories([root]) == [root_node]
+    assert blobs.directories([middle.directories[0].digest]) == [leaf]
+    blobs.prefetch_tree(root)  # known: no call
+    assert cas.calls == 1

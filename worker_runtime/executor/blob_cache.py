@@ -1,7 +1,8 @@
 """The executor's local copy of what it read from the CAS, per instance: Directory
 messages in memory, file blobs on disk. An action's input root is then read from the
-engine only for what this executor has not seen, in one batched call per tree level and
-one for the files, instead of one call per file and directory. Every action carries its
+engine only for what this executor has not seen: its tree in one GetTree call (a level
+at a time where the server lacks GetTree), its files in one batch, instead of one call
+per file and directory. Every action carries its
 worker's files (a few hundred class files for the javac worker), so without it each
 action paid a round trip per file.
 
@@ -22,9 +23,11 @@ from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
+import grpc
+
 from worker_runtime.proto import remote_execution_pb2 as re_pb2
 from worker_runtime.remote.cas import Cas
-from worker_runtime.remote.merkle import digest_key
+from worker_runtime.remote.merkle import digest_key, digest_of
 
 #: Disk the file cache of one instance may use, and Directory messages kept in memory.
 MAX_FILE_BYTES = 2 << 30
@@ -55,6 +58,25 @@ class BlobCache:
         """The cache of ``cas``'s instance under ``workdir`` (a directory per instance)."""
         name = hashlib.sha256(cas.instance.encode()).hexdigest()[:16]
         return cls(cas, workdir / "blobs" / name)
+
+    def prefetch_tree(self, root: re_pb2.Digest) -> None:
+        """Reads the tree under ``root`` in one GetTree call unless its root is known.
+        The server returns Directory messages without their digests; each is keyed by the
+        digest of its canonical encoding, as REAPI requires of a Directory's digest. One
+        that encodes otherwise is simply read again, by ``directories``."""
+        with self._lock:
+            if digest_key(root) in self._directories:
+                return
+        try:
+            nodes = self.cas.get_tree(root)
+        except grpc.RpcError:
+            return  # a server without GetTree: the level-by-level reads do the work
+        with self._lock:
+            for node in nodes:
+                key = digest_key(digest_of(node.SerializeToString(deterministic=True)))
+                self._directories[key] = node
+            while len(self._directories) > self.max_directories:
+                self._directories.popitem(last=False)
 
     def directories(self, digests: Sequence[re_pb2.Digest]) -> list[re_pb2.Directory]:
         """The Directory messages of ``digests``, in order; the unseen ones in one batch."""

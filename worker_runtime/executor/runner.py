@@ -139,11 +139,12 @@ class ActionRunner:
             shutil.rmtree(directory, ignore_errors=True)
 
     def _materialize(self, root: re_pb2.Digest, directory: Path) -> Materialized:
-        """Writes the input root under ``directory``: its tree read a level at a time, its
-        files in one batch, each from the executor's local copy where it has one."""
+        """Writes the input root under ``directory``: its tree read in one GetTree call,
+        its files in one batch, each from the executor's local copy where it has one."""
         files: list[tuple[str, str]] = []
         tools: list[tuple[str, str]] = []
         placements: list[tuple[re_pb2.Digest, Path, bool]] = []
+        self.blobs.prefetch_tree(root)
         level: list[tuple[re_pb2.Digest, Path, str]] = [(root, directory, "")]
         while level:
             nodes = self.blobs.directories([digest for digest, _, _ in level])

@@ -137,6 +137,15 @@ class Cas:
                 f"{response.committed_size} bytes"
             )
 
+    def get_tree(self, root: re_pb2.Digest) -> list[re_pb2.Directory]:
+        """Every Directory of the tree under ``root``, the root first, in one GetTree
+        stream (the server walks the levels itself)."""
+        request = re_pb2.GetTreeRequest(instance_name=self.instance, root_digest=root)
+        found: list[re_pb2.Directory] = []
+        for page in self._cas.GetTree(request, timeout=self.timeout_s):
+            found.extend(page.directories)
+        return found
+
     def read_many(self, digests: list[re_pb2.Digest]) -> dict[tuple[str, int], bytes]:
         """Several blobs, the small ones in as few BatchReadBlobs calls as the limit allows."""
         found: dict[tuple[str, int], bytes] = {}

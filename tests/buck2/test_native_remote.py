@@ -170,7 +170,47 @@ def test_remote_only_builds_everything_remotely(native: Buck2Project) -> None:
     assert seen["local"] == 0 and seen["remote"] > WORKER_ACTIONS, seen
 
 
+def test_prefer_local_runs_the_worker_actions_locally_warm(native: Buck2Project) -> None:
+    native.run("clean")
+    built = native.run("build", JAVA, "--prefer-local", *FRESH)
+    seen = counts(built.stderr)
+    assert seen["remote"] == 0 and seen["local"] == seen["commands"] > 7, seen
+    # Buck2 started the tool as its local worker (worker_init: the entry ran worker-runtime)
+    # and sent it the 7 compiles.
+    javac = compile_lines(native.run("log", "what-ran").stdout)
+    kinds = [line.split("\t")[2].split("(")[0] for line in javac]
+    assert kinds.count("worker") == 7 and set(kinds) <= {"worker", "worker_init"}, javac
+
+
+def test_a_target_picks_another_way_with_exec_compatible_with(native: Buck2Project) -> None:
+    """The default is native here; a target asking for routing_local builds locally on
+    the runtime's warm workers, beside the rest of the build running remotely."""
+    package = native.root / "local_pkg"
+    (package / "src").mkdir(parents=True, exist_ok=True)
+    (package / "src" / "Hello.java").write_text(
+        "package hello;\n\npublic class Hello {\n  public static int one() { return 1; }\n}\n"
+    )
+    (package / "BUCK").write_text(
+        'load("@prelude//:prelude.bzl", "java_library")\n\n'
+        "java_library(\n"
+        '    name = "hello",\n'
+        '    srcs = ["src/Hello.java"],\n'
+        '    exec_compatible_with = ["prelude//platforms:routing_local"],\n'
+        ")\n"
+    )
+    native.run("clean")
+    built = native.run("build", "//local_pkg:hello", "//examples/java:util", *FRESH)
+    seen = counts(built.stderr)
+    assert seen["local"] >= 2 and seen["remote"] >= 2, seen  # javac and jar each way
+    lines = native.run("log", "what-ran").stdout.splitlines()
+    local = [line for line in lines if "local_pkg:hello" in line and "(javac)" in line]
+    # Its tool is the local routing's (worker-runtime itself, not the native entry).
+    assert local and all("\tre(" not in line for line in local), local
+    assert "worker-runtime serve" in local[0] and "worker_entry.sh" not in local[0], local
+
+
 def test_an_unchanged_action_is_an_action_cache_hit(native: Buck2Project) -> None:
+    native.run("build", JAVA, HASKELL)  # remotely: the --prefer-local build ran them here
     native.run("clean")
     built = native.run("build", JAVA, HASKELL)
     seen = counts(built.stderr)

@@ -127,19 +127,29 @@ def measure(buck2: str, name: str, rounds: int, tmp: Path) -> dict[str, Any]:
     }
 
 
+def buck2_and_version(benchmark: str) -> tuple[str, str] | None:
+    """The buck2 to measure with and what its ``--version`` says; None (said on stderr)
+    when there is none."""
+    buck2 = find_buck2()
+    if buck2 is None:
+        print(f"{benchmark}: no buck2 binary (put buck2 on PATH or set BUCK2=)", file=sys.stderr)
+        return None
+    version = subprocess.run(
+        [buck2, "--version"], capture_output=True, text=True, check=True
+    ).stdout.strip()
+    return buck2, version
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--only", choices=sorted(EXAMPLES))
     add_output_argument(parser, "buck2_builds")
     args = parser.parse_args(argv)
-    buck2 = find_buck2()
-    if buck2 is None:
-        print("buck2_builds: no buck2 binary (put buck2 on PATH or set BUCK2=)", file=sys.stderr)
+    found = buck2_and_version("buck2_builds")
+    if found is None:
         return 2
-    version = subprocess.run(
-        [buck2, "--version"], capture_output=True, text=True, check=True
-    ).stdout.strip()
+    buck2, version = found
     tmp = Path(tempfile.mkdtemp(prefix="buck2-bench-"))
     try:
         result: dict[str, Any] = {"buck2": version, "jobs": "buck2 default"}

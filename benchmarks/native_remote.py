@@ -38,9 +38,14 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from benchmarks.buck2_builds import compile_durations_us, critical_path, what_ran
+from benchmarks.buck2_builds import (
+    buck2_and_version,
+    compile_durations_us,
+    critical_path,
+    what_ran,
+)
 from benchmarks.results import add_output_argument, emit
-from tests.buck2.harness import Buck2Project, copy_repository, find_buck2, private_dir
+from tests.buck2.harness import Buck2Project, copy_repository, private_dir
 from worker_runtime.cluster.commands import buckconfig_section
 
 RUNTIME = [sys.executable, "-m", "worker_runtime"]
@@ -230,13 +235,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=3)
     add_output_argument(parser, "native_remote")
     args = parser.parse_args(argv)
-    buck2 = find_buck2()
-    if buck2 is None:
-        print("native_remote: no buck2 binary (put buck2 on PATH or set BUCK2=)", file=sys.stderr)
+    found = buck2_and_version("native_remote")
+    if found is None:
         return 2
-    version = subprocess.run(
-        [buck2, "--version"], capture_output=True, text=True, check=True
-    ).stdout.strip()
+    buck2, version = found
     tmp = Path(tempfile.mkdtemp(prefix="native-bench-", dir="/tmp"))
     tmp.chmod(0o755)
     try:

@@ -87,13 +87,15 @@ def install(project: Path, dest: str, *, prelude_cell: str, force: bool) -> Path
         (target / cell / MARKER).write_text(
             "Installed by `worker-runtime cells install`; replaced by `--force`.\n"
         )
-    # The toolchains load the rules as @prelude//, which in the project is Buck2's own
-    # prelude: point those loads at the name the rules are mounted under.
+    # The toolchains load the rules as @prelude// and name their targets as prelude//
+    # (the routing constraint values), which in the project is Buck2's own prelude: point
+    # both at the name the rules are mounted under.
     if prelude_cell != "prelude":
         for path in (target / "toolchains").rglob("*"):
             if path.name == "BUCK" or path.suffix == ".bzl":
                 text = path.read_text()
-                path.write_text(text.replace('"@prelude//', f'"@{prelude_cell}//'))
+                text = text.replace('"@prelude//', f'"@{prelude_cell}//')
+                path.write_text(text.replace('"prelude//', f'"{prelude_cell}//'))
     # The toolchain scripts build the workers into <dest>/.cache: keep it out of git.
     ignore = target / ".gitignore"
     lines = ignore.read_text().splitlines() if ignore.exists() else []

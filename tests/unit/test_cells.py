@@ -20,6 +20,8 @@ def test_install_copies_both_cells_and_points_the_toolchains_at_the_rules(tmp_pa
     assert (target / "prelude" / "worker" / "worker_tool.bzl").is_file()
     toolchains = (target / "toolchains" / "BUCK").read_text()
     assert '"@workers//java:java_toolchain.bzl"' in toolchains and "@prelude//" not in toolchains
+    # Labels of the rules' cell too (the routing constraint values that selects name).
+    assert '"workers//platforms:routing_native"' in toolchains and '"prelude//' not in toolchains
     assert (target / "toolchains" / "java" / "javac-worker").stat().st_mode & 0o111
     assert (target / ".gitignore").read_text() == ".cache/\n"
     with pytest.raises(FileExistsError, match="--force"):

@@ -24,7 +24,7 @@ pytestmark = pytest.mark.timeout(300)
 
 @pytest.fixture(scope="module")
 def engine() -> Iterator[Path]:
-    with private_cluster("--executors", "1") as directory:
+    with private_cluster("--executors", "2") as directory:  # instances main and tenant-b
         yield directory
 
 
@@ -120,3 +120,18 @@ def test_output_parents_are_made_before_the_command_runs(
     result = client.run(built, blobs, root)
     assert result.exit_code == 0, result.stderr
     assert (root / "out" / "deep" / "x.txt").read_text() == "made\n"
+
+
+def test_two_instances_never_share_a_worker(
+    client: RemoteClient, engine: Path, tmp_path: Path
+) -> None:
+    """The same Buck2-shaped action under Buck2's `instance_name` main and tenant-b: each
+    instance gets its own worker process, and keeps reusing it."""
+    other = RemoteClient(RemoteSettings(f"unix://{engine}/run/buildgrid.sock", "tenant-b"))
+    root = project(tmp_path)
+    pids = {
+        name: [int(run(each, root, f"{name}{i}").stderr) for i in range(2)]
+        for name, each in (("main", client), ("tenant", other))
+    }
+    assert pids["main"][0] == pids["main"][1] and pids["tenant"][0] == pids["tenant"][1]
+    assert pids["main"][0] != pids["tenant"][0]

@@ -238,8 +238,10 @@ class ActionRunner:
             tuple(tool_files),
             instance=instance,
         )
+        # Always so for Buck2's actions (its key is its own digest of the exe's artifacts):
+        # worth a line when debugging a client, not one per action in the log.
         if identity.digest != properties[KEY_PROPERTY]:
-            LOGGER.info(
+            LOGGER.debug(
                 "client key %s differs from the recomputed %s",
                 properties[KEY_PROPERTY],
                 identity.digest,

@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
 
 from worker_runtime import __version__
 from worker_runtime.errors import USAGE_EXIT_CODE, ConfigError
+
+if TYPE_CHECKING:
+    from worker_runtime.config import RuntimeConfig
 
 SERVE_USAGE = "worker-runtime serve [options] -- BACKEND_COMMAND [ARG...]"
 
@@ -98,6 +103,28 @@ def serve_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def plain_config_file(path: str) -> dict[str, Any] | None:
+    """The JSON object of config file ``path`` when it can go to the daemon as it is (it
+    parses, and does not turn the daemon off); None otherwise, and the full check says why."""
+    try:
+        with open(path, encoding="utf-8") as handle:
+            data = json.load(handle)
+    except (OSError, ValueError):
+        return None
+    if not isinstance(data, dict) or data.get("daemon", True) is not True:
+        return None
+    return data
+
+
+def checked_config(path: str | None, overrides: dict[str, Any]) -> RuntimeConfig:
+    """The config of ``path`` (or the defaults) with the command line's ``overrides``,
+    checked; raises ConfigError."""
+    from worker_runtime.config import RuntimeConfig, load_config_file, with_overrides
+
+    config = load_config_file(path) if path else RuntimeConfig()
+    return with_overrides(config, overrides).validated()
+
+
 def serve_main(argv: Sequence[str]) -> int:
     argv = list(argv)
     command: list[str] = []
@@ -110,32 +137,38 @@ def serve_main(argv: Sequence[str]) -> int:
         sys.stderr.write(NO_SOCKET_MESSAGE)
         return USAGE_EXIT_CODE
 
-    from worker_runtime.config import RuntimeConfig, load_config_file, with_overrides
+    overrides = {
+        "protocol": args.protocol,
+        "multiplex": args.multiplex,
+        "cancellable": args.cancellable,
+        "max_instances": args.max_instances,
+        "tool_inputs": tuple(args.tool_inputs) if args.tool_inputs else None,
+        "key_env": tuple(args.key_env) if args.key_env else None,
+        "verbosity": args.verbosity,
+        "retries": args.retries,
+        "log_dir": args.log_dir,
+        "command": tuple(command) if command else None,
+        "daemon": args.daemon,
+    }
+    mapping = plain_config_file(args.config) if args.config else None
+    if mapping is not None and all(value is None for value in overrides.values()):
+        # The form worker_tool writes, daemon on: the daemon checks the config itself, and
+        # this process reads it only if it must start a daemon or explain a refusal.
+        from worker_runtime.daemon.front import run_front
+
+        return run_front(socket_path, mapping, lambda: checked_config(args.config, overrides))
 
     try:
-        config = load_config_file(args.config) if args.config else RuntimeConfig()
-        overrides = {
-            "protocol": args.protocol,
-            "multiplex": args.multiplex,
-            "cancellable": args.cancellable,
-            "max_instances": args.max_instances,
-            "tool_inputs": tuple(args.tool_inputs) if args.tool_inputs else None,
-            "key_env": tuple(args.key_env) if args.key_env else None,
-            "verbosity": args.verbosity,
-            "retries": args.retries,
-            "log_dir": args.log_dir,
-            "command": tuple(command) if command else None,
-            "daemon": args.daemon,
-        }
-        config = with_overrides(config, overrides).validated()
+        config = checked_config(args.config, overrides)
     except ConfigError as exc:
         sys.stderr.write(f"worker-runtime: error: {exc}\n")
         return USAGE_EXIT_CODE
 
     if config.daemon:
+        from worker_runtime.config import config_to_mapping
         from worker_runtime.daemon.front import run_front
 
-        return run_front(config, socket_path)
+        return run_front(socket_path, config_to_mapping(config), lambda: config)
 
     from worker_runtime.buck2.server import run_server
     from worker_runtime.logs import start_run_logging

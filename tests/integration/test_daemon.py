@@ -79,6 +79,39 @@ def test_front_does_not_import_grpc() -> None:
     assert result.stdout.strip() == "False"
 
 
+def test_the_plain_front_imports_neither_the_config_nor_dataclasses() -> None:
+    """`serve --config FILE` (what worker_tool writes) hands the file to a running daemon
+    without parsing it: the modules that cost a start most stay out (benchmarks/front_start.py)."""
+    code = (
+        "import sys; import worker_runtime.cli, worker_runtime.daemon.front; "
+        "print(sorted(m for m in ('grpc', 'worker_runtime.config', 'dataclasses', 'subprocess') "
+        "if m in sys.modules))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=30
+    )
+    assert result.stdout.strip() == "[]", result.stdout + result.stderr
+
+
+def test_a_bad_config_is_refused_naming_the_key_with_the_daemon_running(
+    start_runtime: StartRuntime, tmp_path: Path
+) -> None:
+    running = start_runtime(
+        runtime_args=["--config", config_file(tmp_path, command=fake_backend())]
+    )
+    assert running.run("pid").exit_code == 0  # the daemon is up
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"command": fake_backend(), "multiplx": True}))
+    env = dict(os.environ, WORKER_SOCKET=str(tmp_path / "bad.sock"))
+    result = subprocess.run(
+        [*RUNTIME, "serve", "--config", str(bad)], env=env, cwd=REPO_ROOT,
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert result.returncode == 2, result.stderr
+    assert "unknown config key `multiplx`" in result.stderr
+    assert not (tmp_path / "bad.sock").exists()
+
+
 def test_daemon_killed_mid_request_fails_clearly_and_next_command_recovers(
     start_runtime: StartRuntime,
 ) -> None:
@@ -234,6 +267,36 @@ def test_front_killed_mid_request_lets_the_request_finish(
     assert wait_for(output.exists)
     next_command = start_runtime(fake_backend())
     assert next_command.run("pid").stderr == backend
+
+
+def test_sigterm_with_a_request_in_flight_ends_the_front_at_once(
+    start_runtime: StartRuntime, tmp_path: Path
+) -> None:
+    """Buck2's SIGTERM ends the front at once, whatever is in flight (it used to wait
+    for the daemon's drain, up to the 5 s grace): the request fails for Buck2 as a worker
+    exit does, and the daemon still finishes it and keeps the backend warm."""
+    worker = start_runtime(fake_backend())
+    backend = worker.run("pid").stderr
+    output = tmp_path / "output.o"
+    outcome: list[Any] = []
+
+    def in_flight() -> None:
+        try:
+            outcome.append(worker.run("sleep-write", "5", str(output)))
+        except WorkerRequestError as exc:
+            outcome.append(exc)
+
+    thread = threading.Thread(target=in_flight)
+    thread.start()
+    time.sleep(0.3)
+    assert worker.proc is not None
+    os.killpg(worker.proc.pid, signal.SIGTERM)
+    assert worker.proc.wait(30) == 0
+    assert not output.exists()  # the front is gone while its request still runs
+    thread.join(30)
+    assert outcome and isinstance(outcome[0], WorkerRequestError)
+    assert wait_for(output.exists)
+    assert start_runtime(fake_backend()).run("pid").stderr == backend
 
 
 def test_front_killed_during_a_long_request_cancels_it_cleanly(

@@ -67,6 +67,16 @@ def run_benchmark(module: str, *args: str, timeout: int = 600) -> dict[str, Any]
     return data
 
 
+def test_front_start_benchmark_writes_its_json() -> None:
+    data = run_benchmark("front_start", "--rounds", "3")
+    assert data["buck2_polls_ms"] == [0.0, 50.0, 150.0, 350.0, 750.0]
+    for side in ("front", "floor_bare_interpreter"):
+        assert data[side]["ready_ms_median"] > 0
+        assert data[side]["buck2_connects_ms_median"] in data["buck2_polls_ms"]
+    assert isinstance(data["met"], bool)
+    assert set(data["exit_after_sigterm_ms_median"]) == {"request_in_flight", "floor_idle_front"}
+
+
 def test_runtime_overhead_benchmark_writes_its_json() -> None:
     data = run_benchmark(
         "runtime_overhead",

@@ -1,0 +1,201 @@
+"""Benchmark: how soon a worker front serves Buck2's socket at the start of a command,
+with the project's daemon already running, against Buck2's real poll schedule.
+
+Buck2 starts the worker tool and then tries a plain ``connect()`` to its socket at 0 ms,
+then after 50, 100, 200 and 400 ms backoffs (at 0, 50, 150 and 350 ms; the backoff doubles to
+500 ms: docs/running-under-buck2.md). A front ready at 55 ms is therefore used at 150 ms.
+Each round starts the tool exactly as Buck2 does for a ``worker_tool`` (the toolchains'
+launcher, then ``worker-runtime serve --config FILE``, in the project root), polls its
+socket every millisecond to find when it became ready, and reads off the poll of Buck2's
+schedule that would have found it.
+
+The floor, in the same run: the same interpreter started to do nothing but listen on a
+Unix socket (``python -c``), timed the same way.
+
+Then the end of a command: Buck2's SIGTERM to the front's process group, and the time
+until the front exits, with a request in flight (a 3 s one) against the floor of an idle
+front. Buck2 sends SIGKILL 10 s after SIGTERM (``[build]
+persistent_worker_shutdown_timeout_s``). Writes benchmarks/results/front_start.json.
+
+Run: ``.venv/bin/python -m benchmarks.front_start [--rounds N]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from benchmarks.results import add_output_argument, emit
+from workers_dev.emulator import Buck2Worker, WorkerRequestError
+
+ROOT = Path(__file__).resolve().parent.parent
+LAUNCHER = ROOT / "toolchains" / "worker-runtime-launcher"
+RUNTIME = ROOT / ".venv" / "bin" / "worker-runtime"
+FAKE_WORKER = ROOT / "tests" / "backends" / "fake_worker.py"
+TARGET_MS = 60.0
+
+
+def buck2_polls() -> list[float]:
+    """The times (ms after the start) at which Buck2 tries to connect."""
+    times, at, backoff = [0.0], 0.0, 50.0
+    while at < 60_000:
+        at += backoff
+        times.append(at)
+        backoff = min(backoff * 2, 500.0)
+    return times
+
+
+POLLS = buck2_polls()
+
+
+def ready_after_ms(command: list[str], socket_path: Path, env: dict[str, str], cwd: Path) -> float:
+    """Starts ``command`` and returns when ``socket_path`` first takes a connection."""
+    start = time.perf_counter()
+    process = subprocess.Popen(
+        command, env=env, cwd=cwd, stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        while True:
+            with socket.socket(socket.AF_UNIX) as probe:
+                try:
+                    probe.connect(str(socket_path))
+                    return (time.perf_counter() - start) * 1000
+                except OSError:
+                    pass
+            if process.poll() is not None:
+                raise RuntimeError(f"{command[0]} exited with {process.returncode} before serving")
+            if time.perf_counter() - start > 30:
+                raise RuntimeError(f"{command[0]} did not serve {socket_path} within 30 s")
+            time.sleep(0.001)
+    finally:
+        process.terminate()
+        process.wait(timeout=60)
+
+
+def buck2_sees_ms(ready_ms: float) -> float:
+    """The poll of Buck2's schedule that first finds a socket ready at ``ready_ms``."""
+    return next(poll for poll in POLLS if poll >= ready_ms)
+
+
+def summary(samples: list[float]) -> dict[str, Any]:
+    seen = [buck2_sees_ms(ms) for ms in samples]
+    return {
+        "ready_ms_median": statistics.median(samples),
+        "ready_ms_max": max(samples),
+        "buck2_connects_ms_median": statistics.median(seen),
+        "buck2_connects_at_50_ms_or_sooner": sum(ms <= 50 for ms in seen) / len(seen),
+    }
+
+
+def exit_after_sigterm_ms(config: Path, project: Path, env: dict[str, str], busy: bool) -> float:
+    """SIGTERM to a front's group (Buck2's end of command), with a 3 s request in flight
+    if ``busy``; the time until the front exits."""
+    worker = Buck2Worker(
+        [str(RUNTIME), "serve", "--config", str(config)], project_root=project, env=env
+    )
+    outcome: list[object] = []
+    thread = None
+    try:
+        worker.start()
+        worker.run("echo", "warm")
+        if busy:
+            thread = threading.Thread(target=lambda: outcome.append(_run_quietly(worker)))
+            thread.start()
+            time.sleep(0.3)
+        assert worker.proc is not None
+        start = time.perf_counter()
+        os.killpg(worker.proc.pid, signal.SIGTERM)
+        worker.proc.wait(60)
+        return (time.perf_counter() - start) * 1000
+    finally:
+        if thread is not None:
+            thread.join(60)
+        worker.cleanup()
+
+
+def _run_quietly(worker: Buck2Worker) -> object:
+    try:
+        return worker.run("sleep", "3")
+    except WorkerRequestError as exc:  # as Buck2 sees a worker that exits mid-request
+        return exc
+
+
+def measure(rounds: int, tmp: Path) -> dict[str, Any]:
+    project = tmp / "project"
+    project.mkdir()
+    config = project / "worker.json"
+    config.write_text(
+        json.dumps({"command": [sys.executable, str(FAKE_WORKER)], "protocol": "json"})
+    )
+    env = {**os.environ, "WORKER_RUNTIME_DIR": str(tmp / "daemon")}
+    front = ["/bin/sh", str(LAUNCHER), str(RUNTIME), "serve", "--config", str(config)]
+    floor_code = (
+        "import socket, sys; s = socket.socket(socket.AF_UNIX); s.bind(sys.argv[1]); "
+        "s.listen(); import time; time.sleep(60)"
+    )
+    fronts: list[float] = []
+    floors: list[float] = []
+    try:
+        env["WORKER_SOCKET"] = str(tmp / "warm-up.sock")
+        ready_after_ms(front, tmp / "warm-up.sock", env, project)  # starts the daemon
+        for index in range(rounds):  # alternated, so that both see the same machine
+            path = tmp / f"f{index}.sock"
+            env["WORKER_SOCKET"] = str(path)
+            fronts.append(ready_after_ms(front, path, env, project))
+            path = tmp / f"p{index}.sock"
+            floor = [sys.executable, "-c", floor_code, str(path)]
+            floors.append(ready_after_ms(floor, path, env, project))
+        del env["WORKER_SOCKET"]
+        shutdown_rounds = max(3, rounds // 10)
+        busy = [exit_after_sigterm_ms(config, project, env, True) for _ in range(shutdown_rounds)]
+        idle = [exit_after_sigterm_ms(config, project, env, False) for _ in range(shutdown_rounds)]
+    finally:
+        subprocess.run(
+            [str(RUNTIME), "stop", "--project-root", str(project)], env=env, capture_output=True
+        )
+    front_summary, floor_summary = summary(fronts), summary(floors)
+    return {
+        "rounds": rounds,
+        "buck2_polls_ms": POLLS[:5],
+        "front": front_summary,
+        "floor_bare_interpreter": floor_summary,
+        "front_over_floor_ms": front_summary["ready_ms_median"] - floor_summary["ready_ms_median"],
+        "target_buck2_connects_ms": TARGET_MS,
+        "met": front_summary["buck2_connects_ms_median"] <= TARGET_MS,
+        "exit_after_sigterm_ms_median": {
+            "request_in_flight": statistics.median(busy),
+            "floor_idle_front": statistics.median(idle),
+        },
+        "buck2_sigkill_after_ms": 10_000,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rounds", type=int, default=30)
+    add_output_argument(parser, "front_start")
+    args = parser.parse_args(argv)
+    tmp = Path(tempfile.mkdtemp(prefix="wrfs-", dir="/tmp"))
+    try:
+        result = measure(args.rounds, tmp)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    emit(result, args.output)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

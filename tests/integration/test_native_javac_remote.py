@@ -56,7 +56,7 @@ class JavacTool:
     exe: list[str]
     #: The RunInfo (workers off): the remote backend alone.
     one_shot: list[str]
-    #: Every file of the tool (entry, config, launcher, the worker's classes).
+    #: The files of the tool every action carries: its remote side (entry, classes).
     files: list[str]
 
 
@@ -101,10 +101,10 @@ def files_under(root: Path, directory: str) -> list[str]:
     return sorted(str(p.relative_to(root)) for p in (root / directory).rglob("*") if p.is_file())
 
 
-def write_tool(root: Path, config_suffix: str = "", classes_of: Path | None = None) -> JavacTool:
+def write_tool(root: Path, entry_suffix: str = "", classes_of: Path | None = None) -> JavacTool:
     """Compiles the javac worker into ``root`` (or copies the classes ``classes_of``
     compiled) and writes the files of its worker_tool, each with the content and at the
-    path the fake renders; ``config_suffix`` makes another build of the tool."""
+    path the fake renders; ``entry_suffix`` makes another build of the tool's remote side."""
     if classes_of is not None:
         shutil.copytree(classes_of / WORKER_CLASSES, root / WORKER_CLASSES)
     else:
@@ -124,14 +124,17 @@ def write_tool(root: Path, config_suffix: str = "", classes_of: Path | None = No
     assert exe[0] == entry["output"] and exe[1] == LAUNCHER and config["output"] in exe, exe
     assert exe[exe.index("--remote-backend") + 1 :] == backend == one_shot, (exe, one_shot)
     for path, content, mode in (
-        (entry["output"], entry["content"], 0o755),
-        (config["output"], config["content"] + config_suffix, 0o644),
+        (entry["output"], entry["content"] + entry_suffix, 0o755),
+        (config["output"], config["content"], 0o644),
         (LAUNCHER, "#!/bin/sh\necho 'worker-runtime: not on an executor' >&2\nexit 99\n", 0o755),
     ):
         (root / path).parent.mkdir(parents=True, exist_ok=True)
         (root / path).write_text(content)
         (root / path).chmod(mode)
-    tool_files = [entry["output"], config["output"], LAUNCHER, *files_under(root, WORKER_CLASSES)]
+    # What worker_tool puts in every action's input root: the remote side only (the entry
+    # and the remote backend's files), not the runtime's launcher and config, which only
+    # Buck2's local side runs.
+    tool_files = [entry["output"], *files_under(root, WORKER_CLASSES)]
     return JavacTool(root, exe, one_shot, tool_files)
 
 
@@ -240,11 +243,11 @@ def test_buck2_s_key_is_not_trusted(
     client: RemoteClient, tool: JavacTool, metrics_url: str, tmp_path: Path
 ) -> None:
     """The executor keys workers on the tool files the exe names, never on Buck2's key:
-    another build of the tool (its config changed) under the same Buck2 key gets a worker
+    another build of the tool (its entry changed) under the same Buck2 key gets a worker
     of its own, and the original tool under that key still finds its warm one."""
     key = "the same key for both tools"
     compile_remotely(client, tool, Target("Delta"), workers=True, buck2_key=key)
-    other = write_tool(tmp_path / "other", config_suffix="\n", classes_of=tool.root)
+    other = write_tool(tmp_path / "other", entry_suffix="# another build\n", classes_of=tool.root)
     before = counters(metrics_url)
     compile_remotely(client, other, Target("Delta"), workers=True, buck2_key=key)
     middle = counters(metrics_url)

@@ -27,14 +27,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import shutil
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +44,7 @@ from benchmarks.buck2_builds import (
 )
 from benchmarks.results import add_output_argument, emit
 from tests.buck2.harness import Buck2Project, copy_repository, private_dir
+from tests.clusters import executor_metrics
 from worker_runtime.cluster.commands import buckconfig_section
 
 RUNTIME = [sys.executable, "-m", "worker_runtime"]
@@ -64,12 +63,9 @@ def executor_seconds(status: dict[str, Any]) -> tuple[float, float]:
     """(sum, count) of the executors' execution-time histogram."""
     total, count = 0.0, 0.0
     for executor in status["executors"]:
-        with urllib.request.urlopen(executor["metrics"], timeout=10) as page:
-            text = page.read().decode()
-        for name in ("sum", "count"):
-            match = re.search(rf"^executor_execution_seconds_{name} (\S+)$", text, re.M)
-            value = float(match.group(1)) if match else 0.0
-            total, count = (total + value, count) if name == "sum" else (total, count + value)
+        samples = executor_metrics(executor["metrics"])
+        total += samples.get("executor_execution_seconds_sum", 0.0)
+        count += samples.get("executor_execution_seconds_count", 0.0)
     return total, count
 
 

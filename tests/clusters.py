@@ -8,6 +8,7 @@ import os
 import shutil
 import subprocess
 import tempfile
+import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -43,3 +44,16 @@ def private_cluster(*up_args: str, venv: Path = DEFAULT_BUILDGRID_VENV) -> Itera
         down = cluster("down", "--dir", str(directory), env=env)
         shutil.rmtree(directory, ignore_errors=True)
         assert down.returncode == 0, down.stderr
+
+
+def executor_metrics(url: str) -> dict[str, float]:
+    """One executor's Prometheus samples (its ``/metrics`` page): each sample line's name,
+    labels included, and its value."""
+    with urllib.request.urlopen(url, timeout=10) as page:
+        text = page.read().decode()
+    samples = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            name, _, value = line.rpartition(" ")
+            samples[name] = float(value)
+    return samples

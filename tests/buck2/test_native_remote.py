@@ -15,7 +15,6 @@ import re
 import signal
 import subprocess
 import time
-import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,7 +24,7 @@ import pytest
 from tests.buck2.conftest import make_project
 from tests.buck2.harness import HASKELL_EXPECTED, Buck2Project
 from tests.buck2.test_examples import class_files, haskell_interfaces
-from tests.clusters import cluster, private_cluster
+from tests.clusters import cluster, executor_metrics, private_cluster
 from tests.starlark.test_java_rules import EXPECTED_OUTPUT as JAVA_EXPECTED
 from worker_runtime.cluster.commands import buckconfig_section
 
@@ -57,13 +56,9 @@ class Engine:
         """Per executor (main, tenant-b, main): its counters."""
         found = []
         for executor in self.executors():
-            with urllib.request.urlopen(str(executor["metrics"]), timeout=10) as page:
-                text = page.read().decode()
-            counters = {}
-            for name in ("leases_total", "worker_starts_total", "worker_reuses_total"):
-                match = re.search(rf"^executor_{name} (\S+)$", text, re.M)
-                counters[name] = float(match.group(1)) if match else 0.0
-            found.append(counters)
+            samples = executor_metrics(str(executor["metrics"]))
+            names = ("leases_total", "worker_starts_total", "worker_reuses_total")
+            found.append({name: samples.get(f"executor_{name}", 0.0) for name in names})
         return found
 
     def worker_pids(self, index: int) -> set[int]:

@@ -240,23 +240,30 @@ def test_open_runtime_dir_is_refused(runtime_dir: Path, start_runtime: StartRunt
         os.chmod(runtime_dir, 0o700)
 
 
+def request_in_flight(worker: Buck2Worker, *argv: str) -> tuple[threading.Thread, list[Any]]:
+    """Sends ``argv`` from a thread and returns once it is running; the list gets its
+    response, or the WorkerRequestError Buck2 would see."""
+    outcome: list[Any] = []
+
+    def send() -> None:
+        try:
+            outcome.append(worker.run(*argv))
+        except WorkerRequestError as exc:
+            outcome.append(exc)
+
+    thread = threading.Thread(target=send)
+    thread.start()
+    time.sleep(0.3)
+    return thread, outcome
+
+
 def test_front_killed_mid_request_lets_the_request_finish(
     start_runtime: StartRuntime, tmp_path: Path
 ) -> None:
     worker = start_runtime(fake_backend())
     backend = worker.run("pid").stderr
     output = tmp_path / "output.o"
-    outcome: list[Any] = []
-
-    def in_flight() -> None:
-        try:
-            outcome.append(worker.run("sleep-write", "1", str(output)))
-        except WorkerRequestError as exc:
-            outcome.append(exc)
-
-    thread = threading.Thread(target=in_flight)
-    thread.start()
-    time.sleep(0.3)
+    thread, outcome = request_in_flight(worker, "sleep-write", "1", str(output))
     assert worker.proc is not None
     os.kill(worker.proc.pid, signal.SIGKILL)
     thread.join(30)
@@ -278,17 +285,7 @@ def test_sigterm_with_a_request_in_flight_ends_the_front_at_once(
     worker = start_runtime(fake_backend())
     backend = worker.run("pid").stderr
     output = tmp_path / "output.o"
-    outcome: list[Any] = []
-
-    def in_flight() -> None:
-        try:
-            outcome.append(worker.run("sleep-write", "5", str(output)))
-        except WorkerRequestError as exc:
-            outcome.append(exc)
-
-    thread = threading.Thread(target=in_flight)
-    thread.start()
-    time.sleep(0.3)
+    thread, outcome = request_in_flight(worker, "sleep-write", "5", str(output))
     assert worker.proc is not None
     os.killpg(worker.proc.pid, signal.SIGTERM)
     assert worker.proc.wait(30) == 0

@@ -15,17 +15,15 @@ tests/buck2/test_native_remote.py.
 from __future__ import annotations
 
 import json
-import re
 import shutil
 import subprocess
-import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-from tests.clusters import cluster, private_cluster
+from tests.clusters import cluster, executor_metrics, private_cluster
 from tests.conftest import REPO_ROOT
 from tests.starlark.test_native_worker_tool import analyse_native, run_info
 from worker_runtime.envelope import ENVELOPE_ENV, Envelope, envelope_json
@@ -165,13 +163,9 @@ def metrics_url(engine: Path) -> str:
 
 def counters(metrics_url: str) -> dict[str, float]:
     """The executor's lease and persistent worker counters."""
-    with urllib.request.urlopen(metrics_url, timeout=10) as page:
-        text = page.read().decode()
-    found = {}
-    for name in ("leases_total", "worker_starts_total", "worker_reuses_total"):
-        match = re.search(rf"^executor_{name} (\S+)$", text, re.M)
-        found[name] = float(match.group(1)) if match else 0.0
-    return found
+    samples = executor_metrics(metrics_url)
+    names = ("leases_total", "worker_starts_total", "worker_reuses_total")
+    return {name: samples.get(f"executor_{name}", 0.0) for name in names}
 
 
 def javac_arguments(target: Target) -> list[str]:

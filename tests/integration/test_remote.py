@@ -11,14 +11,13 @@ import signal
 import tempfile
 import threading
 import time
-import urllib.request
 from collections.abc import Iterator
 from concurrent.futures import Future
 from pathlib import Path
 
 import pytest
 
-from tests.clusters import cluster, private_cluster
+from tests.clusters import cluster, executor_metrics, private_cluster
 from tests.conftest import REPO_ROOT, RUNTIME, is_gone, wait_gone
 from tests.unix_proxy import UnixProxy
 from worker_runtime.envelope import Envelope, write_envelope
@@ -117,13 +116,10 @@ def metric(engine: Path, name: str) -> float:
     """The sum of one metric (a sample line's name with its labels) over the cluster's
     executors, read from their Prometheus endpoints."""
     state = json.loads((engine / "state.json").read_text())
-    total = 0.0
-    for port in state["executor_metrics_ports"]:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as page:
-            for line in page.read().decode().splitlines():
-                if line.startswith(name + " "):
-                    total += float(line.split()[-1])
-    return total
+    return sum(
+        executor_metrics(f"http://127.0.0.1:{port}/metrics").get(name, 0.0)
+        for port in state["executor_metrics_ports"]
+    )
 
 
 def test_executor_metrics_count_leases_latencies_and_outcomes(tmp_path: Path, engine: Path) -> None:

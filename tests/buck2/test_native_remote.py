@@ -34,6 +34,8 @@ JAVA, HASKELL = "//examples/java:bookshop", "//examples/haskell:bookshop"
 HASKELL_LIBRARIES = tuple(f"//examples/haskell:{name}" for name in ("core", "inventory", "reports"))
 #: Worker actions of the two examples: 7 javac compiles, 17 GHC module compiles.
 WORKER_ACTIONS = 7 + 17
+#: The examples' worker tools: the javac worker and the GHC worker.
+TOOLS = ("javac", "ghc")
 #: A full rebuild from nothing, not from Buck2's action cache.
 FRESH = ("--no-remote-cache",)
 
@@ -112,7 +114,10 @@ def test_examples_build_entirely_remote_on_warm_remote_workers(
     started = after["worker_starts_total"] - before["worker_starts_total"]
     reused = after["worker_reuses_total"] - before["worker_reuses_total"]
     # At most one worker per tool on each of main's two executors; the rest warm.
-    assert 2 <= started <= 4 and started + reused == WORKER_ACTIONS, (started, reused)
+    assert len(TOOLS) <= started <= 2 * len(TOOLS) and started + reused == WORKER_ACTIONS, (
+        started,
+        reused,
+    )
     # Buck2's own record: each compile ran on RE, under the key of its worker.
     javac = compile_lines(native.run("log", "what-ran").stdout)
     assert len(javac) == 7 and all("re(persistentWorkerKey=" in line for line in javac), javac
@@ -153,9 +158,14 @@ def test_an_edit_rebuilds_on_the_same_warm_workers(native: Buck2Project, engine:
     haskell_source = native.root / "examples/haskell/Shop/Core/Pretty.hs"
     haskell_source.write_text(haskell_source.read_text() + "\n-- edited\n")
     native.run("build", JAVA, HASKELL)
-    after = totals(engine.metrics())
-    assert after["worker_starts_total"] == before["worker_starts_total"], (before, after)
+    metrics = engine.metrics()
+    after = totals(metrics)
     assert after["worker_reuses_total"] >= before["worker_reuses_total"] + 2, (before, after)
+    # No worker was replaced: each of main's executors has started each of the two tools
+    # at most once since the engine came up. (Buck2 sends no locality hint, so an edited
+    # compile may land on the executor that had not run that tool yet, which then starts
+    # its first worker for it; that is not a restart.)
+    assert all(metrics[i]["worker_starts_total"] <= len(TOOLS) for i in (0, 2)), metrics
 
 
 def test_remote_only_builds_everything_remotely(native: Buck2Project) -> None:

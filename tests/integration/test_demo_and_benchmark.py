@@ -88,10 +88,14 @@ def test_runtime_overhead_benchmark_writes_its_json() -> None:
         "200",
         timeout=120,
     )
-    for key in ("direct_pipes", "unary_execute_sync_client", "execute_stream", "added_streaming"):
-        assert data[key]["median_ms"] > 0
-    assert data["throughput_64_in_flight_rps"] > 0
-    assert set(data["met"]) >= {"added_median_streaming", "throughput"}
+    assert data["direct_pipes_median_ms"] > 0
+    for server in ("bare_server", "bare_server_with_backend", "runtime"):
+        for rpc in ("unary", "stream"):
+            assert data[server][rpc]["median_ms"] > 0
+            assert data[server][rpc]["server_cpu_us_per_request"] > 0
+    assert set(data["own_share_ms"]) == {"unary", "stream"}
+    assert set(data["throughput_64_in_flight_rps"]) == {"runtime", "bare_server"}
+    assert set(data["met"]) >= {"own_share_unary", "own_share_stream", "throughput"}
 
 
 def test_daemon_warmth_benchmark_writes_its_json() -> None:

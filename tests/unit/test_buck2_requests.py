@@ -92,3 +92,21 @@ def test_only_a_timeout_carries_timed_out_after_s(tmp_path: Path) -> None:
         requests, _ = handler(tmp_path, Failure(kind, "no", timed_out_after_s=3))
         response = asyncio.run(requests.execute(command(b"a")))
         assert response.HasField("timed_out_after_s") == (kind is FailureKind.TIMED_OUT), kind
+
+
+def test_a_key_variable_that_no_environment_can_hold_is_a_bad_request(tmp_path: Path) -> None:
+    """Not UTF-8, or a NUL byte: the request is refused, naming the variable; it is not an
+    internal error, and the executor never sees it."""
+    requests, executor = handler(tmp_path, Result(0, ""), key_env=("JAVA_HOME",))
+    for value, problem in ((b"/jdk\xff", "is not valid UTF-8"), (b"/j\0dk", "holds a NUL byte")):
+        response = asyncio.run(requests.execute(command(b"a", env={b"JAVA_HOME": value})))
+        assert response.exit_code == RUNTIME_ERROR_EXIT_CODE
+        assert f"environment variable JAVA_HOME {problem}" in response.stderr, response.stderr
+        assert "internal error" not in response.stderr
+    assert executor.seen == []
+
+
+def test_a_variable_outside_key_env_is_not_checked(tmp_path: Path) -> None:
+    requests, executor = handler(tmp_path, Result(0, ""), key_env=("JAVA_HOME",))
+    asyncio.run(requests.execute(command(b"a", env={b"OTHER": b"\0\xff"})))
+    assert executor.seen[0].key_env == ()

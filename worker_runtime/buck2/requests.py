@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Sequence
 from pathlib import Path
 
 from worker_runtime.backends.manager import BackendManager
@@ -35,6 +36,8 @@ class RequestHandler:
         self.config = manager.config
         self.executor = executor or executor_for(manager)
         self.runtime_log = log_dir / "runtime.log"
+        #: key_env names as Buck2 sends them (bytes), to their names.
+        self._key_env = {name.encode(): name for name in self.config.key_env}
         self.in_flight = 0
         self.draining = False
         self._idle = asyncio.Event()
@@ -54,14 +57,28 @@ class RequestHandler:
             **extra,
         )
 
-    async def execute_to_completion(self, command: pb.ExecuteCommand) -> pb.ExecuteResponse:
-        """``execute``, except that when the caller is cancelled (Buck2 went away, the RPC
-        was dropped) the request still runs to its end: its outputs are written and its
-        backend is returned to the pool clean and warm instead of being killed. Timeouts,
-        explicit cancels (``Exec``) and ``abort_all`` still cancel it."""
+    def start(self, command: pb.ExecuteCommand) -> asyncio.Task[pb.ExecuteResponse]:
+        """Starts ``execute`` as a task of its own, which runs to its end whatever becomes of
+        its caller: when Buck2 goes away (the RPC or the stream is dropped) its outputs are
+        still written and its backend goes back to the pool clean and warm instead of being
+        killed. Timeouts, explicit cancels (``Exec``) and ``abort_all`` still cancel it."""
         task = asyncio.ensure_future(self.execute(command))
-        self._running.add(task)
-        task.add_done_callback(self._running.discard)
+        self.track(task)
+        return task
+
+    def answer_of(self, task: asyncio.Task[pb.ExecuteResponse]) -> pb.ExecuteResponse:
+        """The response of a finished ``start`` task: its own, or the abort's when
+        ``abort_all`` cancelled it."""
+        if task.cancelled():
+            return self.error(self._abort_reason or "the request was cancelled")
+        failure = task.exception()
+        if failure is not None:  # execute answers every Exception itself; this is a BaseException
+            return self.error(f"the request ended with {failure!r}")
+        return task.result()
+
+    async def execute_to_completion(self, command: pb.ExecuteCommand) -> pb.ExecuteResponse:
+        """``start``, awaited: a cancelled caller leaves the request running to its end."""
+        task = self.start(command)
         try:
             return await asyncio.shield(task)
         except asyncio.CancelledError:
@@ -70,11 +87,10 @@ class RequestHandler:
                 if not task.done():
                     LOGGER.info("client went away; the request runs on to completion")
                 raise
-            # Not us: the request itself was cancelled by abort_all.
-            return self.error(self._abort_reason or "the request was cancelled")
+            return self.answer_of(task)  # not us: the request itself was cancelled by abort_all
 
     def track(self, task: asyncio.Task[pb.ExecuteResponse]) -> None:
-        """Makes ``abort_all`` cancel a request started outside execute_to_completion."""
+        """Makes ``abort_all`` cancel a request started outside ``start``."""
         self._running.add(task)
         task.add_done_callback(self._running.discard)
 
@@ -132,30 +148,52 @@ class RequestHandler:
         """Buck2's ExecuteCommand as a work request: argv decoded and its @argfiles
         expanded, the key_env values and the envelope path picked from its env, and its
         timeout (or the config's default)."""
-        args: list[str] = []
-        for index, raw in enumerate(command.argv):
-            try:
-                args.append(raw.decode("utf-8"))
-            except UnicodeDecodeError as exc:
-                raise RequestError(
-                    f"argument {index} is not valid UTF-8 (at byte {exc.start}: "
-                    f"{raw[max(0, exc.start - 8) : exc.start + 8]!r}); Bazel-protocol backends "
-                    "take text arguments: pass such paths through an @argfile or rename them"
-                ) from None
+        try:
+            args = [raw.decode("utf-8") for raw in command.argv]
+        except UnicodeDecodeError:
+            raise self._undecodable_argument(command.argv) from None
         arguments = tuple(expand_argfiles(args, self.manager.cwd))
-        wanted = set(self.config.key_env)
         found: dict[str, str] = {}
         envelope_path = ""
         for entry in command.env:
-            name = entry.key.decode("utf-8", "replace")
-            if name == ENVELOPE_ENV:
+            key = entry.key
+            if key == _ENVELOPE_KEY:
                 envelope_path = entry.value.decode("utf-8", "replace")
-            if name in wanted:
-                try:
-                    found[name] = entry.value.decode("utf-8")
-                except UnicodeDecodeError:
-                    raise RequestError(f"environment variable {name} is not valid UTF-8") from None
+            name = self._key_env.get(key)
+            if name is not None:
+                found[name] = _key_env_value(name, entry.value)
         timeout = command.timeout_s if command.HasField("timeout_s") else 0
         if not timeout and self.config.default_timeout_s is not None:
             timeout = int(self.config.default_timeout_s)
         return WorkRequest(arguments, tuple(sorted(found.items())), envelope_path, timeout)
+
+    @staticmethod
+    def _undecodable_argument(argv: Sequence[bytes]) -> RequestError:
+        for index, raw in enumerate(argv):
+            try:
+                raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                return RequestError(
+                    f"argument {index} is not valid UTF-8 (at byte {exc.start}: "
+                    f"{raw[max(0, exc.start - 8) : exc.start + 8]!r}); Bazel-protocol backends "
+                    "take text arguments: pass such paths through an @argfile or rename them"
+                )
+        raise AssertionError("every argument decodes")
+
+
+#: The envelope variable's name as Buck2 sends it (bytes).
+_ENVELOPE_KEY = ENVELOPE_ENV.encode()
+
+
+def _key_env_value(name: str, raw: bytes) -> str:
+    """A key_env variable's value as text, which a backend's environment can hold."""
+    try:
+        value = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise RequestError(f"environment variable {name} is not valid UTF-8") from None
+    if "\0" in value:
+        raise RequestError(
+            f"environment variable {name} holds a NUL byte (at {value.index(chr(0))}), "
+            "which no process environment can hold"
+        )
+    return value

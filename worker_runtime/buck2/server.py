@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 import signal
@@ -91,28 +92,29 @@ class StreamingServicer(pb_grpc.WorkerStreamingServicer):
         # Buck2 awaits the response headers before it sends its first request: send them now.
         await context.send_initial_metadata(())
         answers: asyncio.Queue[pb.ExecuteResponseStream | None] = asyncio.Queue()
-        tasks: set[asyncio.Task[None]] = set()
+        # One task per request (the handler's own, which runs to its end even if the
+        # stream is dropped); its answer goes on the queue from its done callback.
+        unanswered = 0
         reading_done = False
 
-        async def answer(message: pb.ExecuteCommandStream) -> None:
-            response = await self.handler.execute_to_completion(message.request)
-            answers.put_nowait(pb.ExecuteResponseStream(response=response, id=message.id))
-
-        def finished(task: asyncio.Task[None]) -> None:
-            tasks.discard(task)
-            if reading_done and not tasks:
+        def answered(request_id: int, task: asyncio.Task[pb.ExecuteResponse]) -> None:
+            nonlocal unanswered
+            unanswered -= 1
+            response = self.handler.answer_of(task)
+            answers.put_nowait(pb.ExecuteResponseStream(response=response, id=request_id))
+            if reading_done and not unanswered:
                 answers.put_nowait(None)
 
         async def read_requests() -> None:
-            nonlocal reading_done
+            nonlocal reading_done, unanswered
             try:
                 async for message in request_iterator:
-                    task = asyncio.create_task(answer(message))
-                    tasks.add(task)
-                    task.add_done_callback(finished)
+                    task = self.handler.start(message.request)
+                    unanswered += 1
+                    task.add_done_callback(functools.partial(answered, message.id))
             finally:
                 reading_done = True
-                if not tasks:
+                if not unanswered:
                     answers.put_nowait(None)
 
         reader = asyncio.create_task(read_requests())
@@ -121,8 +123,6 @@ class StreamingServicer(pb_grpc.WorkerStreamingServicer):
                 yield item
         finally:
             reader.cancel()
-            for task in list(tasks):
-                task.cancel()
 
 
 class Buck2SocketServer:

@@ -48,12 +48,10 @@ class Retry:
         self.retries = retries
 
     async def run(self, request: WorkRequest) -> Outcome:
-        notes: list[str] = []
+        outcome = await self.inner.run(request)  # requests arrive as their attempt 0
         attempt = 0
-        while True:
-            outcome = await self.inner.run(dataclasses.replace(request, attempt=attempt))
-            if not (isinstance(outcome, Failure) and outcome.kind is FailureKind.BACKEND_FAILED):
-                return outcome.with_notes(*notes)
+        notes: list[str] = []
+        while isinstance(outcome, Failure) and outcome.kind is FailureKind.BACKEND_FAILED:
             if attempt >= self.retries:
                 if attempt:
                     return dataclasses.replace(
@@ -69,6 +67,8 @@ class Retry:
                     f"(retry {attempt} of {self.retries})."
                 )
             )
+            outcome = await self.inner.run(dataclasses.replace(request, attempt=attempt))
+        return outcome.with_notes(*notes) if notes else outcome
 
 
 class LocalFallback:

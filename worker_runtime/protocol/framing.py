@@ -10,7 +10,7 @@ from __future__ import annotations
 import base64
 import json
 import re
-from typing import Any, Protocol
+from typing import Any, NoReturn, Protocol
 
 from google.protobuf import unknown_fields
 from google.protobuf.message import DecodeError
@@ -75,13 +75,18 @@ def request_to_proto(request: WorkRequest) -> pb.WorkRequest:
 
 
 class ProtoFraming:
-    """Protobuf messages each preceded by a base-128 varint length (Bazel's default)."""
+    """Protobuf messages each preceded by a base-128 varint length (Bazel's default).
+
+    Responses are parsed straight from the bytes as they arrive. Only the tail of an
+    incomplete one is kept (it starts at that response's first byte), and it is parsed
+    again only once all of its announced length is there."""
 
     name = "proto"
 
     def __init__(self) -> None:
         self._buffer = bytearray()
-        self._seen = bytearray()  # the first bytes ever received, for error messages
+        #: Bytes the buffered response needs in all (0 while its length prefix is incomplete).
+        self._need = 0
 
     def encode(self, request: WorkRequest) -> bytes:
         body = request_to_proto(request).SerializeToString()
@@ -91,47 +96,59 @@ class ProtoFraming:
         return bool(self._buffer)
 
     def feed(self, data: bytes) -> list[WorkResponse]:
-        if len(self._seen) < QUOTE_BYTES:
-            self._seen += data[: QUOTE_BYTES - len(self._seen)]
-        self._buffer += data
+        if self._buffer:
+            self._buffer += data
+            if len(self._buffer) < self._need:
+                return []
+            view = bytes(self._buffer)
+        else:
+            view = data
         out: list[WorkResponse] = []
-        while self._buffer:
-            header = self._read_header()
-            if header is None:
-                break
-            length, offset = header
-            if length and len(self._buffer) > offset and self._buffer[offset] not in _RESPONSE_TAGS:
+        pos, size = 0, len(view)
+        while pos < size:
+            # The length prefix: a varint, almost always one or two bytes.
+            length, shift, start = 0, 0, pos
+            while True:
+                if start >= size:
+                    self._keep(view, pos, 0)
+                    return out
+                byte = view[start]
+                length |= (byte & 0x7F) << shift
+                start += 1
+                if not byte & 0x80:
+                    break
+                shift += 7
+                if shift >= 70:
+                    self._fail("the length prefix is longer than 10 bytes", view, pos)
+            if length > MAX_FRAME_BYTES:
+                self._fail(f"a length prefix of {length} bytes is not plausible", view, pos)
+            if length and start < size and view[start] not in _RESPONSE_TAGS:
                 self._fail(
-                    f"the byte after a length prefix of {length} is not a WorkResponse field"
+                    f"the byte after a length prefix of {length} is not a WorkResponse field",
+                    view,
+                    pos,
                 )
-            if len(self._buffer) < offset + length:
-                break
-            body = bytes(self._buffer[offset : offset + length])
-            del self._buffer[: offset + length]
-            out.append(self._parse(body))
-            self._seen = bytearray(self._buffer[:QUOTE_BYTES])
+            end = start + length
+            if end > size:
+                self._keep(view, pos, end - pos)
+                return out
+            out.append(self._parse(view[start:end], view, pos))
+            pos = end
+        self._keep(view, size, 0)
         return out
 
-    def _read_header(self) -> tuple[int, int] | None:
-        value = 0
-        for index, byte in enumerate(self._buffer):
-            if index >= 10:
-                self._fail("the length prefix is longer than 10 bytes")
-            value |= (byte & 0x7F) << (7 * index)
-            if not byte & 0x80:
-                if value > MAX_FRAME_BYTES:
-                    self._fail(f"a length prefix of {value} bytes is not plausible")
-                return value, index + 1
-        return None
+    def _keep(self, view: bytes, pos: int, need: int) -> None:
+        self._buffer = bytearray(view[pos:])
+        self._need = need
 
-    def _parse(self, body: bytes) -> WorkResponse:
+    def _parse(self, body: bytes, view: bytes, pos: int) -> WorkResponse:
         message = pb.WorkResponse()
         try:
             message.ParseFromString(body)
         except DecodeError:
-            self._fail("the message is not a valid WorkResponse")
+            self._fail("the message is not a valid WorkResponse", view, pos)
         if len(unknown_fields.UnknownFieldSet(message)):
-            self._fail("the message has fields a WorkResponse does not have")
+            self._fail("the message has fields a WorkResponse does not have", view, pos)
         return WorkResponse(
             exit_code=message.exit_code,
             output=message.output,
@@ -140,10 +157,11 @@ class ProtoFraming:
         )
 
     def first_bytes(self) -> bytes:
-        return bytes(self._seen or self._buffer[:QUOTE_BYTES])
+        return bytes(self._buffer[:QUOTE_BYTES])
 
-    def _fail(self, why: str) -> None:
-        raise ProtocolError(why, self.first_bytes())
+    def _fail(self, why: str, view: bytes, pos: int) -> NoReturn:
+        self._keep(view, pos, 0)
+        raise ProtocolError(why, view[pos : pos + QUOTE_BYTES])
 
 
 # Outside a string only braces and quotes matter; inside one, quotes and backslashes.

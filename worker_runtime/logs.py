@@ -8,8 +8,11 @@ directories older than ``KEEP_DAYS`` are removed when a runtime starts.
 
 from __future__ import annotations
 
+import atexit
 import logging
+import logging.handlers
 import os
+import queue
 import shutil
 import time
 from pathlib import Path
@@ -51,5 +54,12 @@ def start_run_logging(configured: str | None, verbose: bool = False, prefix: str
     prune_old_runs(root)
     handler = logging.FileHandler(run_dir / "runtime.log", encoding="utf-8")
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, handlers=[handler])
+    # The file is written by a thread of its own: a log line never makes the event loop
+    # wait on the disk. The lines still queued are written at exit.
+    records: queue.SimpleQueue[logging.LogRecord] = queue.SimpleQueue()
+    writer = logging.handlers.QueueListener(records, handler)
+    writer.start()
+    atexit.register(writer.stop)
+    level = logging.DEBUG if verbose else logging.INFO
+    logging.basicConfig(level=level, handlers=[logging.handlers.QueueHandler(records)])
     return run_dir

@@ -71,13 +71,16 @@ class ToolDigests:
     that cannot be read is a RequestError that says how to fix it."""
 
     def __init__(self, paths: tuple[str, ...], cwd: str, cache: DigestCache) -> None:
-        self._paths = paths
+        self.paths = paths
         self._cwd = cwd
         self._cache = cache
+        #: What ``current`` last found (empty before its first call).
+        self.last: tuple[tuple[str, str], ...] = ()
 
     def current(self) -> tuple[tuple[str, str], ...]:
-        """Digests of every tool input as it is on disk now."""
-        return tuple((path, self._digest(path)) for path in self._paths)
+        """Digests of every tool input as it is on disk now (reads the file system)."""
+        self.last = tuple((path, self._digest(path)) for path in self.paths)
+        return self.last
 
     def _digest(self, path: str) -> str:
         try:

@@ -47,9 +47,15 @@ class BackendManager:
         base.update(config.env)
         self._base_env = base
 
-    def key_for(self, key_env: tuple[tuple[str, str], ...]) -> WorkerKey:
-        """The key of a request with these key_env values, given the tool files on disk now."""
-        digests = self.tools.current() if self.config.tool_inputs else ()
+    def key_for(
+        self,
+        key_env: tuple[tuple[str, str], ...],
+        digests: tuple[tuple[str, str], ...] | None = None,
+    ) -> WorkerKey:
+        """The key of a request with these key_env values and tool file ``digests`` (by
+        default: read now, which may wait on the file system)."""
+        if digests is None:
+            digests = self.tools.current() if self.config.tool_inputs else ()
         memo = (key_env, digests)
         key = self._keys.get(memo)
         if key is None:

@@ -10,7 +10,9 @@ the gRPC layer.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
+import math
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -18,10 +20,11 @@ from worker_runtime.backends.manager import BackendManager
 from worker_runtime.envelope import ENVELOPE_ENV
 from worker_runtime.errors import RUNTIME_ERROR_EXIT_CODE, RequestError
 from worker_runtime.execution.executor import Executor
-from worker_runtime.execution.outcome import FailureKind, Outcome, Result, WorkRequest
+from worker_runtime.execution.files import off_loop
+from worker_runtime.execution.outcome import Failure, FailureKind, Outcome, Result, WorkRequest
 from worker_runtime.execution.routing import executor_for
 from worker_runtime.proto import buck2_worker_pb2 as pb
-from worker_runtime.protocol.argfiles import expand_argfiles
+from worker_runtime.protocol.argfiles import expand_argfiles, is_argfile
 
 LOGGER = logging.getLogger(__name__)
 
@@ -113,7 +116,8 @@ class RequestHandler:
         self.in_flight += 1
         self._idle.clear()
         try:
-            outcome = await self.executor.run(self.work_request(command))
+            request = await self.prepared(self.work_request(command))
+            outcome = request if isinstance(request, Failure) else await self.executor.run(request)
         except RequestError as exc:
             LOGGER.info("bad request: %s", exc)
             return self.error(str(exc))
@@ -144,15 +148,40 @@ class RequestHandler:
         response.stderr = notes + response.stderr
         return response
 
+    async def prepared(self, request: WorkRequest) -> WorkRequest | Failure:
+        """``request`` with its @argfiles expanded. They are read off the event loop
+        (execution/files.py), and reading them counts against the request's timeout: the
+        request goes on with what is left of it."""
+        if not any(is_argfile(argument) for argument in request.arguments):
+            return request
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        try:
+            async with asyncio.timeout(request.timeout_s or None):
+                expanded = await off_loop(
+                    expand_argfiles, list(request.arguments), self.manager.cwd
+                )
+        except TimeoutError:
+            return Failure(
+                FailureKind.TIMED_OUT,
+                f"reading the request's argument files took longer than its timeout of "
+                f"{request.timeout_s} s, and it was not run; is one of them a FIFO, or on a "
+                "file system that does not answer?",
+                timed_out_after_s=request.timeout_s,
+            )
+        left = request.timeout_s - (loop.time() - started)
+        timeout = max(1, math.ceil(left)) if request.timeout_s else 0
+        return dataclasses.replace(request, arguments=tuple(expanded), timeout_s=timeout)
+
     def work_request(self, command: pb.ExecuteCommand) -> WorkRequest:
-        """Buck2's ExecuteCommand as a work request: argv decoded and its @argfiles
-        expanded, the key_env values and the envelope path picked from its env, and its
-        timeout (or the config's default)."""
+        """Buck2's ExecuteCommand as a work request, without reading any file: argv
+        decoded, the key_env values and the envelope path picked from its env, and its
+        timeout (or the config's default). ``prepared`` expands its @argfiles."""
         try:
             args = [raw.decode("utf-8") for raw in command.argv]
         except UnicodeDecodeError:
             raise self._undecodable_argument(command.argv) from None
-        arguments = tuple(expand_argfiles(args, self.manager.cwd))
+        arguments = tuple(args)
         found: dict[str, str] = {}
         envelope_path = ""
         for entry in command.env:

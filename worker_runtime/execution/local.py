@@ -9,6 +9,7 @@ import os
 from worker_runtime.backends.manager import BackendManager
 from worker_runtime.envelope import read_envelope
 from worker_runtime.errors import BackendError, BackendStartError, RequestError
+from worker_runtime.execution.files import off_loop
 from worker_runtime.execution.outcome import Failure, FailureKind, Outcome, Result, WorkRequest
 from worker_runtime.protocol.messages import WorkInput
 
@@ -22,15 +23,22 @@ class LocalExecutor:
         self.manager = manager
 
     def has_free_slot(self, request: WorkRequest) -> bool:
-        """Whether the request would start at once on its key's pool (routing `auto`)."""
-        return self.manager.pool_for(self.manager.key_for(request.key_env)).has_free_slot()
+        """Whether the request would start at once on its key's pool (routing `auto`),
+        by the tool digests last read (this must not wait on the file system)."""
+        key = self.manager.key_for(request.key_env, self.manager.tools.last)
+        pool = self.manager.pools.get(key)  # not pool_for: it would retire other keys' pools
+        return pool is None or pool.has_free_slot()
 
     async def run(self, request: WorkRequest) -> Outcome:
-        inputs = self.input_digests(request.envelope)
-        # The key is computed afresh for every attempt, just before the pool is picked (no
-        # await in between): a retry never brings back a backend of tool files that have
-        # changed since the request arrived.
-        pool = self.manager.pool_for(self.manager.key_for(request.key_env))
+        # Off the event loop (execution/files.py): the envelope, the input digests and the
+        # tool files' digests are file reads.
+        inputs = await off_loop(self.input_digests, request.envelope) if request.envelope else ()
+        tools = self.manager.tools
+        digests = await off_loop(tools.current) if tools.paths else ()
+        # The key is computed afresh for every attempt, from digests taken just now: a
+        # retry never brings back a backend of tool files that have changed since the
+        # request arrived.
+        pool = self.manager.pool_for(self.manager.key_for(request.key_env, digests))
         call = pool.call_retry if request.attempt else pool.call
         try:
             response = await call(request.arguments, inputs, self.manager.config.verbosity)

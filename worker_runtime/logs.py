@@ -60,6 +60,7 @@ def start_run_logging(configured: str | None, verbose: bool = False, prefix: str
     writer = logging.handlers.QueueListener(records, handler)
     writer.start()
     atexit.register(writer.stop)
-    level = logging.DEBUG if verbose else logging.INFO
-    logging.basicConfig(level=level, handlers=[logging.handlers.QueueHandler(records)])
+    queued = logging.handlers.QueueHandler(records)
+    queued.setFormatter(logging.Formatter("%(message)s"))  # the file's handler formats it
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, handlers=[queued])
     return run_dir

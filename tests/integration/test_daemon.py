@@ -406,6 +406,9 @@ def test_status_stop_and_logs_commands(start_runtime: StartRuntime) -> None:
         [*RUNTIME, "logs"], capture_output=True, text=True, timeout=30, cwd=REPO_ROOT
     )
     assert logs.returncode == 0 and "runtime.log" in logs.stdout and "attached" in logs.stdout
+    # Each line formatted once (by the file's writer thread, not also by the queue's end).
+    assert "INFO worker_runtime.daemon.server: attached" in logs.stdout
+    assert "INFO:worker_runtime" not in logs.stdout
     worker.terminate()
     stop = subprocess.run(
         [*RUNTIME, "stop"], capture_output=True, text=True, timeout=60, cwd=REPO_ROOT
@@ -416,6 +419,42 @@ def test_status_stop_and_logs_commands(start_runtime: StartRuntime) -> None:
         [*RUNTIME, "status"], capture_output=True, text=True, timeout=30, cwd=REPO_ROOT
     )
     assert gone.returncode == 1 and "no worker-runtime daemon runs" in gone.stdout
+
+
+def test_status_and_stop_of_a_daemon_that_does_not_answer(start_runtime: StartRuntime) -> None:
+    """A stopped (SIGSTOP) daemon accepts connections but never answers: `status` says so
+    and what to do, and `stop` ends it."""
+    worker = start_runtime(fake_backend())
+    worker.run("echo", "x")
+    pid = daemon_status()["pid"]
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        table = subprocess.run(
+            [*RUNTIME, "status", "--timeout", "1"],
+            capture_output=True, text=True, timeout=30, cwd=REPO_ROOT,
+        )  # fmt: skip
+        assert table.returncode == 2 and "Traceback" not in table.stderr, table.stderr
+        assert f"daemon pid {pid} accepted the connection but did not answer within 1 s" in (
+            table.stderr
+        )
+        assert "worker-runtime stop" in table.stderr and f"kill {pid}" in table.stderr
+        shown = subprocess.run(
+            [*RUNTIME, "status", "--json", "--timeout", "1"],
+            capture_output=True, text=True, timeout=30, cwd=REPO_ROOT,
+        )  # fmt: skip
+        assert json.loads(shown.stdout)["answering"] is False
+        stop = subprocess.run(
+            [*RUNTIME, "stop", "--timeout", "1"],
+            capture_output=True, text=True, timeout=30, cwd=REPO_ROOT,
+        )  # fmt: skip
+        assert stop.returncode == 0 and f"daemon pid {pid} did not answer" in stop.stdout
+        assert wait_gone([pid]) == []
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGCONT)
+    # The front's daemon is gone: Buck2 sees its worker fail, and the next command starts
+    # a new daemon.
+    assert start_runtime(fake_backend()).run("echo", "again").stderr == "again"
 
 
 def test_front_starting_while_the_daemon_stops_gets_a_new_daemon(

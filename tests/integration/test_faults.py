@@ -306,3 +306,34 @@ def test_multiplex_crash_fails_every_in_flight_request_then_retries(
     for response in sleepers:
         assert (response.exit_code, response.stderr.splitlines()[-1]) == (0, "slept")
         assert "retried on a fresh backend process" in response.stderr
+
+
+def test_an_undecodable_stream_message_ends_the_stream_with_invalid_argument(
+    start_runtime: StartRuntime,
+) -> None:
+    """A message on ExecuteStream that is not an ExecuteCommandStream: the requests before
+    it are answered, then the stream ends with INVALID_ARGUMENT saying what was wrong (it
+    used to end with OK, the message silently dropped)."""
+    worker = start_runtime(fake_backend())
+    good = pb.ExecuteCommandStream(request=make_command(["echo", "before"]), id=7)
+
+    async def scenario() -> tuple[list[pb.ExecuteResponseStream], grpc.aio.AioRpcError | None]:
+        async with grpc.aio.insecure_channel(worker.target) as channel:
+            call = channel.stream_stream(
+                "/worker.WorkerStreaming/ExecuteStream",
+                request_serializer=lambda raw: raw,
+                response_deserializer=pb.ExecuteResponseStream.FromString,
+            )(iter([good.SerializeToString(), b"\xff\xff\xff"]))
+            answers = []
+            try:
+                async for answer in call:
+                    answers.append(answer)
+            except grpc.aio.AioRpcError as exc:
+                return answers, exc
+            return answers, None
+
+    answers, error = asyncio.run(scenario())
+    assert [(a.id, a.response.stderr) for a in answers] == [(7, "before")]
+    assert error is not None and error.code() == grpc.StatusCode.INVALID_ARGUMENT, error
+    assert "not an ExecuteCommandStream" in (error.details() or "")
+    assert_still_serves(worker)

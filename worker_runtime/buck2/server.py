@@ -17,6 +17,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import grpc
+from google.protobuf.message import DecodeError
 
 from worker_runtime.backends.manager import BackendManager
 from worker_runtime.buck2 import grpc_tuning
@@ -105,13 +106,27 @@ class StreamingServicer(pb_grpc.WorkerStreamingServicer):
             if reading_done and not unanswered:
                 answers.put_nowait(None)
 
+        #: Why the stream cannot be read on: its requests so far are answered, then it ends
+        #: with INVALID_ARGUMENT saying so (grpcio would end it with OK).
+        unreadable: list[str] = []
+
         async def read_requests() -> None:
             nonlocal reading_done, unanswered
             try:
                 async for message in request_iterator:
+                    if not isinstance(message, pb.ExecuteCommandStream):
+                        raise DecodeError("grpcio could not decode it")
                     task = self.handler.start(message.request)
                     unanswered += 1
                     task.add_done_callback(functools.partial(answered, message.id))
+            except DecodeError as exc:
+                unreadable.append(
+                    f"a message on the stream is not an ExecuteCommandStream ({exc}); the "
+                    "requests before it were answered, and the stream was ended"
+                )
+            except Exception as exc:  # grpcio's reading of the stream failed otherwise
+                LOGGER.warning("reading an ExecuteStream failed: %r", exc)
+                unreadable.append(f"the stream could not be read on: {exc!r}")
             finally:
                 reading_done = True
                 if not unanswered:
@@ -123,6 +138,9 @@ class StreamingServicer(pb_grpc.WorkerStreamingServicer):
                 yield item
         finally:
             reader.cancel()
+        if unreadable:
+            LOGGER.info("ending an ExecuteStream: %s", unreadable[0])
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, unreadable[0])
 
 
 class Buck2SocketServer:

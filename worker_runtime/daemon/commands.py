@@ -7,6 +7,7 @@ import contextlib
 import json
 import os
 import shutil
+import signal
 import sys
 import tempfile
 import time
@@ -59,12 +60,41 @@ def _common(prog: str, description: str) -> argparse.ArgumentParser:
     return parser
 
 
-def _status(paths: DaemonPaths) -> dict[str, Any] | None:
-    client = try_connect(paths.socket, timeout_s=10)
+class NotAnswering(TimeoutError):
+    """The daemon accepted the connection but did not answer in time (stopped, stuck)."""
+
+    def __init__(self, socket: Path, timeout_s: float) -> None:
+        pid = _state_pid(socket.with_suffix(".json"))  # DaemonPaths.state beside its socket
+        self.pid = pid
+        who = f"daemon pid {pid}" if pid else f"the daemon on {socket}"
+        kill = f"`kill {pid}`" if pid else "killing it"
+        super().__init__(
+            f"{who} accepted the connection but did not answer within {timeout_s:g} s: it is "
+            f"stuck or stopped (a SIGSTOP, a debugger). Its log is in the newest daemon-* "
+            f"directory of {log_root(None)}. `worker-runtime stop` asks it to stop and, if "
+            f"it still does not answer, ends it; or end it with {kill}. The next Buck2 "
+            "command starts a new daemon."
+        )
+
+
+def _state_pid(state: Path) -> int | None:
+    """The pid the daemon wrote in its state file, if it is readable."""
+    try:
+        pid = json.loads(state.read_text()).get("pid")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return pid if isinstance(pid, int) else None
+
+
+def _status(paths: DaemonPaths, timeout_s: float = 10.0) -> dict[str, Any] | None:
+    """The daemon's status, None if no daemon listens, NotAnswering if it does not answer."""
+    client = try_connect(paths.socket, timeout_s=timeout_s)
     if client is None:
         return None
     try:
         return client.request({"op": "status"})
+    except (TimeoutError, ConnectionError, ValueError):
+        raise NotAnswering(paths.socket, timeout_s) from None
     finally:
         client.close()
 
@@ -107,9 +137,21 @@ def format_status(status: dict[str, Any]) -> str:
 def status_main(argv: Sequence[str]) -> int:
     parser = _common("worker-runtime status", "Show the project's daemon and its backends.")
     parser.add_argument("--json", action="store_true", help="print JSON (default: a table)")
+    parser.add_argument(
+        "--timeout", type=float, default=10.0, help="seconds to wait for an answer (default: 10)"
+    )
     args = parser.parse_args(argv)
     paths = DaemonPaths.for_project(args.project_root)
-    status = _status(paths)
+    try:
+        status = _status(paths, args.timeout)
+    except NotAnswering as exc:
+        if args.json:
+            print(
+                json.dumps({"running": True, "answering": False, "pid": exc.pid, "error": str(exc)})
+            )
+        else:
+            sys.stderr.write(f"worker-runtime: error: {exc}\n")
+        return 2
     if status is None:
         if args.json:
             print(json.dumps({"running": False, "socket": str(paths.socket)}))
@@ -127,6 +169,14 @@ def stop_main(argv: Sequence[str]) -> int:
     paths = DaemonPaths.for_project(args.project_root)
     try:
         pid = stop_daemon_at(paths.socket, args.timeout)
+    except NotAnswering as exc:
+        if exc.pid is None or not is_running(exc.pid):
+            sys.stderr.write(f"worker-runtime: error: {exc}\n")
+            return 1
+        # It cannot drain if it does not answer: end it. Its backends die with it.
+        os.kill(exc.pid, signal.SIGKILL)
+        print(f"daemon pid {exc.pid} did not answer; it was killed (SIGKILL)")
+        return 0
     except TimeoutError as exc:
         sys.stderr.write(f"worker-runtime: error: {exc}\n")
         return 1
@@ -141,11 +191,14 @@ def stop_daemon_at(socket: Path, timeout_s: float = 30.0) -> int | None:
     """Asks the daemon listening on ``socket`` to drain and stop, and waits until it has
     exited. Returns its pid, or None if no daemon listens there; raises TimeoutError if
     it is still running after ``timeout_s``."""
-    client = try_connect(socket, timeout_s=10)
+    answer_s = min(10.0, timeout_s)
+    client = try_connect(socket, timeout_s=answer_s)
     if client is None:
         return None
     try:
         reply = client.request({"op": "stop"})
+    except (TimeoutError, ConnectionError, ValueError):
+        raise NotAnswering(socket, answer_s) from None
     finally:
         client.close()
     pid = int(reply["pid"])

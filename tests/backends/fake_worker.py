@@ -205,6 +205,12 @@ def handle(framing, request: dict, options: dict) -> None:
         sys.stderr.flush()
         os.close(1)
         time.sleep(3600)
+    elif command == "answer-twice":
+        # Answers, then after a pause answers the same request again (a buggy singleplex
+        # worker), before it reads its next request.
+        send(framing.write(0, "first answer", rid))
+        time.sleep(float(rest[0]))
+        reply["output"] = "second answer"
     elif command == "wrong-id":
         reply["request_id"] = rid + 1000
     elif command == "huge":

@@ -127,6 +127,9 @@ class SingleplexPool(BackendPool):
             while self._idle:
                 candidate = self._idle.pop()
                 if candidate.alive and candidate in self.processes and not candidate.recycle:
+                    if candidate.discard_if_babbling():
+                        self.processes.discard(candidate)
+                        continue
                     proc = candidate
                     break
             if proc is None:

@@ -8,14 +8,17 @@ runtime. Its stderr goes to one log file per process.
 
 from __future__ import annotations
 
+import array
 import asyncio
 import contextlib
+import fcntl
 import itertools
 import logging
 import os
 import shutil
 import signal
 import subprocess
+import termios
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -233,6 +236,31 @@ class BackendProcess:
         self.requests_served += 1
         self.last_used = time.monotonic()
         return response
+
+    def discard_if_babbling(self) -> bool:
+        """For an idle singleplex backend about to get a request: if bytes it wrote are
+        waiting in its stdout pipe, unread by the event loop yet (a second answer to its
+        last request, say), it is killed and True returned; the request must go to another
+        backend. Bytes that arrive after the request is written cannot be told from its
+        answer: a singleplex response carries no request id."""
+        if self._proc is None or self._proc.stdout is None or not self.alive:
+            return False
+        waiting = array.array("i", [0])
+        try:
+            fcntl.ioctl(self._proc.stdout.fileno(), termios.FIONREAD, waiting)
+        except OSError:
+            return False
+        if not waiting[0]:
+            return False
+        summary = f"{self.describe()} wrote {waiting[0]} byte(s) while it had no request"
+        LOGGER.warning("%s: discarded before its next request", summary)
+        self.kill(
+            BackendProtocolError(
+                f"{summary} (a second answer to its last request?); it was discarded",
+                summary,
+            )
+        )
+        return True
 
     def highest_outstanding_id(self) -> int:
         """The highest id still awaiting an answer, cancels included (never to be reused)."""

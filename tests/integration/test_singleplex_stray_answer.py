@@ -1,0 +1,36 @@
+"""A singleplex backend that answers one request twice: when the second answer is already
+waiting in its pipe as the next request comes, that backend is discarded and the request
+runs on a fresh one (it would otherwise get the stray answer as its own). A second answer
+that arrives after the next request was written cannot be told from that request's own
+answer: a singleplex response carries no request id (docs/reliability.md)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+
+from tests.conftest import fake_backend
+from worker_runtime.backends.manager import BackendManager
+from worker_runtime.config import RuntimeConfig
+
+
+def test_a_stray_answer_waiting_in_the_pipe_discards_the_backend(tmp_path: Path) -> None:
+    manager = BackendManager(RuntimeConfig(command=tuple(fake_backend())), str(tmp_path), tmp_path)
+
+    async def scenario() -> tuple[str, str, int, int]:
+        pool = manager.pool_for(manager.key_for(()))
+        first = await pool.call(("answer-twice", "0.1"), (), 0)
+        (babbler,) = pool.processes
+        # The event loop is busy elsewhere while the second answer arrives: it sits in the
+        # pipe, unread, when the next request is handed to a backend.
+        time.sleep(0.5)  # noqa: ASYNC251 - holding the loop is the point
+        second = await pool.call(("echo", "mine"), (), 0)
+        (fresh,) = pool.processes
+        await manager.stop_all()
+        return first.output, second.output, babbler.pid, fresh.pid
+
+    first, second, babbler, fresh = asyncio.run(scenario())
+    assert first == "first answer"
+    assert second == "mine"  # not "second answer"
+    assert fresh != babbler

@@ -185,7 +185,13 @@ class RuntimeConfig:
         ),
     )
     reclaim_interval_s: float = field(
-        default=5.0, metadata=doc("How often the daemon checks idle times and memory.")
+        default=5.0, metadata=doc("How often the daemon checks idle times, memory and log sizes.")
+    )
+    log_cap_mb: int = field(
+        default=16,
+        metadata=doc(
+            "Each of the daemon's log files (runtime.log, each backend's stderr log) is cut back once it passes this many MiB: its latest part moves to ``<name>.1`` and the file starts afresh (daemon-wide; backend logs are checked every ``reclaim_interval_s``)."
+        ),
     )
     default_timeout_s: float | None = field(
         default=7200.0,
@@ -348,6 +354,7 @@ _CHECKS: dict[str, Callable[[str, Any], Any]] = {
     "memory_budget_mb": _optional_int(1),
     "backend_memory_limit_mb": _optional_int(1),
     "reclaim_interval_s": _seconds,
+    "log_cap_mb": _int(1),
     "default_timeout_s": _optional_seconds,
     "routing": _routing,
     "remote": _remote,

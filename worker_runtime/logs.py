@@ -9,6 +9,7 @@ directories older than ``KEEP_DAYS`` are removed when a runtime starts.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import logging
 import logging.handlers
 import os
@@ -46,13 +47,26 @@ def prune_old_runs(root: Path, keep_days: float = KEEP_DAYS) -> None:
             continue
 
 
-def start_run_logging(configured: str | None, verbose: bool = False, prefix: str = "") -> Path:
-    """Creates this run's log directory, points the root logger at runtime.log, returns it."""
+def start_run_logging(
+    configured: str | None, verbose: bool = False, prefix: str = "", cap_bytes: int | None = None
+) -> Path:
+    """Creates this run's log directory (private to the user), points the root logger at
+    runtime.log, returns the directory. With ``cap_bytes``, runtime.log is cut back as
+    ``cap_logs`` does backend logs: past that size it moves to runtime.log.1."""
     root = log_root(configured)
     run_dir = root / f"{prefix}{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
-    run_dir.mkdir(parents=True, exist_ok=True)
+    private_directory(root)
+    private_directory(run_dir)
     prune_old_runs(root)
-    handler = logging.FileHandler(run_dir / "runtime.log", encoding="utf-8")
+    path = run_dir / "runtime.log"
+    os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600))
+    handler: logging.Handler
+    if cap_bytes:
+        handler = logging.handlers.RotatingFileHandler(
+            path, maxBytes=cap_bytes, backupCount=1, encoding="utf-8"
+        )
+    else:
+        handler = logging.FileHandler(path, encoding="utf-8")
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     # The file is written by a thread of its own: a log line never makes the event loop
     # wait on the disk. The lines still queued are written at exit.
@@ -64,3 +78,59 @@ def start_run_logging(configured: str | None, verbose: bool = False, prefix: str
     queued.setFormatter(logging.Formatter("%(message)s"))  # the file's handler formats it
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, handlers=[queued])
     return run_dir
+
+
+def private_directory(path: Path) -> None:
+    """Creates ``path`` (and its parents) and makes it 0700 if this user owns it: logs
+    name the project's files and hold the tools' output."""
+    path.mkdir(parents=True, exist_ok=True, mode=0o700)
+    with contextlib.suppress(OSError):
+        if path.stat().st_uid == os.getuid():
+            path.chmod(0o700)
+
+
+def private_log_file(path: Path) -> int:
+    """Opens (creating it 0600) a log file for appending; returns the descriptor."""
+    return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+
+
+#: How much of a log that passed its cap is kept, in ``<name>.1``.
+KEPT_FRACTION = 2
+
+
+def cap_logs(paths: list[Path], cap_bytes: int) -> list[Path]:
+    """Cuts back each log file past ``cap_bytes``: its last ``cap_bytes / 2`` bytes move to
+    ``<name>.1`` (replacing the one before) and the file is emptied. The writer keeps its
+    descriptor: it appends (O_APPEND) at the new end. Lines written between the copy and
+    the cut are lost. Returns the files cut."""
+    cut = []
+    for path in paths:
+        try:
+            if path.stat().st_size <= cap_bytes:
+                continue
+            with open(path, "rb") as handle:
+                handle.seek(-(cap_bytes // KEPT_FRACTION), os.SEEK_END)
+                tail = handle.read()
+            kept = path.with_name(path.name + ".1")
+            fd = private_log_file(kept)
+            try:
+                os.ftruncate(fd, 0)
+                os.write(fd, tail)
+            finally:
+                os.close(fd)
+            os.truncate(path, 0)
+        except OSError as exc:
+            logging.getLogger(__name__).warning("could not cut back %s: %s", path, exc)
+            continue
+        cut.append(path)
+    return cut
+
+
+def latest_lines(path: Path, count: int) -> list[str]:
+    """The last ``count`` lines of a log, reaching back into ``<name>.1`` if the log was
+    cut back recently."""
+    lines = path.read_text(errors="replace").splitlines()
+    older = path.with_name(path.name + ".1")
+    if len(lines) < count and older.exists():
+        lines = older.read_text(errors="replace").splitlines() + lines
+    return lines[-count:]

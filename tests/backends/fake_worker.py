@@ -205,6 +205,10 @@ def handle(framing, request: dict, options: dict) -> None:
         sys.stderr.flush()
         os.close(1)
         time.sleep(3600)
+    elif command == "chatter":
+        sys.stderr.write(("fake_worker: chatter " + "." * 50 + "\n") * int(rest[0]))
+        sys.stderr.flush()
+        reply["output"] = "chattered"
     elif command == "answer-twice":
         # Answers, then after a pause answers the same request again (a buggy singleplex
         # worker), before it reads its next request.

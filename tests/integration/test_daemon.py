@@ -356,6 +356,27 @@ def test_backend_over_its_own_limit_is_recycled(
     assert "over backend_memory_limit_mb = 60" in log
 
 
+def test_a_chatty_backend_s_log_stays_under_its_cap(
+    start_runtime: StartRuntime, tmp_path: Path
+) -> None:
+    """A daemon lives for days: a backend that writes a lot to stderr has its log cut back
+    to the cap (the latest part kept in .1), and the logs are private to the user."""
+    config = config_file(tmp_path, log_cap_mb=1, reclaim_interval_s=0.2)
+    worker = start_runtime(fake_backend(), ["--config", config])
+    for _ in range(40):  # 40 x 10,000 lines of 71 bytes: about 27 MiB in all
+        assert worker.run("chatter", "10000").stderr == "chattered"
+    status = daemon_status()
+    log_dir = Path(status["log_dir"])
+    (log,) = log_dir.glob("backend-*.log")
+    assert wait_for(lambda: log.stat().st_size <= 1 << 20), log.stat().st_size
+    kept = log.with_name(log.name + ".1")
+    assert 0 < kept.stat().st_size <= 1 << 20
+    assert kept.read_text().splitlines()[-1].startswith("fake_worker: chatter")
+    assert worker.run("echo", "still served").stderr == "still served"
+    for path in (log_dir, log, kept, log_dir / "runtime.log"):
+        assert path.stat().st_mode & 0o077 == 0, (path, oct(path.stat().st_mode))
+
+
 def test_idle_backends_and_idle_daemon_stop(
     start_runtime: StartRuntime, tmp_path: Path, runtime_dir: Path
 ) -> None:

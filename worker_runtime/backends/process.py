@@ -31,6 +31,7 @@ from worker_runtime.errors import (
     BackendStartError,
     ProtocolError,
 )
+from worker_runtime.logs import private_directory, private_log_file
 from worker_runtime.protocol.framing import make_framing, quote_bytes
 from worker_runtime.protocol.messages import WorkRequest, WorkResponse
 from worker_runtime.spawn import dying_with_parent
@@ -168,8 +169,8 @@ class BackendProcess:
         self._check_executable()
         argv = dying_with_parent([*self.spec.key.argv, "--persistent_worker"])
         try:
-            self.spec.log_dir.mkdir(parents=True, exist_ok=True)
-            log = open(self.log_path, "ab")  # noqa: SIM115, ASYNC230 - handed to the child; a local file
+            private_directory(self.spec.log_dir)
+            log = private_log_file(self.log_path)  # handed to the child; a local file
         except OSError as exc:
             raise BackendStartError(
                 f"the backend's log file {self.log_path} cannot be created ({exc.strerror}); "
@@ -196,7 +197,7 @@ class BackendProcess:
                 f"config) and that it is executable from {self.spec.cwd}"
             ) from None
         finally:
-            log.close()
+            os.close(log)
         assert proc.stdin is not None and proc.stdout is not None
         self._proc = proc
         self.pid = proc.pid

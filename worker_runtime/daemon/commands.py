@@ -18,7 +18,7 @@ from typing import Any
 from worker_runtime.daemon.control import try_connect
 from worker_runtime.daemon.paths import DaemonPaths
 from worker_runtime.daemon.processes import is_running
-from worker_runtime.logs import log_root
+from worker_runtime.logs import latest_lines, log_root
 
 MIB = 1 << 20
 
@@ -35,6 +35,7 @@ def daemon_main(argv: Sequence[str]) -> int:
     parser.add_argument("--reclaim-interval", type=float, default=5.0)
     parser.add_argument("--shutdown-grace", type=float, default=5.0)
     parser.add_argument("--log-dir")
+    parser.add_argument("--log-cap-mb", type=int, default=16)
     args = parser.parse_args(argv)
 
     from worker_runtime.buck2 import grpc_tuning
@@ -45,8 +46,11 @@ def daemon_main(argv: Sequence[str]) -> int:
     os.chdir(args.project_root)
     paths = DaemonPaths.for_project(args.project_root)
     budget = args.memory_budget_mb * MIB if args.memory_budget_mb else default_budget_bytes()
-    settings = DaemonSettings(args.idle_timeout, budget, args.reclaim_interval, args.shutdown_grace)
-    log_dir = start_run_logging(args.log_dir, prefix="daemon-")
+    cap = args.log_cap_mb * MIB
+    settings = DaemonSettings(
+        args.idle_timeout, budget, args.reclaim_interval, args.shutdown_grace, cap
+    )
+    log_dir = start_run_logging(args.log_dir, prefix="daemon-", cap_bytes=cap)
     return grpc_tuning.run(Daemon(paths, settings, log_dir).run())
 
 
@@ -245,7 +249,11 @@ def logs_main(argv: Sequence[str]) -> int:
     parser.add_argument("--log-dir", help="the log root, if the config set one")
     args = parser.parse_args(argv)
     paths = DaemonPaths.for_project(args.project_root)
-    status = _status(paths)
+    try:
+        status = _status(paths)
+    except NotAnswering as exc:
+        sys.stderr.write(f"worker-runtime: warning: {exc}\n")
+        status = None
     directory = Path(status["log_dir"]) if status else newest_daemon_log_dir(log_root(args.log_dir))
     if directory is None:
         print(f"no daemon logs under {log_root(args.log_dir)}")
@@ -256,5 +264,5 @@ def logs_main(argv: Sequence[str]) -> int:
     runtime_log = directory / "runtime.log"
     if runtime_log.exists():
         print(f"\n--- last {args.lines} lines of {runtime_log}")
-        print("\n".join(runtime_log.read_text(errors="replace").splitlines()[-args.lines :]))
+        print("\n".join(latest_lines(runtime_log, args.lines)))
     return 0

@@ -55,6 +55,7 @@ def daemon_command(paths: DaemonPaths, config: RuntimeConfig) -> list[str]:
         "--idle-timeout", str(config.daemon_idle_timeout_s),
         "--reclaim-interval", str(config.reclaim_interval_s),
         "--shutdown-grace", str(config.shutdown_grace_s),
+        "--log-cap-mb", str(config.log_cap_mb),
     ]  # fmt: skip
     if config.memory_budget_mb is not None:
         command += ["--memory-budget-mb", str(config.memory_budget_mb)]

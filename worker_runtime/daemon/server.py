@@ -32,6 +32,7 @@ from worker_runtime.daemon.paths import DaemonPaths
 from worker_runtime.daemon.processes import is_running
 from worker_runtime.daemon.reclaim import Reclaimer
 from worker_runtime.errors import ConfigError
+from worker_runtime.logs import cap_logs
 
 LOGGER = logging.getLogger(__name__)
 
@@ -44,6 +45,8 @@ class DaemonSettings:
     budget_bytes: int
     reclaim_interval_s: float
     shutdown_grace_s: float
+    #: Each log file is cut back past this size (logs.py).
+    log_cap_bytes: int = 16 << 20
 
 
 @dataclass
@@ -213,9 +216,19 @@ class Daemon:
             try:
                 await self.reclaimer.sweep()
                 await self._drop_unused_managers()
+                await asyncio.to_thread(cap_logs, self._backend_logs(), self.settings.log_cap_bytes)
             except Exception:
                 LOGGER.exception("reclamation sweep failed")
             self._check_idle()
+
+    def _backend_logs(self) -> list[Path]:
+        """The stderr logs of every backend process still running."""
+        return [
+            proc.log_path
+            for manager in self.managers.values()
+            for pool in manager.all_pools()
+            for proc in pool.processes
+        ]
 
     async def _drop_unused_managers(self) -> None:
         """Forgets managers that no attached command uses and that have no backend left."""

@@ -98,6 +98,17 @@ def test_runtime_overhead_benchmark_writes_its_json() -> None:
     assert set(data["met"]) >= {"own_share_unary", "own_share_stream", "throughput"}
 
 
+def test_a_short_soak_loses_nothing() -> None:
+    """About 1,000 requests at 64 in flight through the daemon, over unary and streaming,
+    pooled and multiplex backends, with backends SIGKILLed five times and the daemon once:
+    every request is answered, correctly or with a clear error."""
+    data = run_benchmark("soak", "--requests", "1000", timeout=300)
+    assert (data["lost"], data["hung"], data["duplicated"], data["wrong"]) == (0, 0, 0, 0), data
+    assert data["answered"] == 1000 and data["ok"] > 0, data
+    assert [k["what"] for k in data["kills"]].count("daemon") == 1, data["kills"]
+    assert data["met"] is True
+
+
 def test_daemon_warmth_benchmark_writes_its_json() -> None:
     data = run_benchmark("daemon_warmth", "--rounds", "1", "--requests", "20", timeout=300)
     for backend in ("text_stats", "text_stats_compile_sized", "slow_start_0_5s"):

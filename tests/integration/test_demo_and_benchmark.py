@@ -146,3 +146,8 @@ def test_remote_workers_benchmark_writes_its_json() -> None:
     data = run_benchmark("remote_workers", "--rounds", "1", "--runs", "2", timeout=900)
     assert data["java"]["ratio"] > 0 and data["affinity"]["requests"] > 0
     assert data["trivial"]["cache_hit_ms"] > 0 and set(data["met"]) == set(data["targets"])
+    warm = data["warm"]
+    assert warm["end_to_end_ms"] > 0 and warm["bare_execute_ms"] > 0 and warm["samples"] == 2
+    stages = ["submit", "queue", "dispatch", "fetch", "run", "upload", "report", "notify"]
+    assert list(warm["stages_ms"]) == stages
+    assert warm["engine_ms"] > 0 and warm["executor_ms"] > 0 and warm["engine_share"] > 0

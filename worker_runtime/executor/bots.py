@@ -44,6 +44,9 @@ LOGGER = logging.getLogger(__name__)
 #: lease under about 3 s), and the short deadline used while work is running.
 LONG_POLL_S = 5.0
 SHORT_POLL_S = 0.5
+#: While leases run, the session is renewed this often (the heartbeat, and how soon a
+#: cancelled lease is seen); a lease that ends sooner is reported at once instead.
+HEARTBEAT_S = 0.2
 
 
 @dataclass
@@ -127,8 +130,6 @@ class Executor:
             LOGGER.info("lease %s cancelled: %s", lease_id, exc)
             self.metrics.actions.labels(outcome="cancelled").inc()
             raise
-        finally:
-            self._wake.set()
 
     def _cancel(self, lease_id: str) -> None:
         """Stops a running lease: its process is killed, its result never reported."""
@@ -150,7 +151,7 @@ class Executor:
         self.settings.workdir.mkdir(parents=True, exist_ok=True)
         # What a killed predecessor in this workdir left: action directories, worker homes,
         # its local copy of the CAS.
-        for leftover in ("actions", "workers", "blobs"):
+        for leftover in ("actions", "discarded", "workers", "blobs"):
             shutil.rmtree(self.settings.workdir / leftover, ignore_errors=True)
         session = self.bots.CreateBotSession(
             bots_pb2.CreateBotSessionRequest(
@@ -166,7 +167,7 @@ class Executor:
         while True:
             if self._stop.is_set() and stopping_since is None:
                 stopping_since = time.monotonic()
-            self._update_leases(session, accept=stopping_since is None)
+            reported = self._update_leases(session, accept=stopping_since is None)
             if stopping_since is not None and not self._running:
                 # Report the last completions with the bot still OK: BuildGrid requeues
                 # the leases of a terminating bot, finished or not.
@@ -182,6 +183,15 @@ class Executor:
             ):
                 LOGGER.warning("shutdown grace over with %d leases running", len(self._running))
                 break
+            if self._running and not reported and not self._any_done():
+                # Leases run: no update until one ends or the heartbeat is due. A short
+                # action's completion then goes in the very next update, and the server
+                # (which also serves the action's inputs) is not asked for a bare
+                # acknowledgement while it runs.
+                self._wake.wait(HEARTBEAT_S)
+                self._wake.clear()
+                if self._any_done():
+                    continue  # reported at the top, in the update that follows
             deadline = SHORT_POLL_S if self._running or stopping_since else LONG_POLL_S
             try:
                 session = self.bots.UpdateBotSession(
@@ -192,9 +202,6 @@ class Executor:
                 if exc.code() != grpc.StatusCode.DEADLINE_EXCEEDED:
                     LOGGER.warning("UpdateBotSession failed: %s; retrying", exc.code())
                     time.sleep(0.5)
-            if self._running:
-                self._wake.wait(0.2)
-                self._wake.clear()
             if time.monotonic() - last_reap > 1.0:
                 self.pool.reap_idle()
                 last_reap = time.monotonic()
@@ -210,7 +217,10 @@ class Executor:
         self._threads.shutdown(wait=False, cancel_futures=True)
         return 0
 
-    def _update_leases(self, session: bots_pb2.BotSession, accept: bool) -> None:
+    def _update_leases(self, session: bots_pb2.BotSession, accept: bool) -> bool:
+        """Starts the new leases of ``session``, stops the dropped or cancelled ones and
+        marks the finished ones COMPLETED; whether it marked any."""
+        reported = False
         listed = {lease.id for lease in session.leases}
         for lease_id in [i for i in self._running if i not in listed]:
             # The server dropped a lease we run: cancelled, or given to another bot.
@@ -227,6 +237,7 @@ class Executor:
                 self._cancel_events.pop(lease.id, None)
                 self._finished.add(lease.id)
                 self._complete(lease, future)
+                reported = True
                 continue
             startable = lease.state in (bots_pb2.PENDING, bots_pb2.ACTIVE)
             if future is None and lease.id not in self._finished and accept and startable:
@@ -236,15 +247,23 @@ class Executor:
                     lease.status.code = 3
                     lease.status.message = "executor: the lease's payload is not an Action"
                     self._finished.add(lease.id)
+                    reported = True
                     continue
                 self.stats.leases += 1
                 self.metrics.leases.inc()
                 lease.state = bots_pb2.ACTIVE
                 cancelled = threading.Event()
                 self._cancel_events[lease.id] = cancelled
-                self._running[lease.id] = self._threads.submit(
+                future = self._threads.submit(
                     self._run, lease.id, action, cancelled, time.monotonic()
                 )
+                # Woken once the outcome is there (not before: the report needs it).
+                future.add_done_callback(lambda _: self._wake.set())
+                self._running[lease.id] = future
+        return reported
+
+    def _any_done(self) -> bool:
+        return any(future.done() for future in self._running.values())
 
     def _complete(self, lease: bots_pb2.Lease, future: Future[ActionOutcome]) -> None:
         lease.state = bots_pb2.COMPLETED

@@ -17,6 +17,7 @@ import tempfile
 import threading
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -46,6 +47,8 @@ from worker_runtime.remote.convention import (
 from worker_runtime.remote.merkle import Blobs, digest_key, digest_of
 
 LOGGER = logging.getLogger(__name__)
+#: Deletes the directories of finished actions, off the path of their results.
+_REMOVER = ThreadPoolExecutor(max_workers=1, thread_name_prefix="discard")
 
 
 #: Inlined in the ActionResult: blobs up to this size, up to this much in all.
@@ -107,6 +110,7 @@ class ActionRunner:
         """Runs ``action``; raises ActionCancelled soon after ``cancelled`` is set, with
         the process that ran it (persistent worker or one-shot) killed and reaped."""
         cancelled = cancelled or threading.Event()
+        fetch_started_ns = time.time_ns()
         command = re_pb2.Command()
         command.ParseFromString(self.cas.read(action.command_digest))
         directory = self.workdir / "actions" / uuid.uuid4().hex
@@ -114,6 +118,7 @@ class ActionRunner:
         try:
             inputs = self._materialize(action.input_root_digest, directory)
             _make_output_parents(command, directory)
+            fetched_ns = time.time_ns()
             if cancelled.is_set():
                 raise ActionCancelled("cancelled before it started")
             timeout = action.timeout.seconds or 3600
@@ -134,9 +139,23 @@ class ActionRunner:
                 reused, pid, mode = False, 0, "oneshot"
             finished_ns = time.time_ns()
             result = self._result(command, directory, code, stdout, stderr, started, finished_ns)
+            result.execution_metadata.input_fetch_start_timestamp.FromNanoseconds(fetch_started_ns)
+            result.execution_metadata.input_fetch_completed_timestamp.FromNanoseconds(fetched_ns)
             return ActionOutcome(result, mode, reused, pid)
         finally:
+            self._discard(directory)
+
+    def _discard(self, directory: Path) -> None:
+        """Removes an action's directory: out of actions/ at once (a rename), deleted on a
+        background thread, so that the result is reported without waiting for it."""
+        trash = self.workdir / "discarded" / directory.name
+        try:
+            trash.parent.mkdir(exist_ok=True)
+            directory.rename(trash)
+        except OSError:
             shutil.rmtree(directory, ignore_errors=True)
+            return
+        _REMOVER.submit(shutil.rmtree, trash, True)
 
     def _materialize(self, root: re_pb2.Digest, directory: Path) -> Materialized:
         """Writes the input root under ``directory``: its tree read in one GetTree call,

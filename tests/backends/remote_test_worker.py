@@ -8,13 +8,16 @@ runtime runs nothing one-shot). `--link OUT TARGET` makes the output a
 symlink. `--escape PATH` writes PATH outside the sandbox instead (a malicious worker).
 `--scribble-if SIDE PATH` (on that side) rewrites PATH every 10 ms until it is
 stopped, as a loser still writing would. `--exit` makes the process exit at once (a
-crash). Without --persistent_worker it does
+crash). `--probe OUT KIND:TARGET...` (a hostile tenant) tries each of read:PATH,
+write:PATH, list:PATH, kill:PID (signal 0), environ:PID and cmdline:PID, and writes to
+OUT a JSON object: its uid, and for each probe "ok" or the errno's name. Without --persistent_worker it does
 the same once, from its @argfile (the one-shot fallback). Started with --multiplex it
 serves each request on a thread of its own, answering by requestId, and a cancel request
 stops the waits of the request it names (answered with wasCancelled)."""
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import sys
@@ -74,6 +77,11 @@ def run(
         target = Path(arguments[1])
         target.write_text("escaped\n")
         return 0, ""
+    if arguments[:1] == ["--probe"]:
+        out = root / arguments[1]
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps({"uid": os.getuid(), **probe(arguments[2:])}))
+        return 0, ""
     if arguments[:1] != ["--out"]:
         return 2, f"remote_test_worker: unknown request {arguments!r}\n"
     out = root / arguments[1]
@@ -81,6 +89,27 @@ def run(
     body = "".join((root / name).read_text() for name in arguments[2:])
     out.write_text(f"{body}pid={os.getpid()}\n")
     return 0, f"wrote {arguments[1]}\n"
+
+
+def probe(targets: list[str]) -> dict[str, str]:
+    """What a hostile tenant gets of each ``KIND:TARGET``: "ok" or the errno's name."""
+    tries: dict[str, Callable[[str], object]] = {
+        "read": lambda path: Path(path).read_bytes(),
+        "write": lambda path: Path(path).open("ab").close(),
+        "list": os.listdir,
+        "kill": lambda pid: os.kill(int(pid), 0),
+        "environ": lambda pid: Path(f"/proc/{pid}/environ").read_bytes(),
+        "cmdline": lambda pid: Path(f"/proc/{pid}/cmdline").read_bytes(),
+    }
+    found = {}
+    for target in targets:
+        kind, _, what = target.partition(":")
+        try:
+            tries[kind](what)
+            found[target] = "ok"
+        except OSError as exc:
+            found[target] = errno.errorcode.get(exc.errno or 0, str(exc))
+    return found
 
 
 def expand(arguments: list[str], root: Path) -> list[str]:

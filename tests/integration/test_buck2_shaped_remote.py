@@ -4,7 +4,7 @@ to our executor: served warm, with a key and tool files the executor derives its
 
 from __future__ import annotations
 
-import sys
+import sysconfig
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,6 +17,11 @@ from worker_runtime.remote.merkle import Blobs
 from workers_dev.buck2_re_action import Buck2Refuses, buck2_action
 
 FAKE_WORKER = REPO_ROOT / "tests" / "backends" / "fake_worker.py"
+#: The executor runs a tenant's worker as the tenant's own uid, which cannot reach this
+#: venv's interpreter here (it lives under root's 0700 home): the system's Python 3.11,
+#: with the venv's packages and the repository on its path.
+PYTHON = "/usr/bin/python3"
+ENVIRONMENT = {"PYTHONPATH": f"{sysconfig.get_paths()['purelib']}:{REPO_ROOT}"}
 TOOL = "buck-out/v2/gen/root/tools/__worker__/fake_worker.py"
 
 pytestmark = pytest.mark.timeout(300)
@@ -45,8 +50,9 @@ def run(client: RemoteClient, root: Path, name: str, buck2_key: str = "buck2-key
     (root / f"{name}.args").write_text("pid\n")
     blobs = Blobs()
     built = buck2_action(
-        root, exe=[sys.executable, TOOL], arguments=[f"@{name}.args"],
+        root, exe=[PYTHON, TOOL], arguments=[f"@{name}.args"],
         inputs=[TOOL, f"{name}.args"], outputs=[], buck2_key=buck2_key, blobs=blobs,
+        environment=ENVIRONMENT,
     )  # fmt: skip
     return client.run(built, blobs, root)
 
@@ -96,8 +102,8 @@ def test_without_path_the_executor_s_own_is_used(client: RemoteClient, tmp_path:
     (root / "p.args").write_text("env\nPATH\n")
     blobs = Blobs()
     built = buck2_action(
-        root, exe=[sys.executable, TOOL], arguments=["@p.args"], inputs=[TOOL, "p.args"],
-        outputs=[], buck2_key="k", blobs=blobs,
+        root, exe=[PYTHON, TOOL], arguments=["@p.args"], inputs=[TOOL, "p.args"],
+        outputs=[], buck2_key="k", blobs=blobs, environment=ENVIRONMENT,
     )  # fmt: skip
     result = client.run(built, blobs, root)
     assert result.exit_code == 0, result.stderr

@@ -34,6 +34,17 @@ def engine() -> Iterator[Path]:
         yield directory
 
 
+@pytest.fixture
+def signals() -> Iterator[Path]:
+    """Where a test leaves the file a remote action waits for: a directory its tenant's
+    uid can see into (pytest's tmp_path is root's and 0700, and the executor runs each
+    tenant as a uid of its own)."""
+    directory = Path(tempfile.mkdtemp(prefix="wr-signals-"))
+    directory.chmod(0o755)
+    yield directory
+    shutil.rmtree(directory, ignore_errors=True)
+
+
 def project(tmp_path: Path, engine: Path, instance: str = "main") -> Path:
     root = tmp_path / "project"
     (root / "tools").mkdir(parents=True)
@@ -384,14 +395,14 @@ def wait_for(path: Path, timeout_s: float = 30) -> None:
 
 
 def test_race_remote_wins_and_the_local_side_is_stopped_before_the_outputs_land(
-    tmp_path: Path, engine: Path
+    tmp_path: Path, engine: Path, signals: Path
 ) -> None:
     """The local side keeps rewriting the output until it is stopped (a loser still
     writing); the remote side's output lands after that, and stays."""
     root = project(tmp_path, engine)
     racing(root)
     (root / "src" / "a.txt").write_text(f"race remote {tmp_path}\n")
-    go_remote = tmp_path / "go-remote"
+    go_remote = signals / "go-remote"
     with runtime(root) as worker:
         env = action(
             root,
@@ -573,7 +584,7 @@ def test_a_remote_request_the_runtime_gives_up_on_is_cancelled_on_its_executor(
 
 
 def test_a_multiplex_worker_takes_concurrent_remote_actions_of_its_key(
-    tmp_path: Path, engine: Path
+    tmp_path: Path, engine: Path, signals: Path
 ) -> None:
     """A multiplex backend's actions carry persistentWorkerMultiplex: the executor that
     holds the key's warm worker serves a second action in the same process while the
@@ -583,7 +594,7 @@ def test_a_multiplex_worker_takes_concurrent_remote_actions_of_its_key(
     config.update(command=["python3", "tools/worker.py", "--multiplex"], multiplex=True)
     (root / "worker.json").write_text(json.dumps(config))
     (root / "src" / "a.txt").write_text(f"multiplex {tmp_path}\n")
-    go = tmp_path / "go"
+    go = signals / "go"
     earlier = set(engine.glob("executors/*/actions/*/started.txt"))
     with runtime(root) as worker:
 
@@ -611,7 +622,7 @@ def test_a_multiplex_worker_takes_concurrent_remote_actions_of_its_key(
 
 
 def test_a_dropped_execute_stream_is_reattached_and_nothing_is_lost(
-    tmp_path: Path, engine: Path
+    tmp_path: Path, engine: Path, signals: Path
 ) -> None:
     """The client's connection breaks while the action runs (a proxy between it and
     BuildGrid drops every connection): it reconnects, follows the same operation with
@@ -623,7 +634,7 @@ def test_a_dropped_execute_stream_is_reattached_and_nothing_is_lost(
     config["remote"]["endpoint"] = f"unix://{proxy_socket}"
     (root / "worker.json").write_text(json.dumps(config))
     (root / "src" / "a.txt").write_text(f"dropped {tmp_path}\n")
-    go = tmp_path / "go"
+    go = signals / "go"
     earlier = set(engine.glob("executors/*/actions/*/started.txt"))
     with UnixProxy(proxy_socket, engine / "run" / "buildgrid.sock") as proxy:
         with runtime(root) as worker:

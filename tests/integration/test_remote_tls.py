@@ -24,7 +24,7 @@ from tests.clusters import private_cluster
 from tests.conftest import REPO_ROOT
 from tests.integration.test_remote import TEST_WORKER, action, runtime
 from worker_runtime.cluster import buildgrid
-from worker_runtime.cluster.commands import free_port
+from worker_runtime.cluster.commands import free_port, tenant_arguments
 from worker_runtime.cluster.layout import ClusterLayout
 from worker_runtime.proto import remote_execution_pb2 as re_pb2
 from worker_runtime.proto import remote_execution_pb2_grpc as re_grpc
@@ -125,7 +125,8 @@ def secure_engine() -> Iterator[SecureEngine]:
                     [sys.executable, "-m", "worker_runtime", "executor", "--server", endpoint,
                      "--tls-ca-file", str(cert), "--credentials-file", str(token_file),
                      "--instance", INSTANCE, "--bot-id", "secure-executor",
-                     "--workdir", str(directory / "secure-executor")],
+                     "--workdir", str(directory / "secure-executor"),
+                     *tenant_arguments(layout)],
                     cwd=REPO_ROOT, stdin=subprocess.DEVNULL, stdout=out,
                     stderr=subprocess.STDOUT, start_new_session=True,
                 )  # fmt: skip

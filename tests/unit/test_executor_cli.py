@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
+from tests.conftest import REPO_ROOT
 
 
 @pytest.mark.parametrize("grace", ["0", "-1"])
@@ -18,3 +21,26 @@ def test_a_cancel_grace_must_be_positive(tmp_path: Path, grace: str) -> None:
     )  # fmt: skip
     assert result.returncode == 2
     assert "--cancel-grace must be a number of seconds > 0" in result.stderr
+
+
+def executor(
+    tmp_path: Path, *args: str, as_nobody: bool = False
+) -> subprocess.CompletedProcess[str]:
+    prefix = ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups"] if as_nobody else []
+    return subprocess.run(
+        [*prefix, sys.executable, "-m", "worker_runtime", "executor", "--server",
+         "unix:///nowhere", "--workdir", str(tmp_path / "work"), *args],
+        capture_output=True, text=True, timeout=60, cwd=REPO_ROOT,
+    )  # fmt: skip
+
+
+@pytest.mark.skipif(os.getuid() != 0, reason="needs root: the refusals are about root")
+def test_root_without_a_uid_range_and_a_range_without_root_are_refused(tmp_path: Path) -> None:
+    as_root = executor(tmp_path)
+    assert as_root.returncode == 2
+    assert "no action or worker may" in as_root.stderr and "--uid-range" in as_root.stderr
+    unprivileged = executor(tmp_path, "--uid-range", "200000-200009", as_nobody=True)
+    assert unprivileged.returncode == 2
+    assert "needs root" in unprivileged.stderr
+    bad = executor(tmp_path, "--uid-range", "0-10")
+    assert bad.returncode == 2 and "START must be at least 1000" in bad.stderr

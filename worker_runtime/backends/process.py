@@ -54,6 +54,9 @@ class BackendSpec:
     frame_stall_timeout_s: float
     cancel_grace_s: float
     log_dir: Path
+    #: The uid and gid to run as, with no supplementary groups (the executor's tenants;
+    #: needs root); None: the runtime's own.
+    run_as: tuple[int, int] | None = None
 
     @property
     def tool(self) -> str:
@@ -180,6 +183,7 @@ class BackendProcess:
         # subprocess support: uvloop's leaves the parent's pipe ends open in the child
         # (so a backend that closes stdout is never seen to), and this needs no child
         # watcher thread.
+        uid, gid = self.spec.run_as or (None, None)
         try:
             proc = subprocess.Popen(  # noqa: ASYNC220 - fork+exec, a few ms, rare
                 argv,
@@ -189,6 +193,9 @@ class BackendProcess:
                 cwd=self.spec.cwd,
                 env=self.spec.env,
                 start_new_session=True,
+                user=uid,
+                group=gid,
+                extra_groups=None if uid is None else [],
             )
         except OSError as exc:
             raise BackendStartError(

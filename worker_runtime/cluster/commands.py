@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import os
 import socket
 import subprocess
 import sys
@@ -119,6 +120,19 @@ def executor_name(index: int) -> str:
     return f"executor-{index}-{executor_instance(index)}"
 
 
+#: The uids the executors give their tenants when the cluster runs as root.
+TENANT_UID_RANGE = "200000-200999"
+
+
+def tenant_arguments(layout: ClusterLayout) -> list[str]:
+    """As root, each tenant under its own uid from one map shared by every executor;
+    otherwise none (each executor runs its one tenant as this user)."""
+    if os.geteuid() != 0:
+        return []
+    uid_map = layout.root / "executors" / "tenant-uids.json"
+    return ["--uid-range", TENANT_UID_RANGE, "--uid-map", str(uid_map)]
+
+
 def start_executor(layout: ClusterLayout, index: int, metrics_port: int) -> int:
     """Executor number ``index``, detached, logging to logs/, serving its metrics on
     127.0.0.1:``metrics_port``: they take the instances (tenants) in turn, each serving
@@ -132,7 +146,7 @@ def start_executor(layout: ClusterLayout, index: int, metrics_port: int) -> int:
         process = subprocess.Popen(
             [sys.executable, "-m", "worker_runtime", "executor", "--server", layout.address,
              "--instance", instance, "--bot-id", name, "--workdir", str(workdir),
-             "--metrics-port", str(metrics_port)],
+             "--metrics-port", str(metrics_port), *tenant_arguments(layout)],
             stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
             start_new_session=True,
         )  # fmt: skip

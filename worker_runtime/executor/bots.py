@@ -28,6 +28,7 @@ from worker_runtime.executor.runner import (
     ActionOutcome,
     ActionRunner,
 )
+from worker_runtime.executor.tenants import TenantError, Tenants, prepare_workdir
 from worker_runtime.executor.workers import CANCEL_GRACE_S, WorkerPool
 from worker_runtime.proto import remote_execution_pb2 as re_pb2
 from worker_runtime.proto.google.devtools.remoteworkers.v1test2 import (
@@ -63,6 +64,10 @@ class ExecutorSettings:
     #: How long a multiplex worker has to answer a cancel before it is discarded.
     cancel_grace_s: float = CANCEL_GRACE_S
     metrics_port: int | None = None
+    #: Multi-tenant: each tenant runs under its own uid from this range (needs root).
+    uid_range: range | None = None
+    #: Where the tenants' uids are kept (default: <workdir>/tenant-uids.json).
+    uid_map: Path | None = None
 
 
 @dataclass
@@ -85,6 +90,10 @@ class Executor:
         )  # fmt: skip
         self.cas_by_instance: dict[str, Cas] = {}
         self.blobs_by_instance: dict[str, BlobCache] = {}
+        self.tenants = Tenants(
+            settings.uid_range, settings.uid_map or settings.workdir / "tenant-uids.json",
+            settings.instance,
+        )  # fmt: skip
         self.stats = Stats()
         self.metrics = ExecutorMetrics()
         self._stop = threading.Event()
@@ -119,9 +128,13 @@ class Executor:
     ) -> ActionOutcome:
         self.metrics.queue_seconds.observe(time.monotonic() - received)
         instance = self._instance_of(lease_id)
+        try:
+            run_as = self.tenants.run_as(instance)
+        except TenantError as exc:
+            raise ActionNotRun(str(exc), 9) from None  # FAILED_PRECONDITION
         runner = ActionRunner(
             self._cas(instance), self._blobs(instance), self.pool, self.settings.workdir,
-            self.settings.bot_id,
+            self.settings.bot_id, run_as,
         )  # fmt: skip
         try:
             with self.metrics.execution_seconds.time():
@@ -151,8 +164,9 @@ class Executor:
         self.settings.workdir.mkdir(parents=True, exist_ok=True)
         # What a killed predecessor in this workdir left: action directories, worker homes,
         # its local copy of the CAS.
-        for leftover in ("actions", "discarded", "workers", "blobs"):
+        for leftover in ("actions", "discarded", "workers", "worker-logs", "blobs"):
             shutil.rmtree(self.settings.workdir / leftover, ignore_errors=True)
+        prepare_workdir(self.settings.workdir, self.tenants.multi)
         session = self.bots.CreateBotSession(
             bots_pb2.CreateBotSessionRequest(
                 parent=self.settings.instance, bot_session=self._session()

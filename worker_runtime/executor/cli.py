@@ -6,10 +6,12 @@ import argparse
 import logging
 import os
 import socket
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 from worker_runtime.executor.bots import ExecutorSettings, run_executor
+from worker_runtime.executor.tenants import TenantError, parse_uid_range, privilege_problem
 from worker_runtime.executor.workers import CANCEL_GRACE_S
 from worker_runtime.remote.channels import ChannelConfigError, parse_endpoint
 
@@ -51,9 +53,29 @@ def main(argv: Sequence[str]) -> int:
     parser.add_argument(
         "--metrics-port", type=int, help="serve Prometheus metrics on 127.0.0.1:PORT"
     )
+    parser.add_argument(
+        "--uid-range",
+        metavar="START-END",
+        help="run each tenant (instance) under its own uid from this range, with no "
+        "supplementary groups (needs root; required when run as root)",
+    )
+    parser.add_argument(
+        "--uid-map",
+        type=Path,
+        metavar="FILE",
+        help="where the tenants' uids are kept; executors sharing a --uid-range on one "
+        "machine must share it (default: WORKDIR/tenant-uids.json)",
+    )
     args = parser.parse_args(argv)
     if args.cancel_grace <= 0:
         parser.error(f"--cancel-grace must be a number of seconds > 0, not {args.cancel_grace:g}")
+    try:
+        uid_range = parse_uid_range(args.uid_range) if args.uid_range else None
+    except ValueError as exc:
+        parser.error(str(exc))
+    problem = privilege_problem(uid_range)
+    if problem is not None:
+        parser.error(problem)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     try:
         endpoint = parse_endpoint(
@@ -65,6 +87,10 @@ def main(argv: Sequence[str]) -> int:
         server=endpoint, instance=args.instance, bot_id=args.bot_id, capacity=args.capacity,
         workdir=args.workdir, max_workers=args.max_workers, memory_limit_mb=args.memory_limit,
         worker_idle_s=args.worker_idle_timeout, metrics_port=args.metrics_port,
-        cancel_grace_s=args.cancel_grace,
+        cancel_grace_s=args.cancel_grace, uid_range=uid_range, uid_map=args.uid_map,
     )  # fmt: skip
-    return run_executor(settings)
+    try:
+        return run_executor(settings)
+    except TenantError as exc:
+        print(f"worker-runtime executor: error: {exc}", file=sys.stderr)
+        return 2

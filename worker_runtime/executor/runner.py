@@ -24,6 +24,8 @@ from pathlib import Path
 from worker_runtime.backends.key import PERSISTENT_WORKER_FLAG, WorkerKey
 from worker_runtime.errors import RequestError
 from worker_runtime.executor.blob_cache import BlobCache
+from worker_runtime.executor.collect import OutputDirectory, OutputFile, UnsafeOutput, read_output
+from worker_runtime.executor.tenants import RunAs, hand_over
 from worker_runtime.executor.workers import (
     WorkerCancelled,
     WorkerFault,
@@ -96,13 +98,21 @@ class ActionOutcome:
 
 class ActionRunner:
     def __init__(
-        self, cas: Cas, blobs: BlobCache, pool: WorkerPool, workdir: Path, bot_id: str
+        self,
+        cas: Cas,
+        blobs: BlobCache,
+        pool: WorkerPool,
+        workdir: Path,
+        bot_id: str,
+        run_as: RunAs = RunAs(),  # noqa: B008 - frozen
     ) -> None:
         self.cas = cas
         self.blobs = blobs
         self.pool = pool
         self.workdir = workdir
         self.bot_id = bot_id
+        #: Who the action's processes run as: its tenant's uid, or the executor's own.
+        self.run_as = run_as
 
     def run(
         self, action: re_pb2.Action, instance: str, cancelled: threading.Event | None = None
@@ -118,6 +128,8 @@ class ActionRunner:
         try:
             inputs = self._materialize(action.input_root_digest, directory)
             _make_output_parents(command, directory)
+            # The tenant's own and private; its input files stay the executor's (readable).
+            hand_over(directory, self.run_as)
             fetched_ns = time.time_ns()
             if cancelled.is_set():
                 raise ActionCancelled("cancelled before it started")
@@ -201,6 +213,8 @@ class ActionRunner:
                 process = subprocess.Popen(
                     argv, cwd=directory, env=run_env, stdin=subprocess.DEVNULL,
                     stdout=out, stderr=err, start_new_session=True,
+                    user=self.run_as.uid, group=self.run_as.gid,
+                    extra_groups=[] if self.run_as.switches else None,
                 )  # fmt: skip
             except OSError as exc:
                 return 127, b"", f"executor: cannot run {argv[0]!r}: {exc.strerror}\n".encode()
@@ -277,7 +291,7 @@ class ActionRunner:
         tools = [(path, inputs.directory / path) for path, _ in tool_files]
         run_env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), **worker_env}
         try:
-            worker, reused = self.pool.acquire(identity, run_env, tools)
+            worker, reused = self.pool.acquire(identity, run_env, tools, self.run_as)
         except WorkerFault as exc:  # it could not be started: its tool files are at fault
             raise ActionNotRun(f"the persistent worker could not be started: {exc}", 9) from None
         try:
@@ -312,24 +326,21 @@ class ActionRunner:
                 relative = safe_relative_path(output, "output path")
             except UnsafePathError as exc:
                 raise ActionError(str(exc)) from None
-            path = directory / relative
-            if not _inside(path, directory):
-                raise ActionError(f"output {output!r} leaves the action's directory")
-            if path.is_symlink():
+            try:
+                found = read_output(str(directory), relative)
+            except UnsafeOutput as exc:
                 raise ActionError(
-                    f"output {output!r} is a symlink; outputs are read from the action's directory only"
-                )
-            if path.is_file():
-                data = path.read_bytes()
-                digest = digest_of(data)
-                blobs.data[digest_key(digest)] = data
+                    f"output {output!r}: {exc}; outputs are read from the action's directory only"
+                ) from None
+            if isinstance(found, OutputFile):
+                digest = digest_of(found.data)
+                blobs.data[digest_key(digest)] = found.data
                 result.output_files.add(
-                    path=relative, digest=digest, is_executable=os.access(path, os.X_OK),
-                    contents=budget.take(data),
+                    path=relative, digest=digest, is_executable=found.executable,
+                    contents=budget.take(found.data),
                 )  # fmt: skip
-            elif path.is_dir():
-                tree = _tree(path, blobs)
-                data = tree.SerializeToString(deterministic=True)
+            elif isinstance(found, OutputDirectory):
+                data = _tree(found, blobs).SerializeToString(deterministic=True)
                 digest = digest_of(data)
                 blobs.data[digest_key(digest)] = data
                 result.output_directories.add(path=relative, tree_digest=digest)
@@ -394,27 +405,22 @@ def _inside(path: Path, root: Path) -> bool:
     return True
 
 
-def _tree(root: Path, blobs: Blobs) -> re_pb2.Tree:
+def _tree(root: OutputDirectory, blobs: Blobs) -> re_pb2.Tree:
+    """The REAPI Tree of an output directory, its files' blobs added to ``blobs``."""
     tree = re_pb2.Tree()
 
-    def directory(at: Path) -> re_pb2.Directory:
+    def directory(at: OutputDirectory) -> re_pb2.Directory:
         node = re_pb2.Directory()
-        for entry in sorted(at.iterdir()):
-            if entry.is_symlink():
-                raise ActionError(f"output directory entry {entry} is a symlink")
-            if entry.is_file():
-                data = entry.read_bytes()
-                digest = digest_of(data)
-                blobs.data[digest_key(digest)] = data
-                node.files.add(
-                    name=entry.name, digest=digest, is_executable=os.access(entry, os.X_OK)
-                )
-            elif entry.is_dir():
-                child = directory(entry)
-                tree.children.append(child)
-                node.directories.add(
-                    name=entry.name, digest=digest_of(child.SerializeToString(deterministic=True))
-                )
+        for name, file in at.files.items():
+            digest = digest_of(file.data)
+            blobs.data[digest_key(digest)] = file.data
+            node.files.add(name=name, digest=digest, is_executable=file.executable)
+        for name, below in at.directories.items():
+            child = directory(below)
+            tree.children.append(child)
+            node.directories.add(
+                name=name, digest=digest_of(child.SerializeToString(deterministic=True))
+            )
         return node
 
     tree.root.CopyFrom(directory(root))

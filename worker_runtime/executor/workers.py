@@ -27,6 +27,7 @@ from worker_runtime.backends.process import BackendProcess, BackendSpec
 from worker_runtime.config import RuntimeConfig
 from worker_runtime.errors import BackendError, BackendStartError
 from worker_runtime.eviction import largest_first
+from worker_runtime.executor.tenants import RunAs, hand_over
 from worker_runtime.protocol.messages import WorkRequest, WorkResponse
 
 #: How long a multiplex worker has to answer a cancel before it is discarded (by default;
@@ -181,6 +182,7 @@ class WorkerPool:
         identity: WorkerKey,
         env: dict[str, str],
         tools: list[tuple[str, Path]],
+        run_as: RunAs = RunAs(),  # noqa: B008 - frozen
     ) -> tuple[PersistentWorker, bool]:
         """(worker, whether it was already running). An idle worker of this identity (for
         a multiplex identity, its one worker, busy or not, or the one being started), or a
@@ -210,7 +212,7 @@ class WorkerPool:
             serial = self._serial
             self._starting[identity] = self._starting.get(identity, 0) + 1
         try:
-            worker = self._start(identity, env, tools, serial)
+            worker = self._start(identity, env, tools, serial, run_as)
         except BaseException:
             with self._lock:
                 self._started_locked(identity)
@@ -234,15 +236,23 @@ class WorkerPool:
         env: dict[str, str],
         tools: list[tuple[str, Path]],
         serial: int,
+        run_as: RunAs,
     ) -> PersistentWorker:
         tenant = identity.instance.replace("/", "_") or "_default"
-        home = self.root / tenant / f"{identity.digest[:16]}-{serial}"
+        # The tenant's directory stays the executor's (0711: its workers pass through to
+        # their homes and list nothing), so that no tenant process can rename what is in
+        # it; the home is made and filled by the executor, then handed over: its own and
+        # private, the tool files still the executor's (read, never changed).
+        tenant_dir = self.root / tenant
+        tenant_dir.mkdir(mode=0o711, parents=True, exist_ok=True)
+        home = tenant_dir / f"{identity.digest[:16]}-{serial}"
         shutil.rmtree(home, ignore_errors=True)
-        home.mkdir(parents=True)
+        home.mkdir(mode=0o700)
         for relative, source in tools:
             target = home / relative
             target.parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(source, target)
+        hand_over(home, run_as)
         spec = BackendSpec(
             key=identity,
             env=env,
@@ -250,7 +260,9 @@ class WorkerPool:
             cancellable=identity.multiplex,
             frame_stall_timeout_s=FRAME_STALL_TIMEOUT_S,
             cancel_grace_s=self.cancel_grace_s,
-            log_dir=home.parent,
+            # Out of the tenant's reach: the executor's, private.
+            log_dir=self.root.parent / "worker-logs" / tenant,
+            run_as=run_as.ids,
         )
         backend = BackendProcess(spec)
         try:

@@ -35,6 +35,8 @@ command -v bazel >/dev/null 2>&1 || missing+=(bazel-bootstrap)
 command -v ghc >/dev/null 2>&1 || missing+=(ghc)
 # PostgreSQL's server binaries (BuildGrid's scheduler database, `worker-runtime cluster`).
 compgen -G "/usr/lib/postgresql/*/bin/pg_ctl" >/dev/null || missing+=(postgresql)
+# bubblewrap: the executor's sandbox (`worker-runtime executor --sandbox`).
+command -v bwrap >/dev/null 2>&1 || missing+=(bubblewrap)
 if [ ${#missing[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
     echo "bootstrap: installing ${missing[*]} (Debian)" >&2

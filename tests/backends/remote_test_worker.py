@@ -9,8 +9,9 @@ symlink. `--escape PATH` writes PATH outside the sandbox instead (a malicious wo
 `--scribble-if SIDE PATH` (on that side) rewrites PATH every 10 ms until it is
 stopped, as a loser still writing would. `--exit` makes the process exit at once (a
 crash). `--probe OUT KIND:TARGET...` (a hostile tenant) tries each of read:PATH,
-write:PATH, list:PATH, kill:PID (signal 0), environ:PID and cmdline:PID, and writes to
-OUT a JSON object: its uid, and for each probe "ok" or the errno's name. Without --persistent_worker it does
+write:PATH, list:PATH, kill:PID (signal 0), environ:PID, cmdline:PID and
+connect:HOST:PORT, and writes to OUT a JSON object: its uid, and for each probe "ok" or
+the errno's name. Without --persistent_worker it does
 the same once, from its @argfile (the one-shot fallback). Started with --multiplex it
 serves each request on a thread of its own, answering by requestId, and a cancel request
 stops the waits of the request it names (answered with wasCancelled)."""
@@ -20,6 +21,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import socket
 import sys
 import threading
 import time
@@ -100,6 +102,9 @@ def probe(targets: list[str]) -> dict[str, str]:
         "kill": lambda pid: os.kill(int(pid), 0),
         "environ": lambda pid: Path(f"/proc/{pid}/environ").read_bytes(),
         "cmdline": lambda pid: Path(f"/proc/{pid}/cmdline").read_bytes(),
+        "connect": lambda address: socket.create_connection(
+            (address.rpartition(":")[0], int(address.rpartition(":")[2])), timeout=5
+        ).close(),
     }
     found = {}
     for target in targets:

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
 import psutil
+import pytest
 
 from tests.conftest import REPO_ROOT, RUNTIME
 
@@ -151,3 +153,10 @@ def test_remote_workers_benchmark_writes_its_json() -> None:
     stages = ["submit", "queue", "dispatch", "fetch", "run", "upload", "report", "notify"]
     assert list(warm["stages_ms"]) == stages
     assert warm["engine_ms"] > 0 and warm["executor_ms"] > 0 and warm["engine_share"] > 0
+
+
+@pytest.mark.skipif(os.getuid() != 0, reason="needs root: the sandbox and the uid switch")
+def test_sandbox_cost_benchmark_writes_its_json() -> None:
+    result = run_benchmark("sandbox_cost", "--rounds", "4", "--warm-requests", "5")
+    for figure in ("oneshot_action", "worker_start", "warm_request"):
+        assert set(result[figure]) == {"plain_ms", "sandboxed_ms", "added_ms"}

@@ -1,15 +1,21 @@
-"""Tenants apart at the operating-system level on the executor (issue 17, first part):
-as root with a uid range, each tenant's actions and workers run under a uid of its own
-with no supplementary groups, in directories that are its own and private. A hostile
-tenant, end to end through BuildGrid, cannot read or change another tenant's worker
-files or action directories, signal its worker or read its environment, or reach the
-executor's own files and environment."""
+"""Tenants apart at the operating-system level on the executor (issue 17): as root with a
+uid range, each tenant's actions and workers run under a uid of its own with no
+supplementary groups, in directories that are its own and private; with `--sandbox`,
+each also in namespaces of its own (bubblewrap). A hostile tenant, end to end through
+BuildGrid, cannot read or change another tenant's worker files or action directories,
+signal its worker or read its environment, or reach the executor's own files and
+environment; in the sandbox it also cannot see other processes, the host's /tmp or the
+network. The victim's worker stays warm throughout."""
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
+import socket
+import tempfile
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -24,13 +30,26 @@ pytestmark = pytest.mark.skipif(
     os.getuid() != 0, reason="needs root: the executor switches each tenant to its own uid"
 )
 UIDS = parse_uid_range(TENANT_UID_RANGE)
+#: What a refused probe may see: no permission, or (in the sandbox) nothing there.
+REFUSALS = {"EACCES", "EPERM", "ENOENT", "ESRCH", "ECONNREFUSED", "ENETUNREACH"}
 
 
-@pytest.fixture(scope="module")
-def engine() -> Iterator[Path]:
-    """BuildGrid with one executor for instance main and one for tenant-b."""
-    with private_cluster("--executors", "2") as directory:
-        yield directory
+@dataclass
+class Engine:
+    directory: Path
+    sandbox: bool
+
+
+@pytest.fixture(scope="module", params=["uids", "sandbox"])
+def engine(request: pytest.FixtureRequest) -> Iterator[Engine]:
+    """BuildGrid with one executor for instance main and one for tenant-b: tenants under
+    their own uids, and then also each in a sandbox."""
+    sandbox = request.param == "sandbox"
+    if sandbox:
+        assert shutil.which("bwrap"), "bubblewrap is missing: scripts/bootstrap.sh installs it"
+    extra = ["--sandbox"] if sandbox else []
+    with private_cluster("--executors", "2", *extra) as directory:
+        yield Engine(directory, sandbox)
 
 
 def owner_and_mode(path: Path) -> tuple[int, int]:
@@ -38,30 +57,41 @@ def owner_and_mode(path: Path) -> tuple[int, int]:
     return status.st_uid, status.st_mode & 0o777
 
 
-def uid_of(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("Uid:"):
-            return int(line.split()[1])
-    raise AssertionError(f"no Uid line for pid {pid}")
+def worker_pids(uid: int) -> set[int]:
+    """The host's pids of the test workers running as ``uid`` (in a sandbox, a worker
+    only knows its pid in its own PID namespace)."""
+    found = set()
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            if entry.stat().st_uid != uid:
+                continue
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if argv and argv[0].endswith(b"python3") and b"tools/worker.py" in argv:
+            found.add(int(entry.name))
+    return found
 
 
 def test_a_hostile_tenant_cannot_reach_another_tenant_or_the_executor(
-    tmp_path: Path, engine: Path
+    tmp_path: Path, engine: Engine
 ) -> None:
+    root = engine.directory
     # Tenant A (main) has a warm worker, with its tool files in its worker home.
-    victim = project(tmp_path / "a", engine, "main")
+    victim = project(tmp_path / "a", root, "main")
     with runtime(victim) as worker:
         response = worker.execute(make_command(["@w.args"], env=copy_action(victim, "w")))
         assert response.exit_code == 0, response.stderr
-    victim_pid = int((victim / "out" / "w.txt").read_text().split("pid=")[1])
-    executor_a = engine / "executors" / "executor-0-main"
+    executor_a = root / "executors" / "executor-0-main"
     homes = list((executor_a / "workers" / "main").iterdir())
     tool = next(h / "tools" / "worker.py" for h in homes if (h / "tools").is_dir())
-    state = json.loads((engine / "state.json").read_text())
-    executor_pid = int(state["executor_pids"][0])
+    a_uid = tool.parent.parent.stat().st_uid
+    (victim_pid,) = worker_pids(a_uid)
+    executor_pid = int(json.loads((root / "state.json").read_text())["executor_pids"][0])
 
     # A's processes and directories are A's own, private, and not root's.
-    a_uid = uid_of(victim_pid)
     assert a_uid in UIDS
     assert owner_and_mode(executor_a / "workers" / "main") == (0, 0o711)
     assert owner_and_mode(tool.parent.parent) == (a_uid, 0o700)  # the worker's home
@@ -76,21 +106,49 @@ def test_a_hostile_tenant_cannot_reach_another_tenant_or_the_executor(
         f"list:{executor_a / 'actions'}", f"list:{executor_a / 'blobs'}",
         f"kill:{victim_pid}", f"environ:{victim_pid}",
         f"kill:{executor_pid}", f"environ:{executor_pid}",
-        f"read:{engine / 'executors' / 'tenant-uids.json'}",
+        f"read:{root / 'executors' / 'tenant-uids.json'}",
     ]  # fmt: skip
-    attacker = project(tmp_path / "b", engine, "tenant-b")
-    with runtime(attacker) as worker:
-        env = action(attacker, "p", ["--probe", "out/p.json", *targets], [], ["out/p.json"])
-        response = worker.execute(make_command(["@p.args"], env=env))
-        assert response.exit_code == 0, response.stderr
+    visible = Path(tempfile.mkdtemp(prefix="wr-visible-"))  # the host's /tmp, open to all
+    visible.chmod(0o755)
+    (visible / "note.txt").write_text("on the host")
+    listener = socket.create_server(("127.0.0.1", 0))
+    if engine.sandbox:  # what only the sandbox keeps away
+        targets += [
+            f"cmdline:{victim_pid}", f"read:{visible / 'note.txt'}",
+            f"connect:127.0.0.1:{listener.getsockname()[1]}",
+        ]  # fmt: skip
+    attacker = project(tmp_path / "b", root, "tenant-b")
+    try:
+        with runtime(attacker) as worker:
+            env = action(attacker, "p", ["--probe", "out/p.json", *targets], [], ["out/p.json"])
+            response = worker.execute(make_command(["@p.args"], env=env))
+            assert response.exit_code == 0, response.stderr
+    finally:
+        listener.close()
+        shutil.rmtree(visible)
     found = json.loads((attacker / "out" / "p.json").read_text())
     b_uid = found.pop("uid")
     assert b_uid in UIDS and b_uid != a_uid
     assert {t: r for t, r in found.items() if r == "ok"} == {}
-    assert set(found.values()) <= {"EACCES", "EPERM"}, found
+    assert set(found.values()) <= REFUSALS, found
+
+    if engine.sandbox:  # the network, when the platform asks for it (another worker)
+        config = json.loads((attacker / "worker.json").read_text())
+        config["remote"]["properties"] = {"network": "on"}
+        (attacker / "worker.json").write_text(json.dumps(config))
+        with socket.create_server(("127.0.0.1", 0)) as listener, runtime(attacker) as worker:
+            port = listener.getsockname()[1]
+            env = action(attacker, "n", ["--probe", "out/n.json", f"connect:127.0.0.1:{port}"],
+                         [], ["out/n.json"])  # fmt: skip
+            response = worker.execute(make_command(["@n.args"], env=env))
+            assert response.exit_code == 0, response.stderr
+        assert (
+            json.loads((attacker / "out" / "n.json").read_text())[f"connect:127.0.0.1:{port}"]
+            == "ok"
+        )
 
     # A's worker is untouched and still warm: its next action runs on it.
     with runtime(victim) as worker:
         response = worker.execute(make_command(["@v.args"], env=copy_action(victim, "v")))
         assert response.exit_code == 0, response.stderr
-    assert int((victim / "out" / "v.txt").read_text().split("pid=")[1]) == victim_pid
+    assert worker_pids(a_uid) == {victim_pid}

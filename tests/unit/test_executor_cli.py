@@ -29,7 +29,8 @@ def executor(
     prefix = ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups"] if as_nobody else []
     return subprocess.run(
         [*prefix, sys.executable, "-m", "worker_runtime", "executor", "--server",
-         "unix:///nowhere", "--workdir", str(tmp_path / "work"), *args],
+         "unix:///nowhere", "--workdir", str(tmp_path / "work"), *args,
+         *(executor_uid_arguments() if "--sandbox" in " ".join(args) else [])],
         capture_output=True, text=True, timeout=60, cwd=REPO_ROOT,
     )  # fmt: skip
 
@@ -44,3 +45,25 @@ def test_root_without_a_uid_range_and_a_range_without_root_are_refused(tmp_path:
     assert "needs root" in unprivileged.stderr
     bad = executor(tmp_path, "--uid-range", "0-10")
     assert bad.returncode == 2 and "START must be at least 1000" in bad.stderr
+
+
+def test_the_sandbox_says_what_is_missing(tmp_path: Path) -> None:
+    alone = executor(tmp_path, "--sandbox-read-only", "/opt")
+    assert alone.returncode == 2 and "--sandbox-read-only needs --sandbox" in alone.stderr
+    nowhere = executor(tmp_path, "--sandbox", "--sandbox-read-only", "/no/such/dir")
+    assert nowhere.returncode == 2
+    assert "--sandbox-read-only /no/such/dir: not an existing absolute path" in nowhere.stderr
+    env = {**os.environ, "PATH": str(tmp_path)}  # neither bwrap nor setpriv on it
+    result = subprocess.run(
+        [sys.executable, "-m", "worker_runtime", "executor", "--server", "unix:///nowhere",
+         "--workdir", str(tmp_path / "work"), "--sandbox", *executor_uid_arguments()],
+        capture_output=True, text=True, timeout=60, cwd=REPO_ROOT, env=env,
+    )  # fmt: skip
+    assert result.returncode == 2
+    assert "--sandbox needs bwrap (Debian package bubblewrap)" in result.stderr
+    assert "install it, or run without --sandbox" in result.stderr
+
+
+def executor_uid_arguments() -> list[str]:
+    """What the executor needs to start at all as this user."""
+    return ["--uid-range", "200000-200009"] if os.getuid() == 0 else []

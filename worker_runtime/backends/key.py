@@ -37,6 +37,9 @@ class WorkerKey:
     tool_digests: tuple[tuple[str, str], ...]
     #: The tenant (REAPI instance name) on the executor; "" on this machine.
     instance: str = ""
+    #: Whether its sandbox on the executor has the host's network (never shared with a
+    #: worker that has none).
+    network: bool = False
     #: SHA-256 (hex) of the tool files, the startup command with ``--persistent_worker``,
     #: the environment and the protocol, not of the tenant or multiplex: for a key the
     #: client or the executor builds by the convention, the persistentWorkerKey. A local

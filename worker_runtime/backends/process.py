@@ -57,6 +57,8 @@ class BackendSpec:
     #: The uid and gid to run as, with no supplementary groups (the executor's tenants;
     #: needs root); None: the runtime's own.
     run_as: tuple[int, int] | None = None
+    #: A command the backend's command runs under (the executor's sandbox), or empty.
+    launcher: tuple[str, ...] = ()
 
     @property
     def tool(self) -> str:
@@ -170,7 +172,7 @@ class BackendProcess:
 
     async def start(self) -> None:
         self._check_executable()
-        argv = dying_with_parent([*self.spec.key.argv, "--persistent_worker"])
+        argv = dying_with_parent([*self.spec.launcher, *self.spec.key.argv, "--persistent_worker"])
         try:
             private_directory(self.spec.log_dir)
             log = private_log_file(self.log_path)  # handed to the child; a local file

@@ -20,12 +20,13 @@ from worker_runtime.cluster.layout import DEFAULT_BUILDGRID_VENV, INSTANCE, INST
 from worker_runtime.errors import ClusterError
 
 #: Platform properties a job may carry without any bot advertising them (BuildGrid
-#: rejects other unknown keys): the remote persistent worker convention's, and ours for
-#: multiplex workers.
+#: rejects other unknown keys): the remote persistent worker convention's, ours for
+#: multiplex workers, and the sandbox's `network`.
 WILDCARD_PROPERTY_KEYS = (
     "persistentWorkerKey",
     "persistentWorkerProtocol",
     "persistentWorkerMultiplex",
+    "network",
 )
 #: The assigner's poll for queued jobs, the one poll on an action's path (the other
 #: intervals only bound how often BuildGrid's notification threads check for shutdown:

@@ -15,6 +15,7 @@ import sys
 import time
 import urllib.request
 from collections.abc import Sequence
+from pathlib import Path
 
 from worker_runtime.cluster import buildgrid, postgres
 from worker_runtime.cluster.layout import INSTANCE, INSTANCES, ClusterLayout, ClusterState
@@ -84,7 +85,7 @@ def start_executors(layout: ClusterLayout, state: ClusterState, count: int) -> N
     state.executor_pids, state.executor_metrics_ports = [], []
     for index in range(count):
         port = free_port()
-        state.executor_pids.append(start_executor(layout, index, port))
+        state.executor_pids.append(start_executor(layout, index, port, state.sandbox))
         state.executor_metrics_ports.append(port)
     deadline = time.monotonic() + 60
     for index, (pid, port) in enumerate(
@@ -120,20 +121,27 @@ def executor_name(index: int) -> str:
     return f"executor-{index}-{executor_instance(index)}"
 
 
+#: This checkout (the directory holding the worker_runtime package).
+CHECKOUT = Path(__file__).resolve().parents[2]
 #: The uids the executors give their tenants when the cluster runs as root.
 TENANT_UID_RANGE = "200000-200999"
 
 
-def tenant_arguments(layout: ClusterLayout) -> list[str]:
+def tenant_arguments(layout: ClusterLayout, sandbox: bool = False) -> list[str]:
     """As root, each tenant under its own uid from one map shared by every executor;
-    otherwise none (each executor runs its one tenant as this user)."""
-    if os.geteuid() != 0:
-        return []
-    uid_map = layout.root / "executors" / "tenant-uids.json"
-    return ["--uid-range", TENANT_UID_RANGE, "--uid-map", str(uid_map)]
+    otherwise none (each executor runs its one tenant as this user). With ``sandbox``,
+    each action and worker in namespaces of its own, seeing this checkout read-only (the
+    tests' workers and their interpreter's packages live in it)."""
+    arguments = []
+    if os.geteuid() == 0:
+        uid_map = layout.root / "executors" / "tenant-uids.json"
+        arguments += ["--uid-range", TENANT_UID_RANGE, "--uid-map", str(uid_map)]
+    if sandbox:
+        arguments += ["--sandbox", "--sandbox-read-only", str(CHECKOUT)]
+    return arguments
 
 
-def start_executor(layout: ClusterLayout, index: int, metrics_port: int) -> int:
+def start_executor(layout: ClusterLayout, index: int, metrics_port: int, sandbox: bool) -> int:
     """Executor number ``index``, detached, logging to logs/, serving its metrics on
     127.0.0.1:``metrics_port``: they take the instances (tenants) in turn, each serving
     one."""
@@ -146,19 +154,22 @@ def start_executor(layout: ClusterLayout, index: int, metrics_port: int) -> int:
         process = subprocess.Popen(
             [sys.executable, "-m", "worker_runtime", "executor", "--server", layout.address,
              "--instance", instance, "--bot-id", name, "--workdir", str(workdir),
-             "--metrics-port", str(metrics_port), *tenant_arguments(layout)],
+             "--metrics-port", str(metrics_port), *tenant_arguments(layout, sandbox)],
             stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
             start_new_session=True,
         )  # fmt: skip
     return process.pid
 
 
-def up(layout: ClusterLayout, executors: int) -> dict[str, object]:
+def up(layout: ClusterLayout, executors: int, sandbox: bool = False) -> dict[str, object]:
     state = layout.read_state()
     if buildgrid.alive(state.buildgrid_pid) and buildgrid.answers(layout):
         alive = [p for p in state.executor_pids if buildgrid.alive(p)]
-        if len(alive) != len(state.executor_pids) or len(alive) != executors:
-            # Executors died or another count is wanted: a fresh set (bot ids stay unique).
+        changed = len(alive) != len(state.executor_pids) or state.sandbox != sandbox
+        if changed or len(alive) != executors:
+            # Executors died, or another count or sandbox is wanted: a fresh set (bot ids
+            # stay unique).
+            state.sandbox = sandbox
             for pid in alive:
                 buildgrid.stop(pid, grace_s=30.0)
             try:
@@ -170,6 +181,7 @@ def up(layout: ClusterLayout, executors: int) -> dict[str, object]:
     for pid in state.executor_pids:  # bots of that server: a fresh set comes with the new one
         buildgrid.stop(pid, grace_s=30.0)
     state.executor_pids, state.executor_metrics_ports = [], []
+    state.sandbox = sandbox
     try:
         if not buildgrid.alive(postgres.pid(layout)):
             state.postgres_pid = postgres.start(layout)
@@ -203,10 +215,14 @@ def up_main(argv: Sequence[str]) -> int:
         "--executors", type=int, default=0, metavar="N",
         help="bots to start, taking the instances in turn (main, tenant-b, main, ...)",
     )  # fmt: skip
+    parser.add_argument(
+        "--sandbox", action="store_true",
+        help="executors run each action and worker in namespaces of its own (bubblewrap)",
+    )  # fmt: skip
     args = parser.parse_args(argv)
     layout = ClusterLayout.from_dir(args.dir)
     try:
-        info = up(layout, args.executors)
+        info = up(layout, args.executors, args.sandbox)
     except ClusterError as exc:
         sys.stderr.write(f"worker-runtime cluster up: error: {exc}\n")
         return 1

@@ -28,6 +28,7 @@ from worker_runtime.executor.runner import (
     ActionOutcome,
     ActionRunner,
 )
+from worker_runtime.executor.sandbox import Sandbox
 from worker_runtime.executor.tenants import TenantError, Tenants, prepare_workdir
 from worker_runtime.executor.workers import CANCEL_GRACE_S, WorkerPool
 from worker_runtime.proto import remote_execution_pb2 as re_pb2
@@ -68,6 +69,8 @@ class ExecutorSettings:
     uid_range: range | None = None
     #: Where the tenants' uids are kept (default: <workdir>/tenant-uids.json).
     uid_map: Path | None = None
+    #: The view each action and worker gets (None: the executor's own).
+    sandbox: Sandbox | None = None
 
 
 @dataclass
@@ -86,7 +89,7 @@ class Executor:
         self.bots = bots_pb2_grpc.BotsStub(self.channel)
         self.pool = WorkerPool(
             settings.workdir / "workers", settings.max_workers, settings.memory_limit_mb,
-            settings.worker_idle_s, settings.cancel_grace_s,
+            settings.worker_idle_s, settings.cancel_grace_s, settings.sandbox,
         )  # fmt: skip
         self.cas_by_instance: dict[str, Cas] = {}
         self.blobs_by_instance: dict[str, BlobCache] = {}
@@ -134,7 +137,7 @@ class Executor:
             raise ActionNotRun(str(exc), 9) from None  # FAILED_PRECONDITION
         runner = ActionRunner(
             self._cas(instance), self._blobs(instance), self.pool, self.settings.workdir,
-            self.settings.bot_id, run_as,
+            self.settings.bot_id, run_as, self.settings.sandbox,
         )  # fmt: skip
         try:
             with self.metrics.execution_seconds.time():

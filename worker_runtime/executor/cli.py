@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from worker_runtime.executor.bots import ExecutorSettings, run_executor
+from worker_runtime.executor.sandbox import Sandbox, SandboxError
 from worker_runtime.executor.tenants import TenantError, parse_uid_range, privilege_problem
 from worker_runtime.executor.workers import CANCEL_GRACE_S
 from worker_runtime.remote.channels import ChannelConfigError, parse_endpoint
@@ -66,6 +67,21 @@ def main(argv: Sequence[str]) -> int:
         help="where the tenants' uids are kept; executors sharing a --uid-range on one "
         "machine must share it (default: WORKDIR/tenant-uids.json)",
     )
+    parser.add_argument(
+        "--sandbox",
+        action="store_true",
+        help="run each action and persistent worker in namespaces of its own (bubblewrap): "
+        "the system read-only, a private /tmp, no other process, no network unless the "
+        "platform sets network=on",
+    )
+    parser.add_argument(
+        "--sandbox-read-only",
+        action="append",
+        default=[],
+        metavar="PATH",
+        help="also show PATH read-only in the sandbox (a toolchain outside /usr and /opt); "
+        "repeatable",
+    )
     args = parser.parse_args(argv)
     if args.cancel_grace <= 0:
         parser.error(f"--cancel-grace must be a number of seconds > 0, not {args.cancel_grace:g}")
@@ -76,6 +92,14 @@ def main(argv: Sequence[str]) -> int:
     problem = privilege_problem(uid_range)
     if problem is not None:
         parser.error(problem)
+    if args.sandbox_read_only and not args.sandbox:
+        parser.error("--sandbox-read-only needs --sandbox")
+    sandbox = None
+    if args.sandbox:
+        try:
+            sandbox = Sandbox.find(args.sandbox_read_only)
+        except SandboxError as exc:
+            parser.error(str(exc))
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     try:
         endpoint = parse_endpoint(
@@ -88,6 +112,7 @@ def main(argv: Sequence[str]) -> int:
         workdir=args.workdir, max_workers=args.max_workers, memory_limit_mb=args.memory_limit,
         worker_idle_s=args.worker_idle_timeout, metrics_port=args.metrics_port,
         cancel_grace_s=args.cancel_grace, uid_range=uid_range, uid_map=args.uid_map,
+        sandbox=sandbox,
     )  # fmt: skip
     try:
         return run_executor(settings)

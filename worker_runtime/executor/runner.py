@@ -25,6 +25,7 @@ from worker_runtime.backends.key import PERSISTENT_WORKER_FLAG, WorkerKey
 from worker_runtime.errors import RequestError
 from worker_runtime.executor.blob_cache import BlobCache
 from worker_runtime.executor.collect import OutputDirectory, OutputFile, UnsafeOutput, read_output
+from worker_runtime.executor.sandbox import Sandbox, wants_network
 from worker_runtime.executor.tenants import RunAs, hand_over
 from worker_runtime.executor.workers import (
     WorkerCancelled,
@@ -105,6 +106,7 @@ class ActionRunner:
         workdir: Path,
         bot_id: str,
         run_as: RunAs = RunAs(),  # noqa: B008 - frozen
+        sandbox: Sandbox | None = None,
     ) -> None:
         self.cas = cas
         self.blobs = blobs
@@ -113,6 +115,8 @@ class ActionRunner:
         self.bot_id = bot_id
         #: Who the action's processes run as: its tenant's uid, or the executor's own.
         self.run_as = run_as
+        #: The view they get (None: the executor's own).
+        self.sandbox = sandbox
 
     def run(
         self, action: re_pb2.Action, instance: str, cancelled: threading.Event | None = None
@@ -146,8 +150,9 @@ class ActionRunner:
                 mode = "persistent"
             else:
                 code, stdout, stderr = self._oneshot(
-                    list(command.arguments), env, directory, timeout, cancelled
-                )
+                    list(command.arguments), env, directory, timeout, cancelled,
+                    wants_network(properties),
+                )  # fmt: skip
                 reused, pid, mode = False, 0, "oneshot"
             finished_ns = time.time_ns()
             result = self._result(command, directory, code, stdout, stderr, started, finished_ns)
@@ -206,15 +211,23 @@ class ActionRunner:
         directory: Path,
         timeout: int,
         cancelled: threading.Event,
+        network: bool,
     ) -> tuple[int, bytes, bytes]:
         run_env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), **env}
+        run_as = self.run_as
+        if self.sandbox is not None:  # it switches to the tenant's uid inside
+            argv = self.sandbox.command(
+                argv, run_as=run_as, writable=[str(directory)], cwd=str(directory),
+                network=network,
+            )  # fmt: skip
+            run_as = RunAs()
         with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
             try:
                 process = subprocess.Popen(
                     argv, cwd=directory, env=run_env, stdin=subprocess.DEVNULL,
                     stdout=out, stderr=err, start_new_session=True,
-                    user=self.run_as.uid, group=self.run_as.gid,
-                    extra_groups=[] if self.run_as.switches else None,
+                    user=run_as.uid, group=run_as.gid,
+                    extra_groups=[] if run_as.switches else None,
                 )  # fmt: skip
             except OSError as exc:
                 return 127, b"", f"executor: cannot run {argv[0]!r}: {exc.strerror}\n".encode()
@@ -270,6 +283,7 @@ class ActionRunner:
             multiplex,
             tuple(tool_files),
             instance=instance,
+            network=self.sandbox is not None and wants_network(properties),
         )
         # Always so for Buck2's actions (its key is its own digest of the exe's artifacts):
         # worth a line when debugging a client, not one per action in the log.

@@ -27,6 +27,7 @@ from worker_runtime.backends.process import BackendProcess, BackendSpec
 from worker_runtime.config import RuntimeConfig
 from worker_runtime.errors import BackendError, BackendStartError
 from worker_runtime.eviction import largest_first
+from worker_runtime.executor.sandbox import Sandbox
 from worker_runtime.executor.tenants import RunAs, hand_over
 from worker_runtime.protocol.messages import WorkRequest, WorkResponse
 
@@ -161,8 +162,14 @@ class WorkerPool:
         memory_limit_mb: int | None,
         idle_s: float,
         cancel_grace_s: float = CANCEL_GRACE_S,
+        sandbox: Sandbox | None = None,
+        actions: Path | None = None,
     ):
         self.root = root
+        #: Each worker's view (None: the executor's own), with ``actions`` (where each
+        #: request's directory appears) writable in it.
+        self.sandbox = sandbox
+        self.actions = actions or root.parent / "actions"
         self.cancel_grace_s = cancel_grace_s
         self.max_workers = max_workers
         self.memory_limit = memory_limit_mb * (1 << 20) if memory_limit_mb else None
@@ -253,6 +260,14 @@ class WorkerPool:
             target.parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(source, target)
         hand_over(home, run_as)
+        launcher: tuple[str, ...] = ()
+        if self.sandbox is not None:  # it switches to the tenant's uid inside
+            launcher = tuple(
+                self.sandbox.command(
+                    [], run_as=run_as, writable=[str(home), str(self.actions)], cwd=str(home),
+                    network=identity.network,
+                )
+            )  # fmt: skip
         spec = BackendSpec(
             key=identity,
             env=env,
@@ -262,7 +277,8 @@ class WorkerPool:
             cancel_grace_s=self.cancel_grace_s,
             # Out of the tenant's reach: the executor's, private.
             log_dir=self.root.parent / "worker-logs" / tenant,
-            run_as=run_as.ids,
+            run_as=None if launcher else run_as.ids,
+            launcher=launcher,
         )
         backend = BackendProcess(spec)
         try:

@@ -1,0 +1,83 @@
+"""The executor's sandbox as an action sees it (bubblewrap, as root): only its own
+directory writable, the system read-only, a private /tmp, no other process, no network
+unless asked, the tenant's uid with no groups, no capabilities and no_new_privs."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from worker_runtime.executor.sandbox import Sandbox
+from worker_runtime.executor.tenants import RunAs, hand_over
+
+pytestmark = pytest.mark.skipif(
+    os.getuid() != 0, reason="needs root: bubblewrap's mounts and the uid switch"
+)
+TENANT = RunAs(200007, 200007)
+LOOK = r"""
+import json, os, socket, sys
+def attempt(f):
+    try:
+        f(); return "ok"
+    except OSError as exc:
+        return exc.strerror or str(exc)
+status = dict(l.split(":", 1) for l in open("/proc/self/status").read().splitlines())
+print(json.dumps({
+    "uid": os.getuid(), "groups": os.getgroups(), "cwd": os.getcwd(),
+    "pids": sorted(int(p) for p in os.listdir("/proc") if p.isdigit()),
+    "tmp": os.listdir("/tmp"),
+    "cap_eff": status["CapEff"].strip(), "no_new_privs": status["NoNewPrivs"].strip(),
+    "write_own": attempt(lambda: open("own.txt", "w").write("x")),
+    "write_usr": attempt(lambda: open("/usr/x", "w")),
+    "connect": attempt(lambda: socket.create_connection(("127.0.0.1", int(sys.argv[1])), 5)),
+}))
+"""
+
+
+@pytest.fixture
+def action_dir() -> Iterator[Path]:
+    top = Path(tempfile.mkdtemp(prefix="wr-sandbox-"))
+    top.chmod(0o711)
+    directory = top / "action"
+    directory.mkdir()
+    hand_over(directory, TENANT)
+    yield directory
+    shutil.rmtree(top)
+
+
+def look(directory: Path, network: bool) -> dict[str, object]:
+    sandbox = Sandbox.find()
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        port = str(listener.getsockname()[1])
+        argv = sandbox.command(
+            ["/usr/bin/python3", "-c", LOOK, port], run_as=TENANT, writable=[str(directory)],
+            cwd=str(directory), network=network,
+        )  # fmt: skip
+        result = subprocess.run(argv, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    seen: dict[str, object] = json.loads(result.stdout)
+    return seen
+
+
+def test_an_action_sees_only_what_it_should(action_dir: Path) -> None:
+    seen = look(action_dir, network=False)
+    assert seen["uid"] == TENANT.uid and seen["groups"] == []  # no supplementary groups
+    assert seen["cwd"] == str(action_dir)
+    assert seen["pids"] == [1, 2]  # bubblewrap's init and the action: nothing else
+    assert seen["tmp"] == [action_dir.parent.name]  # a private /tmp, its own path only
+    assert seen["cap_eff"] == "0000000000000000" and seen["no_new_privs"] == "1"
+    assert seen["write_own"] == "ok" and (action_dir / "own.txt").read_text() == "x"
+    assert seen["write_usr"] == "Read-only file system"
+    assert seen["connect"] in ("Connection refused", "Network is unreachable")
+
+
+def test_the_network_only_when_the_platform_asks(action_dir: Path) -> None:
+    assert look(action_dir, network=True)["connect"] == "ok"

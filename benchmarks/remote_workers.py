@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import random
 import shutil
 import statistics
@@ -143,6 +144,15 @@ def floor_action(project: Path, cas: Cas) -> re_pb2.Digest:
     return built.digest
 
 
+def timed_trivial(worker: Buck2Worker, env: dict[str, str]) -> float:
+    """Milliseconds for the trivial action through the runtime ``worker``."""
+    start = time.perf_counter()
+    response = worker.execute(make_command(["@t.args"], env=env))
+    if response.exit_code != 0:
+        raise RuntimeError(response.stderr)
+    return (time.perf_counter() - start) * 1000
+
+
 def overhead(engine: Path, tmp: Path, runs: int) -> dict[str, Any]:
     """The same one-shot trivial action: a bare Execute (BuildGrid's floor) vs. through
     the runtime and our client (digests, FindMissingBlobs, outputs written back). The
@@ -169,11 +179,7 @@ def overhead(engine: Path, tmp: Path, runs: int) -> dict[str, Any]:
     with serve(project, config) as worker:
 
         def runtime() -> float:
-            start = time.perf_counter()
-            response = worker.execute(make_command(["@t.args"], env=env))
-            if response.exit_code != 0:
-                raise RuntimeError(response.stderr)
-            return (time.perf_counter() - start) * 1000
+            return timed_trivial(worker, env)
 
         for i in range(runs + 2):
             if i % 2:
@@ -260,11 +266,7 @@ def warm_action(engine: Path, tmp: Path, runs: int) -> dict[str, Any]:
     with serve(project, routed(engine, cache=False)) as worker:
 
         def runtime() -> float:
-            start = time.perf_counter()
-            response = worker.execute(make_command(["@t.args"], env=env))
-            if response.exit_code != 0:
-                raise RuntimeError(response.stderr)
-            return (time.perf_counter() - start) * 1000
+            return timed_trivial(worker, env)
 
         for i in range(runs + 2):  # the first two start the warm worker and the channels
             if i % 2:
@@ -292,6 +294,28 @@ def warm_action(engine: Path, tmp: Path, runs: int) -> dict[str, Any]:
         "engine_share": engine_ms / bare_ms,
         "assigner_interval_ms": ASSIGNER_INTERVAL_S * 1000,
         "samples": len(samples),
+    }
+
+
+#: The executor's isolation for the `isolated` figures: each tenant's uid (as root, as
+#: always), the sandbox, and limits no trivial action comes near.
+ISOLATION = ("--sandbox", "--limit-memory", "1024", "--limit-pids", "512")
+
+
+def isolated(engine: Path, tmp: Path, runs: int, plain: dict[str, Any]) -> dict[str, Any]:
+    """The one-shot floor and the warm action again on a fresh executor with ``ISOLATION``,
+    beside the same figures without it (measured just before, on the same engine)."""
+    cluster(engine, "up", "--executors", "1", *ISOLATION)  # a fresh executor with them
+    oneshot = overhead(engine, tmp / "overhead-isolated", runs)
+    warm = warm_action(engine, tmp / "warm-isolated", runs)
+    return {
+        "options": list(ISOLATION),
+        "oneshot_floor_ms": oneshot["floor_ms"],
+        "oneshot_added_ms": oneshot["floor_ms"] - plain["trivial"]["floor_ms"],
+        "warm_end_to_end_ms": warm["end_to_end_ms"],
+        "warm_bare_execute_ms": warm["bare_execute_ms"],
+        "warm_added_ms": warm["bare_execute_ms"] - plain["warm"]["bare_execute_ms"],
+        "warm_stages_ms": warm["stages_ms"],
     }
 
 
@@ -403,6 +427,8 @@ def main(argv: list[str] | None = None) -> int:
         result["trivial"]["client"] = client_work(engine, tmp / "client", args.runs)
         result["trivial"].update(cache_hit(engine, tmp, args.runs))
         result["warm"] = warm_action(engine, tmp / "warm", args.runs)
+        if os.geteuid() == 0 and shutil.which("bwrap"):
+            result["isolated"] = isolated(engine, tmp, args.runs, result)
     finally:
         cluster(engine, "down")
         shutil.rmtree(engine, ignore_errors=True)

@@ -11,7 +11,8 @@ stopped, as a loser still writing would. `--exit` makes the process exit at once
 crash). `--probe OUT KIND:TARGET...` (a hostile tenant) tries each of read:PATH,
 write:PATH, list:PATH, kill:PID (signal 0), environ:PID, cmdline:PID and
 connect:HOST:PORT, and writes to OUT a JSON object: its uid, and for each probe "ok" or
-the errno's name. Without --persistent_worker it does
+the errno's name. `--eat MB` takes that much memory. `--fork-bomb OUT` starts sleeping
+children until a fork fails (at most 1,000), stops them, and writes their count to OUT. Without --persistent_worker it does
 the same once, from its @argfile (the one-shot fallback). Started with --multiplex it
 serves each request on a thread of its own, answering by requestId, and a cancel request
 stops the waits of the request it names (answered with wasCancelled)."""
@@ -22,6 +23,7 @@ import errno
 import json
 import os
 import socket
+import subprocess
 import sys
 import threading
 import time
@@ -78,6 +80,23 @@ def run(
     if arguments[:1] == ["--escape"]:
         target = Path(arguments[1])
         target.write_text("escaped\n")
+        return 0, ""
+    if arguments[:1] == ["--eat"]:
+        eaten = [bytearray(1 << 20) for _ in range(int(arguments[1]))]
+        return 0, f"ate {len(eaten)} MB\n"
+    if arguments[:1] == ["--fork-bomb"]:
+        children: list[subprocess.Popen[bytes]] = []
+        try:
+            while len(children) < 1000:
+                children.append(subprocess.Popen(["sleep", "60"]))
+        except OSError:
+            pass
+        for child in children:
+            child.kill()
+            child.wait()
+        out = root / arguments[1]
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(str(len(children)))
         return 0, ""
     if arguments[:1] == ["--probe"]:
         out = root / arguments[1]

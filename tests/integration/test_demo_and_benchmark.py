@@ -153,6 +153,10 @@ def test_remote_workers_benchmark_writes_its_json() -> None:
     stages = ["submit", "queue", "dispatch", "fetch", "run", "upload", "report", "notify"]
     assert list(warm["stages_ms"]) == stages
     assert warm["engine_ms"] > 0 and warm["executor_ms"] > 0 and warm["engine_share"] > 0
+    if os.getuid() == 0:  # the same figures with the executor's sandbox and limits
+        isolated = data["isolated"]
+        assert "--sandbox" in isolated["options"] and list(isolated["warm_stages_ms"]) == stages
+        assert isolated["oneshot_floor_ms"] > 0 and isolated["warm_end_to_end_ms"] > 0
 
 
 @pytest.mark.skipif(os.getuid() != 0, reason="needs root: the sandbox and the uid switch")

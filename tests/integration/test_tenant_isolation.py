@@ -5,7 +5,8 @@ each also in namespaces of its own (bubblewrap). A hostile tenant, end to end th
 BuildGrid, cannot read or change another tenant's worker files or action directories,
 signal its worker or read its environment, or reach the executor's own files and
 environment; in the sandbox it also cannot see other processes, the host's /tmp or the
-network. The victim's worker stays warm throughout."""
+network, nor take more than its memory or processes: it alone pays (its worker is
+discarded, its action RESOURCE_EXHAUSTED). The victim's worker stays warm throughout."""
 
 from __future__ import annotations
 
@@ -47,7 +48,7 @@ def engine(request: pytest.FixtureRequest) -> Iterator[Engine]:
     sandbox = request.param == "sandbox"
     if sandbox:
         assert shutil.which("bwrap"), "bubblewrap is missing: scripts/bootstrap.sh installs it"
-    extra = ["--sandbox"] if sandbox else []
+    extra = ["--sandbox", "--limit-memory", "256", "--limit-pids", "64"] if sandbox else []
     with private_cluster("--executors", "2", *extra) as directory:
         yield Engine(directory, sandbox)
 
@@ -146,6 +147,21 @@ def test_a_hostile_tenant_cannot_reach_another_tenant_or_the_executor(
             json.loads((attacker / "out" / "n.json").read_text())[f"connect:127.0.0.1:{port}"]
             == "ok"
         )
+
+    if engine.sandbox:  # a fork bomb and a memory hog, each contained
+        with runtime(attacker) as worker:
+            env = action(attacker, "f", ["--fork-bomb", "out/f.txt"], [], ["out/f.txt"])
+            response = worker.execute(make_command(["@f.args"], env=env))
+            assert response.exit_code == 0, response.stderr
+            assert int((attacker / "out" / "f.txt").read_text()) < 64  # stopped at the limit
+            env = action(attacker, "m", ["--eat", "512"], [], [])
+            response = worker.execute(make_command(["@m.args"], env=env))
+            assert response.exit_code == 125
+            assert "code 8" in response.stderr  # RESOURCE_EXHAUSTED
+            assert "passed its memory limit of 256 MB" in response.stderr
+            env = action(attacker, "after", ["--probe", "out/after.json"], [], ["out/after.json"])
+            response = worker.execute(make_command(["@after.args"], env=env))
+            assert response.exit_code == 0, response.stderr  # on a fresh worker
 
     # A's worker is untouched and still warm: its next action runs on it.
     with runtime(victim) as worker:

@@ -67,3 +67,12 @@ def test_the_sandbox_says_what_is_missing(tmp_path: Path) -> None:
 def executor_uid_arguments() -> list[str]:
     """What the executor needs to start at all as this user."""
     return ["--uid-range", "200000-200009"] if os.getuid() == 0 else []
+
+
+def test_limits_must_be_positive_and_need_root(tmp_path: Path) -> None:
+    zero = executor(tmp_path, "--limit-memory", "0", *executor_uid_arguments())
+    assert zero.returncode == 2 and "--limit-memory must be more than 0, not 0" in zero.stderr
+    if os.getuid() == 0:
+        unprivileged = executor(tmp_path, "--limit-pids", "10", as_nobody=True)
+        assert unprivileged.returncode == 2
+        assert "the --limit-* options need root" in unprivileged.stderr

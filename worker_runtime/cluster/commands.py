@@ -54,6 +54,8 @@ def describe(layout: ClusterLayout) -> dict[str, object]:
         if tcp
         else {},
         "postgres": {"pid": state.postgres_pid, "alive": buildgrid.alive(state.postgres_pid)},
+        # Tenants under their own uids as root; the sandbox and limits as `up` was given.
+        "executor_isolation": tenant_arguments(layout, state.executor_options),
         "buildgrid": {
             "version": version,
             "pid": state.buildgrid_pid,
@@ -85,7 +87,7 @@ def start_executors(layout: ClusterLayout, state: ClusterState, count: int) -> N
     state.executor_pids, state.executor_metrics_ports = [], []
     for index in range(count):
         port = free_port()
-        state.executor_pids.append(start_executor(layout, index, port, state.sandbox))
+        state.executor_pids.append(start_executor(layout, index, port, state.executor_options))
         state.executor_metrics_ports.append(port)
     deadline = time.monotonic() + 60
     for index, (pid, port) in enumerate(
@@ -127,21 +129,24 @@ CHECKOUT = Path(__file__).resolve().parents[2]
 TENANT_UID_RANGE = "200000-200999"
 
 
-def tenant_arguments(layout: ClusterLayout, sandbox: bool = False) -> list[str]:
+def tenant_arguments(layout: ClusterLayout, options: Sequence[str] = ()) -> list[str]:
     """As root, each tenant under its own uid from one map shared by every executor;
-    otherwise none (each executor runs its one tenant as this user). With ``sandbox``,
-    each action and worker in namespaces of its own, seeing this checkout read-only (the
+    otherwise none (each executor runs its one tenant as this user). Then ``options``
+    (`--sandbox`, `--limit-*`); in the sandbox, this checkout is seen read-only (the
     tests' workers and their interpreter's packages live in it)."""
     arguments = []
     if os.geteuid() == 0:
         uid_map = layout.root / "executors" / "tenant-uids.json"
         arguments += ["--uid-range", TENANT_UID_RANGE, "--uid-map", str(uid_map)]
-    if sandbox:
-        arguments += ["--sandbox", "--sandbox-read-only", str(CHECKOUT)]
+    arguments += options
+    if "--sandbox" in options:
+        arguments += ["--sandbox-read-only", str(CHECKOUT)]
     return arguments
 
 
-def start_executor(layout: ClusterLayout, index: int, metrics_port: int, sandbox: bool) -> int:
+def start_executor(
+    layout: ClusterLayout, index: int, metrics_port: int, options: Sequence[str]
+) -> int:
     """Executor number ``index``, detached, logging to logs/, serving its metrics on
     127.0.0.1:``metrics_port``: they take the instances (tenants) in turn, each serving
     one."""
@@ -154,22 +159,24 @@ def start_executor(layout: ClusterLayout, index: int, metrics_port: int, sandbox
         process = subprocess.Popen(
             [sys.executable, "-m", "worker_runtime", "executor", "--server", layout.address,
              "--instance", instance, "--bot-id", name, "--workdir", str(workdir),
-             "--metrics-port", str(metrics_port), *tenant_arguments(layout, sandbox)],
+             "--metrics-port", str(metrics_port), *tenant_arguments(layout, options)],
             stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
             start_new_session=True,
         )  # fmt: skip
     return process.pid
 
 
-def up(layout: ClusterLayout, executors: int, sandbox: bool = False) -> dict[str, object]:
+def up(layout: ClusterLayout, executors: int, options: Sequence[str] = ()) -> dict[str, object]:
+    """Starts what is not running; ``options``: the executors' isolation flags."""
+    options = list(options)
     state = layout.read_state()
     if buildgrid.alive(state.buildgrid_pid) and buildgrid.answers(layout):
         alive = [p for p in state.executor_pids if buildgrid.alive(p)]
-        changed = len(alive) != len(state.executor_pids) or state.sandbox != sandbox
+        changed = len(alive) != len(state.executor_pids) or state.executor_options != options
         if changed or len(alive) != executors:
-            # Executors died, or another count or sandbox is wanted: a fresh set (bot ids
+            # Executors died, or another count or options are wanted: a fresh set (bot ids
             # stay unique).
-            state.sandbox = sandbox
+            state.executor_options = options
             for pid in alive:
                 buildgrid.stop(pid, grace_s=30.0)
             try:
@@ -181,7 +188,7 @@ def up(layout: ClusterLayout, executors: int, sandbox: bool = False) -> dict[str
     for pid in state.executor_pids:  # bots of that server: a fresh set comes with the new one
         buildgrid.stop(pid, grace_s=30.0)
     state.executor_pids, state.executor_metrics_ports = [], []
-    state.sandbox = sandbox
+    state.executor_options = options
     try:
         if not buildgrid.alive(postgres.pid(layout)):
             state.postgres_pid = postgres.start(layout)
@@ -219,10 +226,18 @@ def up_main(argv: Sequence[str]) -> int:
         "--sandbox", action="store_true",
         help="executors run each action and worker in namespaces of its own (bubblewrap)",
     )  # fmt: skip
+    for name, kind in (("--limit-memory", int), ("--limit-cpus", float), ("--limit-pids", int)):
+        parser.add_argument(
+            name, type=kind, metavar="N", help=f"the executors' {name} (as `executor` says)"
+        )
     args = parser.parse_args(argv)
+    options = ["--sandbox"] if args.sandbox else []
+    for name in ("limit_memory", "limit_cpus", "limit_pids"):
+        if getattr(args, name) is not None:
+            options += [f"--{name.replace('_', '-')}", f"{getattr(args, name):g}"]
     layout = ClusterLayout.from_dir(args.dir)
     try:
-        info = up(layout, args.executors, args.sandbox)
+        info = up(layout, args.executors, options)
     except ClusterError as exc:
         sys.stderr.write(f"worker-runtime cluster up: error: {exc}\n")
         return 1

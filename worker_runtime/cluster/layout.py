@@ -31,8 +31,8 @@ class ClusterState:
     #: The engine's TCP port on 127.0.0.1 (for clients without Unix sockets: Buck2's
     #: RE client connects over TCP only); 0 before it starts.
     tcp_port: int = 0
-    #: Whether its executors run each action and worker in a sandbox (`up --sandbox`).
-    sandbox: bool = False
+    #: The executors' isolation options given to `up` (`--sandbox`, `--limit-*`).
+    executor_options: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True)

@@ -20,6 +20,7 @@ from pathlib import Path
 import grpc
 
 from worker_runtime.executor.blob_cache import BlobCache
+from worker_runtime.executor.limits import Confinement, Limits
 from worker_runtime.executor.metrics import ExecutorMetrics
 from worker_runtime.executor.runner import (
     ActionCancelled,
@@ -71,6 +72,8 @@ class ExecutorSettings:
     uid_map: Path | None = None
     #: The view each action and worker gets (None: the executor's own).
     sandbox: Sandbox | None = None
+    #: The resource limits of each action and worker (none when all are None).
+    limits: Limits = Limits()  # noqa: RUF009 - frozen
 
 
 @dataclass
@@ -87,9 +90,13 @@ class Executor:
         self.settings = settings
         self.channel = open_channel(settings.server)
         self.bots = bots_pb2_grpc.BotsStub(self.channel)
+        self.confinement = (
+            Confinement(settings.limits, settings.bot_id) if settings.limits.any else None
+        )
         self.pool = WorkerPool(
             settings.workdir / "workers", settings.max_workers, settings.memory_limit_mb,
             settings.worker_idle_s, settings.cancel_grace_s, settings.sandbox,
+            confinement=self.confinement,
         )  # fmt: skip
         self.cas_by_instance: dict[str, Cas] = {}
         self.blobs_by_instance: dict[str, BlobCache] = {}
@@ -137,7 +144,7 @@ class Executor:
             raise ActionNotRun(str(exc), 9) from None  # FAILED_PRECONDITION
         runner = ActionRunner(
             self._cas(instance), self._blobs(instance), self.pool, self.settings.workdir,
-            self.settings.bot_id, run_as, self.settings.sandbox,
+            self.settings.bot_id, run_as, self.settings.sandbox, self.confinement,
         )  # fmt: skip
         try:
             with self.metrics.execution_seconds.time():
@@ -170,6 +177,9 @@ class Executor:
         for leftover in ("actions", "discarded", "workers", "worker-logs", "blobs"):
             shutil.rmtree(self.settings.workdir / leftover, ignore_errors=True)
         prepare_workdir(self.settings.workdir, self.tenants.multi)
+        if self.confinement is not None:
+            self.confinement.clear()
+            LOGGER.info("limits: %s", self.confinement.describe())
         session = self.bots.CreateBotSession(
             bots_pb2.CreateBotSessionRequest(
                 parent=self.settings.instance, bot_session=self._session()
@@ -231,6 +241,8 @@ class Executor:
                 bots_pb2.UpdateBotSessionRequest(name=session.name, bot_session=session), timeout=5
             )
         self.pool.stop_all()
+        if self.confinement is not None:
+            self.confinement.clear()
         self._threads.shutdown(wait=False, cancel_futures=True)
         return 0
 

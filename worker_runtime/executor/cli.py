@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from worker_runtime.executor.bots import ExecutorSettings, run_executor
+from worker_runtime.executor.limits import Limits
 from worker_runtime.executor.sandbox import Sandbox, SandboxError
 from worker_runtime.executor.tenants import TenantError, parse_uid_range, privilege_problem
 from worker_runtime.executor.workers import CANCEL_GRACE_S
@@ -82,6 +83,13 @@ def main(argv: Sequence[str]) -> int:
         help="also show PATH read-only in the sandbox (a toolchain outside /usr and /opt); "
         "repeatable",
     )
+    for name, kind, what in (
+        ("--limit-memory", int, "MB of memory each action and each persistent worker may use; "
+         "one that passes it is killed alone, its action RESOURCE_EXHAUSTED"),
+        ("--limit-cpus", float, "CPUs each action and each persistent worker may use"),
+        ("--limit-pids", int, "processes each action and each persistent worker may have"),
+    ):  # fmt: skip
+        parser.add_argument(name, type=kind, metavar="N", help=what)
     args = parser.parse_args(argv)
     if args.cancel_grace <= 0:
         parser.error(f"--cancel-grace must be a number of seconds > 0, not {args.cancel_grace:g}")
@@ -94,6 +102,13 @@ def main(argv: Sequence[str]) -> int:
         parser.error(problem)
     if args.sandbox_read_only and not args.sandbox:
         parser.error("--sandbox-read-only needs --sandbox")
+    limits = Limits(args.limit_memory, args.limit_cpus, args.limit_pids)
+    for name, value in (("--limit-memory", limits.memory_mb), ("--limit-cpus", limits.cpus),
+                        ("--limit-pids", limits.pids)):  # fmt: skip
+        if value is not None and value <= 0:
+            parser.error(f"{name} must be more than 0, not {value:g}")
+    if limits.any and os.geteuid() != 0:
+        parser.error("the --limit-* options need root (to make control groups)")
     sandbox = None
     if args.sandbox:
         try:
@@ -112,7 +127,7 @@ def main(argv: Sequence[str]) -> int:
         workdir=args.workdir, max_workers=args.max_workers, memory_limit_mb=args.memory_limit,
         worker_idle_s=args.worker_idle_timeout, metrics_port=args.metrics_port,
         cancel_grace_s=args.cancel_grace, uid_range=uid_range, uid_map=args.uid_map,
-        sandbox=sandbox,
+        sandbox=sandbox, limits=limits,
     )  # fmt: skip
     try:
         return run_executor(settings)

@@ -25,6 +25,8 @@ from worker_runtime.backends.key import PERSISTENT_WORKER_FLAG, WorkerKey
 from worker_runtime.errors import RequestError
 from worker_runtime.executor.blob_cache import BlobCache
 from worker_runtime.executor.collect import OutputDirectory, OutputFile, UnsafeOutput, read_output
+from worker_runtime.executor.launch import launch
+from worker_runtime.executor.limits import Confinement, Group
 from worker_runtime.executor.sandbox import Sandbox, wants_network
 from worker_runtime.executor.tenants import RunAs, hand_over
 from worker_runtime.executor.workers import (
@@ -50,6 +52,8 @@ from worker_runtime.remote.convention import (
 from worker_runtime.remote.merkle import Blobs, digest_key, digest_of
 
 LOGGER = logging.getLogger(__name__)
+#: The lease status of an action (or its worker) killed for passing its memory limit.
+RESOURCE_EXHAUSTED = 8
 #: Deletes the directories of finished actions, off the path of their results.
 _REMOVER = ThreadPoolExecutor(max_workers=1, thread_name_prefix="discard")
 
@@ -107,6 +111,7 @@ class ActionRunner:
         bot_id: str,
         run_as: RunAs = RunAs(),  # noqa: B008 - frozen
         sandbox: Sandbox | None = None,
+        confinement: Confinement | None = None,
     ) -> None:
         self.cas = cas
         self.blobs = blobs
@@ -117,6 +122,8 @@ class ActionRunner:
         self.run_as = run_as
         #: The view they get (None: the executor's own).
         self.sandbox = sandbox
+        #: Their resource limits (None: none).
+        self.confinement = confinement
 
     def run(
         self, action: re_pb2.Action, instance: str, cancelled: threading.Event | None = None
@@ -214,17 +221,32 @@ class ActionRunner:
         network: bool,
     ) -> tuple[int, bytes, bytes]:
         run_env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), **env}
-        run_as = self.run_as
-        if self.sandbox is not None:  # it switches to the tenant's uid inside
-            argv = self.sandbox.command(
-                argv, run_as=run_as, writable=[str(directory)], cwd=str(directory),
-                network=network,
-            )  # fmt: skip
-            run_as = RunAs()
+        group = self.confinement.group("action") if self.confinement is not None else None
+        try:
+            return self._run_oneshot(argv, run_env, directory, timeout, cancelled, network, group)
+        finally:
+            if group is not None:
+                group.remove()  # and with it whatever the action left running
+
+    def _run_oneshot(
+        self,
+        argv: list[str],
+        run_env: dict[str, str],
+        directory: Path,
+        timeout: int,
+        cancelled: threading.Event,
+        network: bool,
+        group: Group | None,
+    ) -> tuple[int, bytes, bytes]:
+        started = launch(
+            argv, run_as=self.run_as, sandbox=self.sandbox, group=group,
+            writable=[str(directory)], cwd=str(directory), network=network,
+        )  # fmt: skip
+        run_as = started.run_as
         with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
             try:
                 process = subprocess.Popen(
-                    argv, cwd=directory, env=run_env, stdin=subprocess.DEVNULL,
+                    started.argv, cwd=directory, env=run_env, stdin=subprocess.DEVNULL,
                     stdout=out, stderr=err, start_new_session=True,
                     user=run_as.uid, group=run_as.gid,
                     extra_groups=[] if run_as.switches else None,
@@ -254,6 +276,13 @@ class ActionRunner:
                 raise ActionCancelled("cancelled while running")
             if not finished:
                 raise ActionNotRun(f"the action ran past its timeout of {timeout} s", 4)
+            if group is not None and group.oom_killed():
+                assert self.confinement is not None
+                raise ActionNotRun(
+                    f"the action passed its memory limit of "
+                    f"{self.confinement.limits.memory_mb} MB and was killed",
+                    RESOURCE_EXHAUSTED,
+                )
             out.seek(0)
             err.seek(0)
             return process.returncode, out.read(), err.read()
@@ -315,7 +344,16 @@ class ActionRunner:
             self.pool.release(worker, healthy=exc.worker_healthy)
             raise ActionCancelled("cancelled while its persistent worker ran it") from None
         except WorkerFault as exc:
-            self.pool.release(worker, healthy=exc.worker_healthy)
+            exhausted = worker.group is not None and worker.group.oom_killed()
+            self.pool.release(worker, healthy=exc.worker_healthy)  # its group goes with it
+            if exhausted:
+                assert self.confinement is not None
+                raise ActionNotRun(
+                    f"the persistent worker passed its memory limit of "
+                    f"{self.confinement.limits.memory_mb} MB and was killed (it is discarded; "
+                    f"the next action of its key starts another): {exc}",
+                    RESOURCE_EXHAUSTED,
+                ) from None
             code = 4 if exc.timed_out else 13
             raise ActionNotRun(f"the persistent worker failed: {exc}", code) from None
         self.pool.release(worker, healthy=True)

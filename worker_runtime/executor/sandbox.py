@@ -109,10 +109,16 @@ class Sandbox:
         for path in writable:
             command += ["--bind", path, path]
         command += ["--chdir", cwd, "--"]
-        ids = run_as.ids
-        if ids is not None:
-            command += [
-                self.setpriv, f"--reuid={ids[0]}", f"--regid={ids[1]}", "--clear-groups",
-                "--no-new-privs", "--inh-caps=-all", "--bounding-set=-all", "--",
-            ]  # fmt: skip
-        return [*command, *argv]
+        return [*command, *dropped_to(self.setpriv, run_as), *argv]
+
+
+def dropped_to(setpriv: str, run_as: RunAs) -> list[str]:
+    """The prefix that runs a command as ``run_as`` (from root): its uid and gid, no
+    supplementary groups, no capabilities, no_new_privs; empty if it switches nothing."""
+    ids = run_as.ids
+    if ids is None:
+        return []
+    return [
+        setpriv, f"--reuid={ids[0]}", f"--regid={ids[1]}", "--clear-groups",
+        "--no-new-privs", "--inh-caps=-all", "--bounding-set=-all", "--",
+    ]  # fmt: skip

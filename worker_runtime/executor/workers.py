@@ -27,6 +27,8 @@ from worker_runtime.backends.process import BackendProcess, BackendSpec
 from worker_runtime.config import RuntimeConfig
 from worker_runtime.errors import BackendError, BackendStartError
 from worker_runtime.eviction import largest_first
+from worker_runtime.executor.launch import launch
+from worker_runtime.executor.limits import Confinement, Group
 from worker_runtime.executor.sandbox import Sandbox
 from worker_runtime.executor.tenants import RunAs, hand_over
 from worker_runtime.protocol.messages import WorkRequest, WorkResponse
@@ -74,6 +76,8 @@ class PersistentWorker:
     identity: WorkerKey
     home: Path
     backend: BackendProcess
+    #: Its control group (None: no limits), removed when it stops.
+    group: Group | None = None
     requests: int = 0
     last_used: float = field(default_factory=time.monotonic)
     #: Requests it is serving now (more than one only if multiplex).
@@ -151,6 +155,8 @@ class PersistentWorker:
 
     def stop(self) -> None:
         LoopThread.shared().run(self.backend.stop(grace_s=_STOP_GRACE_S))
+        if self.group is not None:
+            self.group.remove()
         shutil.rmtree(self.home, ignore_errors=True)
 
 
@@ -164,12 +170,15 @@ class WorkerPool:
         cancel_grace_s: float = CANCEL_GRACE_S,
         sandbox: Sandbox | None = None,
         actions: Path | None = None,
+        confinement: Confinement | None = None,
     ):
         self.root = root
         #: Each worker's view (None: the executor's own), with ``actions`` (where each
         #: request's directory appears) writable in it.
         self.sandbox = sandbox
         self.actions = actions or root.parent / "actions"
+        #: Each worker's resource limits (None: none).
+        self.confinement = confinement
         self.cancel_grace_s = cancel_grace_s
         self.max_workers = max_workers
         self.memory_limit = memory_limit_mb * (1 << 20) if memory_limit_mb else None
@@ -260,14 +269,12 @@ class WorkerPool:
             target.parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(source, target)
         hand_over(home, run_as)
-        launcher: tuple[str, ...] = ()
-        if self.sandbox is not None:  # it switches to the tenant's uid inside
-            launcher = tuple(
-                self.sandbox.command(
-                    [], run_as=run_as, writable=[str(home), str(self.actions)], cwd=str(home),
-                    network=identity.network,
-                )
-            )  # fmt: skip
+        group = self.confinement.group("worker") if self.confinement is not None else None
+        # The command the worker's own runs under (empty: Popen switches the uid).
+        started = launch(
+            [], run_as=run_as, sandbox=self.sandbox, group=group,
+            writable=[str(home), str(self.actions)], cwd=str(home), network=identity.network,
+        )  # fmt: skip
         spec = BackendSpec(
             key=identity,
             env=env,
@@ -277,20 +284,24 @@ class WorkerPool:
             cancel_grace_s=self.cancel_grace_s,
             # Out of the tenant's reach: the executor's, private.
             log_dir=self.root.parent / "worker-logs" / tenant,
-            run_as=None if launcher else run_as.ids,
-            launcher=launcher,
+            run_as=started.run_as.ids,
+            launcher=tuple(started.argv),
         )
         backend = BackendProcess(spec)
         try:
             LoopThread.shared().run(backend.start())
         except BackendStartError as exc:
+            if group is not None:
+                group.remove()
             shutil.rmtree(home, ignore_errors=True)
             raise WorkerFault(f"the action's worker could not be started: {exc}") from None
         except BaseException:  # started, but its pipes could not be set up: nothing is kept
             LoopThread.shared().run(backend.stop(grace_s=_STOP_GRACE_S))
+            if group is not None:
+                group.remove()
             shutil.rmtree(home, ignore_errors=True)
             raise
-        return PersistentWorker(identity, home, backend)
+        return PersistentWorker(identity, home, backend, group)
 
     def release(self, worker: PersistentWorker, healthy: bool) -> None:
         with self._lock:

@@ -1,0 +1,115 @@
+"""Resource limits of the executor's actions and workers (cgroups, as root): a process
+over its memory is killed alone and the group says so; a fork bomb stops at the process
+limit; the CPU quota is written; whatever an action left running, in a new session or
+not, goes with its group."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from worker_runtime.executor.launch import launch
+from worker_runtime.executor.limits import Confinement, Group, Limits
+from worker_runtime.executor.tenants import RunAs
+
+pytestmark = pytest.mark.skipif(os.getuid() != 0, reason="needs root: it makes control groups")
+TENANT = RunAs(200008, 200008)
+
+
+@pytest.fixture
+def confinement() -> Iterator[Confinement]:
+    made = Confinement(Limits(memory_mb=64, cpus=0.5, pids=16), f"test-{os.getpid()}")
+    yield made
+    made.clear()
+
+
+def run(group: Group, *argv: str, run_as: RunAs = TENANT) -> subprocess.CompletedProcess[str]:
+    started = launch(
+        list(argv), run_as=run_as, sandbox=None, group=group, writable=[], cwd="/", network=True
+    )
+    assert started.run_as == RunAs()  # joined as root, then dropped inside
+    return subprocess.run(started.argv, capture_output=True, text=True, timeout=60, cwd="/")
+
+
+def test_this_machine_kind_has_cgroup_v1(confinement: Confinement) -> None:
+    assert confinement.kind == "cgroup v1"  # v2's hierarchy here has no controllers
+    assert "by cgroup v1" in confinement.describe()
+
+
+def test_a_process_over_its_memory_is_killed_and_the_group_says_so(
+    confinement: Confinement,
+) -> None:
+    group = confinement.group("action")
+    eat = "b = [bytearray(1 << 20) for _ in range(256)]"
+    result = run(group, "/usr/bin/python3", "-c", eat)
+    assert result.returncode == -9 and group.oom_killed()
+    calm = confinement.group("action")
+    assert run(calm, "/usr/bin/python3", "-c", "print(1)").stdout == "1\n"
+    assert not calm.oom_killed()
+    group.remove()
+    calm.remove()
+
+
+def test_a_fork_bomb_stops_at_the_process_limit(confinement: Confinement) -> None:
+    group = confinement.group("action")
+    bomb = "for i in $(seq 64); do sleep 30 & done; wait"
+    started = launch(
+        ["/bin/sh", "-c", bomb], run_as=TENANT, sandbox=None, group=group, writable=[],
+        cwd="/", network=True,
+    )  # fmt: skip
+    process = subprocess.Popen(started.argv, stderr=subprocess.PIPE, start_new_session=True)
+    deadline = time.monotonic() + 10
+    while len(group.pids()) < 15 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    time.sleep(0.2)
+    assert 8 < len(group.pids()) <= 16  # no more, however many it asked for
+    group.remove()  # every one of them goes
+    assert process.wait(10) != 0 and group.pids() == set()
+    assert process.stderr is not None and b"fork" in process.stderr.read().lower()
+
+
+def test_the_cpu_quota_is_written(confinement: Confinement) -> None:
+    group = confinement.group("worker")
+    cpu = next(d for d in group.directories if "/cpu/" in str(d))
+    assert (cpu / "cpu.cfs_quota_us").read_text().strip() == "50000"
+    assert (cpu / "cpu.cfs_period_us").read_text().strip() == "100000"
+    group.remove()
+
+
+def test_what_an_action_left_running_goes_with_its_group(confinement: Confinement) -> None:
+    group = confinement.group("action")
+    escape = (
+        "import os, subprocess, sys; "
+        "p = subprocess.Popen(['sleep', '60'], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True); print(p.pid)"
+    )
+    stray = int(run(group, "/usr/bin/python3", "-c", escape).stdout)
+    assert os.path.exists(f"/proc/{stray}")
+    group.remove()
+    time.sleep(0.1)
+    assert process_state(stray) in ("gone", "Z")  # killed (reaped or not yet by init)
+
+
+def process_state(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return "gone"
+
+
+def test_without_cgroups_rlimits_bound_each_process() -> None:
+    fallback = Confinement(Limits(memory_mb=128, pids=5), "rlimits", rlimits_only=True)
+    assert fallback.kind == "rlimits" and "by rlimits (no CPU rate" in fallback.describe()
+    group = fallback.group("action")
+    # RLIMIT_NPROC counts every process of the uid: one that no other test uses.
+    alone = RunAs(200010, 200010)
+    hog = run(group, "/usr/bin/python3", "-c", "b = bytearray(512 << 20)", run_as=alone)
+    assert hog.returncode != 0 and "MemoryError" in hog.stderr
+    many = "import subprocess\nfor i in range(20): subprocess.Popen(['sleep', '0.2'])"
+    forks = run(group, "/usr/bin/python3", "-c", many, run_as=alone)
+    assert forks.returncode != 0 and "Resource temporarily unavailable" in forks.stderr
+    assert not group.oom_killed()  # no group to count: a failure the action sees itself

@@ -1,0 +1,241 @@
+"""Resource limits for each action and each persistent worker on the executor: memory,
+CPU and process count (``--limit-memory``, ``--limit-cpus``, ``--limit-pids``).
+
+Enforced by a control group of its own, made by the executor (as root) before the
+process starts and joined by it before it runs anything of the tenant's (a ``/bin/sh``
+that writes its own pid into the group, then execs the rest):
+
+- **cgroup v2** where the machine has a v2 hierarchy with the controllers
+  (``memory.max``, ``cpu.max``, ``pids.max``; an OOM kill counted in
+  ``memory.events``);
+- **cgroup v1** where the controllers are mounted one per hierarchy, as on this machine
+  kind (``memory.limit_in_bytes`` and ``memory.memsw.limit_in_bytes``,
+  ``cpu.cfs_quota_us``, ``pids.max``; an OOM kill counted in ``memory.oom_control``);
+- **rlimits** otherwise (``prlimit``: the address space for memory, the uid's process
+  count for processes; no CPU rate), which bound each process rather than the group.
+
+The group also finds every process an action left behind, wherever it went (a new
+session, a new process group): all of them are killed when the action ends or its
+worker stops. An OOM kill makes the action's status RESOURCE_EXHAUSTED, naming the
+limit."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import shutil
+import signal
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+#: Where the groups go under each hierarchy: ``worker-runtime/<bot id>/<name>``.
+BASE = "worker-runtime"
+#: The CPU period the quota is a share of (microseconds).
+CPU_PERIOD_US = 100_000
+_V1_CONTROLLERS = ("memory", "cpu", "pids")
+#: Run as root before the rest of the command: joins each group named before ``--``.
+_JOIN_SCRIPT = (
+    'while [ "$1" != -- ]; do echo $$ > "$1/cgroup.procs" || exit 125; shift; done; '
+    'shift; exec "$@"'
+)
+
+
+class LimitsError(RuntimeError):
+    """The limits cannot be set up (a bad value, a group that cannot be made)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    memory_mb: int | None = None
+    cpus: float | None = None
+    pids: int | None = None
+
+    @property
+    def any(self) -> bool:
+        return any(v is not None for v in (self.memory_mb, self.cpus, self.pids))
+
+    def describe(self) -> str:
+        parts = []
+        if self.memory_mb is not None:
+            parts.append(f"memory {self.memory_mb} MB")
+        if self.cpus is not None:
+            parts.append(f"{self.cpus:g} CPUs")
+        if self.pids is not None:
+            parts.append(f"{self.pids} processes")
+        return ", ".join(parts) or "none"
+
+
+def _mounts() -> list[tuple[str, str, set[str]]]:
+    """(mount point, type, options) of the cgroup file systems."""
+    found = []
+    with open("/proc/self/mounts") as mounts:
+        for line in mounts:
+            fields = line.split()
+            if len(fields) >= 4 and fields[2] in ("cgroup", "cgroup2"):
+                found.append((fields[1], fields[2], set(fields[3].split(","))))
+    return found
+
+
+class Group:
+    """One action's or worker's control group (one directory per hierarchy), or, under
+    rlimits, none: only the command that sets them."""
+
+    def __init__(self, directories: list[Path], join: list[str], oom_file: Path | None):
+        self.directories = directories
+        self._join = join
+        self._oom_file = oom_file
+        self._oom_before = self._oom_count()
+
+    def command(self, argv: list[str]) -> list[str]:
+        """``argv`` run inside the group (or under the rlimits)."""
+        return [*self._join, *argv]
+
+    def _oom_count(self) -> int:
+        if self._oom_file is None:
+            return 0
+        try:
+            match = re.search(r"^oom_kill (\d+)$", self._oom_file.read_text(), re.M)
+        except OSError:
+            return 0
+        return int(match.group(1)) if match else 0
+
+    def oom_killed(self) -> bool:
+        """Whether the kernel killed a process of the group for passing its memory."""
+        return self._oom_count() > self._oom_before
+
+    def pids(self) -> set[int]:
+        found: set[int] = set()
+        for directory in self.directories:
+            with contextlib.suppress(OSError):
+                found |= {int(p) for p in (directory / "cgroup.procs").read_text().split()}
+        return found
+
+    def remove(self) -> None:
+        """Kills whatever still runs in the group and removes it."""
+        for _ in range(50):
+            left = self.pids()
+            if not left:
+                break
+            for pid in left:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+            time.sleep(0.01)
+        for directory in self.directories:
+            with contextlib.suppress(OSError):
+                directory.rmdir()
+
+
+class Confinement:
+    """Makes the groups of one executor, with one set of limits, by the mechanism the
+    machine has (``kind``: "cgroup v2", "cgroup v1" or "rlimits")."""
+
+    def __init__(self, limits: Limits, bot_id: str, rlimits_only: bool = False) -> None:
+        """``rlimits_only``: the fallback even where there are cgroups (for its tests)."""
+        self.limits = limits
+        safe = re.sub(r"[^A-Za-z0-9_.-]", "_", bot_id)
+        self._v2: Path | None = None
+        self._v1: dict[str, Path] = {}
+        for mount, kind, options in [] if rlimits_only else _mounts():
+            if kind == "cgroup2":
+                controllers = (Path(mount) / "cgroup.controllers").read_text().split()
+                if {"memory", "pids", "cpu"} <= set(controllers):
+                    self._v2 = Path(mount) / BASE / safe
+            else:
+                for controller in _V1_CONTROLLERS:
+                    if controller in options:
+                        self._v1[controller] = Path(mount) / BASE / safe
+        if self._v2 is not None:
+            self.kind = "cgroup v2"
+        elif set(self._v1) == set(_V1_CONTROLLERS):
+            self.kind = "cgroup v1"
+        else:
+            self.kind = "rlimits"
+        self._serial = 0
+
+    def describe(self) -> str:
+        what = {"rlimits": "rlimits (no CPU rate; per process)"}.get(self.kind, self.kind)
+        return f"{self.limits.describe()} per action and worker, by {what}"
+
+    def clear(self) -> None:
+        """Removes this bot's groups, and what still runs in them: at the start, those a
+        killed predecessor with the same bot id left; at the end, its own."""
+        for root in {self._v2, *self._v1.values()} - {None}:
+            assert root is not None
+            if not root.is_dir():
+                continue
+            for directory in sorted(root.iterdir(), reverse=True):
+                if directory.is_dir():
+                    Group([directory], [], None).remove()
+            with contextlib.suppress(OSError):
+                root.rmdir()
+
+    def group(self, name: str) -> Group:
+        """A new group for one action or worker, its limits written."""
+        self._serial += 1
+        leaf = f"{name}-{self._serial}"
+        if self.kind == "rlimits":
+            return Group([], self._rlimit_command(), None)
+        try:
+            if self._v2 is not None:
+                return self._make_v2(self._v2 / leaf)
+            return self._make_v1(leaf)
+        except OSError as exc:
+            raise LimitsError(
+                f"cannot make the control group {leaf} ({exc.strerror}); run the executor "
+                "as root, or without the --limit-* options"
+            ) from None
+
+    def _join(self, directories: list[Path]) -> list[str]:
+        return ["/bin/sh", "-c", _JOIN_SCRIPT, "sh", *map(str, directories), "--"]
+
+    def _make_v2(self, directory: Path) -> Group:
+        # Each level from the mount down hands the controllers to the one below it.
+        assert self._v2 is not None
+        directory.mkdir(parents=True, exist_ok=True)
+        for level in [*reversed(directory.parents), directory][:-1]:
+            if (level / "cgroup.subtree_control").exists():
+                with contextlib.suppress(OSError):
+                    (level / "cgroup.subtree_control").write_text("+memory +cpu +pids")
+        limits = self.limits
+        if limits.memory_mb is not None:
+            (directory / "memory.max").write_text(str(limits.memory_mb << 20))
+            with contextlib.suppress(OSError):
+                (directory / "memory.swap.max").write_text("0")
+        if limits.cpus is not None:
+            quota = max(1000, int(limits.cpus * CPU_PERIOD_US))
+            (directory / "cpu.max").write_text(f"{quota} {CPU_PERIOD_US}")
+        if limits.pids is not None:
+            (directory / "pids.max").write_text(str(limits.pids))
+        return Group([directory], self._join([directory]), directory / "memory.events")
+
+    def _make_v1(self, leaf: str) -> Group:
+        limits = self.limits
+        directories = {c: root / leaf for c, root in self._v1.items()}
+        for directory in directories.values():
+            directory.mkdir(parents=True, exist_ok=True)
+        memory = directories["memory"]
+        if limits.memory_mb is not None:
+            (memory / "memory.limit_in_bytes").write_text(str(limits.memory_mb << 20))
+            with contextlib.suppress(OSError):  # no swap accounting: memory alone
+                (memory / "memory.memsw.limit_in_bytes").write_text(str(limits.memory_mb << 20))
+        if limits.cpus is not None:
+            quota = max(1000, int(limits.cpus * CPU_PERIOD_US))
+            (directories["cpu"] / "cpu.cfs_period_us").write_text(str(CPU_PERIOD_US))
+            (directories["cpu"] / "cpu.cfs_quota_us").write_text(str(quota))
+        if limits.pids is not None:
+            (directories["pids"] / "pids.max").write_text(str(limits.pids))
+        ordered = [directories[c] for c in _V1_CONTROLLERS]
+        return Group(ordered, self._join(ordered), memory / "memory.oom_control")
+
+    def _rlimit_command(self) -> list[str]:
+        prlimit = shutil.which("prlimit")
+        if prlimit is None:
+            raise LimitsError("no cgroups and no prlimit (util-linux) to set rlimits with")
+        command = [prlimit]
+        if self.limits.memory_mb is not None:
+            command.append(f"--as={self.limits.memory_mb << 20}")
+        if self.limits.pids is not None:
+            command.append(f"--nproc={self.limits.pids}")
+        return [*command, "--"]

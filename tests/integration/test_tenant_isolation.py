@@ -15,6 +15,7 @@ import os
 import shutil
 import socket
 import tempfile
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,8 +23,9 @@ from pathlib import Path
 import pytest
 
 from tests.clusters import private_cluster
-from tests.integration.test_remote import action, copy_action, project, runtime
+from tests.integration.test_remote import action, copy_action, in_background, project, runtime
 from worker_runtime.cluster.commands import TENANT_UID_RANGE
+from worker_runtime.executor.privileges import kept_mask
 from worker_runtime.executor.tenants import parse_uid_range
 from workers_dev.emulator import make_command
 
@@ -76,6 +78,14 @@ def worker_pids(uid: int) -> set[int]:
     return found
 
 
+def wait_for_glob(directory: Path, pattern: str, timeout_s: float = 30) -> list[Path]:
+    deadline = time.monotonic() + timeout_s
+    while not (found := list(directory.glob(pattern))) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert found, f"nothing matched {pattern} in {directory}"
+    return found
+
+
 def test_a_hostile_tenant_cannot_reach_another_tenant_or_the_executor(
     tmp_path: Path, engine: Engine
 ) -> None:
@@ -92,6 +102,14 @@ def test_a_hostile_tenant_cannot_reach_another_tenant_or_the_executor(
     (victim_pid,) = worker_pids(a_uid)
     executor_pid = int(json.loads((root / "state.json").read_text())["executor_pids"][0])
 
+    # The executor keeps of root's powers only what its work needs, for all it starts.
+    status = dict(
+        line.split(":\t", 1)
+        for line in Path(f"/proc/{executor_pid}/status").read_text().splitlines()
+    )
+    for name in ("CapEff", "CapPrm", "CapBnd"):
+        assert int(status[name], 16) == kept_mask(), name
+
     # A's processes and directories are A's own, private, and not root's.
     assert a_uid in UIDS
     assert owner_and_mode(executor_a / "workers" / "main") == (0, 0o711)
@@ -100,38 +118,45 @@ def test_a_hostile_tenant_cannot_reach_another_tenant_or_the_executor(
     assert owner_and_mode(executor_a) == (0, 0o711)
     assert owner_and_mode(executor_a / "blobs") == (0, 0o700)
 
-    # Tenant B's worker probes all of it.
-    targets = [
-        f"read:{tool}", f"write:{tool}", f"list:{tool.parent}", f"list:{executor_a / 'workers'}",
-        f"list:{executor_a / 'workers' / 'main'}", f"list:{executor_a / 'worker-logs'}",
-        f"list:{executor_a / 'actions'}", f"list:{executor_a / 'blobs'}",
-        f"kill:{victim_pid}", f"environ:{victim_pid}",
-        f"kill:{executor_pid}", f"environ:{executor_pid}",
-        f"read:{root / 'executors' / 'tenant-uids.json'}",
-    ]  # fmt: skip
+    # A's next action runs (its worker waits for `go` in its home) while B probes it.
     visible = Path(tempfile.mkdtemp(prefix="wr-visible-"))  # the host's /tmp, open to all
     visible.chmod(0o755)
     (visible / "note.txt").write_text("on the host")
-    listener = socket.create_server(("127.0.0.1", 0))
-    if engine.sandbox:  # what only the sandbox keeps away
-        targets += [
-            f"cmdline:{victim_pid}", f"read:{visible / 'note.txt'}",
-            f"connect:127.0.0.1:{listener.getsockname()[1]}",
-        ]  # fmt: skip
     attacker = project(tmp_path / "b", root, "tenant-b")
-    try:
-        with runtime(attacker) as worker:
-            env = action(attacker, "p", ["--probe", "out/p.json", *targets], [], ["out/p.json"])
-            response = worker.execute(make_command(["@p.args"], env=env))
-            assert response.exit_code == 0, response.stderr
-    finally:
-        listener.close()
-        shutil.rmtree(visible)
+    with runtime(victim) as victim_front, socket.create_server(("127.0.0.1", 0)) as listener:
+        waiting = copy_action(victim, "slow", "--wait-if", "remote", "go")
+        slow = in_background(victim_front, "slow.args", waiting)
+        running = wait_for_glob(executor_a, "actions/*/started.txt")[0].parent
+        targets = [
+            f"list:{running}", f"read:{running / 'started.txt'}",
+            f"write:{running / 'evil.txt'}", f"read:{tool}", f"write:{tool}",
+            f"list:{tool.parent}", f"list:{executor_a / 'workers'}",
+            f"list:{executor_a / 'workers' / 'main'}", f"list:{executor_a / 'worker-logs'}",
+            f"list:{executor_a / 'actions'}", f"list:{executor_a / 'blobs'}",
+            f"kill:{victim_pid}", f"environ:{victim_pid}",
+            f"kill:{executor_pid}", f"environ:{executor_pid}",
+            f"read:{root / 'executors' / 'tenant-uids.json'}",
+        ]  # fmt: skip
+        if engine.sandbox:  # what only the sandbox keeps away
+            targets += [
+                f"cmdline:{victim_pid}", f"read:{visible / 'note.txt'}",
+                f"connect:127.0.0.1:{listener.getsockname()[1]}",
+            ]  # fmt: skip
+        try:
+            with runtime(attacker) as worker:
+                env = action(attacker, "p", ["--probe", "out/p.json", *targets], [], ["out/p.json"])
+                response = worker.execute(make_command(["@p.args"], env=env))
+                assert response.exit_code == 0, response.stderr
+        finally:
+            shutil.rmtree(visible)
+            (tool.parent.parent / "go").touch()  # A's action goes on, untouched
+        assert slow.result(timeout=60).exit_code == 0
     found = json.loads((attacker / "out" / "p.json").read_text())
     b_uid = found.pop("uid")
     assert b_uid in UIDS and b_uid != a_uid
     assert {t: r for t, r in found.items() if r == "ok"} == {}
     assert set(found.values()) <= REFUSALS, found
+    assert (victim / "out" / "slow.txt").read_text().startswith("alpha\npid=")
 
     if engine.sandbox:  # the network, when the platform asks for it (another worker)
         config = json.loads((attacker / "worker.json").read_text())

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from worker_runtime.executor.privileges import KEPT, kept_mask
 from worker_runtime.executor.tenants import (
     RunAs,
     TenantError,
@@ -107,3 +108,9 @@ def test_hand_over_gives_the_tenant_its_directories_not_its_files(tmp_path: Path
     assert (tmp_path / "action" / "src" / "a.txt").stat().st_uid == 0
     hand_over(tmp_path / "action", RunAs())  # the executor's own user: nothing changes
     assert (tmp_path / "action").stat().st_uid == 200000
+
+
+def test_the_executor_keeps_the_capabilities_its_work_needs() -> None:
+    assert kept_mask() == sum(1 << n for n in (0, 1, 2, 3, 5, 6, 7, 8, 12, 18, 21))
+    assert {"SETUID", "SETGID", "CHOWN", "SYS_ADMIN", "KILL"} <= set(KEPT.values())
+    assert not {"SYS_MODULE", "SYS_PTRACE", "SYS_RAWIO"} & set(KEPT.values())

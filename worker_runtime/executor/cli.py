@@ -12,6 +12,7 @@ from pathlib import Path
 
 from worker_runtime.executor.bots import ExecutorSettings, run_executor
 from worker_runtime.executor.limits import Limits
+from worker_runtime.executor.privileges import KEPT, keep_only_what_is_needed
 from worker_runtime.executor.sandbox import Sandbox, SandboxError
 from worker_runtime.executor.tenants import TenantError, parse_uid_range, privilege_problem
 from worker_runtime.executor.workers import CANCEL_GRACE_S
@@ -129,6 +130,17 @@ def main(argv: Sequence[str]) -> int:
         cancel_grace_s=args.cancel_grace, uid_range=uid_range, uid_map=args.uid_map,
         sandbox=sandbox, limits=limits,
     )  # fmt: skip
+    if uid_range is not None:  # root, running tenants: root's other powers go
+        try:
+            keep_only_what_is_needed()
+            logging.getLogger(__name__).info(
+                "capabilities kept: %s", ", ".join(sorted(KEPT.values()))
+            )
+        except OSError as exc:
+            print(
+                f"worker-runtime executor: error: cannot drop capabilities: {exc}", file=sys.stderr
+            )
+            return 2
     try:
         return run_executor(settings)
     except TenantError as exc:

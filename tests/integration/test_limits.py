@@ -6,9 +6,12 @@ not, goes with its group."""
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
+import tempfile
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -113,3 +116,28 @@ def test_without_cgroups_rlimits_bound_each_process() -> None:
     forks = run(group, "/usr/bin/python3", "-c", many, run_as=alone)
     assert forks.returncode != 0 and "Resource temporarily unavailable" in forks.stderr
     assert not group.oom_killed()  # no group to count: a failure the action sees itself
+
+
+def test_the_program_is_found_on_path_as_the_tenant_finds_it(confinement: Confinement) -> None:
+    """A PATH entry only root may enter (pyenv's shims under /root, say) is passed over
+    as it is for the tenant, not taken because root found it."""
+    top = Path(tempfile.mkdtemp(prefix="wr-path-"))
+    try:
+        top.chmod(0o755)
+        for name, mode in (("private", 0o700), ("public", 0o755)):
+            (top / name).mkdir(mode=mode)
+            (top / name).chmod(mode)
+            program = top / name / "which-one"
+            program.write_text(f"#!/bin/sh\necho {name}\n")
+            program.chmod(0o755)
+        group = confinement.group("action")
+        started = launch(
+            ["which-one"], run_as=TENANT, sandbox=None, group=group, writable=[], cwd="/",
+            network=True,
+        )  # fmt: skip
+        env = {"PATH": f"{top / 'private'}:{top / 'public'}:/usr/bin:/bin"}
+        result = subprocess.run(started.argv, capture_output=True, text=True, env=env, cwd="/")
+        assert result.stdout == "public\n", result.stderr
+        group.remove()
+    finally:
+        shutil.rmtree(top)

@@ -109,6 +109,10 @@ def test_a_hostile_tenant_cannot_reach_another_tenant_or_the_executor(
     )
     for name in ("CapEff", "CapPrm", "CapBnd"):
         assert int(status[name], 16) == kept_mask(), name
+    # It says which limits are in force and how (1,024 processes unless told otherwise).
+    log = (root / "logs" / "executor-0-main.log").read_text()
+    expected = "memory 256 MB, 64 processes" if engine.sandbox else "1024 processes"
+    assert f"limits: {expected} per action and worker, by cgroup v1" in log
 
     # A's processes and directories are A's own, private, and not root's.
     assert a_uid in UIDS

@@ -48,20 +48,22 @@ def test_root_without_a_uid_range_and_a_range_without_root_are_refused(tmp_path:
 
 
 def test_the_sandbox_says_what_is_missing(tmp_path: Path) -> None:
-    alone = executor(tmp_path, "--sandbox-read-only", "/opt")
-    assert alone.returncode == 2 and "--sandbox-read-only needs --sandbox" in alone.stderr
+    off = executor(tmp_path, "--no-sandbox", "--sandbox-read-only", "/opt")
+    assert off.returncode == 2 and "--sandbox-read-only needs the sandbox" in off.stderr
     nowhere = executor(tmp_path, "--sandbox", "--sandbox-read-only", "/no/such/dir")
     assert nowhere.returncode == 2
     assert "--sandbox-read-only /no/such/dir: not an existing absolute path" in nowhere.stderr
     env = {**os.environ, "PATH": str(tmp_path)}  # neither bwrap nor setpriv on it
+    # With tenants (as root) the sandbox is on unless --no-sandbox says otherwise.
+    asked = executor_uid_arguments() or ["--sandbox"]
     result = subprocess.run(
         [sys.executable, "-m", "worker_runtime", "executor", "--server", "unix:///nowhere",
-         "--workdir", str(tmp_path / "work"), "--sandbox", *executor_uid_arguments()],
+         "--workdir", str(tmp_path / "work"), *asked],
         capture_output=True, text=True, timeout=60, cwd=REPO_ROOT, env=env,
     )  # fmt: skip
     assert result.returncode == 2
-    assert "--sandbox needs bwrap (Debian package bubblewrap)" in result.stderr
-    assert "install it, or run without --sandbox" in result.stderr
+    assert "the sandbox needs bwrap (Debian package bubblewrap)" in result.stderr
+    assert "install it, or give --no-sandbox" in result.stderr
 
 
 def executor_uid_arguments() -> list[str]:

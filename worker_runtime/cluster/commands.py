@@ -141,6 +141,8 @@ def tenant_arguments(layout: ClusterLayout, options: Sequence[str] = ()) -> list
     arguments += options
     if "--sandbox" in options:
         arguments += ["--sandbox-read-only", str(CHECKOUT)]
+    elif os.geteuid() == 0:  # the executor's default with tenants; the tests' workers
+        arguments.append("--no-sandbox")  # report their host pids, so off unless asked
     return arguments
 
 

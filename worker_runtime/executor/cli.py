@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from worker_runtime.executor.bots import ExecutorSettings, run_executor
-from worker_runtime.executor.limits import Limits
+from worker_runtime.executor.limits import DEFAULT_TENANT_PIDS, Limits
 from worker_runtime.executor.privileges import KEPT, keep_only_what_is_needed
 from worker_runtime.executor.sandbox import Sandbox, SandboxError
 from worker_runtime.executor.tenants import TenantError, parse_uid_range, privilege_problem
@@ -71,10 +71,10 @@ def main(argv: Sequence[str]) -> int:
     )
     parser.add_argument(
         "--sandbox",
-        action="store_true",
+        action=argparse.BooleanOptionalAction,
         help="run each action and persistent worker in namespaces of its own (bubblewrap): "
         "the system read-only, a private /tmp, no other process, no network unless the "
-        "platform sets network=on",
+        "platform sets network=on (default: on with --uid-range, off without)",
     )
     parser.add_argument(
         "--sandbox-read-only",
@@ -88,7 +88,9 @@ def main(argv: Sequence[str]) -> int:
         ("--limit-memory", int, "MB of memory each action and each persistent worker may use; "
          "one that passes it is killed alone, its action RESOURCE_EXHAUSTED"),
         ("--limit-cpus", float, "CPUs each action and each persistent worker may use"),
-        ("--limit-pids", int, "processes each action and each persistent worker may have"),
+        ("--limit-pids", int, "processes each action and each persistent worker may have "
+         f"(default with --uid-range: {DEFAULT_TENANT_PIDS}, so that a fork bomb stays in its "
+         "group)"),
     ):  # fmt: skip
         parser.add_argument(name, type=kind, metavar="N", help=what)
     args = parser.parse_args(argv)
@@ -101,9 +103,14 @@ def main(argv: Sequence[str]) -> int:
     problem = privilege_problem(uid_range)
     if problem is not None:
         parser.error(problem)
-    if args.sandbox_read_only and not args.sandbox:
-        parser.error("--sandbox-read-only needs --sandbox")
-    limits = Limits(args.limit_memory, args.limit_cpus, args.limit_pids)
+    # Several tenants: each in its own sandbox unless the operator says otherwise.
+    sandboxed = args.sandbox if args.sandbox is not None else uid_range is not None
+    if args.sandbox_read_only and not sandboxed:
+        parser.error("--sandbox-read-only needs the sandbox (--sandbox)")
+    pids = args.limit_pids
+    if pids is None and uid_range is not None:
+        pids = DEFAULT_TENANT_PIDS
+    limits = Limits(args.limit_memory, args.limit_cpus, pids)
     for name, value in (("--limit-memory", limits.memory_mb), ("--limit-cpus", limits.cpus),
                         ("--limit-pids", limits.pids)):  # fmt: skip
         if value is not None and value <= 0:
@@ -111,11 +118,11 @@ def main(argv: Sequence[str]) -> int:
     if limits.any and os.geteuid() != 0:
         parser.error("the --limit-* options need root (to make control groups)")
     sandbox = None
-    if args.sandbox:
+    if sandboxed:
         try:
             sandbox = Sandbox.find(args.sandbox_read_only)
         except SandboxError as exc:
-            parser.error(str(exc))
+            parser.error(f"{exc}{'' if args.sandbox else ' (it is on with --uid-range)'}")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     try:
         endpoint = parse_endpoint(

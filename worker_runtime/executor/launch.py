@@ -35,10 +35,12 @@ def launch(
     if sandbox is not None:
         inner = sandbox.command(argv, run_as=run_as, writable=writable, cwd=cwd, network=network)
     elif group is not None and run_as.switches:  # the group is joined as root, then this
-        setpriv = shutil.which("setpriv")
-        if setpriv is None:
-            raise RuntimeError("setpriv (util-linux) is needed to switch uids after a cgroup")
-        inner = [*dropped_to(setpriv, run_as), *argv]
+        setpriv, env = shutil.which("setpriv"), shutil.which("env")
+        if setpriv is None or env is None:
+            raise RuntimeError("setpriv and env are needed to switch uids after a cgroup")
+        # env looks the program up on PATH as the tenant: setpriv would as root (it still
+        # holds root's capabilities when it looks), and find what the tenant cannot run.
+        inner = [*dropped_to(setpriv, run_as), env, "--", *argv]
     else:
         return Launch(list(argv), run_as)
     if group is not None:

@@ -32,6 +32,9 @@ from pathlib import Path
 
 #: Where the groups go under each hierarchy: ``worker-runtime/<bot id>/<name>``.
 BASE = "worker-runtime"
+#: The process limit of each action and worker when the executor runs tenants and the
+#: operator set none: far above what a compiler needs, far below what takes a machine.
+DEFAULT_TENANT_PIDS = 1024
 #: The CPU period the quota is a share of (microseconds).
 CPU_PERIOD_US = 100_000
 _V1_CONTROLLERS = ("memory", "cpu", "pids")

@@ -61,7 +61,7 @@ class Sandbox:
                 )
                 if found is None
             )
-            raise SandboxError(f"--sandbox needs {missing}: install it, or run without --sandbox")
+            raise SandboxError(f"the sandbox needs {missing}: install it, or give --no-sandbox")
         for path in read_only:
             if not os.path.isabs(path) or not os.path.exists(path):
                 raise SandboxError(f"--sandbox-read-only {path}: not an existing absolute path")

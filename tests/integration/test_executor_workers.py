@@ -20,6 +20,7 @@ import pytest
 from tests.conftest import REPO_ROOT, wait_gone
 from worker_runtime.backends.key import WorkerKey
 from worker_runtime.backends.process import BackendProcess
+from worker_runtime.executor.limits import Confinement, Limits
 from worker_runtime.executor.workers import (
     PersistentWorker,
     WorkerCancelled,
@@ -248,3 +249,40 @@ def test_multiplex_request_ids_wrap_below_the_int32_bound(tmp_path: Path) -> Non
     assert [worker._next_id() for _ in range(2)] == [1, 2]
     worker._last_id = (1 << 31) - 3
     assert [worker._next_id() for _ in range(2)] == [(1 << 31) - 2, 1]  # never 2**31 - 1
+
+
+@pytest.mark.skipif(os.getuid() != 0, reason="needs root: it makes control groups")
+def test_every_request_of_a_multiplex_worker_killed_for_memory_knows_why(tmp_path: Path) -> None:
+    """The kernel kills the worker for passing its memory limit with two requests in it;
+    the one whose release stops the worker and removes its group, and the one released
+    after that, both learn it passed its limit."""
+    confinement = Confinement(Limits(memory_mb=64), f"test-{os.getpid()}")
+    pool = WorkerPool(
+        tmp_path / "workers", max_workers=2, memory_limit_mb=None, idle_s=3600,
+        confinement=confinement,
+    )  # fmt: skip
+    try:
+        worker = start(pool, tmp_path, "main", multiplex=True)
+        other = start(pool, tmp_path, "main", multiplex=True)
+        waiting = request("--sleep-if", "remote", "300", "--out", "o.txt", sandbox=tmp_path / "w")
+        faults: list[WorkerFault] = []
+
+        def wait() -> None:
+            try:
+                other.call(waiting, 60)
+            except WorkerFault as exc:
+                faults.append(exc)
+
+        thread = threading.Thread(target=wait)
+        thread.start()
+        with pytest.raises(WorkerFault):
+            worker.call(request("--eat", "256", sandbox=tmp_path / "m"), 30)
+        thread.join(30)
+        assert len(faults) == 1
+        pool.release(worker, healthy=False)  # stops it: its group is gone
+        assert worker.group is not None and worker.group.pids() == set()
+        pool.release(other, healthy=False)
+        assert worker.passed_memory_limit() and other.passed_memory_limit()
+    finally:
+        pool.stop_all()
+        confinement.clear()

@@ -32,8 +32,10 @@ def launch(
     cwd: str,
     network: bool,
 ) -> Launch:
+    inner, popen_as = list(argv), run_as
     if sandbox is not None:
         inner = sandbox.command(argv, run_as=run_as, writable=writable, cwd=cwd, network=network)
+        popen_as = RunAs()
     elif group is not None and run_as.switches:  # the group is joined as root, then this
         setpriv, env = shutil.which("setpriv"), shutil.which("env")
         if setpriv is None or env is None:
@@ -41,8 +43,7 @@ def launch(
         # env looks the program up on PATH as the tenant: setpriv would as root (it still
         # holds root's capabilities when it looks), and find what the tenant cannot run.
         inner = [*dropped_to(setpriv, run_as), env, "--", *argv]
-    else:
-        return Launch(list(argv), run_as)
+        popen_as = RunAs()
     if group is not None:
         inner = group.command(inner)
-    return Launch(inner, RunAs())
+    return Launch(inner, popen_as)

@@ -344,9 +344,8 @@ class ActionRunner:
             self.pool.release(worker, healthy=exc.worker_healthy)
             raise ActionCancelled("cancelled while its persistent worker ran it") from None
         except WorkerFault as exc:
-            exhausted = worker.group is not None and worker.group.oom_killed()
             self.pool.release(worker, healthy=exc.worker_healthy)  # its group goes with it
-            if exhausted:
+            if worker.passed_memory_limit():
                 assert self.confinement is not None
                 raise ActionNotRun(
                     f"the persistent worker passed its memory limit of "

@@ -78,6 +78,8 @@ class PersistentWorker:
     backend: BackendProcess
     #: Its control group (None: no limits), removed when it stops.
     group: Group | None = None
+    #: Whether the kernel killed it for its memory, as its group said when it stopped.
+    _out_of_memory: bool = False
     requests: int = 0
     last_used: float = field(default_factory=time.monotonic)
     #: Requests it is serving now (more than one only if multiplex).
@@ -153,9 +155,15 @@ class PersistentWorker:
         except psutil.Error:
             return 0
 
+    def passed_memory_limit(self) -> bool:
+        """Whether it was killed for passing its memory limit (still known once it is
+        stopped and its group gone: a multiplex worker's other requests ask later)."""
+        return self._out_of_memory or (self.group is not None and self.group.oom_killed())
+
     def stop(self) -> None:
         LoopThread.shared().run(self.backend.stop(grace_s=_STOP_GRACE_S))
         if self.group is not None:
+            self._out_of_memory = self.group.oom_killed()
             self.group.remove()
         shutil.rmtree(self.home, ignore_errors=True)
 

@@ -168,22 +168,31 @@ def test_a_cancel_a_multiplex_worker_answers_keeps_it(pool: WorkerPool, tmp_path
     pool.release(again, healthy=True)
 
 
+def waiting_in(
+    worker: PersistentWorker, tmp_path: Path
+) -> tuple[threading.Thread, list[WorkerFault]]:
+    """A request that waits in ``worker`` on a thread of its own (started); the list gets
+    the fault it ends with."""
+    waiting = request("--sleep-if", "remote", "300", "--out", "o.txt", sandbox=tmp_path / "w")
+    faults: list[WorkerFault] = []
+
+    def wait() -> None:
+        try:
+            worker.call(waiting, 60)
+        except WorkerFault as exc:
+            faults.append(exc)
+
+    thread = threading.Thread(target=wait)
+    thread.start()
+    return thread, faults
+
+
 def test_a_multiplex_worker_that_dies_fails_every_request_in_flight(
     pool: WorkerPool, tmp_path: Path
 ) -> None:
     worker = start(pool, tmp_path, "main", multiplex=True)
     other = start(pool, tmp_path, "main", multiplex=True)
-    waiting = request("--sleep-if", "remote", "300", "--out", "o.txt", sandbox=tmp_path / "w")
-    errors: list[BaseException] = []
-
-    def wait() -> None:
-        try:
-            other.call(waiting, 60)
-        except WorkerFault as exc:
-            errors.append(exc)
-
-    thread = threading.Thread(target=wait)
-    thread.start()
+    thread, errors = waiting_in(other, tmp_path)
     with pytest.raises(WorkerFault, match="exited"):
         worker.call(request("--exit", sandbox=tmp_path / "x"), 30)
     thread.join(30)
@@ -264,17 +273,7 @@ def test_every_request_of_a_multiplex_worker_killed_for_memory_knows_why(tmp_pat
     try:
         worker = start(pool, tmp_path, "main", multiplex=True)
         other = start(pool, tmp_path, "main", multiplex=True)
-        waiting = request("--sleep-if", "remote", "300", "--out", "o.txt", sandbox=tmp_path / "w")
-        faults: list[WorkerFault] = []
-
-        def wait() -> None:
-            try:
-                other.call(waiting, 60)
-            except WorkerFault as exc:
-                faults.append(exc)
-
-        thread = threading.Thread(target=wait)
-        thread.start()
+        thread, faults = waiting_in(other, tmp_path)
         with pytest.raises(WorkerFault):
             worker.call(request("--eat", "256", sandbox=tmp_path / "m"), 30)
         thread.join(30)

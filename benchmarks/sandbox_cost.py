@@ -36,6 +36,7 @@ from worker_runtime.executor.sandbox import Sandbox
 from worker_runtime.executor.tenants import RunAs, hand_over
 from worker_runtime.executor.workers import WorkerPool
 from worker_runtime.protocol.messages import WorkRequest
+from worker_runtime.spawn import as_user
 
 TENANT = RunAs(200009, 200009)
 WORKER = Path(__file__).resolve().parents[1] / "tests" / "backends" / "remote_test_worker.py"
@@ -54,10 +55,7 @@ def oneshot(sandbox: Sandbox | None, directory: Path) -> float:
         )
         run_as = RunAs()
     start = time.perf_counter()
-    subprocess.run(
-        argv, cwd=directory, check=True, start_new_session=True, user=run_as.uid,
-        group=run_as.gid, extra_groups=[] if run_as.switches else None,
-    )  # fmt: skip
+    subprocess.run(argv, cwd=directory, check=True, start_new_session=True, **as_user(run_as.ids))
     return ms(start)
 
 

@@ -34,7 +34,7 @@ from worker_runtime.errors import (
 from worker_runtime.logs import private_directory, private_log_file
 from worker_runtime.protocol.framing import make_framing, quote_bytes
 from worker_runtime.protocol.messages import WorkRequest, WorkResponse
-from worker_runtime.spawn import dying_with_parent
+from worker_runtime.spawn import as_user, dying_with_parent
 
 LOGGER = logging.getLogger(__name__)
 
@@ -185,7 +185,6 @@ class BackendProcess:
         # subprocess support: uvloop's leaves the parent's pipe ends open in the child
         # (so a backend that closes stdout is never seen to), and this needs no child
         # watcher thread.
-        uid, gid = self.spec.run_as or (None, None)
         try:
             proc = subprocess.Popen(  # noqa: ASYNC220 - fork+exec, a few ms, rare
                 argv,
@@ -195,9 +194,7 @@ class BackendProcess:
                 cwd=self.spec.cwd,
                 env=self.spec.env,
                 start_new_session=True,
-                user=uid,
-                group=gid,
-                extra_groups=None if uid is None else [],
+                **as_user(self.spec.run_as),
             )
         except OSError as exc:
             raise BackendStartError(

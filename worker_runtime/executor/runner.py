@@ -50,6 +50,7 @@ from worker_runtime.remote.convention import (
     worker_environment,
 )
 from worker_runtime.remote.merkle import Blobs, digest_key, digest_of
+from worker_runtime.spawn import as_user
 
 LOGGER = logging.getLogger(__name__)
 #: The lease status of an action (or its worker) killed for passing its memory limit.
@@ -242,14 +243,12 @@ class ActionRunner:
             argv, run_as=self.run_as, sandbox=self.sandbox, group=group,
             writable=[str(directory)], cwd=str(directory), network=network,
         )  # fmt: skip
-        run_as = started.run_as
         with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
             try:
                 process = subprocess.Popen(
                     started.argv, cwd=directory, env=run_env, stdin=subprocess.DEVNULL,
                     stdout=out, stderr=err, start_new_session=True,
-                    user=run_as.uid, group=run_as.gid,
-                    extra_groups=[] if run_as.switches else None,
+                    **as_user(started.run_as.ids),
                 )  # fmt: skip
             except OSError as exc:
                 return 127, b"", f"executor: cannot run {argv[0]!r}: {exc.strerror}\n".encode()

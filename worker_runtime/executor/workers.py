@@ -177,14 +177,13 @@ class WorkerPool:
         idle_s: float,
         cancel_grace_s: float = CANCEL_GRACE_S,
         sandbox: Sandbox | None = None,
-        actions: Path | None = None,
         confinement: Confinement | None = None,
     ):
         self.root = root
-        #: Each worker's view (None: the executor's own), with ``actions`` (where each
-        #: request's directory appears) writable in it.
+        #: Each worker's view (None: the executor's own), with the executor's actions/
+        #: (where each request's directory appears) writable in it.
         self.sandbox = sandbox
-        self.actions = actions or root.parent / "actions"
+        self.actions = root.parent / "actions"
         #: Each worker's resource limits (None: none).
         self.confinement = confinement
         self.cancel_grace_s = cancel_grace_s

@@ -30,7 +30,13 @@ from worker_runtime.executor.runner import (
     ActionRunner,
 )
 from worker_runtime.executor.sandbox import Sandbox
-from worker_runtime.executor.tenants import TenantError, Tenants, prepare_workdir
+from worker_runtime.executor.tenants import (
+    PRIVATE_DIRECTORIES,
+    SHARED_DIRECTORIES,
+    TenantError,
+    Tenants,
+    prepare_workdir,
+)
 from worker_runtime.executor.workers import CANCEL_GRACE_S, WorkerPool
 from worker_runtime.proto import remote_execution_pb2 as re_pb2
 from worker_runtime.proto.google.devtools.remoteworkers.v1test2 import (
@@ -174,7 +180,7 @@ class Executor:
         self.settings.workdir.mkdir(parents=True, exist_ok=True)
         # What a killed predecessor in this workdir left: action directories, worker homes,
         # its local copy of the CAS.
-        for leftover in ("actions", "discarded", "workers", "worker-logs", "blobs"):
+        for leftover in (*SHARED_DIRECTORIES, *PRIVATE_DIRECTORIES):
             shutil.rmtree(self.settings.workdir / leftover, ignore_errors=True)
         prepare_workdir(self.settings.workdir, self.tenants.multi)
         if self.confinement is not None:

@@ -172,6 +172,12 @@ def unreachable_ancestor(path: Path) -> Path | None:
     return None
 
 
+#: The work directory's subdirectories the tenants pass through (0711 with tenants), and
+#: the executor's own (0700): its local CAS copy, discarded workers, the workers' logs.
+SHARED_DIRECTORIES = ("actions", "workers")
+PRIVATE_DIRECTORIES = ("blobs", "discarded", "worker-logs")
+
+
 def prepare_workdir(workdir: Path, multi: bool) -> None:
     """Makes the executor's work directory: with tenants, 0711 down to the tenants' own
     directories (they pass through, list nothing), the executor's local CAS copy 0700.
@@ -187,10 +193,10 @@ def prepare_workdir(workdir: Path, multi: bool) -> None:
             "a place under directories others may pass through, or chmod o+x it"
         )
     os.chmod(workdir, 0o711)
-    for shared in ("actions", "workers"):
+    for shared in SHARED_DIRECTORIES:
         (workdir / shared).mkdir(mode=0o711, exist_ok=True)
         os.chmod(workdir / shared, 0o711)
-    for private in ("blobs", "discarded", "worker-logs"):
+    for private in PRIVATE_DIRECTORIES:
         (workdir / private).mkdir(mode=0o700, exist_ok=True)
         os.chmod(workdir / private, 0o700)
 

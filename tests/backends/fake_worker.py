@@ -8,7 +8,7 @@ byte), ``--multiplex`` (one thread per request), ``--inline`` (answer on the rea
 thread: a no-op backend for benchmarks), ``--slow-start SECONDS``, ``--die-at-start``,
 ``--ignore-cancel``, ``--alloc-mb N``, ``--spawn-helper``.
 
-Request commands: ``echo WORDS...``, ``exit CODE [MESSAGE]``, ``sleep SECONDS``, ``sleep-write SECONDS FILE``, ``pid``,
+Request commands: ``echo WORDS...``, ``exit CODE [MESSAGE]``, ``sleep SECONDS``, ``sleep-write SECONDS FILE``, ``pid``, ``identity``,
 ``env NAME``, ``args``, ``crash``, ``crash-once MARKER``, ``crash-after SECONDS MARKER``, ``bad-int``, ``alloc-sleep MB SECONDS``, ``helper-pid``, ``garbage``, ``silent``,
 ``close-stdout``, ``wrong-id``, ``huge BYTES``, ``snake`` (JSON: answer in snake_case).
 """
@@ -171,6 +171,9 @@ def handle(framing, request: dict, options: dict) -> None:
         reply["output"] = str(HELPER[0].pid) if HELPER else "none"
     elif command == "pid":
         reply["output"] = str(os.getpid())
+    elif command == "identity":  # tests/worker_identity.py: the pid in a sandbox too
+        namespace = os.readlink("/proc/self/ns/pid").removeprefix("pid:[").removesuffix("]")
+        reply["output"] = f"{os.getpid()}@{namespace}"
     elif command == "env":
         reply["output"] = os.environ.get(rest[0], "<unset>")
     elif command == "args":

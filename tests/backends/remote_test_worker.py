@@ -1,6 +1,7 @@
 """A persistent worker for the remote execution tests (JSON protocol; honours
 sandbox_dir). A request `--out PATH FILE...` writes to PATH (in the sandbox) the files'
-contents, then `pid=<its PID>` so a test can tell which process ran it (`--sleep S`
+contents, then `pid=<PID@PID-NAMESPACE>` so a test can tell which process ran it, in a
+sandbox too (tests/worker_identity.py finds its host pid; `--sleep S`
 first makes it slow; `--sleep-if SIDE S` only on that side, `local` or `remote`, told
 apart by the request's sandbox_dir, which only the executor sends; `--wait-if SIDE FILE`
 waits until FILE exists in the project root; a one-shot run is always `remote`: the
@@ -31,6 +32,12 @@ from collections.abc import Callable
 from pathlib import Path
 
 
+def identity() -> str:
+    """``PID@NAMESPACE``: this process's pid and its PID namespace's inode."""
+    namespace = os.readlink("/proc/self/ns/pid").removeprefix("pid:[").removesuffix("]")
+    return f"{os.getpid()}@{namespace}"
+
+
 class Cancelled(Exception):
     pass
 
@@ -53,7 +60,7 @@ def run(
         arguments = arguments[3:]
         if where != side:
             continue
-        (root / "started.txt").write_text(str(os.getpid()))
+        (root / "started.txt").write_text(identity())
         if option == "--scribble-if":
             target = root / value
             target.parent.mkdir(parents=True, exist_ok=True)
@@ -69,7 +76,7 @@ def run(
     if arguments[:1] == ["--exit"]:
         os._exit(3)
     if arguments[:1] == ["--sleep"]:
-        (root / "started.txt").write_text(str(os.getpid()))
+        (root / "started.txt").write_text(identity())
         time.sleep(float(arguments[1]))
         arguments = arguments[2:]
     if arguments[:1] == ["--link"]:  # an output that is a symlink to elsewhere
@@ -108,7 +115,7 @@ def run(
     out = root / arguments[1]
     out.parent.mkdir(parents=True, exist_ok=True)
     body = "".join((root / name).read_text() for name in arguments[2:])
-    out.write_text(f"{body}pid={os.getpid()}\n")
+    out.write_text(f"{body}pid={identity()}\n")
     return 0, f"wrote {arguments[1]}\n"
 
 

@@ -12,6 +12,7 @@ import pytest
 
 from tests.clusters import private_cluster
 from tests.conftest import REPO_ROOT
+from tests.worker_identity import host_pid
 from worker_runtime.remote.client import RemoteClient, RemoteResult, RemoteSettings
 from worker_runtime.remote.merkle import Blobs
 from workers_dev.buck2_re_action import Buck2Refuses, buck2_action
@@ -46,8 +47,8 @@ def project(tmp_path: Path, tool_suffix: str = "") -> Path:
 
 
 def run(client: RemoteClient, root: Path, name: str, buck2_key: str = "buck2-key") -> RemoteResult:
-    """One request, `pid`: the worker answers with its process id."""
-    (root / f"{name}.args").write_text("pid\n")
+    """One request, `identity`: the worker answers with its pid and PID namespace."""
+    (root / f"{name}.args").write_text("identity\n")
     blobs = Blobs()
     built = buck2_action(
         root, exe=[PYTHON, TOOL], arguments=[f"@{name}.args"],
@@ -62,7 +63,7 @@ def test_a_buck2_shaped_action_runs_on_a_warm_worker(client: RemoteClient, tmp_p
     first, second = run(client, root, "a"), run(client, root, "b")
     assert first.exit_code == second.exit_code == 0, first.stderr + second.stderr
     assert first.stderr == second.stderr  # the same worker process answered both
-    assert int(first.stderr)
+    assert host_pid(first.stderr.decode())
 
 
 def test_the_executor_never_trusts_buck2_s_key(client: RemoteClient, tmp_path: Path) -> None:
@@ -136,7 +137,7 @@ def test_two_instances_never_share_a_worker(
     other = RemoteClient(RemoteSettings(f"unix://{engine}/run/buildgrid.sock", "tenant-b"))
     root = project(tmp_path)
     pids = {
-        name: [int(run(each, root, f"{name}{i}").stderr) for i in range(2)]
+        name: [run(each, root, f"{name}{i}").stderr for i in range(2)]
         for name, each in (("main", client), ("tenant", other))
     }
     assert pids["main"][0] == pids["main"][1] and pids["tenant"][0] == pids["tenant"][1]

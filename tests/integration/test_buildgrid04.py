@@ -21,6 +21,7 @@ from tests.integration.test_remote import (
     running_action,
     runtime,
 )
+from tests.worker_identity import host_pid, reported
 from workers_dev.emulator import make_command
 
 VENV = REPO_ROOT / ".cache" / "buildgrid04-venv"
@@ -33,8 +34,9 @@ def engine() -> Iterator[Path]:
         yield directory
 
 
-def output_pid(root: Path, name: str) -> int:
-    return int((root / "out" / f"{name}.txt").read_text().split("pid=")[1])
+def output_pid(root: Path, name: str) -> str:
+    """Which worker process wrote the output (tests/worker_identity.py)."""
+    return reported((root / "out" / f"{name}.txt").read_text())
 
 
 def test_the_cluster_reports_buildgrid_0_4(engine: Path) -> None:
@@ -45,7 +47,7 @@ def test_the_cluster_reports_buildgrid_0_4(engine: Path) -> None:
 
 
 def test_requests_run_on_warm_remote_workers_per_tenant(tmp_path: Path, engine: Path) -> None:
-    pids: dict[str, set[int]] = {}
+    pids: dict[str, set[str]] = {}
     for instance in ("main", "tenant-b"):
         root = project(tmp_path / instance, engine, instance)
         (root / "src" / "a.txt").write_text(f"0.4 {instance} {tmp_path}\n")
@@ -71,10 +73,11 @@ def test_a_race_the_local_side_wins_cancels_the_remote_action(tmp_path: Path, en
             root, "r", "--sleep-if", "remote", "300", "--wait-if", "local", "go-local"
         )
         pending = in_background(worker, "r.args", env)
-        executor, remote_pid = running_action(engine, earlier)
+        executor, remote = running_action(engine, earlier)
+        remote_pid = host_pid(remote)
         (root / "go-local").touch()
         response = pending.result(timeout=60)
     assert response.exit_code == 0, response.stderr
-    assert output_pid(root, "r") == int((root / "started.txt").read_text())  # local's
-    assert wait_gone([int(remote_pid)], 30) == []
+    assert output_pid(root, "r") == (root / "started.txt").read_text()  # local's
+    assert wait_gone([remote_pid], 30) == []
     assert not is_gone(executor)

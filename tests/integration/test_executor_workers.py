@@ -18,6 +18,7 @@ from typing import cast
 import pytest
 
 from tests.conftest import REPO_ROOT, wait_gone
+from tests.worker_identity import host_pid, reported
 from worker_runtime.backends.key import WorkerKey
 from worker_runtime.backends.process import BackendProcess
 from worker_runtime.executor.limits import Confinement, Limits
@@ -51,12 +52,13 @@ def start(
 
 
 def served_pid(worker: PersistentWorker, sandbox: Path) -> str:
+    """The host pid of the worker process that served a request, as text."""
     (sandbox / "in.txt").write_text("x\n")
     response = worker.call(
         WorkRequest(arguments=("--out", "o.txt", "in.txt"), sandbox_dir=str(sandbox)), timeout_s=30
     )
     assert response.exit_code == 0, response.output
-    return (sandbox / "o.txt").read_text().split("pid=")[1].strip()
+    return str(host_pid(reported((sandbox / "o.txt").read_text())))
 
 
 def test_tenants_never_share_and_a_tenant_reuses_its_own(pool: WorkerPool, tmp_path: Path) -> None:
@@ -143,7 +145,7 @@ def test_a_multiplex_worker_serves_concurrent_requests_in_one_process(
     second = b.call(request("--out", "o.txt", "in.txt", sandbox=tmp_path / "b"), 30)
     thread.join(30)
     assert second.exit_code == 0 and results == [0]
-    pids = {(tmp_path / s / "o.txt").read_text().split("pid=")[1].strip() for s in "ab"}
+    pids = {str(host_pid(reported((tmp_path / s / "o.txt").read_text()))) for s in "ab"}
     assert pids == {str(a.pid)}
     pool.release(a, healthy=True)
     pool.release(b, healthy=True)

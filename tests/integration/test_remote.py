@@ -20,6 +20,7 @@ import pytest
 from tests.clusters import cluster, executor_metrics, private_cluster
 from tests.conftest import REPO_ROOT, RUNTIME, is_gone, wait_gone
 from tests.unix_proxy import UnixProxy
+from tests.worker_identity import host_pid, reported
 from worker_runtime.envelope import Envelope, write_envelope
 from worker_runtime.proto.buck2_worker_pb2 import ExecuteResponse
 from workers_dev.emulator import Buck2Worker, make_command
@@ -38,8 +39,9 @@ def engine() -> Iterator[Path]:
 def signals() -> Iterator[Path]:
     """Where a test leaves the file a remote action waits for: a directory its tenant's
     uid can see into (pytest's tmp_path is root's and 0700, and the executor runs each
-    tenant as a uid of its own)."""
-    directory = Path(tempfile.mkdtemp(prefix="wr-signals-"))
+    tenant as a uid of its own), and its sandbox shows (this checkout, read-only)."""
+    (REPO_ROOT / ".cache").mkdir(exist_ok=True)
+    directory = Path(tempfile.mkdtemp(prefix="test-signals-", dir=REPO_ROOT / ".cache"))
     directory.chmod(0o755)
     yield directory
     shutil.rmtree(directory, ignore_errors=True)
@@ -109,7 +111,7 @@ def runtime(root: Path) -> Buck2Worker:
 
 
 def running_action(engine: Path, earlier: set[Path]) -> tuple[int, str]:
-    """(executor PID, worker PID) of the slow action that has just started remotely: the
+    """(executor PID, worker identity) of the slow action that has just started remotely: the
     test worker writes started.txt into its action directory (``earlier`` ones are a
     killed executor's leftovers)."""
     deadline = time.monotonic() + 30
@@ -120,7 +122,7 @@ def running_action(engine: Path, earlier: set[Path]) -> tuple[int, str]:
     assert started, "the action never started"
     index = int(started[0].parts[-4].split("-")[1])  # executors/executor-<i>-<instance>/...
     executor = json.loads((engine / "state.json").read_text())["executor_pids"][index]
-    return int(executor), started[0].read_text()
+    return int(executor), wait_for_text(started[0])
 
 
 def metric(engine: Path, name: str) -> float:
@@ -170,9 +172,9 @@ def test_requests_with_the_same_key_run_on_the_same_remote_worker(
             assert response.stderr == f"wrote out/r{i}.txt\n"
             text = (root / "out" / f"r{i}.txt").read_text()
             assert text.startswith("alpha\npid=")
-            pids.append(text.split("pid=")[1])
+            pids.append(reported(text))
         assert pids[0] == pids[1]  # one warm worker process served both
-        assert int(pids[0].strip()) != os.getpid()
+        assert host_pid(pids[0]) != os.getpid()
         # Other tool files: never the same worker.
         (root / "tools" / "worker.py").write_text(
             (root / "tools" / "worker.py").read_text() + "\n# v2\n"
@@ -180,7 +182,7 @@ def test_requests_with_the_same_key_run_on_the_same_remote_worker(
         env = copy_action(root, "r2")
         response = worker.execute(make_command(["@r2.args"], env=env))
         assert response.exit_code == 0, response.stderr
-        assert (root / "out" / "r2.txt").read_text().split("pid=")[1] != pids[0]
+        assert reported((root / "out" / "r2.txt").read_text()) != pids[0]
 
 
 def test_a_cached_action_is_not_run_again(tmp_path: Path, engine: Path) -> None:
@@ -205,9 +207,12 @@ def test_a_worker_writing_outside_its_directory_gets_nothing_back(
     with runtime(root) as worker:
         env = action(root, "e", ["--escape", str(outside)], [], ["out/e.txt"])
         response = worker.execute(make_command(["@e.args"], env=env))
+    escaped = outside.exists()
     outside.unlink(missing_ok=True)
-    assert response.exit_code == 0  # the process could write there (no sandbox yet) ...
+    assert response.exit_code == 0  # the process could write there ...
     assert not (root / "out" / "e.txt").exists()  # ... but nothing outside comes back
+    # As root the executors are sandboxed: the write went to the action's own private /tmp.
+    assert escaped == (os.geteuid() != 0)
 
 
 def test_an_output_path_leaving_the_root_is_refused(tmp_path: Path, engine: Path) -> None:
@@ -246,9 +251,7 @@ def test_two_instance_names_never_share_a_worker(tmp_path: Path, engine: Path) -
                 )
                 response = worker.execute(make_command([f"@t{i}.args"], env=env))
                 assert response.exit_code == 0, response.stderr
-            pids[instance] = {
-                (root / "out" / f"t{i}.txt").read_text().split("pid=")[1] for i in range(2)
-            }
+            pids[instance] = {reported((root / "out" / f"t{i}.txt").read_text()) for i in range(2)}
     assert len(pids["main"]) == 1 and len(pids["tenant-b"]) == 1  # warm within a tenant
     assert pids["main"] != pids["tenant-b"]  # never across tenants
 
@@ -341,12 +344,12 @@ def test_auto_runs_locally_while_a_local_slot_is_free_and_overflows_to_remote(
         slow.join(timeout=60)
         run("c")  # the slot is free again: local, on the same warm backend
 
-    def pid(name: str) -> int:
-        return int((root / "out" / f"{name}.txt").read_text().split("pid=")[1])
+    def pid(name: str) -> str:
+        return reported((root / "out" / f"{name}.txt").read_text())
 
     assert pid("a") == pid("c")  # local and warm
     assert pid("b") != pid("a")
-    assert (root / "started.txt").read_text() == str(pid("a"))  # a ran in the project: locally
+    assert (root / "started.txt").read_text() == pid("a")  # a ran in the project: locally
 
 
 def test_an_output_that_is_a_symlink_out_of_the_action_is_refused(
@@ -376,7 +379,7 @@ def test_an_executor_stopped_mid_action_finishes_it_first(tmp_path: Path, engine
         response = pending.result(timeout=120)
     assert response.exit_code == 0, response.stderr
     # Finished by the worker that had started it: not lost, not run again elsewhere.
-    assert (root / "out" / "g.txt").read_text().split("pid=")[1].strip() == worker_pid
+    assert reported((root / "out" / "g.txt").read_text()) == worker_pid
     assert wait_gone([executor]) == []
     assert cluster("up", "--executors", "3", "--dir", str(engine)).returncode == 0  # restored
 
@@ -392,6 +395,16 @@ def wait_for(path: Path, timeout_s: float = 30) -> None:
     while not path.exists() and time.monotonic() < deadline:
         time.sleep(0.02)
     assert path.exists(), f"{path} never appeared"
+
+
+def wait_for_text(path: Path, timeout_s: float = 30) -> str:
+    """What a worker writes to ``path`` (its identity), once it is written."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if path.exists() and (text := path.read_text()):
+            return text
+        time.sleep(0.02)
+    raise AssertionError(f"{path} was never written")
 
 
 def test_race_remote_wins_and_the_local_side_is_stopped_before_the_outputs_land(
@@ -416,7 +429,8 @@ def test_race_remote_wins_and_the_local_side_is_stopped_before_the_outputs_land(
         )
         pending = in_background(worker, "rw.args", env)
         wait_for(root / "out" / "rw.txt")  # the local side is scribbling
-        local_pid = int((root / "started.txt").read_text())
+        local = (root / "started.txt").read_text()
+        local_pid = host_pid(local)
         go_remote.touch()
         response = pending.result(timeout=60)
         assert response.exit_code == 0, response.stderr
@@ -424,13 +438,13 @@ def test_race_remote_wins_and_the_local_side_is_stopped_before_the_outputs_land(
         time.sleep(0.3)  # a loser still running would have scribbled over them by now
         text = (root / "out" / "rw.txt").read_text()
         assert text.startswith(f"race remote {tmp_path}\n")
-        assert int(text.split("pid=")[1]) != local_pid  # written by the remote worker
+        assert reported(text) != local  # written by the remote worker
         # The local pool is whole again: the next race starts a fresh local backend.
         (root / "started.txt").unlink()
         env = copy_action(root, "rw2", "--wait-if", "remote", "never")
         response = worker.execute(make_command(["@rw2.args"], env=env))
         assert response.exit_code == 0, response.stderr
-        assert int((root / "out" / "rw2.txt").read_text().split("pid=")[1]) != local_pid
+        assert reported((root / "out" / "rw2.txt").read_text()) != local
 
 
 def test_a_race_answered_by_the_action_cache_never_starts_the_local_side(
@@ -460,11 +474,12 @@ def test_a_race_past_its_timeout_stops_both_sides(tmp_path: Path, engine: Path) 
     with runtime(root) as worker:
         env = copy_action(root, "rt", "--wait-if", "local", "never", "--wait-if", "remote", "never")
         pending = in_background(worker, "rt.args", env, timeout_s=5)
-        _, remote_pid = running_action(engine, earlier)
+        remote_pid = host_pid(running_action(engine, earlier)[1])
+        local_pid = host_pid(wait_for_text(root / "started.txt"))
         response = pending.result(timeout=60)
     assert response.exit_code == 125 and response.timed_out_after_s == 5
     assert "ran past its timeout of 5 s" in response.stderr
-    assert wait_gone([int((root / "started.txt").read_text()), int(remote_pid)], 30) == []
+    assert wait_gone([local_pid, remote_pid], 30) == []
     assert not (root / "out" / "rt.txt").exists()
 
 
@@ -499,18 +514,19 @@ def test_race_local_wins_and_the_remote_action_is_cancelled_on_its_executor(
             root, "lw", "--sleep-if", "remote", "300", "--wait-if", "local", "go-local"
         )
         pending = in_background(worker, "lw.args", env)
-        executor, remote_pid = running_action(engine, earlier)  # the remote side is running
+        executor, remote = running_action(engine, earlier)  # the remote side is running
+        remote_pid = host_pid(remote)
         actions = {p.parent for p in engine.glob("executors/*/actions/*/started.txt")} - {
             p.parent for p in earlier
         }
         go_local.touch()
         response = pending.result(timeout=60)
         assert response.exit_code == 0, response.stderr
-        local_pid = int((root / "started.txt").read_text())
-        assert int((root / "out" / "lw.txt").read_text().split("pid=")[1]) == local_pid
+        local = (root / "started.txt").read_text()
+        assert reported((root / "out" / "lw.txt").read_text()) == local
         # No orphan: the operation was cancelled on the server, the executor dropped the
         # lease and killed the worker running it, and removed the action's directory.
-        assert wait_gone([int(remote_pid)], 30) == []
+        assert wait_gone([remote_pid], 30) == []
         deadline = time.monotonic() + 30
         while any(a.exists() for a in actions) and time.monotonic() < deadline:
             time.sleep(0.05)
@@ -521,7 +537,7 @@ def test_race_local_wins_and_the_remote_action_is_cancelled_on_its_executor(
         assert metric(engine, cancelled) >= 1
         assert not is_gone(executor)  # the executor itself lives on
         # The discarded worker's output never lands: the local result stays.
-        assert int((root / "out" / "lw.txt").read_text().split("pid=")[1]) == local_pid
+        assert reported((root / "out" / "lw.txt").read_text()) == local
 
 
 def test_race_with_a_dead_remote_answers_with_the_local_result(
@@ -573,12 +589,13 @@ def test_a_remote_request_the_runtime_gives_up_on_is_cancelled_on_its_executor(
     with runtime(root) as worker:
         env = copy_action(root, "ab", "--sleep-if", "remote", "300")
         pending = in_background(worker, "ab.args", env)
-        executor, remote_pid = running_action(engine, earlier)
+        executor, remote = running_action(engine, earlier)
+        remote_pid = host_pid(remote)
         assert worker.terminate() == 0
         response = pending.result(timeout=30)
     assert response.exit_code == 125
     assert "shutting down" in response.stderr
-    assert wait_gone([int(remote_pid)], 30) == []
+    assert wait_gone([remote_pid], 30) == []
     assert not is_gone(executor)
     assert not (root / "out" / "ab.txt").exists()
 
@@ -617,7 +634,7 @@ def test_a_multiplex_worker_takes_concurrent_remote_actions_of_its_key(
         go.touch()
         response = first.result(timeout=60)
     assert response.exit_code == 0, response.stderr
-    pids = {(root / "out" / f"m{i}.txt").read_text().split("pid=")[1] for i in range(3)}
+    pids = {reported((root / "out" / f"m{i}.txt").read_text()) for i in range(3)}
     assert len(pids) == 1  # one process served all three, two of them at once
 
 

@@ -1,6 +1,7 @@
 """The executor's sandbox as an action sees it (bubblewrap, as root): only its own
-directory writable, the system read-only, a private /tmp, no other process, no network
-unless asked, the tenant's uid with no groups, no capabilities and no_new_privs."""
+directory writable, the system read-only, a private /tmp it may write in, no other
+process, no network unless asked, the tenant's uid with no groups, no capabilities and
+no_new_privs."""
 
 from __future__ import annotations
 
@@ -36,6 +37,7 @@ print(json.dumps({
     "tmp": os.listdir("/tmp"),
     "cap_eff": status["CapEff"].strip(), "no_new_privs": status["NoNewPrivs"].strip(),
     "write_own": attempt(lambda: open("own.txt", "w").write("x")),
+    "write_tmp": attempt(lambda: open("/tmp/scratch.txt", "w").write("x")),
     "write_usr": attempt(lambda: open("/usr/x", "w")),
     "connect": attempt(lambda: socket.create_connection(("127.0.0.1", int(sys.argv[1])), 5)),
 }))
@@ -73,6 +75,7 @@ def test_an_action_sees_only_what_it_should(action_dir: Path) -> None:
     assert seen["cwd"] == str(action_dir)
     assert seen["pids"] == [1, 2]  # bubblewrap's init and the action: nothing else
     assert seen["tmp"] == [action_dir.parent.name]  # a private /tmp, its own path only
+    assert seen["write_tmp"] == "ok"  # and the tenant's to write in (compilers' scratch)
     assert seen["cap_eff"] == "0000000000000000" and seen["no_new_privs"] == "1"
     assert seen["write_own"] == "ok" and (action_dir / "own.txt").read_text() == "x"
     assert seen["write_usr"] == "Read-only file system"
@@ -81,3 +84,26 @@ def test_an_action_sees_only_what_it_should(action_dir: Path) -> None:
 
 def test_the_network_only_when_the_platform_asks(action_dir: Path) -> None:
     assert look(action_dir, network=True)["connect"] == "ok"
+
+
+@pytest.mark.parametrize(
+    ("source", "compile_it", "output"),
+    [
+        ("M.hs", ["ghc", "-c", "M.hs"], "M.o"),  # its package database is under /var/lib
+        ("M.java", ["javac", "M.java"], "M.class"),  # its configuration under /etc
+    ],
+)
+def test_debian_s_compilers_work_in_the_sandbox(
+    action_dir: Path, source: str, compile_it: list[str], output: str
+) -> None:
+    """GHC and javac as the tenant, in the sandbox: each finds the files it keeps outside
+    /usr, and writes its scratch files in the private /tmp."""
+    text = {"M.hs": "module M where\nx :: Int\nx = 1\n", "M.java": "class M {}\n"}[source]
+    (action_dir / source).write_text(text)
+    argv = Sandbox.find().command(
+        compile_it, run_as=TENANT, writable=[str(action_dir)], cwd=str(action_dir),
+        network=False,
+    )  # fmt: skip
+    result = subprocess.run(argv, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert (action_dir / output).is_file()

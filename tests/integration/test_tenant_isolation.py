@@ -25,6 +25,7 @@ import pytest
 from tests.clusters import private_cluster
 from tests.integration.test_remote import action, copy_action, in_background, project, runtime
 from worker_runtime.cluster.commands import TENANT_UID_RANGE
+from worker_runtime.executor.limits import default_tenant_memory_mb
 from worker_runtime.executor.privileges import kept_mask
 from worker_runtime.executor.tenants import parse_uid_range
 from workers_dev.emulator import make_command
@@ -51,6 +52,7 @@ def engine(request: pytest.FixtureRequest) -> Iterator[Engine]:
     if sandbox:
         assert shutil.which("bwrap"), "bubblewrap is missing: scripts/bootstrap.sh installs it"
     extra = ["--sandbox", "--limit-memory", "256", "--limit-pids", "64"] if sandbox else []
+    extra = extra or ["--no-sandbox"]  # the cluster's default as root is the sandbox
     with private_cluster("--executors", "2", *extra) as directory:
         yield Engine(directory, sandbox)
 
@@ -109,9 +111,11 @@ def test_a_hostile_tenant_cannot_reach_another_tenant_or_the_executor(
     )
     for name in ("CapEff", "CapPrm", "CapBnd"):
         assert int(status[name], 16) == kept_mask(), name
-    # It says which limits are in force and how (1,024 processes unless told otherwise).
+    # It says which limits are in force and how (unless told otherwise, 3/4 of the
+    # machine's memory and 1,024 processes).
     log = (root / "logs" / "executor-0-main.log").read_text()
-    expected = "memory 256 MB, 64 processes" if engine.sandbox else "1024 processes"
+    default = f"memory {default_tenant_memory_mb()} MB, 1024 processes"
+    expected = "memory 256 MB, 64 processes" if engine.sandbox else default
     assert f"limits: {expected} per action and worker, by cgroup v1" in log
 
     # A's processes and directories are A's own, private, and not root's.

@@ -78,3 +78,23 @@ def test_limits_must_be_positive_and_need_root(tmp_path: Path) -> None:
         unprivileged = executor(tmp_path, "--limit-pids", "10", as_nobody=True)
         assert unprivileged.returncode == 2
         assert "the --limit-* options need root" in unprivileged.stderr
+
+
+def test_the_help_names_every_default(tmp_path: Path) -> None:
+    result = executor(tmp_path, "--help")
+    assert result.returncode == 0, result.stderr
+    assert "75% of the machine's" in result.stdout and "default with --uid-range: 1024" in (
+        " ".join(result.stdout.split())
+    )
+
+
+def test_with_tenants_memory_is_bounded_by_default_where_a_group_can_bound_it() -> None:
+    """3/4 of the machine's memory by a control group; none by rlimits, whose address-space
+    limit GHC's and the JVM's reservations would pass without using the memory."""
+    from worker_runtime.executor import limits
+
+    with open("/proc/meminfo") as meminfo:
+        total_kb = next(int(line.split()[1]) for line in meminfo if line.startswith("MemTotal"))
+    mechanism = limits.Confinement(limits.Limits(pids=1), "probe").kind
+    expected = None if mechanism == "rlimits" else (total_kb * 3 // 4) >> 10
+    assert limits.default_tenant_memory_mb() == expected

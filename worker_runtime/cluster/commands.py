@@ -132,17 +132,17 @@ TENANT_UID_RANGE = "200000-200999"
 def tenant_arguments(layout: ClusterLayout, options: Sequence[str] = ()) -> list[str]:
     """As root, each tenant under its own uid from one map shared by every executor;
     otherwise none (each executor runs its one tenant as this user). Then ``options``
-    (`--sandbox`, `--limit-*`); in the sandbox, this checkout is seen read-only (the
-    tests' workers and their interpreter's packages live in it)."""
+    (`--sandbox`, `--no-sandbox`, `--limit-*`). The sandbox is the executor's own default
+    with tenants; in it, this checkout is seen read-only (the tests' workers and their
+    interpreter's packages live in it)."""
     arguments = []
     if os.geteuid() == 0:
         uid_map = layout.root / "executors" / "tenant-uids.json"
         arguments += ["--uid-range", TENANT_UID_RANGE, "--uid-map", str(uid_map)]
     arguments += options
-    if "--sandbox" in options:
+    sandboxed = "--sandbox" in options or (os.geteuid() == 0 and "--no-sandbox" not in options)
+    if sandboxed:
         arguments += ["--sandbox-read-only", str(CHECKOUT)]
-    elif os.geteuid() == 0:  # the executor's default with tenants; the tests' workers
-        arguments.append("--no-sandbox")  # report their host pids, so off unless asked
     return arguments
 
 
@@ -224,16 +224,22 @@ def up_main(argv: Sequence[str]) -> int:
         "--executors", type=int, default=0, metavar="N",
         help="bots to start, taking the instances in turn (main, tenant-b, main, ...)",
     )  # fmt: skip
-    parser.add_argument(
-        "--sandbox", action="store_true",
-        help="executors run each action and worker in namespaces of its own (bubblewrap)",
+    sandbox = parser.add_mutually_exclusive_group()
+    sandbox.add_argument(
+        "--sandbox", action="store_const", const=True, dest="sandbox",
+        help="executors run each action and worker in namespaces of its own (bubblewrap); "
+        "the default as root, where each tenant has its own uid",
+    )  # fmt: skip
+    sandbox.add_argument(
+        "--no-sandbox", action="store_const", const=False, dest="sandbox",
+        help="executors run actions and workers without the sandbox (their own uids still)",
     )  # fmt: skip
     for name, kind in (("--limit-memory", int), ("--limit-cpus", float), ("--limit-pids", int)):
         parser.add_argument(
             name, type=kind, metavar="N", help=f"the executors' {name} (as `executor` says)"
         )
     args = parser.parse_args(argv)
-    options = ["--sandbox"] if args.sandbox else []
+    options = {True: ["--sandbox"], False: ["--no-sandbox"], None: []}[args.sandbox]
     for name in ("limit_memory", "limit_cpus", "limit_pids"):
         if getattr(args, name) is not None:
             options += [f"--{name.replace('_', '-')}", f"{getattr(args, name):g}"]

@@ -11,7 +11,12 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from worker_runtime.executor.bots import ExecutorSettings, run_executor
-from worker_runtime.executor.limits import DEFAULT_TENANT_PIDS, Limits
+from worker_runtime.executor.limits import (
+    DEFAULT_TENANT_MEMORY_SHARE,
+    DEFAULT_TENANT_PIDS,
+    Limits,
+    default_tenant_memory_mb,
+)
 from worker_runtime.executor.privileges import KEPT, keep_only_what_is_needed
 from worker_runtime.executor.sandbox import Sandbox, SandboxError
 from worker_runtime.executor.tenants import TenantError, parse_uid_range, privilege_problem
@@ -86,7 +91,8 @@ def main(argv: Sequence[str]) -> int:
     )
     for name, kind, what in (
         ("--limit-memory", int, "MB of memory each action and each persistent worker may use; "
-         "one that passes it is killed alone, its action RESOURCE_EXHAUSTED"),
+         "one that passes it is killed alone, its action RESOURCE_EXHAUSTED (default with "
+         f"--uid-range and cgroups: {DEFAULT_TENANT_MEMORY_SHARE * 100:.0f}%% of the machine's)"),
         ("--limit-cpus", float, "CPUs each action and each persistent worker may use"),
         ("--limit-pids", int, "processes each action and each persistent worker may have "
          f"(default with --uid-range: {DEFAULT_TENANT_PIDS}, so that a fork bomb stays in its "
@@ -107,10 +113,11 @@ def main(argv: Sequence[str]) -> int:
     sandboxed = args.sandbox if args.sandbox is not None else uid_range is not None
     if args.sandbox_read_only and not sandboxed:
         parser.error("--sandbox-read-only needs the sandbox (--sandbox)")
-    pids = args.limit_pids
-    if pids is None and uid_range is not None:
-        pids = DEFAULT_TENANT_PIDS
-    limits = Limits(args.limit_memory, args.limit_cpus, pids)
+    memory, pids = args.limit_memory, args.limit_pids
+    if uid_range is not None:  # tenants: none may take the machine unless the operator says
+        memory = default_tenant_memory_mb() if memory is None else memory
+        pids = DEFAULT_TENANT_PIDS if pids is None else pids
+    limits = Limits(memory, args.limit_cpus, pids)
     for name, value in (("--limit-memory", limits.memory_mb), ("--limit-cpus", limits.cpus),
                         ("--limit-pids", limits.pids)):  # fmt: skip
         if value is not None and value <= 0:

@@ -35,6 +35,10 @@ BASE = "worker-runtime"
 #: The process limit of each action and worker when the executor runs tenants and the
 #: operator set none: far above what a compiler needs, far below what takes a machine.
 DEFAULT_TENANT_PIDS = 1024
+#: The share of the machine's memory each action and worker may use when the executor
+#: runs tenants and the operator set none: one alone cannot take the machine (and the
+#: executor with it), and no compiler is starved.
+DEFAULT_TENANT_MEMORY_SHARE = 0.75
 #: The CPU period the quota is a share of (microseconds).
 CPU_PERIOD_US = 100_000
 _V1_CONTROLLERS = ("memory", "cpu", "pids")
@@ -79,6 +83,41 @@ def _mounts() -> list[tuple[str, str, set[str]]]:
             if len(fields) >= 4 and fields[2] in ("cgroup", "cgroup2"):
                 found.append((fields[1], fields[2], set(fields[3].split(","))))
     return found
+
+
+def _hierarchies() -> tuple[Path | None, dict[str, Path]]:
+    """The cgroup v2 mount that has the memory, cpu and pids controllers (or None), and
+    the v1 mount of each of those controllers that has one."""
+    v2: Path | None = None
+    v1: dict[str, Path] = {}
+    for mount, kind, options in _mounts():
+        if kind == "cgroup2":
+            controllers = (Path(mount) / "cgroup.controllers").read_text().split()
+            if {"memory", "pids", "cpu"} <= set(controllers):
+                v2 = Path(mount)
+        else:
+            for controller in _V1_CONTROLLERS:
+                if controller in options:
+                    v1[controller] = Path(mount)
+    return v2, v1
+
+
+def _mechanism(v2: Path | None, v1: dict[str, Path]) -> str:
+    if v2 is not None:
+        return "cgroup v2"
+    return "cgroup v1" if set(v1) == set(_V1_CONTROLLERS) else "rlimits"
+
+
+def default_tenant_memory_mb() -> int | None:
+    """The memory limit of each action and worker with tenants when the operator set
+    none: ``DEFAULT_TENANT_MEMORY_SHARE`` of the machine's, where a control group
+    enforces it. None where only rlimits would: ``RLIMIT_AS`` bounds the address space,
+    which GHC's and the JVM's reservations pass without using the memory."""
+    if _mechanism(*_hierarchies()) == "rlimits":
+        return None
+    with open("/proc/meminfo") as meminfo:
+        total_kb = next(int(line.split()[1]) for line in meminfo if line.startswith("MemTotal:"))
+    return int(total_kb * DEFAULT_TENANT_MEMORY_SHARE) >> 10
 
 
 class Group:
@@ -138,23 +177,10 @@ class Confinement:
         """``rlimits_only``: the fallback even where there are cgroups (for its tests)."""
         self.limits = limits
         safe = re.sub(r"[^A-Za-z0-9_.-]", "_", bot_id)
-        self._v2: Path | None = None
-        self._v1: dict[str, Path] = {}
-        for mount, kind, options in [] if rlimits_only else _mounts():
-            if kind == "cgroup2":
-                controllers = (Path(mount) / "cgroup.controllers").read_text().split()
-                if {"memory", "pids", "cpu"} <= set(controllers):
-                    self._v2 = Path(mount) / BASE / safe
-            else:
-                for controller in _V1_CONTROLLERS:
-                    if controller in options:
-                        self._v1[controller] = Path(mount) / BASE / safe
-        if self._v2 is not None:
-            self.kind = "cgroup v2"
-        elif set(self._v1) == set(_V1_CONTROLLERS):
-            self.kind = "cgroup v1"
-        else:
-            self.kind = "rlimits"
+        v2, v1 = (None, {}) if rlimits_only else _hierarchies()
+        self.kind = _mechanism(v2, v1)
+        self._v2 = v2 / BASE / safe if v2 is not None else None
+        self._v1 = {controller: mount / BASE / safe for controller, mount in v1.items()}
         self._serial = 0
 
     def describe(self) -> str:

@@ -2,8 +2,8 @@
 
 Each runs in namespaces of its own, made by bubblewrap (started by the executor, as
 root): a mount namespace in which it sees the system directories read-only (``/usr``,
-``/etc``, ``/opt`` and the merged-usr links), the operator's ``--sandbox-read-only``
-paths, a private ``/tmp``, a fresh ``/proc`` and ``/dev``, and, writable, only its own
+``/etc``, ``/opt``, the merged-usr links, and toolchain data kept elsewhere: Debian's
+GHC package database), the operator's ``--sandbox-read-only`` paths, a private ``/tmp``, a fresh ``/proc`` and ``/dev``, and, writable, only its own
 directories (an action: its action directory; a persistent worker: its home and the
 executor's ``actions/``, where each request's directory, its tenant's and 0700,
 appears); a PID namespace (no other process is visible); IPC and UTS namespaces; and a
@@ -30,6 +30,9 @@ NETWORK_PROPERTY = "network"
 SYSTEM_DIRECTORIES = ("/usr", "/etc", "/opt")
 #: Links to /usr on a merged-usr system, directories on an older one.
 SYSTEM_LINKS = ("/bin", "/sbin", "/lib", "/lib64", "/lib32", "/libx32")
+#: Toolchain data a distribution keeps outside /usr, seen read-only when present: Debian's
+#: GHC links /usr/lib/ghc/package.conf.d to its package database here.
+TOOLCHAIN_DATA = ("/var/lib/ghc",)
 
 
 class SandboxError(RuntimeError):
@@ -44,7 +47,8 @@ def wants_network(properties: dict[str, str]) -> bool:
 class Sandbox:
     bwrap: str
     setpriv: str
-    #: The operator's extra read-only paths (toolchains outside /usr and /opt).
+    #: The extra read-only paths: ``TOOLCHAIN_DATA`` present here, and the operator's
+    #: (toolchains outside /usr and /opt).
     read_only: tuple[str, ...] = ()
 
     @classmethod
@@ -65,7 +69,8 @@ class Sandbox:
         for path in read_only:
             if not os.path.isabs(path) or not os.path.exists(path):
                 raise SandboxError(f"--sandbox-read-only {path}: not an existing absolute path")
-        return cls(bwrap, setpriv, tuple(read_only))
+        present = [path for path in TOOLCHAIN_DATA if os.path.isdir(path)]
+        return cls(bwrap, setpriv, tuple(dict.fromkeys([*present, *read_only])))
 
     def command(
         self,
@@ -92,7 +97,7 @@ class Sandbox:
                 command += ["--symlink", os.readlink(link), link]
             elif os.path.isdir(link):
                 command += ["--ro-bind", link, link]
-        command += ["--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp"]
+        command += ["--proc", "/proc", "--dev", "/dev", "--perms", "1777", "--tmpfs", "/tmp"]
         # The directories above each bound path, which bubblewrap would make 0700 (and
         # shut the tenant out): 0711, so that it passes through and lists nothing.
         bound = (*SYSTEM_DIRECTORIES, *self.read_only)

@@ -97,6 +97,7 @@ def secure_engine() -> Iterator[SecureEngine]:
         (tls / "jwt.secret").write_bytes(secret)
         token_file = tls / "token"
         token_file.write_text(jwt_hs256(secret, {"sub": "ci", "exp": int(time.time()) + 7200}))
+        token_file.chmod(0o600)  # a multi-tenant executor refuses a token others may read
         port = free_port()
         endpoint = f"grpcs://127.0.0.1:{port}"
         server = f"""  - !channel

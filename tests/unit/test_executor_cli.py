@@ -98,3 +98,28 @@ def test_with_tenants_memory_is_bounded_by_default_where_a_group_can_bound_it() 
     mechanism = limits.Confinement(limits.Limits(pids=1), "probe").kind
     expected = None if mechanism == "rlimits" else (total_kb * 3 // 4) >> 10
     assert limits.default_tenant_memory_mb() == expected
+
+
+@pytest.mark.skipif(os.getuid() != 0, reason="needs root: a multi-tenant executor")
+def test_with_tenants_a_token_others_may_read_is_refused(tmp_path: Path) -> None:
+    """The sandbox shows /etc read-only and the tenants' uids read what others may: the
+    executor's bearer token must be its own."""
+    token = tmp_path / "token"
+    token.write_text("secret\n")
+    token.chmod(0o644)
+    refused = executor(tmp_path, "--uid-range", "200000-200009", "--credentials-file", str(token))
+    assert refused.returncode == 2
+    assert f"--credentials-file {token} is -rw-r--r--" in refused.stderr
+    assert f"chmod 600 {token}" in refused.stderr
+    os.chown(token, 0, 200003)  # its group is a tenant's
+    token.chmod(0o640)
+    assert (
+        "is -rw-r-----"
+        in executor(
+            tmp_path, "--uid-range", "200000-200009", "--credentials-file", str(token)
+        ).stderr
+    )
+    token.chmod(0o600)  # then it gets as far as the endpoint (not TLS: refused for that)
+    passed = executor(tmp_path, "--uid-range", "200000-200009", "--credentials-file", str(token))
+    assert passed.returncode == 2 and "could read the executor's token" not in passed.stderr
+    assert "credentials_file" in passed.stderr

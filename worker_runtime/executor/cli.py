@@ -19,7 +19,12 @@ from worker_runtime.executor.limits import (
 )
 from worker_runtime.executor.privileges import KEPT, keep_only_what_is_needed
 from worker_runtime.executor.sandbox import Sandbox, SandboxError
-from worker_runtime.executor.tenants import TenantError, parse_uid_range, privilege_problem
+from worker_runtime.executor.tenants import (
+    TenantError,
+    parse_uid_range,
+    privilege_problem,
+    readable_secret,
+)
 from worker_runtime.executor.workers import CANCEL_GRACE_S
 from worker_runtime.remote.channels import ChannelConfigError, parse_endpoint
 
@@ -107,6 +112,8 @@ def main(argv: Sequence[str]) -> int:
     except ValueError as exc:
         parser.error(str(exc))
     problem = privilege_problem(uid_range)
+    if problem is None and uid_range is not None and args.credentials_file:
+        problem = readable_secret(args.credentials_file, uid_range)
     if problem is not None:
         parser.error(problem)
     # Several tenants: each in its own sandbox unless the operator says otherwise.

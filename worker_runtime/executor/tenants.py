@@ -172,6 +172,23 @@ def unreachable_ancestor(path: Path) -> Path | None:
     return None
 
 
+def readable_secret(path: str, uid_range: range) -> str | None:
+    """Why the tenants could read a secret of the executor's (its bearer token): a file
+    others may read, or whose group may and is a tenant's; None if they cannot. The
+    sandbox shows `/etc` read-only, so a token kept there is no safer."""
+    try:
+        status = os.stat(path)
+    except OSError as exc:
+        return f"--credentials-file {path}: {exc.strerror}"
+    by_group = status.st_mode & stat.S_IRGRP and status.st_gid in uid_range
+    if status.st_mode & stat.S_IROTH or by_group:
+        return (
+            f"--credentials-file {path} is {stat.filemode(status.st_mode)}: the tenants' "
+            f"actions could read the executor's token; chmod 600 {path}"
+        )
+    return None
+
+
 #: The work directory's subdirectories the tenants pass through (0711 with tenants), and
 #: the executor's own (0700): its local CAS copy, discarded workers, the workers' logs.
 SHARED_DIRECTORIES = ("actions", "workers")

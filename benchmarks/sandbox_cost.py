@@ -7,7 +7,10 @@ without it (Popen's own uid switch), in the same run, as root.
 - a persistent worker's start: the executor's WorkerPool starting the remote tests'
   worker (python3) and its first request answered;
 - a warm request to that running worker, which must cost nothing more: its namespaces
-  were made once, when it started.
+  were made once, when it started;
+- where there are cgroups, a sandboxed one-shot action with and without the control
+  group the executor gives each action with tenants (its default limits): the group
+  made, joined by a shell before the sandbox, and removed.
 
 Samples alternate between the two, so that both see the same machine. Writes
 benchmarks/results/sandbox_cost.json.
@@ -32,6 +35,13 @@ from typing import Any
 
 from benchmarks.results import add_output_argument, emit
 from worker_runtime.backends.key import WorkerKey
+from worker_runtime.executor.launch import launch
+from worker_runtime.executor.limits import (
+    DEFAULT_TENANT_PIDS,
+    Confinement,
+    Limits,
+    default_tenant_memory_mb,
+)
 from worker_runtime.executor.sandbox import Sandbox
 from worker_runtime.executor.tenants import RunAs, hand_over
 from worker_runtime.executor.workers import WorkerPool
@@ -56,6 +66,25 @@ def oneshot(sandbox: Sandbox | None, directory: Path) -> float:
         run_as = RunAs()
     start = time.perf_counter()
     subprocess.run(argv, cwd=directory, check=True, start_new_session=True, **as_user(run_as.ids))
+    return ms(start)
+
+
+def oneshot_launched(sandbox: Sandbox, directory: Path, confinement: Confinement | None) -> float:
+    """A sandboxed one-shot action as the executor starts it, with or without a control
+    group of its own: made, joined by a shell before the sandbox, and removed after."""
+    start = time.perf_counter()
+    group = confinement.group("bench") if confinement is not None else None
+    try:
+        how = launch(
+            ["/bin/true"], run_as=TENANT, sandbox=sandbox, group=group,
+            writable=[str(directory)], cwd=str(directory), network=False,
+        )  # fmt: skip
+        subprocess.run(
+            how.argv, cwd=directory, check=True, start_new_session=True, **as_user(how.run_as.ids)
+        )
+    finally:
+        if group is not None:
+            group.remove()
     return ms(start)
 
 
@@ -125,6 +154,18 @@ def main(argv: list[str] | None = None) -> int:
         oneshot_dir.mkdir()
         hand_over(oneshot_dir, TENANT)
         shots = alternate(args.rounds, lambda s: oneshot(sandbox if s else None, oneshot_dir))
+        # The control group the executor gives every action with tenants (its defaults).
+        confinement = Confinement(
+            Limits(default_tenant_memory_mb(), None, DEFAULT_TENANT_PIDS), "sandbox-bench"
+        )
+        grouped: dict[bool, list[float]] = {}
+        if confinement.kind != "rlimits":
+            confinement.clear()
+            grouped = alternate(
+                args.rounds,
+                lambda g: oneshot_launched(sandbox, oneshot_dir, confinement if g else None),
+            )
+            confinement.clear()
         pools = {}
         for sandboxed in (False, True):
             workdir = top / ("sandboxed" if sandboxed else "plain")
@@ -154,6 +195,14 @@ def main(argv: list[str] | None = None) -> int:
         ),
         "rounds": args.rounds,
     }
+    if grouped:
+        result["oneshot_group"] = {
+            "mechanism": confinement.kind,
+            "limits": confinement.limits.describe(),
+            "sandboxed_ms": statistics.median(grouped[False]),
+            "sandboxed_grouped_ms": statistics.median(grouped[True]),
+            "added_ms": statistics.median(grouped[True]) - statistics.median(grouped[False]),
+        }
     emit(result, args.output)
     return 0
 

@@ -164,3 +164,7 @@ def test_sandbox_cost_benchmark_writes_its_json() -> None:
     result = run_benchmark("sandbox_cost", "--rounds", "4", "--warm-requests", "5")
     for figure in ("oneshot_action", "worker_start", "warm_request"):
         assert set(result[figure]) == {"plain_ms", "sandboxed_ms", "added_ms"}
+    # This machine kind has cgroups (v1): the control group's own cost is measured too.
+    assert result["oneshot_group"]["mechanism"] in ("cgroup v1", "cgroup v2")
+    assert "1024 processes" in result["oneshot_group"]["limits"]
+    assert {"sandboxed_ms", "sandboxed_grouped_ms", "added_ms"} <= set(result["oneshot_group"])

@@ -3,10 +3,10 @@
 Each runs in namespaces of its own, made by bubblewrap (started by the executor, as
 root): a mount namespace in which it sees the system directories read-only (``/usr``,
 ``/etc``, ``/opt``, the merged-usr links, and toolchain data kept elsewhere: Debian's
-GHC package database), the operator's ``--sandbox-read-only`` paths, a private ``/tmp``, a fresh ``/proc`` and ``/dev``, and, writable, only its own
-directories (an action: its action directory; a persistent worker: its home and the
-executor's ``actions/``, where each request's directory, its tenant's and 0700,
-appears); a PID namespace (no other process is visible); IPC and UTS namespaces; and a
+GHC package database), the operator's ``--sandbox-read-only`` paths, a private ``/tmp``
+(1777), a fresh ``/proc`` and ``/dev``, and, writable, only its own directories (an
+action: its action directory; a persistent worker: its home and the executor's
+``actions/``, where each request's directory, its tenant's and 0700, appears); a PID namespace (no other process is visible); IPC and UTS namespaces; and a
 network namespace with nothing in it unless the action's platform sets ``network`` to
 ``on``. Inside, ``setpriv`` drops to the tenant's uid, with no supplementary groups, no
 capabilities and ``no_new_privs`` (a setuid binary gains nothing).

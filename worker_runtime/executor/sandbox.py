@@ -6,9 +6,10 @@ root): a mount namespace in which it sees the system directories read-only (``/u
 GHC package database), the operator's ``--sandbox-read-only`` paths, a private ``/tmp``
 (1777), a fresh ``/proc`` and ``/dev``, and, writable, only its own directories (an
 action: its action directory; a persistent worker: its home and the executor's
-``actions/``, where each request's directory, its tenant's and 0700, appears); a PID namespace (no other process is visible); IPC and UTS namespaces; and a
-network namespace with nothing in it unless the action's platform sets ``network`` to
-``on``. Inside, ``setpriv`` drops to the tenant's uid, with no supplementary groups, no
+``actions/``, where each request's directory, its tenant's and 0700, appears); a PID
+namespace (no other process is visible); IPC and UTS namespaces; and a network
+namespace with nothing in it unless the action's platform sets ``network`` to ``on``.
+Inside, ``setpriv`` drops to the tenant's uid, with no supplementary groups, no
 capabilities and ``no_new_privs`` (a setuid binary gains nothing).
 
 A persistent worker gets its view once, when it starts: every request of its key runs in

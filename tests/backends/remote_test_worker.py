@@ -10,7 +10,7 @@ symlink. `--escape PATH` writes PATH outside the sandbox instead (a malicious wo
 `--scribble-if SIDE PATH` (on that side) rewrites PATH every 10 ms until it is
 stopped, as a loser still writing would. `--exit` makes the process exit at once (a
 crash). `--probe OUT KIND:TARGET...` (a hostile tenant) tries each of read:PATH,
-write:PATH, list:PATH, kill:PID (signal 0), environ:PID, cmdline:PID and
+write:PATH, unlink:PATH, rename:PATH, list:PATH, kill:PID (signal 0), environ:PID, cmdline:PID and
 connect:HOST:PORT, and writes to OUT a JSON object: its uid, and for each probe "ok" or
 the errno's name. `--eat MB` takes that much memory. `--fork-bomb OUT` starts sleeping
 children until a fork fails (at most 1,000), stops them, and writes their count to OUT. Without --persistent_worker it does
@@ -124,6 +124,8 @@ def probe(targets: list[str]) -> dict[str, str]:
     tries: dict[str, Callable[[str], object]] = {
         "read": lambda path: Path(path).read_bytes(),
         "write": lambda path: Path(path).open("ab").close(),
+        "unlink": os.unlink,
+        "rename": lambda path: os.rename(path, f"{path}.moved"),
         "list": os.listdir,
         "kill": lambda pid: os.kill(int(pid), 0),
         "environ": lambda pid: Path(f"/proc/{pid}/environ").read_bytes(),

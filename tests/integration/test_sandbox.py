@@ -5,6 +5,7 @@ no_new_privs."""
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
@@ -107,3 +108,39 @@ def test_debian_s_compilers_work_in_the_sandbox(
     result = subprocess.run(argv, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert (action_dir / output).is_file()
+
+
+def test_a_worker_s_tool_files_are_read_only_in_its_writable_home(action_dir: Path) -> None:
+    """A persistent worker's home is writable (its scratch), its tool files, mounted
+    again read-only, are not: it can neither change, rename nor remove them."""
+    tools = action_dir / "tools"
+    tools.mkdir()
+    (tools / "w.py").write_text("print('the tool')\n")  # root's, as the executor copies it
+    hand_over(action_dir, TENANT)  # the directories the tenant's, as for a home
+    script = r"""
+import json, os
+def attempt(f):
+    try:
+        f(); return "ok"
+    except OSError as exc:
+        return exc.errno
+print(json.dumps({
+    "change": attempt(lambda: open("tools/w.py", "a").write("x")),
+    "remove": attempt(lambda: os.unlink("tools/w.py")),
+    "rename_file": attempt(lambda: os.rename("tools/w.py", "tools/v.py")),
+    "rename_dir": attempt(lambda: os.rename("tools", "gone")),
+    "add_to_tools": attempt(lambda: open("tools/new.py", "w").write("x")),
+    "scratch": attempt(lambda: open("scratch.txt", "w").write("x")),
+}))
+"""
+    argv = Sandbox.find().command(
+        ["/usr/bin/python3", "-c", script], run_as=TENANT, writable=[str(action_dir)],
+        cwd=str(action_dir), network=False, fixed=[str(tools)],
+    )  # fmt: skip
+    result = subprocess.run(argv, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    seen = json.loads(result.stdout)
+    assert seen.pop("scratch") == "ok" and (action_dir / "scratch.txt").exists()
+    refused = {errno.EROFS, errno.EBUSY, errno.EACCES, errno.EPERM}
+    assert all(code in refused for code in seen.values()), seen
+    assert (tools / "w.py").read_text() == "print('the tool')\n"

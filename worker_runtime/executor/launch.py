@@ -31,10 +31,15 @@ def launch(
     writable: Sequence[str],
     cwd: str,
     network: bool,
+    fixed: Sequence[str] = (),
 ) -> Launch:
+    """``fixed``: paths in ``writable`` the sandbox shows read-only (without it, nothing
+    mounts them: they are root's files the tenant may read, not change)."""
     inner, popen_as = list(argv), run_as
     if sandbox is not None:
-        inner = sandbox.command(argv, run_as=run_as, writable=writable, cwd=cwd, network=network)
+        inner = sandbox.command(
+            argv, run_as=run_as, writable=writable, cwd=cwd, network=network, fixed=fixed
+        )
         popen_as = RunAs()
     elif group is not None and run_as.switches:  # the group is joined as root, then this
         setpriv, env = shutil.which("setpriv"), shutil.which("env")

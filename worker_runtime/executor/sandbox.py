@@ -5,8 +5,9 @@ root): a mount namespace in which it sees the system directories read-only (``/u
 ``/etc``, ``/opt``, the merged-usr links, and toolchain data kept elsewhere: Debian's
 GHC package database), the operator's ``--sandbox-read-only`` paths, a private ``/tmp``
 (1777), a fresh ``/proc`` and ``/dev``, and, writable, only its own directories (an
-action: its action directory; a persistent worker: its home and the executor's
-``actions/``, where each request's directory, its tenant's and 0700, appears); a PID
+action: its action directory; a persistent worker: its home, whose tool files are
+mounted again read-only, and the executor's ``actions/``, where each request's
+directory, its tenant's and 0700, appears); a PID
 namespace (no other process is visible); IPC and UTS namespaces; and a network
 namespace with nothing in it unless the action's platform sets ``network`` to ``on``.
 Inside, ``setpriv`` drops to the tenant's uid, with no supplementary groups, no
@@ -81,9 +82,12 @@ class Sandbox:
         writable: Sequence[str],
         cwd: str,
         network: bool,
+        fixed: Sequence[str] = (),
     ) -> list[str]:
         """``argv`` run in its own namespaces, seeing ``writable`` read-write and the
-        system read-only, as ``run_as``, from ``cwd``."""
+        system read-only, as ``run_as``, from ``cwd``. ``fixed``: paths inside the
+        writable ones mounted again read-only (a worker's tool files in its home), which
+        it can then neither change, rename nor remove."""
         command = [
             self.bwrap, "--die-with-parent", "--new-session",
             "--unshare-pid", "--unshare-ipc", "--unshare-uts", "--unshare-cgroup-try",
@@ -114,6 +118,8 @@ class Sandbox:
             command += ["--ro-bind", path, path]
         for path in writable:
             command += ["--bind", path, path]
+        for path in fixed:
+            command += ["--ro-bind", path, path]
         command += ["--chdir", cwd, "--"]
         return [*command, *dropped_to(self.setpriv, run_as), *argv]
 

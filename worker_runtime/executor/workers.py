@@ -277,10 +277,14 @@ class WorkerPool:
             shutil.copy2(source, target)
         hand_over(home, run_as)
         group = self.confinement.group("worker") if self.confinement is not None else None
-        # The command the worker's own runs under (empty: Popen switches the uid).
+        # The command the worker's own runs under (empty: Popen switches the uid). Its
+        # home holds only its tool files when it starts: each entry at the top of it is
+        # mounted read-only in the sandbox (what the worker makes there later is its own).
+        tool_entries = sorted({str(home / Path(relative).parts[0]) for relative, _ in tools})
         started = launch(
             [], run_as=run_as, sandbox=self.sandbox, group=group,
             writable=[str(home), str(self.actions)], cwd=str(home), network=identity.network,
+            fixed=tool_entries,
         )  # fmt: skip
         spec = BackendSpec(
             key=identity,

@@ -421,8 +421,8 @@ def main(argv: list[str] | None = None) -> int:
                     "warm_action_ms": TARGET_WARM_ACTION_MS, "warm_hit_ratio": 0.9},
     }  # fmt: skip
     try:
-        # The baseline without the sandbox (the cluster's default as root); its cost is
-        # the `isolated` section, measured on the same engine.
+        # The baseline: tenant uids without the sandbox (as root the cluster sandboxes by
+        # default); the sandbox's cost is the `isolated` section, on the same engine.
         cluster(engine, "up", "--executors", "1", "--no-sandbox")
         result["java"] = java(engine, tmp, args.rounds)
         result["trivial"] = overhead(engine, tmp / "overhead", args.runs)

@@ -173,7 +173,9 @@ def handle(framing, request: dict, options: dict) -> None:
         reply["output"] = str(os.getpid())
     elif command == "identity":  # tests/worker_identity.py: the pid in a sandbox too
         namespace = os.readlink("/proc/self/ns/pid").removeprefix("pid:[").removesuffix("]")
-        reply["output"] = f"{os.getpid()}@{namespace}"
+        with open("/proc/self/stat") as stat:
+            start = stat.read().rsplit(")", 1)[1].split()[19]
+        reply["output"] = f"{os.getpid()}@{namespace}@{start}"
     elif command == "env":
         reply["output"] = os.environ.get(rest[0], "<unset>")
     elif command == "args":

@@ -1,6 +1,6 @@
 """A persistent worker for the remote execution tests (JSON protocol; honours
 sandbox_dir). A request `--out PATH FILE...` writes to PATH (in the sandbox) the files'
-contents, then `pid=<PID@PID-NAMESPACE>` so a test can tell which process ran it, in a
+contents, then `pid=<PID@PID-NAMESPACE@START>` so a test can tell which process ran it, in a
 sandbox too (tests/worker_identity.py finds its host pid; `--sleep S`
 first makes it slow; `--sleep-if SIDE S` only on that side, `local` or `remote`, told
 apart by the request's sandbox_dir, which only the executor sends; `--wait-if SIDE FILE`
@@ -33,9 +33,11 @@ from pathlib import Path
 
 
 def identity() -> str:
-    """``PID@NAMESPACE``: this process's pid and its PID namespace's inode."""
+    """``PID@NAMESPACE@START``: this process's pid, its PID namespace's inode (both
+    reused once freed) and its start time (clock ticks since boot, as the host sees it)."""
     namespace = os.readlink("/proc/self/ns/pid").removeprefix("pid:[").removesuffix("]")
-    return f"{os.getpid()}@{namespace}"
+    start = Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()[19]
+    return f"{os.getpid()}@{namespace}@{start}"
 
 
 class Cancelled(Exception):

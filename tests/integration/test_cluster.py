@@ -90,6 +90,21 @@ def test_executors_are_started_and_stopped_with_the_cluster(cluster_dir: Path) -
     assert cluster("up", "--executors", "2", "--dir", str(cluster_dir)).returncode == 0
     executors: Any = status(cluster_dir)["executors"]
     assert len(executors) == 2 and all(e["alive"] for e in executors)
+    pids = [e["pid"] for e in executors]
+    # The same options, as the executors get them, leave them running (as root no
+    # option is the sandbox); others start a fresh set that has them.
+    again = ["up", "--executors", "2", *(["--sandbox"] if os.geteuid() == 0 else [])]
+    assert cluster(*again, "--dir", str(cluster_dir)).returncode == 0
+    kept: Any = status(cluster_dir)["executors"]
+    assert [e["pid"] for e in kept] == pids
+    assert (
+        cluster("up", "--executors", "2", "--no-sandbox", "--dir", str(cluster_dir)).returncode == 0
+    )
+    fresh: Any = status(cluster_dir)["executors"]
+    assert not {e["pid"] for e in fresh} & set(pids) and all(e["alive"] for e in fresh)
+    for executor in fresh:
+        argv = psutil.Process(int(executor["pid"])).cmdline()
+        assert "--no-sandbox" in argv and "--sandbox-read-only" not in argv
     assert cluster("down", "--dir", str(cluster_dir)).returncode == 0
     assert processes_of(cluster_dir) == []
 

@@ -20,7 +20,7 @@ import pytest
 from tests.clusters import cluster, executor_metrics, private_cluster
 from tests.conftest import REPO_ROOT, RUNTIME, is_gone, wait_gone
 from tests.unix_proxy import UnixProxy
-from tests.worker_identity import host_pid, reported
+from tests.worker_identity import host_pid, live_host_pids, reported
 from worker_runtime.envelope import Envelope, write_envelope
 from worker_runtime.proto.buck2_worker_pb2 import ExecuteResponse
 from workers_dev.emulator import Buck2Worker, make_command
@@ -474,12 +474,12 @@ def test_a_race_past_its_timeout_stops_both_sides(tmp_path: Path, engine: Path) 
     with runtime(root) as worker:
         env = copy_action(root, "rt", "--wait-if", "local", "never", "--wait-if", "remote", "never")
         pending = in_background(worker, "rt.args", env, timeout_s=5)
-        remote_pid = host_pid(running_action(engine, earlier)[1])
-        local_pid = host_pid(wait_for_text(root / "started.txt"))
+        sides = [running_action(engine, earlier)[1], wait_for_text(root / "started.txt")]
+        pids = live_host_pids(sides)  # a side already stopped (a slow machine) is gone
         response = pending.result(timeout=60)
     assert response.exit_code == 125 and response.timed_out_after_s == 5
     assert "ran past its timeout of 5 s" in response.stderr
-    assert wait_gone([local_pid, remote_pid], 30) == []
+    assert wait_gone(pids, 30) == []
     assert not (root / "out" / "rt.txt").exists()
 
 

@@ -170,6 +170,10 @@ def test_a_hostile_tenant_cannot_reach_another_tenant_or_the_executor(
     assert b_uid in UIDS and b_uid != a_uid
     assert {t: r for t, r in found.items() if r == "ok"} == {}
     assert set(found.values()) <= REFUSALS, found
+    if engine.sandbox:  # its tool files are there, and refused by the read-only mount
+        assert found["write:tools/worker.py"] in ("EACCES", "EROFS")  # root's file first
+        tool_probes = ("unlink:tools/worker.py", "rename:tools/worker.py", "rename:tools")
+        assert {found[t] for t in tool_probes} <= {"EROFS", "EBUSY"}, found
     assert (victim / "out" / "slow.txt").read_text().startswith("alpha\npid=")
 
     if engine.sandbox:  # the network, when the platform asks for it (another worker)

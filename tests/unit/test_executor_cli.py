@@ -96,8 +96,21 @@ def test_with_tenants_memory_is_bounded_by_default_where_a_group_can_bound_it() 
     with open("/proc/meminfo") as meminfo:
         total_kb = next(int(line.split()[1]) for line in meminfo if line.startswith("MemTotal"))
     mechanism = limits.Confinement(limits.Limits(pids=1), "probe").kind
-    expected = None if mechanism == "rlimits" else (total_kb * 3 // 4) >> 10
+    own = limits._own_memory_limit(*limits._hierarchies())  # a container's, if any
+    available = min(total_kb << 10, own) if own is not None else total_kb << 10
+    expected = None if mechanism == "rlimits" else (available * 3 // 4) >> 20
     assert limits.default_tenant_memory_mb() == expected
+
+
+def test_in_a_container_the_default_memory_is_a_share_of_its_limit(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from worker_runtime.executor import limits
+
+    monkeypatch.setattr(limits, "_own_memory_limit", lambda v2, v1: 4 << 30)
+    grouped = limits.Confinement(limits.Limits(pids=1), "probe").kind != "rlimits"
+    # 3/4 of the 4 GiB it may use; without cgroups no memory default at all
+    assert limits.default_tenant_memory_mb() == (3072 if grouped else None)
 
 
 @pytest.mark.skipif(os.getuid() != 0, reason="needs root: a multi-tenant executor")
@@ -109,7 +122,7 @@ def test_with_tenants_a_token_others_may_read_is_refused(tmp_path: Path) -> None
     token.chmod(0o644)
     refused = executor(tmp_path, "--uid-range", "200000-200009", "--credentials-file", str(token))
     assert refused.returncode == 2
-    assert f"--credentials-file {token} is -rw-r--r--" in refused.stderr
+    assert f"--credentials-file {token} is -rw-r--r--, owner 0" in refused.stderr
     assert f"chmod 600 {token}" in refused.stderr
     os.chown(token, 0, 200003)  # its group is a tenant's
     token.chmod(0o640)
@@ -119,7 +132,15 @@ def test_with_tenants_a_token_others_may_read_is_refused(tmp_path: Path) -> None
             tmp_path, "--uid-range", "200000-200009", "--credentials-file", str(token)
         ).stderr
     )
-    token.chmod(0o600)  # then it gets as far as the endpoint (not TLS: refused for that)
+    os.chown(token, 200004, 0)  # a tenant's own, even 0600
+    token.chmod(0o600)
+    assert (
+        "owner 200004"
+        in executor(
+            tmp_path, "--uid-range", "200000-200009", "--credentials-file", str(token)
+        ).stderr
+    )
+    os.chown(token, 0, 0)  # then it gets as far as the endpoint (not TLS: refused for that)
     passed = executor(tmp_path, "--uid-range", "200000-200009", "--credentials-file", str(token))
     assert passed.returncode == 2 and "could read the executor's token" not in passed.stderr
     assert "credentials_file" in passed.stderr

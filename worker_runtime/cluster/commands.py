@@ -139,11 +139,23 @@ def tenant_arguments(layout: ClusterLayout, options: Sequence[str] = ()) -> list
     if os.geteuid() == 0:
         uid_map = layout.root / "executors" / "tenant-uids.json"
         arguments += ["--uid-range", TENANT_UID_RANGE, "--uid-map", str(uid_map)]
-    arguments += options
     sandboxed = "--sandbox" in options or (os.geteuid() == 0 and "--no-sandbox" not in options)
-    if sandboxed:
-        arguments += ["--sandbox-read-only", str(CHECKOUT)]
+    arguments += [option for option in options if option not in ("--sandbox", "--no-sandbox")]
+    if sandboxed:  # said outright, so that the same choice reads the same
+        arguments += ["--sandbox", "--sandbox-read-only", str(CHECKOUT)]
+    elif os.geteuid() == 0:
+        arguments.append("--no-sandbox")
     return arguments
+
+
+def isolation_arguments(pid: int) -> list[str] | None:
+    """The tenant and isolation arguments a running executor was started with (those
+    after its ``--metrics-port N``, as ``start_executor`` gives them); None if unknown."""
+    try:
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().decode().split("\0")[:-1]
+        return argv[argv.index("--metrics-port") + 2 :]
+    except (OSError, ValueError):
+        return None
 
 
 def start_executor(
@@ -174,7 +186,12 @@ def up(layout: ClusterLayout, executors: int, options: Sequence[str] = ()) -> di
     state = layout.read_state()
     if buildgrid.alive(state.buildgrid_pid) and buildgrid.answers(layout):
         alive = [p for p in state.executor_pids if buildgrid.alive(p)]
-        changed = len(alive) != len(state.executor_pids) or state.executor_options != options
+        # Compared with what the running executors were given (as root, no option and
+        # --sandbox are one; an older checkout gave them --no-sandbox by default).
+        wanted = tenant_arguments(layout, options)
+        changed = len(alive) != len(state.executor_pids) or any(
+            isolation_arguments(pid) != wanted for pid in alive
+        )
         if changed or len(alive) != executors:
             # Executors died, or another count or options are wanted: a fresh set (bot ids
             # stay unique).

@@ -33,8 +33,9 @@ def launch(
     network: bool,
     fixed: Sequence[str] = (),
 ) -> Launch:
-    """``fixed``: paths in ``writable`` the sandbox shows read-only (without it, nothing
-    mounts them: they are root's files the tenant may read, not change)."""
+    """``fixed``: paths in ``writable`` the sandbox shows read-only. Without the sandbox
+    nothing mounts them: they stay root's files the tenant may read and not change, but
+    may rename or remove (their directories are its own)."""
     inner, popen_as = list(argv), run_as
     if sandbox is not None:
         inner = sandbox.command(

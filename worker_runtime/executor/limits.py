@@ -14,6 +14,10 @@ that writes its own pid into the group, then execs the rest):
 - **rlimits** otherwise (``prlimit``: the address space for memory, the uid's process
   count for processes; no CPU rate), which bound each process rather than the group.
 
+With tenants (``--uid-range``) every action and worker gets a group even when the
+operator sets no limit: 1,024 processes, and 75% of the machine's memory (or of the
+executor's own group's limit, if lower), the memory only where a group enforces it.
+
 The group also finds every process an action left behind, wherever it went (a new
 session, a new process group): all of them are killed when the action ends or its
 worker stops. An OOM kill makes the action's status RESOURCE_EXHAUSTED, naming the
@@ -92,7 +96,10 @@ def _hierarchies() -> tuple[Path | None, dict[str, Path]]:
     v1: dict[str, Path] = {}
     for mount, kind, options in _mounts():
         if kind == "cgroup2":
-            controllers = (Path(mount) / "cgroup.controllers").read_text().split()
+            try:
+                controllers = (Path(mount) / "cgroup.controllers").read_text().split()
+            except OSError:  # not one this process may read: as if it had none
+                controllers = []
             if {"memory", "pids", "cpu"} <= set(controllers):
                 v2 = Path(mount)
         else:
@@ -108,16 +115,55 @@ def _mechanism(v2: Path | None, v1: dict[str, Path]) -> str:
     return "cgroup v1" if set(v1) == set(_V1_CONTROLLERS) else "rlimits"
 
 
+def _own_memory_limit(v2: Path | None, v1: dict[str, Path]) -> int | None:
+    """The lowest memory limit, in bytes, on this process's own control group and those
+    above it (a container's), or None if none is set or it cannot be read."""
+    try:
+        with open("/proc/self/cgroup") as groups:
+            lines = [line.rstrip("\n").split(":", 2) for line in groups]
+    except OSError:
+        return None
+    if v2 is not None:
+        paths = [(v2, path, "memory.max") for _, names, path in lines if names == ""]
+    elif "memory" in v1:
+        paths = [
+            (v1["memory"], path, "memory.limit_in_bytes")
+            for _, names, path in lines
+            if "memory" in names.split(",")
+        ]
+    else:
+        return None
+    limits = []
+    for mount, path, name in paths[:1]:
+        group = mount / path.lstrip("/")
+        for level in [group, *group.parents]:
+            if not level.is_relative_to(mount):
+                break
+            with contextlib.suppress(OSError, ValueError):
+                limits.append(int((level / name).read_text().strip()))  # "max": no limit
+    return min(limits) if limits else None
+
+
 def default_tenant_memory_mb() -> int | None:
     """The memory limit of each action and worker with tenants when the operator set
-    none: ``DEFAULT_TENANT_MEMORY_SHARE`` of the machine's, where a control group
-    enforces it. None where only rlimits would: ``RLIMIT_AS`` bounds the address space,
-    which GHC's and the JVM's reservations pass without using the memory."""
-    if _mechanism(*_hierarchies()) == "rlimits":
+    none: ``DEFAULT_TENANT_MEMORY_SHARE`` of the machine's (or of the executor's own
+    group's limit, in a container, if lower), where a control group enforces it. None
+    where only rlimits would: ``RLIMIT_AS`` bounds the address space, which GHC's and the
+    JVM's reservations pass without using the memory; and None if the machine's memory
+    cannot be read."""
+    v2, v1 = _hierarchies()
+    if _mechanism(v2, v1) == "rlimits":
         return None
-    with open("/proc/meminfo") as meminfo:
-        total_kb = next(int(line.split()[1]) for line in meminfo if line.startswith("MemTotal:"))
-    return int(total_kb * DEFAULT_TENANT_MEMORY_SHARE) >> 10
+    try:
+        with open("/proc/meminfo") as meminfo:
+            total = next(
+                int(line.split()[1]) << 10 for line in meminfo if line.startswith("MemTotal:")
+            )
+    except (OSError, StopIteration, ValueError, IndexError):
+        return None
+    own = _own_memory_limit(v2, v1)
+    available = min(total, own) if own is not None else total
+    return int(available * DEFAULT_TENANT_MEMORY_SHARE) >> 20
 
 
 class Group:

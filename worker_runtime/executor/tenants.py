@@ -9,6 +9,10 @@ one uid to two tenants, and a tenant's files from before a restart are still its
 Single-tenant (no range, not root): the executor's own user runs everything, and leases
 of any other instance are refused. Root without a range is refused: no action or worker
 ever runs as root.
+
+Also here, the checks and the layout that keep tenants apart on disk: the work
+directory's subdirectories and their modes, the hand-over of a directory to its tenant,
+and the refusal of a bearer token the tenants could read.
 """
 
 from __future__ import annotations
@@ -174,17 +178,19 @@ def unreachable_ancestor(path: Path) -> Path | None:
 
 def readable_secret(path: str, uid_range: range) -> str | None:
     """Why the tenants could read a secret of the executor's (its bearer token): a file
-    others may read, or whose group may and is a tenant's; None if they cannot. The
-    sandbox shows `/etc` read-only, so a token kept there is no safer."""
+    others may read, one a tenant's uid owns, or one whose group may and is a tenant's;
+    None if they cannot (ACLs aside). The sandbox shows `/etc` read-only, so a token kept
+    there is no safer."""
     try:
         status = os.stat(path)
     except OSError as exc:
         return f"--credentials-file {path}: {exc.strerror}"
     by_group = status.st_mode & stat.S_IRGRP and status.st_gid in uid_range
-    if status.st_mode & stat.S_IROTH or by_group:
+    if status.st_mode & stat.S_IROTH or by_group or status.st_uid in uid_range:
         return (
-            f"--credentials-file {path} is {stat.filemode(status.st_mode)}: the tenants' "
-            f"actions could read the executor's token; chmod 600 {path}"
+            f"--credentials-file {path} is {stat.filemode(status.st_mode)}, owner "
+            f"{status.st_uid}, group {status.st_gid}: the tenants' actions could read the "
+            f"executor's token; make it root's and chmod 600 {path}"
         )
     return None
 

@@ -279,7 +279,8 @@ class WorkerPool:
         group = self.confinement.group("worker") if self.confinement is not None else None
         # The command the worker's own runs under (empty: Popen switches the uid). Its
         # home holds only its tool files when it starts: each entry at the top of it is
-        # mounted read-only in the sandbox (what the worker makes there later is its own).
+        # mounted read-only in the sandbox, with all below it (a directory of tools takes
+        # nothing new either); what the worker makes beside them is its own.
         tool_entries = sorted({str(home / Path(relative).parts[0]) for relative, _ in tools})
         started = launch(
             [], run_as=run_as, sandbox=self.sandbox, group=group,

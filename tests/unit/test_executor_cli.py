@@ -119,28 +119,18 @@ def test_with_tenants_a_token_others_may_read_is_refused(tmp_path: Path) -> None
     executor's bearer token must be its own."""
     token = tmp_path / "token"
     token.write_text("secret\n")
-    token.chmod(0o644)
-    refused = executor(tmp_path, "--uid-range", "200000-200009", "--credentials-file", str(token))
+
+    def started_with(owner: int, group: int, mode: int) -> subprocess.CompletedProcess[str]:
+        os.chown(token, owner, group)
+        token.chmod(mode)
+        return executor(tmp_path, "--uid-range", "200000-200009", "--credentials-file", str(token))
+
+    refused = started_with(0, 0, 0o644)
     assert refused.returncode == 2
     assert f"--credentials-file {token} is -rw-r--r--, owner 0" in refused.stderr
     assert f"chmod 600 {token}" in refused.stderr
-    os.chown(token, 0, 200003)  # its group is a tenant's
-    token.chmod(0o640)
-    assert (
-        "is -rw-r-----"
-        in executor(
-            tmp_path, "--uid-range", "200000-200009", "--credentials-file", str(token)
-        ).stderr
-    )
-    os.chown(token, 200004, 0)  # a tenant's own, even 0600
-    token.chmod(0o600)
-    assert (
-        "owner 200004"
-        in executor(
-            tmp_path, "--uid-range", "200000-200009", "--credentials-file", str(token)
-        ).stderr
-    )
-    os.chown(token, 0, 0)  # then it gets as far as the endpoint (not TLS: refused for that)
-    passed = executor(tmp_path, "--uid-range", "200000-200009", "--credentials-file", str(token))
+    assert "is -rw-r-----" in started_with(0, 200003, 0o640).stderr  # its group a tenant's
+    assert "owner 200004" in started_with(200004, 0, 0o600).stderr  # a tenant's own
+    passed = started_with(0, 0, 0o600)  # it gets as far as the endpoint (not TLS: refused)
     assert passed.returncode == 2 and "could read the executor's token" not in passed.stderr
     assert "credentials_file" in passed.stderr

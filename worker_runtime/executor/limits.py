@@ -67,6 +67,11 @@ class Limits:
     def any(self) -> bool:
         return any(v is not None for v in (self.memory_mb, self.cpus, self.pids))
 
+    @property
+    def cpu_quota_us(self) -> int | None:
+        """The CPU time per ``CPU_PERIOD_US`` (at least 1 ms), or None for no quota."""
+        return None if self.cpus is None else max(1000, int(self.cpus * CPU_PERIOD_US))
+
     def describe(self) -> str:
         parts = []
         if self.memory_mb is not None:
@@ -123,24 +128,22 @@ def _own_memory_limit(v2: Path | None, v1: dict[str, Path]) -> int | None:
             lines = [line.rstrip("\n").split(":", 2) for line in groups]
     except OSError:
         return None
-    if v2 is not None:
-        paths = [(v2, path, "memory.max") for _, names, path in lines if names == ""]
+    if v2 is not None:  # the v2 line has no controller names
+        mount, name, found = v2, "memory.max", [p for _, c, p in lines if c == ""]
     elif "memory" in v1:
-        paths = [
-            (v1["memory"], path, "memory.limit_in_bytes")
-            for _, names, path in lines
-            if "memory" in names.split(",")
-        ]
+        mount, name = v1["memory"], "memory.limit_in_bytes"
+        found = [p for _, c, p in lines if "memory" in c.split(",")]
     else:
         return None
+    if not found:
+        return None
+    group = mount / found[0].lstrip("/")
     limits = []
-    for mount, path, name in paths[:1]:
-        group = mount / path.lstrip("/")
-        for level in [group, *group.parents]:
-            if not level.is_relative_to(mount):
-                break
-            with contextlib.suppress(OSError, ValueError):
-                limits.append(int((level / name).read_text().strip()))  # "max": no limit
+    for level in [group, *group.parents]:
+        if not level.is_relative_to(mount):
+            break
+        with contextlib.suppress(OSError, ValueError):
+            limits.append(int((level / name).read_text().strip()))  # "max": no limit
     return min(limits) if limits else None
 
 
@@ -284,9 +287,8 @@ class Confinement:
             (directory / "memory.max").write_text(str(limits.memory_mb << 20))
             with contextlib.suppress(OSError):
                 (directory / "memory.swap.max").write_text("0")
-        if limits.cpus is not None:
-            quota = max(1000, int(limits.cpus * CPU_PERIOD_US))
-            (directory / "cpu.max").write_text(f"{quota} {CPU_PERIOD_US}")
+        if limits.cpu_quota_us is not None:
+            (directory / "cpu.max").write_text(f"{limits.cpu_quota_us} {CPU_PERIOD_US}")
         if limits.pids is not None:
             (directory / "pids.max").write_text(str(limits.pids))
         return Group([directory], self._join([directory]), directory / "memory.events")
@@ -301,10 +303,9 @@ class Confinement:
             (memory / "memory.limit_in_bytes").write_text(str(limits.memory_mb << 20))
             with contextlib.suppress(OSError):  # no swap accounting: memory alone
                 (memory / "memory.memsw.limit_in_bytes").write_text(str(limits.memory_mb << 20))
-        if limits.cpus is not None:
-            quota = max(1000, int(limits.cpus * CPU_PERIOD_US))
+        if limits.cpu_quota_us is not None:
             (directories["cpu"] / "cpu.cfs_period_us").write_text(str(CPU_PERIOD_US))
-            (directories["cpu"] / "cpu.cfs_quota_us").write_text(str(quota))
+            (directories["cpu"] / "cpu.cfs_quota_us").write_text(str(limits.cpu_quota_us))
         if limits.pids is not None:
             (directories["pids"] / "pids.max").write_text(str(limits.pids))
         ordered = [directories[c] for c in _V1_CONTROLLERS]

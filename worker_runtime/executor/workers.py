@@ -300,20 +300,16 @@ class WorkerPool:
             launcher=tuple(started.argv),
         )
         backend = BackendProcess(spec)
+        worker = PersistentWorker(identity, home, backend, group)
         try:
             LoopThread.shared().run(backend.start())
-        except BackendStartError as exc:
-            if group is not None:
-                group.remove()
-            shutil.rmtree(home, ignore_errors=True)
+        except BackendStartError as exc:  # nothing was spawned: its group and home go
+            worker.stop()
             raise WorkerFault(f"the action's worker could not be started: {exc}") from None
         except BaseException:  # started, but its pipes could not be set up: nothing is kept
-            LoopThread.shared().run(backend.stop(grace_s=_STOP_GRACE_S))
-            if group is not None:
-                group.remove()
-            shutil.rmtree(home, ignore_errors=True)
+            worker.stop()
             raise
-        return PersistentWorker(identity, home, backend, group)
+        return worker
 
     def release(self, worker: PersistentWorker, healthy: bool) -> None:
         with self._lock:

@@ -15,7 +15,9 @@ backend. Each server process's CPU time per request is read from /proc. Then 64 
 in flight on one stream: the runtime in front of a no-op multiplex backend against the
 bare server. Writes benchmarks/results/runtime_overhead.json.
 
-Run: ``.venv/bin/python -m benchmarks.runtime_overhead [--requests N] [--rounds R]``.
+Run: ``.venv/bin/python -m benchmarks.runtime_overhead [--requests N] [--rounds R]``;
+``--one-cpu`` runs every process on one CPU, so that the figures show the work alone,
+without the wake-ups from one CPU to another that dominate them on a VM.
 """
 
 from __future__ import annotations
@@ -190,6 +192,8 @@ def measure(n: int, rounds: int, throughput_requests: int) -> dict[str, Any]:
             "bare_server_with_backend": Server(with_backend, with_backend.proc.pid),
             "runtime": Server(runtime, daemon_pid(runtime_dir)),
         }
+        # Where each server process may run (all of them inherit --one-cpu's placement).
+        server_cpus = {name: sorted(os.sched_getaffinity(s.pid)) for name, s in servers.items()}
         direct(200)  # warm-up of every path
         for server in servers.values():
             grpc_tuning.run(unary(server.target, 200))
@@ -214,7 +218,7 @@ def measure(n: int, rounds: int, throughput_requests: int) -> dict[str, Any]:
                 rates[name].append(
                     grpc_tuning.run(throughput(target, throughput_requests, IN_FLIGHT))
                 )
-    return report(baseline, servers, rates, n, rounds)
+    return {"server_cpus": server_cpus, **report(baseline, servers, rates, n, rounds)}
 
 
 def report(
@@ -283,9 +287,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--requests", type=int, default=1000, help="requests per series per round")
     parser.add_argument("--rounds", type=int, default=5, help="rounds, each measuring every series")
     parser.add_argument("--throughput-requests", type=int, default=20000)
+    parser.add_argument(
+        "--one-cpu",
+        action="store_true",
+        help="run everything (client, servers, daemon, backends) on one CPU, where no "
+        "wake-up crosses CPUs; the default output is then runtime_overhead_one_cpu.json",
+    )
     add_output_argument(parser, "runtime_overhead")
     args = parser.parse_args(argv)
-    emit(measure(args.requests, args.rounds, args.throughput_requests), args.output)
+    output = args.output
+    if args.one_cpu:
+        # Every process this one starts inherits the affinity.
+        os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
+        if output == parser.get_default("output"):
+            output = str(Path(output).with_name("runtime_overhead_one_cpu.json"))
+    result = measure(args.requests, args.rounds, args.throughput_requests)
+    emit({"cpus": sorted(os.sched_getaffinity(0)), **result}, output)
     return 0
 
 

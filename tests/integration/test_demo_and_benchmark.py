@@ -79,7 +79,8 @@ def test_front_start_benchmark_writes_its_json() -> None:
     assert set(data["exit_after_sigterm_ms_median"]) == {"request_in_flight", "floor_idle_front"}
 
 
-def test_runtime_overhead_benchmark_writes_its_json() -> None:
+@pytest.mark.parametrize("placement", [(), ("--one-cpu",)], ids=["every_cpu", "one_cpu"])
+def test_runtime_overhead_benchmark_writes_its_json(placement: tuple[str, ...]) -> None:
     data = run_benchmark(
         "runtime_overhead",
         "--requests",
@@ -88,7 +89,13 @@ def test_runtime_overhead_benchmark_writes_its_json() -> None:
         "1",
         "--throughput-requests",
         "200",
+        *placement,
         timeout=120,
+    )
+    expected = data["cpus"][:1] if placement else sorted(os.sched_getaffinity(0))
+    assert data["cpus"] == expected
+    assert data["server_cpus"] == dict.fromkeys(
+        ("bare_server", "bare_server_with_backend", "runtime"), expected
     )
     assert data["direct_pipes_median_ms"] > 0
     for server in ("bare_server", "bare_server_with_backend", "runtime"):

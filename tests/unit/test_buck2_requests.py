@@ -110,3 +110,97 @@ def test_a_variable_outside_key_env_is_not_checked(tmp_path: Path) -> None:
     requests, executor = handler(tmp_path, Result(0, ""), key_env=("JAVA_HOME",))
     asyncio.run(requests.execute(command(b"a", env={b"OTHER": b"\0\xff"})))
     assert executor.seen[0].key_env == ()
+
+
+class Blocking:
+    """An executor whose runs wait until released, recording whether they ended."""
+
+    def __init__(self) -> None:
+        self.release = asyncio.Event()
+        self.finished = 0
+
+    async def run(self, request: WorkRequest) -> Outcome:
+        await self.release.wait()
+        self.finished += 1
+        return Result(0, "done")
+
+
+def blocking_handler(tmp_path: Path) -> tuple[RequestHandler, Blocking]:
+    settings = RuntimeConfig(command=("tool",))
+    executor = Blocking()
+    manager = BackendManager(settings, str(tmp_path), tmp_path / "logs")
+    return RequestHandler(manager, tmp_path / "logs", executor), executor
+
+
+def test_a_started_request_is_delivered_once(tmp_path: Path) -> None:
+    async def scenario() -> list[pb.ExecuteResponse]:
+        requests, executor = blocking_handler(tmp_path)
+        delivered: list[pb.ExecuteResponse] = []
+        requests.start(command(b"a"), delivered.append)
+        await asyncio.sleep(0)
+        executor.release.set()
+        await requests.wait_idle()
+        await requests.abort_all("too late")  # nothing left to abort, nothing delivered again
+        return delivered
+
+    delivered = asyncio.run(scenario())
+    assert [(r.exit_code, r.stderr) for r in delivered] == [(0, "done")]
+
+
+def test_a_request_aborted_before_it_began_is_still_answered(tmp_path: Path) -> None:
+    """abort_all in the same turn of the loop as start: the task is cancelled before its
+    first step, so its own code never runs; abort_all answers it."""
+
+    async def scenario() -> tuple[list[pb.ExecuteResponse], int]:
+        requests, executor = blocking_handler(tmp_path)
+        delivered: list[pb.ExecuteResponse] = []
+        requests.start(command(b"a"), delivered.append)
+        await requests.abort_all("the runtime is shutting down")
+        return delivered, executor.finished
+
+    delivered, finished = asyncio.run(scenario())
+    assert len(delivered) == 1 and finished == 0
+    assert delivered[0].exit_code == RUNTIME_ERROR_EXIT_CODE
+    assert "the runtime is shutting down" in delivered[0].stderr
+
+
+def test_a_running_request_aborted_is_answered_with_the_reason(tmp_path: Path) -> None:
+    async def scenario() -> list[pb.ExecuteResponse]:
+        requests, _ = blocking_handler(tmp_path)
+        delivered: list[pb.ExecuteResponse] = []
+        requests.start(command(b"a"), delivered.append)
+        await asyncio.sleep(0)
+        await requests.abort_all("the runtime is shutting down")
+        return delivered
+
+    delivered = asyncio.run(scenario())
+    assert len(delivered) == 1
+    assert "the runtime is shutting down" in delivered[0].stderr
+
+
+def test_a_unary_caller_that_goes_away_leaves_its_request_running(tmp_path: Path) -> None:
+    async def scenario() -> tuple[bool, int, int]:
+        requests, executor = blocking_handler(tmp_path)
+        call = asyncio.ensure_future(requests.execute_to_completion(command(b"a")))
+        await asyncio.sleep(0.01)
+        call.cancel()  # grpcio does this when Buck2 drops the call
+        await asyncio.gather(call, return_exceptions=True)
+        running = requests.in_flight
+        executor.release.set()
+        await requests.wait_idle()
+        return call.cancelled(), running, executor.finished
+
+    assert asyncio.run(scenario()) == (True, 1, 1)
+
+
+def test_a_unary_call_is_answered_with_the_abort_reason(tmp_path: Path) -> None:
+    async def scenario() -> pb.ExecuteResponse:
+        requests, _ = blocking_handler(tmp_path)
+        call = asyncio.ensure_future(requests.execute_to_completion(command(b"a")))
+        await asyncio.sleep(0.01)
+        await requests.abort_all("the runtime is shutting down")
+        return await call
+
+    response = asyncio.run(scenario())
+    assert response.exit_code == RUNTIME_ERROR_EXIT_CODE
+    assert "the runtime is shutting down" in response.stderr

@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 import logging
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 from worker_runtime.backends.manager import BackendManager
 from worker_runtime.envelope import ENVELOPE_ENV
@@ -27,6 +29,9 @@ from worker_runtime.proto import buck2_worker_pb2 as pb
 from worker_runtime.protocol.argfiles import expand_argfiles, is_argfile
 
 LOGGER = logging.getLogger(__name__)
+
+#: Where a started request's response goes.
+Deliver = Callable[[pb.ExecuteResponse], None]
 
 
 class RequestHandler:
@@ -45,9 +50,10 @@ class RequestHandler:
         self.draining = False
         self._idle = asyncio.Event()
         self._idle.set()
-        #: Every request started through execute_to_completion, including those whose
-        #: client went away (held here: asyncio keeps tasks only weakly).
-        self._running: set[asyncio.Task[pb.ExecuteResponse]] = set()
+        #: Every running request, including those whose client went away (held here:
+        #: asyncio keeps tasks only weakly), with where its response goes if ``start``
+        #: began it.
+        self._running: dict[asyncio.Task[Any], Deliver | None] = {}
         self._abort_reason: str | None = None
 
     async def wait_idle(self) -> None:
@@ -60,42 +66,49 @@ class RequestHandler:
             **extra,
         )
 
-    def start(self, command: pb.ExecuteCommand) -> asyncio.Task[pb.ExecuteResponse]:
-        """Starts ``execute`` as a task of its own, which runs to its end whatever becomes of
+    def start(self, command: pb.ExecuteCommand, deliver: Deliver) -> None:
+        """Runs ``execute`` as a task of its own, which runs to its end whatever becomes of
         its caller: when Buck2 goes away (the RPC or the stream is dropped) its outputs are
         still written and its backend goes back to the pool clean and warm instead of being
-        killed. Timeouts, explicit cancels (``Exec``) and ``abort_all`` still cancel it."""
-        task = asyncio.ensure_future(self.execute(command))
-        self.track(task)
-        return task
+        killed. Timeouts, explicit cancels (``Exec``) and ``abort_all`` still cancel it.
 
-    def answer_of(self, task: asyncio.Task[pb.ExecuteResponse]) -> pb.ExecuteResponse:
-        """The response of a finished ``start`` task: its own, or the abort's when
-        ``abort_all`` cancelled it."""
-        if task.cancelled():
-            return self.error(self._abort_reason or "the request was cancelled")
-        failure = task.exception()
-        if failure is not None:  # execute answers every Exception itself; this is a BaseException
-            return self.error(f"the request ended with {failure!r}")
-        return task.result()
+        ``deliver`` gets the response exactly once, on the event loop: from the task itself
+        as it ends (not from a done callback, which would cost the answer one more turn of
+        the loop), or from ``abort_all`` for a task it cancelled before it began."""
+        task = asyncio.get_running_loop().create_task(self._run(command, deliver))
+        self._running[task] = deliver
+
+    async def _run(self, command: pb.ExecuteCommand, deliver: Deliver) -> None:
+        try:
+            response = await self.execute(command)
+        except asyncio.CancelledError:  # abort_all; execute answers every Exception itself
+            deliver(self.error(self._abort_reason or "the request was cancelled"))
+            raise
+        except BaseException as exc:
+            deliver(self.error(f"the request ended with {exc!r}"))
+            raise
+        finally:
+            if (task := asyncio.current_task()) is not None:
+                self._running.pop(task, None)
+        deliver(response)
 
     async def execute_to_completion(self, command: pb.ExecuteCommand) -> pb.ExecuteResponse:
         """``start``, awaited: a cancelled caller leaves the request running to its end."""
-        task = self.start(command)
+        answer: asyncio.Future[pb.ExecuteResponse] = asyncio.get_running_loop().create_future()
+        self.start(command, functools.partial(_settle, answer))
         try:
-            return await asyncio.shield(task)
+            return await answer
         except asyncio.CancelledError:
-            current = asyncio.current_task()
-            if current is not None and current.cancelling():
-                if not task.done():
-                    LOGGER.info("client went away; the request runs on to completion")
-                raise
-            return self.answer_of(task)  # not us: the request itself was cancelled by abort_all
+            LOGGER.info("client went away; the request runs on to completion")
+            raise
 
     def track(self, task: asyncio.Task[pb.ExecuteResponse]) -> None:
         """Makes ``abort_all`` cancel a request started outside ``start``."""
-        self._running.add(task)
-        task.add_done_callback(self._running.discard)
+        self._running[task] = None
+        task.add_done_callback(self._forget)
+
+    def _forget(self, task: asyncio.Task[Any]) -> None:
+        self._running.pop(task, None)
 
     @property
     def abort_reason(self) -> str | None:
@@ -105,10 +118,16 @@ class RequestHandler:
         """Cancels every running request (their backends are left clean); each still
         answers its client, if it has one, with ``reason``."""
         self._abort_reason = reason
-        running = list(self._running)
+        running = dict(self._running)
         for task in running:
             task.cancel()
         await asyncio.gather(*running, return_exceptions=True)
+        for task in running:
+            # Still listed with a deliver: cancelled before its first step, so ``_run``
+            # never ran to answer it.
+            deliver = self._running.pop(task, None)
+            if deliver is not None:
+                deliver(self.error(reason))
 
     async def execute(self, command: pb.ExecuteCommand) -> pb.ExecuteResponse:
         if self.draining:
@@ -226,3 +245,9 @@ def _key_env_value(name: str, raw: bytes) -> str:
             "which no process environment can hold"
         )
     return value
+
+
+def _settle(answer: asyncio.Future[pb.ExecuteResponse], response: pb.ExecuteResponse) -> None:
+    """Gives a unary call its response, unless its caller has gone (the future cancelled)."""
+    if not answer.done():
+        answer.set_result(response)

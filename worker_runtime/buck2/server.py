@@ -94,14 +94,13 @@ class StreamingServicer(pb_grpc.WorkerStreamingServicer):
         await context.send_initial_metadata(())
         answers: asyncio.Queue[pb.ExecuteResponseStream | None] = asyncio.Queue()
         # One task per request (the handler's own, which runs to its end even if the
-        # stream is dropped); its answer goes on the queue from its done callback.
+        # stream is dropped); it puts its answer on the queue as it ends.
         unanswered = 0
         reading_done = False
 
-        def answered(request_id: int, task: asyncio.Task[pb.ExecuteResponse]) -> None:
+        def answered(request_id: int, response: pb.ExecuteResponse) -> None:
             nonlocal unanswered
             unanswered -= 1
-            response = self.handler.answer_of(task)
             answers.put_nowait(pb.ExecuteResponseStream(response=response, id=request_id))
             if reading_done and not unanswered:
                 answers.put_nowait(None)
@@ -116,9 +115,8 @@ class StreamingServicer(pb_grpc.WorkerStreamingServicer):
                 async for message in request_iterator:
                     if not isinstance(message, pb.ExecuteCommandStream):
                         raise DecodeError("grpcio could not decode it")
-                    task = self.handler.start(message.request)
                     unanswered += 1
-                    task.add_done_callback(functools.partial(answered, message.id))
+                    self.handler.start(message.request, functools.partial(answered, message.id))
             except DecodeError as exc:
                 unreadable.append(
                     f"a message on the stream is not an ExecuteCommandStream ({exc}); the "

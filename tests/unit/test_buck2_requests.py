@@ -6,6 +6,8 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
+import pytest
+
 from worker_runtime.backends.manager import BackendManager
 from worker_runtime.buck2.requests import RequestHandler
 from worker_runtime.config import RuntimeConfig
@@ -147,34 +149,23 @@ def test_a_started_request_is_delivered_once(tmp_path: Path) -> None:
     assert [(r.exit_code, r.stderr) for r in delivered] == [(0, "done")]
 
 
-def test_a_request_aborted_before_it_began_is_still_answered(tmp_path: Path) -> None:
-    """abort_all in the same turn of the loop as start: the task is cancelled before its
-    first step, so its own code never runs; abort_all answers it."""
+@pytest.mark.parametrize("began", [False, True], ids=["before_its_first_step", "while_running"])
+def test_an_aborted_request_is_answered_once_with_the_reason(tmp_path: Path, began: bool) -> None:
+    """Before its first step (abort_all in the same turn of the loop as start), the task's
+    own code never runs and abort_all answers it; while running, the task answers itself."""
 
     async def scenario() -> tuple[list[pb.ExecuteResponse], int]:
         requests, executor = blocking_handler(tmp_path)
         delivered: list[pb.ExecuteResponse] = []
         requests.start(command(b"a"), delivered.append)
+        if began:
+            await asyncio.sleep(0)
         await requests.abort_all("the runtime is shutting down")
         return delivered, executor.finished
 
     delivered, finished = asyncio.run(scenario())
     assert len(delivered) == 1 and finished == 0
     assert delivered[0].exit_code == RUNTIME_ERROR_EXIT_CODE
-    assert "the runtime is shutting down" in delivered[0].stderr
-
-
-def test_a_running_request_aborted_is_answered_with_the_reason(tmp_path: Path) -> None:
-    async def scenario() -> list[pb.ExecuteResponse]:
-        requests, _ = blocking_handler(tmp_path)
-        delivered: list[pb.ExecuteResponse] = []
-        requests.start(command(b"a"), delivered.append)
-        await asyncio.sleep(0)
-        await requests.abort_all("the runtime is shutting down")
-        return delivered
-
-    delivered = asyncio.run(scenario())
-    assert len(delivered) == 1
     assert "the runtime is shutting down" in delivered[0].stderr
 
 

@@ -7,13 +7,14 @@ same asyncio client on uvloop and grpcio's tuning, in interleaved rounds of one 
 - the bare server (``benchmarks/grpc_floor_server.py``): answers at once, no backend;
 - the bare server with the backend behind it (``--backend``): one pipe round trip per
   request and nothing else, what any server waiting on a backend pays;
-- the runtime in front of the same backend.
+- the runtime in front of the same backend, served by grpcio (``runtime``, the default)
+  and by its own HTTP/2 server on the event loop (``runtime_h2``, ``server = "h2"``).
 
-Per RPC (unary ``Execute``, ``ExecuteStream``) the runtime's own share is its median minus
-the bare server's minus the baseline, and also its median minus the bare server with the
-backend. Each server process's CPU time per request is read from /proc. Then 64 requests
-in flight on one stream: the runtime in front of a no-op multiplex backend against the
-bare server. Writes benchmarks/results/runtime_overhead.json.
+Per RPC (unary ``Execute``, ``ExecuteStream``) each runtime's own share is its median
+minus the bare server's minus the baseline, and also its median minus the bare server
+with the backend. Each server process's CPU time per request is read from /proc. Then 64
+requests in flight on one stream: each runtime in front of a no-op multiplex backend
+against the bare server. Writes benchmarks/results/runtime_overhead.json.
 
 Run: ``.venv/bin/python -m benchmarks.runtime_overhead [--requests N] [--rounds R]``;
 ``--one-cpu`` runs every process on one CPU, so that the figures show the work alone,
@@ -56,6 +57,8 @@ TARGET_THROUGHPUT = 8000
 TARGET_THROUGHPUT_RATIO = 1.2
 IN_FLIGHT = 64
 RPCS = ("unary", "stream")
+#: The runtime's series: the flags that pick its server.
+RUNTIMES = {"runtime": [], "runtime_h2": ["--server", "h2"]}
 
 
 def percentile(samples: list[float], q: float) -> float:
@@ -185,13 +188,15 @@ def measure(n: int, rounds: int, throughput_requests: int) -> dict[str, Any]:
         start = stack.enter_context
         bare = start(Buck2Worker(BARE, project_root=ROOT))
         with_backend = start(Buck2Worker([*BARE, "--backend", "--", *BACKEND], project_root=ROOT))
-        runtime = start(Buck2Worker([*RUNTIME, "--", *BACKEND], project_root=ROOT))
         assert bare.proc is not None and with_backend.proc is not None
         servers = {
             "bare_server": Server(bare, bare.proc.pid),
             "bare_server_with_backend": Server(with_backend, with_backend.proc.pid),
-            "runtime": Server(runtime, daemon_pid(runtime_dir)),
         }
+        for name, flags in RUNTIMES.items():
+            # Both runtimes attach to the one daemon of the private runtime directory.
+            runtime = start(Buck2Worker([*RUNTIME, *flags, "--", *BACKEND], project_root=ROOT))
+            servers[name] = Server(runtime, daemon_pid(runtime_dir))
         # Where each server process may run (all of them inherit --one-cpu's placement).
         server_cpus = {name: sorted(os.sched_getaffinity(s.pid)) for name, s in servers.items()}
         direct(200)  # warm-up of every path
@@ -205,14 +210,19 @@ def measure(n: int, rounds: int, throughput_requests: int) -> dict[str, Any]:
             for server in servers.values():
                 for rpc in RPCS:
                     server.measure(rpc, n)
-    rates: dict[str, list[float]] = {"runtime": [], "bare_server": []}
+    rates: dict[str, list[float]] = {name: [] for name in [*RUNTIMES, "bare_server"]}
     with contextlib.ExitStack() as stack:
         stack.enter_context(private_daemon_dir("wro-"))
-        multiplex = [*RUNTIME, "--multiplex", "--", *BACKEND, "--multiplex"]
         targets = {
-            "runtime": stack.enter_context(Buck2Worker(multiplex, project_root=ROOT)).target,
-            "bare_server": stack.enter_context(Buck2Worker(BARE, project_root=ROOT)).target,
+            name: stack.enter_context(
+                Buck2Worker(
+                    [*RUNTIME, *flags, "--multiplex", "--", *BACKEND, "--multiplex"],
+                    project_root=ROOT,
+                )
+            ).target
+            for name, flags in RUNTIMES.items()
         }
+        targets["bare_server"] = stack.enter_context(Buck2Worker(BARE, project_root=ROOT)).target
         for _ in range(rounds):
             for name, target in targets.items():
                 rates[name].append(
@@ -235,51 +245,63 @@ def report(
         value: float = found[name][rpc]["median_ms"]
         return value
 
-    own_share = {
-        rpc: median("runtime", rpc) - median("bare_server", rpc) - direct_ms for rpc in RPCS
-    }
-    over_backend_floor = {
-        rpc: median("runtime", rpc) - median("bare_server_with_backend", rpc) for rpc in RPCS
-    }
-    waiting_on_a_backend = {
-        rpc: median("bare_server_with_backend", rpc) - median("bare_server", rpc) - direct_ms
-        for rpc in RPCS
-    }
     rate = {name: statistics.median(values) for name, values in rates.items()}
-    ratio = rate["bare_server"] / rate["runtime"]
-    return {
+    figures: dict[str, Any] = {
         "requests_per_series": n * rounds,
         "rounds": rounds,
         "direct_pipes_median_ms": direct_ms,
         **found,
-        # The measure: through the runtime, minus the bare server, minus the pipes.
-        "own_share_ms": own_share,
-        # Minus the bare server that also waits on the same backend: what the runtime's
-        # own work costs, without what waiting on a backend costs any gRPC server.
-        "own_share_over_bare_server_with_backend_ms": over_backend_floor,
-        "waiting_on_a_backend_costs_a_bare_server_ms": waiting_on_a_backend,
-        "runtime_cpu_over_bare_server_with_backend_us_per_request": {
-            rpc: found["runtime"][rpc]["server_cpu_us_per_request"]
-            - found["bare_server_with_backend"][rpc]["server_cpu_us_per_request"]
+        "waiting_on_a_backend_costs_a_bare_server_ms": {
+            rpc: median("bare_server_with_backend", rpc) - median("bare_server", rpc) - direct_ms
             for rpc in RPCS
         },
         "throughput_64_in_flight_rps": rate,
-        "throughput_bare_over_runtime": ratio,
         "targets": {
             "own_share_ms": TARGET_OWN_SHARE_MS,
             "throughput_rps": TARGET_THROUGHPUT,
             "throughput_bare_over_runtime": TARGET_THROUGHPUT_RATIO,
         },
-        "met": {
-            **{f"own_share_{rpc}": own_share[rpc] <= TARGET_OWN_SHARE_MS for rpc in RPCS},
-            **{
-                f"own_share_over_bare_server_with_backend_{rpc}": over_backend_floor[rpc]
-                <= TARGET_OWN_SHARE_MS
-                for rpc in RPCS
-            },
-            "throughput": rate["runtime"] >= TARGET_THROUGHPUT or ratio <= TARGET_THROUGHPUT_RATIO,
-        },
+        "met": {},
     }
+    for name in RUNTIMES:
+        # Keys of the grpcio runtime have no suffix; those of runtime_h2 end in _h2.
+        suffix = name.removeprefix("runtime")
+        # The measure: through the runtime, minus the bare server, minus the pipes.
+        own_share = {
+            rpc: median(name, rpc) - median("bare_server", rpc) - direct_ms for rpc in RPCS
+        }
+        # Minus the bare server that also waits on the same backend: what the runtime's
+        # own work costs, without what waiting on a backend costs a grpcio server.
+        over_backend_floor = {
+            rpc: median(name, rpc) - median("bare_server_with_backend", rpc) for rpc in RPCS
+        }
+        ratio = rate["bare_server"] / rate[name]
+        figures[f"own_share{suffix}_ms"] = own_share
+        figures[f"own_share{suffix}_over_bare_server_with_backend_ms"] = over_backend_floor
+        figures[f"{name}_cpu_over_bare_server_with_backend_us_per_request"] = {
+            rpc: found[name][rpc]["server_cpu_us_per_request"]
+            - found["bare_server_with_backend"][rpc]["server_cpu_us_per_request"]
+            for rpc in RPCS
+        }
+        figures[f"throughput_bare_over_{name}"] = ratio
+        figures["met"].update(
+            {
+                **{
+                    f"own_share{suffix}_{rpc}": own_share[rpc] <= TARGET_OWN_SHARE_MS
+                    for rpc in RPCS
+                },
+                **{
+                    f"own_share{suffix}_over_bare_server_with_backend_{rpc}": over_backend_floor[
+                        rpc
+                    ]
+                    <= TARGET_OWN_SHARE_MS
+                    for rpc in RPCS
+                },
+                f"throughput{suffix}": rate[name] >= TARGET_THROUGHPUT
+                or ratio <= TARGET_THROUGHPUT_RATIO,
+            }
+        )
+    return figures
 
 
 def main(argv: list[str] | None = None) -> int:

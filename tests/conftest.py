@@ -15,6 +15,7 @@ from pathlib import Path
 import psutil
 import pytest
 
+from worker_runtime.config import SERVERS
 from worker_runtime.daemon.control import try_connect
 from workers_dev.emulator import Buck2Worker
 
@@ -101,7 +102,20 @@ def stop_daemons(runtime_dir: Path) -> None:
 
 
 @pytest.fixture
-def start_runtime(log_dir: Path, runtime_dir: Path) -> Iterator[StartRuntime]:
+def server() -> str:
+    """What serves the socket in ``start_runtime`` (the ``server`` setting). A module runs
+    its tests on every server by overriding it with ``server = every_server``."""
+    return "grpcio"
+
+
+@pytest.fixture(params=SERVERS)
+def every_server(request: pytest.FixtureRequest) -> str:
+    """``server``, once for each server (assign it to ``server`` in a test module)."""
+    return str(request.param)
+
+
+@pytest.fixture
+def start_runtime(log_dir: Path, runtime_dir: Path, server: str) -> Iterator[StartRuntime]:
     """Starts ``worker-runtime serve [runtime_args] -- backend`` as Buck2 would.
 
     Every runtime started is SIGTERMed at the end of the test, every daemon is stopped,
@@ -122,7 +136,8 @@ def start_runtime(log_dir: Path, runtime_dir: Path) -> Iterator[StartRuntime]:
         worker_env = {"WORKER_RUNTIME_LOG_DIR": str(log_dir), "TEST_PROCESS_MARKER": test_marker}
         worker_env.update(env or {})
         marker = worker_env["TEST_PROCESS_MARKER"]
-        exe = [*RUNTIME, "serve", *(runtime_args or [])]
+        server_args = ["--server", server] if server != "grpcio" else []
+        exe = [*RUNTIME, "serve", *server_args, *(runtime_args or [])]
         if backend is not None:
             exe += ["--", *backend]
         worker = Buck2Worker(exe, project_root=cwd, env=worker_env)

@@ -88,6 +88,11 @@ def serve_parser() -> argparse.ArgumentParser:
         "${XDG_STATE_HOME:-~/.local/state}/buck2-worker-runtime/logs)",
     )
     parser.add_argument(
+        "--server",
+        choices=("grpcio", "h2"),
+        help="what serves Buck2's gRPC on the socket (default: grpcio, or the config's `server`)",
+    )
+    parser.add_argument(
         "--no-daemon",
         dest="daemon",
         action="store_const",
@@ -149,6 +154,7 @@ def serve_main(argv: Sequence[str]) -> int:
         "log_dir": args.log_dir,
         "command": tuple(command) if command else None,
         "daemon": args.daemon,
+        "server": args.server,
     }
     mapping = plain_config_file(args.config) if args.config else None
     if mapping is not None and all(value is None for value in overrides.values()):

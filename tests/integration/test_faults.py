@@ -11,11 +11,21 @@ import grpc
 import psutil
 import pytest
 
-from tests.conftest import FAKE_WORKER, StartRuntime, backend_logs, fake_backend, wait_gone
+from tests.conftest import (
+    FAKE_WORKER,
+    StartRuntime,
+    backend_logs,
+    every_server,
+    fake_backend,
+    wait_gone,
+)
 from worker_runtime.errors import RUNTIME_ERROR_EXIT_CODE
 from worker_runtime.proto import buck2_worker_pb2 as pb
 from worker_runtime.proto import buck2_worker_pb2_grpc as pb_grpc
 from workers_dev.emulator import Buck2Worker, StreamingSession, buck2_status, make_command
+
+#: Every test that starts the runtime runs once on each server.
+server = every_server
 
 
 def assert_still_serves(worker: Buck2Worker) -> None:

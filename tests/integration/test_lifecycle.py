@@ -9,9 +9,18 @@ import signal
 import threading
 import time
 
-from tests.conftest import StartRuntime, fake_backend, processes_with_marker, wait_gone
+from tests.conftest import (
+    StartRuntime,
+    every_server,
+    fake_backend,
+    processes_with_marker,
+    wait_gone,
+)
 from worker_runtime.errors import RUNTIME_ERROR_EXIT_CODE
 from workers_dev.emulator import StreamingSession, make_command
+
+#: Every test that starts the runtime runs once on each server.
+server = every_server
 
 
 def test_sigterm_finishes_in_flight_requests_then_exits_cleanly(

@@ -13,11 +13,21 @@ from pathlib import Path
 import grpc
 import pytest
 
-from tests.conftest import REPO_ROOT, RUNTIME, StartRuntime, backend_logs, fake_backend
+from tests.conftest import (
+    REPO_ROOT,
+    RUNTIME,
+    StartRuntime,
+    backend_logs,
+    every_server,
+    fake_backend,
+)
 from worker_runtime.errors import RUNTIME_ERROR_EXIT_CODE
 from worker_runtime.proto import buck2_worker_pb2 as pb
 from worker_runtime.proto import buck2_worker_pb2_grpc as pb_grpc
 from workers_dev.emulator import StreamingSession, make_command
+
+#: Every test that starts the runtime runs once on each server.
+server = every_server
 
 
 def test_without_worker_socket_exits_2_and_says_how_to_start() -> None:

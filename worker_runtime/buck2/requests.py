@@ -129,6 +129,25 @@ class RequestHandler:
             if deliver is not None:
                 deliver(self.error(reason))
 
+    async def drain(self, label: str, grace_s: float) -> None:
+        """Refuses new requests and lets in-flight ones finish for ``grace_s``; whatever
+        still runs then is cancelled (its backend left clean) and answered clearly."""
+        LOGGER.info("%s: draining %d in-flight request(s)", label, self.in_flight)
+        self.draining = True
+        try:
+            await asyncio.wait_for(self.wait_idle(), grace_s)
+        except TimeoutError:
+            LOGGER.warning(
+                "%s: %d request(s) still running after %g s: cancelling them",
+                label,
+                self.in_flight,
+                grace_s,
+            )
+        await self.abort_all(
+            f"the worker runtime is shutting down and the request did not finish within "
+            f"{grace_s:g} s of the stop signal; it was cancelled"
+        )
+
     async def execute(self, command: pb.ExecuteCommand) -> pb.ExecuteResponse:
         if self.draining:
             return self.error("the worker runtime is shutting down (it received SIGTERM)")

@@ -1,7 +1,8 @@
 """The gRPC servicers Buck2 talks to on WORKER_SOCKET, and the serve loop around them.
 
 Thin by design: each RPC hands its ExecuteCommand to ``RequestHandler`` and writes
-back what it answers. ``serve`` owns start-up, SIGTERM draining and clean-up.
+back what it answers. ``socket_server`` picks this server or ``h2_server``'s (the
+``server`` setting); ``serve`` owns start-up, SIGTERM draining and clean-up.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import signal
 import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Protocol
 
 import grpc
 from google.protobuf.message import DecodeError
@@ -163,34 +165,38 @@ class Buck2SocketServer:
 
     async def drain_and_stop(self, grace_s: float) -> None:
         """Refuses new requests, lets in-flight ones finish for ``grace_s``, then stops."""
-        handler = self.handler
-        LOGGER.info("%s: draining %d in-flight request(s)", self.socket_path, handler.in_flight)
-        handler.draining = True
-        try:
-            await asyncio.wait_for(handler.wait_idle(), grace_s)
-        except TimeoutError:
-            LOGGER.warning(
-                "%s: %d request(s) still running after %g s: cancelling them",
-                self.socket_path,
-                handler.in_flight,
-                grace_s,
-            )
-        # Whatever still runs is cancelled (its backend left clean) and answered clearly,
-        # then the server gets a moment to send those answers.
-        await handler.abort_all(
-            f"the worker runtime is shutting down and the request did not finish within "
-            f"{grace_s:g} s of the stop signal; it was cancelled"
-        )
+        await self.handler.drain(self.socket_path, grace_s)
+        # The server gets a moment to send the answers of the requests drain cancelled.
         await self._server.stop(1.0)
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self.socket_path)
+
+
+class SocketServer(Protocol):
+    """What serves one worker socket: ``Buck2SocketServer`` or ``h2_server.H2SocketServer``."""
+
+    handler: RequestHandler
+    socket_path: str
+
+    async def start(self) -> None: ...
+
+    async def drain_and_stop(self, grace_s: float) -> None: ...
+
+
+def socket_server(handler: RequestHandler, socket_path: str) -> SocketServer:
+    """The server the handler's config asks for (its ``server`` setting)."""
+    if handler.config.server == "h2":
+        from worker_runtime.buck2.h2_server import H2SocketServer
+
+        return H2SocketServer(handler, socket_path)
+    return Buck2SocketServer(handler, socket_path)
 
 
 async def serve(config: RuntimeConfig, socket_path: str, log_dir: Path) -> int:
     """Serves Buck2 on ``socket_path`` in this process (``--no-daemon``) until SIGTERM/SIGINT,
     then drains and cleans up."""
     manager = BackendManager(config, os.getcwd(), log_dir)
-    server = Buck2SocketServer(RequestHandler(manager, log_dir), socket_path)
+    server = socket_server(RequestHandler(manager, log_dir), socket_path)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):

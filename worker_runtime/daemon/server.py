@@ -25,7 +25,7 @@ import psutil
 
 from worker_runtime.backends.manager import BackendManager
 from worker_runtime.buck2.requests import RequestHandler
-from worker_runtime.buck2.server import Buck2SocketServer
+from worker_runtime.buck2.server import SocketServer, socket_server
 from worker_runtime.config import config_from_mapping, config_to_mapping
 from worker_runtime.daemon.control import MAX_LINE, encode, peer_uid
 from worker_runtime.daemon.paths import DaemonPaths
@@ -54,7 +54,7 @@ class Attachment:
     """A Buck2 socket served for one front (one Buck2 command's worker)."""
 
     socket_path: str
-    server: Buck2SocketServer
+    server: SocketServer
     front_pid: int
     attached_at: float = field(default_factory=time.time)
 
@@ -330,7 +330,7 @@ class Daemon:
             if socket_path in self.attachments:
                 raise ConfigError(f"{socket_path} is already served by this daemon")
             manager = self._manager_for(config_to_mapping(config), env)
-            server = Buck2SocketServer(RequestHandler(manager, self.log_dir), socket_path)
+            server = socket_server(RequestHandler(manager, self.log_dir), socket_path)
             await server.start()
         except (ConfigError, KeyError, OSError) as exc:
             LOGGER.warning("attach refused: %s", exc)

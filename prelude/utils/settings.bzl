@@ -7,6 +7,10 @@ reads them), and the one key needed before any target can be named: toolchains_c
 # sends actions to remote persistent workers ([buck2_re_client]).
 ROUTINGS = ["local", "remote", "auto", "race", "native"]
 
+# What serves Buck2 on each worker socket; the runtime's config key `server` takes the same
+# values (docs/serve.md#the-server-grpcio-or-h2).
+SERVERS = ["grpcio", "h2"]
+
 # Every key of the [persistent_workers] section of .buckconfig, with its default and what
 # it does: the one definition of them. worker_settings reads all but `runtime` and
 # `python` (read where those commands are declared, in the toolchains cell's BUCK file)
@@ -20,6 +24,10 @@ SETTINGS = {
     "routing": {
         "default": "local",
         "doc": "Where worker requests go: `local`, `remote`, `auto` (local while a warm local slot is free, else remote), `race` (both; the first result wins), all four through worker-runtime, or `native` (Buck2's own RE client sends each worker action to remote persistent workers, from `[buck2_re_client]`; docs/remote.md).",
+    },
+    "server": {
+        "default": "grpcio",
+        "doc": "What serves Buck2 on each worker socket: `grpcio` (grpcio's asyncio server) or `h2` (the runtime's own HTTP/2 server on its event loop, without grpcio's poller thread; docs/serve.md).",
     },
     "runtime": {
         "default": ".venv/bin/worker-runtime",
@@ -116,6 +124,19 @@ def check_routing(value: str) -> str:
     """
     if value not in ROUTINGS:
         fail("[persistent_workers] routing = " + repr(value) + " is not one of " + ", ".join(ROUTINGS))
+    return value
+
+def check_server(value: str) -> str:
+    """Checks a [persistent_workers] server value.
+
+    Args:
+      value: the value read with read_root_config.
+
+    Returns:
+      The value; anything but one of SERVERS fails analysis naming the key.
+    """
+    if value not in SERVERS:
+        fail("[persistent_workers] server = " + repr(value) + " is not one of " + ", ".join(SERVERS))
     return value
 
 def properties_setting(key: str, value: str) -> dict[str, str]:

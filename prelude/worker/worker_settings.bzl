@@ -9,7 +9,7 @@ in the toolchains cell's BUCK file, and `toolchains_cell` by prelude/utils/setti
 find this target.
 """
 
-load("//utils:settings.bzl", "SETTINGS", "bool_setting", "check_routing", "properties_setting")
+load("//utils:settings.bzl", "SETTINGS", "bool_setting", "check_routing", "check_server", "properties_setting")
 load("//worker:worker_settings_providers.bzl", "WorkerSettingsInfo")
 
 # The keys this rule reads; the others are read where they are needed (utils/settings.bzl).
@@ -42,6 +42,7 @@ def _worker_settings_impl(ctx: AnalysisContext) -> list[Provider]:
             enabled = bool_setting("enabled", ctx.attrs.enabled),
             remote = _remote(ctx),
             routing = check_routing(ctx.attrs.routing),
+            server = check_server(ctx.attrs.server),
         ),
     ]
 

@@ -16,5 +16,7 @@ WorkerSettingsInfo = provider(
         # [persistent_workers] routing: "local", "remote", "auto" or "race"; the execution
         # platform carries the matching constraint value, which worker tools select() on.
         "routing": provider_field(str),
+        # [persistent_workers] server: "grpcio" or "h2", the runtime config's `server`.
+        "server": provider_field(str),
     },
 )

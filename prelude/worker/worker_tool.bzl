@@ -36,6 +36,7 @@ def _runtime_config(ctx: AnalysisContext, backend: RunInfo) -> dict[str, typing.
         "protocol": ctx.attrs.protocol,
         "remote": ctx.attrs._worker_settings[WorkerSettingsInfo].remote,
         "routing": check_routing(ctx.attrs.routing),
+        "server": ctx.attrs._worker_settings[WorkerSettingsInfo].server,
         "tool_inputs": ctx.attrs.tool_inputs,
     }
     if ctx.attrs.max_instances != None:

@@ -144,6 +144,7 @@ def test_workers_can_be_switched_off() -> None:
             '[persistent_workers] routing = "cloud" is not one of local, remote, auto, race, native',
         ),
         ("enabled", "maybe", '[persistent_workers] enabled = "maybe" is not a boolean'),
+        ("server", "fast", '[persistent_workers] server = "fast" is not one of grpcio, h2'),
     ],
 )
 def test_bad_setting_is_an_analysis_error_naming_the_key(
@@ -180,8 +181,8 @@ def test_settings_are_read_once_by_the_worker_settings_target() -> None:
     assert readers.pop("toolchains_cell") == {"prelude/utils/settings.bzl"}
     assert readers.pop("runtime") == readers.pop("python") == {"toolchains/BUCK"}
     assert set(readers) == {
-        "enabled", "routing", "remote_endpoint", "remote_instance_name", "remote_credentials_file",
-        "remote_tls", "remote_tls_ca_file", "remote_properties", "remote_fallback_local",
+        "enabled", "routing", "server", "remote_endpoint", "remote_instance_name",
+        "remote_credentials_file", "remote_tls", "remote_tls_ca_file", "remote_properties", "remote_fallback_local",
         "remote_cache", "remote_persistent",
     }  # fmt: skip
     assert all(where == {"prelude/worker/worker_settings.bzl"} for where in readers.values())

@@ -22,8 +22,10 @@ def backend_expr(argv: list[str]) -> str:
     return f"fake_dep(RunInfo(args = cmd_args({json.dumps(argv)})))"
 
 
-def analyse_tool(attrs: dict[str, str]) -> tuple[Buck2Fake, Analysis]:
-    fake = Buck2Fake()
+def analyse_tool(
+    attrs: dict[str, str], root_config: dict[tuple[str, str], str] | None = None
+) -> tuple[Buck2Fake, Analysis]:
+    fake = Buck2Fake(root_config=root_config or {})
     analysis = fake.analyse(
         "@prelude//worker:worker_tool.bzl",
         "worker_tool",
@@ -57,6 +59,14 @@ def test_worker_info_launches_the_runtime_with_the_written_config() -> None:
     assert tool["config"] == {"artifact": config["output"]}
 
 
+def test_config_carries_the_server_setting() -> None:
+    """[persistent_workers] server reaches every worker tool's runtime config."""
+    _, analysis = analyse_tool(
+        {"backend": backend_expr(["w"])}, {("persistent_workers", "server"): "h2"}
+    )
+    assert json.loads(analysis.action("write_json")["content"])["server"] == "h2"
+
+
 def test_config_carries_every_setting() -> None:
     _, analysis = analyse_tool(
         {
@@ -82,6 +92,7 @@ def test_config_carries_every_setting() -> None:
         "protocol": "proto",
         "remote": {"tls": False, "fallback_local": False, "cache": True, "persistent": True},
         "routing": "local",
+        "server": "grpcio",
         "tool_inputs": ["tools/worker.jar"],
     }
     worker = analysis.provider("WorkerInfo")

@@ -111,6 +111,25 @@ def test_backends_stay_warm_after_buck2_kill(project: Buck2Project) -> None:
 
 
 @pytest.fixture(scope="module")
+def h2_project(buck2: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Buck2Project]:
+    yield from make_project(buck2, tmp_path_factory.mktemp("h2"))
+
+
+def test_the_h2_server_serves_buck2(h2_project: Buck2Project) -> None:
+    """[persistent_workers] server = h2: Buck2's own client (tonic) on the runtime's HTTP/2
+    server, streaming as the prelude sets it, across two commands."""
+    h2 = ("persistent_workers.server=h2",)
+    assert h2_project.run("run", "-c", h2[0], "//examples/java:bookshop").stdout == JAVA_EXPECTED
+    java_source = h2_project.root / "examples/java/src/com/example/bookshop/util/Strings.java"
+    java_source.write_text(java_source.read_text() + "\n// edited\n")
+    h2_project.build("//examples/java:bookshop", "//examples/worker_rule:report", config=h2)
+    logs = h2_project.runtime("logs", "-n", "200").stdout
+    assert "; server h2)" in logs and "; server grpcio)" not in logs, logs
+    served = backends_by_tool(h2_project.daemon_status())
+    assert served["javac-worker"]["requests_served"] >= 8, served
+
+
+@pytest.fixture(scope="module")
 def cold_project(buck2: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Buck2Project]:
     yield from make_project(buck2, tmp_path_factory.mktemp("cold"))
 

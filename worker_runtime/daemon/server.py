@@ -342,10 +342,11 @@ class Daemon:
         self.attachments[socket_path] = attachment
         self._last_activity = time.monotonic()
         LOGGER.info(
-            "attached %s for front pid %d (%s)",
+            "attached %s for front pid %d (%s; server %s)",
             socket_path,
             attachment.front_pid,
             list(config.command),
+            config.server,
         )
         reply = {
             "ok": True,

@@ -7,8 +7,8 @@ same asyncio client on uvloop and grpcio's tuning, in interleaved rounds of one 
 - the bare server (``benchmarks/grpc_floor_server.py``): answers at once, no backend;
 - the bare server with the backend behind it (``--backend``): one pipe round trip per
   request and nothing else, what any server waiting on a backend pays;
-- the runtime in front of the same backend, served by grpcio (``runtime``, the default)
-  and by its own HTTP/2 server on the event loop (``runtime_h2``, ``server = "h2"``).
+- the runtime in front of the same backend, served by its own HTTP/2 server on the event
+  loop (``runtime``, the default ``server = "h2"``) and by grpcio (``runtime_grpcio``).
 
 Per RPC (unary ``Execute``, ``ExecuteStream``) each runtime's own share is its median
 minus the bare server's minus the baseline, and also its median minus the bare server
@@ -58,7 +58,7 @@ TARGET_THROUGHPUT_RATIO = 1.2
 IN_FLIGHT = 64
 RPCS = ("unary", "stream")
 #: The runtime's series: the flags that pick its server.
-RUNTIMES = {"runtime": [], "runtime_h2": ["--server", "h2"]}
+RUNTIMES = {"runtime": ["--server", "h2"], "runtime_grpcio": ["--server", "grpcio"]}
 
 
 def percentile(samples: list[float], q: float) -> float:
@@ -264,14 +264,15 @@ def report(
         "met": {},
     }
     for name in RUNTIMES:
-        # Keys of the grpcio runtime have no suffix; those of runtime_h2 end in _h2.
+        # Keys of the default runtime (h2) have no suffix; those of runtime_grpcio end in
+        # _grpcio.
         suffix = name.removeprefix("runtime")
         # The measure: through the runtime, minus the bare server, minus the pipes.
         own_share = {
             rpc: median(name, rpc) - median("bare_server", rpc) - direct_ms for rpc in RPCS
         }
         # Minus the bare server that also waits on the same backend: what the runtime's
-        # own work costs, without what waiting on a backend costs a grpcio server.
+        # own work costs, without what waiting on a backend costs a bare (grpcio) server.
         over_backend_floor = {
             rpc: median(name, rpc) - median("bare_server_with_backend", rpc) for rpc in RPCS
         }

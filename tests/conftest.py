@@ -15,7 +15,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from worker_runtime.config import SERVERS
+from worker_runtime.config import SERVERS, RuntimeConfig
 from worker_runtime.daemon.control import try_connect
 from workers_dev.emulator import Buck2Worker
 
@@ -105,7 +105,7 @@ def stop_daemons(runtime_dir: Path) -> None:
 def server() -> str:
     """What serves the socket in ``start_runtime`` (the ``server`` setting). A module runs
     its tests on every server by overriding it with ``server = every_server``."""
-    return "grpcio"
+    return RuntimeConfig().server
 
 
 @pytest.fixture(params=SERVERS)
@@ -136,7 +136,7 @@ def start_runtime(log_dir: Path, runtime_dir: Path, server: str) -> Iterator[Sta
         worker_env = {"WORKER_RUNTIME_LOG_DIR": str(log_dir), "TEST_PROCESS_MARKER": test_marker}
         worker_env.update(env or {})
         marker = worker_env["TEST_PROCESS_MARKER"]
-        server_args = ["--server", server] if server != "grpcio" else []
+        server_args = ["--server", server] if server != RuntimeConfig().server else []
         exe = [*RUNTIME, "serve", *server_args, *(runtime_args or [])]
         if backend is not None:
             exe += ["--", *backend]

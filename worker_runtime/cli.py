@@ -89,8 +89,8 @@ def serve_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--server",
-        choices=("grpcio", "h2"),
-        help="what serves Buck2's gRPC on the socket (default: grpcio, or the config's `server`)",
+        choices=("h2", "grpcio"),
+        help="what serves Buck2's gRPC on the socket (default: h2, or the config's `server`)",
     )
     parser.add_argument(
         "--no-daemon",

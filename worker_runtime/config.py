@@ -17,7 +17,7 @@ from worker_runtime.errors import ConfigError
 
 PROTOCOLS = ("proto", "json")
 #: What serves Buck2's gRPC on the worker socket (worker_runtime/buck2/).
-SERVERS = ("grpcio", "h2")
+SERVERS = ("h2", "grpcio")
 
 
 def doc(text: str, default: str = "") -> dict[str, str]:
@@ -160,9 +160,9 @@ class RuntimeConfig:
         ),
     )
     server: str = field(
-        default="grpcio",
+        default="h2",
         metadata=doc(
-            'What serves Buck2 on the worker socket: "grpcio" (grpcio\'s asyncio server) or "h2" (HTTP/2 on the event loop itself, without grpcio\'s poller thread: measured faster on small machines, newer).'
+            'What serves Buck2 on the worker socket: "h2" (the runtime\'s own HTTP/2 server, on its event loop) or "grpcio" (grpcio\'s asyncio server, which hands every message between its poller thread and the event loop).'
         ),
     )
     daemon: bool = field(

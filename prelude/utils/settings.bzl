@@ -9,7 +9,7 @@ ROUTINGS = ["local", "remote", "auto", "race", "native"]
 
 # What serves Buck2 on each worker socket; the runtime's config key `server` takes the same
 # values (docs/serve.md#the-server-grpcio-or-h2).
-SERVERS = ["grpcio", "h2"]
+SERVERS = ["h2", "grpcio"]
 
 # Every key of the [persistent_workers] section of .buckconfig, with its default and what
 # it does: the one definition of them. worker_settings reads all but `runtime` and
@@ -26,8 +26,8 @@ SETTINGS = {
         "doc": "Where worker requests go: `local`, `remote`, `auto` (local while a warm local slot is free, else remote), `race` (both; the first result wins), all four through worker-runtime, or `native` (Buck2's own RE client sends each worker action to remote persistent workers, from `[buck2_re_client]`; docs/remote.md).",
     },
     "server": {
-        "default": "grpcio",
-        "doc": "What serves Buck2 on each worker socket: `grpcio` (grpcio's asyncio server) or `h2` (the runtime's own HTTP/2 server on its event loop, without grpcio's poller thread; docs/serve.md).",
+        "default": "h2",
+        "doc": "What serves Buck2 on each worker socket: `h2` (the runtime's own HTTP/2 server, on its event loop) or `grpcio` (grpcio's asyncio server, which hands every message between its poller thread and the event loop; docs/serve.md).",
     },
     "runtime": {
         "default": ".venv/bin/worker-runtime",

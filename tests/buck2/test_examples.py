@@ -76,6 +76,7 @@ def test_build_serves_every_worker_action_through_the_daemon(project: Buck2Proje
     # attaching: one per worker tool of the command.
     logs = project.runtime("logs", "-n", "200").stdout
     assert logs.count("attached /tmp/buck2_worker/") == 3, logs
+    assert logs.count("; server h2)") == 3, logs  # the default server
 
 
 def test_buck2_run_prints_the_expected_output(project: Buck2Project) -> None:
@@ -111,21 +112,23 @@ def test_backends_stay_warm_after_buck2_kill(project: Buck2Project) -> None:
 
 
 @pytest.fixture(scope="module")
-def h2_project(buck2: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Buck2Project]:
-    yield from make_project(buck2, tmp_path_factory.mktemp("h2"))
+def grpcio_project(buck2: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Buck2Project]:
+    yield from make_project(buck2, tmp_path_factory.mktemp("grpcio"))
 
 
-def test_the_h2_server_serves_buck2(h2_project: Buck2Project) -> None:
-    """[persistent_workers] server = h2: Buck2's own client (tonic) on the runtime's HTTP/2
-    server, streaming as the prelude sets it, across two commands."""
-    h2 = ("persistent_workers.server=h2",)
-    assert h2_project.run("run", "-c", h2[0], "//examples/java:bookshop").stdout == JAVA_EXPECTED
-    java_source = h2_project.root / "examples/java/src/com/example/bookshop/util/Strings.java"
+def test_the_grpcio_server_serves_buck2(grpcio_project: Buck2Project) -> None:
+    """[persistent_workers] server = grpcio (the tests above run on the default, h2):
+    Buck2's own client on grpcio's server, streaming as the prelude sets it, across two
+    commands."""
+    project = grpcio_project
+    grpcio = ("persistent_workers.server=grpcio",)
+    assert project.run("run", "-c", grpcio[0], "//examples/java:bookshop").stdout == JAVA_EXPECTED
+    java_source = project.root / "examples/java/src/com/example/bookshop/util/Strings.java"
     java_source.write_text(java_source.read_text() + "\n// edited\n")
-    h2_project.build("//examples/java:bookshop", "//examples/worker_rule:report", config=h2)
-    logs = h2_project.runtime("logs", "-n", "200").stdout
-    assert "; server h2)" in logs and "; server grpcio)" not in logs, logs
-    served = backends_by_tool(h2_project.daemon_status())
+    project.build("//examples/java:bookshop", "//examples/worker_rule:report", config=grpcio)
+    logs = project.runtime("logs", "-n", "200").stdout
+    assert "; server grpcio)" in logs and "; server h2)" not in logs, logs
+    served = backends_by_tool(project.daemon_status())
     assert served["javac-worker"]["requests_served"] >= 8, served
 
 

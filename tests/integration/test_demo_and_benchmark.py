@@ -94,21 +94,21 @@ def test_runtime_overhead_benchmark_writes_its_json(placement: tuple[str, ...]) 
     )
     expected = data["cpus"][:1] if placement else sorted(os.sched_getaffinity(0))
     assert data["cpus"] == expected
-    servers = ("bare_server", "bare_server_with_backend", "runtime", "runtime_h2")
+    servers = ("bare_server", "bare_server_with_backend", "runtime", "runtime_grpcio")
     assert data["server_cpus"] == dict.fromkeys(servers, expected)
     assert data["direct_pipes_median_ms"] > 0
     for server in servers:
         for rpc in ("unary", "stream"):
             assert data[server][rpc]["median_ms"] > 0
             assert data[server][rpc]["server_cpu_us_per_request"] > 0
-    for suffix in ("", "_h2"):
+    for suffix in ("", "_grpcio"):
         assert set(data[f"own_share{suffix}_ms"]) == {"unary", "stream"}
         assert set(data["met"]) >= {
             f"own_share{suffix}_unary",
             f"own_share{suffix}_stream",
             f"throughput{suffix}",
         }
-    assert set(data["throughput_64_in_flight_rps"]) == {"runtime", "runtime_h2", "bare_server"}
+    assert set(data["throughput_64_in_flight_rps"]) == {"runtime", "runtime_grpcio", "bare_server"}
 
 
 def test_a_short_soak_loses_nothing() -> None:

@@ -144,7 +144,7 @@ def test_workers_can_be_switched_off() -> None:
             '[persistent_workers] routing = "cloud" is not one of local, remote, auto, race, native',
         ),
         ("enabled", "maybe", '[persistent_workers] enabled = "maybe" is not a boolean'),
-        ("server", "fast", '[persistent_workers] server = "fast" is not one of grpcio, h2'),
+        ("server", "fast", '[persistent_workers] server = "fast" is not one of h2, grpcio'),
     ],
 )
 def test_bad_setting_is_an_analysis_error_naming_the_key(

@@ -62,9 +62,9 @@ def test_worker_info_launches_the_runtime_with_the_written_config() -> None:
 def test_config_carries_the_server_setting() -> None:
     """[persistent_workers] server reaches every worker tool's runtime config."""
     _, analysis = analyse_tool(
-        {"backend": backend_expr(["w"])}, {("persistent_workers", "server"): "h2"}
+        {"backend": backend_expr(["w"])}, {("persistent_workers", "server"): "grpcio"}
     )
-    assert json.loads(analysis.action("write_json")["content"])["server"] == "h2"
+    assert json.loads(analysis.action("write_json")["content"])["server"] == "grpcio"
 
 
 def test_config_carries_every_setting() -> None:
@@ -92,7 +92,7 @@ def test_config_carries_every_setting() -> None:
         "protocol": "proto",
         "remote": {"tls": False, "fallback_local": False, "cache": True, "persistent": True},
         "routing": "local",
-        "server": "grpcio",
+        "server": "h2",
         "tool_inputs": ["tools/worker.jar"],
     }
     worker = analysis.provider("WorkerInfo")

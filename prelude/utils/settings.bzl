@@ -8,7 +8,7 @@ reads them), and the one key needed before any target can be named: toolchains_c
 ROUTINGS = ["local", "remote", "auto", "race", "native"]
 
 # What serves Buck2 on each worker socket; the runtime's config key `server` takes the same
-# values (docs/serve.md#the-server-grpcio-or-h2).
+# values (docs/serve.md#the-server-h2-or-grpcio).
 SERVERS = ["h2", "grpcio"]
 
 # Every key of the [persistent_workers] section of .buckconfig, with its default and what

@@ -1,5 +1,5 @@
-"""Buck2's worker protocol served over HTTP/2 straight from the event loop, with the
-``h2`` package's protocol state machine and no grpcio (the ``server = "h2"`` setting).
+"""Buck2's worker protocol served over HTTP/2 straight from the event loop, without grpcio
+(the ``server = "h2"`` setting): gRPC's calls on ``http2.py``'s connections.
 
 grpcio's asyncio server reads and writes the socket on its own poller thread and hands
 every message to the event loop and back: on a small VM those wake-ups are most of a
@@ -24,15 +24,10 @@ import logging
 import os
 import struct
 from collections.abc import Callable
-from typing import cast
 
-import h2.config
-import h2.connection
-import h2.errors
-import h2.events
-import h2.exceptions
 from google.protobuf.message import DecodeError
 
+from worker_runtime.buck2.http2 import Http2Connection, literal_header
 from worker_runtime.buck2.requests import RequestHandler
 from worker_runtime.buck2.sockets import check_socket_path
 from worker_runtime.proto import buck2_worker_pb2 as pb
@@ -52,19 +47,20 @@ INTERNAL = 13
 #: The gRPC message prefix: a compressed flag and a big-endian length.
 PREFIX = struct.Struct(">BI")
 
-_CONFIG = h2.config.H2Configuration(
-    client_side=False,
-    header_encoding=None,
-    # The answers' headers are this module's own constants, and of a request's headers only
-    # :path is read (looked up as it is): checking them costs a tenth of a request's time.
-    validate_outbound_headers=False,
-    normalize_outbound_headers=False,
-    validate_inbound_headers=False,
-    normalize_inbound_headers=False,
-)
-#: The request headers we answer with: nothing but what gRPC requires.
-_RESPONSE_HEADERS = ((b":status", b"200"), (b"content-type", b"application/grpc"))
-_OK_TRAILERS = ((b"grpc-status", b"0"),)
+#: The answer's headers, as an HPACK block: ``:status: 200`` (static table entry 8), then
+#: ``content-type: application/grpc``.
+RESPONSE_HEADERS = b"\x88" + literal_header(b"content-type", b"application/grpc")
+OK_TRAILERS = literal_header(b"grpc-status", b"0")
+
+
+def trailers(status: int, message: str) -> bytes:
+    """The block that ends a call with ``status`` and ``message``."""
+    if status == OK:
+        return OK_TRAILERS
+    text = grpc_message(message)[:126]  # one HPACK length byte; the runtime log has the rest
+    return literal_header(b"grpc-status", str(status).encode()) + literal_header(
+        b"grpc-message", text
+    )
 
 
 def grpc_message(text: str) -> bytes:
@@ -114,131 +110,56 @@ class H2SocketServer:
             connection.go_away()
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(1.0):
-                await asyncio.gather(*(c.flushed() for c in connections))
+                await asyncio.gather(*(c.all_sent() for c in connections))
         for connection in connections:
             connection.close()
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self.socket_path)
 
 
-class Connection(asyncio.Protocol):
-    """One client connection: HTTP/2 frames in, calls dispatched by path, answers out."""
+class Connection(Http2Connection):
+    """One client connection: its streams' calls, dispatched by path."""
 
     def __init__(self, handler: RequestHandler, registry: set[Connection]) -> None:
+        super().__init__()
         self.handler = handler
         self.registry = registry
-        self.h2 = h2.connection.H2Connection(_CONFIG)
         self.calls: dict[int, Call] = {}
-        self.closed = False
-        self._transport: asyncio.Transport | None = None
-        self._idle: asyncio.Event | None = None
-
-    # asyncio.Protocol
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self._transport = cast(asyncio.Transport, transport)  # uvloop's: not a subclass
+        super().connection_made(transport)
         self.registry.add(self)
-        self.h2.initiate_connection()
-        self.flush()
-
-    def data_received(self, data: bytes) -> None:
-        try:
-            events = self.h2.receive_data(data)
-        except h2.exceptions.ProtocolError as exc:
-            LOGGER.warning("closing a connection that broke HTTP/2: %s", exc)
-            self.flush()  # the GOAWAY h2 queued
-            self.close()
-            return
-        for event in events:
-            self._on_event(event)
-        self.flush()
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self.closed = True
+        super().connection_lost(exc)  # resets every open stream
         self.registry.discard(self)
-        calls = list(self.calls.values())
-        self.calls.clear()
-        for call in calls:
-            call.gone()
-        if self._idle is not None:
-            self._idle.set()
 
-    # HTTP/2 events
-
-    def _on_event(self, event: h2.events.Event) -> None:
-        if isinstance(event, h2.events.DataReceived):
-            with contextlib.suppress(h2.exceptions.ProtocolError):  # a stream already closed
-                self.h2.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
-            call = self.calls.get(event.stream_id)
-            if call is not None:
-                call.feed(event.data)
-        elif isinstance(event, h2.events.RequestReceived):
-            self._start_call(event.stream_id, dict(event.headers))
-        elif isinstance(event, h2.events.StreamEnded):
-            call = self.calls.get(event.stream_id)
-            if call is not None:
-                call.end_of_requests()
-        elif isinstance(event, h2.events.StreamReset):
-            call = self.calls.pop(event.stream_id, None)
-            if call is not None:
-                call.gone()
-        elif isinstance(event, h2.events.WindowUpdated):
-            for call in list(self.calls.values()):
-                if event.stream_id in (0, call.stream_id):
-                    call.pump()
-        elif isinstance(event, h2.events.RemoteSettingsChanged):
-            for call in list(self.calls.values()):
-                call.pump()
-        elif isinstance(event, h2.events.ConnectionTerminated):
-            self.close()
-
-    def _start_call(self, stream_id: int, headers: dict[bytes, bytes]) -> None:
-        path = headers.get(b":path", b"")
+    def stream_started(self, stream_id: int, path: bytes) -> None:
         kind = _CALLS.get(path)
         if kind is None:
-            self.h2.send_headers(
-                stream_id,
-                (
-                    *_RESPONSE_HEADERS,
-                    (b"grpc-status", str(UNIMPLEMENTED).encode()),
-                    (
-                        b"grpc-message",
-                        grpc_message(f"unknown method {path.decode(errors='replace')}"),
-                    ),
-                ),
-                end_stream=True,
-            )
+            message = f"unknown method {path.decode(errors='replace')}"
+            LOGGER.info("refusing a call: %s", message)
+            self.send(stream_id, None, b"", RESPONSE_HEADERS + trailers(UNIMPLEMENTED, message))
             return
         self.calls[stream_id] = kind(self, stream_id)
 
-    # Sending
+    def stream_data(self, stream_id: int, data: bytes) -> None:
+        call = self.calls.get(stream_id)
+        if call is not None:
+            call.feed(data)
 
-    def flush(self) -> None:
-        data = self.h2.data_to_send()
-        if data and self._transport is not None and not self._transport.is_closing():
-            self._transport.write(data)
+    def stream_ended(self, stream_id: int) -> None:
+        call = self.calls.get(stream_id)
+        if call is not None:
+            call.end_of_requests()
+
+    def stream_reset(self, stream_id: int) -> None:
+        call = self.calls.pop(stream_id, None)
+        if call is not None:
+            call.gone()
 
     def finished(self, call: Call) -> None:
         self.calls.pop(call.stream_id, None)
-        if not self.calls and self._idle is not None:
-            self._idle.set()
-
-    def go_away(self) -> None:
-        """Tells the client this connection takes no new calls (those open go on)."""
-        if not self.closed:
-            with contextlib.suppress(h2.exceptions.ProtocolError):
-                self.h2.close_connection()
-            self.flush()
-
-    async def flushed(self) -> None:
-        """Returns once every call on this connection has sent its last frame."""
-        while self.calls and not self.closed:
-            self._idle = asyncio.Event()
-            await self._idle.wait()
-
-    def close(self) -> None:
-        if self._transport is not None:
-            self._transport.close()
 
 
 class Call:
@@ -249,8 +170,6 @@ class Call:
         self.handler = connection.handler
         self.stream_id = stream_id
         self._buffer = bytearray()
-        self._outbox = bytearray()
-        self._trailers: tuple[tuple[bytes, bytes], ...] | None = None
         self._headers_sent = False
         self.open = True
         #: Set once a message cannot be read: no more are taken from this stream.
@@ -299,64 +218,36 @@ class Call:
 
     # Answers
 
+    def _send(self, data: bytes, end: bytes | None = None) -> None:
+        """Sends ``data`` (the answer's headers first, once), and ends the call with the
+        trailers block ``end`` if given."""
+        if not self.open:
+            return
+        headers = None if self._headers_sent else RESPONSE_HEADERS
+        self._headers_sent = True
+        if end is not None:
+            self.open = False
+            self.connection.finished(self)
+        self.connection.send(self.stream_id, headers, data, end)
+
     def send_headers(self) -> None:
         if not self._headers_sent:
-            self._headers_sent = True
-            self.connection.h2.send_headers(self.stream_id, _RESPONSE_HEADERS)
-
-    def queue(self, message: bytes) -> None:
-        """Queues ``message``; ``pump`` (or ``finish``) sends it."""
-        if self.open:
-            self.send_headers()
-            self._outbox += framed(message)
+            self._send(b"")
 
     def send(self, message: bytes) -> None:
-        self.queue(message)
-        self.pump()
+        self._send(framed(message))
 
     def answer(self, response: pb.ExecuteResponse) -> None:
         """Ends the call with its one answer, in one write to the socket."""
-        self.queue(response.SerializeToString())
-        self.finish()
+        self._send(framed(response.SerializeToString()), OK_TRAILERS)
 
     def finish(self, status: int = OK, message: str = "") -> None:
-        """Ends the call with ``status`` once every queued message is sent."""
-        if not self.open or self._trailers is not None:
-            return
-        self.send_headers()
-        self._trailers = (
-            _OK_TRAILERS
-            if status == OK
-            else ((b"grpc-status", str(status).encode()), (b"grpc-message", grpc_message(message)))
-        )
-        self.pump()
+        """Ends the call with ``status`` (after every message sent before)."""
+        self._send(b"", trailers(status, message))
 
     def fail(self, status: int, message: str) -> None:
         LOGGER.info("ending a call with status %d: %s", status, message)
         self.finish(status, message)
-
-    def pump(self) -> None:
-        """Sends as much of the outbox as the client's flow-control window allows, then
-        the trailers once it is empty."""
-        if not self.open:
-            return
-        h2_connection = self.connection.h2
-        try:
-            while self._outbox:
-                window = h2_connection.local_flow_control_window(self.stream_id)
-                size = min(window, h2_connection.max_outbound_frame_size, len(self._outbox))
-                if size <= 0:
-                    break  # WindowUpdated calls again
-                h2_connection.send_data(self.stream_id, bytes(self._outbox[:size]))
-                del self._outbox[:size]
-            if not self._outbox and self._trailers is not None:
-                h2_connection.send_headers(self.stream_id, self._trailers, end_stream=True)
-                self.open = False
-                self.connection.finished(self)
-        except h2.exceptions.ProtocolError:  # the stream closed under us
-            self.gone()
-            self.connection.finished(self)
-        self.connection.flush()
 
 
 class UnaryCall(Call):

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from worker_runtime.buck2.h2_server import PREFIX, framed, grpc_message
+import hpack
+
+from worker_runtime.buck2.h2_server import PREFIX, RESPONSE_HEADERS, framed, grpc_message, trailers
 
 
 def test_grpc_message_percent_encodes_what_a_header_cannot_hold() -> None:
@@ -17,3 +19,20 @@ def test_framed_prefixes_an_uncompressed_length() -> None:
     frame = framed(message)
     assert PREFIX.unpack_from(frame) == (0, 300)
     assert frame[PREFIX.size :] == message
+
+
+def test_the_constant_header_blocks_decode_as_meant() -> None:
+    """The answer's blocks are written by hand as HPACK: an independent decoder reads them,
+    for any length of message."""
+    decoder = hpack.Decoder()
+    assert decoder.decode(RESPONSE_HEADERS, raw=True) == [
+        (b":status", b"200"),
+        (b"content-type", b"application/grpc"),
+    ]
+    for length in (0, 126, 127, 128, 300, 20_000):
+        message = "m" * length
+        assert decoder.decode(trailers(3, message), raw=True) == [
+            (b"grpc-status", b"3"),
+            (b"grpc-message", message.encode()),
+        ]
+    assert decoder.decode(trailers(0, "ignored"), raw=True) == [(b"grpc-status", b"0")]

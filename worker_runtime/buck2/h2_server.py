@@ -57,9 +57,8 @@ def trailers(status: int, message: str) -> bytes:
     """The block that ends a call with ``status`` and ``message``."""
     if status == OK:
         return OK_TRAILERS
-    text = grpc_message(message)[:126]  # one HPACK length byte; the runtime log has the rest
     return literal_header(b"grpc-status", str(status).encode()) + literal_header(
-        b"grpc-message", text
+        b"grpc-message", grpc_message(message)
     )
 
 

@@ -73,11 +73,23 @@ def frame(kind: int, flags: int, stream_id: int, payload: bytes = b"") -> bytes:
     return FRAME_HEADER.pack(length >> 16, length & 0xFFFF, kind, flags, stream_id) + payload
 
 
+def hpack_length(length: int) -> bytes:
+    """A string's length as an HPACK integer with a 7-bit prefix, Huffman bit clear."""
+    if length < 127:
+        return bytes([length])
+    out = bytearray([127])
+    length -= 127
+    while length >= 128:
+        out.append(length % 128 + 128)
+        length //= 128
+    out.append(length)
+    return bytes(out)
+
+
 def literal_header(name: bytes, value: bytes) -> bytes:
     """One header field as an HPACK literal without indexing and with a literal name, so
-    that it changes no table (RFC 7541 6.2.2); names and values here are under 127 bytes."""
-    assert len(name) < 127 and len(value) < 127
-    return b"\x00" + bytes([len(name)]) + name + bytes([len(value)]) + value
+    that it changes no table (RFC 7541 6.2.2)."""
+    return b"\x00" + hpack_length(len(name)) + name + hpack_length(len(value)) + value
 
 
 class ProtocolViolation(Exception):

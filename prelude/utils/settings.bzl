@@ -113,31 +113,28 @@ def bool_setting(key: str, value: str) -> bool:
         return False
     fail("[persistent_workers] " + key + " = " + repr(value) + " is not a boolean: use true or false")
 
-def check_routing(value: str) -> str:
-    """Checks a [persistent_workers] routing value.
+def choice_setting(key: str, value: str, choices: list[str]) -> str:
+    """Checks a [persistent_workers] value that must be one of `choices`.
 
     Args:
+      key: the key's name in [persistent_workers], for the error message.
       value: the value read with read_root_config.
+      choices: the values allowed.
 
     Returns:
-      The value; anything but one of ROUTINGS fails analysis naming the key.
+      The value; anything else fails analysis naming the key.
     """
-    if value not in ROUTINGS:
-        fail("[persistent_workers] routing = " + repr(value) + " is not one of " + ", ".join(ROUTINGS))
+    if value not in choices:
+        fail("[persistent_workers] " + key + " = " + repr(value) + " is not one of " + ", ".join(choices))
     return value
+
+def check_routing(value: str) -> str:
+    """Checks a [persistent_workers] routing value (one of ROUTINGS)."""
+    return choice_setting("routing", value, ROUTINGS)
 
 def check_server(value: str) -> str:
-    """Checks a [persistent_workers] server value.
-
-    Args:
-      value: the value read with read_root_config.
-
-    Returns:
-      The value; anything but one of SERVERS fails analysis naming the key.
-    """
-    if value not in SERVERS:
-        fail("[persistent_workers] server = " + repr(value) + " is not one of " + ", ".join(SERVERS))
-    return value
+    """Checks a [persistent_workers] server value (one of SERVERS)."""
+    return choice_setting("server", value, SERVERS)
 
 def properties_setting(key: str, value: str) -> dict[str, str]:
     """Reads a [persistent_workers] list of platform properties.

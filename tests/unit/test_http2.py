@@ -215,3 +215,17 @@ def test_an_interrupted_header_block_ends_the_connection() -> None:
         frame(http2.HEADERS, 0, 1, block[:3]) + frame(http2.PING, 0, 0, b"12345678")
     )
     assert goaway_code(connection) == http2.PROTOCOL_ERROR
+
+
+class Failing(Recorder):
+    def stream_started(self, stream_id: int, path: bytes) -> None:
+        raise RuntimeError("a bug in a call")
+
+
+def test_a_bug_while_reading_ends_only_that_connection_with_internal_error() -> None:
+    connection = Failing()
+    connection.data_received(PREFACE + frame(http2.SETTINGS, 0, 0))
+    connection.frames()
+    block = connection.request_headers(b"/p")
+    connection.data_received(frame(http2.HEADERS, http2.END_HEADERS, 1, block))
+    assert goaway_code(connection) == http2.INTERNAL_ERROR

@@ -50,6 +50,7 @@ SETTINGS_MAX_FRAME_SIZE = 0x5
 # Error codes.
 NO_ERROR = 0x0
 PROTOCOL_ERROR = 0x1
+INTERNAL_ERROR = 0x2
 FLOW_CONTROL_ERROR = 0x3
 FRAME_SIZE_ERROR = 0x6
 COMPRESSION_ERROR = 0x9
@@ -172,6 +173,10 @@ class Http2Connection(asyncio.Protocol):
         except ProtocolViolation as exc:
             LOGGER.warning("closing a connection that broke HTTP/2: %s", exc)
             self.go_away(exc.code)
+            self.close()
+        except Exception:  # a bug here: this connection ends, the others go on
+            LOGGER.exception("internal error while reading a connection; closing it")
+            self.go_away(INTERNAL_ERROR)
             self.close()
         finally:
             self._batching = False

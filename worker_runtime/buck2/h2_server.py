@@ -28,7 +28,12 @@ from collections.abc import Callable
 from google.protobuf.message import DecodeError
 
 from worker_runtime.buck2.http2 import Http2Connection, literal_header
-from worker_runtime.buck2.requests import RequestHandler
+from worker_runtime.buck2.requests import (
+    CANCELLED_BY_CLIENT,
+    EXEC_WITHOUT_COMMAND,
+    RequestHandler,
+    unreadable_stream_message,
+)
 from worker_runtime.buck2.sockets import check_socket_path
 from worker_runtime.proto import buck2_worker_pb2 as pb
 
@@ -297,7 +302,7 @@ class ExecCall(Call):
         if self._work is None:
             if kind != "command":
                 self._unreadable = True
-                self.answer(self.handler.error("an Exec stream must start with a command event"))
+                self.answer(self.handler.error(EXEC_WITHOUT_COMMAND))
                 return
             self._work = asyncio.get_running_loop().create_task(self.handler.execute(event.command))
             self.handler.track(self._work)
@@ -313,13 +318,13 @@ class ExecCall(Call):
 
     def end_of_requests(self) -> None:
         if self._work is None and not self._unreadable:
-            self.answer(self.handler.error("an Exec stream must start with a command event"))
+            self.answer(self.handler.error(EXEC_WITHOUT_COMMAND))
 
     def _done(self, work: asyncio.Task[pb.ExecuteResponse]) -> None:
         if not work.cancelled():
             self.answer(work.result())
         elif self._cancelled_by_client:
-            self.answer(self.handler.error("the request was cancelled by the client"))
+            self.answer(self.handler.error(CANCELLED_BY_CLIENT))
         elif self.handler.abort_reason:
             self.answer(self.handler.error(self.handler.abort_reason))
 
@@ -361,10 +366,7 @@ class StreamCall(Call):
     def unreadable(self, status: int, reason: str) -> None:
         """The requests before it are answered, then the stream ends with ``status``."""
         self._unreadable = True
-        self._why_unreadable = (
-            status,
-            f"{reason}; the requests before it were answered, and the stream was ended",
-        )
+        self._why_unreadable = (status, unreadable_stream_message(reason))
         self.end_of_requests()
 
     def end_of_requests(self) -> None:

@@ -33,6 +33,15 @@ LOGGER = logging.getLogger(__name__)
 #: Where a started request's response goes.
 Deliver = Callable[[pb.ExecuteResponse], None]
 
+# What both servers (server.py, h2_server.py) answer in the same cases.
+EXEC_WITHOUT_COMMAND = "an Exec stream must start with a command event"
+CANCELLED_BY_CLIENT = "the request was cancelled by the client"
+
+
+def unreadable_stream_message(problem: str) -> str:
+    """Why an ExecuteStream ended after a message it could not read (``problem``)."""
+    return f"{problem}; the requests before it were answered, and the stream was ended"
+
 
 class RequestHandler:
     """Serves ExecuteCommands for one Buck2 socket; safe to call concurrently."""

@@ -23,7 +23,12 @@ from google.protobuf.message import DecodeError
 
 from worker_runtime.backends.manager import BackendManager
 from worker_runtime.buck2 import grpc_tuning
-from worker_runtime.buck2.requests import RequestHandler
+from worker_runtime.buck2.requests import (
+    CANCELLED_BY_CLIENT,
+    EXEC_WITHOUT_COMMAND,
+    RequestHandler,
+    unreadable_stream_message,
+)
 from worker_runtime.buck2.sockets import check_socket_path
 from worker_runtime.config import RuntimeConfig
 from worker_runtime.proto import buck2_worker_pb2 as pb
@@ -54,7 +59,7 @@ class WorkerServicer(pb_grpc.WorkerServicer):
     ) -> pb.ExecuteResponse:
         first = await anext(aiter(request_iterator), None)
         if first is None or first.WhichOneof("data") != "command":
-            return self.handler.error("an Exec stream must start with a command event")
+            return self.handler.error(EXEC_WITHOUT_COMMAND)
         work = asyncio.create_task(self.handler.execute(first.command))
         self.handler.track(work)
         cancelled = False
@@ -72,7 +77,7 @@ class WorkerServicer(pb_grpc.WorkerServicer):
             return await work
         except asyncio.CancelledError:
             if cancelled:
-                return self.handler.error("the request was cancelled by the client")
+                return self.handler.error(CANCELLED_BY_CLIENT)
             current = asyncio.current_task()
             if self.handler.abort_reason and not (current and current.cancelling()):
                 return self.handler.error(self.handler.abort_reason)
@@ -121,8 +126,9 @@ class StreamingServicer(pb_grpc.WorkerStreamingServicer):
                     self.handler.start(message.request, functools.partial(answered, message.id))
             except DecodeError as exc:
                 unreadable.append(
-                    f"a message on the stream is not an ExecuteCommandStream ({exc}); the "
-                    "requests before it were answered, and the stream was ended"
+                    unreadable_stream_message(
+                        f"a message on the stream is not an ExecuteCommandStream ({exc})"
+                    )
                 )
             except Exception as exc:  # grpcio's reading of the stream failed otherwise
                 LOGGER.warning("reading an ExecuteStream failed: %r", exc)

@@ -3,11 +3,11 @@ retry on a fresh backend, a local fallback for a failed remote run, and `auto`'s
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import logging
 from collections.abc import Callable
 
+from worker_runtime.execution.deadlines import Deadlines
 from worker_runtime.execution.executor import Executor
 from worker_runtime.execution.outcome import Failure, FailureKind, Outcome, WorkRequest, note
 
@@ -15,16 +15,18 @@ LOGGER = logging.getLogger(__name__)
 
 
 class Timeout:
-    """Cancels the inner run once ``request.timeout_s`` (if > 0) has passed since it began."""
+    """Cancels the inner run once ``request.timeout_s`` (if > 0) has passed since it began
+    (on one event-loop timer for every request: execution/deadlines.py)."""
 
     def __init__(self, inner: Executor) -> None:
         self.inner = inner
+        self._deadlines = Deadlines()
 
     async def run(self, request: WorkRequest) -> Outcome:
         if request.timeout_s <= 0:
             return await self.inner.run(request)
         try:
-            async with asyncio.timeout(request.timeout_s) as scope:
+            async with self._deadlines.timeout(request.timeout_s) as scope:
                 return await self.inner.run(request)
         except TimeoutError:
             if not scope.expired():

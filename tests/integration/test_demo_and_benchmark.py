@@ -111,6 +111,29 @@ def test_runtime_overhead_benchmark_writes_its_json(placement: tuple[str, ...]) 
     assert set(data["throughput_64_in_flight_rps"]) == {"runtime", "runtime_grpcio", "bare_server"}
 
 
+def test_runtime_overhead_benchmark_takes_medians_over_whole_runs() -> None:
+    data = run_benchmark(
+        "runtime_overhead",
+        "--requests",
+        "20",
+        "--rounds",
+        "1",
+        "--throughput-requests",
+        "100",
+        "--runs",
+        "2",
+        timeout=180,
+    )
+    runs, medians = data["runs"], data["across_runs"]
+    assert len(runs) == 2 and medians["run_count"] == 2
+    for key in ("own_share_ms", "own_share_grpcio_ms"):
+        for rpc in ("unary", "stream"):
+            each = sorted(run[key][rpc] for run in runs)
+            assert medians[key][rpc] == pytest.approx((each[0] + each[1]) / 2)
+    assert set(medians["met"]) == set(medians["runs_that_met"])
+    assert all(0 <= count <= 2 for count in medians["runs_that_met"].values())
+
+
 def test_a_short_soak_loses_nothing() -> None:
     """About 1,000 requests at 64 in flight through the daemon, over unary and streaming,
     pooled and multiplex backends, with backends SIGKILLed five times and the daemon once:

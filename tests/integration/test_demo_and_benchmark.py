@@ -130,6 +130,9 @@ def test_runtime_overhead_benchmark_takes_medians_over_whole_runs() -> None:
         for rpc in ("unary", "stream"):
             each = sorted(run[key][rpc] for run in runs)
             assert medians[key][rpc] == pytest.approx((each[0] + each[1]) / 2)
+    for name in ("runtime", "runtime_grpcio"):
+        each = sorted(run[f"throughput_bare_over_{name}"] for run in runs)
+        assert medians[f"throughput_bare_over_{name}"] == pytest.approx((each[0] + each[1]) / 2)
     assert set(medians["met"]) == set(medians["runs_that_met"])
     assert all(0 <= count <= 2 for count in medians["runs_that_met"].values())
 

@@ -24,7 +24,9 @@ class Deadlines:
     def __init__(self) -> None:
         #: Each running scope, to the loop time it expires at.
         self._scopes: dict[DeadlineScope, float] = {}
-        self._timer: asyncio.TimerHandle | None = None
+        #: The one timer (uvloop's is a plain Handle when it is due at once) and its time.
+        self._timer: asyncio.Handle | None = None
+        self._timer_when = 0.0
         #: The loop the timer is on (a watcher may outlive an event loop, as in tests).
         self._loop: asyncio.AbstractEventLoop | None = None
 
@@ -45,10 +47,10 @@ class Deadlines:
             self._loop = loop
         self._scopes[scope] = when
         timer = self._timer
-        if timer is None or when < timer.when():
+        if timer is None or when < self._timer_when:
             if timer is not None:
                 timer.cancel()
-            self._timer = loop.call_at(when, self._fire)
+            self._arm(loop, when)
 
     def _remove(self, scope: DeadlineScope) -> None:
         # The timer stays: if it fires with nothing due, it only sets itself again.
@@ -63,7 +65,11 @@ class Deadlines:
             del self._scopes[scope]
             scope.expire()
         if self._scopes:
-            self._timer = loop.call_at(min(self._scopes.values()), self._fire)
+            self._arm(loop, min(self._scopes.values()))
+
+    def _arm(self, loop: asyncio.AbstractEventLoop, when: float) -> None:
+        self._timer = loop.call_at(when, self._fire)
+        self._timer_when = when
 
 
 class DeadlineScope:
@@ -88,6 +94,8 @@ class DeadlineScope:
         self._task.cancel()
 
     async def __aenter__(self) -> DeadlineScope:
+        if self._task is not None:
+            raise RuntimeError("a deadline scope can be entered only once")
         task = asyncio.current_task()
         if task is None:
             raise RuntimeError("a deadline scope must be used inside a task")

@@ -22,6 +22,16 @@ def run(request: pytest.FixtureRequest) -> Runner:
     return runner
 
 
+async def times_out(deadlines: Deadlines, delay_s: float) -> bool:
+    """Whether a block that would sleep 5 s under ``deadlines.timeout(delay_s)`` timed out."""
+    try:
+        async with deadlines.timeout(delay_s):
+            await asyncio.sleep(5)
+    except TimeoutError:
+        return True
+    return False
+
+
 def test_a_block_past_its_deadline_raises_timeout_error(run: Runner) -> None:
     deadlines = Deadlines()
 
@@ -93,16 +103,8 @@ def test_a_deadline_due_at_once_does_not_break_the_next_scope(run: Runner) -> No
     # uvloop arms a timer due within half a millisecond as a plain Handle, without when().
     deadlines = Deadlines()
 
-    async def times_out(delay_s: float) -> bool:
-        try:
-            async with deadlines.timeout(delay_s):
-                await asyncio.sleep(5)
-        except TimeoutError:
-            return True
-        return False
-
     async def main() -> list[bool]:
-        return list(await asyncio.gather(times_out(0.0001), times_out(0.02)))
+        return list(await asyncio.gather(times_out(deadlines, 0.0001), times_out(deadlines, 0.02)))
 
     assert run(main()) == [True, True]
 
@@ -154,16 +156,8 @@ def test_a_watcher_serves_a_new_event_loop(run: Runner) -> None:
         async with deadlines.timeout(0.01):
             await asyncio.sleep(0)
 
-    async def times_out() -> bool:
-        try:
-            async with deadlines.timeout(0.02):
-                await asyncio.sleep(5)
-        except TimeoutError:
-            return True
-        return False
-
     run(left_running())
-    assert run(times_out()) is True
+    assert run(times_out(deadlines, 0.02)) is True
 
 
 def test_a_scope_needs_a_task() -> None:

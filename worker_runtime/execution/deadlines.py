@@ -38,8 +38,7 @@ class Deadlines:
         entered, and then raises ``TimeoutError`` from the block."""
         return DeadlineScope(self, delay_s)
 
-    def _add(self, scope: DeadlineScope, when: float) -> None:
-        loop = asyncio.get_running_loop()
+    def _add(self, scope: DeadlineScope, loop: asyncio.AbstractEventLoop, when: float) -> None:
         if loop is not self._loop:
             # A new event loop: the scopes left on the old one can never end there.
             self._scopes.clear()
@@ -101,7 +100,8 @@ class DeadlineScope:
             raise RuntimeError("a deadline scope must be used inside a task")
         self._task = task
         self._cancelling = task.cancelling()
-        self._deadlines._add(self, asyncio.get_running_loop().time() + self._delay_s)
+        loop = task.get_loop()
+        self._deadlines._add(self, loop, loop.time() + self._delay_s)
         return self
 
     async def __aexit__(

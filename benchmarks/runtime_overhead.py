@@ -20,7 +20,8 @@ Run: ``.venv/bin/python -m benchmarks.runtime_overhead [--requests N] [--rounds 
 [--runs K]``. ``--runs`` repeats the whole run with fresh processes and adds the figures'
 medians over the runs; ``--one-cpu`` runs every process on one CPU, so that the figures
 show the work alone, without the wake-ups from one CPU to another that dominate them on
-a VM.
+a VM. The result records how the machine's idle CPUs wait (``cpu_idle``): on a VM whose
+CPUs halt at once, those wake-ups go through the host.
 """
 
 from __future__ import annotations
@@ -145,6 +146,31 @@ def cpu_seconds(pid: int) -> float:
         with contextlib.suppress(OSError):  # a thread that ended meanwhile
             total += int((task / "schedstat").read_text().split()[0])
     return total / 1e9
+
+
+#: Where Linux says how an idle CPU waits (cpuidle) and, in a KVM guest, how long it
+#: polls before it halts (the haltpoll module).
+CPUIDLE = Path("/sys/devices/system/cpu/cpuidle")
+GUEST_HALT_POLL_NS = Path("/sys/module/haltpoll/parameters/guest_halt_poll_ns")
+
+
+def cpu_idle_policy() -> dict[str, str | int | None]:
+    """How this machine's idle CPUs wait for work (None where the kernel does not say).
+    On a VM whose idle CPUs halt at once (``guest_halt_poll_ns`` 0), waking a process on
+    an idle CPU goes through the host, and those wake-ups are most of a request's time:
+    figures from machines with other policies do not compare."""
+
+    def read(path: Path) -> str | None:
+        with contextlib.suppress(OSError):
+            return path.read_text().strip()
+        return None
+
+    poll_ns = read(GUEST_HALT_POLL_NS)
+    return {
+        "cpuidle_driver": read(CPUIDLE / "current_driver"),
+        "cpuidle_governor": read(CPUIDLE / "current_governor"),
+        "guest_halt_poll_ns": int(poll_ns) if poll_ns is not None and poll_ns.isdigit() else None,
+    }
 
 
 def daemon_pid(runtime_dir: Path) -> int:
@@ -365,11 +391,11 @@ def main(argv: list[str] | None = None) -> int:
         if output == parser.get_default("output"):
             output = str(Path(output).with_name("runtime_overhead_one_cpu.json"))
     runs = [measure(args.requests, args.rounds, args.throughput_requests) for _ in range(args.runs)]
-    cpus = sorted(os.sched_getaffinity(0))
+    machine = {"cpus": sorted(os.sched_getaffinity(0)), "cpu_idle": cpu_idle_policy()}
     if len(runs) == 1:
-        emit({"cpus": cpus, **runs[0]}, output)
+        emit({**machine, **runs[0]}, output)
     else:
-        emit({"cpus": cpus, "across_runs": across_runs(runs), "runs": runs}, output)
+        emit({**machine, "across_runs": across_runs(runs), "runs": runs}, output)
     return 0
 
 

@@ -94,6 +94,17 @@ def test_runtime_overhead_benchmark_writes_its_json(placement: tuple[str, ...]) 
     )
     expected = data["cpus"][:1] if placement else sorted(os.sched_getaffinity(0))
     assert data["cpus"] == expected
+    # What the kernel says about how idle CPUs wait, as it says it (None where it does not).
+    idle = data["cpu_idle"]
+    sysfs = {
+        "cpuidle_driver": Path("/sys/devices/system/cpu/cpuidle/current_driver"),
+        "cpuidle_governor": Path("/sys/devices/system/cpu/cpuidle/current_governor"),
+        "guest_halt_poll_ns": Path("/sys/module/haltpoll/parameters/guest_halt_poll_ns"),
+    }
+    assert set(idle) == set(sysfs)
+    for name, path in sysfs.items():
+        said = path.read_text().strip() if path.exists() else None
+        assert idle[name] == (int(said) if name == "guest_halt_poll_ns" and said else said)
     servers = ("bare_server", "bare_server_with_backend", "runtime", "runtime_grpcio")
     assert data["server_cpus"] == dict.fromkeys(servers, expected)
     assert data["direct_pipes_median_ms"] > 0

@@ -14,7 +14,9 @@ Per RPC (unary ``Execute``, ``ExecuteStream``) each runtime's own share is its m
 minus the bare server's minus the baseline, and also its median minus the bare server
 with the backend. Each server process's CPU time per request is read from /proc. Then 64
 requests in flight on one stream: each runtime in front of a no-op multiplex backend
-against the bare server. Writes benchmarks/results/runtime_overhead.json.
+against the bare server. The default runtime also serves ``ExecuteStream`` with the
+arguments in an @argfile, as the prelude sends every request (``argfile_adds_ms``: not
+one of the issue's figures). Writes benchmarks/results/runtime_overhead.json.
 
 Run: ``.venv/bin/python -m benchmarks.runtime_overhead [--requests N] [--rounds R]
 [--runs K]``. ``--runs`` repeats the whole run with fresh processes and adds the figures'
@@ -34,6 +36,7 @@ import os
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -60,6 +63,10 @@ TARGET_THROUGHPUT = 8000
 TARGET_THROUGHPUT_RATIO = 1.2
 IN_FLIGHT = 64
 RPCS = ("unary", "stream")
+#: The default runtime's third series: ExecuteStream with the arguments in an @argfile,
+#: as the prelude's worker_run sends every request (Buck2 writes the file; the runtime
+#: reads it, off its event loop, before the backend gets the request).
+ARGFILE_SERIES = "stream_argfile"
 #: The runtime's series: the flags that pick its server.
 RUNTIMES = {"runtime": ["--server", "h2"], "runtime_grpcio": ["--server", "grpcio"]}
 
@@ -107,8 +114,8 @@ async def unary(target: str, n: int) -> list[float]:
     return samples
 
 
-async def streaming(target: str, n: int) -> list[float]:
-    command = make_command(["echo", "x"])
+async def streaming(target: str, n: int, argv: tuple[str, ...] = ("echo", "x")) -> list[float]:
+    command = make_command(list(argv))
     samples = []
     async with StreamingSession(target) as session:
         for _ in range(n):
@@ -184,20 +191,28 @@ def daemon_pid(runtime_dir: Path) -> int:
 class Server:
     """One server under test: where to reach it and which process does its work."""
 
-    def __init__(self, worker: Buck2Worker, pid: int) -> None:
+    def __init__(self, worker: Buck2Worker, pid: int, argfile: str = "") -> None:
         self.target = worker.target
         self.pid = pid
-        self.latency: dict[str, list[list[float]]] = {rpc: [] for rpc in RPCS}
-        self.cpu_per_request: dict[str, list[float]] = {rpc: [] for rpc in RPCS}
+        #: With an argfile, a third series: ExecuteStream with the arguments in it.
+        self.argfile = argfile
+        self.rpcs = (*RPCS, ARGFILE_SERIES) if argfile else RPCS
+        self.latency: dict[str, list[list[float]]] = {rpc: [] for rpc in self.rpcs}
+        self.cpu_per_request: dict[str, list[float]] = {rpc: [] for rpc in self.rpcs}
 
     def measure(self, rpc: str, n: int) -> None:
         before = cpu_seconds(self.pid)
-        series = unary(self.target, n) if rpc == "unary" else streaming(self.target, n)
+        if rpc == "unary":
+            series = unary(self.target, n)
+        elif rpc == ARGFILE_SERIES:
+            series = streaming(self.target, n, (f"@{self.argfile}",))
+        else:
+            series = streaming(self.target, n)
         self.latency[rpc].append(grpc_tuning.run(series))
         self.cpu_per_request[rpc].append((cpu_seconds(self.pid) - before) / n)
 
     def summary(self) -> dict[str, Any]:
-        return {rpc: self.rpc_summary(rpc) for rpc in RPCS}
+        return {rpc: self.rpc_summary(rpc) for rpc in self.rpcs}
 
     def rpc_summary(self, rpc: str) -> dict[str, float]:
         rounds = self.latency[rpc]
@@ -213,6 +228,8 @@ def measure(n: int, rounds: int, throughput_requests: int) -> dict[str, Any]:
     baseline: list[list[float]] = []
     with contextlib.ExitStack() as stack:
         runtime_dir = stack.enter_context(private_daemon_dir("wro-"))
+        argfile = Path(stack.enter_context(tempfile.TemporaryDirectory())) / "request.args"
+        argfile.write_text("echo\nx\n")
         start = stack.enter_context
         bare = start(Buck2Worker(BARE, project_root=ROOT))
         with_backend = start(Buck2Worker([*BARE, "--backend", "--", *BACKEND], project_root=ROOT))
@@ -224,19 +241,24 @@ def measure(n: int, rounds: int, throughput_requests: int) -> dict[str, Any]:
         for name, flags in RUNTIMES.items():
             # Both runtimes attach to the one daemon of the private runtime directory.
             runtime = start(Buck2Worker([*RUNTIME, *flags, "--", *BACKEND], project_root=ROOT))
-            servers[name] = Server(runtime, daemon_pid(runtime_dir))
+            # The default runtime also serves the @argfile series.
+            servers[name] = Server(
+                runtime, daemon_pid(runtime_dir), str(argfile) if name == "runtime" else ""
+            )
         # Where each server process may run (all of them inherit --one-cpu's placement).
         server_cpus = {name: sorted(os.sched_getaffinity(s.pid)) for name, s in servers.items()}
         direct(200)  # warm-up of every path
         for server in servers.values():
             grpc_tuning.run(unary(server.target, 200))
             grpc_tuning.run(streaming(server.target, 200))
+            if server.argfile:
+                grpc_tuning.run(streaming(server.target, 200, (f"@{server.argfile}",)))
         # Rounds interleave the series, so a noisy neighbour on this shared machine hurts
         # them all alike.
         for _ in range(rounds):
             baseline.append(direct(n))
             for server in servers.values():
-                for rpc in RPCS:
+                for rpc in server.rpcs:
                     server.measure(rpc, n)
     rates: dict[str, list[float]] = {name: [] for name in [*RUNTIMES, "bare_server"]}
     with contextlib.ExitStack() as stack:
@@ -283,6 +305,8 @@ def report(
             rpc: median("bare_server_with_backend", rpc) - median("bare_server", rpc) - direct_ms
             for rpc in RPCS
         },
+        # Not one of the issue's figures: what reading the request's @argfile adds.
+        "argfile_adds_ms": median("runtime", ARGFILE_SERIES) - median("runtime", "stream"),
         "throughput_64_in_flight_rps": rate,
         "targets": {
             "own_share_ms": TARGET_OWN_SHARE_MS,
@@ -341,7 +365,11 @@ def across_runs(runs: list[dict[str, Any]]) -> dict[str, Any]:
         name: statistics.median(run["throughput_64_in_flight_rps"][name] for run in runs)
         for name in runs[0]["throughput_64_in_flight_rps"]
     }
-    figures: dict[str, Any] = {"run_count": len(runs), "throughput_64_in_flight_rps": rates}
+    figures: dict[str, Any] = {
+        "run_count": len(runs),
+        "throughput_64_in_flight_rps": rates,
+        "argfile_adds_ms": statistics.median(run["argfile_adds_ms"] for run in runs),
+    }
     met: dict[str, bool] = {}
     for name in RUNTIMES:
         suffix = name.removeprefix("runtime")

@@ -120,6 +120,13 @@ def test_runtime_overhead_benchmark_writes_its_json(placement: tuple[str, ...]) 
             f"throughput{suffix}",
         }
     assert set(data["throughput_64_in_flight_rps"]) == {"runtime", "runtime_grpcio", "bare_server"}
+    # The default runtime's @argfile series (the request's arguments read from a file).
+    argfile = data["runtime"]["stream_argfile"]
+    assert argfile["median_ms"] > 0 and argfile["server_cpu_us_per_request"] > 0
+    assert data["argfile_adds_ms"] == pytest.approx(
+        argfile["median_ms"] - data["runtime"]["stream"]["median_ms"]
+    )
+    assert "stream_argfile" not in data["runtime_grpcio"]
 
 
 def test_runtime_overhead_benchmark_takes_medians_over_whole_runs() -> None:
@@ -144,6 +151,8 @@ def test_runtime_overhead_benchmark_takes_medians_over_whole_runs() -> None:
     for name in ("runtime", "runtime_grpcio"):
         each = sorted(run[f"throughput_bare_over_{name}"] for run in runs)
         assert medians[f"throughput_bare_over_{name}"] == pytest.approx((each[0] + each[1]) / 2)
+    each = sorted(run["argfile_adds_ms"] for run in runs)
+    assert medians["argfile_adds_ms"] == pytest.approx((each[0] + each[1]) / 2)
     assert set(medians["met"]) == set(medians["runs_that_met"])
     assert all(0 <= count <= 2 for count in medians["runs_that_met"].values())
 

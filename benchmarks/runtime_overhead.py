@@ -64,8 +64,9 @@ TARGET_THROUGHPUT_RATIO = 1.2
 IN_FLIGHT = 64
 RPCS = ("unary", "stream")
 #: The default runtime's third series: ExecuteStream with the arguments in an @argfile,
-#: as the prelude's worker_run sends every request (Buck2 writes the file; the runtime
-#: reads it, off its event loop, before the backend gets the request).
+#: as the prelude's worker_run sends every request (Buck2 writes the file in buck-out
+#: and names it relative to the project; the runtime reads it before the backend gets
+#: the request).
 ARGFILE_SERIES = "stream_argfile"
 #: The runtime's series: the flags that pick its server.
 RUNTIMES = {"runtime": ["--server", "h2"], "runtime_grpcio": ["--server", "grpcio"]}
@@ -228,7 +229,12 @@ def measure(n: int, rounds: int, throughput_requests: int) -> dict[str, Any]:
     baseline: list[list[float]] = []
     with contextlib.ExitStack() as stack:
         runtime_dir = stack.enter_context(private_daemon_dir("wro-"))
-        argfile = Path(stack.enter_context(tempfile.TemporaryDirectory())) / "request.args"
+        # Where Buck2 writes a request's argfile: in buck-out, named relative to the project.
+        scratch = ROOT / "buck-out" / "tmp"
+        scratch.mkdir(parents=True, exist_ok=True)
+        argfile = Path(
+            stack.enter_context(tempfile.TemporaryDirectory(dir=scratch)), "request.args"
+        )
         argfile.write_text("echo\nx\n")
         start = stack.enter_context
         bare = start(Buck2Worker(BARE, project_root=ROOT))
@@ -243,7 +249,9 @@ def measure(n: int, rounds: int, throughput_requests: int) -> dict[str, Any]:
             runtime = start(Buck2Worker([*RUNTIME, *flags, "--", *BACKEND], project_root=ROOT))
             # The default runtime also serves the @argfile series.
             servers[name] = Server(
-                runtime, daemon_pid(runtime_dir), str(argfile) if name == "runtime" else ""
+                runtime,
+                daemon_pid(runtime_dir),
+                str(argfile.relative_to(ROOT)) if name == "runtime" else "",
             )
         # Where each server process may run (all of them inherit --one-cpu's placement).
         server_cpus = {name: sorted(os.sched_getaffinity(s.pid)) for name, s in servers.items()}

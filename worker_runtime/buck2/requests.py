@@ -24,6 +24,7 @@ from worker_runtime.errors import RUNTIME_ERROR_EXIT_CODE, RequestError
 from worker_runtime.execution.executor import Executor
 from worker_runtime.execution.files import off_loop
 from worker_runtime.execution.outcome import Failure, FailureKind, Outcome, Result, WorkRequest
+from worker_runtime.execution.quick_reads import quick_root
 from worker_runtime.execution.routing import executor_for
 from worker_runtime.proto import buck2_worker_pb2 as pb
 from worker_runtime.protocol.argfiles import expand_argfiles, is_argfile
@@ -196,11 +197,15 @@ class RequestHandler:
         return response
 
     async def prepared(self, request: WorkRequest) -> WorkRequest | Failure:
-        """``request`` with its @argfiles expanded. They are read off the event loop
-        (execution/files.py), and reading them counts against the request's timeout: the
-        request goes on with what is left of it."""
+        """``request`` with its @argfiles expanded. Small ones beneath the project root
+        whose reading cannot wait are read at once (execution/quick_reads.py); the others
+        off the event loop (execution/files.py), and reading them counts against the
+        request's timeout: the request goes on with what is left of it."""
         if not any(is_argfile(argument) for argument in request.arguments):
             return request
+        root = quick_root(self.manager.cwd)
+        if root is not None and (quick := root.expand(request.arguments)) is not None:
+            return dataclasses.replace(request, arguments=tuple(quick))
         loop = asyncio.get_running_loop()
         started = loop.time()
         try:

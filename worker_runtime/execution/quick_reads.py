@@ -1,0 +1,176 @@
+"""@argfiles read on the event loop when that cannot stall it: the request's usual case,
+without the hop to the file thread pool (execution/files.py) and back, which costs more
+than the rest of a request's way through the runtime.
+
+A read is quick only when nothing in it can wait: the argument file is a relative path
+opened beneath the project root without leaving the root's file system (``openat2`` with
+``RESOLVE_NO_XDEV``), that file system is a local one, the file is a regular file of at
+most ``MAX_QUICK_BYTES`` (opened non-blocking, so a FIFO is seen and not waited for), and
+its bytes are already in the page cache (``RWF_NOWAIT``). Anything else (an absolute
+path, a network mount, a FIFO, a large or uncached file, a nested @argfile, a file that
+is missing or not UTF-8) answers None, and the request reads its argument files off the
+loop as before, with the same errors.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import os
+import platform
+import stat
+
+from worker_runtime.protocol.argfiles import is_argfile, split_lines
+
+#: File systems whose reads do not wait on a network. Others (nfs, cifs, fuse, 9p,
+#: virtiofs, ceph...) may hang, and their argument files are read off the loop.
+LOCAL_FILE_SYSTEMS = frozenset(
+    {"ext2", "ext3", "ext4", "xfs", "btrfs", "f2fs", "tmpfs", "ramfs", "overlay", "zfs"}
+)
+#: Argument files larger than this are read off the loop.
+MAX_QUICK_BYTES = 64 * 1024
+
+_RESOLVE_NO_XDEV = 0x01
+_RESOLVE_NO_MAGICLINKS = 0x02
+#: openat2's system call number (the same on both architectures this runs on).
+_SYS_OPENAT2 = {"x86_64": 437, "aarch64": 437}.get(platform.machine())
+_OPEN_FLAGS = os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY
+
+
+class _OpenHow(ctypes.Structure):
+    _fields_ = [("flags", ctypes.c_uint64), ("mode", ctypes.c_uint64), ("resolve", ctypes.c_uint64)]
+
+
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+def file_system_type(fd: int, mountinfo: str = "/proc/self/mountinfo") -> str | None:
+    """The type of the file system ``fd`` is on, from the mount table (None if not found)."""
+    device = os.fstat(fd).st_dev
+    wanted = f"{os.major(device)}:{os.minor(device)}"
+    with open(mountinfo, encoding="utf-8", errors="replace") as table:
+        for line in table:
+            fields = line.split()
+            if len(fields) > 2 and fields[2] == wanted and " - " in line:
+                return line.split(" - ", 1)[1].split()[0]
+    return None
+
+
+class QuickRoot:
+    """Quick reads of argument files beneath one project root (its directory kept open)."""
+
+    def __init__(self, fd: int) -> None:
+        self._fd = fd
+        info = os.fstat(fd)
+        self._identity = (info.st_dev, info.st_ino)
+
+    def still_at(self, root: str) -> bool:
+        """Whether ``root`` still names the directory held open (not moved away, or
+        removed and made again): else the reads would look in the old one."""
+        try:
+            info = os.stat(root)
+        except OSError:
+            return False
+        return (info.st_dev, info.st_ino) == self._identity
+
+    @classmethod
+    def open(cls, root: str, mountinfo: str = "/proc/self/mountinfo") -> QuickRoot | None:
+        """A QuickRoot for ``root``, or None where no read beneath it can be quick (no
+        openat2, a root on a network file system, a root that cannot be opened)."""
+        if _SYS_OPENAT2 is None or not hasattr(os, "RWF_NOWAIT"):
+            return None
+        try:
+            fd = os.open(root, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+        except OSError:
+            return None
+        try:
+            local = file_system_type(fd, mountinfo) in LOCAL_FILE_SYSTEMS
+        except OSError:
+            local = False
+        quick = cls(fd)
+        probe = quick._open(".")  # ENOSYS without openat2; EPERM where seccomp refuses it
+        if probe >= 0:
+            os.close(probe)
+        if not local or probe < 0:
+            quick.close()
+            return None
+        return quick
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+    def _open(self, name: str) -> int:
+        """openat2 beneath the root, never crossing a mount: the fd, or -errno."""
+        how = _OpenHow(_OPEN_FLAGS, 0, _RESOLVE_NO_XDEV | _RESOLVE_NO_MAGICLINKS)
+        try:
+            path = os.fsencode(name)
+        except UnicodeError:
+            return -errno.EINVAL
+        if b"\0" in path:
+            return -errno.EINVAL
+        fd = _libc.syscall(_SYS_OPENAT2, self._fd, path, ctypes.byref(how), ctypes.sizeof(how))
+        return fd if fd >= 0 else -ctypes.get_errno()
+
+    def read(self, name: str) -> str | None:
+        """The text of argument file ``name`` if it can be read at once, else None."""
+        if os.path.isabs(name) or self._fd < 0:
+            return None
+        fd = self._open(name)
+        if fd < 0:
+            return None
+        try:
+            info = os.fstat(fd)
+            if not stat.S_ISREG(info.st_mode) or info.st_size > MAX_QUICK_BYTES:
+                return None
+            buffer = bytearray(info.st_size + 1)  # one more: a file that grew is seen
+            try:
+                got = os.preadv(fd, [buffer], 0, os.RWF_NOWAIT)
+            except OSError:  # EAGAIN: not in the page cache; or no RWF_NOWAIT here
+                return None
+            if got != info.st_size:
+                return None  # it changed meanwhile: the slow path reads it
+            data = bytes(buffer[:got])
+        finally:
+            os.close(fd)
+        if b"\0" in data:
+            return None
+        try:
+            return data.decode("utf-8")
+        except UnicodeDecodeError:
+            return None
+
+    def expand(self, args: tuple[str, ...]) -> list[str] | None:
+        """``args`` with their @argfiles expanded, if every one can be read at once and
+        none holds another; else None."""
+        out: list[str] = []
+        for arg in args:
+            if not is_argfile(arg):
+                out.append(arg)
+                continue
+            text = self.read(arg[1:])
+            if text is None:
+                return None
+            lines = split_lines(text)
+            if any(is_argfile(line) for line in lines):
+                return None
+            out.extend(lines)
+        return out
+
+
+_roots: dict[str, QuickRoot | None] = {}
+
+
+def quick_root(root: str) -> QuickRoot | None:
+    """The daemon's one QuickRoot for project root ``root``, opened again if the path
+    now names another directory."""
+    found = _roots.get(root)
+    if found is not None and found.still_at(root):
+        return found
+    if found is not None:
+        found.close()
+    elif root in _roots:
+        return None  # no quick reads beneath it
+    found = _roots[root] = QuickRoot.open(root)
+    return found

@@ -42,6 +42,7 @@ class _OpenHow(ctypes.Structure):
 
 
 _libc = ctypes.CDLL(None, use_errno=True)
+_libc.syscall.restype = ctypes.c_long
 
 
 def file_system_type(fd: int, mountinfo: str = "/proc/self/mountinfo") -> str | None:
@@ -103,6 +104,8 @@ class QuickRoot:
 
     def _open(self, name: str) -> int:
         """openat2 beneath the root, never crossing a mount: the fd, or -errno."""
+        if _SYS_OPENAT2 is None:
+            return -errno.ENOSYS
         how = _OpenHow(_OPEN_FLAGS, 0, _RESOLVE_NO_XDEV | _RESOLVE_NO_MAGICLINKS)
         try:
             path = os.fsencode(name)
@@ -110,7 +113,14 @@ class QuickRoot:
             return -errno.EINVAL
         if b"\0" in path:
             return -errno.EINVAL
-        fd = _libc.syscall(_SYS_OPENAT2, self._fd, path, ctypes.byref(how), ctypes.sizeof(how))
+        # syscall(2) takes longs: pass them as such, not as C ints.
+        fd = _libc.syscall(
+            ctypes.c_long(_SYS_OPENAT2),
+            ctypes.c_long(self._fd),
+            path,
+            ctypes.byref(how),
+            ctypes.c_size_t(ctypes.sizeof(how)),
+        )
         return fd if fd >= 0 else -ctypes.get_errno()
 
     def read(self, name: str) -> str | None:

@@ -38,6 +38,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any
 
@@ -201,15 +202,17 @@ class Server:
         self.latency: dict[str, list[list[float]]] = {rpc: [] for rpc in self.rpcs}
         self.cpu_per_request: dict[str, list[float]] = {rpc: [] for rpc in self.rpcs}
 
+    def series(self, rpc: str, n: int) -> Coroutine[Any, Any, list[float]]:
+        """``n`` requests of series ``rpc``, one at a time: each one's latency."""
+        if rpc == "unary":
+            return unary(self.target, n)
+        if rpc == ARGFILE_SERIES:
+            return streaming(self.target, n, (f"@{self.argfile}",))
+        return streaming(self.target, n)
+
     def measure(self, rpc: str, n: int) -> None:
         before = cpu_seconds(self.pid)
-        if rpc == "unary":
-            series = unary(self.target, n)
-        elif rpc == ARGFILE_SERIES:
-            series = streaming(self.target, n, (f"@{self.argfile}",))
-        else:
-            series = streaming(self.target, n)
-        self.latency[rpc].append(grpc_tuning.run(series))
+        self.latency[rpc].append(grpc_tuning.run(self.series(rpc, n)))
         self.cpu_per_request[rpc].append((cpu_seconds(self.pid) - before) / n)
 
     def summary(self) -> dict[str, Any]:
@@ -257,10 +260,8 @@ def measure(n: int, rounds: int, throughput_requests: int) -> dict[str, Any]:
         server_cpus = {name: sorted(os.sched_getaffinity(s.pid)) for name, s in servers.items()}
         direct(200)  # warm-up of every path
         for server in servers.values():
-            grpc_tuning.run(unary(server.target, 200))
-            grpc_tuning.run(streaming(server.target, 200))
-            if server.argfile:
-                grpc_tuning.run(streaming(server.target, 200, (f"@{server.argfile}",)))
+            for rpc in server.rpcs:
+                grpc_tuning.run(server.series(rpc, 200))
         # Rounds interleave the series, so a noisy neighbour on this shared machine hurts
         # them all alike.
         for _ in range(rounds):

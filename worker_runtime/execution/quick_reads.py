@@ -20,7 +20,8 @@ import os
 import platform
 import stat
 
-from worker_runtime.protocol.argfiles import is_argfile, split_lines
+from worker_runtime.errors import RequestError
+from worker_runtime.protocol.argfiles import argfile_text, is_argfile, split_lines
 
 #: File systems whose reads do not wait on a network. Others (nfs, cifs, fuse, 9p,
 #: virtiofs, ceph...) may hang, and their argument files are read off the loop.
@@ -141,14 +142,12 @@ class QuickRoot:
                 return None
             if got != info.st_size:
                 return None  # it changed meanwhile: the slow path reads it
-            data = bytes(buffer[:got])
+            del buffer[got:]
         finally:
             os.close(fd)
-        if b"\0" in data:
-            return None
         try:
-            return data.decode("utf-8")
-        except UnicodeDecodeError:
+            return argfile_text(name, buffer)
+        except RequestError:  # the slow path says what is wrong with it
             return None
 
     def expand(self, args: tuple[str, ...]) -> list[str] | None:

@@ -100,6 +100,12 @@ def _read(name: str, path: str, cwd: str) -> str:
         ) from None
     except OSError as exc:
         raise RequestError(f"argument file {name!r} cannot be read: {exc.strerror}") from None
+    return argfile_text(name, data)
+
+
+def argfile_text(name: str, data: bytes | bytearray) -> str:
+    """Argument file ``name``'s bytes as text; RequestError if they hold a NUL byte or are
+    not UTF-8."""
     if b"\0" in data:
         raise RequestError(
             f"argument file {name!r} contains a NUL byte (byte {data.index(0)}); "

@@ -15,8 +15,11 @@ minus the bare server's minus the baseline, and also its median minus the bare s
 with the backend. Each server process's CPU time per request is read from /proc. Then 64
 requests in flight on one stream: each runtime in front of a no-op multiplex backend
 against the bare server. The default runtime also serves ``ExecuteStream`` with the
-arguments in an @argfile, as the prelude sends every request (``argfile_adds_ms``: not
-one of the issue's figures). Writes benchmarks/results/runtime_overhead.json.
+arguments in an @argfile (``argfile_adds_ms``); a third runtime, configured with tool
+inputs, serves requests as the prelude's ``worker_run`` sends them: an @argfile and an
+envelope naming the action's inputs (``prelude_request_adds_ms``, over the @argfile
+series). Neither is one of the issue's figures. Writes
+benchmarks/results/runtime_overhead.json.
 
 Run: ``.venv/bin/python -m benchmarks.runtime_overhead [--requests N] [--rounds R]
 [--runs K]``. ``--runs`` repeats the whole run with fresh processes and adds the figures'
@@ -50,6 +53,8 @@ import grpc
 
 from benchmarks.results import add_output_argument, emit
 from worker_runtime.daemon.commands import private_daemon_dir
+from worker_runtime.envelope import ENVELOPE_ENV, Envelope, write_envelope
+from worker_runtime.proto import buck2_worker_pb2 as pb
 from worker_runtime.proto import buck2_worker_pb2_grpc as pb_grpc
 from worker_runtime.protocol.framing import ProtoFraming
 from worker_runtime.protocol.messages import WorkRequest
@@ -69,6 +74,15 @@ RPCS = ("unary", "stream")
 #: and names it relative to the project; the runtime reads it before the backend gets
 #: the request).
 ARGFILE_SERIES = "stream_argfile"
+#: The prelude runtime's series: ExecuteStream as worker_run sends a request, its
+#: arguments in an @argfile and its envelope (envelope.py) naming the action's inputs,
+#: to a runtime whose worker key includes tool inputs (as every toolchain's does).
+PRELUDE_SERIES = "stream_prelude"
+PRELUDE_RUNTIME = "runtime_as_prelude"
+#: How many input files the prelude series' envelope names (a small javac action).
+PRELUDE_INPUTS = 16
+#: The tool inputs of the prelude runtime's worker key: files of the backend itself.
+PRELUDE_TOOL_INPUTS = ("tests/backends/fake_worker.py", "tests/backends/__init__.py")
 #: The runtime's series: the flags that pick its server.
 RUNTIMES = {"runtime": ["--server", "h2"], "runtime_grpcio": ["--server", "grpcio"]}
 
@@ -116,8 +130,8 @@ async def unary(target: str, n: int) -> list[float]:
     return samples
 
 
-async def streaming(target: str, n: int, argv: tuple[str, ...] = ("echo", "x")) -> list[float]:
-    command = make_command(list(argv))
+async def streaming(target: str, n: int, command: pb.ExecuteCommand | None = None) -> list[float]:
+    command = command or make_command(["echo", "x"])
     samples = []
     async with StreamingSession(target) as session:
         for _ in range(n):
@@ -193,12 +207,18 @@ def daemon_pid(runtime_dir: Path) -> int:
 class Server:
     """One server under test: where to reach it and which process does its work."""
 
-    def __init__(self, worker: Buck2Worker, pid: int, argfile: str = "") -> None:
+    def __init__(
+        self,
+        worker: Buck2Worker,
+        pid: int,
+        rpcs: tuple[str, ...] = RPCS,
+        streams: dict[str, pb.ExecuteCommand] | None = None,
+    ) -> None:
         self.target = worker.target
         self.pid = pid
-        #: With an argfile, a third series: ExecuteStream with the arguments in it.
-        self.argfile = argfile
-        self.rpcs = (*RPCS, ARGFILE_SERIES) if argfile else RPCS
+        #: Series of ExecuteStream requests of their own (an @argfile, an envelope).
+        self.streams = streams or {}
+        self.rpcs = (*rpcs, *self.streams)
         self.latency: dict[str, list[list[float]]] = {rpc: [] for rpc in self.rpcs}
         self.cpu_per_request: dict[str, list[float]] = {rpc: [] for rpc in self.rpcs}
 
@@ -206,9 +226,7 @@ class Server:
         """``n`` requests of series ``rpc``, one at a time: each one's latency."""
         if rpc == "unary":
             return unary(self.target, n)
-        if rpc == ARGFILE_SERIES:
-            return streaming(self.target, n, (f"@{self.argfile}",))
-        return streaming(self.target, n)
+        return streaming(self.target, n, self.streams.get(rpc))
 
     def measure(self, rpc: str, n: int) -> None:
         before = cpu_seconds(self.pid)
@@ -228,17 +246,37 @@ class Server:
         }
 
 
+def action_requests(action: Path) -> dict[str, pb.ExecuteCommand]:
+    """The @argfile and prelude series' requests, their files written in ``action`` (a
+    directory beneath the project root)."""
+    argfile = action / "request.args"
+    argfile.write_text("echo\nx\n")
+    inputs = []
+    for index in range(PRELUDE_INPUTS):
+        source = action / f"Input{index}.java"
+        source.write_text(f"class Input{index} {{}}\n")
+        inputs.append(str(source.relative_to(ROOT)))
+    relative = str(argfile.relative_to(ROOT))
+    envelope = action / "request.envelope.json"
+    write_envelope(envelope, Envelope(relative, tuple(inputs), ("buck-out/tmp/out.jar",)))
+    at_argfile = [f"@{relative}"]
+    return {
+        ARGFILE_SERIES: make_command(at_argfile),
+        PRELUDE_SERIES: make_command(
+            at_argfile, env={ENVELOPE_ENV: str(envelope.relative_to(ROOT))}
+        ),
+    }
+
+
 def measure(n: int, rounds: int, throughput_requests: int) -> dict[str, Any]:
     baseline: list[list[float]] = []
     with contextlib.ExitStack() as stack:
         runtime_dir = stack.enter_context(private_daemon_dir("wro-"))
-        # Where Buck2 writes a request's argfile: in buck-out, named relative to the project.
+        # Where Buck2 writes a request's files: in buck-out, named relative to the project.
         scratch = ROOT / "buck-out" / "tmp"
         scratch.mkdir(parents=True, exist_ok=True)
-        argfile = Path(
-            stack.enter_context(tempfile.TemporaryDirectory(dir=scratch)), "request.args"
-        )
-        argfile.write_text("echo\nx\n")
+        action = Path(stack.enter_context(tempfile.TemporaryDirectory(dir=scratch)))
+        streams = action_requests(action)
         start = stack.enter_context
         bare = start(Buck2Worker(BARE, project_root=ROOT))
         with_backend = start(Buck2Worker([*BARE, "--backend", "--", *BACKEND], project_root=ROOT))
@@ -254,8 +292,16 @@ def measure(n: int, rounds: int, throughput_requests: int) -> dict[str, Any]:
             servers[name] = Server(
                 runtime,
                 daemon_pid(runtime_dir),
-                str(argfile.relative_to(ROOT)) if name == "runtime" else "",
+                streams={ARGFILE_SERIES: streams[ARGFILE_SERIES]} if name == "runtime" else None,
             )
+        tools = [f"--tool-input={path}" for path in PRELUDE_TOOL_INPUTS]
+        runtime = start(Buck2Worker([*RUNTIME, *tools, "--", *BACKEND], project_root=ROOT))
+        servers[PRELUDE_RUNTIME] = Server(
+            runtime,
+            daemon_pid(runtime_dir),
+            rpcs=(),
+            streams={PRELUDE_SERIES: streams[PRELUDE_SERIES]},
+        )
         # Where each server process may run (all of them inherit --one-cpu's placement).
         server_cpus = {name: sorted(os.sched_getaffinity(s.pid)) for name, s in servers.items()}
         direct(200)  # warm-up of every path
@@ -316,6 +362,9 @@ def report(
         },
         # Not one of the issue's figures: what reading the request's @argfile adds.
         "argfile_adds_ms": median("runtime", ARGFILE_SERIES) - median("runtime", "stream"),
+        # Nor this: what the envelope's input digests and the tool inputs' digests add.
+        "prelude_request_adds_ms": median(PRELUDE_RUNTIME, PRELUDE_SERIES)
+        - median("runtime", ARGFILE_SERIES),
         "throughput_64_in_flight_rps": rate,
         "targets": {
             "own_share_ms": TARGET_OWN_SHARE_MS,
@@ -378,6 +427,9 @@ def across_runs(runs: list[dict[str, Any]]) -> dict[str, Any]:
         "run_count": len(runs),
         "throughput_64_in_flight_rps": rates,
         "argfile_adds_ms": statistics.median(run["argfile_adds_ms"] for run in runs),
+        "prelude_request_adds_ms": statistics.median(
+            run["prelude_request_adds_ms"] for run in runs
+        ),
     }
     met: dict[str, bool] = {}
     for name in RUNTIMES:

@@ -106,7 +106,7 @@ def test_runtime_overhead_benchmark_writes_its_json(placement: tuple[str, ...]) 
         said = path.read_text().strip() if path.exists() else None
         assert idle[name] == (int(said) if name == "guest_halt_poll_ns" and said else said)
     servers = ("bare_server", "bare_server_with_backend", "runtime", "runtime_grpcio")
-    assert data["server_cpus"] == dict.fromkeys(servers, expected)
+    assert data["server_cpus"] == dict.fromkeys((*servers, "runtime_as_prelude"), expected)
     assert data["direct_pipes_median_ms"] > 0
     for server in servers:
         for rpc in ("unary", "stream"):
@@ -127,6 +127,13 @@ def test_runtime_overhead_benchmark_writes_its_json(placement: tuple[str, ...]) 
         argfile["median_ms"] - data["runtime"]["stream"]["median_ms"]
     )
     assert "stream_argfile" not in data["runtime_grpcio"]
+    # The prelude's request (an @argfile and an envelope) to a runtime with tool inputs.
+    prelude = data["runtime_as_prelude"]
+    assert set(prelude) == {"stream_prelude"}
+    assert prelude["stream_prelude"]["median_ms"] > 0
+    assert data["prelude_request_adds_ms"] == pytest.approx(
+        prelude["stream_prelude"]["median_ms"] - argfile["median_ms"]
+    )
 
 
 def test_runtime_overhead_benchmark_takes_medians_over_whole_runs() -> None:
@@ -153,6 +160,8 @@ def test_runtime_overhead_benchmark_takes_medians_over_whole_runs() -> None:
         assert medians[f"throughput_bare_over_{name}"] == pytest.approx((each[0] + each[1]) / 2)
     each = sorted(run["argfile_adds_ms"] for run in runs)
     assert medians["argfile_adds_ms"] == pytest.approx((each[0] + each[1]) / 2)
+    each = sorted(run["prelude_request_adds_ms"] for run in runs)
+    assert medians["prelude_request_adds_ms"] == pytest.approx((each[0] + each[1]) / 2)
     assert set(medians["met"]) == set(medians["runs_that_met"])
     assert all(0 <= count <= 2 for count in medians["runs_that_met"].values())
 

@@ -35,18 +35,27 @@ class DigestCache:
         except OSError:
             return None
 
+    def known(self, path: str, info: os.stat_result) -> str | None:
+        """The digest of ``path`` if it was hashed as ``info`` (its ``stat`` now) says it
+        is; None if it must be read. Never reads the file."""
+        signature = _signature(info)
+        with self._lock:
+            cached = self._entries.get(path)
+            if cached is not None and cached[0] == signature:
+                self._entries.move_to_end(path)
+                return cached[1]
+        return None
+
     def read(self, path: str) -> str:
         """The hex digest of the file at ``path``; OSError (with its strerror) if it
         cannot be read or is not a regular file."""
         info = os.stat(path)
         if not stat.S_ISREG(info.st_mode):
             raise OSError(errno.EINVAL, "not a regular file", path)
-        signature = (info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns, info.st_ctime_ns)
-        with self._lock:
-            cached = self._entries.get(path)
-            if cached is not None and cached[0] == signature:
-                self._entries.move_to_end(path)
-                return cached[1]
+        known = self.known(path, info)
+        if known is not None:
+            return known
+        signature = _signature(info)
         hasher = hashlib.sha256()
         with open(path, "rb") as handle:
             while chunk := handle.read(1 << 20):
@@ -59,3 +68,8 @@ class DigestCache:
             while len(self._entries) > self._max_entries:
                 self._entries.popitem(last=False)
         return value
+
+
+def _signature(info: os.stat_result) -> tuple[int, ...]:
+    """What says a file is unchanged since it was hashed."""
+    return (info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns, info.st_ctime_ns)

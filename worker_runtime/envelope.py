@@ -53,9 +53,18 @@ def read_envelope(path: str, cwd: str) -> Envelope:
     where = os.path.join(cwd, path)
     try:
         with open(where, encoding="utf-8") as handle:
-            data = json.load(handle)
+            text = handle.read()
     except OSError as exc:
         raise RequestError(f"cannot read the envelope {where}: {exc.strerror}") from None
+    except ValueError as exc:  # not UTF-8
+        raise RequestError(f"the envelope {where} is not valid JSON: {exc}") from None
+    return parse_envelope(text, where)
+
+
+def parse_envelope(text: str, where: str) -> Envelope:
+    """The envelope in ``text`` (read from ``where``); a RequestError says what is wrong."""
+    try:
+        data = json.loads(text)
     except ValueError as exc:
         raise RequestError(f"the envelope {where} is not valid JSON: {exc}") from None
     if not isinstance(data, dict):

@@ -70,6 +70,7 @@ class Proto:
             "request_id": message.request_id,
             "cancel": message.cancel,
             "verbosity": message.verbosity,
+            "inputs": [(i.path, i.digest.decode("ascii", "replace")) for i in message.inputs],
         }
 
     def write(
@@ -99,6 +100,9 @@ class Json:
                         "request_id": obj.get("requestId", 0),
                         "cancel": obj.get("cancel", False),
                         "verbosity": obj.get("verbosity", 0),
+                        "inputs": [
+                            (i.get("path", ""), i.get("digest", "")) for i in obj.get("inputs", [])
+                        ],
                     }
                 except json.JSONDecodeError:
                     pass
@@ -180,6 +184,8 @@ def handle(framing, request: dict, options: dict) -> None:
         reply["output"] = os.environ.get(rest[0], "<unset>")
     elif command == "args":
         reply["output"] = json.dumps(args)
+    elif command == "inputs":  # the request's WorkRequest.inputs, as path=digest
+        reply["output"] = " ".join(f"{path}={digest}" for path, digest in request["inputs"])
     elif command == "crash":
         sys.stderr.write("fake_worker: crashing on purpose\n")
         sys.stderr.flush()

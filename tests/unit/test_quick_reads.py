@@ -1,6 +1,6 @@
-"""Quick @argfile reads on the event loop (worker_runtime/execution/quick_reads.py): they
-give what the full expansion gives, or decline (None) wherever a read could wait or the
-full expansion has something to say (nesting, errors)."""
+"""Quick reads on the event loop (worker_runtime/execution/quick_reads.py): @argfiles,
+envelopes and known digests give what the full reads give, or decline (None) wherever a
+read could wait or the full read has something to say (nesting, errors)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,10 @@ from pathlib import Path
 import pytest
 
 from tests.argfile_vectors import CASES, Case, parametrize_cases
+from worker_runtime.digests import DigestCache
+from worker_runtime.envelope import Envelope, read_envelope, write_envelope
 from worker_runtime.errors import RequestError
+from worker_runtime.execution import quick_reads
 from worker_runtime.execution.quick_reads import (
     MAX_QUICK_BYTES,
     QuickRoot,
@@ -148,3 +151,66 @@ def test_a_root_moved_away_and_made_again_is_opened_again(tmp_path: Path) -> Non
     assert again.expand(("@a.args",)) == ["new"]
     assert quick_root(str(project)) is again
     again.close()
+
+
+def test_a_digest_is_known_only_for_the_file_as_it_was_hashed(
+    root: QuickRoot, tmp_path: Path
+) -> None:
+    cache = DigestCache()
+    (tmp_path / "src").mkdir()
+    source = tmp_path / "src" / "A.java"
+    source.write_text("class A {}\n")
+    assert root.known_digest("src/A.java", cache) is None  # never hashed: not read here
+    assert cache.files_hashed == 0
+    hashed = cache.read(os.path.join(root.root, "src/A.java"))
+    assert root.known_digest("src/A.java", cache) == hashed
+    source.write_text("class A { int x; }\n")
+    assert root.known_digest("src/A.java", cache) is None  # changed since
+    assert cache.files_hashed == 1
+
+
+def test_digests_that_would_need_a_wait_or_a_read_are_not_known(
+    root: QuickRoot, tmp_path: Path
+) -> None:
+    cache = DigestCache()
+    (tmp_path / "dir").mkdir()
+    os.mkfifo(tmp_path / "in.fifo")
+    (tmp_path / "a.txt").write_text("a")
+    cache.read(str(tmp_path / "a.txt"))
+    assert root.known_digest(str(tmp_path / "a.txt"), cache) is None  # absolute
+    assert root.known_digest("a.txt", cache) is not None
+    assert root.known_digest("missing.txt", cache) is None
+    assert root.known_digest("dir", cache) is None
+    assert root.known_digest("in.fifo", cache) is None
+    os.symlink("/proc/self/status", tmp_path / "elsewhere")
+    assert root.known_digest("elsewhere", cache) is None  # another mount
+
+
+def test_an_envelope_is_read_at_once_as_the_full_reader_reads_it(
+    root: QuickRoot, tmp_path: Path
+) -> None:
+    envelope = Envelope("a.args", ("src/A.java", "lib/b.jar"), ("out/a.jar",))
+    write_envelope(tmp_path / "a.envelope.json", envelope)
+    assert root.envelope("a.envelope.json") == envelope
+    assert read_envelope("a.envelope.json", str(tmp_path)) == envelope
+    (tmp_path / "bad.json").write_text('{"version": 1, "argfile": 3}')
+    (tmp_path / "old.json").write_text('{"version": 0}')
+    for name in ("bad.json", "old.json", "missing.json"):
+        with pytest.raises(RequestError):
+            read_envelope(name, str(tmp_path))
+        assert root.envelope(name) is None  # the slow path says what is wrong
+
+
+def test_without_resolve_cached_reads_go_on_without_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A kernel before 5.12 answers EINVAL to RESOLVE_CACHED: the root works without it
+    (a bit no kernel knows stands in for it here)."""
+    monkeypatch.setattr(quick_reads, "_RESOLVE_CACHED", 1 << 40)
+    quick = QuickRoot.open(str(tmp_path))
+    assert quick is not None
+    try:
+        (tmp_path / "a.args").write_text("x\n")
+        assert quick.expand(("@a.args",)) == ["x"]
+    finally:
+        quick.close()

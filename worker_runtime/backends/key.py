@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from worker_runtime.digests import DigestCache
@@ -83,6 +84,18 @@ class ToolDigests:
     def current(self) -> tuple[tuple[str, str], ...]:
         """Digests of every tool input as it is on disk now (reads the file system)."""
         self.last = tuple((path, self._digest(path)) for path in self.paths)
+        return self.last
+
+    def known(self, digest_of: Callable[[str], str | None]) -> tuple[tuple[str, str], ...] | None:
+        """What ``current`` would find, if ``digest_of`` (a tool input's digest found
+        without reading it, or None) knows every tool input's; else None."""
+        found = []
+        for path in self.paths:
+            digest = digest_of(path)
+            if digest is None:
+                return None
+            found.append((path, digest))
+        self.last = tuple(found)
         return self.last
 
     def _digest(self, path: str) -> str:

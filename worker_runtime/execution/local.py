@@ -1,5 +1,7 @@
 """Runs a request on a warm local backend: the pool of its worker key (backends/), with
-the envelope's input digests (Bazel's WorkRequest.inputs) when the action has one."""
+the envelope's input digests (Bazel's WorkRequest.inputs) when the action has one.
+Those digests and the tool inputs' are found on the event loop when the digest cache
+already holds them (execution/quick_reads.py), else in one hop off it."""
 
 from __future__ import annotations
 
@@ -11,9 +13,13 @@ from worker_runtime.envelope import read_envelope
 from worker_runtime.errors import BackendError, BackendStartError, RequestError
 from worker_runtime.execution.files import off_loop
 from worker_runtime.execution.outcome import Failure, FailureKind, Outcome, Result, WorkRequest
+from worker_runtime.execution.quick_reads import MAX_QUICK_DIGESTS, quick_root
 from worker_runtime.protocol.messages import WorkInput
 
 LOGGER = logging.getLogger(__name__)
+
+#: A request's input digests and its worker key's tool digests.
+Digests = tuple[tuple[WorkInput, ...], tuple[tuple[str, str], ...]]
 
 
 class LocalExecutor:
@@ -30,11 +36,10 @@ class LocalExecutor:
         return pool is None or pool.has_free_slot()
 
     async def run(self, request: WorkRequest) -> Outcome:
-        # Off the event loop (execution/files.py): the envelope, the input digests and the
-        # tool files' digests are file reads.
-        inputs = await off_loop(self.input_digests, request.envelope) if request.envelope else ()
-        tools = self.manager.tools
-        digests = await off_loop(tools.current) if tools.paths else ()
+        # The envelope, the input digests and the tool files' digests are file reads: on
+        # the loop if none can wait, else off it (execution/files.py) in one hop.
+        found = self.known_digests(request)
+        inputs, digests = found if found is not None else await off_loop(self.digests, request)
         # The key is computed afresh for every attempt, from digests taken just now: a
         # retry never brings back a backend of tool files that have changed since the
         # request arrived.
@@ -49,6 +54,37 @@ class LocalExecutor:
             return Failure(FailureKind.BACKEND_FAILED, str(exc), exc.summary)
         warnings = tuple(f"worker-runtime: warning: {w}\n" for w in response.warnings)
         return Result(response.exit_code, response.output, warnings)
+
+    def known_digests(self, request: WorkRequest) -> Digests | None:
+        """The request's digests if they are all in the digest cache and finding that out
+        cannot wait (quick_reads.py); else None."""
+        tools = self.manager.tools
+        if not request.envelope and not tools.paths:
+            return (), ()
+        root = quick_root(self.manager.cwd)
+        if root is None:
+            return None
+        paths: tuple[str, ...] = ()
+        if request.envelope:
+            envelope = root.envelope(request.envelope)
+            if envelope is None:
+                return None
+            paths = envelope.inputs
+        if len(paths) + len(tools.paths) > MAX_QUICK_DIGESTS:
+            return None  # so many stats would hold the loop up longer than the hop
+        inputs = []
+        for path in paths:
+            digest = root.known_digest(path, self.manager.digests)
+            if digest is None:
+                return None
+            inputs.append(WorkInput(path, digest.encode("ascii")))
+        found = tools.known(lambda path: root.known_digest(path, self.manager.digests))
+        return None if found is None else (tuple(inputs), found)
+
+    def digests(self, request: WorkRequest) -> Digests:
+        """The request's digests, read from the file system (off the loop)."""
+        tools = self.manager.tools
+        return self.input_digests(request.envelope), tools.current() if tools.paths else ()
 
     def input_digests(self, envelope_path: str) -> tuple[WorkInput, ...]:
         """The envelope's inputs with their digests. The request runs without them if the

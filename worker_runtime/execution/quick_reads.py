@@ -1,15 +1,20 @@
-"""@argfiles read on the event loop when that cannot stall it: the request's usual case,
-without the hop to the file thread pool (execution/files.py) and back, which costs more
-than the rest of a request's way through the runtime.
+"""A request's file reads done on the event loop when they cannot stall it: its
+@argfiles, its envelope, and the digests of its inputs and tool inputs when the digest
+cache already holds them. That is the usual case, and it saves the hop to the file
+thread pool (execution/files.py) and back, which costs more than the rest of a
+request's way through the runtime.
 
-A read is quick only when nothing in it can wait: the argument file is a relative path
+A read is quick only when nothing in it can wait: the file is named by a relative path
 opened beneath the project root without leaving the root's file system (``openat2`` with
-``RESOLVE_NO_XDEV``), that file system is a local one, the file is a regular file of at
-most ``MAX_QUICK_BYTES`` (opened non-blocking, so a FIFO is seen and not waited for), and
-its bytes are already in the page cache (``RWF_NOWAIT``). Anything else (an absolute
-path, a network mount, a FIFO, a large or uncached file, a nested @argfile, a file that
-is missing or not UTF-8) answers None, and the request reads its argument files off the
-loop as before, with the same errors.
+``RESOLVE_NO_XDEV``) and with every step of the path already in the kernel's lookup
+cache (``RESOLVE_CACHED``), that file system is a local one, and a file whose bytes are
+read is a regular file of at most ``MAX_QUICK_BYTES`` (opened non-blocking, so a FIFO is
+seen and not waited for) whose bytes are already in the page cache (``RWF_NOWAIT``). A
+digest is quick only if the cache holds it for the file as ``fstat`` finds it now.
+Anything else (an absolute path, a network mount, a FIFO, a large or uncached file, a
+nested @argfile, a file that is missing or not UTF-8, a file not hashed yet or changed
+since) answers None, and the request does its reads off the loop as before, with the
+same errors.
 """
 
 from __future__ import annotations
@@ -20,6 +25,8 @@ import os
 import platform
 import stat
 
+from worker_runtime.digests import DigestCache
+from worker_runtime.envelope import Envelope, parse_envelope
 from worker_runtime.errors import RequestError
 from worker_runtime.protocol.argfiles import argfile_text, is_argfile, split_lines
 
@@ -30,12 +37,18 @@ LOCAL_FILE_SYSTEMS = frozenset(
 )
 #: Argument files larger than this are read off the loop.
 MAX_QUICK_BYTES = 64 * 1024
+#: A request with more input and tool files than this has their digests found off the
+#: loop: each takes a few microseconds of the loop's time.
+MAX_QUICK_DIGESTS = 64
 
 _RESOLVE_NO_XDEV = 0x01
 _RESOLVE_NO_MAGICLINKS = 0x02
+#: Linux 5.12 and later; where it is unknown (EINVAL), reads go without it.
+_RESOLVE_CACHED = 0x20
 #: openat2's system call number (the same on both architectures this runs on).
 _SYS_OPENAT2 = {"x86_64": 437, "aarch64": 437}.get(platform.machine())
 _OPEN_FLAGS = os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY
+_STAT_FLAGS = os.O_PATH | os.O_CLOEXEC
 
 
 class _OpenHow(ctypes.Structure):
@@ -43,7 +56,11 @@ class _OpenHow(ctypes.Structure):
 
 
 _libc = ctypes.CDLL(None, use_errno=True)
-_libc.syscall.restype = ctypes.c_long
+#: syscall(2) as openat2 is called through it; its arguments are longs (a C int is not).
+_syscall = _libc.syscall
+_syscall.restype = ctypes.c_long
+_syscall.argtypes = (ctypes.c_long, ctypes.c_long, ctypes.c_char_p, ctypes.c_void_p, ctypes.c_long)
+_HOW_SIZE = ctypes.sizeof(_OpenHow)
 
 
 def file_system_type(fd: int, mountinfo: str = "/proc/self/mountinfo") -> str | None:
@@ -59,12 +76,17 @@ def file_system_type(fd: int, mountinfo: str = "/proc/self/mountinfo") -> str | 
 
 
 class QuickRoot:
-    """Quick reads of argument files beneath one project root (its directory kept open)."""
+    """Quick reads of files beneath one project root (its directory kept open)."""
 
-    def __init__(self, fd: int) -> None:
+    def __init__(self, fd: int, root: str) -> None:
         self._fd = fd
+        #: The root's path, as the digest cache's keys start.
+        self.root = root
         info = os.fstat(fd)
         self._identity = (info.st_dev, info.st_ino)
+        self._resolve = _RESOLVE_NO_XDEV | _RESOLVE_NO_MAGICLINKS | _RESOLVE_CACHED
+        #: openat2's argument for each set of open flags, made once.
+        self._hows: dict[int, _OpenHow] = {}
 
     def still_at(self, root: str) -> bool:
         """Whether ``root`` still names the directory held open (not moved away, or
@@ -89,8 +111,11 @@ class QuickRoot:
             local = file_system_type(fd, mountinfo) in LOCAL_FILE_SYSTEMS
         except OSError:
             local = False
-        quick = cls(fd)
+        quick = cls(fd, root)
         probe = quick._open(".")  # ENOSYS without openat2; EPERM where seccomp refuses it
+        if probe == -errno.EINVAL:  # a kernel before RESOLVE_CACHED
+            quick._resolve &= ~_RESOLVE_CACHED
+            probe = quick._open(".")
         if probe >= 0:
             os.close(probe)
         if not local or probe < 0:
@@ -103,25 +128,21 @@ class QuickRoot:
             os.close(self._fd)
             self._fd = -1
 
-    def _open(self, name: str) -> int:
-        """openat2 beneath the root, never crossing a mount: the fd, or -errno."""
+    def _open(self, name: str, flags: int = _OPEN_FLAGS) -> int:
+        """openat2 beneath the root, never crossing a mount nor waiting on a lookup:
+        the fd, or -errno."""
         if _SYS_OPENAT2 is None:
             return -errno.ENOSYS
-        how = _OpenHow(_OPEN_FLAGS, 0, _RESOLVE_NO_XDEV | _RESOLVE_NO_MAGICLINKS)
+        how = self._hows.get(flags)
+        if how is None or how.resolve != self._resolve:
+            how = self._hows[flags] = _OpenHow(flags, 0, self._resolve)
         try:
             path = os.fsencode(name)
         except UnicodeError:
             return -errno.EINVAL
         if b"\0" in path:
             return -errno.EINVAL
-        # syscall(2) takes longs: pass them as such, not as C ints.
-        fd = _libc.syscall(
-            ctypes.c_long(_SYS_OPENAT2),
-            ctypes.c_long(self._fd),
-            path,
-            ctypes.byref(how),
-            ctypes.c_size_t(ctypes.sizeof(how)),
-        )
+        fd = _syscall(_SYS_OPENAT2, self._fd, path, ctypes.addressof(how), _HOW_SIZE)
         return fd if fd >= 0 else -ctypes.get_errno()
 
     def read(self, name: str) -> str | None:
@@ -149,6 +170,33 @@ class QuickRoot:
             return argfile_text(name, buffer)
         except RequestError:  # the slow path says what is wrong with it
             return None
+
+    def envelope(self, name: str) -> Envelope | None:
+        """The envelope (envelope.py) at ``name`` if it can be read at once and is valid,
+        else None (the slow path says what is wrong with it)."""
+        text = self.read(name)
+        if text is None:
+            return None
+        try:
+            return parse_envelope(text, name)
+        except RequestError:
+            return None
+
+    def known_digest(self, name: str, digests: DigestCache) -> str | None:
+        """The digest of file ``name`` if ``digests`` holds it for the file as it is now
+        and finding that out cannot wait; else None. Reads no bytes of the file."""
+        if os.path.isabs(name) or self._fd < 0:
+            return None
+        fd = self._open(name, _STAT_FLAGS)
+        if fd < 0:
+            return None
+        try:
+            info = os.fstat(fd)
+        finally:
+            os.close(fd)
+        if not stat.S_ISREG(info.st_mode):
+            return None
+        return digests.known(os.path.join(self.root, name), info)
 
     def expand(self, args: tuple[str, ...]) -> list[str] | None:
         """``args`` with their @argfiles expanded, if every one can be read at once and

@@ -146,7 +146,8 @@ class QuickRoot:
         return fd if fd >= 0 else -ctypes.get_errno()
 
     def read(self, name: str) -> str | None:
-        """The text of argument file ``name`` if it can be read at once, else None."""
+        """The text of file ``name`` (an argument file or an envelope) if it can be read
+        at once and passes the argument file rule's text checks, else None."""
         if os.path.isabs(name) or self._fd < 0:
             return None
         fd = self._open(name)

@@ -18,7 +18,8 @@ against the bare server. The default runtime also serves ``ExecuteStream`` with 
 arguments in an @argfile (``argfile_adds_ms``); a third runtime, configured with tool
 inputs, serves requests as the prelude's ``worker_run`` sends them: an @argfile and an
 envelope naming the action's inputs (``prelude_request_adds_ms``, over the @argfile
-series). Neither is one of the issue's figures. Writes
+series), and the same with one input changed before each request, as when Buck2 runs an
+action again (``prelude_one_changed_input_adds_ms``). None is one of the issue's figures. Writes
 benchmarks/results/runtime_overhead.json.
 
 Run: ``.venv/bin/python -m benchmarks.runtime_overhead [--requests N] [--rounds R]
@@ -34,6 +35,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import itertools
 import json
 import os
 import statistics
@@ -41,7 +43,8 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -78,6 +81,9 @@ ARGFILE_SERIES = "stream_argfile"
 #: arguments in an @argfile and its envelope (envelope.py) naming the action's inputs,
 #: to a runtime whose worker key includes tool inputs (as every toolchain's does).
 PRELUDE_SERIES = "stream_prelude"
+#: The same request with one of its inputs changed before each (its mtime moved on), as
+#: when Buck2 runs an action again because an input changed: that file is hashed again.
+CHANGED_SERIES = "stream_prelude_one_changed_input"
 PRELUDE_RUNTIME = "runtime_as_prelude"
 #: How many input files the prelude series' envelope names (a small javac action).
 PRELUDE_INPUTS = 16
@@ -130,11 +136,23 @@ async def unary(target: str, n: int) -> list[float]:
     return samples
 
 
-async def streaming(target: str, n: int, command: pb.ExecuteCommand | None = None) -> list[float]:
-    command = command or make_command(["echo", "x"])
+@dataclass(frozen=True)
+class Stream:
+    """A series of ExecuteStream requests: the command, and what the client does before
+    each one, untimed."""
+
+    command: pb.ExecuteCommand
+    before_each: Callable[[], None] | None = None
+
+
+async def streaming(target: str, n: int, stream: Stream | None = None) -> list[float]:
+    command = stream.command if stream else make_command(["echo", "x"])
+    before_each = stream.before_each if stream else None
     samples = []
     async with StreamingSession(target) as session:
         for _ in range(n):
+            if before_each is not None:
+                before_each()
             start = time.perf_counter()
             response = await session.execute(command)
             samples.append(time.perf_counter() - start)
@@ -212,7 +230,7 @@ class Server:
         worker: Buck2Worker,
         pid: int,
         rpcs: tuple[str, ...] = RPCS,
-        streams: dict[str, pb.ExecuteCommand] | None = None,
+        streams: dict[str, Stream] | None = None,
     ) -> None:
         self.target = worker.target
         self.pid = pid
@@ -246,7 +264,7 @@ class Server:
         }
 
 
-def action_requests(action: Path) -> dict[str, pb.ExecuteCommand]:
+def action_requests(action: Path) -> dict[str, Stream]:
     """The @argfile and prelude series' requests, their files written in ``action`` (a
     directory beneath the project root)."""
     argfile = action / "request.args"
@@ -260,11 +278,17 @@ def action_requests(action: Path) -> dict[str, pb.ExecuteCommand]:
     envelope = action / "request.envelope.json"
     write_envelope(envelope, Envelope(relative, tuple(inputs), ("buck-out/tmp/out.jar",)))
     at_argfile = [f"@{relative}"]
+    prelude = make_command(at_argfile, env={ENVELOPE_ENV: str(envelope.relative_to(ROOT))})
+    stamps = itertools.count(time.time_ns())
+
+    def change_an_input() -> None:
+        stamp = next(stamps)
+        os.utime(ROOT / inputs[0], ns=(stamp, stamp))
+
     return {
-        ARGFILE_SERIES: make_command(at_argfile),
-        PRELUDE_SERIES: make_command(
-            at_argfile, env={ENVELOPE_ENV: str(envelope.relative_to(ROOT))}
-        ),
+        ARGFILE_SERIES: Stream(make_command(at_argfile)),
+        PRELUDE_SERIES: Stream(prelude),
+        CHANGED_SERIES: Stream(prelude, change_an_input),
     }
 
 
@@ -300,7 +324,7 @@ def measure(n: int, rounds: int, throughput_requests: int) -> dict[str, Any]:
             runtime,
             daemon_pid(runtime_dir),
             rpcs=(),
-            streams={PRELUDE_SERIES: streams[PRELUDE_SERIES]},
+            streams={name: streams[name] for name in (PRELUDE_SERIES, CHANGED_SERIES)},
         )
         # Where each server process may run (all of them inherit --one-cpu's placement).
         server_cpus = {name: sorted(os.sched_getaffinity(s.pid)) for name, s in servers.items()}
@@ -364,6 +388,9 @@ def report(
         "argfile_adds_ms": median("runtime", ARGFILE_SERIES) - median("runtime", "stream"),
         # Nor this: what the envelope's input digests and the tool inputs' digests add.
         "prelude_request_adds_ms": median(PRELUDE_RUNTIME, PRELUDE_SERIES)
+        - median("runtime", ARGFILE_SERIES),
+        # And the same when one input has changed: the usual case of a real build.
+        "prelude_one_changed_input_adds_ms": median(PRELUDE_RUNTIME, CHANGED_SERIES)
         - median("runtime", ARGFILE_SERIES),
         "throughput_64_in_flight_rps": rate,
         "targets": {
@@ -429,6 +456,9 @@ def across_runs(runs: list[dict[str, Any]]) -> dict[str, Any]:
         "argfile_adds_ms": statistics.median(run["argfile_adds_ms"] for run in runs),
         "prelude_request_adds_ms": statistics.median(
             run["prelude_request_adds_ms"] for run in runs
+        ),
+        "prelude_one_changed_input_adds_ms": statistics.median(
+            run["prelude_one_changed_input_adds_ms"] for run in runs
         ),
     }
     met: dict[str, bool] = {}

@@ -129,10 +129,13 @@ def test_runtime_overhead_benchmark_writes_its_json(placement: tuple[str, ...]) 
     assert "stream_argfile" not in data["runtime_grpcio"]
     # The prelude's request (an @argfile and an envelope) to a runtime with tool inputs.
     prelude = data["runtime_as_prelude"]
-    assert set(prelude) == {"stream_prelude"}
+    assert set(prelude) == {"stream_prelude", "stream_prelude_one_changed_input"}
     assert prelude["stream_prelude"]["median_ms"] > 0
     assert data["prelude_request_adds_ms"] == pytest.approx(
         prelude["stream_prelude"]["median_ms"] - argfile["median_ms"]
+    )
+    assert data["prelude_one_changed_input_adds_ms"] == pytest.approx(
+        prelude["stream_prelude_one_changed_input"]["median_ms"] - argfile["median_ms"]
     )
 
 
@@ -160,8 +163,9 @@ def test_runtime_overhead_benchmark_takes_medians_over_whole_runs() -> None:
         assert medians[f"throughput_bare_over_{name}"] == pytest.approx((each[0] + each[1]) / 2)
     each = sorted(run["argfile_adds_ms"] for run in runs)
     assert medians["argfile_adds_ms"] == pytest.approx((each[0] + each[1]) / 2)
-    each = sorted(run["prelude_request_adds_ms"] for run in runs)
-    assert medians["prelude_request_adds_ms"] == pytest.approx((each[0] + each[1]) / 2)
+    for key in ("prelude_request_adds_ms", "prelude_one_changed_input_adds_ms"):
+        each = sorted(run[key] for run in runs)
+        assert medians[key] == pytest.approx((each[0] + each[1]) / 2)
     assert set(medians["met"]) == set(medians["runs_that_met"])
     assert all(0 <= count <= 2 for count in medians["runs_that_met"].values())
 

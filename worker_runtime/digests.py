@@ -55,19 +55,22 @@ class DigestCache:
         known = self.known(path, info)
         if known is not None:
             return known
-        signature = _signature(info)
         hasher = hashlib.sha256()
         with open(path, "rb") as handle:
             while chunk := handle.read(1 << 20):
                 hasher.update(chunk)
         value = hasher.hexdigest()
+        self.store(path, info, value)
+        return value
+
+    def store(self, path: str, info: os.stat_result, value: str) -> None:
+        """Keeps ``value``, the digest of ``path`` hashed as ``info`` said it was."""
         with self._lock:
             self.files_hashed += 1
-            self._entries[path] = (signature, value)
+            self._entries[path] = (_signature(info), value)
             self._entries.move_to_end(path)
             while len(self._entries) > self._max_entries:
                 self._entries.popitem(last=False)
-        return value
 
 
 def _signature(info: os.stat_result) -> tuple[int, ...]:

@@ -4,6 +4,7 @@ read could wait or the full read has something to say (nesting, errors)."""
 
 from __future__ import annotations
 
+import hashlib
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -160,30 +161,42 @@ def test_a_digest_is_known_only_for_the_file_as_it_was_hashed(
     (tmp_path / "src").mkdir()
     source = tmp_path / "src" / "A.java"
     source.write_text("class A {}\n")
-    assert root.known_digest("src/A.java", cache) is None  # never hashed: not read here
+    assert root.digest("src/A.java", cache) is None  # never hashed, and no bytes allowed
     assert cache.files_hashed == 0
     hashed = cache.read(os.path.join(root.root, "src/A.java"))
-    assert root.known_digest("src/A.java", cache) == hashed
+    assert root.digest("src/A.java", cache) == (hashed, 0)
     source.write_text("class A { int x; }\n")
-    assert root.known_digest("src/A.java", cache) is None  # changed since
+    assert root.digest("src/A.java", cache) is None  # changed since
     assert cache.files_hashed == 1
 
 
-def test_digests_that_would_need_a_wait_or_a_read_are_not_known(
-    root: QuickRoot, tmp_path: Path
-) -> None:
+def test_a_small_file_is_hashed_at_once_and_then_known(root: QuickRoot, tmp_path: Path) -> None:
+    cache = DigestCache()
+    content = b"class A {}\n"
+    (tmp_path / "A.java").write_bytes(content)
+    sha = hashlib.sha256(content).hexdigest()
+    assert root.digest("A.java", cache, len(content) - 1) is None  # over the budget
+    assert root.digest("A.java", cache, len(content)) == (sha, len(content))
+    assert root.digest("A.java", cache) == (sha, 0)
+    assert cache.files_hashed == 1
+    assert cache.read(str(tmp_path / "A.java")) == sha  # the slow path finds it kept
+    assert cache.files_hashed == 1
+
+
+def test_digests_that_would_need_a_wait_are_not_taken(root: QuickRoot, tmp_path: Path) -> None:
     cache = DigestCache()
     (tmp_path / "dir").mkdir()
-    os.mkfifo(tmp_path / "in.fifo")
+    os.mkfifo(tmp_path / "in.fifo")  # no writer: opening it to read could wait
     (tmp_path / "a.txt").write_text("a")
     cache.read(str(tmp_path / "a.txt"))
-    assert root.known_digest(str(tmp_path / "a.txt"), cache) is None  # absolute
-    assert root.known_digest("a.txt", cache) is not None
-    assert root.known_digest("missing.txt", cache) is None
-    assert root.known_digest("dir", cache) is None
-    assert root.known_digest("in.fifo", cache) is None
+    budget = 1 << 20
+    assert root.digest(str(tmp_path / "a.txt"), cache, budget) is None  # absolute
+    assert root.digest("a.txt", cache, budget) is not None
+    assert root.digest("missing.txt", cache, budget) is None
+    assert root.digest("dir", cache, budget) is None
+    assert root.digest("in.fifo", cache, budget) is None
     os.symlink("/proc/self/status", tmp_path / "elsewhere")
-    assert root.known_digest("elsewhere", cache) is None  # another mount
+    assert root.digest("elsewhere", cache, budget) is None  # another mount
 
 
 def test_an_envelope_is_read_at_once_as_the_full_reader_reads_it(

@@ -1,7 +1,8 @@
 """Runs a request on a warm local backend: the pool of its worker key (backends/), with
 the envelope's input digests (Bazel's WorkRequest.inputs) when the action has one.
-Those digests and the tool inputs' are found on the event loop when the digest cache
-already holds them (execution/quick_reads.py), else in one hop off it."""
+Those digests and the tool inputs' are found on the event loop when none of it can wait
+(execution/quick_reads.py: known to the digest cache, or small files hashed at once),
+else in one hop off it."""
 
 from __future__ import annotations
 
@@ -9,11 +10,17 @@ import logging
 import os
 
 from worker_runtime.backends.manager import BackendManager
+from worker_runtime.digests import DigestCache
 from worker_runtime.envelope import read_envelope
 from worker_runtime.errors import BackendError, BackendStartError, RequestError
 from worker_runtime.execution.files import off_loop
 from worker_runtime.execution.outcome import Failure, FailureKind, Outcome, Result, WorkRequest
-from worker_runtime.execution.quick_reads import MAX_QUICK_DIGESTS, quick_root
+from worker_runtime.execution.quick_reads import (
+    MAX_QUICK_DIGESTS,
+    MAX_QUICK_HASH_BYTES,
+    QuickRoot,
+    quick_root,
+)
 from worker_runtime.protocol.messages import WorkInput
 
 LOGGER = logging.getLogger(__name__)
@@ -38,7 +45,7 @@ class LocalExecutor:
     async def run(self, request: WorkRequest) -> Outcome:
         # The envelope, the input digests and the tool files' digests are file reads: on
         # the loop if none can wait, else off it (execution/files.py) in one hop.
-        found = self.known_digests(request)
+        found = self.quick_digests(request)
         inputs, digests = found if found is not None else await off_loop(self.digests, request)
         # The key is computed afresh for every attempt, from digests taken just now: a
         # retry never brings back a backend of tool files that have changed since the
@@ -55,9 +62,9 @@ class LocalExecutor:
         warnings = tuple(f"worker-runtime: warning: {w}\n" for w in response.warnings)
         return Result(response.exit_code, response.output, warnings)
 
-    def known_digests(self, request: WorkRequest) -> Digests | None:
-        """The request's digests if they are all in the digest cache and finding that out
-        cannot wait (quick_reads.py); else None."""
+    def quick_digests(self, request: WorkRequest) -> Digests | None:
+        """The request's digests if none of them can wait (quick_reads.py): each in the
+        digest cache, or hashed at once, at most MAX_QUICK_HASH_BYTES of them; else None."""
         tools = self.manager.tools
         if not request.envelope and not tools.paths:
             return (), ()
@@ -72,13 +79,14 @@ class LocalExecutor:
             paths = envelope.inputs
         if len(paths) + len(tools.paths) > MAX_QUICK_DIGESTS:
             return None  # so many stats would hold the loop up longer than the hop
+        budget = _HashBudget(root, self.manager.digests)
         inputs = []
         for path in paths:
-            digest = root.known_digest(path, self.manager.digests)
+            digest = budget.digest(path)
             if digest is None:
                 return None
             inputs.append(WorkInput(path, digest.encode("ascii")))
-        found = tools.known(lambda path: root.known_digest(path, self.manager.digests))
+        found = tools.known(budget.digest)
         return None if found is None else (tuple(inputs), found)
 
     def digests(self, request: WorkRequest) -> Digests:
@@ -104,3 +112,19 @@ class LocalExecutor:
             if digest is not None:
                 inputs.append(WorkInput(path, digest.encode("ascii")))
         return tuple(inputs)
+
+
+class _HashBudget:
+    """Quick digests for one request, hashing at most MAX_QUICK_HASH_BYTES in all."""
+
+    def __init__(self, root: QuickRoot, digests: DigestCache) -> None:
+        self._root = root
+        self._digests = digests
+        self._left = MAX_QUICK_HASH_BYTES
+
+    def digest(self, path: str) -> str | None:
+        found = self._root.digest(path, self._digests, self._left)
+        if found is None:
+            return None
+        self._left -= found[1]
+        return found[0]

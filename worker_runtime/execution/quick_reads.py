@@ -1,8 +1,8 @@
 """A request's file reads done on the event loop when they cannot stall it: its
-@argfiles, its envelope, and the digests of its inputs and tool inputs when the digest
-cache already holds them. That is the usual case, and it saves the hop to the file
-thread pool (execution/files.py) and back, which costs more than the rest of a
-request's way through the runtime.
+@argfiles, its envelope, and the digests of its inputs and tool inputs (from the digest
+cache, or hashed here if the file is small). That is the usual case, and it saves the
+hop to the file thread pool (execution/files.py) and back, which costs more than the
+rest of a request's way through the runtime.
 
 A read is quick only when nothing in it can wait: the file is named by a relative path
 opened beneath the project root without leaving the root's file system (``openat2`` with
@@ -10,17 +10,19 @@ opened beneath the project root without leaving the root's file system (``openat
 cache (``RESOLVE_CACHED``), that file system is a local one, and a file whose bytes are
 read is a regular file of at most ``MAX_QUICK_BYTES`` (opened non-blocking, so a FIFO is
 seen and not waited for) whose bytes are already in the page cache (``RWF_NOWAIT``). A
-digest is quick only if the cache holds it for the file as ``fstat`` finds it now.
-Anything else (an absolute path, a network mount, a FIFO, a large or uncached file, a
-nested @argfile, a file that is missing or not UTF-8, a file not hashed yet or changed
-since) answers None, and the request does its reads off the loop as before, with the
-same errors.
+digest is quick if the cache holds it for the file as ``fstat`` finds it now, or if
+the file is read and hashed under the same rules as an argument file, within a
+request's budget of ``MAX_QUICK_HASH_BYTES``. Anything else (an absolute path, a network
+mount, a FIFO, a large or uncached file, a nested @argfile, a file that is missing or
+not UTF-8, more to hash than the budget) answers None, and the request does its reads
+off the loop as before, with the same errors.
 """
 
 from __future__ import annotations
 
 import ctypes
 import errno
+import hashlib
 import os
 import platform
 import stat
@@ -40,6 +42,10 @@ MAX_QUICK_BYTES = 64 * 1024
 #: A request with more input and tool files than this has their digests found off the
 #: loop: each takes a few microseconds of the loop's time.
 MAX_QUICK_DIGESTS = 64
+#: How many bytes of a request's inputs and tool inputs may be hashed on the loop (the
+#: files not hashed yet or changed since: in a build, usually one small source); SHA-256
+#: of 64 KiB takes about 0.1 ms here, what the hop to the file pool costs.
+MAX_QUICK_HASH_BYTES = 64 * 1024
 
 _RESOLVE_NO_XDEV = 0x01
 _RESOLVE_NO_MAGICLINKS = 0x02
@@ -150,12 +156,23 @@ class QuickRoot:
         at once and passes the argument file rule's text checks, else None."""
         if os.path.isabs(name) or self._fd < 0:
             return None
+        found = self._contents(name, MAX_QUICK_BYTES)
+        if found is None:
+            return None
+        try:
+            return argfile_text(name, found[0])
+        except RequestError:  # the slow path says what is wrong with it
+            return None
+
+    def _contents(self, name: str, max_bytes: int) -> tuple[bytearray, os.stat_result] | None:
+        """The bytes of regular file ``name`` (at most ``max_bytes``, all in the page
+        cache) and its ``fstat`` as they were read; None if reading could wait."""
         fd = self._open(name)
         if fd < 0:
             return None
         try:
             info = os.fstat(fd)
-            if not stat.S_ISREG(info.st_mode) or info.st_size > MAX_QUICK_BYTES:
+            if not stat.S_ISREG(info.st_mode) or info.st_size > max_bytes:
                 return None
             buffer = bytearray(info.st_size + 1)  # one more: a file that grew is seen
             try:
@@ -165,12 +182,9 @@ class QuickRoot:
             if got != info.st_size:
                 return None  # it changed meanwhile: the slow path reads it
             del buffer[got:]
+            return buffer, info
         finally:
             os.close(fd)
-        try:
-            return argfile_text(name, buffer)
-        except RequestError:  # the slow path says what is wrong with it
-            return None
 
     def envelope(self, name: str) -> Envelope | None:
         """The envelope (envelope.py) at ``name`` if it can be read at once and is valid,
@@ -183,12 +197,14 @@ class QuickRoot:
         except RequestError:
             return None
 
-    def known_digest(self, name: str, digests: DigestCache) -> str | None:
-        """The digest of file ``name`` if ``digests`` holds it for the file as it is now
-        and finding that out cannot wait; else None. Reads no bytes of the file."""
+    def digest(self, name: str, digests: DigestCache, max_bytes: int = 0) -> tuple[str, int] | None:
+        """The digest of file ``name`` and how many bytes were hashed to find it, if that
+        cannot wait: from ``digests`` if it holds the digest for the file as it is now,
+        else hashed here if the file is at most ``max_bytes`` and all in the page cache
+        (and then kept in ``digests``). Else None."""
         if os.path.isabs(name) or self._fd < 0:
             return None
-        fd = self._open(name, _STAT_FLAGS)
+        fd = self._open(name, _STAT_FLAGS)  # a look only: nothing is opened for reading
         if fd < 0:
             return None
         try:
@@ -197,7 +213,19 @@ class QuickRoot:
             os.close(fd)
         if not stat.S_ISREG(info.st_mode):
             return None
-        return digests.known(os.path.join(self.root, name), info)
+        path = os.path.join(self.root, name)
+        known = digests.known(path, info)
+        if known is not None:
+            return known, 0
+        if info.st_size > max_bytes:
+            return None
+        found = self._contents(name, max_bytes)
+        if found is None:
+            return None
+        data, info = found  # as read: the file may have changed since the look
+        value = hashlib.sha256(data).hexdigest()
+        digests.store(path, info, value)
+        return value, len(data)
 
     def expand(self, args: tuple[str, ...]) -> list[str] | None:
         """``args`` with their @argfiles expanded, if every one can be read at once and

@@ -88,7 +88,7 @@ class ToolDigests:
 
     def known(self, digest_of: Callable[[str], str | None]) -> tuple[tuple[str, str], ...] | None:
         """What ``current`` would find, if ``digest_of`` (a tool input's digest found
-        without reading it, or None) knows every tool input's; else None."""
+        without waiting, or None) finds every tool input's; else None."""
         found = []
         for path in self.paths:
             digest = digest_of(path)

@@ -19,8 +19,8 @@ arguments in an @argfile (``argfile_adds_ms``); a third runtime, configured with
 inputs, serves requests as the prelude's ``worker_run`` sends them: an @argfile and an
 envelope naming the action's inputs (``prelude_request_adds_ms``, over the @argfile
 series), and the same with one input changed before each request, as when Buck2 runs an
-action again (``prelude_one_changed_input_adds_ms``). None is one of the issue's figures. Writes
-benchmarks/results/runtime_overhead.json.
+action again (``prelude_one_changed_input_adds_ms``). None is one of the issue's figures.
+Writes benchmarks/results/runtime_overhead.json.
 
 Run: ``.venv/bin/python -m benchmarks.runtime_overhead [--requests N] [--rounds R]
 [--runs K]``. ``--runs`` repeats the whole run with fresh processes and adds the figures'

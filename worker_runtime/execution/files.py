@@ -2,7 +2,8 @@
 files' digests), run on a thread pool of their own so that the event loop never waits on
 the file system: a FIFO, a huge file to hash or a hung network mount stalls only the
 request that reads it, which its timeout then ends.
-An @argfile that nothing can make wait is read on the loop instead (quick_reads.py).
+Reads that nothing can make wait (small @argfiles and envelopes, digests already known or
+of small files in memory) are done on the loop instead (quick_reads.py).
 
 A thread blocked in such a read stays blocked after its request timed out (a read cannot
 be interrupted); the pool has ``MAX_THREADS`` threads, so reads of other requests go on

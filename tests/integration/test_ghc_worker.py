@@ -22,8 +22,9 @@ from worker_runtime.envelope import Envelope, write_envelope
 from worker_runtime.errors import RequestError
 from worker_runtime.proto import bazel_worker_pb2 as bazel
 from worker_runtime.protocol.argfiles import expand_argfiles
-from worker_runtime.protocol.framing import ProtoFraming, encode_varint
+from worker_runtime.protocol.framing import ProtoFraming
 from worker_runtime.protocol.messages import WorkResponse
+from worker_runtime.protocol.wire import encode_varint
 
 GHC_WORKER = str(REPO_ROOT / "toolchains" / "haskell" / "ghc-worker")
 GHC_ARGFILE = str(REPO_ROOT / "toolchains" / "haskell" / "ghc-argfile")

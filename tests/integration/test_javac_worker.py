@@ -174,7 +174,8 @@ def test_a_proto_request_of_123_bytes_is_not_taken_for_json(tmp_path: Path) -> N
     """123 is '{': the worker must look past the first byte to tell the formats apart."""
     (tmp_path / "A.java").write_text("class A {}\n")
     from worker_runtime.proto import bazel_worker_pb2 as bazel
-    from worker_runtime.protocol.framing import ProtoFraming, encode_varint
+    from worker_runtime.protocol.framing import ProtoFraming
+    from worker_runtime.protocol.wire import encode_varint
 
     padding = ""
     while True:

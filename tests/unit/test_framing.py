@@ -7,8 +7,9 @@ import json
 import pytest
 
 from worker_runtime.errors import ProtocolError
-from worker_runtime.protocol.framing import JsonFraming, ProtoFraming, encode_varint, quote_bytes
+from worker_runtime.protocol.framing import JsonFraming, ProtoFraming, quote_bytes
 from worker_runtime.protocol.messages import WorkInput, WorkRequest, WorkResponse
+from worker_runtime.protocol.wire import encode_varint
 
 
 def test_proto_request_golden_bytes() -> None:

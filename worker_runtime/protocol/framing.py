@@ -18,11 +18,10 @@ from google.protobuf.message import DecodeError
 from worker_runtime.errors import ProtocolError
 from worker_runtime.proto import bazel_worker_pb2 as pb
 from worker_runtime.protocol.messages import WorkRequest, WorkResponse
+from worker_runtime.protocol.wire import INT32_MAX, INT32_MIN, encode_varint, encode_work_request
 
 #: How many leading bytes of bad output an error quotes (Bazel keeps 4 KiB; we quote less).
 QUOTE_BYTES = 256
-
-INT32_MIN, INT32_MAX = -(1 << 31), (1 << 31) - 1
 
 #: A length prefix above this is taken for text on stdout, not a response.
 MAX_FRAME_BYTES = 1 << 31
@@ -49,31 +48,6 @@ class Framing(Protocol):
         ...
 
 
-def encode_varint(value: int) -> bytes:
-    out = bytearray()
-    while True:
-        byte = value & 0x7F
-        value >>= 7
-        if value:
-            out.append(byte | 0x80)
-        else:
-            out.append(byte)
-            return bytes(out)
-
-
-def request_to_proto(request: WorkRequest) -> pb.WorkRequest:
-    message = pb.WorkRequest(
-        arguments=request.arguments,
-        request_id=request.request_id,
-        cancel=request.cancel,
-        verbosity=request.verbosity,
-        sandbox_dir=request.sandbox_dir,
-    )
-    for item in request.inputs:
-        message.inputs.add(path=item.path, digest=item.digest)
-    return message
-
-
 class ProtoFraming:
     """Protobuf messages each preceded by a base-128 varint length (Bazel's default).
 
@@ -89,7 +63,7 @@ class ProtoFraming:
         self._need = 0
 
     def encode(self, request: WorkRequest) -> bytes:
-        body = request_to_proto(request).SerializeToString()
+        body = encode_work_request(request)
         return encode_varint(len(body)) + body
 
     def mid_message(self) -> bool:

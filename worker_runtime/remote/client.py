@@ -17,7 +17,7 @@ from worker_runtime.proto import remote_execution_pb2 as re_pb2
 from worker_runtime.proto import remote_execution_pb2_grpc as re_grpc
 from worker_runtime.proto.google.longrunning import operations_pb2, operations_pb2_grpc
 from worker_runtime.proto.google.rpc import error_details_pb2
-from worker_runtime.protocol.framing import encode_varint
+from worker_runtime.protocol.wire import encode_varint
 from worker_runtime.remote.action import BuiltAction
 from worker_runtime.remote.cancellation import Cancellation, RemoteCancelled
 from worker_runtime.remote.cas import Cas

@@ -47,6 +47,17 @@ CASES = {
         arguments=(),
         inputs=tuple(WorkInput("p" * n, SHA) for n in (90, 91, 92, 93, 94, 95, 96, 300)),
     ),
+    "hex digests and paths about each length's boundaries": WorkRequest(
+        arguments=(),
+        inputs=tuple(
+            WorkInput("p" * n, b"ab" * 32)
+            for n in (1, 59, 60, 61, 127, 128, 129, 15_999, 16_000, 16_500)
+        ),
+    ),
+    "digests about their length's boundary": WorkRequest(
+        arguments=(),
+        inputs=tuple(WorkInput(p, b"d" * n) for p in ("p", "p" * 200) for n in (127, 128, 129)),
+    ),
     "a long digest and a non-ASCII path": WorkRequest(
         arguments=(), inputs=(WorkInput("ü/ß", b"\xff" * 200), WorkInput("ü" * 50, SHA))
     ),

@@ -63,7 +63,12 @@ class Engine:
         found = []
         for executor in self.executors():
             samples = executor_metrics(str(executor["metrics"]))
-            names = ("leases_total", "worker_starts_total", "worker_reuses_total")
+            names = (
+                "leases_total",
+                "worker_starts_total",
+                "worker_reuses_total",
+                "worker_evictions",
+            )
             found.append({name: samples.get(f"executor_{name}", 0.0) for name in names})
         return found
 
@@ -166,12 +171,16 @@ def test_an_edit_rebuilds_on_the_same_warm_workers(native: Buck2Project, engine:
     native.run("build", JAVA, HASKELL)
     metrics = engine.metrics()
     after = totals(metrics)
-    assert after["worker_reuses_total"] >= before["worker_reuses_total"] + 2, (before, after)
-    # No worker was replaced: each of main's executors has started each of the two tools
-    # at most once per lease slot since the engine came up. (Buck2 sends no locality hint,
-    # so an edited compile may land on the executor that had not run that tool yet, or
-    # beside another compile of it, which then starts a worker for it; that is not a
-    # restart.)
+    # Both edited compiles ran on persistent workers, and none was stopped: no worker was
+    # replaced. Each executor of main has started each of the two tools at most once per
+    # lease slot since the engine came up. Buck2 sends no locality hint, so an edited
+    # compile may land on the executor that had not run that tool yet, or beside another
+    # compile of it, and then starts a worker there: that is a first start, not a
+    # restart, so which of the two compiles reused a worker is not asserted (the
+    # executor's own tests show that a lease finding an idle worker of its key reuses it).
+    ran = {name: after[name] - before[name] for name in after}
+    assert ran["worker_starts_total"] + ran["worker_reuses_total"] >= 2, (before, after)
+    assert ran["worker_evictions"] == 0, (before, after)
     assert all(metrics[i]["worker_starts_total"] <= len(TOOLS) * CAPACITY for i in (0, 2)), metrics
 
 

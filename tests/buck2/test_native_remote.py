@@ -171,9 +171,9 @@ def test_an_edit_rebuilds_on_the_same_warm_workers(native: Buck2Project, engine:
     native.run("build", JAVA, HASKELL)
     metrics = engine.metrics()
     after = totals(metrics)
-    # Both edited compiles ran on persistent workers, and none was stopped: no worker was
-    # replaced. Each executor of main has started each of the two tools at most once per
-    # lease slot since the engine came up. Buck2 sends no locality hint, so an edited
+    # Both edited compiles ran on persistent workers, none was evicted (by the idle time
+    # or the caps), and each executor of main has started each of the two tools at most
+    # once per lease slot since the engine came up: no worker was replaced. Buck2 sends no locality hint, so an edited
     # compile may land on the executor that had not run that tool yet, or beside another
     # compile of it, and then starts a worker there: that is a first start, not a
     # restart, so which of the two compiles reused a worker is not asserted (the

@@ -173,11 +173,12 @@ def test_an_edit_rebuilds_on_the_same_warm_workers(native: Buck2Project, engine:
     after = totals(metrics)
     # Both edited compiles ran on persistent workers, none was evicted (by the idle time
     # or the caps), and each executor of main has started each of the two tools at most
-    # once per lease slot since the engine came up: no worker was replaced. Buck2 sends no locality hint, so an edited
-    # compile may land on the executor that had not run that tool yet, or beside another
-    # compile of it, and then starts a worker there: that is a first start, not a
-    # restart, so which of the two compiles reused a worker is not asserted (the
-    # executor's own tests show that a lease finding an idle worker of its key reuses it).
+    # once per lease slot since the engine came up: no worker was replaced. Buck2 sends
+    # no locality hint, so an edited compile may land on the executor that had not run
+    # that tool yet, or beside another compile of it, and then starts a worker there:
+    # that is a first start, not a restart, so which of the two compiles reused a worker
+    # is not asserted (the executor's own tests show that a lease finding an idle worker
+    # of its key reuses it).
     ran = {name: after[name] - before[name] for name in after}
     assert ran["worker_starts_total"] + ran["worker_reuses_total"] >= 2, (before, after)
     assert ran["worker_evictions"] == 0, (before, after)

@@ -1,16 +1,20 @@
 """Benchmark: how soon a worker front serves Buck2's socket at the start of a command,
 with the project's daemon already running, against Buck2's real poll schedule.
 
-Buck2 starts the worker tool and then tries a plain ``connect()`` to its socket at 0 ms,
-then after 50, 100, 200 and 400 ms backoffs (at 0, 50, 150 and 350 ms; the backoff doubles to
-500 ms: docs/running-under-buck2.md). A front ready at 55 ms is therefore used at 150 ms.
-Each round starts the tool exactly as Buck2 does for a ``worker_tool`` (the toolchains'
-launcher, then ``worker-runtime serve --config FILE``, in the project root), polls its
-socket every millisecond to find when it became ready, and reads off the poll of Buck2's
-schedule that would have found it.
+Buck2 starts the worker tool and then tries to connect to its socket at 0 ms, then after
+50, 100, 200 and 400 ms backoffs (at 0, 50, 150 and 350 ms; the backoff doubles to 500 ms:
+docs/running-under-buck2.md). A connect succeeds once the socket listens, but Buck2's
+wait for the worker (its ``WorkerInit`` stage) ends only when the server behind it
+answers the HTTP/2 handshake (measured under the real Buck2:
+``benchmarks/buck2_worker_start.py``). Each round starts the tool exactly as Buck2 does
+for a ``worker_tool`` (the toolchains' launcher, then ``worker-runtime serve --config
+FILE``, in the project root), polls its socket every millisecond to find when it first
+listens, sends HTTP/2's client preface on that connection and times the server's first
+frame; Buck2's wait ends at the later of the first poll at or after the listen and that
+answer.
 
 The floor, in the same run: the same interpreter started to do nothing but listen on a
-Unix socket (``python -c``), timed the same way.
+Unix socket and answer the handshake's first frame (``python -c``), timed the same way.
 
 Then the end of a command: Buck2's SIGTERM to the front's process group, and the time
 until the front exits, with a request in flight (a 3 s one) against the floor of an idle
@@ -60,8 +64,15 @@ def buck2_polls() -> list[float]:
 POLLS = buck2_polls()
 
 
-def ready_after_ms(command: list[str], socket_path: Path, env: dict[str, str], cwd: Path) -> float:
-    """Starts ``command`` and returns when ``socket_path`` first takes a connection."""
+#: HTTP/2's client preface and an empty SETTINGS frame: what Buck2's channel sends first.
+CLIENT_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + b"\x00\x00\x00\x04\x00\x00\x00\x00\x00"
+
+
+def ready_after_ms(
+    command: list[str], socket_path: Path, env: dict[str, str], cwd: Path
+) -> tuple[float, float]:
+    """Starts ``command``; returns when ``socket_path`` first took a connection, and when
+    the server answered the HTTP/2 preface sent on it (ms after the start)."""
     start = time.perf_counter()
     process = subprocess.Popen(
         command, env=env, cwd=cwd, stdin=subprocess.DEVNULL,
@@ -72,9 +83,15 @@ def ready_after_ms(command: list[str], socket_path: Path, env: dict[str, str], c
             with socket.socket(socket.AF_UNIX) as probe:
                 try:
                     probe.connect(str(socket_path))
-                    return (time.perf_counter() - start) * 1000
                 except OSError:
                     pass
+                else:
+                    listening = (time.perf_counter() - start) * 1000
+                    probe.settimeout(30)
+                    probe.sendall(CLIENT_PREFACE)
+                    if not probe.recv(9):
+                        raise RuntimeError(f"{command[0]} closed the connection unanswered")
+                    return listening, (time.perf_counter() - start) * 1000
             if process.poll() is not None:
                 raise RuntimeError(f"{command[0]} exited with {process.returncode} before serving")
             if time.perf_counter() - start > 30:
@@ -85,18 +102,21 @@ def ready_after_ms(command: list[str], socket_path: Path, env: dict[str, str], c
         process.wait(timeout=60)
 
 
-def buck2_sees_ms(ready_ms: float) -> float:
-    """The poll of Buck2's schedule that first finds a socket ready at ``ready_ms``."""
-    return next(poll for poll in POLLS if poll >= ready_ms)
+def buck2_sees_ms(listening_ms: float, served_ms: float) -> float:
+    """When Buck2's wait ends: at its first poll at or after ``listening_ms``, or when the
+    server answers (``served_ms``) if that is later."""
+    return max(next(poll for poll in POLLS if poll >= listening_ms), served_ms)
 
 
-def summary(samples: list[float]) -> dict[str, Any]:
-    seen = [buck2_sees_ms(ms) for ms in samples]
+def summary(samples: list[tuple[float, float]]) -> dict[str, Any]:
+    seen = [buck2_sees_ms(listening, served) for listening, served in samples]
     return {
-        "ready_ms_median": statistics.median(samples),
-        "ready_ms_max": max(samples),
-        "buck2_connects_ms_median": statistics.median(seen),
-        "buck2_connects_at_50_ms_or_sooner": sum(ms <= 50 for ms in seen) / len(seen),
+        "listening_ms_median": statistics.median(listening for listening, _ in samples),
+        "ready_ms_median": statistics.median(served for _, served in samples),
+        "ready_ms_max": max(served for _, served in samples),
+        "buck2_waits_ms_median": statistics.median(seen),
+        "buck2_waits_ms_max": max(seen),
+        "buck2_done_waiting_by_60_ms": sum(ms <= TARGET_MS for ms in seen) / len(seen),
     }
 
 
@@ -144,10 +164,11 @@ def measure(rounds: int, tmp: Path) -> dict[str, Any]:
     front = ["/bin/sh", str(LAUNCHER), str(RUNTIME), "serve", "--config", str(config)]
     floor_code = (
         "import socket, sys; s = socket.socket(socket.AF_UNIX); s.bind(sys.argv[1]); "
-        "s.listen(); import time; time.sleep(60)"
+        "s.listen(); c = s.accept()[0]; c.recv(64); c.sendall(bytes(3) + b'\\4' + bytes(5)); "
+        "import time; time.sleep(60)"
     )
-    fronts: list[float] = []
-    floors: list[float] = []
+    fronts: list[tuple[float, float]] = []
+    floors: list[tuple[float, float]] = []
     try:
         env["WORKER_SOCKET"] = str(tmp / "warm-up.sock")
         ready_after_ms(front, tmp / "warm-up.sock", env, project)  # starts the daemon
@@ -173,8 +194,8 @@ def measure(rounds: int, tmp: Path) -> dict[str, Any]:
         "front": front_summary,
         "floor_bare_interpreter": floor_summary,
         "front_over_floor_ms": front_summary["ready_ms_median"] - floor_summary["ready_ms_median"],
-        "target_buck2_connects_ms": TARGET_MS,
-        "met": front_summary["buck2_connects_ms_median"] <= TARGET_MS,
+        "target_buck2_waits_ms": TARGET_MS,
+        "met": front_summary["buck2_waits_ms_median"] <= TARGET_MS,
         "exit_after_sigterm_ms_median": {
             "request_in_flight": statistics.median(busy),
             "floor_idle_front": statistics.median(idle),

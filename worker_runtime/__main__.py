@@ -2,6 +2,6 @@
 
 import sys
 
-from worker_runtime.cli import main
+from worker_runtime.entry import main
 
 sys.exit(main())

@@ -22,6 +22,7 @@ import contextlib
 import functools
 import logging
 import os
+import socket
 import struct
 from collections.abc import Callable
 
@@ -85,18 +86,28 @@ def framed(message: bytes) -> bytes:
 class H2SocketServer:
     """Serves Buck2's worker protocol on one socket path with one request handler."""
 
-    def __init__(self, handler: RequestHandler, socket_path: str) -> None:
+    def __init__(
+        self, handler: RequestHandler, socket_path: str, listener: socket.socket | None = None
+    ) -> None:
         self.handler = handler
         self.socket_path = socket_path
+        #: A socket already listening on ``socket_path`` (the front's: daemon/handover.py).
+        self._listener = listener
         self._server: asyncio.Server | None = None
         self._connections: set[Connection] = set()
 
     async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        if self._listener is not None:
+            self._server = await loop.create_unix_server(
+                lambda: Connection(self.handler, self._connections), sock=self._listener
+            )
+            return
         check_socket_path(self.socket_path)
         # Only our own user may connect: a Unix socket needs write permission to connect.
         old_umask = os.umask(0o177)
         try:
-            self._server = await asyncio.get_running_loop().create_unix_server(
+            self._server = await loop.create_unix_server(
                 lambda: Connection(self.handler, self._connections), self.socket_path
             )
         finally:

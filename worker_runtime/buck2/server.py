@@ -13,6 +13,7 @@ import functools
 import logging
 import os
 import signal
+import socket
 import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -31,6 +32,7 @@ from worker_runtime.buck2.requests import (
 )
 from worker_runtime.buck2.sockets import check_socket_path
 from worker_runtime.config import RuntimeConfig
+from worker_runtime.errors import ConfigError
 from worker_runtime.proto import buck2_worker_pb2 as pb
 from worker_runtime.proto import buck2_worker_pb2_grpc as pb_grpc
 
@@ -189,12 +191,21 @@ class SocketServer(Protocol):
     async def drain_and_stop(self, grace_s: float) -> None: ...
 
 
-def socket_server(handler: RequestHandler, socket_path: str) -> SocketServer:
-    """The server the handler's config asks for (its ``server`` setting)."""
+def socket_server(
+    handler: RequestHandler, socket_path: str, listener: socket.socket | None = None
+) -> SocketServer:
+    """The server the handler's config asks for (its ``server`` setting), on ``listener``
+    if given (a socket already listening on ``socket_path``: only the h2 server can take
+    one; grpcio binds its sockets itself)."""
     if handler.config.server == "h2":
         from worker_runtime.buck2.h2_server import H2SocketServer
 
-        return H2SocketServer(handler, socket_path)
+        return H2SocketServer(handler, socket_path, listener)
+    if listener is not None:
+        raise ConfigError(
+            f'server "{handler.config.server}" cannot serve a socket the front listens on; '
+            'only server "h2" can'
+        )
     return Buck2SocketServer(handler, socket_path)
 
 

@@ -4,15 +4,27 @@ Fronts send ``attach`` (serve this Buck2 socket with this config) and ``detach``
 CLI sends ``status``, ``stop``; a newer daemon sends ``retire`` to an older one. Every
 request gets one reply ``{"ok": true, ...}`` or ``{"ok": false, "error": "..."}``.
 Connections from another uid are refused (SO_PEERCRED).
+
+A connection's first message may carry file descriptors (SCM_RIGHTS, sent with its
+bytes): an ``attach`` with ``"listener": true`` carries the Buck2 socket the front
+already listens on (daemon/handover.py). The daemon reads that message with
+``read_first_message`` and the rest of the connection as a stream.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import socket
 import struct
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+from worker_runtime.daemon.handover import MAX_FDS
+
+if TYPE_CHECKING:  # the daemon's; a front never imports asyncio (it costs its start)
+    import asyncio
 
 #: Largest control message accepted (a config with many tool inputs fits easily).
 MAX_LINE = 4 << 20
@@ -45,8 +57,13 @@ class ControlClient:
     def fileno(self) -> int:
         return self.sock.fileno()
 
-    def send(self, message: dict[str, Any]) -> None:
-        self.sock.sendall(encode(message))
+    def send(self, message: dict[str, Any], fds: tuple[int, ...] = ()) -> None:
+        data = encode(message)
+        if fds:
+            # The descriptors travel with the first bytes; the rest follows plainly.
+            sent = socket.send_fds(self.sock, [data], list(fds))
+            data = data[sent:]
+        self.sock.sendall(data)
 
     def receive(self) -> dict[str, Any] | None:
         """The next reply, or None if the daemon closed the connection."""
@@ -64,8 +81,8 @@ class ControlClient:
         reply: dict[str, Any] = json.loads(line)
         return reply
 
-    def request(self, message: dict[str, Any]) -> dict[str, Any]:
-        self.send(message)
+    def request(self, message: dict[str, Any], fds: tuple[int, ...] = ()) -> dict[str, Any]:
+        self.send(message, fds)
         reply = self.receive()
         if reply is None:
             raise ConnectionError("the daemon closed the connection without answering")
@@ -81,3 +98,54 @@ def try_connect(path: Path, timeout_s: float = 30.0) -> ControlClient | None:
         return ControlClient(path, timeout_s)
     except (FileNotFoundError, ConnectionRefusedError):
         return None
+
+
+async def read_first_message(sock: socket.socket) -> tuple[bytes, list[int]]:
+    """The bytes of a new connection up to and including its first newline (or all of
+    them, if it ends first), and the descriptors that came with them. ``sock`` is
+    non-blocking. Raises ValueError, with every descriptor received closed, if the message
+    is longer than MAX_LINE or carries more than MAX_FDS descriptors."""
+    import asyncio
+
+    loop = asyncio.get_running_loop()
+    data = b""
+    fds: list[int] = []
+    try:
+        while b"\n" not in data:
+            try:
+                chunk, received, flags, _ = socket.recv_fds(sock, 65536, MAX_FDS)
+            except BlockingIOError:
+                await _readable(loop, sock)
+                continue
+            fds += received
+            if flags & socket.MSG_CTRUNC:
+                raise ValueError(f"a control message carried more than {MAX_FDS} descriptors")
+            if not chunk:
+                break
+            data += chunk
+            if len(data) > MAX_LINE:
+                raise ValueError("control message too long")
+    except BaseException:
+        close_all(fds)
+        raise
+    return data, fds
+
+
+def close_all(fds: list[int]) -> None:
+    for fd in fds:
+        with contextlib.suppress(OSError):
+            os.close(fd)
+
+
+async def _readable(loop: asyncio.AbstractEventLoop, sock: socket.socket) -> None:
+    ready: asyncio.Future[None] = loop.create_future()
+
+    def wake() -> None:
+        if not ready.done():
+            ready.set_result(None)
+
+    loop.add_reader(sock.fileno(), wake)
+    try:
+        await ready
+    finally:
+        loop.remove_reader(sock.fileno())

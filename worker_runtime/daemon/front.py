@@ -20,6 +20,7 @@ from __future__ import annotations
 import os
 import select
 import signal
+import socket
 import sys
 import time
 from collections.abc import Callable
@@ -28,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 from worker_runtime.buck2.sockets import check_socket_length
 from worker_runtime.daemon.control import ControlClient, try_connect
+from worker_runtime.daemon.handover import take_early, withdraw
 from worker_runtime.daemon.paths import DaemonPaths, private_dir
 from worker_runtime.errors import USAGE_EXIT_CODE, ConfigError, WorkerRuntimeError
 
@@ -139,9 +141,11 @@ def attach(
     mapping: dict[str, Any],
     config_for_start: Callable[[], RuntimeConfig],
     socket_path: str,
+    listener: socket.socket | None = None,
 ) -> tuple[ControlClient, dict[str, Any]]:
     """Asks the daemon to serve ``socket_path`` with the config ``mapping`` (the JSON
-    object of a config file, which the daemon checks)."""
+    object of a config file, which the daemon checks), on ``listener`` if given (a socket
+    already listening on it, sent along: daemon/handover.py)."""
     message = {
         "op": "attach",
         "socket": socket_path,
@@ -149,11 +153,15 @@ def attach(
         "env": {k: v for k, v in os.environ.items() if k not in FRONT_ENV_IGNORED},
         "front_pid": os.getpid(),
     }
+    fds: tuple[int, ...] = ()
+    if listener is not None:
+        message["listener"] = True
+        fds = (listener.fileno(),)
     deadline = time.monotonic() + DAEMON_START_TIMEOUT_S
     while True:
         client = connect_or_start(paths, config_for_start)
         try:
-            reply = client.request(message)
+            reply = client.request(message, fds)
         except (ConnectionError, OSError):
             # A daemon that is dying can still take a connection for an instant (its
             # listening socket is the last thing the kernel closes): try again.
@@ -185,18 +193,32 @@ def run_front(
     received: list[int] = []
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda number, frame: received.append(number))
+    # The socket the console script already listens on (worker_runtime/entry.py), which
+    # the daemon takes over; only its own HTTP/2 server can (grpcio binds for itself).
+    listener = take_early(socket_path)
+    if listener is not None and mapping.get("server", "h2") != "h2":
+        withdraw(listener, socket_path)
+        listener = None
     try:
         check_socket_length(socket_path)
         paths = DaemonPaths.for_project(os.getcwd())
         private_dir(paths.directory)
         try:
-            client, reply = attach(paths, mapping, config_for_start, socket_path)
+            client, reply = attach(paths, mapping, config_for_start, socket_path, listener)
         except ConfigError:
             config_for_start()  # the reason in the user's terms, if the config is at fault
             raise
     except (ConfigError, DaemonStartError, OSError) as exc:
+        if listener is not None:
+            withdraw(listener, socket_path)  # a connection waiting there sees the exit
         sys.stderr.write(f"worker-runtime: error: {exc}\n")
         return USAGE_EXIT_CODE if isinstance(exc, ConfigError) else 1
+    except BaseException:
+        if listener is not None:
+            withdraw(listener, socket_path)
+        raise
+    if listener is not None:
+        listener.close()  # the daemon serves its own copy; this one would only keep it open
     sys.stderr.write(
         f"worker-runtime: serving {socket_path} through daemon pid {reply['pid']}; "
         f"daemon logs in {reply['log_dir']}\n"

@@ -16,6 +16,7 @@ import json
 import logging
 import os
 import signal
+import socket
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,7 +28,14 @@ from worker_runtime.backends.manager import BackendManager
 from worker_runtime.buck2.requests import RequestHandler
 from worker_runtime.buck2.server import SocketServer, socket_server
 from worker_runtime.config import config_from_mapping, config_to_mapping
-from worker_runtime.daemon.control import MAX_LINE, encode, peer_uid
+from worker_runtime.daemon.control import (
+    MAX_LINE,
+    close_all,
+    encode,
+    peer_uid,
+    read_first_message,
+)
+from worker_runtime.daemon.handover import adopt
 from worker_runtime.daemon.paths import DaemonPaths
 from worker_runtime.daemon.processes import is_running
 from worker_runtime.daemon.reclaim import Reclaimer
@@ -104,6 +112,8 @@ class Daemon:
         self.reclaimer = Reclaimer(lambda: list(self.managers.values()), settings.budget_bytes)
         self._last_activity = time.monotonic()
         self._stop = asyncio.Event()
+        #: The control connections being served (asyncio holds tasks only weakly).
+        self._control_tasks: set[asyncio.Task[None]] = set()
 
     # -- life ---------------------------------------------------------------------------
     async def run(self) -> int:
@@ -123,13 +133,18 @@ class Daemon:
         socket_path = str(self.paths.socket)
         with contextlib.suppress(FileNotFoundError):
             os.unlink(socket_path)  # we hold the lock: whatever is there is stale
+        control = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         old_umask = os.umask(0o177)
         try:
-            control = await asyncio.start_unix_server(
-                self._connection, path=socket_path, limit=MAX_LINE
-            )
+            control.bind(socket_path)
+            control.listen(socket.SOMAXCONN)
+        except OSError:
+            control.close()
+            raise
         finally:
             os.umask(old_umask)
+        control.setblocking(False)
+        acceptor = asyncio.create_task(self._accept_forever(control))
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, self._stop.set)
@@ -151,6 +166,7 @@ class Daemon:
         finally:
             sweeper.cancel()
             reaper.cancel()
+            acceptor.cancel()
             control.close()
             await self._shutdown()
             with contextlib.suppress(FileNotFoundError):
@@ -259,10 +275,52 @@ class Daemon:
             self._stop.set()
 
     # -- control connections -------------------------------------------------------------
-    async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def _accept_forever(self, control: socket.socket) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            try:
+                conn, _ = await loop.sock_accept(control)
+            except OSError as exc:  # out of descriptors, say: the next try may do
+                LOGGER.warning("cannot accept a control connection: %s", exc)
+                await asyncio.sleep(0.1)
+                continue
+            task = asyncio.create_task(self._control_connection(conn))
+            self._control_tasks.add(task)
+            task.add_done_callback(self._control_tasks.discard)
+
+    async def _control_connection(self, conn: socket.socket) -> None:
+        """Reads the connection's first message with the descriptors it may carry (an
+        attach's listening socket: daemon/handover.py), then serves it as a stream."""
+        conn.setblocking(False)
+        try:
+            first, fds = await read_first_message(conn)
+        except (OSError, ValueError) as exc:
+            LOGGER.info("control connection ended: %s", exc)
+            conn.close()
+            return
+        try:
+            reader = asyncio.StreamReader(limit=MAX_LINE)
+            reader.feed_data(first)
+            protocol = asyncio.StreamReaderProtocol(reader)
+            loop = asyncio.get_running_loop()
+            transport, _ = await loop.connect_accepted_socket(lambda: protocol, conn)
+            writer = asyncio.StreamWriter(transport, protocol, reader, loop)
+        except OSError as exc:
+            LOGGER.info("control connection ended: %s", exc)
+            close_all(fds)
+            conn.close()
+            return
+        await self._connection(reader, writer, fds)
+
+    async def _connection(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, fds: list[int]
+    ) -> None:
+        """Serves one control connection; ``fds`` came with its first message (those that
+        message does not take are closed once it is answered)."""
         uid = peer_uid(writer.get_extra_info("socket"))
         if uid != os.getuid():
             LOGGER.warning("refused a control connection from uid %d", uid)
+            close_all(fds)
             writer.write(
                 encode({"ok": False, "error": f"this daemon serves uid {os.getuid()} only"})
             )
@@ -281,7 +339,7 @@ class Daemon:
                 op = message.get("op")
                 reply: dict[str, Any]
                 if op == "attach":
-                    reply, attachment = await self._attach(message)
+                    reply, attachment = await self._attach(message, fds)
                 elif op == "detach":
                     if attachment is not None:
                         await self._detach(attachment)
@@ -302,11 +360,14 @@ class Daemon:
                     reply = {"ok": True, "pid": os.getpid(), "version": self.paths.version}
                 else:
                     reply = {"ok": False, "error": f"unknown control operation {op!r}"}
+                close_all(fds)  # only the first message may carry descriptors
+                fds.clear()
                 writer.write(encode(reply))
                 await writer.drain()
         except (ConnectionError, ValueError) as exc:
             LOGGER.info("control connection ended: %s", exc)
         finally:
+            close_all(fds)
             if attachment is not None and attachment.socket_path in self.attachments:
                 LOGGER.warning(
                     "front pid %d of %s went away without detaching: draining its socket",
@@ -316,23 +377,37 @@ class Daemon:
                 await self._detach(attachment)
             writer.close()
 
-    async def _attach(self, message: dict[str, Any]) -> tuple[dict[str, Any], Attachment | None]:
+    async def _attach(
+        self, message: dict[str, Any], fds: list[int]
+    ) -> tuple[dict[str, Any], Attachment | None]:
+        """Serves the message's socket: the listening socket it carries in ``fds`` (taken
+        from the list) if it says ``"listener": true``, else one bound here."""
         # A retiring daemon still serves fronts of its own version (a command of the old
         # install that is still running): it exits once none is attached.
         if self._stop.is_set():
             return {"ok": False, "retry": True, "error": "this daemon is stopping"}, None
+        listener: socket.socket | None = None
         try:
             config = config_from_mapping(message.get("config"), "attach").validated()
             socket_path = message["socket"]
             env = message.get("env") or {}
             if not isinstance(socket_path, str) or not isinstance(env, dict):
                 raise ConfigError("attach needs a socket path and an env object")
+            if message.get("listener"):
+                if len(fds) != 1:
+                    raise ConfigError(
+                        f"an attach with a listener carries one descriptor, not {len(fds)}"
+                    )
+                listener = adopt(fds.pop(), socket_path)
             if socket_path in self.attachments:
                 raise ConfigError(f"{socket_path} is already served by this daemon")
             manager = self._manager_for(config_to_mapping(config), env)
-            server = socket_server(RequestHandler(manager, self.log_dir), socket_path)
+            handler = RequestHandler(manager, self.log_dir)
+            server = socket_server(handler, socket_path, listener)
             await server.start()
-        except (ConfigError, KeyError, OSError) as exc:
+        except (ConfigError, KeyError, OSError, ValueError) as exc:
+            if listener is not None:
+                listener.close()
             LOGGER.warning("attach refused: %s", exc)
             return {"ok": False, "error": str(exc)}, None
         except RuntimeError as exc:  # grpcio's way of saying that it could not bind

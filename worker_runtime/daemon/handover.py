@@ -1,0 +1,85 @@
+"""Buck2's worker socket handed from the front to the daemon, already listening.
+
+Buck2 tries to connect to a worker's socket at once, then 50, 150 and 350 ms after it
+spawned it. Under a real build the front's start (the interpreter, its imports, the
+daemon's answer) took longer than 50 ms, so Buck2 connected only at 150 ms. Now the
+console script listens on ``WORKER_SOCKET`` before it imports anything else
+(``listen_early``, from ``worker_runtime.entry``); Buck2's connection waits in the
+socket's queue until the daemon serves it. The front sends the listening socket with its
+``attach`` request (SCM_RIGHTS on the control connection) and closes its own copy once
+the daemon has taken it; if the attach fails, it closes the socket and removes the path.
+
+This module imports only ``os`` and ``socket``: it runs before everything else.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+
+#: At most this many descriptors are taken with one control message (a front sends one).
+MAX_FDS = 4
+
+_early: tuple[str, socket.socket] | None = None
+
+
+def listen_early(path: str) -> None:
+    """Listens on ``path`` if it can (only our user may connect); the front takes the
+    socket with ``take_early``. If it cannot (the path exists, say), nothing is done and
+    the daemon binds the path itself, saying why if it cannot either."""
+    global _early
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    old_umask = os.umask(0o177)
+    try:
+        sock.bind(path)
+        sock.listen(socket.SOMAXCONN)
+    except (OSError, ValueError):
+        sock.close()
+        return
+    finally:
+        os.umask(old_umask)
+    _early = (path, sock)
+
+
+def take_early(path: str) -> socket.socket | None:
+    """The socket ``listen_early`` made for ``path``, once; None if it made none."""
+    global _early
+    if _early is None or _early[0] != path:
+        return None
+    sock = _early[1]
+    _early = None
+    return sock
+
+
+def withdraw(sock: socket.socket, path: str) -> None:
+    """Stops listening on ``path`` and removes it (an attach that failed): a connection
+    waiting in its queue is refused, so Buck2 sees the worker exit."""
+    sock.close()
+    try:  # noqa: SIM105 - not contextlib: this module imports nothing it can do without
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+
+
+def adopt(fd: int, path: str) -> socket.socket:
+    """The listening Unix stream socket bound to ``path`` that a front passed as ``fd``;
+    raises ValueError (and closes ``fd``) if it is anything else."""
+    try:
+        sock = socket.socket(fileno=fd)
+    except OSError as exc:
+        os.close(fd)
+        raise ValueError(f"the descriptor passed with the attach is not a socket ({exc})") from None
+    try:
+        listening = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN)
+        name = sock.getsockname()
+    except OSError as exc:
+        sock.close()
+        raise ValueError(f"the socket passed with the attach cannot be read: {exc}") from None
+    if sock.family != socket.AF_UNIX or sock.type != socket.SOCK_STREAM or not listening:
+        sock.close()
+        raise ValueError("the socket passed with the attach is not a listening Unix stream socket")
+    if name != path:
+        sock.close()
+        raise ValueError(f"the socket passed with the attach listens on {name!r}, not {path!r}")
+    sock.setblocking(False)
+    return sock

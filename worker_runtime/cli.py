@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from collections.abc import Callable, Sequence
@@ -108,19 +107,6 @@ def serve_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def plain_config_file(path: str) -> dict[str, Any] | None:
-    """The JSON object of config file ``path`` when it can go to the daemon as it is (it
-    parses, and does not turn the daemon off); None otherwise, and the full check says why."""
-    try:
-        with open(path, encoding="utf-8") as handle:
-            data = json.load(handle)
-    except (OSError, ValueError):
-        return None
-    if not isinstance(data, dict) or data.get("daemon", True) is not True:
-        return None
-    return data
-
-
 def checked_config(path: str | None, overrides: dict[str, Any]) -> RuntimeConfig:
     """The config of ``path`` (or the defaults) with the command line's ``overrides``,
     checked; raises ConfigError."""
@@ -156,6 +142,8 @@ def serve_main(argv: Sequence[str]) -> int:
         "daemon": args.daemon,
         "server": args.server,
     }
+    from worker_runtime.entry import plain_config_file
+
     mapping = plain_config_file(args.config) if args.config else None
     if mapping is not None and all(value is None for value in overrides.values()):
         # The form worker_tool writes, daemon on: the daemon checks the config itself, and

@@ -174,11 +174,37 @@ class Buck2Worker:
 
     def _connect_channel(self, deadline: float) -> bool:
         channel = grpc.insecure_channel(self.target, options=GRPC_OPTIONS)
-        try:
-            grpc.channel_ready_future(channel).result(timeout=max(0.1, deadline - time.monotonic()))
-        except grpc.FutureTimeoutError:
-            channel.close()
-            return False
+        failed: list[grpc.ChannelConnectivity] = []
+
+        def watch(state: grpc.ChannelConnectivity) -> None:
+            if state == grpc.ChannelConnectivity.TRANSIENT_FAILURE:
+                failed.append(state)
+
+        channel.subscribe(watch)
+        ready = grpc.channel_ready_future(channel)
+        # Buck2 races the connection against the worker's exit (worker.rs: a select of
+        # `connect` and `check_exit`): a worker that listens, then exits before anything
+        # answers, is "Worker exited before connecting", at once. A connection that
+        # fails once the socket took it (reset by a worker that stopped listening) is not
+        # tried again: Buck2 fails the start ("Worker failed to spawn: transport error").
+        while True:
+            try:
+                ready.result(timeout=min(0.05, max(0.01, deadline - time.monotonic())))
+                break
+            except grpc.FutureTimeoutError:
+                assert self.proc is not None
+                if failed and self.proc.poll() is None:
+                    ready.cancel()
+                    channel.close()
+                    raise WorkerSpawnError(
+                        "Worker failed to spawn: transport error (the connection failed "
+                        "after the socket took it, before the worker answered)"
+                    ) from None
+                if self.proc.poll() is not None or time.monotonic() >= deadline:
+                    ready.cancel()
+                    channel.close()
+                    return False
+        channel.unsubscribe(watch)
         self._channel = channel
         channel.subscribe(self._watch_connectivity)
         return True

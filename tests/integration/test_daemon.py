@@ -79,6 +79,24 @@ def test_front_does_not_import_grpc() -> None:
     assert result.stdout.strip() == "False"
 
 
+def test_the_entry_of_the_plain_form_imports_only_what_the_front_needs() -> None:
+    """`worker-runtime serve --config FILE` goes from the console script's entry to the
+    front without the command line's parser, typing, OpenSSL's hashes, asyncio or the
+    buck2 package (whose import settles grpcio's tuning): Buck2 waits for all of it."""
+    heavy = (
+        "argparse", "typing", "_hashlib", "asyncio", "subprocess", "dataclasses", "grpc",
+        "worker_runtime.cli", "worker_runtime.config", "worker_runtime.buck2",
+    )  # fmt: skip
+    code = (
+        "import sys; import worker_runtime.entry, worker_runtime.daemon.handover, "
+        f"worker_runtime.daemon.front; print(sorted(m for m in {heavy!r} if m in sys.modules))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=30
+    )
+    assert result.stdout.strip() == "[]", result.stdout + result.stderr
+
+
 def test_the_plain_front_imports_neither_the_config_nor_dataclasses() -> None:
     """`serve --config FILE` (what worker_tool writes) hands the file to a running daemon
     without parsing it: the modules that cost a start most stay out (benchmarks/front_start.py)."""

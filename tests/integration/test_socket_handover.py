@@ -8,12 +8,19 @@ import os
 import signal
 import socket
 import subprocess
+import sys
+import threading
 import time
 from pathlib import Path
+
+import psutil
+import pytest
 
 from tests.conftest import REPO_ROOT, RUNTIME, StartRuntime, fake_backend
 from tests.integration.test_daemon import config_file, daemon_status, wait_for
 from worker_runtime.daemon.control import ControlClient
+from worker_runtime.errors import RUNTIME_ERROR_EXIT_CODE
+from workers_dev.emulator import Buck2Worker, WorkerSpawnError
 
 #: HTTP/2's client preface and an empty SETTINGS frame, as Buck2's channel opens.
 CLIENT_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + b"\x00\x00\x00\x04\x00\x00\x00\x00\x00"
@@ -126,3 +133,82 @@ def test_a_plain_front_whose_config_asks_for_grpcio_leaves_the_socket_to_it(
     config = config_file(tmp_path, command=fake_backend(), server="grpcio")
     worker = start_runtime(runtime_args=["--config", config])
     assert worker.run("echo", "hello").exit_code == 0
+
+
+def test_a_plain_config_without_the_daemon_is_served_in_process(
+    start_runtime: StartRuntime, tmp_path: Path
+) -> None:
+    """`"daemon": false`: the socket the entry listened on is given up before `serve`
+    binds it in its own process."""
+    config = config_file(tmp_path, command=fake_backend(), daemon=False)
+    worker = start_runtime(runtime_args=["--config", config])
+    assert worker.run("echo", "in-process").exit_code == 0
+    assert worker.proc is not None
+    backend = psutil.Process(int(worker.run("pid").stderr))
+    assert backend.ppid() == worker.proc.pid  # the serve process's own backend, no daemon
+
+
+def test_the_emulator_reports_a_worker_that_listens_then_exits_as_buck2_does(
+    tmp_path: Path,
+) -> None:
+    """Buck2 races its connection against the worker's exit: a worker that listens and
+    exits before anything answers "exited before connecting", with its stderr, at once
+    (the emulator used to wait out its whole connect timeout)."""
+    code = (
+        "import os, socket, sys, time; s = socket.socket(socket.AF_UNIX); "
+        "s.bind(os.environ['WORKER_SOCKET']); s.listen(); time.sleep(0.3); "
+        "sys.stderr.write('refused on purpose'); sys.exit(3)"
+    )
+    worker = Buck2Worker([sys.executable, "-c", code], project_root=tmp_path)
+    try:
+        with pytest.raises(WorkerSpawnError, match=r"exited before connecting.*refused on purpose"):
+            worker.start()
+    finally:
+        worker.cleanup()
+
+
+def test_an_attach_refused_after_buck2_connected_answers_buck2_with_the_reason(
+    start_runtime: StartRuntime, tmp_path: Path
+) -> None:
+    """Buck2 connected to the early socket before the daemon refused the config: its
+    connection is not reset ("Worker failed to spawn: transport error", and nothing
+    else, is what the real Buck2 then prints); each request gets the reason instead."""
+    start_runtime(runtime_args=["--config", config_file(tmp_path, command=fake_backend())])
+    daemon = daemon_status()["pid"]
+    bad = config_file(tmp_path, command=fake_backend(), multiplx=True)
+    worker = Buck2Worker([*RUNTIME, "serve", "--config", bad], project_root=REPO_ROOT)
+    os.kill(daemon, signal.SIGSTOP)  # the attach waits: Buck2's connection comes first
+    resume = threading.Timer(1.0, os.kill, (daemon, signal.SIGCONT))
+    resume.start()
+    try:
+        worker.start()
+        response = worker.run("echo", "never runs")
+        assert response.exit_code == RUNTIME_ERROR_EXIT_CODE
+        assert "unknown config key `multiplx`" in response.stderr
+        assert not os.path.exists(worker.socket_path)  # nobody else can connect
+        assert worker.terminate() == 2
+        assert "unknown config key `multiplx`" in worker.stderr()
+    finally:
+        resume.cancel()
+        os.kill(daemon, signal.SIGCONT)
+        worker.cleanup()
+
+
+def test_the_emulator_fails_a_start_whose_connection_is_reset_as_buck2_does(
+    tmp_path: Path,
+) -> None:
+    """The real Buck2 does not connect again after a reset: a worker that stops listening
+    with Buck2's connection in its queue fails the start with "transport error" (found
+    when the front gave up a socket Buck2 had connected to)."""
+    code = (
+        "import os, socket, time; s = socket.socket(socket.AF_UNIX); "
+        "s.bind(os.environ['WORKER_SOCKET']); s.listen(); time.sleep(1.0); s.close(); "
+        "time.sleep(30)"
+    )
+    worker = Buck2Worker([sys.executable, "-c", code], project_root=tmp_path)
+    try:
+        with pytest.raises(WorkerSpawnError, match="failed to spawn: transport error"):
+            worker.start()
+    finally:
+        worker.terminate()
+        worker.cleanup()

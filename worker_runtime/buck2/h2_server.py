@@ -35,8 +35,8 @@ from worker_runtime.buck2.requests import (
     RequestHandler,
     unreadable_stream_message,
 )
-from worker_runtime.buck2.sockets import check_socket_path
 from worker_runtime.proto import buck2_worker_pb2 as pb
+from worker_runtime.socket_paths import check_socket_path
 
 LOGGER = logging.getLogger(__name__)
 

@@ -19,12 +19,14 @@ import os
 import socket
 import struct
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
 
 from worker_runtime.daemon.handover import MAX_FDS
 
-if TYPE_CHECKING:  # the daemon's; a front never imports asyncio (it costs its start)
+#: mypy takes it as true; typing itself is not imported (it costs a front's start).
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # asyncio is the daemon's; a front never imports it (it costs its start)
     import asyncio
+    from typing import Any
 
 #: Largest control message accepted (a config with many tool inputs fits easily).
 MAX_LINE = 4 << 20

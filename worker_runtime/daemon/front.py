@@ -11,12 +11,15 @@ log, and exits 1; the next Buck2 command starts a new daemon.
 It never imports grpc, and with the plain form that worker_tool writes (`serve --config
 FILE`) it does not even parse the config: it hands the file's JSON to the daemon, which
 checks it, and reads it itself only to start a daemon or to explain a refusal. Buck2
-polls the socket at 0, 50, 150 and 350 ms; a front that is ready before the 50 ms poll
-saves a tenth of a second for every worker tool of every command.
+polls the socket at 0, 50, 150 and 350 ms and waits for the server's answer; for the
+plain form the console script already listens on the socket (entry.py, handover.py),
+and the front passes that listening socket to the daemon with the attach, so Buck2's
+50 ms poll connects and the daemon answers as soon as it has taken the socket over.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import select
 import signal
@@ -25,16 +28,18 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
 
-from worker_runtime.buck2.sockets import check_socket_length
 from worker_runtime.daemon.control import ControlClient, try_connect
 from worker_runtime.daemon.handover import take_early, withdraw
 from worker_runtime.daemon.paths import DaemonPaths, private_dir
 from worker_runtime.errors import USAGE_EXIT_CODE, ConfigError, WorkerRuntimeError
+from worker_runtime.socket_paths import check_socket_length
 
+#: mypy takes it as true; typing itself is not imported (it costs a front's start).
+TYPE_CHECKING = False
 if TYPE_CHECKING:  # the config module costs a start more than all of the rest here
     import subprocess
+    from typing import Any
 
     from worker_runtime.config import RuntimeConfig
 
@@ -177,6 +182,27 @@ def attach(
     return client, reply
 
 
+def refuse(listener: socket.socket, socket_path: str, reason: str, received: list[int]) -> None:
+    """After a failed attach: Buck2's connections to the early socket get ``reason`` as
+    their answer (daemon/refusal.py) until the end of the command; with none, the front
+    exits at once and Buck2, which never connected, shows its stderr."""
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(socket_path)  # from here on Buck2 cannot connect, and sees the exit
+    try:
+        if received or not _has_waiting_connection(listener):
+            return
+        from worker_runtime.daemon.refusal import serve_refusal
+
+        serve_refusal(listener, reason)
+    finally:
+        listener.close()
+
+
+def _has_waiting_connection(listener: socket.socket) -> bool:
+    readable, _, _ = select.select([listener], [], [], 0)
+    return bool(readable)
+
+
 def run_front(
     socket_path: str,
     mapping: dict[str, Any],
@@ -193,12 +219,9 @@ def run_front(
     received: list[int] = []
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda number, frame: received.append(number))
-    # The socket the console script already listens on (worker_runtime/entry.py), which
-    # the daemon takes over; only its own HTTP/2 server can (grpcio binds for itself).
+    # The socket the console script already listens on (worker_runtime/entry.py, only
+    # for a config that the daemon's own HTTP/2 server serves), which the daemon takes over.
     listener = take_early(socket_path)
-    if listener is not None and mapping.get("server", "h2") != "h2":
-        withdraw(listener, socket_path)
-        listener = None
     try:
         check_socket_length(socket_path)
         paths = DaemonPaths.for_project(os.getcwd())
@@ -209,10 +232,12 @@ def run_front(
             config_for_start()  # the reason in the user's terms, if the config is at fault
             raise
     except (ConfigError, DaemonStartError, OSError) as exc:
-        if listener is not None:
-            withdraw(listener, socket_path)  # a connection waiting there sees the exit
         sys.stderr.write(f"worker-runtime: error: {exc}\n")
-        return USAGE_EXIT_CODE if isinstance(exc, ConfigError) else 1
+        sys.stderr.flush()
+        code = USAGE_EXIT_CODE if isinstance(exc, ConfigError) else 1
+        if listener is not None:
+            refuse(listener, socket_path, str(exc), received)
+        return code
     except BaseException:
         if listener is not None:
             withdraw(listener, socket_path)

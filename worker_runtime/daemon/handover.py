@@ -7,7 +7,10 @@ console script listens on ``WORKER_SOCKET`` before it imports anything else
 (``listen_early``, from ``worker_runtime.entry``); Buck2's connection waits in the
 socket's queue until the daemon serves it. The front sends the listening socket with its
 ``attach`` request (SCM_RIGHTS on the control connection) and closes its own copy once
-the daemon has taken it; if the attach fails, it closes the socket and removes the path.
+the daemon has taken it. A socket Buck2 may have connected to is never simply closed:
+a reset connection fails the worker's start with only "transport error". If the attach
+fails, the front removes the path and answers the connections already made with the
+reason (daemon/refusal.py).
 
 This module imports only ``os`` and ``socket``: it runs before everything else.
 """
@@ -52,8 +55,8 @@ def take_early(path: str) -> socket.socket | None:
 
 
 def withdraw(sock: socket.socket, path: str) -> None:
-    """Stops listening on ``path`` and removes it (an attach that failed): a connection
-    waiting in its queue is refused, so Buck2 sees the worker exit."""
+    """Stops listening on ``path`` and removes it (a front that fails unexpectedly): a
+    connection waiting in its queue is reset."""
     sock.close()
     try:  # noqa: SIM105 - not contextlib: this module imports nothing it can do without
         os.unlink(path)

@@ -1,5 +1,6 @@
 """Checks on the Unix socket path Buck2 gives a worker (WORKER_SOCKET), shared by the
-in-process server, the daemon and the front (which must not import grpc)."""
+in-process server, the daemon and the front (which must not import grpc, nor the buck2
+package, whose import settles grpcio's tuning)."""
 
 from __future__ import annotations
 

@@ -103,9 +103,9 @@ def try_connect(path: Path, timeout_s: float = 30.0) -> ControlClient | None:
 
 
 async def read_first_message(sock: socket.socket) -> tuple[bytes, list[int]]:
-    """The bytes of a new connection up to and including its first newline (or all of
-    them, if it ends first), and the descriptors that came with them. ``sock`` is
-    non-blocking. Raises ValueError, with every descriptor received closed, if the message
+    """The bytes of a new connection read until its first newline came (they may go past
+    it; all of them, if the connection ends first), and the descriptors that came with
+    them. ``sock`` is non-blocking. Raises ValueError, with every descriptor received closed, if the message
     is longer than MAX_LINE or carries more than MAX_FDS descriptors."""
     import asyncio
 

@@ -193,7 +193,7 @@ def refuse(listener: socket.socket, socket_path: str, reason: str, received: lis
             return
         from worker_runtime.daemon.refusal import serve_refusal
 
-        serve_refusal(listener, reason)
+        serve_refusal(listener, reason, received)
     finally:
         listener.close()
 

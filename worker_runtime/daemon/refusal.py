@@ -44,9 +44,10 @@ class _RefusingHandler(RequestHandler):
         )
 
 
-def serve_refusal(listener: socket.socket, reason: str) -> None:
+def serve_refusal(listener: socket.socket, reason: str, received: list[int]) -> None:
     """Answers every request on ``listener``'s connections with ``reason`` until SIGTERM
-    or SIGINT (its path already removed: only connections made before are served)."""
+    or SIGINT (its path already removed: only connections made before are served).
+    ``received`` lists the stop signals the front's own handlers caught so far."""
 
     async def serve() -> None:
         # A manager that never starts a backend: the handler only needs its settings.
@@ -58,6 +59,8 @@ def serve_refusal(listener: socket.socket, reason: str) -> None:
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, stop.set)
+        if received:  # the end of the command came before the handlers above
+            stop.set()
         await server.start()
         await stop.wait()
         await server.drain_and_stop(1.0)

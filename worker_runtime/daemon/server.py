@@ -167,6 +167,8 @@ class Daemon:
             sweeper.cancel()
             reaper.cancel()
             acceptor.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await acceptor  # its reader is off the socket before the socket closes
             control.close()
             await self._shutdown()
             with contextlib.suppress(FileNotFoundError):
@@ -286,7 +288,12 @@ class Daemon:
                 continue
             task = asyncio.create_task(self._control_connection(conn))
             self._control_tasks.add(task)
-            task.add_done_callback(self._control_tasks.discard)
+            task.add_done_callback(self._control_done)
+
+    def _control_done(self, task: asyncio.Task[None]) -> None:
+        self._control_tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            LOGGER.error("a control connection failed", exc_info=task.exception())
 
     async def _control_connection(self, conn: socket.socket) -> None:
         """Reads the connection's first message with the descriptors it may carry (an
@@ -411,6 +418,8 @@ class Daemon:
             LOGGER.warning("attach refused: %s", exc)
             return {"ok": False, "error": str(exc)}, None
         except RuntimeError as exc:  # grpcio's way of saying that it could not bind
+            if listener is not None:
+                listener.close()
             LOGGER.warning("cannot serve %s: %s", message.get("socket"), exc)
             return {"ok": False, "error": f"cannot serve {message.get('socket')}: {exc}"}, None
         attachment = Attachment(socket_path, server, int(message.get("front_pid", 0)))

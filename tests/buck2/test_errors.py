@@ -73,3 +73,12 @@ def test_a_timeout_is_reported_as_one(project: Buck2Project) -> None:
     stderr = failed_build(project, "//faults:timeout")
     assert "Command timed out after 2.000s" in stderr  # Buck2's, from timed_out_after_s
     assert "the request ran past its timeout of 2 s" in stderr
+
+
+def test_a_config_the_daemon_refuses_is_reported_with_the_reason(project: Buck2Project) -> None:
+    """The front listens on Buck2's socket before the daemon has seen the config: the
+    refusal reaches Buck2 either as the worker's exit (Buck2 had not connected yet) or as
+    every request's answer (it had), never as a bare "transport error"."""
+    stderr = failed_build(project, "//faults:refused")
+    assert "config key `max_instances` must be an integer >= 1, not 0" in stderr
+    assert "transport error" not in stderr

@@ -42,6 +42,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.results import add_output_argument, emit
+from worker_runtime.buck2.http2 import PREFACE, SETTINGS, frame
 from workers_dev.emulator import Buck2Worker, WorkerRequestError
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -65,7 +66,7 @@ POLLS = buck2_polls()
 
 
 #: HTTP/2's client preface and an empty SETTINGS frame: what Buck2's channel sends first.
-CLIENT_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + b"\x00\x00\x00\x04\x00\x00\x00\x00\x00"
+CLIENT_PREFACE = PREFACE + frame(SETTINGS, 0, 0)
 
 
 def ready_after_ms(

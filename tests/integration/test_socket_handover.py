@@ -18,13 +18,13 @@ import pytest
 
 from tests.conftest import REPO_ROOT, RUNTIME, StartRuntime, fake_backend
 from tests.integration.test_daemon import config_file, daemon_status, wait_for
+from worker_runtime.buck2.http2 import PREFACE, SETTINGS, frame
 from worker_runtime.daemon.control import ControlClient
 from worker_runtime.errors import RUNTIME_ERROR_EXIT_CODE
 from workers_dev.emulator import Buck2Worker, WorkerSpawnError
 
 #: HTTP/2's client preface and an empty SETTINGS frame, as Buck2's channel opens.
-CLIENT_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + b"\x00\x00\x00\x04\x00\x00\x00\x00\x00"
-SETTINGS = 0x4
+CLIENT_PREFACE = PREFACE + frame(SETTINGS, 0, 0)
 
 
 def connect_when_listening(path: Path, timeout_s: float = 20.0) -> socket.socket:

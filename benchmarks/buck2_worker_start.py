@@ -17,7 +17,8 @@ compile runs again; Buck2's daemon is warm, as in an edit-and-rebuild loop), or 
 of both examples, whose compiles all run: Buck2 itself is busiest at the start). Buck2
 stops the fronts at the end of every command; our daemon stays up. The first command
 runs with our daemon not started yet (cold: the front starts it); every later one finds
-it warm, as every command after a project's first does.
+it warm, as every command after a project's first does. The runtime's bytecode is brought
+up to date first, as an installed runtime's is (``front_start.compile_runtime``).
 
 Usage: ``python -m benchmarks.buck2_worker_start [--rounds N] [--output F]`` (needs
 ``buck2`` on PATH or ``BUCK2=/path``).
@@ -35,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.buck2_builds import buck2_and_version
+from benchmarks.front_start import compile_runtime
 from benchmarks.results import add_output_argument, emit
 from tests.buck2.harness import Buck2Project, copy_repository, private_dir
 
@@ -159,6 +161,7 @@ def main(argv: list[str] | None = None) -> int:
     if found is None:
         return 2
     buck2, version = found
+    compile_runtime()
     tmp = Path(tempfile.mkdtemp(prefix="buck2-start-"))
     try:
         result = {"buck2": version, **measure(buck2, args.rounds, tmp)}

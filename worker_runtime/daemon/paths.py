@@ -26,16 +26,19 @@ except ImportError:
         from hashlib import sha256  # type: ignore[assignment,no-redef,unused-ignore]
 
 
-def code_stamp() -> str:
+def code_stamp(package: Path | None = None) -> str:
     """A short digest of the package's source files (names, sizes, mtimes): an edited
-    checkout (an editable install) is a different version from the daemon's point of view."""
-    package = Path(__file__).resolve().parent.parent
+    checkout (an editable install) is a different version from the daemon's point of view.
+    Bytecode caches are not sources: compiling them changes nothing."""
+    package = package or Path(__file__).resolve().parent.parent
+    sources = []
+    for directory, subdirs, files in os.walk(package):
+        subdirs[:] = [name for name in subdirs if name != "__pycache__"]
+        sources += [f"{directory}/{name}" for name in files if name.endswith(".py")]
     hasher = sha256()
-    for directory, _subdirs, files in sorted(os.walk(package)):
-        for name in sorted(files):
-            if name.endswith(".py"):
-                info = os.stat(os.path.join(directory, name))
-                hasher.update(f"{directory}/{name}:{info.st_size}:{info.st_mtime_ns}\n".encode())
+    for source in sorted(sources):
+        info = os.stat(source)
+        hasher.update(f"{source}:{info.st_size}:{info.st_mtime_ns}\n".encode())
     return hasher.hexdigest()[:8]
 
 

@@ -7,7 +7,6 @@ from __future__ import annotations
 import errno
 import os
 import socket
-from pathlib import Path
 
 from worker_runtime.errors import ConfigError
 
@@ -27,7 +26,7 @@ def check_socket_path(path: str) -> None:
     """Fails clearly on a path that cannot be bound, or that a live server already holds."""
     check_socket_length(path)
     if not os.path.lexists(path):
-        Path(path).parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        os.makedirs(os.path.dirname(path) or ".", mode=0o700, exist_ok=True)
         return
     probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:

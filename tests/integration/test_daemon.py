@@ -81,11 +81,11 @@ def test_front_does_not_import_grpc() -> None:
 
 def test_the_entry_of_the_plain_form_imports_only_what_the_front_needs() -> None:
     """`worker-runtime serve --config FILE` goes from the console script's entry to the
-    front without the command line's parser, typing, OpenSSL's hashes, asyncio or the
-    buck2 package (whose import settles grpcio's tuning): Buck2 waits for all of it."""
+    front without the command line's parser, typing, pathlib, OpenSSL's hashes, asyncio or
+    the buck2 package (whose import settles grpcio's tuning): Buck2 waits for all of it."""
     heavy = (
-        "argparse", "typing", "_hashlib", "asyncio", "subprocess", "dataclasses", "grpc",
-        "worker_runtime.cli", "worker_runtime.config", "worker_runtime.buck2",
+        "argparse", "typing", "pathlib", "_hashlib", "asyncio", "subprocess", "dataclasses",
+        "grpc", "worker_runtime.cli", "worker_runtime.config", "worker_runtime.buck2",
     )  # fmt: skip
     code = (
         "import sys; import worker_runtime.entry, worker_runtime.daemon.handover, "

@@ -18,7 +18,6 @@ import json
 import os
 import socket
 import struct
-from pathlib import Path
 
 from worker_runtime.daemon.handover import MAX_FDS
 
@@ -46,11 +45,11 @@ def encode(message: dict[str, Any]) -> bytes:
 class ControlClient:
     """A blocking client connection to a daemon's control socket."""
 
-    def __init__(self, path: Path, timeout_s: float = 30.0) -> None:
+    def __init__(self, path: str | os.PathLike[str], timeout_s: float = 30.0) -> None:
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self.sock.settimeout(timeout_s)
         try:
-            self.sock.connect(str(path))
+            self.sock.connect(os.fspath(path))
         except OSError:
             self.sock.close()
             raise
@@ -94,7 +93,7 @@ class ControlClient:
         self.sock.close()
 
 
-def try_connect(path: Path, timeout_s: float = 30.0) -> ControlClient | None:
+def try_connect(path: str | os.PathLike[str], timeout_s: float = 30.0) -> ControlClient | None:
     """A connection to the daemon at ``path``, or None if none listens there."""
     try:
         return ControlClient(path, timeout_s)

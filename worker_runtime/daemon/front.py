@@ -27,7 +27,6 @@ import socket
 import sys
 import time
 from collections.abc import Callable
-from pathlib import Path
 
 from worker_runtime.daemon.control import ControlClient, try_connect
 from worker_runtime.daemon.handover import take_early, withdraw
@@ -80,13 +79,13 @@ def spawn_daemon(paths: DaemonPaths, config: RuntimeConfig) -> subprocess.Popen[
 
     env = {k: v for k, v in os.environ.items() if k != "WORKER_SOCKET"}
     try:
-        large = paths.spawn_log.stat().st_size > SPAWN_LOG_LIMIT
+        large = os.stat(paths.spawn_log_name).st_size > SPAWN_LOG_LIMIT
     except OSError:
         large = False
-    with open(paths.spawn_log, "wb" if large else "ab") as out:
+    with open(paths.spawn_log_name, "wb" if large else "ab") as out:
         return subprocess.Popen(
             daemon_command(paths, config),
-            cwd=paths.directory,  # the daemon changes to the project root itself
+            cwd=paths.directory_name,  # the daemon changes to the project root itself
             env=env,
             stdin=subprocess.DEVNULL,
             stdout=out,
@@ -95,9 +94,10 @@ def spawn_daemon(paths: DaemonPaths, config: RuntimeConfig) -> subprocess.Popen[
         )
 
 
-def tail(path: Path, lines: int = 15) -> str:
+def tail(path: str, lines: int = 15) -> str:
     try:
-        text = path.read_text(errors="replace")
+        with open(path, encoding="utf-8", errors="replace") as handle:
+            text = handle.read()
     except OSError:
         return "(empty)"
     return "\n".join(text.splitlines()[-lines:]) or "(empty)"
@@ -112,7 +112,7 @@ def connect_or_start(
     Fronts that race here may each spawn a daemon; exactly one gets the lock and serves,
     the others exit at once, and every front connects to the one that serves.
     """
-    client = try_connect(paths.socket)
+    client = try_connect(paths.socket_name)
     if client is not None:
         return client
     config = config_for_start()
@@ -120,14 +120,14 @@ def connect_or_start(
     deadline = time.monotonic() + DAEMON_START_TIMEOUT_S
     delay = 0.005
     while time.monotonic() < deadline:
-        client = try_connect(paths.socket)
+        client = try_connect(paths.socket_name)
         if client is not None:
             return client
         code = spawned.poll()
         if code not in (None, 0):
             raise DaemonStartError(
                 f"the worker-runtime daemon exited with code {spawned.returncode} at start; "
-                f"its output ({paths.spawn_log}):\n{tail(paths.spawn_log)}"
+                f"its output ({paths.spawn_log_name}):\n{tail(paths.spawn_log_name)}"
             )
         if code == 0:
             # It lost the lock: another daemon holds it, either starting (it will listen
@@ -137,7 +137,7 @@ def connect_or_start(
         delay = min(delay * 2, 0.1)
     raise DaemonStartError(
         f"the worker-runtime daemon did not come up within {DAEMON_START_TIMEOUT_S:g} s; "
-        f"its output ({paths.spawn_log}):\n{tail(paths.spawn_log)}"
+        f"its output ({paths.spawn_log_name}):\n{tail(paths.spawn_log_name)}"
     )
 
 
@@ -225,7 +225,7 @@ def run_front(
     try:
         check_socket_length(socket_path)
         paths = DaemonPaths.for_project(os.getcwd())
-        private_dir(paths.directory)
+        private_dir(paths.directory_name)
         try:
             client, reply = attach(paths, mapping, config_for_start, socket_path, listener)
         except ConfigError:
@@ -266,7 +266,7 @@ def run_front(
                 f"died; the requests in flight on it failed, and Buck2 cannot reconnect to this "
                 f"worker for the rest of this command. The next buck2 command starts a new "
                 f"daemon. Daemon log: {reply['log_dir']}/runtime.log (its start-up output: "
-                f"{paths.spawn_log})\n"
+                f"{paths.spawn_log_name})\n"
             )
             return 1
     # End of the Buck2 command: ask the daemon to detach, and go. The daemon drains this

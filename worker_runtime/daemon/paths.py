@@ -4,16 +4,24 @@ daemon for one (user, project root, runtime version).
 The directory is ``$WORKER_RUNTIME_DIR``, else ``$XDG_RUNTIME_DIR/buck2-worker-runtime``,
 else ``/tmp/buck2-worker-runtime-<uid>``; it is created 0700 and refused if another user
 owns it or others may enter it.
+
+A worker front finds its daemon's socket here at the start of every Buck2 command, so
+this module keeps its paths as strings and imports ``pathlib`` (about 3.5 ms of a start)
+only when a ``Path`` is asked for.
 """
 
 from __future__ import annotations
 
 import os
 import stat
-from pathlib import Path
 
 from worker_runtime import __version__
 from worker_runtime.errors import ConfigError
+
+#: mypy takes it as true; neither typing nor pathlib is imported for it.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from pathlib import Path
 
 # The interpreter's own SHA-256 where it has one: hashlib loads OpenSSL first, which costs
 # a front's start about 2.5 ms (and the digests here are only names and stamps).
@@ -26,11 +34,18 @@ except ImportError:
         from hashlib import sha256  # type: ignore[assignment,no-redef,unused-ignore]
 
 
-def code_stamp(package: Path | None = None) -> str:
+def _as_path(name: str) -> Path:
+    from pathlib import Path
+
+    return Path(name)
+
+
+def code_stamp(package: str | os.PathLike[str] | None = None) -> str:
     """A short digest of the package's source files (names, sizes, mtimes): an edited
     checkout (an editable install) is a different version from the daemon's point of view.
     Bytecode caches are not sources: compiling them changes nothing."""
-    package = package or Path(__file__).resolve().parent.parent
+    if package is None:
+        package = os.path.dirname(os.path.dirname(os.path.realpath(__file__)))
     sources = []
     for directory, subdirs, files in os.walk(package):
         subdirs[:] = [name for name in subdirs if name != "__pycache__"]
@@ -48,19 +63,24 @@ def runtime_version() -> str:
     return os.environ.get("WORKER_RUNTIME_DAEMON_VERSION") or f"{__version__}+{code_stamp()}"
 
 
-def runtime_dir() -> Path:
+def runtime_dir_name() -> str:
+    """Where the daemons' files are (see the module's docstring)."""
     if os.environ.get("WORKER_RUNTIME_DIR"):
-        return Path(os.environ["WORKER_RUNTIME_DIR"])
+        return os.environ["WORKER_RUNTIME_DIR"]
     xdg = os.environ.get("XDG_RUNTIME_DIR")
     if xdg and os.path.isdir(xdg):
-        return Path(xdg) / "buck2-worker-runtime"
-    return Path(f"/tmp/buck2-worker-runtime-{os.getuid()}")
+        return os.path.join(xdg, "buck2-worker-runtime")
+    return f"/tmp/buck2-worker-runtime-{os.getuid()}"
 
 
-def private_dir(path: Path) -> Path:
+def runtime_dir() -> Path:
+    return _as_path(runtime_dir_name())
+
+
+def private_dir(path: str | os.PathLike[str]) -> None:
     """Creates ``path`` 0700 if needed; fails if it is not ours alone."""
     try:
-        path.mkdir(mode=0o700, parents=True, exist_ok=True)
+        os.makedirs(path, mode=0o700, exist_ok=True)
         info = os.lstat(path)
     except OSError as exc:
         raise ConfigError(f"daemon directory {path} cannot be created: {exc.strerror}") from None
@@ -74,7 +94,6 @@ def private_dir(path: Path) -> Path:
             f"daemon directory {path} is open to other users (mode {info.st_mode & 0o777:o}); "
             f"run `chmod 700 {path}` or set WORKER_RUNTIME_DIR to a private directory"
         )
-    return path
 
 
 class DaemonPaths:
@@ -82,38 +101,54 @@ class DaemonPaths:
     a dataclass: every worker front imports this, and `dataclasses` alone costs a start
     about 7 ms."""
 
-    __slots__ = ("directory", "project_root", "version")
+    __slots__ = ("directory_name", "project_root", "version")
 
-    def __init__(self, directory: Path, project_root: str, version: str) -> None:
-        self.directory = directory
+    def __init__(self, directory: str | os.PathLike[str], project_root: str, version: str) -> None:
+        self.directory_name = os.fspath(directory)
         self.project_root = project_root
         self.version = version
 
     def __repr__(self) -> str:
-        return f"DaemonPaths({self.directory!r}, {self.project_root!r}, {self.version!r})"
+        return f"DaemonPaths({self.directory_name!r}, {self.project_root!r}, {self.version!r})"
 
     @classmethod
     def for_project(cls, project_root: str, version: str | None = None) -> DaemonPaths:
-        return cls(runtime_dir(), os.path.realpath(project_root), version or runtime_version())
+        return cls(runtime_dir_name(), os.path.realpath(project_root), version or runtime_version())
 
     @property
     def daemon_id(self) -> str:
         digest = sha256(f"{self.project_root}\0{self.version}".encode()).hexdigest()
         return digest[:16]
 
+    def _file(self, suffix: str) -> str:
+        return os.path.join(self.directory_name, f"{self.daemon_id}{suffix}")
+
+    @property
+    def directory(self) -> Path:
+        return _as_path(self.directory_name)
+
+    @property
+    def socket_name(self) -> str:
+        """The daemon's control socket, as the front connects to it (no Path needed)."""
+        return self._file(".sock")
+
     @property
     def socket(self) -> Path:
-        return self.directory / f"{self.daemon_id}.sock"
+        return _as_path(self.socket_name)
 
     @property
     def lock(self) -> Path:
-        return self.directory / f"{self.daemon_id}.lock"
+        return _as_path(self._file(".lock"))
 
     @property
     def state(self) -> Path:
-        return self.directory / f"{self.daemon_id}.json"
+        return _as_path(self._file(".json"))
+
+    @property
+    def spawn_log_name(self) -> str:
+        """The daemon's own stdout/stderr before its logging starts."""
+        return self._file(".out")
 
     @property
     def spawn_log(self) -> Path:
-        """The daemon's own stdout/stderr before its logging starts."""
-        return self.directory / f"{self.daemon_id}.out"
+        return _as_path(self.spawn_log_name)

@@ -73,10 +73,6 @@ def runtime_dir_name() -> str:
     return f"/tmp/buck2-worker-runtime-{os.getuid()}"
 
 
-def runtime_dir() -> Path:
-    return _as_path(runtime_dir_name())
-
-
 def private_dir(path: str | os.PathLike[str]) -> None:
     """Creates ``path`` 0700 if needed; fails if it is not ours alone."""
     try:

@@ -24,12 +24,12 @@ import shutil
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 from benchmarks.results import add_output_argument, emit
+from benchmarks.scratch import scratch_dir
 from tests.buck2.harness import (
     Buck2Project,
     config_flags,
@@ -150,13 +150,10 @@ def main(argv: list[str] | None = None) -> int:
     if found is None:
         return 2
     buck2, version = found
-    tmp = Path(tempfile.mkdtemp(prefix="buck2-bench-"))
-    try:
-        result: dict[str, Any] = {"buck2": version, "jobs": "buck2 default"}
+    result: dict[str, Any] = {"buck2": version, "jobs": "buck2 default"}
+    with scratch_dir("buck2-bench-") as tmp:
         for name in [args.only] if args.only else list(EXAMPLES):
             result[name] = measure(buck2, name, args.rounds, tmp)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     emit(result, args.output)
     return 0
 

@@ -31,13 +31,13 @@ import json
 import shutil
 import statistics
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any
 
 from benchmarks.buck2_builds import buck2_and_version
 from benchmarks.front_start import compile_runtime
 from benchmarks.results import add_output_argument, emit
+from benchmarks.scratch import scratch_dir
 from tests.buck2.harness import Buck2Project, copy_repository, private_dir
 
 TARGETS = ("//examples/java:bookshop", "//examples/haskell:bookshop")
@@ -162,11 +162,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     buck2, version = found
     compile_runtime()
-    tmp = Path(tempfile.mkdtemp(prefix="buck2-start-"))
-    try:
+    with scratch_dir("buck2-start-") as tmp:
         result = {"buck2": version, **measure(buck2, args.rounds, tmp)}
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     emit(result, args.output)
     return 0
 

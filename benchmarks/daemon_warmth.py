@@ -18,11 +18,8 @@ Run: ``.venv/bin/python -m benchmarks.daemon_warmth``.
 from __future__ import annotations
 
 import argparse
-import contextlib
-import shutil
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -30,6 +27,7 @@ from typing import Any
 import psutil
 
 from benchmarks.results import add_output_argument, emit
+from benchmarks.scratch import scratch_dir
 from worker_runtime.daemon.commands import private_daemon_dir, stop_daemon_at
 from worker_runtime.daemon.control import try_connect
 from worker_runtime.daemon.paths import DaemonPaths
@@ -159,9 +157,7 @@ def main(argv: list[str] | None = None) -> int:
     add_output_argument(parser, "daemon_warmth")
     args = parser.parse_args(argv)
 
-    project = Path(tempfile.mkdtemp(prefix="daemon-bench-"))
-    with contextlib.ExitStack() as cleanup, private_daemon_dir("wrb-"):
-        cleanup.callback(shutil.rmtree, project, ignore_errors=True)
+    with scratch_dir("daemon-bench-") as project, private_daemon_dir("wrb-"):
         (project / "src.txt").write_text("alpha beta gamma\n" * 200)
         # A compile-sized action: a warm request of about 10 ms, like a warm javac or GHC
         # compile of one small target (measured: benchmarks/javac_worker.py, ghc_worker.py).

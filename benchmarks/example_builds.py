@@ -9,12 +9,12 @@ from __future__ import annotations
 import argparse
 import shutil
 import statistics
-import tempfile
 from pathlib import Path
 from typing import Any
 
 from benchmarks.chart import redraw
 from benchmarks.results import add_output_argument, emit
+from benchmarks.scratch import scratch_dir
 from worker_runtime.daemon.commands import private_daemon_dir
 from workers_dev.build_runner import javac_worker, make_project
 from workers_dev.demo_examples import Example, measure
@@ -28,9 +28,8 @@ def compare_builds(
         return build.wall_s, build.compile_s
 
     config = example.config()
-    tmp = Path(tempfile.mkdtemp(prefix="example-bench-"))
     result: dict[str, Any] = {"target_ratio": target_ratio, "jobs": 2}
-    try:
+    with scratch_dir("example-bench-") as tmp:
         cold = []
         for i in range(rounds):
             (tmp / f"cold{i}").mkdir()
@@ -56,8 +55,6 @@ def compare_builds(
         )
         result["build_wall_ratio"] = result["cold"]["build_wall_s"] / result["warm"]["build_wall_s"]
         result["met"] = result["compile_ratio"] >= target_ratio
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return result
 
 

@@ -34,19 +34,18 @@ import argparse
 import compileall
 import json
 import os
-import shutil
 import signal
 import socket
 import statistics
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from pathlib import Path
 from typing import Any
 
 from benchmarks.results import add_output_argument, emit
+from benchmarks.scratch import scratch_dir
 from worker_runtime.buck2.http2 import PREFACE, SETTINGS, frame
 from workers_dev.emulator import Buck2Worker, WorkerRequestError
 
@@ -223,11 +222,8 @@ def main(argv: list[str] | None = None) -> int:
     add_output_argument(parser, "front_start")
     args = parser.parse_args(argv)
     compile_runtime()
-    tmp = Path(tempfile.mkdtemp(prefix="wrfs-", dir="/tmp"))
-    try:
+    with scratch_dir("wrfs-", parent="/tmp") as tmp:
         result = measure(args.rounds, tmp)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     emit(result, args.output)
     return 0
 

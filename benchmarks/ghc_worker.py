@@ -10,16 +10,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 from benchmarks.results import add_output_argument, emit
+from benchmarks.scratch import scratch_dir
 from workers_dev.build_runner import build_haskell_package, ghc_worker_config, make_project
 from workers_dev.emulator import Buck2Worker, make_command
 
@@ -68,9 +67,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", type=int, default=2, help="warm passes before timing")
     add_output_argument(parser, "ghc_worker")
     args = parser.parse_args(argv)
-    tmp = Path(tempfile.mkdtemp(prefix="ghc-bench-"))
     result: dict[str, Any] = {"target_ratio": TARGET_RATIO}
-    try:
+    with scratch_dir("ghc-bench-") as tmp:
         project = make_project(tmp)
         actions = compile_actions(project)
         cold = {a["identifier"]: [time_cold(project, a) for _ in range(args.runs)] for a in actions}
@@ -100,8 +98,6 @@ def main(argv: list[str] | None = None) -> int:
         result["ratio"] = result["median_cold_ms"] / result["median_warm_ms"]
         result["min_module_ratio"] = min(m["ratio"] for m in modules.values())
         result["met"] = result["ratio"] >= TARGET_RATIO
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     emit(result, args.output)
     return 0
 

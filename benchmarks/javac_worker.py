@@ -8,16 +8,15 @@ Run: ``.venv/bin/python -m benchmarks.javac_worker``.
 from __future__ import annotations
 
 import argparse
-import shutil
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 from benchmarks.results import add_output_argument, emit
+from benchmarks.scratch import scratch_dir
 from workers_dev.emulator import Buck2Worker, make_command
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -72,9 +71,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     add_output_argument(parser, "javac_worker")
     args = parser.parse_args(argv)
-    root = Path(tempfile.mkdtemp(prefix="javac-bench-"))
     result: dict[str, Any] = {"target_ratio": TARGET_RATIO}
-    try:
+    with scratch_dir("javac-bench-") as root:
         targets = {
             "one_class": write_target(root, "one", 1),
             "ten_classes": write_target(root, "ten", 10),
@@ -95,8 +93,6 @@ def main(argv: list[str] | None = None) -> int:
                 )
                 cold_ms = statistics.median(cold(root, sources, args.cold_runs))
                 result[name] = {"cold_ms": cold_ms, "warm_ms": warm_ms, "ratio": cold_ms / warm_ms}
-    finally:
-        shutil.rmtree(root, ignore_errors=True)
     result["met"] = all(result[n]["ratio"] >= TARGET_RATIO for n in ("one_class", "ten_classes"))
     emit(result, args.output)
     return 0

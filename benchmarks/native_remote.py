@@ -31,7 +31,6 @@ import shutil
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -43,6 +42,7 @@ from benchmarks.buck2_builds import (
     what_ran,
 )
 from benchmarks.results import add_output_argument, emit
+from benchmarks.scratch import scratch_dir
 from tests.buck2.harness import Buck2Project, copy_repository, private_dir
 from tests.clusters import executor_metrics
 from worker_runtime.cluster.commands import buckconfig_section
@@ -235,12 +235,8 @@ def main(argv: list[str] | None = None) -> int:
     if found is None:
         return 2
     buck2, version = found
-    tmp = Path(tempfile.mkdtemp(prefix="native-bench-", dir="/tmp"))
-    tmp.chmod(0o755)
-    try:
+    with scratch_dir("native-bench-", mode=0o755, parent="/tmp") as tmp:
         result = {"buck2": version, **measure(buck2, args.rounds, tmp)}
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     emit(result, args.output)
     return 0
 

@@ -22,6 +22,7 @@ Run: ``.venv/bin/python -m benchmarks.remote_workers``.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import random
@@ -29,14 +30,15 @@ import shutil
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import grpc
 
 from benchmarks.results import add_output_argument, emit
+from benchmarks.scratch import scratch_dir
 from worker_runtime.cluster.buildgrid import ASSIGNER_INTERVAL_S
 from worker_runtime.config import config_from_mapping
 from worker_runtime.digests import DigestCache
@@ -64,6 +66,17 @@ def cluster(directory: Path, *args: str) -> None:
     subprocess.run(
         [*RUNTIME, "cluster", *args, "--dir", str(directory)], check=True, capture_output=True
     )
+
+
+@contextlib.contextmanager
+def running_cluster(directory: Path, *up_args: str) -> Iterator[None]:
+    """The embedded engine in ``directory``, up (``cluster up UP_ARGS``) until the end of
+    the block."""
+    try:
+        cluster(directory, "up", *up_args)
+        yield
+    finally:
+        cluster(directory, "down")
 
 
 def serve(project: Path, config: dict[str, Any]) -> Buck2Worker:
@@ -370,10 +383,11 @@ def cache_hit(engine: Path, tmp: Path, runs: int) -> dict[str, Any]:
 
 def warm_hits(tmp: Path, rounds: int) -> dict[str, Any]:
     """4 executors of one instance, 3 worker keys (3 versions of the worker's script)."""
-    engine = Path(tempfile.mkdtemp(prefix="wr-bench-affinity-"))
-    engine.chmod(0o755)
-    try:
-        cluster(engine, "up", "--executors", "7")  # 4 for main, 3 for tenant-b
+    # 4 executors for main, 3 for tenant-b.
+    with (
+        scratch_dir("wr-bench-affinity-", mode=0o755) as engine,
+        running_cluster(engine, "--executors", "7"),
+    ):
         seen: dict[int, set[str]] = {k: set() for k in range(3)}
         hits = total = 0
         workers = []
@@ -401,9 +415,6 @@ def warm_hits(tmp: Path, rounds: int) -> dict[str, Any]:
                 worker.cleanup()
         return {"executors": 4, "keys": 3, "requests": total, "warm_hit_ratio": hits / total,
                 "worker_processes_per_key": [len(p) for p in seen.values()]}  # fmt: skip
-    finally:
-        cluster(engine, "down")
-        shutil.rmtree(engine, ignore_errors=True)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -412,32 +423,26 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--runs", type=int, default=100)
     add_output_argument(parser, "remote_workers")
     args = parser.parse_args(argv)
-    tmp = Path(tempfile.mkdtemp(prefix="wr-bench-remote-"))
-    engine = Path(tempfile.mkdtemp(prefix="wr-bench-engine-"))
-    engine.chmod(0o755)
     result: dict[str, Any] = {
         "targets": {"java_ratio": TARGET_JAVA_RATIO, "overhead_ms": TARGET_OVERHEAD_MS,
                     "client_work_ms": TARGET_OVERHEAD_MS, "cache_hit_ms": TARGET_CACHE_HIT_MS,
                     "warm_action_ms": TARGET_WARM_ACTION_MS, "warm_hit_ratio": 0.9},
     }  # fmt: skip
-    try:
+    with scratch_dir("wr-bench-remote-") as tmp:
         # The baseline: tenant uids without the sandbox (as root the cluster sandboxes by
         # default); the sandbox's cost is the `isolated` section, on the same engine.
-        cluster(engine, "up", "--executors", "1", "--no-sandbox")
-        result["java"] = java(engine, tmp, args.rounds)
-        result["trivial"] = overhead(engine, tmp / "overhead", args.runs)
-        result["trivial"]["client"] = client_work(engine, tmp / "client", args.runs)
-        result["trivial"].update(cache_hit(engine, tmp, args.runs))
-        result["warm"] = warm_action(engine, tmp / "warm", args.runs)
-        if os.geteuid() == 0 and shutil.which("bwrap"):
-            result["isolated"] = isolated(engine, tmp, args.runs, result)
-    finally:
-        cluster(engine, "down")
-        shutil.rmtree(engine, ignore_errors=True)
-    try:
+        with (
+            scratch_dir("wr-bench-engine-", mode=0o755) as engine,
+            running_cluster(engine, "--executors", "1", "--no-sandbox"),
+        ):
+            result["java"] = java(engine, tmp, args.rounds)
+            result["trivial"] = overhead(engine, tmp / "overhead", args.runs)
+            result["trivial"]["client"] = client_work(engine, tmp / "client", args.runs)
+            result["trivial"].update(cache_hit(engine, tmp, args.runs))
+            result["warm"] = warm_action(engine, tmp / "warm", args.runs)
+            if os.geteuid() == 0 and shutil.which("bwrap"):
+                result["isolated"] = isolated(engine, tmp, args.runs, result)
         result["affinity"] = warm_hits(tmp, args.rounds * 3)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     result["met"] = {
         "java_ratio": result["java"]["ratio"] >= TARGET_JAVA_RATIO,
         "overhead_ms": result["trivial"]["overhead_ms"] <= TARGET_OVERHEAD_MS,

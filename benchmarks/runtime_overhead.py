@@ -27,7 +27,8 @@ Run: ``.venv/bin/python -m benchmarks.runtime_overhead [--requests N] [--rounds 
 medians over the runs; ``--one-cpu`` runs every process on one CPU, so that the figures
 show the work alone, without the wake-ups from one CPU to another that dominate them on
 a VM. The result records how the machine's idle CPUs wait (``cpu_idle``): on a VM whose
-CPUs halt at once, those wake-ups go through the host.
+CPUs halt at once, those wake-ups go through the host; and, for each run, how much of the
+machine's CPU time the host gave to other guests meanwhile (``cpu_steal_percent``).
 """
 
 from __future__ import annotations
@@ -214,6 +215,20 @@ def cpu_idle_policy() -> dict[str, str | int | None]:
     }
 
 
+def cpu_ticks() -> tuple[int, int]:
+    """This machine's CPU time so far, in clock ticks: (stolen by the host, all of it)
+    (the ``cpu`` line of /proc/stat; guest time is already counted in user time)."""
+    fields = [int(f) for f in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
+    return fields[7], sum(fields)
+
+
+def steal_percent(before: tuple[int, int], after: tuple[int, int]) -> float:
+    """How much of the CPU time between two ``cpu_ticks`` the host gave to others: on a
+    shared host, the part of a run's spread that no change here moves."""
+    total = after[1] - before[1]
+    return 100 * (after[0] - before[0]) / total if total else 0.0
+
+
 def daemon_pid(runtime_dir: Path) -> int:
     """The pid of the one daemon running in the private runtime directory."""
     states = [json.loads(p.read_text()) for p in runtime_dir.glob("*.json")]
@@ -293,6 +308,7 @@ def action_requests(action: Path) -> dict[str, Stream]:
 
 
 def measure(n: int, rounds: int, throughput_requests: int) -> dict[str, Any]:
+    ticks = cpu_ticks()
     baseline: list[list[float]] = []
     with contextlib.ExitStack() as stack:
         runtime_dir = stack.enter_context(private_daemon_dir("wro-"))
@@ -357,7 +373,11 @@ def measure(n: int, rounds: int, throughput_requests: int) -> dict[str, Any]:
                 rates[name].append(
                     grpc_tuning.run(throughput(target, throughput_requests, IN_FLIGHT))
                 )
-    return {"server_cpus": server_cpus, **report(baseline, servers, rates, n, rounds)}
+    return {
+        "server_cpus": server_cpus,
+        "cpu_steal_percent": steal_percent(ticks, cpu_ticks()),
+        **report(baseline, servers, rates, n, rounds),
+    }
 
 
 def report(
@@ -452,6 +472,7 @@ def across_runs(runs: list[dict[str, Any]]) -> dict[str, Any]:
     }
     figures: dict[str, Any] = {
         "run_count": len(runs),
+        "cpu_steal_percent_by_run": [run["cpu_steal_percent"] for run in runs],
         "throughput_64_in_flight_rps": rates,
         "argfile_adds_ms": statistics.median(run["argfile_adds_ms"] for run in runs),
         "prelude_request_adds_ms": statistics.median(

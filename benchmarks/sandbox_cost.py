@@ -27,13 +27,13 @@ import shutil
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from benchmarks.results import add_output_argument, emit
+from benchmarks.scratch import scratch_dir
 from worker_runtime.backends.key import WorkerKey
 from worker_runtime.executor.launch import launch
 from worker_runtime.executor.limits import (
@@ -147,9 +147,7 @@ def main(argv: list[str] | None = None) -> int:
     if os.geteuid() != 0:
         sys.exit("sandbox_cost: run it as root (the sandbox and the uid switch need it)")
     sandbox = Sandbox.find()
-    top = Path(tempfile.mkdtemp(prefix="wr-sandbox-bench-"))
-    top.chmod(0o711)
-    try:
+    with scratch_dir("wr-sandbox-bench-", mode=0o711) as top:
         oneshot_dir = top / "oneshot"
         oneshot_dir.mkdir()
         hand_over(oneshot_dir, TENANT)
@@ -185,8 +183,6 @@ def main(argv: list[str] | None = None) -> int:
         )
         for pool in pools.values():
             pool.stop_all()
-    finally:
-        shutil.rmtree(top, ignore_errors=True)
     result = {
         "oneshot_action": figures(shots[False], shots[True]),
         "worker_start": figures([r[0] for r in rounds[False]], [r[0] for r in rounds[True]]),

@@ -108,6 +108,8 @@ def test_runtime_overhead_benchmark_writes_its_json(placement: tuple[str, ...]) 
     for name, path in sysfs.items():
         said = path.read_text().strip() if path.exists() else None
         assert idle[name] == (int(said) if name == "guest_halt_poll_ns" and said else said)
+    # How much of the run's CPU time the host gave to other guests.
+    assert 0 <= data["cpu_steal_percent"] <= 100
     servers = ("bare_server", "bare_server_with_backend", "runtime", "runtime_grpcio")
     assert data["server_cpus"] == dict.fromkeys((*servers, "runtime_as_prelude"), expected)
     assert data["direct_pipes_median_ms"] > 0
@@ -157,6 +159,7 @@ def test_runtime_overhead_benchmark_takes_medians_over_whole_runs() -> None:
     )
     runs, medians = data["runs"], data["across_runs"]
     assert len(runs) == 2 and medians["run_count"] == 2
+    assert medians["cpu_steal_percent_by_run"] == [run["cpu_steal_percent"] for run in runs]
     for key in ("own_share_ms", "own_share_grpcio_ms"):
         for rpc in ("unary", "stream"):
             each = sorted(run[key][rpc] for run in runs)

@@ -11,7 +11,8 @@ VENV="$ROOT/.venv"
 # Buck2 waits for the worker front's start at the start of every command. An installed
 # wheel has neither.
 EDITABLE_MODE=compat
-STAMP="$VENV/.installed-$( (cat "$ROOT/pyproject.toml"; echo "editable_mode=$EDITABLE_MODE") | sha256sum | cut -c1-16)"
+# The install copies bin/worker-runtime into the venv, so the stamp covers it too.
+STAMP="$VENV/.installed-$( (cat "$ROOT/pyproject.toml" "$ROOT/bin/worker-runtime"; echo "editable_mode=$EDITABLE_MODE") | sha256sum | cut -c1-16)"
 
 # The package's bytecode, current, as a wheel's install leaves it: where
 # PYTHONDONTWRITEBYTECODE is set, Python would otherwise compile every module it imports

@@ -1,4 +1,4 @@
-"""``python -m worker_runtime``: the same as the ``worker-runtime`` console script."""
+"""``python -m worker_runtime``: the same as the ``worker-runtime`` command."""
 
 import sys
 

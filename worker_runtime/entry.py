@@ -1,21 +1,24 @@
-"""The ``worker-runtime`` console script's entry point.
+"""The ``worker-runtime`` command's entry point.
 
 ``serve --config FILE`` with ``WORKER_SOCKET`` set is what the prelude's worker_tool makes
 Buck2 run at the start of every command, and Buck2 waits for it. When the file is a
 config for the daemon (``"daemon"`` not false) served by the runtime's own HTTP/2 server
 (``"server"`` not ``"grpcio"``, which binds its sockets itself), this listens on Buck2's
-socket before it imports anything else but ``json`` (daemon/handover.py), and hands the
-file's JSON object straight to the front (daemon/front.py), without the command line's
-parser. The socket is never given up once listened on, except when the attach fails:
-Buck2 may already have connected, and a connection reset fails its worker's start.
-Every other command line is cli.py's.
+socket before it imports anything else (the file read by quick_json.py, the socket made
+with ``_socket``: daemon/handover.py), and hands the file's JSON object straight to the
+front (daemon/front.py), without the command line's parser. The command itself is
+``bin/worker-runtime``, which imports nothing but this module (a console script that pip
+writes imports ``re``). The socket is never given up once listened on, except when the
+attach fails: Buck2 may already have connected, and a connection reset fails its
+worker's start. Every other command line is cli.py's.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import sys
+
+from worker_runtime.quick_json import loads
 
 TYPE_CHECKING = False  # mypy takes it as true; typing itself is not imported (it costs a start)
 if TYPE_CHECKING:
@@ -48,7 +51,7 @@ def plain_config_file(path: str) -> dict[str, Any] | None:
     parses, and does not turn the daemon off); None otherwise, and the full check says why."""
     try:
         with open(path, encoding="utf-8") as handle:
-            data = json.load(handle)
+            data = loads(handle.read())
     except (OSError, ValueError):
         return None
     if not isinstance(data, dict) or data.get("daemon", True) is not True:

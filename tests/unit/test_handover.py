@@ -7,6 +7,8 @@ import asyncio
 import contextlib
 import os
 import socket
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -29,7 +31,7 @@ def no_early_socket() -> Iterator[None]:
     leftover = handover._early
     handover._early = None
     if leftover is not None:
-        leftover[1].close()
+        os.close(leftover[1])
 
 
 def is_open(fd: int) -> bool:
@@ -56,6 +58,20 @@ def test_the_early_socket_takes_a_connection_before_anyone_accepts_it(tmp_path: 
                 assert accepted.recv(3) == b"PRI"
     finally:
         listener.close()
+
+
+def test_the_early_socket_is_made_without_the_socket_module(tmp_path: Path) -> None:
+    """`socket` imports `enum` and `selectors`: the front listens before it pays for them."""
+    code = (
+        "import os, sys; from worker_runtime.daemon.handover import listen_early; "
+        "listen_early(sys.argv[1]); print(os.path.exists(sys.argv[1]), "
+        "sorted(m for m in ('socket', 'enum', 'selectors') if m in sys.modules))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code, str(tmp_path / "w.sock")],
+        capture_output=True, text=True, timeout=30,
+    )  # fmt: skip
+    assert result.stdout.strip() == "True []", result.stdout + result.stderr
 
 
 def test_a_path_that_cannot_be_bound_is_left_to_the_daemon(tmp_path: Path) -> None:

@@ -12,7 +12,7 @@ It never imports grpc, and with the plain form that worker_tool writes (`serve -
 FILE`) it does not even parse the config: it hands the file's JSON to the daemon, which
 checks it, and reads it itself only to start a daemon or to explain a refusal. Buck2
 polls the socket at 0, 50, 150 and 350 ms and waits for the server's answer; for the
-plain form the console script already listens on the socket (entry.py, handover.py),
+plain form the ``worker-runtime`` command already listens on the socket (entry.py, handover.py),
 and the front passes that listening socket to the daemon with the attach, so Buck2's
 50 ms poll connects and the daemon answers as soon as it has taken the socket over.
 """
@@ -219,7 +219,7 @@ def run_front(
     received: list[int] = []
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda number, frame: received.append(number))
-    # The socket the console script already listens on (worker_runtime/entry.py, only
+    # The socket the worker-runtime command already listens on (worker_runtime/entry.py, only
     # for a config that the daemon's own HTTP/2 server serves), which the daemon takes over.
     listener = take_early(socket_path)
     try:

@@ -3,7 +3,7 @@
 Buck2 tries to connect to a worker's socket at once, then 50, 150 and 350 ms after it
 spawned it. Under a real build the front's start (the interpreter, its imports, the
 daemon's answer) took longer than 50 ms, so Buck2 connected only at 150 ms. Now the
-console script listens on ``WORKER_SOCKET`` before it imports anything else
+``worker-runtime`` command listens on ``WORKER_SOCKET`` before it imports anything else
 (``listen_early``, from ``worker_runtime.entry``); Buck2's connection waits in the
 socket's queue until the daemon serves it. The front sends the listening socket with its
 ``attach`` request (SCM_RIGHTS on the control connection) and closes its own copy once
@@ -12,18 +12,25 @@ a reset connection fails the worker's start with only "transport error". If the 
 fails, the front removes the path and answers the connections already made with the
 reason (daemon/refusal.py).
 
-This module imports only ``os`` and ``socket``: it runs before everything else.
+This module runs before everything else: it imports only ``os`` and ``_socket`` (the
+``socket`` module imports ``enum`` and ``selectors``, which cost a start several
+milliseconds), and ``socket`` once the socket listens.
 """
 
 from __future__ import annotations
 
+import _socket
 import os
-import socket
+
+TYPE_CHECKING = False  # mypy takes it as true; typing itself is not imported (it costs a start)
+if TYPE_CHECKING:
+    import socket
 
 #: At most this many descriptors are taken with one control message (a front sends one).
 MAX_FDS = 4
 
-_early: tuple[str, socket.socket] | None = None
+#: The path listened on and the listening socket's descriptor.
+_early: tuple[str, int] | None = None
 
 
 def listen_early(path: str) -> None:
@@ -31,17 +38,17 @@ def listen_early(path: str) -> None:
     socket with ``take_early``. If it cannot (the path exists, say), nothing is done and
     the daemon binds the path itself, saying why if it cannot either."""
     global _early
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
     old_umask = os.umask(0o177)
     try:
         sock.bind(path)
-        sock.listen(socket.SOMAXCONN)
+        sock.listen(_socket.SOMAXCONN)
     except (OSError, ValueError):
         sock.close()
         return
     finally:
         os.umask(old_umask)
-    _early = (path, sock)
+    _early = (path, sock.detach())
 
 
 def take_early(path: str) -> socket.socket | None:
@@ -49,9 +56,11 @@ def take_early(path: str) -> socket.socket | None:
     global _early
     if _early is None or _early[0] != path:
         return None
-    sock = _early[1]
+    import socket
+
+    fd = _early[1]
     _early = None
-    return sock
+    return socket.socket(socket.AF_UNIX, socket.SOCK_STREAM, fileno=fd)
 
 
 def withdraw(sock: socket.socket, path: str) -> None:
@@ -67,6 +76,8 @@ def withdraw(sock: socket.socket, path: str) -> None:
 def adopt(fd: int, path: str) -> socket.socket:
     """The listening Unix stream socket bound to ``path`` that a front passed as ``fd``;
     raises ValueError (and closes ``fd``) if it is anything else."""
+    import socket
+
     try:
         sock = socket.socket(fileno=fd)
     except OSError as exc:

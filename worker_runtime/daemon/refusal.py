@@ -1,6 +1,6 @@
 """A front whose attach failed after Buck2 had already connected to its socket.
 
-The console script listens on ``WORKER_SOCKET`` before the daemon has seen the config
+The ``worker-runtime`` command listens on ``WORKER_SOCKET`` before the daemon has seen the config
 (daemon/handover.py). If the attach then fails (the daemon refuses the config, or cannot
 be started), a connection Buck2 made meanwhile must not be reset: Buck2 would report
 only "Worker failed to spawn: transport error". Buck2 no longer reaches the path (the

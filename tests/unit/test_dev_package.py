@@ -59,3 +59,23 @@ def test_the_venv_starts_without_an_import_hook() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
     )
     assert result.stdout.strip() == "", f"the venv's start imports {result.stdout.strip()}"
+
+
+def test_the_command_reaches_buck2s_socket_with_nothing_but_its_entry_imported() -> None:
+    """The installed `worker-runtime` is bin/worker-runtime (pip's console-script wrapper
+    imports `re`), and the entry reads the config and listens without `json`, `re`,
+    `enum` or `socket`: on a slow machine they cost a front the 50 ms poll."""
+    script = Path(sys.executable).with_name("worker-runtime")
+    assert (
+        script.read_text().split("\n", 1)[1]
+        == (REPO_ROOT / "bin" / "worker-runtime").read_text().split("\n", 1)[1]
+    )
+    code = (
+        "import sys; import worker_runtime.entry, worker_runtime.daemon.handover; "
+        "print(sorted(m for m in ('re', 'json', 'enum', 'socket', 'selectors') "
+        "if m in sys.modules))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert result.stdout.strip() == "[]", result.stdout + result.stderr

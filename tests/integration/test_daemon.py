@@ -18,6 +18,7 @@ import psutil
 import pytest
 
 from tests.conftest import REPO_ROOT, RUNTIME, StartRuntime, fake_backend, wait_gone
+from tests.imports import modules_loaded_by
 from worker_runtime.daemon.paths import DaemonPaths
 from workers_dev.emulator import Buck2Worker, WorkerRequestError, make_command
 
@@ -69,14 +70,8 @@ def test_backend_stays_warm_across_buck2_commands(start_runtime: StartRuntime) -
 
 
 def test_front_does_not_import_grpc() -> None:
-    code = (
-        "import sys; import worker_runtime.cli, worker_runtime.daemon.front, worker_runtime.config; "
-        "print('grpc' in sys.modules)"
-    )
-    result = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, timeout=30
-    )
-    assert result.stdout.strip() == "False"
+    code = "import worker_runtime.cli, worker_runtime.daemon.front, worker_runtime.config"
+    assert modules_loaded_by(code, ["grpc"]) == []
 
 
 def test_the_entry_of_the_plain_form_imports_only_what_the_front_needs() -> None:
@@ -88,27 +83,17 @@ def test_the_entry_of_the_plain_form_imports_only_what_the_front_needs() -> None
         "grpc", "worker_runtime.cli", "worker_runtime.config", "worker_runtime.buck2",
     )  # fmt: skip
     code = (
-        "import sys; import worker_runtime.entry, worker_runtime.daemon.handover, "
-        f"worker_runtime.daemon.front; print(sorted(m for m in {heavy!r} if m in sys.modules))"
+        "import worker_runtime.entry, worker_runtime.daemon.handover, worker_runtime.daemon.front"
     )
-    result = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, timeout=30
-    )
-    assert result.stdout.strip() == "[]", result.stdout + result.stderr
+    assert modules_loaded_by(code, heavy) == []
 
 
 def test_the_plain_front_imports_neither_the_config_nor_dataclasses() -> None:
     """`serve --config FILE` (what worker_tool writes) hands the file to a running daemon
     without parsing it: the modules that cost a start most stay out (benchmarks/front_start.py)."""
-    code = (
-        "import sys; import worker_runtime.cli, worker_runtime.daemon.front; "
-        "print(sorted(m for m in ('grpc', 'worker_runtime.config', 'dataclasses', 'subprocess') "
-        "if m in sys.modules))"
-    )
-    result = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, timeout=30
-    )
-    assert result.stdout.strip() == "[]", result.stdout + result.stderr
+    code = "import worker_runtime.cli, worker_runtime.daemon.front"
+    heavy = ("grpc", "worker_runtime.config", "dataclasses", "subprocess")
+    assert modules_loaded_by(code, heavy) == []
 
 
 def test_a_bad_config_is_refused_naming_the_key_with_the_daemon_running(

@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 from tests.conftest import REPO_ROOT
+from tests.imports import modules_loaded_by
 
 
 def test_the_runtime_package_never_imports_dev_code() -> None:
@@ -54,11 +55,7 @@ def test_the_venv_starts_without_an_import_hook() -> None:
     """scripts/bootstrap.sh installs the checkout as a plain path (editable_mode=compat):
     setuptools' import finder would cost every start in the venv, and so every worker
     front's at the start of every Buck2 command, about 11 ms (it imports pathlib and re)."""
-    code = "import sys; print(' '.join(m for m in ('pathlib', 're') if m in sys.modules))"
-    result = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
-    )
-    assert result.stdout.strip() == "", f"the venv's start imports {result.stdout.strip()}"
+    assert modules_loaded_by("", ["pathlib", "re"]) == [], "the venv's start imports them"
 
 
 def test_the_command_reaches_buck2s_socket_with_nothing_but_its_entry_imported() -> None:
@@ -70,12 +67,5 @@ def test_the_command_reaches_buck2s_socket_with_nothing_but_its_entry_imported()
         script.read_text().split("\n", 1)[1]
         == (REPO_ROOT / "bin" / "worker-runtime").read_text().split("\n", 1)[1]
     )
-    code = (
-        "import sys; import worker_runtime.entry, worker_runtime.daemon.handover; "
-        "print(sorted(m for m in ('re', 'json', 'enum', 'socket', 'selectors') "
-        "if m in sys.modules))"
-    )
-    result = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
-    )
-    assert result.stdout.strip() == "[]", result.stdout + result.stderr
+    code = "import worker_runtime.entry, worker_runtime.daemon.handover"
+    assert modules_loaded_by(code, ["re", "json", "enum", "socket", "selectors"]) == []

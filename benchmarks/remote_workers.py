@@ -22,7 +22,6 @@ Run: ``.venv/bin/python -m benchmarks.remote_workers``.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import random
@@ -31,7 +30,6 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +37,7 @@ import grpc
 
 from benchmarks.results import add_output_argument, emit
 from benchmarks.scratch import scratch_dir
+from tests.clusters import private_cluster
 from worker_runtime.cluster.buildgrid import ASSIGNER_INTERVAL_S
 from worker_runtime.config import config_from_mapping
 from worker_runtime.digests import DigestCache
@@ -66,17 +65,6 @@ def cluster(directory: Path, *args: str) -> None:
     subprocess.run(
         [*RUNTIME, "cluster", *args, "--dir", str(directory)], check=True, capture_output=True
     )
-
-
-@contextlib.contextmanager
-def running_cluster(directory: Path, *up_args: str) -> Iterator[None]:
-    """The embedded engine in ``directory``, up (``cluster up UP_ARGS``) until the end of
-    the block."""
-    try:
-        cluster(directory, "up", *up_args)
-        yield
-    finally:
-        cluster(directory, "down")
 
 
 def serve(project: Path, config: dict[str, Any]) -> Buck2Worker:
@@ -383,11 +371,7 @@ def cache_hit(engine: Path, tmp: Path, runs: int) -> dict[str, Any]:
 
 def warm_hits(tmp: Path, rounds: int) -> dict[str, Any]:
     """4 executors of one instance, 3 worker keys (3 versions of the worker's script)."""
-    # 4 executors for main, 3 for tenant-b.
-    with (
-        scratch_dir("wr-bench-affinity-", mode=0o755) as engine,
-        running_cluster(engine, "--executors", "7"),
-    ):
+    with private_cluster("--executors", "7") as engine:  # 4 for main, 3 for tenant-b
         seen: dict[int, set[str]] = {k: set() for k in range(3)}
         hits = total = 0
         workers = []
@@ -431,10 +415,7 @@ def main(argv: list[str] | None = None) -> int:
     with scratch_dir("wr-bench-remote-") as tmp:
         # The baseline: tenant uids without the sandbox (as root the cluster sandboxes by
         # default); the sandbox's cost is the `isolated` section, on the same engine.
-        with (
-            scratch_dir("wr-bench-engine-", mode=0o755) as engine,
-            running_cluster(engine, "--executors", "1", "--no-sandbox"),
-        ):
+        with private_cluster("--executors", "1", "--no-sandbox") as engine:
             result["java"] = java(engine, tmp, args.rounds)
             result["trivial"] = overhead(engine, tmp / "overhead", args.runs)
             result["trivial"]["client"] = client_work(engine, tmp / "client", args.runs)

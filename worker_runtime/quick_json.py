@@ -1,11 +1,14 @@
-"""JSON text read with the C scanner that ``json.loads`` itself uses, without importing the
-``json`` package: its decoder imports ``re`` (and ``re`` imports ``enum``), which on a slow
-VM cost a worker's start more than the rest of its way to Buck2's socket (entry.py).
+"""JSON read and written with the C scanner and encoder that ``json`` itself uses, without
+importing the ``json`` package: its decoder and encoder import ``re`` (and ``re`` imports
+``enum``), which on a slow VM cost a worker's start more than the rest of its way to
+Buck2's socket (entry.py), and the front's way to the daemon after it (daemon/control.py).
 
 ``loads`` gives what ``json.loads`` gives for the same text: a document the scanner reads
 whole is its value; anything else (the scanner reports its errors through ``json.decoder``,
-which is not imported yet) is read again by ``json.loads``, which raises its own error
-(tests/unit/test_quick_json.py compares the two).
+which is not imported yet) is read again by ``json.loads``, which raises its own error.
+``dumps`` gives what ``json.dumps(value, separators=(",", ":"))`` gives; a value the C
+encoder refuses is handed to that call, which raises its own error
+(tests/unit/test_quick_json.py compares both with ``json``).
 """
 
 from __future__ import annotations
@@ -51,3 +54,28 @@ def _loads_with_json(text: str) -> Any:
     import json
 
     return json.loads(text)
+
+
+class _NotPlainJson(Exception):
+    """A value the C encoder cannot write by itself (``json.dumps`` says why)."""
+
+
+def _refuse(value: object) -> object:
+    raise _NotPlainJson
+
+
+def dumps(value: Any) -> str:
+    """``value`` as JSON text, as ``json.dumps(value, separators=(",", ":"))`` writes it."""
+    # The arguments json.JSONEncoder gives the C encoder for those defaults: circular
+    # references checked (in a dict of the ids being written, new for every call, as an
+    # error leaves its entries behind), ASCII output, keys in their order, none skipped,
+    # NaN and the infinities written as JavaScript's names.
+    encode = _json.make_encoder(
+        {}, _refuse, _json.encode_basestring_ascii, None, ":", ",", False, False, True
+    )
+    try:
+        return "".join(encode(value, 0))
+    except Exception:  # not plain JSON: json.dumps raises the error a person can read
+        import json
+
+        return json.dumps(value, separators=(",", ":"))

@@ -1,5 +1,6 @@
-"""worker_runtime/quick_json.py reads JSON as ``json.loads`` does, without importing ``json``
-on the way (a worker's start: entry.py)."""
+"""worker_runtime/quick_json.py reads JSON as ``json.loads`` does and writes it as
+``json.dumps`` does, without importing ``json`` on the way (a worker's start: entry.py,
+daemon/control.py)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from typing import Any
 import pytest
 
 from tests.imports import modules_loaded_by
-from worker_runtime.quick_json import loads
+from worker_runtime.quick_json import dumps, loads
 
 VALID = [
     '{"command": ["java", "-jar", "w.jar"], "server": "h2", "routing": "local"}',
@@ -98,5 +99,67 @@ def test_reading_a_document_imports_neither_json_nor_re() -> None:
     code = (
         "from worker_runtime.quick_json import loads; "
         """assert loads('{"a": [1, 2.5, "x"]}') == {"a": [1, 2.5, "x"]}"""
+    )
+    assert modules_loaded_by(code, ["json", "re", "enum"]) == []
+
+
+def compact(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"))
+
+
+WRITABLE = [
+    {"op": "attach", "config": {"command": ["java", "-jar", "w.jar"]}, "front_pid": 4},
+    "text with \u00e9, \U0001f600, a lone \ud800, \n and \x00",
+    [1.5e-3, 1e300, -0.0, 10**30, True, False, None],
+    [math.nan, math.inf, -math.inf],
+    {1: "int key", 2.5: "float key", None: "null key", False: "bool key"},
+    {},
+    [],
+    0,
+]
+
+
+@pytest.mark.parametrize("value", WRITABLE)
+def test_a_value_is_written_as_json_dumps_writes_it(value: Any) -> None:
+    assert dumps(value) == compact(value)
+
+
+def test_random_values_are_written_the_same() -> None:
+    rng = random.Random(16)
+    for _ in range(500):
+        value = random_value(rng)
+        assert dumps(value) == compact(value)
+
+
+def circular() -> list[Any]:
+    loop: list[Any] = []
+    loop.append(loop)
+    return loop
+
+
+@pytest.mark.parametrize(
+    "value", [{"a": object()}, {(1, 2): "tuple key"}, circular(), [b"bytes"]], ids=repr
+)
+def test_what_json_dumps_refuses_raises_its_error(value: Any) -> None:
+    with pytest.raises((TypeError, ValueError)) as expected:
+        compact(value)
+    with pytest.raises(expected.type) as got:
+        dumps(value)
+    assert str(got.value) == str(expected.value)
+
+
+def test_a_refused_value_leaves_nothing_behind() -> None:
+    """The C encoder keeps the ids it is writing until it is done; a value it refused
+    must not make a later one look circular."""
+    inner = [1]
+    with pytest.raises(TypeError):
+        dumps([inner, object()])
+    assert dumps([inner, inner]) == "[[1],[1]]"
+
+
+def test_writing_imports_neither_json_nor_re() -> None:
+    code = (
+        "from worker_runtime.quick_json import dumps; "
+        """assert dumps({"a": [1, 2.5, "x"]}) == '{"a":[1,2.5,"x"]}'"""
     )
     assert modules_loaded_by(code, ["json", "re", "enum"]) == []

@@ -1,12 +1,13 @@
 """Checks on the Unix socket path Buck2 gives a worker (WORKER_SOCKET), shared by the
 in-process server, the daemon and the front (which must not import grpc, nor the buck2
-package, whose import settles grpcio's tuning)."""
+package, whose import settles grpcio's tuning; nor ``socket``, whose own imports cost a
+front's start: ``_socket`` does here)."""
 
 from __future__ import annotations
 
+import _socket
 import errno
 import os
-import socket
 
 from worker_runtime.errors import ConfigError
 
@@ -28,7 +29,7 @@ def check_socket_path(path: str) -> None:
     if not os.path.lexists(path):
         os.makedirs(os.path.dirname(path) or ".", mode=0o700, exist_ok=True)
         return
-    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    probe = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
     try:
         probe.connect(path)
     except OSError as exc:

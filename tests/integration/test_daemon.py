@@ -96,6 +96,46 @@ def test_the_plain_front_imports_neither_the_config_nor_dataclasses() -> None:
     assert modules_loaded_by(code, heavy) == []
 
 
+#: What a front's start cannot afford before it reaches its daemon: each costs it milliseconds,
+#: and Buck2's first request waits for the attach (json and socket import re, enum and
+#: selectors; contextlib imports collections; signal imports enum).
+FRONT_HEAVY = ("re", "json", "enum", "socket", "selectors", "contextlib", "collections", "signal")
+
+#: Run as `worker-runtime serve --config FILE`: prints the modules of FRONT_HEAVY loaded when
+#: the front, attached, first waits for the end of the command, then ends that command.
+FRONT_PROBE = """
+import os, select, sys
+heavy = sys.argv.pop().split(",")
+wait = select.select
+def waiting(read, write, error, *timeout):
+    if not timeout:
+        print(sorted(m for m in heavy if m in sys.modules), flush=True)
+        os.kill(os.getpid(), 15)  # Buck2's SIGTERM at the end of the command
+    return wait(read, write, error, *timeout)
+select.select = waiting
+from worker_runtime.entry import main
+sys.exit(main())
+"""
+
+
+def test_a_front_reaches_its_daemon_without_the_modules_that_cost_its_start(
+    start_runtime: StartRuntime, tmp_path: Path
+) -> None:
+    """From `serve --config FILE` to the wait after the attach, with the daemon running
+    (benchmarks/front_start.py), a front imports none of FRONT_HEAVY."""
+    start_runtime(fake_backend())  # the daemon, in the same project root
+    config = tmp_path / "worker.json"
+    config.write_text(json.dumps({"command": fake_backend(), "protocol": "json"}))
+    argv = ["serve", "--config", str(config), ",".join(FRONT_HEAVY)]
+    result = subprocess.run(
+        [sys.executable, "-c", FRONT_PROBE, *argv], cwd=REPO_ROOT, capture_output=True,
+        text=True, timeout=60, env={**os.environ, "WORKER_SOCKET": str(tmp_path / "w.sock")},
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "serving" in result.stderr  # it attached before it waited
+    assert result.stdout.strip() == "[]"
+
+
 def test_a_bad_config_is_refused_naming_the_key_with_the_daemon_running(
     start_runtime: StartRuntime, tmp_path: Path
 ) -> None:

@@ -45,8 +45,9 @@ def test_the_early_socket_takes_a_connection_before_anyone_accepts_it(tmp_path: 
     path = str(tmp_path / "worker.sock")
     listen_early(path)
     assert take_early(str(tmp_path / "other.sock")) is None
-    listener = take_early(path)
-    assert listener is not None and take_early(path) is None  # handed out once
+    early = take_early(path)
+    assert early is not None and take_early(path) is None  # handed out once
+    listener = socket.socket(fileno=early.detach())  # as the daemon's adopt makes it
     try:
         assert os.stat(path).st_mode & 0o777 == 0o600  # only our user may connect
         with socket.socket(socket.AF_UNIX) as buck2:
@@ -99,12 +100,14 @@ def test_adopt_takes_a_listening_socket_bound_to_the_path(tmp_path: Path) -> Non
     listen_early(path)
     listener = take_early(path)
     assert listener is not None
-    with listener:
+    try:
         adopted = adopt(os.dup(listener.fileno()), path)
         with adopted:
             assert adopted.getblocking() is False
             with socket.socket(socket.AF_UNIX) as client:
                 client.connect(path)
+    finally:
+        listener.close()
 
 
 def test_adopt_refuses_anything_else_and_closes_it(tmp_path: Path) -> None:

@@ -13,18 +13,20 @@ already listens on (daemon/handover.py). The daemon reads that message with
 
 from __future__ import annotations
 
-import contextlib
-import json
+import _socket
 import os
-import socket
 import struct
 
 from worker_runtime.daemon.handover import MAX_FDS
+from worker_runtime.quick_json import dumps, loads
 
 #: mypy takes it as true; typing itself is not imported (it costs a front's start).
 TYPE_CHECKING = False
-if TYPE_CHECKING:  # asyncio is the daemon's; a front never imports it (it costs its start)
+if TYPE_CHECKING:  # asyncio and socket are the daemon's; a front imports neither (nor
+    # json, contextlib or socket: their imports of re, enum, selectors and collections
+    # cost its start more than the rest of its way to the daemon)
     import asyncio
+    import socket
     from typing import Any
 
 #: Largest control message accepted (a config with many tool inputs fits easily).
@@ -33,20 +35,21 @@ MAX_LINE = 4 << 20
 
 def peer_uid(sock: socket.socket) -> int:
     """The uid of the process at the other end of a connected Unix socket."""
-    data = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    data = sock.getsockopt(_socket.SOL_SOCKET, _socket.SO_PEERCRED, struct.calcsize("3i"))
     _pid, uid, _gid = struct.unpack("3i", data)
     return uid
 
 
 def encode(message: dict[str, Any]) -> bytes:
-    return json.dumps(message, separators=(",", ":")).encode("utf-8") + b"\n"
+    return dumps(message).encode("ascii") + b"\n"
 
 
 class ControlClient:
-    """A blocking client connection to a daemon's control socket."""
+    """A blocking client connection to a daemon's control socket (``_socket``'s: the front
+    makes one at the start of every Buck2 command)."""
 
     def __init__(self, path: str | os.PathLike[str], timeout_s: float = 30.0) -> None:
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
         self.sock.settimeout(timeout_s)
         try:
             self.sock.connect(os.fspath(path))
@@ -62,7 +65,8 @@ class ControlClient:
         data = encode(message)
         if fds:
             # The descriptors travel with the first bytes; the rest follows plainly.
-            sent = socket.send_fds(self.sock, [data], list(fds))
+            rights = struct.pack(f"{len(fds)}i", *fds)
+            sent = self.sock.sendmsg([data], [(_socket.SOL_SOCKET, _socket.SCM_RIGHTS, rights)])
             data = data[sent:]
         self.sock.sendall(data)
 
@@ -79,7 +83,7 @@ class ControlClient:
             if len(self._buffer) > MAX_LINE:
                 raise ValueError("control reply too long")
         line, self._buffer = self._buffer.split(b"\n", 1)
-        reply: dict[str, Any] = json.loads(line)
+        reply: dict[str, Any] = loads(line.decode("utf-8"))
         return reply
 
     def request(self, message: dict[str, Any], fds: tuple[int, ...] = ()) -> dict[str, Any]:
@@ -107,6 +111,7 @@ async def read_first_message(sock: socket.socket) -> tuple[bytes, list[int]]:
     them. ``sock`` is non-blocking. Raises ValueError, with every descriptor received closed, if the message
     is longer than MAX_LINE or carries more than MAX_FDS descriptors."""
     import asyncio
+    import socket
 
     loop = asyncio.get_running_loop()
     data = b""
@@ -134,8 +139,10 @@ async def read_first_message(sock: socket.socket) -> tuple[bytes, list[int]]:
 
 def close_all(fds: list[int]) -> None:
     for fd in fds:
-        with contextlib.suppress(OSError):
+        try:  # noqa: SIM105 - not contextlib: a front imports nothing it can do without
             os.close(fd)
+        except OSError:
+            pass
 
 
 async def _readable(loop: asyncio.AbstractEventLoop, sock: socket.socket) -> None:

@@ -19,14 +19,10 @@ and the front passes that listening socket to the daemon with the attach, so Buc
 
 from __future__ import annotations
 
-import contextlib
 import os
 import select
-import signal
-import socket
 import sys
 import time
-from collections.abc import Callable
 
 from worker_runtime.daemon.control import ControlClient, try_connect
 from worker_runtime.daemon.handover import take_early, withdraw
@@ -37,10 +33,17 @@ from worker_runtime.socket_paths import check_socket_length
 #: mypy takes it as true; typing itself is not imported (it costs a front's start).
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # the config module costs a start more than all of the rest here
+    import _socket
+    import signal
     import subprocess
+    from collections.abc import Callable
     from typing import Any
 
     from worker_runtime.config import RuntimeConfig
+else:
+    # The C module under ``signal``, which imports ``enum`` (and contextlib, socket and
+    # collections.abc are not imported either): a front waits on nothing it can do without.
+    import _signal as signal
 
 #: Variables of the front's environment that differ from one Buck2 command to the next
 #: and must not split the backends into new ones.
@@ -146,7 +149,7 @@ def attach(
     mapping: dict[str, Any],
     config_for_start: Callable[[], RuntimeConfig],
     socket_path: str,
-    listener: socket.socket | None = None,
+    listener: _socket.socket | None = None,
 ) -> tuple[ControlClient, dict[str, Any]]:
     """Asks the daemon to serve ``socket_path`` with the config ``mapping`` (the JSON
     object of a config file, which the daemon checks), on ``listener`` if given (a socket
@@ -182,12 +185,14 @@ def attach(
     return client, reply
 
 
-def refuse(listener: socket.socket, socket_path: str, reason: str, received: list[int]) -> None:
+def refuse(listener: _socket.socket, socket_path: str, reason: str, received: list[int]) -> None:
     """After a failed attach: Buck2's connections to the early socket get ``reason`` as
     their answer (daemon/refusal.py) until the end of the command; with none, the front
     exits at once and Buck2, which never connected, shows its stderr."""
-    with contextlib.suppress(FileNotFoundError):
+    try:  # noqa: SIM105 - not contextlib (see the imports)
         os.unlink(socket_path)  # from here on Buck2 cannot connect, and sees the exit
+    except FileNotFoundError:
+        pass
     try:
         if received or not _has_waiting_connection(listener):
             return
@@ -198,7 +203,7 @@ def refuse(listener: socket.socket, socket_path: str, reason: str, received: lis
         listener.close()
 
 
-def _has_waiting_connection(listener: socket.socket) -> bool:
+def _has_waiting_connection(listener: _socket.socket) -> bool:
     readable, _, _ = select.select([listener], [], [], 0)
     return bool(readable)
 

@@ -14,7 +14,8 @@ reason (daemon/refusal.py).
 
 This module runs before everything else: it imports only ``os`` and ``_socket`` (the
 ``socket`` module imports ``enum`` and ``selectors``, which cost a start several
-milliseconds), and ``socket`` once the socket listens.
+milliseconds), and the front, which goes on with the listening socket, imports no
+``socket`` either (daemon/control.py); the daemon's ``adopt`` does.
 """
 
 from __future__ import annotations
@@ -51,19 +52,19 @@ def listen_early(path: str) -> None:
     _early = (path, sock.detach())
 
 
-def take_early(path: str) -> socket.socket | None:
-    """The socket ``listen_early`` made for ``path``, once; None if it made none."""
+def take_early(path: str) -> _socket.socket | None:
+    """The socket ``listen_early`` made for ``path``, once; None if it made none. It is
+    ``_socket``'s, as the front needs only its descriptor (``socket.socket(fileno=
+    sock.detach())`` makes it the ``socket`` module's)."""
     global _early
     if _early is None or _early[0] != path:
         return None
-    import socket
-
     fd = _early[1]
     _early = None
-    return socket.socket(socket.AF_UNIX, socket.SOCK_STREAM, fileno=fd)
+    return _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM, 0, fd)
 
 
-def withdraw(sock: socket.socket, path: str) -> None:
+def withdraw(sock: _socket.socket, path: str) -> None:
     """Stops listening on ``path`` and removes it (a front that fails unexpectedly): a
     connection waiting in its queue is reset."""
     sock.close()

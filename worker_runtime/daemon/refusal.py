@@ -11,6 +11,7 @@ reason, until the end of the command (SIGTERM), as any worker's failing action i
 
 from __future__ import annotations
 
+import _socket
 import asyncio
 import os
 import signal
@@ -44,10 +45,11 @@ class _RefusingHandler(RequestHandler):
         )
 
 
-def serve_refusal(listener: socket.socket, reason: str, received: list[int]) -> None:
-    """Answers every request on ``listener``'s connections with ``reason`` until SIGTERM
-    or SIGINT (its path already removed: only connections made before are served).
+def serve_refusal(early: _socket.socket, reason: str, received: list[int]) -> None:
+    """Answers every request on ``early``'s connections with ``reason`` until SIGTERM or
+    SIGINT (its path already removed: only connections made before are served).
     ``received`` lists the stop signals the front's own handlers caught so far."""
+    listener = socket.socket(fileno=early.detach())  # the event loop takes socket's sockets
 
     async def serve() -> None:
         # A manager that never starts a backend: the handler only needs its settings.

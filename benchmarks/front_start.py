@@ -15,6 +15,8 @@ answer.
 
 The floor, in the same run: the same interpreter started to do nothing but listen on a
 Unix socket and answer the handshake's first frame (``python -c``), timed the same way.
+Both again with a process spinning on every CPU (``busy_machine``): Buck2 starts a
+worker when a build reaches its first action for it, with the other actions running.
 
 Then the end of a command: Buck2's SIGTERM to the front's process group, and the time
 until the front exits, with a request in flight (a 3 s one) against the floor of an idle
@@ -32,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import compileall
+import contextlib
 import json
 import os
 import signal
@@ -41,6 +44,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -132,6 +136,23 @@ def summary(samples: list[tuple[float, float]]) -> dict[str, Any]:
     }
 
 
+@contextlib.contextmanager
+def busy_cpus() -> Iterator[int]:
+    """One process spinning on each CPU while the block runs, as a build's other actions
+    keep them busy when Buck2 starts a worker; yields how many. Stopped by pid."""
+    count = os.cpu_count() or 1
+    spinners = [
+        subprocess.Popen([sys.executable, "-c", "while True: pass"], stdin=subprocess.DEVNULL)
+        for _ in range(count)
+    ]
+    try:
+        yield count
+    finally:
+        for spinner in spinners:
+            spinner.kill()
+            spinner.wait(60)
+
+
 def exit_after_sigterm_ms(config: Path, project: Path, env: dict[str, str], busy: bool) -> float:
     """SIGTERM to a front's group (Buck2's end of command), with a 3 s request in flight
     if ``busy``; the time until the front exits."""
@@ -179,27 +200,40 @@ def measure(rounds: int, tmp: Path) -> dict[str, Any]:
         "s.listen(); c = s.accept()[0]; c.recv(64); c.sendall(bytes(3) + b'\\4' + bytes(5)); "
         "import time; time.sleep(60)"
     )
-    fronts: list[tuple[float, float]] = []
-    floors: list[tuple[float, float]] = []
-    try:
-        env["WORKER_SOCKET"] = str(tmp / "warm-up.sock")
-        ready_after_ms(front, tmp / "warm-up.sock", env, project)  # starts the daemon
-        for index in range(rounds):  # alternated, so that both see the same machine
-            path = tmp / f"f{index}.sock"
+
+    def alternated(label: str) -> tuple[list[tuple[float, float]], list[tuple[float, float]]]:
+        """``rounds`` starts of the front and of the floor, alternated so that both see
+        the same machine."""
+        fronts, floors = [], []
+        for index in range(rounds):
+            path = tmp / f"{label}-f{index}.sock"
             env["WORKER_SOCKET"] = str(path)
             fronts.append(ready_after_ms(front, path, env, project))
-            path = tmp / f"p{index}.sock"
+            path = tmp / f"{label}-p{index}.sock"
             floor = [sys.executable, "-c", floor_code, str(path)]
             floors.append(ready_after_ms(floor, path, env, project))
         del env["WORKER_SOCKET"]
+        return fronts, floors
+
+    try:
+        env["WORKER_SOCKET"] = str(tmp / "warm-up.sock")
+        ready_after_ms(front, tmp / "warm-up.sock", env, project)  # starts the daemon
+        fronts, floors = alternated("idle")
+        with busy_cpus() as spinning:
+            busy_fronts, busy_floors = alternated("busy")
         shutdown_rounds = max(3, rounds // 10)
-        busy = [exit_after_sigterm_ms(config, project, env, True) for _ in range(shutdown_rounds)]
-        idle = [exit_after_sigterm_ms(config, project, env, False) for _ in range(shutdown_rounds)]
+        exits = {
+            busy: [
+                exit_after_sigterm_ms(config, project, env, busy) for _ in range(shutdown_rounds)
+            ]
+            for busy in (True, False)
+        }
     finally:
         subprocess.run(
             [str(RUNTIME), "stop", "--project-root", str(project)], env=env, capture_output=True
         )
     front_summary, floor_summary = summary(fronts), summary(floors)
+    busy_front, busy_floor = summary(busy_fronts), summary(busy_floors)
     return {
         "rounds": rounds,
         "buck2_polls_ms": POLLS[:5],
@@ -208,9 +242,15 @@ def measure(rounds: int, tmp: Path) -> dict[str, Any]:
         "front_over_floor_ms": front_summary["ready_ms_median"] - floor_summary["ready_ms_median"],
         "target_buck2_waits_ms": TARGET_MS,
         "met": front_summary["buck2_waits_ms_median"] <= TARGET_MS,
+        "busy_machine": {
+            "spinning_processes": spinning,
+            "front": busy_front,
+            "floor_bare_interpreter": busy_floor,
+            "front_over_floor_ms": busy_front["ready_ms_median"] - busy_floor["ready_ms_median"],
+        },
         "exit_after_sigterm_ms_median": {
-            "request_in_flight": statistics.median(busy),
-            "floor_idle_front": statistics.median(idle),
+            "request_in_flight": statistics.median(exits[True]),
+            "floor_idle_front": statistics.median(exits[False]),
         },
         "buck2_sigkill_after_ms": 10_000,
     }

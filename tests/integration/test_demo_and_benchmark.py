@@ -72,8 +72,14 @@ def run_benchmark(module: str, *args: str, timeout: int = 600) -> dict[str, Any]
 def test_front_start_benchmark_writes_its_json() -> None:
     data = run_benchmark("front_start", "--rounds", "3")
     assert data["buck2_polls_ms"] == [0.0, 50.0, 150.0, 350.0, 750.0]
-    for side in ("front", "floor_bare_interpreter"):
-        figures = data[side]
+    busy = data["busy_machine"]
+    assert busy["spinning_processes"] == os.cpu_count()
+    for figures in (
+        data["front"],
+        data["floor_bare_interpreter"],
+        busy["front"],
+        busy["floor_bare_interpreter"],
+    ):
         assert 0 < figures["listening_ms_median"] <= figures["ready_ms_median"]
         # Buck2's wait ends at a poll, or at the answer if that came after the poll.
         assert figures["buck2_waits_ms_median"] >= 50.0

@@ -22,9 +22,9 @@ from worker_runtime.quick_json import dumps, loads
 
 #: mypy takes it as true; typing itself is not imported (it costs a front's start).
 TYPE_CHECKING = False
-if TYPE_CHECKING:  # asyncio and socket are the daemon's; a front imports neither (nor
-    # json, contextlib or socket: their imports of re, enum, selectors and collections
-    # cost its start more than the rest of its way to the daemon)
+if TYPE_CHECKING:  # asyncio and socket are the daemon's. A front imports neither, nor json
+    # or contextlib: with re, enum, selectors and collections, which they import, they
+    # cost its start more than the rest of its way to the daemon.
     import asyncio
     import socket
     from typing import Any

@@ -183,6 +183,22 @@ def test_a_small_file_is_hashed_at_once_and_then_known(root: QuickRoot, tmp_path
     assert cache.files_hashed == 1
 
 
+def test_a_digest_is_kept_under_the_name_the_slow_path_looks_for(tmp_path: Path) -> None:
+    """The cache's key is os.path.join(root, name), however the root was spelled."""
+    (tmp_path / "A.java").write_text("class A {}\n")
+    for spelling in (str(tmp_path), str(tmp_path) + "/"):
+        cache = DigestCache()
+        root = QuickRoot.open(spelling)
+        assert root is not None
+        try:
+            found = root.digest("A.java", cache, 1 << 16)
+            assert found is not None
+            assert cache.read(os.path.join(spelling, "A.java")) == found[0]
+            assert cache.files_hashed == 1  # found, not hashed again
+        finally:
+            root.close()
+
+
 def test_digests_that_would_need_a_wait_are_not_taken(root: QuickRoot, tmp_path: Path) -> None:
     cache = DigestCache()
     (tmp_path / "dir").mkdir()

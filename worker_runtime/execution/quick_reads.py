@@ -26,6 +26,7 @@ import hashlib
 import os
 import platform
 import stat
+import sys
 
 from worker_runtime.digests import DigestCache
 from worker_runtime.envelope import Envelope, parse_envelope
@@ -67,6 +68,9 @@ _syscall = _libc.syscall
 _syscall.restype = ctypes.c_long
 _syscall.argtypes = (ctypes.c_long, ctypes.c_long, ctypes.c_char_p, ctypes.c_void_p, ctypes.c_long)
 _HOW_SIZE = ctypes.sizeof(_OpenHow)
+#: How os.fsencode encodes a name.
+_FS_ENCODING = sys.getfilesystemencoding()
+_FS_ERRORS = sys.getfilesystemencodeerrors()
 
 
 def file_system_type(fd: int, mountinfo: str = "/proc/self/mountinfo") -> str | None:
@@ -90,9 +94,14 @@ class QuickRoot:
         self.root = root
         info = os.fstat(fd)
         self._identity = (info.st_dev, info.st_ino)
+        #: What the digest cache's key for a file beneath the root starts with: ``root +
+        #: name`` is ``os.path.join(root, name)`` for the relative names taken here.
+        self._prefix = os.path.join(root, "")
         self._resolve = _RESOLVE_NO_XDEV | _RESOLVE_NO_MAGICLINKS | _RESOLVE_CACHED
-        #: openat2's argument for each set of open flags, made once.
+        #: openat2's argument for each set of open flags, made once (kept here, so that
+        #: its address, in ``_how_addresses``, stays valid).
         self._hows: dict[int, _OpenHow] = {}
+        self._how_addresses: dict[int, int] = {}
 
     def still_at(self, root: str) -> bool:
         """Whether ``root`` still names the directory held open (not moved away, or
@@ -121,6 +130,8 @@ class QuickRoot:
         probe = quick._open(".")  # ENOSYS without openat2; EPERM where seccomp refuses it
         if probe == -errno.EINVAL:  # a kernel before RESOLVE_CACHED
             quick._resolve &= ~_RESOLVE_CACHED
+            quick._hows.clear()
+            quick._how_addresses.clear()
             probe = quick._open(".")
         if probe >= 0:
             os.close(probe)
@@ -137,24 +148,26 @@ class QuickRoot:
     def _open(self, name: str, flags: int = _OPEN_FLAGS) -> int:
         """openat2 beneath the root, never crossing a mount nor waiting on a lookup:
         the fd, or -errno."""
+        # Every request looks at each of its inputs through here: kept to few Python steps.
         if _SYS_OPENAT2 is None:
             return -errno.ENOSYS
-        how = self._hows.get(flags)
-        if how is None or how.resolve != self._resolve:
+        address = self._how_addresses.get(flags)
+        if address is None:
             how = self._hows[flags] = _OpenHow(flags, 0, self._resolve)
+            address = self._how_addresses[flags] = ctypes.addressof(how)
         try:
-            path = os.fsencode(name)
+            path = name.encode(_FS_ENCODING, _FS_ERRORS)  # os.fsencode, without its checks
         except UnicodeError:
             return -errno.EINVAL
         if b"\0" in path:
             return -errno.EINVAL
-        fd = _syscall(_SYS_OPENAT2, self._fd, path, ctypes.addressof(how), _HOW_SIZE)
+        fd: int = _syscall(_SYS_OPENAT2, self._fd, path, address, _HOW_SIZE)
         return fd if fd >= 0 else -ctypes.get_errno()
 
     def read(self, name: str) -> str | None:
         """The text of file ``name`` (an argument file or an envelope) if it can be read
         at once and passes the argument file rule's text checks, else None."""
-        if os.path.isabs(name) or self._fd < 0:
+        if name.startswith("/") or self._fd < 0:  # os.path.isabs
             return None
         found = self._contents(name, MAX_QUICK_BYTES)
         if found is None:
@@ -202,7 +215,7 @@ class QuickRoot:
         cannot wait: from ``digests`` if it holds the digest for the file as it is now,
         else hashed here if the file is at most ``max_bytes`` and all in the page cache
         (and then kept in ``digests``). Else None."""
-        if os.path.isabs(name) or self._fd < 0:
+        if name.startswith("/") or self._fd < 0:  # os.path.isabs
             return None
         fd = self._open(name, _STAT_FLAGS)  # a look only: nothing is opened for reading
         if fd < 0:
@@ -213,7 +226,7 @@ class QuickRoot:
             os.close(fd)
         if not stat.S_ISREG(info.st_mode):
             return None
-        path = os.path.join(self.root, name)
+        path = self._prefix + name
         known = digests.known(path, info)
         if known is not None:
             return known, 0

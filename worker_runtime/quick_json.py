@@ -66,16 +66,16 @@ def _refuse(value: object) -> object:
 
 def dumps(value: Any) -> str:
     """``value`` as JSON text, as ``json.dumps(value, separators=(",", ":"))`` writes it."""
-    # The arguments json.JSONEncoder gives the C encoder for those defaults: circular
-    # references checked (in a dict of the ids being written, new for every call, as an
-    # error leaves its entries behind), ASCII output, keys in their order, none skipped,
-    # NaN and the infinities written as JavaScript's names.
-    encode = _json.make_encoder(
-        {}, _refuse, _json.encode_basestring_ascii, None, ":", ",", False, False, True
-    )
     try:
+        # The arguments json.JSONEncoder gives the C encoder for those defaults: circular
+        # references checked (in a dict of the ids being written, new for every call, as
+        # an error leaves its entries behind), ASCII output, keys in their order, none
+        # skipped, NaN and the infinities written as JavaScript's names.
+        encode = _json.make_encoder(
+            {}, _refuse, _json.encode_basestring_ascii, None, ":", ",", False, False, True
+        )
         return "".join(encode(value, 0))
-    except Exception:  # not plain JSON: json.dumps raises the error a person can read
+    except Exception:  # not plain JSON, or another Python's encoder: json.dumps decides
         import json
 
         return json.dumps(value, separators=(",", ":"))

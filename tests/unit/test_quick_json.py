@@ -163,3 +163,17 @@ def test_writing_imports_neither_json_nor_re() -> None:
         """assert dumps({"a": [1, 2.5, "x"]}) == '{"a":[1,2.5,"x"]}'"""
     )
     assert modules_loaded_by(code, ["json", "re", "enum"]) == []
+
+
+def test_an_encoder_that_takes_other_arguments_leaves_it_to_json(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Another Python's C encoder may take other arguments: json.dumps then writes."""
+    import _json
+
+    def other_signature(*args: object) -> object:
+        raise TypeError("make_encoder() takes other arguments")
+
+    monkeypatch.setattr(_json, "make_encoder", other_signature)
+    value = {"op": "attach", "config": {"command": ["java"]}}
+    assert dumps(value) == compact(value)

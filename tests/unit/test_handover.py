@@ -30,7 +30,7 @@ def no_early_socket() -> Iterator[None]:
     leftover = handover._early
     handover._early = None
     if leftover is not None:
-        os.close(leftover[1])
+        leftover[1].close()
 
 
 def is_open(fd: int) -> bool:

@@ -30,8 +30,8 @@ if TYPE_CHECKING:
 #: At most this many descriptors are taken with one control message (a front sends one).
 MAX_FDS = 4
 
-#: The path listened on and the listening socket's descriptor.
-_early: tuple[str, int] | None = None
+#: The path listened on and the socket listening on it.
+_early: tuple[str, _socket.socket] | None = None
 
 
 def listen_early(path: str) -> None:
@@ -49,7 +49,7 @@ def listen_early(path: str) -> None:
         return
     finally:
         os.umask(old_umask)
-    _early = (path, sock.detach())
+    _early = (path, sock)
 
 
 def take_early(path: str) -> _socket.socket | None:
@@ -59,9 +59,9 @@ def take_early(path: str) -> _socket.socket | None:
     global _early
     if _early is None or _early[0] != path:
         return None
-    fd = _early[1]
+    sock = _early[1]
     _early = None
-    return _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM, 0, fd)
+    return sock
 
 
 def withdraw(sock: _socket.socket, path: str) -> None:

@@ -98,10 +98,9 @@ class QuickRoot:
         #: name`` is ``os.path.join(root, name)`` for the relative names taken here.
         self._prefix = os.path.join(root, "")
         self._resolve = _RESOLVE_NO_XDEV | _RESOLVE_NO_MAGICLINKS | _RESOLVE_CACHED
-        #: openat2's argument for each set of open flags, made once (kept here, so that
-        #: its address, in ``_how_addresses``, stays valid).
-        self._hows: dict[int, _OpenHow] = {}
-        self._how_addresses: dict[int, int] = {}
+        #: openat2's argument for each set of open flags, made once, with its address
+        #: (valid while the argument is kept here).
+        self._hows: dict[int, tuple[_OpenHow, int]] = {}
 
     def still_at(self, root: str) -> bool:
         """Whether ``root`` still names the directory held open (not moved away, or
@@ -131,7 +130,6 @@ class QuickRoot:
         if probe == -errno.EINVAL:  # a kernel before RESOLVE_CACHED
             quick._resolve &= ~_RESOLVE_CACHED
             quick._hows.clear()
-            quick._how_addresses.clear()
             probe = quick._open(".")
         if probe >= 0:
             os.close(probe)
@@ -151,10 +149,11 @@ class QuickRoot:
         # Every request looks at each of its inputs through here: kept to few Python steps.
         if _SYS_OPENAT2 is None:
             return -errno.ENOSYS
-        address = self._how_addresses.get(flags)
-        if address is None:
-            how = self._hows[flags] = _OpenHow(flags, 0, self._resolve)
-            address = self._how_addresses[flags] = ctypes.addressof(how)
+        found = self._hows.get(flags)
+        if found is None:
+            how = _OpenHow(flags, 0, self._resolve)
+            found = self._hows[flags] = (how, ctypes.addressof(how))
+        address = found[1]
         try:
             path = name.encode(_FS_ENCODING, _FS_ERRORS)  # os.fsencode, without its checks
         except UnicodeError:

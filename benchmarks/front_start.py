@@ -222,12 +222,10 @@ def measure(rounds: int, tmp: Path) -> dict[str, Any]:
         with busy_cpus() as spinning:
             busy_fronts, busy_floors = alternated("busy")
         shutdown_rounds = max(3, rounds // 10)
-        exits = {
-            busy: [
-                exit_after_sigterm_ms(config, project, env, busy) for _ in range(shutdown_rounds)
-            ]
-            for busy in (True, False)
-        }
+        in_flight = [
+            exit_after_sigterm_ms(config, project, env, True) for _ in range(shutdown_rounds)
+        ]
+        idle = [exit_after_sigterm_ms(config, project, env, False) for _ in range(shutdown_rounds)]
     finally:
         subprocess.run(
             [str(RUNTIME), "stop", "--project-root", str(project)], env=env, capture_output=True
@@ -249,8 +247,8 @@ def measure(rounds: int, tmp: Path) -> dict[str, Any]:
             "front_over_floor_ms": busy_front["ready_ms_median"] - busy_floor["ready_ms_median"],
         },
         "exit_after_sigterm_ms_median": {
-            "request_in_flight": statistics.median(exits[True]),
-            "floor_idle_front": statistics.median(exits[False]),
+            "request_in_flight": statistics.median(in_flight),
+            "floor_idle_front": statistics.median(idle),
         },
         "buck2_sigkill_after_ms": 10_000,
     }

@@ -1,6 +1,6 @@
 """The one cache of file content digests (request inputs, tool inputs, remote inputs),
 keyed by what ``stat`` says of the file, so that a file that has not changed is never
-read again."""
+read again, and a file that may still change without ``stat`` showing it is never kept."""
 
 from __future__ import annotations
 
@@ -9,15 +9,24 @@ import hashlib
 import os
 import stat
 import threading
+import time
 from collections import OrderedDict
+
+#: ``CLOCK_REALTIME_COARSE`` (<linux/time.h>; Python names no constant for it): the clock
+#: the kernel stamps a file's times with, which moves once a tick (a few ms).
+_CLOCK_REALTIME_COARSE = 5
 
 
 class DigestCache:
     """SHA-256 digests (lowercase hex, the form Bazel sends in ``WorkRequest.inputs``).
 
     A file is re-hashed only when its device, inode, size, mtime or ctime changed since it
-    was last hashed (ctime catches a rewrite that kept the mtime). Thread-safe; holds at
-    most ``max_entries`` entries (least recently used go).
+    was last hashed (ctime catches a rewrite that kept the mtime). A digest is kept only
+    if the file's ctime was already in the past, on the kernel's clock, before the file
+    was looked at and read: a write in the same tick as the last one can leave every
+    field ``stat`` shows as it was (git calls such a file racily clean), and the next
+    look would take the old digest for the new content. Thread-safe; holds at most
+    ``max_entries`` entries (least recently used go).
     """
 
     def __init__(self, max_entries: int = 100_000) -> None:
@@ -49,6 +58,7 @@ class DigestCache:
     def read(self, path: str) -> str:
         """The hex digest of the file at ``path``; OSError (with its strerror) if it
         cannot be read or is not a regular file."""
+        looked_at_ns = file_clock_ns()
         info = os.stat(path)
         if not stat.S_ISREG(info.st_mode):
             raise OSError(errno.EINVAL, "not a regular file", path)
@@ -60,17 +70,42 @@ class DigestCache:
             while chunk := handle.read(1 << 20):
                 hasher.update(chunk)
         value = hasher.hexdigest()
-        self.store(path, info, value)
+        self.store(path, info, value, looked_at_ns)
         return value
 
-    def store(self, path: str, info: os.stat_result, value: str) -> None:
-        """Keeps ``value``, the digest of ``path`` hashed as ``info`` said it was."""
+    def store(self, path: str, info: os.stat_result, value: str, looked_at_ns: int) -> None:
+        """Keeps ``value``, the digest of ``path`` hashed as ``info`` said it was, if
+        ``stat`` will show any later change: ``looked_at_ns`` is ``file_clock_ns()`` taken
+        before ``info`` was."""
         with self._lock:
             self.files_hashed += 1
+            if not settled(info, looked_at_ns):
+                return
             self._entries[path] = (_signature(info), value)
             self._entries.move_to_end(path)
             while len(self._entries) > self._max_entries:
                 self._entries.popitem(last=False)
+
+
+def file_clock_ns() -> int:
+    """Now, on the clock the kernel stamps file times with."""
+    return time.clock_gettime_ns(_CLOCK_REALTIME_COARSE)
+
+
+def settled(info: os.stat_result, looked_at_ns: int) -> bool:
+    """Whether any write after ``looked_at_ns`` (``file_clock_ns()`` then) must change
+    the ctime ``info`` shows. It does when that ctime is earlier by at least the file
+    system's step: a write is stamped with the clock then, or later (fine-grained
+    stamps, Linux 6.13+), cut down to the file system's step. The step is not known; a
+    stamp cut to one is a multiple of it, so the largest power of ten up to a second
+    dividing the ctime bounds it (two seconds for an even second: FAT's step)."""
+    ctime = info.st_ctime_ns
+    step = 1
+    while step < 1_000_000_000 and ctime % (step * 10) == 0:
+        step *= 10
+    if step == 1_000_000_000 and ctime % 2_000_000_000 == 0:
+        step = 2_000_000_000
+    return ctime + step <= looked_at_ns
 
 
 def _signature(info: os.stat_result) -> tuple[int, ...]:

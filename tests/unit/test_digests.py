@@ -1,4 +1,5 @@
-"""DigestCache: SHA-256 hex of regular files, re-hashed only when what stat says changes."""
+"""DigestCache: SHA-256 hex of regular files, re-hashed only when what stat says changes,
+and kept only for files whose last write stat is sure to show."""
 
 from __future__ import annotations
 
@@ -7,12 +8,18 @@ import os
 import time
 from pathlib import Path
 
-from worker_runtime.digests import DigestCache
+import pytest
+
+from tests.file_clock import wait_until_settled
+from worker_runtime import digests
+from worker_runtime.digests import DigestCache, file_clock_ns, settled
+from worker_runtime.execution import quick_reads
 
 
 def test_digest_is_sha256_hex_and_cached(tmp_path: Path) -> None:
     path = tmp_path / "a.hi"
     path.write_bytes(b"interface")
+    wait_until_settled(path)
     cache = DigestCache()
     expected = hashlib.sha256(b"interface").hexdigest()
     assert cache.digest(str(path)) == expected
@@ -73,3 +80,64 @@ def test_read_says_why_a_file_has_no_digest(tmp_path: Path) -> None:
             assert reason in str(exc.strerror)
         else:
             raise AssertionError(f"{path} has a digest")
+
+
+def stamped(ctime_ns: int) -> os.stat_result:
+    """A stat result with this ctime (settled reads nothing else)."""
+    fields = [0] * 10 + [0.0] * 3 + [0, 0, ctime_ns]  # ... st_atime_ns, st_mtime_ns, st_ctime_ns
+    return os.stat_result(fields)
+
+
+def test_a_stamp_is_settled_once_the_file_clock_is_a_step_past_it() -> None:
+    for ctime, step in (
+        (1_700_000_000_123_456_789, 1),  # nanoseconds (ext4, tmpfs, xfs, btrfs)
+        (1_700_000_000_123_456_780, 10),
+        (1_700_000_000_123_000_000, 1_000_000),  # milliseconds
+        (1_700_000_001_000_000_000, 1_000_000_000),  # seconds (ext4 with small inodes)
+        (1_700_000_000_000_000_000, 2_000_000_000),  # an even second: FAT's two
+    ):
+        assert stamped(ctime).st_ctime_ns == ctime
+        assert not settled(stamped(ctime), ctime), ctime
+        assert not settled(stamped(ctime), ctime + step - 1), ctime
+        assert settled(stamped(ctime), ctime + step), ctime
+
+
+def test_a_file_written_after_it_was_looked_at_is_hashed_but_not_kept(tmp_path: Path) -> None:
+    """The racily clean file: had the digest been kept, a second write in the same tick,
+    of the same size, would leave stat showing what it showed, and the old digest would
+    stand for the new content."""
+    path = tmp_path / "Generated.java"
+    cache = DigestCache()
+    looked_at = file_clock_ns()
+    path.write_bytes(b"one")  # stamped now, or later: not before looked_at
+    info = os.stat(path)
+    cache.store(str(path), info, hashlib.sha256(b"one").hexdigest(), looked_at)
+    assert cache.files_hashed == 1
+    assert cache.known(str(path), info) is None  # not kept: the next look hashes it again
+    wait_until_settled(path)
+    assert cache.digest(str(path)) == hashlib.sha256(b"one").hexdigest()
+    assert cache.known(str(path), os.stat(path)) is not None  # settled: kept
+    assert cache.files_hashed == 2
+
+
+def test_every_way_in_takes_the_file_clock_before_its_look(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """read() and the quick path both take the clock before they stat: with a clock that
+    never passes any stamp, nothing is kept."""
+    path = tmp_path / "A.java"
+    path.write_bytes(b"class A {}\n")
+    wait_until_settled(path)
+    monkeypatch.setattr(digests, "file_clock_ns", lambda: 0)
+    monkeypatch.setattr(quick_reads, "file_clock_ns", lambda: 0)
+    cache = DigestCache()
+    sha = hashlib.sha256(b"class A {}\n").hexdigest()
+    assert cache.digest(str(path)) == sha
+    root = quick_reads.QuickRoot.open(str(tmp_path))
+    assert root is not None
+    try:
+        assert root.digest("A.java", cache, 1 << 16) == (sha, len(b"class A {}\n"))
+    finally:
+        root.close()
+    assert cache.known(str(path), os.stat(path)) is None
+    assert cache.files_hashed == 2

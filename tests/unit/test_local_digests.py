@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.file_clock import wait_until_settled
 from worker_runtime.backends.manager import BackendManager
 from worker_runtime.config import RuntimeConfig
 from worker_runtime.envelope import Envelope, write_envelope
@@ -40,6 +41,8 @@ def test_small_files_are_hashed_on_the_loop_and_then_known(tmp_path: Path) -> No
     (tmp_path / "tools" / "worker.jar").write_text("v1")
     local = executor(tmp_path, "tools/worker.jar")
     request = action(tmp_path, ("src/A.java", "lib/b.jar"))
+    wait_until_settled(tmp_path / "tools" / "worker.jar", tmp_path / "src" / "A.java")
+    wait_until_settled(tmp_path / "lib" / "b.jar")
     quick = local.quick_digests(request)
     assert quick is not None
     inputs, tools = quick
@@ -75,6 +78,7 @@ def test_more_to_hash_than_the_budget_goes_off_the_loop(tmp_path: Path) -> None:
     local = executor(tmp_path)
     half = MAX_QUICK_HASH_BYTES // 2 + 1
     request = action(tmp_path, ("A.java", "B.java"), size=half)  # each fits, not both
+    wait_until_settled(tmp_path / "A.java", tmp_path / "B.java")
     hashed = local.manager.digests.files_hashed
     assert local.quick_digests(request) is None
     read = local.digests(request)

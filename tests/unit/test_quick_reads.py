@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from tests.argfile_vectors import CASES, Case, parametrize_cases
+from tests.file_clock import wait_until_settled
 from worker_runtime.digests import DigestCache
 from worker_runtime.envelope import Envelope, read_envelope, write_envelope
 from worker_runtime.errors import RequestError
@@ -161,6 +162,7 @@ def test_a_digest_is_known_only_for_the_file_as_it_was_hashed(
     (tmp_path / "src").mkdir()
     source = tmp_path / "src" / "A.java"
     source.write_text("class A {}\n")
+    wait_until_settled(source)
     assert root.digest("src/A.java", cache) is None  # never hashed, and no bytes allowed
     assert cache.files_hashed == 0
     hashed = cache.read(os.path.join(root.root, "src/A.java"))
@@ -174,6 +176,7 @@ def test_a_small_file_is_hashed_at_once_and_then_known(root: QuickRoot, tmp_path
     cache = DigestCache()
     content = b"class A {}\n"
     (tmp_path / "A.java").write_bytes(content)
+    wait_until_settled(tmp_path / "A.java")
     sha = hashlib.sha256(content).hexdigest()
     assert root.digest("A.java", cache, len(content) - 1) is None  # over the budget
     assert root.digest("A.java", cache, len(content)) == (sha, len(content))
@@ -186,6 +189,7 @@ def test_a_small_file_is_hashed_at_once_and_then_known(root: QuickRoot, tmp_path
 def test_a_digest_is_kept_under_the_name_the_slow_path_looks_for(tmp_path: Path) -> None:
     """The cache's key is os.path.join(root, name), however the root was spelled."""
     (tmp_path / "A.java").write_text("class A {}\n")
+    wait_until_settled(tmp_path / "A.java")
     for spelling in (str(tmp_path), str(tmp_path) + "/"):
         cache = DigestCache()
         root = QuickRoot.open(spelling)

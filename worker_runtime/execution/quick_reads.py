@@ -28,7 +28,7 @@ import platform
 import stat
 import sys
 
-from worker_runtime.digests import DigestCache
+from worker_runtime.digests import DigestCache, file_clock_ns
 from worker_runtime.envelope import Envelope, parse_envelope
 from worker_runtime.errors import RequestError
 from worker_runtime.protocol.argfiles import argfile_text, is_argfile, split_lines
@@ -231,12 +231,13 @@ class QuickRoot:
             return known, 0
         if info.st_size > max_bytes:
             return None
+        looked_at_ns = file_clock_ns()
         found = self._contents(name, max_bytes)
         if found is None:
             return None
         data, info = found  # as read: the file may have changed since the look
         value = hashlib.sha256(data).hexdigest()
-        digests.store(path, info, value)
+        digests.store(path, info, value, looked_at_ns)
         return value, len(data)
 
     def expand(self, args: tuple[str, ...]) -> list[str] | None:

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from tests.imports import modules_loaded_by
-from worker_runtime.daemon import handover
+from worker_runtime.daemon import handover, refusal
 from worker_runtime.daemon.control import (
     MAX_LINE,
     ControlClient,
@@ -196,3 +196,23 @@ def test_too_many_descriptors_or_bytes_end_the_connection_and_close_them() -> No
     daemon.close()
     writer.join(30)
     front.close()
+
+
+def test_a_refusal_that_cannot_serve_still_closes_the_socket(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """serve_refusal takes the early socket's descriptor; if serving it fails, the
+    descriptor is closed there, not left to the garbage collector."""
+    path = str(tmp_path / "worker.sock")
+    listen_early(path)
+    early = take_early(path)
+    assert early is not None
+    fd = early.fileno()
+
+    def no_server(*args: object) -> None:
+        raise RuntimeError("no server")
+
+    monkeypatch.setattr(refusal, "H2SocketServer", no_server)
+    with pytest.raises(RuntimeError, match="no server"):
+        refusal.serve_refusal(early, "the config was refused", [])
+    assert not is_open(fd)

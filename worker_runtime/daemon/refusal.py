@@ -67,4 +67,7 @@ def serve_refusal(early: _socket.socket, reason: str, received: list[int]) -> No
         await stop.wait()
         await server.drain_and_stop(1.0)
 
-    asyncio.run(serve())
+    try:
+        asyncio.run(serve())
+    finally:
+        listener.close()  # early's descriptor is this socket's now: the caller's close is empty

@@ -8,13 +8,17 @@ import errno
 import hashlib
 import os
 import stat
+import sys
 import threading
 import time
 from collections import OrderedDict
 
 #: ``CLOCK_REALTIME_COARSE`` (<linux/time.h>; Python names no constant for it): the clock
-#: the kernel stamps a file's times with, which moves once a tick (a few ms).
-_CLOCK_REALTIME_COARSE = 5
+#: Linux stamps a file's times with, which moves once a tick (a few ms). Other systems
+#: give the number 5 to other clocks.
+_CLOCK_REALTIME_COARSE = 5 if sys.platform == "linux" else None
+#: Elsewhere the stamps' clock is not known: the real-time clock, a second back.
+_UNKNOWN_FILE_CLOCK_MARGIN_NS = 1_000_000_000
 
 
 class DigestCache:
@@ -27,6 +31,12 @@ class DigestCache:
     field ``stat`` shows as it was (git calls such a file racily clean), and the next
     look would take the old digest for the new content. Thread-safe; holds at most
     ``max_entries`` entries (least recently used go).
+
+    What the rule cannot see, as git cannot: a write already under way when the file is
+    looked at (a write is stamped as it starts), stores through a writable mapping to a
+    page already dirty, a file system that stamps with another machine's clock running
+    behind this one's (a network file system's server), and this clock stepped back
+    over a kept digest's stamp.
     """
 
     def __init__(self, max_entries: int = 100_000) -> None:
@@ -65,10 +75,17 @@ class DigestCache:
         known = self.known(path, info)
         if known is not None:
             return known
-        hasher = hashlib.sha256()
-        with open(path, "rb") as handle:
-            while chunk := handle.read(1 << 20):
+        # Not blocking: a FIFO put at the path since the stat opens without a writer.
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+        try:
+            info = os.fstat(fd)  # of what is read: the path may name another file by now
+            if not stat.S_ISREG(info.st_mode):
+                raise OSError(errno.EINVAL, "not a regular file", path)
+            hasher = hashlib.sha256()
+            while chunk := os.read(fd, 1 << 20):
                 hasher.update(chunk)
+        finally:
+            os.close(fd)
         value = hasher.hexdigest()
         self.store(path, info, value, looked_at_ns)
         return value
@@ -88,17 +105,23 @@ class DigestCache:
 
 
 def file_clock_ns() -> int:
-    """Now, on the clock the kernel stamps file times with."""
+    """Now, on the clock the kernel stamps file times with (or, where that clock is not
+    known, a time no later than it)."""
+    if _CLOCK_REALTIME_COARSE is None:
+        return time.time_ns() - _UNKNOWN_FILE_CLOCK_MARGIN_NS
     return time.clock_gettime_ns(_CLOCK_REALTIME_COARSE)
 
 
 def settled(info: os.stat_result, looked_at_ns: int) -> bool:
-    """Whether any write after ``looked_at_ns`` (``file_clock_ns()`` then) must change
-    the ctime ``info`` shows. It does when that ctime is earlier by at least the file
-    system's step: a write is stamped with the clock then, or later (fine-grained
-    stamps, Linux 6.13+), cut down to the file system's step. The step is not known; a
-    stamp cut to one is a multiple of it, so the largest power of ten up to a second
-    dividing the ctime bounds it (two seconds for an even second: FAT's step)."""
+    """Whether any write that starts after ``looked_at_ns`` (``file_clock_ns()`` then)
+    must change the ctime ``info`` shows. It does when that ctime is earlier by at least
+    the file system's step: a write is stamped with the clock then, or later
+    (fine-grained stamps, Linux 6.13+), cut down to the file system's step. The step is
+    not known; a stamp cut to one is a multiple of it, so the largest power of ten up to
+    a second dividing the ctime bounds it (two seconds for an even second: FAT's step).
+    A step that is not a power of ten (Linux allows any divisor of a second; the file
+    systems it builds in use powers of ten, and FAT two seconds) can be guessed too
+    small."""
     ctime = info.st_ctime_ns
     step = 1
     while step < 1_000_000_000 and ctime % (step * 10) == 0:

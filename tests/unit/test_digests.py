@@ -109,7 +109,7 @@ def test_a_file_written_after_it_was_looked_at_is_hashed_but_not_kept(tmp_path: 
     path = tmp_path / "Generated.java"
     cache = DigestCache()
     looked_at = file_clock_ns()
-    path.write_bytes(b"one")  # stamped now, or later: not before looked_at
+    path.write_bytes(b"one")  # stamped now or later, cut to the file system's step
     info = os.stat(path)
     cache.store(str(path), info, hashlib.sha256(b"one").hexdigest(), looked_at)
     assert cache.files_hashed == 1
@@ -141,3 +141,46 @@ def test_every_way_in_takes_the_file_clock_before_its_look(
         root.close()
     assert cache.known(str(path), os.stat(path)) is None
     assert cache.files_hashed == 2
+
+
+def test_what_is_kept_is_the_digest_of_the_file_that_was_read(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A path that names another file between read()'s stat and its open: the digest is
+    kept under the signature of the file read, not of the one the stat saw."""
+    path = tmp_path / "current.jar"
+    path.write_bytes(b"v1")
+    replacement = tmp_path / "next.jar"
+    replacement.write_bytes(b"v2")
+    wait_until_settled(path, replacement)
+    first = os.stat(path)
+    real_open = os.open
+
+    def open_after_a_swap(name: str, flags: int) -> int:
+        if name == str(path):
+            replacement.replace(path)  # as a release script would, between stat and open
+        return real_open(name, flags)
+
+    monkeypatch.setattr(digests.os, "open", open_after_a_swap)
+    monkeypatch.setattr(digests, "file_clock_ns", lambda: 1 << 62)  # every stamp settled
+    cache = DigestCache()
+    assert cache.digest(str(path)) == hashlib.sha256(b"v2").hexdigest()
+    assert cache.known(str(path), first) is None  # v1's signature holds nothing
+    assert cache.known(str(path), os.stat(path)) == hashlib.sha256(b"v2").hexdigest()
+
+
+def test_a_fifo_put_in_a_files_place_is_not_waited_for(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "input"
+    path.write_bytes(b"x")
+    real_open = os.open
+
+    def open_after_a_fifo(name: str, flags: int) -> int:
+        path.unlink()
+        os.mkfifo(path)  # nobody will ever write to it
+        return real_open(name, flags)
+
+    monkeypatch.setattr(digests.os, "open", open_after_a_fifo)
+    with pytest.raises(OSError, match="not a regular file"):
+        DigestCache().read(str(path))

@@ -11,17 +11,22 @@ import signal
 import tempfile
 import threading
 import time
+import uuid
 from collections.abc import Iterator
 from concurrent.futures import Future
 from pathlib import Path
 
+import grpc
 import pytest
 
 from tests.clusters import cluster, executor_metrics, private_cluster
 from tests.conftest import REPO_ROOT, RUNTIME, is_gone, wait_gone
+from tests.integration.test_reapi_wire import serialized, upload
 from tests.unix_proxy import UnixProxy
 from tests.worker_identity import host_pid, live_host_pids, reported
 from worker_runtime.envelope import Envelope, write_envelope
+from worker_runtime.proto import remote_execution_pb2 as re_pb2
+from worker_runtime.proto import remote_execution_pb2_grpc as re_grpc
 from worker_runtime.proto.buck2_worker_pb2 import ExecuteResponse
 from workers_dev.emulator import Buck2Worker, make_command
 
@@ -709,3 +714,32 @@ def test_blobs_the_server_lost_are_uploaded_again(tmp_path: Path, engine: Path) 
         second = worker.execute(make_command(["@l2.args"], env=env))
     assert second.exit_code == 0, second.stderr
     assert (root / "out" / "l2.txt").read_text().startswith(f"lost {tmp_path}\n")
+
+
+def test_a_command_with_a_working_directory_is_refused_not_run_elsewhere(engine: Path) -> None:
+    """REAPI's Command.working_directory is not supported by the executor: such an
+    action fails with INVALID_ARGUMENT naming it (not retried), instead of running, and
+    taking its outputs, in the input root."""
+    with grpc.insecure_channel(f"unix://{engine}/run/buildgrid.sock") as channel:
+        (root_digest,) = upload(channel, serialized(re_pb2.Directory()))
+        command = re_pb2.Command(
+            arguments=["/bin/true", uuid.uuid4().hex],  # new: never in the action cache
+            output_paths=["out"],
+            working_directory="sub",
+        )
+        (command_digest,) = upload(channel, serialized(command))
+        action = re_pb2.Action(command_digest=command_digest, input_root_digest=root_digest)
+        (action_digest,) = upload(channel, serialized(action))
+        request = re_pb2.ExecuteRequest(
+            instance_name="main", action_digest=action_digest, skip_cache_lookup=True
+        )
+        done = None
+        for operation in re_grpc.ExecutionStub(channel).Execute(request, timeout=120):
+            if operation.done:
+                done = operation
+                break
+    assert done is not None
+    response = re_pb2.ExecuteResponse()
+    assert done.response.Unpack(response)
+    assert response.status.code == 3, response.status  # INVALID_ARGUMENT
+    assert "working directory ('sub')" in response.status.message

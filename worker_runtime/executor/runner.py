@@ -135,6 +135,13 @@ class ActionRunner:
         fetch_started_ns = time.time_ns()
         command = re_pb2.Command()
         command.ParseFromString(self.cas.read(action.command_digest))
+        if command.working_directory:  # refused, not run in the input root instead
+            raise ActionError(
+                f"its command names a working directory ({command.working_directory!r}), "
+                "which this executor does not support: it runs every command, and takes "
+                "every output path, in the input root (as Buck2 and worker-runtime send "
+                "them); send the action without one"
+            )
         directory = self.workdir / "actions" / uuid.uuid4().hex
         directory.mkdir(parents=True)
         try:

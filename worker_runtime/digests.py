@@ -68,13 +68,13 @@ class DigestCache:
     def read(self, path: str) -> str:
         """The hex digest of the file at ``path``; OSError (with its strerror) if it
         cannot be read or is not a regular file."""
-        looked_at_ns = file_clock_ns()
         info = os.stat(path)
         if not stat.S_ISREG(info.st_mode):
             raise OSError(errno.EINVAL, "not a regular file", path)
         known = self.known(path, info)
         if known is not None:
             return known
+        looked_at_ns = file_clock_ns()  # before the fstat kept with the digest, as store asks
         # Not blocking: a FIFO put at the path since the stat opens without a writer.
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
         try:

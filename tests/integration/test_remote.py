@@ -743,3 +743,39 @@ def test_a_command_with_a_working_directory_is_refused_not_run_elsewhere(engine:
     assert done.response.Unpack(response)
     assert response.status.code == 3, response.status  # INVALID_ARGUMENT
     assert "working directory ('sub')" in response.status.message
+
+
+def test_an_output_past_the_executors_limit_fails_the_action_and_spares_the_executor(
+    engine: Path,
+) -> None:
+    """A tenant's sparse file of 2 GB (no disk, all of it in memory if read) passes the
+    executor's default output limit of 1024 MB: the action fails RESOURCE_EXHAUSTED naming
+    the file and the limit, the file is never read, and the executor runs the next action."""
+    with grpc.insecure_channel(f"unix://{engine}/run/buildgrid.sock") as channel:
+        (root_digest,) = upload(channel, serialized(re_pb2.Directory()))
+
+        def execute(script: str) -> re_pb2.ExecuteResponse:
+            command = re_pb2.Command(
+                arguments=["/bin/sh", "-c", script, uuid.uuid4().hex],  # never cached
+                output_paths=["out/big"],
+            )
+            (command_digest,) = upload(channel, serialized(command))
+            action = re_pb2.Action(command_digest=command_digest, input_root_digest=root_digest)
+            (action_digest,) = upload(channel, serialized(action))
+            request = re_pb2.ExecuteRequest(
+                instance_name="main", action_digest=action_digest, skip_cache_lookup=True
+            )
+            for operation in re_grpc.ExecutionStub(channel).Execute(request, timeout=120):
+                if operation.done:
+                    response = re_pb2.ExecuteResponse()
+                    assert operation.response.Unpack(response)
+                    return response
+            raise AssertionError("the operation never finished")
+
+        refused = execute("truncate -s 2G out/big")
+        assert refused.status.code == 8, refused.status  # RESOURCE_EXHAUSTED
+        assert "out/big takes the outputs past 1024.0 MB" in refused.status.message
+        assert "--max-output-mb" in refused.status.message
+        fine = execute("echo small > out/big")
+        assert fine.status.code == 0, fine.status
+        assert [f.path for f in fine.result.output_files] == ["out/big"]

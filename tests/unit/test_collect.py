@@ -1,5 +1,6 @@
 """Reading an action's outputs never follows a symlink: not the output itself, not a
-directory on its way, not an entry of an output directory."""
+directory on its way, not an entry of an output directory. And it stops at the action's
+budget: a sparse file, a file still growing, a huge or deep tree ends as OutputTooLarge."""
 
 from __future__ import annotations
 
@@ -8,7 +9,21 @@ from pathlib import Path
 
 import pytest
 
-from worker_runtime.executor.collect import OutputDirectory, OutputFile, UnsafeOutput, read_output
+from worker_runtime.executor.collect import (
+    OutputBudget,
+    OutputDirectory,
+    OutputFile,
+    OutputTooLarge,
+    UnsafeOutput,
+    read_capped,
+    read_output,
+)
+
+MB = 1 << 20
+
+
+def budget() -> OutputBudget:
+    return OutputBudget(MB)
 
 
 def test_files_and_trees_are_read(tmp_path: Path) -> None:
@@ -17,18 +32,18 @@ def test_files_and_trees_are_read(tmp_path: Path) -> None:
     (tmp_path / "out" / "d" / "b.sh").write_text("b")
     (tmp_path / "out" / "d" / "b.sh").chmod(0o755)
     (tmp_path / "out" / "d" / "e" / "a.txt").write_text("a")
-    assert read_output(str(tmp_path), "out/f.txt") == OutputFile(b"f", False)
-    tree = read_output(str(tmp_path), "out/d")
+    assert read_output(str(tmp_path), "out/f.txt", budget()) == OutputFile(b"f", False)
+    tree = read_output(str(tmp_path), "out/d", budget())
     assert isinstance(tree, OutputDirectory)
     assert tree.files == {"b.sh": OutputFile(b"b", True)}
     assert tree.directories["e"].files == {"a.txt": OutputFile(b"a", False)}
-    assert read_output(str(tmp_path), "out/missing") is None
-    assert read_output(str(tmp_path), "nowhere/missing") is None
+    assert read_output(str(tmp_path), "out/missing", budget()) is None
+    assert read_output(str(tmp_path), "nowhere/missing", budget()) is None
 
 
 def test_a_fifo_output_is_not_read_and_does_not_block(tmp_path: Path) -> None:
     os.mkfifo(tmp_path / "pipe")
-    assert read_output(str(tmp_path), "pipe") is None
+    assert read_output(str(tmp_path), "pipe", budget()) is None
 
 
 @pytest.mark.parametrize(
@@ -46,4 +61,53 @@ def test_a_symlink_anywhere_is_refused(tmp_path: Path, link: str, output: str) -
     (tmp_path / "action" / "tree").mkdir(parents=True)
     (tmp_path / "action" / link).symlink_to(secret / "secret" if "." in link else secret)
     with pytest.raises(UnsafeOutput, match="symlink"):
-        read_output(str(tmp_path / "action"), output)
+        read_output(str(tmp_path / "action"), output, budget())
+
+
+def test_a_sparse_file_past_the_budget_is_refused_before_it_is_read(tmp_path: Path) -> None:
+    with (tmp_path / "huge").open("wb") as handle:
+        handle.truncate(1 << 40)  # a terabyte that takes no disk
+    with pytest.raises(OutputTooLarge, match=r"huge takes the outputs past 1\.0 MB"):
+        read_output(str(tmp_path), "huge", budget())
+
+
+def test_the_budget_is_shared_by_all_the_outputs_of_an_action(tmp_path: Path) -> None:
+    for name in ("a", "b"):
+        (tmp_path / name).write_bytes(b"x" * (600 << 10))
+    shared = budget()
+    assert read_output(str(tmp_path), "a", shared) is not None
+    with pytest.raises(OutputTooLarge, match="b takes the outputs past"):
+        read_output(str(tmp_path), "b", shared)
+
+
+def test_a_file_that_grows_past_its_size_is_read_only_up_to_the_budget(tmp_path: Path) -> None:
+    """The size seen before the read is not trusted: the read itself stops at the budget
+    (read_capped is what reads every output file, stdout and stderr)."""
+    (tmp_path / "growing").write_bytes(b"x" * (3 * MB))
+    limited = budget()
+    fd = os.open(tmp_path / "growing", os.O_RDONLY)
+    try:
+        with pytest.raises(OutputTooLarge, match="growing takes the outputs past"):
+            read_capped(fd, "growing", limited)
+    finally:
+        os.close(fd)
+    assert limited.used_bytes <= MB
+
+
+def test_a_directory_nested_too_deep_is_refused(tmp_path: Path) -> None:
+    deep = tmp_path / "out"
+    for _ in range(10):
+        deep = deep / "d"
+    deep.mkdir(parents=True)
+    (deep / "leaf").write_text("x")
+    with pytest.raises(OutputTooLarge, match="nested more than 5 directories deep"):
+        read_output(str(tmp_path), "out", OutputBudget(MB, max_depth=5))
+    assert read_output(str(tmp_path), "out", OutputBudget(MB, max_depth=11)) is not None
+
+
+def test_a_directory_with_too_many_entries_is_refused_while_it_is_listed(tmp_path: Path) -> None:
+    (tmp_path / "out").mkdir()
+    for index in range(20):
+        (tmp_path / "out" / f"f{index}").write_text("")
+    with pytest.raises(OutputTooLarge, match="more than 10 files and directories"):
+        read_output(str(tmp_path), "out", OutputBudget(MB, max_entries=10))

@@ -23,6 +23,12 @@ def test_a_cancel_grace_must_be_positive(tmp_path: Path, grace: str) -> None:
     assert "--cancel-grace must be a number of seconds > 0" in result.stderr
 
 
+def test_an_output_limit_must_be_positive(tmp_path: Path) -> None:
+    result = executor(tmp_path, "--max-output-mb", "0")
+    assert result.returncode == 2
+    assert "--max-output-mb must be more than 0, not 0" in result.stderr
+
+
 def executor(
     tmp_path: Path, *args: str, as_nobody: bool = False
 ) -> subprocess.CompletedProcess[str]:
@@ -86,6 +92,7 @@ def test_the_help_names_every_default(tmp_path: Path) -> None:
     assert "75% of the machine's" in result.stdout and "default with --uid-range: 1024" in (
         " ".join(result.stdout.split())
     )
+    assert "RESOURCE_EXHAUSTED (default: 1024)" in " ".join(result.stdout.split())
 
 
 def test_with_tenants_memory_is_bounded_by_default_where_a_group_can_bound_it() -> None:

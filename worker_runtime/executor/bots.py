@@ -23,6 +23,7 @@ from worker_runtime.executor.blob_cache import BlobCache
 from worker_runtime.executor.limits import Confinement, Limits
 from worker_runtime.executor.metrics import ExecutorMetrics
 from worker_runtime.executor.runner import (
+    DEFAULT_MAX_OUTPUT_MB,
     ActionCancelled,
     ActionError,
     ActionNotRun,
@@ -80,6 +81,8 @@ class ExecutorSettings:
     sandbox: Sandbox | None = None
     #: The resource limits of each action and worker (none when all are None).
     limits: Limits = Limits()  # noqa: RUF009 - frozen
+    #: What the outputs of one action may take, stdout and stderr included.
+    max_output_mb: int = DEFAULT_MAX_OUTPUT_MB
 
 
 @dataclass
@@ -151,6 +154,7 @@ class Executor:
         runner = ActionRunner(
             self._cas(instance), self._blobs(instance), self.pool, self.settings.workdir,
             self.settings.bot_id, run_as, self.settings.sandbox, self.confinement,
+            self.settings.max_output_mb,
         )  # fmt: skip
         try:
             with self.metrics.execution_seconds.time():

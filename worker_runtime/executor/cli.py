@@ -18,6 +18,7 @@ from worker_runtime.executor.limits import (
     default_tenant_memory_mb,
 )
 from worker_runtime.executor.privileges import KEPT, keep_only_what_is_needed
+from worker_runtime.executor.runner import DEFAULT_MAX_OUTPUT_MB
 from worker_runtime.executor.sandbox import Sandbox, SandboxError
 from worker_runtime.executor.tenants import (
     TenantError,
@@ -55,6 +56,15 @@ def main(argv: Sequence[str]) -> int:
     )
     parser.add_argument("--memory-limit", type=int, metavar="MB", help="their total memory")
     parser.add_argument("--worker-idle-timeout", type=float, default=600.0, metavar="S")
+    parser.add_argument(
+        "--max-output-mb",
+        type=int,
+        default=DEFAULT_MAX_OUTPUT_MB,
+        metavar="MB",
+        help="what the outputs of one action, stdout and stderr included, may take; the "
+        "executor holds them in memory until they are uploaded, and an action that leaves "
+        f"more fails RESOURCE_EXHAUSTED (default: {DEFAULT_MAX_OUTPUT_MB})",
+    )
     parser.add_argument(
         "--cancel-grace",
         type=float,
@@ -105,6 +115,8 @@ def main(argv: Sequence[str]) -> int:
     ):  # fmt: skip
         parser.add_argument(name, type=kind, metavar="N", help=what)
     args = parser.parse_args(argv)
+    if args.max_output_mb <= 0:
+        parser.error(f"--max-output-mb must be more than 0, not {args.max_output_mb}")
     if args.cancel_grace <= 0:
         parser.error(f"--cancel-grace must be a number of seconds > 0, not {args.cancel_grace:g}")
     try:
@@ -149,7 +161,7 @@ def main(argv: Sequence[str]) -> int:
         workdir=args.workdir, max_workers=args.max_workers, memory_limit_mb=args.memory_limit,
         worker_idle_s=args.worker_idle_timeout, metrics_port=args.metrics_port,
         cancel_grace_s=args.cancel_grace, uid_range=uid_range, uid_map=args.uid_map,
-        sandbox=sandbox, limits=limits,
+        sandbox=sandbox, limits=limits, max_output_mb=args.max_output_mb,
     )  # fmt: skip
     if uid_range is not None:  # root, running tenants: root's other powers go
         try:

@@ -4,7 +4,12 @@ the way: every component is opened relative to the one before it with ``O_NOFOLL
 The executor reads outputs as root while the tenant's processes (a persistent worker, a
 child that left the action's process group) may still be changing the directory: a check
 of the path followed by a read by path would let them swap in a symlink in between and
-have root read any file for them. An fd-relative walk leaves no such window."""
+have root read any file for them. An fd-relative walk leaves no such window.
+
+The outputs are read whole into the executor's memory, so they are capped
+(:class:`OutputBudget`): a tenant's sparse file of a terabyte, a file that grows while it
+is read, or a directory nested thousands deep ends as :class:`OutputTooLarge`, never as
+the executor out of memory or file descriptors."""
 
 from __future__ import annotations
 
@@ -20,8 +25,57 @@ _DIRECTORY_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _FILE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 
 
+#: Read from an output file at a time (a file's size is checked before, its growth during).
+_CHUNK_BYTES = 1 << 20
+#: Levels of directories an output directory may have (each one open while it is read).
+MAX_OUTPUT_DEPTH = 128
+#: Files and directories all the outputs of one action may have together.
+MAX_OUTPUT_ENTRIES = 1 << 20
+
+
 class UnsafeOutput(Exception):
     """An output is, or passes through, a symlink."""
+
+
+class OutputTooLarge(Exception):
+    """The outputs pass what an action may leave (bytes, entries or depth)."""
+
+
+@dataclass
+class OutputBudget:
+    """What the outputs of one action may take together, checked as they are read."""
+
+    max_bytes: int
+    max_entries: int = MAX_OUTPUT_ENTRIES
+    max_depth: int = MAX_OUTPUT_DEPTH
+    used_bytes: int = 0
+    used_entries: int = 0
+
+    def take_entry(self, shown: str, depth: int) -> None:
+        self.used_entries += 1
+        if self.used_entries > self.max_entries:
+            raise OutputTooLarge(
+                f"the outputs have more than {self.max_entries} files and directories (at {shown})"
+            )
+        if depth > self.max_depth:
+            raise OutputTooLarge(
+                f"{shown} is nested more than {self.max_depth} directories deep in its output"
+            )
+
+    def check_size(self, shown: str, size: int) -> None:
+        if self.used_bytes + size > self.max_bytes:
+            raise OutputTooLarge(
+                f"{shown} takes the outputs past {_megabytes(self.max_bytes)} "
+                f"({_megabytes(self.used_bytes + size)} so far)"
+            )
+
+    def take_bytes(self, shown: str, size: int) -> None:
+        self.check_size(shown, size)
+        self.used_bytes += size
+
+
+def _megabytes(count: int) -> str:
+    return f"{count / (1 << 20):.1f} MB"
 
 
 @dataclass
@@ -58,10 +112,13 @@ def _is_symlink(name: str, dir_fd: int | None) -> bool:
         return False
 
 
-def read_output(root: str, relative: str) -> OutputFile | OutputDirectory | None:
+def read_output(
+    root: str, relative: str, budget: OutputBudget
+) -> OutputFile | OutputDirectory | None:
     """The output at ``relative`` (a safe relative path) under ``root``: a file, a
     directory tree, or None if absent or neither (a FIFO, a socket). UnsafeOutput if it
-    or a directory on its way is a symlink."""
+    or a directory on its way is a symlink; OutputTooLarge once it passes ``budget``
+    (shared by the outputs of one action)."""
     parts = relative.split("/")
     with contextlib.ExitStack() as stack:
         fd = stack.enter_context(_opened(root, _DIRECTORY_FLAGS, None, root))
@@ -76,25 +133,44 @@ def read_output(root: str, relative: str) -> OutputFile | OutputDirectory | None
             leaf = stack.enter_context(_opened(parts[-1], _FILE_FLAGS, fd, relative))
         except FileNotFoundError:
             return None
-        return _read(leaf, relative)
+        budget.take_entry(relative, 0)
+        return _read(leaf, relative, budget, 0)
 
 
-def _read(fd: int, shown: str) -> OutputFile | OutputDirectory | None:
-    mode = os.fstat(fd).st_mode
-    if stat.S_ISREG(mode):
-        with os.fdopen(os.dup(fd), "rb") as handle:
-            return OutputFile(handle.read(), bool(mode & 0o111))
-    if not stat.S_ISDIR(mode):
+def _read(
+    fd: int, shown: str, budget: OutputBudget, depth: int
+) -> OutputFile | OutputDirectory | None:
+    status = os.fstat(fd)
+    if stat.S_ISREG(status.st_mode):
+        budget.check_size(shown, status.st_size)  # a sparse file: refused before any read
+        return OutputFile(read_capped(fd, shown, budget), bool(status.st_mode & 0o111))
+    if not stat.S_ISDIR(status.st_mode):
         return None
+    listed = []
+    with os.scandir(fd) as listing:  # counted as listed: a huge directory stops early
+        for entry in listing:
+            budget.take_entry(f"{shown}/{entry.name}", depth + 1)
+            listed.append(entry)
     tree = OutputDirectory()
-    for entry in sorted(os.scandir(fd), key=lambda e: e.name):
+    for entry in sorted(listed, key=lambda e: e.name):
         name = f"{shown}/{entry.name}"
         if entry.is_symlink():
             raise UnsafeOutput(f"output directory entry {name} is a symlink")
         with _opened(entry.name, _FILE_FLAGS, fd, name) as child:
-            found = _read(child, name)
+            found = _read(child, name, budget, depth + 1)
         if isinstance(found, OutputFile):
             tree.files[entry.name] = found
         elif isinstance(found, OutputDirectory):
             tree.directories[entry.name] = found
     return tree
+
+
+def read_capped(fd: int, shown: str, budget: OutputBudget) -> bytes:
+    """The bytes of ``fd`` from where it stands, read in chunks to its end or until they
+    pass the budget (a file may still be growing: a worker's process can outlive the
+    action)."""
+    chunks = []
+    while chunk := os.read(fd, _CHUNK_BYTES):
+        budget.take_bytes(shown, len(chunk))
+        chunks.append(chunk)
+    return b"".join(chunks)

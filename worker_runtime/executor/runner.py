@@ -24,7 +24,15 @@ from pathlib import Path
 from worker_runtime.backends.key import PERSISTENT_WORKER_FLAG, WorkerKey
 from worker_runtime.errors import RequestError
 from worker_runtime.executor.blob_cache import BlobCache
-from worker_runtime.executor.collect import OutputDirectory, OutputFile, UnsafeOutput, read_output
+from worker_runtime.executor.collect import (
+    OutputBudget,
+    OutputDirectory,
+    OutputFile,
+    OutputTooLarge,
+    UnsafeOutput,
+    read_capped,
+    read_output,
+)
 from worker_runtime.executor.launch import launch
 from worker_runtime.executor.limits import Confinement, Group
 from worker_runtime.executor.sandbox import Sandbox, wants_network
@@ -62,6 +70,9 @@ _REMOVER = ThreadPoolExecutor(max_workers=1, thread_name_prefix="discard")
 #: Inlined in the ActionResult: blobs up to this size, up to this much in all.
 INLINE_MAX_BYTES = 16 << 10
 INLINE_TOTAL_BYTES = 256 << 10
+#: What the outputs of one action (stdout and stderr included) may take by default: the
+#: executor holds them in memory until they are uploaded.
+DEFAULT_MAX_OUTPUT_MB = 1024
 
 
 class ActionError(RuntimeError):
@@ -113,6 +124,7 @@ class ActionRunner:
         run_as: RunAs = RunAs(),  # noqa: B008 - frozen
         sandbox: Sandbox | None = None,
         confinement: Confinement | None = None,
+        max_output_mb: int = DEFAULT_MAX_OUTPUT_MB,
     ) -> None:
         self.cas = cas
         self.blobs = blobs
@@ -125,6 +137,8 @@ class ActionRunner:
         self.sandbox = sandbox
         #: Their resource limits (None: none).
         self.confinement = confinement
+        #: What the outputs of one action may take, stdout and stderr included.
+        self.max_output_mb = max_output_mb
 
     def run(
         self, action: re_pb2.Action, instance: str, cancelled: threading.Event | None = None
@@ -144,6 +158,7 @@ class ActionRunner:
             )
         directory = self.workdir / "actions" / uuid.uuid4().hex
         directory.mkdir(parents=True)
+        budget = OutputBudget(self.max_output_mb << 20)
         try:
             inputs = self._materialize(action.input_root_digest, directory)
             _make_output_parents(command, directory)
@@ -162,18 +177,28 @@ class ActionRunner:
                 code, stdout, stderr, reused, pid = self._persistent(
                     instance, properties, startup, request_args, env, inputs, timeout, cancelled
                 )
+                budget.take_bytes("its worker's output", len(stderr))
                 mode = "persistent"
             else:
                 code, stdout, stderr = self._oneshot(
                     list(command.arguments), env, directory, timeout, cancelled,
-                    wants_network(properties),
+                    wants_network(properties), budget,
                 )  # fmt: skip
                 reused, pid, mode = False, 0, "oneshot"
             finished_ns = time.time_ns()
-            result = self._result(command, directory, code, stdout, stderr, started, finished_ns)
+            result = self._result(
+                command, directory, code, stdout, stderr, started, finished_ns, budget
+            )
             result.execution_metadata.input_fetch_start_timestamp.FromNanoseconds(fetch_started_ns)
             result.execution_metadata.input_fetch_completed_timestamp.FromNanoseconds(fetched_ns)
             return ActionOutcome(result, mode, reused, pid)
+        except OutputTooLarge as exc:
+            raise ActionNotRun(
+                f"the action left more than this executor takes: {exc} (an action's outputs, "
+                f"its stdout and stderr included, may take {self.max_output_mb} MB in all "
+                "here, set by the executor's --max-output-mb; make the action leave less)",
+                RESOURCE_EXHAUSTED,
+            ) from None
         finally:
             self._discard(directory)
 
@@ -227,11 +252,14 @@ class ActionRunner:
         timeout: int,
         cancelled: threading.Event,
         network: bool,
+        budget: OutputBudget,
     ) -> tuple[int, bytes, bytes]:
         run_env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), **env}
         group = self.confinement.group("action") if self.confinement is not None else None
         try:
-            return self._run_oneshot(argv, run_env, directory, timeout, cancelled, network, group)
+            return self._run_oneshot(
+                argv, run_env, directory, timeout, cancelled, network, group, budget
+            )
         finally:
             if group is not None:
                 group.remove()  # and with it whatever the action left running
@@ -245,6 +273,7 @@ class ActionRunner:
         cancelled: threading.Event,
         network: bool,
         group: Group | None,
+        budget: OutputBudget,
     ) -> tuple[int, bytes, bytes]:
         started = launch(
             argv, run_as=self.run_as, sandbox=self.sandbox, group=group,
@@ -291,7 +320,8 @@ class ActionRunner:
                 )
             out.seek(0)
             err.seek(0)
-            return process.returncode, out.read(), err.read()
+            stdout = read_capped(out.fileno(), "its stdout", budget)
+            return process.returncode, stdout, read_capped(err.fileno(), "its stderr", budget)
 
     def _persistent(
         self,
@@ -373,9 +403,10 @@ class ActionRunner:
         stderr: bytes,
         started: float,
         finished_ns: int,
+        budget: OutputBudget,
     ) -> re_pb2.ActionResult:
         blobs = Blobs()
-        budget = _InlineBudget()
+        inline = _InlineBudget()
         result = re_pb2.ActionResult(exit_code=code)
         wanted = list(command.output_paths) or [*command.output_files, *command.output_directories]
         for output in sorted(set(wanted)):
@@ -384,7 +415,7 @@ class ActionRunner:
             except UnsafePathError as exc:
                 raise ActionError(str(exc)) from None
             try:
-                found = read_output(str(directory), relative)
+                found = read_output(str(directory), relative, budget)
             except UnsafeOutput as exc:
                 raise ActionError(
                     f"output {output!r}: {exc}; outputs are read from the action's directory only"
@@ -394,7 +425,7 @@ class ActionRunner:
                 blobs.data[digest_key(digest)] = found.data
                 result.output_files.add(
                     path=relative, digest=digest, is_executable=found.executable,
-                    contents=budget.take(found.data),
+                    contents=inline.take(found.data),
                 )  # fmt: skip
             elif isinstance(found, OutputDirectory):
                 data = _tree(found, blobs).SerializeToString(deterministic=True)
@@ -406,7 +437,7 @@ class ActionRunner:
             if data:
                 blobs.data[digest_key(digest)] = data
             getattr(result, f"{name}_digest").CopyFrom(digest)
-            setattr(result, f"{name}_raw", budget.take(data))
+            setattr(result, f"{name}_raw", inline.take(data))
         metadata = result.execution_metadata
         metadata.worker = self.bot_id
         metadata.execution_start_timestamp.FromNanoseconds(int(started * 1e9))

@@ -23,6 +23,12 @@ def test_a_cancel_grace_must_be_positive(tmp_path: Path, grace: str) -> None:
     assert "--cancel-grace must be a number of seconds > 0" in result.stderr
 
 
+def test_a_shutdown_grace_must_not_be_negative(tmp_path: Path) -> None:
+    result = executor(tmp_path, "--shutdown-grace", "-1")
+    assert result.returncode == 2
+    assert "--shutdown-grace must be a number of seconds >= 0, not -1" in result.stderr
+
+
 def test_an_output_limit_must_be_positive(tmp_path: Path) -> None:
     result = executor(tmp_path, "--max-output-mb", "0")
     assert result.returncode == 2

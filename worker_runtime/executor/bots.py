@@ -14,6 +14,7 @@ import signal
 import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import wait as wait_for_futures
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -57,6 +58,10 @@ SHORT_POLL_S = 0.5
 #: While leases run, the session is renewed this often (the heartbeat, and how soon a
 #: cancelled lease is seen); a lease that ends sooner is reported at once instead.
 HEARTBEAT_S = 0.2
+#: On SIGTERM, how long running actions have to finish by default.
+DEFAULT_SHUTDOWN_GRACE_S = 30.0
+#: On the way out, how long the threads of actions stopped past the grace have to end.
+STOPPED_ACTIONS_WAIT_S = 5.0
 
 
 @dataclass
@@ -69,7 +74,7 @@ class ExecutorSettings:
     max_workers: int
     memory_limit_mb: int | None
     worker_idle_s: float
-    shutdown_grace_s: float = 30.0
+    shutdown_grace_s: float = DEFAULT_SHUTDOWN_GRACE_S
     #: How long a multiplex worker has to answer a cancel before it is discarded.
     cancel_grace_s: float = CANCEL_GRACE_S
     metrics_port: int | None = None
@@ -218,7 +223,15 @@ class Executor:
                 stopping_since is not None
                 and time.monotonic() - stopping_since > self.settings.shutdown_grace_s
             ):
-                LOGGER.warning("shutdown grace over with %d leases running", len(self._running))
+                running = len(self._running)
+                LOGGER.warning(
+                    "shutdown grace of %g s over with %d lease%s running: stopping %s "
+                    "(handed back to the server)",
+                    self.settings.shutdown_grace_s, running, "" if running == 1 else "s",
+                    "it" if running == 1 else "them",
+                )  # fmt: skip
+                for event in self._cancel_events.values():
+                    event.set()  # one-shot groups killed, persistent workers too
                 break
             if self._running and not reported and not self._any_done():
                 # Leases run: no update until one ends or the heartbeat is due. A short
@@ -250,6 +263,9 @@ class Executor:
             self.bots.UpdateBotSession(
                 bots_pb2.UpdateBotSessionRequest(name=session.name, bot_session=session), timeout=5
             )
+        # The stopped actions' threads end within moments (a kill, a reap, their
+        # directory moved away); one still fetching its inputs is not waited for long.
+        wait_for_futures(list(self._running.values()), timeout=STOPPED_ACTIONS_WAIT_S)
         self.pool.stop_all()
         if self.confinement is not None:
             self.confinement.clear()

@@ -10,7 +10,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from worker_runtime.executor.bots import ExecutorSettings, run_executor
+from worker_runtime.executor.bots import DEFAULT_SHUTDOWN_GRACE_S, ExecutorSettings, run_executor
 from worker_runtime.executor.limits import (
     DEFAULT_TENANT_MEMORY_SHARE,
     DEFAULT_TENANT_PIDS,
@@ -56,6 +56,15 @@ def main(argv: Sequence[str]) -> int:
     )
     parser.add_argument("--memory-limit", type=int, metavar="MB", help="their total memory")
     parser.add_argument("--worker-idle-timeout", type=float, default=600.0, metavar="S")
+    parser.add_argument(
+        "--shutdown-grace",
+        type=float,
+        default=DEFAULT_SHUTDOWN_GRACE_S,
+        metavar="S",
+        help="on SIGTERM, how long running actions have to finish; those still running "
+        "then are stopped and handed back to the server (default: "
+        f"{DEFAULT_SHUTDOWN_GRACE_S:g})",
+    )
     parser.add_argument(
         "--max-output-mb",
         type=int,
@@ -115,6 +124,10 @@ def main(argv: Sequence[str]) -> int:
     ):  # fmt: skip
         parser.add_argument(name, type=kind, metavar="N", help=what)
     args = parser.parse_args(argv)
+    if args.shutdown_grace < 0:
+        parser.error(
+            f"--shutdown-grace must be a number of seconds >= 0, not {args.shutdown_grace:g}"
+        )
     if args.max_output_mb <= 0:
         parser.error(f"--max-output-mb must be more than 0, not {args.max_output_mb}")
     if args.cancel_grace <= 0:
@@ -162,6 +175,7 @@ def main(argv: Sequence[str]) -> int:
         worker_idle_s=args.worker_idle_timeout, metrics_port=args.metrics_port,
         cancel_grace_s=args.cancel_grace, uid_range=uid_range, uid_map=args.uid_map,
         sandbox=sandbox, limits=limits, max_output_mb=args.max_output_mb,
+        shutdown_grace_s=args.shutdown_grace,
     )  # fmt: skip
     if uid_range is not None:  # root, running tenants: root's other powers go
         try:

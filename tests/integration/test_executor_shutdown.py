@@ -1,0 +1,125 @@
+"""An executor told to stop (SIGTERM) lets what runs finish for up to its
+`--shutdown-grace`; past it, the actions still running are stopped (their process groups
+killed), their leases handed back to the server, and the executor exits. It never waits
+out an action's own timeout. Needs what tests/integration/test_cluster.py needs."""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+
+from tests.clusters import private_cluster
+from tests.conftest import REPO_ROOT
+from tests.integration.test_reapi_wire import serialized, upload
+from worker_runtime.cluster import buildgrid
+from worker_runtime.cluster.commands import tenant_arguments
+from worker_runtime.cluster.layout import ClusterLayout
+from worker_runtime.proto import remote_execution_pb2 as re_pb2
+from worker_runtime.proto import remote_execution_pb2_grpc as re_grpc
+from worker_runtime.proto.google.longrunning import operations_pb2
+
+# Bringing PostgreSQL and BuildGrid up is part of the test's time.
+pytestmark = pytest.mark.timeout(300)
+
+
+@pytest.fixture(scope="module")
+def cluster_dir() -> Iterator[Path]:
+    with private_cluster("--executors", "0") as directory:
+        yield directory
+
+
+def processes_naming(token: str) -> list[int]:
+    """The pids whose command line holds ``token``."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            if token.encode() in (entry / "cmdline").read_bytes():
+                found.append(int(entry.name))
+        except OSError:
+            continue
+    return found
+
+
+def wait_until(check: Callable[[], object], what: str, log: Path, timeout_s: float = 60) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not check():
+        assert time.monotonic() < deadline, f"{what}; the executor's log:\n{log.read_text()}"
+        time.sleep(0.05)
+
+
+def test_past_the_shutdown_grace_running_actions_are_stopped_and_the_executor_exits(
+    tmp_path: Path, cluster_dir: Path
+) -> None:
+    layout = ClusterLayout(cluster_dir)
+    socket = f"unix://{cluster_dir}/run/buildgrid.sock"
+    log = tmp_path / "executor.log"
+    with open(log, "ab") as out:
+        executor = subprocess.Popen(
+            [sys.executable, "-m", "worker_runtime", "executor", "--server", socket,
+             "--instance", "main", "--bot-id", "grace-test", "--capacity", "1",
+             "--workdir", str(cluster_dir / "grace-executor"), "--shutdown-grace", "1",
+             *tenant_arguments(layout)],
+            cwd=REPO_ROOT, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )  # fmt: skip
+    token = uuid.uuid4().hex
+    try:
+        with grpc.insecure_channel(socket) as channel:
+            (root_digest,) = upload(channel, serialized(re_pb2.Directory()))
+            # The shell stays (its command line names the token) while its child sleeps
+            # far past the test: only a stop by the executor ends it in time.
+            command = re_pb2.Command(
+                arguments=["/bin/sh", "-c", f"sleep 600; : {token}"], output_paths=["out"]
+            )
+            (command_digest,) = upload(channel, serialized(command))
+            action = re_pb2.Action(command_digest=command_digest, input_root_digest=root_digest)
+            (action_digest,) = upload(channel, serialized(action))
+            request = re_pb2.ExecuteRequest(
+                instance_name="main", action_digest=action_digest, skip_cache_lookup=True
+            )
+            stream = re_grpc.ExecutionStub(channel).Execute(request, timeout=240)
+            seen: list[operations_pb2.Operation] = []
+
+            def read() -> None:
+                with contextlib.suppress(grpc.RpcError):  # cancelled at the end
+                    seen.extend(stream)
+
+            reader = threading.Thread(target=read, daemon=True)
+            reader.start()
+            wait_until(lambda: processes_naming(token), "the action never started", log)
+            executor.send_signal(signal.SIGTERM)
+            try:
+                code = executor.wait(timeout=60)  # the action alone would take 600 s
+            except subprocess.TimeoutExpired:
+                raise AssertionError(
+                    f"the executor still runs past its grace:\n{log.read_text()}"
+                ) from None
+            assert code == 0, log.read_text()
+            wait_until(lambda: not processes_naming(token), "the action outlived its executor", log)
+            text = log.read_text()
+            assert "shutdown grace of 1 s over with 1 lease running: stopping it" in text
+            # Stopped by the executor itself (its process group killed at once), not left
+            # to run until the executor's exit tears its control group down (which only
+            # an executor with groups has: as root, or with --limit-*).
+            assert "cancelled: cancelled while running" in text
+            # The lease went back to the server, not failed: its operation still waits
+            # for a bot.
+            assert reader.is_alive()
+            assert seen and not any(operation.done for operation in seen)
+            stream.cancel()
+    finally:
+        if executor.poll() is None:
+            buildgrid.stop(executor.pid)
+            executor.wait()

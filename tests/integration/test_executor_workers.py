@@ -23,6 +23,7 @@ from worker_runtime.backends.key import WorkerKey
 from worker_runtime.backends.process import BackendProcess
 from worker_runtime.executor.limits import Confinement, Limits
 from worker_runtime.executor.workers import (
+    AcquireCancelled,
     PersistentWorker,
     WorkerCancelled,
     WorkerFault,
@@ -95,6 +96,34 @@ def test_the_cap_evicts_the_least_recently_used_idle_worker(
     assert wait_gone([a.pid]) == [] and pool.evictions == 1
     assert sorted(pool.pids()) == sorted([b.pid, c.pid])
     pool.release(c, healthy=True)
+
+
+def test_a_wait_for_a_worker_at_the_cap_ends_when_its_lease_is_cancelled(
+    tmp_path: Path,
+) -> None:
+    """Every worker busy at the cap: a request of another key waits, and a cancel of its
+    lease ends the wait (it used to wait on until a worker became idle)."""
+    pool = WorkerPool(tmp_path / "workers", max_workers=1, memory_limit_mb=None, idle_s=3600)
+    try:
+        busy = start(pool, tmp_path, "main", "a")  # never released during the wait
+        tool = tmp_path / "worker.py"
+        identity = WorkerKey((sys.executable, "worker.py"), (), "json", False,
+                             (("worker.py", "b"),), "main")  # fmt: skip
+        cancelled = threading.Event()
+        with ThreadPoolExecutor(1) as threads:
+            waiting = threads.submit(
+                pool.acquire, identity, dict(os.environ), [("worker.py", tool)],
+                cancelled=cancelled,
+            )  # fmt: skip
+            with pytest.raises(TimeoutError):
+                waiting.result(timeout=0.5)  # at the cap: it waits
+            cancelled.set()
+            with pytest.raises(AcquireCancelled, match="cancelled while it waited"):
+                waiting.result(timeout=30)
+        assert pool.pids() == [busy.pid] and pool.starts == 1  # nothing started, nothing lost
+        pool.release(busy, healthy=True)
+    finally:
+        pool.stop_all()
 
 
 def test_idle_workers_are_reaped(tmp_path: Path) -> None:

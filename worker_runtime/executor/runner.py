@@ -38,6 +38,7 @@ from worker_runtime.executor.limits import Confinement, Group
 from worker_runtime.executor.sandbox import Sandbox, wants_network
 from worker_runtime.executor.tenants import RunAs, hand_over
 from worker_runtime.executor.workers import (
+    AcquireCancelled,
     WorkerCancelled,
     WorkerFault,
     WorkerPool,
@@ -370,7 +371,9 @@ class ActionRunner:
         tools = [(path, inputs.directory / path) for path, _ in tool_files]
         run_env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), **worker_env}
         try:
-            worker, reused = self.pool.acquire(identity, run_env, tools, self.run_as)
+            worker, reused = self.pool.acquire(identity, run_env, tools, self.run_as, cancelled)
+        except AcquireCancelled as exc:
+            raise ActionCancelled(str(exc)) from None
         except WorkerFault as exc:  # it could not be started: its tool files are at fault
             raise ActionNotRun(f"the persistent worker could not be started: {exc}", 9) from None
         try:

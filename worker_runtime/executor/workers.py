@@ -61,6 +61,11 @@ class WorkerCancelled(WorkerFault):
     multiplex one that answered the cancel stays."""
 
 
+class AcquireCancelled(RuntimeError):
+    """The request's lease was cancelled while it waited for a worker (all busy at the
+    cap): it never reached one."""
+
+
 #: Multiplex request ids are int32 on the wire; they are never reused below this bound.
 _MAX_REQUEST_ID = (1 << 31) - 1
 #: How often a waiting request looks at its lease's cancel flag.
@@ -206,15 +211,19 @@ class WorkerPool:
         env: dict[str, str],
         tools: list[tuple[str, Path]],
         run_as: RunAs = RunAs(),  # noqa: B008 - frozen
+        cancelled: threading.Event | None = None,
     ) -> tuple[PersistentWorker, bool]:
         """(worker, whether it was already running). An idle worker of this identity (for
         a multiplex identity, its one worker, busy or not, or the one being started), or a
         new one (evicting idle ones of others when at the cap, or waiting for one to
-        become idle). Workers being started count against the cap."""
+        become idle). Workers being started count against the cap. A wait ends with
+        AcquireCancelled soon after ``cancelled`` is set."""
         with self._lock:
             while True:
+                if cancelled is not None and cancelled.is_set():
+                    raise AcquireCancelled("cancelled while it waited for a persistent worker")
                 if identity.multiplex and identity in self._starting:
-                    self._lock.wait(timeout=1.0)  # its one process is on its way
+                    self._lock.wait(timeout=_CANCEL_POLL_S)  # its one process is on its way
                     continue
                 candidates = self._all.values() if identity.multiplex else reversed(self._idle)
                 for worker in list(candidates):
@@ -230,7 +239,7 @@ class WorkerPool:
                     self._discard_locked(self._idle.pop(0))  # least recently used
                     self.evictions += 1
                     continue
-                self._lock.wait(timeout=1.0)
+                self._lock.wait(timeout=_CANCEL_POLL_S)  # woken by a release
             self._serial += 1
             serial = self._serial
             self._starting[identity] = self._starting.get(identity, 0) + 1

@@ -4,6 +4,7 @@ persistent workers keyed by what it received, and the outputs come back into pla
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -28,6 +29,7 @@ from worker_runtime.envelope import Envelope, write_envelope
 from worker_runtime.proto import remote_execution_pb2 as re_pb2
 from worker_runtime.proto import remote_execution_pb2_grpc as re_grpc
 from worker_runtime.proto.buck2_worker_pb2 import ExecuteResponse
+from worker_runtime.proto.google.rpc import error_details_pb2
 from workers_dev.emulator import Buck2Worker, make_command
 
 TEST_WORKER = REPO_ROOT / "tests" / "backends" / "remote_test_worker.py"
@@ -743,6 +745,50 @@ def test_a_command_with_a_working_directory_is_refused_not_run_elsewhere(engine:
     assert done.response.Unpack(response)
     assert response.status.code == 3, response.status  # INVALID_ARGUMENT
     assert "working directory ('sub')" in response.status.message
+
+
+@pytest.mark.parametrize("lacking", ["file", "directory"])
+def test_a_blob_the_server_lacks_fails_the_action_as_missing_naming_it(
+    engine: Path, lacking: str
+) -> None:
+    """An input file or directory gone from the CAS (never uploaded, or expired): the
+    action fails FAILED_PRECONDITION with a PreconditionFailure naming the blob, as REAPI
+    asks, so that a client uploads it again (not INTERNAL, retried to no end). (A missing
+    command never reaches the executor: BuildGrid refuses the Execute call itself.)"""
+    absent_data = f"never uploaded {uuid.uuid4().hex}".encode()
+    absent = re_pb2.Digest(
+        hash=hashlib.sha256(absent_data).hexdigest(), size_bytes=len(absent_data)
+    )
+    with grpc.insecure_channel(f"unix://{engine}/run/buildgrid.sock") as channel:
+        root = re_pb2.Directory()
+        if lacking == "file":
+            root.files.add(name="in.txt", digest=absent)
+        else:
+            root.directories.add(name="sub", digest=absent)
+        (root_digest,) = upload(channel, serialized(root))
+        command = re_pb2.Command(arguments=["/bin/true", uuid.uuid4().hex], output_paths=["o"])
+        (command_digest,) = upload(channel, serialized(command))
+        action = re_pb2.Action(command_digest=command_digest, input_root_digest=root_digest)
+        (action_digest,) = upload(channel, serialized(action))
+        request = re_pb2.ExecuteRequest(
+            instance_name="main", action_digest=action_digest, skip_cache_lookup=True
+        )
+        done = None
+        for operation in re_grpc.ExecutionStub(channel).Execute(request, timeout=120):
+            if operation.done:
+                done = operation
+                break
+    assert done is not None
+    response = re_pb2.ExecuteResponse()
+    assert done.response.Unpack(response)
+    assert response.status.code == 9, response.status  # FAILED_PRECONDITION
+    assert f"blob {absent.hash}/{absent.size_bytes} is not in the CAS" in response.status.message
+    violations = []
+    for detail in response.status.details:
+        failure = error_details_pb2.PreconditionFailure()
+        assert detail.Unpack(failure)
+        violations += [(v.type, v.subject) for v in failure.violations]
+    assert violations == [("MISSING", f"blobs/{absent.hash}/{absent.size_bytes}")]
 
 
 def test_an_output_past_the_executors_limit_fails_the_action_and_spares_the_executor(

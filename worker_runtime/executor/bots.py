@@ -46,6 +46,7 @@ from worker_runtime.proto.google.devtools.remoteworkers.v1test2 import (
     bots_pb2_grpc,
     worker_pb2,
 )
+from worker_runtime.proto.google.rpc import error_details_pb2
 from worker_runtime.remote.cas import Cas
 from worker_runtime.remote.channels import Endpoint, open_channel
 from worker_runtime.remote.convention import UnsafePathError
@@ -335,6 +336,13 @@ class Executor:
             self.metrics.actions.labels(outcome="timeout" if exc.code == 4 else "error").inc()
             lease.status.code = exc.code
             lease.status.message = f"executor {self.settings.bot_id}: {exc}"
+            if exc.missing:  # REAPI's way to say which blobs to upload again
+                failure = error_details_pb2.PreconditionFailure()
+                for digest in exc.missing:
+                    failure.violations.add(
+                        type="MISSING", subject=f"blobs/{digest.hash}/{digest.size_bytes}"
+                    )
+                lease.status.details.add().Pack(failure)
             return
         except Exception as exc:  # the action could not be run: INTERNAL, the server retries
             LOGGER.exception("lease %s failed", lease.id)

@@ -45,7 +45,7 @@ from worker_runtime.executor.workers import (
 )
 from worker_runtime.proto import remote_execution_pb2 as re_pb2
 from worker_runtime.protocol.messages import WorkInput, WorkRequest
-from worker_runtime.remote.cas import Cas
+from worker_runtime.remote.cas import BlobMissing, Cas
 from worker_runtime.remote.convention import (
     KEY_PROPERTY,
     MULTIPLEX_PROPERTY,
@@ -64,6 +64,8 @@ from worker_runtime.spawn import as_user
 LOGGER = logging.getLogger(__name__)
 #: The lease status of an action (or its worker) killed for passing its memory limit.
 RESOURCE_EXHAUSTED = 8
+#: The lease status of an action that cannot run as sent (a blob missing, a bad tool).
+FAILED_PRECONDITION = 9
 #: Deletes the directories of finished actions, off the path of their results.
 _REMOVER = ThreadPoolExecutor(max_workers=1, thread_name_prefix="discard")
 
@@ -89,11 +91,14 @@ class ActionNotRun(RuntimeError):
     out. Reported as the lease's status (``code``), never as the action's exit code, so
     that a client cannot mistake it for the action failing: INTERNAL (13) for a worker
     fault, which the server retries, DEADLINE_EXCEEDED (4) for the action's timeout,
-    FAILED_PRECONDITION (9) for a worker that cannot be started from the action's tools."""
+    FAILED_PRECONDITION (9) for a worker that cannot be started from the action's tools,
+    or a blob of the action the server lacks (named in ``missing``)."""
 
-    def __init__(self, message: str, code: int) -> None:
+    def __init__(self, message: str, code: int, missing: tuple[re_pb2.Digest, ...] = ()) -> None:
         super().__init__(message)
         self.code = code
+        #: Blobs the server lacks (FAILED_PRECONDITION): named in the status's details.
+        self.missing = missing
 
 
 @dataclass
@@ -145,8 +150,21 @@ class ActionRunner:
         self, action: re_pb2.Action, instance: str, cancelled: threading.Event | None = None
     ) -> ActionOutcome:
         """Runs ``action``; raises ActionCancelled soon after ``cancelled`` is set, with
-        the process that ran it (persistent worker or one-shot) killed and reaped."""
-        cancelled = cancelled or threading.Event()
+        the process that ran it (persistent worker or one-shot) killed and reaped. A
+        command or input blob the server lacks fails it FAILED_PRECONDITION, naming the
+        blob as REAPI asks (the client uploads it again and retries)."""
+        try:
+            return self._run(action, instance, cancelled or threading.Event())
+        except BlobMissing as exc:
+            raise ActionNotRun(
+                f"an input of the action is missing: {exc} (upload it again, then retry)",
+                FAILED_PRECONDITION,
+                (exc.digest,),
+            ) from None
+
+    def _run(
+        self, action: re_pb2.Action, instance: str, cancelled: threading.Event
+    ) -> ActionOutcome:
         fetch_started_ns = time.time_ns()
         command = re_pb2.Command()
         command.ParseFromString(self.cas.read(action.command_digest))
@@ -375,7 +393,9 @@ class ActionRunner:
         except AcquireCancelled as exc:
             raise ActionCancelled(str(exc)) from None
         except WorkerFault as exc:  # it could not be started: its tool files are at fault
-            raise ActionNotRun(f"the persistent worker could not be started: {exc}", 9) from None
+            raise ActionNotRun(
+                f"the persistent worker could not be started: {exc}", FAILED_PRECONDITION
+            ) from None
         try:
             response = worker.call(request, timeout, cancelled)
         except WorkerCancelled as exc:

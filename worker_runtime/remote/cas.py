@@ -30,6 +30,18 @@ class CasError(RuntimeError):
     """A CAS call failed; the message names the call and the blob."""
 
 
+class BlobMissing(CasError):
+    """The server does not have a blob (NOT_FOUND): the client must upload it again."""
+
+    def __init__(self, digest: re_pb2.Digest) -> None:
+        super().__init__(f"blob {digest.hash}/{digest.size_bytes} is not in the CAS")
+        self.digest = digest
+
+
+#: google.rpc.Code NOT_FOUND: a blob the server does not have.
+_NOT_FOUND = 5
+
+
 class Cas:
     def __init__(
         self, channel: grpc.Channel, instance: str, batch_limit: int, timeout_s: float = 60.0
@@ -169,6 +181,8 @@ class Cas:
                         timeout=self.timeout_s,
                     )
                     for answer in response.responses:
+                        if answer.status.code == _NOT_FOUND:
+                            raise BlobMissing(answer.digest)
                         if answer.status.code != 0:
                             raise CasError(
                                 f"blob {answer.digest.hash}/{answer.digest.size_bytes} could not "
@@ -190,6 +204,8 @@ class Cas:
                 timeout=self.timeout_s,
             )
             (answer,) = response.responses
+            if answer.status.code == _NOT_FOUND:
+                raise BlobMissing(digest)
             if answer.status.code != 0:
                 raise CasError(
                     f"blob {digest.hash}/{digest.size_bytes} could not be read: "
@@ -197,12 +213,17 @@ class Cas:
                 )
             return bytes(answer.data)
         name = f"{self.instance}/blobs/{digest.hash}/{digest.size_bytes}"
-        parts = [
-            piece.data
-            for piece in self._bytestream.Read(
-                bytestream_pb2.ReadRequest(resource_name=name), timeout=self.timeout_s
-            )
-        ]
+        try:
+            parts = [
+                piece.data
+                for piece in self._bytestream.Read(
+                    bytestream_pb2.ReadRequest(resource_name=name), timeout=self.timeout_s
+                )
+            ]
+        except grpc.RpcError as exc:
+            if exc.code() == grpc.StatusCode.NOT_FOUND:
+                raise BlobMissing(digest) from None
+            raise
         return b"".join(parts)
 
     def read_to(

@@ -115,6 +115,7 @@ class Executor:
         )  # fmt: skip
         self.cas_by_instance: dict[str, Cas] = {}
         self.blobs_by_instance: dict[str, BlobCache] = {}
+        self._caches_lock = threading.Lock()
         self.tenants = Tenants(
             settings.uid_range, settings.uid_map or settings.workdir / "tenant-uids.json",
             settings.instance,
@@ -134,15 +135,19 @@ class Executor:
         self._wake.set()
 
     def _cas(self, instance: str) -> Cas:
-        if instance not in self.cas_by_instance:
-            self.cas_by_instance[instance] = Cas(self.channel, instance, 4 << 20)
-        return self.cas_by_instance[instance]
+        with self._caches_lock:  # lease threads: one Cas per instance, never two
+            if instance not in self.cas_by_instance:
+                self.cas_by_instance[instance] = Cas(self.channel, instance, 4 << 20)
+            return self.cas_by_instance[instance]
 
     def _blobs(self, instance: str) -> BlobCache:
-        if instance not in self.blobs_by_instance:
-            cas = self._cas(instance)
-            self.blobs_by_instance[instance] = BlobCache.for_instance(cas, self.settings.workdir)
-        return self.blobs_by_instance[instance]
+        cas = self._cas(instance)
+        with self._caches_lock:  # one local copy per instance: two would race on its files
+            if instance not in self.blobs_by_instance:
+                self.blobs_by_instance[instance] = BlobCache.for_instance(
+                    cas, self.settings.workdir
+                )
+            return self.blobs_by_instance[instance]
 
     def _instance_of(self, lease_id: str) -> str:
         # BuildGrid names leases <instance>/<job> when it pools several instances.

@@ -10,6 +10,7 @@ import shutil
 import signal
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -17,9 +18,10 @@ from typing import cast
 
 import pytest
 
-from tests.conftest import REPO_ROOT, wait_gone
+from tests.conftest import FAKE_WORKER, REPO_ROOT, wait_gone
 from tests.worker_identity import host_pid, reported
 from worker_runtime.backends.key import WorkerKey
+from worker_runtime.backends.loop_thread import LoopThread
 from worker_runtime.backends.process import BackendProcess
 from worker_runtime.executor.limits import Confinement, Limits
 from worker_runtime.executor.workers import (
@@ -122,6 +124,40 @@ def test_a_wait_for_a_worker_at_the_cap_ends_when_its_lease_is_cancelled(
                 waiting.result(timeout=30)
         assert pool.pids() == [busy.pid] and pool.starts == 1  # nothing started, nothing lost
         pool.release(busy, healthy=True)
+    finally:
+        pool.stop_all()
+
+
+def test_a_stray_answer_waiting_in_the_pipe_discards_the_worker_before_reuse(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A singleplex worker answers an action twice; the second answer is still in its
+    pipe (the pipe loop was busy) when the next action of its key comes: that worker is
+    discarded and the action runs on a fresh one, instead of taking the stray answer for
+    its own."""
+    pool = WorkerPool(tmp_path / "workers", max_workers=2, memory_limit_mb=None, idle_s=3600)
+    identity = WorkerKey((sys.executable, str(FAKE_WORKER), "--protocol", "json"), (), "json",
+                         False, (), "main")  # fmt: skip
+    try:
+        babbler, _ = pool.acquire(identity, dict(os.environ), [])
+        first = babbler.call(WorkRequest(arguments=("answer-twice", "0.3")), timeout_s=30)
+        assert first.output == "first answer"
+        pool.release(babbler, healthy=True)
+
+        async def hold_the_loop() -> None:
+            time.sleep(1.0)  # noqa: ASYNC251 - a busy loop is the point: nothing is read
+
+        holder = threading.Thread(target=LoopThread.shared().run, args=(hold_the_loop(),))
+        holder.start()
+        time.sleep(0.6)  # the second answer is in the pipe now, unread
+        worker, reused = pool.acquire(identity, dict(os.environ), [])
+        second = worker.call(WorkRequest(arguments=("echo", "mine")), timeout_s=30)
+        holder.join()
+        assert second.output == "mine"  # not "second answer"
+        assert not reused and worker.pid != babbler.pid
+        assert wait_gone([babbler.pid]) == []
+        assert f"worker {babbler.pid} wrote" in caplog.text  # seen in its pipe, unread
+        pool.release(worker, healthy=True)
     finally:
         pool.stop_all()
 

@@ -244,22 +244,28 @@ class BackendProcess:
         self.last_used = time.monotonic()
         return response
 
+    def unread_output_bytes(self) -> int:
+        """Bytes waiting in its stdout pipe, unread by the event loop (0 once it is dead).
+        Safe from any thread: it only asks the kernel."""
+        if self._proc is None or self._proc.stdout is None or not self.alive:
+            return 0
+        waiting = array.array("i", [0])
+        try:
+            fcntl.ioctl(self._proc.stdout.fileno(), termios.FIONREAD, waiting)
+        except OSError:
+            return 0
+        return waiting[0]
+
     def discard_if_babbling(self) -> bool:
         """For an idle singleplex backend about to get a request: if bytes it wrote are
         waiting in its stdout pipe, unread by the event loop yet (a second answer to its
         last request, say), it is killed and True returned; the request must go to another
         backend. Bytes that arrive after the request is written cannot be told from its
         answer: a singleplex response carries no request id."""
-        if self._proc is None or self._proc.stdout is None or not self.alive:
+        waiting = self.unread_output_bytes()
+        if not waiting:
             return False
-        waiting = array.array("i", [0])
-        try:
-            fcntl.ioctl(self._proc.stdout.fileno(), termios.FIONREAD, waiting)
-        except OSError:
-            return False
-        if not waiting[0]:
-            return False
-        summary = f"{self.describe()} wrote {waiting[0]} byte(s) while it had no request"
+        summary = f"{self.describe()} wrote {waiting} byte(s) while it had no request"
         LOGGER.warning("%s: discarded before its next request", summary)
         self.kill(
             BackendProtocolError(

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import logging
 import shutil
 import threading
 import time
@@ -36,6 +37,7 @@ from worker_runtime.protocol.messages import WorkRequest, WorkResponse
 #: How long a multiplex worker has to answer a cancel before it is discarded (by default;
 #: `worker-runtime executor --cancel-grace`), and how long a response may stall mid-frame:
 #: the same defaults as the local runtime's.
+LOGGER = logging.getLogger(__name__)
 CANCEL_GRACE_S = RuntimeConfig.cancel_grace_s
 FRAME_STALL_TIMEOUT_S = RuntimeConfig.frame_stall_timeout_s
 #: A discarded worker is killed at once (no grace after SIGTERM): the pool's lock is held
@@ -99,6 +101,29 @@ class PersistentWorker:
 
     def usable(self) -> bool:
         return self.backend.alive
+
+    def discard_if_babbling(self) -> bool:
+        """For an idle singleplex worker about to be reused: if it wrote while it had no
+        request (a second answer to its last one, unread by the pipe loop yet), it is
+        killed and True returned, so that the next action does not take those bytes for
+        its own answer (a singleplex response carries no request id)."""
+        if self.identity.multiplex:
+            return False  # answers carry ids: a stray one is refused as it is read
+        waiting = self.backend.unread_output_bytes()  # asked here: no wait for the loop
+        if not waiting:
+            return False
+        LOGGER.warning(
+            "worker %d wrote %d byte(s) while it had no request: discarded before its next "
+            "action",
+            self.pid, waiting,
+        )  # fmt: skip
+        # Killed on the pipe loop, as it must be. (The loop may read the stray answer
+        # first and kill it itself; either way it is gone.)
+        LoopThread.shared().run(self._discard_if_babbling())
+        return True
+
+    async def _discard_if_babbling(self) -> None:
+        self.backend.discard_if_babbling()
 
     def call(
         self, request: WorkRequest, timeout_s: float, cancelled: threading.Event | None = None
@@ -228,6 +253,10 @@ class WorkerPool:
                 candidates = self._all.values() if identity.multiplex else reversed(self._idle)
                 for worker in list(candidates):
                     if worker.identity == identity and worker.usable():
+                        if worker.in_flight == 0 and worker.discard_if_babbling():
+                            self._idle.remove(worker)
+                            self._discard_locked(worker)
+                            continue
                         if worker in self._idle:
                             self._idle.remove(worker)
                         worker.in_flight += 1

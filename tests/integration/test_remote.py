@@ -747,6 +747,45 @@ def test_a_command_with_a_working_directory_is_refused_not_run_elsewhere(engine:
     assert "working directory ('sub')" in response.status.message
 
 
+@pytest.mark.parametrize("malformed", ["a name twice", "not a Directory"])
+def test_a_malformed_input_root_fails_the_action_as_invalid(engine: Path, malformed: str) -> None:
+    """An input root that names an entry twice, or whose directory blob is not a
+    Directory message: the action fails INVALID_ARGUMENT saying so (the action's own
+    fault, not retried), instead of INTERNAL."""
+    with grpc.insecure_channel(f"unix://{engine}/run/buildgrid.sock") as channel:
+        (blob,) = upload(channel, f"x {uuid.uuid4().hex}".encode())
+        root = re_pb2.Directory()
+        if malformed == "a name twice":
+            (empty,) = upload(channel, serialized(re_pb2.Directory()))
+            root.files.add(name="x", digest=blob)
+            root.directories.add(name="x", digest=empty)
+        else:
+            (garbage,) = upload(channel, b"\xff\xff\xff not a message " + uuid.uuid4().bytes)
+            root.directories.add(name="sub", digest=garbage)
+        (root_digest,) = upload(channel, serialized(root))
+        command = re_pb2.Command(arguments=["/bin/true", uuid.uuid4().hex], output_paths=["o"])
+        (command_digest,) = upload(channel, serialized(command))
+        action = re_pb2.Action(command_digest=command_digest, input_root_digest=root_digest)
+        (action_digest,) = upload(channel, serialized(action))
+        request = re_pb2.ExecuteRequest(
+            instance_name="main", action_digest=action_digest, skip_cache_lookup=True
+        )
+        done = None
+        for operation in re_grpc.ExecutionStub(channel).Execute(request, timeout=120):
+            if operation.done:
+                done = operation
+                break
+    assert done is not None
+    response = re_pb2.ExecuteResponse()
+    assert done.response.Unpack(response)
+    assert response.status.code == 3, response.status  # INVALID_ARGUMENT
+    expected = {
+        "a name twice": "'x' appears twice in the input root",
+        "not a Directory": "a directory of its input root is not a Directory message",
+    }[malformed]
+    assert expected in response.status.message
+
+
 @pytest.mark.parametrize("lacking", ["file", "directory"])
 def test_a_blob_the_server_lacks_fails_the_action_as_missing_naming_it(
     engine: Path, lacking: str

@@ -21,6 +21,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
+from google.protobuf.message import DecodeError
+
 from worker_runtime.backends.key import PERSISTENT_WORKER_FLAG, WorkerKey
 from worker_runtime.errors import RequestError
 from worker_runtime.executor.blob_cache import BlobCache
@@ -167,7 +169,10 @@ class ActionRunner:
     ) -> ActionOutcome:
         fetch_started_ns = time.time_ns()
         command = re_pb2.Command()
-        command.ParseFromString(self.cas.read(action.command_digest))
+        try:
+            command.ParseFromString(self.cas.read(action.command_digest))
+        except DecodeError:
+            raise ActionError("its command blob is not a Command message") from None
         if command.working_directory:  # refused, not run in the input root instead
             raise ActionError(
                 f"its command names a working directory ({command.working_directory!r}), "
@@ -242,10 +247,16 @@ class ActionRunner:
         self.blobs.prefetch_tree(root)
         level: list[tuple[re_pb2.Digest, Path, str]] = [(root, directory, "")]
         while level:
-            nodes = self.blobs.directories([digest for digest, _, _ in level])
+            try:
+                nodes = self.blobs.directories([digest for digest, _, _ in level])
+            except DecodeError:
+                raise ActionError(
+                    "a directory of its input root is not a Directory message"
+                ) from None
             below: list[tuple[re_pb2.Digest, Path, str]] = []
             for (_, at, prefix), node in zip(level, nodes, strict=True):
                 at.mkdir(parents=True, exist_ok=True)
+                _unique_names(node, prefix)
                 for entry in node.files:
                     name = _segment(entry.name)
                     placements.append((entry.digest, at / name, entry.is_executable))
@@ -500,6 +511,19 @@ class _InlineBudget:
             return b""
         self.left -= len(data)
         return data
+
+
+def _unique_names(node: re_pb2.Directory, prefix: str) -> None:
+    """REAPI allows each name once in a Directory, files, directories and symlinks
+    together: a second would overwrite, or fail to replace, the first."""
+    names = [
+        *(f.name for f in node.files),
+        *(d.name for d in node.directories),
+        *(s.name for s in node.symlinks),
+    ]
+    if len(set(names)) != len(names):
+        twice = next(name for name in names if names.count(name) > 1)
+        raise ActionError(f"{(prefix + twice)!r} appears twice in the input root")
 
 
 def _segment(name: str) -> str:

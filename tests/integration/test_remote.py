@@ -747,11 +747,14 @@ def test_a_command_with_a_working_directory_is_refused_not_run_elsewhere(engine:
     assert "working directory ('sub')" in response.status.message
 
 
-@pytest.mark.parametrize("malformed", ["a name twice", "not a Directory"])
+@pytest.mark.parametrize(
+    "malformed", ["a name twice", "not a Directory", "a NUL in a name", "a name too long"]
+)
 def test_a_malformed_input_root_fails_the_action_as_invalid(engine: Path, malformed: str) -> None:
-    """An input root that names an entry twice, or whose directory blob is not a
-    Directory message: the action fails INVALID_ARGUMENT saying so (the action's own
-    fault, not retried), instead of INTERNAL."""
+    """An input root that names an entry twice, names one with a NUL or more than 255
+    bytes, or whose directory blob is not a Directory message: the action fails
+    INVALID_ARGUMENT saying so (the action's own fault, not retried), instead of
+    INTERNAL."""
     with grpc.insecure_channel(f"unix://{engine}/run/buildgrid.sock") as channel:
         (blob,) = upload(channel, f"x {uuid.uuid4().hex}".encode())
         root = re_pb2.Directory()
@@ -759,9 +762,13 @@ def test_a_malformed_input_root_fails_the_action_as_invalid(engine: Path, malfor
             (empty,) = upload(channel, serialized(re_pb2.Directory()))
             root.files.add(name="x", digest=blob)
             root.directories.add(name="x", digest=empty)
-        else:
+        elif malformed == "not a Directory":
             (garbage,) = upload(channel, b"\xff\xff\xff not a message " + uuid.uuid4().bytes)
             root.directories.add(name="sub", digest=garbage)
+        elif malformed == "a NUL in a name":
+            root.files.add(name="x\0y", digest=blob)
+        else:
+            root.files.add(name="n" * 256, digest=blob)
         (root_digest,) = upload(channel, serialized(root))
         command = re_pb2.Command(arguments=["/bin/true", uuid.uuid4().hex], output_paths=["o"])
         (command_digest,) = upload(channel, serialized(command))
@@ -782,28 +789,32 @@ def test_a_malformed_input_root_fails_the_action_as_invalid(engine: Path, malfor
     expected = {
         "a name twice": "'x' appears twice in the input root",
         "not a Directory": "a directory of its input root is not a Directory message",
+        "a NUL in a name": "invalid name 'x\\x00y' in the input root",
+        "a name too long": "in the input root is longer than 255 bytes",
     }[malformed]
     assert expected in response.status.message
 
 
-@pytest.mark.parametrize("lacking", ["file", "directory"])
-def test_a_blob_the_server_lacks_fails_the_action_as_missing_naming_it(
+@pytest.mark.parametrize("lacking", ["files", "directory"])
+def test_blobs_the_server_lacks_fail_the_action_as_missing_naming_them(
     engine: Path, lacking: str
 ) -> None:
-    """An input file or directory gone from the CAS (never uploaded, or expired): the
-    action fails FAILED_PRECONDITION with a PreconditionFailure naming the blob, as REAPI
-    asks, so that a client uploads it again (not INTERNAL, retried to no end). (A missing
-    command never reaches the executor: BuildGrid refuses the Execute call itself.)"""
-    absent_data = f"never uploaded {uuid.uuid4().hex}".encode()
-    absent = re_pb2.Digest(
-        hash=hashlib.sha256(absent_data).hexdigest(), size_bytes=len(absent_data)
-    )
+    """Input files or a directory gone from the CAS (never uploaded, or expired): the
+    action fails FAILED_PRECONDITION with a PreconditionFailure naming every such blob
+    read together, as REAPI asks, so that a client uploads them again (not INTERNAL,
+    retried to no end). (A missing command never reaches the executor: BuildGrid refuses
+    the Execute call itself.)"""
+    absent = []
+    for _ in range(2 if lacking == "files" else 1):
+        data = f"never uploaded {uuid.uuid4().hex}".encode()
+        absent.append(re_pb2.Digest(hash=hashlib.sha256(data).hexdigest(), size_bytes=len(data)))
     with grpc.insecure_channel(f"unix://{engine}/run/buildgrid.sock") as channel:
         root = re_pb2.Directory()
-        if lacking == "file":
-            root.files.add(name="in.txt", digest=absent)
+        if lacking == "files":
+            root.files.add(name="a.txt", digest=absent[0])
+            root.files.add(name="b.txt", digest=absent[1])
         else:
-            root.directories.add(name="sub", digest=absent)
+            root.directories.add(name="sub", digest=absent[0])
         (root_digest,) = upload(channel, serialized(root))
         command = re_pb2.Command(arguments=["/bin/true", uuid.uuid4().hex], output_paths=["o"])
         (command_digest,) = upload(channel, serialized(command))
@@ -821,13 +832,17 @@ def test_a_blob_the_server_lacks_fails_the_action_as_missing_naming_it(
     response = re_pb2.ExecuteResponse()
     assert done.response.Unpack(response)
     assert response.status.code == 9, response.status  # FAILED_PRECONDITION
-    assert f"blob {absent.hash}/{absent.size_bytes} is not in the CAS" in response.status.message
+    for digest in absent:
+        assert f"{digest.hash}/{digest.size_bytes}" in response.status.message
+    assert "not in the CAS" in response.status.message
     violations = []
     for detail in response.status.details:
         failure = error_details_pb2.PreconditionFailure()
         assert detail.Unpack(failure)
         violations += [(v.type, v.subject) for v in failure.violations]
-    assert violations == [("MISSING", f"blobs/{absent.hash}/{absent.size_bytes}")]
+    assert sorted(violations) == sorted(
+        ("MISSING", f"blobs/{d.hash}/{d.size_bytes}") for d in absent
+    )
 
 
 def test_an_output_past_the_executors_limit_fails_the_action_and_spares_the_executor(
@@ -859,7 +874,9 @@ def test_an_output_past_the_executors_limit_fails_the_action_and_spares_the_exec
 
         refused = execute("truncate -s 2G out/big")
         assert refused.status.code == 8, refused.status  # RESOURCE_EXHAUSTED
-        assert "out/big takes the outputs past 1024.0 MB" in refused.status.message
+        assert "out/big is 2048 MB, which would take the outputs past 1024 MB" in (
+            refused.status.message
+        )
         assert "--max-output-mb" in refused.status.message
         fine = execute("echo small > out/big")
         assert fine.status.code == 0, fine.status

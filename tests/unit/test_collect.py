@@ -4,12 +4,15 @@ budget: a sparse file, a file still growing, a huge or deep tree ends as OutputT
 
 from __future__ import annotations
 
+import contextlib
 import os
+import threading
 from pathlib import Path
 
 import pytest
 
 from worker_runtime.executor.collect import (
+    ENTRY_OVERHEAD_BYTES,
     OutputBudget,
     OutputDirectory,
     OutputFile,
@@ -67,8 +70,11 @@ def test_a_symlink_anywhere_is_refused(tmp_path: Path, link: str, output: str) -
 def test_a_sparse_file_past_the_budget_is_refused_before_it_is_read(tmp_path: Path) -> None:
     with (tmp_path / "huge").open("wb") as handle:
         handle.truncate(1 << 40)  # a terabyte that takes no disk
-    with pytest.raises(OutputTooLarge, match=r"huge takes the outputs past 1\.0 MB"):
+    with pytest.raises(
+        OutputTooLarge, match=r"huge is 1048576 MB, which would take the outputs past 1\.0 MB"
+    ) as refused:
         read_output(str(tmp_path), "huge", budget())
+    assert refused.value.by_bytes
 
 
 def test_the_budget_is_shared_by_all_the_outputs_of_an_action(tmp_path: Path) -> None:
@@ -76,22 +82,43 @@ def test_the_budget_is_shared_by_all_the_outputs_of_an_action(tmp_path: Path) ->
         (tmp_path / name).write_bytes(b"x" * (600 << 10))
     shared = budget()
     assert read_output(str(tmp_path), "a", shared) is not None
-    with pytest.raises(OutputTooLarge, match="b takes the outputs past"):
+    with pytest.raises(OutputTooLarge, match=r"b is 0\.6 MB, which would take the outputs"):
         read_output(str(tmp_path), "b", shared)
 
 
-def test_a_file_that_grows_past_its_size_is_read_only_up_to_the_budget(tmp_path: Path) -> None:
-    """The size seen before the read is not trusted: the read itself stops at the budget
-    (read_capped is what reads every output file, stdout and stderr)."""
-    (tmp_path / "growing").write_bytes(b"x" * (3 * MB))
+def test_a_read_stops_at_the_budget_whatever_the_size_said(tmp_path: Path) -> None:
+    """The size seen before the read is not trusted (a file can grow after it): the read
+    itself stops at the budget. read_capped reads every output file, stdout and stderr;
+    here from a pipe that a writer keeps filling, as a growing file would."""
     limited = budget()
-    fd = os.open(tmp_path / "growing", os.O_RDONLY)
+    reader, writer = os.pipe()
+
+    def fill() -> None:
+        with contextlib.suppress(BrokenPipeError), os.fdopen(writer, "wb") as out:
+            for _ in range(3 * 16):
+                out.write(b"x" * (64 << 10))
+
+    filler = threading.Thread(target=fill)
+    filler.start()
     try:
-        with pytest.raises(OutputTooLarge, match="growing takes the outputs past"):
-            read_capped(fd, "growing", limited)
+        with pytest.raises(OutputTooLarge, match=r"growing takes the outputs past 1\.0 MB"):
+            read_capped(reader, "growing", limited)
     finally:
-        os.close(fd)
+        os.close(reader)
+        filler.join(timeout=30)
     assert limited.used_bytes <= MB
+
+
+def test_each_entry_costs_the_budget_its_name_and_more(tmp_path: Path) -> None:
+    """Empty files are not free: each costs ENTRY_OVERHEAD_BYTES and its name, so that a
+    million of them cannot fill the executor's memory for nothing."""
+    (tmp_path / "out").mkdir()
+    for index in range(40):
+        (tmp_path / "out" / f"{index:0>200}").write_text("")
+    with pytest.raises(OutputTooLarge, match="takes the outputs past") as refused:
+        read_output(str(tmp_path), "out", OutputBudget(40 * (ENTRY_OVERHEAD_BYTES + 200)))
+    assert refused.value.by_bytes
+    assert read_output(str(tmp_path), "out", OutputBudget(41 * (ENTRY_OVERHEAD_BYTES + 200)))
 
 
 def test_a_directory_nested_too_deep_is_refused(tmp_path: Path) -> None:
@@ -100,8 +127,9 @@ def test_a_directory_nested_too_deep_is_refused(tmp_path: Path) -> None:
         deep = deep / "d"
     deep.mkdir(parents=True)
     (deep / "leaf").write_text("x")
-    with pytest.raises(OutputTooLarge, match="nested more than 5 directories deep"):
+    with pytest.raises(OutputTooLarge, match="nested more than 5 directories deep") as deep_error:
         read_output(str(tmp_path), "out", OutputBudget(MB, max_depth=5))
+    assert not deep_error.value.by_bytes  # a fixed limit: no flag to raise
     assert read_output(str(tmp_path), "out", OutputBudget(MB, max_depth=11)) is not None
 
 

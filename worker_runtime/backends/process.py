@@ -249,10 +249,12 @@ class BackendProcess:
         Safe from any thread: it only asks the kernel."""
         if self._proc is None or self._proc.stdout is None or not self.alive:
             return 0
+        if self._stdout_closed:
+            return 0
         waiting = array.array("i", [0])
         try:
             fcntl.ioctl(self._proc.stdout.fileno(), termios.FIONREAD, waiting)
-        except OSError:
+        except (OSError, ValueError):  # ValueError: the loop closed the pipe meanwhile
             return 0
         return waiting[0]
 

@@ -270,7 +270,8 @@ class Executor:
                 bots_pb2.UpdateBotSessionRequest(name=session.name, bot_session=session), timeout=5
             )
         # The stopped actions' threads end within moments (a kill, a reap, their
-        # directory moved away); one still fetching its inputs is not waited for long.
+        # directory moved away; one fetching its inputs at its next read). Past this wait
+        # the exit still joins a thread stuck in one CAS call, for up to its deadline.
         wait_for_futures(list(self._running.values()), timeout=STOPPED_ACTIONS_WAIT_S)
         self.pool.stop_all()
         if self.confinement is not None:

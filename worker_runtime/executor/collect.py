@@ -31,6 +31,9 @@ _CHUNK_BYTES = 1 << 20
 MAX_OUTPUT_DEPTH = 128
 #: Files and directories all the outputs of one action may have together.
 MAX_OUTPUT_ENTRIES = 1 << 20
+#: What each file and directory of the outputs costs the budget besides its name and
+#: contents: about what it takes in the executor's memory and in its Tree.
+ENTRY_OVERHEAD_BYTES = 128
 
 
 class UnsafeOutput(Exception):
@@ -38,12 +41,19 @@ class UnsafeOutput(Exception):
 
 
 class OutputTooLarge(Exception):
-    """The outputs pass what an action may leave (bytes, entries or depth)."""
+    """The outputs pass what an action may leave: bytes (``by_bytes``, the operator's
+    --max-output-mb), or entries or depth (fixed)."""
+
+    def __init__(self, message: str, by_bytes: bool) -> None:
+        super().__init__(message)
+        self.by_bytes = by_bytes
 
 
 @dataclass
 class OutputBudget:
-    """What the outputs of one action may take together, checked as they are read."""
+    """What the outputs of one action may take together, checked as they are read: the
+    bytes of their contents, stdout and stderr, and of each entry besides
+    (ENTRY_OVERHEAD_BYTES and its name: what it costs in memory and in its Tree)."""
 
     max_bytes: int
     max_entries: int = MAX_OUTPUT_ENTRIES
@@ -51,31 +61,40 @@ class OutputBudget:
     used_bytes: int = 0
     used_entries: int = 0
 
-    def take_entry(self, shown: str, depth: int) -> None:
+    def take_entry(self, shown: str, name: str, depth: int) -> None:
         self.used_entries += 1
         if self.used_entries > self.max_entries:
             raise OutputTooLarge(
-                f"the outputs have more than {self.max_entries} files and directories (at {shown})"
+                f"the outputs have more than {self.max_entries} files and directories (at {shown})",
+                by_bytes=False,
             )
         if depth > self.max_depth:
             raise OutputTooLarge(
-                f"{shown} is nested more than {self.max_depth} directories deep in its output"
+                f"{shown} is nested more than {self.max_depth} directories deep in its output",
+                by_bytes=False,
             )
+        self.take_bytes(shown, ENTRY_OVERHEAD_BYTES + len(os.fsencode(name)))
 
     def check_size(self, shown: str, size: int) -> None:
+        """Refuses, before it is read, a file whose size alone would pass the budget."""
         if self.used_bytes + size > self.max_bytes:
             raise OutputTooLarge(
-                f"{shown} takes the outputs past {_megabytes(self.max_bytes)} "
-                f"({_megabytes(self.used_bytes + size)} so far)"
+                f"{shown} is {_megabytes(size)}, which would take the outputs past "
+                f"{_megabytes(self.max_bytes)}",
+                by_bytes=True,
             )
 
     def take_bytes(self, shown: str, size: int) -> None:
-        self.check_size(shown, size)
+        if self.used_bytes + size > self.max_bytes:
+            raise OutputTooLarge(
+                f"{shown} takes the outputs past {_megabytes(self.max_bytes)}", by_bytes=True
+            )
         self.used_bytes += size
 
 
 def _megabytes(count: int) -> str:
-    return f"{count / (1 << 20):.1f} MB"
+    value = count / (1 << 20)
+    return f"{value:.0f} MB" if value >= 10 else f"{value:.1f} MB"
 
 
 @dataclass
@@ -133,7 +152,7 @@ def read_output(
             leaf = stack.enter_context(_opened(parts[-1], _FILE_FLAGS, fd, relative))
         except FileNotFoundError:
             return None
-        budget.take_entry(relative, 0)
+        budget.take_entry(relative, parts[-1], 0)
         return _read(leaf, relative, budget, 0)
 
 
@@ -149,7 +168,7 @@ def _read(
     listed = []
     with os.scandir(fd) as listing:  # counted as listed: a huge directory stops early
         for entry in listing:
-            budget.take_entry(f"{shown}/{entry.name}", depth + 1)
+            budget.take_entry(f"{shown}/{entry.name}", entry.name, depth + 1)
             listed.append(entry)
     tree = OutputDirectory()
     for entry in sorted(listed, key=lambda e: e.name):

@@ -27,6 +27,7 @@ from worker_runtime.backends.key import PERSISTENT_WORKER_FLAG, WorkerKey
 from worker_runtime.errors import RequestError
 from worker_runtime.executor.blob_cache import BlobCache
 from worker_runtime.executor.collect import (
+    ENTRY_OVERHEAD_BYTES,
     OutputBudget,
     OutputDirectory,
     OutputFile,
@@ -159,9 +160,10 @@ class ActionRunner:
             return self._run(action, instance, cancelled or threading.Event())
         except BlobMissing as exc:
             raise ActionNotRun(
-                f"an input of the action is missing: {exc} (upload it again, then retry)",
+                f"the action's command or inputs are missing: {exc} (upload them again, then "
+                "retry)",
                 FAILED_PRECONDITION,
-                (exc.digest,),
+                exc.digests,
             ) from None
 
     def _run(
@@ -184,7 +186,7 @@ class ActionRunner:
         directory.mkdir(parents=True)
         budget = OutputBudget(self.max_output_mb << 20)
         try:
-            inputs = self._materialize(action.input_root_digest, directory)
+            inputs = self._materialize(action.input_root_digest, directory, cancelled)
             _make_output_parents(command, directory)
             # The tenant's own and private; its input files stay the executor's (readable).
             hand_over(directory, self.run_as)
@@ -217,10 +219,16 @@ class ActionRunner:
             result.execution_metadata.input_fetch_completed_timestamp.FromNanoseconds(fetched_ns)
             return ActionOutcome(result, mode, reused, pid)
         except OutputTooLarge as exc:
+            limit = (
+                f". The outputs of an action (their contents, stdout and stderr, and "
+                f"{ENTRY_OVERHEAD_BYTES} bytes and the name of each file and directory) may "
+                f"take {self.max_output_mb} MB on this executor, set by its --max-output-mb"
+                if exc.by_bytes
+                else ""
+            )
             raise ActionNotRun(
-                f"the action left more than this executor takes: {exc} (an action's outputs, "
-                f"its stdout and stderr included, may take {self.max_output_mb} MB in all "
-                "here, set by the executor's --max-output-mb; make the action leave less)",
+                f"the action's outputs are too large for this executor: {exc}{limit}; "
+                "make the action leave less",
                 RESOURCE_EXHAUSTED,
             ) from None
         finally:
@@ -238,7 +246,9 @@ class ActionRunner:
             return
         _REMOVER.submit(shutil.rmtree, trash, True)
 
-    def _materialize(self, root: re_pb2.Digest, directory: Path) -> Materialized:
+    def _materialize(
+        self, root: re_pb2.Digest, directory: Path, cancelled: threading.Event
+    ) -> Materialized:
         """Writes the input root under ``directory``: its tree read in one GetTree call,
         its files in one batch, each from the executor's local copy where it has one."""
         files: list[tuple[str, str]] = []
@@ -247,6 +257,8 @@ class ActionRunner:
         self.blobs.prefetch_tree(root)
         level: list[tuple[re_pb2.Digest, Path, str]] = [(root, directory, "")]
         while level:
+            if cancelled.is_set():  # between reads: a large tree stops early
+                raise ActionCancelled("cancelled while its inputs were fetched")
             try:
                 nodes = self.blobs.directories([digest for digest, _, _ in level])
             except DecodeError:
@@ -271,6 +283,8 @@ class ActionRunner:
                 if node.symlinks:
                     raise ActionError("symlinks in the input root are not supported")
             level = below
+        if cancelled.is_set():
+            raise ActionCancelled("cancelled while its inputs were fetched")
         self.blobs.place(placements)
         return Materialized(directory, files, tools)
 
@@ -463,6 +477,7 @@ class ActionRunner:
                 )  # fmt: skip
             elif isinstance(found, OutputDirectory):
                 data = _tree(found, blobs).SerializeToString(deterministic=True)
+                budget.take_bytes(f"{relative} (its Tree)", len(data))
                 digest = digest_of(data)
                 blobs.data[digest_key(digest)] = data
                 result.output_directories.add(path=relative, tree_digest=digest)
@@ -513,22 +528,32 @@ class _InlineBudget:
         return data
 
 
+#: The longest file name the file systems an action runs on take (NAME_MAX).
+_MAX_NAME_BYTES = 255
+
+
 def _unique_names(node: re_pb2.Directory, prefix: str) -> None:
     """REAPI allows each name once in a Directory, files, directories and symlinks
     together: a second would overwrite, or fail to replace, the first."""
-    names = [
-        *(f.name for f in node.files),
-        *(d.name for d in node.directories),
-        *(s.name for s in node.symlinks),
-    ]
-    if len(set(names)) != len(names):
-        twice = next(name for name in names if names.count(name) > 1)
-        raise ActionError(f"{(prefix + twice)!r} appears twice in the input root")
+    seen: set[str] = set()
+    for names in (
+        (f.name for f in node.files),
+        (d.name for d in node.directories),
+        (s.name for s in node.symlinks),
+    ):
+        for name in names:
+            if name in seen:
+                raise ActionError(f"{(prefix + name)!r} appears twice in the input root")
+            seen.add(name)
 
 
 def _segment(name: str) -> str:
-    if not name or "/" in name or name in (".", ".."):
+    if not name or "/" in name or "\0" in name or name in (".", ".."):
         raise ActionError(f"invalid name {name!r} in the input root")
+    if len(name.encode()) > _MAX_NAME_BYTES:
+        raise ActionError(
+            f"name {name[:40]!r}... in the input root is longer than {_MAX_NAME_BYTES} bytes"
+        )
     return name
 
 

@@ -31,11 +31,16 @@ class CasError(RuntimeError):
 
 
 class BlobMissing(CasError):
-    """The server does not have a blob (NOT_FOUND): the client must upload it again."""
+    """The server does not have blobs (NOT_FOUND): the client must upload them again."""
 
-    def __init__(self, digest: re_pb2.Digest) -> None:
-        super().__init__(f"blob {digest.hash}/{digest.size_bytes} is not in the CAS")
-        self.digest = digest
+    def __init__(self, *digests: re_pb2.Digest) -> None:
+        named = ", ".join(f"{d.hash}/{d.size_bytes}" for d in digests)
+        super().__init__(
+            f"blob {named} is not in the CAS"
+            if len(digests) == 1
+            else f"{len(digests)} blobs are not in the CAS: {named}"
+        )
+        self.digests = digests
 
 
 #: google.rpc.Code NOT_FOUND: a blob the server does not have.
@@ -180,9 +185,12 @@ class Cas:
                         re_pb2.BatchReadBlobsRequest(instance_name=self.instance, digests=batch),
                         timeout=self.timeout_s,
                     )
+                    # Every blob the server lacks is named at once: a client then
+                    # uploads them all before it tries again.
+                    absent = [a.digest for a in response.responses if a.status.code == _NOT_FOUND]
+                    if absent:
+                        raise BlobMissing(*absent)
                     for answer in response.responses:
-                        if answer.status.code == _NOT_FOUND:
-                            raise BlobMissing(answer.digest)
                         if answer.status.code != 0:
                             raise CasError(
                                 f"blob {answer.digest.hash}/{answer.digest.size_bytes} could not "

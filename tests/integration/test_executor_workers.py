@@ -162,6 +162,36 @@ def test_a_stray_answer_waiting_in_the_pipe_discards_the_worker_before_reuse(
         pool.stop_all()
 
 
+def test_a_worker_still_starting_when_the_pool_stops_is_not_kept(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The executor stops its pool on the way out while a lease thread is still starting
+    a worker: that worker is stopped as soon as it is up, instead of being kept (and
+    outliving the executor)."""
+    pool = WorkerPool(tmp_path / "workers", max_workers=2, memory_limit_mb=None, idle_s=3600)
+    entered, proceed = threading.Event(), threading.Event()
+    started: list[PersistentWorker] = []
+    original = WorkerPool._start
+
+    def held_start(self: WorkerPool, *args: object, **kwargs: object) -> PersistentWorker:
+        entered.set()
+        proceed.wait(timeout=30)
+        worker = original(self, *args, **kwargs)  # type: ignore[arg-type]
+        started.append(worker)
+        return worker
+
+    monkeypatch.setattr(WorkerPool, "_start", held_start)
+    with ThreadPoolExecutor(1) as threads:
+        starting = threads.submit(start, pool, tmp_path, "main")
+        assert entered.wait(timeout=30)
+        pool.stop_all()
+        proceed.set()
+        with pytest.raises(WorkerFault, match="the executor is stopping"):
+            starting.result(timeout=60)
+    (worker,) = started
+    assert wait_gone([worker.pid]) == [] and pool.pids() == []
+
+
 def test_idle_workers_are_reaped(tmp_path: Path) -> None:
     pool = WorkerPool(tmp_path / "workers", max_workers=2, memory_limit_mb=None, idle_s=0.0)
     try:

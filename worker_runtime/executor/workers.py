@@ -226,6 +226,8 @@ class WorkerPool:
         #: Workers being started (outside the lock), by identity.
         self._starting: dict[WorkerKey, int] = {}
         self._serial = 0
+        #: Set by stop_all: a worker started after it is not kept.
+        self._stopped = False
         self.starts = 0
         self.reuses = 0
         self.evictions = 0
@@ -280,10 +282,13 @@ class WorkerPool:
             raise
         with self._lock:
             self._started_locked(identity)  # in _all before anyone waiting looks again
-            self._all[worker.pid] = worker
-            worker.in_flight = 1
-            self.starts += 1
-        return worker, False
+            if not self._stopped:
+                self._all[worker.pid] = worker
+                worker.in_flight = 1
+                self.starts += 1
+                return worker, False
+        worker.stop()  # started while the pool stopped: it would outlive the executor
+        raise WorkerFault("the executor is stopping: no new persistent worker is kept")
 
     def _started_locked(self, identity: WorkerKey) -> None:
         self._starting[identity] -= 1
@@ -388,6 +393,7 @@ class WorkerPool:
 
     def stop_all(self) -> None:
         with self._lock:
+            self._stopped = True  # a worker still being started is stopped once it is
             for worker in list(self._all.values()):
                 self._discard_locked(worker)
             self._idle.clear()

@@ -129,37 +129,33 @@ def test_a_wait_for_a_worker_at_the_cap_ends_when_its_lease_is_cancelled(
 
 
 def test_a_stray_answer_waiting_in_the_pipe_discards_the_worker_before_reuse(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture
+    pool: WorkerPool, caplog: pytest.LogCaptureFixture
 ) -> None:
     """A singleplex worker answers an action twice; the second answer is still in its
     pipe (the pipe loop was busy) when the next action of its key comes: that worker is
     discarded and the action runs on a fresh one, instead of taking the stray answer for
     its own."""
-    pool = WorkerPool(tmp_path / "workers", max_workers=2, memory_limit_mb=None, idle_s=3600)
     identity = WorkerKey((sys.executable, str(FAKE_WORKER), "--protocol", "json"), (), "json",
                          False, (), "main")  # fmt: skip
-    try:
-        babbler, _ = pool.acquire(identity, dict(os.environ), [])
-        first = babbler.call(WorkRequest(arguments=("answer-twice", "0.3")), timeout_s=30)
-        assert first.output == "first answer"
-        pool.release(babbler, healthy=True)
+    babbler, _ = pool.acquire(identity, dict(os.environ), [])
+    first = babbler.call(WorkRequest(arguments=("answer-twice", "0.3")), timeout_s=30)
+    assert first.output == "first answer"
+    pool.release(babbler, healthy=True)
 
-        async def hold_the_loop() -> None:
-            time.sleep(1.0)  # noqa: ASYNC251 - a busy loop is the point: nothing is read
+    async def hold_the_loop() -> None:
+        time.sleep(1.0)  # noqa: ASYNC251 - a busy loop is the point: nothing is read
 
-        holder = threading.Thread(target=LoopThread.shared().run, args=(hold_the_loop(),))
-        holder.start()
-        time.sleep(0.6)  # the second answer is in the pipe now, unread
-        worker, reused = pool.acquire(identity, dict(os.environ), [])
-        second = worker.call(WorkRequest(arguments=("echo", "mine")), timeout_s=30)
-        holder.join()
-        assert second.output == "mine"  # not "second answer"
-        assert not reused and worker.pid != babbler.pid
-        assert wait_gone([babbler.pid]) == []
-        assert f"worker {babbler.pid} wrote" in caplog.text  # seen in its pipe, unread
-        pool.release(worker, healthy=True)
-    finally:
-        pool.stop_all()
+    holder = threading.Thread(target=LoopThread.shared().run, args=(hold_the_loop(),))
+    holder.start()
+    time.sleep(0.6)  # the second answer is in the pipe now, unread
+    worker, reused = pool.acquire(identity, dict(os.environ), [])
+    second = worker.call(WorkRequest(arguments=("echo", "mine")), timeout_s=30)
+    holder.join()
+    assert second.output == "mine"  # not "second answer"
+    assert not reused and worker.pid != babbler.pid
+    assert wait_gone([babbler.pid]) == []
+    assert f"worker {babbler.pid} wrote" in caplog.text  # seen in its pipe, unread
+    pool.release(worker, healthy=True)
 
 
 def test_a_worker_still_starting_when_the_pool_stops_is_not_kept(

@@ -718,31 +718,39 @@ def test_blobs_the_server_lost_are_uploaded_again(tmp_path: Path, engine: Path) 
     assert (root / "out" / "l2.txt").read_text().startswith(f"lost {tmp_path}\n")
 
 
+def execute_directly(
+    channel: grpc.Channel, root: re_pb2.Directory, command: re_pb2.Command
+) -> re_pb2.ExecuteResponse:
+    """Uploads ``root`` and ``command``, executes their action on instance main (past
+    the action cache) and returns the ExecuteResponse it ends with: the executor's
+    answer, as a REAPI client sees it."""
+    (root_digest,) = upload(channel, serialized(root))
+    (command_digest,) = upload(channel, serialized(command))
+    action = re_pb2.Action(command_digest=command_digest, input_root_digest=root_digest)
+    (action_digest,) = upload(channel, serialized(action))
+    request = re_pb2.ExecuteRequest(
+        instance_name="main", action_digest=action_digest, skip_cache_lookup=True
+    )
+    for operation in re_grpc.ExecutionStub(channel).Execute(request, timeout=120):
+        if operation.done:
+            response = re_pb2.ExecuteResponse()
+            assert operation.response.Unpack(response)
+            return response
+    raise AssertionError("the operation never finished")
+
+
+def unique_command(*arguments: str, **fields: object) -> re_pb2.Command:
+    """A command no earlier run has cached: its last argument is new."""
+    return re_pb2.Command(arguments=[*arguments, uuid.uuid4().hex], **fields)  # type: ignore[arg-type]
+
+
 def test_a_command_with_a_working_directory_is_refused_not_run_elsewhere(engine: Path) -> None:
     """REAPI's Command.working_directory is not supported by the executor: such an
     action fails with INVALID_ARGUMENT naming it (not retried), instead of running, and
     taking its outputs, in the input root."""
+    command = unique_command("/bin/true", output_paths=["out"], working_directory="sub")
     with grpc.insecure_channel(f"unix://{engine}/run/buildgrid.sock") as channel:
-        (root_digest,) = upload(channel, serialized(re_pb2.Directory()))
-        command = re_pb2.Command(
-            arguments=["/bin/true", uuid.uuid4().hex],  # new: never in the action cache
-            output_paths=["out"],
-            working_directory="sub",
-        )
-        (command_digest,) = upload(channel, serialized(command))
-        action = re_pb2.Action(command_digest=command_digest, input_root_digest=root_digest)
-        (action_digest,) = upload(channel, serialized(action))
-        request = re_pb2.ExecuteRequest(
-            instance_name="main", action_digest=action_digest, skip_cache_lookup=True
-        )
-        done = None
-        for operation in re_grpc.ExecutionStub(channel).Execute(request, timeout=120):
-            if operation.done:
-                done = operation
-                break
-    assert done is not None
-    response = re_pb2.ExecuteResponse()
-    assert done.response.Unpack(response)
+        response = execute_directly(channel, re_pb2.Directory(), command)
     assert response.status.code == 3, response.status  # INVALID_ARGUMENT
     assert "working directory ('sub')" in response.status.message
 
@@ -769,22 +777,7 @@ def test_a_malformed_input_root_fails_the_action_as_invalid(engine: Path, malfor
             root.files.add(name="x\0y", digest=blob)
         else:
             root.files.add(name="n" * 256, digest=blob)
-        (root_digest,) = upload(channel, serialized(root))
-        command = re_pb2.Command(arguments=["/bin/true", uuid.uuid4().hex], output_paths=["o"])
-        (command_digest,) = upload(channel, serialized(command))
-        action = re_pb2.Action(command_digest=command_digest, input_root_digest=root_digest)
-        (action_digest,) = upload(channel, serialized(action))
-        request = re_pb2.ExecuteRequest(
-            instance_name="main", action_digest=action_digest, skip_cache_lookup=True
-        )
-        done = None
-        for operation in re_grpc.ExecutionStub(channel).Execute(request, timeout=120):
-            if operation.done:
-                done = operation
-                break
-    assert done is not None
-    response = re_pb2.ExecuteResponse()
-    assert done.response.Unpack(response)
+        response = execute_directly(channel, root, unique_command("/bin/true"))
     assert response.status.code == 3, response.status  # INVALID_ARGUMENT
     expected = {
         "a name twice": "'x' appears twice in the input root",
@@ -808,29 +801,14 @@ def test_blobs_the_server_lacks_fail_the_action_as_missing_naming_them(
     for _ in range(2 if lacking == "files" else 1):
         data = f"never uploaded {uuid.uuid4().hex}".encode()
         absent.append(re_pb2.Digest(hash=hashlib.sha256(data).hexdigest(), size_bytes=len(data)))
+    root = re_pb2.Directory()
+    if lacking == "files":
+        root.files.add(name="a.txt", digest=absent[0])
+        root.files.add(name="b.txt", digest=absent[1])
+    else:
+        root.directories.add(name="sub", digest=absent[0])
     with grpc.insecure_channel(f"unix://{engine}/run/buildgrid.sock") as channel:
-        root = re_pb2.Directory()
-        if lacking == "files":
-            root.files.add(name="a.txt", digest=absent[0])
-            root.files.add(name="b.txt", digest=absent[1])
-        else:
-            root.directories.add(name="sub", digest=absent[0])
-        (root_digest,) = upload(channel, serialized(root))
-        command = re_pb2.Command(arguments=["/bin/true", uuid.uuid4().hex], output_paths=["o"])
-        (command_digest,) = upload(channel, serialized(command))
-        action = re_pb2.Action(command_digest=command_digest, input_root_digest=root_digest)
-        (action_digest,) = upload(channel, serialized(action))
-        request = re_pb2.ExecuteRequest(
-            instance_name="main", action_digest=action_digest, skip_cache_lookup=True
-        )
-        done = None
-        for operation in re_grpc.ExecutionStub(channel).Execute(request, timeout=120):
-            if operation.done:
-                done = operation
-                break
-    assert done is not None
-    response = re_pb2.ExecuteResponse()
-    assert done.response.Unpack(response)
+        response = execute_directly(channel, root, unique_command("/bin/true"))
     assert response.status.code == 9, response.status  # FAILED_PRECONDITION
     for digest in absent:
         assert f"{digest.hash}/{digest.size_bytes}" in response.status.message
@@ -852,25 +830,10 @@ def test_an_output_past_the_executors_limit_fails_the_action_and_spares_the_exec
     executor's default output limit of 1024 MB: the action fails RESOURCE_EXHAUSTED naming
     the file and the limit, the file is never read, and the executor runs the next action."""
     with grpc.insecure_channel(f"unix://{engine}/run/buildgrid.sock") as channel:
-        (root_digest,) = upload(channel, serialized(re_pb2.Directory()))
 
         def execute(script: str) -> re_pb2.ExecuteResponse:
-            command = re_pb2.Command(
-                arguments=["/bin/sh", "-c", script, uuid.uuid4().hex],  # never cached
-                output_paths=["out/big"],
-            )
-            (command_digest,) = upload(channel, serialized(command))
-            action = re_pb2.Action(command_digest=command_digest, input_root_digest=root_digest)
-            (action_digest,) = upload(channel, serialized(action))
-            request = re_pb2.ExecuteRequest(
-                instance_name="main", action_digest=action_digest, skip_cache_lookup=True
-            )
-            for operation in re_grpc.ExecutionStub(channel).Execute(request, timeout=120):
-                if operation.done:
-                    response = re_pb2.ExecuteResponse()
-                    assert operation.response.Unpack(response)
-                    return response
-            raise AssertionError("the operation never finished")
+            command = unique_command("/bin/sh", "-c", script, output_paths=["out/big"])
+            return execute_directly(channel, re_pb2.Directory(), command)
 
         refused = execute("truncate -s 2G out/big")
         assert refused.status.code == 8, refused.status  # RESOURCE_EXHAUSTED

@@ -71,8 +71,8 @@ def main(argv: Sequence[str]) -> int:
         default=DEFAULT_MAX_OUTPUT_MB,
         metavar="MB",
         help="what the outputs of one action, stdout and stderr included, may take; the "
-        "executor holds them in memory until they are uploaded (up to about twice this "
-        "per running action while they are sent), and an action that leaves more fails "
+        "executor holds them in memory until they are uploaded (and a file's size again "
+        "while that file is read), and an action that leaves more fails "
         f"RESOURCE_EXHAUSTED (default: {DEFAULT_MAX_OUTPUT_MB})",
     )
     parser.add_argument(

@@ -182,10 +182,37 @@ def test_a_worker_still_starting_when_the_pool_stops_is_not_kept(
         assert entered.wait(timeout=30)
         pool.stop_all()
         proceed.set()
-        with pytest.raises(WorkerFault, match="the executor is stopping"):
+        with pytest.raises(AcquireCancelled, match="the executor is stopping"):
             starting.result(timeout=60)
     (worker,) = started
     assert wait_gone([worker.pid]) == [] and pool.pids() == []
+    with pytest.raises(AcquireCancelled, match="no worker is started"):
+        start(pool, tmp_path, "main")  # nothing new once stopped
+    assert len(started) == 1
+
+
+def test_an_answer_past_the_output_budget_is_refused_as_it_is_read(tmp_path: Path) -> None:
+    """The executor's workers answer within the action's output budget: a longer answer
+    is a protocol error once its length is known (it is never read whole), the worker is
+    discarded, and the next request gets a fresh one."""
+    pool = WorkerPool(
+        tmp_path / "workers", max_workers=2, memory_limit_mb=None, idle_s=3600,
+        max_response_bytes=64 << 10,
+    )  # fmt: skip
+    identity = WorkerKey((sys.executable, str(FAKE_WORKER), "--protocol", "proto"), (),
+                         "proto", False, (), "main")  # fmt: skip
+    try:
+        worker, _ = pool.acquire(identity, dict(os.environ), [])
+        with pytest.raises(WorkerFault, match="more than the 65536 taken here"):
+            worker.call(WorkRequest(arguments=("huge", str(1 << 20))), timeout_s=30)
+        pool.release(worker, healthy=False)
+        fresh, reused = pool.acquire(identity, dict(os.environ), [])
+        answer = fresh.call(WorkRequest(arguments=("huge", str(60 << 10))), timeout_s=30)
+        assert not reused and len(answer.output) == 60 << 10  # within the budget: served
+        pool.release(fresh, healthy=True)
+        assert wait_gone([worker.pid]) == []
+    finally:
+        pool.stop_all()
 
 
 def test_idle_workers_are_reaped(tmp_path: Path) -> None:

@@ -98,7 +98,7 @@ def test_the_help_names_every_default(tmp_path: Path) -> None:
     assert "75% of the machine's" in result.stdout and "default with --uid-range: 1024" in (
         " ".join(result.stdout.split())
     )
-    assert "RESOURCE_EXHAUSTED (default: 1024)" in " ".join(result.stdout.split())
+    assert "(INTERNAL; it is discarded) (default: 1024)" in " ".join(result.stdout.split())
 
 
 def test_with_tenants_memory_is_bounded_by_default_where_a_group_can_bound_it() -> None:

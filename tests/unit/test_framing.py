@@ -61,6 +61,24 @@ def test_proto_large_response() -> None:
     assert len(out) == 1 and len(out[0].output) == 17 << 20
 
 
+def test_a_response_past_the_limit_is_refused_before_it_is_all_read() -> None:
+    """The executor's framings take responses up to the action's output budget: a
+    longer one is refused from its length prefix (proto) or as soon as the buffered part
+    passes the limit (JSON, where a worker may write one string that never ends)."""
+    body = b"\x12" + encode_varint(2000) + b"y" * 2000
+    with pytest.raises(ProtocolError, match="a response of 2003 bytes, more than the 1000"):
+        ProtoFraming(1000).feed(encode_varint(len(body)) + body[:10])
+    assert len(ProtoFraming(3000).feed(encode_varint(len(body)) + body)[0].output) == 2000
+    endless = JsonFraming(1000)
+    endless.feed(b'{"exitCode":0,"output":"' + b"z" * 900)
+    with pytest.raises(ProtocolError, match="passed 1000 bytes, the most taken here"):
+        endless.feed(b"z" * 200)
+    whole = b'{"exitCode":0,"output":"' + b"z" * 2000 + b'"}'
+    with pytest.raises(ProtocolError, match="of 2026 bytes is more than the 1000"):
+        JsonFraming(1000).feed(whole)
+    assert len(JsonFraming().feed(whole)[0].output) == 2000  # no limit: the runtime's
+
+
 def test_proto_text_on_stdout_is_rejected_at_once_and_quoted() -> None:
     framing = ProtoFraming()
     with pytest.raises(ProtocolError) as info:

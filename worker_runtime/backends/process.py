@@ -59,6 +59,8 @@ class BackendSpec:
     run_as: tuple[int, int] | None = None
     #: A command the backend's command runs under (the executor's sandbox), or empty.
     launcher: tuple[str, ...] = ()
+    #: The largest response taken (the executor's output budget); None: no limit.
+    max_response_bytes: int | None = None
 
     @property
     def tool(self) -> str:
@@ -122,7 +124,7 @@ class BackendProcess:
         self.spec = spec
         self.seq = next(_SEQUENCE)
         self.log_path = spec.log_dir / f"backend-{spec.tool}-{spec.key.short}-{self.seq}.log"
-        self.framing = make_framing(spec.key.protocol)
+        self.framing = make_framing(spec.key.protocol, spec.max_response_bytes)
         self.pid = 0
         self.requests_served = 0
         #: time.monotonic() of the last answer (or of the start), for idle reclamation.

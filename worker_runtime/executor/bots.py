@@ -111,7 +111,7 @@ class Executor:
         self.pool = WorkerPool(
             settings.workdir / "workers", settings.max_workers, settings.memory_limit_mb,
             settings.worker_idle_s, settings.cancel_grace_s, settings.sandbox,
-            confinement=self.confinement,
+            confinement=self.confinement, max_response_bytes=settings.max_output_mb << 20,
         )  # fmt: skip
         self.cas_by_instance: dict[str, Cas] = {}
         self.blobs_by_instance: dict[str, BlobCache] = {}

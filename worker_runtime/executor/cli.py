@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from worker_runtime.executor.bots import DEFAULT_SHUTDOWN_GRACE_S, ExecutorSettings, run_executor
+from worker_runtime.executor.collect import ENTRY_OVERHEAD_BYTES
 from worker_runtime.executor.limits import (
     DEFAULT_TENANT_MEMORY_SHARE,
     DEFAULT_TENANT_PIDS,
@@ -70,10 +71,12 @@ def main(argv: Sequence[str]) -> int:
         type=int,
         default=DEFAULT_MAX_OUTPUT_MB,
         metavar="MB",
-        help="what the outputs of one action, stdout and stderr included, may take; the "
-        "executor holds them in memory until they are uploaded (and a file's size again "
-        "while that file is read), and an action that leaves more fails "
-        f"RESOURCE_EXHAUSTED (default: {DEFAULT_MAX_OUTPUT_MB})",
+        help="what the outputs of one action may take: their contents, stdout and stderr, "
+        f"each output directory's Tree, and {ENTRY_OVERHEAD_BYTES} bytes and the name of "
+        "each entry; the executor holds them in memory until they are uploaded (and a "
+        "file's size again while that file is read), and an action that leaves more fails "
+        "RESOURCE_EXHAUSTED. A persistent worker's answer longer than this is the worker's "
+        f"fault (INTERNAL; it is discarded) (default: {DEFAULT_MAX_OUTPUT_MB})",
     )
     parser.add_argument(
         "--cancel-grace",

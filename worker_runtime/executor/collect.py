@@ -94,6 +94,8 @@ class OutputBudget:
 
 def _megabytes(count: int) -> str:
     value = count / (1 << 20)
+    if value < 0.1:
+        return f"{count} bytes"
     return f"{value:.0f} MB" if value >= 10 else f"{value:.1f} MB"
 
 

@@ -220,9 +220,10 @@ class ActionRunner:
             return ActionOutcome(result, mode, reused, pid)
         except OutputTooLarge as exc:
             limit = (
-                f". The outputs of an action (their contents, stdout and stderr, and "
-                f"{ENTRY_OVERHEAD_BYTES} bytes and the name of each file and directory) may "
-                f"take {self.max_output_mb} MB on this executor, set by its --max-output-mb"
+                f". The outputs of an action (their contents, stdout and stderr, each "
+                f"output directory's Tree, and {ENTRY_OVERHEAD_BYTES} bytes and the name of "
+                f"each file and directory) may take {self.max_output_mb} MB on this "
+                "executor, set by its --max-output-mb"
                 if exc.by_bytes
                 else ""
             )

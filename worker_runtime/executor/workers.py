@@ -65,7 +65,7 @@ class WorkerCancelled(WorkerFault):
 
 class AcquireCancelled(RuntimeError):
     """The request's lease was cancelled while it waited for a worker (all busy at the
-    cap): it never reached one."""
+    cap), or the pool stopped (the executor is leaving): it never reached one."""
 
 
 #: Multiplex request ids are int32 on the wire; they are never reused below this bound.
@@ -208,8 +208,12 @@ class WorkerPool:
         cancel_grace_s: float = CANCEL_GRACE_S,
         sandbox: Sandbox | None = None,
         confinement: Confinement | None = None,
+        max_response_bytes: int | None = None,
     ):
         self.root = root
+        #: The largest answer a worker may give (the action's output budget): a longer one
+        #: is a protocol error, read no further.
+        self.max_response_bytes = max_response_bytes
         #: Each worker's view (None: the executor's own), with the executor's actions/
         #: (where each request's directory appears) writable in it.
         self.sandbox = sandbox
@@ -249,6 +253,8 @@ class WorkerPool:
             while True:
                 if cancelled is not None and cancelled.is_set():
                     raise AcquireCancelled("cancelled while it waited for a persistent worker")
+                if self._stopped:
+                    raise AcquireCancelled("the executor is stopping: no worker is started")
                 if identity.multiplex and identity in self._starting:
                     self._lock.wait(timeout=_CANCEL_POLL_S)  # its one process is on its way
                     continue
@@ -288,7 +294,7 @@ class WorkerPool:
                 self.starts += 1
                 return worker, False
         worker.stop()  # started while the pool stopped: it would outlive the executor
-        raise WorkerFault("the executor is stopping: no new persistent worker is kept")
+        raise AcquireCancelled("the executor is stopping: no new persistent worker is kept")
 
     def _started_locked(self, identity: WorkerKey) -> None:
         self._starting[identity] -= 1
@@ -341,6 +347,7 @@ class WorkerPool:
             log_dir=self.root.parent / "worker-logs" / tenant,
             run_as=started.run_as.ids,
             launcher=tuple(started.argv),
+            max_response_bytes=self.max_response_bytes,
         )
         backend = BackendProcess(spec)
         worker = PersistentWorker(identity, home, backend, group)

@@ -57,8 +57,10 @@ class ProtoFraming:
 
     name = "proto"
 
-    def __init__(self) -> None:
+    def __init__(self, max_response_bytes: int = MAX_FRAME_BYTES) -> None:
         self._buffer = bytearray()
+        #: The largest response taken (the executor's output budget; else plausibility).
+        self._max = max_response_bytes
         #: Bytes the buffered response needs in all (0 while its length prefix is incomplete).
         self._need = 0
 
@@ -96,6 +98,13 @@ class ProtoFraming:
                     self._fail("the length prefix is longer than 10 bytes", view, pos)
             if length > MAX_FRAME_BYTES:
                 self._fail(f"a length prefix of {length} bytes is not plausible", view, pos)
+            if length > self._max:
+                self._fail(
+                    f"it announced a response of {length} bytes, more than the "
+                    f"{self._max} taken here",
+                    view,
+                    pos,
+                )
             if length and start < size and view[start] not in _RESPONSE_TAGS:
                 self._fail(
                     f"the byte after a length prefix of {length} is not a WorkResponse field",
@@ -159,8 +168,10 @@ class JsonFraming:
 
     name = "json"
 
-    def __init__(self) -> None:
+    def __init__(self, max_response_bytes: int | None = None) -> None:
         self._buffer = bytearray()
+        #: The largest response taken (the executor's output budget); None: no limit.
+        self._max = max_response_bytes
         self._pos = 0  # scan position inside _buffer
         self._depth = 0
         self._in_string = False
@@ -196,7 +207,14 @@ class JsonFraming:
         while True:
             end = self._scan()
             if end is None:
+                if self._max is not None and len(self._buffer) > self._max:
+                    self._fail(
+                        f"its response passed {self._max} bytes, the most taken here, "
+                        "before it ended"
+                    )
                 return out
+            if self._max is not None and end > self._max:
+                self._fail(f"its response of {end} bytes is more than the {self._max} taken here")
             raw = bytes(self._buffer[:end])
             del self._buffer[:end]
             self._pos = 0
@@ -290,12 +308,13 @@ class JsonFraming:
         raise ProtocolError(why, self.first_bytes())
 
 
-def make_framing(protocol: str) -> Framing:
-    """Returns a fresh framing for one backend process: 'proto' or 'json'."""
+def make_framing(protocol: str, max_response_bytes: int | None = None) -> Framing:
+    """Returns a fresh framing for one backend process: 'proto' or 'json'. A response
+    larger than ``max_response_bytes`` (None: any plausible size) is a protocol error."""
     if protocol == "proto":
-        return ProtoFraming()
+        return ProtoFraming(MAX_FRAME_BYTES if max_response_bytes is None else max_response_bytes)
     if protocol == "json":
-        return JsonFraming()
+        return JsonFraming(max_response_bytes)
     raise ValueError(f"unknown worker protocol {protocol!r}; expected 'proto' or 'json'")
 
 

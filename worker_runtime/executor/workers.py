@@ -34,10 +34,11 @@ from worker_runtime.executor.sandbox import Sandbox
 from worker_runtime.executor.tenants import RunAs, hand_over
 from worker_runtime.protocol.messages import WorkRequest, WorkResponse
 
+LOGGER = logging.getLogger(__name__)
+
 #: How long a multiplex worker has to answer a cancel before it is discarded (by default;
 #: `worker-runtime executor --cancel-grace`), and how long a response may stall mid-frame:
 #: the same defaults as the local runtime's.
-LOGGER = logging.getLogger(__name__)
 CANCEL_GRACE_S = RuntimeConfig.cancel_grace_s
 FRAME_STALL_TIMEOUT_S = RuntimeConfig.frame_stall_timeout_s
 #: A discarded worker is killed at once (no grace after SIGTERM): the pool's lock is held

@@ -249,13 +249,12 @@ class BackendProcess:
     def unread_output_bytes(self) -> int:
         """Bytes waiting in its stdout pipe, unread by the event loop (0 once it is dead).
         Safe from any thread: it only asks the kernel."""
-        if self._proc is None or self._proc.stdout is None or not self.alive:
-            return 0
-        if self._stdout_closed:
+        proc = self._proc
+        if proc is None or proc.stdout is None or not self.alive or self._stdout_closed:
             return 0
         waiting = array.array("i", [0])
         try:
-            fcntl.ioctl(self._proc.stdout.fileno(), termios.FIONREAD, waiting)
+            fcntl.ioctl(proc.stdout.fileno(), termios.FIONREAD, waiting)
         except (OSError, ValueError):  # ValueError: the loop closed the pipe meanwhile
             return 0
         return waiting[0]

@@ -57,10 +57,14 @@ class ProtoFraming:
 
     name = "proto"
 
-    def __init__(self, max_response_bytes: int = MAX_FRAME_BYTES) -> None:
+    def __init__(self, max_response_bytes: int | None = None) -> None:
         self._buffer = bytearray()
-        #: The largest response taken (the executor's output budget; else plausibility).
-        self._max = max_response_bytes
+        #: The largest response taken: the executor's output budget, else any plausible.
+        self._max = (
+            MAX_FRAME_BYTES
+            if max_response_bytes is None
+            else min(max_response_bytes, MAX_FRAME_BYTES)
+        )
         #: Bytes the buffered response needs in all (0 while its length prefix is incomplete).
         self._need = 0
 
@@ -96,11 +100,11 @@ class ProtoFraming:
                 shift += 7
                 if shift >= 70:
                     self._fail("the length prefix is longer than 10 bytes", view, pos)
-            if length > MAX_FRAME_BYTES:
-                self._fail(f"a length prefix of {length} bytes is not plausible", view, pos)
             if length > self._max:
                 self._fail(
-                    f"it announced a response of {length} bytes, more than the "
+                    f"a length prefix of {length} bytes is not plausible"
+                    if length > MAX_FRAME_BYTES
+                    else f"it announced a response of {length} bytes, more than the "
                     f"{self._max} taken here",
                     view,
                     pos,
@@ -312,7 +316,7 @@ def make_framing(protocol: str, max_response_bytes: int | None = None) -> Framin
     """Returns a fresh framing for one backend process: 'proto' or 'json'. A response
     larger than ``max_response_bytes`` (None: any plausible size) is a protocol error."""
     if protocol == "proto":
-        return ProtoFraming(MAX_FRAME_BYTES if max_response_bytes is None else max_response_bytes)
+        return ProtoFraming(max_response_bytes)
     if protocol == "json":
         return JsonFraming(max_response_bytes)
     raise ValueError(f"unknown worker protocol {protocol!r}; expected 'proto' or 'json'")

@@ -207,19 +207,7 @@ class Cas:
         if digest.size_bytes == 0:
             return b""
         if digest.size_bytes + PER_BLOB_OVERHEAD <= self.batch_limit:
-            response = self._cas.BatchReadBlobs(
-                re_pb2.BatchReadBlobsRequest(instance_name=self.instance, digests=[digest]),
-                timeout=self.timeout_s,
-            )
-            (answer,) = response.responses
-            if answer.status.code == _NOT_FOUND:
-                raise BlobMissing(digest)
-            if answer.status.code != 0:
-                raise CasError(
-                    f"blob {digest.hash}/{digest.size_bytes} could not be read: "
-                    f"{answer.status.message} (code {answer.status.code})"
-                )
-            return bytes(answer.data)
+            return self.read_many([digest])[digest_key(digest)]  # one BatchReadBlobs
         name = f"{self.instance}/blobs/{digest.hash}/{digest.size_bytes}"
         try:
             parts = [

@@ -1,7 +1,8 @@
 """An executor told to stop (SIGTERM) lets what runs finish for up to its
 `--shutdown-grace`; past it, the actions still running are stopped (their process groups
-killed), their leases handed back to the server, and the executor exits. It never waits
-out an action's own timeout. Needs what tests/integration/test_cluster.py needs."""
+killed), their leases handed back to the server, and the executor exits; one that
+finished as it was stopped is reported, not run again. It never waits out an action's
+own timeout. Needs what tests/integration/test_cluster.py needs."""
 
 from __future__ import annotations
 
@@ -24,9 +25,11 @@ from tests.integration.test_reapi_wire import serialized, upload
 from worker_runtime.cluster import buildgrid
 from worker_runtime.cluster.commands import tenant_arguments
 from worker_runtime.cluster.layout import ClusterLayout
+from worker_runtime.executor import bots
 from worker_runtime.proto import remote_execution_pb2 as re_pb2
 from worker_runtime.proto import remote_execution_pb2_grpc as re_grpc
 from worker_runtime.proto.google.longrunning import operations_pb2
+from worker_runtime.remote.channels import parse_endpoint
 
 # Bringing PostgreSQL and BuildGrid up is part of the test's time.
 pytestmark = pytest.mark.timeout(300)
@@ -123,3 +126,58 @@ def test_past_the_shutdown_grace_running_actions_are_stopped_and_the_executor_ex
         if executor.poll() is None:
             buildgrid.stop(executor.pid)
             executor.wait()
+
+
+def test_an_action_that_finishes_as_the_grace_runs_out_is_reported_not_run_again(
+    tmp_path: Path, cluster_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The executor's own loop against the real BuildGrid, its runner replaced by one
+    whose action ends only once the stop reaches it, with a result: the last moment an
+    action can finish. That result is the lease's, reported to the server before the bot
+    says it terminates; the lease is not handed back to run again."""
+    socket = f"unix://{cluster_dir}/run/buildgrid.sock"
+    started = threading.Event()
+
+    def finishes_when_stopped(
+        runner: object, action: re_pb2.Action, instance: str, cancelled: threading.Event
+    ) -> bots.ActionOutcome:
+        started.set()
+        assert cancelled.wait(120), "the stop never reached the action"
+        result = re_pb2.ActionResult(exit_code=7, stdout_raw=b"finished as it was stopped")
+        return bots.ActionOutcome(result=result, mode="oneshot", reused=False, worker_pid=0)
+
+    monkeypatch.setattr(bots.ActionRunner, "run", finishes_when_stopped)
+    settings = bots.ExecutorSettings(
+        server=parse_endpoint(socket), instance="main", bot_id=f"last-moment-{uuid.uuid4().hex}",
+        capacity=1, workdir=cluster_dir / "last-moment-executor", max_workers=1,
+        memory_limit_mb=None, worker_idle_s=60, shutdown_grace_s=0.5,
+    )  # fmt: skip
+    executor = bots.Executor(settings)
+    exit_codes: list[int] = []
+    serving = threading.Thread(target=lambda: exit_codes.append(executor.serve()), daemon=True)
+    serving.start()
+    with grpc.insecure_channel(socket) as channel:
+        (root_digest,) = upload(channel, serialized(re_pb2.Directory()))
+        command = re_pb2.Command(arguments=["/bin/true", uuid.uuid4().hex])
+        (command_digest,) = upload(channel, serialized(command))
+        action = re_pb2.Action(command_digest=command_digest, input_root_digest=root_digest)
+        (action_digest,) = upload(channel, serialized(action))
+        request = re_pb2.ExecuteRequest(
+            instance_name="main", action_digest=action_digest, skip_cache_lookup=True
+        )
+        stream = re_grpc.ExecutionStub(channel).Execute(request, timeout=60)
+        assert started.wait(60), "the executor never started the action"
+        executor.stop()
+        serving.join(60)
+        assert not serving.is_alive(), "the executor still runs past its grace"
+        assert exit_codes == [0]
+        try:
+            last = list(stream)[-1]  # the stream ends with the operation done
+        except grpc.RpcError as exc:  # still waiting for a bot at the deadline
+            raise AssertionError(f"the lease went back to the server: {exc.code()}") from None
+        assert last.done
+        response = re_pb2.ExecuteResponse()
+        assert last.response.Unpack(response)
+        assert response.status.code == 0, response.status
+        assert response.result.exit_code == 7
+        assert response.result.stdout_raw == b"finished as it was stopped"

@@ -217,13 +217,7 @@ class Executor:
                 stopping_since = time.monotonic()
             reported = self._update_leases(session, accept=stopping_since is None)
             if stopping_since is not None and not self._running:
-                # Report the last completions with the bot still OK: BuildGrid requeues
-                # the leases of a terminating bot, finished or not.
-                with contextlib.suppress(grpc.RpcError):
-                    session = self.bots.UpdateBotSession(
-                        bots_pb2.UpdateBotSessionRequest(name=session.name, bot_session=session),
-                        timeout=SHORT_POLL_S,
-                    )
+                session = self._report_while_ok(session)
                 break
             if (
                 stopping_since is not None
@@ -232,12 +226,17 @@ class Executor:
                 running = len(self._running)
                 LOGGER.warning(
                     "shutdown grace of %g s over with %d lease%s running: stopping %s "
-                    "(handed back to the server)",
+                    "(a lease is handed back to the server unless its action finishes as it stops)",
                     self.settings.shutdown_grace_s, running, "" if running == 1 else "s",
                     "it" if running == 1 else "them",
                 )  # fmt: skip
                 for event in self._cancel_events.values():
                     event.set()  # one-shot groups killed, persistent workers too
+                # The stopped actions' threads end within moments (a kill, a reap, their
+                # directory moved away; one fetching its inputs at its next read). One
+                # that finished as its stop came has a result: reported, not run again.
+                wait_for_futures(list(self._running.values()), timeout=STOPPED_ACTIONS_WAIT_S)
+                session = self._report_finished_despite_stop(session)
                 break
             if self._running and not reported and not self._any_done():
                 # Leases run: no update until one ends or the heartbeat is due. A short
@@ -269,15 +268,45 @@ class Executor:
             self.bots.UpdateBotSession(
                 bots_pb2.UpdateBotSessionRequest(name=session.name, bot_session=session), timeout=5
             )
-        # The stopped actions' threads end within moments (a kill, a reap, their
-        # directory moved away; one fetching its inputs at its next read). Past this wait
-        # the exit still joins a thread stuck in one CAS call, for up to its deadline.
-        wait_for_futures(list(self._running.values()), timeout=STOPPED_ACTIONS_WAIT_S)
+        # A thread stuck past the wait above (in one CAS call) is still joined at the
+        # exit, for up to that call's deadline.
         self.pool.stop_all()
         if self.confinement is not None:
             self.confinement.clear()
         self._threads.shutdown(wait=False, cancel_futures=True)
         return 0
+
+    def _report_while_ok(self, session: bots_pb2.BotSession) -> bots_pb2.BotSession:
+        """Sends the last completions with the bot still OK: BuildGrid requeues the leases
+        of a terminating bot, finished or not."""
+        with contextlib.suppress(grpc.RpcError):
+            session = self.bots.UpdateBotSession(
+                bots_pb2.UpdateBotSessionRequest(name=session.name, bot_session=session),
+                timeout=SHORT_POLL_S,
+            )
+        return session
+
+    def _report_finished_despite_stop(self, session: bots_pb2.BotSession) -> bots_pb2.BotSession:
+        """Past the shutdown grace, once the stopped actions were waited for: those that
+        ended otherwise than stopped (they finished as the stop came) are reported; those
+        stopped, or still stuck, stay running here, to be handed back."""
+
+        def finished(future: Future[ActionOutcome]) -> bool:
+            if not future.done() or future.cancelled():
+                return False
+            return not isinstance(future.exception(), ActionCancelled)
+
+        reported = False
+        for lease in session.leases:
+            future = self._running.get(lease.id)
+            if future is not None and finished(future):
+                del self._running[lease.id]
+                self._cancel_events.pop(lease.id, None)
+                self._finished.add(lease.id)
+                self._complete(lease, future)
+                LOGGER.info("lease %s finished as it was stopped: reported", lease.id)
+                reported = True
+        return self._report_while_ok(session) if reported else session
 
     def _update_leases(self, session: bots_pb2.BotSession, accept: bool) -> bool:
         """Starts the new leases of ``session``, stops the dropped or cancelled ones and

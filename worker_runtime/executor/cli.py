@@ -63,7 +63,8 @@ def main(argv: Sequence[str]) -> int:
         default=DEFAULT_SHUTDOWN_GRACE_S,
         metavar="S",
         help="on SIGTERM, how long running actions have to finish; those still running "
-        "then are stopped and handed back to the server (default: "
+        "then are stopped and handed back to the server, unless they finish as they are "
+        "stopped (default: "
         f"{DEFAULT_SHUTDOWN_GRACE_S:g})",
     )
     parser.add_argument(

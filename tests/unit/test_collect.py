@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import os
 import threading
+import tracemalloc
 from pathlib import Path
 
 import pytest
@@ -107,6 +108,33 @@ def test_a_read_stops_at_the_budget_whatever_the_size_said(tmp_path: Path) -> No
         os.close(reader)
         filler.join(timeout=30)
     assert limited.used_bytes <= MB
+
+
+def test_a_file_is_held_once_while_it_is_read(tmp_path: Path) -> None:
+    """A file that does not change as it is read is read into the one buffer returned:
+    its size is held once, not as chunks and then their join as well (the executor, root,
+    reads up to --max-output-mb of outputs per action)."""
+    size = 64 * MB
+    (tmp_path / "big").write_bytes(os.urandom(1 << 16) * (size >> 16))
+    tracemalloc.start()
+    try:
+        found = read_output(str(tmp_path), "big", OutputBudget(2 * size))
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert isinstance(found, OutputFile) and len(found.data) == size
+    assert peak < 1.25 * size, f"{peak / MB:.0f} MB held to read a {size // MB} MB file"
+
+
+def test_a_file_is_read_from_where_it_stands_to_the_end_it_has_by_then(tmp_path: Path) -> None:
+    path = tmp_path / "growing"
+    path.write_bytes(b"a" * (3 * MB))
+    with path.open("rb") as handle, path.open("ab") as writer:
+        first = os.read(handle.fileno(), MB)  # the read under way when the file grows
+        writer.write(b"b" * MB)
+        writer.flush()
+        rest = read_capped(handle.fileno(), "growing", OutputBudget(8 * MB))
+    assert first + rest == b"a" * (3 * MB) + b"b" * MB
 
 
 def test_each_entry_costs_the_budget_its_name_and_more(tmp_path: Path) -> None:

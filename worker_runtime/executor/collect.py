@@ -25,8 +25,11 @@ _DIRECTORY_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _FILE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 
 
-#: Read from an output file at a time (a file's size is checked before, its growth during).
+#: Read at a time from a pipe or a file that grew (a file's size is read in one call,
+#: once checked against the budget).
 _CHUNK_BYTES = 1 << 20
+#: The most one read(2) returns on Linux.
+_MAX_READ_BYTES = 0x7FFFF000
 #: Levels of directories an output directory may have (each one open while it is read).
 MAX_OUTPUT_DEPTH = 128
 #: Files and directories all the outputs of one action may have together.
@@ -187,11 +190,25 @@ def _read(
 
 
 def read_capped(fd: int, shown: str, budget: OutputBudget) -> bytes:
-    """The bytes of ``fd`` from where it stands, read in chunks to its end or until they
-    pass the budget (a file may still be growing: a worker's process can outlive the
-    action)."""
-    chunks = []
-    while chunk := os.read(fd, _CHUNK_BYTES):
-        budget.take_bytes(shown, len(chunk))
-        chunks.append(chunk)
-    return b"".join(chunks)
+    """The bytes of ``fd`` from where it stands to its end, refused once they would pass
+    the budget. What a file holds is checked against the budget, then read in one call
+    into the buffer returned (held once: not as chunks, then their join as well); what it
+    grew by meanwhile (a worker's process can outlive the action) is checked and read
+    the same way after, and a pipe in chunks, each counted as it comes."""
+    parts: list[bytes] = []
+    while True:
+        left = _left_to_read(fd)
+        budget.check_size(shown, left)  # a file grown past the budget: refused unread
+        part = os.read(fd, min(max(left, _CHUNK_BYTES), _MAX_READ_BYTES))
+        if not part:
+            return parts[0] if len(parts) == 1 else b"".join(parts)
+        budget.take_bytes(shown, len(part))
+        parts.append(part)
+
+
+def _left_to_read(fd: int) -> int:
+    """What a regular file holds past where ``fd`` stands (0 for a pipe)."""
+    status = os.fstat(fd)
+    if not stat.S_ISREG(status.st_mode):
+        return 0
+    return max(status.st_size - os.lseek(fd, 0, os.SEEK_CUR), 0)

@@ -15,6 +15,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -62,6 +63,19 @@ def wait_until(check: Callable[[], object], what: str, log: Path, timeout_s: flo
         time.sleep(0.05)
 
 
+def execute(channel: grpc.Channel, command: re_pb2.Command, timeout_s: float) -> Any:
+    """Executes ``command`` on instance main with no inputs and no cache lookup: the
+    operation's stream (an iterator of Operations that can be cancelled)."""
+    (root_digest,) = upload(channel, serialized(re_pb2.Directory()))
+    (command_digest,) = upload(channel, serialized(command))
+    action = re_pb2.Action(command_digest=command_digest, input_root_digest=root_digest)
+    (action_digest,) = upload(channel, serialized(action))
+    request = re_pb2.ExecuteRequest(
+        instance_name="main", action_digest=action_digest, skip_cache_lookup=True
+    )
+    return re_grpc.ExecutionStub(channel).Execute(request, timeout=timeout_s)
+
+
 def test_past_the_shutdown_grace_running_actions_are_stopped_and_the_executor_exits(
     tmp_path: Path, cluster_dir: Path
 ) -> None:
@@ -80,19 +94,12 @@ def test_past_the_shutdown_grace_running_actions_are_stopped_and_the_executor_ex
     token = uuid.uuid4().hex
     try:
         with grpc.insecure_channel(socket) as channel:
-            (root_digest,) = upload(channel, serialized(re_pb2.Directory()))
             # The shell stays (its command line names the token) while its child sleeps
             # far past the test: only a stop by the executor ends it in time.
             command = re_pb2.Command(
                 arguments=["/bin/sh", "-c", f"sleep 600; : {token}"], output_paths=["out"]
             )
-            (command_digest,) = upload(channel, serialized(command))
-            action = re_pb2.Action(command_digest=command_digest, input_root_digest=root_digest)
-            (action_digest,) = upload(channel, serialized(action))
-            request = re_pb2.ExecuteRequest(
-                instance_name="main", action_digest=action_digest, skip_cache_lookup=True
-            )
-            stream = re_grpc.ExecutionStub(channel).Execute(request, timeout=240)
+            stream = execute(channel, command, timeout_s=240)
             seen: list[operations_pb2.Operation] = []
 
             def read() -> None:
@@ -157,15 +164,8 @@ def test_an_action_that_finishes_as_the_grace_runs_out_is_reported_not_run_again
     serving = threading.Thread(target=lambda: exit_codes.append(executor.serve()), daemon=True)
     serving.start()
     with grpc.insecure_channel(socket) as channel:
-        (root_digest,) = upload(channel, serialized(re_pb2.Directory()))
         command = re_pb2.Command(arguments=["/bin/true", uuid.uuid4().hex])
-        (command_digest,) = upload(channel, serialized(command))
-        action = re_pb2.Action(command_digest=command_digest, input_root_digest=root_digest)
-        (action_digest,) = upload(channel, serialized(action))
-        request = re_pb2.ExecuteRequest(
-            instance_name="main", action_digest=action_digest, skip_cache_lookup=True
-        )
-        stream = re_grpc.ExecutionStub(channel).Execute(request, timeout=60)
+        stream = execute(channel, command, timeout_s=60)
         assert started.wait(60), "the executor never started the action"
         executor.stop()
         serving.join(60)

@@ -137,6 +137,41 @@ def test_a_file_is_read_from_where_it_stands_to_the_end_it_has_by_then(tmp_path:
     assert first + rest == b"a" * (3 * MB) + b"b" * MB
 
 
+@pytest.mark.parametrize("max_mb", [4, 1.5])
+def test_what_a_file_grows_by_as_it_is_read_is_read_too_within_the_budget(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, max_mb: float
+) -> None:
+    """A writer (a worker's stray child) adds to the file while it is read: what it added
+    is read after, checked against the budget before it is read."""
+    path = tmp_path / "growing"
+    path.write_bytes(b"a" * MB)
+    real_read = os.read
+    grown: list[bool] = []
+
+    def read_then_grow(fd: int, size: int) -> bytes:
+        data = real_read(fd, size)
+        if not grown:
+            grown.append(True)
+            with path.open("ab") as writer:
+                writer.write(b"b" * MB)
+        return data
+
+    monkeypatch.setattr(os, "read", read_then_grow)
+    limited = OutputBudget(int(max_mb * MB))
+    with path.open("rb") as handle:
+        if max_mb == 4:
+            assert read_capped(handle.fileno(), "growing", limited) == b"a" * MB + b"b" * MB
+            assert limited.used_bytes == 2 * MB
+        else:
+            with pytest.raises(
+                OutputTooLarge,
+                match=r"growing grew by 1\.0 MB as it was read, which would take the outputs "
+                r"past 1\.5 MB",
+            ):
+                read_capped(handle.fileno(), "growing", limited)
+            assert limited.used_bytes == MB
+
+
 def test_each_entry_costs_the_budget_its_name_and_more(tmp_path: Path) -> None:
     """Empty files are not free: each costs ENTRY_OVERHEAD_BYTES and its name, so that a
     million of them cannot fill the executor's memory for nothing."""

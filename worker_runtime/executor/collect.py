@@ -25,8 +25,8 @@ _DIRECTORY_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _FILE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 
 
-#: Read at a time from a pipe or a file that grew (a file's size is read in one call,
-#: once checked against the budget).
+#: Read from a pipe at a time (a file's size is read in one call, once checked against
+#: the budget).
 _CHUNK_BYTES = 1 << 20
 #: The most one read(2) returns on Linux.
 _MAX_READ_BYTES = 0x7FFFF000
@@ -78,12 +78,15 @@ class OutputBudget:
             )
         self.take_bytes(shown, ENTRY_OVERHEAD_BYTES + len(os.fsencode(name)))
 
-    def check_size(self, shown: str, size: int) -> None:
-        """Refuses, before it is read, a file whose size alone would pass the budget."""
+    def check_size(self, shown: str, size: int, grown: bool = False) -> None:
+        """Refuses, before it is read, a file whose size alone (or, ``grown``, what it
+        grew by as it was read) would pass the budget."""
         if self.used_bytes + size > self.max_bytes:
+            what = (
+                f"grew by {_megabytes(size)} as it was read" if grown else f"is {_megabytes(size)}"
+            )
             raise OutputTooLarge(
-                f"{shown} is {_megabytes(size)}, which would take the outputs past "
-                f"{_megabytes(self.max_bytes)}",
+                f"{shown} {what}, which would take the outputs past {_megabytes(self.max_bytes)}",
                 by_bytes=True,
             )
 
@@ -194,21 +197,29 @@ def read_capped(fd: int, shown: str, budget: OutputBudget) -> bytes:
     the budget. What a file holds is checked against the budget, then read in one call
     into the buffer returned (held once: not as chunks, then their join as well); what it
     grew by meanwhile (a worker's process can outlive the action) is checked and read
-    the same way after, and a pipe in chunks, each counted as it comes."""
-    parts: list[bytes] = []
-    while True:
-        left = _left_to_read(fd)
-        budget.check_size(shown, left)  # a file grown past the budget: refused unread
-        part = os.read(fd, min(max(left, _CHUNK_BYTES), _MAX_READ_BYTES))
-        if not part:
-            return parts[0] if len(parts) == 1 else b"".join(parts)
-        budget.take_bytes(shown, len(part))
-        parts.append(part)
-
-
-def _left_to_read(fd: int) -> int:
-    """What a regular file holds past where ``fd`` stands (0 for a pipe)."""
+    after, and joined to it. A pipe is read in chunks, each counted as it comes."""
     status = os.fstat(fd)
     if not stat.S_ISREG(status.st_mode):
-        return 0
-    return max(status.st_size - os.lseek(fd, 0, os.SEEK_CUR), 0)
+        return _read_chunks(fd, shown, budget)
+    position = os.lseek(fd, 0, os.SEEK_CUR)
+    size = status.st_size
+    parts: list[bytes] = []
+    while size > position:
+        left = size - position
+        budget.check_size(shown, left, grown=bool(parts))  # refused unread
+        part = os.read(fd, min(left, _MAX_READ_BYTES))
+        if not part:  # it shrank
+            break
+        budget.take_bytes(shown, len(part))
+        parts.append(part)
+        position += len(part)
+        size = os.fstat(fd).st_size
+    return parts[0] if len(parts) == 1 else b"".join(parts)
+
+
+def _read_chunks(fd: int, shown: str, budget: OutputBudget) -> bytes:
+    chunks = []
+    while chunk := os.read(fd, _CHUNK_BYTES):
+        budget.take_bytes(shown, len(chunk))
+        chunks.append(chunk)
+    return b"".join(chunks)

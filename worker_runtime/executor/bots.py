@@ -225,8 +225,8 @@ class Executor:
             ):
                 running = len(self._running)
                 LOGGER.warning(
-                    "shutdown grace of %g s over with %d lease%s running: stopping %s "
-                    "(a lease is handed back to the server unless its action finishes as it stops)",
+                    "shutdown grace of %g s over with %d lease%s running: stopping %s (each "
+                    "handed back to the server unless it finishes as it stops)",
                     self.settings.shutdown_grace_s, running, "" if running == 1 else "s",
                     "it" if running == 1 else "them",
                 )  # fmt: skip

@@ -64,8 +64,7 @@ def main(argv: Sequence[str]) -> int:
         metavar="S",
         help="on SIGTERM, how long running actions have to finish; those still running "
         "then are stopped and handed back to the server, unless they finish as they are "
-        "stopped (default: "
-        f"{DEFAULT_SHUTDOWN_GRACE_S:g})",
+        f"stopped (default: {DEFAULT_SHUTDOWN_GRACE_S:g})",
     )
     parser.add_argument(
         "--max-output-mb",
@@ -75,8 +74,7 @@ def main(argv: Sequence[str]) -> int:
         help="what the outputs of one action may take: their contents, stdout and stderr, "
         f"each output directory's Tree, and {ENTRY_OVERHEAD_BYTES} bytes and the name of "
         "each entry; the executor holds them in memory until they are uploaded, and an "
-        "action that leaves more fails "
-        "RESOURCE_EXHAUSTED. A persistent worker's answer longer than this is the worker's "
+        "action that leaves more fails RESOURCE_EXHAUSTED. A persistent worker's answer longer than this is the worker's "
         f"fault (INTERNAL; it is discarded) (default: {DEFAULT_MAX_OUTPUT_MB})",
     )
     parser.add_argument(

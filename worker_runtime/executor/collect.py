@@ -218,6 +218,7 @@ def read_capped(fd: int, shown: str, budget: OutputBudget) -> bytes:
 
 
 def _read_chunks(fd: int, shown: str, budget: OutputBudget) -> bytes:
+    """A pipe's bytes to its end, each chunk counted as it comes."""
     chunks = []
     while chunk := os.read(fd, _CHUNK_BYTES):
         budget.take_bytes(shown, len(chunk))

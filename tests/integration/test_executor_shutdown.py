@@ -163,18 +163,23 @@ def test_an_action_that_finishes_as_the_grace_runs_out_is_reported_not_run_again
     exit_codes: list[int] = []
     serving = threading.Thread(target=lambda: exit_codes.append(executor.serve()), daemon=True)
     serving.start()
-    with grpc.insecure_channel(socket) as channel:
-        command = re_pb2.Command(arguments=["/bin/true", uuid.uuid4().hex])
-        stream = execute(channel, command, timeout_s=60)
-        assert started.wait(60), "the executor never started the action"
+    try:
+        with grpc.insecure_channel(socket) as channel:
+            command = re_pb2.Command(arguments=["/bin/true", uuid.uuid4().hex])
+            stream = execute(channel, command, timeout_s=60)
+            assert started.wait(60), "the executor never started the action"
+            executor.stop()
+            serving.join(60)
+            assert not serving.is_alive(), "the executor still runs past its grace"
+            assert exit_codes == [0]
+            try:
+                last = list(stream)[-1]  # the stream ends with the operation done
+            except grpc.RpcError as exc:  # still waiting for a bot at the deadline
+                raise AssertionError(f"the lease went back: {exc.code()}") from None
+    finally:  # a failed test leaves no executor polling the module's server
         executor.stop()
-        serving.join(60)
-        assert not serving.is_alive(), "the executor still runs past its grace"
-        assert exit_codes == [0]
-        try:
-            last = list(stream)[-1]  # the stream ends with the operation done
-        except grpc.RpcError as exc:  # still waiting for a bot at the deadline
-            raise AssertionError(f"the lease went back to the server: {exc.code()}") from None
+        serving.join(30)
+        executor.channel.close()
         assert last.done
         response = re_pb2.ExecuteResponse()
         assert last.response.Unpack(response)

@@ -22,15 +22,14 @@ import pytest
 
 from tests.clusters import private_cluster
 from tests.conftest import REPO_ROOT
+from tests.in_process_executor import in_process_executor, runs_until
 from tests.integration.test_reapi_wire import serialized, upload
 from worker_runtime.cluster import buildgrid
 from worker_runtime.cluster.commands import tenant_arguments
 from worker_runtime.cluster.layout import ClusterLayout
-from worker_runtime.executor import bots
 from worker_runtime.proto import remote_execution_pb2 as re_pb2
 from worker_runtime.proto import remote_execution_pb2_grpc as re_grpc
 from worker_runtime.proto.google.longrunning import operations_pb2
-from worker_runtime.remote.channels import parse_endpoint
 
 # Bringing PostgreSQL and BuildGrid up is part of the test's time.
 pytestmark = pytest.mark.timeout(300)
@@ -144,42 +143,22 @@ def test_an_action_that_finishes_as_the_grace_runs_out_is_reported_not_run_again
     says it terminates; the lease is not handed back to run again."""
     socket = f"unix://{cluster_dir}/run/buildgrid.sock"
     started = threading.Event()
-
-    def finishes_when_stopped(
-        runner: object, action: re_pb2.Action, instance: str, cancelled: threading.Event
-    ) -> bots.ActionOutcome:
-        started.set()
-        assert cancelled.wait(120), "the stop never reached the action"
-        result = re_pb2.ActionResult(exit_code=7, stdout_raw=b"finished as it was stopped")
-        return bots.ActionOutcome(result=result, mode="oneshot", reused=False, worker_pid=0)
-
-    monkeypatch.setattr(bots.ActionRunner, "run", finishes_when_stopped)
-    settings = bots.ExecutorSettings(
-        server=parse_endpoint(socket), instance="main", bot_id=f"last-moment-{uuid.uuid4().hex}",
-        capacity=1, workdir=cluster_dir / "last-moment-executor", max_workers=1,
-        memory_limit_mb=None, worker_idle_s=60, shutdown_grace_s=0.5,
-    )  # fmt: skip
-    executor = bots.Executor(settings)
-    exit_codes: list[int] = []
-    serving = threading.Thread(target=lambda: exit_codes.append(executor.serve()), daemon=True)
-    serving.start()
-    try:
-        with grpc.insecure_channel(socket) as channel:
-            command = re_pb2.Command(arguments=["/bin/true", uuid.uuid4().hex])
-            stream = execute(channel, command, timeout_s=60)
-            assert started.wait(60), "the executor never started the action"
-            executor.stop()
-            serving.join(60)
-            assert not serving.is_alive(), "the executor still runs past its grace"
-            assert exit_codes == [0]
-            try:
-                last = list(stream)[-1]  # the stream ends with the operation done
-            except grpc.RpcError as exc:  # still waiting for a bot at the deadline
-                raise AssertionError(f"the lease went back: {exc.code()}") from None
-    finally:  # a failed test leaves no executor polling the module's server
-        executor.stop()
-        serving.join(30)
-        executor.channel.close()
+    finishes_when_stopped = runs_until(started, None, 7, b"finished as it was stopped")
+    with (
+        in_process_executor(
+            monkeypatch, finishes_when_stopped, socket, cluster_dir / "last-moment-executor",
+            shutdown_grace_s=0.5,
+        ) as running,
+        grpc.insecure_channel(socket) as channel,
+    ):  # fmt: skip
+        command = re_pb2.Command(arguments=["/bin/true", uuid.uuid4().hex])
+        stream = execute(channel, command, timeout_s=60)
+        assert started.wait(60), "the executor never started the action"
+        assert running.stop_and_wait() == 0, "the executor still runs past its grace"
+        try:
+            last = list(stream)[-1]  # the stream ends with the operation done
+        except grpc.RpcError as exc:  # still waiting for a bot at the deadline
+            raise AssertionError(f"the lease went back: {exc.code()}") from None
         assert last.done
         response = re_pb2.ExecuteResponse()
         assert last.response.Unpack(response)

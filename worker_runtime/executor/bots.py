@@ -63,6 +63,8 @@ HEARTBEAT_S = 0.2
 DEFAULT_SHUTDOWN_GRACE_S = 30.0
 #: On the way out, how long the threads of actions stopped past the grace have to end.
 STOPPED_ACTIONS_WAIT_S = 5.0
+#: On the way out, how long the last report waits to try again a server out of reach.
+LAST_REPORT_RETRY_S = 0.5
 
 
 @dataclass
@@ -278,12 +280,25 @@ class Executor:
 
     def _report_while_ok(self, session: bots_pb2.BotSession) -> bots_pb2.BotSession:
         """Sends the last completions with the bot still OK: BuildGrid requeues the leases
-        of a terminating bot, finished or not."""
-        with contextlib.suppress(grpc.RpcError):
-            session = self.bots.UpdateBotSession(
-                bots_pb2.UpdateBotSessionRequest(name=session.name, bot_session=session),
-                timeout=SHORT_POLL_S,
-            )
+        of a terminating bot, finished or not. A server out of reach (UNAVAILABLE: the
+        update never got there) is tried once more, so that a blip at the last moment
+        does not send a finished action to run again."""
+        request = bots_pb2.UpdateBotSessionRequest(name=session.name, bot_session=session)
+        for attempt in range(2):
+            try:
+                updated: bots_pb2.BotSession = self.bots.UpdateBotSession(
+                    request, timeout=SHORT_POLL_S
+                )
+                return updated
+            except grpc.RpcError as exc:
+                # Any other error: the server has the update (past its deadline, BuildGrid
+                # holds the call it took), or would refuse it again.
+                if exc.code() != grpc.StatusCode.UNAVAILABLE:
+                    break
+                LOGGER.warning("the last report found the server out of reach (%s)",
+                               "giving up" if attempt else "trying again")  # fmt: skip
+                if not attempt:
+                    time.sleep(LAST_REPORT_RETRY_S)
         return session
 
     def _report_finished_despite_stop(self, session: bots_pb2.BotSession) -> bots_pb2.BotSession:

@@ -15,7 +15,6 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
 
 import grpc
 import pytest
@@ -23,12 +22,11 @@ import pytest
 from tests.clusters import private_cluster
 from tests.conftest import REPO_ROOT
 from tests.in_process_executor import in_process_executor, runs_until
-from tests.integration.test_reapi_wire import serialized, upload
+from tests.integration.test_remote import start_execute
 from worker_runtime.cluster import buildgrid
 from worker_runtime.cluster.commands import tenant_arguments
 from worker_runtime.cluster.layout import ClusterLayout
 from worker_runtime.proto import remote_execution_pb2 as re_pb2
-from worker_runtime.proto import remote_execution_pb2_grpc as re_grpc
 from worker_runtime.proto.google.longrunning import operations_pb2
 
 # Bringing PostgreSQL and BuildGrid up is part of the test's time.
@@ -62,19 +60,6 @@ def wait_until(check: Callable[[], object], what: str, log: Path, timeout_s: flo
         time.sleep(0.05)
 
 
-def execute(channel: grpc.Channel, command: re_pb2.Command, timeout_s: float) -> Any:
-    """Executes ``command`` on instance main with no inputs and no cache lookup: the
-    operation's stream (an iterator of Operations that can be cancelled)."""
-    (root_digest,) = upload(channel, serialized(re_pb2.Directory()))
-    (command_digest,) = upload(channel, serialized(command))
-    action = re_pb2.Action(command_digest=command_digest, input_root_digest=root_digest)
-    (action_digest,) = upload(channel, serialized(action))
-    request = re_pb2.ExecuteRequest(
-        instance_name="main", action_digest=action_digest, skip_cache_lookup=True
-    )
-    return re_grpc.ExecutionStub(channel).Execute(request, timeout=timeout_s)
-
-
 def test_past_the_shutdown_grace_running_actions_are_stopped_and_the_executor_exits(
     tmp_path: Path, cluster_dir: Path
 ) -> None:
@@ -98,7 +83,7 @@ def test_past_the_shutdown_grace_running_actions_are_stopped_and_the_executor_ex
             command = re_pb2.Command(
                 arguments=["/bin/sh", "-c", f"sleep 600; : {token}"], output_paths=["out"]
             )
-            stream = execute(channel, command, timeout_s=240)
+            stream = start_execute(channel, re_pb2.Directory(), command, timeout_s=240)
             seen: list[operations_pb2.Operation] = []
 
             def read() -> None:
@@ -152,7 +137,7 @@ def test_an_action_that_finishes_as_the_grace_runs_out_is_reported_not_run_again
         grpc.insecure_channel(socket) as channel,
     ):  # fmt: skip
         command = re_pb2.Command(arguments=["/bin/true", uuid.uuid4().hex])
-        stream = execute(channel, command, timeout_s=60)
+        stream = start_execute(channel, re_pb2.Directory(), command, timeout_s=60)
         assert started.wait(60), "the executor never started the action"
         assert running.stop_and_wait() == 0, "the executor still runs past its grace"
         try:

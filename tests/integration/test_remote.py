@@ -16,6 +16,7 @@ import uuid
 from collections.abc import Iterator
 from concurrent.futures import Future
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -718,12 +719,12 @@ def test_blobs_the_server_lost_are_uploaded_again(tmp_path: Path, engine: Path) 
     assert (root / "out" / "l2.txt").read_text().startswith(f"lost {tmp_path}\n")
 
 
-def execute_directly(
-    channel: grpc.Channel, root: re_pb2.Directory, command: re_pb2.Command
-) -> re_pb2.ExecuteResponse:
-    """Uploads ``root`` and ``command``, executes their action on instance main (past
-    the action cache) and returns the ExecuteResponse it ends with: the executor's
-    answer, as a REAPI client sees it."""
+def start_execute(
+    channel: grpc.Channel, root: re_pb2.Directory, command: re_pb2.Command, timeout_s: float
+) -> Any:
+    """Uploads ``root`` and ``command`` and executes their action on instance main (past
+    the action cache): the operation's stream (an iterator of Operations that can be
+    cancelled)."""
     (root_digest,) = upload(channel, serialized(root))
     (command_digest,) = upload(channel, serialized(command))
     action = re_pb2.Action(command_digest=command_digest, input_root_digest=root_digest)
@@ -731,7 +732,15 @@ def execute_directly(
     request = re_pb2.ExecuteRequest(
         instance_name="main", action_digest=action_digest, skip_cache_lookup=True
     )
-    for operation in re_grpc.ExecutionStub(channel).Execute(request, timeout=120):
+    return re_grpc.ExecutionStub(channel).Execute(request, timeout=timeout_s)
+
+
+def execute_directly(
+    channel: grpc.Channel, root: re_pb2.Directory, command: re_pb2.Command
+) -> re_pb2.ExecuteResponse:
+    """Executes as start_execute does and returns the ExecuteResponse it ends with: the
+    executor's answer, as a REAPI client sees it."""
+    for operation in start_execute(channel, root, command, timeout_s=120):
         if operation.done:
             response = re_pb2.ExecuteResponse()
             assert operation.response.Unpack(response)

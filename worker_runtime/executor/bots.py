@@ -315,10 +315,7 @@ class Executor:
         for lease in session.leases:
             future = self._running.get(lease.id)
             if future is not None and finished(future):
-                del self._running[lease.id]
-                self._cancel_events.pop(lease.id, None)
-                self._finished.add(lease.id)
-                self._complete(lease, future)
+                self._report(lease, future)
                 LOGGER.info("lease %s finished as it was stopped: reported", lease.id)
                 reported = True
         return self._report_while_ok(session) if reported else session
@@ -339,10 +336,7 @@ class Executor:
                 self._finished.add(lease.id)
                 continue
             if future is not None and future.done():
-                self._running.pop(lease.id)
-                self._cancel_events.pop(lease.id, None)
-                self._finished.add(lease.id)
-                self._complete(lease, future)
+                self._report(lease, future)
                 reported = True
                 continue
             startable = lease.state in (bots_pb2.PENDING, bots_pb2.ACTIVE)
@@ -367,6 +361,14 @@ class Executor:
                 future.add_done_callback(lambda _: self._wake.set())
                 self._running[lease.id] = future
         return reported
+
+    def _report(self, lease: bots_pb2.Lease, future: Future[ActionOutcome]) -> None:
+        """Marks ``lease`` COMPLETED with the outcome of ``future`` (done), for the next
+        update, and forgets it as running: it is never started again."""
+        del self._running[lease.id]
+        self._cancel_events.pop(lease.id, None)
+        self._finished.add(lease.id)
+        self._complete(lease, future)
 
     def _any_done(self) -> bool:
         return any(future.done() for future in self._running.values())

@@ -74,8 +74,9 @@ def main(argv: Sequence[str]) -> int:
         help="what the outputs of one action may take: their contents, stdout and stderr, "
         f"each output directory's Tree, and {ENTRY_OVERHEAD_BYTES} bytes and the name of "
         "each entry; the executor holds them in memory until they are uploaded, and an "
-        "action that leaves more fails RESOURCE_EXHAUSTED. A persistent worker's answer longer than this is the worker's "
-        f"fault (INTERNAL; it is discarded) (default: {DEFAULT_MAX_OUTPUT_MB})",
+        "action that leaves more fails RESOURCE_EXHAUSTED. A persistent worker's answer "
+        "longer than this is the worker's fault (INTERNAL; it is discarded) (default: "
+        f"{DEFAULT_MAX_OUTPUT_MB})",
     )
     parser.add_argument(
         "--cancel-grace",

@@ -10,7 +10,7 @@ thread: a no-op backend for benchmarks), ``--slow-start SECONDS``, ``--die-at-st
 
 Request commands: ``echo WORDS...``, ``exit CODE [MESSAGE]``, ``sleep SECONDS``, ``sleep-write SECONDS FILE``, ``pid``, ``identity``,
 ``env NAME``, ``args``, ``crash``, ``crash-once MARKER``, ``crash-after SECONDS MARKER``, ``bad-int``, ``alloc-sleep MB SECONDS``, ``helper-pid``, ``garbage``, ``silent``,
-``close-stdout``, ``wrong-id``, ``huge BYTES``, ``snake`` (JSON: answer in snake_case).
+``close-stdin DELAY``, ``close-stdout``, ``wrong-id``, ``huge BYTES``, ``snake`` (JSON: answer in snake_case).
 """
 
 from __future__ import annotations
@@ -210,6 +210,14 @@ def handle(framing, request: dict, options: dict) -> None:
         send(b"Hello from a chatty worker!\n")
         reply["output"] = "after garbage"
     elif command == "silent":
+        return
+    elif command == "close-stdin":
+        # Closes its stdin (a reader thread that crashed, say), answers after DELAY
+        # seconds, and lives on, taking no more requests.
+        os.close(0)
+        time.sleep(float(rest[0]))
+        send(framing.write(0, str(os.getpid()), rid))
+        time.sleep(3600)
         return
     elif command == "close-stdout":
         sys.stderr.write("fake_worker: closing stdout and staying alive\n")

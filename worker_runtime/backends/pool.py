@@ -98,7 +98,13 @@ class BackendPool:
             await asyncio.shield(proc.stop())
             raise
         self.processes.add(proc)
+        proc.when_gone = self._forget
         return proc
+
+    def _forget(self, proc: BackendProcess) -> None:
+        """Drops a process that ended (crashed, killed, stopped) from the pool's books,
+        idle or not, so that a long-lived daemon keeps no dead ones."""
+        self.processes.discard(proc)
 
     async def stop(self) -> None:
         """Stops every process, including those already being stopped; none starts after."""
@@ -114,6 +120,11 @@ class SingleplexPool(BackendPool):
         super().__init__(spec)
         self._slots = asyncio.Semaphore(max_instances)
         self._idle: list[BackendProcess] = []
+
+    def _forget(self, proc: BackendProcess) -> None:
+        super()._forget(proc)
+        if proc in self._idle:
+            self._idle.remove(proc)
 
     def has_free_slot(self) -> bool:
         """Whether a request would start now: an idle backend, or room to start one."""

@@ -20,6 +20,7 @@ import signal
 import subprocess
 import termios
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -113,6 +114,16 @@ class _StdoutProtocol(asyncio.Protocol):
         self.owner._on_stdout_closed()
 
 
+class _StdinProtocol(asyncio.Protocol):
+    """Tells the backend when its stdin pipe closes (a worker that closed its end)."""
+
+    def __init__(self, owner: BackendProcess) -> None:
+        self.owner = owner
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.owner._on_stdin_closed()
+
+
 class BackendProcess:
     """A running backend. ``call`` sends one request and waits for its response.
 
@@ -142,13 +153,24 @@ class BackendProcess:
         self._exited = asyncio.Event()
         self._stall_timer: asyncio.TimerHandle | None = None
         self._stdout_closed = False
-        #: The runtime killed it because it closed stdout but lived on (not a signal from
-        #: elsewhere, whose EOF on stdout also comes before its exit is seen).
-        self._killed_for_closed_stdout = False
+        #: Its end of stdin closed while it ran: it can take no more requests.
+        self._stdin_closed = False
+        #: The pipe ("stdout", "stdin") it closed and lived on, for which the runtime
+        #: killed it (not a signal from elsewhere, whose EOF on stdout also comes before
+        #: its exit is seen).
+        self._killed_for_closed: str | None = None
+        #: Called once the process has ended (its pool forgets it).
+        self.when_gone: Callable[[BackendProcess], None] | None = None
 
     @property
     def alive(self) -> bool:
-        return self._proc is not None and self._failure is None and not self._exited.is_set()
+        """Running and able to take requests."""
+        return (
+            self._proc is not None
+            and self._failure is None
+            and not self._exited.is_set()
+            and not self._stdin_closed
+        )
 
     @property
     def in_flight(self) -> int:
@@ -212,7 +234,7 @@ class BackendProcess:
         loop = asyncio.get_running_loop()
         self._exit_fd = os.pidfd_open(proc.pid)
         loop.add_reader(self._exit_fd, self._on_exit)
-        stdin, _ = await loop.connect_write_pipe(asyncio.Protocol, proc.stdin)
+        stdin, _ = await loop.connect_write_pipe(lambda: _StdinProtocol(self), proc.stdin)
         self._stdin = stdin
         await loop.connect_read_pipe(lambda: _StdoutProtocol(self), proc.stdout)
         LOGGER.info("started %s: %s; log %s", self.describe(), argv, self.log_path)
@@ -229,13 +251,16 @@ class BackendProcess:
         if self._failure is not None:
             raise self._failure
         assert self._stdin is not None
+        if self._stdin_closed or self._stdin.is_closing():
+            # Its stdin broke since it was chosen; written now, the request would be lost.
+            raise BackendDiedError(f"{self.describe()} closed its stdin while still running")
         future: asyncio.Future[WorkResponse] = asyncio.get_running_loop().create_future()
         self._pending[request.request_id] = future
         try:
             self._stdin.write(self.framing.encode(request))
             response = await future
         except asyncio.CancelledError:
-            if self._pending.pop(request.request_id, None) is not None and self.alive:
+            if self._pending.pop(request.request_id, None) is not None and self._running():
                 self._abandon(request.request_id)
                 clean = asyncio.ensure_future(self._abandoned(request.request_id))
                 while not clean.done():  # a second cancel must not cut this wait short
@@ -245,6 +270,10 @@ class BackendProcess:
         self.requests_served += 1
         self.last_used = time.monotonic()
         return response
+
+    def _running(self) -> bool:
+        """The process may still work on a request (alive, or its stdin closed lately)."""
+        return self._proc is not None and self._failure is None and not self._exited.is_set()
 
     def unread_output_bytes(self) -> int:
         """Bytes waiting in its stdout pipe, unread by the event loop (0 once it is dead).
@@ -284,7 +313,12 @@ class BackendProcess:
 
     def _abandon(self, request_id: int) -> None:
         """Leaves the backend clean after a request whose caller has gone."""
-        if self.spec.key.multiplex and self.spec.cancellable and self._stdin is not None:
+        if (
+            self.spec.key.multiplex
+            and self.spec.cancellable
+            and self._stdin is not None
+            and not self._stdin_closed
+        ):
             self._cancelling.add(request_id)
             # Made before the cancel is written: its answer may arrive before
             # _abandoned first runs, and must find the event to set.
@@ -317,7 +351,7 @@ class BackendProcess:
             await self._exited.wait()
 
     def _check_cancel_acknowledged(self, request_id: int) -> None:
-        if request_id in self._cancelling and self.alive:
+        if request_id in self._cancelling and self._running():
             self.kill(
                 BackendDiedError(
                     f"{self.describe()} did not answer a cancel of request {request_id} "
@@ -334,6 +368,13 @@ class BackendProcess:
                 self._deliver(response)
         except ProtocolError as exc:
             self._fail_protocol(str(exc), exc.first_bytes)
+            return
+        except Exception as exc:  # a fault of the framing's: the backend goes, no request hangs
+            LOGGER.exception("reading the response of %s failed", self.describe())
+            self._fail_protocol(
+                f"its response could not be read ({type(exc).__name__}: {exc})",
+                self.framing.first_bytes(),
+            )
             return
         if self._stall_timer is not None:
             self._stall_timer.cancel()
@@ -358,11 +399,24 @@ class BackendProcess:
         if self._stdout_closed:
             return
         self._stdout_closed = True
-        asyncio.get_running_loop().call_later(1.0, self._kill_for_closed_stdout)
+        asyncio.get_running_loop().call_later(1.0, self._kill_for_closed_pipe, "stdout")
 
-    def _kill_for_closed_stdout(self) -> None:
+    def _on_stdin_closed(self) -> None:
+        # Also when the runtime closes it (a stop, an exit seen): nothing to do then.
+        if self._stdin_closed or not self._running():
+            return
+        self._stdin_closed = True  # no longer alive: no request is given to it
+        if self._pending:
+            # What it works on may still be answered, or it is exiting (its exit status
+            # says more): a moment, as for stdout, then it is killed.
+            asyncio.get_running_loop().call_later(1.0, self._kill_for_closed_pipe, "stdin")
+            return
+        LOGGER.warning("%s closed its stdin while idle; it is discarded", self.describe())
+        self.kill(BackendDiedError(f"{self.describe()} closed its stdin while still running"))
+
+    def _kill_for_closed_pipe(self, pipe: str) -> None:
         if self.pid and not self._exited.is_set():
-            self._killed_for_closed_stdout = True
+            self._killed_for_closed = self._killed_for_closed or pipe
             self._kill_group()
 
     def _on_exit(self) -> None:
@@ -377,8 +431,8 @@ class BackendProcess:
             self._stall_timer.cancel()
         if self._failure is None:
             how = describe_exit(returncode)
-            if self._killed_for_closed_stdout and returncode == -signal.SIGKILL:
-                how = "closed its stdout while still running (it was killed)"
+            if self._killed_for_closed and returncode == -signal.SIGKILL:
+                how = f"closed its {self._killed_for_closed} while still running (it was killed)"
             summary = f"{self.describe()} {how} before answering"
             self._failure = BackendDiedError(
                 f"{summary}; last stderr lines:\n{stderr_tail(self.log_path)}\n  log: {self.log_path}",
@@ -392,6 +446,8 @@ class BackendProcess:
         if self._stdin is not None:
             self._stdin.close()
         LOGGER.info("%s ended: %s", self.describe(), describe_exit(returncode))
+        if self.when_gone is not None:
+            self.when_gone(self)
 
     def _deliver(self, response: WorkResponse) -> None:
         future = self._pending.pop(response.request_id, None)

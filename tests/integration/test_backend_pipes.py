@@ -1,0 +1,79 @@
+"""A backend whose pipes break while it lives on, and backends that end while idle: the
+pool drops them at once and serves every later request on a fresh process, on either
+event loop (uvloop is the runtime's; the executor's loop thread runs asyncio's own)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import uvloop
+
+from tests.conftest import fake_backend
+from worker_runtime.backends.manager import BackendManager
+from worker_runtime.backends.pool import BackendPool
+from worker_runtime.config import RuntimeConfig
+
+LOOPS: dict[str, Callable[[], asyncio.AbstractEventLoop]] = {
+    "uvloop": uvloop.new_event_loop,
+    "asyncio": asyncio.new_event_loop,
+}
+
+
+def run_on(loop: str, scenario: Callable[[], object]) -> object:
+    with asyncio.Runner(loop_factory=LOOPS[loop]) as runner:
+        return runner.run(scenario())  # type: ignore[arg-type]
+
+
+async def until_forgotten(pool: BackendPool, pid: int) -> None:
+    for _ in range(500):
+        if all(proc.pid != pid for proc in pool.processes):
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"the pool still holds backend {pid} after 5 s")
+
+
+@pytest.mark.parametrize("loop", sorted(LOOPS))
+@pytest.mark.parametrize("delay", ["0", "0.3"])
+def test_a_backend_that_closes_its_stdin_is_replaced(tmp_path: Path, loop: str, delay: str) -> None:
+    """It answers its request (after it closed stdin, at once or a moment later), then
+    nothing more is written to it: each later request goes to a fresh backend and is
+    answered, none fails or waits for its timeout."""
+    manager = BackendManager(RuntimeConfig(command=tuple(fake_backend())), str(tmp_path), tmp_path)
+
+    async def scenario() -> tuple[str, list[str], list[int]]:
+        pool = manager.pool_for(manager.key_for(()))
+        closer = await pool.call(("close-stdin", delay), (), 0)
+        await until_forgotten(pool, int(closer.output))
+        answers = [await asyncio.wait_for(pool.call(("pid",), (), 0), 10) for _ in range(3)]
+        pids = [proc.pid for proc in pool.processes]
+        await manager.stop_all()
+        return closer.output, [a.output for a in answers], pids
+
+    closer, answers, pids = run_on(loop, scenario)  # type: ignore[misc]
+    assert closer not in answers
+    assert len(set(answers)) == 1 and pids == [int(answers[0])]
+
+
+@pytest.mark.parametrize("loop", sorted(LOOPS))
+def test_a_backend_killed_while_idle_leaves_the_pool(tmp_path: Path, loop: str) -> None:
+    """A long-lived daemon keeps no dead backends on its books: the next request starts a
+    fresh one, and the pool holds only that."""
+    manager = BackendManager(RuntimeConfig(command=tuple(fake_backend())), str(tmp_path), tmp_path)
+
+    async def scenario() -> tuple[int, int, list[int]]:
+        pool = manager.pool_for(manager.key_for(()))
+        first = int((await pool.call(("pid",), (), 0)).output)
+        os.kill(first, signal.SIGKILL)
+        await until_forgotten(pool, first)
+        second = int((await pool.call(("pid",), (), 0)).output)
+        pids = [proc.pid for proc in pool.processes]
+        await manager.stop_all()
+        return first, second, pids
+
+    first, second, pids = run_on(loop, scenario)  # type: ignore[misc]
+    assert second != first and pids == [second]

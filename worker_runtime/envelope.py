@@ -45,12 +45,19 @@ def write_envelope(path: str | os.PathLike[str], envelope: Envelope) -> None:
 def _paths(value: object, field: str, where: str) -> tuple[str, ...]:
     if not isinstance(value, list) or not all(isinstance(p, str) for p in value):
         raise RequestError(f"the envelope {where} has no list of paths in `{field}`")
+    for path in value:
+        if "\0" in path:
+            raise RequestError(
+                f"the envelope {where} names {path!r} in `{field}`: no file name holds a NUL"
+            )
     return tuple(value)
 
 
 def read_envelope(path: str, cwd: str) -> Envelope:
     """Reads the envelope at ``path`` (relative to ``cwd``); a RequestError says what is wrong."""
     where = os.path.join(cwd, path)
+    if "\0" in where:
+        raise RequestError(f"the envelope's name {where!r} holds a NUL, which no file name can")
     try:
         with open(where, encoding="utf-8") as handle:
             text = handle.read()
@@ -65,7 +72,7 @@ def parse_envelope(text: str, where: str) -> Envelope:
     """The envelope in ``text`` (read from ``where``); a RequestError says what is wrong."""
     try:
         data = json.loads(text)
-    except ValueError as exc:
+    except (ValueError, RecursionError) as exc:  # RecursionError: arrays nested too deep
         raise RequestError(f"the envelope {where} is not valid JSON: {exc}") from None
     if not isinstance(data, dict):
         raise RequestError(f"the envelope {where} is not a JSON object")
@@ -78,7 +85,7 @@ def parse_envelope(text: str, where: str) -> Envelope:
     if not isinstance(argfile, str):
         raise RequestError(f"the envelope {where} has no `argfile` path")
     return Envelope(
-        argfile,
+        _paths([argfile], "argfile", where)[0],
         _paths(data.get("inputs"), "inputs", where),
         _paths(data.get("outputs"), "outputs", where),
     )

@@ -37,16 +37,25 @@ def test_the_writer_writes_what_the_reader_reads(tmp_path: Path) -> None:
     ("content", "message"),
     [
         ("{", "not valid JSON"),
+        ("[" * 100_000, "not valid JSON: maximum recursion depth"),
+        ('{"version": ' + "9" * 5000 + "}", "not valid JSON: Exceeds the limit"),
         ([], "not a JSON object"),
         ({"argfile": "a", "inputs": [], "outputs": [], "version": 2}, "has version 2"),
         ({"inputs": [], "outputs": [], "version": 1}, "no `argfile`"),
         ({"argfile": "a", "inputs": "x", "outputs": [], "version": 1}, "`inputs`"),
         ({"argfile": "a", "inputs": [], "outputs": [1], "version": 1}, "`outputs`"),
+        ({"argfile": "a", "inputs": ["x\0y"], "outputs": [], "version": 1}, "NUL"),
+        ({"argfile": "a\0", "inputs": [], "outputs": [], "version": 1}, "in `argfile`: no"),
     ],
 )
 def test_malformed_envelopes_are_rejected(tmp_path: Path, content: object, message: str) -> None:
     with pytest.raises(RequestError, match=message):
         read_envelope(write(tmp_path, content), str(tmp_path))
+
+
+def test_an_envelope_name_with_a_nul_is_a_request_error(tmp_path: Path) -> None:
+    with pytest.raises(RequestError, match="holds a NUL, which no file name can"):
+        read_envelope("e\0.json", str(tmp_path))
 
 
 def test_a_missing_envelope_names_its_path(tmp_path: Path) -> None:

@@ -7,6 +7,7 @@ import json
 import pytest
 
 from worker_runtime.errors import ProtocolError
+from worker_runtime.protocol import framing as framing_module
 from worker_runtime.protocol.framing import JsonFraming, ProtoFraming, quote_bytes
 from worker_runtime.protocol.messages import WorkInput, WorkRequest, WorkResponse
 from worker_runtime.protocol.wire import encode_varint
@@ -76,7 +77,20 @@ def test_a_response_past_the_limit_is_refused_before_it_is_all_read() -> None:
     whole = b'{"exitCode":0,"output":"' + b"z" * 2000 + b'"}'
     with pytest.raises(ProtocolError, match="of 2026 bytes is more than the 1000"):
         JsonFraming(1000).feed(whole)
-    assert len(JsonFraming().feed(whole)[0].output) == 2000  # no limit: the runtime's
+    assert len(JsonFraming().feed(whole)[0].output) == 2000  # the runtime's: no budget
+
+
+def test_a_json_response_that_never_ends_is_refused_past_what_protobuf_can_carry(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Without a budget (the runtime's backends), a JSON response may be as large as the
+    protobuf message it becomes, and no larger: a worker that writes one string forever
+    is stopped there, not when the runtime runs out of memory."""
+    monkeypatch.setattr(framing_module, "MAX_FRAME_BYTES", 1000)
+    endless = JsonFraming()
+    endless.feed(b'{"exitCode":0,"output":"' + b"z" * 900)
+    with pytest.raises(ProtocolError, match="passed 1000 bytes, the most taken here"):
+        endless.feed(b"z" * 200)
 
 
 def test_proto_text_on_stdout_is_rejected_at_once_and_quoted() -> None:
@@ -148,6 +162,9 @@ def test_json_garbage_is_rejected_with_its_bytes() -> None:
         (b'{"wasCancelled":1}', "was_cancelled is not a boolean"),
         (b'{"exitCode":1,"exit_code":2}', "appears twice"),
         (b'{"output":"a",}', "not valid JSON"),
+        (b'{"output":"\xff"}', "cannot be read as JSON .*utf-8"),
+        (b'{"exitCode":' + b"9" * 5000 + b"}", "cannot be read as JSON .*4300 digits"),
+        (b'{"x":' + b"[" * 100_000 + b"]" * 100_000 + b"}", "cannot be read as JSON .*recursion"),
     ],
 )
 def test_json_bad_values(data: bytes, message: str) -> None:

@@ -340,7 +340,7 @@ class Daemon:
                     message = json.loads(line)
                     if not isinstance(message, dict):
                         raise ValueError("not an object")
-                except ValueError as exc:
+                except (ValueError, RecursionError) as exc:
                     writer.write(encode({"ok": False, "error": f"bad control message: {exc}"}))
                     continue
                 op = message.get("op")

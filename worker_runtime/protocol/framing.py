@@ -174,8 +174,14 @@ class JsonFraming:
 
     def __init__(self, max_response_bytes: int | None = None) -> None:
         self._buffer = bytearray()
-        #: The largest response taken (the executor's output budget); None: no limit.
-        self._max = max_response_bytes
+        #: The largest response taken: the executor's output budget, else the most a
+        #: protobuf message can carry (the response is re-sent as one), so that a worker
+        #: writing one string that never ends cannot take all of the runtime's memory.
+        self._max = (
+            MAX_FRAME_BYTES
+            if max_response_bytes is None
+            else min(max_response_bytes, MAX_FRAME_BYTES)
+        )
         self._pos = 0  # scan position inside _buffer
         self._depth = 0
         self._in_string = False
@@ -211,13 +217,13 @@ class JsonFraming:
         while True:
             end = self._scan()
             if end is None:
-                if self._max is not None and len(self._buffer) > self._max:
+                if len(self._buffer) > self._max:
                     self._fail(
                         f"its response passed {self._max} bytes, the most taken here, "
                         "before it ended"
                     )
                 return out
-            if self._max is not None and end > self._max:
+            if end > self._max:
                 self._fail(f"its response of {end} bytes is more than the {self._max} taken here")
             raw = bytes(self._buffer[:end])
             del self._buffer[:end]
@@ -274,9 +280,14 @@ class JsonFraming:
     def _parse(self, raw: bytes) -> WorkResponse:
         try:
             obj = json.loads(raw)
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        except json.JSONDecodeError as exc:
             self._seen = bytearray(raw[:QUOTE_BYTES])
             self._fail(f"it is not valid JSON ({exc})")
+        except (ValueError, RecursionError) as exc:
+            # Not UTF-8, an integer of more digits than Python converts (4,300), arrays
+            # nested deeper than its recursion limit.
+            self._seen = bytearray(raw[:QUOTE_BYTES])
+            self._fail(f"it cannot be read as JSON ({exc})")
         values: dict[str, Any] = {}
         warnings: list[str] = []
         for name, value in obj.items():

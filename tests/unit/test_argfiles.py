@@ -63,6 +63,13 @@ def test_missing_argfile_says_where_it_looked(tmp_path: Path) -> None:
         expand_argfiles(["@nope.args"], str(tmp_path))
 
 
+def test_an_argfile_name_with_a_nul_is_a_request_error(tmp_path: Path) -> None:
+    (tmp_path / "a").write_text("x\n")
+    for confined in (False, True):
+        with pytest.raises(RequestError, match=r"'a\\x00b' cannot exist: no file name holds"):
+            expand_argfiles(["@a\0b"], str(tmp_path), confined=confined)
+
+
 def test_non_utf8_argfile_shows_the_bytes(tmp_path: Path) -> None:
     (tmp_path / "bad").write_bytes(b"ok\n\xff\xfe\n")
     with pytest.raises(RequestError, match=r"not valid UTF-8 \(byte 3: b'\\xff\\xfe\\n'\)"):

@@ -65,6 +65,11 @@ def _expand_into(
             out.append(arg)
             continue
         name = arg[1:]
+        if "\0" in name:
+            raise RequestError(
+                f"argument file {name!r} cannot exist: no file name holds a NUL; check the "
+                "argument that names it"
+            )
         path = os.path.join(cwd, name)
         real = os.path.realpath(path)
         if root is not None and (

@@ -166,7 +166,7 @@ class Connection(Http2Connection):
     def stream_ended(self, stream_id: int) -> None:
         call = self.calls.get(stream_id)
         if call is not None:
-            call.end_of_requests()
+            call.end_of_stream()
 
     def stream_reset(self, stream_id: int) -> None:
         call = self.calls.pop(stream_id, None)
@@ -223,6 +223,18 @@ class Call:
         """A message could not be read: none after it is, and the call ends with ``status``."""
         self._unreadable = True
         self.fail(status, reason)
+
+    def end_of_stream(self) -> None:
+        """The client's last frame came. A message it began and did not finish is not
+        dropped in silence: the call ends with INTERNAL (on a stream, once the messages
+        before it are answered)."""
+        if self._buffer and not self._unreadable:
+            self.unreadable(
+                INTERNAL,
+                f"the request stream ended {len(self._buffer)} bytes into a message it did "
+                "not finish",
+            )
+        self.end_of_requests()
 
     def end_of_requests(self) -> None:
         """The client sent its last message."""
@@ -381,6 +393,8 @@ class StreamCall(Call):
         self.end_of_requests()
 
     def end_of_requests(self) -> None:
+        if self._reading_done:  # an unreadable message ended the reading already
+            return
         self._reading_done = True
         self._end_if_done()
 

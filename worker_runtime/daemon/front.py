@@ -49,6 +49,8 @@ else:
 #: and must not split the backends into new ones.
 FRONT_ENV_IGNORED = frozenset({"WORKER_SOCKET", "PWD", "OLDPWD", "SHLVL", "_"})
 DAEMON_START_TIMEOUT_S = 30.0
+#: How long a front waits for the daemon's answer to its attach.
+ATTACH_TIMEOUT_S = 30.0
 
 
 class DaemonStartError(WorkerRuntimeError):
@@ -115,7 +117,7 @@ def connect_or_start(
     Fronts that race here may each spawn a daemon; exactly one gets the lock and serves,
     the others exit at once, and every front connects to the one that serves.
     """
-    client = try_connect(paths.socket_name)
+    client = try_connect(paths.socket_name, ATTACH_TIMEOUT_S)
     if client is not None:
         return client
     config = config_for_start()
@@ -123,7 +125,7 @@ def connect_or_start(
     deadline = time.monotonic() + DAEMON_START_TIMEOUT_S
     delay = 0.005
     while time.monotonic() < deadline:
-        client = try_connect(paths.socket_name)
+        client = try_connect(paths.socket_name, ATTACH_TIMEOUT_S)
         if client is not None:
             return client
         code = spawned.poll()
@@ -170,6 +172,16 @@ def attach(
         client = connect_or_start(paths, config_for_start)
         try:
             reply = client.request(message, fds)
+        except TimeoutError:
+            # Connected, and no answer: a stuck or stopped daemon, which trying again
+            # would only wait on once more.
+            client.close()
+            from pathlib import Path
+
+            from worker_runtime.daemon.commands import NotAnswering
+
+            stuck = NotAnswering(Path(paths.socket_name), ATTACH_TIMEOUT_S)
+            raise DaemonStartError(str(stuck)) from None
         except (ConnectionError, OSError):
             # A daemon that is dying can still take a connection for an instant (its
             # listening socket is the last thing the kernel closes): try again.

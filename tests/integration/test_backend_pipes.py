@@ -7,8 +7,9 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from pathlib import Path
+from typing import Any, TypeVar
 
 import pytest
 import uvloop
@@ -18,15 +19,17 @@ from worker_runtime.backends.manager import BackendManager
 from worker_runtime.backends.pool import BackendPool
 from worker_runtime.config import RuntimeConfig
 
+T = TypeVar("T")
+
 LOOPS: dict[str, Callable[[], asyncio.AbstractEventLoop]] = {
     "uvloop": uvloop.new_event_loop,
     "asyncio": asyncio.new_event_loop,
 }
 
 
-def run_on(loop: str, scenario: Callable[[], object]) -> object:
+def run_on(loop: str, scenario: Callable[[], Coroutine[Any, Any, T]]) -> T:
     with asyncio.Runner(loop_factory=LOOPS[loop]) as runner:
-        return runner.run(scenario())  # type: ignore[arg-type]
+        return runner.run(scenario())
 
 
 async def until_forgotten(pool: BackendPool, pid: int) -> None:
@@ -54,7 +57,7 @@ def test_a_backend_that_closes_its_stdin_is_replaced(tmp_path: Path, loop: str, 
         await manager.stop_all()
         return closer.output, [a.output for a in answers], pids
 
-    closer, answers, pids = run_on(loop, scenario)  # type: ignore[misc]
+    closer, answers, pids = run_on(loop, scenario)
     assert closer not in answers
     assert len(set(answers)) == 1 and pids == [int(answers[0])]
 
@@ -75,5 +78,5 @@ def test_a_backend_killed_while_idle_leaves_the_pool(tmp_path: Path, loop: str) 
         await manager.stop_all()
         return first, second, pids
 
-    first, second, pids = run_on(loop, scenario)  # type: ignore[misc]
+    first, second, pids = run_on(loop, scenario)
     assert second != first and pids == [second]

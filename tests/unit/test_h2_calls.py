@@ -35,7 +35,9 @@ class Connection:
     def send(self, stream_id: int, headers: bytes | None, data: bytes, end: bytes | None) -> None:
         self.messages += bool(data)
         if end is not None:
-            self.trailers.append(hpack.Decoder().decode(end, raw=True))
+            self.trailers.append(
+                [(bytes(k), bytes(v)) for k, v in hpack.Decoder().decode(end, raw=True)]
+            )
 
     def finished(self, call: Call) -> None:
         pass

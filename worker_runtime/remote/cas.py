@@ -4,6 +4,7 @@ Every call has a deadline."""
 
 from __future__ import annotations
 
+import hashlib
 import os
 import tempfile
 import time
@@ -24,6 +25,9 @@ PER_BLOB_OVERHEAD = 256
 CHUNK = 1 << 20
 #: Used when the server advertises no batch limit.
 DEFAULT_BATCH_LIMIT = 4 << 20
+#: A ByteStream transfer gets the call's deadline plus the time its blob takes at this
+#: rate: one deadline for every size would fail a large blob on a slow link every time.
+SLOWEST_TRANSFER_BYTES_PER_S = 8 << 20
 
 
 class CasError(RuntimeError):
@@ -45,6 +49,23 @@ class BlobMissing(CasError):
 
 #: google.rpc.Code NOT_FOUND: a blob the server does not have.
 _NOT_FOUND = 5
+
+
+def checked(digest: re_pb2.Digest, data: bytes) -> bytes:
+    """``data`` if it is the blob ``digest`` names, else a CasError: what a server sends
+    is kept (the executor's blob cache) and run, so a truncated or corrupt read must not
+    pass for the blob."""
+    if len(data) != digest.size_bytes:
+        raise CasError(
+            f"blob {digest.hash}/{digest.size_bytes} came back as {len(data)} bytes: the "
+            "server sent a truncated or wrong blob"
+        )
+    if hashlib.sha256(data).hexdigest() != digest.hash:
+        raise CasError(
+            f"blob {digest.hash}/{digest.size_bytes} came back with other contents (SHA-256 "
+            f"{hashlib.sha256(data).hexdigest()}): the server sent a corrupt or wrong blob"
+        )
+    return data
 
 
 class Cas:
@@ -147,7 +168,9 @@ class Cas:
                 if source:
                     source.close()
 
-        response = self._bytestream.Write(chunks(), timeout=self.timeout_s)
+        response = self._bytestream.Write(
+            chunks(), timeout=self.transfer_timeout_s(digest.size_bytes)
+        )
         if response.committed_size not in (digest.size_bytes, -1):
             raise CasError(
                 f"ByteStream.Write of {digest.hash}/{digest.size_bytes} committed "
@@ -196,7 +219,16 @@ class Cas:
                                 f"blob {answer.digest.hash}/{answer.digest.size_bytes} could not "
                                 f"be read: {answer.status.message} (code {answer.status.code})"
                             )
-                        found[digest_key(answer.digest)] = bytes(answer.data)
+                        key = digest_key(answer.digest)
+                        if key in small:
+                            found[key] = checked(small[key], bytes(answer.data))
+                    left_out = [d for d in batch if digest_key(d) not in found]
+                    if left_out:
+                        raise CasError(
+                            f"the server's BatchReadBlobs answer left out {len(left_out)} of "
+                            f"the blobs asked for, {left_out[0].hash}/{left_out[0].size_bytes} "
+                            "first"
+                        )
                 batch, size = [], 0
             if entry is not None:
                 batch.append(entry)
@@ -213,14 +245,19 @@ class Cas:
             parts = [
                 piece.data
                 for piece in self._bytestream.Read(
-                    bytestream_pb2.ReadRequest(resource_name=name), timeout=self.timeout_s
+                    bytestream_pb2.ReadRequest(resource_name=name),
+                    timeout=self.transfer_timeout_s(digest.size_bytes),
                 )
             ]
         except grpc.RpcError as exc:
             if exc.code() == grpc.StatusCode.NOT_FOUND:
                 raise BlobMissing(digest) from None
             raise
-        return b"".join(parts)
+        return checked(digest, b"".join(parts))
+
+    def transfer_timeout_s(self, size_bytes: int) -> float:
+        """The deadline of a ByteStream call moving ``size_bytes``."""
+        return self.timeout_s + size_bytes / SLOWEST_TRANSFER_BYTES_PER_S
 
     def read_to(
         self,

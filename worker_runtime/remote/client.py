@@ -98,7 +98,9 @@ class RemoteClient:
                         f"GetCapabilities: {_describe(exc)}{_hint(exc)}"
                     ) from None
                 limit = self._capabilities.cache_capabilities.max_batch_total_size_bytes
-                self._cas = Cas(self._channel, self.settings.instance, limit)
+                self._cas = Cas(
+                    self._channel, self.settings.instance, limit, self.settings.call_timeout_s
+                )
             return self._capabilities
 
     @property
@@ -152,6 +154,10 @@ class RemoteClient:
             on_cache_miss()
         try:
             self.cas.upload_missing(blobs)
+        except grpc.RpcError as exc:
+            cancellation.check()
+            raise RemoteError(f"uploading the action's inputs failed: {_describe(exc)}") from None
+        try:
             timeout_s = execution_timeout_s or self.settings.execution_timeout_s
             response = self._execute(built, cancellation, timeout_s)
             if response.status.code in RETRIED_CODES:

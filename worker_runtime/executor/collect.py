@@ -43,6 +43,23 @@ class UnsafeOutput(Exception):
     """An output is, or passes through, a symlink."""
 
 
+class OutputUnreadable(Exception):
+    """An output cannot be read for what the action made of its path (a directory on its
+    way is a file, a name too long, a directory it left unreadable): the action's own
+    fault, the same on every attempt."""
+
+
+#: The errors of opening an output that the action's own directory causes, and what
+#: each means there. Any other (EIO, ENOMEM, EMFILE...) is the executor's: not converted.
+_ACTION_FAULTS = {
+    errno.ENOTDIR: "is a file, not a directory, so nothing can be under it",
+    errno.ENAMETOOLONG: "has a name longer than the file system allows (255 bytes)",
+    errno.ELOOP: "passes through too many levels of symlinks",
+    errno.EACCES: "was left unreadable by the action (its permissions deny the executor)",
+    errno.EPERM: "was left unreadable by the action (its permissions deny the executor)",
+}
+
+
 class OutputTooLarge(Exception):
     """The outputs pass what an action may leave: bytes (``by_bytes``, the operator's
     --max-output-mb), or entries or depth (fixed)."""
@@ -125,6 +142,8 @@ def _opened(name: str, flags: int, dir_fd: int | None, shown: str) -> Iterator[i
         # ELOOP: the last component is a symlink; ENOTDIR: one on the way is.
         if exc.errno in (errno.ELOOP, errno.ENOTDIR) and _is_symlink(name, dir_fd):
             raise UnsafeOutput(f"{shown} is a symlink") from None
+        if dir_fd is not None and exc.errno in _ACTION_FAULTS:  # inside the action's directory
+            raise OutputUnreadable(f"{shown} {_ACTION_FAULTS[exc.errno]}") from None
         raise
     try:
         yield fd
@@ -144,7 +163,8 @@ def read_output(
 ) -> OutputFile | OutputDirectory | None:
     """The output at ``relative`` (a safe relative path) under ``root``: a file, a
     directory tree, or None if absent or neither (a FIFO, a socket). UnsafeOutput if it
-    or a directory on its way is a symlink; OutputTooLarge once it passes ``budget``
+    or a directory on its way is a symlink; OutputUnreadable if the action made its path
+    one that cannot be read (a file on its way); OutputTooLarge once it passes ``budget``
     (shared by the outputs of one action)."""
     parts = relative.split("/")
     with contextlib.ExitStack() as stack:

@@ -7,10 +7,10 @@ ActionResult. The directory is removed afterwards."""
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import os
 import select
-import shutil
 import signal
 import subprocess
 import tempfile
@@ -32,12 +32,14 @@ from worker_runtime.executor.collect import (
     OutputDirectory,
     OutputFile,
     OutputTooLarge,
+    OutputUnreadable,
     UnsafeOutput,
     read_capped,
     read_output,
 )
 from worker_runtime.executor.launch import launch
 from worker_runtime.executor.limits import Confinement, Group
+from worker_runtime.executor.removal import remove_tree
 from worker_runtime.executor.sandbox import Sandbox, wants_network
 from worker_runtime.executor.tenants import RunAs, hand_over
 from worker_runtime.executor.workers import (
@@ -243,9 +245,9 @@ class ActionRunner:
             trash.parent.mkdir(exist_ok=True)
             directory.rename(trash)
         except OSError:
-            shutil.rmtree(directory, ignore_errors=True)
+            remove_tree(directory)
             return
-        _REMOVER.submit(shutil.rmtree, trash, True)
+        _REMOVER.submit(remove_tree, trash)
 
     def _materialize(
         self, root: re_pb2.Digest, directory: Path, cancelled: threading.Event
@@ -469,6 +471,11 @@ class ActionRunner:
                 raise ActionError(
                     f"output {output!r}: {exc}; outputs are read from the action's directory only"
                 ) from None
+            except OutputUnreadable as exc:
+                raise ActionError(
+                    f"output {output!r} cannot be read: {exc}; make the action leave its "
+                    "declared outputs where their paths lead"
+                ) from None
             if isinstance(found, OutputFile):
                 digest = digest_of(found.data)
                 blobs.data[digest_key(digest)] = found.data
@@ -510,7 +517,41 @@ def _make_output_parents(command: re_pb2.Command, directory: Path) -> None:
         parent = (directory / relative).parent
         if not _inside(parent, directory):
             raise ActionError(f"output {output!r} leaves the action's directory")
-        parent.mkdir(parents=True, exist_ok=True)
+        try:
+            parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            fault = _output_parent_fault(exc, directory)
+            if fault is None:  # the executor's own disk (ENOSPC, EIO): INTERNAL, retried
+                raise
+            raise ActionError(
+                f"output {output!r} cannot be prepared: {fault}; an output cannot be under "
+                "an input file, nor have a name longer than 255 bytes: fix the action's "
+                "declared outputs or its inputs"
+            ) from None
+
+
+#: The errors of making an output's parent directories that its own path or the action's
+#: inputs cause (the same on every attempt), and what each means.
+_OUTPUT_PARENT_FAULTS = {
+    errno.EEXIST: "is an input file, not a directory",
+    errno.ENOTDIR: "has a file on its way, not a directory",
+    errno.ENAMETOOLONG: "has a name longer than the file system allows (255 bytes)",
+    errno.ELOOP: "passes through too many levels of symlinks",
+}
+
+
+def _output_parent_fault(exc: OSError, directory: Path) -> str | None:
+    """What is wrong with an output's path, if ``exc`` (raised making its parents in
+    ``directory``, the action's) is the action's fault; None if it is the executor's."""
+    reason = _OUTPUT_PARENT_FAULTS.get(exc.errno or 0)
+    if reason is None:
+        return None
+    where = Path(os.fsdecode(exc.filename)) if exc.filename is not None else directory
+    try:
+        shown = where.relative_to(directory).as_posix()
+    except ValueError:  # not in the action's directory: the executor's own fault
+        return None
+    return f"{shown!r} {reason}"
 
 
 class _InlineBudget:

@@ -30,6 +30,7 @@ from worker_runtime.errors import BackendError, BackendStartError
 from worker_runtime.eviction import largest_first
 from worker_runtime.executor.launch import launch
 from worker_runtime.executor.limits import Confinement, Group
+from worker_runtime.executor.removal import remove_tree
 from worker_runtime.executor.sandbox import Sandbox
 from worker_runtime.executor.tenants import RunAs, hand_over
 from worker_runtime.protocol.messages import WorkRequest, WorkResponse
@@ -196,7 +197,7 @@ class PersistentWorker:
         if self.group is not None:
             self._out_of_memory = self.group.oom_killed()
             self.group.remove()
-        shutil.rmtree(self.home, ignore_errors=True)
+        remove_tree(self.home)
 
 
 class WorkerPool:
@@ -319,7 +320,7 @@ class WorkerPool:
         tenant_dir = self.root / tenant
         tenant_dir.mkdir(mode=0o711, parents=True, exist_ok=True)
         home = tenant_dir / f"{identity.digest[:16]}-{serial}"
-        shutil.rmtree(home, ignore_errors=True)
+        remove_tree(home)
         home.mkdir(mode=0o700)
         for relative, source in tools:
             target = home / relative

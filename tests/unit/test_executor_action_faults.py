@@ -1,0 +1,131 @@
+"""An action whose declared outputs conflict with its inputs or its own writes (an output
+under an input file, under a file the action wrote, a name too long) fails as its own
+fault (ActionError: INVALID_ARGUMENT, not retried), naming the output and what is wrong.
+The executor's own disk faults (ENOSPC) stay retryable. Run through the real
+ActionRunner, on a CAS and local blob copy that stand in for the server's."""
+
+from __future__ import annotations
+
+import errno
+import threading
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any, cast
+
+import pytest
+
+from worker_runtime.executor.blob_cache import BlobCache
+from worker_runtime.executor.runner import ActionError, ActionRunner
+from worker_runtime.executor.workers import WorkerPool
+from worker_runtime.proto import remote_execution_pb2 as re_pb2
+from worker_runtime.remote.cas import Cas
+from worker_runtime.remote.merkle import Blobs, digest_key, digest_of
+
+
+class StoredBlobs:
+    """Both the CAS and the local blob copy: blobs kept in a dict, uploads accepted."""
+
+    def __init__(self) -> None:
+        self.data: dict[tuple[str, int], bytes] = {}
+
+    def put(self, data: bytes) -> re_pb2.Digest:
+        digest = digest_of(data)
+        self.data[digest_key(digest)] = data
+        return digest
+
+    def read(self, digest: re_pb2.Digest) -> bytes:
+        return self.data[digest_key(digest)]
+
+    def prefetch_tree(self, root: re_pb2.Digest) -> None:
+        pass
+
+    def directories(self, digests: Sequence[re_pb2.Digest]) -> list[re_pb2.Directory]:
+        return [re_pb2.Directory.FromString(self.read(digest)) for digest in digests]
+
+    def place(self, files: Iterable[tuple[re_pb2.Digest, Path, bool]]) -> None:
+        for digest, path, _executable in files:
+            path.write_bytes(self.read(digest))
+
+    def upload_missing(self, blobs: Blobs) -> int:
+        return 0
+
+
+def action_of(
+    store: StoredBlobs, script: str, outputs: list[str], inputs: dict[str, bytes]
+) -> re_pb2.Action:
+    """An action running ``sh -c script`` on flat ``inputs``, declaring ``outputs``."""
+    root = re_pb2.Directory()
+    for name, data in sorted(inputs.items()):
+        root.files.add(name=name, digest=store.put(data))
+    command = re_pb2.Command(arguments=["sh", "-c", script], output_paths=outputs)
+    return re_pb2.Action(
+        command_digest=store.put(command.SerializeToString()),
+        input_root_digest=store.put(root.SerializeToString()),
+    )
+
+
+def run(tmp_path: Path, action: re_pb2.Action, store: StoredBlobs) -> re_pb2.ActionResult:
+    pool = WorkerPool(tmp_path / "workers", 1, None, 60)
+    stand_in: Any = store
+    runner = ActionRunner(
+        cast(Cas, stand_in), cast(BlobCache, stand_in), pool, tmp_path, "bot-under-test"
+    )
+    try:
+        return runner.run(action, "main", threading.Event()).result
+    finally:
+        pool.stop_all()
+
+
+def test_an_output_under_an_input_file_is_the_actions_fault(tmp_path: Path) -> None:
+    store = StoredBlobs()
+    action = action_of(store, "true", ["a.txt/out"], {"a.txt": b"an input"})
+    with pytest.raises(ActionError) as failed:
+        run(tmp_path, action, store)
+    message = str(failed.value)
+    assert "'a.txt/out'" in message and "'a.txt' is an input file" in message
+
+
+def test_an_output_under_a_file_the_action_wrote_is_the_actions_fault(tmp_path: Path) -> None:
+    store = StoredBlobs()
+    # Its parent `d` is made before the action runs; the action replaces it with a file.
+    action = action_of(store, "rmdir d && echo x > d", ["d/out"], {})
+    with pytest.raises(ActionError) as failed:
+        run(tmp_path, action, store)
+    message = str(failed.value)
+    assert "'d/out' cannot be read" in message and "d is a file, not a directory" in message
+
+
+def test_an_output_name_too_long_is_the_actions_fault(tmp_path: Path) -> None:
+    store = StoredBlobs()
+    too_long = "x" * 300
+    for output in (too_long, f"{too_long}/out"):  # read after the run; made before it
+        with pytest.raises(ActionError) as failed:
+            run(tmp_path, action_of(store, "true", [output], {}), store)
+        assert "longer than the file system allows" in str(failed.value)
+
+
+def test_the_executors_own_disk_fault_stays_retryable(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = StoredBlobs()
+    action = action_of(store, "true", ["out/file"], {})
+    real_mkdir = Path.mkdir
+
+    def full_disk(self: Path, *args: Any, **kwargs: Any) -> None:
+        if self.name == "out":
+            raise OSError(errno.ENOSPC, "No space left on device", str(self))
+        real_mkdir(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "mkdir", full_disk)
+    with pytest.raises(OSError) as failed:  # INTERNAL in the lease: the server retries
+        run(tmp_path, action, store)
+    assert failed.value.errno == errno.ENOSPC and not isinstance(failed.value, ActionError)
+
+
+def test_a_well_formed_action_still_runs(tmp_path: Path) -> None:
+    store = StoredBlobs()
+    action = action_of(store, "echo hi > out/file", ["out/file"], {"a.txt": b"an input"})
+    result = run(tmp_path, action, store)
+    assert result.exit_code == 0
+    (output,) = result.output_files
+    assert output.path == "out/file" and output.contents == b"hi\n"

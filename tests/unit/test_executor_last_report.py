@@ -63,7 +63,7 @@ class BotsStandIn(bots_pb2_grpc.BotsServicer):
 
 
 @contextlib.contextmanager
-def served(stand_in: BotsStandIn, directory: Path) -> Iterator[str]:
+def served(stand_in: bots_pb2_grpc.BotsServicer, directory: Path) -> Iterator[str]:
     """``stand_in`` served on a Unix socket in ``directory``: its address."""
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
     bots_pb2_grpc.add_BotsServicer_to_server(stand_in, server)

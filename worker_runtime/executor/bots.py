@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import shutil
 import signal
 import threading
 import time
@@ -23,6 +22,7 @@ import grpc
 from worker_runtime.executor.blob_cache import BlobCache
 from worker_runtime.executor.limits import Confinement, Limits
 from worker_runtime.executor.metrics import ExecutorMetrics
+from worker_runtime.executor.removal import remove_tree
 from worker_runtime.executor.runner import (
     DEFAULT_MAX_OUTPUT_MB,
     ActionCancelled,
@@ -65,6 +65,54 @@ DEFAULT_SHUTDOWN_GRACE_S = 30.0
 STOPPED_ACTIONS_WAIT_S = 5.0
 #: On the way out, how long the last report waits to try again a server out of reach.
 LAST_REPORT_RETRY_S = 0.5
+#: How long a CreateBotSession may take: BuildGrid holds it (as it holds an update) until
+#: it has a lease or most of the deadline has passed. Short, so that a SIGTERM while the
+#: executor registers is not held up longer than by an idle update.
+CREATE_SESSION_S = LONG_POLL_S
+#: Between attempts to register with a server out of reach: the first wait, and the
+#: longest the wait doubles to.
+REGISTER_RETRY_FIRST_S = 0.5
+REGISTER_RETRY_MAX_S = 10.0
+#: At start-up, how long the executor tries to register with a server out of reach
+#: before it exits with an error (its supervisor then restarts it, or an operator looks).
+STARTUP_REGISTER_S = 60.0
+#: The codes of an UpdateBotSession refused because the server no longer knows the
+#: session: BuildGrid answers INVALID_ARGUMENT ("Bot does not exist ...") once it has
+#: reaped a bot silent past its keepalive, or when a newer session took the bot id;
+#: NOT_FOUND is what other servers answer for an unknown session name.
+SESSION_GONE_CODES = frozenset({grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND})
+#: The codes of a CreateBotSession that may succeed if tried again (the server out of
+#: reach, starting, or too slow this once); any other is the request's or the server's
+#: configuration's fault, which trying again does not mend.
+TRANSIENT_CODES = frozenset(
+    {
+        grpc.StatusCode.UNAVAILABLE,
+        grpc.StatusCode.DEADLINE_EXCEEDED,
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+        grpc.StatusCode.ABORTED,
+        grpc.StatusCode.CANCELLED,
+    }
+)
+
+
+class RegistrationFailed(RuntimeError):
+    """The executor could not create its bot session when it started: the message says
+    which server, why, and what to do."""
+
+
+class _Backoff:
+    """Waits that double from REGISTER_RETRY_FIRST_S up to REGISTER_RETRY_MAX_S."""
+
+    def __init__(self) -> None:
+        self.next_s = REGISTER_RETRY_FIRST_S
+
+    def take(self) -> float:
+        wait = self.next_s
+        self.next_s = min(self.next_s * 2, REGISTER_RETRY_MAX_S)
+        return wait
+
+    def reset(self) -> None:
+        self.next_s = REGISTER_RETRY_FIRST_S
 
 
 @dataclass
@@ -131,6 +179,10 @@ class Executor:
         self._cancel_events: dict[str, threading.Event] = {}
         #: Leases done here that the server still lists: never started again.
         self._finished: set[str] = set()
+        #: The waits between attempts to register again; back to the shortest once an
+        #: update of the new session gets through.
+        self._register_retry = _Backoff()
+        self._updated_since_registered = False
 
     def stop(self, *_: object) -> None:
         self._stop.set()
@@ -198,17 +250,14 @@ class Executor:
         # What a killed predecessor in this workdir left: action directories, worker homes,
         # its local copy of the CAS.
         for leftover in (*SHARED_DIRECTORIES, *PRIVATE_DIRECTORIES):
-            shutil.rmtree(self.settings.workdir / leftover, ignore_errors=True)
+            remove_tree(self.settings.workdir / leftover)
         prepare_workdir(self.settings.workdir, self.tenants.multi)
         if self.confinement is not None:
             self.confinement.clear()
             LOGGER.info("limits: %s", self.confinement.describe())
-        session = self.bots.CreateBotSession(
-            bots_pb2.CreateBotSessionRequest(
-                parent=self.settings.instance, bot_session=self._session()
-            ),
-            timeout=30,
-        )
+        session = self._register_at_start()
+        if session is None:  # stopped before the server could be reached
+            return self._end(None)
         if self.settings.metrics_port is not None:  # served once the bot is registered
             self.metrics.serve(self.settings.metrics_port)
         LOGGER.info("bot session %s", session.name)
@@ -255,21 +304,35 @@ class Executor:
                     bots_pb2.UpdateBotSessionRequest(name=session.name, bot_session=session),
                     timeout=deadline,
                 )
+                self._updated_since_registered = True
+                self._register_retry.reset()
             except grpc.RpcError as exc:
-                if exc.code() != grpc.StatusCode.DEADLINE_EXCEEDED:
+                if exc.code() in SESSION_GONE_CODES:
+                    renewed = self._register_again(session, exc)
+                    if renewed is None:  # stopped meanwhile: nothing left to report
+                        return self._end(None)
+                    session = renewed
+                elif exc.code() != grpc.StatusCode.DEADLINE_EXCEEDED:
                     LOGGER.warning("UpdateBotSession failed: %s; retrying", exc.code())
                     time.sleep(0.5)
             if time.monotonic() - last_reap > 1.0:
                 self.pool.reap_idle()
                 last_reap = time.monotonic()
-        session.status = bots_pb2.BOT_TERMINATING
-        for lease in session.leases:
-            if lease.id in self._running and lease.state == bots_pb2.ACTIVE:
-                lease.state = bots_pb2.PENDING  # handed back: another bot runs it
-        with contextlib.suppress(grpc.RpcError):
-            self.bots.UpdateBotSession(
-                bots_pb2.UpdateBotSessionRequest(name=session.name, bot_session=session), timeout=5
-            )
+        return self._end(session)
+
+    def _end(self, session: bots_pb2.BotSession | None) -> int:
+        """Tells the server the bot is terminating (its running leases handed back), then
+        stops the workers; ``session`` None: the executor has no session to end."""
+        if session is not None:
+            session.status = bots_pb2.BOT_TERMINATING
+            for lease in session.leases:
+                if lease.id in self._running and lease.state == bots_pb2.ACTIVE:
+                    lease.state = bots_pb2.PENDING  # handed back: another bot runs it
+            with contextlib.suppress(grpc.RpcError):
+                self.bots.UpdateBotSession(
+                    bots_pb2.UpdateBotSessionRequest(name=session.name, bot_session=session),
+                    timeout=5,
+                )
         # A thread stuck past the wait above (in one CAS call) is still joined at the
         # exit, for up to that call's deadline.
         self.pool.stop_all()
@@ -277,6 +340,91 @@ class Executor:
             self.confinement.clear()
         self._threads.shutdown(wait=False, cancel_futures=True)
         return 0
+
+    def _create_session(self) -> bots_pb2.BotSession:
+        """One CreateBotSession with the bot's id; grpc.RpcError as it fails."""
+        session: bots_pb2.BotSession = self.bots.CreateBotSession(
+            bots_pb2.CreateBotSessionRequest(
+                parent=self.settings.instance, bot_session=self._session()
+            ),
+            timeout=CREATE_SESSION_S,
+        )
+        return session
+
+    def _register_at_start(self) -> bots_pb2.BotSession | None:
+        """The first bot session. A server out of reach (not up yet, restarting) is tried
+        again, with a warning each time, for up to STARTUP_REGISTER_S; then, or at once
+        for a refusal that trying again does not mend, RegistrationFailed. None if the
+        executor is stopped meanwhile."""
+        target = self.settings.server.target
+        backoff = _Backoff()
+        give_up_at = time.monotonic() + STARTUP_REGISTER_S
+        while not self._stop.is_set():
+            try:
+                return self._create_session()
+            except grpc.RpcError as exc:
+                code, details = exc.code(), exc.details()
+                if code not in TRANSIENT_CODES:
+                    raise RegistrationFailed(
+                        f"the server {target} refused to register bot "
+                        f"{self.settings.bot_id!r} on instance {self.settings.instance!r}: "
+                        f"{code.name}: {details}; check --server, --instance and the "
+                        "credentials, and that the server runs a Bots service for that instance"
+                    ) from None
+                left = give_up_at - time.monotonic()
+                if left <= 0:
+                    raise RegistrationFailed(
+                        f"the server {target} could not be reached for "
+                        f"{STARTUP_REGISTER_S:g} s ({code.name}: {details}); check that it "
+                        "runs and that --server names it, then start the executor again"
+                    ) from None
+                wait = min(backoff.take(), left)
+                LOGGER.warning(
+                    "cannot register with the server %s (%s: %s): trying again in %.1f s "
+                    "(giving up %.0f s from now)", target, code.name, details, wait, left,
+                )  # fmt: skip
+                self._stop.wait(wait)
+        return None
+
+    def _register_again(
+        self, lost: bots_pb2.BotSession, refusal: grpc.RpcError
+    ) -> bots_pb2.BotSession | None:
+        """After the server refused ``lost`` as a session it no longer knows: what runs
+        here for its leases is stopped (the server has given them to other bots and would
+        refuse their results) and a new session is created with the same bot id, tried
+        again with growing waits for as long as the server is out of reach. None if the
+        executor is stopped meanwhile (it then has no session to end)."""
+        running = len(self._running)
+        LOGGER.warning(
+            "the server no longer knows bot session %s (%s: %s): its leases are lost to this "
+            "bot (the server gives them to others), %d running here %s stopped; registering "
+            "again as bot %s",
+            lost.name, refusal.code().name, refusal.details(), running,
+            "is" if running == 1 else "are", self.settings.bot_id,
+        )  # fmt: skip
+        for lease_id in list(self._running):
+            self._cancel(lease_id)
+        # A lease id may come back in the new session (BuildGrid names leases after their
+        # job, which it requeued): then it is new work, to be run, not one finished here.
+        self._finished.clear()
+        # At once, unless the last new session was lost before any update of it got
+        # through (a server refusing every update): then after a wait, longer each time,
+        # rather than registering over and over.
+        wait = 0.0 if self._updated_since_registered else self._register_retry.take()
+        while not self._stop.wait(wait):
+            try:
+                session = self._create_session()
+            except grpc.RpcError as exc:
+                wait = self._register_retry.take()
+                LOGGER.warning(
+                    "cannot register again with the server %s (%s: %s): trying again in "
+                    "%.1f s", self.settings.server.target, exc.code().name, exc.details(), wait,
+                )  # fmt: skip
+                continue
+            LOGGER.info("registered again: bot session %s", session.name)
+            self._updated_since_registered = False
+            return session
+        return None
 
     def _report_while_ok(self, session: bots_pb2.BotSession) -> bots_pb2.BotSession:
         """Sends the last completions with the bot still OK: BuildGrid requeues the leases

@@ -10,7 +10,12 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from worker_runtime.executor.bots import DEFAULT_SHUTDOWN_GRACE_S, ExecutorSettings, run_executor
+from worker_runtime.executor.bots import (
+    DEFAULT_SHUTDOWN_GRACE_S,
+    ExecutorSettings,
+    RegistrationFailed,
+    run_executor,
+)
 from worker_runtime.executor.collect import ENTRY_OVERHEAD_BYTES
 from worker_runtime.executor.limits import (
     DEFAULT_TENANT_MEMORY_SHARE,
@@ -197,3 +202,6 @@ def main(argv: Sequence[str]) -> int:
     except TenantError as exc:
         print(f"worker-runtime executor: error: {exc}", file=sys.stderr)
         return 2
+    except RegistrationFailed as exc:  # one line, no traceback: the server is at fault
+        print(f"worker-runtime executor: error: {exc}", file=sys.stderr)
+        return 1

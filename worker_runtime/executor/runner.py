@@ -81,6 +81,11 @@ INLINE_TOTAL_BYTES = 256 << 10
 #: What the outputs of one action (stdout and stderr included) may take by default: the
 #: executor holds them in memory until they are uploaded.
 DEFAULT_MAX_OUTPUT_MB = 1024
+#: The most files and directories an action's input root may expand to. Directories
+#: are named by digest, so a tree of a few blobs can name one directory twice at each of
+#: many levels, doubling at each: without a bound, 25 blobs would have the executor make
+#: tens of millions of entries for one action, for every tenant's loss.
+MAX_INPUT_ENTRIES = 1_000_000
 
 
 class ActionError(RuntimeError):
@@ -259,6 +264,7 @@ class ActionRunner:
         placements: list[tuple[re_pb2.Digest, Path, bool]] = []
         self.blobs.prefetch_tree(root)
         level: list[tuple[re_pb2.Digest, Path, str]] = [(root, directory, "")]
+        entries = 0
         while level:
             if cancelled.is_set():  # between reads: a large tree stops early
                 raise ActionCancelled("cancelled while its inputs were fetched")
@@ -270,6 +276,16 @@ class ActionRunner:
                 ) from None
             below: list[tuple[re_pb2.Digest, Path, str]] = []
             for (_, at, prefix), node in zip(level, nodes, strict=True):
+                entries += len(node.files) + len(node.directories)
+                if entries > MAX_INPUT_ENTRIES:
+                    raise ActionError(
+                        f"its input root holds more than {MAX_INPUT_ENTRIES:,} files and "
+                        "directories once expanded (a directory named under several names "
+                        "is placed under each, so a few blobs can name millions), the most an "
+                        "action may have"
+                    )
+                if cancelled.is_set():  # a wide level is not waited out either
+                    raise ActionCancelled("cancelled while its inputs were placed")
                 at.mkdir(parents=True, exist_ok=True)
                 _unique_names(node, prefix)
                 for entry in node.files:

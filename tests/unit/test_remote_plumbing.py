@@ -163,3 +163,19 @@ def test_cancel_operation_is_tried_again_while_the_server_is_busy(tmp_path: Path
             client._cancel_operation("main/op")  # it gives up; abandon() logs it
     finally:
         client.close()
+
+
+def test_a_channel_tries_a_server_out_of_reach_again_within_seconds(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Not after gRPC's own longest wait (120 s): an executor whose server restarted
+    registers again, and a client's requests go through, moments after it is back."""
+    seen: dict[str, object] = {}
+
+    def insecure_channel(target: str, options: list[tuple[str, object]]) -> str:
+        seen.update(options)
+        return target
+
+    monkeypatch.setattr(grpc, "insecure_channel", insecure_channel)
+    open_channel(parse_endpoint("unix:///nowhere.sock"))
+    assert seen["grpc.max_reconnect_backoff_ms"] == 5_000

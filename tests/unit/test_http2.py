@@ -160,6 +160,22 @@ def test_a_reset_stream_is_reported_and_gets_nothing_more() -> None:
     assert connection.frames() == []
 
 
+def test_headers_on_a_stream_passed_over_reset_only_that_stream() -> None:
+    """Stream 3 opened after 5 (closed by 5 opening, RFC 9113 5.1.1): nothing would
+    ever answer it, so it is reset at once, and stream 5 goes on."""
+    connection = connected()
+    connection.data_received(
+        frame(http2.HEADERS, http2.END_HEADERS, 5, connection.request_headers(b"/p"))
+    )
+    connection.data_received(
+        frame(http2.HEADERS, http2.END_HEADERS, 3, connection.request_headers(b"/p"))
+    )
+    assert connection.frames() == [(http2.RST_STREAM, 0, 3, struct.pack(">I", 5))]
+    assert [e for e in connection.events if e[0] == "started"] == [("started", 5, b"/p")]
+    connection.send(5, b"H", b"answer", b"T")
+    assert {f[2] for f in connection.frames()} == {5}  # answered as ever
+
+
 def test_a_lost_connection_resets_its_open_streams() -> None:
     connection = connected()
     block = connection.request_headers(b"/p")

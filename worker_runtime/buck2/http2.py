@@ -52,6 +52,7 @@ NO_ERROR = 0x0
 PROTOCOL_ERROR = 0x1
 INTERNAL_ERROR = 0x2
 FLOW_CONTROL_ERROR = 0x3
+STREAM_CLOSED = 0x5
 FRAME_SIZE_ERROR = 0x6
 COMPRESSION_ERROR = 0x9
 
@@ -313,11 +314,17 @@ class Http2Connection(asyncio.Protocol):
                 COMPRESSION_ERROR, f"a header block did not decode: {exc}"
             ) from None
         stream = self._streams.get(stream_id)
-        if stream is not None or stream_id <= self._last_stream_id:
-            # Trailers of a request, or headers of a stream that ended: only its end counts.
-            if stream is not None and flags & END_STREAM and not stream.ended_remote:
+        if stream is not None:
+            # Trailers of a request: only its end counts.
+            if flags & END_STREAM and not stream.ended_remote:
                 stream.ended_remote = True
                 self.stream_ended(stream_id)
+            return
+        if stream_id <= self._last_stream_id:
+            # A stream that ended, or one passed over (closed by a higher one opening):
+            # nothing will answer it, so the client is told at once rather than left to
+            # wait for its deadline. Only that stream: the connection's others go on.
+            self._write(frame(RST_STREAM, 0, stream_id, struct.pack(">I", STREAM_CLOSED)))
             return
         if stream_id % 2 == 0:
             raise ProtocolViolation(PROTOCOL_ERROR, "a client opened an even stream")

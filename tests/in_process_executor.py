@@ -59,14 +59,15 @@ def in_process_executor(
     server: str,
     workdir: Path,
     shutdown_grace_s: float = bots.DEFAULT_SHUTDOWN_GRACE_S,
+    capacity: int = 1,
 ) -> Iterator[InProcessExecutor]:
-    """An executor of capacity 1 on instance main of ``server``, serving until the block
+    """An executor of ``capacity`` on instance main of ``server``, serving until the block
     ends (then stopped, however it ends, and its channel closed)."""
     monkeypatch.setattr(bots.ActionRunner, "run", run)
     executor = bots.Executor(
         bots.ExecutorSettings(
             server=parse_endpoint(server), instance="main",
-            bot_id=f"in-process-{uuid.uuid4().hex}", capacity=1, workdir=workdir,
+            bot_id=f"in-process-{uuid.uuid4().hex}", capacity=capacity, workdir=workdir,
             max_workers=1, memory_limit_mb=None, worker_idle_s=60,
             shutdown_grace_s=shutdown_grace_s,
         )

@@ -26,6 +26,7 @@ from tests.integration.test_remote import start_execute
 from worker_runtime.cluster import buildgrid
 from worker_runtime.cluster.commands import tenant_arguments
 from worker_runtime.cluster.layout import ClusterLayout
+from worker_runtime.executor import bots
 from worker_runtime.proto import remote_execution_pb2 as re_pb2
 from worker_runtime.proto.google.longrunning import operations_pb2
 
@@ -150,3 +151,57 @@ def test_an_action_that_finishes_as_the_grace_runs_out_is_reported_not_run_again
         assert response.status.code == 0, response.status
         assert response.result.exit_code == 7
         assert response.result.stdout_raw == b"finished as it was stopped"
+
+
+def test_a_draining_executor_takes_no_new_lease(
+    tmp_path: Path, cluster_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An executor told to stop, with room for another lease, is not given one while it
+    waits for what it runs: an action sent meanwhile goes to another bot at once, rather
+    than waiting in the draining bot until it exits (or, past its grace, is handed back)."""
+    socket = f"unix://{cluster_dir}/run/buildgrid.sock"
+    first_started, release_first = threading.Event(), threading.Event()
+    calls: list[str] = []
+
+    def run(
+        runner: object, action: re_pb2.Action, instance: str, cancelled: threading.Event
+    ) -> bots.ActionOutcome:
+        calls.append(action.command_digest.hash)
+        if len(calls) == 1:  # the first action runs until the test lets it end
+            first_started.set()
+            while not (release_first.wait(0.05) or cancelled.is_set()):
+                pass
+        result = re_pb2.ActionResult(exit_code=0, stdout_raw=b"ran")
+        return bots.ActionOutcome(result=result, mode="oneshot", reused=False, worker_pid=0)
+
+    with (
+        in_process_executor(
+            monkeypatch, run, socket, cluster_dir / "draining-executor", capacity=2
+        ) as draining,
+        grpc.insecure_channel(socket) as channel,
+    ):  # fmt: skip
+        first = start_execute(channel, re_pb2.Directory(), unique_true(), timeout_s=120)
+        assert first_started.wait(60), "the executor never started the first action"
+        draining.executor.stop()  # SIGTERM's effect; it waits for the first action
+        time.sleep(1)  # its next updates say it takes nothing more
+        # Its deadline is far inside the draining bot's grace (30 s): were the second
+        # action given to it, the stream would end DEADLINE_EXCEEDED.
+        second = start_execute(channel, re_pb2.Directory(), unique_true(), timeout_s=20)
+        time.sleep(1.5)  # time for the server to give the second to the draining bot
+        with in_process_executor(
+            monkeypatch, run, socket, cluster_dir / "second-executor"
+        ) as other:
+            try:
+                done = [operation for operation in second if operation.done]
+            finally:
+                release_first.set()
+            assert done, "the second action never finished"
+            assert other.stop_and_wait() == 0
+        draining.loop.join(30)
+        assert not draining.loop.is_alive() and draining.exit_codes == [0]
+        assert [operation.done for operation in first][-1]
+    assert len(calls) == 2  # each ran once
+
+
+def unique_true() -> re_pb2.Command:
+    return re_pb2.Command(arguments=["/bin/true", uuid.uuid4().hex])

@@ -267,6 +267,11 @@ class Executor:
             if self._stop.is_set() and stopping_since is None:
                 stopping_since = time.monotonic()
             reported = self._update_leases(session, accept=stopping_since is None)
+            if stopping_since is not None:
+                # Draining: no new lease. BuildGrid gives leases only to a bot whose status
+                # is OK, and leaves those it has alone otherwise (BOT_TERMINATING would
+                # have them handed back, finished or not: sent only at the very end).
+                session.status = bots_pb2.UNHEALTHY
             if stopping_since is not None and not self._running:
                 session = self._report_while_ok(session)
                 break
@@ -427,8 +432,8 @@ class Executor:
         return None
 
     def _report_while_ok(self, session: bots_pb2.BotSession) -> bots_pb2.BotSession:
-        """Sends the last completions with the bot still OK: BuildGrid requeues the leases
-        of a terminating bot, finished or not. A server out of reach (UNAVAILABLE: the
+        """Sends the last completions before the bot says it terminates: BuildGrid
+        requeues the leases of a terminating bot, finished or not. A server out of reach (UNAVAILABLE: the
         update never got there) is tried once more, so that a blip at the last moment
         does not send a finished action to run again."""
         request = bots_pb2.UpdateBotSessionRequest(name=session.name, bot_session=session)

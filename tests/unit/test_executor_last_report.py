@@ -26,7 +26,7 @@ LEASE = "lease-1"
 
 class BotsStandIn(bots_pb2_grpc.BotsServicer):
     """Hands out one lease, echoes every update, and answers the first ``refusals``
-    updates that report it COMPLETED with the bot OK as UNAVAILABLE."""
+    updates that report it COMPLETED before the bot terminates as UNAVAILABLE."""
 
     def __init__(self, refusals: int) -> None:
         self.refusals = refusals
@@ -47,7 +47,7 @@ class BotsStandIn(bots_pb2_grpc.BotsServicer):
         self, request: bots_pb2.UpdateBotSessionRequest, context: grpc.ServicerContext
     ) -> bots_pb2.BotSession:
         session = request.bot_session
-        reports = session.status == bots_pb2.OK and any(
+        reports = session.status != bots_pb2.BOT_TERMINATING and any(
             lease.state == bots_pb2.COMPLETED for lease in session.leases
         )
         with self._lock:
@@ -97,7 +97,7 @@ def test_the_last_report_is_tried_once_more_when_the_server_is_out_of_reach(
     reported = [
         update
         for update in stand_in.updates
-        if update.status == bots_pb2.OK
+        if update.status != bots_pb2.BOT_TERMINATING
         and any(lease.id == LEASE and lease.state == bots_pb2.COMPLETED for lease in update.leases)
     ]
     # Refused once: the second try got there. Refused twice: given up, as before.

@@ -122,3 +122,40 @@ def test_remove_tree_removes_a_file_and_a_symlink_without_following_it(base: Pat
     remove_tree(base / "link")
     assert not (base / "file").exists() and not (base / "link").is_symlink()
     assert (base / "target").is_dir()
+
+
+def test_a_tree_deeper_than_the_interpreter_recursion_limit_is_removed(base: Path) -> None:
+    """A tenant can make a tree of any depth: its removal must neither raise (the callers
+    go on after it) nor leave it."""
+    tree = base / "deep"
+    at = os.open(base, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.mkdir("deep", dir_fd=at)
+        for _ in range(1500):  # past Python's default recursion limit of 1000
+            below = os.open("deep", os.O_RDONLY | os.O_DIRECTORY, dir_fd=at)
+            os.close(at)
+            at = below
+            os.mkdir("deep", dir_fd=at)
+        os.close(os.open("file", os.O_CREAT | os.O_WRONLY, 0o444, dir_fd=at))
+    finally:
+        os.close(at)
+    remove_tree(tree)  # its depth is the point here, not permissions
+    assert not tree.exists()
+
+
+def test_directories_readable_but_not_searchable_are_removed(base: Path) -> None:
+    """A 0600 or 0444 directory lets its entries be listed but not looked at: the look
+    needs search (x), which is given back as rwx is."""
+    tree = base / "tree"
+    for mode in (0o600, 0o444):
+        (tree / f"m{mode:o}" / "sub").mkdir(parents=True)
+        (tree / f"m{mode:o}" / "file").write_text("x")
+    ids = unprivileged_ids()
+    if ids is not None:
+        for at, directories, files in os.walk(base):
+            for name in [*directories, *files]:
+                os.chown(Path(at) / name, *ids, follow_symlinks=False)
+    for mode in (0o600, 0o444):
+        (tree / f"m{mode:o}").chmod(mode)
+    removed_unprivileged(remove_tree, tree)
+    assert not tree.exists()

@@ -16,6 +16,7 @@ import logging
 import os
 import stat
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 LOGGER = logging.getLogger(__name__)
@@ -29,8 +30,9 @@ _OWNER_RWX = stat.S_IRWXU
 
 def remove_tree(path: Path) -> None:
     """Removes ``path`` (a directory tree, or a file) if it exists. What cannot be
-    removed even so (another owner's files, an immutable one) is left, with a warning
-    naming it: the callers clean up after work that is done, and must go on."""
+    removed even so (another owner's files, an immutable one, a tree deeper than the
+    descriptors the process may hold) is left, with a warning naming it: the callers
+    clean up after work that is done, and must go on."""
     failures: list[str] = []
     try:
         parent = os.open(path.parent, _DIRECTORY_FLAGS)
@@ -39,7 +41,7 @@ def remove_tree(path: Path) -> None:
             failures.append(f"{path.parent}: {exc.strerror}")
     else:
         try:  # the parent is outside the tree: never made writable here
-            _remove_entry(parent, path.name, path, failures, inside=False)
+            _remove_walking(parent, path.name, path, failures)
         finally:
             os.close(parent)
     if failures:
@@ -49,34 +51,79 @@ def remove_tree(path: Path) -> None:
         )  # fmt: skip
 
 
-def _remove_entry(
-    directory: int, name: str, shown: Path, failures: list[str], inside: bool
+@dataclass
+class _Emptying:
+    """A directory of the tree open for emptying: what is left of its listing, and where
+    it sits (its parent's descriptor and its name there) to be removed once empty."""
+
+    fd: int
+    names: list[str]
+    parent: int
+    name: str
+    shown: Path
+    #: Whether ``parent`` is part of the tree (and may be made writable).
+    parent_inside: bool
+
+
+def _remove_walking(top_parent: int, top_name: str, top: Path, failures: list[str]) -> None:
+    """Removes ``top_name`` from ``top_parent`` depth first, with a stack of its own (a
+    tree of any depth, no recursion), adding to ``failures`` what could not be removed."""
+    stack: list[_Emptying] = []
+    _take(top_parent, top_name, top, False, stack, failures)
+    while stack:
+        emptying = stack[-1]
+        if emptying.names:
+            name = emptying.names.pop()
+            _take(emptying.fd, name, emptying.shown / name, True, stack, failures)
+            continue
+        stack.pop()
+        os.close(emptying.fd)
+        try:
+            _with_access(emptying.parent, emptying.parent_inside, _rmdir_of(emptying))
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            failures.append(f"{emptying.shown}: {exc.strerror}")
+
+
+def _rmdir_of(emptying: _Emptying) -> Callable[[], None]:
+    return lambda: os.rmdir(emptying.name, dir_fd=emptying.parent)
+
+
+def _take(
+    directory: int,
+    name: str,
+    shown: Path,
+    inside: bool,
+    stack: list[_Emptying],
+    failures: list[str],
 ) -> None:
-    """Removes ``name`` from the open ``directory`` (a directory entry emptied first),
-    adding to ``failures`` what could not be removed. ``inside``: ``directory`` is part
-    of the tree, and may be made writable."""
+    """Removes ``name`` from the open ``directory`` if it is not a directory; a directory
+    is opened and pushed on ``stack``, to be emptied and then removed. ``inside``:
+    ``directory`` is part of the tree, and may be made writable."""
     try:
-        mode = os.stat(name, dir_fd=directory, follow_symlinks=False).st_mode
-        if stat.S_ISDIR(mode):
-            below = _open_directory(directory, name, inside)
-            try:
-                _empty(below, shown, failures)
-            finally:
-                os.close(below)
-            _with_access(directory, inside, lambda: os.rmdir(name, dir_fd=directory))
-        else:
+        try:
+            mode = os.stat(name, dir_fd=directory, follow_symlinks=False).st_mode
+        except PermissionError:
+            if not inside:
+                raise
+            _grant_owner_access(directory)  # looking ``name`` up needs search (x) on it
+            mode = os.stat(name, dir_fd=directory, follow_symlinks=False).st_mode
+        if not stat.S_ISDIR(mode):
             _with_access(directory, inside, lambda: os.unlink(name, dir_fd=directory))
+            return
+        below = _open_directory(directory, name, inside)
+        try:
+            with os.scandir(below) as listing:
+                names = [entry.name for entry in listing]
+        except BaseException:
+            os.close(below)
+            raise
+        stack.append(_Emptying(below, names, directory, name, shown, inside))
     except FileNotFoundError:
         pass  # gone meanwhile: what was asked
     except OSError as exc:
         failures.append(f"{shown}: {exc.strerror}")
-
-
-def _empty(directory: int, shown: Path, failures: list[str]) -> None:
-    with os.scandir(directory) as listing:
-        names = [entry.name for entry in listing]
-    for name in names:
-        _remove_entry(directory, name, shown / name, failures, inside=True)
 
 
 def _open_directory(directory: int, name: str, inside: bool) -> int:

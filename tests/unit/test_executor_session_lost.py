@@ -217,3 +217,53 @@ def test_a_server_that_comes_up_during_start_up_is_registered_with(
         assert runs.lost_started.wait(30), "the executor never registered"
         assert running.stop_and_wait(30) == 0
     assert len(stand_in.created) == 1
+
+
+class RefusesAfterOneUpdate(bots_pb2_grpc.BotsServicer):
+    """Takes one update of each session, then refuses its others as unknown: what an
+    executor sees when another one was started with the same bot id."""
+
+    def __init__(self) -> None:
+        self.created = 0
+        self.refused = threading.Event()
+        self._updated: set[str] = set()
+        self._lock = threading.Lock()
+
+    def CreateBotSession(
+        self, request: bots_pb2.CreateBotSessionRequest, context: grpc.ServicerContext
+    ) -> bots_pb2.BotSession:
+        with self._lock:
+            self.created += 1
+            session = bots_pb2.BotSession()
+            session.CopyFrom(request.bot_session)
+            session.name = f"sessions/{self.created}"
+        return session
+
+    def UpdateBotSession(
+        self, request: bots_pb2.UpdateBotSessionRequest, context: grpc.ServicerContext
+    ) -> bots_pb2.BotSession:
+        with self._lock:
+            first = request.name not in self._updated
+            self._updated.add(request.name)
+        if not first:
+            self.refused.set()
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, "Bot does not exist.")
+        return request.bot_session
+
+
+def test_a_session_lost_soon_after_it_began_is_not_replaced_at_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Lost within SETTLED_SESSION_S of its creation, a session is registered again only
+    after a wait (here an hour): two executors sharing a bot id do not take the id from
+    each other over and over, each time stopping the other's leases."""
+    monkeypatch.setattr(bots, "REGISTER_RETRY_FIRST_S", 3600.0)
+    stand_in = RefusesAfterOneUpdate()
+    with (
+        served(stand_in, tmp_path) as address,
+        in_process_executor(monkeypatch, LeaseRuns().run(), address, tmp_path / "ex") as running,
+    ):
+        assert stand_in.refused.wait(30), "the executor's session was never refused"
+        time.sleep(1)  # room for a registration at once, which must not come
+        assert stand_in.created == 1
+        assert running.stop_and_wait(30) == 0

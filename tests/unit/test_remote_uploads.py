@@ -87,4 +87,4 @@ def test_a_refused_upload_is_named_as_the_upload_within_the_call_deadline(
         client.close()
     assert str(caught.value).startswith("uploading the action's inputs failed: ")
     assert "refuses every upload" in str(caught.value)
-    assert len(cas.deadlines) == 1 and 5.0 < cas.deadlines[0] < 8.0  # not the CAS's own 60 s
+    assert len(cas.deadlines) == 1 and cas.deadlines[0] < 8.0  # not the CAS's own 60 s

@@ -75,8 +75,9 @@ class BackendPool:
     def _release(self, proc: BackendProcess) -> bool:
         """After a request: stops ``proc`` if it is dead, retired or recycled; else keeps it."""
         if not proc.alive:
-            self.processes.discard(proc)
-            return False
+            if proc.in_flight == 0:  # still running if only its stdin closed: stopped
+                self._discard(proc)
+            return False  # with requests left, it goes once they end (when_gone)
         if (self.retired or proc.recycle) and proc.in_flight == 0:
             self._discard(proc)
             return False

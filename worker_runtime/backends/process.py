@@ -405,17 +405,15 @@ class BackendProcess:
         # Also when the runtime closes it (a stop, an exit seen): nothing to do then.
         if self._stdin_closed or not self._running():
             return
-        self._stdin_closed = True  # no longer alive: no request is given to it
-        if self._pending:
-            # What it works on may still be answered, or it is exiting (its exit status
-            # says more): a moment, as for stdout, then it is killed.
-            asyncio.get_running_loop().call_later(1.0, self._kill_for_closed_pipe, "stdin")
-            return
-        LOGGER.warning("%s closed its stdin while idle; it is discarded", self.describe())
-        self.kill(BackendDiedError(f"{self.describe()} closed its stdin while still running"))
+        # No longer alive: no request is given to it. What it works on may still be
+        # answered, or it is exiting (a process's pipes close before its exit is seen,
+        # and its exit status says more): a moment, as for stdout, then it is killed.
+        self._stdin_closed = True
+        asyncio.get_running_loop().call_later(1.0, self._kill_for_closed_pipe, "stdin")
 
     def _kill_for_closed_pipe(self, pipe: str) -> None:
         if self.pid and not self._exited.is_set():
+            LOGGER.warning("%s closed its %s and lived on: killed", self.describe(), pipe)
             self._killed_for_closed = self._killed_for_closed or pipe
             self._kill_group()
 

@@ -320,14 +320,14 @@ class Http2Connection(asyncio.Protocol):
                 stream.ended_remote = True
                 self.stream_ended(stream_id)
             return
+        if stream_id % 2 == 0:
+            raise ProtocolViolation(PROTOCOL_ERROR, "a client opened an even stream")
         if stream_id <= self._last_stream_id:
             # A stream that ended, or one passed over (closed by a higher one opening):
             # nothing will answer it, so the client is told at once rather than left to
             # wait for its deadline. Only that stream: the connection's others go on.
             self._write(frame(RST_STREAM, 0, stream_id, struct.pack(">I", STREAM_CLOSED)))
             return
-        if stream_id % 2 == 0:
-            raise ProtocolViolation(PROTOCOL_ERROR, "a client opened an even stream")
         self._last_stream_id = stream_id
         path = b""
         for name, value in headers:

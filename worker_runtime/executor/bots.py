@@ -73,6 +73,9 @@ CREATE_SESSION_S = LONG_POLL_S
 #: longest the wait doubles to.
 REGISTER_RETRY_FIRST_S = 0.5
 REGISTER_RETRY_MAX_S = 10.0
+#: A session lost after lasting this long is registered again at once: the loss was a
+#: server's restart or a long silence, not a refusal that registering again repeats.
+SETTLED_SESSION_S = 60.0
 #: At start-up, how long the executor tries to register with a server out of reach
 #: before it exits with an error (its supervisor then restarts it, or an operator looks).
 STARTUP_REGISTER_S = 60.0
@@ -179,10 +182,11 @@ class Executor:
         self._cancel_events: dict[str, threading.Event] = {}
         #: Leases done here that the server still lists: never started again.
         self._finished: set[str] = set()
-        #: The waits between attempts to register again; back to the shortest once an
-        #: update of the new session gets through.
+        #: The waits between attempts to register again; back to the shortest once a
+        #: session has lasted SETTLED_SESSION_S.
         self._register_retry = _Backoff()
-        self._updated_since_registered = False
+        #: time.monotonic() of the current session's creation.
+        self._session_since = time.monotonic()
 
     def stop(self, *_: object) -> None:
         self._stop.set()
@@ -273,7 +277,7 @@ class Executor:
                 # have them handed back, finished or not: sent only at the very end).
                 session.status = bots_pb2.UNHEALTHY
             if stopping_since is not None and not self._running:
-                session = self._report_while_ok(session)
+                session = self._report_before_terminating(session)
                 break
             if (
                 stopping_since is not None
@@ -309,8 +313,6 @@ class Executor:
                     bots_pb2.UpdateBotSessionRequest(name=session.name, bot_session=session),
                     timeout=deadline,
                 )
-                self._updated_since_registered = True
-                self._register_retry.reset()
             except grpc.RpcError as exc:
                 if exc.code() in SESSION_GONE_CODES:
                     renewed = self._register_again(session, exc)
@@ -366,7 +368,9 @@ class Executor:
         give_up_at = time.monotonic() + STARTUP_REGISTER_S
         while not self._stop.is_set():
             try:
-                return self._create_session()
+                session = self._create_session()
+                self._session_since = time.monotonic()
+                return session
             except grpc.RpcError as exc:
                 code, details = exc.code(), exc.details()
                 if code not in TRANSIENT_CODES:
@@ -412,10 +416,14 @@ class Executor:
         # A lease id may come back in the new session (BuildGrid names leases after their
         # job, which it requeued): then it is new work, to be run, not one finished here.
         self._finished.clear()
-        # At once, unless the last new session was lost before any update of it got
-        # through (a server refusing every update): then after a wait, longer each time,
-        # rather than registering over and over.
-        wait = 0.0 if self._updated_since_registered else self._register_retry.take()
+        # At once if the lost session had lasted; else after a wait, longer each time:
+        # a server refusing every update, or another executor started with the same bot
+        # id (each new session ends the other's) is not registered with over and over.
+        if time.monotonic() - self._session_since >= SETTLED_SESSION_S:
+            self._register_retry.reset()
+            wait = 0.0
+        else:
+            wait = self._register_retry.take()
         while not self._stop.wait(wait):
             try:
                 session = self._create_session()
@@ -427,11 +435,11 @@ class Executor:
                 )  # fmt: skip
                 continue
             LOGGER.info("registered again: bot session %s", session.name)
-            self._updated_since_registered = False
+            self._session_since = time.monotonic()
             return session
         return None
 
-    def _report_while_ok(self, session: bots_pb2.BotSession) -> bots_pb2.BotSession:
+    def _report_before_terminating(self, session: bots_pb2.BotSession) -> bots_pb2.BotSession:
         """Sends the last completions before the bot says it terminates: BuildGrid
         requeues the leases of a terminating bot, finished or not. A server out of reach (UNAVAILABLE: the
         update never got there) is tried once more, so that a blip at the last moment
@@ -471,7 +479,7 @@ class Executor:
                 self._report(lease, future)
                 LOGGER.info("lease %s finished as it was stopped: reported", lease.id)
                 reported = True
-        return self._report_while_ok(session) if reported else session
+        return self._report_before_terminating(session) if reported else session
 
     def _update_leases(self, session: bots_pb2.BotSession, accept: bool) -> bool:
         """Starts the new leases of ``session``, stops the dropped or cancelled ones and

@@ -366,8 +366,13 @@ class WorkerPool:
     def release(self, worker: PersistentWorker, healthy: bool) -> None:
         with self._lock:
             worker.in_flight -= 1
-            if not (healthy and worker.usable()):
+            if not healthy:
                 self._discard_locked(worker)  # a multiplex worker's other requests fail too
+            elif not worker.usable():
+                # It takes no more requests (its stdin closed) but may still answer those
+                # it has: the last of them discards it (its backend is killed within 1 s).
+                if worker.in_flight == 0:
+                    self._discard_locked(worker)
             elif worker.in_flight == 0:
                 worker.last_used = time.monotonic()
                 self._idle.append(worker)

@@ -152,11 +152,7 @@ class RemoteClient:
             return self._finish(cached, built, root, True, may_write)
         if on_cache_miss is not None:
             on_cache_miss()
-        try:
-            self.cas.upload_missing(blobs)
-        except grpc.RpcError as exc:
-            cancellation.check()
-            raise RemoteError(f"uploading the action's inputs failed: {_describe(exc)}") from None
+        self._upload(blobs, cancellation)
         try:
             timeout_s = execution_timeout_s or self.settings.execution_timeout_s
             response = self._execute(built, cancellation, timeout_s)
@@ -164,7 +160,7 @@ class RemoteClient:
                 # Perhaps a blob this client believed present was evicted: check them all
                 # again and run once more. (A malformed action, INVALID_ARGUMENT, is not.)
                 self.cas.forget()
-                self.cas.upload_missing(blobs)
+                self._upload(blobs, cancellation)
                 response = self._execute(built, cancellation, timeout_s)
         except grpc.RpcError as exc:
             cancellation.check()
@@ -176,6 +172,14 @@ class RemoteClient:
                 f"{response.status.message}" + (f"; missing blobs: {missing}" if missing else "")
             )
         return self._finish(response.result, built, root, response.cached_result, may_write)
+
+    def _upload(self, blobs: Blobs, cancellation: Cancellation) -> None:
+        """The blobs the server lacks; a failure is reported as the upload's."""
+        try:
+            self.cas.upload_missing(blobs)
+        except grpc.RpcError as exc:
+            cancellation.check()
+            raise RemoteError(f"uploading the action's inputs failed: {_describe(exc)}") from None
 
     def _cancel_operation(self, name: str) -> None:
         """CancelOperation, tried again on UNAVAILABLE: BuildGrid answers that when the

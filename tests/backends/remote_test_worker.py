@@ -189,6 +189,14 @@ def main() -> int:
         if not line.strip():
             continue
         request = json.loads(line)
+        arguments = request.get("arguments", [])
+        if multiplex and arguments[:1] == ["--close-stdin"]:
+            # Its reader dies: stdin closed, what it has in hand still answered, and
+            # nothing more read (a thread blocked reading would keep the pipe open).
+            os.close(0)
+            request["arguments"] = arguments[1:]
+            threading.Thread(target=serve, args=(request,), daemon=True).start()
+            threading.Event().wait()
         if request.get("cancel"):
             cancelled.add(int(request.get("requestId", 0)))
         elif multiplex:

@@ -325,6 +325,38 @@ def test_a_multiplex_worker_that_dies_fails_every_request_in_flight(
     pool.release(fresh, healthy=True)
 
 
+def test_a_multiplex_worker_whose_stdin_closed_still_answers_what_it_owes(
+    pool: WorkerPool, tmp_path: Path
+) -> None:
+    """Its stdin closed, it takes no new request, but the requests it has are not failed
+    when one of them is released: they are answered, and it goes after the last."""
+    worker = start(pool, tmp_path, "main", multiplex=True)
+    other = start(pool, tmp_path, "main", multiplex=True)
+    go = tmp_path / "go"
+    owed = request(
+        "--wait-if", "remote", str(go), "--out", "o.txt", "in.txt", sandbox=tmp_path / "a"
+    )
+    answers: list[int] = []
+    thread = threading.Thread(target=lambda: answers.append(other.call(owed, 30).exit_code))
+    thread.start()
+    assert wait_for_file(tmp_path / "a" / "started.txt"), "the first request never started"
+    closing = request("--close-stdin", "--out", "c.txt", "in.txt", sandbox=tmp_path / "c")
+    assert worker.call(closing, 30).exit_code == 0
+    pool.release(worker, healthy=True)  # not usable now, one request still in it
+    go.write_text("")
+    thread.join(30)
+    assert answers == [0]
+    pool.release(other, healthy=True)
+    assert wait_gone([worker.pid]) == [] and pool.pids() == []
+
+
+def wait_for_file(path: Path, timeout_s: float = 30) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while not path.exists() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return path.exists()
+
+
 def test_concurrent_first_actions_of_a_multiplex_key_start_one_process(
     pool: WorkerPool, tmp_path: Path
 ) -> None:

@@ -441,9 +441,9 @@ class Executor:
 
     def _report_before_terminating(self, session: bots_pb2.BotSession) -> bots_pb2.BotSession:
         """Sends the last completions before the bot says it terminates: BuildGrid
-        requeues the leases of a terminating bot, finished or not. A server out of reach (UNAVAILABLE: the
-        update never got there) is tried once more, so that a blip at the last moment
-        does not send a finished action to run again."""
+        requeues the leases of a terminating bot, finished or not. A server out of reach
+        (UNAVAILABLE: the update never got there) is tried once more, so that a blip at
+        the last moment does not send a finished action to run again."""
         request = bots_pb2.UpdateBotSessionRequest(name=session.name, bot_session=session)
         for attempt in range(2):
             try:

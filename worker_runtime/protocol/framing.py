@@ -30,6 +30,14 @@ MAX_FRAME_BYTES = 1 << 31
 _RESPONSE_TAGS = frozenset({(1 << 3) | 0, (2 << 3) | 2, (3 << 3) | 0, (4 << 3) | 0})
 
 
+def largest_taken(max_response_bytes: int | None) -> int:
+    """The largest response a framing takes: ``max_response_bytes`` (the executor's
+    output budget) if given, and never more than MAX_FRAME_BYTES."""
+    if max_response_bytes is None:
+        return MAX_FRAME_BYTES
+    return min(max_response_bytes, MAX_FRAME_BYTES)
+
+
 class Framing(Protocol):
     """Encodes requests and incrementally decodes responses for one backend process."""
 
@@ -60,11 +68,7 @@ class ProtoFraming:
     def __init__(self, max_response_bytes: int | None = None) -> None:
         self._buffer = bytearray()
         #: The largest response taken: the executor's output budget, else any plausible.
-        self._max = (
-            MAX_FRAME_BYTES
-            if max_response_bytes is None
-            else min(max_response_bytes, MAX_FRAME_BYTES)
-        )
+        self._max = largest_taken(max_response_bytes)
         #: Bytes the buffered response needs in all (0 while its length prefix is incomplete).
         self._need = 0
 
@@ -177,11 +181,7 @@ class JsonFraming:
         #: The largest response taken: the executor's output budget, else the most a
         #: protobuf message can carry (the response is re-sent as one), so that a worker
         #: writing one string that never ends cannot take all of the runtime's memory.
-        self._max = (
-            MAX_FRAME_BYTES
-            if max_response_bytes is None
-            else min(max_response_bytes, MAX_FRAME_BYTES)
-        )
+        self._max = largest_taken(max_response_bytes)
         self._pos = 0  # scan position inside _buffer
         self._depth = 0
         self._in_string = False

@@ -4,7 +4,6 @@ Every call has a deadline."""
 
 from __future__ import annotations
 
-import hashlib
 import os
 import tempfile
 import time
@@ -17,7 +16,7 @@ import grpc
 from worker_runtime.proto import remote_execution_pb2 as re_pb2
 from worker_runtime.proto import remote_execution_pb2_grpc as re_grpc
 from worker_runtime.proto.google.bytestream import bytestream_pb2, bytestream_pb2_grpc
-from worker_runtime.remote.merkle import Blobs, digest_key
+from worker_runtime.remote.merkle import Blobs, digest_key, digest_of
 
 #: Room for the per-blob framing of a batch request (digest, field tags).
 PER_BLOB_OVERHEAD = 256
@@ -55,15 +54,16 @@ def checked(digest: re_pb2.Digest, data: bytes) -> bytes:
     """``data`` if it is the blob ``digest`` names, else a CasError: what a server sends
     is kept (the executor's blob cache) and run, so a truncated or corrupt read must not
     pass for the blob."""
-    if len(data) != digest.size_bytes:
+    actual = digest_of(data)
+    if actual.size_bytes != digest.size_bytes:
         raise CasError(
-            f"blob {digest.hash}/{digest.size_bytes} came back as {len(data)} bytes: the "
-            "server sent a truncated or wrong blob"
+            f"blob {digest.hash}/{digest.size_bytes} came back as {actual.size_bytes} bytes: "
+            "the server sent a truncated or wrong blob"
         )
-    if hashlib.sha256(data).hexdigest() != digest.hash:
+    if actual.hash != digest.hash:
         raise CasError(
             f"blob {digest.hash}/{digest.size_bytes} came back with other contents (SHA-256 "
-            f"{hashlib.sha256(data).hexdigest()}): the server sent a corrupt or wrong blob"
+            f"{actual.hash}): the server sent a corrupt or wrong blob"
         )
     return data
 

@@ -50,3 +50,59 @@ def test_an_input_root_that_expands_past_the_limit_fails_as_the_actions_fault(
     with pytest.raises(ActionError, match="more than 100 files and directories once expanded"):
         run(tmp_path, doubling_tree(store, 30), store)  # 2**30 files from 31 blobs
     assert len(made) < 200, "the tree was placed far past the limit before it was refused"
+
+
+def action_with_root(store: StoredBlobs, root: bytes) -> re_pb2.Action:
+    command = re_pb2.Command(arguments=["sh", "-c", "echo ran > ran"], output_paths=["ran"])
+    return re_pb2.Action(
+        command_digest=store.put(command.SerializeToString()),
+        input_root_digest=store.put(root),
+    )
+
+
+def test_a_blob_that_is_not_a_directory_is_refused_not_run_empty(tmp_path: Path) -> None:
+    store = StoredBlobs()
+    # An Action's blob where its input root's belongs parses as a Directory: a file and a
+    # directory named by the two digests' hashes, their sizes in fields FileNode and
+    # DirectoryNode do not have, and their digests empty.
+    wrong = action_with_root(store, re_pb2.Directory().SerializeToString()).SerializeToString()
+    parsed = re_pb2.Directory.FromString(wrong)
+    assert len(parsed.files) == 1 and len(parsed.directories) == 1
+    with pytest.raises(ActionError, match="root directory of its input root is not a Directory"):
+        run(tmp_path, action_with_root(store, wrong), store)
+    text = b"hxhx"  # and text that happens to parse
+    below = re_pb2.Directory()
+    below.directories.add(name="src", digest=store.put(text))
+    with pytest.raises(ActionError, match="directory 'src/' of its input root is not a Dir"):
+        run(tmp_path, action_with_root(store, below.SerializeToString()), store)
+    # Nothing was left behind by the refused actions.
+    assert not list((tmp_path / "actions").iterdir())
+
+
+def test_a_malformed_digest_is_the_actions_fault_not_a_missing_blob(tmp_path: Path) -> None:
+    store = StoredBlobs()
+    for bad in (
+        re_pb2.Digest(hash="../../etc/passwd", size_bytes=3),
+        re_pb2.Digest(hash="A" * 64, size_bytes=3),  # upper case: not what SHA-256 hex is
+        re_pb2.Digest(hash="a" * 64, size_bytes=-1),
+    ):
+        root = re_pb2.Directory()
+        root.files.add(name="in.txt", digest=bad)
+        with pytest.raises(ActionError, match=r"'in\.txt' in the input root names the digest"):
+            run(tmp_path, action_with_root(store, root.SerializeToString()), store)
+        root = re_pb2.Directory()
+        root.directories.add(name="d", digest=bad)
+        with pytest.raises(ActionError, match="'d/' in the input root names the digest"):
+            run(tmp_path, action_with_root(store, root.SerializeToString()), store)
+    action = action_with_root(store, re_pb2.Directory().SerializeToString())
+    action.command_digest.hash = "not hex"
+    with pytest.raises(ActionError, match="its command names the digest 'not hex'/"):
+        run(tmp_path, action, store)
+
+
+def test_a_well_formed_root_still_runs(tmp_path: Path) -> None:
+    store = StoredBlobs()
+    root = re_pb2.Directory()
+    root.files.add(name="in.txt", digest=store.put(b"data"))
+    result = run(tmp_path, action_with_root(store, root.SerializeToString()), store)
+    assert result.exit_code == 0 and [f.path for f in result.output_files] == ["ran"]

@@ -10,6 +10,7 @@ import contextlib
 import errno
 import logging
 import os
+import re
 import select
 import signal
 import subprocess
@@ -21,7 +22,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-from google.protobuf.message import DecodeError
+from google.protobuf import unknown_fields
+from google.protobuf.message import DecodeError, Message
 
 from worker_runtime.backends.key import PERSISTENT_WORKER_FLAG, WorkerKey
 from worker_runtime.errors import RequestError
@@ -177,6 +179,8 @@ class ActionRunner:
         self, action: re_pb2.Action, instance: str, cancelled: threading.Event
     ) -> ActionOutcome:
         fetch_started_ns = time.time_ns()
+        _well_formed(action.command_digest, "its command")
+        _well_formed(action.input_root_digest, "its input root")
         command = re_pb2.Command()
         try:
             command.ParseFromString(self.cas.read(action.command_digest))
@@ -286,10 +290,12 @@ class ActionRunner:
                     )
                 if cancelled.is_set():  # a wide level is not waited out either
                     raise ActionCancelled("cancelled while its inputs were placed")
+                _only_known_fields(node, prefix)
                 at.mkdir(parents=True, exist_ok=True)
                 _unique_names(node, prefix)
                 for entry in node.files:
                     name = _segment(entry.name)
+                    _well_formed(entry.digest, f"{(prefix + name)!r} in the input root")
                     placements.append((entry.digest, at / name, entry.is_executable))
                     path = f"{prefix}{name}"
                     files.append((path, entry.digest.hash))
@@ -298,6 +304,7 @@ class ActionRunner:
                         tools.append((path, entry.digest.hash))
                 for sub in node.directories:
                     name = _segment(sub.name)
+                    _well_formed(sub.digest, f"{(prefix + name + '/')!r} in the input root")
                     below.append((sub.digest, at / name, f"{prefix}{name}/"))
                 if node.symlinks:
                     raise ActionError("symlinks in the input root are not supported")
@@ -588,6 +595,8 @@ class _InlineBudget:
 
 #: The longest file name the file systems an action runs on take (NAME_MAX).
 _MAX_NAME_BYTES = 255
+#: The digest function this executor takes (SHA-256's, as hex).
+_HEX = re.compile(r"[0-9a-f]{64}")
 
 
 def _unique_names(node: re_pb2.Directory, prefix: str) -> None:
@@ -603,6 +612,41 @@ def _unique_names(node: re_pb2.Directory, prefix: str) -> None:
             if name in seen:
                 raise ActionError(f"{(prefix + name)!r} appears twice in the input root")
             seen.add(name)
+
+
+def _only_known_fields(node: re_pb2.Directory, prefix: str) -> None:
+    """A blob that is not a Directory (a file's contents named as one, say) often still
+    parses as one: every field it seems to hold unknown, and nothing in it placed. Such a
+    directory is refused, not run empty. (A field from a later REAPI would be refused too;
+    none is defined in Directory, FileNode or DirectoryNode past those this executor
+    reads.)"""
+    messages: list[Message] = [node, *node.files, *node.directories, *node.symlinks]
+    messages += [entry.digest for entry in node.files]
+    messages += [entry.digest for entry in node.directories]
+    strays = []
+    for message in messages:
+        fields = unknown_fields.UnknownFieldSet(message)
+        strays += [fields[i].field_number for i in range(len(fields))]
+    if strays:
+        where = f"directory {prefix!r}" if prefix else "root directory"
+        numbers = ", ".join(str(n) for n in sorted(set(strays))[:5])
+        raise ActionError(
+            f"the {where} of its input root is not a Directory message: it holds fields "
+            f"a Directory does not have (numbers {numbers}); send the Directory's digest "
+            "there, not another blob's"
+        )
+
+
+def _well_formed(digest: re_pb2.Digest, what: str) -> None:
+    """A digest that cannot name a blob (not 64 lowercase hex digits of SHA-256, or a
+    negative size) is the action's fault, not a blob the server lacks to be uploaded
+    again and retried."""
+    if len(digest.hash) != 64 or digest.size_bytes < 0 or not _HEX.fullmatch(digest.hash):
+        raise ActionError(
+            f"{what} names the digest "
+            f"{digest.hash[:80]!r}/{digest.size_bytes}, which is not a SHA-256 digest "
+            "(64 lowercase hex digits and a size of 0 or more)"
+        )
 
 
 def _segment(name: str) -> str:

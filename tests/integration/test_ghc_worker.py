@@ -646,3 +646,163 @@ def test_warm_and_fallback_compile_the_same_from_nested_crlf_argfiles(
     assert cold.returncode == 0, cold.stderr
     hi = "Shop/Types.hi"
     assert (tmp_path / "warm" / hi).read_bytes() == (tmp_path / "cold" / hi).read_bytes()
+
+
+def test_an_annotation_never_runs_code_of_an_earlier_request(
+    pipe_worker: StartPipe, tmp_path: Path
+) -> None:
+    """An ANN pragma's expression is run by GHC's interpreter, which loads home modules'
+    code: a request with one is compiled by a cold ghc, so a changed Dep is seen (the
+    annotation's value is serialized in the interface: it matches a cold ghc's)."""
+    worker = pipe_worker()
+    write(tmp_path, "src/User.hs", "module User where\nimport Dep\n{-# ANN module tag #-}\n")
+    (tmp_path / "out").mkdir()
+    (tmp_path / "cold").mkdir()
+    for version in ("ONE", "TWO"):
+        write(
+            tmp_path, "src/Dep.hs", f'module Dep (tag) where\ntag :: String\ntag = "v-{version}"\n'
+        )
+        built = cold_ghc(
+            tmp_path,
+            ["-c", "-dynamic-too", "-fforce-recomp", "src/Dep.hs", "-odir", "out", "-hidir", "out"],
+        )
+        assert built.returncode == 0, built.stderr
+        response = worker.run(
+            "-c", "src/User.hs", "-iout", "-o", f"out/{version}.o", "-ohi", f"out/{version}.hi",
+            inputs=("out/Dep.hi",),
+        )  # fmt: skip
+        assert response.exit_code == 0, response.output
+        assert "started from a fresh state" in response.output
+        cold = cold_ghc(
+            tmp_path,
+            ["-c", "src/User.hs", "-iout", "-o", f"cold/{version}.o", "-ohi", f"cold/{version}.hi"],
+        )
+        assert cold.returncode == 0, cold.stderr
+        warm_hi = (tmp_path / "out" / f"{version}.hi").read_bytes()
+        assert warm_hi == (tmp_path / "cold" / f"{version}.hi").read_bytes()
+
+
+def test_ghc_temporary_files_do_not_pile_up_and_dumps_start_afresh(
+    pipe_worker: StartPipe, tmp_path: Path
+) -> None:
+    """Each request's temporary files (assembly, preprocessed source) are removed after
+    it, in the worker's private directory; a -ddump-to-file dump is written, not
+    appended to, by each request, as by a ghc process."""
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    work = tmp_path / "work"
+    write(work, "A.hs", "{-# LANGUAGE CPP #-}\nmodule A where\nf :: Int -> Int\nf x = x + 1\n")
+    proc = subprocess.Popen(
+        [GHC_WORKER, "--persistent_worker"], cwd=work, stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, env={**os.environ, "TMPDIR": str(tmp)},
+    )  # fmt: skip
+    worker = PipeWorker.__new__(PipeWorker)
+    worker.cwd, worker.proc, worker.framing = work, proc, ProtoFraming()
+    try:
+        for i in range(3):
+            response = worker.run(
+                "-c", "A.hs", "-o", f"A{i}.o", "-ohi", f"A{i}.hi", "-ddump-simpl",
+                "-ddump-to-file", "-dumpdir", "dumps/", verbose=False,
+            )  # fmt: skip
+            assert response.exit_code == 0, response.output
+            (private,) = tmp.iterdir()  # the worker's own; GHC's temporary files go there
+            assert private.name == f"ghc-worker-{proc.pid}"
+            left = [p for p in private.rglob("*") if p.is_file() and p.name != "output"]
+            assert left == [], left
+        dumps = list((work / "dumps").rglob("*.dump-simpl"))
+        assert len(dumps) == 1
+        assert dumps[0].read_text().count("==================== Tidy Core") == 1
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def test_output_printed_before_a_failure_outside_ghc_is_kept(
+    pipe_worker: StartPipe, tmp_path: Path
+) -> None:
+    """A compile that warns, then fails writing its interface (an I/O error, not a GHC
+    error), answers with the warning as well as the failure."""
+    write(tmp_path, "Wa.hs", "module Wa where\nf :: Int -> Int\nf x = 1\n")
+    worker = pipe_worker()
+    response = worker.run(
+        "-c", "-Wall", "Wa.hs", "-o", "Wa.o", "-ohi", "/proc/no-such-dir/Wa.hi", verbose=False
+    )
+    assert response.exit_code == 1
+    assert "Defined but not used: `x'" in response.output or "unused-matches" in response.output
+    assert "ghc-worker: /proc/no-such-dir" in response.output
+    assert worker.run("-c", "Wa.hs", "-o", "Wa.o", "-ohi", "Wa.hi").exit_code == 0
+
+
+def test_a_tool_ghc_runs_holds_neither_protocol_pipe(
+    pipe_worker: StartPipe, tmp_path: Path
+) -> None:
+    """The assembler (here a wrapper that lists its fds) gets no copy of the protocol's
+    pipes: it can neither read requests nor write answers, nor keep them open."""
+    fds = tmp_path / "fds.txt"
+    wrapper = tmp_path / "as-wrapper"
+    wrapper.write_text(
+        f'#!/bin/sh\nfor fd in /proc/$$/fd/*; do echo "$fd $(readlink $fd)"; done > {fds}\n'
+        'exec gcc "$@"\n'
+    )
+    wrapper.chmod(0o755)
+    write(tmp_path, "A.hs", "module A where\nx :: Int\nx = 1\n")
+    worker = pipe_worker()
+    response = worker.run("-c", "A.hs", "-o", "A.o", "-ohi", "A.hi", "-pgma", str(wrapper))
+    assert response.exit_code == 0, response.output
+    assert worker.proc.stdin and worker.proc.stdout
+    pipes = {
+        os.readlink(f"/proc/{worker.proc.pid}/fd/{fd}")
+        for fd in os.listdir(f"/proc/{worker.proc.pid}/fd")
+        if os.readlink(f"/proc/{worker.proc.pid}/fd/{fd}").startswith("pipe:")
+    }
+    opened = dict(line.split(" ", 1) for line in fds.read_text().splitlines())
+    request_pipe = os.readlink(f"/proc/self/fd/{worker.proc.stdin.fileno()}")
+    answer_pipe = os.readlink(f"/proc/self/fd/{worker.proc.stdout.fileno()}")
+    assert request_pipe in pipes and answer_pipe in pipes
+    assert request_pipe not in opened.values() and answer_pipe not in opened.values()
+
+
+def test_a_bad_argfile_in_a_request_exits_125_and_keeps_the_warm_state(
+    pipe_worker: StartPipe, tmp_path: Path
+) -> None:
+    write(tmp_path, "src/Shop/Types.hs", TYPES_HS)
+    write(tmp_path, "src/Shop/Report.hs", REPORT_HS)
+    prepare_dirs(tmp_path, "out")
+    worker = pipe_worker()
+    assert worker.run(*compile_args("Shop.Types", "out")).exit_code == 0
+    first = worker.run(*compile_args("Shop.Report", "out", "-iout"), inputs=("out/Shop/Types.hi",))
+    assert first.exit_code == 0, first.output
+    bad = worker.run("@missing.args", verbose=False)
+    assert bad.exit_code == ARGFILE_EXIT_CODE
+    assert "ghc-worker: argument file 'missing.args' does not exist" in bad.output
+    again = worker.run(*compile_args("Shop.Report", "out", "-iout"), inputs=("out/Shop/Types.hi",))
+    assert again.exit_code == 0, again.output
+    assert "reused home interfaces: [Shop.Types]" in again.output, again.output
+
+
+def test_json_sent_to_the_proto_worker_is_refused_at_once(tmp_path: Path) -> None:
+    """A '{' is also the length prefix of a 123-byte message: JSON is told apart by what
+    follows it, and refused without waiting for bytes that never come (stdin stays open)."""
+    proc = subprocess.Popen(
+        [GHC_WORKER, "--persistent_worker"], cwd=tmp_path, stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    try:
+        assert proc.stdin and proc.stderr
+        proc.stdin.write(b'{"arguments":["-c"]}\n')
+        proc.stdin.flush()
+        assert proc.wait(timeout=120) != 0
+        assert b"the request is JSON" in proc.stderr.read()
+    finally:
+        proc.kill()
+        proc.wait()
+    # A proto request of 123 bytes (its prefix a '{') is still read as one.
+    request = bazel.WorkRequest(arguments=["-c", "x" * 117])
+    assert len(request.SerializeToString()) == 123
+    worker = PipeWorker(tmp_path)
+    try:
+        response = worker.send(request)
+        assert response.exit_code == 1 and "x" * 117 in response.output
+    finally:
+        worker.proc.kill()
+        worker.proc.wait()

@@ -79,3 +79,26 @@ def test_bad_usage_says_how_to_call_it(tmp_path: Path) -> None:
         [sys.executable, str(SCANNER), "x.json", "A"], capture_output=True, text=True
     )
     assert done.returncode == 2 and "usage:" in done.stderr
+
+
+def test_a_generated_module_of_megabytes_is_scanned(tmp_path: Path) -> None:
+    """Generated code (Happy, Alex) runs to megabytes: the scan is linear in the file (it
+    once copied the rest of the file at every character, and took minutes on this one;
+    the timeout below only keeps a regression from hanging the suite)."""
+    body = "".join(
+        f"f{i} :: Int -> Int -- the {i}th\nf{i} x = x --> {i} {{- a -- block -}}\n"
+        for i in range(40_000)
+    )
+    text = f"module Gen where\nimport Gen.Base -- its base\n{body}import Gen.Tail\n"
+    assert len(text) > 2_500_000
+    for name, source in (("Gen", text), ("Gen.Base", "module Gen.Base where\n")):
+        path = tmp_path / (name.replace(".", "/") + ".hs")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(source)
+    (tmp_path / "Gen" / "Tail.hs").write_text("module Gen.Tail where\n")
+    out = tmp_path / "imports.json"
+    modules = [
+        f"{n}={tmp_path / (n.replace('.', '/') + '.hs')}" for n in ("Gen", "Gen.Base", "Gen.Tail")
+    ]
+    subprocess.run([sys.executable, str(SCANNER), str(out), *modules], check=True, timeout=120)
+    assert json.loads(out.read_text())["Gen"] == ["Gen.Base", "Gen.Tail"]

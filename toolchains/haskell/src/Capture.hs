@@ -3,44 +3,59 @@
 -- messages, formatted by GHC, and those of the C compiler and assembler it runs) is
 -- captured at the file-descriptor level into a file and read back for the response.
 module Capture
-  ( protectStdout
+  ( protectStdio
   , captureOutput
   ) where
 
-import Control.Exception (bracket, finally)
+import Control.Exception (SomeException, bracket, finally, try)
 import qualified Data.ByteString as B
 import qualified Data.Text as T
 import qualified Data.Text.Encoding as TE
 import qualified Data.Text.Encoding.Error as TE
 import System.IO
 import System.Posix.IO
-  ( OpenMode (WriteOnly)
+  ( FdOption (CloseOnExec)
+  , OpenMode (ReadOnly, WriteOnly)
   , closeFd
   , defaultFileFlags
   , dup
   , dupTo
   , fdToHandle
   , openFd
+  , setFdOption
   , stdError
+  , stdInput
   , stdOutput
   , trunc
   )
 
--- | Returns a handle on the original stdout for protocol messages, and makes fd 1 a
--- copy of fd 2, so nothing else the process writes can corrupt the protocol stream.
-protectStdout :: IO Handle
-protectStdout = do
+-- | Returns handles on the original stdin and stdout for protocol messages, makes fd 1
+-- a copy of fd 2 and fd 0 /dev/null, so nothing else the process writes can corrupt the
+-- protocol stream and nothing it runs can read requests. The protocol's own copies are
+-- closed on exec: a process GHC runs (the assembler, a cold ghc, what it starts) holds
+-- neither pipe, so none can write into the stream or keep it open past the worker's end.
+protectStdio :: IO (Handle, Handle)
+protectStdio = do
   hFlush stdout
-  protocolFd <- dup stdOutput
+  protocolOut <- dup stdOutput
   _ <- dupTo stdError stdOutput
-  h <- fdToHandle protocolFd
-  hSetBinaryMode h True
-  hSetBuffering h (BlockBuffering Nothing)
-  return h
+  protocolIn <- dup stdInput
+  devNull <- openFd "/dev/null" ReadOnly Nothing defaultFileFlags
+  _ <- dupTo devNull stdInput
+  closeFd devNull
+  setFdOption protocolOut CloseOnExec True
+  setFdOption protocolIn CloseOnExec True
+  out <- fdToHandle protocolOut
+  hSetBinaryMode out True
+  hSetBuffering out (BlockBuffering Nothing)
+  input <- fdToHandle protocolIn
+  hSetBinaryMode input True
+  return (input, out)
 
 -- | Runs the action with fd 1 and fd 2 redirected into the file at @path@, then puts
--- them back and returns what was written (decoded as UTF-8).
-captureOutput :: FilePath -> IO a -> IO (a, String)
+-- them back and returns how the action ended and what was written (decoded as UTF-8):
+-- what was printed before an exception (GHC's warnings, say) is kept for the response.
+captureOutput :: FilePath -> IO a -> IO (Either SomeException a, String)
 captureOutput path action = do
   fd <- openFd path WriteOnly (Just 0o600) defaultFileFlags {trunc = True}
   result <-
@@ -49,7 +64,7 @@ captureOutput path action = do
       _ <- dupTo fd stdError
       _ <- dupTo fd stdOutput
       closeFd fd
-      action `finally` flushAll
+      try action `finally` flushAll
   bytes <- B.readFile path
   return (result, T.unpack (TE.decodeUtf8With TE.lenientDecode bytes))
   where

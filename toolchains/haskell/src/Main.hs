@@ -7,7 +7,7 @@
 -- Argfiles, docs/argfiles.md), like @ghc -c@.
 module Main (main) where
 
-import Capture (protectStdout)
+import Capture (protectStdio)
 import Argfiles (ArgfileError (..), expandArgfiles)
 import GHC (runGhc)
 import GHC.Driver.Monad (liftIO)
@@ -87,13 +87,12 @@ compileOnce libdir scratch args = do
 -- @--persistent_worker@) come before every request's own arguments.
 serve :: FilePath -> FilePath -> [String] -> IO ()
 serve libdir scratch startupArgs = do
-  out <- protectStdout
-  hSetBinaryMode stdin True
+  (input, out) <- protectStdio
   logReports <- (== Just "1") <$> lookupEnv "GHC_WORKER_REPORT"
   runGhc (Just libdir) $ do
     worker <- newWorker (scratch </> "output")
     let loop = do
-          next <- liftIO (readRequest stdin)
+          next <- liftIO (readRequest input)
           case next of
             Nothing -> return ()
             Just request

@@ -25,11 +25,13 @@ module WarmSession
   , lastReport
   ) where
 
-import Argfiles (expandArgfiles)
+import Argfiles (ArgfileError (..), expandArgfiles)
 import Capture (captureOutput)
 import Control.Exception (IOException, SomeAsyncException, SomeException, displayException, evaluate, finally, fromException, throwIO, try)
 import Control.Monad (filterM, forM, unless, void, when)
 import qualified Data.ByteString as B
+import qualified Data.ByteString.Char8 as BC
+import Data.Char (isAlphaNum, isSpace, toUpper)
 import Data.IORef
 import GHC.Clock (getMonotonicTime)
 import Data.List (isPrefixOf, partition, sort)
@@ -49,6 +51,7 @@ import GHC.Core.InstEnv (emptyInstEnv, extendInstEnvList, instEnvElts, is_dfun_n
 import GHC.Driver.Monad (liftIO, reflectGhc, reifyGhc)
 import GHC.Driver.Phases (Phase (StopLn))
 import GHC.Driver.Pipeline (oneShot)
+import GHC.SysTools.FileCleanup (cleanTempFiles)
 import GHC.Driver.Session
 import GHC.Driver.CmdLine (Warn)
 import GHC.Driver.Types
@@ -106,7 +109,10 @@ unsupportedModes =
 
 newWorker :: FilePath -> Ghc Worker
 newWorker captureFile = do
-  dflags0 <- getSessionDynFlags
+  dflagsDefault <- getSessionDynFlags
+  -- GHC's temporary files go in the worker's private directory (next to the capture
+  -- file): removed at its exit, and at the next worker's start if it was killed.
+  (dflags0, _, _) <- liftIO (parseDynamicFlagsCmdLine dflagsDefault [noLoc "-tmpdir", noLoc (takeDirectory captureFile)])
   -- ghc's Main runs compiles at verbosity 1 (the GHC API's default is 0).
   _ <- setSessionDynFlags dflags0 {ghcMode = OneShot, ghcLink = NoLink, verbosity = 1}
   base <- getSessionDynFlags
@@ -126,21 +132,19 @@ lastReport = readIORef . workerLastReport
 -- printed, formatted as @ghc@ formats it.
 compile :: Worker -> FilePath -> [String] -> [(FilePath, B.ByteString)] -> Ghc (Int, String)
 compile worker dir rawArgs inputs = reifyGhc $ \session -> do
-  outcome <-
-    try
-      ( captureOutput (workerCaptureFile worker) $
-          inDirectory dir (reflectGhc (compileHere worker rawArgs inputs) session)
-      )
+  (outcome, output) <-
+    captureOutput (workerCaptureFile worker) $
+      inDirectory dir (reflectGhc (compileHere worker rawArgs inputs) session)
   case outcome of
-    Right (code, output) -> return (code, output)
+    Right code -> return (code, output)
     Left e
       | Just (_ :: SomeAsyncException) <- fromException e -> throwIO e
       | Just ghcError <- fromException e, isSignal ghcError -> throwIO e
     Left e -> do
       -- Something outside GHC's own error reporting went wrong: start the next request
-      -- from a fresh state rather than trust this one.
+      -- from a fresh state rather than trust this one. What GHC printed before stays.
       modifyIORef' (workerState worker) (\k -> k {keptEps = workerPristineEps worker, keptHome = Map.empty})
-      return (1, "ghc-worker: " ++ displayException (e :: SomeException) ++ "\n")
+      return (1, output ++ "ghc-worker: " ++ displayException e ++ "\n")
 
 inDirectory :: FilePath -> IO a -> IO a
 inDirectory "" action = action
@@ -151,7 +155,15 @@ inDirectory dir action = do
 
 compileHere :: Worker -> [String] -> [(FilePath, B.ByteString)] -> Ghc Int
 compileHere worker rawArgs inputs = do
-  args <- liftIO (expandArgfiles rawArgs)
+  expanded <- liftIO (try (expandArgfiles rawArgs))
+  case expanded of
+    -- The code every path gives an argument file that cannot be expanded (docs/argfiles.md);
+    -- nothing ran, so what the worker keeps stays.
+    Left (ArgfileError message) -> liftIO (hPutStrLn stderr ("ghc-worker: " ++ message)) >> return 125
+    Right args -> compileArgs worker args inputs
+
+compileArgs :: Worker -> [String] -> [(FilePath, B.ByteString)] -> Ghc Int
+compileArgs worker args inputs = do
   let rest = filter (/= "-c") args
   case filter (`elem` unsupportedModes) rest of
     (mode : _) -> failWith ("ghc-worker: " ++ mode ++ " is not supported: each request is one `ghc -c` compile")
@@ -234,12 +246,15 @@ runCompile worker kept dflags1 warnings argsKey coldArgs sources inputs = do
     writeIORef (hsc_EPS env) startEps
     -- Every cached module location goes (package ones too, after a database change).
     writeIORef (hsc_FC env) emptyInstalledModuleEnv
+  -- The dump files GHC has written are in a set shared by every request's flags: a file in
+  -- it is appended to. Each request starts with none, as a ghc process does.
+  liftIO (writeIORef (generatedDumps dflags) Set.empty)
   t1 <- liftIO getMonotonicTime
   code <-
     if metaprogramming
       then liftIO (coldCompile coldArgs)
       else do
-        result <- liftIO (try (handleFlagWarnings dflags warnings >> oneShot env StopLn [(s, Nothing) | s <- sources]))
+        result <- liftIO (try (handleFlagWarnings dflags warnings >> oneShot env StopLn [(s, Nothing) | s <- sources]) `finally` cleanTempFiles dflags)
         case result of
           Right () -> return 0
           Left e
@@ -280,10 +295,13 @@ coldCompile :: [String] -> IO Int
 coldCompile args = do
   ghc <- fromMaybe "ghc" <$> lookupEnv "GHC_WORKER_GHC"
   exit <- rawSystem ghc args
-  return (case exit of ExitSuccess -> 0; ExitFailure n -> n)
+  -- A ghc killed by a signal: the code a shell gives it (128 + the signal), not negative.
+  return (case exit of ExitSuccess -> 0; ExitFailure n | n < 0 -> 128 - n; ExitFailure n -> n)
 
--- | Whether the request runs Template Haskell, quasi-quotes or a plugin, by its flags or
--- by the pragmas of its sources.
+-- | Whether the request runs Template Haskell, quasi-quotes, a plugin or an annotation,
+-- by its flags or by the pragmas of its sources. An @ANN@ pragma's expression is run by
+-- GHC's interpreter, which loads the code of home modules into the session's linker;
+-- a warm session would then run that code, stale, for a later request's annotations.
 usesMetaprogramming :: DynFlags -> [FilePath] -> IO Bool
 usesMetaprogramming dflags sources
   | byFlags = return True
@@ -294,11 +312,25 @@ usesMetaprogramming dflags sources
         || not (null (pluginModNames dflags))
     fromPragmas source = do
       options <- try (getOptionsFromFile dflags source) :: IO (Either SomeException [Located String])
-      return $ case options of
-        Left _ -> True -- unreadable here: GHC will report it; keep nothing to be safe
-        Right found -> any (metaOption . unLoc) found
+      text <- try (B.readFile source) :: IO (Either IOException B.ByteString)
+      return $ case (options, text) of
+        (Right found, Right bytes) -> any (metaOption . unLoc) found || hasAnnotation bytes
+        _ -> True -- unreadable here: GHC will report it; keep nothing to be safe
     metaOption option =
       option `elem` ["-XTemplateHaskell", "-XQuasiQuotes"] || "-fplugin" `isPrefixOf` option
+
+-- | Whether the source holds an @ANN@ pragma (@{-# ANN@, any case, any spacing). One in a
+-- comment or a string counts too: such a request only loses its warm start.
+hasAnnotation :: B.ByteString -> Bool
+hasAnnotation text = case B.breakSubstring (BC.pack "{-#") text of
+  (_, rest)
+    | B.null rest -> False
+    | isAnn (BC.dropWhile isSpace (B.drop 3 rest)) -> True
+    | otherwise -> hasAnnotation (B.drop 3 rest)
+  where
+    isAnn s =
+      BC.map toUpper (B.take 3 s) == BC.pack "ANN"
+        && maybe True (\(c, _) -> not (isAlphaNum c || c == '_')) (BC.uncons (B.drop 3 s))
 
 showMs :: Double -> String
 showMs seconds = show (round (seconds * 1000) :: Int) ++ " ms"

@@ -11,6 +11,7 @@ module WorkProtocol
   , encodeResponse
   ) where
 
+import Control.Monad (when)
 import Data.Bits (shiftL, shiftR, (.&.), (.|.))
 import qualified Data.ByteString as B
 import qualified Data.ByteString.Builder as BB
@@ -58,11 +59,22 @@ readRequest h = do
     then return Nothing
     else do
       len <- readVarint (B.head first) 0 0
-      body <- B.hGet h (fromIntegral len)
+      body <- if B.head first == 0x7b then afterBrace else B.hGet h (fromIntegral len)
       if B.length body /= fromIntegral len
         then fail ("truncated WorkRequest: expected " ++ show len ++ " bytes, got " ++ show (B.length body))
         else either (fail . ("malformed WorkRequest: " ++)) (return . Just) (decodeRequest body)
   where
+    -- A first byte '{' is also the length prefix of a 123-byte message. JSON (what a
+    -- client configured for the JSON protocol sends) goes on with a quote, a tab, a CR or
+    -- '}', which no WorkRequest's first field tag is: it is refused at once rather than
+    -- waited on for 123 bytes that may never come. (A line feed is the tag of
+    -- `arguments`, the usual first field: '{' and a line feed are read as proto.)
+    afterBrace = do
+      second <- B.hGet h 1
+      when (not (B.null second) && B.head second `elem` [0x22, 0x09, 0x0d, 0x7d]) $
+        fail "the request is JSON: this worker speaks the proto flavour of the protocol only (set requires-worker-protocol=proto, or leave the protocol at its default)"
+      rest <- B.hGet h 122
+      return (second <> rest)
     readVarint :: Word8 -> Int -> Word64 -> IO Word64
     readVarint byte shift acc = do
       let acc' = acc .|. (fromIntegral (byte .&. 0x7f) `shiftL` shift)

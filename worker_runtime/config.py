@@ -7,6 +7,7 @@ file); an unknown key or a value of the wrong type is a ``ConfigError`` naming t
 from __future__ import annotations
 
 import json
+import math
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields, replace
@@ -34,7 +35,9 @@ class RemoteConfig:
         default="",
         metadata=doc(
             "The REAPI server: `grpcs://host:port` (TLS), `grpc://host:port`, `unix:///path` "
-            "or a bare `host:port`. Needed by every routing but `local`."
+            "or a bare `host:port` (or another target gRPC resolves: `dns:`, `ipv4:`, ...). "
+            "Needed by routings `remote`, `auto` and `race`: without one, or with a scheme "
+            "gRPC does not know, the runtime refuses to start."
         ),
     )
     instance_name: str = field(
@@ -230,6 +233,8 @@ class RuntimeConfig:
             raise ConfigError(
                 "`cancellable` needs `multiplex`: only multiplex backends take cancels"
             )
+        if self.routing in REMOTE_ROUTINGS:
+            _check_endpoint(self.routing, self.remote.endpoint)
         return self
 
 
@@ -263,9 +268,16 @@ def _int(minimum: int) -> Callable[[str, Any], int]:
 
 
 def _seconds(key: str, value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+    # Python's JSON reader takes NaN and Infinity: a NaN timer fires at once, an infinite
+    # one overflows where a whole number of seconds is needed.
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int | float)
+        or not math.isfinite(value)
+        or value <= 0
+    ):
         raise ConfigError(
-            f"config key `{key}` must be a number of seconds > 0, not {json.dumps(value)}"
+            f"config key `{key}` must be a finite number of seconds > 0, not {json.dumps(value)}"
         )
     return float(value)
 
@@ -282,6 +294,31 @@ REMOTE_KEYS: dict[str, type] = {
     item.name: dict if item.name == "properties" else type(getattr(RemoteConfig(), item.name))
     for item in fields(RemoteConfig)
 }
+
+
+#: The routings that send requests to the remote endpoint (all, or some of them).
+REMOTE_ROUTINGS = ("remote", "auto", "race")
+#: Target schemes gRPC resolves (``scheme:...``), besides the project's ``grpc://`` and
+#: ``grpcs://`` and a bare ``host:port``.
+_GRPC_SCHEMES = ("dns", "ipv4", "ipv6", "unix", "unix-abstract", "vsock")
+
+
+def _check_endpoint(routing: str, endpoint: str) -> None:
+    """An endpoint routing ``routing`` can use: checked at the start, so that a settings
+    mistake is one clear error there, not every request failing as a bad request (which
+    `fallback_local` and `race` do not fall back from)."""
+    if not endpoint:
+        raise ConfigError(
+            f"routing `{routing}` needs a remote endpoint ([persistent_workers] remote_endpoint, "
+            "or `remote.endpoint` in the config: the REAPI server, e.g. grpcs://host:443 or "
+            "unix:///path/to/socket); set one, or use routing `local`"
+        )
+    scheme = endpoint.partition(":")[0]
+    if "://" in endpoint and scheme not in ("grpc", "grpcs", *_GRPC_SCHEMES):
+        raise ConfigError(
+            f"the remote endpoint {endpoint!r} has a scheme gRPC does not know: use "
+            "grpcs://host:port (TLS), grpc://host:port, unix:///path or host:port"
+        )
 
 
 def _routing(key: str, value: Any) -> str:

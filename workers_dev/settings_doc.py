@@ -25,10 +25,10 @@ TYPES = {
     "str": "string",
     "bool": "boolean",
     "int": "integer",
-    "float": "seconds",
+    "float": "seconds (finite, > 0)",
     "str | None": "string or null",
     "int | None": "integer or null",
-    "float | None": "seconds or null",
+    "float | None": "seconds (finite, > 0) or null",
     "Mapping[str, str]": "object of strings",
     "RemoteConfig": "object (see below)",
 }

@@ -76,9 +76,17 @@ def _native_exe(ctx: AnalysisContext, local: typing.Any) -> tuple:
     remote = ctx.attrs.remote_backend[RunInfo]
     return cmd_args(entry, local, NATIVE_MARKER, remote), cmd_args(entry, remote)
 
+# The routings whose requests the runtime sends to the remote endpoint (all or some).
+_REMOTE_ROUTINGS = ["remote", "auto", "race"]
+
 def _worker_tool_impl(ctx: AnalysisContext) -> list[Provider]:
     backend = ctx.attrs.backend[RunInfo]
     routing = check_routing(ctx.attrs.routing)
+    if routing in _REMOTE_ROUTINGS and not ctx.attrs._worker_settings[WorkerSettingsInfo].remote.get("endpoint"):
+        # The runtime would refuse to start without one: said here, during analysis.
+        fail("worker_tool " + ctx.label.name + ": routing " + routing + " sends requests to a " +
+             "remote endpoint, and none is set: set [persistent_workers] remote_endpoint (the " +
+             "REAPI server, e.g. grpcs://host:443), or use an execution platform with routing local")
     config = ctx.actions.write_json("worker_runtime.json", _runtime_config(ctx, backend))
     runtime = ctx.attrs._runtime[RunInfo]
     local = cmd_args(runtime, "serve", "--config", config, hidden = [backend, ctx.attrs.tool_inputs])

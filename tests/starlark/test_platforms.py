@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 import starlark as sl
 
-from worker_runtime.config import ROUTINGS, config_from_mapping
+from worker_runtime.config import REMOTE_ROUTINGS, ROUTINGS, config_from_mapping
 from workers_dev.buck2_fake import CELLS, Buck2Fake
 from workers_dev.build_runner import worker_settings, worker_tool_targets
 from workers_dev.settings_doc import buckconfig_settings
@@ -207,11 +207,21 @@ def analyse_tool(root_config: dict[tuple[str, str], str], constraints: list[str]
 @pytest.mark.parametrize("routing", ROUTINGS)
 def test_worker_tool_picks_the_routing_of_its_execution_platform(routing: str) -> None:
     # The constraint the platform carries is the key the tool's select() matches.
-    platform = analyse_platform({}, routing)
+    settings = {}
+    if routing in REMOTE_ROUTINGS:
+        settings[("persistent_workers", "remote_endpoint")] = "grpc://127.0.0.1:8980"
+    platform = analyse_platform(settings, routing)
     constraints = [v["label"] for v in platform["configuration"]["constraints"].values()]
-    config = analyse_tool({}, constraints)
+    config = analyse_tool(settings, constraints)
     assert config["routing"] == routing
     config_from_mapping(config).validated()  # what the runtime accepts
+
+
+@pytest.mark.parametrize("routing", REMOTE_ROUTINGS)
+def test_a_remote_routing_without_an_endpoint_is_an_analysis_error(routing: str) -> None:
+    """The runtime refuses to start without one: the tool says so during analysis."""
+    with pytest.raises(sl.StarlarkError, match=f"routing {routing} sends requests to a remote"):
+        analyse_tool({}, [f"prelude//platforms:routing_{routing}"])
 
 
 def test_remote_settings_reach_the_runtime_config() -> None:

@@ -80,6 +80,13 @@ def test_without_a_timeout_the_default_applies(tmp_path: Path) -> None:
     assert executor.seen[0].timeout_s == 30
 
 
+def test_a_fractional_default_timeout_is_rounded_up_not_to_none(tmp_path: Path) -> None:
+    """Buck2's timeout is whole seconds, 0 meaning none: 0.5 s must be 1, not 0."""
+    requests, executor = handler(tmp_path, Result(0, ""), default_timeout_s=0.5)
+    asyncio.run(requests.execute(command(b"a")))
+    assert executor.seen[0].timeout_s == 1
+
+
 def test_a_bad_request_never_reaches_the_executor(tmp_path: Path) -> None:
     requests, executor = handler(tmp_path, Result(0, ""))
     response = asyncio.run(requests.execute(command(b"a", b"\xff")))

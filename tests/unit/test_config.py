@@ -54,7 +54,10 @@ def test_full_config_round_trip(tmp_path: Path) -> None:
         ({"multiplex": "yes"}, "`multiplex` must be true or false"),
         ({"command": "tool"}, "`command` must be a list of strings"),
         ({"env": {"A": 1}}, "`env` must be an object of strings"),
-        ({"frame_stall_timeout_s": 0}, "`frame_stall_timeout_s` must be a number of seconds"),
+        ({"frame_stall_timeout_s": 0}, "`frame_stall_timeout_s` must be a finite number"),
+        # Python's JSON reader takes these: a NaN timer fires at once, Infinity overflows.
+        ({"frame_stall_timeout_s": float("nan")}, "`frame_stall_timeout_s` must be a finite"),
+        ({"default_timeout_s": float("inf")}, "`default_timeout_s` must be a finite number"),
         ([1], "must hold a JSON object"),
         ({"routing": "cloud"}, "`routing` must be one of"),
         ({"remote": {"endpoint": 5}}, "`remote.endpoint` must be a str"),
@@ -88,3 +91,37 @@ def test_unreadable_and_invalid_files(tmp_path: Path) -> None:
     bad.write_text("{")
     with pytest.raises(ConfigError, match="not valid JSON"):
         load_config_file(bad)
+
+
+def test_nan_and_infinity_in_a_config_file_are_refused(tmp_path: Path) -> None:
+    path = tmp_path / "c.json"
+    for text in ('{"cancel_grace_s": NaN}', '{"default_timeout_s": Infinity}'):
+        path.write_text(text)
+        with pytest.raises(ConfigError, match="must be a finite number of seconds > 0"):
+            load_config_file(path)
+
+
+@pytest.mark.parametrize("routing", ["remote", "auto", "race"])
+def test_a_remote_routing_without_an_endpoint_is_refused_at_the_start(routing: str) -> None:
+    """Not at each request, as a bad request that `fallback_local` and `race` do not fall
+    back from."""
+    with pytest.raises(ConfigError, match=f"routing `{routing}` needs a remote endpoint"):
+        config_from_mapping({"command": ["a"], "routing": routing}).validated()
+    for local in ("local", "native"):
+        config_from_mapping({"command": ["a"], "routing": local}).validated()
+
+
+@pytest.mark.parametrize(
+    "endpoint",
+    ["grpcs://re.example:443", "grpc://127.0.0.1:8980", "unix:///run/re.sock", "unix:rel.sock",
+     "dns:///re.example:443", "re.example:443", "127.0.0.1:1"],
+)  # fmt: skip
+def test_endpoints_grpc_understands_are_taken(endpoint: str) -> None:
+    remote = {"endpoint": endpoint}
+    config_from_mapping({"command": ["a"], "routing": "remote", "remote": remote}).validated()
+
+
+def test_an_endpoint_with_an_unknown_scheme_is_refused() -> None:
+    remote = {"endpoint": "https://re.example:443"}
+    with pytest.raises(ConfigError, match=r"'https://re\.example:443' has a scheme gRPC does not"):
+        config_from_mapping({"command": ["a"], "routing": "race", "remote": remote}).validated()

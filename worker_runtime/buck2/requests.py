@@ -245,7 +245,8 @@ class RequestHandler:
                 found[name] = _key_env_value(name, entry.value)
         timeout = command.timeout_s if command.HasField("timeout_s") else 0
         if not timeout and self.config.default_timeout_s is not None:
-            timeout = int(self.config.default_timeout_s)
+            # Whole seconds, rounded up: 0.5 s must not become 0, which is no timeout.
+            timeout = math.ceil(self.config.default_timeout_s)
         return WorkRequest(arguments, tuple(sorted(found.items())), envelope_path, timeout)
 
     @staticmethod

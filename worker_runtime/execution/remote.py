@@ -8,6 +8,7 @@ import asyncio
 import concurrent.futures
 import logging
 import threading
+import time
 from collections.abc import Callable
 
 from worker_runtime.backends.manager import BackendManager
@@ -17,7 +18,7 @@ from worker_runtime.execution.executor import Referee
 from worker_runtime.execution.outcome import Failure, FailureKind, Outcome, Result, WorkRequest
 from worker_runtime.remote.cancellation import Cancellation
 from worker_runtime.remote.client import RemoteResult
-from worker_runtime.remote.forward import forward, in_remote_thread
+from worker_runtime.remote.forward import QueuedPastTimeout, forward, in_remote_thread
 
 LOGGER = logging.getLogger(__name__)
 
@@ -70,9 +71,11 @@ class RemoteExecutor:
                 f"(${ENVELOPE_ENV}); this action has none: register it with worker_run",
             )
         cancellation = Cancellation()
+        # The timeout counts from now: a wait for a free remote thread is part of it.
+        deadline = time.monotonic() + request.timeout_s if request.timeout_s > 0 else None
         future = in_remote_thread(
             forward, self.manager, request.envelope, dict(request.key_env), request.timeout_s,
-            cancellation, may_write, cache_missed,
+            cancellation, may_write, cache_missed, deadline,
         )  # fmt: skip
         try:
             result = await asyncio.shield(future)
@@ -83,6 +86,11 @@ class RemoteExecutor:
             raise
         except RequestError as exc:
             return Failure(FailureKind.BAD_REQUEST, str(exc))
+        except QueuedPastTimeout as exc:
+            return Failure(
+                FailureKind.TIMED_OUT, f"the request timed out: {exc}",
+                timed_out_after_s=request.timeout_s,
+            )  # fmt: skip
         except Exception as exc:  # RemoteError, a missing input, a server fault
             LOGGER.warning("remote request failed: %s", exc)
             return Failure(

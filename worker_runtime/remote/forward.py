@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -24,7 +25,8 @@ from worker_runtime.remote.merkle import Blobs
 _CLIENTS: dict[RemoteSettings, RemoteClient] = {}
 _LOCK = threading.Lock()
 #: Remote requests in flight at once (each holds a thread until its result is in).
-REMOTE_THREADS = ThreadPoolExecutor(max_workers=64, thread_name_prefix="remote")
+REMOTE_THREAD_COUNT = 64
+REMOTE_THREADS = ThreadPoolExecutor(max_workers=REMOTE_THREAD_COUNT, thread_name_prefix="remote")
 
 
 def in_remote_thread(
@@ -58,6 +60,10 @@ def client_for(settings: RemoteSettings) -> RemoteClient:
         return _CLIENTS[settings]
 
 
+class QueuedPastTimeout(Exception):
+    """The request's timeout passed while it waited for a remote thread: not sent."""
+
+
 def forward(
     manager: BackendManager,
     envelope_path: str,
@@ -66,9 +72,19 @@ def forward(
     cancellation: Cancellation | None = None,
     may_write: Callable[[], bool] | None = None,
     on_cache_miss: Callable[[], None] | None = None,
+    deadline: float | None = None,
 ) -> RemoteResult:
+    """``timeout_s`` is the action's own (in its digest, so the same for every run);
+    ``deadline`` (``time.monotonic()``) is when the request's timeout, counted from its
+    arrival, runs out: the wait for a thread counts, and only what is left is waited for."""
     if cancellation is not None:
         cancellation.check()  # cancelled while it waited for a thread: nothing to do
+    if deadline is not None and time.monotonic() >= deadline:
+        raise QueuedPastTimeout(
+            f"its timeout of {timeout_s} s passed while it waited for one of the "
+            f"{REMOTE_THREAD_COUNT} remote threads (all busy with other remote "
+            "requests); it was not sent"
+        )
     root = Path(manager.cwd)
     envelope = read_envelope(envelope_path, str(root))
     environment = {**manager.config.env, **key_env}
@@ -80,6 +96,8 @@ def forward(
         persistent=remote.persistent, cacheable=remote.cache,
     )  # fmt: skip
     execution_timeout_s = float(timeout_s) if timeout_s > 0 else None  # None: the client's
+    if deadline is not None:
+        execution_timeout_s = max(0.001, deadline - time.monotonic())
     return client_for(settings_of(manager)).run(
         built, blobs, root, cancellation, may_write, execution_timeout_s, on_cache_miss
     )

@@ -8,8 +8,10 @@ import ast
 import asyncio
 import json
 import os
+import shutil
 import subprocess
 import time
+from collections.abc import Mapping
 from pathlib import Path
 
 import pytest
@@ -41,6 +43,78 @@ def serve_once(requests: bytes, cwd: Path) -> bytes:
         worker.kill()
         worker.wait()
     return out
+
+
+def serve(
+    requests: bytes, cwd: Path, *startup: str, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[bytes]:
+    """Runs the worker in persistent mode, after ``startup`` arguments, straight over its
+    pipes: writes ``requests``, closes stdin, returns its stdout, stderr and exit code."""
+    return subprocess.run(
+        [JAVAC_WORKER, *startup, "--persistent_worker"],
+        input=requests, cwd=cwd, env=env, capture_output=True, timeout=120,
+    )  # fmt: skip
+
+
+def json_requests(*requests: Mapping[str, object]) -> bytes:
+    return b"".join(json.dumps(request).encode() for request in requests)
+
+
+PROCESSOR = """package p;
+
+import java.util.Set;
+import javax.annotation.processing.AbstractProcessor;
+import javax.annotation.processing.RoundEnvironment;
+import javax.annotation.processing.SupportedAnnotationTypes;
+import javax.annotation.processing.SupportedOptions;
+import javax.lang.model.SourceVersion;
+import javax.lang.model.element.TypeElement;
+import javax.tools.Diagnostic;
+
+@SupportedAnnotationTypes("*")
+@SupportedOptions("spawn")
+public class P extends AbstractProcessor {
+  @Override
+  public SourceVersion getSupportedSourceVersion() {
+    return SourceVersion.latestSupported();
+  }
+
+  @Override
+  public boolean process(Set<? extends TypeElement> annotations, RoundEnvironment round) {
+    if (round.processingOver()) {
+      return false;
+    }
+    processingEnv.getMessager().printMessage(Diagnostic.Kind.NOTE, "processor p ran");
+    String spawn = processingEnv.getOptions().get("spawn");
+    if (spawn != null) {
+      try {
+        new ProcessBuilder("sh", "-c", spawn).inheritIO().start().waitFor();
+      } catch (Exception e) {
+        throw new RuntimeException(e);
+      }
+    }
+    return false;
+  }
+}
+"""
+
+
+@pytest.fixture(scope="module")
+def processor_modules(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A processor module path holding module ``p``, whose processor notes "processor p
+    ran" and, given ``-Aspawn=<script>``, runs ``sh -c <script>`` with inheritIO."""
+    root = tmp_path_factory.mktemp("processor")
+    (root / "src" / "p").mkdir(parents=True)
+    (root / "src" / "p" / "P.java").write_text(PROCESSOR)
+    (root / "src" / "module-info.java").write_text(
+        "module p {\n  requires java.compiler;\n"
+        "  provides javax.annotation.processing.Processor with p.P;\n}\n"
+    )
+    subprocess.run(
+        ["javac", "-d", "modules/p", "src/module-info.java", "src/p/P.java"],
+        cwd=root, check=True, timeout=120,
+    )  # fmt: skip
+    return root / "modules"
 
 
 def write_sources(root: Path, count: int = 3) -> list[str]:
@@ -190,6 +264,67 @@ def test_a_proto_request_of_123_bytes_is_not_taken_for_json(tmp_path: Path) -> N
     assert response.exit_code == 0, response.output
 
 
+@pytest.mark.parametrize("length", [9, 10, 13, 32])
+def test_a_proto_request_whose_length_is_white_space_is_not_taken_for_json(
+    tmp_path: Path, length: int
+) -> None:
+    """JSON may start with white space, and so may a proto request of 9, 10, 13 or 32 bytes."""
+    from worker_runtime.proto import bazel_worker_pb2 as bazel
+    from worker_runtime.protocol.framing import ProtoFraming
+    from worker_runtime.protocol.wire import encode_varint
+
+    name = "A" + "x" * (length - 8)  # one argument, <name>.java: 2 + len(name) + 5 bytes
+    (tmp_path / f"{name}.java").write_text(f"class {name} {{}}\n")
+    body = bazel.WorkRequest(arguments=[f"{name}.java"]).SerializeToString()
+    assert len(body) == length and encode_varint(length).isspace()
+    out = serve_once(encode_varint(length) + body, tmp_path)
+    (response,) = ProtoFraming().feed(out)
+    assert response.exit_code == 0, response.output
+    assert (tmp_path / f"{name}.class").exists()
+
+
+@pytest.mark.parametrize(
+    "first",
+    [
+        ' {"arguments": ["-d", "first", "A.java"]}',
+        '\n\t{"arguments":["-d","first","A.java"]}',
+        '{"unknownField": {"x": [1]}, "arguments": ["-d", "first", "A.java"]}',
+        '{\n  "arguments": [\n    "-d",\n    "first",\n    "A.java"\n  ]\n}',
+        '{"request_id": 0, "arguments": ["-d", "first", "A.java"]}',
+    ],
+    ids=["space", "newline-tab", "unknown-field", "pretty-printed", "snake-case"],
+)
+def test_json_is_recognised_after_white_space_and_with_any_first_field(
+    tmp_path: Path, first: str
+) -> None:
+    (tmp_path / "A.java").write_text("class A {}\n")
+    then = json_requests({"arguments": ["-d", "then", "A.java"]})
+    result = serve(first.encode() + then, tmp_path)
+    responses = JsonFraming().feed(result.stdout)
+    assert [(r.exit_code, r.output) for r in responses] == [(0, "")] * 2, result.stderr
+    assert (tmp_path / "first" / "A.class").exists() and (tmp_path / "then" / "A.class").exists()
+
+
+def test_json_requests_may_name_fields_as_the_proto_does(tmp_path: Path) -> None:
+    """proto3 JSON readers take a field's proto name (request_id, sandbox_dir) as well as its
+    JSON name, and so does the worker; fields it does not use (inputs) are ignored."""
+    sandbox = tmp_path / "sandbox-9"
+    sandbox.mkdir()
+    (sandbox / "A.java").write_text("class A {}\n")
+    request = {
+        "request_id": 7,
+        "sandbox_dir": str(sandbox),
+        "arguments": ["-d", "out", "A.java"],
+        "inputs": [{"path": "A.java", "digest": ""}],
+        "verbosity": 0,
+    }
+    cancel = {"request_id": 8, "cancel": True}  # of a request never sent: ignored
+    result = serve(json_requests(request, cancel), tmp_path)
+    (response,) = JsonFraming().feed(result.stdout)
+    assert (response.exit_code, response.request_id) == (0, 7), response.output
+    assert (sandbox / "out" / "A.class").exists() and not (tmp_path / "out").exists()
+
+
 def test_one_shot_argfile_keeps_spaces_inside_an_argument(tmp_path: Path) -> None:
     """Buck2 writes one argument per line; javac alone would split this path in two."""
     (tmp_path / "sp dir").mkdir()
@@ -247,6 +382,74 @@ def test_sandbox_dir_makes_every_path_relative_to_it(tmp_path: Path) -> None:
     assert not (tmp_path / "out").exists()
 
 
+#: Sandboxed requests (after ``-d out<i>``): a source after an option that takes no value of
+#: its own, or a path in an option's value (``--opt=value`` forms too). Each with the class
+#: it writes under out<i>, and a file it writes in the sandbox or a note it must print.
+SANDBOXED: list[tuple[list[str], str, str]] = [
+    (["-Xdiags:verbose", "src/A.java"], "A.class", ""),
+    (["-XDcompilePolicy=simple", "src/A.java"], "A.class", ""),
+    (["-Xdoclint", "src/A.java"], "A.class", ""),
+    (["-Xpkginfo:always", "src/A.java"], "A.class", ""),
+    (["-XprintRounds", "src/A.java"], "A.class", ""),
+    (["-Xlint:all", "-Akey=value", "src/A.java"], "A.class", ""),
+    (["--class-path=lib", "src/B.java"], "B.class", ""),
+    (["--source-path", "src", "--class-path", "lib", "src/B.java"], "B.class", ""),
+    (["-Xstdout", "javac.log", "src/A.java"], "A.class", "file:javac.log"),
+    (["-source", "8", "-target", "8", "-bootclasspath", "boot", "src/A.java"], "A.class", ""),
+    (["--boot-class-path=boot", "-source", "8", "-target", "8", "src/A.java"], "A.class", ""),
+    (["--processor-module-path", "procs", "src/A.java"], "A.class", "note:processor p ran"),
+    (["--processor-module-path=procs", "src/A.java"], "A.class", "note:processor p ran"),
+    (["--patch-module", "java.base=patch", "patch/java/lang/P.java"], "java/lang/P.class", ""),
+    (["--patch-module=java.base=patch", "patch/java/lang/P.java"], "java/lang/P.class", ""),
+]
+
+
+def test_sandbox_dir_holds_every_source_and_path_whatever_the_options(
+    tmp_path: Path, processor_modules: Path
+) -> None:
+    """Options without a value (-X..., -XD...) never swallow the source after them, and the
+    paths in -Xstdout, -bootclasspath, --processor-module-path, --patch-module and the
+    ``--opt=value`` forms are the sandbox's; the working directory's decoy is never read."""
+    (tmp_path / "src").mkdir()
+    (tmp_path / "src" / "A.java").write_text("class A { int decoy = ; }\n")
+    sandbox = tmp_path / "sandbox-3"
+    (sandbox / "src").mkdir(parents=True)
+    (sandbox / "src" / "A.java").write_text("class A {}\n")
+    (sandbox / "src" / "B.java").write_text("class B { dep.Dep d; }\n")
+    (sandbox / "dep").mkdir()
+    (sandbox / "dep" / "Dep.java").write_text("package dep; public class Dep {}\n")
+    subprocess.run(["javac", "-d", "lib", "dep/Dep.java"], cwd=sandbox, check=True, timeout=120)
+    (sandbox / "patch" / "java" / "lang").mkdir(parents=True)
+    (sandbox / "patch" / "java" / "lang" / "P.java").write_text(
+        "package java.lang; public class P {}\n"
+    )
+    shutil.copytree(processor_modules, sandbox / "procs")
+    # java.lang, for -source 8 against a boot class path of its own.
+    modules = Path(os.path.realpath(shutil.which("java") or "java")).parents[1] / "lib" / "modules"
+    subprocess.run(
+        ["jimage", "extract", "--dir", str(sandbox / "jdk"),
+         "--include", "regex:/java.base/java/lang/.*", str(modules)],
+        check=True, timeout=120,
+    )  # fmt: skip
+    (sandbox / "jdk" / "java.base").rename(sandbox / "boot")
+    requests = [
+        {"arguments": ["-d", f"out{i}", *argv], "requestId": i + 1, "sandboxDir": str(sandbox)}
+        for i, (argv, _, _) in enumerate(SANDBOXED)
+    ]
+    result = serve(json_requests(*requests), tmp_path)
+    responses = {r.request_id: r for r in JsonFraming().feed(result.stdout)}
+    assert sorted(responses) == [r["requestId"] for r in requests], result.stderr
+    for i, (argv, compiled, also) in enumerate(SANDBOXED):
+        response = responses[i + 1]
+        assert response.exit_code == 0, (argv, response.output)
+        assert (sandbox / f"out{i}" / compiled).exists(), argv
+        if also.startswith("file:"):
+            assert (sandbox / also[5:]).exists() and not (tmp_path / also[5:]).exists(), argv
+        if also.startswith("note:"):
+            assert also[5:] in response.output, (argv, response.output)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["sandbox-3", "src"]
+
+
 def test_out_of_memory_ends_the_worker_with_a_message_and_a_clean_stdout(tmp_path: Path) -> None:
     methods = "\n".join(
         f"  static int m{i}(int x) {{ return x * {i} + m{max(i - 1, 0)}(x - 1); }}"
@@ -262,6 +465,96 @@ def test_out_of_memory_ends_the_worker_with_a_message_and_a_clean_stdout(tmp_pat
     assert result.returncode != 0
     assert result.stdout == b""  # nothing that could be taken for a response
     assert b"OutOfMemoryError" in result.stderr
+
+
+def test_startup_arguments_come_before_every_requests_own(tmp_path: Path) -> None:
+    """``javac-worker -Xlint:all -Werror --persistent_worker`` compiles as the one-shot
+    ``javac-worker -Xlint:all -Werror ...`` does. Startup arguments are the worker's, relative
+    to its working directory, never moved into a request's sandbox."""
+    (tmp_path / "R.java").write_text("class R { java.util.List raw; }\n")
+    (tmp_path / "lib").mkdir()
+    (tmp_path / "lib" / "Dep.java").write_text("package lib; public class Dep {}\n")
+    subprocess.run(["javac", "-d", "deps", "lib/Dep.java"], cwd=tmp_path, check=True, timeout=120)
+    sandbox = tmp_path / "sandbox-4"
+    sandbox.mkdir()
+    (sandbox / "User.java").write_text("class User { lib.Dep d; }\n")
+    startup = ["-Xlint:all", "-Werror", "-cp", "deps"]
+    one_shot = subprocess.run(
+        [JAVAC_WORKER, *startup, "-d", "cold", "R.java"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert one_shot.returncode == 1, one_shot.stderr
+    requests = json_requests(
+        {"arguments": ["-d", "warm", "R.java"], "requestId": 1},
+        {"arguments": ["-d", "out", "User.java"], "requestId": 2, "sandboxDir": str(sandbox)},
+    )
+    result = serve(requests, tmp_path, *startup)
+    raw, user = sorted(JsonFraming().feed(result.stdout), key=lambda r: r.request_id)
+    assert raw.exit_code == 1, raw.output
+    assert "[rawtypes]" in raw.output and "warnings found and -Werror specified" in raw.output
+    assert not (tmp_path / "warm").exists()
+    assert user.exit_code == 0, user.output
+    assert (sandbox / "out" / "User.class").exists()
+
+
+def test_jvm_logs_and_child_output_never_reach_the_protocols_stdout(
+    tmp_path: Path, processor_modules: Path
+) -> None:
+    """-Xlog output and a child started with inheritIO write to fd 1, which is not the
+    protocol's: the launcher gives the worker the protocol on fd 3, not inherited by children."""
+    (tmp_path / "A.java").write_text("class A {}\n")
+    spawn = "echo child-says-hello; if [ -e /dev/fd/3 ]; then echo child-has-fd-3; fi"
+    argv = ["--processor-module-path", str(processor_modules), f"-Aspawn={spawn}"]
+    request = {"arguments": [*argv, "-d", "out", "A.java"], "requestId": 3}
+    env = {**os.environ, "JAVA_TOOL_OPTIONS": "-Xlog:gc"}
+    result = serve(json_requests(request), tmp_path, env=env)
+    assert result.stdout.startswith(b'{"exitCode":0,'), result.stdout[:200]
+    (response,) = JsonFraming().feed(result.stdout)
+    assert response.request_id == 3 and "processor p ran" in response.output
+    assert b"[info][gc]" in result.stderr and b"child-says-hello" in result.stderr
+    assert b"child-has-fd-3" not in result.stderr
+    assert result.returncode == 0
+
+
+def test_a_second_request_under_an_id_in_flight_is_ignored_not_answered(tmp_path: Path) -> None:
+    """Only the first request under id 1 is answered (an answer to the second would be taken
+    for the first's); the worker goes on serving and says why on stderr."""
+    (tmp_path / "A.java").write_text("class A {}\n")
+    os.mkfifo(tmp_path / "held.fifo")
+    with (tmp_path / "worker.stderr").open("wb") as stderr:
+        worker = subprocess.Popen(
+            [JAVAC_WORKER, "--persistent_worker"],
+            cwd=tmp_path, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=stderr,
+        )  # fmt: skip
+    assert worker.stdin and worker.stdout
+    try:
+        # javac opens its -Xstdout file first: request 1 stays in flight until the FIFO has
+        # a reader, so the duplicate certainly arrives while it is.
+        worker.stdin.write(
+            json_requests(
+                {"arguments": ["-Xstdout", "held.fifo", "-d", "first", "A.java"], "requestId": 1},
+                {"arguments": ["-d", "duplicate", "A.java"], "requestId": 1},
+                {"arguments": ["-d", "second", "A.java"], "requestId": 2},
+            )
+        )
+        worker.stdin.flush()
+        assert json.loads(worker.stdout.readline()) == {"exitCode": 0, "output": "", "requestId": 2}
+        reader = os.open(tmp_path / "held.fifo", os.O_RDONLY | os.O_NONBLOCK)
+        try:
+            answer = json.loads(worker.stdout.readline())
+        finally:
+            os.close(reader)
+        assert answer == {"exitCode": 0, "output": "", "requestId": 1}
+        worker.stdin.close()
+        assert worker.stdout.read() == b""  # nothing for the duplicate
+        assert worker.wait(timeout=60) == 0
+    finally:
+        worker.kill()
+        worker.wait()
+    assert (tmp_path / "first" / "A.class").exists() and (tmp_path / "second" / "A.class").exists()
+    assert not (tmp_path / "duplicate").exists()
+    stderr_text = (tmp_path / "worker.stderr").read_text()
+    assert "request with id 1, which is already in flight" in stderr_text
 
 
 JAVA_SOURCES = REPO_ROOT / "toolchains" / "java" / "src" / "buck2" / "workers" / "javac"

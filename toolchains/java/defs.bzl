@@ -9,6 +9,22 @@ JVM_FLAGS = [
     "-XX:+DisplayVMOutputToStderr",
 ]
 
+_MAIN_CLASS = "buck2.workers.javac.JavacWorker"
+
+# Runs "$@", the java command line, as toolchains/java/javac-worker runs it (see there for
+# why): with --persistent_worker, the protocol's stdout on fd 3 and fd 1 on stderr.
+_PROTOCOL_ON_FD_3 = " ".join([
+    "for arg do",
+    "if [ \"$arg\" = --persistent_worker ]; then",
+    "exec 3>&1 1>&2;",
+    "java=$1; shift;",
+    "set -- \"$java\" -Dbuck2.workers.javac.protocolFd=3 \"$@\";",
+    "break;",
+    "fi;",
+    "done;",
+    "exec \"$@\"",
+])
+
 def _javac_worker_binary_impl(ctx: AnalysisContext) -> list[Provider]:
     classes = ctx.actions.declare_output("classes", dir = True)
     ctx.actions.run(
@@ -20,15 +36,16 @@ def _javac_worker_binary_impl(ctx: AnalysisContext) -> list[Provider]:
         cmd_args(
             "#!/bin/sh",
             cmd_args(
-                "exec",
+                "set --",
                 ctx.attrs.java[RunInfo],
                 JVM_FLAGS,
                 "-cp",
                 classes,
-                "buck2.workers.javac.JavacWorker",
+                _MAIN_CLASS,
                 "\"$@\"",
                 delimiter = " ",
             ),
+            _PROTOCOL_ON_FD_3,
         ),
         is_executable = True,
         absolute = True,
@@ -40,11 +57,15 @@ def _javac_worker_binary_impl(ctx: AnalysisContext) -> list[Provider]:
     return [
         DefaultInfo(default_output = launcher, other_outputs = [classes]),
         RunInfo(args = cmd_args(
+            "/bin/sh",
+            "-c",
+            _PROTOCOL_ON_FD_3,
+            "javac-worker",  # $0
             ctx.attrs.java[RunInfo],
             JVM_FLAGS,
             "-cp",
             classes,
-            "buck2.workers.javac.JavacWorker",
+            _MAIN_CLASS,
         )),
     ]
 

@@ -30,8 +30,13 @@ public final class JavacWorker {
   /** Exit code of an action whose argument files cannot be expanded (the runtime's, too). */
   static final int ARGFILE_EXIT_CODE = 125;
 
+  /** JVM property naming the fd the launchers moved the protocol's stdout to. */
+  static final String PROTOCOL_FD_PROPERTY = "buck2.workers.javac.protocolFd";
+
   private final OutputStream protocolOut;
   private final WireFormat.Writer writer;
+  /** The startup arguments (without --persistent_worker): they come before every request's. */
+  private final String[] startupArgs;
   /** A multiplex request in flight; a cancel marks it, and it answers was_cancelled. */
   private static final class InFlight {
     volatile boolean cancelled;
@@ -40,16 +45,20 @@ public final class JavacWorker {
   /** Multiplex requests in flight, by id (an id is in flight until it is answered). */
   private final Map<Integer, InFlight> inFlight = new ConcurrentHashMap<>();
 
-  private JavacWorker(OutputStream protocolOut, WireFormat.Writer writer) {
+  private JavacWorker(OutputStream protocolOut, WireFormat.Writer writer, String[] startupArgs) {
     this.protocolOut = protocolOut;
     this.writer = writer;
+    this.startupArgs = startupArgs;
   }
 
   public static void main(String[] args) throws Exception {
-    boolean persistent = false;
+    java.util.List<String> startup = new java.util.ArrayList<>();
     for (String arg : args) {
-      persistent |= arg.equals("--persistent_worker");
+      if (!arg.equals("--persistent_worker")) {
+        startup.add(arg);
+      }
     }
+    boolean persistent = startup.size() < args.length;
     if (!persistent) {
       String[] expanded;
       try {
@@ -67,16 +76,49 @@ public final class JavacWorker {
           System.err.println("javac-worker: fatal error in " + thread.getName() + ": " + error);
           System.exit(5);
         });
-    // Nothing but responses may reach the real stdout: everything else goes to stderr.
-    OutputStream stdout = new FileOutputStream(FileDescriptor.out);
+    // Startup arguments (Bazel's: those of the spawn that are not @argfiles) are expanded
+    // once, as in one-shot mode. They are the worker's, relative to its own working
+    // directory, so they are never moved into a request's sandbox_dir.
+    String[] startupArgs;
+    try {
+      startupArgs = oneShotArguments(startup.toArray(new String[0]), java.nio.file.Path.of(""));
+    } catch (Argfiles.ArgfileException e) {
+      System.err.println("javac-worker: " + e.getMessage());
+      System.exit(ARGFILE_EXIT_CODE);
+      return;
+    }
+    // Nothing but responses may reach the protocol's stdout: everything else goes to stderr.
+    OutputStream stdout = protocolStream();
     System.setOut(new PrintStream(new FileOutputStream(FileDescriptor.err), true, "UTF-8"));
     boolean[] isJson = new boolean[1];
     InputStream in = WireFormat.peek(new BufferedInputStream(System.in), isJson);
     boolean json = isJson[0];
     WireFormat.Reader reader = json ? new WireFormat.JsonReader(in) : new WireFormat.ProtoReader(in);
     JavacWorker worker =
-        new JavacWorker(stdout, json ? new WireFormat.JsonWriter() : new WireFormat.ProtoWriter());
+        new JavacWorker(
+            stdout, json ? new WireFormat.JsonWriter() : new WireFormat.ProtoWriter(), startupArgs);
     worker.serve(reader);
+  }
+
+  /**
+   * The protocol's stdout. The launchers move it to another fd (named by {@link
+   * #PROTOCOL_FD_PROPERTY}) and point fd 1 at stderr, because System.setOut cannot stop what
+   * writes to fd 1 itself: the JVM's -Xlog output, native code, a child started with
+   * inheritIO. Without the property (java started by hand) it is fd 1.
+   */
+  private static OutputStream protocolStream() {
+    String fd = System.getProperty(PROTOCOL_FD_PROPERTY);
+    if (fd == null) {
+      return new FileOutputStream(FileDescriptor.out);
+    }
+    try {
+      // Append: a stdout that is a file is written on, never truncated.
+      return new FileOutputStream("/dev/fd/" + fd, true);
+    } catch (java.io.IOException e) {
+      System.err.println("javac-worker: cannot open the protocol's stdout (fd " + fd + "): " + e);
+      System.exit(4);
+      return null;
+    }
   }
 
   private void serve(WireFormat.Reader reader) throws Exception {
@@ -109,7 +151,14 @@ public final class JavacWorker {
       } else {
         InFlight state = new InFlight();
         if (inFlight.putIfAbsent(request.requestId, state) != null) {
-          respond(1, "javac-worker: request id " + request.requestId + " is already in flight", request.requestId, false);
+          // The client's error. Any answer under this id would be taken for the first
+          // request's (whose own answer would then come unmatched), and ending the worker
+          // would stop it serving the client's other requests for one slip: so the
+          // duplicate is dropped, unanswered, and said so on stderr.
+          System.err.println(
+              "javac-worker: ignored a request with id " + request.requestId
+                  + ", which is already in flight (a client must not reuse an id before its"
+                  + " answer): " + request.arguments);
           continue;
         }
         Thread thread = new Thread(() -> handle(request, state), "javac-request-" + request.requestId);
@@ -129,6 +178,11 @@ public final class JavacWorker {
         args = requestArguments(request.arguments, request.sandboxDir);
       } catch (Argfiles.ArgfileException e) {
         out.println("javac-worker: " + e.getMessage());
+      }
+      if (args != null && startupArgs.length > 0) {
+        String[] own = args;
+        args = java.util.Arrays.copyOf(startupArgs, startupArgs.length + own.length);
+        System.arraycopy(own, 0, args, startupArgs.length, own.length);
       }
       code = args == null ? ARGFILE_EXIT_CODE : compile(args, out);
     } catch (OutOfMemoryError e) {
@@ -164,12 +218,85 @@ public final class JavacWorker {
     }
   }
 
-  /** Options whose value is a path, or a list of paths separated by ':'. */
-  private static final java.util.Set<String> PATH_OPTIONS =
-      java.util.Set.of(
-          "-d", "-s", "-h", "-cp", "-classpath", "--class-path", "-sourcepath", "--source-path",
-          "-processorpath", "--processor-path", "-p", "--module-path", "--module-source-path",
-          "--system", "--upgrade-module-path");
+  /** What an option's value holds, for moving the paths in it into a sandbox. */
+  private enum Value {
+    /** No path: a release, an encoding, module or class names, a number. */
+    TEXT,
+    PATH,
+    /** Paths separated by ':'. */
+    PATHS,
+    /** {@code module=path[:path]}. */
+    MODULE_PATHS,
+    /** Paths (or patterns) separated by ':', or {@code module=path[:path]}. */
+    MODULE_SOURCE_PATH,
+    /** A JDK's path, or {@code none}. */
+    SYSTEM,
+  }
+
+  /**
+   * javac's options that take a value (javac --help, --help-extra and the hidden ones of
+   * JDK 17), under all their names: the value is the next argument, or for a name that
+   * starts with "--", also what follows '=' ({@code --class-path=lib}). Every other option
+   * takes none, or has its value joined to it (-g, -Werror, -Xlint:all, -Xdiags:verbose,
+   * -XD..., -A...), so that the argument after it is a source file.
+   */
+  private static final Map<String, Value> OPTIONS_WITH_A_VALUE =
+      Map.ofEntries(
+          Map.entry("-d", Value.PATH),
+          Map.entry("-s", Value.PATH),
+          Map.entry("-h", Value.PATH),
+          Map.entry("-Xstdout", Value.PATH),
+          Map.entry("--system", Value.SYSTEM),
+          Map.entry("--class-path", Value.PATHS),
+          Map.entry("-classpath", Value.PATHS),
+          Map.entry("-cp", Value.PATHS),
+          Map.entry("--source-path", Value.PATHS),
+          Map.entry("-sourcepath", Value.PATHS),
+          Map.entry("--module-path", Value.PATHS),
+          Map.entry("-p", Value.PATHS),
+          Map.entry("--upgrade-module-path", Value.PATHS),
+          Map.entry("--processor-path", Value.PATHS),
+          Map.entry("-processorpath", Value.PATHS),
+          Map.entry("--processor-module-path", Value.PATHS),
+          Map.entry("--boot-class-path", Value.PATHS),
+          Map.entry("-bootclasspath", Value.PATHS),
+          Map.entry("-extdirs", Value.PATHS),
+          Map.entry("-endorseddirs", Value.PATHS),
+          Map.entry("--module-source-path", Value.MODULE_SOURCE_PATH),
+          Map.entry("--patch-module", Value.MODULE_PATHS),
+          Map.entry("-encoding", Value.TEXT),
+          Map.entry("--release", Value.TEXT),
+          Map.entry("--source", Value.TEXT),
+          Map.entry("-source", Value.TEXT),
+          Map.entry("--target", Value.TEXT),
+          Map.entry("-target", Value.TEXT),
+          Map.entry("-profile", Value.TEXT),
+          Map.entry("-processor", Value.TEXT),
+          Map.entry("--module", Value.TEXT),
+          Map.entry("-m", Value.TEXT),
+          Map.entry("--add-modules", Value.TEXT),
+          Map.entry("--limit-modules", Value.TEXT),
+          Map.entry("--module-version", Value.TEXT),
+          Map.entry("--add-exports", Value.TEXT),
+          Map.entry("--add-opens", Value.TEXT),
+          Map.entry("--add-reads", Value.TEXT),
+          Map.entry("--default-module-for-created-files", Value.TEXT),
+          Map.entry("--multi-release", Value.TEXT),
+          Map.entry("-Xmaxerrs", Value.TEXT),
+          Map.entry("-Xmaxwarns", Value.TEXT),
+          Map.entry("--debug", Value.TEXT),
+          Map.entry("--should-stop", Value.TEXT),
+          Map.entry("--diags", Value.TEXT));
+
+  /** Options with a path list joined to their name. */
+  private static final java.util.List<String> JOINED_PATHS_OPTIONS =
+      java.util.List.of(
+          "-Xbootclasspath:", "-Xbootclasspath/a:", "-Xbootclasspath/p:", "-Djava.ext.dirs=",
+          "-Djava.endorsed.dirs=");
+
+  /** The module-specific form of --module-source-path: a module name, then '='. */
+  private static final java.util.regex.Pattern MODULE_SPECIFIC =
+      java.util.regex.Pattern.compile("[\\p{Alnum}$_.]+=.*");
 
   /** What javac gets in one-shot mode: the command line, @argfiles expanded in {@code cwd}. */
   static String[] oneShotArguments(String[] args, java.nio.file.Path cwd)
@@ -200,32 +327,61 @@ public final class JavacWorker {
     java.util.List<String> out = new java.util.ArrayList<>();
     for (int i = 0; i < args.length; i++) {
       String arg = args[i];
-      if (PATH_OPTIONS.contains(arg) && i + 1 < args.length) {
-        out.add(arg);
-        StringBuilder paths = new StringBuilder();
-        for (String path : args[++i].split(":", -1)) {
-          if (paths.length() > 0) {
-            paths.append(':');
-          }
-          paths.append(path.isEmpty() ? path : sandbox.resolve(path));
-        }
-        out.add(paths.toString());
-      } else if (!arg.startsWith("-") && (i == 0 || !args[i - 1].startsWith("-") || PATH_OPTIONS.contains(args[i - 1]) || isFlag(args[i - 1]))) {
-        out.add(sandbox.resolve(arg).toString());
-      } else {
-        out.add(arg);
+      if (!arg.startsWith("-")) {
+        out.add(sandbox.resolve(arg).toString()); // an operand: a source file
+        continue;
       }
+      Value value = OPTIONS_WITH_A_VALUE.get(arg);
+      if (value != null) {
+        out.add(arg);
+        if (i + 1 < args.length) {
+          out.add(inSandbox(value, args[++i], sandbox));
+        }
+        continue;
+      }
+      int equals = arg.indexOf('=');
+      value = equals > 0 && arg.startsWith("--") ? OPTIONS_WITH_A_VALUE.get(arg.substring(0, equals)) : null;
+      if (value != null) {
+        out.add(arg.substring(0, equals + 1) + inSandbox(value, arg.substring(equals + 1), sandbox));
+        continue;
+      }
+      String joined = null;
+      for (String prefix : JOINED_PATHS_OPTIONS) {
+        if (arg.startsWith(prefix)) {
+          joined = prefix + inSandbox(Value.PATHS, arg.substring(prefix.length()), sandbox);
+        }
+      }
+      out.add(joined != null ? joined : arg); // an option without a value of its own
     }
     return out.toArray(new String[0]);
   }
 
-  /** Options that take no value, so what follows them is a source file. */
-  private static boolean isFlag(String option) {
-    return option.equals("-g") || option.equals("-nowarn") || option.equals("-deprecation")
-        || option.equals("-verbose") || option.equals("-parameters") || option.startsWith("-Xlint")
-        || option.startsWith("-g:") || option.equals("-Werror") || option.startsWith("-J")
-        || option.startsWith("-proc:") || option.startsWith("-implicit:")
-        || option.equals("--enable-preview") || option.startsWith("-A");
+  /** An option's value with its relative paths resolved in {@code sandbox}. */
+  private static String inSandbox(Value kind, String value, java.nio.file.Path sandbox) {
+    switch (kind) {
+      case PATH:
+        return value.isEmpty() ? value : sandbox.resolve(value).toString();
+      case SYSTEM:
+        return value.equals("none") ? value : inSandbox(Value.PATH, value, sandbox);
+      case MODULE_SOURCE_PATH:
+        Value form = MODULE_SPECIFIC.matcher(value).matches() ? Value.MODULE_PATHS : Value.PATHS;
+        return inSandbox(form, value, sandbox);
+      case MODULE_PATHS:
+        int equals = value.indexOf('=');
+        return value.substring(0, equals + 1)
+            + inSandbox(Value.PATHS, value.substring(equals + 1), sandbox);
+      case PATHS:
+        StringBuilder paths = new StringBuilder();
+        for (String path : value.split(":", -1)) {
+          if (paths.length() > 0) {
+            paths.append(':');
+          }
+          paths.append(inSandbox(Value.PATH, path, sandbox));
+        }
+        return paths.toString();
+      default:
+        return value;
+    }
   }
 
   /** Runs javac once; its diagnostics (javac's usual format) go to {@code diagnostics}. */

@@ -35,62 +35,72 @@ final class WireFormat {
     byte[] encode(int exitCode, String output, int requestId, boolean wasCancelled);
   }
 
-  private static final String[] JSON_KEYS = {
-    "arguments", "inputs", "requestId", "cancel", "verbosity", "sandboxDir"
-  };
+  /** At most this many bytes are read to tell the formats apart: see {@link #peek}. */
+  private static final int HEAD = 123;
 
   /**
-   * Tells the formats apart from the first bytes. A JSON request starts with '{', optional
-   * white space, then '}' or the quoted name of a WorkRequest field. A proto request of 123
-   * bytes also starts with '{' (its length) and then a field tag, which can be '\n' (field 1)
-   * followed by any argument length, even that of '"': so the field name is checked too.
+   * Tells the formats apart from the first bytes. A JSON request is an object: optional white
+   * space, '{', optional white space, then '}' or a quoted name and ':' (any name: an unknown
+   * field, or proto3 JSON's snake_case ones). A proto request starts with its length, which
+   * can look like that start: 123 is '{', and 9, 10, 13 and 32 are white space. Its next byte
+   * is a field tag, which can be '\n' (field 1), followed by any argument length, even that
+   * of '"': so the name is read to its end, and a control character in it (never in a JSON
+   * string, but in most proto tags and lengths) makes it proto. At most 123 bytes are read,
+   * so that a proto request of 123 bytes is never read past its end: this never waits for
+   * bytes that will not come.
    */
   static InputStream peek(InputStream in, boolean[] json) throws IOException {
-    java.io.PushbackInputStream pushback = new java.io.PushbackInputStream(in, 64);
-    byte[] head = new byte[64];
+    java.io.PushbackInputStream pushback = new java.io.PushbackInputStream(in, HEAD);
+    byte[] head = new byte[HEAD];
     int n = 0;
-    int first = pushback.read();
-    if (first < 0) {
-      return pushback;
-    }
-    head[n++] = (byte) first;
-    Boolean decided = first == '{' ? null : Boolean.FALSE;
-    // Read, one byte at a time, just enough to decide: both kinds of request are longer
-    // than what is read here, so this never waits for bytes that will not come.
+    Boolean decided = null;
+    // One byte at a time, just enough to decide.
     while (decided == null && n < head.length) {
       int b = pushback.read();
       if (b < 0) {
         break;
       }
       head[n++] = (byte) b;
-      decided = decide(new String(head, 1, n - 1, StandardCharsets.ISO_8859_1));
+      decided = decide(head, n);
     }
     json[0] = Boolean.TRUE.equals(decided);
     pushback.unread(head, 0, n);
     return pushback;
   }
 
-  /** JSON, proto, or null while the bytes after '{' could still be either. */
-  private static Boolean decide(String rest) {
-    String text = rest.stripLeading();
-    if (text.isEmpty()) {
-      return null;
-    }
-    if (text.startsWith("}")) {
-      return Boolean.TRUE;
-    }
-    if (!text.startsWith("\"")) {
+  /** JSON, proto, or null while the first {@code n} bytes could still be either. */
+  private static Boolean decide(byte[] head, int n) {
+    int i = skipSpace(head, 0, n);
+    if (i < n && head[i] != '{') {
       return Boolean.FALSE;
     }
-    boolean prefix = false;
-    for (String key : JSON_KEYS) {
-      String quoted = "\"" + key + "\"";
-      if (text.startsWith(quoted)) {
-        return Boolean.TRUE;
-      }
-      prefix |= quoted.startsWith(text);
+    i = skipSpace(head, i + 1, n);
+    if (i >= n) {
+      return null;
     }
-    return prefix ? null : Boolean.FALSE;
+    if (head[i] == '}') {
+      return Boolean.TRUE;
+    }
+    if (head[i] != '"') {
+      return Boolean.FALSE;
+    }
+    for (i++; i < n && head[i] != '"'; i++) {
+      if ((head[i] & 0xff) < 0x20) {
+        return Boolean.FALSE;
+      }
+      if (head[i] == '\\') {
+        i++; // an escape: the next character is part of the name
+      }
+    }
+    i = skipSpace(head, i + 1, n);
+    return i >= n ? null : Boolean.valueOf(head[i] == ':');
+  }
+
+  private static int skipSpace(byte[] head, int i, int n) {
+    while (i < n && (head[i] == ' ' || head[i] == '\n' || head[i] == '\r' || head[i] == '\t')) {
+      i++;
+    }
+    return i;
   }
 
   // ---- protobuf ----------------------------------------------------------------------
@@ -235,12 +245,18 @@ final class WireFormat {
           request.arguments.add(String.valueOf(argument));
         }
       }
-      request.requestId = number(object.get("requestId"));
+      request.requestId = number(field(object, "requestId", "request_id"));
       request.verbosity = number(object.get("verbosity"));
       request.cancel = Boolean.TRUE.equals(object.get("cancel"));
-      Object sandbox = object.get("sandboxDir");
+      Object sandbox = field(object, "sandboxDir", "sandbox_dir");
       request.sandboxDir = sandbox == null ? "" : String.valueOf(sandbox);
-      return request;
+      return request; // other fields (inputs, unknown ones) are not needed
+    }
+
+    /** A field by its JSON name or its proto name: proto3 JSON readers accept both. */
+    private static Object field(Map<?, ?> object, String jsonName, String protoName) {
+      Object value = object.get(jsonName);
+      return value != null ? value : object.get(protoName);
     }
 
     private static int number(Object value) {

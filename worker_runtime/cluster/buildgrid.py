@@ -5,17 +5,17 @@ a Unix socket and known to be ready when it answers GetCapabilities."""
 
 from __future__ import annotations
 
-import contextlib
+import json
 import os
-import signal
 import subprocess
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
 
-from worker_runtime.cluster import postgres
+from worker_runtime.cluster import postgres, processes
 from worker_runtime.cluster.layout import DEFAULT_BUILDGRID_VENV, INSTANCE, INSTANCES, ClusterLayout
 from worker_runtime.errors import ClusterError
 
@@ -86,6 +86,12 @@ def flavour() -> Flavour:
     return Flavour(tuple(int(p) for p in text.split(".")[:3] if p.isdigit()))
 
 
+def yaml_string(value: str) -> str:
+    """``value`` as a YAML double-quoted scalar (a JSON string is one): a path may hold
+    spaces, quotes or backslashes."""
+    return json.dumps(value)
+
+
 def config_text(
     layout: ClusterLayout,
     flavour: Flavour,
@@ -134,7 +140,7 @@ def config_text(
     server = (
         server
         or f"""  - !channel
-    address: "{layout.address}"
+    address: {yaml_string(layout.address)}
     insecure-mode: true{tcp}"""
     )
     # 0.4 has no maximum-concurrent-rpcs: its limit is the thread pool's size.
@@ -204,7 +210,7 @@ authorization:
 {auth}
 connections:
   - !sql-connection &sql
-    connection-string: "{layout.database_url(flavour.driver, flavour.database)}"
+    connection-string: {yaml_string(layout.database_url(flavour.driver, flavour.database))}
     pool-size: 20
     max-overflow: 20
 storages:
@@ -244,9 +250,16 @@ def answers(layout: ClusterLayout, timeout_s: float = 2.0) -> bool:
     return True
 
 
-def start(layout: ClusterLayout, tcp_port: int = 0, timeout_s: float = 60.0) -> int:
+def start(
+    layout: ClusterLayout,
+    tcp_port: int = 0,
+    timeout_s: float = 60.0,
+    started: Callable[[int], None] = lambda pid: None,
+) -> int:
     """Writes the config, migrates, starts `bgd server start` detached and waits until it
-    answers. Returns its PID. With ``tcp_port`` it also listens on 127.0.0.1:tcp_port."""
+    answers. Returns its PID. With ``tcp_port`` it also listens on 127.0.0.1:tcp_port.
+    ``started`` is given the PID as soon as the process exists (to record it before the
+    wait, which an interrupt may cut short)."""
     version = flavour()
     postgres.ensure_database(layout, version.database)
     layout.config.write_text(config_text(layout, version, tcp_port=tcp_port))
@@ -259,6 +272,7 @@ def start(layout: ClusterLayout, tcp_port: int = 0, timeout_s: float = 60.0) -> 
             stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
             start_new_session=True,
         )  # fmt: skip
+    started(process.pid)
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if process.poll() is not None:
@@ -273,39 +287,10 @@ def start(layout: ClusterLayout, tcp_port: int = 0, timeout_s: float = 60.0) -> 
 
 
 def stop(pid: int, grace_s: float = 10.0) -> None:
-    """SIGTERM to the server's process group, SIGKILL after ``grace_s``."""
-    if pid <= 0:
-        return
-    try:
-        os.killpg(pid, signal.SIGTERM)
-    except ProcessLookupError:
-        return
-    deadline = time.monotonic() + grace_s
-    while time.monotonic() < deadline:
-        if not alive(pid):
-            return
-        time.sleep(0.05)
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(pid, signal.SIGKILL)
+    """SIGTERM to the process group ``pid`` leads (a process of the caller's own, known
+    to be what it was), SIGKILL after ``grace_s``."""
+    processes.stop(pid, grace_s)
 
 
 def alive(pid: int) -> bool:
-    if pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    try:  # a zombie child of this process counts as gone
-        waited, _ = os.waitpid(pid, os.WNOHANG)
-        return waited == 0
-    except ChildProcessError:
-        return _not_zombie(pid)
-
-
-def _not_zombie(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as handle:
-            return handle.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
+    return processes.alive(pid)

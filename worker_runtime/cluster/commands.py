@@ -1,7 +1,8 @@
 """`worker-runtime cluster up | status | down`: the embedded engine's lifecycle.
 
 `up` is idempotent (a cluster that answers is left as it is; one half up is brought up
-the rest of the way); `down` stops every process the cluster started, by PID."""
+the rest of the way); `down` stops every process the cluster started, by PID (and start
+time: a PID reused since is never signalled)."""
 
 from __future__ import annotations
 
@@ -16,10 +17,12 @@ import time
 import urllib.request
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
-from worker_runtime.cluster import buildgrid, postgres
+from worker_runtime.cluster import buildgrid, postgres, processes
 from worker_runtime.cluster.layout import INSTANCE, INSTANCES, ClusterLayout, ClusterState
 from worker_runtime.errors import ClusterError
+from worker_runtime.socket_paths import MAX_SOCKET_PATH
 
 
 def _parser(command: str) -> argparse.ArgumentParser:
@@ -53,19 +56,23 @@ def describe(layout: ClusterLayout) -> dict[str, object]:
         }
         if tcp
         else {},
-        "postgres": {"pid": state.postgres_pid, "alive": buildgrid.alive(state.postgres_pid)},
+        "postgres": {
+            "pid": state.postgres_pid,
+            "alive": _running(layout, state, state.postgres_pid),
+            "answers": _postgres_answers(layout),
+        },
         # Tenants under their own uids as root; the sandbox and limits as `up` was given.
         "executor_isolation": tenant_arguments(layout, state.executor_options),
         "buildgrid": {
             "version": version,
             "pid": state.buildgrid_pid,
-            "alive": buildgrid.alive(state.buildgrid_pid),
+            "alive": _running(layout, state, state.buildgrid_pid),
             "answers": buildgrid.answers(layout),
         },
         "executors": [
             {
                 "pid": pid,
-                "alive": buildgrid.alive(pid),
+                "alive": _running(layout, state, pid),
                 "metrics": f"http://127.0.0.1:{port}/metrics" if port else "",
             }
             for pid, port in itertools.zip_longest(
@@ -73,6 +80,43 @@ def describe(layout: ClusterLayout) -> dict[str, object]:
             )
         ],
     }
+
+
+def _postgres_answers(layout: ClusterLayout) -> bool:
+    try:
+        return postgres.answers(layout)
+    except ClusterError:  # PostgreSQL is not installed
+        return False
+
+
+def _marker(layout: ClusterLayout) -> str:
+    """What the command line of every process the cluster starts names: its directory."""
+    return os.path.join(layout.root, "")
+
+
+def _record(state: ClusterState, pid: int) -> None:
+    """Notes ``pid``'s start time, which tells it from a later process given its PID."""
+    started = processes.start_time(pid)
+    if started is not None:
+        state.start_times[str(pid)] = started
+
+
+def _save(layout: ClusterLayout, state: ClusterState) -> None:
+    """Writes state.json (with the start times of the PIDs it lists, no others)."""
+    listed = {str(p) for p in (state.postgres_pid, state.buildgrid_pid, *state.executor_pids)}
+    state.start_times = {k: v for k, v in state.start_times.items() if k in listed}
+    layout.write_state(state)
+
+
+def _running(layout: ClusterLayout, state: ClusterState, pid: int) -> bool:
+    """Whether ``pid`` is still the process the cluster recorded and runs."""
+    return processes.alive(pid, state.start_times.get(str(pid)), _marker(layout))
+
+
+def _stop(layout: ClusterLayout, state: ClusterState, pid: int, grace_s: float = 10.0) -> None:
+    """Stops ``pid``'s process group if it is still the process recorded (never one
+    that has its PID now)."""
+    processes.stop(pid, grace_s, state.start_times.get(str(pid)), _marker(layout))
 
 
 def free_port() -> int:
@@ -83,18 +127,22 @@ def free_port() -> int:
 
 def start_executors(layout: ClusterLayout, state: ClusterState, count: int) -> None:
     """Starts ``count`` executors and returns once each serves its metrics, which it
-    does once its bot session exists. ``state`` lists each as soon as it is started."""
+    does once its bot session exists. ``state`` (and state.json) lists each as soon as
+    it is started."""
     state.executor_pids, state.executor_metrics_ports = [], []
     for index in range(count):
         port = free_port()
-        state.executor_pids.append(start_executor(layout, index, port, state.executor_options))
+        pid = start_executor(layout, index, port, state.executor_options)
+        state.executor_pids.append(pid)
         state.executor_metrics_ports.append(port)
+        _record(state, pid)
+        _save(layout, state)
     deadline = time.monotonic() + 60
     for index, (pid, port) in enumerate(
         zip(state.executor_pids, state.executor_metrics_ports, strict=True)
     ):
         while not _answers(port):
-            if not buildgrid.alive(pid):
+            if not _running(layout, state, pid):
                 raise ClusterError(
                     f"executor {index} exited while starting; log: "
                     f"{layout.logs / f'{executor_name(index)}.log'}"
@@ -180,12 +228,50 @@ def start_executor(
     return process.pid
 
 
-def up(layout: ClusterLayout, executors: int, options: Sequence[str] = ()) -> dict[str, object]:
-    """Starts what is not running; ``options``: the executors' isolation flags."""
-    options = list(options)
+def up(
+    layout: ClusterLayout, executors: int | None = None, options: Sequence[str] = ()
+) -> dict[str, object]:
+    """Starts what is not running; ``options``: the executors' isolation flags. With
+    ``executors`` None, the executors running are kept: as many, and with the options
+    they were given unless ``options`` names others. One `up` or `down` at a time runs
+    on a cluster directory (a second waits)."""
+    _check_directory(layout)
+    with layout.locked():
+        return _up(layout, executors, list(options))
+
+
+def _check_directory(layout: ClusterLayout) -> None:
+    """Fails clearly, before anything starts, on a directory the cluster cannot use."""
+    for path in (layout.buildgrid_socket, layout.run_dir / ".s.PGSQL.5432"):
+        length = len(os.fsencode(str(path)))
+        if length > MAX_SOCKET_PATH:
+            raise ClusterError(
+                f"the cluster directory's path is too long: its Unix socket {path} would be "
+                f"{length} bytes, and a socket path may have at most {MAX_SOCKET_PATH} "
+                "(choose a shorter --dir)"
+            )
+    if layout.root.exists() and not layout.root.is_dir():
+        raise ClusterError(f"the cluster directory {layout.root} is not a directory")
+    try:
+        layout.root.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ClusterError(f"cannot make the cluster directory {layout.root}: {exc}") from exc
+    if not os.access(layout.root, os.W_OK | os.X_OK):
+        raise ClusterError(f"the cluster directory {layout.root} is not writable")
+
+
+def _up(layout: ClusterLayout, executors: int | None, options: list[str]) -> dict[str, object]:
     state = layout.read_state()
-    if buildgrid.alive(state.buildgrid_pid) and buildgrid.answers(layout):
-        alive = [p for p in state.executor_pids if buildgrid.alive(p)]
+    if executors is None:
+        executors = len(state.executor_pids)
+        options = options or state.executor_options
+    if (
+        _running(layout, state, state.buildgrid_pid)
+        and buildgrid.answers(layout)
+        and postgres.postmaster(layout)  # BuildGrid does not run without its database
+        and postgres.answers(layout)
+    ):
+        alive = [p for p in state.executor_pids if _running(layout, state, p)]
         # Compared with what the running executors were given (as root, no option and
         # --sandbox are one; an older checkout gave them --no-sandbox by default).
         wanted = tenant_arguments(layout, options)
@@ -197,49 +283,77 @@ def up(layout: ClusterLayout, executors: int, options: Sequence[str] = ()) -> di
             # stay unique).
             state.executor_options = options
             for pid in alive:
-                buildgrid.stop(pid, grace_s=30.0)
+                _stop(layout, state, pid, grace_s=30.0)
             try:
                 start_executors(layout, state, executors)
+            except BaseException:  # an error, or an interrupt: none of the new set is left
+                for pid in state.executor_pids:
+                    _stop(layout, state, pid, grace_s=30.0)
+                state.executor_pids, state.executor_metrics_ports = [], []
+                raise
             finally:
-                layout.write_state(state)  # down() finds every process started
+                _save(layout, state)  # down() finds every process started
         return describe(layout)
-    buildgrid.stop(state.buildgrid_pid)  # a server that no longer answers
+    # A server that no longer answers, or whose database is gone: all of it afresh.
+    _stop(layout, state, state.buildgrid_pid)
     for pid in state.executor_pids:  # bots of that server: a fresh set comes with the new one
-        buildgrid.stop(pid, grace_s=30.0)
+        _stop(layout, state, pid, grace_s=30.0)
+    state.buildgrid_pid = 0
     state.executor_pids, state.executor_metrics_ports = [], []
     state.executor_options = options
+
+    def server_started(pid: int) -> None:
+        state.buildgrid_pid = pid
+        _record(state, pid)
+        _save(layout, state)
+
     try:
-        if not buildgrid.alive(postgres.pid(layout)):
-            state.postgres_pid = postgres.start(layout)
-        else:
-            state.postgres_pid = postgres.pid(layout)
+        state.postgres_pid = postgres.start(layout)
+        _record(state, state.postgres_pid)
         state.tcp_port = free_port()
-        layout.write_state(state)
-        state.buildgrid_pid = buildgrid.start(layout, state.tcp_port)
-        layout.write_state(state)
+        _save(layout, state)
+        buildgrid.start(layout, state.tcp_port, started=server_started)
         start_executors(layout, state, executors)
-        layout.write_state(state)
-    except ClusterError:
-        layout.write_state(state)  # down() finds every process started so far
-        down(layout)
+        _save(layout, state)
+    except BaseException:  # an error, or an interrupt (Ctrl-C): nothing is left running
+        _save(layout, state)  # down() finds every process started so far
+        _down(layout)
         raise
     return describe(layout)
 
 
 def down(layout: ClusterLayout) -> None:
+    """Stops every process the cluster started (after any `up` running on it)."""
+    if not layout.root.exists():
+        return  # never brought up
+    if not layout.root.is_dir():
+        raise ClusterError(f"the cluster directory {layout.root} is not a directory")
+    with layout.locked():
+        _down(layout)
+
+
+def _down(layout: ClusterLayout) -> None:
     state = layout.read_state()
     for pid in state.executor_pids:  # they finish or hand back their leases, then go
-        buildgrid.stop(pid, grace_s=30.0)
-    buildgrid.stop(state.buildgrid_pid)
+        _stop(layout, state, pid, grace_s=30.0)
+    _stop(layout, state, state.buildgrid_pid)
     postgres.stop(layout)
     layout.state_file.unlink(missing_ok=True)
+
+
+def _count(text: str) -> int:
+    number = int(text)
+    if number < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more: {text}")
+    return number
 
 
 def up_main(argv: Sequence[str]) -> int:
     parser = _parser("up")
     parser.add_argument(
-        "--executors", type=int, default=0, metavar="N",
-        help="bots to start, taking the instances in turn (main, tenant-b, main, ...)",
+        "--executors", type=_count, metavar="N",
+        help="bots to start, taking the instances in turn (main, tenant-b, main, ...); "
+        "default: as many as run (none on a cluster that is down)",
     )  # fmt: skip
     sandbox = parser.add_mutually_exclusive_group()
     sandbox.add_argument(
@@ -263,9 +377,12 @@ def up_main(argv: Sequence[str]) -> int:
     layout = ClusterLayout.from_dir(args.dir)
     try:
         info = up(layout, args.executors, options)
-    except ClusterError as exc:
+    except (ClusterError, OSError) as exc:
         sys.stderr.write(f"worker-runtime cluster up: error: {exc}\n")
         return 1
+    except KeyboardInterrupt:
+        sys.stderr.write("worker-runtime cluster up: interrupted; what it started is stopped\n")
+        return 130
     version = info["buildgrid"]["version"]  # type: ignore[index]
     print(
         f"cluster up: {info['address']} (instance {INSTANCE}, BuildGrid {version}); "
@@ -288,22 +405,35 @@ def status_main(argv: Sequence[str]) -> int:
     parser.add_argument("--json", action="store_true", help="print the status as JSON")
     args = parser.parse_args(argv)
     info = describe(ClusterLayout.from_dir(args.dir))
-    running = bool(info["buildgrid"]["answers"])  # type: ignore[index]
+    server: Any = info["buildgrid"]
+    database: Any = info["postgres"]
+    # Up only when both answer: BuildGrid without its database fails every request.
+    if not server["answers"]:
+        info["state"], code, note = "down", 3, ""
+    elif database["answers"]:
+        info["state"], code, note = "up", 0, ""
+    else:
+        info["state"], code = "degraded", 1
+        note = " (PostgreSQL does not answer: `cluster up` restarts it)"
     if args.json:
         print(json.dumps(info, indent=2))
     else:
-        print(f"cluster in {info['dir']}: {'up' if running else 'down'}")
+        print(f"cluster in {info['dir']}: {info['state']}{note}")
         for name in ("postgres", "buildgrid"):
             print(f"  {name}: {info[name]}")
         print(f"  address: {info['address']} (instance {info['instance']})")
         if info["tcp_address"]:
             print(f"  tcp address (Buck2's RE client): {info['tcp_address']}")
-    return 0 if running else 3
+    return code
 
 
 def down_main(argv: Sequence[str]) -> int:
     args = _parser("down").parse_args(argv)
-    down(ClusterLayout.from_dir(args.dir))
+    try:
+        down(ClusterLayout.from_dir(args.dir))
+    except (ClusterError, OSError) as exc:
+        sys.stderr.write(f"worker-runtime cluster down: error: {exc}\n")
+        return 1
     print("cluster down")
     return 0
 

@@ -3,8 +3,13 @@ BuildGrid config, the logs and the record of the processes started."""
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
+import tempfile
+import urllib.parse
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -33,6 +38,9 @@ class ClusterState:
     tcp_port: int = 0
     #: The executors' isolation options given to `up` (`--sandbox`, `--limit-*`).
     executor_options: list[str] = field(default_factory=list)
+    #: Each recorded PID's start time (/proc/PID/stat field 22), by PID: a PID reused by
+    #: another process since is never taken for the one the cluster started.
+    start_times: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -78,8 +86,23 @@ class ClusterLayout:
         """What a REAPI client (or `bgd --remote`) connects to."""
         return f"unix://{self.buildgrid_socket}"
 
+    @property
+    def lock_file(self) -> Path:
+        return self.root / "cluster.lock"
+
+    @contextmanager
+    def locked(self) -> Iterator[None]:
+        """Holds the cluster's lock: one `up` or `down` at a time on a directory (a second
+        waits for the first), so that no process is started twice or left untracked."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        with open(self.lock_file, "a") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)  # released when the file is closed
+            yield
+
     def database_url(self, driver: str, database: str) -> str:
-        return f"postgresql+{driver}://postgres@/{database}?host={self.run_dir}"
+        # The socket directory percent-encoded: a path may hold spaces, '&' or '#'.
+        host = urllib.parse.quote(str(self.run_dir), safe="/")
+        return f"postgresql+{driver}://postgres@/{database}?host={host}"
 
     def read_state(self) -> ClusterState:
         try:
@@ -91,6 +114,13 @@ class ClusterLayout:
 
     def write_state(self, state: ClusterState) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
-        tmp = self.state_file.with_suffix(".tmp")
-        tmp.write_text(json.dumps(asdict(state)))
-        tmp.replace(self.state_file)
+        # A temporary file of its own, then renamed: a reader sees the old or the new.
+        fd, tmp = tempfile.mkstemp(dir=self.root, prefix="state.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "w") as out:
+                os.fchmod(out.fileno(), 0o644)  # as readable as before (mkstemp's is 0600)
+                out.write(json.dumps(asdict(state)))
+            os.replace(tmp, self.state_file)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise

@@ -7,10 +7,13 @@ from __future__ import annotations
 import glob
 import os
 import pwd
+import shlex
 import shutil
 import subprocess
+import time
 from pathlib import Path
 
+from worker_runtime.cluster import processes
 from worker_runtime.cluster.layout import ClusterLayout
 from worker_runtime.errors import ClusterError
 
@@ -58,7 +61,8 @@ def _run(command: list[str], what: str, log: Path) -> None:
 
 
 def start(layout: ClusterLayout) -> int:
-    """Initialises the data directory if needed and starts the server. Returns its PID."""
+    """Initialises the data directory if needed and starts the server, unless it runs and
+    answers already. Returns its PID."""
     bin_dir = binaries()
     log = layout.logs / "postgres.log"
     for directory in (layout.root, layout.pg_dir, layout.run_dir, layout.logs):
@@ -68,16 +72,33 @@ def start(layout: ClusterLayout) -> int:
     if not log.exists():
         log.touch()
     _server_owner(log)
-    if not (layout.pg_data / "PG_VERSION").exists():
-        shutil.rmtree(layout.pg_data, ignore_errors=True)
+    running = postmaster(layout)
+    if running:
+        if answers(layout, wait_s=30):
+            return running
+        raise ClusterError(
+            f"PostgreSQL (PID {running}) runs in {layout.pg_data} but does not answer on "
+            f"{layout.run_dir}; server log: {log}"
+        )
+    _remove_stale_locks(layout)
+    if not (layout.pg_data / "global" / "pg_control").exists():
+        # initdb writes into a directory of its own, renamed into place once it has
+        # succeeded: one it left half done (killed) is never taken for a data directory.
+        unfinished = layout.pg_dir / "data.initdb"
+        shutil.rmtree(unfinished, ignore_errors=True)
+        shutil.rmtree(layout.pg_data, ignore_errors=True)  # an older checkout's, half done
         _run(
-            [str(bin_dir / "initdb"), "-D", str(layout.pg_data), "-A", "trust", "-U", "postgres",
+            [str(bin_dir / "initdb"), "-D", str(unfinished), "-A", "trust", "-U", "postgres",
              "--no-sync", "-E", "UTF8"],
             "initdb", log,
         )  # fmt: skip
+        unfinished.rename(layout.pg_data)
+    # pg_ctl hands -o to /bin/sh: the socket directory is quoted for it, and double-quoted
+    # for PostgreSQL's list of directories (a path may hold spaces or commas).
+    sockets = shlex.quote('"' + str(layout.run_dir).replace('"', '""') + '"')
     _run(
         [str(bin_dir / "pg_ctl"), "-D", str(layout.pg_data), "-l", str(log), "-w", "-t", "30",
-         "-o", f"-k {layout.run_dir} {SETTINGS}", "start"],
+         "-o", f"-k {sockets} {SETTINGS}", "start"],
         "starting PostgreSQL", log,
     )  # fmt: skip
     return pid(layout)
@@ -101,15 +122,49 @@ def ensure_database(layout: ClusterLayout, name: str) -> None:
 
 
 def pid(layout: ClusterLayout) -> int:
-    """The running server's PID (from postmaster.pid), or 0."""
+    """The PID postmaster.pid names (the server's, unless the file is stale), or 0."""
     try:
         return int((layout.pg_data / "postmaster.pid").read_text().split("\n", 1)[0])
     except (OSError, ValueError):
         return 0
 
 
+def postmaster(layout: ClusterLayout) -> int:
+    """The PID of this data directory's running server, or 0. postmaster.pid may be
+    stale and name a PID another process has now, which PostgreSQL's tools take for a
+    server (they only check that the PID exists): a server's command line names its
+    data directory."""
+    found = pid(layout)
+    return found if processes.alive(found, marker=str(layout.pg_data)) else 0
+
+
+def answers(layout: ClusterLayout, wait_s: float = 0.0) -> bool:
+    """Whether the server accepts connections on its socket (trying for up to ``wait_s``:
+    one starting up rejects them for a while)."""
+    command = [str(binaries() / "pg_isready"), "-q", "-h", str(layout.run_dir), "-U", "postgres",
+               "-t", "5"]  # fmt: skip
+    deadline = time.monotonic() + wait_s
+    while True:
+        done = subprocess.run(_as_server_user(command), capture_output=True)
+        if done.returncode == 0:
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.1)
+
+
+def _remove_stale_locks(layout: ClusterLayout) -> None:
+    """Removes lock files no running server of this data directory holds: PostgreSQL
+    refuses to start while the PID in one exists, whatever process has it now."""
+    for lock in (layout.pg_data / "postmaster.pid", layout.run_dir / ".s.PGSQL.5432.lock"):
+        lock.unlink(missing_ok=True)
+
+
 def stop(layout: ClusterLayout) -> None:
-    if not (layout.pg_data / "postmaster.pid").exists():
+    """Stops this data directory's server; a stale postmaster.pid (its PID dead, or
+    another process's now) is removed, never acted on: `pg_ctl stop` would signal it."""
+    if not postmaster(layout):
+        _remove_stale_locks(layout)
         return
     command = [str(binaries() / "pg_ctl"), "-D", str(layout.pg_data), "-m", "fast", "-w", "stop"]
     subprocess.run(_as_server_user(command), capture_output=True, text=True)

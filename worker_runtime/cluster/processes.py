@@ -1,0 +1,88 @@
+"""The processes a cluster started, known by more than their PID: a PID saved in
+state.json may since have been reused by an unrelated process, which must never be
+signalled. Each is recorded with its start time (/proc/PID/stat field 22, clock ticks
+since boot), and its command line must name the cluster's directory."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import time
+
+
+def start_time(pid: int) -> int | None:
+    """When process ``pid`` started (clock ticks since boot), or None if there is none."""
+    if pid <= 0:
+        return None
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as handle:
+            # Fields after the command name (which may hold spaces and parentheses)
+            # start at field 3 (state): field 22 is the 20th of them.
+            return int(handle.read().rsplit(b")", 1)[1].split()[19])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def _command_line(pid: int) -> bytes:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as handle:
+            return handle.read()
+    except OSError:
+        return b""
+
+
+def is_ours(pid: int, started: int | None = None, marker: str | None = None) -> bool:
+    """Whether ``pid`` is still the process recorded: one that started at ``started``
+    (when known) and whose command line names ``marker`` (when given)."""
+    if pid <= 0:
+        return False
+    if started is not None and start_time(pid) != started:
+        return False
+    return marker is None or os.fsencode(marker) in _command_line(pid)
+
+
+def alive(pid: int, started: int | None = None, marker: str | None = None) -> bool:
+    """Whether the recorded process runs (a zombie, or another process that has its
+    PID now, counts as gone)."""
+    if not is_ours(pid, started, marker):
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's: not one this cluster started as this user
+        return marker is None and started is None
+    try:  # a zombie child of this process counts as gone
+        waited, _ = os.waitpid(pid, os.WNOHANG)
+        return waited == 0
+    except ChildProcessError:
+        return _not_zombie(pid)
+
+
+def _not_zombie(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as handle:
+            return handle.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def stop(
+    pid: int, grace_s: float = 10.0, started: int | None = None, marker: str | None = None
+) -> None:
+    """SIGTERM to the process group ``pid`` leads, SIGKILL after ``grace_s``; nothing if
+    ``pid`` is no longer the process recorded (see ``is_ours``)."""
+    if not alive(pid, started, marker):
+        return
+    try:
+        os.killpg(pid, signal.SIGTERM)
+    except (ProcessLookupError, PermissionError):
+        return
+    deadline = time.monotonic() + grace_s
+    while time.monotonic() < deadline:
+        if not alive(pid, started, marker):
+            return
+        time.sleep(0.05)
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pid, signal.SIGKILL)

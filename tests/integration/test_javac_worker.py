@@ -10,6 +10,7 @@ import json
 import os
 import shutil
 import subprocess
+import tempfile
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -669,3 +670,30 @@ def test_the_fallback_is_the_workers_own_one_shot_mode() -> None:
     javac_worker = targets["javac_worker"]
     assert javac_worker["fallback"] == javac_worker["backend"] == ":javac_worker_bin"
     assert targets["javac_worker_bin"]["script"] == "java/javac-worker"
+
+
+def test_a_worker_running_as_another_user_than_its_pipes_answers() -> None:
+    """On the executor a tenant's worker runs under a uid of its own, on pipes the
+    executor (root) made: it may write to the protocol's fd it was given, but not open
+    /dev/fd/3 again (the first fd-3 launcher did, and every remote javac failed)."""
+    assert os.geteuid() == 0, "runs as root (as CI does), to give the worker another uid"
+    work = Path(tempfile.mkdtemp(prefix="javac-as-nobody-"))
+    try:
+        work.chmod(0o777)
+        (work / "A.java").write_text("class A {}\n")
+        built = subprocess.run(  # the worker's build cache filled, as root
+            [JAVAC_WORKER, "-d", str(work / "warmup"), str(work / "A.java")],
+            capture_output=True, timeout=300,
+        )  # fmt: skip
+        assert built.returncode == 0, built.stderr
+        as_nobody = ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups"]
+        result = subprocess.run(
+            [*as_nobody, JAVAC_WORKER, "--persistent_worker"],
+            input=json_requests({"arguments": ["-d", "out", "A.java"]}),
+            cwd=work, capture_output=True, timeout=120,
+        )  # fmt: skip
+        responses = JsonFraming().feed(result.stdout)
+        assert [(r.exit_code, r.output) for r in responses] == [(0, "")], result.stderr
+        assert (work / "out" / "A.class").exists()
+    finally:
+        shutil.rmtree(work)

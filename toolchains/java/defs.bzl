@@ -18,7 +18,7 @@ _PROTOCOL_ON_FD_3 = " ".join([
     "if [ \"$arg\" = --persistent_worker ]; then",
     "exec 3>&1 1>&2;",
     "java=$1; shift;",
-    "set -- \"$java\" -Dbuck2.workers.javac.protocolFd=3 \"$@\";",
+    "set -- \"$java\" -Dbuck2.workers.javac.protocolFd=3 --add-opens=java.base/java.io=ALL-UNNAMED \"$@\";",
     "break;",
     "fi;",
     "done;",

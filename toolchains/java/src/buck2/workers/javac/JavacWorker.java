@@ -112,10 +112,17 @@ public final class JavacWorker {
       return new FileOutputStream(FileDescriptor.out);
     }
     try {
-      // Append: a stdout that is a file is written on, never truncated.
-      return new FileOutputStream("/dev/fd/" + fd, true);
-    } catch (java.io.IOException e) {
-      System.err.println("javac-worker: cannot open the protocol's stdout (fd " + fd + "): " + e);
+      // The inherited fd itself, not /dev/fd/N opened again: a worker running as another
+      // uid than the pipe's creator (a tenant on the executor) may write to the pipe it
+      // was given but not open it. FileDescriptor has no public way to name an fd, hence
+      // the launchers' --add-opens java.base/java.io.
+      FileDescriptor descriptor = new FileDescriptor();
+      java.lang.reflect.Field number = FileDescriptor.class.getDeclaredField("fd");
+      number.setAccessible(true);
+      number.setInt(descriptor, Integer.parseInt(fd));
+      return new FileOutputStream(descriptor);
+    } catch (ReflectiveOperationException | RuntimeException e) {
+      System.err.println("javac-worker: cannot use the protocol's stdout (fd " + fd + "): " + e);
       System.exit(4);
       return null;
     }

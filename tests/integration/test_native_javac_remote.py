@@ -5,8 +5,8 @@ served by our executor on a warm remote javac worker.
 This module owns the remote-side round trip of the javac worker under routing native: the
 WorkerInfo exe is the one the prelude's worker_tool renders (the Starlark fake's entry
 script, runtime words, config and marker), the remote backend is the javac worker as
-toolchains/java/defs.bzl runs it (its JVM_FLAGS, `-cp` its classes directory), compiled
-here with a plain javac. It checks that compiles come back as class directories, that they
+toolchains/java/defs.bzl's RunInfo runs it (its launcher snippet, JVM_FLAGS, `-cp` its
+classes directory), compiled here with a plain javac. It checks that compiles come back as class directories, that they
 share one warm worker whatever key Buck2 sends, and that with workers off the same compile
 runs one-shot to the same class bytes. The real-Buck2 counterpart is
 tests/buck2/test_native_remote.py.
@@ -29,7 +29,7 @@ from tests.starlark.test_native_worker_tool import analyse_native, run_info
 from worker_runtime.envelope import ENVELOPE_ENV, Envelope, envelope_json
 from worker_runtime.remote.client import RemoteClient, RemoteResult, RemoteSettings
 from worker_runtime.remote.merkle import Blobs
-from workers_dev.buck2_fake import CELLS, Buck2Fake
+from workers_dev.buck2_fake import Buck2Fake
 from workers_dev.buck2_re_action import buck2_action
 
 pytestmark = pytest.mark.timeout(300)
@@ -99,6 +99,26 @@ def files_under(root: Path, directory: str) -> list[str]:
     return sorted(str(p.relative_to(root)) for p in (root / directory).rglob("*") if p.is_file())
 
 
+def javac_worker_run_info() -> list[str]:
+    """The words of toolchains//:javac_worker_built's RunInfo as the fake renders them
+    (javac_worker_binary's launcher snippet, which moves the protocol to fd 3, its JVM
+    flags, `-cp` its classes, the main class), the classes at WORKER_CLASSES."""
+    fake = Buck2Fake()
+    fake.eval_file(REPO_ROOT / "toolchains" / "BUCK", "toolchains")
+    srcs = fake.target_attrs["javac_worker_built"]["srcs"]
+    analysis = Buck2Fake().analyse(
+        "@toolchains//java:defs.bzl", "javac_worker_binary", "//toolchains:javac_worker_built",
+        {"srcs": json.dumps(srcs), "java": '":java"', "javac": '":javac"'},
+        {":java": 'fake_dep(RunInfo(args = cmd_args("java")))',
+         ":javac": 'fake_dep(RunInfo(args = cmd_args("javac")))'},
+    )  # fmt: skip
+    words = [str(word) for word in analysis.provider("RunInfo")["args"]["cmd_args"]]
+    classes = [i for i, word in enumerate(words) if word.endswith("/classes")]
+    assert len(classes) == 1 and words[-1] == WORKER_MAIN and "-Xshare:auto" in words, words
+    words[classes[0]] = WORKER_CLASSES
+    return words
+
+
 def write_tool(root: Path, entry_suffix: str = "", classes_of: Path | None = None) -> JavacTool:
     """Compiles the javac worker into ``root`` (or copies the classes ``classes_of``
     compiled) and writes the files of its worker_tool, each with the content and at the
@@ -110,11 +130,7 @@ def write_tool(root: Path, entry_suffix: str = "", classes_of: Path | None = Non
             ["javac", "-nowarn", "-d", str(root / WORKER_CLASSES), *map(str, WORKER_SOURCES)],
             check=True, capture_output=True, timeout=180,
         )  # fmt: skip
-    flags = Buck2Fake().value_of(
-        CELLS["toolchains"] / "java" / "defs.bzl", "toolchains", "JVM_FLAGS"
-    )
-    assert isinstance(flags, list) and flags, flags
-    backend = ["java", *map(str, flags), "-cp", WORKER_CLASSES, WORKER_MAIN]
+    backend = javac_worker_run_info()
     analysis = analyse_native({"remote_backend": run_info(backend)})
     exe = [str(word) for word in analysis.provider("WorkerInfo")["exe"]["cmd_args"]]
     one_shot = [str(word) for word in analysis.provider("RunInfo")["args"]["cmd_args"]]

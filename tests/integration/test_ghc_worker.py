@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
+import stat
 import subprocess
 import time
 from collections.abc import Callable, Iterator
@@ -686,16 +687,21 @@ def test_ghc_temporary_files_do_not_pile_up_and_dumps_start_afresh(
     pipe_worker: StartPipe, tmp_path: Path
 ) -> None:
     """Each request's temporary files (assembly, preprocessed source) are removed after
-    it, in the worker's private directory; a -ddump-to-file dump is written, not
-    appended to, by each request, as by a ghc process."""
+    it, in the worker's private directory (0700, made by the worker: a directory of its
+    name made first by someone else, in a shared TMPDIR, is left alone); a
+    -ddump-to-file dump is written, not appended to, by each request, as by a ghc
+    process."""
     tmp = tmp_path / "tmp"
     tmp.mkdir()
     work = tmp_path / "work"
     write(work, "A.hs", "{-# LANGUAGE CPP #-}\nmodule A where\nf :: Int -> Int\nf x = x + 1\n")
+    # The worker keeps the shell's pid (exec): its first choice of name is taken.
+    decoy_first = 'mkdir -m 777 "$TMPDIR/ghc-worker-$$" && exec "$0" --persistent_worker'
     proc = subprocess.Popen(
-        [GHC_WORKER, "--persistent_worker"], cwd=work, stdin=subprocess.PIPE,
+        ["sh", "-c", decoy_first, GHC_WORKER], cwd=work, stdin=subprocess.PIPE,
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, env={**os.environ, "TMPDIR": str(tmp)},
     )  # fmt: skip
+    decoy = tmp / f"ghc-worker-{proc.pid}"
     worker = PipeWorker.__new__(PipeWorker)
     worker.cwd, worker.proc, worker.framing = work, proc, ProtoFraming()
     try:
@@ -705,8 +711,10 @@ def test_ghc_temporary_files_do_not_pile_up_and_dumps_start_afresh(
                 "-ddump-to-file", "-dumpdir", "dumps/", verbose=False,
             )  # fmt: skip
             assert response.exit_code == 0, response.output
-            (private,) = tmp.iterdir()  # the worker's own; GHC's temporary files go there
-            assert private.name == f"ghc-worker-{proc.pid}"
+            (private,) = set(tmp.iterdir()) - {decoy}  # GHC's temporary files go there
+            assert private.name == f"ghc-worker-{proc.pid}-1"
+            assert stat.S_IMODE(private.stat().st_mode) == 0o700
+            assert list(decoy.iterdir()) == []
             left = [p for p in private.rglob("*") if p.is_file() and p.name != "output"]
             assert left == [], left
         dumps = list((work / "dumps").rglob("*.dump-simpl"))

@@ -1,12 +1,14 @@
 """A remote request's timeout counts from its arrival: one that waited for a remote
 thread (all busy with other remote requests) past its timeout is answered as timed out,
-not sent with its whole timeout again. Run through the real RemoteExecutor and forward,
+not sent with its whole timeout again; one whose remote run outlasts what was left of it
+times out too. Run through the real RemoteExecutor and forward,
 the remote thread pool shrunk to one thread held by a stand-in."""
 
 from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -14,9 +16,11 @@ import pytest
 
 from worker_runtime.backends.manager import BackendManager
 from worker_runtime.config import RemoteConfig, RuntimeConfig
+from worker_runtime.execution import remote as execution_remote
 from worker_runtime.execution.outcome import Failure, FailureKind, WorkRequest
 from worker_runtime.execution.remote import RemoteExecutor
 from worker_runtime.remote import forward
+from worker_runtime.remote.client import RemoteError
 
 
 def test_a_request_queued_past_its_timeout_times_out_unsent(
@@ -54,3 +58,35 @@ def test_a_request_queued_past_its_timeout_times_out_unsent(
     assert isinstance(outcome, Failure) and outcome.kind is FailureKind.TIMED_OUT, outcome
     assert "passed while it waited for one of the 64 remote threads" in outcome.message
     assert outcome.timed_out_after_s == 1
+
+
+def test_a_remote_run_that_outlasts_what_was_left_of_its_timeout_times_out(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Sent with part of its timeout left, the Execute call runs out (DEADLINE_EXCEEDED,
+    a RemoteError from the client): that is the request's timeout, not a remote fault
+    that `fallback_local` would run again locally with a whole new timeout."""
+    config = RuntimeConfig(
+        command=("tool",), routing="remote", remote=RemoteConfig(endpoint="grpc://127.0.0.1:1")
+    )
+    executor = RemoteExecutor(BackendManager(config, str(tmp_path), tmp_path / "logs"))
+
+    def runs_out(*args: object) -> object:
+        deadline = args[-1]
+        assert isinstance(deadline, float)
+        while time.monotonic() < deadline:
+            time.sleep(0.05)
+        raise RemoteError("Execute failed: DEADLINE_EXCEEDED: Deadline Exceeded")
+
+    monkeypatch.setattr(execution_remote, "forward", runs_out)
+    request = WorkRequest(("tool",), envelope=str(tmp_path / "e.json"), timeout_s=1)
+    outcome = asyncio.run(executor.run(request))
+    assert isinstance(outcome, Failure) and outcome.kind is FailureKind.TIMED_OUT, outcome
+    assert "ran past its timeout of 1 s" in outcome.message and outcome.timed_out_after_s == 1
+
+    def fails_early(*args: object) -> object:
+        raise RemoteError("Execute failed: UNAVAILABLE: connection refused")
+
+    monkeypatch.setattr(execution_remote, "forward", fails_early)
+    outcome = asyncio.run(executor.run(request))
+    assert isinstance(outcome, Failure) and outcome.kind is FailureKind.REMOTE_FAILED, outcome

@@ -290,7 +290,3 @@ def stop(pid: int, grace_s: float = 10.0) -> None:
     """SIGTERM to the process group ``pid`` leads (a process of the caller's own, known
     to be what it was), SIGKILL after ``grace_s``."""
     processes.stop(pid, grace_s)
-
-
-def alive(pid: int) -> bool:
-    return processes.alive(pid)

@@ -353,7 +353,8 @@ def up_main(argv: Sequence[str]) -> int:
     parser.add_argument(
         "--executors", type=_count, metavar="N",
         help="bots to start, taking the instances in turn (main, tenant-b, main, ...); "
-        "default: as many as run (none on a cluster that is down)",
+        "default: as many as the cluster last had (none on a new one), as state.json "
+        "records them, even after an unclean stop",
     )  # fmt: skip
     sandbox = parser.add_mutually_exclusive_group()
     sandbox.add_argument(

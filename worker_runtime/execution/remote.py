@@ -92,6 +92,17 @@ class RemoteExecutor:
                 timed_out_after_s=request.timeout_s,
             )  # fmt: skip
         except Exception as exc:  # RemoteError, a missing input, a server fault
+            if deadline is not None and time.monotonic() >= deadline:
+                # Its Execute call was given what was left of the timeout, and ran out
+                # (DEADLINE_EXCEEDED): a timeout, not a remote fault to fall back from.
+                LOGGER.info("remote request timed out after %d s: %s", request.timeout_s, exc)
+                return Failure(
+                    FailureKind.TIMED_OUT,
+                    f"the request ran past its timeout of {request.timeout_s} s (counted from "
+                    "its arrival, any wait for a remote thread included) and its remote "
+                    f"operation was cancelled: {exc}",
+                    timed_out_after_s=request.timeout_s,
+                )
             LOGGER.warning("remote request failed: %s", exc)
             return Failure(
                 FailureKind.REMOTE_FAILED, f"remote execution failed: {exc}", summary=str(exc)

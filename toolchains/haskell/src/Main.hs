@@ -11,7 +11,9 @@ import Capture (protectStdio)
 import Argfiles (ArgfileError (..), expandArgfiles)
 import GHC (runGhc)
 import GHC.Driver.Monad (liftIO)
-import System.Directory (createDirectoryIfMissing, doesDirectoryExist, getTemporaryDirectory, listDirectory, removeDirectoryRecursive)
+import System.Directory (doesDirectoryExist, getTemporaryDirectory, listDirectory, removeDirectoryRecursive)
+import System.IO.Error (isAlreadyExistsError)
+import System.Posix.Directory (createDirectory)
 import Data.Char (isDigit)
 import Data.List (isPrefixOf)
 import System.Process (readProcess)
@@ -50,8 +52,10 @@ findLibdir = do
       | builtIn -> return GHC_LIBDIR
       | otherwise -> takeWhile (/= '\n') <$> readProcess "ghc" ["--print-libdir"] ""
 
--- | A private directory for captured output, removed at exit. Those of workers that
--- were killed (their process is gone) are removed first.
+-- | A private directory (mode 0700, made here, never one found) for captured output and
+-- GHC's temporary files, removed at exit: @ghc-worker-<pid>@, or @ghc-worker-<pid>-<n>@
+-- when that name is taken. Those of workers that were killed (their process is gone) are
+-- removed first.
 withScratchDirectory :: (FilePath -> IO a) -> IO a
 withScratchDirectory = bracket make removeDirectoryRecursive
   where
@@ -60,13 +64,24 @@ withScratchDirectory = bracket make removeDirectoryRecursive
       pid <- getProcessID
       leftovers <- filter ("ghc-worker-" `isPrefixOf`) <$> listDirectory tmp
       forM_ leftovers $ \name -> do
-        let owner = drop (length "ghc-worker-") name
+        let owner = takeWhile isDigit (drop (length "ghc-worker-") name)
+            suffix = drop (length "ghc-worker-" + length owner) name
         gone <- not <$> doesDirectoryExist ("/proc" </> owner)
-        when (all isDigit owner && not (null owner) && gone) $
+        when (not (null owner) && (null suffix || isSuffix suffix) && gone) $
           void (try (removeDirectoryRecursive (tmp </> name)) :: IO (Either IOException ()))
-      let dir = tmp </> ("ghc-worker-" ++ show pid)
-      createDirectoryIfMissing True dir
-      return dir
+      fresh tmp ("ghc-worker-" ++ show pid) (0 :: Int)
+    isSuffix ('-' : n) = not (null n) && all isDigit n
+    isSuffix _ = False
+    -- Made with mode 0700 by this call: a directory someone else made first (the name is
+    -- guessable, in a shared TMPDIR) is never used.
+    fresh tmp base n = do
+      let dir = tmp </> (if n == 0 then base else base ++ "-" ++ show n)
+      made <- try (createDirectory dir 0o700)
+      case made of
+        Right () -> return dir
+        Left e
+          | isAlreadyExistsError e && n < 100 -> fresh tmp base (n + 1)
+          | otherwise -> ioError e
 
 compileOnce :: FilePath -> FilePath -> [String] -> IO ()
 compileOnce libdir scratch args = do

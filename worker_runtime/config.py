@@ -267,6 +267,11 @@ def _int(minimum: int) -> Callable[[str, Any], int]:
     return check
 
 
+#: The longest duration a setting takes (about 31 years): past it a remote action's
+#: timeout (a protobuf Duration) or a timer overflows.
+MAX_SECONDS = 1e9
+
+
 def _seconds(key: str, value: Any) -> float:
     # Python's JSON reader takes NaN and Infinity: a NaN timer fires at once, an infinite
     # one overflows where a whole number of seconds is needed.
@@ -274,10 +279,11 @@ def _seconds(key: str, value: Any) -> float:
         isinstance(value, bool)
         or not isinstance(value, int | float)
         or not math.isfinite(value)
-        or value <= 0
+        or not 0 < value <= MAX_SECONDS
     ):
         raise ConfigError(
-            f"config key `{key}` must be a finite number of seconds > 0, not {json.dumps(value)}"
+            f"config key `{key}` must be a finite number of seconds > 0 (at most "
+            f"{MAX_SECONDS:.0e}), not {json.dumps(value)}"
         )
     return float(value)
 
@@ -300,7 +306,7 @@ REMOTE_KEYS: dict[str, type] = {
 REMOTE_ROUTINGS = ("remote", "auto", "race")
 #: Target schemes gRPC resolves (``scheme:...``), besides the project's ``grpc://`` and
 #: ``grpcs://`` and a bare ``host:port``.
-_GRPC_SCHEMES = ("dns", "ipv4", "ipv6", "unix", "unix-abstract", "vsock")
+_GRPC_SCHEMES = ("dns", "ipv4", "ipv6", "unix", "unix-abstract", "vsock", "xds", "google-c2p")
 
 
 def _check_endpoint(routing: str, endpoint: str) -> None:

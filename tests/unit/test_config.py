@@ -58,6 +58,7 @@ def test_full_config_round_trip(tmp_path: Path) -> None:
         # Python's JSON reader takes these: a NaN timer fires at once, Infinity overflows.
         ({"frame_stall_timeout_s": float("nan")}, "`frame_stall_timeout_s` must be a finite"),
         ({"default_timeout_s": float("inf")}, "`default_timeout_s` must be a finite number"),
+        ({"default_timeout_s": 1e20}, r"`default_timeout_s` must be .* \(at most 1e\+09\)"),
         ([1], "must hold a JSON object"),
         ({"routing": "cloud"}, "`routing` must be one of"),
         ({"remote": {"endpoint": 5}}, "`remote.endpoint` must be a str"),
@@ -114,7 +115,7 @@ def test_a_remote_routing_without_an_endpoint_is_refused_at_the_start(routing: s
 @pytest.mark.parametrize(
     "endpoint",
     ["grpcs://re.example:443", "grpc://127.0.0.1:8980", "unix:///run/re.sock", "unix:rel.sock",
-     "dns:///re.example:443", "re.example:443", "127.0.0.1:1"],
+     "dns:///re.example:443", "xds:///re.example", "re.example:443", "127.0.0.1:1"],
 )  # fmt: skip
 def test_endpoints_grpc_understands_are_taken(endpoint: str) -> None:
     remote = {"endpoint": endpoint}

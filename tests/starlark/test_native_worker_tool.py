@@ -65,7 +65,7 @@ def test_native_without_a_remote_backend_is_an_analysis_error() -> None:
 
 
 def test_other_routings_ignore_the_remote_backend() -> None:
-    fake = Buck2Fake()
+    fake = Buck2Fake(root_config={("persistent_workers", "remote_endpoint"): "grpc://127.0.0.1:1"})
     analysis = fake.analyse(
         "@prelude//worker:worker_tool.bzl", "worker_tool", "//tools:javac_worker",
         {"backend": run_info(["w"]), "remote_backend": run_info(["built"])},

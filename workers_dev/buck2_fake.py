@@ -280,7 +280,7 @@ def _source(path, package = ""):
     # source_artifact("foo/bar", "baz/quz.h").short_path == "baz/quz.h".
     return _artifact(package + "/" + path if package else path, path, True)
 
-_CmdArgs = record(items = list, hidden = list, delimiter = typing.Any, format = typing.Any, ignore_artifacts = bool, outputs = list, parent = int)
+_CmdArgs = record(items = list, hidden = list, delimiter = typing.Any, format = typing.Any, quote = typing.Any, ignore_artifacts = bool, outputs = list, parent = int)
 
 def cmd_args(*args, hidden = [], delimiter = None, format = None, prepend = None, quote = None, ignore_artifacts = False, absolute_prefix = None, absolute_suffix = None, parent = 0, relative_to = None, replace_regex = []):
     items = []
@@ -295,7 +295,9 @@ def cmd_args(*args, hidden = [], delimiter = None, format = None, prepend = None
             outputs.extend(item.outputs)
     if type(parent) != "int" or parent < 0:
         fail("cmd_args: parent must be a non-negative int, not", repr(parent))
-    return _CmdArgs(items = items, hidden = hidden_items, delimiter = delimiter, format = format, ignore_artifacts = ignore_artifacts, outputs = outputs, parent = parent)
+    if quote not in (None, "shell"):
+        fail("cmd_args: quote must be \"shell\", not", repr(quote))
+    return _CmdArgs(items = items, hidden = hidden_items, delimiter = delimiter, format = format, quote = quote, ignore_artifacts = ignore_artifacts, outputs = outputs, parent = parent)
 
 def _cmd_items(arg):
     if type(arg) == "list":
@@ -325,6 +327,14 @@ def _render_one(item, parent = 0):
         return ["/".join(parts[:len(parts) - parent])]
     fail("cannot render", type(item), "on a command line")
 
+_SHELL_SAFE = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-+./:@,=%"
+
+def _shell_quote(s):
+    # As Buck2's quote = "shell": a word the shell reads as is stays; any other is quoted.
+    if s and all([c in _SHELL_SAFE for c in s.elems()]):
+        return s
+    return "'" + s.replace("'", "'\"'\"'") + "'"
+
 def _render(args):
     if not isinstance(args, _CmdArgs):
         args = cmd_args(args)
@@ -333,6 +343,8 @@ def _render(args):
         out.extend(_render_one(item, args.parent))
     if args.format != None:
         out = [args.format.replace("{}", s) for s in out]
+    if args.quote == "shell":  # after format, before the delimiter, as Buck2 renders it
+        out = [_shell_quote(s) for s in out]
     if args.delimiter != None:
         out = [args.delimiter.join(out)] if out else []
     return out

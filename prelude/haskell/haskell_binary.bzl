@@ -24,6 +24,9 @@ def _haskell_binary_impl(ctx: AnalysisContext) -> list[Provider]:
             compiled.objects,
             link_args(compiled.deps),
             [["-package", p] for p in compiled.packages],
+            # After everything else: -threaded, -rtsopts, -with-rtsopts and -optl options
+            # are the link's, which compiler_flags never reach.
+            ctx.attrs.linker_flags,
         ),
         category = "haskell_link",
     )
@@ -32,5 +35,12 @@ def _haskell_binary_impl(ctx: AnalysisContext) -> list[Provider]:
 haskell_binary = rule(
     impl = _haskell_binary_impl,
     doc = "A Haskell program: its modules (Main among them) and its deps' archives, linked.",
-    attrs = HASKELL_COMMON_ATTRS,
+    attrs = HASKELL_COMMON_ATTRS | {
+        "linker_flags": attrs.list(
+            attrs.string(),
+            default = [],
+            doc = "Flags for the link (ghc linking the program): `-threaded`, `-rtsopts`, " +
+                  "`-with-rtsopts=...`, `-optl...`. compiler_flags are the compiles' only.",
+        ),
+    },
 )

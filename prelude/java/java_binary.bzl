@@ -8,6 +8,10 @@ def _java_binary_impl(ctx: AnalysisContext) -> list[Provider]:
     toolchain = ctx.attrs._java_toolchain[JavaToolchainInfo]
     deps = [dep[JavaLibraryInfo] for dep in ctx.attrs.deps]
     children = [info.runtime_classpath for info in deps]
+    if ctx.attrs.resources and not ctx.attrs.srcs:
+        # compile_java makes the jar that carries them, and needs sources to.
+        fail("java_binary " + ctx.attrs.name + ": resources need srcs (the binary's own jar " +
+             "carries them); put them in a java_library among its deps instead")
     if ctx.attrs.srcs:
         jar = compile_java(
             ctx.actions,
@@ -27,10 +31,12 @@ def _java_binary_impl(ctx: AnalysisContext) -> list[Provider]:
             "#!/bin/sh",
             cmd_args(
                 "exec",
-                toolchain.java,
+                # Each word quoted for the shell: a nested class's `$` or a space in the
+                # project's path would otherwise be read by it.
+                cmd_args(toolchain.java, quote = "shell"),
                 "-cp",
-                cmd_args(classpath, delimiter = ":"),
-                ctx.attrs.main_class,
+                cmd_args(classpath, delimiter = ":", quote = "shell"),
+                cmd_args(ctx.attrs.main_class, quote = "shell"),
                 "\"$@\"",
                 delimiter = " ",
             ),

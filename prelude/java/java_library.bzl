@@ -5,6 +5,10 @@ load("//java:java_toolchain_providers.bzl", "JavaToolchainInfo")
 load("//utils:settings.bzl", "toolchain_target")
 load("//worker:worker_run.bzl", "worker_run")
 
+# The timestamp of every jar entry (the earliest a zip entry can carry, as other
+# reproducible builds use).
+JAR_DATE = "1980-01-01T00:00:02Z"
+
 def compile_java(
         actions: AnalysisActions,
         *,
@@ -52,7 +56,11 @@ def compile_java(
         inputs = inputs,
     )
     jar = actions.declare_output(target_name + ".jar")
-    jar_args = [toolchain.jar, "--create", "--file", jar.as_output(), "-C", classes, "."]
+
+    # One timestamp for every entry: the same classes make the same jar, so that what
+    # compiles against it, and the action cache, see no change (jar takes --date from
+    # JDK 17 on).
+    jar_args = [toolchain.jar, "--create", "--date", JAR_DATE, "--file", jar.as_output(), "-C", classes, "."]
     if resources:
         resource_dir = actions.symlinked_dir(
             "resources",

@@ -1,6 +1,6 @@
 """The worker_tool rule: a backend that speaks Bazel's worker protocol, run warm by worker-runtime."""
 
-load("//utils:settings.bzl", "ROUTINGS", "check_routing", "toolchain_target")
+load("//utils:settings.bzl", "ROUTINGS", "toolchain_target")
 load("//worker:worker_settings_providers.bzl", "WorkerSettingsInfo")
 load("//worker:worker_tool_providers.bzl", "WorkerToolInfo")
 
@@ -35,7 +35,7 @@ def _runtime_config(ctx: AnalysisContext, backend: RunInfo) -> dict[str, typing.
         "multiplex": ctx.attrs.multiplex,
         "protocol": ctx.attrs.protocol,
         "remote": ctx.attrs._worker_settings[WorkerSettingsInfo].remote,
-        "routing": check_routing(ctx.attrs.routing),
+        "routing": _routing(ctx),
         "server": ctx.attrs._worker_settings[WorkerSettingsInfo].server,
         "tool_inputs": ctx.attrs.tool_inputs,
     }
@@ -76,12 +76,24 @@ def _native_exe(ctx: AnalysisContext, local: typing.Any) -> tuple:
     remote = ctx.attrs.remote_backend[RunInfo]
     return cmd_args(entry, local, NATIVE_MARKER, remote), cmd_args(entry, remote)
 
+def _routing(ctx: AnalysisContext) -> str:
+    """The tool's routing, its `routing` attribute checked and named if it is wrong.
+
+    The default select() gives the execution platform's, one of ROUTINGS; a value set on
+    the target is the user's, and an error must send them there, not to .buckconfig.
+    """
+    if ctx.attrs.routing not in ROUTINGS:
+        fail("worker_tool " + ctx.label.name + ": routing = " + repr(ctx.attrs.routing) +
+             " (its `routing` attribute) is not one of " + ", ".join(ROUTINGS) +
+             "; leave the attribute out to take the execution platform's")
+    return ctx.attrs.routing
+
 # The routings whose requests the runtime sends to the remote endpoint (all or some).
 _REMOTE_ROUTINGS = ["remote", "auto", "race"]
 
 def _worker_tool_impl(ctx: AnalysisContext) -> list[Provider]:
     backend = ctx.attrs.backend[RunInfo]
-    routing = check_routing(ctx.attrs.routing)
+    routing = _routing(ctx)
     if routing in _REMOTE_ROUTINGS and not ctx.attrs._worker_settings[WorkerSettingsInfo].remote.get("endpoint"):
         # The runtime would refuse to start without one: said here, during analysis.
         fail("worker_tool " + ctx.label.name + ": routing " + routing + " sends requests to a " +

@@ -160,6 +160,19 @@ def test_binary_links_its_objects_with_every_archive() -> None:
     ]  # fmt: skip
 
 
+def test_linker_flags_reach_the_link_and_compiler_flags_do_not() -> None:
+    """`-threaded` in compiler_flags used to be the only place to put it, and the link never
+    saw it (the program ran on the non-threaded runtime)."""
+    analysis = analyse(
+        "haskell_binary",
+        {"srcs": '["Main.hs"]', "deps": '[":base"]', "compiler_flags": '["-O1"]',
+         "linker_flags": '["-threaded", "-rtsopts"]'},
+        fake=with_base(),
+    )  # fmt: skip
+    (link,) = [a for a in analysis.actions if a.get("category") == "haskell_link"]
+    assert link["arguments"][-2:] == ["-threaded", "-rtsopts"] and "-O1" not in link["arguments"]
+
+
 def test_a_diamond_links_each_archive_once_before_what_it_needs() -> None:
     """app needs left and right, both need base; left also needs util, which needs base:
     every archive once, each before every archive it needs, and packages once."""

@@ -4,6 +4,7 @@ warm through the javac worker and cold with javac, with the same classes and out
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 from pathlib import Path
 
@@ -83,8 +84,10 @@ def test_java_library_compiles_on_the_worker_against_its_deps() -> None:
     assert javac["arguments"] == ["@" + argfile["output"]] and javac["outputs"] == [classes]
     envelope = json.loads(analysis.action("write_json")["content"])
     assert envelope["inputs"] == ["lib/B.java", "lib/C.java", jar("a"), jar("x")]
-    assert jar_run["arguments"][:4] == ["jar", "--create", "--file", jar("b")]
-    assert jar_run["arguments"][4:] == [
+    assert jar_run["arguments"][:6] == [
+        "jar", "--create", "--date", "1980-01-01T00:00:02Z", "--file", jar("b"),
+    ]  # fmt: skip
+    assert jar_run["arguments"][6:] == [
         "-C",
         classes,
         ".",
@@ -189,3 +192,55 @@ def test_buck2_builds_the_javac_worker_with_plain_javac(tmp_path: Path) -> None:
     )
     assert compiled.returncode == 0, compiled.stderr
     assert (project / "out" / "Hello.class").exists()
+
+
+def test_the_same_classes_make_the_same_jar(tmp_path: Path) -> None:
+    """The jar action as java_library registers it, run twice on the same classes whose
+    files' times changed between (a source edited and reverted): the same bytes, so that
+    what compiles against the jar, and the action cache, see no change."""
+    analysis = analyse_library({"srcs": '["B.java"]'})
+    (jar_run,) = [a for a in analysis.actions if a["kind"] == "run" and a["category"] == "jar"]
+    args = jar_run["arguments"]
+    classes = tmp_path / args[args.index("-C") + 1]
+    (classes / "p").mkdir(parents=True)
+    (classes / "p" / "B.class").write_bytes(b"\xca\xfe\xba\xbe not a real class")
+    made = []
+    for stamp in (1_000_000_000, 1_700_000_000):
+        os.utime(classes / "p" / "B.class", (stamp, stamp))
+        (tmp_path / args[args.index("--file") + 1]).unlink(missing_ok=True)
+        (tmp_path / args[args.index("--file") + 1]).parent.mkdir(parents=True, exist_ok=True)
+        subprocess.run(args, cwd=tmp_path, check=True, capture_output=True, timeout=120)
+        made.append((tmp_path / args[args.index("--file") + 1]).read_bytes())
+    assert made[0] == made[1]
+
+
+def test_the_binary_launcher_quotes_a_nested_main_class(tmp_path: Path) -> None:
+    """`t.A$Inner` reaches java whole (the shell used to expand `$Inner` to nothing)."""
+    fake = Buck2Fake()
+    analyse_java(fake, "a", {"srcs": '["A.java"]'})
+    binary = analyse_java(
+        fake, "nested", {"deps": '[":a"]', "main_class": '"t.A$Inner"'}, rule="java_binary"
+    )
+    (launcher,) = [a for a in binary.actions if a.get("output", "").endswith("/nested.sh")]
+    script = tmp_path / "nested.sh"
+    script.write_text(launcher["content"])
+    (tmp_path / "bin").mkdir()
+    stub = tmp_path / "bin" / "java"
+    stub.write_text('#!/bin/sh\nfor arg do echo "$arg"; done\n')
+    stub.chmod(0o755)
+    ran = subprocess.run(
+        ["sh", str(script), "an arg"], capture_output=True, text=True, timeout=60,
+        env={**os.environ, "PATH": f"{tmp_path / 'bin'}:{os.environ['PATH']}"},
+    )  # fmt: skip
+    assert ran.stdout.splitlines() == ["-cp", jar("a"), "t.A$Inner", "an arg"], ran.stderr
+
+
+def test_binary_resources_without_srcs_are_an_analysis_error() -> None:
+    """They used to be dropped without a word (only the binary's own jar carries them)."""
+    fake = Buck2Fake()
+    analyse_java(fake, "a", {"srcs": '["A.java"]'})
+    with pytest.raises(sl.StarlarkError, match="resources need srcs"):
+        analyse_java(
+            fake, "r", {"deps": '[":a"]', "main_class": '"t.A"', "resources": '["app.properties"]'},
+            rule="java_binary",
+        )  # fmt: skip

@@ -117,6 +117,11 @@ def test_config_written_by_the_prelude_is_served_by_the_runtime(tmp_path: Path) 
     [
         ({}, "missing mandatory attribute `backend`"),
         ({"backend": backend_expr(["w"]), "protocol": '"xml"'}, '"xml" is not one of'),
+        # Set on the target: the error names the attribute, not .buckconfig.
+        (
+            {"backend": backend_expr(["w"]), "routing": '"cloud"'},
+            'routing = "cloud" (its `routing` attribute) is not one of local, remote',
+        ),
         ({"backend": backend_expr(["w"]), "multiplx": "True"}, "unknown attribute `multiplx`"),
         # The remote settings come from toolchains//:worker_settings, not from each tool.
         ({"backend": backend_expr(["w"]), "remote_endpoint": '"x"'}, "unknown attribute"),

@@ -119,7 +119,11 @@ def _worker_tool_impl(ctx: AnalysisContext) -> list[Provider]:
         fallback = RunInfo(args = cmd_args(chosen[RunInfo], hidden = [remote_side]))
     else:
         one_shot = ctx.attrs.fallback[RunInfo] if ctx.attrs.fallback else backend
-        fallback = RunInfo(args = cmd_args(one_shot))
+
+        # The tool's env reaches the warm backend through the runtime's config; the
+        # one-shot run (workers off) gets it too, or the two would build differently.
+        set_env = ["env"] + ["{}={}".format(k, v) for k, v in sorted(ctx.attrs.env.items())] if ctx.attrs.env else []
+        fallback = RunInfo(args = cmd_args(set_env, one_shot))
     return [
         DefaultInfo(default_output = config),
         worker,

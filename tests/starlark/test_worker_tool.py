@@ -4,6 +4,7 @@ and the config it writes, accepted by the runtime and served for real."""
 from __future__ import annotations
 
 import json
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -35,6 +36,19 @@ def analyse_tool(
         constraints=[],  # configured for the default target platform: no constraints
     )
     return fake, analysis
+
+
+def test_the_tools_env_reaches_the_one_shot_fallback_too(tmp_path: Path) -> None:
+    """Warm, `env` reaches the backend through the runtime's config; workers off, the
+    fallback ran without it, and the two built differently."""
+    _, analysis = analyse_tool(
+        {"backend": backend_expr(["printenv", "FOO", "BAR"]), "env": '{"FOO": "a b", "BAR": "c"}'}
+    )
+    one_shot = analysis.provider("RunInfo")["args"]["cmd_args"]
+    assert one_shot == ["env", "BAR=c", "FOO=a b", "printenv", "FOO", "BAR"]
+    assert json.loads(analysis.action("write_json")["content"])["env"] == {"FOO": "a b", "BAR": "c"}
+    ran = subprocess.run(one_shot, capture_output=True, text=True, timeout=60, env={})
+    assert ran.stdout.splitlines() == ["a b", "c"]
 
 
 def test_worker_info_launches_the_runtime_with_the_written_config() -> None:

@@ -104,7 +104,8 @@ def bool_setting(key: str, value: str) -> bool:
       value: the value read with read_root_config.
 
     Returns:
-      The value as a bool; anything but true/false fails analysis naming the key.
+      The value as a bool: true, 1 or yes; false, 0 or no (any case). Anything else
+      fails analysis naming the key.
     """
     lowered = value.lower()
     if lowered in ("true", "1", "yes"):

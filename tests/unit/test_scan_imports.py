@@ -102,3 +102,17 @@ def test_a_generated_module_of_megabytes_is_scanned(tmp_path: Path) -> None:
     ]
     subprocess.run([sys.executable, str(SCANNER), str(out), *modules], check=True, timeout=120)
     assert json.loads(out.read_text())["Gen"] == ["Gen.Base", "Gen.Tail"]
+
+
+def test_a_header_that_names_another_module_than_the_path_is_an_error(tmp_path: Path) -> None:
+    """`Lib/X.hs` in a package whose BUCK file sits in `Lib` is module `X` to the rules; a
+    source that says `module Lib.X` compiled, and its dependents then found nothing."""
+    code, _, stderr = scan(
+        tmp_path,
+        {"X": "-- a comment\nmodule Lib.X (x) where\nx :: Int\nx = 1\n", "Y": "module Y where\n"},
+    )
+    assert code == 1
+    assert "says `module Lib.X`, but its path in the package makes it X" in stderr
+    # Without a header a module is Main's; with the right one, all is well.
+    code, graph, _ = scan(tmp_path, {"M": "main = pure ()\n", "Y": "{- x -} module Y where\n"})
+    assert code == 0 and graph == {"M": [], "Y": []}

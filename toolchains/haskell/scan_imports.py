@@ -7,7 +7,9 @@ imports (imports of other targets' modules and of packages are left out). The sc
 the import declarations as text: comments are skipped, `{-# SOURCE #-}`, `safe`,
 `qualified` (before or after the name), package-qualified imports, indented imports and
 explicit-brace layout (`where { import A; import B }`) are understood.
-Imports inside CPP conditionals all count, whichever branch is taken.
+Imports inside CPP conditionals all count, whichever branch is taken. A module whose
+`module` header names another module than its path does is an error: the rules name its
+interface after the path, and its dependents would not find it.
 """
 
 from __future__ import annotations
@@ -27,6 +29,8 @@ IMPORT = re.compile(
 #: module of a few MB took minutes.
 LINE_COMMENT = re.compile(r"--+(?![!#$%&*+./<=>?@\\^|~:])")
 SYMBOL = re.compile(r"[!#$%&*+./<=>?@\\^|~:-]")
+#: A module's header: the name it says it is (a source without one is `Main`).
+HEADER = re.compile(r"(?:^|[;{])[ \t]*module\s+([A-Z][\w\']*(?:\.[A-Z][\w\']*)*)", re.MULTILINE)
 
 
 def strip_comments(text: str) -> str:
@@ -70,6 +74,15 @@ def main(argv: list[str]) -> int:
         except OSError as exc:
             print(
                 f"scan-imports: cannot read {path} (module {name}): {exc.strerror}", file=sys.stderr
+            )
+            return 1
+        header = HEADER.search(text)
+        if header and header.group(1) != name:
+            print(
+                f"scan-imports: {path} says `module {header.group(1)}`, but its path in the "
+                f"package makes it {name}, the name the rules compile it under and its "
+                "dependents look for: move the file (or the BUCK file) so that the two match",
+                file=sys.stderr,
             )
             return 1
         graph[name] = sorted({m for m in IMPORT.findall(text) if m in modules and m != name})

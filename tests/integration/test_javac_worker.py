@@ -8,6 +8,7 @@ import ast
 import asyncio
 import json
 import os
+import select
 import shutil
 import subprocess
 import tempfile
@@ -697,3 +698,49 @@ def test_a_worker_running_as_another_user_than_its_pipes_answers() -> None:
         assert (work / "out" / "A.class").exists()
     finally:
         shutil.rmtree(work)
+
+
+def test_multiplex_compiles_wait_their_turn_and_a_waiting_one_cancels_at_once(
+    tmp_path: Path,
+) -> None:
+    """At most maxCompiles requests compile at once (each holds a javac in memory; too many
+    ended the worker, and every request in flight, out of memory); the others wait, and
+    one cancelled while it waits is answered at once, having compiled nothing."""
+    (tmp_path / "A.java").write_text("class A {}\n")
+    for name in ("first.fifo", "second.fifo"):
+        os.mkfifo(tmp_path / name)
+    flags = "-XX:TieredStopAtLevel=1 -XX:+UseSerialGC -Dbuck2.workers.javac.maxCompiles=1"
+    worker = subprocess.Popen(
+        [JAVAC_WORKER, "--persistent_worker"], cwd=tmp_path, stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+        env={**os.environ, "JAVAC_WORKER_JVM_FLAGS": flags},
+    )  # fmt: skip
+    assert worker.stdin and worker.stdout
+    try:
+        # Each request's javac opens its -Xstdout FIFO first, and stays there until the
+        # FIFO has a reader: request 1 holds the one slot; request 2, were it compiling,
+        # would hold at its own FIFO and answer its cancel only once that had a reader.
+        worker.stdin.write(
+            json_requests(
+                {"arguments": ["-Xstdout", "first.fifo", "-d", "one", "A.java"], "requestId": 1},
+                {"arguments": ["-Xstdout", "second.fifo", "-d", "two", "A.java"], "requestId": 2},
+                {"requestId": 2, "cancel": True},
+            )
+        )
+        worker.stdin.flush()
+        ready, _, _ = select.select([worker.stdout], [], [], 60)
+        assert ready, "the waiting request's cancel was not answered"
+        answer = json.loads(worker.stdout.readline())
+        assert answer == {"exitCode": 0, "output": "", "requestId": 2, "wasCancelled": True}
+        reader = os.open(tmp_path / "first.fifo", os.O_RDONLY | os.O_NONBLOCK)
+        try:
+            answer = json.loads(worker.stdout.readline())
+        finally:
+            os.close(reader)
+        assert answer == {"exitCode": 0, "output": "", "requestId": 1}
+        worker.stdin.close()
+        assert worker.wait(timeout=60) == 0
+    finally:
+        worker.kill()
+        worker.wait()
+    assert (tmp_path / "one" / "A.class").exists() and not (tmp_path / "two").exists()

@@ -45,6 +45,19 @@ public final class JavacWorker {
   /** Multiplex requests in flight, by id (an id is in flight until it is answered). */
   private final Map<Integer, InFlight> inFlight = new ConcurrentHashMap<>();
 
+  /** JVM property: how many multiplex requests compile at once (default: the CPUs, at least 2). */
+  static final String MAX_COMPILES_PROPERTY = "buck2.workers.javac.maxCompiles";
+
+  /**
+   * Compiles running at once in multiplex mode; the other requests wait their turn. Each
+   * compile holds a javac and its trees in memory: without a bound, many large requests at
+   * once ended in an OutOfMemoryError, which ends the worker and every request in flight.
+   */
+  private final java.util.concurrent.Semaphore compiling =
+      new java.util.concurrent.Semaphore(
+          Integer.getInteger(
+              MAX_COMPILES_PROPERTY, Math.max(2, Runtime.getRuntime().availableProcessors())));
+
   private JavacWorker(OutputStream protocolOut, WireFormat.Writer writer, String[] startupArgs) {
     this.protocolOut = protocolOut;
     this.writer = writer;
@@ -177,6 +190,41 @@ public final class JavacWorker {
   }
 
   private void handle(WireFormat.Request request, InFlight state) {
+    if (state != null && !awaitTurn(state)) {
+      // Cancelled while it waited: answered at once, nothing compiled.
+      inFlight.remove(request.requestId, state);
+      respond(0, "", request.requestId, true);
+      return;
+    }
+    try {
+      compileAndRespond(request, state);
+    } finally {
+      if (state != null) {
+        compiling.release();
+      }
+    }
+  }
+
+  /** Waits for a compile slot; false if the request was cancelled first. */
+  private boolean awaitTurn(InFlight state) {
+    try {
+      while (!compiling.tryAcquire(20, java.util.concurrent.TimeUnit.MILLISECONDS)) {
+        if (state.cancelled) {
+          return false;
+        }
+      }
+    } catch (InterruptedException e) {
+      Thread.currentThread().interrupt();
+      return false;
+    }
+    if (state.cancelled) {
+      compiling.release();
+      return false;
+    }
+    return true;
+  }
+
+  private void compileAndRespond(WireFormat.Request request, InFlight state) {
     ByteArrayOutputStream diagnostics = new ByteArrayOutputStream();
     int code;
     try (PrintStream out = new PrintStream(diagnostics, true, StandardCharsets.UTF_8)) {

@@ -641,7 +641,7 @@ def _well_formed(digest: re_pb2.Digest, what: str) -> None:
     """A digest that cannot name a blob (not 64 lowercase hex digits of SHA-256, or a
     negative size) is the action's fault, not a blob the server lacks to be uploaded
     again and retried."""
-    if len(digest.hash) != 64 or digest.size_bytes < 0 or not _HEX.fullmatch(digest.hash):
+    if digest.size_bytes < 0 or not _HEX.fullmatch(digest.hash):
         raise ActionError(
             f"{what} names the digest "
             f"{digest.hash[:80]!r}/{digest.size_bytes}, which is not a SHA-256 digest "

@@ -6,12 +6,13 @@ from __future__ import annotations
 import fcntl
 import json
 import os
-import tempfile
 import urllib.parse
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+
+from worker_runtime.atomic_files import write_atomically
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent.parent
 #: The cluster directory unless --dir or $WORKER_RUNTIME_CLUSTER_DIR says otherwise.
@@ -114,13 +115,5 @@ class ClusterLayout:
 
     def write_state(self, state: ClusterState) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
-        # A temporary file of its own, then renamed: a reader sees the old or the new.
-        fd, tmp = tempfile.mkstemp(dir=self.root, prefix="state.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "w") as out:
-                os.fchmod(out.fileno(), 0o644)  # as readable as before (mkstemp's is 0600)
-                out.write(json.dumps(asdict(state)))
-            os.replace(tmp, self.state_file)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        # A reader (a concurrent `status`) sees the old state or the new one.
+        write_atomically(self.state_file, json.dumps(asdict(state)).encode())

@@ -17,7 +17,6 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
-import tempfile
 import threading
 from collections import OrderedDict
 from collections.abc import Iterable, Sequence
@@ -25,6 +24,7 @@ from pathlib import Path
 
 import grpc
 
+from worker_runtime.atomic_files import write_atomically
 from worker_runtime.proto import remote_execution_pb2 as re_pb2
 from worker_runtime.remote.cas import Cas
 from worker_runtime.remote.merkle import digest_key, digest_of
@@ -124,14 +124,7 @@ class BlobCache:
         return self.root / f"{key[0]}-{key[1]}"
 
     def _store(self, key: tuple[str, int], data: bytes) -> None:
-        handle, tmp = tempfile.mkstemp(dir=self.root, prefix=".blob-")
-        try:
-            with os.fdopen(handle, "wb") as out:
-                out.write(data)
-            os.replace(tmp, self._path(key))
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        write_atomically(self._path(key), data, 0o600)
         with self._lock:
             if key not in self._files:
                 self._files[key] = len(data)

@@ -4,8 +4,6 @@ Every call has a deadline."""
 
 from __future__ import annotations
 
-import os
-import tempfile
 import time
 import uuid
 from collections.abc import Iterator
@@ -13,6 +11,7 @@ from pathlib import Path
 
 import grpc
 
+from worker_runtime.atomic_files import write_atomically
 from worker_runtime.proto import remote_execution_pb2 as re_pb2
 from worker_runtime.proto import remote_execution_pb2_grpc as re_grpc
 from worker_runtime.proto.google.bytestream import bytestream_pb2, bytestream_pb2_grpc
@@ -269,12 +268,5 @@ class Cas:
         """Writes the blob (or ``data``, already read) to ``target`` atomically (a
         temporary file, then a rename)."""
         target.parent.mkdir(parents=True, exist_ok=True)
-        handle, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.")
-        try:
-            with os.fdopen(handle, "wb") as out:
-                out.write(self.read(digest) if data is None else data)
-            os.chmod(tmp, 0o755 if executable else 0o644)
-            os.replace(tmp, target)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        blob = self.read(digest) if data is None else data
+        write_atomically(target, blob, 0o755 if executable else 0o644)

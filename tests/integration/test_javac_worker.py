@@ -165,6 +165,76 @@ def test_one_shot_compile_error_exits_like_javac(tmp_path: Path) -> None:
     assert "Bad.java:1: error: illegal start of expression" in result.stderr
 
 
+def test_a_compile_naming_no_class_path_sees_only_its_own_sources(tmp_path: Path) -> None:
+    """javac in the worker's JVM defaulted to that JVM's class path: a library with no deps
+    compiled against the worker's own classes, warm and in the one-shot fallback. A compile
+    that names no class path now has an empty one, which is not the working directory
+    either (javac's reading of ``-cp ""``); one that names its own still gets it. The empty
+    directory is the worker's, made in its temporary directory and gone when it exits."""
+    (tmp_path / "Leak.java").write_text(
+        "class Leak { Object w = buck2.workers.javac.JavacWorker.class; }\n"
+    )
+    (tmp_path / "lib").mkdir()
+    (tmp_path / "lib" / "Dep.java").write_text("package lib; public class Dep {}\n")
+    (tmp_path / "User.java").write_text("class User { lib.Dep d; }\n")
+    subprocess.run(["javac", "-d", "deps", "lib/Dep.java"], cwd=tmp_path, check=True, timeout=120)
+    temp = tmp_path / "worker-tmp"
+    temp.mkdir()
+    env = {**os.environ, "JAVAC_WORKER_JVM_FLAGS": f"-Djava.io.tmpdir={temp}"}
+
+    def one_shot(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [JAVAC_WORKER, *args], cwd=tmp_path, env=env, capture_output=True, text=True,
+            timeout=120,
+        )  # fmt: skip
+
+    leak = one_shot("-d", "cold", "Leak.java")
+    assert leak.returncode == 1 and "package buck2.workers.javac does not exist" in leak.stderr
+    # lib/Dep.java in the working directory is no source to find without a class path
+    user = one_shot("-d", "cold", "User.java")
+    assert user.returncode == 1 and "package lib does not exist" in user.stderr
+    assert one_shot("-cp", "deps", "-d", "cold", "User.java").returncode == 0
+    requests = json_requests(
+        {"arguments": ["-d", "warm", "Leak.java"], "requestId": 1},
+        {"arguments": ["-d", "warm", "User.java"], "requestId": 2},
+        {"arguments": ["-d", "warm", "-classpath", "deps", "User.java"], "requestId": 3},
+    )
+    result = serve(requests, tmp_path, env=env)
+    responses = sorted(JsonFraming().feed(result.stdout), key=lambda r: r.request_id)
+    assert [r.exit_code for r in responses] == [1, 1, 0], result.stderr
+    assert "package buck2.workers.javac does not exist" in responses[0].output
+    assert "package lib does not exist" in responses[1].output
+    assert (tmp_path / "warm" / "User.class").exists()
+    assert list(temp.iterdir()) == []
+
+
+def test_a_compile_that_writes_no_class_still_makes_its_output_directory(
+    tmp_path: Path,
+) -> None:
+    """javac makes ``-d`` only to write a class there: a library of a package-info.java
+    without annotations left none, and Buck2 failed the action for its missing output. The
+    worker makes it, warm (in a sandbox too) and one-shot."""
+    for root in (tmp_path, tmp_path / "sandbox-1"):
+        (root / "foo").mkdir(parents=True)
+        (root / "foo" / "package-info.java").write_text("package foo;\n")
+    cold = subprocess.run(
+        [JAVAC_WORKER, "-d", "cold", "foo/package-info.java"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert cold.returncode == 0, cold.stderr
+    requests = json_requests(
+        {"arguments": ["-d", "warm", "foo/package-info.java"]},
+        {
+            "arguments": ["-d", "out/classes", "foo/package-info.java"],
+            "sandboxDir": str(tmp_path / "sandbox-1"),
+        },
+    )
+    result = serve(requests, tmp_path)
+    assert [r.exit_code for r in JsonFraming().feed(result.stdout)] == [0, 0], result.stderr
+    for made in (tmp_path / "cold", tmp_path / "warm", tmp_path / "sandbox-1/out/classes"):
+        assert made.is_dir() and list(made.iterdir()) == []
+
+
 @pytest.mark.parametrize("protocol", ["proto", "json"])
 def test_warm_compiles_through_the_runtime(
     start_runtime: StartRuntime, tmp_path: Path, protocol: str

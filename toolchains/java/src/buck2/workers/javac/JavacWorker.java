@@ -439,8 +439,66 @@ public final class JavacWorker {
     }
   }
 
-  /** Runs javac once; its diagnostics (javac's usual format) go to {@code diagnostics}. */
+  /**
+   * Runs javac once; its diagnostics (javac's usual format) go to {@code diagnostics}. A
+   * compile that names no class path gets an empty one ({@link EmptyClassPath}); one that
+   * names its own overrides it, since javac takes the last.
+   */
   static int compile(String[] args, PrintStream diagnostics) {
-    return JAVAC.run(null, diagnostics, diagnostics, args);
+    makeOutputDirectories(args);
+    String[] withDefault = new String[args.length + 2];
+    withDefault[0] = "--class-path";
+    withDefault[1] = EmptyClassPath.DIRECTORY;
+    System.arraycopy(args, 0, withDefault, 2, args.length);
+    return JAVAC.run(null, diagnostics, diagnostics, withDefault);
+  }
+
+  /** The options naming a directory javac writes to. */
+  private static final java.util.Set<String> OUTPUT_DIRECTORY_OPTIONS = java.util.Set.of("-d", "-s", "-h");
+
+  /**
+   * Makes the directories javac writes to. javac makes one only to write a file in it, so a
+   * compile that writes none (a library of a {@code package-info.java} without annotations)
+   * left no {@code -d} directory, and Buck2 failed the action for its missing output. One
+   * that cannot be made is left to javac to report.
+   */
+  private static void makeOutputDirectories(String[] args) {
+    for (int i = 0; i + 1 < args.length; i++) {
+      if (OUTPUT_DIRECTORY_OPTIONS.contains(args[i])) {
+        try {
+          java.nio.file.Files.createDirectories(java.nio.file.Path.of(args[i + 1]));
+        } catch (java.io.IOException | java.nio.file.InvalidPathException e) {
+          // javac says what is wrong with it
+        }
+      }
+      if (OPTIONS_WITH_A_VALUE.containsKey(args[i])) {
+        i++; // its value is no option
+      }
+    }
+  }
+
+  /**
+   * The class path of a compile that names none: a directory this JVM made and keeps empty.
+   * javac run in-process defaults to the JVM's own class path, the worker's classes, so a
+   * library with no deps compiled against them (and found sources there, the source path
+   * defaulting to the class path). An empty {@code -cp ""} is no answer: javac reads an empty
+   * class path as the current directory. Made on the first compile, removed at exit.
+   */
+  private static final class EmptyClassPath {
+    static final String DIRECTORY = make();
+
+    private static String make() {
+      try {
+        java.nio.file.Path directory = java.nio.file.Files.createTempDirectory("javac-worker-empty-");
+        directory.toFile().deleteOnExit();
+        return directory.toString();
+      } catch (java.io.IOException e) {
+        throw new java.io.UncheckedIOException(
+            "cannot make the empty class path under java.io.tmpdir ("
+                + System.getProperty("java.io.tmpdir")
+                + "); give the JVM -Djava.io.tmpdir=<a writable directory>",
+            e);
+      }
+    }
   }
 }

@@ -2,18 +2,25 @@
 larger than its blobs: the executor places at most MAX_INPUT_ENTRIES files and
 directories for one action and fails the rest as the action's own fault (INVALID_ARGUMENT,
 not retried). Run through the real ActionRunner on the stand-in store of
-test_executor_action_faults."""
+test_executor_action_faults; and each directory's checks made once in the executor's copy
+of the CAS, not once per action."""
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
+from typing import Any, cast
 
 import pytest
 
+from tests.unit.test_blob_cache import CountingCas
 from tests.unit.test_executor_action_faults import StoredBlobs, run
 from worker_runtime.executor import runner
-from worker_runtime.executor.runner import ActionError
+from worker_runtime.executor.blob_cache import BlobCache
+from worker_runtime.executor.runner import ActionError, ActionRunner
+from worker_runtime.executor.workers import WorkerPool
 from worker_runtime.proto import remote_execution_pb2 as re_pb2
+from worker_runtime.remote.cas import Cas
 
 
 def doubling_tree(store: StoredBlobs, levels: int) -> re_pb2.Action:
@@ -106,3 +113,60 @@ def test_a_well_formed_root_still_runs(tmp_path: Path) -> None:
     root.files.add(name="in.txt", digest=store.put(b"data"))
     result = run(tmp_path, action_with_root(store, root.SerializeToString()), store)
     assert result.exit_code == 0 and [f.path for f in result.output_files] == ["ran"]
+
+
+def run_on_a_blob_cache(
+    tmp_path: Path, action: re_pb2.Action, store: StoredBlobs, blobs: BlobCache
+) -> re_pb2.ActionResult:
+    """``run``, with the executor's real copy of the CAS (``blobs``) in front of ``store``."""
+    pool = WorkerPool(tmp_path / "workers", 1, None, 60)
+    stand_in: Any = store
+    try:
+        return (
+            ActionRunner(cast(Cas, stand_in), blobs, pool, tmp_path, "bot")
+            .run(action, "main", threading.Event())
+            .result
+        )
+    finally:
+        pool.stop_all()
+
+
+def test_the_executors_copy_of_a_directory_is_checked_once_and_a_bad_one_every_time(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A directory every action carries (a worker's few hundred class files) was checked
+    again for each: names, digests, unknown fields, a few microseconds an entry. Its
+    message in the executor's copy is checked once; one that fails is refused every time,
+    and one read again (evicted, then read back) is checked again."""
+    store = StoredBlobs()
+    cas: Any = CountingCas()
+    cas.blobs = store.data  # one store under both: the runner's CAS and the cache's
+    blobs = BlobCache(cas, tmp_path / "cache", max_directories=2)
+    checked: list[str] = []
+    real_check = runner._check_directory
+
+    def counted(node: re_pb2.Directory, prefix: str) -> None:
+        checked.append(prefix)
+        real_check(node, prefix)
+
+    monkeypatch.setattr(runner, "_check_directory", counted)
+    lib = re_pb2.Directory()
+    lib.files.add(name="W.class", digest=store.put(b"class W"))
+    root = re_pb2.Directory()
+    root.directories.add(name="lib", digest=store.put(lib.SerializeToString()))
+    action = action_with_root(store, root.SerializeToString())
+    for _ in range(3):
+        assert run_on_a_blob_cache(tmp_path, action, store, blobs).exit_code == 0
+    assert checked == ["", "lib/"]
+    bad = re_pb2.Directory()
+    bad.files.add(name="x", digest=store.put(b"1"))
+    bad.files.add(name="x", digest=store.put(b"2"))
+    for _ in range(2):
+        with pytest.raises(ActionError, match="'x' appears twice in the input root"):
+            run_on_a_blob_cache(
+                tmp_path, action_with_root(store, bad.SerializeToString()), store, blobs
+            )
+    assert checked == ["", "lib/", "", ""]
+    # The bad root took the cache's room (two directories): the good ones are read again.
+    assert run_on_a_blob_cache(tmp_path, action, store, blobs).exit_code == 0
+    assert checked == ["", "lib/", "", "", "", "lib/"]

@@ -48,6 +48,9 @@ class BlobCache:
         self.max_directories = max_directories
         self._lock = threading.Lock()
         self._directories: OrderedDict[tuple[str, int], re_pb2.Directory] = OrderedDict()
+        #: Directories whose message here passed the runner's checks: a directory every
+        #: action carries (a worker's few hundred files) is checked once, not per action.
+        self._checked: set[tuple[str, int]] = set()
         #: Cached files by digest, least recently used first; their sizes sum to _bytes.
         self._files: OrderedDict[tuple[str, int], int] = OrderedDict()
         self._bytes = 0
@@ -75,8 +78,8 @@ class BlobCache:
             for node in nodes:
                 key = digest_key(digest_of(node.SerializeToString(deterministic=True)))
                 self._directories[key] = node
-            while len(self._directories) > self.max_directories:
-                self._directories.popitem(last=False)
+                self._checked.discard(key)
+            self._evict_directories()
 
     def directories(self, digests: Sequence[re_pb2.Digest]) -> list[re_pb2.Directory]:
         """The Directory messages of ``digests``, in order; the unseen ones in one batch."""
@@ -89,13 +92,32 @@ class BlobCache:
                 node = re_pb2.Directory()
                 node.ParseFromString(data)
                 self._directories[key] = node
+                self._checked.discard(key)
             for digest in digests:
                 key = digest_key(digest)
                 self._directories.move_to_end(key)
                 found.append(self._directories[key])
-            while len(self._directories) > self.max_directories:
-                self._directories.popitem(last=False)
+            self._evict_directories()
         return found
+
+    def checked(self, digest: re_pb2.Digest, node: re_pb2.Directory) -> bool:
+        """Whether ``node``, this cache's message for ``digest``, passed the checks."""
+        key = digest_key(digest)
+        with self._lock:
+            return key in self._checked and self._directories.get(key) is node
+
+    def mark_checked(self, digest: re_pb2.Digest, node: re_pb2.Directory) -> None:
+        """Records that ``node`` passed the checks, if it is still this cache's message
+        for ``digest`` (one read again meanwhile is checked again)."""
+        key = digest_key(digest)
+        with self._lock:
+            if self._directories.get(key) is node:
+                self._checked.add(key)
+
+    def _evict_directories(self) -> None:
+        while len(self._directories) > self.max_directories:
+            key, _ = self._directories.popitem(last=False)
+            self._checked.discard(key)
 
     def place(self, files: Iterable[tuple[re_pb2.Digest, Path, bool]]) -> None:
         """Writes each (digest, target, executable) to its target: from the local copy,

@@ -279,7 +279,7 @@ class ActionRunner:
                     "a directory of its input root is not a Directory message"
                 ) from None
             below: list[tuple[re_pb2.Digest, Path, str]] = []
-            for (_, at, prefix), node in zip(level, nodes, strict=True):
+            for (digest, at, prefix), node in zip(level, nodes, strict=True):
                 entries += len(node.files) + len(node.directories)
                 if entries > MAX_INPUT_ENTRIES:
                     raise ActionError(
@@ -290,24 +290,20 @@ class ActionRunner:
                     )
                 if cancelled.is_set():  # a wide level is not waited out either
                     raise ActionCancelled("cancelled while its inputs were placed")
-                _only_known_fields(node, prefix)
+                if not self.blobs.checked(digest, node):  # once per directory, not per action
+                    _check_directory(node, prefix)
+                    self.blobs.mark_checked(digest, node)
                 at.mkdir(parents=True, exist_ok=True)
-                _unique_names(node, prefix)
                 for entry in node.files:
-                    name = _segment(entry.name)
-                    _well_formed(entry.digest, f"{(prefix + name)!r} in the input root")
-                    placements.append((entry.digest, at / name, entry.is_executable))
-                    path = f"{prefix}{name}"
+                    placements.append((entry.digest, at / entry.name, entry.is_executable))
+                    path = f"{prefix}{entry.name}"
                     files.append((path, entry.digest.hash))
                     properties = entry.node_properties.properties
                     if any(p.name == TOOL_INPUT_PROPERTY for p in properties):
                         tools.append((path, entry.digest.hash))
-                for sub in node.directories:
-                    name = _segment(sub.name)
-                    _well_formed(sub.digest, f"{(prefix + name + '/')!r} in the input root")
-                    below.append((sub.digest, at / name, f"{prefix}{name}/"))
-                if node.symlinks:
-                    raise ActionError("symlinks in the input root are not supported")
+                below += [
+                    (sub.digest, at / sub.name, f"{prefix}{sub.name}/") for sub in node.directories
+                ]
             level = below
         if cancelled.is_set():
             raise ActionCancelled("cancelled while its inputs were fetched")
@@ -597,6 +593,23 @@ class _InlineBudget:
 _MAX_NAME_BYTES = 255
 #: The digest function this executor takes (SHA-256's, as hex).
 _HEX = re.compile(r"[0-9a-f]{64}")
+
+
+def _check_directory(node: re_pb2.Directory, prefix: str) -> None:
+    """Refuses a directory of the input root that cannot be placed as sent: fields a
+    Directory lacks, a name twice or not a single path segment, a digest that names no
+    blob, a symlink. All of it is the message's own, whatever the action: the executor's
+    copy of a directory is checked once (``BlobCache.checked``)."""
+    _only_known_fields(node, prefix)
+    _unique_names(node, prefix)
+    for entry in node.files:
+        name = _segment(entry.name)
+        _well_formed(entry.digest, f"{(prefix + name)!r} in the input root")
+    for sub in node.directories:
+        name = _segment(sub.name)
+        _well_formed(sub.digest, f"{(prefix + name + '/')!r} in the input root")
+    if node.symlinks:
+        raise ActionError("symlinks in the input root are not supported")
 
 
 def _unique_names(node: re_pb2.Directory, prefix: str) -> None:

@@ -165,15 +165,12 @@ def serve_main(argv: Sequence[str]) -> int:
         return run_front(socket_path, config_to_mapping(config), lambda: config)
 
     from worker_runtime.buck2.server import run_server
-    from worker_runtime.logs import start_run_logging
+    from worker_runtime.logs import start_run_logging, unusable_log_dir
 
     try:
         log_dir = start_run_logging(config.log_dir)
     except OSError as exc:
-        sys.stderr.write(
-            f"worker-runtime: error: the log directory cannot be created: {exc}; set --log-dir, "
-            "`log_dir` in the config or WORKER_RUNTIME_LOG_DIR to a writable directory\n"
-        )
+        sys.stderr.write(f"worker-runtime: error: {unusable_log_dir(exc)}\n")
         return USAGE_EXIT_CODE
     try:
         return run_server(config, socket_path, log_dir)

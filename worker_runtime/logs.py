@@ -47,6 +47,14 @@ def prune_old_runs(root: Path, keep_days: float = KEEP_DAYS) -> None:
             continue
 
 
+def unusable_log_dir(exc: OSError) -> str:
+    """What to tell the user when this run's log directory cannot be made."""
+    return (
+        f"the log directory cannot be created: {exc}; set --log-dir, `log_dir` in the "
+        "config or WORKER_RUNTIME_LOG_DIR to a writable directory"
+    )
+
+
 def start_run_logging(
     configured: str | None, verbose: bool = False, prefix: str = "", cap_bytes: int | None = None
 ) -> Path:

@@ -157,6 +157,29 @@ def test_stream_headers_arrive_before_any_request(start_runtime: StartRuntime) -
     asyncio.run(scenario())
 
 
+@pytest.mark.parametrize("mode", ["daemon", "no-daemon"])
+def test_a_log_directory_that_cannot_be_made_exits_2_saying_what_to_set(
+    tmp_path: Path, mode: str
+) -> None:
+    """With the daemon (the default) the daemon failed on it with a traceback, and the
+    front exited 1 quoting it; both modes now say what to set, and exit 2."""
+    env = dict(
+        os.environ,
+        WORKER_SOCKET=str(tmp_path / "worker.sock"),
+        WORKER_RUNTIME_DIR=str(tmp_path / "daemons"),
+    )
+    flags = ["--no-daemon"] if mode == "no-daemon" else []
+    result = subprocess.run(
+        [*RUNTIME, "serve", *flags, "--log-dir", "/proc/nowhere/logs", "--", "true"],
+        env=env, capture_output=True, text=True, timeout=60, cwd=tmp_path,
+    )  # fmt: skip
+    assert result.returncode == 2, result.stderr
+    assert "the log directory cannot be created" in result.stderr
+    assert "set --log-dir, `log_dir` in the config or WORKER_RUNTIME_LOG_DIR" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "worker.sock").exists()
+
+
 def test_socket_path_too_long_is_a_clear_error(tmp_path: Path) -> None:
     env = dict(os.environ, WORKER_SOCKET="/tmp/" + "x" * 120 + "/socket")
     result = subprocess.run(

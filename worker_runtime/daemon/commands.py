@@ -18,6 +18,7 @@ from typing import Any
 from worker_runtime.daemon.control import try_connect
 from worker_runtime.daemon.paths import DaemonPaths
 from worker_runtime.daemon.processes import is_running
+from worker_runtime.errors import USAGE_EXIT_CODE
 from worker_runtime.logs import latest_lines, log_root
 
 MIB = 1 << 20
@@ -41,7 +42,7 @@ def daemon_main(argv: Sequence[str]) -> int:
     from worker_runtime.buck2 import grpc_tuning
     from worker_runtime.daemon.reclaim import default_budget_bytes
     from worker_runtime.daemon.server import Daemon, DaemonSettings
-    from worker_runtime.logs import start_run_logging
+    from worker_runtime.logs import start_run_logging, unusable_log_dir
 
     os.chdir(args.project_root)
     paths = DaemonPaths.for_project(args.project_root)
@@ -50,7 +51,11 @@ def daemon_main(argv: Sequence[str]) -> int:
     settings = DaemonSettings(
         args.idle_timeout, budget, args.reclaim_interval, args.shutdown_grace, cap
     )
-    log_dir = start_run_logging(args.log_dir, prefix="daemon-", cap_bytes=cap)
+    try:
+        log_dir = start_run_logging(args.log_dir, prefix="daemon-", cap_bytes=cap)
+    except OSError as exc:  # the front that started it reports this, and exits 2 too
+        sys.stderr.write(f"worker-runtime daemon: error: {unusable_log_dir(exc)}\n")
+        return USAGE_EXIT_CODE
     return grpc_tuning.run(Daemon(paths, settings, log_dir).run())
 
 

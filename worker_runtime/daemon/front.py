@@ -54,7 +54,12 @@ ATTACH_TIMEOUT_S = 30.0
 
 
 class DaemonStartError(WorkerRuntimeError):
-    """The daemon could not be started or reached."""
+    """The daemon could not be started or reached; the front exits with ``exit_code``
+    (2 when the daemon refused its settings, as the front itself would)."""
+
+    def __init__(self, message: str, exit_code: int = 1) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
 
 
 def daemon_command(paths: DaemonPaths, config: RuntimeConfig) -> list[str]:
@@ -132,7 +137,8 @@ def connect_or_start(
         if code not in (None, 0):
             raise DaemonStartError(
                 f"the worker-runtime daemon exited with code {spawned.returncode} at start; "
-                f"its output ({paths.spawn_log_name}):\n{tail(paths.spawn_log_name)}"
+                f"its output ({paths.spawn_log_name}):\n{tail(paths.spawn_log_name)}",
+                USAGE_EXIT_CODE if code == USAGE_EXIT_CODE else 1,
             )
         if code == 0:
             # It lost the lock: another daemon holds it, either starting (it will listen
@@ -251,7 +257,10 @@ def run_front(
     except (ConfigError, DaemonStartError, OSError) as exc:
         sys.stderr.write(f"worker-runtime: error: {exc}\n")
         sys.stderr.flush()
-        code = USAGE_EXIT_CODE if isinstance(exc, ConfigError) else 1
+        if isinstance(exc, ConfigError):
+            code = USAGE_EXIT_CODE
+        else:
+            code = exc.exit_code if isinstance(exc, DaemonStartError) else 1
         if listener is not None:
             refuse(listener, socket_path, str(exc), received)
         return code

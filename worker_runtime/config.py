@@ -153,7 +153,7 @@ class RuntimeConfig:
     shutdown_grace_s: float = field(
         default=5.0,
         metadata=doc(
-            "On SIGTERM, how long in-flight requests may take to finish before they are cancelled."
+            "On SIGTERM, how long in-flight requests may take to finish before they are cancelled (with the daemon, daemon-wide: taken from the front that starts it)."
         ),
     )
     log_dir: str | None = field(

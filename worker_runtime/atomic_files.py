@@ -1,6 +1,7 @@
 """Writing a file so that a reader sees its old contents or its new ones, never a part:
 a temporary file of its own in the same directory, then a rename over the target. Shared
-by the CAS client's outputs, the executor's blob cache and the cluster's state."""
+by the CAS client's outputs, the executor's blob cache and tenant map, the daemon's state
+and the cluster's."""
 
 from __future__ import annotations
 

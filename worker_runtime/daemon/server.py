@@ -24,6 +24,7 @@ from typing import Any
 
 import psutil
 
+from worker_runtime.atomic_files import write_atomically
 from worker_runtime.backends.manager import BackendManager
 from worker_runtime.buck2.requests import RequestHandler
 from worker_runtime.buck2.server import SocketServer, socket_server
@@ -196,9 +197,7 @@ class Daemon:
             "log_dir": str(self.log_dir),
             "started": self.started,
         }
-        tmp = self.paths.state.with_suffix(".tmp")
-        tmp.write_text(json.dumps(state))
-        tmp.replace(self.paths.state)
+        write_atomically(self.paths.state, json.dumps(state).encode(), 0o600)
 
     async def _retire_other_versions(self) -> None:
         """Asks daemons of other runtime versions for this project to drain and exit."""

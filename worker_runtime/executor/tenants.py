@@ -25,6 +25,8 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
+from worker_runtime.atomic_files import write_atomically
+
 
 class TenantError(RuntimeError):
     """The executor cannot run a tenant (no uid left, not privileged, not its tenant)."""
@@ -159,11 +161,7 @@ class Tenants:
         return dict(data)
 
     def _save(self, uids: dict[str, int]) -> None:
-        tmp = self._map_path.with_suffix(".tmp")
-        handle = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(handle, "w") as out:
-            out.write(json.dumps(uids, indent=1, sort_keys=True))
-        tmp.replace(self._map_path)
+        write_atomically(self._map_path, json.dumps(uids, indent=1, sort_keys=True).encode(), 0o600)
 
 
 def unreachable_ancestor(path: Path) -> Path | None:

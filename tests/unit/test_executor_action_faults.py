@@ -15,7 +15,7 @@ from typing import Any, cast
 import pytest
 
 from worker_runtime.executor.blob_cache import BlobCache
-from worker_runtime.executor.runner import ActionError, ActionRunner
+from worker_runtime.executor.runner import ActionError, ActionNotRun, ActionRunner
 from worker_runtime.executor.workers import WorkerPool
 from worker_runtime.proto import remote_execution_pb2 as re_pb2
 from worker_runtime.remote.cas import Cas
@@ -135,3 +135,42 @@ def test_a_well_formed_action_still_runs(tmp_path: Path) -> None:
     assert result.exit_code == 0
     (output,) = result.output_files
     assert output.path == "out/file" and output.contents == b"hi\n"
+
+
+def test_an_input_root_nesting_past_the_path_limit_is_the_actions_fault(
+    tmp_path: Path,
+) -> None:
+    """Seventeen directories of 255-byte names, each name within bounds, make a path of
+    more than 4,096 bytes: ENAMETOOLONG was the executor's fault (INTERNAL), retried on
+    other executors and by the client."""
+    store = StoredBlobs()
+    node = re_pb2.Directory()
+    node.files.add(name="f", digest=store.put(b"deep"))
+    for level in range(17):
+        digest = store.put(node.SerializeToString())
+        node = re_pb2.Directory()
+        node.directories.add(name=f"{level:02}" + "d" * 253, digest=digest)
+    command = re_pb2.Command(arguments=["true"])
+    action = re_pb2.Action(
+        command_digest=store.put(command.SerializeToString()),
+        input_root_digest=store.put(node.SerializeToString()),
+    )
+    with pytest.raises(ActionError, match="its input root nests too deep for this executor"):
+        run(tmp_path, action, store)
+
+
+def test_an_actions_timeout_counts_its_nanoseconds_and_a_negative_one_is_refused(
+    tmp_path: Path,
+) -> None:
+    store = StoredBlobs()
+    action = action_of(store, "sleep 5", [], {})
+    action.timeout.nanos = 300_000_000  # 0.3 s: it was read as none (an hour)
+    with pytest.raises(ActionNotRun, match=r"ran past its timeout of 0\.3 s") as failed:
+        run(tmp_path, action, store)
+    assert failed.value.code == 4  # DEADLINE_EXCEEDED
+    action.timeout.seconds, action.timeout.nanos = -1, 0
+    with pytest.raises(ActionError, match=r"its timeout is negative \(-1 s, 0 ns\)"):
+        run(tmp_path, action, store)
+    quick = action_of(store, "true", [], {})
+    quick.timeout.seconds = 10**15  # past what a wait takes: cut to eleven days
+    assert run(tmp_path, quick, store).exit_code == 0

@@ -41,13 +41,14 @@ from worker_runtime.executor.tenants import (
 )
 from worker_runtime.executor.workers import CANCEL_GRACE_S, WorkerPool
 from worker_runtime.proto import remote_execution_pb2 as re_pb2
+from worker_runtime.proto import remote_execution_pb2_grpc as re_grpc
 from worker_runtime.proto.google.devtools.remoteworkers.v1test2 import (
     bots_pb2,
     bots_pb2_grpc,
     worker_pb2,
 )
 from worker_runtime.proto.google.rpc import error_details_pb2
-from worker_runtime.remote.cas import Cas
+from worker_runtime.remote.cas import DEFAULT_BATCH_LIMIT, Cas
 from worker_runtime.remote.channels import Endpoint, open_channel
 from worker_runtime.remote.convention import UnsafePathError
 
@@ -79,6 +80,18 @@ SETTLED_SESSION_S = 60.0
 #: At start-up, how long the executor tries to register with a server out of reach
 #: before it exits with an error (its supervisor then restarts it, or an operator looks).
 STARTUP_REGISTER_S = 60.0
+#: The most of an error message one lease carries, and the most its ActionResult may
+#: take. An update carries every lease that completed since the last, and servers take
+#: 4 MiB in one message by default (BuildGrid sets no other limit): an update over it was
+#: refused, sent again and refused for good, the executor's reports all stuck behind it.
+MAX_STATUS_MESSAGE_CHARS = 4096
+MAX_RESULT_BYTES = 1 << 20
+#: A lease's report this small is never blamed for an update the server refused.
+SMALL_REPORT_BYTES = 2 * MAX_STATUS_MESSAGE_CHARS
+#: Batch calls' size where the server does not say its limit (GetCapabilities failed).
+FALLBACK_BATCH_LIMIT = 2 << 20
+#: The code of a lease whose result is too large to report (RESOURCE_EXHAUSTED).
+RESOURCE_EXHAUSTED = 8
 #: The codes of an UpdateBotSession refused because the server no longer knows the
 #: session: BuildGrid answers INVALID_ARGUMENT ("Bot does not exist ...") once it has
 #: reaped a bot silent past its keepalive, or when a newer session took the bot id;
@@ -158,6 +171,7 @@ class Executor:
         self.settings = settings
         self.channel = open_channel(settings.server)
         self.bots = bots_pb2_grpc.BotsStub(self.channel)
+        self._capabilities = re_grpc.CapabilitiesStub(self.channel)
         self.confinement = (
             Confinement(settings.limits, settings.bot_id) if settings.limits.any else None
         )
@@ -195,8 +209,27 @@ class Executor:
     def _cas(self, instance: str) -> Cas:
         with self._caches_lock:  # lease threads: one Cas per instance, never two
             if instance not in self.cas_by_instance:
-                self.cas_by_instance[instance] = Cas(self.channel, instance, 4 << 20)
+                # Every output checked against the server: a result naming a blob it
+                # evicted (or lost in a restart) since a memo said present fails its client.
+                self.cas_by_instance[instance] = Cas(
+                    self.channel, instance, self._batch_limit(instance), present_ttl_s=0.0
+                )
             return self.cas_by_instance[instance]
+
+    def _batch_limit(self, instance: str) -> int:
+        """The server's limit on one batch call for ``instance``, as it states it (BuildGrid
+        takes 1 KiB less than 4 MiB; one batch over it is refused whole)."""
+        try:
+            capabilities = self._capabilities.GetCapabilities(
+                re_pb2.GetCapabilitiesRequest(instance_name=instance), timeout=SHORT_POLL_S * 10
+            )
+        except grpc.RpcError as exc:
+            LOGGER.warning(
+                "GetCapabilities of instance %r failed (%s): batches of at most %d bytes",
+                instance, exc.code(), FALLBACK_BATCH_LIMIT,
+            )  # fmt: skip
+            return FALLBACK_BATCH_LIMIT
+        return capabilities.cache_capabilities.max_batch_total_size_bytes or DEFAULT_BATCH_LIMIT
 
     def _blobs(self, instance: str) -> BlobCache:
         cas = self._cas(instance)
@@ -319,6 +352,10 @@ class Executor:
                     if renewed is None:  # stopped meanwhile: nothing left to report
                         return self._end(None)
                     session = renewed
+                elif exc.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and _shed_largest_report(
+                    session
+                ):
+                    pass  # sent again at once, one report lighter
                 elif exc.code() != grpc.StatusCode.DEADLINE_EXCEEDED:
                     LOGGER.warning("UpdateBotSession failed: %s; retrying", exc.code())
                     time.sleep(0.5)
@@ -444,14 +481,19 @@ class Executor:
         requeues the leases of a terminating bot, finished or not. A server out of reach
         (UNAVAILABLE: the update never got there) is tried once more, so that a blip at
         the last moment does not send a finished action to run again."""
-        request = bots_pb2.UpdateBotSessionRequest(name=session.name, bot_session=session)
-        for attempt in range(2):
+        attempt = 0
+        while attempt < 2:
+            request = bots_pb2.UpdateBotSessionRequest(name=session.name, bot_session=session)
             try:
                 updated: bots_pb2.BotSession = self.bots.UpdateBotSession(
                     request, timeout=SHORT_POLL_S
                 )
                 return updated
             except grpc.RpcError as exc:
+                if exc.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and _shed_largest_report(
+                    session
+                ):
+                    continue  # too large for the server: sent again one report lighter
                 # Any other error: the server has the update (past its deadline, BuildGrid
                 # holds the call it took), or would refuse it again.
                 if exc.code() != grpc.StatusCode.UNAVAILABLE:
@@ -460,6 +502,7 @@ class Executor:
                                "giving up" if attempt else "trying again")  # fmt: skip
                 if not attempt:
                     time.sleep(LAST_REPORT_RETRY_S)
+                attempt += 1
         return session
 
     def _report_finished_despite_stop(self, session: bots_pb2.BotSession) -> bots_pb2.BotSession:
@@ -542,13 +585,13 @@ class Executor:
             self.stats.failed += 1
             self.metrics.actions.labels(outcome="invalid").inc()
             lease.status.code = 3  # INVALID_ARGUMENT
-            lease.status.message = f"executor {self.settings.bot_id}: {exc}"
+            lease.status.message = _capped(f"executor {self.settings.bot_id}: {exc}")
             return
         except ActionNotRun as exc:  # a worker fault (the server retries) or a timeout
             self.stats.failed += 1
             self.metrics.actions.labels(outcome="timeout" if exc.code == 4 else "error").inc()
             lease.status.code = exc.code
-            lease.status.message = f"executor {self.settings.bot_id}: {exc}"
+            lease.status.message = _capped(f"executor {self.settings.bot_id}: {exc}")
             if exc.missing:  # REAPI's way to say which blobs to upload again
                 failure = error_details_pb2.PreconditionFailure()
                 for digest in exc.missing:
@@ -562,7 +605,19 @@ class Executor:
             self.stats.failed += 1
             self.metrics.actions.labels(outcome="error").inc()
             lease.status.code = 13
-            lease.status.message = f"executor {self.settings.bot_id}: {exc}"
+            lease.status.message = _capped(f"executor {self.settings.bot_id}: {exc}")
+            return
+        size = outcome.result.ByteSize()
+        if size > MAX_RESULT_BYTES:
+            self.stats.failed += 1
+            self.metrics.actions.labels(outcome="error").inc()
+            lease.status.code = RESOURCE_EXHAUSTED
+            lease.status.message = (
+                f"executor {self.settings.bot_id}: the action's result takes {size:,} bytes "
+                f"({len(outcome.result.output_files):,} output files), more than the "
+                f"{MAX_RESULT_BYTES:,} an executor reports for one action; declare a "
+                "directory among its outputs rather than so many files"
+            )
             return
         self.stats.succeeded += 1
         exit_code = outcome.result.exit_code
@@ -575,6 +630,38 @@ class Executor:
         self.metrics.worker_evictions.set(self.pool.evictions)
         lease.status.code = 0
         lease.result.Pack(outcome.result)
+
+
+def _capped(message: str) -> str:
+    """``message`` cut to MAX_STATUS_MESSAGE_CHARS (an error can quote a working
+    directory or a path of megabytes), saying how much was cut."""
+    if len(message) <= MAX_STATUS_MESSAGE_CHARS:
+        return message
+    cut = len(message) - MAX_STATUS_MESSAGE_CHARS
+    return f"{message[:MAX_STATUS_MESSAGE_CHARS]}... ({cut:,} more characters)"
+
+
+def _shed_largest_report(session: bots_pb2.BotSession) -> bool:
+    """After the server refused an update as too large: replaces the largest completed
+    lease's report with a short RESOURCE_EXHAUSTED status, so that the others get through
+    (each lease is bounded, but several can complete at once); whether there was one."""
+    completed = [lease for lease in session.leases if lease.state == bots_pb2.COMPLETED]
+    if not completed:
+        return False
+    largest = max(completed, key=lambda lease: lease.ByteSize())
+    size = largest.ByteSize()
+    if size <= SMALL_REPORT_BYTES:  # no report to blame (each is short already)
+        return False
+    largest.ClearField("result")
+    largest.status.Clear()
+    largest.status.code = RESOURCE_EXHAUSTED
+    largest.status.message = (
+        f"executor: the server refused the report of this action ({size:,} bytes) with "
+        "others as more than it takes in one message; raise its gRPC message limit"
+    )
+    LOGGER.warning("an update was too large for the server: lease %s's report (%d bytes) "
+                   "replaced by an error", largest.id, size)  # fmt: skip
+    return True
 
 
 def run_executor(settings: ExecutorSettings) -> int:

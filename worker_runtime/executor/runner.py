@@ -88,6 +88,10 @@ DEFAULT_MAX_OUTPUT_MB = 1024
 #: many levels, doubling at each: without a bound, 25 blobs would have the executor make
 #: tens of millions of entries for one action, for every tenant's loss.
 MAX_INPUT_ENTRIES = 1_000_000
+#: The timeout of an action that gives none.
+DEFAULT_TIMEOUT_S = 3600.0
+#: The longest timeout taken as given (about eleven days); a longer one is cut to it.
+MAX_TIMEOUT_S = 1e6
 
 
 class ActionError(RuntimeError):
@@ -181,6 +185,7 @@ class ActionRunner:
         fetch_started_ns = time.time_ns()
         _well_formed(action.command_digest, "its command")
         _well_formed(action.input_root_digest, "its input root")
+        timeout = _timeout_of(action)
         command = re_pb2.Command()
         try:
             command.ParseFromString(self.cas.read(action.command_digest))
@@ -204,7 +209,6 @@ class ActionRunner:
             fetched_ns = time.time_ns()
             if cancelled.is_set():
                 raise ActionCancelled("cancelled before it started")
-            timeout = action.timeout.seconds or 3600
             started = time.time()
             properties = {p.name: p.value for p in command.platform.properties}
             properties.update({p.name: p.value for p in action.platform.properties})
@@ -293,7 +297,10 @@ class ActionRunner:
                 if not self.blobs.checked(digest, node):  # once per directory, not per action
                     _check_directory(node, prefix)
                     self.blobs.mark_checked(digest, node)
-                at.mkdir(parents=True, exist_ok=True)
+                try:
+                    at.mkdir(parents=True, exist_ok=True)
+                except OSError as exc:
+                    raise _too_long(exc, prefix) or exc from None
                 for entry in node.files:
                     placements.append((entry.digest, at / entry.name, entry.is_executable))
                     path = f"{prefix}{entry.name}"
@@ -307,7 +314,10 @@ class ActionRunner:
             level = below
         if cancelled.is_set():
             raise ActionCancelled("cancelled while its inputs were fetched")
-        self.blobs.place(placements)
+        try:
+            self.blobs.place(placements)
+        except OSError as exc:
+            raise _too_long(exc, exc.filename or "") or exc from None
         return Materialized(directory, files, tools)
 
     def _oneshot(
@@ -315,7 +325,7 @@ class ActionRunner:
         argv: list[str],
         env: dict[str, str],
         directory: Path,
-        timeout: int,
+        timeout: float,
         cancelled: threading.Event,
         network: bool,
         budget: OutputBudget,
@@ -335,7 +345,7 @@ class ActionRunner:
         argv: list[str],
         run_env: dict[str, str],
         directory: Path,
-        timeout: int,
+        timeout: float,
         cancelled: threading.Event,
         network: bool,
         group: Group | None,
@@ -376,7 +386,7 @@ class ActionRunner:
             if not finished and cancelled.is_set():
                 raise ActionCancelled("cancelled while running")
             if not finished:
-                raise ActionNotRun(f"the action ran past its timeout of {timeout} s", 4)
+                raise ActionNotRun(f"the action ran past its timeout of {timeout:g} s", 4)
             if group is not None and group.oom_killed():
                 assert self.confinement is not None
                 raise ActionNotRun(
@@ -397,7 +407,7 @@ class ActionRunner:
         request_args: list[str],
         env: dict[str, str],
         inputs: Materialized,
-        timeout: int,
+        timeout: float,
         cancelled: threading.Event,
     ) -> tuple[int, bytes, bytes, bool, int]:
         protocol = properties.get(PROTOCOL_PROPERTY, "proto")
@@ -593,6 +603,32 @@ class _InlineBudget:
 _MAX_NAME_BYTES = 255
 #: The digest function this executor takes (SHA-256's, as hex).
 _HEX = re.compile(r"[0-9a-f]{64}")
+
+
+def _timeout_of(action: re_pb2.Action) -> float:
+    """The action's timeout in seconds, its nanoseconds counted (a 0.3 s timeout was none
+    at all); none given: DEFAULT_TIMEOUT_S; at most MAX_TIMEOUT_S (waits take no more). A
+    negative one is the action's fault."""
+    timeout = action.timeout.seconds + action.timeout.nanos / 1e9
+    if timeout < 0 or action.timeout.nanos < 0:
+        raise ActionError(
+            f"its timeout is negative ({action.timeout.seconds} s, {action.timeout.nanos} ns); "
+            "send a positive one, or none for this executor's default of "
+            f"{DEFAULT_TIMEOUT_S:g} s"
+        )
+    return min(timeout or DEFAULT_TIMEOUT_S, MAX_TIMEOUT_S)
+
+
+def _too_long(exc: OSError, where: str | Path) -> ActionError | None:
+    """An input placed past the file system's limits (ENAMETOOLONG: a path of more than
+    4,096 bytes, from directories whose names are each within bounds) is the action's
+    fault, not the executor's to retry elsewhere: the error saying so, else None."""
+    if exc.errno != errno.ENAMETOOLONG:
+        return None
+    return ActionError(
+        f"its input root nests too deep for this executor: a path (near {str(where)[:200]!r}) "
+        "is longer than the file system allows (4,096 bytes); make its paths shorter"
+    )
 
 
 def _check_directory(node: re_pb2.Directory, prefix: str) -> None:

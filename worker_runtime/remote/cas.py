@@ -69,17 +69,24 @@ def checked(digest: re_pb2.Digest, data: bytes) -> bytes:
 
 class Cas:
     def __init__(
-        self, channel: grpc.Channel, instance: str, batch_limit: int, timeout_s: float = 60.0
+        self,
+        channel: grpc.Channel,
+        instance: str,
+        batch_limit: int,
+        timeout_s: float = 60.0,
+        present_ttl_s: float = 600.0,
     ) -> None:
         self.instance = instance
         self.batch_limit = batch_limit or DEFAULT_BATCH_LIMIT
         self.timeout_s = timeout_s
         self._cas = re_grpc.ContentAddressableStorageStub(channel)
         self._bytestream = bytestream_pb2_grpc.ByteStreamStub(channel)
-        #: Blobs this client uploaded or saw present recently: no FindMissingBlobs for
-        #: them. A server that evicted one makes the request fail; forget() and retry.
+        #: Blobs this client uploaded or saw present within ``present_ttl_s``: no
+        #: FindMissingBlobs for them. A server that evicted one makes the request fail;
+        #: forget() and retry. (0: every upload asks, as an executor's must: a result
+        #: naming an evicted output is a failure its client cannot retry.)
         self._present: dict[tuple[str, int], float] = {}
-        self._present_ttl_s = 600.0
+        self._present_ttl_s = present_ttl_s
 
     def forget(self) -> None:
         self._present.clear()

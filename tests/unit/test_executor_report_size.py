@@ -1,0 +1,119 @@
+"""What an executor reports always fits what the server takes in one message. An update
+carries every lease that completed since the last, and a server takes 4 MiB by default:
+one over that was refused, sent again and refused again, for good, with every later
+report stuck behind it (an error quoting a 5 MB working directory did it, or a result of
+60,000 output files). Against a Bots stand-in on a Unix socket that takes 512 KiB."""
+
+from __future__ import annotations
+
+import threading
+import time
+from concurrent import futures
+from pathlib import Path
+
+import grpc
+import pytest
+
+from tests.in_process_executor import in_process_executor
+from worker_runtime.executor import bots
+from worker_runtime.executor.runner import ActionError
+from worker_runtime.proto import remote_execution_pb2 as re_pb2
+from worker_runtime.proto.google.devtools.remoteworkers.v1test2 import (
+    bots_pb2,
+    bots_pb2_grpc,
+)
+
+#: The leases handed out, each named for what its action does.
+LEASES = ("long-message", "many-outputs", "over-the-server", "small")
+SERVER_LIMIT = 512 << 10
+
+
+class ReportsStandIn(bots_pb2_grpc.BotsServicer):
+    """Hands out one lease per LEASES at once and keeps each completion it takes."""
+
+    def __init__(self) -> None:
+        self.completed: dict[str, bots_pb2.Lease] = {}
+        self._lock = threading.Lock()
+
+    def CreateBotSession(
+        self, request: bots_pb2.CreateBotSessionRequest, context: grpc.ServicerContext
+    ) -> bots_pb2.BotSession:
+        session = bots_pb2.BotSession()
+        session.CopyFrom(request.bot_session)
+        session.name = "sessions/stand-in"
+        for name in LEASES:
+            lease = session.leases.add(id=name, state=bots_pb2.ACTIVE)
+            lease.payload.Pack(re_pb2.Action(command_digest=re_pb2.Digest(hash=name)))
+        return session
+
+    def UpdateBotSession(
+        self, request: bots_pb2.UpdateBotSessionRequest, context: grpc.ServicerContext
+    ) -> bots_pb2.BotSession:
+        answer = bots_pb2.BotSession()
+        answer.CopyFrom(request.bot_session)
+        del answer.leases[:]
+        for lease in request.bot_session.leases:
+            if lease.state == bots_pb2.COMPLETED:
+                with self._lock:
+                    self.completed[lease.id] = lease
+            else:
+                answer.leases.append(lease)
+        return answer
+
+
+def run(
+    runner: object, action: re_pb2.Action, instance: str, cancelled: threading.Event
+) -> bots.ActionOutcome:
+    kind = action.command_digest.hash
+    result = re_pb2.ActionResult()
+    if kind == "long-message":
+        raise ActionError(f"its working directory {'w' * 5_000_000!r} is not allowed")
+    if kind == "many-outputs":
+        for n in range(60_000):
+            result.output_files.add(path=f"out/f{n}.class", digest=re_pb2.Digest(size_bytes=1))
+    if kind == "over-the-server":
+        result.stdout_raw = b"x" * (700 << 10)  # under the executor's own bound
+    if kind == "small":
+        result.stdout_raw = b"done"
+    return bots.ActionOutcome(result=result, mode="oneshot", reused=False, worker_pid=0)
+
+
+def test_every_report_reaches_a_server_whatever_its_size(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    stand_in = ReportsStandIn()
+    server = grpc.server(
+        futures.ThreadPoolExecutor(max_workers=4),
+        options=[("grpc.max_receive_message_length", SERVER_LIMIT)],
+    )
+    bots_pb2_grpc.add_BotsServicer_to_server(stand_in, server)
+    server.add_insecure_port(f"unix://{tmp_path}/bots.sock")
+    server.start()
+    try:
+        with in_process_executor(
+            monkeypatch, run, f"unix://{tmp_path}/bots.sock", tmp_path / "executor",
+            capacity=len(LEASES),
+        ) as running:  # fmt: skip
+            deadline = time.monotonic() + 60
+            while len(stand_in.completed) < len(LEASES) and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert running.loop.is_alive()
+            assert running.stop_and_wait(30) == 0
+    finally:
+        server.stop(grace=None)
+    assert set(stand_in.completed) == set(LEASES), "a report never got through"
+    long_message = stand_in.completed["long-message"].status
+    assert long_message.code == 3  # INVALID_ARGUMENT: the action's own fault
+    assert len(long_message.message) < bots.MAX_STATUS_MESSAGE_CHARS + 100
+    assert long_message.message.endswith(" more characters)")
+    many = stand_in.completed["many-outputs"]
+    assert many.status.code == bots.RESOURCE_EXHAUSTED and not many.HasField("result")
+    assert "60,000 output files" in many.status.message
+    assert "declare a directory among its outputs" in many.status.message
+    over = stand_in.completed["over-the-server"]
+    assert over.status.code == bots.RESOURCE_EXHAUSTED and not over.HasField("result")
+    assert "the server refused the report of this action" in over.status.message
+    small = stand_in.completed["small"]
+    result = re_pb2.ActionResult()
+    assert small.status.code == 0 and small.result.Unpack(result)
+    assert result.stdout_raw == b"done"

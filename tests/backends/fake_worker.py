@@ -234,6 +234,13 @@ def handle(framing, request: dict, options: dict) -> None:
         send(framing.write(0, "first answer", rid))
         time.sleep(float(rest[0]))
         reply["output"] = "second answer"
+    elif command == "answer-then-part":
+        # Answers, then after a pause writes all but the last 8 bytes of a second answer
+        # (a buggy singleplex worker), before it reads its next request.
+        send(framing.write(0, "first answer", rid))
+        time.sleep(float(rest[0]))
+        send(framing.write(0, "second answer", rid)[:-8])
+        return
     elif command == "wrong-id":
         reply["request_id"] = rid + 1000
     elif command == "huge":

@@ -128,6 +128,28 @@ def test_a_wait_for_a_worker_at_the_cap_ends_when_its_lease_is_cancelled(
         pool.stop_all()
 
 
+def test_part_of_a_stray_answer_read_already_discards_the_worker_before_reuse(
+    pool: WorkerPool,
+) -> None:
+    """The second answer came in part, and the pipe loop had read that part already: only
+    the pipe was looked at, and the next action got the stray bytes glued to its own
+    answer. The check is made on the pipe loop now, where the framing is."""
+    identity = WorkerKey((sys.executable, str(FAKE_WORKER), "--protocol", "json"), (), "json",
+                         False, (), "main")  # fmt: skip
+    babbler, _ = pool.acquire(identity, dict(os.environ), [])
+    first = babbler.call(WorkRequest(arguments=("answer-then-part", "0.05")), timeout_s=30)
+    assert first.output == "first answer"
+    pool.release(babbler, healthy=True)
+    time.sleep(0.5)  # the part is read: nothing is left in the pipe
+    assert babbler.backend.unread_output_bytes() == 0
+    worker, reused = pool.acquire(identity, dict(os.environ), [])
+    second = worker.call(WorkRequest(arguments=("echo", "mine")), timeout_s=30)
+    assert second.output == "mine"
+    assert not reused and worker.pid != babbler.pid
+    assert wait_gone([babbler.pid]) == []
+    pool.release(worker, healthy=True)
+
+
 def test_a_stray_answer_waiting_in_the_pipe_discards_the_worker_before_reuse(
     pool: WorkerPool, caplog: pytest.LogCaptureFixture
 ) -> None:

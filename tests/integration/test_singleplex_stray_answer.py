@@ -34,3 +34,26 @@ def test_a_stray_answer_waiting_in_the_pipe_discards_the_backend(tmp_path: Path)
     assert first == "first answer"
     assert second == "mine"  # not "second answer"
     assert fresh != babbler
+
+
+def test_part_of_a_stray_answer_read_already_discards_the_backend_too(tmp_path: Path) -> None:
+    """The pipe was the only place looked at: part of a second answer that the event loop
+    had read already (an unfinished message in its framing) was glued to the next
+    request's answer, which got the stray's bytes, or failed as garbled."""
+    manager = BackendManager(RuntimeConfig(command=tuple(fake_backend())), str(tmp_path), tmp_path)
+
+    async def scenario() -> tuple[str, str, int, int]:
+        pool = manager.pool_for(manager.key_for(()))
+        first = await pool.call(("answer-then-part", "0.05"), (), 0)
+        (babbler,) = pool.processes
+        await asyncio.sleep(0.5)  # the loop reads the part: nothing is left in the pipe
+        assert babbler.unread_output_bytes() == 0 and babbler.framing.mid_message()
+        second = await pool.call(("echo", "mine"), (), 0)
+        (fresh,) = pool.processes
+        await manager.stop_all()
+        return first.output, second.output, babbler.pid, fresh.pid
+
+    first, second, babbler, fresh = asyncio.run(scenario())
+    assert first == "first answer"
+    assert second == "mine"
+    assert fresh != babbler

@@ -291,13 +291,17 @@ class BackendProcess:
     def discard_if_babbling(self) -> bool:
         """For an idle singleplex backend about to get a request: if bytes it wrote are
         waiting in its stdout pipe, unread by the event loop yet (a second answer to its
-        last request, say), it is killed and True returned; the request must go to another
-        backend. Bytes that arrive after the request is written cannot be told from its
+        last request, say), or were read as part of a message not finished yet, it is
+        killed and True returned; the request must go to another backend. (Called on the
+        event loop, which alone feeds the framing.) Bytes that arrive after the request is written cannot be told from its
         answer: a singleplex response carries no request id."""
         waiting = self.unread_output_bytes()
-        if not waiting:
+        partial = self.framing.mid_message()  # read already, an unfinished message
+        if not waiting and not partial:
             return False
-        summary = f"{self.describe()} wrote {waiting} byte(s) while it had no request"
+        wrote = [f"{waiting} byte(s) unread in its pipe"] if waiting else []
+        wrote += ["part of a message, read already"] if partial else []
+        summary = f"{self.describe()} wrote while it had no request ({' and '.join(wrote)})"
         LOGGER.warning("%s: discarded before its next request", summary)
         self.kill(
             BackendProtocolError(

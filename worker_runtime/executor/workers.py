@@ -108,24 +108,22 @@ class PersistentWorker:
         """For an idle singleplex worker about to be reused: if it wrote while it had no
         request (a second answer to its last one, unread by the pipe loop yet), it is
         killed and True returned, so that the next action does not take those bytes for
-        its own answer (a singleplex response carries no request id)."""
+        its own answer (a singleplex response carries no request id). Asked on the pipe
+        loop, which alone reads its pipe: bytes it read already, part of a message, count
+        too."""
         if self.identity.multiplex:
             return False  # answers carry ids: a stray one is refused as it is read
-        waiting = self.backend.unread_output_bytes()  # asked here: no wait for the loop
-        if not waiting:
+        if not LoopThread.shared().run(self._discard_if_babbling()):
             return False
         LOGGER.warning(
-            "worker %d wrote %d byte(s) while it had no request: discarded before its next "
-            "action",
-            self.pid, waiting,
-        )  # fmt: skip
-        # Killed on the pipe loop, as it must be. (The loop may read the stray answer
-        # first and kill it itself; either way it is gone.)
-        LoopThread.shared().run(self._discard_if_babbling())
+            "worker %d wrote while it had no request: discarded before its next action",
+            self.pid,
+        )
         return True
 
-    async def _discard_if_babbling(self) -> None:
-        self.backend.discard_if_babbling()
+    async def _discard_if_babbling(self) -> bool:
+        # Not alive: the loop read the stray answer first and failed the worker itself.
+        return self.backend.discard_if_babbling() or not self.backend.alive
 
     def call(
         self, request: WorkRequest, timeout_s: float, cancelled: threading.Event | None = None

@@ -57,3 +57,27 @@ def test_part_of_a_stray_answer_read_already_discards_the_backend_too(tmp_path: 
     assert first == "first answer"
     assert second == "mine"
     assert fresh != babbler
+
+
+def test_a_retry_runs_on_a_fresh_backend_not_on_another_warm_one(tmp_path: Path) -> None:
+    """A retry took an idle warm backend, as any request does: a request that kills its
+    backend (a poison request) then killed a second warm one too, and the answer said it
+    was retried on a fresh one. It now starts one; at the cap, an idle one makes room."""
+    config = RuntimeConfig(command=tuple(fake_backend()), max_instances=3)
+    manager = BackendManager(config, str(tmp_path), tmp_path)
+
+    async def scenario() -> tuple[set[int], int, set[int], int, set[int]]:
+        pool = manager.pool_for(manager.key_for(()))
+        await asyncio.gather(*(pool.call(("sleep", "0.2"), (), 0) for _ in range(2)))
+        warm = {p.pid for p in pool.processes}
+        first = int((await pool.call_retry(("pid",), (), 0)).output)
+        after_first = {p.pid for p in pool.processes}
+        second = int((await pool.call_retry(("pid",), (), 0)).output)  # at the cap (3)
+        after_second = {p.pid for p in pool.processes}
+        await manager.stop_all()
+        return warm, first, after_first, second, after_second
+
+    warm, first, after_first, second, after_second = asyncio.run(scenario())
+    assert len(warm) == 2 and first not in warm
+    assert after_first == warm | {first}, "a warm backend was used or lost by the retry"
+    assert second not in after_first and second in after_second and len(after_second) == 3

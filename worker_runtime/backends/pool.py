@@ -119,6 +119,7 @@ class SingleplexPool(BackendPool):
 
     def __init__(self, spec: BackendSpec, max_instances: int) -> None:
         super().__init__(spec)
+        self.max_instances = max_instances
         self._slots = asyncio.Semaphore(max_instances)
         self._idle: list[BackendProcess] = []
 
@@ -146,11 +147,32 @@ class SingleplexPool(BackendPool):
                     break
             if proc is None:
                 proc = await self._spawn()
-            try:
-                return await proc.call(WorkRequest(arguments, inputs, 0, verbosity=verbosity))
-            finally:
-                if self._release(proc):
-                    self._idle.append(proc)
+            return await self._run_on(proc, arguments, inputs, verbosity)
+
+    async def call_retry(
+        self, arguments: tuple[str, ...], inputs: tuple[WorkInput, ...], verbosity: int
+    ) -> WorkResponse:
+        """Retries run on a fresh backend, never on an idle warm one: the request may be
+        what killed the first (a poison request), and would take a second down with it.
+        At the cap, the least recently used idle backend is stopped to make room."""
+        async with self._slots:
+            if len(self.processes) >= self.max_instances and self._idle:
+                self._discard(self._idle.pop(0))
+            proc = await self._spawn()
+            return await self._run_on(proc, arguments, inputs, verbosity)
+
+    async def _run_on(
+        self,
+        proc: BackendProcess,
+        arguments: tuple[str, ...],
+        inputs: tuple[WorkInput, ...],
+        verbosity: int,
+    ) -> WorkResponse:
+        try:
+            return await proc.call(WorkRequest(arguments, inputs, 0, verbosity=verbosity))
+        finally:
+            if self._release(proc):
+                self._idle.append(proc)
 
 
 class MultiplexPool(BackendPool):

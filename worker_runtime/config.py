@@ -256,11 +256,17 @@ def _bool(key: str, value: Any) -> bool:
     return value
 
 
-def _int(minimum: int) -> Callable[[str, Any], int]:
+def _int(minimum: int, maximum: int | None = None) -> Callable[[str, Any], int]:
     def check(key: str, value: Any) -> int:
-        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, int)
+            or value < minimum
+            or (maximum is not None and value > maximum)
+        ):
+            bounds = f">= {minimum}" if maximum is None else f"from {minimum} to {maximum}"
             raise ConfigError(
-                f"config key `{key}` must be an integer >= {minimum}, not {json.dumps(value)}"
+                f"config key `{key}` must be an integer {bounds}, not {json.dumps(value)}"
             )
         return value
 
@@ -399,7 +405,7 @@ _CHECKS: dict[str, Callable[[str, Any], Any]] = {
     "tool_inputs": _strings,
     "key_env": _strings,
     "env": _env,
-    "verbosity": _int(0),
+    "verbosity": _int(0, (1 << 31) - 1),  # WorkRequest.verbosity is an int32
     "retries": _int(0),
     "cancellable": _bool,
     "frame_stall_timeout_s": _seconds,

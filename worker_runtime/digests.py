@@ -51,7 +51,7 @@ class DigestCache:
         cannot be read."""
         try:
             return self.read(path)
-        except OSError:
+        except (OSError, UnicodeError):  # UnicodeError: a name no file system name encodes
             return None
 
     def known(self, path: str, info: os.stat_result) -> str | None:

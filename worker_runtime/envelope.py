@@ -50,7 +50,21 @@ def _paths(value: object, field: str, where: str) -> tuple[str, ...]:
             raise RequestError(
                 f"the envelope {where} names {path!r} in `{field}`: no file name holds a NUL"
             )
+        if not path.isascii() and not _is_unicode(path):
+            raise RequestError(
+                f"the envelope {where} names {path!r} in `{field}`, which is not valid "
+                "Unicode (a lone surrogate, from a \\u escape): a path must be text that "
+                "UTF-8 can encode"
+            )
     return tuple(value)
+
+
+def _is_unicode(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def read_envelope(path: str, cwd: str) -> Envelope:

@@ -18,6 +18,7 @@ from tests.conftest import fake_backend
 from worker_runtime.backends.manager import BackendManager
 from worker_runtime.backends.pool import BackendPool
 from worker_runtime.config import RuntimeConfig
+from worker_runtime.protocol.messages import WorkRequest
 
 T = TypeVar("T")
 
@@ -80,3 +81,24 @@ def test_a_backend_killed_while_idle_leaves_the_pool(tmp_path: Path, loop: str) 
 
     first, second, pids = run_on(loop, scenario)
     assert second != first and pids == [second]
+
+
+def test_a_request_that_cannot_be_encoded_leaves_nothing_in_flight(tmp_path: Path) -> None:
+    """It was registered as in flight before it was encoded: a request that could not be
+    (a field out of its protobuf range) stayed pending for good, and its backend, busy in
+    the pool's eyes, was never stopped or retired. It fails, and the backend serves on."""
+    config = RuntimeConfig(command=(*fake_backend(), "--multiplex"), multiplex=True)
+    manager = BackendManager(config, str(tmp_path), tmp_path)
+
+    async def scenario() -> tuple[int, str]:
+        pool = manager.pool_for(manager.key_for(()))
+        await pool.call(("pid",), (), 0)
+        (proc,) = pool.processes
+        with pytest.raises(ValueError):
+            await proc.call(WorkRequest(("echo", "x"), (), 7, verbosity=1 << 31))
+        in_flight = proc.in_flight
+        answer = await pool.call(("echo", "still here"), (), 0)
+        await manager.stop_all()
+        return in_flight, answer.output
+
+    assert asyncio.run(scenario()) == (0, "still here")

@@ -47,6 +47,9 @@ def test_directories_and_missing_files_have_no_digest(tmp_path: Path) -> None:
     cache = DigestCache()
     assert cache.digest(str(tmp_path)) is None
     assert cache.digest(str(tmp_path / "missing")) is None
+    # a name no file system name encodes (a lone surrogate) has none either: it was an
+    # uncaught UnicodeEncodeError, a request answered as a bug in the runtime
+    assert cache.digest(str(tmp_path / "\ud800.java")) is None
 
 
 def test_the_cache_is_bounded(tmp_path: Path) -> None:

@@ -46,6 +46,9 @@ def test_the_writer_writes_what_the_reader_reads(tmp_path: Path) -> None:
         ({"argfile": "a", "inputs": [], "outputs": [1], "version": 1}, "`outputs`"),
         ({"argfile": "a", "inputs": ["x\0y"], "outputs": [], "version": 1}, "NUL"),
         ({"argfile": "a\0", "inputs": [], "outputs": [], "version": 1}, "in `argfile`: no"),
+        # A \u escape of a lone surrogate: no file name, and no WorkRequest can carry it
+        ({"argfile": "a", "inputs": ["\ud800.java"], "outputs": [], "version": 1}, "not valid Uni"),
+        ({"argfile": "\udcff", "inputs": [], "outputs": [], "version": 1}, "in `argfile`, which"),
     ],
 )
 def test_malformed_envelopes_are_rejected(tmp_path: Path, content: object, message: str) -> None:

@@ -254,10 +254,13 @@ class BackendProcess:
         if self._stdin_closed or self._stdin.is_closing():
             # Its stdin broke since it was chosen; written now, the request would be lost.
             raise BackendDiedError(f"{self.describe()} closed its stdin while still running")
+        # Encoded before it is in flight: one that cannot be (a field out of its range) must
+        # leave no request pending, which would keep the backend busy for good.
+        data = self.framing.encode(request)
         future: asyncio.Future[WorkResponse] = asyncio.get_running_loop().create_future()
         self._pending[request.request_id] = future
         try:
-            self._stdin.write(self.framing.encode(request))
+            self._stdin.write(data)
             response = await future
         except asyncio.CancelledError:
             if self._pending.pop(request.request_id, None) is not None and self._running():

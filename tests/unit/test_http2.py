@@ -245,3 +245,77 @@ def test_a_bug_while_reading_ends_only_that_connection_with_internal_error() -> 
     block = connection.request_headers(b"/p")
     connection.data_received(frame(http2.HEADERS, http2.END_HEADERS, 1, block))
     assert goaway_code(connection) == http2.INTERNAL_ERROR
+
+
+def test_window_updates_of_zero_or_past_the_limit_are_errors_of_their_scope() -> None:
+    """RFC 9113 6.9: an increment of 0 is a PROTOCOL_ERROR, a window past 2^31-1 a
+    FLOW_CONTROL_ERROR; on a stream they end that stream only (reset, its request
+    cancelled), on the connection the connection. Both were ignored on a stream."""
+    for increment, code in ((0, http2.PROTOCOL_ERROR), (0x7FFFFFFF, http2.FLOW_CONTROL_ERROR)):
+        connection = connected()
+        block = connection.request_headers(b"/p")
+        connection.data_received(frame(http2.HEADERS, http2.END_HEADERS, 1, block))
+        connection.data_received(frame(http2.HEADERS, http2.END_HEADERS, 3, block))
+        connection.frames()
+        connection.data_received(frame(http2.WINDOW_UPDATE, 0, 1, struct.pack(">I", increment)))
+        assert connection.frames() == [(http2.RST_STREAM, 0, 1, struct.pack(">I", code))]
+        assert connection.events[-1] == ("reset", 1, b"") and not connection.transport.closed
+        connection.send(3, b"H", b"answer", b"T")
+        assert {f[2] for f in connection.frames()} == {3}  # the other stream goes on
+    connection = connected()
+    connection.data_received(frame(http2.WINDOW_UPDATE, 0, 0, struct.pack(">I", 0)))
+    assert goaway_code(connection) == http2.PROTOCOL_ERROR
+
+
+def test_a_settings_change_that_overflows_a_streams_window_ends_the_connection() -> None:
+    connection = connected()
+    block = connection.request_headers(b"/p")
+    connection.data_received(frame(http2.HEADERS, http2.END_HEADERS, 1, block))
+    connection.data_received(frame(http2.WINDOW_UPDATE, 0, 1, struct.pack(">I", 0x7FFF0000)))
+    connection.frames()
+    settings = struct.pack(">HI", http2.SETTINGS_INITIAL_WINDOW_SIZE, 0x7FFFFFFF)
+    connection.data_received(frame(http2.SETTINGS, 0, 0, settings))
+    assert goaway_code(connection) == http2.FLOW_CONTROL_ERROR
+
+
+def test_data_on_a_stream_never_opened_ends_the_connection() -> None:
+    connection = connected()
+    connection.data_received(frame(http2.DATA, 0, 7, b"\0\0\0\0\0"))
+    assert goaway_code(connection) == http2.PROTOCOL_ERROR
+
+
+class AnswersAtOnce(Recorder):
+    """Answers a stream the moment it starts, or the moment its data comes (as an unknown
+    method, or a request that cannot be read, are answered)."""
+
+    def __init__(self, on: str) -> None:
+        super().__init__()
+        self.on = on
+
+    def stream_started(self, stream_id: int, path: bytes) -> None:
+        super().stream_started(stream_id, path)
+        if self.on == "headers":
+            self.send(stream_id, b"H", b"", b"T")
+
+    def stream_data(self, stream_id: int, data: bytes) -> None:
+        super().stream_data(stream_id, data)
+        if self.on == "data":
+            self.send(stream_id, b"H", b"", b"T")
+
+
+def test_a_stream_the_client_closed_and_answered_at_once_is_not_reset() -> None:
+    """The stream was marked closed by the client only after it was handed on, so an
+    answer completed at once was followed by RST_STREAM(NO_ERROR) on a closed stream."""
+    for on in ("headers", "data"):
+        connection = AnswersAtOnce(on)
+        connection.frames()
+        connection.data_received(PREFACE + frame(http2.SETTINGS, 0, 0))
+        connection.frames()
+        block = connection.request_headers(b"/p")
+        flags = http2.END_HEADERS | (http2.END_STREAM if on == "headers" else 0)
+        connection.data_received(frame(http2.HEADERS, flags, 1, block))
+        if on == "data":
+            connection.data_received(frame(http2.DATA, http2.END_STREAM, 1, b"\0\0\0\0\0"))
+        kinds = [f[0] for f in connection.frames() if f[0] != http2.WINDOW_UPDATE]
+        assert kinds == [http2.HEADERS, http2.HEADERS], on
+        assert ("ended", 1, b"") not in connection.events  # answered: nothing left to end

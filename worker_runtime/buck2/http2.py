@@ -270,15 +270,20 @@ class Http2Connection(asyncio.Protocol):
             self._write(frame(WINDOW_UPDATE, 0, 0, struct.pack(">I", self._received)))
             self._received = 0
         stream = self._streams.get(stream_id)
+        if stream is None and stream_id > self._last_stream_id:
+            raise ProtocolViolation(PROTOCOL_ERROR, "DATA on a stream never opened")
         if stream is None or stream.ended_remote:
             return  # a stream that ended (its answer sent, or reset): its bytes are dropped
         stream.received += len(payload)
         data = self._unpadded(flags, payload)
+        # Marked before the data is handed on: an answer it completes at once (a request
+        # that cannot be read) must not reset a stream the client has closed.
+        stream.ended_remote = bool(flags & END_STREAM)
         if data:
             self.stream_data(stream_id, data)
         if flags & END_STREAM:
-            stream.ended_remote = True
-            self.stream_ended(stream_id)
+            if stream_id in self._streams:
+                self.stream_ended(stream_id)
         elif stream.received >= RECEIVE_WINDOW // 2 and stream_id in self._streams:
             self._write(frame(WINDOW_UPDATE, 0, stream_id, struct.pack(">I", stream.received)))
             stream.received = 0
@@ -334,10 +339,12 @@ class Http2Connection(asyncio.Protocol):
             if name == b":path":
                 path = value
                 break
-        self._streams[stream_id] = _Stream(self._peer_initial_window)
+        stream = self._streams[stream_id] = _Stream(self._peer_initial_window)
+        # Marked before the stream is handed on: an answer it completes at once (an
+        # unknown method) must not reset a stream the client has closed.
+        stream.ended_remote = bool(flags & END_STREAM)
         self.stream_started(stream_id, path)
         if flags & END_STREAM and stream_id in self._streams:
-            self._streams[stream_id].ended_remote = True
             self.stream_ended(stream_id)
 
     def _decode(self, block: bytes) -> list[tuple[bytes, bytes]]:
@@ -357,6 +364,8 @@ class Http2Connection(asyncio.Protocol):
             raise ProtocolViolation(FRAME_SIZE_ERROR, "a malformed WINDOW_UPDATE")
         increment = struct.unpack(">I", payload)[0] & 0x7FFFFFFF
         if stream_id == 0:
+            if not increment:
+                raise ProtocolViolation(PROTOCOL_ERROR, "a WINDOW_UPDATE of 0")
             self._send_window += increment
             if self._send_window > MAX_WINDOW:
                 raise ProtocolViolation(FLOW_CONTROL_ERROR, "the window went past 2^31-1")
@@ -364,6 +373,13 @@ class Http2Connection(asyncio.Protocol):
                 self._pump(waiting)
         elif (stream := self._streams.get(stream_id)) is not None:
             stream.send_window += increment
+            if not increment or stream.send_window > MAX_WINDOW:
+                # That stream's error alone (RFC 9113, 6.9): reset, its request cancelled.
+                code = FLOW_CONTROL_ERROR if increment else PROTOCOL_ERROR
+                self._forget(stream_id)
+                self._write(frame(RST_STREAM, 0, stream_id, struct.pack(">I", code)))
+                self.stream_reset(stream_id)
+                return
             self._pump(stream_id)
 
     def _settings(self, flags: int, stream_id: int, payload: bytes) -> None:
@@ -380,6 +396,10 @@ class Http2Connection(asyncio.Protocol):
                 self._peer_initial_window = value
                 for stream in self._streams.values():
                     stream.send_window += delta
+                    if stream.send_window > MAX_WINDOW:
+                        raise ProtocolViolation(
+                            FLOW_CONTROL_ERROR, "a stream's window went past 2^31-1"
+                        )
             elif key == SETTINGS_MAX_FRAME_SIZE:
                 if not DEFAULT_MAX_FRAME <= value <= 2**24 - 1:
                     raise ProtocolViolation(PROTOCOL_ERROR, "a max frame size out of range")

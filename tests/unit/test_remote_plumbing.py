@@ -10,7 +10,10 @@ import grpc
 import pytest
 
 from worker_runtime.proto import remote_execution_pb2 as re_pb2
+from worker_runtime.proto.google.longrunning import operations_pb2
+from worker_runtime.remote.action import BuiltAction
 from worker_runtime.remote.cancellation import Cancellation, RemoteCancelled
+from worker_runtime.remote.cas import BlobMissing
 from worker_runtime.remote.channels import (
     ChannelConfigError,
     Endpoint,
@@ -18,8 +21,8 @@ from worker_runtime.remote.channels import (
     open_channel,
     parse_endpoint,
 )
-from worker_runtime.remote.client import RemoteClient, RemoteSettings, _inlined
-from worker_runtime.remote.merkle import digest_key, digest_of
+from worker_runtime.remote.client import RemoteClient, RemoteError, RemoteSettings, _inlined
+from worker_runtime.remote.merkle import Blobs, digest_key, digest_of
 from worker_runtime.remote.outputs import StagedOutputs
 
 
@@ -179,3 +182,110 @@ def test_a_channel_tries_a_server_out_of_reach_again_within_seconds(
     monkeypatch.setattr(grpc, "insecure_channel", insecure_channel)
     open_channel(parse_endpoint("unix:///nowhere.sock"))
     assert seen["grpc.max_reconnect_backoff_ms"] == 5_000
+
+
+class CountingCas:
+    """A CAS client stand-in holding ``blobs``, counting its batch reads."""
+
+    def __init__(self, blobs: list[bytes]) -> None:
+        self.blobs = {digest_key(digest_of(b)): b for b in blobs}
+        self.batches: list[int] = []
+
+    def read_many(self, digests: list[re_pb2.Digest]) -> dict[tuple[str, int], bytes]:
+        self.batches.append(len(digests))
+        return {digest_key(d): self.blobs[digest_key(d)] for d in digests}
+
+    def read_to(
+        self, digest: re_pb2.Digest, target: Path, executable: bool, data: bytes | None
+    ) -> None:
+        assert data is not None, "a file of a Tree was read alone"
+        target.write_bytes(data)
+
+
+def test_an_output_directory_is_read_in_batches_and_an_incomplete_tree_is_named(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each file of an output directory's Tree was read with a call of its own (500
+    class files, 500 round trips); a Tree lacking a child failed with a bare KeyError."""
+    classes = [f"class C{n}".encode() for n in range(500)]
+    sub = re_pb2.Directory()
+    for n, data in enumerate(classes):
+        sub.files.add(name=f"C{n}.class", digest=digest_of(data))
+    tree = re_pb2.Tree(children=[sub])
+    tree.root.directories.add(name="p", digest=digest_of(sub.SerializeToString()))
+    client = RemoteClient(RemoteSettings(f"unix://{tmp_path}/none.sock"))
+    try:
+        cas = CountingCas(classes)
+        client._cas = cas  # type: ignore[assignment]
+        client._capabilities = re_pb2.ServerCapabilities()
+        monkeypatch.setattr("worker_runtime.remote.client.TREE_READ_CHUNK_BYTES", 2000)
+        client._write_tree(tree, tmp_path / "out")
+        assert (tmp_path / "out" / "p" / "C499.class").read_bytes() == b"class C499"
+        assert len(cas.batches) < 10 and sum(cas.batches) == 500
+        del tree.children[:]
+        with pytest.raises(RemoteError, match=r"lacks its directory 'p' .*incomplete Tree"):
+            client._write_tree(tree, tmp_path / "again")
+    finally:
+        client.close()
+
+
+class EvictingCas(CountingCas):
+    """Holds only ``blobs``: a read of any other is NOT_FOUND, as after an eviction."""
+
+    def read_many(self, digests: list[re_pb2.Digest]) -> dict[tuple[str, int], bytes]:
+        absent = [d for d in digests if digest_key(d) not in self.blobs]
+        if absent:
+            raise BlobMissing(*absent)
+        return super().read_many(digests)
+
+    def upload_missing(self, blobs: object) -> int:
+        return 0
+
+
+class CachedThenRun:
+    """The action cache and the execution service of a server whose cache holds a result
+    naming an output it has since evicted; Execute runs it afresh only past the cache."""
+
+    def __init__(self, evicted: bytes, fresh: bytes) -> None:
+        self.evicted, self.fresh = evicted, fresh
+        self.skip_cache_lookups: list[bool] = []
+
+    def GetActionResult(self, request: object, timeout: float) -> re_pb2.ActionResult:
+        result = re_pb2.ActionResult()
+        result.output_files.add(path="out", digest=digest_of(self.evicted))
+        return result
+
+    def Execute(
+        self, request: re_pb2.ExecuteRequest, timeout: float, metadata: object
+    ) -> list[operations_pb2.Operation]:
+        self.skip_cache_lookups.append(request.skip_cache_lookup)
+        output = self.fresh if request.skip_cache_lookup else self.evicted
+        response = re_pb2.ExecuteResponse(cached_result=not request.skip_cache_lookup)
+        response.result.output_files.add(path="out", digest=digest_of(output))
+        operation = operations_pb2.Operation(name="main/op", done=True)
+        operation.response.Pack(response)
+        return [operation]
+
+
+@pytest.mark.parametrize("asks_the_action_cache", [True, False])
+def test_a_cached_result_whose_outputs_were_evicted_is_run_again_past_the_cache(
+    tmp_path: Path, asks_the_action_cache: bool
+) -> None:
+    """A cached result (from GetActionResult, or Execute's own lookup) whose outputs the
+    CAS no longer holds failed the request ("blob ... is not in the CAS"), the same on
+    every try until the cache entry expired. It is run again with skip_cache_lookup."""
+    server = CachedThenRun(evicted=b"evicted output", fresh=b"fresh output")
+    client = RemoteClient(RemoteSettings(f"unix://{tmp_path}/none.sock"))
+    try:
+        client._capabilities = re_pb2.ServerCapabilities()
+        client._cas = EvictingCas([b"fresh output"])  # type: ignore[assignment]
+        client._action_cache = server  # type: ignore[assignment]
+        client._execution = server  # type: ignore[assignment]
+        command = re_pb2.Command(arguments=["true"], output_paths=["out"])
+        action = re_pb2.Action(do_not_cache=not asks_the_action_cache)
+        built = BuiltAction(action, digest_of(b"the action"), command, ("out",), "key")
+        result = client.run(built, Blobs(), tmp_path)
+    finally:
+        client.close()
+    assert result.exit_code == 0 and (tmp_path / "out").read_bytes() == b"fresh output"
+    assert server.skip_cache_lookups == ([True] if asks_the_action_cache else [False, True])

@@ -20,7 +20,7 @@ from worker_runtime.proto.google.rpc import error_details_pb2
 from worker_runtime.protocol.wire import encode_varint
 from worker_runtime.remote.action import BuiltAction
 from worker_runtime.remote.cancellation import Cancellation, RemoteCancelled
-from worker_runtime.remote.cas import Cas
+from worker_runtime.remote.cas import BlobMissing, Cas
 from worker_runtime.remote.channels import open_channel, parse_endpoint
 from worker_runtime.remote.convention import UnsafePathError, safe_relative_path
 from worker_runtime.remote.merkle import Blobs, digest_key, digest_of
@@ -131,6 +131,7 @@ class RemoteClient:
         may_write = may_write or cancellation.begin_write
         cancellation.bind(self._cancel_operation)
         self.capabilities()
+        skip_cache = False
         try:
             if built.action.do_not_cache:
                 raise _NotCached()
@@ -149,19 +150,42 @@ class RemoteClient:
             if exc.code() != grpc.StatusCode.NOT_FOUND:
                 raise RemoteError(f"GetActionResult failed: {_describe(exc)}") from None
         else:
-            return self._finish(cached, built, root, True, may_write)
+            try:
+                return self._finish(cached, built, root, True, may_write)
+            except BlobMissing as exc:  # outputs evicted since: run it again, past the cache
+                _outputs_evicted(built, exc)
+                skip_cache = True
         if on_cache_miss is not None:
             on_cache_miss()
         self._upload(blobs, cancellation)
+        timeout_s = execution_timeout_s or self.settings.execution_timeout_s
+        response = self._execute_checked(built, blobs, cancellation, timeout_s, skip_cache)
+        if response.cached_result and not skip_cache:
+            try:
+                return self._finish(response.result, built, root, True, may_write)
+            except BlobMissing as exc:  # the server's own cache lookup: the same case
+                _outputs_evicted(built, exc)
+            response = self._execute_checked(built, blobs, cancellation, timeout_s, True)
+        return self._finish(response.result, built, root, response.cached_result, may_write)
+
+    def _execute_checked(
+        self,
+        built: BuiltAction,
+        blobs: Blobs,
+        cancellation: Cancellation,
+        timeout_s: float,
+        skip_cache: bool,
+    ) -> re_pb2.ExecuteResponse:
+        """Execute, run once more if the server retried it in vain; a RemoteError unless
+        the action ran (whatever its exit code)."""
         try:
-            timeout_s = execution_timeout_s or self.settings.execution_timeout_s
-            response = self._execute(built, cancellation, timeout_s)
+            response = self._execute(built, cancellation, timeout_s, skip_cache)
             if response.status.code in RETRIED_CODES:
                 # Perhaps a blob this client believed present was evicted: check them all
                 # again and run once more. (A malformed action, INVALID_ARGUMENT, is not.)
                 self.cas.forget()
                 self._upload(blobs, cancellation)
-                response = self._execute(built, cancellation, timeout_s)
+                response = self._execute(built, cancellation, timeout_s, skip_cache)
         except grpc.RpcError as exc:
             cancellation.check()
             raise RemoteError(f"Execute failed: {_describe(exc)}") from None
@@ -171,7 +195,7 @@ class RemoteClient:
                 f"the server could not run the action (code {response.status.code}): "
                 f"{response.status.message}" + (f"; missing blobs: {missing}" if missing else "")
             )
-        return self._finish(response.result, built, root, response.cached_result, may_write)
+        return response
 
     def _upload(self, blobs: Blobs, cancellation: Cancellation) -> None:
         """The blobs the server lacks; a failure is reported as the upload's."""
@@ -196,14 +220,20 @@ class RemoteClient:
             time.sleep(0.05 * 2**attempt)
 
     def _execute(
-        self, built: BuiltAction, cancellation: Cancellation, timeout_s: float
+        self,
+        built: BuiltAction,
+        cancellation: Cancellation,
+        timeout_s: float,
+        skip_cache_lookup: bool = False,
     ) -> re_pb2.ExecuteResponse:
         """Execute, followed to its end; an operation this client stops following
         (cancelled, past its deadline, lost) is cancelled on the server."""
         cancellation.check()
         deadline = time.monotonic() + timeout_s
         request = re_pb2.ExecuteRequest(
-            instance_name=self.settings.instance, action_digest=built.digest
+            instance_name=self.settings.instance,
+            action_digest=built.digest,
+            skip_cache_lookup=skip_cache_lookup,
         )
         stream: Iterator[operations_pb2.Operation] = self._execution.Execute(
             request, timeout=timeout_s, metadata=affinity(built.key)
@@ -284,21 +314,56 @@ class RemoteClient:
         )
 
     def _write_tree(self, tree: re_pb2.Tree, target: Path) -> None:
+        """Writes an output directory's Tree under ``target``: its files read in batches
+        of up to TREE_READ_CHUNK_BYTES (one call per file before: 500 class files, 500
+        round trips), a larger one alone."""
         children = {
             digest_of(child.SerializeToString(deterministic=True)).hash: child
             for child in tree.children
         }
+        files: list[tuple[re_pb2.FileNode, Path]] = []
 
-        def write(directory: re_pb2.Directory, at: Path) -> None:
+        def walk(directory: re_pb2.Directory, at: Path, where: str) -> None:
             at.mkdir(parents=True, exist_ok=True)
             for node in directory.files:
-                name = safe_relative_path(node.name, "output file name")
-                self.cas.read_to(node.digest, at / name, node.is_executable)
+                files.append((node, at / safe_relative_path(node.name, "output file name")))
             for sub in directory.directories:
                 name = safe_relative_path(sub.name, "output directory name")
-                write(children[sub.digest.hash], at / name)
+                child = children.get(sub.digest.hash)
+                if child is None:
+                    raise RemoteError(
+                        f"the Tree of an output directory lacks its directory "
+                        f"{where + name!r} ({sub.digest.hash}/{sub.digest.size_bytes}): the "
+                        "server sent an incomplete Tree"
+                    )
+                walk(child, at / name, f"{where}{name}/")
 
-        write(tree.root, target)
+        walk(tree.root, target, "")
+        for chunk in _chunks(files, TREE_READ_CHUNK_BYTES):
+            blobs = self.cas.read_many([node.digest for node, _ in chunk])
+            for node, path in chunk:
+                data = blobs[digest_key(node.digest)]
+                self.cas.read_to(node.digest, path, node.is_executable, data)
+
+
+#: The files of an output directory are read in batches of at most this many bytes.
+TREE_READ_CHUNK_BYTES = 16 << 20
+
+
+def _chunks(
+    files: list[tuple[re_pb2.FileNode, Path]], limit: int
+) -> Iterator[list[tuple[re_pb2.FileNode, Path]]]:
+    """``files`` in runs whose sizes add up to at most ``limit`` (a larger file alone)."""
+    chunk: list[tuple[re_pb2.FileNode, Path]] = []
+    size = 0
+    for node, path in files:
+        if chunk and size + node.digest.size_bytes > limit:
+            yield chunk
+            chunk, size = [], 0
+        chunk.append((node, path))
+        size += node.digest.size_bytes
+    if chunk:
+        yield chunk
 
 
 #: BuildGrid's scheduling header: SchedulingMetadata{locality_hint = 1}. Servers that do
@@ -334,6 +399,14 @@ def _checked(path: str, wanted: set[str]) -> str:
     if normal not in wanted and not any(normal.startswith(w + "/") for w in wanted):
         raise RemoteError(f"the server returned output {path!r}, which the action did not declare")
     return normal
+
+
+def _outputs_evicted(built: BuiltAction, exc: BlobMissing) -> None:
+    LOGGER.warning(
+        "the cached result of action %s names outputs the CAS no longer holds (%s): "
+        "running it again, past the cache",
+        built.digest.hash, exc,
+    )  # fmt: skip
 
 
 def _execute_response(operation: operations_pb2.Operation) -> re_pb2.ExecuteResponse:

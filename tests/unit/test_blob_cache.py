@@ -6,6 +6,8 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
+import pytest
+
 from worker_runtime.executor.blob_cache import BlobCache
 from worker_runtime.proto import remote_execution_pb2 as re_pb2
 from worker_runtime.remote.merkle import digest_key
@@ -20,6 +22,9 @@ class CountingCas:
         self.instance = instance
         self.blobs: dict[tuple[str, int], bytes] = {}
         self.calls = 0
+        #: Blobs past this size are streamed to their file (read_file), as ByteStream's are.
+        self.batch_limit = 1 << 20
+        self.streamed: list[Path] = []
 
     def add(self, data: bytes) -> re_pb2.Digest:
         found = digest(data)
@@ -33,6 +38,14 @@ class CountingCas:
     def read_many(self, wanted: list[re_pb2.Digest]) -> dict[tuple[str, int], bytes]:
         self.calls += 1
         return {digest_key(d): self.blobs[digest_key(d)] for d in wanted}
+
+    def batched(self, wanted: re_pb2.Digest) -> bool:
+        return wanted.size_bytes <= self.batch_limit
+
+    def read_file(self, wanted: re_pb2.Digest, target: Path, mode: int = 0o644) -> None:
+        self.calls += 1
+        self.streamed.append(target)
+        target.write_bytes(self.blobs[digest_key(wanted)])
 
     def get_tree(self, root: re_pb2.Digest) -> list[re_pb2.Directory]:
         self.calls += 1
@@ -117,3 +130,24 @@ def test_a_whole_tree_comes_in_one_get_tree_call(tmp_path: Path) -> None:
     assert blobs.directories([middle.directories[0].digest]) == [leaf]
     blobs.prefetch_tree(root)  # known: no call
     assert cas.calls == 1
+
+
+def test_large_inputs_are_streamed_and_small_ones_read_in_bounded_batches(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every input not yet here was read in one call, all of it in memory at once (and a
+    ByteStream blob joined whole): a blob past the batch limit now goes to its file as it
+    comes, and the others are read a bounded batch at a time."""
+    monkeypatch.setattr("worker_runtime.executor.blob_cache.READ_CHUNK_BYTES", 1000)
+    cas = CountingCas()
+    blobs = cache(cas, tmp_path / "cache")
+    big = cas.add(b"b" * (2 << 20))
+    small = [cas.add(f"class {n:03}".encode()) for n in range(300)]  # 9 bytes each
+    (tmp_path / "a").mkdir()
+    wanted = [(big, tmp_path / "a" / "big", False)]
+    wanted += [(d, tmp_path / "a" / f"{n}.class", False) for n, d in enumerate(small)]
+    blobs.place(wanted)
+    assert cas.streamed == [blobs._path(digest_key(big))]
+    assert cas.calls == 1 + 3  # the big one streamed, the small ones in 3 batches
+    assert (tmp_path / "a" / "big").read_bytes() == b"b" * (2 << 20)
+    assert (tmp_path / "a" / "299.class").read_bytes() == b"class 299"

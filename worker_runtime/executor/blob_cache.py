@@ -19,7 +19,7 @@ import os
 import shutil
 import threading
 from collections import OrderedDict
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
 import grpc
@@ -32,6 +32,22 @@ from worker_runtime.remote.merkle import digest_key, digest_of
 #: Disk the file cache of one instance may use, and Directory messages kept in memory.
 MAX_FILE_BYTES = 2 << 30
 MAX_DIRECTORIES = 20_000
+#: The inputs of an action read in batches of at most this many bytes at a time.
+READ_CHUNK_BYTES = 64 << 20
+
+
+def _chunks(digests: Sequence[re_pb2.Digest], limit: int) -> Iterator[list[re_pb2.Digest]]:
+    """``digests`` in runs whose sizes add up to at most ``limit`` (a larger one alone)."""
+    chunk: list[re_pb2.Digest] = []
+    size = 0
+    for digest in digests:
+        if chunk and size + digest.size_bytes > limit:
+            yield chunk
+            chunk, size = [], 0
+        chunk.append(digest)
+        size += digest.size_bytes
+    if chunk:
+        yield chunk
 
 
 class BlobCache:
@@ -121,13 +137,20 @@ class BlobCache:
 
     def place(self, files: Iterable[tuple[re_pb2.Digest, Path, bool]]) -> None:
         """Writes each (digest, target, executable) to its target: from the local copy,
-        the blobs not yet here read in one batch first."""
+        the blobs not yet here read first, in batches of up to READ_CHUNK_BYTES, one past
+        the server's batch limit streamed to disk (inputs are never all in memory)."""
         wanted = list(files)
         with self._lock:
             unseen = {digest_key(d): d for d, _, _ in wanted if digest_key(d) not in self._files}
-        if unseen:
-            for key, data in self.cas.read_many(list(unseen.values())).items():
+        batched = [d for d in unseen.values() if self.cas.batched(d)]
+        for chunk in _chunks(batched, READ_CHUNK_BYTES):
+            for key, data in self.cas.read_many(chunk).items():
                 self._store(key, data)
+        for digest in unseen.values():
+            if not self.cas.batched(digest):
+                key = digest_key(digest)
+                self.cas.read_file(digest, self._path(key), 0o600)
+                self._account(key, digest.size_bytes)
         for digest, target, executable in wanted:
             key = digest_key(digest)
             source = self._path(key)
@@ -137,9 +160,7 @@ class BlobCache:
             try:
                 shutil.copyfile(source, target)
             except FileNotFoundError:  # evicted meanwhile by another action's blobs
-                data = self.cas.read(digest)
-                self._store(key, data)
-                target.write_bytes(data)
+                self.cas.read_file(digest, target)
             os.chmod(target, 0o755 if executable else 0o644)
 
     def _path(self, key: tuple[str, int]) -> Path:
@@ -147,10 +168,15 @@ class BlobCache:
 
     def _store(self, key: tuple[str, int], data: bytes) -> None:
         write_atomically(self._path(key), data, 0o600)
+        self._account(key, len(data))
+
+    def _account(self, key: tuple[str, int], size: int) -> None:
+        """Counts a blob just written to the store, evicting the least recently used
+        past the bound."""
         with self._lock:
             if key not in self._files:
-                self._files[key] = len(data)
-                self._bytes += len(data)
+                self._files[key] = size
+                self._bytes += size
             evicted = []
             while self._bytes > self.max_file_bytes and len(self._files) > 1:
                 old, size = self._files.popitem(last=False)

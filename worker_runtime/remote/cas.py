@@ -4,6 +4,7 @@ Every call has a deadline."""
 
 from __future__ import annotations
 
+import hashlib
 import time
 import uuid
 from collections.abc import Iterator
@@ -11,7 +12,7 @@ from pathlib import Path
 
 import grpc
 
-from worker_runtime.atomic_files import write_atomically
+from worker_runtime.atomic_files import atomic_writer, write_atomically
 from worker_runtime.proto import remote_execution_pb2 as re_pb2
 from worker_runtime.proto import remote_execution_pb2_grpc as re_grpc
 from worker_runtime.proto.google.bytestream import bytestream_pb2, bytestream_pb2_grpc
@@ -54,17 +55,22 @@ def checked(digest: re_pb2.Digest, data: bytes) -> bytes:
     is kept (the executor's blob cache) and run, so a truncated or corrupt read must not
     pass for the blob."""
     actual = digest_of(data)
-    if actual.size_bytes != digest.size_bytes:
+    _check(digest, actual.size_bytes, actual.hash)
+    return data
+
+
+def _check(digest: re_pb2.Digest, size: int, sha256: str) -> None:
+    """A CasError unless ``size`` and ``sha256``, those of what was read, are the blob's."""
+    if size != digest.size_bytes:
         raise CasError(
-            f"blob {digest.hash}/{digest.size_bytes} came back as {actual.size_bytes} bytes: "
+            f"blob {digest.hash}/{digest.size_bytes} came back as {size} bytes: "
             "the server sent a truncated or wrong blob"
         )
-    if actual.hash != digest.hash:
+    if sha256 != digest.hash:
         raise CasError(
             f"blob {digest.hash}/{digest.size_bytes} came back with other contents (SHA-256 "
-            f"{actual.hash}): the server sent a corrupt or wrong blob"
+            f"{sha256}): the server sent a corrupt or wrong blob"
         )
-    return data
 
 
 class Cas:
@@ -244,22 +250,43 @@ class Cas:
     def read(self, digest: re_pb2.Digest) -> bytes:
         if digest.size_bytes == 0:
             return b""
-        if digest.size_bytes + PER_BLOB_OVERHEAD <= self.batch_limit:
+        if self.batched(digest):
             return self.read_many([digest])[digest_key(digest)]  # one BatchReadBlobs
+        return checked(digest, b"".join(self._stream(digest)))
+
+    def batched(self, digest: re_pb2.Digest) -> bool:
+        """Whether the blob is read (and written) in batch calls, not with ByteStream."""
+        return digest.size_bytes + PER_BLOB_OVERHEAD <= self.batch_limit
+
+    def _stream(self, digest: re_pb2.Digest) -> Iterator[bytes]:
+        """The pieces of a blob read with ByteStream (BlobMissing if the server lacks it)."""
         name = f"{self.instance}/blobs/{digest.hash}/{digest.size_bytes}"
         try:
-            parts = [
-                piece.data
-                for piece in self._bytestream.Read(
-                    bytestream_pb2.ReadRequest(resource_name=name),
-                    timeout=self.transfer_timeout_s(digest.size_bytes),
-                )
-            ]
+            for piece in self._bytestream.Read(
+                bytestream_pb2.ReadRequest(resource_name=name),
+                timeout=self.transfer_timeout_s(digest.size_bytes),
+            ):
+                yield piece.data
         except grpc.RpcError as exc:
             if exc.code() == grpc.StatusCode.NOT_FOUND:
                 raise BlobMissing(digest) from None
             raise
-        return checked(digest, b"".join(parts))
+
+    def read_file(self, digest: re_pb2.Digest, target: Path, mode: int = 0o644) -> None:
+        """Writes the blob to ``target`` atomically, checked against its digest. One past
+        the batch limit goes from ByteStream to the file as it comes, never whole in
+        memory (a few large inputs at once could take the executor's memory)."""
+        if self.batched(digest):
+            write_atomically(target, self.read(digest), mode)
+            return
+        hasher = hashlib.sha256()
+        size = 0
+        with atomic_writer(target, mode) as out:
+            for piece in self._stream(digest):
+                hasher.update(piece)
+                size += len(piece)
+                out.write(piece)
+            _check(digest, size, hasher.hexdigest())  # before the rename: a bad read is not kept
 
     def transfer_timeout_s(self, size_bytes: int) -> float:
         """The deadline of a ByteStream call moving ``size_bytes``."""
@@ -275,5 +302,8 @@ class Cas:
         """Writes the blob (or ``data``, already read) to ``target`` atomically (a
         temporary file, then a rename)."""
         target.parent.mkdir(parents=True, exist_ok=True)
-        blob = self.read(digest) if data is None else data
-        write_atomically(target, blob, 0o755 if executable else 0o644)
+        mode = 0o755 if executable else 0o644
+        if data is None:
+            self.read_file(digest, target, mode)
+        else:
+            write_atomically(target, data, mode)

@@ -316,7 +316,7 @@ class RemoteClient:
     def _write_tree(self, tree: re_pb2.Tree, target: Path) -> None:
         """Writes an output directory's Tree under ``target``: its files read in batches
         of up to TREE_READ_CHUNK_BYTES (one call per file before: 500 class files, 500
-        round trips), a larger one alone."""
+        round trips), one past the server's batch limit streamed to its file."""
         children = {
             digest_of(child.SerializeToString(deterministic=True)).hash: child
             for child in tree.children
@@ -339,11 +339,15 @@ class RemoteClient:
                 walk(child, at / name, f"{where}{name}/")
 
         walk(tree.root, target, "")
-        for chunk in _chunks(files, TREE_READ_CHUNK_BYTES):
+        batched = [(node, path) for node, path in files if self.cas.batched(node.digest)]
+        for chunk in _chunks(batched, TREE_READ_CHUNK_BYTES):
             blobs = self.cas.read_many([node.digest for node, _ in chunk])
             for node, path in chunk:
                 data = blobs[digest_key(node.digest)]
                 self.cas.read_to(node.digest, path, node.is_executable, data)
+        for node, path in files:
+            if not self.cas.batched(node.digest):  # streamed to its file, not held whole
+                self.cas.read_to(node.digest, path, node.is_executable)
 
 
 #: The files of an output directory are read in batches of at most this many bytes.

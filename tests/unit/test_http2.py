@@ -4,11 +4,16 @@ continued, fully encoded and indexed), flow control both ways, resets and violat
 
 from __future__ import annotations
 
+import asyncio
+import os
 import struct
+from pathlib import Path
+from typing import Any, cast
 
 import hpack
 
 from worker_runtime.buck2 import http2
+from worker_runtime.buck2.h2_server import H2SocketServer
 from worker_runtime.buck2.http2 import PREFACE, Http2Connection, frame
 
 
@@ -319,3 +324,32 @@ def test_a_stream_the_client_closed_and_answered_at_once_is_not_reset() -> None:
         kinds = [f[0] for f in connection.frames() if f[0] != http2.WINDOW_UPDATE]
         assert kinds == [http2.HEADERS, http2.HEADERS], on
         assert ("ended", 1, b"") not in connection.events  # answered: nothing left to end
+
+
+def test_the_servers_umask_is_never_in_force_while_other_tasks_run(tmp_path: Path) -> None:
+    """The socket was bound by an awaited call with the umask 0177 set around it: on
+    asyncio's own loop other tasks ran meanwhile (a backend starting inherits it), not
+    only on uvloop's, which binds at once."""
+
+    async def scenario() -> list[int]:
+        seen: list[int] = []
+
+        async def watch() -> None:
+            for _ in range(20):
+                current = os.umask(0o022)
+                os.umask(current)
+                seen.append(current)
+                await asyncio.sleep(0)
+
+        watcher = asyncio.create_task(watch())
+        await asyncio.sleep(0)
+        server = H2SocketServer(cast(Any, None), str(tmp_path / "s.sock"))
+        await server.start()
+        await watcher
+        assert (tmp_path / "s.sock").stat().st_mode & 0o777 == 0o600
+        assert server._server is not None
+        server._server.close()
+        return seen
+
+    with asyncio.Runner(loop_factory=asyncio.new_event_loop) as runner:
+        assert 0o177 not in runner.run(scenario())

@@ -105,13 +105,20 @@ class H2SocketServer:
             return
         check_socket_path(self.socket_path)
         # Only our own user may connect: a Unix socket needs write permission to connect.
+        # Bound here, with no await under the umask: on asyncio's own loop, awaiting the
+        # bind let other tasks run (a backend starting) with it in force.
+        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         old_umask = os.umask(0o177)
         try:
-            self._server = await loop.create_unix_server(
-                lambda: Connection(self.handler, self._connections), self.socket_path
-            )
+            listener.bind(self.socket_path)
+        except BaseException:
+            listener.close()
+            raise
         finally:
             os.umask(old_umask)
+        self._server = await loop.create_unix_server(
+            lambda: Connection(self.handler, self._connections), sock=listener
+        )
 
     async def drain_and_stop(self, grace_s: float) -> None:
         """Refuses new requests, lets in-flight ones finish for ``grace_s``, cancels the

@@ -212,6 +212,10 @@ _DefaultInfo = record(default_outputs = field(typing.Any, None), other_outputs =
 def DefaultInfo(default_output = None, default_outputs = None, other_outputs = [], sub_targets = {}):
     if default_output != None and default_outputs != None:
         fail("DefaultInfo: default_output and default_outputs are mutually exclusive")
+    if default_outputs != None:
+        for output in default_outputs:
+            if not _is_artifact(output):
+                fail("DefaultInfo: Error unpacking value for parameter `default_outputs` of type `None | list[Artifact]`:", repr(output))
     outputs = default_outputs or ([default_output] if default_output != None else [])
     return _DefaultInfo(default_outputs = outputs, other_outputs = other_outputs, sub_targets = sub_targets)
 
@@ -230,6 +234,8 @@ def WorkerInfo(exe = [], env = None, *, concurrency = None, streaming = None, su
         fail("WorkerInfo: exe must be a non-empty command line")
     if concurrency != None:
         _check_type("WorkerInfo.concurrency", concurrency, ["int"])
+        if concurrency < 0:  # a usize in Buck2
+            fail("WorkerInfo: Error unpacking value for parameter `concurrency` of type `None | int`:", concurrency)
     return _WorkerInfo(
         exe = exe,
         env = env or {},
@@ -241,6 +247,9 @@ def WorkerInfo(exe = [], env = None, *, concurrency = None, streaming = None, su
 _WorkerRunInfo = record(worker = field(typing.Any), remote_worker = field(typing.Any), exe = field(typing.Any))
 
 def WorkerRunInfo(*, worker = None, remote_worker = None, exe = []):
+    for name, value in (("worker", worker), ("remote_worker", remote_worker)):
+        if value != None and not isinstance(value, _WorkerInfo):
+            fail("WorkerRunInfo: Error unpacking value for parameter `" + name + "`: expected `None | WorkerInfo`, not", repr(value))
     return _WorkerRunInfo(worker = worker, remote_worker = remote_worker, exe = exe)
 
 # -- artifacts and cmd_args -------------------------------------------------------------
@@ -282,7 +291,16 @@ def _source(path, package = ""):
 
 _CmdArgs = record(items = list, hidden = list, delimiter = typing.Any, format = typing.Any, quote = typing.Any, ignore_artifacts = bool, outputs = list, parent = int)
 
-def cmd_args(*args, hidden = [], delimiter = None, format = None, prepend = None, quote = None, ignore_artifacts = False, absolute_prefix = None, absolute_suffix = None, parent = 0, relative_to = None, replace_regex = []):
+def cmd_args(*args, hidden = _UNSET, delimiter = _UNSET, format = _UNSET, prepend = _UNSET, quote = _UNSET, ignore_artifacts = False, absolute_prefix = _UNSET, absolute_suffix = _UNSET, parent = 0, relative_to = _UNSET, replace_regex = []):
+    # Buck2 types these Option<...> (app/buck2_build_api/src/interpreter/rule_defs/
+    # cmd_args/typ.rs): leaving one out is fine, passing None explicitly is a type error.
+    for arg_name, arg_value in (("hidden", hidden), ("delimiter", delimiter), ("format", format), ("prepend", prepend), ("quote", quote), ("absolute_prefix", absolute_prefix), ("absolute_suffix", absolute_suffix), ("relative_to", relative_to)):
+        if arg_value == None:
+            fail("cmd_args: Type of parameter `" + arg_name + "` doesn't match, actual `NoneType` (leave it out instead of passing None)")
+    hidden = [] if hidden == _UNSET else hidden
+    delimiter = None if delimiter == _UNSET else delimiter
+    format = None if format == _UNSET else format
+    quote = None if quote == _UNSET else quote
     items = []
     for arg in args:
         items.extend(_cmd_items(arg))
@@ -619,10 +637,16 @@ def _make_actions(label, bindable = []):
 
     def declare_output(prefix, filename = None, /, *, dir = False, has_content_based_path = None):
         name = prefix if filename == None else prefix + "/" + filename
-        if not name or name.startswith("/") or ".." in name.split("/"):
-            fail("declare_output: the path must be forward-relative and non-empty:", repr(name))
+        parts = name.split("/")
+        if not name or name.startswith("/") or ".." in parts or "." in parts or "" in parts:
+            fail("declare_output: the path must be a normalized forward-relative path:", repr(name))
         if name in declared:
             fail("declare_output: the same path twice:", name)
+        # Buck2 (app/buck2_build_api/src/actions/registry.rs) refuses one output inside
+        # another: `o` and `o/b` are conflicting output locations.
+        for other in declared:
+            if other.startswith(name + "/") or name.startswith(other + "/"):
+                fail("declare_output: conflicting output locations:", repr(other), "and", repr(name))
         declared[name] = False
         originals[name] = _artifact("buck-out/v2/gen/root/" + label.package + "/__" + label.name + "__/" + name, name, False, name, declared = True, owner = owner)
         return originals[name]
@@ -672,6 +696,10 @@ def _make_actions(label, bindable = []):
             fail("run: category must be snake_case, not", repr(category))
         if (category, identifier) in categories:
             fail("run: the pair (category, identifier) must be unique within a target:", repr((category, identifier)))
+        # Buck2 (registry.rs) allows a category several times only if every action of it
+        # has an identifier, whatever their order.
+        if [c for c, i in categories if c == category and (i == None or identifier == None)]:
+            fail("Analysis produced multiple actions with category `" + category + "` and at least one of them had no identifier")
         categories[(category, identifier)] = True
         if len([x for x in (local_only, prefer_local, prefer_remote) if x]) > 1:
             fail("run: only one of local_only, prefer_local and prefer_remote")
@@ -688,6 +716,8 @@ def _make_actions(label, bindable = []):
             fail("run: weight or weight_percentage, not both")
         if weight != None and weight <= 0:
             fail("run: weight must be greater than 0")
+        if timeout_seconds != None and type(timeout_seconds) != "int":
+            fail("run: Error unpacking value for parameter `timeout_seconds` of type `None | int`:", repr(timeout_seconds))
         if timeout_seconds != None and timeout_seconds <= 0:
             fail("run: timeout_seconds must be greater than 0")
         if exe != None and not isinstance(exe, RunInfo) and not isinstance(exe, _WorkerRunInfo):

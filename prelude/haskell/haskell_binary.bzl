@@ -4,7 +4,16 @@ load("//haskell:haskell_library.bzl", "HASKELL_COMMON_ATTRS", "compile_haskell")
 load("//haskell:haskell_providers.bzl", "HaskellLibraryInfo", "link_args")
 load("//haskell:haskell_toolchain_providers.bzl", "HaskellToolchainInfo")
 
+# The outputs compile_haskell and worker_run declare at the top of a target's output
+# directory: a binary of one of these names would be a file where they need a directory.
+_RESERVED_NAMES = ["objs", "ifaces", "haskell_compile", "module_imports.json"]
+
 def _haskell_binary_impl(ctx: AnalysisContext) -> list[Provider]:
+    if ctx.attrs.name in _RESERVED_NAMES:
+        # Buck2 refuses the clash itself, as "conflicting output locations".
+        fail("haskell_binary " + ctx.attrs.name + ": the program would be named as the " +
+             "directory its compile outputs go in; rename the target (none of " +
+             ", ".join(_RESERVED_NAMES) + ")")
     toolchain = ctx.attrs._haskell_toolchain[HaskellToolchainInfo]
     compiled = compile_haskell(
         ctx.actions,

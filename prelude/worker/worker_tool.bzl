@@ -94,6 +94,12 @@ _REMOTE_ROUTINGS = ["remote", "auto", "race"]
 def _worker_tool_impl(ctx: AnalysisContext) -> list[Provider]:
     backend = ctx.attrs.backend[RunInfo]
     routing = _routing(ctx)
+    if ctx.attrs.concurrency != None and ctx.attrs.concurrency < 1:
+        # Buck2 takes it as an unsigned number: a negative one fails with a type error
+        # that does not name the attribute, and 0 would let no request through.
+        fail("worker_tool " + ctx.label.name + ": concurrency = " + str(ctx.attrs.concurrency) +
+             " must be 1 or more (the most requests Buck2 keeps in flight on the worker), " +
+             "or left out for no limit")
     if routing in _REMOTE_ROUTINGS and not ctx.attrs._worker_settings[WorkerSettingsInfo].remote.get("endpoint"):
         # The runtime would refuse to start without one: said here, during analysis.
         fail("worker_tool " + ctx.label.name + ": routing " + routing + " sends requests to a " +

@@ -212,6 +212,15 @@ def test_bad_srcs_are_analysis_errors(srcs: str, message: str) -> None:
         analyse("haskell_library", {"srcs": srcs})
 
 
+@pytest.mark.parametrize("name", ["objs", "ifaces", "haskell_compile", "module_imports.json"])
+def test_a_binary_named_as_its_compile_outputs_is_an_analysis_error(name: str) -> None:
+    """Its program would be a file where its objects' (or argfiles') directory goes: Buck2
+    refuses that as conflicting output locations, which the fake now does too; the rule
+    says what to do first."""
+    with pytest.raises(sl.StarlarkError, match=f"haskell_binary {re.escape(name)}: the program"):
+        analyse("haskell_binary", {"srcs": '["Main.hs"]'}, label=f"//app:{name}")
+
+
 def test_example_is_a_realistic_small_codebase() -> None:
     fake = Buck2Fake()
     fake.eval_file(EXAMPLE / "BUCK", "root")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -225,3 +226,48 @@ def test_worker_run_passes_weight_only_when_set(tmp_path: Path, weight: int | No
     with_tool_harness(fake, tmp_path).call("go")
     (run,) = [a for a in fake.actions if a["kind"] == "run"]
     assert run["weight"] == weight
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        # registry.rs: a category more than once needs an identifier on every action of
+        # it, whichever comes first (the fake once checked only exact pairs)
+        (
+            'ctx.actions.run(cmd_args("touch", a.as_output()), category = "c", identifier = "x")\n'
+            '    ctx.actions.run(cmd_args("touch", b.as_output()), category = "c")',
+            "multiple actions with category `c` and at least one of them had no identifier",
+        ),
+        # one output inside another, and paths that are not normalized
+        ('ctx.actions.declare_output("a/b")', "conflicting output locations"),
+        ('ctx.actions.declare_output("./z")', "normalized forward-relative"),
+        ('ctx.actions.declare_output("q//z")', "normalized forward-relative"),
+        # typ.rs: cmd_args' options are Option<...>, None is a type error
+        ('cmd_args("x", delimiter = None)', "`delimiter` doesn't match"),
+        ('cmd_args("x", quote = None)', "`quote` doesn't match"),
+        ('cmd_args("x", hidden = None)', "`hidden` doesn't match"),
+        # argument types Buck2 unpacks
+        ('WorkerInfo(exe = ["w"], concurrency = -1)', "parameter `concurrency`"),
+        ('WorkerRunInfo(worker = "nope")', "expected `None | WorkerInfo`"),
+        ('DefaultInfo(default_outputs = [cmd_args("x")])', "`None | list[Artifact]`"),
+        (
+            'ctx.actions.run(cmd_args("touch", a.as_output()), category = "c", timeout_seconds = 1.5)',
+            "parameter `timeout_seconds` of type `None | int`",
+        ),
+    ],
+)
+def test_the_fake_fails_where_buck2_fails(tmp_path: Path, body: str, message: str) -> None:
+    """Differences found against the real Buck2 (built from source): each was accepted by
+    the fake and is an analysis error in Buck2, with the message Buck2 gives."""
+    (tmp_path / "rules.bzl").write_text(
+        "def _impl(ctx: AnalysisContext) -> list[Provider]:\n"
+        '    a = ctx.actions.declare_output("a")\n'
+        '    b = ctx.actions.declare_output("b")\n'
+        f"    {body}\n"
+        "    return [DefaultInfo()]\n"
+        "r = rule(impl = _impl, attrs = {})\n"
+    )
+    harness = 'load(":rules.bzl", "r")\ndef go():\n    return fake_analyse(r, "//p:t", {}, {})\n'
+    module = Buck2Fake().eval_file(tmp_path / "h.bzl", "root", harness)
+    with pytest.raises(sl.StarlarkError, match=re.escape(message)):
+        module.call("go")

@@ -142,6 +142,12 @@ def test_config_written_by_the_prelude_is_served_by_the_runtime(tmp_path: Path) 
         ({"backend": backend_expr(["w"]), "max_instances": '"2"'}, "must be one of"),
         ({"backend": backend_expr(["w"]), "_runtime": '"//x:y"'}, "cannot be set (default_only)"),
         ({"backend": "fake_dep(DefaultInfo())"}, "requires a dep that provides"),
+        # Buck2 unpacks it as a usize: -1 was a type error naming no attribute
+        (
+            {"backend": backend_expr(["w"]), "concurrency": "-1"},
+            "concurrency = -1 must be 1 or more",
+        ),
+        ({"backend": backend_expr(["w"]), "concurrency": "0"}, "concurrency = 0 must be 1"),
     ],
 )
 def test_bad_attributes_are_analysis_errors(attrs: dict[str, str], message: str) -> None:

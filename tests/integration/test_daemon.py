@@ -532,20 +532,26 @@ def test_status_and_stop_of_a_daemon_that_does_not_answer(start_runtime: StartRu
 
 
 def test_front_starting_while_the_daemon_stops_gets_a_new_daemon(
-    start_runtime: StartRuntime,
+    start_runtime: StartRuntime, log_dir: Path
 ) -> None:
+    """It waits for the stopping daemon to let its lock go, then starts one. Fronts once
+    spawned daemon after daemon meanwhile (each lost the lock, having made a log
+    directory: hundreds while a daemon drained for long), and `status` said none ran."""
     worker = start_runtime(fake_backend())
     old_daemon = daemon_status()["pid"]
-    thread = threading.Thread(target=lambda: worker.run("sleep", "2"))
+    thread = threading.Thread(target=lambda: worker.run("sleep", "3"))
     thread.start()
     time.sleep(0.3)
     stopper = subprocess.Popen([*RUNTIME, "stop"], cwd=REPO_ROOT, stdout=subprocess.DEVNULL)
-    time.sleep(0.3)  # the old daemon is draining its in-flight request now
+    assert wait_for(lambda: daemon_status().get("stopping"), 5), "status never said stopping"
+    assert daemon_status() == {"running": True, "stopping": True, "pid": old_daemon}
     new = start_runtime(fake_backend())
     assert new.run("echo", "fresh").stderr == "fresh"
     assert daemon_status()["pid"] != old_daemon
     assert stopper.wait(30) == 0
     thread.join(30)
+    daemons = sorted(p.name for p in log_dir.iterdir() if p.name.startswith("daemon-"))
+    assert len(daemons) == 2, daemons  # the old one and the new: no daemon that lost the lock
 
 
 def test_daemon_never_imports_code_from_the_project(tmp_path: Path) -> None:

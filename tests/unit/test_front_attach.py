@@ -3,14 +3,16 @@ front fails at once with what to do, rather than retrying into a config error.""
 
 from __future__ import annotations
 
+import json
 import os
 import socket
+import subprocess
 from pathlib import Path
 
 import pytest
 
 from worker_runtime.config import RuntimeConfig
-from worker_runtime.daemon import front
+from worker_runtime.daemon import front, lock
 from worker_runtime.daemon.paths import DaemonPaths, private_dir
 
 
@@ -39,3 +41,34 @@ def test_a_daemon_that_does_not_answer_the_attach_is_reported_as_stuck(
     message = str(caught.value)
     assert "accepted the connection but did not answer within 0.3 s" in message
     assert "`worker-runtime stop`" in message and "closed the connection" not in message
+
+
+def test_a_front_waits_on_a_stopping_daemon_without_spawning_more_and_says_so(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A daemon holds the lock and no longer listens (draining its last requests): each
+    daemon the front spawned lost the lock and exited, and the front spawned the next at
+    once, for as long as the drain lasted; then it blamed an empty start-up log."""
+    monkeypatch.setenv("WORKER_RUNTIME_DIR", str(tmp_path / "daemons"))
+    monkeypatch.setattr(front, "DAEMON_START_TIMEOUT_S", 1.0)
+    paths = DaemonPaths.for_project(str(tmp_path))
+    private_dir(paths.directory_name)
+    stopping = lock.take(paths)  # the stopping daemon's
+    assert stopping is not None
+    with open(paths.state_name, "w") as state:
+        json.dump({"pid": 4242}, state)
+    spawned: list[int] = []
+
+    def spawn(paths: DaemonPaths, config: RuntimeConfig) -> subprocess.Popen[bytes]:
+        spawned.append(1)
+        return subprocess.Popen(["true"])  # a daemon that lost the lock: exits 0
+
+    monkeypatch.setattr(front, "spawn_daemon", spawn)
+    try:
+        with pytest.raises(front.DaemonStartError) as caught:
+            front.connect_or_start(paths, RuntimeConfig)
+    finally:
+        stopping.close()
+    assert len(spawned) == 1
+    message = str(caught.value)
+    assert "daemon for this project (pid 4242) is still stopping after 1 s" in message

@@ -15,6 +15,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+from worker_runtime.daemon import lock
 from worker_runtime.daemon.control import try_connect
 from worker_runtime.daemon.paths import DaemonPaths
 from worker_runtime.daemon.processes import is_running
@@ -38,6 +39,12 @@ def daemon_main(argv: Sequence[str]) -> int:
     parser.add_argument("--log-dir")
     parser.add_argument("--log-cap-mb", type=int, default=16)
     args = parser.parse_args(argv)
+    paths = DaemonPaths.for_project(args.project_root)
+    # The lock first, before anything is imported or made: a daemon that loses it (another
+    # starting, or one still stopping) exits 0 at once, leaving no log directory behind.
+    held = lock.take(paths)
+    if held is None:
+        return 0
 
     from worker_runtime.buck2 import grpc_tuning
     from worker_runtime.daemon.reclaim import default_budget_bytes
@@ -45,7 +52,6 @@ def daemon_main(argv: Sequence[str]) -> int:
     from worker_runtime.logs import start_run_logging, unusable_log_dir
 
     os.chdir(args.project_root)
-    paths = DaemonPaths.for_project(args.project_root)
     budget = args.memory_budget_mb * MIB if args.memory_budget_mb else default_budget_bytes()
     cap = args.log_cap_mb * MIB
     settings = DaemonSettings(
@@ -56,7 +62,7 @@ def daemon_main(argv: Sequence[str]) -> int:
     except OSError as exc:  # the front that started it reports this, and exits 2 too
         sys.stderr.write(f"worker-runtime daemon: error: {unusable_log_dir(exc)}\n")
         return USAGE_EXIT_CODE
-    return grpc_tuning.run(Daemon(paths, settings, log_dir).run())
+    return grpc_tuning.run(Daemon(paths, settings, log_dir, held).run())
 
 
 def _common(prog: str, description: str) -> argparse.ArgumentParser:
@@ -162,6 +168,17 @@ def status_main(argv: Sequence[str]) -> int:
             sys.stderr.write(f"worker-runtime: error: {exc}\n")
         return 2
     if status is None:
+        if lock.held(paths):  # no socket, the lock held: draining its last requests
+            pid = lock.holder_pid(paths)
+            if args.json:
+                print(json.dumps({"running": True, "stopping": True, "pid": pid}))
+            else:
+                print(
+                    f"the worker-runtime daemon for {paths.project_root}"
+                    f"{f' (pid {pid})' if pid else ''} is stopping: it takes no new command, "
+                    "and a new one starts once it has exited"
+                )
+            return 1
         if args.json:
             print(json.dumps({"running": False, "socket": str(paths.socket)}))
         else:
@@ -189,6 +206,19 @@ def stop_main(argv: Sequence[str]) -> int:
     except TimeoutError as exc:
         sys.stderr.write(f"worker-runtime: error: {exc}\n")
         return 1
+    if pid is None and lock.held(paths):  # one stopping already: wait for it to end
+        pid = lock.holder_pid(paths)
+        deadline = time.monotonic() + args.timeout
+        while lock.held(paths):
+            if time.monotonic() > deadline:
+                sys.stderr.write(
+                    f"worker-runtime: error: the daemon{f' (pid {pid})' if pid else ''} was "
+                    f"already stopping and has not exited within {args.timeout:g} s\n"
+                )
+                return 1
+            time.sleep(0.05)
+        print(f"daemon{f' pid {pid}' if pid else ''} was already stopping; it has stopped")
+        return 0
     if pid is None:
         print(f"no worker-runtime daemon runs for {paths.project_root}")
     else:

@@ -24,6 +24,7 @@ import select
 import sys
 import time
 
+from worker_runtime.daemon import lock
 from worker_runtime.daemon.control import ControlClient, try_connect
 from worker_runtime.daemon.handover import take_early, withdraw
 from worker_runtime.daemon.paths import DaemonPaths, private_dir
@@ -140,12 +141,22 @@ def connect_or_start(
                 f"its output ({paths.spawn_log_name}):\n{tail(paths.spawn_log_name)}",
                 USAGE_EXIT_CODE if code == USAGE_EXIT_CODE else 1,
             )
-        if code == 0:
-            # It lost the lock: another daemon holds it, either starting (it will listen
-            # soon) or stopping (it will release the lock soon). Try again meanwhile.
+        if code == 0 and not lock.held(paths):
+            # It lost the lock to a daemon that has let it go since (one that was
+            # stopping, or one that failed to start): start one again. While the lock is
+            # held, the holder is starting (it will listen soon) or stopping (it lets go
+            # once its requests are drained): wait for it, spawning nothing meanwhile.
             spawned = spawn_daemon(paths, config)
         time.sleep(delay)
         delay = min(delay * 2, 0.1)
+    if spawned.poll() == 0 and lock.held(paths):
+        pid = lock.holder_pid(paths)
+        raise DaemonStartError(
+            f"the worker-runtime daemon for this project{f' (pid {pid})' if pid else ''} "
+            f"is still stopping after {DAEMON_START_TIMEOUT_S:g} s: it lets the requests it "
+            "has finish (up to its shutdown_grace_s), and no new daemon can start until it "
+            "has exited; run the command again then (`worker-runtime status` says when)"
+        )
     raise DaemonStartError(
         f"the worker-runtime daemon did not come up within {DAEMON_START_TIMEOUT_S:g} s; "
         f"its output ({paths.spawn_log_name}):\n{tail(paths.spawn_log_name)}"

@@ -134,11 +134,19 @@ class DaemonPaths:
 
     @property
     def lock(self) -> Path:
-        return _as_path(self._file(".lock"))
+        return _as_path(self.lock_name)
+
+    @property
+    def lock_name(self) -> str:
+        return self._file(".lock")
 
     @property
     def state(self) -> Path:
-        return _as_path(self._file(".json"))
+        return _as_path(self.state_name)
+
+    @property
+    def state_name(self) -> str:
+        return self._file(".json")
 
     @property
     def spawn_log_name(self) -> str:

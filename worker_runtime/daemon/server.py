@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import fcntl
 import json
 import logging
 import os
@@ -20,7 +19,7 @@ import socket
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import psutil
 
@@ -102,8 +101,12 @@ def reap_orphans(daemon_id: str) -> int:
 
 
 class Daemon:
-    def __init__(self, paths: DaemonPaths, settings: DaemonSettings, log_dir: Path) -> None:
+    def __init__(
+        self, paths: DaemonPaths, settings: DaemonSettings, log_dir: Path, lock: IO[str]
+    ) -> None:
         self.paths = paths
+        #: The project's daemon lock (daemon/lock.py), taken before this was made.
+        self.lock = lock
         self.settings = settings
         self.log_dir = log_dir
         self.started = time.time()
@@ -118,17 +121,10 @@ class Daemon:
 
     # -- life ---------------------------------------------------------------------------
     async def run(self) -> int:
-        lock = open(self.paths.lock, "a+")  # noqa: SIM115, ASYNC230 - held for the daemon's life
-        try:
-            fcntl.flock(lock.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            LOGGER.info("another daemon holds %s; exiting", self.paths.lock)
-            lock.close()
-            return 0
         try:
             return await self._run_locked()
         finally:
-            lock.close()
+            self.lock.close()  # the next daemon may start
 
     async def _run_locked(self) -> int:
         socket_path = str(self.paths.socket)

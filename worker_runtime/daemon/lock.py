@@ -1,0 +1,57 @@
+"""The lock that makes one daemon per (user, project root, runtime version): taken by a
+daemon before anything else it does (a daemon that loses it exits at once, having made
+nothing), held until it has stopped; and asked about by fronts and commands, which must
+tell a daemon that is stopping (no socket, the lock held) from none at all.
+
+Imported by every worker front: ``fcntl`` and ``os`` only."""
+
+from __future__ import annotations
+
+import fcntl
+import os
+
+from worker_runtime.daemon.paths import DaemonPaths
+
+#: mypy takes it as true; typing is not imported for it (every front imports this).
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import IO
+
+
+def take(paths: DaemonPaths) -> IO[str] | None:
+    """The lock, held until the returned file is closed; None if another daemon holds it."""
+    lock = open(paths.lock_name, "a+")  # noqa: SIM115 - held for the daemon's life
+    try:
+        fcntl.flock(lock.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        lock.close()
+        return None
+    return lock
+
+
+def held(paths: DaemonPaths) -> bool:
+    """Whether a daemon holds the lock (running, starting or stopping). Asked only when no
+    daemon this caller started may be taking it: the probe holds it for an instant."""
+    try:
+        fd = os.open(paths.lock_name, os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)  # releases the probe's own lock, if it got it
+    return False
+
+
+def holder_pid(paths: DaemonPaths) -> int | None:
+    """The pid the lock's holder wrote in its state file, if it wrote one."""
+    import json
+
+    try:
+        with open(paths.state_name, encoding="utf-8") as handle:
+            pid = json.load(handle).get("pid")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return pid if isinstance(pid, int) else None

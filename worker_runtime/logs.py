@@ -15,8 +15,10 @@ import logging.handlers
 import os
 import queue
 import shutil
+import stat
 import time
 from pathlib import Path
+from typing import Any
 
 KEEP_DAYS = 7
 
@@ -34,6 +36,10 @@ def log_root(configured: str | None) -> Path:
 
 
 def prune_old_runs(root: Path, keep_days: float = KEEP_DAYS) -> None:
+    """Removes the log directories of runs older than ``keep_days``, except those of a
+    process still running: a daemon that serves for weeks without a backend restarting
+    adds no file to its directory, whose time then says old (the root is shared by every
+    project's runs)."""
     cutoff = time.time() - keep_days * 86400
     try:
         entries = list(root.iterdir())
@@ -41,10 +47,24 @@ def prune_old_runs(root: Path, keep_days: float = KEEP_DAYS) -> None:
         return
     for entry in entries:
         try:
-            if entry.is_dir() and entry.stat().st_mtime < cutoff:
+            if entry.is_dir() and entry.stat().st_mtime < cutoff and not _run_alive(entry):
                 shutil.rmtree(entry, ignore_errors=True)
         except OSError:
             continue
+
+
+def _run_alive(directory: Path) -> bool:
+    """Whether the process a run directory is named for (``...-<pid>``) still runs."""
+    pid = directory.name.rsplit("-", 1)[-1]
+    if not pid.isdigit():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # another user's process: running
+        return True
+    return True
 
 
 def unusable_log_dir(exc: OSError) -> str:
@@ -64,13 +84,15 @@ def start_run_logging(
     root = log_root(configured)
     run_dir = root / f"{prefix}{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
     private_directory(root)
-    private_directory(run_dir)
+    # Made here, never found: its name is predictable, and in a root others may write to
+    # one made before us (with files to read what we log) must not be taken.
+    run_dir.mkdir(mode=0o700)
     prune_old_runs(root)
     path = run_dir / "runtime.log"
     os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600))
     handler: logging.Handler
     if cap_bytes:
-        handler = logging.handlers.RotatingFileHandler(
+        handler = _PrivateRotatingFileHandler(
             path, maxBytes=cap_bytes, backupCount=1, encoding="utf-8"
         )
     else:
@@ -88,13 +110,30 @@ def start_run_logging(
     return run_dir
 
 
+class _PrivateRotatingFileHandler(logging.handlers.RotatingFileHandler):
+    """Opens each runtime.log it starts (after a rollover too) 0600, whatever the umask."""
+
+    def _open(self) -> Any:
+        return open(
+            private_log_file(Path(self.baseFilename)), "a", encoding=self.encoding,
+            errors=self.errors,
+        )  # fmt: skip
+
+
 def private_directory(path: Path) -> None:
     """Creates ``path`` (and its parents) and makes it 0700 if this user owns it: logs
-    name the project's files and hold the tools' output."""
+    name the project's files and hold the tools' output. Another user's directory is
+    taken only if others cannot replace what is in it: theirs alone, or sticky (/tmp)."""
     path.mkdir(parents=True, exist_ok=True, mode=0o700)
-    with contextlib.suppress(OSError):
-        if path.stat().st_uid == os.getuid():
+    info = path.stat()
+    if info.st_uid == os.getuid():
+        with contextlib.suppress(OSError):
             path.chmod(0o700)
+    elif info.st_mode & 0o022 and not info.st_mode & stat.S_ISVTX:
+        raise PermissionError(
+            f"{path} is uid {info.st_uid}'s, and others may write to it (mode "
+            f"{info.st_mode & 0o7777:o}): logs there could be swapped or read"
+        )
 
 
 def private_log_file(path: Path) -> int:

@@ -294,8 +294,14 @@ def logs_main(argv: Sequence[str]) -> int:
         print(f"no daemon logs under {log_root(args.log_dir)}")
         return 1
     print(f"daemon logs: {directory}{'' if status else ' (newest; no daemon runs now)'}")
-    for path in sorted(directory.iterdir()):
-        print(f"  {path.name}  {path.stat().st_size} bytes")
+    try:
+        paths_in = sorted(directory.iterdir())
+    except FileNotFoundError:
+        print("  (the directory is gone: removed since the daemon made it)")
+        return 1
+    for path in paths_in:
+        with contextlib.suppress(FileNotFoundError):  # a log rotated away meanwhile
+            print(f"  {path.name}  {path.stat().st_size} bytes")
     runtime_log = directory / "runtime.log"
     if runtime_log.exists():
         print(f"\n--- last {args.lines} lines of {runtime_log}")

@@ -47,6 +47,8 @@ GRPC_OPTIONS = [
     ("grpc.max_receive_message_length", -1),
 ]
 _IDS = itertools.count()
+#: Buck2's trace id of the command, one for all its actions (this process's "command").
+BUILD_ID = str(uuid.uuid4())
 
 
 class WorkerSpawnError(Exception):
@@ -61,19 +63,18 @@ class WorkerRequestError(Exception):
 def action_env(
     scratch: str, extra: Mapping[str, str] | None = None
 ) -> list[pb.ExecuteCommand.EnvironmentEntry]:
-    """The per-action environment Buck2 sends with every request: TMPDIR, Buck2's own
-    variables and the action's env, and nothing of the daemon's environment (no PATH,
+    """The per-action environment Buck2 sends with every request: TMPDIR, the action's
+    env, then Buck2's own variables, which the action cannot override (appended last; one
+    build id for the whole command), and nothing of the daemon's environment (no PATH,
     no HOME): app/buck2_execute_impl/src/executors/local.rs."""
-    env: dict[str, str] = {}
+    env: dict[str, str] = {"TMPDIR": scratch, "BUCK_SCRATCH_PATH": scratch}
+    env.update(extra or {})
     env.update(
         {
-            "TMPDIR": scratch,
-            "BUCK_SCRATCH_PATH": scratch,
             "BUCK2_DAEMON_UUID": "00000000-0000-0000-0000-000000000000",
-            "BUCK_BUILD_ID": str(uuid.uuid4()),
+            "BUCK_BUILD_ID": BUILD_ID,
         }
     )
-    env.update(extra or {})
     return [
         pb.ExecuteCommand.EnvironmentEntry(key=k.encode(), value=v.encode()) for k, v in env.items()
     ]
@@ -126,7 +127,6 @@ class Buck2Worker:
         self.stderr_path = os.path.join(self.dir, "stderr")
         self.proc: subprocess.Popen[bytes] | None = None
         self._channel: grpc.Channel | None = None
-        self._connection_lost = False
 
     # -- lifecycle -------------------------------------------------------------------
     def spawn(self) -> None:
@@ -206,15 +206,7 @@ class Buck2Worker:
                     return False
         channel.unsubscribe(watch)
         self._channel = channel
-        channel.subscribe(self._watch_connectivity)
         return True
-
-    def _watch_connectivity(self, state: grpc.ChannelConnectivity) -> None:
-        # Buck2's connector hands tonic its one Unix stream once ("Cannot reconnect after
-        # connection loss to uds"): once the connection is lost, the worker is unreachable
-        # for the rest of the command. grpcio would reconnect; we refuse to.
-        if state != grpc.ChannelConnectivity.READY:
-            self._connection_lost = True
 
     def start(self) -> Buck2Worker:
         self.spawn()
@@ -227,16 +219,18 @@ class Buck2Worker:
         return ""
 
     def terminate(self) -> int | None:
-        """End of the command: SIGTERM to the process group, SIGKILL after the timeout."""
+        """End of the command: SIGTERM to the worker's process, SIGKILL after the timeout,
+        to that process only (Buck2's try_terminate_process_gracefully, kill_util.rs; the
+        group is signalled only when no grace is set)."""
         if self.proc is None:
             return None
         with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.proc.pid, signal.SIGTERM)
+            os.kill(self.proc.pid, signal.SIGTERM)
         try:
             self.proc.wait(self.shutdown_timeout_s)
         except subprocess.TimeoutExpired:
             with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.proc.pid, signal.SIGKILL)
+                os.kill(self.proc.pid, signal.SIGKILL)
             self.proc.wait()
         if self._channel is not None:
             self._channel.close()
@@ -244,6 +238,7 @@ class Buck2Worker:
         return self.proc.returncode
 
     def cleanup(self) -> None:
+        """The test's own hygiene, not Buck2's: whatever is left of the worker's group."""
         if self.proc is not None and self.proc.poll() is None:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(self.proc.pid, signal.SIGKILL)
@@ -276,15 +271,10 @@ class Buck2Worker:
     def execute(
         self, command: pb.ExecuteCommand, *, deadline_s: float | None = None
     ) -> pb.ExecuteResponse:
-        """Unary Execute, as Buck2 sends it: on the worker's one connection, retried on
-        UNAVAILABLE, and given up as soon as the worker process exits."""
-        delay = 0.1
-        for attempt in range(6):
-            if self._connection_lost:
-                raise WorkerRequestError(
-                    "Error sending ExecuteCommand to worker: Cannot reconnect after connection "
-                    f"loss to uds, {self._logs_hint()}"
-                )
+        """Unary Execute, as Buck2 sends it: retried on UNAVAILABLE after 100 ms, then every
+        500 ms (tokio-retry's from_millis(100), capped), the socket dialled again if the
+        connection was lost, and given up as soon as the worker process exits."""
+        for attempt, delay in enumerate((0.1, 0.5, 0.5, 0.5, 0.5, 0.0)):
             call = pb_grpc.WorkerStub(self.channel()).Execute.future(command, timeout=deadline_s)
             try:
                 return self._wait(call)
@@ -295,7 +285,6 @@ class Buck2Worker:
                         f"{self._logs_hint()}"
                     ) from exc
                 time.sleep(delay)
-                delay = min(delay * 2, 0.5)
         raise AssertionError("unreachable")
 
     def _wait(self, call: grpc.Future) -> pb.ExecuteResponse:
@@ -319,11 +308,17 @@ class Buck2Worker:
 class StreamingSession:
     """One ``ExecuteStream`` as Buck2 opens it for a ``WorkerInfo(streaming = True)``.
 
-    Use from asyncio: ``async with StreamingSession(worker.target) as s: await s.execute(cmd)``.
+    Use from asyncio: ``async with StreamingSession(worker.target, worker.proc) as s: await
+    s.execute(cmd)``. As Buck2 does, each request is raced against the worker process's
+    exit ("Worker exited while running command"), and once the stream has ended every
+    later request fails at once ("Stream closed while waiting for response", worker.rs).
+    Without a process (a bare server in a benchmark) only the stream is watched.
     """
 
-    def __init__(self, target: str) -> None:
+    def __init__(self, target: str, process: subprocess.Popen[bytes] | None = None) -> None:
         self.target = target
+        self.process = process
+        self._ended = False
         self._ids = itertools.count()
         self._waiting: dict[int, asyncio.Future[pb.ExecuteResponse]] = {}
         self._outgoing: asyncio.Queue[pb.ExecuteCommandStream | None] = asyncio.Queue()
@@ -352,17 +347,34 @@ class StreamingSession:
                 future.set_result(message.response)
         except grpc.aio.AioRpcError as exc:
             failure = exc
+        self._ended = True
         for future in self._waiting.values():
             if not future.done():
                 future.set_exception(failure)
         self._waiting.clear()
 
     async def execute(self, command: pb.ExecuteCommand) -> pb.ExecuteResponse:
+        if self._ended:
+            raise ConnectionError("Stream closed while waiting for response")
         request_id = next(self._ids)
         future: asyncio.Future[pb.ExecuteResponse] = asyncio.get_running_loop().create_future()
         self._waiting[request_id] = future
         self._outgoing.put_nowait(pb.ExecuteCommandStream(request=command, id=request_id))
-        return await future
+        if self.process is None:
+            return await future
+        while True:
+            done, _ = await asyncio.wait({future}, timeout=0.2)
+            if done:
+                return future.result()
+            if self.process.poll() is not None:
+                # An answer the worker wrote before it exited is in the socket already:
+                # Buck2's reader has it by the time the exit is seen; so has this one, a
+                # moment later.
+                done, _ = await asyncio.wait({future}, timeout=0.5)
+                if done:
+                    return future.result()
+                self._waiting.pop(request_id, None)
+                raise WorkerRequestError("Worker exited while running command")
 
     async def __aexit__(self, *exc: object) -> None:
         self._outgoing.put_nowait(None)

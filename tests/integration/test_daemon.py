@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import os
@@ -20,7 +21,7 @@ import pytest
 from tests.conftest import REPO_ROOT, RUNTIME, StartRuntime, fake_backend, wait_gone
 from tests.imports import modules_loaded_by
 from worker_runtime.daemon.paths import DaemonPaths
-from workers_dev.emulator import Buck2Worker, WorkerRequestError, make_command
+from workers_dev.emulator import Buck2Worker, StreamingSession, WorkerRequestError, make_command
 
 
 def daemon_status(root: Path = REPO_ROOT) -> dict[str, Any]:
@@ -63,7 +64,7 @@ def test_backend_stays_warm_across_buck2_commands(start_runtime: StartRuntime) -
     daemon_pid = daemon_status()["pid"]
     assert command_1.proc is not None
     assert os.getpgid(daemon_pid) != os.getpgid(command_1.proc.pid)
-    assert command_1.terminate() == 0  # Buck2's end of command: SIGTERM to the group
+    assert command_1.terminate() == 0  # Buck2's end of command: SIGTERM to the worker
     command_2 = start_runtime(fake_backend())
     assert command_2.run("pid").stderr == backend
     assert daemon_status()["pid"] == daemon_pid
@@ -340,7 +341,7 @@ def test_sigterm_with_a_request_in_flight_ends_the_front_at_once(
     output = tmp_path / "output.o"
     thread, outcome = request_in_flight(worker, "sleep-write", "5", str(output))
     assert worker.proc is not None
-    os.killpg(worker.proc.pid, signal.SIGTERM)
+    os.kill(worker.proc.pid, signal.SIGTERM)  # as Buck2 ends a command
     assert worker.proc.wait(30) == 0
     assert not output.exists()  # the front is gone while its request still runs
     thread.join(30)
@@ -629,3 +630,30 @@ def test_memory_budget_spares_busy_backends(start_runtime: StartRuntime, tmp_pat
     log = Path(daemon_status()["log_dir"], "runtime.log").read_text()
     assert "the rest are busy" in log
     assert wait_gone([int(first)]) == [], "once idle, it is evicted"
+
+
+def test_a_streaming_request_fails_as_a_worker_exit_when_the_front_goes(
+    start_runtime: StartRuntime,
+) -> None:
+    """Buck2 races every request, streaming ones too, against the worker's exit, and fails
+    every request after the stream ended at once (worker.rs): the emulator once let a
+    streaming request be answered by the daemon after its front had gone, and one sent
+    after the stream ended wait forever."""
+    worker = start_runtime(fake_backend("--multiplex"), ["--multiplex"])
+    assert worker.proc is not None
+
+    async def scenario() -> None:
+        async with StreamingSession(worker.target, worker.proc) as session:
+            slow = asyncio.create_task(session.execute(make_command(["sleep", "3"])))
+            await asyncio.sleep(0.3)
+            os.kill(worker.proc.pid, signal.SIGTERM)  # as Buck2 ends a command
+            with pytest.raises(WorkerRequestError, match="Worker exited while running command"):
+                await slow
+            for _ in range(100):  # the daemon drains the socket, then closes the stream
+                if session._ended:
+                    break
+                await asyncio.sleep(0.1)
+            with pytest.raises(ConnectionError, match="Stream closed while waiting"):
+                await session.execute(make_command(["echo", "late"]))
+
+    asyncio.run(scenario())

@@ -230,7 +230,7 @@ def test_multiplex_retries_start_a_bounded_number_of_processes(
     sampler.start()
 
     async def scenario() -> list[pb.ExecuteResponse]:
-        async with StreamingSession(worker.target) as session:
+        async with StreamingSession(worker.target, worker.proc) as session:
             sleepers = [
                 asyncio.create_task(session.execute(make_command(["sleep", "0.5"])))
                 for _ in range(12)
@@ -276,7 +276,7 @@ def test_out_of_range_response_is_answered_on_a_stream(start_runtime: StartRunti
     )
 
     async def scenario() -> pb.ExecuteResponse:
-        async with StreamingSession(worker.target) as session:
+        async with StreamingSession(worker.target, worker.proc) as session:
             return await asyncio.wait_for(session.execute(make_command(["bad-int"])), 20)
 
     response = asyncio.run(scenario())
@@ -289,7 +289,7 @@ def test_thousand_concurrent_streaming_requests_multiplex(start_runtime: StartRu
     worker = start_runtime(fake_backend("--multiplex"), ["--multiplex"])
 
     async def scenario() -> list[pb.ExecuteResponse]:
-        async with StreamingSession(worker.target) as session:
+        async with StreamingSession(worker.target, worker.proc) as session:
             return await asyncio.gather(
                 *(session.execute(make_command(["echo", str(i)])) for i in range(1000))
             )
@@ -304,7 +304,7 @@ def test_multiplex_crash_fails_every_in_flight_request_then_retries(
     worker = start_runtime(fake_backend("--multiplex"), ["--multiplex"])
 
     async def scenario() -> list[pb.ExecuteResponse]:
-        async with StreamingSession(worker.target) as session:
+        async with StreamingSession(worker.target, worker.proc) as session:
             sleepers = [
                 asyncio.create_task(session.execute(make_command(["sleep", "1"]))) for _ in range(3)
             ]

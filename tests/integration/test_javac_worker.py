@@ -278,7 +278,7 @@ def test_eight_concurrent_compiles_in_one_multiplex_worker(
     worker = start_runtime([JAVAC_WORKER], ["--multiplex", "--protocol", "proto"], cwd=tmp_path)
 
     async def scenario() -> list[pb.ExecuteResponse]:
-        async with StreamingSession(worker.target) as session:
+        async with StreamingSession(worker.target, worker.proc) as session:
             return await asyncio.gather(
                 *(session.execute(make_command(["-d", f"out{i}", *sources])) for i in range(8))
             )
@@ -418,7 +418,7 @@ def test_multiplex_answers_reach_their_own_requests(
     worker = start_runtime([JAVAC_WORKER], ["--multiplex"], cwd=tmp_path)
 
     async def scenario() -> list[pb.ExecuteResponse]:
-        async with StreamingSession(worker.target) as session:
+        async with StreamingSession(worker.target, worker.proc) as session:
             commands = []
             for i in range(8):
                 argv = (

@@ -1,5 +1,6 @@
-"""Shutdown as Buck2 does it (SIGTERM to the process group), and no orphans, ever, for the
-in-process runtime (``--no-daemon``). The daemon's lifecycle is in test_daemon.py."""
+"""Shutdown as Buck2 does it (SIGTERM to the worker process, SIGKILL after its grace),
+and no orphans, ever, for the in-process runtime (``--no-daemon``). The daemon's
+lifecycle is in test_daemon.py."""
 
 from __future__ import annotations
 
@@ -67,14 +68,17 @@ def test_sigterm_cancels_requests_that_run_past_the_grace(
 
 
 def test_requests_after_sigterm_are_refused_clearly(start_runtime: StartRuntime) -> None:
-    worker = start_runtime(fake_backend("--multiplex"), ["--multiplex"])
+    """The in-process runtime drains after SIGTERM: what runs finishes and is answered,
+    what comes later is refused with the reason. (Through the daemon the front exits at
+    once, and Buck2, like the emulator, fails both as a worker exit: test_daemon.py.)"""
+    worker = start_runtime(fake_backend("--multiplex"), ["--no-daemon", "--multiplex"])
 
     async def scenario() -> str:
-        async with StreamingSession(worker.target) as session:
+        async with StreamingSession(worker.target, worker.proc) as session:
             slow = asyncio.create_task(session.execute(make_command(["sleep", "1"])))
             await asyncio.sleep(0.3)
             assert worker.proc is not None
-            os.killpg(worker.proc.pid, signal.SIGTERM)
+            os.kill(worker.proc.pid, signal.SIGTERM)  # as Buck2 ends a command
             await asyncio.sleep(0.2)
             late = await session.execute(make_command(["echo", "late"]))
             assert late.exit_code == RUNTIME_ERROR_EXIT_CODE

@@ -100,7 +100,7 @@ def test_streaming_answers_out_of_order_by_id(start_runtime: StartRuntime, proto
     )
 
     async def scenario() -> list[str]:
-        async with StreamingSession(worker.target) as session:
+        async with StreamingSession(worker.target, worker.proc) as session:
             slow = asyncio.create_task(session.execute(make_command(["sleep", "0.5"])))
             await asyncio.sleep(0.1)
             fast = await session.execute(make_command(["echo", "fast"]))

@@ -37,11 +37,9 @@ def _javac_worker_binary_impl(ctx: AnalysisContext) -> list[Provider]:
             "#!/bin/sh",
             cmd_args(
                 "set --",
-                ctx.attrs.java[RunInfo],
-                JVM_FLAGS,
-                "-cp",
-                classes,
-                _MAIN_CLASS,
+                # Each word quoted for the shell (absolute paths: a space in the project's
+                # path would otherwise split one), as java_binary's launcher does.
+                cmd_args(ctx.attrs.java[RunInfo], JVM_FLAGS, "-cp", classes, _MAIN_CLASS, quote = "shell"),
                 "\"$@\"",
                 delimiter = " ",
             ),

@@ -293,15 +293,15 @@ def run_front(
         if wake_read in ready:
             os.read(wake_read, 64)
         if client.fileno() in ready and client.receive() is None:
-            # Buck2 cannot reconnect a worker's socket within a command (its connector
-            # hands tonic the Unix stream once), so there is nothing to serve again: say
-            # what happened where Buck2 points the user (this stderr) and exit, which
-            # Buck2 reports as "Worker exited". The next command starts a new daemon.
+            # Nothing serves this socket again in this command (Buck2 would dial it
+            # again, but only this front's daemon served it): say what happened where
+            # Buck2 points the user (this stderr) and exit, which Buck2 reports as
+            # "Worker exited". The next command starts a new daemon.
             client.close()
             sys.stderr.write(
                 f"worker-runtime: error: the daemon (pid {reply['pid']}) serving {socket_path} "
-                f"died; the requests in flight on it failed, and Buck2 cannot reconnect to this "
-                f"worker for the rest of this command. The next buck2 command starts a new "
+                f"has gone (stopped, or died); the requests in flight on it failed, and this "
+                f"worker exits for the rest of this command. The next buck2 command starts a new "
                 f"daemon. Daemon log: {reply['log_dir']}/runtime.log (its start-up output: "
                 f"{paths.spawn_log_name})\n"
             )

@@ -638,15 +638,16 @@ def test_a_streaming_request_fails_as_a_worker_exit_when_the_front_goes(
     """Buck2 races every request, streaming ones too, against the worker's exit, and fails
     every request after the stream ended at once (worker.rs): the emulator once let a
     streaming request be answered by the daemon after its front had gone, and one sent
-    after the stream ended wait forever."""
+    after the stream ended waited forever."""
     worker = start_runtime(fake_backend("--multiplex"), ["--multiplex"])
-    assert worker.proc is not None
+    front = worker.proc
+    assert front is not None
 
     async def scenario() -> None:
-        async with StreamingSession(worker.target, worker.proc) as session:
+        async with StreamingSession(worker.target, front) as session:
             slow = asyncio.create_task(session.execute(make_command(["sleep", "3"])))
             await asyncio.sleep(0.3)
-            os.kill(worker.proc.pid, signal.SIGTERM)  # as Buck2 ends a command
+            os.kill(front.pid, signal.SIGTERM)  # as Buck2 ends a command
             with pytest.raises(WorkerRequestError, match="Worker exited while running command"):
                 await slow
             for _ in range(100):  # the daemon drains the socket, then closes the stream

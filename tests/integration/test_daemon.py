@@ -462,6 +462,25 @@ def test_new_version_gets_its_own_daemon_and_the_old_one_retires(
     assert wait_gone([old_daemon, old_backend]) == [], "the old daemon should drain and exit"
 
 
+def test_stop_also_stops_the_projects_daemon_of_an_earlier_install(
+    start_runtime: StartRuntime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """After an upgrade (or an edit of an editable install) `stop` looked only for a
+    daemon of its own version, said none ran, and left the old one serving."""
+    monkeypatch.setenv("WORKER_RUNTIME_DAEMON_VERSION", "0.0.1-old")
+    old = start_runtime(fake_backend())
+    old.run("echo", "x")
+    old_daemon = daemon_status()["pid"]
+    old.terminate()
+    monkeypatch.setenv("WORKER_RUNTIME_DAEMON_VERSION", "0.0.2-new")
+    stopped = subprocess.run(
+        [*RUNTIME, "stop"], capture_output=True, text=True, timeout=60, cwd=REPO_ROOT
+    )
+    assert stopped.returncode == 0, stopped.stderr
+    assert f"stopped daemon pid {old_daemon} (runtime version 0.0.1-old" in stopped.stdout
+    assert wait_gone([old_daemon]) == []
+
+
 def test_status_stop_and_logs_commands(start_runtime: StartRuntime) -> None:
     worker = start_runtime(fake_backend())
     worker.run("echo", "x")

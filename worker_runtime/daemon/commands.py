@@ -219,11 +219,34 @@ def stop_main(argv: Sequence[str]) -> int:
             time.sleep(0.05)
         print(f"daemon{f' pid {pid}' if pid else ''} was already stopping; it has stopped")
         return 0
-    if pid is None:
+    others = _stop_other_versions(paths, args.timeout)
+    if pid is None and not others:
         print(f"no worker-runtime daemon runs for {paths.project_root}")
-    else:
+    elif pid is not None:
         print(f"stopped daemon pid {pid}")
+    for other, version in others:
+        print(f"stopped daemon pid {other} (runtime version {version}, an earlier install)")
     return 0
+
+
+def _stop_other_versions(paths: DaemonPaths, timeout_s: float) -> list[tuple[int, str]]:
+    """Stops this project's daemons of other runtime versions (an install since upgraded
+    or edited: this command's own version names another daemon, and `stop` found none);
+    their pids and versions."""
+    stopped = []
+    for state_file in sorted(paths.directory.glob("*.json")):
+        if state_file == paths.state:
+            continue
+        try:
+            state = json.loads(state_file.read_text())
+            if state.get("project_root") != paths.project_root:
+                continue
+            pid = stop_daemon_at(Path(state["socket"]), timeout_s)
+        except (OSError, ValueError, KeyError, TimeoutError, AttributeError):
+            continue
+        if pid is not None:
+            stopped.append((pid, str(state.get("version"))))
+    return stopped
 
 
 def stop_daemon_at(socket: Path, timeout_s: float = 30.0) -> int | None:

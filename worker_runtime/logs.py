@@ -70,8 +70,8 @@ def _run_alive(directory: Path) -> bool:
 def unusable_log_dir(exc: OSError) -> str:
     """What to tell the user when this run's log directory cannot be made."""
     return (
-        f"the log directory cannot be created: {exc}; set --log-dir, `log_dir` in the "
-        "config or WORKER_RUNTIME_LOG_DIR to a writable directory"
+        f"the log directory cannot be used: {exc}; set --log-dir, `log_dir` in the "
+        "config or WORKER_RUNTIME_LOG_DIR to a writable directory of your own"
     )
 
 

@@ -117,3 +117,47 @@ def test_every_report_reaches_a_server_whatever_its_size(
     result = re_pb2.ActionResult()
     assert small.status.code == 0 and small.result.Unpack(result)
     assert result.stdout_raw == b"done"
+
+
+class BusyStandIn(ReportsStandIn):
+    """Refuses the first updates that report completions as RESOURCE_EXHAUSTED for
+    another reason than their size (a concurrency limit, a quota)."""
+
+    def __init__(self, refusals: int) -> None:
+        super().__init__()
+        self.refusals = refusals
+
+    def UpdateBotSession(
+        self, request: bots_pb2.UpdateBotSessionRequest, context: grpc.ServicerContext
+    ) -> bots_pb2.BotSession:
+        if self.refusals and any(
+            lease.state == bots_pb2.COMPLETED for lease in request.bot_session.leases
+        ):
+            self.refusals -= 1
+            context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, "Concurrent RPC limit exceeded")
+        return super().UpdateBotSession(request, context)
+
+
+def test_a_server_busy_for_a_moment_costs_no_report(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Only a refusal for size sheds a report: RESOURCE_EXHAUSTED for a concurrency limit
+    or a quota passes, and the update is sent again as it was."""
+    stand_in = BusyStandIn(refusals=2)
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
+    bots_pb2_grpc.add_BotsServicer_to_server(stand_in, server)
+    server.add_insecure_port(f"unix://{tmp_path}/bots.sock")
+    server.start()
+    try:
+        with in_process_executor(
+            monkeypatch, run, f"unix://{tmp_path}/bots.sock", tmp_path / "executor",
+            capacity=len(LEASES),
+        ) as running:  # fmt: skip
+            deadline = time.monotonic() + 60
+            while len(stand_in.completed) < len(LEASES) and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert running.stop_and_wait(30) == 0
+    finally:
+        server.stop(grace=None)
+    over = stand_in.completed["over-the-server"]  # no limit here: its result goes through
+    assert over.status.code == 0 and over.HasField("result")

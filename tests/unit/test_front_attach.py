@@ -56,7 +56,7 @@ def test_a_front_waits_on_a_stopping_daemon_without_spawning_more_and_says_so(
     stopping = lock.take(paths)  # the stopping daemon's
     assert stopping is not None
     with open(paths.state_name, "w") as state:
-        json.dump({"pid": 4242}, state)
+        json.dump({"pid": 4242, "stopping": True}, state)
     spawned: list[int] = []
 
     def spawn(paths: DaemonPaths, config: RuntimeConfig) -> subprocess.Popen[bytes]:

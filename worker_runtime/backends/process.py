@@ -202,7 +202,7 @@ class BackendProcess:
             log = private_log_file(self.log_path)  # handed to the child; a local file
         except OSError as exc:
             raise BackendStartError(
-                f"the backend's log file {self.log_path} cannot be created ({exc.strerror}); "
+                f"the backend's log file {self.log_path} cannot be created ({exc.strerror or exc}); "
                 "point --log-dir (or `log_dir`, or WORKER_RUNTIME_LOG_DIR) at a writable directory"
             ) from None
         # Spawned with Popen and watched through a pidfd rather than with the event loop's

@@ -168,15 +168,20 @@ def status_main(argv: Sequence[str]) -> int:
             sys.stderr.write(f"worker-runtime: error: {exc}\n")
         return 2
     if status is None:
-        if lock.held(paths):  # no socket, the lock held: draining its last requests
-            pid = lock.holder_pid(paths)
+        if lock.held(paths):  # no socket, the lock held: stopping, or not listening yet
+            pid, stopping = lock.holder(paths)
             if args.json:
-                print(json.dumps({"running": True, "stopping": True, "pid": pid}))
-            else:
+                print(json.dumps({"running": True, "stopping": stopping, "pid": pid}))
+            elif stopping:
                 print(
                     f"the worker-runtime daemon for {paths.project_root}"
                     f"{f' (pid {pid})' if pid else ''} is stopping: it takes no new command, "
                     "and a new one starts once it has exited"
+                )
+            else:
+                print(
+                    f"the worker-runtime daemon for {paths.project_root} is starting: it "
+                    "holds its lock and does not listen yet; ask again in a moment"
                 )
             return 1
         if args.json:
@@ -206,18 +211,25 @@ def stop_main(argv: Sequence[str]) -> int:
     except TimeoutError as exc:
         sys.stderr.write(f"worker-runtime: error: {exc}\n")
         return 1
-    if pid is None and lock.held(paths):  # one stopping already: wait for it to end
-        pid = lock.holder_pid(paths)
+    if pid is None and lock.held(paths):  # stopping already, or not listening yet
         deadline = time.monotonic() + args.timeout
         while lock.held(paths):
+            holder, stopping = lock.holder(paths)
+            if not stopping:  # starting: once it listens, it is asked like any other
+                with contextlib.suppress(NotAnswering):
+                    pid = stop_daemon_at(paths.socket, max(0.1, deadline - time.monotonic()))
+                if pid is not None:
+                    print(f"stopped daemon pid {pid} (it was starting)")
+                    return 0
             if time.monotonic() > deadline:
                 sys.stderr.write(
-                    f"worker-runtime: error: the daemon{f' (pid {pid})' if pid else ''} was "
-                    f"already stopping and has not exited within {args.timeout:g} s\n"
+                    f"worker-runtime: error: the daemon{f' (pid {holder})' if holder else ''} "
+                    f"holds its lock and has neither answered nor exited within "
+                    f"{args.timeout:g} s\n"
                 )
                 return 1
             time.sleep(0.05)
-        print(f"daemon{f' pid {pid}' if pid else ''} was already stopping; it has stopped")
+        print("the daemon that was stopping (or starting) has exited")
         return 0
     others = _stop_other_versions(paths, args.timeout)
     if pid is None and not others:

@@ -149,8 +149,8 @@ def connect_or_start(
             spawned = spawn_daemon(paths, config)
         time.sleep(delay)
         delay = min(delay * 2, 0.1)
-    if spawned.poll() == 0 and lock.held(paths):
-        pid = lock.holder_pid(paths)
+    pid, stopping = lock.holder(paths)
+    if spawned.poll() == 0 and stopping and lock.held(paths):
         raise DaemonStartError(
             f"the worker-runtime daemon for this project{f' (pid {pid})' if pid else ''} "
             f"is still stopping after {DAEMON_START_TIMEOUT_S:g} s: it lets the requests it "

@@ -19,14 +19,22 @@ if TYPE_CHECKING:
 
 
 def take(paths: DaemonPaths) -> IO[str] | None:
-    """The lock, held until the returned file is closed; None if another daemon holds it."""
+    """The lock, held until the returned file is closed; None if another daemon holds it.
+    Tried a few times over 20 ms: a front or `status` probing it (``held``) holds it for
+    an instant, which alone must not turn a starting daemon away."""
+    import time
+
     lock = open(paths.lock_name, "a+")  # noqa: SIM115 - held for the daemon's life
-    try:
-        fcntl.flock(lock.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        lock.close()
-        return None
-    return lock
+    for attempt in range(5):
+        try:
+            fcntl.flock(lock.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            if attempt < 4:
+                time.sleep(0.005)
+            continue
+        return lock
+    lock.close()
+    return None
 
 
 def held(paths: DaemonPaths) -> bool:
@@ -45,13 +53,15 @@ def held(paths: DaemonPaths) -> bool:
     return False
 
 
-def holder_pid(paths: DaemonPaths) -> int | None:
-    """The pid the lock's holder wrote in its state file, if it wrote one."""
+def holder(paths: DaemonPaths) -> tuple[int | None, bool]:
+    """The pid the lock's holder wrote in its state file (None if it wrote none yet: it
+    is starting), and whether it wrote that it is stopping."""
     import json
 
     try:
         with open(paths.state_name, encoding="utf-8") as handle:
-            pid = json.load(handle).get("pid")
+            state = json.load(handle)
+        pid, stopping = state.get("pid"), state.get("stopping") is True
     except (OSError, ValueError, AttributeError):
-        return None
-    return pid if isinstance(pid, int) else None
+        return None, False
+    return (pid if isinstance(pid, int) else None), stopping

@@ -167,6 +167,7 @@ class Daemon:
             with contextlib.suppress(asyncio.CancelledError):
                 await acceptor  # its reader is off the socket before the socket closes
             control.close()
+            self._write_state(stopping=True)  # `status` and fronts: stopping, not starting
             await self._shutdown()
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(socket_path)
@@ -184,8 +185,9 @@ class Daemon:
         )
         await asyncio.gather(*(m.stop_all() for m in self.managers.values()))
 
-    def _write_state(self) -> None:
+    def _write_state(self, stopping: bool = False) -> None:
         state = {
+            "stopping": stopping,
             "pid": os.getpid(),
             "version": self.paths.version,
             "project_root": self.paths.project_root,

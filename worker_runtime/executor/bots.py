@@ -207,12 +207,17 @@ class Executor:
         self._wake.set()
 
     def _cas(self, instance: str) -> Cas:
+        with self._caches_lock:
+            known = instance in self.cas_by_instance
+        # Asked outside the lock: a slow server must not hold up every lease thread.
+        limit = None if known else self._batch_limit(instance)
         with self._caches_lock:  # lease threads: one Cas per instance, never two
             if instance not in self.cas_by_instance:
+                assert limit is not None
                 # Every output checked against the server: a result naming a blob it
                 # evicted (or lost in a restart) since a memo said present fails its client.
                 self.cas_by_instance[instance] = Cas(
-                    self.channel, instance, self._batch_limit(instance), present_ttl_s=0.0
+                    self.channel, instance, limit, present_ttl_s=0.0
                 )
             return self.cas_by_instance[instance]
 
@@ -352,9 +357,7 @@ class Executor:
                     if renewed is None:  # stopped meanwhile: nothing left to report
                         return self._end(None)
                     session = renewed
-                elif exc.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and _shed_largest_report(
-                    session
-                ):
+                elif _too_large(exc) and _shed_largest_report(session):
                     pass  # sent again at once, one report lighter
                 elif exc.code() != grpc.StatusCode.DEADLINE_EXCEEDED:
                     LOGGER.warning("UpdateBotSession failed: %s; retrying", exc.code())
@@ -490,9 +493,7 @@ class Executor:
                 )
                 return updated
             except grpc.RpcError as exc:
-                if exc.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and _shed_largest_report(
-                    session
-                ):
+                if _too_large(exc) and _shed_largest_report(session):
                     continue  # too large for the server: sent again one report lighter
                 # Any other error: the server has the update (past its deadline, BuildGrid
                 # holds the call it took), or would refuse it again.
@@ -639,6 +640,14 @@ def _capped(message: str) -> str:
         return message
     cut = len(message) - MAX_STATUS_MESSAGE_CHARS
     return f"{message[:MAX_STATUS_MESSAGE_CHARS]}... ({cut:,} more characters)"
+
+
+def _too_large(exc: grpc.RpcError) -> bool:
+    """Whether the server refused a call for its size ("Received message larger than
+    max"), not for another RESOURCE_EXHAUSTED (a concurrency limit, a quota), which
+    trying again later mends."""
+    details = exc.details() or ""
+    return exc.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and "larger than max" in details
 
 
 def _shed_largest_report(session: bots_pb2.BotSession) -> bool:

@@ -266,7 +266,7 @@ class ActionRunner:
         self, root: re_pb2.Digest, directory: Path, cancelled: threading.Event
     ) -> Materialized:
         """Writes the input root under ``directory``: its tree read in one GetTree call,
-        its files in one batch, each from the executor's local copy where it has one."""
+        its files in bounded batches, each from the executor's local copy where it has one."""
         files: list[tuple[str, str]] = []
         tools: list[tuple[str, str]] = []
         placements: list[tuple[re_pb2.Digest, Path, bool]] = []

@@ -108,11 +108,15 @@ class PersistentWorker:
         """For an idle singleplex worker about to be reused: if it wrote while it had no
         request (a second answer to its last one, unread by the pipe loop yet), it is
         killed and True returned, so that the next action does not take those bytes for
-        its own answer (a singleplex response carries no request id). Asked on the pipe
-        loop, which alone reads its pipe: bytes it read already, part of a message, count
-        too."""
+        its own answer (a singleplex response carries no request id). Bytes the pipe loop
+        read already, part of a message, count too. Asked here first (the kernel, and the
+        framing's one flag): the pipe loop is asked, and killed it on, only if either says
+        something is there, so that a clean reuse never waits on that loop."""
         if self.identity.multiplex:
             return False  # answers carry ids: a stray one is refused as it is read
+        backend = self.backend
+        if backend.unread_output_bytes() == 0 and not backend.framing.mid_message():
+            return not backend.alive  # a worker the loop failed meanwhile is not reused
         if not LoopThread.shared().run(self._discard_if_babbling()):
             return False
         LOGGER.warning(

@@ -174,7 +174,7 @@ def test_a_log_directory_that_cannot_be_made_exits_2_saying_what_to_set(
         env=env, capture_output=True, text=True, timeout=60, cwd=tmp_path,
     )  # fmt: skip
     assert result.returncode == 2, result.stderr
-    assert "the log directory cannot be created" in result.stderr
+    assert "the log directory cannot be used" in result.stderr
     assert "set --log-dir, `log_dir` in the config or WORKER_RUNTIME_LOG_DIR" in result.stderr
     assert "Traceback" not in result.stderr
     assert not (tmp_path / "worker.sock").exists()

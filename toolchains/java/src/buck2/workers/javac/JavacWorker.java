@@ -445,22 +445,25 @@ public final class JavacWorker {
    * names its own overrides it, since javac takes the last.
    */
   static int compile(String[] args, PrintStream diagnostics) {
-    makeOutputDirectories(args);
     String[] withDefault = new String[args.length + 2];
     withDefault[0] = "--class-path";
     withDefault[1] = EmptyClassPath.DIRECTORY;
     System.arraycopy(args, 0, withDefault, 2, args.length);
-    return JAVAC.run(null, diagnostics, diagnostics, withDefault);
+    int code = JAVAC.run(null, diagnostics, diagnostics, withDefault);
+    if (code == 0) {
+      makeOutputDirectories(args); // a failed compile leaves nothing, as javac's does
+    }
+    return code;
   }
 
   /** The options naming a directory javac writes to. */
   private static final java.util.Set<String> OUTPUT_DIRECTORY_OPTIONS = java.util.Set.of("-d", "-s", "-h");
 
   /**
-   * Makes the directories javac writes to. javac makes one only to write a file in it, so a
-   * compile that writes none (a library of a {@code package-info.java} without annotations)
-   * left no {@code -d} directory, and Buck2 failed the action for its missing output. One
-   * that cannot be made is left to javac to report.
+   * Makes the directories javac writes to, after a compile that succeeded. javac makes one
+   * only to write a file in it, so a compile that writes none (a library of a {@code
+   * package-info.java} without annotations) left no {@code -d} directory, and Buck2 failed
+   * the action for its missing output. One that cannot be made is left alone.
    */
   private static void makeOutputDirectories(String[] args) {
     for (int i = 0; i + 1 < args.length; i++) {

@@ -78,14 +78,16 @@ def run(
     return bots.ActionOutcome(result=result, mode="oneshot", reused=False, worker_pid=0)
 
 
-def test_every_report_reaches_a_server_whatever_its_size(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+def report_all(
+    stand_in: ReportsStandIn,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    receive_limit: int | None,
 ) -> None:
-    stand_in = ReportsStandIn()
-    server = grpc.server(
-        futures.ThreadPoolExecutor(max_workers=4),
-        options=[("grpc.max_receive_message_length", SERVER_LIMIT)],
-    )
+    """Serves ``stand_in`` (taking messages of up to ``receive_limit`` bytes; None: gRPC's
+    default) to an executor that runs every lease, until each is reported or 60 s pass."""
+    options = [] if receive_limit is None else [("grpc.max_receive_message_length", receive_limit)]
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=4), options=options)
     bots_pb2_grpc.add_BotsServicer_to_server(stand_in, server)
     server.add_insecure_port(f"unix://{tmp_path}/bots.sock")
     server.start()
@@ -102,6 +104,13 @@ def test_every_report_reaches_a_server_whatever_its_size(
     finally:
         server.stop(grace=None)
     assert set(stand_in.completed) == set(LEASES), "a report never got through"
+
+
+def test_every_report_reaches_a_server_whatever_its_size(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    stand_in = ReportsStandIn()
+    report_all(stand_in, tmp_path, monkeypatch, SERVER_LIMIT)
     long_message = stand_in.completed["long-message"].status
     assert long_message.code == 3  # INVALID_ARGUMENT: the action's own fault
     assert len(long_message.message) < bots.MAX_STATUS_MESSAGE_CHARS + 100
@@ -144,20 +153,6 @@ def test_a_server_busy_for_a_moment_costs_no_report(
     """Only a refusal for size sheds a report: RESOURCE_EXHAUSTED for a concurrency limit
     or a quota passes, and the update is sent again as it was."""
     stand_in = BusyStandIn(refusals=2)
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
-    bots_pb2_grpc.add_BotsServicer_to_server(stand_in, server)
-    server.add_insecure_port(f"unix://{tmp_path}/bots.sock")
-    server.start()
-    try:
-        with in_process_executor(
-            monkeypatch, run, f"unix://{tmp_path}/bots.sock", tmp_path / "executor",
-            capacity=len(LEASES),
-        ) as running:  # fmt: skip
-            deadline = time.monotonic() + 60
-            while len(stand_in.completed) < len(LEASES) and time.monotonic() < deadline:
-                time.sleep(0.05)
-            assert running.stop_and_wait(30) == 0
-    finally:
-        server.stop(grace=None)
+    report_all(stand_in, tmp_path, monkeypatch, None)
     over = stand_in.completed["over-the-server"]  # no limit here: its result goes through
     assert over.status.code == 0 and over.HasField("result")

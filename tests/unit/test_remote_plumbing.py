@@ -292,3 +292,53 @@ def test_a_cached_result_whose_outputs_were_evicted_is_run_again_past_the_cache(
         client.close()
     assert result.exit_code == 0 and (tmp_path / "out").read_bytes() == b"fresh output"
     assert server.skip_cache_lookups == ([True] if asks_the_action_cache else [False, True])
+
+
+class StreamingCas(EvictingCas):
+    """Blobs of over 1 KiB are past its batch limit: read only with ``read_file``."""
+
+    def __init__(self, blobs: list[bytes]) -> None:
+        super().__init__(blobs)
+        self.asked: list[tuple[str, int]] = []
+        self.streamed: list[Path] = []
+
+    def batched(self, digest: re_pb2.Digest) -> bool:
+        return digest.size_bytes <= 1024
+
+    def read_many(self, digests: list[re_pb2.Digest]) -> dict[tuple[str, int], bytes]:
+        self.asked += [digest_key(d) for d in digests]
+        return super().read_many(digests)
+
+    def read_file(self, digest: re_pb2.Digest, target: Path, mode: int = 0o644) -> None:
+        self.streamed.append(target)
+        target.write_bytes(self.blobs[digest_key(digest)])
+        target.chmod(mode)
+
+
+def test_a_large_output_file_is_streamed_to_its_place_not_held_in_memory(
+    tmp_path: Path,
+) -> None:
+    big, small = b"b" * 5000, b"small output"
+    cached = re_pb2.ActionResult()
+    cached.output_files.add(path="big", digest=digest_of(big), is_executable=True)
+    cached.output_files.add(path="small", digest=digest_of(small))
+
+    class Cache:
+        def GetActionResult(self, request: object, timeout: float) -> re_pb2.ActionResult:
+            return cached
+
+    client = RemoteClient(RemoteSettings(f"unix://{tmp_path}/none.sock"))
+    try:
+        client._capabilities = re_pb2.ServerCapabilities()
+        cas = StreamingCas([big, small])
+        client._cas = cas  # type: ignore[assignment]
+        client._action_cache = Cache()  # type: ignore[assignment]
+        command = re_pb2.Command(arguments=["true"], output_paths=["big", "small"])
+        built = BuiltAction(re_pb2.Action(), digest_of(b"a"), command, ("big", "small"), "k")
+        client.run(built, Blobs(), tmp_path / "out")
+    finally:
+        client.close()
+    assert digest_key(digest_of(big)) not in cas.asked and len(cas.streamed) == 1
+    assert (tmp_path / "out" / "big").read_bytes() == big
+    assert os.access(tmp_path / "out" / "big", os.X_OK)
+    assert (tmp_path / "out" / "small").read_bytes() == small

@@ -288,16 +288,30 @@ class RemoteClient:
         files = [(o, _checked(o.path, wanted)) for o in result.output_files]
         directories = [(d, _checked(d.path, wanted)) for d in result.output_directories]
         # What the server inlined (checked against its digest) needs no read; the rest
-        # comes in one round trip: output files, trees, stdout and stderr.
+        # comes in one round trip: output files, trees, stdout and stderr. An output file
+        # past the batch limit is streamed to its staged file instead, never whole in
+        # memory.
         inlined = _inlined(result)
-        digests = [o.digest for o, _ in files] + [d.tree_digest for d, _ in directories]
+        streamed = {
+            digest_key(o.digest)
+            for o, _ in files
+            if digest_key(o.digest) not in inlined and not self.cas.batched(o.digest)
+        }
+        digests = [o.digest for o, _ in files if digest_key(o.digest) not in streamed]
+        digests += [d.tree_digest for d, _ in directories]
         digests += [d for d in (result.stdout_digest, result.stderr_digest) if d.hash]
         blobs = self.cas.read_many([d for d in digests if digest_key(d) not in inlined])
         blobs.update(inlined)
         staged = StagedOutputs()
         try:
             for output, path in files:
-                staged.file(root / path, blobs[digest_key(output.digest)], output.is_executable)
+                key = digest_key(output.digest)
+                if key in streamed:
+                    mode = 0o755 if output.is_executable else 0o644
+                    target = staged.file_path(root / path, output.is_executable)
+                    self.cas.read_file(output.digest, target, mode)
+                else:
+                    staged.file(root / path, blobs[key], output.is_executable)
             for directory, path in directories:
                 tree = re_pb2.Tree()
                 tree.ParseFromString(blobs[digest_key(directory.tree_digest)])

@@ -25,6 +25,16 @@ class StagedOutputs:
             out.write(data)
         os.chmod(staged, 0o755 if executable else 0o644)
 
+    def file_path(self, target: Path, executable: bool) -> Path:
+        """An empty staged file for ``target``, for the caller to write (a large output,
+        streamed to it rather than held in memory)."""
+        target.parent.mkdir(parents=True, exist_ok=True)
+        handle, staged = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.remote-")
+        os.close(handle)
+        self._entries.append((Path(staged), target))
+        os.chmod(staged, 0o755 if executable else 0o644)
+        return Path(staged)
+
     def directory(self, target: Path) -> Path:
         """An empty staging directory for ``target``, for the caller to fill."""
         target.parent.mkdir(parents=True, exist_ok=True)

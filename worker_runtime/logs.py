@@ -54,17 +54,37 @@ def prune_old_runs(root: Path, keep_days: float = KEEP_DAYS) -> None:
 
 
 def _run_alive(directory: Path) -> bool:
-    """Whether the process a run directory is named for (``...-<pid>``) still runs."""
-    pid = directory.name.rsplit("-", 1)[-1]
-    if not pid.isdigit():
+    """Whether the process a run directory is named for (``<date>-<time>-<pid>``) still
+    runs: that pid runs, and started before the directory's time (a process that took
+    the pid over since is not that run)."""
+    parts = directory.name.rsplit("-", 3)
+    if len(parts) < 3 or not parts[-1].isdigit():
         return False
+    pid = int(parts[-1])
     try:
-        os.kill(int(pid), 0)
+        os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except OSError:  # another user's process: running
+        pass
+    started = _process_start(pid)
+    try:
+        made = time.mktime(time.strptime(parts[-3][-8:] + parts[-2], "%Y%m%d%H%M%S"))
+    except ValueError:
         return True
-    return True
+    return started is None or started <= made + 2
+
+
+def _process_start(pid: int) -> float | None:
+    """When process ``pid`` started (seconds since the epoch), from /proc; None if unknown."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as handle:
+            fields = handle.read().rsplit(")", 1)[1].split()
+        with open("/proc/stat", encoding="ascii") as handle:
+            boot = next(int(line.split()[1]) for line in handle if line.startswith("btime "))
+        return boot + int(fields[19]) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError, StopIteration):
+        return None
 
 
 def unusable_log_dir(exc: OSError) -> str:

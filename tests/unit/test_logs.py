@@ -17,19 +17,20 @@ from worker_runtime.logs import private_directory, prune_old_runs
 
 def test_old_runs_are_pruned_but_not_one_whose_process_still_runs(tmp_path: Path) -> None:
     """A daemon serving for weeks with no backend restarting adds no file to its run
-    directory: its time said old, and another project's start removed it under it."""
+    directory: its time said old, and another project's start removed it under it. A
+    directory named for a pid that another process has taken since is pruned."""
     gone = subprocess.Popen(["true"])
     gone.wait()
     old = time.time() - 30 * 86400
-    for name in (f"daemon-20260101-000000-{os.getpid()}", f"daemon-20260101-000000-{gone.pid}"):
+    live = f"daemon-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"  # this process's run
+    names = (live, f"daemon-20260101-000000-{gone.pid}", f"daemon-20260101-000000-{os.getpid()}")
+    for name in names:  # the last: a run of long ago whose pid this process took since
         (tmp_path / name).mkdir()
         os.utime(tmp_path / name, (old, old))
-    (tmp_path / f"daemon-20261205-000000-{gone.pid}").mkdir()  # new: kept, its pid gone
+    new = f"daemon-20261205-000000-{gone.pid}"
+    (tmp_path / new).mkdir()  # new: kept, its pid gone
     prune_old_runs(tmp_path)
-    assert sorted(p.name for p in tmp_path.iterdir()) == [
-        f"daemon-20260101-000000-{os.getpid()}",
-        f"daemon-20261205-000000-{gone.pid}",
-    ]
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([live, new])
 
 
 def test_another_users_log_root_is_taken_only_if_others_cannot_write_to_it(

@@ -2,9 +2,9 @@
 messages in memory, file blobs on disk. An action's input root is then read from the
 engine only for what this executor has not seen: its tree in one GetTree call (a level
 at a time where the server lacks GetTree), its files in batches of up to 64 MiB (one past
-the server's batch limit streamed to disk), instead of one call per file and directory. Every action carries its
-worker's files (a few hundred class files for the javac worker), so without it each
-action paid a round trip per file.
+the server's batch limit streamed to disk), instead of one call per file and directory.
+Every action carries its worker's files (a few hundred class files for the javac
+worker), so without it each action paid a round trip per file.
 
 Files are copied from the cache into an action's directory, never linked: an action that
 wrote to an input in place would otherwise change the cached copy. Both stores are

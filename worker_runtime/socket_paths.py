@@ -23,6 +23,17 @@ def check_socket_length(path: str) -> None:
         )
 
 
+def bind_private(sock: _socket.socket, path: str) -> None:
+    """Binds ``sock`` at ``path`` so that only this user may connect (connecting to a Unix
+    socket needs write permission): the umask is 0177 for the bind alone, with nothing
+    awaited meanwhile, so no other task or child runs under it."""
+    old_umask = os.umask(0o177)
+    try:
+        sock.bind(path)
+    finally:
+        os.umask(old_umask)
+
+
 def check_socket_path(path: str) -> None:
     """Fails clearly on a path that cannot be bound, or that a live server already holds."""
     check_socket_length(path)

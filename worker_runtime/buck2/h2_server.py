@@ -36,7 +36,7 @@ from worker_runtime.buck2.requests import (
     unreadable_stream_message,
 )
 from worker_runtime.proto import buck2_worker_pb2 as pb
-from worker_runtime.socket_paths import check_socket_path
+from worker_runtime.socket_paths import bind_private, check_socket_path
 
 LOGGER = logging.getLogger(__name__)
 
@@ -104,18 +104,14 @@ class H2SocketServer:
             )
             return
         check_socket_path(self.socket_path)
-        # Only our own user may connect: a Unix socket needs write permission to connect.
-        # Bound here, with no await under the umask: on asyncio's own loop, awaiting the
-        # bind let other tasks run (a backend starting) with it in force.
+        # Only our own user may connect. Bound here, not by an awaited create_unix_server:
+        # on asyncio's own loop other tasks (a backend starting) ran under its umask.
         listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        old_umask = os.umask(0o177)
         try:
-            listener.bind(self.socket_path)
+            bind_private(listener, self.socket_path)
         except BaseException:
             listener.close()
             raise
-        finally:
-            os.umask(old_umask)
         self._server = await loop.create_unix_server(
             lambda: Connection(self.handler, self._connections), sock=listener
         )

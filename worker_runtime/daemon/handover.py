@@ -23,6 +23,8 @@ from __future__ import annotations
 import _socket
 import os
 
+from worker_runtime.socket_paths import bind_private
+
 TYPE_CHECKING = False  # mypy takes it as true; typing itself is not imported (it costs a start)
 if TYPE_CHECKING:
     import socket
@@ -40,15 +42,12 @@ def listen_early(path: str) -> None:
     the daemon binds the path itself, saying why if it cannot either."""
     global _early
     sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
-    old_umask = os.umask(0o177)
     try:
-        sock.bind(path)
+        bind_private(sock, path)
         sock.listen(_socket.SOMAXCONN)
     except (OSError, ValueError):
         sock.close()
         return
-    finally:
-        os.umask(old_umask)
     _early = (path, sock)
 
 

@@ -41,6 +41,7 @@ from worker_runtime.daemon.processes import is_running
 from worker_runtime.daemon.reclaim import Reclaimer
 from worker_runtime.errors import ConfigError
 from worker_runtime.logs import cap_logs
+from worker_runtime.socket_paths import bind_private
 
 LOGGER = logging.getLogger(__name__)
 
@@ -131,15 +132,12 @@ class Daemon:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(socket_path)  # we hold the lock: whatever is there is stale
         control = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        old_umask = os.umask(0o177)
         try:
-            control.bind(socket_path)
+            bind_private(control, socket_path)
             control.listen(socket.SOMAXCONN)
         except OSError:
             control.close()
             raise
-        finally:
-            os.umask(old_umask)
         control.setblocking(False)
         acceptor = asyncio.create_task(self._accept_forever(control))
         loop = asyncio.get_running_loop()

@@ -17,7 +17,7 @@ from typing import Any
 
 from worker_runtime.daemon import lock
 from worker_runtime.daemon.control import try_connect
-from worker_runtime.daemon.paths import DaemonPaths
+from worker_runtime.daemon.paths import DaemonPaths, other_versions
 from worker_runtime.daemon.processes import is_running
 from worker_runtime.errors import USAGE_EXIT_CODE
 from worker_runtime.logs import latest_lines, log_root
@@ -246,15 +246,10 @@ def _stop_other_versions(paths: DaemonPaths, timeout_s: float) -> list[tuple[int
     or edited: this command's own version names another daemon, and `stop` found none);
     their pids and versions."""
     stopped = []
-    for state_file in sorted(paths.directory.glob("*.json")):
-        if state_file == paths.state:
-            continue
+    for state in other_versions(paths):
         try:
-            state = json.loads(state_file.read_text())
-            if state.get("project_root") != paths.project_root:
-                continue
-            pid = stop_daemon_at(Path(state["socket"]), timeout_s)
-        except (OSError, ValueError, KeyError, TimeoutError, AttributeError):
+            pid = stop_daemon_at(Path(str(state["socket"])), timeout_s)
+        except (OSError, ValueError, KeyError, TimeoutError):
             continue
         if pid is not None:
             stopped.append((pid, str(state.get("version"))))

@@ -92,6 +92,34 @@ def private_dir(path: str | os.PathLike[str]) -> None:
         )
 
 
+def other_versions(paths: DaemonPaths) -> list[dict[str, object]]:
+    """The state files of this project's daemons of other runtime versions (each its pid,
+    version and control socket), as they wrote them; unreadable ones left out."""
+    import json
+
+    try:
+        names = sorted(os.listdir(paths.directory_name))
+    except OSError:  # no daemon ever ran here
+        return []
+    found = []
+    for name in names:
+        path = os.path.join(paths.directory_name, name)
+        if not name.endswith(".json") or path == paths.state_name:
+            continue
+        try:
+            with open(path, encoding="utf-8") as handle:
+                state = json.load(handle)
+        except (OSError, ValueError):
+            continue
+        if (
+            isinstance(state, dict)
+            and state.get("project_root") == paths.project_root
+            and state.get("version") != paths.version
+        ):
+            found.append(state)
+    return found
+
+
 class DaemonPaths:
     """The files of the daemon for one (user, project root, version). A plain class, not
     a dataclass: every worker front imports this, and `dataclasses` alone costs a start

@@ -36,7 +36,7 @@ from worker_runtime.daemon.control import (
     read_first_message,
 )
 from worker_runtime.daemon.handover import adopt
-from worker_runtime.daemon.paths import DaemonPaths
+from worker_runtime.daemon.paths import DaemonPaths, other_versions
 from worker_runtime.daemon.processes import is_running
 from worker_runtime.daemon.reclaim import Reclaimer
 from worker_runtime.errors import ConfigError
@@ -197,20 +197,9 @@ class Daemon:
 
     async def _retire_other_versions(self) -> None:
         """Asks daemons of other runtime versions for this project to drain and exit."""
-        for state_file in self.paths.directory.glob("*.json"):
-            if state_file == self.paths.state:
-                continue
+        for state in other_versions(self.paths):
             try:
-                state = json.loads(state_file.read_text())
-            except (OSError, ValueError):
-                continue
-            if (
-                state.get("project_root") != self.paths.project_root
-                or state.get("version") == self.paths.version
-            ):
-                continue
-            try:
-                reader, writer = await asyncio.open_unix_connection(state["socket"])
+                reader, writer = await asyncio.open_unix_connection(str(state["socket"]))
                 writer.write(encode({"op": "retire", "by": self.paths.version}))
                 await writer.drain()
                 await asyncio.wait_for(reader.readline(), 5)

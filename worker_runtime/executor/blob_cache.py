@@ -19,14 +19,14 @@ import os
 import shutil
 import threading
 from collections import OrderedDict
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import grpc
 
 from worker_runtime.atomic_files import write_atomically
 from worker_runtime.proto import remote_execution_pb2 as re_pb2
-from worker_runtime.remote.cas import Cas
+from worker_runtime.remote.cas import Cas, runs_within
 from worker_runtime.remote.merkle import digest_key, digest_of
 
 #: Disk the file cache of one instance may use, and Directory messages kept in memory.
@@ -34,20 +34,6 @@ MAX_FILE_BYTES = 2 << 30
 MAX_DIRECTORIES = 20_000
 #: The inputs of an action read in batches of at most this many bytes at a time.
 READ_CHUNK_BYTES = 64 << 20
-
-
-def _chunks(digests: Sequence[re_pb2.Digest], limit: int) -> Iterator[list[re_pb2.Digest]]:
-    """``digests`` in runs whose sizes add up to at most ``limit`` (a larger one alone)."""
-    chunk: list[re_pb2.Digest] = []
-    size = 0
-    for digest in digests:
-        if chunk and size + digest.size_bytes > limit:
-            yield chunk
-            chunk, size = [], 0
-        chunk.append(digest)
-        size += digest.size_bytes
-    if chunk:
-        yield chunk
 
 
 class BlobCache:
@@ -143,14 +129,14 @@ class BlobCache:
         with self._lock:
             unseen = {digest_key(d): d for d, _, _ in wanted if digest_key(d) not in self._files}
         batched = [d for d in unseen.values() if self.cas.batched(d)]
-        for chunk in _chunks(batched, READ_CHUNK_BYTES):
+        streamed = [d for d in unseen.values() if not self.cas.batched(d)]
+        for chunk in runs_within(batched, lambda digest: digest.size_bytes, READ_CHUNK_BYTES):
             for key, data in self.cas.read_many(chunk).items():
                 self._store(key, data)
-        for digest in unseen.values():
-            if not self.cas.batched(digest):
-                key = digest_key(digest)
-                self.cas.read_file(digest, self._path(key), 0o600)
-                self._account(key, digest.size_bytes)
+        for digest in streamed:
+            key = digest_key(digest)
+            self.cas.read_file(digest, self._path(key), 0o600)
+            self._account(key, digest.size_bytes)
         for digest, target, executable in wanted:
             key = digest_key(digest)
             source = self._path(key)

@@ -7,8 +7,9 @@ from __future__ import annotations
 import hashlib
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
+from typing import TypeVar
 
 import grpc
 
@@ -17,6 +18,8 @@ from worker_runtime.proto import remote_execution_pb2 as re_pb2
 from worker_runtime.proto import remote_execution_pb2_grpc as re_grpc
 from worker_runtime.proto.google.bytestream import bytestream_pb2, bytestream_pb2_grpc
 from worker_runtime.remote.merkle import Blobs, digest_key, digest_of
+
+T = TypeVar("T")
 
 #: Room for the per-blob framing of a batch request (digest, field tags).
 PER_BLOB_OVERHEAD = 256
@@ -27,6 +30,21 @@ DEFAULT_BATCH_LIMIT = 4 << 20
 #: A ByteStream transfer gets the call's deadline plus the time its blob takes at this
 #: rate: one deadline for every size would fail a large blob on a slow link every time.
 SLOWEST_TRANSFER_BYTES_PER_S = 8 << 20
+
+
+def runs_within(items: Iterable[T], size_of: Callable[[T], int], limit: int) -> Iterator[list[T]]:
+    """``items`` in runs whose sizes add up to at most ``limit`` (a larger one alone): the
+    batches a reader takes at a time, so that no more than ``limit`` is in memory."""
+    run: list[T] = []
+    size = 0
+    for item in items:
+        if run and size + size_of(item) > limit:
+            yield run
+            run, size = [], 0
+        run.append(item)
+        size += size_of(item)
+    if run:
+        yield run
 
 
 class CasError(RuntimeError):

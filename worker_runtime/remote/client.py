@@ -20,7 +20,7 @@ from worker_runtime.proto.google.rpc import error_details_pb2
 from worker_runtime.protocol.wire import encode_varint
 from worker_runtime.remote.action import BuiltAction
 from worker_runtime.remote.cancellation import Cancellation, RemoteCancelled
-from worker_runtime.remote.cas import BlobMissing, Cas
+from worker_runtime.remote.cas import BlobMissing, Cas, runs_within
 from worker_runtime.remote.channels import open_channel, parse_endpoint
 from worker_runtime.remote.convention import UnsafePathError, safe_relative_path
 from worker_runtime.remote.merkle import Blobs, digest_key, digest_of
@@ -354,34 +354,18 @@ class RemoteClient:
 
         walk(tree.root, target, "")
         batched = [(node, path) for node, path in files if self.cas.batched(node.digest)]
-        for chunk in _chunks(batched, TREE_READ_CHUNK_BYTES):
+        streamed = [(node, path) for node, path in files if not self.cas.batched(node.digest)]
+        for chunk in runs_within(batched, lambda f: f[0].digest.size_bytes, TREE_READ_CHUNK_BYTES):
             blobs = self.cas.read_many([node.digest for node, _ in chunk])
             for node, path in chunk:
                 data = blobs[digest_key(node.digest)]
                 self.cas.read_to(node.digest, path, node.is_executable, data)
-        for node, path in files:
-            if not self.cas.batched(node.digest):  # streamed to its file, not held whole
-                self.cas.read_to(node.digest, path, node.is_executable)
+        for node, path in streamed:  # to its file as it comes, never whole in memory
+            self.cas.read_to(node.digest, path, node.is_executable)
 
 
 #: The files of an output directory are read in batches of at most this many bytes.
 TREE_READ_CHUNK_BYTES = 16 << 20
-
-
-def _chunks(
-    files: list[tuple[re_pb2.FileNode, Path]], limit: int
-) -> Iterator[list[tuple[re_pb2.FileNode, Path]]]:
-    """``files`` in runs whose sizes add up to at most ``limit`` (a larger file alone)."""
-    chunk: list[tuple[re_pb2.FileNode, Path]] = []
-    size = 0
-    for node, path in files:
-        if chunk and size + node.digest.size_bytes > limit:
-            yield chunk
-            chunk, size = [], 0
-        chunk.append((node, path))
-        size += node.digest.size_bytes
-    if chunk:
-        yield chunk
 
 
 #: BuildGrid's scheduling header: SchedulingMetadata{locality_hint = 1}. Servers that do

@@ -588,6 +588,17 @@ def test_jvm_logs_and_child_output_never_reach_the_protocols_stdout(
     assert result.returncode == 0
 
 
+def answer_once_released(worker: subprocess.Popen[bytes], fifo: Path) -> object:
+    """Gives ``fifo`` a reader, so that the javac held opening it as its -Xstdout goes on,
+    and returns the worker's next JSON answer."""
+    assert worker.stdout
+    reader = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)
+    try:
+        return json.loads(worker.stdout.readline())
+    finally:
+        os.close(reader)
+
+
 def test_a_second_request_under_an_id_in_flight_is_ignored_not_answered(tmp_path: Path) -> None:
     """Only the first request under id 1 is answered (an answer to the second would be taken
     for the first's); the worker goes on serving and says why on stderr."""
@@ -611,12 +622,9 @@ def test_a_second_request_under_an_id_in_flight_is_ignored_not_answered(tmp_path
         )
         worker.stdin.flush()
         assert json.loads(worker.stdout.readline()) == {"exitCode": 0, "output": "", "requestId": 2}
-        reader = os.open(tmp_path / "held.fifo", os.O_RDONLY | os.O_NONBLOCK)
-        try:
-            answer = json.loads(worker.stdout.readline())
-        finally:
-            os.close(reader)
-        assert answer == {"exitCode": 0, "output": "", "requestId": 1}
+        assert answer_once_released(worker, tmp_path / "held.fifo") == {
+            "exitCode": 0, "output": "", "requestId": 1,
+        }  # fmt: skip
         worker.stdin.close()
         assert worker.stdout.read() == b""  # nothing for the duplicate
         assert worker.wait(timeout=60) == 0
@@ -802,12 +810,9 @@ def test_multiplex_compiles_wait_their_turn_and_a_waiting_one_cancels_at_once(
         assert ready, "the waiting request's cancel was not answered"
         answer = json.loads(worker.stdout.readline())
         assert answer == {"exitCode": 0, "output": "", "requestId": 2, "wasCancelled": True}
-        reader = os.open(tmp_path / "first.fifo", os.O_RDONLY | os.O_NONBLOCK)
-        try:
-            answer = json.loads(worker.stdout.readline())
-        finally:
-            os.close(reader)
-        assert answer == {"exitCode": 0, "output": "", "requestId": 1}
+        assert answer_once_released(worker, tmp_path / "first.fifo") == {
+            "exitCode": 0, "output": "", "requestId": 1,
+        }  # fmt: skip
         worker.stdin.close()
         assert worker.wait(timeout=60) == 0
     finally:

@@ -24,6 +24,19 @@ from worker_runtime.proto.google.devtools.remoteworkers.v1test2 import (
 LEASE = "lease-1"
 
 
+def session_with_leases(
+    request: bots_pb2.CreateBotSessionRequest, actions: dict[str, re_pb2.Action]
+) -> bots_pb2.BotSession:
+    """The new session a stand-in answers CreateBotSession with: one ACTIVE lease per
+    action, under its id."""
+    session = bots_pb2.BotSession()
+    session.CopyFrom(request.bot_session)
+    session.name = "sessions/stand-in"
+    for lease_id, action in actions.items():
+        session.leases.add(id=lease_id, state=bots_pb2.ACTIVE).payload.Pack(action)
+    return session
+
+
 class BotsStandIn(bots_pb2_grpc.BotsServicer):
     """Hands out one lease, echoes every update, and answers the first ``refusals``
     updates that report it COMPLETED before the bot terminates as UNAVAILABLE."""
@@ -36,12 +49,7 @@ class BotsStandIn(bots_pb2_grpc.BotsServicer):
     def CreateBotSession(
         self, request: bots_pb2.CreateBotSessionRequest, context: grpc.ServicerContext
     ) -> bots_pb2.BotSession:
-        session = bots_pb2.BotSession()
-        session.CopyFrom(request.bot_session)
-        session.name = "sessions/stand-in"
-        lease = session.leases.add(id=LEASE, state=bots_pb2.ACTIVE)
-        lease.payload.Pack(re_pb2.Action())
-        return session
+        return session_with_leases(request, {LEASE: re_pb2.Action()})
 
     def UpdateBotSession(
         self, request: bots_pb2.UpdateBotSessionRequest, context: grpc.ServicerContext

@@ -15,6 +15,7 @@ import grpc
 import pytest
 
 from tests.in_process_executor import in_process_executor
+from tests.unit.test_executor_last_report import session_with_leases
 from worker_runtime.executor import bots
 from worker_runtime.executor.runner import ActionError
 from worker_runtime.proto import remote_execution_pb2 as re_pb2
@@ -38,13 +39,8 @@ class ReportsStandIn(bots_pb2_grpc.BotsServicer):
     def CreateBotSession(
         self, request: bots_pb2.CreateBotSessionRequest, context: grpc.ServicerContext
     ) -> bots_pb2.BotSession:
-        session = bots_pb2.BotSession()
-        session.CopyFrom(request.bot_session)
-        session.name = "sessions/stand-in"
-        for name in LEASES:
-            lease = session.leases.add(id=name, state=bots_pb2.ACTIVE)
-            lease.payload.Pack(re_pb2.Action(command_digest=re_pb2.Digest(hash=name)))
-        return session
+        actions = {name: re_pb2.Action(command_digest=re_pb2.Digest(hash=name)) for name in LEASES}
+        return session_with_leases(request, actions)
 
     def UpdateBotSession(
         self, request: bots_pb2.UpdateBotSessionRequest, context: grpc.ServicerContext

@@ -179,12 +179,43 @@ def test_daemon_killed_mid_request_fails_clearly_and_next_command_recovers(
     assert "see worker logs" in str(outcome[0])
     assert worker.proc is not None and worker.proc.wait(10) == 1
     stderr = worker.stderr()
-    assert f"the daemon (pid {old_daemon})" in stderr and "died" in stderr
+    assert f"the daemon (pid {old_daemon})" in stderr
+    assert "died without saying it would stop" in stderr and "was stopped" not in stderr
     assert "runtime.log" in stderr and "next buck2 command starts a new daemon" in stderr
     assert wait_gone([backend]) == [], "the dead daemon's backend must not outlive it"
     next_command = start_runtime(fake_backend())
     assert next_command.run("echo", "after").stderr == "after"
     assert daemon_status()["pid"] != old_daemon
+
+
+@pytest.mark.parametrize("how", ["stop command", "SIGTERM"])
+def test_a_front_whose_daemon_is_stopped_says_so_after_its_request_is_answered(
+    start_runtime: StartRuntime, how: str
+) -> None:
+    """A daemon stopped on purpose tells its fronts why before it drains their sockets:
+    the request in flight is answered, and the front's exit (which Buck2 reports as the
+    worker's) says the daemon was stopped and by what, not that it died."""
+    worker = start_runtime(fake_backend())
+    daemon = daemon_status()["pid"]
+    outcome: list[Any] = []
+    thread = threading.Thread(target=lambda: outcome.append(worker.run("sleep", "1.5")))
+    thread.start()
+    time.sleep(0.5)
+    if how == "SIGTERM":
+        os.kill(daemon, signal.SIGTERM)
+        reason = "it received SIGTERM"
+    else:
+        stop = subprocess.run([*RUNTIME, "stop"], cwd=REPO_ROOT, capture_output=True, timeout=60)
+        assert stop.returncode == 0, stop.stderr
+        reason = "`worker-runtime stop` asked it to"
+    thread.join(30)
+    assert outcome and outcome[0].exit_code == 0, "the drain must answer the request"
+    assert worker.proc is not None and worker.proc.wait(30) == 1
+    stderr = worker.stderr()
+    assert f"the daemon (pid {daemon}) serving" in stderr
+    assert f"was stopped ({reason}); the requests it had in flight were answered" in stderr
+    assert "died" not in stderr and "next buck2 command starts a new daemon" in stderr
+    assert wait_gone([daemon], 30) == [], "the stopped daemon must exit"
 
 
 def test_two_fronts_starting_at_once_share_one_daemon(

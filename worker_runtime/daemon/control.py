@@ -2,7 +2,9 @@
 
 Fronts send ``attach`` (serve this Buck2 socket with this config) and ``detach``; the
 CLI sends ``status``, ``stop``; a newer daemon sends ``retire`` to an older one. Every
-request gets one reply ``{"ok": true, ...}`` or ``{"ok": false, "error": "..."}``.
+request gets one reply ``{"ok": true, ...}`` or ``{"ok": false, "error": "..."}``. One
+message is sent unasked: a daemon that stops on purpose sends each attached front
+``{"op": "closing", "reason": "..."}`` before it drains the front's socket.
 Connections from another uid are refused (SO_PEERCRED).
 
 A connection's first message may carry file descriptors (SCM_RIGHTS, sent with its

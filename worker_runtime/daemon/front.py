@@ -286,26 +286,39 @@ def run_front(
         f"daemon logs in {reply['log_dir']}\n"
     )
     sys.stderr.flush()
+    closing = ""  # why the daemon stops, if it says so before it goes
     while not received:
         ready, _, _ = select.select([client.fileno(), wake_read], [], [])
         if received:
             break
         if wake_read in ready:
             os.read(wake_read, 64)
-        if client.fileno() in ready and client.receive() is None:
-            # Nothing serves this socket again in this command (Buck2 would dial it
-            # again, but only this front's daemon served it): say what happened where
-            # Buck2 points the user (this stderr) and exit, which Buck2 reports as
-            # "Worker exited". The next command starts a new daemon.
-            client.close()
-            sys.stderr.write(
-                f"worker-runtime: error: the daemon (pid {reply['pid']}) serving {socket_path} "
-                f"has gone (stopped, or died); the requests in flight on it failed, and this "
-                f"worker exits for the rest of this command. The next buck2 command starts a new "
-                f"daemon. Daemon log: {reply['log_dir']}/runtime.log (its start-up output: "
-                f"{paths.spawn_log_name})\n"
+        if client.fileno() not in ready:
+            continue
+        message = client.receive()
+        if message is not None:
+            if message.get("op") == "closing":
+                closing = str(message.get("reason") or "it was stopped")
+            continue
+        # Nothing serves this socket again in this command (Buck2 would dial it again,
+        # but only this front's daemon served it): say what happened where Buck2 points
+        # the user (this stderr) and exit, which Buck2 reports as "Worker exited". The
+        # next command starts a new daemon.
+        client.close()
+        sys.stderr.write(
+            f"worker-runtime: error: the daemon (pid {reply['pid']}) serving {socket_path} "
+            + (
+                f"was stopped ({closing}); the requests it had in flight were answered, or "
+                f"cancelled after shutdown_grace_s"
+                if closing
+                else "died without saying it would stop (killed, or it crashed); the "
+                "requests in flight on it failed"
             )
-            return 1
+            + f", and this worker exits for the rest of this command. The next buck2 "
+            f"command starts a new daemon. Daemon log: {reply['log_dir']}/runtime.log (its "
+            f"start-up output: {paths.spawn_log_name})\n"
+        )
+        return 1
     # End of the Buck2 command: ask the daemon to detach, and go. The daemon drains this
     # socket's in-flight requests itself (for up to `shutdown_grace_s`, then cancels them
     # cleanly), so Buck2's SIGTERM-to-SIGKILL window is never spent here. At the normal

@@ -65,6 +65,8 @@ class Attachment:
     socket_path: str
     server: SocketServer
     front_pid: int
+    #: The front's control connection: told why, when the daemon stops on purpose.
+    control: asyncio.StreamWriter | None = None
     attached_at: float = field(default_factory=time.time)
 
 
@@ -117,6 +119,8 @@ class Daemon:
         self.reclaimer = Reclaimer(lambda: list(self.managers.values()), settings.budget_bytes)
         self._last_activity = time.monotonic()
         self._stop = asyncio.Event()
+        #: Why the daemon stops, told to every attached front (which tells Buck2's user).
+        self._stop_reason = ""
         #: The control connections being served (asyncio holds tasks only weakly).
         self._control_tasks: set[asyncio.Task[None]] = set()
 
@@ -142,7 +146,7 @@ class Daemon:
         acceptor = asyncio.create_task(self._accept_forever(control))
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(signum, self._stop.set)
+            loop.add_signal_handler(signum, self._stop_for, f"it received {signum.name}")
         loop.add_signal_handler(signal.SIGHUP, lambda: None)
         self._write_state()
         LOGGER.info(
@@ -174,10 +178,24 @@ class Daemon:
             LOGGER.info("daemon stopped")
         return 0
 
+    def _stop_for(self, reason: str) -> None:
+        """Stops the daemon, the first reason given being the one its fronts are told."""
+        if not self._stop.is_set():
+            self._stop_reason = reason
+            self._stop.set()
+
     async def _shutdown(self) -> None:
-        LOGGER.info("shutting down: %d attached socket(s)", len(self.attachments))
+        LOGGER.info(
+            "shutting down (%s): %d attached socket(s)", self._stop_reason, len(self.attachments)
+        )
         attachments = list(self.attachments.values())
         self.attachments.clear()
+        for attachment in attachments:
+            # Before the drain, so that a front can tell a stop from a death (it keeps
+            # waiting for the connection's end: the drain still answers its requests).
+            if attachment.control is not None:
+                with contextlib.suppress(ConnectionError, RuntimeError):
+                    attachment.control.write(encode({"op": "closing", "reason": self._stop_reason}))
         await asyncio.gather(
             *(a.server.drain_and_stop(self.settings.shutdown_grace_s) for a in attachments)
         )
@@ -255,7 +273,7 @@ class Daemon:
             return
         if self.retiring_for is not None:
             LOGGER.info("retired in favour of version %s and idle: exiting", self.retiring_for)
-            self._stop.set()
+            self._stop_for(f"it retired in favour of version {self.retiring_for}")
             return
         idle = time.monotonic() - self._last_activity
         if idle > self.settings.idle_timeout_s:
@@ -264,7 +282,7 @@ class Daemon:
                 idle,
                 self.settings.idle_timeout_s,
             )
-            self._stop.set()
+            self._stop_for("it was idle")
 
     # -- control connections -------------------------------------------------------------
     async def _accept_forever(self, control: socket.socket) -> None:
@@ -336,7 +354,7 @@ class Daemon:
                 op = message.get("op")
                 reply: dict[str, Any]
                 if op == "attach":
-                    reply, attachment = await self._attach(message, fds)
+                    reply, attachment = await self._attach(message, fds, writer)
                 elif op == "detach":
                     if attachment is not None:
                         await self._detach(attachment)
@@ -347,7 +365,7 @@ class Daemon:
                 elif op == "stop":
                     LOGGER.info("stop requested")
                     reply = {"ok": True, "pid": os.getpid()}
-                    self._stop.set()
+                    self._stop_for("`worker-runtime stop` asked it to")
                 elif op == "retire":
                     self.retiring_for = str(message.get("by", "another version"))
                     LOGGER.info("asked to retire by version %s", self.retiring_for)
@@ -375,10 +393,14 @@ class Daemon:
             writer.close()
 
     async def _attach(
-        self, message: dict[str, Any], fds: list[int]
+        self,
+        message: dict[str, Any],
+        fds: list[int],
+        control: asyncio.StreamWriter | None = None,
     ) -> tuple[dict[str, Any], Attachment | None]:
         """Serves the message's socket: the listening socket it carries in ``fds`` (taken
-        from the list) if it says ``"listener": true``, else one bound here."""
+        from the list) if it says ``"listener": true``, else one bound here. ``control``
+        is the front's connection, told why if the daemon stops while it is attached."""
         # A retiring daemon still serves fronts of its own version (a command of the old
         # install that is still running): it exits once none is attached.
         if self._stop.is_set():
@@ -412,7 +434,7 @@ class Daemon:
                 listener.close()
             LOGGER.warning("cannot serve %s: %s", message.get("socket"), exc)
             return {"ok": False, "error": f"cannot serve {message.get('socket')}: {exc}"}, None
-        attachment = Attachment(socket_path, server, int(message.get("front_pid", 0)))
+        attachment = Attachment(socket_path, server, int(message.get("front_pid", 0)), control)
         self.attachments[socket_path] = attachment
         self._last_activity = time.monotonic()
         LOGGER.info(

@@ -282,7 +282,7 @@ def run_as_nobody(socket_path: Path) -> dict[str, Any]:
     return reply
 
 
-@pytest.mark.skipif(os.getuid() != 0, reason="needs root to run a client as another user")
+@pytest.mark.needs_root("run a client as another user")
 def test_another_uid_is_refused(start_runtime: StartRuntime, runtime_dir: Path) -> None:
     worker = start_runtime(fake_backend())
     worker.run("echo", "warm")

@@ -241,7 +241,7 @@ def test_remote_workers_benchmark_writes_its_json() -> None:
         assert isolated["oneshot_floor_ms"] > 0 and isolated["warm_end_to_end_ms"] > 0
 
 
-@pytest.mark.skipif(os.getuid() != 0, reason="needs root: the sandbox and the uid switch")
+@pytest.mark.needs_root("the sandbox and the uid switch")
 def test_sandbox_cost_benchmark_writes_its_json() -> None:
     result = run_benchmark("sandbox_cost", "--rounds", "4", "--warm-requests", "5")
     for figure in ("oneshot_action", "worker_start", "warm_request"):

@@ -434,7 +434,7 @@ def test_multiplex_request_ids_wrap_below_the_int32_bound(tmp_path: Path) -> Non
     assert [worker._next_id() for _ in range(2)] == [(1 << 31) - 2, 1]  # never 2**31 - 1
 
 
-@pytest.mark.skipif(os.getuid() != 0, reason="needs root: it makes control groups")
+@pytest.mark.needs_root("it makes control groups")
 def test_every_request_of_a_multiplex_worker_killed_for_memory_knows_why(tmp_path: Path) -> None:
     """The kernel kills the worker for passing its memory limit with two requests in it;
     the one whose release stops the worker and removes its group, and the one released

@@ -34,12 +34,10 @@ def test_sigterm_finishes_in_flight_requests_then_exits_cleanly(
     thread.start()
     time.sleep(0.3)
     assert worker.proc is not None
-    started = time.monotonic()
-    assert worker.terminate() == 0
+    assert worker.terminate() == 0  # not SIGKILLed after Buck2's grace: it exited itself
     thread.join(10)
     response = results[0]
     assert getattr(response, "stderr", None) == "slept", response
-    assert time.monotonic() - started < 5
     assert not os.path.exists(worker.socket_path)
     assert wait_gone([backend_pid]) == []
 
@@ -55,9 +53,8 @@ def test_sigterm_cancels_requests_that_run_past_the_grace(
     thread = threading.Thread(target=lambda: responses.append(worker.run("sleep", "60")))
     thread.start()
     time.sleep(0.3)
-    started = time.monotonic()
+    # Exits by itself (not SIGKILLed after Buck2's 10 s), its sleep cancelled at 1 s.
     assert worker.terminate() == 0
-    assert time.monotonic() - started < 5
     thread.join(10)
     (response,) = responses  # answered, not dropped
     assert getattr(response, "exit_code", None) == RUNTIME_ERROR_EXIT_CODE
@@ -100,12 +97,21 @@ def test_runtime_killed_with_sigkill_takes_its_backends_along(start_runtime: Sta
 
 
 def test_backends_survive_the_group_sigterm_until_drained(start_runtime: StartRuntime) -> None:
-    """Backends run in their own session: Buck2's SIGTERM to the runtime's group does not
-    reach them mid-request (the runtime stops them itself, after draining)."""
-    worker = start_runtime(fake_backend())
+    """Backends run in their own session: a SIGTERM to the runtime's process group (Buck2
+    signals the group when no grace is set; a terminal's Ctrl-C does too) does not reach
+    them mid-request, and the runtime answers the request before it stops them itself."""
+    worker = start_runtime(fake_backend(), ["--no-daemon"])
     backend_pid = int(worker.run("pid").stderr)
     assert worker.proc is not None
-    assert os.getpgid(backend_pid) != os.getpgid(worker.proc.pid)
+    results: list[object] = []
+    thread = threading.Thread(target=lambda: results.append(worker.run("sleep", "1")))
+    thread.start()
+    time.sleep(0.3)
+    os.killpg(worker.proc.pid, signal.SIGTERM)
+    assert worker.proc.wait(30) == 0
+    thread.join(10)
+    assert [getattr(r, "stderr", r) for r in results] == ["slept"]
+    assert wait_gone([backend_pid]) == []
 
 
 def test_no_process_left_after_many_backends(start_runtime: StartRuntime, tmp_path) -> None:

@@ -19,7 +19,7 @@ from worker_runtime.executor.launch import launch
 from worker_runtime.executor.limits import Confinement, Group, Limits
 from worker_runtime.executor.tenants import RunAs
 
-pytestmark = pytest.mark.skipif(os.getuid() != 0, reason="needs root: it makes control groups")
+pytestmark = pytest.mark.needs_root("it makes control groups")
 TENANT = RunAs(200008, 200008)
 
 

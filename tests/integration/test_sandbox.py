@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import errno
 import json
-import os
 import shutil
 import socket
 import subprocess
@@ -20,9 +19,7 @@ import pytest
 from worker_runtime.executor.sandbox import Sandbox
 from worker_runtime.executor.tenants import RunAs, hand_over
 
-pytestmark = pytest.mark.skipif(
-    os.getuid() != 0, reason="needs root: bubblewrap's mounts and the uid switch"
-)
+pytestmark = pytest.mark.needs_root("bubblewrap's mounts and the uid switch")
 TENANT = RunAs(200007, 200007)
 LOOK = r"""
 import json, os, socket, sys

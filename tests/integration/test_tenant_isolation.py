@@ -11,7 +11,6 @@ discarded, its action RESOURCE_EXHAUSTED). The victim's worker stays warm throug
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import socket
 import tempfile
@@ -30,9 +29,7 @@ from worker_runtime.executor.privileges import kept_mask
 from worker_runtime.executor.tenants import parse_uid_range
 from workers_dev.emulator import make_command
 
-pytestmark = pytest.mark.skipif(
-    os.getuid() != 0, reason="needs root: the executor switches each tenant to its own uid"
-)
+pytestmark = pytest.mark.needs_root("the executor switches each tenant to its own uid")
 UIDS = parse_uid_range(TENANT_UID_RANGE)
 #: What a refused probe may see: no permission, or (in the sandbox) nothing there.
 REFUSALS = {

@@ -47,7 +47,7 @@ def executor(
     )  # fmt: skip
 
 
-@pytest.mark.skipif(os.getuid() != 0, reason="needs root: the refusals are about root")
+@pytest.mark.needs_root("the refusals are about root")
 def test_root_without_a_uid_range_and_a_range_without_root_are_refused(tmp_path: Path) -> None:
     as_root = executor(tmp_path)
     assert as_root.returncode == 2
@@ -126,7 +126,7 @@ def test_in_a_container_the_default_memory_is_a_share_of_its_limit(
     assert limits.default_tenant_memory_mb() == (3072 if grouped else None)
 
 
-@pytest.mark.skipif(os.getuid() != 0, reason="needs root: a multi-tenant executor")
+@pytest.mark.needs_root("a multi-tenant executor")
 def test_with_tenants_a_token_others_may_read_is_refused(tmp_path: Path) -> None:
     """The sandbox shows /etc read-only and the tenants' uids read what others may: the
     executor's bearer token must be its own."""

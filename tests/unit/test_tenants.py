@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import tempfile
 from concurrent.futures import ThreadPoolExecutor
@@ -97,7 +96,7 @@ def test_root_needs_a_range_and_a_range_needs_root() -> None:
     assert privilege_problem(None, euid=1000) is None
 
 
-@pytest.mark.skipif(os.getuid() != 0, reason="needs root: it changes owners")
+@pytest.mark.needs_root("it changes owners")
 def test_hand_over_gives_the_tenant_its_directories_not_its_files(tmp_path: Path) -> None:
     (tmp_path / "action" / "src" / "deep").mkdir(parents=True)
     (tmp_path / "action" / "src" / "a.txt").write_text("input")

@@ -51,6 +51,8 @@ class FakeRemote:
     outcome: Outcome
     delay: float = 0.0
     miss_after: float | None = None
+    #: How long it takes to put its outputs in place once it has claimed the win.
+    write_s: float = 0.0
     cancelled: int = 0
     claims: list[bool] = field(default_factory=list)
 
@@ -68,6 +70,7 @@ class FakeRemote:
                 self.claims.append(won)
                 if not won:
                     await asyncio.sleep(3600)  # the race cancels a loser
+                await asyncio.sleep(self.write_s)
         except asyncio.CancelledError:
             self.cancelled += 1
             raise
@@ -227,6 +230,16 @@ def test_race_remote_wins_and_stops_the_local_side_before_it_writes() -> None:
     assert run(Race(local, remote, cache_wait_s=5).run(REQUEST)) == REMOTE_OK
     assert remote.claims == [True]
     assert local.cancelled == 1
+
+
+def test_race_a_remote_side_that_claimed_the_win_is_not_joined_by_a_late_local_start() -> None:
+    """A cache hit whose outputs take longer to put in place than the cache wait: the
+    local side once started then, and wrote its outputs after the remote answer."""
+    local = FakeExecutor([OK], delay=0.01)
+    remote = FakeRemote(REMOTE_OK, write_s=0.2)
+    assert run(Race(local, remote, cache_wait_s=0.02).run(REQUEST)) == REMOTE_OK
+    assert remote.claims == [True]
+    assert local.seen == []
 
 
 def test_race_a_local_failure_is_not_a_result() -> None:

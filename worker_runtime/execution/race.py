@@ -109,7 +109,10 @@ class _OneRace:
             )
         finally:
             missed.cancel()
-        if not self.remote.done():
+        # Not once the remote side has claimed the win: it is putting its outputs in place
+        # (a cache hit's download can outlast the wait), and a local start would write
+        # over them after the answer.
+        if not self.remote.done() and not self.winner:
             local = self._start_local()
             both: list[asyncio.Future[Any]] = [local, self.remote]
             await asyncio.wait(both, return_when=asyncio.FIRST_COMPLETED)

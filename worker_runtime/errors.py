@@ -7,6 +7,11 @@ runtime's own set-up end the process with ``USAGE_EXIT_CODE``.
 
 from __future__ import annotations
 
+#: mypy takes it as true; typing is not imported (a front imports this module).
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from worker_runtime.protocol.messages import WorkResponse
+
 #: Exit code of an action that the runtime (not the backend) failed: a bad request,
 #: a backend that crashed or spoke garbage, a timeout. Chosen outside the range
 #: compilers use so that it is never mistaken for a compile error.
@@ -58,12 +63,15 @@ class BackendProtocolError(BackendError):
 class ProtocolError(WorkerRuntimeError):
     """Raised by a framing decoder on bytes that are not a valid message.
 
-    ``first_bytes`` holds the start of the offending data, for the error message.
+    ``first_bytes`` holds the start of the offending data, for the error message;
+    ``parsed`` the valid responses that came before it in the same bytes, which are
+    still answers (a worker that answers and then prints to stdout has answered).
     """
 
     def __init__(self, message: str, first_bytes: bytes = b"") -> None:
         super().__init__(message)
         self.first_bytes = first_bytes
+        self.parsed: list[WorkResponse] = []
 
 
 class ClusterError(WorkerRuntimeError):

@@ -10,7 +10,9 @@ thread: a no-op backend for benchmarks), ``--slow-start SECONDS``, ``--die-at-st
 
 Request commands: ``echo WORDS...``, ``exit CODE [MESSAGE]``, ``sleep SECONDS``, ``sleep-write SECONDS FILE``, ``pid``, ``identity``,
 ``env NAME``, ``args``, ``crash``, ``crash-once MARKER``, ``crash-after SECONDS MARKER``, ``bad-int``, ``alloc-sleep MB SECONDS``, ``helper-pid``, ``garbage``, ``silent``,
-``close-stdin DELAY``, ``close-stdout``, ``wrong-id``, ``huge BYTES``, ``snake`` (JSON: answer in snake_case).
+``close-stdin DELAY``, ``close-stdout``, ``answer-then-close-stdout``, ``answer-then-print``,
+``sleep-answer-twice-if-cancelled SECONDS``, ``wrong-id``, ``huge BYTES``, ``snake`` (JSON:
+answer in snake_case).
 """
 
 from __future__ import annotations
@@ -150,7 +152,7 @@ def handle(framing, request: dict, options: dict) -> None:
     elif command == "exit":
         reply["exit_code"] = int(rest[0])
         reply["output"] = " ".join(rest[1:])
-    elif command == "sleep":
+    elif command in ("sleep", "sleep-answer-twice-if-cancelled"):
         deadline = time.monotonic() + float(rest[0])
         while time.monotonic() < deadline:
             with CANCEL_LOCK:
@@ -159,6 +161,8 @@ def handle(framing, request: dict, options: dict) -> None:
                     sys.stderr.write(f"fake_worker: cancelled request {rid}\n")
                     sys.stderr.flush()
                     send(framing.write(0, "", rid, cancelled=True))
+                    if command != "sleep":  # its work ended as the cancel came: a 2nd answer
+                        send(framing.write(0, "late", rid))
                     return
             time.sleep(0.01)
         reply["output"] = "slept"
@@ -219,6 +223,11 @@ def handle(framing, request: dict, options: dict) -> None:
         send(framing.write(0, str(os.getpid()), rid))
         time.sleep(3600)
         return
+    elif command == "answer-then-close-stdout":
+        send(framing.write(0, str(os.getpid()), rid))
+        os.close(1)
+        time.sleep(3600)
+        return
     elif command == "close-stdout":
         sys.stderr.write("fake_worker: closing stdout and staying alive\n")
         sys.stderr.flush()
@@ -240,6 +249,10 @@ def handle(framing, request: dict, options: dict) -> None:
         send(framing.write(0, "first answer", rid))
         time.sleep(float(rest[0]))
         send(framing.write(0, "second answer", rid)[:-8])
+        return
+    elif command == "answer-then-print":
+        # Answers and prints to stdout in the same write (a worker's stray print).
+        send(framing.write(0, "answered", rid) + b"done\n")
         return
     elif command == "wrong-id":
         reply["request_id"] = rid + 1000

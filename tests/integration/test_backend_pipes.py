@@ -102,3 +102,51 @@ def test_a_request_that_cannot_be_encoded_leaves_nothing_in_flight(tmp_path: Pat
         return in_flight, answer.output
 
     assert asyncio.run(scenario()) == (0, "still here")
+
+
+@pytest.mark.parametrize("protocol", ["proto", "json"])
+def test_an_answer_followed_by_a_print_in_the_same_write_is_still_the_answer(
+    tmp_path: Path, protocol: str
+) -> None:
+    """The worker answers and prints to stdout at once: its answer was once dropped with
+    the bad bytes (the request failed, and its retry the same way). Now the request has
+    its answer, and the backend that babbled is replaced for the next one."""
+    command = tuple(fake_backend("--protocol", protocol))
+    config = RuntimeConfig(command=command, protocol=protocol)
+    manager = BackendManager(config, str(tmp_path), tmp_path)
+
+    async def scenario() -> tuple[str, int, int]:
+        pool = manager.pool_for(manager.key_for(()))
+        first = await pool.call(("pid",), (), 0)
+        answered = await asyncio.wait_for(pool.call(("answer-then-print",), (), 0), 10)
+        await until_forgotten(pool, int(first.output))
+        after = await asyncio.wait_for(pool.call(("pid",), (), 0), 10)
+        await manager.stop_all()
+        return answered.output, int(first.output), int(after.output)
+
+    output, babbler, fresh = run_on("uvloop", scenario)
+    assert output == "answered"
+    assert fresh != babbler
+
+
+@pytest.mark.parametrize("loop", sorted(LOOPS))
+def test_a_backend_that_closed_its_stdout_gets_no_new_request(tmp_path: Path, loop: str) -> None:
+    """It answers, closes its stdout and lives on (it is killed a second later). A request
+    in that second once went to it, failed as a dead backend's and spent a retry."""
+    manager = BackendManager(RuntimeConfig(command=tuple(fake_backend())), str(tmp_path), tmp_path)
+
+    async def scenario() -> tuple[int, str]:
+        pool = manager.pool_for(manager.key_for(()))
+        closer = await pool.call(("answer-then-close-stdout",), (), 0)
+        (proc,) = pool.processes
+        for _ in range(500):  # until the loop has seen its stdout close
+            if proc._stdout_closed:
+                break
+            await asyncio.sleep(0.01)
+        assert proc._stdout_closed and proc.pid == int(closer.output)
+        after = await asyncio.wait_for(pool.call(("pid",), (), 0), 10)
+        await manager.stop_all()
+        return int(closer.output), after.output
+
+    closer, after = run_on(loop, scenario)
+    assert after.isdigit() and int(after) != closer

@@ -6,6 +6,7 @@ import asyncio
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import grpc
 import psutil
@@ -123,6 +124,29 @@ def test_timeout_on_cancellable_multiplex_sends_cancel(
     assert response.timed_out_after_s == 1
     time.sleep(1.0)  # past cancel_grace_s: a backend that had not acknowledged is killed by now
     assert worker.run("pid").stderr == pid  # cancelled, not killed
+    assert "fake_worker: cancelled request" in backend_logs(log_dir)
+
+
+def test_a_late_second_answer_to_a_cancelled_request_spares_the_others(
+    start_runtime: StartRuntime, tmp_path: Path, log_dir: Path
+) -> None:
+    """The backend answers a cancel and then the cancelled request itself (its work ended
+    as the cancel came). That answer, for an id no longer in flight, once failed the
+    backend as a protocol error, and every other request in flight on it with it."""
+    config = tmp_path / "c.json"
+    config.write_text('{"cancel_grace_s": 5}')
+    worker = start_runtime(
+        fake_backend("--multiplex"), ["--config", str(config), "--multiplex", "--cancellable"]
+    )
+    pid = worker.run("pid").stderr
+    other: list[Any] = []
+    thread = threading.Thread(target=lambda: other.append(worker.run("sleep", "2")))
+    thread.start()
+    cancelled = make_command(["sleep-answer-twice-if-cancelled", "30"], timeout_s=1)
+    assert worker.execute(cancelled).timed_out_after_s == 1
+    thread.join(30)
+    assert [r.stderr for r in other] == ["slept"]
+    assert worker.run("pid").stderr == pid  # the same backend: neither failed nor replaced
     assert "fake_worker: cancelled request" in backend_logs(log_dir)
 
 

@@ -7,6 +7,7 @@ import json
 import pytest
 
 from worker_runtime.errors import ProtocolError
+from worker_runtime.proto import bazel_worker_pb2 as pb
 from worker_runtime.protocol import framing as framing_module
 from worker_runtime.protocol.framing import JsonFraming, ProtoFraming, quote_bytes
 from worker_runtime.protocol.messages import WorkInput, WorkRequest, WorkResponse
@@ -156,10 +157,14 @@ def test_json_garbage_is_rejected_with_its_bytes() -> None:
 @pytest.mark.parametrize(
     ("data", "message"),
     [
-        (b'{"exitCode":"1"}', "exit_code is not an integer"),
+        (b'{"exitCode":"one"}', "exit_code is not an integer"),
+        (b'{"exitCode":"1.5"}', "exit_code is not an integer"),
+        (b'{"exitCode":1.5}', "exit_code is not an integer"),
         (b'{"exitCode":true}', "exit_code is not an integer"),
+        (b'{"requestId":"2147483648"}', "request_id 2147483648 is out of the int32 range"),
         (b'{"output":5}', "output is not a string"),
         (b'{"wasCancelled":1}', "was_cancelled is not a boolean"),
+        (b'{"wasCancelled":"yes"}', "was_cancelled is not a boolean"),
         (b'{"exitCode":1,"exit_code":2}', "appears twice"),
         (b'{"output":"a",}', "not valid JSON"),
         (b'{"output":"\xff"}', "cannot be read as JSON .*utf-8"),
@@ -170,6 +175,35 @@ def test_json_garbage_is_rejected_with_its_bytes() -> None:
 def test_json_bad_values(data: bytes, message: str) -> None:
     with pytest.raises(ProtocolError, match=message):
         JsonFraming().feed(data)
+
+
+def test_json_values_are_read_as_protobufs_json_mapping_reads_them() -> None:
+    """A worker writing JSON with a protobuf library may quote an integer, write it as a
+    whole float, quote a boolean or write null for a default (Bazel reads all of these);
+    each once killed the backend as a protocol error."""
+    data = (
+        b'{"requestId":"3","exitCode":1.0,"output":"x","wasCancelled":"false"}'
+        b'{"requestId":4,"exitCode":null,"output":null,"wasCancelled":null}'
+        b'{"requestId":"-0","exitCode":"2e0","wasCancelled":"true"}'
+    )
+    assert JsonFraming().feed(data) == [
+        WorkResponse(exit_code=1, output="x", request_id=3),
+        WorkResponse(exit_code=0, output="", request_id=4),
+        WorkResponse(exit_code=2, output="", request_id=0, was_cancelled=True),
+    ]
+
+
+@pytest.mark.parametrize("framing", [ProtoFraming, JsonFraming])
+def test_an_error_carries_the_responses_before_the_bad_bytes(framing: type) -> None:
+    ok = WorkResponse(exit_code=0, output="answered", request_id=0)
+    if framing is ProtoFraming:
+        body = pb.WorkResponse(output="answered").SerializeToString()
+        data = encode_varint(len(body)) + body + b"done\n"
+    else:
+        data = b'{"output":"answered"}done\n'
+    with pytest.raises(ProtocolError) as info:
+        framing().feed(data)
+    assert info.value.parsed == [ok]
 
 
 def test_quote_bytes_text_then_hex() -> None:

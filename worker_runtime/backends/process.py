@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import array
 import asyncio
+import collections
 import contextlib
 import fcntl
 import itertools
@@ -41,6 +42,8 @@ LOGGER = logging.getLogger(__name__)
 
 STDERR_TAIL_BYTES = 2048
 STDERR_TAIL_LINES = 12
+#: How many answered cancels a backend remembers, to drop a late second answer to one.
+ANSWERED_CANCELS = 256
 _SEQUENCE = itertools.count(1)
 
 
@@ -147,6 +150,10 @@ class BackendProcess:
         self._stdin: asyncio.WriteTransport | None = None
         self._pending: dict[int, asyncio.Future[WorkResponse]] = {}
         self._cancelling: set[int] = set()
+        #: The last ANSWERED_CANCELS cancelled requests whose cancel was answered: a late
+        #: second answer to one (its work ended as the cancel came) is dropped, and the
+        #: other requests in flight go on (ids are never reused).
+        self._answered_cancels: collections.deque[int] = collections.deque(maxlen=ANSWERED_CANCELS)
         #: Set when the backend answers a cancel (one event per cancelled request).
         self._cancel_answered: dict[int, asyncio.Event] = {}
         self._failure: BackendError | None = None
@@ -170,6 +177,7 @@ class BackendProcess:
             and self._failure is None
             and not self._exited.is_set()
             and not self._stdin_closed
+            and not self._stdout_closed
         )
 
     @property
@@ -374,6 +382,11 @@ class BackendProcess:
             for response in self.framing.feed(data):
                 self._deliver(response)
         except ProtocolError as exc:
+            # What it answered before the bad bytes is answered (Bazel, reading one
+            # response per request, would fail only the next request).
+            with contextlib.suppress(ProtocolError):
+                for response in exc.parsed:
+                    self._deliver(response)
             self._fail_protocol(str(exc), exc.first_bytes)
             return
         except Exception as exc:  # a fault of the framing's: the backend goes, no request hangs
@@ -459,9 +472,17 @@ class BackendProcess:
         if future is None:
             if response.request_id in self._cancelling:
                 self._cancelling.discard(response.request_id)
+                self._answered_cancels.append(response.request_id)
                 answered = self._cancel_answered.get(response.request_id)
                 if answered is not None:
                     answered.set()  # _abandoned takes it out
+                return
+            if response.request_id in self._answered_cancels:
+                LOGGER.warning(
+                    "%s answered request %d again after answering its cancel; dropped",
+                    self.describe(),
+                    response.request_id,
+                )
                 return
             pending = sorted(self._pending) or "none"
             raise ProtocolError(

@@ -2,7 +2,8 @@
 
 Each framing encodes requests to bytes and decodes responses incrementally: ``feed``
 takes whatever bytes arrived and returns the complete responses among them, raising
-``ProtocolError`` as soon as the bytes cannot be a valid response.
+``ProtocolError`` as soon as the bytes cannot be a valid response (the error carries
+the responses that came before the bad bytes).
 """
 
 from __future__ import annotations
@@ -80,14 +81,22 @@ class ProtoFraming:
         return bool(self._buffer)
 
     def feed(self, data: bytes) -> list[WorkResponse]:
+        out: list[WorkResponse] = []
+        try:
+            self._feed(data, out)
+        except ProtocolError as exc:
+            exc.parsed = out
+            raise
+        return out
+
+    def _feed(self, data: bytes, out: list[WorkResponse]) -> None:
         if self._buffer:
             self._buffer += data
             if len(self._buffer) < self._need:
-                return []
+                return
             view = bytes(self._buffer)
         else:
             view = data
-        out: list[WorkResponse] = []
         pos, size = 0, len(view)
         while pos < size:
             # The length prefix: a varint, almost always one or two bytes.
@@ -95,7 +104,7 @@ class ProtoFraming:
             while True:
                 if start >= size:
                     self._keep(view, pos, 0)
-                    return out
+                    return
                 byte = view[start]
                 length |= (byte & 0x7F) << shift
                 start += 1
@@ -122,11 +131,10 @@ class ProtoFraming:
             end = start + length
             if end > size:
                 self._keep(view, pos, end - pos)
-                return out
+                return
             out.append(self._parse(view[start:end], view, pos))
             pos = end
         self._keep(view, size, 0)
-        return out
 
     def _keep(self, view: bytes, pos: int, need: int) -> None:
         self._buffer = bytearray(view[pos:])
@@ -210,10 +218,18 @@ class JsonFraming:
         return self._depth > 0
 
     def feed(self, data: bytes) -> list[WorkResponse]:
+        out: list[WorkResponse] = []
+        try:
+            self._feed(data, out)
+        except ProtocolError as exc:
+            exc.parsed = out
+            raise
+        return out
+
+    def _feed(self, data: bytes, out: list[WorkResponse]) -> None:
         if len(self._seen) < QUOTE_BYTES:
             self._seen += data[: QUOTE_BYTES - len(self._seen)]
         self._buffer += data
-        out: list[WorkResponse] = []
         while True:
             end = self._scan()
             if end is None:
@@ -222,7 +238,7 @@ class JsonFraming:
                         f"its response passed {self._max} bytes, the most taken here, "
                         "before it ended"
                     )
-                return out
+                return
             if end > self._max:
                 self._fail(f"its response of {end} bytes is more than the {self._max} taken here")
             raw = bytes(self._buffer[:end])
@@ -299,28 +315,70 @@ class JsonFraming:
             if "_" in name and name != "output":
                 warnings.append(f"the backend wrote snake_case {name!r}; Bazel would ignore it")
             values[target] = value
+        # Read as protobuf's JSON mapping reads them (Bazel parses a worker's JSON with
+        # it): null is the field's default, an integer may be quoted or written as a
+        # whole float, a boolean may be quoted.
         for name in ("exit_code", "request_id"):
-            value = values.get(name, 0)
-            if not isinstance(value, int) or isinstance(value, bool):
+            value = _as_int32(values.get(name))
+            if value is None:
                 self._fail(f"{name} is not an integer")
             if not INT32_MIN <= value <= INT32_MAX:
                 self._fail(f"{name} {value} is out of the int32 range")
-        output = values.get("output", "")
+            values[name] = value
+        output = values.get("output")
+        if output is None:
+            output = values["output"] = ""
         if not isinstance(output, str):
             self._fail("output is not a string")
         try:
             output.encode("utf-8")
         except UnicodeEncodeError:
             self._fail("output holds a lone surrogate escape, which is not text")
-        if not isinstance(values.get("was_cancelled", False), bool):
+        cancelled = _as_bool(values.get("was_cancelled"))
+        if cancelled is None:
             self._fail("was_cancelled is not a boolean")
+        values["was_cancelled"] = cancelled
         return WorkResponse(**values, warnings=tuple(warnings))
 
     def first_bytes(self) -> bytes:
         return bytes(self._seen or self._buffer[:QUOTE_BYTES])
 
-    def _fail(self, why: str) -> None:
+    def _fail(self, why: str) -> NoReturn:
         raise ProtocolError(why, self.first_bytes())
+
+
+_INTEGER = re.compile(r"-?[0-9]+")
+
+
+def _as_int32(value: object) -> int | None:
+    """An integer field's JSON value as protobuf reads it (range checked by the caller),
+    or None if it is not one: null (0), a number with no fraction, or either quoted."""
+    if value is None:
+        return 0
+    if isinstance(value, str):
+        if _INTEGER.fullmatch(value):
+            return int(value)
+        try:
+            value = float(value)
+        except ValueError:
+            return None
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return None
+
+
+def _as_bool(value: object) -> bool | None:
+    """A boolean field's JSON value as protobuf reads it: null (false), true, false, or
+    either quoted; None if it is none of these."""
+    if value is None:
+        return False
+    if isinstance(value, bool):
+        return value
+    return {"true": True, "false": False}.get(value) if isinstance(value, str) else None
 
 
 def make_framing(protocol: str, max_response_bytes: int | None = None) -> Framing:

@@ -17,6 +17,10 @@ import pytest
 
 from tests.conftest import REPO_ROOT
 
+#: Above the 120 s default: a Bazel build may take 600 s; the suite's time guard, not a
+#: measure.
+pytestmark = pytest.mark.timeout(900)
+
 WORKSPACE = REPO_ROOT / "tests" / "integration" / "bazel_workspace"
 HASKELL_WORKSPACE = REPO_ROOT / "tests" / "integration" / "bazel_haskell_workspace"
 JAVAC_WORKER = REPO_ROOT / "toolchains" / "java" / "javac-worker"

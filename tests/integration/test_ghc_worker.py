@@ -59,11 +59,12 @@ def _ghc_is_installed() -> None:
 class PipeWorker:
     """The worker in persistent mode, driven straight over its pipes as Bazel drives it."""
 
-    def __init__(self, cwd: Path) -> None:
+    def __init__(self, cwd: Path, env: dict[str, str] | None = None) -> None:
         self.cwd = cwd
         self.proc = subprocess.Popen(
             [GHC_WORKER, "--persistent_worker"],
             cwd=cwd,
+            env=env,
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
@@ -103,8 +104,8 @@ StartPipe = Callable[..., PipeWorker]
 def pipe_worker(tmp_path: Path) -> Iterator[StartPipe]:
     workers: list[PipeWorker] = []
 
-    def start(cwd: Path = tmp_path) -> PipeWorker:
-        workers.append(PipeWorker(cwd))
+    def start(cwd: Path = tmp_path, env: dict[str, str] | None = None) -> PipeWorker:
+        workers.append(PipeWorker(cwd, env))
         return workers[-1]
 
     yield start
@@ -315,7 +316,84 @@ def test_bad_requests_are_answered_and_the_worker_goes_on(
     assert mode.exit_code == 1 and "--make is not supported" in mode.output
     none = worker.run("-c", verbose=False)
     assert none.exit_code == 1 and "no input files" in none.output
+    # One -ohi for two sources: ghc refuses it (the GHC API alone wrote both modules'
+    # interfaces to the same file and answered 0).
+    write(tmp_path, "src/Shop/Other.hs", "module Shop.Other where\ny :: Int\ny = 2\n")
+    two = ["-c", "src/Shop/Types.hs", "src/Shop/Other.hs", "-ohi", "out/x.hi"]
+    refused = worker.run(*two, verbose=False)
+    cold = cold_ghc(tmp_path, two)
+    assert (refused.exit_code, cold.returncode) == (1, 1), refused.output
+    assert refused.output.strip() == cold.stderr.strip()
+    assert "-ohi can only be used when compiling a single source file" in refused.output
+    assert not (tmp_path / "out" / "x.hi").exists()
+    # A request that fails before compiling reports no reuse of an earlier one's.
+    assert "reused home interfaces" in worker.run(*compile_args("Shop.Types", "out")).output
+    late = worker.run(*compile_args("Shop.Types", "out", "-fno-such-flag"))
+    assert late.exit_code == 1 and "reused home interfaces" not in late.output
     assert worker.run(*compile_args("Shop.Types", "out")).exit_code == 0
+
+
+def test_a_request_naming_a_hundred_thousand_inputs_is_answered(
+    pipe_worker: StartPipe, tmp_path: Path
+) -> None:
+    """The worker once decoded a request's repeated fields with an append each, in time
+    quadratic in their number: 100,000 inputs (a large repository's transitive
+    interfaces) took minutes, past this test's guard."""
+    write(tmp_path, "src/Shop/Types.hs", TYPES_HS)
+    write(tmp_path, "src/Shop/Report.hs", REPORT_HS)
+    prepare_dirs(tmp_path, "cold", "out")
+    assert cold_ghc(tmp_path, compile_args("Shop.Types", "cold")).returncode == 0
+    worker = pipe_worker()
+    # The home interface it imports is looked up among the inputs' digests: all are read.
+    inputs = [bazel.Input(path=f"lib/M{i}.hi", digest=b"%064d" % i) for i in range(100_000)]
+    types_hi = tmp_path / "cold/Shop/Types.hi"
+    inputs.append(bazel.Input(path="cold/Shop/Types.hi", digest=sha256(types_hi)))
+    request = bazel.WorkRequest(
+        arguments=compile_args("Shop.Report", "out", "-icold", "-package", "containers"),
+        inputs=inputs,
+    )
+    for _ in range(2):
+        response = worker.send(request)
+        assert response.exit_code == 0, response.output
+
+
+def test_diagnostics_are_utf_8_whatever_the_locale(pipe_worker: StartPipe, tmp_path: Path) -> None:
+    """Under LANG=C a warning quoting a non-ASCII name once failed the compile (GHC's
+    printer could not encode it) and threw the warm state away."""
+    write(tmp_path, "src/Shop/Cafe.hs", "module Shop.Cafe where\nf :: Int -> Int\nf café = 1\n")
+    prepare_dirs(tmp_path, "out")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LC_")}
+    worker = pipe_worker(env=dict(env, LANG="C", LC_ALL="C"))
+    response = worker.run(*compile_args("Shop.Cafe", "out", "-Wall"))
+    assert response.exit_code == 0, response.output
+    assert "Defined but not used: `café'" in response.output  # ghc's ASCII quotes under C
+    assert (tmp_path / "out" / "Shop" / "Cafe.o").exists()
+
+
+def test_capi_wrappers_are_numbered_afresh_for_each_request(
+    pipe_worker: StartPipe, tmp_path: Path
+) -> None:
+    """GHC numbers the C wrappers of `foreign import capi` per module in a counter the
+    session keeps: a second compile of the module in one worker named them `:1:`, not
+    `:0:` as ghc does, in the object's global symbols and the interface."""
+    write(
+        tmp_path,
+        "src/Shop/Sine.hs",
+        "{-# LANGUAGE CApiFFI #-}\nmodule Shop.Sine (sine) where\n"
+        'foreign import capi "math.h sin" sine :: Double -> Double\n',
+    )
+    prepare_dirs(tmp_path, "cold", "w0", "w1")
+    assert cold_ghc(tmp_path, compile_args("Shop.Sine", "cold")).returncode == 0
+    worker = pipe_worker()
+    for out in ("w0", "w1"):
+        response = worker.run(*compile_args("Shop.Sine", out))
+        assert response.exit_code == 0, response.output
+        assert (tmp_path / out / "Shop/Sine.hi").read_bytes() == (
+            tmp_path / "cold/Shop/Sine.hi"
+        ).read_bytes(), out
+        assert global_symbols(tmp_path / out / "Shop/Sine.o") == global_symbols(
+            tmp_path / "cold/Shop/Sine.o"
+        ), out
 
 
 def test_malformed_input_ends_the_worker_with_a_message(tmp_path: Path) -> None:

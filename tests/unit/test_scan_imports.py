@@ -64,6 +64,23 @@ def test_indented_and_brace_layout_imports_are_found(tmp_path: Path) -> None:
     assert graph["A.Main"] == ["A.One", "A.Two"] and graph["A.Other"] == ["A.One"]
 
 
+def test_an_import_on_the_header_line_and_after_a_byte_order_mark_are_found(
+    tmp_path: Path,
+) -> None:
+    """Both are valid Haskell that ghc compiles; each import was once missed, and the
+    importer was then not rebuilt when the module it imports changed."""
+    code, graph, _ = scan(
+        tmp_path,
+        {
+            "A": "module A where import B\nx = y\n",
+            "C": "\ufeffimport B\nmain = print y\n",
+            "B": "module B where\ny :: Int\ny = 1\n",
+        },
+    )
+    assert code == 0
+    assert graph == {"A": ["B"], "B": [], "C": ["B"]}
+
+
 def test_a_missing_source_is_a_clear_error(tmp_path: Path) -> None:
     out = tmp_path / "imports.json"
     done = subprocess.run(

@@ -6,7 +6,8 @@ The output maps every given module name to the sorted names of the given modules
 imports (imports of other targets' modules and of packages are left out). The scan reads
 the import declarations as text: comments are skipped, `{-# SOURCE #-}`, `safe`,
 `qualified` (before or after the name), package-qualified imports, indented imports and
-explicit-brace layout (`where { import A; import B }`) are understood.
+explicit-brace layout (`where { import A; import B }`), an import on the header's line
+(`module A where import B`) and a leading byte-order mark are understood.
 Imports inside CPP conditionals all count, whichever branch is taken. A module whose
 `module` header names another module than its path does is an error: the rules name its
 interface after the path, and its dependents would not find it.
@@ -19,7 +20,7 @@ import re
 import sys
 
 IMPORT = re.compile(
-    r"(?:^|[;{])[ \t]*import\s+(?:\{-#\s*SOURCE\s*#-\}\s+)?(?:safe\s+)?(?:qualified\s+)?"
+    r"(?:^|[;{]|\bwhere)[ \t]*import\s+(?:\{-#\s*SOURCE\s*#-\}\s+)?(?:safe\s+)?(?:qualified\s+)?"
     r'(?:"[^"]*"\s+)?([A-Z][\w\']*(?:\.[A-Z][\w\']*)*)',
     re.MULTILINE,
 )
@@ -69,7 +70,7 @@ def main(argv: list[str]) -> int:
     graph = {}
     for name, path in modules.items():
         try:
-            with open(path, encoding="utf-8") as handle:
+            with open(path, encoding="utf-8-sig") as handle:  # a BOM is not text
                 text = strip_comments(handle.read())
         except OSError as exc:
             print(

@@ -33,6 +33,10 @@ import WorkProtocol
 
 main :: IO ()
 main = do
+  -- GHC's messages are written as UTF-8 whatever the locale (a compile's capture is read
+  -- back as UTF-8): under LANG=C a warning quoting a non-ASCII name failed the compile.
+  hSetEncoding stdout utf8
+  hSetEncoding stderr utf8
   args <- getArgs
   libdir <- findLibdir
   withScratchDirectory $ \scratch ->

@@ -60,6 +60,7 @@ import GHC.Types.Name.Env (mapNameEnv)
 import GHC.Types.SrcLoc (Located, noLoc, unLoc)
 import GHC.Types.Unique (getKey, getUnique)
 import GHC.Types.Unique.FM (filterUFM_Directly, mapUFM)
+import GHC.Unit.Module.Env (emptyModuleEnv)
 import GHC.Parser.Header (getOptionsFromFile)
 import qualified GHC.LanguageExtensions as LangExt
 import GHC.Types.Name.Occurrence (occEnvElts)
@@ -132,6 +133,7 @@ lastReport = readIORef . workerLastReport
 -- printed, formatted as @ghc@ formats it.
 compile :: Worker -> FilePath -> [String] -> [(FilePath, B.ByteString)] -> Ghc (Int, String)
 compile worker dir rawArgs inputs = reifyGhc $ \session -> do
+  writeIORef (workerLastReport worker) "" -- a request that fails early reused nothing
   (outcome, output) <-
     captureOutput (workerCaptureFile worker) $
       inDirectory dir (reflectGhc (compileHere worker rawArgs inputs) session)
@@ -177,6 +179,10 @@ compileArgs worker args inputs = do
           case (unknown, sources) of
             (flag : _, _) -> failWith ("ghc: unrecognised flag: " ++ flag ++ "\nUsage: For basic information, try the `--help' option.")
             (_, []) -> failWith "ghc: no input files\nUsage: For basic information, try the `--help' option."
+            -- ghc's own check (its Main's; the GHC API skips it): one interface for several
+            -- sources would be written by each in turn. (ghc 9.0 takes -o with several.)
+            (_, _ : _ : _)
+              | isJust (outputHi dflags1) -> failWith "ghc: -ohi can only be used when compiling a single source file\nUsage: For basic information, try the `--help' option."
             _ -> runCompile worker kept dflags1 warnings (flagsKey sources rest) args sources inputs
   where
     failWith message = liftIO (hPutStrLn stderr message) >> return 1
@@ -249,6 +255,9 @@ runCompile worker kept dflags1 warnings argsKey coldArgs sources inputs = do
   -- The dump files GHC has written are in a set shared by every request's flags: a file in
   -- it is appended to. Each request starts with none, as a ghc process does.
   liftIO (writeIORef (generatedDumps dflags) Set.empty)
+  -- So are the numbers of the C wrappers of `foreign import capi` (global symbols, in the
+  -- interface too): each request numbers them from 0, as a ghc process does.
+  liftIO (writeIORef (nextWrapperNum dflags) emptyModuleEnv)
   t1 <- liftIO getMonotonicTime
   code <-
     if metaprogramming

@@ -17,6 +17,7 @@ import qualified Data.ByteString as B
 import qualified Data.ByteString.Builder as BB
 import qualified Data.ByteString.Lazy as BL
 import Data.Int (Int32)
+import Data.List (foldl')
 import qualified Data.Text as T
 import qualified Data.Text.Encoding as TE
 import qualified Data.Text.Encoding.Error as TE
@@ -96,10 +97,13 @@ writeResponse h response = do
 data Field = VarintField !Int !Word64 | BytesField !Int !B.ByteString
 
 decodeRequest :: B.ByteString -> Either String WorkRequest
-decodeRequest bytes = foldl apply emptyRequest <$> fields bytes
+decodeRequest bytes = inOrder . foldl' apply emptyRequest <$> fields bytes
   where
-    apply r (BytesField 1 v) = r {reqArguments = reqArguments r ++ [utf8 v]}
-    apply r (BytesField 2 v) = r {reqInputs = reqInputs r ++ [decodeInput v]}
+    -- Repeated fields are gathered in reverse and put in order once (an append per field
+    -- was quadratic: 20,000 inputs took seconds to decode).
+    inOrder r = r {reqArguments = reverse (reqArguments r), reqInputs = reverse (reqInputs r)}
+    apply r (BytesField 1 v) = r {reqArguments = utf8 v : reqArguments r}
+    apply r (BytesField 2 v) = r {reqInputs = decodeInput v : reqInputs r}
     apply r (VarintField 3 v) = r {reqId = fromIntegral v}
     apply r (VarintField 4 v) = r {reqCancel = v /= 0}
     apply r (VarintField 5 v) = r {reqVerbosity = fromIntegral v}

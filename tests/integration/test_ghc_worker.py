@@ -892,3 +892,34 @@ def test_json_sent_to_the_proto_worker_is_refused_at_once(tmp_path: Path) -> Non
     finally:
         worker.proc.kill()
         worker.proc.wait()
+
+
+def test_a_libdir_of_another_ghc_is_refused_clearly(tmp_path: Path) -> None:
+    """A worker built without (or with a wrong) GHC_LIBDIR asks `ghc --print-libdir`; it
+    once took /usr/lib/ghc whenever that existed, whichever GHC built it, and any answer
+    of `ghc`. Each is now taken only if it holds the worker's own GHC version."""
+    src = REPO_ROOT / "toolchains" / "haskell" / "src"
+    worker = tmp_path / "ghc-worker"
+    build = subprocess.run(
+        [GHC, "-O0", "-threaded", "-package", "ghc", '-DGHC_LIBDIR="/nonexistent"',
+         "-outputdir", str(tmp_path / "build"), f"-i{src}", "-o", str(worker), str(src / "Main.hs")],
+        capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert build.returncode == 0, build.stdout + build.stderr
+    write(tmp_path, "src/Shop/Types.hs", TYPES_HS)
+    prepare_dirs(tmp_path, "out")
+    other = tmp_path / "other-bin"
+    other.mkdir()
+    (other / "ghc").write_text("#!/bin/sh\necho /opt/another-ghc/lib\n")
+    (other / "ghc").chmod(0o755)
+    args = [str(worker), *compile_args("Shop.Types", "out")]
+    env = dict(os.environ, PATH=f"{other}:{os.environ['PATH']}")
+    refused = subprocess.run(
+        args, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120
+    )
+    assert refused.returncode == 2
+    assert "/nonexistent is not one" in refused.stderr
+    assert "says /opt/another-ghc/lib, another GHC's" in refused.stderr
+    assert "GHC_WORKER_LIBDIR" in refused.stderr and not (tmp_path / "out/Shop/Types.o").exists()
+    found = subprocess.run(args, cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert found.returncode == 0, found.stderr  # the real ghc's libdir is this GHC's

@@ -11,6 +11,7 @@ import Capture (protectStdio)
 import Argfiles (ArgfileError (..), expandArgfiles)
 import GHC (runGhc)
 import GHC.Driver.Monad (liftIO)
+import GHC.Settings.Config (cProjectVersion)
 import System.Directory (doesDirectoryExist, getTemporaryDirectory, listDirectory, removeDirectoryRecursive)
 import System.IO.Error (isAlreadyExistsError)
 import System.Posix.Directory (createDirectory)
@@ -45,16 +46,37 @@ main = do
       else compileOnce libdir scratch args
 
 -- | GHC's libdir: $GHC_WORKER_LIBDIR, else the one the worker was built against, else
--- what @ghc --print-libdir@ says (a worker built without GHC_LIBDIR defined).
+-- what @ghc --print-libdir@ says (a worker built without GHC_LIBDIR defined) -- each
+-- taken only if it is the libdir of the GHC the worker was built with (another GHC's,
+-- /usr/lib/ghc beside a ghcup install say, fails in ways that do not say why).
 findLibdir :: IO FilePath
 findLibdir = do
   fromEnv <- lookupEnv "GHC_WORKER_LIBDIR"
-  builtIn <- doesDirectoryExist GHC_LIBDIR
+  builtIn <- isOurs GHC_LIBDIR
   case fromEnv of
     Just dir -> return dir
     Nothing
       | builtIn -> return GHC_LIBDIR
-      | otherwise -> takeWhile (/= '\n') <$> readProcess "ghc" ["--print-libdir"] ""
+      | otherwise -> do
+          asked <- try (readProcess "ghc" ["--print-libdir"] "")
+          case fmap (takeWhile (/= '\n')) asked of
+            Right dir -> do
+              ours <- isOurs dir
+              if ours then return dir else noLibdir ("`ghc --print-libdir` says " ++ dir ++ ", another GHC's")
+            Left e -> noLibdir ("`ghc --print-libdir` failed: " ++ show (e :: IOException))
+  where
+    isOurs dir = do
+      let conf = dir </> "package.conf.d"
+      found <- doesDirectoryExist conf
+      if not found
+        then return False
+        else any (("ghc-" ++ cProjectVersion ++ ".conf") ==) <$> listDirectory conf
+    noLibdir why = do
+      hPutStrLn stderr $
+        "ghc-worker: no libdir of GHC " ++ cProjectVersion ++ " (the GHC this worker was built with): "
+          ++ GHC_LIBDIR ++ " is not one, and " ++ why
+          ++ ". Set GHC_WORKER_LIBDIR, or rebuild the worker with the GHC you use."
+      exitWith (ExitFailure 2)
 
 -- | A private directory (mode 0700, made here, never one found) for captured output and
 -- GHC's temporary files, removed at exit: @ghc-worker-<pid>@, or @ghc-worker-<pid>-<n>@

@@ -882,6 +882,25 @@ def test_json_sent_to_the_proto_worker_is_refused_at_once(tmp_path: Path) -> Non
     finally:
         proc.kill()
         proc.wait()
+    # Pretty-printed JSON ('{' and a space) is refused at once too, as is a length
+    # prefix past any plausible request (it was allocated, or waited on, whole).
+    for data, said in (
+        (b'{ "arguments": ["-c"] }', b"the request is JSON"),
+        (encode_varint(1 << 40), b"is not plausible"),
+    ):
+        proc = subprocess.Popen(
+            [GHC_WORKER, "--persistent_worker"], cwd=tmp_path, stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        )  # fmt: skip
+        try:
+            assert proc.stdin and proc.stderr
+            proc.stdin.write(data)
+            proc.stdin.flush()
+            assert proc.wait(timeout=120) != 0
+            assert said in proc.stderr.read()
+        finally:
+            proc.kill()
+            proc.wait()
     # A proto request of 123 bytes (its prefix a '{') is still read as one.
     request = bazel.WorkRequest(arguments=["-c", "x" * 117])
     assert len(request.SerializeToString()) == 123

@@ -48,6 +48,10 @@ data WorkResponse = WorkResponse
   }
   deriving (Eq, Show)
 
+-- | The largest request read (a request naming 100,000 inputs is about 10 MB).
+maxRequestBytes :: Word64
+maxRequestBytes = 1024 * 1024 * 1024
+
 emptyRequest :: WorkRequest
 emptyRequest = WorkRequest [] [] 0 False 0 ""
 
@@ -60,19 +64,25 @@ readRequest h = do
     then return Nothing
     else do
       len <- readVarint (B.head first) 0 0
+      -- Read whole before it is decoded: a prefix past any plausible request (stray
+      -- bytes, a client gone wrong) is refused before it is allocated.
+      when (len > maxRequestBytes) $
+        fail ("a length prefix of " ++ show len ++ " bytes is not plausible (at most " ++ show maxRequestBytes ++ " are taken)")
       body <- if B.head first == 0x7b then afterBrace else B.hGet h (fromIntegral len)
       if B.length body /= fromIntegral len
         then fail ("truncated WorkRequest: expected " ++ show len ++ " bytes, got " ++ show (B.length body))
         else either (fail . ("malformed WorkRequest: " ++)) (return . Just) (decodeRequest body)
   where
     -- A first byte '{' is also the length prefix of a 123-byte message. JSON (what a
-    -- client configured for the JSON protocol sends) goes on with a quote, a tab, a CR or
-    -- '}', which no WorkRequest's first field tag is: it is refused at once rather than
-    -- waited on for 123 bytes that may never come. (A line feed is the tag of
-    -- `arguments`, the usual first field: '{' and a line feed are read as proto.)
+    -- client configured for the JSON protocol sends) goes on with a quote, a tab, a CR, a
+    -- space or '}', which no 123-byte WorkRequest starts with (a space is the tag of
+    -- `cancel`, which a request opens with only when it has no arguments, inputs or id:
+    -- a few bytes): it is refused at once rather than waited on for 123 bytes that may
+    -- never come. (A line feed is the tag of `arguments`, the usual first field: '{' and
+    -- a line feed are read as proto.)
     afterBrace = do
       second <- B.hGet h 1
-      when (not (B.null second) && B.head second `elem` [0x22, 0x09, 0x0d, 0x7d]) $
+      when (not (B.null second) && B.head second `elem` [0x22, 0x09, 0x0d, 0x20, 0x7d]) $
         fail "the request is JSON: this worker speaks the proto flavour of the protocol only (set requires-worker-protocol=proto, or leave the protocol at its default)"
       rest <- B.hGet h 122
       return (second <> rest)

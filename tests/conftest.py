@@ -61,6 +61,15 @@ def backend_logs(log_dir: Path) -> str:
     return "".join(p.read_text(errors="replace") for p in sorted(log_dir.rglob("backend-*.log")))
 
 
+def wait_started(marker: Path, timeout_s: float = 30.0) -> None:
+    """Returns once the fake backend has started the request that makes ``marker``
+    (``sleep SECONDS MARKER``): a signal sent then finds it in flight, on any machine."""
+    deadline = time.monotonic() + timeout_s
+    while not marker.exists():
+        assert time.monotonic() < deadline, f"the request never started ({marker} not made)"
+        time.sleep(0.01)
+
+
 def fake_backend(*startup_args: str) -> list[str]:
     return [sys.executable, str(FAKE_WORKER), *startup_args]
 

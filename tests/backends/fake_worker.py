@@ -8,7 +8,8 @@ byte), ``--multiplex`` (one thread per request), ``--inline`` (answer on the rea
 thread: a no-op backend for benchmarks), ``--slow-start SECONDS``, ``--die-at-start``,
 ``--ignore-cancel``, ``--alloc-mb N``, ``--spawn-helper``.
 
-Request commands: ``echo WORDS...``, ``exit CODE [MESSAGE]``, ``sleep SECONDS``, ``sleep-write SECONDS FILE``, ``pid``, ``identity``,
+Request commands: ``echo WORDS...``, ``exit CODE [MESSAGE]``, ``sleep SECONDS [STARTED]``,
+``sleep-write SECONDS FILE [STARTED]`` (STARTED: a file made as the request starts), ``pid``, ``identity``,
 ``env NAME``, ``args``, ``crash``, ``crash-once MARKER``, ``crash-after SECONDS MARKER``, ``bad-int``, ``alloc-sleep MB SECONDS``, ``helper-pid``, ``garbage``, ``silent``,
 ``close-stdin DELAY``, ``close-stdout``, ``answer-then-close-stdout``, ``answer-then-print``,
 ``sleep-answer-twice-if-cancelled SECONDS``, ``wrong-id``, ``huge BYTES``, ``snake`` (JSON:
@@ -140,6 +141,14 @@ def send(data: bytes) -> None:
         OUT.flush()
 
 
+def started(marker: list[str]) -> None:
+    """Creates the file a request names after its own arguments (``sleep SECONDS
+    STARTED``), so that a test knows the request is running, not guesses it by a sleep."""
+    if marker:
+        with open(marker[0], "w"):
+            pass
+
+
 def handle(framing, request: dict, options: dict) -> None:
     args = request["arguments"]
     rid = request["request_id"]
@@ -153,6 +162,7 @@ def handle(framing, request: dict, options: dict) -> None:
         reply["exit_code"] = int(rest[0])
         reply["output"] = " ".join(rest[1:])
     elif command in ("sleep", "sleep-answer-twice-if-cancelled"):
+        started(rest[1:])
         deadline = time.monotonic() + float(rest[0])
         while time.monotonic() < deadline:
             with CANCEL_LOCK:
@@ -167,6 +177,7 @@ def handle(framing, request: dict, options: dict) -> None:
             time.sleep(0.01)
         reply["output"] = "slept"
     elif command == "sleep-write":
+        started(rest[2:])
         time.sleep(float(rest[0]))
         with open(rest[1], "w") as handle:
             handle.write("output\n")

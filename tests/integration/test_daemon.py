@@ -18,7 +18,14 @@ from typing import Any
 import psutil
 import pytest
 
-from tests.conftest import REPO_ROOT, RUNTIME, StartRuntime, fake_backend, wait_gone
+from tests.conftest import (
+    REPO_ROOT,
+    RUNTIME,
+    StartRuntime,
+    fake_backend,
+    wait_gone,
+    wait_started,
+)
 from tests.imports import modules_loaded_by
 from worker_runtime.daemon.paths import DaemonPaths
 from workers_dev.emulator import Buck2Worker, StreamingSession, WorkerRequestError, make_command
@@ -157,7 +164,7 @@ def test_a_bad_config_is_refused_naming_the_key_with_the_daemon_running(
 
 
 def test_daemon_killed_mid_request_fails_clearly_and_next_command_recovers(
-    start_runtime: StartRuntime,
+    start_runtime: StartRuntime, tmp_path: Path
 ) -> None:
     worker = start_runtime(fake_backend())
     backend = int(worker.run("pid").stderr)
@@ -166,13 +173,14 @@ def test_daemon_killed_mid_request_fails_clearly_and_next_command_recovers(
 
     def in_flight() -> None:
         try:
-            outcome.append(worker.run("sleep", "2"))
+            outcome.append(worker.run("sleep", "2", str(started)))
         except WorkerRequestError as exc:
             outcome.append(exc)
 
+    started = tmp_path / "started"
     thread = threading.Thread(target=in_flight)
     thread.start()
-    time.sleep(0.5)
+    wait_started(started)
     os.kill(old_daemon, signal.SIGKILL)
     thread.join(30)
     assert outcome and isinstance(outcome[0], WorkerRequestError), "the request must fail, not hang"
@@ -190,7 +198,7 @@ def test_daemon_killed_mid_request_fails_clearly_and_next_command_recovers(
 
 @pytest.mark.parametrize("how", ["stop command", "SIGTERM"])
 def test_a_front_whose_daemon_is_stopped_says_so_after_its_request_is_answered(
-    start_runtime: StartRuntime, how: str
+    start_runtime: StartRuntime, tmp_path: Path, how: str
 ) -> None:
     """A daemon stopped on purpose tells its fronts why before it drains their sockets:
     the request in flight is answered, and the front's exit (which Buck2 reports as the
@@ -198,9 +206,12 @@ def test_a_front_whose_daemon_is_stopped_says_so_after_its_request_is_answered(
     worker = start_runtime(fake_backend())
     daemon = daemon_status()["pid"]
     outcome: list[Any] = []
-    thread = threading.Thread(target=lambda: outcome.append(worker.run("sleep", "1.5")))
+    started = tmp_path / "started"
+    thread = threading.Thread(
+        target=lambda: outcome.append(worker.run("sleep", "1.5", str(started)))
+    )
     thread.start()
-    time.sleep(0.5)
+    wait_started(started)
     if how == "SIGTERM":
         os.kill(daemon, signal.SIGTERM)
         reason = "it received SIGTERM"
@@ -325,9 +336,12 @@ def test_open_runtime_dir_is_refused(runtime_dir: Path, start_runtime: StartRunt
         os.chmod(runtime_dir, 0o700)
 
 
-def request_in_flight(worker: Buck2Worker, *argv: str) -> tuple[threading.Thread, list[Any]]:
-    """Sends ``argv`` from a thread and returns once it is running; the list gets its
-    response, or the WorkerRequestError Buck2 would see."""
+def request_in_flight(
+    worker: Buck2Worker, started: Path, *argv: str
+) -> tuple[threading.Thread, list[Any]]:
+    """Sends ``argv`` (a fake backend's request that makes the file ``started`` as it
+    starts) from a thread and returns once it is running; the list gets its response,
+    or the WorkerRequestError Buck2 would see."""
     outcome: list[Any] = []
 
     def send() -> None:
@@ -338,7 +352,7 @@ def request_in_flight(worker: Buck2Worker, *argv: str) -> tuple[threading.Thread
 
     thread = threading.Thread(target=send)
     thread.start()
-    time.sleep(0.3)
+    wait_started(started)
     return thread, outcome
 
 
@@ -348,7 +362,10 @@ def test_front_killed_mid_request_lets_the_request_finish(
     worker = start_runtime(fake_backend())
     backend = worker.run("pid").stderr
     output = tmp_path / "output.o"
-    thread, outcome = request_in_flight(worker, "sleep-write", "1", str(output))
+    started = tmp_path / "started"
+    thread, outcome = request_in_flight(
+        worker, started, "sleep-write", "1", str(output), str(started)
+    )
     assert worker.proc is not None
     os.kill(worker.proc.pid, signal.SIGKILL)
     thread.join(30)
@@ -370,7 +387,10 @@ def test_sigterm_with_a_request_in_flight_ends_the_front_at_once(
     worker = start_runtime(fake_backend())
     backend = worker.run("pid").stderr
     output = tmp_path / "output.o"
-    thread, outcome = request_in_flight(worker, "sleep-write", "5", str(output))
+    started = tmp_path / "started"
+    thread, outcome = request_in_flight(
+        worker, started, "sleep-write", "5", str(output), str(started)
+    )
     assert worker.proc is not None
     os.kill(worker.proc.pid, signal.SIGTERM)  # as Buck2 ends a command
     assert worker.proc.wait(30) == 0
@@ -390,11 +410,12 @@ def test_front_killed_during_a_long_request_cancels_it_cleanly(
 
     def long_request() -> None:
         with contextlib.suppress(WorkerRequestError):  # Buck2 gives up when the front dies
-            worker.run("sleep", "30")
+            worker.run("sleep", "30", str(started))
 
+    started = tmp_path / "started"
     thread = threading.Thread(target=long_request)
     thread.start()
-    time.sleep(0.3)
+    wait_started(started)
     assert worker.proc is not None
     os.kill(worker.proc.pid, signal.SIGKILL)
     # Past the grace the daemon cancels the request; a singleplex backend in the middle
@@ -583,16 +604,17 @@ def test_status_and_stop_of_a_daemon_that_does_not_answer(start_runtime: StartRu
 
 
 def test_front_starting_while_the_daemon_stops_gets_a_new_daemon(
-    start_runtime: StartRuntime, log_dir: Path
+    start_runtime: StartRuntime, log_dir: Path, tmp_path: Path
 ) -> None:
     """It waits for the stopping daemon to let its lock go, then starts one. Fronts once
     spawned daemon after daemon meanwhile (each lost the lock, having made a log
     directory: hundreds while a daemon drained for long), and `status` said none ran."""
     worker = start_runtime(fake_backend())
     old_daemon = daemon_status()["pid"]
-    thread = threading.Thread(target=lambda: worker.run("sleep", "3"))
+    started = tmp_path / "started"
+    thread = threading.Thread(target=lambda: worker.run("sleep", "3", str(started)))
     thread.start()
-    time.sleep(0.3)
+    wait_started(started)
     stopper = subprocess.Popen([*RUNTIME, "stop"], cwd=REPO_ROOT, stdout=subprocess.DEVNULL)
     assert wait_for(lambda: daemon_status().get("stopping"), 5), "status never said stopping"
     assert daemon_status() == {"running": True, "stopping": True, "pid": old_daemon}

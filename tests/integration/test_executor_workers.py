@@ -140,8 +140,11 @@ def test_part_of_a_stray_answer_read_already_discards_the_worker_before_reuse(
     first = babbler.call(WorkRequest(arguments=("answer-then-part", "0.05")), timeout_s=30)
     assert first.output == "first answer"
     pool.release(babbler, healthy=True)
-    time.sleep(0.5)  # the part is read: nothing is left in the pipe
-    assert babbler.backend.unread_output_bytes() == 0
+    deadline = time.monotonic() + 30
+    while not babbler.backend.framing.mid_message() and time.monotonic() < deadline:
+        time.sleep(0.01)  # until the pipe loop has read the part
+    assert babbler.backend.framing.mid_message()
+    assert babbler.backend.unread_output_bytes() == 0  # nothing is left in the pipe
     worker, reused = pool.acquire(identity, dict(os.environ), [])
     second = worker.call(WorkRequest(arguments=("echo", "mine")), timeout_s=30)
     assert second.output == "mine"

@@ -8,7 +8,7 @@ import asyncio
 import os
 import signal
 import threading
-import time
+from pathlib import Path
 
 from tests.conftest import (
     StartRuntime,
@@ -16,6 +16,7 @@ from tests.conftest import (
     fake_backend,
     processes_with_marker,
     wait_gone,
+    wait_started,
 )
 from worker_runtime.errors import RUNTIME_ERROR_EXIT_CODE
 from workers_dev.emulator import StreamingSession, make_command
@@ -25,14 +26,15 @@ server = every_server
 
 
 def test_sigterm_finishes_in_flight_requests_then_exits_cleanly(
-    start_runtime: StartRuntime,
+    start_runtime: StartRuntime, tmp_path: Path
 ) -> None:
     worker = start_runtime(fake_backend(), ["--no-daemon"])
     backend_pid = int(worker.run("pid").stderr)
     results: list[object] = []
-    thread = threading.Thread(target=lambda: results.append(worker.run("sleep", "1")))
+    started = tmp_path / "started"
+    thread = threading.Thread(target=lambda: results.append(worker.run("sleep", "1", str(started))))
     thread.start()
-    time.sleep(0.3)
+    wait_started(started)
     assert worker.proc is not None
     assert worker.terminate() == 0  # not SIGKILLed after Buck2's grace: it exited itself
     thread.join(10)
@@ -50,9 +52,12 @@ def test_sigterm_cancels_requests_that_run_past_the_grace(
     worker = start_runtime(fake_backend(), ["--no-daemon", "--config", str(config)])
     backend_pid = int(worker.run("pid").stderr)
     responses: list[object] = []
-    thread = threading.Thread(target=lambda: responses.append(worker.run("sleep", "60")))
+    started = tmp_path / "started"
+    thread = threading.Thread(
+        target=lambda: responses.append(worker.run("sleep", "60", str(started)))
+    )
     thread.start()
-    time.sleep(0.3)
+    wait_started(started)
     # Exits by itself (not SIGKILLed after Buck2's 10 s), its sleep cancelled at 1 s.
     assert worker.terminate() == 0
     thread.join(10)
@@ -64,7 +69,9 @@ def test_sigterm_cancels_requests_that_run_past_the_grace(
     assert wait_gone([backend_pid]) == []
 
 
-def test_requests_after_sigterm_are_refused_clearly(start_runtime: StartRuntime) -> None:
+def test_requests_after_sigterm_are_refused_clearly(
+    start_runtime: StartRuntime, tmp_path: Path
+) -> None:
     """The in-process runtime drains after SIGTERM: what runs finishes and is answered,
     what comes later is refused with the reason. (Through the daemon the front exits at
     once, and Buck2, like the emulator, fails both as a worker exit: test_daemon.py.)"""
@@ -72,8 +79,9 @@ def test_requests_after_sigterm_are_refused_clearly(start_runtime: StartRuntime)
 
     async def scenario() -> str:
         async with StreamingSession(worker.target, worker.proc) as session:
-            slow = asyncio.create_task(session.execute(make_command(["sleep", "1"])))
-            await asyncio.sleep(0.3)
+            started = tmp_path / "started"
+            slow = asyncio.create_task(session.execute(make_command(["sleep", "1", str(started)])))
+            await asyncio.to_thread(wait_started, started)
             assert worker.proc is not None
             os.kill(worker.proc.pid, signal.SIGTERM)  # as Buck2 ends a command
             await asyncio.sleep(0.2)
@@ -96,7 +104,9 @@ def test_runtime_killed_with_sigkill_takes_its_backends_along(start_runtime: Sta
     assert wait_gone(sorted(pids)) == []
 
 
-def test_backends_survive_the_group_sigterm_until_drained(start_runtime: StartRuntime) -> None:
+def test_backends_survive_the_group_sigterm_until_drained(
+    start_runtime: StartRuntime, tmp_path: Path
+) -> None:
     """Backends run in their own session: a SIGTERM to the runtime's process group (Buck2
     signals the group when no grace is set; a terminal's Ctrl-C does too) does not reach
     them mid-request, and the runtime answers the request before it stops them itself."""
@@ -104,9 +114,10 @@ def test_backends_survive_the_group_sigterm_until_drained(start_runtime: StartRu
     backend_pid = int(worker.run("pid").stderr)
     assert worker.proc is not None
     results: list[object] = []
-    thread = threading.Thread(target=lambda: results.append(worker.run("sleep", "1")))
+    started = tmp_path / "started"
+    thread = threading.Thread(target=lambda: results.append(worker.run("sleep", "1", str(started))))
     thread.start()
-    time.sleep(0.3)
+    wait_started(started)
     os.killpg(worker.proc.pid, signal.SIGTERM)
     assert worker.proc.wait(30) == 0
     thread.join(10)

@@ -24,7 +24,10 @@ def test_a_stray_answer_waiting_in_the_pipe_discards_the_backend(tmp_path: Path)
         (babbler,) = pool.processes
         # The event loop is busy elsewhere while the second answer arrives: it sits in the
         # pipe, unread, when the next request is handed to a backend.
-        time.sleep(0.5)  # noqa: ASYNC251 - holding the loop is the point
+        deadline = time.monotonic() + 30
+        while babbler.unread_output_bytes() == 0 and time.monotonic() < deadline:
+            time.sleep(0.01)  # noqa: ASYNC251 - holding the loop is the point
+        assert babbler.unread_output_bytes(), "the second answer never came"
         second = await pool.call(("echo", "mine"), (), 0)
         (fresh,) = pool.processes
         await manager.stop_all()
@@ -46,7 +49,10 @@ def test_part_of_a_stray_answer_read_already_discards_the_backend_too(tmp_path: 
         pool = manager.pool_for(manager.key_for(()))
         first = await pool.call(("answer-then-part", "0.05"), (), 0)
         (babbler,) = pool.processes
-        await asyncio.sleep(0.5)  # the loop reads the part: nothing is left in the pipe
+        for _ in range(3000):  # until the loop has read the part: none left in the pipe
+            if babbler.unread_output_bytes() == 0 and babbler.framing.mid_message():
+                break
+            await asyncio.sleep(0.01)
         assert babbler.unread_output_bytes() == 0 and babbler.framing.mid_message()
         second = await pool.call(("echo", "mine"), (), 0)
         (fresh,) = pool.processes

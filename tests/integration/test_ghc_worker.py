@@ -942,3 +942,22 @@ def test_a_libdir_of_another_ghc_is_refused_clearly(tmp_path: Path) -> None:
     assert "GHC_WORKER_LIBDIR" in refused.stderr and not (tmp_path / "out/Shop/Types.o").exists()
     found = subprocess.run(args, cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert found.returncode == 0, found.stderr  # the real ghc's libdir is this GHC's
+
+
+def test_a_removed_scratch_directory_is_made_again_not_the_workers_end(
+    pipe_worker: StartPipe, tmp_path: Path
+) -> None:
+    """A cleaner of the temporary directory removes the worker's private scratch
+    directory between two requests: the capture file could not be made, and the worker
+    ended, warm state and all. It makes the directory again and compiles."""
+    write(tmp_path, "src/Shop/Types.hs", TYPES_HS)
+    prepare_dirs(tmp_path, "out")
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    worker = pipe_worker(env=dict(os.environ, TMPDIR=str(tmp)))
+    assert worker.run(*compile_args("Shop.Types", "out")).exit_code == 0
+    (scratch,) = tmp.iterdir()
+    shutil.rmtree(scratch)
+    again = worker.run(*compile_args("Shop.Types", "out"))
+    assert again.exit_code == 0, again.output
+    assert scratch.is_dir() and stat.S_IMODE(scratch.stat().st_mode) == 0o700

@@ -71,6 +71,7 @@ import GHC.Unit.State (lookupUnit, unitDatabasePath)
 import GHC.Utils.Panic (GhcException (Signal))
 import System.Directory (doesFileExist, getCurrentDirectory, getHomeDirectory, getFileSize, getModificationTime, listDirectory, setCurrentDirectory, doesDirectoryExist)
 import System.FilePath (normalise, takeDirectory, (<.>), (</>))
+import System.Posix.Directory (createDirectory)
 import System.IO (hPutStrLn, stderr)
 
 -- | A kept home-package interface: the file it was read from and that file's digest.
@@ -134,19 +135,32 @@ lastReport = readIORef . workerLastReport
 compile :: Worker -> FilePath -> [String] -> [(FilePath, B.ByteString)] -> Ghc (Int, String)
 compile worker dir rawArgs inputs = reifyGhc $ \session -> do
   writeIORef (workerLastReport worker) "" -- a request that fails early reused nothing
-  (outcome, output) <-
-    captureOutput (workerCaptureFile worker) $
-      inDirectory dir (reflectGhc (compileHere worker rawArgs inputs) session)
-  case outcome of
-    Right code -> return (code, output)
-    Left e
-      | Just (_ :: SomeAsyncException) <- fromException e -> throwIO e
-      | Just ghcError <- fromException e, isSignal ghcError -> throwIO e
-    Left e -> do
-      -- Something outside GHC's own error reporting went wrong: start the next request
-      -- from a fresh state rather than trust this one. What GHC printed before stays.
-      modifyIORef' (workerState worker) (\k -> k {keptEps = workerPristineEps worker, keptHome = Map.empty})
-      return (1, output ++ "ghc-worker: " ++ displayException e ++ "\n")
+  let capture = captureOutput (workerCaptureFile worker) $
+        inDirectory dir (reflectGhc (compileHere worker rawArgs inputs) session)
+      scratch = takeDirectory (workerCaptureFile worker)
+  -- The capture file cannot be made (a cleaner removed the worker's private directory,
+  -- a full disk, no file descriptor left): the directory is made again and the request
+  -- tried once more; a second failure is this request's, not the worker's end.
+  captured <- try capture
+  retried <- case captured of
+    Right done -> return (Right done)
+    Left (_ :: IOException) -> do
+      void (try (createDirectory scratch 0o700) :: IO (Either IOException ()))
+      try capture
+  case retried of
+    Left (e :: IOException) -> return (1, "ghc-worker: the compile's output could not be captured in " ++ scratch ++ ": " ++ displayException e ++ "\n")
+    Right captured' -> answer captured'
+  where
+    answer (outcome, output) = case outcome of
+      Right code -> return (code, output)
+      Left e
+        | Just (_ :: SomeAsyncException) <- fromException e -> throwIO e
+        | Just ghcError <- fromException e, isSignal ghcError -> throwIO e
+      Left e -> do
+        -- Something outside GHC's own error reporting went wrong: start the next request
+        -- from a fresh state rather than trust this one. What GHC printed before stays.
+        modifyIORef' (workerState worker) (\k -> k {keptEps = workerPristineEps worker, keptHome = Map.empty})
+        return (1, output ++ "ghc-worker: " ++ displayException e ++ "\n")
 
 inDirectory :: FilePath -> IO a -> IO a
 inDirectory "" action = action

@@ -144,6 +144,12 @@ class RuntimeConfig:
         default=5.0,
         metadata=doc("A response that started arriving but stalls this long is taken for garbage."),
     )
+    max_response_mb: int = field(
+        default=256,
+        metadata=doc(
+            "The largest response a backend may write (MiB, at most 2048): a larger one is refused as it arrives, as a protocol error, and the backend discarded, so that a runaway backend cannot take the daemon's memory (and every warm backend with it)."
+        ),
+    )
     cancel_grace_s: float = field(
         default=5.0,
         metadata=doc(
@@ -409,6 +415,7 @@ _CHECKS: dict[str, Callable[[str, Any], Any]] = {
     "retries": _int(0),
     "cancellable": _bool,
     "frame_stall_timeout_s": _seconds,
+    "max_response_mb": _int(1, 2048),
     "cancel_grace_s": _seconds,
     "shutdown_grace_s": _seconds,
     "log_dir": _optional_string,

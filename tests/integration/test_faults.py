@@ -175,6 +175,24 @@ def test_huge_response(start_runtime: StartRuntime) -> None:
     assert_still_serves(worker)
 
 
+def test_a_response_past_max_response_mb_discards_the_backend_not_the_daemon(
+    start_runtime: StartRuntime, tmp_path: Path
+) -> None:
+    """A runaway backend's response is refused as it arrives past `max_response_mb`
+    (2 GiB before: the daemon held it all, and could die of it with every warm backend)."""
+    config = tmp_path / "c.json"
+    config.write_text('{"max_response_mb": 1, "retries": 0}')
+    worker = start_runtime(fake_backend(), ["--config", str(config)])
+    pid = worker.run("pid").stderr
+    response = worker.run("huge", str(2 << 20))
+    assert response.exit_code == RUNTIME_ERROR_EXIT_CODE
+    assert "wrote an invalid response" in response.stderr
+    assert f"more than the {1 << 20} taken here" in response.stderr
+    assert wait_gone([int(pid)]) == []
+    assert worker.run("huge", str(1 << 19)).exit_code == 0  # under it, on a fresh backend
+    assert_still_serves(worker)
+
+
 def test_slow_start_backend_is_waited_for(start_runtime: StartRuntime) -> None:
     worker = start_runtime(fake_backend("--slow-start", "2"))
     assert worker.run("echo", "late").stderr == "late"

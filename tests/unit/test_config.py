@@ -51,6 +51,8 @@ def test_full_config_round_trip(tmp_path: Path) -> None:
         ({"protocol": "xml"}, "`protocol` must be one of"),
         ({"max_instances": 0}, "`max_instances` must be an integer >= 1"),
         ({"max_instances": "2"}, "`max_instances` must be an integer"),
+        ({"max_response_mb": 0}, "`max_response_mb` must be an integer from 1 to 2048"),
+        ({"max_response_mb": 4096}, "`max_response_mb` must be an integer from 1 to 2048"),
         # WorkRequest.verbosity is an int32: past it, every request failed as a bug
         ({"verbosity": 1 << 31}, "`verbosity` must be an integer from 0 to 2147483647"),
         ({"multiplex": "yes"}, "`multiplex` must be true or false"),

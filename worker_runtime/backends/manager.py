@@ -89,6 +89,7 @@ class BackendManager:
             frame_stall_timeout_s=self.config.frame_stall_timeout_s,
             cancel_grace_s=self.config.cancel_grace_s,
             log_dir=self.log_dir,
+            max_response_bytes=self.config.max_response_mb << 20,
         )
         pool: BackendPool
         if key.multiplex:

@@ -32,8 +32,9 @@ _RESPONSE_TAGS = frozenset({(1 << 3) | 0, (2 << 3) | 2, (3 << 3) | 0, (4 << 3) |
 
 
 def largest_taken(max_response_bytes: int | None) -> int:
-    """The largest response a framing takes: ``max_response_bytes`` (the executor's
-    output budget) if given, and never more than MAX_FRAME_BYTES."""
+    """The largest response a framing takes: ``max_response_bytes`` (the runtime's
+    ``max_response_mb``, the executor's output budget) if given, and never more than
+    MAX_FRAME_BYTES."""
     if max_response_bytes is None:
         return MAX_FRAME_BYTES
     return min(max_response_bytes, MAX_FRAME_BYTES)

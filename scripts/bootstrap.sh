@@ -18,8 +18,19 @@ STAMP="$VENV/.installed-$( (cat "$ROOT/pyproject.toml" "$ROOT/bin/worker-runtime
 # PYTHONDONTWRITEBYTECODE is set, Python would otherwise compile every module it imports
 # from source at every start (about 6 ms of a worker front's). Cheap when current.
 compile_bytecode() {
-  "$VENV/bin/python" -m compileall -q "$ROOT/worker_runtime" >/dev/null
+  local out
+  out=$("$VENV/bin/python" -m compileall -q "$ROOT/worker_runtime" 2>&1) || {
+    echo "$out" >&2
+    echo "bootstrap: error: worker_runtime does not compile (above)" >&2
+    exit 1
+  }
 }
+
+# One bootstrap at a time (scripts/test.sh and scripts/demo.sh started together on a
+# fresh machine would otherwise build the same virtualenvs at once).
+mkdir -p "$ROOT/.cache"
+exec 9>"$ROOT/.cache/bootstrap.lock"
+flock 9
 
 find_python() {
   local candidate real
@@ -113,6 +124,11 @@ if [ -f "$STAMP" ] && [ -x "$VENV/bin/python" ]; then
 fi
 PYTHON=$(find_python) || { echo "bootstrap: error: no Python >= 3.11 found on PATH; install python3.11" >&2; exit 1; }
 echo "bootstrap: creating $VENV with $PYTHON" >&2
+# A venv whose creation was interrupted has its python but no pip: made again.
+if [ -x "$VENV/bin/python" ] && ! "$VENV/bin/python" -m pip --version >/dev/null 2>&1; then
+  echo "bootstrap: $VENV is incomplete (an interrupted creation?): making it again" >&2
+  rm -rf "$VENV"
+fi
 [ -x "$VENV/bin/python" ] || "$PYTHON" -m venv "$VENV"
 LOG="$VENV/bootstrap.log"
 if ! "$VENV/bin/python" -m pip install --disable-pip-version-check \
@@ -122,6 +138,8 @@ if ! "$VENV/bin/python" -m pip install --disable-pip-version-check \
   exit 1
 fi
 rm -f "$VENV"/.installed-*
+# A checkout whose path holds a space (or is very long) cannot be pip's '#!' line.
+bash "$ROOT/scripts/runtime_shebang.sh" "$VENV"
 compile_bytecode
 touch "$STAMP"
 echo "bootstrap: ready" >&2

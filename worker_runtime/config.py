@@ -250,10 +250,34 @@ def _string(key: str, value: Any) -> str:
     return value
 
 
+def _shown(value: Any) -> str:
+    """A value as JSON for an error message, cut short (a 4,000-digit number, say)."""
+    text = json.dumps(value)
+    return text if len(text) <= 80 else f"{text[:77]}..."
+
+
 def _strings(key: str, value: Any) -> tuple[str, ...]:
     if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-        raise ConfigError(f"config key `{key}` must be a list of strings, not {json.dumps(value)}")
+        raise ConfigError(f"config key `{key}` must be a list of strings, not {_shown(value)}")
+    if any("\0" in v for v in value):
+        raise ConfigError(f"config key `{key}` holds a NUL character, which no argument can")
     return tuple(value)
+
+
+def _command(key: str, value: Any) -> tuple[str, ...]:
+    command = _strings(key, value)
+    if command and not command[0]:
+        raise ConfigError(f"config key `{key}` starts with an empty program name")
+    return command
+
+
+def _names(key: str, value: Any) -> tuple[str, ...]:
+    """Environment variable names: not empty, no '=' (it ends a name) and no NUL."""
+    names = _strings(key, value)
+    for name in names:
+        if not name or "=" in name:
+            raise ConfigError(f"config key `{key}` holds {_shown(name)}, not a variable name")
+    return names
 
 
 def _bool(key: str, value: Any) -> bool:
@@ -272,7 +296,7 @@ def _int(minimum: int, maximum: int | None = None) -> Callable[[str, Any], int]:
         ):
             bounds = f">= {minimum}" if maximum is None else f"from {minimum} to {maximum}"
             raise ConfigError(
-                f"config key `{key}` must be an integer {bounds}, not {json.dumps(value)}"
+                f"config key `{key}` must be an integer {bounds}, not {_shown(value)}"
             )
         return value
 
@@ -287,15 +311,16 @@ MAX_SECONDS = 1e9
 def _seconds(key: str, value: Any) -> float:
     # Python's JSON reader takes NaN and Infinity: a NaN timer fires at once, an infinite
     # one overflows where a whole number of seconds is needed.
+    # (An int is compared exactly: math.isfinite of one past a float's range raises.)
     if (
         isinstance(value, bool)
         or not isinstance(value, int | float)
-        or not math.isfinite(value)
+        or (isinstance(value, float) and not math.isfinite(value))
         or not 0 < value <= MAX_SECONDS
     ):
         raise ConfigError(
             f"config key `{key}` must be a finite number of seconds > 0 (at most "
-            f"{MAX_SECONDS:.0e}), not {json.dumps(value)}"
+            f"{MAX_SECONDS:.0e}), not {_shown(value)}"
         )
     return float(value)
 
@@ -383,9 +408,10 @@ def _env(key: str, value: Any) -> dict[str, str]:
     if not isinstance(value, dict) or not all(
         isinstance(k, str) and isinstance(v, str) for k, v in value.items()
     ):
-        raise ConfigError(
-            f"config key `{key}` must be an object of strings, not {json.dumps(value)}"
-        )
+        raise ConfigError(f"config key `{key}` must be an object of strings, not {_shown(value)}")
+    _names(key, list(value))
+    if any("\0" in v for v in value.values()):
+        raise ConfigError(f"config key `{key}` holds a NUL character, which no value can")
     return dict(value)
 
 
@@ -403,13 +429,13 @@ def _optional_string(key: str, value: Any) -> str | None:
 
 
 _CHECKS: dict[str, Callable[[str, Any], Any]] = {
-    "command": _strings,
+    "command": _command,
     "protocol": _protocol,
     "server": _server,
     "multiplex": _bool,
     "max_instances": _int(1),
     "tool_inputs": _strings,
-    "key_env": _strings,
+    "key_env": _names,
     "env": _env,
     "verbosity": _int(0, (1 << 31) - 1),  # WorkRequest.verbosity is an int32
     "retries": _int(0),
@@ -452,10 +478,14 @@ def load_config_file(path: str | Path) -> RuntimeConfig:
         text = Path(path).read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError(f"config file {path} cannot be read: {exc.strerror}") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"config file {path} is not UTF-8 text ({exc.reason})") from None
     try:
         data = json.loads(text)
     except json.JSONDecodeError as exc:
         raise ConfigError(f"config file {path} is not valid JSON: {exc}") from None
+    except (ValueError, RecursionError) as exc:  # a number of 4,300+ digits, deep nesting
+        raise ConfigError(f"config file {path} cannot be read as JSON: {exc}") from None
     return config_from_mapping(data, f"config file {path}")
 
 

@@ -18,7 +18,8 @@ import pytest
 
 from tests.clusters import cluster, private_cluster
 from tests.conftest import wait_gone
-from worker_runtime.cluster.layout import DEFAULT_BUILDGRID_VENV
+from worker_runtime.cluster import postgres
+from worker_runtime.cluster.layout import DEFAULT_BUILDGRID_VENV, ClusterLayout
 
 
 @pytest.fixture
@@ -97,6 +98,13 @@ def test_executors_are_started_and_stopped_with_the_cluster(cluster_dir: Path) -
     assert cluster(*again, "--dir", str(cluster_dir)).returncode == 0
     kept: Any = status(cluster_dir)["executors"]
     assert [e["pid"] for e in kept] == pids
+    # Options the executors would refuse are refused before any executor stops (they
+    # once stopped the running set for one that could not start, leaving none).
+    for bad in (["--limit-memory", "0"], ["--limit-cpus", "nan"]):
+        refused = cluster("up", "--executors", "2", *bad, "--dir", str(cluster_dir))
+        assert refused.returncode == 2 and "must be more than 0" in refused.stderr
+    still: Any = status(cluster_dir)["executors"]
+    assert [e["pid"] for e in still] == pids and all(e["alive"] for e in still)
     assert (
         cluster("up", "--executors", "2", "--no-sandbox", "--dir", str(cluster_dir)).returncode == 0
     )
@@ -137,3 +145,30 @@ def test_a_dead_server_is_restarted_with_a_fresh_set_of_executors(cluster_dir: P
     assert len(after["executors"]) == 2 and all(e["alive"] for e in after["executors"])
     assert cluster("down", "--dir", str(cluster_dir)).returncode == 0
     assert processes_of(cluster_dir) == []
+
+
+def test_a_postgresql_that_pg_ctl_cannot_stop_is_stopped_by_signal(
+    cluster_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`pg_ctl stop` failed (or gave up after its 60 s) and `down` still said "cluster
+    down" with PostgreSQL running. Here pg_ctl fails at once: the server is stopped by
+    PostgreSQL's immediate shutdown signal instead."""
+    layout = ClusterLayout.from_dir(str(cluster_dir))
+    server = postgres.start(layout)
+    assert postgres.postmaster(layout) == server
+    real = postgres.binaries()
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    fake.chmod(0o755)
+    tmp_path.chmod(0o755)  # the server's user runs the tools
+    for tool in real.iterdir():
+        (fake / tool.name).symlink_to(tool)
+    (fake / "pg_ctl").unlink()
+    (fake / "pg_ctl").write_text(
+        "#!/bin/sh\necho 'pg_ctl: could not send stop signal' >&2\nexit 1\n"
+    )
+    (fake / "pg_ctl").chmod(0o755)
+    monkeypatch.setattr(postgres, "binaries", lambda: fake)
+    postgres.stop(layout)
+    assert postgres.postmaster(layout) == 0
+    assert wait_gone([server]) == []

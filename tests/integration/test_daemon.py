@@ -229,6 +229,37 @@ def test_a_front_whose_daemon_is_stopped_says_so_after_its_request_is_answered(
     assert wait_gone([daemon], 30) == [], "the stopped daemon must exit"
 
 
+def test_a_relative_runtime_dir_is_the_same_directory_for_the_daemon(
+    start_runtime: StartRuntime, runtime_dir: Path
+) -> None:
+    """The front took a relative WORKER_RUNTIME_DIR from the project, the daemon (which
+    starts in that directory) from there again: it never started, and every worker of
+    every command failed."""
+    relative = os.path.relpath(runtime_dir, REPO_ROOT)
+    worker = start_runtime(fake_backend(), env={"WORKER_RUNTIME_DIR": relative})
+    assert worker.run("echo", "served").stderr == "served"
+    assert list(runtime_dir.glob("*.sock")), "the daemon's socket is in the directory named"
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["status", "--timeout", "nan"], "must be more than 0 seconds"),
+        (["status", "--timeout", "-1"], "must be more than 0 seconds"),
+        (["stop", "--timeout", "0"], "must be more than 0 seconds"),
+        (["logs", "-n", "0"], "must be 1 or more"),  # printed the whole log
+    ],
+)
+def test_bad_numbers_to_the_daemon_commands_are_usage_errors(argv: list[str], message: str) -> None:
+    """Each was a traceback (a socket's timeout refuses them) and exit 1, or, for `logs -n
+    0`, the whole log."""
+    done = subprocess.run(
+        [*RUNTIME, *argv], capture_output=True, text=True, timeout=60, cwd=REPO_ROOT
+    )
+    assert done.returncode == 2 and message in done.stderr, done.stderr
+    assert "Traceback" not in done.stderr
+
+
 def test_two_fronts_starting_at_once_share_one_daemon(
     start_runtime: StartRuntime, runtime_dir: Path
 ) -> None:

@@ -52,6 +52,17 @@ def test_full_config_round_trip(tmp_path: Path) -> None:
         ({"max_instances": 0}, "`max_instances` must be an integer >= 1"),
         ({"max_instances": "2"}, "`max_instances` must be an integer"),
         ({"max_response_mb": 0}, "`max_response_mb` must be an integer from 1 to 2048"),
+        # math.isfinite of an int past a float's range raised OverflowError: a traceback.
+        (
+            {"backend_idle_timeout_s": 10**400},
+            r"`backend_idle_timeout_s` must be a finite .*\.\.\.$",
+        ),
+        ({"env": {"": "x"}}, '`env` holds "", not a variable name'),
+        ({"env": {"A=B": "x"}}, '`env` holds "A=B", not a variable name'),
+        ({"env": {"A": "x\0y"}}, "`env` holds a NUL character"),
+        ({"key_env": ["HOME", ""]}, '`key_env` holds "", not a variable name'),
+        ({"command": ["", "x"]}, "`command` starts with an empty program name"),
+        ({"command": ["tool", "a\0b"]}, "`command` holds a NUL character"),
         ({"max_response_mb": 4096}, "`max_response_mb` must be an integer from 1 to 2048"),
         # WorkRequest.verbosity is an int32: past it, every request failed as a bug
         ({"verbosity": 1 << 31}, "`verbosity` must be an integer from 0 to 2147483647"),
@@ -130,3 +141,20 @@ def test_an_endpoint_with_an_unknown_scheme_is_refused() -> None:
     remote = {"endpoint": "https://re.example:443"}
     with pytest.raises(ConfigError, match=r"'https://re\.example:443' has a scheme gRPC does not"):
         config_from_mapping({"command": ["a"], "routing": "race", "remote": remote}).validated()
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        (b"\xff\xfe{}", "is not UTF-8 text"),
+        (b'{"backend_idle_timeout_s": ' + b"9" * 5000 + b"}", "cannot be read as JSON"),
+    ],
+)
+def test_a_config_file_python_cannot_read_is_a_clear_error(
+    tmp_path: Path, data: bytes, message: str
+) -> None:
+    """Each raised an exception the loader did not catch: a traceback and exit 1."""
+    path = tmp_path / "c.json"
+    path.write_bytes(data)
+    with pytest.raises(ConfigError, match=message):
+        load_config_file(path)

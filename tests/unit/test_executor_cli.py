@@ -12,27 +12,40 @@ import pytest
 from tests.conftest import REPO_ROOT
 
 
-@pytest.mark.parametrize("grace", ["0", "-1"])
-def test_a_cancel_grace_must_be_positive(tmp_path: Path, grace: str) -> None:
-    result = subprocess.run(
-        [sys.executable, "-m", "worker_runtime", "executor", "--server", "unix:///nowhere",
-         "--workdir", str(tmp_path), "--cancel-grace", grace],
-        capture_output=True, text=True, timeout=60,
-    )  # fmt: skip
-    assert result.returncode == 2
-    assert "--cancel-grace must be a number of seconds > 0" in result.stderr
-
-
-def test_a_shutdown_grace_must_not_be_negative(tmp_path: Path) -> None:
-    result = executor(tmp_path, "--shutdown-grace", "-1")
-    assert result.returncode == 2
-    assert "--shutdown-grace must be a number of seconds >= 0, not -1" in result.stderr
-
-
-def test_an_output_limit_must_be_positive(tmp_path: Path) -> None:
-    result = executor(tmp_path, "--max-output-mb", "0")
-    assert result.returncode == 2
-    assert "--max-output-mb must be more than 0, not 0" in result.stderr
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (
+            ["--shutdown-grace", "-1"],
+            "--shutdown-grace must be a number of seconds from 0 to 1e6, not -1",
+        ),
+        # NaN passed `< 0`: running leases were then never stopped on SIGTERM.
+        (
+            ["--shutdown-grace", "nan"],
+            "--shutdown-grace must be a number of seconds from 0 to 1e6, not nan",
+        ),
+        (["--max-output-mb", "0"], "--max-output-mb must be more than 0, not 0"),
+        # A thread pool of no threads: a traceback.
+        (["--capacity", "0"], "--capacity must be more than 0, not 0"),
+        # Every persistent lease waited forever for a worker slot.
+        (["--max-workers", "0"], "--max-workers must be more than 0, not 0"),
+        (["--memory-limit", "-5"], "--memory-limit must be more than 0, not -5"),
+        (["--cancel-grace", "0"], "--cancel-grace must be a number of seconds above 0"),
+        (["--cancel-grace", "-1"], "--cancel-grace must be a number of seconds above 0"),
+        (["--cancel-grace", "nan"], "--cancel-grace must be a number of seconds above 0"),
+        (
+            ["--worker-idle-timeout", "0"],
+            "--worker-idle-timeout must be a number of seconds above 0",
+        ),
+        (["--metrics-port", "70000"], "--metrics-port must be a port from 0 to 65535, not 70000"),
+    ],
+)
+def test_bad_numbers_are_refused_naming_the_option(
+    tmp_path: Path, args: list[str], message: str
+) -> None:
+    result = executor(tmp_path, *args)
+    assert result.returncode == 2, result.stderr
+    assert message in result.stderr
 
 
 def executor(
@@ -86,6 +99,8 @@ def executor_uid_arguments() -> list[str]:
 def test_limits_must_be_positive_and_need_root(tmp_path: Path) -> None:
     zero = executor(tmp_path, "--limit-memory", "0", *executor_uid_arguments())
     assert zero.returncode == 2 and "--limit-memory must be more than 0, not 0" in zero.stderr
+    nan = executor(tmp_path, "--limit-cpus", "nan", *executor_uid_arguments())  # passed `<= 0`
+    assert nan.returncode == 2 and "--limit-cpus must be more than 0, not nan" in nan.stderr
     if os.getuid() == 0:
         unprivileged = executor(tmp_path, "--limit-pids", "10", as_nobody=True)
         assert unprivileged.returncode == 2

@@ -22,6 +22,8 @@ from typing import Any
 from worker_runtime.cluster import buildgrid, postgres, processes
 from worker_runtime.cluster.layout import INSTANCE, INSTANCES, ClusterLayout, ClusterState
 from worker_runtime.errors import ClusterError
+from worker_runtime.executor.limits import Limits
+from worker_runtime.executor.sandbox import Sandbox, SandboxError
 from worker_runtime.socket_paths import MAX_SOCKET_PATH
 
 
@@ -375,6 +377,18 @@ def up_main(argv: Sequence[str]) -> int:
     for name in ("limit_memory", "limit_cpus", "limit_pids"):
         if getattr(args, name) is not None:
             options += [f"--{name.replace('_', '-')}", f"{getattr(args, name):g}"]
+    # The executors' own checks, made before anything stops: a running cluster's
+    # executors were stopped for a set that then could not start (a bad limit, no root,
+    # no bubblewrap), and it was left with none.
+    limits = Limits(args.limit_memory, args.limit_cpus, args.limit_pids)
+    problem = limits.problem()
+    if problem is None and (args.sandbox or (args.sandbox is None and os.geteuid() == 0)):
+        try:
+            Sandbox.find()
+        except SandboxError as exc:
+            problem = f"{exc} (pass --no-sandbox to run executors without it)"
+    if problem is not None:
+        parser.error(problem)
     layout = ClusterLayout.from_dir(args.dir)
     try:
         info = up(layout, args.executors, options)

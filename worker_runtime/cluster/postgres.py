@@ -4,11 +4,13 @@ refuses to run as root, so as root every server command runs as the `postgres` u
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import os
 import pwd
 import shlex
 import shutil
+import signal
 import subprocess
 import time
 from pathlib import Path
@@ -167,4 +169,21 @@ def stop(layout: ClusterLayout) -> None:
         _remove_stale_locks(layout)
         return
     command = [str(binaries() / "pg_ctl"), "-D", str(layout.pg_data), "-m", "fast", "-w", "stop"]
-    subprocess.run(_as_server_user(command), capture_output=True, text=True)
+    done = subprocess.run(_as_server_user(command), capture_output=True, text=True)
+    # `pg_ctl stop` gave up (it waits 60 s) or failed: PostgreSQL's immediate shutdown,
+    # then SIGKILL; a server that outlives both is an error, and the state stays.
+    for signum in (signal.SIGQUIT, signal.SIGKILL):
+        server = postmaster(layout)
+        if not server:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(server, signum)
+        deadline = time.monotonic() + 10
+        while postmaster(layout) and time.monotonic() < deadline:
+            time.sleep(0.05)
+    if server := postmaster(layout):
+        raise ClusterError(
+            f"PostgreSQL (pid {server}) did not stop: `pg_ctl stop` said "
+            f"{(done.stderr or done.stdout).strip() or f'exit {done.returncode}'}; "
+            f"its log: {layout.logs / 'postgres.log'}"
+        )

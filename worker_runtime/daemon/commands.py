@@ -75,6 +75,27 @@ def _common(prog: str, description: str) -> argparse.ArgumentParser:
     return parser
 
 
+def _seconds(text: str) -> float:
+    """A --timeout: a finite number of seconds above 0 (a socket refuses the others)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text}") from None
+    if not (value > 0 and value <= 1e6):  # NaN too
+        raise argparse.ArgumentTypeError(f"must be more than 0 seconds (at most 1e6): {text}")
+    return value
+
+
+def _count(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be 1 or more: {text}")
+    return value
+
+
 class NotAnswering(TimeoutError):
     """The daemon accepted the connection but did not answer in time (stopped, stuck)."""
 
@@ -153,7 +174,7 @@ def status_main(argv: Sequence[str]) -> int:
     parser = _common("worker-runtime status", "Show the project's daemon and its backends.")
     parser.add_argument("--json", action="store_true", help="print JSON (default: a table)")
     parser.add_argument(
-        "--timeout", type=float, default=10.0, help="seconds to wait for an answer (default: 10)"
+        "--timeout", type=_seconds, default=10.0, help="seconds to wait for an answer (default: 10)"
     )
     args = parser.parse_args(argv)
     paths = DaemonPaths.for_project(args.project_root)
@@ -195,7 +216,9 @@ def status_main(argv: Sequence[str]) -> int:
 
 def stop_main(argv: Sequence[str]) -> int:
     parser = _common("worker-runtime stop", "Drain and stop the project's daemon.")
-    parser.add_argument("--timeout", type=float, default=30.0, help="seconds to wait (default: 30)")
+    parser.add_argument(
+        "--timeout", type=_seconds, default=30.0, help="seconds to wait (default: 30)"
+    )
     args = parser.parse_args(argv)
     paths = DaemonPaths.for_project(args.project_root)
     try:
@@ -300,6 +323,15 @@ def private_daemon_dir(prefix: str = "wrp-") -> Iterator[Path]:
             os.environ["WORKER_RUNTIME_DIR"] = previous
 
 
+def _state(paths: DaemonPaths) -> dict[str, Any]:
+    """The project's daemon's state file, or {} if there is none (or it is unreadable)."""
+    try:
+        state = json.loads(paths.state.read_text())
+    except (OSError, ValueError):
+        return {}
+    return state if isinstance(state, dict) else {}
+
+
 def newest_daemon_log_dir(root: Path) -> Path | None:
     try:
         runs = [p for p in root.iterdir() if p.is_dir() and p.name.startswith("daemon-")]
@@ -310,7 +342,9 @@ def newest_daemon_log_dir(root: Path) -> Path | None:
 
 def logs_main(argv: Sequence[str]) -> int:
     parser = _common("worker-runtime logs", "Show where the daemon's logs are and tail them.")
-    parser.add_argument("-n", "--lines", type=int, default=40, help="lines to show (default: 40)")
+    parser.add_argument(
+        "-n", "--lines", type=_count, default=40, help="lines to show (default: 40)"
+    )
     parser.add_argument("--log-dir", help="the log root, if the config set one")
     args = parser.parse_args(argv)
     paths = DaemonPaths.for_project(args.project_root)
@@ -319,11 +353,22 @@ def logs_main(argv: Sequence[str]) -> int:
     except NotAnswering as exc:
         sys.stderr.write(f"worker-runtime: warning: {exc}\n")
         status = None
-    directory = Path(status["log_dir"]) if status else newest_daemon_log_dir(log_root(args.log_dir))
+    # The project's daemon says where its logs are; one that does not answer says so in
+    # its state file. Otherwise the newest under the log root, which every project shares.
+    recorded = status["log_dir"] if status else _state(paths).get("log_dir")
+    if isinstance(recorded, str):
+        directory: Path | None = Path(recorded)
+        note = "" if status else " (the project's daemon, which does not answer)"
+    else:
+        directory = newest_daemon_log_dir(log_root(args.log_dir))
+        note = (
+            " (no daemon runs for this project now: the newest under the log root, which "
+            "all projects share, so maybe another project's)"
+        )
     if directory is None:
         print(f"no daemon logs under {log_root(args.log_dir)}")
         return 1
-    print(f"daemon logs: {directory}{'' if status else ' (newest; no daemon runs now)'}")
+    print(f"daemon logs: {directory}{note}")
     try:
         paths_in = sorted(directory.iterdir())
     except FileNotFoundError:

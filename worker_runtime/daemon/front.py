@@ -89,6 +89,8 @@ def spawn_daemon(paths: DaemonPaths, config: RuntimeConfig) -> subprocess.Popen[
     import subprocess
 
     env = {k: v for k, v in os.environ.items() if k != "WORKER_SOCKET"}
+    if env.get("WORKER_RUNTIME_DIR"):  # as this front took it: the daemon starts elsewhere
+        env["WORKER_RUNTIME_DIR"] = paths.directory_name
     try:
         large = os.stat(paths.spawn_log_name).st_size > SPAWN_LOG_LIMIT
     except OSError:

@@ -64,11 +64,14 @@ def runtime_version() -> str:
 
 
 def runtime_dir_name() -> str:
-    """Where the daemons' files are (see the module's docstring)."""
+    """Where the daemons' files are (see the module's docstring). A relative
+    WORKER_RUNTIME_DIR is taken from the working directory (the daemon, which starts
+    elsewhere, gets it absolute); a relative XDG_RUNTIME_DIR is ignored, as the XDG
+    specification says."""
     if os.environ.get("WORKER_RUNTIME_DIR"):
-        return os.environ["WORKER_RUNTIME_DIR"]
+        return os.path.abspath(os.environ["WORKER_RUNTIME_DIR"])
     xdg = os.environ.get("XDG_RUNTIME_DIR")
-    if xdg and os.path.isdir(xdg):
+    if xdg and os.path.isabs(xdg) and os.path.isdir(xdg):
         return os.path.join(xdg, "buck2-worker-runtime")
     return f"/tmp/buck2-worker-runtime-{os.getuid()}"
 

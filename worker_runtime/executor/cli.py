@@ -133,14 +133,24 @@ def main(argv: Sequence[str]) -> int:
     ):  # fmt: skip
         parser.add_argument(name, type=kind, metavar="N", help=what)
     args = parser.parse_args(argv)
-    if args.shutdown_grace < 0:
+    # (`not x >= 0` rather than `x < 0`: NaN passes every comparison's negation.)
+    if not 0 <= args.shutdown_grace <= 1e6:
         parser.error(
-            f"--shutdown-grace must be a number of seconds >= 0, not {args.shutdown_grace:g}"
+            f"--shutdown-grace must be a number of seconds from 0 to 1e6, not {args.shutdown_grace:g}"
         )
-    if args.max_output_mb <= 0:
-        parser.error(f"--max-output-mb must be more than 0, not {args.max_output_mb}")
-    if args.cancel_grace <= 0:
-        parser.error(f"--cancel-grace must be a number of seconds > 0, not {args.cancel_grace:g}")
+    for name, count in (("--capacity", args.capacity), ("--max-workers", args.max_workers),
+                        ("--max-output-mb", args.max_output_mb),
+                        ("--memory-limit", args.memory_limit)):  # fmt: skip
+        if count is not None and count <= 0:
+            parser.error(f"{name} must be more than 0, not {count}")
+    for name, seconds in (("--cancel-grace", args.cancel_grace),
+                          ("--worker-idle-timeout", args.worker_idle_timeout)):  # fmt: skip
+        if not 0 < seconds <= 1e6:
+            parser.error(
+                f"{name} must be a number of seconds above 0 (at most 1e6), not {seconds:g}"
+            )
+    if args.metrics_port is not None and not 0 <= args.metrics_port <= 65535:
+        parser.error(f"--metrics-port must be a port from 0 to 65535, not {args.metrics_port}")
     try:
         uid_range = parse_uid_range(args.uid_range) if args.uid_range else None
     except ValueError as exc:
@@ -159,12 +169,8 @@ def main(argv: Sequence[str]) -> int:
         memory = default_tenant_memory_mb() if memory is None else memory
         pids = DEFAULT_TENANT_PIDS if pids is None else pids
     limits = Limits(memory, args.limit_cpus, pids)
-    for name, value in (("--limit-memory", limits.memory_mb), ("--limit-cpus", limits.cpus),
-                        ("--limit-pids", limits.pids)):  # fmt: skip
-        if value is not None and value <= 0:
-            parser.error(f"{name} must be more than 0, not {value:g}")
-    if limits.any and os.geteuid() != 0:
-        parser.error("the --limit-* options need root (to make control groups)")
+    if (problem := limits.problem()) is not None:
+        parser.error(problem)
     sandbox = None
     if sandboxed:
         try:

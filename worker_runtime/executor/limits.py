@@ -26,6 +26,7 @@ limit."""
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import re
 import shutil
@@ -71,6 +72,18 @@ class Limits:
     def cpu_quota_us(self) -> int | None:
         """The CPU time per ``CPU_PERIOD_US`` (at least 1 ms), or None for no quota."""
         return None if self.cpus is None else max(1000, int(self.cpus * CPU_PERIOD_US))
+
+    def problem(self) -> str | None:
+        """What is wrong with these limits as options (a value that is not a finite
+        number above 0, or limits without root), or None. The executor's command line
+        and `cluster up` (before it stops any running executor) both ask."""
+        for name, value in (("--limit-memory", self.memory_mb), ("--limit-cpus", self.cpus),
+                            ("--limit-pids", self.pids)):  # fmt: skip
+            if value is not None and not (math.isfinite(value) and value > 0):
+                return f"{name} must be more than 0, not {value:g}"
+        if self.any and os.geteuid() != 0:
+            return "the --limit-* options need root (to make control groups)"
+        return None
 
     def describe(self) -> str:
         parts = []

@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -148,7 +150,7 @@ def test_a_dead_server_is_restarted_with_a_fresh_set_of_executors(cluster_dir: P
 
 
 def test_a_postgresql_that_pg_ctl_cannot_stop_is_stopped_by_signal(
-    cluster_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    cluster_dir: Path, request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """`pg_ctl stop` failed (or gave up after its 60 s) and `down` still said "cluster
     down" with PostgreSQL running. Here pg_ctl fails at once: the server is stopped by
@@ -157,10 +159,10 @@ def test_a_postgresql_that_pg_ctl_cannot_stop_is_stopped_by_signal(
     server = postgres.start(layout)
     assert postgres.postmaster(layout) == server
     real = postgres.binaries()
-    fake = tmp_path / "bin"
-    fake.mkdir()
+    # As root the tools run as the server's user, who cannot enter pytest's 0700 tmp_path.
+    fake = Path(tempfile.mkdtemp(prefix="fake-pg-", dir="/tmp"))
     fake.chmod(0o755)
-    tmp_path.chmod(0o755)  # the server's user runs the tools
+    request.addfinalizer(lambda: shutil.rmtree(fake, ignore_errors=True))
     for tool in real.iterdir():
         (fake / tool.name).symlink_to(tool)
     (fake / "pg_ctl").unlink()

@@ -882,7 +882,7 @@ def test_json_sent_to_the_proto_worker_is_refused_at_once(tmp_path: Path) -> Non
     finally:
         proc.kill()
         proc.wait()
-    # Pretty-printed JSON ('{' and a space) is refused at once too, as is a length
+    # JSON with a space after its '{' is refused at once too, as is a length
     # prefix past any plausible request (it was allocated, or waited on, whole).
     for data, said in (
         (b'{ "arguments": ["-c"] }', b"the request is JSON"),

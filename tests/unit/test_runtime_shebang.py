@@ -35,7 +35,7 @@ def run(script: Path) -> subprocess.CompletedProcess[str]:
 
 
 def test_a_venv_path_with_a_space_gets_a_script_that_starts(tmp_path: Path) -> None:
-    script = fake_install(tmp_path / "with space")
+    script = fake_install(tmp_path / "with space and 'quotes'")
     with pytest.raises(FileNotFoundError):  # as pip leaves it: "bad interpreter"
         run(script)
     for _ in range(2):  # idempotent
@@ -44,6 +44,12 @@ def test_a_venv_path_with_a_space_gets_a_script_that_starts(tmp_path: Path) -> N
         assert started.returncode == 0, started.stderr
         assert "usage: worker-runtime" in started.stdout
     assert script.read_text().startswith("#!/bin/sh\n")
+    # Through a symlink elsewhere (~/bin/worker-runtime, say) it still finds its python.
+    elsewhere = tmp_path / "bin"
+    elsewhere.mkdir()
+    (elsewhere / "worker-runtime").symlink_to(script)
+    linked = run(elsewhere / "worker-runtime")
+    assert linked.returncode == 0 and "usage: worker-runtime" in linked.stdout, linked.stderr
 
 
 def test_a_usual_venv_path_is_left_as_pip_wrote_it(tmp_path: Path) -> None:

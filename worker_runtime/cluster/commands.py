@@ -343,6 +343,37 @@ def _down(layout: ClusterLayout) -> None:
     layout.state_file.unlink(missing_ok=True)
 
 
+def _executor_option_problem(
+    layout: ClusterLayout, executors: int | None, options: list[str]
+) -> str | None:
+    """The executors' own checks of the options `up` would start them with, made before
+    anything stops: a running cluster's executors were stopped for a set that then could
+    not start (a bad limit, no root, no bubblewrap), and it was left with none."""
+    state = layout.read_state() if layout.state_file.exists() else None
+    if executors is None:
+        executors = len(state.executor_pids) if state else 0
+        options = options or (state.executor_options if state else [])
+    if executors == 0:
+        return None
+    value = {
+        o: float(options[i + 1]) for i, o in enumerate(options[:-1]) if o.startswith("--limit-")
+    }
+    limits = Limits(
+        None if "--limit-memory" not in value else int(value["--limit-memory"]),
+        value.get("--limit-cpus"),
+        None if "--limit-pids" not in value else int(value["--limit-pids"]),
+    )
+    if (problem := limits.problem()) is not None:
+        return problem
+    sandboxed = "--sandbox" in options or ("--no-sandbox" not in options and os.geteuid() == 0)
+    if sandboxed:
+        try:
+            Sandbox.find()
+        except SandboxError as exc:
+            return f"{exc} (pass --no-sandbox to run executors without it)"
+    return None
+
+
 def _count(text: str) -> int:
     number = int(text)
     if number < 0:
@@ -377,19 +408,9 @@ def up_main(argv: Sequence[str]) -> int:
     for name in ("limit_memory", "limit_cpus", "limit_pids"):
         if getattr(args, name) is not None:
             options += [f"--{name.replace('_', '-')}", f"{getattr(args, name):g}"]
-    # The executors' own checks, made before anything stops: a running cluster's
-    # executors were stopped for a set that then could not start (a bad limit, no root,
-    # no bubblewrap), and it was left with none.
-    limits = Limits(args.limit_memory, args.limit_cpus, args.limit_pids)
-    problem = limits.problem()
-    if problem is None and (args.sandbox or (args.sandbox is None and os.geteuid() == 0)):
-        try:
-            Sandbox.find()
-        except SandboxError as exc:
-            problem = f"{exc} (pass --no-sandbox to run executors without it)"
-    if problem is not None:
-        parser.error(problem)
     layout = ClusterLayout.from_dir(args.dir)
+    if (problem := _executor_option_problem(layout, args.executors, options)) is not None:
+        parser.error(problem)
     try:
         info = up(layout, args.executors, options)
     except (ClusterError, OSError) as exc:

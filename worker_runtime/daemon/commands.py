@@ -348,17 +348,24 @@ def logs_main(argv: Sequence[str]) -> int:
     parser.add_argument("--log-dir", help="the log root, if the config set one")
     args = parser.parse_args(argv)
     paths = DaemonPaths.for_project(args.project_root)
+    answering = True
     try:
         status = _status(paths)
     except NotAnswering as exc:
         sys.stderr.write(f"worker-runtime: warning: {exc}\n")
-        status = None
-    # The project's daemon says where its logs are; one that does not answer says so in
-    # its state file. Otherwise the newest under the log root, which every project shares.
+        status, answering = None, False
+    # The project's daemon says where its logs are; one that does not answer, or one that
+    # died, in the state file it left. Otherwise the newest under the log root, which
+    # every project shares.
     recorded = status["log_dir"] if status else _state(paths).get("log_dir")
     if isinstance(recorded, str):
         directory: Path | None = Path(recorded)
-        note = "" if status else " (the project's daemon, which does not answer)"
+        if status:
+            note = ""
+        elif answering:
+            note = " (the project's last daemon, which no longer runs)"
+        else:
+            note = " (the project's daemon, which does not answer)"
     else:
         directory = newest_daemon_log_dir(log_root(args.log_dir))
         note = (

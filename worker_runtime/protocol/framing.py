@@ -316,19 +316,18 @@ class JsonFraming:
             if "_" in name and name != "output":
                 warnings.append(f"the backend wrote snake_case {name!r}; Bazel would ignore it")
             values[target] = value
-        # Read as protobuf's JSON mapping reads them (Bazel parses a worker's JSON with
-        # it): null is the field's default, an integer may be quoted or written as a
-        # whole float, a boolean may be quoted.
+        # Read as Bazel's reader (Gson's, lenient) reads them: an integer may be quoted
+        # or written as a whole float. Bazel never reads was_cancelled, so a quoted
+        # boolean or null is taken there; a null integer or output Bazel refuses, and so
+        # does this.
         for name in ("exit_code", "request_id"):
-            value = _as_int32(values.get(name))
+            value = _as_int32(values.get(name, 0))
             if value is None:
                 self._fail(f"{name} is not an integer")
             if not INT32_MIN <= value <= INT32_MAX:
                 self._fail(f"{name} {value} is out of the int32 range")
             values[name] = value
-        output = values.get("output")
-        if output is None:
-            output = values["output"] = ""
+        output = values.get("output", "")
         if not isinstance(output, str):
             self._fail("output is not a string")
         try:
@@ -349,20 +348,19 @@ class JsonFraming:
 
 
 _INTEGER = re.compile(r"-?[0-9]+")
+_NUMBER = re.compile(r"-?[0-9]+(?:\.[0-9]+)?(?:[eE][-+]?[0-9]+)?")
 
 
 def _as_int32(value: object) -> int | None:
-    """An integer field's JSON value as protobuf reads it (range checked by the caller),
-    or None if it is not one: null (0), a number with no fraction, or either quoted."""
-    if value is None:
-        return 0
+    """An integer field's JSON value as Bazel's reader takes it (range checked by the
+    caller), or None if it is not one (null among them): a number with no fraction, or
+    one quoted."""
     if isinstance(value, str):
         if _INTEGER.fullmatch(value):
             return int(value)
-        try:
-            value = float(value)
-        except ValueError:
+        if not _NUMBER.fullmatch(value):  # float() would take " 1", "1_0", "inf"
             return None
+        value = float(value)
     if isinstance(value, bool):
         return None
     if isinstance(value, int):
@@ -373,8 +371,8 @@ def _as_int32(value: object) -> int | None:
 
 
 def _as_bool(value: object) -> bool | None:
-    """A boolean field's JSON value as protobuf reads it: null (false), true, false, or
-    either quoted; None if it is none of these."""
+    """was_cancelled's JSON value (which Bazel never reads): null (false), true, false,
+    or either quoted; None if it is none of these."""
     if value is None:
         return False
     if isinstance(value, bool):

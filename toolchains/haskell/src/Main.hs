@@ -16,7 +16,7 @@ import System.Directory (doesDirectoryExist, getTemporaryDirectory, listDirector
 import System.IO.Error (isAlreadyExistsError)
 import System.Posix.Directory (createDirectory)
 import Data.Char (isDigit)
-import Data.List (isPrefixOf)
+import Data.List (isPrefixOf, isSuffixOf)
 import System.Process (readProcess)
 import System.Environment (getArgs, lookupEnv)
 import System.Exit (ExitCode (..), exitWith)
@@ -52,12 +52,13 @@ main = do
 findLibdir :: IO FilePath
 findLibdir = do
   fromEnv <- lookupEnv "GHC_WORKER_LIBDIR"
-  builtIn <- isOurs GHC_LIBDIR
   case fromEnv of
     Just dir -> return dir
-    Nothing
-      | builtIn -> return GHC_LIBDIR
-      | otherwise -> do
+    Nothing -> do
+      builtIn <- isOurs GHC_LIBDIR
+      if builtIn
+        then return GHC_LIBDIR
+        else do
           asked <- try (readProcess "ghc" ["--print-libdir"] "")
           case fmap (takeWhile (/= '\n')) asked of
             Right dir -> do
@@ -65,12 +66,14 @@ findLibdir = do
               if ours then return dir else noLibdir ("`ghc --print-libdir` says " ++ dir ++ ", another GHC's")
             Left e -> noLibdir ("`ghc --print-libdir` failed: " ++ show (e :: IOException))
   where
+    -- Its package database holds the ghc package of this version (`ghc-9.0.2.conf`; a
+    -- unit id with a hash after the version, as some builds have, too).
     isOurs dir = do
-      let conf = dir </> "package.conf.d"
-      found <- doesDirectoryExist conf
-      if not found
-        then return False
-        else any (("ghc-" ++ cProjectVersion ++ ".conf") ==) <$> listDirectory conf
+      listed <- try (listDirectory (dir </> "package.conf.d"))
+      let names = either (const []) id (listed :: Either IOException [FilePath])
+          prefix = "ghc-" ++ cProjectVersion
+          ghcUnit name = name == prefix ++ ".conf" || (prefix ++ "-") `isPrefixOf` name && ".conf" `isSuffixOf` name
+      return (any ghcUnit names)
     noLibdir why = do
       hPutStrLn stderr $
         "ghc-worker: no libdir of GHC " ++ cProjectVersion ++ " (the GHC this worker was built with): "

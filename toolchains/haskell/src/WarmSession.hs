@@ -138,15 +138,19 @@ compile worker dir rawArgs inputs = reifyGhc $ \session -> do
   let capture = captureOutput (workerCaptureFile worker) $
         inDirectory dir (reflectGhc (compileHere worker rawArgs inputs) session)
       scratch = takeDirectory (workerCaptureFile worker)
-  -- The capture file cannot be made (a cleaner removed the worker's private directory,
-  -- a full disk, no file descriptor left): the directory is made again and the request
-  -- tried once more; a second failure is this request's, not the worker's end.
+  -- The capture failed (a cleaner removed the worker's private directory, a full disk,
+  -- no file descriptor left): this request's failure, not the worker's end. Only if the
+  -- directory is gone, and this worker makes it anew itself (0700; never one another
+  -- user made at that name meanwhile), is the request tried once more there.
   captured <- try capture
   retried <- case captured of
     Right done -> return (Right done)
-    Left (_ :: IOException) -> do
-      void (try (createDirectory scratch 0o700) :: IO (Either IOException ()))
-      try capture
+    Left (e :: IOException) -> do
+      gone <- not <$> doesDirectoryExist scratch
+      remade <- if gone then try (createDirectory scratch 0o700) else return (Left e)
+      case remade of
+        Right () -> try capture
+        Left _ -> return (Left e)
   case retried of
     Left (e :: IOException) -> return (1, "ghc-worker: the compile's output could not be captured in " ++ scratch ++ ": " ++ displayException e ++ "\n")
     Right captured' -> answer captured'

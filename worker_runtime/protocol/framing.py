@@ -58,7 +58,24 @@ class Framing(Protocol):
         ...
 
 
-class ProtoFraming:
+class _Feeding:
+    """``feed`` for both framings: what ``_feed`` parsed before it raised goes with the
+    error (a worker that answers, then prints to stdout, has answered)."""
+
+    def _feed(self, data: bytes, out: list[WorkResponse]) -> None:
+        raise NotImplementedError
+
+    def feed(self, data: bytes) -> list[WorkResponse]:
+        out: list[WorkResponse] = []
+        try:
+            self._feed(data, out)
+        except ProtocolError as exc:
+            exc.parsed = out
+            raise
+        return out
+
+
+class ProtoFraming(_Feeding):
     """Protobuf messages each preceded by a base-128 varint length (Bazel's default).
 
     Responses are parsed straight from the bytes as they arrive. Only the tail of an
@@ -80,15 +97,6 @@ class ProtoFraming:
 
     def mid_message(self) -> bool:
         return bool(self._buffer)
-
-    def feed(self, data: bytes) -> list[WorkResponse]:
-        out: list[WorkResponse] = []
-        try:
-            self._feed(data, out)
-        except ProtocolError as exc:
-            exc.parsed = out
-            raise
-        return out
 
     def _feed(self, data: bytes, out: list[WorkResponse]) -> None:
         if self._buffer:
@@ -180,7 +188,7 @@ _RESPONSE_FIELDS = {
 }
 
 
-class JsonFraming:
+class JsonFraming(_Feeding):
     """JSON objects back to back, newline or not (Bazel 4.2.3 writes no newline)."""
 
     name = "json"
@@ -217,15 +225,6 @@ class JsonFraming:
 
     def mid_message(self) -> bool:
         return self._depth > 0
-
-    def feed(self, data: bytes) -> list[WorkResponse]:
-        out: list[WorkResponse] = []
-        try:
-            self._feed(data, out)
-        except ProtocolError as exc:
-            exc.parsed = out
-            raise
-        return out
 
     def _feed(self, data: bytes, out: list[WorkResponse]) -> None:
         if len(self._seen) < QUOTE_BYTES:

@@ -9,6 +9,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import tempfile
 from collections.abc import Iterator
@@ -67,6 +68,20 @@ def test_up_is_idempotent_and_down_stops_every_process(cluster_dir: Path) -> Non
     pids = [int(running[name]["pid"]) for name in ("postgres", "buildgrid")]  # type: ignore[call-overload]
     assert wait_gone(pids) == []
     assert processes_of(cluster_dir) == []
+    # Up again: the same TCP port (it changed at every fresh start, and the section
+    # pasted into .buckconfig went stale), unless another process has taken it.
+    back = cluster("up", "--dir", str(cluster_dir))
+    assert back.returncode == 0, back.stderr
+    assert status(cluster_dir)["tcp_address"] == tcp and f"engine_address = {tcp}" in back.stdout
+    assert cluster("down", "--dir", str(cluster_dir)).returncode == 0
+    port = int(tcp.rsplit(":", 1)[1])
+    with socket.socket() as squatter:
+        squatter.bind(("127.0.0.1", port))
+        squatter.listen()
+        moved = cluster("up", "--dir", str(cluster_dir))
+        assert moved.returncode == 0, moved.stderr
+        assert status(cluster_dir)["tcp_address"] != tcp
+    assert cluster("down", "--dir", str(cluster_dir)).returncode == 0
     stopped = cluster("status", "--dir", str(cluster_dir))
     assert stopped.returncode == 3 and ": down" in stopped.stdout
 

@@ -200,7 +200,7 @@ def test_an_interrupted_up_stops_what_it_started(tmp_path: Path) -> None:
             if up.poll() is None:
                 up.kill()
                 up.wait()
-        assert up.returncode == 130
+        assert up.returncode == 130, err
         assert err.strip() == "worker-runtime cluster up: interrupted; what it started is stopped"
         assert wait_gone([server]) == []
         assert processes_of(directory) == []  # PostgreSQL too

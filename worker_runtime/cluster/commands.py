@@ -127,6 +127,26 @@ def free_port() -> int:
         return int(probe.getsockname()[1])
 
 
+def engine_port(layout: ClusterLayout) -> int:
+    """The engine's TCP port: the one it had last (a `[buck2_re_client]` section pasted
+    once stays right across `down`, `up` and reboots) if it is free, else a new one,
+    which is then kept."""
+    try:
+        last = int(layout.port_file.read_text())
+    except (OSError, ValueError):
+        last = 0
+    if 0 < last < 65536:
+        with socket.socket() as probe:
+            try:
+                probe.bind(("127.0.0.1", last))
+                return last
+            except OSError:
+                pass  # taken meanwhile: a new one
+    port = free_port()
+    layout.port_file.write_text(f"{port}\n")
+    return port
+
+
 def start_executors(layout: ClusterLayout, state: ClusterState, count: int) -> None:
     """Starts ``count`` executors and returns once each serves its metrics, which it
     does once its bot session exists. ``state`` (and state.json) lists each as soon as
@@ -312,7 +332,7 @@ def _up(layout: ClusterLayout, executors: int | None, options: list[str]) -> dic
     try:
         state.postgres_pid = postgres.start(layout)
         _record(state, state.postgres_pid)
-        state.tcp_port = free_port()
+        state.tcp_port = engine_port(layout)
         _save(layout, state)
         buildgrid.start(layout, state.tcp_port, started=server_started)
         start_executors(layout, state, executors)

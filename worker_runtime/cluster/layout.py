@@ -79,6 +79,12 @@ class ClusterLayout:
         return self.root / "state.json"
 
     @property
+    def port_file(self) -> Path:
+        """The engine's last TCP port, kept by `down` (state.json is not) so that the next
+        `up` listens where clients were told to connect."""
+        return self.root / "tcp-port"
+
+    @property
     def buildgrid_socket(self) -> Path:
         return self.run_dir / "buildgrid.sock"
 

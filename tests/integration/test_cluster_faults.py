@@ -28,12 +28,22 @@ from worker_runtime.cluster import processes
 from worker_runtime.socket_paths import MAX_SOCKET_PATH
 
 
+def sigint_as_a_terminal_has_it() -> None:
+    """In a child before it starts: SIGINT's default action. A shell ignores SIGINT in
+    the commands it runs in the background without job control (CI started that way, or
+    `cmd &` in a script), the children inherit that, and a Python started so never turns
+    SIGINT into KeyboardInterrupt: a test of Ctrl-C must give it back."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 @contextmanager
 def bystander(*args: str) -> Iterator[subprocess.Popen[bytes]]:
     """An unrelated process leading a process group of its own (as a daemon would), which
     the cluster must never signal; ``args`` go on its command line. SIGINT ends it."""
     process = subprocess.Popen(
-        [sys.executable, "-c", "import time; time.sleep(600)", *args], start_new_session=True
+        [sys.executable, "-c", "import time; time.sleep(600)", *args],
+        start_new_session=True,
+        preexec_fn=sigint_as_a_terminal_has_it,
     )
     try:
         yield process
@@ -186,6 +196,7 @@ def test_an_interrupted_up_stops_what_it_started(tmp_path: Path) -> None:
         up = subprocess.Popen(
             [*RUNTIME, "cluster", "up", "--dir", str(directory)],
             cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            preexec_fn=sigint_as_a_terminal_has_it,
         )  # fmt: skip
         try:
             server = 0

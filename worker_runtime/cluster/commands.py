@@ -137,6 +137,9 @@ def engine_port(layout: ClusterLayout) -> int:
         last = 0
     if 0 < last < 65536:
         with socket.socket() as probe:
+            # As the server binds it: a connection of the last server's lingering in
+            # TIME_WAIT does not make the port taken; a process listening on it does.
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             try:
                 probe.bind(("127.0.0.1", last))
                 return last

@@ -113,12 +113,18 @@ class NotAnswering(TimeoutError):
         )
 
 
+def _read_state(state: Path) -> dict[str, Any]:
+    """A daemon's state file as it wrote it, or {} if there is none (or it is unreadable)."""
+    try:
+        found = json.loads(state.read_text())
+    except (OSError, ValueError):
+        return {}
+    return found if isinstance(found, dict) else {}
+
+
 def _state_pid(state: Path) -> int | None:
     """The pid the daemon wrote in its state file, if it is readable."""
-    try:
-        pid = json.loads(state.read_text()).get("pid")
-    except (OSError, ValueError, AttributeError):
-        return None
+    pid = _read_state(state).get("pid")
     return pid if isinstance(pid, int) else None
 
 
@@ -323,15 +329,6 @@ def private_daemon_dir(prefix: str = "wrp-") -> Iterator[Path]:
             os.environ["WORKER_RUNTIME_DIR"] = previous
 
 
-def _state(paths: DaemonPaths) -> dict[str, Any]:
-    """The project's daemon's state file, or {} if there is none (or it is unreadable)."""
-    try:
-        state = json.loads(paths.state.read_text())
-    except (OSError, ValueError):
-        return {}
-    return state if isinstance(state, dict) else {}
-
-
 def newest_daemon_log_dir(root: Path) -> Path | None:
     try:
         runs = [p for p in root.iterdir() if p.is_dir() and p.name.startswith("daemon-")]
@@ -357,7 +354,7 @@ def logs_main(argv: Sequence[str]) -> int:
     # The project's daemon says where its logs are; one that does not answer, or one that
     # died, in the state file it left. Otherwise the newest under the log root, which
     # every project shares.
-    recorded = status["log_dir"] if status else _state(paths).get("log_dir")
+    recorded = status["log_dir"] if status else _read_state(paths.state).get("log_dir")
     if isinstance(recorded, str):
         directory: Path | None = Path(recorded)
         if status:

@@ -13,8 +13,9 @@ from worker_runtime.proto import remote_execution_pb2 as re_pb2
 from worker_runtime.proto.google.longrunning import operations_pb2
 from worker_runtime.remote.action import BuiltAction
 from worker_runtime.remote.cancellation import Cancellation, RemoteCancelled
-from worker_runtime.remote.cas import BlobMissing
+from worker_runtime.remote.cas import BlobMissing, Cas, resource_name
 from worker_runtime.remote.channels import (
+    MAX_MESSAGE_BYTES,
     ChannelConfigError,
     Endpoint,
     _TokenFile,
@@ -182,6 +183,12 @@ def test_a_channel_tries_a_server_out_of_reach_again_within_seconds(
     monkeypatch.setattr(grpc, "insecure_channel", insecure_channel)
     open_channel(parse_endpoint("unix:///nowhere.sock"))
     assert seen["grpc.max_reconnect_backoff_ms"] == 5_000
+    # Pings every 5 minutes (what servers accept by default) on a silent call, and any
+    # ping unanswered for 20 s ends the connection (test_remote_client_faults.py shows
+    # that a frozen server is found out so).
+    assert seen["grpc.keepalive_time_ms"] == 300_000
+    assert seen["grpc.keepalive_timeout_ms"] == seen["grpc.http2.ping_timeout_ms"] == 20_000
+    assert seen["grpc.http2.max_pings_without_data"] == 0
 
 
 class CountingCas:
@@ -342,3 +349,16 @@ def test_a_large_output_file_is_streamed_to_its_place_not_held_in_memory(
     assert (tmp_path / "out" / "big").read_bytes() == big
     assert os.access(tmp_path / "out" / "big", os.X_OK)
     assert (tmp_path / "out" / "small").read_bytes() == small
+
+
+def test_bytestream_names_of_the_default_instance_have_no_leading_slash() -> None:
+    assert resource_name("", "blobs/h/1") == "blobs/h/1"
+    assert resource_name("main", "blobs/h/1") == "main/blobs/h/1"
+
+
+def test_no_batch_is_larger_than_the_channel_carries(tmp_path: Path) -> None:
+    """A server advertising a batch limit past the channel's message limit got batches
+    the channel refused (RESOURCE_EXHAUSTED)."""
+    with grpc.insecure_channel(f"unix://{tmp_path}/none.sock") as channel:
+        assert Cas(channel, "", 128 << 20).batch_limit < MAX_MESSAGE_BYTES
+        assert Cas(channel, "", 2 << 20).batch_limit == 2 << 20

@@ -17,6 +17,7 @@ from worker_runtime.atomic_files import atomic_writer, write_atomically
 from worker_runtime.proto import remote_execution_pb2 as re_pb2
 from worker_runtime.proto import remote_execution_pb2_grpc as re_grpc
 from worker_runtime.proto.google.bytestream import bytestream_pb2, bytestream_pb2_grpc
+from worker_runtime.remote.channels import MAX_MESSAGE_BYTES
 from worker_runtime.remote.merkle import Blobs, digest_key, digest_of
 
 T = TypeVar("T")
@@ -27,9 +28,18 @@ PER_BLOB_OVERHEAD = 256
 CHUNK = 1 << 20
 #: Used when the server advertises no batch limit.
 DEFAULT_BATCH_LIMIT = 4 << 20
+#: The largest batch, whatever the server advertises: the channel's message limit, less
+#: room for the request's own framing.
+MAX_BATCH_BYTES = MAX_MESSAGE_BYTES - (1 << 20)
 #: A ByteStream transfer gets the call's deadline plus the time its blob takes at this
 #: rate: one deadline for every size would fail a large blob on a slow link every time.
 SLOWEST_TRANSFER_BYTES_PER_S = 8 << 20
+
+
+def resource_name(instance: str, rest: str) -> str:
+    """A ByteStream resource name: ``{instance}/{rest}``, or ``rest`` alone for the
+    default instance (no leading slash, which servers that check each part refuse)."""
+    return f"{instance}/{rest}" if instance else rest
 
 
 def runs_within(items: Iterable[T], size_of: Callable[[T], int], limit: int) -> Iterator[list[T]]:
@@ -101,7 +111,9 @@ class Cas:
         present_ttl_s: float = 600.0,
     ) -> None:
         self.instance = instance
-        self.batch_limit = batch_limit or DEFAULT_BATCH_LIMIT
+        # No batch past what the channel itself carries (a server advertising more would
+        # get requests, and send answers, the channel refuses).
+        self.batch_limit = min(batch_limit or DEFAULT_BATCH_LIMIT, MAX_BATCH_BYTES)
         self.timeout_s = timeout_s
         self._cas = re_grpc.ContentAddressableStorageStub(channel)
         self._bytestream = bytestream_pb2_grpc.ByteStreamStub(channel)
@@ -176,7 +188,9 @@ class Cas:
                 )
 
     def _write(self, digest: re_pb2.Digest, path: Path | None, data: bytes | None) -> None:
-        name = f"{self.instance}/uploads/{uuid.uuid4()}/blobs/{digest.hash}/{digest.size_bytes}"
+        name = resource_name(
+            self.instance, f"uploads/{uuid.uuid4()}/blobs/{digest.hash}/{digest.size_bytes}"
+        )
 
         def chunks() -> Iterator[bytestream_pb2.WriteRequest]:
             offset = 0
@@ -278,7 +292,7 @@ class Cas:
 
     def _stream(self, digest: re_pb2.Digest) -> Iterator[bytes]:
         """The pieces of a blob read with ByteStream (BlobMissing if the server lacks it)."""
-        name = f"{self.instance}/blobs/{digest.hash}/{digest.size_bytes}"
+        name = resource_name(self.instance, f"blobs/{digest.hash}/{digest.size_bytes}")
         try:
             for piece in self._bytestream.Read(
                 bytestream_pb2.ReadRequest(resource_name=name),

@@ -84,12 +84,30 @@ class _TokenFile(grpc.AuthMetadataPlugin):
 #: from a restart, and a client's requests failing as long.
 MAX_RECONNECT_BACKOFF_MS = 5_000
 
+#: A connection silent this long is pinged (HTTP/2 PING), and dropped if the ping is not
+#: answered within KEEPALIVE_TIMEOUT_S: a stream waiting on a long action would otherwise
+#: wait on a frozen server, or a peer gone without closing the connection, until its
+#: deadline (two hours by default). Five minutes is the shortest interval gRPC's and
+#: Go's servers accept by default; pinging more often gets a GOAWAY (too_many_pings).
+KEEPALIVE_S = 300.0
+KEEPALIVE_TIMEOUT_S = 20.0
 
-def open_channel(endpoint: Endpoint) -> grpc.Channel:
+
+def open_channel(endpoint: Endpoint, keepalive_s: float = KEEPALIVE_S) -> grpc.Channel:
     options = [
         ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
         ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
         ("grpc.max_reconnect_backoff_ms", MAX_RECONNECT_BACKOFF_MS),
+        ("grpc.keepalive_time_ms", int(keepalive_s * 1000)),
+        ("grpc.keepalive_timeout_ms", int(min(KEEPALIVE_TIMEOUT_S, keepalive_s) * 1000)),
+        # Any ping unanswered so long ends the connection too: a flow-control (BDP) ping
+        # sent just before the server froze would otherwise hold the keepalive ping back
+        # (one ping in flight at a time) and nothing would notice.
+        ("grpc.http2.ping_timeout_ms", int(min(KEEPALIVE_TIMEOUT_S, keepalive_s) * 1000)),
+        # Pings while a call is open, however long no data has come (the default stops
+        # after two), and none on an idle channel.
+        ("grpc.http2.max_pings_without_data", 0),
+        ("grpc.keepalive_permit_without_calls", 0),
     ]
     if not endpoint.tls:
         return grpc.insecure_channel(endpoint.target, options=options)

@@ -21,7 +21,7 @@ from worker_runtime.protocol.wire import encode_varint
 from worker_runtime.remote.action import BuiltAction
 from worker_runtime.remote.cancellation import Cancellation, RemoteCancelled
 from worker_runtime.remote.cas import BlobMissing, Cas, runs_within
-from worker_runtime.remote.channels import open_channel, parse_endpoint
+from worker_runtime.remote.channels import KEEPALIVE_S, open_channel, parse_endpoint
 from worker_runtime.remote.convention import UnsafePathError, safe_relative_path
 from worker_runtime.remote.merkle import Blobs, digest_key, digest_of
 from worker_runtime.remote.outputs import StagedOutputs
@@ -30,6 +30,17 @@ LOGGER = logging.getLogger(__name__)
 
 #: FAILED_PRECONDITION (a missing blob), INTERNAL, UNAVAILABLE.
 RETRIED_CODES = (9, 13, 14)
+
+#: A broken Execute or WaitExecution stream with one of these is followed again.
+FOLLOWED_AGAIN_CODES = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.INTERNAL)
+
+#: Breaks of an operation's stream in a row, with not a message in between, before the
+#: client gives up on it (a stream that delivers messages between breaks is followed
+#: until the execution's deadline).
+MAX_BREAKS_IN_A_ROW = 20
+
+#: How often an operation the server lost (WaitExecution: NOT_FOUND) is executed again.
+MAX_EXECUTIONS_OF_A_LOST_OPERATION = 2
 
 
 class _NotCached(Exception):
@@ -59,8 +70,15 @@ class RemoteSettings:
     credentials_file: str = ""
     tls_ca_file: str = ""
     #: Deadline of each unary call, and of a whole execution without a timeout of its own.
+    #: ``call_timeout_s`` also bounds the wait for a server out of reach to come back
+    #: while an operation is followed.
     call_timeout_s: float = 30.0
     execution_timeout_s: float = 7200.0
+    #: HTTP/2 keepalive: a connection silent this long is pinged, and dropped if the ping
+    #: is not answered (a server frozen or a peer gone without a word is noticed then, not
+    #: at the execution's deadline). Servers refuse pings more often than every 5 minutes
+    #: by default (gRPC's and Go's).
+    keepalive_s: float = KEEPALIVE_S
 
 
 class RemoteClient:
@@ -71,7 +89,8 @@ class RemoteClient:
         self._channel = open_channel(
             parse_endpoint(
                 settings.endpoint, settings.tls, settings.tls_ca_file, settings.credentials_file
-            )
+            ),
+            keepalive_s=settings.keepalive_s,
         )
         self._lock = threading.Lock()
         self._capabilities: re_pb2.ServerCapabilities | None = None
@@ -151,41 +170,73 @@ class RemoteClient:
                 raise RemoteError(f"GetActionResult failed: {_describe(exc)}") from None
         else:
             try:
-                return self._finish(cached, built, root, True, may_write)
+                return self._finish_checked(cached, built, root, True, may_write)
             except BlobMissing as exc:  # outputs evicted since: run it again, past the cache
                 _outputs_evicted(built, exc)
                 skip_cache = True
         if on_cache_miss is not None:
             on_cache_miss()
         self._upload(blobs, cancellation)
-        timeout_s = execution_timeout_s or self.settings.execution_timeout_s
-        response = self._execute_checked(built, blobs, cancellation, timeout_s, skip_cache)
+        # One deadline for every Execute of this run: a retry does not start it afresh.
+        deadline = time.monotonic() + (execution_timeout_s or self.settings.execution_timeout_s)
+        response = self._execute_checked(built, blobs, cancellation, deadline, skip_cache)
         if response.cached_result and not skip_cache:
             try:
-                return self._finish(response.result, built, root, True, may_write)
+                return self._finish_checked(response.result, built, root, True, may_write)
             except BlobMissing as exc:  # the server's own cache lookup: the same case
                 _outputs_evicted(built, exc)
-            response = self._execute_checked(built, blobs, cancellation, timeout_s, True)
-        return self._finish(response.result, built, root, response.cached_result, may_write)
+            response = self._execute_checked(built, blobs, cancellation, deadline, True)
+        return self._finish_checked(response.result, built, root, response.cached_result, may_write)
+
+    def _finish_checked(
+        self,
+        result: re_pb2.ActionResult,
+        built: BuiltAction,
+        root: Path,
+        cached: bool,
+        may_write: Callable[[], bool],
+    ) -> RemoteResult:
+        """_finish, a failed read of the outputs reported as such (not as a bare gRPC
+        error); BlobMissing passes (the caller runs the action again)."""
+        try:
+            return self._finish(result, built, root, cached, may_write)
+        except grpc.RpcError as exc:
+            raise RemoteError(
+                f"downloading the action's outputs failed: {_describe(exc)}"
+            ) from None
 
     def _execute_checked(
         self,
         built: BuiltAction,
         blobs: Blobs,
         cancellation: Cancellation,
-        timeout_s: float,
+        deadline: float,
         skip_cache: bool,
     ) -> re_pb2.ExecuteResponse:
-        """Execute, run once more if the server retried it in vain; a RemoteError unless
-        the action ran (whatever its exit code)."""
+        """Execute, run once more if the server lacked a blob or retried it in vain; a
+        RemoteError unless the action ran (whatever its exit code)."""
         try:
-            response = self._execute(built, cancellation, timeout_s, skip_cache)
-            if response.status.code in RETRIED_CODES:
+            try:
+                response: re_pb2.ExecuteResponse | None = self._execute(
+                    built, cancellation, deadline, skip_cache
+                )
+            except grpc.RpcError as exc:
+                # BuildGrid refuses the call itself, with no operation, when it lacks the
+                # Action or Command blob (a server restarted with its CAS in memory, while
+                # this client still believed them present).
+                if exc.code() != grpc.StatusCode.FAILED_PRECONDITION:
+                    raise
+                LOGGER.warning(
+                    "Execute of action %s was refused (%s): checking every blob again",
+                    built.digest.hash, _describe(exc),
+                )  # fmt: skip
+                response = None
+            if response is None or response.status.code in RETRIED_CODES:
                 # Perhaps a blob this client believed present was evicted: check them all
                 # again and run once more. (A malformed action, INVALID_ARGUMENT, is not.)
                 self.cas.forget()
                 self._upload(blobs, cancellation)
-                response = self._execute(built, cancellation, timeout_s, skip_cache)
+                response = self._execute(built, cancellation, deadline, skip_cache)
         except grpc.RpcError as exc:
             cancellation.check()
             raise RemoteError(f"Execute failed: {_describe(exc)}") from None
@@ -223,27 +274,37 @@ class RemoteClient:
         self,
         built: BuiltAction,
         cancellation: Cancellation,
-        timeout_s: float,
+        deadline: float,
         skip_cache_lookup: bool = False,
     ) -> re_pb2.ExecuteResponse:
         """Execute, followed to its end; an operation this client stops following
-        (cancelled, past its deadline, lost) is cancelled on the server."""
+        (cancelled, past its deadline, lost) is cancelled on the server. A dropped stream
+        is followed again with WaitExecution once the server is back (within
+        ``call_timeout_s``); an operation the server lost (NOT_FOUND) is executed again."""
         cancellation.check()
-        deadline = time.monotonic() + timeout_s
         request = re_pb2.ExecuteRequest(
             instance_name=self.settings.instance,
             action_digest=built.digest,
             skip_cache_lookup=skip_cache_lookup,
         )
-        stream: Iterator[operations_pb2.Operation] = self._execution.Execute(
-            request, timeout=timeout_s, metadata=affinity(built.key)
-        )
+
+        def execute() -> Iterator[operations_pb2.Operation]:
+            stream: Iterator[operations_pb2.Operation] = self._execution.Execute(
+                request, timeout=max(1.0, deadline - time.monotonic()), metadata=affinity(built.key)
+            )
+            return stream
+
+        stream = execute()
         cancellation.follow(stream)  # type: ignore[arg-type]
         name = ""
+        breaks = 0  # in a row, with no message in between
+        executed_again = 0
         try:
-            for _attempt in range(20):
+            while True:
+                received = lost = False
                 try:
                     for operation in stream:
+                        received = True
                         if operation.name and operation.name != name:
                             name = operation.name
                             cancellation.named(name)
@@ -251,7 +312,8 @@ class RemoteClient:
                             return _execute_response(operation)
                 except grpc.RpcError as exc:
                     cancellation.check()
-                    if exc.code() not in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.INTERNAL):
+                    lost = bool(name) and exc.code() == grpc.StatusCode.NOT_FOUND
+                    if not lost and exc.code() not in FOLLOWED_AGAIN_CODES:
                         raise
                     why = _describe(exc)
                 else:
@@ -261,20 +323,57 @@ class RemoteClient:
                     raise RemoteError(
                         f"the Execute stream ended before the action completed ({why})"
                     )
-                # The stream dropped: reattach to the same operation, once the server is
-                # reachable again (backing off, within the execution's deadline).
-                LOGGER.info("following operation %s broke off (%s); reattaching", name, why)
-                time.sleep(min(0.05 * 2**_attempt, 2.0))
-                stream = self._execution.WaitExecution(
-                    re_pb2.WaitExecutionRequest(name=name),
-                    timeout=max(1.0, deadline - time.monotonic()),
-                    wait_for_ready=True,
-                )
+                breaks = 0 if received else breaks + 1
+                if breaks >= MAX_BREAKS_IN_A_ROW:
+                    raise RemoteError(f"operation {name} could not be followed to its end ({why})")
+                time.sleep(min(0.05 * 2**breaks, 2.0))
+                self._await_server(cancellation, deadline, f"following operation {name} ({why})")
+                if lost:
+                    executed_again += 1
+                    if executed_again > MAX_EXECUTIONS_OF_A_LOST_OPERATION:
+                        raise RemoteError(
+                            f"the server lost operation {name} {executed_again} times ({why})"
+                        )
+                    # The server forgot the operation (restarted, or dropped it): the same
+                    # action, executed again, runs it or finds its result.
+                    LOGGER.warning("the server lost operation %s (%s): executing again", name, why)
+                    stream = execute()
+                else:
+                    LOGGER.info("following operation %s broke off (%s); reattaching", name, why)
+                    stream = self._execution.WaitExecution(
+                        re_pb2.WaitExecutionRequest(name=name),
+                        timeout=max(1.0, deadline - time.monotonic()),
+                    )
                 cancellation.follow(stream)  # type: ignore[arg-type]
-            raise RemoteError(f"operation {name} could not be followed to its end")
         except BaseException:
             cancellation.abandon()
             raise
+
+    def _await_server(self, cancellation: Cancellation, deadline: float, doing: str) -> None:
+        """Returns once the server answers again (GetCapabilities, waiting for the
+        connection); a RemoteError if it stays out of reach for ``call_timeout_s`` (or
+        past ``deadline``)."""
+        limit = min(self.settings.call_timeout_s, max(0.0, deadline - time.monotonic()))
+        until = time.monotonic() + limit
+        stub = re_grpc.CapabilitiesStub(self._channel)
+        request = re_pb2.GetCapabilitiesRequest(instance_name=self.settings.instance)
+        while True:
+            cancellation.check()
+            left = until - time.monotonic()
+            if left <= 0:
+                raise RemoteError(
+                    f"the remote execution server at {self.settings.endpoint} was out of "
+                    f"reach for {limit:.0f} s while {doing}"
+                )
+            try:
+                stub.GetCapabilities(request, timeout=min(0.5, left), wait_for_ready=True)
+                return
+            except grpc.RpcError as exc:
+                if exc.code() not in (
+                    grpc.StatusCode.DEADLINE_EXCEEDED,
+                    grpc.StatusCode.UNAVAILABLE,
+                ):
+                    return  # it answered, if not with its capabilities
 
     def _finish(
         self,
@@ -285,6 +384,14 @@ class RemoteClient:
         may_write: Callable[[], bool],
     ) -> RemoteResult:
         wanted = set(built.outputs)
+        links = [*result.output_symlinks, *result.output_file_symlinks]
+        links += result.output_directory_symlinks
+        if links:
+            raise RemoteError(
+                f"the server returned output {links[0].path!r} as a symlink (to "
+                f"{links[0].target!r}); the runtime writes no symlink outputs: make the "
+                "tool write a file there"
+            )
         files = [(o, _checked(o.path, wanted)) for o in result.output_files]
         directories = [(d, _checked(d.path, wanted)) for d in result.output_directories]
         # What the server inlined (checked against its digest) needs no read; the rest
@@ -339,6 +446,12 @@ class RemoteClient:
 
         def walk(directory: re_pb2.Directory, at: Path, where: str) -> None:
             at.mkdir(parents=True, exist_ok=True)
+            if directory.symlinks:
+                link = directory.symlinks[0]
+                raise RemoteError(
+                    f"the server returned {where + link.name!r} in an output directory as a "
+                    f"symlink (to {link.target!r}); the runtime writes no symlink outputs"
+                )
             for node in directory.files:
                 files.append((node, at / safe_relative_path(node.name, "output file name")))
             for sub in directory.directories:

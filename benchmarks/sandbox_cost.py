@@ -78,10 +78,12 @@ def oneshot_launched(sandbox: Sandbox, directory: Path, confinement: Confinement
         how = launch(
             ["/bin/true"], run_as=TENANT, sandbox=sandbox, group=group,
             writable=[str(directory)], cwd=str(directory), network=False,
+            env={"PATH": "/usr/bin:/bin"},
         )  # fmt: skip
         subprocess.run(
-            how.argv, cwd=directory, check=True, start_new_session=True, **as_user(how.run_as.ids)
-        )
+            how.argv, cwd=directory, env=how.env, check=True, start_new_session=True,
+            **as_user(how.run_as.ids),
+        )  # fmt: skip
     finally:
         if group is not None:
             group.remove()

@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -17,10 +18,12 @@ import pytest
 
 from worker_runtime.executor.launch import launch
 from worker_runtime.executor.limits import Confinement, Group, Limits
+from worker_runtime.executor.sandbox import Sandbox
 from worker_runtime.executor.tenants import RunAs
 
 pytestmark = pytest.mark.needs_root("it makes control groups")
 TENANT = RunAs(200008, 200008)
+TENANT_ENV = {"PATH": "/usr/bin:/bin"}
 
 
 @pytest.fixture
@@ -32,7 +35,14 @@ def confinement() -> Iterator[Confinement]:
 
 def run(group: Group, *argv: str, run_as: RunAs = TENANT) -> subprocess.CompletedProcess[str]:
     started = launch(
-        list(argv), run_as=run_as, sandbox=None, group=group, writable=[], cwd="/", network=True
+        list(argv),
+        run_as=run_as,
+        sandbox=None,
+        group=group,
+        writable=[],
+        cwd="/",
+        network=True,
+        env=TENANT_ENV,
     )
     assert started.run_as == RunAs()  # joined as root, then dropped inside
     return subprocess.run(started.argv, capture_output=True, text=True, timeout=60, cwd="/")
@@ -62,7 +72,7 @@ def test_a_fork_bomb_stops_at_the_process_limit(confinement: Confinement) -> Non
     bomb = "for i in $(seq 64); do sleep 30 & done; wait"
     started = launch(
         ["/bin/sh", "-c", bomb], run_as=TENANT, sandbox=None, group=group, writable=[],
-        cwd="/", network=True,
+        cwd="/", network=True, env=TENANT_ENV,
     )  # fmt: skip
     process = subprocess.Popen(started.argv, stderr=subprocess.PIPE, start_new_session=True)
     deadline = time.monotonic() + 10
@@ -131,13 +141,105 @@ def test_the_program_is_found_on_path_as_the_tenant_finds_it(confinement: Confin
             program.write_text(f"#!/bin/sh\necho {name}\n")
             program.chmod(0o755)
         group = confinement.group("action")
+        env = {"PATH": f"{top / 'private'}:{top / 'public'}:/usr/bin:/bin"}
         started = launch(
             ["which-one"], run_as=TENANT, sandbox=None, group=group, writable=[], cwd="/",
-            network=True,
+            network=True, env=env,
         )  # fmt: skip
-        env = {"PATH": f"{top / 'private'}:{top / 'public'}:/usr/bin:/bin"}
-        result = subprocess.run(started.argv, capture_output=True, text=True, env=env, cwd="/")
+        result = subprocess.run(
+            started.argv, capture_output=True, text=True, env=started.env, cwd="/"
+        )
         assert result.stdout == "public\n", result.stderr
         group.remove()
     finally:
         shutil.rmtree(top)
+
+
+@pytest.mark.parametrize("sandboxed", [False, True], ids=["group", "group-and-sandbox"])
+def test_what_runs_as_root_in_front_of_a_tenant_honours_none_of_its_variables(
+    confinement: Confinement, sandboxed: bool
+) -> None:
+    """The group's join, bubblewrap and setpriv run as root before the tenant's program,
+    and ran with the tenant's environment: LD_PRELOAD naming a library in the tenant's
+    directory was root's to load. The loader of every process writes a log where
+    LD_DEBUG_OUTPUT says, as its own user: only the tenant's program may write one now,
+    and it does (its variables still reach it), as the tenant."""
+    probe = Path(tempfile.mkdtemp(prefix="wr-env-"))
+    try:
+        probe.chmod(0o1777)
+        env = {"PATH": "/usr/bin:/bin", "LD_DEBUG": "files", "LD_DEBUG_OUTPUT": f"{probe}/ld"}
+        sandbox = Sandbox.find() if sandboxed else None
+        group = confinement.group("action")
+        started = launch(
+            ["/bin/true"], run_as=TENANT, sandbox=sandbox, group=group, writable=[str(probe)],
+            cwd=str(probe), network=False, env=env,
+        )  # fmt: skip
+        assert "LD_DEBUG" not in started.env
+        result = subprocess.run(started.argv, capture_output=True, env=started.env, cwd=probe)
+        group.remove()
+        assert result.returncode == 0, result.stderr
+        owners = {path.stat().st_uid for path in probe.iterdir()}
+        assert owners == {TENANT.ids[0]}  # type: ignore[index]
+    finally:
+        shutil.rmtree(probe)
+
+
+def test_a_program_named_with_an_equals_sign_is_run_not_taken_for_a_variable(
+    confinement: Confinement,
+) -> None:
+    """env takes a first word holding `=` for one more variable to set."""
+    top = Path(tempfile.mkdtemp(prefix="wr-equals-"))
+    try:
+        top.chmod(0o755)
+        program = top / "a=b"
+        program.write_text('#!/bin/sh\necho "ran $X"\n')
+        program.chmod(0o755)
+        group = confinement.group("action")
+        started = launch(
+            [str(program)], run_as=TENANT, sandbox=None, group=group, writable=[], cwd="/",
+            network=True, env={"PATH": "/usr/bin:/bin", "X": "1"},
+        )  # fmt: skip
+        result = subprocess.run(
+            started.argv, capture_output=True, text=True, env=started.env, cwd="/"
+        )
+        group.remove()
+        assert result.stdout == "ran 1\n", result.stderr
+    finally:
+        shutil.rmtree(top)
+
+
+def test_a_tenants_process_dies_with_the_executor_thread_that_started_it(
+    confinement: Confinement,
+) -> None:
+    """The death signal set before the uid change (the worker's outer setpriv) is
+    cleared by the kernel at that change: killed with SIGKILL, the executor left its
+    tenants' workers and actions running under their uids, for ever."""
+    group = confinement.group("action")
+    started = launch(
+        ["/bin/sleep", "60"], run_as=TENANT, sandbox=None, group=group, writable=[],
+        cwd="/", network=True, env=TENANT_ENV,
+    )  # fmt: skip
+    # The executor: a process of its own that starts the tenant's, then is killed.
+    code = (
+        "import subprocess, sys, time\n"
+        "p = subprocess.Popen(sys.argv[1:], env={'PATH': '/usr/bin:/bin'})\n"
+        "print(p.pid, flush=True)\n"
+        "time.sleep(60)\n"
+    )
+    executor = subprocess.Popen(
+        [sys.executable, "-c", code, *started.argv], stdout=subprocess.PIPE, text=True
+    )
+    assert executor.stdout is not None
+    tenant = int(executor.stdout.readline())
+    deadline = time.monotonic() + 10
+    while tenant not in group.pids() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert tenant in group.pids()
+    executor.kill()
+    executor.wait()
+    executor.stdout.close()
+    while group.pids() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    survivors = group.pids()
+    group.remove()
+    assert survivors == set()

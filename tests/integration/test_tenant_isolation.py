@@ -19,14 +19,24 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import grpc
 import pytest
 
 from tests.clusters import private_cluster
-from tests.integration.test_remote import action, copy_action, in_background, project, runtime
+from tests.integration.test_remote import (
+    action,
+    copy_action,
+    execute_directly,
+    in_background,
+    project,
+    runtime,
+    unique_command,
+)
 from worker_runtime.cluster.commands import TENANT_UID_RANGE
 from worker_runtime.executor.limits import default_tenant_memory_mb
 from worker_runtime.executor.privileges import kept_mask
 from worker_runtime.executor.tenants import parse_uid_range
+from worker_runtime.proto import remote_execution_pb2 as re_pb2
 from workers_dev.emulator import make_command
 
 pytestmark = pytest.mark.needs_root("the executor switches each tenant to its own uid")
@@ -208,3 +218,42 @@ def test_a_hostile_tenant_cannot_reach_another_tenant_or_the_executor(
         response = worker.execute(make_command(["@v.args"], env=copy_action(victim, "v")))
         assert response.exit_code == 0, response.stderr
     assert worker_pids(a_uid) == {victim_pid}
+
+
+def test_the_executors_root_processes_honour_none_of_a_tenants_variables(
+    tmp_path: Path, engine: Engine
+) -> None:
+    """What runs as root in front of a tenant's program (the control group's join,
+    bubblewrap, setpriv) ran with the action's environment: LD_PRELOAD naming a library
+    among the action's inputs (or a worker's tool files) was root's to load, the whole
+    machine. The loader writes its log where LD_DEBUG_OUTPUT says, as the process's own
+    user: from a one-shot action and from a persistent worker, no file is root's now."""
+    probe = Path(tempfile.mkdtemp(prefix="wr-loader-"))  # the host's /tmp, open to all
+    try:
+        probe.chmod(0o1777)
+        loader = {"LD_DEBUG": "files", "LD_DEBUG_OUTPUT": f"{probe}/ld"}
+        variables = [
+            re_pb2.Command.EnvironmentVariable(name=name, value=value)
+            for name, value in sorted(loader.items())
+        ]
+        command = unique_command("/bin/true", environment_variables=variables)
+        with grpc.insecure_channel(f"unix://{engine.directory}/run/buildgrid.sock") as channel:
+            response = execute_directly(channel, re_pb2.Directory(), command)
+        assert response.status.code == 0 and response.result.exit_code == 0, response
+        if engine.sandbox:
+            # The sandbox's /tmp is its own: the worker's loader, not finding the log's
+            # directory, would log to its stdout, the protocol's. (test_limits.py runs
+            # a worker's launch in the sandbox too.)
+            assert 0 not in {path.stat().st_uid for path in probe.iterdir()}
+            return
+        root = project(tmp_path, engine.directory, "main")
+        config = json.loads((root / "worker.json").read_text())
+        config["env"] = loader
+        (root / "worker.json").write_text(json.dumps(config))
+        with runtime(root) as worker:
+            answer = worker.execute(make_command(["@e.args"], env=copy_action(root, "e")))
+        assert answer.exit_code == 0, answer.stderr
+        owners = {path.stat().st_uid for path in probe.iterdir()}
+        assert owners and owners <= set(UIDS)  # not root's; the variables reach the tenant
+    finally:
+        shutil.rmtree(probe)

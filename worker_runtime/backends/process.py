@@ -63,6 +63,9 @@ class BackendSpec:
     run_as: tuple[int, int] | None = None
     #: A command the backend's command runs under (the executor's sandbox), or empty.
     launcher: tuple[str, ...] = ()
+    #: The environment the launcher is started with (it sets ``env`` for the backend's
+    #: command itself); None: ``env``.
+    launcher_env: dict[str, str] | None = None
     #: The largest response taken (the executor's output budget); None: no limit.
     max_response_bytes: int | None = None
 
@@ -224,7 +227,7 @@ class BackendProcess:
                 stdout=subprocess.PIPE,
                 stderr=log,
                 cwd=self.spec.cwd,
-                env=self.spec.env,
+                env=self.spec.env if self.spec.launcher_env is None else self.spec.launcher_env,
                 start_new_session=True,
                 **as_user(self.spec.run_as),
             )

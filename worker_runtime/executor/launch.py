@@ -1,13 +1,21 @@
 """How the executor starts a tenant's process (a one-shot action or a persistent
 worker): the command, from the outside in, joins its control group (as root), enters its
 sandbox, and drops to the tenant's uid; or, with neither, Popen switches the uid itself
-(in the child, between fork and exec: nothing more to run)."""
+(in the child, between fork and exec: nothing more to run).
+
+The tenant's environment reaches only the tenant's own program. Everything in front of
+it runs as root (the group's join, bubblewrap, setpriv) and gets the executor's PATH and
+nothing else: the dynamic loader of a root process honours ``LD_PRELOAD``,
+``LD_LIBRARY_PATH`` or ``LD_AUDIT`` naming a library in the tenant's own directory, and
+would run the tenant's code as root. The tenant's variables are set by ``env -i`` last,
+already as the tenant."""
 
 from __future__ import annotations
 
+import os
 import shutil
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 
 from worker_runtime.executor.limits import Group
 from worker_runtime.executor.sandbox import Sandbox, dropped_to
@@ -20,6 +28,27 @@ class Launch:
     argv: list[str]
     #: Who Popen runs it as (empty: the executor's own, the command switches inside).
     run_as: RunAs
+    #: The environment Popen gives it: the tenant's when nothing runs in front of the
+    #: tenant's program, else the executor's PATH alone (the command sets the tenant's).
+    env: dict[str, str] = field(default_factory=dict)
+
+
+#: The environment of what runs in front of a tenant's program, as root.
+def _launcher_env() -> dict[str, str]:
+    return {"PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")}
+
+
+def _in_environment(env: Mapping[str, str], argv: Sequence[str], program: str) -> list[str]:
+    """``argv`` (or, when empty, a program ``program`` appended later) run with exactly
+    ``env``: ``env -i -- NAME=VALUE... ARGV``. env takes a first word holding ``=`` for
+    one more variable, so such a program goes through ``sh -c 'exec "$@"'``."""
+    tool = shutil.which("env")
+    if tool is None:
+        raise RuntimeError("env (coreutils) is needed to start a tenant's process")
+    command = [tool, "-i", "--", *(f"{name}={value}" for name, value in env.items())]
+    if "=" in (argv[0] if argv else program):
+        command += ["/bin/sh", "-c", 'exec "$@"', "sh"]
+    return [*command, *argv]
 
 
 def launch(
@@ -31,25 +60,33 @@ def launch(
     writable: Sequence[str],
     cwd: str,
     network: bool,
+    env: Mapping[str, str],
     fixed: Sequence[str] = (),
+    program: str = "",
 ) -> Launch:
-    """``fixed``: paths in ``writable`` the sandbox shows read-only. Without the sandbox
-    nothing mounts them: they stay root's files the tenant may read and not change, but
-    may rename or remove (their directories are its own)."""
-    inner, popen_as = list(argv), run_as
+    """``env``: the tenant's environment. ``argv`` may be empty, the tenant's command
+    then appended to the Launch's (a persistent worker's); ``program`` is then its first
+    word. ``fixed``: paths in ``writable`` the sandbox shows read-only. Without the
+    sandbox nothing mounts them: they stay root's files the tenant may read and not
+    change, but may rename or remove (their directories are its own)."""
+    if sandbox is None and group is None:  # Popen alone: it switches, then execs
+        return Launch(list(argv), run_as, dict(env))
+    tenant = _in_environment(env, argv, program)
+    inner, popen_as = tenant, run_as
     if sandbox is not None:
         inner = sandbox.command(
-            argv, run_as=run_as, writable=writable, cwd=cwd, network=network, fixed=fixed
+            tenant, run_as=run_as, writable=writable, cwd=cwd, network=network, fixed=fixed
         )
         popen_as = RunAs()
     elif group is not None and run_as.switches:  # the group is joined as root, then this
-        setpriv, env = shutil.which("setpriv"), shutil.which("env")
-        if setpriv is None or env is None:
-            raise RuntimeError("setpriv and env are needed to switch uids after a cgroup")
-        # env looks the program up on PATH as the tenant: setpriv would as root (it still
-        # holds root's capabilities when it looks), and find what the tenant cannot run.
-        inner = [*dropped_to(setpriv, run_as), env, "--", *argv]
+        setpriv = shutil.which("setpriv")
+        if setpriv is None:
+            raise RuntimeError("setpriv is needed to switch uids after a cgroup")
+        # env looks the program up on PATH (the tenant's) as the tenant: setpriv would as
+        # root (it still holds root's capabilities when it looks), and find what the
+        # tenant cannot run.
+        inner = [*dropped_to(setpriv, run_as), *tenant]
         popen_as = RunAs()
     if group is not None:
         inner = group.command(inner)
-    return Launch(inner, popen_as)
+    return Launch(inner, popen_as, _launcher_env())

@@ -353,12 +353,12 @@ class ActionRunner:
     ) -> tuple[int, bytes, bytes]:
         started = launch(
             argv, run_as=self.run_as, sandbox=self.sandbox, group=group,
-            writable=[str(directory)], cwd=str(directory), network=network,
+            writable=[str(directory)], cwd=str(directory), network=network, env=run_env,
         )  # fmt: skip
         with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
             try:
                 process = subprocess.Popen(
-                    started.argv, cwd=directory, env=run_env, stdin=subprocess.DEVNULL,
+                    started.argv, cwd=directory, env=started.env, stdin=subprocess.DEVNULL,
                     stdout=out, stderr=err, start_new_session=True,
                     **as_user(started.run_as.ids),
                 )  # fmt: skip

@@ -126,11 +126,14 @@ class Sandbox:
 
 def dropped_to(setpriv: str, run_as: RunAs) -> list[str]:
     """The prefix that runs a command as ``run_as`` (from root): its uid and gid, no
-    supplementary groups, no capabilities, no_new_privs; empty if it switches nothing."""
+    supplementary groups, no capabilities, no_new_privs, and killed when its parent (the
+    executor's thread that started it) ends; empty if it switches nothing. The kernel
+    clears a death signal set before a uid change: it is set here, after it, or a
+    tenant's process outlived an executor killed with SIGKILL."""
     ids = run_as.ids
     if ids is None:
         return []
     return [
         setpriv, f"--reuid={ids[0]}", f"--regid={ids[1]}", "--clear-groups",
-        "--no-new-privs", "--inh-caps=-all", "--bounding-set=-all", "--",
+        "--no-new-privs", "--inh-caps=-all", "--bounding-set=-all", "--pdeathsig=KILL", "--",
     ]  # fmt: skip

@@ -338,7 +338,7 @@ class WorkerPool:
         started = launch(
             [], run_as=run_as, sandbox=self.sandbox, group=group,
             writable=[str(home), str(self.actions)], cwd=str(home), network=identity.network,
-            fixed=tool_entries,
+            env=env, fixed=tool_entries, program=identity.argv[0],
         )  # fmt: skip
         spec = BackendSpec(
             key=identity,
@@ -351,6 +351,7 @@ class WorkerPool:
             log_dir=self.root.parent / "worker-logs" / tenant,
             run_as=started.run_as.ids,
             launcher=tuple(started.argv),
+            launcher_env=started.env,
             max_response_bytes=self.max_response_bytes,
         )
         backend = BackendProcess(spec)

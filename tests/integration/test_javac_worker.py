@@ -74,7 +74,7 @@ import javax.lang.model.element.TypeElement;
 import javax.tools.Diagnostic;
 
 @SupportedAnnotationTypes("*")
-@SupportedOptions("spawn")
+@SupportedOptions({"spawn", "throwInThread", "linger", "resource"})
 public class P extends AbstractProcessor {
   @Override
   public SourceVersion getSupportedSourceVersion() {
@@ -92,6 +92,32 @@ public class P extends AbstractProcessor {
       try {
         new ProcessBuilder("sh", "-c", spawn).inheritIO().start().waitFor();
       } catch (Exception e) {
+        throw new RuntimeException(e);
+      }
+    }
+    if (processingEnv.getOptions().containsKey("throwInThread")) {
+      Thread thread = new Thread(() -> { throw new IllegalStateException("from p's thread"); });
+      thread.start();
+      try {
+        thread.join();
+      } catch (InterruptedException e) {
+        throw new RuntimeException(e);
+      }
+    }
+    if (processingEnv.getOptions().containsKey("linger")) {
+      new Thread(() -> {
+        try {
+          Thread.sleep(600_000);
+        } catch (InterruptedException e) {
+          return;
+        }
+      }).start();
+    }
+    if (processingEnv.getOptions().containsKey("resource")) {
+      try (java.io.InputStream in = P.class.getResource("msg.txt").openStream()) {
+        String text = new String(in.readAllBytes(), java.nio.charset.StandardCharsets.UTF_8);
+        processingEnv.getMessager().printMessage(Diagnostic.Kind.NOTE, "resource: " + text.trim());
+      } catch (java.io.IOException e) {
         throw new RuntimeException(e);
       }
     }
@@ -117,6 +143,20 @@ def processor_modules(tmp_path_factory: pytest.TempPathFactory) -> Path:
         cwd=root, check=True, timeout=120,
     )  # fmt: skip
     return root / "modules"
+
+
+def processor_jar(processor_modules: Path, jar: Path, message: str) -> None:
+    """Processor p as a jar for -processorpath, holding the resource p/msg.txt."""
+    classes = jar.parent / f"{jar.stem}-classes"
+    shutil.copytree(processor_modules / "p", classes, dirs_exist_ok=True)
+    (classes / "module-info.class").unlink()
+    (classes / "p" / "msg.txt").write_text(message + "\n")
+    services = classes / "META-INF" / "services"
+    services.mkdir(parents=True, exist_ok=True)
+    (services / "javax.annotation.processing.Processor").write_text("p.P\n")
+    jar.unlink(missing_ok=True)
+    subprocess.run(["jar", "--create", "--file", str(jar), "-C", str(classes), "."], check=True)
+    shutil.rmtree(classes)
 
 
 def write_sources(root: Path, count: int = 3) -> list[str]:
@@ -586,6 +626,104 @@ def test_jvm_logs_and_child_output_never_reach_the_protocols_stdout(
     assert b"[info][gc]" in result.stderr and b"child-says-hello" in result.stderr
     assert b"child-has-fd-3" not in result.stderr
     assert result.returncode == 0
+
+
+def test_a_child_or_processor_reading_stdin_finds_it_empty_not_the_requests(
+    tmp_path: Path, processor_modules: Path
+) -> None:
+    """A child started with inheritIO read the worker's stdin, the requests' pipe: it
+    waited there for ever (the client keeps the pipe open), or ate the next request.
+    Cold javac's stdin is /dev/null; the worker's children and processors now see an
+    empty one too."""
+    (tmp_path / "A.java").write_text("class A {}\n")
+    spawn = "cat >/dev/null; echo child-read-to-the-end >&2"
+    argv = ["--processor-module-path", str(processor_modules), f"-Aspawn={spawn}"]
+    worker = subprocess.Popen(
+        [JAVAC_WORKER, "--persistent_worker"], cwd=tmp_path,
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+    )  # fmt: skip
+    assert worker.stdin is not None and worker.stdout is not None
+    try:
+        for out, extra in (("out", argv), ("out2", [])):
+            request = {"arguments": [*extra, "-d", out, "A.java"]}
+            worker.stdin.write(json_requests(request) + b"\n")
+            worker.stdin.flush()
+            ready, _, _ = select.select([worker.stdout], [], [], 60)
+            assert ready, "no answer: the child is reading the requests' pipe"
+            assert json.loads(worker.stdout.readline())["exitCode"] == 0
+        assert (tmp_path / "out2" / "A.class").exists()
+    finally:
+        worker.kill()
+        worker.wait()
+        worker.stdin.close()
+        worker.stdout.close()
+
+
+def test_an_exception_on_a_processors_own_thread_ends_neither_compile_nor_worker(
+    tmp_path: Path, processor_modules: Path
+) -> None:
+    """A cold javac prints it and compiles on; the worker exited (code 5) on any thread's
+    uncaught exception, every request in flight unanswered."""
+    (tmp_path / "A.java").write_text("class A {}\n")
+    argv = ["--processor-module-path", str(processor_modules), "-AthrowInThread"]
+    cold = subprocess.run(
+        ["javac", *argv, "-d", "cold", "A.java"], cwd=tmp_path, capture_output=True, timeout=120
+    )
+    assert cold.returncode == 0 and b"from p's thread" in cold.stderr
+    first = {"arguments": [*argv, "-d", "out", "A.java"], "requestId": 1}
+    second = {"arguments": ["-d", "out2", "A.java"], "requestId": 2}
+    result = serve(json_requests(first, second), tmp_path)
+    responses = JsonFraming().feed(result.stdout)
+    assert sorted((r.request_id, r.exit_code) for r in responses) == [(1, 0), (2, 0)]
+    assert result.returncode == 0 and b"from p's thread" in result.stderr
+
+
+def test_the_worker_exits_at_the_end_of_its_input_whatever_a_processor_left_running(
+    tmp_path: Path, processor_modules: Path
+) -> None:
+    """A processor's non-daemon thread kept the JVM, and so the worker, alive for ever
+    after its input ended; a cold javac exits."""
+    (tmp_path / "A.java").write_text("class A {}\n")
+    argv = ["--processor-module-path", str(processor_modules), "-Alinger"]
+    request = {"arguments": [*argv, "-d", "out", "A.java"], "requestId": 0}
+    result = serve(json_requests(request), tmp_path)  # times out (120 s) if it never exits
+    assert result.returncode == 0
+    (response,) = JsonFraming().feed(result.stdout)
+    assert response.exit_code == 0
+
+
+def test_a_processor_jar_rebuilt_at_the_same_path_is_read_afresh(
+    tmp_path: Path, processor_modules: Path
+) -> None:
+    """A processor's resource (getResource().openStream()) was read through the JVM's
+    cache of open jars, keyed by path: the second compile, after the jar was rebuilt at
+    the same path, still read the first jar's."""
+    (tmp_path / "A.java").write_text("class A {}\n")
+    jar = tmp_path / "p.jar"
+    worker = subprocess.Popen(
+        [JAVAC_WORKER, "--persistent_worker"], cwd=tmp_path,
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+    )  # fmt: skip
+    assert worker.stdin is not None and worker.stdout is not None
+    try:
+        notes = []
+        for n, message in enumerate(["first", "second"]):
+            processor_jar(processor_modules, jar, message)
+            request = {
+                "arguments": ["-processorpath", "p.jar", "-Aresource", "-d", f"o{n}", "A.java"]
+            }
+            worker.stdin.write(json_requests(request) + b"\n")
+            worker.stdin.flush()
+            answer = json.loads(worker.stdout.readline())
+            assert answer["exitCode"] == 0, answer
+            notes.append(answer["output"])
+        assert "resource: first" in notes[0]
+        assert "resource: second" in notes[1], notes[1]
+    finally:
+        worker.kill()
+        worker.wait()
+        worker.stdin.close()
+        worker.stdout.close()
 
 
 def answer_once_released(worker: subprocess.Popen[bytes], fifo: Path) -> object:

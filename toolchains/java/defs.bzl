@@ -12,13 +12,14 @@ JVM_FLAGS = [
 _MAIN_CLASS = "buck2.workers.javac.JavacWorker"
 
 # Runs "$@", the java command line, as toolchains/java/javac-worker runs it (see there for
-# why): with --persistent_worker, the protocol's stdout on fd 3 and fd 1 on stderr.
+# why): with --persistent_worker, the protocol's stdout on fd 3 and fd 1 on stderr, its
+# stdin on fd 4 and fd 0 on /dev/null.
 _PROTOCOL_ON_FD_3 = " ".join([
     "for arg do",
     "if [ \"$arg\" = --persistent_worker ]; then",
-    "exec 3>&1 1>&2;",
+    "exec 3>&1 1>&2 4<&0 0</dev/null;",
     "java=$1; shift;",
-    "set -- \"$java\" -Dbuck2.workers.javac.protocolFd=3 --add-opens=java.base/java.io=ALL-UNNAMED \"$@\";",
+    "set -- \"$java\" -Dbuck2.workers.javac.protocolFd=3 -Dbuck2.workers.javac.protocolInFd=4 --add-opens=java.base/java.io=ALL-UNNAMED \"$@\";",
     "break;",
     "fi;",
     "done;",

@@ -33,6 +33,9 @@ public final class JavacWorker {
   /** JVM property naming the fd the launchers moved the protocol's stdout to. */
   static final String PROTOCOL_FD_PROPERTY = "buck2.workers.javac.protocolFd";
 
+  /** JVM property naming the fd the launchers moved the protocol's stdin to. */
+  static final String PROTOCOL_IN_FD_PROPERTY = "buck2.workers.javac.protocolInFd";
+
   private final OutputStream protocolOut;
   private final WireFormat.Writer writer;
   /** The startup arguments (without --persistent_worker): they come before every request's. */
@@ -83,12 +86,11 @@ public final class JavacWorker {
       }
       System.exit(compile(expanded, System.err));
     }
-    // A multiplex thread that dies unexpectedly must not leave a request unanswered.
-    Thread.setDefaultUncaughtExceptionHandler(
-        (thread, error) -> {
-          System.err.println("javac-worker: fatal error in " + thread.getName() + ": " + error);
-          System.exit(5);
-        });
+    // A processor reading a resource of its jar (getResource().openStream()) goes through
+    // the JVM's cache of open jar files, keyed by path: a jar rebuilt at the same path
+    // would be read as it was, and one compile closing its processors' class loader
+    // closed the jar under another reading it. Cold javac opens each afresh.
+    java.net.URLConnection.setDefaultUseCaches("jar", false);
     // Startup arguments (Bazel's: those of the spawn that are not @argfiles) are expanded
     // once, as in one-shot mode. They are the worker's, relative to its own working
     // directory, so they are never moved into a request's sandbox_dir.
@@ -103,14 +105,21 @@ public final class JavacWorker {
     // Nothing but responses may reach the protocol's stdout: everything else goes to stderr.
     OutputStream stdout = protocolStream();
     System.setOut(new PrintStream(new FileOutputStream(FileDescriptor.err), true, "UTF-8"));
+    // Nor may anything but this reader take from its stdin: a processor reading System.in
+    // finds it empty (as a cold javac's, whose stdin is /dev/null), and so does a child
+    // (the launchers moved the protocol's stdin off fd 0 too).
+    InputStream requests = protocolInput();
+    System.setIn(new java.io.ByteArrayInputStream(new byte[0]));
     boolean[] isJson = new boolean[1];
-    InputStream in = WireFormat.peek(new BufferedInputStream(System.in), isJson);
+    InputStream in = WireFormat.peek(new BufferedInputStream(requests), isJson);
     boolean json = isJson[0];
     WireFormat.Reader reader = json ? new WireFormat.JsonReader(in) : new WireFormat.ProtoReader(in);
     JavacWorker worker =
         new JavacWorker(
             stdout, json ? new WireFormat.JsonWriter() : new WireFormat.ProtoWriter(), startupArgs);
     worker.serve(reader);
+    // Ended, as a cold javac does, even if a processor left a thread running.
+    System.exit(0);
   }
 
   /**
@@ -124,18 +133,33 @@ public final class JavacWorker {
     if (fd == null) {
       return new FileOutputStream(FileDescriptor.out);
     }
+    return new FileOutputStream(inherited(fd, "stdout"));
+  }
+
+  /** The protocol's stdin: the fd named by {@link #PROTOCOL_IN_FD_PROPERTY}, else fd 0. */
+  private static InputStream protocolInput() {
+    String fd = System.getProperty(PROTOCOL_IN_FD_PROPERTY);
+    if (fd == null) {
+      return new java.io.FileInputStream(FileDescriptor.in);
+    }
+    return new java.io.FileInputStream(inherited(fd, "stdin"));
+  }
+
+  /**
+   * The inherited fd itself, not /dev/fd/N opened again: a worker running as another uid
+   * than the pipe's creator (a tenant on the executor) may use the pipe it was given but
+   * not open it. FileDescriptor has no public way to name an fd, hence the launchers'
+   * --add-opens java.base/java.io.
+   */
+  private static FileDescriptor inherited(String fd, String what) {
     try {
-      // The inherited fd itself, not /dev/fd/N opened again: a worker running as another
-      // uid than the pipe's creator (a tenant on the executor) may write to the pipe it
-      // was given but not open it. FileDescriptor has no public way to name an fd, hence
-      // the launchers' --add-opens java.base/java.io.
       FileDescriptor descriptor = new FileDescriptor();
       java.lang.reflect.Field number = FileDescriptor.class.getDeclaredField("fd");
       number.setAccessible(true);
       number.setInt(descriptor, Integer.parseInt(fd));
-      return new FileOutputStream(descriptor);
+      return descriptor;
     } catch (ReflectiveOperationException | RuntimeException e) {
-      System.err.println("javac-worker: cannot use the protocol's stdout (fd " + fd + "): " + e);
+      System.err.println("javac-worker: cannot use the protocol's " + what + " (fd " + fd + "): " + e);
       System.exit(4);
       return null;
     }
@@ -183,6 +207,14 @@ public final class JavacWorker {
         }
         Thread thread = new Thread(() -> handle(request, state), "javac-request-" + request.requestId);
         thread.setDaemon(true);
+        // A request's own thread that dies unexpectedly must not leave its request
+        // unanswered. (Threads a processor starts keep the JVM's default: a cold javac
+        // prints their exception and goes on, and so does this worker.)
+        thread.setUncaughtExceptionHandler(
+            (dead, error) -> {
+              System.err.println("javac-worker: fatal error in " + dead.getName() + ": " + error);
+              System.exit(5);
+            });
         thread.start();
         threads.add(thread);
       }

@@ -13,7 +13,7 @@ from typing import Any, cast
 import hpack
 
 from worker_runtime.buck2 import http2
-from worker_runtime.buck2.h2_server import H2SocketServer
+from worker_runtime.buck2.h2_server import H2SocketServer, unknown_method_message
 from worker_runtime.buck2.http2 import PREFACE, Http2Connection, frame
 
 
@@ -89,6 +89,32 @@ def test_the_server_sends_its_settings_and_acknowledges_the_client_s() -> None:
     assert kinds == [http2.SETTINGS, http2.WINDOW_UPDATE]
     connection.data_received(PREFACE + frame(http2.SETTINGS, 0, 0))
     assert connection.frames() == [(http2.SETTINGS, http2.ACK, 0, b"")]
+
+
+def test_the_server_says_how_large_a_header_list_it_takes() -> None:
+    """It advertised none, and ended the connection on a block past what its decoder
+    takes (64 KiB decoded), every other stream on it failing."""
+    (settings, _) = Recorder().frames()
+    pairs = struct.iter_unpack(">HI", settings[3])
+    assert dict(pairs)[http2.SETTINGS_MAX_HEADER_LIST_SIZE] == 1 << 16
+
+
+def test_a_header_block_past_the_advertised_size_ends_the_connection_unread() -> None:
+    connection = connected()
+    block = b"\x00" * ((1 << 16) + 1)  # never decoded: its size alone ends it
+    connection.data_received(frame(http2.HEADERS, http2.END_HEADERS, 1, block))
+    (goaway,) = connection.frames()
+    assert goaway[0] == http2.GOAWAY
+    assert struct.unpack(">II", goaway[3][:8])[1] == http2.PROTOCOL_ERROR
+    assert connection.events == []
+
+
+def test_an_unknown_methods_answer_repeats_no_more_than_200_bytes_of_it() -> None:
+    """The path was repeated whole: a 16 KiB path made an answer's header block larger
+    than the frame a client takes by default, and hyper's h2 ends the connection."""
+    assert unknown_method_message(b"/a/B") == "unknown method /a/B"
+    long = unknown_method_message(b"/" + b"a" * 16_400)
+    assert long.endswith("...") and len(long) < 300
 
 
 def test_a_ping_is_answered_with_its_payload() -> None:

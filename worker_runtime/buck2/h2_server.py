@@ -155,7 +155,7 @@ class Connection(Http2Connection):
     def stream_started(self, stream_id: int, path: bytes) -> None:
         kind = _CALLS.get(path)
         if kind is None:
-            message = f"unknown method {path.decode(errors='replace')}"
+            message = unknown_method_message(path)
             LOGGER.info("refusing a call: %s", message)
             self.send(stream_id, None, b"", RESPONSE_HEADERS + trailers(UNIMPLEMENTED, message))
             return
@@ -414,3 +414,13 @@ _CALLS: dict[bytes, Callable[[Connection, int], Call]] = {
     EXEC: ExecCall,
     EXECUTE_STREAM: StreamCall,
 }
+
+
+#: The most of an unknown method's path its error message repeats: the answer's header
+#: block then fits in one frame of the smallest size a client may take (16 KiB).
+MAX_ECHOED_PATH = 200
+
+
+def unknown_method_message(path: bytes) -> str:
+    shown = path[:MAX_ECHOED_PATH].decode(errors="replace")
+    return f"unknown method {shown}" + ("..." if len(path) > MAX_ECHOED_PATH else "")

@@ -46,6 +46,7 @@ PRIORITY = 0x20
 SETTINGS_HEADER_TABLE_SIZE = 0x1
 SETTINGS_INITIAL_WINDOW_SIZE = 0x4
 SETTINGS_MAX_FRAME_SIZE = 0x5
+SETTINGS_MAX_HEADER_LIST_SIZE = 0x6
 
 # Error codes.
 NO_ERROR = 0x0
@@ -66,8 +67,11 @@ MAX_WINDOW = 2**31 - 1
 RECEIVE_WINDOW = 1 << 22
 #: The largest frame this server takes (the client's messages come in fewer frames).
 RECEIVE_MAX_FRAME = 1 << 20
-#: The most a header block (HEADERS and its CONTINUATIONs) may hold.
-MAX_HEADER_BLOCK = 1 << 20
+#: The most a header block (HEADERS and its CONTINUATIONs) may hold, and the header list
+#: size advertised: the most the HPACK decoder takes decoded (a larger block cannot be
+#: decoded, and one undecoded puts the connection's table out of step: it ends the
+#: connection). It also bounds the decoder's work on a hostile block.
+MAX_HEADER_BLOCK = 1 << 16
 
 
 def frame(kind: int, flags: int, stream_id: int, payload: bytes = b"") -> bytes:
@@ -152,13 +156,15 @@ class Http2Connection(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = cast(asyncio.Transport, transport)  # uvloop's: not a subclass
         settings = struct.pack(
-            ">HIHIHI",
+            ">HIHIHIHI",
             SETTINGS_INITIAL_WINDOW_SIZE,
             RECEIVE_WINDOW,
             SETTINGS_MAX_FRAME_SIZE,
             RECEIVE_MAX_FRAME,
             SETTINGS_HEADER_TABLE_SIZE,
             4096,
+            SETTINGS_MAX_HEADER_LIST_SIZE,
+            MAX_HEADER_BLOCK,
         )
         self._transport.write(
             frame(SETTINGS, 0, 0, settings)
@@ -294,6 +300,8 @@ class Http2Connection(asyncio.Protocol):
         block = self._unpadded(flags, payload)
         if flags & PRIORITY:
             block = block[5:]
+        if len(block) > MAX_HEADER_BLOCK:
+            raise ProtocolViolation(PROTOCOL_ERROR, "a header block over 64 KiB")
         if flags & END_HEADERS:
             self._header_block(stream_id, flags, block)
         else:
@@ -305,7 +313,7 @@ class Http2Connection(asyncio.Protocol):
         block = self._partial[2]
         block += payload
         if len(block) > MAX_HEADER_BLOCK:
-            raise ProtocolViolation(PROTOCOL_ERROR, "a header block over 1 MiB")
+            raise ProtocolViolation(PROTOCOL_ERROR, "a header block over 64 KiB")
         if flags & END_HEADERS:
             started_flags = self._partial[1]
             self._partial = None

@@ -13,8 +13,11 @@ FAILED_PRECONDITION. SCRIPT says how it misbehaves:
 - ``drop-then-lose``: the first Execute names operation ``op-1`` and breaks off
   (UNAVAILABLE); WaitExecution answers NOT_FOUND (a server that forgot it);
 - ``flap:N``: the first Execute names ``op-1`` and breaks off; each WaitExecution sends
-  the operation and breaks off again, until the Nth, which ends it;
-- ``hang``: the first Execute names ``op-1`` and then sends nothing more;
+  the operation, carries on for 0.1 s and breaks off again, until the Nth, which ends it;
+- ``hang``: the first Execute names ``op-1`` (and logs ``Execute named op-1`` once it
+  is sent) and then sends nothing more;
+- ``refuse``: every Execute is refused with FAILED_PRECONDITION, its blobs present (as
+  BuildGrid refuses a platform property no bot has);
 - ``symlink``: the result gives the output ``o.txt`` as a symlink;
 - ``read-fails``: the result names the output ``o.txt``, and BatchReadBlobs fails
   (RESOURCE_EXHAUSTED).
@@ -148,8 +151,11 @@ class Execution(re_grpc.ExecutionServicer):
         if count == 1 and self.script.name in ("drop-then-lose", "flap"):
             yield operation(name)
             context.abort(grpc.StatusCode.UNAVAILABLE, "the stream broke off")
+        if self.script.name == "refuse":
+            context.abort(grpc.StatusCode.FAILED_PRECONDITION, "no bot has the property")
         if count == 1 and self.script.name == "hang":
             yield operation(name)
+            self.script.note("Execute", f"named {name}")  # resumed once it was sent
             self.script.stop.wait()
             return
         yield operation(name, done=True, script=self.script.name)
@@ -161,6 +167,7 @@ class Execution(re_grpc.ExecutionServicer):
         if self.script.name != "flap":
             context.abort(grpc.StatusCode.NOT_FOUND, f"no operation {request.name}")
         yield operation(request.name, done=count >= self.script.flaps)
+        time.sleep(0.1)
         context.abort(grpc.StatusCode.UNAVAILABLE, "the stream broke off again")
 
 

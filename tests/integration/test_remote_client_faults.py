@@ -19,6 +19,7 @@ import pytest
 from worker_runtime.config import config_from_mapping
 from worker_runtime.digests import DigestCache
 from worker_runtime.envelope import Envelope
+from worker_runtime.remote import client as client_module
 from worker_runtime.remote.action import BuiltAction, build_action
 from worker_runtime.remote.client import RemoteClient, RemoteError, RemoteResult, RemoteSettings
 from worker_runtime.remote.merkle import Blobs
@@ -97,7 +98,9 @@ def test_an_execute_refused_for_want_of_the_action_blob_uploads_it_again(
     assert (result.exit_code, result.stdout) == (0, b"ran")
     calls = fake_server.calls()
     assert calls.count("Execute") == 2
-    assert [c.split()[0] for c in calls].count("FindMissingBlobs") == 2
+    # The first upload (which the server lies to), the check of the refused action's
+    # own blobs, and every blob again.
+    assert [c.split()[0] for c in calls].count("FindMissingBlobs") == 3
     assert any(c.startswith("BatchUpdateBlobs") for c in calls)
 
 
@@ -109,15 +112,33 @@ def test_an_operation_the_server_lost_is_executed_again(
     NOT_FOUND): the request failed; the same action executed again runs it."""
     result = run(tmp_path, RemoteSettings(fake_server.endpoint))
     assert (result.exit_code, result.stdout) == (0, b"ran")
-    assert fake_server.calls()[-3:] == ["Execute", "WaitExecution op-1", "Execute"]
+    assert fake_server.calls()[-4:] == [
+        "Execute", "WaitExecution op-1", "CancelOperation op-1", "Execute"
+    ]  # fmt: skip
+
+
+@pytest.mark.parametrize("fake_server", ["refuse"], indirect=True)
+def test_an_execute_refused_with_its_blobs_present_is_not_run_again(
+    tmp_path: Path, fake_server: FakeServer
+) -> None:
+    """FAILED_PRECONDITION for another reason than a lost blob (a platform property no
+    bot has) fails at once, naming the server's reason: no second upload and run."""
+    with pytest.raises(RemoteError) as caught:
+        run(tmp_path, RemoteSettings(fake_server.endpoint))
+    assert str(caught.value) == "Execute failed: FAILED_PRECONDITION: no bot has the property"
+    calls = fake_server.calls()
+    assert calls.count("Execute") == 1
+    assert not any(c.startswith("BatchUpdateBlobs") for c in calls[calls.index("Execute") :])
 
 
 @pytest.mark.parametrize("fake_server", ["flap:25"], indirect=True)
 def test_a_stream_that_breaks_again_and_again_but_delivers_is_followed_to_its_end(
-    tmp_path: Path, fake_server: FakeServer
+    tmp_path: Path, fake_server: FakeServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Each reattach got the operation before the next break (a proxy that cuts long
-    streams): the client gave up after 20 breaks in all and cancelled the operation."""
+    """Each reattach got the operation and carried on before the next break (a proxy
+    that cuts long streams): the client gave up after 20 breaks in all and cancelled the
+    operation. (A stream counts as carrying on after 1 s; here 0.05, the fake's 0.1.)"""
+    monkeypatch.setattr(client_module, "MIN_FOLLOWED_S", 0.05)
     result = run(tmp_path, RemoteSettings(fake_server.endpoint))
     assert (result.exit_code, result.stdout) == (0, b"ran")
     calls = fake_server.calls()
@@ -145,7 +166,7 @@ def test_a_server_frozen_mid_operation_is_noticed_and_named(
 
     thread = threading.Thread(target=go, daemon=True)
     thread.start()
-    while "Execute" not in fake_server.calls():
+    while "Execute named op-1" not in fake_server.calls():
         thread.join(0.05)
     os.kill(fake_server.process.pid, signal.SIGSTOP)
     try:

@@ -61,8 +61,11 @@ class Cancellation:
             call.cancel()
 
     def named(self, operation: str) -> None:
-        """The server's name for the operation, from the first message of the stream."""
+        """The server's name for the operation, from the first message of the stream. A
+        new name (the action executed again) is a new operation, cancelled in its turn."""
         with self._lock:
+            if operation != self._operation:
+                self._operation_cancelled = False
             self._operation = operation
             cancelled = self._cancelled
         if cancelled:

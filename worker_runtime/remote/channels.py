@@ -100,10 +100,11 @@ def open_channel(endpoint: Endpoint, keepalive_s: float = KEEPALIVE_S) -> grpc.C
         ("grpc.max_reconnect_backoff_ms", MAX_RECONNECT_BACKOFF_MS),
         ("grpc.keepalive_time_ms", int(keepalive_s * 1000)),
         ("grpc.keepalive_timeout_ms", int(min(KEEPALIVE_TIMEOUT_S, keepalive_s) * 1000)),
-        # Any ping unanswered so long ends the connection too: a flow-control (BDP) ping
-        # sent just before the server froze would otherwise hold the keepalive ping back
-        # (one ping in flight at a time) and nothing would notice.
-        ("grpc.http2.ping_timeout_ms", int(min(KEEPALIVE_TIMEOUT_S, keepalive_s) * 1000)),
+        # Any ping (a flow-control one too, which holds the keepalive ping back while it
+        # is unanswered) unanswered this long ends the connection: gRPC's own default
+        # once keepalive is on (60 s), kept longer than the keepalive timeout so that
+        # the keepalive check, which takes any bytes read for an answer, stays armed.
+        ("grpc.http2.ping_timeout_ms", int(3 * min(KEEPALIVE_TIMEOUT_S, keepalive_s) * 1000)),
         # Pings while a call is open, however long no data has come (the default stops
         # after two), and none on an idle channel.
         ("grpc.http2.max_pings_without_data", 0),

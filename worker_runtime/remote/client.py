@@ -4,6 +4,7 @@ drops), and the outputs written into place atomically. Every call has a deadline
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
@@ -38,6 +39,10 @@ FOLLOWED_AGAIN_CODES = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.INTERNAL)
 #: client gives up on it (a stream that delivers messages between breaks is followed
 #: until the execution's deadline).
 MAX_BREAKS_IN_A_ROW = 20
+
+#: A stream that carried on this long after it got the operation made progress: the
+#: count of breaks in a row starts again.
+MIN_FOLLOWED_S = 1.0
 
 #: How often an operation the server lost (WaitExecution: NOT_FOUND) is executed again.
 MAX_EXECUTIONS_OF_A_LOST_OPERATION = 2
@@ -223,11 +228,17 @@ class RemoteClient:
             except grpc.RpcError as exc:
                 # BuildGrid refuses the call itself, with no operation, when it lacks the
                 # Action or Command blob (a server restarted with its CAS in memory, while
-                # this client still believed them present).
+                # this client still believed them present). It refuses so for other
+                # reasons too (a platform property no bot has): only a blob the server
+                # says it lacks is a reason to upload and run again.
                 if exc.code() != grpc.StatusCode.FAILED_PRECONDITION:
                     raise
+                action_blobs = [built.digest, built.action.command_digest]
+                if not self.cas.find_missing(action_blobs):
+                    raise
                 LOGGER.warning(
-                    "Execute of action %s was refused (%s): checking every blob again",
+                    "Execute of action %s was refused (%s), the server lacking its Action "
+                    "or Command: checking every blob again",
                     built.digest.hash, _describe(exc),
                 )  # fmt: skip
                 response = None
@@ -297,11 +308,12 @@ class RemoteClient:
         stream = execute()
         cancellation.follow(stream)  # type: ignore[arg-type]
         name = ""
-        breaks = 0  # in a row, with no message in between
+        breaks = 0  # in a row, none of them after a stream that carried on
         executed_again = 0
         try:
             while True:
                 received = lost = False
+                followed_since = time.monotonic()
                 try:
                     for operation in stream:
                         received = True
@@ -323,7 +335,11 @@ class RemoteClient:
                     raise RemoteError(
                         f"the Execute stream ended before the action completed ({why})"
                     )
-                breaks = 0 if received else breaks + 1
+                # A stream that got the operation and carried on a while made progress;
+                # one that breaks at once (WaitExecution sends the operation first)
+                # counts as a break, so that a server failing every stream is given up.
+                carried_on = time.monotonic() - followed_since >= MIN_FOLLOWED_S
+                breaks = 0 if received and carried_on else breaks + 1
                 if breaks >= MAX_BREAKS_IN_A_ROW:
                     raise RemoteError(f"operation {name} could not be followed to its end ({why})")
                 time.sleep(min(0.05 * 2**breaks, 2.0))
@@ -335,8 +351,14 @@ class RemoteClient:
                             f"the server lost operation {name} {executed_again} times ({why})"
                         )
                     # The server forgot the operation (restarted, or dropped it): the same
-                    # action, executed again, runs it or finds its result.
+                    # action, executed again, runs it or finds its result. The old one is
+                    # cancelled first, in case another replica still runs it.
                     LOGGER.warning("the server lost operation %s (%s): executing again", name, why)
+                    with contextlib.suppress(grpc.RpcError):
+                        self._operations.CancelOperation(
+                            operations_pb2.CancelOperationRequest(name=name),
+                            timeout=self.settings.call_timeout_s,
+                        )
                     stream = execute()
                 else:
                     LOGGER.info("following operation %s broke off (%s); reattaching", name, why)
@@ -351,29 +373,35 @@ class RemoteClient:
 
     def _await_server(self, cancellation: Cancellation, deadline: float, doing: str) -> None:
         """Returns once the server answers again (GetCapabilities, waiting for the
-        connection); a RemoteError if it stays out of reach for ``call_timeout_s`` (or
-        past ``deadline``)."""
-        limit = min(self.settings.call_timeout_s, max(0.0, deadline - time.monotonic()))
+        connection); a RemoteError if it stays out of reach for ``call_timeout_s``, or
+        once ``deadline`` has passed."""
+        limit = min(self.settings.call_timeout_s, deadline - time.monotonic())
+        if limit <= 0:
+            raise RemoteError(f"the execution's deadline passed while {doing}")
         until = time.monotonic() + limit
         stub = re_grpc.CapabilitiesStub(self._channel)
         request = re_pb2.GetCapabilitiesRequest(instance_name=self.settings.instance)
-        while True:
-            cancellation.check()
-            left = until - time.monotonic()
-            if left <= 0:
-                raise RemoteError(
-                    f"the remote execution server at {self.settings.endpoint} was out of "
-                    f"reach for {limit:.0f} s while {doing}"
-                )
-            try:
-                stub.GetCapabilities(request, timeout=min(0.5, left), wait_for_ready=True)
-                return
-            except grpc.RpcError as exc:
-                if exc.code() not in (
-                    grpc.StatusCode.DEADLINE_EXCEEDED,
-                    grpc.StatusCode.UNAVAILABLE,
-                ):
-                    return  # it answered, if not with its capabilities
+        answer = stub.GetCapabilities.future(request, timeout=limit, wait_for_ready=True)
+        try:
+            while True:
+                cancellation.check()
+                try:
+                    answer.result(timeout=min(0.5, max(0.01, until - time.monotonic())))
+                    return
+                except grpc.FutureTimeoutError:
+                    continue
+                except grpc.RpcError as exc:
+                    if exc.code() not in (
+                        grpc.StatusCode.DEADLINE_EXCEEDED,
+                        grpc.StatusCode.UNAVAILABLE,
+                    ):
+                        return  # it answered, if not with its capabilities
+                    raise RemoteError(
+                        f"the remote execution server at {self.settings.endpoint} was out "
+                        f"of reach for {limit:.0f} s while {doing}"
+                    ) from None
+        finally:
+            answer.cancel()
 
     def _finish(
         self,

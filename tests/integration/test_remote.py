@@ -782,6 +782,17 @@ def test_a_command_with_a_working_directory_is_refused_not_run_elsewhere(engine:
     assert "working directory ('sub')" in response.status.message
 
 
+def test_an_environment_variable_no_process_can_have_is_refused(engine: Path) -> None:
+    """A name holding `=` was split by `env -i`, which sets the tenant's variables, into
+    another variable than the one sent; such an action fails INVALID_ARGUMENT."""
+    variable = re_pb2.Command.EnvironmentVariable(name="A=B", value="1")
+    command = unique_command("/bin/true", environment_variables=[variable])
+    with grpc.insecure_channel(f"unix://{engine}/run/buildgrid.sock") as channel:
+        response = execute_directly(channel, re_pb2.Directory(), command)
+    assert response.status.code == 3, response.status  # INVALID_ARGUMENT
+    assert "environment variable no process can have ('A=B'" in response.status.message
+
+
 @pytest.mark.parametrize(
     "malformed", ["a name twice", "not a Directory", "a NUL in a name", "a name too long"]
 )

@@ -198,6 +198,13 @@ class ActionRunner:
                 "every output path, in the input root (as Buck2 and worker-runtime send "
                 "them); send the action without one"
             )
+        for variable in command.environment_variables:
+            if not variable.name or "=" in variable.name or "\0" in variable.name + variable.value:
+                raise ActionError(
+                    f"its command sets an environment variable no process can have "
+                    f"({variable.name!r}: a name must be non-empty and hold neither `=` nor "
+                    "NUL, and a value no NUL)"
+                )
         directory = self.workdir / "actions" / uuid.uuid4().hex
         directory.mkdir(parents=True)
         budget = OutputBudget(self.max_output_mb << 20)

@@ -957,3 +957,24 @@ def test_multiplex_compiles_wait_their_turn_and_a_waiting_one_cancels_at_once(
         worker.kill()
         worker.wait()
     assert (tmp_path / "one" / "A.class").exists() and not (tmp_path / "two").exists()
+
+
+def test_the_workers_build_is_made_again_for_another_jdk(tmp_path: Path) -> None:
+    """The launcher's build cache was keyed by the worker's sources alone: built while a
+    newer JDK came first on PATH, its classes failed to load in the older java
+    (UnsupportedClassVersionError) until the cache was removed by hand. The machine
+    image has a second JDK (Temurin) beside the default one."""
+    newer = sorted(Path("/usr/lib/jvm").glob("temurin-*"))
+    assert newer, "the machine image's second JDK (Temurin) is missing from /usr/lib/jvm"
+    copy = tmp_path / "toolchains" / "java"  # a build cache of its own, in tmp_path/.cache
+    shutil.copytree(REPO_ROOT / "toolchains" / "java" / "src", copy / "src")
+    shutil.copy2(JAVAC_WORKER, copy / "javac-worker")
+    (tmp_path / "A.java").write_text("class A {}\n")
+    default_path = os.environ["PATH"]
+    for path in (f"{newer[-1] / 'bin'}:{default_path}", default_path):
+        result = subprocess.run(
+            [str(copy / "javac-worker"), "-d", "out", "A.java"],
+            cwd=tmp_path, env={**os.environ, "PATH": path}, capture_output=True, timeout=300,
+        )  # fmt: skip
+        assert result.returncode == 0, result.stderr.decode()
+    assert len(list((tmp_path / ".cache" / "javac-worker").iterdir())) == 2

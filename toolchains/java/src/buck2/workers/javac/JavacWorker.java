@@ -117,7 +117,13 @@ public final class JavacWorker {
     JavacWorker worker =
         new JavacWorker(
             stdout, json ? new WireFormat.JsonWriter() : new WireFormat.ProtoWriter(), startupArgs);
-    worker.serve(reader);
+    try {
+      worker.serve(reader);
+    } catch (Throwable e) {
+      // A malformed or truncated request: the worker ends (the client starts another).
+      System.err.println("javac-worker: fatal error reading requests: " + e);
+      System.exit(5);
+    }
     // Ended, as a cold javac does, even if a processor left a thread running.
     System.exit(0);
   }

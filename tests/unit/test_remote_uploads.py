@@ -11,14 +11,10 @@ from pathlib import Path
 import grpc
 import pytest
 
-from worker_runtime.config import config_from_mapping
-from worker_runtime.digests import DigestCache
-from worker_runtime.envelope import Envelope
+from tests.integration.test_remote_client_faults import an_action
 from worker_runtime.proto import remote_execution_pb2 as re_pb2
 from worker_runtime.proto import remote_execution_pb2_grpc as re_grpc
-from worker_runtime.remote.action import build_action
 from worker_runtime.remote.client import RemoteClient, RemoteError, RemoteSettings
-from worker_runtime.remote.merkle import Blobs
 
 
 class Capabilities(re_grpc.CapabilitiesServicer):
@@ -70,15 +66,7 @@ def test_a_refused_upload_is_named_as_the_upload_within_the_call_deadline(
     tmp_path: Path, refusing_server: tuple[str, RefusingCas]
 ) -> None:
     endpoint, cas = refusing_server
-    (tmp_path / "tool.py").write_text("print()\n")
-    (tmp_path / "r.args").write_text("--out\no.txt\n")
-    settings = config_from_mapping(
-        {"command": ["python3", "tool.py"], "tool_inputs": ["tool.py"]}
-    ).validated()
-    blobs = Blobs()
-    built = build_action(
-        settings, Envelope("r.args", (), ("o.txt",)), {}, tmp_path, DigestCache(), blobs
-    )
+    built, blobs = an_action(tmp_path)
     client = RemoteClient(RemoteSettings(endpoint, call_timeout_s=7.0))
     try:
         with pytest.raises(RemoteError) as caught:

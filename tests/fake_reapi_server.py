@@ -14,8 +14,13 @@ FAILED_PRECONDITION. SCRIPT says how it misbehaves:
   (UNAVAILABLE); WaitExecution answers NOT_FOUND (a server that forgot it);
 - ``flap:N``: the first Execute names ``op-1`` and breaks off; each WaitExecution sends
   the operation, carries on for 0.1 s and breaks off again, until the Nth, which ends it;
-- ``hang``: the first Execute names ``op-1`` (and logs ``Execute named op-1`` once it
-  is sent) and then sends nothing more;
+- ``flap-at-once:N``: the same, each WaitExecution sending the operation after 0.2 s
+  (a slow server) and breaking off as soon as it did;
+- ``behind-a-proxy``: the first Execute names ``op-1`` and breaks off; the next two
+  GetCapabilities answer UNAVAILABLE (a proxy whose server is restarting), and
+  WaitExecution then ends the operation;
+- ``hang``: the first Execute names ``op-1`` (and logs ``Named op-1`` once it is sent)
+  and then sends nothing more;
 - ``refuse``: every Execute is refused with FAILED_PRECONDITION, its blobs present (as
   BuildGrid refuses a platform property no bot has);
 - ``symlink``: the result gives the output ``o.txt`` as a symlink;
@@ -83,9 +88,15 @@ def operation(name: str, done: bool = False, script: str = "") -> operations_pb2
 
 
 class Capabilities(re_grpc.CapabilitiesServicer):
+    def __init__(self, script: Script) -> None:
+        self.script = script
+
     def GetCapabilities(
         self, request: re_pb2.GetCapabilitiesRequest, context: grpc.ServicerContext
     ) -> re_pb2.ServerCapabilities:
+        count = self.script.note("GetCapabilities")
+        if self.script.name == "behind-a-proxy" and count in (2, 3):
+            context.abort(grpc.StatusCode.UNAVAILABLE, "no healthy upstream")
         capabilities = re_pb2.ServerCapabilities()
         capabilities.cache_capabilities.max_batch_total_size_bytes = 4 << 20
         return capabilities
@@ -148,14 +159,15 @@ class Execution(re_grpc.ExecutionServicer):
         if digest_key(request.action_digest) not in self.script.blobs:
             context.abort(grpc.StatusCode.FAILED_PRECONDITION, "the Action blob is missing")
         name = f"op-{count}"
-        if count == 1 and self.script.name in ("drop-then-lose", "flap"):
+        breaking = ("drop-then-lose", "flap", "flap-at-once", "behind-a-proxy")
+        if count == 1 and self.script.name in breaking:
             yield operation(name)
             context.abort(grpc.StatusCode.UNAVAILABLE, "the stream broke off")
         if self.script.name == "refuse":
             context.abort(grpc.StatusCode.FAILED_PRECONDITION, "no bot has the property")
         if count == 1 and self.script.name == "hang":
             yield operation(name)
-            self.script.note("Execute", f"named {name}")  # resumed once it was sent
+            self.script.note("Named", name)  # resumed once it was sent
             self.script.stop.wait()
             return
         yield operation(name, done=True, script=self.script.name)
@@ -164,10 +176,16 @@ class Execution(re_grpc.ExecutionServicer):
         self, request: re_pb2.WaitExecutionRequest, context: grpc.ServicerContext
     ) -> Iterator[operations_pb2.Operation]:
         count = self.script.note("WaitExecution", request.name)
-        if self.script.name != "flap":
+        if self.script.name == "behind-a-proxy":
+            yield operation(request.name, done=True)
+            return
+        if self.script.name not in ("flap", "flap-at-once"):
             context.abort(grpc.StatusCode.NOT_FOUND, f"no operation {request.name}")
+        if self.script.name == "flap-at-once":
+            time.sleep(0.2)
         yield operation(request.name, done=count >= self.script.flaps)
-        time.sleep(0.1)
+        if self.script.name == "flap":
+            time.sleep(0.1)
         context.abort(grpc.StatusCode.UNAVAILABLE, "the stream broke off again")
 
 
@@ -185,8 +203,14 @@ class Operations(operations_pb2_grpc.OperationsServicer):
 def main(argv: list[str]) -> int:
     socket_path, script_name, log = argv
     script = Script(script_name, Path(log))
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=8))
-    re_grpc.add_CapabilitiesServicer_to_server(Capabilities(), server)
+    # Pings as often as the tests' clients send them (a keepalive of 1 s): a default
+    # server would answer the third with GOAWAY (too_many_pings).
+    options = [
+        ("grpc.http2.min_ping_interval_without_data_ms", 100),
+        ("grpc.http2.max_ping_strikes", 0),
+    ]
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=8), options=options)
+    re_grpc.add_CapabilitiesServicer_to_server(Capabilities(script), server)
     re_grpc.add_ContentAddressableStorageServicer_to_server(Cas(script), server)
     re_grpc.add_ActionCacheServicer_to_server(ActionCache(), server)
     re_grpc.add_ExecutionServicer_to_server(Execution(script), server)

@@ -98,9 +98,8 @@ def test_an_execute_refused_for_want_of_the_action_blob_uploads_it_again(
     assert (result.exit_code, result.stdout) == (0, b"ran")
     calls = fake_server.calls()
     assert calls.count("Execute") == 2
-    # The first upload (which the server lies to), the check of the refused action's
-    # own blobs, and every blob again.
-    assert [c.split()[0] for c in calls].count("FindMissingBlobs") == 3
+    # The first upload (which the server lies to), then every blob again.
+    assert [c.split()[0] for c in calls].count("FindMissingBlobs") == 2
     assert any(c.startswith("BatchUpdateBlobs") for c in calls)
 
 
@@ -112,7 +111,8 @@ def test_an_operation_the_server_lost_is_executed_again(
     NOT_FOUND): the request failed; the same action executed again runs it."""
     result = run(tmp_path, RemoteSettings(fake_server.endpoint))
     assert (result.exit_code, result.stdout) == (0, b"ran")
-    assert fake_server.calls()[-4:] == [
+    calls = [c for c in fake_server.calls() if c != "GetCapabilities"]
+    assert calls[-4:] == [
         "Execute", "WaitExecution op-1", "CancelOperation op-1", "Execute"
     ]  # fmt: skip
 
@@ -146,6 +146,37 @@ def test_a_stream_that_breaks_again_and_again_but_delivers_is_followed_to_its_en
     assert not any(c.startswith("CancelOperation") for c in calls)
 
 
+@pytest.mark.parametrize("fake_server", ["flap-at-once:25"], indirect=True)
+def test_a_server_that_breaks_every_stream_at_once_is_given_up(
+    tmp_path: Path, fake_server: FakeServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each WaitExecution sends the operation (as BuildGrid's does, here after 0.2 s)
+    and breaks at once: that is no progress, however long the message took, and the
+    client gives up after MAX_BREAKS_IN_A_ROW (here 3; a stream counts as carrying on
+    0.1 s after its first message), the operation cancelled, instead of reattaching
+    until the execution's deadline."""
+    monkeypatch.setattr(client_module, "MAX_BREAKS_IN_A_ROW", 3)
+    monkeypatch.setattr(client_module, "MIN_FOLLOWED_S", 0.1)
+    with pytest.raises(RemoteError, match=r"operation op-1 could not be followed to its end"):
+        run(tmp_path, RemoteSettings(fake_server.endpoint))
+    calls = fake_server.calls()
+    assert calls.count("WaitExecution op-1") == 2  # three breaks: Execute's and two
+    assert "CancelOperation op-1" in calls
+
+
+@pytest.mark.parametrize("fake_server", ["behind-a-proxy"], indirect=True)
+def test_a_server_answering_unavailable_while_it_restarts_is_waited_for(
+    tmp_path: Path, fake_server: FakeServer
+) -> None:
+    """A proxy in front of a restarting server answers UNAVAILABLE at once: that was
+    taken for a server out of reach for the whole call deadline, and the request failed
+    at the first such answer."""
+    result = run(tmp_path, RemoteSettings(fake_server.endpoint))
+    assert (result.exit_code, result.stdout) == (0, b"ran")
+    assert fake_server.calls().count("GetCapabilities") == 4
+    assert "WaitExecution op-1" in fake_server.calls()
+
+
 @pytest.mark.parametrize("fake_server", ["hang"], indirect=True)
 def test_a_server_frozen_mid_operation_is_noticed_and_named(
     tmp_path: Path, fake_server: FakeServer
@@ -166,7 +197,7 @@ def test_a_server_frozen_mid_operation_is_noticed_and_named(
 
     thread = threading.Thread(target=go, daemon=True)
     thread.start()
-    while "Execute named op-1" not in fake_server.calls():
+    while "Named op-1" not in fake_server.calls():
         thread.join(0.05)
     os.kill(fake_server.process.pid, signal.SIGSTOP)
     try:

@@ -4,7 +4,6 @@ drops), and the outputs written into place atomically. Every call has a deadline
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import threading
 import time
@@ -222,32 +221,42 @@ class RemoteClient:
         RemoteError unless the action ran (whatever its exit code)."""
         try:
             try:
-                response: re_pb2.ExecuteResponse | None = self._execute(
-                    built, cancellation, deadline, skip_cache
-                )
+                response = self._execute(built, cancellation, deadline, skip_cache)
             except grpc.RpcError as exc:
                 # BuildGrid refuses the call itself, with no operation, when it lacks the
                 # Action or Command blob (a server restarted with its CAS in memory, while
                 # this client still believed them present). It refuses so for other
-                # reasons too (a platform property no bot has): only a blob the server
-                # says it lacks is a reason to upload and run again.
+                # reasons too (a platform property no bot has): run again only if the
+                # server turns out to lack some blob.
                 if exc.code() != grpc.StatusCode.FAILED_PRECONDITION:
                     raise
-                action_blobs = [built.digest, built.action.command_digest]
-                if not self.cas.find_missing(action_blobs):
-                    raise
-                LOGGER.warning(
-                    "Execute of action %s was refused (%s), the server lacking its Action "
-                    "or Command: checking every blob again",
-                    built.digest.hash, _describe(exc),
-                )  # fmt: skip
-                response = None
-            if response is None or response.status.code in RETRIED_CODES:
-                # Perhaps a blob this client believed present was evicted: check them all
-                # again and run once more. (A malformed action, INVALID_ARGUMENT, is not.)
+                cancellation.check()
                 self.cas.forget()
-                self._upload(blobs, cancellation)
+                refused = _describe(exc)
+                try:
+                    sent = self.cas.upload_missing(blobs)
+                except grpc.RpcError as upload:
+                    cancellation.check()
+                    raise RemoteError(
+                        f"Execute was refused ({refused}), and uploading the action's blobs "
+                        f"again failed: {_describe(upload)}"
+                    ) from None
+                if not sent:
+                    raise RemoteError(f"Execute failed: {refused}") from None
+                LOGGER.warning(
+                    "Execute of action %s was refused (%s) and the server lacked %d of its "
+                    "blobs: running it again",
+                    built.digest.hash, refused, sent,
+                )  # fmt: skip
                 response = self._execute(built, cancellation, deadline, skip_cache)
+            else:
+                if response.status.code in RETRIED_CODES:
+                    # Perhaps a blob this client believed present was evicted: check
+                    # them all again and run once more. (A malformed action,
+                    # INVALID_ARGUMENT, is not.)
+                    self.cas.forget()
+                    self._upload(blobs, cancellation)
+                    response = self._execute(built, cancellation, deadline, skip_cache)
         except grpc.RpcError as exc:
             cancellation.check()
             raise RemoteError(f"Execute failed: {_describe(exc)}") from None
@@ -313,10 +322,11 @@ class RemoteClient:
         try:
             while True:
                 received = lost = False
-                followed_since = time.monotonic()
+                followed_since = 0.0  # when its first message came
                 try:
                     for operation in stream:
-                        received = True
+                        if not received:
+                            received, followed_since = True, time.monotonic()
                         if operation.name and operation.name != name:
                             name = operation.name
                             cancellation.named(name)
@@ -338,8 +348,8 @@ class RemoteClient:
                 # A stream that got the operation and carried on a while made progress;
                 # one that breaks at once (WaitExecution sends the operation first)
                 # counts as a break, so that a server failing every stream is given up.
-                carried_on = time.monotonic() - followed_since >= MIN_FOLLOWED_S
-                breaks = 0 if received and carried_on else breaks + 1
+                carried_on = received and time.monotonic() - followed_since >= MIN_FOLLOWED_S
+                breaks = 0 if carried_on else breaks + 1
                 if breaks >= MAX_BREAKS_IN_A_ROW:
                     raise RemoteError(f"operation {name} could not be followed to its end ({why})")
                 time.sleep(min(0.05 * 2**breaks, 2.0))
@@ -352,13 +362,12 @@ class RemoteClient:
                         )
                     # The server forgot the operation (restarted, or dropped it): the same
                     # action, executed again, runs it or finds its result. The old one is
-                    # cancelled first, in case another replica still runs it.
+                    # cancelled first (once, briefly), in case another replica still runs
+                    # it; the new one is followed from its own first message.
                     LOGGER.warning("the server lost operation %s (%s): executing again", name, why)
-                    with contextlib.suppress(grpc.RpcError):
-                        self._operations.CancelOperation(
-                            operations_pb2.CancelOperationRequest(name=name),
-                            timeout=self.settings.call_timeout_s,
-                        )
+                    cancellation.abandon()
+                    cancellation.check()
+                    name = ""
                     stream = execute()
                 else:
                     LOGGER.info("following operation %s broke off (%s); reattaching", name, why)
@@ -373,35 +382,42 @@ class RemoteClient:
 
     def _await_server(self, cancellation: Cancellation, deadline: float, doing: str) -> None:
         """Returns once the server answers again (GetCapabilities, waiting for the
-        connection); a RemoteError if it stays out of reach for ``call_timeout_s``, or
-        once ``deadline`` has passed."""
-        limit = min(self.settings.call_timeout_s, deadline - time.monotonic())
+        connection; a proxy in front of a server restarting answers UNAVAILABLE at once,
+        so that is asked again); a RemoteError if it stays out of reach for
+        ``call_timeout_s``, or once ``deadline`` has passed."""
+        started = time.monotonic()
+        limit = min(self.settings.call_timeout_s, deadline - started)
         if limit <= 0:
             raise RemoteError(f"the execution's deadline passed while {doing}")
-        until = time.monotonic() + limit
+        until = started + limit
         stub = re_grpc.CapabilitiesStub(self._channel)
         request = re_pb2.GetCapabilitiesRequest(instance_name=self.settings.instance)
-        answer = stub.GetCapabilities.future(request, timeout=limit, wait_for_ready=True)
-        try:
-            while True:
-                cancellation.check()
-                try:
-                    answer.result(timeout=min(0.5, max(0.01, until - time.monotonic())))
-                    return
-                except grpc.FutureTimeoutError:
-                    continue
-                except grpc.RpcError as exc:
-                    if exc.code() not in (
-                        grpc.StatusCode.DEADLINE_EXCEEDED,
-                        grpc.StatusCode.UNAVAILABLE,
-                    ):
-                        return  # it answered, if not with its capabilities
-                    raise RemoteError(
-                        f"the remote execution server at {self.settings.endpoint} was out "
-                        f"of reach for {limit:.0f} s while {doing}"
-                    ) from None
-        finally:
-            answer.cancel()
+        while True:
+            cancellation.check()
+            left = until - time.monotonic()
+            if left <= 0:
+                raise RemoteError(
+                    f"the remote execution server at {self.settings.endpoint} was out of "
+                    f"reach for {time.monotonic() - started:.0f} s while {doing}"
+                )
+            answer = stub.GetCapabilities.future(request, timeout=left, wait_for_ready=True)
+            try:
+                while True:
+                    cancellation.check()
+                    try:
+                        answer.result(timeout=min(0.5, max(0.01, until - time.monotonic())))
+                        return
+                    except grpc.FutureTimeoutError:
+                        continue
+            except grpc.RpcError as exc:
+                if exc.code() not in (
+                    grpc.StatusCode.DEADLINE_EXCEEDED,
+                    grpc.StatusCode.UNAVAILABLE,
+                ):
+                    return  # it answered, if not with its capabilities
+            finally:
+                answer.cancel()
+            time.sleep(min(0.2, max(0.0, until - time.monotonic())))
 
     def _finish(
         self,

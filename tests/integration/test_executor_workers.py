@@ -251,6 +251,36 @@ def test_idle_workers_are_reaped(tmp_path: Path) -> None:
         pool.stop_all()
 
 
+def test_a_reaped_workers_stop_is_left_to_a_thread_of_its_own(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """reap_idle runs on the executor's heartbeat (the UpdateBotSession loop), and it
+    stopped the idle workers there, under the pool's lock: a stop that took long (a
+    worker's home of many files to remove) held the heartbeat back, past the server's
+    keepalive, and every lease was lost. Here a stop waits for the test: reap_idle has
+    returned, the worker still running, before the test lets it go on."""
+    pool = WorkerPool(tmp_path / "workers", max_workers=2, memory_limit_mb=None, idle_s=0.0)
+    stopping, go_on = threading.Event(), threading.Event()
+    stop = PersistentWorker.stop
+
+    def held_stop(worker: PersistentWorker) -> None:
+        stopping.set()
+        go_on.wait(30)
+        stop(worker)
+
+    monkeypatch.setattr(PersistentWorker, "stop", held_stop)
+    try:
+        worker = start(pool, tmp_path, "main")
+        pool.release(worker, healthy=True)
+        pool.reap_idle()
+        assert stopping.wait(10) and pool.pids() == []
+        os.kill(worker.pid, 0)  # still there: its stop goes on without the heartbeat
+    finally:
+        go_on.set()
+        pool.stop_all()  # and waits for the reaper
+    assert wait_gone([worker.pid]) == []
+
+
 def test_idle_workers_go_when_all_workers_pass_the_memory_limit(tmp_path: Path) -> None:
     pool = WorkerPool(tmp_path / "workers", max_workers=4, memory_limit_mb=1, idle_s=3600)
     try:

@@ -236,6 +236,8 @@ class WorkerPool:
         self._serial = 0
         #: Set by stop_all: a worker started after it is not kept.
         self._stopped = False
+        #: Threads stopping reaped workers (stop_all waits for them).
+        self._reapers: list[threading.Thread] = []
         self.starts = 0
         self.reuses = 0
         self.evictions = 0
@@ -396,12 +398,25 @@ class WorkerPool:
             self.evictions += 1
 
     def reap_idle(self) -> None:
+        """Stops the workers idle past ``idle_s``: taken out of the pool under its lock,
+        stopped on a thread of their own. The caller is the executor's heartbeat (the
+        UpdateBotSession loop), and a stop may take long (a worker's home of many files
+        to remove): held up past the server's keepalive, the bot would lose every lease
+        it runs."""
         now = time.monotonic()
         with self._lock:
-            for worker in [w for w in self._idle if now - w.last_used > self.idle_s]:
+            reaped = [w for w in self._idle if now - w.last_used > self.idle_s]
+            for worker in reaped:
                 self._idle.remove(worker)
-                self._discard_locked(worker)
+                self._all.pop(worker.pid, None)
                 self.evictions += 1
+            self._reapers = [r for r in self._reapers if r.is_alive()]
+            if reaped:
+                reaper = threading.Thread(
+                    target=_stop_each, args=(reaped,), name="worker-reaper", daemon=True
+                )
+                reaper.start()
+                self._reapers.append(reaper)
             self._lock.notify_all()
 
     def pids(self) -> list[int]:
@@ -414,3 +429,14 @@ class WorkerPool:
             for worker in list(self._all.values()):
                 self._discard_locked(worker)
             self._idle.clear()
+            reapers, self._reapers = self._reapers, []
+        for reaper in reapers:  # the reaped ones are gone too before the executor is
+            reaper.join()
+
+
+def _stop_each(workers: list[PersistentWorker]) -> None:
+    for worker in workers:
+        try:
+            worker.stop()
+        except Exception:  # one that cannot be stopped holds back none of the others
+            LOGGER.exception("stopping idle worker %d failed", worker.pid)

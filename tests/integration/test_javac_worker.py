@@ -959,11 +959,11 @@ def test_multiplex_compiles_wait_their_turn_and_a_waiting_one_cancels_at_once(
     assert (tmp_path / "one" / "A.class").exists() and not (tmp_path / "two").exists()
 
 
-def test_the_workers_build_is_made_again_for_another_jdk(tmp_path: Path) -> None:
-    """The launcher's build cache was keyed by the worker's sources alone: built while a
-    newer JDK came first on PATH, its classes failed to load in the older java
-    (UnsupportedClassVersionError) until the cache was removed by hand. The machine
-    image has a second JDK (Temurin) beside the default one."""
+def test_the_workers_build_by_a_newer_jdk_loads_in_the_older_java(tmp_path: Path) -> None:
+    """The launcher built the worker for the release of whatever javac came first on
+    PATH: built while a newer JDK did, its classes failed to load in the older java
+    (UnsupportedClassVersionError) until the build cache was removed by hand. It builds
+    for Java 17 now. The machine image has a second JDK (Temurin) beside the default."""
     newer = sorted(Path("/usr/lib/jvm").glob("temurin-*"))
     assert newer, "the machine image's second JDK (Temurin) is missing from /usr/lib/jvm"
     copy = tmp_path / "toolchains" / "java"  # a build cache of its own, in tmp_path/.cache
@@ -977,4 +977,13 @@ def test_the_workers_build_is_made_again_for_another_jdk(tmp_path: Path) -> None
             cwd=tmp_path, env={**os.environ, "PATH": path}, capture_output=True, timeout=300,
         )  # fmt: skip
         assert result.returncode == 0, result.stderr.decode()
-    assert len(list((tmp_path / ".cache" / "javac-worker").iterdir())) == 2
+
+
+def test_a_request_stream_that_cannot_be_read_ends_the_worker_with_code_5(
+    tmp_path: Path,
+) -> None:
+    """A malformed request ended the worker through the main thread's uncaught
+    exception: exit code 1, and a processor's thread left running kept it alive."""
+    result = serve(b'{"arguments": ["-d", ', tmp_path)  # cut short
+    assert result.returncode == 5, result.stderr
+    assert b"javac-worker: fatal error serving requests:" in result.stderr

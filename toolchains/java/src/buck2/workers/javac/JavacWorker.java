@@ -120,8 +120,10 @@ public final class JavacWorker {
     try {
       worker.serve(reader);
     } catch (Throwable e) {
-      // A malformed or truncated request: the worker ends (the client starts another).
-      System.err.println("javac-worker: fatal error reading requests: " + e);
+      // A malformed or truncated request, or a fault of the worker's own: it ends (the
+      // client starts another), whatever threads a processor left running.
+      System.err.println("javac-worker: fatal error serving requests:");
+      e.printStackTrace();
       System.exit(5);
     }
     // Ended, as a cold javac does, even if a processor left a thread running.

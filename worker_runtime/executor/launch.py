@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from worker_runtime.executor.limits import Group
 from worker_runtime.executor.sandbox import Sandbox, dropped_to
 from worker_runtime.executor.tenants import RunAs
+from worker_runtime.spawn import SETPRIV
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,8 +34,12 @@ class Launch:
     env: dict[str, str] = field(default_factory=dict)
 
 
-#: The environment of what runs in front of a tenant's program, as root.
+#: coreutils' env, found once: it sets the tenant's variables, last.
+ENV = shutil.which("env")
+
+
 def _launcher_env() -> dict[str, str]:
+    """The environment of what runs in front of a tenant's program, as root."""
     return {"PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")}
 
 
@@ -42,10 +47,9 @@ def _in_environment(env: Mapping[str, str], argv: Sequence[str], program: str) -
     """``argv`` (or, when empty, a program ``program`` appended later) run with exactly
     ``env``: ``env -i -- NAME=VALUE... ARGV``. env takes a first word holding ``=`` for
     one more variable, so such a program goes through ``sh -c 'exec "$@"'``."""
-    tool = shutil.which("env")
-    if tool is None:
+    if ENV is None:
         raise RuntimeError("env (coreutils) is needed to start a tenant's process")
-    command = [tool, "-i", "--", *(f"{name}={value}" for name, value in env.items())]
+    command = [ENV, "-i", "--", *(f"{name}={value}" for name, value in env.items())]
     if "=" in (argv[0] if argv else program):
         command += ["/bin/sh", "-c", 'exec "$@"', "sh"]
     return [*command, *argv]
@@ -79,13 +83,12 @@ def launch(
         )
         popen_as = RunAs()
     elif group is not None and run_as.switches:  # the group is joined as root, then this
-        setpriv = shutil.which("setpriv")
-        if setpriv is None:
+        if SETPRIV is None:
             raise RuntimeError("setpriv is needed to switch uids after a cgroup")
         # env looks the program up on PATH (the tenant's) as the tenant: setpriv would as
         # root (it still holds root's capabilities when it looks), and find what the
         # tenant cannot run.
-        inner = [*dropped_to(setpriv, run_as), *tenant]
+        inner = [*dropped_to(SETPRIV, run_as), *tenant]
         popen_as = RunAs()
     if group is not None:
         inner = group.command(inner)

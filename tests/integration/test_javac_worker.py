@@ -15,6 +15,7 @@ import tempfile
 import time
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -628,6 +629,38 @@ def test_jvm_logs_and_child_output_never_reach_the_protocols_stdout(
     assert result.returncode == 0
 
 
+class OpenWorker:
+    """A persistent worker over its pipes, kept open between requests (its stdin never
+    closed, as a client keeps it); killed at the end of the ``with``."""
+
+    def __init__(self, cwd: Path) -> None:
+        self.process = subprocess.Popen(
+            [JAVAC_WORKER, "--persistent_worker"], cwd=cwd,
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+        )  # fmt: skip
+
+    def __enter__(self) -> OpenWorker:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.process.kill()
+        self.process.wait()
+        for pipe in (self.process.stdin, self.process.stdout):
+            assert pipe is not None
+            pipe.close()
+
+    def ask(self, request: Mapping[str, object]) -> dict[str, Any]:
+        """Sends one JSON request; its answer, which must come within 60 s."""
+        stdin, stdout = self.process.stdin, self.process.stdout
+        assert stdin is not None and stdout is not None
+        stdin.write(json_requests(request) + b"\n")
+        stdin.flush()
+        ready, _, _ = select.select([stdout], [], [], 60)
+        assert ready, "no answer within 60 s"
+        answer: dict[str, Any] = json.loads(stdout.readline())
+        return answer
+
+
 def test_a_child_or_processor_reading_stdin_finds_it_empty_not_the_requests(
     tmp_path: Path, processor_modules: Path
 ) -> None:
@@ -638,25 +671,10 @@ def test_a_child_or_processor_reading_stdin_finds_it_empty_not_the_requests(
     (tmp_path / "A.java").write_text("class A {}\n")
     spawn = "cat >/dev/null; echo child-read-to-the-end >&2"
     argv = ["--processor-module-path", str(processor_modules), f"-Aspawn={spawn}"]
-    worker = subprocess.Popen(
-        [JAVAC_WORKER, "--persistent_worker"], cwd=tmp_path,
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-    )  # fmt: skip
-    assert worker.stdin is not None and worker.stdout is not None
-    try:
+    with OpenWorker(tmp_path) as worker:  # no answer: the child reads the requests' pipe
         for out, extra in (("out", argv), ("out2", [])):
-            request = {"arguments": [*extra, "-d", out, "A.java"]}
-            worker.stdin.write(json_requests(request) + b"\n")
-            worker.stdin.flush()
-            ready, _, _ = select.select([worker.stdout], [], [], 60)
-            assert ready, "no answer: the child is reading the requests' pipe"
-            assert json.loads(worker.stdout.readline())["exitCode"] == 0
+            assert worker.ask({"arguments": [*extra, "-d", out, "A.java"]})["exitCode"] == 0
         assert (tmp_path / "out2" / "A.class").exists()
-    finally:
-        worker.kill()
-        worker.wait()
-        worker.stdin.close()
-        worker.stdout.close()
 
 
 def test_an_exception_on_a_processors_own_thread_ends_neither_compile_nor_worker(
@@ -700,30 +718,16 @@ def test_a_processor_jar_rebuilt_at_the_same_path_is_read_afresh(
     the same path, still read the first jar's."""
     (tmp_path / "A.java").write_text("class A {}\n")
     jar = tmp_path / "p.jar"
-    worker = subprocess.Popen(
-        [JAVAC_WORKER, "--persistent_worker"], cwd=tmp_path,
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-    )  # fmt: skip
-    assert worker.stdin is not None and worker.stdout is not None
-    try:
-        notes = []
+    notes = []
+    with OpenWorker(tmp_path) as worker:
         for n, message in enumerate(["first", "second"]):
             processor_jar(processor_modules, jar, message)
-            request = {
-                "arguments": ["-processorpath", "p.jar", "-Aresource", "-d", f"o{n}", "A.java"]
-            }
-            worker.stdin.write(json_requests(request) + b"\n")
-            worker.stdin.flush()
-            answer = json.loads(worker.stdout.readline())
+            arguments = ["-processorpath", "p.jar", "-Aresource", "-d", f"o{n}", "A.java"]
+            answer = worker.ask({"arguments": arguments})
             assert answer["exitCode"] == 0, answer
             notes.append(answer["output"])
-        assert "resource: first" in notes[0]
-        assert "resource: second" in notes[1], notes[1]
-    finally:
-        worker.kill()
-        worker.wait()
-        worker.stdin.close()
-        worker.stdout.close()
+    assert "resource: first" in notes[0]
+    assert "resource: second" in notes[1], notes[1]
 
 
 def answer_once_released(worker: subprocess.Popen[bytes], fifo: Path) -> object:

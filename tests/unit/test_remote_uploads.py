@@ -11,6 +11,7 @@ from pathlib import Path
 import grpc
 import pytest
 
+from tests.fake_reapi_server import ActionCache
 from tests.integration.test_remote_client_faults import an_action
 from worker_runtime.proto import remote_execution_pb2 as re_pb2
 from worker_runtime.proto import remote_execution_pb2_grpc as re_grpc
@@ -38,21 +39,13 @@ class RefusingCas(re_grpc.ContentAddressableStorageServicer):
         raise AssertionError("abort raises")
 
 
-class NoCache(re_grpc.ActionCacheServicer):
-    def GetActionResult(
-        self, request: re_pb2.GetActionResultRequest, context: grpc.ServicerContext
-    ) -> re_pb2.ActionResult:
-        context.abort(grpc.StatusCode.NOT_FOUND, "not cached")
-        raise AssertionError("abort raises")
-
-
 @pytest.fixture
 def refusing_server(tmp_path: Path) -> Iterator[tuple[str, RefusingCas]]:
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
     cas = RefusingCas()
     re_grpc.add_CapabilitiesServicer_to_server(Capabilities(), server)
     re_grpc.add_ContentAddressableStorageServicer_to_server(cas, server)
-    re_grpc.add_ActionCacheServicer_to_server(NoCache(), server)
+    re_grpc.add_ActionCacheServicer_to_server(ActionCache(), server)
     endpoint = f"unix://{tmp_path}/reapi.sock"
     server.add_insecure_port(endpoint)
     server.start()

@@ -63,17 +63,27 @@ done
 exec "$@"
 """.replace("MARKER", NATIVE_MARKER)
 
+def _with_env(ctx: AnalysisContext, command: typing.Any) -> typing.Any:
+    """`command` run with the tool's `env`, through env(1).
+
+    Every side but the local warm backend (which gets it through the runtime's config)
+    runs so: else one action would build differently by where it ran.
+    """
+    if not ctx.attrs.env:
+        return command
+    return cmd_args("env", ["{}={}".format(k, v) for k, v in sorted(ctx.attrs.env.items())], command)
+
 def _native_exe(ctx: AnalysisContext, local: typing.Any) -> tuple:
     """The WorkerInfo exe of routing native, and what of it runs remotely.
 
-    The exe is the entry, `local`, the marker and the remote backend; the remote part, the
-    entry and the remote backend.
+    The exe is the entry, `local`, the marker and the remote backend (under the tool's
+    env); the remote part, the entry and that remote backend.
     """
     if ctx.attrs.remote_backend == None:
         fail("worker_tool " + ctx.label.name + ": routing native needs remote_backend, the worker " +
              "as Buck2 builds it (a remote executor runs it from the action's input root)")
     entry = ctx.actions.write("worker_entry.sh", _NATIVE_ENTRY, is_executable = True)
-    remote = ctx.attrs.remote_backend[RunInfo]
+    remote = _with_env(ctx, ctx.attrs.remote_backend[RunInfo])
     return cmd_args(entry, local, NATIVE_MARKER, remote), cmd_args(entry, remote)
 
 def _routing(ctx: AnalysisContext) -> str:
@@ -122,14 +132,10 @@ def _worker_tool_impl(ctx: AnalysisContext) -> list[Provider]:
         # executor finds it in the input root: Buck2 uploads an action's inputs, never its
         # worker's. (The local side's files, worker-runtime's, stay on this machine.)
         chosen = ctx.attrs.remote_fallback if ctx.attrs.remote_fallback != None else ctx.attrs.remote_backend
-        fallback = RunInfo(args = cmd_args(chosen[RunInfo], hidden = [remote_side]))
+        fallback = RunInfo(args = cmd_args(_with_env(ctx, chosen[RunInfo]), hidden = [remote_side]))
     else:
         one_shot = ctx.attrs.fallback[RunInfo] if ctx.attrs.fallback else backend
-
-        # The tool's env reaches the warm backend through the runtime's config; the
-        # one-shot run (workers off) gets it too, or the two would build differently.
-        set_env = ["env"] + ["{}={}".format(k, v) for k, v in sorted(ctx.attrs.env.items())] if ctx.attrs.env else []
-        fallback = RunInfo(args = cmd_args(set_env, one_shot))
+        fallback = RunInfo(args = cmd_args(_with_env(ctx, one_shot)))
     return [
         DefaultInfo(default_output = config),
         worker,

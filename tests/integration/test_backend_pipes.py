@@ -5,19 +5,25 @@ event loop (uvloop is the runtime's; the executor's loop thread runs asyncio's o
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import errno
 import os
 import signal
 from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any, TypeVar
 
+import psutil
 import pytest
 import uvloop
 
 from tests.conftest import fake_backend
+from worker_runtime.backends import process as process_module
 from worker_runtime.backends.manager import BackendManager
 from worker_runtime.backends.pool import BackendPool
+from worker_runtime.backends.process import BackendProcess
 from worker_runtime.config import RuntimeConfig
+from worker_runtime.errors import BackendStartError
 from worker_runtime.protocol.messages import WorkRequest
 
 T = TypeVar("T")
@@ -150,3 +156,65 @@ def test_a_backend_that_closed_its_stdout_gets_no_new_request(tmp_path: Path, lo
 
     closer, after = run_on(loop, scenario)
     assert after.isdigit() and int(after) != closer
+
+
+def alive_children() -> list[psutil.Process]:
+    found = []
+    for child in psutil.Process().children(recursive=True):
+        with contextlib.suppress(psutil.Error):
+            if child.status() != psutil.STATUS_ZOMBIE:
+                found.append(child)
+    return found
+
+
+def test_a_backend_that_cannot_be_watched_is_not_left_running(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """pidfd_open refused (ENOSYS before Linux 5.3, EPERM under an old seccomp filter):
+    the process it was for was already running, and was left so, untracked, once per
+    request, while the request failed as a bug of the runtime."""
+    manager = BackendManager(RuntimeConfig(command=tuple(fake_backend())), str(tmp_path), tmp_path)
+
+    def refused(pid: int, flags: int = 0) -> int:
+        raise OSError(errno.ENOSYS, os.strerror(errno.ENOSYS))
+
+    before = {child.pid for child in alive_children()}
+    monkeypatch.setattr(os, "pidfd_open", refused)
+
+    async def scenario() -> None:
+        pool = manager.pool_for(manager.key_for(()))
+        try:
+            with pytest.raises(BackendStartError, match=r"pidfd_open failed.*Linux 5\.3"):
+                await pool.call(("echo", "x"), (), 0)
+        finally:
+            await manager.stop_all()
+
+    run_on("uvloop", scenario)
+    assert [c.pid for c in alive_children() if c.pid not in before] == []
+
+
+def test_stopping_a_backend_that_never_exits_gives_up_instead_of_hanging(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A backend stuck in the kernel (a hung NFS mount) outlives SIGKILL: its stop waited
+    for its exit forever, and with it the daemon's shutdown. Stood in for here by a
+    stopped process whose SIGKILL never comes."""
+    monkeypatch.setattr(process_module, "STUCK_AFTER_SIGKILL_S", 0.5)
+    monkeypatch.setattr(BackendProcess, "_kill_group", lambda self: None)
+    manager = BackendManager(RuntimeConfig(command=tuple(fake_backend())), str(tmp_path), tmp_path)
+    stuck: list[int] = []
+
+    async def scenario() -> None:
+        pool = manager.pool_for(manager.key_for(()))
+        stuck.append(int((await pool.call(("pid",), (), 0)).output))
+        os.kill(stuck[0], signal.SIGSTOP)
+        [backend] = pool.processes
+        await asyncio.wait_for(backend.stop(grace_s=0.2), 10)
+        assert psutil.Process(stuck[0]).status() == psutil.STATUS_STOPPED, "not the case tested"
+
+    try:
+        run_on("uvloop", scenario)
+    finally:
+        for pid in stuck:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -27,6 +28,7 @@ from tests.conftest import (
     wait_started,
 )
 from tests.imports import modules_loaded_by
+from worker_runtime.daemon import lock
 from worker_runtime.daemon.paths import DaemonPaths
 from workers_dev.emulator import Buck2Worker, StreamingSession, WorkerRequestError, make_command
 
@@ -296,6 +298,35 @@ def test_stale_socket_and_state_files_are_cleaned_up(
     (paths.directory / "dead.json").write_text(json.dumps(other))
     worker = start_runtime(fake_backend())
     assert worker.run("echo", "ok").stderr == "ok"
+
+
+def test_a_daemon_whose_directory_is_removed_exits_and_leaves_its_successor_alone(
+    start_runtime: StartRuntime, runtime_dir: Path, tmp_path: Path
+) -> None:
+    """The daemon directory removed under a running daemon (a logout cleaning
+    $XDG_RUNTIME_DIR, a temp cleaner): the next command's front started a second daemon,
+    and the first, unreachable, lived on to its idle timeout and then removed the
+    second's socket and state file, leaving every later front waiting on a lock held by a
+    daemon nobody could reach."""
+    config = config_file(tmp_path, reclaim_interval_s=0.2)
+    old = start_runtime(fake_backend(), ["--config", config])
+    assert old.run("echo", "first").stderr == "first"
+    first = daemon_status()["pid"]
+    shutil.rmtree(runtime_dir)
+    # The attached command is still served by its daemon.
+    assert old.run("echo", "still").stderr == "still"
+    new = start_runtime(fake_backend(), ["--config", config])
+    assert new.run("echo", "second").stderr == "second"
+    second = daemon_status()["pid"]
+    assert second != first
+    old.terminate()
+    assert wait_gone([first]) == [], "the displaced daemon should exit once its command ends"
+    paths = DaemonPaths.for_project(str(REPO_ROOT))
+    assert paths.socket.is_socket() and paths.state.exists(), "its successor's files went"
+    assert json.loads(paths.state.read_text())["pid"] == second
+    assert new.run("echo", "third").stderr == "third"
+    assert start_runtime(fake_backend(), ["--config", config]).run("echo", "4").stderr == "4"
+    assert daemon_status()["pid"] == second
 
 
 NOBODY_CLIENT = """
@@ -632,6 +663,42 @@ def test_status_and_stop_of_a_daemon_that_does_not_answer(start_runtime: StartRu
     # The front's daemon is gone: Buck2 sees its worker fail, and the next command starts
     # a new daemon.
     assert start_runtime(fake_backend()).run("echo", "again").stderr == "again"
+
+
+def test_stop_waits_for_a_stopping_daemon_that_closes_the_connection(tmp_path: Path) -> None:
+    """A daemon closing its socket as it begins to stop resets a connection waiting on
+    it; `stop` took that for a daemon that does not answer and SIGKILLed it, mid-drain.
+    Here the daemon is a stand-in: the lock held, a state file saying it is stopping,
+    a socket that closes every connection unanswered, a live pid."""
+    paths = DaemonPaths.for_project(str(REPO_ROOT))
+    paths.directory.mkdir(mode=0o700, exist_ok=True)
+    held = lock.take(paths)
+    assert held is not None
+    stand_in = subprocess.Popen(["sleep", "60"])
+    listener = socket.socket(socket.AF_UNIX)
+    listener.bind(str(paths.socket))
+    listener.listen()
+
+    def close_every_connection() -> None:
+        with contextlib.suppress(OSError):
+            while True:
+                listener.accept()[0].close()
+
+    threading.Thread(target=close_every_connection, daemon=True).start()
+    try:
+        paths.state.write_text(json.dumps({"pid": stand_in.pid, "stopping": True}))
+        stop = subprocess.run(
+            [*RUNTIME, "stop", "--timeout", "1"],
+            capture_output=True, text=True, timeout=30, cwd=REPO_ROOT,
+        )  # fmt: skip
+        assert stand_in.poll() is None, f"a stopping daemon was killed: {stop.stdout}"
+        assert stop.returncode == 1, stop
+        assert "holds its lock and has neither answered nor exited within 1 s" in stop.stderr
+    finally:
+        listener.close()
+        held.close()
+        stand_in.kill()
+        stand_in.wait()
 
 
 def test_front_starting_while_the_daemon_stops_gets_a_new_daemon(

@@ -122,3 +122,26 @@ def test_entry_runs_the_built_worker_when_an_executor_starts_it(
     ]  # fmt: skip
     # An empty WORKER_SOCKET is not Buck2's: the remote side still.
     assert run_entry(entry, argv, "")[0] == "built"
+
+
+def test_native_remote_side_and_fallback_get_the_tool_s_env() -> None:
+    """The local warm backend gets `env` through the runtime's config; the remote worker
+    and the one-shot fallback ran without it, so one action built differently by where
+    it ran."""
+    analysis = analyse_native(
+        {
+            "remote_backend": run_info(["built"]),
+            "remote_fallback": run_info(["one-shot"]),
+            "env": '{"LANG": "C.UTF-8", "A": "1"}',
+        }
+    )
+    worker = analysis.provider("WorkerInfo")["exe"]["cmd_args"]
+    assert worker[worker.index("--remote-backend") :] == [
+        "--remote-backend", "env", "A=1", "LANG=C.UTF-8", "built",
+    ]  # fmt: skip
+    assert analysis.provider("RunInfo")["args"]["cmd_args"] == [
+        "env", "A=1", "LANG=C.UTF-8", "one-shot",
+    ]  # fmt: skip
+    assert json.loads(analysis.action("write_json")["content"])["env"] == {
+        "LANG": "C.UTF-8", "A": "1",
+    }  # fmt: skip

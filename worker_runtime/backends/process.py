@@ -44,6 +44,9 @@ STDERR_TAIL_BYTES = 2048
 STDERR_TAIL_LINES = 12
 #: How many answered cancels a backend remembers, to drop a late second answer to one.
 ANSWERED_CANCELS = 256
+#: How long a stop waits for a backend to exit after SIGKILL. Only a process stuck in the
+#: kernel (a hung NFS or FUSE mount) outlives it; the daemon must not wait on it forever.
+STUCK_AFTER_SIGKILL_S = 10.0
 _SEQUENCE = itertools.count(1)
 
 
@@ -243,11 +246,23 @@ class BackendProcess:
         self._proc = proc
         self.pid = proc.pid
         loop = asyncio.get_running_loop()
-        self._exit_fd = os.pidfd_open(proc.pid)
+        try:
+            self._exit_fd = os.pidfd_open(proc.pid)
+        except OSError as exc:  # ENOSYS before Linux 5.3; EPERM under an old seccomp filter
+            self._discard_unwatched(proc)
+            raise BackendStartError(
+                f"the runtime cannot watch its backend processes: pidfd_open failed "
+                f"({exc.strerror or exc}); it needs Linux 5.3 or later and, in a container, "
+                "a seccomp profile that allows pidfd_open"
+            ) from None
         loop.add_reader(self._exit_fd, self._on_exit)
-        stdin, _ = await loop.connect_write_pipe(lambda: _StdinProtocol(self), proc.stdin)
-        self._stdin = stdin
-        await loop.connect_read_pipe(lambda: _StdoutProtocol(self), proc.stdout)
+        try:
+            stdin, _ = await loop.connect_write_pipe(lambda: _StdinProtocol(self), proc.stdin)
+            self._stdin = stdin
+            await loop.connect_read_pipe(lambda: _StdoutProtocol(self), proc.stdout)
+        except BaseException:  # the pidfd reaps it: nothing is left running untracked
+            self.kill(BackendStartError(f"{self.describe()} could not be connected to"))
+            raise
         LOGGER.info("started %s: %s; log %s", self.describe(), argv, self.log_path)
 
     async def call(self, request: WorkRequest) -> WorkResponse:
@@ -522,6 +537,18 @@ class BackendProcess:
         self._fail_pending()
         self._kill_group()
 
+    def _discard_unwatched(self, proc: subprocess.Popen[bytes]) -> None:
+        """Kills and reaps a process started but never watched (no pidfd)."""
+        self._failure = BackendStartError(f"{self.describe()} could not be watched")
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(timeout=STUCK_AFTER_SIGKILL_S)
+        for pipe in (proc.stdin, proc.stdout):
+            if pipe is not None:
+                pipe.close()
+        self._exited.set()
+
     def _kill_group(self) -> None:
         if self.pid and not self._exited.is_set():
             with contextlib.suppress(ProcessLookupError, PermissionError):
@@ -543,4 +570,12 @@ class BackendProcess:
             except TimeoutError:
                 LOGGER.warning("%s ignored SIGTERM for %g s; killing it", self.describe(), grace_s)
             self._kill_group()
-        await self._exited.wait()
+        try:
+            await asyncio.wait_for(self._exited.wait(), STUCK_AFTER_SIGKILL_S)
+        except TimeoutError:  # in the kernel (a hung NFS or FUSE mount): it cannot be waited
+            LOGGER.error(
+                "%s has not exited %g s after SIGKILL (stuck in the kernel: a hung NFS or "
+                "FUSE mount?); the runtime no longer waits for it",
+                self.describe(),
+                STUCK_AFTER_SIGKILL_S,
+            )

@@ -233,10 +233,12 @@ def stop_main(argv: Sequence[str]) -> int:
         if exc.pid is None or not is_running(exc.pid):
             sys.stderr.write(f"worker-runtime: error: {exc}\n")
             return 1
-        # It cannot drain if it does not answer: end it. Its backends die with it.
-        os.kill(exc.pid, signal.SIGKILL)
-        print(f"daemon pid {exc.pid} did not answer; it was killed (SIGKILL)")
-        return 0
+        if lock.holder(paths)[1]:  # it closed its socket as it began to stop: wait for it
+            pid = None
+        else:  # it cannot drain if it does not answer: end it (its backends die with it)
+            os.kill(exc.pid, signal.SIGKILL)
+            print(f"daemon pid {exc.pid} did not answer; it was killed (SIGKILL)")
+            return 0
     except TimeoutError as exc:
         sys.stderr.write(f"worker-runtime: error: {exc}\n")
         return 1

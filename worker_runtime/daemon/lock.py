@@ -24,17 +24,32 @@ def take(paths: DaemonPaths) -> IO[str] | None:
     an instant, which alone must not turn a starting daemon away."""
     import time
 
-    lock = open(paths.lock_name, "a+")  # noqa: SIM115 - held for the daemon's life
     for attempt in range(5):
+        lock = open(paths.lock_name, "a+")  # noqa: SIM115 - held for the daemon's life
         try:
             fcntl.flock(lock.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
+            lock.close()
             if attempt < 4:
                 time.sleep(0.005)
             continue
-        return lock
-    lock.close()
+        if still_named(lock, paths):
+            return lock
+        lock.close()  # removed or replaced since it was opened: a lock nobody else sees
     return None
+
+
+def still_named(lock: IO[str], paths: DaemonPaths) -> bool:
+    """Whether the lock's path still names the file ``lock`` holds. Not once its directory
+    is removed (a logout's cleaning of ``$XDG_RUNTIME_DIR``, a temp cleaner, an
+    ``rm -rf``): the next front then starts a daemon of its own, which takes a lock on a
+    new file, and the old daemon must neither stay on nor touch the new one's files."""
+    try:
+        named = os.stat(paths.lock_name)
+    except OSError:
+        return False
+    held = os.fstat(lock.fileno())
+    return (named.st_dev, named.st_ino) == (held.st_dev, held.st_ino)
 
 
 def held(paths: DaemonPaths) -> bool:

@@ -36,6 +36,7 @@ from worker_runtime.daemon.control import (
     read_first_message,
 )
 from worker_runtime.daemon.handover import adopt
+from worker_runtime.daemon.lock import still_named
 from worker_runtime.daemon.paths import DaemonPaths, other_versions
 from worker_runtime.daemon.processes import is_running
 from worker_runtime.daemon.reclaim import Reclaimer
@@ -123,6 +124,10 @@ class Daemon:
         self._stop_reason = ""
         #: The control connections being served (asyncio holds tasks only weakly).
         self._control_tasks: set[asyncio.Task[None]] = set()
+        #: The files this daemon made (socket, state), by path: (device, inode).
+        self._own_files: dict[str, tuple[int, int]] = {}
+        #: Set once the lock's path names another file or none (``_check_displaced``).
+        self.displaced = False
 
     # -- life ---------------------------------------------------------------------------
     async def run(self) -> int:
@@ -139,6 +144,7 @@ class Daemon:
         try:
             bind_private(control, socket_path)
             control.listen(socket.SOMAXCONN)
+            self._own(socket_path)
         except OSError:
             control.close()
             raise
@@ -163,18 +169,18 @@ class Daemon:
         try:
             await self._stop.wait()
         finally:
+            # `status`, `stop` and fronts: stopping, not starting; and written before the
+            # socket closes, so a connection it resets is known for a stopping daemon's.
+            self._write_state(stopping=True)
             sweeper.cancel()
             reaper.cancel()
             acceptor.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await acceptor  # its reader is off the socket before the socket closes
             control.close()
-            self._write_state(stopping=True)  # `status` and fronts: stopping, not starting
             await self._shutdown()
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(socket_path)
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(self.paths.state)
+            self._remove_own(socket_path)
+            self._remove_own(self.paths.state_name)
             LOGGER.info("daemon stopped")
         return 0
 
@@ -201,7 +207,24 @@ class Daemon:
         )
         await asyncio.gather(*(m.stop_all() for m in self.managers.values()))
 
+    def _own(self, path: str) -> None:
+        info = os.stat(path)
+        self._own_files[path] = (info.st_dev, info.st_ino)
+
+    def _remove_own(self, path: str) -> None:
+        """Removes ``path`` if it is still the file this daemon made there: a displaced
+        daemon's successor may have made its own since."""
+        try:
+            info = os.stat(path)
+        except FileNotFoundError:
+            return
+        if self._own_files.get(path) == (info.st_dev, info.st_ino):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
+
     def _write_state(self, stopping: bool = False) -> None:
+        if self.displaced or not still_named(self.lock, self.paths):
+            return  # the path is another daemon's to write (or nobody's)
         state = {
             "stopping": stopping,
             "pid": os.getpid(),
@@ -212,6 +235,7 @@ class Daemon:
             "started": self.started,
         }
         write_atomically(self.paths.state, json.dumps(state).encode(), 0o600)
+        self._own(self.paths.state_name)
 
     async def _retire_other_versions(self) -> None:
         """Asks daemons of other runtime versions for this project to drain and exit."""
@@ -267,9 +291,29 @@ class Daemon:
     def _busy(self) -> bool:
         return bool(self.attachments) or any(m.in_flight for m in self.managers.values())
 
+    def _check_displaced(self) -> None:
+        """Notices, once, that the lock's path no longer names this daemon's lock: its
+        directory was removed or replaced. No front can find it any more (its socket went
+        with the directory), and the next one starts a daemon of its own: this one
+        serves the commands still attached to it, then exits."""
+        if self.displaced or still_named(self.lock, self.paths):
+            return
+        self.displaced = True
+        LOGGER.warning(
+            "this daemon's lock file %s was removed or replaced (its directory %s was "
+            "removed?): no new Buck2 command can reach this daemon, so it exits once the "
+            "commands attached to it end; the next command starts a new daemon",
+            self.paths.lock_name,
+            self.paths.directory_name,
+        )
+
     def _check_idle(self) -> None:
+        self._check_displaced()
         if self._busy():
             self._last_activity = time.monotonic()
+            return
+        if self.displaced:
+            self._stop_for("its directory was removed")
             return
         if self.retiring_for is not None:
             LOGGER.info("retired in favour of version %s and idle: exiting", self.retiring_for)

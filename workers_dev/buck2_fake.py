@@ -402,7 +402,7 @@ def _artifacts_of(value, ignored = False):
 # orderings walk the nodes exactly as traversal.rs and transitive_set_iterator.rs do, telling
 # nodes apart by identity (an id), never by value. A set made by a dependency is frozen, as
 # everything a dependency's analysis left. What the prelude does not use fails loudly:
-# json_projections, reductions, traverse().
+# json_projections and reductions.
 
 _ORDERINGS = ["preorder", "postorder", "topological", "bfs", "dfs"]
 _FOREVER = range(1 << 30)  # Starlark has no `while`: loops end with `break`
@@ -490,7 +490,8 @@ def _make_tset(definition, value, children):
         fail("reduce: the fake has no reductions (see transitive_set)")
 
     def traverse(*, ordering = "preorder"):
-        fail("traverse: not implemented by the fake; project the set instead")
+        _check_ordering(ordering)
+        return [n.value for n in _traverse(node, ordering) if n.has_value]
 
     return struct(
         _kind = "tset",

@@ -30,6 +30,23 @@ def _module_path(target_name: str, src: Artifact) -> str:
         fail(target_name + ": " + path + " is not a .hs file")
     return path[:-len(".hs")]
 
+def _check_no_module_twice(target_name: str, modules: dict[str, typing.Any], deps_set: typing.Any):
+    """Fails if a module is defined twice in the target's closure.
+
+    By the target and a library, or by two libraries: each is compiled into GHC's one home
+    unit, so a compile would take whichever interface its search path finds first, and
+    the link one of the two objects.
+    """
+    defined_by = {}
+    for library in deps_set.traverse():
+        for name in library.modules:
+            other = defined_by.get(name)
+            if name in modules or (other != None and other != library.label):
+                fail(target_name + ": module " + name + " is defined by both " + library.label +
+                     " and " + (other or "this target") + "; each module name may appear once " +
+                     "among a target and the libraries it depends on (rename one)")
+            defined_by[name] = library.label
+
 def compile_haskell(
         actions: AnalysisActions,
         *,
@@ -78,6 +95,7 @@ def compile_haskell(
             path = path,
             src = src,
         )
+    _check_no_module_twice(target_name, modules, deps_set)
     first = modules.values()[0]
 
     # The folder holding this target's interfaces, as a path only: each compile's real
@@ -144,6 +162,7 @@ def compile_haskell(
         )
     return struct(
         deps = deps_set,
+        modules = list(modules.keys()),
         interfaces = [m.hi for m in modules.values()],
         objects = [m.obj for m in modules.values()],
         packages = packages,
@@ -164,13 +183,17 @@ def _haskell_library_impl(ctx: AnalysisContext) -> list[Provider]:
     )
     archive = ctx.actions.declare_output("lib" + ctx.attrs.name + ".a")
     ctx.actions.run(
-        cmd_args(toolchain.archiver, "qcs", archive.as_output(), compiled.objects),
+        # D: no times, uids or modes in the archive (GNU ar's default only where binutils
+        # was built so), or every rebuild would make a new archive and a new link.
+        cmd_args(toolchain.archiver, "qcsD", archive.as_output(), compiled.objects),
         category = "haskell_archive",
     )
     node = HaskellLibraryNode(
         archive = archive,
         interfaces = compiled.interfaces,
         search_path = compiled.search_path,
+        modules = compiled.modules,
+        label = "//" + ctx.label.package + ":" + ctx.label.name,
     )
     info = HaskellLibraryInfo(
         libraries = ctx.actions.tset(

@@ -9,6 +9,10 @@ HaskellLibraryNode = record(
     interfaces = list[Artifact],
     # The `-i<dir>` argument (a cmd_args, a path only) with which GHC finds them.
     search_path = typing.Any,
+    # Its modules' names, and the library's label: two libraries of one closure must not
+    # define the same module (GHC would take whichever interface it finds first).
+    modules = list[str],
+    label = str,
 )
 
 def _archive_arg(node: HaskellLibraryNode) -> Artifact:

@@ -119,7 +119,7 @@ def test_modules_compile_in_import_order_after_a_scan() -> None:
     ]
     (archive,) = [r for r in runs if r["category"] == "haskell_archive"]
     assert archive["arguments"] == [
-        "ar", "qcs", f"{GEN}/libcore.a", f"{GEN}/objs/Sub/B.o", f"{GEN}/objs/A.o"
+        "ar", "qcsD", f"{GEN}/libcore.a", f"{GEN}/objs/Sub/B.o", f"{GEN}/objs/A.o"
     ]  # fmt: skip
     info = analysis.provider("HaskellLibraryInfo")
     assert info["packages"] == ["containers"]
@@ -196,6 +196,28 @@ def test_a_diamond_links_each_archive_once_before_what_it_needs() -> None:
     search = [a for a in argfile_lines(app, "Main") if a.startswith("-ibuck-out")]
     names = [path.split("/__")[1].split("__")[0] for path in search]
     assert names == ["left", "util", "base", "right"]
+
+
+def test_a_module_defined_twice_in_a_closure_is_an_analysis_error() -> None:
+    """Every module is compiled into GHC's one home unit: with Types in two libraries a
+    compile took whichever interface its search path found first, and the link one of the
+    two objects, silently. The diamond above, with no module twice, passes the check."""
+    fake = Buck2Fake()
+    for name in ("left", "right"):
+        attrs = {"srcs": f'["{name.title()}.hs", "Types.hs"]'}
+        analyse("haskell_library", attrs, {"Types": [], name.title(): []}, fake=fake,
+                label=f"//base:{name}")  # fmt: skip
+    with pytest.raises(sl.StarlarkError, match=(
+        "app: module Types is defined by both //base:(left|right) and //base:(left|right); "
+        "each module name may appear once"
+    )):  # fmt: skip
+        analyse("haskell_binary", {"srcs": '["Main.hs"]', "deps": '[":left", ":right"]'},
+                fake=fake, label="//app:app")  # fmt: skip
+    with pytest.raises(
+        sl.StarlarkError, match="module Types is defined by both //base:left and this target"
+    ):
+        analyse("haskell_library", {"srcs": '["Types.hs"]', "deps": '[":left"]'}, fake=fake,
+                label="//lib:core")  # fmt: skip
 
 
 @pytest.mark.parametrize(

@@ -192,6 +192,12 @@ def test_buck2_builds_the_javac_worker_with_plain_javac(tmp_path: Path) -> None:
     )
     assert compiled.returncode == 0, compiled.stderr
     assert (project / "out" / "Hello.class").exists()
+    # Built for Java 17 (class file 61) whatever javac built it, as the launcher builds
+    # it: a remote executor's older java must load it (routing native).
+    (compile_run,) = [a for a in analysis.actions if a.get("category") == "javac"]
+    assert compile_run["arguments"][1:3] == ["--release", "17"]
+    worker_class = next((project / "buck-out").rglob("JavacWorker.class")).read_bytes()
+    assert int.from_bytes(worker_class[6:8], "big") == 61
 
 
 def test_the_same_classes_make_the_same_jar(tmp_path: Path) -> None:

@@ -16,7 +16,7 @@ from workers_dev.buck2_fake import Buck2Fake, UnfreezableCapture
 from workers_dev.build_runner import PRELUDE_HASKELL, haskell_toolchain_dep
 
 RULES = """
-OrderInfo = provider(fields = {"orders": provider_field(typing.Any)})
+OrderInfo = provider(fields = {"orders": provider_field(typing.Any), "walked": provider_field(typing.Any, default = None)})
 
 def _name(value):
     return value
@@ -44,7 +44,8 @@ def _graph_impl(ctx: AnalysisContext) -> list[Provider]:
         made[entry[0]] = ctx.actions.tset(Names, value = entry[0], children = [made[c] for c in entry[1:]])
     root = made[ctx.attrs.graph[-1][0]]
     orders = {o: root.project_as_args("name", ordering = o) for o in ORDERINGS}
-    return [DefaultInfo(), OrderInfo(orders = orders)]
+    walked = {o: list(root.traverse(ordering = o)) for o in ORDERINGS}
+    return [DefaultInfo(), OrderInfo(orders = orders, walked = walked)]
 
 graph = rule(impl = _graph_impl, attrs = {"graph": attrs.list(attrs.list(attrs.string()))})
 
@@ -67,8 +68,10 @@ def orders(tmp_path: Path, graph: list[list[str]]) -> dict[str, list[str]]:
     analysis = Buck2Fake().analyse(
         ":rules.bzl", "graph", "//t:graph", {"graph": json.dumps(graph)}, harness_dir=tmp_path
     )
-    found = analysis.provider("OrderInfo")["orders"]
-    return {ordering: projection["cmd_args"] for ordering, projection in found.items()}
+    info = analysis.provider("OrderInfo")
+    found = {ordering: projection["cmd_args"] for ordering, projection in info["orders"].items()}
+    assert info["walked"] == found, "traverse() walks the set as its projections do"
+    return found
 
 
 def test_orderings_walk_a_shared_node_as_buck2_does(tmp_path: Path) -> None:
@@ -127,7 +130,10 @@ def test_nodes_are_told_apart_by_identity_not_value(tmp_path: Path) -> None:
         ("ctx.actions.tset(Counts, value = [1, 2])", "but got `int (repr: 2)`"),
         ("ctx.actions.tset(Names, value = None)", "but got `NoneType (repr: None)`"),
         ('ctx.actions.tset(Nested, value = "a")', "but got `list"),
-        ('ctx.actions.tset(Names, value = "a").traverse()', "not implemented by the fake"),
+        (
+            'ctx.actions.tset(Names, value = "a").traverse(ordering = "inorder")',
+            "Expected ordering to be one of `preorder`",
+        ),
     ],
 )
 def test_the_fake_refuses_what_buck2_refuses(tmp_path: Path, case: str, message: str) -> None:

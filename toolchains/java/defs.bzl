@@ -26,10 +26,15 @@ _PROTOCOL_ON_FD_3 = " ".join([
     "exec \"$@\"",
 ])
 
+# The Java release the worker's classes are built for, as toolchains/java/javac-worker
+# builds them: classes a newer javac made for its own release would not load in an older
+# java (UnsupportedClassVersionError), as on an executor's under routing native.
+RELEASE = "17"
+
 def _javac_worker_binary_impl(ctx: AnalysisContext) -> list[Provider]:
     classes = ctx.actions.declare_output("classes", dir = True)
     ctx.actions.run(
-        cmd_args(ctx.attrs.javac[RunInfo], "-nowarn", "-d", classes.as_output(), ctx.attrs.srcs),
+        cmd_args(ctx.attrs.javac[RunInfo], "--release", RELEASE, "-nowarn", "-d", classes.as_output(), ctx.attrs.srcs),
         category = "javac",
     )
     launcher = ctx.actions.write(

@@ -208,7 +208,7 @@ def test_a_module_defined_twice_in_a_closure_is_an_analysis_error() -> None:
         analyse("haskell_library", attrs, {"Types": [], name.title(): []}, fake=fake,
                 label=f"//base:{name}")  # fmt: skip
     with pytest.raises(sl.StarlarkError, match=(
-        "app: module Types is defined by both //base:(left|right) and //base:(left|right); "
+        r"app: module Types is defined by both //base:(left|right) and //base:(left|right); "
         "each module name may appear once"
     )):  # fmt: skip
         analyse("haskell_binary", {"srcs": '["Main.hs"]', "deps": '[":left", ":right"]'},

@@ -1,6 +1,6 @@
 """java_binary: a main class with its runtime classpath, runnable with `buck2 run`."""
 
-load("//java:java_library.bzl", "JAVA_TOOLCHAIN_ATTR", "compile_java")
+load("//java:java_library.bzl", "JAVA_TOOLCHAIN_ATTR", "RESOURCES_ROOT_ATTR", "compile_java")
 load("//java:java_providers.bzl", "JavaClasspathTSet", "JavaLibraryInfo", "classpath_args")
 load("//java:java_toolchain_providers.bzl", "JavaToolchainInfo")
 
@@ -19,6 +19,7 @@ def _java_binary_impl(ctx: AnalysisContext) -> list[Provider]:
             target_name = ctx.attrs.name,
             srcs = ctx.attrs.srcs,
             resources = ctx.attrs.resources,
+            resources_root = ctx.attrs.resources_root,
             deps = deps,
         )
         runtime = ctx.actions.tset(JavaClasspathTSet, value = jar, children = children)
@@ -60,6 +61,7 @@ java_binary = rule(
         ),
         "main_class": attrs.string(doc = "The class whose main() runs."),
         "resources": attrs.list(attrs.source(), default = [], doc = "Files added to the jar."),
+        "resources_root": RESOURCES_ROOT_ATTR,
         "srcs": attrs.list(attrs.source(), default = [], doc = "Sources of the binary itself."),
         "_java_toolchain": JAVA_TOOLCHAIN_ATTR,
     },

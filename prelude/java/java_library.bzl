@@ -9,6 +9,17 @@ load("//worker:worker_run.bzl", "worker_run")
 # reproducible builds use).
 JAR_DATE = "1980-01-01T00:00:02Z"
 
+def _resource_path(target_name: str, resource: Artifact, root: str | None) -> str:
+    """A resource's path in the jar: its package-relative path, less `root` if given."""
+    path = resource.short_path
+    if root == None:
+        return path
+    prefix = root.rstrip("/") + "/"
+    if not path.startswith(prefix):
+        fail(target_name + ": resource " + path + " is not under resources_root " + repr(root) +
+             " (resource paths are relative to the package)")
+    return path[len(prefix):]
+
 def compile_java(
         actions: AnalysisActions,
         *,
@@ -19,7 +30,8 @@ def compile_java(
         target_name: str,
         srcs: list[Artifact],
         resources: list[Artifact],
-        deps: list[typing.Any]) -> Artifact:
+        deps: list[typing.Any],
+        resources_root: str | None = None) -> Artifact:
     """Compiles `srcs` against `deps` on the javac worker, then jars them with `resources`.
 
     Args:
@@ -29,6 +41,8 @@ def compile_java(
       srcs: the .java files; none is an analysis error.
       resources: files added to the jar, at their package-relative paths.
       deps: the JavaLibraryInfo of every library compiled against (exported ones included).
+      resources_root: a package-relative directory under which every resource is, taken
+        off their paths in the jar (`src/main/resources`); None: none.
 
     Returns:
       The jar holding the classes and the resources.
@@ -64,7 +78,7 @@ def compile_java(
     if resources:
         resource_dir = actions.symlinked_dir(
             "resources",
-            {resource.short_path: resource for resource in resources},
+            {_resource_path(target_name, r, resources_root): r for r in resources},
         )
         jar_args += ["-C", resource_dir, "."]
     actions.run(cmd_args(jar_args), category = "jar")
@@ -79,6 +93,7 @@ def _java_library_impl(ctx: AnalysisContext) -> list[Provider]:
         target_name = ctx.attrs.name,
         srcs = ctx.attrs.srcs,
         resources = ctx.attrs.resources,
+        resources_root = ctx.attrs.resources_root,
         deps = deps + exported,
     )
     info = JavaLibraryInfo(
@@ -95,6 +110,11 @@ def _java_library_impl(ctx: AnalysisContext) -> list[Provider]:
         ),
     )
     return [DefaultInfo(default_output = jar), info]
+
+RESOURCES_ROOT_ATTR = attrs.option(attrs.string(), default = None, doc = """
+    A directory of the package under which every resource is (`src/main/resources`), taken
+    off their paths in the jar; by default a resource's path in the jar is its path
+    relative to the package.""")
 
 JAVA_TOOLCHAIN_ATTR = attrs.default_only(attrs.toolchain_dep(
     providers = [JavaToolchainInfo],
@@ -117,6 +137,7 @@ java_library = rule(
             doc = "Libraries that dependents also compile against.",
         ),
         "resources": attrs.list(attrs.source(), default = [], doc = "Files added to the jar."),
+        "resources_root": RESOURCES_ROOT_ATTR,
         "srcs": attrs.list(attrs.source(), default = [], doc = "The .java files."),
         "_java_toolchain": JAVA_TOOLCHAIN_ATTR,
     },

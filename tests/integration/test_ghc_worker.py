@@ -232,6 +232,29 @@ def test_a_changed_dependency_is_never_seen_stale(pipe_worker: StartPipe, tmp_pa
     assert again.exit_code == 0 and "reused home interfaces: [Shop.Types]" in again.output
 
 
+def test_a_ghc_internal_error_drops_the_warm_state(pipe_worker: StartPipe, tmp_path: Path) -> None:
+    """An error of GHC itself (a panic, a `sorry`, a tool it cannot run) was answered as a
+    compile error and the interfaces loaded kept: one GHC left half-read (a panic inside
+    a lazily loaded declaration stays in it) failed every later request that touched
+    it. Here the tool: an assembler that cannot be run; the next request reuses nothing."""
+    write(tmp_path, "src/Shop/Types.hs", TYPES_HS)
+    write(tmp_path, "src/Shop/Report.hs", REPORT_HS)
+    prepare_dirs(tmp_path, "deps", "out", "broken")
+    assert cold_ghc(tmp_path, compile_args("Shop.Types", "deps")).returncode == 0
+    worker = pipe_worker()
+    inputs = ("src/Shop/Report.hs", "deps/Shop/Types.hi")
+    flags = ("-ideps", "-package", "containers")
+    report_args = compile_args("Shop.Report", "out", *flags)
+    assert worker.run(*report_args, inputs=inputs).exit_code == 0
+    assert "reused home interfaces: [Shop.Types]" in worker.run(*report_args, inputs=inputs).output
+    broken_args = compile_args("Shop.Report", "broken", *flags, "-pgma", "/nonexistent/as")
+    broken = worker.run(*broken_args, inputs=inputs)
+    assert broken.exit_code == 1 and "could not execute: /nonexistent/as" in broken.output
+    after = worker.run(*report_args, inputs=inputs)
+    assert after.exit_code == 0, after.output
+    assert "reused home interfaces: []" in after.output, after.output
+
+
 def test_an_unchanged_interface_found_elsewhere_is_not_reused(
     pipe_worker: StartPipe, tmp_path: Path
 ) -> None:
@@ -949,3 +972,26 @@ def test_a_removed_scratch_directory_is_made_again_not_the_workers_end(
     again = worker.run(*compile_args("Shop.Types", "out"))
     assert again.exit_code == 0, again.output
     assert scratch.is_dir() and stat.S_IMODE(scratch.stat().st_mode) == 0o700
+
+
+@pytest.mark.parametrize("removed", ["the scratch directory", "GHC's directory in it"])
+def test_a_compile_after_the_temporary_directory_was_removed_writes_its_files_anew(
+    pipe_worker: StartPipe, tmp_path: Path, removed: str
+) -> None:
+    """GHC remembers the directory it made for its temporary files (the assembly of
+    each module) and used it again without looking: once a cleaner removed it, every
+    compile that had to write one failed, for the worker's whole life. (The test above
+    compiles what needs no recompilation, and writes none.)"""
+    write(tmp_path, "src/Shop/Types.hs", TYPES_HS)
+    prepare_dirs(tmp_path, "out", "again", "third")
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    worker = pipe_worker(env=dict(os.environ, TMPDIR=str(tmp)))
+    assert worker.run(*compile_args("Shop.Types", "out")).exit_code == 0
+    (scratch,) = tmp.iterdir()
+    (ghc_dir,) = [d for d in scratch.iterdir() if d.is_dir() and d.name.startswith("ghc")]
+    shutil.rmtree(scratch if removed == "the scratch directory" else ghc_dir)
+    for outputs in ("again", "third"):  # to new outputs: a real compile each time
+        answered = worker.run(*compile_args("Shop.Types", outputs))
+        assert answered.exit_code == 0, answered.output
+        assert (tmp_path / outputs / "Shop/Types.o").exists()

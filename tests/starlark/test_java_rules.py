@@ -104,6 +104,24 @@ def test_java_library_compiles_on_the_worker_against_its_deps() -> None:
     }
 
 
+def test_resources_root_is_taken_off_the_resources_paths_in_the_jar() -> None:
+    """With the usual layout (`src/main/resources/com/x/app.properties`) a resource went
+    into the jar under `src/main/resources/...`, where `getResource("/com/x/...")` does
+    not look; `resources_root` (Buck2's prelude's name) takes it off."""
+    attrs = {"srcs": '["A.java"]', "resources": '["src/main/resources/com/x/app.properties"]'}
+    plain = analyse_java(Buck2Fake(), "a", attrs)
+    (linked,) = [a for a in plain.actions if a["kind"] == "symlinked_dir"]
+    assert list(linked["srcs"]) == ["src/main/resources/com/x/app.properties"]
+    rooted = analyse_java(Buck2Fake(), "a", {**attrs, "resources_root": '"src/main/resources/"'})
+    (linked,) = [a for a in rooted.actions if a["kind"] == "symlinked_dir"]
+    assert linked["srcs"] == {"com/x/app.properties": "lib/src/main/resources/com/x/app.properties"}
+    with pytest.raises(
+        sl.StarlarkError,
+        match=r'resource src/main/resources/com/x/app.properties is not under resources_root "res"',
+    ):
+        analyse_java(Buck2Fake(), "a", {**attrs, "resources_root": '"res"'})
+
+
 def test_a_diamond_puts_each_jar_on_the_classpath_once_in_order() -> None:
     """app needs left and right, both export base: base once, where first met, and the
     binary's runtime classpath is the library's own jar, then its deps left to right."""

@@ -68,7 +68,7 @@ import GHC.Types.Name.Cache (NameCache (..))
 import qualified Data.IntSet as IntSet
 import GHC.Unit.Module
 import GHC.Unit.State (lookupUnit, unitDatabasePath)
-import GHC.Utils.Panic (GhcException (Signal))
+import GHC.Utils.Panic (GhcException (..))
 import System.Directory (doesFileExist, getCurrentDirectory, getHomeDirectory, getFileSize, getModificationTime, listDirectory, setCurrentDirectory, doesDirectoryExist)
 import System.FilePath (normalise, takeDirectory, (<.>), (</>))
 import System.Posix.Directory (createDirectory)
@@ -135,6 +135,7 @@ lastReport = readIORef . workerLastReport
 compile :: Worker -> FilePath -> [String] -> [(FilePath, B.ByteString)] -> Ghc (Int, String)
 compile worker dir rawArgs inputs = reifyGhc $ \session -> do
   writeIORef (workerLastReport worker) "" -- a request that fails early reused nothing
+  readIORef (workerState worker) >>= forgetVanishedTempDirs . keptBase
   let capture = captureOutput (workerCaptureFile worker) $
         inDirectory dir (reflectGhc (compileHere worker rawArgs inputs) session)
       scratch = takeDirectory (workerCaptureFile worker)
@@ -165,6 +166,16 @@ compile worker dir rawArgs inputs = reifyGhc $ \session -> do
         -- from a fresh state rather than trust this one. What GHC printed before stays.
         modifyIORef' (workerState worker) (\k -> k {keptEps = workerPristineEps worker, keptHome = Map.empty})
         return (1, output ++ "ghc-worker: " ++ displayException e ++ "\n")
+
+-- | GHC makes a directory for its temporary files (a module's assembly) once, remembers
+-- it in 'dirsToClean' (shared by every request's DynFlags) and uses it again without
+-- looking. A cleaner of the temporary directory may remove it between two requests: it
+-- is forgotten then, and GHC makes another when it next needs one.
+forgetVanishedTempDirs :: DynFlags -> IO ()
+forgetVanishedTempDirs dflags = do
+  made <- readIORef (dirsToClean dflags)
+  present <- filterM (doesDirectoryExist . snd) (Map.toList made)
+  when (length present /= Map.size made) $ writeIORef (dirsToClean dflags) (Map.fromList present)
 
 inDirectory :: FilePath -> IO a -> IO a
 inDirectory "" action = action
@@ -277,22 +288,25 @@ runCompile worker kept dflags1 warnings argsKey coldArgs sources inputs = do
   -- interface too): each request numbers them from 0, as a ghc process does.
   liftIO (writeIORef (nextWrapperNum dflags) emptyModuleEnv)
   t1 <- liftIO getMonotonicTime
-  code <-
+  (code, trusted) <-
     if metaprogramming
-      then liftIO (coldCompile coldArgs)
+      then (\c -> (c, True)) <$> liftIO (coldCompile coldArgs)
       else do
         result <- liftIO (try (handleFlagWarnings dflags warnings >> oneShot env StopLn [(s, Nothing) | s <- sources]) `finally` cleanTempFiles dflags)
         case result of
-          Right () -> return 0
+          Right () -> return (0, True)
           Left e
-            | Just sourceError <- fromException e -> printException sourceError >> return 1
-            | Just ghcError <- fromException e, not (isSignal ghcError) -> liftIO (hPutStrLn stderr (show ghcError)) >> return 1
+            | Just sourceError <- fromException e -> printException sourceError >> return (1, True)
+            | Just ghcError <- fromException e, not (isSignal ghcError) -> liftIO (hPutStrLn stderr (show ghcError)) >> return (1, not (isInternal ghcError))
             | otherwise -> liftIO (throwIO e)
   t2 <- liftIO getMonotonicTime
   -- What this request loaded may serve the next one, filtered as the module header says.
   liftIO . modifyIORef' (workerLastReport worker) $ \r ->
     init r ++ "; flags " ++ showMs (t0 - tStart) ++ ", prepare " ++ showMs (t1 - t0) ++ ", compile " ++ showMs (t2 - t1) ++ "\n"
-  unless isolated $ liftIO $ do
+  -- An error of GHC itself (a panic, a tool it could not run) may leave what it loaded
+  -- half-read (a panic inside a lazily loaded declaration stays there): nothing is kept.
+  unless trusted . liftIO $ modifyIORef' (workerState worker) (\k -> k {keptEps = pristine, keptHome = Map.empty, keptLastFlags = Nothing})
+  unless (isolated || not trusted) $ liftIO $ do
     eps <- readIORef (hsc_EPS env)
     names <- readIORef (hsc_NC env)
     home <- homeInterfaces dflags digests eps
@@ -311,6 +325,16 @@ runCompile worker kept dflags1 warnings argsKey coldArgs sources inputs = do
 -- | What decides how interfaces are read into the package state.
 loadMode :: DynFlags -> String
 loadMode dflags = show (gopt Opt_IgnoreInterfacePragmas dflags, show (ways dflags))
+
+-- | An error of GHC itself rather than of the code it compiled or of its flags.
+isInternal :: GhcException -> Bool
+isInternal e = case e of
+  Panic _ -> True
+  PprPanic _ _ -> True
+  Sorry _ -> True
+  PprSorry _ _ -> True
+  InstallationError _ -> True
+  _ -> False
 
 isSignal :: GhcException -> Bool
 isSignal (Signal _) = True

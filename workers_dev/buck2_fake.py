@@ -337,13 +337,20 @@ def _render_one(item, parent = 0):
     if isinstance(item, RunInfo):
         return _render(item.args)
     if _is_artifact(item):
-        if parent == 0:
-            return [item.path]
         parts = item.path.split("/")
-        if parent >= len(parts):
+        if parent > len(parts):
             fail("cmd_args: parent =", parent, "goes above the root from", item.path)
-        return ["/".join(parts[:len(parts) - parent])]
+        return [_path_format("/".join(parts[:len(parts) - parent]))]
     fail("cannot render", type(item), "on a command line")
+
+def _path_format(path):
+    # As Buck2 renders a project-relative path (builder.rs, path_format): the empty one is
+    # `.`, and one of a single component gets `./` (execvp looks up a name without `/`).
+    if path == "":
+        return "."
+    if "/" not in path:
+        return "./" + path
+    return path
 
 _SHELL_SAFE = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-+./:@,=%"
 
@@ -364,7 +371,9 @@ def _render(args):
     if args.quote == "shell":  # after format, before the delimiter, as Buck2 renders it
         out = [_shell_quote(s) for s in out]
     if args.delimiter != None:
-        out = [args.delimiter.join(out)] if out else []
+        # One argument, even of nothing: Buck2 writes its join when the scope ends
+        # (builder.rs, pop_scope), an empty string if nothing was joined.
+        out = [args.delimiter.join(out)]
     return out
 
 def _artifacts_of(value, ignored = False):

@@ -271,3 +271,25 @@ def test_the_fake_fails_where_buck2_fails(tmp_path: Path, body: str, message: st
     module = Buck2Fake().eval_file(tmp_path / "h.bzl", "root", harness)
     with pytest.raises(sl.StarlarkError, match=re.escape(message)):
         module.call("go")
+
+
+def test_the_fake_renders_paths_and_empty_joins_as_buck2_does(tmp_path: Path) -> None:
+    """builder.rs: a path of one component gets `./` (execvp looks a name without `/` up
+    on PATH), the empty one is `.`, and a delimited cmd_args that joined nothing is still
+    one argument, empty. The fake rendered `Main.hs`, failed on `parent` reaching the
+    root, and dropped the empty join."""
+    (tmp_path / "rules.bzl").write_text(
+        "def _impl(ctx: AnalysisContext) -> list[Provider]:\n"
+        '    out = ctx.actions.declare_output("out")\n'
+        "    ctx.actions.run(cmd_args(\n"
+        '        "tool", ctx.attrs.src, cmd_args(ctx.attrs.src, parent = 1),\n'
+        '        cmd_args([], delimiter = ":"), out.as_output(),\n'
+        '    ), category = "c")\n'
+        "    return [DefaultInfo()]\n"
+        'r = rule(impl = _impl, attrs = {"src": attrs.source()})\n'
+    )
+    analysis = Buck2Fake().analyse(
+        ":rules.bzl", "r", "//:t", {"src": '"Main.hs"'}, harness_dir=tmp_path
+    )
+    (run,) = [a for a in analysis.actions if a["kind"] == "run"]
+    assert run["arguments"][:4] == ["tool", "./Main.hs", ".", ""]

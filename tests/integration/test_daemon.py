@@ -701,6 +701,45 @@ def test_stop_waits_for_a_stopping_daemon_that_closes_the_connection(tmp_path: P
         stand_in.wait()
 
 
+def test_stop_of_a_starting_daemon_that_does_not_exit_says_so(tmp_path: Path) -> None:
+    """`stop` found a daemon starting (the lock held, no socket yet), asked it once it
+    listened, and it did not exit in time: a traceback, where the same case of a daemon
+    already listening gets one line. Stand-in: a lock, a state file, a socket that appears
+    late and answers `stop` with a pid that goes on running."""
+    paths = DaemonPaths.for_project(str(REPO_ROOT))
+    paths.directory.mkdir(mode=0o700, exist_ok=True)
+    held = lock.take(paths)
+    assert held is not None
+    stand_in = subprocess.Popen(["sleep", "60"])
+    paths.state.write_text(json.dumps({"pid": stand_in.pid, "stopping": False}))
+    listener = socket.socket(socket.AF_UNIX)
+
+    def listen_late() -> None:
+        time.sleep(0.3)
+        listener.bind(str(paths.socket))
+        listener.listen()
+        with contextlib.suppress(OSError):
+            while True:
+                conn = listener.accept()[0]
+                conn.recv(4096)
+                conn.sendall(json.dumps({"ok": True, "pid": stand_in.pid}).encode() + b"\n")
+                conn.close()
+
+    threading.Thread(target=listen_late, daemon=True).start()
+    try:
+        stop = subprocess.run(
+            [*RUNTIME, "stop", "--timeout", "2"],
+            capture_output=True, text=True, timeout=30, cwd=REPO_ROOT,
+        )  # fmt: skip
+        assert stop.returncode == 1 and "Traceback" not in stop.stderr, stop.stderr
+        assert f"daemon pid {stand_in.pid} still runs after" in stop.stderr
+    finally:
+        listener.close()
+        held.close()
+        stand_in.kill()
+        stand_in.wait()
+
+
 def test_front_starting_while_the_daemon_stops_gets_a_new_daemon(
     start_runtime: StartRuntime, log_dir: Path, tmp_path: Path
 ) -> None:

@@ -247,8 +247,13 @@ def stop_main(argv: Sequence[str]) -> int:
         while lock.held(paths):
             holder, stopping = lock.holder(paths)
             if not stopping:  # starting: once it listens, it is asked like any other
-                with contextlib.suppress(NotAnswering):
+                try:
                     pid = stop_daemon_at(paths.socket, max(0.1, deadline - time.monotonic()))
+                except NotAnswering:
+                    pass
+                except TimeoutError as exc:  # asked, and still running at the deadline
+                    sys.stderr.write(f"worker-runtime: error: {exc}\n")
+                    return 1
                 if pid is not None:
                     print(f"stopped daemon pid {pid} (it was starting)")
                     return 0

@@ -28,7 +28,9 @@ from tests.conftest import (
     wait_started,
 )
 from tests.imports import modules_loaded_by
+from worker_runtime.config import RuntimeConfig
 from worker_runtime.daemon import lock
+from worker_runtime.daemon.front import daemon_command
 from worker_runtime.daemon.paths import DaemonPaths
 from workers_dev.emulator import Buck2Worker, StreamingSession, WorkerRequestError, make_command
 
@@ -298,6 +300,28 @@ def test_stale_socket_and_state_files_are_cleaned_up(
     (paths.directory / "dead.json").write_text(json.dumps(other))
     worker = start_runtime(fake_backend())
     assert worker.run("echo", "ok").stderr == "ok"
+
+
+def test_a_front_s_daemon_listens_under_the_version_the_front_looks_for(
+    start_runtime: StartRuntime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The daemon worked its version out again from the source files: edited (or
+    upgraded) between a front's start and its daemon's, the daemon listened under
+    another name and the front waited 30 s for it, then failed. Stood in for by a
+    version variable that the daemon's environment alone holds otherwise."""
+    monkeypatch.setenv("WORKER_RUNTIME_DAEMON_VERSION", "0.0.1-front")
+    paths = DaemonPaths.for_project(str(REPO_ROOT))
+    command = daemon_command(paths, RuntimeConfig(command=("x",)))
+    assert command[command.index("--daemon-version") + 1] == "0.0.1-front"
+    env = dict(os.environ, WORKER_RUNTIME_DAEMON_VERSION="0.0.2-changed-since")
+    daemon = subprocess.Popen(command, env=env, cwd=REPO_ROOT, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL)  # fmt: skip
+    try:
+        assert wait_for(paths.socket.is_socket), "the daemon listens under another name"
+        assert daemon_status()["pid"] == daemon.pid
+    finally:
+        daemon.terminate()
+        daemon.wait(30)
 
 
 def test_a_daemon_whose_directory_is_removed_exits_and_leaves_its_successor_alone(

@@ -62,7 +62,7 @@ def wait_until(check: Callable[[], object], what: str, log: Path, timeout_s: flo
 
 
 def test_past_the_shutdown_grace_running_actions_are_stopped_and_the_executor_exits(
-    tmp_path: Path, cluster_dir: Path
+    tmp_path: Path, cluster_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     layout = ClusterLayout(cluster_dir)
     socket = f"unix://{cluster_dir}/run/buildgrid.sock"
@@ -110,10 +110,23 @@ def test_past_the_shutdown_grace_running_actions_are_stopped_and_the_executor_ex
             # an executor with groups has: as root, or with --limit-*).
             assert "cancelled: cancelled while running" in text
             # The lease went back to the server, not failed: its operation still waits
-            # for a bot.
+            # for a bot, and the next one runs it (handed back as COMPLETED with
+            # UNAVAILABLE, which BuildGrid requeues; not as PENDING, which it ignored).
             assert reader.is_alive()
             assert seen and not any(operation.done for operation in seen)
-            stream.cancel()
+            ran_again = threading.Event()
+            with in_process_executor(
+                monkeypatch, runs_until(ran_again, ran_again, 0, b"ran again"), socket,
+                cluster_dir / "second-grace-executor",
+            ) as other:  # fmt: skip
+                reader.join(120)
+                assert other.stop_and_wait() == 0
+            assert not reader.is_alive(), "the handed-back lease never ran again"
+            done = [operation for operation in seen if operation.done]
+            response = re_pb2.ExecuteResponse()
+            assert done and done[-1].response.Unpack(response), seen[-1]
+            assert response.status.code == 0 and response.result.stdout_raw == b"ran again"
+            assert "stopped before the action finished" not in str(response)
     finally:
         if executor.poll() is None:
             buildgrid.stop(executor.pid)

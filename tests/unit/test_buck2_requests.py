@@ -4,6 +4,7 @@ and how each outcome reaches Buck2."""
 from __future__ import annotations
 
 import asyncio
+import time
 from pathlib import Path
 
 import pytest
@@ -15,6 +16,7 @@ from worker_runtime.envelope import ENVELOPE_ENV
 from worker_runtime.errors import RUNTIME_ERROR_EXIT_CODE
 from worker_runtime.execution.outcome import Failure, FailureKind, Outcome, Result, WorkRequest
 from worker_runtime.proto import buck2_worker_pb2 as pb
+from worker_runtime.protocol.argfiles import expand_argfiles
 
 
 class Recording:
@@ -72,6 +74,29 @@ def test_the_work_request_carries_what_the_executors_need(tmp_path: Path) -> Non
     assert executor.seen == [
         WorkRequest(("javac", "-d", "out"), (("JAVA_HOME", "/jdk"),), "e.json", 9)
     ]
+
+
+def test_a_slow_argfile_read_leaves_the_timeout_as_buck2_gave_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The read counts against the timeout (it runs from the request's arrival), but the
+    timeout itself stays: it was cut to what was left, and as part of a remote action's
+    digest that split the action cache by how long a read took."""
+    from worker_runtime.buck2 import requests as requests_module
+
+    (tmp_path / "args.txt").write_text("-d\nout\n")
+
+    def slow_expand(arguments: list[str], cwd: str) -> list[str]:
+        time.sleep(1.2)
+        return expand_argfiles(arguments, cwd)
+
+    monkeypatch.setattr(requests_module, "expand_argfiles", slow_expand)
+    requests, executor = handler(tmp_path, Result(0, ""))
+    argfile = f"@{tmp_path / 'args.txt'}"  # absolute: read off the event loop
+    asyncio.run(requests.execute(command(b"javac", argfile.encode(), timeout=9)))
+    (seen,) = executor.seen
+    assert seen.arguments == ("javac", "-d", "out") and seen.timeout_s == 9
+    assert time.monotonic() - seen.started >= 1.2
 
 
 def test_without_a_timeout_the_default_applies(tmp_path: Path) -> None:

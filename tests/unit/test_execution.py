@@ -4,6 +4,7 @@ every way a race can go (either side winning, cache hits, failures, cancels, tim
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from typing import Any
@@ -164,6 +165,26 @@ def test_fallback_runs_locally_when_remote_failed() -> None:
     assert outcome.notes == (
         "worker-runtime: note: remote execution failed (down); ran locally instead\n",
     )
+
+
+def test_the_fallback_s_local_run_has_what_is_left_of_the_timeout_not_a_new_one() -> None:
+    """The timeout counts from the request's arrival: a remote side that failed at 0.8 s
+    of a 1 s timeout left the local run 0.2 s, not a whole new second (two timeouts in
+    all, where Buck2 was told one)."""
+    remote = Timeout(FakeExecutor([Failure(FailureKind.REMOTE_FAILED, "x", "down")], delay=0.8))
+    local = FakeExecutor([OK], delay=0.8)
+    request = WorkRequest(("x",), envelope="/tmp/e.json", timeout_s=1, started=time.monotonic())
+    outcome = run(LocalFallback(remote, Timeout(local)).run(request))
+    assert isinstance(outcome, Failure) and outcome.kind is FailureKind.TIMED_OUT, outcome
+    assert local.cancelled == 1
+
+
+def test_a_timeout_already_spent_at_the_start_fails_at_once() -> None:
+    inner = FakeExecutor([OK])
+    request = WorkRequest(("x",), timeout_s=1, started=time.monotonic() - 2)
+    outcome = run(Timeout(inner).run(request))
+    assert isinstance(outcome, Failure) and outcome.kind is FailureKind.TIMED_OUT
+    assert inner.seen == []
 
 
 def test_fallback_notes_a_local_failure_too() -> None:

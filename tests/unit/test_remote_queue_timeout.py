@@ -16,9 +16,11 @@ import pytest
 
 from worker_runtime.backends.manager import BackendManager
 from worker_runtime.config import RemoteConfig, RuntimeConfig
+from worker_runtime.envelope import Envelope, write_envelope
 from worker_runtime.execution import remote as execution_remote
 from worker_runtime.execution.outcome import Failure, FailureKind, WorkRequest
 from worker_runtime.execution.remote import RemoteExecutor
+from worker_runtime.execution.routing import executor_for
 from worker_runtime.remote import forward
 from worker_runtime.remote.client import RemoteError
 
@@ -90,3 +92,60 @@ def test_a_remote_run_that_outlasts_what_was_left_of_its_timeout_times_out(
     monkeypatch.setattr(execution_remote, "forward", fails_early)
     outcome = asyncio.run(executor.run(request))
     assert isinstance(outcome, Failure) and outcome.kind is FailureKind.REMOTE_FAILED, outcome
+
+
+def test_a_remote_request_is_answered_at_its_timeout_whatever_holds_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """As the routing composes it, a remote request waiting for a remote thread (or held
+    by a blocking read of its envelope, a cache lookup, an upload) was answered only
+    once a thread was free, perhaps hours after its timeout; it is answered at it, and
+    its remote run is cancelled when it starts."""
+    pool = ThreadPoolExecutor(max_workers=1)
+    monkeypatch.setattr(forward, "REMOTE_THREADS", pool)
+    config = RuntimeConfig(
+        command=("tool",), routing="remote", remote=RemoteConfig(endpoint="grpc://127.0.0.1:1")
+    )
+    executor = executor_for(BackendManager(config, str(tmp_path), tmp_path / "logs"))
+    busy = threading.Event()
+    release = threading.Event()
+
+    def another_remote_request() -> None:
+        busy.set()
+        release.wait(60)
+
+    async def scenario() -> object:
+        pool.submit(another_remote_request)
+        busy.wait(10)
+        request = WorkRequest(
+            ("tool",), envelope=str(tmp_path / "e.json"), timeout_s=1, started=time.monotonic()
+        )
+        queued = asyncio.ensure_future(executor.run(request))
+        await asyncio.sleep(2)  # past its timeout, the thread still held
+        assert queued.done(), "answered only once a remote thread is free"
+        return queued.result()
+
+    try:
+        outcome = asyncio.run(scenario())
+    finally:
+        release.set()
+        pool.shutdown(wait=True)
+    assert isinstance(outcome, Failure) and outcome.kind is FailureKind.TIMED_OUT, outcome
+    assert outcome.timed_out_after_s == 1
+
+
+def test_an_output_path_leaving_the_project_is_a_bad_request_not_a_remote_fault(
+    tmp_path: Path,
+) -> None:
+    """It was REMOTE_FAILED, which `fallback_local` (and a race) ran again locally, where
+    nothing checks the envelope's paths."""
+    (tmp_path / "a.args").write_text("x\n")
+    write_envelope(tmp_path / "e.json", Envelope("a.args", (), ("../outside",)))
+    config = RuntimeConfig(
+        command=("tool",), routing="remote", remote=RemoteConfig(endpoint="grpc://127.0.0.1:1")
+    )
+    executor = RemoteExecutor(BackendManager(config, str(tmp_path), tmp_path / "logs"))
+    request = WorkRequest(("tool",), envelope=str(tmp_path / "e.json"), timeout_s=30)
+    outcome = asyncio.run(executor.run(request))
+    assert isinstance(outcome, Failure) and outcome.kind is FailureKind.BAD_REQUEST, outcome
+    assert "'../outside'" in outcome.message

@@ -14,6 +14,7 @@ import dataclasses
 import functools
 import logging
 import math
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -200,16 +201,15 @@ class RequestHandler:
         """``request`` with its @argfiles expanded. Small ones beneath the project root
         whose reading cannot wait are read at once (execution/quick_reads.py); the others
         off the event loop (execution/files.py), and reading them counts against the
-        request's timeout: the request goes on with what is left of it."""
+        request's timeout (counted from its arrival), which stays as Buck2 gave it."""
         if not any(is_argfile(argument) for argument in request.arguments):
             return request
         root = quick_root(self.manager.cwd)
         if root is not None and (quick := root.expand(request.arguments)) is not None:
             return dataclasses.replace(request, arguments=tuple(quick))
-        loop = asyncio.get_running_loop()
-        started = loop.time()
+        left = request.time_left()
         try:
-            async with asyncio.timeout(request.timeout_s or None):
+            async with asyncio.timeout(None if left is None else max(0.0, left)):
                 expanded = await off_loop(
                     expand_argfiles, list(request.arguments), self.manager.cwd
                 )
@@ -221,9 +221,9 @@ class RequestHandler:
                 "file system that does not answer?",
                 timed_out_after_s=request.timeout_s,
             )
-        left = request.timeout_s - (loop.time() - started)
-        timeout = max(1, math.ceil(left)) if request.timeout_s else 0
-        return dataclasses.replace(request, arguments=tuple(expanded), timeout_s=timeout)
+        # The time the read took counts against the timeout (from ``started``), which
+        # stays as Buck2 gave it.
+        return dataclasses.replace(request, arguments=tuple(expanded))
 
     def work_request(self, command: pb.ExecuteCommand) -> WorkRequest:
         """Buck2's ExecuteCommand as a work request, without reading any file: argv
@@ -247,7 +247,10 @@ class RequestHandler:
         if not timeout and self.config.default_timeout_s is not None:
             # Whole seconds, rounded up: 0.5 s must not become 0, which is no timeout.
             timeout = math.ceil(self.config.default_timeout_s)
-        return WorkRequest(arguments, tuple(sorted(found.items())), envelope_path, timeout)
+        return WorkRequest(
+            arguments, tuple(sorted(found.items())), envelope_path, timeout,
+            started=time.monotonic(),
+        )  # fmt: skip
 
     @staticmethod
     def _undecodable_argument(argv: Sequence[bytes]) -> RequestError:

@@ -32,6 +32,9 @@ def daemon_main(argv: Sequence[str]) -> int:
         "meant to be run by hand).",
     )
     parser.add_argument("--project-root", required=True)
+    parser.add_argument(
+        "--daemon-version", help="the version its front looks for (default: this code's)"
+    )
     parser.add_argument("--idle-timeout", type=float, default=3 * 3600.0)
     parser.add_argument("--memory-budget-mb", type=int)
     parser.add_argument("--reclaim-interval", type=float, default=5.0)
@@ -39,7 +42,7 @@ def daemon_main(argv: Sequence[str]) -> int:
     parser.add_argument("--log-dir")
     parser.add_argument("--log-cap-mb", type=int, default=16)
     args = parser.parse_args(argv)
-    paths = DaemonPaths.for_project(args.project_root)
+    paths = DaemonPaths.for_project(args.project_root, args.daemon_version)
     # The lock first, before anything is imported or made: a daemon that loses it (another
     # starting, or one still stopping) exits 0 at once, leaving no log directory behind.
     held = lock.take(paths)

@@ -69,6 +69,10 @@ def daemon_command(paths: DaemonPaths, config: RuntimeConfig) -> list[str]:
     command = [
         sys.executable, "-P", "-m", "worker_runtime", "daemon",
         "--project-root", paths.project_root,
+        # The version this front looks for: worked out again from the source files, it
+        # would differ if they changed in between (an edit, an upgrade), and the front
+        # would wait for a daemon that listens under another name.
+        "--daemon-version", paths.version,
         "--idle-timeout", str(config.daemon_idle_timeout_s),
         "--reclaim-interval", str(config.reclaim_interval_s),
         "--shutdown-grace", str(config.shutdown_grace_s),

@@ -5,7 +5,8 @@ adapter converts at the edge."""
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass, replace
+import time
+from dataclasses import dataclass, field, replace
 
 
 @dataclass(frozen=True, slots=True)
@@ -19,10 +20,22 @@ class WorkRequest:
     #: Path of the envelope worker_run attaches to the action ("" when it has none): the
     #: action's inputs and outputs, which a remote side needs and a local one may digest.
     envelope: str = ""
-    #: Seconds the request may take from its arrival; 0: no limit.
+    #: Seconds the request may take from its arrival; 0: no limit. As Buck2 gave it: a
+    #: remote action's digest holds it, so it never shrinks as the request goes on.
     timeout_s: int = 0
     #: 0 for the first try; n for the n-th retry, which must run on a fresh backend.
     attempt: int = 0
+    #: ``time.monotonic()`` at its arrival, from which ``timeout_s`` counts (0: from when
+    #: a Timeout first runs it). Not part of what the request is.
+    started: float = field(default=0.0, compare=False)
+
+    def time_left(self) -> float | None:
+        """Seconds left of its timeout (all of it if ``started`` is unset); None: none."""
+        if self.timeout_s <= 0:
+            return None
+        if not self.started:
+            return float(self.timeout_s)
+        return self.timeout_s - (time.monotonic() - self.started)
 
 
 @dataclass(frozen=True, slots=True)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import time
 from collections.abc import Callable
 
 from worker_runtime.execution.deadlines import Deadlines
@@ -14,29 +15,44 @@ from worker_runtime.execution.outcome import Failure, FailureKind, Outcome, Work
 LOGGER = logging.getLogger(__name__)
 
 
-class Timeout:
-    """Cancels the inner run once ``request.timeout_s`` (if > 0) has passed since it began
-    (on one event-loop timer for every request: execution/deadlines.py)."""
+#: What a Timeout around local runs says it stopped.
+STOPPED_LOCALLY = (
+    "a backend that was running it was stopped, or asked to cancel if it is a cancellable "
+    "multiplex one"
+)
 
-    def __init__(self, inner: Executor) -> None:
+
+class Timeout:
+    """Cancels the inner run once ``request.timeout_s`` (if > 0) has passed since the
+    request arrived (``started``; or since this run began, then given to what it runs),
+    on one event-loop timer for every request (execution/deadlines.py). Every wrapper
+    counts from the same arrival: a local run after a failed remote one has what is left.
+    ``stopped`` says what a timeout stops."""
+
+    def __init__(self, inner: Executor, stopped: str = STOPPED_LOCALLY) -> None:
         self.inner = inner
+        self.stopped = stopped
         self._deadlines = Deadlines()
 
     async def run(self, request: WorkRequest) -> Outcome:
-        if request.timeout_s <= 0:
+        left = request.time_left()
+        if left is None:
             return await self.inner.run(request)
-        try:
-            async with self._deadlines.timeout(request.timeout_s) as scope:
-                return await self.inner.run(request)
-        except TimeoutError:
-            if not scope.expired():
-                raise
+        if not request.started:
+            request = dataclasses.replace(request, started=time.monotonic())
+        if left > 0:
+            try:
+                async with self._deadlines.timeout(left) as scope:
+                    return await self.inner.run(request)
+            except TimeoutError:
+                if not scope.expired():
+                    raise
         LOGGER.info("request timed out after %d s", request.timeout_s)
         return Failure(
             FailureKind.TIMED_OUT,
             f"the request ran past its timeout of {request.timeout_s} s (counted from its "
-            "arrival, waiting for a free backend included) and was cancelled; a backend that "
-            "was running it was stopped, or asked to cancel if it is a cancellable multiplex one",
+            f"arrival, any wait for a free backend or remote thread included) and was "
+            f"cancelled; {self.stopped}",
             timed_out_after_s=request.timeout_s,
         )
 

@@ -18,6 +18,7 @@ from worker_runtime.execution.executor import Referee
 from worker_runtime.execution.outcome import Failure, FailureKind, Outcome, Result, WorkRequest
 from worker_runtime.remote.cancellation import Cancellation
 from worker_runtime.remote.client import RemoteResult
+from worker_runtime.remote.convention import UnsafePathError
 from worker_runtime.remote.forward import QueuedPastTimeout, forward, in_remote_thread
 
 LOGGER = logging.getLogger(__name__)
@@ -71,8 +72,10 @@ class RemoteExecutor:
                 f"(${ENVELOPE_ENV}); this action has none: register it with worker_run",
             )
         cancellation = Cancellation()
-        # The timeout counts from now: a wait for a free remote thread is part of it.
-        deadline = time.monotonic() + request.timeout_s if request.timeout_s > 0 else None
+        # The timeout counts from the request's arrival: a wait for a remote thread is
+        # part of it.
+        left = request.time_left()
+        deadline = time.monotonic() + left if left is not None else None
         future = in_remote_thread(
             forward, self.manager, request.envelope, dict(request.key_env), request.timeout_s,
             cancellation, may_write, cache_missed, deadline,
@@ -84,7 +87,7 @@ class RemoteExecutor:
             self._leftovers.add(future)
             future.add_done_callback(self._forget)
             raise
-        except RequestError as exc:
+        except (RequestError, UnsafePathError) as exc:  # no side would do better
             return Failure(FailureKind.BAD_REQUEST, str(exc))
         except QueuedPastTimeout as exc:
             return Failure(

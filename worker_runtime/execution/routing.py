@@ -3,12 +3,15 @@ from the local and remote executors and the policy wrappers:
 
 - local, native:  Timeout(Retry(Local)) (under `native` Buck2 sends remote actions
   itself; the runtime only sees the ones it runs locally)
-- remote: Remote, or LocalFallback(Remote, local) with ``remote.fallback_local``
+- remote: Timeout(Remote), or LocalFallback(Timeout(Remote), local) with
+  ``remote.fallback_local``
 - auto:   Auto(local, remote), where ``remote`` is as above
 - race:   Timeout(Race(Retry(Local), Remote))
 
-A remote run is not wrapped in Timeout: the request's timeout goes to the remote client,
-which bounds the execution on the server and cancels the operation there.
+Every Timeout counts from the request's arrival. The remote client is also given what is
+left of it, which bounds the execution on the server; the Timeout around it answers at
+the timeout whatever holds the request on this side (a wait for a remote thread, a cache
+lookup, an upload), and cancelling it cancels the operation on the server.
 """
 
 from __future__ import annotations
@@ -17,6 +20,9 @@ from worker_runtime.backends.manager import BackendManager
 from worker_runtime.execution.executor import Executor
 from worker_runtime.execution.local import LocalExecutor
 from worker_runtime.execution.policies import Auto, LocalFallback, Retry, Timeout
+
+#: What a Timeout around a remote run says it stopped.
+STOPPED_REMOTELY = "its remote operation was cancelled on the server"
 
 
 def executor_for(manager: BackendManager) -> Executor:
@@ -33,7 +39,7 @@ def executor_for(manager: BackendManager) -> Executor:
     remote_side = RemoteExecutor(manager)
     if config.routing == "race":
         return Timeout(Race(retried, remote_side))
-    remote: Executor = remote_side
+    remote: Executor = Timeout(remote_side, STOPPED_REMOTELY)
     if config.remote.fallback_local:
         remote = LocalFallback(remote_side, local)
     if config.routing == "auto":

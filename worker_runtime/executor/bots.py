@@ -92,6 +92,8 @@ SMALL_REPORT_BYTES = 2 * MAX_STATUS_MESSAGE_CHARS
 FALLBACK_BATCH_LIMIT = 2 << 20
 #: The code of a lease whose result is too large to report (RESOURCE_EXHAUSTED).
 RESOURCE_EXHAUSTED = 8
+#: google.rpc.Code UNAVAILABLE: BuildGrid runs a lease completed with it again.
+UNAVAILABLE = 14
 #: The codes of an UpdateBotSession refused because the server no longer knows the
 #: session: BuildGrid answers INVALID_ARGUMENT ("Bot does not exist ...") once it has
 #: reaped a bot silent past its keepalive, or when a newer session took the bot id;
@@ -368,13 +370,26 @@ class Executor:
         return self._end(session)
 
     def _end(self, session: bots_pb2.BotSession | None) -> int:
-        """Tells the server the bot is terminating (its running leases handed back), then
-        stops the workers; ``session`` None: the executor has no session to end."""
+        """Tells the server the bot is terminating, its leases not finished (stopped past
+        the grace, or assigned as it stopped and never started) handed back, then stops
+        the workers; ``session`` None: the executor has no session to end.
+
+        A lease is handed back as COMPLETED with UNAVAILABLE, which BuildGrid (0.4 and
+        0.9 alike) runs again at once on another bot. Marked PENDING it was ignored (the
+        server skips a bot's leases while its session's version is unchanged, as it is
+        while draining), and so is BOT_TERMINATING: the action waited for the bot's
+        keepalive to lapse (600 s by BuildGrid's default)."""
         if session is not None:
             session.status = bots_pb2.BOT_TERMINATING
             for lease in session.leases:
-                if lease.id in self._running and lease.state == bots_pb2.ACTIVE:
-                    lease.state = bots_pb2.PENDING  # handed back: another bot runs it
+                if lease.id not in self._finished and lease.state in _UNFINISHED:
+                    lease.state = bots_pb2.COMPLETED
+                    lease.status.code = UNAVAILABLE
+                    lease.status.message = (
+                        f"executor {self.settings.bot_id} stopped before the action finished "
+                        "(SIGTERM); it runs again on another executor"
+                    )
+                    self._finished.add(lease.id)
             with contextlib.suppress(grpc.RpcError):
                 self.bots.UpdateBotSession(
                     bots_pb2.UpdateBotSessionRequest(name=session.name, bot_session=session),
@@ -544,8 +559,13 @@ class Executor:
                 self._report(lease, future)
                 reported = True
                 continue
+            # A lease this bot finished is COMPLETED in its own copy of the session (kept
+            # as it was when an update failed) until the server's answer drops it: listed
+            # PENDING or ACTIVE again, it is the server's new assignment of that job (a
+            # retry of an UNAVAILABLE or INTERNAL report, given to this bot again under
+            # the same id), and runs again.
             startable = lease.state in (bots_pb2.PENDING, bots_pb2.ACTIVE)
-            if future is None and lease.id not in self._finished and accept and startable:
+            if future is None and accept and startable:
                 action = re_pb2.Action()
                 if not lease.payload.Unpack(action):
                     lease.state = bots_pb2.COMPLETED
@@ -631,6 +651,10 @@ class Executor:
         self.metrics.worker_evictions.set(self.pool.evictions)
         lease.status.code = 0
         lease.result.Pack(outcome.result)
+
+
+#: Lease states of work not finished here: started and stopped, or never started.
+_UNFINISHED = (bots_pb2.PENDING, bots_pb2.ACTIVE)
 
 
 def _capped(message: str) -> str:

@@ -49,7 +49,14 @@ class BackendError(WorkerRuntimeError):
 
 
 class BackendStartError(BackendError):
-    """A backend process could not be started, or exited before it could take a request."""
+    """A backend process could not be started, or exited before it could take a request.
+    ``ours``: the fault is this machine's or the runtime's (a spawn refused for want of
+    memory, processes or descriptors; a log that cannot be written; no pidfd), not the
+    command's, so that another machine (a remote executor's server) may do better."""
+
+    def __init__(self, message: str, summary: str | None = None, ours: bool = False) -> None:
+        super().__init__(message, summary)
+        self.ours = ours
 
 
 class BackendDiedError(BackendError):

@@ -5,6 +5,7 @@ a cancel it answers, and fails every request in flight when it dies."""
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 import signal
@@ -20,6 +21,7 @@ import pytest
 
 from tests.conftest import FAKE_WORKER, REPO_ROOT, wait_gone
 from tests.worker_identity import host_pid, reported
+from worker_runtime.backends import process as backend_process
 from worker_runtime.backends.key import WorkerKey
 from worker_runtime.backends.loop_thread import LoopThread
 from worker_runtime.backends.process import BackendProcess
@@ -444,6 +446,29 @@ def test_a_worker_that_cannot_start_is_a_clear_fault_and_leaves_the_pool_clean(
     worker = start(pool, tmp_path, "main")  # the cap was not eaten by the failed start
     assert served_pid(worker, tmp_path) == str(worker.pid)
     pool.release(worker, healthy=True)
+
+
+@pytest.mark.parametrize(("failure", "ours"), [(errno.EAGAIN, True), (errno.EACCES, False)])
+def test_a_start_refused_for_want_of_resources_is_the_executor_s_fault(
+    pool: WorkerPool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, failure: int, ours: bool
+) -> None:
+    """No process, memory or descriptor left to spawn it: that is this executor's fault,
+    reported INTERNAL (the server runs it again, perhaps elsewhere), not the action's
+    tools' (FAILED_PRECONDITION, which no server retries)."""
+
+    def refused(*args: object, **kwargs: object) -> object:
+        raise OSError(failure, os.strerror(failure))
+
+    monkeypatch.setattr(backend_process.subprocess, "Popen", refused)
+    identity = WorkerKey(
+        (sys.executable, "worker.py"), (), "json", False, (("worker.py", "k"),), "main"
+    )
+    tool = tmp_path / "worker.py"
+    tool.write_text("")
+    with pytest.raises(WorkerFault, match=os.strerror(failure)) as raised:
+        pool.acquire(identity, dict(os.environ), [("worker.py", tool)])
+    assert raised.value.ours is ours
+    assert pool.pids() == []
 
 
 def test_the_cancel_grace_reaches_the_worker_processes(tmp_path: Path) -> None:

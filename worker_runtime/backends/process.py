@@ -12,6 +12,7 @@ import array
 import asyncio
 import collections
 import contextlib
+import errno
 import fcntl
 import itertools
 import logging
@@ -48,6 +49,8 @@ ANSWERED_CANCELS = 256
 #: kernel (a hung NFS or FUSE mount) outlives it; the daemon must not wait on it forever.
 STUCK_AFTER_SIGKILL_S = 10.0
 _SEQUENCE = itertools.count(1)
+#: Why a spawn fails for want of this machine's resources, not because of the command.
+_SPAWN_RESOURCES = frozenset({errno.EAGAIN, errno.ENOMEM, errno.EMFILE, errno.ENFILE})
 
 
 @dataclass(frozen=True, slots=True)
@@ -217,7 +220,8 @@ class BackendProcess:
         except OSError as exc:
             raise BackendStartError(
                 f"the backend's log file {self.log_path} cannot be created ({exc.strerror or exc}); "
-                "point --log-dir (or `log_dir`, or WORKER_RUNTIME_LOG_DIR) at a writable directory"
+                "point --log-dir (or `log_dir`, or WORKER_RUNTIME_LOG_DIR) at a writable directory",
+                ours=True,
             ) from None
         # Spawned with Popen and watched through a pidfd rather than with the event loop's
         # subprocess support: uvloop's leaves the parent's pipe ends open in the child
@@ -235,6 +239,13 @@ class BackendProcess:
                 **as_user(self.spec.run_as),
             )
         except OSError as exc:
+            if exc.errno in _SPAWN_RESOURCES:
+                raise BackendStartError(
+                    f"backend command {self.spec.key.argv[0]!r} could not be started: "
+                    f"{exc.strerror or exc} (this machine is short of memory, processes or "
+                    "file descriptors)",
+                    ours=True,
+                ) from None
             raise BackendStartError(
                 f"backend command {self.spec.key.argv[0]!r} could not be started: "
                 f"{exc.strerror or exc}; check the command after `--` (or `command` in the "
@@ -253,7 +264,8 @@ class BackendProcess:
             raise BackendStartError(
                 f"the runtime cannot watch its backend processes: pidfd_open failed "
                 f"({exc.strerror or exc}); it needs Linux 5.3 or later and, in a container, "
-                "a seccomp profile that allows pidfd_open"
+                "a seccomp profile that allows pidfd_open",
+                ours=True,
             ) from None
         loop.add_reader(self._exit_fd, self._on_exit)
         try:

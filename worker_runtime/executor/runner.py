@@ -73,6 +73,7 @@ LOGGER = logging.getLogger(__name__)
 RESOURCE_EXHAUSTED = 8
 #: The lease status of an action that cannot run as sent (a blob missing, a bad tool).
 FAILED_PRECONDITION = 9
+INTERNAL = 13
 #: Deletes the directories of finished actions, off the path of their results.
 _REMOVER = ThreadPoolExecutor(max_workers=1, thread_name_prefix="discard")
 
@@ -456,10 +457,12 @@ class ActionRunner:
             worker, reused = self.pool.acquire(identity, run_env, tools, self.run_as, cancelled)
         except AcquireCancelled as exc:
             raise ActionCancelled(str(exc)) from None
-        except WorkerFault as exc:  # it could not be started: its tool files are at fault
-            raise ActionNotRun(
-                f"the persistent worker could not be started: {exc}", FAILED_PRECONDITION
-            ) from None
+        except WorkerFault as exc:  # it could not be started
+            # Its tool files at fault: FAILED_PRECONDITION, which no server retries. The
+            # executor's own (no memory, processes or descriptors left; its log disk
+            # full): INTERNAL, which BuildGrid runs again, perhaps on another bot.
+            code = INTERNAL if exc.ours else FAILED_PRECONDITION
+            raise ActionNotRun(f"the persistent worker could not be started: {exc}", code) from None
         try:
             response = worker.call(request, timeout, cancelled)
         except WorkerCancelled as exc:

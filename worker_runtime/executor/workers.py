@@ -52,11 +52,19 @@ class WorkerFault(RuntimeError):
     (a multiplex worker that answered the cancel of a timed-out request), the worker must
     be discarded."""
 
-    def __init__(self, message: str, worker_healthy: bool = False, timed_out: bool = False) -> None:
+    def __init__(
+        self,
+        message: str,
+        worker_healthy: bool = False,
+        timed_out: bool = False,
+        ours: bool = False,
+    ) -> None:
         super().__init__(message)
         self.worker_healthy = worker_healthy
         #: The request ran past its timeout (rather than the worker failing).
         self.timed_out = timed_out
+        #: It could not be started for a fault of the executor's, not of its tools.
+        self.ours = ours
 
 
 class WorkerCancelled(WorkerFault):
@@ -362,7 +370,9 @@ class WorkerPool:
             LoopThread.shared().run(backend.start())
         except BackendStartError as exc:  # nothing was spawned: its group and home go
             worker.stop()
-            raise WorkerFault(f"the action's worker could not be started: {exc}") from None
+            raise WorkerFault(
+                f"the action's worker could not be started: {exc}", ours=exc.ours
+            ) from None
         except BaseException:  # started, but its pipes could not be set up: nothing is kept
             worker.stop()
             raise

@@ -20,6 +20,7 @@ from worker_runtime.proto.google.devtools.remoteworkers.v1test2 import (
     bots_pb2,
     bots_pb2_grpc,
 )
+from worker_runtime.proto.google.rpc import error_details_pb2
 
 
 class HandsOutLeases(bots_pb2_grpc.BotsServicer):
@@ -170,3 +171,40 @@ def test_a_lease_assigned_again_after_a_retryable_report_runs_again(
         if lease.id == "lease-1" and lease.state == bots_pb2.COMPLETED
     ]  # fmt: skip
     assert [lease.status.code for lease in reports[:2]] == [13, 0], reports
+
+
+def test_a_lease_missing_many_blobs_names_a_bounded_number(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A lost CAS: tens of thousands of an action's blobs missing, all named in its
+    report, and three such reports passed the server's 4 MiB: shed as
+    RESOURCE_EXHAUSTED, which no client retries and which names no blob to upload."""
+    missing = tuple(re_pb2.Digest(hash=f"{i:064x}", size_bytes=i) for i in range(15_000))
+    ran = threading.Event()
+
+    def lacks_blobs(
+        runner: object, action: re_pb2.Action, instance: str, cancelled: threading.Event
+    ) -> bots.ActionOutcome:
+        ran.set()
+        raise bots.ActionNotRun("blobs missing", 9, missing)
+
+    stand_in = HandsOutLeases(late=False)
+    with (
+        served(stand_in, tmp_path) as address,
+        in_process_executor(monkeypatch, lacks_blobs, address, tmp_path / "executor") as running,
+    ):
+        assert ran.wait(30)
+        while not any(
+            lease.state == bots_pb2.COMPLETED for u in stand_in.updates for lease in u.leases
+        ):
+            threading.Event().wait(0.05)
+        assert running.stop_and_wait(30) == 0
+    (report,) = [
+        lease for u in stand_in.updates for lease in u.leases if lease.state == bots_pb2.COMPLETED
+    ]
+    assert report.status.code == 9
+    assert "15000 blobs missing, the first 1000 named" in report.status.message
+    failure = error_details_pb2.PreconditionFailure()
+    assert report.status.details[0].Unpack(failure)
+    assert len(failure.violations) == bots.MAX_MISSING_NAMED
+    assert failure.violations[0].subject == f"blobs/{0:064x}/0"

@@ -94,6 +94,8 @@ FALLBACK_BATCH_LIMIT = 2 << 20
 RESOURCE_EXHAUSTED = 8
 #: google.rpc.Code UNAVAILABLE: BuildGrid runs a lease completed with it again.
 UNAVAILABLE = 14
+#: The most missing blobs a lease's report names (about 87 KB of them).
+MAX_MISSING_NAMED = 1000
 #: The codes of an UpdateBotSession refused because the server no longer knows the
 #: session: BuildGrid answers INVALID_ARGUMENT ("Bot does not exist ...") once it has
 #: reaped a bot silent past its keepalive, or when a newer session took the bot id;
@@ -614,12 +616,21 @@ class Executor:
             lease.status.code = exc.code
             lease.status.message = _capped(f"executor {self.settings.bot_id}: {exc}")
             if exc.missing:  # REAPI's way to say which blobs to upload again
+                # The first MAX_MISSING_NAMED: a lost CAS may miss tens of thousands of an
+                # action's blobs (87 bytes each), and the reports of a few leases would
+                # pass the server's 4 MiB and be shed. A client checks all its blobs again
+                # on FAILED_PRECONDITION (ours and Bazel's ask FindMissingBlobs).
                 failure = error_details_pb2.PreconditionFailure()
-                for digest in exc.missing:
+                for digest in exc.missing[:MAX_MISSING_NAMED]:
                     failure.violations.add(
                         type="MISSING", subject=f"blobs/{digest.hash}/{digest.size_bytes}"
                     )
                 lease.status.details.add().Pack(failure)
+                if len(exc.missing) > MAX_MISSING_NAMED:
+                    lease.status.message = _capped(
+                        f"{lease.status.message} ({len(exc.missing)} blobs missing, the first "
+                        f"{MAX_MISSING_NAMED} named)"
+                    )
             return
         except Exception as exc:  # the action could not be run: INTERNAL, the server retries
             LOGGER.exception("lease %s failed", lease.id)

@@ -151,3 +151,25 @@ def test_large_inputs_are_streamed_and_small_ones_read_in_bounded_batches(
     assert cas.calls == 1 + 3  # the big one streamed, the small ones in 3 batches
     assert (tmp_path / "a" / "big").read_bytes() == b"b" * (2 << 20)
     assert (tmp_path / "a" / "299.class").read_bytes() == b"class 299"
+
+
+def test_a_check_between_reads_stops_a_placement(tmp_path: Path) -> None:
+    """An action cancelled while its inputs came went on reading every blob (many 4 MiB
+    batches, each large blob streamed), holding one of the executor's threads; the
+    check before each read lets the cancel stop it there."""
+    cas = CountingCas()
+    cas.batch_limit = 4  # every blob below is streamed: one read each
+    blobs = cache(cas, tmp_path / "cache")
+    files = [cas.add(f"large blob {n}".encode()) for n in range(20)]
+    (tmp_path / "a").mkdir()
+
+    class Stopped(Exception):
+        pass
+
+    def check() -> None:
+        if cas.calls >= 3:
+            raise Stopped
+
+    with pytest.raises(Stopped):
+        blobs.place(((d, tmp_path / "a" / f"{n}", False) for n, d in enumerate(files)), check)
+    assert cas.calls == 3

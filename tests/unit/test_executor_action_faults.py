@@ -8,14 +8,19 @@ from __future__ import annotations
 
 import errno
 import threading
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any, cast
 
 import pytest
 
 from worker_runtime.executor.blob_cache import BlobCache
-from worker_runtime.executor.runner import ActionError, ActionNotRun, ActionRunner
+from worker_runtime.executor.runner import (
+    ActionCancelled,
+    ActionError,
+    ActionNotRun,
+    ActionRunner,
+)
 from worker_runtime.executor.workers import WorkerPool
 from worker_runtime.proto import remote_execution_pb2 as re_pb2
 from worker_runtime.remote.cas import Cas
@@ -48,8 +53,13 @@ class StoredBlobs:
     def mark_checked(self, digest: re_pb2.Digest, node: re_pb2.Directory) -> None:
         pass
 
-    def place(self, files: Iterable[tuple[re_pb2.Digest, Path, bool]]) -> None:
+    def place(
+        self,
+        files: Iterable[tuple[re_pb2.Digest, Path, bool]],
+        check: Callable[[], None] = lambda: None,
+    ) -> None:
         for digest, path, _executable in files:
+            check()
             path.write_bytes(self.read(digest))
 
     def upload_missing(self, blobs: Blobs) -> int:
@@ -174,3 +184,42 @@ def test_an_actions_timeout_counts_its_nanoseconds_and_a_negative_one_is_refused
     quick = action_of(store, "true", [], {})
     quick.timeout.seconds = 10**15  # past what a wait takes: cut to eleven days
     assert run(tmp_path, quick, store).exit_code == 0
+
+
+def test_an_action_cancelled_while_its_inputs_come_stops_reading_them(tmp_path: Path) -> None:
+    """The cancel was seen only between directory levels: every file of the input root
+    was still read (one CAS call after another) before the action gave up its thread."""
+    cancelled = threading.Event()
+    reads: list[str] = []
+
+    class CancelledMidway(StoredBlobs):
+        def read(self, digest: re_pb2.Digest) -> bytes:
+            reads.append(digest.hash)
+            return super().read(digest)
+
+        def place(
+            self,
+            files: Iterable[tuple[re_pb2.Digest, Path, bool]],
+            check: Callable[[], None] = lambda: None,
+        ) -> None:
+            for n, (digest, path, _executable) in enumerate(files):
+                if n == 2:
+                    cancelled.set()  # the lease is dropped as its third file comes
+                check()
+                path.write_bytes(self.read(digest))
+
+    store = CancelledMidway()
+    inputs = {f"f{n}": f"input {n}".encode() for n in range(10)}
+    action = action_of(store, "true", [], inputs)
+    pool = WorkerPool(tmp_path / "workers", 1, None, 60)
+    stand_in: Any = store
+    runner = ActionRunner(
+        cast(Cas, stand_in), cast(BlobCache, stand_in), pool, tmp_path, "bot-under-test"
+    )
+    try:
+        before = len(reads)
+        with pytest.raises(ActionCancelled, match="cancelled while its inputs were fetched"):
+            runner.run(action, "main", cancelled)
+    finally:
+        pool.stop_all()
+    assert len(reads) - before <= 4  # the directory blobs aside, two files read, not ten

@@ -19,7 +19,7 @@ import os
 import shutil
 import threading
 from collections import OrderedDict
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
 import grpc
@@ -121,19 +121,27 @@ class BlobCache:
             key, _ = self._directories.popitem(last=False)
             self._checked.discard(key)
 
-    def place(self, files: Iterable[tuple[re_pb2.Digest, Path, bool]]) -> None:
+    def place(
+        self,
+        files: Iterable[tuple[re_pb2.Digest, Path, bool]],
+        check: Callable[[], None] = lambda: None,
+    ) -> None:
         """Writes each (digest, target, executable) to its target: from the local copy,
         the blobs not yet here read first, in batches of up to READ_CHUNK_BYTES, one past
-        the server's batch limit streamed to disk (inputs are never all in memory)."""
+        the server's batch limit streamed to disk (inputs are never all in memory).
+        ``check`` is called before each read from the server (it raises to stop: an
+        action cancelled while its inputs come)."""
         wanted = list(files)
         with self._lock:
             unseen = {digest_key(d): d for d, _, _ in wanted if digest_key(d) not in self._files}
         batched = [d for d in unseen.values() if self.cas.batched(d)]
         streamed = [d for d in unseen.values() if not self.cas.batched(d)]
         for chunk in runs_within(batched, lambda digest: digest.size_bytes, READ_CHUNK_BYTES):
+            check()
             for key, data in self.cas.read_many(chunk).items():
                 self._store(key, data)
         for digest in streamed:
+            check()
             key = digest_key(digest)
             self.cas.read_file(digest, self._path(key), 0o600)
             self._account(key, digest.size_bytes)

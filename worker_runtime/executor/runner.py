@@ -320,10 +320,14 @@ class ActionRunner:
                     (sub.digest, at / sub.name, f"{prefix}{sub.name}/") for sub in node.directories
                 ]
             level = below
-        if cancelled.is_set():
-            raise ActionCancelled("cancelled while its inputs were fetched")
+
+        def check() -> None:
+            if cancelled.is_set():
+                raise ActionCancelled("cancelled while its inputs were fetched")
+
+        check()
         try:
-            self.blobs.place(placements)
+            self.blobs.place(placements, check)
         except OSError as exc:
             raise _too_long(exc, exc.filename or "") or exc from None
         return Materialized(directory, files, tools)

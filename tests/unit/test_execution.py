@@ -210,15 +210,30 @@ def test_fallback_leaves_results_and_bad_requests_alone(outcome: Outcome) -> Non
 
 
 @pytest.mark.parametrize(
-    ("free", "envelope", "side"),
-    [(True, "e.json", "local"), (False, "e.json", "remote"), (False, "", "local")],
+    ("capacity", "envelope", "sides"),
+    [
+        (1, "e.json", ["local", "remote", "remote"]),
+        (2, "e.json", ["local", "local", "remote"]),
+        (1, "", ["local", "local", "local"]),  # no envelope: it cannot go remote
+        (None, "e.json", ["local", "local", "local"]),  # multiplex: no limit
+    ],
 )
-def test_auto_goes_remote_only_without_a_free_slot_and_with_an_envelope(
-    free: bool, envelope: str, side: str
+def test_auto_sends_a_burst_local_up_to_its_slots_and_the_rest_remote(
+    capacity: int | None, envelope: str, sides: list[str]
 ) -> None:
-    local, remote = FakeExecutor([OK]), FakeExecutor([REMOTE_OK])
-    outcome = run(Auto(local, remote, lambda _: free).run(WorkRequest(("x",), envelope=envelope)))
-    assert outcome == (OK if side == "local" else REMOTE_OK)
+    """Three requests at once: as many go local as the key has slots, counted as they
+    are sent (a pool asked whether a slot was free said yes to all three, none having
+    reached it yet), and the rest remote; once they end, the slots are free again."""
+    local, remote = FakeExecutor([OK], delay=0.05), FakeExecutor([REMOTE_OK])
+    auto = Auto(local, remote, lambda _: ("key", capacity))
+    request = WorkRequest(("x",), envelope=envelope)
+
+    async def burst() -> list[Outcome]:
+        return list(await asyncio.gather(*(auto.run(request) for _ in range(3))))
+
+    outcomes = asyncio.run(burst())
+    assert [("local" if o == OK else "remote") for o in outcomes] == sides
+    assert run(auto.run(request)) == OK  # the slots are free again
 
 
 # -- Race ---------------------------------------------------------------------------------

@@ -46,10 +46,6 @@ class BackendPool:
     def in_flight(self) -> int:
         return sum(p.in_flight for p in self.processes)
 
-    def has_free_slot(self) -> bool:
-        """Whether a request would start at once rather than wait (routing `auto`)."""
-        return True
-
     def retire(self) -> None:
         """Stops taking new work; idle processes stop now, busy ones when their work is done."""
         self.retired = True
@@ -128,10 +124,6 @@ class SingleplexPool(BackendPool):
         if proc in self._idle:
             self._idle.remove(proc)
 
-    def has_free_slot(self) -> bool:
-        """Whether a request would start now: an idle backend, or room to start one."""
-        return not self._slots.locked()
-
     async def call(
         self, arguments: tuple[str, ...], inputs: tuple[WorkInput, ...], verbosity: int
     ) -> WorkResponse:
@@ -177,10 +169,6 @@ class SingleplexPool(BackendPool):
 
 class MultiplexPool(BackendPool):
     """One process with many requests in flight; ids are never reused, not even after a cancel."""
-
-    def has_free_slot(self) -> bool:
-        """A multiplex backend takes every request at once."""
-        return True
 
     def __init__(self, spec: BackendSpec, max_retry_processes: int) -> None:
         super().__init__(spec)

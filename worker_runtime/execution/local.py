@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Hashable
 
 from worker_runtime.backends.manager import BackendManager
 from worker_runtime.digests import DigestCache
@@ -35,12 +36,13 @@ class LocalExecutor:
     def __init__(self, manager: BackendManager) -> None:
         self.manager = manager
 
-    def has_free_slot(self, request: WorkRequest) -> bool:
-        """Whether the request would start at once on its key's pool (routing `auto`),
-        by the tool digests last read (this must not wait on the file system)."""
+    def capacity(self, request: WorkRequest) -> tuple[Hashable, int | None]:
+        """The request's worker key, by the tool digests last read (this must not wait
+        on the file system), and how many of its requests run at once here (None: any
+        number, a multiplex backend's); routing `auto` counts what it sends here."""
         key = self.manager.key_for(request.key_env, self.manager.tools.last)
-        pool = self.manager.pools.get(key)  # not pool_for: it would retire other keys' pools
-        return pool is None or pool.has_free_slot()
+        config = self.manager.config
+        return key, None if config.multiplex else config.max_instances
 
     async def run(self, request: WorkRequest) -> Outcome:
         # The envelope, the input digests and the tool files' digests are file reads: on

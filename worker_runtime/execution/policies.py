@@ -3,10 +3,11 @@ retry on a fresh backend, a local fallback for a failed remote run, and `auto`'s
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 
 from worker_runtime.execution.deadlines import Deadlines
 from worker_runtime.execution.executor import Executor
@@ -109,16 +110,33 @@ class LocalFallback:
 
 class Auto:
     """Routing `auto`: local while the request's key has a free warm slot, else remote.
-    A request without an envelope cannot go remote and always runs locally."""
+    A request without an envelope cannot go remote and always runs locally.
+
+    The slots are counted here, as requests are sent, from ``capacity`` (the request's
+    key and how many of its requests run at once locally; None: any number): every
+    local request of this routing goes through here. (Asking the pool whether a slot is
+    free missed the requests sent to it that had not reached it yet, still reading
+    their inputs' digests: a burst of requests all went local, to wait there.)"""
 
     def __init__(
-        self, local: Executor, remote: Executor, has_free_slot: Callable[[WorkRequest], bool]
+        self,
+        local: Executor,
+        remote: Executor,
+        capacity: Callable[[WorkRequest], tuple[Hashable, int | None]],
     ) -> None:
         self.local = local
         self.remote = remote
-        self.has_free_slot = has_free_slot
+        self.capacity = capacity
+        self._local: collections.Counter[Hashable] = collections.Counter()
 
     async def run(self, request: WorkRequest) -> Outcome:
-        if request.envelope and not self.has_free_slot(request):
+        key, capacity = self.capacity(request)
+        if request.envelope and capacity is not None and self._local[key] >= capacity:
             return await self.remote.run(request)
-        return await self.local.run(request)
+        self._local[key] += 1
+        try:
+            return await self.local.run(request)
+        finally:
+            self._local[key] -= 1
+            if not self._local[key]:
+                del self._local[key]

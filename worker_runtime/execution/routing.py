@@ -43,5 +43,5 @@ def executor_for(manager: BackendManager) -> Executor:
     if config.remote.fallback_local:
         remote = LocalFallback(remote_side, local)
     if config.routing == "auto":
-        return Auto(local, remote, local_side.has_free_slot)
+        return Auto(local, remote, local_side.capacity)
     return remote

@@ -917,7 +917,7 @@ def fake_providers(rule_call, label_text, given, targets, constraints = None):
         values[name] = _coerce(name, spec, value, targets, package)
     package, _, name = label_text.removeprefix("//").partition(":")
     target_label = struct(_kind = "target_label", name = name, package = package, text = "root//" + package + ":" + name)
-    label = struct(name = name, package = package, raw_target = lambda: target_label)
+    label = struct(cell = "root", name = name, package = package, raw_target = lambda: target_label)
     actions = _make_actions(label)
     ctx = struct(attrs = struct(**values), actions = actions, label = label)
     providers = impl(ctx)

@@ -193,7 +193,7 @@ def _haskell_library_impl(ctx: AnalysisContext) -> list[Provider]:
         interfaces = compiled.interfaces,
         search_path = compiled.search_path,
         modules = compiled.modules,
-        label = "//" + ctx.label.package + ":" + ctx.label.name,
+        label = ctx.label.cell + "//" + ctx.label.package + ":" + ctx.label.name,
     )
     info = HaskellLibraryInfo(
         libraries = ctx.actions.tset(

@@ -9,12 +9,17 @@ load("//worker:worker_run.bzl", "worker_run")
 # reproducible builds use).
 JAR_DATE = "1980-01-01T00:00:02Z"
 
+def _normalized(path: str) -> str:
+    """`path` without `.` components and empty ones (`./a//b/` is `a/b`; `.` is ``)."""
+    return "/".join([part for part in path.split("/") if part not in ("", ".")])
+
 def _resource_path(target_name: str, resource: Artifact, root: str | None) -> str:
     """A resource's path in the jar: its package-relative path, less `root` if given."""
     path = resource.short_path
-    if root == None:
+    root = _normalized(root) if root != None else ""
+    if not root:
         return path
-    prefix = root.rstrip("/") + "/"
+    prefix = root + "/"
     if not path.startswith(prefix):
         fail(target_name + ": resource " + path + " is not under resources_root " + repr(root) +
              " (resource paths are relative to the package)")

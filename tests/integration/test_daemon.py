@@ -718,6 +718,7 @@ def test_stop_waits_for_a_stopping_daemon_that_closes_the_connection(tmp_path: P
         assert stand_in.poll() is None, f"a stopping daemon was killed: {stop.stdout}"
         assert stop.returncode == 1, stop
         assert "holds its lock and has neither answered nor exited within 1 s" in stop.stderr
+        assert f"end it with `kill -9 {stand_in.pid}`" in stop.stderr
     finally:
         listener.close()
         held.close()

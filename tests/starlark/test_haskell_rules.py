@@ -208,13 +208,13 @@ def test_a_module_defined_twice_in_a_closure_is_an_analysis_error() -> None:
         analyse("haskell_library", attrs, {"Types": [], name.title(): []}, fake=fake,
                 label=f"//base:{name}")  # fmt: skip
     with pytest.raises(sl.StarlarkError, match=(
-        r"app: module Types is defined by both //base:(left|right) and //base:(left|right); "
+        r"app: module Types is defined by both root//base:(left|right) and root//base:(left|right); "
         "each module name may appear once"
     )):  # fmt: skip
         analyse("haskell_binary", {"srcs": '["Main.hs"]', "deps": '[":left", ":right"]'},
                 fake=fake, label="//app:app")  # fmt: skip
     with pytest.raises(
-        sl.StarlarkError, match="module Types is defined by both //base:left and this target"
+        sl.StarlarkError, match="module Types is defined by both root//base:left and this target"
     ):
         analyse("haskell_library", {"srcs": '["Types.hs"]', "deps": '[":left"]'}, fake=fake,
                 label="//lib:core")  # fmt: skip

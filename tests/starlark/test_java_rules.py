@@ -112,9 +112,15 @@ def test_resources_root_is_taken_off_the_resources_paths_in_the_jar() -> None:
     plain = analyse_java(Buck2Fake(), "a", attrs)
     (linked,) = [a for a in plain.actions if a["kind"] == "symlinked_dir"]
     assert list(linked["srcs"]) == ["src/main/resources/com/x/app.properties"]
-    rooted = analyse_java(Buck2Fake(), "a", {**attrs, "resources_root": '"src/main/resources/"'})
-    (linked,) = [a for a in rooted.actions if a["kind"] == "symlinked_dir"]
-    assert linked["srcs"] == {"com/x/app.properties": "lib/src/main/resources/com/x/app.properties"}
+    for root in ('"src/main/resources"', '"./src/main//resources/"'):  # normalised
+        rooted = analyse_java(Buck2Fake(), "a", {**attrs, "resources_root": root})
+        (linked,) = [a for a in rooted.actions if a["kind"] == "symlinked_dir"]
+        assert linked["srcs"] == {
+            "com/x/app.properties": "lib/src/main/resources/com/x/app.properties"
+        }
+    as_is = analyse_java(Buck2Fake(), "a", {**attrs, "resources_root": '"."'})
+    (linked,) = [a for a in as_is.actions if a["kind"] == "symlinked_dir"]
+    assert list(linked["srcs"]) == ["src/main/resources/com/x/app.properties"]
     with pytest.raises(
         sl.StarlarkError,
         match=r'resource src/main/resources/com/x/app.properties is not under resources_root "res"',

@@ -168,12 +168,12 @@ def test_fallback_runs_locally_when_remote_failed() -> None:
 
 
 def test_the_fallback_s_local_run_has_what_is_left_of_the_timeout_not_a_new_one() -> None:
-    """The timeout counts from the request's arrival: a remote side that failed at 0.8 s
-    of a 1 s timeout left the local run 0.2 s, not a whole new second (two timeouts in
-    all, where Buck2 was told one)."""
-    remote = Timeout(FakeExecutor([Failure(FailureKind.REMOTE_FAILED, "x", "down")], delay=0.8))
-    local = FakeExecutor([OK], delay=0.8)
-    request = WorkRequest(("x",), envelope="/tmp/e.json", timeout_s=1, started=time.monotonic())
+    """The timeout counts from the request's arrival: a remote side that failed at 1 s
+    of a 2 s timeout left the local run 1 s, not a whole new 2 s (two timeouts in all,
+    where Buck2 was told one)."""
+    remote = Timeout(FakeExecutor([Failure(FailureKind.REMOTE_FAILED, "x", "down")], delay=1))
+    local = FakeExecutor([OK], delay=1.5)
+    request = WorkRequest(("x",), envelope="/tmp/e.json", timeout_s=2, started=time.monotonic())
     outcome = run(LocalFallback(remote, Timeout(local)).run(request))
     assert isinstance(outcome, Failure) and outcome.kind is FailureKind.TIMED_OUT, outcome
     assert local.cancelled == 1

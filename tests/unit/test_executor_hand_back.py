@@ -208,3 +208,38 @@ def test_a_lease_missing_many_blobs_names_a_bounded_number(
     assert report.status.details[0].Unpack(failure)
     assert len(failure.violations) == bots.MAX_MISSING_NAMED
     assert failure.violations[0].subject == f"blobs/{0:064x}/0"
+
+
+def test_a_lease_assigned_again_as_the_executor_stops_is_handed_back(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Reported INTERNAL, assigned again under the same id as SIGTERM came: the bot,
+    draining, did not start it, and its last update skipped it as finished here."""
+    holder: list[bots.Executor] = []
+    known, ran = threading.Event(), threading.Event()
+
+    def fails_as_sigterm_comes(
+        runner: object, action: re_pb2.Action, instance: str, cancelled: threading.Event
+    ) -> bots.ActionOutcome:
+        assert known.wait(30)
+        holder[0].stop()  # SIGTERM as the worker crashes
+        ran.set()
+        raise bots.ActionNotRun("the worker crashed", 13)
+
+    stand_in = AssignsAgain()
+    with (
+        served(stand_in, tmp_path) as address,
+        in_process_executor(
+            monkeypatch, fails_as_sigterm_comes, address, tmp_path / "executor"
+        ) as running,
+    ):  # fmt: skip
+        holder.append(running.executor)
+        known.set()
+        assert ran.wait(30), "the executor never ran the lease"
+        assert running.stop_and_wait(30) == 0
+    assert stand_in.assigned_again, [
+        (u.status, [(lease.id, lease.state, lease.status.code) for lease in u.leases])
+        for u in stand_in.updates
+    ]
+    again = last_report(stand_in)["lease-1"]
+    assert again.state == bots_pb2.COMPLETED and again.status.code == bots.UNAVAILABLE

@@ -254,6 +254,26 @@ def test_an_output_directory_is_read_in_batches_and_an_incomplete_tree_is_named(
         client.close()
 
 
+@pytest.mark.parametrize("name", ["../escape", "/abs"])
+@pytest.mark.parametrize("kind", ["files", "directories"])
+def test_a_tree_naming_an_entry_outside_its_directory_is_the_server_s_fault(
+    tmp_path: Path, name: str, kind: str
+) -> None:
+    """An UnsafePathError, which the routing takes for a bad request (the envelope's
+    fault): `fallback_local` did not run the request locally, and a race blamed the
+    user. It is the server's answer that is wrong: a RemoteError."""
+    tree = re_pb2.Tree()
+    getattr(tree.root, kind).add(name=name, digest=digest_of(b""))
+    client = RemoteClient(RemoteSettings(f"unix://{tmp_path}/none.sock"))
+    try:
+        client._cas = CountingCas([])  # type: ignore[assignment]
+        client._capabilities = re_pb2.ServerCapabilities()
+        with pytest.raises(RemoteError, match="from the server"):
+            client._write_tree(tree, tmp_path / "out")
+    finally:
+        client.close()
+
+
 class EvictingCas(CountingCas):
     """Holds only ``blobs``: a read of any other is NOT_FOUND, as after an eviction."""
 

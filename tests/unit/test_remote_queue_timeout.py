@@ -94,8 +94,9 @@ def test_a_remote_run_that_outlasts_what_was_left_of_its_timeout_times_out(
     assert isinstance(outcome, Failure) and outcome.kind is FailureKind.REMOTE_FAILED, outcome
 
 
+@pytest.mark.parametrize("fallback_local", [False, True])
 def test_a_remote_request_is_answered_at_its_timeout_whatever_holds_it(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fallback_local: bool
 ) -> None:
     """As the routing composes it, a remote request waiting for a remote thread (or held
     by a blocking read of its envelope, a cache lookup, an upload) was answered only
@@ -103,9 +104,8 @@ def test_a_remote_request_is_answered_at_its_timeout_whatever_holds_it(
     its remote run is cancelled when it starts."""
     pool = ThreadPoolExecutor(max_workers=1)
     monkeypatch.setattr(forward, "REMOTE_THREADS", pool)
-    config = RuntimeConfig(
-        command=("tool",), routing="remote", remote=RemoteConfig(endpoint="grpc://127.0.0.1:1")
-    )
+    remote = RemoteConfig(endpoint="grpc://127.0.0.1:1", fallback_local=fallback_local)
+    config = RuntimeConfig(command=("tool",), routing="remote", remote=remote)
     executor = executor_for(BackendManager(config, str(tmp_path), tmp_path / "logs"))
     busy = threading.Event()
     release = threading.Event()

@@ -261,10 +261,11 @@ def stop_main(argv: Sequence[str]) -> int:
                     print(f"stopped daemon pid {pid} (it was starting)")
                     return 0
             if time.monotonic() > deadline:
+                kill = f"; if it is stuck, end it with `kill -9 {holder}`" if holder else ""
                 sys.stderr.write(
                     f"worker-runtime: error: the daemon{f' (pid {holder})' if holder else ''} "
                     f"holds its lock and has neither answered nor exited within "
-                    f"{args.timeout:g} s\n"
+                    f"{args.timeout:g} s{kill}\n"
                 )
                 return 1
             time.sleep(0.05)

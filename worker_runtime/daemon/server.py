@@ -171,7 +171,9 @@ class Daemon:
         finally:
             # `status`, `stop` and fronts: stopping, not starting; and written before the
             # socket closes, so a connection it resets is known for a stopping daemon's.
-            self._write_state(stopping=True)
+            # (A disk that refuses it must not skip the shutdown.)
+            with contextlib.suppress(OSError):
+                self._write_state(stopping=True)
             sweeper.cancel()
             reaper.cancel()
             acceptor.cancel()
@@ -212,8 +214,11 @@ class Daemon:
         self._own_files[path] = (info.st_dev, info.st_ino)
 
     def _remove_own(self, path: str) -> None:
-        """Removes ``path`` if it is still the file this daemon made there: a displaced
-        daemon's successor may have made its own since."""
+        """Removes ``path`` if it is still the file this daemon made there. A displaced
+        daemon removes nothing: its successor may have made its own since, and a freed
+        inode number may come back for it (a socket's cannot: it stays bound)."""
+        if self.displaced or not still_named(self.lock, self.paths):
+            return
         try:
             info = os.stat(path)
         except FileNotFoundError:

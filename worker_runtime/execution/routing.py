@@ -41,7 +41,7 @@ def executor_for(manager: BackendManager) -> Executor:
         return Timeout(Race(retried, remote_side))
     remote: Executor = Timeout(remote_side, STOPPED_REMOTELY)
     if config.remote.fallback_local:
-        remote = LocalFallback(remote_side, local)
+        remote = LocalFallback(remote, local)
     if config.routing == "auto":
         return Auto(local, remote, local_side.capacity)
     return remote

@@ -384,7 +384,10 @@ class Executor:
         if session is not None:
             session.status = bots_pb2.BOT_TERMINATING
             for lease in session.leases:
-                if lease.id not in self._finished and lease.state in _UNFINISHED:
+                # Reported ones are COMPLETED in this copy (and never listed again by the
+                # server unless assigned again, as a retry, under the same id: then
+                # PENDING or ACTIVE, not finished here).
+                if lease.state in _UNFINISHED:
                     lease.state = bots_pb2.COMPLETED
                     lease.status.code = UNAVAILABLE
                     lease.status.message = (
@@ -578,6 +581,7 @@ class Executor:
                     continue
                 self.stats.leases += 1
                 self.metrics.leases.inc()
+                self._finished.discard(lease.id)  # assigned again: not finished any more
                 lease.state = bots_pb2.ACTIVE
                 cancelled = threading.Event()
                 self._cancel_events[lease.id] = cancelled

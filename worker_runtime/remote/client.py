@@ -497,9 +497,9 @@ class RemoteClient:
                     f"symlink (to {link.target!r}); the runtime writes no symlink outputs"
                 )
             for node in directory.files:
-                files.append((node, at / safe_relative_path(node.name, "output file name")))
+                files.append((node, at / _server_name(node.name, "output file name")))
             for sub in directory.directories:
-                name = safe_relative_path(sub.name, "output directory name")
+                name = _server_name(sub.name, "output directory name")
                 child = children.get(sub.digest.hash)
                 if child is None:
                     raise RemoteError(
@@ -547,6 +547,15 @@ def _inlined(result: re_pb2.ActionResult) -> dict[tuple[str, int], bytes]:
         if data and digest.hash and digest_key(digest_of(data)) == digest_key(digest):
             found[digest_key(digest)] = bytes(data)
     return found
+
+
+def _server_name(name: str, what: str) -> str:
+    """A name in an output directory's Tree, if it stays where it is: a server's fault
+    (RemoteError) otherwise, never the request's."""
+    try:
+        return safe_relative_path(name, f"{what} from the server")
+    except UnsafePathError as exc:
+        raise RemoteError(str(exc)) from None
 
 
 def _checked(path: str, wanted: set[str]) -> str:

@@ -7,12 +7,14 @@ import json
 import os
 import socket
 import subprocess
+import threading
 from pathlib import Path
 
 import pytest
 
 from worker_runtime.config import RuntimeConfig
 from worker_runtime.daemon import front, lock
+from worker_runtime.daemon.control import try_connect
 from worker_runtime.daemon.paths import DaemonPaths, private_dir
 
 
@@ -72,3 +74,27 @@ def test_a_front_waits_on_a_stopping_daemon_without_spawning_more_and_says_so(
     assert len(spawned) == 1
     message = str(caught.value)
     assert "daemon for this project (pid 4242) is still stopping after 1 s" in message
+
+
+def test_a_daemon_whose_queue_of_connections_is_full_is_asked_again_then_named(
+    tmp_path: Path,
+) -> None:
+    """A Unix socket with a full queue refuses a connect at once (EAGAIN): the front
+    failed with "[Errno 11] Resource temporarily unavailable". It asks again until its
+    timeout (the daemon may be draining the queue), then says what is wrong."""
+    path = tmp_path / "d.sock"
+    listener = socket.socket(socket.AF_UNIX)
+    listener.bind(str(path))
+    listener.listen(0)
+    queued = socket.socket(socket.AF_UNIX)
+    queued.connect(str(path))  # the queue's one place taken
+    try:
+        with pytest.raises(TimeoutError, match=r"took no connection within 0\.3 s .*stuck"):
+            try_connect(path, 0.3)
+        threading.Timer(0.2, lambda: listener.accept()[0].close()).start()
+        client = try_connect(path, 10)  # taken once the daemon accepts the queued one
+        assert client is not None
+        client.close()
+    finally:
+        queued.close()
+        listener.close()

@@ -133,7 +133,10 @@ def _state_pid(state: Path) -> int | None:
 
 def _status(paths: DaemonPaths, timeout_s: float = 10.0) -> dict[str, Any] | None:
     """The daemon's status, None if no daemon listens, NotAnswering if it does not answer."""
-    client = try_connect(paths.socket, timeout_s=timeout_s)
+    try:
+        client = try_connect(paths.socket, timeout_s=timeout_s)
+    except TimeoutError:  # it takes no connection: its queue full
+        raise NotAnswering(paths.socket, timeout_s) from None
     if client is None:
         return None
     try:
@@ -301,7 +304,10 @@ def stop_daemon_at(socket: Path, timeout_s: float = 30.0) -> int | None:
     exited. Returns its pid, or None if no daemon listens there; raises TimeoutError if
     it is still running after ``timeout_s``."""
     answer_s = min(10.0, timeout_s)
-    client = try_connect(socket, timeout_s=answer_s)
+    try:
+        client = try_connect(socket, timeout_s=answer_s)
+    except TimeoutError:  # it takes no connection: its queue full
+        raise NotAnswering(socket, answer_s) from None
     if client is None:
         return None
     try:

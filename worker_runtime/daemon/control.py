@@ -100,11 +100,26 @@ class ControlClient:
 
 
 def try_connect(path: str | os.PathLike[str], timeout_s: float = 30.0) -> ControlClient | None:
-    """A connection to the daemon at ``path``, or None if none listens there."""
-    try:
-        return ControlClient(path, timeout_s)
-    except (FileNotFoundError, ConnectionRefusedError):
-        return None
+    """A connection to the daemon at ``path``, or None if none listens there; a
+    TimeoutError saying so if it listens and takes no connection within ``timeout_s``.
+    (A Unix socket whose queue of connections is full refuses at once, EAGAIN: asked
+    again until then, as the daemon may be draining it.)"""
+    import time
+
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            return ControlClient(path, max(0.001, deadline - time.monotonic()))
+        except (FileNotFoundError, ConnectionRefusedError):
+            return None
+        except (BlockingIOError, TimeoutError):
+            if time.monotonic() >= deadline:
+                raise TimeoutError(
+                    f"the daemon on {os.fspath(path)} took no connection within "
+                    f"{timeout_s:g} s (it is stuck, its queue of connections full); "
+                    "`worker-runtime stop` ends it, and the next Buck2 command starts a new one"
+                ) from None
+            time.sleep(0.01)
 
 
 async def read_first_message(sock: socket.socket) -> tuple[bytes, list[int]]:

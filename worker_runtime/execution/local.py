@@ -37,12 +37,13 @@ class LocalExecutor:
         self.manager = manager
 
     def capacity(self, request: WorkRequest) -> tuple[Hashable, int | None]:
-        """The request's worker key, by the tool digests last read (this must not wait
-        on the file system), and how many of its requests run at once here (None: any
-        number, a multiplex backend's); routing `auto` counts what it sends here."""
-        key = self.manager.key_for(request.key_env, self.manager.tools.last)
+        """What routing `auto` counts the request's local slots by, and how many of its
+        requests run at once here (None: any number, a multiplex backend's). By its
+        key_env values, not its whole worker key: the tool digests are read as a request
+        runs (the first request's key is not known before), and a tool rebuilt within a
+        command only makes its old and new requests share the count."""
         config = self.manager.config
-        return key, None if config.multiplex else config.max_instances
+        return request.key_env, None if config.multiplex else config.max_instances
 
     async def run(self, request: WorkRequest) -> Outcome:
         # The envelope, the input digests and the tool files' digests are file reads: on

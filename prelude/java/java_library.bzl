@@ -9,14 +9,26 @@ load("//worker:worker_run.bzl", "worker_run")
 # reproducible builds use).
 JAR_DATE = "1980-01-01T00:00:02Z"
 
-def _normalized(path: str) -> str:
-    """`path` without `.` components and empty ones (`./a//b/` is `a/b`; `.` is ``)."""
-    return "/".join([part for part in path.split("/") if part not in ("", ".")])
+def _normalized(target_name: str, path: str) -> str:
+    """`path` normalised as Buck2's `paths.normalize` does.
+
+    `./a//b/../c/` is `a/c`, `.` is empty; one that leaves the package is an analysis
+    error.
+    """
+    parts = []
+    for part in path.split("/"):
+        if part == "..":
+            if not parts:
+                fail(target_name + ": resources_root " + repr(path) + " leaves the package")
+            parts.pop()
+        elif part not in ("", "."):
+            parts.append(part)
+    return "/".join(parts)
 
 def _resource_path(target_name: str, resource: Artifact, root: str | None) -> str:
     """A resource's path in the jar: its package-relative path, less `root` if given."""
     path = resource.short_path
-    root = _normalized(root) if root != None else ""
+    root = _normalized(target_name, root) if root != None else ""
     if not root:
         return path
     prefix = root + "/"

@@ -112,7 +112,7 @@ def test_resources_root_is_taken_off_the_resources_paths_in_the_jar() -> None:
     plain = analyse_java(Buck2Fake(), "a", attrs)
     (linked,) = [a for a in plain.actions if a["kind"] == "symlinked_dir"]
     assert list(linked["srcs"]) == ["src/main/resources/com/x/app.properties"]
-    for root in ('"src/main/resources"', '"./src/main//resources/"'):  # normalised
+    for root in ('"src/main/resources"', '"./src/main//resources/"', '"x/../src/main/resources"'):
         rooted = analyse_java(Buck2Fake(), "a", {**attrs, "resources_root": root})
         (linked,) = [a for a in rooted.actions if a["kind"] == "symlinked_dir"]
         assert linked["srcs"] == {
@@ -126,6 +126,8 @@ def test_resources_root_is_taken_off_the_resources_paths_in_the_jar() -> None:
         match=r'resource src/main/resources/com/x/app.properties is not under resources_root "res"',
     ):
         analyse_java(Buck2Fake(), "a", {**attrs, "resources_root": '"res"'})
+    with pytest.raises(sl.StarlarkError, match=r'resources_root "\.\./res" leaves the package'):
+        analyse_java(Buck2Fake(), "a", {**attrs, "resources_root": '"../res"'})
 
 
 def test_a_diamond_puts_each_jar_on_the_classpath_once_in_order() -> None:

@@ -13,7 +13,7 @@ import pytest
 
 from worker_runtime.execution.executor import Referee
 from worker_runtime.execution.outcome import Failure, FailureKind, Outcome, Result, WorkRequest
-from worker_runtime.execution.policies import Auto, LocalFallback, Retry, Timeout
+from worker_runtime.execution.policies import Auto, LocalFallback, LocalSlots, Retry, Timeout
 from worker_runtime.execution.race import Race
 
 REQUEST = WorkRequest(("compile", "A.java"), envelope="/tmp/envelope.json")
@@ -225,7 +225,7 @@ def test_auto_sends_a_burst_local_up_to_its_slots_and_the_rest_remote(
     are sent (a pool asked whether a slot was free said yes to all three, none having
     reached it yet), and the rest remote; once they end, the slots are free again."""
     local, remote = FakeExecutor([OK], delay=0.05), FakeExecutor([REMOTE_OK])
-    auto = Auto(local, remote, lambda _: ("key", capacity))
+    auto = Auto(LocalSlots(local, lambda _: ("key", capacity)), remote)
     request = WorkRequest(("x",), envelope=envelope)
 
     async def burst() -> list[Outcome]:
@@ -234,6 +234,44 @@ def test_auto_sends_a_burst_local_up_to_its_slots_and_the_rest_remote(
     outcomes = asyncio.run(burst())
     assert [("local" if o == OK else "remote") for o in outcomes] == sides
     assert run(auto.run(request)) == OK  # the slots are free again
+
+
+class Gated:
+    """A local side whose every run waits until the test opens its gate."""
+
+    def __init__(self) -> None:
+        #: Each run's gate, as it starts.
+        self.started: asyncio.Queue[asyncio.Event] = asyncio.Queue()
+
+    async def run(self, request: WorkRequest) -> Outcome:
+        gate = asyncio.Event()
+        self.started.put_nowait(gate)
+        await gate.wait()
+        return OK
+
+
+def test_auto_counts_the_local_runs_of_fallback_local_too() -> None:
+    """With `fallback_local`, a request whose remote run failed runs locally: on the
+    same slots. It was not counted, and the next request went local, to wait."""
+    remote = FakeExecutor([Failure(FailureKind.REMOTE_FAILED, "x", "down"), REMOTE_OK])
+    request = WorkRequest(("x",), envelope="e.json")
+
+    async def scenario() -> Outcome:
+        local = Gated()
+        slots = LocalSlots(local, lambda _: ("key", 1))
+        auto = Auto(slots, LocalFallback(remote, slots))
+        first = asyncio.ensure_future(auto.run(request))  # local
+        first_gate = await local.started.get()
+        second = asyncio.ensure_future(auto.run(request))  # remote, fails, local
+        second_gate = await local.started.get()
+        first_gate.set()
+        assert await first == OK
+        third = await auto.run(request)  # the second still runs locally: remote
+        second_gate.set()
+        await second
+        return third
+
+    assert asyncio.run(scenario()) == REMOTE_OK
 
 
 # -- Race ---------------------------------------------------------------------------------

@@ -94,6 +94,7 @@ def test_a_daemon_whose_queue_of_connections_is_full_is_asked_again_then_named(
         threading.Timer(0.2, lambda: listener.accept()[0].close()).start()
         client = try_connect(path, 10)  # taken once the daemon accepts the queued one
         assert client is not None
+        assert client.sock.gettimeout() == 10  # its requests get the whole timeout again
         client.close()
     finally:
         queued.close()

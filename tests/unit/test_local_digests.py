@@ -54,7 +54,6 @@ def test_small_files_are_hashed_on_the_loop_and_then_known(tmp_path: Path) -> No
     assert local.manager.digests.files_hashed == 3
     assert local.quick_digests(request) == quick == local.digests(request)
     assert local.manager.digests.files_hashed == 3  # nothing read again
-    assert local.manager.tools.last == tools
 
 
 def test_an_edited_input_or_tool_is_seen_by_the_next_request(tmp_path: Path) -> None:
@@ -113,3 +112,20 @@ def test_many_inputs_are_digested_off_the_loop(tmp_path: Path) -> None:
     write_envelope(tmp_path / "b.json", Envelope("b.args", names[:MAX_QUICK_DIGESTS], ()))
     fewer = WorkRequest(("compile",), envelope="b.json")
     assert local.quick_digests(fewer) == local.digests(fewer)
+
+
+def test_auto_counts_local_slots_by_the_key_env_values_and_the_backend_s_kind(
+    tmp_path: Path,
+) -> None:
+    """Not by the whole worker key: its tool digests are read as the first request runs,
+    so the first request's key (before) was not the next one's (after), and the second
+    request of a burst found a free slot."""
+    manager = BackendManager(
+        RuntimeConfig(command=("w",), max_instances=3), str(tmp_path), tmp_path / "logs"
+    )
+    request = WorkRequest(("x",), key_env=(("JAVA_HOME", "/jdk"),))
+    assert LocalExecutor(manager).capacity(request) == ((("JAVA_HOME", "/jdk"),), 3)
+    multiplex = BackendManager(
+        RuntimeConfig(command=("w",), multiplex=True), str(tmp_path), tmp_path / "logs"
+    )
+    assert LocalExecutor(multiplex).capacity(request)[1] is None

@@ -78,13 +78,10 @@ class ToolDigests:
         self.paths = paths
         self._cwd = cwd
         self._cache = cache
-        #: What ``current`` last found (empty before its first call).
-        self.last: tuple[tuple[str, str], ...] = ()
 
     def current(self) -> tuple[tuple[str, str], ...]:
         """Digests of every tool input as it is on disk now (reads the file system)."""
-        self.last = tuple((path, self._digest(path)) for path in self.paths)
-        return self.last
+        return tuple((path, self._digest(path)) for path in self.paths)
 
     def known(self, digest_of: Callable[[str], str | None]) -> tuple[tuple[str, str], ...] | None:
         """What ``current`` would find, if ``digest_of`` (a tool input's digest found
@@ -95,8 +92,7 @@ class ToolDigests:
             if digest is None:
                 return None
             found.append((path, digest))
-        self.last = tuple(found)
-        return self.last
+        return tuple(found)
 
     def _digest(self, path: str) -> str:
         try:

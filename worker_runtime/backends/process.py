@@ -274,8 +274,6 @@ class BackendProcess:
             await loop.connect_read_pipe(lambda: _StdoutProtocol(self), proc.stdout)
         except BaseException:  # the pidfd reaps it: nothing is left running untracked
             self.kill(BackendStartError(f"{self.describe()} could not be connected to"))
-            for pipe in (proc.stdin, proc.stdout):
-                pipe.close()
             raise
         LOGGER.info("started %s: %s; log %s", self.describe(), argv, self.log_path)
 

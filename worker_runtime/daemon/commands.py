@@ -100,15 +100,21 @@ def _count(text: str) -> int:
 
 
 class NotAnswering(TimeoutError):
-    """The daemon accepted the connection but did not answer in time (stopped, stuck)."""
+    """The daemon accepted the connection but did not answer in time (stopped, stuck);
+    or, ``accepted`` False, took no connection at all (its queue of them full)."""
 
-    def __init__(self, socket: Path, timeout_s: float) -> None:
+    def __init__(self, socket: Path, timeout_s: float, accepted: bool = True) -> None:
         pid = _state_pid(socket.with_suffix(".json"))  # DaemonPaths.state beside its socket
         self.pid = pid
         who = f"daemon pid {pid}" if pid else f"the daemon on {socket}"
         kill = f"`kill {pid}`" if pid else "killing it"
+        did = (
+            "accepted the connection but did not answer"
+            if accepted
+            else "took no connection (its queue of them full)"
+        )
         super().__init__(
-            f"{who} accepted the connection but did not answer within {timeout_s:g} s: it is "
+            f"{who} {did} within {timeout_s:g} s: it is "
             f"stuck or stopped (a SIGSTOP, a debugger). Its log is in the newest daemon-* "
             f"directory of {log_root(None)}. `worker-runtime stop` asks it to stop and, if "
             f"it still does not answer, ends it; or end it with {kill}. The next Buck2 "
@@ -136,7 +142,7 @@ def _status(paths: DaemonPaths, timeout_s: float = 10.0) -> dict[str, Any] | Non
     try:
         client = try_connect(paths.socket, timeout_s=timeout_s)
     except TimeoutError:  # it takes no connection: its queue full
-        raise NotAnswering(paths.socket, timeout_s) from None
+        raise NotAnswering(paths.socket, timeout_s, accepted=False) from None
     if client is None:
         return None
     try:
@@ -307,7 +313,7 @@ def stop_daemon_at(socket: Path, timeout_s: float = 30.0) -> int | None:
     try:
         client = try_connect(socket, timeout_s=answer_s)
     except TimeoutError:  # it takes no connection: its queue full
-        raise NotAnswering(socket, answer_s) from None
+        raise NotAnswering(socket, answer_s, accepted=False) from None
     if client is None:
         return None
     try:

@@ -109,7 +109,9 @@ def try_connect(path: str | os.PathLike[str], timeout_s: float = 30.0) -> Contro
     deadline = time.monotonic() + timeout_s
     while True:
         try:
-            return ControlClient(path, max(0.001, deadline - time.monotonic()))
+            client = ControlClient(path, max(0.001, deadline - time.monotonic()))
+            client.sock.settimeout(timeout_s)  # what is left was the connect's alone
+            return client
         except (FileNotFoundError, ConnectionRefusedError):
             return None
         except (BlockingIOError, TimeoutError):

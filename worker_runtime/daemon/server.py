@@ -172,8 +172,10 @@ class Daemon:
             # `status`, `stop` and fronts: stopping, not starting; and written before the
             # socket closes, so a connection it resets is known for a stopping daemon's.
             # (A disk that refuses it must not skip the shutdown.)
-            with contextlib.suppress(OSError):
+            try:
                 self._write_state(stopping=True)
+            except OSError as exc:
+                LOGGER.warning("cannot write the state file %s: %s", self.paths.state_name, exc)
             sweeper.cancel()
             reaper.cancel()
             acceptor.cancel()

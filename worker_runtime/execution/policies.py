@@ -108,35 +108,46 @@ class LocalFallback:
         )
 
 
-class Auto:
-    """Routing `auto`: local while the request's key has a free warm slot, else remote.
-    A request without an envelope cannot go remote and always runs locally.
-
-    The slots are counted here, as requests are sent, from ``capacity`` (the request's
-    key and how many of its requests run at once locally; None: any number): every
-    local request of this routing goes through here. (Asking the pool whether a slot is
-    free missed the requests sent to it that had not reached it yet, still reading
-    their inputs' digests: a burst of requests all went local, to wait there.)"""
+class LocalSlots:
+    """The local side of routing `auto`, counting the requests it runs (or that wait for
+    a backend) per ``capacity(request)``'s key, against that capacity (None: any
+    number). Every local run of the routing goes through the one LocalSlots: `auto`'s
+    own and `fallback_local`'s after a failed remote run. (Asking the pool whether a
+    slot was free missed the requests sent to it that had not reached it yet, still
+    reading their inputs' digests: a burst of requests all went local, to wait there.)"""
 
     def __init__(
-        self,
-        local: Executor,
-        remote: Executor,
-        capacity: Callable[[WorkRequest], tuple[Hashable, int | None]],
+        self, inner: Executor, capacity: Callable[[WorkRequest], tuple[Hashable, int | None]]
     ) -> None:
-        self.local = local
-        self.remote = remote
+        self.inner = inner
         self.capacity = capacity
-        self._local: collections.Counter[Hashable] = collections.Counter()
+        self._running: collections.Counter[Hashable] = collections.Counter()
+
+    def full(self, request: WorkRequest) -> bool:
+        key, capacity = self.capacity(request)
+        return capacity is not None and self._running[key] >= capacity
 
     async def run(self, request: WorkRequest) -> Outcome:
-        key, capacity = self.capacity(request)
-        if request.envelope and capacity is not None and self._local[key] >= capacity:
-            return await self.remote.run(request)
-        self._local[key] += 1
+        key, _ = self.capacity(request)
+        self._running[key] += 1
         try:
-            return await self.local.run(request)
+            return await self.inner.run(request)
         finally:
-            self._local[key] -= 1
-            if not self._local[key]:
-                del self._local[key]
+            self._running[key] -= 1
+            if not self._running[key]:
+                del self._running[key]
+
+
+class Auto:
+    """Routing `auto`: local while the request's key has a free local slot (counted by
+    ``local``), else remote. A request without an envelope cannot go remote and always
+    runs locally."""
+
+    def __init__(self, local: LocalSlots, remote: Executor) -> None:
+        self.local = local
+        self.remote = remote
+
+    async def run(self, request: WorkRequest) -> Outcome:
+        if request.envelope and self.local.full(request):
+            return await self.remote.run(request)
+        return await self.local.run(request)

@@ -5,7 +5,8 @@ from the local and remote executors and the policy wrappers:
   itself; the runtime only sees the ones it runs locally)
 - remote: Timeout(Remote), or LocalFallback(Timeout(Remote), local) with
   ``remote.fallback_local``
-- auto:   Auto(local, remote), where ``remote`` is as above
+- auto:   Auto(slots, remote), ``slots`` LocalSlots(local) counting every local run,
+  ``remote`` as above (its fallback through ``slots`` too)
 - race:   Timeout(Race(Retry(Local), Remote))
 
 Every Timeout counts from the request's arrival. The remote client is also given what is
@@ -19,7 +20,7 @@ from __future__ import annotations
 from worker_runtime.backends.manager import BackendManager
 from worker_runtime.execution.executor import Executor
 from worker_runtime.execution.local import LocalExecutor
-from worker_runtime.execution.policies import Auto, LocalFallback, Retry, Timeout
+from worker_runtime.execution.policies import Auto, LocalFallback, LocalSlots, Retry, Timeout
 
 #: What a Timeout around a remote run says it stopped.
 STOPPED_REMOTELY = "its remote operation was cancelled on the server"
@@ -40,8 +41,12 @@ def executor_for(manager: BackendManager) -> Executor:
     if config.routing == "race":
         return Timeout(Race(retried, remote_side))
     remote: Executor = Timeout(remote_side, STOPPED_REMOTELY)
+    if config.routing == "auto":
+        # One count of local runs: auto's own, and fallback_local's after a remote one.
+        slots = LocalSlots(local, local_side.capacity)
+        if config.remote.fallback_local:
+            remote = LocalFallback(remote, slots)
+        return Auto(slots, remote)
     if config.remote.fallback_local:
         remote = LocalFallback(remote, local)
-    if config.routing == "auto":
-        return Auto(local, remote, local_side.capacity)
     return remote

@@ -198,8 +198,6 @@ class Executor:
         self._threads = ThreadPoolExecutor(max_workers=settings.capacity)
         self._running: dict[str, Future[ActionOutcome]] = {}
         self._cancel_events: dict[str, threading.Event] = {}
-        #: Leases done here that the server still lists: never started again.
-        self._finished: set[str] = set()
         #: The waits between attempts to register again; back to the shortest once a
         #: session has lasted SETTLED_SESSION_S.
         self._register_retry = _Backoff()
@@ -394,7 +392,6 @@ class Executor:
                         f"executor {self.settings.bot_id} stopped before the action finished "
                         "(SIGTERM); it runs again on another executor"
                     )
-                    self._finished.add(lease.id)
             with contextlib.suppress(grpc.RpcError):
                 self.bots.UpdateBotSession(
                     bots_pb2.UpdateBotSessionRequest(name=session.name, bot_session=session),
@@ -473,9 +470,6 @@ class Executor:
         )  # fmt: skip
         for lease_id in list(self._running):
             self._cancel(lease_id)
-        # A lease id may come back in the new session (BuildGrid names leases after their
-        # job, which it requeued): then it is new work, to be run, not one finished here.
-        self._finished.clear()
         # At once if the lost session had lasted; else after a wait, longer each time:
         # a server refusing every update, or another executor started with the same bot
         # id (each new session ends the other's) is not registered with over and over.
@@ -553,12 +547,10 @@ class Executor:
         for lease_id in [i for i in self._running if i not in listed]:
             # The server dropped a lease we run: cancelled, or given to another bot.
             self._cancel(lease_id)
-        self._finished &= listed
         for lease in session.leases:
             future = self._running.get(lease.id)
             if lease.state == bots_pb2.CANCELLED:
                 self._cancel(lease.id)
-                self._finished.add(lease.id)
                 continue
             if future is not None and future.done():
                 self._report(lease, future)
@@ -576,12 +568,10 @@ class Executor:
                     lease.state = bots_pb2.COMPLETED
                     lease.status.code = 3
                     lease.status.message = "executor: the lease's payload is not an Action"
-                    self._finished.add(lease.id)
                     reported = True
                     continue
                 self.stats.leases += 1
                 self.metrics.leases.inc()
-                self._finished.discard(lease.id)  # assigned again: not finished any more
                 lease.state = bots_pb2.ACTIVE
                 cancelled = threading.Event()
                 self._cancel_events[lease.id] = cancelled
@@ -595,10 +585,10 @@ class Executor:
 
     def _report(self, lease: bots_pb2.Lease, future: Future[ActionOutcome]) -> None:
         """Marks ``lease`` COMPLETED with the outcome of ``future`` (done), for the next
-        update, and forgets it as running: it is never started again."""
+        update, and forgets it as running (COMPLETED in this copy of the session, it is
+        not started again; listed again by the server, it is a new assignment)."""
         del self._running[lease.id]
         self._cancel_events.pop(lease.id, None)
-        self._finished.add(lease.id)
         self._complete(lease, future)
 
     def _any_done(self) -> bool:

@@ -7,6 +7,7 @@ default. Against a Bots stand-in on a Unix socket."""
 from __future__ import annotations
 
 import threading
+import time
 from pathlib import Path
 
 import grpc
@@ -243,3 +244,64 @@ def test_a_lease_assigned_again_as_the_executor_stops_is_handed_back(
     ]
     again = last_report(stand_in)["lease-1"]
     assert again.state == bots_pb2.COMPLETED and again.status.code == bots.UNAVAILABLE
+
+
+class SlowToUpdate(HandsOutLeases):
+    """Hands out two leases at once; answers every update only after 0.8 s and, like
+    BuildGrid, rolls back (keeps no record of) an update its client gave up on."""
+
+    def CreateBotSession(
+        self, request: bots_pb2.CreateBotSessionRequest, context: grpc.ServicerContext
+    ) -> bots_pb2.BotSession:
+        actions = {"lease-1": re_pb2.Action(), "lease-2": re_pb2.Action()}
+        return session_with_leases(request, actions)
+
+    def UpdateBotSession(
+        self, request: bots_pb2.UpdateBotSessionRequest, context: grpc.ServicerContext
+    ) -> bots_pb2.BotSession:
+        time.sleep(0.8)
+        if not context.is_active():
+            context.abort(grpc.StatusCode.CANCELLED, "rolled back: the client gave up")
+        return super().UpdateBotSession(request, context)
+
+
+def test_a_server_slower_than_the_short_deadline_still_gets_the_report(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Updates while work ran had 0.5 s: a server answering in 0.8 s (a loaded database)
+    rolled every one back, so a completion never landed (here the first lease's, while
+    the second runs on) and the heartbeat lapsed. The deadline doubles after an update
+    it cut short."""
+    calls: list[int] = []
+    release = threading.Event()
+
+    def one_quick_one_long(
+        runner: object, action: re_pb2.Action, instance: str, cancelled: threading.Event
+    ) -> bots.ActionOutcome:
+        calls.append(1)
+        if len(calls) == 2:  # the other runs until the test ends
+            while not (release.wait(0.05) or cancelled.is_set()):
+                pass
+        result = re_pb2.ActionResult(exit_code=0, stdout_raw=b"done")
+        return bots.ActionOutcome(result=result, mode="oneshot", reused=False, worker_pid=0)
+
+    stand_in = SlowToUpdate(late=False)
+
+    def reported() -> bool:
+        return any(
+            lease.state == bots_pb2.COMPLETED for u in stand_in.updates for lease in u.leases
+        )
+
+    with (
+        served(stand_in, tmp_path) as address,
+        in_process_executor(
+            monkeypatch, one_quick_one_long, address, tmp_path / "executor", capacity=2
+        ) as running,
+    ):  # fmt: skip
+        waited = 0
+        while not reported() and waited < 200:
+            threading.Event().wait(0.1)
+            waited += 1
+        release.set()
+        assert reported(), "no update carrying the completion was ever taken"
+        assert running.stop_and_wait(30) == 0

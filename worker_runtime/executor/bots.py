@@ -57,6 +57,10 @@ LOGGER = logging.getLogger(__name__)
 #: lease under about 3 s), and the short deadline used while work is running.
 LONG_POLL_S = 5.0
 SHORT_POLL_S = 0.5
+#: The short deadline doubles after each update it cut short, up to this: a server slow
+#: to answer (a loaded database) rolls back an update its client gave up on, and would
+#: never take a completion, nor the heartbeat that keeps the bot's leases its own.
+SLOW_SERVER_POLL_S = 8.0
 #: While leases run, the session is renewed this often (the heartbeat, and how soon a
 #: cancelled lease is seen); a lease that ends sooner is reported at once instead.
 HEARTBEAT_S = 0.2
@@ -197,6 +201,9 @@ class Executor:
         self._wake = threading.Event()
         self._threads = ThreadPoolExecutor(max_workers=settings.capacity)
         self._running: dict[str, Future[ActionOutcome]] = {}
+        #: The deadline of an update while work runs (SHORT_POLL_S, longer for a slow
+        #: server: SLOW_SERVER_POLL_S).
+        self._short_poll_s = SHORT_POLL_S
         self._cancel_events: dict[str, threading.Event] = {}
         #: The waits between attempts to register again; back to the shortest once a
         #: session has lasted SETTLED_SESSION_S.
@@ -347,13 +354,21 @@ class Executor:
                 self._wake.clear()
                 if self._any_done():
                     continue  # reported at the top, in the update that follows
-            deadline = SHORT_POLL_S if self._running or stopping_since else LONG_POLL_S
+            short = bool(self._running or stopping_since)
+            deadline = self._short_poll_s if short else LONG_POLL_S
             try:
                 session = self.bots.UpdateBotSession(
                     bots_pb2.UpdateBotSessionRequest(name=session.name, bot_session=session),
                     timeout=deadline,
                 )
+                self._short_poll_s = SHORT_POLL_S
             except grpc.RpcError as exc:
+                if short and exc.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
+                    self._short_poll_s = min(self._short_poll_s * 2, SLOW_SERVER_POLL_S)
+                    LOGGER.warning(
+                        "UpdateBotSession took longer than %g s; allowing %g s",
+                        deadline, self._short_poll_s,
+                    )  # fmt: skip
                 if exc.code() in SESSION_GONE_CODES:
                     renewed = self._register_again(session, exc)
                     if renewed is None:  # stopped meanwhile: nothing left to report
@@ -503,7 +518,7 @@ class Executor:
             request = bots_pb2.UpdateBotSessionRequest(name=session.name, bot_session=session)
             try:
                 updated: bots_pb2.BotSession = self.bots.UpdateBotSession(
-                    request, timeout=SHORT_POLL_S
+                    request, timeout=self._short_poll_s
                 )
                 return updated
             except grpc.RpcError as exc:

@@ -34,6 +34,12 @@ class InProcessExecutor:
         return None if self.loop.is_alive() else self.exit_codes[0]
 
 
+def oneshot_outcome(exit_code: int = 0, stdout: bytes = b"") -> bots.ActionOutcome:
+    """What a one-shot action that ended with ``exit_code`` and ``stdout`` reports."""
+    result = re_pb2.ActionResult(exit_code=exit_code, stdout_raw=stdout)
+    return bots.ActionOutcome(result=result, mode="oneshot", reused=False, worker_pid=0)
+
+
 def runs_until(
     started: threading.Event, until: threading.Event | None, exit_code: int, stdout: bytes
 ) -> Run:
@@ -46,8 +52,7 @@ def runs_until(
     ) -> bots.ActionOutcome:
         started.set()
         assert (until or cancelled).wait(120), "the action was never let finish"
-        result = re_pb2.ActionResult(exit_code=exit_code, stdout_raw=stdout)
-        return bots.ActionOutcome(result=result, mode="oneshot", reused=False, worker_pid=0)
+        return oneshot_outcome(exit_code, stdout)
 
     return run
 

@@ -13,6 +13,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -689,28 +690,43 @@ def test_status_and_stop_of_a_daemon_that_does_not_answer(start_runtime: StartRu
     assert start_runtime(fake_backend()).run("echo", "again").stderr == "again"
 
 
-def test_stop_waits_for_a_stopping_daemon_that_closes_the_connection(tmp_path: Path) -> None:
-    """A daemon closing its socket as it begins to stop resets a connection waiting on
-    it; `stop` took that for a daemon that does not answer and SIGKILLed it, mid-drain.
-    Here the daemon is a stand-in: the lock held, a state file saying it is stopping,
-    a socket that closes every connection unanswered, a live pid."""
+@contextlib.contextmanager
+def stand_in_daemon(stopping: bool) -> Iterator[tuple[subprocess.Popen[bytes], DaemonPaths]]:
+    """What `stop` sees of a daemon, without one: the project's lock held, a state file
+    naming a live pid (``sleep``) and saying whether it is stopping; the test makes the
+    socket. Everything goes at the end."""
     paths = DaemonPaths.for_project(str(REPO_ROOT))
     paths.directory.mkdir(mode=0o700, exist_ok=True)
     held = lock.take(paths)
     assert held is not None
     stand_in = subprocess.Popen(["sleep", "60"])
-    listener = socket.socket(socket.AF_UNIX)
-    listener.bind(str(paths.socket))
-    listener.listen()
-
-    def close_every_connection() -> None:
-        with contextlib.suppress(OSError):
-            while True:
-                listener.accept()[0].close()
-
-    threading.Thread(target=close_every_connection, daemon=True).start()
     try:
-        paths.state.write_text(json.dumps({"pid": stand_in.pid, "stopping": True}))
+        paths.state.write_text(json.dumps({"pid": stand_in.pid, "stopping": stopping}))
+        yield stand_in, paths
+    finally:
+        held.close()
+        stand_in.kill()
+        stand_in.wait()
+
+
+def test_stop_waits_for_a_stopping_daemon_that_closes_the_connection(tmp_path: Path) -> None:
+    """A daemon closing its socket as it begins to stop resets a connection waiting on
+    it; `stop` took that for a daemon that does not answer and SIGKILLed it, mid-drain.
+    Here the daemon is a stand-in: the lock held, a state file saying it is stopping,
+    a socket that closes every connection unanswered, a live pid."""
+    with (
+        stand_in_daemon(stopping=True) as (stand_in, paths),
+        socket.socket(socket.AF_UNIX) as listener,
+    ):
+        listener.bind(str(paths.socket))
+        listener.listen()
+
+        def close_every_connection() -> None:
+            with contextlib.suppress(OSError):
+                while True:
+                    listener.accept()[0].close()
+
+        threading.Thread(target=close_every_connection, daemon=True).start()
         stop = subprocess.run(
             [*RUNTIME, "stop", "--timeout", "1"],
             capture_output=True, text=True, timeout=30, cwd=REPO_ROOT,
@@ -719,11 +735,6 @@ def test_stop_waits_for_a_stopping_daemon_that_closes_the_connection(tmp_path: P
         assert stop.returncode == 1, stop
         assert "holds its lock and has neither answered nor exited within 1 s" in stop.stderr
         assert f"end it with `kill -9 {stand_in.pid}`" in stop.stderr
-    finally:
-        listener.close()
-        held.close()
-        stand_in.kill()
-        stand_in.wait()
 
 
 def test_stop_of_a_starting_daemon_that_does_not_exit_says_so(tmp_path: Path) -> None:
@@ -731,38 +742,29 @@ def test_stop_of_a_starting_daemon_that_does_not_exit_says_so(tmp_path: Path) ->
     listened, and it did not exit in time: a traceback, where the same case of a daemon
     already listening gets one line. Stand-in: a lock, a state file, a socket that appears
     late and answers `stop` with a pid that goes on running."""
-    paths = DaemonPaths.for_project(str(REPO_ROOT))
-    paths.directory.mkdir(mode=0o700, exist_ok=True)
-    held = lock.take(paths)
-    assert held is not None
-    stand_in = subprocess.Popen(["sleep", "60"])
-    paths.state.write_text(json.dumps({"pid": stand_in.pid, "stopping": False}))
-    listener = socket.socket(socket.AF_UNIX)
+    with (
+        stand_in_daemon(stopping=False) as (stand_in, paths),
+        socket.socket(socket.AF_UNIX) as listener,
+    ):
 
-    def listen_late() -> None:
-        time.sleep(0.3)
-        listener.bind(str(paths.socket))
-        listener.listen()
-        with contextlib.suppress(OSError):
-            while True:
-                conn = listener.accept()[0]
-                conn.recv(4096)
-                conn.sendall(json.dumps({"ok": True, "pid": stand_in.pid}).encode() + b"\n")
-                conn.close()
+        def listen_late() -> None:
+            time.sleep(0.3)
+            listener.bind(str(paths.socket))
+            listener.listen()
+            with contextlib.suppress(OSError):
+                while True:
+                    conn = listener.accept()[0]
+                    conn.recv(4096)
+                    conn.sendall(json.dumps({"ok": True, "pid": stand_in.pid}).encode() + b"\n")
+                    conn.close()
 
-    threading.Thread(target=listen_late, daemon=True).start()
-    try:
+        threading.Thread(target=listen_late, daemon=True).start()
         stop = subprocess.run(
             [*RUNTIME, "stop", "--timeout", "2"],
             capture_output=True, text=True, timeout=30, cwd=REPO_ROOT,
         )  # fmt: skip
         assert stop.returncode == 1 and "Traceback" not in stop.stderr, stop.stderr
         assert f"daemon pid {stand_in.pid} still runs after" in stop.stderr
-    finally:
-        listener.close()
-        held.close()
-        stand_in.kill()
-        stand_in.wait()
 
 
 def test_front_starting_while_the_daemon_stops_gets_a_new_daemon(

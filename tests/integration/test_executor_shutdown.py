@@ -21,7 +21,7 @@ import pytest
 
 from tests.clusters import private_cluster
 from tests.conftest import REPO_ROOT
-from tests.in_process_executor import in_process_executor, runs_until
+from tests.in_process_executor import in_process_executor, oneshot_outcome, runs_until
 from tests.integration.test_remote import start_execute
 from worker_runtime.cluster import buildgrid
 from worker_runtime.cluster.commands import tenant_arguments
@@ -184,8 +184,7 @@ def test_a_draining_executor_takes_no_new_lease(
             first_started.set()
             while not (release_first.wait(0.05) or cancelled.is_set()):
                 pass
-        result = re_pb2.ActionResult(exit_code=0, stdout_raw=b"ran")
-        return bots.ActionOutcome(result=result, mode="oneshot", reused=False, worker_pid=0)
+        return oneshot_outcome(0, b"ran")
 
     with (
         in_process_executor(

@@ -13,7 +13,7 @@ from pathlib import Path
 import grpc
 import pytest
 
-from tests.in_process_executor import in_process_executor
+from tests.in_process_executor import in_process_executor, oneshot_outcome
 from tests.unit.test_executor_last_report import served, session_with_leases
 from worker_runtime.executor import bots
 from worker_runtime.proto import remote_execution_pb2 as re_pb2
@@ -99,8 +99,7 @@ def test_a_lease_assigned_while_draining_is_handed_back_unstarted(
         ran.append("x")
         started.set()
         assert finish.wait(60), "never let finish"
-        result = re_pb2.ActionResult(exit_code=0, stdout_raw=b"done")
-        return bots.ActionOutcome(result=result, mode="oneshot", reused=False, worker_pid=0)
+        return oneshot_outcome(0, b"done")
 
     stand_in = HandsOutLeases(late=True)
     with (
@@ -155,8 +154,7 @@ def test_a_lease_assigned_again_after_a_retryable_report_runs_again(
         if len(runs) == 1:
             raise bots.ActionNotRun("the worker crashed", 13)
         second.set()
-        result = re_pb2.ActionResult(exit_code=0, stdout_raw=b"second try")
-        return bots.ActionOutcome(result=result, mode="oneshot", reused=False, worker_pid=0)
+        return oneshot_outcome(0, b"second try")
 
     stand_in = AssignsAgain()
     with (
@@ -282,8 +280,7 @@ def test_a_server_slower_than_the_short_deadline_still_gets_the_report(
         if len(calls) == 2:  # the other runs until the test ends
             while not (release.wait(0.05) or cancelled.is_set()):
                 pass
-        result = re_pb2.ActionResult(exit_code=0, stdout_raw=b"done")
-        return bots.ActionOutcome(result=result, mode="oneshot", reused=False, worker_pid=0)
+        return oneshot_outcome(0, b"done")
 
     stand_in = SlowToUpdate(late=False)
 

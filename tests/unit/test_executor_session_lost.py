@@ -15,7 +15,7 @@ from pathlib import Path
 import grpc
 import pytest
 
-from tests.in_process_executor import Run, in_process_executor
+from tests.in_process_executor import Run, in_process_executor, oneshot_outcome
 from tests.unit.test_executor_last_report import served
 from worker_runtime.executor import bots
 from worker_runtime.proto import remote_execution_pb2 as re_pb2
@@ -112,8 +112,7 @@ class LeaseRuns:
             assert cancelled.wait(60), "the lost lease's action was never stopped"
             self.lost_cancelled.set()
             raise bots.ActionCancelled("stopped: its lease was lost")
-        result = re_pb2.ActionResult(exit_code=0, stdout_raw=b"second")
-        return bots.ActionOutcome(result=result, mode="oneshot", reused=False, worker_pid=0)
+        return oneshot_outcome(0, b"second")
 
 
 def wait_until(condition: object, timeout_s: float = 30) -> bool:

@@ -7,8 +7,10 @@ the remote thread pool shrunk to one thread held by a stand-in."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -25,25 +27,36 @@ from worker_runtime.remote import forward
 from worker_runtime.remote.client import RemoteError
 
 
-def test_a_request_queued_past_its_timeout_times_out_unsent(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+@contextlib.contextmanager
+def one_remote_thread_held(monkeypatch: pytest.MonkeyPatch) -> Iterator[threading.Event]:
+    """The remote thread pool shrunk to one thread, held by a stand-in for another
+    remote request until the yielded event is set (at the end, if not before)."""
     pool = ThreadPoolExecutor(max_workers=1)
     monkeypatch.setattr(forward, "REMOTE_THREADS", pool)
-    config = RuntimeConfig(
-        command=("tool",), routing="remote", remote=RemoteConfig(endpoint="grpc://127.0.0.1:1")
-    )
-    executor = RemoteExecutor(BackendManager(config, str(tmp_path), tmp_path / "logs"))
-    busy = threading.Event()
-    release = threading.Event()
+    busy, release = threading.Event(), threading.Event()
 
     def another_remote_request() -> None:
         busy.set()
         release.wait(60)
 
-    async def scenario() -> object:
-        pool.submit(another_remote_request)
-        busy.wait(10)
+    pool.submit(another_remote_request)
+    try:
+        assert busy.wait(10)
+        yield release
+    finally:
+        release.set()
+        pool.shutdown(wait=True)
+
+
+def test_a_request_queued_past_its_timeout_times_out_unsent(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = RuntimeConfig(
+        command=("tool",), routing="remote", remote=RemoteConfig(endpoint="grpc://127.0.0.1:1")
+    )
+    executor = RemoteExecutor(BackendManager(config, str(tmp_path), tmp_path / "logs"))
+
+    async def scenario(release: threading.Event) -> object:
         # The envelope does not exist: sent, the request would fail as a bad request.
         request = WorkRequest(("tool",), envelope=str(tmp_path / "e.json"), timeout_s=1)
         queued = asyncio.ensure_future(executor.run(request))
@@ -52,11 +65,8 @@ def test_a_request_queued_past_its_timeout_times_out_unsent(
         release.set()
         return await queued
 
-    try:
-        outcome = asyncio.run(scenario())
-    finally:
-        release.set()
-        pool.shutdown(wait=True)
+    with one_remote_thread_held(monkeypatch) as release:
+        outcome = asyncio.run(scenario(release))
     assert isinstance(outcome, Failure) and outcome.kind is FailureKind.TIMED_OUT, outcome
     assert "passed while it waited for one of the 64 remote threads" in outcome.message
     assert outcome.timed_out_after_s == 1
@@ -102,21 +112,11 @@ def test_a_remote_request_is_answered_at_its_timeout_whatever_holds_it(
     by a blocking read of its envelope, a cache lookup, an upload) was answered only
     once a thread was free, perhaps hours after its timeout; it is answered at it, and
     its remote run is cancelled when it starts."""
-    pool = ThreadPoolExecutor(max_workers=1)
-    monkeypatch.setattr(forward, "REMOTE_THREADS", pool)
     remote = RemoteConfig(endpoint="grpc://127.0.0.1:1", fallback_local=fallback_local)
     config = RuntimeConfig(command=("tool",), routing="remote", remote=remote)
     executor = executor_for(BackendManager(config, str(tmp_path), tmp_path / "logs"))
-    busy = threading.Event()
-    release = threading.Event()
-
-    def another_remote_request() -> None:
-        busy.set()
-        release.wait(60)
 
     async def scenario() -> object:
-        pool.submit(another_remote_request)
-        busy.wait(10)
         request = WorkRequest(
             ("tool",), envelope=str(tmp_path / "e.json"), timeout_s=1, started=time.monotonic()
         )
@@ -125,11 +125,8 @@ def test_a_remote_request_is_answered_at_its_timeout_whatever_holds_it(
         assert queued.done(), "answered only once a remote thread is free"
         return queued.result()
 
-    try:
+    with one_remote_thread_held(monkeypatch):
         outcome = asyncio.run(scenario())
-    finally:
-        release.set()
-        pool.shutdown(wait=True)
     assert isinstance(outcome, Failure) and outcome.kind is FailureKind.TIMED_OUT, outcome
     assert outcome.timed_out_after_s == 1
 

@@ -25,7 +25,8 @@ from worker_runtime.backends import process as backend_process
 from worker_runtime.backends.key import WorkerKey
 from worker_runtime.backends.loop_thread import LoopThread
 from worker_runtime.backends.process import BackendProcess
-from worker_runtime.executor.limits import Confinement, Limits
+from worker_runtime.executor import workers
+from worker_runtime.executor.limits import Confinement, Group, Limits
 from worker_runtime.executor.workers import (
     AcquireCancelled,
     PersistentWorker,
@@ -514,6 +515,48 @@ def test_every_request_of_a_multiplex_worker_killed_for_memory_knows_why(tmp_pat
         assert worker.group is not None and worker.group.pids() == set()
         pool.release(other, healthy=False)
         assert worker.passed_memory_limit() and other.passed_memory_limit()
+    finally:
+        pool.stop_all()
+        confinement.clear()
+
+
+@pytest.mark.needs_root("it makes control groups")
+@pytest.mark.parametrize("failing", ["copy", "launch"])
+def test_a_start_that_fails_before_its_process_leaves_no_home_nor_group(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, failing: str
+) -> None:
+    """Its tool files could not be copied to its home (a full disk), or its launcher not
+    built (no `env`): the home and the control group made for it went nowhere, one more
+    per action that met the fault, for the executor's life."""
+    confinement = Confinement(Limits(memory_mb=64), f"test-{os.getpid()}")
+    pool = WorkerPool(
+        tmp_path / "workers", max_workers=1, memory_limit_mb=None, idle_s=3600,
+        confinement=confinement,
+    )  # fmt: skip
+    groups: list[Group] = []
+    real_group = confinement.group
+
+    def recorded_group(name: str) -> Group:
+        groups.append(real_group(name))
+        return groups[-1]
+
+    monkeypatch.setattr(confinement, "group", recorded_group)
+
+    def fails(*args: object, **kwargs: object) -> None:
+        if failing == "copy":
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        raise RuntimeError("env (coreutils) is needed to start a tenant's process")
+
+    if failing == "copy":
+        monkeypatch.setattr(workers.shutil, "copy2", fails)
+    else:
+        monkeypatch.setattr(workers, "launch", fails)
+    try:
+        with pytest.raises((OSError, RuntimeError)):
+            start(pool, tmp_path, "main")
+        assert list((tmp_path / "workers" / "main").iterdir()) == []
+        assert all(not d.exists() for g in groups for d in g.directories)
+        assert pool.pids() == []
     finally:
         pool.stop_all()
         confinement.clear()

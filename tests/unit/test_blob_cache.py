@@ -173,3 +173,25 @@ def test_a_check_between_reads_stops_a_placement(tmp_path: Path) -> None:
     with pytest.raises(Stopped):
         blobs.place(((d, tmp_path / "a" / f"{n}", False) for n, d in enumerate(files)), check)
     assert cas.calls == 3
+
+
+def test_a_directory_evicted_while_others_are_read_is_still_returned(tmp_path: Path) -> None:
+    """Another action's reads evict a directory this one found cached, while this one
+    waits for the directories it lacks: it still gets every message it asked for (it
+    raised KeyError, which failed the action INTERNAL)."""
+    cas = CountingCas()
+    blobs = cache(cas, tmp_path / "cache", max_directories=2)
+    nodes = [re_pb2.Directory(files=[re_pb2.FileNode(name=f"f{n}")]) for n in range(4)]
+    digests = [cas.add(node.SerializeToString()) for node in nodes]
+    blobs.directories(digests[:1])  # cached: the one the next call finds there
+    real_read_many = cas.read_many
+
+    def read_many_while_another_action_reads(
+        wanted: list[re_pb2.Digest],
+    ) -> dict[tuple[str, int], bytes]:
+        if digests[1] in wanted:
+            blobs.directories(digests[2:4])  # the other action: evicts digests[0]
+        return real_read_many(wanted)
+
+    cas.read_many = read_many_while_another_action_reads  # type: ignore[method-assign]
+    assert blobs.directories(digests[:2]) == nodes[:2]

@@ -7,6 +7,7 @@ ActionRunner, on a CAS and local blob copy that stand in for the server's."""
 from __future__ import annotations
 
 import errno
+import sys
 import threading
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
@@ -14,6 +15,7 @@ from typing import Any, cast
 
 import pytest
 
+from tests.conftest import REPO_ROOT, wait_gone
 from worker_runtime.executor.blob_cache import BlobCache
 from worker_runtime.executor.runner import (
     ActionCancelled,
@@ -21,9 +23,10 @@ from worker_runtime.executor.runner import (
     ActionNotRun,
     ActionRunner,
 )
-from worker_runtime.executor.workers import WorkerPool
+from worker_runtime.executor.workers import PersistentWorker, WorkerPool
 from worker_runtime.proto import remote_execution_pb2 as re_pb2
 from worker_runtime.remote.cas import Cas
+from worker_runtime.remote.convention import KEY_PROPERTY, PROTOCOL_PROPERTY
 from worker_runtime.remote.merkle import Blobs, digest_key, digest_of
 
 
@@ -223,3 +226,57 @@ def test_an_action_cancelled_while_its_inputs_come_stops_reading_them(tmp_path: 
     finally:
         pool.stop_all()
     assert len(reads) - before <= 4  # the directory blobs aside, two files read, not ten
+
+
+def test_a_worker_whose_call_fails_unexpectedly_is_discarded_not_kept_busy(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A fault the runner does not expect (a bug, the pipe loop gone) while a persistent
+    worker runs an action: the worker is discarded and its place under the cap freed.
+    It stayed counted as busy: at a cap of one, every later persistent action of the
+    executor waited for ever."""
+    store = StoredBlobs()
+    root = re_pb2.Directory()
+    for name, data in sorted(
+        {
+            "args.txt": b"--out\no.txt\nin.txt\n",
+            "in.txt": b"x\n",
+            "worker.py": (REPO_ROOT / "tests" / "backends" / "remote_test_worker.py").read_bytes(),
+        }.items()
+    ):
+        root.files.add(name=name, digest=store.put(data))
+    command = re_pb2.Command(
+        arguments=[sys.executable, "worker.py", "--persistent_worker", "@args.txt"],
+        output_paths=["o.txt"],
+    )
+    command.platform.properties.add(name=KEY_PROPERTY, value="k")
+    command.platform.properties.add(name=PROTOCOL_PROPERTY, value="json")
+    action = re_pb2.Action(
+        command_digest=store.put(command.SerializeToString()),
+        input_root_digest=store.put(root.SerializeToString()),
+    )
+    pool = WorkerPool(tmp_path / "workers", 1, None, 60)
+    stand_in: Any = store
+    runner = ActionRunner(
+        cast(Cas, stand_in), cast(BlobCache, stand_in), pool, tmp_path, "bot-under-test"
+    )
+    real_call = PersistentWorker.call
+    pids: list[int] = []
+
+    def fails_once(worker: PersistentWorker, *args: Any, **kwargs: Any) -> Any:
+        if not pids:
+            pids.append(worker.pid)
+            raise RuntimeError("an unexpected fault")
+        return real_call(worker, *args, **kwargs)
+
+    monkeypatch.setattr(PersistentWorker, "call", fails_once)
+    try:
+        with pytest.raises(RuntimeError, match="an unexpected fault"):
+            runner.run(action, "main", threading.Event())
+        assert pool.pids() == []  # discarded: neither busy nor idle
+        assert wait_gone(pids) == []
+        outcome = runner.run(action, "main", threading.Event())  # not held at the cap
+        assert outcome.result.exit_code == 0 and outcome.mode == "persistent"
+        assert outcome.worker_pid != pids[0]
+    finally:
+        pool.stop_all()

@@ -84,23 +84,30 @@ class BlobCache:
             self._evict_directories()
 
     def directories(self, digests: Sequence[re_pb2.Digest]) -> list[re_pb2.Directory]:
-        """The Directory messages of ``digests``, in order; the unseen ones in one batch."""
+        """The Directory messages of ``digests``, in order; the unseen ones in one batch.
+        Those found here are taken at once: another action's reads may evict them while
+        the unseen ones come."""
+        known: dict[tuple[str, int], re_pb2.Directory] = {}
+        missing = []
         with self._lock:
-            missing = [d for d in digests if digest_key(d) not in self._directories]
+            for digest in digests:
+                key = digest_key(digest)
+                node = self._directories.get(key)
+                if node is None:
+                    missing.append(digest)
+                else:
+                    self._directories.move_to_end(key)
+                    known[key] = node
         fetched = self.cas.read_many(missing) if missing else {}
-        found: list[re_pb2.Directory] = []
         with self._lock:
             for key, data in fetched.items():
                 node = re_pb2.Directory()
                 node.ParseFromString(data)
                 self._directories[key] = node
                 self._checked.discard(key)
-            for digest in digests:
-                key = digest_key(digest)
-                self._directories.move_to_end(key)
-                found.append(self._directories[key])
+                known[key] = node
             self._evict_directories()
-        return found
+        return [known[digest_key(digest)] for digest in digests]
 
     def checked(self, digest: re_pb2.Digest, node: re_pb2.Directory) -> bool:
         """Whether ``node``, this cache's message for ``digest``, passed the checks."""

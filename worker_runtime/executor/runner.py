@@ -485,6 +485,9 @@ class ActionRunner:
                 ) from None
             code = 4 if exc.timed_out else 13
             raise ActionNotRun(f"the persistent worker failed: {exc}", code) from None
+        except BaseException:  # not expected (a bug, the pipe loop gone): its state unknown
+            self.pool.release(worker, healthy=False)  # discarded, its place under the cap freed
+            raise
         self.pool.release(worker, healthy=True)
         return response.exit_code, b"", response.output.encode(), reused, worker.pid
 

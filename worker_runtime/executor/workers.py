@@ -332,24 +332,32 @@ class WorkerPool:
         tenant_dir = self.root / tenant
         tenant_dir.mkdir(mode=0o711, parents=True, exist_ok=True)
         home = tenant_dir / f"{identity.digest[:16]}-{serial}"
-        remove_tree(home)
-        home.mkdir(mode=0o700)
-        for relative, source in tools:
-            target = home / relative
-            target.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(source, target)
-        hand_over(home, run_as)
-        group = self.confinement.group("worker") if self.confinement is not None else None
-        # The command the worker's own runs under (empty: Popen switches the uid). Its
-        # home holds only its tool files when it starts: each entry at the top of it is
-        # mounted read-only in the sandbox, with all below it (a directory of tools takes
-        # nothing new either); what the worker makes beside them is its own.
-        tool_entries = sorted({str(home / Path(relative).parts[0]) for relative, _ in tools})
-        started = launch(
-            [], run_as=run_as, sandbox=self.sandbox, group=group,
-            writable=[str(home), str(self.actions)], cwd=str(home), network=identity.network,
-            env=env, fixed=tool_entries, program=identity.argv[0],
-        )  # fmt: skip
+        group: Group | None = None
+        try:
+            remove_tree(home)
+            home.mkdir(mode=0o700)
+            for relative, source in tools:
+                target = home / relative
+                target.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(source, target)
+            hand_over(home, run_as)
+            if self.confinement is not None:
+                group = self.confinement.group("worker")
+            # The command the worker's own runs under (empty: Popen switches the uid). Its
+            # home holds only its tool files when it starts: each entry at the top of it is
+            # mounted read-only in the sandbox, with all below it (a directory of tools
+            # takes nothing new either); what the worker makes beside them is its own.
+            tool_entries = sorted({str(home / Path(relative).parts[0]) for relative, _ in tools})
+            started = launch(
+                [], run_as=run_as, sandbox=self.sandbox, group=group,
+                writable=[str(home), str(self.actions)], cwd=str(home),
+                network=identity.network, env=env, fixed=tool_entries, program=identity.argv[0],
+            )  # fmt: skip
+        except BaseException:  # a full disk, no launcher: neither its home nor group is kept
+            if group is not None:
+                group.remove()
+            remove_tree(home)
+            raise
         spec = BackendSpec(
             key=identity,
             env=env,

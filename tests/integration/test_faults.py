@@ -74,6 +74,30 @@ def test_garbage_on_stdout_is_quoted(start_runtime: StartRuntime, protocol: str)
     assert_still_serves(worker)
 
 
+@pytest.mark.parametrize("protocol", ["proto", "json"])
+def test_an_answer_marked_cancelled_that_nobody_cancelled_is_refused(
+    start_runtime: StartRuntime, protocol: str
+) -> None:
+    """Bazel refuses it too; taken, it answered the request exit 0 with no output."""
+    worker = start_runtime(fake_backend("--protocol", protocol), ["--protocol", protocol])
+    response = worker.run("uncancelled")
+    assert response.exit_code == RUNTIME_ERROR_EXIT_CODE
+    assert "answered request id 0 as cancelled, which was never cancelled" in response.stderr
+    assert_still_serves(worker)
+
+
+def test_a_stray_line_of_spaces_is_not_taken_for_an_answer(start_runtime: StartRuntime) -> None:
+    """In proto framing an empty line then ten spaces parse as a response of 10 bytes
+    whose fields say only was_cancelled (a space is its tag): a worker that printed an
+    indented line answered its request exit 0 (the text after it fails the backend, but
+    what parsed before the bad bytes is delivered)."""
+    worker = start_runtime(fake_backend("--protocol", "proto"), ["--protocol", "proto"])
+    response = worker.run("raw", "\n          indented\n")
+    assert response.exit_code == RUNTIME_ERROR_EXIT_CODE
+    assert "wrote an invalid response" in response.stderr  # "indented" is no frame
+    assert_still_serves(worker)
+
+
 def test_backend_closing_stdout_is_discarded(start_runtime: StartRuntime) -> None:
     worker = start_runtime(fake_backend(), ["--retries", "0"])
     response = worker.run("close-stdout")

@@ -11,6 +11,7 @@ import pytest
 
 from tests.argfile_vectors import Case, parametrize_cases
 from worker_runtime.errors import RequestError
+from worker_runtime.protocol import argfiles
 from worker_runtime.protocol.argfiles import expand_argfiles, split_lines
 
 
@@ -105,3 +106,35 @@ def test_split_lines_matches_the_rule() -> None:
     assert split_lines("") == []
     assert split_lines("\n") == [""]
     assert split_lines("a\r\n\rb\u2028c") == ["a", "", "b\u2028c"]
+
+
+def test_argfiles_that_name_each_other_many_times_stop_at_the_reads_bound(
+    tmp_path: Path,
+) -> None:
+    """Sixteen files of ten lines each naming the next (160 lines in all) expand to 10^15
+    arguments: the expansion never ended while it took the process's memory (the
+    executor expands what any client sends). Empty leaves too: the reads are bounded."""
+    for level in range(16):
+        (tmp_path / f"f{level}").write_text(f"@f{level + 1}\n" * 10 if level < 15 else "")
+    with pytest.raises(RequestError, match=r"read more than 10,000 times .* name each file once"):
+        expand_argfiles(["@f0"], str(tmp_path), confined=True)
+
+
+def test_argfiles_that_expand_past_the_size_bound_are_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(argfiles, "MAX_EXPANSION_BYTES", 1 << 20)
+    (tmp_path / "leaf").write_text("x" * 1000 + "\n")
+    (tmp_path / "fan").write_text("@leaf\n" * 2000)
+    with pytest.raises(RequestError, match="expand to more than 1 MiB of arguments"):
+        expand_argfiles(["@fan"], str(tmp_path))
+    assert len(expand_argfiles(["@leaf"], str(tmp_path))) == 1
+
+
+def test_an_argfile_that_never_ends_is_read_only_to_the_bound(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """`@/dev/zero` was read whole: the runtime's memory until it ran out."""
+    monkeypatch.setattr(argfiles, "MAX_EXPANSION_BYTES", 1 << 20)
+    with pytest.raises(RequestError, match="expand to more than 1 MiB"):
+        expand_argfiles(["@/dev/zero"], str(tmp_path))

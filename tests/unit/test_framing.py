@@ -170,6 +170,14 @@ def test_json_garbage_is_rejected_with_its_bytes() -> None:
         (b'{"wasCancelled":1}', "was_cancelled is not a boolean"),
         (b'{"wasCancelled":"yes"}', "was_cancelled is not a boolean"),
         (b'{"exitCode":1,"exit_code":2}', "appears twice"),
+        # json.loads keeps the last: a failure read as a success (Bazel refuses it).
+        (b'{"exitCode":1,"output":"error: failed","exitCode":0}', "exitCode appears twice"),
+        (b'{"requestId":7,"requestId":3}', "requestId appears twice"),
+        (b'{"output":"a","output":"b"}', "output appears twice"),
+        (b'{"output":{"text":"a"}}', "output is not a string"),
+        # int() refuses past 4,300 digits with a ValueError that escaped the framing.
+        (b'{"exitCode":"' + b"1" * 5000 + b'"}', r"exit_code 1{20}\.\.\. is out of the int32"),
+        (b'{"exitCode":"-' + b"9" * 30 + b'"}', r"exit_code -9{19}\.\.\. is out of the int32"),
         (b'{"output":"a",}', "not valid JSON"),
         (b'{"output":"\xff"}', "cannot be read as JSON .*utf-8"),
         (b'{"exitCode":' + b"9" * 5000 + b"}", "cannot be read as JSON .*4300 digits"),
@@ -189,11 +197,13 @@ def test_json_values_are_read_as_bazels_reader_reads_them() -> None:
         b'{"requestId":"3","exitCode":1.0,"output":"x","wasCancelled":"false"}'
         b'{"requestId":4,"wasCancelled":null}'
         b'{"requestId":"-0","exitCode":"2e0","wasCancelled":"true"}'
+        b'{"exitCode":"-' + b"0" * 30 + b'1"}'
     )
     assert JsonFraming().feed(data) == [
         WorkResponse(exit_code=1, output="x", request_id=3),
         WorkResponse(exit_code=0, output="", request_id=4),
         WorkResponse(exit_code=2, output="", request_id=0, was_cancelled=True),
+        WorkResponse(exit_code=-1, output="", request_id=0),
     ]
 
 

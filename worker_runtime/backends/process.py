@@ -498,6 +498,18 @@ class BackendProcess:
             self.when_gone(self)
 
     def _deliver(self, response: WorkResponse) -> None:
+        if (
+            response.was_cancelled
+            and response.request_id not in self._cancelling
+            and response.request_id not in self._answered_cancels  # said again: dropped below
+        ):
+            # Bazel refuses it too. Stray text on stdout can parse as one (a line of
+            # spaces is field 4, was_cancelled): taken, it made a failed action exit 0.
+            raise ProtocolError(
+                f"it answered request id {response.request_id} as cancelled, which was "
+                "never cancelled",
+                b"",
+            )
         future = self._pending.pop(response.request_id, None)
         if future is None:
             if response.request_id in self._cancelling:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import re
+from typing import NoReturn
 
 from worker_runtime.errors import RequestError
 
@@ -22,6 +23,13 @@ _LINE_BREAK = re.compile(r"\r\n|\r|\n")
 
 #: At most this many argument files nested in one another (the outermost counts).
 MAX_DEPTH = 16
+#: What one expansion may read: argument files are read again at each mention, so a few
+#: small files that each name the next ten times expand to billions of arguments. Each
+#: file read counts its bytes and ``LINE_COST`` more per line (the memory an argument
+#: takes beyond its text); the executor expands what any client sends.
+MAX_EXPANSION_BYTES = 256 << 20
+LINE_COST = 16
+MAX_ARGFILE_READS = 10_000
 
 
 def is_argfile(arg: str) -> bool:
@@ -42,8 +50,37 @@ def expand_argfiles(args: list[str], cwd: str, *, confined: bool = False) -> lis
         return args
     out: list[str] = []
     root = os.path.realpath(cwd) if confined else None
-    _expand_into(out, args, cwd, root, ())
+    _expand_into(out, args, cwd, root, (), _Budget())
     return out
+
+
+class _Budget:
+    """What is left of one expansion's MAX_EXPANSION_BYTES and MAX_ARGFILE_READS."""
+
+    def __init__(self) -> None:
+        self.bytes = MAX_EXPANSION_BYTES
+        self.reads = MAX_ARGFILE_READS
+
+    def take_read(self, name: str) -> None:
+        self.reads -= 1
+        if self.reads < 0:
+            raise RequestError(
+                f"the argument files are read more than {MAX_ARGFILE_READS:,} times (at "
+                f"{name!r}): each mention of one reads it again; name each file once"
+            )
+
+    def take_lines(self, name: str, size: int, lines: int) -> None:
+        self.bytes -= size + LINE_COST * lines
+        if self.bytes < 0:
+            self.past_limit(name)
+
+    @staticmethod
+    def past_limit(name: str) -> NoReturn:
+        raise RequestError(
+            f"the argument files expand to more than {MAX_EXPANSION_BYTES >> 20} MiB of "
+            f"arguments (at {name!r}; each mention of a file reads it again); pass fewer "
+            "or smaller argument files"
+        )
 
 
 def split_lines(text: str) -> list[str]:
@@ -58,7 +95,12 @@ def split_lines(text: str) -> list[str]:
 
 
 def _expand_into(
-    out: list[str], args: list[str], cwd: str, root: str | None, chain: tuple[str, ...]
+    out: list[str],
+    args: list[str],
+    cwd: str,
+    root: str | None,
+    chain: tuple[str, ...],
+    budget: _Budget,
 ) -> None:
     for arg in args:
         if not is_argfile(arg):
@@ -91,13 +133,17 @@ def _expand_into(
                 f"argument file {name!r} nests more than {MAX_DEPTH} argument files "
                 f"(through {' -> '.join(chain)})"
             )
-        _expand_into(out, split_lines(_read(name, path, cwd)), cwd, root, (*chain, real))
+        budget.take_read(name)
+        text = _read(name, path, cwd, budget.bytes)
+        lines = split_lines(text)
+        budget.take_lines(name, len(text), len(lines))
+        _expand_into(out, lines, cwd, root, (*chain, real), budget)
 
 
-def _read(name: str, path: str, cwd: str) -> str:
+def _read(name: str, path: str, cwd: str, max_bytes: int) -> str:
     try:
         with open(path, "rb") as handle:
-            data = handle.read()
+            data = handle.read(max_bytes + 1)  # bounded: `@/dev/zero` too
     except FileNotFoundError:
         raise RequestError(
             f"argument file {name!r} does not exist (looked in {cwd}); "
@@ -105,6 +151,8 @@ def _read(name: str, path: str, cwd: str) -> str:
         ) from None
     except OSError as exc:
         raise RequestError(f"argument file {name!r} cannot be read: {exc.strerror}") from None
+    if len(data) > max_bytes:
+        _Budget.past_limit(name)
     return argfile_text(name, data)
 
 

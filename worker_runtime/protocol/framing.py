@@ -295,7 +295,9 @@ class JsonFraming(_Feeding):
 
     def _parse(self, raw: bytes) -> WorkResponse:
         try:
-            obj = json.loads(raw)
+            # As pairs: a field written twice is refused (json.loads would keep the last
+            # value: `{"exitCode":1,...,"exitCode":0}` read as a success), as Bazel does.
+            pairs: list[tuple[str, Any]] = json.loads(raw, object_pairs_hook=_pairs)
         except json.JSONDecodeError as exc:
             self._seen = bytearray(raw[:QUOTE_BYTES])
             self._fail(f"it is not valid JSON ({exc})")
@@ -306,12 +308,12 @@ class JsonFraming(_Feeding):
             self._fail(f"it cannot be read as JSON ({exc})")
         values: dict[str, Any] = {}
         warnings: list[str] = []
-        for name, value in obj.items():
+        for name, value in pairs:
             target = _RESPONSE_FIELDS.get(name)
             if target is None:
                 continue  # unknown fields are ignored, as the protocol says
             if target in values:
-                self._fail(f"field {target} appears twice")
+                self._fail(f"field {name} appears twice (or in both spellings)")
             if "_" in name and name != "output":
                 warnings.append(f"the backend wrote snake_case {name!r}; Bazel would ignore it")
             values[target] = value
@@ -320,11 +322,14 @@ class JsonFraming(_Feeding):
         # boolean or null is taken there; a null integer or output Bazel refuses, and so
         # does this.
         for name in ("exit_code", "request_id"):
-            value = _as_int32(values.get(name, 0))
+            written = values.get(name, 0)
+            value = _as_int32(written)
             if value is None:
                 self._fail(f"{name} is not an integer")
             if not INT32_MIN <= value <= INT32_MAX:
-                self._fail(f"{name} {value} is out of the int32 range")
+                shown = str(written)
+                shown = shown if len(shown) <= _MAX_INTEGER_CHARS else f"{shown[:20]}..."
+                self._fail(f"{name} {shown} is out of the int32 range")
             values[name] = value
         output = values.get("output", "")
         if not isinstance(output, str):
@@ -346,7 +351,15 @@ class JsonFraming(_Feeding):
         raise ProtocolError(why, self.first_bytes())
 
 
+def _pairs(pairs: list[tuple[str, Any]]) -> list[tuple[str, Any]]:
+    """An object's members in order, each as written (json's object_pairs_hook)."""
+    return pairs
+
+
 _INTEGER = re.compile(r"-?[0-9]+")
+#: A quoted integer of more digits than this (leading zeros aside) is out of the int32
+#: range whatever it is (int() refuses past 4,300 digits with a ValueError of its own).
+_MAX_INTEGER_CHARS = 24
 _NUMBER = re.compile(r"-?[0-9]+(?:\.[0-9]+)?(?:[eE][-+]?[0-9]+)?")
 
 
@@ -356,6 +369,8 @@ def _as_int32(value: object) -> int | None:
     one quoted."""
     if isinstance(value, str):
         if _INTEGER.fullmatch(value):
+            if len(value.lstrip("-").lstrip("0")) > _MAX_INTEGER_CHARS:
+                return INT32_MAX + 1 if value[0] != "-" else INT32_MIN - 1
             return int(value)
         if not _NUMBER.fullmatch(value):  # float() would take " 1", "1_0", "inf"
             return None

@@ -49,7 +49,11 @@ if ! [ -x "$BUILDIFIER" ] || ! grep -q "\"version\": \"$BUILDIFIER_VERSION\"" "$
   command -v npm >/dev/null 2>&1 || { echo "bootstrap: error: npm is needed to install buildifier (apt-get install -y npm)" >&2; exit 1; }
   echo "bootstrap: installing buildifier $BUILDIFIER_VERSION" >&2
   mkdir -p "$ROOT/.cache/npm"
-  npm install --silent --no-audit --no-fund --prefix "$ROOT/.cache/npm" "@bazel/buildifier@$BUILDIFIER_VERSION" >&2
+  # --loglevel=error, not --silent: that hides npm's own errors too.
+  npm install --loglevel=error --no-audit --no-fund --prefix "$ROOT/.cache/npm" "@bazel/buildifier@$BUILDIFIER_VERSION" >&2 || {
+    echo "bootstrap: error: npm could not install @bazel/buildifier@$BUILDIFIER_VERSION (above; is the npm registry reachable?)" >&2
+    exit 1
+  }
 fi
 
 # From Debian: Bazel 4.2.3 (bazel-bootstrap) drives the workers in the conformance tests;
@@ -66,9 +70,13 @@ if [ ${#missing[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
     echo "bootstrap: installing ${missing[*]} (Debian)" >&2
     export DEBIAN_FRONTEND=noninteractive
-    apt-get install -y -q "${missing[@]}" >/dev/null 2>&1 || {
-      apt-get update -q >/dev/null && apt-get install -y -q "${missing[@]}" >/dev/null
-    }
+    # (set -e stops nothing left of a `&&`: a failed update went unnoticed.)
+    if ! apt-get install -y -q "${missing[@]}" >/dev/null 2>&1; then
+      apt-get update -q >/dev/null && apt-get install -y -q "${missing[@]}" >/dev/null || {
+        echo "bootstrap: error: apt-get could not install ${missing[*]} (above: the network, or another apt holding its lock?)" >&2
+        exit 1
+      }
+    fi
   else
     echo "bootstrap: warning: ${missing[*]} missing (apt-get install ${missing[*]}, as root); their tests will fail" >&2
   fi
@@ -86,10 +94,13 @@ python_exactly() {  # a Python interpreter of exactly version $1 (never a pyenv 
   done
   return 1
 }
+venv_works() {  # whether virtualenv $1's interpreter runs (it is a link to one that may be gone)
+  [ -x "$1/bin/python" ] && "$1/bin/python" -c "" >/dev/null 2>&1
+}
 make_buildgrid_venv() {  # $1 venv, $2 python, then the packages
   local venv=$1 python=$2 version=$3
   shift 2
-  [ -x "$venv/bin/bgd" ] && [ -f "$venv/.installed-${version#buildgrid==}" ] && return 0
+  venv_works "$venv" && [ -x "$venv/bin/bgd" ] && [ -f "$venv/.installed-${version#buildgrid==}" ] && return 0
   echo "bootstrap: installing BuildGrid ${version#buildgrid==} into $venv" >&2
   rm -rf "$venv"
   "$python" -m venv "$venv"
@@ -118,15 +129,16 @@ else
   echo "bootstrap: warning: no Python 3.11: the tests of the engine on buildgrid 0.4 will fail" >&2
 fi
 
-if [ -f "$STAMP" ] && [ -x "$VENV/bin/python" ]; then
+if [ -f "$STAMP" ] && venv_works "$VENV"; then
   compile_bytecode
   exit 0
 fi
 PYTHON=$(find_python) || { echo "bootstrap: error: no Python >= 3.11 found on PATH; install python3.11" >&2; exit 1; }
 echo "bootstrap: creating $VENV with $PYTHON" >&2
-# A venv whose creation was interrupted has its python but no pip: made again.
-if [ -x "$VENV/bin/python" ] && ! "$VENV/bin/python" -m pip --version >/dev/null 2>&1; then
-  echo "bootstrap: $VENV is incomplete (an interrupted creation?): making it again" >&2
+# A venv whose creation was interrupted has its python but no pip, and one whose Python
+# was removed (a pyenv uninstall) links to nothing (`venv` keeps such links): made again.
+if [ -e "$VENV" ] && { ! venv_works "$VENV" || ! "$VENV/bin/python" -m pip --version >/dev/null 2>&1; }; then
+  echo "bootstrap: $VENV is incomplete or its Python is gone: making it again" >&2
   rm -rf "$VENV"
 fi
 [ -x "$VENV/bin/python" ] || "$PYTHON" -m venv "$VENV"

@@ -10,6 +10,7 @@ import os
 import shutil
 import signal
 import socket
+import stat
 import subprocess
 import tempfile
 from collections.abc import Iterator
@@ -43,6 +44,10 @@ def test_up_is_idempotent_and_down_stops_every_process(cluster_dir: Path) -> Non
     assert f"unix://{cluster_dir}/run/buildgrid.sock" in first.stdout
     running = status(cluster_dir)
     assert running["buildgrid"]["answers"] is True and running["postgres"]["alive"] is True
+    # PostgreSQL's socket is its owner's alone: with trust authentication, any local
+    # user reaching it was its superuser.
+    (socket_file,) = (cluster_dir / "run").glob(".s.PGSQL.*[0-9]")
+    assert stat.S_IMODE(socket_file.stat().st_mode) == 0o700
     again = cluster("up", "--dir", str(cluster_dir))
     assert again.returncode == 0, again.stderr
     assert status(cluster_dir)["buildgrid"]["pid"] == running["buildgrid"]["pid"]  # left as it was

@@ -189,7 +189,10 @@ def fake_buildgrid(venv: Path) -> None:
     bgd.chmod(0o755)
 
 
-def test_an_interrupted_up_stops_what_it_started(tmp_path: Path) -> None:
+@pytest.mark.parametrize("how", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP])
+def test_an_interrupted_up_stops_what_it_started(tmp_path: Path, how: signal.Signals) -> None:
+    """Ctrl-C, a CI step's timeout (SIGTERM) or a closed terminal (SIGHUP): by their
+    default action the last two left what it had started running."""
     fake_buildgrid(tmp_path / "venv")
     env = {**os.environ, "WORKER_RUNTIME_BUILDGRID_VENV": str(tmp_path / "venv")}
     with private_cluster() as directory:
@@ -205,13 +208,13 @@ def test_an_interrupted_up_stops_what_it_started(tmp_path: Path) -> None:
                     server = json.loads((directory / "state.json").read_text())["buildgrid_pid"]
                 time.sleep(0.01)
             assert server and up.poll() is None
-            up.send_signal(signal.SIGINT)  # Ctrl-C
+            up.send_signal(how)
             _, err = up.communicate(timeout=120)
         finally:
             if up.poll() is None:
                 up.kill()
                 up.wait()
-        assert up.returncode == 130, err
+        assert up.returncode == 128 + how, err
         assert err.strip() == "worker-runtime cluster up: interrupted; what it started is stopped"
         assert wait_gone([server]) == []
         assert processes_of(directory) == []  # PostgreSQL too

@@ -10,6 +10,7 @@ import argparse
 import itertools
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -121,6 +122,18 @@ def _stop(layout: ClusterLayout, state: ClusterState, pid: int, grace_s: float =
     processes.stop(pid, grace_s, state.start_times.get(str(pid)), _marker(layout))
 
 
+#: How long the executors have to go once asked: past their own shutdown grace (in
+#: which they finish their actions or hand them back) and the wait for the actions
+#: they stop after it, so that none is SIGKILLed mid-report and no action outlives it.
+EXECUTOR_STOP_S = 45.0
+
+
+def _stop_executors(layout: ClusterLayout, state: ClusterState, pids: list[int]) -> None:
+    """Stops the executors ``pids`` together (each recorded one still running)."""
+    recorded = [(pid, state.start_times.get(str(pid))) for pid in pids]
+    processes.stop_all(recorded, EXECUTOR_STOP_S, _marker(layout))
+
+
 def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
@@ -180,10 +193,15 @@ def start_executors(layout: ClusterLayout, state: ClusterState, count: int) -> N
 def _answers(port: int) -> bool:
     """Whether an executor's metrics are on ``port`` (not just any listener)."""
     try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=1) as page:
+        # Never through a proxy (`http_proxy` set without 127.0.0.1 in `no_proxy`: every
+        # start failed after 60 s as "did not start").
+        with _DIRECT.open(f"http://127.0.0.1:{port}/metrics", timeout=1) as page:
             return b"executor_leases_total" in page.read()
     except OSError:
         return False
+
+
+_DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 
 def executor_instance(index: int) -> str:
@@ -307,13 +325,11 @@ def _up(layout: ClusterLayout, executors: int | None, options: list[str]) -> dic
             # Executors died, or another count or options are wanted: a fresh set (bot ids
             # stay unique).
             state.executor_options = options
-            for pid in alive:
-                _stop(layout, state, pid, grace_s=30.0)
+            _stop_executors(layout, state, alive)
             try:
                 start_executors(layout, state, executors)
             except BaseException:  # an error, or an interrupt: none of the new set is left
-                for pid in state.executor_pids:
-                    _stop(layout, state, pid, grace_s=30.0)
+                _stop_executors(layout, state, state.executor_pids)
                 state.executor_pids, state.executor_metrics_ports = [], []
                 raise
             finally:
@@ -321,8 +337,8 @@ def _up(layout: ClusterLayout, executors: int | None, options: list[str]) -> dic
         return describe(layout)
     # A server that no longer answers, or whose database is gone: all of it afresh.
     _stop(layout, state, state.buildgrid_pid)
-    for pid in state.executor_pids:  # bots of that server: a fresh set comes with the new one
-        _stop(layout, state, pid, grace_s=30.0)
+    # Bots of that server: a fresh set comes with the new one.
+    _stop_executors(layout, state, state.executor_pids)
     state.buildgrid_pid = 0
     state.executor_pids, state.executor_metrics_ports = [], []
     state.executor_options = options
@@ -359,8 +375,8 @@ def down(layout: ClusterLayout) -> None:
 
 def _down(layout: ClusterLayout) -> None:
     state = layout.read_state()
-    for pid in state.executor_pids:  # they finish or hand back their leases, then go
-        _stop(layout, state, pid, grace_s=30.0)
+    # They finish or hand back their leases, then go.
+    _stop_executors(layout, state, state.executor_pids)
     _stop(layout, state, state.buildgrid_pid)
     postgres.stop(layout)
     layout.state_file.unlink(missing_ok=True)
@@ -434,6 +450,15 @@ def up_main(argv: Sequence[str]) -> int:
     layout = ClusterLayout.from_dir(args.dir)
     if (problem := _executor_option_problem(layout, args.executors, options)) is not None:
         parser.error(problem)
+    # SIGTERM and SIGHUP (a CI step's timeout, a closed terminal) end it as Ctrl-C does,
+    # stopping what it started: by their default action they left it all running.
+    stopped_by: list[int] = []
+
+    def interrupted(signum: int, frame: object) -> None:
+        stopped_by.append(signum)
+        raise KeyboardInterrupt
+
+    previous = {s: signal.signal(s, interrupted) for s in (signal.SIGTERM, signal.SIGHUP)}
     try:
         info = up(layout, args.executors, options)
     except (ClusterError, OSError) as exc:
@@ -441,7 +466,10 @@ def up_main(argv: Sequence[str]) -> int:
         return 1
     except KeyboardInterrupt:
         sys.stderr.write("worker-runtime cluster up: interrupted; what it started is stopped\n")
-        return 130
+        return 128 + (stopped_by[0] if stopped_by else signal.SIGINT)
+    finally:
+        for number, handler in previous.items():
+            signal.signal(number, handler)
     version = info["buildgrid"]["version"]  # type: ignore[index]
     print(
         f"cluster up: {info['address']} (instance {INSTANCE}, BuildGrid {version}); "

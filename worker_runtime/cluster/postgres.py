@@ -19,9 +19,11 @@ from worker_runtime.cluster import processes
 from worker_runtime.cluster.layout import ClusterLayout
 from worker_runtime.errors import ClusterError
 
+#: No TCP; its socket only for its owner (root passes anyway): at PostgreSQL's default
+#: of 0777, with trust authentication, any local user was its superuser.
 SETTINGS = (
-    "-c listen_addresses='' -c fsync=off -c synchronous_commit=off -c full_page_writes=off "
-    "-c max_connections=200"
+    "-c listen_addresses='' -c unix_socket_permissions=0700 -c fsync=off "
+    "-c synchronous_commit=off -c full_page_writes=off -c max_connections=200"
 )
 
 

@@ -73,16 +73,40 @@ def stop(
 ) -> None:
     """SIGTERM to the process group ``pid`` leads, SIGKILL after ``grace_s``; nothing if
     ``pid`` is no longer the process recorded (see ``is_ours``)."""
-    if not alive(pid, started, marker):
-        return
-    try:
-        os.killpg(pid, signal.SIGTERM)
-    except (ProcessLookupError, PermissionError):
-        return
-    deadline = time.monotonic() + grace_s
-    while time.monotonic() < deadline:
+    stop_all([(pid, started)], grace_s, marker)
+
+
+def stop_all(
+    recorded: list[tuple[int, int | None]], grace_s: float, marker: str | None = None
+) -> None:
+    """``stop`` for each (pid, start time) at once: all are sent SIGTERM first, then
+    waited for on one deadline (executors each finish or hand back their leases in their
+    own grace: one after another, the last took N graces to be asked), SIGKILL for those
+    still running after ``grace_s``; a moment is then left for the kill to land."""
+    signalled = []
+    for pid, started in recorded:
         if not alive(pid, started, marker):
-            return
-        time.sleep(0.05)
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(pid, signal.SIGKILL)
+            continue
+        try:
+            os.killpg(pid, signal.SIGTERM)
+        except (ProcessLookupError, PermissionError):
+            continue
+        signalled.append((pid, started))
+    deadline = time.monotonic() + grace_s
+    while signalled and time.monotonic() < deadline:
+        signalled = [(p, s) for p, s in signalled if alive(p, s, marker)]
+        if signalled:
+            time.sleep(0.05)
+    for pid, _ in signalled:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(pid, signal.SIGKILL)
+    deadline = time.monotonic() + _KILLED_WAIT_S
+    while signalled and time.monotonic() < deadline:
+        signalled = [(p, s) for p, s in signalled if alive(p, s, marker)]
+        if signalled:
+            time.sleep(0.01)
+
+
+#: How long a stop waits for the processes it SIGKILLed to be gone (a process exiting
+#: frees its memory first: its directory is not to be reused before).
+_KILLED_WAIT_S = 5.0

@@ -12,7 +12,7 @@ Request commands: ``echo WORDS...``, ``exit CODE [MESSAGE]``, ``sleep SECONDS [S
 ``sleep-write SECONDS FILE [STARTED]`` (STARTED: a file made as the request starts), ``pid``, ``identity``,
 ``env NAME``, ``args``, ``crash``, ``crash-once MARKER``, ``crash-after SECONDS MARKER``, ``bad-int``, ``alloc-sleep MB SECONDS``, ``helper-pid``, ``garbage``, ``silent``,
 ``close-stdin DELAY``, ``close-stdout``, ``answer-then-close-stdout``, ``answer-then-print``,
-``sleep-answer-twice-if-cancelled SECONDS``, ``uncancelled``, ``raw TEXT``, ``wrong-id``, ``huge BYTES``, ``snake`` (JSON:
+``sleep-answer-twice-if-cancelled SECONDS``, ``uncancelled``, ``raw TEXT``, ``answer-then-newline SECONDS``, ``wrong-id``, ``huge BYTES``, ``snake`` (JSON:
 answer in snake_case).
 """
 
@@ -264,6 +264,12 @@ def handle(framing, request: dict, options: dict) -> None:
     elif command == "answer-then-print":
         # Answers and prints to stdout in the same write (a worker's stray print).
         send(framing.write(0, "answered", rid) + b"done\n")
+        return
+    elif command == "answer-then-newline":
+        # Answers, then after a pause writes the newline after it (print, unbuffered).
+        send(framing.write(0, "answered", rid))
+        time.sleep(float(rest[0]))
+        send(b"\n")
         return
     elif command == "uncancelled":
         # Answers as cancelled a request nobody cancelled.

@@ -9,6 +9,7 @@ import contextlib
 import errno
 import os
 import signal
+import time
 from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any, TypeVar
@@ -218,3 +219,30 @@ def test_stopping_a_backend_that_never_exits_gives_up_instead_of_hanging(
         for pid in stuck:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
+
+
+@pytest.mark.parametrize("loop", sorted(LOOPS))
+def test_a_newline_written_after_an_answer_keeps_the_warm_backend(
+    tmp_path: Path, loop: str
+) -> None:
+    """A JSON worker writes its answer, then the newline after it in a write of its own
+    (`print` unbuffered does). When the next request came before the loop had read that
+    newline, the warm backend was killed as babbling and the request waited for a cold
+    one; the newline is read and taken as the space between answers now."""
+    command = tuple(fake_backend("--protocol", "json"))
+    manager = BackendManager(
+        RuntimeConfig(command=command, protocol="json"), str(tmp_path), tmp_path
+    )
+
+    async def scenario() -> tuple[str, int, int]:
+        pool = manager.pool_for(manager.key_for(()))
+        first = await pool.call(("answer-then-newline", "0.1"), (), 0)
+        (proc,) = pool.processes
+        time.sleep(0.5)  # noqa: ASYNC251 - the loop busy: the newline waits in the pipe
+        assert proc.unread_output_bytes() == 1
+        after = await pool.call(("pid",), (), 0)
+        await manager.stop_all()
+        return first.output, proc.pid, int(after.output)
+
+    output, warm, served = run_on(loop, scenario)
+    assert output == "answered" and served == warm

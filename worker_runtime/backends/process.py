@@ -334,9 +334,27 @@ class BackendProcess:
         waiting in its stdout pipe, unread by the event loop yet (a second answer to its
         last request, say), or were read as part of a message not finished yet, it is
         killed and True returned; the request must go to another backend. (Called on the
-        event loop, which alone feeds the framing.) Bytes that arrive after the request is written cannot be told from its
-        answer: a singleplex response carries no request id."""
+        event loop, which alone feeds the framing.) What waits is read and framed first:
+        whitespace between answers is no babble. Bytes that arrive after the request is
+        written cannot be told from its answer: a singleplex response carries no
+        request id."""
         waiting = self.unread_output_bytes()
+        if waiting and self._proc is not None and self._proc.stdout is not None:
+            # Read here what waits, as the loop would: the whitespace a JSON worker
+            # writes after its answer in a write of its own (`print` unbuffered) is
+            # taken, not a reason to kill a warm backend; anything else fails it as read.
+            try:
+                data = os.read(self._proc.stdout.fileno(), waiting)
+            except (BlockingIOError, InterruptedError):
+                data = b""
+            except (OSError, ValueError):  # closed meanwhile: judged on the count
+                data = None
+            if data is not None:
+                if data:
+                    self._on_stdout(data)
+                if not self.alive:
+                    return True
+                waiting = self.unread_output_bytes()
         partial = self.framing.mid_message()  # read already, an unfinished message
         if not waiting and not partial:
             return False

@@ -314,3 +314,16 @@ def test_a_cluster_dir_too_long_for_its_sockets_is_refused_before_anything_start
     assert f"at most {MAX_SOCKET_PATH}" in failed.stderr
     assert str(directory / "run" / "buildgrid.sock") in failed.stderr
     assert not directory.exists()  # nothing was made, nor started
+
+
+@pytest.mark.needs_root("PostgreSQL runs as the postgres user only under root")
+def test_a_cluster_dir_the_postgres_user_cannot_reach_is_a_clear_error(tmp_path: Path) -> None:
+    """A checkout under /root (0700): initdb, run as postgres, failed with "Permission
+    denied" on a directory it had just been given, naming no way out."""
+    private = tmp_path / "private"
+    private.mkdir(mode=0o700)
+    failed = cluster("up", "--dir", str(private / "cluster"))
+    assert failed.returncode == 1 and "Traceback" not in failed.stderr, failed.stderr
+    assert f"cannot pass through {private} (mode 0700)" in failed.stderr
+    assert f"chmod o+x {private}" in failed.stderr
+    assert processes_of(private) == []

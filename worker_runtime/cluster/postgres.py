@@ -6,11 +6,13 @@ from __future__ import annotations
 
 import contextlib
 import glob
+import grp
 import os
 import pwd
 import shlex
 import shutil
 import signal
+import stat
 import subprocess
 import time
 from pathlib import Path
@@ -64,6 +66,31 @@ def _run(command: list[str], what: str, log: Path) -> None:
         )
 
 
+def _check_reachable_by_server(directory: Path) -> None:
+    """As root, the server runs as the postgres user, which must be able to pass through
+    every directory above ``directory``: a checkout under /root (0700) failed in initdb
+    with a "Permission denied" on a directory it had just been given."""
+    if os.geteuid() != 0:
+        return
+    user = pwd.getpwnam("postgres")
+    groups = {user.pw_gid, *(g.gr_gid for g in grp.getgrall() if "postgres" in g.gr_mem)}
+    for parent in directory.resolve().parents:
+        info = parent.stat()
+        if info.st_uid == user.pw_uid:
+            allowed = info.st_mode & stat.S_IXUSR
+        elif info.st_gid in groups:
+            allowed = info.st_mode & stat.S_IXGRP
+        else:
+            allowed = info.st_mode & stat.S_IXOTH
+        if not allowed:
+            raise ClusterError(
+                f"PostgreSQL runs as the postgres user under root, and that user cannot "
+                f"pass through {parent} (mode {stat.S_IMODE(info.st_mode):04o}) to reach "
+                f"{directory}: `chmod o+x {parent}`, or put the cluster elsewhere "
+                "(`--dir /var/tmp/worker-runtime-cluster`)"
+            )
+
+
 def start(layout: ClusterLayout) -> int:
     """Initialises the data directory if needed and starts the server, unless it runs and
     answers already. Returns its PID."""
@@ -71,6 +98,8 @@ def start(layout: ClusterLayout) -> int:
     log = layout.logs / "postgres.log"
     for directory in (layout.root, layout.pg_dir, layout.run_dir, layout.logs):
         directory.mkdir(parents=True, exist_ok=True)
+    _check_reachable_by_server(layout.pg_dir)
+    _check_reachable_by_server(layout.run_dir)
     for directory in (layout.pg_dir, layout.run_dir):
         _server_owner(directory)
     if not log.exists():

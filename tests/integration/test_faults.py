@@ -107,6 +107,16 @@ def test_backend_closing_stdout_is_discarded(start_runtime: StartRuntime) -> Non
     assert_still_serves(worker)
 
 
+def test_a_singleplex_answer_naming_a_request_id_is_the_answer(start_runtime: StartRuntime) -> None:
+    """Singleplex requests carry no id; Bazel's reader takes the next answer whatever id
+    it names. It failed the backend here as a protocol error."""
+    worker = start_runtime(fake_backend())
+    first = worker.run("pid")
+    response = worker.run("wrong-id")
+    assert (response.exit_code, response.stderr) == (0, "")
+    assert worker.run("pid").stderr == first.stderr  # the same warm backend
+
+
 def test_wrong_request_id(start_runtime: StartRuntime) -> None:
     worker = start_runtime(fake_backend("--multiplex"), ["--multiplex"])
     response = worker.run("wrong-id")

@@ -163,6 +163,8 @@ class BackendProcess:
         #: second answer to one (its work ended as the cancel came) is dropped, and the
         #: other requests in flight go on (ids are never reused).
         self._answered_cancels: collections.deque[int] = collections.deque(maxlen=ANSWERED_CANCELS)
+        #: A singleplex backend answered with a request id of its own (said once).
+        self._said_singleplex_id = False
         #: Set when the backend answers a cancel (one event per cancelled request).
         self._cancel_answered: dict[int, asyncio.Event] = {}
         self._failure: BackendError | None = None
@@ -529,6 +531,18 @@ class BackendProcess:
                 b"",
             )
         future = self._pending.pop(response.request_id, None)
+        if future is None and not self.spec.key.multiplex and 0 in self._pending:
+            # Singleplex requests carry no id (0): Bazel's reader takes the next answer
+            # as the answer whatever id it names, and so does this.
+            future = self._pending.pop(0)
+            if not self._said_singleplex_id:
+                self._said_singleplex_id = True
+                LOGGER.warning(
+                    "%s (singleplex) answers with request id %d; taken as the answer, as "
+                    "Bazel does (said once)",
+                    self.describe(),
+                    response.request_id,
+                )
         if future is None:
             if response.request_id in self._cancelling:
                 self._cancelling.discard(response.request_id)

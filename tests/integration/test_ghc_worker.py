@@ -995,3 +995,19 @@ def test_a_compile_after_the_temporary_directory_was_removed_writes_its_files_an
         answered = worker.run(*compile_args("Shop.Types", outputs))
         assert answered.exit_code == 0, answered.output
         assert (tmp_path / outputs / "Shop/Types.o").exists()
+
+
+def test_output_past_the_cap_is_cut_and_says_so(pipe_worker: StartPipe, tmp_path: Path) -> None:
+    """A -ddump-* to stdout of a large module was read whole into the worker's memory
+    and answered whole (past the runtime's max_response_mb: a protocol error, the warm
+    worker discarded). Past GHC_WORKER_MAX_OUTPUT_BYTES (64 MiB by default) the output
+    is cut, saying so, and the compile's exit code is kept."""
+    write(tmp_path, "A.hs", "module A where\nf :: Int -> Int\nf x = x + 1\n")
+    worker = pipe_worker(env={**os.environ, "GHC_WORKER_MAX_OUTPUT_BYTES": "200"})
+    response = worker.run("-c", "A.hs", "-ddump-simpl", verbose=False)
+    assert response.exit_code == 0
+    shown, note = response.output.split("\n[ghc-worker: the output was cut here: ")
+    assert len(shown.encode()) <= 200 and note.endswith("of which the first 200 are above]\n")
+    assert (tmp_path / "A.o").exists()
+    small = worker.run("-c", "A.hs", verbose=False)  # under the cap: whole, no note
+    assert small.exit_code == 0 and "ghc-worker: the output was cut" not in small.output

@@ -9,9 +9,11 @@ module Capture
 
 import Control.Exception (SomeException, bracket, finally, try)
 import qualified Data.ByteString as B
+import qualified Data.ByteString.Char8 as B8
 import qualified Data.Text as T
 import qualified Data.Text.Encoding as TE
 import qualified Data.Text.Encoding.Error as TE
+import System.Environment (lookupEnv)
 import System.IO
 import System.Posix.IO
   ( FdOption (CloseOnExec)
@@ -28,6 +30,7 @@ import System.Posix.IO
   , stdOutput
   , trunc
   )
+import Text.Read (readMaybe)
 
 -- | Returns handles on the original stdin and stdout for protocol messages, makes fd 1
 -- a copy of fd 2 and fd 0 /dev/null, so nothing else the process writes can corrupt the
@@ -52,6 +55,17 @@ protectStdio = do
   hSetBinaryMode input True
   return (input, out)
 
+-- | The most of a compile's output a response carries (64 MiB; the environment's
+-- @GHC_WORKER_MAX_OUTPUT_BYTES@ if it is a positive number): a @-ddump-*@ to stdout of a
+-- large module would otherwise be read whole into the worker's memory, then refused by
+-- the runtime as too large, the warm worker with it. Past it the output is cut, saying so.
+maxOutputBytes :: IO Int
+maxOutputBytes = do
+  set <- lookupEnv "GHC_WORKER_MAX_OUTPUT_BYTES"
+  return $ case set >>= readMaybe of
+    Just n | n > 0 -> n
+    _ -> 64 * 1024 * 1024
+
 -- | Runs the action with fd 1 and fd 2 redirected into the file at @path@, then puts
 -- them back and returns how the action ended and what was written (decoded as UTF-8):
 -- what was printed before an exception (GHC's warnings, say) is kept for the response.
@@ -65,7 +79,14 @@ captureOutput path action = do
       _ <- dupTo fd stdOutput
       closeFd fd
       try action `finally` flushAll
-  bytes <- B.readFile path
+  cap <- maxOutputBytes
+  bytes <- withBinaryFile path ReadMode $ \h -> do
+    size <- hFileSize h
+    start <- B.hGet h cap
+    return $
+      if size > fromIntegral cap
+        then start <> B8.pack ("\n[ghc-worker: the output was cut here: " ++ show size ++ " bytes in all, of which the first " ++ show cap ++ " are above]\n")
+        else start
   return (result, T.unpack (TE.decodeUtf8With TE.lenientDecode bytes))
   where
     flushAll = hFlush stdout >> hFlush stderr

@@ -112,7 +112,7 @@ def checked_config(path: str | None, overrides: dict[str, Any]) -> RuntimeConfig
     checked; raises ConfigError."""
     from worker_runtime.config import RuntimeConfig, load_config_file, with_overrides
 
-    config = load_config_file(path) if path else RuntimeConfig()
+    config = load_config_file(path) if path is not None else RuntimeConfig()
     return with_overrides(config, overrides).validated()
 
 
@@ -144,7 +144,8 @@ def serve_main(argv: Sequence[str]) -> int:
     }
     from worker_runtime.entry import plain_config_file
 
-    mapping = plain_config_file(args.config) if args.config else None
+    # `--config ""` (an unset variable) is a file that cannot be read, not no file.
+    mapping = plain_config_file(args.config) if args.config is not None else None
     if mapping is not None and all(value is None for value in overrides.values()):
         # The form worker_tool writes, daemon on: the daemon checks the config itself, and
         # this process reads it only if it must start a daemon or explain a refusal.

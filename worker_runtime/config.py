@@ -131,7 +131,7 @@ class RuntimeConfig:
     retries: int = field(
         default=1,
         metadata=doc(
-            "How often a request whose backend died before answering is retried on a fresh one."
+            "How often a request whose backend died before answering is retried on a fresh one (at most 100)."
         ),
     )
     cancellable: bool = field(
@@ -165,7 +165,7 @@ class RuntimeConfig:
     log_dir: str | None = field(
         default=None,
         metadata=doc(
-            "Where logs go (default: $WORKER_RUNTIME_LOG_DIR, else $XDG_STATE_HOME or ~/.local/state, then buck2-worker-runtime/logs)."
+            "Where logs go (default: $WORKER_RUNTIME_LOG_DIR, else $XDG_STATE_HOME or ~/.local/state, then buck2-worker-runtime/logs). Daemon-wide: taken from the front that starts the daemon; a change reaches a running daemon once it is restarted (`worker-runtime stop`)."
         ),
     )
     server: str = field(
@@ -202,7 +202,10 @@ class RuntimeConfig:
         ),
     )
     reclaim_interval_s: float = field(
-        default=5.0, metadata=doc("How often the daemon checks idle times, memory and log sizes.")
+        default=5.0,
+        metadata=doc(
+            "How often the daemon checks idle times, memory and log sizes (at least 0.1 s; daemon-wide, taken from the front that starts the daemon)."
+        ),
     )
     log_cap_mb: int = field(
         default=16,
@@ -241,6 +244,14 @@ class RuntimeConfig:
             )
         if self.routing in REMOTE_ROUTINGS:
             _check_endpoint(self.routing, self.remote.endpoint)
+            problem = endpoint_problem(
+                self.remote.endpoint,
+                self.remote.tls,
+                self.remote.tls_ca_file,
+                self.remote.credentials_file,
+            )
+            if problem is not None:
+                raise ConfigError(problem)
         return self
 
 
@@ -308,6 +319,20 @@ def _int(minimum: int, maximum: int | None = None) -> Callable[[str, Any], int]:
 MAX_SECONDS = 1e9
 
 
+def _seconds_at_least(minimum: float) -> Callable[[str, Any], float]:
+    """``_seconds``, and at least ``minimum`` (a sweep of /proc back to back kept a CPU busy)."""
+
+    def check(key: str, value: Any) -> float:
+        seconds = _seconds(key, value)
+        if seconds < minimum:
+            raise ConfigError(
+                f"config key `{key}` must be at least {minimum:g} s, not {_shown(value)}"
+            )
+        return seconds
+
+    return check
+
+
 def _seconds(key: str, value: Any) -> float:
     # Python's JSON reader takes NaN and Infinity: a NaN timer fires at once, an infinite
     # one overflows where a whole number of seconds is needed.
@@ -364,6 +389,21 @@ def _check_endpoint(routing: str, endpoint: str) -> None:
         )
 
 
+def endpoint_problem(endpoint: str, tls: bool, ca_file: str, credentials_file: str) -> str | None:
+    """What makes these remote settings unusable, or None: checked at the start (here)
+    and where a channel is made (remote/channels.py), by the same words."""
+    target = endpoint.removeprefix("grpcs://").removeprefix("grpc://")
+    if not target:
+        return f"the remote endpoint {endpoint!r} names no server (grpcs://host:port, say)"
+    if (ca_file or credentials_file) and not (endpoint.startswith("grpcs://") or tls):
+        which = "tls_ca_file" if ca_file else "credentials_file"
+        return (
+            f"`{which}` is set but the endpoint {endpoint!r} is not TLS: a bearer token or a "
+            "CA is used only over TLS; use a grpcs:// endpoint (or set tls to true)"
+        )
+    return None
+
+
 def _routing(key: str, value: Any) -> str:
     if value not in ROUTINGS:
         raise ConfigError(f"config key `{key}` must be one of {ROUTINGS}, not {json.dumps(value)}")
@@ -389,6 +429,9 @@ def _remote(key: str, value: Any) -> RemoteConfig:
                 f"config key `{key}.properties` must map names to strings, not "
                 f"{json.dumps(name)}: {json.dumps(item)}"
             )
+    for name, item in [*value.items(), *value.get("properties", {}).items()]:
+        if isinstance(item, str) and "\0" in name + item:
+            raise ConfigError(f"config key `{key}.{name}` holds a NUL character: {_shown(item)}")
     return RemoteConfig(**value)
 
 
@@ -424,8 +467,14 @@ def _optional_int(minimum: int) -> Callable[[str, Any], int | None]:
     return optional
 
 
-def _optional_string(key: str, value: Any) -> str | None:
-    return None if value is None else _string(key, value)
+def _optional_path(key: str, value: Any) -> str | None:
+    if value is None:
+        return None
+    if "\0" in _string(key, value):
+        raise ConfigError(
+            f"config key `{key}` holds a NUL character, which no path can: {_shown(value)}"
+        )
+    return str(value)
 
 
 _CHECKS: dict[str, Callable[[str, Any], Any]] = {
@@ -438,19 +487,19 @@ _CHECKS: dict[str, Callable[[str, Any], Any]] = {
     "key_env": _names,
     "env": _env,
     "verbosity": _int(0, (1 << 31) - 1),  # WorkRequest.verbosity is an int32
-    "retries": _int(0),
+    "retries": _int(0, 100),
     "cancellable": _bool,
     "frame_stall_timeout_s": _seconds,
     "max_response_mb": _int(1, 2048),
     "cancel_grace_s": _seconds,
     "shutdown_grace_s": _seconds,
-    "log_dir": _optional_string,
+    "log_dir": _optional_path,
     "daemon": _bool,
     "daemon_idle_timeout_s": _seconds,
     "backend_idle_timeout_s": _seconds,
     "memory_budget_mb": _optional_int(1),
     "backend_memory_limit_mb": _optional_int(1),
-    "reclaim_interval_s": _seconds,
+    "reclaim_interval_s": _seconds_at_least(0.1),
     "log_cap_mb": _int(1),
     "default_timeout_s": _optional_seconds,
     "routing": _routing,

@@ -52,7 +52,7 @@ def plain_config_file(path: str) -> dict[str, Any] | None:
     try:
         with open(path, encoding="utf-8") as handle:
             data = loads(handle.read())
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):  # the full check says what is wrong
         return None
     if not isinstance(data, dict) or data.get("daemon", True) is not True:
         return None

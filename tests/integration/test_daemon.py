@@ -30,6 +30,7 @@ from tests.conftest import (
 )
 from tests.imports import modules_loaded_by
 from worker_runtime.config import RuntimeConfig
+from worker_runtime.daemon import commands as daemon_commands
 from worker_runtime.daemon import lock
 from worker_runtime.daemon.front import daemon_command
 from worker_runtime.daemon.paths import DaemonPaths
@@ -894,3 +895,17 @@ def test_a_streaming_request_fails_as_a_worker_exit_when_the_front_goes(
                 await session.execute(make_command(["echo", "late"]))
 
     asyncio.run(scenario())
+
+
+def test_a_log_dir_starting_with_a_dash_reaches_the_daemon_as_its_value(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Passed as two arguments, `--log-dir -logs` read `-logs` as an option: the daemon
+    exited 2 at its start and every front failed, where `--no-daemon` worked."""
+    paths = DaemonPaths.for_project(str(tmp_path))
+    command = daemon_command(paths, RuntimeConfig(command=("x",), log_dir="-logs"))
+    taken: list[DaemonPaths] = []
+    # Parsed, then it stops as a daemon that finds another holding its lock does.
+    monkeypatch.setattr(daemon_commands.lock, "take", lambda held: taken.append(held))
+    assert daemon_commands.daemon_main(command[command.index("daemon") + 1 :]) == 0
+    assert [held.socket for held in taken] == [paths.socket]

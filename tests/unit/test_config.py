@@ -13,6 +13,7 @@ from worker_runtime.config import (
     load_config_file,
     with_overrides,
 )
+from worker_runtime.entry import plain_config_file
 from worker_runtime.errors import ConfigError
 
 
@@ -80,6 +81,12 @@ def test_full_config_round_trip(tmp_path: Path) -> None:
         ({"remote": {"properties": {"OSFamily": 1}}}, "`remote.properties` must map names"),
         ({"remote": {"properties": ["x"]}}, "`remote.properties` must be a dict"),
         ({"remote": {"port": 5}}, "`remote.port` is unknown"),
+        # Each failed later, where it could not be told as well (or not at all).
+        ({"log_dir": "a\0b"}, "`log_dir` holds a NUL character"),
+        ({"remote": {"endpoint": "grpcs://h\0:1"}}, "`remote.endpoint` holds a NUL"),
+        ({"remote": {"properties": {"OSFamily": "Li\0nux"}}}, "`remote.OSFamily` holds a NUL"),
+        ({"retries": 10**9}, "`retries` must be an integer from 0 to 100"),
+        ({"reclaim_interval_s": 1e-300}, "`reclaim_interval_s` must be at least 0.1 s"),
     ],
 )
 def test_bad_values_name_the_key(data: object, message: str) -> None:
@@ -137,10 +144,44 @@ def test_endpoints_grpc_understands_are_taken(endpoint: str) -> None:
     config_from_mapping({"command": ["a"], "routing": "remote", "remote": remote}).validated()
 
 
+@pytest.mark.parametrize(
+    ("remote", "message"),
+    [
+        ({"endpoint": "grpcs://"}, "'grpcs://' names no server"),
+        (
+            {"endpoint": "grpc://re.example:1", "credentials_file": "/tmp/token"},
+            r"`credentials_file` is set but the endpoint 'grpc://re\.example:1' is not TLS",
+        ),
+        ({"endpoint": "re.example:1", "tls_ca_file": "/tmp/ca.pem"}, "`tls_ca_file` is set"),
+    ],
+)
+def test_remote_settings_no_channel_can_use_are_refused_at_the_start(
+    remote: dict[str, str], message: str
+) -> None:
+    """They were taken, and every request failed when its channel was made: under
+    `fallback_local` each then ran locally with a note, under `race` the local side won."""
+    data = {"command": ["a"], "routing": "remote", "remote": {**remote, "fallback_local": True}}
+    with pytest.raises(ConfigError, match=message):
+        config_from_mapping(data).validated()
+    tls = {**remote, "tls": True}
+    if remote["endpoint"] != "grpcs://":  # over TLS both files are used
+        config_from_mapping({"command": ["a"], "routing": "remote", "remote": tls}).validated()
+
+
 def test_an_endpoint_with_an_unknown_scheme_is_refused() -> None:
     remote = {"endpoint": "https://re.example:443"}
     with pytest.raises(ConfigError, match=r"'https://re\.example:443' has a scheme gRPC does not"):
         config_from_mapping({"command": ["a"], "routing": "race", "remote": remote}).validated()
+
+
+def test_a_config_file_nested_too_deep_is_one_clear_error(tmp_path: Path) -> None:
+    """The front's quick read let the RecursionError through: a traceback, even with the
+    daemon turned off."""
+    path = tmp_path / "deep.json"
+    path.write_text("[" * 200_000)
+    assert plain_config_file(str(path)) is None  # the full check then says why
+    with pytest.raises(ConfigError, match="cannot be read as JSON"):
+        load_config_file(path)
 
 
 @pytest.mark.parametrize(

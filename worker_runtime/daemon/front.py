@@ -81,7 +81,7 @@ def daemon_command(paths: DaemonPaths, config: RuntimeConfig) -> list[str]:
     if config.memory_budget_mb is not None:
         command += ["--memory-budget-mb", str(config.memory_budget_mb)]
     if config.log_dir:
-        command += ["--log-dir", config.log_dir]
+        command.append(f"--log-dir={config.log_dir}")  # one argument: it may start with `-`
     return command
 
 

@@ -12,6 +12,8 @@ from pathlib import Path
 
 import grpc
 
+from worker_runtime.config import endpoint_problem
+
 #: Responses up to this size (ActionResults with many outputs, Trees).
 MAX_MESSAGE_BYTES = 64 << 20
 
@@ -36,16 +38,11 @@ def parse_endpoint(
 ) -> Endpoint:
     """``grpcs://host:port`` is TLS; ``grpc://host:port``, ``unix:///path`` and a bare
     ``host:port`` are plain unless ``tls`` is set."""
+    problem = endpoint_problem(endpoint, tls, ca_file, credentials_file)
+    if problem is not None:
+        raise ChannelConfigError(problem)
     secure = endpoint.startswith("grpcs://") or tls
     target = endpoint.removeprefix("grpcs://").removeprefix("grpc://")
-    if not target:
-        raise ChannelConfigError("the remote endpoint is empty")
-    if (ca_file or credentials_file) and not secure:
-        which = "tls_ca_file" if ca_file else "credentials_file"
-        raise ChannelConfigError(
-            f"`{which}` is set but the endpoint {endpoint!r} is not TLS: a bearer token or a CA "
-            "is used only over TLS; use a grpcs:// endpoint (or set tls to true)"
-        )
     return Endpoint(target, secure, ca_file, credentials_file)
 
 

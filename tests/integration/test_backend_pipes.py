@@ -238,7 +238,10 @@ def test_a_newline_written_after_an_answer_keeps_the_warm_backend(
         pool = manager.pool_for(manager.key_for(()))
         first = await pool.call(("answer-then-newline", "0.1"), (), 0)
         (proc,) = pool.processes
-        time.sleep(0.5)  # noqa: ASYNC251 - the loop busy: the newline waits in the pipe
+        for _ in range(1000):  # the loop kept busy: the newline waits in the pipe
+            if proc.unread_output_bytes():
+                break
+            time.sleep(0.01)  # noqa: ASYNC251
         assert proc.unread_output_bytes() == 1
         after = await pool.call(("pid",), (), 0)
         await manager.stop_all()

@@ -174,17 +174,19 @@ def test_two_concurrent_ups_make_one_cluster() -> None:
         assert processes_of(directory) == []
 
 
-def fake_buildgrid(venv: Path) -> None:
-    """A BuildGrid virtualenv whose server starts and never answers: `up` waits for it."""
+def fake_buildgrid(venv: Path, stubborn: bool = False) -> None:
+    """A BuildGrid virtualenv whose server starts and never answers: `up` waits for it.
+    ``stubborn``: it ignores SIGTERM (stopping it takes the 10 s grace, then SIGKILL)."""
     (venv / "lib" / "python3.13" / "site-packages" / "buildgrid-0.9.1.dist-info").mkdir(
         parents=True
     )
     (venv / "bin").mkdir()
     bgd = venv / "bin" / "bgd"
+    ignore = "signal.signal(signal.SIGTERM, signal.SIG_IGN); " if stubborn else ""
     bgd.write_text(
         "#!/bin/sh\n"
         'if [ "$1" = migrate ]; then exit 0; fi\n'
-        f"exec {sys.executable} -c 'import time; time.sleep(600)' \"$@\"\n"
+        f"exec {sys.executable} -c 'import signal, time; {ignore}time.sleep(600)' \"$@\"\n"
     )
     bgd.chmod(0o755)
 
@@ -216,6 +218,40 @@ def test_an_interrupted_up_stops_what_it_started(tmp_path: Path, how: signal.Sig
                 up.wait()
         assert up.returncode == 128 + how, err
         assert err.strip() == "worker-runtime cluster up: interrupted; what it started is stopped"
+        assert wait_gone([server]) == []
+        assert processes_of(directory) == []  # PostgreSQL too
+        assert not (directory / "state.json").exists()
+
+
+def test_a_second_signal_does_not_cut_the_cleanup_of_an_interrupted_up_short(
+    tmp_path: Path,
+) -> None:
+    """A closed terminal often sends SIGHUP twice: the second, raised inside the cleanup
+    the first began, left what `up` had started running."""
+    fake_buildgrid(tmp_path / "venv", stubborn=True)
+    env = {**os.environ, "WORKER_RUNTIME_BUILDGRID_VENV": str(tmp_path / "venv")}
+    with private_cluster() as directory:
+        up = subprocess.Popen(
+            [*RUNTIME, "cluster", "up", "--dir", str(directory)],
+            cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        try:
+            server = 0
+            while not server and up.poll() is None:
+                with suppress(OSError, ValueError, KeyError):
+                    server = json.loads((directory / "state.json").read_text())["buildgrid_pid"]
+                time.sleep(0.01)
+            assert server and up.poll() is None
+            up.send_signal(signal.SIGHUP)
+            time.sleep(1)  # its cleanup waits for the server that ignores SIGTERM (10 s)
+            assert up.poll() is None
+            up.send_signal(signal.SIGHUP)
+            _, err = up.communicate(timeout=120)
+        finally:
+            if up.poll() is None:
+                up.kill()
+                up.wait()
+        assert up.returncode == 128 + signal.SIGHUP, err
         assert wait_gone([server]) == []
         assert processes_of(directory) == []  # PostgreSQL too
         assert not (directory / "state.json").exists()

@@ -198,12 +198,14 @@ def test_json_values_are_read_as_bazels_reader_reads_them() -> None:
         b'{"requestId":4,"wasCancelled":null}'
         b'{"requestId":"-0","exitCode":"2e0","wasCancelled":"true"}'
         b'{"exitCode":"-' + b"0" * 30 + b'1"}'
+        b'{"exitCode":"' + b"0" * 5000 + b'7"}'  # int() of it raised past 4,300 digits
     )
     assert JsonFraming().feed(data) == [
         WorkResponse(exit_code=1, output="x", request_id=3),
         WorkResponse(exit_code=0, output="", request_id=4),
         WorkResponse(exit_code=2, output="", request_id=0, was_cancelled=True),
         WorkResponse(exit_code=-1, output="", request_id=0),
+        WorkResponse(exit_code=7, output="", request_id=0),
     ]
 
 

@@ -247,3 +247,16 @@ def test_without_resolve_cached_reads_go_on_without_it(
         assert quick.expand(("@a.args",)) == ["x"]
     finally:
         quick.close()
+
+
+def test_an_expansion_past_the_full_ones_bounds_is_left_to_it(
+    root: QuickRoot, tmp_path: Path
+) -> None:
+    """One 60 KB argfile named 20,000 times expanded here to 600 million arguments, past
+    what the full expansion refuses (docs/argfiles.md)."""
+    (tmp_path / "a.args").write_text("x\n" * 30_000)
+    assert root.expand(("@a.args",) * 10) is not None
+    many = ("@a.args",) * 20_000
+    assert root.expand(many) is None
+    with pytest.raises(RequestError, match="expand to more than 256 MiB of arguments"):
+        expand_argfiles(list(many), str(tmp_path))

@@ -355,6 +355,12 @@ class BackendProcess:
                 if data:
                     self._on_stdout(data)
                 if not self.alive:
+                    LOGGER.warning(
+                        "%s wrote while it had no request (%d byte(s) unread in its pipe, "
+                        "not a response): discarded before its next request",
+                        self.describe(),
+                        waiting,
+                    )
                     return True
                 waiting = self.unread_output_bytes()
         partial = self.framing.mid_message()  # read already, an unfinished message

@@ -271,16 +271,14 @@ def start_executor(
     return process.pid
 
 
-def up(
-    layout: ClusterLayout, executors: int | None = None, options: Sequence[str] = ()
-) -> dict[str, object]:
+def up(layout: ClusterLayout, executors: int | None = None, options: Sequence[str] = ()) -> None:
     """Starts what is not running; ``options``: the executors' isolation flags. With
     ``executors`` None, the executors running are kept: as many, and with the options
     they were given unless ``options`` names others. One `up` or `down` at a time runs
     on a cluster directory (a second waits)."""
     _check_directory(layout)
     with layout.locked():
-        return _up(layout, executors, list(options))
+        _up(layout, executors, list(options))
 
 
 def _check_directory(layout: ClusterLayout) -> None:
@@ -303,7 +301,7 @@ def _check_directory(layout: ClusterLayout) -> None:
         raise ClusterError(f"the cluster directory {layout.root} is not writable")
 
 
-def _up(layout: ClusterLayout, executors: int | None, options: list[str]) -> dict[str, object]:
+def _up(layout: ClusterLayout, executors: int | None, options: list[str]) -> None:
     state = layout.read_state()
     if executors is None:
         executors = len(state.executor_pids)
@@ -334,7 +332,7 @@ def _up(layout: ClusterLayout, executors: int | None, options: list[str]) -> dic
                 raise
             finally:
                 _save(layout, state)  # down() finds every process started
-        return describe(layout)
+        return
     # A server that no longer answers, or whose database is gone: all of it afresh.
     _stop(layout, state, state.buildgrid_pid)
     # Bots of that server: a fresh set comes with the new one.
@@ -360,7 +358,6 @@ def _up(layout: ClusterLayout, executors: int | None, options: list[str]) -> dic
         _save(layout, state)  # down() finds every process started so far
         _down(layout)
         raise
-    return describe(layout)
 
 
 def down(layout: ClusterLayout) -> None:
@@ -451,16 +448,29 @@ def up_main(argv: Sequence[str]) -> int:
     if (problem := _executor_option_problem(layout, args.executors, options)) is not None:
         parser.error(problem)
     # SIGTERM and SIGHUP (a CI step's timeout, a closed terminal) end it as Ctrl-C does,
-    # stopping what it started: by their default action they left it all running.
+    # stopping what it started: by their default action they left it all running. The
+    # first one only: a second (a terminal's SIGHUP often comes twice) must not cut that
+    # cleanup short. One ignored already (`nohup`) stays ignored.
     stopped_by: list[int] = []
 
     def interrupted(signum: int, frame: object) -> None:
+        if stopped_by:
+            return
         stopped_by.append(signum)
         raise KeyboardInterrupt
 
-    previous = {s: signal.signal(s, interrupted) for s in (signal.SIGTERM, signal.SIGHUP)}
+    taken = [
+        number
+        for number, untouched in (
+            (signal.SIGTERM, signal.SIG_DFL),
+            (signal.SIGHUP, signal.SIG_DFL),
+            (signal.SIGINT, signal.default_int_handler),
+        )
+        if signal.getsignal(number) is untouched
+    ]
+    previous = {number: signal.signal(number, interrupted) for number in taken}
     try:
-        info = up(layout, args.executors, options)
+        up(layout, args.executors, options)
     except (ClusterError, OSError) as exc:
         sys.stderr.write(f"worker-runtime cluster up: error: {exc}\n")
         return 1
@@ -470,6 +480,8 @@ def up_main(argv: Sequence[str]) -> int:
     finally:
         for number, handler in previous.items():
             signal.signal(number, handler)
+    # Once all of it runs (an interrupt here stops nothing: it is up, and stays up).
+    info = describe(layout)
     version = info["buildgrid"]["version"]  # type: ignore[index]
     print(
         f"cluster up: {info['address']} (instance {INSTANCE}, BuildGrid {version}); "

@@ -66,6 +66,16 @@ def _run(command: list[str], what: str, log: Path) -> None:
         )
 
 
+def _passes_as_server_user(directory: Path) -> bool:
+    """Whether the postgres user can pass through ``directory``, asked of the system (an
+    ACL, or a group of its, the mode bits do not show)."""
+    done = subprocess.run(
+        ["runuser", "-u", "postgres", "--", "test", "-x", str(directory)],
+        stdin=subprocess.DEVNULL, capture_output=True, timeout=30,
+    )  # fmt: skip
+    return done.returncode == 0
+
+
 def _check_reachable_by_server(directory: Path) -> None:
     """As root, the server runs as the postgres user, which must be able to pass through
     every directory above ``directory``: a checkout under /root (0700) failed in initdb
@@ -82,11 +92,12 @@ def _check_reachable_by_server(directory: Path) -> None:
             allowed = info.st_mode & stat.S_IXGRP
         else:
             allowed = info.st_mode & stat.S_IXOTH
-        if not allowed:
+        if not allowed and not _passes_as_server_user(parent):  # an ACL may let it pass
             raise ClusterError(
                 f"PostgreSQL runs as the postgres user under root, and that user cannot "
                 f"pass through {parent} (mode {stat.S_IMODE(info.st_mode):04o}) to reach "
-                f"{directory}: `chmod o+x {parent}`, or put the cluster elsewhere "
+                f"{directory}: let it (`chmod o+x {parent}`, or an ACL: `setfacl -m "
+                f"u:postgres:x {parent}`), or put the cluster elsewhere "
                 "(`--dir /var/tmp/worker-runtime-cluster`)"
             )
 

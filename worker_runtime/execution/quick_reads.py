@@ -31,7 +31,14 @@ import sys
 from worker_runtime.digests import DigestCache, file_clock_ns
 from worker_runtime.envelope import Envelope, parse_envelope
 from worker_runtime.errors import RequestError
-from worker_runtime.protocol.argfiles import argfile_text, is_argfile, split_lines
+from worker_runtime.protocol.argfiles import (
+    MAX_ARGFILE_READS,
+    MAX_EXPANSION_BYTES,
+    argfile_text,
+    expansion_cost,
+    is_argfile,
+    split_lines,
+)
 
 #: File systems whose reads do not wait on a network. Others (nfs, cifs, fuse, 9p,
 #: virtiofs, ceph...) may hang, and their argument files are read off the loop.
@@ -244,12 +251,18 @@ class QuickRoot:
         """``args`` with their @argfiles expanded, if every one can be read at once and
         none holds another; else None."""
         out: list[str] = []
+        # The slow path's bounds, counted alike: past either, it is the one to refuse.
+        reads, cost = 0, 0
         for arg in args:
             if not is_argfile(arg):
                 out.append(arg)
                 continue
             text = self.read(arg[1:])
             if text is None:
+                return None
+            reads += 1
+            cost += expansion_cost(text)
+            if reads > MAX_ARGFILE_READS or cost > MAX_EXPANSION_BYTES:
                 return None
             lines = split_lines(text)
             if any(is_argfile(line) for line in lines):

@@ -28,8 +28,17 @@ MAX_DEPTH = 16
 #: file read counts its bytes and ``LINE_COST`` more per line (the memory an argument
 #: takes beyond its text); the executor expands what any client sends.
 MAX_EXPANSION_BYTES = 256 << 20
-LINE_COST = 16
+LINE_COST = 64
 MAX_ARGFILE_READS = 10_000
+
+
+def expansion_cost(data: bytes | bytearray | str) -> int:
+    """What an argument file counts against MAX_EXPANSION_BYTES: its bytes (its
+    characters, given as text), and LINE_COST per line break (a CRLF counted twice: a
+    bound, never less), known before its lines are split out."""
+    if isinstance(data, str):
+        return len(data) + LINE_COST * (data.count("\n") + data.count("\r"))
+    return len(data) + LINE_COST * (data.count(b"\n") + data.count(b"\r"))
 
 
 def is_argfile(arg: str) -> bool:
@@ -69,8 +78,8 @@ class _Budget:
                 f"{name!r}): each mention of one reads it again; name each file once"
             )
 
-    def take_lines(self, name: str, size: int, lines: int) -> None:
-        self.bytes -= size + LINE_COST * lines
+    def take(self, name: str, data: bytes) -> None:
+        self.bytes -= expansion_cost(data)
         if self.bytes < 0:
             self.past_limit(name)
 
@@ -134,13 +143,12 @@ def _expand_into(
                 f"(through {' -> '.join(chain)})"
             )
         budget.take_read(name)
-        text = _read(name, path, cwd, budget.bytes)
-        lines = split_lines(text)
-        budget.take_lines(name, len(text), len(lines))
-        _expand_into(out, lines, cwd, root, (*chain, real), budget)
+        text = _read(name, path, cwd, budget)
+        _expand_into(out, split_lines(text), cwd, root, (*chain, real), budget)
 
 
-def _read(name: str, path: str, cwd: str, max_bytes: int) -> str:
+def _read(name: str, path: str, cwd: str, budget: _Budget) -> str:
+    max_bytes = budget.bytes
     try:
         with open(path, "rb") as handle:
             data = handle.read(max_bytes + 1)  # bounded: `@/dev/zero` too
@@ -151,8 +159,7 @@ def _read(name: str, path: str, cwd: str, max_bytes: int) -> str:
         ) from None
     except OSError as exc:
         raise RequestError(f"argument file {name!r} cannot be read: {exc.strerror}") from None
-    if len(data) > max_bytes:
-        _Budget.past_limit(name)
+    budget.take(name, data)  # before its lines are split out
     return argfile_text(name, data)
 
 

@@ -369,9 +369,11 @@ def _as_int32(value: object) -> int | None:
     one quoted."""
     if isinstance(value, str):
         if _INTEGER.fullmatch(value):
-            if len(value.lstrip("-").lstrip("0")) > _MAX_INTEGER_CHARS:
-                return INT32_MAX + 1 if value[0] != "-" else INT32_MIN - 1
-            return int(value)
+            negative = value[0] == "-"
+            digits = value.lstrip("-").lstrip("0") or "0"
+            if len(digits) > _MAX_INTEGER_CHARS:
+                return INT32_MIN - 1 if negative else INT32_MAX + 1
+            return -int(digits) if negative else int(digits)
         if not _NUMBER.fullmatch(value):  # float() would take " 1", "1_0", "inf"
             return None
         value = float(value)

@@ -429,7 +429,11 @@ def _remote(key: str, value: Any) -> RemoteConfig:
                 f"config key `{key}.properties` must map names to strings, not "
                 f"{json.dumps(name)}: {json.dumps(item)}"
             )
-    for name, item in [*value.items(), *value.get("properties", {}).items()]:
+    named = [
+        *value.items(),
+        *((f"properties.{n}", v) for n, v in value.get("properties", {}).items()),
+    ]
+    for name, item in named:
         if isinstance(item, str) and "\0" in name + item:
             raise ConfigError(f"config key `{key}.{name}` holds a NUL character: {_shown(item)}")
     return RemoteConfig(**value)
@@ -523,6 +527,10 @@ def config_from_mapping(data: Any, source: str = "config") -> RuntimeConfig:
 
 
 def load_config_file(path: str | Path) -> RuntimeConfig:
+    if str(path) == "":  # Path("") is the current directory
+        raise ConfigError(
+            "--config names no file (an empty path: is the variable that sets it unset?)"
+        )
     try:
         text = Path(path).read_text(encoding="utf-8")
     except OSError as exc:

@@ -1000,7 +1000,7 @@ def test_a_compile_after_the_temporary_directory_was_removed_writes_its_files_an
 def test_output_past_the_cap_is_cut_and_says_so(pipe_worker: StartPipe, tmp_path: Path) -> None:
     """A -ddump-* to stdout of a large module was read whole into the worker's memory
     and answered whole (past the runtime's max_response_mb: a protocol error, the warm
-    worker discarded). Past GHC_WORKER_MAX_OUTPUT_BYTES (64 MiB by default) the output
+    worker discarded). Past GHC_WORKER_MAX_OUTPUT_BYTES (16 MiB by default) the output
     is cut, saying so, and the compile's exit code is kept."""
     write(tmp_path, "A.hs", "module A where\nf :: Int -> Int\nf x = x + 1\n")
     worker = pipe_worker(env={**os.environ, "GHC_WORKER_MAX_OUTPUT_BYTES": "200"})
@@ -1011,3 +1011,8 @@ def test_output_past_the_cap_is_cut_and_says_so(pipe_worker: StartPipe, tmp_path
     assert (tmp_path / "A.o").exists()
     small = worker.run("-c", "A.hs", verbose=False)  # under the cap: whole, no note
     assert small.exit_code == 0 and "ghc-worker: the output was cut" not in small.output
+    # A bound past 1 GiB (it wrapped around as an Int) is not taken: the default is.
+    huge = pipe_worker(env={**os.environ, "GHC_WORKER_MAX_OUTPUT_BYTES": "9" * 20})
+    whole = huge.run("-c", "A.hs", "-ddump-simpl", verbose=False)
+    assert whole.exit_code == 0 and "Tidy Core" in whole.output
+    assert "ghc-worker: the output was cut" not in whole.output

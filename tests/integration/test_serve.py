@@ -56,9 +56,7 @@ def test_bad_config_key_exits_2_naming_it(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("daemon", [[], ["--no-daemon"]])
-def test_an_empty_config_path_is_a_file_that_cannot_be_read(
-    tmp_path: Path, daemon: list[str]
-) -> None:
+def test_an_empty_config_path_is_refused_saying_so(tmp_path: Path, daemon: list[str]) -> None:
     """`--config "$UNSET"` ran on the defaults, saying nothing."""
     env = dict(os.environ, WORKER_SOCKET=str(tmp_path / "s"))
     result = subprocess.run(
@@ -66,7 +64,7 @@ def test_an_empty_config_path_is_a_file_that_cannot_be_read(
         env=env, capture_output=True, text=True, timeout=30,
     )  # fmt: skip
     assert result.returncode == 2, result.stderr
-    assert "config file  cannot be read" in result.stderr
+    assert "--config names no file (an empty path: is the variable" in result.stderr
 
 
 def test_unary_execute_reuses_one_warm_backend(start_runtime: StartRuntime) -> None:

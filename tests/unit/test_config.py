@@ -84,7 +84,10 @@ def test_full_config_round_trip(tmp_path: Path) -> None:
         # Each failed later, where it could not be told as well (or not at all).
         ({"log_dir": "a\0b"}, "`log_dir` holds a NUL character"),
         ({"remote": {"endpoint": "grpcs://h\0:1"}}, "`remote.endpoint` holds a NUL"),
-        ({"remote": {"properties": {"OSFamily": "Li\0nux"}}}, "`remote.OSFamily` holds a NUL"),
+        (
+            {"remote": {"properties": {"OSFamily": "Li\0nux"}}},
+            "`remote.properties.OSFamily` holds a NUL",
+        ),
         ({"retries": 10**9}, "`retries` must be an integer from 0 to 100"),
         ({"reclaim_interval_s": 1e-300}, "`reclaim_interval_s` must be at least 0.1 s"),
     ],

@@ -357,7 +357,7 @@ class BackendProcess:
                 if not self.alive:
                     LOGGER.warning(
                         "%s wrote while it had no request (%d byte(s) unread in its pipe, "
-                        "not a response): discarded before its next request",
+                        "no answer to a request in flight): discarded before its next request",
                         self.describe(),
                         waiting,
                     )

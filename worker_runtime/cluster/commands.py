@@ -469,19 +469,25 @@ def up_main(argv: Sequence[str]) -> int:
         if signal.getsignal(number) is untouched
     ]
     previous = {number: signal.signal(number, interrupted) for number in taken}
+    started = False
     try:
         up(layout, args.executors, options)
+        started = True
     except (ClusterError, OSError) as exc:
         sys.stderr.write(f"worker-runtime cluster up: error: {exc}\n")
         return 1
     except KeyboardInterrupt:
-        sys.stderr.write("worker-runtime cluster up: interrupted; what it started is stopped\n")
-        return 128 + (stopped_by[0] if stopped_by else signal.SIGINT)
+        if not started:  # one that came after the start stops nothing: it is up
+            sys.stderr.write("worker-runtime cluster up: interrupted; what it started is stopped\n")
+            return 128 + (stopped_by[0] if stopped_by else signal.SIGINT)
     finally:
         for number, handler in previous.items():
             signal.signal(number, handler)
-    # Once all of it runs (an interrupt here stops nothing: it is up, and stays up).
-    info = describe(layout)
+    try:
+        info = describe(layout)
+    except (ClusterError, OSError) as exc:
+        sys.stderr.write(f"worker-runtime cluster up: it is up, but cannot be described: {exc}\n")
+        return 1
     version = info["buildgrid"]["version"]  # type: ignore[index]
     print(
         f"cluster up: {info['address']} (instance {INSTANCE}, BuildGrid {version}); "

@@ -69,11 +69,21 @@ def _run(command: list[str], what: str, log: Path) -> None:
 def _passes_as_server_user(directory: Path) -> bool:
     """Whether the postgres user can pass through ``directory``, asked of the system (an
     ACL, or a group of its, the mode bits do not show)."""
-    done = subprocess.run(
-        ["runuser", "-u", "postgres", "--", "test", "-x", str(directory)],
-        stdin=subprocess.DEVNULL, capture_output=True, timeout=30,
-    )  # fmt: skip
+    try:
+        done = subprocess.run(
+            ["runuser", "-u", "postgres", "--", "test", "-x", str(directory)],
+            stdin=subprocess.DEVNULL, capture_output=True, timeout=30,
+        )  # fmt: skip
+    except (OSError, subprocess.TimeoutExpired):  # no runuser, a user lookup that hangs
+        return False
     return done.returncode == 0
+
+
+def _has_acl(directory: Path) -> bool:
+    try:
+        return bool(os.getxattr(directory, "system.posix_acl_access"))
+    except OSError:  # none, or no ACLs on this file system
+        return False
 
 
 def _check_reachable_by_server(directory: Path) -> None:
@@ -92,7 +102,8 @@ def _check_reachable_by_server(directory: Path) -> None:
             allowed = info.st_mode & stat.S_IXGRP
         else:
             allowed = info.st_mode & stat.S_IXOTH
-        if not allowed and not _passes_as_server_user(parent):  # an ACL may let it pass
+        # An ACL may let it pass where the bits say no, or stop it where they say yes.
+        if (not allowed or _has_acl(parent)) and not _passes_as_server_user(parent):
             raise ClusterError(
                 f"PostgreSQL runs as the postgres user under root, and that user cannot "
                 f"pass through {parent} (mode {stat.S_IMODE(info.st_mode):04o}) to reach "

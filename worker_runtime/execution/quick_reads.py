@@ -261,7 +261,7 @@ class QuickRoot:
             if text is None:
                 return None
             reads += 1
-            cost += expansion_cost(text)
+            cost += expansion_cost(text if text.isascii() else text.encode())  # as bytes
             if reads > MAX_ARGFILE_READS or cost > MAX_EXPANSION_BYTES:
                 return None
             lines = split_lines(text)

@@ -33,9 +33,9 @@ MAX_ARGFILE_READS = 10_000
 
 
 def expansion_cost(data: bytes | bytearray | str) -> int:
-    """What an argument file counts against MAX_EXPANSION_BYTES: its bytes (its
-    characters, given as text), and LINE_COST per line break (a CRLF counted twice: a
-    bound, never less), known before its lines are split out."""
+    """What an argument file counts against MAX_EXPANSION_BYTES: its bytes, and LINE_COST
+    per line break (a CRLF counted twice: a bound, never less), known before its lines
+    are split out. Given as text, it must be ASCII (a character a byte)."""
     if isinstance(data, str):
         return len(data) + LINE_COST * (data.count("\n") + data.count("\r"))
     return len(data) + LINE_COST * (data.count(b"\n") + data.count(b"\r"))

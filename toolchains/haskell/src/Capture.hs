@@ -55,16 +55,17 @@ protectStdio = do
   hSetBinaryMode input True
   return (input, out)
 
--- | The most of a compile's output a response carries (64 MiB; the environment's
--- @GHC_WORKER_MAX_OUTPUT_BYTES@ if it is a positive number): a @-ddump-*@ to stdout of a
--- large module would otherwise be read whole into the worker's memory, then refused by
--- the runtime as too large, the warm worker with it. Past it the output is cut, saying so.
-maxOutputBytes :: IO Int
+-- | The most of a compile's output a response carries (16 MiB; the environment's
+-- @GHC_WORKER_MAX_OUTPUT_BYTES@ if it is a number from 1 to 1 GiB): a @-ddump-*@ to
+-- stdout of a large module would otherwise be read whole into the worker's memory (as a
+-- String, some 24 bytes a character), then refused by the runtime as too large, the warm
+-- worker with it. Past it the output is cut, saying so.
+maxOutputBytes :: IO Integer
 maxOutputBytes = do
   set <- lookupEnv "GHC_WORKER_MAX_OUTPUT_BYTES"
   return $ case set >>= readMaybe of
-    Just n | n > 0 -> n
-    _ -> 64 * 1024 * 1024
+    Just n | n > 0 && n <= 1024 * 1024 * 1024 -> n
+    _ -> 16 * 1024 * 1024
 
 -- | Runs the action with fd 1 and fd 2 redirected into the file at @path@, then puts
 -- them back and returns how the action ended and what was written (decoded as UTF-8):
@@ -82,9 +83,10 @@ captureOutput path action = do
   cap <- maxOutputBytes
   bytes <- withBinaryFile path ReadMode $ \h -> do
     size <- hFileSize h
-    start <- B.hGet h cap
+    -- What is there, up to the cap (hGet sets aside all it is asked for first).
+    start <- B.hGet h (fromIntegral (min size cap))
     return $
-      if size > fromIntegral cap
+      if size > cap
         then start <> B8.pack ("\n[ghc-worker: the output was cut here: " ++ show size ++ " bytes in all, of which the first " ++ show cap ++ " are above]\n")
         else start
   return (result, T.unpack (TE.decodeUtf8With TE.lenientDecode bytes))

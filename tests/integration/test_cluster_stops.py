@@ -33,8 +33,7 @@ def stop(*_):
     sys.exit(1)
 signal.signal(signal.SIGTERM, stop)
 print("ready", flush=True)
-while True:
-    time.sleep(1)
+time.sleep(120)  # and ends by itself
 """
 
 
@@ -42,32 +41,42 @@ def test_executors_are_all_asked_to_stop_before_any_is_waited_for(tmp_path: Path
     """One after another, the second executor was asked only once the first had gone:
     N executors took N shutdown graces, and each went on taking leases meanwhile."""
     names = ("a", "b")
-    started = []
-    for me, other in (names, names[::-1]):
-        process = subprocess.Popen(
-            [sys.executable, "-c", STAND_IN, str(tmp_path / f"{me}.asked"),
-             str(tmp_path / f"{other}.asked"), str(tmp_path / f"{me}.done"), str(tmp_path)],
-            stdout=subprocess.PIPE, start_new_session=True,
-        )  # fmt: skip
-        assert process.stdout is not None and process.stdout.readline() == b"ready\n"
-        started.append(process)
-    recorded = [(p.pid, processes.start_time(p.pid)) for p in started]
-    processes.stop_all(recorded, grace_s=30, marker=str(tmp_path))
-    assert [p.wait(10) for p in started] == [0, 0]  # each stopped by itself, none killed
-    assert all((tmp_path / f"{name}.done").exists() for name in names)
+    started: list[subprocess.Popen[bytes]] = []
+    try:
+        for me, other in (names, names[::-1]):
+            process = subprocess.Popen(
+                [sys.executable, "-c", STAND_IN, str(tmp_path / f"{me}.asked"),
+                 str(tmp_path / f"{other}.asked"), str(tmp_path / f"{me}.done"), str(tmp_path)],
+                stdout=subprocess.PIPE, start_new_session=True,
+            )  # fmt: skip
+            started.append(process)
+            assert process.stdout is not None and process.stdout.readline() == b"ready\n"
+        recorded = [(p.pid, processes.start_time(p.pid)) for p in started]
+        processes.stop_all(recorded, grace_s=30, marker=str(tmp_path))
+        assert wait_gone([p.pid for p in started]) == []
+        # Each stopped by itself once both were asked, none killed.
+        assert all((tmp_path / f"{name}.done").exists() for name in names)
+    finally:
+        for process in started:  # by PID, whatever happened above
+            process.kill()
+            process.wait()
 
 
 def test_a_process_that_ignores_sigterm_is_killed_after_the_grace(tmp_path: Path) -> None:
     stubborn = subprocess.Popen(
         [sys.executable, "-c", "import signal, time; signal.signal(signal.SIGTERM, "
-         "signal.SIG_IGN); print('ready', flush=True); time.sleep(600)", str(tmp_path)],
+         "signal.SIG_IGN); print('ready', flush=True); time.sleep(120)", str(tmp_path)],
         stdout=subprocess.PIPE, start_new_session=True,
     )  # fmt: skip
-    assert stubborn.stdout is not None and stubborn.stdout.readline() == b"ready\n"
-    processes.stop_all([(stubborn.pid, None)], grace_s=0.2, marker=str(tmp_path))
-    # Gone (killed: it would have slept ten minutes). Its exit status may be lost: the
-    # stop's liveness check reaps a zombie child of its own process.
-    assert wait_gone([stubborn.pid]) == []
+    try:
+        assert stubborn.stdout is not None and stubborn.stdout.readline() == b"ready\n"
+        processes.stop_all([(stubborn.pid, None)], grace_s=0.2, marker=str(tmp_path))
+        # Gone (killed: it would have slept ten minutes). Its exit status may be lost: the
+        # stop's liveness check reaps a zombie child of its own process.
+        assert wait_gone([stubborn.pid]) == []
+    finally:
+        stubborn.kill()
+        stubborn.wait()
 
 
 @pytest.fixture

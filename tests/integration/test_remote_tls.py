@@ -29,7 +29,7 @@ from worker_runtime.cluster.layout import ClusterLayout
 from worker_runtime.proto import remote_execution_pb2 as re_pb2
 from worker_runtime.proto import remote_execution_pb2_grpc as re_grpc
 from worker_runtime.remote.channels import open_channel, parse_endpoint
-from workers_dev.emulator import make_command
+from workers_dev.emulator import WorkerSpawnError, make_command
 
 INSTANCE = "secure"
 
@@ -220,11 +220,14 @@ def test_a_server_certificate_not_signed_by_a_trusted_ca_is_refused(
     assert "did not answer GetCapabilities" in stderr and "CERTIFICATE_VERIFY_FAILED" in stderr
 
 
-def test_a_token_over_a_plain_channel_is_a_clear_error(
+def test_a_token_over_a_plain_channel_is_a_clear_error_at_the_start(
     tmp_path: Path, secure_engine: SecureEngine
 ) -> None:
+    """Refused as the worker starts (Buck2: it exited before connecting, saying why), not
+    at each request, which `fallback_local` would have run locally with a note."""
     endpoint = secure_engine.endpoint.replace("grpcs://", "grpc://")
     root = secure_project(tmp_path, secure_engine, endpoint=endpoint, tls_ca_file="")
-    code, stderr = run_one(root)
-    assert code == 125
-    assert "`credentials_file` is set but the endpoint" in stderr and "grpcs://" in stderr
+    with pytest.raises(WorkerSpawnError, match="exited before connecting") as refused:
+        run_one(root)
+    message = str(refused.value)
+    assert "`credentials_file` is set but the endpoint" in message and "grpcs://" in message

@@ -28,12 +28,14 @@ from worker_runtime.cluster import processes
 from worker_runtime.socket_paths import MAX_SOCKET_PATH
 
 
-def sigint_as_a_terminal_has_it() -> None:
-    """In a child before it starts: SIGINT's default action. A shell ignores SIGINT in
-    the commands it runs in the background without job control (CI started that way, or
-    `cmd &` in a script), the children inherit that, and a Python started so never turns
-    SIGINT into KeyboardInterrupt: a test of Ctrl-C must give it back."""
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
+def signals_as_a_terminal_has_them() -> None:
+    """In a child before it starts: the default actions of SIGINT, SIGTERM and SIGHUP. A
+    shell ignores SIGINT in the commands it runs in the background without job control
+    (CI started that way, or `cmd &` in a script), `nohup` ignores SIGHUP, children
+    inherit both, and `cluster up` leaves a signal it finds ignored ignored: a test of
+    how it stops on one must give it back."""
+    for number in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(number, signal.SIG_DFL)
 
 
 @contextmanager
@@ -43,7 +45,7 @@ def bystander(*args: str) -> Iterator[subprocess.Popen[bytes]]:
     process = subprocess.Popen(
         [sys.executable, "-c", "import time; time.sleep(600)", *args],
         start_new_session=True,
-        preexec_fn=sigint_as_a_terminal_has_it,
+        preexec_fn=signals_as_a_terminal_has_them,
     )
     try:
         yield process
@@ -201,7 +203,7 @@ def test_an_interrupted_up_stops_what_it_started(tmp_path: Path, how: signal.Sig
         up = subprocess.Popen(
             [*RUNTIME, "cluster", "up", "--dir", str(directory)],
             cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-            preexec_fn=sigint_as_a_terminal_has_it,
+            preexec_fn=signals_as_a_terminal_has_them,
         )  # fmt: skip
         try:
             server = 0
@@ -234,6 +236,7 @@ def test_a_second_signal_does_not_cut_the_cleanup_of_an_interrupted_up_short(
         up = subprocess.Popen(
             [*RUNTIME, "cluster", "up", "--dir", str(directory)],
             cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            preexec_fn=signals_as_a_terminal_has_them,
         )  # fmt: skip
         try:
             server = 0
@@ -255,6 +258,44 @@ def test_a_second_signal_does_not_cut_the_cleanup_of_an_interrupted_up_short(
         assert wait_gone([server]) == []
         assert processes_of(directory) == []  # PostgreSQL too
         assert not (directory / "state.json").exists()
+
+
+def nohup_as_it_has_it() -> None:
+    """In a child before it starts: SIGHUP ignored (`nohup`), SIGTERM as by default."""
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
+def test_an_up_started_under_nohup_goes_on_past_a_sighup(tmp_path: Path) -> None:
+    """`nohup worker-runtime cluster up &`, then a logout: its handler took the SIGHUP
+    that nohup had it ignore, and the start was torn down."""
+    fake_buildgrid(tmp_path / "venv")
+    env = {**os.environ, "WORKER_RUNTIME_BUILDGRID_VENV": str(tmp_path / "venv")}
+    with private_cluster() as directory:
+        up = subprocess.Popen(
+            [*RUNTIME, "cluster", "up", "--dir", str(directory)],
+            cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            preexec_fn=nohup_as_it_has_it,
+        )  # fmt: skip
+        try:
+            server = 0
+            while not server and up.poll() is None:
+                with suppress(OSError, ValueError, KeyError):
+                    server = json.loads((directory / "state.json").read_text())["buildgrid_pid"]
+                time.sleep(0.01)
+            assert server and up.poll() is None
+            up.send_signal(signal.SIGHUP)
+            time.sleep(1)
+            assert up.poll() is None  # still waiting for its server
+            up.send_signal(signal.SIGTERM)  # then stopped, as without nohup
+            _, err = up.communicate(timeout=120)
+        finally:
+            if up.poll() is None:
+                up.kill()
+                up.wait()
+        assert up.returncode == 128 + signal.SIGTERM, err
+        assert wait_gone([server]) == []
+        assert processes_of(directory) == []
 
 
 def test_a_cluster_dir_whose_path_has_a_space_comes_up() -> None:

@@ -13,7 +13,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
@@ -193,17 +193,28 @@ def fake_buildgrid(venv: Path, stubborn: bool = False) -> None:
     bgd.chmod(0o755)
 
 
-@pytest.mark.parametrize("how", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP])
-def test_an_interrupted_up_stops_what_it_started(tmp_path: Path, how: signal.Signals) -> None:
-    """Ctrl-C, a CI step's timeout (SIGTERM) or a closed terminal (SIGHUP): by their
-    default action the last two left what it had started running."""
-    fake_buildgrid(tmp_path / "venv")
+def nohup_as_it_has_it() -> None:
+    """In a child before it starts: SIGHUP ignored (`nohup`), SIGTERM as by default."""
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
+@contextmanager
+def up_waiting_for_its_server(
+    tmp_path: Path,
+    stubborn: bool = False,
+    preexec: Callable[[], None] = signals_as_a_terminal_has_them,
+) -> Iterator[tuple[Path, subprocess.Popen[str], int]]:
+    """(cluster directory, `cluster up` process, its server's PID): `up` started on a
+    fake BuildGrid (``stubborn``: see fake_buildgrid) that never answers, once it has
+    recorded the server it waits for; killed at the end if it still runs."""
+    fake_buildgrid(tmp_path / "venv", stubborn=stubborn)
     env = {**os.environ, "WORKER_RUNTIME_BUILDGRID_VENV": str(tmp_path / "venv")}
     with private_cluster() as directory:
         up = subprocess.Popen(
             [*RUNTIME, "cluster", "up", "--dir", str(directory)],
             cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-            preexec_fn=signals_as_a_terminal_has_them,
+            preexec_fn=preexec,
         )  # fmt: skip
         try:
             server = 0
@@ -212,12 +223,20 @@ def test_an_interrupted_up_stops_what_it_started(tmp_path: Path, how: signal.Sig
                     server = json.loads((directory / "state.json").read_text())["buildgrid_pid"]
                 time.sleep(0.01)
             assert server and up.poll() is None
-            up.send_signal(how)
-            _, err = up.communicate(timeout=120)
+            yield directory, up, server
         finally:
             if up.poll() is None:
                 up.kill()
                 up.wait()
+
+
+@pytest.mark.parametrize("how", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP])
+def test_an_interrupted_up_stops_what_it_started(tmp_path: Path, how: signal.Signals) -> None:
+    """Ctrl-C, a CI step's timeout (SIGTERM) or a closed terminal (SIGHUP): by their
+    default action the last two left what it had started running."""
+    with up_waiting_for_its_server(tmp_path) as (directory, up, server):
+        up.send_signal(how)
+        _, err = up.communicate(timeout=120)
         assert up.returncode == 128 + how, err
         assert err.strip() == "worker-runtime cluster up: interrupted; what it started is stopped"
         assert wait_gone([server]) == []
@@ -230,69 +249,31 @@ def test_a_second_signal_does_not_cut_the_cleanup_of_an_interrupted_up_short(
 ) -> None:
     """A closed terminal often sends SIGHUP twice: the second, raised inside the cleanup
     the first began, left what `up` had started running."""
-    fake_buildgrid(tmp_path / "venv", stubborn=True)
-    env = {**os.environ, "WORKER_RUNTIME_BUILDGRID_VENV": str(tmp_path / "venv")}
-    with private_cluster() as directory:
-        up = subprocess.Popen(
-            [*RUNTIME, "cluster", "up", "--dir", str(directory)],
-            cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-            preexec_fn=signals_as_a_terminal_has_them,
-        )  # fmt: skip
-        try:
-            server = 0
-            while not server and up.poll() is None:
-                with suppress(OSError, ValueError, KeyError):
-                    server = json.loads((directory / "state.json").read_text())["buildgrid_pid"]
-                time.sleep(0.01)
-            assert server and up.poll() is None
-            up.send_signal(signal.SIGHUP)
-            time.sleep(1)  # its cleanup waits for the server that ignores SIGTERM (10 s)
-            assert up.poll() is None
-            up.send_signal(signal.SIGHUP)
-            _, err = up.communicate(timeout=120)
-        finally:
-            if up.poll() is None:
-                up.kill()
-                up.wait()
+    with up_waiting_for_its_server(tmp_path, stubborn=True) as (directory, up, server):
+        up.send_signal(signal.SIGHUP)
+        time.sleep(1)  # its cleanup waits for the server that ignores SIGTERM (10 s)
+        assert up.poll() is None
+        up.send_signal(signal.SIGHUP)
+        _, err = up.communicate(timeout=120)
         assert up.returncode == 128 + signal.SIGHUP, err
         assert wait_gone([server]) == []
         assert processes_of(directory) == []  # PostgreSQL too
         assert not (directory / "state.json").exists()
 
 
-def nohup_as_it_has_it() -> None:
-    """In a child before it starts: SIGHUP ignored (`nohup`), SIGTERM as by default."""
-    signal.signal(signal.SIGHUP, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
-
-
 def test_an_up_started_under_nohup_goes_on_past_a_sighup(tmp_path: Path) -> None:
     """`nohup worker-runtime cluster up &`, then a logout: its handler took the SIGHUP
     that nohup had it ignore, and the start was torn down."""
-    fake_buildgrid(tmp_path / "venv")
-    env = {**os.environ, "WORKER_RUNTIME_BUILDGRID_VENV": str(tmp_path / "venv")}
-    with private_cluster() as directory:
-        up = subprocess.Popen(
-            [*RUNTIME, "cluster", "up", "--dir", str(directory)],
-            cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-            preexec_fn=nohup_as_it_has_it,
-        )  # fmt: skip
-        try:
-            server = 0
-            while not server and up.poll() is None:
-                with suppress(OSError, ValueError, KeyError):
-                    server = json.loads((directory / "state.json").read_text())["buildgrid_pid"]
-                time.sleep(0.01)
-            assert server and up.poll() is None
-            up.send_signal(signal.SIGHUP)
-            time.sleep(1)
-            assert up.poll() is None  # still waiting for its server
-            up.send_signal(signal.SIGTERM)  # then stopped, as without nohup
-            _, err = up.communicate(timeout=120)
-        finally:
-            if up.poll() is None:
-                up.kill()
-                up.wait()
+    with up_waiting_for_its_server(tmp_path, preexec=nohup_as_it_has_it) as (
+        directory,
+        up,
+        server,
+    ):
+        up.send_signal(signal.SIGHUP)
+        time.sleep(1)
+        assert up.poll() is None  # still waiting for its server
+        up.send_signal(signal.SIGTERM)  # then stopped, as without nohup
+        _, err = up.communicate(timeout=120)
         assert up.returncode == 128 + signal.SIGTERM, err
         assert wait_gone([server]) == []
         assert processes_of(directory) == []

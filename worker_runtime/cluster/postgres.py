@@ -120,8 +120,8 @@ def start(layout: ClusterLayout) -> int:
     log = layout.logs / "postgres.log"
     for directory in (layout.root, layout.pg_dir, layout.run_dir, layout.logs):
         directory.mkdir(parents=True, exist_ok=True)
+    # Its data and socket directories are both in the cluster's: one walk covers both.
     _check_reachable_by_server(layout.pg_dir)
-    _check_reachable_by_server(layout.run_dir)
     for directory in (layout.pg_dir, layout.run_dir):
         _server_owner(directory)
     if not log.exists():

@@ -97,13 +97,18 @@ class ArgfileError(Exception):
     """An argument file that cannot be expanded; the message names it."""
 
 
+def is_label(arg: str) -> bool:
+    """A label of another repository (``@repo//pkg:target``), which Bazel passes through."""
+    return "//" in arg and not any(c in arg for c in "\n\r\x85\u2028\u2029")
+
+
 def expand(arguments: list[str], chain: tuple[str, ...] = ()) -> list[str]:
     """@argfiles expanded as the runtime expands them for the warm path (docs/argfiles.md):
-    one argument per line verbatim (LF, CRLF or CR ends a line), recursively; @@x, a bare @
-    and --flagfile= pass through."""
+    one argument per line verbatim (LF, CRLF or CR ends a line), recursively; @@x, a bare @,
+    @repo//labels and --flagfile= pass through."""
     result: list[str] = []
     for arg in arguments:
-        if len(arg) < 2 or arg[0] != "@" or arg[1] == "@":
+        if len(arg) < 2 or arg[0] != "@" or arg[1] == "@" or is_label(arg):
             result.append(arg)
             continue
         name = arg[1:]

@@ -108,6 +108,19 @@ def test_split_lines_matches_the_rule() -> None:
     assert split_lines("a\r\n\rb\u2028c") == ["a", "", "b\u2028c"]
 
 
+@pytest.mark.parametrize("line_break", ["\n", "\r", "\x85", "\u2028", "\u2029"])
+def test_a_label_with_any_of_javas_line_breaks_is_expanded_as_bazel_expands_it(
+    tmp_path: Path, line_break: str
+) -> None:
+    """Bazel's label test is Java's regex ``^@.*//.*``: ``.`` matches none of these, so
+    ``@d//a<break>`` is an argfile to Bazel (the vectors hold the ASCII ones only: the
+    Java worker's paths cannot hold the others under every locale)."""
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / f"a{line_break}").write_text("expanded\n")
+    assert expand_argfiles([f"@d//a{line_break}"], str(tmp_path)) == ["expanded"]
+    assert expand_argfiles(["@d//a\u2027"], str(tmp_path)) == ["@d//a\u2027"]  # no break
+
+
 def test_argfiles_that_name_each_other_many_times_stop_at_the_reads_bound(
     tmp_path: Path,
 ) -> None:

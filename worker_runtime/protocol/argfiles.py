@@ -5,8 +5,9 @@ request arguments of a persistent-worker action. The Java worker (``Argfiles.jav
 GHC worker (``Argfiles.hs``) and ``toolchains/haskell/ghc-argfile`` implement the same
 rule; tests/vectors/argfiles.json holds the cases all of them must agree on.
 
-In short: ``@path`` (not ``@@...``, not a bare ``@``) is replaced by the file's lines, one
-argument per line verbatim, recursively; ``--flagfile=``/``-flagfile=`` pass through.
+In short: ``@path`` (not ``@@...``, not a bare ``@``, not a label ``@repo//pkg:target``)
+is replaced by the file's lines, one argument per line verbatim, recursively;
+``--flagfile=``/``-flagfile=`` pass through.
 """
 
 from __future__ import annotations
@@ -41,9 +42,21 @@ def expansion_cost(data: bytes | bytearray | str) -> int:
     return len(data) + LINE_COST * (data.count(b"\n") + data.count(b"\r"))
 
 
+#: What Java's regex ``.`` does not match, and so what Bazel's label test fails on.
+_JAVA_LINE_BREAKS = frozenset("\n\r\x85\u2028\u2029")
+
+
 def is_argfile(arg: str) -> bool:
-    """True for an argument that is expanded: ``@path``, but not ``@@...`` nor a bare ``@``."""
-    return len(arg) > 1 and arg[0] == "@" and arg[1] != "@"
+    """True for an argument that is expanded: ``@path``, but not ``@@...``, a bare ``@``
+    nor a label of another repository."""
+    return len(arg) > 1 and arg[0] == "@" and arg[1] != "@" and not is_repository_label(arg)
+
+
+def is_repository_label(arg: str) -> bool:
+    """Whether an ``@`` argument is a label (``@maven//:guava``), which Bazel passes to a
+    worker as it is: its test is Java's regex ``^@.*//.*``, whose ``.`` matches no line
+    break."""
+    return "//" in arg and _JAVA_LINE_BREAKS.isdisjoint(arg)
 
 
 def expand_argfiles(args: list[str], cwd: str, *, confined: bool = False) -> list[str]:

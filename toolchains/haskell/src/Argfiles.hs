@@ -1,5 +1,6 @@
 -- | @argfile expansion by the project's one rule (docs/argfiles.md), as the runtime does it
--- for the warm path and ghc-argfile for the fallback: @path (not @@..., not a bare @) becomes
+-- for the warm path and ghc-argfile for the fallback: @path (not @@..., not a bare @, not a
+-- label such as @repo//pkg:target) becomes
 -- the file's lines, one argument per line verbatim (LF, CRLF or CR ends a line; empty lines
 -- are empty arguments), recursively, paths relative to the working directory;
 -- --flagfile= passes through. The file must be UTF-8 without NUL bytes.
@@ -7,6 +8,7 @@ module Argfiles (ArgfileError (..), expandArgfiles, isArgfile, splitLines) where
 
 import Control.Exception (Exception, IOException, throwIO, try)
 import Control.Monad (unless, when)
+import Data.List (isInfixOf)
 import qualified Data.ByteString as B
 import Data.Maybe (fromMaybe)
 import qualified Data.Text as T
@@ -26,10 +28,15 @@ instance Exception ArgfileError
 maxDepth :: Int
 maxDepth = 16
 
--- | True for an argument that is expanded: @path, but not @@... nor a bare @.
+-- | True for an argument that is expanded: @path, but not @@..., a bare @ nor a label.
 isArgfile :: String -> Bool
-isArgfile ('@' : c : _) = c /= '@'
+isArgfile arg@('@' : c : _) = c /= '@' && not (isRepositoryLabel arg)
 isArgfile _ = False
+
+-- | A label of another repository (@repo//pkg:target), which Bazel passes through: //
+-- after the @, and none of the line breaks Java's regex . does not match.
+isRepositoryLabel :: String -> Bool
+isRepositoryLabel arg = "//" `isInfixOf` arg && not (any (`elem` "\n\r\x85\x2028\x2029") arg)
 
 -- | Replaces every @path argument by the lines of that file, nested ones too. Throws
 -- 'ArgfileError' for a file that is missing, unreadable, not UTF-8, holds a NUL byte,

@@ -10,11 +10,12 @@ import java.nio.file.InvalidPathException;
 import java.nio.file.Path;
 import java.util.ArrayList;
 import java.util.List;
+import java.util.regex.Pattern;
 
 /**
  * {@code @argfile} expansion by the project's one rule (docs/argfiles.md), as the runtime
- * does it for the warm path: {@code @path} (not {@code @@...}, not a bare {@code @}) becomes
- * the file's lines, one argument per line verbatim (LF, CRLF or CR ends a line; empty lines
+ * does it for the warm path: {@code @path} (not {@code @@...}, not a bare {@code @}, not a
+ * label such as {@code @repo//pkg:target}) becomes the file's lines, one argument per line verbatim (LF, CRLF or CR ends a line; empty lines
  * are empty arguments), recursively; {@code --flagfile=} passes through. javac's own
  * {@code @file} reading (split on white space, quotes) is never what expands a Buck2 argfile.
  */
@@ -33,9 +34,21 @@ final class Argfiles {
     }
   }
 
-  /** True for an argument that is expanded: {@code @path}, not {@code @@...} nor a bare {@code @}. */
+  /**
+   * A label of another repository ({@code @repo//pkg:target}), which Bazel passes through:
+   * {@code //} after the {@code @}, and no line break ({@code .} matches none).
+   */
+  private static final Pattern REPOSITORY_LABEL = Pattern.compile("@.*//.*");
+
+  /**
+   * True for an argument that is expanded: {@code @path}, not {@code @@...}, a bare {@code @}
+   * nor a repository label.
+   */
   static boolean isArgfile(String arg) {
-    return arg.length() > 1 && arg.charAt(0) == '@' && arg.charAt(1) != '@';
+    return arg.length() > 1
+        && arg.charAt(0) == '@'
+        && arg.charAt(1) != '@'
+        && !REPOSITORY_LABEL.matcher(arg).matches();
   }
 
   /** {@code args} with every {@code @path} expanded, paths (nested ones too) relative to {@code base}. */

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from worker_runtime.errors import ConfigError
+from worker_runtime.quick_json import DuplicateKeyError, unique_object
 
 PROTOCOLS = ("proto", "json")
 #: What serves Buck2's gRPC on the worker socket (worker_runtime/buck2/).
@@ -131,7 +132,7 @@ class RuntimeConfig:
     retries: int = field(
         default=1,
         metadata=doc(
-            "How often a request whose backend died before answering is retried on a fresh one (at most 100)."
+            "How often a request whose backend died before answering is retried on a fresh one."
         ),
     )
     cancellable: bool = field(
@@ -142,12 +143,14 @@ class RuntimeConfig:
     )
     frame_stall_timeout_s: float = field(
         default=5.0,
-        metadata=doc("A response that started arriving but stalls this long is taken for garbage."),
+        metadata=doc(
+            "A response that started arriving but stalls this long is taken for garbage (and its backend discarded)."
+        ),
     )
     max_response_mb: int = field(
         default=256,
         metadata=doc(
-            "The largest response a backend may write (MiB, at most 2048): a larger one is refused as it arrives, as a protocol error, and the backend discarded, so that a runaway backend cannot take the daemon's memory (and every warm backend with it)."
+            "The largest response a backend may write (MiB): a larger one is refused as it arrives, as a protocol error, and the backend discarded, so that a runaway backend cannot take the daemon's memory (and every warm backend with it)."
         ),
     )
     cancel_grace_s: float = field(
@@ -204,7 +207,7 @@ class RuntimeConfig:
     reclaim_interval_s: float = field(
         default=5.0,
         metadata=doc(
-            "How often the daemon checks idle times, memory and log sizes (at least 0.1 s; daemon-wide, taken from the front that starts the daemon)."
+            "How often the daemon checks idle times, memory and log sizes (daemon-wide, taken from the front that starts the daemon)."
         ),
     )
     log_cap_mb: int = field(
@@ -257,7 +260,7 @@ class RuntimeConfig:
 
 def _string(key: str, value: Any) -> str:
     if not isinstance(value, str):
-        raise ConfigError(f"config key `{key}` must be a string, not {json.dumps(value)}")
+        raise ConfigError(f"config key `{key}` must be a string, not {_shown(value)}")
     return value
 
 
@@ -265,6 +268,28 @@ def _shown(value: Any) -> str:
     """A value as JSON for an error message, cut short (a 4,000-digit number, say)."""
     text = json.dumps(value)
     return text if len(text) <= 80 else f"{text[:77]}..."
+
+
+#: JSON's names for the Python types a decoded config holds (error messages).
+_JSON_TYPES = {str: "string", bool: "boolean", int: "integer", float: "number",
+               dict: "object", list: "array", type(None): "null"}  # fmt: skip
+
+
+def _json_type(kind: type) -> str:
+    return _JSON_TYPES.get(kind, kind.__name__)
+
+
+def _a(noun: str) -> str:
+    return f"an {noun}" if noun[0] in "aeiou" else f"a {noun}"
+
+
+def _cut(name: str) -> str:
+    """A key as given, cut short for an error message."""
+    return name if len(name) <= 80 else f"{name[:77]}..."
+
+
+def _choices(names: tuple[str, ...]) -> str:
+    return ", ".join(f'"{name}"' for name in names)
 
 
 def _strings(key: str, value: Any) -> tuple[str, ...]:
@@ -293,7 +318,7 @@ def _names(key: str, value: Any) -> tuple[str, ...]:
 
 def _bool(key: str, value: Any) -> bool:
     if not isinstance(value, bool):
-        raise ConfigError(f"config key `{key}` must be true or false, not {json.dumps(value)}")
+        raise ConfigError(f"config key `{key}` must be true or false, not {_shown(value)}")
     return value
 
 
@@ -305,12 +330,13 @@ def _int(minimum: int, maximum: int | None = None) -> Callable[[str, Any], int]:
             or value < minimum
             or (maximum is not None and value > maximum)
         ):
-            bounds = f">= {minimum}" if maximum is None else f"from {minimum} to {maximum}"
             raise ConfigError(
                 f"config key `{key}` must be an integer {bounds}, not {_shown(value)}"
             )
         return value
 
+    bounds = f">= {minimum}" if maximum is None else f"from {minimum} to {maximum}"
+    check.bounds = bounds  # type: ignore[attr-defined]
     return check
 
 
@@ -330,6 +356,7 @@ def _seconds_at_least(minimum: float) -> Callable[[str, Any], float]:
             )
         return seconds
 
+    check.bounds = f">= {minimum:g}"  # type: ignore[attr-defined]
     return check
 
 
@@ -406,28 +433,30 @@ def endpoint_problem(endpoint: str, tls: bool, ca_file: str, credentials_file: s
 
 def _routing(key: str, value: Any) -> str:
     if value not in ROUTINGS:
-        raise ConfigError(f"config key `{key}` must be one of {ROUTINGS}, not {json.dumps(value)}")
+        raise ConfigError(
+            f"config key `{key}` must be one of {_choices(ROUTINGS)}, not {_shown(value)}"
+        )
     return str(value)
 
 
 def _remote(key: str, value: Any) -> RemoteConfig:
     if not isinstance(value, dict):
-        raise ConfigError(f"config key `{key}` must be an object, not {json.dumps(value)}")
+        raise ConfigError(f"config key `{key}` must be an object, not {_shown(value)}")
     for name, item in value.items():
         expected = REMOTE_KEYS.get(name)
         if expected is None:
             raise ConfigError(
-                f"config key `{key}.{name}` is unknown (known: {', '.join(REMOTE_KEYS)})"
+                f"config key `{key}.{_cut(name)}` is unknown (known: {', '.join(REMOTE_KEYS)})"
             )
         if not isinstance(item, expected):
             raise ConfigError(
-                f"config key `{key}.{name}` must be a {expected.__name__}, not {json.dumps(item)}"
+                f"config key `{key}.{name}` must be {_a(_json_type(expected))}, not {_shown(item)}"
             )
     for name, item in value.get("properties", {}).items():
         if not isinstance(item, str) or not name:
             raise ConfigError(
                 f"config key `{key}.properties` must map names to strings, not "
-                f"{json.dumps(name)}: {json.dumps(item)}"
+                f"{_shown(name)}: {_shown(item)}"
             )
     named = [
         *value.items(),
@@ -441,13 +470,17 @@ def _remote(key: str, value: Any) -> RemoteConfig:
 
 def _protocol(key: str, value: Any) -> str:
     if value not in PROTOCOLS:
-        raise ConfigError(f"config key `{key}` must be one of {PROTOCOLS}, not {json.dumps(value)}")
+        raise ConfigError(
+            f"config key `{key}` must be one of {_choices(PROTOCOLS)}, not {_shown(value)}"
+        )
     return str(value)
 
 
 def _server(key: str, value: Any) -> str:
     if value not in SERVERS:
-        raise ConfigError(f"config key `{key}` must be one of {SERVERS}, not {json.dumps(value)}")
+        raise ConfigError(
+            f"config key `{key}` must be one of {_choices(SERVERS)}, not {_shown(value)}"
+        )
     return str(value)
 
 
@@ -468,6 +501,7 @@ def _optional_int(minimum: int) -> Callable[[str, Any], int | None]:
     def optional(key: str, value: Any) -> int | None:
         return None if value is None else check(key, value)
 
+    optional.bounds = check.bounds  # type: ignore[attr-defined]
     return optional
 
 
@@ -493,7 +527,7 @@ _CHECKS: dict[str, Callable[[str, Any], Any]] = {
     "verbosity": _int(0, (1 << 31) - 1),  # WorkRequest.verbosity is an int32
     "retries": _int(0, 100),
     "cancellable": _bool,
-    "frame_stall_timeout_s": _seconds,
+    "frame_stall_timeout_s": _seconds_at_least(0.1),
     "max_response_mb": _int(1, 2048),
     "cancel_grace_s": _seconds,
     "shutdown_grace_s": _seconds,
@@ -512,16 +546,21 @@ _CHECKS: dict[str, Callable[[str, Any], Any]] = {
 assert set(_CHECKS) == {f.name for f in fields(RuntimeConfig)}
 
 
+def setting_bounds(key: str) -> str | None:
+    """The range a numeric setting's check allows beyond its type (``>= 1``), or None."""
+    return getattr(_CHECKS[key], "bounds", None)
+
+
 def config_from_mapping(data: Any, source: str = "config") -> RuntimeConfig:
     """Builds a config from a decoded JSON object, checking every key and value."""
     if not isinstance(data, dict):
-        raise ConfigError(f"{source} must hold a JSON object, not {type(data).__name__}")
+        raise ConfigError(f"{source} must hold a JSON object, not {_a(_json_type(type(data)))}")
     values: dict[str, Any] = {}
     for key, value in data.items():
         check = _CHECKS.get(key)
         if check is None:
             known = ", ".join(sorted(_CHECKS))
-            raise ConfigError(f"{source}: unknown config key `{key}` (known keys: {known})")
+            raise ConfigError(f"{source}: unknown config key `{_cut(key)}` (known keys: {known})")
         values[key] = check(key, value)
     return RuntimeConfig(**values)
 
@@ -538,9 +577,11 @@ def load_config_file(path: str | Path) -> RuntimeConfig:
     except UnicodeDecodeError as exc:
         raise ConfigError(f"config file {path} is not UTF-8 text ({exc.reason})") from None
     try:
-        data = json.loads(text)
+        data = json.loads(text, object_pairs_hook=unique_object)
     except json.JSONDecodeError as exc:
         raise ConfigError(f"config file {path} is not valid JSON: {exc}") from None
+    except DuplicateKeyError as exc:  # json.loads would take the last value, unsaid
+        raise ConfigError(f"config file {path}: the {exc}: keep one") from None
     except (ValueError, RecursionError) as exc:  # a number of 4,300+ digits, deep nesting
         raise ConfigError(f"config file {path} cannot be read as JSON: {exc}") from None
     return config_from_mapping(data, f"config file {path}")

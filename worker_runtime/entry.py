@@ -18,7 +18,7 @@ from __future__ import annotations
 import os
 import sys
 
-from worker_runtime.quick_json import loads
+from worker_runtime.quick_json import loads_unique
 
 TYPE_CHECKING = False  # mypy takes it as true; typing itself is not imported (it costs a start)
 if TYPE_CHECKING:
@@ -51,8 +51,9 @@ def plain_config_file(path: str) -> dict[str, Any] | None:
     parses, and does not turn the daemon off); None otherwise, and the full check says why."""
     try:
         with open(path, encoding="utf-8") as handle:
-            data = loads(handle.read())
+            data = loads_unique(handle.read())
     except (OSError, ValueError, RecursionError):  # the full check says what is wrong
+        # (ValueError: not JSON, a 4,300-digit number, a key set twice)
         return None
     if not isinstance(data, dict) or data.get("daemon", True) is not True:
         return None

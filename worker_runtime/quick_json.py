@@ -6,6 +6,8 @@ Buck2's socket (entry.py), and the front's way to the daemon after it (daemon/co
 ``loads`` gives what ``json.loads`` gives for the same text: a document the scanner reads
 whole is its value; anything else (the scanner reports its errors through ``json.decoder``,
 which is not imported yet) is read again by ``json.loads``, which raises its own error.
+``loads_unique`` is ``loads`` that refuses an object naming one key twice (a config file,
+where ``json.loads`` would take the last value without a word), with ``DuplicateKeyError``.
 ``dumps`` gives what ``json.dumps(value, separators=(",", ":"))`` gives; a value the C
 encoder refuses is handed to that call, which raises its own error
 (tests/unit/test_quick_json.py compares both with ``json``).
@@ -35,25 +37,59 @@ class _Defaults:
     parse_constant = _CONSTANTS.__getitem__
 
 
+class DuplicateKeyError(ValueError):
+    """An object that names one key twice."""
+
+
+def unique_object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """An object's members as a dict (json's ``object_pairs_hook``); DuplicateKeyError if
+    one key comes twice."""
+    found = dict(pairs)
+    if len(found) != len(pairs):
+        seen: set[str] = set()
+        for key, _ in pairs:
+            if key in seen:
+                shown = key if len(key) <= 80 else f"{key[:77]}..."
+                raise DuplicateKeyError(f"key {shown!r} is set twice in one object")
+            seen.add(key)
+    return found
+
+
+class _UniqueKeys(_Defaults):
+    object_pairs_hook = unique_object  # type: ignore[assignment]
+
+
 _scan = _json.make_scanner(_Defaults)  # type: ignore[arg-type]
+_scan_unique = _json.make_scanner(_UniqueKeys)  # type: ignore[arg-type]
 
 
 def loads(text: str) -> Any:
     """The value of JSON document ``text``, as ``json.loads(text)`` gives it."""
+    return _loads(text, _scan, None)
+
+
+def loads_unique(text: str) -> Any:
+    """``loads``, refusing an object that names a key twice (DuplicateKeyError)."""
+    return _loads(text, _scan_unique, unique_object)
+
+
+def _loads(text: str, scan: Any, hook: Any) -> Any:
     start = len(text) - len(text.lstrip(_WHITESPACE))
     try:
-        value, end = _scan(text, start)
+        value, end = scan(text, start)
+    except DuplicateKeyError:
+        raise
     except Exception:  # not JSON: json.loads raises the error a person can read
-        return _loads_with_json(text)
+        return _loads_with_json(text, hook)
     if text[end:].strip(_WHITESPACE):
-        return _loads_with_json(text)
+        return _loads_with_json(text, hook)
     return value
 
 
-def _loads_with_json(text: str) -> Any:
+def _loads_with_json(text: str, hook: Any) -> Any:
     import json
 
-    return json.loads(text)
+    return json.loads(text, object_pairs_hook=hook)
 
 
 class _NotPlainJson(Exception):

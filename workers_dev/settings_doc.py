@@ -17,7 +17,7 @@ from dataclasses import MISSING, Field, fields
 from typing import Any
 
 from worker_runtime.cli import serve_parser
-from worker_runtime.config import RemoteConfig, RuntimeConfig
+from worker_runtime.config import RemoteConfig, RuntimeConfig, setting_bounds
 from workers_dev.buck2_fake import CELLS, Buck2Fake
 
 TYPES = {
@@ -94,12 +94,23 @@ def _default(item: Field[Any]) -> str:
     return f"`{json.dumps(value)}`"
 
 
+def _type(item: Field[Any], runtime: bool) -> str:
+    """The type column: the type, and the range the setting's check allows."""
+    described = TYPES[str(item.type)]
+    bounds = setting_bounds(item.name) if runtime else None
+    if bounds is None:
+        return described
+    if described.startswith("seconds"):
+        return described.replace("> 0", bounds)
+    return f"{described} ({bounds})"
+
+
 def _table(items: tuple[Field[Any], ...], flags: dict[str, str] | None) -> list[str]:
     head = "| key | type | default |" + (" flag |" if flags is not None else "") + " meaning |"
     rule = "|---|---|---|" + ("---|" if flags is not None else "") + "---|"
     rows = [head, rule]
     for item in items:
-        cells = [f"`{item.name}`", TYPES[str(item.type)], _default(item)]
+        cells = [f"`{item.name}`", _type(item, flags is not None), _default(item)]
         if flags is not None:
             cells.append(flags.get(item.name, ""))
         cells.append(item.metadata["doc"].replace("|", "\\|"))

@@ -77,9 +77,9 @@ def test_full_config_round_trip(tmp_path: Path) -> None:
         ({"default_timeout_s": 1e20}, r"`default_timeout_s` must be .* \(at most 1e\+09\)"),
         ([1], "must hold a JSON object"),
         ({"routing": "cloud"}, "`routing` must be one of"),
-        ({"remote": {"endpoint": 5}}, "`remote.endpoint` must be a str"),
+        ({"remote": {"endpoint": 5}}, "`remote.endpoint` must be a string, not 5"),
         ({"remote": {"properties": {"OSFamily": 1}}}, "`remote.properties` must map names"),
-        ({"remote": {"properties": ["x"]}}, "`remote.properties` must be a dict"),
+        ({"remote": {"properties": ["x"]}}, "`remote.properties` must be an object"),
         ({"remote": {"port": 5}}, "`remote.port` is unknown"),
         # Each failed later, where it could not be told as well (or not at all).
         ({"log_dir": "a\0b"}, "`log_dir` holds a NUL character"),
@@ -90,6 +90,13 @@ def test_full_config_round_trip(tmp_path: Path) -> None:
         ),
         ({"retries": 10**9}, "`retries` must be an integer from 0 to 100"),
         ({"reclaim_interval_s": 1e-300}, "`reclaim_interval_s` must be at least 0.1 s"),
+        # Errors name JSON's types and values, and cut a huge value short.
+        ([1], "must hold a JSON object, not an array"),
+        ({"routing": "x" * 10_000}, r'`routing` must be one of "local", .*, not "x{76}\.\.\.$'),
+        ({"remote": {"tls": "yes"}}, '`remote.tls` must be a boolean, not "yes"'),
+        ({"k" * 500: 1}, r"unknown config key `k{77}\.\.\.` \(known keys"),
+        # Any response written in two reads (past 64 KiB) would have been garbage.
+        ({"frame_stall_timeout_s": 0.001}, "`frame_stall_timeout_s` must be at least 0.1 s"),
     ],
 )
 def test_bad_values_name_the_key(data: object, message: str) -> None:
@@ -201,4 +208,22 @@ def test_a_config_file_python_cannot_read_is_a_clear_error(
     path = tmp_path / "c.json"
     path.write_bytes(data)
     with pytest.raises(ConfigError, match=message):
+        load_config_file(path)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        '{"command": ["a"], "daemon": false, "daemon": true}',
+        '{"command": ["a"], "env": {"A": "1", "A": "2"}}',
+        '{"command": ["a"], "remote": {"properties": {"OSFamily": "x", "OSFamily": "y"}}}',
+    ],
+)
+def test_a_key_set_twice_in_a_config_file_is_refused(tmp_path: Path, text: str) -> None:
+    """Both reads took the last value without a word (`"daemon": false` then `true` ran
+    the daemon): the front's quick read hands the file to the full check, which says so."""
+    path = tmp_path / "c.json"
+    path.write_text(text)
+    assert plain_config_file(str(path)) is None
+    with pytest.raises(ConfigError, match=r"is set twice in one object: keep one"):
         load_config_file(path)

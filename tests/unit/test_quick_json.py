@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from tests.imports import modules_loaded_by
-from worker_runtime.quick_json import dumps, loads
+from worker_runtime.quick_json import DuplicateKeyError, dumps, loads, loads_unique
 
 VALID = [
     '{"command": ["java", "-jar", "w.jar"], "server": "h2", "routing": "local"}',
@@ -72,6 +72,32 @@ def test_an_invalid_document_raises_what_json_loads_raises(text: str) -> None:
     assert str(got.value) == str(expected.value)
 
 
+@pytest.mark.parametrize("text", [t for t in VALID if t != '{"a": 1, "a": 2}'])
+def test_loads_unique_reads_a_document_without_a_key_twice_as_loads_does(text: str) -> None:
+    assert same(loads_unique(text), json.loads(text))
+
+
+@pytest.mark.parametrize("text", INVALID)
+def test_loads_unique_raises_what_json_loads_raises(text: str) -> None:
+    with pytest.raises(json.JSONDecodeError) as expected:
+        json.loads(text)
+    with pytest.raises(json.JSONDecodeError) as got:
+        loads_unique(text)
+    assert str(got.value) == str(expected.value)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        '{"a": 1, "a": 2}',
+        '{"x": [{"b": {}, "b": {}}]}',
+    ],
+)
+def test_loads_unique_refuses_a_key_twice(text: str) -> None:
+    with pytest.raises(DuplicateKeyError, match=r"key '[ab]' is set twice in one object"):
+        loads_unique(text)
+
+
 def random_value(rng: random.Random, depth: int = 0) -> Any:
     kind = rng.randrange(7 if depth < 4 else 4)
     if kind == 0:
@@ -97,8 +123,9 @@ def test_random_documents_read_the_same() -> None:
 
 def test_reading_a_document_imports_neither_json_nor_re() -> None:
     code = (
-        "from worker_runtime.quick_json import loads; "
-        """assert loads('{"a": [1, 2.5, "x"]}') == {"a": [1, 2.5, "x"]}"""
+        "from worker_runtime.quick_json import loads, loads_unique; "
+        """assert loads('{"a": [1, 2.5, "x"]}') == {"a": [1, 2.5, "x"]}; """
+        """assert loads_unique('{"a": {"b": 1}}') == {"a": {"b": 1}}"""
     )
     assert modules_loaded_by(code, ["json", "re", "enum"]) == []
 

@@ -10,6 +10,7 @@ there and prints the ``.buckconfig`` lines that mount them beside Buck2's own pr
 from __future__ import annotations
 
 import argparse
+import re
 import shutil
 import sys
 from collections.abc import Sequence
@@ -23,6 +24,9 @@ IGNORED = shutil.ignore_patterns("__pycache__", "*.pyc", ".cache")
 DEFAULT_DEST = "third-party/buck2-workers"
 #: Written into each installed cell: only a directory holding it is ever replaced.
 MARKER = ".installed-by-worker-runtime"
+#: A cell name that a label (``name//path:target``), a ``.buckconfig`` line and the
+#: ``"@name//`` rewrite below all take as it is.
+CELL_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
 
 
 def cells_root() -> Path:
@@ -59,8 +63,32 @@ def buckconfig_lines(dest: str, prelude_cell: str, toolchains_cell: str) -> str:
     )
 
 
+def check_cell_names(prelude_cell: str, toolchains_cell: str) -> None:
+    """Refuses cell names the printed ``.buckconfig`` lines could not mount as two cells."""
+    for flag, name in (("--prelude-cell", prelude_cell), ("--toolchains-cell", toolchains_cell)):
+        if not CELL_NAME.fullmatch(name):
+            raise ValueError(
+                f"{flag} {name!r} is not a cell name: use letters, digits, `_`, `-` and `.` "
+                "(not first), as in `workers`"
+            )
+    if prelude_cell == toolchains_cell:
+        raise ValueError(
+            f"--prelude-cell and --toolchains-cell are both {prelude_cell!r}: the rules and the "
+            "toolchains are two cells and need two names"
+        )
+    if toolchains_cell == "prelude":
+        raise ValueError(
+            "--toolchains-cell 'prelude' would hide Buck2's own prelude: choose another name"
+        )
+
+
 def install(project: Path, dest: str, *, prelude_cell: str, force: bool) -> Path:
     """Copies the cells into ``project/dest``; an existing copy is replaced only with ``force``."""
+    if not project.is_dir():
+        raise FileNotFoundError(
+            f"the project root {project} is not a directory: pass the Buck2 project's root "
+            "(the directory holding its .buckconfig) as --project-root"
+        )
     parts = Path(dest).parts
     if Path(dest).is_absolute() or ".." in parts:
         raise ValueError(f"{dest}: give a path inside the project (Buck2 cells must be)")
@@ -127,12 +155,18 @@ def main(argv: Sequence[str]) -> int:
         if args.command == "path":
             print(cells_root())
             return 0
+        check_cell_names(args.prelude_cell, args.toolchains_cell)
         target = install(
             Path(args.project_root), args.dest, prelude_cell=args.prelude_cell, force=args.force
         )
     except (OSError, ValueError) as exc:
         sys.stderr.write(f"worker-runtime cells: error: {exc}\n")
         return 1
+    if not (Path(args.project_root) / ".buckconfig").is_file():
+        sys.stderr.write(
+            f"worker-runtime cells: warning: {args.project_root} has no .buckconfig: is it the "
+            "project's root? The lines below go in the root's .buckconfig.\n"
+        )
     print(
         f"Installed the cells into {target}. Add to .buckconfig (or merge with what is there):\n\n"
         + buckconfig_lines(args.dest, args.prelude_cell, args.toolchains_cell)

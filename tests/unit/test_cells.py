@@ -67,3 +67,41 @@ def test_the_command_prints_the_buckconfig_to_add(
     assert "execution_platforms = workers//platforms:platforms" in out
     assert main(["install", "--project-root", str(tmp_path)]) == 1
     assert "--force" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--prelude-cell", ""], "--prelude-cell '' is not a cell name"),
+        (["--toolchains-cell", "my/cell"], "--toolchains-cell 'my/cell' is not a cell name"),
+        (["--prelude-cell", 'w"x'], "is not a cell name"),
+        (["--toolchains-cell", "workers"], "both 'workers'"),
+        (["--toolchains-cell", "prelude"], "hide Buck2's own prelude"),
+    ],
+)
+def test_the_command_refuses_cell_names_buck2_could_not_mount(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], flags: list[str], message: str
+) -> None:
+    assert main(["install", "--project-root", str(tmp_path), *flags]) == 1
+    assert message in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []  # nothing copied
+
+
+def test_the_command_refuses_a_project_root_that_is_not_there(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A mistyped --project-root is named, not made anew with the cells inside it."""
+    missing = tmp_path / "mistyped"
+    assert main(["install", "--project-root", str(missing)]) == 1
+    assert "is not a directory" in capsys.readouterr().err
+    assert not missing.exists()
+
+
+def test_the_command_warns_of_a_project_root_without_a_buckconfig(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["install", "--project-root", str(tmp_path)]) == 0
+    assert "has no .buckconfig" in capsys.readouterr().err
+    (tmp_path / ".buckconfig").write_text("[cells]\n  root = .\n")
+    assert main(["install", "--project-root", str(tmp_path), "--force"]) == 0
+    assert "warning" not in capsys.readouterr().err

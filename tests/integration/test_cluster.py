@@ -190,7 +190,7 @@ def test_a_postgresql_that_pg_ctl_cannot_stop_is_stopped_by_signal(
         "#!/bin/sh\necho 'pg_ctl: could not send stop signal' >&2\nexit 1\n"
     )
     (fake / "pg_ctl").chmod(0o755)
-    monkeypatch.setattr(postgres, "binaries", lambda: fake)
+    monkeypatch.setattr(postgres, "binaries", lambda layout=None: fake)
     postgres.stop(layout)
     assert postgres.postmaster(layout) == 0
     assert wait_gone([server]) == []

@@ -385,3 +385,23 @@ def test_a_cluster_dir_the_postgres_user_cannot_reach_is_a_clear_error(tmp_path:
     assert f"cannot pass through {private} (mode 0700)" in failed.stderr
     assert f"chmod o+x {private}" in failed.stderr
     assert processes_of(private) == []
+
+
+def test_a_database_made_by_a_postgresql_no_longer_installed_is_a_clear_error() -> None:
+    """The newest installed major was taken for any data directory: after an upgrade,
+    `up` failed in pg_ctl with "database files are incompatible with server". The major
+    that made it is used, or named with what to do."""
+    with private_cluster() as directory:
+        data = directory / "postgres" / "data"
+        (data / "global").mkdir(parents=True)
+        (data / "global" / "pg_control").write_text("")
+        (data / "PG_VERSION").write_text("9\n")
+        failed = cluster("up", "--dir", str(directory))
+        assert failed.returncode == 1 and "Traceback" not in failed.stderr, failed.stderr
+        assert "was made by PostgreSQL 9, which is not installed" in failed.stderr
+        assert "apt-get install postgresql-9" in failed.stderr
+        assert f"remove {directory / 'postgres'}" in failed.stderr
+        assert (data / "PG_VERSION").read_text() == "9\n"  # nothing of it touched
+        assert processes_of(directory) == []
+        down = cluster("down", "--dir", str(directory))  # nothing runs: down works
+        assert down.returncode == 0, down.stderr

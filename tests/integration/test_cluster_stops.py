@@ -79,6 +79,47 @@ def test_a_process_that_ignores_sigterm_is_killed_after_the_grace(tmp_path: Path
         stubborn.wait()
 
 
+def test_a_process_naming_a_sibling_directory_is_not_taken_for_the_clusters(
+    tmp_path: Path,
+) -> None:
+    """A recorded PID now held by a process whose arguments name ``<dir>2`` (a second
+    cluster's PostgreSQL, `-D /c/pg2` for `/c/pg`) is not this cluster's to signal."""
+    ours = tmp_path / "pg"
+    sibling = subprocess.Popen(
+        [sys.executable, "-c", "import time; print('ready', flush=True); time.sleep(120)",
+         "-D", f"{ours}2", f"--log=/elsewhere{ours}/log"],
+        stdout=subprocess.PIPE, start_new_session=True,
+    )  # fmt: skip
+    try:
+        assert sibling.stdout is not None and sibling.stdout.readline() == b"ready\n"
+        assert not processes.alive(sibling.pid, marker=str(ours))
+        processes.stop_all([(sibling.pid, None)], grace_s=0.2, marker=str(ours))
+        assert sibling.poll() is None  # never signalled
+        assert processes.alive(sibling.pid, marker=f"{ours}2")
+        assert processes.alive(sibling.pid, marker=str(tmp_path))  # a directory above
+        assert processes.alive(sibling.pid, marker="/elsewhere")
+    finally:
+        sibling.kill()
+        sibling.wait()
+
+
+@pytest.mark.parametrize(
+    ("argument", "names_it"),
+    [
+        ("/c/pg", True),
+        ("/c/pg/", True),
+        ("/c/pg/postgresql.conf", True),
+        ("--data=/c/pg", True),
+        ("unix:/c/pg/run/socket", True),
+        ("/c/pg2", False),
+        ("/d/c/pg", False),
+        ("x/c/pg", False),
+    ],
+)
+def test_a_path_is_named_by_an_argument_as_a_whole_path(argument: str, names_it: bool) -> None:
+    assert processes.names_path(f"python\0{argument}\0".encode(), "/c/pg") is names_it
+
+
 @pytest.fixture
 def metrics_page() -> Iterator[int]:
     """A stand-in executor metrics page on 127.0.0.1; its port."""

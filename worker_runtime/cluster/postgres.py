@@ -29,15 +29,42 @@ SETTINGS = (
 )
 
 
-def binaries() -> Path:
-    """The newest Debian PostgreSQL bin directory."""
+def binaries(layout: ClusterLayout | None = None) -> Path:
+    """The Debian PostgreSQL bin directory: of the major version that made ``layout``'s
+    data directory (another major's server refuses it), else the newest installed."""
     found = sorted(glob.glob("/usr/lib/postgresql/*/bin/pg_ctl"), key=_version)
     if not found:
         raise ClusterError(
             "PostgreSQL is not installed (no /usr/lib/postgresql/*/bin/pg_ctl): "
             "run scripts/bootstrap.sh, or apt-get install postgresql"
         )
-    return Path(found[-1]).parent
+    made_by = _data_version(layout) if layout is not None else None
+    if made_by is None:
+        return Path(found[-1]).parent
+    for path in found:
+        if path.split("/")[4] == made_by:
+            return Path(path).parent
+    installed = ", ".join(path.split("/")[4] for path in found)
+    assert layout is not None
+    raise ClusterError(
+        f"the cluster's database {layout.pg_data} was made by PostgreSQL {made_by}, which is "
+        f"not installed (installed: {installed}): install it (apt-get install "
+        f"postgresql-{made_by}), or remove {layout.pg_dir} to make the database afresh with "
+        f"PostgreSQL {installed.rsplit(', ', 1)[-1]} (it holds only the scheduler's state: "
+        "run `worker-runtime cluster down` first)"
+    )
+
+
+def _data_version(layout: ClusterLayout) -> str | None:
+    """The major version PG_VERSION records in the data directory, or None (none made,
+    or one initdb left half done, which ``start`` makes again)."""
+    if not (layout.pg_data / "global" / "pg_control").exists():
+        return None
+    try:
+        made_by = (layout.pg_data / "PG_VERSION").read_text().strip()
+    except (OSError, UnicodeDecodeError):
+        return None
+    return made_by if made_by.replace(".", "").isdigit() else None
 
 
 def _version(path: str) -> tuple[int, ...]:
@@ -116,7 +143,7 @@ def _check_reachable_by_server(directory: Path) -> None:
 def start(layout: ClusterLayout) -> int:
     """Initialises the data directory if needed and starts the server, unless it runs and
     answers already. Returns its PID."""
-    bin_dir = binaries()
+    bin_dir = binaries(layout)
     log = layout.logs / "postgres.log"
     for directory in (layout.root, layout.pg_dir, layout.run_dir, layout.logs):
         directory.mkdir(parents=True, exist_ok=True)
@@ -161,7 +188,7 @@ def start(layout: ClusterLayout) -> int:
 
 def ensure_database(layout: ClusterLayout, name: str) -> None:
     """Creates database ``name`` on the running server unless it exists."""
-    bin_dir = binaries()
+    bin_dir = binaries(layout)
     exists = subprocess.run(
         _as_server_user(
             [str(bin_dir / "psql"), "-h", str(layout.run_dir), "-U", "postgres", "-tAc",
@@ -196,7 +223,7 @@ def postmaster(layout: ClusterLayout) -> int:
 def answers(layout: ClusterLayout, wait_s: float = 0.0) -> bool:
     """Whether the server accepts connections on its socket (trying for up to ``wait_s``:
     one starting up rejects them for a while)."""
-    command = [str(binaries() / "pg_isready"), "-q", "-h", str(layout.run_dir), "-U", "postgres",
+    command = [str(binaries(layout) / "pg_isready"), "-q", "-h", str(layout.run_dir), "-U", "postgres",
                "-t", "5"]  # fmt: skip
     deadline = time.monotonic() + wait_s
     while True:
@@ -221,8 +248,13 @@ def stop(layout: ClusterLayout) -> None:
     if not postmaster(layout):
         _remove_stale_locks(layout)
         return
-    command = [str(binaries() / "pg_ctl"), "-D", str(layout.pg_data), "-m", "fast", "-w", "stop"]
-    done = subprocess.run(_as_server_user(command), capture_output=True, text=True)
+    try:
+        command = [str(binaries(layout) / "pg_ctl"), "-D", str(layout.pg_data), "-m", "fast",
+                   "-w", "stop"]  # fmt: skip
+        done = subprocess.run(_as_server_user(command), capture_output=True, text=True)
+        said = f"said {(done.stderr or done.stdout).strip() or f'exit {done.returncode}'}"
+    except ClusterError as exc:  # its version's tools are gone (the server runs on)
+        said = f"not run: {exc}"
     # `pg_ctl stop` gave up (it waits 60 s) or failed: PostgreSQL's immediate shutdown,
     # then SIGKILL; a server that outlives both is an error, and the state stays.
     for signum in (signal.SIGQUIT, signal.SIGKILL):
@@ -236,7 +268,6 @@ def stop(layout: ClusterLayout) -> None:
             time.sleep(0.05)
     if server := postmaster(layout):
         raise ClusterError(
-            f"PostgreSQL (pid {server}) did not stop: `pg_ctl stop` said "
-            f"{(done.stderr or done.stdout).strip() or f'exit {done.returncode}'}; "
+            f"PostgreSQL (pid {server}) did not stop: `pg_ctl stop` {said}; "
             f"its log: {layout.logs / 'postgres.log'}"
         )

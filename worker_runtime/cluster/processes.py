@@ -39,7 +39,23 @@ def is_ours(pid: int, started: int | None = None, marker: str | None = None) -> 
         return False
     if started is not None and start_time(pid) != started:
         return False
-    return marker is None or os.fsencode(marker) in _command_line(pid)
+    return marker is None or names_path(_command_line(pid), marker)
+
+
+def names_path(command_line: bytes, path: str) -> bool:
+    """Whether an argument of ``command_line`` (NUL-separated) names ``path`` or a path
+    below it: ``/c/pg`` is not named by ``-D /c/pg2``, nor ``/c/`` by ``/d/c/``."""
+    wanted = os.fsencode(path.rstrip("/") or "/")
+    for argument in command_line.split(b"\0"):
+        start = argument.find(wanted)
+        while start >= 0:
+            end = start + len(wanted)
+            before = argument[start - 1 : start] if start else b""
+            after = argument[end : end + 1]
+            if before in (b"", b"=", b":") and after in (b"", b"/"):
+                return True
+            start = argument.find(wanted, start + 1)
+    return False
 
 
 def alive(pid: int, started: int | None = None, marker: str | None = None) -> bool:

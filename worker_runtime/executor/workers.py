@@ -125,17 +125,19 @@ class PersistentWorker:
         backend = self.backend
         if backend.unread_output_bytes() == 0 and not backend.framing.mid_message():
             return not backend.alive  # a worker the loop failed meanwhile is not reused
-        if not LoopThread.shared().run(self._discard_if_babbling()):
+        return LoopThread.shared().run(self._discard_if_babbling())
+
+    async def _discard_if_babbling(self) -> bool:
+        if self.backend.discard_if_babbling():
+            return True  # it logged what it saw: said once
+        if self.backend.alive:
             return False
+        # The loop read the stray answer first and failed the worker itself, silently.
         LOGGER.warning(
             "worker %d wrote while it had no request: discarded before its next action",
             self.pid,
         )
         return True
-
-    async def _discard_if_babbling(self) -> bool:
-        # Not alive: the loop read the stray answer first and failed the worker itself.
-        return self.backend.discard_if_babbling() or not self.backend.alive
 
     def call(
         self, request: WorkRequest, timeout_s: float, cancelled: threading.Event | None = None

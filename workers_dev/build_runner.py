@@ -178,13 +178,14 @@ class Language:
     passed_attrs: tuple[str, ...]
 
 
-def haskell_toolchain_dep(worker_exe: list[str]) -> str:
+def haskell_toolchain_dep(worker_exe: list[str], package_dbs: list[str] | None = None) -> str:
     return (
         "fake_dep_of({HaskellToolchainInfo: HaskellToolchainInfo("
         f"compiler = WorkerToolInfo(worker = WorkerInfo(exe = cmd_args({json.dumps(worker_exe)})), "
         'fallback = RunInfo(args = cmd_args("toolchains/haskell/ghc-argfile")), config = "unused"), '
         'archiver = RunInfo(args = cmd_args("ar")), linker = RunInfo(args = cmd_args("ghc")), '
-        'scanner = RunInfo(args = cmd_args("python3", "toolchains/haskell/scan_imports.py")))})'
+        f"package_dbs = {json.dumps(package_dbs)}, ".replace("null", "None")
+        + 'scanner = RunInfo(args = cmd_args("python3", "toolchains/haskell/scan_imports.py")))})'
     )
 
 

@@ -2,7 +2,7 @@
 
 load("//haskell:haskell_library.bzl", "HASKELL_COMMON_ATTRS", "compile_haskell")
 load("//haskell:haskell_providers.bzl", "HaskellLibraryInfo", "link_args")
-load("//haskell:haskell_toolchain_providers.bzl", "HaskellToolchainInfo")
+load("//haskell:haskell_toolchain_providers.bzl", "HaskellToolchainInfo", "package_db_args")
 
 # The outputs compile_haskell and worker_run declare at the top of a target's output
 # directory: a binary of one of these names would be a file where they need a directory.
@@ -32,6 +32,8 @@ def _haskell_binary_impl(ctx: AnalysisContext) -> list[Provider]:
             exe.as_output(),
             compiled.objects,
             link_args(compiled.deps),
+            # The databases the compiles read: the link finds the same packages there.
+            package_db_args(toolchain),
             [["-package", p] for p in compiled.packages],
             # After everything else: -threaded, -rtsopts, -with-rtsopts and -optl options
             # are the link's, which compiler_flags never reach.

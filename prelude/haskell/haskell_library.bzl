@@ -16,7 +16,7 @@ load(
     "interface_args",
     "search_path_args",
 )
-load("//haskell:haskell_toolchain_providers.bzl", "HaskellToolchainInfo")
+load("//haskell:haskell_toolchain_providers.bzl", "HaskellToolchainInfo", "package_db_args")
 load("//utils:graph.bzl", "dependency_order", "reachable")
 load("//utils:lists.bzl", "unique")
 load("//utils:settings.bzl", "toolchain_target")
@@ -82,7 +82,7 @@ def compile_haskell(
     deps_set = actions.tset(HaskellLibraryTSet, children = [d.libraries for d in deps])
     dep_interfaces = interface_args(deps_set)
     dep_search_path = search_path_args(deps_set)
-    flags = (toolchain.compiler_flags or []) + compiler_flags
+    flags = package_db_args(toolchain) + (toolchain.compiler_flags or []) + compiler_flags
     modules = {}  # module name -> struct(src, path, obj, hi)
     for src in srcs:
         path = _module_path(target_name, src)

@@ -11,6 +11,7 @@ def _haskell_toolchain_impl(ctx: AnalysisContext) -> list[Provider]:
             compiler = ctx.attrs.compiler[WorkerToolInfo],
             compiler_flags = ctx.attrs.compiler_flags,
             linker = ctx.attrs.linker[RunInfo],
+            package_dbs = ctx.attrs.package_dbs,
             scanner = ctx.attrs.scanner[RunInfo],
         ),
     ]
@@ -27,6 +28,13 @@ haskell_toolchain = rule(
         ),
         "compiler_flags": attrs.list(attrs.string(), default = [], doc = "Flags for every compile."),
         "linker": attrs.exec_dep(providers = [RunInfo], doc = "The ghc that links binaries."),
+        "package_dbs": attrs.list(
+            attrs.string(),
+            default = [],
+            doc = "GHC package databases (paths) that every compile and every link reads " +
+                  "besides GHC's own (`-package-db` each): where the `packages` of the " +
+                  "targets come from when GHC's global database does not hold them.",
+        ),
         "scanner": attrs.exec_dep(
             providers = [RunInfo],
             doc = "The import scanner (toolchains/haskell/scan_imports.py).",

@@ -34,12 +34,13 @@ def analyse(
     *,
     fake: Buck2Fake | None = None,
     label: str = "//lib:core",
+    package_dbs: list[str] | None = None,
 ) -> Analysis:
     """Analyses ``label``; ``imports`` is what the import scan of its modules found. Its
     deps (``:name``) are targets of //base that ``fake`` analysed before."""
     fake = fake or Buck2Fake()
     targets: dict[str, str | AnalysedDep] = {
-        "toolchains//:haskell": haskell_toolchain_dep(["worker-runtime"])
+        "toolchains//:haskell": haskell_toolchain_dep(["worker-runtime"], package_dbs)
     }
     for dep in json.loads(attrs.get("deps", "[]")):
         targets[dep] = fake.dep("//base:" + dep.lstrip(":"))
@@ -171,6 +172,24 @@ def test_linker_flags_reach_the_link_and_compiler_flags_do_not() -> None:
     )  # fmt: skip
     (link,) = [a for a in analysis.actions if a.get("category") == "haskell_link"]
     assert link["arguments"][-2:] == ["-threaded", "-rtsopts"] and "-O1" not in link["arguments"]
+
+
+def test_the_toolchains_package_databases_reach_every_compile_and_the_link() -> None:
+    """A package database in the toolchain's compiler_flags reached the compiles only:
+    the link of a program using a package from it failed ("unknown package")."""
+    dbs = ["/opt/ghc-pkgs/package.db", "third-party/db"]
+    analysis = analyse(
+        "haskell_binary",
+        {"srcs": '["Main.hs", "Lib.hs"]', "packages": '["aeson"]'},
+        {"Main": ["Lib"], "Lib": []},
+        package_dbs=dbs,
+    )
+    db_args = ["-package-db", dbs[0], "-package-db", dbs[1]]
+    for module in ("Main", "Lib"):
+        arguments = argfile_lines(analysis, module)
+        assert arguments[-6:] == ["-package", "aeson", *db_args]  # before the flags
+    (link,) = [a for a in analysis.actions if a.get("category") == "haskell_link"]
+    assert link["arguments"][-6:] == [*db_args, "-package", "aeson"]
 
 
 def test_a_diamond_links_each_archive_once_before_what_it_needs() -> None:

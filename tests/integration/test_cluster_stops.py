@@ -111,9 +111,12 @@ def test_a_process_naming_a_sibling_directory_is_not_taken_for_the_clusters(
         ("/c/pg/postgresql.conf", True),
         ("--data=/c/pg", True),
         ("unix:/c/pg/run/socket", True),
+        ("unix:///c/pg/run/buildgrid.sock", True),  # the executors' --server
+        ('"/c/pg/run"', True),
         ("/c/pg2", False),
         ("/d/c/pg", False),
         ("x/c/pg", False),
+        ("unix://x/c/pg", False),
     ],
 )
 def test_a_path_is_named_by_an_argument_as_a_whole_path(argument: str, names_it: bool) -> None:

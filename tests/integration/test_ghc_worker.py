@@ -997,6 +997,29 @@ def test_a_compile_after_the_temporary_directory_was_removed_writes_its_files_an
         assert (tmp_path / outputs / "Shop/Types.o").exists()
 
 
+def test_output_that_is_not_utf8_reaches_the_response_as_replacement_characters(
+    pipe_worker: StartPipe, tmp_path: Path
+) -> None:
+    """What a compile writes to its file descriptors is passed on as bytes: valid UTF-8
+    as it is, anything else as U+FFFD (a response's output is a string), never a failed
+    request. (A splice writes raw bytes to fd 2: GHC's own messages are always UTF-8.)"""
+    raw = list("café ".encode() + b"\xff\xfe end\n")
+    write(
+        tmp_path,
+        "A.hs",
+        "{-# LANGUAGE TemplateHaskell #-}\nmodule A where\n"
+        "import qualified Data.ByteString as Bytes\n"
+        "import Language.Haskell.TH.Syntax (runIO)\nimport System.IO (stderr)\n"
+        f"$(runIO (Bytes.hPut stderr (Bytes.pack {raw})) >> return [])\n"
+        "x :: Int\nx = 1\n",
+    )
+    worker = pipe_worker()
+    response = worker.run("-c", "A.hs", verbose=False)
+    assert response.exit_code == 0, response.output
+    assert response.output == "caf\u00e9 \ufffd\ufffd end\n"
+    assert (tmp_path / "A.o").exists()
+
+
 def test_output_past_the_cap_is_cut_and_says_so(pipe_worker: StartPipe, tmp_path: Path) -> None:
     """A -ddump-* to stdout of a large module was read whole into the worker's memory
     and answered whole (past the runtime's max_response_mb: a protocol error, the warm

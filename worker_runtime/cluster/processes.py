@@ -44,15 +44,17 @@ def is_ours(pid: int, started: int | None = None, marker: str | None = None) -> 
 
 def names_path(command_line: bytes, path: str) -> bool:
     """Whether an argument of ``command_line`` (NUL-separated) names ``path`` or a path
-    below it: ``/c/pg`` is not named by ``-D /c/pg2``, nor ``/c/`` by ``/d/c/``."""
+    below it, whole or after ``=``, ``:``, a quote or ``scheme://`` (``--x=/c/pg``,
+    ``unix:///c/pg/run/sock``): ``/c/pg`` is not named by ``-D /c/pg2``, nor ``/c/`` by
+    ``/d/c/``."""
     wanted = os.fsencode(path.rstrip("/") or "/")
     for argument in command_line.split(b"\0"):
         start = argument.find(wanted)
         while start >= 0:
             end = start + len(wanted)
-            before = argument[start - 1 : start] if start else b""
-            after = argument[end : end + 1]
-            if before in (b"", b"=", b":") and after in (b"", b"/"):
+            before = argument[:start]
+            starts = before in (b"", b'"', b"'") or before.endswith((b"=", b":", b"://"))
+            if starts and argument[end : end + 1] in (b"", b"/", b'"', b"'"):
                 return True
             start = argument.find(wanted, start + 1)
     return False

@@ -5,6 +5,7 @@
 module Capture
   ( protectStdio
   , captureOutput
+  , utf8Bytes
   ) where
 
 import Control.Exception (SomeException, bracket, finally, try)
@@ -57,9 +58,9 @@ protectStdio = do
 
 -- | The most of a compile's output a response carries (16 MiB; the environment's
 -- @GHC_WORKER_MAX_OUTPUT_BYTES@ if it is a number from 1 to 1 GiB): a @-ddump-*@ to
--- stdout of a large module would otherwise be read whole into the worker's memory (as a
--- String, some 24 bytes a character), then refused by the runtime as too large, the warm
--- worker with it. Past it the output is cut, saying so.
+-- stdout of a large module would otherwise be read whole into the worker's memory, then
+-- refused by the runtime as too large, the warm worker with it. Past it the output is
+-- cut, saying so.
 maxOutputBytes :: IO Integer
 maxOutputBytes = do
   set <- lookupEnv "GHC_WORKER_MAX_OUTPUT_BYTES"
@@ -68,9 +69,11 @@ maxOutputBytes = do
     _ -> 16 * 1024 * 1024
 
 -- | Runs the action with fd 1 and fd 2 redirected into the file at @path@, then puts
--- them back and returns how the action ended and what was written (decoded as UTF-8):
--- what was printed before an exception (GHC's warnings, say) is kept for the response.
-captureOutput :: FilePath -> IO a -> IO (Either SomeException a, String)
+-- them back and returns how the action ended and what was written, as UTF-8 (bytes that
+-- are not become U+FFFD): what was printed before an exception (GHC's warnings, say) is
+-- kept for the response. Bytes, not a String (some 24 bytes a character), all the way
+-- to the response.
+captureOutput :: FilePath -> IO a -> IO (Either SomeException a, B.ByteString)
 captureOutput path action = do
   fd <- openFd path WriteOnly (Just 0o600) defaultFileFlags {trunc = True}
   result <-
@@ -89,10 +92,17 @@ captureOutput path action = do
       if size > cap
         then start <> B8.pack ("\n[ghc-worker: the output was cut here: " ++ show size ++ " bytes in all, of which the first " ++ show cap ++ " are above]\n")
         else start
-  return (result, T.unpack (TE.decodeUtf8With TE.lenientDecode bytes))
+  return (result, validUtf8 bytes)
   where
+    validUtf8 bytes = case TE.decodeUtf8' bytes of
+      Right _ -> bytes -- the usual case: kept as it is
+      Left _ -> TE.encodeUtf8 (TE.decodeUtf8With TE.lenientDecode bytes)
     flushAll = hFlush stdout >> hFlush stderr
     restore saved = do
       _ <- dupTo saved stdError
       _ <- dupTo saved stdOutput
       return ()
+
+-- | A message as the UTF-8 bytes a response carries.
+utf8Bytes :: String -> B.ByteString
+utf8Bytes = TE.encodeUtf8 . T.pack

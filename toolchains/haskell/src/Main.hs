@@ -7,7 +7,8 @@
 -- Argfiles, docs/argfiles.md), like @ghc -c@.
 module Main (main) where
 
-import Capture (protectStdio)
+import Capture (protectStdio, utf8Bytes)
+import qualified Data.ByteString as B
 import Argfiles (ArgfileError (..), expandArgfiles)
 import GHC (runGhc)
 import GHC.Driver.Monad (liftIO)
@@ -118,7 +119,7 @@ compileOnce libdir scratch args = do
   (code, output) <- runGhc (Just libdir) $ do
     worker <- newWorker (scratch </> "output")
     compile worker "" expanded []
-  hPutStr stderr output
+  B.hPutStr stderr output
   exitWith (if code == 0 then ExitSuccess else ExitFailure code)
   where
     -- An argument file that cannot be expanded fails the action before GHC runs, with the
@@ -148,7 +149,7 @@ serve libdir scratch startupArgs = do
                   -- request reused to its output; GHC_WORKER_REPORT=1 logs it on stderr.
                   report <- liftIO (lastReport worker)
                   liftIO (when logReports (hPutStr stderr report >> hFlush stderr))
-                  let shown = if reqVerbosity request >= 10 then output ++ report else output
+                  let shown = if reqVerbosity request >= 10 then output <> utf8Bytes report else output
                   liftIO (writeResponse out (WorkResponse (fromIntegral code) shown (reqId request) False))
                   loop
     loop

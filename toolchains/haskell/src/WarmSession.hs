@@ -26,7 +26,7 @@ module WarmSession
   ) where
 
 import Argfiles (ArgfileError (..), expandArgfiles)
-import Capture (captureOutput)
+import Capture (captureOutput, utf8Bytes)
 import Control.Exception (IOException, SomeAsyncException, SomeException, displayException, evaluate, finally, fromException, throwIO, try)
 import Control.Monad (filterM, forM, unless, void, when)
 import qualified Data.ByteString as B
@@ -132,7 +132,7 @@ lastReport = readIORef . workerLastReport
 -- | Compiles what the arguments name (a @ghc -c@ command line without @ghc@) in the
 -- given directory. Returns the exit code and everything GHC (and the tools it ran)
 -- printed, formatted as @ghc@ formats it.
-compile :: Worker -> FilePath -> [String] -> [(FilePath, B.ByteString)] -> Ghc (Int, String)
+compile :: Worker -> FilePath -> [String] -> [(FilePath, B.ByteString)] -> Ghc (Int, B.ByteString)
 compile worker dir rawArgs inputs = reifyGhc $ \session -> do
   writeIORef (workerLastReport worker) "" -- a request that fails early reused nothing
   readIORef (workerState worker) >>= forgetVanishedTempDirs . keptBase
@@ -153,7 +153,7 @@ compile worker dir rawArgs inputs = reifyGhc $ \session -> do
         Right () -> try capture
         Left _ -> return (Left e)
   case retried of
-    Left (e :: IOException) -> return (1, "ghc-worker: the compile's output could not be captured in " ++ scratch ++ ": " ++ displayException e ++ "\n")
+    Left (e :: IOException) -> return (1, utf8Bytes ("ghc-worker: the compile's output could not be captured in " ++ scratch ++ ": " ++ displayException e ++ "\n"))
     Right captured' -> answer captured'
   where
     answer (outcome, output) = case outcome of
@@ -165,7 +165,7 @@ compile worker dir rawArgs inputs = reifyGhc $ \session -> do
         -- Something outside GHC's own error reporting went wrong: start the next request
         -- from a fresh state rather than trust this one. What GHC printed before stays.
         modifyIORef' (workerState worker) (\k -> k {keptEps = workerPristineEps worker, keptHome = Map.empty})
-        return (1, output ++ "ghc-worker: " ++ displayException e ++ "\n")
+        return (1, output <> utf8Bytes ("ghc-worker: " ++ displayException e ++ "\n"))
 
 -- | GHC makes a directory for its temporary files (a module's assembly) once, remembers
 -- it in 'dirsToClean' (shared by every request's DynFlags) and uses it again without

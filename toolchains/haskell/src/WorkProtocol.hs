@@ -42,7 +42,7 @@ data WorkRequest = WorkRequest
 
 data WorkResponse = WorkResponse
   { respExitCode :: !Int32
-  , respOutput :: !String
+  , respOutput :: !B.ByteString -- UTF-8
   , respRequestId :: !Int32
   , respWasCancelled :: !Bool
   }
@@ -168,7 +168,7 @@ encodeResponse :: WorkResponse -> BL.ByteString
 encodeResponse (WorkResponse code output rid cancelled) =
   BB.toLazyByteString $
     intField 1 (fromIntegral code)
-      <> (if null output then mempty else bytesField 2 (TE.encodeUtf8 (T.pack output)))
+      <> (if B.null output then mempty else bytesField 2 output)
       <> intField 3 (fromIntegral rid)
       <> (if cancelled then intField 4 1 else mempty)
   where

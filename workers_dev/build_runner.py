@@ -178,14 +178,21 @@ class Language:
     passed_attrs: tuple[str, ...]
 
 
-def haskell_toolchain_dep(worker_exe: list[str], package_dbs: list[str] | None = None) -> str:
+def haskell_toolchain_dep(
+    worker_exe: list[str],
+    package_dbs: list[str] | None = None,
+    compiler_flags: list[str] | None = None,
+) -> str:
+    def starlark(value: list[str] | None) -> str:
+        return "None" if value is None else json.dumps(value)
+
     return (
         "fake_dep_of({HaskellToolchainInfo: HaskellToolchainInfo("
         f"compiler = WorkerToolInfo(worker = WorkerInfo(exe = cmd_args({json.dumps(worker_exe)})), "
         'fallback = RunInfo(args = cmd_args("toolchains/haskell/ghc-argfile")), config = "unused"), '
         'archiver = RunInfo(args = cmd_args("ar")), linker = RunInfo(args = cmd_args("ghc")), '
-        f"package_dbs = {json.dumps(package_dbs)}, ".replace("null", "None")
-        + 'scanner = RunInfo(args = cmd_args("python3", "toolchains/haskell/scan_imports.py")))})'
+        f"package_dbs = {starlark(package_dbs)}, compiler_flags = {starlark(compiler_flags)}, "
+        'scanner = RunInfo(args = cmd_args("python3", "toolchains/haskell/scan_imports.py")))})'
     )
 
 

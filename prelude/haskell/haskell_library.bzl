@@ -82,7 +82,10 @@ def compile_haskell(
     deps_set = actions.tset(HaskellLibraryTSet, children = [d.libraries for d in deps])
     dep_interfaces = interface_args(deps_set)
     dep_search_path = search_path_args(deps_set)
-    flags = package_db_args(toolchain) + (toolchain.compiler_flags or []) + compiler_flags
+
+    # The toolchain's databases after its flags (a -clear-package-db there would drop them),
+    # before the target's.
+    flags = (toolchain.compiler_flags or []) + package_db_args(toolchain) + compiler_flags
     modules = {}  # module name -> struct(src, path, obj, hi)
     for src in srcs:
         path = _module_path(target_name, src)

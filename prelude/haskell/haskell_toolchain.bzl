@@ -31,9 +31,10 @@ haskell_toolchain = rule(
         "package_dbs": attrs.list(
             attrs.string(),
             default = [],
-            doc = "GHC package databases (paths) that every compile and every link reads " +
-                  "besides GHC's own (`-package-db` each): where the `packages` of the " +
-                  "targets come from when GHC's global database does not hold them.",
+            doc = "GHC package databases (absolute paths, which Buck2 does not track as " +
+                  "inputs) that every compile and every link reads (`-package-db` each, " +
+                  "after compiler_flags): where the `packages` of the targets come from " +
+                  "when GHC's global database does not hold them.",
         ),
         "scanner": attrs.exec_dep(
             providers = [RunInfo],

@@ -339,6 +339,11 @@ def test_bad_requests_are_answered_and_the_worker_goes_on(
     assert mode.exit_code == 1 and "--make is not supported" in mode.output
     none = worker.run("-c", verbose=False)
     assert none.exit_code == 1 and "no input files" in none.output
+    # No -c: ghc would link a program; the worker compiled the module alone and answered
+    # 0, with no program made.
+    link = worker.run("src/Shop/Types.hs", "-o", "out/prog", verbose=False)
+    assert link.exit_code == 1 and "no -c" in link.output and not (tmp_path / "out/prog").exists()
+    assert not (tmp_path / "src/Shop/Types.o").exists()
     # One -ohi for two sources: ghc refuses it (the GHC API alone wrote both modules'
     # interfaces to the same file and answered 0).
     write(tmp_path, "src/Shop/Other.hs", "module Shop.Other where\ny :: Int\ny = 2\n")
@@ -1018,6 +1023,14 @@ def test_output_that_is_not_utf8_reaches_the_response_as_replacement_characters(
     assert response.exit_code == 0, response.output
     assert response.output == "caf\u00e9 \ufffd\ufffd end\n"
     assert (tmp_path / "A.o").exists()
+    # A cap that falls inside "é" (bytes 3 and 4) cuts before it, not through it.
+    capped = pipe_worker(env={**os.environ, "GHC_WORKER_MAX_OUTPUT_BYTES": "4"})
+    cut = capped.run("-c", "A.hs", verbose=False)
+    assert cut.exit_code == 0
+    assert cut.output == (
+        "caf\n[ghc-worker: the output was cut here: 13 bytes in all, of which the first 3 "
+        "are above]\n"
+    )
 
 
 def test_output_past_the_cap_is_cut_and_says_so(pipe_worker: StartPipe, tmp_path: Path) -> None:
@@ -1030,7 +1043,9 @@ def test_output_past_the_cap_is_cut_and_says_so(pipe_worker: StartPipe, tmp_path
     response = worker.run("-c", "A.hs", "-ddump-simpl", verbose=False)
     assert response.exit_code == 0
     shown, note = response.output.split("\n[ghc-worker: the output was cut here: ")
-    assert len(shown.encode()) <= 200 and note.endswith("of which the first 200 are above]\n")
+    # The first 200 bytes, or fewer if the 200th fell inside a character (GHC's quotes).
+    assert 197 <= len(shown.encode()) <= 200
+    assert note.endswith(f"of which the first {len(shown.encode())} are above]\n")
     assert (tmp_path / "A.o").exists()
     small = worker.run("-c", "A.hs", verbose=False)  # under the cap: whole, no note
     assert small.exit_code == 0 and "ghc-worker: the output was cut" not in small.output

@@ -35,12 +35,15 @@ def analyse(
     fake: Buck2Fake | None = None,
     label: str = "//lib:core",
     package_dbs: list[str] | None = None,
+    toolchain_flags: list[str] | None = None,
 ) -> Analysis:
     """Analyses ``label``; ``imports`` is what the import scan of its modules found. Its
     deps (``:name``) are targets of //base that ``fake`` analysed before."""
     fake = fake or Buck2Fake()
     targets: dict[str, str | AnalysedDep] = {
-        "toolchains//:haskell": haskell_toolchain_dep(["worker-runtime"], package_dbs)
+        "toolchains//:haskell": haskell_toolchain_dep(
+            ["worker-runtime"], package_dbs, toolchain_flags
+        )
     }
     for dep in json.loads(attrs.get("deps", "[]")):
         targets[dep] = fake.dep("//base:" + dep.lstrip(":"))
@@ -176,18 +179,22 @@ def test_linker_flags_reach_the_link_and_compiler_flags_do_not() -> None:
 
 def test_the_toolchains_package_databases_reach_every_compile_and_the_link() -> None:
     """A package database in the toolchain's compiler_flags reached the compiles only:
-    the link of a program using a package from it failed ("unknown package")."""
-    dbs = ["/opt/ghc-pkgs/package.db", "third-party/db"]
+    the link of a program using a package from it failed ("unknown package"). In a
+    compile they come after the toolchain's flags (whose -clear-package-db would drop
+    them) and before the target's."""
+    dbs = ["/opt/ghc-pkgs/package.db", "/opt/more/db"]
     analysis = analyse(
         "haskell_binary",
-        {"srcs": '["Main.hs", "Lib.hs"]', "packages": '["aeson"]'},
+        {"srcs": '["Main.hs", "Lib.hs"]', "packages": '["aeson"]', "compiler_flags": '["-O1"]'},
         {"Main": ["Lib"], "Lib": []},
         package_dbs=dbs,
+        toolchain_flags=["-clear-package-db", "-global-package-db"],
     )
     db_args = ["-package-db", dbs[0], "-package-db", dbs[1]]
     for module in ("Main", "Lib"):
-        arguments = argfile_lines(analysis, module)
-        assert arguments[-6:] == ["-package", "aeson", *db_args]  # before the flags
+        assert argfile_lines(analysis, module)[-9:] == [
+            "-package", "aeson", "-clear-package-db", "-global-package-db", *db_args, "-O1"
+        ]  # fmt: skip
     (link,) = [a for a in analysis.actions if a.get("category") == "haskell_link"]
     assert link["arguments"][-6:] == [*db_args, "-package", "aeson"]
 

@@ -9,6 +9,7 @@ module Capture
   ) where
 
 import Control.Exception (SomeException, bracket, finally, try)
+import Data.Bits ((.&.))
 import qualified Data.ByteString as B
 import qualified Data.ByteString.Char8 as B8
 import qualified Data.Text as T
@@ -88,11 +89,13 @@ captureOutput path action = do
     size <- hFileSize h
     -- What is there, up to the cap (hGet sets aside all it is asked for first).
     start <- B.hGet h (fromIntegral (min size cap))
-    return $
-      if size > cap
-        then start <> B8.pack ("\n[ghc-worker: the output was cut here: " ++ show size ++ " bytes in all, of which the first " ++ show cap ++ " are above]\n")
-        else start
-  return (result, validUtf8 bytes)
+    if size > cap
+      then do
+        -- Cut before a character the cap fell inside, so that it does not become U+FFFD.
+        let kept = validUtf8 (dropPartialCharacter start)
+        return (kept <> B8.pack ("\n[ghc-worker: the output was cut here: " ++ show size ++ " bytes in all, of which the first " ++ show (B.length kept) ++ " are above]\n"))
+      else return (validUtf8 start)
+  return (result, bytes)
   where
     validUtf8 bytes = case TE.decodeUtf8' bytes of
       Right _ -> bytes -- the usual case: kept as it is
@@ -102,6 +105,21 @@ captureOutput path action = do
       _ <- dupTo saved stdError
       _ <- dupTo saved stdOutput
       return ()
+
+-- | The bytes without the character their end cuts short, if it does: a UTF-8 lead byte
+-- among the last three whose sequence runs past the end, and what follows it.
+dropPartialCharacter :: B.ByteString -> B.ByteString
+dropPartialCharacter bytes =
+  case [i | i <- [n - 1, n - 2, n - 3], i >= 0, B.index bytes i .&. 0xC0 /= 0x80] of
+    (i : _) | sequenceLength (B.index bytes i) > n - i -> B.take i bytes
+    _ -> bytes
+  where
+    n = B.length bytes
+    sequenceLength lead
+      | lead >= 0xF0 = 4
+      | lead >= 0xE0 = 3
+      | lead >= 0xC0 = 2
+      | otherwise = 1 :: Int
 
 -- | A message as the UTF-8 bytes a response carries.
 utf8Bytes :: String -> B.ByteString

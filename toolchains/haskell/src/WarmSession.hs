@@ -198,6 +198,9 @@ compileArgs worker args inputs = do
   let rest = filter (/= "-c") args
   case filter (`elem` unsupportedModes) rest of
     (mode : _) -> failWith ("ghc-worker: " ++ mode ++ " is not supported: each request is one `ghc -c` compile")
+    []
+      | "-c" `notElem` args ->
+          failWith "ghc-worker: no -c: each request is one `ghc -c` compile (without -c ghc would link a program, which the worker does not do: link with ghc itself)"
     [] -> do
       kept <- liftIO (readIORef (workerState worker))
       parsed <- liftIO (try (parseDynamicFlagsCmdLine (keptBase kept) (map noLoc rest)))

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import pwd
+import resource
 import shutil
 import stat
 import tempfile
@@ -18,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from worker_runtime.executor.removal import remove_tree
+from worker_runtime.executor.removal import MAX_OPEN_DIRECTORIES, remove_tree
 
 
 @pytest.fixture
@@ -141,6 +142,50 @@ def test_a_tree_deeper_than_the_interpreter_recursion_limit_is_removed(base: Pat
         os.close(at)
     remove_tree(tree)  # its depth is the point here, not permissions
     assert not tree.exists()
+
+
+def test_a_tree_deeper_than_the_descriptors_the_executor_may_hold_is_removed(
+    base: Path,
+) -> None:
+    """Each level of the walk held a descriptor open: a tenant's tree 300 deep, under a
+    limit of 64 descriptors, was left behind, having taken every descriptor the other
+    threads needed meanwhile. Levels past MAX_OPEN_DIRECTORIES are moved up to the top
+    and emptied from there, read-only ones too."""
+    tree = base / "deep"
+    tree.mkdir()
+    at = os.open(tree, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        for level in range(300):
+            os.mkdir("d", dir_fd=at)
+            os.close(os.open("f", os.O_CREAT | os.O_WRONLY, 0o444, dir_fd=at))
+            below = os.open("d", os.O_RDONLY | os.O_DIRECTORY, dir_fd=at)
+            if level % 50 == 49:
+                os.chmod(f"/proc/self/fd/{at}", 0o555)  # read-only on the way
+            os.close(at)
+            at = below
+    finally:
+        os.close(at)
+    ids = unprivileged_ids()
+    if ids is not None:
+        for path, directories, files in os.walk(tree):
+            for name in [*directories, *files, "."]:
+                os.chown(Path(path) / name, *ids, follow_symlinks=False)
+    pid = os.fork()
+    if pid == 0:  # the child: a low descriptor limit of its own, then out
+        code = 1
+        try:
+            if ids is not None:
+                os.setgroups([])
+                os.setgid(ids[1])
+                os.setuid(ids[0])
+            resource.setrlimit(resource.RLIMIT_NOFILE, (64, 64))
+            remove_tree(tree)
+            code = 0 if not os.path.lexists(tree) else 2
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0, "the tree was left (2) or the child failed"
+    assert MAX_OPEN_DIRECTORIES < 64
 
 
 def test_directories_readable_but_not_searchable_are_removed(base: Path) -> None:

@@ -8,14 +8,18 @@ the removal tried again.
 
 The walk goes through file descriptors opened with ``O_NOFOLLOW``: a symlink is removed,
 never followed, and nothing outside the tree is changed, even by a tenant's process
-swapping a directory for a symlink while the executor (perhaps root) walks it."""
+swapping a directory for a symlink while the executor (perhaps root) walks it. At most
+``MAX_OPEN_DIRECTORIES`` of them are open at once: a directory deeper than that is moved
+up to the tree's top and emptied from there, so that a tree of any depth is removed
+without taking the descriptors the executor's other threads need."""
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import stat
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,12 +30,14 @@ _DIRECTORY_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 #: to change its mode through /proc/self/fd, which names that very directory.
 _HANDLE_FLAGS = os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _OWNER_RWX = stat.S_IRWXU
+#: Directories of one tree open at once, at most (one per level of the walk).
+MAX_OPEN_DIRECTORIES = 32
 
 
 def remove_tree(path: Path) -> None:
     """Removes ``path`` (a directory tree, or a file) if it exists. What cannot be
-    removed even so (another owner's files, an immutable one, a tree deeper than the
-    descriptors the process may hold) is left, with a warning naming it: the callers
+    removed even so (another owner's files, an immutable one) is left, with a warning
+    naming it: the callers
     clean up after work that is done, and must go on."""
     failures: list[str] = []
     try:
@@ -70,10 +76,13 @@ def _remove_walking(top_parent: int, top_name: str, top: Path, failures: list[st
     tree of any depth, no recursion), adding to ``failures`` what could not be removed."""
     stack: list[_Emptying] = []
     _take(top_parent, top_name, top, False, stack, failures)
+    hoisted = itertools.count()
     while stack:
         emptying = stack[-1]
         if emptying.names:
             name = emptying.names.pop()
+            if len(stack) >= MAX_OPEN_DIRECTORIES and _hoist(emptying, name, stack[0], hoisted):
+                continue
             _take(emptying.fd, name, emptying.shown / name, True, stack, failures)
             continue
         stack.pop()
@@ -84,6 +93,35 @@ def _remove_walking(top_parent: int, top_name: str, top: Path, failures: list[st
             pass
         except OSError as exc:
             failures.append(f"{emptying.shown}: {exc.strerror}")
+
+
+def _hoist(emptying: _Emptying, name: str, top: _Emptying, hoisted: Iterator[int]) -> bool:
+    """Moves ``name``, if it is a directory, from ``emptying`` to the tree's top
+    directory under a name of its own, to be emptied from there; True if it moved. (A
+    move needs no descriptor on what moves, and the top is emptied last.) Refused for
+    want of permission, the two directories and the one that moves (whose ``..``
+    changes) are given their owner's rwx and the move tried once more; if it still
+    fails, the caller opens ``name`` where it is."""
+    try:
+        if not stat.S_ISDIR(os.stat(name, dir_fd=emptying.fd, follow_symlinks=False).st_mode):
+            return False
+        new = f".removing-{os.getpid()}-{next(hoisted)}"
+        move = lambda: os.rename(name, new, src_dir_fd=emptying.fd, dst_dir_fd=top.fd)  # noqa: E731
+        try:
+            move()
+        except PermissionError:
+            _grant_owner_access(emptying.fd)
+            _grant_owner_access(top.fd)
+            handle = os.open(name, _HANDLE_FLAGS, dir_fd=emptying.fd)
+            try:
+                _grant_owner_access(handle)
+            finally:
+                os.close(handle)
+            move()
+    except OSError:
+        return False
+    top.names.append(new)
+    return True
 
 
 def _rmdir_of(emptying: _Emptying) -> Callable[[], None]:

@@ -183,6 +183,30 @@ def cold_javac(root: Path, out: str, sources: list[str]) -> dict[str, bytes]:
     return classes(root / out)
 
 
+def test_sources_and_diagnostics_are_utf8_whatever_the_locale(tmp_path: Path) -> None:
+    """Under LANG=C a JDK 17 worker read sources as ASCII ("unmappable character") and
+    wrote its diagnostics' non-ASCII characters as `?`, warm and one-shot."""
+    (tmp_path / "Cafe.java").write_text(
+        'class Cafe { String s = "caf\u00e9"; void m() { th\u00e9(); } }\n', encoding="utf-8"
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("LANG", "LC_"))}
+    env["LC_ALL"] = "C"
+    cold = subprocess.run(
+        [JAVAC_WORKER, "-d", "cold", "Cafe.java"],
+        cwd=tmp_path, env=env, capture_output=True, timeout=120,
+    )  # fmt: skip
+    assert cold.returncode == 1
+    assert "symbol:   method th\u00e9()" in cold.stderr.decode("utf-8"), cold.stderr
+    assert b"unmappable" not in cold.stderr
+    result = serve(
+        json_requests({"arguments": ["-d", "warm", "Cafe.java"], "requestId": 0}), tmp_path,
+        env=env,
+    )  # fmt: skip
+    (response,) = JsonFraming().feed(result.stdout)
+    assert response.exit_code == 1
+    assert "symbol:   method th\u00e9()" in response.output and "unmappable" not in response.output
+
+
 def test_one_shot_with_an_argfile_matches_javac(tmp_path: Path) -> None:
     sources = write_sources(tmp_path)
     (tmp_path / "req.args").write_text("\n".join(["-d", "worker_out", *sources]) + "\n")
@@ -918,6 +942,49 @@ def test_a_worker_running_as_another_user_than_its_pipes_answers() -> None:
         assert (work / "out" / "A.class").exists()
     finally:
         shutil.rmtree(work)
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"\x0a\x32-d",  # field 1 claims 50 bytes; 2 follow
+        b"\x0a\x02-d\x2d\x01",  # a fixed32 field cut short
+    ],
+)
+def test_a_request_whose_field_runs_past_its_message_ends_the_worker(
+    tmp_path: Path, body: bytes
+) -> None:
+    """A length-delimited field longer than the message was cut short silently: the
+    request ran with a truncated argument."""
+    result = serve(bytes([len(body)]) + body, tmp_path)
+    assert result.returncode == 5, result.stderr
+    assert b"past the end of its message" in result.stderr or b"cut short" in result.stderr
+    assert result.stdout == b""
+
+
+def test_launcher_options_and_a_bad_compile_bound_are_clear_errors(tmp_path: Path) -> None:
+    """-J in javac_options failed with an internal error and a stack trace (in-process
+    javac has no launcher); maxCompiles=0 let no multiplex request compile, ever."""
+    (tmp_path / "A.java").write_text("class A {}\n")
+    cold = subprocess.run(
+        [JAVAC_WORKER, "-J-Xmx1g", "-d", "cold", "A.java"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert cold.returncode == 2 and "-J-Xmx1g is an option of the javac launcher" in cold.stderr
+    assert "Exception" not in cold.stderr
+    env = {**os.environ, "JAVAC_WORKER_JVM_FLAGS": "-Dbuck2.workers.javac.maxCompiles=0"}
+    result = serve(
+        json_requests(
+            {"arguments": ["-d", "warm", "A.java"], "requestId": 1},
+            {"arguments": ["-J-Xss4m", "A.java"], "requestId": 2},
+        ),
+        tmp_path,
+        env=env,
+    )
+    responses = sorted(JsonFraming().feed(result.stdout), key=lambda r: r.request_id)
+    assert [r.exit_code for r in responses] == [0, 2], result.stderr
+    assert "lets nothing compile" in result.stderr.decode()
+    assert (tmp_path / "warm" / "A.class").exists()
 
 
 def test_multiplex_compiles_wait_their_turn_and_a_waiting_one_cancels_at_once(

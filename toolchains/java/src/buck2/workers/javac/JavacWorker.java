@@ -57,9 +57,20 @@ public final class JavacWorker {
    * once ended in an OutOfMemoryError, which ends the worker and every request in flight.
    */
   private final java.util.concurrent.Semaphore compiling =
-      new java.util.concurrent.Semaphore(
-          Integer.getInteger(
-              MAX_COMPILES_PROPERTY, Math.max(2, Runtime.getRuntime().availableProcessors())));
+      new java.util.concurrent.Semaphore(maxCompiles());
+
+  /** The property's value, at least 1 (0 or less would let no request compile, ever). */
+  private static int maxCompiles() {
+    int fallback = Math.max(2, Runtime.getRuntime().availableProcessors());
+    int set = Integer.getInteger(MAX_COMPILES_PROPERTY, fallback);
+    if (set < 1) {
+      System.err.println(
+          "javac-worker: -D" + MAX_COMPILES_PROPERTY + "=" + set + " lets nothing compile; "
+              + "taking " + fallback + " (the CPUs, at least 2)");
+      return fallback;
+    }
+    return set;
+  }
 
   private JavacWorker(OutputStream protocolOut, WireFormat.Writer writer, String[] startupArgs) {
     this.protocolOut = protocolOut;
@@ -485,6 +496,17 @@ public final class JavacWorker {
    * names its own overrides it, since javac takes the last.
    */
   static int compile(String[] args, PrintStream diagnostics) {
+    for (String arg : args) {
+      if (arg.startsWith("-J")) {
+        // In-process javac has no launcher to hand it to: it failed with an internal
+        // error and a stack trace.
+        diagnostics.println(
+            "error: " + arg + " is an option of the javac launcher, and this compile runs "
+                + "in-process: give JVM flags to the worker (JAVAC_WORKER_JVM_FLAGS) instead");
+        return 2; // javac's code for a bad command line
+      }
+    }
+    EmptyClassPath.ensure();
     String[] withDefault = new String[args.length + 2];
     withDefault[0] = "--class-path";
     withDefault[1] = EmptyClassPath.DIRECTORY;
@@ -529,6 +551,18 @@ public final class JavacWorker {
    */
   private static final class EmptyClassPath {
     static final String DIRECTORY = make();
+
+    /**
+     * Makes the directory again if a cleaner of the temporary directory removed it from a
+     * long-lived worker (javac then warned of a bad path element, an error under -Werror).
+     */
+    static void ensure() {
+      try {
+        java.nio.file.Files.createDirectories(java.nio.file.Path.of(DIRECTORY));
+      } catch (java.io.IOException e) {
+        // javac says what is wrong with the path
+      }
+    }
 
     private static String make() {
       try {

@@ -142,16 +142,23 @@ final class WireFormat {
             request.verbosity = (int) value;
           }
         } else if (wireType == 2) {
-          byte[] bytes = in.readNBytes((int) readVarint(in, false));
+          long length = readVarint(in, false);
+          if (length < 0 || length > in.available()) { // it was cut short silently
+            throw new IOException(
+                "field " + field + " claims " + Long.toUnsignedString(length)
+                    + " bytes, past the end of its message");
+          }
+          byte[] bytes = in.readNBytes((int) length);
           if (field == 1) {
             request.arguments.add(new String(bytes, StandardCharsets.UTF_8));
           } else if (field == 6) {
             request.sandboxDir = new String(bytes, StandardCharsets.UTF_8);
           } // field 2 (inputs) is not needed: every compile is fresh
-        } else if (wireType == 5) {
-          in.readNBytes(4);
-        } else if (wireType == 1) {
-          in.readNBytes(8);
+        } else if (wireType == 5 || wireType == 1) {
+          int size = wireType == 5 ? 4 : 8;
+          if (in.readNBytes(size).length != size) {
+            throw new IOException("field " + field + " is cut short by the end of its message");
+          }
         } else {
           throw new IOException("unsupported wire type " + wireType);
         }

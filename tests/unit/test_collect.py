@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import contextlib
 import os
+import resource
+import socket
 import threading
 import tracemalloc
 from pathlib import Path
@@ -18,10 +20,12 @@ from worker_runtime.executor.collect import (
     OutputDirectory,
     OutputFile,
     OutputTooLarge,
+    OutputUnreadable,
     UnsafeOutput,
     read_capped,
     read_output,
 )
+from worker_runtime.executor.removal import remove_tree
 
 MB = 1 << 20
 
@@ -48,6 +52,65 @@ def test_files_and_trees_are_read(tmp_path: Path) -> None:
 def test_a_fifo_output_is_not_read_and_does_not_block(tmp_path: Path) -> None:
     os.mkfifo(tmp_path / "pipe")
     assert read_output(str(tmp_path), "pipe", budget()) is None
+
+
+def test_a_socket_output_is_neither_a_file_nor_a_directory(tmp_path: Path) -> None:
+    """Opening a socket fails (ENXIO), which was taken for the executor's fault: INTERNAL,
+    and the action retried, failing the same way each time."""
+    (tmp_path / "tree").mkdir()
+    (tmp_path / "tree" / "kept.txt").write_text("k")
+    sockets = []
+    for path in (tmp_path / "sock", tmp_path / "tree" / "sock"):
+        made = socket.socket(socket.AF_UNIX)
+        made.bind(str(path))
+        sockets.append(made)
+    try:
+        assert read_output(str(tmp_path), "sock", budget()) is None
+        tree = read_output(str(tmp_path), "tree", budget())
+        assert isinstance(tree, OutputDirectory)
+        assert list(tree.files) == ["kept.txt"] and not tree.directories
+    finally:
+        for made in sockets:
+            made.close()
+
+
+def test_an_entry_whose_name_is_not_utf8_is_the_actions_fault(tmp_path: Path) -> None:
+    """It raised UnicodeEncodeError where the Tree was built: INTERNAL, retried."""
+    (tmp_path / "tree").mkdir()
+    (tmp_path / "tree" / os.fsdecode(b"caf\xe9.txt")).write_text("x")
+    with pytest.raises(OutputUnreadable, match="not UTF-8"):
+        read_output(str(tmp_path), "tree", budget())
+
+
+def test_an_output_path_of_a_thousand_parts_holds_one_directory_at_a_time(
+    tmp_path: Path,
+) -> None:
+    """Each directory on the way was held open to the end: a client declaring a path of
+    a thousand parts took the executor's descriptors (EMFILE: INTERNAL, retried)."""
+    parts = ["d"] * 1000
+    at = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        for part in parts:
+            os.mkdir(part, dir_fd=at)
+            below = os.open(part, os.O_RDONLY | os.O_DIRECTORY, dir_fd=at)
+            os.close(at)
+            at = below
+        os.close(os.open("out", os.O_CREAT | os.O_WRONLY, 0o644, dir_fd=at))
+    finally:
+        os.close(at)
+    relative = "/".join([*parts, "out"])
+    pid = os.fork()
+    if pid == 0:  # a low descriptor limit of its own
+        code = 1
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (64, 64))
+            found = read_output(str(tmp_path), relative, budget())
+            code = 0 if found == OutputFile(b"", False) else 2
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    remove_tree(tmp_path / "d")  # pytest's own clean-up recurses, and would fail on it
+    assert os.waitstatus_to_exitcode(status) == 0
 
 
 @pytest.mark.parametrize(

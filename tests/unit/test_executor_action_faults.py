@@ -16,6 +16,7 @@ from typing import Any, cast
 import pytest
 
 from tests.conftest import REPO_ROOT, wait_gone
+from worker_runtime.executor import runner as runner_module
 from worker_runtime.executor.blob_cache import BlobCache
 from worker_runtime.executor.runner import (
     ActionCancelled,
@@ -139,6 +140,38 @@ def test_the_executors_own_disk_fault_stays_retryable(
     with pytest.raises(OSError) as failed:  # INTERNAL in the lease: the server retries
         run(tmp_path, action, store)
     assert failed.value.errno == errno.ENOSPC and not isinstance(failed.value, ActionError)
+
+
+def test_a_program_that_cannot_start_is_the_actions_result_and_a_fork_failure_is_not(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every OSError from starting the command was exit 127, a real result: EAGAIN or
+    ENOMEM (the executor's own, of the moment) failed the action for good, unretried."""
+    store = StoredBlobs()
+    missing = re_pb2.Command(arguments=["/nonexistent/tool"])
+    action = re_pb2.Action(
+        command_digest=store.put(missing.SerializeToString()),
+        input_root_digest=store.put(re_pb2.Directory().SerializeToString()),
+    )
+    result = run(tmp_path, action, store)
+    assert result.exit_code == 127 and b"cannot run '/nonexistent/tool'" in result.stderr_raw
+
+    def no_fork(*args: Any, **kwargs: Any) -> None:
+        raise OSError(errno.EAGAIN, "Resource temporarily unavailable")
+
+    monkeypatch.setattr(runner_module.subprocess, "Popen", no_fork)
+    with pytest.raises(OSError) as failed:  # INTERNAL in the lease: the server retries
+        run(tmp_path, action_of(store, "true", [], {}), store)
+    assert failed.value.errno == errno.EAGAIN and not isinstance(failed.value, ActionError)
+
+
+def test_an_output_entry_whose_name_is_not_utf8_is_the_actions_fault(tmp_path: Path) -> None:
+    """It raised UnicodeEncodeError as the Tree was built: INTERNAL, retried, the same
+    every time."""
+    store = StoredBlobs()
+    action = action_of(store, "mkdir out && touch out/caf$(printf '\\351')", ["out"], {})
+    with pytest.raises(ActionError, match="not UTF-8"):
+        run(tmp_path, action, store)
 
 
 def test_a_well_formed_action_still_runs(tmp_path: Path) -> None:

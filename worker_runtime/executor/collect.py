@@ -13,11 +13,9 @@ the executor out of memory or file descriptors."""
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import os
 import stat
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 _DIRECTORY_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -134,21 +132,22 @@ class OutputDirectory:
     directories: dict[str, OutputDirectory] = field(default_factory=dict)
 
 
-@contextlib.contextmanager
-def _opened(name: str, flags: int, dir_fd: int | None, shown: str) -> Iterator[int]:
+class _NotFileOrDirectory(Exception):
+    """What is there can be opened as neither (a socket: ENXIO)."""
+
+
+def _open(name: str, flags: int, dir_fd: int | None, shown: str) -> int:
     try:
-        fd = os.open(name, flags, dir_fd=dir_fd)
+        return os.open(name, flags, dir_fd=dir_fd)
     except OSError as exc:
         # ELOOP: the last component is a symlink; ENOTDIR: one on the way is.
         if exc.errno in (errno.ELOOP, errno.ENOTDIR) and _is_symlink(name, dir_fd):
             raise UnsafeOutput(f"{shown} is a symlink") from None
+        if exc.errno == errno.ENXIO:
+            raise _NotFileOrDirectory(shown) from None
         if dir_fd is not None and exc.errno in _ACTION_FAULTS:  # inside the action's directory
             raise OutputUnreadable(f"{shown} {_ACTION_FAULTS[exc.errno]}") from None
         raise
-    try:
-        yield fd
-    finally:
-        os.close(fd)
 
 
 def _is_symlink(name: str, dir_fd: int | None) -> bool:
@@ -167,21 +166,28 @@ def read_output(
     one that cannot be read (a file on its way); OutputTooLarge once it passes ``budget``
     (shared by the outputs of one action)."""
     parts = relative.split("/")
-    with contextlib.ExitStack() as stack:
-        fd = stack.enter_context(_opened(root, _DIRECTORY_FLAGS, None, root))
-        walked = []
-        for part in parts[:-1]:
-            walked.append(part)
+    # One directory open at a time on the way (a path of a thousand parts held a
+    # thousand descriptors, which the executor's other threads needed).
+    fd = _open(root, _DIRECTORY_FLAGS, None, root)
+    try:
+        for index, part in enumerate(parts[:-1]):
             try:
-                fd = stack.enter_context(_opened(part, _DIRECTORY_FLAGS, fd, "/".join(walked)))
-            except FileNotFoundError:
+                below = _open(part, _DIRECTORY_FLAGS, fd, "/".join(parts[: index + 1]))
+            except (FileNotFoundError, _NotFileOrDirectory):
                 return None
+            os.close(fd)
+            fd = below
         try:
-            leaf = stack.enter_context(_opened(parts[-1], _FILE_FLAGS, fd, relative))
-        except FileNotFoundError:
-            return None
-        budget.take_entry(relative, parts[-1], 0)
-        return _read(leaf, relative, budget, 0)
+            leaf = _open(parts[-1], _FILE_FLAGS, fd, relative)
+        except (FileNotFoundError, _NotFileOrDirectory):
+            return None  # absent, or a socket: neither a file nor a directory
+        try:
+            budget.take_entry(relative, parts[-1], 0)
+            return _read(leaf, relative, budget, 0)
+        finally:
+            os.close(leaf)
+    finally:
+        os.close(fd)
 
 
 def _read(
@@ -203,8 +209,21 @@ def _read(
         name = f"{shown}/{entry.name}"
         if entry.is_symlink():
             raise UnsafeOutput(f"output directory entry {name} is a symlink")
-        with _opened(entry.name, _FILE_FLAGS, fd, name) as child:
+        try:
+            entry.name.encode("utf-8")
+        except UnicodeEncodeError:  # undecodable bytes, kept as surrogates
+            raise OutputUnreadable(
+                f"{shown} holds an entry whose name is not UTF-8 ({os.fsencode(entry.name)!r}):"
+                " the Remote Execution API names files by strings"
+            ) from None
+        try:
+            child = _open(entry.name, _FILE_FLAGS, fd, name)
+        except _NotFileOrDirectory:
+            continue  # a socket: neither, left out as a FIFO is
+        try:
             found = _read(child, name, budget, depth + 1)
+        finally:
+            os.close(child)
         if isinstance(found, OutputFile):
             tree.files[entry.name] = found
         elif isinstance(found, OutputDirectory):

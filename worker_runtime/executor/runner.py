@@ -74,6 +74,13 @@ RESOURCE_EXHAUSTED = 8
 #: The lease status of an action that cannot run as sent (a blob missing, a bad tool).
 FAILED_PRECONDITION = 9
 INTERNAL = 13
+#: Why a command cannot start that the action itself causes (its program missing, not
+#: executable, a path too long, too many arguments): the same on every attempt, so its
+#: result (exit 127). Any other (EAGAIN, ENOMEM, EMFILE) is the executor's, retried.
+_COMMAND_FAULTS = frozenset({
+    errno.ENOENT, errno.EACCES, errno.ENOEXEC, errno.ENOTDIR, errno.ELOOP,
+    errno.ENAMETOOLONG, errno.E2BIG, errno.EISDIR, errno.EPERM,
+})  # fmt: skip
 #: Deletes the directories of finished actions, off the path of their results.
 _REMOVER = ThreadPoolExecutor(max_workers=1, thread_name_prefix="discard")
 
@@ -375,6 +382,8 @@ class ActionRunner:
                     **as_user(started.run_as.ids),
                 )  # fmt: skip
             except OSError as exc:
+                if exc.errno not in _COMMAND_FAULTS:  # EAGAIN, ENOMEM, EMFILE: the executor's
+                    raise
                 return 127, b"", f"executor: cannot run {argv[0]!r}: {exc.strerror}\n".encode()
             deadline = time.monotonic() + timeout
             finished = False

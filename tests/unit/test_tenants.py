@@ -19,6 +19,7 @@ from worker_runtime.executor.tenants import (
     parse_uid_range,
     prepare_workdir,
     privilege_problem,
+    unprotected_hardlinks,
 )
 
 
@@ -113,3 +114,18 @@ def test_the_executor_keeps_the_capabilities_its_work_needs() -> None:
     assert kept_mask() == sum(1 << n for n in (0, 1, 2, 3, 5, 6, 7, 8, 12, 18, 21))
     assert {"SETUID", "SETGID", "CHOWN", "SYS_ADMIN", "KILL"} <= set(KEPT.values())
     assert not {"SYS_MODULE", "SYS_PTRACE", "SYS_RAWIO"} & set(KEPT.values())
+
+
+@pytest.mark.parametrize(("value", "refused"), [("0\n", True), ("1\n", False), (None, False)])
+def test_tenants_without_the_sandbox_need_protected_hardlinks(
+    tmp_path: Path, value: str | None, refused: bool
+) -> None:
+    """With fs.protected_hardlinks 0 an action hard-links the executor's files (its uid
+    map, a token) among its outputs, and the executor, root, uploads them."""
+    setting = tmp_path / "protected_hardlinks"
+    if value is not None:
+        setting.write_text(value)
+    problem = unprotected_hardlinks(str(setting))
+    assert (problem is not None) == refused
+    if problem is not None:
+        assert "fs.protected_hardlinks is 0" in problem and "sandbox" in problem

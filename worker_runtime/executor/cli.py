@@ -31,6 +31,7 @@ from worker_runtime.executor.tenants import (
     parse_uid_range,
     privilege_problem,
     readable_secret,
+    unprotected_hardlinks,
 )
 from worker_runtime.executor.workers import CANCEL_GRACE_S
 from worker_runtime.remote.channels import ChannelConfigError, parse_endpoint
@@ -162,6 +163,8 @@ def main(argv: Sequence[str]) -> int:
         parser.error(problem)
     # Several tenants: each in its own sandbox unless the operator says otherwise.
     sandboxed = args.sandbox if args.sandbox is not None else uid_range is not None
+    if uid_range is not None and not sandboxed and (problem := unprotected_hardlinks()):
+        parser.error(problem)  # in the sandbox a link across its bind mounts fails
     if args.sandbox_read_only and not sandboxed:
         parser.error("--sandbox-read-only needs the sandbox (--sandbox)")
     memory, pids = args.limit_memory, args.limit_pids

@@ -193,6 +193,28 @@ def readable_secret(path: str, uid_range: range) -> str | None:
     return None
 
 
+#: Whether a user may hard-link a file it does not own (0: it may).
+PROTECTED_HARDLINKS = "/proc/sys/fs/protected_hardlinks"
+
+
+def unprotected_hardlinks(setting: str = PROTECTED_HARDLINKS) -> str | None:
+    """Why tenants run without the sandbox could read the executor's files: with
+    ``fs.protected_hardlinks`` off, an action hard-links one (its uid map, a token on the
+    same file system) among its outputs, and the executor, root, uploads it. None when
+    the kernel refuses such links (Debian's default), or says nothing of them."""
+    try:
+        value = Path(setting).read_text().strip()
+    except OSError:
+        return None
+    if value != "0":
+        return None
+    return (
+        "fs.protected_hardlinks is 0: a tenant's action could hard-link the executor's own "
+        "files among its outputs, which the executor reads as root; run the tenants in the "
+        "sandbox (drop --no-sandbox), or `sysctl fs.protected_hardlinks=1`"
+    )
+
+
 #: The work directory's subdirectories the tenants pass through (0711 with tenants), and
 #: the executor's own (0700): its local CAS copy, discarded workers, the workers' logs.
 SHARED_DIRECTORIES = ("actions", "workers")

@@ -549,7 +549,7 @@ def test_a_start_that_fails_before_its_process_leaves_no_home_nor_group(
         raise RuntimeError("env (coreutils) is needed to start a tenant's process")
 
     if failing == "copy":
-        monkeypatch.setattr(workers.shutil, "copy2", fails)
+        monkeypatch.setattr(workers.shutil, "copyfileobj", fails)
     else:
         monkeypatch.setattr(workers, "launch", fails)
     try:
@@ -561,3 +561,27 @@ def test_a_start_that_fails_before_its_process_leaves_no_home_nor_group(
     finally:
         pool.stop_all()
         confinement.clear()
+
+
+def test_a_tool_file_is_copied_never_through_a_symlink(tmp_path: Path) -> None:
+    """The action's directory is the tenant's when a worker starts: a directory on a
+    tool file's way swapped for a symlink made the executor (root) copy what it led to
+    into the worker's home, which the tenant reads."""
+    root = tmp_path / "action"
+    (root / "tools").mkdir(parents=True)
+    (root / "tools" / "run.sh").write_text("#!/bin/sh\n")
+    (root / "tools" / "run.sh").chmod(0o751)
+    workers.copy_tool_file(root, "tools/run.sh", tmp_path / "copy.sh")
+    assert (tmp_path / "copy.sh").read_text() == "#!/bin/sh\n"
+    assert (tmp_path / "copy.sh").stat().st_mode & 0o777 == 0o751
+    secret = tmp_path / "secret"
+    (secret / "tools").mkdir(parents=True)
+    (secret / "tools" / "run.sh").write_text("the executor's")
+    shutil.rmtree(root / "tools")
+    (root / "tools").symlink_to(secret / "tools")  # a directory on the way
+    (root / "leaf.sh").symlink_to(secret / "tools" / "run.sh")  # the file itself
+    for relative in ("tools/run.sh", "leaf.sh"):
+        with pytest.raises(OSError) as refused:
+            workers.copy_tool_file(root, relative, tmp_path / "stolen")
+        assert refused.value.errno in (errno.ELOOP, errno.ENOTDIR)
+        assert not (tmp_path / "stolen").exists()

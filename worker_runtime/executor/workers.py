@@ -13,8 +13,11 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import errno
 import logging
+import os
 import shutil
+import stat
 import threading
 import time
 from dataclasses import dataclass, field
@@ -36,6 +39,33 @@ from worker_runtime.executor.tenants import RunAs, hand_over
 from worker_runtime.protocol.messages import WorkRequest, WorkResponse
 
 LOGGER = logging.getLogger(__name__)
+_NO_FOLLOW_DIRECTORY = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+def copy_tool_file(root: Path, relative: str, target: Path) -> None:
+    """Copies file ``relative`` of the action's directory ``root`` to ``target``, its
+    mode too, never through a symlink on its way: that directory is the tenant's by the
+    time a worker starts, and the executor copying may be root. OSError if it is not a
+    regular file there (the input root holds no symlinks: something swapped one in)."""
+    parts = Path(relative).parts
+    fd = os.open(root, _NO_FOLLOW_DIRECTORY)
+    try:
+        for part in parts[:-1]:
+            below = os.open(part, _NO_FOLLOW_DIRECTORY, dir_fd=fd)
+            os.close(fd)
+            fd = below
+        leaf = os.open(parts[-1], os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC,
+                       dir_fd=fd)  # fmt: skip
+    finally:
+        os.close(fd)
+    with open(leaf, "rb") as source:
+        status = os.fstat(source.fileno())
+        if not stat.S_ISREG(status.st_mode):
+            raise OSError(errno.EINVAL, f"tool file {relative} is not a regular file")
+        with open(target, "wb") as copy:
+            shutil.copyfileobj(source, copy)
+    os.chmod(target, stat.S_IMODE(status.st_mode))
+
 
 #: How long a multiplex worker has to answer a cancel before it is discarded (by default;
 #: `worker-runtime executor --cancel-grace`), and how long a response may stall mid-frame:
@@ -341,7 +371,7 @@ class WorkerPool:
             for relative, source in tools:
                 target = home / relative
                 target.parent.mkdir(parents=True, exist_ok=True)
-                shutil.copy2(source, target)
+                copy_tool_file(source.parents[len(Path(relative).parts) - 1], relative, target)
             hand_over(home, run_as)
             if self.confinement is not None:
                 group = self.confinement.group("worker")

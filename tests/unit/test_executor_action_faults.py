@@ -174,6 +174,38 @@ def test_an_output_entry_whose_name_is_not_utf8_is_the_actions_fault(tmp_path: P
         run(tmp_path, action, store)
 
 
+@pytest.mark.parametrize(
+    ("declared", "script", "message"),
+    [
+        ({"output_files": ["d"]}, "mkdir d", "declared in output_files, and the action left a directory"),
+        ({"output_directories": ["f"]}, "echo x > f", "declared in output_directories, and the action left a file"),
+    ],
+)  # fmt: skip
+def test_an_output_of_the_other_kind_than_its_legacy_field_says_is_the_actions_fault(
+    tmp_path: Path, declared: dict[str, list[str]], script: str, message: str
+) -> None:
+    """REAPI before 2.1: a directory found where output_files named a file came back in
+    output_directories, which such a client does not look in (the spec: an error)."""
+    store = StoredBlobs()
+    command = re_pb2.Command(arguments=["sh", "-c", script])
+    for field, outputs in declared.items():
+        getattr(command, field).extend(outputs)
+    action = re_pb2.Action(
+        command_digest=store.put(command.SerializeToString()),
+        input_root_digest=store.put(re_pb2.Directory().SerializeToString()),
+    )
+    with pytest.raises(ActionError, match=message):
+        run(tmp_path, action, store)
+    right = re_pb2.Command(arguments=["sh", "-c", "mkdir d && echo x > f"],
+                           output_files=["f"], output_directories=["d"])  # fmt: skip
+    result = run(tmp_path, re_pb2.Action(
+        command_digest=store.put(right.SerializeToString()),
+        input_root_digest=store.put(re_pb2.Directory().SerializeToString()),
+    ), store)  # fmt: skip
+    assert [f.path for f in result.output_files] == ["f"]
+    assert [d.path for d in result.output_directories] == ["d"]
+
+
 def test_a_well_formed_action_still_runs(tmp_path: Path) -> None:
     store = StoredBlobs()
     action = action_of(store, "echo hi > out/file", ["out/file"], {"a.txt": b"an input"})

@@ -74,6 +74,8 @@ RESOURCE_EXHAUSTED = 8
 #: The lease status of an action that cannot run as sent (a blob missing, a bad tool).
 FAILED_PRECONDITION = 9
 INTERNAL = 13
+#: The field of REAPI before 2.1 that names an output of each kind.
+_LEGACY_FIELD = {"file": "output_files", "directory": "output_directories"}
 #: Why a command cannot start that the action itself causes (its program missing, not
 #: executable, a path too long, too many arguments): the same on every attempt, so its
 #: result (exit 127). Any other (EAGAIN, ENOMEM, EMFILE) is the executor's, retried.
@@ -515,6 +517,12 @@ class ActionRunner:
         inline = _InlineBudget()
         result = re_pb2.ActionResult(exit_code=code)
         wanted = list(command.output_paths) or [*command.output_files, *command.output_directories]
+        # The fields of REAPI before 2.1 say which kind each output is, and a mismatch is
+        # the action's fault (an output path may be either).
+        expected: dict[str, str] = {}  # output -> the field naming it
+        if not command.output_paths:
+            expected = {**{o: "output_directories" for o in command.output_directories},
+                        **{o: "output_files" for o in command.output_files}}  # fmt: skip
         for output in sorted(set(wanted)):
             try:
                 relative = safe_relative_path(output, "output path")
@@ -531,6 +539,12 @@ class ActionRunner:
                     f"output {output!r} cannot be read: {exc}; make the action leave its "
                     "declared outputs where their paths lead"
                 ) from None
+            kind = "file" if isinstance(found, OutputFile) else "directory"
+            field = expected.get(output)
+            if found is not None and field not in (None, _LEGACY_FIELD[kind]):
+                raise ActionError(
+                    f"output {output!r} is declared in {field}, and the action left a {kind} there"
+                )
             if isinstance(found, OutputFile):
                 digest = digest_of(found.data)
                 blobs.data[digest_key(digest)] = found.data

@@ -944,6 +944,32 @@ def test_a_worker_running_as_another_user_than_its_pipes_answers() -> None:
         shutil.rmtree(work)
 
 
+@pytest.mark.needs_root("to be another user than the build cache's owner")
+def test_another_users_unfinished_build_is_named_not_a_permission_error() -> None:
+    """The build lock was opened for writing: a second user starting while the first
+    built failed with "Permission denied", and for good once that build was killed. The
+    lock is taken read-only, and an unfinished build of another user's is named."""
+    copy = Path(tempfile.mkdtemp(prefix="javac-cache-"))
+    try:
+        copy.chmod(0o755)
+        shutil.copytree(REPO_ROOT / "toolchains" / "java", copy / "toolchains" / "java")
+        launcher = str(copy / "toolchains" / "java" / "javac-worker")
+        built = subprocess.run([launcher, "-version"], capture_output=True, timeout=300)
+        assert built.returncode == 0, built.stderr  # root's build, and root's lock file
+        (cache,) = (copy / ".cache" / "javac-worker").iterdir()
+        shutil.rmtree(cache / "classes")  # as a build killed half way leaves it
+        as_nobody = ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups"]
+        unfinished = subprocess.run(
+            [*as_nobody, launcher, "-version"], capture_output=True, text=True, timeout=60,
+            cwd="/",
+        )  # fmt: skip
+        assert unfinished.returncode == 1
+        assert "is another user's and unfinished" in unfinished.stderr, unfinished.stderr
+        assert "Permission denied" not in unfinished.stderr
+    finally:
+        shutil.rmtree(copy)
+
+
 @pytest.mark.parametrize(
     "body",
     [

@@ -1011,6 +1011,49 @@ def test_launcher_options_and_a_bad_compile_bound_are_clear_errors(tmp_path: Pat
     assert [r.exit_code for r in responses] == [0, 2], result.stderr
     assert "lets nothing compile" in result.stderr.decode()
     assert (tmp_path / "warm" / "A.class").exists()
+    # An option's value that starts with -J is no launcher option.
+    value = subprocess.run(
+        [JAVAC_WORKER, "-d", "-Jout", "A.java"], cwd=tmp_path, capture_output=True,
+        text=True, timeout=120,
+    )  # fmt: skip
+    assert value.returncode == 0, value.stderr
+    assert (tmp_path / "-Jout" / "A.class").exists()
+
+
+def test_an_empty_class_path_someone_else_made_at_its_name_is_not_used(tmp_path: Path) -> None:
+    """A compile naming no class path gets an empty directory the worker made in /tmp. If
+    a cleaner removed it, another user could make one at its name: javac took it as the
+    class, source and processor path, running what it held."""
+    (tmp_path / "User.java").write_text("class User { lib.Dep d; }\n")
+    temp = tmp_path / "worker-tmp"
+    temp.mkdir()
+    env = {**os.environ, "JAVAC_WORKER_JVM_FLAGS": f"-Djava.io.tmpdir={temp}"}
+    worker = subprocess.Popen(
+        [JAVAC_WORKER, "--persistent_worker"], cwd=tmp_path, stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env,
+    )  # fmt: skip
+    assert worker.stdin and worker.stdout
+
+    def compile_user(request_id: int) -> dict[str, object]:
+        assert worker.stdin and worker.stdout
+        worker.stdin.write(json_requests({"arguments": ["-d", "out", "User.java"],
+                                          "requestId": request_id}))  # fmt: skip
+        worker.stdin.flush()
+        answer: dict[str, object] = json.loads(worker.stdout.readline())
+        return answer
+
+    try:
+        assert compile_user(1)["exitCode"] == 1  # lib.Dep is nowhere
+        (empty,) = temp.iterdir()
+        empty.rmdir()  # a cleaner of /tmp...
+        (empty / "lib").mkdir(parents=True)  # ...and someone else's directory at its name
+        (empty / "lib" / "Dep.java").write_text("package lib; public class Dep {}\n")
+        second = compile_user(2)
+        assert second["exitCode"] == 1 and "package lib does not exist" in str(second["output"])
+        assert not (tmp_path / "out" / "User.class").exists()
+    finally:
+        worker.kill()
+        worker.wait()
 
 
 def test_multiplex_compiles_wait_their_turn_and_a_waiting_one_cancels_at_once(

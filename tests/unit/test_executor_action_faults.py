@@ -6,6 +6,7 @@ ActionRunner, on a CAS and local blob copy that stand in for the server's."""
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import sys
 import threading
@@ -163,6 +164,20 @@ def test_a_program_that_cannot_start_is_the_actions_result_and_a_fork_failure_is
     with pytest.raises(OSError) as failed:  # INTERNAL in the lease: the server retries
         run(tmp_path, action_of(store, "true", [], {}), store)
     assert failed.value.errno == errno.EAGAIN and not isinstance(failed.value, ActionError)
+    monkeypatch.undo()
+
+    # Through the executor's own wrapper (here a sandbox launcher that is missing), the
+    # program's failure would be the wrapper's exit status: an ENOENT is the executor's.
+    real_launch = runner_module.launch
+
+    def wrapped(argv: Sequence[str], **kwargs: Any) -> Any:
+        started = real_launch(argv, **kwargs)
+        return dataclasses.replace(started, argv=["/nonexistent/bwrap", "--", *started.argv])
+
+    monkeypatch.setattr(runner_module, "launch", wrapped)
+    with pytest.raises(OSError) as failed:
+        run(tmp_path, action_of(store, "true", [], {}), store)
+    assert failed.value.errno == errno.ENOENT and not isinstance(failed.value, ActionError)
 
 
 def test_an_output_entry_whose_name_is_not_utf8_is_the_actions_fault(tmp_path: Path) -> None:
@@ -204,6 +219,15 @@ def test_an_output_of_the_other_kind_than_its_legacy_field_says_is_the_actions_f
     ), store)  # fmt: skip
     assert [f.path for f in result.output_files] == ["f"]
     assert [d.path for d in result.output_directories] == ["d"]
+    # A failed action's leftovers are left out: its exit code and stderr are its answer.
+    failed = re_pb2.Command(arguments=["sh", "-c", "mkdir d; echo why >&2; exit 3"],
+                            output_files=["d"])  # fmt: skip
+    result = run(tmp_path, re_pb2.Action(
+        command_digest=store.put(failed.SerializeToString()),
+        input_root_digest=store.put(re_pb2.Directory().SerializeToString()),
+    ), store)  # fmt: skip
+    assert result.exit_code == 3 and result.stderr_raw == b"why\n"
+    assert not result.output_files and not result.output_directories
 
 
 def test_a_well_formed_action_still_runs(tmp_path: Path) -> None:

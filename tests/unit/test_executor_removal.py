@@ -150,7 +150,7 @@ def test_a_tree_deeper_than_the_descriptors_the_executor_may_hold_is_removed(
     """Each level of the walk held a descriptor open: a tenant's tree 300 deep, under a
     limit of 64 descriptors, was left behind, having taken every descriptor the other
     threads needed meanwhile. Levels past MAX_OPEN_DIRECTORIES are moved up to the top
-    and emptied from there, read-only ones too."""
+    and emptied from there, read-only and unsearchable ones too."""
     tree = base / "deep"
     tree.mkdir()
     at = os.open(tree, os.O_RDONLY | os.O_DIRECTORY)
@@ -159,8 +159,10 @@ def test_a_tree_deeper_than_the_descriptors_the_executor_may_hold_is_removed(
             os.mkdir("d", dir_fd=at)
             os.close(os.open("f", os.O_CREAT | os.O_WRONLY, 0o444, dir_fd=at))
             below = os.open("d", os.O_RDONLY | os.O_DIRECTORY, dir_fd=at)
-            if level % 50 == 49:
+            if level < 150 and level % 50 == 49:
                 os.chmod(f"/proc/self/fd/{at}", 0o555)  # read-only on the way
+            elif level >= 150:
+                os.chmod(f"/proc/self/fd/{at}", 0o600)  # not even searchable, all of them
             os.close(at)
             at = below
     finally:

@@ -19,6 +19,7 @@ import itertools
 import logging
 import os
 import stat
+import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +33,9 @@ _HANDLE_FLAGS = os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _OWNER_RWX = stat.S_IRWXU
 #: Directories of one tree open at once, at most (one per level of the walk).
 MAX_OPEN_DIRECTORIES = 32
+#: Directories moved up in one removal, at most: a process of the tenant's still running
+#: (no sandbox, no control group) could make new ones below each as fast as they move.
+MAX_HOISTS = 100_000
 
 
 def remove_tree(path: Path) -> None:
@@ -76,12 +80,16 @@ def _remove_walking(top_parent: int, top_name: str, top: Path, failures: list[st
     tree of any depth, no recursion), adding to ``failures`` what could not be removed."""
     stack: list[_Emptying] = []
     _take(top_parent, top_name, top, False, stack, failures)
-    hoisted = itertools.count()
+    hoists = itertools.count(1)
     while stack:
         emptying = stack[-1]
         if emptying.names:
             name = emptying.names.pop()
-            if len(stack) >= MAX_OPEN_DIRECTORIES and _hoist(emptying, name, stack[0], hoisted):
+            if len(stack) >= MAX_OPEN_DIRECTORIES:
+                # Never a level deeper: moved up, or left (and said so).
+                problem = _hoist(emptying, name, stack[0], hoists)
+                if problem is not None:
+                    failures.append(f"{emptying.shown / name}: {problem}")
                 continue
             _take(emptying.fd, name, emptying.shown / name, True, stack, failures)
             continue
@@ -95,17 +103,26 @@ def _remove_walking(top_parent: int, top_name: str, top: Path, failures: list[st
             failures.append(f"{emptying.shown}: {exc.strerror}")
 
 
-def _hoist(emptying: _Emptying, name: str, top: _Emptying, hoisted: Iterator[int]) -> bool:
-    """Moves ``name``, if it is a directory, from ``emptying`` to the tree's top
-    directory under a name of its own, to be emptied from there; True if it moved. (A
-    move needs no descriptor on what moves, and the top is emptied last.) Refused for
-    want of permission, the two directories and the one that moves (whose ``..``
-    changes) are given their owner's rwx and the move tried once more; if it still
-    fails, the caller opens ``name`` where it is."""
+def _hoist(emptying: _Emptying, name: str, top: _Emptying, hoists: Iterator[int]) -> str | None:
+    """Moves ``name`` from ``emptying`` to the tree's top directory under a new name, to
+    be emptied from there, if it is a directory (anything else is removed where it is).
+    None when done; else why not. (A move needs no descriptor on what moves, and the top
+    is emptied last.) Refused for want of permission, the two directories and the one
+    that moves (whose ``..`` changes) are given their owner's rwx and it is tried again.
+    The new name is random: one a process of the tenant's made first would be replaced
+    (an empty directory) or refuse the move."""
+    if next(hoists) > MAX_HOISTS:
+        return f"more than {MAX_HOISTS:,} directories deep (still growing?)"
     try:
-        if not stat.S_ISDIR(os.stat(name, dir_fd=emptying.fd, follow_symlinks=False).st_mode):
-            return False
-        new = f".removing-{os.getpid()}-{next(hoisted)}"
+        try:
+            mode = os.stat(name, dir_fd=emptying.fd, follow_symlinks=False).st_mode
+        except PermissionError:  # looking ``name`` up needs search (x) on its directory
+            _grant_owner_access(emptying.fd)
+            mode = os.stat(name, dir_fd=emptying.fd, follow_symlinks=False).st_mode
+        if not stat.S_ISDIR(mode):
+            _with_access(emptying.fd, True, lambda: os.unlink(name, dir_fd=emptying.fd))
+            return None
+        new = f".removing-{uuid.uuid4().hex}"
         move = lambda: os.rename(name, new, src_dir_fd=emptying.fd, dst_dir_fd=top.fd)  # noqa: E731
         try:
             move()
@@ -118,10 +135,12 @@ def _hoist(emptying: _Emptying, name: str, top: _Emptying, hoisted: Iterator[int
             finally:
                 os.close(handle)
             move()
-    except OSError:
-        return False
+    except FileNotFoundError:
+        return None  # gone meanwhile: what was asked
+    except OSError as exc:
+        return f"could not be moved up to be removed ({exc.strerror})"
     top.names.append(new)
-    return True
+    return None
 
 
 def _rmdir_of(emptying: _Emptying) -> Callable[[], None]:

@@ -384,7 +384,12 @@ class ActionRunner:
                     **as_user(started.run_as.ids),
                 )  # fmt: skip
             except OSError as exc:
-                if exc.errno not in _COMMAND_FAULTS:  # EAGAIN, ENOMEM, EMFILE: the executor's
+                # The action's own program, started directly, that cannot start: its fault.
+                # Through the executor's wrappers (the sandbox, a control group's joining,
+                # env) the program's own failure is their exit status, so an error here is
+                # the executor's, as are EAGAIN, ENOMEM and a working directory gone.
+                direct = list(started.argv) == list(argv)
+                if not direct or exc.errno not in _COMMAND_FAULTS or exc.filename == str(directory):
                     raise
                 return 127, b"", f"executor: cannot run {argv[0]!r}: {exc.strerror}\n".encode()
             deadline = time.monotonic() + timeout
@@ -542,6 +547,8 @@ class ActionRunner:
             kind = "file" if isinstance(found, OutputFile) else "directory"
             field = expected.get(output)
             if found is not None and field not in (None, _LEGACY_FIELD[kind]):
+                if code != 0:  # a failed action's leftovers: its exit code and output matter
+                    continue
                 raise ActionError(
                     f"output {output!r} is declared in {field}, and the action left a {kind} there"
                 )

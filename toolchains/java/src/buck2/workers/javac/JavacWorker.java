@@ -496,20 +496,22 @@ public final class JavacWorker {
    * names its own overrides it, since javac takes the last.
    */
   static int compile(String[] args, PrintStream diagnostics) {
-    for (String arg : args) {
-      if (arg.startsWith("-J")) {
+    for (int i = 0; i < args.length; i++) {
+      if (args[i].startsWith("-J")) {
         // In-process javac has no launcher to hand it to: it failed with an internal
         // error and a stack trace.
         diagnostics.println(
-            "error: " + arg + " is an option of the javac launcher, and this compile runs "
+            "error: " + args[i] + " is an option of the javac launcher, and this compile runs "
                 + "in-process: give JVM flags to the worker (JAVAC_WORKER_JVM_FLAGS) instead");
         return 2; // javac's code for a bad command line
       }
+      if (OPTIONS_WITH_A_VALUE.containsKey(args[i])) {
+        i++; // its value, which may start with -J (`-d -Jout`), is no option
+      }
     }
-    EmptyClassPath.ensure();
     String[] withDefault = new String[args.length + 2];
     withDefault[0] = "--class-path";
-    withDefault[1] = EmptyClassPath.DIRECTORY;
+    withDefault[1] = EmptyClassPath.current();
     System.arraycopy(args, 0, withDefault, 2, args.length);
     int code = JAVAC.run(null, diagnostics, diagnostics, withDefault);
     if (code == 0) {
@@ -550,25 +552,47 @@ public final class JavacWorker {
    * class path as the current directory. Made on the first compile, removed at exit.
    */
   private static final class EmptyClassPath {
-    static final String DIRECTORY = make();
+    private static String directory;
+    private static java.nio.file.attribute.UserPrincipal owner;
 
     /**
-     * Makes the directory again if a cleaner of the temporary directory removed it from a
-     * long-lived worker (javac then warned of a bad path element, an error under -Werror).
+     * The directory, made again if it is no longer the empty one this JVM made: a cleaner
+     * of the temporary directory may remove it from a long-lived worker (javac then warned
+     * of a bad path element, an error under -Werror), and another user of a shared /tmp
+     * may then make one at its name, with an annotation processor in it that javac would
+     * run. So it must be a directory, not a symlink, this JVM's user's, and empty.
      */
-    static void ensure() {
+    static synchronized String current() {
+      if (directory == null || !stillOurs(java.nio.file.Path.of(directory))) {
+        make();
+      }
+      return directory;
+    }
+
+    private static boolean stillOurs(java.nio.file.Path path) {
       try {
-        java.nio.file.Files.createDirectories(java.nio.file.Path.of(DIRECTORY));
-      } catch (java.io.IOException e) {
-        // javac says what is wrong with the path
+        java.nio.file.attribute.PosixFileAttributes found =
+            java.nio.file.Files.readAttributes(
+                path,
+                java.nio.file.attribute.PosixFileAttributes.class,
+                java.nio.file.LinkOption.NOFOLLOW_LINKS);
+        if (!found.isDirectory() || !found.owner().equals(owner)) {
+          return false;
+        }
+        try (java.util.stream.Stream<java.nio.file.Path> entries = java.nio.file.Files.list(path)) {
+          return entries.findAny().isEmpty();
+        }
+      } catch (java.io.IOException | UnsupportedOperationException e) {
+        return false;
       }
     }
 
-    private static String make() {
+    private static void make() {
       try {
-        java.nio.file.Path directory = java.nio.file.Files.createTempDirectory("javac-worker-empty-");
-        directory.toFile().deleteOnExit();
-        return directory.toString();
+        java.nio.file.Path made = java.nio.file.Files.createTempDirectory("javac-worker-empty-");
+        made.toFile().deleteOnExit();
+        owner = java.nio.file.Files.getOwner(made, java.nio.file.LinkOption.NOFOLLOW_LINKS);
+        directory = made.toString();
       } catch (java.io.IOException e) {
         throw new java.io.UncheckedIOException(
             "cannot make the empty class path under java.io.tmpdir ("

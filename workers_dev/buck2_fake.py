@@ -1059,7 +1059,7 @@ def ConfigurationInfo(*, constraints, values):
             fail("ConfigurationInfo: values keys are section.key, not", repr(key))
     return _ConfigurationInfo(constraints = constraints, values = values)
 
-_CommandExecutorConfig = record(local_enabled = bool, remote_enabled = bool, use_persistent_workers = bool, use_bazel_protocol_remote_persistent_workers = bool, remote_execution_properties = typing.Any, remote_execution_use_case = typing.Any, use_limited_hybrid = bool, remote_cache_enabled = typing.Any, allow_cache_uploads = bool, remote_output_paths = typing.Any)
+_CommandExecutorConfig = record(local_enabled = bool, remote_enabled = bool, use_persistent_workers = bool, use_bazel_protocol_remote_persistent_workers = bool, remote_execution_properties = typing.Any, remote_execution_use_case = typing.Any, use_limited_hybrid = bool, allow_limited_hybrid_fallbacks = bool, remote_cache_enabled = typing.Any, allow_cache_uploads = bool, remote_output_paths = typing.Any)
 
 def CommandExecutorConfig(*, local_enabled, remote_enabled, remote_cache_enabled = None, remote_dep_file_cache_enabled = False, remote_execution_properties = None, remote_execution_action_key = None, remote_execution_max_input_files_mebibytes = None, remote_execution_queue_time_threshold_s = None, remote_execution_use_case = None, use_limited_hybrid = False, allow_limited_hybrid_fallbacks = False, allow_hybrid_fallbacks_on_failure = False, use_windows_path_separators = False, use_persistent_workers = False, use_bazel_protocol_remote_persistent_workers = False, allow_cache_uploads = False, max_cache_upload_mebibytes = None, experimental_low_pass_filter = False, remote_output_paths = None, network_access = None, remote_execution_resource_units = None, remote_execution_dependencies = [], remote_execution_gang_workers = [], remote_execution_dynamic_image = None, meta_internal_extra_params = None, priority = None):
     if remote_enabled and (remote_execution_properties == None or remote_execution_use_case == None):
@@ -1068,7 +1068,7 @@ def CommandExecutorConfig(*, local_enabled, remote_enabled, remote_cache_enabled
         fail("CommandExecutorConfig: Invalid remote_output_paths", repr(remote_output_paths))
     if remote_execution_properties != None and type(remote_execution_properties) != "dict":
         fail("CommandExecutorConfig: remote_execution_properties must be a dict")
-    return _CommandExecutorConfig(local_enabled = local_enabled, remote_enabled = remote_enabled, use_persistent_workers = use_persistent_workers, use_bazel_protocol_remote_persistent_workers = use_bazel_protocol_remote_persistent_workers, remote_execution_properties = remote_execution_properties, remote_execution_use_case = remote_execution_use_case, use_limited_hybrid = use_limited_hybrid, remote_cache_enabled = remote_cache_enabled, allow_cache_uploads = allow_cache_uploads, remote_output_paths = remote_output_paths)
+    return _CommandExecutorConfig(local_enabled = local_enabled, remote_enabled = remote_enabled, use_persistent_workers = use_persistent_workers, use_bazel_protocol_remote_persistent_workers = use_bazel_protocol_remote_persistent_workers, remote_execution_properties = remote_execution_properties, remote_execution_use_case = remote_execution_use_case, use_limited_hybrid = use_limited_hybrid, allow_limited_hybrid_fallbacks = allow_limited_hybrid_fallbacks, remote_cache_enabled = remote_cache_enabled, allow_cache_uploads = allow_cache_uploads, remote_output_paths = remote_output_paths)
 
 _PlatformInfo = record(label = str, configuration = typing.Any)
 

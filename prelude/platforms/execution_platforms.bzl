@@ -25,16 +25,24 @@ def executor_config(routing: str, settings: typing.Any) -> typing.Any:
             remote_enabled = False,
             use_persistent_workers = settings.enabled,
         )
+
+    # [persistent_workers] remote_cache, remote_fallback_local and remote_persistent mean
+    # here what they mean to the runtime's routings: the action cache asked and written,
+    # a remote failure of the engine's run locally, remote actions as persistent-worker
+    # requests.
+    cache = settings.remote.get("cache", True)
     return CommandExecutorConfig(
         local_enabled = True,
         remote_enabled = True,
-        remote_cache_enabled = True,
-        allow_cache_uploads = True,
+        remote_cache_enabled = cache,
+        allow_cache_uploads = cache,
         # Remote unless the command prefers local (--prefer-local, --local-only): the full
         # hybrid would race a local copy of every action against the remote one.
         use_limited_hybrid = True,
+        allow_limited_hybrid_fallbacks = settings.remote.get("fallback_local", False),
         use_persistent_workers = settings.enabled,
-        use_bazel_protocol_remote_persistent_workers = settings.enabled,
+        use_bazel_protocol_remote_persistent_workers = settings.enabled and
+                                                       settings.remote.get("persistent", True),
         remote_execution_properties = settings.remote.get("properties", {}),
         remote_execution_use_case = REMOTE_USE_CASE,
         remote_output_paths = "output_paths",

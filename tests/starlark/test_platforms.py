@@ -116,6 +116,26 @@ def test_native_platform_is_buck2_remote_execution_with_remote_persistent_worker
     assert config["remote_cache_enabled"] is True
 
 
+def test_native_platform_follows_the_remote_cache_fallback_and_persistent_settings() -> None:
+    """Routing native read them, checked them and ignored them: remote_cache = false
+    still asked and wrote the action cache, remote_persistent = false still sent
+    persistent-worker requests."""
+    config = analyse_platform({}, "native")["executor_config"]
+    assert (
+        config["allow_cache_uploads"] is True and config["allow_limited_hybrid_fallbacks"] is False
+    )
+    settings = {
+        ("persistent_workers", "remote_cache"): "false",
+        ("persistent_workers", "remote_fallback_local"): "true",
+        ("persistent_workers", "remote_persistent"): "false",
+    }
+    config = analyse_platform(settings, "native")["executor_config"]
+    assert config["remote_cache_enabled"] is False and config["allow_cache_uploads"] is False
+    assert config["allow_limited_hybrid_fallbacks"] is True
+    assert config["use_bazel_protocol_remote_persistent_workers"] is False
+    assert config["use_persistent_workers"] is True  # local requests stay warm
+
+
 def test_native_platform_without_workers_sends_plain_remote_actions() -> None:
     config = analyse_platform({("persistent_workers", "enabled"): "false"}, "native")
     assert config["executor_config"]["remote_enabled"] is True

@@ -98,6 +98,22 @@ def _routing(ctx: AnalysisContext) -> str:
              "; leave the attribute out to take the execution platform's")
     return ctx.attrs.routing
 
+def _check_runtime_attrs(ctx: AnalysisContext) -> None:
+    """Fails analysis, naming the attribute, on what the runtime would refuse.
+
+    worker_runtime/config.py refuses these at its start: every action on the tool failed
+    then, as its worker's start did."""
+    name = "worker_tool " + ctx.label.name + ": "
+    if ctx.attrs.cancellable and not ctx.attrs.multiplex:
+        fail(name + "cancellable = True needs multiplex = True (a singleplex worker is " +
+             "killed to cancel its request)")
+    if ctx.attrs.max_instances != None and ctx.attrs.max_instances < 1:
+        fail(name + "max_instances = " + str(ctx.attrs.max_instances) + " must be 1 or more, " +
+             "or left out for one per CPU")
+    for variable in ctx.attrs.key_env:
+        if not variable or "=" in variable:
+            fail(name + "key_env holds " + repr(variable) + ", not an environment variable name")
+
 # The routings whose requests the runtime sends to the remote endpoint (all or some).
 _REMOTE_ROUTINGS = ["remote", "auto", "race"]
 
@@ -110,6 +126,7 @@ def _worker_tool_impl(ctx: AnalysisContext) -> list[Provider]:
         fail("worker_tool " + ctx.label.name + ": concurrency = " + str(ctx.attrs.concurrency) +
              " must be 1 or more (the most requests Buck2 keeps in flight on the worker), " +
              "or left out for no limit")
+    _check_runtime_attrs(ctx)
     if routing in _REMOTE_ROUTINGS and not ctx.attrs._worker_settings[WorkerSettingsInfo].remote.get("endpoint"):
         # The runtime would refuse to start without one: said here, during analysis.
         fail("worker_tool " + ctx.label.name + ": routing " + routing + " sends requests to a " +

@@ -154,8 +154,8 @@ def test_config_written_by_the_prelude_is_served_by_the_runtime(tmp_path: Path) 
             "cancellable = True needs multiplex = True",
         ),
         ({"backend": backend_expr(["w"]), "max_instances": "0"}, "max_instances = 0 must be 1"),
-        ({"backend": backend_expr(["w"]), "key_env": '["A=B"]'}, "key_env holds \"A=B\""),
-        ({"backend": backend_expr(["w"]), "key_env": '[""]'}, "key_env holds \"\""),
+        ({"backend": backend_expr(["w"]), "key_env": '["A=B"]'}, 'key_env holds "A=B"'),
+        ({"backend": backend_expr(["w"]), "key_env": '[""]'}, 'key_env holds ""'),
     ],
 )
 def test_bad_attributes_are_analysis_errors(attrs: dict[str, str], message: str) -> None:

@@ -22,7 +22,9 @@ java_toolchain = rule(
     attrs = {
         "compiler": attrs.exec_dep(
             providers = [WorkerToolInfo],
-            doc = "A worker_tool wrapping the javac worker, with a cold javac as its fallback.",
+            doc = "A worker_tool wrapping the javac worker, with the worker's one-shot mode " +
+                  "as its fallback (a plain javac would not read the argfiles by the " +
+                  "project's rule, nor give a compile with no deps an empty class path).",
         ),
         "jar": attrs.exec_dep(providers = [RunInfo], doc = "The jar command."),
         "java": attrs.exec_dep(providers = [RunInfo], doc = "The java command."),

@@ -3,7 +3,7 @@
 JavaToolchainInfo = provider(
     doc = "What the Java rules compile, package and run with.",
     fields = {
-        # The WorkerToolInfo of the javac worker (its fallback runs a cold javac). Never
+        # The WorkerToolInfo of the javac worker (its fallback: the worker one-shot). Never
         # None. Typed Any: a .bzl outside the prelude cell is evaluated once per cell that
         # loads it, and a provider type from another cell's evaluation fails a type check.
         "compiler": provider_field(typing.Any),

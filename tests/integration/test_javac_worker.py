@@ -803,6 +803,40 @@ def test_a_second_request_under_an_id_in_flight_is_ignored_not_answered(tmp_path
     assert "request with id 1, which is already in flight" in stderr_text
 
 
+def test_a_request_under_the_id_of_a_cancelled_one_runs_once_that_one_is_answered(
+    tmp_path: Path,
+) -> None:
+    """Bazel reuses the id of a request it has cancelled before that one is answered
+    (bazelbuild/bazel#26251): the new request was dropped as a duplicate, unanswered, and
+    its action hung. It runs after the cancelled one's answer, in that order."""
+    (tmp_path / "A.java").write_text("class A {}\n")
+    os.mkfifo(tmp_path / "held.fifo")
+    worker = subprocess.Popen(
+        [JAVAC_WORKER, "--persistent_worker"], cwd=tmp_path, stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    assert worker.stdin and worker.stdout
+    try:
+        worker.stdin.write(
+            json_requests(
+                {"arguments": ["-Xstdout", "held.fifo", "-d", "first", "A.java"], "requestId": 1},
+                {"requestId": 1, "cancel": True},
+                {"arguments": ["-d", "again", "A.java"], "requestId": 1},
+            )
+        )
+        worker.stdin.flush()
+        assert answer_once_released(worker, tmp_path / "held.fifo") == {
+            "exitCode": 0, "output": "", "requestId": 1, "wasCancelled": True,
+        }  # fmt: skip
+        assert json.loads(worker.stdout.readline()) == {"exitCode": 0, "output": "", "requestId": 1}
+        worker.stdin.close()
+        assert worker.wait(timeout=60) == 0
+    finally:
+        worker.kill()
+        worker.wait()
+    assert (tmp_path / "again" / "A.class").exists()
+
+
 JAVA_SOURCES = REPO_ROOT / "toolchains" / "java" / "src" / "buck2" / "workers" / "javac"
 ARGFILES_DRIVER = REPO_ROOT / "tests" / "drivers" / "ArgfilesDriver.java"
 

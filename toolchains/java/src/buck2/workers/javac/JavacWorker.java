@@ -43,6 +43,10 @@ public final class JavacWorker {
   /** A multiplex request in flight; a cancel marks it, and it answers was_cancelled. */
   private static final class InFlight {
     volatile boolean cancelled;
+    /** Counted down once the request is answered (or given up). */
+    final java.util.concurrent.CountDownLatch answered = new java.util.concurrent.CountDownLatch(1);
+    /** A cancelled request under the same id whose answer this one waits for, or null. */
+    InFlight after;
   }
 
   /** Multiplex requests in flight, by id (an id is in flight until it is answered). */
@@ -213,7 +217,14 @@ public final class JavacWorker {
         handle(request, null); // singleplex: one at a time, in order
       } else {
         InFlight state = new InFlight();
-        if (inFlight.putIfAbsent(request.requestId, state) != null) {
+        InFlight previous = inFlight.putIfAbsent(request.requestId, state);
+        if (previous != null && previous.cancelled) {
+          // Bazel sends a new request under the id of one it has cancelled before that one
+          // is answered (bazelbuild/bazel#26251): it runs once that answer is written, and
+          // a cancel from now on is its own.
+          state.after = previous;
+          inFlight.put(request.requestId, state);
+        } else if (previous != null) {
           // The client's error. Any answer under this id would be taken for the first
           // request's (whose own answer would then come unmatched), and ending the worker
           // would stop it serving the client's other requests for one slip: so the
@@ -241,24 +252,37 @@ public final class JavacWorker {
   }
 
   private void handle(WireFormat.Request request, InFlight state) {
-    if (state != null && !awaitTurn(state)) {
-      // Cancelled while it waited: answered at once, nothing compiled.
-      inFlight.remove(request.requestId, state);
-      respond(0, "", request.requestId, true);
-      return;
-    }
     try {
-      compileAndRespond(request, state);
+      if (state != null && !awaitTurn(state)) {
+        // Cancelled while it waited: answered at once, nothing compiled.
+        inFlight.remove(request.requestId, state);
+        respond(0, "", request.requestId, true);
+        return;
+      }
+      try {
+        compileAndRespond(request, state);
+      } finally {
+        if (state != null) {
+          compiling.release();
+        }
+      }
     } finally {
       if (state != null) {
-        compiling.release();
+        state.answered.countDown();
       }
     }
   }
 
-  /** Waits for a compile slot; false if the request was cancelled first. */
+  /**
+   * Waits for the answer of the cancelled request under the same id, if any, then for a
+   * compile slot; false if the request was cancelled first.
+   */
   private boolean awaitTurn(InFlight state) {
     try {
+      if (state.after != null) {
+        state.after.answered.await();
+        state.after = null;
+      }
       while (!compiling.tryAcquire(20, java.util.concurrent.TimeUnit.MILLISECONDS)) {
         if (state.cancelled) {
           return false;

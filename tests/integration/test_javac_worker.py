@@ -765,9 +765,11 @@ def answer_once_released(worker: subprocess.Popen[bytes], fifo: Path) -> object:
         os.close(reader)
 
 
-def test_a_second_request_under_an_id_in_flight_is_ignored_not_answered(tmp_path: Path) -> None:
-    """Only the first request under id 1 is answered (an answer to the second would be taken
-    for the first's); the worker goes on serving and says why on stderr."""
+def worker_holding_request_1(
+    tmp_path: Path, *then: Mapping[str, object]
+) -> subprocess.Popen[bytes]:
+    """A multiplex worker (stderr to worker.stderr) given request 1, which compiles A.java
+    into first/ and is held until held.fifo has a reader, then the requests ``then``."""
     (tmp_path / "A.java").write_text("class A {}\n")
     os.mkfifo(tmp_path / "held.fifo")
     with (tmp_path / "worker.stderr").open("wb") as stderr:
@@ -775,18 +777,25 @@ def test_a_second_request_under_an_id_in_flight_is_ignored_not_answered(tmp_path
             [JAVAC_WORKER, "--persistent_worker"],
             cwd=tmp_path, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=stderr,
         )  # fmt: skip
+    assert worker.stdin
+    held = {"arguments": ["-Xstdout", "held.fifo", "-d", "first", "A.java"], "requestId": 1}
+    worker.stdin.write(json_requests(held, *then))
+    worker.stdin.flush()
+    return worker
+
+
+def test_a_second_request_under_an_id_in_flight_is_ignored_not_answered(tmp_path: Path) -> None:
+    """Only the first request under id 1 is answered (an answer to the second would be taken
+    for the first's); the worker goes on serving and says why on stderr."""
+    # javac opens its -Xstdout file first: request 1 stays in flight until the FIFO has a
+    # reader, so the duplicate certainly arrives while it is.
+    worker = worker_holding_request_1(
+        tmp_path,
+        {"arguments": ["-d", "duplicate", "A.java"], "requestId": 1},
+        {"arguments": ["-d", "second", "A.java"], "requestId": 2},
+    )
     assert worker.stdin and worker.stdout
     try:
-        # javac opens its -Xstdout file first: request 1 stays in flight until the FIFO has
-        # a reader, so the duplicate certainly arrives while it is.
-        worker.stdin.write(
-            json_requests(
-                {"arguments": ["-Xstdout", "held.fifo", "-d", "first", "A.java"], "requestId": 1},
-                {"arguments": ["-d", "duplicate", "A.java"], "requestId": 1},
-                {"arguments": ["-d", "second", "A.java"], "requestId": 2},
-            )
-        )
-        worker.stdin.flush()
         assert json.loads(worker.stdout.readline()) == {"exitCode": 0, "output": "", "requestId": 2}
         assert answer_once_released(worker, tmp_path / "held.fifo") == {
             "exitCode": 0, "output": "", "requestId": 1,
@@ -809,22 +818,13 @@ def test_a_request_under_the_id_of_a_cancelled_one_runs_once_that_one_is_answere
     """Bazel reuses the id of a request it has cancelled before that one is answered
     (bazelbuild/bazel#26251): the new request was dropped as a duplicate, unanswered, and
     its action hung. It runs after the cancelled one's answer, in that order."""
-    (tmp_path / "A.java").write_text("class A {}\n")
-    os.mkfifo(tmp_path / "held.fifo")
-    worker = subprocess.Popen(
-        [JAVAC_WORKER, "--persistent_worker"], cwd=tmp_path, stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
+    worker = worker_holding_request_1(
+        tmp_path,
+        {"requestId": 1, "cancel": True},
+        {"arguments": ["-d", "again", "A.java"], "requestId": 1},
+    )
     assert worker.stdin and worker.stdout
     try:
-        worker.stdin.write(
-            json_requests(
-                {"arguments": ["-Xstdout", "held.fifo", "-d", "first", "A.java"], "requestId": 1},
-                {"requestId": 1, "cancel": True},
-                {"arguments": ["-d", "again", "A.java"], "requestId": 1},
-            )
-        )
-        worker.stdin.flush()
         assert answer_once_released(worker, tmp_path / "held.fifo") == {
             "exitCode": 0, "output": "", "requestId": 1, "wasCancelled": True,
         }  # fmt: skip

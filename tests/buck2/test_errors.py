@@ -80,5 +80,14 @@ def test_a_config_the_daemon_refuses_is_reported_with_the_reason(project: Buck2P
     refusal reaches Buck2 either as the worker's exit (Buck2 had not connected yet) or as
     every request's answer (it had), never as a bare "transport error"."""
     stderr = failed_build(project, "//faults:refused")
-    assert "config key `max_instances` must be an integer >= 1, not 0" in stderr
+    assert 'config key `env` holds "A=B", not a variable name' in stderr
     assert "transport error" not in stderr
+
+
+def test_an_attribute_the_runtime_would_refuse_fails_analysis_naming_it(
+    project: Buck2Project,
+) -> None:
+    """max_instances = 0 passed analysis, and every action on the tool failed as its
+    worker's start did."""
+    stderr = failed_build(project, "//faults:bad_attribute")
+    assert "worker_tool bad_attribute_worker: max_instances = 0 must be 1 or more" in stderr

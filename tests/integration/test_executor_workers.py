@@ -571,7 +571,7 @@ def test_a_tool_file_is_copied_never_through_a_symlink(tmp_path: Path) -> None:
     (root / "tools").mkdir(parents=True)
     (root / "tools" / "run.sh").write_text("#!/bin/sh\n")
     (root / "tools" / "run.sh").chmod(0o751)
-    workers.copy_tool_file(root, "tools/run.sh", tmp_path / "copy.sh")
+    workers.copy_tool_file(root / "tools" / "run.sh", "tools/run.sh", tmp_path / "copy.sh")
     assert (tmp_path / "copy.sh").read_text() == "#!/bin/sh\n"
     assert (tmp_path / "copy.sh").stat().st_mode & 0o777 == 0o751
     secret = tmp_path / "secret"
@@ -582,6 +582,10 @@ def test_a_tool_file_is_copied_never_through_a_symlink(tmp_path: Path) -> None:
     (root / "leaf.sh").symlink_to(secret / "tools" / "run.sh")  # the file itself
     for relative in ("tools/run.sh", "leaf.sh"):
         with pytest.raises(OSError) as refused:
-            workers.copy_tool_file(root, relative, tmp_path / "stolen")
+            workers.copy_tool_file(root / relative, relative, tmp_path / "stolen")
         assert refused.value.errno in (errno.ELOOP, errno.ENOTDIR)
         assert not (tmp_path / "stolen").exists()
+    # A tool file from elsewhere (the pool's own callers'), named otherwise in the home.
+    (tmp_path / "own.py").write_text("print()\n")
+    workers.copy_tool_file(tmp_path / "own.py", "tools/worker.py", tmp_path / "copied.py")
+    assert (tmp_path / "copied.py").read_text() == "print()\n"

@@ -42,12 +42,18 @@ LOGGER = logging.getLogger(__name__)
 _NO_FOLLOW_DIRECTORY = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
-def copy_tool_file(root: Path, relative: str, target: Path) -> None:
-    """Copies file ``relative`` of the action's directory ``root`` to ``target``, its
-    mode too, never through a symlink on its way: that directory is the tenant's by the
-    time a worker starts, and the executor copying may be root. OSError if it is not a
-    regular file there (the input root holds no symlinks: something swapped one in)."""
+def copy_tool_file(source: Path, relative: str, target: Path) -> None:
+    """Copies tool file ``source``, at ``relative`` in the action's directory, to
+    ``target``, its mode too, never through a symlink from that directory on: it is the
+    tenant's by the time a worker starts, and the executor copying may be root. OSError
+    if it is not a regular file there (the input root holds no symlinks: something
+    swapped one in). A ``source`` elsewhere (not ending in ``relative``) is opened from
+    its own directory."""
     parts = Path(relative).parts
+    if source.parts[-len(parts) :] == parts:
+        root = source.parents[len(parts) - 1]
+    else:
+        root, parts = source.parent, (source.name,)
     fd = os.open(root, _NO_FOLLOW_DIRECTORY)
     try:
         for part in parts[:-1]:
@@ -58,12 +64,12 @@ def copy_tool_file(root: Path, relative: str, target: Path) -> None:
                        dir_fd=fd)  # fmt: skip
     finally:
         os.close(fd)
-    with open(leaf, "rb") as source:
-        status = os.fstat(source.fileno())
+    with open(leaf, "rb") as reading:
+        status = os.fstat(reading.fileno())
         if not stat.S_ISREG(status.st_mode):
             raise OSError(errno.EINVAL, f"tool file {relative} is not a regular file")
         with open(target, "wb") as copy:
-            shutil.copyfileobj(source, copy)
+            shutil.copyfileobj(reading, copy)
     os.chmod(target, stat.S_IMODE(status.st_mode))
 
 
@@ -371,7 +377,7 @@ class WorkerPool:
             for relative, source in tools:
                 target = home / relative
                 target.parent.mkdir(parents=True, exist_ok=True)
-                copy_tool_file(source.parents[len(Path(relative).parts) - 1], relative, target)
+                copy_tool_file(source, relative, target)
             hand_over(home, run_as)
             if self.confinement is not None:
                 group = self.confinement.group("worker")

@@ -184,11 +184,18 @@ def fake_buildgrid(venv: Path, stubborn: bool = False) -> None:
     )
     (venv / "bin").mkdir()
     bgd = venv / "bin" / "bgd"
-    ignore = "signal.signal(signal.SIGTERM, signal.SIG_IGN); " if stubborn else ""
+    # Stubborn: it says it is ready once it ignores SIGTERM (a signal sent before would
+    # end it at once, under a loaded machine's slow start).
+    ready = venv / "ready"
+    ignore = (
+        f"signal.signal(signal.SIGTERM, signal.SIG_IGN); open({str(ready)!r}, 'w').close(); "
+        if stubborn
+        else ""
+    )
     bgd.write_text(
         "#!/bin/sh\n"
         'if [ "$1" = migrate ]; then exit 0; fi\n'
-        f"exec {sys.executable} -c 'import signal, time; {ignore}time.sleep(600)' \"$@\"\n"
+        f'exec {sys.executable} -c "import signal, time; {ignore}time.sleep(600)" "$@"\n'
     )
     bgd.chmod(0o755)
 
@@ -223,6 +230,10 @@ def up_waiting_for_its_server(
                     server = json.loads((directory / "state.json").read_text())["buildgrid_pid"]
                 time.sleep(0.01)
             assert server and up.poll() is None
+            deadline = time.monotonic() + 60
+            while stubborn and not (tmp_path / "venv" / "ready").exists():
+                assert time.monotonic() < deadline, "the stubborn server never got ready"
+                time.sleep(0.01)
             yield directory, up, server
         finally:
             if up.poll() is None:

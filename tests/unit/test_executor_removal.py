@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 
+from worker_runtime.executor import removal
 from worker_runtime.executor.removal import MAX_OPEN_DIRECTORIES, remove_tree
 
 
@@ -188,6 +189,26 @@ def test_a_tree_deeper_than_the_descriptors_the_executor_may_hold_is_removed(
     _, status = os.waitpid(pid, 0)
     assert os.waitstatus_to_exitcode(status) == 0, "the tree was left (2) or the child failed"
     assert MAX_OPEN_DIRECTORIES < 64
+
+
+def test_the_bound_on_moves_counts_directories_not_files(
+    base: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Files below the open-directory bound are removed where they are: they counted
+    against the moves' bound, and a deep tree of many files was left half removed."""
+    monkeypatch.setattr(removal, "MAX_HOISTS", 5)
+    # The directory whose entries are past the bound: the tree's top is the first open.
+    deep = base / "deep" / Path(*["d"] * (removal.MAX_OPEN_DIRECTORIES - 1))
+    (deep / "below").mkdir(parents=True)
+    for index in range(50):
+        (deep / f"f{index}").write_text("x")
+    ids = unprivileged_ids()
+    if ids is not None:
+        for path, directories, files in os.walk(base / "deep"):
+            for name in [*directories, *files, "."]:
+                os.chown(Path(path) / name, *ids, follow_symlinks=False)
+    removed_unprivileged(remove_tree, base / "deep")
+    assert not (base / "deep").exists()
 
 
 def test_directories_readable_but_not_searchable_are_removed(base: Path) -> None:

@@ -111,8 +111,6 @@ def _hoist(emptying: _Emptying, name: str, top: _Emptying, hoists: Iterator[int]
     that moves (whose ``..`` changes) are given their owner's rwx and it is tried again.
     The new name is random: one a process of the tenant's made first would be replaced
     (an empty directory) or refuse the move."""
-    if next(hoists) > MAX_HOISTS:
-        return f"more than {MAX_HOISTS:,} directories deep (still growing?)"
     try:
         try:
             mode = os.stat(name, dir_fd=emptying.fd, follow_symlinks=False).st_mode
@@ -122,6 +120,8 @@ def _hoist(emptying: _Emptying, name: str, top: _Emptying, hoists: Iterator[int]
         if not stat.S_ISDIR(mode):
             _with_access(emptying.fd, True, lambda: os.unlink(name, dir_fd=emptying.fd))
             return None
+        if next(hoists) > MAX_HOISTS:  # directories only: files deep down are no reason
+            return f"more than {MAX_HOISTS:,} directories moved up (still growing?)"
         new = f".removing-{uuid.uuid4().hex}"
         move = lambda: os.rename(name, new, src_dir_fd=emptying.fd, dst_dir_fd=top.fd)  # noqa: E731
         try:

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from worker_runtime.errors import ConfigError
-from worker_runtime.quick_json import DuplicateKeyError, unique_object
+from worker_runtime.quick_json import DuplicateKeyError, loads_unique
 
 PROTOCOLS = ("proto", "json")
 #: What serves Buck2's gRPC on the worker socket (worker_runtime/buck2/).
@@ -266,8 +266,7 @@ def _string(key: str, value: Any) -> str:
 
 def _shown(value: Any) -> str:
     """A value as JSON for an error message, cut short (a 4,000-digit number, say)."""
-    text = json.dumps(value)
-    return text if len(text) <= 80 else f"{text[:77]}..."
+    return _cut(json.dumps(value))
 
 
 #: JSON's names for the Python types a decoded config holds (error messages).
@@ -283,9 +282,9 @@ def _a(noun: str) -> str:
     return f"an {noun}" if noun[0] in "aeiou" else f"a {noun}"
 
 
-def _cut(name: str) -> str:
-    """A key as given, cut short for an error message."""
-    return name if len(name) <= 80 else f"{name[:77]}..."
+def _cut(text: str) -> str:
+    """``text`` (a key as given, a value as JSON) cut short for an error message."""
+    return text if len(text) <= 80 else f"{text[:77]}..."
 
 
 def _choices(names: tuple[str, ...]) -> str:
@@ -577,7 +576,7 @@ def load_config_file(path: str | Path) -> RuntimeConfig:
     except UnicodeDecodeError as exc:
         raise ConfigError(f"config file {path} is not UTF-8 text ({exc.reason})") from None
     try:
-        data = json.loads(text, object_pairs_hook=unique_object)
+        data = loads_unique(text)  # as the front's quick read takes it
     except json.JSONDecodeError as exc:
         raise ConfigError(f"config file {path} is not valid JSON: {exc}") from None
     except DuplicateKeyError as exc:  # json.loads would take the last value, unsaid

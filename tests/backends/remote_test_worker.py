@@ -12,7 +12,9 @@ stopped, as a loser still writing would. `--exit` makes the process exit at once
 crash). `--probe OUT KIND:TARGET...` (a hostile tenant) tries each of read:PATH,
 write:PATH, unlink:PATH, rename:PATH, list:PATH, kill:PID (signal 0), environ:PID, cmdline:PID and
 connect:HOST:PORT, and writes to OUT a JSON object: its uid, and for each probe "ok" or
-the errno's name. `--eat MB` takes that much memory. `--fork-bomb OUT` starts sleeping
+the errno's name. `--eat MB` takes that much memory. `--fill PATH MB` first writes
+that many MiB to PATH in the sandbox (`--fill-home` in its working directory, its home
+on the executor), then does the rest of the request. `--fork-bomb OUT` starts sleeping
 children until a fork fails (at most 1,000), stops them, and writes their count to OUT. Without --persistent_worker it does
 the same once, from its @argfile (the one-shot fallback). Started with --multiplex it
 serves each request on a thread of its own, answering by requestId, and a cancel request
@@ -75,6 +77,10 @@ def run(
             wait(lambda: time.monotonic() > until, cancelled)  # noqa: B023
         else:
             wait(Path(value).exists, cancelled)
+    if arguments[:1] in (["--fill"], ["--fill-home"]):  # a disk filler, then the rest
+        where = root if arguments[0] == "--fill" else Path.cwd()
+        (where / arguments[1]).write_bytes(b"\1" * (int(arguments[2]) << 20))
+        arguments = arguments[3:]
     if arguments[:1] == ["--exit"]:
         os._exit(3)
     if arguments[:1] == ["--sleep"]:

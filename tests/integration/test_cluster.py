@@ -122,7 +122,7 @@ def test_executors_are_started_and_stopped_with_the_cluster(cluster_dir: Path) -
     assert [e["pid"] for e in kept] == pids
     # Options the executors would refuse are refused before any executor stops (they
     # once stopped the running set for one that could not start, leaving none).
-    for bad in (["--limit-memory", "0"], ["--limit-cpus", "nan"]):
+    for bad in (["--limit-memory", "0"], ["--limit-cpus", "nan"], ["--limit-disk", "0"]):
         refused = cluster("up", "--executors", "2", *bad, "--dir", str(cluster_dir))
         assert refused.returncode == 2 and "must be more than 0" in refused.stderr
     still: Any = status(cluster_dir)["executors"]

@@ -5,7 +5,7 @@ each also in namespaces of its own (bubblewrap). A hostile tenant, end to end th
 BuildGrid, cannot read or change another tenant's worker files or action directories,
 signal its worker or read its environment, or reach the executor's own files and
 environment; in the sandbox it also cannot see other processes, the host's /tmp or the
-network, nor take more than its memory or processes: it alone pays (its worker is
+network, nor take more than its memory, processes or disk: it alone pays (its worker is
 discarded, its action RESOURCE_EXHAUSTED). The victim's worker stays warm throughout."""
 
 from __future__ import annotations
@@ -61,7 +61,8 @@ def engine(request: pytest.FixtureRequest) -> Iterator[Engine]:
     sandbox = request.param == "sandbox"
     if sandbox:
         assert shutil.which("bwrap"), "bubblewrap is missing: scripts/bootstrap.sh installs it"
-    extra = ["--sandbox", "--limit-memory", "256", "--limit-pids", "64"] if sandbox else []
+    extra = ["--sandbox", "--limit-memory", "256", "--limit-pids", "64", "--limit-disk", "32"]
+    extra = extra if sandbox else []
     extra = extra or ["--no-sandbox"]  # the cluster's default as root is the sandbox
     with private_cluster("--executors", "2", *extra) as directory:
         yield Engine(directory, sandbox)
@@ -198,7 +199,7 @@ def test_a_hostile_tenant_cannot_reach_another_tenant_or_the_executor(
             == "ok"
         )
 
-    if engine.sandbox:  # a fork bomb and a memory hog, each contained
+    if engine.sandbox:  # a fork bomb, a memory hog and a disk filler, each contained
         with runtime(attacker) as worker:
             env = action(attacker, "f", ["--fork-bomb", "out/f.txt"], [], ["out/f.txt"])
             response = worker.execute(make_command(["@f.args"], env=env))
@@ -209,6 +210,10 @@ def test_a_hostile_tenant_cannot_reach_another_tenant_or_the_executor(
             assert response.exit_code == 125
             assert "code 8" in response.stderr  # RESOURCE_EXHAUSTED
             assert "passed its memory limit of 256 MB" in response.stderr
+            env = action(attacker, "d", ["--fill", "d.bin", "48"], [], [])
+            response = worker.execute(make_command(["@d.args"], env=env))
+            assert response.exit_code == 125 and "code 8" in response.stderr
+            assert "stopped at its disk limit: it wrote more than 32 MB" in response.stderr
             env = action(attacker, "after", ["--probe", "out/after.json"], [], ["out/after.json"])
             response = worker.execute(make_command(["@after.args"], env=env))
             assert response.exit_code == 0, response.stderr  # on a fresh worker

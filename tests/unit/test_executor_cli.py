@@ -25,6 +25,7 @@ from tests.conftest import REPO_ROOT
             "--shutdown-grace must be a number of seconds from 0 to 1e6, not nan",
         ),
         (["--max-output-mb", "0"], "--max-output-mb must be more than 0, not 0"),
+        (["--limit-disk", "0"], "--limit-disk must be more than 0, not 0"),
         # A thread pool of no threads: a traceback.
         (["--capacity", "0"], "--capacity must be more than 0, not 0"),
         # Every persistent lease waited forever for a worker slot.

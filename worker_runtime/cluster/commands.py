@@ -401,6 +401,8 @@ def _executor_option_problem(
     )
     if (problem := limits.problem()) is not None:
         return problem
+    if value.get("--limit-disk", 1) <= 0:
+        return f"--limit-disk must be more than 0, not {value['--limit-disk']:g}"
     sandboxed = "--sandbox" in options or ("--no-sandbox" not in options and os.geteuid() == 0)
     if sandboxed:
         try:
@@ -435,13 +437,14 @@ def up_main(argv: Sequence[str]) -> int:
         "--no-sandbox", action="store_const", const=False, dest="sandbox",
         help="executors run actions and workers without the sandbox (their own uids still)",
     )  # fmt: skip
-    for name, kind in (("--limit-memory", int), ("--limit-cpus", float), ("--limit-pids", int)):
+    for name, kind in (("--limit-memory", int), ("--limit-cpus", float), ("--limit-pids", int),
+                       ("--limit-disk", int)):  # fmt: skip
         parser.add_argument(
             name, type=kind, metavar="N", help=f"the executors' {name} (as `executor` says)"
         )
     args = parser.parse_args(argv)
     options = {True: ["--sandbox"], False: ["--no-sandbox"], None: []}[args.sandbox]
-    for name in ("limit_memory", "limit_cpus", "limit_pids"):
+    for name in ("limit_memory", "limit_cpus", "limit_pids", "limit_disk"):
         if getattr(args, name) is not None:
             options += [f"--{name.replace('_', '-')}", f"{getattr(args, name):g}"]
     layout = ClusterLayout.from_dir(args.dir)

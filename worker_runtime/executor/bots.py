@@ -163,6 +163,8 @@ class ExecutorSettings:
     limits: Limits = Limits()  # noqa: RUF009 - frozen
     #: What the outputs of one action may take, stdout and stderr included.
     max_output_mb: int = DEFAULT_MAX_OUTPUT_MB
+    #: What one action may add to the disk while it runs (None: no limit).
+    disk_limit_mb: int | None = None
 
 
 @dataclass
@@ -270,7 +272,7 @@ class Executor:
         runner = ActionRunner(
             self._cas(instance), self._blobs(instance), self.pool, self.settings.workdir,
             self.settings.bot_id, run_as, self.settings.sandbox, self.confinement,
-            self.settings.max_output_mb,
+            self.settings.max_output_mb, self.settings.disk_limit_mb,
         )  # fmt: skip
         try:
             with self.metrics.execution_seconds.time():

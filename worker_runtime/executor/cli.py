@@ -17,6 +17,11 @@ from worker_runtime.executor.bots import (
     run_executor,
 )
 from worker_runtime.executor.collect import ENTRY_OVERHEAD_BYTES
+from worker_runtime.executor.disk import (
+    DEFAULT_TENANT_DISK_SHARE,
+    MAX_NEW_ENTRIES,
+    default_tenant_disk_mb,
+)
 from worker_runtime.executor.limits import (
     DEFAULT_TENANT_MEMORY_SHARE,
     DEFAULT_TENANT_PIDS,
@@ -123,6 +128,18 @@ def main(argv: Sequence[str]) -> int:
         help="also show PATH read-only in the sandbox (a toolchain outside /usr and /opt); "
         "repeatable",
     )
+    parser.add_argument(
+        "--limit-disk",
+        type=int,
+        metavar="MB",
+        help="what each action may add to the disk while it runs (its directory, stdout and "
+        f"stderr), and at most {MAX_NEW_ENTRIES:,} files and directories; one that passes "
+        "it is killed, its action RESOURCE_EXHAUSTED. A persistent worker's request counts "
+        "what it adds to the request's directory and what the worker's home holds beyond "
+        "its tool files (default with --uid-range: "
+        f"{DEFAULT_TENANT_DISK_SHARE * 100:.0f}%% of the size of WORKDIR's file system; "
+        "without it, none)",
+    )
     for name, kind, what in (
         ("--limit-memory", int, "MB of memory each action and each persistent worker may use; "
          "one that passes it is killed alone, its action RESOURCE_EXHAUSTED (default with "
@@ -141,6 +158,7 @@ def main(argv: Sequence[str]) -> int:
         )
     for name, count in (("--capacity", args.capacity), ("--max-workers", args.max_workers),
                         ("--max-output-mb", args.max_output_mb),
+                        ("--limit-disk", args.limit_disk),
                         ("--memory-limit", args.memory_limit)):  # fmt: skip
         if count is not None and count <= 0:
             parser.error(f"{name} must be more than 0, not {count}")
@@ -172,6 +190,12 @@ def main(argv: Sequence[str]) -> int:
         memory = default_tenant_memory_mb() if memory is None else memory
         pids = DEFAULT_TENANT_PIDS if pids is None else pids
     limits = Limits(memory, args.limit_cpus, pids)
+    disk = args.limit_disk
+    if disk is None and uid_range is not None:
+        try:
+            disk = default_tenant_disk_mb(args.workdir)
+        except OSError as exc:
+            parser.error(f"cannot read the size of --workdir's file system: {exc}")
     if (problem := limits.problem()) is not None:
         parser.error(problem)
     sandbox = None
@@ -192,7 +216,7 @@ def main(argv: Sequence[str]) -> int:
         workdir=args.workdir, max_workers=args.max_workers, memory_limit_mb=args.memory_limit,
         worker_idle_s=args.worker_idle_timeout, metrics_port=args.metrics_port,
         cancel_grace_s=args.cancel_grace, uid_range=uid_range, uid_map=args.uid_map,
-        sandbox=sandbox, limits=limits, max_output_mb=args.max_output_mb,
+        sandbox=sandbox, limits=limits, max_output_mb=args.max_output_mb, disk_limit_mb=disk,
         shutdown_grace_s=args.shutdown_grace,
     )  # fmt: skip
     if uid_range is not None:  # root, running tenants: root's other powers go

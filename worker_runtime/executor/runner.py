@@ -18,9 +18,11 @@ import tempfile
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
 
 from google.protobuf import unknown_fields
 from google.protobuf.message import DecodeError, Message
@@ -39,7 +41,8 @@ from worker_runtime.executor.collect import (
     read_capped,
     read_output,
 )
-from worker_runtime.executor.launch import launch
+from worker_runtime.executor.disk import MAX_NEW_ENTRIES, DiskWatch, Usage
+from worker_runtime.executor.launch import Launch, launch
 from worker_runtime.executor.limits import Confinement, Group
 from worker_runtime.executor.removal import remove_tree
 from worker_runtime.executor.sandbox import Sandbox, wants_network
@@ -157,6 +160,7 @@ class ActionRunner:
         sandbox: Sandbox | None = None,
         confinement: Confinement | None = None,
         max_output_mb: int = DEFAULT_MAX_OUTPUT_MB,
+        disk_limit_mb: int | None = None,
     ) -> None:
         self.cas = cas
         self.blobs = blobs
@@ -171,6 +175,8 @@ class ActionRunner:
         self.confinement = confinement
         #: What the outputs of one action may take, stdout and stderr included.
         self.max_output_mb = max_output_mb
+        #: What one action may add to the disk while it runs (None: no limit).
+        self.disk_limit_mb = disk_limit_mb
 
     def run(
         self, action: re_pb2.Action, instance: str, cancelled: threading.Event | None = None
@@ -377,55 +383,116 @@ class ActionRunner:
             writable=[str(directory)], cwd=str(directory), network=network, env=run_env,
         )  # fmt: skip
         with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+            watch = self._disk_watch(directory, cancelled, lambda: _allocated(out, err))
+            stop = cancelled if watch is None else watch.stop
             try:
-                process = subprocess.Popen(
-                    started.argv, cwd=directory, env=started.env, stdin=subprocess.DEVNULL,
-                    stdout=out, stderr=err, start_new_session=True,
-                    **as_user(started.run_as.ids),
-                )  # fmt: skip
-            except OSError as exc:
-                # The action's own program, started directly, that cannot start: its fault.
-                # Through the executor's wrappers (the sandbox, a control group's joining,
-                # env) the program's own failure is their exit status, so an error here is
-                # the executor's, as are EAGAIN, ENOMEM and a working directory gone.
-                direct = list(started.argv) == list(argv)
-                if not direct or exc.errno not in _COMMAND_FAULTS or exc.filename == str(directory):
-                    raise
-                return 127, b"", f"executor: cannot run {argv[0]!r}: {exc.strerror}\n".encode()
-            deadline = time.monotonic() + timeout
-            finished = False
-            try:
-                # The pidfd wakes us the moment the process exits (Popen.wait(timeout)
-                # polls with growing sleeps, which would add up to 50 ms to every action).
-                exited = os.pidfd_open(process.pid)
-                try:
-                    while not cancelled.is_set() and time.monotonic() < deadline:
-                        if select.select([exited], [], [], 0.05)[0]:
-                            finished = True
-                            break
-                finally:
-                    os.close(exited)
-            finally:
-                # Whatever happened, the group goes: a finished action's stray children
-                # too. (Its exited leader is not reaped yet, so the group id is its own.)
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(process.pid, signal.SIGKILL)
-                process.wait()
-            if not finished and cancelled.is_set():
-                raise ActionCancelled("cancelled while running")
-            if not finished:
-                raise ActionNotRun(f"the action ran past its timeout of {timeout:g} s", 4)
-            if group is not None and group.oom_killed():
-                assert self.confinement is not None
-                raise ActionNotRun(
-                    f"the action passed its memory limit of "
-                    f"{self.confinement.limits.memory_mb} MB and was killed",
-                    RESOURCE_EXHAUSTED,
+                return self._wait_oneshot(
+                    argv,
+                    started,
+                    directory,
+                    timeout,
+                    cancelled,
+                    stop,
+                    watch,
+                    group,
+                    budget,
+                    out,
+                    err,
                 )
-            out.seek(0)
-            err.seek(0)
-            stdout = read_capped(out.fileno(), "its stdout", budget)
-            return process.returncode, stdout, read_capped(err.fileno(), "its stderr", budget)
+            finally:
+                if watch is not None:
+                    watch.close()
+
+    def _wait_oneshot(
+        self,
+        argv: list[str],
+        started: Launch,
+        directory: Path,
+        timeout: float,
+        cancelled: threading.Event,
+        stop: threading.Event,
+        watch: DiskWatch | None,
+        group: Group | None,
+        budget: OutputBudget,
+        out: IO[bytes],
+        err: IO[bytes],
+    ) -> tuple[int, bytes, bytes]:
+        try:
+            process = subprocess.Popen(
+                started.argv, cwd=directory, env=started.env, stdin=subprocess.DEVNULL,
+                stdout=out, stderr=err, start_new_session=True,
+                **as_user(started.run_as.ids),
+            )  # fmt: skip
+        except OSError as exc:
+            # The action's own program, started directly, that cannot start: its fault.
+            # Through the executor's wrappers (the sandbox, a control group's joining,
+            # env) the program's own failure is their exit status, so an error here is
+            # the executor's, as are EAGAIN, ENOMEM and a working directory gone.
+            direct = list(started.argv) == list(argv)
+            if not direct or exc.errno not in _COMMAND_FAULTS or exc.filename == str(directory):
+                raise
+            return 127, b"", f"executor: cannot run {argv[0]!r}: {exc.strerror}\n".encode()
+        deadline = time.monotonic() + timeout
+        finished = False
+        try:
+            # The pidfd wakes us the moment the process exits (Popen.wait(timeout)
+            # polls with growing sleeps, which would add up to 50 ms to every action).
+            exited = os.pidfd_open(process.pid)
+            try:
+                while not stop.is_set() and time.monotonic() < deadline:
+                    if select.select([exited], [], [], 0.05)[0]:
+                        finished = True
+                        break
+            finally:
+                os.close(exited)
+        finally:
+            # Whatever happened, the group goes: a finished action's stray children
+            # too. (Its exited leader is not reaped yet, so the group id is its own.)
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+        if not finished and cancelled.is_set():
+            raise ActionCancelled("cancelled while running")
+        if not finished and watch is not None and watch.passed:
+            raise self._past_disk_limit(watch.passed)
+        if not finished:
+            raise ActionNotRun(f"the action ran past its timeout of {timeout:g} s", 4)
+        if group is not None and group.oom_killed():
+            assert self.confinement is not None
+            raise ActionNotRun(
+                f"the action passed its memory limit of "
+                f"{self.confinement.limits.memory_mb} MB and was killed",
+                RESOURCE_EXHAUSTED,
+            )
+        if watch is not None and (passed := watch.finish()):
+            raise self._past_disk_limit(passed)
+        out.seek(0)
+        err.seek(0)
+        stdout = read_capped(out.fileno(), "its stdout", budget)
+        # Killed by signal N: 128 + N, as a shell reports it and as the sandbox (whose
+        # init is the process started here) does.
+        code = process.returncode if process.returncode >= 0 else 128 - process.returncode
+        return code, stdout, read_capped(err.fileno(), "its stderr", budget)
+
+    def _disk_watch(
+        self,
+        directory: Path,
+        cancelled: threading.Event,
+        extra: Callable[[], int] = lambda: 0,
+        kept: tuple[Path, Usage] | None = None,
+    ) -> DiskWatch | None:
+        if self.disk_limit_mb is None:
+            return None
+        return DiskWatch(directory, self.disk_limit_mb << 20, cancelled, extra, kept)
+
+    def _past_disk_limit(self, passed: str, worker_kept: bool = True) -> ActionNotRun:
+        worker = "" if worker_kept else " (its persistent worker is discarded, with its home)"
+        return ActionNotRun(
+            f"the action was stopped at its disk limit: {passed}{worker} (this executor "
+            f"lets an action add {self.disk_limit_mb:,} MB and {MAX_NEW_ENTRIES:,} files and "
+            "directories, set by its --limit-disk); make it write less",
+            RESOURCE_EXHAUSTED,
+        )
 
     def _persistent(
         self,
@@ -483,11 +550,23 @@ class ActionRunner:
             # full): INTERNAL, which BuildGrid runs again, perhaps on another bot.
             code = INTERNAL if exc.ours else FAILED_PRECONDITION
             raise ActionNotRun(f"the persistent worker could not be started: {exc}", code) from None
+        try:  # its home's growth over the worker's life counts against each request
+            watch = self._disk_watch(
+                inputs.directory, cancelled, kept=(worker.home, worker.home_at_start)
+            )
+        except BaseException:
+            self.pool.release(worker, healthy=True)
+            raise
         try:
-            response = worker.call(request, timeout, cancelled)
+            response = worker.call(request, timeout, cancelled if watch is None else watch.stop)
         except WorkerCancelled as exc:
             # Singleplex: killed and reaped. Multiplex: kept if it answered the cancel.
-            self.pool.release(worker, healthy=exc.worker_healthy)
+            past = watch is not None and watch.passed and not cancelled.is_set()
+            kept = exc.worker_healthy and not (past and worker.home_grew())
+            self.pool.release(worker, healthy=kept)
+            if past:
+                assert watch is not None
+                raise self._past_disk_limit(watch.passed, worker_kept=kept) from None
             raise ActionCancelled("cancelled while its persistent worker ran it") from None
         except WorkerFault as exc:
             self.pool.release(worker, healthy=exc.worker_healthy)  # its group goes with it
@@ -504,7 +583,16 @@ class ActionRunner:
         except BaseException:  # not expected (a bug, the pipe loop gone): its state unknown
             self.pool.release(worker, healthy=False)  # discarded, its place under the cap freed
             raise
-        self.pool.release(worker, healthy=True)
+        finally:
+            if watch is not None:
+                watch.close()
+        passed = watch.finish() if watch is not None else ""
+        # A worker whose home holds more than it did (what it wrote there would count
+        # against every later request) goes, its home with it.
+        kept = not (passed and worker.home_grew())
+        self.pool.release(worker, healthy=kept)
+        if passed:
+            raise self._past_disk_limit(passed, worker_kept=kept)
         return response.exit_code, b"", response.output.encode(), reused, worker.pid
 
     def _result(
@@ -579,6 +667,11 @@ class ActionRunner:
         self.cas.upload_missing(blobs)
         metadata.output_upload_completed_timestamp.FromNanoseconds(time.time_ns())
         return result
+
+
+def _allocated(*files: IO[bytes]) -> int:
+    """The bytes of disk ``files`` take."""
+    return sum(os.fstat(f.fileno()).st_blocks * 512 for f in files)
 
 
 def _make_output_parents(command: re_pb2.Command, directory: Path) -> None:

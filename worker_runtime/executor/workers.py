@@ -31,6 +31,7 @@ from worker_runtime.backends.process import BackendProcess, BackendSpec
 from worker_runtime.config import RuntimeConfig
 from worker_runtime.errors import BackendError, BackendStartError
 from worker_runtime.eviction import largest_first
+from worker_runtime.executor.disk import Usage, measure
 from worker_runtime.executor.launch import launch
 from worker_runtime.executor.limits import Confinement, Group
 from worker_runtime.executor.removal import remove_tree
@@ -131,6 +132,8 @@ class PersistentWorker:
     backend: BackendProcess
     #: Its control group (None: no limits), removed when it stops.
     group: Group | None = None
+    #: What its home held when it started (its tool files).
+    home_at_start: Usage = field(default_factory=Usage)
     #: Whether the kernel killed it for its memory, as its group said when it stopped.
     _out_of_memory: bool = False
     requests: int = 0
@@ -234,6 +237,13 @@ class PersistentWorker:
             return sum(p.memory_info().rss for p in [root, *root.children(recursive=True)])
         except psutil.Error:
             return 0
+
+    def home_grew(self) -> bool:
+        """Whether its home holds more than it did when it started."""
+        usage = measure(self.home, stop_past=self.home_at_start)
+        return usage is not None and (
+            usage.bytes > self.home_at_start.bytes or usage.entries > self.home_at_start.entries
+        )
 
     def passed_memory_limit(self) -> bool:
         """Whether it was killed for passing its memory limit (still known once it is
@@ -379,6 +389,7 @@ class WorkerPool:
                 target.parent.mkdir(parents=True, exist_ok=True)
                 copy_tool_file(source, relative, target)
             hand_over(home, run_as)
+            at_start = measure(home) or Usage()  # what a disk limit does not count
             if self.confinement is not None:
                 group = self.confinement.group("worker")
             # The command the worker's own runs under (empty: Popen switches the uid). Its
@@ -411,7 +422,7 @@ class WorkerPool:
             max_response_bytes=self.max_response_bytes,
         )
         backend = BackendProcess(spec)
-        worker = PersistentWorker(identity, home, backend, group)
+        worker = PersistentWorker(identity, home, backend, group, at_start)
         try:
             LoopThread.shared().run(backend.start())
         except BackendStartError as exc:  # nothing was spawned: its group and home go

@@ -78,8 +78,8 @@ def run(
         else:
             wait(Path(value).exists, cancelled)
     if arguments[:1] in (["--fill"], ["--fill-home"]):  # a disk filler, then the rest
-        where = root if arguments[0] == "--fill" else Path.cwd()
-        (where / arguments[1]).write_bytes(b"\1" * (int(arguments[2]) << 20))
+        into = root if arguments[0] == "--fill" else Path.cwd()
+        (into / arguments[1]).write_bytes(b"\1" * (int(arguments[2]) << 20))
         arguments = arguments[3:]
     if arguments[:1] == ["--exit"]:
         os._exit(3)

@@ -158,3 +158,32 @@ def properties_setting(key: str, value: str) -> dict[str, str]:
             fail("[persistent_workers] " + key + ": " + repr(entry) + " is not name=value")
         properties[name.strip()] = item.strip()
     return properties
+
+def endpoint_problem(remote: dict[str, typing.Any]) -> str | None:
+    """What makes the remote settings unusable, or None.
+
+    The runtime's own check at its start (worker_runtime/config.py's endpoint_problem),
+    by the same rules, for a tool whose routing sends requests to the endpoint: every
+    action on it would otherwise fail as its worker's start does, far from the
+    .buckconfig at fault.
+
+    Args:
+      remote: the runtime config's `remote` object (WorkerSettingsInfo.remote).
+
+    Returns:
+      The problem, naming the [persistent_workers] key, or None.
+    """
+    endpoint = remote.get("endpoint", "")
+    target = endpoint
+    for scheme in ("grpcs://", "grpc://"):
+        if target.startswith(scheme):
+            target = target[len(scheme):]
+    if not target:
+        return "[persistent_workers] remote_endpoint = " + repr(endpoint) + " names no server (grpcs://host:port, say)"
+    tls = remote.get("tls", False) or endpoint.startswith("grpcs://")
+    for key in ("tls_ca_file", "credentials_file"):
+        if remote.get(key) and not tls:
+            return ("[persistent_workers] remote_" + key + " is set but the endpoint " + repr(endpoint) +
+                    " is not TLS: a bearer token or a CA is used only over TLS; use a grpcs:// " +
+                    "endpoint (or set remote_tls = true)")
+    return None

@@ -1,6 +1,6 @@
 """The worker_tool rule: a backend that speaks Bazel's worker protocol, run warm by worker-runtime."""
 
-load("//utils:settings.bzl", "ROUTINGS", "toolchain_target")
+load("//utils:settings.bzl", "ROUTINGS", "endpoint_problem", "toolchain_target")
 load("//worker:worker_settings_providers.bzl", "WorkerSettingsInfo")
 load("//worker:worker_tool_providers.bzl", "WorkerToolInfo")
 
@@ -132,6 +132,10 @@ def _worker_tool_impl(ctx: AnalysisContext) -> list[Provider]:
         fail("worker_tool " + ctx.label.name + ": routing " + routing + " sends requests to a " +
              "remote endpoint, and none is set: set [persistent_workers] remote_endpoint (the " +
              "REAPI server, e.g. grpcs://host:443), or use an execution platform with routing local")
+    if routing in _REMOTE_ROUTINGS:
+        problem = endpoint_problem(ctx.attrs._worker_settings[WorkerSettingsInfo].remote)
+        if problem:
+            fail("worker_tool " + ctx.label.name + ": " + problem)
     config = ctx.actions.write_json("worker_runtime.json", _runtime_config(ctx, backend))
     runtime = ctx.attrs._runtime[RunInfo]
     local = cmd_args(runtime, "serve", "--config", config, hidden = [backend, ctx.attrs.tool_inputs])

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 import starlark as sl
 
-from worker_runtime.config import REMOTE_ROUTINGS, ROUTINGS, config_from_mapping
+from worker_runtime.config import REMOTE_ROUTINGS, ROUTINGS, ConfigError, config_from_mapping
 from workers_dev.buck2_fake import CELLS, Buck2Fake
 from workers_dev.build_runner import worker_settings, worker_tool_targets
 from workers_dev.settings_doc import buckconfig_settings
@@ -280,6 +280,46 @@ def test_bad_remote_tls_is_an_analysis_error_naming_the_key() -> None:
         sl.StarlarkError, match=r"\[persistent_workers\] remote_tls = \"sometimes\""
     ):
         analyse_tool({("persistent_workers", "remote_tls"): "sometimes"}, [])
+
+
+@pytest.mark.parametrize(
+    ("settings", "message", "runtime_message"),
+    [
+        (
+            {"remote_endpoint": "grpcs://"},
+            r"remote_endpoint = \"grpcs://\" names no server",
+            "names no server",
+        ),
+        (
+            {"remote_endpoint": "grpc://re:80", "remote_credentials_file": "/t"},
+            r"remote_credentials_file is set but the endpoint \"grpc://re:80\" is not TLS",
+            "`credentials_file` is set but the endpoint 'grpc://re:80' is not TLS",
+        ),
+        (
+            {"remote_endpoint": "unix:///s.sock", "remote_tls_ca_file": "/ca.pem"},
+            "remote_tls_ca_file is set but the endpoint",
+            "`tls_ca_file` is set but the endpoint",
+        ),
+    ],
+)
+@pytest.mark.parametrize("routing", REMOTE_ROUTINGS)
+def test_remote_settings_the_runtime_refuses_are_analysis_errors(
+    settings: dict[str, str], message: str, runtime_message: str, routing: str
+) -> None:
+    """The runtime refused them at its start: every action on the tool failed as its
+    worker's start did, with a message far from the .buckconfig that caused it. As the
+    runtime, only where the routing sends requests to the endpoint."""
+    keyed = {("persistent_workers", key): value for key, value in settings.items()}
+    with pytest.raises(sl.StarlarkError, match=f"worker_tool .*: .*{message}"):
+        analyse_tool(keyed, [f"prelude//platforms:routing_{routing}"])
+    local = analyse_tool(keyed, [])
+    with pytest.raises(ConfigError, match=runtime_message):
+        config_from_mapping({**local, "routing": routing}).validated()
+    if "names no server" not in message:  # TLS makes both usable
+        analyse_tool(
+            {**keyed, ("persistent_workers", "remote_tls"): "true"},
+            [f"prelude//platforms:routing_{routing}"],
+        )
 
 
 def test_fake_checks_configuration_providers(tmp_path: Path) -> None:

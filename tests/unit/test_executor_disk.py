@@ -7,6 +7,7 @@ through the real ActionRunner, on the blob stand-in of test_executor_action_faul
 
 from __future__ import annotations
 
+import errno
 import os
 import sys
 import threading
@@ -21,7 +22,12 @@ from worker_runtime.executor import disk
 from worker_runtime.executor.blob_cache import BlobCache
 from worker_runtime.executor.disk import DiskWatch, Usage, default_tenant_disk_mb, measure
 from worker_runtime.executor.removal import remove_tree
-from worker_runtime.executor.runner import RESOURCE_EXHAUSTED, ActionNotRun, ActionRunner
+from worker_runtime.executor.runner import (
+    RESOURCE_EXHAUSTED,
+    ActionCancelled,
+    ActionNotRun,
+    ActionRunner,
+)
 from worker_runtime.executor.workers import WorkerPool
 from worker_runtime.proto import remote_execution_pb2 as re_pb2
 from worker_runtime.remote.cas import Cas
@@ -91,6 +97,39 @@ def test_a_tree_nesting_past_path_max_is_unmeasurable(tmp_path: Path) -> None:
         assert usage is not None and "a path of more than" in usage.unmeasurable
     finally:
         remove_tree(deep)
+
+
+def test_a_walk_goes_through_no_symlink_and_stops_inside_a_wide_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Opened below the root through no symlink at all (a tenant's symlink put in place
+    of a directory mid-walk once had root open what it pointed at, the last component
+    alone being O_NOFOLLOW); one wide directory no longer walked to its end past the
+    bound; a directory the executor may not read counts as passing (not root: the
+    tenant's doing), not as nothing."""
+    (tmp_path / "real" / "sub").mkdir(parents=True)
+    (tmp_path / "link").symlink_to(tmp_path / "real")
+    root_fd = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        with pytest.raises(OSError) as refused:
+            disk._open_below(root_fd, "link/sub")
+        assert refused.value.errno in (errno.ELOOP, errno.EXDEV)
+        os.close(disk._open_below(root_fd, "real/sub"))
+    finally:
+        os.close(root_fd)
+    wide = tmp_path / "wide"
+    wide.mkdir()
+    for number in range(10_000):
+        (wide / str(number)).touch()
+    usage = measure(wide, stop_past=Usage(bytes=1 << 40, entries=100))
+    assert usage is not None and 100 < usage.entries < 10_000
+
+    def unreadable(root_fd: int, relative: str) -> int:
+        raise PermissionError(errno.EACCES, "Permission denied", relative)
+
+    monkeypatch.setattr(disk, "_open_below", unreadable)
+    usage = measure(tmp_path)
+    assert usage is not None and "cannot be read (Permission denied)" in usage.unmeasurable
 
 
 def test_the_tenant_default_is_a_share_of_the_work_directorys_file_system(
@@ -208,11 +247,40 @@ def test_a_worker_that_filled_its_home_is_discarded_and_one_that_did_not_is_kept
 
 
 def test_a_cancel_still_reaches_an_action_under_a_disk_watch(tmp_path: Path) -> None:
-    """The watch stands between the lease's cancel and a persistent worker's call."""
+    """The watch stands between the lease's cancel and a persistent worker's call: the
+    action is cancelled, its worker released, and no watch is left running."""
     cancelled = threading.Event()
     watch = DiskWatch(tmp_path, MB, cancelled)
     cancelled.set()
     assert watch.stop.wait(10) and not watch.finish()
+
+    store = StoredBlobs()
+    pool = WorkerPool(tmp_path / "workers", 1, None, 60)
+    stand_in: Any = store
+    runner = ActionRunner(
+        cast(Cas, stand_in), cast(BlobCache, stand_in), pool, tmp_path, "bot-under-test",
+        disk_limit_mb=1,
+    )  # fmt: skip
+    for action in (
+        persistent_action(store, "--sleep\n60\n--out\no.txt\nin.txt\n"),
+        action_of(store, "exec sleep 60", [], {}),
+    ):
+        lease = threading.Event()
+        threading.Timer(1.0, lease.set).start()
+        try:
+            with pytest.raises(ActionCancelled):
+                runner.run(action, "main", lease)
+        finally:
+            pool.stop_all()
+        assert pool.pids() == []
+        assert not [t for t in threading.enumerate() if t.name == "disk-watch"]
+
+
+def test_a_worker_that_fills_the_disk_and_then_fails_is_the_disks_case(tmp_path: Path) -> None:
+    """It was INTERNAL (the worker failed), which the server runs again elsewhere."""
+    store = StoredBlobs()
+    message = refused(tmp_path, persistent_action(store, "--fill\nbig\n3\n--exit\n"), store)
+    assert "it wrote more than 1 MB" in message
 
 
 def test_a_one_shot_action_killed_by_a_signal_reports_128_plus_its_number(

@@ -412,6 +412,17 @@ def _executor_option_problem(
     return None
 
 
+def executor_options(sandbox: bool | None, limits: dict[str, int | float | None]) -> list[str]:
+    """The options `up` starts each executor with, each number as the executor reads it
+    back (an int never as ``1e+06``, which its int option refuses: a running set was
+    stopped for one that could not start)."""
+    options = {True: ["--sandbox"], False: ["--no-sandbox"], None: []}[sandbox]
+    for name, value in limits.items():
+        if value is not None:
+            options += [name, str(value) if isinstance(value, int) else repr(float(value))]
+    return options
+
+
 def _count(text: str) -> int:
     number = int(text)
     if number < 0:
@@ -443,10 +454,10 @@ def up_main(argv: Sequence[str]) -> int:
             name, type=kind, metavar="N", help=f"the executors' {name} (as `executor` says)"
         )
     args = parser.parse_args(argv)
-    options = {True: ["--sandbox"], False: ["--no-sandbox"], None: []}[args.sandbox]
-    for name in ("limit_memory", "limit_cpus", "limit_pids", "limit_disk"):
-        if getattr(args, name) is not None:
-            options += [f"--{name.replace('_', '-')}", f"{getattr(args, name):g}"]
+    limits = ("limit_memory", "limit_cpus", "limit_pids", "limit_disk")
+    options = executor_options(
+        args.sandbox, {f"--{n.replace('_', '-')}": getattr(args, n) for n in limits}
+    )
     layout = ClusterLayout.from_dir(args.dir)
     if (problem := _executor_option_problem(layout, args.executors, options)) is not None:
         parser.error(problem)

@@ -5,21 +5,26 @@ An action's usage is what its directory holds beyond what it held when the actio
 started (its inputs): the blocks allocated to each file and directory (each inode once,
 however many names it has, a sparse file by what it really takes), and the number of
 entries, since files of no size still use up the file system's inodes. A one-shot
-action's stdout and stderr, which the executor keeps in files of its own, count too.
+action's stdout and stderr, which the executor keeps in files of its own, count too, as
+does what a persistent worker's home holds beyond its tool files.
 
-The directory is the tenant's while it is walked: the walk never follows a symlink,
-opens one directory at a time, and skips a directory that is no longer the one its
-parent listed (a rename or a symlink put in its place mid-walk). A path longer than the
-file system lets the executor open (``PATH_MAX``) cannot be measured, and counts as
-passing the limit: no build nests that deep.
+The directory is the tenant's while it is walked: each directory is opened below the
+root through no symlink and no mount (openat2; where the kernel lacks it, O_NOFOLLOW on
+the last component), one at a time, and skipped if it is no longer the one its parent
+listed. A directory the executor may not read (it is not root), or a path longer than
+it can open (``PATH_MAX``), counts as passing the limit: no build needs either.
 
 The watch measures every second while the action runs (less often when the walk is
-slow: it spends at most a tenth of its time walking), and once more when the action
-ends, so that an action that writes past the limit fails however quickly it does so."""
+slow, at most a tenth of its time walking, and at least every five seconds), and once
+more when the action ends, so that an action that writes past the limit fails however
+quickly it does so. It is a walk, not a quota: what it cannot see (a file unlinked and
+still held open, a directory moved from a part not yet walked to one already walked,
+what a worker writes between requests) it does not count; docs/isolation.md says so."""
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import errno
 import os
 import stat
@@ -33,8 +38,12 @@ from pathlib import Path
 CHECK_INTERVAL_S = 1.0
 #: At most this share of the watch's time goes to walking.
 WALKING_SHARE = 0.1
+#: The longest wait between two measures, however slow the walk.
+MAX_INTERVAL_S = 5.0
 #: How often the watch looks at the lease's cancel between measures.
 _POLL_S = 0.05
+#: A walk asks whether to stop, and checks its bound, every this many entries.
+_LOOK_EVERY = 4096
 #: The most files and directories an action may add under a disk limit.
 MAX_NEW_ENTRIES = 1_000_000
 #: The share of the work directory's file system each action may fill when the executor
@@ -61,60 +70,116 @@ def default_tenant_disk_mb(workdir: Path) -> int:
     return max(1, int(info.f_blocks * info.f_frsize * DEFAULT_TENANT_DISK_SHARE) >> 20)
 
 
+class _OpenHow(ctypes.Structure):
+    """openat2's ``struct open_how``."""
+
+    _fields_ = [("flags", ctypes.c_uint64), ("mode", ctypes.c_uint64), ("resolve", ctypes.c_uint64)]
+
+
+_LIBC = ctypes.CDLL(None, use_errno=True)
+_LIBC.syscall.restype = ctypes.c_long
+#: openat2 (Linux 5.6), the same number on every architecture.
+_SYS_OPENAT2 = 437
+#: RESOLVE_NO_XDEV | RESOLVE_NO_MAGICLINKS | RESOLVE_NO_SYMLINKS | RESOLVE_BENEATH: a path
+#: below the root, through no symlink and no mount, or an error.
+_RESOLVE_INSIDE = 0x01 | 0x02 | 0x04 | 0x08
+_openat2 = [True]
+
+
+def _open_below(root_fd: int, relative: str) -> int:
+    """The directory ``relative`` below ``root_fd``: with openat2 through no symlink or
+    mount at all; where the kernel lacks it, with O_NOFOLLOW on the last component only
+    (the caller checks that it is the directory its parent listed)."""
+    if _openat2[0]:
+        how = _OpenHow(_OPEN_DIRECTORY, 0, _RESOLVE_INSIDE)
+        fd = _LIBC.syscall(
+            ctypes.c_long(_SYS_OPENAT2), ctypes.c_int(root_fd),
+            ctypes.c_char_p(os.fsencode(relative)), ctypes.byref(how),
+            ctypes.c_size_t(ctypes.sizeof(how)),
+        )  # fmt: skip
+        if fd >= 0:
+            return int(fd)
+        code = ctypes.get_errno()
+        if code != errno.ENOSYS:
+            raise OSError(code, os.strerror(code), relative)
+        _openat2[0] = False
+    return os.open(relative, _OPEN_DIRECTORY, dir_fd=root_fd)
+
+
 def measure(
     root: Path, stop_past: Usage | None = None, interrupted: Callable[[], bool] = lambda: False
 ) -> Usage | None:
-    """What ``root`` holds (never through a symlink). Stops early once past either of
-    ``stop_past``'s figures (the result is then past it too); None when ``interrupted``
-    says so between directories."""
-    seen: set[tuple[int, int]] = set()
-    total = entries = 0
+    """What ``root`` holds (never through a symlink, nor into another file system).
+    Stops early once past either of ``stop_past``'s figures (the result is then past it
+    too); None when ``interrupted`` says so (asked every ``_LOOK_EVERY`` entries)."""
     try:
-        top = os.lstat(root)
+        root_fd = os.open(root, _OPEN_DIRECTORY)
     except OSError as exc:
         if exc.errno in _GONE:
             return Usage()
         raise
-    pending = [(str(root), top.st_dev, top.st_ino)]
-    total += top.st_blocks * 512
+    try:
+        return _walk(root_fd, stop_past, interrupted)
+    finally:
+        os.close(root_fd)
+
+
+def _walk(root_fd: int, stop_past: Usage | None, interrupted: Callable[[], bool]) -> Usage | None:
+    top = os.fstat(root_fd)
+    seen: set[int] = set()
+    total, entries = top.st_blocks * 512, 0
+    pending: list[tuple[str, int]] = [(".", top.st_ino)]
     while pending:
-        if interrupted():
-            return None
-        path, device, inode = pending.pop()
+        relative, inode = pending.pop()
         try:
-            fd = os.open(path, _OPEN_DIRECTORY)
+            fd = root_fd if relative == "." else _open_below(root_fd, relative)
         except OSError as exc:
+            if exc.errno in _GONE or exc.errno == errno.EXDEV:
+                continue  # gone, or a symlink or mount put in its place
             if exc.errno == errno.ENAMETOOLONG:
-                return Usage(total, entries, f"a path of more than {len(path) - 1} bytes")
-            if exc.errno in _GONE or exc.errno == errno.EACCES:
-                continue  # gone or replaced by a symlink; unreadable (no tenants: the operator's)
+                return Usage(total, entries, f"a path of more than {len(relative)} bytes")
+            if exc.errno in (errno.EACCES, errno.EPERM):  # not root: the tenant's doing
+                return Usage(total, entries, f"{relative!r} cannot be read ({exc.strerror})")
             raise
         try:
-            opened = os.fstat(fd)
-            if (opened.st_dev, opened.st_ino) != (device, inode):
+            if os.fstat(fd).st_ino != inode:
                 continue  # not the directory its parent listed
             with os.scandir(fd) as listing:
                 for entry in listing:
                     entries += 1
+                    if entries % _LOOK_EVERY == 0:
+                        if interrupted():
+                            return None
+                        if _past(total, entries, stop_past):
+                            return Usage(total, entries)
                     try:
                         info = entry.stat(follow_symlinks=False)
                     except OSError as exc:
                         if exc.errno in _GONE:
                             continue
                         raise
-                    key = (info.st_dev, info.st_ino)
+                    if info.st_dev != top.st_dev:
+                        continue  # a mount point: not this file system's blocks
                     if info.st_nlink > 1 and not stat.S_ISDIR(info.st_mode):
-                        if key in seen:
+                        if info.st_ino in seen:
                             continue
-                        seen.add(key)
+                        seen.add(info.st_ino)
                     total += info.st_blocks * 512
                     if stat.S_ISDIR(info.st_mode):
-                        pending.append((f"{path}/{entry.name}", info.st_dev, info.st_ino))
+                        below = entry.name if relative == "." else f"{relative}/{entry.name}"
+                        pending.append((below, info.st_ino))
         finally:
-            os.close(fd)
-        if stop_past is not None and (total > stop_past.bytes or entries > stop_past.entries):
+            if fd != root_fd:
+                os.close(fd)
+        if interrupted():
+            return None
+        if _past(total, entries, stop_past):
             break
     return Usage(total, entries)
+
+
+def _past(total: int, entries: int, bound: Usage | None) -> bool:
+    return bound is not None and (total > bound.bytes or entries > bound.entries)
 
 
 class DiskWatch:
@@ -189,7 +254,8 @@ class DiskWatch:
             if self.passed:
                 return
             spent = time.monotonic() - began
-            due = time.monotonic() + max(CHECK_INTERVAL_S, spent / WALKING_SHARE)
+            interval = min(MAX_INTERVAL_S, max(CHECK_INTERVAL_S, spent / WALKING_SHARE))
+            due = time.monotonic() + interval
 
     def finish(self) -> str:
         """Ends the watch and measures once more: what the action passed, or ""."""

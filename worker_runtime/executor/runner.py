@@ -49,6 +49,7 @@ from worker_runtime.executor.sandbox import Sandbox, wants_network
 from worker_runtime.executor.tenants import RunAs, hand_over
 from worker_runtime.executor.workers import (
     AcquireCancelled,
+    PersistentWorker,
     WorkerCancelled,
     WorkerFault,
     WorkerPool,
@@ -439,7 +440,7 @@ class ActionRunner:
             # polls with growing sleeps, which would add up to 50 ms to every action).
             exited = os.pidfd_open(process.pid)
             try:
-                while not stop.is_set() and time.monotonic() < deadline:
+                while not (stop.is_set() or cancelled.is_set()) and time.monotonic() < deadline:
                     if select.select([exited], [], [], 0.05)[0]:
                         finished = True
                         break
@@ -561,15 +562,18 @@ class ActionRunner:
             response = worker.call(request, timeout, cancelled if watch is None else watch.stop)
         except WorkerCancelled as exc:
             # Singleplex: killed and reaped. Multiplex: kept if it answered the cancel.
-            past = watch is not None and watch.passed and not cancelled.is_set()
-            kept = exc.worker_healthy and not (past and worker.home_grew())
-            self.pool.release(worker, healthy=kept)
+            past = watch.passed if watch is not None and not cancelled.is_set() else ""
+            kept = self._release_after(worker, exc.worker_healthy, past)
             if past:
-                assert watch is not None
-                raise self._past_disk_limit(watch.passed, worker_kept=kept) from None
+                raise self._past_disk_limit(past, worker_kept=kept) from None
             raise ActionCancelled("cancelled while its persistent worker ran it") from None
         except WorkerFault as exc:
-            self.pool.release(worker, healthy=exc.worker_healthy)  # its group goes with it
+            # A worker that wrote past the limit and then failed (its disk full, say)
+            # is the disk's case, not a fault the server retries elsewhere.
+            past = self._finished_watch(watch, worker)
+            kept = self._release_after(worker, exc.worker_healthy, past)  # its group goes too
+            if past:
+                raise self._past_disk_limit(past, worker_kept=kept) from None
             if worker.passed_memory_limit():
                 assert self.confinement is not None
                 raise ActionNotRun(
@@ -586,14 +590,34 @@ class ActionRunner:
         finally:
             if watch is not None:
                 watch.close()
-        passed = watch.finish() if watch is not None else ""
-        # A worker whose home holds more than it did (what it wrote there would count
-        # against every later request) goes, its home with it.
-        kept = not (passed and worker.home_grew())
-        self.pool.release(worker, healthy=kept)
+        passed = self._finished_watch(watch, worker)
+        kept = self._release_after(worker, True, passed)
         if passed:
             raise self._past_disk_limit(passed, worker_kept=kept)
         return response.exit_code, b"", response.output.encode(), reused, worker.pid
+
+    def _finished_watch(self, watch: DiskWatch | None, worker: PersistentWorker) -> str:
+        """What the request passed, measured once more; the worker is discarded if that
+        cannot be measured (it is not released until the caller does so)."""
+        if watch is None:
+            return ""
+        try:
+            return watch.finish()
+        except BaseException:
+            self.pool.release(worker, healthy=False)
+            raise
+
+    def _release_after(self, worker: PersistentWorker, healthy: bool, passed: str) -> bool:
+        """Releases the worker after its request; one that passed the disk limit and
+        whose home holds more than it did (what it wrote there would count against every
+        later request) goes, its home with it. Whether it was kept."""
+        try:
+            kept = healthy and not (passed and worker.home_grew())
+        except BaseException:
+            self.pool.release(worker, healthy=False)
+            raise
+        self.pool.release(worker, healthy=kept)
+        return kept
 
     def _result(
         self,

@@ -242,7 +242,9 @@ class PersistentWorker:
         """Whether its home holds more than it did when it started."""
         usage = measure(self.home, stop_past=self.home_at_start)
         return usage is not None and (
-            usage.bytes > self.home_at_start.bytes or usage.entries > self.home_at_start.entries
+            bool(usage.unmeasurable)
+            or usage.bytes > self.home_at_start.bytes
+            or usage.entries > self.home_at_start.entries
         )
 
     def passed_memory_limit(self) -> bool:

@@ -766,15 +766,16 @@ def answer_once_released(worker: subprocess.Popen[bytes], fifo: Path) -> object:
 
 
 def worker_holding_request_1(
-    tmp_path: Path, *then: Mapping[str, object]
+    tmp_path: Path, *then: Mapping[str, object], jvm_flags: str = ""
 ) -> subprocess.Popen[bytes]:
     """A multiplex worker (stderr to worker.stderr) given request 1, which compiles A.java
     into first/ and is held until held.fifo has a reader, then the requests ``then``."""
     (tmp_path / "A.java").write_text("class A {}\n")
     os.mkfifo(tmp_path / "held.fifo")
+    env = {**os.environ, "JAVAC_WORKER_JVM_FLAGS": jvm_flags} if jvm_flags else None
     with (tmp_path / "worker.stderr").open("wb") as stderr:
         worker = subprocess.Popen(
-            [JAVAC_WORKER, "--persistent_worker"],
+            [JAVAC_WORKER, "--persistent_worker"], env=env,
             cwd=tmp_path, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=stderr,
         )  # fmt: skip
     assert worker.stdin
@@ -1131,6 +1132,29 @@ def test_multiplex_compiles_wait_their_turn_and_a_waiting_one_cancels_at_once(
         worker.kill()
         worker.wait()
     assert (tmp_path / "one" / "A.class").exists() and not (tmp_path / "two").exists()
+
+
+def test_requests_waiting_for_a_compile_slot_compile_in_the_order_they_came(
+    tmp_path: Path,
+) -> None:
+    """With one slot, the requests waiting for it compile in the order they were read.
+    Each once polled the slot every 20 ms, and whichever asked first when it freed went
+    first: a request could wait behind any number that came after it."""
+    later = [{"arguments": ["-d", f"out{n}", "A.java"], "requestId": n} for n in range(2, 10)]
+    worker = worker_holding_request_1(
+        tmp_path, *later, jvm_flags="-Dbuck2.workers.javac.maxCompiles=1"
+    )
+    assert worker.stdin and worker.stdout
+    try:
+        time.sleep(0.5)  # (not a timing assertion: the others get to wait a while)
+        first: Any = answer_once_released(worker, tmp_path / "held.fifo")
+        rest = [json.loads(worker.stdout.readline())["requestId"] for _ in later]
+        assert [first["requestId"], *rest] == list(range(1, 10))
+        worker.stdin.close()
+        assert worker.wait(timeout=60) == 0
+    finally:
+        worker.kill()
+        worker.wait()
 
 
 def test_the_workers_build_by_a_newer_jdk_loads_in_the_older_java(tmp_path: Path) -> None:

@@ -56,12 +56,19 @@ public final class JavacWorker {
   static final String MAX_COMPILES_PROPERTY = "buck2.workers.javac.maxCompiles";
 
   /**
-   * Compiles running at once in multiplex mode; the other requests wait their turn. Each
-   * compile holds a javac and its trees in memory: without a bound, many large requests at
-   * once ended in an OutOfMemoryError, which ends the worker and every request in flight.
+   * Compiles running at once in multiplex mode; the other requests wait their turn, in the
+   * order they were read (a request under a cancelled one's id: from when that one is
+   * answered). Each compile holds a javac and its trees in memory: without a bound, many
+   * large requests at once ended in an OutOfMemoryError, which ends the worker and every
+   * request in flight. Guarded by {@link #turns}, which is notified whenever a slot frees,
+   * a request joins or leaves the queue, or a waiting one is cancelled.
    */
-  private final java.util.concurrent.Semaphore compiling =
-      new java.util.concurrent.Semaphore(maxCompiles());
+  private int freeSlots = maxCompiles();
+
+  /** The multiplex requests waiting for a slot, first come first served. */
+  private final java.util.ArrayDeque<InFlight> queue = new java.util.ArrayDeque<>();
+
+  private final Object turns = new Object();
 
   /** The property's value, at least 1 (0 or less would let no request compile, ever). */
   private static int maxCompiles() {
@@ -210,6 +217,9 @@ public final class JavacWorker {
         InFlight state = inFlight.get(request.requestId);
         if (state != null) {
           state.cancelled = true;
+          synchronized (turns) {
+            turns.notifyAll(); // one waiting for a slot answers at once
+          }
         }
         continue;
       }
@@ -234,6 +244,11 @@ public final class JavacWorker {
                   + ", which is already in flight (a client must not reuse an id before its"
                   + " answer): " + request.arguments);
           continue;
+        }
+        if (state.after == null) {
+          synchronized (turns) {
+            queue.add(state); // its place in line: the order requests are read
+          }
         }
         Thread thread = new Thread(() -> handle(request, state), "javac-request-" + request.requestId);
         thread.setDaemon(true);
@@ -263,7 +278,10 @@ public final class JavacWorker {
         compileAndRespond(request, state);
       } finally {
         if (state != null) {
-          compiling.release();
+          synchronized (turns) {
+            freeSlots++;
+            turns.notifyAll();
+          }
         }
       }
     } finally {
@@ -275,28 +293,40 @@ public final class JavacWorker {
 
   /**
    * Waits for the answer of the cancelled request under the same id, if any, then for a
-   * compile slot; false if the request was cancelled first.
+   * compile slot, in line; false if the request was cancelled first (it leaves the line).
    */
   private boolean awaitTurn(InFlight state) {
     try {
       if (state.after != null) {
         state.after.answered.await();
         state.after = null;
-      }
-      while (!compiling.tryAcquire(20, java.util.concurrent.TimeUnit.MILLISECONDS)) {
-        if (state.cancelled) {
-          return false;
+        synchronized (turns) {
+          queue.add(state);
         }
+      }
+      synchronized (turns) {
+        boolean granted = false;
+        try {
+          while (!state.cancelled && !(freeSlots > 0 && queue.peekFirst() == state)) {
+            turns.wait();
+          }
+          if (!state.cancelled) {
+            queue.removeFirst();
+            freeSlots--;
+            granted = true;
+          }
+        } finally {
+          if (!granted) {
+            queue.remove(state); // cancelled or interrupted: out of the line
+          }
+          turns.notifyAll(); // the next in line may have a slot now
+        }
+        return granted;
       }
     } catch (InterruptedException e) {
       Thread.currentThread().interrupt();
       return false;
     }
-    if (state.cancelled) {
-      compiling.release();
-      return false;
-    }
-    return true;
   }
 
   private void compileAndRespond(WireFormat.Request request, InFlight state) {

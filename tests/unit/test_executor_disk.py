@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import errno
 import os
+import shutil
 import sys
+import tempfile
 import threading
 from pathlib import Path
 from typing import Any, cast
@@ -111,10 +113,11 @@ def test_a_walk_goes_through_no_symlink_and_stops_inside_a_wide_directory(
     (tmp_path / "link").symlink_to(tmp_path / "real")
     root_fd = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)
     try:
+        os.close(disk._open_below(root_fd, "real/sub"))
+        assert disk._openat2[0], "openat2 is unavailable: this test needs it (Linux 5.6)"
         with pytest.raises(OSError) as refused:
             disk._open_below(root_fd, "link/sub")
         assert refused.value.errno in (errno.ELOOP, errno.EXDEV)
-        os.close(disk._open_below(root_fd, "real/sub"))
     finally:
         os.close(root_fd)
     wide = tmp_path / "wide"
@@ -130,6 +133,36 @@ def test_a_walk_goes_through_no_symlink_and_stops_inside_a_wide_directory(
     monkeypatch.setattr(disk, "_open_below", unreadable)
     usage = measure(tmp_path)
     assert usage is not None and "cannot be read (Permission denied)" in usage.unmeasurable
+
+
+@pytest.mark.needs_root("it measures as another uid (seteuid)")
+def test_what_the_executor_may_not_read_or_search_counts_as_passing() -> None:
+    """Not root (--limit-disk without tenants): a directory it may read but not search
+    raised from the walk (INTERNAL at the end, retried elsewhere), and one it may not
+    open at all the same; both count as passing the limit now."""
+    top = Path(tempfile.mkdtemp(prefix="wr-disk-"))
+    try:
+        top.chmod(0o755)
+        for name, mode in (("unsearchable", 0o644), ("closed", 0o000)):
+            tree = top / name
+            (tree / "sub").mkdir(parents=True)
+            (tree / "sub" / "file").write_bytes(b"x")
+            for path in (tree, tree / "sub", tree / "sub" / "file"):
+                os.chown(path, 65534, 65534)
+            (tree / "sub").chmod(mode)
+        os.setegid(65534)
+        os.seteuid(65534)
+        try:
+            seen = {name: measure(top / name) for name in ("unsearchable", "closed")}
+            whole = measure(top / "closed" / "sub")
+        finally:
+            os.seteuid(0)
+            os.setegid(0)
+        for usage in seen.values():
+            assert usage is not None and "cannot be read (Permission denied)" in usage.unmeasurable
+        assert whole is not None and "it cannot be read" in whole.unmeasurable
+    finally:
+        shutil.rmtree(top)
 
 
 def test_the_tenant_default_is_a_share_of_the_work_directorys_file_system(
@@ -246,9 +279,12 @@ def test_a_worker_that_filled_its_home_is_discarded_and_one_that_did_not_is_kept
         pool.stop_all()
 
 
-def test_a_cancel_still_reaches_an_action_under_a_disk_watch(tmp_path: Path) -> None:
+def test_a_cancel_still_reaches_an_action_under_a_disk_watch(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """The watch stands between the lease's cancel and a persistent worker's call: the
-    action is cancelled, its worker released, and no watch is left running."""
+    action is cancelled, its worker released, and no watch is left running. A one-shot
+    action's wait looks at the cancel itself, whatever its watch does."""
     cancelled = threading.Event()
     watch = DiskWatch(tmp_path, MB, cancelled)
     cancelled.set()
@@ -261,19 +297,26 @@ def test_a_cancel_still_reaches_an_action_under_a_disk_watch(tmp_path: Path) -> 
         cast(Cas, stand_in), cast(BlobCache, stand_in), pool, tmp_path, "bot-under-test",
         disk_limit_mb=1,
     )  # fmt: skip
-    for action in (
-        persistent_action(store, "--sleep\n60\n--out\no.txt\nin.txt\n"),
-        action_of(store, "exec sleep 60", [], {}),
-    ):
-        lease = threading.Event()
-        threading.Timer(1.0, lease.set).start()
-        try:
-            with pytest.raises(ActionCancelled):
-                runner.run(action, "main", lease)
-        finally:
-            pool.stop_all()
-        assert pool.pids() == []
-        assert not [t for t in threading.enumerate() if t.name == "disk-watch"]
+    lease = threading.Event()
+    watching = DiskWatch.__init__
+
+    def cancelled_once_watched(watch: DiskWatch, *args: Any, **kwargs: Any) -> None:
+        watching(watch, *args, **kwargs)
+        threading.Timer(0.5, lease.set).start()  # the lease cancelled under the watch
+
+    monkeypatch.setattr(DiskWatch, "__init__", cancelled_once_watched)
+    try:
+        with pytest.raises(ActionCancelled):  # singleplex: killed, and not kept
+            runner.run(persistent_action(store, "--sleep\n60\n--out\no.txt\nin.txt\n"),
+                       "main", lease)  # fmt: skip
+        assert pool.pids() == []  # released: discarded, its place under the cap freed
+        lease.clear()
+        monkeypatch.setattr(DiskWatch, "_watch", lambda watch: None)  # a watch that is stuck
+        with pytest.raises(ActionCancelled):
+            runner.run(action_of(store, "exec sleep 60", [], {}), "main", lease)
+    finally:
+        pool.stop_all()
+    assert not [t for t in threading.enumerate() if t.name == "disk-watch"]
 
 
 def test_a_worker_that_fills_the_disk_and_then_fails_is_the_disks_case(tmp_path: Path) -> None:

@@ -23,10 +23,11 @@ what a worker writes between requests) it does not count; docs/isolation.md says
 
 from __future__ import annotations
 
-import contextlib
 import ctypes
 import errno
+import logging
 import os
+import platform
 import stat
 import threading
 import time
@@ -49,9 +50,13 @@ MAX_NEW_ENTRIES = 1_000_000
 #: The share of the work directory's file system each action may fill when the executor
 #: runs tenants and the operator set no --limit-disk.
 DEFAULT_TENANT_DISK_SHARE = 0.10
+LOGGER = logging.getLogger(__name__)
 _OPEN_DIRECTORY = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 #: The errors of a directory that went away, or was replaced, while it was walked.
 _GONE = frozenset({errno.ENOENT, errno.ENOTDIR, errno.ELOOP})
+#: The errors of what the executor may not read or search (it is not root: the tenant's
+#: doing, counted as passing the limit).
+_UNREADABLE = frozenset({errno.EACCES, errno.EPERM})
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,12 +83,21 @@ class _OpenHow(ctypes.Structure):
 
 _LIBC = ctypes.CDLL(None, use_errno=True)
 _LIBC.syscall.restype = ctypes.c_long
-#: openat2 (Linux 5.6), the same number on every architecture.
+#: openat2 (Linux 5.6): 437 on the architectures that share the generic numbering
+#: (others, alpha, MIPS, ia64, have their own, and take the fallback).
 _SYS_OPENAT2 = 437
+_GENERIC_NUMBERING = {
+    "x86_64", "i386", "i686", "aarch64", "arm64", "armv7l", "armv8l", "riscv64",
+    "ppc64le", "ppc64", "s390x", "loongarch64",
+}  # fmt: skip
 #: RESOLVE_NO_XDEV | RESOLVE_NO_MAGICLINKS | RESOLVE_NO_SYMLINKS | RESOLVE_BENEATH: a path
 #: below the root, through no symlink and no mount, or an error.
 _RESOLVE_INSIDE = 0x01 | 0x02 | 0x04 | 0x08
-_openat2 = [True]
+#: What openat2 fails with where it cannot be used: the kernel lacks it (ENOSYS), a
+#: seccomp filter refuses it (EPERM: Docker's default profile on many versions), or it
+#: takes another struct (EINVAL, E2BIG).
+_UNAVAILABLE = frozenset({errno.ENOSYS, errno.EPERM, errno.EINVAL, errno.E2BIG})
+_openat2 = [platform.machine() in _GENERIC_NUMBERING]
 
 
 def _open_below(root_fd: int, relative: str) -> int:
@@ -100,9 +114,14 @@ def _open_below(root_fd: int, relative: str) -> int:
         if fd >= 0:
             return int(fd)
         code = ctypes.get_errno()
-        if code != errno.ENOSYS:
+        if code not in _UNAVAILABLE:
             raise OSError(code, os.strerror(code), relative)
         _openat2[0] = False
+        LOGGER.warning(
+            "openat2 cannot be used here (%s): the disk limit's walk opens each directory "
+            "with O_NOFOLLOW on its last component only",
+            os.strerror(code),
+        )
     return os.open(relative, _OPEN_DIRECTORY, dir_fd=root_fd)
 
 
@@ -117,6 +136,8 @@ def measure(
     except OSError as exc:
         if exc.errno in _GONE:
             return Usage()
+        if exc.errno in _UNREADABLE:
+            return Usage(unmeasurable=f"it cannot be read ({exc.strerror})")
         raise
     try:
         return _walk(root_fd, stop_past, interrupted)
@@ -126,11 +147,14 @@ def measure(
 
 def _walk(root_fd: int, stop_past: Usage | None, interrupted: Callable[[], bool]) -> Usage | None:
     top = os.fstat(root_fd)
-    seen: set[int] = set()
+    seen: set[tuple[int, int]] = set()
     total, entries = top.st_blocks * 512, 0
-    pending: list[tuple[str, int]] = [(".", top.st_ino)]
+    # (parent, name, device, inode): a parent's path is one string its children share,
+    # so that a million directories at the bottom of a deep path do not each hold a copy.
+    pending: list[tuple[str, str, int, int]] = [("", ".", top.st_dev, top.st_ino)]
     while pending:
-        relative, inode = pending.pop()
+        parent, name, device, inode = pending.pop()
+        relative = f"{parent}/{name}" if parent else name
         try:
             fd = root_fd if relative == "." else _open_below(root_fd, relative)
         except OSError as exc:
@@ -138,11 +162,12 @@ def _walk(root_fd: int, stop_past: Usage | None, interrupted: Callable[[], bool]
                 continue  # gone, or a symlink or mount put in its place
             if exc.errno == errno.ENAMETOOLONG:
                 return Usage(total, entries, f"a path of more than {len(relative)} bytes")
-            if exc.errno in (errno.EACCES, errno.EPERM):  # not root: the tenant's doing
+            if exc.errno in _UNREADABLE:  # not root: the tenant's doing
                 return Usage(total, entries, f"{relative!r} cannot be read ({exc.strerror})")
             raise
         try:
-            if os.fstat(fd).st_ino != inode:
+            opened = os.fstat(fd)
+            if (opened.st_dev, opened.st_ino) != (device, inode):
                 continue  # not the directory its parent listed
             with os.scandir(fd) as listing:
                 for entry in listing:
@@ -157,17 +182,21 @@ def _walk(root_fd: int, stop_past: Usage | None, interrupted: Callable[[], bool]
                     except OSError as exc:
                         if exc.errno in _GONE:
                             continue
+                        if exc.errno in _UNREADABLE:  # a directory it may read, not search
+                            where = f"{relative}/{entry.name}"
+                            return Usage(
+                                total, entries, f"{where!r} cannot be read ({exc.strerror})"
+                            )
                         raise
-                    if info.st_dev != top.st_dev:
-                        continue  # a mount point: not this file system's blocks
+                    key = (info.st_dev, info.st_ino)
                     if info.st_nlink > 1 and not stat.S_ISDIR(info.st_mode):
-                        if info.st_ino in seen:
+                        if key in seen:
                             continue
-                        seen.add(info.st_ino)
+                        seen.add(key)
                     total += info.st_blocks * 512
                     if stat.S_ISDIR(info.st_mode):
-                        below = entry.name if relative == "." else f"{relative}/{entry.name}"
-                        pending.append((below, info.st_ino))
+                        below = "" if relative == "." else relative
+                        pending.append((below, entry.name, info.st_dev, info.st_ino))
         finally:
             if fd != root_fd:
                 os.close(fd)
@@ -227,7 +256,7 @@ class DiskWatch:
             if usage is None:
                 return
             if usage.unmeasurable:
-                self.passed = f"its directory nests too deep to measure ({usage.unmeasurable})"
+                self.passed = f"its directory cannot be measured: {usage.unmeasurable}"
                 self.stop.set()
                 return
             added_bytes += usage.bytes - baseline.bytes
@@ -242,6 +271,7 @@ class DiskWatch:
 
     def _watch(self) -> None:
         due = time.monotonic() + CHECK_INTERVAL_S
+        failed = False
         while not self._done.wait(_POLL_S):
             if self.cancelled.is_set():
                 self.stop.set()
@@ -249,8 +279,12 @@ class DiskWatch:
             if time.monotonic() < due:
                 continue
             began = time.monotonic()
-            with contextlib.suppress(OSError):  # measured again at the end, which raises it
+            try:
                 self._check(lambda: self._done.is_set() or self.cancelled.is_set())
+            except Exception:  # measured again at the end, which raises it; the cancel
+                if not failed:  # is still passed on meanwhile
+                    LOGGER.exception("the disk watch of %s cannot measure it", self.roots[0][0])
+                failed = True
             if self.passed:
                 return
             spent = time.monotonic() - began

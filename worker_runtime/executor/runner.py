@@ -562,9 +562,11 @@ class ActionRunner:
             response = worker.call(request, timeout, cancelled if watch is None else watch.stop)
         except WorkerCancelled as exc:
             # Singleplex: killed and reaped. Multiplex: kept if it answered the cancel.
-            past = watch.passed if watch is not None and not cancelled.is_set() else ""
+            # (A watch that passed goes on the worker's home even if the lease was
+            # cancelled too.)
+            past = watch.passed if watch is not None else ""
             kept = self._release_after(worker, exc.worker_healthy, past)
-            if past:
+            if past and not cancelled.is_set():
                 raise self._past_disk_limit(past, worker_kept=kept) from None
             raise ActionCancelled("cancelled while its persistent worker ran it") from None
         except WorkerFault as exc:

@@ -91,3 +91,21 @@ def test_an_attribute_the_runtime_would_refuse_fails_analysis_naming_it(
     worker's start did."""
     stderr = failed_build(project, "//faults:bad_attribute")
     assert "worker_tool bad_attribute_worker: max_instances = 0 must be 1 or more" in stderr
+
+
+def test_remote_settings_the_runtime_would_refuse_fail_analysis_naming_the_key(
+    project: Buck2Project,
+) -> None:
+    """A bearer token over an endpoint without TLS passed analysis, and every action on
+    a tool routed remote failed as its worker's start did."""
+    stderr = failed_build(
+        project,
+        "-c", "persistent_workers.routing=remote",
+        "-c", "persistent_workers.remote_endpoint=grpc://re.invalid:80",
+        "-c", "persistent_workers.remote_credentials_file=/token",
+        "//faults:crash",
+    )  # fmt: skip
+    assert (
+        'remote_credentials_file is set but the endpoint "grpc://re.invalid:80" is not TLS'
+        in stderr
+    )

@@ -159,6 +159,10 @@ def properties_setting(key: str, value: str) -> dict[str, str]:
         properties[name.strip()] = item.strip()
     return properties
 
+# Target schemes gRPC resolves (`scheme:...`), besides grpc://, grpcs:// and a bare
+# host:port: worker_runtime/config.py's _GRPC_SCHEMES.
+GRPC_SCHEMES = ["dns", "ipv4", "ipv6", "unix", "unix-abstract", "vsock", "xds", "google-c2p"]
+
 def endpoint_problem(remote: dict[str, typing.Any]) -> str | None:
     """What makes the remote settings unusable, or None.
 
@@ -174,6 +178,10 @@ def endpoint_problem(remote: dict[str, typing.Any]) -> str | None:
       The problem, naming the [persistent_workers] key, or None.
     """
     endpoint = remote.get("endpoint", "")
+    scheme = endpoint.partition(":")[0]
+    if "://" in endpoint and scheme not in ["grpc", "grpcs"] + GRPC_SCHEMES:
+        return ("[persistent_workers] remote_endpoint = " + repr(endpoint) + " has a scheme gRPC " +
+                "does not know: use grpcs://host:port (TLS), grpc://host:port, unix:///path or host:port")
     target = endpoint
     for scheme in ("grpcs://", "grpc://"):
         if target.startswith(scheme):

@@ -1141,12 +1141,16 @@ def test_requests_waiting_for_a_compile_slot_compile_in_the_order_they_came(
     Each once polled the slot every 20 ms, and whichever asked first when it freed went
     first: a request could wait behind any number that came after it."""
     later = [{"arguments": ["-d", f"out{n}", "A.java"], "requestId": n} for n in range(2, 10)]
-    worker = worker_holding_request_1(
-        tmp_path, *later, jvm_flags="-Dbuck2.workers.javac.maxCompiles=1"
-    )
+    flags = "-XX:TieredStopAtLevel=1 -XX:+UseSerialGC -Dbuck2.workers.javac.maxCompiles=1"
+    worker = worker_holding_request_1(tmp_path, jvm_flags=flags)
     assert worker.stdin and worker.stdout
     try:
-        time.sleep(0.5)  # (not a timing assertion: the others get to wait a while)
+        # Written a few ms apart (not a timing assertion): the old pollers' 20 ms cycles
+        # then did not line up in arrival order, and whoever asked first went first.
+        for request in later:
+            time.sleep(0.007)
+            worker.stdin.write(json_requests(request))
+            worker.stdin.flush()
         first: Any = answer_once_released(worker, tmp_path / "held.fifo")
         rest = [json.loads(worker.stdout.readline())["requestId"] for _ in later]
         assert [first["requestId"], *rest] == list(range(1, 10))

@@ -4,13 +4,17 @@ platform through select()."""
 
 from __future__ import annotations
 
+import ast
 import json
+import re
 from pathlib import Path
 from typing import Any
 
 import pytest
 import starlark as sl
 
+from tests.conftest import REPO_ROOT
+from worker_runtime import config as config_module
 from worker_runtime.config import REMOTE_ROUTINGS, ROUTINGS, ConfigError, config_from_mapping
 from workers_dev.buck2_fake import CELLS, Buck2Fake
 from workers_dev.build_runner import worker_settings, worker_tool_targets
@@ -291,6 +295,11 @@ def test_bad_remote_tls_is_an_analysis_error_naming_the_key() -> None:
             "names no server",
         ),
         (
+            {"remote_endpoint": "https://re:443"},
+            r"remote_endpoint = \"https://re:443\" has a scheme gRPC does not know",
+            "has a scheme gRPC does not know",
+        ),
+        (
             {"remote_endpoint": "grpc://re:80", "remote_credentials_file": "/t"},
             r"remote_credentials_file is set but the endpoint \"grpc://re:80\" is not TLS",
             "`credentials_file` is set but the endpoint 'grpc://re:80' is not TLS",
@@ -315,11 +324,19 @@ def test_remote_settings_the_runtime_refuses_are_analysis_errors(
     local = analyse_tool(keyed, [])
     with pytest.raises(ConfigError, match=runtime_message):
         config_from_mapping({**local, "routing": routing}).validated()
-    if "names no server" not in message:  # TLS makes both usable
-        analyse_tool(
-            {**keyed, ("persistent_workers", "remote_tls"): "true"},
-            [f"prelude//platforms:routing_{routing}"],
-        )
+    if "is not TLS" in message:  # TLS makes both usable
+        with_tls = {**keyed, ("persistent_workers", "remote_tls"): "true"}
+        analyse_tool(with_tls, [f"prelude//platforms:routing_{routing}"])
+        config_from_mapping({**analyse_tool(with_tls, []), "routing": routing}).validated()
+
+
+def test_the_prelude_knows_the_runtimes_grpc_schemes() -> None:
+    """prelude/utils/settings.bzl keeps its own copy of the schemes: the same list."""
+    text = (REPO_ROOT / "prelude" / "utils" / "settings.bzl").read_text()
+    found = re.search(r"^GRPC_SCHEMES = (\[.*\])$", text, re.M)
+    assert found, "GRPC_SCHEMES is not one line in prelude/utils/settings.bzl"
+    listed = ast.literal_eval(found.group(1))
+    assert tuple(listed) == config_module._GRPC_SCHEMES
 
 
 def test_fake_checks_configuration_providers(tmp_path: Path) -> None:

@@ -61,7 +61,8 @@ public final class JavacWorker {
    * answered). Each compile holds a javac and its trees in memory: without a bound, many
    * large requests at once ended in an OutOfMemoryError, which ends the worker and every
    * request in flight. Guarded by {@link #turns}, which is notified whenever a slot frees,
-   * a request joins or leaves the queue, or a waiting one is cancelled.
+   * a request leaves the queue or takes a slot, or a waiting one is cancelled (one that
+   * joins the queue needs no notice: only the head may go, and it looks for itself).
    */
   private int freeSlots = maxCompiles();
 

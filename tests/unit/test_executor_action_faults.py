@@ -85,6 +85,29 @@ def action_of(
     )
 
 
+def persistent_action(store: StoredBlobs, request: str) -> re_pb2.Action:
+    """An action for tests/backends/remote_test_worker.py as a persistent (JSON) worker,
+    its request's arguments in an @argfile holding ``request``, with an input in.txt."""
+    root = re_pb2.Directory()
+    files = {
+        "args.txt": request.encode(),
+        "in.txt": b"x\n",
+        "worker.py": (REPO_ROOT / "tests" / "backends" / "remote_test_worker.py").read_bytes(),
+    }
+    for name, data in sorted(files.items()):
+        root.files.add(name=name, digest=store.put(data))
+    command = re_pb2.Command(
+        arguments=[sys.executable, "worker.py", "--persistent_worker", "@args.txt"],
+        output_paths=["o.txt"],
+    )
+    command.platform.properties.add(name=KEY_PROPERTY, value="k")
+    command.platform.properties.add(name=PROTOCOL_PROPERTY, value="json")
+    return re_pb2.Action(
+        command_digest=store.put(command.SerializeToString()),
+        input_root_digest=store.put(root.SerializeToString()),
+    )
+
+
 def run(tmp_path: Path, action: re_pb2.Action, store: StoredBlobs) -> re_pb2.ActionResult:
     pool = WorkerPool(tmp_path / "workers", 1, None, 60)
     stand_in: Any = store
@@ -325,25 +348,7 @@ def test_a_worker_whose_call_fails_unexpectedly_is_discarded_not_kept_busy(
     It stayed counted as busy: at a cap of one, every later persistent action of the
     executor waited for ever."""
     store = StoredBlobs()
-    root = re_pb2.Directory()
-    for name, data in sorted(
-        {
-            "args.txt": b"--out\no.txt\nin.txt\n",
-            "in.txt": b"x\n",
-            "worker.py": (REPO_ROOT / "tests" / "backends" / "remote_test_worker.py").read_bytes(),
-        }.items()
-    ):
-        root.files.add(name=name, digest=store.put(data))
-    command = re_pb2.Command(
-        arguments=[sys.executable, "worker.py", "--persistent_worker", "@args.txt"],
-        output_paths=["o.txt"],
-    )
-    command.platform.properties.add(name=KEY_PROPERTY, value="k")
-    command.platform.properties.add(name=PROTOCOL_PROPERTY, value="json")
-    action = re_pb2.Action(
-        command_digest=store.put(command.SerializeToString()),
-        input_root_digest=store.put(root.SerializeToString()),
-    )
+    action = persistent_action(store, "--out\no.txt\nin.txt\n")
     pool = WorkerPool(tmp_path / "workers", 1, None, 60)
     stand_in: Any = store
     runner = ActionRunner(

@@ -10,7 +10,6 @@ from __future__ import annotations
 import errno
 import os
 import shutil
-import sys
 import tempfile
 import threading
 from pathlib import Path
@@ -18,8 +17,7 @@ from typing import Any, cast
 
 import pytest
 
-from tests.conftest import REPO_ROOT
-from tests.unit.test_executor_action_faults import StoredBlobs, action_of
+from tests.unit.test_executor_action_faults import StoredBlobs, action_of, persistent_action
 from worker_runtime.executor import disk
 from worker_runtime.executor.blob_cache import BlobCache
 from worker_runtime.executor.disk import DiskWatch, Usage, default_tenant_disk_mb, measure
@@ -33,20 +31,27 @@ from worker_runtime.executor.runner import (
 from worker_runtime.executor.workers import WorkerPool
 from worker_runtime.proto import remote_execution_pb2 as re_pb2
 from worker_runtime.remote.cas import Cas
-from worker_runtime.remote.convention import KEY_PROPERTY, PROTOCOL_PROPERTY
 
 MB = 1 << 20
 
 
-def run_limited(
-    tmp_path: Path, action: re_pb2.Action, store: StoredBlobs, disk_limit_mb: int | None = 1
-) -> re_pb2.ActionResult:
+def limited_runner(
+    tmp_path: Path, store: StoredBlobs, disk_limit_mb: int | None = 1
+) -> tuple[ActionRunner, WorkerPool]:
+    """An ActionRunner with a disk limit, and its pool of one worker (stopped by the caller)."""
     pool = WorkerPool(tmp_path / "workers", 1, None, 60)
     stand_in: Any = store
     runner = ActionRunner(
         cast(Cas, stand_in), cast(BlobCache, stand_in), pool, tmp_path, "bot-under-test",
         disk_limit_mb=disk_limit_mb,
     )  # fmt: skip
+    return runner, pool
+
+
+def run_limited(
+    tmp_path: Path, action: re_pb2.Action, store: StoredBlobs, disk_limit_mb: int | None = 1
+) -> re_pb2.ActionResult:
+    runner, pool = limited_runner(tmp_path, store, disk_limit_mb)
     try:
         return runner.run(action, "main", threading.Event()).result
     finally:
@@ -210,27 +215,6 @@ def test_too_many_new_entries_pass_the_limit(
     assert "it made more than 50 files and directories" in refused(tmp_path, action, store)
 
 
-def persistent_action(store: StoredBlobs, request: str) -> re_pb2.Action:
-    root = re_pb2.Directory()
-    files = {
-        "args.txt": request.encode(),
-        "in.txt": b"x\n",
-        "worker.py": (REPO_ROOT / "tests" / "backends" / "remote_test_worker.py").read_bytes(),
-    }
-    for name, data in sorted(files.items()):
-        root.files.add(name=name, digest=store.put(data))
-    command = re_pb2.Command(
-        arguments=[sys.executable, "worker.py", "--persistent_worker", "@args.txt"],
-        output_paths=["o.txt"],
-    )
-    command.platform.properties.add(name=KEY_PROPERTY, value="k")
-    command.platform.properties.add(name=PROTOCOL_PROPERTY, value="json")
-    return re_pb2.Action(
-        command_digest=store.put(command.SerializeToString()),
-        input_root_digest=store.put(root.SerializeToString()),
-    )
-
-
 @pytest.mark.parametrize(
     "request_text",
     [
@@ -254,12 +238,7 @@ def test_a_worker_that_filled_its_home_is_discarded_and_one_that_did_not_is_kept
     """Its home outlives the request: what the worker wrote there would count against
     every later request of its key, so that worker goes, its home with it."""
     store = StoredBlobs()
-    pool = WorkerPool(tmp_path / "workers", 1, None, 60)
-    stand_in: Any = store
-    runner = ActionRunner(
-        cast(Cas, stand_in), cast(BlobCache, stand_in), pool, tmp_path, "bot-under-test",
-        disk_limit_mb=1,
-    )  # fmt: skip
+    runner, pool = limited_runner(tmp_path, store)
 
     def run(request: str) -> int:
         return runner.run(persistent_action(store, request), "main").worker_pid
@@ -291,12 +270,7 @@ def test_a_cancel_still_reaches_an_action_under_a_disk_watch(
     assert watch.stop.wait(10) and not watch.finish()
 
     store = StoredBlobs()
-    pool = WorkerPool(tmp_path / "workers", 1, None, 60)
-    stand_in: Any = store
-    runner = ActionRunner(
-        cast(Cas, stand_in), cast(BlobCache, stand_in), pool, tmp_path, "bot-under-test",
-        disk_limit_mb=1,
-    )  # fmt: skip
+    runner, pool = limited_runner(tmp_path, store)
     lease = threading.Event()
     watching = DiskWatch.__init__
 

@@ -102,7 +102,7 @@ _openat2 = [platform.machine() in _GENERIC_NUMBERING]
 
 def _open_below(root_fd: int, relative: str) -> int:
     """The directory ``relative`` below ``root_fd``: with openat2 through no symlink or
-    mount at all; where the kernel lacks it, with O_NOFOLLOW on the last component only
+    mount at all; where it cannot be used, with O_NOFOLLOW on the last component only
     (the caller checks that it is the directory its parent listed)."""
     if _openat2[0]:
         how = _OpenHow(_OPEN_DIRECTORY, 0, _RESOLVE_INSIDE)
@@ -128,7 +128,7 @@ def _open_below(root_fd: int, relative: str) -> int:
 def measure(
     root: Path, stop_past: Usage | None = None, interrupted: Callable[[], bool] = lambda: False
 ) -> Usage | None:
-    """What ``root`` holds (never through a symlink, nor into another file system).
+    """What ``root`` holds (never through a symlink; with openat2, never through a mount).
     Stops early once past either of ``stop_past``'s figures (the result is then past it
     too); None when ``interrupted`` says so (asked every ``_LOOK_EVERY`` entries)."""
     try:

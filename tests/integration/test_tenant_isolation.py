@@ -33,6 +33,7 @@ from tests.integration.test_remote import (
     unique_command,
 )
 from worker_runtime.cluster.commands import TENANT_UID_RANGE
+from worker_runtime.executor.disk import default_tenant_disk_mb
 from worker_runtime.executor.limits import default_tenant_memory_mb
 from worker_runtime.executor.privileges import kept_mask
 from worker_runtime.executor.tenants import parse_uid_range
@@ -128,6 +129,8 @@ def test_a_hostile_tenant_cannot_reach_another_tenant_or_the_executor(
     default = f"memory {default_tenant_memory_mb()} MB, 1024 processes"
     expected = "memory 256 MB, 64 processes" if engine.sandbox else default
     assert f"limits: {expected} per action and worker, by cgroup v1" in log
+    disk = 32 if engine.sandbox else default_tenant_disk_mb(executor_a)
+    assert f"disk: {disk:,} MB and 1,000,000 new files and directories per action" in log
 
     # A's processes and directories are A's own, private, and not root's.
     assert a_uid in UIDS

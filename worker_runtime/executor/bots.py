@@ -20,6 +20,7 @@ from pathlib import Path
 import grpc
 
 from worker_runtime.executor.blob_cache import BlobCache
+from worker_runtime.executor.disk import MAX_NEW_ENTRIES
 from worker_runtime.executor.limits import Confinement, Limits
 from worker_runtime.executor.metrics import ExecutorMetrics
 from worker_runtime.executor.removal import remove_tree
@@ -308,6 +309,12 @@ class Executor:
         if self.confinement is not None:
             self.confinement.clear()
             LOGGER.info("limits: %s", self.confinement.describe())
+        if self.settings.disk_limit_mb is not None:
+            LOGGER.info(
+                "disk: %s MB and %s new files and directories per action (--limit-disk)",
+                f"{self.settings.disk_limit_mb:,}",
+                f"{MAX_NEW_ENTRIES:,}",
+            )
         session = self._register_at_start()
         if session is None:  # stopped before the server could be reached
             return self._end(None)

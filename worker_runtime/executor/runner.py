@@ -385,7 +385,6 @@ class ActionRunner:
         )  # fmt: skip
         with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
             watch = self._disk_watch(directory, cancelled, lambda: _allocated(out, err))
-            stop = cancelled if watch is None else watch.stop
             try:
                 return self._wait_oneshot(
                     argv,
@@ -393,7 +392,6 @@ class ActionRunner:
                     directory,
                     timeout,
                     cancelled,
-                    stop,
                     watch,
                     group,
                     budget,
@@ -411,7 +409,6 @@ class ActionRunner:
         directory: Path,
         timeout: float,
         cancelled: threading.Event,
-        stop: threading.Event,
         watch: DiskWatch | None,
         group: Group | None,
         budget: OutputBudget,
@@ -440,7 +437,8 @@ class ActionRunner:
             # polls with growing sleeps, which would add up to 50 ms to every action).
             exited = os.pidfd_open(process.pid)
             try:
-                while not (stop.is_set() or cancelled.is_set()) and time.monotonic() < deadline:
+                stopped = watch.stop if watch is not None else cancelled
+                while not (stopped.is_set() or cancelled.is_set()) and time.monotonic() < deadline:
                     if select.select([exited], [], [], 0.05)[0]:
                         finished = True
                         break

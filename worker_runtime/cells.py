@@ -10,6 +10,7 @@ there and prints the ``.buckconfig`` lines that mount them beside Buck2's own pr
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import shutil
 import sys
@@ -80,6 +81,61 @@ def check_cell_names(prelude_cell: str, toolchains_cell: str) -> None:
         raise ValueError(
             "--toolchains-cell 'prelude' would hide Buck2's own prelude: choose another name"
         )
+
+
+def mounted_cells(project: Path) -> dict[str, str]:
+    """The cells the project's own config files mount, by name: its ``[cells]`` section
+    (or, without one, ``[repositories]``), read as Buck2 reads them (``.buckconfig.d/*``,
+    then ``.buckconfig``, then ``.buckconfig.local``, later values winning; lines joined
+    at a trailing backslash; ``#`` and ``;`` lines skipped). Included files are not
+    followed. Each path is as written, normalised."""
+    sections: dict[str, dict[str, str]] = {}
+    folder = project / ".buckconfig.d"
+    files = sorted(folder.iterdir()) if folder.is_dir() else []
+    for path in [*files, project / ".buckconfig", project / ".buckconfig.local"]:
+        try:
+            text = path.read_text(encoding="utf-8", errors="replace")
+        except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+            continue
+        section = ""
+        pending = ""
+        for raw in text.splitlines():
+            line = pending + raw.strip()
+            if line.endswith("\\"):
+                pending = line[:-1]
+                continue
+            pending = ""
+            if not line or line.startswith(("#", ";")):
+                continue
+            if line.startswith("["):
+                section = line[1:].split(" #", 1)[0].rstrip("]").strip()
+            elif "=" in line:
+                key, value = line.split("=", 1)
+                sections.setdefault(section, {})[key.strip()] = value.strip()
+    cells = sections.get("cells", sections.get("repositories", {}))
+    return {name: os.path.normpath(value) for name, value in cells.items()}
+
+
+def check_names_are_free(project: Path, dest: str, names: dict[str, str]) -> list[str]:
+    """Refuses a cell name (``names``: cell directory -> name) that the project already
+    mounts elsewhere: its ``.buckconfig`` would then name the cell twice, and Buck2 take
+    one of the two paths. Returns the names it already mounts where ``dest`` puts them."""
+    mounted = mounted_cells(project)
+    already = []
+    for cell, name in names.items():
+        wanted = os.path.normpath(os.path.join(dest, cell))
+        where = mounted.get(name)
+        if where is None:
+            continue
+        if where != wanted:
+            flag = "--prelude-cell" if cell == "prelude" else "--toolchains-cell"
+            raise ValueError(
+                f"the project's config already mounts a cell named {name!r} at {where} "
+                f"([cells] {name} = {where}), not at {wanted}: choose another name with "
+                f"{flag}, or remove that line first"
+            )
+        already.append(name)
+    return already
 
 
 def install(project: Path, dest: str, *, prelude_cell: str, force: bool) -> Path:
@@ -156,6 +212,11 @@ def main(argv: Sequence[str]) -> int:
             print(cells_root())
             return 0
         check_cell_names(args.prelude_cell, args.toolchains_cell)
+        already = check_names_are_free(
+            Path(args.project_root),
+            args.dest,
+            {"prelude": args.prelude_cell, "toolchains": args.toolchains_cell},
+        )
         target = install(
             Path(args.project_root), args.dest, prelude_cell=args.prelude_cell, force=args.force
         )
@@ -167,8 +228,10 @@ def main(argv: Sequence[str]) -> int:
             f"worker-runtime cells: warning: {args.project_root} has no .buckconfig: is it the "
             "project's root? The lines below go in the root's .buckconfig.\n"
         )
+    mounted = f" (its [cells] already mounts {' and '.join(already)} there)" if already else ""
     print(
-        f"Installed the cells into {target}. Add to .buckconfig (or merge with what is there):\n\n"
+        f"Installed the cells into {target}. Add to .buckconfig (or merge with what is "
+        f"there{mounted}):\n\n"
         + buckconfig_lines(args.dest, args.prelude_cell, args.toolchains_cell)
     )
     return 0

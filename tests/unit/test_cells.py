@@ -105,3 +105,53 @@ def test_the_command_warns_of_a_project_root_without_a_buckconfig(
     (tmp_path / ".buckconfig").write_text("[cells]\n  root = .\n")
     assert main(["install", "--project-root", str(tmp_path), "--force"]) == 0
     assert "warning" not in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("config_file", "text", "flag"),
+    [
+        (".buckconfig", "[cells]\n  root = .\n  workers = vendor/rules\n", "--prelude-cell"),
+        (".buckconfig.local", "[cells]\n  worker_toolchains = tc\n", "--toolchains-cell"),
+        (".buckconfig.d/cells", "[repositories]\n  workers = \\\n    vendor/rules\n", None),
+    ],
+)
+def test_the_command_refuses_a_cell_name_the_project_mounts_elsewhere(
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    config_file: str,
+    text: str,
+    flag: str | None,
+) -> None:
+    """The printed lines would name the cell twice, and Buck2 take one of the two paths:
+    refused before anything is copied, naming the line and what to do."""
+    (tmp_path / config_file).parent.mkdir(exist_ok=True)
+    (tmp_path / config_file).write_text(text)
+    before = sorted(tmp_path.rglob("*"))
+    assert main(["install", "--project-root", str(tmp_path)]) == 1
+    err = capsys.readouterr().err
+    assert "already mounts a cell named" in err
+    assert flag is None or flag in err
+    assert sorted(tmp_path.rglob("*")) == before  # nothing copied
+
+
+def test_a_cells_section_hides_the_repositories_one_as_under_buck2(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / ".buckconfig").write_text(
+        "[repositories]\n  workers = elsewhere\n[cells]\n  root = .\n# workers = elsewhere\n"
+    )
+    assert main(["install", "--project-root", str(tmp_path)]) == 0
+    assert "already mounts" not in capsys.readouterr().out
+
+
+def test_the_command_says_when_the_project_already_mounts_the_cells_there(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A reinstall (--force) into a project already set up: nothing to add to [cells]."""
+    (tmp_path / ".buckconfig").write_text(
+        "[cells]\n  root = .\n  workers = ./third-party/buck2-workers/prelude\n"
+        "  worker_toolchains = third-party/buck2-workers/toolchains/\n"
+    )
+    assert main(["install", "--project-root", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "its [cells] already mounts workers and worker_toolchains there" in out

@@ -116,10 +116,11 @@ class H2SocketServer:
             lambda: Connection(self.handler, self._connections), sock=listener
         )
 
-    async def drain_and_stop(self, grace_s: float) -> None:
+    async def drain_and_stop(self, grace_s: float, keep_path: bool = False) -> None:
         """Refuses new requests, lets in-flight ones finish for ``grace_s``, cancels the
         rest with a clear answer, then closes every connection once its answers are sent
-        (at most 1 s more)."""
+        (at most 1 s more) and removes the socket's path (with ``keep_path``, leaves it:
+        a listener the front passed, which it offers to another daemon)."""
         await self.handler.drain(self.socket_path, grace_s)
         if self._server is not None:
             self._server.close()
@@ -131,8 +132,9 @@ class H2SocketServer:
                 await asyncio.gather(*(c.all_sent() for c in connections))
         for connection in connections:
             connection.close()
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(self.socket_path)
+        if not keep_path:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.socket_path)
 
 
 class Connection(Http2Connection):

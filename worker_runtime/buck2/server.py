@@ -171,13 +171,15 @@ class Buck2SocketServer:
             os.umask(old_umask)
         await self._server.start()
 
-    async def drain_and_stop(self, grace_s: float) -> None:
-        """Refuses new requests, lets in-flight ones finish for ``grace_s``, then stops."""
+    async def drain_and_stop(self, grace_s: float, keep_path: bool = False) -> None:
+        """Refuses new requests, lets in-flight ones finish for ``grace_s``, then stops and
+        removes the socket's path (with ``keep_path``, leaves it)."""
         await self.handler.drain(self.socket_path, grace_s)
         # The server gets a moment to send the answers of the requests drain cancelled.
         await self._server.stop(1.0)
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(self.socket_path)
+        if not keep_path:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.socket_path)
 
 
 class SocketServer(Protocol):
@@ -188,7 +190,7 @@ class SocketServer(Protocol):
 
     async def start(self) -> None: ...
 
-    async def drain_and_stop(self, grace_s: float) -> None: ...
+    async def drain_and_stop(self, grace_s: float, keep_path: bool = False) -> None: ...
 
 
 def socket_server(

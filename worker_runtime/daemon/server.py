@@ -485,6 +485,13 @@ class Daemon:
                 listener.close()
             LOGGER.warning("cannot serve %s: %s", message.get("socket"), exc)
             return {"ok": False, "error": f"cannot serve {message.get('socket')}: {exc}"}, None
+        if self._stop.is_set():
+            # The daemon began to stop while this server started: its shutdown may have
+            # taken the attachments to drain already, and nothing would stop this one.
+            # A listener's path stays: it is the front's, which tries again elsewhere.
+            await server.drain_and_stop(0.0, keep_path=listener is not None)
+            LOGGER.info("attach of %s refused: the daemon began to stop", socket_path)
+            return {"ok": False, "retry": True, "error": "this daemon is stopping"}, None
         attachment = Attachment(socket_path, server, int(message.get("front_pid", 0)), control)
         self.attachments[socket_path] = attachment
         self._last_activity = time.monotonic()

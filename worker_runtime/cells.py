@@ -85,13 +85,12 @@ def check_cell_names(prelude_cell: str, toolchains_cell: str) -> None:
 
 def mounted_cells(project: Path) -> dict[str, str]:
     """The cells the project's own config files mount, by name: its ``[cells]`` section
-    (or, without one, ``[repositories]``), read as Buck2 reads them (``.buckconfig.d/*``,
+    (or, without one, ``[repositories]``), read as Buck2 reads them (``.buckconfig.d/``,
     then ``.buckconfig``, then ``.buckconfig.local``, later values winning; lines joined
     at a trailing backslash; ``#`` and ``;`` lines skipped). Included files are not
     followed. Each path is as written, normalised."""
     sections: dict[str, dict[str, str]] = {}
-    folder = project / ".buckconfig.d"
-    files = sorted(folder.iterdir()) if folder.is_dir() else []
+    files = _config_files_below(project / ".buckconfig.d")
     for path in [*files, project / ".buckconfig", project / ".buckconfig.local"]:
         try:
             text = path.read_text(encoding="utf-8", errors="replace")
@@ -114,6 +113,22 @@ def mounted_cells(project: Path) -> dict[str, str]:
                 sections.setdefault(section, {})[key.strip()] = value.strip()
     cells = sections.get("cells", sections.get("repositories", {}))
     return {name: os.path.normpath(value) for name, value in cells.items()}
+
+
+def _config_files_below(folder: Path) -> list[Path]:
+    """The files below ``folder``, by name, its directories' included (symbolic links
+    are neither, as Buck2 sees them)."""
+    if not folder.is_dir():
+        return []
+    files = []
+    for entry in sorted(folder.iterdir()):
+        if entry.is_symlink():
+            continue
+        if entry.is_dir():
+            files += _config_files_below(entry)
+        elif entry.is_file():
+            files.append(entry)
+    return files
 
 
 def check_names_are_free(project: Path, dest: str, names: dict[str, str]) -> list[str]:

@@ -221,6 +221,49 @@ def test_stopping_a_backend_that_never_exits_gives_up_instead_of_hanging(
                 os.kill(pid, signal.SIGKILL)
 
 
+@pytest.mark.parametrize("multiplex", [False, True])
+def test_a_cancelled_request_on_a_backend_that_never_exits_is_given_up(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, multiplex: bool
+) -> None:
+    """A request cancelled (its timeout, Buck2's cancel, a lost race) on a backend stuck
+    in the kernel: the cancel waited for the process's exit forever, so the timeout was
+    never answered, the request's slot never freed, and the daemon's drain hung on it.
+    Stood in for by a stopped process whose SIGKILL never comes; a cancellable multiplex
+    one does not answer its cancel either."""
+    monkeypatch.setattr(process_module, "STUCK_AFTER_SIGKILL_S", 0.5)
+    monkeypatch.setattr(BackendProcess, "_kill_group", lambda self: None)
+    config = RuntimeConfig(
+        command=tuple(fake_backend(*(["--multiplex"] if multiplex else []))),
+        multiplex=multiplex,
+        cancellable=multiplex,
+        cancel_grace_s=0.2,
+    )
+    manager = BackendManager(config, str(tmp_path), tmp_path)
+    stuck: list[int] = []
+
+    async def scenario() -> bool:
+        pool = manager.pool_for(manager.key_for(()))
+        stuck.append(int((await pool.call(("pid",), (), 0)).output))
+        call = asyncio.ensure_future(pool.call(("sleep", "30"), (), 0))
+        await asyncio.sleep(0.2)
+        os.kill(stuck[0], signal.SIGSTOP)
+        timed_out = asyncio.ensure_future(asyncio.wait_for(call, 0.1))
+        try:
+            done, _ = await asyncio.wait([timed_out], timeout=10)
+        finally:
+            os.kill(stuck[0], signal.SIGKILL)  # frees the old code's wait, so the test ends
+            with contextlib.suppress(TimeoutError, process_module.BackendError):
+                await timed_out
+        return bool(done)
+
+    try:
+        assert run_on("uvloop", scenario), "the cancelled request waited for the stuck backend"
+    finally:
+        for pid in stuck:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+
+
 @pytest.mark.parametrize("loop", sorted(LOOPS))
 def test_a_newline_written_after_an_answer_keeps_the_warm_backend(
     tmp_path: Path, loop: str

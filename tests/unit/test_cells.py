@@ -113,6 +113,7 @@ def test_the_command_warns_of_a_project_root_without_a_buckconfig(
         (".buckconfig", "[cells]\n  root = .\n  workers = vendor/rules\n", "--prelude-cell"),
         (".buckconfig.local", "[cells]\n  worker_toolchains = tc\n", "--toolchains-cell"),
         (".buckconfig.d/cells", "[repositories]\n  workers = \\\n    vendor/rules\n", None),
+        (".buckconfig.d/more/cells", "[cells]\n  workers = vendor/rules\n", None),
     ],
 )
 def test_the_command_refuses_a_cell_name_the_project_mounts_elsewhere(
@@ -124,7 +125,7 @@ def test_the_command_refuses_a_cell_name_the_project_mounts_elsewhere(
 ) -> None:
     """The printed lines would name the cell twice, and Buck2 take one of the two paths:
     refused before anything is copied, naming the line and what to do."""
-    (tmp_path / config_file).parent.mkdir(exist_ok=True)
+    (tmp_path / config_file).parent.mkdir(parents=True, exist_ok=True)
     (tmp_path / config_file).write_text(text)
     before = sorted(tmp_path.rglob("*"))
     assert main(["install", "--project-root", str(tmp_path)]) == 1

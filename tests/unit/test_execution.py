@@ -52,6 +52,10 @@ class FakeRemote:
     outcome: Outcome
     delay: float = 0.0
     miss_after: float | None = None
+    #: A cache hit whose outputs take this long to download before it claims the win.
+    hit_download_s: float | None = None
+    #: ...and then turn out evicted: a miss after all, and the action runs.
+    evicted: bool = False
     #: How long it takes to put its outputs in place once it has claimed the win.
     write_s: float = 0.0
     cancelled: int = 0
@@ -62,9 +66,14 @@ class FakeRemote:
 
     async def run_racing(self, request: WorkRequest, referee: Referee) -> Outcome:
         try:
+            if self.hit_download_s is not None:
+                referee.cache_answered(True)
+                await asyncio.sleep(self.hit_download_s)
+                if self.evicted:
+                    referee.cache_answered(False)
             if self.miss_after is not None:
                 await asyncio.sleep(self.miss_after)
-                referee.cache_missed()
+                referee.cache_answered(False)
             await asyncio.sleep(self.delay)
             if isinstance(self.outcome, Result):
                 won = await referee.claim_for_remote()
@@ -281,6 +290,23 @@ def test_race_a_cache_hit_answers_before_the_local_side_starts() -> None:
     local, remote = FakeExecutor([OK]), FakeRemote(REMOTE_OK)
     assert run(Race(local, remote, cache_wait_s=5).run(REQUEST)) == REMOTE_OK
     assert local.seen == []
+
+
+def test_race_a_cache_hit_whose_outputs_download_slowly_never_starts_the_local_side() -> None:
+    """The hit's outputs took longer to download than the cache wait: the local side
+    started then (a warm backend spent on a cached action), and was killed at the claim."""
+    local, remote = FakeExecutor([OK]), FakeRemote(REMOTE_OK, hit_download_s=0.2)
+    assert run(Race(local, remote, cache_wait_s=0.02).run(REQUEST)) == REMOTE_OK
+    assert remote.claims == [True]
+    assert local.seen == []
+
+
+def test_race_a_cache_hit_whose_outputs_were_evicted_starts_the_local_side() -> None:
+    local = FakeExecutor([OK], delay=0.01)
+    remote = FakeRemote(REMOTE_OK, delay=5, hit_download_s=0.05, evicted=True)
+    assert run(Race(local, remote, cache_wait_s=0.02).run(REQUEST)) == OK
+    assert remote.cancelled == 1
+    assert remote.claims == []
 
 
 def test_race_local_starts_at_a_cache_miss_and_wins() -> None:

@@ -17,7 +17,7 @@ from worker_runtime.protocol.messages import WorkInput, WorkRequest, WorkRespons
 
 LOGGER = logging.getLogger(__name__)
 
-#: request_id is an int32 on the wire; ids are never reused below this bound.
+#: request_id is an int32 on the wire: the ids given out go up to this, then begin again.
 MAX_REQUEST_ID = (1 << 31) - 1
 
 
@@ -168,7 +168,8 @@ class SingleplexPool(BackendPool):
 
 
 class MultiplexPool(BackendPool):
-    """One process with many requests in flight; ids are never reused, not even after a cancel."""
+    """One process with many requests in flight. An id is given out again only after 2^31
+    requests, and never while a process still holds it (a cancelled request's included)."""
 
     def __init__(self, spec: BackendSpec, max_retry_processes: int) -> None:
         super().__init__(spec)
@@ -177,6 +178,8 @@ class MultiplexPool(BackendPool):
         self._proc: BackendProcess | None = None
         self._starting = asyncio.Lock()
         self._ids = itertools.count(1)
+        #: Set once the ids passed 2^31 - 1 and began again at 1 (each then checked).
+        self._wrapped = False
 
     def _usable(self, proc: BackendProcess | None) -> bool:
         return proc is not None and proc.alive and not proc.recycle and proc in self.processes
@@ -192,12 +195,17 @@ class MultiplexPool(BackendPool):
 
     def _next_id(self) -> int:
         request_id = next(self._ids)
-        if request_id > MAX_REQUEST_ID:
-            # After 2^31 requests: start again above every id still in flight.
-            base = max((p.highest_outstanding_id() for p in self.processes), default=0)
-            self._ids = itertools.count(base + 1)
+        if request_id <= MAX_REQUEST_ID and not self._wrapped:
+            return request_id
+        # After 2^31 requests: from 1 again, past every id a process still holds.
+        self._wrapped = True
+        while True:
+            if request_id > MAX_REQUEST_ID:
+                self._ids = itertools.count(1)
+                request_id = next(self._ids)
+            if not any(p.holds_id(request_id) for p in self.processes):
+                return request_id
             request_id = next(self._ids)
-        return request_id
 
     async def call_retry(
         self, arguments: tuple[str, ...], inputs: tuple[WorkInput, ...], verbosity: int

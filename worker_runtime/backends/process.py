@@ -378,9 +378,14 @@ class BackendProcess:
         )
         return True
 
-    def highest_outstanding_id(self) -> int:
-        """The highest id still awaiting an answer, cancels included (never to be reused)."""
-        return max(max(self._pending, default=0), max(self._cancelling, default=0))
+    def holds_id(self, request_id: int) -> bool:
+        """Whether ``request_id`` may not be given out again yet: awaiting an answer, a
+        cancel's included, or a cancel answered lately (whose late second answer it drops)."""
+        return (
+            request_id in self._pending
+            or request_id in self._cancelling
+            or request_id in self._answered_cancels
+        )
 
     def _abandon(self, request_id: int) -> None:
         """Leaves the backend clean after a request whose caller has gone."""
@@ -405,21 +410,39 @@ class BackendProcess:
         self.kill(BackendDiedError(f"{self.describe()} was killed: a request was cancelled"))
 
     async def _abandoned(self, request_id: int) -> None:
-        """Returns once the backend has stopped working on an abandoned request."""
+        """Returns once the backend has stopped working on an abandoned request: its
+        cancel answered, or the process gone. A process stuck in the kernel outlives its
+        SIGKILL; the wait for it ends ``STUCK_AFTER_SIGKILL_S`` after that kill (sent at
+        once, or when an unanswered cancel's grace ends), and says so."""
+        loop = asyncio.get_running_loop()
         answered = self._cancel_answered.get(request_id)
+        give_up = loop.time() + STUCK_AFTER_SIGKILL_S
         if answered is not None:  # a cancel was sent
+            give_up += self.spec.cancel_grace_s
             if not answered.is_set():
                 waits = [asyncio.ensure_future(e.wait()) for e in (answered, self._exited)]
                 try:
-                    await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+                    await asyncio.wait(
+                        waits, timeout=give_up - loop.time(), return_when=asyncio.FIRST_COMPLETED
+                    )
                 finally:
                     for wait in waits:
                         wait.cancel()
             self._cancel_answered.pop(request_id, None)
             if answered.is_set():
                 return
-        if self._proc is not None:
-            await self._exited.wait()
+        if self._proc is None or self._exited.is_set():
+            return
+        try:
+            await asyncio.wait_for(self._exited.wait(), max(0.0, give_up - loop.time()))
+        except TimeoutError:
+            LOGGER.error(
+                "%s has not exited %g s after SIGKILL (stuck in the kernel: a hung NFS or "
+                "FUSE mount?); its cancelled request %d is given up without waiting for it",
+                self.describe(),
+                STUCK_AFTER_SIGKILL_S,
+                request_id,
+            )
 
     def _check_cancel_acknowledged(self, request_id: int) -> None:
         if request_id in self._cancelling and self._running():

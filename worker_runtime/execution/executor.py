@@ -18,8 +18,10 @@ class Executor(Protocol):
 class Referee(Protocol):
     """What a race gives its remote side. Called on the event loop."""
 
-    def cache_missed(self) -> None:
-        """The action cache has no result: the local side should start now."""
+    def cache_answered(self, hit: bool) -> None:
+        """The action cache's answer. A hit: the remote side downloads its outputs, and
+        the local side does not start for it. A miss (or a hit whose outputs were evicted
+        since): the local side should start now."""
 
     async def claim_for_remote(self) -> bool:
         """The remote side's outputs are staged: True once the local side is stopped (the

@@ -1,10 +1,11 @@
 """Routing `race`: one request run locally and remotely at once, the first real result
 answering it, and the loser stopped on its own side without touching the winner's outputs.
 
-- The remote side first looks the action up in the action cache. A hit answers at once
-  and the local side never starts (a lost race kills a singleplex backend, so a warm one
-  is not spent on a cached action). On a miss, or if the lookup takes longer than
-  ``cache_wait_s``, the local side starts.
+- The remote side first looks the action up in the action cache. A hit answers the
+  request and the local side never starts, however long the hit's outputs take to
+  download (a lost race kills a singleplex backend, so a warm one is not spent on a
+  cached action). On a miss (a hit whose outputs were evicted since included), or if the
+  lookup takes longer than ``cache_wait_s``, the local side starts.
 - A failure on one side (an unreachable server, a crashed backend, a refused action) is
   not a result: the other side's outcome is awaited. A bad request fails the race.
 - The local backend writes its outputs in place. The remote side stages its outputs
@@ -59,6 +60,7 @@ class _OneRace:
         self.winner = ""
         self.local: asyncio.Future[Outcome] | None = None
         self._missed = asyncio.Event()
+        self._hit = False
         self.remote: asyncio.Future[Outcome] = asyncio.ensure_future(
             race.remote.run_racing(request, self)
         )
@@ -68,8 +70,11 @@ class _OneRace:
             self.winner = side
         return self.winner == side
 
-    def cache_missed(self) -> None:
-        self._missed.set()
+    def cache_answered(self, hit: bool) -> None:
+        if hit:
+            self._hit = True
+        else:
+            self._missed.set()
 
     async def claim_for_remote(self) -> bool:
         if not self._claim("remote"):
@@ -107,6 +112,10 @@ class _OneRace:
             await asyncio.wait(
                 first, timeout=self.race.cache_wait_s, return_when=asyncio.FIRST_COMPLETED
             )
+            if self._hit and not self._missed.is_set() and not self.remote.done():
+                # A hit whose outputs are still downloading (large ones, a distant CAS):
+                # the local side starts only if they turn out evicted (a miss after all).
+                await asyncio.wait(first, return_when=asyncio.FIRST_COMPLETED)
         finally:
             missed.cancel()
         # Not once the remote side has claimed the win: it is putting its outputs in place

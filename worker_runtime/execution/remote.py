@@ -54,16 +54,16 @@ class RemoteExecutor:
                 LOGGER.info("the race's referee did not answer; remote outputs discarded")
                 return False
 
-        def cache_missed() -> None:  # on the remote thread
-            loop.call_soon_threadsafe(referee.cache_missed)
+        def cache_answered(hit: bool) -> None:  # on the remote thread
+            loop.call_soon_threadsafe(referee.cache_answered, hit)
 
-        return await self._run(request, may_write, cache_missed)
+        return await self._run(request, may_write, cache_answered)
 
     async def _run(
         self,
         request: WorkRequest,
         may_write: Callable[[], bool] | None,
-        cache_missed: Callable[[], None] | None,
+        cache_answered: Callable[[bool], None] | None,
     ) -> Outcome:
         if not request.envelope:
             return Failure(
@@ -78,7 +78,7 @@ class RemoteExecutor:
         deadline = time.monotonic() + left if left is not None else None
         future = in_remote_thread(
             forward, self.manager, request.envelope, dict(request.key_env), request.timeout_s,
-            cancellation, may_write, cache_missed, deadline,
+            cancellation, may_write, cache_answered, deadline,
         )  # fmt: skip
         try:
             result = await asyncio.shield(future)

@@ -140,7 +140,7 @@ class RemoteClient:
         cancellation: Cancellation | None = None,
         may_write: Callable[[], bool] | None = None,
         execution_timeout_s: float | None = None,
-        on_cache_miss: Callable[[], None] | None = None,
+        on_cache_answer: Callable[[bool], None] | None = None,
     ) -> RemoteResult:
         """Runs the action (or finds it cached) and writes its outputs under ``root``.
 
@@ -148,8 +148,10 @@ class RemoteClient:
         the operation cancelled on the server). ``may_write`` is asked once the outputs
         are downloaded and staged: False discards them (RemoteCancelled); by default
         they are written unless the execution was cancelled. ``execution_timeout_s``
-        (default: the settings') bounds waiting for the result. ``on_cache_miss`` is
-        called when the action cache has no result (or is not asked)."""
+        (default: the settings') bounds waiting for the result. ``on_cache_answer``
+        is called with True when the action cache has the result (its outputs are then
+        downloaded), and with False when it has none, is not asked, or names outputs
+        evicted since."""
         cancellation = cancellation or Cancellation()
         may_write = may_write or cancellation.begin_write
         cancellation.bind(self._cancel_operation)
@@ -173,13 +175,15 @@ class RemoteClient:
             if exc.code() != grpc.StatusCode.NOT_FOUND:
                 raise RemoteError(f"GetActionResult failed: {_describe(exc)}") from None
         else:
+            if on_cache_answer is not None:
+                on_cache_answer(True)
             try:
                 return self._finish_checked(cached, built, root, True, may_write)
             except BlobMissing as exc:  # outputs evicted since: run it again, past the cache
                 _outputs_evicted(built, exc)
                 skip_cache = True
-        if on_cache_miss is not None:
-            on_cache_miss()
+        if on_cache_answer is not None:
+            on_cache_answer(False)
         self._upload(blobs, cancellation)
         # One deadline for every Execute of this run: a retry does not start it afresh.
         deadline = time.monotonic() + (execution_timeout_s or self.settings.execution_timeout_s)

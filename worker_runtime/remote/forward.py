@@ -71,7 +71,7 @@ def forward(
     timeout_s: int,
     cancellation: Cancellation | None = None,
     may_write: Callable[[], bool] | None = None,
-    on_cache_miss: Callable[[], None] | None = None,
+    on_cache_answer: Callable[[bool], None] | None = None,
     deadline: float | None = None,
 ) -> RemoteResult:
     """``timeout_s`` is the action's own (in its digest, so the same for every run);
@@ -99,5 +99,5 @@ def forward(
     if deadline is not None:
         execution_timeout_s = max(0.001, deadline - time.monotonic())
     return client_for(settings_of(manager)).run(
-        built, blobs, root, cancellation, may_write, execution_timeout_s, on_cache_miss
+        built, blobs, root, cancellation, may_write, execution_timeout_s, on_cache_answer
     )

@@ -342,6 +342,39 @@ def test_race_a_remote_side_that_claimed_the_win_is_not_joined_by_a_late_local_s
     assert local.seen == []
 
 
+def test_race_a_remote_claim_given_up_while_the_local_side_stops_runs_it_afresh() -> None:
+    """The remote side's thread gave up waiting for its claim while the local side was
+    still stopping (a backend slow to answer its cancel): the race awaited that same
+    local run, which ended cancelled, and the request was answered as cancelled."""
+
+    @dataclass
+    class SlowToStop(FakeExecutor):
+        async def run(self, request: WorkRequest) -> Outcome:
+            if self.seen:  # the fresh run
+                self.seen.append(request)
+                return OK
+            try:
+                return await super().run(request)
+            except asyncio.CancelledError:
+                await asyncio.sleep(0.2)  # its backend answers the cancel late
+                raise
+
+    @dataclass
+    class GivesUpOnItsClaim(FakeRemote):
+        async def run_racing(self, request: WorkRequest, referee: Referee) -> Outcome:
+            referee.cache_answered(False)
+            await asyncio.sleep(0.05)
+            claim = asyncio.ensure_future(referee.claim_for_remote())
+            await asyncio.wait([claim], timeout=0.05)
+            return Failure(FailureKind.REMOTE_FAILED, "claim given up", "claim given up")
+
+    local = SlowToStop([OK], delay=5)
+    remote = GivesUpOnItsClaim(REMOTE_OK)
+    outcome = run(Race(local, remote, cache_wait_s=5).run(REQUEST))
+    assert isinstance(outcome, Result) and outcome.output == "local output"
+    assert len(local.seen) == 2
+
+
 def test_race_a_local_failure_is_not_a_result() -> None:
     local = FakeExecutor([Failure(FailureKind.START_FAILED, "cannot start")])
     remote = FakeRemote(REMOTE_OK, delay=0.05, miss_after=0.0)

@@ -145,8 +145,12 @@ class _OneRace:
         LOGGER.warning(
             "race: the remote side failed (%s); waiting for the local side", outcome.short
         )
-        if self.local is not None and self.local.cancelled():
-            self.local = None  # stopped by a remote win that then failed to write
+        if self.local is not None and self.winner == "remote":
+            # Stopped by a remote claim that then failed to write (its thread gave up
+            # waiting for the claim): once it is stopped, a fresh local run.
+            await asyncio.wait([self.local])
+            if self.local.cancelled():
+                self.local = None
         local_outcome = await self._start_local()
         return local_outcome.with_notes(
             note(f"the remote side of the race failed: {outcome.short}")

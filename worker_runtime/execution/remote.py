@@ -23,8 +23,9 @@ from worker_runtime.remote.forward import QueuedPastTimeout, forward, in_remote_
 
 LOGGER = logging.getLogger(__name__)
 
-#: How long a remote thread waits for the race's answer to its claim (stopping the local
-#: side included, at most a cancel grace and a kill): past it, the loop is not running.
+#: How long a remote thread waits for the race's answer to its claim, beyond the cancel
+#: grace (stopping the local side takes at most that grace and a kill's wait, 10 s): past
+#: it, the loop is not running.
 CLAIM_TIMEOUT_S = 120.0
 
 
@@ -44,11 +45,12 @@ class RemoteExecutor:
 
     async def run_racing(self, request: WorkRequest, referee: Referee) -> Outcome:
         loop = asyncio.get_running_loop()
+        claim_timeout_s = CLAIM_TIMEOUT_S + self.manager.config.cancel_grace_s
 
         def may_write() -> bool:  # on the remote thread, outputs staged
             try:
                 claim = asyncio.run_coroutine_threadsafe(referee.claim_for_remote(), loop)
-                return claim.result(timeout=CLAIM_TIMEOUT_S)
+                return claim.result(timeout=claim_timeout_s)
             except (RuntimeError, TimeoutError, concurrent.futures.CancelledError):
                 # The loop is closed or stopping (the runtime is exiting): discard them.
                 LOGGER.info("the race's referee did not answer; remote outputs discarded")

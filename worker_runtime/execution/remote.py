@@ -1,6 +1,7 @@
 """Runs a request through the Remote Execution API (remote/forward.py), on the remote
 thread pool: the REAPI client blocks for a whole execution. Cancelling the caller cancels
-the operation on the server; its thread then ends by itself, its staged outputs deleted."""
+the operation on the server; its thread then ends by itself, its staged outputs deleted
+(unless it had begun to rename them into place: it then finishes the renames)."""
 
 from __future__ import annotations
 

@@ -6,7 +6,8 @@ against a second implementation of the protocol. Startup flags (before
 ``--persistent_worker``): ``--protocol proto|json`` (default: detect from the first
 byte), ``--multiplex`` (one thread per request), ``--inline`` (answer on the reading
 thread: a no-op backend for benchmarks), ``--slow-start SECONDS``, ``--die-at-start``,
-``--ignore-cancel``, ``--alloc-mb N``, ``--spawn-helper``.
+``--ignore-cancel``, ``--alloc-mb N``, ``--spawn-helper`` (``--spawn-session-helper``:
+in a session of its own, holding the worker's stdout).
 
 Request commands: ``echo WORDS...``, ``exit CODE [MESSAGE]``, ``sleep SECONDS [STARTED]``,
 ``sleep-write SECONDS FILE [STARTED]`` (STARTED: a file made as the request starts), ``pid``, ``identity``,
@@ -312,6 +313,10 @@ def main(argv: list[str]) -> int:
         # A child of its own that does not get the parent-death signal (like a compiler
         # server a real worker may start).
         HELPER.append(subprocess.Popen(["sleep", "300"]))
+    if "--spawn-session-helper" in argv:
+        # Out of the worker's process group, so that nothing kills it with the worker;
+        # it inherits the worker's stdout, which then never reaches its end.
+        HELPER.append(subprocess.Popen(["sleep", "300"], start_new_session=True))
     ballast = b""
     if "--alloc-mb" in argv:
         ballast = b"\1" * (int(argv[argv.index("--alloc-mb") + 1]) << 20)

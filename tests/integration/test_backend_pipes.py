@@ -221,6 +221,43 @@ def test_stopping_a_backend_that_never_exits_gives_up_instead_of_hanging(
                 os.kill(pid, signal.SIGKILL)
 
 
+@pytest.mark.parametrize("loop", sorted(LOOPS))
+def test_the_stdout_of_a_dead_backend_is_closed_though_its_helper_holds_it(
+    tmp_path: Path, loop: str
+) -> None:
+    """A backend that started a helper in a session of its own (out of reach of the
+    group kill) and then died: the helper held the write end of its stdout, so the pipe
+    never ended, and the runtime kept its read end (and the dead process's buffers) for
+    good, one descriptor per such death."""
+    command = tuple(fake_backend("--spawn-session-helper"))
+    manager = BackendManager(RuntimeConfig(command=command), str(tmp_path), tmp_path)
+    helpers: list[int] = []
+
+    def holds(pipe: str) -> bool:
+        fds = Path("/proc/self/fd")
+        return any(os.readlink(fd) == pipe for fd in fds.iterdir() if fd.is_symlink())
+
+    async def scenario() -> tuple[bool, bool]:
+        pool = manager.pool_for(manager.key_for(()))
+        helpers.append(int((await pool.call(("helper-pid",), (), 0)).output))
+        [backend] = pool.processes
+        pipe = os.readlink(f"/proc/{helpers[0]}/fd/1")
+        held_while_alive = holds(pipe)
+        os.kill(backend.pid, signal.SIGKILL)
+        await backend._exited.wait()
+        await asyncio.sleep(1.5)
+        return held_while_alive, holds(pipe)
+
+    try:
+        held_while_alive, held_after = run_on(loop, scenario)
+    finally:
+        for pid in helpers:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+    assert held_while_alive, "not the case tested"
+    assert not held_after, "the dead backend's stdout is still open in the runtime"
+
+
 @pytest.mark.parametrize("multiplex", [False, True])
 def test_a_cancelled_request_on_a_backend_that_never_exits_is_given_up(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, multiplex: bool

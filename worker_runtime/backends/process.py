@@ -157,6 +157,7 @@ class BackendProcess:
         self._proc: subprocess.Popen[bytes] | None = None
         self._exit_fd = -1
         self._stdin: asyncio.WriteTransport | None = None
+        self._stdout: asyncio.ReadTransport | None = None
         self._pending: dict[int, asyncio.Future[WorkResponse]] = {}
         self._cancelling: set[int] = set()
         #: The last ANSWERED_CANCELS cancelled requests whose cancel was answered: a late
@@ -273,7 +274,9 @@ class BackendProcess:
         try:
             stdin, _ = await loop.connect_write_pipe(lambda: _StdinProtocol(self), proc.stdin)
             self._stdin = stdin
-            await loop.connect_read_pipe(lambda: _StdoutProtocol(self), proc.stdout)
+            self._stdout, _ = await loop.connect_read_pipe(
+                lambda: _StdoutProtocol(self), proc.stdout
+            )
         except BaseException:  # the pidfd reaps it: nothing is left running untracked
             self.kill(BackendStartError(f"{self.describe()} could not be connected to"))
             raise
@@ -510,6 +513,18 @@ class BackendProcess:
         self._stdin_closed = True
         asyncio.get_running_loop().call_later(1.0, self._kill_for_closed_pipe, "stdin")
 
+    def _close_stdout(self) -> None:
+        """A moment after the exit (for what is left in the pipe to be read): the pipe's
+        read end, if a process outside the group still holds its write end (a helper in
+        a session of its own). Else it would stay open, and the process's buffers with it."""
+        if self._stdout is not None and not self._stdout.is_closing():
+            LOGGER.warning(
+                "%s has exited, and a process it started still holds its stdout open: "
+                "the runtime closes its end",
+                self.describe(),
+            )
+            self._stdout.close()
+
     def _kill_for_closed_pipe(self, pipe: str) -> None:
         if self.pid and not self._exited.is_set():
             LOGGER.warning("%s closed its %s and lived on: killed", self.describe(), pipe)
@@ -542,6 +557,7 @@ class BackendProcess:
             os.killpg(self.pid, signal.SIGKILL)
         if self._stdin is not None:
             self._stdin.close()
+        asyncio.get_running_loop().call_later(1.0, self._close_stdout)
         LOGGER.info("%s ended: %s", self.describe(), describe_exit(returncode))
         if self.when_gone is not None:
             self.when_gone(self)

@@ -221,6 +221,46 @@ def test_stopping_a_backend_that_never_exits_gives_up_instead_of_hanging(
                 os.kill(pid, signal.SIGKILL)
 
 
+def test_a_backend_that_starts_as_its_pool_stops_is_stopped_too(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The pool's stop took its processes while one was still starting: that one was
+    added afterwards, and nothing stopped it until the daemon itself exited."""
+    start = BackendProcess.start
+
+    async def slow_start(self: BackendProcess) -> None:
+        await start(self)
+        await asyncio.sleep(0.4)  # the pool's stop lands here
+
+    monkeypatch.setattr(BackendProcess, "start", slow_start)
+    command = tuple(fake_backend())
+    manager = BackendManager(RuntimeConfig(command=command), str(tmp_path), tmp_path)
+
+    async def scenario() -> tuple[str, list[psutil.Process]]:
+        pool = manager.pool_for(manager.key_for(()))
+        call = asyncio.ensure_future(pool.call(("pid",), (), 0))
+        await asyncio.sleep(0.2)
+        await pool.stop()
+        try:
+            await call
+        except BackendStartError as exc:
+            error = str(exc)
+        else:
+            error = "answered"
+        workers = []
+        for child in psutil.Process().children(recursive=True):
+            with contextlib.suppress(psutil.Error):
+                if child.status() != psutil.STATUS_ZOMBIE and "fake_worker" in str(child.cmdline()):
+                    workers.append(child)
+        return error, workers
+
+    error, workers = run_on("uvloop", scenario)
+    for worker in workers:
+        worker.kill()
+    assert "stopping" in error
+    assert workers == []
+
+
 @pytest.mark.parametrize("loop", sorted(LOOPS))
 def test_the_stdout_of_a_dead_backend_is_closed_though_its_helper_holds_it(
     tmp_path: Path, loop: str

@@ -94,6 +94,9 @@ class BackendPool:
         except asyncio.CancelledError:  # mid-start: the process may exist, untracked
             await asyncio.shield(proc.stop())
             raise
+        if self.stopped:  # stopped while it started: its stop did not see it
+            await asyncio.shield(proc.stop())
+            raise BackendStartError("the worker runtime is stopping; no backend is started")
         self.processes.add(proc)
         proc.when_gone = self._forget
         return proc

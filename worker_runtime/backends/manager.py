@@ -99,6 +99,18 @@ class BackendManager:
         self.pools[key] = pool
         return pool
 
+    def forget_unused_pools(self) -> int:
+        """Forgets the current pools that hold nothing (``BackendPool.unused``), and the
+        keys no pool has: a ``key_env`` value that changes from action to action, or a tool
+        rebuilt again and again, would otherwise grow them for the daemon's life. A later
+        request of a forgotten key makes its pool anew. Returns how many were forgotten."""
+        unused = [key for key, pool in self.pools.items() if pool.unused]
+        for key in unused:
+            del self.pools[key]
+        if len(self._keys) > len(self.pools):
+            self._keys = {memo: key for memo, key in self._keys.items() if key in self.pools}
+        return len(unused)
+
     def all_pools(self) -> list[BackendPool]:
         """Current pools and retired ones that still have processes."""
         self._retired = {p for p in self._retired if p.processes}

@@ -30,6 +30,9 @@ class BackendPool:
         self.stopped = False
         self.processes: set[BackendProcess] = set()
         self._stopping: set[asyncio.Task[None]] = set()
+        #: Requests inside ``call`` or ``call_retry`` (waiting for a slot or a start
+        #: included): counted before their first wait, so a pool in use is never unused.
+        self.users = 0
 
     async def call(
         self, arguments: tuple[str, ...], inputs: tuple[WorkInput, ...], verbosity: int
@@ -45,6 +48,11 @@ class BackendPool:
     @property
     def in_flight(self) -> int:
         return sum(p.in_flight for p in self.processes)
+
+    @property
+    def unused(self) -> bool:
+        """No process, none stopping, and no request in it: nothing is lost if it goes."""
+        return not self.processes and not self._stopping and self.users == 0
 
     def retire(self) -> None:
         """Stops taking new work; idle processes stop now, busy ones when their work is done."""
@@ -130,19 +138,23 @@ class SingleplexPool(BackendPool):
     async def call(
         self, arguments: tuple[str, ...], inputs: tuple[WorkInput, ...], verbosity: int
     ) -> WorkResponse:
-        async with self._slots:
-            proc = None
-            while self._idle:
-                candidate = self._idle.pop()
-                if candidate.alive and candidate in self.processes and not candidate.recycle:
-                    if candidate.discard_if_babbling():
-                        self.processes.discard(candidate)
-                        continue
-                    proc = candidate
-                    break
-            if proc is None:
-                proc = await self._spawn()
-            return await self._run_on(proc, arguments, inputs, verbosity)
+        self.users += 1
+        try:
+            async with self._slots:
+                proc = None
+                while self._idle:
+                    candidate = self._idle.pop()
+                    if candidate.alive and candidate in self.processes and not candidate.recycle:
+                        if candidate.discard_if_babbling():
+                            self.processes.discard(candidate)
+                            continue
+                        proc = candidate
+                        break
+                if proc is None:
+                    proc = await self._spawn()
+                return await self._run_on(proc, arguments, inputs, verbosity)
+        finally:
+            self.users -= 1
 
     async def call_retry(
         self, arguments: tuple[str, ...], inputs: tuple[WorkInput, ...], verbosity: int
@@ -150,11 +162,15 @@ class SingleplexPool(BackendPool):
         """Retries run on a fresh backend, never on an idle warm one: the request may be
         what killed the first (a poison request), and would take a second down with it.
         At the cap, the least recently used idle backend is stopped to make room."""
-        async with self._slots:
-            if len(self.processes) >= self.max_instances and self._idle:
-                self._discard(self._idle.pop(0))
-            proc = await self._spawn()
-            return await self._run_on(proc, arguments, inputs, verbosity)
+        self.users += 1
+        try:
+            async with self._slots:
+                if len(self.processes) >= self.max_instances and self._idle:
+                    self._discard(self._idle.pop(0))
+                proc = await self._spawn()
+                return await self._run_on(proc, arguments, inputs, verbosity)
+        finally:
+            self.users -= 1
 
     async def _run_on(
         self,
@@ -217,19 +233,27 @@ class MultiplexPool(BackendPool):
         the shared process, we cannot tell which, and a poison request retried on the shared
         process would take the others' retries down with it. At most ``max_instances``
         retry processes run at once; the other retries wait for one."""
-        async with self._retry_slots:
-            proc = await self._spawn()
-            try:
-                return await proc.call(WorkRequest(arguments, inputs, 1, verbosity=verbosity))
-            finally:
-                self._discard(proc)
+        self.users += 1
+        try:
+            async with self._retry_slots:
+                proc = await self._spawn()
+                try:
+                    return await proc.call(WorkRequest(arguments, inputs, 1, verbosity=verbosity))
+                finally:
+                    self._discard(proc)
+        finally:
+            self.users -= 1
 
     async def call(
         self, arguments: tuple[str, ...], inputs: tuple[WorkInput, ...], verbosity: int
     ) -> WorkResponse:
-        proc = await self._current()
-        request = WorkRequest(arguments, inputs, self._next_id(), verbosity=verbosity)
+        self.users += 1
         try:
-            return await proc.call(request)
+            proc = await self._current()
+            request = WorkRequest(arguments, inputs, self._next_id(), verbosity=verbosity)
+            try:
+                return await proc.call(request)
+            finally:
+                self._release(proc)
         finally:
-            self._release(proc)
+            self.users -= 1

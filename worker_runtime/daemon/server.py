@@ -266,6 +266,8 @@ class Daemon:
             await asyncio.sleep(self.settings.reclaim_interval_s)
             try:
                 await self.reclaimer.sweep()
+                for manager in self.managers.values():
+                    manager.forget_unused_pools()
                 await self._drop_unused_managers()
                 await asyncio.to_thread(cap_logs, self._backend_logs(), self.settings.log_cap_bytes)
             except Exception:

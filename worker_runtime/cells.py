@@ -83,13 +83,14 @@ def check_cell_names(prelude_cell: str, toolchains_cell: str) -> None:
         )
 
 
-def mounted_cells(project: Path) -> dict[str, str]:
+def mounted_cells(project: Path) -> dict[str, tuple[str, str]]:
     """The cells the project's own config files mount, by name: its ``[cells]`` section
     (or, without one, ``[repositories]``), read as Buck2 reads them (``.buckconfig.d/``,
     then ``.buckconfig``, then ``.buckconfig.local``, later values winning; lines joined
     at a trailing backslash; ``#`` and ``;`` lines skipped). Included files are not
-    followed. Each path is as written, normalised."""
-    sections: dict[str, dict[str, str]] = {}
+    followed. Each is ``(path, where)``: the path as written, normalised, and the line
+    that mounts it (``FILE: [section] name = path``)."""
+    sections: dict[str, dict[str, tuple[str, str]]] = {}
     files = _config_files_below(project / ".buckconfig.d")
     for path in [*files, project / ".buckconfig", project / ".buckconfig.local"]:
         try:
@@ -109,10 +110,10 @@ def mounted_cells(project: Path) -> dict[str, str]:
             if line.startswith("["):
                 section = line[1:].split(" #", 1)[0].rstrip("]").strip()
             elif "=" in line:
-                key, value = line.split("=", 1)
-                sections.setdefault(section, {})[key.strip()] = value.strip()
-    cells = sections.get("cells", sections.get("repositories", {}))
-    return {name: os.path.normpath(value) for name, value in cells.items()}
+                key, value = (part.strip() for part in line.split("=", 1))
+                where = f"{path.relative_to(project)}: [{section}] {key} = {value}"
+                sections.setdefault(section, {})[key] = (os.path.normpath(value), where)
+    return sections.get("cells", sections.get("repositories", {}))
 
 
 def _config_files_below(folder: Path) -> list[Path]:
@@ -139,15 +140,15 @@ def check_names_are_free(project: Path, dest: str, names: dict[str, str]) -> lis
     already = []
     for cell, name in names.items():
         wanted = os.path.normpath(os.path.join(dest, cell))
-        where = mounted.get(name)
-        if where is None:
+        if name not in mounted:
             continue
-        if where != wanted:
+        path, where = mounted[name]
+        if path != wanted:
             flag = "--prelude-cell" if cell == "prelude" else "--toolchains-cell"
             raise ValueError(
-                f"the project's config already mounts a cell named {name!r} at {where} "
-                f"([cells] {name} = {where}), not at {wanted}: choose another name with "
-                f"{flag}, or remove that line first"
+                f"the project's config already mounts a cell named {name!r} at {path}, not "
+                f"at {wanted} ({where}): choose another name with {flag}, or remove that "
+                "line first"
             )
         already.append(name)
     return already

@@ -285,7 +285,10 @@ def test_the_stdout_of_a_dead_backend_is_closed_though_its_helper_holds_it(
         held_while_alive = holds(pipe)
         os.kill(backend.pid, signal.SIGKILL)
         await backend._exited.wait()
-        await asyncio.sleep(1.5)
+        for _ in range(100):  # closed 1 s after the exit: up to 10 s on a loaded machine
+            await asyncio.sleep(0.1)
+            if not holds(pipe):
+                break
         return held_while_alive, holds(pipe)
 
     try:

@@ -131,6 +131,7 @@ def test_the_command_refuses_a_cell_name_the_project_mounts_elsewhere(
     assert main(["install", "--project-root", str(tmp_path)]) == 1
     err = capsys.readouterr().err
     assert "already mounts a cell named" in err
+    assert f"({config_file}: [" in err  # the line that mounts it
     assert flag is None or flag in err
     assert sorted(tmp_path.rglob("*")) == before  # nothing copied
 

@@ -69,6 +69,8 @@ def test_an_attach_that_starts_as_the_daemon_stops_is_refused_and_its_server_sto
         daemon._stop_for("the test stopped it")
         await daemon._shutdown()  # it takes the attachments: none yet
         reply, attachment = await attach
+        if front is not None:  # the daemon's copy of the listener is closed
+            assert not started[0]._server.is_serving()  # type: ignore[attr-defined]
         return reply, attachment, len(daemon.attachments)
 
     try:

@@ -301,6 +301,15 @@ def test_race_a_cache_hit_whose_outputs_download_slowly_never_starts_the_local_s
     assert local.seen == []
 
 
+def test_race_a_cache_hit_whose_download_outlasts_the_hit_wait_starts_the_local_side() -> None:
+    """A hung or very slow CAS after a hit: the race does not go without its local side."""
+    local = FakeExecutor([OK], delay=0.01)
+    remote = FakeRemote(REMOTE_OK, hit_download_s=5)
+    race = Race(local, remote, cache_wait_s=0.02, hit_wait_s=0.05)
+    assert run(race.run(REQUEST)) == OK
+    assert remote.cancelled == 1
+
+
 def test_race_a_cache_hit_whose_outputs_were_evicted_starts_the_local_side() -> None:
     local = FakeExecutor([OK], delay=0.01)
     remote = FakeRemote(REMOTE_OK, delay=5, hit_download_s=0.05, evicted=True)

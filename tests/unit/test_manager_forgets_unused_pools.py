@@ -1,17 +1,48 @@
 """A manager forgets the pools that hold nothing: a ``key_env`` value that changes from
 action to action made a pool (and a key, and a copy of the environment) per value, kept
 for the daemon's whole life after the reclaimer had stopped its backend. Against real
-backends: a pool with a warm backend, a request waiting in it, or a backend still
-stopping is kept."""
+backends: a pool with a warm backend, a request in it (its backend still starting), or a
+backend still stopping is kept."""
 
 from __future__ import annotations
 
 import asyncio
 from pathlib import Path
 
+import pytest
+
 from tests.conftest import fake_backend
 from worker_runtime.backends.manager import BackendManager
+from worker_runtime.backends.process import BackendProcess
 from worker_runtime.config import RuntimeConfig
+
+
+def test_a_pool_whose_request_is_starting_its_backend_is_kept(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No process yet, a request in it: forgotten, its backend would have joined a pool
+    nobody tracks (unseen by the reclaimer, the status and the shutdown)."""
+    start = BackendProcess.start
+
+    async def slow_start(self: BackendProcess) -> None:
+        await start(self)
+        await asyncio.sleep(0.3)  # the sweep lands here
+
+    monkeypatch.setattr(BackendProcess, "start", slow_start)
+    manager = BackendManager(RuntimeConfig(command=tuple(fake_backend())), str(tmp_path), tmp_path)
+
+    async def scenario() -> tuple[int, bool]:
+        pool = manager.pool_for(manager.key_for(()))
+        call = asyncio.ensure_future(pool.call(("echo", "x"), (), 0))
+        await asyncio.sleep(0.1)
+        forgotten = manager.forget_unused_pools()
+        await call
+        known = any(p is pool for p in manager.pools.values())
+        await manager.stop_all()
+        return forgotten, known
+
+    forgotten, known = asyncio.run(scenario())
+    assert forgotten == 0 and known
 
 
 def test_pools_that_hold_nothing_are_forgotten_and_the_others_kept(tmp_path: Path) -> None:

@@ -112,8 +112,9 @@ class BackendManager:
         return len(unused)
 
     def all_pools(self) -> list[BackendPool]:
-        """Current pools and retired ones that still have processes."""
-        self._retired = {p for p in self._retired if p.processes}
+        """Current pools and retired ones that still hold something (``unused``: a
+        process, one stopping, or a request whose backend is still starting)."""
+        self._retired = {p for p in self._retired if not p.unused}
         return [*self.pools.values(), *self._retired]
 
     @property

@@ -162,7 +162,7 @@ class BackendProcess:
         self._cancelling: set[int] = set()
         #: The last ANSWERED_CANCELS cancelled requests whose cancel was answered: a late
         #: second answer to one (its work ended as the cancel came) is dropped, and the
-        #: other requests in flight go on (ids are never reused).
+        #: other requests in flight go on (the pool gives none of these ids out again).
         self._answered_cancels: collections.deque[int] = collections.deque(maxlen=ANSWERED_CANCELS)
         #: A singleplex backend answered with a request id of its own (said once).
         self._said_singleplex_id = False

@@ -284,14 +284,14 @@ class Daemon:
         ]
 
     async def _drop_unused_managers(self) -> None:
-        """Forgets managers that no attached command uses and that have no backend left.
+        """Forgets managers that no attached command uses and whose pools hold nothing.
         All are chosen and forgotten before any is awaited: an attach during the wait for
         one to stop (its backends' exits) takes a manager, which must then stay known."""
         in_use = {id(a.server.handler.manager) for a in self.attachments.values()}
         unused = [
             (identity, manager)
             for identity, manager in self.managers.items()
-            if id(manager) not in in_use and not any(p.processes for p in manager.all_pools())
+            if id(manager) not in in_use and all(p.unused for p in manager.all_pools())
         ]
         for identity, _ in unused:
             del self.managers[identity]

@@ -2,10 +2,11 @@
 answering it, and the loser stopped on its own side without touching the winner's outputs.
 
 - The remote side first looks the action up in the action cache. A hit answers the
-  request and the local side never starts, however long the hit's outputs take to
-  download (a lost race kills a singleplex backend, so a warm one is not spent on a
-  cached action). On a miss (a hit whose outputs were evicted since included), or if the
-  lookup takes longer than ``cache_wait_s``, the local side starts.
+  request and the local side does not start while the hit's outputs download, for up to
+  ``hit_wait_s`` (a lost race kills a singleplex backend, so a warm one is not spent on a
+  cached action). On a miss (a hit whose outputs were evicted since included), if the
+  lookup takes longer than ``cache_wait_s``, or if the download takes longer than
+  ``hit_wait_s``, the local side starts.
 - A failure on one side (an unreachable server, a crashed backend, a refused action) is
   not a result: the other side's outcome is awaited. A bad request fails the race.
 - The local backend writes its outputs in place. The remote side stages its outputs
@@ -33,17 +34,25 @@ LOGGER = logging.getLogger(__name__)
 
 #: How long the local side waits for the remote side's cache lookup before it starts.
 CACHE_WAIT_S = 0.25
+#: How long, after a cache hit, the local side waits for the hit's outputs to download
+#: before it starts too (a hung or very slow CAS must not leave the race without it).
+HIT_WAIT_S = 10.0
 
 
 class Race:
     """Both sides at once; a request without an envelope cannot go remote and runs locally."""
 
     def __init__(
-        self, local: Executor, remote: RacingExecutor, cache_wait_s: float = CACHE_WAIT_S
+        self,
+        local: Executor,
+        remote: RacingExecutor,
+        cache_wait_s: float = CACHE_WAIT_S,
+        hit_wait_s: float = HIT_WAIT_S,
     ) -> None:
         self.local = local
         self.remote = remote
         self.cache_wait_s = cache_wait_s
+        self.hit_wait_s = hit_wait_s
 
     async def run(self, request: WorkRequest) -> Outcome:
         if not request.envelope:
@@ -114,8 +123,11 @@ class _OneRace:
             )
             if self._hit and not self._missed.is_set() and not self.remote.done():
                 # A hit whose outputs are still downloading (large ones, a distant CAS):
-                # the local side starts only if they turn out evicted (a miss after all).
-                await asyncio.wait(first, return_when=asyncio.FIRST_COMPLETED)
+                # the local side starts if they turn out evicted (a miss after all), or
+                # if they take longer than hit_wait_s.
+                await asyncio.wait(
+                    first, timeout=self.race.hit_wait_s, return_when=asyncio.FIRST_COMPLETED
+                )
         finally:
             missed.cancel()
         # Not once the remote side has claimed the win: it is putting its outputs in place

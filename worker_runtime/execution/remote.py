@@ -47,6 +47,7 @@ class RemoteExecutor:
     async def run_racing(self, request: WorkRequest, referee: Referee) -> Outcome:
         loop = asyncio.get_running_loop()
         claim_timeout_s = CLAIM_TIMEOUT_S + self.manager.config.cancel_grace_s
+        unanswered: list[str] = []
 
         def may_write() -> bool:  # on the remote thread, outputs staged
             try:
@@ -55,12 +56,24 @@ class RemoteExecutor:
             except (RuntimeError, TimeoutError, concurrent.futures.CancelledError):
                 # The loop is closed or stopping (the runtime is exiting): discard them.
                 LOGGER.info("the race's referee did not answer; remote outputs discarded")
+                unanswered.append(
+                    f"the race did not answer the remote side's claim within "
+                    f"{claim_timeout_s:g} s (its local side still stopping?); the remote "
+                    "outputs were discarded"
+                )
                 return False
 
         def cache_answered(hit: bool) -> None:  # on the remote thread
             loop.call_soon_threadsafe(referee.cache_answered, hit)
 
-        return await self._run(request, may_write, cache_answered)
+        outcome = await self._run(request, may_write, cache_answered)
+        if unanswered and isinstance(outcome, Failure):
+            return Failure(
+                FailureKind.REMOTE_FAILED,
+                f"remote execution failed: {unanswered[0]}",
+                summary=unanswered[0],
+            )
+        return outcome
 
     async def _run(
         self,

@@ -384,6 +384,28 @@ def test_race_a_remote_claim_given_up_while_the_local_side_stops_runs_it_afresh(
     assert len(local.seen) == 2
 
 
+def test_race_a_local_bad_request_stops_the_remote_side() -> None:
+    """A bad request is one no side would do better with (docs/remote.md): the race
+    waited for the remote side, and answered with its result."""
+    bad = Failure(FailureKind.BAD_REQUEST, "cannot read tool input tools/x.jar")
+    local = FakeExecutor([bad])
+    remote = FakeRemote(REMOTE_OK, delay=5, miss_after=0.0)
+    assert run(Race(local, remote, cache_wait_s=5).run(REQUEST)) == bad
+    assert remote.cancelled == 1
+
+
+def test_race_a_local_internal_fault_stops_the_remote_side() -> None:
+    @dataclass
+    class Faulty(FakeExecutor):
+        async def run(self, request: WorkRequest) -> Outcome:
+            raise RuntimeError("a fault of the runtime's own")
+
+    remote = FakeRemote(REMOTE_OK, delay=5, miss_after=0.0)
+    with pytest.raises(RuntimeError, match="own"):
+        run(Race(Faulty([OK]), remote, cache_wait_s=5).run(REQUEST))
+    assert remote.cancelled == 1
+
+
 def test_race_a_local_failure_is_not_a_result() -> None:
     local = FakeExecutor([Failure(FailureKind.START_FAILED, "cannot start")])
     remote = FakeRemote(REMOTE_OK, delay=0.05, miss_after=0.0)

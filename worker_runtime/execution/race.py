@@ -8,7 +8,8 @@ answering it, and the loser stopped on its own side without touching the winner'
   lookup takes longer than ``cache_wait_s``, or if the download takes longer than
   ``hit_wait_s``, the local side starts.
 - A failure on one side (an unreachable server, a crashed backend, a refused action) is
-  not a result: the other side's outcome is awaited. A bad request fails the race.
+  not a result: the other side's outcome is awaited. A bad request, or an internal fault,
+  on either side fails the race, and the other side is stopped.
 - The local backend writes its outputs in place. The remote side stages its outputs
   beside their destinations and then claims the win (``Referee.claim_for_remote``): the
   local side is stopped first (a singleplex backend killed and reaped, a cancellable
@@ -58,6 +59,11 @@ class Race:
         if not request.envelope:
             return await self.local.run(request)
         return await _OneRace(self, request).run()
+
+
+def _ends_the_race(outcome: Outcome) -> bool:
+    """A result, or a bad request (which the other side would fail too)."""
+    return isinstance(outcome, Result) or outcome.kind is FailureKind.BAD_REQUEST
 
 
 class _OneRace:
@@ -140,11 +146,16 @@ class _OneRace:
             if (
                 local.done()
                 and not local.cancelled()  # by the remote side, which won
-                and local.exception() is None
-                and isinstance(local.result(), Result)
+                and (local.exception() is not None or _ends_the_race(local.result()))
                 and self._claim("local")
             ):
-                LOGGER.info("race: the local side won; cancelling the remote side")
+                if local.exception() is None and isinstance(local.result(), Result):
+                    LOGGER.info("race: the local side won; cancelling the remote side")
+                else:  # a bad request, an internal fault: no side would do better
+                    LOGGER.warning(
+                        "race: the local side failed as no side would do better; "
+                        "cancelling the remote side"
+                    )
                 self.remote.cancel()
                 return local.result()
         outcome = await self.remote

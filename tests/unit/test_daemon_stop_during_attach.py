@@ -1,7 +1,8 @@
 """An attach whose server starts while the daemon begins to stop: the shutdown has taken
 the attachments to drain already, so the attach must not register (nothing would drain
-or stop its server). Against the real Daemon and servers, the stop landing inside the
-server's start."""
+or stop its server), and the shutdown waits for it to stop that server (else the daemon
+exits with the server mid-start). Against the real Daemon and servers, the stop landing
+inside the server's start."""
 
 from __future__ import annotations
 
@@ -68,6 +69,9 @@ def test_an_attach_that_starts_as_the_daemon_stops_is_refused_and_its_server_sto
         await running.wait()
         daemon._stop_for("the test stopped it")
         await daemon._shutdown()  # it takes the attachments: none yet
+        # ...and waits for the attach, which would otherwise be cut off when the daemon
+        # exits, its server mid-start.
+        assert attach.done(), "the shutdown did not wait for the attach still starting"
         reply, attachment = await attach
         if front is not None:  # the daemon's copy of the listener is closed
             assert not started[0]._server.is_serving()  # type: ignore[attr-defined]

@@ -71,6 +71,9 @@ class Attachment:
     attached_at: float = field(default_factory=time.time)
 
 
+#: How long a shutdown waits for attaches whose servers are still starting.
+ATTACH_START_WAIT_S = 5.0
+
 #: Environment variable set in every backend a daemon starts: "<daemon id>:<daemon pid>".
 BACKEND_MARKER = "WORKER_RUNTIME_DAEMON"
 
@@ -126,6 +129,11 @@ class Daemon:
         self._control_tasks: set[asyncio.Task[None]] = set()
         #: The files this daemon made (socket, state), by path: (device, inode).
         self._own_files: dict[str, tuple[int, int]] = {}
+        #: Attaches past their first check and not yet answered (a server starting): the
+        #: shutdown lets them end (each refuses itself once it sees the stop).
+        self._attaching = 0
+        self._no_attach_pending = asyncio.Event()
+        self._no_attach_pending.set()
         #: Set once the lock's path names another file or none (``_check_displaced``).
         self.displaced = False
 
@@ -209,6 +217,10 @@ class Daemon:
         await asyncio.gather(
             *(a.server.drain_and_stop(self.settings.shutdown_grace_s) for a in attachments)
         )
+        # An attach whose server was starting as the stop came refuses itself and stops
+        # that server once started: let it (a start takes milliseconds; 5 s at most).
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._no_attach_pending.wait(), ATTACH_START_WAIT_S)
         await asyncio.gather(*(m.stop_all() for m in self.managers.values()))
 
     def _own(self, path: str) -> None:
@@ -458,6 +470,21 @@ class Daemon:
         # install that is still running): it exits once none is attached.
         if self._stop.is_set():
             return {"ok": False, "retry": True, "error": "this daemon is stopping"}, None
+        self._attaching += 1
+        self._no_attach_pending.clear()
+        try:
+            return await self._attach_checked(message, fds, control)
+        finally:
+            self._attaching -= 1
+            if not self._attaching:
+                self._no_attach_pending.set()
+
+    async def _attach_checked(
+        self,
+        message: dict[str, Any],
+        fds: list[int],
+        control: asyncio.StreamWriter | None,
+    ) -> tuple[dict[str, Any], Attachment | None]:
         listener: socket.socket | None = None
         try:
             config = config_from_mapping(message.get("config"), "attach").validated()

@@ -436,15 +436,24 @@ class BackendProcess:
                 return
         if self._proc is None or self._exited.is_set():
             return
+        await self._exit_after_kill(
+            max(0.0, give_up - loop.time()),
+            f"its cancelled request {request_id} is given up without waiting for it",
+        )
+
+    async def _exit_after_kill(self, within_s: float, given_up: str) -> None:
+        """Waits up to ``within_s`` for the exit a SIGKILL brings. Only a process stuck in
+        the kernel (a hung NFS or FUSE mount) outlives it: logged, with what ``given_up``
+        says the runtime no longer waits for."""
         try:
-            await asyncio.wait_for(self._exited.wait(), max(0.0, give_up - loop.time()))
+            await asyncio.wait_for(self._exited.wait(), within_s)
         except TimeoutError:
             LOGGER.error(
                 "%s has not exited %g s after SIGKILL (stuck in the kernel: a hung NFS or "
-                "FUSE mount?); its cancelled request %d is given up without waiting for it",
+                "FUSE mount?); %s",
                 self.describe(),
                 STUCK_AFTER_SIGKILL_S,
-                request_id,
+                given_up,
             )
 
     def _check_cancel_acknowledged(self, request_id: int) -> None:
@@ -671,12 +680,4 @@ class BackendProcess:
             except TimeoutError:
                 LOGGER.warning("%s ignored SIGTERM for %g s; killing it", self.describe(), grace_s)
             self._kill_group()
-        try:
-            await asyncio.wait_for(self._exited.wait(), STUCK_AFTER_SIGKILL_S)
-        except TimeoutError:  # in the kernel (a hung NFS or FUSE mount): it cannot be waited
-            LOGGER.error(
-                "%s has not exited %g s after SIGKILL (stuck in the kernel: a hung NFS or "
-                "FUSE mount?); the runtime no longer waits for it",
-                self.describe(),
-                STUCK_AFTER_SIGKILL_S,
-            )
+        await self._exit_after_kill(STUCK_AFTER_SIGKILL_S, "the runtime no longer waits for it")

@@ -54,7 +54,8 @@ class RemoteExecutor:
                 claim = asyncio.run_coroutine_threadsafe(referee.claim_for_remote(), loop)
                 return claim.result(timeout=claim_timeout_s)
             except (RuntimeError, TimeoutError, concurrent.futures.CancelledError):
-                # The loop is closed or stopping (the runtime is exiting): discard them.
+                # No answer: the loop is closed or stopping (the runtime is exiting), or
+                # the answer did not come in time (the local side still stopping).
                 LOGGER.info("the race's referee did not answer; remote outputs discarded")
                 unanswered.append(
                     f"the race did not answer the remote side's claim within "

@@ -15,16 +15,14 @@ import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import cast
 
 import pytest
 
-from tests.conftest import FAKE_WORKER, REPO_ROOT, wait_gone
+from tests.conftest import FAKE_WORKER, REPO_ROOT, wait_gone, wait_started
 from tests.worker_identity import host_pid, reported
 from worker_runtime.backends import process as backend_process
 from worker_runtime.backends.key import WorkerKey
 from worker_runtime.backends.loop_thread import LoopThread
-from worker_runtime.backends.process import BackendProcess
 from worker_runtime.executor import workers
 from worker_runtime.executor.limits import Confinement, Group, Limits
 from worker_runtime.executor.workers import (
@@ -34,7 +32,7 @@ from worker_runtime.executor.workers import (
     WorkerFault,
     WorkerPool,
 )
-from worker_runtime.protocol.messages import WorkRequest
+from worker_runtime.protocol.messages import MAX_REQUEST_ID, WorkRequest
 
 WORKER = REPO_ROOT / "tests" / "backends" / "remote_test_worker.py"
 
@@ -486,12 +484,39 @@ def test_the_cancel_grace_reaches_the_worker_processes(tmp_path: Path) -> None:
         pool.stop_all()
 
 
-def test_multiplex_request_ids_wrap_below_the_int32_bound(tmp_path: Path) -> None:
-    identity = WorkerKey(("w",), (), "proto", True, ())
-    worker = PersistentWorker(identity, tmp_path, cast(BackendProcess, None))
-    assert [worker._next_id() for _ in range(2)] == [1, 2]
-    worker._last_id = (1 << 31) - 3
-    assert [worker._next_id() for _ in range(2)] == [(1 << 31) - 2, 1]  # never 2**31 - 1
+def test_multiplex_request_ids_begin_again_at_one_past_the_ids_in_flight(
+    pool: WorkerPool, tmp_path: Path
+) -> None:
+    """Ids are int32 on the wire: after 2^31 - 1 they begin again at 1, and an id still
+    in flight is not given out twice (it was: the worker's second answer to one id was
+    taken for a protocol fault, and the worker was stopped with every request in it)."""
+    worker = start(pool, tmp_path, "main", multiplex=True)
+    signal_file = tmp_path / "c" / "o.txt"
+    waiting: list[threading.Thread] = []
+    results: list[int] = []
+    for sandbox in "ab":  # ids 1 and 2, both waiting for the third request's output
+        wait_for_c = request(
+            "--wait-if", "remote", str(signal_file), "--out", "o.txt", "in.txt",
+            sandbox=tmp_path / sandbox,
+        )  # fmt: skip
+        thread = threading.Thread(
+            target=lambda r=wait_for_c: results.append(worker.call(r, 30).exit_code)
+        )
+        thread.start()
+        waiting.append(thread)
+        wait_started(tmp_path / sandbox / "started.txt")
+    assert worker.backend.holds_id(1) and worker.backend.holds_id(2)
+    worker._last_id = MAX_REQUEST_ID - 1
+    assert worker._next_id() == MAX_REQUEST_ID  # the bound itself is an int32
+    third = worker.call(request("--out", "o.txt", "in.txt", sandbox=tmp_path / "c"), 30)
+    assert worker._last_id == 3  # 1 and 2 were passed over
+    for thread in waiting:
+        thread.join(30)
+    assert third.exit_code == 0 and results == [0, 0]
+    for sandbox in "abc":
+        assert reported((tmp_path / sandbox / "o.txt").read_text())
+    pool.release(worker, healthy=True)
+    assert worker.in_flight == 0 and pool.pids() == [worker.pid]  # still warm
 
 
 @pytest.mark.needs_root("it makes control groups")

@@ -11,8 +11,9 @@ from pathlib import Path
 
 from tests.conftest import fake_backend
 from worker_runtime.backends.manager import BackendManager
-from worker_runtime.backends.pool import MAX_REQUEST_ID, MultiplexPool
+from worker_runtime.backends.pool import MultiplexPool
 from worker_runtime.config import RuntimeConfig
+from worker_runtime.protocol.messages import MAX_REQUEST_ID
 
 
 class HoldingProcess:

@@ -13,12 +13,14 @@ import logging
 
 from worker_runtime.backends.process import BackendProcess, BackendSpec
 from worker_runtime.errors import BackendStartError
-from worker_runtime.protocol.messages import WorkInput, WorkRequest, WorkResponse
+from worker_runtime.protocol.messages import (
+    MAX_REQUEST_ID,
+    WorkInput,
+    WorkRequest,
+    WorkResponse,
+)
 
 LOGGER = logging.getLogger(__name__)
-
-#: request_id is an int32 on the wire: the ids given out go up to this, then begin again.
-MAX_REQUEST_ID = (1 << 31) - 1
 
 
 class BackendPool:

@@ -37,7 +37,7 @@ from worker_runtime.executor.limits import Confinement, Group
 from worker_runtime.executor.removal import remove_tree
 from worker_runtime.executor.sandbox import Sandbox
 from worker_runtime.executor.tenants import RunAs, hand_over
-from worker_runtime.protocol.messages import WorkRequest, WorkResponse
+from worker_runtime.protocol.messages import MAX_REQUEST_ID, WorkRequest, WorkResponse
 
 LOGGER = logging.getLogger(__name__)
 _NO_FOLLOW_DIRECTORY = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -115,8 +115,6 @@ class AcquireCancelled(RuntimeError):
     cap), or the pool stopped (the executor is leaving): it never reached one."""
 
 
-#: Multiplex request ids are int32 on the wire; they are never reused below this bound.
-_MAX_REQUEST_ID = (1 << 31) - 1
 #: How often a waiting request looks at its lease's cancel flag.
 _CANCEL_POLL_S = 0.05
 
@@ -140,7 +138,7 @@ class PersistentWorker:
     last_used: float = field(default_factory=time.monotonic)
     #: Requests it is serving now (more than one only if multiplex).
     in_flight: int = 0
-    #: The last multiplex request id given out (ids wrap around below _MAX_REQUEST_ID).
+    #: The last multiplex request id given out (after 2^31 - 1, from 1 again).
     _last_id: int = 0
     _id_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
@@ -191,9 +189,13 @@ class PersistentWorker:
         return response
 
     def _next_id(self) -> int:
+        """Ids are int32 on the wire: after 2^31 - 1 they begin again at 1, past every
+        id the process still holds (in flight, a cancel's, a cancel answered lately)."""
         with self._id_lock:  # lease threads share a multiplex worker
-            self._last_id = self._last_id % (_MAX_REQUEST_ID - 1) + 1
-            return self._last_id
+            while True:
+                self._last_id = self._last_id % MAX_REQUEST_ID + 1
+                if not self.backend.holds_id(self._last_id):
+                    return self._last_id
 
     async def _call(
         self, request: WorkRequest, timeout_s: float, cancelled: threading.Event | None

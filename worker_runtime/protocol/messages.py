@@ -4,6 +4,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+#: ``request_id`` is an int32 on the wire: the highest id a multiplex request may carry
+#: (those given out go up to it, then begin again at 1).
+MAX_REQUEST_ID = (1 << 31) - 1
+
 
 @dataclass(frozen=True, slots=True)
 class WorkInput:

@@ -3,7 +3,8 @@ hierarchy has no controllers (they are v1's), so the kernel's enforcement of v2 
 is not run here. What is checked: that the v2 mechanism is chosen where a v2 mount has
 the controllers, and that a group is the directory, files and values the kernel's v2
 interface names (``memory.max``, ``memory.swap.max``, ``cpu.max``, ``pids.max``,
-``cgroup.procs``, ``memory.events``)."""
+``cgroup.procs``, ``memory.events``); and that a group that cannot be removed is
+logged."""
 
 from __future__ import annotations
 
@@ -66,3 +67,32 @@ def test_only_the_limits_given_are_written(mount: Path) -> None:
     group = limits.Confinement(limits.Limits(pids=5), "executor-1-tenant-b").group("worker")
     (directory,) = group.directories
     assert sorted(p.name for p in directory.iterdir()) == ["pids.max"]
+
+
+def test_a_group_that_cannot_be_removed_is_logged_with_what_still_runs_in_it(
+    mount: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A process stuck in the kernel outlives SIGKILL and keeps its group: that was
+    silent. (Here a pid no process can have stands for it in the stand-in's
+    ``cgroup.procs``, and the stand-in's files keep the directory.)"""
+    group = limits.Confinement(limits.Limits(pids=5), "executor-0-main").group("action")
+    (directory,) = group.directories
+    (directory / "cgroup.procs").write_text("4194305\n")  # past any pid_max
+    with caplog.at_level("WARNING", logger=limits.__name__):
+        group.remove()
+    assert directory.is_dir()
+    assert f"control group {directory} was not removed" in caplog.text
+    assert "still in it: [4194305]" in caplog.text
+
+
+def test_a_group_removed_already_is_not_logged(
+    mount: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    group = limits.Confinement(limits.Limits(pids=5), "executor-0-main").group("action")
+    (directory,) = group.directories
+    for child in directory.iterdir():
+        child.unlink()
+    directory.rmdir()
+    with caplog.at_level("WARNING", logger=limits.__name__):
+        group.remove()
+    assert caplog.text == ""

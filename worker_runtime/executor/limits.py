@@ -26,6 +26,8 @@ limit."""
 from __future__ import annotations
 
 import contextlib
+import errno
+import logging
 import math
 import os
 import re
@@ -34,6 +36,8 @@ import signal
 import time
 from dataclasses import dataclass
 from pathlib import Path
+
+LOGGER = logging.getLogger(__name__)
 
 #: Where the groups go under each hierarchy: ``worker-runtime/<bot id>/<name>``.
 BASE = "worker-runtime"
@@ -220,21 +224,32 @@ class Group:
         """Kills whatever still runs in the group and removes it. What is left is most
         often a sandbox's PID namespace still being torn down after its command ended: a
         millisecond's wait, so the waits start short (0.5 ms, doubling to 10 ms; 0.5 s
-        in all)."""
+        in all). A group that cannot be removed (a process stuck in the kernel outlives
+        SIGKILL) is logged, with what still runs in it; the executor's next start or
+        stop removes it (``Confinement.clear``)."""
         pause, waited = 0.0005, 0.0
-        while waited < 0.5:
-            left = self.pids()
-            if not left:
-                break
+        left = self.pids()
+        while left and waited < 0.5:
             for pid in left:
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGKILL)
             time.sleep(pause)
             waited += pause
             pause = min(pause * 2, 0.01)
+            left = self.pids()
         for directory in self.directories:
-            with contextlib.suppress(OSError):
+            try:
                 directory.rmdir()
+            except FileNotFoundError:
+                pass
+            except OSError as exc:
+                still = f"; still in it: {sorted(left)}" if left else ""
+                LOGGER.warning(
+                    "control group %s was not removed (%s)%s",
+                    directory,
+                    os.strerror(exc.errno or errno.EIO),
+                    still,
+                )
 
 
 class Confinement:

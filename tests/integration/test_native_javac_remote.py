@@ -8,13 +8,15 @@ script, runtime words, config and marker), the remote backend is the javac worke
 toolchains/java/defs.bzl's RunInfo runs it (its launcher snippet, JVM_FLAGS, `-cp` its
 classes directory), compiled here with a plain javac. It checks that compiles come back as class directories, that they
 share one warm worker whatever key Buck2 sends, and that with workers off the same compile
-runs one-shot to the same class bytes. The real-Buck2 counterpart is
+runs one-shot to the same class bytes, and that the RunInfo compiles UTF-8 sources in a
+POSIX locale, as an executor runs it. The real-Buck2 counterpart is
 tests/buck2/test_native_remote.py.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 from collections.abc import Iterator
@@ -294,3 +296,25 @@ def test_workers_off_compiles_one_shot_to_the_same_class_bytes(
         check=True, capture_output=True, timeout=120,
     )  # fmt: skip
     assert (plain / "demo" / f"{target.name}.class").read_bytes() == warm
+
+
+def test_the_built_worker_reads_sources_and_writes_diagnostics_as_utf8_in_any_locale(
+    tool: JavacTool,
+) -> None:
+    """The RunInfo javac_worker_binary makes (what an executor runs, with only PATH and
+    the action's environment: a POSIX locale) lacked the UTF-8 flags the script launcher
+    has: a JDK 17 read a non-ASCII source as ASCII ("unmappable character") and wrote
+    its diagnostics' non-ASCII characters as `?`."""
+    source = tool.root / "utf8" / "Cafe.java"
+    source.parent.mkdir(exist_ok=True)
+    source.write_text(
+        'class Cafe { String s = "caf\u00e9"; void m() { th\u00e9(); } }\n', encoding="utf-8"
+    )
+    env = {"PATH": os.environ["PATH"], "LC_ALL": "C"}
+    result = subprocess.run(
+        [*tool.one_shot, "-d", "utf8/out", "utf8/Cafe.java"],
+        cwd=tool.root, env=env, capture_output=True, timeout=120,
+    )  # fmt: skip
+    diagnostics = result.stderr.decode("utf-8")
+    assert result.returncode == 1, diagnostics
+    assert "symbol:   method th\u00e9()" in diagnostics and "unmappable" not in diagnostics

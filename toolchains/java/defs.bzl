@@ -1,7 +1,12 @@
 """javac_worker_binary: the javac worker built by Buck2 itself, with a plain (cold) javac."""
 
-# The same JVM flags as toolchains/java/javac-worker (see there for why each is set).
+# The same JVM flags as toolchains/java/javac-worker (see there for why each is set):
+# UTF-8 first, since an executor runs the worker in a POSIX locale, where a JDK 17 would
+# read sources as ASCII and write diagnostics' other characters as "?".
 JVM_FLAGS = [
+    "-Dfile.encoding=UTF-8",
+    "-Dstdout.encoding=UTF-8",
+    "-Dstderr.encoding=UTF-8",
     "-XX:TieredStopAtLevel=1",
     "-XX:+UseSerialGC",
     "-Xshare:auto",

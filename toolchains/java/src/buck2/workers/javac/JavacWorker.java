@@ -557,7 +557,8 @@ public final class JavacWorker {
         // error and a stack trace.
         diagnostics.println(
             "error: " + args[i] + " is an option of the javac launcher, and this compile runs "
-                + "in-process: give JVM flags to the worker (JAVAC_WORKER_JVM_FLAGS) instead");
+                + "in-process: give JVM flags to the worker instead (JAVAC_WORKER_JVM_FLAGS "
+                + "for toolchains/java/javac-worker, JVM_FLAGS in toolchains/java/defs.bzl)");
         return 2; // javac's code for a bad command line
       }
       if (OPTIONS_WITH_A_VALUE.containsKey(args[i])) {

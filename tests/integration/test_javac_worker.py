@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 
 from tests.argfile_vectors import ARGFILE_EXIT_CODE, CASES, Case, parametrize_cases
-from tests.conftest import REPO_ROOT, StartRuntime
+from tests.conftest import REPO_ROOT, StartRuntime, wait_started
 from worker_runtime.errors import RUNTIME_ERROR_EXIT_CODE, RequestError
 from worker_runtime.proto import buck2_worker_pb2 as pb
 from worker_runtime.proto import buck2_worker_pb2_grpc as pb_grpc
@@ -75,7 +75,7 @@ import javax.lang.model.element.TypeElement;
 import javax.tools.Diagnostic;
 
 @SupportedAnnotationTypes("*")
-@SupportedOptions({"spawn", "throwInThread", "linger", "resource"})
+@SupportedOptions({"spawn", "throwInThread", "linger", "resource", "contextLoader", "await"})
 public class P extends AbstractProcessor {
   @Override
   public SourceVersion getSupportedSourceVersion() {
@@ -113,6 +113,25 @@ public class P extends AbstractProcessor {
           return;
         }
       }).start();
+    }
+    String await = processingEnv.getOptions().get("await");
+    if (await != null) {
+      // Says it started (AWAIT.started), then waits until the file AWAIT exists.
+      try {
+        java.nio.file.Files.writeString(java.nio.file.Path.of(await + ".started"), "");
+        while (!java.nio.file.Files.exists(java.nio.file.Path.of(await))) {
+          Thread.sleep(10);
+        }
+      } catch (Exception e) {
+        throw new RuntimeException(e);
+      }
+    }
+    if (processingEnv.getOptions().containsKey("contextLoader")) {
+      // Notes its thread's context class loader, then leaves its own there.
+      ClassLoader found = Thread.currentThread().getContextClassLoader();
+      String name = found == null ? "none" : found.getClass().getName();
+      processingEnv.getMessager().printMessage(Diagnostic.Kind.NOTE, "context loader: " + name);
+      Thread.currentThread().setContextClassLoader(P.class.getClassLoader());
     }
     if (processingEnv.getOptions().containsKey("resource")) {
       try (java.io.InputStream in = P.class.getResource("msg.txt").openStream()) {
@@ -379,6 +398,58 @@ def test_cancelled_compile_is_answered_and_the_worker_stays(
         and "cancelled by the client" in response.stderr
     )
     assert worker.run("-d", "after", "Small.java").exit_code == 0
+
+
+def test_a_cancel_stops_the_compile_at_javacs_next_step(
+    tmp_path: Path, processor_modules: Path
+) -> None:
+    """A cancelled compile ran to its end, writing its classes, before it was answered:
+    the runtime, which waits 5 s for that answer, then killed a worker whose compile ran
+    longer, and every compile in it. It stops at javac's next step now (here, once its
+    processor returns), writes nothing more, and the worker serves on."""
+    (tmp_path / "A.java").write_text("class A {}\n")
+    go, temp = tmp_path / "go", tmp_path / "temp"
+    temp.mkdir()
+    worker = subprocess.Popen(
+        [JAVAC_WORKER, "--persistent_worker"], cwd=tmp_path,
+        env={**os.environ, "JAVAC_WORKER_JVM_FLAGS": f"-Djava.io.tmpdir={temp}"},
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    stdin, stdout, stderr = worker.stdin, worker.stdout, worker.stderr
+    assert stdin is not None and stdout is not None and stderr is not None
+
+    def send(request: Mapping[str, object]) -> None:
+        stdin.write(json_requests(request) + b"\n")
+        stdin.flush()
+
+    def answer() -> dict[str, Any]:
+        ready, _, _ = select.select([stdout], [], [], 60)
+        assert ready, "no answer within 60 s"
+        found: dict[str, Any] = json.loads(stdout.readline())
+        return found
+
+    try:
+        argv = ["--processor-module-path", str(processor_modules), f"-Aawait={go}"]
+        send({"arguments": [*argv, "-d", "out", "A.java"], "requestId": 1})
+        wait_started(tmp_path / "go.started")  # the compile is in its processor
+        send({"requestId": 1, "cancel": True, "verbosity": 1})
+        # Its verbosity has the worker say it read the cancel; then the processor returns.
+        while b"request 1: []" not in stderr.readline():
+            pass
+        go.touch()
+        cancelled = answer()
+        assert cancelled["requestId"] == 1 and cancelled.get("wasCancelled"), cancelled
+        assert not (tmp_path / "out").exists()  # stopped before it wrote a class
+        send({"arguments": ["-d", "out2", "A.java"], "requestId": 2})
+        assert answer() == {"exitCode": 0, "output": "", "requestId": 2}
+        assert (tmp_path / "out2" / "A.class").exists()
+        # Nothing taken for a fault of javac's: it writes its arguments to a file then.
+        assert not list(temp.glob("javac.*.args"))
+    finally:
+        worker.kill()
+        worker.wait()
+        for pipe in (stdin, stdout, stderr):
+            pipe.close()
 
 
 def test_a_proto_request_of_123_bytes_is_not_taken_for_json(tmp_path: Path) -> None:
@@ -718,6 +789,39 @@ def test_an_exception_on_a_processors_own_thread_ends_neither_compile_nor_worker
     responses = JsonFraming().feed(result.stdout)
     assert sorted((r.request_id, r.exit_code) for r in responses) == [(1, 0), (2, 0)]
     assert result.returncode == 0 and b"from p's thread" in result.stderr
+
+
+def test_what_a_processor_leaves_on_its_thread_is_not_the_next_singleplex_compiles(
+    tmp_path: Path, processor_modules: Path
+) -> None:
+    """Singleplex compiles ran on the worker's main thread, one after another: a context
+    class loader a processor set there (its own, closed once its compile ended) was the
+    next compile's, as no cold javac's is. Each runs on a thread of its own now."""
+    (tmp_path / "A.java").write_text("class A {}\n")
+    argv = ["--processor-module-path", str(processor_modules), "-AcontextLoader"]
+    requests = [{"arguments": [*argv, "-d", f"o{n}", "A.java"], "requestId": 0} for n in (1, 2)]
+    result = serve(json_requests(*requests), tmp_path)
+    outputs = [r.output for r in JsonFraming().feed(result.stdout)]
+    assert len(outputs) == 2, result.stderr
+    first = outputs[0].split("context loader: ")[1].split()[0]
+    assert first.endswith("AppClassLoader")
+    assert f"context loader: {first}" in outputs[1], outputs[1]
+
+
+def test_a_java_without_a_compiler_is_a_clear_error_not_an_internal_one(tmp_path: Path) -> None:
+    """A JRE's java (here a JDK's with the jdk.compiler module left out) answered every
+    compile with an internal error, a NullPointerException, and one-shot died of it."""
+    (tmp_path / "A.java").write_text("class A {}\n")
+    env = {**os.environ, "JAVAC_WORKER_JVM_FLAGS": "--limit-modules java.base,java.compiler"}
+    for mode in ([], ["--persistent_worker"]):
+        result = subprocess.run(
+            [JAVAC_WORKER, *mode, "-d", "out", "A.java"],
+            input=json_requests({"arguments": ["-d", "out", "A.java"]}), cwd=tmp_path, env=env,
+            capture_output=True, timeout=120,
+        )  # fmt: skip
+        assert result.returncode == 6 and result.stdout == b"", (mode, result)
+        assert b"has no Java compiler (the jdk.compiler module)" in result.stderr
+        assert b"Exception" not in result.stderr
 
 
 def test_the_worker_exits_at_the_end_of_its_input_whatever_a_processor_left_running(

@@ -16,6 +16,13 @@ JVM_FLAGS = [
 
 _MAIN_CLASS = "buck2.workers.javac.JavacWorker"
 
+# javac's own packages a cancel needs to stop a compile (javac's entry point and a task
+# listener on it), as toolchains/java/javac-worker exports them.
+_JAVAC_EXPORTS = " ".join([
+    "--add-exports=jdk.compiler/com.sun.tools.javac.{}=ALL-UNNAMED".format(package)
+    for package in ("main", "util", "file", "api")
+])
+
 # Runs "$@", the java command line, as toolchains/java/javac-worker runs it (see there for
 # why): with --persistent_worker, the protocol's stdout on fd 3 and fd 1 on stderr, its
 # stdin on fd 4 and fd 0 on /dev/null.
@@ -24,7 +31,9 @@ _PROTOCOL_ON_FD_3 = " ".join([
     "if [ \"$arg\" = --persistent_worker ]; then",
     "exec 3>&1 1>&2 4<&0 0</dev/null;",
     "java=$1; shift;",
-    "set -- \"$java\" -Dbuck2.workers.javac.protocolFd=3 -Dbuck2.workers.javac.protocolInFd=4 --add-opens=java.base/java.io=ALL-UNNAMED \"$@\";",
+    "set -- \"$java\" -Dbuck2.workers.javac.protocolFd=3 -Dbuck2.workers.javac.protocolInFd=4 --add-opens=java.base/java.io=ALL-UNNAMED",
+    _JAVAC_EXPORTS,
+    "\"$@\";",
     "break;",
     "fi;",
     "done;",

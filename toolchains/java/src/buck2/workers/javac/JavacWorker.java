@@ -30,6 +30,9 @@ public final class JavacWorker {
   /** Exit code of an action whose argument files cannot be expanded (the runtime's, too). */
   static final int ARGFILE_EXIT_CODE = 125;
 
+  /** Exit code of a worker whose java has no compiler (a JRE's, or one without jdk.compiler). */
+  static final int NO_COMPILER_EXIT_CODE = 6;
+
   /** JVM property naming the fd the launchers moved the protocol's stdout to. */
   static final String PROTOCOL_FD_PROPERTY = "buck2.workers.javac.protocolFd";
 
@@ -91,6 +94,15 @@ public final class JavacWorker {
   }
 
   public static void main(String[] args) throws Exception {
+    if (JAVAC == null) {
+      // Every compile failed with an internal error (a NullPointerException) instead.
+      System.err.println(
+          "javac-worker: this java (java.home " + System.getProperty("java.home") + ") has no "
+              + "Java compiler (the jdk.compiler module): run the worker with a JDK's java, "
+              + "not a JRE's");
+      System.exit(NO_COMPILER_EXIT_CODE);
+      return;
+    }
     java.util.List<String> startup = new java.util.ArrayList<>();
     for (String arg : args) {
       if (!arg.equals("--persistent_worker")) {
@@ -212,9 +224,11 @@ public final class JavacWorker {
         System.err.println("javac-worker: request " + request.requestId + ": " + request.arguments);
       }
       if (request.cancel) {
-        // javac cannot be interrupted safely: the compile finishes, and its request is then
-        // answered was_cancelled (never touching the output directory after answering).
-        // A cancel of a request already answered is ignored.
+        // javac cannot be interrupted, but it can be stopped between two of its steps (a
+        // file parsed, a class analysed or written, a round of processing): the compile
+        // stops at the next one (StoppableJavac), and its request is then answered
+        // was_cancelled (never touching the output directory after answering). A cancel of
+        // a request already answered is ignored.
         InFlight state = inFlight.get(request.requestId);
         if (state != null) {
           state.cancelled = true;
@@ -225,7 +239,12 @@ public final class JavacWorker {
         continue;
       }
       if (request.requestId == 0) {
-        handle(request, null); // singleplex: one at a time, in order
+        // Singleplex: one at a time, in order, each on a thread of its own as a multiplex
+        // request is (and as a cold javac's is its own): what a processor leaves on its
+        // thread (a context class loader it set, its thread-locals) goes with it.
+        Thread thread = requestThread(() -> handle(request, null), "javac-request");
+        thread.start();
+        thread.join();
       } else {
         InFlight state = new InFlight();
         InFlight previous = inFlight.putIfAbsent(request.requestId, state);
@@ -251,20 +270,27 @@ public final class JavacWorker {
             queue.add(state); // its place in line: the order requests are read
           }
         }
-        Thread thread = new Thread(() -> handle(request, state), "javac-request-" + request.requestId);
-        thread.setDaemon(true);
-        // A request's own thread that dies unexpectedly must not leave its request
-        // unanswered. (Threads a processor starts keep the JVM's default: a cold javac
-        // prints their exception and goes on, and so does this worker.)
-        thread.setUncaughtExceptionHandler(
-            (dead, error) -> {
-              System.err.println("javac-worker: fatal error in " + dead.getName() + ": " + error);
-              System.exit(5);
-            });
+        Thread thread =
+            requestThread(() -> handle(request, state), "javac-request-" + request.requestId);
         thread.start();
         threads.add(thread);
       }
     }
+  }
+
+  /** A request's own thread (not started). */
+  private static Thread requestThread(Runnable handler, String name) {
+    Thread thread = new Thread(handler, name);
+    thread.setDaemon(true);
+    // A request's own thread that dies unexpectedly must not leave its request
+    // unanswered. (Threads a processor starts keep the JVM's default: a cold javac
+    // prints their exception and goes on, and so does this worker.)
+    thread.setUncaughtExceptionHandler(
+        (dead, error) -> {
+          System.err.println("javac-worker: fatal error in " + dead.getName() + ": " + error);
+          System.exit(5);
+        });
+    return thread;
   }
 
   private void handle(WireFormat.Request request, InFlight state) {
@@ -345,7 +371,10 @@ public final class JavacWorker {
         args = java.util.Arrays.copyOf(startupArgs, startupArgs.length + own.length);
         System.arraycopy(own, 0, args, startupArgs.length, own.length);
       }
-      code = args == null ? ARGFILE_EXIT_CODE : compile(args, out);
+      java.util.function.BooleanSupplier cancelled = state == null ? null : () -> state.cancelled;
+      code = args == null ? ARGFILE_EXIT_CODE : compile(args, out, cancelled);
+    } catch (StoppableJavac.Stopped e) {
+      code = 1; // cancelled: answered so below, its diagnostics dropped
     } catch (OutOfMemoryError e) {
       System.err.println("javac-worker: out of memory; exiting so that a fresh worker starts");
       System.exit(3);
@@ -551,6 +580,15 @@ public final class JavacWorker {
    * names its own overrides it, since javac takes the last.
    */
   static int compile(String[] args, PrintStream diagnostics) {
+    return compile(args, diagnostics, null);
+  }
+
+  /**
+   * {@link #compile(String[], PrintStream)}, stopped at javac's next step once {@code
+   * cancelled} says so (then it throws {@link StoppableJavac.Stopped}); null: never.
+   */
+  static int compile(
+      String[] args, PrintStream diagnostics, java.util.function.BooleanSupplier cancelled) {
     for (int i = 0; i < args.length; i++) {
       if (args[i].startsWith("-J")) {
         // In-process javac has no launcher to hand it to: it failed with an internal
@@ -569,7 +607,10 @@ public final class JavacWorker {
     withDefault[0] = "--class-path";
     withDefault[1] = EmptyClassPath.current();
     System.arraycopy(args, 0, withDefault, 2, args.length);
-    int code = JAVAC.run(null, diagnostics, diagnostics, withDefault);
+    int code =
+        cancelled != null && StoppableJavac.LOADED != null
+            ? StoppableJavac.LOADED.run(withDefault, diagnostics, cancelled)
+            : JAVAC.run(null, diagnostics, diagnostics, withDefault);
     if (code == 0) {
       makeOutputDirectories(args); // a failed compile leaves nothing, as javac's does
     }
@@ -597,6 +638,131 @@ public final class JavacWorker {
       if (OPTIONS_WITH_A_VALUE.containsKey(args[i])) {
         i++; // its value is no option
       }
+    }
+  }
+
+  /**
+   * javac as {@code JAVAC.run} runs it (its own entry point, {@code Main}, on a fresh
+   * context), plus a task listener that stops it at its next step once its request is
+   * cancelled: without it, a cancelled compile ran to its end, and a client that waits a
+   * grace for the answer (the runtime: 5 s) then killed the worker, every compile in it
+   * with it. javac's entry point is not exported: this needs the launchers' {@code
+   * --add-exports} of its four packages, and without them (java started by hand) {@link
+   * #LOADED} is null and a cancelled compile runs to its end, as before.
+   */
+  static final class StoppableJavac {
+    /** Thrown out of the compile once its request is cancelled. */
+    static final class Stopped extends RuntimeException {
+      Stopped() {
+        super("the request was cancelled", null, false, false);
+      }
+    }
+
+    /** The one instance, or null where javac's internals are not exported to the worker. */
+    static final StoppableJavac LOADED = load();
+
+    private final java.lang.reflect.Constructor<?> newMain;
+    private final java.lang.reflect.Method compile;
+    private final java.lang.reflect.Constructor<?> newContext;
+    private final java.lang.reflect.Method preRegisterFileManager;
+    private final java.lang.reflect.Method listenersOf;
+    private final java.lang.reflect.Method addListener;
+    private final java.lang.reflect.Method contextGet;
+    private final java.lang.reflect.Field exitCode;
+    /** javac's PropagatedException: its entry point throws its cause on, as it is. */
+    private final java.lang.reflect.Constructor<?> propagated;
+
+    private StoppableJavac() throws ReflectiveOperationException {
+      Class<?> main = Class.forName("com.sun.tools.javac.main.Main");
+      Class<?> context = Class.forName("com.sun.tools.javac.util.Context");
+      newMain = main.getConstructor(String.class, PrintWriter.class);
+      compile = main.getMethod("compile", String[].class, context);
+      newContext = context.getConstructor();
+      preRegisterFileManager =
+          Class.forName("com.sun.tools.javac.file.JavacFileManager")
+              .getMethod("preRegister", context);
+      Class<?> listeners = Class.forName("com.sun.tools.javac.api.MultiTaskListener");
+      listenersOf = listeners.getMethod("instance", context);
+      addListener = listeners.getMethod("add", com.sun.source.util.TaskListener.class);
+      contextGet = context.getMethod("get", Class.class);
+      exitCode = Class.forName("com.sun.tools.javac.main.Main$Result").getField("exitCode");
+      propagated =
+          Class.forName("com.sun.tools.javac.util.PropagatedException")
+              .getConstructor(RuntimeException.class);
+    }
+
+    private static StoppableJavac load() {
+      Module compiler = JAVAC == null ? null : JAVAC.getClass().getModule();
+      Module worker = JavacWorker.class.getModule();
+      if (compiler == null) {
+        return null;
+      }
+      for (String name : new String[] {"main", "util", "file", "api"}) {
+        if (!compiler.isExported("com.sun.tools.javac." + name, worker)) {
+          return null;
+        }
+      }
+      try {
+        return new StoppableJavac();
+      } catch (ReflectiveOperationException | RuntimeException e) {
+        System.err.println("javac-worker: a cancel cannot stop a compile in this JDK: " + e);
+        return null;
+      }
+    }
+
+    int run(String[] args, PrintStream diagnostics, java.util.function.BooleanSupplier cancelled) {
+      try {
+        Object context = newContext.newInstance();
+        preRegisterFileManager.invoke(null, context);
+        addListener.invoke(listenersOf.invoke(null, context), stopWhen(cancelled));
+        try {
+          Object main = newMain.newInstance("javac", new PrintWriter(diagnostics, true));
+          return exitCode.getInt(compile.invoke(main, args, context));
+        } finally {
+          // As javac's own entry point does with the context it made.
+          ((javax.tools.JavaFileManager) contextGet.invoke(context, javax.tools.JavaFileManager.class))
+              .close();
+        }
+      } catch (java.lang.reflect.InvocationTargetException e) {
+        Throwable cause = e.getCause();
+        if (cause instanceof RuntimeException) {
+          throw (RuntimeException) cause; // Stopped among them
+        }
+        if (cause instanceof Error) {
+          throw (Error) cause;
+        }
+        throw new IllegalStateException(cause);
+      } catch (ReflectiveOperationException | java.io.IOException e) {
+        throw new IllegalStateException(e);
+      }
+    }
+
+    private com.sun.source.util.TaskListener stopWhen(java.util.function.BooleanSupplier cancelled) {
+      return new com.sun.source.util.TaskListener() {
+        @Override
+        public void started(com.sun.source.util.TaskEvent event) {
+          stopIfCancelled();
+        }
+
+        @Override
+        public void finished(com.sun.source.util.TaskEvent event) {
+          stopIfCancelled();
+        }
+
+        private void stopIfCancelled() {
+          if (!cancelled.getAsBoolean()) {
+            return;
+          }
+          // Wrapped as javac's PropagatedException: any other exception out of a listener
+          // is "an exception has occurred in the compiler", and javac writes its arguments
+          // to a file in the temporary directory for the bug report.
+          try {
+            throw (RuntimeException) propagated.newInstance(new Stopped());
+          } catch (ReflectiveOperationException e) {
+            throw new Stopped();
+          }
+        }
+      };
     }
   }
 

@@ -75,7 +75,7 @@ import javax.lang.model.element.TypeElement;
 import javax.tools.Diagnostic;
 
 @SupportedAnnotationTypes("*")
-@SupportedOptions({"spawn", "throwInThread", "linger", "resource", "contextLoader", "await"})
+@SupportedOptions({"spawn", "throwInThread", "linger", "resource", "contextLoader", "await", "print"})
 public class P extends AbstractProcessor {
   @Override
   public SourceVersion getSupportedSourceVersion() {
@@ -113,6 +113,10 @@ public class P extends AbstractProcessor {
           return;
         }
       }).start();
+    }
+    if (processingEnv.getOptions().containsKey("print")) {
+      System.out.println("p's System.out");
+      System.err.println("p's System.err");
     }
     String await = processingEnv.getOptions().get("await");
     if (await != null) {
@@ -786,9 +790,33 @@ def test_an_exception_on_a_processors_own_thread_ends_neither_compile_nor_worker
     first = {"arguments": [*argv, "-d", "out", "A.java"], "requestId": 1}
     second = {"arguments": ["-d", "out2", "A.java"], "requestId": 2}
     result = serve(json_requests(first, second), tmp_path)
-    responses = JsonFraming().feed(result.stdout)
-    assert sorted((r.request_id, r.exit_code) for r in responses) == [(1, 0), (2, 0)]
-    assert result.returncode == 0 and b"from p's thread" in result.stderr
+    responses = sorted(JsonFraming().feed(result.stdout), key=lambda r: r.request_id)
+    assert [(r.request_id, r.exit_code) for r in responses] == [(1, 0), (2, 0)]
+    # Printed where a cold javac's is: the request's output (the action's).
+    assert result.returncode == 0 and "from p's thread" in responses[0].output
+    assert "from p's thread" not in responses[1].output
+
+
+def test_what_a_processor_prints_is_its_requests_output(
+    tmp_path: Path, processor_modules: Path
+) -> None:
+    """What a processor wrote to System.out or System.err went to the worker's log, where
+    a cold javac's goes to the action's output (which Buck2 shows): warm, the user never
+    saw it. It is the request's output now, singleplex and multiplex."""
+    (tmp_path / "A.java").write_text("class A {}\n")
+    argv = ["--processor-module-path", str(processor_modules), "-Aprint"]
+    cold = subprocess.run(
+        ["javac", *argv, "-d", "cold", "A.java"], cwd=tmp_path, capture_output=True,
+        text=True, timeout=120,
+    )  # fmt: skip
+    assert "p's System.out" in cold.stdout and "p's System.err" in cold.stderr
+    for request_id in (0, 7):
+        printing = {"arguments": [*argv, "-d", f"o{request_id}", "A.java"]}
+        result = serve(json_requests({**printing, "requestId": request_id}), tmp_path)
+        (response,) = JsonFraming().feed(result.stdout)
+        assert response.exit_code == 0
+        assert "p's System.out" in response.output and "p's System.err" in response.output
+        assert b"p's System" not in result.stderr
 
 
 def test_what_a_processor_leaves_on_its_thread_is_not_the_next_singleplex_compiles(

@@ -27,6 +27,9 @@ import javax.tools.ToolProvider;
 public final class JavacWorker {
   private static final JavaCompiler JAVAC = ToolProvider.getSystemJavaCompiler();
 
+  /** The worker's own messages: its stderr (System.err is a request's output while it runs). */
+  private static final PrintStream LOG = System.err;
+
   /** Exit code of an action whose argument files cannot be expanded (the runtime's, too). */
   static final int ARGFILE_EXIT_CODE = 125;
 
@@ -79,7 +82,7 @@ public final class JavacWorker {
     int fallback = Math.max(2, Runtime.getRuntime().availableProcessors());
     int set = Integer.getInteger(MAX_COMPILES_PROPERTY, fallback);
     if (set < 1) {
-      System.err.println(
+      LOG.println(
           "javac-worker: -D" + MAX_COMPILES_PROPERTY + "=" + set + " lets nothing compile; "
               + "taking " + fallback + " (the CPUs, at least 2)");
       return fallback;
@@ -96,7 +99,7 @@ public final class JavacWorker {
   public static void main(String[] args) throws Exception {
     if (JAVAC == null) {
       // Every compile failed with an internal error (a NullPointerException) instead.
-      System.err.println(
+      LOG.println(
           "javac-worker: this java (java.home " + System.getProperty("java.home") + ") has no "
               + "Java compiler (the jdk.compiler module): run the worker with a JDK's java, "
               + "not a JRE's");
@@ -115,11 +118,11 @@ public final class JavacWorker {
       try {
         expanded = oneShotArguments(args, java.nio.file.Path.of(""));
       } catch (Argfiles.ArgfileException e) {
-        System.err.println("javac-worker: " + e.getMessage());
+        LOG.println("javac-worker: " + e.getMessage());
         System.exit(ARGFILE_EXIT_CODE);
         return;
       }
-      System.exit(compile(expanded, System.err));
+      System.exit(compile(expanded, System.err)); // one-shot: the real stderr
     }
     // A processor reading a resource of its jar (getResource().openStream()) goes through
     // the JVM's cache of open jar files, keyed by path: a jar rebuilt at the same path
@@ -133,13 +136,16 @@ public final class JavacWorker {
     try {
       startupArgs = oneShotArguments(startup.toArray(new String[0]), java.nio.file.Path.of(""));
     } catch (Argfiles.ArgfileException e) {
-      System.err.println("javac-worker: " + e.getMessage());
+      LOG.println("javac-worker: " + e.getMessage());
       System.exit(ARGFILE_EXIT_CODE);
       return;
     }
-    // Nothing but responses may reach the protocol's stdout: everything else goes to stderr.
+    // Nothing but responses may reach the protocol's stdout. What a processor (or javac's
+    // -Xprint) writes to System.out or System.err goes to its request's output, as a cold
+    // javac's goes to the action's; anything else's to stderr.
     OutputStream stdout = protocolStream();
-    System.setOut(new PrintStream(new FileOutputStream(FileDescriptor.err), true, "UTF-8"));
+    System.setOut(RequestOutput.stream(new FileOutputStream(FileDescriptor.err)));
+    System.setErr(RequestOutput.stream(new FileOutputStream(FileDescriptor.err)));
     // Nor may anything but this reader take from its stdin: a processor reading System.in
     // finds it empty (as a cold javac's, whose stdin is /dev/null), and so does a child
     // (the launchers moved the protocol's stdin off fd 0 too).
@@ -157,8 +163,8 @@ public final class JavacWorker {
     } catch (Throwable e) {
       // A malformed or truncated request, or a fault of the worker's own: it ends (the
       // client starts another), whatever threads a processor left running.
-      System.err.println("javac-worker: fatal error serving requests:");
-      e.printStackTrace();
+      LOG.println("javac-worker: fatal error serving requests:");
+      e.printStackTrace(LOG);
       System.exit(5);
     }
     // Ended, as a cold javac does, even if a processor left a thread running.
@@ -202,7 +208,7 @@ public final class JavacWorker {
       number.setInt(descriptor, Integer.parseInt(fd));
       return descriptor;
     } catch (ReflectiveOperationException | RuntimeException e) {
-      System.err.println("javac-worker: cannot use the protocol's " + what + " (fd " + fd + "): " + e);
+      LOG.println("javac-worker: cannot use the protocol's " + what + " (fd " + fd + "): " + e);
       System.exit(4);
       return null;
     }
@@ -221,7 +227,7 @@ public final class JavacWorker {
       }
       threads.removeIf(thread -> !thread.isAlive());
       if (request.verbosity > 0) {
-        System.err.println("javac-worker: request " + request.requestId + ": " + request.arguments);
+        LOG.println("javac-worker: request " + request.requestId + ": " + request.arguments);
       }
       if (request.cancel) {
         // javac cannot be interrupted, but it can be stopped between two of its steps (a
@@ -259,7 +265,7 @@ public final class JavacWorker {
           // request's (whose own answer would then come unmatched), and ending the worker
           // would stop it serving the client's other requests for one slip: so the
           // duplicate is dropped, unanswered, and said so on stderr.
-          System.err.println(
+          LOG.println(
               "javac-worker: ignored a request with id " + request.requestId
                   + ", which is already in flight (a client must not reuse an id before its"
                   + " answer): " + request.arguments);
@@ -287,7 +293,7 @@ public final class JavacWorker {
     // prints their exception and goes on, and so does this worker.)
     thread.setUncaughtExceptionHandler(
         (dead, error) -> {
-          System.err.println("javac-worker: fatal error in " + dead.getName() + ": " + error);
+          LOG.println("javac-worker: fatal error in " + dead.getName() + ": " + error);
           System.exit(5);
         });
     return thread;
@@ -359,7 +365,8 @@ public final class JavacWorker {
   private void compileAndRespond(WireFormat.Request request, InFlight state) {
     ByteArrayOutputStream diagnostics = new ByteArrayOutputStream();
     int code;
-    try (PrintStream out = new PrintStream(diagnostics, true, StandardCharsets.UTF_8)) {
+    try (PrintStream out = new PrintStream(diagnostics, true, StandardCharsets.UTF_8);
+        RequestOutput.Sink sink = RequestOutput.into(diagnostics)) {
       String[] args = null;
       try {
         args = requestArguments(request.arguments, request.sandboxDir);
@@ -376,7 +383,7 @@ public final class JavacWorker {
     } catch (StoppableJavac.Stopped e) {
       code = 1; // cancelled: answered so below, its diagnostics dropped
     } catch (OutOfMemoryError e) {
-      System.err.println("javac-worker: out of memory; exiting so that a fresh worker starts");
+      LOG.println("javac-worker: out of memory; exiting so that a fresh worker starts");
       System.exit(3);
       return;
     } catch (Throwable e) {
@@ -402,9 +409,69 @@ public final class JavacWorker {
         protocolOut.write(bytes);
         protocolOut.flush();
       } catch (java.io.IOException e) {
-        System.err.println("javac-worker: cannot write a response: " + e);
+        LOG.println("javac-worker: cannot write a response: " + e);
         System.exit(4);
       }
+    }
+  }
+
+  /**
+   * Where System.out and System.err write in persistent mode: into the output of the
+   * request whose thread writes (or a thread it started: the sink is inherited), until it
+   * is answered; otherwise to the worker's stderr.
+   */
+  static final class RequestOutput extends OutputStream {
+    /** One request's output, open until the request is answered. */
+    static final class Sink implements AutoCloseable {
+      private volatile OutputStream target;
+
+      Sink(OutputStream target) {
+        this.target = target;
+      }
+
+      @Override
+      public void close() {
+        target = null; // a thread the request left running writes to stderr from now on
+      }
+    }
+
+    private static final InheritableThreadLocal<Sink> CURRENT = new InheritableThreadLocal<>();
+    private final OutputStream otherwise;
+
+    private RequestOutput(OutputStream otherwise) {
+      this.otherwise = otherwise;
+    }
+
+    static PrintStream stream(OutputStream otherwise) {
+      return new PrintStream(new RequestOutput(otherwise), true, StandardCharsets.UTF_8);
+    }
+
+    /** Sends what this thread, and those it starts, write there until the sink closes. */
+    static Sink into(OutputStream output) {
+      Sink sink = new Sink(output);
+      CURRENT.set(sink);
+      return sink;
+    }
+
+    private OutputStream target() {
+      Sink sink = CURRENT.get();
+      OutputStream target = sink == null ? null : sink.target;
+      return target == null ? otherwise : target;
+    }
+
+    @Override
+    public void write(int b) throws java.io.IOException {
+      target().write(b);
+    }
+
+    @Override
+    public void write(byte[] bytes, int offset, int length) throws java.io.IOException {
+      target().write(bytes, offset, length);
+    }
+
+    @Override
+    public void flush() throws java.io.IOException {
+      target().flush();
     }
   }
 
@@ -705,7 +772,7 @@ public final class JavacWorker {
       try {
         return new StoppableJavac();
       } catch (ReflectiveOperationException | RuntimeException e) {
-        System.err.println("javac-worker: a cancel cannot stop a compile in this JDK: " + e);
+        LOG.println("javac-worker: a cancel cannot stop a compile in this JDK: " + e);
         return null;
       }
     }

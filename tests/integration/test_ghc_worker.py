@@ -645,6 +645,56 @@ def test_template_haskell_never_runs_code_of_an_earlier_request(
         assert f"Unfolding: ({value})" in shown, shown[shown.find("b ::") :][:200]
 
 
+TH_BEHIND_CPP = (
+    "B.hs",
+    "{-# LANGUAGE CPP #-}\n#if __GLASGOW_HASKELL__ >= 900\n{-# LANGUAGE TemplateHaskell #-}\n#endif\n"
+    "module B where\nimport A\nb :: Integer\nb = $(f)\n",
+)
+TH_LITERATE = (
+    "B.lhs",
+    "> {-# LANGUAGE TemplateHaskell #-}\n> module B where\n> import A\n> b :: Integer\n> b = $(f)\n",
+)
+
+
+@pytest.mark.parametrize("source", [TH_BEHIND_CPP, TH_LITERATE], ids=["cpp", "literate"])
+def test_template_haskell_the_leading_pragmas_do_not_show_never_runs_warm(
+    pipe_worker: StartPipe, tmp_path: Path, source: tuple[str, str]
+) -> None:
+    """Template Haskell was detected by the raw file's leading pragmas only: its pragma
+    after an #if (CPP), or behind a literate source's bird tracks, ran the splice in the
+    warm session, which loaded the first sandbox's A and ran it for the second. A source
+    with CPP and a directive, or a literate one, is compiled the isolated way."""
+    name, text = source
+    worker = pipe_worker()
+    for value in (1, 2):
+        sandbox = tmp_path / f"s{value}"
+        write(
+            sandbox,
+            "A.hs",
+            "module A where\nimport Language.Haskell.TH\n"
+            f"f :: Q Exp\nf = litE (integerL {value})\n",
+        )
+        write(sandbox, name, text)
+        (sandbox / "out").mkdir()
+        for a_args in (
+            ["-c", "A.hs", "-o", "out/A.o", "-ohi", "out/A.hi"],
+            ["-c", "A.hs", "-dynamic", "-o", "out/A.dyn_o", "-ohi", "out/A.dyn_hi"],
+        ):
+            assert cold_ghc(sandbox, a_args).returncode == 0
+        request = bazel.WorkRequest(
+            arguments=["-c", name, "-O", "-iout", "-o", "out/B.o", "-ohi", "out/B.hi"],
+            sandbox_dir=str(sandbox), verbosity=10,
+            inputs=[bazel.Input(path="out/A.hi", digest=sha256(sandbox / "out/A.hi"))],
+        )  # fmt: skip
+        response = worker.send(request)
+        assert response.exit_code == 0, response.output
+        assert "started from a fresh state" in response.output
+        shown = subprocess.run(
+            [GHC, "--show-iface", str(sandbox / "out" / "B.hi")], capture_output=True, text=True
+        ).stdout
+        assert f"Unfolding: ({value})" in shown, shown[shown.find("b ::") :][:200]
+
+
 def test_a_signal_during_a_compile_ends_the_worker_instead_of_failing_the_request(
     tmp_path: Path,
 ) -> None:
@@ -686,7 +736,8 @@ def argfiles_driver(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def argv_printer(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A stand-in for ghc (ghc-argfile runs $GHC): prints the argv it got, NUL-terminated."""
+    """A stand-in for ghc (ghc-argfile and the worker's cold compiles run $GHC_WORKER_GHC):
+    prints the argv it got, NUL-terminated."""
     printer = tmp_path_factory.mktemp("printer") / "print-argv"
     printer.write_text("#!/usr/bin/env bash\n[ $# -eq 0 ] || printf '%s\\0' \"$@\"\n")
     printer.chmod(0o755)
@@ -704,7 +755,7 @@ def test_argfile_vector_gives_the_same_argv_warm_one_shot_and_fallback(
         case.check(expand_argfiles(case.command, str(where)), None, "runtime front (warm)")
     except RequestError as exc:
         case.check(None, str(exc), "runtime front (warm)")
-    env = {**os.environ, "LC_ALL": "C.UTF-8", "GHC": str(argv_printer)}
+    env = {**os.environ, "LC_ALL": "C.UTF-8", "GHC_WORKER_GHC": str(argv_printer)}
     one_shot = subprocess.run(
         [argfiles_driver, *case.command],
         cwd=where, capture_output=True, encoding="utf-8", env=env, timeout=60,
@@ -1054,3 +1105,124 @@ def test_output_past_the_cap_is_cut_and_says_so(pipe_worker: StartPipe, tmp_path
     whole = huge.run("-c", "A.hs", "-ddump-simpl", verbose=False)
     assert whole.exit_code == 0 and "Tidy Core" in whole.output
     assert "ghc-worker: the output was cut" not in whole.output
+
+
+def test_an_interface_that_failed_to_load_is_never_kept(
+    pipe_worker: StartPipe, tmp_path: Path
+) -> None:
+    """GHC puts an empty interface in the package state for a module whose interface it
+    could not read (here a corrupt .hi), and the worker kept it like any other: a later
+    request naming the same file with the same digest saw an empty module, and
+    `import M ()` compiled where ghc fails. Each request reads the file again."""
+    write(tmp_path, "out/M.hi", "not an interface\n")
+    write(tmp_path, "U.hs", "module U where\nimport M ()\nu :: Int\nu = 1\n")
+    for out in ("w0", "w1", "cold"):
+        (tmp_path / out).mkdir()
+    cold = cold_ghc(tmp_path, ["-c", "U.hs", "-iout", "-o", "cold/U.o", "-ohi", "cold/U.hi"])
+    assert cold.returncode == 1 and "Bad interface file: out/M.hi" in cold.stderr
+    worker = pipe_worker()
+    for out in ("w0", "w1"):
+        args = ["-c", "U.hs", "-iout", "-o", f"{out}/U.o", "-ohi", f"{out}/U.hi"]
+        response = worker.run(*args, inputs=("out/M.hi",), verbose=False)
+        assert (response.exit_code, response.output) == (1, cold.stderr), out
+        assert not (tmp_path / out / "U.hi").exists()
+
+
+def test_a_package_error_is_answered_as_ghc_does_and_keeps_the_warm_state(
+    pipe_worker: StartPipe, tmp_path: Path
+) -> None:
+    """A -package of no package, a missing -package-env file or -package-db: GHC's error
+    was answered as a fault of the worker ("ghc-worker: " before it) and the warm state
+    thrown away. It is answered as `ghc -c` answers it, and the next request is warm."""
+    write(tmp_path, "src/Shop/Types.hs", TYPES_HS)
+    write(tmp_path, "src/Shop/Report.hs", REPORT_HS)
+    prepare_dirs(tmp_path, "out")
+    worker = pipe_worker()
+    assert worker.run(*compile_args("Shop.Types", "out")).exit_code == 0
+    inputs = ("out/Shop/Types.hi",)
+    good = compile_args("Shop.Report", "out", "-iout", "-package", "containers")
+    assert worker.run(*good, inputs=inputs).exit_code == 0
+    for flags in (["-package", "contaners"], ["-package-env", "nosuch"], ["-package-db", "nodb"]):
+        args = compile_args("Shop.Report", "out", "-iout", *flags)
+        bad = worker.run(*args, inputs=inputs, verbose=False)
+        cold = cold_ghc(tmp_path, args)
+        assert (bad.exit_code, cold.returncode) == (1, 1), bad.output
+        assert bad.output == cold.stdout + cold.stderr
+        assert "ghc-worker" not in bad.output
+        again = worker.run(*good, inputs=inputs)
+        assert again.exit_code == 0, again.output
+        assert "reused home interfaces: [Shop.Types]" in again.output, again.output
+
+
+def test_a_failed_dynamic_too_pass_does_not_change_later_requests(
+    pipe_worker: StartPipe, tmp_path: Path
+) -> None:
+    """GHC records that -dynamic-too could not write both outputs in one pass (a
+    dependency without its .dyn_hi) in a flag the session keeps: every later -dynamic-too
+    compile ran a second, dynamic pass, which with -o panicked. Each request starts
+    afresh, as a ghc process does."""
+    write(tmp_path, "A.hs", "module A where\na :: Int\na = 1\n")
+    write(tmp_path, "B.hs", "module B where\nimport A\nb :: Int\nb = a\n")
+    write(tmp_path, "C.hs", "module C where\nc :: Int\nc = 1\n")
+    assert cold_ghc(tmp_path, ["-c", "A.hs"]).returncode == 0  # no A.dyn_hi
+    worker = pipe_worker()
+    b_args = ["-c", "B.hs", "-dynamic-too"]
+    failed = worker.run(*b_args, inputs=("A.hi",), verbose=False)
+    assert (failed.exit_code, cold_ghc(tmp_path, b_args).returncode) == (1, 1)
+    for out in ("w", "cold"):
+        c_args = ["-c", "C.hs", "-dynamic-too", "-o", f"{out}.o", "-ohi", f"{out}.hi"]
+        if out == "cold":
+            assert cold_ghc(tmp_path, c_args).returncode == 0
+        else:
+            response = worker.run(*c_args, verbose=False)
+            assert (response.exit_code, response.output) == (0, ""), response.output
+    assert (tmp_path / "w.hi").read_bytes() == (tmp_path / "cold.hi").read_bytes()
+
+
+def test_worker_and_fallback_run_the_ghc_that_ghc_worker_ghc_names(
+    pipe_worker: StartPipe, argv_printer: Path, tmp_path: Path
+) -> None:
+    """The fallback (ghc-argfile) ran $GHC, a name set for many other things, while the
+    worker's own cold compiles run $GHC_WORKER_GHC: both run $GHC_WORKER_GHC now."""
+    write(tmp_path, "T.hs", "{-# LANGUAGE TemplateHaskell #-}\nmodule T where\n")
+    args = ["-c", "T.hs", "-o", "T.o"]
+    env = {**os.environ, "GHC": "/nonexistent/ghc", "GHC_WORKER_GHC": str(argv_printer)}
+    worker = pipe_worker(env=env)
+    cold = worker.run(*args, verbose=False)  # Template Haskell: a cold ghc compiles it
+    assert cold.exit_code == 0, cold.output
+    assert cold.output.split("\0")[:-1] == args
+    fallback = subprocess.run(
+        [GHC_ARGFILE, *args], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60
+    )
+    assert fallback.returncode == 0, fallback.stderr
+    assert fallback.stdout.split("\0")[:-1] == args
+
+
+def test_an_orphan_family_instance_of_a_kept_interface_reaches_no_other_compile(
+    pipe_worker: StartPipe, tmp_path: Path
+) -> None:
+    """GHC reduces a type family with every instance in the package state, imported or
+    not (GHC #13102): O's orphan `Fam Int = Bool`, kept from a request that imported O,
+    made a later compile that imports only F succeed where ghc fails. A module with an
+    orphan family instance is never kept."""
+    write(tmp_path, "F.hs", "{-# LANGUAGE TypeFamilies #-}\nmodule F where\ntype family Fam a\n")
+    orphan = (
+        "{-# LANGUAGE TypeFamilies #-}\nmodule O where\nimport F\ntype instance Fam Int = Bool\n"
+    )
+    write(tmp_path, "O.hs", orphan)
+    write(tmp_path, "U1.hs", "module U1 where\nimport F ()\nimport O ()\n")
+    write(tmp_path, "U2.hs", "module U2 where\nimport F\nx :: Fam Int\nx = True\n")
+    (tmp_path / "out").mkdir()
+    for name in ("F", "O"):
+        built = cold_ghc(tmp_path, ["-c", f"{name}.hs", "-iout", "-odir", "out", "-hidir", "out"])
+        assert built.returncode == 0, built.stderr
+    worker = pipe_worker()
+    inputs = ("out/F.hi", "out/O.hi")
+    first = worker.run("-c", "U1.hs", "-iout", "-o", "U1.o", "-ohi", "U1.hi", inputs=inputs)
+    assert first.exit_code == 0, first.output
+    args = ["-c", "U2.hs", "-iout", "-o", "U2.o", "-ohi", "U2.hi"]
+    cold = cold_ghc(tmp_path, args)
+    assert cold.returncode == 1 and "Couldn't match expected type" in cold.stderr
+    second = worker.run(*args, inputs=inputs)
+    assert second.exit_code == 1 and second.output.startswith(cold.stderr), second.output
+    assert "reused home interfaces: [F]" in second.output  # F is still kept, O is not

@@ -14,7 +14,9 @@
 --     every home module that interface was built against is reused too;
 --   * a COMPLETE set stays with the modules of its constructors; annotations (read
 --     only by compiler plugins) never stay, and a request that loads a plugin starts
---     from a fresh state and keeps nothing.
+--     from a fresh state and keeps nothing;
+--   * never an interface GHC could not read (its empty placeholder), nor one with an
+--     orphan family instance or a COMPLETE set of another module's type ('neverKept').
 --
 -- Nothing else (another request's flags, search path, or a stale interface) reaches a
 -- request.
@@ -34,7 +36,7 @@ import qualified Data.ByteString.Char8 as BC
 import Data.Char (isAlphaNum, isSpace, toUpper)
 import Data.IORef
 import GHC.Clock (getMonotonicTime)
-import Data.List (isPrefixOf, partition, sort)
+import Data.List (isPrefixOf, isSuffixOf, partition, sort, stripPrefix)
 import qualified Data.Map.Strict as Map
 import Data.Maybe (catMaybes, fromMaybe, isJust, isNothing, listToMaybe)
 import System.Exit (ExitCode (..))
@@ -59,7 +61,7 @@ import GHC.Types.Name (Name, nameModule_maybe)
 import GHC.Types.Name.Env (mapNameEnv)
 import GHC.Types.SrcLoc (Located, noLoc, unLoc)
 import GHC.Types.Unique (getKey, getUnique)
-import GHC.Types.Unique.FM (filterUFM_Directly, mapUFM)
+import GHC.Types.Unique.FM (filterUFM_Directly, mapUFM, nonDetEltsUFM)
 import GHC.Unit.Module.Env (emptyModuleEnv)
 import GHC.Parser.Header (getOptionsFromFile)
 import qualified GHC.LanguageExtensions as LangExt
@@ -68,7 +70,8 @@ import GHC.Types.Name.Cache (NameCache (..))
 import qualified Data.IntSet as IntSet
 import GHC.Unit.Module
 import GHC.Unit.State (lookupUnit, unitDatabasePath)
-import GHC.Utils.Panic (GhcException (..))
+import GHC.Utils.Panic (GhcException (..), progName)
+import GHC.Utils.Fingerprint (fingerprint0)
 import System.Directory (doesFileExist, getCurrentDirectory, getHomeDirectory, getFileSize, getModificationTime, listDirectory, setCurrentDirectory, doesDirectoryExist)
 import System.FilePath (normalise, takeDirectory, (<.>), (</>))
 import System.Posix.Directory (createDirectory)
@@ -205,7 +208,7 @@ compileArgs worker args inputs = do
       kept <- liftIO (readIORef (workerState worker))
       parsed <- liftIO (try (parseDynamicFlagsCmdLine (keptBase kept) (map noLoc rest)))
       case parsed of
-        Left e -> failWith (show (e :: GhcException))
+        Left e -> failWith (asGhcSaysIt e)
         Right (dflags1, leftover, warnings) -> do
           let (unknown, sources) = partition ("-" `isPrefixOf`) (map unLoc leftover)
           case (unknown, sources) of
@@ -230,9 +233,42 @@ flagsKey sources = go
       | otherwise = arg : go more
     go [] = []
 
+-- | The session flags a request's arguments give, with what decides what it may reuse.
+data Prepared = Prepared
+  { prepSameDatabases :: Bool
+  , prepKey :: [String]
+  , prepDatabasesChanged :: Bool
+  , prepFingerprint :: [String]
+  }
+
 runCompile :: Worker -> Kept -> DynFlags -> [Warn] -> [String] -> [String] -> [FilePath] -> [(FilePath, B.ByteString)] -> Ghc Int
 runCompile worker kept dflags1 warnings argsKey coldArgs sources inputs = do
   tStart <- liftIO getMonotonicTime
+  -- A package or environment error of the request's flags (-package of no package, a
+  -- missing -package-env file or -package-db): answered as `ghc -c` answers it, and
+  -- nothing was loaded, so what the worker keeps stays.
+  prepared <- tryGhcException (prepareFlags kept dflags1 argsKey)
+  case prepared of
+    Left e -> liftIO (hPutStrLn stderr (asGhcSaysIt e)) >> return 1
+    Right flags -> compilePrepared worker kept flags warnings coldArgs sources inputs tStart
+
+-- | Runs an action of the session, returning an error of GHC other than a signal.
+tryGhcException :: Ghc a -> Ghc (Either GhcException a)
+tryGhcException action = reifyGhc $ \session -> do
+  result <- try (reflectGhc action session)
+  case result of
+    Left e | isSignal e -> throwIO e
+    _ -> return result
+
+-- | An error of GHC as the @ghc@ program prints it (the worker's own name would be the
+-- program name of 'show').
+asGhcSaysIt :: GhcException -> String
+asGhcSaysIt e = maybe shown ("ghc: " ++) (stripPrefix (progName ++ ": ") shown)
+  where
+    shown = show e
+
+prepareFlags :: Kept -> DynFlags -> [String] -> Ghc Prepared
+prepareFlags kept dflags1 argsKey = do
   let base = keptBase kept
   -- What else the flags depend on: the working directory and the package environment
   -- files `ghc` reads (GHC's Main applies them; the GHC API does not by itself).
@@ -248,14 +284,19 @@ runCompile worker kept dflags1 warnings argsKey coldArgs sources inputs = do
           modifySession $ \h ->
             h {hsc_dflags = lastFlags {outputFile = outputFile dflags1, outputHi = outputHi dflags1}}
     _ -> void (setSessionDynFlags wanted {unitDatabases = if sameDatabases then unitDatabases base else Nothing})
-  fingerprint0 <- getSessionDynFlags >>= liftIO . databaseFingerprint
+  onDisk <- getSessionDynFlags >>= liftIO . databaseFingerprint
   -- Other package databases, or the same ones changed on disk: read them again and start
   -- from a fresh package state.
-  let databasesChanged = fingerprint0 /= keptDbFingerprint kept
-  when databasesChanged (setSessionDynFlags wanted {unitDatabases = Nothing})
+  let databasesChanged = onDisk /= keptDbFingerprint kept
+  when databasesChanged (void (setSessionDynFlags wanted {unitDatabases = Nothing}))
+  fingerprint <- if databasesChanged then getSessionDynFlags >>= liftIO . databaseFingerprint else return onDisk
+  return (Prepared sameDatabases key databasesChanged fingerprint)
+
+compilePrepared :: Worker -> Kept -> Prepared -> [Warn] -> [String] -> [FilePath] -> [(FilePath, B.ByteString)] -> Double -> Ghc Int
+compilePrepared worker kept (Prepared sameDatabases key databasesChanged fingerprint) warnings coldArgs sources inputs tStart = do
+  let base = keptBase kept
   dflags <- getSessionDynFlags
   let fresh = databasesChanged || loadMode dflags /= keptLoadMode kept
-  fingerprint <- if databasesChanged then liftIO (databaseFingerprint dflags) else return fingerprint0
   -- Template Haskell and plugins can read annotations (never kept) and run code of
   -- home modules: such a request starts from a fresh state and keeps nothing.
   metaprogramming <- liftIO (usesMetaprogramming dflags sources)
@@ -290,6 +331,11 @@ runCompile worker kept dflags1 warnings argsKey coldArgs sources inputs = do
   -- So are the numbers of the C wrappers of `foreign import capi` (global symbols, in the
   -- interface too): each request numbers them from 0, as a ghc process does.
   liftIO (writeIORef (nextWrapperNum dflags) emptyModuleEnv)
+  -- And so is whether -dynamic-too can still write both outputs in one pass: one request
+  -- it failed for (a dependency without its .dyn_hi) made every later -dynamic-too compile
+  -- run a second, dynamic pass (which panics given -o). Each request starts able, as a
+  -- ghc process does.
+  liftIO (writeIORef (canGenerateDynamicToo dflags) True)
   t1 <- liftIO getMonotonicTime
   (code, trusted) <-
     if metaprogramming
@@ -300,7 +346,7 @@ runCompile worker kept dflags1 warnings argsKey coldArgs sources inputs = do
           Right () -> return (0, True)
           Left e
             | Just sourceError <- fromException e -> printException sourceError >> return (1, True)
-            | Just ghcError <- fromException e, not (isSignal ghcError) -> liftIO (hPutStrLn stderr (show ghcError)) >> return (1, not (isInternal ghcError))
+            | Just ghcError <- fromException e, not (isSignal ghcError) -> liftIO (hPutStrLn stderr (asGhcSaysIt ghcError)) >> return (1, not (isInternal ghcError))
             | otherwise -> liftIO (throwIO e)
   t2 <- liftIO getMonotonicTime
   -- What this request loaded may serve the next one, filtered as the module header says.
@@ -356,22 +402,40 @@ coldCompile args = do
 -- by its flags or by the pragmas of its sources. An @ANN@ pragma's expression is run by
 -- GHC's interpreter, which loads the code of home modules into the session's linker;
 -- a warm session would then run that code, stale, for a later request's annotations.
+--
+-- Only a source's leading pragmas are read here, as the raw file has them: a source
+-- with CPP on and a directive line (a pragma may come after an @#if@, or from an
+-- @#include@) or a literate one (its pragmas are behind bird tracks or in a code block)
+-- counts as one that may, and is compiled the isolated way too.
 usesMetaprogramming :: DynFlags -> [FilePath] -> IO Bool
 usesMetaprogramming dflags sources
-  | byFlags = return True
+  | metaFlags dflags = return True
   | otherwise = or <$> mapM fromPragmas sources
   where
-    byFlags =
-      xopt LangExt.TemplateHaskell dflags || xopt LangExt.QuasiQuotes dflags
-        || not (null (pluginModNames dflags))
-    fromPragmas source = do
-      options <- try (getOptionsFromFile dflags source) :: IO (Either SomeException [Located String])
-      text <- try (B.readFile source) :: IO (Either IOException B.ByteString)
-      return $ case (options, text) of
-        (Right found, Right bytes) -> any (metaOption . unLoc) found || hasAnnotation bytes
-        _ -> True -- unreadable here: GHC will report it; keep nothing to be safe
+    metaFlags d =
+      xopt LangExt.TemplateHaskell d || xopt LangExt.QuasiQuotes d
+        || not (null (pluginModNames d))
+    fromPragmas source
+      | any (`isSuffixOf` source) [".lhs", ".lhs-boot", ".lhsig"] = return True
+      | otherwise = do
+          options <- try (getOptionsFromFile dflags source) :: IO (Either SomeException [Located String])
+          text <- try (B.readFile source) :: IO (Either IOException B.ByteString)
+          case (options, text) of
+            (Right found, Right bytes) -> do
+              applied <- try (parseDynamicFilePragma dflags found) :: IO (Either SomeException (DynFlags, [Located String], [Warn]))
+              return $ case applied of
+                Right (withPragmas, _, _) ->
+                  any (metaOption . unLoc) found || metaFlags withPragmas || hasAnnotation bytes
+                    || (xopt LangExt.Cpp withPragmas && hasDirective bytes)
+                Left _ -> True -- GHC will report the bad pragma; keep nothing to be safe
+            _ -> return True -- unreadable here: GHC will report it; keep nothing to be safe
     metaOption option =
       option `elem` ["-XTemplateHaskell", "-XQuasiQuotes"] || "-fplugin" `isPrefixOf` option
+
+-- | Whether a line of the source is a CPP directive (its first character other than a
+-- space or tab is @#@).
+hasDirective :: B.ByteString -> Bool
+hasDirective = any (\line -> BC.take 1 (BC.dropWhile (`elem` " \t") line) == BC.pack "#") . BC.lines
 
 -- | Whether the source holds an @ANN@ pragma (@{-# ANN@, any case, any spacing). One in a
 -- comment or a string counts too: such a request only loses its warm start.
@@ -411,8 +475,9 @@ validHome dflags digests home = do
 -- | The home interfaces this request loaded that a later request could reuse.
 homeInterfaces :: DynFlags -> Map.Map FilePath B.ByteString -> ExternalPackageState -> IO (Map.Map Module (HomeIface, [ModuleName]))
 homeInterfaces dflags digests eps = do
+  let never = neverKept eps
   found <- forM (moduleEnvToList (eps_PIT eps)) $ \(m, iface) ->
-    if moduleUnit m /= homeUnit dflags || isHsBootOrSig (mi_hsc_src iface) || any ((== IsBoot) . gwib_isBoot) (dep_mods (mi_deps iface))
+    if moduleUnit m /= homeUnit dflags || Set.member m never || isHsBootOrSig (mi_hsc_src iface) || any ((== IsBoot) . gwib_isBoot) (dep_mods (mi_deps iface))
       then return Nothing
       else do
         path <- resolveInterface dflags (moduleName m)
@@ -421,6 +486,35 @@ homeInterfaces dflags digests eps = do
           digest <- Map.lookup p digests
           return (m, (HomeIface p digest, map gwib_mod (dep_mods (mi_deps iface))))
   return (closeOverDeps dflags (Map.fromList (catMaybes found)))
+
+-- | The modules of @eps@ never to keep, whatever the digests say:
+--
+--   * one whose interface GHC could not read (missing, corrupt, of another GHC or
+--     module): GHC puts an empty interface in its place, its module hash zero (no real
+--     interface's is), so that it reports the failure once. Kept, it gave a later
+--     request that reads the same file an empty module instead of the error;
+--   * one with what GHC uses whether or not a compile imports its module (GHC #13102):
+--     an orphan type family instance (families are reduced with every instance loaded;
+--     an orphan one makes the module an orphan with family instances), or a COMPLETE
+--     set of another module's type (COMPLETE sets are looked up by type; one must
+--     name a constructor or pattern synonym of its own module). A ghc process loads such
+--     a module only when an import brings it in; kept, it reached every later compile.
+--
+-- Only what the package state keeps of an interface is read (its declarations,
+-- instances and rules are not there), and nothing lazily loaded is forced.
+neverKept :: ExternalPackageState -> Set.Set Module
+neverKept eps =
+  Set.fromList [m | (m, iface) <- moduleEnvToList (eps_PIT eps), unusable (mi_final_exts iface)]
+    `Set.union` completeElsewhere
+  where
+    unusable exts = mi_mod_hash exts == fingerprint0 || (mi_orphan exts && mi_finsts exts)
+    completeElsewhere =
+      Set.fromList
+        [ m
+        | match <- concat (nonDetEltsUFM (eps_complete_matches eps))
+        , Just m <- map nameModule_maybe (completeMatchConLikes match)
+        , Just m /= nameModule_maybe (completeMatchTyCon match)
+        ]
 
 -- | Drops, until none is left to drop, every interface built against a home module
 -- that is not itself in the map.
@@ -431,16 +525,20 @@ closeOverDeps dflags home
   where
     pruned = Map.filter (all (\d -> Map.member (mkModule (homeUnit dflags) d) home) . snd) home
 
--- | The modules of @eps@ to keep: plain package interfaces, and the given home ones.
+-- | The modules of @eps@ to keep: plain package interfaces, and the given home ones,
+-- never a placeholder, nor one a compile that does not import it would see.
 keptModules :: DynFlags -> Map.Map Module a -> ExternalPackageState -> Set.Set Module
 keptModules dflags home eps =
   Set.fromList
     [ m
     | m <- moduleEnvKeys (eps_PIT eps)
+    , not (Set.member m never)
     , if moduleUnit m == homeUnit dflags
         then Map.member m home
         else isJust (lookupUnit (unitState dflags) (moduleUnit m))
     ]
+  where
+    never = neverKept eps
 
 -- | The package state with only what the given modules brought into it. Nothing here
 -- may force a type, class or instance loaded from an interface: those are lazy thunks

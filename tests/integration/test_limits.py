@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
@@ -16,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import is_gone, wait_gone
 from worker_runtime.executor.launch import launch
 from worker_runtime.executor.limits import Confinement, Group, Limits
 from worker_runtime.executor.sandbox import Sandbox
@@ -243,3 +245,63 @@ def test_a_tenants_process_dies_with_the_executor_thread_that_started_it(
     survivors = group.pids()
     group.remove()
     assert survivors == set()
+
+
+#: A stand-in executor: takes its groups' lock as the executor does at its start (its
+#: bot id argv[2], else the default `<hostname>-<pid>`), starts `sleep` in a group of its
+#: own in a new session, prints the sleep's pid, and waits to be killed.
+PREDECESSOR = """
+import os, socket, subprocess, sys, time
+from pathlib import Path
+from worker_runtime.executor.limits import Confinement, Limits
+bot_id = sys.argv[2] if len(sys.argv) > 2 else f"{socket.gethostname()}-{os.getpid()}"
+confinement = Confinement(Limits(pids=16), bot_id, locks=Path(sys.argv[1]))
+confinement.start()
+group = confinement.group("action")
+sleep = subprocess.Popen(group.command(["sleep", "300"]), start_new_session=True)
+while sorted(group.pids()) != [sleep.pid]:
+    time.sleep(0.01)
+print(sleep.pid, flush=True)
+time.sleep(300)
+"""
+
+
+def start_predecessor(locks: Path, *bot_id: str) -> tuple[subprocess.Popen[str], int]:
+    """A stand-in executor and the pid of the `sleep` in its group."""
+    process = subprocess.Popen(
+        [sys.executable, "-c", PREDECESSOR, str(locks), *bot_id],
+        stdout=subprocess.PIPE, text=True, cwd=Path(__file__).resolve().parents[2],
+    )  # fmt: skip
+    assert process.stdout is not None
+    return process, int(process.stdout.readline())
+
+
+def test_a_killed_executors_groups_with_a_default_bot_id_go_at_the_next_start(
+    tmp_path: Path,
+) -> None:
+    """The default bot id is `<hostname>-<pid>`, a new one at every start: a SIGKILLed
+    executor's groups, and what ran in them, stayed for ever, its successor clearing only
+    its own bot id's. Those of a running executor stay, even under a bot id naming a pid
+    that is gone (its lock is held)."""
+    locks = tmp_path / "locks"
+    gone_pid = subprocess.Popen(["true"])  # its pid, once reaped, names no process
+    gone_pid.wait()
+    killed, orphan = start_predecessor(locks)
+    running, kept = start_predecessor(locks, f"{socket.gethostname()}-{gone_pid.pid}")
+    successor = Confinement(Limits(pids=16), f"{socket.gethostname()}-{os.getpid()}", locks=locks)
+    try:
+        killed.kill()
+        killed.wait()
+        assert not is_gone(orphan)  # it outlived its executor (a session of its own)
+        successor.start()
+        assert wait_gone([orphan]) == []
+        groups = [base / f"{socket.gethostname()}-{killed.pid}" for base in successor._bases]
+        assert groups and not any(group.exists() for group in groups)
+        assert not is_gone(kept)  # the running executor's action runs on
+    finally:
+        running.kill()
+        running.wait()
+        successor.release()
+        Confinement(Limits(pids=16), f"{socket.gethostname()}-{gone_pid.pid}", locks=locks).clear()
+        successor.clear()
+    assert wait_gone([kept]) == []

@@ -19,6 +19,7 @@ import pytest
 from tests.conftest import REPO_ROOT, wait_gone
 from worker_runtime.executor import runner as runner_module
 from worker_runtime.executor.blob_cache import BlobCache
+from worker_runtime.executor.limits import Confinement, Limits
 from worker_runtime.executor.runner import (
     ActionCancelled,
     ActionError,
@@ -374,3 +375,140 @@ def test_a_worker_whose_call_fails_unexpectedly_is_discarded_not_kept_busy(
         assert outcome.worker_pid != pids[0]
     finally:
         pool.stop_all()
+
+
+def empty_command_action(store: StoredBlobs) -> re_pb2.Action:
+    return re_pb2.Action(
+        command_digest=store.put(re_pb2.Command(arguments=[]).SerializeToString()),
+        input_root_digest=store.put(re_pb2.Directory().SerializeToString()),
+    )
+
+
+@pytest.mark.parametrize("wrapped", [False, True])
+def test_a_command_without_arguments_is_refused_before_anything_runs(
+    tmp_path: Path, wrapped: bool
+) -> None:
+    """An empty Command.arguments: Popen([]) raised IndexError (INTERNAL, run again by the
+    server up to its attempts); through a wrapper (tenants, limits, the sandbox) it ran
+    `env -i -- PATH=...` with no program, which printed the environment and exited 0: a
+    fake success, cached. Here the wrapper is the rlimits fallback's prlimit."""
+    store = StoredBlobs()
+    pool = WorkerPool(tmp_path / "workers", 1, None, 60)
+    stand_in: Any = store
+    confinement = (
+        Confinement(Limits(pids=256), "empty-command", rlimits_only=True) if wrapped else None
+    )
+    runner = ActionRunner(
+        cast(Cas, stand_in), cast(BlobCache, stand_in), pool, tmp_path, "bot-under-test",
+        confinement=confinement,
+    )  # fmt: skip
+    try:
+        with pytest.raises(ActionError, match=r"Command\.arguments is empty"):
+            runner.run(empty_command_action(store), "main", threading.Event())
+    finally:
+        pool.stop_all()
+    assert not list((tmp_path / "actions").glob("*"))  # nothing was made for it
+
+
+def test_a_failed_actions_untakeable_outputs_are_left_out_and_its_crash_reported(
+    tmp_path: Path,
+) -> None:
+    """An action that exited non-zero leaving a symlink, an unreadable output or one past
+    --max-output-mb (a crash's core file) lost its exit code, stdout and stderr to an
+    INVALID_ARGUMENT or RESOURCE_EXHAUSTED about the output. Now those outputs are left
+    out, said so at the end of its stderr; an action that exited 0 still fails."""
+    store = StoredBlobs()
+    script = (
+        "echo kept > good.txt; ln -s /etc/passwd link; rmdir d && echo x > d; "
+        "head -c 2097152 /dev/zero > core; echo ran; echo crashed >&2; exit {code}"
+    )
+    outputs = ["good.txt", "link", "d/out", "core"]
+    pool = WorkerPool(tmp_path / "workers", 1, None, 60)
+    stand_in: Any = store
+    runner = ActionRunner(
+        cast(Cas, stand_in), cast(BlobCache, stand_in), pool, tmp_path, "bot-under-test",
+        max_output_mb=1,
+    )  # fmt: skip
+    try:
+        result = runner.run(
+            action_of(store, script.format(code=134), outputs, {}), "main", threading.Event()
+        ).result
+        assert result.exit_code == 134 and result.stdout_raw == b"ran\n"
+        assert [f.path for f in result.output_files] == ["good.txt"]
+        notes = result.stderr_raw.decode().splitlines()
+        assert notes[0] == "crashed"
+        assert [n.split(":")[0] for n in notes[1:]] == ["executor"] * 3
+        left_out = "\n".join(notes[1:])
+        for output, why in (("core", "--max-output-mb is 1"), ("d/out", "cannot be read"),
+                            ("link", "is a symlink")):  # fmt: skip
+            assert f"output {output!r} is left out of this failed action's result" in left_out
+            assert why in left_out
+        for exit_0, fault in (("ln -s /etc/passwd link", "is a symlink"),
+                              ("rmdir d && echo x > d", "cannot be read")):  # fmt: skip
+            with pytest.raises(ActionError, match=fault):
+                runner.run(action_of(store, exit_0, outputs[1:3], {}), "main", threading.Event())
+        with pytest.raises(ActionNotRun, match="outputs are too large") as failed:
+            runner.run(action_of(store, "head -c 2097152 /dev/zero > core", ["core"], {}),
+                       "main", threading.Event())  # fmt: skip
+        assert failed.value.code == runner_module.RESOURCE_EXHAUSTED
+    finally:
+        pool.stop_all()
+
+
+class CountsUploads(StoredBlobs):
+    def __init__(self) -> None:
+        super().__init__()
+        self.uploads: list[int] = []
+
+    def upload_missing(self, blobs: Blobs) -> int:
+        self.uploads.append(len(blobs.data))
+        return 0
+
+
+@pytest.mark.parametrize("when", ["process ended", "first output read", "first upload"])
+def test_a_lease_cancelled_after_its_process_ended_reads_and_uploads_no_more(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, when: str
+) -> None:
+    """A cancel was only flagged: once the process had finished, every output was still
+    read and uploaded (up to --max-output-mb) for nobody, holding a lease thread."""
+    store = CountsUploads()
+    cancelled = threading.Event()
+    real_read_capped, real_read_output = runner_module.read_capped, runner_module.read_output
+    reads: list[str] = []
+
+    def read_capped(*args: Any) -> bytes:
+        if when == "process ended":
+            cancelled.set()  # as the process's stdout is read, after it exited
+        return real_read_capped(*args)
+
+    def read_output(root: str, relative: str, budget: Any) -> Any:
+        reads.append(relative)
+        if when == "first output read":
+            cancelled.set()
+        return real_read_output(root, relative, budget)
+
+    def upload_missing(blobs: Blobs) -> int:
+        if when == "first upload":
+            cancelled.set()
+        return CountsUploads.upload_missing(store, blobs)
+
+    monkeypatch.setattr(runner_module, "read_capped", read_capped)
+    monkeypatch.setattr(runner_module, "read_output", read_output)
+    monkeypatch.setattr(store, "upload_missing", upload_missing)
+    monkeypatch.setattr(runner_module, "UPLOAD_PART_BYTES", 1 << 10)  # one part per output
+    action = action_of(
+        store, "for o in a b; do head -c 2048 /dev/urandom > $o; done", ["a", "b"], {}
+    )
+    pool = WorkerPool(tmp_path / "workers", 1, None, 60)
+    stand_in: Any = store
+    runner = ActionRunner(
+        cast(Cas, stand_in), cast(BlobCache, stand_in), pool, tmp_path, "bot-under-test"
+    )
+    try:
+        with pytest.raises(ActionCancelled):
+            runner.run(action, "main", cancelled)
+    finally:
+        pool.stop_all()
+    expected = {"process ended": ([], []), "first output read": (["a"], []),
+                "first upload": (["a", "b"], [1])}[when]  # fmt: skip
+    assert (reads, store.uploads) == expected

@@ -1,6 +1,7 @@
 """A stopping executor's last report (its finished leases, with the bot still OK) reaches
 a server that was out of reach for a moment: tried once more, not given up on, since
-a terminating bot's leases are run again, finished or not. Against a Bots stand-in on
+a completion that never reaches BuildGrid leaves the lease with the bot until its
+keepalive lapses, and the action runs again. Against a Bots stand-in on
 a Unix socket that refuses that one update as UNAVAILABLE, first once, then always."""
 
 from __future__ import annotations

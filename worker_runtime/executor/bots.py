@@ -213,6 +213,8 @@ class Executor:
         self._register_retry = _Backoff()
         #: time.monotonic() of the current session's creation.
         self._session_since = time.monotonic()
+        #: The current bot session (once registered): ended if the loop fails.
+        self._current = bots_pb2.BotSession()
 
     def stop(self, *_: object) -> None:
         self._stop.set()
@@ -258,7 +260,10 @@ class Executor:
             return self.blobs_by_instance[instance]
 
     def _instance_of(self, lease_id: str) -> str:
-        # BuildGrid names leases <instance>/<job> when it pools several instances.
+        """The instance of a lease's job. BuildGrid 0.9 names every lease
+        ``<instance>/<job>``; 0.4 names it by its bare job id, even when its scheduler
+        pools several instances (``instance-pools``): the executor's own instance is then
+        taken, right only where its instance is pooled with none other (docs/remote.md)."""
         return lease_id.rsplit("/", 1)[0] if "/" in lease_id else self.settings.instance
 
     def _run(
@@ -300,6 +305,17 @@ class Executor:
         return bots_pb2.BotSession(bot_id=self.settings.bot_id, status=bots_pb2.OK, worker=worker)
 
     def serve(self) -> int:
+        """Registers, runs leases until stopped, then ends the session. The metrics port
+        is taken first: one in use fails the executor (MetricsPortUnavailable) before it
+        holds any lease."""
+        if self.settings.metrics_port is not None:
+            self.metrics.bind(self.settings.metrics_port)
+        try:
+            return self._serve()
+        finally:
+            self.metrics.close()
+
+    def _serve(self) -> int:
         self.settings.workdir.mkdir(parents=True, exist_ok=True)
         # What a killed predecessor in this workdir left: action directories, worker homes,
         # its local copy of the CAS.
@@ -307,7 +323,7 @@ class Executor:
             remove_tree(self.settings.workdir / leftover)
         prepare_workdir(self.settings.workdir, self.tenants.multi)
         if self.confinement is not None:
-            self.confinement.clear()
+            self.confinement.start()  # what killed predecessors left goes
             LOGGER.info("limits: %s", self.confinement.describe())
         if self.settings.disk_limit_mb is not None:
             LOGGER.info(
@@ -318,19 +334,41 @@ class Executor:
         session = self._register_at_start()
         if session is None:  # stopped before the server could be reached
             return self._end(None)
-        if self.settings.metrics_port is not None:  # served once the bot is registered
-            self.metrics.serve(self.settings.metrics_port)
+        self.metrics.start()  # answered once the bot is registered (`cluster up` waits)
         LOGGER.info("bot session %s", session.name)
+        try:
+            final = self._serve_session(session)
+        except BaseException:
+            # A fault after registering (a bug, the machine out of descriptors): the
+            # session is ended, its leases handed back, rather than left to the server
+            # until its keepalive lapses (600 s by BuildGrid's default).
+            LOGGER.error(
+                "the executor failed; ending bot session %s, its unfinished leases handed back",
+                self._current.name,
+            )
+            for event in list(self._cancel_events.values()):
+                event.set()
+            with contextlib.suppress(Exception):
+                self._end(self._current)
+            raise
+        return self._end(final)
+
+    def _serve_session(self, session: bots_pb2.BotSession) -> bots_pb2.BotSession | None:
+        """The loop: renews ``session``, runs and reports its leases until the executor
+        is stopped. The session to end then (None: none left, it was lost as the
+        executor stopped); ``self._current`` is the current one at every moment."""
+        self._current = session
         last_reap = time.monotonic()
         stopping_since: float | None = None
         while True:
+            self._current = session
             if self._stop.is_set() and stopping_since is None:
                 stopping_since = time.monotonic()
             reported = self._update_leases(session, accept=stopping_since is None)
             if stopping_since is not None:
                 # Draining: no new lease. BuildGrid gives leases only to a bot whose status
-                # is OK, and leaves those it has alone otherwise (BOT_TERMINATING would
-                # have them handed back, finished or not: sent only at the very end).
+                # is OK, and leaves those it has alone otherwise (BOT_TERMINATING too: it
+                # only means no new lease; sent at the very end, with the handed back).
                 session.status = bots_pb2.UNHEALTHY
             if stopping_since is not None and not self._running:
                 session = self._report_before_terminating(session)
@@ -371,6 +409,7 @@ class Executor:
                     timeout=deadline,
                 )
                 self._short_poll_s = SHORT_POLL_S
+                self._current = session
             except grpc.RpcError as exc:
                 if short and exc.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
                     self._short_poll_s = min(self._short_poll_s * 2, SLOW_SERVER_POLL_S)
@@ -381,8 +420,8 @@ class Executor:
                 if exc.code() in SESSION_GONE_CODES:
                     renewed = self._register_again(session, exc)
                     if renewed is None:  # stopped meanwhile: nothing left to report
-                        return self._end(None)
-                    session = renewed
+                        return None
+                    session = self._current = renewed
                 elif _too_large(exc) and _shed_largest_report(session):
                     pass  # sent again at once, one report lighter
                 elif exc.code() != grpc.StatusCode.DEADLINE_EXCEEDED:
@@ -391,7 +430,7 @@ class Executor:
             if time.monotonic() - last_reap > 1.0:
                 self.pool.reap_idle()
                 last_reap = time.monotonic()
-        return self._end(session)
+        return session
 
     def _end(self, session: bots_pb2.BotSession | None) -> int:
         """Tells the server the bot is terminating, its leases not finished (stopped past
@@ -426,6 +465,7 @@ class Executor:
         self.pool.stop_all()
         if self.confinement is not None:
             self.confinement.clear()
+            self.confinement.release()
         self._threads.shutdown(wait=False, cancel_futures=True)
         return 0
 
@@ -518,10 +558,12 @@ class Executor:
         return None
 
     def _report_before_terminating(self, session: bots_pb2.BotSession) -> bots_pb2.BotSession:
-        """Sends the last completions before the bot says it terminates: BuildGrid
-        requeues the leases of a terminating bot, finished or not. A server out of reach
-        (UNAVAILABLE: the update never got there) is tried once more, so that a blip at
-        the last moment does not send a finished action to run again."""
+        """Sends the last completions before the bot says it terminates. BuildGrid
+        records a completion from any update, but one that never reaches it leaves the
+        lease with the bot until its keepalive lapses (600 s by default), the action
+        then run again: a server out of reach (UNAVAILABLE: the update never got there)
+        is tried once more, so that a blip at the last moment does not send a finished
+        action to run again."""
         attempt = 0
         while attempt < 2:
             request = bots_pb2.UpdateBotSessionRequest(name=session.name, bot_session=session)

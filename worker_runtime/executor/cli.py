@@ -28,6 +28,7 @@ from worker_runtime.executor.limits import (
     Limits,
     default_tenant_memory_mb,
 )
+from worker_runtime.executor.metrics import MetricsPortUnavailable
 from worker_runtime.executor.privileges import KEPT, keep_only_what_is_needed
 from worker_runtime.executor.runner import DEFAULT_MAX_OUTPUT_MB
 from worker_runtime.executor.sandbox import Sandbox, SandboxError
@@ -232,7 +233,7 @@ def main(argv: Sequence[str]) -> int:
             return 2
     try:
         return run_executor(settings)
-    except TenantError as exc:
+    except (TenantError, MetricsPortUnavailable) as exc:  # one line: the operator's to mend
         print(f"worker-runtime executor: error: {exc}", file=sys.stderr)
         return 2
     except RegistrationFailed as exc:  # one line, no traceback: the server is at fault

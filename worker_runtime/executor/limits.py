@@ -27,12 +27,14 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
 import logging
 import math
 import os
 import re
 import shutil
 import signal
+import socket
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,6 +43,9 @@ LOGGER = logging.getLogger(__name__)
 
 #: Where the groups go under each hierarchy: ``worker-runtime/<bot id>/<name>``.
 BASE = "worker-runtime"
+#: Where each executor with groups holds a lock (a file named by its bot id) for as long
+#: as it runs: a group set whose lock nobody holds belongs to no running executor.
+LOCKS = Path("/run/worker-runtime/bots")
 #: The process limit of each action and worker when the executor runs tenants and the
 #: operator set none: far above what a compiler needs, far below what takes a machine.
 DEFAULT_TENANT_PIDS = 1024
@@ -225,8 +230,9 @@ class Group:
         often a sandbox's PID namespace still being torn down after its command ended: a
         millisecond's wait, so the waits start short (0.5 ms, doubling to 10 ms; 0.5 s
         in all). A group that cannot be removed (a process stuck in the kernel outlives
-        SIGKILL) is logged, with what still runs in it; the executor's next start or
-        stop removes it (``Confinement.clear``)."""
+        SIGKILL) is logged, with what still runs in it; the executor's stop, or its
+        next start (``Confinement.start``: the same bot id, or a default one naming a
+        pid of this host that is gone), removes it."""
         pause, waited = 0.0005, 0.0
         left = self.pids()
         while left and waited < 0.5:
@@ -252,29 +258,124 @@ class Group:
                 )
 
 
+def _safe_name(bot_id: str) -> str:
+    """A bot id as a directory and file name."""
+    return re.sub(r"[^A-Za-z0-9_.-]", "_", bot_id)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 class Confinement:
     """Makes the groups of one executor, with one set of limits, by the mechanism the
     machine has (``kind``: "cgroup v2", "cgroup v1" or "rlimits")."""
 
-    def __init__(self, limits: Limits, bot_id: str, rlimits_only: bool = False) -> None:
-        """``rlimits_only``: the fallback even where there are cgroups (for its tests)."""
+    def __init__(
+        self, limits: Limits, bot_id: str, rlimits_only: bool = False, locks: Path = LOCKS
+    ) -> None:
+        """``rlimits_only``: the fallback even where there are cgroups (for its tests).
+        ``locks``: where the executors' locks are (LOCKS but in tests)."""
         self.limits = limits
-        safe = re.sub(r"[^A-Za-z0-9_.-]", "_", bot_id)
+        self._name = _safe_name(bot_id)
         v2, v1 = (None, {}) if rlimits_only else _hierarchies()
         self.kind = _mechanism(v2, v1)
-        self._v2 = v2 / BASE / safe if v2 is not None else None
-        self._v1 = {controller: mount / BASE / safe for controller, mount in v1.items()}
+        self._v2 = v2 / BASE / self._name if v2 is not None else None
+        self._v1 = {controller: mount / BASE / self._name for controller, mount in v1.items()}
+        #: ``worker-runtime`` under each hierarchy, holding every executor's groups.
+        self._bases = {root.parent for root in (self._v2, *self._v1.values()) if root is not None}
+        self._locks = locks
+        self._lock: int | None = None
         self._serial = 0
 
     def describe(self) -> str:
         what = {"rlimits": "rlimits (no CPU rate; per process)"}.get(self.kind, self.kind)
         return f"{self.limits.describe()} per action and worker, by {what}"
 
+    def start(self) -> None:
+        """At the executor's start: takes its bot id's lock (held until it exits) and
+        removes the groups, and what still runs in them, that killed predecessors left:
+        those of its own bot id, and those of an executor of this host with a default
+        bot id (``<hostname>-<pid>``, a new one at every start) whose process is gone and
+        whose lock nobody holds."""
+        if not self._bases:
+            return
+        self._lock = self._take_lock(self._name)
+        if self._lock is None:
+            LOGGER.warning(
+                "another executor holds the lock of bot id %s (%s): two executors with one "
+                "bot id remove each other's control groups; give each its own --bot-id",
+                self._name,
+                self._locks,
+            )
+        self.clear()
+        prefix = f"{_safe_name(socket.gethostname())}-"
+        names = {d.name for base in self._bases if base.is_dir() for d in base.iterdir()}
+        for name in sorted(names - {self._name}):
+            pid = name.removeprefix(prefix)
+            if not name.startswith(prefix) or not pid.isdigit() or _alive(int(pid)):
+                continue
+            lock = self._take_lock(name)
+            if lock is None:  # an executor runs with that bot id: its groups stay
+                continue
+            try:
+                LOGGER.info(
+                    "removing the control groups of executor %s (its process is gone)", name
+                )
+                self._clear(name)
+            finally:
+                self._let_go(name, lock)
+
+    def release(self) -> None:
+        """Lets go of the bot id's lock (at the executor's end, its groups cleared)."""
+        lock, self._lock = self._lock, None
+        if lock is not None:
+            self._let_go(self._name, lock)
+
+    def _let_go(self, name: str, lock: int) -> None:
+        """Removes bot id ``name``'s lock file, then lets go of it (a default bot id is
+        new at every start: kept, they would pile up). One that another process opened
+        meanwhile locks the removed file, and only a cleanup is decided by it."""
+        with contextlib.suppress(OSError):
+            (self._locks / f"{name}.lock").unlink()
+        os.close(lock)
+
+    def _take_lock(self, name: str) -> int | None:
+        """The lock of bot id ``name``, taken (an open file, locked while it stays open);
+        None if another process holds it or it cannot be made."""
+        try:
+            self._locks.mkdir(parents=True, exist_ok=True)
+            lock = os.open(self._locks / f"{name}.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC)
+        except OSError as exc:
+            LOGGER.warning(
+                "cannot make the executor lock %s/%s.lock (%s)",
+                self._locks,
+                name,
+                os.strerror(exc.errno or errno.EIO),
+            )
+            return None
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(lock)
+            return None
+        return lock
+
     def clear(self) -> None:
         """Removes this bot's groups, and what still runs in them: at the start, those a
         killed predecessor with the same bot id left; at the end, its own."""
-        for root in {self._v2, *self._v1.values()} - {None}:
-            assert root is not None
+        self._clear(self._name)
+
+    def _clear(self, name: str) -> None:
+        """Removes bot id ``name``'s groups, and what still runs in them."""
+        for base in self._bases:
+            root = base / name
             if not root.is_dir():
                 continue
             for directory in sorted(root.iterdir(), reverse=True):

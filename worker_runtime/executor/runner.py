@@ -102,6 +102,8 @@ DEFAULT_MAX_OUTPUT_MB = 1024
 #: many levels, doubling at each: without a bound, 25 blobs would have the executor make
 #: tens of millions of entries for one action, for every tenant's loss.
 MAX_INPUT_ENTRIES = 1_000_000
+#: Outputs are uploaded in parts of about this size, a cancelled lease's stopped between.
+UPLOAD_PART_BYTES = 64 << 20
 #: The timeout of an action that gives none.
 DEFAULT_TIMEOUT_S = 3600.0
 #: The longest timeout taken as given (about eleven days); a longer one is cut to it.
@@ -215,6 +217,11 @@ class ActionRunner:
                 "every output path, in the input root (as Buck2 and worker-runtime send "
                 "them); send the action without one"
             )
+        if not command.arguments:  # refused: no program to run, nothing is started
+            raise ActionError(
+                "its command has no arguments (Command.arguments is empty), so there is no "
+                "program to run; send the program's path or name as its first argument"
+            )
         for variable in command.environment_variables:
             if not variable.name or "=" in variable.name or "\0" in variable.name + variable.value:
                 raise ActionError(
@@ -251,8 +258,10 @@ class ActionRunner:
                 )  # fmt: skip
                 reused, pid, mode = False, 0, "oneshot"
             finished_ns = time.time_ns()
+            if cancelled.is_set():  # nobody will see its outputs: neither read nor uploaded
+                raise ActionCancelled("cancelled as it finished: its outputs are not read")
             result = self._result(
-                command, directory, code, stdout, stderr, started, finished_ns, budget
+                command, directory, code, stdout, stderr, started, finished_ns, budget, cancelled
             )
             result.execution_metadata.input_fetch_start_timestamp.FromNanoseconds(fetch_started_ns)
             result.execution_metadata.input_fetch_completed_timestamp.FromNanoseconds(fetched_ns)
@@ -629,7 +638,13 @@ class ActionRunner:
         started: float,
         finished_ns: int,
         budget: OutputBudget,
+        cancelled: threading.Event,
     ) -> re_pb2.ActionResult:
+        """The ActionResult, its blobs uploaded. An output that cannot be taken (a
+        symlink, unreadable, past the budget) fails an action that exited 0; one that
+        failed keeps its exit code, stdout and stderr, the output left out and said so at
+        the end of its stderr (a crash's core file must not hide the crash). Stops,
+        uploading nothing more, once ``cancelled`` is set."""
         blobs = Blobs()
         inline = _InlineBudget()
         result = re_pb2.ActionResult(exit_code=code)
@@ -641,21 +656,33 @@ class ActionRunner:
             expected = {**{o: "output_directories" for o in command.output_directories},
                         **{o: "output_files" for o in command.output_files}}  # fmt: skip
         for output in sorted(set(wanted)):
+            if cancelled.is_set():  # between reads: a cancelled lease's outputs go unread
+                raise ActionCancelled("cancelled while its outputs were read: none is uploaded")
             try:
                 relative = safe_relative_path(output, "output path")
             except UnsafePathError as exc:
                 raise ActionError(str(exc)) from None
+            used = (budget.used_bytes, budget.used_entries)
             try:
-                found = read_output(str(directory), relative, budget)
-            except UnsafeOutput as exc:
-                raise ActionError(
-                    f"output {output!r}: {exc}; outputs are read from the action's directory only"
-                ) from None
-            except OutputUnreadable as exc:
-                raise ActionError(
-                    f"output {output!r} cannot be read: {exc}; make the action leave its "
-                    "declared outputs where their paths lead"
-                ) from None
+                found = _read_declared(directory, output, relative, budget)
+                tree = Blobs()
+                if isinstance(found, OutputDirectory):
+                    data = _tree(found, tree).SerializeToString(deterministic=True)
+                    budget.take_bytes(f"{relative} (its Tree)", len(data))
+            except (ActionError, OutputTooLarge) as exc:
+                if code == 0:
+                    raise
+                # A failed action's leftover: its exit code and output matter more.
+                budget.used_bytes, budget.used_entries = used
+                reason = str(exc).removeprefix(f"output {output!r}: ")
+                reason = reason.removeprefix(f"output {output!r} ")
+                if isinstance(exc, OutputTooLarge) and exc.by_bytes:
+                    reason += f" (this executor's --max-output-mb is {self.max_output_mb})"
+                stderr += (
+                    f"executor: output {output!r} is left out of this failed action's "
+                    f"result: {reason}\n"
+                ).encode()
+                continue
             kind = "file" if isinstance(found, OutputFile) else "directory"
             field = expected.get(output)
             if found is not None and field not in (None, _LEGACY_FIELD[kind]):
@@ -672,8 +699,7 @@ class ActionRunner:
                     contents=inline.take(found.data),
                 )  # fmt: skip
             elif isinstance(found, OutputDirectory):
-                data = _tree(found, blobs).SerializeToString(deterministic=True)
-                budget.take_bytes(f"{relative} (its Tree)", len(data))
+                blobs.data.update(tree.data)
                 digest = digest_of(data)
                 blobs.data[digest_key(digest)] = data
                 result.output_directories.add(path=relative, tree_digest=digest)
@@ -688,9 +714,44 @@ class ActionRunner:
         metadata.execution_start_timestamp.FromNanoseconds(int(started * 1e9))
         metadata.execution_completed_timestamp.FromNanoseconds(finished_ns)
         metadata.output_upload_start_timestamp.FromNanoseconds(time.time_ns())
-        self.cas.upload_missing(blobs)
+        for part in _upload_parts(blobs):
+            if cancelled.is_set():  # between uploads: the rest is not sent
+                raise ActionCancelled("cancelled while its outputs were uploaded: the rest are not")
+            self.cas.upload_missing(part)
         metadata.output_upload_completed_timestamp.FromNanoseconds(time.time_ns())
         return result
+
+
+def _read_declared(
+    directory: Path, output: str, relative: str, budget: OutputBudget
+) -> OutputFile | OutputDirectory | None:
+    """The output the action left at ``relative``; ActionError if it is a symlink or
+    cannot be read, OutputTooLarge past ``budget``."""
+    try:
+        return read_output(str(directory), relative, budget)
+    except UnsafeOutput as exc:
+        raise ActionError(
+            f"output {output!r}: {exc}; outputs are read from the action's directory only"
+        ) from None
+    except OutputUnreadable as exc:
+        raise ActionError(
+            f"output {output!r} cannot be read: {exc}; make the action leave its "
+            "declared outputs where their paths lead"
+        ) from None
+
+
+def _upload_parts(blobs: Blobs) -> list[Blobs]:
+    """``blobs`` in parts of about UPLOAD_PART_BYTES each (one, for most actions): a
+    cancel is seen between two, not only once all are sent."""
+    parts = [Blobs()]
+    size = 0
+    for key, data in blobs.data.items():
+        if size and size + len(data) > UPLOAD_PART_BYTES:
+            parts.append(Blobs())
+            size = 0
+        parts[-1].data[key] = data
+        size += len(data)
+    return parts
 
 
 def _allocated(*files: IO[bytes]) -> int:

@@ -1226,3 +1226,58 @@ def test_an_orphan_family_instance_of_a_kept_interface_reaches_no_other_compile(
     second = worker.run(*args, inputs=inputs)
     assert second.exit_code == 1 and second.output.startswith(cold.stderr), second.output
     assert "reused home interfaces: [F]" in second.output  # F is still kept, O is not
+
+
+@pytest.mark.parametrize("via", ["flag", "environment file"])
+def test_an_extra_package_database_is_read_once_and_again_when_it_changes(
+    pipe_worker: StartPipe, tmp_path: Path, via: str
+) -> None:
+    """A package database the worker did not start with (the toolchain's package_dbs,
+    which the rules add to every compile; a package-db line of an environment file) was
+    compared with the worker's own databases on every request: each such request started
+    from a fresh state and kept nothing, so every compile was cold. The last request's
+    databases are kept: the same ones again are warm, changed on disk they are read again."""
+    write(tmp_path, "src/Shop/Types.hs", TYPES_HS)
+    write(tmp_path, "src/Shop/Report.hs", REPORT_HS)
+    outs = [f"out{i}" for i in range(6)]  # each compile writes anew (none is skipped)
+    prepare_dirs(tmp_path, "deps", *outs)
+    assert cold_ghc(tmp_path, compile_args("Shop.Types", "deps")).returncode == 0
+    database = tmp_path / "extra.db"
+    subprocess.run(["ghc-pkg", "init", str(database)], check=True)
+    if via == "flag":
+        extra = ["-package-db", "extra.db", "-package", "containers"]
+    else:
+        (tmp_path / "env").write_text(
+            f"package-db {database}\npackage-id {package_id('base')}\n"
+            f"package-id {package_id('containers')}\n"
+        )
+        extra = ["-package-env", "env"]
+    inputs = ("src/Shop/Report.hs", "deps/Shop/Types.hi")
+    worker = pipe_worker()
+
+    def compiled(*flags: str) -> str:
+        args = compile_args("Shop.Report", outs.pop(0), "-ideps", *flags)
+        response = worker.run(*args, inputs=inputs)
+        assert response.exit_code == 0, response.output
+        assert "compilation IS NOT required" not in response.output
+        return response.output
+
+    assert "started from a fresh state" in compiled(*extra)  # not the worker's databases
+    warm = compiled(*extra)
+    assert "reused home interfaces: [Shop.Types]" in warm, warm
+    assert "started from a fresh state" not in warm, warm
+    # The database changes on disk (a package registered in it): read again, from a
+    # fresh state; the request after that is warm again.
+    conf = tmp_path / "fake.conf"
+    conf.write_text("name: fake-pkg\nversion: 1.0\nid: fake-pkg-1.0\nkey: fake-pkg-1.0\n")
+    subprocess.run(
+        ["ghc-pkg", "--package-db", str(database), "register", "--force", str(conf)],
+        check=True,
+        capture_output=True,
+    )
+    changed = compiled(*extra)
+    assert "started from a fresh state" in changed and "reused home interfaces: []" in changed
+    assert "reused home interfaces: [Shop.Types]" in compiled(*extra)
+    # Back to the worker's own databases: they differ from the last request's.
+    assert "started from a fresh state" in compiled("-package", "containers")
+    assert "reused home interfaces: [Shop.Types]" in compiled("-package", "containers")

@@ -7,7 +7,9 @@
 -- external package state (the interfaces GHC has loaded, with their types, instances and
 -- rules) is what makes a warm compile fast; after each request it is filtered:
 --
---   * package interfaces stay while the package databases are unchanged on disk;
+--   * package interfaces stay while the request reads the package databases the last
+--     one read, unchanged on disk; other databases (or changed ones) start from a fresh
+--     state, and are then the ones kept;
 --   * a home-package interface (a dependency found through @-i@) stays only if the
 --     request named its @.hi@ file in @WorkRequest.inputs@ with a digest; a later request
 --     reuses it only if it resolves the module to the same file with the same digest and
@@ -69,7 +71,7 @@ import GHC.Types.Name.Occurrence (occEnvElts)
 import GHC.Types.Name.Cache (NameCache (..))
 import qualified Data.IntSet as IntSet
 import GHC.Unit.Module
-import GHC.Unit.State (lookupUnit, unitDatabasePath)
+import GHC.Unit.State (UnitDatabase, lookupUnit, unitDatabasePath)
 import GHC.Utils.Panic (GhcException (..), progName)
 import GHC.Utils.Fingerprint (fingerprint0)
 import System.Directory (doesFileExist, getCurrentDirectory, getHomeDirectory, getFileSize, getModificationTime, listDirectory, setCurrentDirectory, doesDirectoryExist)
@@ -93,7 +95,13 @@ data Worker = Worker
 -- | What survives between requests.
 data Kept = Kept
   { keptBase :: DynFlags
-  -- ^ The DynFlags every request starts from (with the package databases read).
+  -- ^ The DynFlags every request starts from.
+  , keptDbFlags :: [PackageDBFlag]
+  -- ^ The package database flags (the worker's, the request's and its environment
+  -- file's) of the request the kept state is from.
+  , keptUnitDbs :: Maybe [UnitDatabase UnitId]
+  -- ^ The package databases those flags gave, as read: a request with the same flags
+  -- reuses them unless they changed on disk.
   , keptDbFingerprint :: [String]
   -- ^ The package databases the kept state was loaded from, as they were on disk.
   , keptEps :: ExternalPackageState
@@ -124,7 +132,7 @@ newWorker captureFile = do
   env <- getSession
   pristine <- liftIO (readIORef (hsc_EPS env))
   fingerprint <- liftIO (databaseFingerprint base)
-  state <- liftIO (newIORef (Kept base fingerprint pristine (loadMode base) Nothing Map.empty))
+  state <- liftIO (newIORef (Kept base (packageDBFlags base) (unitDatabases base) fingerprint pristine (loadMode base) Nothing Map.empty))
   report <- liftIO (newIORef "")
   return (Worker pristine state captureFile report)
 
@@ -235,8 +243,7 @@ flagsKey sources = go
 
 -- | The session flags a request's arguments give, with what decides what it may reuse.
 data Prepared = Prepared
-  { prepSameDatabases :: Bool
-  , prepKey :: [String]
+  { prepKey :: [String]
   , prepDatabasesChanged :: Bool
   , prepFingerprint :: [String]
   }
@@ -269,32 +276,41 @@ asGhcSaysIt e = maybe shown ("ghc: " ++) (stripPrefix (progName ++ ": ") shown)
 
 prepareFlags :: Kept -> DynFlags -> [String] -> Ghc Prepared
 prepareFlags kept dflags1 argsKey = do
-  let base = keptBase kept
   -- What else the flags depend on: the working directory and the package environment
   -- files `ghc` reads (GHC's Main applies them; the GHC API does not by itself).
   here <- liftIO getCurrentDirectory
   environment <- liftIO (packageEnvironmentFingerprint here)
   wanted <- liftIO (interpretPackageEnv dflags1 {ghcMode = OneShot, ghcLink = NoLink})
-  let sameDatabases = packageDBFlags wanted == packageDBFlags base
+  -- The package databases are compared with the last kept request's (not the worker's
+  -- own): a -package-db every request adds (a toolchain's package_dbs, an environment
+  -- file's package-db line) is read once, not again for every request.
+  let sameDatabases = packageDBFlags wanted == keptDbFlags kept
       key = here : environment ++ argsKey
       noEnvironmentFile = environment == [""] && isNothing (packageEnv dflags1)
   case keptLastFlags kept of
     Just (lastKey, lastFlags)
-      | lastKey == key && noEnvironmentFile ->
+      | lastKey == key && noEnvironmentFile && sameDatabases ->
           modifySession $ \h ->
             h {hsc_dflags = lastFlags {outputFile = outputFile dflags1, outputHi = outputHi dflags1}}
-    _ -> void (setSessionDynFlags wanted {unitDatabases = if sameDatabases then unitDatabases base else Nothing})
+    _ -> void (setSessionDynFlags wanted {unitDatabases = if sameDatabases then keptUnitDbs kept else Nothing})
   onDisk <- getSessionDynFlags >>= liftIO . databaseFingerprint
-  -- Other package databases, or the same ones changed on disk: read them again and start
-  -- from a fresh package state.
-  let databasesChanged = onDisk /= keptDbFingerprint kept
-  when databasesChanged (void (setSessionDynFlags wanted {unitDatabases = Nothing}))
-  fingerprint <- if databasesChanged then getSessionDynFlags >>= liftIO . databaseFingerprint else return onDisk
-  return (Prepared sameDatabases key databasesChanged fingerprint)
+  -- The same databases changed on disk: read them again. Other databases were read just
+  -- now; unless they are the same files, in the same order, unchanged, both start from a
+  -- fresh package state (and are kept for the next request).
+  let changedOnDisk = onDisk /= keptDbFingerprint kept
+      reread = sameDatabases && changedOnDisk
+  when reread (void (setSessionDynFlags wanted {unitDatabases = Nothing}))
+  read' <- getSessionDynFlags
+  fingerprint <- if reread then liftIO (databaseFingerprint read') else return onDisk
+  let databasesChanged = changedOnDisk || databasePaths (unitDatabases read') /= databasePaths (keptUnitDbs kept)
+  return (Prepared key databasesChanged fingerprint)
+
+-- | The files of the package databases read, in order.
+databasePaths :: Maybe [UnitDatabase UnitId] -> Maybe [FilePath]
+databasePaths = fmap (map unitDatabasePath)
 
 compilePrepared :: Worker -> Kept -> Prepared -> [Warn] -> [String] -> [FilePath] -> [(FilePath, B.ByteString)] -> Double -> Ghc Int
-compilePrepared worker kept (Prepared sameDatabases key databasesChanged fingerprint) warnings coldArgs sources inputs tStart = do
-  let base = keptBase kept
+compilePrepared worker kept (Prepared key databasesChanged fingerprint) warnings coldArgs sources inputs tStart = do
   dflags <- getSessionDynFlags
   let fresh = databasesChanged || loadMode dflags /= keptLoadMode kept
   -- Template Haskell and plugins can read annotations (never kept) and run code of
@@ -302,7 +318,7 @@ compilePrepared worker kept (Prepared sameDatabases key databasesChanged fingerp
   metaprogramming <- liftIO (usesMetaprogramming dflags sources)
   let digests = Map.fromList [(normalise p, d) | (p, d) <- inputs, not (B.null d)]
       pristine = workerPristineEps worker
-      isolated = metaprogramming || (databasesChanged && not sameDatabases)
+      isolated = metaprogramming
   let usesPlugins = metaprogramming
   env <- getSession
   t0 <- liftIO getMonotonicTime
@@ -362,7 +378,9 @@ compilePrepared worker kept (Prepared sameDatabases key databasesChanged fingerp
     keptEps' <- evaluate (filterEps pristine names (homeUnit dflags) (keptModules dflags home eps) eps)
     writeIORef (workerState worker) $!
       Kept
-        { keptBase = if sameDatabases then base {unitDatabases = unitDatabases dflags} else base
+        { keptBase = keptBase kept
+        , keptDbFlags = packageDBFlags dflags
+        , keptUnitDbs = unitDatabases dflags
         , keptDbFingerprint = fingerprint
         , keptEps = keptEps'
         , keptLoadMode = loadMode dflags

@@ -75,7 +75,7 @@ import javax.lang.model.element.TypeElement;
 import javax.tools.Diagnostic;
 
 @SupportedAnnotationTypes("*")
-@SupportedOptions({"spawn", "throwInThread", "linger", "resource", "contextLoader", "await", "print"})
+@SupportedOptions({"spawn", "throwInThread", "linger", "resource", "contextLoader", "await", "print", "closeOut"})
 public class P extends AbstractProcessor {
   @Override
   public SourceVersion getSupportedSourceVersion() {
@@ -117,6 +117,9 @@ public class P extends AbstractProcessor {
     if (processingEnv.getOptions().containsKey("print")) {
       System.out.println("p's System.out");
       System.err.println("p's System.err");
+    }
+    if (processingEnv.getOptions().containsKey("closeOut")) {
+      System.out.close();
     }
     String await = processingEnv.getOptions().get("await");
     if (await != null) {
@@ -447,13 +450,35 @@ def test_a_cancel_stops_the_compile_at_javacs_next_step(
         send({"arguments": ["-d", "out2", "A.java"], "requestId": 2})
         assert answer() == {"exitCode": 0, "output": "", "requestId": 2}
         assert (tmp_path / "out2" / "A.class").exists()
-        # Nothing taken for a fault of javac's: it writes its arguments to a file then.
-        assert not list(temp.glob("javac.*.args"))
+        # Nothing taken for a fault of javac's: it writes its arguments to a file then
+        # (JDK 17: in the working directory; from 21 in the temporary one).
+        assert not [*temp.glob("javac.*.args"), *tmp_path.glob("javac.*.args")]
     finally:
         worker.kill()
         worker.wait()
         for pipe in (stdin, stdout, stderr):
             pipe.close()
+
+
+def test_a_multiplex_compile_under_implicit_none_is_javacs(tmp_path: Path) -> None:
+    """A multiplex compile (the path a cancel can stop) is javac's exactly: with a task
+    listener in it, javac analysed implicitly compiled classes under -implicit:none and
+    failed on an error in one that a cold javac never reports."""
+    (tmp_path / "sp" / "p").mkdir(parents=True)
+    (tmp_path / "sp" / "p" / "B.java").write_text(
+        'package p; public class B { void m() { int x = "no"; } }\n'
+    )
+    (tmp_path / "A.java").write_text("class A { p.B b; }\n")
+    argv = ["-implicit:none", "-sourcepath", "sp", "A.java"]
+    cold = subprocess.run(
+        ["javac", "-d", "cold", *argv], cwd=tmp_path, capture_output=True, text=True,
+        timeout=120,
+    )  # fmt: skip
+    assert cold.returncode == 0, cold.stderr
+    result = serve(json_requests({"arguments": ["-d", "warm", *argv], "requestId": 3}), tmp_path)
+    (response,) = JsonFraming().feed(result.stdout)
+    assert (response.exit_code, response.output) == (0, cold.stderr)
+    assert classes(tmp_path / "warm") == classes(tmp_path / "cold")
 
 
 def test_a_proto_request_of_123_bytes_is_not_taken_for_json(tmp_path: Path) -> None:
@@ -817,6 +842,12 @@ def test_what_a_processor_prints_is_its_requests_output(
         assert response.exit_code == 0
         assert "p's System.out" in response.output and "p's System.err" in response.output
         assert b"p's System" not in result.stderr
+    # A processor that closes System.out (a try-with-resources around a PrintWriter on it)
+    # closed the stream every later request's processors print to.
+    closing = {"arguments": [*argv, "-AcloseOut", "-d", "c1", "A.java"], "requestId": 0}
+    after = {"arguments": [*argv, "-d", "c2", "A.java"], "requestId": 0}
+    result = serve(json_requests(closing, after), tmp_path)
+    assert ["p's System.out" in r.output for r in JsonFraming().feed(result.stdout)] == [True] * 2
 
 
 def test_what_a_processor_leaves_on_its_thread_is_not_the_next_singleplex_compiles(

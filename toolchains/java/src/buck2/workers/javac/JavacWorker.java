@@ -49,6 +49,28 @@ public final class JavacWorker {
   /** A multiplex request in flight; a cancel marks it, and it answers was_cancelled. */
   private static final class InFlight {
     volatile boolean cancelled;
+    /** Stops its compile once it runs (StoppableJavac), or null. */
+    private volatile Runnable stop;
+
+    /** Marks it cancelled, and stops its compile if one runs. */
+    void cancel() {
+      cancelled = true;
+      Runnable running = stop;
+      if (running != null) {
+        running.run();
+      }
+    }
+
+    /**
+     * What stops its compile, from now on; run at once if it was cancelled already (each
+     * side writes, then reads, the other's volatile field: at least one sees the other).
+     */
+    void stopWith(Runnable running) {
+      stop = running;
+      if (cancelled) {
+        running.run();
+      }
+    }
     /** Counted down once the request is answered (or given up). */
     final java.util.concurrent.CountDownLatch answered = new java.util.concurrent.CountDownLatch(1);
     /** A cancelled request under the same id whose answer this one waits for, or null. */
@@ -231,13 +253,13 @@ public final class JavacWorker {
       }
       if (request.cancel) {
         // javac cannot be interrupted, but it can be stopped between two of its steps (a
-        // file parsed, a class analysed or written, a round of processing): the compile
-        // stops at the next one (StoppableJavac), and its request is then answered
+        // class analysed or written): the compile stops at the next one (StoppableJavac),
+        // and its request is then answered
         // was_cancelled (never touching the output directory after answering). A cancel of
         // a request already answered is ignored.
         InFlight state = inFlight.get(request.requestId);
         if (state != null) {
-          state.cancelled = true;
+          state.cancel();
           synchronized (turns) {
             turns.notifyAll(); // one waiting for a slot answers at once
           }
@@ -378,10 +400,8 @@ public final class JavacWorker {
         args = java.util.Arrays.copyOf(startupArgs, startupArgs.length + own.length);
         System.arraycopy(own, 0, args, startupArgs.length, own.length);
       }
-      java.util.function.BooleanSupplier cancelled = state == null ? null : () -> state.cancelled;
-      code = args == null ? ARGFILE_EXIT_CODE : compile(args, out, cancelled);
-    } catch (StoppableJavac.Stopped e) {
-      code = 1; // cancelled: answered so below, its diagnostics dropped
+      java.util.function.Consumer<Runnable> onCancel = state == null ? null : state::stopWith;
+      code = args == null ? ARGFILE_EXIT_CODE : compile(args, out, onCancel);
     } catch (OutOfMemoryError e) {
       LOG.println("javac-worker: out of memory; exiting so that a fresh worker starts");
       System.exit(3);
@@ -443,7 +463,12 @@ public final class JavacWorker {
     }
 
     static PrintStream stream(OutputStream otherwise) {
-      return new PrintStream(new RequestOutput(otherwise), true, StandardCharsets.UTF_8);
+      return new PrintStream(new RequestOutput(otherwise), true, StandardCharsets.UTF_8) {
+        @Override
+        public void close() {
+          flush(); // a processor closing System.out would silence every later request
+        }
+      };
     }
 
     /** Sends what this thread, and those it starts, write there until the sink closes. */
@@ -651,11 +676,11 @@ public final class JavacWorker {
   }
 
   /**
-   * {@link #compile(String[], PrintStream)}, stopped at javac's next step once {@code
-   * cancelled} says so (then it throws {@link StoppableJavac.Stopped}); null: never.
+   * {@link #compile(String[], PrintStream)}, which {@code onCancel} is given a way to stop
+   * at javac's next step (null: none; see {@link StoppableJavac}).
    */
   static int compile(
-      String[] args, PrintStream diagnostics, java.util.function.BooleanSupplier cancelled) {
+      String[] args, PrintStream diagnostics, java.util.function.Consumer<Runnable> onCancel) {
     for (int i = 0; i < args.length; i++) {
       if (args[i].startsWith("-J")) {
         // In-process javac has no launcher to hand it to: it failed with an internal
@@ -675,8 +700,8 @@ public final class JavacWorker {
     withDefault[1] = EmptyClassPath.current();
     System.arraycopy(args, 0, withDefault, 2, args.length);
     int code =
-        cancelled != null && StoppableJavac.LOADED != null
-            ? StoppableJavac.LOADED.run(withDefault, diagnostics, cancelled)
+        onCancel != null && StoppableJavac.LOADED != null
+            ? StoppableJavac.LOADED.run(withDefault, diagnostics, onCancel)
             : JAVAC.run(null, diagnostics, diagnostics, withDefault);
     if (code == 0) {
       makeOutputDirectories(args); // a failed compile leaves nothing, as javac's does
@@ -710,21 +735,20 @@ public final class JavacWorker {
 
   /**
    * javac as {@code JAVAC.run} runs it (its own entry point, {@code Main}, on a fresh
-   * context), plus a task listener that stops it at its next step once its request is
-   * cancelled: without it, a cancelled compile ran to its end, and a client that waits a
-   * grace for the answer (the runtime: 5 s) then killed the worker, every compile in it
-   * with it. javac's entry point is not exported: this needs the launchers' {@code
-   * --add-exports} of its four packages, and without them (java started by hand) {@link
-   * #LOADED} is null and a cancelled compile runs to its end, as before.
+   * context), with a way to stop it at its next step: one more error counted in its log.
+   * javac checks its error count before each step after parsing (analysing a class,
+   * writing one: with an error, by default, it goes no further) and then ends as a
+   * compile with errors does, its diagnostics dropped here. Nothing is thrown into javac
+   * (an exception out of it is a javac crash, whose arguments it writes to a file), and
+   * nothing is added to it that changes an uncancelled compile (a task listener would:
+   * javac then keeps comments and analyses implicitly compiled classes). Without that
+   * stop a cancelled compile ran to its end, and a client that waits a grace for the
+   * answer (the runtime: 5 s) then killed the worker, every compile in it with it.
+   * javac's internals are not exported: this needs the launchers' {@code --add-exports}
+   * of three of its packages, and without them (java started by hand) {@link #LOADED} is null
+   * and a cancelled compile runs to its end, as before.
    */
   static final class StoppableJavac {
-    /** Thrown out of the compile once its request is cancelled. */
-    static final class Stopped extends RuntimeException {
-      Stopped() {
-        super("the request was cancelled", null, false, false);
-      }
-    }
-
     /** The one instance, or null where javac's internals are not exported to the worker. */
     static final StoppableJavac LOADED = load();
 
@@ -732,39 +756,41 @@ public final class JavacWorker {
     private final java.lang.reflect.Method compile;
     private final java.lang.reflect.Constructor<?> newContext;
     private final java.lang.reflect.Method preRegisterFileManager;
-    private final java.lang.reflect.Method listenersOf;
-    private final java.lang.reflect.Method addListener;
+    private final java.lang.reflect.Method put;
     private final java.lang.reflect.Method contextGet;
+    private final Object outKey;
+    private final Object errKey;
+    private final java.lang.reflect.Method logOf;
+    private final java.lang.reflect.Field errors;
     private final java.lang.reflect.Field exitCode;
-    /** javac's PropagatedException: its entry point throws its cause on, as it is. */
-    private final java.lang.reflect.Constructor<?> propagated;
 
     private StoppableJavac() throws ReflectiveOperationException {
       Class<?> main = Class.forName("com.sun.tools.javac.main.Main");
       Class<?> context = Class.forName("com.sun.tools.javac.util.Context");
-      newMain = main.getConstructor(String.class, PrintWriter.class);
+      Class<?> key = Class.forName("com.sun.tools.javac.util.Context$Key");
+      Class<?> log = Class.forName("com.sun.tools.javac.util.Log");
+      newMain = main.getConstructor(String.class);
       compile = main.getMethod("compile", String[].class, context);
       newContext = context.getConstructor();
       preRegisterFileManager =
           Class.forName("com.sun.tools.javac.file.JavacFileManager")
               .getMethod("preRegister", context);
-      Class<?> listeners = Class.forName("com.sun.tools.javac.api.MultiTaskListener");
-      listenersOf = listeners.getMethod("instance", context);
-      addListener = listeners.getMethod("add", com.sun.source.util.TaskListener.class);
+      put = context.getMethod("put", key, Object.class);
       contextGet = context.getMethod("get", Class.class);
+      outKey = log.getField("outKey").get(null);
+      errKey = log.getField("errKey").get(null);
+      logOf = log.getMethod("instance", context);
+      errors = log.getField("nerrors");
       exitCode = Class.forName("com.sun.tools.javac.main.Main$Result").getField("exitCode");
-      propagated =
-          Class.forName("com.sun.tools.javac.util.PropagatedException")
-              .getConstructor(RuntimeException.class);
     }
 
     private static StoppableJavac load() {
-      Module compiler = JAVAC == null ? null : JAVAC.getClass().getModule();
-      Module worker = JavacWorker.class.getModule();
-      if (compiler == null) {
+      if (JAVAC == null) {
         return null;
       }
-      for (String name : new String[] {"main", "util", "file", "api"}) {
+      Module compiler = JAVAC.getClass().getModule();
+      Module worker = JavacWorker.class.getModule();
+      for (String name : new String[] {"main", "util", "file"}) {
         if (!compiler.isExported("com.sun.tools.javac." + name, worker)) {
           return null;
         }
@@ -777,13 +803,26 @@ public final class JavacWorker {
       }
     }
 
-    int run(String[] args, PrintStream diagnostics, java.util.function.BooleanSupplier cancelled) {
+    int run(String[] args, PrintStream diagnostics, java.util.function.Consumer<Runnable> onCancel) {
       try {
         Object context = newContext.newInstance();
         preRegisterFileManager.invoke(null, context);
-        addListener.invoke(listenersOf.invoke(null, context), stopWhen(cancelled));
+        // What javac's Main(name, writer) does first thing in compile: the log's writers,
+        // then the log, made here so that a cancel can reach it from the start.
+        PrintWriter writer = new PrintWriter(diagnostics, true);
+        put.invoke(context, outKey, writer);
+        put.invoke(context, errKey, writer);
+        Object log = logOf.invoke(null, context);
+        java.util.concurrent.atomic.AtomicBoolean stopped =
+            new java.util.concurrent.atomic.AtomicBoolean();
+        onCancel.accept(
+            () -> {
+              if (stopped.compareAndSet(false, true)) {
+                countAnError(log);
+              }
+            });
         try {
-          Object main = newMain.newInstance("javac", new PrintWriter(diagnostics, true));
+          Object main = newMain.newInstance("javac"); // the writers are in the context
           return exitCode.getInt(compile.invoke(main, args, context));
         } finally {
           // As javac's own entry point does with the context it made.
@@ -793,7 +832,7 @@ public final class JavacWorker {
       } catch (java.lang.reflect.InvocationTargetException e) {
         Throwable cause = e.getCause();
         if (cause instanceof RuntimeException) {
-          throw (RuntimeException) cause; // Stopped among them
+          throw (RuntimeException) cause;
         }
         if (cause instanceof Error) {
           throw (Error) cause;
@@ -804,32 +843,16 @@ public final class JavacWorker {
       }
     }
 
-    private com.sun.source.util.TaskListener stopWhen(java.util.function.BooleanSupplier cancelled) {
-      return new com.sun.source.util.TaskListener() {
-        @Override
-        public void started(com.sun.source.util.TaskEvent event) {
-          stopIfCancelled();
-        }
-
-        @Override
-        public void finished(com.sun.source.util.TaskEvent event) {
-          stopIfCancelled();
-        }
-
-        private void stopIfCancelled() {
-          if (!cancelled.getAsBoolean()) {
-            return;
-          }
-          // Wrapped as javac's PropagatedException: any other exception out of a listener
-          // is "an exception has occurred in the compiler", and javac writes its arguments
-          // to a file in the temporary directory for the bug report.
-          try {
-            throw (RuntimeException) propagated.newInstance(new Stopped());
-          } catch (ReflectiveOperationException e) {
-            throw new Stopped();
-          }
-        }
-      };
+    /**
+     * One more error in javac's count, from the thread that reads the cancel. A count the
+     * compile makes at the same moment may be lost, never both: either is an error.
+     */
+    private void countAnError(Object log) {
+      try {
+        errors.setInt(log, errors.getInt(log) + 1);
+      } catch (ReflectiveOperationException e) {
+        LOG.println("javac-worker: a cancel could not stop its compile: " + e);
+      }
     }
   }
 

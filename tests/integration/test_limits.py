@@ -298,6 +298,10 @@ def test_a_killed_executors_groups_with_a_default_bot_id_go_at_the_next_start(
         groups = [base / f"{socket.gethostname()}-{killed.pid}" for base in successor._bases]
         assert groups and not any(group.exists() for group in groups)
         assert not is_gone(kept)  # the running executor's action runs on
+        # Root's alone: no other user may hold a lock to keep a dead executor's groups.
+        own = locks / f"{socket.gethostname()}-{os.getpid()}.lock"
+        assert (locks.stat().st_mode & 0o777, own.stat().st_mode & 0o777) == (0o700, 0o600)
+        assert not (locks / f"{socket.gethostname()}-{killed.pid}.lock").exists()
     finally:
         running.kill()
         running.wait()
@@ -305,3 +309,4 @@ def test_a_killed_executors_groups_with_a_default_bot_id_go_at_the_next_start(
         Confinement(Limits(pids=16), f"{socket.gethostname()}-{gone_pid.pid}", locks=locks).clear()
         successor.clear()
     assert wait_gone([kept]) == []
+    assert not own.exists()  # let go of, and removed, at the executor's end

@@ -25,6 +25,7 @@ from worker_runtime.executor.runner import (
     ActionError,
     ActionNotRun,
     ActionRunner,
+    LeaseStop,
 )
 from worker_runtime.executor.workers import PersistentWorker, WorkerPool
 from worker_runtime.proto import remote_execution_pb2 as re_pb2
@@ -465,20 +466,26 @@ class CountsUploads(StoredBlobs):
         return 0
 
 
-@pytest.mark.parametrize("when", ["process ended", "first output read", "first upload"])
+@pytest.mark.parametrize(
+    "when", ["process ended", "first output read", "first upload", "grace over as it ended"]
+)
 def test_a_lease_cancelled_after_its_process_ended_reads_and_uploads_no_more(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, when: str
 ) -> None:
     """A cancel was only flagged: once the process had finished, every output was still
-    read and uploaded (up to --max-output-mb) for nobody, holding a lease thread."""
+    read and uploaded (up to --max-output-mb) for nobody, holding a lease thread. The
+    shutdown grace's stop is no cancel: an action that finished as it came is reported,
+    not run again, its outputs read and uploaded."""
     store = CountsUploads()
-    cancelled = threading.Event()
+    cancelled = LeaseStop()
     real_read_capped, real_read_output = runner_module.read_capped, runner_module.read_output
     reads: list[str] = []
 
     def read_capped(*args: Any) -> bytes:
         if when == "process ended":
             cancelled.set()  # as the process's stdout is read, after it exited
+        if when == "grace over as it ended":
+            cancelled.stop(result_wanted=True)
         return real_read_capped(*args)
 
     def read_output(root: str, relative: str, budget: Any) -> Any:
@@ -505,10 +512,15 @@ def test_a_lease_cancelled_after_its_process_ended_reads_and_uploads_no_more(
         cast(Cas, stand_in), cast(BlobCache, stand_in), pool, tmp_path, "bot-under-test"
     )
     try:
-        with pytest.raises(ActionCancelled):
-            runner.run(action, "main", cancelled)
+        if when == "grace over as it ended":
+            outcome = runner.run(action, "main", cancelled)
+            assert [o.path for o in outcome.result.output_files] == ["a", "b"]
+        else:
+            with pytest.raises(ActionCancelled):
+                runner.run(action, "main", cancelled)
     finally:
         pool.stop_all()
     expected = {"process ended": ([], []), "first output read": (["a"], []),
-                "first upload": (["a", "b"], [1])}[when]  # fmt: skip
+                "first upload": (["a", "b"], [1]),
+                "grace over as it ended": (["a", "b"], [1, 1])}[when]  # fmt: skip
     assert (reads, store.uploads) == expected

@@ -31,6 +31,7 @@ from worker_runtime.executor.runner import (
     ActionNotRun,
     ActionOutcome,
     ActionRunner,
+    LeaseStop,
 )
 from worker_runtime.executor.sandbox import Sandbox
 from worker_runtime.executor.tenants import (
@@ -207,7 +208,7 @@ class Executor:
         #: The deadline of an update while work runs (SHORT_POLL_S, longer for a slow
         #: server: SLOW_SERVER_POLL_S).
         self._short_poll_s = SHORT_POLL_S
-        self._cancel_events: dict[str, threading.Event] = {}
+        self._cancel_events: dict[str, LeaseStop] = {}
         #: The waits between attempts to register again; back to the shortest once a
         #: session has lasted SETTLED_SESSION_S.
         self._register_retry = _Backoff()
@@ -385,7 +386,9 @@ class Executor:
                     "it" if running == 1 else "them",
                 )  # fmt: skip
                 for event in self._cancel_events.values():
-                    event.set()  # one-shot groups killed, persistent workers too
+                    # One-shot groups killed, persistent workers too; an action whose
+                    # process finished as this came still has its outputs read.
+                    event.stop(result_wanted=True)
                 # The stopped actions' threads end within moments (a kill, a reap, their
                 # directory moved away; one fetching its inputs at its next read). One
                 # that finished as its stop came has a result: reported, not run again.
@@ -639,7 +642,7 @@ class Executor:
                 self.stats.leases += 1
                 self.metrics.leases.inc()
                 lease.state = bots_pb2.ACTIVE
-                cancelled = threading.Event()
+                cancelled = LeaseStop()
                 self._cancel_events[lease.id] = cancelled
                 future = self._threads.submit(
                     self._run, lease.id, action, cancelled, time.monotonic()

@@ -46,6 +46,8 @@ BASE = "worker-runtime"
 #: Where each executor with groups holds a lock (a file named by its bot id) for as long
 #: as it runs: a group set whose lock nobody holds belongs to no running executor.
 LOCKS = Path("/run/worker-runtime/bots")
+#: How long an executor waits for its own bot id's lock at its start.
+OWN_LOCK_WAIT_S = 5.0
 #: The process limit of each action and worker when the executor runs tenants and the
 #: operator set none: far above what a compiler needs, far below what takes a machine.
 DEFAULT_TENANT_PIDS = 1024
@@ -306,7 +308,8 @@ class Confinement:
         whose lock nobody holds."""
         if not self._bases:
             return
-        self._lock = self._take_lock(self._name)
+        # A predecessor with this bot id may still be letting go of it as it exits.
+        self._lock = self._take_lock(self._name, wait_s=OWN_LOCK_WAIT_S)
         if self._lock is None:
             LOGGER.warning(
                 "another executor holds the lock of bot id %s (%s): two executors with one "
@@ -346,26 +349,40 @@ class Confinement:
             (self._locks / f"{name}.lock").unlink()
         os.close(lock)
 
-    def _take_lock(self, name: str) -> int | None:
+    def _take_lock(self, name: str, wait_s: float = 0.0) -> int | None:
         """The lock of bot id ``name``, taken (an open file, locked while it stays open);
-        None if another process holds it or it cannot be made."""
-        try:
-            self._locks.mkdir(parents=True, exist_ok=True)
-            lock = os.open(self._locks / f"{name}.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC)
-        except OSError as exc:
-            LOGGER.warning(
-                "cannot make the executor lock %s/%s.lock (%s)",
-                self._locks,
-                name,
-                os.strerror(exc.errno or errno.EIO),
-            )
-            return None
-        try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
+        None if another process holds it for ``wait_s`` or it cannot be made. Root's
+        alone (0600 in a 0700 directory): no other user may hold one to keep a dead
+        executor's groups (and what runs in them) from being removed. One its last
+        holder removed as it was taken locks nothing: taken again at its name."""
+        path = self._locks / f"{name}.lock"
+        deadline = time.monotonic() + wait_s
+        while True:
+            try:
+                self._locks.mkdir(mode=0o700, parents=True, exist_ok=True)
+                lock = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            except OSError as exc:
+                LOGGER.warning(
+                    "cannot make the executor lock %s (%s)",
+                    path,
+                    os.strerror(exc.errno or errno.EIO),
+                )
+                return None
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                os.close(lock)
+                if time.monotonic() >= deadline:
+                    return None
+                time.sleep(0.05)
+                continue
+            try:
+                held, named = os.fstat(lock), os.stat(path)
+                if (held.st_dev, held.st_ino) == (named.st_dev, named.st_ino):
+                    return lock
+            except FileNotFoundError:
+                pass
             os.close(lock)
-            return None
-        return lock
 
     def clear(self) -> None:
         """Removes this bot's groups, and what still runs in them: at the start, those a

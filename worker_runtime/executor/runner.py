@@ -118,6 +118,26 @@ class ActionCancelled(RuntimeError):
     """The lease was cancelled (or taken away) while the action ran; its process is gone."""
 
 
+class LeaseStop(threading.Event):
+    """A lease's stop, set when the server cancels it (or takes it away) or the executor
+    stops it. ``stop(result_wanted=True)``: the executor's shutdown grace ran out, and an
+    action whose process finished as the stop came is still reported (its outputs read
+    and uploaded), so that it is not run again; after a server's cancel nobody will see
+    the result, and the outputs are neither read nor uploaded."""
+
+    result_wanted = False
+
+    def stop(self, result_wanted: bool = False) -> None:
+        self.result_wanted = result_wanted
+        self.set()
+
+
+def _result_unwanted(cancelled: threading.Event) -> bool:
+    """Whether nobody will see the action's result: its lease was stopped, and not by the
+    shutdown grace (a plain Event: any stop)."""
+    return cancelled.is_set() and not (isinstance(cancelled, LeaseStop) and cancelled.result_wanted)
+
+
 class ActionNotRun(RuntimeError):
     """The action got no result of its own here: its worker crashed, babbled or timed
     out. Reported as the lease's status (``code``), never as the action's exit code, so
@@ -258,7 +278,7 @@ class ActionRunner:
                 )  # fmt: skip
                 reused, pid, mode = False, 0, "oneshot"
             finished_ns = time.time_ns()
-            if cancelled.is_set():  # nobody will see its outputs: neither read nor uploaded
+            if _result_unwanted(cancelled):  # its outputs are neither read nor uploaded
                 raise ActionCancelled("cancelled as it finished: its outputs are not read")
             result = self._result(
                 command, directory, code, stdout, stderr, started, finished_ns, budget, cancelled
@@ -644,7 +664,8 @@ class ActionRunner:
         symlink, unreadable, past the budget) fails an action that exited 0; one that
         failed keeps its exit code, stdout and stderr, the output left out and said so at
         the end of its stderr (a crash's core file must not hide the crash). Stops,
-        uploading nothing more, once ``cancelled`` is set."""
+        uploading nothing more, once ``cancelled`` is set (but by the shutdown grace:
+        ``LeaseStop``)."""
         blobs = Blobs()
         inline = _InlineBudget()
         result = re_pb2.ActionResult(exit_code=code)
@@ -656,7 +677,7 @@ class ActionRunner:
             expected = {**{o: "output_directories" for o in command.output_directories},
                         **{o: "output_files" for o in command.output_files}}  # fmt: skip
         for output in sorted(set(wanted)):
-            if cancelled.is_set():  # between reads: a cancelled lease's outputs go unread
+            if _result_unwanted(cancelled):  # between reads: the rest go unread
                 raise ActionCancelled("cancelled while its outputs were read: none is uploaded")
             try:
                 relative = safe_relative_path(output, "output path")
@@ -715,7 +736,7 @@ class ActionRunner:
         metadata.execution_completed_timestamp.FromNanoseconds(finished_ns)
         metadata.output_upload_start_timestamp.FromNanoseconds(time.time_ns())
         for part in _upload_parts(blobs):
-            if cancelled.is_set():  # between uploads: the rest is not sent
+            if _result_unwanted(cancelled):  # between uploads: the rest is not sent
                 raise ActionCancelled("cancelled while its outputs were uploaded: the rest are not")
             self.cas.upload_missing(part)
         metadata.output_upload_completed_timestamp.FromNanoseconds(time.time_ns())

@@ -27,6 +27,7 @@ from worker_runtime.cluster import buildgrid
 from worker_runtime.cluster.commands import tenant_arguments
 from worker_runtime.cluster.layout import ClusterLayout
 from worker_runtime.executor import bots
+from worker_runtime.executor.runner import ActionCancelled, LeaseStop
 from worker_runtime.proto import remote_execution_pb2 as re_pb2
 from worker_runtime.proto.google.longrunning import operations_pb2
 
@@ -164,6 +165,45 @@ def test_an_action_that_finishes_as_the_grace_runs_out_is_reported_not_run_again
         assert response.status.code == 0, response.status
         assert response.result.exit_code == 7
         assert response.result.stdout_raw == b"finished as it was stopped"
+
+
+def test_an_action_still_taking_its_outputs_past_the_grace_is_told_they_are_unwanted(
+    tmp_path: Path, cluster_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The grace's stop lets an action whose process finished as it came read and
+    upload its outputs (reported, not run again); one still at it once the stopped
+    actions were waited for is handed back, and went on uploading, for nobody, holding
+    the executor's exit. Its lease's stop says now that its result is unwanted."""
+    socket = f"unix://{cluster_dir}/run/buildgrid.sock"
+    started, told = threading.Event(), threading.Event()
+
+    def run(
+        runner: object, action: re_pb2.Action, instance: str, cancelled: threading.Event
+    ) -> bots.ActionOutcome:
+        started.set()
+        assert cancelled.wait(120), "never stopped"
+        assert isinstance(cancelled, LeaseStop) and cancelled.result_wanted
+        deadline = time.monotonic() + 120  # "uploading" until told its result is unwanted
+        while cancelled.result_wanted and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if not cancelled.result_wanted:
+            told.set()
+        raise ActionCancelled("cancelled while its outputs were uploaded")
+
+    monkeypatch.setattr(bots, "STOPPED_ACTIONS_WAIT_S", 0.5)
+    with (
+        in_process_executor(
+            monkeypatch, run, socket, cluster_dir / "uploading-executor", shutdown_grace_s=0.5
+        ) as running,
+        grpc.insecure_channel(socket) as channel,
+    ):  # fmt: skip
+        command = re_pb2.Command(arguments=["/bin/true", uuid.uuid4().hex])
+        stream = start_execute(channel, re_pb2.Directory(), command, timeout_s=5)
+        assert started.wait(60), "the executor never started the action"
+        assert running.stop_and_wait() == 0, "the executor still runs past its grace"
+        assert told.wait(30), "the action was never told its result is unwanted"
+        with contextlib.suppress(grpc.RpcError):  # handed back: no bot runs it in time
+            list(stream)
 
 
 def test_a_draining_executor_takes_no_new_lease(

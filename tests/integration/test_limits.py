@@ -284,6 +284,10 @@ def test_a_killed_executors_groups_with_a_default_bot_id_go_at_the_next_start(
     its own bot id's. Those of a running executor stay, even under a bot id naming a pid
     that is gone (its lock is held)."""
     locks = tmp_path / "locks"
+    # As an older executor left them (before locks were root's alone): readable by all.
+    locks.mkdir(mode=0o755)
+    own = locks / f"{socket.gethostname()}-{os.getpid()}.lock"
+    own.touch(mode=0o644)
     gone_pid = subprocess.Popen(["true"])  # its pid, once reaped, names no process
     gone_pid.wait()
     killed, orphan = start_predecessor(locks)
@@ -299,7 +303,6 @@ def test_a_killed_executors_groups_with_a_default_bot_id_go_at_the_next_start(
         assert groups and not any(group.exists() for group in groups)
         assert not is_gone(kept)  # the running executor's action runs on
         # Root's alone: no other user may hold a lock to keep a dead executor's groups.
-        own = locks / f"{socket.gethostname()}-{os.getpid()}.lock"
         assert (locks.stat().st_mode & 0o777, own.stat().st_mode & 0o777) == (0o700, 0o600)
         assert not (locks / f"{socket.gethostname()}-{killed.pid}.lock").exists()
     finally:

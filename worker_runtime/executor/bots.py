@@ -393,6 +393,10 @@ class Executor:
                 # directory moved away; one fetching its inputs at its next read). One
                 # that finished as its stop came has a result: reported, not run again.
                 wait_for_futures(list(self._running.values()), timeout=STOPPED_ACTIONS_WAIT_S)
+                for lease_id, future in self._running.items():
+                    unwanted = self._cancel_events.get(lease_id)
+                    if unwanted is not None and not future.done():
+                        unwanted.stop()  # handed back: its outputs are wanted no more
                 session = self._report_finished_despite_stop(session)
                 break
             if self._running and not reported and not self._any_done():

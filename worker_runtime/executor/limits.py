@@ -360,7 +360,8 @@ class Confinement:
         while True:
             try:
                 self._locks.mkdir(mode=0o700, parents=True, exist_ok=True)
-                lock = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+                os.chmod(self._locks, 0o700)  # made otherwise before: root's alone now
+                lock = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
             except OSError as exc:
                 LOGGER.warning(
                     "cannot make the executor lock %s (%s)",
@@ -369,6 +370,7 @@ class Confinement:
                 )
                 return None
             try:
+                os.fchmod(lock, 0o600)  # one an older executor made, readable by all
                 fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except OSError:
                 os.close(lock)

@@ -252,11 +252,10 @@ public final class JavacWorker {
         LOG.println("javac-worker: request " + request.requestId + ": " + request.arguments);
       }
       if (request.cancel) {
-        // javac cannot be interrupted, but it can be stopped between two of its steps (a
-        // class analysed or written): the compile stops at the next one (StoppableJavac),
-        // and its request is then answered
-        // was_cancelled (never touching the output directory after answering). A cancel of
-        // a request already answered is ignored.
+        // javac cannot be interrupted, but it can be told to skip what is left of its
+        // flow analysis and code generation (StoppableJavac); its request is answered
+        // was_cancelled once it has ended (never touching the output directory after
+        // answering). A cancel of a request already answered is ignored.
         InFlight state = inFlight.get(request.requestId);
         if (state != null) {
           state.cancel();
@@ -735,14 +734,16 @@ public final class JavacWorker {
 
   /**
    * javac as {@code JAVAC.run} runs it (its own entry point, {@code Main}, on a fresh
-   * context), with a way to stop it at its next step: one more error counted in its log.
-   * javac checks its error count before each step after parsing (analysing a class,
-   * writing one: with an error, by default, it goes no further) and then ends as a
-   * compile with errors does, its diagnostics dropped here. Nothing is thrown into javac
+   * context), with a way to cut it short: one more error counted in its log. javac looks
+   * at its error count before each class's flow analysis, desugaring and writing (with
+   * an error, by default, it does none of them), and after annotation processing; it
+   * then ends as a compile with errors does, its diagnostics dropped here. It does not
+   * look before analysing (attributing) a class: the classes still queued are analysed
+   * all the same, and a cancel during the analysis of many waits for it. Nothing is thrown into javac
    * (an exception out of it is a javac crash, whose arguments it writes to a file), and
    * nothing is added to it that changes an uncancelled compile (a task listener would:
-   * javac then keeps comments and analyses implicitly compiled classes). Without that
-   * stop a cancelled compile ran to its end, and a client that waits a grace for the
+   * javac then keeps comments and analyses implicitly compiled classes). Without this,
+   * a cancelled compile ran to its end, and a client that waits a grace for the
    * answer (the runtime: 5 s) then killed the worker, every compile in it with it.
    * javac's internals are not exported: this needs the launchers' {@code --add-exports}
    * of three of its packages, and without them (java started by hand) {@link #LOADED} is null

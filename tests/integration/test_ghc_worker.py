@@ -604,47 +604,10 @@ def test_a_changed_package_environment_file_is_read_again(
     assert hidden.output == cold.stdout + cold.stderr
 
 
-def test_template_haskell_never_runs_code_of_an_earlier_request(
-    pipe_worker: StartPipe, tmp_path: Path
-) -> None:
-    """Two sandboxes with different A: B's splice runs the A of its own request. (Requests
-    with Template Haskell are compiled by a cold ghc: Debian's ghc loads A's dynamic
-    object, built here with -dynamic-too as Buck2 would have to.)"""
-    worker = pipe_worker()
-    for value in (1, 2):
-        sandbox = tmp_path / f"s{value}"
-        write(
-            sandbox,
-            "A.hs",
-            f"{{-# LANGUAGE TemplateHaskell #-}}\nmodule A where\nimport Language.Haskell.TH\nf :: Q Exp\nf = litE (integerL {value})\n",
-        )
-        write(
-            sandbox,
-            "B.hs",
-            "{-# LANGUAGE TemplateHaskell #-}\nmodule B where\nimport A\nb :: Integer\nb = $(f)\n",
-        )
-        (sandbox / "out").mkdir()
-        for a_args in (
-            ["-c", "A.hs", "-o", "out/A.o", "-ohi", "out/A.hi"],
-            ["-c", "A.hs", "-dynamic", "-o", "out/A.dyn_o", "-ohi", "out/A.dyn_hi"],
-        ):
-            assert cold_ghc(sandbox, a_args).returncode == 0
-        for args, inputs in (
-            (["-c", "B.hs", "-O", "-iout", "-o", "out/B.o", "-ohi", "out/B.hi"], ("out/A.hi",)),
-        ):
-            request = bazel.WorkRequest(
-                arguments=args, sandbox_dir=str(sandbox), verbosity=10,
-                inputs=[bazel.Input(path=p, digest=sha256(sandbox / p)) for p in inputs],
-            )  # fmt: skip
-            response = worker.send(request)
-            assert response.exit_code == 0, response.output
-        assert "started from a fresh state" in response.output
-        shown = subprocess.run(
-            [GHC, "--show-iface", str(sandbox / "out" / "B.hi")], capture_output=True, text=True
-        ).stdout
-        assert f"Unfolding: ({value})" in shown, shown[shown.find("b ::") :][:200]
-
-
+TH_LEADING = (
+    "B.hs",
+    "{-# LANGUAGE TemplateHaskell #-}\nmodule B where\nimport A\nb :: Integer\nb = $(f)\n",
+)
 TH_BEHIND_CPP = (
     "B.hs",
     "{-# LANGUAGE CPP #-}\n#if __GLASGOW_HASKELL__ >= 900\n{-# LANGUAGE TemplateHaskell #-}\n#endif\n"
@@ -656,14 +619,19 @@ TH_LITERATE = (
 )
 
 
-@pytest.mark.parametrize("source", [TH_BEHIND_CPP, TH_LITERATE], ids=["cpp", "literate"])
-def test_template_haskell_the_leading_pragmas_do_not_show_never_runs_warm(
+@pytest.mark.parametrize(
+    "source", [TH_LEADING, TH_BEHIND_CPP, TH_LITERATE], ids=["leading", "cpp", "literate"]
+)
+def test_template_haskell_never_runs_code_of_an_earlier_request(
     pipe_worker: StartPipe, tmp_path: Path, source: tuple[str, str]
 ) -> None:
-    """Template Haskell was detected by the raw file's leading pragmas only: its pragma
-    after an #if (CPP), or behind a literate source's bird tracks, ran the splice in the
-    warm session, which loaded the first sandbox's A and ran it for the second. A source
-    with CPP and a directive, or a literate one, is compiled the isolated way."""
+    """Two sandboxes with different A: B's splice runs the A of its own request. (Requests
+    with Template Haskell are compiled by a cold ghc: Debian's ghc loads A's dynamic
+    object, built here with -dynamic-too as Buck2 would have to.) Template Haskell was
+    detected by the raw file's leading pragmas only: its pragma after an #if (CPP), or
+    behind a literate source's bird tracks, ran the splice in the warm session, which
+    loaded the first sandbox's A and ran it for the second. A source with CPP and a
+    directive, or a literate one, is compiled the isolated way."""
     name, text = source
     worker = pipe_worker()
     for value in (1, 2):
@@ -671,7 +639,7 @@ def test_template_haskell_the_leading_pragmas_do_not_show_never_runs_warm(
         write(
             sandbox,
             "A.hs",
-            "module A where\nimport Language.Haskell.TH\n"
+            "{-# LANGUAGE TemplateHaskell #-}\nmodule A where\nimport Language.Haskell.TH\n"
             f"f :: Q Exp\nf = litE (integerL {value})\n",
         )
         write(sandbox, name, text)

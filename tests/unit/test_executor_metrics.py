@@ -13,7 +13,8 @@ def test_metrics_are_served_on_loopback() -> None:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     metrics = ExecutorMetrics()
-    metrics.serve(port)
+    metrics.bind(port)
+    metrics.start()
     metrics.leases.inc()
     metrics.actions.labels(outcome="success").inc()
     metrics.worker_starts.inc()
@@ -32,3 +33,4 @@ def test_metrics_are_served_on_loopback() -> None:
         "executor_worker_evictions 0.0",
     ):
         assert line in text, line
+    metrics.close()  # the port freed, its thread ended

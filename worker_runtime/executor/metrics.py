@@ -86,10 +86,6 @@ class ExecutorMetrics:
             self._serving = True
             threading.Thread(target=self._server.serve_forever, name="metrics", daemon=True).start()
 
-    def serve(self, port: int) -> None:
-        self.bind(port)
-        self.start()
-
     def close(self) -> None:
         """Stops answering and frees the port."""
         server, self._server = self._server, None

@@ -675,8 +675,8 @@ public final class JavacWorker {
   }
 
   /**
-   * {@link #compile(String[], PrintStream)}, which {@code onCancel} is given a way to stop
-   * at javac's next step (null: none; see {@link StoppableJavac}).
+   * {@link #compile(String[], PrintStream)}, which {@code onCancel} is given a way to cut
+   * short (null: none; see {@link StoppableJavac} for what a cancel skips).
    */
   static int compile(
       String[] args, PrintStream diagnostics, java.util.function.Consumer<Runnable> onCancel) {

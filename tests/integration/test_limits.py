@@ -234,9 +234,15 @@ def test_a_tenants_process_dies_with_the_executor_thread_that_started_it(
     assert executor.stdout is not None
     tenant = int(executor.stdout.readline())
     deadline = time.monotonic() + 10
-    while tenant not in group.pids() and time.monotonic() < deadline:
+    # In the group once the join ran, but its death signal is set by setpriv after it:
+    # wait for the command itself (a kill before that left it running, a flake in CI).
+    comm = Path(f"/proc/{tenant}/comm")
+    while time.monotonic() < deadline and not (
+        tenant in group.pids() and comm.exists() and comm.read_text().strip() == "sleep"
+    ):
         time.sleep(0.02)
     assert tenant in group.pids()
+    assert comm.read_text().strip() == "sleep"
     executor.kill()
     executor.wait()
     executor.stdout.close()

@@ -20,4 +20,4 @@ if [ -n "$BUCK2_BIN" ]; then
 else
   echo "== real-Buck2 tier: NOT RUN: no buck2 binary (put buck2 on PATH or set BUCK2=/path/to/buck2); tests/buck2 is skipped"
 fi
-echo "== pytest"; exec "$PY/pytest" "$@"
+echo "== pytest"; exec "$PY/pytest" --durations=40 "$@"

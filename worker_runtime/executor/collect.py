@@ -79,6 +79,13 @@ class OutputBudget:
     used_bytes: int = 0
     used_entries: int = 0
 
+    def snapshot(self) -> tuple[int, int]:
+        """What is used so far, for ``restore`` to go back to (an output left out)."""
+        return self.used_bytes, self.used_entries
+
+    def restore(self, used: tuple[int, int]) -> None:
+        self.used_bytes, self.used_entries = used
+
     def take_entry(self, shown: str, name: str, depth: int) -> None:
         self.used_entries += 1
         if self.used_entries > self.max_entries:

@@ -32,6 +32,26 @@ class Launch:
     #: The environment Popen gives it: the tenant's when nothing runs in front of the
     #: tenant's program, else the executor's PATH alone (the command sets the tenant's).
     env: dict[str, str] = field(default_factory=dict)
+    #: Where in ``argv`` the tenant's own part (``env -i ...``) begins, after the
+    #: executor's wrappers; None when there is none (Popen starts the program itself).
+    tenant_at: int | None = None
+
+    def marked(self) -> list[str]:
+        """``argv`` that, once every wrapper in front has done its part and just before
+        the tenant's program, writes one byte to its stdin (Popen gives it a pipe's write
+        end there) and gives the program /dev/null for stdin instead: no byte in the pipe
+        once the process ended means a wrapper failed (a group it could not join, a
+        sandbox it could not set up, a uid switch refused), and the exit status is the
+        wrapper's, not the action's. Without wrappers, ``argv`` as it is."""
+        if self.tenant_at is None:
+            return list(self.argv)
+        at = self.tenant_at
+        return [*self.argv[:at], "/bin/sh", "-c", _MARK, "sh", *self.argv[at:]]
+
+
+#: Run as the tenant, last before its program: one byte to stdin, then the program with
+#: /dev/null for stdin (it never holds the pipe).
+_MARK = 'printf x >&0; exec "$@" </dev/null'
 
 
 #: coreutils' env, found once: it sets the tenant's variables, last.
@@ -92,4 +112,4 @@ def launch(
         popen_as = RunAs()
     if group is not None:
         inner = group.command(inner)
-    return Launch(inner, popen_as, _launcher_env())
+    return Launch(inner, popen_as, _launcher_env(), tenant_at=len(inner) - len(tenant))

@@ -171,6 +171,23 @@ class ActionOutcome:
     worker_pid: int
 
 
+def _status(returncode: int) -> int:
+    """Killed by signal N: 128 + N, as a shell reports it and as the sandbox (whose init
+    is the process started here) does."""
+    return returncode if returncode >= 0 else 128 - returncode
+
+
+def _marked(read_end: int) -> bool:
+    """Whether the start mark (``Launch.marked``) came, the read end closed."""
+    try:
+        os.set_blocking(read_end, False)
+        return os.read(read_end, 1) == b"x"
+    except BlockingIOError:
+        return False
+    finally:
+        os.close(read_end)
+
+
 class ActionRunner:
     def __init__(
         self,
@@ -444,13 +461,18 @@ class ActionRunner:
         out: IO[bytes],
         err: IO[bytes],
     ) -> tuple[int, bytes, bytes]:
+        # Through the executor's wrappers, a pipe tells their failure from the action's.
+        mark = os.pipe() if started.tenant_at is not None else None
         try:
             process = subprocess.Popen(
-                started.argv, cwd=directory, env=started.env, stdin=subprocess.DEVNULL,
-                stdout=out, stderr=err, start_new_session=True,
-                **as_user(started.run_as.ids),
+                started.marked(), cwd=directory, env=started.env,
+                stdin=mark[1] if mark else subprocess.DEVNULL, stdout=out, stderr=err,
+                start_new_session=True, **as_user(started.run_as.ids),
             )  # fmt: skip
         except OSError as exc:
+            if mark:
+                os.close(mark[0])
+                os.close(mark[1])
             # The action's own program, started directly, that cannot start: its fault.
             # Through the executor's wrappers (the sandbox, a control group's joining,
             # env) the program's own failure is their exit status, so an error here is
@@ -459,8 +481,11 @@ class ActionRunner:
             if not direct or exc.errno not in _COMMAND_FAULTS or exc.filename == str(directory):
                 raise
             return 127, b"", f"executor: cannot run {argv[0]!r}: {exc.strerror}\n".encode()
+        if mark:
+            os.close(mark[1])
         deadline = time.monotonic() + timeout
         finished = False
+        reached = True
         try:
             # The pidfd wakes us the moment the process exits (Popen.wait(timeout)
             # polls with growing sleeps, which would add up to 50 ms to every action).
@@ -479,6 +504,8 @@ class ActionRunner:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(process.pid, signal.SIGKILL)
             process.wait()
+            if mark:
+                reached = _marked(mark[0])
         if not finished and cancelled.is_set():
             raise ActionCancelled("cancelled while running")
         if not finished and watch is not None and watch.passed:
@@ -496,11 +523,17 @@ class ActionRunner:
             raise self._past_disk_limit(passed)
         out.seek(0)
         err.seek(0)
+        if not reached:  # the action never ran: its wrappers' fault, the executor's
+            said = os.pread(err.fileno(), 2048, 0).decode(errors="replace").strip()
+            raise ActionNotRun(
+                f"the executor could not start the action: what runs in front of its "
+                f"program (the control group's join, the sandbox, the uid switch) ended "
+                f"with status {_status(process.returncode)} before the program started"
+                + (f": {said}" if said else ""),
+                INTERNAL,
+            )
         stdout = read_capped(out.fileno(), "its stdout", budget)
-        # Killed by signal N: 128 + N, as a shell reports it and as the sandbox (whose
-        # init is the process started here) does.
-        code = process.returncode if process.returncode >= 0 else 128 - process.returncode
-        return code, stdout, read_capped(err.fileno(), "its stderr", budget)
+        return _status(process.returncode), stdout, read_capped(err.fileno(), "its stderr", budget)
 
     def _disk_watch(
         self,
@@ -683,7 +716,7 @@ class ActionRunner:
                 relative = safe_relative_path(output, "output path")
             except UnsafePathError as exc:
                 raise ActionError(str(exc)) from None
-            used = (budget.used_bytes, budget.used_entries)
+            used = budget.snapshot()
             try:
                 found = _read_declared(directory, output, relative, budget)
                 tree = Blobs()
@@ -694,7 +727,7 @@ class ActionRunner:
                 if code == 0:
                     raise
                 # A failed action's leftover: its exit code and output matter more.
-                budget.used_bytes, budget.used_entries = used
+                budget.restore(used)
                 reason = str(exc).removeprefix(f"output {output!r}: ")
                 reason = reason.removeprefix(f"output {output!r} ")
                 if isinstance(exc, OutputTooLarge) and exc.by_bytes:

@@ -16,11 +16,11 @@ JVM_FLAGS = [
 
 _MAIN_CLASS = "buck2.workers.javac.JavacWorker"
 
-# javac's own packages a cancel needs to stop a compile (javac's entry point and its
-# log), as toolchains/java/javac-worker exports them.
+# javac's own packages a cancel needs to stop a compile (javac's entry point, its log and
+# its queue of classes to analyse), as toolchains/java/javac-worker exports them.
 _JAVAC_EXPORTS = " ".join([
     "--add-exports=jdk.compiler/com.sun.tools.javac.{}=ALL-UNNAMED".format(package)
-    for package in ("main", "util", "file")
+    for package in ("main", "util", "file", "comp")
 ])
 
 # Runs "$@", the java command line, as toolchains/java/javac-worker runs it (see there for

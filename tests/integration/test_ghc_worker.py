@@ -354,6 +354,16 @@ def test_bad_requests_are_answered_and_the_worker_goes_on(
     assert refused.output.strip() == cold.stderr.strip()
     assert "-ohi can only be used when compiling a single source file" in refused.output
     assert not (tmp_path / "out" / "x.hi").exists()
+    # An -o or -ohi in a directory that does not exist: ghc refuses it (the GHC API alone
+    # made the directory and compiled).
+    for flag, path in (("-o", "gone/Types.o"), ("-ohi", "gone/Types.hi")):
+        args = ["-c", "src/Shop/Types.hs", "-odir", "out", "-hidir", "out", flag, path]
+        refused = worker.run(*args, verbose=False)
+        cold = cold_ghc(tmp_path, args)
+        assert (refused.exit_code, cold.returncode) == (1, 1), refused.output
+        assert refused.output.strip() == cold.stderr.strip()
+        assert f'directory portion of "{path}" does not exist' in refused.output
+        assert not (tmp_path / "gone").exists()
     # A request that fails before compiling reports no reuse of an earlier one's.
     assert "reused home interfaces" in worker.run(*compile_args("Shop.Types", "out")).output
     late = worker.run(*compile_args("Shop.Types", "out", "-fno-such-flag"))

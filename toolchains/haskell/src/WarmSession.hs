@@ -226,9 +226,30 @@ compileArgs worker args inputs = do
             -- sources would be written by each in turn. (ghc 9.0 takes -o with several.)
             (_, _ : _ : _)
               | isJust (outputHi dflags1) -> failWith "ghc: -ohi can only be used when compiling a single source file\nUsage: For basic information, try the `--help' option."
-            _ -> runCompile worker kept dflags1 warnings (flagsKey sources rest) args sources inputs
+            _ -> do
+              missing <- liftIO (missingOutputDirectory dflags1)
+              case missing of
+                Just message -> failWith message
+                Nothing -> runCompile worker kept dflags1 warnings (flagsKey sources rest) args sources inputs
   where
     failWith message = liftIO (hPutStrLn stderr message) >> return 1
+
+-- | ghc's own check of @-o@ and @-ohi@ (its Main's; the GHC API skips it, and the worker
+-- made the missing directory and compiled): the directory each names must exist. What
+-- @ghc@ prints then, or Nothing.
+missingOutputDirectory :: DynFlags -> IO (Maybe String)
+missingOutputDirectory dflags = go [("-o", outputFile dflags), ("-ohi", outputHi dflags)]
+  where
+    go ((flag, Just path) : more) = do
+      exists <- doesDirectoryExist (takeDirectory path)
+      if exists
+        then go more
+        else
+          return . Just $
+            "<command line>: error: directory portion of " ++ show path
+              ++ " does not exist (used with " ++ show flag ++ " option.)"
+    go (_ : more) = go more
+    go [] = return Nothing
 
 -- | The arguments that shape a request's DynFlags apart from its outputs: everything
 -- but the sources and the values of @-o@ and @-ohi@.

@@ -6,8 +6,10 @@ ActionRunner, on a CAS and local blob copy that stand in for the server's."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import errno
+import os
 import sys
 import threading
 from collections.abc import Callable, Iterable, Sequence
@@ -409,6 +411,49 @@ def test_a_command_without_arguments_is_refused_before_anything_runs(
     finally:
         pool.stop_all()
     assert not list((tmp_path / "actions").glob("*"))  # nothing was made for it
+
+
+def open_pipes() -> set[str]:
+    """This process's descriptors that are pipes (the runner's other threads open and
+    close directories meanwhile)."""
+    found = set()
+    for fd in os.listdir("/proc/self/fd"):
+        with contextlib.suppress(OSError):
+            if os.readlink(f"/proc/self/fd/{fd}").startswith("pipe:"):
+                found.add(fd)
+    return found
+
+
+@pytest.mark.parametrize("wrapped", [False, True], ids=["direct", "through a wrapper"])
+def test_an_argument_holding_nul_is_the_actions_fault_and_leaks_nothing(
+    tmp_path: Path, wrapped: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Popen raised ValueError (embedded null byte): INTERNAL, run again by the server up
+    to its attempts; through a wrapper each attempt also leaked the start mark's pipe.
+    Refused now before anything runs, and whatever else Popen raises closes the pipe."""
+    store = StoredBlobs()
+    pool = WorkerPool(tmp_path / "workers", 1, None, 60)
+    stand_in: Any = store
+    confinement = Confinement(Limits(pids=256), "nul", rlimits_only=True) if wrapped else None
+    runner = ActionRunner(
+        cast(Cas, stand_in), cast(BlobCache, stand_in), pool, tmp_path, "bot-under-test",
+        confinement=confinement,
+    )  # fmt: skip
+    try:
+        with pytest.raises(ActionError, match="NUL"):
+            runner.run(action_of(store, "echo a\0b", [], {}), "main", threading.Event())
+
+        def refused(*args: Any, **kwargs: Any) -> None:
+            raise ValueError("refused by Popen")
+
+        monkeypatch.setattr(runner_module.subprocess, "Popen", refused)
+        before = open_pipes()
+        for _ in range(3):
+            with pytest.raises(ValueError, match="refused by Popen"):
+                runner.run(action_of(store, "true", [], {}), "main", threading.Event())
+        assert open_pipes() == before
+    finally:
+        pool.stop_all()
 
 
 def test_a_failed_actions_untakeable_outputs_are_left_out_and_its_crash_reported(

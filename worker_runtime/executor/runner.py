@@ -259,6 +259,11 @@ class ActionRunner:
                 "its command has no arguments (Command.arguments is empty), so there is no "
                 "program to run; send the program's path or name as its first argument"
             )
+        if any("\0" in argument for argument in command.arguments):
+            raise ActionError(
+                "its command has an argument holding a NUL character, which no program can "
+                "be given (a C string ends at the first NUL)"
+            )
         for variable in command.environment_variables:
             if not variable.name or "=" in variable.name or "\0" in variable.name + variable.value:
                 raise ActionError(
@@ -469,10 +474,12 @@ class ActionRunner:
                 stdin=mark[1] if mark else subprocess.DEVNULL, stdout=out, stderr=err,
                 start_new_session=True, **as_user(started.run_as.ids),
             )  # fmt: skip
-        except OSError as exc:
+        except BaseException as exc:
             if mark:
                 os.close(mark[0])
                 os.close(mark[1])
+            if not isinstance(exc, OSError):
+                raise
             # The action's own program, started directly, that cannot start: its fault.
             # Through the executor's wrappers (the sandbox, a control group's joining,
             # env) the program's own failure is their exit status, so an error here is

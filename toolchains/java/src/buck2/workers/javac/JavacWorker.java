@@ -825,8 +825,10 @@ public final class JavacWorker {
         onCancel.accept(
             () -> {
               if (stopped.compareAndSet(false, true)) {
-                stopAnalysis.run();
+                // The error first: a compile that sees the queue stopped sees the error too
+                // (the stop's volatile write publishes it), and ends as one with errors.
                 countAnError(log);
+                stopAnalysis.run();
               }
             });
         try {
@@ -866,9 +868,11 @@ public final class JavacWorker {
 
   /**
    * javac's queue of classes to analyse ({@code com.sun.tools.javac.comp.Todo}) with a stop:
-   * once stopped it reads as empty, so javac analyses no class after the one it is on
-   * (it asks the queue whether it is empty before each). Unstopped it is javac's own,
-   * unchanged. It subclasses a class of javac's internals, which the worker's sources
+   * once stopped, {@code isEmpty()} says it is, so javac analyses no class after the one it
+   * is on (its loops ask that before taking each). Nothing else changes: a take that
+   * raced the stop still gets its class (one more analysed; its size and poll reading
+   * empty too would have made that take throw, a javac crash). Unstopped it is javac's
+   * own, unchanged. It subclasses a class of javac's internals, which the worker's sources
    * cannot (built with {@code --release 17}, which forbids {@code --add-exports}): it is
    * compiled once, in memory, by this JVM's javac, on a thread of its own from the worker's
    * start; a compile that comes before that is done waits for it (measured: the worker's
@@ -882,21 +886,22 @@ public final class JavacWorker {
         String.join(
             "\n",
             "package buck2.workers.javac;",
-            "import com.sun.tools.javac.comp.AttrContext;",
-            "import com.sun.tools.javac.comp.Env;",
             "public final class StoppableTodo extends com.sun.tools.javac.comp.Todo",
             "    implements Runnable {",
             "  private volatile boolean stopped;",
             "  public StoppableTodo(com.sun.tools.javac.util.Context context) { super(context); }",
             "  @Override public void run() { stopped = true; }",
-            "  @Override public int size() { return stopped ? 0 : super.size(); }",
             "  @Override public boolean isEmpty() { return stopped || super.isEmpty(); }",
-            "  @Override public Env<AttrContext> poll() { return stopped ? null : super.poll(); }",
-            "  @Override public Env<AttrContext> peek() { return stopped ? null : super.peek(); }",
             "}");
 
     /** Its constructor (taking javac's Context), once compiled; null if it cannot be. */
     private static volatile java.lang.reflect.Constructor<?> made;
+
+    /** How long a compile waits for it, at most (it takes a few tenths of a second). */
+    private static final long PREPARE_WAIT_S = 20;
+
+    private static final java.util.concurrent.atomic.AtomicBoolean GAVE_UP =
+        new java.util.concurrent.atomic.AtomicBoolean();
 
     /** Counted down once {@link #made} is what it will be. */
     private static final java.util.concurrent.CountDownLatch PREPARED =
@@ -998,7 +1003,14 @@ public final class JavacWorker {
     static Runnable install(Object context) {
       prepareInBackground(); // (started at the worker's start)
       try {
-        PREPARED.await();
+        if (!PREPARED.await(PREPARE_WAIT_S, java.util.concurrent.TimeUnit.SECONDS)) {
+          if (!GAVE_UP.getAndSet(true)) {
+            LOG.println(
+                "javac-worker: the stop of javac's analysis was not ready after "
+                    + PREPARE_WAIT_S + " s: compiles go on without it until it is");
+          }
+          return NONE;
+        }
       } catch (InterruptedException e) {
         Thread.currentThread().interrupt();
         return NONE;

@@ -867,12 +867,14 @@ def test_output_printed_before_a_failure_outside_ghc_is_kept(
     error), answers with the warning as well as the failure."""
     write(tmp_path, "Wa.hs", "module Wa where\nf :: Int -> Int\nf x = 1\n")
     worker = pipe_worker()
+    # /proc/self: a directory that exists, where no file can be made (one that does not
+    # exist is refused before the compile, as ghc refuses it).
     response = worker.run(
-        "-c", "-Wall", "Wa.hs", "-o", "Wa.o", "-ohi", "/proc/no-such-dir/Wa.hi", verbose=False
+        "-c", "-Wall", "Wa.hs", "-o", "Wa.o", "-ohi", "/proc/self/Wa.hi", verbose=False
     )
     assert response.exit_code == 1
     assert "Defined but not used: `x'" in response.output or "unused-matches" in response.output
-    assert "ghc-worker: /proc/no-such-dir" in response.output
+    assert "ghc-worker: /proc/self/Wa.hi" in response.output, response.output
     assert worker.run("-c", "Wa.hs", "-o", "Wa.o", "-ohi", "Wa.hi").exit_code == 0
 
 

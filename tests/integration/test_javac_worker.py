@@ -431,11 +431,14 @@ class JsonWorker:
         return found
 
     def cancel(self, request_id: int) -> None:
-        """Cancels a request and returns once the worker says it read the cancel (its
-        verbosity has it log the request)."""
+        """Cancels a request and returns once the worker says it told the compile (its
+        verbosity has it log the cancel then)."""
         self.send({"requestId": request_id, "cancel": True, "verbosity": 1})
-        while f"request {request_id}: []".encode() not in self.stderr.readline():
-            pass
+        while True:
+            line = self.stderr.readline()
+            assert line, "the worker ended before it took the cancel"
+            if f"request {request_id}: []".encode() in line:
+                return
 
     def close(self) -> None:
         self.process.kill()
@@ -507,12 +510,19 @@ public class Record implements Plugin {
 """
 
 
-def test_a_cancel_during_javacs_analysis_analyses_no_further_class(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    "policy",
+    [[], ["-XDcompilePolicy=simple"], ["-XDcompilePolicy=byfile", "--should-stop=ifError=FLOW"]],
+    ids=["default", "simple", "byfile as Error Prone sets it"],
+)
+def test_a_cancel_during_javacs_analysis_analyses_no_further_class(
+    tmp_path: Path, policy: list[str]
+) -> None:
     """javac never looks at its error count before analysing (attributing) a class: a
     cancel during the analysis of many classes waited for all of them (a review measured a
     44 s compile cancelled at 3 s end at 43.9 s), past the runtime's 5 s grace, which then
-    killed the worker. The queue of classes to analyse now reads as empty once cancelled:
-    the class being analysed is the last."""
+    killed the worker. The queue of classes to analyse (or of files, under byfile) now
+    reads as empty once cancelled: the class being analysed is the last."""
     plugin = tmp_path / "plugin"
     (plugin / "src" / "r").mkdir(parents=True)
     (plugin / "src" / "r" / "Record.java").write_text(RECORDING_PLUGIN)
@@ -531,7 +541,7 @@ def test_a_cancel_during_javacs_analysis_analyses_no_further_class(tmp_path: Pat
     temp.mkdir()
     worker = JsonWorker(tmp_path, temp)
     try:
-        argv = ["-processorpath", str(plugin / "classes"), f"-Xplugin:Record {seen}"]
+        argv = [*policy, "-processorpath", str(plugin / "classes"), f"-Xplugin:Record {seen}"]
         worker.send({"arguments": [*argv, "-d", "out", "A.java", "B.java", "C.java"],
                      "requestId": 1})  # fmt: skip
         wait_started(seen / "A.started")  # analysing A, B and C still queued

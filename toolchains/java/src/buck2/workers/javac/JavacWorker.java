@@ -250,20 +250,23 @@ public final class JavacWorker {
         return;
       }
       threads.removeIf(thread -> !thread.isAlive());
-      if (request.verbosity > 0) {
+      if (request.verbosity > 0 && !request.cancel) {
         LOG.println("javac-worker: request " + request.requestId + ": " + request.arguments);
       }
       if (request.cancel) {
-        // javac cannot be interrupted, but it can be told to skip what is left of its
-        // flow analysis and code generation (StoppableJavac); its request is answered
-        // was_cancelled once it has ended (never touching the output directory after
-        // answering). A cancel of a request already answered is ignored.
+        // javac cannot be interrupted, but it can be cut short: what is left of its
+        // analysis, flow analysis and code generation skipped (StoppableJavac); its
+        // request is answered was_cancelled once it has ended (never touching the output
+        // directory after answering). A cancel of a request already answered is ignored.
         InFlight state = inFlight.get(request.requestId);
         if (state != null) {
           state.cancel();
           synchronized (turns) {
             turns.notifyAll(); // one waiting for a slot answers at once
           }
+        }
+        if (request.verbosity > 0) { // said once the compile has been told
+          LOG.println("javac-worker: request " + request.requestId + ": " + request.arguments);
         }
         continue;
       }
@@ -869,10 +872,11 @@ public final class JavacWorker {
   /**
    * javac's queue of classes to analyse ({@code com.sun.tools.javac.comp.Todo}) with a stop:
    * once stopped, {@code isEmpty()} says it is, so javac analyses no class after the one it
-   * is on (its loops ask that before taking each). Nothing else changes: a take that
-   * raced the stop still gets its class (one more analysed; its size and poll reading
-   * empty too would have made that take throw, a javac crash). Unstopped it is javac's
-   * own, unchanged. It subclasses a class of javac's internals, which the worker's sources
+   * is on (its loops ask that before taking each; under {@code -XDcompilePolicy=byfile}
+   * its queue of files says so, and no file after the one it is on is analysed). Nothing
+   * else changes: a take that raced the stop still gets its class (one more analysed; its
+   * size and poll reading empty too would have made that take throw, a javac crash).
+   * Unstopped it is javac's own, unchanged. It subclasses a class of javac's internals, which the worker's sources
    * cannot (built with {@code --release 17}, which forbids {@code --add-exports}): it is
    * compiled once, in memory, by this JVM's javac, on a thread of its own from the worker's
    * start; a compile that comes before that is done waits for it (measured: the worker's
@@ -886,12 +890,31 @@ public final class JavacWorker {
         String.join(
             "\n",
             "package buck2.workers.javac;",
+            "import com.sun.tools.javac.comp.AttrContext;",
+            "import com.sun.tools.javac.comp.Env;",
+            "import java.util.Queue;",
             "public final class StoppableTodo extends com.sun.tools.javac.comp.Todo",
             "    implements Runnable {",
             "  private volatile boolean stopped;",
             "  public StoppableTodo(com.sun.tools.javac.util.Context context) { super(context); }",
             "  @Override public void run() { stopped = true; }",
             "  @Override public boolean isEmpty() { return stopped || super.isEmpty(); }",
+            // -XDcompilePolicy=byfile takes the classes file by file from this queue.
+            "  @Override public Queue<Queue<Env<AttrContext>>> groupByFile() {",
+            "    Queue<Queue<Env<AttrContext>>> files = super.groupByFile();",
+            "    return new java.util.AbstractQueue<Queue<Env<AttrContext>>>() {",
+            "      @Override public boolean isEmpty() { return stopped || files.isEmpty(); }",
+            "      @Override public int size() { return files.size(); }",
+            "      @Override public java.util.Iterator<Queue<Env<AttrContext>>> iterator() {",
+            "        return files.iterator();",
+            "      }",
+            "      @Override public boolean offer(Queue<Env<AttrContext>> file) {",
+            "        return files.offer(file);",
+            "      }",
+            "      @Override public Queue<Env<AttrContext>> poll() { return files.poll(); }",
+            "      @Override public Queue<Env<AttrContext>> peek() { return files.peek(); }",
+            "    };",
+            "  }",
             "}");
 
     /** Its constructor (taking javac's Context), once compiled; null if it cannot be. */
@@ -984,12 +1007,25 @@ public final class JavacWorker {
           LOG.println("javac-worker: a cancel cannot stop javac's analysis in this JDK: " + said);
           return;
         }
-        byte[] code = bytes.toByteArray();
-        Class<?> todo = new ClassLoader(JavacWorker.class.getClassLoader()) {
-          Class<?> define() {
-            return defineClass(NAME, code, 0, code.length);
-          }
-        }.define();
+        // Every class it compiled to (the queue and its queue of files, a class of its
+        // own), each defined from these bytes when first asked for.
+        java.util.Map<String, byte[]> code = new java.util.HashMap<>();
+        classes.forEach((name, output) -> code.put(name, output.toByteArray()));
+        ClassLoader loader =
+            new ClassLoader(JavacWorker.class.getClassLoader()) {
+              @Override
+              protected Class<?> findClass(String name) throws ClassNotFoundException {
+                byte[] found = code.get(name);
+                if (found == null) {
+                  throw new ClassNotFoundException(name);
+                }
+                return defineClass(name, found, 0, found.length);
+              }
+            };
+        for (String name : code.keySet()) {
+          Class.forName(name, true, loader); // all of them now, not in a compile
+        }
+        Class<?> todo = Class.forName(NAME, true, loader);
         made = todo.getConstructor(Class.forName("com.sun.tools.javac.util.Context"));
       } catch (Exception | LinkageError e) {
         LOG.println("javac-worker: a cancel cannot stop javac's analysis in this JDK: " + e);
@@ -1003,7 +1039,9 @@ public final class JavacWorker {
     static Runnable install(Object context) {
       prepareInBackground(); // (started at the worker's start)
       try {
-        if (!PREPARED.await(PREPARE_WAIT_S, java.util.concurrent.TimeUnit.SECONDS)) {
+        // After one compile gave up waiting, the others do not wait again.
+        long wait = GAVE_UP.get() ? 0 : PREPARE_WAIT_S;
+        if (!PREPARED.await(wait, java.util.concurrent.TimeUnit.SECONDS)) {
           if (!GAVE_UP.getAndSet(true)) {
             LOG.println(
                 "javac-worker: the stop of javac's analysis was not ready after "

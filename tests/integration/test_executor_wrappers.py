@@ -12,19 +12,15 @@ import tempfile
 import threading
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, cast
 
 import pytest
 
-from tests.unit.test_executor_action_faults import StoredBlobs, action_of
-from worker_runtime.executor.blob_cache import BlobCache
+from tests.unit.test_executor_action_faults import StoredBlobs, action_of, runner_on
 from worker_runtime.executor.limits import Confinement, Group, Limits
-from worker_runtime.executor.runner import INTERNAL, ActionNotRun, ActionRunner
+from worker_runtime.executor.runner import INTERNAL, ActionNotRun
 from worker_runtime.executor.sandbox import Sandbox
 from worker_runtime.executor.tenants import RunAs
-from worker_runtime.executor.workers import WorkerPool
 from worker_runtime.proto import remote_execution_pb2 as re_pb2
-from worker_runtime.remote.cas import Cas
 
 pytestmark = pytest.mark.needs_root("it makes control groups and switches uids")
 TENANT = RunAs(200009, 200009)
@@ -50,16 +46,11 @@ def run(
     workdir: Path, script: str, confinement: Confinement, sandbox: Sandbox | None
 ) -> re_pb2.ActionResult:
     store = StoredBlobs()
-    pool = WorkerPool(workdir / "workers", 1, None, 60)
-    stand_in: Any = store
-    runner = ActionRunner(
-        cast(Cas, stand_in), cast(BlobCache, stand_in), pool, workdir, "bot-under-test",
-        run_as=TENANT, sandbox=sandbox, confinement=confinement,
-    )  # fmt: skip
+    runner = runner_on(store, workdir, run_as=TENANT, sandbox=sandbox, confinement=confinement)
     try:
         return runner.run(action_of(store, script, [], {}), "main", threading.Event()).result
     finally:
-        pool.stop_all()
+        runner.pool.stop_all()
 
 
 @pytest.mark.parametrize("sandboxed", [False, True], ids=["uid switch", "sandbox"])

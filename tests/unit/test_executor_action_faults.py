@@ -112,16 +112,23 @@ def persistent_action(store: StoredBlobs, request: str) -> re_pb2.Action:
     )
 
 
-def run(tmp_path: Path, action: re_pb2.Action, store: StoredBlobs) -> re_pb2.ActionResult:
-    pool = WorkerPool(tmp_path / "workers", 1, None, 60)
+def runner_on(store: StoredBlobs, workdir: Path, **options: Any) -> ActionRunner:
+    """The real ActionRunner, ``store`` its CAS and its local blob copy, working in
+    ``workdir`` with a pool of one worker (``runner.pool.stop_all()`` stops it)."""
     stand_in: Any = store
-    runner = ActionRunner(
-        cast(Cas, stand_in), cast(BlobCache, stand_in), pool, tmp_path, "bot-under-test"
-    )
+    pool = WorkerPool(workdir / "workers", 1, None, 60)
+    return ActionRunner(
+        cast(Cas, stand_in), cast(BlobCache, stand_in), pool, workdir, "bot-under-test",
+        **options,
+    )  # fmt: skip
+
+
+def run(tmp_path: Path, action: re_pb2.Action, store: StoredBlobs) -> re_pb2.ActionResult:
+    runner = runner_on(store, tmp_path)
     try:
         return runner.run(action, "main", threading.Event()).result
     finally:
-        pool.stop_all()
+        runner.pool.stop_all()
 
 
 def test_an_output_under_an_input_file_is_the_actions_fault(tmp_path: Path) -> None:
@@ -330,17 +337,13 @@ def test_an_action_cancelled_while_its_inputs_come_stops_reading_them(tmp_path: 
     store = CancelledMidway()
     inputs = {f"f{n}": f"input {n}".encode() for n in range(10)}
     action = action_of(store, "true", [], inputs)
-    pool = WorkerPool(tmp_path / "workers", 1, None, 60)
-    stand_in: Any = store
-    runner = ActionRunner(
-        cast(Cas, stand_in), cast(BlobCache, stand_in), pool, tmp_path, "bot-under-test"
-    )
+    runner = runner_on(store, tmp_path)
     try:
         before = len(reads)
         with pytest.raises(ActionCancelled, match="cancelled while its inputs were fetched"):
             runner.run(action, "main", cancelled)
     finally:
-        pool.stop_all()
+        runner.pool.stop_all()
     assert len(reads) - before <= 4  # the directory blobs aside, two files read, not ten
 
 
@@ -353,11 +356,7 @@ def test_a_worker_whose_call_fails_unexpectedly_is_discarded_not_kept_busy(
     executor waited for ever."""
     store = StoredBlobs()
     action = persistent_action(store, "--out\no.txt\nin.txt\n")
-    pool = WorkerPool(tmp_path / "workers", 1, None, 60)
-    stand_in: Any = store
-    runner = ActionRunner(
-        cast(Cas, stand_in), cast(BlobCache, stand_in), pool, tmp_path, "bot-under-test"
-    )
+    runner = runner_on(store, tmp_path)
     real_call = PersistentWorker.call
     pids: list[int] = []
 
@@ -371,13 +370,13 @@ def test_a_worker_whose_call_fails_unexpectedly_is_discarded_not_kept_busy(
     try:
         with pytest.raises(RuntimeError, match="an unexpected fault"):
             runner.run(action, "main", threading.Event())
-        assert pool.pids() == []  # discarded: neither busy nor idle
+        assert runner.pool.pids() == []  # discarded: neither busy nor idle
         assert wait_gone(pids) == []
         outcome = runner.run(action, "main", threading.Event())  # not held at the cap
         assert outcome.result.exit_code == 0 and outcome.mode == "persistent"
         assert outcome.worker_pid != pids[0]
     finally:
-        pool.stop_all()
+        runner.pool.stop_all()
 
 
 def empty_command_action(store: StoredBlobs) -> re_pb2.Action:
@@ -396,20 +395,15 @@ def test_a_command_without_arguments_is_refused_before_anything_runs(
     `env -i -- PATH=...` with no program, which printed the environment and exited 0: a
     fake success, cached. Here the wrapper is the rlimits fallback's prlimit."""
     store = StoredBlobs()
-    pool = WorkerPool(tmp_path / "workers", 1, None, 60)
-    stand_in: Any = store
     confinement = (
         Confinement(Limits(pids=256), "empty-command", rlimits_only=True) if wrapped else None
     )
-    runner = ActionRunner(
-        cast(Cas, stand_in), cast(BlobCache, stand_in), pool, tmp_path, "bot-under-test",
-        confinement=confinement,
-    )  # fmt: skip
+    runner = runner_on(store, tmp_path, confinement=confinement)
     try:
         with pytest.raises(ActionError, match=r"Command\.arguments is empty"):
             runner.run(empty_command_action(store), "main", threading.Event())
     finally:
-        pool.stop_all()
+        runner.pool.stop_all()
     assert not list((tmp_path / "actions").glob("*"))  # nothing was made for it
 
 
@@ -432,13 +426,8 @@ def test_an_argument_holding_nul_is_the_actions_fault_and_leaks_nothing(
     to its attempts; through a wrapper each attempt also leaked the start mark's pipe.
     Refused now before anything runs, and whatever else Popen raises closes the pipe."""
     store = StoredBlobs()
-    pool = WorkerPool(tmp_path / "workers", 1, None, 60)
-    stand_in: Any = store
     confinement = Confinement(Limits(pids=256), "nul", rlimits_only=True) if wrapped else None
-    runner = ActionRunner(
-        cast(Cas, stand_in), cast(BlobCache, stand_in), pool, tmp_path, "bot-under-test",
-        confinement=confinement,
-    )  # fmt: skip
+    runner = runner_on(store, tmp_path, confinement=confinement)
     try:
         with pytest.raises(ActionError, match="NUL"):
             runner.run(action_of(store, "echo a\0b", [], {}), "main", threading.Event())
@@ -453,7 +442,7 @@ def test_an_argument_holding_nul_is_the_actions_fault_and_leaks_nothing(
                 runner.run(action_of(store, "true", [], {}), "main", threading.Event())
         assert open_pipes() == before
     finally:
-        pool.stop_all()
+        runner.pool.stop_all()
 
 
 def test_a_failed_actions_untakeable_outputs_are_left_out_and_its_crash_reported(
@@ -469,12 +458,7 @@ def test_a_failed_actions_untakeable_outputs_are_left_out_and_its_crash_reported
         "head -c 2097152 /dev/zero > core; echo ran; echo crashed >&2; exit {code}"
     )
     outputs = ["good.txt", "link", "d/out", "core"]
-    pool = WorkerPool(tmp_path / "workers", 1, None, 60)
-    stand_in: Any = store
-    runner = ActionRunner(
-        cast(Cas, stand_in), cast(BlobCache, stand_in), pool, tmp_path, "bot-under-test",
-        max_output_mb=1,
-    )  # fmt: skip
+    runner = runner_on(store, tmp_path, max_output_mb=1)
     try:
         result = runner.run(
             action_of(store, script.format(code=134), outputs, {}), "main", threading.Event()
@@ -498,7 +482,7 @@ def test_a_failed_actions_untakeable_outputs_are_left_out_and_its_crash_reported
                        "main", threading.Event())  # fmt: skip
         assert failed.value.code == runner_module.RESOURCE_EXHAUSTED
     finally:
-        pool.stop_all()
+        runner.pool.stop_all()
 
 
 class CountsUploads(StoredBlobs):
@@ -551,11 +535,7 @@ def test_a_lease_cancelled_after_its_process_ended_reads_and_uploads_no_more(
     action = action_of(
         store, "for o in a b; do head -c 2048 /dev/urandom > $o; done", ["a", "b"], {}
     )
-    pool = WorkerPool(tmp_path / "workers", 1, None, 60)
-    stand_in: Any = store
-    runner = ActionRunner(
-        cast(Cas, stand_in), cast(BlobCache, stand_in), pool, tmp_path, "bot-under-test"
-    )
+    runner = runner_on(store, tmp_path)
     try:
         if when == "grace over as it ended":
             outcome = runner.run(action, "main", cancelled)
@@ -564,7 +544,7 @@ def test_a_lease_cancelled_after_its_process_ended_reads_and_uploads_no_more(
             with pytest.raises(ActionCancelled):
                 runner.run(action, "main", cancelled)
     finally:
-        pool.stop_all()
+        runner.pool.stop_all()
     expected = {"process ended": ([], []), "first output read": (["a"], []),
                 "first upload": (["a", "b"], [1]),
                 "grace over as it ended": (["a", "b"], [1, 1])}[when]  # fmt: skip

@@ -876,11 +876,12 @@ public final class JavacWorker {
    * its queue of files says so, and no file after the one it is on is analysed). Nothing
    * else changes: a take that raced the stop still gets its class (one more analysed; its
    * size and poll reading empty too would have made that take throw, a javac crash).
-   * Unstopped it is javac's own, unchanged. It subclasses a class of javac's internals, which the worker's sources
-   * cannot (built with {@code --release 17}, which forbids {@code --add-exports}): it is
-   * compiled once, in memory, by this JVM's javac, on a thread of its own from the worker's
-   * start; a compile that comes before that is done waits for it (measured: the worker's
-   * first answer about 0.1 s later, on a start of about 0.45 s; later ones unchanged). A
+   * Unstopped it is javac's own, unchanged. It subclasses a class of javac's internals,
+   * which the worker's sources cannot (built with {@code --release 17}, which forbids
+   * {@code --add-exports}): it is compiled once, in memory, by this JVM's javac, on a
+   * thread of its own from the worker's start; a compile that comes before that is done
+   * waits for it (measured: the worker's first answer about 0.1 s later, on a start of
+   * about 0.45 s; later ones unchanged). A
    * JDK whose queue differs, or a launcher that does not export {@code
    * com.sun.tools.javac.comp}: a cancel then stops at javac's next step alone, as before.
    */
